@@ -1,0 +1,45 @@
+# groqpolicy — every target sets up what it needs from nothing (venv, packages, opa, nats-server).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help run test test-fast tools bench bench-ci clean venv
+
+help:
+	@echo "make run       set up everything and start the whole system on embedded defaults"
+	@echo "make test      set up everything and run the full test suite (slow end-to-end tests included)"
+	@echo "make bench     run the benchmark suite (full)"
+	@echo "make bench-ci  run the benchmark suite in its short mode and print the table"
+	@echo "make tools     provide opa (pinned) and nats-server"
+	@echo "make clean     remove the venv, tools and local state"
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+tools: $(STAMP)
+	$(PY) -m controlplane.toolchain ensure
+
+run: tools
+	$(VENV)/bin/groqpolicy up
+
+test: tools
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: tools
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: tools
+	$(PY) -m pytest benchmarks --benchmark-only --benchmark-columns=median,mean,min,max,rounds -p no:cacheprovider
+
+bench-ci: tools
+	GROQPOLICY_BENCH_SHORT=1 $(PY) -m pytest benchmarks -q --benchmark-only --benchmark-min-rounds=200 --benchmark-max-time=0.2 --benchmark-warmup=on --benchmark-columns=median,mean,min,max,rounds -p no:cacheprovider
+
+clean:
+	rm -rf $(VENV) .tools .state bundles/out

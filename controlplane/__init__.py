@@ -1,0 +1,1 @@
+"""groqpolicy control plane: policies, compiler, signer, bundle server, evaluation API."""

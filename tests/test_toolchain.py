@@ -1,0 +1,40 @@
+"""The pinned toolchain is found and reports the versions the product is built against."""
+
+from __future__ import annotations
+
+import subprocess
+
+from controlplane import toolchain
+from controlplane.errors import ToolchainError
+
+
+def test_opa_binary_is_pinned_version(opa_bin):
+    assert toolchain.opa_version_of(opa_bin) == toolchain.OPA_VERSION
+
+
+def test_wrong_version_opa_bin_is_ignored(tmp_path, monkeypatch):
+    fake = tmp_path / "opa"
+    fake.write_text("#!/bin/sh\necho 'Version: 0.1.0'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("OPA_BIN", str(fake))
+    found = toolchain.find_opa()
+    assert found != fake
+
+
+def test_missing_go_and_opa_names_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPA_BIN", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(toolchain, "TOOLS_DIR", tmp_path / "tools")
+    monkeypatch.setattr(toolchain.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(toolchain.Path, "is_file", lambda self: False)
+    try:
+        toolchain.install_opa()
+    except ToolchainError as exc:
+        assert "install Go" in str(exc) and "OPA_BIN" in str(exc)
+    else:  # pragma: no cover
+        raise AssertionError("install_opa must fail without go")
+
+
+def test_nats_server_from_venv_runs(nats_bin):
+    out = subprocess.run([str(nats_bin), "--version"], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("nats-server: v")
