@@ -1,0 +1,201 @@
+"""Wire formats of the inference bridge: one place, msgspec structs on both ends.
+
+The HTTP contract (gateway, what Rego's `http.send` calls) and the NATS contract
+(`groq.infer.<tier>`, what the worker serves) carry the same JSON bodies:
+
+    POST /v1/infer/{tier}   body = InferRequest   ->  200 InferReply | ErrorReply (4xx/5xx)
+    NATS groq.infer.<tier>  data = InferRequest   ->  InferReply | ErrorReply
+                                                      (+ Nats-Service-Error-Code on errors)
+
+`Verdict` is what the *model* must answer (the structured-output schema); it never reaches a
+caller unvalidated.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+CONSTITUTIONAL_HASH = "cdd01ef066bc6cf2"
+TIERS: tuple[str, ...] = ("nano", "fast", "balanced", "premium", "reasoning")
+SUBJECT_PREFIX = "groq.infer"
+
+# NATS headers between gateway and worker.
+BUDGET_HEADER = "Groqpolicy-Budget-Ms"
+"""Remaining budget of the caller in milliseconds, relative (clock skew between hosts cannot eat it)."""
+MAX_AGE_HEADER = "Groqpolicy-Max-Age"
+"""Seconds the gateway may let HTTP caches (OPA's inter-query cache) keep the reply."""
+STATUS_HEADER = "Nats-Service-Error-Code"
+"""nats.micro's error-code header; we put the HTTP status there so the gateway maps it 1:1."""
+
+DEFAULT_DEADLINE_MS = 5_000
+MAX_DEADLINE_MS = 120_000
+MAX_BODY_BYTES = 64 * 1024
+
+Decision = Literal["allow", "deny", "review"]
+
+
+def subject_for(tier: str) -> str:
+    return f"{SUBJECT_PREFIX}.{tier}"
+
+
+class InferRequest(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
+    """A policy's question for a tier. `context` is the policy input: untrusted data, never instructions."""
+
+    question: str
+    context: Any = None
+    policy: str = ""
+    constitutional_hash: str = CONSTITUTIONAL_HASH
+    deadline_ms: int | None = None
+    model: str | None = None
+    """Optional model (or retired alias) tried first, before the tier's own models."""
+
+
+class Usage(msgspec.Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    queue_time: float = 0.0
+    prompt_time: float = 0.0
+    completion_time: float = 0.0
+    total_time: float = 0.0
+    cost_usd: float = 0.0
+    attempts: int = 0
+
+
+class InferReply(msgspec.Struct):
+    decision: Decision
+    confidence: float
+    rationale: str
+    model: str
+    tier: str
+    cached: bool = False
+    emulated: bool = False
+    usage: Usage = msgspec.field(default_factory=Usage)
+    latency_ms: float = 0.0
+    constitutional_hash: str = CONSTITUTIONAL_HASH
+    requested_model: str | msgspec.UnsetType = msgspec.UNSET
+    resolved_from: str | msgspec.UnsetType = msgspec.UNSET
+    """Both present only when the request named a retired model that the catalog resolved."""
+    degraded: bool = False
+    """True when no model produced a valid answer and the worker failed closed (`review`)."""
+    reasons: list[str] = msgspec.field(default_factory=list)
+
+
+class ErrorDetail(msgspec.Struct):
+    message: str
+    type: str
+    code: str
+
+
+class ErrorReply(msgspec.Struct):
+    error: ErrorDetail
+
+
+class Verdict(msgspec.Struct, forbid_unknown_fields=True):
+    """The model's answer. Anything that does not decode into this is a failed call."""
+
+    decision: Decision
+    confidence: float
+    rationale: str
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.confidence <= 1.0:
+            raise ValueError(f"confidence must be within 0..1, got {self.confidence}")
+
+
+VERDICT_JSON_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "decision": {"type": "string", "enum": ["allow", "deny", "review"]},
+        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+        "rationale": {"type": "string"},
+    },
+    "required": ["decision", "confidence", "rationale"],
+    "additionalProperties": False,
+}
+
+_req_decoder = msgspec.json.Decoder(InferRequest)
+_reply_decoder = msgspec.json.Decoder(InferReply)
+_error_decoder = msgspec.json.Decoder(ErrorReply)
+_verdict_decoder = msgspec.json.Decoder(Verdict)
+_encoder = msgspec.json.Encoder()
+
+
+def decode_request(data: bytes) -> InferRequest:
+    return _req_decoder.decode(data)
+
+
+def decode_reply(data: bytes) -> InferReply:
+    return _reply_decoder.decode(data)
+
+
+def decode_error(data: bytes) -> ErrorReply:
+    return _error_decoder.decode(data)
+
+
+def decode_verdict(data: bytes | str) -> Verdict:
+    return _verdict_decoder.decode(data)
+
+
+def encode(obj: Any) -> bytes:
+    return _encoder.encode(obj)
+
+
+def error_body(message: str, type_: str, code: str) -> bytes:
+    return _encoder.encode(ErrorReply(ErrorDetail(message=message, type=type_, code=code)))
+
+
+class BridgeError(Exception):
+    """Base of every error the bridge raises on purpose; carries the HTTP status it maps to."""
+
+    status: int = 500
+    type: str = "internal_error"
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None, type_: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        if code is not None:
+            self.code = code
+        if type_ is not None:
+            self.type = type_
+
+    def body(self) -> bytes:
+        return error_body(self.message, self.type, self.code)
+
+
+class BadRequest(BridgeError):
+    status = 400
+    type = "invalid_request_error"
+    code = "bad_request"
+
+
+class DeadlineExceeded(BridgeError):
+    status = 504
+    type = "timeout_error"
+    code = "deadline_exceeded"
+
+
+class NoWorker(BridgeError):
+    status = 503
+    type = "unavailable_error"
+    code = "no_worker"
+
+
+def validate_request(req: InferRequest) -> None:
+    """Checks msgspec's types cannot express; raises BadRequest (422)."""
+    if req.constitutional_hash != CONSTITUTIONAL_HASH:
+        raise BadRequest(
+            f"constitutional_hash: unknown constitution (want: {CONSTITUTIONAL_HASH}, got: {req.constitutional_hash})",
+            status=422, code="constitutional_hash_mismatch",
+        )
+    if not req.question.strip():
+        raise BadRequest("question: must not be empty", status=422, code="empty_question")
+    if req.deadline_ms is not None and not 1 <= req.deadline_ms <= MAX_DEADLINE_MS:
+        raise BadRequest(
+            f"deadline_ms: must be within 1..{MAX_DEADLINE_MS}, got {req.deadline_ms}", status=422, code="bad_deadline"
+        )

@@ -1,0 +1,143 @@
+"""Wire structs and the tier catalog: exact error strings, aliases, fallback order."""
+
+from __future__ import annotations
+
+import json
+
+import msgspec
+import pytest
+
+from bridge.catalog import CatalogError, default_catalog, load_catalog, resolve
+from bridge.wire import (
+    CONSTITUTIONAL_HASH,
+    TIERS,
+    BadRequest,
+    InferReply,
+    decode_request,
+    decode_verdict,
+    encode,
+    validate_request,
+)
+
+
+def test_request_round_trip_and_defaults():
+    req = decode_request(b'{"question": "pii?", "context": {"a": [1, 2]}, "deadline_ms": 300}')
+    assert (req.question, req.context, req.deadline_ms, req.constitutional_hash) == ("pii?", {"a": [1, 2]}, 300, CONSTITUTIONAL_HASH)
+    validate_request(req)
+
+
+@pytest.mark.parametrize(
+    "body, error",
+    [
+        (b'{"question": 1}', "Expected `str`, got `int` - at `$.question`"),
+        (b'{"context": {}}', "Object missing required field `question`"),
+        (b'{"question": "q", "deadline_ms": "soon"}', "Expected `int | null`, got `str` - at `$.deadline_ms`"),
+        (b'{"question": "q", "tenant": "x"}', "Object contains unknown field `tenant`"),
+    ],
+)
+def test_request_type_errors_name_the_path(body, error):
+    with pytest.raises(msgspec.ValidationError) as exc:
+        decode_request(body)
+    assert str(exc.value) == error
+
+
+@pytest.mark.parametrize(
+    "body, code, message",
+    [
+        ({"question": "q", "constitutional_hash": "deadbeef"}, "constitutional_hash_mismatch",
+         f"constitutional_hash: unknown constitution (want: {CONSTITUTIONAL_HASH}, got: deadbeef)"),
+        ({"question": "   "}, "empty_question", "question: must not be empty"),
+        ({"question": "q", "deadline_ms": 0}, "bad_deadline", "deadline_ms: must be within 1..120000, got 0"),
+    ],
+)
+def test_request_semantic_errors(body, code, message):
+    with pytest.raises(BadRequest) as exc:
+        validate_request(decode_request(json.dumps(body).encode()))
+    assert (exc.value.status, exc.value.code, exc.value.message) == (422, code, message)
+
+
+@pytest.mark.parametrize(
+    "raw, ok",
+    [
+        ('{"decision": "deny", "confidence": 0.9, "rationale": "r"}', True),
+        ('{"decision": "yes", "confidence": 0.9, "rationale": "r"}', False),
+        ('{"decision": "allow", "confidence": 7, "rationale": "r"}', False),
+        ('{"decision": "allow", "confidence": 0.5}', False),
+        ('{"decision": "allow", "confidence": 0.5, "rationale": "r", "extra": 1}', False),
+        ('{"decision": "allow", "confidence": 0.5, "rationale": "unterminated', False),
+    ],
+)
+def test_verdict_is_strict(raw, ok):
+    if ok:
+        assert decode_verdict(raw).decision == "deny"
+    else:
+        with pytest.raises(msgspec.DecodeError):  # ValidationError is a DecodeError
+            decode_verdict(raw)
+
+
+def test_reply_encoding_omits_unset_alias_fields():
+    out = json.loads(encode(InferReply(decision="allow", confidence=0.9, rationale="r", model="m", tier="fast")))
+    assert "requested_model" not in out and "resolved_from" not in out
+    assert out["cached"] is False and out["emulated"] is False and out["constitutional_hash"] == CONSTITUTIONAL_HASH
+
+
+def test_catalog_has_the_seed_tiers_and_targets():
+    cat = default_catalog()
+    assert tuple(cat.tiers) == TIERS
+    assert {t: cat.tiers[t].latency_target_ms for t in TIERS} == {"nano": 1, "fast": 2, "balanced": 3, "premium": 5, "reasoning": 1000}
+    for spec in cat.models.values():
+        assert spec.price_input_per_mtok > 0 and spec.price_output_per_mtok > 0 and spec.typical_latency_ms >= 100
+    assert cat.models["openai/gpt-oss-120b"].json_schema_strict and not cat.models["allam-2-7b"].json_schema_strict
+
+
+@pytest.mark.parametrize(
+    "name, want",
+    [
+        ("openai/gpt-oss-20b", ("openai/gpt-oss-20b", None)),
+        ("llama-3.1-8b-instant", ("openai/gpt-oss-20b", "llama-3.1-8b-instant")),
+        ("llama-3.3-70b-versatile", ("openai/gpt-oss-120b", "llama-3.3-70b-versatile")),
+        ("qwen/qwen3-32b", ("qwen/qwen3.6-27b", "qwen/qwen3-32b")),
+        ("moonshotai/kimi-k2-instruct", ("openai/gpt-oss-120b", "moonshotai/kimi-k2-instruct")),
+    ],
+)
+def test_resolve_retired_names(name, want):
+    assert resolve(name) == want
+
+
+def test_resolve_unknown_model():
+    with pytest.raises(CatalogError, match=r"^model 'gpt-5': not in the catalog \(known: allam-2-7b, "):
+        resolve("gpt-5")
+
+
+def test_candidates_put_preferred_first_then_tier_then_fallback_tier():
+    cat = default_catalog()
+    assert cat.candidates("nano") == ["allam-2-7b", "openai/gpt-oss-20b"]
+    assert cat.candidates("fast") == ["openai/gpt-oss-20b", "qwen/qwen3.6-27b", "qwen/qwen3.8-27b"]
+    assert cat.candidates("premium", "qwen/qwen3-32b") == ["qwen/qwen3.6-27b", "openai/gpt-oss-120b", "qwen/qwen3.8-27b"]
+
+
+def test_models_listing_has_the_seed_shape():
+    rows = default_catalog().models_listing()
+    assert {"model_name", "performance_tier", "max_tokens", "cost_per_token", "typical_latency_ms"} <= set(rows[0])
+    assert {r["performance_tier"] for r in rows} == set(TIERS)
+
+
+@pytest.mark.parametrize(
+    "mutate, error",
+    [
+        (lambda d: d["tiers"].pop("nano"), "tiers (want: ['balanced', 'fast', 'nano', 'premium', 'reasoning'], got: ['balanced', 'fast', 'premium', 'reasoning'])"),
+        (lambda d: d["tiers"]["fast"].update(models=["gpt-9"]), "tiers.fast.models: unknown model 'gpt-9'"),
+        (lambda d: d["tiers"]["fast"].update(fallback_tier="turbo"), "tiers.fast.fallback_tier: unknown tier 'turbo'"),
+        (lambda d: d["aliases"].update({"old": {"to": "nope"}}), "aliases.old: resolves to unknown model 'nope'"),
+    ],
+)
+def test_catalog_errors(tmp_path, mutate, error):
+    from bridge.catalog import CATALOG_PATH
+
+    data = json.loads(CATALOG_PATH.read_text())
+    mutate(data)
+    p = tmp_path / "tiers.json"
+    p.write_text(json.dumps(data))
+    with pytest.raises(CatalogError) as exc:
+        load_catalog(p)
+    assert str(exc.value) == f"{p}: {error}"
