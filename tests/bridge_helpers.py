@@ -1,0 +1,136 @@
+"""Fixtures and helpers for the bridge tests: a real emulator over HTTP, real workers and gateway."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import groq
+import httpx
+import nats
+import pytest
+
+from bridge.emulator import EmulatorConfig, GroqEmulator, create_app
+from bridge.emulator.server import ThreadServer
+from bridge.gateway import create_app as create_gateway
+from bridge.worker import EngineSettings, GroqConnection, InferenceEngine, start_worker, stop_worker
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Emu:
+    """An emulator served over real HTTP in a thread; `app` is live (force faults, read stats)."""
+
+    def __init__(self, config: EmulatorConfig | None = None) -> None:
+        self.app: GroqEmulator = create_app(config)
+        self.server = ThreadServer(self.app)
+        self.url = self.server.url
+
+    def client(self, **kw) -> groq.AsyncGroq:
+        kw.setdefault("max_retries", 0)
+        return groq.AsyncGroq(base_url=self.url, api_key="test-key", **kw)
+
+    def calls(self, model: str | None = None) -> int:
+        return self.app.stats["total"] if model is None else self.app.stats["calls"][model]
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+@pytest.fixture
+def emu():
+    e = Emu()
+    try:
+        yield e
+    finally:
+        e.stop()
+
+
+@pytest.fixture(scope="module")
+def emu_module():
+    e = Emu()
+    try:
+        yield e
+    finally:
+        e.stop()
+
+
+def fast_settings(**kw) -> EngineSettings:
+    """Test settings: tiny backoff and breaker reset so resilience tests take milliseconds."""
+    base = dict(retries_per_model=2, breaker_threshold=3, breaker_reset_s=0.3, backoff_base_s=0.005,
+                backoff_max_s=0.02, max_retry_after_s=2.0, l1_size=1000)
+    base.update(kw)
+    return EngineSettings(**base)
+
+
+def engine_for(emu: Emu, **kw) -> InferenceEngine:
+    from bridge.catalog import default_catalog
+
+    return InferenceEngine(emu.client(), default_catalog(), emulated=True, settings=fast_settings(**kw))
+
+
+@asynccontextmanager
+async def worker_on(nats_url: str, emu: Emu, settings: EngineSettings | None = None, l2: bool = True):
+    conn = GroqConnection(client=emu.client(), emulated=True, base_url=emu.url)
+    w, conn, nc = await start_worker(nats_url, groq_conn=conn, settings=settings or fast_settings(), l2=l2)
+    try:
+        yield w
+    finally:
+        await stop_worker(w, conn, nc)
+
+
+@asynccontextmanager
+async def gateway_on(nats_url: str, **kw):
+    srv = ThreadServer(create_gateway(nats_url, **kw))
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def spawn_worker(nats_url: str, emulator_url: str, log_path: Path, **env_extra: str) -> subprocess.Popen:
+    """`python -m bridge.worker` as a real child process (so a test can SIGKILL it)."""
+    env = {k: v for k, v in os.environ.items() if k != "GROQ_API_KEY"}
+    env.update(NATS_URL=nats_url, GROQPOLICY_EMULATOR_URL=emulator_url, PYTHONPATH=str(REPO_ROOT),
+               GROQPOLICY_BREAKER_RESET_S="0.3", **env_extra)
+    log = open(log_path, "ab")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "bridge.worker"], stdout=log, stderr=subprocess.STDOUT,
+                            env=env, cwd=REPO_ROOT, start_new_session=True)
+    log.close()
+    return proc
+
+
+async def wait_for_workers(nats_url: str, count: int, timeout: float = 20.0) -> list[dict]:
+    """Poll $SRV.PING.groqpolicy-inference until `count` workers answer."""
+    import msgspec
+
+    nc = await nats.connect(nats_url)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            inbox = nc.new_inbox()
+            sub = await nc.subscribe(inbox)
+            await nc.publish("$SRV.PING.groqpolicy-inference", b"", reply=inbox)
+            seen: list[dict] = []
+            end = time.monotonic() + 0.3
+            while time.monotonic() < end:
+                try:
+                    msg = await sub.next_msg(timeout=max(0.01, end - time.monotonic()))
+                except Exception:  # noqa: BLE001 - nats TimeoutError: no more answers
+                    break
+                seen.append(msgspec.json.decode(msg.data))
+            await sub.unsubscribe()
+            if len(seen) >= count:
+                return seen
+            if time.monotonic() > deadline:
+                raise AssertionError(f"wanted {count} workers answering $SRV.PING, got {len(seen)}")
+    finally:
+        await nc.close()
+
+
+async def post(client: httpx.AsyncClient, url: str, tier: str, body: dict) -> httpx.Response:
+    return await client.post(f"{url}/v1/infer/{tier}", json=body)
