@@ -90,7 +90,7 @@ pre_validation := validation(
 #   {constitutional_hash?, decision: <decision document>, oversight: {escalation: "<queue>"}}
 
 post_violations contains v if {
-	not doc.outcome_values[_proposed.decision]
+	not _decision_valid
 	v := violation("P2-fail-closed", "deny", concat("", [
 		"decision: want one of allow, deny, review, got ",
 		json.marshal(object.get(_proposed, "decision", null)),
@@ -138,6 +138,10 @@ _proposed := input.decision if is_object(input.decision)
 else := {"decision": input.decision} if is_string(input.decision)
 
 else := {}
+
+# Negation goes through a helper rule: `not set[_proposed.decision]` would be false,
+# not true, when the decision is missing (the reference is evaluated before `not`).
+_decision_valid if doc.outcome_values[_proposed.decision]
 
 _proposed_reasons := [r | some r in object.get(_proposed, "reasons", []); is_string(r)]
 

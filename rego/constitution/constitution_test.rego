@@ -164,6 +164,9 @@ test_post_invalid_decision_is_deny if {
 	m := constitution.post_validation with input as {}
 	m.decision == "deny"
 	m.confidence == 1
+	missing := constitution.post_validation with input as {"decision": object.remove(proposed({}), ["decision"])}
+	missing.decision == "deny"
+	missing.reasons[0] == "deny: decision: want one of allow, deny, review, got null"
 }
 
 test_post_wrong_hash_is_deny if {
@@ -182,6 +185,10 @@ test_post_invalid_confidence_reports_zero if {
 	r := constitution.post_validation with input as {"decision": proposed({"decision": "review", "reasons": ["review: z"], "confidence": "high"})}
 	r.decision == "review"
 	r.confidence == 0
+}
+
+test_reasons_without_any if {
+	doc.reasons(set(), set(), set()) == ["all checks passed"]
 }
 
 test_strictest if {

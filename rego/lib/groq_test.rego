@@ -165,3 +165,15 @@ test_confident_and_doubt if {
 	groq.doubt(bad, 0.5) == "model unavailable: bridge unreachable: connection refused"
 	groq.summary(good) == "model (fast, openai/gpt-oss-20b) judged allow with confidence 92%: benign"
 }
+
+bare_send(_) := {"status_code": 200, "body": {"decision": "deny", "confidence": 0}}
+
+test_minimal_answer_gets_defaults if {
+	a := groq.judge("reasoning", "q?", {}) with http.send as bare_send
+	a.ok
+	a.decision == "deny"
+	a.confidence == 0
+	a.rationale == ""
+	a.model == "unknown"
+	a.emulated == false
+}

@@ -26,11 +26,6 @@ deny_reasons contains v.message if {
 	v.severity == "deny"
 }
 
-review_reasons contains v.message if {
-	some v in constitution.pre_violations
-	v.severity == "review"
-}
-
 deny_reasons contains v.message if {
 	input.decision
 	some v in constitution.post_violations

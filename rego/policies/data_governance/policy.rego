@@ -157,7 +157,9 @@ allow_reasons contains msg if {
 deny_reasons := rule_deny_reasons | model_deny_reasons
 
 # Rules are certain; a decision the model took part in is as sure as the model.
-confidence := model_answer.confidence if needs_model else := 1
+confidence := model_answer.confidence if needs_model
+
+else := 1
 
 # METADATA
 # title: Data governance decision

@@ -52,11 +52,11 @@ _text := input.content.text if {
 # ---------------------------------------------------------------- rules
 
 rule_deny_reasons contains concat("", ["content category ", c, " is prohibited"]) if {
-	some c in _categories & prohibited_categories
+	some c in (_categories & prohibited_categories)
 }
 
 rule_deny_reasons contains msg if {
-	some a in _criteria & protected_attributes
+	some a in (_criteria & protected_attributes)
 	not input.fairness_review.approved == true
 	msg := concat("", ["decision criterion ", a, " is a protected characteristic"])
 }
@@ -66,11 +66,11 @@ rule_deny_reasons contains "text matches a known prompt-injection pattern" if {
 }
 
 review_reasons contains concat("", ["content category ", c, " needs human review"]) if {
-	some c in _categories & sensitive_categories
+	some c in (_categories & sensitive_categories)
 }
 
 review_reasons contains msg if {
-	some a in _criteria & protected_attributes
+	some a in (_criteria & protected_attributes)
 	input.fairness_review.approved == true
 	msg := concat("", ["decision criterion ", a, " is a protected characteristic, used under an approved fairness review"])
 }
@@ -117,7 +117,9 @@ allow_reasons contains "no prohibited or sensitive category and no protected cri
 
 deny_reasons := rule_deny_reasons | model_deny_reasons
 
-confidence := model_answer.confidence if needs_model else := 1
+confidence := model_answer.confidence if needs_model
+
+else := 1
 
 # METADATA
 # title: Ethical constraints decision

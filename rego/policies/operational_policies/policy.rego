@@ -34,7 +34,9 @@ default change_freezes := [{"name": "year-end freeze", "start": "2026-12-21T00:0
 
 change_freezes := data.groqpolicy.config.change_freezes
 
-now_ns := time.parse_rfc3339_ns(input.request_time) if is_string(input.request_time) else := time.now_ns()
+now_ns := time.parse_rfc3339_ns(input.request_time) if is_string(input.request_time)
+
+else := time.now_ns()
 
 _op := object.get(input, "operation", {})
 
@@ -45,7 +47,9 @@ _production_change if {
 
 _emergency if _op.emergency == true
 
-_quota := quotas[input.principal.plan] if quotas[input.principal.plan] else := quotas.free
+_quota := quotas[input.principal.plan] if quotas[input.principal.plan]
+
+else := quotas.free
 
 _in_maintenance_window if {
 	maintenance_days[time.weekday(now_ns)]

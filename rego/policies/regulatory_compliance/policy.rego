@@ -50,6 +50,15 @@ _transfer_out if {
 
 _adequate_destination if adequate[_destination]
 
+# Negated conditions on input go through helper rules: without `future.keywords.not`,
+# `not f(input.x.y)` is false (not true) when input.x.y is missing, because the
+# compiler evaluates input.x.y before the negation.
+_legal_basis_valid if legal_bases[_processing.legal_basis]
+
+_mechanism_valid if transfer_mechanisms[_processing.transfer_mechanism]
+
+_region_known if is_string(input.data_subject.region)
+
 _adequate_destination if {
 	_destination == "US"
 	_processing.recipient_dpf_certified == true
@@ -57,7 +66,7 @@ _adequate_destination if {
 
 deny_reasons contains msg if {
 	_gdpr_applies
-	not legal_bases[_processing.legal_basis]
+	not _legal_basis_valid
 	msg := concat("", [
 		"GDPR Art. 6: legal basis ", json.marshal(object.get(_processing, "legal_basis", null)),
 		" is not one of ", concat(", ", sort(legal_bases)),
@@ -73,7 +82,7 @@ deny_reasons contains "GDPR Art. 9: special-category data needs explicit consent
 deny_reasons contains msg if {
 	_transfer_out
 	not _adequate_destination
-	not transfer_mechanisms[_processing.transfer_mechanism]
+	not _mechanism_valid
 	not _processing.transfer_mechanism == "derogation"
 	msg := concat("", [
 		"GDPR Chapter V: transfer to ", _destination,
@@ -96,11 +105,11 @@ review_reasons contains "GDPR Art. 22: automated decision with legal effect need
 }
 
 review_reasons contains "data subject region is unknown, so the applicable law cannot be determined" if {
-	not is_string(input.data_subject.region)
+	not _region_known
 }
 
 allow_reasons contains "GDPR does not apply to this data subject" if {
-	is_string(input.data_subject.region)
+	_region_known
 	not _gdpr_applies
 }
 

@@ -41,13 +41,16 @@ _mfa_required if {
 
 _mfa_required if _classification in {"confidential", "restricted"}
 
+# A helper rule, not `not is_string(_principal.id)`: see regulatory_compliance.
+_has_id if is_string(_principal.id)
+
 _trusted_source if {
 	some cidr in _security.trusted_networks
 	net.cidr_contains(cidr, _principal.source_ip)
 }
 
 deny_reasons contains "principal has no id" if {
-	not is_string(_principal.id)
+	not _has_id
 }
 
 deny_reasons contains msg if {
