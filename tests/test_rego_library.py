@@ -1,0 +1,144 @@
+"""The policy library in rego/, checked by the real opa: strict check, opa test, WASM build."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+REGO_DIR = Path(__file__).resolve().parent.parent / "rego"
+
+POLICY_TYPES = (
+    "constitutional_compliance",
+    "data_governance",
+    "ethical_constraints",
+    "regulatory_compliance",
+    "operational_policies",
+    "security_policies",
+    "risk_management",
+)
+CONSTITUTION_ENTRYPOINTS = {"groqpolicy/constitution/pre_validation", "groqpolicy/constitution/post_validation"}
+ENTRYPOINTS = {f"groqpolicy/policies/{t}/decision" for t in POLICY_TYPES} | CONSTITUTION_ENTRYPOINTS
+
+# The number of `opa test` cases written so far; adding tests is fine, losing them is not.
+MIN_TESTS = 114
+
+# Builtins the compiled module may leave to the host (opa_builtin0..4). Anything else
+# would be a new obligation for the in-process WASM evaluator.
+HOST_BUILTINS = {"http.send", "time.now_ns", "time.parse_rfc3339_ns", "time.clock", "time.weekday"}
+
+
+def run(opa_bin: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(opa_bin), *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_opa_check_strict(opa_bin: Path) -> None:
+    proc = run(opa_bin, "check", "--strict", str(REGO_DIR))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_opa_fmt_clean(opa_bin: Path) -> None:
+    proc = run(opa_bin, "fmt", "--list", str(REGO_DIR))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "", f"not opa-fmt formatted: {proc.stdout}"
+
+
+def test_opa_test_all_pass(opa_bin: Path) -> None:
+    proc = run(opa_bin, "test", "-v", str(REGO_DIR))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    results = re.findall(r"^(data\.\S+): (PASS|FAIL|ERROR|SKIPPED)", out, re.MULTILINE)
+    assert len(results) >= MIN_TESTS, f"only {len(results)} tests ran (want >= {MIN_TESTS})\n{out}"
+    failed = [name for name, status in results if status in ("FAIL", "ERROR")]
+    assert failed == [], out
+    # Every policy has tests of its own, and they cover allow, deny and review.
+    for policy_type in POLICY_TYPES:
+        names = [n for n, _ in results if n.startswith(f"data.groqpolicy.policies.{policy_type}_test.")]
+        assert names, f"{policy_type}: no tests"
+        assert any(".test_examples" in n for n in names), f"{policy_type}: no allow/deny/review example test"
+
+
+def test_every_policy_has_allow_deny_review_examples(opa_bin: Path) -> None:
+    """The examples in each *_test package are what end-to-end tests reuse."""
+    proc = run(opa_bin, "eval", "--format", "json", "-d", str(REGO_DIR), "data.groqpolicy.policies")
+    assert proc.returncode == 0, proc.stderr
+    packages = json.loads(proc.stdout)["result"][0]["expressions"][0]["value"]
+    for policy_type in POLICY_TYPES:
+        examples = packages[f"{policy_type}_test"]["examples"]
+        assert set(examples) == {"allow", "deny", "review"}, policy_type
+
+
+@pytest.fixture(scope="module")
+def wasm_bundle(opa_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Without --ignore, test rules that refer to an entrypoint become entrypoints
+    # themselves (opa build enumerates dependents of annotated entrypoints).
+    out = tmp_path_factory.mktemp("wasm") / "bundle.tar.gz"
+    proc = run(opa_bin, "build", "-t", "wasm", "--ignore", "*_test.rego", str(REGO_DIR), "-o", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out
+
+
+def _member(bundle: Path, name: str) -> bytes:
+    with tarfile.open(bundle) as tar:
+        for member in tar.getmembers():
+            if member.name.lstrip("/") == name:
+                fh = tar.extractfile(member)
+                assert fh is not None
+                return fh.read()
+    raise AssertionError(f"{bundle}: no {name}")
+
+
+def test_wasm_manifest_lists_annotated_entrypoints(wasm_bundle: Path) -> None:
+    manifest = json.loads(_member(wasm_bundle, ".manifest"))
+    wasm = manifest["wasm"]
+    assert {w["entrypoint"] for w in wasm} == ENTRYPOINTS
+    for w in wasm:
+        assert w["module"] == "/policy.wasm"
+        (annotation,) = w["annotations"]
+        assert annotation["entrypoint"] is True
+        assert annotation["title"]
+        custom = annotation["custom"]
+        assert custom["performance_tier"] in {"nano", "fast", "balanced", "premium", "reasoning"}
+        if w["entrypoint"].startswith("groqpolicy/policies/"):
+            assert custom["policy_type"] == w["entrypoint"].split("/")[2]
+
+
+def test_wasm_bundle_carries_constitution_data(wasm_bundle: Path) -> None:
+    data = json.loads(_member(wasm_bundle, "data.json"))
+    constitution = data["groqpolicy"]["constitution"]
+    assert constitution["hash"] == "cdd01ef066bc6cf2"
+    ids = [p["id"] for p in constitution["principles"]]
+    assert len(ids) == len(set(ids)) >= 8
+    assert "roles" in data["groqpolicy"]["security"]
+
+
+def test_wasm_module_needs_only_known_host_builtins(wasm_bundle: Path) -> None:
+    wasmtime = pytest.importorskip("wasmtime")
+    engine = wasmtime.Engine()
+    store = wasmtime.Store(engine)
+    module = wasmtime.Module(engine, _member(wasm_bundle, "policy.wasm"))
+    linker = wasmtime.Linker(engine)
+    memory = wasmtime.Memory(store, wasmtime.MemoryType(wasmtime.Limits(5, None)))
+    linker.define(store, "env", "memory", memory)
+    for imp in module.imports:
+        if imp.name != "memory":
+            ft = imp.type
+            linker.define(store, imp.module, imp.name, wasmtime.Func(store, ft, lambda *a, ft=ft: 0 if ft.results else None))
+    exports = linker.instantiate(store, module).exports(store)
+
+    def dump(addr: int) -> object:
+        start = exports["opa_json_dump"](store, addr)
+        raw = bytearray()
+        while (chunk := memory.read(store, start + len(raw), start + len(raw) + 4096)) and 0 not in chunk:
+            raw += chunk
+        raw += chunk[: chunk.index(0)]
+        return json.loads(raw)
+
+    builtins = dump(exports["builtins"](store))
+    assert set(builtins) <= HOST_BUILTINS, f"new host builtins: {set(builtins) - HOST_BUILTINS}"
+    assert "http.send" in builtins
+    assert set(dump(exports["entrypoints"](store))) == ENTRYPOINTS
