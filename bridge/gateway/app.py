@@ -1,0 +1,182 @@
+"""The bridge gateway: HTTP (what Rego's `http.send` calls) -> NATS request on `groq.infer.<tier>`.
+
+A raw ASGI app: this is the hot path of every model-backed policy decision, and a framework's
+routing, DI and serialisation layers would cost more than the NATS hop they front. It validates
+the body (msgspec), forwards the *original bytes* with the caller's budget in a header, and
+passes the worker's JSON through unchanged with `Cache-Control: max-age=N`, so OPA's inter-query
+`http.send` cache keeps identical judgments.
+
+    POST /v1/infer/{tier}  -> 200 reply | 400 not JSON | 404 unknown tier | 413 too large
+                              | 422 invalid body | 503 no worker | 504 deadline
+    GET  /v1/models        -> the tier catalog (seed shape: {"models": [...]})
+    GET  /health           -> {"status": "ok"|"degraded", "nats": bool}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any
+
+import msgspec
+import nats
+from nats.aio.client import Client as NATS
+from nats.errors import ConnectionClosedError, NoRespondersError, TimeoutError as NatsTimeout
+
+from bridge.wire import (
+    BUDGET_HEADER,
+    DEFAULT_DEADLINE_MS,
+    MAX_AGE_HEADER,
+    MAX_BODY_BYTES,
+    TIERS,
+    BadRequest,
+    BridgeError,
+    DeadlineExceeded,
+    NoWorker,
+    decode_request,
+    error_body,
+    subject_for,
+    validate_request,
+)
+
+log = logging.getLogger("groqpolicy.gateway")
+PREFIX = "/v1/infer/"
+ERROR_CODE_HEADER = "Nats-Service-Error-Code"
+_JSON = (b"content-type", b"application/json")
+_NO_STORE = (b"cache-control", b"no-store")
+_SUBJECTS = {t: subject_for(t) for t in TIERS}
+
+
+class Gateway:
+    """ASGI app. Give it a connected `nc`, or a `nats_url` to connect to at lifespan startup."""
+
+    def __init__(self, nats_url: str | None = None, *, nc: NATS | None = None,
+                 default_deadline_ms: int | None = None, max_body: int = MAX_BODY_BYTES) -> None:
+        self.nats_url = nats_url or os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
+        self.nc = nc
+        self._owns_nc = nc is None
+        self.default_deadline_ms = default_deadline_ms or int(os.environ.get("GROQPOLICY_GATEWAY_DEADLINE_MS", DEFAULT_DEADLINE_MS))
+        self.max_body = max_body
+        self.counts = {"requests": 0, "ok": 0, "client_errors": 0, "no_worker": 0, "deadline": 0}
+
+    async def connect(self) -> None:
+        if self.nc is None:
+            self.nc = await nats.connect(self.nats_url, name="groqpolicy-gateway", max_reconnect_attempts=-1,
+                                         reconnect_time_wait=0.5)
+
+    async def close(self) -> None:
+        if self.nc is not None and self._owns_nc:
+            await self.nc.drain()
+            self.nc = None
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    try:
+                        await self.connect()
+                    except Exception as exc:  # noqa: BLE001
+                        await send({"type": "lifespan.startup.failed", "message": f"NATS {self.nats_url}: {exc}"})
+                        return
+                    await send({"type": "lifespan.startup.complete"})
+                elif msg["type"] == "lifespan.shutdown":
+                    await self.close()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+
+    async def _http(self, scope: dict, receive: Any, send: Any) -> None:
+        path, method = scope["path"], scope["method"]
+        if path.startswith(PREFIX):
+            if method != "POST":
+                return await _send(send, 405, error_body(f"{method} {path}: method not allowed (want POST)", "invalid_request_error", "method_not_allowed"), [_NO_STORE, (b"allow", b"POST")])
+            self.counts["requests"] += 1
+            try:
+                status, body, headers = await self._infer(path[len(PREFIX):], scope, receive)
+            except BridgeError as exc:
+                if exc.status < 500:
+                    self.counts["client_errors"] += 1
+                status, body, headers = exc.status, exc.body(), [_NO_STORE]
+            return await _send(send, status, body, headers)
+        if path == "/health" and method == "GET":
+            ok = self.nc is not None and self.nc.is_connected
+            return await _send(send, 200 if ok else 503, msgspec.json.encode({"status": "ok" if ok else "degraded", "nats": ok, **self.counts}), [_NO_STORE])
+        if path == "/v1/models" and method == "GET":
+            from bridge.catalog import default_catalog
+
+            return await _send(send, 200, msgspec.json.encode({"models": default_catalog().models_listing()}), [])
+        await _send(send, 404, error_body(f"{method} {path}: not found", "invalid_request_error", "not_found"), [_NO_STORE])
+
+    async def _infer(self, tier: str, scope: dict, receive: Any) -> tuple[int, bytes, list]:
+        subject = _SUBJECTS.get(tier)
+        if subject is None:
+            raise BadRequest(f"tier {tier!r}: unknown (want one of: {', '.join(TIERS)})", status=404, code="unknown_tier")
+        for name, value in scope["headers"]:
+            if name == b"content-length" and int(value or 0) > self.max_body:
+                raise BadRequest(f"body: {int(value)} bytes is too large (max {self.max_body})", status=413, code="body_too_large")
+        body = await _read_body(receive, self.max_body)
+        try:
+            req = decode_request(body)
+        except msgspec.ValidationError as exc:
+            raise BadRequest(f"body: {exc}", status=422, code="invalid_request") from None
+        except msgspec.DecodeError as exc:
+            raise BadRequest(f"body: not JSON ({exc})", status=400, code="invalid_json") from None
+        validate_request(req)
+        budget_ms = req.deadline_ms or self.default_deadline_ms
+        nc = self.nc
+        if nc is None or not nc.is_connected:
+            self.counts["no_worker"] += 1
+            raise NoWorker("NATS: not connected; no inference worker can be reached", code="nats_unavailable")
+        t0 = time.monotonic()
+        try:
+            msg = await nc.request(subject, body, timeout=budget_ms / 1000, headers={BUDGET_HEADER: str(budget_ms)})
+        except NoRespondersError:
+            self.counts["no_worker"] += 1
+            raise NoWorker(f"{subject}: no inference worker is serving tier {tier!r}") from None
+        except (NatsTimeout, asyncio.TimeoutError):
+            self.counts["deadline"] += 1
+            raise DeadlineExceeded(f"{subject}: no answer within the deadline of {budget_ms} ms "
+                                   f"(waited {(time.monotonic() - t0) * 1000:.0f} ms)") from None
+        except ConnectionClosedError:
+            self.counts["no_worker"] += 1
+            raise NoWorker("NATS: connection closed") from None
+        headers = msg.headers or {}
+        code = headers.get(ERROR_CODE_HEADER)
+        if code is not None:
+            status = int(code) if code.isdigit() and 400 <= int(code) <= 599 else 502
+            data = msg.data or error_body(headers.get("Nats-Service-Error", "worker error"), "worker_error", "worker_error")
+            return status, data, [_NO_STORE]
+        self.counts["ok"] += 1
+        max_age = headers.get(MAX_AGE_HEADER, "0")
+        return 200, msg.data, [(b"cache-control", b"max-age=" + max_age.encode())]
+
+
+async def _read_body(receive: Any, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise BadRequest("client disconnected", status=400, code="disconnected")
+        chunk = msg.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(f"body: too large (max {limit} bytes)", status=413, code="body_too_large")
+        chunks.append(chunk)
+        if not msg.get("more_body", False):
+            return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+
+
+async def _send(send: Any, status: int, body: bytes, headers: list) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [_JSON, (b"content-length", str(len(body)).encode()), *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(nats_url: str | None = None, **kw: Any) -> Gateway:
+    return Gateway(nats_url, **kw)

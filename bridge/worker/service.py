@@ -1,0 +1,232 @@
+"""The inference worker as a `nats.micro` service: one endpoint per tier on `groq.infer.<tier>`,
+all in one queue group so any number of workers share the load ($SRV.PING/INFO/STATS work).
+
+nats-py runs a subscription's callback one message at a time, so the handler answers L1 hits
+inline (microseconds) and hands everything else to a task: a slow model call never blocks the
+endpoint. Replies carry `Groqpolicy-Max-Age`; errors carry nats.micro's error headers with the
+HTTP status as the code and a JSON error body, which the gateway passes through unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import groq
+import httpx
+import msgspec
+import nats
+from nats.aio.client import Client as NATS
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import EndpointStats, Service
+
+from bridge.catalog import Catalog, default_catalog
+from bridge.wire import (
+    BUDGET_HEADER,
+    DEFAULT_DEADLINE_MS,
+    MAX_AGE_HEADER,
+    MAX_DEADLINE_MS,
+    TIERS,
+    BadRequest,
+    BridgeError,
+    decode_request,
+    encode,
+    error_body,
+    subject_for,
+    validate_request,
+)
+from bridge.worker.cache import KVCache
+from bridge.worker.engine import EngineSettings, InferenceEngine
+
+log = logging.getLogger("groqpolicy.worker")
+SERVICE_NAME = "groqpolicy-inference"
+SERVICE_VERSION = "0.1.0"
+QUEUE_GROUP = "groq-infer"
+ERROR_CODE_HEADER = "Nats-Service-Error-Code"
+ERROR_HEADER = "Nats-Service-Error"
+
+
+def deadline_margin_s(budget_s: float) -> float:
+    """Time kept back so that the worker's own answer (even a 504) reaches the gateway in time."""
+    return min(0.05, budget_s * 0.1)
+
+
+@dataclass
+class GroqConnection:
+    client: groq.AsyncGroq
+    emulated: bool
+    base_url: str
+    emulator: object | None = None  # a LoopServer when we started the emulator ourselves
+
+    async def close(self) -> None:
+        await self.client.close()
+        if self.emulator is not None:
+            await self.emulator.stop()  # type: ignore[attr-defined]
+
+
+async def connect_groq(*, base_url: str | None = None, api_key: str | None = None, emulated: bool | None = None) -> GroqConnection:
+    """One pooled AsyncGroq client, warmed (the pool holds an open connection when this returns).
+
+    Resolution: explicit arguments; else `GROQ_API_KEY` (+ optional `GROQ_BASE_URL`) = the real API;
+    else `GROQPOLICY_EMULATOR_URL` = an emulator running elsewhere; else an emulator started here.
+    Every reply of an emulated connection says `emulated: true`.
+    """
+    emulator = None
+    if base_url is None:
+        if api_key is None and os.environ.get("GROQ_API_KEY"):
+            api_key = os.environ["GROQ_API_KEY"]
+            base_url = os.environ.get("GROQ_BASE_URL") or "https://api.groq.com"
+            emulated = False if emulated is None else emulated
+        elif os.environ.get("GROQPOLICY_EMULATOR_URL"):
+            base_url = os.environ["GROQPOLICY_EMULATOR_URL"]
+            emulated = True
+        else:
+            from bridge.emulator import create_app
+            from bridge.emulator.server import LoopServer
+
+            emulator = await LoopServer(create_app()).start()
+            base_url = emulator.url
+            emulated = True
+    if emulated is None:
+        emulated = api_key is None
+    if emulated:
+        log.warning("GROQ_API_KEY is not set: answering from the Groq EMULATOR at %s; every reply says emulated=true", base_url)
+    http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200, max_keepalive_connections=50, keepalive_expiry=60),
+                             timeout=httpx.Timeout(30.0, connect=5.0))
+    client = groq.AsyncGroq(api_key=api_key or "emulated", base_url=base_url, max_retries=0, http_client=http)
+    try:
+        await client.models.list(timeout=10)
+    except groq.APIError as exc:
+        log.warning("Groq warm-up (GET /openai/v1/models) failed: %s", exc)
+    return GroqConnection(client=client, emulated=emulated, base_url=base_url, emulator=emulator)
+
+
+class Worker:
+    def __init__(self, nc: NATS, engine: InferenceEngine, *, queue_group: str = QUEUE_GROUP, name: str = SERVICE_NAME) -> None:
+        self.nc = nc
+        self.engine = engine
+        self.queue_group = queue_group
+        self.name = name
+        self.service: Service | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self.served = 0
+
+    async def start(self) -> "Worker":
+        self.service = await add_service(
+            self.nc, name=self.name, version=SERVICE_VERSION, queue_group=self.queue_group,
+            description="groqpolicy: tiered Groq judgments for OPA policies",
+            metadata={"emulated": str(self.engine.emulated).lower()},
+            stats_handler=self._endpoint_stats,
+        )
+        for tier in TIERS:
+            await self.service.add_endpoint(name=tier, subject=subject_for(tier), handler=self._handler(tier),
+                                            metadata={"tier": tier})
+        await self.nc.flush()
+        return self
+
+    async def stop(self) -> None:
+        if self.service is not None:
+            await self.service.stop()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
+
+    def _endpoint_stats(self, endpoint: EndpointStats) -> dict:
+        return self.engine.stats()
+
+    def _handler(self, tier: str):
+        engine = self.engine
+
+        async def handle(request: Request) -> None:
+            started = time.perf_counter()
+            try:
+                req = decode_request(request.data)
+                validate_request(req)
+            except (msgspec.DecodeError, msgspec.ValidationError, BridgeError) as exc:
+                if isinstance(exc, BridgeError):
+                    err = exc
+                elif isinstance(exc, msgspec.ValidationError):  # a subclass of DecodeError: test it first
+                    err = BadRequest(f"request: {exc}", status=422, code="invalid_request")
+                else:
+                    err = BadRequest(f"request: not JSON ({exc})", status=400, code="invalid_json")
+                await self._respond_error(request, err)
+                return
+            hit = engine.lookup_l1(tier, req, started)
+            if hit is not None:
+                self.served += 1
+                await request.respond(encode(hit[0]), headers={MAX_AGE_HEADER: str(hit[1])})
+                return
+            t = asyncio.create_task(self._serve(tier, req, request, started))
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
+
+        return handle
+
+    async def _serve(self, tier: str, req, request: Request, started: float) -> None:
+        budget_ms = self._budget_ms(request, req)
+        budget_s = budget_ms / 1000
+        deadline = time.monotonic() + budget_s - deadline_margin_s(budget_s)
+        try:
+            reply, max_age = await self.engine.infer(tier, req, deadline, started, skip_l1=True)
+        except BridgeError as exc:
+            await self._respond_error(request, exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - a bug must still answer (fail closed), not hang the caller
+            log.exception("tier %s: unexpected error", tier)
+            self.engine.counters.errors += 1
+            await self._respond_error(request, BridgeError(f"worker error: {exc!r}"))
+            return
+        self.served += 1
+        try:
+            await request.respond(encode(reply), headers={MAX_AGE_HEADER: str(max_age)})
+        except Exception:  # noqa: BLE001 - connection gone; the caller will time out and retry
+            log.warning("tier %s: could not deliver a reply", tier)
+
+    @staticmethod
+    def _budget_ms(request: Request, req) -> int:
+        raw = (request.headers or {}).get(BUDGET_HEADER)
+        if raw:
+            try:
+                return max(1, min(int(float(raw)), MAX_DEADLINE_MS))
+            except ValueError:
+                pass
+        return req.deadline_ms or DEFAULT_DEADLINE_MS
+
+    async def _respond_error(self, request: Request, err: BridgeError) -> None:
+        self.engine.counters.errors += 1
+        try:
+            await request.respond(err.body(), headers={ERROR_CODE_HEADER: str(err.status), ERROR_HEADER: err.message[:512]})
+        except Exception:  # noqa: BLE001
+            log.warning("could not deliver an error reply")
+
+
+async def start_worker(nats_url: str | None = None, *, nc: NATS | None = None, groq_conn: GroqConnection | None = None,
+                       catalog: Catalog | None = None, settings: EngineSettings | None = None, l2: bool = True,
+                       queue_group: str = QUEUE_GROUP) -> tuple[Worker, GroqConnection, NATS]:
+    """Connect (NATS, Groq), open the L2 bucket, and start serving. Returns what `stop_worker` needs."""
+    own_nc = nc is None
+    if nc is None:
+        nc = await nats.connect(nats_url or os.environ.get("NATS_URL", "nats://127.0.0.1:4222"),
+                                name="groqpolicy-worker", max_reconnect_attempts=-1)
+    if groq_conn is None:
+        groq_conn = await connect_groq()
+    kv = await KVCache.open(nc.jetstream()) if l2 else None
+    engine = InferenceEngine(groq_conn.client, catalog or default_catalog(), emulated=groq_conn.emulated,
+                             settings=settings, l2=kv)
+    worker = await Worker(nc, engine, queue_group=queue_group).start()
+    worker._owns_nc = own_nc  # type: ignore[attr-defined]
+    return worker, groq_conn, nc
+
+
+async def stop_worker(worker: Worker, groq_conn: GroqConnection | None = None, nc: NATS | None = None) -> None:
+    await worker.stop()
+    if groq_conn is not None:
+        await groq_conn.close()
+    if nc is not None and getattr(worker, "_owns_nc", False):
+        await nc.drain()
+
+
+__all__ = ["Worker", "GroqConnection", "connect_groq", "start_worker", "stop_worker", "error_body"]
