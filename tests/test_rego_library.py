@@ -25,7 +25,7 @@ CONSTITUTION_ENTRYPOINTS = {"groqpolicy/constitution/pre_validation", "groqpolic
 ENTRYPOINTS = {f"groqpolicy/policies/{t}/decision" for t in POLICY_TYPES} | CONSTITUTION_ENTRYPOINTS
 
 # The number of `opa test` cases written so far; adding tests is fine, losing them is not.
-MIN_TESTS = 114
+MIN_TESTS = 115
 
 # Builtins the compiled module may leave to the host (opa_builtin0..4). Anything else
 # would be a new obligation for the in-process WASM evaluator.
@@ -69,7 +69,7 @@ def test_every_policy_has_allow_deny_review_examples(opa_bin: Path) -> None:
     packages = json.loads(proc.stdout)["result"][0]["expressions"][0]["value"]
     for policy_type in POLICY_TYPES:
         examples = packages[f"{policy_type}_test"]["examples"]
-        assert set(examples) == {"allow", "deny", "review"}, policy_type
+        assert {"allow", "deny", "review"} <= set(examples), policy_type
 
 
 @pytest.fixture(scope="module")

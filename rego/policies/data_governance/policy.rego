@@ -6,6 +6,8 @@
 #   rules; free text that no rule can classify is sent to the model ("does this hold
 #   personal data?"), whose answer counts only at min_model_confidence or above.
 #
+#   Fields the catalog does not classify go to a data steward (review).
+#
 #   input: {principal, purpose, fields: [..], consent: [purposes], record_age_days,
 #           free_text?}
 package groqpolicy.policies.data_governance
@@ -43,6 +45,13 @@ purposes := {
 	"marketing": {"fields": {"email", "full_name"}, "consent": true, "retention_days": 365},
 	"analytics": {"fields": set(), "consent": false, "retention_days": 395},
 	"research": {"fields": {"date_of_birth", "location", "health_record"}, "consent": true, "retention_days": 1825},
+}
+
+# Fields the data catalog classifies as not personal; anything in none of the three
+# sets is unclassified and goes to a data steward.
+non_personal_fields := {
+	"order_id", "product_id", "amount", "currency", "country", "timestamp",
+	"page_views", "session_count", "plan", "invoice_id",
 }
 
 _purpose := purposes[input.purpose]
@@ -86,6 +95,14 @@ rule_deny_reasons contains msg if {
 		"records are ", format_int(input.record_age_days, 10), " days old, past the ",
 		format_int(_purpose.retention_days, 10), "-day retention for ", input.purpose,
 	])
+}
+
+review_reasons contains msg if {
+	some f in _fields
+	not personal_fields[f]
+	not special_category_fields[f]
+	not non_personal_fields[f]
+	msg := concat("", ["field ", json.marshal(f), " is not classified in the data catalog"])
 }
 
 _special_allowed(f) if {

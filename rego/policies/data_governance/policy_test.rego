@@ -16,8 +16,14 @@ examples := {
 		"fields": ["email", "page_views"],
 		"record_age_days": 10,
 	},
-	# With no bridge reachable this asks the model, fails, and fails closed.
 	"review": {
+		"principal": {"id": "svc-support"},
+		"purpose": "support",
+		"fields": ["full_name", "loyalty_tier"],
+		"record_age_days": 5,
+	},
+	# With no bridge reachable this asks the model, fails, and fails closed.
+	"model_review": {
 		"principal": {"id": "svc-support"},
 		"purpose": "support",
 		"fields": ["full_name"],
@@ -46,10 +52,16 @@ model_down(_) := {"status_code": 0, "error": {"code": "eval_http_send_network_er
 model_garbage(_) := {"status_code": 200, "body": {"decision": "allow", "confidence": 7}}
 
 test_examples if {
-	every want, example in examples {
+	every name, example in examples {
 		d := policy.decision with input as example with http.send as model_down
-		d.decision == want
+		d.decision == trim_prefix(name, "model_")
 	}
+}
+
+test_review_unclassified_field if {
+	d := policy.decision with input as examples.review
+	d.reasons == [`review: field "loyalty_tier" is not classified in the data catalog`]
+	not policy.needs_model with input as examples.review
 }
 
 test_allow_within_purpose if {

@@ -19,6 +19,11 @@ examples := {
 		"principal": {"id": "svc-content"},
 		"content": {"categories": ["medical_advice"]},
 	},
+	# Text no rule settles: the model decides; with the bridge failing, review.
+	"model_review": {
+		"principal": {"id": "svc-content"},
+		"content": {"text": "What are good stretches after running?", "categories": []},
+	},
 }
 
 benign := {"principal": {"id": "svc-content"}, "content": {"text": "What are good stretches after running?", "categories": []}}
@@ -39,9 +44,9 @@ model_unsure(_) := model("allow", 0.5)
 model_error(_) := {"status_code": 504, "body": {"error": {"message": "deadline exceeded", "type": "timeout", "code": "deadline"}}}
 
 test_examples if {
-	every want, example in examples {
+	every name, example in examples {
 		d := policy.decision with input as example with http.send as model_error
-		d.decision == want
+		d.decision == trim_prefix(name, "model_")
 	}
 }
 
