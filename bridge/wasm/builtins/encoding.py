@@ -1,0 +1,351 @@
+"""Encoding builtins: hex.*, urlquery.*, base64url.encode_no_pad, yaml.*, json.marshal_with_options,
+json.patch, json.match_schema / json.verify_schema (topdown encoding.go, json.go, schema.go)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import urllib.parse
+from typing import Any
+
+import msgspec
+import yaml
+
+from bridge.wasm.builtins import EvalContext, builtin
+from bridge.wasm.builtins.strings import need_str, type_name
+from bridge.wasm.errors import BuiltinError
+from bridge.wasm.values import RegoSet, canonical_key, to_json
+
+
+@builtin("hex.encode")
+def hex_encode(ctx: EvalContext, s: Any) -> str:
+    return need_str(s, 1).encode("utf-8").hex()
+
+
+@builtin("hex.decode")
+def hex_decode(ctx: EvalContext, s: Any) -> str:
+    s = need_str(s, 1)
+    try:
+        raw = bytes.fromhex(s) if re.fullmatch(r"([0-9a-fA-F]{2})*", s) else None
+    except ValueError:
+        raw = None
+    if raw is None:
+        raise BuiltinError(f"encoding/hex: invalid byte in {s!r}")
+    return raw.decode("utf-8", "replace")
+
+
+@builtin("base64url.encode_no_pad")
+def b64url_nopad(ctx: EvalContext, s: Any) -> str:
+    return base64.urlsafe_b64encode(need_str(s, 1).encode()).decode().rstrip("=")
+
+
+def _query_escape(s: str) -> str:
+    return urllib.parse.quote_plus(s, safe="~")
+
+
+def _query_unescape(s: str) -> str:
+    if re.search(r"%(?![0-9a-fA-F]{2})", s):
+        bad = re.search(r"%.{0,2}", s)
+        raise BuiltinError(f'invalid URL escape "{bad.group(0) if bad else "%"}"')
+    return urllib.parse.unquote_plus(s, errors="strict")
+
+
+@builtin("urlquery.encode")
+def urlquery_encode(ctx: EvalContext, s: Any) -> str:
+    return _query_escape(need_str(s, 1))
+
+
+@builtin("urlquery.decode")
+def urlquery_decode(ctx: EvalContext, s: Any) -> str:
+    try:
+        return _query_unescape(need_str(s, 1))
+    except UnicodeDecodeError:
+        raise BuiltinError("invalid URL escape") from None
+
+
+@builtin("urlquery.encode_object")
+def urlquery_encode_object(ctx: EvalContext, obj: Any) -> str:
+    if not isinstance(obj, dict):
+        raise BuiltinError(f"operand 1 must be object but got {type_name(obj)}")
+    pairs: list[tuple[str, str]] = []
+    for k in sorted(obj):
+        v = obj[k]
+        if isinstance(v, str):
+            vals = [v]
+        elif isinstance(v, (list, tuple, RegoSet)):
+            vals = list(v)
+            if not all(isinstance(x, str) for x in vals):
+                raise BuiltinError("encode_object: values must be strings")
+        else:
+            raise BuiltinError("encode_object: values must be strings, arrays or sets of strings")
+        pairs += [(k, x) for x in vals]
+    return "&".join(f"{_query_escape(k)}={_query_escape(v)}" for k, v in pairs)
+
+
+@builtin("urlquery.decode_object")
+def urlquery_decode_object(ctx: EvalContext, s: Any) -> dict[str, list[str]]:
+    s = need_str(s, 1)
+    out: dict[str, list[str]] = {}
+    for part in s.split("&"):
+        if part == "":
+            continue
+        if ";" in part:
+            raise BuiltinError("invalid semicolon separator in query")
+        k, _, v = part.partition("=")
+        out.setdefault(_query_unescape(k), []).append(_query_unescape(v))
+    return out
+
+
+# -- yaml -------------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+# YAML timestamps stay strings (the Go side converts YAML to JSON, which has no dates)
+_Loader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:timestamp"]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _yaml_json(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {(k if isinstance(k, str) else msgspec.json.encode(k).decode() if not isinstance(k, bool) else ("true" if k else "false")): _yaml_json(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_yaml_json(x) for x in v]
+    if isinstance(v, bytes):
+        return base64.b64encode(v).decode()
+    return v
+
+
+@builtin("yaml.unmarshal")
+def yaml_unmarshal(ctx: EvalContext, s: Any) -> Any:
+    try:
+        return _yaml_json(yaml.load(need_str(s, 1), Loader=_Loader))
+    except yaml.YAMLError as exc:
+        raise BuiltinError(f"yaml: {exc}") from None
+
+
+@builtin("yaml.is_valid")
+def yaml_is_valid(ctx: EvalContext, s: Any) -> bool:
+    if not isinstance(s, str):
+        return False
+    try:
+        yaml.load(s, Loader=_Loader)
+        return True
+    except yaml.YAMLError:
+        return False
+
+
+@builtin("yaml.marshal")
+def yaml_marshal(ctx: EvalContext, v: Any) -> str:
+    return yaml.safe_dump(to_json(v), default_flow_style=False, sort_keys=True, allow_unicode=True)
+
+
+# -- json -------------------------------------------------------------------------------------
+
+
+@builtin("json.marshal_with_options")
+def json_marshal_with_options(ctx: EvalContext, v: Any, opts: Any) -> str:
+    if not isinstance(opts, dict):
+        raise BuiltinError(f"operand 2 must be object but got {type_name(opts)}")
+    pretty = opts.get("pretty")
+    indent = opts.get("indent", "\t")
+    prefix = opts.get("prefix", "")
+    for k in opts:
+        if k not in ("pretty", "indent", "prefix"):
+            raise BuiltinError(f'object keys must be one of "pretty", "indent", "prefix" but got "{k}"')
+    if not isinstance(indent, str) or not isinstance(prefix, str):
+        raise BuiltinError("indent and prefix must be strings")
+    doc = to_json(v)
+    compact = msgspec.json.encode(doc, order="sorted").decode()
+    if pretty is False or ("indent" not in opts and "prefix" not in opts and not pretty):
+        return compact
+    return _go_indent(doc, prefix, indent)
+
+
+def _go_indent(v: Any, prefix: str, indent: str, depth: int = 0) -> str:
+    pad = prefix + indent * (depth + 1)
+    end = prefix + indent * depth
+    if isinstance(v, dict):
+        if not v:
+            return "{}"
+        items = [f"{pad}{msgspec.json.encode(k).decode()}: {_go_indent(v[k], prefix, indent, depth + 1)}" for k in sorted(v)]
+        return "{\n" + ",\n".join(items) + "\n" + end + "}"
+    if isinstance(v, list):
+        if not v:
+            return "[]"
+        items = [pad + _go_indent(x, prefix, indent, depth + 1) for x in v]
+        return "[\n" + ",\n".join(items) + "\n" + end + "]"
+    return msgspec.json.encode(v).decode()
+
+
+def _ptr(path: Any) -> list[str]:
+    if isinstance(path, str):
+        if path == "":
+            return []
+        if not path.startswith("/"):
+            raise BuiltinError(f"invalid JSON pointer {path!r}")
+        return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
+    if isinstance(path, (list, tuple)):
+        return [p if isinstance(p, str) else str(p) for p in path]
+    raise BuiltinError("json.patch: path must be a string or an array")
+
+
+def _get(doc: Any, parts: list[str]) -> Any:
+    for p in parts:
+        if isinstance(doc, dict):
+            if p not in doc:
+                raise BuiltinError(f"json.patch: path {p} not found")
+            doc = doc[p]
+        elif isinstance(doc, list):
+            if not p.isdigit() or int(p) >= len(doc):
+                raise BuiltinError(f"json.patch: index {p} out of range")
+            doc = doc[int(p)]
+        elif isinstance(doc, RegoSet):
+            match = [x for x in doc.items if (x if isinstance(x, str) else msgspec.json.encode(x).decode()) == p]
+            if not match:
+                raise BuiltinError(f"json.patch: set member {p} not found")
+            doc = match[0]
+        else:
+            raise BuiltinError("json.patch: path goes through a scalar")
+    return doc
+
+
+def _copy(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _copy(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_copy(x) for x in v]
+    return v
+
+
+def _add(doc: Any, parts: list[str], value: Any) -> Any:
+    if not parts:
+        return value
+    parent = _get(doc, parts[:-1])
+    last = parts[-1]
+    if isinstance(parent, dict):
+        parent[last] = value
+    elif isinstance(parent, list):
+        if last == "-":
+            parent.append(value)
+        elif last.isdigit() and int(last) <= len(parent):
+            parent.insert(int(last), value)
+        else:
+            raise BuiltinError(f"json.patch: index {last} out of range")
+    elif isinstance(parent, RegoSet):
+        _replace_in_parent(doc, parts[:-1], RegoSet(parent.items + [value]))
+    else:
+        raise BuiltinError("json.patch: cannot add into a scalar")
+    return doc
+
+
+def _replace_in_parent(doc: Any, parts: list[str], new: Any) -> None:
+    if not parts:
+        raise BuiltinError("json.patch: cannot replace the root set in place")
+    parent = _get(doc, parts[:-1])
+    if isinstance(parent, dict):
+        parent[parts[-1]] = new
+    elif isinstance(parent, list):
+        parent[int(parts[-1])] = new
+
+
+def _remove(doc: Any, parts: list[str]) -> tuple[Any, Any]:
+    if not parts:
+        raise BuiltinError("json.patch: cannot remove the root")
+    parent = _get(doc, parts[:-1])
+    last = parts[-1]
+    if isinstance(parent, dict):
+        if last not in parent:
+            raise BuiltinError(f"json.patch: path {last} not found")
+        return doc, parent.pop(last)
+    if isinstance(parent, list):
+        if not last.isdigit() or int(last) >= len(parent):
+            raise BuiltinError(f"json.patch: index {last} out of range")
+        return doc, parent.pop(int(last))
+    if isinstance(parent, RegoSet):
+        member = _get(parent, [last])
+        key = canonical_key(member)
+        _replace_in_parent(doc, parts[:-1], RegoSet(x for x in parent.items if canonical_key(x) != key))
+        return doc, member
+    raise BuiltinError("json.patch: cannot remove from a scalar")
+
+
+@builtin("json.patch")
+def json_patch(ctx: EvalContext, doc: Any, patches: Any) -> Any:
+    if not isinstance(patches, (list, tuple)):
+        raise BuiltinError(f"operand 2 must be array but got {type_name(patches)}")
+    doc = _copy(doc)
+    for p in patches:
+        if not isinstance(p, dict) or "op" not in p or "path" not in p:
+            raise BuiltinError("json.patch: each patch needs op and path")
+        op, path = p["op"], _ptr(p["path"])
+        if op == "add":
+            if "value" not in p:
+                raise BuiltinError("json.patch: add needs a value")
+            doc = _add(doc, path, _copy(p["value"]))
+        elif op == "remove":
+            doc, _ = _remove(doc, path)
+        elif op == "replace":
+            if "value" not in p:
+                raise BuiltinError("json.patch: replace needs a value")
+            if not path:
+                doc = _copy(p["value"])
+            else:
+                doc, _ = _remove(doc, path)
+                doc = _add(doc, path, _copy(p["value"]))
+        elif op == "move":
+            frm = _ptr(p.get("from"))
+            doc, v = _remove(doc, frm)
+            doc = _add(doc, path, v)
+        elif op == "copy":
+            frm = _ptr(p.get("from"))
+            doc = _add(doc, path, _copy(_get(doc, frm)))
+        elif op == "test":
+            if canonical_key(_get(doc, path)) != canonical_key(p.get("value")):
+                raise BuiltinError("json.patch: test failed")
+        else:
+            raise BuiltinError(f"json.patch: unknown op {op!r}")
+    return doc
+
+
+def _schema_of(v: Any) -> Any:
+    if isinstance(v, str):
+        try:
+            return msgspec.json.decode(v)
+        except msgspec.DecodeError as exc:
+            raise BuiltinError(f"invalid JSON schema: {exc}") from None
+    if isinstance(v, dict):
+        return to_json(v)
+    raise BuiltinError(f"operand must be object or string but got {type_name(v)}")
+
+
+@builtin("json.verify_schema")
+def json_verify_schema(ctx: EvalContext, schema: Any) -> list[Any]:
+    from bridge.wasm.builtins.jsonschema_lite import check_schema
+
+    try:
+        s = _schema_of(schema)
+    except BuiltinError as exc:
+        return [False, str(exc)]
+    err = check_schema(s)
+    return [err is None, err]
+
+
+@builtin("json.match_schema")
+def json_match_schema(ctx: EvalContext, document: Any, schema: Any) -> list[Any]:
+    from bridge.wasm.builtins.jsonschema_lite import check_schema, validate
+
+    s = _schema_of(schema)
+    if check_schema(s) is not None:
+        raise BuiltinError("json.match_schema: invalid schema")
+    doc = _schema_of(document) if isinstance(document, str) else to_json(document)
+    errs = validate(doc, s)
+    return [not errs, errs]
+
+
+__all__ = ["binascii"]

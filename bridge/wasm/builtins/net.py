@@ -1,0 +1,123 @@
+"""net.* builtins the wasm module leaves to the host (topdown cidr.go, net.go)."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from typing import Any
+
+from bridge.wasm.builtins import EvalContext, builtin
+from bridge.wasm.builtins.strings import need_str, type_name
+from bridge.wasm.errors import BuiltinError, HaltError
+from bridge.wasm.values import RegoSet
+
+
+def _net(s: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    if "/" not in s:
+        raise BuiltinError(f"invalid CIDR address: {s}")
+    try:
+        return ipaddress.ip_network(s, strict=False)
+    except ValueError:
+        raise BuiltinError(f"invalid CIDR address: {s}") from None
+
+
+def _contains(a: str, b: str) -> bool:
+    na = _net(a)
+    try:
+        ip = ipaddress.ip_address(b)
+        return ip.version == na.version and ip in na
+    except ValueError:
+        pass
+    try:
+        nb = _net(b)
+    except BuiltinError:
+        raise BuiltinError(f"not a valid textual representation of an IP address or CIDR: {b}") from None
+    return nb.version == na.version and nb.subnet_of(na)  # type: ignore[arg-type]
+
+
+def _operand(pos: int, v: Any) -> list[tuple[str, Any]]:
+    def cidr_of(x: Any) -> str:
+        if isinstance(x, str):
+            return x
+        if isinstance(x, list) and x:
+            if not isinstance(x[0], str):
+                raise BuiltinError(f"operand {pos} must be string")
+            return x[0]
+        raise BuiltinError(f"operand {pos}: element must be string or non-empty array")
+
+    if isinstance(v, str):
+        return [(v, v)]
+    if isinstance(v, list):
+        return [(cidr_of(x), i) for i, x in enumerate(v)]
+    if isinstance(v, RegoSet):
+        return [(cidr_of(x), x) for x in v.items]
+    if isinstance(v, dict):
+        return [(cidr_of(x), k) for k, x in v.items()]
+    return []
+
+
+@builtin("net.cidr_contains_matches")
+def cidr_contains_matches(ctx: EvalContext, a: Any, b: Any) -> RegoSet:
+    out = []
+    for c1, i1 in _operand(1, a):
+        for c2, i2 in _operand(2, b):
+            if _contains(c1, c2):
+                out.append([i1, i2])
+    return RegoSet(out)
+
+
+@builtin("net.cidr_expand")
+def cidr_expand(ctx: EvalContext, s: Any) -> RegoSet:
+    n = _net(need_str(s, 1))
+    if n.num_addresses > 1 << 20:
+        raise HaltError("net.cidr_expand: timed out before generating all IP addresses")
+    out = []
+    for i, ip in enumerate(n):
+        if i & 0xFFF == 0:
+            ctx.check_deadline()
+        out.append(str(ip))
+    return RegoSet(out)
+
+
+@builtin("net.cidr_is_valid")
+def cidr_is_valid(ctx: EvalContext, s: Any) -> bool:
+    if not isinstance(s, str) or "/" not in s:
+        return False
+    try:
+        ipaddress.ip_network(s, strict=False)
+        return True
+    except ValueError:
+        return False
+
+
+@builtin("net.cidr_merge")
+def cidr_merge(ctx: EvalContext, addrs: Any) -> RegoSet:
+    if isinstance(addrs, RegoSet):
+        items = addrs.items
+    elif isinstance(addrs, list):
+        items = addrs
+    else:
+        raise BuiltinError("operand must be an array")
+    nets: list[Any] = []
+    for x in items:
+        if not isinstance(x, str):
+            raise BuiltinError(f"operand 1 must be string but got {type_name(x)}")
+        try:
+            nets.append(ipaddress.ip_network(x, strict=False) if "/" in x else ipaddress.ip_network(x))
+        except ValueError:
+            raise BuiltinError(f"invalid CIDR address: {x}") from None
+    v4 = [n for n in nets if n.version == 4]
+    v6 = [n for n in nets if n.version == 6]
+    out = [str(n) for n in ipaddress.collapse_addresses(v4)] + [str(n) for n in ipaddress.collapse_addresses(v6)]
+    return RegoSet(out)
+
+
+@builtin("net.lookup_ip_addr")
+def lookup_ip_addr(ctx: EvalContext, name: Any) -> RegoSet:
+    name = need_str(name, 1)
+    ctx.check_deadline()
+    try:
+        infos = socket.getaddrinfo(name, None)
+    except OSError as exc:
+        raise BuiltinError(f"lookup {name}: {exc}") from None
+    return RegoSet({i[4][0] for i in infos})

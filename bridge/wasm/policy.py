@@ -1,0 +1,167 @@
+"""A loaded policy revision: compiled module, base data, entrypoints, builtin table, instance pool."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any, Mapping
+
+import msgspec
+
+from bridge.wasm import errors as E
+from bridge.wasm.builtins import REGISTRY, UNDEFINED, EvalContext, provided
+from bridge.wasm.errors import BuiltinError
+from bridge.wasm.host import HostConfig
+from bridge.wasm.pool import InstancePool
+from bridge.wasm.runtime import MIN_ABI_MINOR, Instance, compile_policy, deadline_ticks
+
+_encode = msgspec.json.encode
+_decode = msgspec.json.decode
+_time_ns = time.time_ns
+_monotonic = time.monotonic
+
+DEFAULT_MEMORY_LIMIT = 256 * 1024 * 1024
+DEFAULT_TIMEOUT = 1.0
+
+
+class WasmPolicy:
+    """One immutable policy revision. `evaluate` is thread-safe; instances come from a pool."""
+
+    def __init__(
+        self,
+        wasm: bytes,
+        data: bytes | Mapping[str, Any] | None = None,
+        *,
+        host: HostConfig | None = None,
+        pool_size: int | None = None,
+        memory_limit: int = DEFAULT_MEMORY_LIMIT,
+        timeout: float = DEFAULT_TIMEOUT,
+        revision: str = "",
+        manifest_entrypoints: list[str] | None = None,
+    ) -> None:
+        self.host = host or HostConfig()
+        self.memory_limit = memory_limit
+        self.timeout = timeout
+        self.revision = revision
+        if data is None:
+            self._data = None
+        elif isinstance(data, (bytes, bytearray)):
+            self._data = bytes(data)
+        else:
+            self._data = _encode(data)
+        self.module = compile_policy(wasm)
+        first = self._new_instance(check=True)
+        self.abi = first.abi
+        self.builtin_ids: dict[str, int] = first.dump_json(first.call("builtins"))
+        missing = [n for n in self.builtin_ids if n not in provided()]
+        if missing:
+            raise E.MissingBuiltinsError(missing)
+        self._table: dict[int, tuple[str, Any]] = {i: (n, REGISTRY[n]) for n, i in self.builtin_ids.items()}
+        ids: dict[str, int] = first.dump_json(first.call("entrypoints"))
+        if manifest_entrypoints:
+            unknown = [e for e in manifest_entrypoints if e not in ids]
+            if unknown:
+                raise E.BundleLoadError(f".manifest: entrypoints not compiled into policy.wasm: {', '.join(unknown)}")
+        self.entrypoints = dict(ids)
+        self._ep_lookup: dict[str, int] = {}
+        for name, i in ids.items():
+            self._ep_lookup[name] = i
+            self._ep_lookup["data." + name.replace("/", ".")] = i
+            self._ep_lookup[name.replace("/", ".")] = i
+        first.setup(self._data)
+        size = pool_size or max(2, (os.cpu_count() or 2) * 2)
+        self.pool: InstancePool[Instance] = InstancePool(self._new_ready_instance, size)
+        self.pool.prime(first)
+
+    # -- instances --------------------------------------------------------------------------
+
+    def _new_instance(self, check: bool = False) -> Instance:
+        inst = Instance(self.module, memory_limit=self.memory_limit, dispatch=self._dispatch, on_print=self.host.print_line)
+        inst.ctx = None  # type: ignore[attr-defined]
+        inst.start_ns = 0  # type: ignore[attr-defined]
+        inst.deadline = 0.0  # type: ignore[attr-defined]
+        if check:
+            major, minor = inst.abi
+            if major != 1 or minor < MIN_ABI_MINOR or "opa_eval" not in inst._exports:
+                raise E.UnsupportedABIError(
+                    f"policy.wasm: unsupported OPA wasm ABI {major}.{minor} (want 1.{MIN_ABI_MINOR} or later "
+                    f"with the opa_eval export); rebuild it with a current `opa build -t wasm`"
+                )
+        return inst
+
+    def _new_ready_instance(self) -> Instance:
+        inst = self._new_instance()
+        inst.setup(self._data)
+        return inst
+
+    def _dispatch(self, inst: Instance, builtin_id: int, arg_addrs: tuple[int, ...]) -> int:
+        name, fn = self._table[builtin_id]
+        ctx = inst.ctx  # type: ignore[attr-defined]
+        if ctx is None:
+            ctx = inst.ctx = EvalContext(now_ns=inst.start_ns, deadline=inst.deadline, host=self.host)  # type: ignore[attr-defined]
+        ctx.check_deadline()
+        args = [inst.dump_value(a) for a in arg_addrs]
+        try:
+            out = fn(ctx, *args)
+        except BuiltinError as exc:
+            ctx.errors.append(f"{name}: {exc}")
+            return 0
+        except (E.WasmError, E.HaltError):
+            raise
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError, ArithmeticError) as exc:
+            # topdown: a builtin's operand error is not fatal outside strict mode; the call is undefined
+            ctx.errors.append(f"{name}: {exc}")
+            return 0
+        ctx.check_deadline()
+        if out is UNDEFINED:
+            return 0
+        return inst.put_value(out)
+
+    # -- evaluation -------------------------------------------------------------------------
+
+    def entrypoint_id(self, entrypoint: str | int) -> int:
+        if isinstance(entrypoint, int):
+            if entrypoint not in self.entrypoints.values():
+                raise E.UnknownEntrypointError(f"entrypoint id {entrypoint}: not in this policy")
+            return entrypoint
+        try:
+            return self._ep_lookup[entrypoint]
+        except KeyError:
+            raise E.UnknownEntrypointError(
+                f"entrypoint {entrypoint!r}: not in this policy (have: {', '.join(sorted(self.entrypoints))})"
+            ) from None
+
+    def evaluate_raw(self, entrypoint: str | int, input_json: bytes | None, *, timeout: float | None = None) -> bytes:
+        """Evaluate and return OPA's JSON result set, `[{"result": ...}]` or `[]` when undefined."""
+        ep = self._ep_lookup[entrypoint] if entrypoint in self._ep_lookup else self.entrypoint_id(entrypoint)
+        t = self.timeout if timeout is None else timeout
+        inst = self.pool.acquire()
+        try:
+            inst.ctx = None  # type: ignore[attr-defined]
+            inst.start_ns = _time_ns()  # type: ignore[attr-defined]
+            inst.deadline = _monotonic() + t  # type: ignore[attr-defined]
+            return inst.evaluate_raw(ep, input_json, deadline_ticks(t))
+        finally:
+            self.pool.release(inst)
+
+    def evaluate(self, entrypoint: str | int, input: Any = None, *, timeout: float | None = None) -> Any:
+        """The entrypoint's value, or `UNDEFINED`. Raises `EvaluationError` subclasses on failure."""
+        raw = self.evaluate_raw(entrypoint, None if input is None else _encode(input), timeout=timeout)
+        rs = _decode(raw)
+        if not rs:
+            return UNDEFINED
+        return rs[0]["result"]
+
+    async def evaluate_async(self, entrypoint: str | int, input: Any = None, *, timeout: float | None = None) -> Any:
+        """Off the event loop when the policy may block (http.send); inline otherwise."""
+        if self.may_block:
+            return await asyncio.to_thread(self.evaluate, entrypoint, input, timeout=timeout)
+        return self.evaluate(entrypoint, input, timeout=timeout)
+
+    @property
+    def may_block(self) -> bool:
+        return "http.send" in self.builtin_ids
+
+    def close(self) -> None:
+        self.pool.close()

@@ -1,0 +1,89 @@
+"""A bounded, thread-safe pool of policy instances.
+
+Instances are created lazily up to `size`; an instance whose last evaluation trapped, aborted,
+overran its deadline or ran out of memory is dropped on release (never reused) and its slot freed,
+so the next caller gets a fresh one. A closed pool (an old bundle revision after a hot swap)
+lets in-flight evaluations finish and drops their instances when they come back.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable, Generic, Protocol, TypeVar
+
+from bridge.wasm.errors import PoolClosed
+
+
+class _Poolable(Protocol):
+    broken: str | None
+
+
+T = TypeVar("T", bound=_Poolable)
+
+
+class InstancePool(Generic[T]):
+    def __init__(self, factory: Callable[[], T], size: int, *, acquire_timeout: float = 10.0) -> None:
+        if size < 1:
+            raise ValueError("pool size must be >= 1")
+        self._factory = factory
+        self.size = size
+        self.acquire_timeout = acquire_timeout
+        self._idle: list[T] = []
+        self._live = 0
+        self._cond = threading.Condition(threading.Lock())
+        self.closed = False
+        self.discarded = 0
+
+    def prime(self, inst: T) -> None:
+        with self._cond:
+            self._live += 1
+            self._idle.append(inst)
+
+    def acquire(self, timeout: float | None = None) -> T:
+        cond = self._cond
+        with cond:
+            if self._idle:
+                return self._idle.pop()
+            if self.closed:
+                raise PoolClosed("instance pool is closed")
+            end = None
+            while not self._idle and self._live >= self.size:
+                if end is None:
+                    end = time.monotonic() + (self.acquire_timeout if timeout is None else timeout)
+                left = end - time.monotonic()
+                if left <= 0 or not cond.wait(left):
+                    if self._idle:
+                        break
+                    raise PoolClosed(f"no policy instance free within the timeout (pool size {self.size})")
+            if self._idle:
+                return self._idle.pop()
+            self._live += 1
+        try:
+            return self._factory()
+        except BaseException:
+            with cond:
+                self._live -= 1
+                cond.notify()
+            raise
+
+    def release(self, inst: T) -> None:
+        with self._cond:
+            if inst.broken is not None or self.closed:
+                self._live -= 1
+                if inst.broken is not None:
+                    self.discarded += 1
+            else:
+                self._idle.append(inst)
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._live -= len(self._idle)
+            self._idle.clear()
+            self._cond.notify_all()
+
+    @property
+    def live(self) -> int:
+        return self._live

@@ -1,0 +1,323 @@
+"""The in-process OPA-WASM evaluator: bundle loading and refusal, failure isolation, pool, hot swap,
+http.send routing, deadlines. Real opa builds every module; real wasmtime runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+import wasmtime
+
+from bridge.wasm import UNDEFINED, HostConfig, WasmEvaluator, WasmPolicy, load_bundle, policy_from_files
+from bridge.wasm import errors as E
+from controlplane.bundles.archive import read_bundle, write_bundle
+from controlplane.bundles.keys import generate_keypair
+from tests.wasm_helpers import build_wasm_bundle, bundle_files, signed_bundle
+
+POLICY = """package t
+import rego.v1
+
+default allow := false
+allow if input.user == data.admins[_]
+
+rev := data.rev
+
+slow if {
+  some i in numbers.range(1, 4000)
+  some j in numbers.range(1, 4000)
+  i * j == -1
+}
+
+big := count(numbers.range(1, 20000000))
+
+conflict := input.x if input.y
+conflict := 2 if input.y
+
+deep := count(input.a)
+"""
+ENTRYPOINTS = ["t/allow", "t/rev", "t/slow", "t/big", "t/conflict", "t/deep"]
+
+
+@pytest.fixture(scope="module")
+def key():
+    return generate_keypair("RS256", "wasm-test")
+
+
+@pytest.fixture(scope="module")
+def bundle() -> bytes:
+    return build_wasm_bundle({"p.rego": POLICY}, ENTRYPOINTS, {"admins": ["alice"], "rev": "A"})
+
+
+@pytest.fixture(scope="module")
+def policy(bundle: bytes) -> WasmPolicy:
+    return policy_from_files(bundle_files(bundle), memory_limit=32 << 20, pool_size=2)
+
+
+def keys_of(key):
+    return {key.kid: key.verification_key()}
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+
+def test_signed_bundle_loads_and_evaluates(bundle, key):
+    p = load_bundle(signed_bundle(bundle, key), keys_of(key))
+    assert p.evaluate("t/allow", {"user": "alice"}) is True
+    assert p.evaluate("data.t.allow", {"user": "bob"}) is False
+    assert p.evaluate_raw("t/allow", b'{"user":"alice"}') == b'[{"result":true}]'
+    assert p.abi >= (1, 2)
+    assert set(p.entrypoints) == set(ENTRYPOINTS)
+
+
+def test_unsigned_bundle_is_refused(bundle, key):
+    with pytest.raises(E.BundleVerificationFailed, match="verification failed"):
+        load_bundle(bundle, keys_of(key))
+
+
+def test_tampered_bundle_is_refused(bundle, key):
+    files = read_bundle(signed_bundle(bundle, key))
+    files["/data.json"] = b'{"admins":["mallory"],"rev":"A"}'
+    with pytest.raises(E.BundleVerificationFailed, match="digest mismatch"):
+        load_bundle(write_bundle(files), keys_of(key))
+    files = read_bundle(signed_bundle(bundle, key))
+    wasm = bytearray(files["/policy.wasm"])
+    wasm[-10] ^= 0xFF
+    files["/policy.wasm"] = bytes(wasm)
+    with pytest.raises(E.BundleVerificationFailed, match="policy.wasm: digest mismatch"):
+        load_bundle(write_bundle(files), keys_of(key))
+
+
+def test_wrong_key_is_refused(bundle, key):
+    other = generate_keypair("RS256", "wasm-test")  # same kid, different key
+    with pytest.raises(E.BundleVerificationFailed):
+        load_bundle(signed_bundle(bundle, other), keys_of(key))
+    stranger = generate_keypair("ES256", "stranger")
+    with pytest.raises(E.BundleVerificationFailed):
+        load_bundle(signed_bundle(bundle, stranger), keys_of(key))
+
+
+def test_no_keys_is_refused(bundle, key):
+    with pytest.raises(E.BundleVerificationFailed, match="no verification keys"):
+        load_bundle(signed_bundle(bundle, key), {})
+
+
+def test_missing_builtins_refused_at_load_time_with_names():
+    src = """package m
+import rego.v1
+a := graphql.is_valid(input.q, input.s)
+b := rego.parse_module("x.rego", input.m)
+c := sprintf("%v", [input.x])
+"""
+    b = build_wasm_bundle({"m.rego": src}, ["m/a", "m/b", "m/c"])
+    with pytest.raises(E.MissingBuiltinsError) as exc:
+        policy_from_files(bundle_files(b))
+    assert exc.value.missing == ["graphql.is_valid", "rego.parse_module"]
+    assert "graphql.is_valid, rego.parse_module" in str(exc.value)
+
+
+def test_old_abi_is_refused_clearly():
+    wat = """(module
+      (import "env" "memory" (memory 2))
+      (global (export "opa_wasm_abi_version") i32 (i32.const 1))
+      (global (export "opa_wasm_abi_minor_version") i32 (i32.const 1))
+      (func (export "eval") (param i32) (result i32) (i32.const 0)))"""
+    with pytest.raises(E.UnsupportedABIError, match=r"unsupported OPA wasm ABI 1\.1 \(want 1\.2 or later"):
+        WasmPolicy(wasmtime.wat2wasm(wat))
+
+
+def test_garbage_module_is_refused():
+    with pytest.raises(E.BundleLoadError, match="not a valid wasm module"):
+        WasmPolicy(b"\x00asm-not-really")
+
+
+def test_unknown_entrypoint(policy):
+    with pytest.raises(E.UnknownEntrypointError, match="t/nope"):
+        policy.evaluate("t/nope", {})
+
+
+def test_undefined_result(policy):
+    assert policy.evaluate("t/conflict", {"y": False}) is UNDEFINED
+
+
+# -- failures: clear error, instance discarded, pool keeps serving --------------------------------
+
+
+def _serves(policy: WasmPolicy) -> None:
+    assert policy.evaluate("t/allow", {"user": "alice"}) is True
+
+
+def test_trap_discards_instance_and_pool_keeps_serving(policy):
+    before = policy.pool.discarded
+    deep = b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(E.WasmTrap, match="stack overflow"):
+        policy.evaluate_raw("t/deep", deep)
+    assert policy.pool.discarded == before + 1
+    _serves(policy)
+
+
+def test_deadline_overrun(policy):
+    t0 = time.monotonic()
+    with pytest.raises(E.DeadlineExceeded, match="deadline exceeded"):
+        policy.evaluate("t/slow", {}, timeout=0.05)
+    assert time.monotonic() - t0 < 0.5
+    _serves(policy)
+
+
+def test_out_of_memory(policy):
+    with pytest.raises(E.OutOfMemory, match="out of memory"):
+        policy.evaluate("t/big", {})
+    _serves(policy)
+
+
+def test_input_larger_than_memory_cap(policy):
+    with pytest.raises(E.OutOfMemory, match="memory cap exceeded"):
+        policy.evaluate_raw("t/allow", b'{"user":"' + b"x" * (40 << 20) + b'"}')
+    _serves(policy)
+
+
+def test_runtime_error_is_an_error_not_a_decision(policy):
+    with pytest.raises(E.PolicyAbort, match="var assignment conflict"):
+        policy.evaluate("t/conflict", {"x": 1, "y": True})
+    _serves(policy)
+
+
+def test_pool_is_bounded_and_thread_safe(bundle):
+    p = policy_from_files(bundle_files(bundle), pool_size=3)
+    errors: list[BaseException] = []
+    results: list[bool] = []
+
+    def worker(i: int) -> None:
+        try:
+            for _ in range(300):
+                results.append(p.evaluate("t/allow", {"user": "alice" if i % 2 else "bob"}) is (i % 2 == 1))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert all(results) and len(results) == 2400
+    assert p.pool.live <= 3
+
+
+# -- hot swap -----------------------------------------------------------------------------------
+
+
+def test_hot_swap_is_atomic_and_in_flight_evaluations_finish(key):
+    a = signed_bundle(build_wasm_bundle({"p.rego": POLICY}, ENTRYPOINTS, {"admins": ["alice"], "rev": "A"}), key)
+    b = signed_bundle(build_wasm_bundle({"p.rego": POLICY}, ENTRYPOINTS, {"admins": ["bob"], "rev": "B"}), key)
+    ev = WasmEvaluator(keys_of(key), pool_size=4)
+    ev.load(a)
+    seen: list[str] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def worker() -> None:
+        try:
+            while not stop.is_set():
+                seen.append(ev.evaluate("t/rev"))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.05)
+    ev.load(b)
+    time.sleep(0.05)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert set(seen) <= {"A", "B"} and "A" in seen and "B" in seen
+    assert ev.evaluate("t/rev") == "B" and ev.evaluate("t/allow", {"user": "bob"}) is True
+    # a bad revision never replaces the good one
+    with pytest.raises(E.BundleVerificationFailed):
+        ev.load(build_wasm_bundle({"p.rego": POLICY}, ENTRYPOINTS, {"admins": [], "rev": "C"}))
+    assert ev.evaluate("t/rev") == "B"
+
+
+# -- http.send ----------------------------------------------------------------------------------
+
+HTTP_POLICY = """package h
+import rego.v1
+
+judge := http.send({"method": "POST", "url": "http://bridge.local:8016/v1/infer/fast",
+                    "body": {"prompt": input.prompt}, "timeout": "2s"})
+
+outside := http.send({"method": "GET", "url": "https://example.com/x"})
+
+outside_soft := http.send({"method": "GET", "url": "https://example.com/x", "raise_error": false})
+
+allowed := http.send({"method": "GET", "url": "https://internal.example/x"}).body
+"""
+
+
+@pytest.fixture(scope="module")
+def http_bundle() -> bytes:
+    return build_wasm_bundle({"h.rego": HTTP_POLICY}, ["h/judge", "h/outside", "h/outside_soft", "h/allowed"])
+
+
+def test_http_send_to_bridge_goes_to_the_infer_transport(http_bundle):
+    calls = []
+
+    def infer(tier, body, timeout):
+        calls.append((tier, body, timeout))
+        return 200, {"decision": "allow", "confidence": 0.9}
+
+    p = policy_from_files(bundle_files(http_bundle), host=HostConfig(bridge_url="http://bridge.local:8016", infer_transport=infer))
+    res = p.evaluate("h/judge", {"prompt": "hi"})
+    assert res["status_code"] == 200 and res["body"] == {"decision": "allow", "confidence": 0.9}
+    assert calls[0][0] == "fast" and calls[0][1] == {"prompt": "hi"} and 0 < calls[0][2] <= 1.0
+
+
+def test_http_send_other_urls_refused_unless_allowed(http_bundle):
+    seen = []
+
+    def http(method, url, headers, body, timeout):
+        seen.append(url)
+        return 200, {"content-type": "application/json"}, b'{"ok": true}'
+
+    host = HostConfig(allowed_url_prefixes=("https://internal.example/",), http_transport=http)
+    p = policy_from_files(bundle_files(http_bundle), host=host)
+    assert p.evaluate("h/outside") is UNDEFINED  # refused: undefined, never an allow
+    soft = p.evaluate("h/outside_soft")
+    assert soft["status_code"] == 0 and "not allowed" in soft["error"]["message"]
+    assert p.evaluate("h/allowed") == {"ok": True}
+    assert seen == ["https://internal.example/x"]
+
+
+def test_deadline_bounds_host_builtins(http_bundle):
+    def slow_infer(tier, body, timeout):
+        time.sleep(timeout)
+        raise TimeoutError(f"no reply within {timeout:.3f}s")
+
+    p = policy_from_files(bundle_files(http_bundle), host=HostConfig(bridge_url="http://bridge.local:8016", infer_transport=slow_infer))
+    t0 = time.monotonic()
+    with pytest.raises(E.EvaluationError, match="timed out|deadline"):
+        p.evaluate("h/judge", {"prompt": "x"}, timeout=0.1)
+    assert time.monotonic() - t0 < 0.5
+
+
+async def test_async_evaluation_does_not_block_the_loop(http_bundle):
+    def infer(tier, body, timeout):
+        time.sleep(0.2)
+        return 200, {"decision": "review"}
+
+    p = policy_from_files(bundle_files(http_bundle), host=HostConfig(bridge_url="http://bridge.local:8016", infer_transport=infer))
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        for _ in range(10):
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    res, _ = await asyncio.gather(p.evaluate_async("h/judge", {"prompt": "x"}), ticker())
+    assert res["body"] == {"decision": "review"}
+    assert ticks == 10
