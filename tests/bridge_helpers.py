@@ -122,7 +122,8 @@ async def wait_for_workers(nats_url: str, count: int, timeout: float = 20.0) -> 
                     msg = await sub.next_msg(timeout=max(0.01, end - time.monotonic()))
                 except Exception:  # noqa: BLE001 - nats TimeoutError: no more answers
                     break
-                seen.append(msgspec.json.decode(msg.data))
+                if msg.data:  # skip the server's no-responders status message
+                    seen.append(msgspec.json.decode(msg.data))
             await sub.unsubscribe()
             if len(seen) >= count:
                 return seen
