@@ -338,3 +338,16 @@ def test_real_agent_refuses_a_tampered_bundle(env: Env, tmp_path: Path) -> None:
             assert http.get("/health", params={"bundles": "true"}).status_code != 200
     finally:
         agent.stop()
+
+
+def test_any_signing_block_makes_the_agent_require_a_signature(env: Env, tmp_path: Path) -> None:
+    # opa v1.22.3 requires a signature as soon as `bundles.<name>.signing` exists, even without a keyid
+    # (config.go injects a signature-optional config only when the block is absent).
+    key = env.keys["ES256"]
+    bundle = tmp_path / "b.tar.gz"
+    bundle.write_bytes(env.build("rego", "unsigned-agent.tar.gz"))
+    agent = start_opa_agent(agent_config(tmp_path, bundle, key, {"scope": "prod"}), tmp_path / "agent")
+    try:
+        assert wait_until(lambda: "bundle missing .signatures.json file" in agent.log()), agent.log()
+    finally:
+        agent.stop()
