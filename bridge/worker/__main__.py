@@ -23,7 +23,12 @@ async def _main() -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(_main())
+    try:
+        import uvloop  # optional: a faster event loop where it is installed
+    except ImportError:
+        asyncio.run(_main())
+    else:
+        uvloop.run(_main())
 
 
 if __name__ == "__main__":
