@@ -39,7 +39,7 @@ def build_wasm_bundle(sources: dict[str, str], entrypoints: list[str], data: Any
         args.append(str(src))
         proc = subprocess.run(args, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
-            raise RuntimeError(f"opa build failed: {proc.stderr}")
+            raise RuntimeError(f"opa build failed: {proc.stdout}{proc.stderr}")
         tmp = out.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_bytes((Path(td) / "b.tar.gz").read_bytes())
         tmp.replace(out)

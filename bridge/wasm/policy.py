@@ -14,6 +14,7 @@ from bridge.wasm.builtins import REGISTRY, UNDEFINED, EvalContext, provided
 from bridge.wasm.errors import BuiltinError
 from bridge.wasm.host import HostConfig
 from bridge.wasm.pool import InstancePool
+from bridge.wasm.values import decode_value, to_json
 from bridge.wasm.runtime import MIN_ABI_MINOR, Instance, compile_policy, deadline_ticks
 
 _encode = msgspec.json.encode
@@ -132,8 +133,8 @@ class WasmPolicy:
                 f"entrypoint {entrypoint!r}: not in this policy (have: {', '.join(sorted(self.entrypoints))})"
             ) from None
 
-    def evaluate_raw(self, entrypoint: str | int, input_json: bytes | None, *, timeout: float | None = None) -> bytes:
-        """Evaluate and return OPA's JSON result set, `[{"result": ...}]` or `[]` when undefined."""
+    def _eval_value_text(self, entrypoint: str | int, input_json: bytes | None, timeout: float | None) -> bytes:
+        """The result set in OPA's value format: `{{"result": <value>}}`, or `set()` when undefined."""
         ep = self._ep_lookup[entrypoint] if entrypoint in self._ep_lookup else self.entrypoint_id(entrypoint)
         t = self.timeout if timeout is None else timeout
         inst = self.pool.acquire()
@@ -145,13 +146,29 @@ class WasmPolicy:
         finally:
             self.pool.release(inst)
 
+    def evaluate_raw(self, entrypoint: str | int, input_json: bytes | None, *, timeout: float | None = None) -> bytes:
+        """Evaluate JSON input bytes; return OPA's JSON result set, `[{"result":...}]` or `[]` when undefined."""
+        raw = self._eval_value_text(entrypoint, input_json, timeout)
+        value = _result_text(raw)
+        if value is None:
+            return b"[]"
+        try:
+            _decode(value)
+        except msgspec.DecodeError:
+            value = _encode(to_json(decode_value(value)))
+        return b'[{"result":' + value + b"}]"
+
     def evaluate(self, entrypoint: str | int, input: Any = None, *, timeout: float | None = None) -> Any:
         """The entrypoint's value, or `UNDEFINED`. Raises `EvaluationError` subclasses on failure."""
-        raw = self.evaluate_raw(entrypoint, None if input is None else _encode(input), timeout=timeout)
-        rs = _decode(raw)
-        if not rs:
+        raw = self._eval_value_text(entrypoint, None if input is None else _encode(input), timeout)
+        value = _result_text(raw)
+        if value is None:
             return UNDEFINED
-        return rs[0]["result"]
+        try:
+            return _decode(value)
+        except msgspec.DecodeError:
+            # a set or a non-string key somewhere: Rego value syntax, printed as topdown does
+            return to_json(decode_value(value))
 
     async def evaluate_async(self, entrypoint: str | int, input: Any = None, *, timeout: float | None = None) -> Any:
         """Off the event loop when the policy may block (http.send); inline otherwise."""
@@ -165,3 +182,15 @@ class WasmPolicy:
 
     def close(self) -> None:
         self.pool.close()
+
+
+_PREFIX = b'{{"result": '
+
+
+def _result_text(raw: bytes) -> bytes | None:
+    """The value text out of a value-format result set (at most one `result` binding)."""
+    if raw.startswith(_PREFIX) and raw.endswith(b"}}"):
+        return raw[len(_PREFIX) : -2]
+    if raw == b"set()":
+        return None
+    raise E.EvaluationError(f"opa_eval returned an unexpected result set: {raw[:200]!r}")

@@ -360,7 +360,11 @@ class Instance:
         self.eval_heap = self.call("opa_heap_ptr_get")
 
     def evaluate_raw(self, entrypoint_id: int, input_json: bytes | None, ticks: int) -> bytes:
-        """`opa_eval` fast path: the JSON result-set bytes (`[{"result": ...}]` or `[]`)."""
+        """`opa_eval` fast path: the result set in OPA's value format (`[{"result": ...}]` or `[]`).
+
+        Value format (not JSON) so that sets stay distinguishable from arrays: they are then
+        printed in Rego's canonical order, exactly as topdown prints them. For results without
+        sets or non-string keys, value format and JSON are the same bytes."""
         if self.broken is not None:
             raise E.EvaluationError(f"instance is unusable: {self.broken}")
         heap = self.eval_heap
@@ -374,7 +378,7 @@ class Instance:
                 self.ensure(heap)
             _memmove(self.base + in_addr, input_json, in_len)
         ex = self._eval
-        ex.pack.pack_into(self._argbuf, 0, 0, entrypoint_id, self.data_addr, in_addr, in_len, heap, 0)
+        ex.pack.pack_into(self._argbuf, 0, 0, entrypoint_id, self.data_addr, in_addr, in_len, heap, 1)
         _set_epoch_deadline(self._ctx, ticks)
         err = _call_unchecked(self._ctx, ex.ref, self._args, 8, self._trap_ref)
         if err or self._trap:

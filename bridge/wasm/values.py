@@ -309,7 +309,7 @@ def rego_repr(v: Any) -> str:
     if isinstance(v, float):
         if v.is_integer() and abs(v) < 1e21:
             return str(int(v))
-        return go_float_g(v)
+        return go_float_g(v, exp_limit=21)
     if isinstance(v, str):
         return _go_quote(v)
     if isinstance(v, (list, tuple)):

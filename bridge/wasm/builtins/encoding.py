@@ -164,7 +164,7 @@ def json_marshal_with_options(ctx: EvalContext, v: Any, opts: Any) -> str:
     compact = msgspec.json.encode(doc, order="sorted").decode()
     if pretty is False or ("indent" not in opts and "prefix" not in opts and not pretty):
         return compact
-    return _go_indent(doc, prefix, indent)
+    return prefix + _go_indent(doc, prefix, indent)
 
 
 def _go_indent(v: Any, prefix: str, indent: str, depth: int = 0) -> str:
@@ -317,11 +317,11 @@ def _schema_of(v: Any) -> Any:
     if isinstance(v, str):
         try:
             return msgspec.json.decode(v)
-        except msgspec.DecodeError as exc:
-            raise BuiltinError(f"invalid JSON schema: {exc}") from None
-    if isinstance(v, dict):
+        except msgspec.DecodeError:
+            raise BuiltinError("invalid JSON string") from None
+    if isinstance(v, (dict, list)):
         return to_json(v)
-    raise BuiltinError(f"operand must be object or string but got {type_name(v)}")
+    raise BuiltinError("wrong type, expected string or object")
 
 
 @builtin("json.verify_schema")
@@ -331,7 +331,7 @@ def json_verify_schema(ctx: EvalContext, schema: Any) -> list[Any]:
     try:
         s = _schema_of(schema)
     except BuiltinError as exc:
-        return [False, str(exc)]
+        return [False, f"jsonschema: {exc}"]
     err = check_schema(s)
     return [err is None, err]
 
@@ -343,7 +343,7 @@ def json_match_schema(ctx: EvalContext, document: Any, schema: Any) -> list[Any]
     s = _schema_of(schema)
     if check_schema(s) is not None:
         raise BuiltinError("json.match_schema: invalid schema")
-    doc = _schema_of(document) if isinstance(document, str) else to_json(document)
+    doc = _schema_of(document)
     errs = validate(doc, s)
     return [not errs, errs]
 

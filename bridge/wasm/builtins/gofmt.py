@@ -53,8 +53,9 @@ def _go_quote(s: str) -> str:
     return "".join(out)
 
 
-def go_float_g(f: float, prec: int = -1, upper: bool = False) -> str:
-    """Go's %v / %g for float64 (shortest representation, exponent when exp < -4 || exp >= 21 for %v)."""
+def go_float_g(f: float, prec: int = -1, upper: bool = False, exp_limit: int = 6) -> str:
+    """Go's %v / %g for float64: shortest digits; exponent form when exp < -4 || exp >= exp_limit
+    (strconv uses 6 for the shortest representation)."""
     if math.isinf(f):
         return "+Inf" if f > 0 else "-Inf"
     if math.isnan(f):
@@ -63,7 +64,7 @@ def go_float_g(f: float, prec: int = -1, upper: bool = False) -> str:
         r = repr(f)
         mant, exp = _decompose(r)
         # %v uses shortest repr with %g's rule, but exponent threshold 21 (strconv 'g' with -1 precision)
-        if exp < -4 or exp >= 21:
+        if exp < -4 or exp >= exp_limit:
             s = _exp_form(mant, exp)
         else:
             s = _plain(mant, exp)

@@ -90,6 +90,29 @@ def cidr_is_valid(ctx: EvalContext, s: Any) -> bool:
         return False
 
 
+def _merge_net(x: Any) -> tuple[int, int, int, str]:
+    """(version, first, last, text) like topdown's generateIPNet: a bare IPv4 address gets its
+    classful default mask and keeps its host bits in the printed network."""
+    if not isinstance(x, str):
+        raise BuiltinError("element must be string")
+    try:
+        ip = ipaddress.ip_address(x)
+    except ValueError:
+        ip = None
+    if ip is None:
+        try:
+            n = ipaddress.ip_network(x, strict=False)
+        except ValueError:
+            raise BuiltinError(f"invalid CIDR address: {x}") from None
+        return n.version, int(n.network_address), int(n.broadcast_address), str(n)
+    if ip.version == 6:
+        raise BuiltinError("IPv6 invalid: needs prefix length")
+    first_octet = int(ip) >> 24
+    prefix = 8 if first_octet < 128 else 16 if first_octet < 192 else 24
+    n = ipaddress.ip_network(f"{x}/{prefix}", strict=False)
+    return 4, int(n.network_address), int(n.broadcast_address), f"{x}/{prefix}"
+
+
 @builtin("net.cidr_merge")
 def cidr_merge(ctx: EvalContext, addrs: Any) -> RegoSet:
     if isinstance(addrs, RegoSet):
@@ -98,17 +121,24 @@ def cidr_merge(ctx: EvalContext, addrs: Any) -> RegoSet:
         items = addrs
     else:
         raise BuiltinError("operand must be an array")
-    nets: list[Any] = []
-    for x in items:
-        if not isinstance(x, str):
-            raise BuiltinError(f"operand 1 must be string but got {type_name(x)}")
-        try:
-            nets.append(ipaddress.ip_network(x, strict=False) if "/" in x else ipaddress.ip_network(x))
-        except ValueError:
-            raise BuiltinError(f"invalid CIDR address: {x}") from None
-    v4 = [n for n in nets if n.version == 4]
-    v6 = [n for n in nets if n.version == 6]
-    out = [str(n) for n in ipaddress.collapse_addresses(v4)] + [str(n) for n in ipaddress.collapse_addresses(v6)]
+    out: list[str] = []
+    nets = [_merge_net(x) for x in items]
+    for version in (4, 6):
+        # topdown's mergeCIDRs: sort by (last, first), fold adjacent/overlapping ranges from the end
+        ranges: list[list[Any]] = sorted(([f, l, t] for v, f, l, t in nets if v == version), key=lambda r: (r[1], r[0]))
+        i = len(ranges) - 1
+        while i > 0:
+            if ranges[i][0] - 1 <= ranges[i - 1][1]:
+                first = min(ranges[i - 1][0], ranges[i][0])
+                ranges[i - 1] = [first, ranges[i][1], None]
+                del ranges[i]
+            i -= 1
+        cls = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
+        for f, l, text in ranges:
+            if text is not None:
+                out.append(text)
+            else:
+                out += [str(n) for n in ipaddress.summarize_address_range(cls(f), cls(l))]
     return RegoSet(out)
 
 

@@ -17,6 +17,8 @@ _RX = re.compile(
 
 
 def parse(s: str) -> tuple[int, int, int, list[str]] | None:
+    if s.startswith("v"):
+        s = s[1:]  # internal/semver trims one leading "v"
     m = _RX.match(s)
     if not m:
         return None

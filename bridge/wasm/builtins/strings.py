@@ -137,7 +137,13 @@ def error_type() -> type[Exception]:
 def regex_replace(ctx: EvalContext, s: Any, pattern: Any, value: Any) -> str:
     s, pattern, value = need_str(s, 1), need_str(pattern, 2), need_str(value, 3)
     rx = go_regexp(pattern)
-    return rx.sub(lambda m: _go_expand(value, m), s)
+    out, last = [], 0
+    for m in _go_find_all(rx, s, -1):
+        out.append(s[last : m.start()])
+        out.append(_go_expand(value, m))
+        last = m.end()
+    out.append(s[last:])
+    return "".join(out)
 
 
 def _go_find_all(rx: re.Pattern[str], s: str, n: int) -> list[re.Match[str]]:
@@ -158,21 +164,18 @@ def _go_find_all(rx: re.Pattern[str], s: str, n: int) -> list[re.Match[str]]:
 def regex_split(ctx: EvalContext, pattern: Any, s: Any) -> list[str]:
     pattern, s = need_str(pattern, 1), need_str(s, 2)
     rx = go_regexp(pattern)
-    if s == "":
-        return [""]
     # Go's Regexp.Split(s, -1)
     if len(pattern) > 0 and len(s) == 0:
         return [""]
-    matches = _go_find_all(rx, s, -1)
     out: list[str] = []
-    beg = 0
-    for m in matches:
+    beg = end = 0
+    for m in _go_find_all(rx, s, -1):
         end = m.start()
-        if m.end() == 0:
-            continue
-        out.append(s[beg:end])
+        if m.end() != 0:
+            out.append(s[beg:end])
         beg = m.end()
-    out.append(s[beg:])
+    if end != len(s):
+        out.append(s[beg:])
     return out
 
 
