@@ -61,7 +61,7 @@ async def test_429_with_retry_after_beyond_budget_falls_back(emu: Emu):
     reply, _ = await ask(engine, "q")
     assert time.perf_counter() - t0 < 1.0
     assert reply.model == FALLBACK and emu.calls(FAST) == 1 and engine.counters.fallbacks == 1
-    assert f"earlier attempt failed: {FAST}: retry in 5s does not fit the budget" in reply.reasons
+    assert f"earlier attempt failed: {FAST}: retry-after 5s does not fit the budget" in reply.reasons
 
 
 async def test_498_falls_back_at_once_without_touching_the_breaker(emu: Emu):
@@ -183,3 +183,46 @@ async def test_retired_model_name_resolves_and_says_so(emu: Emu):
     with pytest.raises(BadRequest) as exc:
         await ask(engine, "q", model="gpt-9")
     assert exc.value.status == 422 and exc.value.code == "model_not_found"
+
+
+async def test_model_over_budget_is_skipped_for_one_that_fits(emu: Emu):
+    from bridge.catalog import default_catalog
+    from bridge.worker import InferenceEngine
+    from tests.bridge_helpers import fast_settings
+
+    engine = InferenceEngine(emu.client(), default_catalog(), emulated=False, settings=fast_settings())
+    reply, _ = await ask(engine, "q", tier="balanced", budget_s=0.28)  # qwen ~300 ms, gpt-oss-120b ~250 ms
+    assert reply.model == "openai/gpt-oss-120b" and emu.calls("qwen/qwen3.6-27b") == 0
+    assert reply.reasons[0] == ("earlier attempt failed: qwen/qwen3.6-27b: typical latency 300 ms is over the "
+                                "remaining budget of 280 ms")
+    reply, _ = await ask(engine, "q2", tier="premium", budget_s=0.1)  # nothing fits: the tier's own model is tried
+    assert reply.model == "openai/gpt-oss-120b"
+
+
+async def test_embedded_default_without_a_key_is_the_emulator(monkeypatch):
+    from bridge.catalog import default_catalog
+    from bridge.worker import InferenceEngine, connect_groq
+
+    monkeypatch.delenv("GROQ_API_KEY", raising=False)
+    monkeypatch.delenv("GROQPOLICY_EMULATOR_URL", raising=False)
+    conn = await connect_groq()
+    try:
+        assert conn.emulated and conn.emulator is not None and conn.base_url.startswith("http://127.0.0.1:")
+        engine = InferenceEngine(conn.client, default_catalog(), emulated=conn.emulated)
+        reply, _ = await ask(engine, "q")
+        assert reply.emulated is True and reply.decision == "allow"
+    finally:
+        await conn.close()
+
+
+async def test_a_key_means_the_real_api_is_not_marked_emulated(monkeypatch, emu: Emu):
+    from bridge.worker import connect_groq
+
+    monkeypatch.setenv("GROQ_API_KEY", "gsk_test")
+    monkeypatch.setenv("GROQ_BASE_URL", emu.url)
+    conn = await connect_groq()
+    try:
+        assert not conn.emulated and conn.emulator is None and conn.base_url == emu.url
+        assert emu.calls() == 0  # the warm-up is GET /openai/v1/models, not a completion
+    finally:
+        await conn.close()

@@ -12,6 +12,8 @@ What each Groq failure does (documented behaviour; tests/test_worker_resilience.
 | malformed JSON / schema-invalid | no (temperature 0 repeats itself)       | failure  | next model      |
 | other 4xx (400, 401, 404, ...)  | no                                      | failure  | next model      |
 | breaker open                    | -                                       | -        | next model      |
+| over budget: typical latency >  | -                                       | -        | next model that |
+| budget left (real API only)     |                                         |          | fits the budget |
 
 Models come from the catalog: the request's `model` (aliases resolved), the tier's models, then the
 fallback tier's. When every candidate failed the answer is `review` with `degraded: true` (never
@@ -224,6 +226,10 @@ class InferenceEngine:
                     self.counters.deadline_exceeded += 1
                     raise DeadlineExceeded(
                         f"deadline exceeded after {attempts} model call(s)" + (f": {'; '.join(failures)}" if failures else ""))
+                if attempt == 0 and self._over_budget(spec, left, candidates[i + 1:]):
+                    failures.append(f"{model}: typical latency {spec.typical_latency_ms:g} ms is over the "
+                                    f"remaining budget of {left * 1000:.0f} ms")
+                    break
                 if not breaker.allow():
                     failures.append(f"{model}: circuit {breaker.state}")
                     break
@@ -242,9 +248,12 @@ class InferenceEngine:
                         breaker.release_probe()  # capacity limits say nothing about the model's health
                     if not exc.retry or attempt + 1 >= self.settings.retries_per_model:
                         break
-                    wait = exc.wait_s if exc.wait_s is not None else self._backoff(attempt)
+                    # retry-after is a floor: add up to 10% jitter so that workers told the same
+                    # instant do not return in lockstep; without it, exponential backoff, full jitter
+                    wait = exc.wait_s * random.uniform(1.0, 1.1) if exc.wait_s is not None else self._backoff(attempt)
                     if wait > self.settings.max_retry_after_s or time.monotonic() + wait + MIN_CALL_S >= deadline:
-                        failures.append(f"{model}: retry in {wait:.3g}s does not fit the budget")
+                        said = f"retry-after {exc.wait_s:g}s" if exc.wait_s is not None else f"backoff {wait:.3g}s"
+                        failures.append(f"{model}: {said} does not fit the budget")
                         break
                     await asyncio.sleep(wait)
                     continue
@@ -268,6 +277,12 @@ class InferenceEngine:
             latency_ms=round((time.perf_counter() - started) * 1000, 3), degraded=True, reasons=failures,
             requested_model=req.model if resolved_from else msgspec.UNSET, resolved_from=resolved_from or msgspec.UNSET,
         )
+
+    def _over_budget(self, spec: ModelSpec, left: float, rest: list[str]) -> bool:
+        """Skip a model that typically needs more than the budget left while a later one fits it."""
+        if self.emulated or spec.typical_latency_ms / 1000 <= left:
+            return False
+        return any(self.catalog.models[m].typical_latency_ms / 1000 <= left for m in rest)
 
     def _backoff(self, attempt: int) -> float:
         # Full jitter (AWS architecture blog): uniform in [0, min(cap, base * 2^attempt)].
