@@ -1,5 +1,6 @@
 """Bridge gateway: HTTP :8016 (`POST /v1/infer/{tier}`) -> NATS `groq.infer.<tier>`."""
 
 from bridge.gateway.app import Gateway, create_app
+from bridge.gateway.client import InferClient
 
-__all__ = ["Gateway", "create_app"]
+__all__ = ["Gateway", "InferClient", "create_app"]

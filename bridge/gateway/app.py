@@ -14,39 +14,21 @@ passes the worker's JSON through unchanged with `Cache-Control: max-age=N`, so O
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import time
 from typing import Any
 
 import msgspec
 import nats
 from nats.aio.client import Client as NATS
-from nats.errors import ConnectionClosedError, NoRespondersError, TimeoutError as NatsTimeout
 
-from bridge.wire import (
-    BUDGET_HEADER,
-    DEFAULT_DEADLINE_MS,
-    MAX_AGE_HEADER,
-    MAX_BODY_BYTES,
-    TIERS,
-    BadRequest,
-    BridgeError,
-    DeadlineExceeded,
-    NoWorker,
-    decode_request,
-    error_body,
-    subject_for,
-    validate_request,
-)
+from bridge.gateway.client import InferClient
+from bridge.wire import DEFAULT_DEADLINE_MS, MAX_BODY_BYTES, BadRequest, BridgeError, error_body
 
 log = logging.getLogger("groqpolicy.gateway")
 PREFIX = "/v1/infer/"
-ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 _JSON = (b"content-type", b"application/json")
 _NO_STORE = (b"cache-control", b"no-store")
-_SUBJECTS = {t: subject_for(t) for t in TIERS}
 
 
 class Gateway:
@@ -59,7 +41,8 @@ class Gateway:
         self._owns_nc = nc is None
         self.default_deadline_ms = default_deadline_ms or int(os.environ.get("GROQPOLICY_GATEWAY_DEADLINE_MS", DEFAULT_DEADLINE_MS))
         self.max_body = max_body
-        self.counts = {"requests": 0, "ok": 0, "client_errors": 0, "no_worker": 0, "deadline": 0}
+        self.client = InferClient(nc, self.default_deadline_ms)
+        self.counts = self.client.counts
 
     async def connect(self) -> None:
         if self.nc is None:
@@ -95,12 +78,9 @@ class Gateway:
         if path.startswith(PREFIX):
             if method != "POST":
                 return await _send(send, 405, error_body(f"{method} {path}: method not allowed (want POST)", "invalid_request_error", "method_not_allowed"), [_NO_STORE, (b"allow", b"POST")])
-            self.counts["requests"] += 1
             try:
                 status, body, headers = await self._infer(path[len(PREFIX):], scope, receive)
             except BridgeError as exc:
-                if exc.status < 500:
-                    self.counts["client_errors"] += 1
                 status, body, headers = exc.status, exc.body(), [_NO_STORE]
             return await _send(send, status, body, headers)
         if path == "/health" and method == "GET":
@@ -113,47 +93,15 @@ class Gateway:
         await _send(send, 404, error_body(f"{method} {path}: not found", "invalid_request_error", "not_found"), [_NO_STORE])
 
     async def _infer(self, tier: str, scope: dict, receive: Any) -> tuple[int, bytes, list]:
-        subject = _SUBJECTS.get(tier)
-        if subject is None:
-            raise BadRequest(f"tier {tier!r}: unknown (want one of: {', '.join(TIERS)})", status=404, code="unknown_tier")
         for name, value in scope["headers"]:
             if name == b"content-length" and int(value or 0) > self.max_body:
                 raise BadRequest(f"body: {int(value)} bytes is too large (max {self.max_body})", status=413, code="body_too_large")
         body = await _read_body(receive, self.max_body)
-        try:
-            req = decode_request(body)
-        except msgspec.ValidationError as exc:
-            raise BadRequest(f"body: {exc}", status=422, code="invalid_request") from None
-        except msgspec.DecodeError as exc:
-            raise BadRequest(f"body: not JSON ({exc})", status=400, code="invalid_json") from None
-        validate_request(req)
-        budget_ms = req.deadline_ms or self.default_deadline_ms
-        nc = self.nc
-        if nc is None or not nc.is_connected:
-            self.counts["no_worker"] += 1
-            raise NoWorker("NATS: not connected; no inference worker can be reached", code="nats_unavailable")
-        t0 = time.monotonic()
-        try:
-            msg = await nc.request(subject, body, timeout=budget_ms / 1000, headers={BUDGET_HEADER: str(budget_ms)})
-        except NoRespondersError:
-            self.counts["no_worker"] += 1
-            raise NoWorker(f"{subject}: no inference worker is serving tier {tier!r}") from None
-        except (NatsTimeout, asyncio.TimeoutError):
-            self.counts["deadline"] += 1
-            raise DeadlineExceeded(f"{subject}: no answer within the deadline of {budget_ms} ms "
-                                   f"(waited {(time.monotonic() - t0) * 1000:.0f} ms)") from None
-        except ConnectionClosedError:
-            self.counts["no_worker"] += 1
-            raise NoWorker("NATS: connection closed") from None
-        headers = msg.headers or {}
-        code = headers.get(ERROR_CODE_HEADER)
-        if code is not None:
-            status = int(code) if code.isdigit() and 400 <= int(code) <= 599 else 502
-            data = msg.data or error_body(headers.get("Nats-Service-Error", "worker error"), "worker_error", "worker_error")
+        self.client.nc = self.nc
+        status, data, max_age = await self.client.request(tier, body)
+        if status != 200:
             return status, data, [_NO_STORE]
-        self.counts["ok"] += 1
-        max_age = headers.get(MAX_AGE_HEADER, "0")
-        return 200, msg.data, [(b"cache-control", b"max-age=" + max_age.encode())]
+        return 200, data, [(b"cache-control", b"max-age=%d" % max_age)]
 
 
 async def _read_body(receive: Any, limit: int) -> bytes:

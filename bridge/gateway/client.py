@@ -1,0 +1,117 @@
+"""The NATS side of the gateway, usable in-process: `InferClient.request` is what the HTTP gateway
+does after parsing, and `InferClient.transport()` is the same call shaped as the WASM evaluator's
+`http.send` transport (`bridge.wasm.host.InferTransport`), so an in-process evaluation reaches the
+workers without an HTTP hop and gets the same statuses and error bodies as Rego through the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Callable
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.errors import ConnectionClosedError, NoRespondersError, TimeoutError as NatsTimeout
+
+from bridge.wire import (
+    BUDGET_HEADER,
+    DEFAULT_DEADLINE_MS,
+    MAX_AGE_HEADER,
+    TIERS,
+    BadRequest,
+    BridgeError,
+    DeadlineExceeded,
+    InferRequest,
+    NoWorker,
+    decode_request,
+    error_body,
+    subject_for,
+    validate_request,
+)
+
+ERROR_CODE_HEADER = "Nats-Service-Error-Code"
+_SUBJECTS = {t: subject_for(t) for t in TIERS}
+
+
+def parse(tier: str, body: bytes) -> tuple[str, InferRequest]:
+    """(subject, request) or BadRequest with the gateway's statuses: 404 tier, 400 not JSON, 422 invalid."""
+    subject = _SUBJECTS.get(tier)
+    if subject is None:
+        raise BadRequest(f"tier {tier!r}: unknown (want one of: {', '.join(TIERS)})", status=404, code="unknown_tier")
+    try:
+        req = decode_request(body)
+    except msgspec.ValidationError as exc:  # a subclass of DecodeError: test it first
+        raise BadRequest(f"body: {exc}", status=422, code="invalid_request") from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"body: not JSON ({exc})", status=400, code="invalid_json") from None
+    validate_request(req)
+    return subject, req
+
+
+class InferClient:
+    def __init__(self, nc: NATS | None, default_deadline_ms: int = DEFAULT_DEADLINE_MS) -> None:
+        self.nc = nc
+        self.default_deadline_ms = default_deadline_ms
+        self.counts = {"requests": 0, "ok": 0, "client_errors": 0, "no_worker": 0, "deadline": 0}
+
+    async def request(self, tier: str, body: bytes) -> tuple[int, bytes, int]:
+        """(HTTP status, JSON body, max-age seconds). Raises BridgeError for 4xx/503/504 the caller maps."""
+        self.counts["requests"] += 1
+        try:
+            subject, req = parse(tier, body)
+        except BridgeError:
+            self.counts["client_errors"] += 1
+            raise
+        budget_ms = req.deadline_ms or self.default_deadline_ms
+        nc = self.nc
+        if nc is None or not nc.is_connected:
+            self.counts["no_worker"] += 1
+            raise NoWorker("NATS: not connected; no inference worker can be reached", code="nats_unavailable")
+        t0 = time.monotonic()
+        try:
+            msg = await nc.request(subject, body, timeout=budget_ms / 1000, headers={BUDGET_HEADER: str(budget_ms)})
+        except NoRespondersError:
+            self.counts["no_worker"] += 1
+            raise NoWorker(f"{subject}: no inference worker is serving tier {tier!r}") from None
+        except (NatsTimeout, asyncio.TimeoutError):
+            self.counts["deadline"] += 1
+            raise DeadlineExceeded(f"{subject}: no answer within the deadline of {budget_ms} ms "
+                                   f"(waited {(time.monotonic() - t0) * 1000:.0f} ms)") from None
+        except ConnectionClosedError:
+            self.counts["no_worker"] += 1
+            raise NoWorker("NATS: connection closed") from None
+        headers = msg.headers or {}
+        code = headers.get(ERROR_CODE_HEADER)
+        if code is not None:
+            status = int(code) if code.isdigit() and 400 <= int(code) <= 599 else 502
+            if 400 <= status < 500:
+                self.counts["client_errors"] += 1
+            data = msg.data or error_body(headers.get("Nats-Service-Error", "worker error"), "worker_error", "worker_error")
+            return status, data, 0
+        self.counts["ok"] += 1
+        try:
+            max_age = int(headers.get(MAX_AGE_HEADER, "0"))
+        except ValueError:
+            max_age = 0
+        return 200, msg.data, max_age
+
+    def transport(self, loop: asyncio.AbstractEventLoop | None = None) -> Callable[[str, Any, float], tuple[int, Any]]:
+        """A blocking `(tier, body, timeout) -> (status, json)` for code running *off* `loop`
+        (the WASM evaluator runs http.send policies in a worker thread). The budget sent to the
+        workers is the smaller of the body's `deadline_ms` and http.send's timeout."""
+        loop = loop or asyncio.get_running_loop()
+
+        def call(tier: str, body: Any, timeout: float) -> tuple[int, Any]:
+            if isinstance(body, dict):
+                limit = max(1, int(timeout * 1000))
+                body = {**body, "deadline_ms": min(int(body.get("deadline_ms") or limit), limit)}
+            raw = msgspec.json.encode(body)
+            fut = asyncio.run_coroutine_threadsafe(self.request(tier, raw), loop)
+            try:
+                status, data, _ = fut.result(timeout + 1.0)
+            except BridgeError as exc:
+                return exc.status, msgspec.json.decode(exc.body())
+            return status, msgspec.json.decode(data)
+
+        return call
