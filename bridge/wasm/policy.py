@@ -102,7 +102,7 @@ class WasmPolicy:
         if ctx is None:
             ctx = inst.ctx = EvalContext(now_ns=inst.start_ns, deadline=inst.deadline, host=self.host)  # type: ignore[attr-defined]
         ctx.check_deadline()
-        args = [inst.dump_value(a) for a in arg_addrs]
+        args = [inst.read_value(a) for a in arg_addrs]
         try:
             out = fn(ctx, *args)
         except BuiltinError as exc:
