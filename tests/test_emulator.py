@@ -217,3 +217,21 @@ async def test_bad_bodies_and_unknown_paths(emu_module: Emu):
         assert r.status_code == 400 and "'messages'" in r.json()["error"]["message"]
         r = await h.get("/openai/v1/embeddings")
         assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_url"
+
+
+@pytest.mark.parametrize(
+    "model, params, message",
+    [
+        ("allam-2-7b", {"reasoning_format": "hidden"}, "`reasoning_format` is not supported with this model"),
+        ("openai/gpt-oss-20b", {"reasoning_effort": "none"},
+         "`reasoning_effort` value `none` is not supported with this model (supported: low, medium, high)"),
+        ("qwen/qwen3.6-27b", {"reasoning_effort": "high"},
+         "`reasoning_effort` value `high` is not supported with this model (supported: none, default)"),
+        ("qwen/qwen3.6-27b", {"reasoning_format": "hidden", "include_reasoning": False},
+         "`include_reasoning` and `reasoning_format` are mutually exclusive"),
+    ],
+)
+async def test_reasoning_parameters_are_checked_per_model(emu_module: Emu, model, params, message):
+    with pytest.raises(groq.BadRequestError) as exc:
+        await emu_module.client().chat.completions.create(model=model, messages=user("x"), **params)
+    assert exc.value.body["error"]["message"] == message

@@ -226,3 +226,15 @@ async def test_a_key_means_the_real_api_is_not_marked_emulated(monkeypatch, emu:
         assert emu.calls() == 0  # the warm-up is GET /openai/v1/models, not a completion
     finally:
         await conn.close()
+
+
+async def test_reasoning_parameters_follow_the_catalog(emu: Emu):
+    engine = engine_for(emu)
+    for tier in ("nano", "fast", "balanced", "premium", "reasoning"):
+        reply, _ = await ask(engine, f"q-{tier}", tier=tier)
+        assert not reply.degraded, reply.reasons
+    params = emu.app.stats["params"]
+    assert params["openai/gpt-oss-20b:reasoning_effort=low"] == 1 and params["openai/gpt-oss-20b:include_reasoning=False"] == 1
+    assert params["openai/gpt-oss-120b:reasoning_effort=medium"] == 1 and params["openai/gpt-oss-120b:reasoning_effort=high"] == 1
+    assert params["qwen/qwen3.6-27b:reasoning_format=hidden"] == 1
+    assert not any(k.startswith("allam-2-7b:") for k in params)  # no reasoning knobs on a non-reasoning model

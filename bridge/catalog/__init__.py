@@ -32,6 +32,9 @@ class ModelSpec(msgspec.Struct, frozen=True):
     price_output_per_mtok: float
     typical_latency_ms: float
     reasoning: bool = False
+    reasoning_efforts: list[str] = []
+    hide_reasoning: str | None = None
+    """`include_reasoning` (send false) or `reasoning_format` (send "hidden"); None: nothing to hide."""
     price_approximate: bool = False
     note: str = ""
     id: str = ""

@@ -140,7 +140,7 @@ class GroqEmulator:
         self._created = int(time.time())
 
     def reset_stats(self) -> None:
-        self.stats = {"calls": Counter(), "faults": Counter(), "formats": Counter(), "total": 0}
+        self.stats = {"calls": Counter(), "faults": Counter(), "formats": Counter(), "params": Counter(), "total": 0}
 
     def force(self, *faults: str, model: str = "*") -> None:
         """Queue faults for the next calls to `model` (or any model)."""
@@ -280,6 +280,15 @@ class GroqEmulator:
             return self._error(400, "'messages' : minimum number of items is 1", "invalid_request_error", "invalid_request")
         if req.get("stream"):
             return self._error(400, "stream: not supported by the groqpolicy emulator", "invalid_request_error", "invalid_request")
+        spec = self.catalog.models[model]
+        effort, fmt, incl = req.get("reasoning_effort"), req.get("reasoning_format"), req.get("include_reasoning")
+        if fmt is not None and incl is not None:
+            return self._error(400, "`include_reasoning` and `reasoning_format` are mutually exclusive", "invalid_request_error", "invalid_request")
+        if (fmt is not None or incl is not None) and not spec.reasoning:
+            which = "reasoning_format" if fmt is not None else "include_reasoning"
+            return self._error(400, f"`{which}` is not supported with this model", "invalid_request_error", "invalid_request")
+        if effort is not None and effort not in spec.reasoning_efforts:
+            return self._error(400, f"`reasoning_effort` value `{effort}` is not supported with this model (supported: {', '.join(spec.reasoning_efforts) or 'none'})", "invalid_request_error", "invalid_request")
         texts = [m.get("content") if isinstance(m, dict) and isinstance(m.get("content"), str) else "" for m in messages]
         user_text = "\n".join(t for m, t in zip(messages, texts) if isinstance(m, dict) and m.get("role") == "user")
         rf = req.get("response_format") or {"type": "text"}
@@ -288,6 +297,11 @@ class GroqEmulator:
         self.stats["total"] += 1
         self.stats["calls"][model] += 1
         self.stats["formats"][f"{model}:{rf_type}{':strict' if strict else ''}"] += 1
+        if fmt == "raw" and rf_type in ("json_object", "json_schema"):
+            return self._error(400, "`reasoning_format` raw is not supported with JSON mode", "invalid_request_error", "invalid_request")
+        for name, value in (("reasoning_effort", effort), ("reasoning_format", fmt), ("include_reasoning", incl)):
+            if value is not None:
+                self.stats["params"][f"{model}:{name}={value}"] += 1
 
         b = self.config.behaviour(model)
         fault = self._pick_fault(model, "\n".join(texts), b)
@@ -357,7 +371,8 @@ class GroqEmulator:
         try:
             if method == "GET" and path == "/admin/stats":
                 return 200, {"total": self.stats["total"], "calls": dict(self.stats["calls"]),
-                             "faults": dict(self.stats["faults"]), "formats": dict(self.stats["formats"])}, {}
+                             "faults": dict(self.stats["faults"]), "formats": dict(self.stats["formats"]),
+                             "params": dict(self.stats["params"])}, {}
             if method == "POST" and path == "/admin/faults":
                 fr = msgspec.json.decode(body, type=_FaultRequest)
                 self.force(*fr.faults, model=fr.model)

@@ -296,8 +296,12 @@ class InferenceEngine:
         else:
             response_format = {"type": "json_object"}
         extra: dict = {}
-        if spec.reasoning and tier_spec.reasoning_effort and model.startswith("openai/"):
+        if tier_spec.reasoning_effort and tier_spec.reasoning_effort in spec.reasoning_efforts:
             extra["reasoning_effort"] = tier_spec.reasoning_effort
+        if spec.hide_reasoning == "include_reasoning":
+            extra["include_reasoning"] = False
+        elif spec.hide_reasoning == "reasoning_format":
+            extra["reasoning_format"] = "hidden"
         try:
             completion = await self.client.chat.completions.create(
                 model=model, messages=messages, response_format=response_format,
