@@ -139,3 +139,23 @@ async def test_worker_reads_the_budget_header(nats_url, emu: Emu):
             assert r.headers["Nats-Service-Error-Code"] == "504" and time.perf_counter() - t0 < 0.3
         finally:
             await nc.close()
+
+
+async def test_serve_gateway_in_this_loop(nats_url, emu: Emu):
+    from bridge.gateway import serve_gateway
+    from controlplane.processes import free_port
+
+    port = free_port()
+    async with worker_on(nats_url, emu):
+        server = await serve_gateway(nats_url, port=port)
+        try:
+            async with httpx.AsyncClient() as c:
+                health = await c.get(f"http://127.0.0.1:{port}/health")
+                assert health.json()["status"] == "ok" and health.json()["nats"] is True
+                r = await post(c, f"http://127.0.0.1:{port}", "nano", {"question": "in-loop?"})
+                assert r.status_code == 200 and r.json()["model"] == "allam-2-7b"
+                models = (await c.get(f"http://127.0.0.1:{port}/v1/models")).json()["models"]
+                assert {m["performance_tier"] for m in models} == set(TIERS)
+                assert (await c.get(f"http://127.0.0.1:{port}/v1/infer/fast")).status_code == 405
+        finally:
+            await server.stop()

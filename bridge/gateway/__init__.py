@@ -2,5 +2,6 @@
 
 from bridge.gateway.app import Gateway, create_app
 from bridge.gateway.client import InferClient
+from bridge.gateway.server import serve_gateway
 
-__all__ = ["Gateway", "InferClient", "create_app"]
+__all__ = ["Gateway", "InferClient", "create_app", "serve_gateway"]
