@@ -70,7 +70,7 @@ class ManagedProcess:
             return ""
 
 
-def _spawn(name: str, argv: list[str], log_path: Path, env: dict | None = None) -> ManagedProcess:
+def spawn(name: str, argv: list[str], log_path: Path, env: dict | None = None) -> ManagedProcess:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
@@ -83,7 +83,7 @@ def start_nats(store_dir: Path, port: int | None = None, host: str = "127.0.0.1"
     port = port or free_port(host)
     store_dir.mkdir(parents=True, exist_ok=True)
     argv = [str(nats_server_binary()), "-a", host, "-p", str(port), "-js", "-sd", str(store_dir), *(extra_args or [])]
-    mp = _spawn("nats-server", argv, store_dir / "nats-server.log")
+    mp = spawn("nats-server", argv, store_dir / "nats-server.log")
     wait_for_port(port, host, proc=mp.proc)
     mp.extra.update(url=f"nats://{host}:{port}", port=port)
     return mp
@@ -98,7 +98,7 @@ def start_opa_agent(config_file: Path, workdir: Path, port: int | None = None, h
         "--config-file", str(config_file), "--log-level", "debug", "--disable-telemetry",
         *(extra_args or []),
     ]
-    mp = _spawn("opa", argv, workdir / f"opa-{port}.log", env=dict(os.environ))
+    mp = spawn("opa", argv, workdir / f"opa-{port}.log", env=dict(os.environ))
     wait_for_port(port, host, proc=mp.proc)
     mp.extra.update(url=f"http://{host}:{port}", port=port)
     return mp

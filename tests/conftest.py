@@ -40,3 +40,10 @@ def nats_server_module(tmp_path_factory: pytest.TempPathFactory, nats_bin: Path)
         yield mp
     finally:
         mp.stop()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_http_client_logs():
+    import logging
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -1,0 +1,1 @@
+"""What OPA agents send back: decision logs (`POST /logs`) and status (`POST /status`)."""

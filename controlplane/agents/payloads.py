@@ -1,0 +1,45 @@
+"""Decoding of agent uploads: gzip (decision logs always, status optionally) and JSON, with limits."""
+
+from __future__ import annotations
+
+import zlib
+
+import msgspec
+
+from controlplane.errors import GroqPolicyError
+
+
+class BadUpload(GroqPolicyError):
+    status_code = 400
+
+
+class UploadTooLarge(GroqPolicyError):
+    status_code = 413
+
+
+def decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """Undo `Content-Encoding: gzip` without ever holding more than `limit` bytes (gzip bombs)."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        if len(body) > limit:
+            raise UploadTooLarge(f"body: {len(body)} bytes exceeds the limit of {limit}")
+        return body
+    if encoding != "gzip":
+        raise BadUpload(f"Content-Encoding: unsupported {encoding!r} (expected gzip or identity)")
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise BadUpload(f"body: invalid gzip data ({exc})") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise UploadTooLarge(f"body: decompressed size exceeds the limit of {limit} bytes")
+    if not inflater.eof:
+        raise BadUpload("body: truncated gzip data")
+    return out
+
+
+def decode_json(data: bytes, what: str) -> object:
+    try:
+        return msgspec.json.decode(data)
+    except msgspec.DecodeError as exc:
+        raise BadUpload(f"{what}: invalid JSON ({exc})") from None

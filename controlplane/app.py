@@ -1,0 +1,75 @@
+"""The Litestar control plane (:8015): wiring only; features live in their own packages."""
+
+from __future__ import annotations
+
+import logging
+
+import anyio
+import msgspec
+from litestar import Litestar, Request, Response, get
+from litestar.di import Provide
+from litestar.exceptions import HTTPException
+from litestar.openapi import OpenAPIConfig
+
+from controlplane.agents.http import AgentIngest, AgentQueries
+from controlplane.bundles.api import BundleApi
+from controlplane.bundles.compiler import CompileError
+from controlplane.bundles.http import BundleServer
+from controlplane.constitution import CONSTITUTIONAL_HASH
+from controlplane.errors import GroqPolicyError
+from controlplane.services import Services, ServicesDep
+from controlplane.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def error_body(kind: str, message: str, **extra: object) -> dict:
+    return {"error": {"type": kind, "message": message, **extra}}
+
+
+def _product_error(_: Request, exc: GroqPolicyError) -> Response:
+    extra: dict = {}
+    if isinstance(exc, CompileError):
+        extra["stage"] = exc.stage
+        extra["messages"] = [msgspec.structs.asdict(m) for m in exc.messages]
+    return Response(content=error_body(type(exc).__name__, str(exc), **extra), status_code=exc.status_code)
+
+
+def _http_error(_: Request, exc: HTTPException) -> Response:
+    extra = {"details": exc.extra} if exc.extra else {}
+    return Response(content=error_body(type(exc).__name__, exc.detail, **extra), status_code=exc.status_code, headers=exc.headers)
+
+
+@get("/health", tags=["ops"], summary="Liveness and what is loaded")
+async def health(services: ServicesDep) -> dict:
+    return {
+        "status": "ok" if not services.startup_errors else "degraded",
+        "constitutional_hash": CONSTITUTIONAL_HASH,
+        "bundles": [f"{r.bundle}/{r.target}@{r.revision}" for r in services.store.bundles()],
+        "errors": services.startup_errors,
+    }
+
+
+def create_app(settings: Settings | None = None, services: Services | None = None) -> Litestar:
+    settings = settings or Settings.from_env()
+    services = services or Services.build(settings)
+
+    async def publish_on_start() -> None:
+        if not settings.compile_on_start:
+            return
+        try:
+            published = await anyio.to_thread.run_sync(services.publish_definitions)
+            log.info("bundles published at start: %s", published or "none changed")
+        except GroqPolicyError as exc:  # keep serving the previous revision; report the failure
+            services.startup_errors.append(str(exc))
+            log.error("bundle publish at start failed: %s", exc)
+
+    return Litestar(
+        route_handlers=[health, BundleServer, BundleApi, AgentIngest, AgentQueries],
+        dependencies={"services": Provide(lambda: services, use_cache=True, sync_to_thread=False)},
+        exception_handlers={GroqPolicyError: _product_error, HTTPException: _http_error},
+        on_startup=[publish_on_start],
+        openapi_config=OpenAPIConfig(title="groqpolicy control plane", version="0.1.0", path="/schema"),
+        state={"services": services},
+        debug=False,
+    )

@@ -1,0 +1,1 @@
+"""Bundles: archive, canonical hashing, signing, verification, keys, compiler, revisions, serving."""

@@ -1,0 +1,302 @@
+"""Turn Rego sources into bundle artifacts with the real `opa` binary.
+
+Stages, each a separate `opa` invocation so that a failure names its stage:
+`opa check --strict` -> `opa test` -> `opa build` (rego target for agents, wasm target for the
+in-process evaluator). Errors come back as structured `CompileMessage`s (file, row, col), never as a
+stack trace. Signing is not done here: the caller signs the unsigned artifacts (see `signing.py`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import msgspec
+
+from controlplane.bundles.archive import read_bundle, write_bundle
+from controlplane.errors import GroqPolicyError
+from controlplane.toolchain import opa_binary
+
+# Test files never ship in a bundle: they would be loaded by agents as ordinary modules.
+TEST_FILE_GLOB = "*_test.rego"
+OPA_TIMEOUT_S = 120
+
+
+class CompileMessage(msgspec.Struct, omit_defaults=True):
+    """One compiler finding, located in the user's source."""
+
+    stage: str  # check | test | build
+    message: str
+    code: str = ""
+    file: str = ""
+    row: int = 0
+    col: int = 0
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.row}:{self.col}: " if self.file else ""
+        code = f"{self.code}: " if self.code else ""
+        return f"{where}{code}{self.message}"
+
+
+class CompileError(GroqPolicyError):
+    """Rego that did not pass a stage; `messages` carries the structured findings."""
+
+    status_code = 422
+
+    def __init__(self, stage: str, messages: Sequence[CompileMessage]) -> None:
+        self.stage = stage
+        self.messages = list(messages)
+        summary = "; ".join(str(m) for m in self.messages[:5]) or "no details"
+        more = f" (+{len(self.messages) - 5} more)" if len(self.messages) > 5 else ""
+        super().__init__(f"opa {stage} failed: {summary}{more}")
+
+
+class BundleDefinition(msgspec.Struct, forbid_unknown_fields=True):
+    """What goes into one bundle: read from `bundles/<name>.toml`."""
+
+    name: str
+    sources: list[str]  # directories or files, relative to the definition file's project root
+    roots: list[str] = msgspec.field(default_factory=list)
+    description: str = ""
+    scope: str | None = None  # signature scope; agents configured with the same scope verify it
+    run_tests: bool = True
+
+
+class TestResult(msgspec.Struct, omit_defaults=True):
+    package: str
+    name: str
+    passed: bool
+    file: str = ""
+    row: int = 0
+    error: str = ""
+
+
+class CompiledBundle(msgspec.Struct):
+    """Unsigned artifacts of one definition, ready for signing."""
+
+    name: str
+    revision: str
+    source_digest: str
+    rego_files: dict[str, bytes]
+    wasm_files: dict[str, bytes]
+    entrypoints: list[str]
+    tests: list[TestResult]
+
+
+def load_definition(path: Path) -> BundleDefinition:
+    try:
+        return msgspec.toml.decode(path.read_bytes(), type=BundleDefinition)
+    except msgspec.ValidationError as exc:
+        raise GroqPolicyError(f"{path}: invalid bundle definition: {exc}") from exc
+    except (OSError, msgspec.DecodeError) as exc:
+        raise GroqPolicyError(f"{path}: cannot read bundle definition: {exc}") from exc
+
+
+def load_definitions(bundles_dir: Path) -> list[BundleDefinition]:
+    return [load_definition(p) for p in sorted(bundles_dir.glob("*.toml"))]
+
+
+def _source_files(root: Path) -> list[Path]:
+    if root.is_file():
+        return [root]
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in {".rego", ".json", ".yaml", ".yml"})
+
+
+def source_digest(sources: Sequence[Path], base: Path, overlay: dict | None = None) -> str:
+    """A digest over every source file's relative path and bytes (and the data overlay): equal inputs, equal revision."""
+    h = hashlib.sha256()
+    for src in sources:
+        for f in _source_files(src):
+            h.update(str(f.relative_to(base) if f.is_relative_to(base) else f).encode() + b"\0")
+            h.update(f.read_bytes() + b"\0")
+    if overlay:
+        h.update(b"overlay\0" + json.dumps(overlay, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def revision_for(name: str, digest: str) -> str:
+    return f"{name}-{digest[:16]}"
+
+
+def _parse_errors(stage: str, output: str, base: Path) -> list[CompileMessage]:
+    """OPA's `--format json` error document -> messages; any other text becomes one message."""
+    try:
+        doc = json.loads(output)
+    except ValueError:
+        text = output.strip() or f"opa {stage} failed without output"
+        return [CompileMessage(stage=stage, message=text)]
+    errors = doc.get("errors", []) if isinstance(doc, dict) else []
+    messages = []
+    for err in errors:
+        loc = err.get("location") or {}
+        file = str(loc.get("file", ""))
+        if file:
+            path = Path(file)
+            if path.is_absolute() and path.is_relative_to(base):
+                file = str(path.relative_to(base))
+        messages.append(
+            CompileMessage(
+                stage=stage,
+                message=str(err.get("message", "")),
+                code=str(err.get("code", "")),
+                file=file,
+                row=int(loc.get("row", 0) or 0),
+                col=int(loc.get("col", 0) or 0),
+            )
+        )
+    return messages or [CompileMessage(stage=stage, message=output.strip()[:2000])]
+
+
+class Compiler:
+    """Runs `opa` against a source tree; one instance per project root."""
+
+    def __init__(self, project_root: Path, opa: Path | None = None) -> None:
+        self.project_root = project_root.resolve()
+        self.opa = opa or opa_binary()
+
+    def _run(self, args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(self.opa), *args], cwd=cwd, capture_output=True, text=True, timeout=OPA_TIMEOUT_S, check=False
+        )
+
+    def check(self, sources: Sequence[Path], cwd: Path | None = None) -> None:
+        """`opa check --strict`: parse and type errors, raised as CompileError("check")."""
+        cwd = cwd or self.project_root
+        args = ["check", "--strict", "--format", "json", *[_rel(s, cwd) for s in sources]]
+        proc = self._run(args, cwd)
+        if proc.returncode != 0:
+            raise CompileError("check", _parse_errors("check", proc.stdout or proc.stderr, cwd))
+
+    def test(self, sources: Sequence[Path], cwd: Path | None = None) -> list[TestResult]:
+        """`opa test`: every test must pass; results are returned for reporting."""
+        cwd = cwd or self.project_root
+        proc = self._run(["test", "--format", "json", *[_rel(s, cwd) for s in sources]], cwd)
+        try:
+            raw = json.loads(proc.stdout or "[]")
+        except ValueError:
+            raise CompileError("test", _parse_errors("test", proc.stderr or proc.stdout, cwd)) from None
+        if isinstance(raw, dict):  # compile errors in test files come back as an errors document
+            raise CompileError("test", _parse_errors("test", proc.stdout, cwd))
+        results = []
+        for r in raw:
+            loc = r.get("location") or {}
+            err = r.get("error")
+            results.append(
+                TestResult(
+                    package=str(r.get("package", "")),
+                    name=str(r.get("name", "")),
+                    passed=not r.get("fail") and not err,
+                    file=str(loc.get("file", "")),
+                    row=int(loc.get("row", 0) or 0),
+                    error=json.dumps(err) if err else "",
+                )
+            )
+        failed = [r for r in results if not r.passed]
+        if failed or proc.returncode != 0:
+            messages = [
+                CompileMessage(
+                    stage="test",
+                    message=f"{r.package}.{r.name} failed" + (f": {r.error}" if r.error else ""),
+                    code="test_failed",
+                    file=r.file,
+                    row=r.row,
+                )
+                for r in failed
+            ] or _parse_errors("test", proc.stderr or proc.stdout, cwd)
+            raise CompileError("test", messages)
+        return results
+
+    def build(self, sources: Sequence[Path], target: str, revision: str, cwd: Path | None = None) -> dict[str, bytes]:
+        """`opa build -t <target>`; wasm entrypoints come from `entrypoint: true` annotations."""
+        cwd = cwd or self.project_root
+        with tempfile.TemporaryDirectory(prefix="groqpolicy-build-") as tmp:
+            out = Path(tmp) / "bundle.tar.gz"
+            args = [
+                "build", "-t", target, "--revision", revision, "--ignore", TEST_FILE_GLOB,
+                "-o", str(out), *[_rel(s, cwd) for s in sources],
+            ]
+            proc = self._run(args, cwd)
+            if proc.returncode != 0:
+                raise CompileError("build", _parse_errors("build", proc.stdout or proc.stderr, cwd))
+            return read_bundle(out.read_bytes())
+
+    def compile(self, definition: BundleDefinition, base: Path | None = None, overlay: dict | None = None) -> CompiledBundle:
+        """All stages for one definition; the revision is derived from the sources' digest.
+
+        `overlay` is data merged into the bundle's `/data.json` after the build (deployment facts such
+        as the bridge URL, which do not belong in the policy sources); it counts toward the revision.
+        """
+        base = (base or self.project_root).resolve()
+        sources = [(base / s).resolve() for s in definition.sources]
+        missing = [str(s) for s in sources if not s.exists()]
+        if missing:
+            raise CompileError("check", [CompileMessage(stage="check", message=f"source not found: {m}") for m in missing])
+        digest = source_digest(sources, base, overlay)
+        revision = revision_for(definition.name, digest)
+        self.check(sources, cwd=base)
+        tests = self.test(sources, cwd=base) if definition.run_tests else []
+        rego_files = self.build(sources, "rego", revision, cwd=base)
+        wasm_files = self.build(sources, "wasm", revision, cwd=base)
+        manifest = json.loads(wasm_files.get("/.manifest", b"{}"))
+        entrypoints = [w["entrypoint"] for w in manifest.get("wasm", [])]
+        if overlay:
+            rego_files, wasm_files = _with_data(rego_files, overlay), _with_data(wasm_files, overlay)
+        if definition.roots:
+            rego_files = _with_manifest(rego_files, roots=definition.roots, name=definition.name)
+            wasm_files = _with_manifest(wasm_files, roots=definition.roots, name=definition.name)
+        return CompiledBundle(
+            name=definition.name,
+            revision=revision,
+            source_digest=digest,
+            rego_files=rego_files,
+            wasm_files=wasm_files,
+            entrypoints=entrypoints,
+            tests=tests,
+        )
+
+    def compile_source(self, name: str, modules: dict[str, str], data: dict | None = None, run_tests: bool = True) -> CompiledBundle:
+        """Compile Rego given as text (the policy API's path): written to a temp tree, then `compile`."""
+        with tempfile.TemporaryDirectory(prefix="groqpolicy-src-") as tmp:
+            root = Path(tmp)
+            src = root / name
+            src.mkdir(parents=True)
+            for filename, text in modules.items():
+                target = (src / filename).resolve()
+                if not target.is_relative_to(src):
+                    raise CompileError("check", [CompileMessage(stage="check", message=f"{filename}: path escapes the bundle")])
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(text)
+            if data is not None:
+                (src / "data.json").write_text(json.dumps(data))
+            definition = BundleDefinition(name=name, sources=[name], run_tests=run_tests)
+            return self.compile(definition, base=root)
+
+
+def _rel(path: Path, cwd: Path) -> str:
+    """Paths relative to the working dir, so bundle file names do not leak the host's layout."""
+    path = path.resolve()
+    return str(path.relative_to(cwd)) if path.is_relative_to(cwd) else str(path)
+
+
+def merge_data(base: dict, overlay: dict) -> dict:
+    """Deep merge; the overlay wins on conflicts."""
+    out = dict(base)
+    for key, value in overlay.items():
+        out[key] = merge_data(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _with_data(files: dict[str, bytes], overlay: dict) -> dict[str, bytes]:
+    data = json.loads(files.get("/data.json", b"{}"))
+    return {**files, "/data.json": json.dumps(merge_data(data, overlay), separators=(",", ":"), sort_keys=True).encode()}
+
+
+def _with_manifest(files: dict[str, bytes], *, roots: list[str], name: str) -> dict[str, bytes]:
+    manifest = json.loads(files.get("/.manifest", b"{}"))
+    manifest["roots"] = roots
+    manifest.setdefault("metadata", {})["bundle"] = name
+    return {**files, "/.manifest": json.dumps(manifest, separators=(",", ":"), sort_keys=True).encode()}

@@ -1,0 +1,115 @@
+"""`groqpolicy up`: one supervisor process that starts the whole system and stops all of it.
+
+Order: NATS (JetStream) -> control plane (:8015, compiles and signs `rego/` on start) -> one real
+OPA agent (:8181) configured from the control plane's own `/api/v1/opa/config`. Ctrl-C (or SIGTERM)
+stops everything in reverse order; state (keys, bundles, logs) stays in the state dir for next time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from controlplane.errors import ToolchainError
+from controlplane.processes import ManagedProcess, spawn, start_nats, start_opa_agent, wait_for_port
+from controlplane.settings import Settings
+
+AGENT_PORT = 8181
+NATS_PORT = 4222
+
+
+def http_json(url: str, method: str = "GET", body: object | None = None, timeout: float = 10.0) -> tuple[int, object]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def http_text(url: str, timeout: float = 10.0) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return resp.read().decode()
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(interval)
+    raise ToolchainError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def start_control_plane(settings: Settings, log_dir: Path) -> ManagedProcess:
+    env = dict(os.environ, GROQPOLICY_STATE_DIR=str(settings.state_dir), GROQPOLICY_PORT=str(settings.port),
+               GROQPOLICY_HOST=settings.host)
+    argv = [sys.executable, "-m", "controlplane.cli", "serve", "--log-level", "warning"]
+    mp = spawn("control plane", argv, log_dir / "controlplane.log", env=env)
+    wait_for_port(settings.port, settings.host, timeout=60, proc=mp.proc)
+    mp.extra["url"] = settings.base_url
+    return mp
+
+
+def start_agent_from_control_plane(base_url: str, workdir: Path, port: int = AGENT_PORT, agent_id: str = "agent-1") -> ManagedProcess:
+    config = http_text(f"{base_url}/api/v1/opa/config?agent_id={agent_id}&min_delay_s=1&max_delay_s=5")
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_file = workdir / f"{agent_id}.yaml"
+    config_file.write_text(config)
+    return start_opa_agent(config_file, workdir, port=port)
+
+
+def run_system(state_dir: Path | None = None) -> int:
+    settings = Settings.from_env(**({"state_dir": state_dir} if state_dir else {}))
+    log_dir = settings.state_dir / "logs"
+    procs: list[ManagedProcess] = []
+    stopping = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        nats = start_nats(settings.state_dir / "nats", port=int(os.environ.get("GROQPOLICY_NATS_PORT", NATS_PORT)))
+        procs.append(nats)
+        cp = start_control_plane(settings, log_dir)
+        procs.append(cp)
+        wait_until(lambda: http_json(f"{settings.base_url}/health")[1]["bundles"], 180, "the control plane to publish bundles")
+        agent = start_agent_from_control_plane(settings.base_url, settings.state_dir / "opa", port=AGENT_PORT)
+        procs.append(agent)
+        wait_until(lambda: http_json(f"{agent.extra['url']}/health?bundles")[0] == 200, 60, "the OPA agent to activate the bundle")
+        print("groqpolicy is up")
+        print(f"  control plane   {settings.base_url}  (OpenAPI: {settings.base_url}/schema)")
+        print(f"  OPA agent       {agent.extra['url']}  (bundle from {settings.base_url}/bundles/groqpolicy)")
+        print(f"  NATS            {nats.extra['url']}")
+        print(f"  state           {settings.state_dir}  (logs in {log_dir})")
+        print("Ctrl-C stops everything.", flush=True)
+        while not stopping:
+            for p in procs:
+                if p.proc.poll() is not None:
+                    print(f"{p.name} exited with {p.proc.returncode}; see {p.log_path}", file=sys.stderr)
+                    return 1
+            time.sleep(0.5)
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    except ToolchainError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        for p in procs:
+            print(f"  {p.name} log: {p.log_path}", file=sys.stderr)
+        return 1
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        print("stopped.", file=sys.stderr)
