@@ -159,3 +159,15 @@ async def test_serve_gateway_in_this_loop(nats_url, emu: Emu):
                 assert (await c.get(f"http://127.0.0.1:{port}/v1/infer/fast")).status_code == 405
         finally:
             await server.stop()
+
+
+@pytest.mark.parametrize("fault", ["malformed", "schema_violation", "500", "json_validate_failed"])
+async def test_unusable_model_output_reaches_the_caller_as_uncacheable_review(nats_url, emu: Emu, fault):
+    async with worker_on(nats_url, emu), gateway_on(nats_url) as gw, httpx.AsyncClient() as c:
+        r = await post(c, gw.url, "fast", {"question": f"judge this [[groq-emulator:{fault}]]", "deadline_ms": 3000})
+        a = r.json()
+        assert r.status_code == 200 and r.headers["cache-control"] == "max-age=0"
+        assert (a["decision"], a["confidence"], a["degraded"], a["cached"]) == ("review", 0.0, True, False)
+        # every candidate of the tier and of its fallback tier was tried (5xx twice each)
+        assert {r.split(": ")[0] for r in a["reasons"]} == {FAST, "qwen/qwen3.6-27b", "qwen/qwen3.8-27b"}
+        assert len(a["reasons"]) == (6 if fault == "500" else 3)

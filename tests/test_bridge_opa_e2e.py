@@ -91,7 +91,11 @@ async def test_opa_decision_depends_on_the_model(nats_server, emu: Emu, tmp_path
                 again = await decide("Summarise this quarterly report for me")
                 assert again == benign and emu.calls() == 2 and worker.served == 2
 
-                logs = await wait_for_logs(agent, 3)
+                # a model answer that is not schema-valid never becomes allow
+                broken = await decide("Summarise this [[groq-emulator:schema_violation]]")
+                assert broken["decision"] == "review"
+
+                logs = await wait_for_logs(agent, 4)
                 assert len(logs) >= 3, agent.log()[-3000:]
                 first = logs[0]
                 assert first["result"]["decision"] == "allow" and logs[1]["result"]["decision"] == "deny"
