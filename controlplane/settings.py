@@ -10,7 +10,12 @@ from pathlib import Path
 
 import msgspec
 
+from controlplane.errors import GroqPolicyError
 from controlplane.toolchain import PROJECT_ROOT
+
+
+class ConfigError(GroqPolicyError):
+    """An environment variable that cannot be used as given."""
 
 
 class Settings(msgspec.Struct, kw_only=True):
@@ -58,6 +63,6 @@ class Settings(msgspec.Struct, kw_only=True):
                 try:
                     values[field] = conv(env[var])
                 except ValueError as exc:
-                    raise ValueError(f"{var}={env[var]!r}: {exc}") from None
+                    raise ConfigError(f"{var}={env[var]!r}: {exc}") from None
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

@@ -1,0 +1,102 @@
+"""`groqpolicy` subcommands: success output and one-line errors with a hint and a non-zero exit."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+
+import yaml
+
+from controlplane.bundles.keys import load_signing_key
+from tests.conftest import REPO_ROOT
+
+
+def run_cli(*args: str, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "controlplane.cli", *args],
+        capture_output=True, text=True, cwd=cwd or REPO_ROOT, env={**os.environ, **(env or {})}, timeout=120,
+    )
+
+
+def test_help_lists_every_job():
+    out = run_cli("--help").stdout
+    for cmd in ("up", "serve", "compile", "keys", "opa-config"):
+        assert cmd in out
+
+
+def test_keys_generate_writes_a_loadable_private_key(tmp_path):
+    r = run_cli("keys", "generate", "--alg", "ES256", "--kid", "prod-1", "--out-dir", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    private = tmp_path / "prod-1.pem"
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert (tmp_path / "prod-1.pub.pem").read_text().startswith("-----BEGIN PUBLIC KEY-----")
+    key = load_signing_key(private, kid="prod-1")
+    assert key.alg == "ES256"
+    assert f"GROQPOLICY_SIGNING_KEY_FILE={private}" in r.stdout
+
+
+def test_keys_generate_refuses_to_overwrite(tmp_path):
+    assert run_cli("keys", "generate", "--out-dir", str(tmp_path)).returncode == 0
+    r = run_cli("keys", "generate", "--out-dir", str(tmp_path))
+    assert r.returncode == 1
+    assert r.stderr.startswith("error: ") and "already exists" in r.stderr
+
+
+def test_compile_reports_revision_and_entrypoints():
+    r = run_cli("compile")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("groqpolicy: revision groqpolicy-")
+    assert "groqpolicy/policies/security_policies/decision" in r.stdout
+
+
+def test_compile_errors_are_located_lines(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "broken.rego").write_text("package broken\n\nallow if {\n")
+    defs = tmp_path / "defs"
+    defs.mkdir()
+    (defs / "broken.toml").write_text('name = "broken"\nsources = ["src"]\n')
+    r = run_cli("compile", "--bundles-dir", str(defs), env={"GROQPOLICY_REGO_ROOT": str(tmp_path)})
+    assert r.returncode == 1
+    assert "broken: check failed" in r.stderr
+    assert "src/broken.rego:" in r.stderr and "rego_parse_error" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_compile_without_definitions_gives_hint(tmp_path):
+    r = run_cli("compile", "--bundles-dir", str(tmp_path))
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == [f"error: no bundle definitions (*.toml) in {tmp_path}",
+                                     "hint: create bundles/<name>.toml with name and sources"]
+
+
+def test_opa_config_uses_configured_key(tmp_path):
+    assert run_cli("keys", "generate", "--kid", "k9", "--out-dir", str(tmp_path)).returncode == 0
+    r = run_cli("opa-config", "--agent-id", "edge-1",
+                env={"GROQPOLICY_SIGNING_KEY_FILE": str(tmp_path / "k9.pem"), "GROQPOLICY_SIGNING_KID": "k9",
+                     "GROQPOLICY_STATE_DIR": str(tmp_path / "state")})
+    assert r.returncode == 0, r.stderr
+    cfg = yaml.safe_load(r.stdout)
+    assert cfg["bundles"]["groqpolicy"]["signing"]["keyid"] == "k9"
+    assert cfg["labels"]["agent"] == "edge-1"
+
+
+def test_bad_signing_key_file_is_one_line_error(tmp_path):
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a key")
+    r = run_cli("opa-config", env={"GROQPOLICY_SIGNING_KEY_FILE": str(bad)})
+    assert r.returncode == 1
+    assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_command_exits_non_zero():
+    r = run_cli("frobnicate")
+    assert r.returncode == 2
+
+
+def test_bad_environment_value_is_one_line_error():
+    r = run_cli("opa-config", env={"GROQPOLICY_PORT": "eighty"})
+    assert r.returncode == 1
+    assert r.stderr.startswith("error: GROQPOLICY_PORT='eighty': invalid literal")
