@@ -59,64 +59,165 @@ def _pem_or_b64_certs(s: str) -> list[Any]:
         raise BuiltinError(f"x509: {exc}") from None
 
 
+_NAME_FIELDS = (
+    ("Country", "2.5.4.6"), ("Organization", "2.5.4.10"), ("OrganizationalUnit", "2.5.4.11"),
+    ("Locality", "2.5.4.7"), ("Province", "2.5.4.8"), ("StreetAddress", "2.5.4.9"), ("PostalCode", "2.5.4.17"),
+)
+_SIG_ALGS = {
+    "1.2.840.113549.1.1.2": 1, "1.2.840.113549.1.1.4": 2, "1.2.840.113549.1.1.5": 3, "1.2.840.113549.1.1.11": 4,
+    "1.2.840.113549.1.1.12": 5, "1.2.840.113549.1.1.13": 6, "1.2.840.10040.4.3": 7, "2.16.840.1.101.3.4.3.2": 8,
+    "1.2.840.10045.4.1": 9, "1.2.840.10045.4.3.2": 10, "1.2.840.10045.4.3.3": 11, "1.2.840.10045.4.3.4": 12,
+    "1.3.101.112": 16,
+}
+_EKU = {"2.5.29.37.0": 0, "1.3.6.1.5.5.7.3.1": 1, "1.3.6.1.5.5.7.3.2": 2, "1.3.6.1.5.5.7.3.3": 3,
+        "1.3.6.1.5.5.7.3.4": 4, "1.3.6.1.5.5.7.3.5": 5, "1.3.6.1.5.5.7.3.6": 6, "1.3.6.1.5.5.7.3.7": 7,
+        "1.3.6.1.5.5.7.3.8": 8, "1.3.6.1.5.5.7.3.9": 9}
+
+
+def _oid(dotted: str) -> list[int]:
+    return [int(x) for x in dotted.split(".")]
+
+
+def _b64(b: bytes | None) -> str | None:
+    return None if b is None else base64.b64encode(b).decode()
+
+
 def _name(n: Any) -> dict[str, Any]:
-    from cryptography.x509.oid import NameOID
-
-    def get(oid: Any) -> list[str] | None:
-        v = [a.value for a in n.get_attributes_for_oid(oid)]
-        return v or None
-
+    """Go's pkix.Name as encoding/json prints it."""
+    attrs = [a for rdn in n.rdns for a in rdn]
     out: dict[str, Any] = {}
-    cn = get(NameOID.COMMON_NAME)
-    out["CommonName"] = cn[0] if cn else ""
-    for key, oid in (("Country", NameOID.COUNTRY_NAME), ("Organization", NameOID.ORGANIZATION_NAME),
-                     ("OrganizationalUnit", NameOID.ORGANIZATIONAL_UNIT_NAME), ("Locality", NameOID.LOCALITY_NAME),
-                     ("Province", NameOID.STATE_OR_PROVINCE_NAME)):
-        v = get(oid)
-        if v:
-            out[key] = v
-    out["SerialNumber"] = ""
+    for key, oid in _NAME_FIELDS:
+        vals = [a.value for a in attrs if a.oid.dotted_string == oid]
+        out[key] = vals or None
+    sn = [a.value for a in attrs if a.oid.dotted_string == "2.5.4.5"]
+    cn = [a.value for a in attrs if a.oid.dotted_string == "2.5.4.3"]
+    out["SerialNumber"] = sn[-1] if sn else ""
+    out["CommonName"] = cn[-1] if cn else ""
+    out["Names"] = [{"Type": _oid(a.oid.dotted_string), "Value": a.value} for a in attrs] or None
+    out["ExtraNames"] = None
     return out
 
 
-def _cert_obj(c: Any) -> dict[str, Any]:
-    from cryptography import x509
+def _public_key(c: Any) -> tuple[Any, int]:
+    from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
 
+    k = c.public_key()
+    if isinstance(k, rsa.RSAPublicKey):
+        n = k.public_numbers()
+        return {"N": n.n, "E": n.e}, 1
+    if isinstance(k, dsa.DSAPublicKey):
+        return {"Y": k.public_numbers().y}, 2
+    if isinstance(k, ec.EllipticCurvePublicKey):
+        n = k.public_numbers()
+        return {"Curve": {}, "X": n.x, "Y": n.y}, 3
+    if isinstance(k, ed25519.Ed25519PublicKey):
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+        return _b64(k.public_bytes(Encoding.Raw, PublicFormat.Raw)), 4
+    return None, 0
+
+
+def _cert_obj(c: Any) -> dict[str, Any]:
+    """Go's x509.Certificate through encoding/json (what topdown returns), for the fields a
+    cryptography.x509 certificate exposes; rarely used policy/name-constraint fields stay null."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    pk, pk_alg = _public_key(c)
+    exts = c.extensions
     out: dict[str, Any] = {
+        "Raw": _b64(c.public_bytes(Encoding.DER)),
+        "RawTBSCertificate": _b64(c.tbs_certificate_bytes),
+        "RawSubjectPublicKeyInfo": _b64(c.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)),
+        "RawSubject": _b64(c.subject.public_bytes()),
+        "RawIssuer": _b64(c.issuer.public_bytes()),
+        "Signature": _b64(c.signature),
+        "SignatureAlgorithm": _SIG_ALGS.get(c.signature_algorithm_oid.dotted_string, 0),
+        "PublicKeyAlgorithm": pk_alg,
+        "PublicKey": pk,
         "Version": c.version.value + 1,
         "SerialNumber": c.serial_number,
         "Issuer": _name(c.issuer),
         "Subject": _name(c.subject),
         "NotBefore": c.not_valid_before_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "NotAfter": c.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "Raw": base64.b64encode(c.public_bytes(_der())).decode(),
+        "KeyUsage": 0,
+        "Extensions": [{"Id": _oid(e.oid.dotted_string), "Critical": e.critical, "Value": _b64(e.value.public_bytes())}
+                       for e in exts] or None,
+        "ExtraExtensions": None,
+        "UnhandledCriticalExtensions": None,
+        "ExtKeyUsage": None,
+        "UnknownExtKeyUsage": None,
+        "BasicConstraintsValid": False,
+        "IsCA": False,
+        "MaxPathLen": 0,
+        "MaxPathLenZero": False,
+        "SubjectKeyId": None,
+        "AuthorityKeyId": None,
+        "OCSPServer": None,
+        "IssuingCertificateURL": None,
+        "DNSNames": None,
+        "EmailAddresses": None,
+        "IPAddresses": None,
+        "URIs": None,
+        "PermittedDNSDomainsCritical": False,
+        "PermittedDNSDomains": None,
+        "ExcludedDNSDomains": None,
+        "PermittedIPRanges": None,
+        "ExcludedIPRanges": None,
+        "PermittedEmailAddresses": None,
+        "ExcludedEmailAddresses": None,
+        "PermittedURIDomains": None,
+        "ExcludedURIDomains": None,
+        "CRLDistributionPoints": None,
+        "PolicyIdentifiers": None,
+        "Policies": None,
+        "InhibitAnyPolicy": 0,
+        "InhibitAnyPolicyZero": False,
+        "InhibitPolicyMapping": 0,
+        "InhibitPolicyMappingZero": False,
+        "RequireExplicitPolicy": 0,
+        "RequireExplicitPolicyZero": False,
+        "PolicyMappings": None,
+        "URIStrings": None,
     }
-    try:
-        san = c.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        dns = san.get_values_for_type(x509.DNSName)
-        if dns:
-            out["DNSNames"] = dns
-        ips = [str(i) for i in san.get_values_for_type(x509.IPAddress)]
-        if ips:
-            out["IPAddresses"] = ips
-        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-        if uris:
-            out["URIStrings"] = uris
-    except x509.ExtensionNotFound:
-        pass
-    try:
-        bc = c.extensions.get_extension_for_class(x509.BasicConstraints).value
-        out["IsCA"] = bc.ca
-        out["BasicConstraintsValid"] = True
-    except x509.ExtensionNotFound:
-        out["IsCA"] = False
+    for e in exts:
+        v = e.value
+        if isinstance(v, x509.SubjectAlternativeName):
+            out["DNSNames"] = v.get_values_for_type(x509.DNSName) or None
+            out["EmailAddresses"] = v.get_values_for_type(x509.RFC822Name) or None
+            out["IPAddresses"] = [str(i) for i in v.get_values_for_type(x509.IPAddress)] or None
+            uris = v.get_values_for_type(x509.UniformResourceIdentifier)
+            out["URIStrings"] = uris or None
+        elif isinstance(v, x509.BasicConstraints):
+            out["BasicConstraintsValid"] = True
+            out["IsCA"] = v.ca
+            out["MaxPathLen"] = -1 if v.path_length is None else v.path_length
+            out["MaxPathLenZero"] = v.path_length == 0
+        elif isinstance(v, x509.KeyUsage):
+            bits = [v.digital_signature, v.content_commitment, v.key_encipherment, v.data_encipherment, v.key_agreement,
+                    v.key_cert_sign, v.crl_sign,
+                    v.encipher_only if v.key_agreement else False, v.decipher_only if v.key_agreement else False]
+            out["KeyUsage"] = sum(1 << i for i, b in enumerate(bits) if b)
+        elif isinstance(v, x509.ExtendedKeyUsage):
+            known = [_EKU[o.dotted_string] for o in v if o.dotted_string in _EKU]
+            unknown = [_oid(o.dotted_string) for o in v if o.dotted_string not in _EKU]
+            out["ExtKeyUsage"] = known or None
+            out["UnknownExtKeyUsage"] = unknown or None
+        elif isinstance(v, x509.SubjectKeyIdentifier):
+            out["SubjectKeyId"] = _b64(v.digest)
+        elif isinstance(v, x509.AuthorityKeyIdentifier):
+            out["AuthorityKeyId"] = _b64(v.key_identifier)
+        elif isinstance(v, x509.AuthorityInformationAccess):
+            from cryptography.x509.oid import AuthorityInformationAccessOID as A
+
+            out["OCSPServer"] = [d.access_location.value for d in v if d.access_method == A.OCSP] or None
+            out["IssuingCertificateURL"] = [d.access_location.value for d in v if d.access_method == A.CA_ISSUERS] or None
+        elif isinstance(v, x509.CRLDistributionPoints):
+            out["CRLDistributionPoints"] = [n.value for dp in v for n in (dp.full_name or [])] or None
+        elif isinstance(v, x509.CertificatePolicies):
+            out["PolicyIdentifiers"] = [_oid(p.policy_identifier.dotted_string) for p in v] or None
     return out
-
-
-def _der() -> Any:
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    return Encoding.DER
 
 
 @builtin("crypto.x509.parse_certificates")
@@ -127,13 +228,33 @@ def parse_certificates(ctx: EvalContext, s: Any) -> list[dict[str, Any]]:
 
 @builtin("crypto.x509.parse_and_verify_certificates")
 def parse_and_verify(ctx: EvalContext, s: Any) -> list[Any]:
-    certs = _pem_or_b64_certs(need_str(s, 1))
+    """topdown: first certificate is the root, the last the leaf, the rest intermediates; the
+    leaf must be valid now and usable for server auth (Go's default VerifyOptions); the result is
+    the chain leaf first."""
+    from datetime import datetime, timezone
+
+    from cryptography import x509
+
+    try:
+        certs = _pem_or_b64_certs(need_str(s, 1))
+    except BuiltinError:
+        return [False, []]
     if len(certs) < 2:
         return [False, []]
+    now = datetime.fromtimestamp(ctx.now_ns / 1e9, tz=timezone.utc)
     try:
         for child, parent in zip(certs[1:], certs[:-1]):
-            child.verify_directly_issued_by(parent)  # leaf last in OPA's chain order: root first
-    except Exception:  # noqa: BLE001 - any verification failure is "not valid"
+            child.verify_directly_issued_by(parent)
+        for c in certs:
+            if not (c.not_valid_before_utc <= now <= c.not_valid_after_utc):
+                return [False, []]
+        try:
+            eku = certs[-1].extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+            if not {o.dotted_string for o in eku} & {"1.3.6.1.5.5.7.3.1", "2.5.29.37.0"}:
+                return [False, []]
+        except x509.ExtensionNotFound:
+            pass
+    except Exception:  # noqa: BLE001 - any verification failure is "not valid", as in topdown
         return [False, []]
     return [True, [_cert_obj(c) for c in reversed(certs)]]
 
