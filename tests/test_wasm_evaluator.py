@@ -321,3 +321,62 @@ async def test_async_evaluation_does_not_block_the_loop(http_bundle):
     res, _ = await asyncio.gather(p.evaluate_async("h/judge", {"prompt": "x"}), ticker())
     assert res["body"] == {"decision": "review"}
     assert ticks == 10
+
+
+# -- print, runtime, data, manifest -------------------------------------------------------------
+
+
+def test_print_reaches_the_host_like_opa_eval():
+    src = {"p.rego": 'package p\nimport rego.v1\nr if { print("hello", input.x, input.missing, {2, 1}); true }\n'}
+    b = build_wasm_bundle(src, ["p/r"], flags=("--wasm-include-print",))
+    lines: list[str] = []
+    p = policy_from_files(bundle_files(b), host=HostConfig(on_print=lines.append))
+    assert p.evaluate("p/r", {"x": [1, "a"]}) is True
+    # exactly what `opa eval` writes to stderr for the same print
+    assert lines == ['hello [1, "a"] <undefined> {1, 2}']
+
+
+def test_opa_runtime_is_the_host_runtime_with_config_secrets_redacted():
+    src = {"p.rego": "package p\nimport rego.v1\nrt := opa.runtime()\n"}
+    host = HostConfig(runtime={"version": "groqpolicy", "config": {"services": {"s": {"credentials": "x"}}, "labels": {"a": "b"}}})
+    p = policy_from_files(bundle_files(build_wasm_bundle(src, ["p/rt"])), host=host)
+    assert p.evaluate("p/rt") == {"version": "groqpolicy", "config": {"labels": {"a": "b"}}}
+
+
+def test_data_files_merge_by_directory(bundle):
+    src = {"p.rego": "package p\nimport rego.v1\nv := [data.a.b.x, data.top]\n"}
+    files = bundle_files(build_wasm_bundle(src, ["p/v"]))
+    files["/data.json"] = b'{"top": true}'
+    files["/a/b/data.json"] = b'{"x": 42}'
+    assert policy_from_files(files).evaluate("p/v") == [42, True]
+    files["/a/data.json"] = b'{"b": {"x": 1}}'
+    with pytest.raises(E.BundleLoadError, match="conflicts"):
+        policy_from_files(files)
+
+
+def test_manifest_entrypoint_missing_from_module_is_refused(bundle):
+    files = bundle_files(bundle)
+    files["/.manifest"] = b'{"revision": "r", "roots": [""], "wasm": [{"entrypoint": "t/nope", "module": "/policy.wasm"}]}'
+    with pytest.raises(E.BundleLoadError, match="t/nope"):
+        policy_from_files(files)
+    files["/.manifest"] = b'{"wasm": [{"entrypoint": "t/allow", "module": "/other.wasm"}]}'
+    with pytest.raises(E.BundleLoadError, match="/other.wasm: named in /.manifest but missing"):
+        policy_from_files(files)
+
+
+async def test_async_evaluation_of_a_pure_policy(policy):
+    assert not policy.may_block
+    results = await asyncio.gather(*(policy.evaluate_async("t/allow", {"user": u}) for u in ["alice", "bob"] * 50))
+    assert results == [True, False] * 50
+
+
+def test_pool_exhaustion_times_out_with_a_clear_error(bundle):
+    p = policy_from_files(bundle_files(bundle), pool_size=1)
+    p.pool.acquire_timeout = 0.05
+    held = p.pool.acquire()
+    try:
+        with pytest.raises(E.PoolExhausted, match="no policy instance free"):
+            p.evaluate("t/allow", {"user": "alice"})
+    finally:
+        p.pool.release(held)
+    _serves(p)

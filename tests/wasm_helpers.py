@@ -19,9 +19,9 @@ from controlplane.toolchain import opa_binary
 CACHE_DIR = Path(os.environ.get("GROQPOLICY_WASM_TEST_CACHE", Path(tempfile.gettempdir()) / "groqpolicy-wasm-cache"))
 
 
-def build_wasm_bundle(sources: dict[str, str], entrypoints: list[str], data: Any = None) -> bytes:
+def build_wasm_bundle(sources: dict[str, str], entrypoints: list[str], data: Any = None, flags: tuple[str, ...] = ()) -> bytes:
     """`opa build -t wasm` over the given rego files (+ data.json), cached by content."""
-    h = hashlib.sha256(msgspec.json.encode([sorted(sources.items()), entrypoints, data])).hexdigest()[:24]
+    h = hashlib.sha256(msgspec.json.encode([sorted(sources.items()), entrypoints, data, list(flags)])).hexdigest()[:24]
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     out = CACHE_DIR / f"{h}.tar.gz"
     if out.exists():
@@ -33,7 +33,7 @@ def build_wasm_bundle(sources: dict[str, str], entrypoints: list[str], data: Any
             (src / name).write_text(text)
         if data is not None:
             (src / "data.json").write_bytes(msgspec.json.encode(data))
-        args = [str(opa_binary()), "build", "-t", "wasm", "-o", str(Path(td) / "b.tar.gz")]
+        args = [str(opa_binary()), "build", "-t", "wasm", *flags, "-o", str(Path(td) / "b.tar.gz")]
         for e in entrypoints:
             args += ["-e", e]
         args.append(str(src))

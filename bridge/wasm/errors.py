@@ -62,6 +62,14 @@ class OutOfMemory(EvaluationError):
 
 
 class PoolClosed(WasmError):
+    """The revision was swapped out (or the evaluator closed) before an instance was acquired."""
+
+    status_code = 503
+
+
+class PoolExhausted(WasmError):
+    """Every instance stayed busy for the whole acquire timeout."""
+
     status_code = 503
 
 

@@ -24,6 +24,8 @@ _monotonic = time.monotonic
 
 DEFAULT_MEMORY_LIMIT = 256 * 1024 * 1024
 DEFAULT_TIMEOUT = 1.0
+# builtins that wait on the network: a policy using one is evaluated in a worker thread by evaluate_async
+BLOCKING_BUILTINS = ("http.send", "net.lookup_ip_addr")
 
 
 class WasmPolicy:
@@ -178,7 +180,7 @@ class WasmPolicy:
 
     @property
     def may_block(self) -> bool:
-        return "http.send" in self.builtin_ids
+        return any(b in self.builtin_ids for b in BLOCKING_BUILTINS)
 
     def close(self) -> None:
         self.pool.close()

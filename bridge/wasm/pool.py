@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Callable, Generic, Protocol, TypeVar
 
-from bridge.wasm.errors import PoolClosed
+from bridge.wasm.errors import PoolClosed, PoolExhausted
 
 
 class _Poolable(Protocol):
@@ -55,7 +55,7 @@ class InstancePool(Generic[T]):
                 if left <= 0 or not cond.wait(left):
                     if self._idle:
                         break
-                    raise PoolClosed(f"no policy instance free within the timeout (pool size {self.size})")
+                    raise PoolExhausted(f"no policy instance free within {self.acquire_timeout if timeout is None else timeout}s (pool size {self.size})")
             if self._idle:
                 return self._idle.pop()
             self._live += 1
