@@ -4,6 +4,7 @@ http.send routing, deadlines. Real opa builds every module; real wasmtime runs i
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 
@@ -380,3 +381,39 @@ def test_pool_exhaustion_times_out_with_a_clear_error(bundle):
     finally:
         p.pool.release(held)
     _serves(p)
+
+
+def _tampered(signed: bytes) -> bytes:
+    files = read_bundle(signed)
+    files["/data.json"] = b'{"admins":["mallory"],"rev":"X"}'
+    return write_bundle(files)
+
+
+@pytest.mark.parametrize(
+    "bad, error, message",
+    [
+        ("tampered", E.BundleVerificationFailed, "digest mismatch"),
+        ("wrong_key", E.BundleVerificationFailed, "verification failed"),
+        ("unsigned", E.BundleVerificationFailed, "verification failed"),
+        ("missing_builtin", E.MissingBuiltinsError, "missing builtins (not provided by the host): graphql.is_valid"),
+        ("not_a_bundle", E.BundleLoadError, "bundle archive"),
+    ],
+)
+def test_a_refused_revision_leaves_the_evaluator_serving(bad, error, message, bundle, key):
+    ev = WasmEvaluator(keys_of(key), pool_size=2)
+    ev.load(signed_bundle(bundle, key))
+    if bad == "tampered":
+        blob = _tampered(signed_bundle(bundle, key))
+    elif bad == "wrong_key":
+        blob = signed_bundle(bundle, generate_keypair("RS256", key.kid))
+    elif bad == "unsigned":
+        blob = bundle
+    elif bad == "missing_builtin":
+        src = {"m.rego": "package t\nimport rego.v1\nallow := graphql.is_valid(input.q, input.s)\n"}
+        blob = signed_bundle(build_wasm_bundle(src, ["t/allow"]), key)
+    else:
+        blob = b"definitely not gzip"
+    with pytest.raises(error, match=re.escape(message)):
+        ev.load(blob)
+    assert ev.revision == "" and ev.evaluate("t/allow", {"user": "alice"}) is True
+    assert ev.evaluate("t/rev") == "A"
