@@ -27,7 +27,6 @@ import msgspec
 import nats
 import pytest
 
-from bridge.emulator.server import bind_socket
 from bridge.wire import BUDGET_HEADER, InferRequest
 from controlplane.processes import free_port, start_nats, wait_for_port
 

@@ -186,6 +186,11 @@ class NoWorker(BridgeError):
     code = "no_worker"
 
 
+def error_headers(err: BridgeError) -> dict[str, str]:
+    """nats.micro's error headers for `err`; the description is one line (a header value cannot hold CR/LF)."""
+    return {STATUS_HEADER: str(err.status), "Nats-Service-Error": " ".join(err.message.split())[:512]}
+
+
 def validate_request(req: InferRequest) -> None:
     """Checks msgspec's types cannot express; raises BadRequest (422)."""
     if req.constitutional_hash != CONSTITUTIONAL_HASH:

@@ -3,7 +3,6 @@ reaches the inference workers through `InferClient.transport()` (no HTTP hop).""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import subprocess
 import tarfile

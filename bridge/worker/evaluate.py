@@ -31,6 +31,7 @@ from bridge.wire import (
     EvaluateRequest,
     NoWorker,
     encode,
+    error_headers,
 )
 
 Evaluator = Callable[..., Awaitable[Any]]
@@ -102,8 +103,7 @@ class PolicyService:
                                   revision=self.revision() if self.revision else None)
             await request.respond(encode(reply))
         except BridgeError as err:
-            await request.respond(err.body(), headers={"Nats-Service-Error-Code": str(err.status),
-                                                       "Nats-Service-Error": err.message[:512]})
+            await request.respond(err.body(), headers=error_headers(err))
 
 
 async def start_policy_service(nc: NATS, evaluate: Evaluator, *, revision: Callable[[], str | None] | None = None) -> PolicyService:

@@ -35,7 +35,7 @@ from bridge.wire import (
     BridgeError,
     decode_request,
     encode,
-    error_body,
+    error_headers,
     subject_for,
     validate_request,
 )
@@ -46,8 +46,6 @@ log = logging.getLogger("groqpolicy.worker")
 SERVICE_NAME = "groqpolicy-inference"
 SERVICE_VERSION = "0.1.0"
 QUEUE_GROUP = "groq-infer"
-ERROR_CODE_HEADER = "Nats-Service-Error-Code"
-ERROR_HEADER = "Nats-Service-Error"
 
 
 def deadline_margin_s(budget_s: float) -> float:
@@ -106,8 +104,10 @@ async def connect_groq(*, base_url: str | None = None, api_key: str | None = Non
 
 
 class Worker:
-    def __init__(self, nc: NATS, engine: InferenceEngine, *, queue_group: str = QUEUE_GROUP, name: str = SERVICE_NAME) -> None:
+    def __init__(self, nc: NATS, engine: InferenceEngine, *, queue_group: str = QUEUE_GROUP, name: str = SERVICE_NAME,
+                 owns_nc: bool = False) -> None:
         self.nc = nc
+        self.owns_nc = owns_nc
         self.engine = engine
         self.queue_group = queue_group
         self.name = name
@@ -176,7 +176,6 @@ class Worker:
             return
         except Exception as exc:  # noqa: BLE001 - a bug must still answer (fail closed), not hang the caller
             log.exception("tier %s: unexpected error", tier)
-            self.engine.counters.errors += 1
             await self._respond_error(request, BridgeError(f"worker error: {exc!r}"))
             return
         self.served += 1
@@ -198,7 +197,7 @@ class Worker:
     async def _respond_error(self, request: Request, err: BridgeError) -> None:
         self.engine.counters.errors += 1
         try:
-            await request.respond(err.body(), headers={ERROR_CODE_HEADER: str(err.status), ERROR_HEADER: err.message[:512]})
+            await request.respond(err.body(), headers=error_headers(err))
         except Exception:  # noqa: BLE001
             log.warning("could not deliver an error reply")
 
@@ -216,8 +215,7 @@ async def start_worker(nats_url: str | None = None, *, nc: NATS | None = None, g
     kv = await KVCache.open(nc.jetstream()) if l2 else None
     engine = InferenceEngine(groq_conn.client, catalog or default_catalog(), emulated=groq_conn.emulated,
                              settings=settings, l2=kv)
-    worker = await Worker(nc, engine, queue_group=queue_group).start()
-    worker._owns_nc = own_nc  # type: ignore[attr-defined]
+    worker = await Worker(nc, engine, queue_group=queue_group, owns_nc=own_nc).start()
     return worker, groq_conn, nc
 
 
@@ -225,8 +223,8 @@ async def stop_worker(worker: Worker, groq_conn: GroqConnection | None = None, n
     await worker.stop()
     if groq_conn is not None:
         await groq_conn.close()
-    if nc is not None and getattr(worker, "_owns_nc", False):
+    if nc is not None and worker.owns_nc and not nc.is_closed:
         await nc.drain()
 
 
-__all__ = ["Worker", "GroqConnection", "connect_groq", "start_worker", "stop_worker", "error_body"]
+__all__ = ["Worker", "GroqConnection", "connect_groq", "start_worker", "stop_worker"]
