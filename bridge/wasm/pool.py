@@ -19,6 +19,12 @@ class _Poolable(Protocol):
     broken: str | None
 
 
+def _close(inst: object) -> None:
+    close = getattr(inst, "close", None)
+    if close is not None:
+        close()
+
+
 T = TypeVar("T", bound=_Poolable)
 
 
@@ -68,21 +74,27 @@ class InstancePool(Generic[T]):
             raise
 
     def release(self, inst: T) -> None:
+        drop = False
         with self._cond:
             if inst.broken is not None or self.closed:
                 self._live -= 1
+                drop = True
                 if inst.broken is not None:
                     self.discarded += 1
             else:
                 self._idle.append(inst)
             self._cond.notify()
+        if drop:
+            _close(inst)
 
     def close(self) -> None:
         with self._cond:
             self.closed = True
             self._live -= len(self._idle)
-            self._idle.clear()
+            idle, self._idle = self._idle, []
             self._cond.notify_all()
+        for inst in idle:
+            _close(inst)
 
     @property
     def live(self) -> int:

@@ -151,6 +151,7 @@ class Instance:
         on_print: Callable[[str], None] | None = None,
     ) -> None:
         self.module = module
+        memory_limit = min(memory_limit, 4 << 30)  # wasm32
         self.memory_limit = memory_limit
         self.broken: str | None = None
         self.pending: BaseException | None = None
@@ -221,6 +222,21 @@ class Instance:
         self.data_addr = 0
         self.eval_heap = 0
         self._eval = self._exports.get("opa_eval")
+
+    def close(self) -> None:
+        """Free the store now (not at the next GC cycle): used for discarded instances."""
+        if self.store is None:
+            return
+        self.broken = self.broken or "closed"
+        self.view = None  # type: ignore[assignment]
+        self._exports.clear()
+        self._eval = None
+        self.instance = None  # type: ignore[assignment]
+        self.memory = None  # type: ignore[assignment]
+        store, self.store = self.store, None  # type: ignore[assignment]
+        store.close()
+        self._callbacks.clear()  # only after the store (which holds their function pointers) is gone
+        self.dispatch = None
 
     # -- host functions ---------------------------------------------------------------------
 
