@@ -126,7 +126,7 @@ async def test_slow_model_is_504_within_the_deadline(nats_url, emu: Emu):
         r = await post(c, gw.url, "fast", {"question": "slow?", "deadline_ms": 400})
         elapsed = time.perf_counter() - t0
         assert r.status_code == 504 and r.json()["error"]["code"] == "deadline_exceeded"
-        assert 0.3 < elapsed < 0.5
+        assert 0.3 < elapsed < 0.4 + 0.25  # the deadline, plus slack for a loaded CI box
 
 
 async def test_worker_reads_the_budget_header(nats_url, emu: Emu):
@@ -136,7 +136,7 @@ async def test_worker_reads_the_budget_header(nats_url, emu: Emu):
         try:
             t0 = time.perf_counter()
             r = await nc.request("groq.infer.fast", b'{"question": "slow?"}', timeout=5, headers={BUDGET_HEADER: "250"})
-            assert r.headers["Nats-Service-Error-Code"] == "504" and time.perf_counter() - t0 < 0.3
+            assert r.headers["Nats-Service-Error-Code"] == "504" and time.perf_counter() - t0 < 0.25 + 0.15
         finally:
             await nc.close()
 
