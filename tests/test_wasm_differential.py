@@ -82,7 +82,8 @@ def corpus() -> list[tuple[dict[str, Any], Any]]:
         rules = sorted({c["rule"] for c in doc["cases"]})
         eps = [f"{doc['package'].replace('.', '/')}/{r}" for r in rules]
         b = build_wasm_bundle({"m.rego": doc["module"]}, eps, doc.get("data"))
-        pol = policy_from_files(bundle_files(b), host=HostConfig(runtime=RUNTIME), pool_size=1)
+        pol = policy_from_files(bundle_files(b), host=HostConfig(runtime=RUNTIME), pool_size=1,
+                                strict_builtin_errors=bool(doc.get("strict")))
         loaded.append((doc, pol))
     return loaded
 
@@ -95,6 +96,9 @@ def test_corpus_is_large_enough(corpus):
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: p.stem)
 def test_module_matches_topdown(path: Path, corpus):
     doc, pol = next((d, p) for d, p in corpus if d["package"] == _load(path)["package"])
+    if doc.get("strict"):
+        _check_strict(doc, pol)
+        return
     ok_cases = [c for c in doc["cases"] if not c["error"]]
     err_cases = [c for c in doc["cases"] if c["error"]]
     expected = _topdown_batch(doc, ok_cases) if ok_cases else {}
@@ -119,4 +123,24 @@ def test_module_matches_topdown(path: Path, corpus):
             mismatches.append(f"{c['id']}: topdown errors, wasm returned {got!r}")
         except E.EvaluationError:
             pass
+    assert not mismatches, "\n".join(mismatches)
+
+
+def _check_strict(doc: dict[str, Any], pol: Any) -> None:
+    """`--strict-builtin-errors`: the same builtin error message from both (one opa run per case)."""
+    mismatches = []
+    for c in doc["cases"]:
+        td = opa_eval_one({"m.rego": doc["module"]}, doc.get("data"), f"data.{doc['package']}.{c['rule']}", c["input"],
+                          flags=("--strict-builtin-errors",))
+        try:
+            got = pol.evaluate(f"{doc['package'].replace('.', '/')}/{c['rule']}", c["input"])
+            mine = None
+        except E.BuiltinHalt as exc:
+            got, mine = None, str(exc)
+        if "error" not in td:
+            if mine is not None or _norm(got) != _norm(td.get("value")):
+                mismatches.append(f"{c['id']}: topdown {td!r}, wasm {got!r} / {mine!r}")
+            continue
+        if mine not in td["messages"]:
+            mismatches.append(f"{c['id']}: topdown says {td['messages']!r}, wasm says {mine!r}")
     assert not mismatches, "\n".join(mismatches)

@@ -93,7 +93,7 @@ def opa_eval_many(sources: dict[str, str], data: Any, query_rule: str, inputs: l
         return doc["result"][0]["expressions"][0]["value"]
 
 
-def opa_eval_one(sources: dict[str, str], data: Any, query_rule: str, input_: Any) -> dict[str, Any]:
+def opa_eval_one(sources: dict[str, str], data: Any, query_rule: str, input_: Any, flags: tuple[str, ...] = ()) -> dict[str, Any]:
     """One input with topdown: {"defined": bool, "value": ...} or {"error": message}."""
     with tempfile.TemporaryDirectory() as td:
         src = Path(td)
@@ -103,11 +103,15 @@ def opa_eval_one(sources: dict[str, str], data: Any, query_rule: str, input_: An
             (src / "data.json").write_bytes(msgspec.json.encode(data))
         inp = src.parent / (src.name + "-input.json")
         inp.write_bytes(msgspec.json.encode(input_))
-        args = [str(opa_binary()), "eval", "--format", "json", "-d", str(src), "-i", str(inp), query_rule]
+        args = [str(opa_binary()), "eval", *flags, "--format", "json", "-d", str(src), "-i", str(inp), query_rule]
         proc = subprocess.run(args, capture_output=True, text=True, check=False)
         inp.unlink()
         if proc.returncode != 0:
-            return {"error": (proc.stdout + proc.stderr).strip()}
+            try:
+                msgs = [e.get("message", "") for e in msgspec.json.decode(proc.stdout).get("errors", [])]
+            except (msgspec.DecodeError, AttributeError):
+                msgs = []
+            return {"error": (proc.stdout + proc.stderr).strip(), "messages": msgs}
         doc = msgspec.json.decode(proc.stdout)
         res = doc.get("result")
         if not res:

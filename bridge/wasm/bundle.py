@@ -90,6 +90,7 @@ def policy_from_files(
     pool_size: int | None = None,
     memory_limit: int = DEFAULT_MEMORY_LIMIT,
     timeout: float = DEFAULT_TIMEOUT,
+    strict_builtin_errors: bool = False,
 ) -> WasmPolicy:
     """A policy from already-verified bundle files (keys like `/policy.wasm`)."""
     files = {("/" + k.lstrip("/")): v for k, v in files.items()}
@@ -123,6 +124,7 @@ def policy_from_files(
         timeout=timeout,
         revision=str(manifest.get("revision", "")),
         manifest_entrypoints=entrypoints or None,
+        strict_builtin_errors=strict_builtin_errors,
     )
 
 
@@ -136,13 +138,15 @@ def load_bundle(
     pool_size: int | None = None,
     memory_limit: int = DEFAULT_MEMORY_LIMIT,
     timeout: float = DEFAULT_TIMEOUT,
+    strict_builtin_errors: bool = False,
 ) -> WasmPolicy:
     """Verify and load a signed wasm bundle (tar.gz). Unsigned, tampered or wrong-key bundles are refused."""
     if not keys:
         raise E.BundleVerificationFailed("bundle verification failed: no verification keys configured")
     files = _read_files(data)
     _verify(files, keys, keyid, scope)
-    return policy_from_files(files, host=host, pool_size=pool_size, memory_limit=memory_limit, timeout=timeout)
+    return policy_from_files(files, host=host, pool_size=pool_size, memory_limit=memory_limit, timeout=timeout,
+                             strict_builtin_errors=strict_builtin_errors)
 
 
 class WasmEvaluator:
@@ -158,8 +162,10 @@ class WasmEvaluator:
         pool_size: int | None = None,
         memory_limit: int = DEFAULT_MEMORY_LIMIT,
         timeout: float = DEFAULT_TIMEOUT,
+        strict_builtin_errors: bool = False,
     ) -> None:
         self.keys = dict(keys)
+        self.strict_builtin_errors = strict_builtin_errors
         self.keyid, self.scope = keyid, scope
         self.host = host or HostConfig()
         self.pool_size, self.memory_limit, self.timeout = pool_size, memory_limit, timeout
@@ -183,6 +189,7 @@ class WasmEvaluator:
         new = load_bundle(
             bundle, self.keys, keyid=self.keyid, scope=self.scope, host=self.host,
             pool_size=self.pool_size, memory_limit=self.memory_limit, timeout=self.timeout,
+            strict_builtin_errors=self.strict_builtin_errors,
         )
         with self._swap_lock:
             old, self._policy = self._policy, new

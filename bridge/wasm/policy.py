@@ -42,8 +42,12 @@ class WasmPolicy:
         timeout: float = DEFAULT_TIMEOUT,
         revision: str = "",
         manifest_entrypoints: list[str] | None = None,
+        strict_builtin_errors: bool = False,
     ) -> None:
         self.host = host or HostConfig()
+        # like `opa eval --strict-builtin-errors`: a builtin error fails the evaluation with
+        # topdown's message ("<builtin>: <error>") instead of making the call undefined
+        self.strict_builtin_errors = strict_builtin_errors
         self.memory_limit = memory_limit
         self.timeout = timeout
         self.revision = revision
@@ -107,14 +111,14 @@ class WasmPolicy:
         args = [inst.read_value(a) for a in arg_addrs]
         try:
             out = fn(ctx, *args)
-        except BuiltinError as exc:
-            ctx.errors.append(f"{name}: {exc}")
-            return 0
         except (E.WasmError, E.HaltError):
             raise
-        except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError, ArithmeticError) as exc:
-            # topdown: a builtin's operand error is not fatal outside strict mode; the call is undefined
-            ctx.errors.append(f"{name}: {exc}")
+        except (BuiltinError, TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError, ArithmeticError) as exc:
+            # topdown: a builtin's error is not fatal outside strict mode; the call is undefined
+            msg = f"{name}: {exc}"
+            ctx.errors.append(msg)
+            if self.strict_builtin_errors:
+                raise E.HaltError(msg) from None
             return 0
         ctx.check_deadline()
         if out is UNDEFINED:

@@ -26,13 +26,23 @@ def hex_encode(ctx: EvalContext, s: Any) -> str:
 @builtin("hex.decode")
 def hex_decode(ctx: EvalContext, s: Any) -> str:
     s = need_str(s, 1)
-    try:
-        raw = bytes.fromhex(s) if re.fullmatch(r"([0-9a-fA-F]{2})*", s) else None
-    except ValueError:
-        raw = None
-    if raw is None:
-        raise BuiltinError(f"encoding/hex: invalid byte in {s!r}")
-    return raw.decode("utf-8", "replace")
+    # Go's hex.DecodeString: the first non-hex byte wins over an odd length
+    for ch in s.encode("utf-8"):
+        if chr(ch) not in "0123456789abcdefABCDEF":
+            shown = chr(ch) if ch < 0x80 else "\ufffd"
+            raise BuiltinError(f"encoding/hex: invalid byte: U+{ord(shown):04X} {_go_rune(shown)}")
+    if len(s) % 2:
+        raise BuiltinError("encoding/hex: odd length hex string")
+    return bytes.fromhex(s).decode("utf-8", "replace")
+
+
+def _go_rune(ch: str) -> str:
+    """Go's %q for a rune."""
+    if ch == "'":
+        return "'\\''"
+    if ch.isprintable():
+        return f"'{ch}'"
+    return "'" + ch.encode("unicode_escape").decode() + "'"
 
 
 @builtin("base64url.encode_no_pad")

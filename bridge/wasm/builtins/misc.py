@@ -112,9 +112,9 @@ def _num_unit(s: str) -> tuple[str, str]:
     return s[:i], s[i:]
 
 
-def _rat(num: str) -> Fraction:
+def _rat(num: str, err: str) -> Fraction:
     if not re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", num):
-        raise BuiltinError("could not parse amount to a number")
+        raise BuiltinError(err)
     return Fraction(num)
 
 
@@ -122,15 +122,15 @@ def _rat(num: str) -> Fraction:
 def units_parse(ctx: EvalContext, s: Any) -> int | float:
     s = need_str(s, 1).replace('"', "")
     if " " in s:
-        raise BuiltinError("spaces not allowed in resource strings")
+        raise BuiltinError("units.parse: spaces not allowed in resource strings")
     num, unit = _num_unit(s)
     if num == "":
-        raise BuiltinError("no amount provided")
+        raise BuiltinError("units.parse: no amount provided")
     if len(unit) > 1:
         unit = unit[:1] + unit[1:].lower()
     if unit not in _SI:
-        raise BuiltinError(f"unit {unit} not recognized")
-    x = _rat(num) * _SI[unit]
+        raise BuiltinError(f"units.parse: unit {unit} not recognized")
+    x = _rat(num, "units.parse: could not parse amount to a number") * _SI[unit]
     if x.denominator == 1:
         return int(x)
     return float(f"{float(x):.10f}")
@@ -140,13 +140,13 @@ def units_parse(ctx: EvalContext, s: Any) -> int | float:
 def units_parse_bytes(ctx: EvalContext, s: Any) -> int:
     s = need_str(s, 1).lower().replace('"', "")
     if " " in s:
-        raise BuiltinError("spaces not allowed in resource strings")
+        raise BuiltinError("units.parse_bytes: spaces not allowed in resource strings")
     num, unit = _num_unit(s)
     if num == "":
-        raise BuiltinError("no byte amount provided")
+        raise BuiltinError("units.parse_bytes: no byte amount provided")
     if unit not in _BYTES:
-        raise BuiltinError(f"byte unit {unit} not recognized")
-    return int(_rat(num) * _BYTES[unit])
+        raise BuiltinError(f"units.parse_bytes: byte unit {unit} not recognized")
+    return int(_rat(num, "units.parse_bytes: could not parse byte amount to a number") * _BYTES[unit])
 
 
 # -- uuid / rand ------------------------------------------------------------------------------------

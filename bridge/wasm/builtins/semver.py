@@ -68,7 +68,7 @@ def semver_compare(ctx: EvalContext, a: Any, b: Any) -> int:
     a, b = need_str(a, 1), need_str(b, 2)
     pa, pb = parse(a), parse(b)
     if pa is None:
-        raise BuiltinError(f"operand 1: string {a} is not a valid SemVer")
+        raise BuiltinError(f'operand 1: string "{a}" is not a valid SemVer')
     if pb is None:
-        raise BuiltinError(f"operand 2: string {b} is not a valid SemVer")
+        raise BuiltinError(f'operand 2: string "{b}" is not a valid SemVer')
     return compare(pa, pb)
