@@ -74,9 +74,9 @@ def engine_for(emu: Emu, **kw) -> InferenceEngine:
 
 
 @asynccontextmanager
-async def worker_on(nats_url: str, emu: Emu, settings: EngineSettings | None = None, l2: bool = True):
+async def worker_on(nats_url: str, emu: Emu, settings: EngineSettings | None = None, l2: bool = True, **kw):
     conn = GroqConnection(client=emu.client(), emulated=True, base_url=emu.url)
-    w, conn, nc = await start_worker(nats_url, groq_conn=conn, settings=settings or fast_settings(), l2=l2)
+    w, conn, nc = await start_worker(nats_url, groq_conn=conn, settings=settings or fast_settings(), l2=l2, **kw)
     try:
         yield w
     finally:

@@ -157,6 +157,8 @@ async def test_serve_gateway_in_this_loop(nats_url, emu: Emu):
                 models = (await c.get(f"http://127.0.0.1:{port}/v1/models")).json()["models"]
                 assert {m["performance_tier"] for m in models} == set(TIERS)
                 assert (await c.get(f"http://127.0.0.1:{port}/v1/infer/fast")).status_code == 405
+                metrics = (await c.get(f"http://127.0.0.1:{port}/metrics")).text
+                assert "groqpolicy_gateway_requests_total 1\n" in metrics and "groqpolicy_gateway_ok_total 1\n" in metrics
         finally:
             await server.stop()
 
@@ -171,3 +173,14 @@ async def test_unusable_model_output_reaches_the_caller_as_uncacheable_review(na
         # every candidate of the tier and of its fallback tier was tried (5xx twice each)
         assert {r.split(": ")[0] for r in a["reasons"]} == {FAST, "qwen/qwen3.6-27b", "qwen/qwen3.8-27b"}
         assert len(a["reasons"]) == (6 if fault == "500" else 3)
+
+
+async def test_overloaded_worker_answers_503_at_once(nats_url, emu: Emu):
+    emu.app.config.default = ModelBehaviour(latency_ms=300)
+    async with worker_on(nats_url, emu, max_inflight=2) as w, gateway_on(nats_url) as gw, httpx.AsyncClient() as c:
+        t0 = time.perf_counter()
+        rs = await asyncio.gather(*(post(c, gw.url, "fast", {"question": f"busy {i}"}) for i in range(5)))
+        statuses = sorted(r.status_code for r in rs)
+        assert statuses == [200, 200, 503, 503, 503] and w.rejected == 3
+        rejected = next(r for r in rs if r.status_code == 503)
+        assert rejected.json()["error"]["code"] == "overloaded" and time.perf_counter() - t0 < 1.0

@@ -9,7 +9,8 @@ passes the worker's JSON through unchanged with `Cache-Control: max-age=N`, so O
     POST /v1/infer/{tier}  -> 200 reply | 400 not JSON | 404 unknown tier | 413 too large
                               | 422 invalid body | 503 no worker | 504 deadline
     GET  /v1/models        -> the tier catalog (seed shape: {"models": [...]})
-    GET  /health           -> {"status": "ok"|"degraded", "nats": bool}
+    GET  /health           -> {"status": "ok"|"degraded", "nats": bool, counters...}
+    GET  /metrics          -> the same counters in Prometheus text format
 """
 
 from __future__ import annotations
@@ -86,6 +87,10 @@ class Gateway:
         if path == "/health" and method == "GET":
             ok = self.nc is not None and self.nc.is_connected
             return await _send(send, 200 if ok else 503, msgspec.json.encode({"status": "ok" if ok else "degraded", "nats": ok, **self.counts}), [_NO_STORE])
+        if path == "/metrics" and method == "GET":
+            text = "".join(f"# TYPE groqpolicy_gateway_{k}_total counter\ngroqpolicy_gateway_{k}_total {v}\n"
+                           for k, v in self.counts.items())
+            return await _send(send, 200, text.encode(), [_NO_STORE], content_type=b"text/plain; version=0.0.4")
         if path == "/v1/models" and method == "GET":
             from bridge.catalog import default_catalog
 
@@ -120,9 +125,10 @@ async def _read_body(receive: Any, limit: int) -> bytes:
             return b"".join(chunks) if len(chunks) != 1 else chunks[0]
 
 
-async def _send(send: Any, status: int, body: bytes, headers: list) -> None:
+async def _send(send: Any, status: int, body: bytes, headers: list, content_type: bytes | None = None) -> None:
+    ctype = _JSON if content_type is None else (b"content-type", content_type)
     await send({"type": "http.response.start", "status": status,
-                "headers": [_JSON, (b"content-length", str(len(body)).encode()), *headers]})
+                "headers": [ctype, (b"content-length", str(len(body)).encode()), *headers]})
     await send({"type": "http.response.body", "body": body})
 
 

@@ -33,6 +33,7 @@ from bridge.wire import (
     TIERS,
     BadRequest,
     BridgeError,
+    NoWorker,
     decode_request,
     encode,
     error_headers,
@@ -105,9 +106,13 @@ async def connect_groq(*, base_url: str | None = None, api_key: str | None = Non
 
 class Worker:
     def __init__(self, nc: NATS, engine: InferenceEngine, *, queue_group: str = QUEUE_GROUP, name: str = SERVICE_NAME,
-                 owns_nc: bool = False) -> None:
+                 owns_nc: bool = False, max_inflight: int | None = None) -> None:
         self.nc = nc
         self.owns_nc = owns_nc
+        self.max_inflight = max_inflight or int(os.environ.get("GROQPOLICY_WORKER_MAX_INFLIGHT", 512))
+        """Beyond this many uncached requests in progress the worker answers 503 at once: the caller
+        (or the Rego helper, as review) learns in microseconds instead of at its deadline."""
+        self.rejected = 0
         self.engine = engine
         self.queue_group = queue_group
         self.name = name
@@ -135,7 +140,7 @@ class Worker:
             await asyncio.wait(list(self._tasks), timeout=5)
 
     def _endpoint_stats(self, endpoint: EndpointStats) -> dict:
-        return self.engine.stats()
+        return {**self.engine.stats(), "served": self.served, "rejected": self.rejected, "in_progress": len(self._tasks)}
 
     def _handler(self, tier: str):
         engine = self.engine
@@ -158,6 +163,11 @@ class Worker:
             if hit is not None:
                 self.served += 1
                 await request.respond(encode(hit[0]), headers={MAX_AGE_HEADER: str(hit[1])})
+                return
+            if len(self._tasks) >= self.max_inflight:
+                self.rejected += 1
+                await self._respond_error(request, NoWorker(
+                    f"worker overloaded: {len(self._tasks)} requests in progress (max {self.max_inflight})", code="overloaded"))
                 return
             t = asyncio.create_task(self._serve(tier, req, request, started))
             self._tasks.add(t)
@@ -204,7 +214,7 @@ class Worker:
 
 async def start_worker(nats_url: str | None = None, *, nc: NATS | None = None, groq_conn: GroqConnection | None = None,
                        catalog: Catalog | None = None, settings: EngineSettings | None = None, l2: bool = True,
-                       queue_group: str = QUEUE_GROUP) -> tuple[Worker, GroqConnection, NATS]:
+                       queue_group: str = QUEUE_GROUP, max_inflight: int | None = None) -> tuple[Worker, GroqConnection, NATS]:
     """Connect (NATS, Groq), open the L2 bucket, and start serving. Returns what `stop_worker` needs."""
     own_nc = nc is None
     if nc is None:
@@ -215,7 +225,7 @@ async def start_worker(nats_url: str | None = None, *, nc: NATS | None = None, g
     kv = await KVCache.open(nc.jetstream()) if l2 else None
     engine = InferenceEngine(groq_conn.client, catalog or default_catalog(), emulated=groq_conn.emulated,
                              settings=settings, l2=kv)
-    worker = await Worker(nc, engine, queue_group=queue_group, owns_nc=own_nc).start()
+    worker = await Worker(nc, engine, queue_group=queue_group, owns_nc=own_nc, max_inflight=max_inflight).start()
     return worker, groq_conn, nc
 
 
