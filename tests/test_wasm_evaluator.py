@@ -417,3 +417,17 @@ def test_a_refused_revision_leaves_the_evaluator_serving(bad, error, message, bu
         ev.load(blob)
     assert ev.revision == "" and ev.evaluate("t/allow", {"user": "alice"}) is True
     assert ev.evaluate("t/rev") == "A"
+
+
+def test_heap_is_reset_between_evaluations(bundle):
+    p = policy_from_files(bundle_files(bundle), pool_size=1)
+    big = {"user": "alice", "pad": ["x" * 100] * 200}
+    p.evaluate("t/allow", big)
+    inst = p.pool.acquire()
+    size_before = inst.mem_size_now()
+    p.pool.release(inst)
+    for _ in range(2000):
+        assert p.evaluate("t/allow", big) is True
+    inst = p.pool.acquire()
+    assert inst.mem_size_now() == size_before  # ~40 MB of inputs went through without growth
+    p.pool.release(inst)
