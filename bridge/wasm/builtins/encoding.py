@@ -152,7 +152,9 @@ def yaml_is_valid(ctx: EvalContext, s: Any) -> bool:
 
 @builtin("yaml.marshal")
 def yaml_marshal(ctx: EvalContext, v: Any) -> str:
-    return yaml.safe_dump(to_json(v), default_flow_style=False, sort_keys=True, allow_unicode=True)
+    from bridge.wasm.builtins.goyaml import marshal
+
+    return marshal(to_json(v))
 
 
 # -- json -------------------------------------------------------------------------------------
