@@ -219,11 +219,20 @@ def _sign(alg: str, signing_input: bytes, jwk: dict[str, Any]) -> bytes:
 
 @builtin("io.jwt.encode_sign_raw")
 def encode_sign_raw(ctx: EvalContext, header: Any, payload: Any, key: Any) -> str:
-    h, p, k = need_str(header, 1), need_str(payload, 2), need_str(key, 3)
-    hdr = _json_obj(h.encode(), "header")
+    k, h, p = need_str(key, 3), need_str(header, 1), need_str(payload, 2)
     jwk = _json_obj(k.encode(), "key")
+    hdr = _json_obj(h.encode(), "header")
+    alg = hdr.get("alg")
+    if not isinstance(alg, str):
+        raise BuiltinError("missing or invalid 'alg' header")
+    typ = hdr.get("typ")
+    if not isinstance(typ, str) or typ == "JWT":
+        try:
+            msgspec.json.decode(p.encode())
+        except msgspec.DecodeError:
+            raise BuiltinError("type is JWT but payload is not JSON") from None
     si = f"{_b64e(h.encode())}.{_b64e(p.encode())}"
-    return si + "." + _b64e(_sign(str(hdr.get("alg")), si.encode(), jwk))
+    return si + "." + _b64e(_sign(alg, si.encode(), jwk))
 
 
 @builtin("io.jwt.encode_sign")
