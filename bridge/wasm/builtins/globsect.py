@@ -38,15 +38,15 @@ def _tokens(g: str) -> list[tuple[tuple, str]]:
             i += 2
         elif c == "[":
             j = i + 1
-            neg = j < n and g[j] == "^"
-            if neg:
-                j += 1
+            neg = False  # glob-intersection has no negated classes: "^" is a member like any other
             ranges: list[tuple[str, str]] = []
             while j < n and g[j] != "]":
                 ch = g[j]
                 if ch == "\\" and j + 1 < n:
                     j += 1
                     ch = g[j]
+                if j + 2 < n and g[j + 1] == "-" and g[j + 2] == "]":
+                    raise BuiltinError(f"invalid glob {g!r}: incomplete range in character class")
                 if j + 2 < n and g[j + 1] == "-" and g[j + 2] != "]":
                     ranges.append((ch, g[j + 2]))
                     j += 3
@@ -85,22 +85,26 @@ def _overlap(a: tuple, b: tuple) -> bool:
 
 
 def non_empty(g1: str, g2: str) -> bool:
+    """As glob-intersection decides it: a common string of at least one character, or two empty
+    globs (two globs that only share the empty string, like `a*` and `b*`, do not intersect)."""
     t1, t2 = _tokens(g1), _tokens(g2)
     n1, n2 = len(t1), len(t2)
+    if n1 == 0 and n2 == 0:
+        return True
     seen = set()
-    stack = [(0, 0)]
+    stack = [(0, 0, False)]
     while stack:
         st = stack.pop()
         if st in seen:
             continue
         seen.add(st)
-        i, j = st
-        if i == n1 and j == n2:
+        i, j, consumed = st
+        if i == n1 and j == n2 and consumed:
             return True
         if i < n1 and t1[i][1] == "*":
-            stack.append((i + 1, j))
+            stack.append((i + 1, j, consumed))
         if j < n2 and t2[j][1] == "*":
-            stack.append((i, j + 1))
+            stack.append((i, j + 1, consumed))
         if i < n1 and j < n2 and _overlap(t1[i][0], t2[j][0]):
-            stack.append((i if t1[i][1] == "*" else i + 1, j if t2[j][1] == "*" else j + 1))
+            stack.append((i if t1[i][1] == "*" else i + 1, j if t2[j][1] == "*" else j + 1, True))
     return False

@@ -158,7 +158,9 @@ def _fmt_int(a: int, verb: str, flags: str, width: int | None, prec: int | None)
     elif verb == "c":
         return _pad(chr(a) if 0 <= a <= 0x10FFFF else "\ufffd", width, flags)
     elif verb == "q":
-        return _pad("'" + (chr(a) if 0 <= a <= 0x10FFFF else "\ufffd") + "'", width, flags)
+        from bridge.wasm.builtins.encoding import _go_rune
+
+        return _pad(_go_rune(chr(a) if 0 <= a <= 0x10FFFF else "\ufffd"), width, flags)
     elif verb == "U":
         s = f"U+{n:04X}"
     elif verb in "eEfFgG":
@@ -184,7 +186,9 @@ def _fmt_int(a: int, verb: str, flags: str, width: int | None, prec: int | None)
 
 
 def _fmt_float(a: float, verb: str, flags: str, width: int | None, prec: int | None) -> str:
-    if verb == "v" or (verb in "gG" and prec is None):
+    if verb == "v" and prec is not None:
+        s = go_float_g(a, prec or 1)
+    elif verb == "v" or (verb in "gG" and prec is None):
         s = go_float_g(a, -1, verb == "G")
     elif verb in "fF":
         if math.isinf(a) or math.isnan(a):
@@ -244,14 +248,39 @@ def go_sprintf(fmt: str, args: list[Any]) -> str:
         if verb == "%":
             out.append("%")
             continue
-        width = int(width_s) if width_s and width_s != "*" else None
+        width: int | None = None
+        if width_s == "*":
+            if argi < len(args) and isinstance(args[argi], int) and not isinstance(args[argi], bool):
+                width = args[argi]
+                if width < 0:
+                    flags += "-"
+                    width = -width
+            else:
+                out.append("%!(BADWIDTH)")
+            argi += 1
+        elif width_s:
+            width = int(width_s)
         prec: int | None
         if prec_s is None:
             prec = None
+        elif prec_s == "*":
+            prec = None
+            if argi < len(args) and isinstance(args[argi], int) and not isinstance(args[argi], bool):
+                prec = args[argi] if args[argi] >= 0 else None
+            else:
+                out.append("%!(BADPREC)")
+            argi += 1
         elif prec_s == "":
             prec = 0
         else:
-            prec = int(prec_s) if prec_s != "*" else None
+            prec = int(prec_s)
+        if verb == "T":
+            if argi >= len(args):
+                out.append("%!T(MISSING)")
+                continue
+            out.append(_pad(_typename(args[argi]), width, flags))
+            argi += 1
+            continue
         if argi >= len(args):
             out.append(f"%!{verb}(MISSING)")
             continue

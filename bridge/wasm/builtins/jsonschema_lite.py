@@ -67,7 +67,7 @@ def _err(field: str, typ: str, desc: str) -> dict[str, str]:
     return {"error": f"{field}: {desc}", "type": typ, "field": field, "desc": desc}
 
 
-def validate(doc: Any, schema: Any, field: str = "(root)") -> list[dict[str, str]]:
+def validate(doc: Any, schema: Any, field: str = "(Root)") -> list[dict[str, str]]:
     errs: list[dict[str, str]] = []
     if schema is True or schema == {}:
         return errs
@@ -79,7 +79,7 @@ def validate(doc: Any, schema: Any, field: str = "(root)") -> list[dict[str, str
         if not any(_is(doc, x) for x in ts):
             return [_err(field, "invalid_type", f"Invalid type. Expected: {', '.join(ts)}, given: {_jtype(doc)}")]
     if "enum" in schema and doc not in schema["enum"]:
-        allowed = ",".join(_repr(x) for x in schema["enum"])
+        allowed = ", ".join(_repr(x) for x in schema["enum"])
         errs.append(_err(field, "enum", f"{field} must be one of the following: {allowed}"))
     if "const" in schema and doc != schema["const"]:
         errs.append(_err(field, "const", f"{field} does not match: {_repr(schema['const'])}"))
@@ -87,9 +87,9 @@ def validate(doc: Any, schema: Any, field: str = "(root)") -> list[dict[str, str
         props = schema.get("properties", {})
         for req in schema.get("required", []):
             if req not in doc:
-                errs.append({"error": f"{req}: {req} is required", "type": "required", "field": field if field != "(root)" else "(root)", "desc": f"{req} is required"})
+                errs.append(_err(field, "required", f"{req} is required"))
         for k, v in doc.items():
-            sub_field = k if field == "(root)" else f"{field}.{k}"
+            sub_field = k if field == "(Root)" else f"{field}.{k}"
             if k in props:
                 errs += validate(v, props[k], sub_field)
             else:
@@ -110,16 +110,22 @@ def validate(doc: Any, schema: Any, field: str = "(root)") -> list[dict[str, str
         items = schema.get("items")
         if isinstance(items, dict):
             for i, x in enumerate(doc):
-                errs += validate(x, items, f"{field}.{i}")
+                errs += validate(x, items, str(i) if field == "(Root)" else f"{field}.{i}")
         elif isinstance(items, list):
             for i, (x, sub) in enumerate(zip(doc, items)):
-                errs += validate(x, sub, f"{field}.{i}")
+                errs += validate(x, sub, str(i) if field == "(Root)" else f"{field}.{i}")
         if "minItems" in schema and len(doc) < schema["minItems"]:
             errs.append(_err(field, "array_min_items", f"Array must have at least {schema['minItems']} items"))
         if "maxItems" in schema and len(doc) > schema["maxItems"]:
             errs.append(_err(field, "array_max_items", f"Array must have at most {schema['maxItems']} items"))
-        if schema.get("uniqueItems") and len({repr(x) for x in doc}) != len(doc):
-            errs.append(_err(field, "unique", "array items must be unique"))
+        if schema.get("uniqueItems"):
+            seen: dict[str, int] = {}
+            for i, x in enumerate(doc):
+                key = _repr(x)
+                if key in seen:
+                    errs.append(_err(field, "unique", f"array items[{seen[key]},{i}] must be unique"))
+                    break
+                seen[key] = i
     if isinstance(doc, str):
         n = len(doc)
         if "minLength" in schema and n < schema["minLength"]:

@@ -82,6 +82,10 @@ def go_regexp(pattern: str) -> re.Pattern[str]:
     RE2-only spellings (`\\z`, `(?P<n>`, POSIX classes) are translated."""
     p = pattern
     p = p.replace(r"\z", r"\Z")
+    # Unicode classes RE2 has and Python's re lacks: letters and numbers (the ones policies use)
+    for k, v in ((r"\p{L}", r"[^\W\d_]"), (r"\pL", r"[^\W\d_]"), (r"\P{L}", r"[\W\d_]"), (r"\PL", r"[\W\d_]"),
+                 (r"\p{N}", r"\d"), (r"\pN", r"\d"), (r"\P{N}", r"\D"), (r"\PN", r"\D")):
+        p = p.replace(k, v)
     for k, v in _GO_CLASS.items():
         p = p.replace(k, v)
     try:
