@@ -229,9 +229,11 @@ async def test_bad_bodies_and_unknown_paths(emu_module: Emu):
          "`reasoning_effort` value `high` is not supported with this model (supported: none, default)"),
         ("qwen/qwen3.6-27b", {"reasoning_format": "hidden", "include_reasoning": False},
          "`include_reasoning` and `reasoning_format` are mutually exclusive"),
+        ("qwen/qwen3.6-27b", {"response_format": STRICT},
+         "`response_format.json_schema.strict` is not supported with model `qwen/qwen3.6-27b`; use strict: false or json_object"),
     ],
 )
-async def test_reasoning_parameters_are_checked_per_model(emu_module: Emu, model, params, message):
+async def test_request_parameters_are_checked_per_model(emu_module: Emu, model, params, message):
     with pytest.raises(groq.BadRequestError) as exc:
         await emu_module.client().chat.completions.create(model=model, messages=user("x"), **params)
     assert exc.value.body["error"]["message"] == message

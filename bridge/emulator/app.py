@@ -294,6 +294,8 @@ class GroqEmulator:
         rf = req.get("response_format") or {"type": "text"}
         rf_type = rf.get("type", "text") if isinstance(rf, dict) else "text"
         strict = bool(rf.get("json_schema", {}).get("strict")) if rf_type == "json_schema" else False
+        if strict and not spec.json_schema_strict:
+            return self._error(400, f"`response_format.json_schema.strict` is not supported with model `{model}`; use strict: false or json_object", "invalid_request_error", "invalid_request")
         self.stats["total"] += 1
         self.stats["calls"][model] += 1
         self.stats["formats"][f"{model}:{rf_type}{':strict' if strict else ''}"] += 1
