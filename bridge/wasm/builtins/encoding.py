@@ -58,7 +58,7 @@ def _query_unescape(s: str) -> str:
     if re.search(r"%(?![0-9a-fA-F]{2})", s):
         bad = re.search(r"%.{0,2}", s)
         raise BuiltinError(f'invalid URL escape "{bad.group(0) if bad else "%"}"')
-    return urllib.parse.unquote_plus(s, errors="strict")
+    return urllib.parse.unquote_plus(s, errors="replace")
 
 
 @builtin("urlquery.encode")
@@ -111,14 +111,58 @@ def urlquery_decode_object(ctx: EvalContext, s: Any) -> dict[str, list[str]]:
 
 
 class _Loader(yaml.SafeLoader):
-    pass
+    """YAML as OPA reads it (go-yaml v3, YAML 1.2 core schema, then converted to JSON): `yes`/`on`
+    and sexagesimals stay strings, ints parse like Go's ParseInt(base 0), timestamps stay strings."""
 
 
-# YAML timestamps stay strings (the Go side converts YAML to JSON, which has no dates)
-_Loader.yaml_implicit_resolvers = {
-    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:timestamp"]
-    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
+_Loader.yaml_implicit_resolvers = {}
+_PLAIN = "tag:groqpolicy:plain"
+_Loader.add_implicit_resolver(_PLAIN, re.compile(r"(?s).*"), None)
+_GO_INT = re.compile(r"[-+]?(0[xX][0-9a-fA-F]+|0[oO][0-7]+|0[bB][01]+|0[0-7]*|[1-9][0-9]*)")
+_YAML_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
+
+
+def _plain(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
+    v = node.value
+    if v in ("true", "True", "TRUE"):
+        return True
+    if v in ("false", "False", "FALSE"):
+        return False
+    if v in ("", "~", "null", "Null", "NULL"):
+        return None
+    d = v.replace("_", "")
+    if _GO_INT.fullmatch(d):
+        sign = -1 if d[0] == "-" else 1
+        body = d.lstrip("+-")
+        if body[:2] in ("0x", "0X"):
+            return sign * int(body[2:], 16)
+        if body[:2] in ("0o", "0O"):
+            return sign * int(body[2:], 8)
+        if body[:2] in ("0b", "0B"):
+            return sign * int(body[2:], 2)
+        if len(body) > 1 and body[0] == "0":
+            return sign * int(body, 8)
+        return sign * int(body)
+    if _YAML_FLOAT.fullmatch(v):
+        f = float(v)
+        return int(f) if f.is_integer() and abs(f) < 2**63 else f
+    return v
+
+
+def _binary(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> str:
+    return base64.b64decode("".join(node.value.split())).decode("utf-8", "replace")
+
+
+_Loader.add_constructor(_PLAIN, _plain)
+_Loader.add_constructor("tag:yaml.org,2002:binary", _binary)
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", lambda loader, node: node.value)
+
+
+def _yaml_load(s: str) -> Any:
+    # go-yaml decodes the first document of a stream
+    for doc in yaml.load_all(s, Loader=_Loader):
+        return doc
+    return None
 
 
 def _yaml_json(v: Any) -> Any:
@@ -134,7 +178,7 @@ def _yaml_json(v: Any) -> Any:
 @builtin("yaml.unmarshal")
 def yaml_unmarshal(ctx: EvalContext, s: Any) -> Any:
     try:
-        return _yaml_json(yaml.load(need_str(s, 1), Loader=_Loader))
+        return _yaml_json(_yaml_load(need_str(s, 1)))
     except yaml.YAMLError as exc:
         raise BuiltinError(f"yaml: {exc}") from None
 
@@ -144,7 +188,8 @@ def yaml_is_valid(ctx: EvalContext, s: Any) -> bool:
     if not isinstance(s, str):
         return False
     try:
-        yaml.load(s, Loader=_Loader)
+        for _ in yaml.load_all(s, Loader=_Loader):
+            pass
         return True
     except yaml.YAMLError:
         return False
