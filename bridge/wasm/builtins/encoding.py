@@ -390,7 +390,7 @@ def json_verify_schema(ctx: EvalContext, schema: Any) -> list[Any]:
     except BuiltinError as exc:
         return [False, f"jsonschema: {exc}"]
     err = check_schema(s)
-    return [err is None, err]
+    return [err is None, None if err is None else f"jsonschema: {err}"]
 
 
 @builtin("json.match_schema")

@@ -21,12 +21,14 @@ def check_schema(s: Any) -> str | None:
     if t is not None:
         ts = t if isinstance(t, list) else [t]
         for x in ts:
+            if not isinstance(x, str):
+                return "Invalid type. Expected: type, given: string/Array Of Strings"
             if x not in _TYPES:
-                return f'has a primitive type that is NOT VALID -- given: /{x}/ Expected valid values are:/array/ /boolean/ /integer/ /number/ /null/ /object/ /string/'
+                return f"has a primitive type that is NOT VALID -- given: /{x}/ Expected valid values are:[array boolean integer number null object string]"
     for k in ("properties", "definitions", "patternProperties"):
         if k in s:
             if not isinstance(s[k], dict):
-                return f"{k} must be an object"
+                return f"{k[0].upper() + k[1:]} must be of type object"
             for sub in s[k].values():
                 e = check_schema(sub)
                 if e:
