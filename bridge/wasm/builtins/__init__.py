@@ -9,7 +9,6 @@ as topdown does outside strict mode; a `HaltError` fails the whole evaluation.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from bridge.wasm.errors import BuiltinError, DeadlineExceeded, HaltError
@@ -37,16 +36,20 @@ def builtin(*names: str) -> Callable[[Builtin], Builtin]:
     return deco
 
 
-@dataclass
 class EvalContext:
-    """Per-evaluation state shared by the builtins of one evaluation (topdown's BuiltinContext)."""
+    """Per-evaluation state shared by the builtins of one evaluation (topdown's BuiltinContext):
+    the evaluation's clock (time.now_ns is constant within it), deadline, host, and the cache
+    that keeps http.send / rand.intn / uuid.rfc4122 consistent within one evaluation."""
 
-    now_ns: int
-    deadline: float  # time.monotonic() value
-    host: Any  # bridge.wasm.host.HostConfig
-    cache: dict[Any, Any] = field(default_factory=dict)
-    prints: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
+    __slots__ = ("now_ns", "deadline", "host", "cache", "prints", "errors")
+
+    def __init__(self, now_ns: int, deadline: float, host: Any) -> None:
+        self.now_ns = now_ns
+        self.deadline = deadline  # a time.monotonic() value
+        self.host = host  # bridge.wasm.host.HostConfig
+        self.cache: dict[Any, Any] = {}
+        self.prints: list[str] = []
+        self.errors: list[str] = []
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()

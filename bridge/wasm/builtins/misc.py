@@ -146,6 +146,8 @@ def units_parse_bytes(ctx: EvalContext, s: Any) -> int:
         raise BuiltinError("units.parse_bytes: no byte amount provided")
     if unit not in _BYTES:
         raise BuiltinError(f"units.parse_bytes: byte unit {unit} not recognized")
+    if num.isdigit():
+        return int(num) * _BYTES[unit]  # the common case, without a rational
     return int(_rat(num, "units.parse_bytes: could not parse byte amount to a number") * _BYTES[unit])
 
 
