@@ -363,21 +363,28 @@ class Instance:
         s = self.call("opa_value_dump", value_addr)
         return decode_value(self.read_cstr(s))
 
+    def _check(self, addr: int, n: int) -> None:
+        end = addr + n
+        if addr <= 0 or (end > self.mem_size and end > self.mem_size_now()):
+            # a bad pointer must fail the evaluation, never read unmapped memory
+            raise E.WasmTrap(f"guest value outside linear memory: {addr}+{n}")
+
     def read_value(self, addr: int) -> Any:
         """Decode an OPA value straight from linear memory (wasm32 layouts of wasm/src/value.h);
-        no guest call. Falls back to `opa_value_dump` for anything unexpected."""
-        if addr <= 0 or addr + 16 > self.mem_size and addr + 16 > self.mem_size_now():
-            raise E.WasmTrap(f"builtin argument outside memory: {addr}")
+        no guest call. Falls back to `opa_value_dump` for a type it does not know."""
+        self._check(addr, 16)
         view = self.view
         t = view[addr]
         if t == 4 or t == 8:  # string, interned string: {type, free, len@4, ptr@8}
             n, ptr = _unpack_u32x2(view, addr + 4)
-            return bytes(view[ptr : ptr + n]).decode("utf-8")
+            if n:
+                self._check(ptr, n)
+            return bytes(view[ptr : ptr + n]).decode("utf-8", "replace")
         if t == 3:  # number: {type, repr@1, union@8}
-            repr_ = view[addr + 1]
-            if repr_ == 1:
+            if view[addr + 1] == 1:
                 return _unpack_i64(view, addr + 8)[0]
             ptr, n = _unpack_u32x2(view, addr + 8)
+            self._check(ptr, n)
             return _json_decode(bytes(view[ptr : ptr + n]))
         if t == 2 or t == 9:
             return view[addr + 1] != 0
@@ -385,13 +392,18 @@ class Instance:
             return None
         if t == 5:  # array: {type, elems@4, len@8, cap@12}; elem = {i, v}
             elems, n = _unpack_u32x2(view, addr + 4)
+            if n:
+                self._check(elems, 8 * n)
             return [self.read_value(_unpack_u32x2(view, elems + 8 * i)[1]) for i in range(n)]
         if t == 6 or t == 7:  # object / set: {type, buckets@4, n_buckets@8, len@12}
             buckets, nb = _unpack_u32x2(view, addr + 4)
+            if nb:
+                self._check(buckets, 4 * nb)
             items: list[Any] = []
             for b in range(nb):
                 e = _unpack_u32x2(view, buckets + 4 * b)[0]
                 while e:
+                    self._check(e, 12)
                     if t == 6:  # {k, v, next}
                         k, v, e = _unpack_u32x3(view, e)
                         items.append((self.read_value(k), self.read_value(v)))
