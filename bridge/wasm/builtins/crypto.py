@@ -8,7 +8,8 @@ import hmac as _hmac
 from typing import Any
 
 from bridge.wasm.builtins import EvalContext, builtin
-from bridge.wasm.builtins.strings import need_str
+from bridge.wasm.builtins.strings import need_str, type_name
+from bridge.wasm.values import RegoSet
 from bridge.wasm.errors import BuiltinError
 
 
@@ -226,6 +227,66 @@ def parse_certificates(ctx: EvalContext, s: Any) -> list[dict[str, Any]]:
     return [_cert_obj(c) for c in _pem_or_b64_certs(need_str(s, 1))]
 
 
+_KEY_USAGES = {
+    "KeyUsageAny": "2.5.29.37.0", "KeyUsageServerAuth": "1.3.6.1.5.5.7.3.1", "KeyUsageClientAuth": "1.3.6.1.5.5.7.3.2",
+    "KeyUsageCodeSigning": "1.3.6.1.5.5.7.3.3", "KeyUsageEmailProtection": "1.3.6.1.5.5.7.3.4",
+    "KeyUsageIPSECEndSystem": "1.3.6.1.5.5.7.3.5", "KeyUsageIPSECTunnel": "1.3.6.1.5.5.7.3.6",
+    "KeyUsageIPSECUser": "1.3.6.1.5.5.7.3.7", "KeyUsageTimeStamping": "1.3.6.1.5.5.7.3.8",
+    "KeyUsageOCSPSigning": "1.3.6.1.5.5.7.3.9",
+}
+
+
+def _host_matches(cert: Any, name: str) -> bool:
+    """Go's Certificate.VerifyHostname for DNS names and IPs (SANs only; one-label wildcards)."""
+    import ipaddress
+
+    from cryptography import x509
+
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    try:
+        ip = ipaddress.ip_address(name.strip("[]"))
+        return ip in san.get_values_for_type(x509.IPAddress)
+    except ValueError:
+        pass
+    host = name.lower().rstrip(".")
+    for pattern in san.get_values_for_type(x509.DNSName):
+        pat = pattern.lower().rstrip(".")
+        if pat == host:
+            return True
+        if pat.startswith("*.") and "." in host and host.split(".", 1)[1] == pat[2:]:
+            return True
+    return False
+
+
+def _verify_chain(certs: list[Any], now: Any, usages: set[str], dns: str | None) -> bool:
+    from cryptography import x509
+
+    if len(certs) < 2:
+        return False
+    try:
+        for child, parent in zip(certs[1:], certs[:-1]):
+            child.verify_directly_issued_by(parent)
+    except Exception:  # noqa: BLE001 - any verification failure is "not valid", as in topdown
+        return False
+    for c in certs:
+        if not (c.not_valid_before_utc <= now <= c.not_valid_after_utc):
+            return False
+    leaf = certs[-1]
+    if usages and "2.5.29.37.0" not in usages:
+        try:
+            eku = {o.dotted_string for o in leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value}
+            if "2.5.29.37.0" not in eku and not eku & usages:
+                return False
+        except x509.ExtensionNotFound:
+            pass
+    if dns and not _host_matches(leaf, dns):
+        return False
+    return True
+
+
 @builtin("crypto.x509.parse_and_verify_certificates")
 def parse_and_verify(ctx: EvalContext, s: Any) -> list[Any]:
     """topdown: first certificate is the root, the last the leaf, the rest intermediates; the
@@ -233,30 +294,57 @@ def parse_and_verify(ctx: EvalContext, s: Any) -> list[Any]:
     the chain leaf first."""
     from datetime import datetime, timezone
 
-    from cryptography import x509
-
     try:
         certs = _pem_or_b64_certs(need_str(s, 1))
     except BuiltinError:
         return [False, []]
-    if len(certs) < 2:
-        return [False, []]
     now = datetime.fromtimestamp(ctx.now_ns / 1e9, tz=timezone.utc)
-    try:
-        for child, parent in zip(certs[1:], certs[:-1]):
-            child.verify_directly_issued_by(parent)
-        for c in certs:
-            if not (c.not_valid_before_utc <= now <= c.not_valid_after_utc):
-                return [False, []]
-        try:
-            eku = certs[-1].extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-            if not {o.dotted_string for o in eku} & {"1.3.6.1.5.5.7.3.1", "2.5.29.37.0"}:
-                return [False, []]
-        except x509.ExtensionNotFound:
-            pass
-    except Exception:  # noqa: BLE001 - any verification failure is "not valid", as in topdown
+    if not _verify_chain(certs, now, {_KEY_USAGES["KeyUsageServerAuth"]}, None):
         return [False, []]
     return [True, [_cert_obj(c) for c in reversed(certs)]]
+
+
+@builtin("crypto.x509.parse_and_verify_certificates_with_options")
+def parse_and_verify_with_options(ctx: EvalContext, s: Any, options: Any) -> list[Any]:
+    from datetime import datetime, timezone
+
+    s = need_str(s, 1)
+    if not isinstance(options, dict):
+        raise BuiltinError(f"operand 2 must be object but got {type_name(options)}")
+    try:
+        certs = _pem_or_b64_certs(s)
+    except BuiltinError:
+        return [False, []]
+    now_ns, dns, usages = ctx.now_ns, None, {_KEY_USAGES["KeyUsageServerAuth"]}
+    for k, v in options.items():
+        if k == "DNSName":
+            if not isinstance(v, str):
+                raise BuiltinError("'DNSName' should be a string")
+            dns = v.strip('"')
+        elif k == "CurrentTime":
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise BuiltinError("'CurrentTime' should be a number")
+            if isinstance(v, float) and not v.is_integer():
+                raise BuiltinError("'CurrentTime' should be a valid int64 number")
+            now_ns = int(v)
+        elif k == "MaxConstraintComparisons":
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise BuiltinError("'MaxConstraintComparisons' should be a number")
+        elif k == "KeyUsages":
+            if not isinstance(v, (list, RegoSet)):
+                raise BuiltinError("'KeyUsages' should be an Array or Set")
+            names = [x.strip('"') for x in v if isinstance(x, str)]
+            invalid = [n for n in names if n not in _KEY_USAGES]
+            if invalid:
+                raise BuiltinError(f"invalid entries for 'KeyUsages' found: {invalid}")
+            usages = {_KEY_USAGES[n] for n in names}
+    now = datetime.fromtimestamp(now_ns / 1e9, tz=timezone.utc)
+    if not _verify_chain(certs, now, usages, dns):
+        return [False, []]
+    out = [_cert_obj(c) for c in reversed(certs)]
+    for c in out:
+        c.pop("URIStrings", None)  # topdown returns x509.Certificate here without its extension fields
+    return [True, out]
 
 
 @builtin("crypto.x509.parse_rsa_private_key")
