@@ -81,6 +81,7 @@ def _load_all() -> None:
         semver,
         strings,
         timefns,
+        uri,
     )
 
     _loaded = True

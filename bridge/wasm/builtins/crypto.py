@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac as _hmac
+import re
 from typing import Any
 
 from bridge.wasm.builtins import EvalContext, builtin
@@ -368,3 +369,49 @@ def parse_rsa_private_key(ctx: EvalContext, s: Any) -> dict[str, Any]:
 
     return {"kty": "RSA", "n": b64(n.public_numbers.n), "e": b64(n.public_numbers.e), "d": b64(n.d),
             "p": b64(n.p), "q": b64(n.q), "dp": b64(n.dmp1), "dq": b64(n.dmq1), "qi": b64(n.iqmp)}
+
+
+def _private_key_obj(k: Any) -> Any:
+    """A private key as Go's encoding/json prints the crypto.PrivateKey topdown returns."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+    if isinstance(k, rsa.RSAPrivateKey):
+        n = k.private_numbers()
+        return {"N": n.public_numbers.n, "E": n.public_numbers.e, "D": n.d, "Primes": [n.p, n.q],
+                "Precomputed": {"Dp": n.dmp1, "Dq": n.dmq1, "Qinv": n.iqmp, "CRTValues": []}}
+    if isinstance(k, ec.EllipticCurvePrivateKey):
+        n = k.private_numbers()
+        return {"Curve": {}, "X": n.public_numbers.x, "Y": n.public_numbers.y, "D": n.private_value}
+    if isinstance(k, ed25519.Ed25519PrivateKey):
+        raw = k.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        from cryptography.hazmat.primitives.serialization import PublicFormat
+
+        pub = k.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        return base64.b64encode(raw + pub).decode()
+    raise BuiltinError("unsupported private key type")
+
+
+@builtin("crypto.parse_private_keys")
+def parse_private_keys(ctx: EvalContext, s: Any) -> Any:
+    """PEM (or base64 of PEM) private keys: RSA PRIVATE KEY, PRIVATE KEY (PKCS#8), EC PRIVATE KEY
+    blocks; other blocks are skipped. "" gives null and no keys an empty array, as in topdown."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    text = need_str(s, 1)
+    if text == "":
+        return None
+    data = text.encode()
+    try:
+        data = base64.b64decode(text, validate=True)
+    except ValueError:
+        pass
+    out = []
+    for m in re.finditer(rb"-----BEGIN ([^-]+)-----.*?-----END \1-----", data, re.S):
+        if m.group(1) not in (b"RSA PRIVATE KEY", b"PRIVATE KEY", b"EC PRIVATE KEY"):
+            continue
+        try:
+            out.append(_private_key_obj(load_pem_private_key(m.group(0), None)))
+        except (ValueError, TypeError) as exc:
+            raise BuiltinError(f"failed to parse private key: {exc}") from None
+    return out
