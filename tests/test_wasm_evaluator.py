@@ -431,3 +431,20 @@ def test_heap_is_reset_between_evaluations(bundle):
     inst = p.pool.acquire()
     assert inst.mem_size_now() == size_before  # ~40 MB of inputs went through without growth
     p.pool.release(inst)
+
+
+async def test_async_with_a_busy_pool_waits_off_the_loop(bundle):
+    p = policy_from_files(bundle_files(bundle), pool_size=1)
+    held = p.pool.acquire()
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.1, p.pool.release, held)
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        for _ in range(5):
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    res, _ = await asyncio.gather(p.evaluate_async("t/allow", {"user": "alice"}), ticker())
+    assert res is True and ticks == 5

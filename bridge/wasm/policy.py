@@ -139,11 +139,14 @@ class WasmPolicy:
                 f"entrypoint {entrypoint!r}: not in this policy (have: {', '.join(sorted(self.entrypoints))})"
             ) from None
 
-    def _eval_value_text(self, entrypoint: str | int, input_json: bytes | None, timeout: float | None) -> bytes:
+    def _eval_value_text(
+        self, entrypoint: str | int, input_json: bytes | None, timeout: float | None, inst: Instance | None = None
+    ) -> bytes:
         """The result set in OPA's value format: `{{"result": <value>}}`, or `set()` when undefined."""
         ep = self._ep_lookup[entrypoint] if entrypoint in self._ep_lookup else self.entrypoint_id(entrypoint)
         t = self.timeout if timeout is None else timeout
-        inst = self.pool.acquire()
+        if inst is None:
+            inst = self.pool.acquire()
         try:
             inst.ctx = None  # type: ignore[attr-defined]
             inst.start_ns = _time_ns()  # type: ignore[attr-defined]
@@ -164,9 +167,11 @@ class WasmPolicy:
             value = _encode(to_json(decode_value(value)))
         return b'[{"result":' + value + b"}]"
 
-    def evaluate(self, entrypoint: str | int, input: Any = None, *, timeout: float | None = None) -> Any:
+    def evaluate(
+        self, entrypoint: str | int, input: Any = None, *, timeout: float | None = None, _inst: Instance | None = None
+    ) -> Any:
         """The entrypoint's value, or `UNDEFINED`. Raises `EvaluationError` subclasses on failure."""
-        raw = self._eval_value_text(entrypoint, None if input is None else _encode(input), timeout)
+        raw = self._eval_value_text(entrypoint, None if input is None else _encode(input), timeout, _inst)
         value = _result_text(raw)
         if value is None:
             return UNDEFINED
@@ -177,10 +182,13 @@ class WasmPolicy:
             return to_json(decode_value(value))
 
     async def evaluate_async(self, entrypoint: str | int, input: Any = None, *, timeout: float | None = None) -> Any:
-        """Off the event loop when the policy may block (http.send); inline otherwise."""
-        if self.may_block:
-            return await asyncio.to_thread(self.evaluate, entrypoint, input, timeout=timeout)
-        return self.evaluate(entrypoint, input, timeout=timeout)
+        """Inline (microseconds) when the policy cannot block and an instance is free right now;
+        otherwise in a worker thread, so neither http.send nor a busy pool ever blocks the loop."""
+        if not self.may_block:
+            inst = self.pool.try_acquire()
+            if inst is not None:
+                return self.evaluate(entrypoint, input, timeout=timeout, _inst=inst)
+        return await asyncio.to_thread(self.evaluate, entrypoint, input, timeout=timeout)
 
     @property
     def may_block(self) -> bool:

@@ -46,6 +46,13 @@ class InstancePool(Generic[T]):
             self._live += 1
             self._idle.append(inst)
 
+    def try_acquire(self) -> T | None:
+        """An idle instance, or None without waiting (never creates one: that may take a while)."""
+        with self._cond:
+            if self._idle:
+                return self._idle.pop()
+        return None
+
     def acquire(self, timeout: float | None = None) -> T:
         cond = self._cond
         with cond:
