@@ -17,6 +17,8 @@ from controlplane.bundles.compiler import CompileError
 from controlplane.bundles.http import BundleServer
 from controlplane.constitution import CONSTITUTIONAL_HASH
 from controlplane.errors import GroqPolicyError
+from controlplane.evaluation.controllers import EvaluationController, GroqController, OpaController
+from controlplane.policies.controllers import PolicyController
 from controlplane.services import Services, ServicesDep
 from controlplane.settings import Settings
 
@@ -65,10 +67,12 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             log.error("bundle publish at start failed: %s", exc)
 
     return Litestar(
-        route_handlers=[health, BundleServer, BundleApi, AgentIngest, AgentQueries],
+        route_handlers=[health, BundleServer, BundleApi, AgentIngest, AgentQueries,
+                        PolicyController, EvaluationController, GroqController, OpaController],
         dependencies={"services": Provide(lambda: services, use_cache=True, sync_to_thread=False)},
         exception_handlers={GroqPolicyError: _product_error, HTTPException: _http_error},
-        on_startup=[publish_on_start],
+        on_startup=[services.runtime.start, publish_on_start],
+        on_shutdown=[services.runtime.stop],
         openapi_config=OpenAPIConfig(title="groqpolicy control plane", version="0.1.0", path="/schema"),
         state={"services": services},
         debug=False,

@@ -15,6 +15,7 @@ from controlplane.bundles.keys import SigningKey
 from controlplane.bundles.keystore import ensure_signing_key
 from controlplane.bundles.publisher import BundlePublisher
 from controlplane.bundles.revisions import RevisionStore
+from controlplane.policies.runtime import PolicyRuntime
 from controlplane.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ class Services:
     statuses: StatusStore
     signing_key: SigningKey
     publisher: BundlePublisher
+    runtime: PolicyRuntime  # NATS, policy store, in-process evaluator, evaluation pipeline
     startup_errors: list[str] = field(default_factory=list)
 
     @classmethod
@@ -36,19 +38,22 @@ class Services:
         store = RevisionStore(settings.state_dir)
         key = ensure_signing_key(settings)
         compiler = Compiler(settings.rego_root)
+        publisher = BundlePublisher(compiler, store, key, settings.rego_root, overlay=settings.bundle_overlay())
         return cls(
             settings=settings,
             store=store,
             decision_logs=DecisionLogStore(settings.state_dir),
             statuses=StatusStore(settings.state_dir),
             signing_key=key,
-            publisher=BundlePublisher(compiler, store, key, settings.rego_root, overlay=settings.bundle_overlay()),
+            publisher=publisher,
+            runtime=PolicyRuntime(settings, publisher, key),
         )
 
     def publish_definitions(self, force: bool = False) -> list[str]:
         """Compile and activate the bundle definitions in `bundles/` whose sources changed."""
         definitions = load_definitions(self.settings.bundles_dir)
-        return self.publisher.publish_definitions(definitions, force=force)
+        # stored policies ship inside the library bundle (see controlplane.policies.bundler)
+        return self.runtime.bundler.publish_definitions(definitions, self.runtime.active_modules(), force=force)
 
 
 # How handlers ask for the services: `services: ServicesDep`.

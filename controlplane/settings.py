@@ -32,6 +32,12 @@ class Settings(msgspec.Struct, kw_only=True):
     max_log_body_bytes: int = 64 * 1024 * 1024  # decompressed decision-log batch limit
     compile_on_start: bool = True
     bridge_url: str = "http://127.0.0.1:8016"  # where Rego's http.send reaches the bridge gateway
+    tokens: str = ""  # bearer tokens `[name=]token:scope+scope,...`; none configured: generated in <state_dir>/tokens
+    tokens_file: Path | None = None  # the same entries, one per line
+    rate_limit: str = "2000/second"  # per client (bearer token, else address): <n>/<second|minute|hour|day> or off
+    nats_url: str = ""  # empty: start an embedded nats-server on <state_dir>/nats
+    nats_replicas: int = 1  # JetStream replicas of the policy KV bucket and object store
+    opa_url: str = "http://127.0.0.1:8181"  # the OPA agent `/api/v1/opa/evaluate` asks when use_wasm is false
 
     def bundle_overlay(self) -> dict:
         """Deployment facts every bundle carries at data.groqpolicy.config."""
@@ -57,6 +63,13 @@ class Settings(msgspec.Struct, kw_only=True):
             "GROQPOLICY_SIGNING_ALG": ("signing_alg", str),
             "GROQPOLICY_LONG_POLL_MAX_S": ("long_poll_max_s", int),
             "GROQPOLICY_BRIDGE_URL": ("bridge_url", str),
+            "GROQPOLICY_TOKENS": ("tokens", str),
+            "GROQPOLICY_TOKENS_FILE": ("tokens_file", Path),
+            "GROQPOLICY_RATE_LIMIT": ("rate_limit", str),
+            "NATS_URL": ("nats_url", str),
+            "GROQPOLICY_NATS_URL": ("nats_url", str),  # after NATS_URL: the specific name wins
+            "GROQPOLICY_NATS_REPLICAS": ("nats_replicas", int),
+            "GROQPOLICY_OPA_URL": ("opa_url", str),
         }
         for var, (field, conv) in mapping.items():
             if var in env and env[var] != "":

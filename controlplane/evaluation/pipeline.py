@@ -1,0 +1,320 @@
+"""The evaluation pipeline of `/api/v1/evaluate` (and batch, and `policy.evaluate` on NATS).
+
+1 select applicable policies (types, tier at or below the requested one, active)
+2 constitutional pre-validation (`groqpolicy/constitution/pre_validation`); a failure ends here: deny
+3 each policy's decision in the in-process WASM evaluator; `http.send` to the bridge goes straight
+  to NATS (`groq.infer.<tier>`) through the evaluator's transport, timed per policy
+4 synthesis: deny overrides review overrides allow; confidence = the least confident policy among
+  those that produced the outcome; no applicable policy = deny
+5 constitutional post-validation (`groqpolicy/constitution/post_validation`), which can only make
+  the outcome stricter
+6 timings per stage and the tier's latency target, achieved or not, measured for this request
+7 the record goes to the audit sink; constitutional violations to the escalation sink
+
+Fail closed everywhere: a policy that errors, times out or returns something that is not a
+decision counts as deny; a model that fails is review (the Rego helper's contract).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import msgspec
+
+from bridge.wasm import UNDEFINED
+from controlplane.constitution import CONSTITUTIONAL_HASH
+from controlplane.evaluation.schemas import (
+    ConstitutionalValidation,
+    EvaluateResponse,
+    PerformanceMetrics,
+    PolicyResult,
+    Violation,
+)
+from controlplane.policies import rego
+from controlplane.policies.schemas import TIER_TARGET_MS, TIERS, PolicyRecord
+
+log = logging.getLogger(__name__)
+
+PRE = "groqpolicy/constitution/pre_validation"
+POST = "groqpolicy/constitution/post_validation"
+INLINE_TIMEOUT_S = 1.0  # a policy without network calls: pure computation
+BLOCKING_TIMEOUT_S = 5.0  # a policy that may consult a model (the helper's own timeout is 2 s)
+_RANK = {"allow": 0, "review": 1, "deny": 2}
+_TIER_RANK = {t: i for i, t in enumerate(TIERS)}
+
+
+class AuditSink(Protocol):
+    """Where every evaluation record goes (the audit trail provides `append`)."""
+
+    async def append(self, record: Any) -> Any: ...
+
+
+EscalationSink = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+# ---- model-call metering ----------------------------------------------------------------------
+class InferenceMeter:
+    __slots__ = ("seconds", "calls", "replies")
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.calls = 0
+        self.replies: list[dict[str, Any]] = []
+
+
+_METER: contextvars.ContextVar[InferenceMeter | None] = contextvars.ContextVar("groqpolicy_meter", default=None)
+_REPLY_FIELDS = ("decision", "confidence", "rationale", "model", "tier", "cached", "emulated", "degraded", "latency_ms")
+
+
+def metered_transport(inner: Callable[[str, Any, float], tuple[int, Any]], loop_thread: int) -> Callable[[str, Any, float], tuple[int, Any]]:
+    """Wrap the evaluator's NATS transport: time each model call into the current evaluation's meter
+    (asyncio.to_thread copies the context), and refuse a call made on the event loop's own thread,
+    which would otherwise wait on itself until the deadline."""
+
+    def call(tier: str, body: Any, timeout: float) -> tuple[int, Any]:
+        if threading.get_ident() == loop_thread:
+            return 503, {"error": {"message": "http.send evaluated on the event loop thread; refused",
+                                   "type": "unavailable_error", "code": "evaluated_inline"}}
+        meter = _METER.get()
+        t0 = time.perf_counter()
+        try:
+            status, reply = inner(tier, body, timeout)
+        finally:
+            if meter is not None:
+                meter.seconds += time.perf_counter() - t0
+                meter.calls += 1
+        if meter is not None:
+            summary = {k: reply.get(k) for k in _REPLY_FIELDS if isinstance(reply, dict) and k in reply}
+            if status != 200 and isinstance(reply, dict):
+                summary["error"] = (reply.get("error") or {}).get("message", "")
+            meter.replies.append({"status": status, **summary})
+        return status, reply
+
+    return call
+
+
+# ---- decisions ----------------------------------------------------------------------------------
+def strictest(a: str, b: str) -> str:
+    return a if _RANK.get(a, 2) >= _RANK.get(b, 2) else b
+
+
+def normalise(value: Any, name: str) -> tuple[str, float, list[str]]:
+    """(decision, confidence, reasons) from whatever a policy returned; anything unusable is deny."""
+    if value is UNDEFINED:
+        return "deny", 0.0, [f"deny: policy {name!r}: decision is undefined"]
+    if isinstance(value, dict) and value.get("decision") in _RANK:
+        conf = value.get("confidence")
+        ok = isinstance(conf, (int, float)) and not isinstance(conf, bool) and 0 <= conf <= 1
+        reasons = [r for r in value.get("reasons") or [] if isinstance(r, str)]
+        return value["decision"], float(conf) if ok else 0.0, reasons
+    if isinstance(value, str) and value in _RANK:
+        return value, 1.0, [f"{value}: policy {name!r} decided {value}" if value != "allow" else f"policy {name!r} decided allow"]
+    if isinstance(value, bool):
+        return ("allow", 1.0, [f"policy {name!r} allowed"]) if value else ("deny", 1.0, [f"deny: policy {name!r} denied"])
+    shown = msgspec.json.encode(value).decode()[:200]
+    return "deny", 0.0, [f"deny: policy {name!r} returned no decision document (got {shown})"]
+
+
+def applicable(records: list[PolicyRecord], policy_types: list[str], tier: str) -> list[PolicyRecord]:
+    limit = _TIER_RANK[tier]
+    types = set(policy_types)
+    chosen = [r for r in records if r.is_active and (not types or r.policy_type in types)
+              and _TIER_RANK[r.performance_tier] <= limit]
+    return sorted(chosen, key=lambda r: (-r.priority, r.created_at, str(r.rule_id)))
+
+
+def _violations(doc: Any, stage: str) -> list[Violation]:
+    if not isinstance(doc, dict):
+        return []
+    return [Violation(principle=str(v.get("principle", "")), severity=str(v.get("severity", "")),
+                      message=str(v.get("message", "")), stage=stage)
+            for v in doc.get("violations") or [] if isinstance(v, dict)]
+
+
+class Outcome(msgspec.Struct):
+    response: EvaluateResponse
+    input_context: dict[str, Any]
+    performance_tier: str
+
+
+class Pipeline:
+    def __init__(self, evaluator: Any, policies: Callable[[], list[PolicyRecord]], revision: Callable[[], str]) -> None:
+        self.evaluator = evaluator  # bridge.wasm.WasmEvaluator (hot-swapped by the runtime)
+        self.policies = policies
+        self.revision = revision
+        self.audit: AuditSink | None = None
+        self.escalate: EscalationSink | None = None
+
+    def _eval_inline(self, entrypoint: str, input: Any) -> tuple[Any, float]:
+        t0 = time.perf_counter_ns()
+        value = self.evaluator.evaluate(entrypoint, input, timeout=INLINE_TIMEOUT_S)
+        return value, (time.perf_counter_ns() - t0) / 1000
+
+    async def _eval_policy(self, record: PolicyRecord, input: Any) -> tuple[PolicyResult, float, list[str]]:
+        """One policy: its result, the seconds it spent waiting on models, its reasons."""
+        entry = rego.wasm_entrypoint(record.rule_id)
+        meter = InferenceMeter()
+        token = _METER.set(meter)
+        t0 = time.perf_counter_ns()
+        error = ""
+        try:
+            if rego.may_block(record.opa_policy):
+                value = await asyncio.to_thread(self.evaluator.evaluate, entry, input, timeout=BLOCKING_TIMEOUT_S)
+            else:
+                value = self.evaluator.evaluate(entry, input, timeout=INLINE_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - fail closed: an evaluation error is a deny
+            value, error = None, f"{type(exc).__name__}: {exc}"
+        finally:
+            _METER.reset(token)
+        elapsed_us = (time.perf_counter_ns() - t0) / 1000
+        if error:
+            decision, confidence, reasons = "deny", 0.0, [f"deny: policy {record.name!r} could not be evaluated: {error}"]
+        else:
+            decision, confidence, reasons = normalise(value, record.name)
+        result = PolicyResult(
+            rule_id=record.rule_id, name=record.name, policy_type=record.policy_type, decision=decision,  # type: ignore[arg-type]
+            confidence_score=confidence, opa_evaluation_result=None if error or value is UNDEFINED else value,
+            groq_inference_result=meter.replies, wasm_execution_time_us=round(max(0.0, elapsed_us - meter.seconds * 1e6), 2),
+            error=error,
+        )
+        return result, meter.seconds, reasons
+
+    async def evaluate(self, input_context: dict[str, Any], *, policy_types: list[str], tier: str,
+                       constitutional_hash: str, explain: bool, source: str = "api", batch_id: str = "",
+                       echo_input: bool = False) -> EvaluateResponse:
+        started = time.perf_counter()
+        revision = self.revision()
+        chosen = applicable(self.policies(), policy_types, tier)
+        wasm_us = 0.0
+        model_s = 0.0
+        model_calls = 0
+        violations: list[Violation] = []
+        results: list[PolicyResult] = []
+        # 2 pre-validation
+        stage0 = time.perf_counter()
+        try:
+            pre, us = self._eval_inline(PRE, {**input_context, "constitutional_hash": constitutional_hash})
+            wasm_us += us
+        except Exception as exc:  # noqa: BLE001
+            pre = {"decision": "deny", "reasons": [f"deny: constitutional pre-validation could not run: {exc}"], "confidence": 1}
+        pre_decision = pre.get("decision", "deny") if isinstance(pre, dict) else "deny"
+        violations.extend(_violations(pre, "pre_validation"))
+        post_decision: str | None = None
+        if pre_decision != "allow":
+            decision, confidence = strictest("deny", pre_decision), 1.0
+            reasons = ["deny: Constitutional pre-validation failed", *(pre.get("reasons", []) if isinstance(pre, dict) else [])]
+        else:
+            # 3 policies (model calls inside, through NATS)
+            outs = [await self._eval_policy(r, input_context) for r in chosen if not rego.may_block(r.opa_policy)]
+            blocking = [r for r in chosen if rego.may_block(r.opa_policy)]
+            if blocking:
+                outs.extend(await asyncio.gather(*(self._eval_policy(r, input_context) for r in blocking)))
+            reasons = []
+            for res, secs, rs in outs:
+                results.append(res)
+                model_s += secs
+                model_calls += len(res.groq_inference_result)
+                wasm_us += res.wasm_execution_time_us
+                reasons.extend(rs)
+            # 4 synthesis
+            if results:
+                decision = "allow"
+                for res in results:
+                    decision = strictest(decision, res.decision)
+                confidence = min(res.confidence_score for res in results if res.decision == decision)
+            else:
+                decision, confidence = "deny", 1.0
+                kinds = ", ".join(policy_types) or "any type"
+                reasons = [f"deny: no active policy applies ({kinds}, tier {tier} or faster)"]
+            # 5 post-validation
+            model_based = any(r.get("status") == 200 for res in results for r in res.groq_inference_result)
+            proposed: dict[str, Any] = {"decision": decision, "reasons": reasons, "confidence": confidence,
+                                        "constitutional_hash": CONSTITUTIONAL_HASH, "model_based": model_based}
+            post_input: dict[str, Any] = {"decision": proposed, "constitutional_hash": constitutional_hash}
+            if isinstance(input_context.get("oversight"), dict):
+                post_input["oversight"] = input_context["oversight"]
+            try:
+                post, us = self._eval_inline(POST, post_input)
+                wasm_us += us
+            except Exception as exc:  # noqa: BLE001
+                post = {"decision": "deny", "reasons": [f"deny: constitutional post-validation could not run: {exc}"], "confidence": 1}
+            post_decision = post.get("decision", "deny") if isinstance(post, dict) else "deny"
+            violations.extend(_violations(post, "post_validation"))
+            decision = strictest(decision, post_decision)
+            if isinstance(post, dict):
+                reasons = [r for r in post.get("reasons", reasons) if isinstance(r, str)]
+                c = post.get("confidence")
+                if isinstance(c, (int, float)) and 0 <= c <= 1:
+                    confidence = float(c)
+        stages_ms = (time.perf_counter() - stage0) * 1000
+        total_ms = (time.perf_counter() - started) * 1000
+        target = TIER_TARGET_MS[tier]
+        metrics = PerformanceMetrics(
+            total_latency_ms=round(total_ms, 4), groq_inference_time_ms=round(model_s * 1000, 4),
+            opa_evaluation_time_ms=round(max(0.0, stages_ms - model_s * 1000), 4), wasm_execution_time_us=round(wasm_us, 2),
+            performance_tier=tier, target_latency_ms=target, target_achieved=total_ms <= target, model_calls=model_calls,
+        )
+        compliance = ConstitutionalValidation(is_compliant=not violations, pre_validation=pre_decision,  # type: ignore[arg-type]
+                                              post_validation=post_decision, violations=violations)  # type: ignore[arg-type]
+        response = EvaluateResponse(
+            evaluation_id=uuid.uuid4(), decision=decision, confidence_score=round(min(1.0, max(0.0, confidence)), 6),  # type: ignore[arg-type]
+            applicable_policies=[r.rule_id for r in chosen] if pre_decision == "allow" else [],
+            constitutional_compliance=compliance, performance_metrics=metrics, policy_results=results,
+            reasons=reasons, bundle_revision=revision,
+            explanation=explain_text(decision, confidence, results, violations, pre_decision) if explain else None,
+            input_context=input_context if echo_input else None,
+        )
+        await self._after(response, tier, source, batch_id)
+        return response
+
+    async def _after(self, response: EvaluateResponse, tier: str, source: str, batch_id: str) -> None:
+        if self.escalate is not None and response.constitutional_compliance.violations:
+            try:
+                await self.escalate({
+                    "evaluation_id": str(response.evaluation_id), "decision": response.decision, "source": source,
+                    "violations": [msgspec.structs.asdict(v) for v in response.constitutional_compliance.violations],
+                    "constitutional_hash": CONSTITUTIONAL_HASH,
+                })
+            except Exception:  # noqa: BLE001 - an escalation that cannot be sent is logged, the decision stands
+                log.exception("escalation for %s could not be published", response.evaluation_id)
+        if self.audit is not None:
+            await self.audit.append(audit_record(response, tier, source, batch_id))
+
+
+def audit_record(response: EvaluateResponse, tier: str, source: str, batch_id: str = "") -> Any:
+    """The audit trail's record for one evaluation (controlplane.audit.AuditRecord)."""
+    from controlplane.audit import AuditRecord  # the audit package is optional for the pipeline
+
+    return AuditRecord(
+        source=source, decision=response.decision, evaluation_id=str(response.evaluation_id), batch_id=batch_id,  # type: ignore[arg-type]
+        policy_ids=[str(p) for p in response.applicable_policies], bundle_revisions={"groqpolicy": response.bundle_revision},
+        performance_tier=tier, confidence_score=response.confidence_score, reasons=response.reasons[:50],
+        violations=[f"{v.principle}: {v.message}" for v in response.constitutional_compliance.violations],
+        latency_ms=response.performance_metrics.total_latency_ms,
+    )
+
+
+def explain_text(decision: str, confidence: float, results: list[PolicyResult], violations: list[Violation], pre: str) -> str:
+    lines = [f"Decision: {decision} (confidence {confidence:.2f})."]
+    if pre != "allow":
+        lines.append("Constitutional pre-validation failed; no policy was evaluated.")
+    for res in results:
+        doc = res.opa_evaluation_result if isinstance(res.opa_evaluation_result, dict) else {}
+        reasons = "; ".join(r for r in doc.get("reasons", []) if isinstance(r, str)) or res.error or "no reasons given"
+        lines.append(f"Policy {res.name!r} ({res.policy_type}): {res.decision} (confidence {res.confidence_score:.2f}): {reasons}.")
+        for reply in res.groq_inference_result:
+            if reply.get("rationale"):
+                lines.append(f"  Model {reply.get('model')} ({reply.get('tier')}) judged {reply.get('decision')} "
+                             f"with confidence {reply.get('confidence')}: {reply['rationale']}")
+            elif reply.get("error"):
+                lines.append(f"  Model call failed (HTTP {reply.get('status')}): {reply['error']}")
+    for v in violations:
+        lines.append(f"Constitution ({v.stage}, {v.principle}, {v.severity}): {v.message}.")
+    return "\n".join(lines)

@@ -1,0 +1,161 @@
+"""Stored policies + the policy library -> one signed `groqpolicy` bundle revision.
+
+Packaging (why one bundle): OPA refuses two bundles with overlapping roots, and user policies import
+the library (`data.groqpolicy.lib.decision`, `lib.groq`), so they ship *inside* the library bundle,
+under `groqpolicy/rules/p_<hex>`. Agents keep their single-bundle config; the in-process evaluator
+gets one wasm module holding the library's and every active policy's entrypoints. The revision is
+the digest of the library sources, the policy modules and the deployment overlay: the same set of
+policies gives the same revision name on every replica.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from bridge.wasm import HostConfig, policy_from_files
+from bridge.wasm.errors import WasmError
+from controlplane.bundles.archive import write_bundle
+from controlplane.bundles.compiler import (
+    BundleDefinition,
+    CompiledBundle,
+    CompileError,
+    CompileMessage,
+    Compiler,
+    load_definitions,
+    revision_for,
+    source_digest,
+)
+from controlplane.bundles.publisher import BundlePublisher
+from controlplane.policies.rego import relabel
+
+RULES_DIR = "_rules"
+LIBRARY_BUNDLE = "groqpolicy"
+
+
+def module_filename(rule_id: str) -> str:
+    return f"{RULES_DIR}/p_{rule_id.replace('-', '')}.rego"
+
+
+class PolicyBundler:
+    def __init__(self, compiler: Compiler, publisher: BundlePublisher, rego_root: Path, bundles_dir: Path,
+                 bundle: str = LIBRARY_BUNDLE) -> None:
+        self.compiler, self.publisher = compiler, publisher
+        self.rego_root, self.bundles_dir, self.bundle = rego_root, bundles_dir, bundle
+        self.lock = threading.Lock()  # one compile+activate at a time per process
+
+    def library(self) -> BundleDefinition:
+        for d in load_definitions(self.bundles_dir):
+            if d.name == self.bundle:
+                return d
+        return BundleDefinition(name=self.bundle, sources=["rego"], roots=["groqpolicy"])
+
+    def _tree(self, tmp: Path, definition: BundleDefinition, modules: Mapping[str, str]) -> BundleDefinition:
+        for src in definition.sources:
+            origin, target = self.rego_root / src, tmp / src
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if origin.is_dir():
+                shutil.copytree(origin, target)
+            elif origin.exists():
+                shutil.copy2(origin, target)
+        sources = list(definition.sources)
+        if modules:
+            for rule_id, text in sorted(modules.items()):
+                path = tmp / module_filename(rule_id)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+            sources.append(RULES_DIR)
+        return BundleDefinition(name=definition.name, sources=sources, roots=definition.roots,
+                                description=definition.description, scope=definition.scope, run_tests=definition.run_tests)
+
+    def revision(self, modules: Mapping[str, str]) -> str:
+        """The revision name `compile(modules)` would produce, without compiling."""
+        definition = self.library()
+        with tempfile.TemporaryDirectory(prefix="groqpolicy-policies-") as tmp:
+            base = Path(tmp)
+            d = self._tree(base, definition, modules)
+            digest = source_digest([(base / s).resolve() for s in d.sources], base.resolve(), self.publisher.overlay)
+            return revision_for(d.name, digest)
+
+    def compile(self, modules: Mapping[str, str], focus: str | None = None) -> CompiledBundle:
+        """Compile the library plus `modules` ({rule_id: module text}); check the wasm module loads.
+
+        Errors in `focus`'s module are reported against `opa_policy` (the user's text)."""
+        definition = self.library()
+        with tempfile.TemporaryDirectory(prefix="groqpolicy-policies-") as tmp:
+            base = Path(tmp)
+            d = self._tree(base, definition, modules)
+            try:
+                compiled = self.compiler.compile(d, base=base, overlay=self.publisher.overlay)
+            except CompileError as exc:
+                raise relabel(exc, module_filename(focus)) if focus else exc from None
+        try:  # a module that needs a builtin the evaluator lacks must never become the active revision
+            policy_from_files(compiled.wasm_files, pool_size=1, host=HostConfig()).close()
+        except WasmError as exc:
+            raise CompileError("load", [CompileMessage(stage="load", message=str(exc), code="wasm_load_error")]) from None
+        return compiled
+
+    def publish(self, compiled: CompiledBundle) -> str:
+        definition = self.library()
+        with self.lock:
+            active = self.publisher.store.get(compiled.name, "wasm")
+            if active is None or active[0].revision != compiled.revision:
+                self.publisher.publish(compiled, scope=definition.scope)
+        return compiled.revision
+
+    def ensure(self, modules: Mapping[str, str], force: bool = False) -> tuple[str, bool]:
+        """Make the library + `modules` the active revision; (revision, whether it was published)."""
+        with self.lock:
+            wanted = self.revision(modules)
+            active = self.publisher.store.get(self.bundle, "wasm")
+            if not force and active is not None and active[0].revision == wanted:
+                return wanted, False
+            compiled = self.compile(modules)
+            self.publisher.publish(compiled, scope=self.library().scope)
+            return compiled.revision, True
+
+    def publish_definitions(self, definitions: Sequence[BundleDefinition], modules: Mapping[str, str], force: bool = False) -> list[str]:
+        """`Services.publish_definitions` with stored policies merged into the library bundle."""
+        published = []
+        others = [d for d in definitions if d.name != self.bundle]
+        if len(others) != len(definitions):
+            if self.ensure(modules, force=force)[1]:
+                published.append(self.bundle)
+        published.extend(self.publisher.publish_definitions(others, force=force))
+        return published
+
+    def artifact(self, compiled: CompiledBundle) -> bytes:
+        """The signed wasm bundle of a standalone compile, as stored in the object store."""
+        return self.publisher.sign(compiled)["wasm"]
+
+
+def measure(compiled: CompiledBundle, entrypoint: str, input: Any, samples: int = 200, warmup: int = 20) -> tuple[float, float, int]:
+    """(median µs, p99 µs, wasm bytes): evaluate the compiled module `samples` times in-process.
+
+    http.send has no transport here, so a model call fails fast (the helper turns it into review):
+    the estimate is the policy's own cost, not a model round trip."""
+    wasm_size = sum(len(v) for k, v in compiled.wasm_files.items() if k.endswith(".wasm"))
+    policy = policy_from_files(compiled.wasm_files, pool_size=1, host=HostConfig())
+    try:
+        for _ in range(warmup):
+            policy.evaluate(entrypoint, input)
+        times = []
+        for _ in range(samples):
+            t0 = time.perf_counter_ns()
+            policy.evaluate(entrypoint, input)
+            times.append((time.perf_counter_ns() - t0) / 1000)
+    finally:
+        policy.close()
+    times.sort()
+    p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
+    return round(statistics.median(times), 2), round(p99, 2), wasm_size
+
+
+def archive(files: dict[str, bytes]) -> bytes:
+    return write_bundle(files)

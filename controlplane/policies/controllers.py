@@ -1,0 +1,67 @@
+"""`/api/v1/policies`: thin HTTP handlers over `PolicyService`."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, delete, get, post, put
+from litestar.params import Body, FromPath, FromQuery, JSONBody
+
+from controlplane.policies.schemas import (
+    CompileReport,
+    PerformanceTier,
+    PolicyCreate,
+    PolicyCreated,
+    PolicyRecord,
+    PolicyType,
+    PolicyUpdate,
+)
+from controlplane.services import ServicesDep
+
+MAX_POLICY_BODY = 1024 * 1024
+
+
+class CompileOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    input: Any = None  # the input the measurement evaluates (default {})
+    samples: Annotated[int, msgspec.Meta(ge=1, le=5000)] = 200
+
+
+class PolicyController(Controller):
+    path = "/api/v1/policies"
+    tags = ["policies"]
+    request_max_body_size = MAX_POLICY_BODY
+
+    @post("", summary="Store a policy (compiled and checked first; 422 with the compiler's messages)", status_code=201)
+    async def create(self, services: ServicesDep, data: JSONBody[PolicyCreate]) -> PolicyCreated:
+        return await services.runtime.policies.create(data)
+
+    @get("", summary="List policies")
+    async def list_policies(self, services: ServicesDep, policy_type: FromQuery[PolicyType | None] = None,
+                            performance_tier: FromQuery[PerformanceTier | None] = None,
+                            is_active: FromQuery[bool | None] = None) -> list[PolicyRecord]:
+        return services.runtime.policies.list(policy_type, performance_tier, is_active)
+
+    @get("/{rule_id:uuid}", summary="One policy (latest version)")
+    async def get_policy(self, services: ServicesDep, rule_id: FromPath[uuid.UUID]) -> PolicyRecord:
+        return await services.runtime.policies.get(rule_id)
+
+    @get("/{rule_id:uuid}/versions", summary="Stored versions of one policy (KV history, oldest first)")
+    async def versions(self, services: ServicesDep, rule_id: FromPath[uuid.UUID]) -> list[PolicyRecord]:
+        await services.runtime.policies.get(rule_id)
+        return await services.runtime.store.history(rule_id)
+
+    @put("/{rule_id:uuid}", summary="Change a policy (fields left out keep their value)")
+    async def update(self, services: ServicesDep, rule_id: FromPath[uuid.UUID], data: JSONBody[PolicyUpdate]) -> PolicyRecord:
+        return await services.runtime.policies.update(rule_id, data)
+
+    @delete("/{rule_id:uuid}", summary="Delete a policy (its history stays in the KV bucket)", status_code=200)
+    async def remove(self, services: ServicesDep, rule_id: FromPath[uuid.UUID]) -> PolicyRecord:
+        return await services.runtime.policies.delete(rule_id)
+
+    @post("/{rule_id:uuid}/compile", summary="Compile one policy to WASM and measure it", status_code=200)
+    async def compile(self, services: ServicesDep, rule_id: FromPath[uuid.UUID],
+                      data: Annotated[CompileOptions | None, Body()] = None) -> CompileReport:
+        options = data or CompileOptions()
+        return await services.runtime.policies.compile(rule_id, options.input, options.samples)

@@ -1,0 +1,200 @@
+"""Policy writes and reads: validate (hash, compile), store in JetStream, republish the bundle.
+
+Every write is serialized per replica (one asyncio lock) and goes compile -> store -> activate, so
+Rego that does not compile is never stored, and the bundle never lags behind this replica's writes.
+Other replicas see the write through their KV watch and `reconcile` to the same set of policies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import anyio
+import msgspec
+
+from controlplane.bundles.compiler import CompiledBundle
+from controlplane.constitution import CONSTITUTIONAL_HASH
+from controlplane.errors import GroqPolicyError
+from controlplane.policies import rego
+from controlplane.policies.bundler import PolicyBundler, measure
+from controlplane.policies.schemas import (
+    CompileReport,
+    PolicyCreate,
+    PolicyCreated,
+    PolicyRecord,
+    PolicyUpdate,
+)
+from controlplane.policies.store import PolicyStore
+
+log = logging.getLogger(__name__)
+
+
+class PolicyNotFound(GroqPolicyError):
+    status_code = 404
+
+
+class PolicyInactive(GroqPolicyError):
+    status_code = 409
+
+
+class ConstitutionalHashMismatch(GroqPolicyError):
+    status_code = 422
+
+
+def check_hash(value: str | None) -> None:
+    if value != CONSTITUTIONAL_HASH:
+        raise ConstitutionalHashMismatch(
+            f"constitutional_hash: unknown constitution (want: {CONSTITUTIONAL_HASH}, got: {value!r})")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _module(record: PolicyRecord) -> str:
+    return rego.bundle_module(record.rule_id, record.opa_policy, title=record.name,
+                              policy_type=record.policy_type, tier=record.performance_tier)
+
+
+class PolicyService:
+    def __init__(self, store: PolicyStore, bundler: PolicyBundler, on_published: Callable[[], None]) -> None:
+        self.store, self.bundler = store, bundler
+        self.on_published = on_published  # called (in a thread) after a new revision is active
+        self.lock = asyncio.Lock()
+        self._modules: dict[tuple[uuid.UUID, int], str] = {}
+        self.reconcile_errors: list[str] = []
+
+    # -- the active set ------------------------------------------------------------------------
+    def module_of(self, record: PolicyRecord) -> str:
+        key = (record.rule_id, record.version)
+        text = self._modules.get(key)
+        if text is None:
+            text = self._modules[key] = _module(record)
+        return text
+
+    def active_modules(self, *, with_: PolicyRecord | None = None, without: uuid.UUID | None = None) -> dict[str, str]:
+        records = {r.rule_id: r for r in self.store.records()}
+        if with_ is not None:
+            records[with_.rule_id] = with_
+        if without is not None:
+            records.pop(without, None)
+        return {str(rid): self.module_of(r) for rid, r in records.items() if r.is_active}
+
+    def active_records(self) -> list[PolicyRecord]:
+        return [r for r in self.store.records() if r.is_active]
+
+    async def _compile(self, modules: dict[str, str], focus: uuid.UUID | None) -> CompiledBundle:
+        return await anyio.to_thread.run_sync(lambda: self.bundler.compile(modules, focus=str(focus) if focus else None))
+
+    async def _activate(self, compiled: CompiledBundle) -> str:
+        revision = await anyio.to_thread.run_sync(self.bundler.publish, compiled)
+        await anyio.to_thread.run_sync(self.on_published)
+        return revision
+
+    async def reconcile(self, force: bool = False) -> str:
+        """Make the active bundle match the stored active policies (after a watch update, at start)."""
+        async with self.lock:
+            modules = self.active_modules()
+            try:
+                revision, published = await anyio.to_thread.run_sync(lambda: self.bundler.ensure(modules, force=force))
+            except GroqPolicyError as exc:
+                self.reconcile_errors.append(str(exc))
+                log.error("policies: cannot build the bundle for the stored policies: %s", exc)
+                raise
+            if published:
+                await anyio.to_thread.run_sync(self.on_published)
+            return revision
+
+    # -- writes ---------------------------------------------------------------------------------
+    async def create(self, body: PolicyCreate) -> PolicyCreated:
+        check_hash(body.constitutional_hash)
+        rule_id = uuid.uuid4()
+        now = _now()
+        record = PolicyRecord(
+            rule_id=rule_id, name=body.name, policy_type=body.policy_type, opa_policy=body.opa_policy,
+            performance_tier=body.performance_tier, groq_model_config=body.groq_model_config,
+            constitutional_principles=list(body.constitutional_principles), priority=body.priority,
+            is_active=body.is_active, version=1, created_at=now, updated_at=now,
+            package=rego.package_for(rule_id), entrypoint=rego.decision_path(rule_id),
+            wasm_compilation_status="success", source_sha256=hashlib.sha256(body.opa_policy.encode()).hexdigest(),
+        )
+        async with self.lock:
+            revision = await self._write(record, last=None)
+        return PolicyCreated(rule_id=rule_id, wasm_compilation_status="success", version=1,
+                             entrypoint=record.entrypoint, bundle_revision=revision)
+
+    async def update(self, rule_id: uuid.UUID, body: PolicyUpdate) -> PolicyRecord:
+        check_hash(body.constitutional_hash)
+        async with self.lock:
+            current, last = await self._get(rule_id)
+            changes = {f: getattr(body, f) for f in body.__struct_fields__
+                       if f != "constitutional_hash" and getattr(body, f) is not msgspec.UNSET}
+            record = msgspec.structs.replace(current, **changes, version=current.version + 1, updated_at=_now())
+            if "opa_policy" in changes:
+                record = msgspec.structs.replace(record, source_sha256=hashlib.sha256(record.opa_policy.encode()).hexdigest(),
+                                                 wasm_compilation_status="success", bytecode_size=0)
+            await self._write(record, last=last)
+            return record
+
+    async def delete(self, rule_id: uuid.UUID) -> PolicyRecord:
+        async with self.lock:
+            current, last = await self._get(rule_id)
+            modules = self.active_modules(without=rule_id)
+            compiled = await self._compile(modules, None)  # fails (422) if another policy depends on it
+            await self.store.delete(rule_id, last=last)
+            await self._activate(compiled)
+            return current
+
+    async def _write(self, record: PolicyRecord, last: int | None) -> str:
+        """compile (record included even when inactive: bad Rego is never stored) -> store -> activate."""
+        candidate = self.active_modules(with_=msgspec.structs.replace(record, is_active=True))
+        compiled = await self._compile(candidate, record.rule_id)
+        if not record.is_active:
+            compiled = await self._compile(self.active_modules(without=record.rule_id), None)
+        if last is None:
+            await self.store.create(record)
+        else:
+            await self.store.update(record, last=last)
+        return await self._activate(compiled)
+
+    # -- reads ------------------------------------------------------------------------------------
+    async def _get(self, rule_id: uuid.UUID) -> tuple[PolicyRecord, int]:
+        found = await self.store.get(rule_id)
+        if found is None:
+            raise PolicyNotFound(f"policy {rule_id}: not found")
+        return found
+
+    async def get(self, rule_id: uuid.UUID) -> PolicyRecord:
+        return (await self._get(rule_id))[0]
+
+    def list(self, policy_type: str | None = None, performance_tier: str | None = None, is_active: bool | None = None) -> list[PolicyRecord]:
+        out = [r for r in self.store.records()
+               if (policy_type is None or r.policy_type == policy_type)
+               and (performance_tier is None or r.performance_tier == performance_tier)
+               and (is_active is None or r.is_active == is_active)]
+        return sorted(out, key=lambda r: (-r.priority, r.created_at, str(r.rule_id)))
+
+    # -- compile ------------------------------------------------------------------------------------
+    async def compile(self, rule_id: uuid.UUID, input: Any = None, samples: int = 200) -> CompileReport:
+        """Standalone compile of one policy (library + it), measured by evaluating the module."""
+        record, last = await self._get(rule_id)
+        entry = rego.wasm_entrypoint(rule_id)
+        modules = {str(rule_id): self.module_of(record)}
+        compiled = await self._compile(modules, rule_id)
+        median, p99, size = await anyio.to_thread.run_sync(lambda: measure(compiled, entry, {} if input is None else input, samples))
+        artifact = await anyio.to_thread.run_sync(self.bundler.artifact, compiled)
+        name = f"policies/{rule_id}/v{record.version}/wasm.tar.gz"
+        await self.store.put_artifact(name, artifact)
+        async with self.lock:
+            fresh = await self.store.get(rule_id)
+            if fresh is not None and fresh[0].version == record.version:
+                await self.store.update(msgspec.structs.replace(fresh[0], wasm_compilation_status="success", bytecode_size=size), last=fresh[1])
+        return CompileReport(rule_id=rule_id, compilation_status="success", bytecode_size=size, performance_estimate=median,
+                             performance_samples=samples, performance_p99_us=p99, entrypoint=entry,
+                             version=record.version, artifact=name)

@@ -1,0 +1,182 @@
+"""Policies in JetStream: a KV bucket (one key per policy, history = versions) and an object store
+for compiled artifacts. Every replica keeps an in-memory view fed by a KV watch, so several control
+planes on one NATS share one state; `on_change` tells the owner when the view moved."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+import msgspec
+from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
+from nats.js.client import JetStreamContext
+from nats.js.errors import APIError, BucketNotFoundError, KeyNotFoundError, KeyDeletedError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+
+from controlplane.errors import GroqPolicyError
+from controlplane.policies.schemas import PolicyRecord
+
+log = logging.getLogger(__name__)
+
+BUCKET = "groqpolicy_policies"
+OBJECTS = "groqpolicy_artifacts"
+HISTORY = 64  # JetStream's maximum: the last 64 versions of each policy
+PREFIX = "policy."
+
+_decode = msgspec.json.Decoder(PolicyRecord).decode
+_encode = msgspec.json.Encoder().encode
+
+
+class StoreConflict(GroqPolicyError):
+    """Someone else changed the policy between our read and our write."""
+
+    status_code = 409
+
+
+def key_for(rule_id: uuid.UUID) -> str:
+    return PREFIX + str(rule_id)
+
+
+class PolicyStore:
+    def __init__(self, js: JetStreamContext, replicas: int = 1) -> None:
+        self.js, self.replicas = js, replicas
+        self.kv: KeyValue | None = None
+        self.obs = None
+        # rule_id -> (record, KV revision); deleted ids keep their revision to ignore stale updates
+        self.view: dict[uuid.UUID, tuple[PolicyRecord, int]] = {}
+        self._deleted: dict[uuid.UUID, int] = {}
+        self._watch_task: asyncio.Task | None = None
+        self._watcher = None
+        self.on_change: Callable[[], Awaitable[None]] | None = None
+
+    async def open(self) -> None:
+        try:
+            self.kv = await self.js.key_value(BUCKET)
+        except BucketNotFoundError:
+            self.kv = await self.js.create_key_value(KeyValueConfig(
+                bucket=BUCKET, history=HISTORY, replicas=self.replicas, storage=StorageType.FILE,
+                description="groqpolicy policies (one key per policy; history = versions)",
+            ))
+        try:
+            self.obs = await self.js.object_store(OBJECTS)
+        except (BucketNotFoundError, NotFoundError):
+            self.obs = await self.js.create_object_store(OBJECTS, config=ObjectStoreConfig(
+                replicas=self.replicas, storage=StorageType.FILE, description="groqpolicy compiled policy artifacts"))
+        self._watcher = await self.kv.watchall()
+        # the initial values end with a None marker; after that the same watcher delivers live updates
+        while True:
+            entry = await self._watcher.updates(timeout=30)
+            if entry is None:
+                break
+            self._apply(entry)
+        self._watch_task = asyncio.create_task(self._follow(), name="policy-kv-watch")
+
+    async def close(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            try:
+                await self._watch_task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        if self._watcher is not None:
+            try:
+                await self._watcher.stop()
+            except Exception:  # noqa: BLE001 - the connection may be gone already
+                pass
+
+    async def _follow(self) -> None:
+        assert self._watcher is not None
+        async for entry in self._watcher:
+            if entry is None:
+                continue
+            try:
+                changed = self._apply(entry)
+            except msgspec.DecodeError as exc:
+                log.error("policy KV: %s: undecodable record skipped: %s", entry.key, exc)
+                continue
+            if changed and self.on_change is not None:
+                try:
+                    await self.on_change()
+                except Exception:  # noqa: BLE001 - a failed reaction must not stop the watch
+                    log.exception("policy KV: reacting to %s failed", entry.key)
+
+    def _apply(self, entry) -> bool:
+        if not entry.key.startswith(PREFIX):
+            return False
+        rule_id = uuid.UUID(entry.key[len(PREFIX):])
+        current = self.view.get(rule_id)
+        last = max(current[1] if current else 0, self._deleted.get(rule_id, 0))
+        if entry.revision <= last:
+            return False
+        if entry.operation in (KV_DEL, KV_PURGE):
+            self.view.pop(rule_id, None)
+            self._deleted[rule_id] = entry.revision
+            return True
+        self.view[rule_id] = (_decode(entry.value), entry.revision)
+        return True
+
+    # -- writes (each also updates the local view at once: read-your-writes on this replica) ----
+    async def create(self, record: PolicyRecord) -> int:
+        assert self.kv is not None
+        revision = await self.kv.create(key_for(record.rule_id), _encode(record))
+        self.view[record.rule_id] = (record, revision)
+        return revision
+
+    async def update(self, record: PolicyRecord, last: int) -> int:
+        assert self.kv is not None
+        try:
+            revision = await self.kv.update(key_for(record.rule_id), _encode(record), last=last)
+        except KeyWrongLastSequenceError:
+            raise StoreConflict(f"policy {record.rule_id}: changed concurrently (expected KV revision {last}); retry") from None
+        self.view[record.rule_id] = (record, revision)
+        return revision
+
+    async def delete(self, rule_id: uuid.UUID, last: int) -> None:
+        assert self.kv is not None
+        try:
+            revision = await self.kv.delete(key_for(rule_id), last=last)
+        except (KeyWrongLastSequenceError, APIError) as exc:
+            if not isinstance(exc, KeyWrongLastSequenceError) and getattr(exc, "err_code", 0) != 10071:
+                raise
+            raise StoreConflict(f"policy {rule_id}: changed concurrently (expected KV revision {last}); retry") from None
+        self.view.pop(rule_id, None)
+        if isinstance(revision, int):
+            self._deleted[rule_id] = revision
+
+    # -- reads -----------------------------------------------------------------------------
+    async def get(self, rule_id: uuid.UUID) -> tuple[PolicyRecord, int] | None:
+        """The latest stored version, read from the KV (not the view): fresh across replicas."""
+        assert self.kv is not None
+        try:
+            entry = await self.kv.get(key_for(rule_id))
+        except (KeyNotFoundError, KeyDeletedError):
+            return None
+        if entry.value is None:
+            return None
+        self._apply(entry)
+        return _decode(entry.value), entry.revision
+
+    async def history(self, rule_id: uuid.UUID) -> list[PolicyRecord]:
+        assert self.kv is not None
+        try:
+            entries = await self.kv.history(key_for(rule_id))
+        except NotFoundError:
+            return []
+        return [_decode(e.value) for e in entries if e.value and e.operation not in (KV_DEL, KV_PURGE)]
+
+    def records(self) -> list[PolicyRecord]:
+        return [rec for rec, _ in self.view.values()]
+
+    # -- artifacts -------------------------------------------------------------------------
+    async def put_artifact(self, name: str, data: bytes) -> None:
+        assert self.obs is not None
+        await self.obs.put(name, data)
+
+    async def get_artifact(self, name: str) -> bytes | None:
+        assert self.obs is not None
+        try:
+            return (await self.obs.get(name)).data
+        except NotFoundError:
+            return None

@@ -1,0 +1,195 @@
+"""`/api/v1/policies` through real HTTP: create, list with filters, get, update, delete, compile,
+and every error path (bad hash, bad Rego, unknown policy, malformed JSON, oversized body)."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import pytest
+
+from controlplane.constitution import CONSTITUTIONAL_HASH
+from tests.controlplane_helpers import make_settings, running_control_plane
+
+LIMIT = """package limits
+
+import data.groqpolicy.lib.decision as doc
+
+deny_reasons contains "amount above 100" if input.amount > 100
+
+decision := doc.document("limits", deny_reasons, set(), {"amount within limit"}, 1, ["P10-proportional-risk"])
+"""
+
+
+def policy(**kw) -> dict:
+    body = {"name": "limits", "policy_type": "risk_management", "opa_policy": LIMIT, "performance_tier": "nano",
+            "constitutional_hash": CONSTITUTIONAL_HASH, "constitutional_principles": ["P10-proportional-risk"]}
+    body.update(kw)
+    return body
+
+
+@pytest.fixture(scope="module")
+def cp(tmp_path_factory, nats_server_module):
+    settings = make_settings(tmp_path_factory.mktemp("cp") / "state", compile_on_start=True,
+                             nats_url=nats_server_module.extra["url"])
+    with running_control_plane(settings) as services:
+        with httpx.Client(base_url=settings.base_url, timeout=30) as client:
+            yield client, services
+
+
+def test_create_get_list_update_delete(cp):
+    client, services = cp
+    r = client.post("/api/v1/policies", json=policy())
+    assert r.status_code == 201, r.text
+    created = r.json()
+    rule_id = created["rule_id"]
+    hexid = uuid.UUID(rule_id).hex
+    assert created["wasm_compilation_status"] == "success" and created["version"] == 1
+    assert created["entrypoint"] == f"groqpolicy/rules/p_{hexid}/decision"
+    assert created["constitutional_hash"] == CONSTITUTIONAL_HASH
+    # the new revision is active for agents and loaded by the in-process evaluator
+    assert services.store.get("groqpolicy", "rego")[0].revision == created["bundle_revision"]
+    assert services.runtime.evaluator.revision == created["bundle_revision"]
+
+    got = client.get(f"/api/v1/policies/{rule_id}").json()
+    assert (got["name"], got["policy_type"], got["performance_tier"], got["is_active"]) == ("limits", "risk_management", "nano", True)
+    assert got["opa_policy"] == LIMIT and got["constitutional_hash"] == CONSTITUTIONAL_HASH
+    assert got["package"] == f"groqpolicy.rules.p_{hexid}"
+
+    other = client.post("/api/v1/policies", json=policy(name="other", policy_type="security_policies", performance_tier="fast")).json()
+    ids = lambda q: {p["rule_id"] for p in client.get("/api/v1/policies", params=q).json()}  # noqa: E731
+    assert {rule_id, other["rule_id"]} <= ids({})
+    assert rule_id in ids({"policy_type": "risk_management"}) and other["rule_id"] not in ids({"policy_type": "risk_management"})
+    assert other["rule_id"] in ids({"performance_tier": "fast"}) and rule_id not in ids({"performance_tier": "fast"})
+
+    r = client.put(f"/api/v1/policies/{rule_id}", json={"constitutional_hash": CONSTITUTIONAL_HASH, "is_active": False, "priority": 5})
+    assert r.status_code == 200, r.text
+    assert (r.json()["version"], r.json()["is_active"], r.json()["priority"], r.json()["name"]) == (2, False, 5, "limits")
+    assert rule_id in ids({"is_active": "false"}) and rule_id not in ids({"is_active": "true"})
+    versions = client.get(f"/api/v1/policies/{rule_id}/versions").json()
+    assert [v["version"] for v in versions] == [1, 2]
+
+    r = client.delete(f"/api/v1/policies/{other['rule_id']}")
+    assert r.status_code == 200 and r.json()["rule_id"] == other["rule_id"]
+    r = client.get(f"/api/v1/policies/{other['rule_id']}")
+    assert r.status_code == 404
+    assert r.json() == {"error": {"type": "PolicyNotFound", "message": f"policy {other['rule_id']}: not found"}}
+
+
+def test_update_changes_the_rego_and_the_evaluator_follows(cp):
+    client, services = cp
+    rule_id = client.post("/api/v1/policies", json=policy(name="swap")).json()["rule_id"]
+    ask = {"policy_id": rule_id, "input_data": {"amount": 50}}
+    assert client.post("/api/v1/opa/evaluate", json=ask).json()["result"]["decision"] == "allow"
+    stricter = LIMIT.replace("input.amount > 100", "input.amount > 10")
+    r = client.put(f"/api/v1/policies/{rule_id}", json={"constitutional_hash": CONSTITUTIONAL_HASH, "opa_policy": stricter})
+    assert r.status_code == 200 and r.json()["version"] == 2
+    out = client.post("/api/v1/opa/evaluate", json=ask).json()
+    assert out["result"]["decision"] == "deny" and out["policy_version"].startswith("v2@groqpolicy-")
+
+
+def test_bad_rego_is_refused_with_the_compilers_messages_and_not_stored(cp):
+    client, _ = cp
+    before = len(client.get("/api/v1/policies").json())
+    bad = "package broken\n\nimport rego.v1\n\ndecision := missing_var\n"
+    r = client.post("/api/v1/policies", json=policy(opa_policy=bad))
+    assert r.status_code == 422
+    err = r.json()["error"]
+    assert err["type"] == "CompileError" and err["stage"] == "check"
+    assert err["message"] == "opa check failed: opa_policy:5:13: rego_unsafe_var_error: var missing_var is unsafe"
+    assert err["messages"] == [{"stage": "check", "message": "var missing_var is unsafe", "code": "rego_unsafe_var_error",
+                                "file": "opa_policy", "row": 5, "col": 13}]
+    r = client.post("/api/v1/policies", json=policy(opa_policy="package p\n\ndecision := true if {\n"))
+    assert r.status_code == 422 and r.json()["error"]["messages"][0]["code"] == "rego_parse_error"
+    assert r.json()["error"]["messages"][0]["file"] == "opa_policy"
+    r = client.post("/api/v1/policies", json=policy(opa_policy="package p\n\nallow := true\n"))
+    assert r.status_code == 422
+    assert r.json()["error"]["message"] == (
+        "opa check failed: opa_policy:1:1: rego_type_error: the policy must define a `decision` rule (the decision document)")
+    r = client.post("/api/v1/policies", json=policy(opa_policy="decision := 1\n"))
+    assert r.status_code == 422
+    assert r.json()["error"]["message"] == (
+        "opa check failed: opa_policy:1:1: rego_parse_error: package expected (a Rego module starts with `package <name>`)")
+    # an inactive policy is checked just the same
+    r = client.post("/api/v1/policies", json=policy(opa_policy=bad, is_active=False))
+    assert r.status_code == 422
+    assert len(client.get("/api/v1/policies").json()) == before
+
+
+def test_constitutional_hash_is_checked_on_every_write(cp):
+    client, _ = cp
+    want = f"constitutional_hash: unknown constitution (want: {CONSTITUTIONAL_HASH}, got: 'deadbeefdeadbeef')"
+    r = client.post("/api/v1/policies", json=policy(constitutional_hash="deadbeefdeadbeef"))
+    assert r.status_code == 422
+    assert r.json() == {"error": {"type": "ConstitutionalHashMismatch", "message": want}}
+    rule_id = client.post("/api/v1/policies", json=policy(name="hashcheck")).json()["rule_id"]
+    r = client.put(f"/api/v1/policies/{rule_id}", json={"constitutional_hash": "deadbeefdeadbeef", "name": "renamed"})
+    assert r.status_code == 422 and r.json()["error"]["message"] == want
+    r = client.put(f"/api/v1/policies/{rule_id}", json={"name": "renamed"})
+    assert r.status_code == 400
+    assert r.json()["error"]["details"] == [{"message": "Object missing required field `constitutional_hash`", "key": "data", "source": "body"}]
+    assert client.get(f"/api/v1/policies/{rule_id}").json()["name"] == "hashcheck"
+
+
+def test_compile_measures_the_module(cp):
+    client, _ = cp
+    rule_id = client.post("/api/v1/policies", json=policy(name="measured")).json()["rule_id"]
+    r = client.post(f"/api/v1/policies/{rule_id}/compile", json={"input": {"amount": 500}, "samples": 50})
+    assert r.status_code == 200, r.text
+    rep = r.json()
+    assert rep["compilation_status"] == "success" and rep["performance_samples"] == 50
+    assert 100_000 < rep["bytecode_size"] < 5_000_000  # the module holds the library too
+    assert 0 < rep["performance_estimate"] <= rep["performance_p99_us"] < 100_000
+    assert rep["entrypoint"] == f"groqpolicy/rules/p_{uuid.UUID(rule_id).hex}/groqpolicy_decision"
+    assert rep["artifact"] == f"policies/{rule_id}/v1/wasm.tar.gz"
+    assert client.get(f"/api/v1/policies/{rule_id}").json()["bytecode_size"] == rep["bytecode_size"]
+    r = client.post(f"/api/v1/policies/{rule_id}/compile")  # no body: defaults
+    assert r.status_code == 200 and r.json()["performance_samples"] == 200
+    r = client.post(f"/api/v1/policies/{rule_id}/compile", json={"samples": 0})
+    assert r.status_code == 400
+
+
+@pytest.mark.parametrize("method,path", [
+    ("GET", "/api/v1/policies/{id}"), ("PUT", "/api/v1/policies/{id}"), ("DELETE", "/api/v1/policies/{id}"),
+    ("POST", "/api/v1/policies/{id}/compile"),
+])
+def test_unknown_policy_is_404(cp, method, path):
+    client, _ = cp
+    rid = str(uuid.uuid4())
+    body = {"constitutional_hash": CONSTITUTIONAL_HASH} if method == "PUT" else None
+    r = client.request(method, path.format(id=rid), json=body)
+    assert r.status_code == 404
+    assert r.json() == {"error": {"type": "PolicyNotFound", "message": f"policy {rid}: not found"}}
+    r = client.request(method, path.format(id="not-a-uuid"), json=body)
+    assert r.status_code == 404
+
+
+def test_malformed_json_unknown_fields_and_oversized_bodies(cp):
+    client, _ = cp
+    r = client.post("/api/v1/policies", content=b'{"name": ', headers={"Content-Type": "application/json"})
+    assert r.status_code == 400
+    assert r.json()["error"]["type"] == "ClientException"
+    assert r.json()["error"]["message"] == "Input data was truncated"
+    r = client.post("/api/v1/policies", content=b'{"name" 1}', headers={"Content-Type": "application/json"})
+    assert r.status_code == 400
+    assert r.json() == {"error": {"type": "ClientException", "message": "JSON is malformed: expected ':' (byte 8)"}}
+    r = client.post("/api/v1/policies", json=policy(surprise=1))
+    assert r.status_code == 400
+    assert r.json()["error"]["details"] == [{"message": "Object contains unknown field `surprise`", "key": "data", "source": "body"}]
+    r = client.post("/api/v1/policies", json=policy(policy_type="astrology"))
+    assert r.status_code == 400
+    assert "Invalid enum value 'astrology'" in r.json()["error"]["details"][0]["message"]
+    r = client.get("/api/v1/policies", params={"policy_type": "astrology"})
+    assert r.status_code == 400
+    huge = policy(opa_policy=LIMIT + "#" * (1024 * 1024))
+    r = client.post("/api/v1/policies", json=huge)
+    assert r.status_code == 413
+    assert r.json() == {"error": {"type": "RequestEntityTooLarge", "message": "Request Entity Too Large"}}
+
+
+def test_policies_are_in_the_openapi_schema(cp):
+    client, _ = cp
+    paths = client.get("/schema/openapi.json").json()["paths"]
+    for p in ["/api/v1/policies", "/api/v1/policies/{rule_id}", "/api/v1/policies/{rule_id}/compile", "/api/v1/evaluate",
+              "/api/v1/evaluate/batch", "/api/v1/groq/models", "/api/v1/groq/inference", "/api/v1/opa/evaluate"]:
+        assert p in paths, sorted(paths)
