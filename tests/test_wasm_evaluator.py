@@ -448,3 +448,54 @@ async def test_async_with_a_busy_pool_waits_off_the_loop(bundle):
 
     res, _ = await asyncio.gather(p.evaluate_async("t/allow", {"user": "alice"}), ticker())
     assert res is True and ticks == 5
+
+
+def test_stress_threads_failures_and_swaps_together(key):
+    """Threads evaluate good and failing entrypoints while revisions are swapped: every result
+    is a correct value or a typed evaluation error, and the process stays healthy."""
+    revs = [signed_bundle(build_wasm_bundle({"p.rego": POLICY}, ENTRYPOINTS, {"admins": ["alice"], "rev": r}), key)
+            for r in ("A", "B")]
+    ev = WasmEvaluator(keys_of(key), pool_size=3, memory_limit=32 << 20)
+    ev.load(revs[0])
+    stop = threading.Event()
+    problems: list[str] = []
+    counts = {"ok": 0, "err": 0}
+    deep = b'{"a":' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+
+    def worker(i: int) -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            kind = (n + i) % 5
+            try:
+                if kind == 0:
+                    ev.evaluate("t/slow", {}, timeout=0.01)
+                    problems.append("slow returned")
+                elif kind == 1:
+                    ev.evaluate_raw("t/deep", deep)
+                    problems.append("deep returned")
+                elif kind == 2:
+                    ev.evaluate("t/conflict", {"x": 1, "y": True})
+                    problems.append("conflict returned")
+                else:
+                    if ev.evaluate("t/allow", {"user": "alice"}) is not True or ev.evaluate("t/rev") not in ("A", "B"):
+                        problems.append("wrong value")
+                    counts["ok"] += 1
+                    continue
+            except (E.EvaluationError, E.PoolClosed):
+                counts["err"] += 1
+            except BaseException as exc:  # noqa: BLE001
+                problems.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for k in range(6):
+        ev.load(revs[k % 2])
+        time.sleep(0.03)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not problems, problems[:5]
+    assert counts["ok"] > 50 and counts["err"] > 50
+    assert ev.evaluate("t/allow", {"user": "alice"}) is True
