@@ -50,6 +50,7 @@ class WasmPolicy:
         self.strict_builtin_errors = strict_builtin_errors
         self.memory_limit = memory_limit
         self.timeout = timeout
+        self._ticks = deadline_ticks(timeout)
         self.revision = revision
         if data is None:
             self._data = None
@@ -144,14 +145,17 @@ class WasmPolicy:
     ) -> bytes:
         """The result set in OPA's value format: `{{"result": <value>}}`, or `set()` when undefined."""
         ep = self._ep_lookup[entrypoint] if entrypoint in self._ep_lookup else self.entrypoint_id(entrypoint)
-        t = self.timeout if timeout is None else timeout
+        if timeout is None:
+            t, ticks = self.timeout, self._ticks
+        else:
+            t, ticks = timeout, deadline_ticks(timeout)
         if inst is None:
             inst = self.pool.acquire()
         try:
             inst.ctx = None  # type: ignore[attr-defined]
             inst.start_ns = _time_ns()  # type: ignore[attr-defined]
             inst.deadline = _monotonic() + t  # type: ignore[attr-defined]
-            return inst.evaluate_raw(ep, input_json, deadline_ticks(t))
+            return inst.evaluate_raw(ep, input_json, ticks)
         finally:
             self.pool.release(inst)
 

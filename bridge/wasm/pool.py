@@ -37,7 +37,11 @@ class InstancePool(Generic[T]):
         self.acquire_timeout = acquire_timeout
         self._idle: list[T] = []
         self._live = 0
-        self._cond = threading.Condition(threading.Lock())
+        # the plain lock is the fast path (a C-level context manager); the condition is only
+        # touched when somebody actually waits
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._waiters = 0
         self.closed = False
         self.discarded = 0
 
@@ -48,24 +52,31 @@ class InstancePool(Generic[T]):
 
     def try_acquire(self) -> T | None:
         """An idle instance, or None without waiting (never creates one: that may take a while)."""
-        with self._cond:
+        with self._lock:
             if self._idle:
                 return self._idle.pop()
         return None
 
     def acquire(self, timeout: float | None = None) -> T:
         cond = self._cond
-        with cond:
+        with self._lock:
             if self._idle:
                 return self._idle.pop()
             if self.closed:
                 raise PoolClosed("instance pool is closed")
             end = None
             while not self._idle and self._live >= self.size:
+                if self.closed:
+                    raise PoolClosed("instance pool is closed")
                 if end is None:
                     end = time.monotonic() + (self.acquire_timeout if timeout is None else timeout)
                 left = end - time.monotonic()
-                if left <= 0 or not cond.wait(left):
+                self._waiters += 1
+                try:
+                    woke = left > 0 and cond.wait(left)
+                finally:
+                    self._waiters -= 1
+                if not woke:
                     if self._idle:
                         break
                     raise PoolExhausted(f"no policy instance free within {self.acquire_timeout if timeout is None else timeout}s (pool size {self.size})")
@@ -75,14 +86,15 @@ class InstancePool(Generic[T]):
         try:
             return self._factory()
         except BaseException:
-            with cond:
+            with self._lock:
                 self._live -= 1
-                cond.notify()
+                if self._waiters:
+                    cond.notify()
             raise
 
     def release(self, inst: T) -> None:
         drop = False
-        with self._cond:
+        with self._lock:
             if inst.broken is not None or self.closed:
                 self._live -= 1
                 drop = True
@@ -90,12 +102,13 @@ class InstancePool(Generic[T]):
                     self.discarded += 1
             else:
                 self._idle.append(inst)
-            self._cond.notify()
+            if self._waiters:
+                self._cond.notify()
         if drop:
             _close(inst)
 
     def close(self) -> None:
-        with self._cond:
+        with self._lock:
             self.closed = True
             self._live -= len(self._idle)
             idle, self._idle = self._idle, []
