@@ -45,6 +45,7 @@ MIN_ABI_MINOR = 2
 _vp, _sz = ctypes.c_void_p, ctypes.c_size_t
 _call_unchecked = ctypes.CFUNCTYPE(_vp, _vp, _vp, _vp, _sz, _vp)(ctypes.cast(B._wasmtime_func_call_unchecked, _vp).value)
 _set_epoch_deadline = ctypes.CFUNCTYPE(None, _vp, ctypes.c_uint64)(ctypes.cast(B._wasmtime_context_set_epoch_deadline, _vp).value)
+_unpack_i32 = struct.Struct("<i").unpack_from
 _unpack_u32x2 = struct.Struct("<II").unpack_from
 _unpack_u32x3 = struct.Struct("<III").unpack_from
 _unpack_i64 = struct.Struct("<q").unpack_from
@@ -501,7 +502,7 @@ class Instance:
         err = _call_unchecked(self._ctx, ex.ref, self._args_addr, 8, self._trap_ref)
         if err or self._trap:
             self._raise(err)
-        res = self._args[0].i32
+        res = _unpack_i32(self._argbuf)[0]
         if res <= 0:
             self.broken = "opa_eval returned no result"
             raise E.EvaluationError("opa_eval returned no result address")
