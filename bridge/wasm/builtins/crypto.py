@@ -415,3 +415,99 @@ def parse_private_keys(ctx: EvalContext, s: Any) -> Any:
         except (ValueError, TypeError) as exc:
             raise BuiltinError(f"failed to parse private key: {exc}") from None
     return out
+
+
+@builtin("crypto.x509.parse_certificate_request")
+def parse_certificate_request(ctx: EvalContext, s: Any) -> dict[str, Any]:
+    """Go's x509.CertificateRequest through encoding/json (PEM, or base64 of PEM or DER)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    text = need_str(s, 1)
+    data = text.encode()
+    if not text.startswith("-----BEGIN CERTIFICATE REQUEST-----"):
+        try:
+            data = base64.b64decode(text, validate=True)
+        except ValueError:
+            raise BuiltinError("illegal base64 data") from None
+    m = re.search(rb"-----BEGIN ([^-]+)-----(.*?)-----END \1-----", data, re.S)
+    if m is not None:
+        if m.group(1) != b"CERTIFICATE REQUEST":
+            raise BuiltinError("invalid PEM-encoded certificate signing request")
+        data = base64.b64decode(b"".join(m.group(2).split()))
+    try:
+        csr = x509.load_der_x509_csr(data)
+    except ValueError as exc:
+        raise BuiltinError(f"x509: {exc}") from None
+    pk, pk_alg = _public_key(csr)
+    exts = list(csr.extensions)
+    ext_objs = [{"Id": _oid(e.oid.dotted_string), "Critical": e.critical, "Value": _b64(e.value.public_bytes())} for e in exts]
+    out: dict[str, Any] = {
+        "Raw": _b64(data),
+        "RawTBSCertificateRequest": _b64(csr.tbs_certrequest_bytes),
+        "RawSubjectPublicKeyInfo": _b64(csr.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)),
+        "RawSubject": _b64(csr.subject.public_bytes()),
+        "Version": 0,
+        "Signature": _b64(csr.signature),
+        "SignatureAlgorithm": _SIG_ALGS.get(csr.signature_algorithm_oid.dotted_string, 0),
+        "PublicKeyAlgorithm": pk_alg,
+        "PublicKey": pk,
+        "Subject": _name(csr.subject),
+        # the deprecated Attributes field: Go fills it from the extensionRequest attribute only
+        "Attributes": [{"Type": [1, 2, 840, 113549, 1, 9, 14],
+                        "Value": [[{"Type": e["Id"], "Value": e["Value"]} for e in ext_objs]]}] if ext_objs else None,
+        "Extensions": ext_objs or None,
+        "ExtraExtensions": None,
+        "DNSNames": None,
+        "EmailAddresses": None,
+        "IPAddresses": None,
+        "URIs": None,
+    }
+    for e in exts:
+        if isinstance(e.value, x509.SubjectAlternativeName):
+            out["DNSNames"] = e.value.get_values_for_type(x509.DNSName) or None
+            out["EmailAddresses"] = e.value.get_values_for_type(x509.RFC822Name) or None
+            out["IPAddresses"] = [str(i) for i in e.value.get_values_for_type(x509.IPAddress)] or None
+    return out
+
+
+@builtin("crypto.x509.parse_keypair")
+def parse_keypair(ctx: EvalContext, cert: Any, key: Any) -> dict[str, Any]:
+    """Go's tls.X509KeyPair as topdown returns it: DER chain, private key, parsed leaf."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_private_key
+
+    def pem_or_b64(v: Any, pos: int) -> bytes:
+        text = need_str(v, pos)
+        if text.startswith("-----BEGIN"):
+            return text.encode()
+        try:
+            return base64.b64decode(text, validate=True)
+        except ValueError:
+            raise BuiltinError("illegal base64 data") from None
+
+    cert_data, key_data = pem_or_b64(cert, 1), pem_or_b64(key, 1)
+    try:
+        certs = x509.load_pem_x509_certificates(cert_data) if cert_data.startswith(b"-----BEGIN") else [x509.load_der_x509_certificate(cert_data)]
+        if key_data.startswith(b"-----BEGIN"):
+            pkey = load_pem_private_key(key_data, None)
+        else:
+            from cryptography.hazmat.primitives.serialization import load_der_private_key
+
+            pkey = load_der_private_key(key_data, None)
+    except (ValueError, TypeError) as exc:
+        raise BuiltinError(f"tls: {exc}") from None
+    leaf = certs[0]
+    pub = leaf.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    if pkey.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo) != pub:
+        raise BuiltinError("tls: private key does not match public key")
+    leaf_obj = _cert_obj(leaf)
+    leaf_obj.pop("URIStrings", None)
+    return {
+        "Certificate": [_b64(c.public_bytes(Encoding.DER)) for c in certs],
+        "PrivateKey": _private_key_obj(pkey),
+        "SupportedSignatureAlgorithms": None,
+        "OCSPStaple": None,
+        "SignedCertificateTimestamps": None,
+        "Leaf": leaf_obj,
+    }
