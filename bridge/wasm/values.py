@@ -168,7 +168,7 @@ def to_json(v: Any) -> Any:
 def decode_value(text: bytes) -> Any:
     """Parse `opa_value_dump` output."""
     try:
-        return _fix_numbers(_decode(text))
+        return _decode(text)
     except msgspec.DecodeError:
         pass
     p = _Parser(text.decode("utf-8"))
@@ -176,10 +176,6 @@ def decode_value(text: bytes) -> Any:
     p.ws()
     if p.i != len(p.s):
         raise ValueError(f"rego value: trailing data at offset {p.i}")
-    return v
-
-
-def _fix_numbers(v: Any) -> Any:
     return v
 
 

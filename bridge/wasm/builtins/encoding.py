@@ -4,7 +4,6 @@ json.patch, json.match_schema / json.verify_schema (topdown encoding.go, json.go
 from __future__ import annotations
 
 import base64
-import binascii
 import re
 import urllib.parse
 from typing import Any
@@ -404,5 +403,3 @@ def json_match_schema(ctx: EvalContext, document: Any, schema: Any) -> list[Any]
     errs = validate(doc, s)
     return [not errs, errs]
 
-
-__all__ = ["binascii"]

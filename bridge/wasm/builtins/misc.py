@@ -11,7 +11,7 @@ from fractions import Fraction
 from typing import Any
 
 from bridge.wasm.builtins import EvalContext, builtin
-from bridge.wasm.builtins.strings import need_int, need_num, need_str, type_name
+from bridge.wasm.builtins.strings import need_int, need_str, type_name
 from bridge.wasm.errors import BuiltinError
 from bridge.wasm.values import RegoSet, canonical_key, to_json
 
@@ -262,5 +262,3 @@ def opa_runtime(ctx: EvalContext) -> Any:
         rt["config"] = cfg
     return to_json(rt)
 
-
-__all__ = ["need_num"]

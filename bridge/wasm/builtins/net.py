@@ -7,7 +7,7 @@ import socket
 from typing import Any
 
 from bridge.wasm.builtins import EvalContext, builtin
-from bridge.wasm.builtins.strings import need_str, type_name
+from bridge.wasm.builtins.strings import need_str
 from bridge.wasm.errors import BuiltinError, HaltError
 from bridge.wasm.values import RegoSet
 

@@ -127,14 +127,10 @@ def _go_expand(template: str, m: re.Match[str]) -> str:
             i += 1 + len(name)
         try:
             g = m.group(int(name)) if name.isdigit() else m.group(name)
-        except (IndexError, error_type()):
+        except IndexError:  # unknown group number or name: Go expands it to ""
             g = ""
         out.append(g or "")
     return "".join(out)
-
-
-def error_type() -> type[Exception]:
-    return IndexError
 
 
 @builtin("regex.replace")
