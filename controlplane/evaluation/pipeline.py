@@ -229,6 +229,9 @@ class Pipeline:
                 for res in results:
                     decision = strictest(decision, res.decision)
                 confidence = min(res.confidence_score for res in results if res.decision == decision)
+                # as in lib.decision: deny reasons, then review reasons; an allow lists its own reasons
+                blocking_reasons = [r for r in reasons if r.startswith("deny:")] + [r for r in reasons if r.startswith("review:")]
+                reasons = blocking_reasons if decision != "allow" else reasons
             else:
                 decision, confidence = "deny", 1.0
                 kinds = ", ".join(policy_types) or "any type"
@@ -267,7 +270,7 @@ class Pipeline:
             evaluation_id=uuid.uuid4(), decision=decision, confidence_score=round(min(1.0, max(0.0, confidence)), 6),  # type: ignore[arg-type]
             applicable_policies=[r.rule_id for r in chosen] if pre_decision == "allow" else [],
             constitutional_compliance=compliance, performance_metrics=metrics, policy_results=results,
-            reasons=reasons, bundle_revision=revision,
+            reasons=reasons, bundle_revision=revision, constitutional_hash=CONSTITUTIONAL_HASH,
             explanation=explain_text(decision, confidence, results, violations, pre_decision) if explain else None,
             input_context=input_context if echo_input else None,
         )

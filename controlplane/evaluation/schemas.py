@@ -80,7 +80,7 @@ class EvaluateResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
     policy_results: list[PolicyResult]
     reasons: list[str]
     bundle_revision: str
-    constitutional_hash: str = CONSTITUTIONAL_HASH
+    constitutional_hash: str  # always present (no default, so omit_defaults keeps it)
     explanation: str | None = None
     input_context: dict[str, Any] | None = None  # echoed in batch results only
 
