@@ -502,3 +502,25 @@ def test_stress_threads_failures_and_swaps_together(key):
     assert not problems, problems[:5]
     assert counts["ok"] > 20 and counts["err"] > 20
     assert ev.evaluate("t/allow", {"user": "alice"}) is True
+
+
+def test_a_bug_in_a_host_builtin_fails_the_evaluation(monkeypatch):
+    """Operand errors make a call undefined (topdown); a bug must not: `deny if bug()` would
+    silently stop denying. It fails the evaluation instead."""
+    from bridge.wasm.builtins import REGISTRY, provided
+
+    provided()  # load the builtin modules first, so the patch is not overwritten by their import
+
+    def broken(ctx, s):
+        return {}["missing"]
+
+    monkeypatch.setitem(REGISTRY, "crypto.md5", broken)
+    src = {"p.rego": "package p\nimport rego.v1\ndeny if crypto.md5(input.x) != \"\"\n"}
+    p = policy_from_files(bundle_files(build_wasm_bundle(src, ["p/deny"])))
+    with pytest.raises(E.EvaluationError, match="KeyError"):
+        p.evaluate("p/deny", {"x": "a"})
+    # an operand error stays what topdown makes it: undefined (not an error, not a deny)
+    monkeypatch.undo()
+    p2 = policy_from_files(bundle_files(build_wasm_bundle(src, ["p/deny"])))
+    assert p2.evaluate("p/deny", {"x": 5}) is UNDEFINED
+    assert p2.evaluate("p/deny", {"x": "a"}) is True

@@ -114,8 +114,11 @@ class WasmPolicy:
             out = fn(ctx, *args)
         except (E.WasmError, E.HaltError):
             raise
-        except (BuiltinError, TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError, ArithmeticError) as exc:
-            # topdown: a builtin's error is not fatal outside strict mode; the call is undefined
+        except (BuiltinError, TypeError, ValueError, OverflowError, ArithmeticError) as exc:
+            # topdown: a builtin's (operand) error is not fatal outside strict mode; the call is
+            # undefined. Anything else (KeyError, AttributeError, ...) would be a bug in the host
+            # builtin: it fails the evaluation instead, so a bug can never turn into "undefined"
+            # and silently skip a deny rule.
             msg = f"{name}: {exc}"
             ctx.errors.append(msg)
             if self.strict_builtin_errors:
