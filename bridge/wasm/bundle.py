@@ -39,7 +39,10 @@ def _verify(files: Mapping[str, bytes], keys: Mapping[str, Any], keyid: str | No
         raise E.BundleVerificationFailed(f"bundle verification failed: {exc}") from None
 
 
-def _merge_data(files: Mapping[str, bytes], roots: list[str]) -> dict[str, Any]:
+def _merge_data(files: Mapping[str, bytes]) -> dict[str, Any]:
+    """The base document: every data.json / data.yaml at its directory's path, like OPA's loader."""
+    import yaml
+
     data: dict[str, Any] = {}
     for path in sorted(files, key=lambda p: p.count("/")):
         name = path.rsplit("/", 1)[-1]
@@ -49,10 +52,8 @@ def _merge_data(files: Mapping[str, bytes], roots: list[str]) -> dict[str, Any]:
             if name == "data.json":
                 doc = msgspec.json.decode(files[path])
             else:
-                import yaml
-
                 doc = yaml.safe_load(files[path])
-        except (msgspec.DecodeError, ValueError) as exc:
+        except (msgspec.DecodeError, ValueError, yaml.YAMLError) as exc:
             raise E.BundleLoadError(f"{path}: invalid data document: {exc}") from None
         segs = [s for s in path.strip("/").split("/")[:-1] if s]
         node = data
@@ -60,13 +61,14 @@ def _merge_data(files: Mapping[str, bytes], roots: list[str]) -> dict[str, Any]:
             node = node.setdefault(s, {})
             if not isinstance(node, dict):
                 raise E.BundleLoadError(f"{path}: data path conflicts with a non-object value")
-        if segs:
-            if not isinstance(doc, dict):
-                node_parent = data
-                for s in segs[:-1]:
-                    node_parent = node_parent[s]
-                node_parent[segs[-1]] = doc
-                continue
+        if segs and not isinstance(doc, dict):
+            if node:
+                raise E.BundleLoadError(f"{path}: a non-object document where other files put an object")
+            node_parent = data
+            for s in segs[:-1]:
+                node_parent = node_parent[s]
+            node_parent[segs[-1]] = doc
+            continue
         if not isinstance(doc, dict):
             raise E.BundleLoadError(f"{path}: the root data document must be an object")
         _deep_merge(node, doc, path)
@@ -114,7 +116,7 @@ def policy_from_files(
     if module not in files:
         raise E.BundleLoadError(f"{module}: named in /.manifest but missing from the bundle")
     entrypoints = [str(w["entrypoint"]) for w in wasm_entries if isinstance(w, dict) and "entrypoint" in w]
-    data = _merge_data(files, manifest.get("roots") or [""])
+    data = _merge_data(files)
     return WasmPolicy(
         files[module],
         data,
