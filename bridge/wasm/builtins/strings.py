@@ -284,19 +284,6 @@ def indexof_n(ctx: EvalContext, s: Any, sub: Any) -> list[int]:
     return out
 
 
-@builtin("strings.split_n")
-def strings_split_n(ctx: EvalContext, s: Any, sep: Any, n: Any) -> list[str]:
-    s, sep, n = need_str(s, 1), need_str(sep, 2), need_int(n, 3)
-    if n == 0:
-        return []
-    if sep == "":
-        chars = list(s)
-        if n < 0 or n >= len(chars):
-            return chars
-        return chars[: n - 1] + ["".join(chars[n - 1 :])]
-    return s.split(sep) if n < 0 else s.split(sep, n - 1)
-
-
 @builtin("glob.quote_meta")
 def glob_quote_meta(ctx: EvalContext, s: Any) -> str:
     s = need_str(s, 1)
@@ -327,8 +314,3 @@ def internal_print(ctx: EvalContext, operands: Any) -> bool:
     ctx.prints.append(line)
     ctx.host.print_line(line)
     return True
-
-
-@builtin("print")
-def print_(ctx: EvalContext, *args: Any) -> bool:
-    return internal_print(ctx, list(args))
