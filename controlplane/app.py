@@ -12,11 +12,16 @@ from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 
 from controlplane.agents.http import AgentIngest, AgentQueries
+from controlplane.audit.http import AuditApi
+from controlplane.audit.wiring import start_audit, stop_audit
+from controlplane.auth.guards import default_guard
+from controlplane.auth.ratelimit import rate_limit_config
 from controlplane.bundles.api import BundleApi
 from controlplane.bundles.compiler import CompileError
 from controlplane.bundles.http import BundleServer
 from controlplane.constitution import CONSTITUTIONAL_HASH
 from controlplane.errors import GroqPolicyError
+from controlplane.metrics.http import metrics, timing_middleware
 from controlplane.evaluation.controllers import EvaluationController, GroqController, OpaController
 from controlplane.policies.controllers import PolicyController
 from controlplane.services import Services, ServicesDep
@@ -42,7 +47,7 @@ def _http_error(_: Request, exc: HTTPException) -> Response:
     return Response(content=error_body(type(exc).__name__, exc.detail, **extra), status_code=exc.status_code, headers=exc.headers)
 
 
-@get("/health", tags=["ops"], summary="Liveness and what is loaded")
+@get("/health", tags=["ops"], summary="Liveness and what is loaded", opt={"public": True})
 async def health(services: ServicesDep) -> dict:
     return {
         "status": "ok" if not services.startup_errors else "degraded",
@@ -66,13 +71,27 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             services.startup_errors.append(str(exc))
             log.error("bundle publish at start failed: %s", exc)
 
+    async def _start_audit() -> None:
+        await start_audit(services)
+
+    async def _stop_audit() -> None:
+        await stop_audit(services)
+
+    # outermost first: time everything (429s included), then limit per client
+    middleware: list = [timing_middleware]
+    limits = rate_limit_config(settings.rate_limit)
+    if limits is not None:
+        middleware.append(limits.middleware)
+
     return Litestar(
-        route_handlers=[health, BundleServer, BundleApi, AgentIngest, AgentQueries,
-                        PolicyController, EvaluationController, GroqController, OpaController],
+        route_handlers=[health, metrics, BundleServer, BundleApi, AgentIngest, AgentQueries,
+                        PolicyController, EvaluationController, GroqController, OpaController, AuditApi],
+        guards=[default_guard],  # every route needs a token unless it is marked public (controlplane.auth.guards)
+        middleware=middleware,
         dependencies={"services": Provide(lambda: services, use_cache=True, sync_to_thread=False)},
         exception_handlers={GroqPolicyError: _product_error, HTTPException: _http_error},
-        on_startup=[services.runtime.start, publish_on_start],
-        on_shutdown=[services.runtime.stop],
+        on_startup=[services.runtime.start, _start_audit, publish_on_start],
+        on_shutdown=[_stop_audit, services.runtime.stop],
         openapi_config=OpenAPIConfig(title="groqpolicy control plane", version="0.1.0", path="/schema"),
         state={"services": services},
         debug=False,

@@ -85,12 +85,15 @@ def _cmd_opa_config(args: argparse.Namespace) -> int:
     from controlplane.opa_config import AgentConfigOptions, render_agent_config, to_yaml
     from controlplane.settings import Settings
 
+    from controlplane.auth.tokens import ensure_tokens
+
     settings = Settings.from_env()
     key = ensure_signing_key(settings)
+    agent_token = ensure_tokens(settings).agent_token()  # the config carries the least-privileged agent token
     config = render_agent_config(
         base_url=settings.base_url, kid=key.kid, algorithm=key.alg,
         public_key_pem=key.verification_key().public_pem,
-        options=AgentConfigOptions(bundle=args.bundle, agent_id=args.agent_id or ""),
+        options=AgentConfigOptions(bundle=args.bundle, agent_id=args.agent_id or "", token=agent_token.secret if agent_token else ""),
     )
     print(json.dumps(config, indent=2) if args.json else to_yaml(config), end="")
     return 0

@@ -9,6 +9,7 @@ from typing import TypeAlias
 from litestar.di import NamedDependency
 
 from controlplane.agents.decision_logs import DecisionLogStore
+from controlplane.audit.trail import AuditTrail
 from controlplane.agents.status import StatusStore
 from controlplane.bundles.compiler import Compiler, load_definitions
 from controlplane.bundles.keys import SigningKey
@@ -16,6 +17,7 @@ from controlplane.bundles.keystore import ensure_signing_key
 from controlplane.bundles.publisher import BundlePublisher
 from controlplane.bundles.revisions import RevisionStore
 from controlplane.policies.runtime import PolicyRuntime
+from controlplane.auth.tokens import TokenSet, ensure_tokens
 from controlplane.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,8 @@ class Services:
     signing_key: SigningKey
     publisher: BundlePublisher
     runtime: PolicyRuntime  # NATS, policy store, in-process evaluator, evaluation pipeline
+    tokens: TokenSet | None = None  # bearer tokens and scopes (controlplane.auth); None refuses everyone
+    audit: AuditTrail | None = None  # attached at start, once NATS is connected (controlplane.audit.wiring)
     startup_errors: list[str] = field(default_factory=list)
 
     @classmethod
@@ -47,6 +51,7 @@ class Services:
             signing_key=key,
             publisher=publisher,
             runtime=PolicyRuntime(settings, publisher, key),
+            tokens=ensure_tokens(settings),
         )
 
     def publish_definitions(self, force: bool = False) -> list[str]:

@@ -16,7 +16,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from controlplane.errors import ToolchainError
+from controlplane.auth.tokens import ensure_tokens
+from controlplane.errors import GroqPolicyError, ToolchainError
 from controlplane.processes import ManagedProcess, spawn, start_nats, start_opa_agent, wait_for_port
 from controlplane.settings import Settings
 
@@ -34,8 +35,9 @@ def http_json(url: str, method: str = "GET", body: object | None = None, timeout
         return exc.code, json.loads(exc.read() or b"null")
 
 
-def http_text(url: str, timeout: float = 10.0) -> str:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
+def http_text(url: str, timeout: float = 10.0, token: str = "") -> str:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
         return resp.read().decode()
 
 
@@ -61,8 +63,9 @@ def start_control_plane(settings: Settings, log_dir: Path) -> ManagedProcess:
     return mp
 
 
-def start_agent_from_control_plane(base_url: str, workdir: Path, port: int = AGENT_PORT, agent_id: str = "agent-1") -> ManagedProcess:
-    config = http_text(f"{base_url}/api/v1/opa/config?agent_id={agent_id}&min_delay_s=1&max_delay_s=5")
+def start_agent_from_control_plane(base_url: str, workdir: Path, port: int = AGENT_PORT, agent_id: str = "agent-1",
+                                   token: str = "") -> ManagedProcess:
+    config = http_text(f"{base_url}/api/v1/opa/config?agent_id={agent_id}&min_delay_s=1&max_delay_s=5", token=token)
     workdir.mkdir(parents=True, exist_ok=True)
     config_file = workdir / f"{agent_id}.yaml"
     config_file.write_text(config)
@@ -81,13 +84,16 @@ def run_system(state_dir: Path | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     try:
+        tokens = ensure_tokens(settings)  # generated into the state dir when none are configured
+        admin = tokens.with_scope("admin")
         nats = start_nats(settings.state_dir / "nats", port=int(os.environ.get("GROQPOLICY_NATS_PORT", NATS_PORT)))
         procs.append(nats)
         cp = start_control_plane(settings, log_dir)
         procs.append(cp)
         wait_until(lambda: http_json(f"{settings.base_url}/health")[1]["bundles"], 180, "the control plane to publish bundles")
         agent_port = int(os.environ.get("GROQPOLICY_AGENT_PORT", AGENT_PORT))
-        agent = start_agent_from_control_plane(settings.base_url, settings.state_dir / "opa", port=agent_port)
+        agent = start_agent_from_control_plane(settings.base_url, settings.state_dir / "opa", port=agent_port,
+                                               token=admin.secret if admin else "")
         procs.append(agent)
         wait_until(lambda: http_json(f"{agent.extra['url']}/health?bundles")[0] == 200, 60, "the OPA agent to activate the bundle")
         print("groqpolicy is up")
@@ -95,6 +101,7 @@ def run_system(state_dir: Path | None = None) -> int:
         print(f"  OPA agent       {agent.extra['url']}  (bundle from {settings.base_url}/bundles/groqpolicy)")
         print(f"  NATS            {nats.extra['url']}")
         print(f"  state           {settings.state_dir}  (logs in {log_dir})")
+        print(f"  tokens          {tokens.source}")
         print("Ctrl-C stops everything.", flush=True)
         while not stopping:
             for p in procs:
@@ -105,7 +112,7 @@ def run_system(state_dir: Path | None = None) -> int:
         return 0
     except KeyboardInterrupt:
         return 0
-    except ToolchainError as exc:
+    except GroqPolicyError as exc:  # ToolchainError, token configuration, ...
         print(f"error: {exc}", file=sys.stderr)
         for p in procs:
             print(f"  {p.name} log: {p.log_path}", file=sys.stderr)

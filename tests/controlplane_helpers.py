@@ -20,6 +20,18 @@ from controlplane.settings import Settings
 from tests.conftest import REPO_ROOT
 
 
+# Known tokens for tests (GROQPOLICY_TOKENS syntax); ADMIN holds every scope.
+ADMIN_TOKEN = "test-admin-token-000000000000"
+EVALUATE_TOKEN = "test-evaluate-token-00000000"
+AGENT_TOKEN = "test-agent-token-000000000000"
+TEST_TOKENS = f"admin={ADMIN_TOKEN}:admin+evaluate+agent,evaluate={EVALUATE_TOKEN}:evaluate,agent={AGENT_TOKEN}:agent"
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
 def make_settings(state_dir: Path, **overrides: object) -> Settings:
     base: dict = {
         "host": "127.0.0.1",
@@ -28,6 +40,7 @@ def make_settings(state_dir: Path, **overrides: object) -> Settings:
         "rego_root": REPO_ROOT,
         "bundles_dir": REPO_ROOT / "bundles",
         "compile_on_start": False,
+        "tokens": TEST_TOKENS,
     }
     base.update(overrides)
     return Settings(**base)
@@ -53,12 +66,12 @@ def running_control_plane(settings: Settings, services: Services | None = None) 
 
 
 def get_json(url: str, timeout: float = 10) -> object:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=ADMIN_HEADERS), timeout=timeout) as resp:
         return json.loads(resp.read())
 
 
 def post_json(url: str, body: object, timeout: float = 10) -> object:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json", **ADMIN_HEADERS})
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return json.loads(resp.read())
 

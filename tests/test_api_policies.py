@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from controlplane.constitution import CONSTITUTIONAL_HASH
-from tests.controlplane_helpers import make_settings, running_control_plane
+from tests.controlplane_helpers import ADMIN_HEADERS, make_settings, running_control_plane
 
 LIMIT = """package limits
 
@@ -33,7 +33,7 @@ def cp(tmp_path_factory, nats_server_module):
     settings = make_settings(tmp_path_factory.mktemp("cp") / "state", compile_on_start=True,
                              nats_url=nats_server_module.extra["url"])
     with running_control_plane(settings) as services:
-        with httpx.Client(base_url=settings.base_url, timeout=30) as client:
+        with httpx.Client(base_url=settings.base_url, headers=ADMIN_HEADERS, timeout=30) as client:
             yield client, services
 
 

@@ -11,14 +11,14 @@ import pytest
 import yaml
 
 from controlplane.bundles.http import BUNDLE_MEDIA_TYPE, parse_if_none_match, parse_wait
-from tests.controlplane_helpers import gzip_json, make_settings, running_control_plane
+from tests.controlplane_helpers import ADMIN_HEADERS, gzip_json, make_settings, running_control_plane
 
 
 @pytest.fixture
 def cp(tmp_path):
     settings = make_settings(tmp_path / "state")
     with running_control_plane(settings) as services:
-        with httpx.Client(base_url=settings.base_url, timeout=15) as client:
+        with httpx.Client(base_url=settings.base_url, headers=ADMIN_HEADERS, timeout=15) as client:
             yield services, client
 
 
@@ -132,7 +132,7 @@ def test_bad_decision_log_uploads_get_clear_errors_and_store_nothing(cp, body, h
 
 def test_gzip_bomb_is_refused(tmp_path):
     settings = make_settings(tmp_path / "state", max_log_body_bytes=1024)
-    with running_control_plane(settings) as services, httpx.Client(base_url=settings.base_url) as client:
+    with running_control_plane(settings) as services, httpx.Client(base_url=settings.base_url, headers=ADMIN_HEADERS) as client:
         bomb = gzip.compress(b"[" + b" " * 10_000 + b"]")
         r = client.post("/logs", content=bomb, headers={"Content-Encoding": "gzip"})
         assert r.status_code == 413
@@ -142,10 +142,10 @@ def test_gzip_bomb_is_refused(tmp_path):
 
 def test_decision_logs_survive_restart(tmp_path):
     settings = make_settings(tmp_path / "state")
-    with running_control_plane(settings), httpx.Client(base_url=settings.base_url) as client:
+    with running_control_plane(settings), httpx.Client(base_url=settings.base_url, headers=ADMIN_HEADERS) as client:
         client.post("/logs", content=gzip_json([{"decision_id": "keep-me"}]), headers={"Content-Encoding": "gzip"})
     settings2 = make_settings(tmp_path / "state")
-    with running_control_plane(settings2), httpx.Client(base_url=settings2.base_url) as client:
+    with running_control_plane(settings2), httpx.Client(base_url=settings2.base_url, headers=ADMIN_HEADERS) as client:
         assert client.get("/api/v1/opa/decisions").json()["decisions"][0]["decision_id"] == "keep-me"
 
 

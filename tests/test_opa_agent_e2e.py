@@ -20,7 +20,7 @@ from controlplane.bundles.compiler import Compiler, load_definition
 from controlplane.bundles.signing import sign_bundle
 from controlplane.processes import free_port, start_opa_agent
 from tests.conftest import REPO_ROOT
-from tests.controlplane_helpers import make_settings, running_control_plane
+from tests.controlplane_helpers import ADMIN_HEADERS, make_settings, running_control_plane
 
 pytestmark = pytest.mark.slow
 
@@ -65,7 +65,7 @@ def system(tmp_path_factory, compiled_library, opa_bin):
     settings = make_settings(state)
     with running_control_plane(settings) as services:
         services.publisher.publish(compiled_library)
-        cp = httpx.Client(base_url=settings.base_url, timeout=30)
+        cp = httpx.Client(base_url=settings.base_url, headers=ADMIN_HEADERS, timeout=30)
         config = cp.get("/api/v1/opa/config", params={"agent_id": "e2e-agent", "min_delay_s": 1, "max_delay_s": 2}).text
         config_file = state / "opa-agent.yaml"
         config_file.write_text(config)

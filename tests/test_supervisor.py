@@ -34,6 +34,14 @@ def children_of(pid: int) -> list[int]:
     return out
 
 
+def admin_headers(state: Path) -> dict[str, str]:
+    """`groqpolicy up` generated the tokens into the state dir (none configured)."""
+    from controlplane.auth.tokens import ensure_tokens
+    from controlplane.settings import Settings
+
+    return {"Authorization": f"Bearer {ensure_tokens(Settings(state_dir=state)).by_name('admin').secret}"}
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -83,7 +91,7 @@ def test_up_runs_the_system_stops_cleanly_and_reuses_state(tmp_path):
             "principal": {"id": "bob", "roles": ["viewer"], "mfa": True, "source_ip": "10.1.2.3"},
             "action": "delete", "resource": {"type": "reports", "classification": "internal"}}})
         assert r.json()["result"]["decision"] == "deny"
-        first = httpx.get(f"http://127.0.0.1:{ports['cp']}/api/v1/bundles").json()
+        first = httpx.get(f"http://127.0.0.1:{ports['cp']}/api/v1/bundles", headers=admin_headers(state)).json()
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
@@ -95,7 +103,7 @@ def test_up_runs_the_system_stops_cleanly_and_reuses_state(tmp_path):
     proc = start_up(state, ports, log)
     try:
         wait_up(proc, log)
-        second = httpx.get(f"http://127.0.0.1:{ports['cp']}/api/v1/bundles").json()
+        second = httpx.get(f"http://127.0.0.1:{ports['cp']}/api/v1/bundles", headers=admin_headers(state)).json()
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)

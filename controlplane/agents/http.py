@@ -10,6 +10,9 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 
 from controlplane.agents.payloads import decode_json, decompress
 from controlplane.agents.status import AgentSummary
+from controlplane.audit.http import trail_of
+from controlplane.audit.ingest import audit_decision_log_events
+from controlplane.auth.guards import requires
 from controlplane.services import ServicesDep
 
 
@@ -17,11 +20,15 @@ class AgentIngest(Controller):
     """What agents post. Both accept an optional partition suffix, as OPA's config allows."""
 
     tags = ["opa agents"]
+    guards = [requires("agent")]
 
     @post(["/logs", "/logs/{partition:str}"], status_code=204, summary="OPA decision-log upload (gzip JSON array)")
     async def upload_logs(self, request: Request, services: ServicesDep, partition: FromPath[str] = "") -> Response[None]:
         raw = decompress(await request.body(), request.headers.get("content-encoding", ""), services.settings.max_log_body_bytes)
-        services.decision_logs.append(decode_json(raw, "decision log batch"))
+        events = decode_json(raw, "decision log batch")
+        services.decision_logs.append(events)  # validates the batch
+        # then the audit trail; if it does not acknowledge, the agent gets 503 and uploads again
+        await audit_decision_log_events(trail_of(services), events)  # type: ignore[arg-type]
         return Response(content=None, status_code=204)
 
     @post(["/status", "/status/{partition:str}"], status_code=204, summary="OPA status report")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import anyio
-from litestar import Controller, Response, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.exceptions import NotFoundException, ValidationException
 from typing import Annotated
 
 from litestar.params import FromPath, FromQuery, QueryParameter
 
+from controlplane.auth.guards import principal_of, requires
 from controlplane.bundles.revisions import Revision
 from controlplane.opa_config import AgentConfigOptions, render_agent_config, to_yaml
 from controlplane.services import ServicesDep
@@ -34,9 +35,11 @@ class BundleApi(Controller):
         published = await anyio.to_thread.run_sync(lambda: services.publish_definitions(force=force))
         return {"published": published, "bundles": services.store.bundles()}
 
-    @get("/opa/config", summary="A ready OPA agent configuration for this control plane")
+    @get("/opa/config", summary="A ready OPA agent configuration for this control plane (carries an agent token)",
+         guards=[requires("admin", "agent")])
     async def agent_config(
         self,
+        request: Request,
         services: ServicesDep,
         bundle: FromQuery[str] = "groqpolicy",
         agent_id: FromQuery[str] = "",
@@ -51,6 +54,9 @@ class BundleApi(Controller):
         if min_delay_s > max_delay_s or log_min_delay_s > log_max_delay_s:
             raise ValidationException("min delay must not exceed max delay")
         key = services.signing_key
+        # an agent asking gets its own token back; an admin gets the least-privileged agent token
+        caller = principal_of(request)
+        token = caller if caller is not None and caller.scopes == {"agent"} else (services.tokens.agent_token() if services.tokens else None)
         config = render_agent_config(
             base_url=services.settings.base_url,
             kid=key.kid,
@@ -59,7 +65,7 @@ class BundleApi(Controller):
             options=AgentConfigOptions(
                 bundle=bundle, agent_id=agent_id, long_polling_timeout_s=long_polling_timeout_s,
                 min_delay_s=min_delay_s, max_delay_s=max_delay_s, log_min_delay_s=log_min_delay_s,
-                log_max_delay_s=log_max_delay_s, scope=signing_scope,
+                log_max_delay_s=log_max_delay_s, scope=signing_scope, token=token.secret if token else "",
             ),
         )
         if format == "json":

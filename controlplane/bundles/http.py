@@ -15,6 +15,7 @@ from litestar import Controller, Request, Response, get
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, FromQuery
 
+from controlplane.auth.guards import requires
 from controlplane.bundles.revisions import TARGETS, Revision
 from controlplane.services import ServicesDep
 
@@ -47,6 +48,7 @@ def _bundle_response(meta: Revision, archive: bytes) -> Response[bytes]:
 class BundleServer(Controller):
     path = "/bundles"
     tags = ["bundles"]
+    guards = [requires("agent")]
 
     @get("/{name:str}", summary="OPA bundle download (ETag, long polling)")
     async def download(self, request: Request, services: ServicesDep, name: FromPath[str], target: FromQuery[str] = "rego") -> Response[bytes]:

@@ -14,6 +14,7 @@ from litestar.params import JSONBody
 from bridge.catalog import CatalogError
 from bridge.wasm import UNDEFINED
 from bridge.wire import BridgeError, InferRequest, decode_error, decode_reply
+from controlplane.auth.guards import requires
 from controlplane.constitution import CONSTITUTIONAL_HASH
 from controlplane.errors import GroqPolicyError
 from controlplane.evaluation.schemas import (
@@ -58,6 +59,7 @@ class Upstream(GroqPolicyError):
 class EvaluationController(Controller):
     path = "/api/v1/evaluate"
     tags = ["evaluation"]
+    guards = [requires("evaluate")]
 
     @post("", summary="Evaluate a context against the applicable policies", status_code=200,
           request_max_body_size=MAX_EVALUATE_BODY)
@@ -92,6 +94,7 @@ class EvaluationController(Controller):
 class GroqController(Controller):
     path = "/api/v1/groq"
     tags = ["groq"]
+    guards = [requires("evaluate")]
 
     @get("/models", summary="Models per performance tier (from the tier catalog)")
     async def models(self, services: ServicesDep) -> GroqModels:
@@ -144,6 +147,7 @@ class GroqController(Controller):
 class OpaController(Controller):
     path = "/api/v1/opa"
     tags = ["opa"]
+    guards = [requires("evaluate")]
 
     @post("/evaluate", summary="One policy's decision: in-process WASM, or an OPA agent's REST API", status_code=200,
           request_max_body_size=MAX_EVALUATE_BODY)

@@ -1,0 +1,93 @@
+"""Records from the decision paths: OPA agents' decision-log events and the evaluation API."""
+
+from __future__ import annotations
+
+import uuid
+
+from controlplane.audit.records import AuditRecord, Source, StoredRecord, digest
+from controlplane.audit.trail import AuditTrail
+
+
+def decision_of(result: object, has_result: bool) -> tuple[str, float | None, list[str]]:
+    """(decision, confidence, reasons) from an OPA result: a decision document, a boolean, or else."""
+    if not has_result:
+        return "undefined", None, []
+    if isinstance(result, bool):
+        return ("allow" if result else "deny"), None, []
+    if isinstance(result, dict) and isinstance(result.get("decision"), str):
+        decision = result["decision"] if result["decision"] in ("allow", "deny", "review") else "other"
+        conf = result.get("confidence")
+        confidence = float(conf) if isinstance(conf, (int, float)) and not isinstance(conf, bool) else None
+        reasons = [str(r) for r in result.get("reasons") or [] if isinstance(r, (str, int, float))] if isinstance(result.get("reasons"), list) else []
+        return decision, confidence, reasons
+    return "other", None, []
+
+
+def decision_log_record(event: dict) -> AuditRecord:
+    """The audit record of one OPA decision-log event (already validated by the ingest path)."""
+    result = event.get("result")
+    decision, confidence, reasons = decision_of(result, "result" in event)
+    labels = event.get("labels") or {}
+    bundles = event.get("bundles") or {}
+    revisions = {str(k): str((v or {}).get("revision", "")) for k, v in bundles.items()} if isinstance(bundles, dict) else {}
+    policy_ids: list[str] = []
+    if isinstance(result, dict):
+        for key in ("rule_id", "policy_id"):
+            if isinstance(result.get(key), str):
+                policy_ids.append(result[key])
+        if isinstance(result.get("policy_ids"), list):
+            policy_ids.extend(str(p) for p in result["policy_ids"])
+    details = {k: event[k] for k in ("timestamp", "requested_by", "error") if k in event}
+    decision_id = str(event.get("decision_id", ""))
+    return AuditRecord(
+        source="opa-agent",
+        decision=decision,
+        # deterministic, so an upload the agent retries (after a 5xx) is not recorded twice
+        record_id=f"opa-{decision_id}" if decision_id else str(uuid.uuid4()),
+        decision_id=decision_id,
+        path=str(event.get("path", "")),
+        agent_id=str(labels.get("agent") or labels.get("id") or ""),
+        bundle_revisions=revisions,
+        policy_ids=policy_ids,
+        confidence_score=confidence,
+        reasons=reasons,
+        input_sha256=digest(event["input"]) if "input" in event else "",
+        details=details,
+    )
+
+
+async def audit_decision_log_events(trail: AuditTrail, events: list[dict]) -> list[StoredRecord]:
+    """Append one record per event, in upload order; raises AuditUnavailable if not acknowledged."""
+    return await trail.append_many([decision_log_record(e) for e in events])
+
+
+def evaluation_record(
+    *,
+    source: Source,
+    decision: str,
+    evaluation_id: str,
+    policy_ids: list[str],
+    input_context: object,
+    confidence_score: float | None = None,
+    reasons: list[str] | None = None,
+    violations: list[str] | None = None,
+    performance_tier: str = "",
+    latency_ms: float | None = None,
+    batch_id: str = "",
+    details: dict | None = None,
+) -> AuditRecord:
+    """The audit record of one evaluation (`source`: api, batch or nats)."""
+    return AuditRecord(
+        source=source,
+        decision=decision,
+        evaluation_id=evaluation_id,
+        batch_id=batch_id,
+        policy_ids=[str(p) for p in policy_ids],
+        performance_tier=performance_tier,
+        confidence_score=confidence_score,
+        reasons=list(reasons or []),
+        violations=list(violations or []),
+        input_sha256=digest(input_context),
+        latency_ms=latency_ms,
+        details=dict(details or {}),
+    )

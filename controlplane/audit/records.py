@@ -1,0 +1,146 @@
+"""The audit record, its canonical encoding and its chain hash.
+
+A record's `hash` is SHA-256 over the canonical JSON of every other field (keys sorted, compact,
+msgspec's shortest float repr), `prev_hash` included: changing, dropping or reordering any
+record breaks the chain at that record. Verification rehashes the stored bytes decoded as a
+generic object, so a field the struct does not know about is covered too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from datetime import datetime, timezone
+from typing import Literal
+
+import msgspec
+
+from controlplane.constitution import CONSTITUTIONAL_HASH
+
+Source = Literal["api", "batch", "nats", "opa-agent"]
+SOURCES: tuple[str, ...] = ("api", "batch", "nats", "opa-agent")
+# Subject tokens: decisions outside the policy decision document's three land in `other`/`undefined`.
+DECISIONS: tuple[str, ...] = ("allow", "deny", "review", "undefined", "other")
+GENESIS_HASH = "0" * 64  # prev_hash of the first record of a stream
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class AuditRecord(msgspec.Struct, kw_only=True, frozen=True):
+    """One decision. Ids are strings so rule UUIDs, OPA decision ids and paths fit alike."""
+
+    source: Source
+    decision: str
+    constitutional_hash: str = CONSTITUTIONAL_HASH
+    record_id: str = msgspec.field(default_factory=lambda: str(uuid.uuid4()))
+    timestamp: str = ""  # RFC 3339 UTC, set at append
+    evaluation_id: str = ""
+    batch_id: str = ""
+    decision_id: str = ""  # OPA's decision id (opa-agent records)
+    policy_ids: list[str] = msgspec.field(default_factory=list)  # rule ids the decision consulted
+    path: str = ""  # OPA query path (opa-agent records)
+    agent_id: str = ""
+    bundle_revisions: dict[str, str] = msgspec.field(default_factory=dict)
+    performance_tier: str = ""
+    confidence_score: float | None = None
+    reasons: list[str] = msgspec.field(default_factory=list)
+    violations: list[str] = msgspec.field(default_factory=list)
+    input_sha256: str = ""  # digest of the input, never the input itself (it may hold personal data)
+    latency_ms: float | None = None
+    details: dict = msgspec.field(default_factory=dict)
+    prev_hash: str = ""
+    hash: str = ""
+
+    @property
+    def subject_decision(self) -> str:
+        return self.decision if self.decision in DECISIONS else "other"
+
+
+class StoredRecord(msgspec.Struct, kw_only=True, frozen=True):
+    """A record as read back: its stream sequence and subject, then the record."""
+
+    seq: int
+    subject: str
+    record: AuditRecord
+
+
+def now_rfc3339() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(value: str) -> float:
+    """Epoch seconds from RFC 3339 (`Z` or offset) or a plain number of epoch seconds."""
+    value = value.strip()
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{value!r}: expected RFC 3339 (2026-11-27T12:00:00Z) or epoch seconds") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def record_time(record: AuditRecord) -> float:
+    try:
+        return parse_time(record.timestamp)
+    except ValueError:
+        return 0.0
+
+
+def digest(obj: object) -> str:
+    """SHA-256 of an object's canonical JSON (used for `input_sha256`)."""
+    return hashlib.sha256(msgspec.json.encode(obj, order="sorted")).hexdigest()
+
+
+def chain_hash(fields: dict) -> str:
+    """The hash of a record given as a plain dict; its own `hash` key is left out."""
+    body = {k: v for k, v in fields.items() if k != "hash"}
+    return hashlib.sha256(msgspec.json.encode(body, order="sorted")).hexdigest()
+
+
+def seal(record: AuditRecord, prev_hash: str) -> tuple[AuditRecord, bytes]:
+    """The record linked after `prev_hash`, and the exact bytes to store."""
+    linked = msgspec.structs.replace(record, prev_hash=prev_hash, hash="", timestamp=record.timestamp or now_rfc3339())
+    fields = msgspec.to_builtins(linked)
+    h = chain_hash(fields)
+    fields["hash"] = h
+    return msgspec.structs.replace(linked, hash=h), msgspec.json.encode(fields, order="sorted")
+
+
+def check_stored(data: bytes, expected_prev: str | None) -> tuple[str, AuditRecord | None, str]:
+    """Check one stored payload: (the hash its successor links to, the record, "" or why it is bad).
+
+    The link hash is the hash the record states (the computed one when it states none), so a
+    record altered after the fact is reported once, not again at its intact successor.
+
+    `expected_prev` is the previous record's hash, or None when no predecessor is known (the
+    first record still present in a stream whose head was removed).
+    """
+    try:
+        fields = msgspec.json.decode(data)
+    except msgspec.DecodeError as exc:
+        return "", None, f"payload: invalid JSON ({exc})"
+    if not isinstance(fields, dict):
+        return "", None, f"payload: expected a JSON object, got {type(fields).__name__}"
+    stated = fields.get("hash")
+    actual = chain_hash(fields)
+    link = stated if isinstance(stated, str) and stated else actual
+    if stated != actual:
+        return link, None, f"hash: mismatch (stated: {stated}, computed: {actual})"
+    try:
+        record = msgspec.convert(fields, AuditRecord)
+    except msgspec.ValidationError as exc:
+        return actual, None, f"record: {exc}"
+    if expected_prev is not None and record.prev_hash != expected_prev:
+        return actual, record, f"prev_hash: does not link to the previous record (want: {expected_prev}, got: {record.prev_hash})"
+    if expected_prev is None and not _HEX64.match(record.prev_hash):
+        return actual, record, f"prev_hash: not a SHA-256 hex digest ({record.prev_hash!r})"
+    if record.constitutional_hash != CONSTITUTIONAL_HASH:
+        return actual, record, f"constitutional_hash: want {CONSTITUTIONAL_HASH}, got {record.constitutional_hash}"
+    return actual, record, ""
+
+

@@ -1,0 +1,477 @@
+"""The audit trail on JetStream: serialized, hash-chained appends and chain-ordered reads.
+
+Why appends cannot fork the chain: every publish carries `Nats-Expected-Last-Sequence` = the
+stream sequence of the record it links to. JetStream stores it only if that is still the stream's
+last message; a replica that lost the race gets `wrong last sequence` (err_code 10071), reloads
+the tail and relinks. Each record also carries `Nats-Msg-Id` = its record id, so a publish whose
+ack was lost (leader change, reconnect) is not stored twice when retried: the server answers the
+retry with `duplicate: true` and the original sequence. (The server checks the expected sequence
+before the duplicate window, so after a conflict we first look whether the tail is our record.)
+
+Within one process, concurrent `append` calls are group-committed: one writer task publishes
+whatever has queued up as a pipeline, so N concurrent appends cost about one round trip instead
+of N. Inside a pipeline each record also carries `Nats-Expected-Last-Msg-Id` = its predecessor's
+record id: a position is not an identity, and without it a record whose predecessor was refused
+could land right after another writer's record while linking to the refused one (a fork the
+tests caught).
+
+Reads use JetStream's batched direct get (`$JS.API.DIRECT.GET.<stream>` with `batch` and
+`next_by_subj`): stateless, no consumer to create. Records live under `audit.<source>.<decision>`
+so the source and decision filters run in the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+import random
+import time
+from datetime import datetime, timezone
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from controlplane.audit.records import (
+    DECISIONS,
+    GENESIS_HASH,
+    SOURCES,
+    AuditRecord,
+    StoredRecord,
+    check_stored,
+    record_time,
+    seal,
+)
+from controlplane.errors import GroqPolicyError
+
+log = logging.getLogger(__name__)
+
+STREAM = "GROQPOLICY_AUDIT"
+PREFIX = "audit"
+WRONG_LAST_SEQUENCE = 10071
+WRONG_LAST_MSG_ID = 10070
+NO_MESSAGE_FOUND = 10037
+READ_BATCH = 256
+MAX_SCAN = 100_000  # records one list call examines before handing back a cursor
+MAX_PIPELINE = 256  # records one writer round publishes
+
+
+class AuditError(GroqPolicyError):
+    status_code = 500
+
+
+class AuditUnavailable(AuditError):
+    """JetStream did not acknowledge: the decision is not recorded, so it must not be served."""
+
+    status_code = 503
+
+
+class AuditQueryError(AuditError):
+    """A filter the trail cannot apply."""
+
+    status_code = 400
+
+
+class AuditFilters(msgspec.Struct, kw_only=True):
+    decision: str | None = None
+    source: str | None = None
+    policy_id: str | None = None
+    evaluation_id: str | None = None
+    decision_id: str | None = None
+    since: float | None = None  # epoch seconds, inclusive
+    until: float | None = None  # epoch seconds, inclusive
+
+    def subject(self, prefix: str) -> str:
+        return f"{prefix}.{self.source or '*'}.{self.decision or '*'}"
+
+    def matches(self, record: AuditRecord) -> bool:
+        if self.policy_id and self.policy_id not in record.policy_ids:
+            return False
+        if self.evaluation_id and record.evaluation_id != self.evaluation_id:
+            return False
+        if self.decision_id and record.decision_id != self.decision_id:
+            return False
+        t = record_time(record)
+        if self.since is not None and t < self.since:
+            return False
+        if self.until is not None and t > self.until:
+            return False
+        return True
+
+
+class VerifyReport(msgspec.Struct, kw_only=True):
+    ok: bool
+    checked: int
+    first_seq: int
+    last_seq: int
+    last_hash: str
+    bad: int = 0
+    first_bad_seq: int | None = None
+    reason: str = ""
+
+
+class AuditPage(msgspec.Struct, kw_only=True):
+    records: list[StoredRecord]
+    next_after_seq: int | None  # pass as after_seq for the next page; None when the stream is exhausted
+
+
+class _Rejected(Exception):
+    def __init__(self, code: int, err_code: int, description: str) -> None:
+        super().__init__(f"code={code} err_code={err_code} {description}")
+        self.err_code = err_code
+
+
+def _status(msg: Msg) -> str:
+    return (msg.headers or {}).get("Status", "") if msg.headers else ""
+
+
+class AuditTrail:
+    def __init__(
+        self,
+        nc: NATS,
+        *,
+        stream: str = STREAM,
+        prefix: str = PREFIX,
+        replicas: int = 1,
+        timeout: float = 5.0,
+        append_deadline: float = 30.0,
+    ) -> None:
+        self.nc = nc
+        self.stream = stream
+        self.prefix = prefix
+        self.replicas = replicas
+        self.timeout = timeout
+        self.append_deadline = append_deadline
+        self._tail: tuple[int, str, str] | None = None  # (seq, hash, record_id) of the last record
+        self._queue: list[tuple[AuditRecord, asyncio.Future]] = []
+        self._writer: asyncio.Task | None = None
+        self._acks: dict[str, asyncio.Future] = {}
+        self._ack_prefix = ""
+        self._ack_sub = None
+        self._counter = 0
+        self.appended = 0
+        self.conflicts = 0
+
+    # -- setup -----------------------------------------------------------------------------
+
+    def stream_config(self) -> StreamConfig:
+        return StreamConfig(
+            name=self.stream,
+            description="groqpolicy audit trail: hash-chained decision records",
+            subjects=[f"{self.prefix}.>"],
+            storage=StorageType.FILE,
+            num_replicas=self.replicas,
+            duplicate_window=120.0,
+            allow_direct=True,
+            deny_delete=True,  # a record cannot be removed through the API...
+            deny_purge=True,  # ...nor the stream emptied
+        )
+
+    async def ensure_stream(self) -> None:
+        """Create the stream, or bring an existing one's replica count in line."""
+        js = self.nc.jetstream(timeout=self.timeout)
+        config = self.stream_config()
+        try:
+            info = await js.stream_info(self.stream)
+        except NotFoundError:
+            await js.add_stream(config)
+            log.info("audit stream %s created (replicas=%d)", self.stream, self.replicas)
+            return
+        if info.config.num_replicas != self.replicas:
+            await js.update_stream(config)
+            log.info("audit stream %s: replicas %s -> %d", self.stream, info.config.num_replicas, self.replicas)
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            await asyncio.gather(self._writer, return_exceptions=True)
+        if self._ack_sub is not None:
+            try:
+                await self._ack_sub.unsubscribe()
+            except nats.errors.Error:
+                pass
+            self._ack_sub = None
+
+    # -- append ----------------------------------------------------------------------------
+
+    async def append(self, record: AuditRecord) -> StoredRecord:
+        """Link `record` to the chain and store it; returns once JetStream acknowledged it."""
+        return (await self.append_many([record]))[0]
+
+    async def append_many(self, records: list[AuditRecord]) -> list[StoredRecord]:
+        """Store records in order (consecutive in the chain unless another writer interleaves)."""
+        for r in records:
+            if r.source not in SOURCES:
+                raise AuditError(f"audit record: source {r.source!r} unknown (expected one of {', '.join(SOURCES)})")
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in records]
+        self._queue.extend(zip(records, futures))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._drain(), name="audit-writer")
+        return list(await asyncio.gather(*futures))
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[:MAX_PIPELINE], self._queue[MAX_PIPELINE:]
+            try:
+                stored = await self._write([r for r, _ in batch])
+            except Exception as exc:  # every waiting caller learns it was not recorded
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc if isinstance(exc, AuditError) else AuditUnavailable(f"audit trail: append failed ({exc!r})"))
+                continue
+            for (_, fut), s in zip(batch, stored):
+                if not fut.done():
+                    fut.set_result(s)
+
+    async def _write(self, records: list[AuditRecord]) -> list[StoredRecord]:
+        out: list[StoredRecord] = []
+        pending = list(records)
+        deadline = time.monotonic() + self.append_deadline
+        attempt = 0
+        last_error = ""
+        while pending:
+            if time.monotonic() > deadline:
+                raise AuditUnavailable(f"audit trail: {len(pending)} record(s) not acknowledged within {self.append_deadline:.0f}s ({last_error})")
+            if attempt:
+                await asyncio.sleep(min(0.5, 0.01 * 2 ** min(attempt, 6)) * (0.5 + random.random()))
+            attempt += 1
+            try:
+                if self._tail is None:
+                    self._tail = await self._load_tail()
+                seq, prev, tail_id = self._tail
+                if pending[0].record_id == tail_id:  # stored by an earlier attempt whose ack was lost
+                    out.append(await self._get(seq))
+                    pending.pop(0)
+                    continue
+                sealed = []
+                for r in pending:
+                    rec, data = seal(r, prev)
+                    sealed.append((rec, data))
+                    prev = rec.hash
+                results = await self._publish_pipelined(sealed, seq)
+            except (nats.errors.Error, asyncio.TimeoutError, OSError, _Rejected) as exc:
+                last_error = repr(exc)
+                self._tail = None
+                continue
+            done = 0
+            for (rec, _), res in zip(sealed, results):
+                if isinstance(res, dict) and not res.get("duplicate"):
+                    s = StoredRecord(seq=int(res["seq"]), subject=self._subject(rec), record=rec)
+                    out.append(s)
+                    self._tail = (s.seq, rec.hash, rec.record_id)
+                    self.appended += 1
+                    done += 1
+                    continue
+                if isinstance(res, dict):  # duplicate: stored before, under another prev_hash
+                    out.append(await self._get(int(res["seq"])))
+                    done += 1
+                elif isinstance(res, _Rejected) and res.err_code in (WRONG_LAST_SEQUENCE, WRONG_LAST_MSG_ID):
+                    self.conflicts += 1
+                    last_error = str(res)
+                else:
+                    last_error = repr(res)
+                self._tail = None  # relink the rest to whatever the stream's tail now is
+                break
+            pending = pending[done:]
+        return out
+
+    def _subject(self, record: AuditRecord) -> str:
+        return f"{self.prefix}.{record.source}.{record.subject_decision}"
+
+    async def _ensure_ack_sub(self) -> None:
+        if self._ack_sub is None:
+            self._ack_prefix = self.nc.new_inbox()
+            self._ack_sub = await self.nc.subscribe(self._ack_prefix + ".*", cb=self._on_ack)
+
+    async def _on_ack(self, msg: Msg) -> None:
+        fut = self._acks.pop(msg.subject.rsplit(".", 1)[-1], None)
+        if fut is None or fut.done():
+            return
+        status = _status(msg)
+        if status:
+            fut.set_result(_Rejected(int(status), 0, f"no JetStream stream answered ({status})"))
+            return
+        try:
+            resp = json.loads(msg.data)
+        except ValueError:
+            fut.set_result(_Rejected(0, 0, f"unreadable ack {msg.data[:80]!r}"))
+            return
+        if "error" in resp:
+            err = resp["error"]
+            fut.set_result(_Rejected(int(err.get("code", 0)), int(err.get("err_code", 0)), str(err.get("description", ""))))
+        else:
+            fut.set_result(resp)
+
+    async def _publish_pipelined(self, sealed: list[tuple[AuditRecord, bytes]], last_seq: int) -> list[object]:
+        """Publish in order with expected sequences last_seq+1...; one result (ack dict or error) each."""
+        await self._ensure_ack_sub()
+        loop = asyncio.get_running_loop()
+        futures = []
+        for i, (rec, data) in enumerate(sealed):
+            self._counter += 1
+            token = str(self._counter)
+            fut = loop.create_future()
+            self._acks[token] = fut
+            futures.append((token, fut))
+            headers = {
+                "Nats-Expected-Stream": self.stream,
+                "Nats-Expected-Last-Sequence": str(last_seq + i),
+                "Nats-Msg-Id": rec.record_id,
+            }
+            if i:
+                # position alone is not enough inside a pipeline: if our record i-1 was refused and
+                # another writer's record took its place, record i must be refused too
+                headers["Nats-Expected-Last-Msg-Id"] = sealed[i - 1][0].record_id
+            await self.nc.publish(self._subject(rec), data, reply=f"{self._ack_prefix}.{token}", headers=headers)
+        results: list[object] = []
+        for token, fut in futures:
+            try:
+                results.append(await asyncio.wait_for(fut, self.timeout))
+            except asyncio.TimeoutError:
+                results.append(nats.errors.TimeoutError())
+            finally:
+                self._acks.pop(token, None)
+        return results
+
+    async def _load_tail(self) -> tuple[int, str, str]:
+        resp = await self._api(f"$JS.API.STREAM.MSG.GET.{self.stream}", {"last_by_subj": f"{self.prefix}.>"})
+        if "error" in resp:
+            err = resp["error"]
+            if err.get("err_code") == NO_MESSAGE_FOUND:
+                info = await self.nc.jetstream(timeout=self.timeout).stream_info(self.stream)
+                if info.state.messages:  # someone appended between the two calls: read again
+                    raise _Rejected(409, WRONG_LAST_SEQUENCE, "stream changed while reading its tail")
+                return info.state.last_seq, GENESIS_HASH, ""
+            raise _Rejected(int(err.get("code", 0)), int(err.get("err_code", 0)), str(err.get("description", "")))
+        m = resp["message"]
+        data = base64.b64decode(m.get("data", ""))
+        h, record, _ = check_stored(data, None)
+        # a corrupt tail still gets a successor linked to the hash it states; verify reports it
+        return int(m["seq"]), h or hashlib.sha256(data).hexdigest(), record.record_id if record else ""
+
+    async def _api(self, subject: str, body: dict) -> dict:
+        msg = await self.nc.request(subject, json.dumps(body).encode(), timeout=self.timeout)
+        if _status(msg) == "503":
+            raise AuditUnavailable(f"audit trail: JetStream not available ({subject})")
+        return json.loads(msg.data)
+
+    async def _get(self, seq: int) -> StoredRecord:
+        resp = await self._api(f"$JS.API.STREAM.MSG.GET.{self.stream}", {"seq": seq})
+        if "error" in resp:
+            raise AuditError(f"audit record {seq}: {resp['error'].get('description')}")
+        m = resp["message"]
+        _, record, reason = check_stored(base64.b64decode(m.get("data", "")), None)
+        if record is None:
+            raise AuditError(f"audit record {seq}: {reason}")
+        return StoredRecord(seq=int(m["seq"]), subject=m["subject"], record=record)
+
+    # -- read ------------------------------------------------------------------------------
+
+    async def _scan(self, start_seq: int, subject: str, start_time: float | None = None):
+        """Yield (seq, subject, data) in stream order from start_seq, batch by batch."""
+        seq = max(1, start_seq)
+        first = True
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox)
+        try:
+            while True:
+                body: dict = {"batch": READ_BATCH, "next_by_subj": subject}
+                if first and start_time is not None:
+                    body["start_time"] = datetime.fromtimestamp(start_time, timezone.utc).isoformat().replace("+00:00", "Z")
+                else:
+                    body["seq"] = seq
+                first = False
+                await self.nc.publish(f"$JS.API.DIRECT.GET.{self.stream}", json.dumps(body).encode(), reply=inbox)
+                got = 0
+                while True:
+                    msg = await sub.next_msg(timeout=self.timeout)
+                    status = _status(msg)
+                    if status == "204":  # end of batch
+                        break
+                    if status == "404":  # nothing (more) at or after seq
+                        return
+                    if status:
+                        raise AuditUnavailable(f"audit trail: direct get answered {status} {(msg.headers or {}).get('Description', '')}".strip())
+                    got += 1
+                    s = int(msg.headers["Nats-Sequence"])
+                    seq = s + 1
+                    yield s, msg.headers.get("Nats-Subject", ""), msg.data
+                if got == 0:
+                    return
+        finally:
+            await sub.unsubscribe()
+
+    async def list(self, filters: AuditFilters | None = None, limit: int = 100, after_seq: int = 0) -> AuditPage:
+        """Records in chain order (oldest first) after `after_seq` that match `filters`."""
+        filters = filters or AuditFilters()
+        for name, value, allowed in (("source", filters.source, SOURCES), ("decision", filters.decision, DECISIONS)):
+            if value is not None and value not in allowed:
+                raise AuditQueryError(f"{name}: {value!r} unknown (expected one of {', '.join(allowed)})")
+        out: list[StoredRecord] = []
+        scanned = 0
+        last = after_seq
+        start_time = filters.since if after_seq == 0 else None
+        try:
+            async for seq, subject, data in self._scan(after_seq + 1, filters.subject(self.prefix), start_time):
+                last = seq
+                scanned += 1
+                try:
+                    record = msgspec.json.decode(data, type=AuditRecord)
+                except msgspec.DecodeError:
+                    continue  # unreadable records are verify's business, not a listing's
+                if filters.until is not None and record_time(record) > filters.until:
+                    return AuditPage(records=out, next_after_seq=None)
+                if filters.matches(record):
+                    out.append(StoredRecord(seq=seq, subject=subject, record=record))
+                    if len(out) >= limit:
+                        return AuditPage(records=out, next_after_seq=seq)
+                if scanned >= MAX_SCAN:
+                    return AuditPage(records=out, next_after_seq=last)
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            raise AuditUnavailable(f"audit trail: read failed ({exc!r})") from None
+        return AuditPage(records=out, next_after_seq=None)
+
+    async def verify(self) -> VerifyReport:
+        """Walk the whole stream: every record's hash, its link to the previous one, its hash."""
+        js = self.nc.jetstream(timeout=self.timeout)
+        try:
+            state = (await js.stream_info(self.stream)).state
+            report = VerifyReport(ok=True, checked=0, first_seq=state.first_seq, last_seq=state.last_seq, last_hash=GENESIS_HASH)
+            prev: str | None = GENESIS_HASH if state.first_seq <= 1 else None
+            expected_seq = max(1, state.first_seq)
+            if state.messages == 0:
+                return report
+            # a follower answering direct gets may trail the leader by a moment: read up to its last_seq
+            for _ in range(50):
+                async for seq, subject, data in self._scan(expected_seq, f"{self.prefix}.>"):
+                    if seq > state.last_seq:
+                        break
+                    h, record, reason = check_stored(data, prev)
+                    if not reason and record is not None and subject != self._subject(record):
+                        reason = f"subject: {subject} does not match the record (want: {self._subject(record)})"
+                    if not reason and seq != expected_seq:
+                        reason = f"sequence: records {expected_seq}..{seq - 1} are missing"
+                    report.checked += 1
+                    if reason:
+                        report.bad += 1
+                        if report.first_bad_seq is None:
+                            report.ok, report.first_bad_seq, report.reason = False, seq, reason
+                    prev = h
+                    expected_seq = seq + 1
+                if expected_seq > state.last_seq:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AuditUnavailable(f"audit trail: could not read up to sequence {state.last_seq} (stopped at {expected_seq - 1})")
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            raise AuditUnavailable(f"audit trail: verify failed ({exc!r})") from None
+        report.last_hash = prev or ""
+        return report
+
+

@@ -1,0 +1,95 @@
+"""Route guards: `guards=[requires("evaluate")]` on a controller or handler.
+
+Every route is protected unless it opts out: the app-level `default_guard` lets a request through
+only when the route declares its own `requires(...)` guard (which then decides) or is marked
+`opt={"public": True}` (`/health`, `/metrics`, the OpenAPI schema). A route someone forgets to
+annotate therefore needs `admin`, never nothing.
+
+Missing or unknown token -> 401 with `WWW-Authenticate: Bearer`; a valid token without the scope
+-> 403 naming the scope needed and the scopes the token has.
+"""
+
+from __future__ import annotations
+
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.handlers.base import BaseRouteHandler
+
+from controlplane.auth.tokens import SCOPES, Token, TokenSet
+
+PRINCIPAL_KEY = "groqpolicy.principal"
+REALM = 'Bearer realm="groqpolicy"'
+
+Principal = Token
+
+
+def _tokens(connection: ASGIConnection) -> TokenSet:
+    services = connection.app.state.get("services")
+    tokens = getattr(services, "tokens", None)
+    if tokens is None:  # fail closed: no token set means nobody is authenticated
+        raise NotAuthorizedException("authentication is not configured on this control plane", headers={"WWW-Authenticate": REALM})
+    return tokens
+
+
+def authenticate(connection: ASGIConnection) -> Token:
+    """The caller's token, or 401."""
+    cached = connection.scope.get(PRINCIPAL_KEY)  # type: ignore[misc]
+    if cached is not None:
+        return cached
+    header = connection.headers.get("authorization", "")
+    scheme, _, presented = header.partition(" ")
+    if not header:
+        raise NotAuthorizedException("missing bearer token (send Authorization: Bearer <token>)", headers={"WWW-Authenticate": REALM})
+    if scheme.lower() != "bearer" or not presented.strip():
+        raise NotAuthorizedException("Authorization: expected 'Bearer <token>'", headers={"WWW-Authenticate": REALM})
+    token = _tokens(connection).lookup(presented.strip())
+    if token is None:
+        raise NotAuthorizedException(
+            "invalid bearer token", headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'}
+        )
+    connection.scope[PRINCIPAL_KEY] = token  # type: ignore[literal-required]
+    return token
+
+
+def principal_of(connection: ASGIConnection) -> Token | None:
+    """The authenticated caller of this request (set by the guard), if any."""
+    return connection.scope.get(PRINCIPAL_KEY)  # type: ignore[misc]
+
+
+class requires:  # noqa: N801 - reads as a declaration: guards=[requires("admin")]
+    """A guard admitting tokens that hold any one of `scopes`."""
+
+    def __init__(self, scope: str, *alternatives: str) -> None:
+        self.scopes = (scope, *alternatives)
+        unknown = [s for s in self.scopes if s not in SCOPES]
+        if unknown:
+            raise ValueError(f"requires: unknown scope(s) {unknown} (expected {', '.join(SCOPES)})")
+
+    def __call__(self, connection: ASGIConnection, _: BaseRouteHandler) -> None:
+        token = authenticate(connection)
+        if token.scopes.isdisjoint(self.scopes):
+            needed = " or ".join(repr(s) for s in self.scopes)
+            raise PermissionDeniedException(
+                f"scope {needed} required; token {token.name!r} has {', '.join(sorted(token.scopes))}",
+                extra={"required_scopes": list(self.scopes), "token_scopes": sorted(token.scopes)},
+            )
+
+    def __repr__(self) -> str:
+        return f"requires({', '.join(map(repr, self.scopes))})"
+
+
+_ADMIN = requires("admin")
+
+
+def declares_scope(handler: BaseRouteHandler) -> bool:
+    """Whether the handler or a layer above it (controller, router) has a `requires` guard."""
+    return any(isinstance(g, requires) for layer in handler.ownership_layers for g in (getattr(layer, "guards", None) or []))
+
+
+def default_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+    """App-level: routes without their own `requires` guard need `admin`, unless public."""
+    if handler.opt.get("public") or connection.scope["path"].startswith("/schema"):
+        return
+    if declares_scope(handler):
+        return
+    _ADMIN(connection, handler)

@@ -1,0 +1,12 @@
+"""Prometheus metrics: recording functions for the pipeline (`recorders`), HTTP timing
+middleware and the `/metrics` endpoint (`http`), gauges read from the services at scrape time."""
+
+from controlplane.metrics.recorders import (
+    REGISTRY,
+    record_audit_append,
+    record_decision,
+    record_escalation,
+    record_inference,
+)
+
+__all__ = ["REGISTRY", "record_audit_append", "record_decision", "record_escalation", "record_inference"]

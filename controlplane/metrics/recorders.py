@@ -1,0 +1,88 @@
+"""The process's counters and histograms, and the functions the pipeline calls to record.
+
+One registry per process (not prometheus_client's global one, so importing this never collides
+with a host application's metrics). Each recording call costs a few microseconds.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+# From 50 µs (in-process WASM on a cached path) to 10 s (a reasoning-tier model call).
+LATENCY_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+
+HTTP_LATENCY = Histogram(
+    "groqpolicy_http_request_duration_seconds", "HTTP request latency by route template, method and status",
+    ["route", "method", "status"], buckets=LATENCY_BUCKETS, registry=REGISTRY,
+)
+DECISIONS = Counter(
+    "groqpolicy_decisions_total", "Policy decisions by outcome, performance tier and source",
+    ["outcome", "tier", "source"], registry=REGISTRY,
+)
+DECISION_LATENCY = Histogram(
+    "groqpolicy_decision_duration_seconds", "End-to-end evaluation latency by performance tier",
+    ["tier"], buckets=LATENCY_BUCKETS, registry=REGISTRY,
+)
+TIER_TARGET = Counter(
+    "groqpolicy_tier_target_total", "Evaluations that met (achieved=true) or missed their tier's latency target",
+    ["tier", "achieved"], registry=REGISTRY,
+)
+INFERENCES = Counter(
+    "groqpolicy_inference_requests_total", "Model inferences by tier, model and whether the cache answered",
+    ["tier", "model", "cached"], registry=REGISTRY,
+)
+TOKENS = Counter(
+    "groqpolicy_model_tokens_total", "Model tokens by tier, model and direction (in = prompt, out = completion)",
+    ["tier", "model", "direction"], registry=REGISTRY,
+)
+COST = Counter(
+    "groqpolicy_model_cost_usd_total", "Model cost in US dollars by tier and model (cached answers cost 0)",
+    ["tier", "model"], registry=REGISTRY,
+)
+ESCALATIONS = Counter(
+    "groqpolicy_escalations_total", "Constitutional escalation events published, by decision and stage",
+    ["decision", "stage"], registry=REGISTRY,
+)
+AUDIT_APPENDS = Counter(
+    "groqpolicy_audit_records_total", "Audit records appended by this process, by source",
+    ["source"], registry=REGISTRY,
+)
+AUDIT_FAILURES = Counter(
+    "groqpolicy_audit_append_failures_total", "Audit appends JetStream did not acknowledge (the request failed)",
+    registry=REGISTRY,
+)
+
+
+def record_decision(outcome: str, tier: str, latency_s: float, *, source: str = "api", target_achieved: bool | None = None) -> None:
+    """One evaluation's outcome (allow | deny | review) and end-to-end latency in seconds."""
+    DECISIONS.labels(outcome, tier, source).inc()
+    DECISION_LATENCY.labels(tier).observe(latency_s)
+    if target_achieved is not None:
+        TIER_TARGET.labels(tier, "true" if target_achieved else "false").inc()
+
+
+def record_inference(tier: str, model: str, tokens_in: int, tokens_out: int, cost: float, cached: bool) -> None:
+    """One model consultation; the cache hit rate is inference_requests_total{cached="true"} / all."""
+    INFERENCES.labels(tier, model, "true" if cached else "false").inc()
+    if tokens_in:
+        TOKENS.labels(tier, model, "in").inc(tokens_in)
+    if tokens_out:
+        TOKENS.labels(tier, model, "out").inc(tokens_out)
+    if cost:
+        COST.labels(tier, model).inc(cost)
+
+
+def record_escalation(decision: str, stage: str) -> None:
+    ESCALATIONS.labels(decision, stage).inc()
+
+
+def record_audit_append(source: str, count: int = 1, failed: bool = False) -> None:
+    if failed:
+        AUDIT_FAILURES.inc(count)
+    else:
+        AUDIT_APPENDS.labels(source).inc(count)

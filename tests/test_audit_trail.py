@@ -1,0 +1,262 @@
+"""The audit trail against a real nats-server: chain, filters, replicas racing, tampering, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import msgspec
+import nats
+import pytest
+from nats.js.errors import APIError
+
+from controlplane.audit import AuditFilters, AuditRecord, AuditTrail, AuditUnavailable
+from controlplane.audit.ingest import decision_log_record, evaluation_record
+from controlplane.audit.records import GENESIS_HASH, chain_hash, check_stored, seal
+from controlplane.audit.trail import AuditQueryError
+from controlplane.constitution import CONSTITUTIONAL_HASH
+from controlplane.processes import start_nats
+
+
+@pytest.fixture
+async def trail(nats_server):
+    nc = await nats.connect(nats_server.extra["url"])
+    t = AuditTrail(nc)
+    await t.ensure_stream()
+    yield t
+    await t.close()
+    await nc.close()
+
+
+def rec(decision="allow", source="api", **kw) -> AuditRecord:
+    return AuditRecord(source=source, decision=decision, **kw)
+
+
+async def test_appends_form_a_chain_that_verifies(trail):
+    stored = [await trail.append(rec(evaluation_id=f"e{i}")) for i in range(3)]
+    assert [s.seq for s in stored] == [1, 2, 3]
+    assert stored[0].record.prev_hash == GENESIS_HASH
+    assert stored[1].record.prev_hash == stored[0].record.hash
+    assert stored[2].record.prev_hash == stored[1].record.hash
+    for s in stored:
+        assert s.record.constitutional_hash == CONSTITUTIONAL_HASH
+        assert s.record.hash == chain_hash(msgspec.to_builtins(s.record))
+        assert s.subject == "audit.api.allow"
+    page = await trail.list()
+    assert [r.record for r in page.records] == [s.record for s in stored]
+    assert page.next_after_seq is None
+    report = await trail.verify()
+    assert (report.ok, report.checked, report.first_bad_seq, report.reason) == (True, 3, None, "")
+    assert report.last_seq == 3 and report.last_hash == stored[-1].record.hash
+
+
+async def test_empty_stream_verifies(trail):
+    report = await trail.verify()
+    assert (report.ok, report.checked, report.last_hash) == (True, 0, GENESIS_HASH)
+    assert (await trail.list()).records == []
+
+
+async def test_concurrent_appends_are_group_committed_in_order(trail):
+    records = [rec(evaluation_id=f"e{i}") for i in range(300)]
+    stored = await asyncio.gather(*(trail.append(r) for r in records))
+    assert sorted(s.seq for s in stored) == list(range(1, 301))
+    assert [s.record.record_id for s in stored] == [r.record_id for r in records]
+    assert (await trail.verify()).checked == 300
+
+
+async def test_two_replicas_racing_never_fork_the_chain(nats_server):
+    """Two control planes (two connections, two trails) appending at once: one chain, no fork."""
+    url = nats_server.extra["url"]
+    ncs = [await nats.connect(url) for _ in range(2)]
+    trails = [AuditTrail(nc) for nc in ncs]
+    await trails[0].ensure_stream()
+    try:
+        async def writer(t: AuditTrail, name: str) -> list:
+            out = []
+            for i in range(20):
+                out += await asyncio.gather(*(t.append(rec(evaluation_id=f"{name}-{i}-{j}")) for j in range(5)))
+            return out
+
+        primed = [await trails[0].append(rec(evaluation_id="a-0")), await trails[1].append(rec(evaluation_id="b-0"))]
+        # trail 0's cached tail is stale now: its next append must lose and relink
+        a, b = await asyncio.gather(writer(trails[0], "a"), writer(trails[1], "b"))
+        seqs = sorted(s.seq for s in primed + a + b)
+        assert seqs == list(range(1, 203))  # every acknowledged record is in the stream, once
+        assert trails[0].conflicts >= 1
+        report = await trails[0].verify()
+        assert (report.ok, report.checked) == (True, 202), report
+        hashes = [s.record.prev_hash for s in (await trails[1].list(limit=1000)).records]
+        assert len(set(hashes)) == 202  # no two records link to the same predecessor
+    finally:
+        for nc in ncs:
+            await nc.close()
+
+
+async def test_a_retried_record_is_stored_once(nats_server):
+    """A retry after a lost ack (same record id) returns the stored record instead of a second copy."""
+    url = nats_server.extra["url"]
+    nc1, nc2 = await nats.connect(url), await nats.connect(url)
+    t1, t2 = AuditTrail(nc1), AuditTrail(nc2)
+    await t1.ensure_stream()
+    try:
+        r = rec(evaluation_id="once")
+        first = await t1.append(r)
+        await t2.append(rec(evaluation_id="other"))  # the tail moves on
+        again = await t1.append(r)  # t1's cached tail is stale, and r is not the tail any more
+        assert again.seq == first.seq and again.record.hash == first.record.hash
+        assert (await t2.verify()).checked == 2
+    finally:
+        await nc1.close()
+        await nc2.close()
+
+
+async def test_verify_reports_a_record_published_with_a_wrong_prev_hash(trail):
+    for i in range(3):
+        await trail.append(rec(evaluation_id=f"e{i}"))
+    forged, data = seal(rec(decision="allow", evaluation_id="forged"), "ab" * 32)
+    await trail.nc.jetstream().publish("audit.api.allow", data)  # straight to the stream, no expected sequence
+    after = await trail.append(rec(evaluation_id="after"))
+    assert after.record.prev_hash == forged.hash  # the trail keeps linking from the real tail
+    report = await trail.verify()
+    assert report.ok is False
+    assert report.first_bad_seq == 4 and report.bad == 1 and report.checked == 5
+    assert report.reason == f"prev_hash: does not link to the previous record (want: {(await trail.list()).records[2].record.hash}, got: {'ab' * 32})"
+
+
+async def test_verify_reports_an_edited_record(trail):
+    first = await trail.append(rec(evaluation_id="e0"))
+    fields = msgspec.to_builtins(first.record)
+    fields["decision"] = "deny"  # edit the decision, keep the old hash and link
+    fields["prev_hash"] = first.record.hash
+    stated = fields["hash"]
+    await trail.nc.jetstream().publish("audit.api.deny", msgspec.json.encode(fields))
+    report = await trail.verify()
+    assert (report.ok, report.first_bad_seq) == (False, 2)
+    assert report.reason == f"hash: mismatch (stated: {stated}, computed: {chain_hash(fields)})"
+
+
+async def test_verify_reports_a_record_filed_under_another_subject(trail):
+    _, data = seal(rec(decision="deny", evaluation_id="x"), GENESIS_HASH)
+    await trail.nc.jetstream().publish("audit.api.allow", data)
+    report = await trail.verify()
+    assert report.first_bad_seq == 1
+    assert report.reason == "subject: audit.api.allow does not match the record (want: audit.api.deny)"
+
+
+async def test_verify_reports_garbage(trail):
+    await trail.append(rec())
+    await trail.nc.jetstream().publish("audit.api.allow", b"not json")
+    report = await trail.verify()
+    assert report.first_bad_seq == 2 and report.reason.startswith("payload: invalid JSON")
+
+
+async def test_stream_refuses_deletes_and_purges(trail):
+    await trail.append(rec())
+    js = trail.nc.jetstream()
+    with pytest.raises(APIError):
+        await js.delete_msg(trail.stream, 1)
+    with pytest.raises(APIError):
+        await js.purge_stream(trail.stream)
+    assert (await trail.verify()).checked == 1
+
+
+async def test_filters_and_pagination(trail):
+    t0 = time.time()
+    await trail.append(rec("allow", "api", policy_ids=["p1"], evaluation_id="a"))
+    await trail.append(rec("deny", "batch", policy_ids=["p1", "p2"], batch_id="b1"))
+    await trail.append(rec("review", "nats", policy_ids=["p2"]))
+    await asyncio.sleep(0.05)
+    t_mid = time.time()
+    await trail.append(rec("deny", "api", policy_ids=["p3"]))
+    await trail.append(rec("allow", "opa-agent", decision_id="d1", path="groqpolicy/main"))
+
+    async def seqs(**kw) -> list[int]:
+        limit = kw.pop("limit", 100)
+        after = kw.pop("after_seq", 0)
+        return [r.seq for r in (await trail.list(AuditFilters(**kw), limit=limit, after_seq=after)).records]
+
+    assert await seqs() == [1, 2, 3, 4, 5]
+    assert await seqs(decision="deny") == [2, 4]
+    assert await seqs(source="api") == [1, 4]
+    assert await seqs(source="api", decision="deny") == [4]
+    assert await seqs(policy_id="p1") == [1, 2]
+    assert await seqs(policy_id="p2", decision="review") == [3]
+    assert await seqs(evaluation_id="a") == [1]
+    assert await seqs(decision_id="d1") == [5]
+    assert await seqs(since=t_mid) == [4, 5]
+    assert await seqs(until=t_mid) == [1, 2, 3]
+    assert await seqs(since=t0 - 10, until=t_mid) == [1, 2, 3]
+    page = await trail.list(AuditFilters(), limit=2)
+    assert [r.seq for r in page.records] == [1, 2] and page.next_after_seq == 2
+    page = await trail.list(AuditFilters(), limit=2, after_seq=page.next_after_seq)
+    assert [r.seq for r in page.records] == [3, 4] and page.next_after_seq == 4
+    page = await trail.list(AuditFilters(), limit=2, after_seq=4)
+    assert [r.seq for r in page.records] == [5] and page.next_after_seq is None
+    with pytest.raises(AuditQueryError, match=r"^source: 'web' unknown \(expected one of api, batch, nats, opa-agent\)$"):
+        await trail.list(AuditFilters(source="web"))
+    with pytest.raises(AuditQueryError, match=r"^decision: 'maybe' unknown"):
+        await trail.list(AuditFilters(decision="maybe"))
+
+
+async def test_append_fails_closed_when_jetstream_is_gone(tmp_path):
+    server = start_nats(tmp_path / "nats")
+    nc = await nats.connect(server.extra["url"], max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+    trail = AuditTrail(nc, timeout=0.5, append_deadline=2.0)
+    try:
+        await trail.ensure_stream()
+        await trail.append(rec())
+        server.kill()
+        started = time.monotonic()
+        with pytest.raises(AuditUnavailable, match=r"^audit trail: 1 record\(s\) not acknowledged within 2s"):
+            await trail.append(rec())
+        assert time.monotonic() - started < 5
+    finally:
+        server.stop()
+        try:
+            await nc.close()
+        except ConnectionError:  # nats-py closing mid-reconnect
+            pass
+
+
+async def test_unknown_source_is_refused(trail):
+    with pytest.raises(Exception, match="source 'web' unknown"):
+        await trail.append(AuditRecord(source="web", decision="allow"))  # type: ignore[arg-type]
+
+
+def test_check_stored_names_what_is_wrong():
+    r, data = seal(rec(), GENESIS_HASH)
+    assert check_stored(data, GENESIS_HASH) == (r.hash, r, "")
+    fields = json.loads(data)
+    fields["constitutional_hash"] = "0000000000000000"
+    fields["hash"] = chain_hash(fields)
+    _, _, reason = check_stored(json.dumps(fields).encode(), GENESIS_HASH)
+    assert reason == f"constitutional_hash: want {CONSTITUTIONAL_HASH}, got 0000000000000000"
+    assert check_stored(b"[1]", None)[2] == "payload: expected a JSON object, got list"
+
+
+def test_decision_log_events_map_to_records():
+    event = {
+        "decision_id": "d-1", "path": "groqpolicy/policies/security_policies/decision",
+        "input": {"user": "alice"}, "labels": {"id": "uuid-1", "agent": "agent-1"},
+        "bundles": {"groqpolicy": {"revision": "r7"}}, "timestamp": "2026-11-27T12:00:00.5Z",
+        "result": {"decision": "review", "confidence": 0.4, "reasons": ["needs a human"], "rule_id": "p-9"},
+    }
+    r = decision_log_record(event)
+    assert (r.source, r.decision, r.decision_id, r.agent_id) == ("opa-agent", "review", "d-1", "agent-1")
+    assert r.bundle_revisions == {"groqpolicy": "r7"} and r.policy_ids == ["p-9"]
+    assert (r.confidence_score, r.reasons) == (0.4, ["needs a human"])
+    assert len(r.input_sha256) == 64 and r.details == {"timestamp": "2026-11-27T12:00:00.5Z"}
+    assert decision_log_record({"decision_id": "d", "result": True}).decision == "allow"
+    assert decision_log_record({"decision_id": "d", "result": False}).decision == "deny"
+    assert decision_log_record({"decision_id": "d"}).decision == "undefined"
+    assert decision_log_record({"decision_id": "d", "result": [1]}).decision == "other"
+    assert decision_log_record({"decision_id": "d", "result": {"decision": "maybe"}}).decision == "other"
+
+
+def test_evaluation_record_digests_the_input():
+    r = evaluation_record(source="batch", decision="deny", evaluation_id="e", policy_ids=["p"], input_context={"b": 1, "a": 2},
+                          batch_id="b", violations=["v"])
+    assert r.input_sha256 == evaluation_record(source="api", decision="allow", evaluation_id="x", policy_ids=[],
+                                               input_context={"a": 2, "b": 1}).input_sha256
+    assert (r.source, r.batch_id, r.violations) == ("batch", "b", ["v"])
