@@ -76,7 +76,11 @@ class EvaluateService:
             data, headers = _error(exc.status_code, type(exc).__name__, str(exc))
             await request.respond(data, headers=headers)
         except Exception as exc:  # noqa: BLE001 - a bad request never kills the service
-            data, headers = _error(500, "InternalError", f"evaluation failed: {exc}")
+            # the WASM evaluator's classes by name, as bridge.worker.evaluate maps them
+            names = {c.__name__ for c in type(exc).__mro__}
+            status = (404 if "UnknownEntrypointError" in names else 504 if "DeadlineExceeded" in names
+                      else 503 if "PoolClosed" in names else 500)
+            data, headers = _error(status, type(exc).__name__, f"evaluation failed: {exc}")
             await request.respond(data, headers=headers)
 
     async def _answer(self, data: bytes) -> bytes:

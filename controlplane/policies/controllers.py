@@ -17,6 +17,7 @@ from controlplane.policies.schemas import (
     PolicyRecord,
     PolicyType,
     PolicyUpdate,
+    error_responses,
 )
 from controlplane.services import ServicesDep
 
@@ -33,34 +34,39 @@ class PolicyController(Controller):
     tags = ["policies"]
     request_max_body_size = MAX_POLICY_BODY
 
-    @post("", summary="Store a policy (compiled and checked first; 422 with the compiler's messages)", status_code=201)
+    @post("", summary="Store a policy (compiled and checked first; 422 with the compiler's messages)", status_code=201,
+          responses=error_responses(400, 401, 403, 409, 413, 422, 429, 503))
     async def create(self, services: ServicesDep, data: JSONBody[PolicyCreate]) -> PolicyCreated:
         return await services.runtime.policies.create(data)
 
-    @get("", summary="List policies")
+    @get("", summary="List policies", responses=error_responses(400, 401, 403, 429, 503))
     async def list_policies(self, services: ServicesDep, policy_type: FromQuery[PolicyType | None] = None,
                             performance_tier: FromQuery[PerformanceTier | None] = None,
                             is_active: FromQuery[bool | None] = None) -> list[PolicyRecord]:
         return services.runtime.policies.list(policy_type, performance_tier, is_active)
 
-    @get("/{rule_id:uuid}", summary="One policy (latest version)")
+    @get("/{rule_id:uuid}", summary="One policy (latest version)", responses=error_responses(400, 401, 403, 404, 429, 503))
     async def get_policy(self, services: ServicesDep, rule_id: FromPath[uuid.UUID]) -> PolicyRecord:
         return await services.runtime.policies.get(rule_id)
 
-    @get("/{rule_id:uuid}/versions", summary="Stored versions of one policy (KV history, oldest first)")
+    @get("/{rule_id:uuid}/versions", summary="Stored versions of one policy (KV history, oldest first)",
+         responses=error_responses(400, 401, 403, 404, 429, 503))
     async def versions(self, services: ServicesDep, rule_id: FromPath[uuid.UUID]) -> list[PolicyRecord]:
         await services.runtime.policies.get(rule_id)
         return await services.runtime.store.history(rule_id)
 
-    @put("/{rule_id:uuid}", summary="Change a policy (fields left out keep their value)")
+    @put("/{rule_id:uuid}", summary="Change a policy (fields left out keep their value)",
+         responses=error_responses(400, 401, 403, 404, 409, 413, 422, 429, 503))
     async def update(self, services: ServicesDep, rule_id: FromPath[uuid.UUID], data: JSONBody[PolicyUpdate]) -> PolicyRecord:
         return await services.runtime.policies.update(rule_id, data)
 
-    @delete("/{rule_id:uuid}", summary="Delete a policy (its history stays in the KV bucket)", status_code=200)
+    @delete("/{rule_id:uuid}", summary="Delete a policy (its history stays in the KV bucket)", status_code=200,
+            responses=error_responses(400, 401, 403, 404, 409, 422, 429, 503))
     async def remove(self, services: ServicesDep, rule_id: FromPath[uuid.UUID]) -> PolicyRecord:
         return await services.runtime.policies.delete(rule_id)
 
-    @post("/{rule_id:uuid}/compile", summary="Compile one policy to WASM and measure it", status_code=200)
+    @post("/{rule_id:uuid}/compile", summary="Compile one policy to WASM and measure it", status_code=200,
+          responses=error_responses(400, 401, 403, 404, 413, 422, 429, 503))
     async def compile(self, services: ServicesDep, rule_id: FromPath[uuid.UUID],
                       data: Annotated[CompileOptions | None, Body()] = None) -> CompileReport:
         options = data or CompileOptions()

@@ -1,0 +1,258 @@
+"""`/api/v1/evaluate` latency at a fixed offered load, next to (a) a trivial Litestar handler served
+the same way (the framework floor) and (b) the OPA agent's REST API on the same policy; plus batch
+throughput. Every server is its own process: nats-server, emulator, inference worker, gateway, the
+control plane (`python -m controlplane.cli serve`), the trivial app, and `opa run --server`.
+
+Offered load: requests are sent on a fixed schedule (`RATE` per second, one keep-alive connection);
+a request that is late because the previous one was slow is measured from its scheduled time, so a
+stall shows up in the p99 instead of silently lowering the load (no coordinated omission).
+`GROQPOLICY_BENCH_SHORT=1` cuts the run to a few seconds. See benchmarks/README.md (issue 5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import msgspec
+import pytest
+
+from controlplane.constitution import CONSTITUTIONAL_HASH
+from controlplane.processes import free_port, start_nats, start_opa_agent, wait_for_port
+
+ROOT = Path(__file__).resolve().parent.parent
+SHORT = os.environ.get("GROQPOLICY_BENCH_SHORT") == "1"
+REQUESTS = 300 if SHORT else 3000
+RATE = 200.0  # offered load, requests per second
+WARMUP = 50 if SHORT else 300
+BATCH_ROUNDS = 5 if SHORT else 30
+TOKEN = "bench-admin-token-0000000000000"
+H = CONSTITUTIONAL_HASH
+
+
+def _spawn(argv: list[str], log: Path, env: dict) -> subprocess.Popen:
+    with open(log, "ab") as fh:
+        return subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
+
+
+class HTTPClient:
+    """Minimal keep-alive HTTP/1.1 client on asyncio streams: the client's cost stays out of the numbers."""
+
+    def __init__(self, port: int, headers: bytes = b"") -> None:
+        self.port, self.headers = port, headers
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def connect(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        assert self.reader and self.writer
+        self.writer.write(b"POST %s HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n%scontent-length: %d\r\n\r\n%s"
+                          % (path.encode(), self.headers, len(body), body))
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        return status, await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        if self.writer:
+            self.writer.close()
+
+
+def examples() -> dict:
+    out = subprocess.run([str(ROOT / ".tools" / "bin" / "opa") if (ROOT / ".tools" / "bin" / "opa").exists() else "opa",
+                          "eval", "-d", "rego", "--format", "raw",
+                          'json.marshal({t: data.groqpolicy.policies[p].examples | some p; endswith(p, "_test"); t := trim_suffix(p, "_test")})'],
+                         cwd=ROOT, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+@pytest.fixture(scope="module")
+def stack():
+    tmp = Path(tempfile.mkdtemp(prefix="bench-api-"))
+    ns = start_nats(tmp / "nats")
+    url = ns.extra["url"]
+    env = {k: v for k, v in os.environ.items() if k != "GROQ_API_KEY"}
+    env["PYTHONPATH"] = str(ROOT)
+    procs: list[subprocess.Popen] = []
+    agent = None
+    loop = asyncio.new_event_loop()
+    try:
+        emu_port, gw_port, cp_port, floor_port, agent_port = (free_port() for _ in range(5))
+        procs.append(_spawn([sys.executable, "-m", "bridge.emulator", "--port", str(emu_port)], tmp / "emu.log", env))
+        wait_for_port(emu_port, proc=procs[-1])
+        procs.append(_spawn([sys.executable, "-m", "bridge.worker"], tmp / "worker.log",
+                            dict(env, NATS_URL=url, GROQPOLICY_EMULATOR_URL=f"http://127.0.0.1:{emu_port}")))
+        procs.append(_spawn([sys.executable, "-m", "bridge.gateway", "--port", str(gw_port)], tmp / "gw.log", dict(env, NATS_URL=url)))
+        wait_for_port(gw_port, proc=procs[-1])
+        cp_env = dict(env, GROQPOLICY_NATS_URL=url, GROQPOLICY_TOKENS=f"bench={TOKEN}:admin+evaluate+agent",
+                      GROQPOLICY_RATE_LIMIT="off", GROQPOLICY_BRIDGE_URL=f"http://127.0.0.1:{gw_port}",
+                      GROQPOLICY_OPA_URL=f"http://127.0.0.1:{agent_port}")
+        procs.append(_spawn([sys.executable, "-m", "controlplane.cli", "serve", "--port", str(cp_port), "--state-dir",
+                             str(tmp / "state"), "--log-level", "warning"], tmp / "cp.log", cp_env))
+        wait_for_port(cp_port, timeout=90, proc=procs[-1])
+        procs.append(_spawn([sys.executable, "-m", "benchmarks.api.trivial_app", str(floor_port)], tmp / "floor.log", env))
+        wait_for_port(floor_port, proc=procs[-1])
+
+        admin = httpx.Client(base_url=f"http://127.0.0.1:{cp_port}", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+        ex = examples()
+        ids = {}
+        for ptype in ("risk_management", "ethical_constraints"):
+            r = admin.post("/api/v1/policies", json={
+                "name": ptype, "policy_type": ptype, "performance_tier": "nano" if ptype == "risk_management" else "fast",
+                "opa_policy": (ROOT / "rego" / "policies" / ptype / "policy.rego").read_text(), "constitutional_hash": H})
+            assert r.status_code == 201, r.text
+            ids[ptype] = r.json()
+        (tmp / "agent.yaml").write_text(admin.get("/api/v1/opa/config", params={"min_delay_s": 1, "max_delay_s": 2}).text)
+        agent = start_opa_agent(tmp / "agent.yaml", tmp / "opa", port=agent_port, extra_args=["--log-level", "error"])
+        probe = httpx.Client(base_url=agent.extra["url"], timeout=10)
+        deadline = time.monotonic() + 60
+        while probe.post(f"/v1/data/{ids['ethical_constraints']['entrypoint']}", json={"input": {}}).json().get("result") is None:
+            assert time.monotonic() < deadline, "the OPA agent did not activate the bundle"
+            time.sleep(0.2)
+        rules_ctx = {**ex["risk_management"]["allow"], "principal": "bench"}
+        model_ctx = {**ex["ethical_constraints"]["model_review"], "principal": "bench", "oversight": {"escalation": "bench"}}
+        yield {"loop": loop, "tmp": tmp, "cp_port": cp_port, "floor_port": floor_port, "agent_port": agent_port,
+               "ids": ids, "rules_ctx": rules_ctx, "model_ctx": model_ctx}
+    finally:
+        if agent is not None:
+            agent.stop()
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        ns.stop()
+        loop.close()
+
+
+async def _offered_load(port: int, path: str, body: bytes, headers: bytes = b"", check=None) -> list[float]:
+    client = HTTPClient(port, headers)
+    await client.connect()
+    try:
+        for _ in range(WARMUP):
+            status, data = await client.post(path, body)
+            assert status == 200, data[:300]
+        if check is not None:
+            check(msgspec.json.decode(data))
+        interval = 1.0 / RATE
+        start = time.perf_counter()
+        latencies = []
+        for i in range(REQUESTS):
+            scheduled = start + i * interval
+            now = time.perf_counter()
+            if now < scheduled:
+                await asyncio.sleep(scheduled - now)
+            status, data = await client.post(path, body)
+            latencies.append(time.perf_counter() - scheduled)
+            assert status == 200, data[:300]
+        return latencies
+    finally:
+        client.close()
+
+
+def _stats(latencies: list[float]) -> dict:
+    data = sorted(latencies)
+    return {"p50_us": round(data[len(data) // 2] * 1e6, 1), "p99_us": round(data[min(len(data) - 1, int(len(data) * 0.99))] * 1e6, 1),
+            "requests": len(data), "offered_rps": RATE}
+
+
+def _run(benchmark, stack, port: int, path: str, body: dict, headers: bytes = b"", check=None) -> dict:
+    raw = msgspec.json.encode(body)
+    result: dict = {}
+
+    def once():
+        result.update(_stats(stack["loop"].run_until_complete(_offered_load(port, path, raw, headers, check))))
+
+    benchmark.pedantic(once, rounds=1, iterations=1)
+    benchmark.extra_info.update(result)
+    (stack["tmp"] / f"{benchmark.name}.json").write_text(json.dumps(result))
+    print(f"\n{benchmark.name}: {result}")
+    return result
+
+
+AUTH = b"authorization: Bearer %s\r\n" % TOKEN.encode()
+
+
+def _evaluate_body(ctx: dict, ptype: str, tier: str) -> dict:
+    return {"input_context": ctx, "policy_types": [ptype], "performance_tier": tier, "constitutional_hash": H}
+
+
+def test_api_floor_trivial_litestar(benchmark, stack):
+    _run(benchmark, stack, stack["floor_port"], "/api/v1/evaluate", _evaluate_body(stack["rules_ctx"], "risk_management", "nano"))
+
+
+def test_api_evaluate_rules_nano(benchmark, stack):
+    def check(out):
+        assert out["decision"] == "allow" and out["applicable_policies"] == [stack["ids"]["risk_management"]["rule_id"]]
+
+    _run(benchmark, stack, stack["cp_port"], "/api/v1/evaluate", _evaluate_body(stack["rules_ctx"], "risk_management", "nano"), AUTH, check)
+
+
+def test_api_evaluate_model_cached_fast(benchmark, stack):
+    def check(out):
+        assert out["performance_metrics"]["model_calls"] == 1, out
+        assert out["policy_results"][0]["groq_inference_result"][0]["cached"] is True, out
+
+    _run(benchmark, stack, stack["cp_port"], "/api/v1/evaluate", _evaluate_body(stack["model_ctx"], "ethical_constraints", "fast"), AUTH, check)
+
+
+def test_api_opa_rest_rules(benchmark, stack):
+    def check(out):
+        assert out["result"]["decision"] == "allow"
+
+    _run(benchmark, stack, stack["agent_port"], f"/v1/data/{stack['ids']['risk_management']['entrypoint']}",
+         {"input": stack["rules_ctx"]}, b"", check)
+
+
+def test_api_opa_rest_model_cached(benchmark, stack):
+    def check(out):
+        assert out["result"]["decision"] in ("allow", "review", "deny")
+
+    _run(benchmark, stack, stack["agent_port"], f"/v1/data/{stack['ids']['ethical_constraints']['entrypoint']}",
+         {"input": stack["model_ctx"]}, b"", check)
+
+
+def test_api_batch_throughput(benchmark, stack):
+    body = msgspec.json.encode({"batch_contexts": [{**stack["rules_ctx"], "n": i} for i in range(100)],
+                                "policy_types": ["risk_management"], "performance_tier": "nano", "constitutional_hash": H})
+    result: dict = {}
+
+    async def rounds() -> None:
+        client = HTTPClient(stack["cp_port"], AUTH)
+        await client.connect()
+        try:
+            server_tp, client_tp = [], []
+            for i in range(BATCH_ROUNDS + 3):
+                t0 = time.perf_counter()
+                status, data = await client.post("/api/v1/evaluate/batch", body)
+                elapsed = time.perf_counter() - t0
+                assert status == 200, data[:300]
+                out = msgspec.json.decode(data)
+                assert len(out["results"]) == 100 and all(r["decision"] == "allow" for r in out["results"])
+                if i >= 3:  # warm-up rounds
+                    server_tp.append(out["batch_performance"]["throughput_per_second"])
+                    client_tp.append(100 / elapsed)
+            server_tp.sort()
+            client_tp.sort()
+            result.update(server_contexts_per_s=server_tp[len(server_tp) // 2], end_to_end_contexts_per_s=round(client_tp[len(client_tp) // 2], 1),
+                          rounds=BATCH_ROUNDS)
+        finally:
+            client.close()
+
+    benchmark.pedantic(lambda: stack["loop"].run_until_complete(rounds()), rounds=1, iterations=1)
+    benchmark.extra_info.update(result)
+    print(f"\n{benchmark.name}: {result}")
