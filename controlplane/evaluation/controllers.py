@@ -33,6 +33,7 @@ from controlplane.evaluation.schemas import (
     OpaEvaluateResponse,
 )
 from controlplane.policies import rego
+from controlplane.policies.schemas import error_responses
 from controlplane.policies.service import PolicyInactive, check_hash
 from controlplane.services import ServicesDep
 
@@ -62,14 +63,15 @@ class EvaluationController(Controller):
     guards = [requires("evaluate")]
 
     @post("", summary="Evaluate a context against the applicable policies", status_code=200,
-          request_max_body_size=MAX_EVALUATE_BODY)
+          request_max_body_size=MAX_EVALUATE_BODY, responses=error_responses(400, 401, 403, 413, 422, 429, 503))
     async def evaluate(self, services: ServicesDep, data: JSONBody[EvaluateRequest]) -> EvaluateResponse:
         check_hash(data.constitutional_hash)
         return await services.runtime.pipeline.evaluate(
             data.input_context, policy_types=list(data.policy_types), tier=data.performance_tier,
             constitutional_hash=data.constitutional_hash, explain=data.require_explanation)
 
-    @post("/batch", summary=f"Evaluate up to {MAX_BATCH} contexts", status_code=200, request_max_body_size=MAX_BATCH_BODY)
+    @post("/batch", summary=f"Evaluate up to {MAX_BATCH} contexts", status_code=200, request_max_body_size=MAX_BATCH_BODY,
+          responses=error_responses(400, 401, 403, 413, 422, 429, 503))
     async def batch(self, services: ServicesDep, data: JSONBody[BatchRequest]) -> BatchResponse:
         check_hash(data.constitutional_hash)
         n = len(data.batch_contexts)
@@ -96,7 +98,7 @@ class GroqController(Controller):
     tags = ["groq"]
     guards = [requires("evaluate")]
 
-    @get("/models", summary="Models per performance tier (from the tier catalog)")
+    @get("/models", summary="Models per performance tier (from the tier catalog)", responses=error_responses(401, 403, 429))
     async def models(self, services: ServicesDep) -> GroqModels:
         catalog = services.runtime.catalog
         rows = [GroqModel(model_name=r["model_name"], performance_tier=r["performance_tier"], max_tokens=r["max_tokens"],
@@ -106,7 +108,7 @@ class GroqController(Controller):
         return GroqModels(models=rows, aliases={k: v.to for k, v in catalog.aliases.items()}, catalog_as_of=catalog.as_of)
 
     @post("/inference", summary="One model judgment through the inference workers (NATS)", status_code=200,
-          request_max_body_size=MAX_EVALUATE_BODY)
+          request_max_body_size=MAX_EVALUATE_BODY, responses=error_responses(400, 401, 403, 413, 422, 429, 502, 503, 504))
     async def inference(self, services: ServicesDep, data: JSONBody[InferenceRequest]) -> InferenceResponse:
         runtime = services.runtime
         try:
@@ -150,7 +152,7 @@ class OpaController(Controller):
     guards = [requires("evaluate")]
 
     @post("/evaluate", summary="One policy's decision: in-process WASM, or an OPA agent's REST API", status_code=200,
-          request_max_body_size=MAX_EVALUATE_BODY)
+          request_max_body_size=MAX_EVALUATE_BODY, responses=error_responses(400, 401, 403, 404, 409, 413, 429, 502, 503, 504))
     async def evaluate(self, services: ServicesDep, data: JSONBody[OpaEvaluateRequest]) -> OpaEvaluateResponse:
         runtime = services.runtime
         record = await runtime.policies.get(data.policy_id)

@@ -46,7 +46,9 @@ PRE = "groqpolicy/constitution/pre_validation"
 POST = "groqpolicy/constitution/post_validation"
 INLINE_TIMEOUT_S = 1.0  # a policy without network calls: pure computation
 BLOCKING_TIMEOUT_S = 5.0  # a policy that may consult a model (the helper's own timeout is 2 s)
+POST_MEMO_SIZE = 4096
 _RANK = {"allow": 0, "review": 1, "deny": 2}
+_encode = msgspec.json.Encoder(order="deterministic").encode
 _TIER_RANK = {t: i for i, t in enumerate(TIERS)}
 
 
@@ -151,6 +153,32 @@ class Pipeline:
         self.revision = revision
         self.audit: AuditSink | None = None
         self.escalate: EscalationSink | None = None
+        self._blocking: dict[tuple[uuid.UUID, int], bool] = {}
+        # post-validation is a pure function of its input and the bundle (no time, no http.send in the
+        # constitution): proposals repeat a lot (same decision, same reasons), so answers are memoised
+        # per revision. Bounded; cleared when full.
+        self._post_memo: dict[tuple[str, bytes], Any] = {}
+
+    def _may_block(self, record: PolicyRecord) -> bool:
+        key = (record.rule_id, record.version)
+        found = self._blocking.get(key)
+        if found is None:
+            if len(self._blocking) > 10_000:
+                self._blocking.clear()
+            found = self._blocking[key] = rego.may_block(record.opa_policy)
+        return found
+
+    def _post_validate(self, revision: str, post_input: dict[str, Any]) -> tuple[Any, float]:
+        key = (revision, _encode(post_input))
+        hit = self._post_memo.get(key)
+        if hit is not None:
+            return hit, 0.0
+        doc, us = self._eval_inline(POST, post_input)
+        if isinstance(doc, dict):
+            if len(self._post_memo) >= POST_MEMO_SIZE:
+                self._post_memo.clear()
+            self._post_memo[key] = doc
+        return doc, us
 
     def _eval_inline(self, entrypoint: str, input: Any) -> tuple[Any, float]:
         t0 = time.perf_counter_ns()
@@ -165,7 +193,7 @@ class Pipeline:
         t0 = time.perf_counter_ns()
         error = ""
         try:
-            if rego.may_block(record.opa_policy):
+            if self._may_block(record):
                 value = await asyncio.to_thread(self.evaluator.evaluate, entry, input, timeout=BLOCKING_TIMEOUT_S)
             else:
                 value = self.evaluator.evaluate(entry, input, timeout=INLINE_TIMEOUT_S)
@@ -212,8 +240,8 @@ class Pipeline:
             reasons = ["deny: Constitutional pre-validation failed", *(pre.get("reasons", []) if isinstance(pre, dict) else [])]
         else:
             # 3 policies (model calls inside, through NATS)
-            outs = [await self._eval_policy(r, input_context) for r in chosen if not rego.may_block(r.opa_policy)]
-            blocking = [r for r in chosen if rego.may_block(r.opa_policy)]
+            outs = [await self._eval_policy(r, input_context) for r in chosen if not self._may_block(r)]
+            blocking = [r for r in chosen if self._may_block(r)]
             if blocking:
                 outs.extend(await asyncio.gather(*(self._eval_policy(r, input_context) for r in blocking)))
             reasons = []
@@ -244,7 +272,7 @@ class Pipeline:
             if isinstance(input_context.get("oversight"), dict):
                 post_input["oversight"] = input_context["oversight"]
             try:
-                post, us = self._eval_inline(POST, post_input)
+                post, us = self._post_validate(revision, post_input)
                 wasm_us += us
             except Exception as exc:  # noqa: BLE001
                 post = {"decision": "deny", "reasons": [f"deny: constitutional post-validation could not run: {exc}"], "confidence": 1}

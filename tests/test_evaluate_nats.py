@@ -1,0 +1,126 @@
+"""`policy.evaluate` on NATS answers like `/api/v1/evaluate`; two control-plane replicas on one NATS
+share the policy store and hot-swap each other's writes into their in-process evaluators."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import msgspec
+import nats
+import pytest
+
+from controlplane.constitution import CONSTITUTIONAL_HASH
+from tests.controlplane_helpers import ADMIN_HEADERS, make_settings, running_control_plane
+
+H = CONSTITUTIONAL_HASH
+LIMIT = """package limits
+
+import data.groqpolicy.lib.decision as doc
+
+deny_reasons contains "amount above LIMIT" if input.amount > LIMIT
+
+decision := doc.document("limits", deny_reasons, set(), {"amount within limit"}, 1, [])
+"""
+
+
+def limit(n: int) -> str:
+    return LIMIT.replace("LIMIT", str(n))
+
+
+def wait_until(predicate, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+@pytest.fixture
+def replicas(tmp_path, nats_server):
+    url = nats_server.extra["url"]
+    a = make_settings(tmp_path / "a", compile_on_start=True, nats_url=url)
+    b = make_settings(tmp_path / "b", compile_on_start=True, nats_url=url)
+    with running_control_plane(a) as sa, running_control_plane(b) as sb:
+        with httpx.Client(base_url=a.base_url, headers=ADMIN_HEADERS, timeout=30) as ca, httpx.Client(base_url=b.base_url, headers=ADMIN_HEADERS, timeout=30) as cb:
+            yield (ca, sa), (cb, sb), url
+
+
+def _decide(client, amount: int) -> dict:
+    r = client.post("/api/v1/evaluate", json={"input_context": {"principal": "p", "amount": amount},
+                                              "policy_types": ["risk_management"], "constitutional_hash": H})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+async def test_replicas_share_the_store_and_hot_swap(replicas):
+    (ca, sa), (cb, sb), _ = replicas
+    created = ca.post("/api/v1/policies", json={"name": "limits", "policy_type": "risk_management", "opa_policy": limit(100),
+                                                "constitutional_hash": H}).json()
+    rule_id = created["rule_id"]
+    # replica B sees the write through its KV watch, builds the same revision and loads it
+    wait_until(lambda: sb.runtime.evaluator.revision == created["bundle_revision"])
+    assert cb.get(f"/api/v1/policies/{rule_id}").json()["name"] == "limits"
+    assert [p["rule_id"] for p in cb.get("/api/v1/policies").json()] == [rule_id]
+    assert _decide(cb, 500)["decision"] == "deny" and _decide(cb, 50)["decision"] == "allow"
+    assert sb.store.get("groqpolicy", "rego")[0].revision == created["bundle_revision"]  # agents of B get it too
+
+    # a change made on B reaches A
+    r = cb.put(f"/api/v1/policies/{rule_id}", json={"constitutional_hash": H, "opa_policy": limit(10)})
+    assert r.status_code == 200
+    wait_until(lambda: _decide(ca, 50)["decision"] == "deny")
+    assert sa.runtime.evaluator.revision == sb.runtime.evaluator.revision
+
+    # a delete on A empties B
+    assert ca.delete(f"/api/v1/policies/{rule_id}").status_code == 200
+    wait_until(lambda: _decide(cb, 50)["applicable_policies"] == [])
+    assert cb.get(f"/api/v1/policies/{rule_id}").status_code == 404
+
+
+async def test_policy_evaluate_over_nats_matches_the_http_api(replicas):
+    (ca, _), (_, sb), url = replicas
+    created = ca.post("/api/v1/policies", json={"name": "limits", "policy_type": "risk_management", "opa_policy": limit(100),
+                                                "constitutional_hash": H}).json()
+    # both replicas serve policy.evaluate (one queue group): wait until both have the policy
+    wait_until(lambda: sb.runtime.evaluator.revision == created["bundle_revision"])
+    body = {"input_context": {"principal": "p", "amount": 500}, "policy_types": ["risk_management"],
+            "constitutional_hash": H, "require_explanation": True}
+    http = ca.post("/api/v1/evaluate", json=body).json()
+    nc = await nats.connect(url)
+    try:
+        msg = await nc.request("policy.evaluate", msgspec.json.encode(body), timeout=10)
+        assert not msg.headers or "Nats-Service-Error-Code" not in msg.headers
+        out = msgspec.json.decode(msg.data)
+        assert set(out) == set(http)
+        for key in ("decision", "confidence_score", "applicable_policies", "constitutional_compliance", "reasons",
+                    "explanation", "bundle_revision", "constitutional_hash"):
+            assert out[key] == http[key], key
+        assert out["decision"] == "deny"
+
+        bad = await nc.request("policy.evaluate", msgspec.json.encode({**body, "constitutional_hash": "x"}), timeout=10)
+        assert bad.headers["Nats-Service-Error-Code"] == "422"
+        assert msgspec.json.decode(bad.data) == {"error": {"type": "ConstitutionalHashMismatch",
+                                                           "message": f"constitutional_hash: unknown constitution (want: {H}, got: 'x')"}}
+        broken = await nc.request("policy.evaluate", b"{nope", timeout=10)
+        assert broken.headers["Nats-Service-Error-Code"] == "400"
+        assert msgspec.json.decode(broken.data)["error"]["message"].startswith("request: not JSON")
+        invalid = await nc.request("policy.evaluate", b'{"input_context": 1}', timeout=10)
+        assert invalid.headers["Nats-Service-Error-Code"] == "400"
+        assert msgspec.json.decode(invalid.data)["error"]["message"] == "request: Expected `object`, got `int` - at `$.input_context`"
+
+        # the bridge's entrypoint form still works on the same subject
+        entry = await nc.request("policy.evaluate", msgspec.json.encode(
+            {"entrypoint": "groqpolicy/constitution/pre_validation", "input": {"constitutional_hash": H}}), timeout=10)
+        reply = msgspec.json.decode(entry.data)
+        assert reply["entrypoint"] == "groqpolicy/constitution/pre_validation" and reply["result"]["decision"] == "deny"
+
+        unknown = await nc.request("policy.evaluate", msgspec.json.encode({"entrypoint": "no/such/rule", "input": {}}), timeout=10)
+        assert unknown.headers["Nats-Service-Error-Code"] == "404"
+        assert msgspec.json.decode(unknown.data)["error"]["type"] == "UnknownEntrypointError"
+
+        # discoverable as a nats.micro service
+        ping = await nc.request("$SRV.PING.groqpolicy-policy", b"", timeout=5)
+        assert msgspec.json.decode(ping.data)["name"] == "groqpolicy-policy"
+    finally:
+        await nc.close()
