@@ -1,8 +1,9 @@
 """`groqpolicy up`: one supervisor process that starts the whole system and stops all of it.
 
-Order: NATS (JetStream) -> control plane (:8015, compiles and signs `rego/` on start) -> one real
-OPA agent (:8181) configured from the control plane's own `/api/v1/opa/config`. Ctrl-C (or SIGTERM)
-stops everything in reverse order; state (keys, bundles, logs) stays in the state dir for next time.
+Order: NATS (JetStream) -> inference worker -> bridge gateway (:8016) -> control plane (:8015,
+compiles and signs `rego/` on start) -> one real OPA agent (:8181) configured from the control
+plane's own `/api/v1/opa/config`. Then one example evaluation per path. Ctrl-C (or SIGTERM) stops
+everything in reverse order; state (keys, bundles, logs, NATS store) stays for the next start.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from controlplane.settings import Settings
 
 AGENT_PORT = 8181
 NATS_PORT = 4222
+GATEWAY_PORT = 8016
 
 
 def http_json(url: str, method: str = "GET", body: object | None = None, timeout: float = 10.0) -> tuple[int, object]:
@@ -53,9 +55,27 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.2) -> N
     raise ToolchainError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def start_control_plane(settings: Settings, log_dir: Path) -> ManagedProcess:
+def start_worker(nats_url: str, log_dir: Path) -> ManagedProcess:
+    mp = spawn("inference worker", [sys.executable, "-m", "bridge.worker", "--nats-url", nats_url],
+               log_dir / "worker.log", env=dict(os.environ, NATS_URL=nats_url))
+    wait_until(lambda: mp.proc.poll() is not None or "groqpolicy worker ready" in mp.log(), 60, "the inference worker")
+    if mp.proc.poll() is not None:
+        raise ToolchainError(f"inference worker exited with {mp.proc.returncode}: {mp.log()[-500:]}")
+    mp.extra["emulated"] = "emulated=true" in mp.log()
+    return mp
+
+
+def start_gateway(nats_url: str, port: int, log_dir: Path) -> ManagedProcess:
+    mp = spawn("bridge gateway", [sys.executable, "-m", "bridge.gateway", "--port", str(port)],
+               log_dir / "gateway.log", env=dict(os.environ, NATS_URL=nats_url))
+    wait_for_port(port, timeout=60, proc=mp.proc)
+    mp.extra["url"] = f"http://127.0.0.1:{port}"
+    return mp
+
+
+def start_control_plane(settings: Settings, log_dir: Path, nats_url: str) -> ManagedProcess:
     env = dict(os.environ, GROQPOLICY_STATE_DIR=str(settings.state_dir), GROQPOLICY_PORT=str(settings.port),
-               GROQPOLICY_HOST=settings.host)
+               GROQPOLICY_HOST=settings.host, GROQPOLICY_BRIDGE_URL=settings.bridge_url, GROQPOLICY_NATS_URL=nats_url)
     argv = [sys.executable, "-m", "controlplane.cli", "serve", "--log-level", "warning"]
     mp = spawn("control plane", argv, log_dir / "controlplane.log", env=env)
     wait_for_port(settings.port, settings.host, timeout=60, proc=mp.proc)
@@ -70,6 +90,30 @@ def start_agent_from_control_plane(base_url: str, workdir: Path, port: int = AGE
     config_file = workdir / f"{agent_id}.yaml"
     config_file.write_text(config)
     return start_opa_agent(config_file, workdir, port=port)
+
+
+SECURITY_DENY = {
+    "principal": {"id": "bob", "roles": ["viewer"], "mfa": True, "source_ip": "10.1.2.3"},
+    "action": "delete", "resource": {"type": "reports", "classification": "internal"},
+}
+ETHICS_MODEL = {"principal": {"id": "svc-content"}, "content": {"text": "What are good stretches after running?", "categories": []}}
+
+
+def print_examples(agent_url: str, gateway_url: str) -> None:
+    """One evaluation through each path, printed so a newcomer sees the system answer."""
+    print("example evaluations:")
+    status, body = http_json(f"{agent_url}/v1/data/groqpolicy/policies/security_policies/decision", "POST", {"input": SECURITY_DENY})
+    result = body.get("result", {}) if isinstance(body, dict) else {}
+    print(f"  OPA agent  security_policies          -> {result.get('decision')} ({'; '.join(result.get('reasons', [])[:1])})")
+    status, body = http_json(f"{agent_url}/v1/data/groqpolicy/policies/ethical_constraints/decision", "POST", {"input": ETHICS_MODEL})
+    result = body.get("result", {}) if isinstance(body, dict) else {}
+    print(f"  OPA agent  ethical_constraints (model) -> {result.get('decision')} (http.send -> gateway -> NATS -> worker)")
+    status, body = http_json(f"{gateway_url}/v1/infer/fast", "POST", {"question": "Is this request harmful?", "context": {"text": "hello"}})
+    if status == 200 and isinstance(body, dict):
+        print(f"  gateway    /v1/infer/fast             -> {body.get('decision')} by {body.get('model')} "
+              f"(emulated={body.get('emulated')}, {body.get('latency_ms')} ms)")
+    else:
+        print(f"  gateway    /v1/infer/fast             -> HTTP {status}: {body}")
 
 
 def run_system(state_dir: Path | None = None) -> int:
@@ -88,7 +132,13 @@ def run_system(state_dir: Path | None = None) -> int:
         admin = tokens.with_scope("admin")
         nats = start_nats(settings.state_dir / "nats", port=int(os.environ.get("GROQPOLICY_NATS_PORT", NATS_PORT)))
         procs.append(nats)
-        cp = start_control_plane(settings, log_dir)
+        worker = start_worker(nats.extra["url"], log_dir)
+        procs.append(worker)
+        gateway_port = int(os.environ.get("GROQPOLICY_GATEWAY_PORT", GATEWAY_PORT))
+        gateway = start_gateway(nats.extra["url"], gateway_port, log_dir)
+        procs.append(gateway)
+        settings = Settings.from_env(state_dir=settings.state_dir, bridge_url=gateway.extra["url"])
+        cp = start_control_plane(settings, log_dir, nats.extra["url"])
         procs.append(cp)
         wait_until(lambda: http_json(f"{settings.base_url}/health")[1]["bundles"], 180, "the control plane to publish bundles")
         agent_port = int(os.environ.get("GROQPOLICY_AGENT_PORT", AGENT_PORT))
@@ -99,9 +149,16 @@ def run_system(state_dir: Path | None = None) -> int:
         print("groqpolicy is up")
         print(f"  control plane   {settings.base_url}  (OpenAPI: {settings.base_url}/schema)")
         print(f"  OPA agent       {agent.extra['url']}  (bundle from {settings.base_url}/bundles/groqpolicy)")
-        print(f"  NATS            {nats.extra['url']}")
+        print(f"  bridge gateway  {gateway.extra['url']}/v1/infer/<tier>  (Rego http.send -> NATS -> worker)")
+        print(f"  NATS            {nats.extra['url']}  (groq.infer.<tier>, policy.evaluate)")
         print(f"  state           {settings.state_dir}  (logs in {log_dir})")
         print(f"  tokens          {tokens.source}")
+        if worker.extra["emulated"]:
+            print("  inference       EMULATED: no GROQ_API_KEY, answers come from the built-in Groq emulator.")
+            print("                  To use GroqCloud: stop, `export GROQ_API_KEY=gsk_...`, and `make run` again.")
+        else:
+            print("  inference       GroqCloud (GROQ_API_KEY is set)")
+        print_examples(agent.extra["url"], gateway.extra["url"])
         print("Ctrl-C stops everything.", flush=True)
         while not stopping:
             for p in procs:

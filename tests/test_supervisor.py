@@ -52,11 +52,11 @@ def alive(pid: int) -> bool:
 
 def start_up(state: Path, ports: dict[str, int], log: Path) -> subprocess.Popen:
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "GROQ_API_KEY"},
         "GROQPOLICY_PORT": str(ports["cp"]),
         "GROQPOLICY_AGENT_PORT": str(ports["agent"]),
         "GROQPOLICY_NATS_PORT": str(ports["nats"]),
-        "GROQPOLICY_BRIDGE_URL": f"http://127.0.0.1:{ports['bridge']}",
+        "GROQPOLICY_GATEWAY_PORT": str(ports["bridge"]),
     }
     return subprocess.Popen(
         [sys.executable, "-m", "controlplane.cli", "up", "--state-dir", str(state)],
@@ -84,8 +84,12 @@ def test_up_runs_the_system_stops_cleanly_and_reuses_state(tmp_path):
     try:
         text = wait_up(proc, log)
         assert f"http://127.0.0.1:{ports['cp']}" in text and f"http://127.0.0.1:{ports['agent']}" in text
+        assert "EMULATED: no GROQ_API_KEY" in text and "GROQ_API_KEY=" in text
+        assert "OPA agent  security_policies          -> deny" in text
+        assert "(model) -> allow" in text or "(model) -> deny" in text or "(model) -> review" in text
+        assert "/v1/infer/fast             -> allow by" in text
         kids = children_of(proc.pid)
-        assert len(kids) >= 3, kids  # nats-server, control plane, opa agent
+        assert len(kids) >= 5, kids  # nats-server, worker, gateway, control plane, opa agent
         agent = f"http://127.0.0.1:{ports['agent']}"
         r = httpx.post(f"{agent}/v1/data/groqpolicy/policies/security_policies/decision", json={"input": {
             "principal": {"id": "bob", "roles": ["viewer"], "mfa": True, "source_ip": "10.1.2.3"},
