@@ -130,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.add_argument("--agent-id")
     cfg.add_argument("--json", action="store_true", help="JSON instead of YAML")
     cfg.set_defaults(func=_cmd_opa_config)
+
+    from controlplane.cli_ops import add_parsers
+
+    add_parsers(sub)
+    # a group without its action prints the group's own help
+    for name, group in sub.choices.items():
+        if group._subparsers is not None and group.get_default("func") is None:  # noqa: SLF001
+            group.set_defaults(func=lambda _args, g=group: (g.print_help(), 2)[1])
     return parser
 
 
@@ -149,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except GroqPolicyError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if hint := getattr(exc, "hint", ""):
+            print(f"hint: {hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -20,6 +20,7 @@ from pathlib import Path
 from controlplane.auth.tokens import ensure_tokens
 from controlplane.errors import GroqPolicyError, ToolchainError
 from controlplane.processes import ManagedProcess, spawn, start_nats, start_opa_agent, wait_for_port
+from controlplane.cli_ops import pid_file
 from controlplane.settings import Settings
 
 AGENT_PORT = 8181
@@ -116,6 +117,15 @@ def print_examples(agent_url: str, gateway_url: str) -> None:
         print(f"  gateway    /v1/infer/fast             -> HTTP {status}: {body}")
 
 
+def _running_pid(path: Path) -> int | None:
+    try:
+        pid = int(path.read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
 def run_system(state_dir: Path | None = None) -> int:
     settings = Settings.from_env(**({"state_dir": state_dir} if state_dir else {}))
     log_dir = settings.state_dir / "logs"
@@ -127,6 +137,13 @@ def run_system(state_dir: Path | None = None) -> int:
         stopping = True
 
     signal.signal(signal.SIGTERM, _stop)
+    pid_path = pid_file(settings.state_dir)
+    if running := _running_pid(pid_path):
+        print(f"error: groqpolicy is already running from {settings.state_dir} (pid {running})", file=sys.stderr)
+        print("hint: `groqpolicy stop` stops it; or pass another --state-dir", file=sys.stderr)
+        return 1
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    pid_path.write_text(f"{os.getpid()}\n")
     try:
         tokens = ensure_tokens(settings)  # generated into the state dir when none are configured
         admin = tokens.with_scope("admin")
@@ -177,4 +194,5 @@ def run_system(state_dir: Path | None = None) -> int:
     finally:
         for p in reversed(procs):
             p.stop()
+        pid_path.unlink(missing_ok=True)
         print("stopped.", file=sys.stderr)
