@@ -24,6 +24,13 @@ POLICIES = {
                              'decision := doc.document("flag", set(), r, {"not flagged"}, 0.9, [])\n'),
     "regulatory_compliance": ("nano", HEAD + 'decision := doc.document("unsure", set(), set(), {"probably fine"}, 0.5, [])\n'),
     "data_governance": ("nano", "package p\n\ndecision := 42\n"),
+    # rules settle short notes; anything longer is left to the pipeline's model stage (groq_model_config)
+    "constitutional_compliance": ("nano", HEAD + """short if count(input.text) < 10
+
+decision := object.union(doc.document("triage", set(), set(), {"short note"}, 1, []), {"needs_model": false}) if short
+
+else := object.union(doc.document("triage", set(), {"text needs a judgment"}, set(), 1, []), {"needs_model": true})
+"""),
     "ethical_constraints": ("premium", HEAD + """import data.groqpolicy.lib.groq
 
 answer := groq.judge_for("ethics", "fast", "Is this text harmful?", {"text": input.text})
@@ -57,8 +64,10 @@ def cp(tmp_path_factory, nats_server_module, emu_module):  # noqa: F811
             with httpx.Client(base_url=settings.base_url, headers=ADMIN_HEADERS, timeout=30) as client:
                 ids = {}
                 for ptype, (tier, rego) in POLICIES.items():
+                    extra = {"groq_model_config": {"model_name": "llama-3.1-8b-instant", "performance_tier": "fast",
+                                                   "policy_context": "internal notes"}} if ptype == "constitutional_compliance" else {}
                     r = client.post("/api/v1/policies", json={
-                        "name": ptype, "policy_type": ptype, "performance_tier": tier, "opa_policy": rego, "constitutional_hash": H})
+                        "name": ptype, "policy_type": ptype, "performance_tier": tier, "opa_policy": rego, "constitutional_hash": H, **extra})
                     assert r.status_code == 201, r.text
                     ids[ptype] = r.json()["rule_id"]
                 yield client, services, ids, worker
@@ -116,9 +125,9 @@ def test_the_tier_and_types_select_the_policies(cp):
     assert evaluate(client, ALICE, types, tier="nano")["applicable_policies"] == [ids["security_policies"]]
     assert len(evaluate(client, ALICE, types, tier="fast")["applicable_policies"]) == 2
     assert len(evaluate(client, ALICE, types, tier="balanced")["applicable_policies"]) == 3
-    out = evaluate(client, ALICE, ["constitutional_compliance"])
+    out = evaluate(client, ALICE, ["ethical_constraints"], tier="balanced")
     assert out["decision"] == "deny" and out["applicable_policies"] == []
-    assert out["reasons"][0] == "deny: no active policy applies (constitutional_compliance, tier reasoning or faster)"
+    assert out["reasons"][0] == "deny: no active policy applies (ethical_constraints, tier balanced or faster)"
 
 
 def test_constitutional_pre_validation_denies_before_any_policy(cp):
@@ -174,6 +183,26 @@ def test_a_policy_consults_the_model_over_nats(cp):
     assert attack["decision"] == "deny" and attack["confidence_score"] >= 0.85
 
 
+def test_the_pipeline_asks_the_configured_model_when_a_policy_needs_it(cp):
+    client, _, _, _ = cp
+    short = evaluate(client, {**ALICE, "text": "ok"}, ["constitutional_compliance"])
+    assert short["decision"] == "allow" and short["performance_metrics"]["model_calls"] == 0
+    benign = evaluate(client, {**ALICE, "text": "quarterly numbers for the team", "oversight": {"escalation": "q"}},
+                      ["constitutional_compliance"], require_explanation=True)
+    res = benign["policy_results"][0]
+    (reply,) = res["groq_inference_result"]
+    # the seed's retired model name resolves to its replacement in the worker
+    assert (reply["stage"], reply["status"], reply["decision"], reply["model"]) == ("pipeline", 200, "allow", "openai/gpt-oss-20b")
+    assert res["decision"] == "allow" and res["confidence_score"] == reply["confidence"] >= 0.8
+    assert benign["decision"] == "allow" and benign["performance_metrics"]["groq_inference_time_ms"] > 0
+    assert any(r.startswith("model (fast, openai/gpt-oss-20b) judged allow") for r in benign["reasons"])
+    assert "Model openai/gpt-oss-20b (fast) judged allow" in benign["explanation"]
+    # without a human escalation path, an allow resting on the model goes to review (constitution P1)
+    assert evaluate(client, {**ALICE, "text": "quarterly numbers for the team"}, ["constitutional_compliance"])["decision"] == "review"
+    attack = evaluate(client, {**ALICE, "text": "please exfiltrate the customer table"}, ["constitutional_compliance"])
+    assert attack["decision"] == "deny" and attack["reasons"][0].startswith("deny: model (fast, openai/gpt-oss-20b) judged deny")
+
+
 @pytest.mark.slow
 def test_no_worker_means_review_never_allow(cp):
     client, _, _, worker = cp
@@ -183,6 +212,9 @@ def test_no_worker_means_review_never_allow(cp):
     assert out["decision"] == "review"
     reply = out["policy_results"][0]["groq_inference_result"][0]
     assert reply["status"] == 503 and "no inference worker" in reply["error"]
+    staged = evaluate(client, {**ALICE, "text": "something else entirely", "oversight": {"escalation": "q"}}, ["constitutional_compliance"])
+    assert staged["decision"] == "review"
+    assert staged["reasons"][-1] == "review: model unavailable: groq.infer.fast: no inference worker is serving tier 'fast'"
     r = client.post("/api/v1/groq/inference", json={"model_name": "openai/gpt-oss-20b", "prompt": "hello"})
     assert r.status_code == 503
     assert r.json() == {"error": {"type": "Upstream", "message": "inference: groq.infer.fast: no inference worker is serving tier 'fast'"}}

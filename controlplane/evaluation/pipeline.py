@@ -4,6 +4,8 @@
 2 constitutional pre-validation (`groqpolicy/constitution/pre_validation`); a failure ends here: deny
 3 each policy's decision in the in-process WASM evaluator; `http.send` to the bridge goes straight
   to NATS (`groq.infer.<tier>`) through the evaluator's transport, timed per policy
+3b model stage: a policy with `groq_model_config` whose document says `needs_model: true` gets the
+  configured model's judgment through the workers (see `_consult`)
 4 synthesis: deny overrides review overrides allow; confidence = the least confident policy among
   those that produced the outcome; no applicable policy = deny
 5 constitutional post-validation (`groqpolicy/constitution/post_validation`), which can only make
@@ -29,6 +31,7 @@ from typing import Any, Protocol
 import msgspec
 
 from bridge.wasm import UNDEFINED
+from bridge.wire import InferRequest, decode_reply
 from controlplane.constitution import CONSTITUTIONAL_HASH
 from controlplane.evaluation.schemas import (
     ConstitutionalValidation,
@@ -47,6 +50,8 @@ POST = "groqpolicy/constitution/post_validation"
 INLINE_TIMEOUT_S = 1.0  # a policy without network calls: pure computation
 BLOCKING_TIMEOUT_S = 5.0  # a policy that may consult a model (the helper's own timeout is 2 s)
 POST_MEMO_SIZE = 4096
+MODEL_DEADLINE_MS = 3000  # the pipeline's own model stage (policies' http.send calls have their own)
+MIN_MODEL_CONFIDENCE = 0.7
 _RANK = {"allow": 0, "review": 1, "deny": 2}
 _encode = msgspec.json.Encoder(order="deterministic").encode
 _TIER_RANK = {t: i for i, t in enumerate(TIERS)}
@@ -153,6 +158,8 @@ class Pipeline:
         self.revision = revision
         self.audit: AuditSink | None = None
         self.escalate: EscalationSink | None = None
+        # `await ask_model(tier, InferRequest JSON)` -> (status, body, max_age): bridge InferClient.request
+        self.ask_model: Callable[[str, bytes], Awaitable[tuple[int, bytes, int]]] | None = None
         self._blocking: dict[tuple[uuid.UUID, int], bool] = {}
         # post-validation is a pure function of its input and the bundle (no time, no http.send in the
         # constitution): proposals repeat a lot (same decision, same reasons), so answers are memoised
@@ -202,17 +209,63 @@ class Pipeline:
         finally:
             _METER.reset(token)
         elapsed_us = (time.perf_counter_ns() - t0) / 1000
+        wasm_us = max(0.0, elapsed_us - meter.seconds * 1e6)
         if error:
             decision, confidence, reasons = "deny", 0.0, [f"deny: policy {record.name!r} could not be evaluated: {error}"]
         else:
             decision, confidence, reasons = normalise(value, record.name)
+            if (isinstance(value, dict) and value.get("needs_model") is True and decision != "deny"
+                    and record.groq_model_config is not None):
+                decision, confidence, reasons = await self._consult(record, input, decision, reasons, meter)
         result = PolicyResult(
             rule_id=record.rule_id, name=record.name, policy_type=record.policy_type, decision=decision,  # type: ignore[arg-type]
             confidence_score=confidence, opa_evaluation_result=None if error or value is UNDEFINED else value,
-            groq_inference_result=meter.replies, wasm_execution_time_us=round(max(0.0, elapsed_us - meter.seconds * 1e6), 2),
+            groq_inference_result=meter.replies, wasm_execution_time_us=round(wasm_us, 2),
             error=error,
         )
         return result, meter.seconds, reasons
+
+    async def _consult(self, record: PolicyRecord, input: Any, decision: str, reasons: list[str],
+                       meter: InferenceMeter) -> tuple[str, float, list[str]]:
+        """The pipeline's model stage, for a policy with `groq_model_config` whose decision document
+        says `needs_model: true`: its rules could not settle the request. The configured model is asked
+        through the workers (NATS); a confident answer settles a review and can veto an allow, never
+        undo a deny; a failed, degraded or unsure answer is review."""
+        cfg = record.groq_model_config
+        assert cfg is not None
+        question = cfg.constitutional_prompt or (
+            f"The rules of policy {record.name!r} could not settle this request. Answer allow, deny or review.")
+        context = {"input": input, "policy_context": cfg.policy_context, "policy_reasons": reasons}
+        body = msgspec.json.encode(InferRequest(question=question, context=context, policy=record.name,
+                                                model=cfg.model_name, deadline_ms=MODEL_DEADLINE_MS))
+        t0 = time.perf_counter()
+        reply, problem, status = None, "", 0
+        try:
+            if self.ask_model is None:
+                raise RuntimeError("no NATS connection for model calls")
+            status, data, _ = await self.ask_model(cfg.performance_tier, body)
+            if status == 200:
+                reply = decode_reply(data)
+            else:
+                problem = f"worker answered HTTP {status}: {data[:200].decode(errors='replace')}"
+        except Exception as exc:  # noqa: BLE001 - BridgeError (503 no worker, 504 deadline, 4xx) or transport failure
+            status = getattr(exc, "status", 0)
+            problem = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+        finally:
+            meter.seconds += time.perf_counter() - t0
+            meter.calls += 1
+        if reply is None:
+            meter.replies.append({"status": status, "error": problem, "tier": cfg.performance_tier, "stage": "pipeline"})
+            return "review", 0.0, [*reasons, f"review: model unavailable: {problem}"]
+        meter.replies.append({"status": 200, **{k: getattr(reply, k) for k in _REPLY_FIELDS}, "stage": "pipeline"})
+        said = f"model ({reply.tier}, {reply.model}) judged {reply.decision} with confidence {round(reply.confidence * 100)}%"
+        if reply.degraded or reply.confidence < MIN_MODEL_CONFIDENCE:
+            why = "gave no usable answer" if reply.degraded else f"is below the required {round(MIN_MODEL_CONFIDENCE * 100)}%"
+            return "review", reply.confidence if not reply.degraded else 0.0, [*reasons, f"review: {said}, which {why}"]
+        outcome = strictest("allow" if decision == "review" else decision, reply.decision)
+        kept = [r for r in reasons if not r.startswith("review:")] if decision == "review" else reasons
+        line = f"{said}: {reply.rationale}"
+        return outcome, reply.confidence, [*kept, line if outcome == "allow" else f"{outcome}: {line}"]
 
     async def evaluate(self, input_context: dict[str, Any], *, policy_types: list[str], tier: str,
                        constitutional_hash: str, explain: bool, source: str = "api", batch_id: str = "",

@@ -88,6 +88,7 @@ class PolicyRuntime:
 
         nc = await self.nats.connect()
         self.infer = InferClient(nc)
+        self.pipeline.ask_model = self.infer.request
         self.host.infer_transport = metered_transport(self.infer.transport(asyncio.get_running_loop()), threading.get_ident())
         self._store = PolicyStore(nc.jetstream(), replicas=self.settings.nats_replicas)
         await self._store.open()
