@@ -4,6 +4,7 @@ http.send routing, deadlines. Real opa builds every module; real wasmtime runs i
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import threading
 import time
@@ -524,3 +525,31 @@ def test_a_bug_in_a_host_builtin_fails_the_evaluation(monkeypatch):
     p2 = policy_from_files(bundle_files(build_wasm_bundle(src, ["p/deny"])))
     assert p2.evaluate("p/deny", {"x": 5}) is UNDEFINED
     assert p2.evaluate("p/deny", {"x": "a"}) is True
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_gets_its_own_engine_and_deadlines(bundle):
+    """Pre-forking servers: a child loads policies again and its deadlines still fire."""
+    policy_from_files(bundle_files(bundle))  # the parent has an engine and a ticker thread
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            p = policy_from_files(bundle_files(bundle))
+            try:
+                p.evaluate("t/slow", {}, timeout=0.05)
+            except E.DeadlineExceeded:
+                code = 0 if p.evaluate("t/allow", {"user": "alice"}) is True else 3
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 30
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung")
+        time.sleep(0.02)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import math
+import os
 from collections import OrderedDict
 import struct
 import threading
@@ -83,6 +84,8 @@ class _Engine:
                     cfg.epoch_interruption = True
                     cfg.memory_may_move = False
                     cfg.cranelift_opt_level = "speed"
+                    # no compile thread pool: it would not survive fork() and compiles hang in the child
+                    cfg.parallel_compilation = False
                     engine = wasmtime.Engine(cfg)
                     t = threading.Thread(target=cls._tick, args=(engine,), name="wasm-epoch", daemon=True)
                     t.start()
@@ -96,6 +99,27 @@ class _Engine:
         while True:
             time.sleep(TICK_S)
             inc(ptr)
+
+
+def _after_fork_in_child() -> None:
+    # the ticker thread does not survive fork(): a child starts over with its own engine and ticker
+    _Engine._engine = None
+    _Engine._lock = threading.Lock()
+    with _compiled_lock_reset():
+        _compiled.clear()
+
+
+class _compiled_lock_reset:
+    def __enter__(self) -> None:
+        global _compiled_lock
+        _compiled_lock = threading.Lock()
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def engine() -> wasmtime.Engine:
