@@ -103,19 +103,12 @@ class _Engine:
 
 def _after_fork_in_child() -> None:
     # the ticker thread does not survive fork(): a child starts over with its own engine and ticker
+    # (policies loaded before the fork keep working in the child, but without deadlines: reload them)
+    global _compiled_lock
     _Engine._engine = None
     _Engine._lock = threading.Lock()
-    with _compiled_lock_reset():
-        _compiled.clear()
-
-
-class _compiled_lock_reset:
-    def __enter__(self) -> None:
-        global _compiled_lock
-        _compiled_lock = threading.Lock()
-
-    def __exit__(self, *exc: object) -> None:
-        pass
+    _compiled_lock = threading.Lock()
+    _compiled.clear()
 
 
 if hasattr(os, "register_at_fork"):
