@@ -69,7 +69,9 @@ def test_create_get_list_update_delete(cp):
     versions = client.get(f"/api/v1/policies/{rule_id}/versions").json()
     assert [v["version"] for v in versions] == [1, 2]
 
-    r = client.delete(f"/api/v1/policies/{other['rule_id']}")
+    r = client.delete(f"/api/v1/policies/{other['rule_id']}", params={"constitutional_hash": "0" * 16})
+    assert r.status_code == 422 and r.json()["error"]["type"] == "ConstitutionalHashMismatch"
+    r = client.delete(f"/api/v1/policies/{other['rule_id']}", params={"constitutional_hash": CONSTITUTIONAL_HASH})
     assert r.status_code == 200 and r.json()["rule_id"] == other["rule_id"]
     r = client.get(f"/api/v1/policies/{other['rule_id']}")
     assert r.status_code == 404
@@ -193,3 +195,15 @@ def test_policies_are_in_the_openapi_schema(cp):
     for p in ["/api/v1/policies", "/api/v1/policies/{rule_id}", "/api/v1/policies/{rule_id}/compile", "/api/v1/evaluate",
               "/api/v1/evaluate/batch", "/api/v1/groq/models", "/api/v1/groq/inference", "/api/v1/opa/evaluate"]:
         assert p in paths, sorted(paths)
+
+
+def test_policy_writes_without_nats_are_503(tmp_path, nats_server):
+    settings = make_settings(tmp_path / "state", nats_url=nats_server.extra["url"])
+    with running_control_plane(settings) as services:
+        with httpx.Client(base_url=settings.base_url, headers=ADMIN_HEADERS, timeout=30) as client:
+            nats_server.stop()
+            r = client.post("/api/v1/policies", json=policy(name="while down"))
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["type"] == "StoreUnavailable"
+            assert r.json()["error"]["message"].startswith("policy store (JetStream): create failed: ")
+            assert services.runtime.store.records() == []

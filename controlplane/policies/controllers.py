@@ -19,6 +19,7 @@ from controlplane.policies.schemas import (
     PolicyUpdate,
     error_responses,
 )
+from controlplane.policies.service import check_hash
 from controlplane.services import ServicesDep
 
 MAX_POLICY_BODY = 1024 * 1024
@@ -62,7 +63,10 @@ class PolicyController(Controller):
 
     @delete("/{rule_id:uuid}", summary="Delete a policy (its history stays in the KV bucket)", status_code=200,
             responses=error_responses(400, 401, 403, 404, 409, 422, 429, 503))
-    async def remove(self, services: ServicesDep, rule_id: FromPath[uuid.UUID]) -> PolicyRecord:
+    async def remove(self, services: ServicesDep, rule_id: FromPath[uuid.UUID],
+                     constitutional_hash: FromQuery[str | None] = None) -> PolicyRecord:
+        if constitutional_hash is not None:  # a body-less write: the hash is checked when given
+            check_hash(constitutional_hash)
         return await services.runtime.policies.delete(rule_id)
 
     @post("/{rule_id:uuid}/compile", summary="Compile one policy to WASM and measure it", status_code=200,

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 import msgspec
+import nats.errors
 from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
 from nats.js.client import JetStreamContext
 from nats.js.errors import APIError, BucketNotFoundError, KeyNotFoundError, KeyDeletedError, KeyWrongLastSequenceError, NotFoundError
@@ -27,6 +28,28 @@ PREFIX = "policy."
 
 _decode = msgspec.json.Decoder(PolicyRecord).decode
 _encode = msgspec.json.Encoder().encode
+
+
+class StoreUnavailable(GroqPolicyError):
+    """JetStream did not answer (NATS down, no quorum): nothing was written."""
+
+    status_code = 503
+
+
+def _unavailable(fn):
+    """NATS/JetStream failures of a store call become StoreUnavailable (503) naming the call."""
+    import functools
+
+    @functools.wraps(fn)
+    async def call(*args, **kwargs):
+        try:
+            return await fn(*args, **kwargs)
+        except GroqPolicyError:
+            raise
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            raise StoreUnavailable(f"policy store (JetStream): {fn.__name__} failed: {exc or type(exc).__name__}") from None
+
+    return call
 
 
 class StoreConflict(GroqPolicyError):
@@ -118,12 +141,14 @@ class PolicyStore:
         return True
 
     # -- writes (each also updates the local view at once: read-your-writes on this replica) ----
+    @_unavailable
     async def create(self, record: PolicyRecord) -> int:
         assert self.kv is not None
         revision = await self.kv.create(key_for(record.rule_id), _encode(record))
         self.view[record.rule_id] = (record, revision)
         return revision
 
+    @_unavailable
     async def update(self, record: PolicyRecord, last: int) -> int:
         assert self.kv is not None
         try:
@@ -133,6 +158,7 @@ class PolicyStore:
         self.view[record.rule_id] = (record, revision)
         return revision
 
+    @_unavailable
     async def delete(self, rule_id: uuid.UUID, last: int) -> None:
         assert self.kv is not None
         try:
@@ -146,6 +172,7 @@ class PolicyStore:
             self._deleted[rule_id] = revision
 
     # -- reads -----------------------------------------------------------------------------
+    @_unavailable
     async def get(self, rule_id: uuid.UUID) -> tuple[PolicyRecord, int] | None:
         """The latest stored version, read from the KV (not the view): fresh across replicas."""
         assert self.kv is not None
@@ -158,6 +185,7 @@ class PolicyStore:
         self._apply(entry)
         return _decode(entry.value), entry.revision
 
+    @_unavailable
     async def history(self, rule_id: uuid.UUID) -> list[PolicyRecord]:
         assert self.kv is not None
         try:
@@ -170,10 +198,12 @@ class PolicyStore:
         return [rec for rec, _ in self.view.values()]
 
     # -- artifacts -------------------------------------------------------------------------
+    @_unavailable
     async def put_artifact(self, name: str, data: bytes) -> None:
         assert self.obs is not None
         await self.obs.put(name, data)
 
+    @_unavailable
     async def get_artifact(self, name: str) -> bytes | None:
         assert self.obs is not None
         try:
