@@ -25,7 +25,7 @@ def _client(args: argparse.Namespace) -> ControlPlaneClient:
     settings = Settings.from_env()
     state_dir = Path(args.state_dir) if getattr(args, "state_dir", None) else settings.state_dir
     url = args.url or os.environ.get("GROQPOLICY_URL") or settings.base_url
-    return ControlPlaneClient(url, resolve_token(args.token, state_dir))
+    return ControlPlaneClient(url, resolve_token(args.token, state_dir), timeout=args.timeout)
 
 
 def _table(rows: list[list[Any]], header: list[str]) -> str:
@@ -123,8 +123,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ClientError("--context: expected a JSON object", "e.g. --context '{\"principal\": {\"id\": \"alice\"}}'")
     body = {"input_context": context, "policy_types": types, "performance_tier": args.tier,
             "constitutional_hash": CONSTITUTIONAL_HASH, "require_explanation": args.explain}
-    with _client(args) as api:
-        result = api.post("/api/v1/evaluate", body)
+    if args.via == "nats":
+        result = _evaluate_over_nats(args.nats_url, body)
+    else:
+        with _client(args) as api:
+            result = api.post("/api/v1/evaluate", body)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -139,6 +142,40 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if result.get("explanation"):
         print(result["explanation"])
     return 0
+
+
+def _evaluate_over_nats(nats_url: str, body: dict) -> dict:
+    """`policy.evaluate` request-reply: the same request and response as the HTTP API."""
+    import asyncio
+
+    import nats
+    from nats.errors import NoRespondersError, NoServersError
+    from nats.errors import TimeoutError as NatsTimeout
+
+    async def quiet(_exc: Exception) -> None:
+        return None
+
+    async def go() -> dict:
+        try:
+            nc = await nats.connect(nats_url, max_reconnect_attempts=1, connect_timeout=2, error_cb=quiet)
+        except (NoServersError, OSError):
+            raise ClientError(f"cannot reach NATS at {nats_url}", "start the system with `make run`, or pass --nats-url") from None
+        try:
+            msg = await nc.request("policy.evaluate", json.dumps(body).encode(), timeout=30)
+        except NoRespondersError:
+            raise ClientError("policy.evaluate: no service answers on NATS", "is the control plane running?") from None
+        except NatsTimeout:
+            raise ClientError("policy.evaluate: no reply within 30 s", "check the control plane's logs") from None
+        finally:
+            await nc.close()
+        reply = json.loads(msg.data)
+        code = (msg.headers or {}).get("Nats-Service-Error-Code")
+        if code:
+            message = (reply.get("error") or {}).get("message") or (msg.headers or {}).get("Nats-Service-Error", "")
+            raise ClientError(f"policy.evaluate: error {code}: {message}", "")
+        return reply
+
+    return asyncio.run(go())
 
 
 def _evaluate_file(args: argparse.Namespace, path: Path, types: list[str]) -> int:
@@ -286,6 +323,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--url", help="control plane URL (default $GROQPOLICY_URL or http://127.0.0.1:8015)")
         p.add_argument("--token", help="bearer token (default $GROQPOLICY_TOKEN, else the admin token in <state>/tokens)")
         p.add_argument("--state-dir", help="local state dir, for the token file (default .state)")
+        p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each API answer (default 120)")
 
     pol = sub.add_parser("policies", help="list, create and compile stored policies")
     pol_sub = pol.add_subparsers(dest="policies_command", metavar="ACTION")
@@ -316,6 +354,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--tier", default="reasoning", help="performance tier (default reasoning: every policy applies)")
     ev.add_argument("--explain", action="store_true", help="ask for an explanation")
     ev.add_argument("--json", action="store_true", help="print the whole response as JSON")
+    ev.add_argument("--via", choices=["http", "nats"], default="http",
+                    help="http: POST /api/v1/evaluate; nats: request-reply on policy.evaluate (same shapes)")
+    ev.add_argument("--nats-url", default=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
     client_opts(ev)
     ev.set_defaults(func=cmd_evaluate)
 
