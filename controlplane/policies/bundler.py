@@ -56,7 +56,7 @@ class PolicyBundler:
                 return d
         return BundleDefinition(name=self.bundle, sources=["rego"], roots=["groqpolicy"])
 
-    def _tree(self, tmp: Path, definition: BundleDefinition, modules: Mapping[str, str]) -> BundleDefinition:
+    def _tree(self, tmp: Path, definition: BundleDefinition, modules: Mapping[str, str], run_tests: bool | None = None) -> BundleDefinition:
         for src in definition.sources:
             origin, target = self.rego_root / src, tmp / src
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -72,7 +72,8 @@ class PolicyBundler:
                 path.write_text(text)
             sources.append(RULES_DIR)
         return BundleDefinition(name=definition.name, sources=sources, roots=definition.roots,
-                                description=definition.description, scope=definition.scope, run_tests=definition.run_tests)
+                                description=definition.description, scope=definition.scope,
+                                run_tests=definition.run_tests if run_tests is None else run_tests)
 
     def revision(self, modules: Mapping[str, str]) -> str:
         """The revision name `compile(modules)` would produce, without compiling."""
@@ -83,14 +84,16 @@ class PolicyBundler:
             digest = source_digest([(base / s).resolve() for s in d.sources], base.resolve(), self.publisher.overlay)
             return revision_for(d.name, digest)
 
-    def compile(self, modules: Mapping[str, str], focus: str | None = None) -> CompiledBundle:
+    def compile(self, modules: Mapping[str, str], focus: str | None = None, run_tests: bool = False) -> CompiledBundle:
         """Compile the library plus `modules` ({rule_id: module text}); check the wasm module loads.
 
-        Errors in `focus`'s module are reported against `opa_policy` (the user's text)."""
+        Errors in `focus`'s module are reported against `opa_policy` (the user's text). The library's
+        own `opa test` run is skipped for policy writes (`run_tests=False`): it ran when the library
+        was published, and stored policies carry no tests; `ensure` runs it when the library changes."""
         definition = self.library()
         with tempfile.TemporaryDirectory(prefix="groqpolicy-policies-") as tmp:
             base = Path(tmp)
-            d = self._tree(base, definition, modules)
+            d = self._tree(base, definition, modules, run_tests=run_tests)
             try:
                 compiled = self.compiler.compile(d, base=base, overlay=self.publisher.overlay)
             except CompileError as exc:
@@ -116,7 +119,7 @@ class PolicyBundler:
             active = self.publisher.store.get(self.bundle, "wasm")
             if not force and active is not None and active[0].revision == wanted:
                 return wanted, False
-            compiled = self.compile(modules)
+            compiled = self.compile(modules, run_tests=self.library().run_tests)
             self.publisher.publish(compiled, scope=self.library().scope)
             return compiled.revision, True
 
