@@ -553,3 +553,11 @@ def test_a_forked_child_gets_its_own_engine_and_deadlines(bundle):
             pytest.fail("the forked child hung")
         time.sleep(0.02)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_render_template_outside_the_supported_subset_fails_closed():
+    src = {"p.rego": "package p\nimport rego.v1\nmsg := strings.render_template(input.t, {\"x\": 1})\n"}
+    p = policy_from_files(bundle_files(build_wasm_bundle(src, ["p/msg"])))
+    assert p.evaluate("p/msg", {"t": "x={{.x}}"}) == "x=1"
+    with pytest.raises(E.BuiltinHalt, match=r"\{\{define\}\} is not supported"):
+        p.evaluate("p/msg", {"t": '{{define "a"}}b{{end}}'})

@@ -74,6 +74,7 @@ def _load_all() -> None:
     from bridge.wasm.builtins import (  # noqa: F401
         crypto,
         encoding,
+        gotemplate,
         http,
         jwt,
         misc,

@@ -223,7 +223,7 @@ def _fmt_str(a: str, verb: str, flags: str, width: int | None, prec: int | None)
     elif verb == "X":
         s = a.encode("utf-8").hex().upper()
     else:
-        return f"%!{verb}(string={a})"
+        return f"%!{verb}({getattr(a, 'go_type', 'string')}={a})"
     return _pad(s, width, flags)
 
 
