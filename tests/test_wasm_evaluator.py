@@ -561,3 +561,11 @@ def test_render_template_outside_the_supported_subset_fails_closed():
     assert p.evaluate("p/msg", {"t": "x={{.x}}"}) == "x=1"
     with pytest.raises(E.BuiltinHalt, match=r"\{\{define\}\} is not supported"):
         p.evaluate("p/msg", {"t": '{{define "a"}}b{{end}}'})
+
+
+def test_match_schema_with_keywords_it_cannot_check_fails_closed():
+    src = {"p.rego": "package p\nimport rego.v1\nok := json.match_schema(input.d, input.s)[0]\n"}
+    p = policy_from_files(bundle_files(build_wasm_bundle(src, ["p/ok"])))
+    assert p.evaluate("p/ok", {"d": {"a": 1}, "s": {"type": "object", "required": ["a"]}}) is True
+    with pytest.raises(E.BuiltinHalt, match="not supported by this host: oneOf"):
+        p.evaluate("p/ok", {"d": {"a": 1}, "s": {"oneOf": [{"type": "string"}]}})

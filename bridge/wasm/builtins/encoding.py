@@ -13,7 +13,7 @@ import yaml
 
 from bridge.wasm.builtins import EvalContext, builtin
 from bridge.wasm.builtins.strings import need_str, type_name
-from bridge.wasm.errors import BuiltinError
+from bridge.wasm.errors import BuiltinError, HaltError
 from bridge.wasm.values import RegoSet, canonical_key, to_json
 
 
@@ -394,11 +394,15 @@ def json_verify_schema(ctx: EvalContext, schema: Any) -> list[Any]:
 
 @builtin("json.match_schema")
 def json_match_schema(ctx: EvalContext, document: Any, schema: Any) -> list[Any]:
-    from bridge.wasm.builtins.jsonschema_lite import check_schema, validate
+    from bridge.wasm.builtins.jsonschema_lite import check_schema, unsupported_keywords, validate
 
     s = _schema_of(schema)
     if check_schema(s) is not None:
         raise BuiltinError("json.match_schema: invalid schema")
+    missing = unsupported_keywords(s)
+    if missing:
+        # failing the evaluation is the only safe answer: ignoring a keyword could pass a bad document
+        raise HaltError(f"json.match_schema: schema keywords not supported by this host: {', '.join(sorted(missing))}")
     doc = _schema_of(document)
     errs = validate(doc, s)
     return [not errs, errs]

@@ -10,6 +10,31 @@ import re
 from typing import Any
 
 _TYPES = {"null", "boolean", "object", "array", "number", "string", "integer"}
+_VALIDATED = {
+    "type", "enum", "const", "properties", "required", "patternProperties", "additionalProperties",
+    "minProperties", "maxProperties", "items", "minItems", "maxItems", "uniqueItems", "minLength",
+    "maxLength", "pattern", "minimum", "maximum", "allOf", "anyOf", "not",
+}
+_ANNOTATIONS = {"$schema", "$id", "id", "title", "description", "default", "examples", "$comment", "definitions",
+                "$defs", "readOnly", "writeOnly", "deprecated"}
+
+
+def unsupported_keywords(s: Any) -> set[str]:
+    """Validation keywords this validator does not implement (it must not pretend they passed)."""
+    out: set[str] = set()
+    if isinstance(s, dict):
+        out |= {k for k in s if k not in _VALIDATED and k not in _ANNOTATIONS}
+        for k in ("properties", "patternProperties"):
+            for sub in (s.get(k) or {}).values() if isinstance(s.get(k), dict) else ():
+                out |= unsupported_keywords(sub)
+        for k in ("items", "additionalProperties", "not"):
+            sub = s.get(k)
+            for x in sub if isinstance(sub, list) else [sub]:
+                out |= unsupported_keywords(x)
+        for k in ("allOf", "anyOf"):
+            for x in s.get(k) or []:
+                out |= unsupported_keywords(x)
+    return out
 
 
 def check_schema(s: Any) -> str | None:
