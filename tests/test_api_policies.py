@@ -207,3 +207,20 @@ def test_policy_writes_without_nats_are_503(tmp_path, nats_server):
             assert r.json()["error"]["type"] == "StoreUnavailable"
             assert r.json()["error"]["message"].startswith("policy store (JetStream): create failed: ")
             assert services.runtime.store.records() == []
+
+
+def test_a_policy_this_replica_has_not_loaded_yet_is_503(cp):
+    client, services = cp
+    rule_id = client.post("/api/v1/policies", json=policy(name="not loaded")).json()["rule_id"]
+    runtime = services.runtime
+    older = runtime.bundler.compile({})  # the library alone: what a lagging replica still serves
+    runtime.evaluator.load(runtime.bundler.publisher.sign(older)["wasm"])
+    try:
+        r = client.post("/api/v1/opa/evaluate", json={"policy_id": rule_id, "input_data": {"amount": 1}})
+        assert r.status_code == 503
+        assert r.json()["error"]["message"] == (
+            f"policy {rule_id}: not loaded by the in-process evaluator yet (revision {older.revision}); retry")
+    finally:
+        runtime._etag = None
+        assert runtime.reload()
+    assert client.post("/api/v1/opa/evaluate", json={"policy_id": rule_id, "input_data": {"amount": 1}}).status_code == 200

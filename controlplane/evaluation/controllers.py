@@ -169,8 +169,10 @@ class OpaController(Controller):
                     value = runtime.evaluator.evaluate(entry, data.input_data, timeout=1.0)
             except Exception as exc:  # noqa: BLE001 - the evaluator's error classes, reported as 5xx with the cause
                 name = type(exc).__name__
-                status = 404 if name == "UnknownEntrypointError" else 504 if name == "DeadlineExceeded" else 503
-                raise Upstream(f"wasm evaluation of {entry}: {exc}", status) from None
+                if name == "UnknownEntrypointError":  # stored, but this replica has not loaded it yet
+                    raise Upstream(f"policy {record.rule_id}: not loaded by the in-process evaluator yet "
+                                   f"(revision {runtime.revision() or 'none'}); retry", 503) from None
+                raise Upstream(f"wasm evaluation of {entry}: {exc}", 504 if name == "DeadlineExceeded" else 503) from None
             us = (time.perf_counter_ns() - started) / 1000
             return OpaEvaluateResponse(result=None if value is UNDEFINED else value, execution_time_us=round(us, 2),
                                        policy_version=version, engine="wasm", entrypoint=entry)
