@@ -81,6 +81,10 @@ def go_regexp(pattern: str) -> re.Pattern[str]:
     """Compile an RE2 pattern. Python's engine agrees with RE2 on the syntax policies use;
     RE2-only spellings (`\\z`, `(?P<n>`, POSIX classes) are translated."""
     p = pattern
+    # Perl syntax RE2 rejects but Python's re accepts: refuse it as Go does (never match differently)
+    m = re.search(r"\(\?(<=|<!|=|!|>|P=)|\\[1-9]", p)
+    if m:
+        raise BuiltinError(f"error parsing regexp: invalid or unsupported Perl syntax: `{m.group(0)}`")
     p = p.replace(r"\z", r"\Z")
     # Unicode classes RE2 has and Python's re lacks: letters and numbers (the ones policies use)
     for k, v in ((r"\p{L}", r"[^\W\d_]"), (r"\pL", r"[^\W\d_]"), (r"\P{L}", r"[\W\d_]"), (r"\PL", r"[\W\d_]"),
