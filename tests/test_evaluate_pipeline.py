@@ -203,6 +203,36 @@ def test_the_pipeline_asks_the_configured_model_when_a_policy_needs_it(cp):
     assert attack["decision"] == "deny" and attack["reasons"][0].startswith("deny: model (fast, openai/gpt-oss-20b) judged deny")
 
 
+def test_groq_models_and_inference_through_the_worker(cp):
+    client, _, _, _ = cp
+    models = client.get("/api/v1/groq/models").json()
+    tiers = {m["performance_tier"] for m in models["models"]}
+    assert tiers == {"nano", "fast", "balanced", "premium", "reasoning"}
+    fast = next(m for m in models["models"] if m["performance_tier"] == "fast" and m["primary"])
+    assert set(fast) >= {"model_name", "performance_tier", "max_tokens", "cost_per_token", "typical_latency_ms"}
+    assert fast["latency_target_ms"] == 2.0 and fast["cost_per_token"] > 0
+    assert models["aliases"]["llama-3.1-8b-instant"] == fast["model_name"]
+
+    r = client.post("/api/v1/groq/inference", json={"model_name": "llama-3.1-8b-instant", "prompt": "Is this note harmless?",
+                                                    "constitutional_context": {"principal": "alice"}, "max_tokens": 64, "temperature": 0.2})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    verdict = __import__("json").loads(out["inference_result"])
+    assert set(verdict) == {"decision", "confidence", "rationale"} and verdict["decision"] == out["decision"] == "allow"
+    assert (out["model_used"], out["resolved_from"], out["performance_tier"], out["emulated"]) == (
+        fast["model_name"], "llama-3.1-8b-instant", "fast", True)
+    assert out["constitutional_compliance"] is True and out["constitutional_hash"] == H
+    pm = out["performance_metrics"]
+    assert pm["inference_time_ms"] > 0 and pm["tokens_generated"] > 0 and pm["tokens_per_second"] > 0
+
+    r = client.post("/api/v1/groq/inference", json={"model_name": "gpt-2", "prompt": "hi"})
+    assert r.status_code == 422 and r.json()["error"]["type"] == "UnknownModel"
+    assert r.json()["error"]["message"].startswith("model_name: model 'gpt-2': not in the catalog (known: ")
+    r = client.post("/api/v1/groq/inference", json={"model_name": fast["model_name"], "prompt": "hi", "temperature": 3})
+    assert r.status_code == 400
+    assert r.json()["error"]["details"] == [{"message": "Expected `float` <= 2.0", "key": "temperature", "source": "body"}]
+
+
 @pytest.mark.slow
 def test_no_worker_means_review_never_allow(cp):
     client, _, _, worker = cp
