@@ -20,6 +20,7 @@ from controlplane.bundles.api import BundleApi
 from controlplane.bundles.compiler import CompileError
 from controlplane.bundles.http import BundleServer
 from controlplane.constitution import CONSTITUTIONAL_HASH
+from controlplane.dashboard import DashboardController, dashboard_templates
 from controlplane.errors import GroqPolicyError
 from controlplane.metrics.http import metrics, timing_middleware
 from controlplane.evaluation.controllers import EvaluationController, GroqController, OpaController
@@ -85,13 +86,15 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     return Litestar(
         route_handlers=[health, metrics, BundleServer, BundleApi, AgentIngest, AgentQueries,
-                        PolicyController, EvaluationController, GroqController, OpaController, AuditApi],
+                        PolicyController, EvaluationController, GroqController, OpaController, AuditApi,
+                        DashboardController],
         guards=[default_guard],  # every route needs a token unless it is marked public (controlplane.auth.guards)
         middleware=middleware,
         dependencies={"services": Provide(lambda: services, use_cache=True, sync_to_thread=False)},
         exception_handlers={GroqPolicyError: _product_error, HTTPException: _http_error},
         on_startup=[services.runtime.start, _start_audit, publish_on_start],
         on_shutdown=[_stop_audit, services.runtime.stop],
+        template_config=dashboard_templates(),  # the dashboard at / (controlplane.dashboard)
         openapi_config=OpenAPIConfig(title="groqpolicy control plane", version="0.1.0", path="/schema"),
         state={"services": services},
         debug=False,

@@ -1,0 +1,311 @@
+"""What the dashboard shows, read from where the control plane already keeps it.
+
+- policies: the example library in `rego/policies/*/policy.rego` (type and tier from each module's
+  METADATA `custom`, shipped in the `groqpolicy` bundle) and the policies stored through the API;
+- agents: the latest OPA status report per agent (`services.statuses`);
+- decisions over time, latency per tier, recent records and their chain links: the tail of the
+  audit trail in JetStream (so every replica shows the same numbers, and they survive a restart);
+- cache hit rate and emulation: the inference workers' `$SRV.STATS` replies over NATS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from bridge.catalog import default_catalog
+from bridge.wire import TIERS
+from controlplane.audit.records import GENESIS_HASH, AuditRecord, check_stored, record_time
+from controlplane.dashboard.charts import OUTCOMES, Bucket, TierLatency, percentile
+
+if TYPE_CHECKING:
+    from controlplane.services import Services
+
+log = logging.getLogger(__name__)
+
+WINDOW_RECORDS = 2000  # audit records read per page view (the newest ones)
+RECENT_ROWS = 25
+WORKER_SERVICE = "groqpolicy-inference"  # bridge.worker.service.SERVICE_NAME (not imported: pulls in groq)
+STATS_WAIT_S = 0.25
+# (window, bucket) pairs; the smallest window that holds the oldest record read is used
+WINDOWS: tuple[tuple[int, int], ...] = ((60, 2), (300, 10), (900, 30), (3600, 60), (6 * 3600, 600), (24 * 3600, 1800))
+
+
+@dataclass
+class PolicyRow:
+    name: str
+    policy_type: str
+    tier: str
+    version: str
+    status: str  # compiled | failed | pending | not compiled yet
+    origin: str  # "library" (rego/policies) or "stored" (API)
+    active: bool = True
+    detail: str = ""
+    uses_model: bool = False
+
+
+@dataclass
+class AuditRow:
+    seq: int
+    record: AuditRecord | None
+    chain: str  # "ok", "start" (first record read, its predecessor not read) or the reason it is broken
+    when: float = 0.0
+
+
+@dataclass
+class WorkerRow:
+    id: str
+    version: str
+    emulated: bool
+    stats: dict[str, Any]
+    requests: int
+
+
+@dataclass
+class Snapshot:
+    generated_at: float
+    policies: list[PolicyRow] = field(default_factory=list)
+    library_revision: str = ""
+    agents: list[Any] = field(default_factory=list)
+    audit_error: str = ""
+    audit_total: int = 0
+    window_records: int = 0
+    chain_broken: int = 0
+    recent: list[AuditRow] = field(default_factory=list)
+    buckets: list[Bucket] = field(default_factory=list)
+    bucket_s: int = 10
+    window_s: int = 300
+    outcome_totals: dict[str, int] = field(default_factory=dict)
+    latency: list[TierLatency] = field(default_factory=list)
+    workers: list[WorkerRow] = field(default_factory=list)
+    workers_error: str = ""
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def emulated(self) -> bool | None:
+        """True/False when workers answered, None when none did."""
+        return any(w.emulated for w in self.workers) if self.workers else None
+
+    @property
+    def cache(self) -> dict[str, int]:
+        c = {"l1_hits": 0, "l2_hits": 0, "lookups": 0, "model_calls": 0, "coalesced": 0}
+        for w in self.workers:
+            s = w.stats
+            c["l1_hits"] += int(s.get("l1_hits", 0))
+            c["l2_hits"] += int(s.get("l2_hits", 0))
+            c["lookups"] += int(s.get("l1_hits", 0)) + int(s.get("l1_misses", 0))
+            c["model_calls"] += int(s.get("model_calls", 0))
+            c["coalesced"] += int(s.get("coalesced", 0))
+        c["misses"] = max(0, c["lookups"] - c["l1_hits"] - c["l2_hits"])
+        return c
+
+    @property
+    def cache_hit_rate(self) -> float | None:
+        c = self.cache
+        return (c["l1_hits"] + c["l2_hits"]) / c["lookups"] if c["lookups"] else None
+
+
+# ---- policies ---------------------------------------------------------------------------------
+def _metadata_blocks(text: str) -> list[dict]:
+    """The YAML of every `# METADATA` comment block of a Rego module."""
+    blocks, lines = [], text.splitlines()
+    i = 0
+    while i < len(lines):
+        if lines[i].strip() == "# METADATA":
+            body = []
+            i += 1
+            while i < len(lines) and lines[i].lstrip().startswith("#"):
+                body.append(lines[i].lstrip()[2:] if lines[i].lstrip().startswith("# ") else lines[i].lstrip()[1:])
+                i += 1
+            try:
+                doc = yaml.safe_load("\n".join(body))
+            except yaml.YAMLError:
+                doc = None
+            if isinstance(doc, dict):
+                blocks.append(doc)
+        else:
+            i += 1
+    return blocks
+
+
+def library_policies(rego_root: Path) -> list[tuple[str, str, str, bool, str]]:
+    """(title, policy_type, tier, uses_model, file) of each example policy in `rego/policies`."""
+    out = []
+    for path in sorted((rego_root / "rego" / "policies").glob("*/policy.rego")):
+        blocks = _metadata_blocks(path.read_text())
+        title = next((b["title"] for b in blocks if isinstance(b.get("title"), str)), path.parent.name)
+        custom = next((b["custom"] for b in blocks if isinstance(b.get("custom"), dict) and "policy_type" in b["custom"]), {})
+        out.append((title, str(custom.get("policy_type", path.parent.name)), str(custom.get("performance_tier", "")),
+                    bool(custom.get("uses_model", False)), str(path.relative_to(rego_root))))
+    return out
+
+
+def policy_rows(services: Services) -> tuple[list[PolicyRow], str]:
+    active = services.store.get("groqpolicy", "rego")
+    revision = active[0].revision if active else ""
+    failed = [e for e in services.startup_errors if e]
+    rows = []
+    for title, ptype, tier, uses_model, file in library_policies(services.settings.rego_root):
+        status = "compiled" if revision else ("failed" if failed else "not compiled yet")
+        rows.append(PolicyRow(name=title, policy_type=ptype, tier=tier or "—", version=revision or "—", status=status,
+                              origin="library", detail=file, uses_model=uses_model))
+    try:
+        stored = services.runtime.policies.list()
+    except Exception:  # noqa: BLE001 - the policy store needs NATS; the panel says so
+        stored = []
+    for r in stored:
+        status = {"success": "compiled"}.get(r.wasm_compilation_status, r.wasm_compilation_status)
+        rows.append(PolicyRow(name=r.name, policy_type=r.policy_type, tier=r.performance_tier, version=f"v{r.version}",
+                              status=status, origin="stored", active=r.is_active, detail=str(r.rule_id),
+                              uses_model=r.groq_model_config is not None))
+    return rows, revision
+
+
+# ---- audit tail -------------------------------------------------------------------------------
+async def read_tail(trail: Any, limit: int) -> tuple[int, list[AuditRow]]:
+    """The newest `limit` records with each one's chain status, and the stream's record count.
+
+    Reads raw stored bytes (the trail's own scanner) so the hash check covers exactly what is
+    stored; a record links to the one read before it, the first one read is only hash-checked.
+    """
+    js = trail.nc.jetstream(timeout=trail.timeout)
+    state = (await js.stream_info(trail.stream)).state
+    if not state.messages:
+        return 0, []
+    start = max(state.first_seq, state.last_seq - limit + 1, 1)
+    prev: str | None = GENESIS_HASH if start <= 1 else None
+    rows: list[AuditRow] = []
+    async for seq, _subject, data in trail._scan(start, f"{trail.prefix}.>"):  # noqa: SLF001 - raw bytes for the hash check
+        if seq > state.last_seq:
+            break
+        h, record, reason = check_stored(data, prev)
+        chain = reason or ("ok" if prev is not None else "start")
+        rows.append(AuditRow(seq=seq, record=record, chain=chain, when=record_time(record) if record else 0.0))
+        prev = h
+    return state.messages, rows
+
+
+def _outcome(decision: str) -> str:
+    return decision if decision in OUTCOMES else "other"
+
+
+def decisions_over_time(rows: list[AuditRow], now: float) -> tuple[list[Bucket], int, int]:
+    times = [r.when for r in rows if r.record is not None and r.when]
+    oldest = min(times, default=now)
+    window, step = WINDOWS[-1]
+    for w, s in WINDOWS:
+        if now - oldest <= w:
+            window, step = w, s
+            break
+    end = (int(now) // step + 1) * step
+    first = end - window
+    buckets = [Bucket(start=float(t)) for t in range(first, end, step)]
+    for r in rows:
+        if r.record is None or not r.when or r.when < first:
+            continue
+        b = buckets[min(len(buckets) - 1, int((r.when - first) // step))]
+        o = _outcome(r.record.decision)
+        b.counts[o] = b.counts.get(o, 0) + 1
+    return buckets, window, step
+
+
+def latency_per_tier(rows: list[AuditRow]) -> list[TierLatency]:
+    catalog = default_catalog()
+    by_tier: dict[str, list[float]] = {t: [] for t in TIERS}
+    for r in rows:
+        rec = r.record
+        if rec is not None and rec.latency_ms is not None and rec.performance_tier in by_tier:
+            by_tier[rec.performance_tier].append(rec.latency_ms)
+    out = []
+    for tier in TIERS:
+        values = sorted(by_tier[tier])
+        target = catalog.tier(tier).latency_target_ms
+        row = TierLatency(tier=tier, target_ms=target, count=len(values))
+        if values:
+            row.p50, row.p90, row.p99 = (percentile(values, q) for q in (50, 90, 99))
+            row.met = sum(1 for v in values if v <= target)
+        out.append(row)
+    return out
+
+
+# ---- workers ----------------------------------------------------------------------------------
+async def worker_stats(nc: Any, wait_s: float = STATS_WAIT_S) -> list[WorkerRow]:
+    """Every inference worker's `$SRV.STATS` reply that arrives within `wait_s`."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    rows: list[WorkerRow] = []
+    try:
+        await nc.publish(f"$SRV.STATS.{WORKER_SERVICE}", b"", reply=inbox)
+        deadline = time.monotonic() + wait_s
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                msg = await sub.next_msg(timeout=left)
+            except Exception:  # noqa: BLE001 - nats TimeoutError: no more replies
+                break
+            if not msg.data:  # the server's no-responders status
+                continue
+            try:
+                doc = json.loads(msg.data)
+            except ValueError:
+                continue
+            endpoints = doc.get("endpoints") or []
+            data = next((e.get("data") for e in endpoints if isinstance(e.get("data"), dict)), {}) or {}
+            rows.append(WorkerRow(id=str(doc.get("id", "")), version=str(doc.get("version", "")),
+                                  emulated=bool(data.get("emulated")), stats=data,
+                                  requests=sum(int(e.get("num_requests", 0)) for e in endpoints)))
+    finally:
+        await sub.unsubscribe()
+    return sorted(rows, key=lambda w: w.id)
+
+
+# ---- everything ---------------------------------------------------------------------------------
+async def snapshot(services: Services) -> Snapshot:
+    now = time.time()
+    snap = Snapshot(generated_at=now)
+    snap.errors = list(services.startup_errors) + list(getattr(services.runtime, "errors", []))
+    snap.policies, snap.library_revision = policy_rows(services)
+    snap.agents = services.statuses.agents()
+
+    async def audit() -> None:
+        trail = getattr(services, "audit", None)
+        if trail is None:
+            snap.audit_error = "audit trail: not connected to NATS JetStream"
+            return
+        try:
+            snap.audit_total, rows = await read_tail(trail, WINDOW_RECORDS)
+        except Exception as exc:  # noqa: BLE001 - a panel that cannot load says why; the page still renders
+            snap.audit_error = f"audit trail: {exc}"
+            return
+        snap.window_records = len(rows)
+        snap.chain_broken = sum(1 for r in rows if r.chain not in ("ok", "start"))
+        snap.recent = list(reversed(rows[-RECENT_ROWS:]))
+        snap.buckets, snap.window_s, snap.bucket_s = decisions_over_time(rows, now)
+        for r in rows:
+            if r.record is not None:
+                o = _outcome(r.record.decision)
+                snap.outcome_totals[o] = snap.outcome_totals.get(o, 0) + 1
+        snap.latency = latency_per_tier(rows)
+
+    async def workers() -> None:
+        nc = getattr(services.runtime.nats, "nc", None)
+        if nc is None or not nc.is_connected:
+            snap.workers_error = "NATS: the control plane is not connected"
+            return
+        try:
+            snap.workers = await worker_stats(nc)
+        except Exception as exc:  # noqa: BLE001
+            snap.workers_error = f"NATS: {exc}"
+
+    await asyncio.gather(audit(), workers())
+    if not snap.latency:
+        snap.latency = latency_per_tier([])
+    if not snap.buckets:
+        snap.buckets, snap.window_s, snap.bucket_s = decisions_over_time([], now)
+    return snap

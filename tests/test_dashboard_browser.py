@@ -1,0 +1,152 @@
+"""The dashboard in a real headless Chromium (Debian's `chromium`, installed by
+`python -m controlplane.dashboard.browser ensure` when missing), driven over the DevTools protocol.
+
+The test makes real evaluations first (HTTP API, a real inference worker answering from the Groq
+emulator over NATS for the policy that asks a model), signs in through the login form, and then
+checks what the browser shows: no console errors, the example policies, the decisions chart with
+exactly the outcomes the test produced, the latency rows of the tiers it used and a cache hit. A
+full-page screenshot lands in the test's output directory (printed; kept by pytest's tmp_path)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from controlplane.constitution import CONSTITUTIONAL_HASH
+from controlplane.dashboard.browser import Chromium, ensure_chromium
+from tests.bridge_helpers import emu_module, spawn_worker, wait_for_workers  # noqa: F401 - fixture
+from tests.controlplane_helpers import ADMIN_HEADERS, ADMIN_TOKEN, EVALUATE_TOKEN, bearer, make_settings, running_control_plane
+
+pytestmark = pytest.mark.slow
+
+H = CONSTITUTIONAL_HASH
+HEAD = "package p\n\nimport data.groqpolicy.lib.decision as doc\n\n"
+GATE = HEAD + """d contains "deletes need a ticket" if input.action == "delete"
+
+r contains "flagged for a human" if input.flag
+
+decision := doc.document("gate", d, r, {"read is fine"}, 1, ["P3-least-privilege"])
+"""
+JUDGE = HEAD + """import data.groqpolicy.lib.groq
+
+answer := groq.judge_for("ethics", "fast", "Is this text harmful?", {"text": input.text})
+
+d contains groq.summary(answer) if {
+	groq.confident(answer, 0.7)
+	answer.decision == "deny"
+}
+
+r contains groq.doubt(answer, 0.7) if not groq.confident(answer, 0.7)
+
+decision := doc.document("judge", d, r, {"model found nothing wrong"}, 1, ["P1-human-oversight"])
+"""
+EXAMPLE_TITLES = ("Security policies", "Ethical constraints")  # two of the seven rego/policies examples
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-output"  # git-ignored
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Path:
+    return ensure_chromium()
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory, nats_server_module, emu_module):  # noqa: F811
+    url = nats_server_module.extra["url"]
+    tmp = tmp_path_factory.mktemp("dash-browser")
+    worker = spawn_worker(url, emu_module.url, tmp / "worker.log")
+    try:
+        asyncio.run(wait_for_workers(url, 1))
+        settings = make_settings(tmp / "state", compile_on_start=True, nats_url=url)
+        with running_control_plane(settings) as services:
+            with httpx.Client(base_url=settings.base_url, headers=ADMIN_HEADERS, timeout=60) as client:
+                for name, ptype, tier, rego in (("dashboard gate", "security_policies", "nano", GATE),
+                                                ("content judge", "ethical_constraints", "fast", JUDGE)):
+                    r = client.post("/api/v1/policies", json={"name": name, "policy_type": ptype, "performance_tier": tier,
+                                                              "opa_policy": rego, "constitutional_hash": H})
+                    assert r.status_code == 201, r.text
+                yield client, services
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+
+
+def evaluate(client: httpx.Client, ctx: dict, types: list[str], tier: str) -> dict:
+    r = client.post("/api/v1/evaluate", headers=bearer(EVALUATE_TOKEN), json={
+        "input_context": ctx, "policy_types": types, "performance_tier": tier, "constitutional_hash": H})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_dashboard_in_headless_chromium(system, chromium, tmp_path):
+    client, _ = system
+    made = [evaluate(client, {"principal": "alice", "action": "read"}, ["security_policies"], "nano") for _ in range(3)]
+    made += [evaluate(client, {"principal": "alice", "action": "delete"}, ["security_policies"], "nano") for _ in range(2)]
+    made += [evaluate(client, {"principal": "alice", "action": "read", "flag": True}, ["security_policies"], "nano")]
+    # the same text twice: the second model lookup is a cache hit in the worker
+    made += [evaluate(client, {"principal": "bob", "text": "Tips for a 10k run?"}, ["ethical_constraints"], "fast") for _ in range(2)]
+    outcomes = Counter(m["decision"] for m in made)
+    assert {"allow", "deny", "review"} <= set(outcomes), outcomes
+    assert sum(m["performance_metrics"]["model_calls"] for m in made) == 2
+
+    base = str(client.base_url).rstrip("/")
+    with Chromium(chromium) as browser:
+        page = browser.new_page()
+        # sign in the way a person does: the form
+        page.navigate(f"{base}/dashboard/login")
+        assert page.evaluate("document.title") == "groqpolicy — sign in"
+        page.evaluate(f"document.getElementById('token').value = {json.dumps(ADMIN_TOKEN)}; "
+                      "setTimeout(() => document.querySelector('#login form').submit(), 0); true")
+        page.wait_for("Page.loadEventFired")
+        assert page.evaluate("location.pathname") == "/"
+        assert page.evaluate("document.title") == "groqpolicy — dashboard"
+        page.drain(0.5)
+        assert page.console_errors() == []
+
+        policies = page.evaluate("[...document.querySelectorAll('#policies tr.policy')].map(tr => "
+                                 "[tr.dataset.origin, tr.dataset.type, tr.cells[0].innerText.trim(), tr.cells[4].innerText.trim()])")
+        library = [p for p in policies if p[0] == "library"]
+        assert len(library) == 7 and {p[3] for p in library} == {"compiled"}
+        assert set(EXAMPLE_TITLES) <= {p[2] for p in library}
+        stored = {p[2]: p for p in policies if p[0] == "stored"}
+        assert stored["dashboard gate"][1:] == ["security_policies", "dashboard gate", "compiled"]
+        assert stored["content judge"][1] == "ethical_constraints"
+
+        # the decisions chart: drawn bars whose numbers are the evaluations made above
+        bars = page.evaluate("[...document.querySelectorAll('#decisions-chart rect.bar')].map(r => "
+                             "({outcome: r.dataset.outcome, count: +r.dataset.count, height: r.getBoundingClientRect().height}))")
+        assert bars and all(b["height"] > 0 for b in bars)
+        drawn: Counter[str] = Counter()
+        for b in bars:
+            drawn[b["outcome"]] += b["count"]
+        assert drawn == outcomes
+
+        tiers = page.evaluate("Object.fromEntries([...document.querySelectorAll('#latency-chart g.tier-latency')].map(g => "
+                              "[g.dataset.tier, {count: +g.dataset.count, p99: +g.dataset.p99, target: +g.dataset.target}]))")
+        assert {t: v["count"] for t, v in tiers.items()} == {"nano": 6, "fast": 2}
+        assert tiers["nano"]["target"] == 1 and tiers["fast"]["target"] == 2
+        slowest_fast = max(m["performance_metrics"]["total_latency_ms"] for m in made[-2:])
+        assert tiers["fast"]["p99"] == pytest.approx(slowest_fast, abs=1e-3)
+
+        rate = page.evaluate("document.getElementById('cache-rate').dataset.rate")
+        assert rate and 0 < float(rate) <= 1
+        assert page.evaluate("document.getElementById('inference-mode').dataset.mode") == "emulated"
+        assert page.evaluate("document.querySelectorAll('#audit tr.audit-row').length") == len(made)
+        assert page.evaluate("document.getElementById('chain-status').innerText").startswith("intact")
+
+        shot = page.screenshot(tmp_path / "dashboard.png")
+        assert shot.stat().st_size > 20_000
+        # the auto-refresh switch works without errors, and stays off once switched off
+        page.evaluate("document.getElementById('autorefresh').click(); true")
+        page.drain(0.2)
+        assert page.evaluate("localStorage.getItem('groqpolicy.autorefresh')") == "off"
+        assert page.console_errors() == []
+    ARTIFACTS.mkdir(exist_ok=True)
+    shutil.copy(shot, ARTIFACTS / "dashboard.png")
+    print(f"dashboard screenshot: {shot} (copy: {ARTIFACTS / 'dashboard.png'})")
