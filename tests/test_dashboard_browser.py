@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import httpx
 import pytest
 
 from controlplane.constitution import CONSTITUTIONAL_HASH
+from controlplane.processes import ManagedProcess, start_opa_agent
 from controlplane.dashboard.browser import Chromium, ensure_chromium
 from tests.bridge_helpers import emu_module, spawn_worker, wait_for_workers  # noqa: F401 - fixture
 from tests.controlplane_helpers import ADMIN_HEADERS, ADMIN_TOKEN, EVALUATE_TOKEN, bearer, make_settings, running_control_plane
@@ -47,6 +49,7 @@ r contains groq.doubt(answer, 0.7) if not groq.confident(answer, 0.7)
 decision := doc.document("judge", d, r, {"model found nothing wrong"}, 1, ["P1-human-oversight"])
 """
 EXAMPLE_TITLES = ("Security policies", "Ethical constraints")  # two of the seven rego/policies examples
+AGENT = "dash-agent"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-output"  # git-ignored
 
 
@@ -70,11 +73,36 @@ def system(tmp_path_factory, nats_server_module, emu_module):  # noqa: F811
                     r = client.post("/api/v1/policies", json={"name": name, "policy_type": ptype, "performance_tier": tier,
                                                               "opa_policy": rego, "constitutional_hash": H})
                     assert r.status_code == 201, r.text
-                yield client, services
+                agent = start_agent(client, tmp)
+                try:
+                    yield client, services, agent
+                finally:
+                    agent.stop()
     finally:
         if worker.poll() is None:
             worker.kill()
             worker.wait()
+
+
+def start_agent(client: httpx.Client, tmp: Path) -> ManagedProcess:
+    """A real OPA agent configured from the control plane, up once it reported the current revision."""
+    cfg = client.get("/api/v1/opa/config", params={"agent_id": AGENT, "min_delay_s": 1, "max_delay_s": 2,
+                                                   "log_min_delay_s": 1, "log_max_delay_s": 1, "long_polling_timeout_s": 1}).text
+    (tmp / "agent.yaml").write_text(cfg)
+    agent = start_opa_agent(tmp / "agent.yaml", tmp / "opa")
+    try:
+        current = client.get("/health").json()["bundles"]
+        deadline = time.monotonic() + 30
+        while True:
+            reported = {a["id"]: a for a in client.get("/api/v1/opa/agents").json()}
+            bundles = {b["name"]: b["active_revision"] for b in (reported.get(AGENT) or {}).get("bundles", [])}
+            if bundles.get("groqpolicy") and any(f"groqpolicy/rego@{bundles['groqpolicy']}" == b for b in current):
+                return agent
+            assert time.monotonic() < deadline, (reported, current, agent.log()[-2000:])
+            time.sleep(0.2)
+    except BaseException:
+        agent.stop()
+        raise
 
 
 def evaluate(client: httpx.Client, ctx: dict, types: list[str], tier: str) -> dict:
@@ -85,7 +113,7 @@ def evaluate(client: httpx.Client, ctx: dict, types: list[str], tier: str) -> di
 
 
 def test_dashboard_in_headless_chromium(system, chromium, tmp_path):
-    client, _ = system
+    client, _, agent = system
     made = [evaluate(client, {"principal": "alice", "action": "read"}, ["security_policies"], "nano") for _ in range(3)]
     made += [evaluate(client, {"principal": "alice", "action": "delete"}, ["security_policies"], "nano") for _ in range(2)]
     made += [evaluate(client, {"principal": "alice", "action": "read", "flag": True}, ["security_policies"], "nano")]
@@ -94,6 +122,16 @@ def test_dashboard_in_headless_chromium(system, chromium, tmp_path):
     outcomes = Counter(m["decision"] for m in made)
     assert {"allow", "deny", "review"} <= set(outcomes), outcomes
     assert sum(m["performance_metrics"]["model_calls"] for m in made) == 2
+    # one decision through the OPA agent: its decision log becomes an audit record too
+    r = httpx.post(f"{agent.extra['url']}/v1/data/groqpolicy/policies/security_policies/decision", timeout=30, json={"input": {
+        "principal": {"id": "bob", "roles": ["viewer"], "mfa": True, "source_ip": "10.1.2.3"},
+        "action": "delete", "resource": {"type": "reports", "classification": "internal"}}})
+    assert r.json()["result"]["decision"] == "deny"
+    deadline = time.monotonic() + 20
+    while not client.get("/api/v1/audit", params={"decision_id": r.json()["decision_id"]}).json()["records"]:
+        assert time.monotonic() < deadline, agent.log()[-2000:]
+        time.sleep(0.2)
+    outcomes["deny"] += 1
 
     base = str(client.base_url).rstrip("/")
     with Chromium(chromium) as browser:
@@ -137,7 +175,11 @@ def test_dashboard_in_headless_chromium(system, chromium, tmp_path):
         rate = page.evaluate("document.getElementById('cache-rate').dataset.rate")
         assert rate and 0 < float(rate) <= 1
         assert page.evaluate("document.getElementById('inference-mode').dataset.mode") == "emulated"
-        assert page.evaluate("document.querySelectorAll('#audit tr.audit-row').length") == len(made)
+        assert page.evaluate("document.querySelectorAll('#audit tr.audit-row').length") == len(made) + 1
+        agents = page.evaluate("[...document.querySelectorAll('#agents tr.agent')].map(tr => [...tr.cells].map(c => c.innerText.trim()))")
+        assert len(agents) == 1 and agents[0][0] == AGENT and agents[0][1] == "groqpolicy"
+        revision = client.get("/health").json()["bundles"][0].rsplit("@", 1)[1]
+        assert agents[0][2] == f"{revision} current" and agents[0][3] == "activated"
         assert page.evaluate("document.getElementById('chain-status').innerText").startswith("intact")
 
         shot = page.screenshot(tmp_path / "dashboard.png")

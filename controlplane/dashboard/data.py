@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 WINDOW_RECORDS = 2000  # audit records read per page view (the newest ones)
 RECENT_ROWS = 25
 WORKER_SERVICE = "groqpolicy-inference"  # bridge.worker.service.SERVICE_NAME (not imported: pulls in groq)
-STATS_WAIT_S = 0.25
+STATS_WAIT_S = 0.25  # the longest a page view waits for workers' $SRV.STATS replies
+STATS_STRAGGLER_S = 0.03
 # (window, bucket) pairs; the smallest window that holds the oldest record read is used
 WINDOWS: tuple[tuple[int, int], ...] = ((60, 2), (300, 10), (900, 30), (3600, 60), (6 * 3600, 600), (24 * 3600, 1800))
 
@@ -249,8 +250,10 @@ async def worker_stats(nc: Any, wait_s: float = STATS_WAIT_S) -> list[WorkerRow]
                 msg = await sub.next_msg(timeout=left)
             except Exception:  # noqa: BLE001 - nats TimeoutError: no more replies
                 break
-            if not msg.data:  # the server's no-responders status
-                continue
+            if not msg.data:  # the server's no-responders status: nobody is listening
+                break
+            # workers answer within a few ms of each other: after a reply, wait only a little longer
+            deadline = min(deadline, time.monotonic() + STATS_STRAGGLER_S)
             try:
                 doc = json.loads(msg.data)
             except ValueError:
