@@ -74,6 +74,8 @@ def test_login_sets_an_httponly_cookie_and_a_wrong_token_is_refused(cp):
     with httpx.Client(base_url=str(client.base_url), timeout=30) as fresh:
         r = fresh.get(f"/dashboard/login?token={ADMIN_TOKEN}", follow_redirects=True)
         assert r.status_code == 200 and 'id="decisions-chart"' in r.text  # the cookie carried the session
+        assert "No evaluations yet — try <code>groqpolicy evaluate" in r.text  # empty states say what to do
+        assert "No audit records yet" in r.text and "no evaluations at this tier yet" in r.text
         out = fresh.post("/dashboard/logout", follow_redirects=False)
         assert out.status_code == 303 and 'Max-Age=0' in out.headers["set-cookie"]
     client.cookies.clear()
