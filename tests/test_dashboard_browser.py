@@ -144,6 +144,10 @@ def test_dashboard_in_headless_chromium(system, chromium, tmp_path):
         page.wait_for("Page.loadEventFired")
         assert page.evaluate("location.pathname") == "/"
         assert page.evaluate("document.title") == "groqpolicy — dashboard"
+        # switch the 10 s auto-refresh off first (it must not reload the page under the test), through its own JS
+        assert page.evaluate("document.getElementById('autorefresh').checked") is True
+        page.evaluate("document.getElementById('autorefresh').click(); true")
+        assert page.evaluate("localStorage.getItem('groqpolicy.autorefresh')") == "off"
         page.drain(0.5)
         assert page.console_errors() == []
 
@@ -184,11 +188,27 @@ def test_dashboard_in_headless_chromium(system, chromium, tmp_path):
 
         shot = page.screenshot(tmp_path / "dashboard.png")
         assert shot.stat().st_size > 20_000
-        # the auto-refresh switch works without errors, and stays off once switched off
-        page.evaluate("document.getElementById('autorefresh').click(); true")
+        # a reload keeps auto-refresh off, still without a console error
+        page.navigate(f"{base}/")
+        assert page.evaluate("document.getElementById('autorefresh').checked") is False
         page.drain(0.2)
-        assert page.evaluate("localStorage.getItem('groqpolicy.autorefresh')") == "off"
         assert page.console_errors() == []
     ARTIFACTS.mkdir(exist_ok=True)
     shutil.copy(shot, ARTIFACTS / "dashboard.png")
     print(f"dashboard screenshot: {shot} (copy: {ARTIFACTS / 'dashboard.png'})")
+
+
+def test_the_console_error_check_sees_errors(chromium, tmp_path):
+    """The detector the dashboard test relies on: a console error, an uncaught exception and a
+    failed load are all reported (so `console_errors() == []` above means something)."""
+    html = tmp_path / "bad.html"
+    html.write_text('<!doctype html><title>bad</title><img src="missing.png">'
+                    '<script>console.error("boom"); setTimeout(() => { throw new Error("kaput"); }, 0);</script>')
+    with Chromium(chromium) as browser:
+        page = browser.new_page()
+        page.navigate(html.as_uri())
+        page.drain(0.5)
+        errors = page.console_errors()
+    assert any(e == "console: boom" for e in errors), errors
+    assert any(e.startswith("exception: Uncaught") and "kaput" in e for e in errors), errors
+    assert any(e.startswith("log: ") and "missing.png" in e for e in errors), errors
