@@ -121,12 +121,14 @@ def test_agents_panel_shows_each_agents_revision_and_status(cp):
     services.store.activate("groqpolicy", "rev-dash-1", {"rego": b"x"})
     for agent, code in (("agent-ok", ""), ("agent-bad", "bundle_error")):
         doc = {"labels": {"id": agent, "agent": agent}, "bundles": {"groqpolicy": {
-            "active_revision": "rev-dash-1" if not code else "rev-old", "code": code, "message": "signature mismatch" if code else ""}}}
+            "active_revision": "rev-dash-1" if not code else "rev-old", "code": code, "message": "signature mismatch" if code else ""}},
+            "plugins": {"bundle": {"state": "OK"}, "decision_logs": {"state": "ERROR" if code else "OK", "message": "upload failed"}}}
         assert client.post("/status", json=doc, headers=bearer(ADMIN_TOKEN)).status_code == 204
     html = client.get("/", headers=bearer(ADMIN_TOKEN)).text
     ok = html.split('data-agent="agent-ok"', 1)[1].split("</tr>", 1)[0]
     bad = html.split('data-agent="agent-bad"', 1)[1].split("</tr>", 1)[0]
-    assert "rev-dash-1" in ok and "current" in ok and "activated" in ok
+    assert "rev-dash-1" in ok and "current" in ok and "activated" in ok and "decision_logs" not in ok
+    assert "decision_logs ERROR" in bad
     assert "rev-old" in bad and "behind" in bad and "bundle_error" in bad and "signature mismatch" in bad
 
 
