@@ -193,3 +193,28 @@ def test_latency_chart_marks_each_tier_and_its_target():
                          TierLatency(tier="<x>", target_ms=5.0)])
     assert 'data-tier="nano" data-count="2" data-p50="0.2000"' in svg and 'data-target="1"' in svg
     assert "&lt;x&gt;" in svg and "<x>" not in svg  # labels are escaped
+
+
+def test_ensure_chromium_installs_with_apt_get_only_when_missing(tmp_path, monkeypatch):
+    """With no chromium, `ensure` runs apt-get update + install (a recording fake here) and finds the binary."""
+    from controlplane.dashboard import browser
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    calls = tmp_path / "calls"
+    fake_apt = bindir / "apt-get"
+    fake_apt.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n'
+                        f'if [ "$1" = install ]; then printf "#!/bin/sh\\n" > {bindir}/chromium; /bin/chmod +x {bindir}/chromium; fi\n')
+    fake_apt.chmod(0o755)
+    monkeypatch.delenv("CHROMIUM_BIN", raising=False)
+    monkeypatch.setenv("PATH", str(bindir))
+    monkeypatch.setattr(browser, "DEBIAN_CHROMIUM", tmp_path / "nowhere" / "chromium")
+    monkeypatch.setattr(browser.os, "geteuid", lambda: 0)
+    assert browser.ensure_chromium() == bindir / "chromium"
+    assert calls.read_text().splitlines() == ["update", "install -y --no-install-recommends chromium"]
+    # present now: nothing is installed again
+    assert browser.ensure_chromium() == bindir / "chromium"
+    assert len(calls.read_text().splitlines()) == 2
+    monkeypatch.setenv("CHROMIUM_BIN", str(tmp_path / "nope"))
+    with pytest.raises(browser.ToolchainError, match=r"CHROMIUM_BIN=.*/nope: no such file"):
+        browser.ensure_chromium()

@@ -50,6 +50,8 @@ def ensure_chromium(log=sys.stderr) -> Path:
     found = find_chromium()
     if found is not None:
         return found
+    if env := os.environ.get("CHROMIUM_BIN"):
+        raise ToolchainError(f"CHROMIUM_BIN={env}: no such file (unset it to use or install Debian's chromium)")
     apt = shutil.which("apt-get")
     if apt is None:
         raise ToolchainError("chromium: not found ($CHROMIUM_BIN, /usr/bin/chromium, PATH) and apt-get is missing; "
