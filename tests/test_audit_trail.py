@@ -111,6 +111,40 @@ async def test_a_retried_record_is_stored_once(nats_server):
         await nc2.close()
 
 
+async def test_a_lost_ack_is_settled_by_reading_the_next_sequence(nats_server):
+    """The batch committed but its answer never came: the trail finds it at last+1 and adopts it."""
+    nc = await nats.connect(nats_server.extra["url"])
+    trail = AuditTrail(nc, timeout=0.3)
+    await trail.ensure_stream()
+    lost: list[bytes] = []
+    deliver = trail._on_ack
+
+    async def lossy(msg) -> None:
+        if not lost:
+            lost.append(msg.data)  # swallowed: the publisher times out without knowing
+            return
+        await deliver(msg)
+
+    trail._on_ack = lossy  # type: ignore[method-assign]
+    try:
+        stored = await asyncio.gather(*(trail.append(rec(evaluation_id=f"e{i}")) for i in range(3)))
+        assert lost and b'"seq":3' in lost[0]  # the whole batch had committed
+        assert [s.seq for s in stored] == [1, 2, 3]
+        assert (await nc.jetstream().stream_info(trail.stream)).state.messages == 3  # not stored twice
+        assert (await trail.verify()).checked == 3
+    finally:
+        await nc.close()
+
+
+async def test_a_batch_holding_an_already_stored_record_goes_one_by_one(trail):
+    first = await trail.append(rec(evaluation_id="first"))
+    again = AuditRecord(**{f: getattr(first.record, f) for f in ("source", "decision", "record_id", "evaluation_id")})
+    stored = await trail.append_many([again, rec(evaluation_id="x"), rec(evaluation_id="y")])
+    assert stored[0].seq == 1 and stored[0].record.hash == first.record.hash  # the stored copy stands
+    assert [s.seq for s in stored[1:]] == [2, 3]
+    assert (await trail.verify()).checked == 3
+
+
 async def test_verify_reports_a_record_published_with_a_wrong_prev_hash(trail):
     for i in range(3):
         await trail.append(rec(evaluation_id=f"e{i}"))

@@ -3,17 +3,22 @@
 Why appends cannot fork the chain: every publish carries `Nats-Expected-Last-Sequence` = the
 stream sequence of the record it links to. JetStream stores it only if that is still the stream's
 last message; a replica that lost the race gets `wrong last sequence` (err_code 10071), reloads
-the tail and relinks. Each record also carries `Nats-Msg-Id` = its record id, so a publish whose
-ack was lost (leader change, reconnect) is not stored twice when retried: the server answers the
-retry with `duplicate: true` and the original sequence. (The server checks the expected sequence
-before the duplicate window, so after a conflict we first look whether the tail is our record.)
+the tail and relinks.
 
-Within one process, concurrent `append` calls are group-committed: one writer task publishes
-whatever has queued up as a pipeline, so N concurrent appends cost about one round trip instead
-of N. Inside a pipeline each record also carries `Nats-Expected-Last-Msg-Id` = its predecessor's
-record id: a position is not an identity, and without it a record whose predecessor was refused
-could land right after another writer's record while linking to the refused one (a fork the
-tests caught).
+Within one process, concurrent `append` calls are group-committed: whatever has queued up goes
+out as one JetStream *atomic batch* (nats-server 2.12+), conditioned as a whole on the last
+sequence, so N concurrent appends cost one round trip and a batch is stored entirely or not at all.
+(Pipelining single publishes is not safe: with record i refused, record i+1 could land right after
+another writer's record while linking to the refused one. `Nats-Expected-Last-Msg-Id` would catch
+that on one server, but a clustered stream checks it only when applying the entry and a mismatch
+there is a critical write error that stops the stream replica: both were seen in tests.)
+
+A publish whose answer never came (leader change, reconnect) may still commit, but only at
+exactly last+1: before relinking, the trail reads that sequence and adopts the batch if it is
+there. So a lost ack neither loses the records nor stores them twice. Each record also carries
+`Nats-Msg-Id` = its record id: appending a record id stored in the last two minutes (a caller's
+retry, an OPA agent re-uploading a batch) returns the stored copy; the server refuses an atomic
+batch holding such a record (err_code 10201), and the trail then sends that batch one by one.
 
 Reads use JetStream's batched direct get (`$JS.API.DIRECT.GET.<stream>` with `batch` and
 `next_by_subj`): stateless, no consumer to create. Records live under `audit.<source>.<decision>`
@@ -55,11 +60,11 @@ log = logging.getLogger(__name__)
 STREAM = "GROQPOLICY_AUDIT"
 PREFIX = "audit"
 WRONG_LAST_SEQUENCE = 10071
-WRONG_LAST_MSG_ID = 10070
+BATCH_HAS_DUPLICATE = 10201  # "atomic publish batch contains duplicate message id"
 NO_MESSAGE_FOUND = 10037
 READ_BATCH = 256
 MAX_SCAN = 100_000  # records one list call examines before handing back a cursor
-MAX_PIPELINE = 256  # records one writer round publishes
+MAX_BATCH = 256  # records one atomic batch carries (the server allows up to 1000)
 
 
 class AuditError(GroqPolicyError):
@@ -124,6 +129,7 @@ class AuditPage(msgspec.Struct, kw_only=True):
 class _Rejected(Exception):
     def __init__(self, code: int, err_code: int, description: str) -> None:
         super().__init__(f"code={code} err_code={err_code} {description}")
+        self.code = code
         self.err_code = err_code
 
 
@@ -148,7 +154,9 @@ class AuditTrail:
         self.replicas = replicas
         self.timeout = timeout
         self.append_deadline = append_deadline
-        self._tail: tuple[int, str, str] | None = None  # (seq, hash, record_id) of the last record
+        self._tail: tuple[int, str] | None = None  # (seq, hash) of the stream's last record, as far as we know
+        # first record id -> (the sequence a batch was conditioned on, its records): sent, never answered
+        self._unknown: dict[str, tuple[int, list[AuditRecord]]] = {}
         self._queue: list[tuple[AuditRecord, asyncio.Future]] = []
         self._writer: asyncio.Task | None = None
         self._acks: dict[str, asyncio.Future] = {}
@@ -167,8 +175,9 @@ class AuditTrail:
             subjects=[f"{self.prefix}.>"],
             storage=StorageType.FILE,
             num_replicas=self.replicas,
-            duplicate_window=120.0,
+            duplicate_window=120.0,  # a record id appended again within 2 min returns the stored copy
             allow_direct=True,
+            allow_atomic=True,  # a group commit is one atomic batch (nats-server 2.12+)
             deny_delete=True,  # a record cannot be removed through the API...
             deny_purge=True,  # ...nor the stream emptied
         )
@@ -183,7 +192,7 @@ class AuditTrail:
             await js.add_stream(config)
             log.info("audit stream %s created (replicas=%d)", self.stream, self.replicas)
             return
-        if info.config.num_replicas != self.replicas:
+        if info.config.num_replicas != self.replicas or not info.config.allow_atomic:
             await js.update_stream(config)
             log.info("audit stream %s: replicas %s -> %d", self.stream, info.config.num_replicas, self.replicas)
 
@@ -217,7 +226,7 @@ class AuditTrail:
 
     async def _drain(self) -> None:
         while self._queue:
-            batch, self._queue = self._queue[:MAX_PIPELINE], self._queue[MAX_PIPELINE:]
+            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
             try:
                 stored = await self._write([r for r, _ in batch])
             except Exception as exc:  # every waiting caller learns it was not recorded
@@ -235,6 +244,7 @@ class AuditTrail:
         deadline = time.monotonic() + self.append_deadline
         attempt = 0
         last_error = ""
+        singles = 0  # records to publish one by one (a batch held a record already stored)
         while pending:
             if time.monotonic() > deadline:
                 raise AuditUnavailable(f"audit trail: {len(pending)} record(s) not acknowledged within {self.append_deadline:.0f}s ({last_error})")
@@ -242,44 +252,75 @@ class AuditTrail:
                 await asyncio.sleep(min(0.5, 0.01 * 2 ** min(attempt, 6)) * (0.5 + random.random()))
             attempt += 1
             try:
+                landed = await self._resolve_unknown(pending[0].record_id)
+                if landed:  # an earlier attempt whose answer we never got did commit
+                    out.extend(landed)
+                    pending = pending[len(landed):]
+                    continue
                 if self._tail is None:
                     self._tail = await self._load_tail()
-                seq, prev, tail_id = self._tail
-                if pending[0].record_id == tail_id:  # stored by an earlier attempt whose ack was lost
-                    out.append(await self._get(seq))
-                    pending.pop(0)
-                    continue
-                sealed = []
-                for r in pending:
+                seq, prev = self._tail
+                unanswered = self._unknown.get(pending[0].record_id)
+                if unanswered is not None and seq > unanswered[0]:
+                    continue  # the stream moved past that batch's base: settle it before relinking
+                chunk = []
+                for r in pending[:1 if singles else MAX_BATCH]:
                     rec, data = seal(r, prev)
-                    sealed.append((rec, data))
+                    chunk.append((rec, data))
                     prev = rec.hash
-                results = await self._publish_pipelined(sealed, seq)
+                result = await self._publish_batch(chunk, seq)
             except (nats.errors.Error, asyncio.TimeoutError, OSError, _Rejected) as exc:
                 last_error = repr(exc)
+                log.debug("audit append attempt %d: %r", attempt, exc)
                 self._tail = None
                 continue
-            done = 0
-            for (rec, _), res in zip(sealed, results):
-                if isinstance(res, dict) and not res.get("duplicate"):
-                    s = StoredRecord(seq=int(res["seq"]), subject=self._subject(rec), record=rec)
-                    out.append(s)
-                    self._tail = (s.seq, rec.hash, rec.record_id)
-                    self.appended += 1
-                    done += 1
-                    continue
-                if isinstance(res, dict):  # duplicate: stored before, under another prev_hash
-                    out.append(await self._get(int(res["seq"])))
-                    done += 1
-                elif isinstance(res, _Rejected) and res.err_code in (WRONG_LAST_SEQUENCE, WRONG_LAST_MSG_ID):
-                    self.conflicts += 1
-                    last_error = str(res)
-                else:
-                    last_error = repr(res)
-                self._tail = None  # relink the rest to whatever the stream's tail now is
-                break
-            pending = pending[done:]
+            if isinstance(result, dict) and result.get("duplicate"):
+                # stored before under this record id (a retry of an acknowledged append): that copy stands
+                out.append(await self._get(int(result["seq"])))
+                pending = pending[1:]
+                singles = max(0, singles - 1)
+                self._tail = None
+                continue
+            if isinstance(result, dict):
+                first = int(result["seq"]) - len(chunk) + 1
+                singles = max(0, singles - len(chunk))
+                stored = [StoredRecord(seq=first + i, subject=self._subject(rec), record=rec) for i, (rec, _) in enumerate(chunk)]
+                out.extend(stored)
+                self._tail = (stored[-1].seq, stored[-1].record.hash)
+                self._unknown.pop(chunk[0][0].record_id, None)
+                self.appended += len(stored)
+                pending = pending[len(chunk):]
+                continue
+            self._tail = None
+            last_error = repr(result)
+            if isinstance(result, _Rejected) and result.err_code == WRONG_LAST_SEQUENCE:
+                self.conflicts += 1  # another writer got there first: relink to the new tail
+            elif isinstance(result, _Rejected) and result.err_code == BATCH_HAS_DUPLICATE:
+                singles = len(chunk)  # find which one, one at a time
+            elif not isinstance(result, _Rejected) or result.code >= 500 or result.code == 0:
+                # no answer: the batch may still commit, at exactly seq+1.., since it was conditioned on seq
+                self._unknown[chunk[0][0].record_id] = (seq, [rec for rec, _ in chunk])
+            log.debug("audit append attempt %d: %r", attempt, result)
         return out
+
+    async def _resolve_unknown(self, record_id: str) -> list[StoredRecord]:
+        """If a batch starting with `record_id` was sent without an answer: did it commit?"""
+        entry = self._unknown.get(record_id)
+        if entry is None:
+            return []
+        after, sealed = entry
+        resp = await self._api(f"$JS.API.STREAM.MSG.GET.{self.stream}", {"seq": after + 1})
+        if "error" in resp:
+            if resp["error"].get("err_code") == NO_MESSAGE_FOUND:
+                return []  # nothing there yet: a retry conditioned on `after` settles it either way
+            raise _Rejected(int(resp["error"].get("code", 0)), int(resp["error"].get("err_code", 0)), str(resp["error"].get("description", "")))
+        h, _, _ = check_stored(base64.b64decode(resp["message"].get("data", "")), None)
+        del self._unknown[record_id]  # settled: ours is there, or someone else's (then ours never can be)
+        if h != sealed[0].hash:
+            return []
+        self._tail = None
+        self.appended += len(sealed)
+        return [StoredRecord(seq=after + 1 + i, subject=self._subject(rec), record=rec) for i, rec in enumerate(sealed)]
 
     def _subject(self, record: AuditRecord) -> str:
         return f"{self.prefix}.{record.source}.{record.subject_decision}"
@@ -308,38 +349,38 @@ class AuditTrail:
         else:
             fut.set_result(resp)
 
-    async def _publish_pipelined(self, sealed: list[tuple[AuditRecord, bytes]], last_seq: int) -> list[object]:
-        """Publish in order with expected sequences last_seq+1...; one result (ack dict or error) each."""
+    async def _publish_batch(self, sealed: list[tuple[AuditRecord, bytes]], last_seq: int) -> object:
+        """Publish records as one atomic batch conditioned on the stream's last sequence; the ack or error."""
         await self._ensure_ack_sub()
-        loop = asyncio.get_running_loop()
-        futures = []
-        for i, (rec, data) in enumerate(sealed):
-            self._counter += 1
-            token = str(self._counter)
-            fut = loop.create_future()
-            self._acks[token] = fut
-            futures.append((token, fut))
-            headers = {
-                "Nats-Expected-Stream": self.stream,
-                "Nats-Expected-Last-Sequence": str(last_seq + i),
-                "Nats-Msg-Id": rec.record_id,
-            }
-            if i:
-                # position alone is not enough inside a pipeline: if our record i-1 was refused and
-                # another writer's record took its place, record i must be refused too
-                headers["Nats-Expected-Last-Msg-Id"] = sealed[i - 1][0].record_id
-            await self.nc.publish(self._subject(rec), data, reply=f"{self._ack_prefix}.{token}", headers=headers)
-        results: list[object] = []
-        for token, fut in futures:
+        self._counter += 1
+        token = str(self._counter)
+        fut = asyncio.get_running_loop().create_future()
+        self._acks[token] = fut
+        reply = f"{self._ack_prefix}.{token}"
+        try:
+            if len(sealed) == 1:
+                rec, data = sealed[0]
+                headers = {"Nats-Expected-Stream": self.stream, "Nats-Expected-Last-Sequence": str(last_seq),
+                           "Nats-Msg-Id": rec.record_id}
+                await self.nc.publish(self._subject(rec), data, reply=reply, headers=headers)
+            else:
+                batch_id = f"{sealed[0][0].record_id}-{token}"
+                for i, (rec, data) in enumerate(sealed, 1):
+                    headers = {"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(i), "Nats-Msg-Id": rec.record_id}
+                    if i == 1:
+                        headers["Nats-Expected-Stream"] = self.stream
+                        headers["Nats-Expected-Last-Sequence"] = str(last_seq)
+                    if i == len(sealed):
+                        headers["Nats-Batch-Commit"] = "1"
+                    await self.nc.publish(self._subject(rec), data, reply=reply if i == len(sealed) else "", headers=headers)
             try:
-                results.append(await asyncio.wait_for(fut, self.timeout))
+                return await asyncio.wait_for(fut, self.timeout)
             except asyncio.TimeoutError:
-                results.append(nats.errors.TimeoutError())
-            finally:
-                self._acks.pop(token, None)
-        return results
+                return nats.errors.TimeoutError()
+        finally:
+            self._acks.pop(token, None)
 
-    async def _load_tail(self) -> tuple[int, str, str]:
+    async def _load_tail(self) -> tuple[int, str]:
         resp = await self._api(f"$JS.API.STREAM.MSG.GET.{self.stream}", {"last_by_subj": f"{self.prefix}.>"})
         if "error" in resp:
             err = resp["error"]
@@ -347,13 +388,13 @@ class AuditTrail:
                 info = await self.nc.jetstream(timeout=self.timeout).stream_info(self.stream)
                 if info.state.messages:  # someone appended between the two calls: read again
                     raise _Rejected(409, WRONG_LAST_SEQUENCE, "stream changed while reading its tail")
-                return info.state.last_seq, GENESIS_HASH, ""
+                return info.state.last_seq, GENESIS_HASH
             raise _Rejected(int(err.get("code", 0)), int(err.get("err_code", 0)), str(err.get("description", "")))
         m = resp["message"]
         data = base64.b64decode(m.get("data", ""))
-        h, record, _ = check_stored(data, None)
+        h, _, _ = check_stored(data, None)
         # a corrupt tail still gets a successor linked to the hash it states; verify reports it
-        return int(m["seq"]), h or hashlib.sha256(data).hexdigest(), record.record_id if record else ""
+        return int(m["seq"]), h or hashlib.sha256(data).hexdigest()
 
     async def _api(self, subject: str, body: dict) -> dict:
         msg = await self.nc.request(subject, json.dumps(body).encode(), timeout=self.timeout)
@@ -364,7 +405,7 @@ class AuditTrail:
     async def _get(self, seq: int) -> StoredRecord:
         resp = await self._api(f"$JS.API.STREAM.MSG.GET.{self.stream}", {"seq": seq})
         if "error" in resp:
-            raise AuditError(f"audit record {seq}: {resp['error'].get('description')}")
+            raise _Rejected(int(resp["error"].get("code", 0)), int(resp["error"].get("err_code", 0)), str(resp["error"].get("description", "")))
         m = resp["message"]
         _, record, reason = check_stored(base64.b64decode(m.get("data", "")), None)
         if record is None:
