@@ -3,6 +3,7 @@ and every error path (bad hash, bad Rego, unknown policy, malformed JSON, oversi
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import httpx
@@ -50,6 +51,11 @@ def test_create_get_list_update_delete(cp):
     # the new revision is active for agents and loaded by the in-process evaluator
     assert services.store.get("groqpolicy", "rego")[0].revision == created["bundle_revision"]
     assert services.runtime.evaluator.revision == created["bundle_revision"]
+    # the signed archives of that revision are kept in the object store, byte for byte what is served
+    for target in ("rego", "wasm"):
+        stored = asyncio.run_coroutine_threadsafe(
+            services.runtime.store.get_artifact(f"bundles/{created['bundle_revision']}/{target}.tar.gz"), services.runtime.loop).result(10)
+        assert stored == services.store.get("groqpolicy", target)[1]
 
     got = client.get(f"/api/v1/policies/{rule_id}").json()
     assert (got["name"], got["policy_type"], got["performance_tier"], got["is_active"]) == ("limits", "risk_management", "nano", True)

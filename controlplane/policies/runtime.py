@@ -59,6 +59,7 @@ class PolicyRuntime:
         self._load_lock = threading.Lock()
         self._follow_task: asyncio.Task | None = None
         self._service: EvaluateService | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     # -- accessors the handlers use ---------------------------------------------------------------
     @property
@@ -87,6 +88,7 @@ class PolicyRuntime:
         from controlplane.evaluation.nats_service import EvaluateService
 
         nc = await self.nats.connect()
+        self.loop = asyncio.get_running_loop()  # the app's loop (tools and tests schedule store calls on it)
         self.infer = InferClient(nc)
         self.pipeline.ask_model = self.infer.request
         self.host.infer_transport = metered_transport(self.infer.transport(asyncio.get_running_loop()), threading.get_ident())

@@ -53,6 +53,11 @@ def check_hash(value: str | None) -> None:
             f"constitutional_hash: unknown constitution (want: {CONSTITUTIONAL_HASH}, got: {value!r})")
 
 
+def bundle_artifact(revision: str, target: str) -> str:
+    """Object-store name of a revision's signed archive."""
+    return f"bundles/{revision}/{target}.tar.gz"
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -95,6 +100,12 @@ class PolicyService:
     async def _activate(self, compiled: CompiledBundle) -> str:
         revision = await anyio.to_thread.run_sync(self.bundler.publish, compiled)
         await anyio.to_thread.run_sync(self.on_published)
+        # the signed archives of the revision a write produced, kept next to the policies (the
+        # replicas build their own, signed with their own key; these are the record of what was served)
+        for target in ("rego", "wasm"):
+            active = self.bundler.publisher.store.get(compiled.name, target)
+            if active is not None and active[0].revision == revision:
+                await self.store.put_artifact(bundle_artifact(revision, target), active[1])
         return revision
 
     async def reconcile(self, force: bool = False) -> str:
