@@ -52,6 +52,6 @@ class dashboard_access(requires):  # noqa: N801 - a guard, read as a declaration
     def __init__(self) -> None:
         super().__init__(SCOPE)
 
-    def __call__(self, connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    async def __call__(self, connection: ASGIConnection, _: BaseRouteHandler) -> None:  # async: no worker thread
         presented, _where = token_from(connection)
         connection.scope[PRINCIPAL_KEY] = check_token(connection, presented)  # type: ignore[literal-required]
