@@ -14,7 +14,7 @@ from litestar.openapi import OpenAPIConfig
 from controlplane.agents.http import AgentIngest, AgentQueries
 from controlplane.audit.http import AuditApi
 from controlplane.audit.wiring import start_audit, stop_audit
-from controlplane.auth.guards import default_guard
+from controlplane.auth.guards import check_routes
 from controlplane.auth.ratelimit import rate_limit_config
 from controlplane.bundles.api import BundleApi
 from controlplane.bundles.compiler import CompileError
@@ -84,11 +84,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     if limits is not None:
         middleware.append(limits.middleware)
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[health, metrics, BundleServer, BundleApi, AgentIngest, AgentQueries,
                         PolicyController, EvaluationController, GroqController, OpaController, AuditApi,
                         DashboardController],
-        guards=[default_guard],  # every route needs a token unless it is marked public (controlplane.auth.guards)
         middleware=middleware,
         dependencies={"services": Provide(lambda: services, use_cache=True, sync_to_thread=False)},
         exception_handlers={GroqPolicyError: _product_error, HTTPException: _http_error},
@@ -99,3 +98,6 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         state={"services": services},
         debug=False,
     )
+    check_routes(app)  # every route declares a scope or is public, or the app does not start
+    return app
+

@@ -12,7 +12,9 @@ import pytest
 import yaml
 
 from controlplane.app import create_app
-from controlplane.auth.guards import default_guard, requires
+from litestar import Litestar, get
+
+from controlplane.auth.guards import UnguardedRoute, check_routes, declares_scope, requires
 from controlplane.auth.ratelimit import RateLimitSpecError, parse_rate
 from controlplane.auth.tokens import TokenConfigError, ensure_tokens, parse_tokens
 from controlplane.constitution import CONSTITUTIONAL_HASH
@@ -75,7 +77,6 @@ def test_wrong_scheme_and_unknown_token_are_401(cp):
         (EVALUATE_TOKEN, "POST", "/logs", [], "'agent'", "evaluate", "evaluate"),
         (EVALUATE_TOKEN, "POST", "/status", {}, "'agent'", "evaluate", "evaluate"),
         (EVALUATE_TOKEN, "GET", "/api/v1/opa/config", None, "'admin' or 'agent'", "evaluate", "evaluate"),
-        # routes without their own guard need admin (default_guard): fail closed
         (AGENT_TOKEN, "GET", "/api/v1/opa/agents", None, "'admin'", "agent", "agent"),
         (EVALUATE_TOKEN, "GET", "/api/v1/opa/decisions", None, "'admin'", "evaluate", "evaluate"),
     ],
@@ -125,7 +126,9 @@ def test_every_other_route_refuses_an_anonymous_request(cp):
         for handler in getattr(route, "route_handlers", []):
             if handler.opt.get("public") or route.path.startswith("/schema"):
                 continue
-            assert any(default_guard in (layer.guards or []) for layer in handler.ownership_layers)
+            if handler.http_methods <= {"OPTIONS", "HEAD"}:
+                continue
+            assert declares_scope(handler), route.path
             path = re.sub(r"\{[^}:]+:uuid\}", "00000000-0000-0000-0000-000000000000", route.path)
             path = re.sub(r"\{[^}]+\}", "x", path)
             for method in sorted(handler.http_methods - {"HEAD", "OPTIONS"}):
@@ -133,6 +136,21 @@ def test_every_other_route_refuses_an_anonymous_request(cp):
                 assert r.status_code == 401, (method, path, r.status_code, r.text)
                 checked.append(f"{method} {path}")
     assert len(checked) >= 20, checked
+
+
+def test_an_app_with_an_unguarded_route_does_not_start():
+    @get("/open", sync_to_thread=False)
+    def open_route() -> str:
+        return "oops"
+
+    @get("/fine", guards=[requires("evaluate")], sync_to_thread=False)
+    def fine() -> str:
+        return "ok"
+
+    check_routes(Litestar([fine]))
+    with pytest.raises(UnguardedRoute) as exc:
+        check_routes(Litestar([fine, open_route]))
+    assert str(exc.value) == "routes without guards=[requires(...)] or opt={'public': True}: GET /open"
 
 
 def test_agent_config_carries_the_callers_agent_token(cp):

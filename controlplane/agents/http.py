@@ -41,6 +41,7 @@ class AgentIngest(Controller):
 class AgentQueries(Controller):
     path = "/api/v1/opa"
     tags = ["opa agents"]
+    guards = [requires("admin")]
 
     @get("/decisions", summary="Decision logs received from OPA agents, newest first")
     async def decisions(

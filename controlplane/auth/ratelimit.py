@@ -33,11 +33,21 @@ class RateLimitSpecError(GroqPolicyError):
     pass
 
 
+def _identify(authorization: str, address: str) -> str:
+    if authorization[:7].lower() == "bearer " and authorization[7:].strip():
+        return "token:" + hashlib.sha256(authorization[7:].strip().encode()).hexdigest()[:16]
+    return "addr:" + address
+
+
 def client_identifier(request: Request[Any, Any, Any]) -> str:
-    header = request.headers.get("authorization", "")
-    if header[:7].lower() == "bearer " and header[7:].strip():
-        return "token:" + hashlib.sha256(header[7:].strip().encode()).hexdigest()[:16]
-    return "addr:" + get_remote_address(request)
+    return _identify(request.headers.get("authorization", ""), get_remote_address(request))
+
+
+def scope_identifier(scope: Any) -> str:
+    """`client_identifier` straight from the ASGI scope (no Request object on the hot path)."""
+    authorization = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), "")
+    client = scope.get("client")
+    return _identify(authorization, client[0] if client else "unknown")
 
 
 class CountingRateLimitMiddleware(RateLimitMiddleware):
@@ -46,27 +56,43 @@ class CountingRateLimitMiddleware(RateLimitMiddleware):
         self._windows: dict[str, list[int]] = {}  # key -> [reset_at, count]
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        app = scope["litestar_app"]
-        request: Request[Any, Any, Any] = app.request_class(scope)
-        key = self.cache_key_from_request(request)
+        key = scope_identifier(scope)
         now = int(time.time())
         window = self._windows.get(key)
         if window is None or window[0] <= now:
             if len(self._windows) > 100_000:  # forget finished windows rather than grow without bound
                 self._windows = {k: w for k, w in self._windows.items() if w[0] > now}
             window = self._windows[key] = [now + DURATION_VALUES[self.unit], 0]
-        cache_object = CacheObject(history=[], reset=window[0])
         if window[1] >= self.max_requests:
-            cache_object.history = [0] * window[1]
             raise TooManyRequestsException(
                 detail=f"rate limit: {self.max_requests} requests per {self.unit} exceeded; retry in {window[0] - now}s",
-                headers={**self.create_response_headers(cache_object=cache_object), "Retry-After": str(max(1, window[0] - now))},
+                headers={**self._headers(window, now), "Retry-After": str(max(1, window[0] - now))},
             )
         window[1] += 1
         if self.config.set_rate_limit_headers:
-            cache_object.history = [0] * window[1]
-            send = self.create_send_wrapper(send=send, cache_object=cache_object)
+            send = self._send_with_headers(send, self._headers(window, now))
         await self.app(scope, receive, send)
+
+    def _headers(self, window: list[int], now: int) -> dict[str, str]:
+        """The same `RateLimit-*` headers as Litestar's middleware, from the counter."""
+        c = self.config
+        return {
+            c.rate_limit_policy_header_key: f"{self.max_requests}; w={DURATION_VALUES[self.unit]}",
+            c.rate_limit_limit_header_key: str(self.max_requests),
+            c.rate_limit_remaining_header_key: str(max(0, self.max_requests - window[1])),
+            c.rate_limit_reset_header_key: str(window[0] - now),
+        }
+
+    @staticmethod
+    def _send_with_headers(send: Any, extra: dict[str, str]) -> Any:
+        encoded = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
+
+        async def wrapped(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *encoded]
+            await send(message)
+
+        return wrapped
 
     async def retrieve_cached_history(self, key: str, store: Store) -> CacheObject:  # pragma: no cover - unused
         raise NotImplementedError

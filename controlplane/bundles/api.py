@@ -19,18 +19,19 @@ class BundleApi(Controller):
     path = "/api/v1"
     tags = ["bundles"]
 
-    @get("/bundles", summary="Active bundle revisions")
+    @get("/bundles", summary="Active bundle revisions", guards=[requires("admin")])
     async def list_bundles(self, services: ServicesDep) -> list[Revision]:
         return services.store.bundles()
 
-    @get("/bundles/{name:str}/revisions", summary="Recent revisions of one bundle")
+    @get("/bundles/{name:str}/revisions", summary="Recent revisions of one bundle", guards=[requires("admin")])
     async def revisions(self, services: ServicesDep, name: FromPath[str]) -> list[Revision]:
         history = services.store.history(name)
         if not history:
             raise NotFoundException(f"bundle {name!r}: unknown")
         return history
 
-    @post("/bundles/publish", summary="Recompile bundles/ definitions and activate changed ones", status_code=200)
+    @post("/bundles/publish", summary="Recompile bundles/ definitions and activate changed ones", status_code=200,
+          guards=[requires("admin")])
     async def publish(self, services: ServicesDep, force: FromQuery[bool] = False) -> dict:
         published = await anyio.to_thread.run_sync(lambda: services.publish_definitions(force=force))
         return {"published": published, "bundles": services.store.bundles()}

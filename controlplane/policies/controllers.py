@@ -9,6 +9,7 @@ import msgspec
 from litestar import Controller, delete, get, post, put
 from litestar.params import Body, FromPath, FromQuery, JSONBody
 
+from controlplane.auth.guards import requires
 from controlplane.policies.schemas import (
     CompileReport,
     PerformanceTier,
@@ -33,6 +34,7 @@ class CompileOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class PolicyController(Controller):
     path = "/api/v1/policies"
     tags = ["policies"]
+    guards = [requires("admin")]
     request_max_body_size = MAX_POLICY_BODY
 
     @post("", summary="Store a policy (compiled and checked first; 422 with the compiler's messages)", status_code=201,
