@@ -7,7 +7,9 @@ starts its own `nats-server` with JetStream on `<state>/nats` and stops it on sh
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 import anyio
 import nats
@@ -32,6 +34,17 @@ class NatsConnection:
         self.embedded: ManagedProcess | None = None
         self.nc: NATS | None = None
         self.url = settings.nats_url
+        # called (as tasks) after every reconnect: JetStream consumers such as KV watches do not
+        # survive a server restart, so their owners rebuild them here
+        self.on_reconnect: list[Callable[[], Awaitable[None]]] = []
+        self._tasks: set[asyncio.Task] = set()
+
+    async def _reconnected(self) -> None:
+        log.warning("NATS: reconnected to %s", self.nc.connected_url.netloc if self.nc and self.nc.connected_url else self.url)
+        for hook in self.on_reconnect:
+            task = asyncio.create_task(hook())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def connect(self) -> NATS:
         if not self.url:
@@ -42,7 +55,7 @@ class NatsConnection:
         try:
             self.nc = await nats.connect(
                 self.url, name="groqpolicy-controlplane", connect_timeout=5, max_reconnect_attempts=-1,
-                reconnect_time_wait=0.25, allow_reconnect=True,
+                reconnect_time_wait=0.25, allow_reconnect=True, reconnected_cb=self._reconnected,
             )
         except Exception as exc:  # noqa: BLE001 - any connect failure is a start-up error with the URL in it
             await self.close()

@@ -124,3 +124,31 @@ async def test_policy_evaluate_over_nats_matches_the_http_api(replicas):
         assert msgspec.json.decode(ping.data)["name"] == "groqpolicy-policy"
     finally:
         await nc.close()
+
+
+def test_a_replica_follows_writes_made_after_a_nats_restart(tmp_path):
+    from controlplane.processes import free_port, start_nats
+
+    port = free_port()
+    server = start_nats(tmp_path / "nats", port=port)
+    url = server.extra["url"]
+    a = make_settings(tmp_path / "a", compile_on_start=True, nats_url=url)
+    b = make_settings(tmp_path / "b", compile_on_start=True, nats_url=url)
+    try:
+        with running_control_plane(a), running_control_plane(b) as sb:
+            with httpx.Client(base_url=a.base_url, headers=ADMIN_HEADERS, timeout=30) as ca:
+                server.stop()  # same port, same store: streams and KV survive, consumers do not
+                server = start_nats(tmp_path / "nats", port=port)
+                wait_until(lambda: all(s.runtime.nats.nc.is_connected for s in (sb,)))
+                for _ in range(100):  # JetStream may need a moment after the restart
+                    r = ca.post("/api/v1/policies", json={"name": "after restart", "policy_type": "risk_management",
+                                                          "opa_policy": limit(5), "constitutional_hash": H})
+                    if r.status_code != 503:
+                        break
+                    time.sleep(0.1)
+                assert r.status_code == 201, r.text
+                # promptly: the watch is rebuilt on reconnect (nats-py's own consumer recovery takes 5-20 s)
+                wait_until(lambda: sb.runtime.evaluator.revision == r.json()["bundle_revision"], timeout=3.0)
+                assert [p.name for p in sb.runtime.store.records()] == ["after restart"]
+    finally:
+        server.stop()

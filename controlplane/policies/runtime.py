@@ -96,6 +96,7 @@ class PolicyRuntime:
         await self._store.open()
         self._policies = PolicyService(self._store, self.bundler, self.reload)
         self._store.on_change = self._on_change
+        self.nats.on_reconnect.append(self._store.resync)
         if self.active_records():
             try:
                 await self._policies.reconcile()

@@ -87,16 +87,43 @@ class PolicyStore:
         except (BucketNotFoundError, NotFoundError):
             self.obs = await self.js.create_object_store(OBJECTS, config=ObjectStoreConfig(
                 replicas=self.replicas, storage=StorageType.FILE, description="groqpolicy compiled policy artifacts"))
+        await self._watch()
+
+    async def _watch(self) -> bool:
+        """(Re)start the KV watch: replay the current values (True when the view changed), then follow."""
+        assert self.kv is not None
         self._watcher = await self.kv.watchall()
+        changed = False
         # the initial values end with a None marker; after that the same watcher delivers live updates
         while True:
             entry = await self._watcher.updates(timeout=30)
             if entry is None:
                 break
-            self._apply(entry)
+            changed = self._apply(entry) or changed
         self._watch_task = asyncio.create_task(self._follow(), name="policy-kv-watch")
+        return changed
+
+    async def resync(self, attempts: int = 40, delay: float = 0.25) -> None:
+        """After a reconnect: the old watch's consumer may be gone with the server. Start a new one
+        (retrying while JetStream recovers) and tell the owner if anything changed meanwhile."""
+        await self._stop_watch()
+        for attempt in range(attempts):
+            try:
+                changed = await self._watch()
+                break
+            except Exception as exc:  # noqa: BLE001 - JetStream not ready yet after a restart
+                if attempt == attempts - 1:
+                    log.error("policy KV: watch could not be restarted after a reconnect: %s", exc)
+                    return
+                await asyncio.sleep(delay)
+        log.info("policy KV: watch restarted after a reconnect (view changed: %s)", changed)
+        if changed and self.on_change is not None:
+            await self.on_change()
 
     async def close(self) -> None:
+        await self._stop_watch()
+
+    async def _stop_watch(self) -> None:
         if self._watch_task is not None:
             self._watch_task.cancel()
             try:
@@ -108,6 +135,7 @@ class PolicyStore:
                 await self._watcher.stop()
             except Exception:  # noqa: BLE001 - the connection may be gone already
                 pass
+        self._watch_task = self._watcher = None
 
     async def _follow(self) -> None:
         assert self._watcher is not None
