@@ -21,7 +21,6 @@ from typing import Any
 
 from bridge.wasm import HostConfig, policy_from_files
 from bridge.wasm.errors import WasmError
-from controlplane.bundles.archive import write_bundle
 from controlplane.bundles.compiler import (
     BundleDefinition,
     CompiledBundle,
@@ -158,7 +157,3 @@ def measure(compiled: CompiledBundle, entrypoint: str, input: Any, samples: int 
     times.sort()
     p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
     return round(statistics.median(times), 2), round(p99, 2), wasm_size
-
-
-def archive(files: dict[str, bytes]) -> bytes:
-    return write_bundle(files)
