@@ -121,6 +121,11 @@ def test_query_errors_are_400_with_the_parameter_named(cp):
     r = client.get("/api/v1/audit", params={"source": "web"})
     assert r.status_code == 400
     assert r.json()["error"]["message"] == "source: 'web' unknown (expected one of api, batch, nats, opa-agent)"
+    r = client.get("/api/v1/audit", params={"until": "1e400"})
+    assert r.status_code == 400
+    assert r.json()["error"]["message"] == "until: '1e400': epoch seconds out of range (0 to 253402300799)"
+    assert client.get("/api/v1/audit", params={"after_seq": 2**64}).status_code == 400
+    assert client.get("/api/v1/audit", params={"after_seq": 2**63 - 2}).json()["records"] == []
     r = client.get("/api/v1/audit", params={"limit": 0})
     assert r.status_code == 400
     r = client.get("/api/v1/audit", params={"limit": 1001})

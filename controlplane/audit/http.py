@@ -10,6 +10,7 @@ from litestar.params import QueryParameter
 from controlplane.audit.records import parse_time
 from controlplane.audit.trail import AuditFilters, AuditPage, AuditQueryError, AuditTrail, AuditUnavailable, VerifyReport
 from controlplane.auth.guards import requires
+from controlplane.policies.schemas import error_responses
 from controlplane.services import Services, ServicesDep
 
 
@@ -34,7 +35,8 @@ class AuditApi(Controller):
     tags = ["audit"]
     guards = [requires("admin")]
 
-    @get("", summary="Audit records in chain order (oldest first); page with after_seq")
+    @get("", summary="Audit records in chain order (oldest first); page with after_seq",
+         responses=error_responses(400, 401, 403, 429, 503))
     async def list_records(
         self,
         services: ServicesDep,
@@ -46,7 +48,7 @@ class AuditApi(Controller):
         since: Annotated[str | None, QueryParameter(description="RFC 3339 or epoch seconds, inclusive")] = None,
         until: Annotated[str | None, QueryParameter(description="RFC 3339 or epoch seconds, inclusive")] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
-        after_seq: Annotated[int, QueryParameter(ge=0)] = 0,
+        after_seq: Annotated[int, QueryParameter(ge=0, le=2**63 - 2, description="cursor: the next_after_seq of the previous page")] = 0,
     ) -> AuditPage:
         filters = AuditFilters(
             decision=decision, source=source, policy_id=policy_id, evaluation_id=evaluation_id,
@@ -54,6 +56,6 @@ class AuditApi(Controller):
         )
         return await trail_of(services).list(filters, limit=limit, after_seq=after_seq)
 
-    @get("/verify", summary="Check the hash chain of the whole audit stream")
+    @get("/verify", summary="Check the hash chain of the whole audit stream", responses=error_responses(401, 403, 429, 503))
     async def verify(self, services: ServicesDep) -> VerifyReport:
         return await trail_of(services).verify()

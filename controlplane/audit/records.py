@@ -72,9 +72,13 @@ def parse_time(value: str) -> float:
     """Epoch seconds from RFC 3339 (`Z` or offset) or a plain number of epoch seconds."""
     value = value.strip()
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        if not (0 <= seconds < 253402300800):  # 1970 .. 9999-12-31, what RFC 3339 can say
+            raise ValueError(f"{value!r}: epoch seconds out of range (0 to 253402300799)")
+        return seconds
     try:
         dt = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
