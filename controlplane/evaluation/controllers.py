@@ -17,6 +17,7 @@ from bridge.wire import BridgeError, InferRequest, decode_error, decode_reply
 from controlplane.auth.guards import requires
 from controlplane.constitution import CONSTITUTIONAL_HASH
 from controlplane.errors import GroqPolicyError
+from controlplane.metrics.recorders import record_reply
 from controlplane.evaluation.schemas import (
     MAX_BATCH,
     BatchPerformance,
@@ -131,6 +132,7 @@ class GroqController(Controller):
                 message = body[:200].decode(errors="replace")
             raise Upstream(f"inference: worker answered {status}: {message}", 502 if status < 500 else status)
         reply = decode_reply(body)
+        record_reply(reply)  # tokens, cost, cache hits (controlplane.metrics)
         tokens = reply.usage.completion_tokens
         gen_s = reply.usage.completion_time or (elapsed_ms / 1000)
         verdict = {"decision": reply.decision, "confidence": reply.confidence, "rationale": reply.rationale}

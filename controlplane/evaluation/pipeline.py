@@ -40,6 +40,7 @@ from controlplane.evaluation.schemas import (
     PolicyResult,
     Violation,
 )
+from controlplane.metrics.recorders import record_reply
 from controlplane.policies import rego
 from controlplane.policies.schemas import TIER_TARGET_MS, TIERS, PolicyRecord
 
@@ -97,6 +98,8 @@ def metered_transport(inner: Callable[[str, Any, float], tuple[int, Any]], loop_
             if meter is not None:
                 meter.seconds += time.perf_counter() - t0
                 meter.calls += 1
+        if status == 200:
+            record_reply(reply)  # tokens, cost, cache hits (controlplane.metrics)
         if meter is not None:
             summary = {k: reply.get(k) for k in _REPLY_FIELDS if isinstance(reply, dict) and k in reply}
             if status != 200 and isinstance(reply, dict):
@@ -246,6 +249,7 @@ class Pipeline:
             status, data, _ = await self.ask_model(cfg.performance_tier, body)
             if status == 200:
                 reply = decode_reply(data)
+                record_reply(reply)
             else:
                 problem = f"worker answered HTTP {status}: {data[:200].decode(errors='replace')}"
         except Exception as exc:  # noqa: BLE001 - BridgeError (503 no worker, 504 deadline, 4xx) or transport failure

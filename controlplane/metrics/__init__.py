@@ -7,6 +7,7 @@ from controlplane.metrics.recorders import (
     record_decision,
     record_escalation,
     record_inference,
+    record_reply,
 )
 
-__all__ = ["REGISTRY", "record_audit_append", "record_decision", "record_escalation", "record_inference"]
+__all__ = ["REGISTRY", "record_audit_append", "record_decision", "record_escalation", "record_inference", "record_reply"]

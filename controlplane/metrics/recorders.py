@@ -86,3 +86,26 @@ def record_audit_append(source: str, count: int = 1, failed: bool = False) -> No
         AUDIT_FAILURES.inc(count)
     else:
         AUDIT_APPENDS.labels(source).inc(count)
+
+
+def record_reply(reply: object) -> None:
+    """One inference-worker reply (`bridge.wire.InferReply` or its JSON object): tier, model,
+    tokens, cost and whether the cache answered. Anything else (an error reply) is ignored."""
+    if isinstance(reply, dict):
+        get = reply.get
+        usage = reply.get("usage") or {}
+        uget = usage.get if isinstance(usage, dict) else (lambda k, d=None: d)
+    else:
+        def get(k, d=None):  # noqa: ANN001, ANN202
+            return getattr(reply, k, d)
+
+        usage = getattr(reply, "usage", None)
+
+        def uget(k, d=None):  # noqa: ANN001, ANN202
+            return getattr(usage, k, d)
+
+    model, tier = get("model"), get("tier")
+    if not isinstance(model, str) or not isinstance(tier, str):
+        return
+    record_inference(tier, model, int(uget("prompt_tokens", 0) or 0), int(uget("completion_tokens", 0) or 0),
+                     float(uget("cost_usd", 0.0) or 0.0), bool(get("cached", False)))
