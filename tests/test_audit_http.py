@@ -217,6 +217,7 @@ def test_audit_is_unavailable_means_503_and_the_agent_retries(tmp_path, nats_ser
         assert r.status_code == 503
         assert r.json()["error"]["type"] == "AuditUnavailable"
         assert r.json()["error"]["message"].startswith("audit trail: 1 record(s) not acknowledged within 1s")
+        assert services.decision_logs.total == 0  # not stored either: the agent's re-upload is the only copy
 
 
 def test_a_real_opa_agents_decision_logs_reach_the_audit_trail(compiled_cp, tmp_path, opa_bin):

@@ -32,8 +32,9 @@ class DecisionLogStore:
                         self._tail.append(msgspec.json.decode(line))
                         self.total += 1
 
-    def append(self, events: object) -> int:
-        """Validate and store one uploaded batch (a JSON array of event objects)."""
+    @staticmethod
+    def validate(events: object) -> list[dict]:
+        """An uploaded batch must be a JSON array of event objects, each with a decision_id."""
         if not isinstance(events, list):
             raise BadUpload(f"decision log batch: expected a JSON array of events, got {type(events).__name__}")
         for i, event in enumerate(events):
@@ -41,6 +42,11 @@ class DecisionLogStore:
                 raise BadUpload(f"decision log batch: event [{i}] is {type(event).__name__}, expected an object")
             if not isinstance(event.get("decision_id"), str):
                 raise BadUpload(f"decision log batch: event [{i}] has no decision_id")
+        return events
+
+    def append(self, events: object) -> int:
+        """Validate and store one uploaded batch (a JSON array of event objects)."""
+        events = self.validate(events)
         lines = b"".join(msgspec.json.encode(e) + b"\n" for e in events)
         with self._lock:
             if self._path:

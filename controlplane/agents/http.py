@@ -25,10 +25,11 @@ class AgentIngest(Controller):
     @post(["/logs", "/logs/{partition:str}"], status_code=204, summary="OPA decision-log upload (gzip JSON array)")
     async def upload_logs(self, request: Request, services: ServicesDep, partition: FromPath[str] = "") -> Response[None]:
         raw = decompress(await request.body(), request.headers.get("content-encoding", ""), services.settings.max_log_body_bytes)
-        events = decode_json(raw, "decision log batch")
-        services.decision_logs.append(events)  # validates the batch
-        # then the audit trail; if it does not acknowledge, the agent gets 503 and uploads again
-        await audit_decision_log_events(trail_of(services), events)  # type: ignore[arg-type]
+        events = services.decision_logs.validate(decode_json(raw, "decision log batch"))
+        # audit first: if JetStream does not acknowledge, the agent gets 503 and uploads the batch again
+        # (nothing stored yet); a re-upload of audited events is recognised by their record ids
+        await audit_decision_log_events(trail_of(services), events)
+        services.decision_logs.append(events)
         return Response(content=None, status_code=204)
 
     @post(["/status", "/status/{partition:str}"], status_code=204, summary="OPA status report")
