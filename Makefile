@@ -30,6 +30,7 @@ run: tools
 	$(VENV)/bin/groqpolicy up
 
 test: tools
+	$(PY) -m controlplane.dashboard.browser ensure
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: tools

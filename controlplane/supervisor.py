@@ -117,6 +117,10 @@ def print_examples(agent_url: str, gateway_url: str) -> None:
         print(f"  gateway    /v1/infer/fast             -> HTTP {status}: {body}")
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _running_pid(path: Path) -> int | None:
     try:
         pid = int(path.read_text().strip())
@@ -130,13 +134,10 @@ def run_system(state_dir: Path | None = None) -> int:
     settings = Settings.from_env(**({"state_dir": state_dir} if state_dir else {}))
     log_dir = settings.state_dir / "logs"
     procs: list[ManagedProcess] = []
-    stopping = False
-
-    def _stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, _stop)
+    # Explicit handlers: a shell that starts us in the background leaves SIGINT ignored, and Ctrl-C
+    # must stop the system however it was started. Both signals unwind through `finally` below.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     pid_path = pid_file(settings.state_dir)
     if running := _running_pid(pid_path):
         print(f"error: groqpolicy is already running from {settings.state_dir} (pid {running})", file=sys.stderr)
@@ -170,6 +171,8 @@ def run_system(state_dir: Path | None = None) -> int:
         print(f"  NATS            {nats.extra['url']}  (groq.infer.<tier>, policy.evaluate)")
         print(f"  state           {settings.state_dir}  (logs in {log_dir})")
         print(f"  tokens          {tokens.source}")
+        if admin:
+            print(f"  dashboard       {settings.base_url}/dashboard/login?token={admin.secret}")
         if worker.extra["emulated"]:
             print("  inference       EMULATED: no GROQ_API_KEY, answers come from the built-in Groq emulator.")
             print("                  To use GroqCloud: stop, `export GROQ_API_KEY=gsk_...`, and `make run` again.")
@@ -177,7 +180,7 @@ def run_system(state_dir: Path | None = None) -> int:
             print("  inference       GroqCloud (GROQ_API_KEY is set)")
         print_examples(agent.extra["url"], gateway.extra["url"])
         print("Ctrl-C stops everything.", flush=True)
-        while not stopping:
+        while True:
             for p in procs:
                 if p.proc.poll() is not None:
                     print(f"{p.name} exited with {p.proc.returncode}; see {p.log_path}", file=sys.stderr)
@@ -192,7 +195,12 @@ def run_system(state_dir: Path | None = None) -> int:
             print(f"  {p.name} log: {p.log_path}", file=sys.stderr)
         return 1
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not abandon the clean-up
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for p in reversed(procs):
+            t0 = time.monotonic()
             p.stop()
+            if (took := time.monotonic() - t0) > 2:
+                print(f"  {p.name} took {took:.1f}s to stop", file=sys.stderr)
         pid_path.unlink(missing_ok=True)
         print("stopped.", file=sys.stderr)
