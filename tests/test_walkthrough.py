@@ -1,0 +1,157 @@
+"""The README's ten-minute walkthrough, end to end, against a system started the way the README does
+(`make run`), with its state in a temporary directory and its ports chosen at random.
+
+The policy is taken from the README itself, so the README cannot drift from what works.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from controlplane.processes import free_port
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+CONTEXT = {"principal": {"id": "svc-notes"}, "text": "call Ann on 555-1234"}
+
+
+def readme_policy() -> str:
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme.split("## Ten-minute walkthrough", 1)[1]
+    block = re.search(r"```rego\n(.*?)```", section, re.S)
+    assert block, "the walkthrough must show its policy in a ```rego block"
+    return "\n".join(line[3:] if line.startswith("   ") else line for line in block.group(1).splitlines()) + "\n"
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory):
+    root = tmp_path_factory.mktemp("walkthrough")
+    ports = {k: free_port() for k in ("cp", "agent", "nats", "gateway")}
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("GROQ_API_KEY", "MAKEFLAGS", "MFLAGS")},
+        "GROQPOLICY_STATE_DIR": str(root / "state"),
+        "GROQPOLICY_PORT": str(ports["cp"]),
+        "GROQPOLICY_AGENT_PORT": str(ports["agent"]),
+        "GROQPOLICY_NATS_PORT": str(ports["nats"]),
+        "GROQPOLICY_GATEWAY_PORT": str(ports["gateway"]),
+    }
+    log = root / "make-run.log"
+    proc = subprocess.Popen(["make", "run"], cwd=REPO_ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
+    deadline = time.monotonic() + 240
+    while "Ctrl-C stops everything." not in log.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"make run did not come up:\n{log.read_text()[-4000:]}")
+        time.sleep(0.3)
+    info = {"root": root, "env": env, "ports": ports, "proc": proc, "log": log,
+            "cp": f"http://127.0.0.1:{ports['cp']}", "agent": f"http://127.0.0.1:{ports['agent']}",
+            "nats": f"nats://127.0.0.1:{ports['nats']}"}
+    try:
+        yield info
+    finally:
+        if proc.poll() is None:
+            subprocess.run([sys.executable, "-m", "controlplane.cli", "stop"], cwd=REPO_ROOT, env=env, timeout=90)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def cli(system, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**system["env"], "GROQPOLICY_URL": system["cp"], "NATS_URL": system["nats"]}
+    r = subprocess.run([str(REPO_ROOT / ".venv" / "bin" / "groqpolicy"), *args], cwd=system["root"], env=env,
+                       capture_output=True, text=True, timeout=120)
+    if check:
+        assert r.returncode == 0, f"groqpolicy {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}"
+    return r
+
+
+def test_run_prints_every_url_and_says_inference_is_emulated(system):
+    text = system["log"].read_text()
+    for url in (system["cp"], system["agent"], system["nats"]):
+        assert url in text
+    assert "EMULATED: no GROQ_API_KEY" in text
+
+
+@pytest.fixture(scope="module")
+def rule(system):
+    policy = system["root"] / "pii.rego"
+    policy.write_text(readme_policy())
+    out = cli(system, "policies", "create", str(policy), "--type", "data_governance", "--tier", "fast").stdout
+    m = re.match(r"created ([0-9a-f-]{36}) \(version 1, wasm success", out)
+    assert m, out
+    return m.group(1)
+
+
+def test_policy_from_readme_is_stored_compiled_and_listed(system, rule):
+    out = cli(system, "policies", "compile", rule).stdout
+    m = re.match(rf"{rule}: success, (\d+) bytes of wasm, ([\d.]+) µs per evaluation", out)
+    assert m and int(m.group(1)) > 0 and float(m.group(2)) > 0, out
+    listing = cli(system, "policies", "list").stdout
+    assert rule in listing and "pii" in listing and "data_governance" in listing
+
+
+def test_http_and_nats_paths_give_the_same_answer(system, rule):
+    args = ["evaluate", "--json", "--types", "data_governance", "--tier", "fast", "--context", json.dumps(CONTEXT)]
+    via_http = json.loads(cli(system, *args).stdout)
+    via_nats = json.loads(cli(system, *args, "--via", "nats").stdout)
+    assert via_http["applicable_policies"] == via_nats["applicable_policies"] == [rule]
+    assert via_http["decision"] == via_nats["decision"]
+    assert via_http["decision"] in ("deny", "review")  # personal data, or a model answer nobody oversees
+    assert via_http["constitutional_hash"] == "cdd01ef066bc6cf2"
+    assert via_http["performance_metrics"]["groq_inference_time_ms"] >= 0
+
+
+def test_agent_path_serves_the_stored_policy(system, rule):
+    path = f"/v1/data/groqpolicy/rules/p_{rule.replace('-', '')}/decision"
+    deadline = time.monotonic() + 30
+    while True:
+        r = httpx.post(system["agent"] + path, json={"input": CONTEXT}, timeout=10).json()
+        if "result" in r or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)  # the new revision is on its way by long polling
+    assert r["result"]["decision"] in ("allow", "deny", "review"), r
+    api = json.loads(cli(system, "evaluate", "--json", "--types", "data_governance", "--tier", "fast",
+                         "--context", json.dumps(CONTEXT)).stdout)
+    assert r["result"]["decision"] == api["policy_results"][0]["decision"]
+
+
+def test_file_of_contexts_with_progress_and_summary(system, rule):
+    contexts = system["root"] / "contexts.jsonl"
+    contexts.write_text("".join(json.dumps({**CONTEXT, "text": f"note {i}"}) + "\n" for i in range(150)))
+    r = cli(system, "evaluate", "--file", str(contexts), "--types", "data_governance", "--tier", "fast")
+    assert re.search(r"^150 contexts in [\d.]+ s", r.stdout, re.M), r.stdout
+    assert "150/150 contexts" in r.stderr  # the progress bar reached the end
+
+
+def test_audit_agents_bundles_and_dashboard(system, rule):
+    tail = cli(system, "audit", "tail", "-n", "5").stdout.splitlines()
+    assert len(tail) == 5
+    assert "audit chain intact" in cli(system, "audit", "verify").stdout
+    agents = cli(system, "agents").stdout
+    assert "agent-1" in agents and "groqpolicy" in agents
+    assert "wasm" in cli(system, "bundles").stdout
+    assert httpx.get(system["cp"] + "/", timeout=10).status_code == 401  # the dashboard shows the audit trail
+    login = re.search(r"dashboard +(http://\S+/dashboard/login\?token=\S+)", system["log"].read_text()).group(1)
+    with httpx.Client(timeout=10, follow_redirects=True) as browser:
+        page = browser.get(login)
+        assert page.status_code == 200 and "pii" in page.text
+
+
+def test_stop_leaves_nothing_running(system):
+    r = cli(system, "stop")
+    assert r.stdout.startswith("stopped groqpolicy")
+    assert system["proc"].wait(timeout=60) == 0
+    for port in system["ports"].values():
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
