@@ -14,7 +14,7 @@ import nats
 import pytest
 import yaml
 
-from controlplane.audit.records import GENESIS_HASH, seal
+from controlplane.audit.records import GENESIS_HASH, digest, seal
 from controlplane.audit import AuditRecord
 from controlplane.constitution import CONSTITUTIONAL_HASH
 from controlplane.escalation import SUBJECT, decode_escalation, publish_escalation
@@ -81,6 +81,7 @@ def test_evaluations_and_batches_are_audited(cp):
     assert first["evaluation_id"] == one["evaluation_id"] and first["decision"] == one["decision"]
     assert first["constitutional_hash"] == CONSTITUTIONAL_HASH and first["prev_hash"] == GENESIS_HASH
     assert first["performance_tier"] == "fast"
+    assert first["input_sha256"] == digest({"principal": "alice"})
     batch_records = [g["record"] for g in got[1:]]
     assert {b["batch_id"] for b in batch_records} == {batch["batch_id"]}
     assert sorted(b["evaluation_id"] for b in batch_records) == sorted(x["evaluation_id"] for x in batch["results"])
@@ -196,6 +197,7 @@ def test_constitutional_violations_publish_escalations(compiled_cp):
     assert (event.evaluation_id, event.decision, event.stage) == (body["evaluation_id"], "deny", "pre_validation")
     assert event.constitutional_hash == CONSTITUTIONAL_HASH
     assert any(v.message == "principal is missing (an accountable principal must be named)" for v in event.violations)
+    assert event.input_sha256 == digest({"action": "read"}) and event.performance_tier == "fast"
     assert records(client, evaluation_id=body["evaluation_id"])[0]["record"]["violations"]
 
 

@@ -50,6 +50,7 @@ PRE = "groqpolicy/constitution/pre_validation"
 POST = "groqpolicy/constitution/post_validation"
 INLINE_TIMEOUT_S = 1.0  # a policy without network calls: pure computation
 BLOCKING_TIMEOUT_S = 5.0  # a policy that may consult a model (the helper's own timeout is 2 s)
+WASM_POOL_SIZE = 16  # instances of the in-process evaluator (each a few MiB of linear memory)
 POST_MEMO_SIZE = 4096
 MODEL_DEADLINE_MS = 3000  # the pipeline's own model stage (policies' http.send calls have their own)
 MIN_MODEL_CONFIDENCE = 0.7
@@ -164,6 +165,12 @@ class Pipeline:
         # `await ask_model(tier, InferRequest JSON)` -> (status, body, max_age): bridge InferClient.request
         self.ask_model: Callable[[str, bytes], Awaitable[tuple[int, bytes, int]]] | None = None
         self._blocking: dict[tuple[uuid.UUID, int], bool] = {}
+        # Evaluations that may call http.send hold a WASM instance while the event loop fetches the
+        # model's answer. Inline evaluations (pre/post-validation, pure policies) take an instance on
+        # the loop thread itself: if blocking ones held every instance, the loop would wait for an
+        # instance that only the loop can free, until the http.send deadline. Keep one free.
+        pool = getattr(evaluator, "pool_size", None) or WASM_POOL_SIZE
+        self._blocking_slots = asyncio.Semaphore(max(1, pool - 1))
         # post-validation is a pure function of its input and the bundle (no time, no http.send in the
         # constitution): proposals repeat a lot (same decision, same reasons), so answers are memoised
         # per revision. Bounded; cleared when full.
@@ -204,7 +211,8 @@ class Pipeline:
         error = ""
         try:
             if self._may_block(record):
-                value = await asyncio.to_thread(self.evaluator.evaluate, entry, input, timeout=BLOCKING_TIMEOUT_S)
+                async with self._blocking_slots:
+                    value = await asyncio.to_thread(self.evaluator.evaluate, entry, input, timeout=BLOCKING_TIMEOUT_S)
             else:
                 value = self.evaluator.evaluate(entry, input, timeout=INLINE_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - fail closed: an evaluation error is a deny
@@ -359,26 +367,31 @@ class Pipeline:
             explanation=explain_text(decision, confidence, results, violations, pre_decision) if explain else None,
             input_context=input_context if echo_input else None,
         )
-        await self._after(response, tier, source, batch_id)
+        await self._after(response, tier, source, batch_id, input_context)
         return response
 
-    async def _after(self, response: EvaluateResponse, tier: str, source: str, batch_id: str) -> None:
+    async def _after(self, response: EvaluateResponse, tier: str, source: str, batch_id: str,
+                     input_context: dict[str, Any] | None = None) -> None:
         if self.escalate is not None and response.constitutional_compliance.violations:
             try:
                 await self.escalate({
                     "evaluation_id": str(response.evaluation_id), "decision": response.decision, "source": source,
                     "violations": [msgspec.structs.asdict(v) for v in response.constitutional_compliance.violations],
-                    "constitutional_hash": CONSTITUTIONAL_HASH,
+                    "constitutional_hash": CONSTITUTIONAL_HASH, "performance_tier": tier,
+                    "policy_ids": [str(p) for p in response.applicable_policies],
+                    "input_context": input_context,  # the sink publishes its digest, never the input
                 })
             except Exception:  # noqa: BLE001 - an escalation that cannot be sent is logged, the decision stands
                 log.exception("escalation for %s could not be published", response.evaluation_id)
         if self.audit is not None:
-            await self.audit.append(audit_record(response, tier, source, batch_id))
+            await self.audit.append(audit_record(response, tier, source, batch_id, input_context))
 
 
-def audit_record(response: EvaluateResponse, tier: str, source: str, batch_id: str = "") -> Any:
+def audit_record(response: EvaluateResponse, tier: str, source: str, batch_id: str = "",
+                 input_context: dict[str, Any] | None = None) -> Any:
     """The audit trail's record for one evaluation (controlplane.audit.AuditRecord)."""
     from controlplane.audit import AuditRecord  # the audit package is optional for the pipeline
+    from controlplane.audit.records import digest
 
     return AuditRecord(
         source=source, decision=response.decision, evaluation_id=str(response.evaluation_id), batch_id=batch_id,  # type: ignore[arg-type]
@@ -386,6 +399,7 @@ def audit_record(response: EvaluateResponse, tier: str, source: str, batch_id: s
         performance_tier=tier, confidence_score=response.confidence_score, reasons=response.reasons[:50],
         violations=[f"{v.principle}: {v.message}" for v in response.constitutional_compliance.violations],
         latency_ms=response.performance_metrics.total_latency_ms,
+        input_sha256=digest(input_context) if input_context is not None else "",  # ties the record to its input
     )
 
 
