@@ -59,9 +59,10 @@ async def test_replicas_share_the_store_and_hot_swap(replicas):
     created = ca.post("/api/v1/policies", json={"name": "limits", "policy_type": "risk_management", "opa_policy": limit(100),
                                                 "constitutional_hash": H}).json()
     rule_id = created["rule_id"]
+    # a read on B straight away comes from the KV (fresh) and does not swallow the watch's update
+    assert cb.get(f"/api/v1/policies/{rule_id}").json()["name"] == "limits"
     # replica B sees the write through its KV watch, builds the same revision and loads it
     wait_until(lambda: sb.runtime.evaluator.revision == created["bundle_revision"])
-    assert cb.get(f"/api/v1/policies/{rule_id}").json()["name"] == "limits"
     assert [p["rule_id"] for p in cb.get("/api/v1/policies").json()] == [rule_id]
     assert _decide(cb, 500)["decision"] == "deny" and _decide(cb, 50)["decision"] == "allow"
     assert sb.store.get("groqpolicy", "rego")[0].revision == created["bundle_revision"]  # agents of B get it too
@@ -152,3 +153,21 @@ def test_a_replica_follows_writes_made_after_a_nats_restart(tmp_path):
                 assert [p.name for p in sb.runtime.store.records()] == ["after restart"]
     finally:
         server.stop()
+
+
+def test_a_read_racing_ahead_of_the_watch_does_not_swallow_the_update(replicas):
+    import asyncio
+
+    (ca, _), (cb, sb), _ = replicas
+    store = sb.runtime.store
+
+    def on_b(coro):
+        return asyncio.run_coroutine_threadsafe(coro, sb.runtime.loop).result(30)
+
+    on_b(store._stop_watch())  # hold B's watch back
+    created = ca.post("/api/v1/policies", json={"name": "raced", "policy_type": "risk_management", "opa_policy": limit(7),
+                                                "constitutional_hash": H}).json()
+    assert cb.get(f"/api/v1/policies/{created['rule_id']}").json()["name"] == "raced"  # read from the KV on B
+    on_b(store.resync())  # the watch replays: B must still rebuild its bundle for the new policy
+    wait_until(lambda: sb.runtime.evaluator.revision == created["bundle_revision"], timeout=10)
+    assert _decide(cb, 50)["decision"] == "deny"

@@ -210,7 +210,8 @@ class PolicyStore:
             return None
         if entry.value is None:
             return None
-        self._apply(entry)
+        # not applied to the view: the watch must still see this revision as new, so that this
+        # replica rebuilds its bundle for it (a GET racing ahead of the watch must not swallow it)
         return _decode(entry.value), entry.revision
 
     @_unavailable
