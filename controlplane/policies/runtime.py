@@ -20,7 +20,7 @@ from bridge.catalog import Catalog, default_catalog
 from bridge.gateway.client import InferClient
 from bridge.wasm import HostConfig, WasmEvaluator
 from controlplane.errors import GroqPolicyError
-from controlplane.evaluation.pipeline import Pipeline, metered_transport
+from controlplane.evaluation.pipeline import WASM_POOL_SIZE, Pipeline, metered_transport
 from controlplane.nats import NatsConnection, NatsUnavailable
 from controlplane.policies.bundler import LIBRARY_BUNDLE, PolicyBundler
 from controlplane.policies.schemas import PolicyRecord
@@ -47,7 +47,7 @@ class PolicyRuntime:
         self.bundler = PolicyBundler(publisher.compiler, publisher, settings.rego_root, settings.bundles_dir)
         vkey = signing_key.verification_key()
         self.host = HostConfig(bridge_url=settings.bridge_url)
-        self.evaluator = WasmEvaluator({vkey.kid: vkey}, keyid=vkey.kid, host=self.host)
+        self.evaluator = WasmEvaluator({vkey.kid: vkey}, keyid=vkey.kid, host=self.host, pool_size=WASM_POOL_SIZE)
         self.pipeline = Pipeline(self.evaluator, self.active_records, self.revision)
         self.nats = NatsConnection(settings)
         self._store: PolicyStore | None = None
