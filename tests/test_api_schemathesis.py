@@ -11,6 +11,10 @@ import pytest
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
+# Imported at collection, not lazily inside the fixture: schemathesis is a pytest plugin, so pytest
+# assertion-rewrites its modules on import, and CPython 3.11.7's ast.parse can fail ("AST constructor
+# recursion depth mismatch") when that happens after hypothesis has changed the recursion limit.
+from schemathesis.specs.openapi.schemas import OpenApiSchema  # noqa: E402, F401
 from schemathesis.specs.openapi.checks import response_schema_conformance  # noqa: E402
 
 from tests.bridge_helpers import Emu, spawn_worker, wait_for_workers  # noqa: E402
