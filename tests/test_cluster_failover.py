@@ -147,7 +147,7 @@ async def run_scenario(servers: dict[str, ManagedProcess]) -> None:
     killed_at = time.monotonic()
     notes.append(f"{killed_at - t_start:.1f}s killed {leader}")
     # keep writing until the survivors have acknowledged plenty more (bounded)
-    while len(acked) < before_kill + 200 and time.monotonic() - killed_at < 30:
+    while (len(acked) < before_kill + 200 or len(policies) < policies_before_kill + 20) and time.monotonic() - killed_at < 30:
         await asyncio.sleep(0.05)
     recovered_s = time.monotonic() - killed_at
     await asyncio.sleep(0.5)
@@ -186,7 +186,7 @@ async def run_scenario(servers: dict[str, ManagedProcess]) -> None:
         assert got is not None and got[0].version == version, rule_id
     await reader.close()
     await store.close()
-    print(f"\ncluster failover: killed stream leader {leader} after {before_kill} records; 200 more within {recovered_s:.1f}s; "
+    print(f"\ncluster failover: killed stream leader {leader} after {before_kill} records; 200 more (and 20 policies) within {recovered_s:.1f}s; "
           f"{len(acked)} audit records acknowledged and verified, {len(policies)} policies stored; "
           f"retries: {retried}; relinks after races: {trails[0].conflicts + trails[1].conflicts}")
     for nc in (nc_a, nc_b):

@@ -45,6 +45,7 @@ from nats.js.errors import NotFoundError
 
 from controlplane.audit.records import (
     DECISIONS,
+    now_rfc3339,
     GENESIS_HASH,
     SOURCES,
     AuditRecord,
@@ -155,8 +156,8 @@ class AuditTrail:
         self.timeout = timeout
         self.append_deadline = append_deadline
         self._tail: tuple[int, str] | None = None  # (seq, hash) of the stream's last record, as far as we know
-        # first record id -> (the sequence a batch was conditioned on, its records): sent, never answered
-        self._unknown: dict[str, tuple[int, list[AuditRecord]]] = {}
+        # first record id of a batch sent without an answer -> the sequences those sends were conditioned on
+        self._unknown: dict[str, set[int]] = {}
         self._queue: list[tuple[AuditRecord, asyncio.Future]] = []
         self._writer: asyncio.Task | None = None
         self._acks: dict[str, asyncio.Future] = {}
@@ -240,7 +241,9 @@ class AuditTrail:
 
     async def _write(self, records: list[AuditRecord]) -> list[StoredRecord]:
         out: list[StoredRecord] = []
-        pending = list(records)
+        # the timestamp is fixed once, so every attempt seals a record the same way after the same tail
+        stamp = now_rfc3339()
+        pending = [r if r.timestamp else msgspec.structs.replace(r, timestamp=stamp) for r in records]
         deadline = time.monotonic() + self.append_deadline
         attempt = 0
         last_error = ""
@@ -252,17 +255,16 @@ class AuditTrail:
                 await asyncio.sleep(min(0.5, 0.01 * 2 ** min(attempt, 6)) * (0.5 + random.random()))
             attempt += 1
             try:
-                landed = await self._resolve_unknown(pending[0].record_id)
-                if landed:  # an earlier attempt whose answer we never got did commit
-                    out.extend(landed)
-                    pending = pending[len(landed):]
-                    continue
                 if self._tail is None:
                     self._tail = await self._load_tail()
                 seq, prev = self._tail
-                unanswered = self._unknown.get(pending[0].record_id)
-                if unanswered is not None and seq > unanswered[0]:
-                    continue  # the stream moved past that batch's base: settle it before relinking
+                if pending[0].record_id in self._unknown:
+                    landed = await self._resolve_unknown(pending, seq)
+                    if landed:  # an earlier attempt whose answer we never got did commit
+                        out.extend(landed)
+                        pending = pending[len(landed):]
+                        self._tail = None
+                        continue
                 chunk = []
                 for r in pending[:1 if singles else MAX_BATCH]:
                     rec, data = seal(r, prev)
@@ -287,7 +289,7 @@ class AuditTrail:
                 stored = [StoredRecord(seq=first + i, subject=self._subject(rec), record=rec) for i, (rec, _) in enumerate(chunk)]
                 out.extend(stored)
                 self._tail = (stored[-1].seq, stored[-1].record.hash)
-                self._unknown.pop(chunk[0][0].record_id, None)
+                self._unknown.pop(chunk[0][0].record_id, None)  # a batch conditioned on an older tail cannot land now
                 self.appended += len(stored)
                 pending = pending[len(chunk):]
                 continue
@@ -299,28 +301,44 @@ class AuditTrail:
                 singles = len(chunk)  # find which one, one at a time
             elif not isinstance(result, _Rejected) or result.code >= 500 or result.code == 0:
                 # no answer: the batch may still commit, at exactly seq+1.., since it was conditioned on seq
-                self._unknown[chunk[0][0].record_id] = (seq, [rec for rec, _ in chunk])
+                self._unknown.setdefault(chunk[0][0].record_id, set()).add(seq)
             log.debug("audit append attempt %d: %r", attempt, result)
         return out
 
-    async def _resolve_unknown(self, record_id: str) -> list[StoredRecord]:
-        """If a batch starting with `record_id` was sent without an answer: did it commit?"""
-        entry = self._unknown.get(record_id)
-        if entry is None:
-            return []
-        after, sealed = entry
-        resp = await self._api(f"$JS.API.STREAM.MSG.GET.{self.stream}", {"seq": after + 1})
-        if "error" in resp:
-            if resp["error"].get("err_code") == NO_MESSAGE_FOUND:
-                return []  # nothing there yet: a retry conditioned on `after` settles it either way
-            raise _Rejected(int(resp["error"].get("code", 0)), int(resp["error"].get("err_code", 0)), str(resp["error"].get("description", "")))
-        h, _, _ = check_stored(base64.b64decode(resp["message"].get("data", "")), None)
-        del self._unknown[record_id]  # settled: ours is there, or someone else's (then ours never can be)
-        if h != sealed[0].hash:
-            return []
-        self._tail = None
-        self.appended += len(sealed)
-        return [StoredRecord(seq=after + 1 + i, subject=self._subject(rec), record=rec) for i, rec in enumerate(sealed)]
+    async def _resolve_unknown(self, pending: list[AuditRecord], tail: int) -> list[StoredRecord]:
+        """Did a batch starting with pending[0], sent without an answer, commit after all?
+
+        Such a batch was conditioned on a base sequence, so it can only sit at base+1... Only bases the
+        stream has moved past are looked at; the others may still commit, and the next publish (on the
+        current tail) settles them: it succeeds (then they never can) or conflicts (then look again).
+        """
+        first_id = pending[0].record_id
+        bases = self._unknown.get(first_id, set())
+        for base in sorted(b for b in bases if b < tail):
+            resp = await self._api(f"$JS.API.STREAM.MSG.GET.{self.stream}", {"seq": base + 1})
+            if "error" in resp:
+                continue
+            _, first, _ = check_stored(base64.b64decode(resp["message"].get("data", "")), None)
+            if first is None or first.record_id != first_id:
+                continue
+            # ours: the batch is atomic, so the rest follows it; read the stored copies (they are the truth)
+            landed: list[StoredRecord] = []
+            async for seq, subject, data in self._scan(base + 1, f"{self.prefix}.>"):
+                _, rec, _ = check_stored(data, None)
+                i = len(landed)
+                if rec is None or i >= len(pending) or rec.record_id != pending[i].record_id or seq != base + 1 + i:
+                    break
+                landed.append(StoredRecord(seq=seq, subject=subject, record=rec))
+            if landed:
+                del self._unknown[first_id]
+                self.appended += len(landed)
+                return landed
+        remaining = {b for b in bases if b >= tail}  # the others can never commit any more
+        if remaining:
+            self._unknown[first_id] = remaining
+        else:
+            self._unknown.pop(first_id, None)
+        return []
 
     def _subject(self, record: AuditRecord) -> str:
         return f"{self.prefix}.{record.source}.{record.subject_decision}"
