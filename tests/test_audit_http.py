@@ -146,6 +146,10 @@ def test_time_filters_and_pages(cp):
     assert [g["seq"] for g in page["records"]] == [1, 2, 3] and page["next_after_seq"] == 3
     page = client.get("/api/v1/audit", params={"limit": 3, "after_seq": 3}).json()
     assert [g["seq"] for g in page["records"]] == [4] and page["next_after_seq"] is None
+    page = client.get("/api/v1/audit", params={"limit": 3, "newest_first": True}).json()
+    assert [g["seq"] for g in page["records"]] == [4, 3, 2] and page["next_before_seq"] == 2
+    page = client.get("/api/v1/audit", params={"limit": 3, "before_seq": 2}).json()
+    assert [g["seq"] for g in page["records"]] == [1] and page["next_before_seq"] is None
 
 
 def test_verify_over_http_reports_a_forged_record(cp):

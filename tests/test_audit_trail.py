@@ -233,6 +233,25 @@ async def test_filters_and_pagination(trail):
         await trail.list(AuditFilters(decision="maybe"))
 
 
+async def test_newest_first_pages_backwards_with_filters(trail):
+    for i in range(40):
+        await trail.append(rec("deny" if i % 3 == 0 else "allow", evaluation_id=f"e{i}"))
+
+    async def page(**kw) -> tuple[list[int], int | None]:
+        limit, before = kw.pop("limit", 100), kw.pop("before_seq", None)
+        p = await trail.list_newest(AuditFilters(**kw), limit=limit, before_seq=before)
+        return [r.seq for r in p.records], p.next_before_seq
+
+    assert await page(limit=3) == ([40, 39, 38], 38)
+    assert await page(limit=3, before_seq=38) == ([37, 36, 35], 35)
+    assert await page(limit=3, before_seq=3) == ([2, 1], None)
+    denies = [s for s in range(40, 0, -1) if (s - 1) % 3 == 0]
+    assert await page(decision="deny", limit=100) == (denies, None)
+    assert await page(decision="deny", limit=2) == (denies[:2], denies[1])
+    assert await page(evaluation_id="e0") == ([1], None)
+    assert (await trail.list_newest(AuditFilters(), limit=5)).next_after_seq is None
+
+
 async def test_append_fails_closed_when_jetstream_is_gone(tmp_path):
     server = start_nats(tmp_path / "nats")
     nc = await nats.connect(server.extra["url"], max_reconnect_attempts=-1, reconnect_time_wait=0.1)

@@ -35,7 +35,7 @@ class AuditApi(Controller):
     tags = ["audit"]
     guards = [requires("admin")]
 
-    @get("", summary="Audit records in chain order (oldest first); page with after_seq",
+    @get("", summary="Audit records, oldest first (page with after_seq) or newest first (newest_first, page with before_seq)",
          responses=error_responses(400, 401, 403, 429, 503))
     async def list_records(
         self,
@@ -49,11 +49,15 @@ class AuditApi(Controller):
         until: Annotated[str | None, QueryParameter(description="RFC 3339 or epoch seconds, inclusive")] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
         after_seq: Annotated[int, QueryParameter(ge=0, le=2**63 - 2, description="cursor: the next_after_seq of the previous page")] = 0,
+        newest_first: Annotated[bool, QueryParameter(description="newest records first (the tail of the chain)")] = False,
+        before_seq: Annotated[int | None, QueryParameter(ge=1, le=2**63 - 1, description="newest first: the next_before_seq of the previous page")] = None,
     ) -> AuditPage:
         filters = AuditFilters(
             decision=decision, source=source, policy_id=policy_id, evaluation_id=evaluation_id,
             decision_id=decision_id, since=_time("since", since), until=_time("until", until),
         )
+        if newest_first or before_seq is not None:
+            return await trail_of(services).list_newest(filters, limit=limit, before_seq=before_seq)
         return await trail_of(services).list(filters, limit=limit, after_seq=after_seq)
 
     @get("/verify", summary="Check the hash chain of the whole audit stream", responses=error_responses(401, 403, 429, 503))

@@ -124,7 +124,8 @@ class VerifyReport(msgspec.Struct, kw_only=True):
 
 class AuditPage(msgspec.Struct, kw_only=True):
     records: list[StoredRecord]
-    next_after_seq: int | None  # pass as after_seq for the next page; None when the stream is exhausted
+    next_after_seq: int | None = None  # oldest first: pass as after_seq for the next page; None at the end
+    next_before_seq: int | None = None  # newest first: pass as before_seq for the next page; None at the start
 
 
 class _Rejected(Exception):
@@ -466,12 +467,16 @@ class AuditTrail:
         finally:
             await sub.unsubscribe()
 
-    async def list(self, filters: AuditFilters | None = None, limit: int = 100, after_seq: int = 0) -> AuditPage:
-        """Records in chain order (oldest first) after `after_seq` that match `filters`."""
-        filters = filters or AuditFilters()
+    @staticmethod
+    def _check_filters(filters: AuditFilters) -> None:
         for name, value, allowed in (("source", filters.source, SOURCES), ("decision", filters.decision, DECISIONS)):
             if value is not None and value not in allowed:
                 raise AuditQueryError(f"{name}: {value!r} unknown (expected one of {', '.join(allowed)})")
+
+    async def list(self, filters: AuditFilters | None = None, limit: int = 100, after_seq: int = 0) -> AuditPage:
+        """Records in chain order (oldest first) after `after_seq` that match `filters`."""
+        filters = filters or AuditFilters()
+        self._check_filters(filters)
         out: list[StoredRecord] = []
         scanned = 0
         last = after_seq
@@ -495,6 +500,37 @@ class AuditTrail:
         except (nats.errors.Error, asyncio.TimeoutError) as exc:
             raise AuditUnavailable(f"audit trail: read failed ({exc!r})") from None
         return AuditPage(records=out, next_after_seq=None)
+
+    async def list_newest(self, filters: AuditFilters | None = None, limit: int = 100, before_seq: int | None = None) -> AuditPage:
+        """Records newest first (before `before_seq` when given): windows read backwards from the tail."""
+        filters = filters or AuditFilters()
+        self._check_filters(filters)
+        try:
+            state = (await self.nc.jetstream(timeout=self.timeout).stream_info(self.stream)).state
+            first = max(1, state.first_seq)
+            end = state.last_seq if before_seq is None else min(state.last_seq, before_seq - 1)
+            out: list[StoredRecord] = []
+            window, scanned = max(2 * limit, READ_BATCH), 0
+            while end >= first and len(out) < limit and scanned < MAX_SCAN:
+                start = max(first, end - window + 1)
+                found: list[StoredRecord] = []
+                async for seq, subject, data in self._scan(start, filters.subject(self.prefix)):
+                    if seq > end:
+                        break
+                    scanned += 1
+                    try:
+                        record = msgspec.json.decode(data, type=AuditRecord)
+                    except msgspec.DecodeError:
+                        continue
+                    if filters.matches(record):
+                        found.append(StoredRecord(seq=seq, subject=subject, record=record))
+                out.extend(reversed(found))
+                end, window = start - 1, window * 2
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            raise AuditUnavailable(f"audit trail: read failed ({exc!r})") from None
+        out = out[:limit]
+        more = len(out) == limit and out[-1].seq > first or (scanned >= MAX_SCAN and end >= first)
+        return AuditPage(records=out, next_before_seq=(out[-1].seq if out else end + 1) if more else None)
 
     async def verify(self) -> VerifyReport:
         """Walk the whole stream: every record's hash, its link to the previous one, its hash."""
