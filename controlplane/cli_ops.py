@@ -219,21 +219,13 @@ def _audit_line(item: dict) -> str:
 
 
 def cmd_audit_tail(args: argparse.Namespace) -> int:
-    """The last N records (the API pages oldest first, so walk to the end), then follow new ones."""
-    from collections import deque
-
-    last: deque[dict] = deque(maxlen=max(args.lines, 0))
-    after = 0
+    """The last N records (read newest first from the chain's tail), then follow new ones."""
     with _client(args) as api:
-        while True:
-            page = api.get("/api/v1/audit", limit=1000, after_seq=after)
-            last.extend(page.get("records", []))
-            if page.get("records"):
-                after = page["records"][-1]["seq"]
-            if page.get("next_after_seq") is None:
-                break
-        for item in last:
+        page = api.get("/api/v1/audit", limit=max(1, min(args.lines, 1000)), newest_first="true")
+        records = list(reversed(page.get("records", [])))[-args.lines:] if args.lines > 0 else []
+        for item in records:
             print(_audit_line(item))
+        after = records[-1]["seq"] if records else (page.get("records") or [{"seq": 0}])[0]["seq"]
         while args.follow:
             time.sleep(1.0)
             page = api.get("/api/v1/audit", limit=1000, after_seq=after)
