@@ -57,7 +57,25 @@ async def test_gateway_round_trip_and_l1_cache(nats_url, emu: Emu):
         r2 = await post(c, gw.url, "balanced", {**body, "deadline_ms": 900})  # the deadline is not part of the key
         assert r2.json()["cached"] is True and r2.json()["decision"] == "allow"
         assert r2.headers["cache-control"].startswith("max-age=")
-        assert emu.calls() == 1 and w.engine.counters.l1_hits == 1
+        # answered by the gateway's own copy: no NATS round trip, no second model call
+        assert emu.calls() == 1 and gw.server.config.app.counts["cache_hits"] == 1 and w.engine.counters.l1_hits == 0
+
+
+async def test_gateway_without_its_cache_gets_hits_from_the_worker_l1(nats_url, emu: Emu):
+    async with worker_on(nats_url, emu) as w, gateway_on(nats_url, cache_size=0) as gw, httpx.AsyncClient() as c:
+        body = {"question": "does this hold personal data?", "context": {"n": 1}, "deadline_ms": 2000}
+        assert (await post(c, gw.url, "fast", body)).json()["cached"] is False
+        again = (await post(c, gw.url, "fast", body)).json()
+        assert again["cached"] is True and emu.calls() == 1 and w.engine.counters.l1_hits == 1
+
+
+async def test_gateway_never_keeps_a_fail_closed_reply(nats_url, emu: Emu):
+    async with worker_on(nats_url, emu) as w, gateway_on(nats_url) as gw, httpx.AsyncClient() as c:
+        body = {"question": "q [[groq-emulator:schema_violation]]", "context": {}, "deadline_ms": 3000}
+        first = await post(c, gw.url, "nano", body)
+        assert first.json()["decision"] == "review" and first.headers["cache-control"] == "max-age=0"
+        await post(c, gw.url, "nano", body)
+        assert gw.server.config.app.counts["cache_hits"] == 0
 
 
 @pytest.mark.parametrize(
@@ -89,7 +107,7 @@ async def test_alias_through_gateway(nats_url, emu: Emu):
 
 
 async def test_l2_cache_is_shared_across_workers(nats_url, emu: Emu):
-    async with gateway_on(nats_url) as gw, httpx.AsyncClient() as c:
+    async with gateway_on(nats_url, cache_size=0) as gw, httpx.AsyncClient() as c:  # the workers' caches alone
         async with worker_on(nats_url, emu) as a:
             r1 = await post(c, gw.url, "fast", {"question": "shared?", "context": [1, 2, 3]})
             assert r1.json()["cached"] is False

@@ -36,13 +36,14 @@ class Gateway:
     """ASGI app. Give it a connected `nc`, or a `nats_url` to connect to at lifespan startup."""
 
     def __init__(self, nats_url: str | None = None, *, nc: NATS | None = None,
-                 default_deadline_ms: int | None = None, max_body: int = MAX_BODY_BYTES) -> None:
+                 default_deadline_ms: int | None = None, max_body: int = MAX_BODY_BYTES,
+                 cache_size: int | None = None) -> None:
         self.nats_url = nats_url or os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
         self.nc = nc
         self._owns_nc = nc is None
         self.default_deadline_ms = default_deadline_ms or int(os.environ.get("GROQPOLICY_GATEWAY_DEADLINE_MS", DEFAULT_DEADLINE_MS))
         self.max_body = max_body
-        self.client = InferClient(nc, self.default_deadline_ms)
+        self.client = InferClient(nc, self.default_deadline_ms, cache_size=cache_size)
         self.counts = self.client.counts
 
     async def connect(self) -> None:

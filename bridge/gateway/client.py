@@ -2,11 +2,16 @@
 does after parsing, and `InferClient.transport()` is the same call shaped as the WASM evaluator's
 `http.send` transport (`bridge.wasm.host.InferTransport`), so an in-process evaluation reaches the
 workers without an HTTP hop and gets the same statuses and error bodies as Rego through the gateway.
+
+A judgment the workers marked cacheable (`max-age` > 0) is kept here too, for its remaining max-age,
+so a repeated question is answered without the NATS round trip (the workers' L1/L2 still serve
+every other gateway and process). Fail-closed replies carry max-age 0 and are never kept.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any, Callable
 
@@ -30,7 +35,10 @@ from bridge.wire import (
     validate_request,
 )
 
+from bridge.worker.cache import TTLCache, cache_key
+
 ERROR_CODE_HEADER = "Nats-Service-Error-Code"
+_reply_fields = msgspec.json.Decoder(dict)
 _SUBJECTS = {t: subject_for(t) for t in TIERS}
 
 
@@ -50,10 +58,13 @@ def parse(tier: str, body: bytes) -> tuple[str, InferRequest]:
 
 
 class InferClient:
-    def __init__(self, nc: NATS | None, default_deadline_ms: int = DEFAULT_DEADLINE_MS) -> None:
+    def __init__(self, nc: NATS | None, default_deadline_ms: int = DEFAULT_DEADLINE_MS,
+                 cache_size: int | None = None) -> None:
         self.nc = nc
         self.default_deadline_ms = default_deadline_ms
-        self.counts = {"requests": 0, "ok": 0, "client_errors": 0, "no_worker": 0, "deadline": 0}
+        self.counts = {"requests": 0, "ok": 0, "client_errors": 0, "no_worker": 0, "deadline": 0, "cache_hits": 0}
+        size = int(os.environ.get("GROQPOLICY_GATEWAY_CACHE_SIZE", 10_000)) if cache_size is None else cache_size
+        self.cache: TTLCache[bytes] | None = TTLCache(size) if size > 0 else None
 
     async def request(self, tier: str, body: bytes) -> tuple[int, bytes, int]:
         """(HTTP status, JSON body, max-age seconds). Raises BridgeError for 4xx/503/504 the caller maps."""
@@ -63,6 +74,11 @@ class InferClient:
         except BridgeError:
             self.counts["client_errors"] += 1
             raise
+        key = cache_key(tier, req) if self.cache is not None else ""
+        if key and (hit := self.cache.get(key)) is not None:  # type: ignore[union-attr]
+            self.counts["ok"] += 1
+            self.counts["cache_hits"] += 1
+            return 200, hit, max(1, int(self.cache.ttl_left(key)))  # type: ignore[union-attr]
         budget_ms = req.deadline_ms or self.default_deadline_ms
         nc = self.nc
         if nc is None or not nc.is_connected:
@@ -94,7 +110,18 @@ class InferClient:
             max_age = int(headers.get(MAX_AGE_HEADER, "0"))
         except ValueError:
             max_age = 0
+        if key and max_age > 0:
+            self._keep(key, msg.data, max_age)
         return 200, msg.data, max_age
+
+    def _keep(self, key: str, data: bytes, max_age: int) -> None:
+        """Store the reply as a later hit will see it: `cached: true`."""
+        try:
+            reply = _reply_fields.decode(data)
+        except msgspec.DecodeError:
+            return
+        reply["cached"] = True
+        self.cache.set(key, msgspec.json.encode(reply), max_age)  # type: ignore[union-attr]
 
     def transport(self, loop: asyncio.AbstractEventLoop | None = None) -> Callable[[str, Any, float], tuple[int, Any]]:
         """A blocking `(tier, body, timeout) -> (status, json)` for code running *off* `loop`
