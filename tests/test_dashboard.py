@@ -15,7 +15,7 @@ from controlplane.audit import AuditRecord
 from controlplane.audit.records import seal
 from controlplane.constitution import CONSTITUTIONAL_HASH
 from controlplane.dashboard.auth import COOKIE
-from controlplane.dashboard.charts import Bucket, TierLatency, decisions_chart, latency_chart, percentile
+from controlplane.dashboard.charts import TierLatency, decisions_chart, latency_chart, percentile
 from controlplane.dashboard.data import _metadata_blocks, decisions_over_time, library_policies
 from controlplane.dashboard.data import AuditRow
 from tests.conftest import REPO_ROOT

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import msgspec
 
-from controlplane.bundles.archive import read_bundle, write_bundle
+from controlplane.bundles.archive import read_bundle
 from controlplane.errors import GroqPolicyError
 from controlplane.toolchain import opa_binary
 
