@@ -117,7 +117,7 @@ def test_dashboard_in_headless_chromium(system, chromium, tmp_path):
     made = [evaluate(client, {"principal": "alice", "action": "read"}, ["security_policies"], "nano") for _ in range(3)]
     made += [evaluate(client, {"principal": "alice", "action": "delete"}, ["security_policies"], "nano") for _ in range(2)]
     made += [evaluate(client, {"principal": "alice", "action": "read", "flag": True}, ["security_policies"], "nano")]
-    # the same text twice: the second model lookup is a cache hit in the worker
+    # the same text twice: the second model lookup is a cache hit (the control plane's own copy, L0)
     made += [evaluate(client, {"principal": "bob", "text": "Tips for a 10k run?"}, ["ethical_constraints"], "fast") for _ in range(2)]
     outcomes = Counter(m["decision"] for m in made)
     assert {"allow", "deny", "review"} <= set(outcomes), outcomes

@@ -88,6 +88,7 @@ class Snapshot:
     workers: list[WorkerRow] = field(default_factory=list)
     workers_error: str = ""
     errors: list[str] = field(default_factory=list)
+    client_hits: int = 0  # answered by this control plane's own copy (the in-process InferClient), before NATS
 
     @property
     def emulated(self) -> bool | None:
@@ -96,7 +97,8 @@ class Snapshot:
 
     @property
     def cache(self) -> dict[str, int]:
-        c = {"l1_hits": 0, "l2_hits": 0, "lookups": 0, "model_calls": 0, "coalesced": 0}
+        c = {"l0_hits": self.client_hits, "l1_hits": 0, "l2_hits": 0, "lookups": self.client_hits,
+             "model_calls": 0, "coalesced": 0}
         for w in self.workers:
             s = w.stats
             c["l1_hits"] += int(s.get("l1_hits", 0))
@@ -104,13 +106,14 @@ class Snapshot:
             c["lookups"] += int(s.get("l1_hits", 0)) + int(s.get("l1_misses", 0))
             c["model_calls"] += int(s.get("model_calls", 0))
             c["coalesced"] += int(s.get("coalesced", 0))
-        c["misses"] = max(0, c["lookups"] - c["l1_hits"] - c["l2_hits"])
+        c["hits"] = c["l0_hits"] + c["l1_hits"] + c["l2_hits"]
+        c["misses"] = max(0, c["lookups"] - c["hits"])
         return c
 
     @property
     def cache_hit_rate(self) -> float | None:
         c = self.cache
-        return (c["l1_hits"] + c["l2_hits"]) / c["lookups"] if c["lookups"] else None
+        return c["hits"] / c["lookups"] if c["lookups"] else None
 
 
 # ---- policies ---------------------------------------------------------------------------------
@@ -275,6 +278,8 @@ async def snapshot(services: Services) -> Snapshot:
     snap.errors = list(services.startup_errors) + list(getattr(services.runtime, "errors", []))
     snap.policies, snap.library_revision = policy_rows(services)
     snap.agents = services.statuses.agents()
+    infer = getattr(services.runtime, "infer", None)
+    snap.client_hits = int(getattr(infer, "counts", {}).get("cache_hits", 0)) if infer is not None else 0
 
     async def audit() -> None:
         trail = getattr(services, "audit", None)
