@@ -274,11 +274,9 @@ def cmd_bundles(args: argparse.Namespace) -> int:
 
 
 # -- stop, bench -----------------------------------------------------------------------------
-def pid_file(state_dir: Path) -> Path:
-    return state_dir / "groqpolicy.pid"
-
-
 def cmd_stop(args: argparse.Namespace) -> int:
+    from controlplane.supervisor import pid_file
+
     state_dir = Path(args.state_dir) if args.state_dir else Settings.from_env().state_dir
     path = pid_file(state_dir)
     try:

@@ -20,7 +20,6 @@ from pathlib import Path
 from controlplane.auth.tokens import ensure_tokens
 from controlplane.errors import GroqPolicyError, ToolchainError
 from controlplane.processes import ManagedProcess, spawn, start_nats, start_opa_agent, wait_for_port
-from controlplane.cli_ops import pid_file
 from controlplane.settings import Settings
 
 AGENT_PORT = 8181
@@ -115,6 +114,11 @@ def print_examples(agent_url: str, gateway_url: str) -> None:
               f"(emulated={body.get('emulated')}, {body.get('latency_ms')} ms)")
     else:
         print(f"  gateway    /v1/infer/fast             -> HTTP {status}: {body}")
+
+
+def pid_file(state_dir: Path) -> Path:
+    """Where a running supervisor records its pid (`groqpolicy stop` reads it)."""
+    return state_dir / "groqpolicy.pid"
 
 
 def _interrupt(_signum: int, _frame: object) -> None:
