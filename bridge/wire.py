@@ -50,6 +50,10 @@ class InferRequest(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=Tru
     deadline_ms: int | None = None
     model: str | None = None
     """Optional model (or retired alias) tried first, before the tier's own models."""
+    max_tokens: int | None = None
+    """Completion budget; capped by the tier's and the model's limits. Default: the tier's."""
+    temperature: float | None = None
+    """Sampling temperature 0..2. Default: the tier's (0 for judgments, so answers repeat)."""
 
 
 class Usage(msgspec.Struct):
@@ -200,6 +204,10 @@ def validate_request(req: InferRequest) -> None:
         )
     if not req.question.strip():
         raise BadRequest("question: must not be empty", status=422, code="empty_question")
+    if req.max_tokens is not None and not 1 <= req.max_tokens <= 65_536:
+        raise BadRequest(f"max_tokens: must be within 1..65536, got {req.max_tokens}", status=422, code="bad_max_tokens")
+    if req.temperature is not None and not 0.0 <= req.temperature <= 2.0:
+        raise BadRequest(f"temperature: must be within 0..2, got {req.temperature}", status=422, code="bad_temperature")
     if req.deadline_ms is not None and not 1 <= req.deadline_ms <= MAX_DEADLINE_MS:
         raise BadRequest(
             f"deadline_ms: must be within 1..{MAX_DEADLINE_MS}, got {req.deadline_ms}", status=422, code="bad_deadline"

@@ -86,6 +86,8 @@ async def test_gateway_never_keeps_a_fail_closed_reply(nats_url, emu: Emu):
         ("fast", b'{"question": ["q"]}', 422, "invalid_request"),
         ("fast", b'{"question": "q", "constitutional_hash": "0000"}', 422, "constitutional_hash_mismatch"),
         ("fast", b'{"question": "q", "deadline_ms": -5}', 422, "bad_deadline"),
+        ("fast", b'{"question": "q", "max_tokens": 0}', 422, "bad_max_tokens"),
+        ("fast", b'{"question": "q", "temperature": 2.5}', 422, "bad_temperature"),
         ("fast", b'{"question": "' + b"x" * 70_000 + b'"}', 413, "body_too_large"),
         ("fast", b'{"question": "q", "model": "gpt-9"}', 422, "model_not_found"),
     ],

@@ -203,7 +203,7 @@ def test_the_pipeline_asks_the_configured_model_when_a_policy_needs_it(cp):
     assert attack["decision"] == "deny" and attack["reasons"][0].startswith("deny: model (fast, openai/gpt-oss-20b) judged deny")
 
 
-def test_groq_models_and_inference_through_the_worker(cp):
+def test_groq_models_and_inference_through_the_worker(cp, emu_module):  # noqa: F811
     client, _, _, _ = cp
     models = client.get("/api/v1/groq/models").json()
     tiers = {m["performance_tier"] for m in models["models"]}
@@ -224,6 +224,10 @@ def test_groq_models_and_inference_through_the_worker(cp):
     assert out["constitutional_compliance"] is True and out["constitutional_hash"] == H
     pm = out["performance_metrics"]
     assert pm["inference_time_ms"] > 0 and pm["tokens_generated"] > 0 and pm["tokens_per_second"] > 0
+    # the caller's max_tokens and temperature reach the model (seen by the emulator)
+    sampling = emu_module.app.stats["sampling"]
+    assert sampling[f"{fast['model_name']}:max_completion_tokens=64"] >= 1
+    assert sampling[f"{fast['model_name']}:temperature=0.2"] >= 1
 
     r = client.post("/api/v1/groq/inference", json={"model_name": "gpt-2", "prompt": "hi"})
     assert r.status_code == 422 and r.json()["error"]["type"] == "UnknownModel"

@@ -140,7 +140,8 @@ class GroqEmulator:
         self._created = int(time.time())
 
     def reset_stats(self) -> None:
-        self.stats = {"calls": Counter(), "faults": Counter(), "formats": Counter(), "params": Counter(), "total": 0}
+        self.stats = {"calls": Counter(), "faults": Counter(), "formats": Counter(), "params": Counter(),
+                      "sampling": Counter(), "total": 0}
 
     def force(self, *faults: str, model: str = "*") -> None:
         """Queue faults for the next calls to `model` (or any model)."""
@@ -304,6 +305,9 @@ class GroqEmulator:
         for name, value in (("reasoning_effort", effort), ("reasoning_format", fmt), ("include_reasoning", incl)):
             if value is not None:
                 self.stats["params"][f"{model}:{name}={value}"] += 1
+        for name in ("max_completion_tokens", "temperature"):
+            if (value := req.get(name)) is not None:
+                self.stats["sampling"][f"{model}:{name}={value}"] += 1
 
         b = self.config.behaviour(model)
         fault = self._pick_fault(model, "\n".join(texts), b)
@@ -374,7 +378,7 @@ class GroqEmulator:
             if method == "GET" and path == "/admin/stats":
                 return 200, {"total": self.stats["total"], "calls": dict(self.stats["calls"]),
                              "faults": dict(self.stats["faults"]), "formats": dict(self.stats["formats"]),
-                             "params": dict(self.stats["params"])}, {}
+                             "params": dict(self.stats["params"]), "sampling": dict(self.stats["sampling"])}, {}
             if method == "POST" and path == "/admin/faults":
                 fr = msgspec.json.decode(body, type=_FaultRequest)
                 self.force(*fr.faults, model=fr.model)

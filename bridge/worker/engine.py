@@ -238,7 +238,7 @@ class InferenceEngine:
                 last = i == len(candidates) - 1 and attempt + 1 >= self.settings.retries_per_model
                 timeout = left if last else min(left, max(left / 2, spec.typical_latency_ms * 4 / 1000))
                 try:
-                    verdict, usage, served_by = await self._call(model, spec, tier, messages, timeout)
+                    verdict, usage, served_by = await self._call(model, spec, tier, messages, timeout, req)
                 except ModelFailure as exc:
                     self.counters.model_failures += 1
                     failures.append(str(exc))
@@ -288,8 +288,10 @@ class InferenceEngine:
         # Full jitter (AWS architecture blog): uniform in [0, min(cap, base * 2^attempt)].
         return random.uniform(0, min(self.settings.backoff_max_s, self.settings.backoff_base_s * 2 ** attempt))
 
-    async def _call(self, model: str, spec: ModelSpec, tier: str, messages: list, left: float):
+    async def _call(self, model: str, spec: ModelSpec, tier: str, messages: list, left: float, req: InferRequest):
         tier_spec = self.catalog.tier(tier)
+        max_tokens = min(req.max_tokens or tier_spec.max_tokens, tier_spec.max_tokens, spec.max_completion_tokens)
+        temperature = tier_spec.temperature if req.temperature is None else req.temperature
         if spec.json_schema_strict:
             response_format = {"type": "json_schema", "json_schema": {"name": "policy_verdict", "strict": True,
                                                                     "schema": VERDICT_JSON_SCHEMA}}
@@ -305,8 +307,7 @@ class InferenceEngine:
         try:
             completion = await self.client.chat.completions.create(
                 model=model, messages=messages, response_format=response_format,
-                max_completion_tokens=min(tier_spec.max_tokens, spec.max_completion_tokens),
-                temperature=tier_spec.temperature, timeout=left, **extra,
+                max_completion_tokens=max_tokens, temperature=temperature, timeout=left, **extra,
             )
         except groq.RateLimitError as exc:
             return self._raise(model, "429 rate limited", retry=True, breaker=True, wait_s=_retry_after(exc))

@@ -118,7 +118,8 @@ class GroqController(Controller):
             raise UnknownModel(f"model_name: {exc}") from None
         tier = data.performance_tier or runtime.catalog.tier_of(model_id)
         req = InferRequest(question=data.prompt, context=data.constitutional_context or None, policy="api.groq.inference",
-                           constitutional_hash=CONSTITUTIONAL_HASH, deadline_ms=data.deadline_ms, model=data.model_name)
+                           constitutional_hash=CONSTITUTIONAL_HASH, deadline_ms=data.deadline_ms, model=data.model_name,
+                           max_tokens=data.max_tokens, temperature=data.temperature)
         started = time.perf_counter()
         try:
             status, body, _ = await runtime.infer_client().request(tier, msgspec.json.encode(req))
