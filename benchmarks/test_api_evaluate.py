@@ -25,6 +25,7 @@ import msgspec
 import pytest
 
 from controlplane.constitution import CONSTITUTIONAL_HASH
+from benchmarks.harness import HTTPClient, spawn
 from controlplane.processes import free_port, start_nats, start_opa_agent, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,39 +36,6 @@ WARMUP = 50 if SHORT else 300
 BATCH_ROUNDS = 5 if SHORT else 30
 TOKEN = "bench-admin-token-0000000000000"
 H = CONSTITUTIONAL_HASH
-
-
-def _spawn(argv: list[str], log: Path, env: dict) -> subprocess.Popen:
-    with open(log, "ab") as fh:
-        return subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
-
-
-class HTTPClient:
-    """Minimal keep-alive HTTP/1.1 client on asyncio streams: the client's cost stays out of the numbers."""
-
-    def __init__(self, port: int, headers: bytes = b"") -> None:
-        self.port, self.headers = port, headers
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def connect(self) -> None:
-        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
-
-    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
-        assert self.reader and self.writer
-        self.writer.write(b"POST %s HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n%scontent-length: %d\r\n\r\n%s"
-                          % (path.encode(), self.headers, len(body), body))
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line[:15].lower() == b"content-length:":
-                length = int(line[15:])
-        return status, await self.reader.readexactly(length)
-
-    def close(self) -> None:
-        if self.writer:
-            self.writer.close()
 
 
 def examples() -> dict:
@@ -90,19 +58,19 @@ def stack():
     loop = asyncio.new_event_loop()
     try:
         emu_port, gw_port, cp_port, floor_port, agent_port = (free_port() for _ in range(5))
-        procs.append(_spawn([sys.executable, "-m", "bridge.emulator", "--port", str(emu_port)], tmp / "emu.log", env))
+        procs.append(spawn([sys.executable, "-m", "bridge.emulator", "--port", str(emu_port)], tmp / "emu.log", env))
         wait_for_port(emu_port, proc=procs[-1])
-        procs.append(_spawn([sys.executable, "-m", "bridge.worker"], tmp / "worker.log",
+        procs.append(spawn([sys.executable, "-m", "bridge.worker"], tmp / "worker.log",
                             dict(env, NATS_URL=url, GROQPOLICY_EMULATOR_URL=f"http://127.0.0.1:{emu_port}")))
-        procs.append(_spawn([sys.executable, "-m", "bridge.gateway", "--port", str(gw_port)], tmp / "gw.log", dict(env, NATS_URL=url)))
+        procs.append(spawn([sys.executable, "-m", "bridge.gateway", "--port", str(gw_port)], tmp / "gw.log", dict(env, NATS_URL=url)))
         wait_for_port(gw_port, proc=procs[-1])
         cp_env = dict(env, GROQPOLICY_NATS_URL=url, GROQPOLICY_TOKENS=f"bench={TOKEN}:admin+evaluate+agent",
                       GROQPOLICY_RATE_LIMIT="off", GROQPOLICY_BRIDGE_URL=f"http://127.0.0.1:{gw_port}",
                       GROQPOLICY_OPA_URL=f"http://127.0.0.1:{agent_port}")
-        procs.append(_spawn([sys.executable, "-m", "controlplane.cli", "serve", "--port", str(cp_port), "--state-dir",
+        procs.append(spawn([sys.executable, "-m", "controlplane.cli", "serve", "--port", str(cp_port), "--state-dir",
                              str(tmp / "state"), "--log-level", "warning"], tmp / "cp.log", cp_env))
         wait_for_port(cp_port, timeout=90, proc=procs[-1])
-        procs.append(_spawn([sys.executable, "-m", "benchmarks.api.trivial_app", str(floor_port)], tmp / "floor.log", env))
+        procs.append(spawn([sys.executable, "-m", "benchmarks.api.trivial_app", str(floor_port)], tmp / "floor.log", env))
         wait_for_port(floor_port, proc=procs[-1])
 
         admin = httpx.Client(base_url=f"http://127.0.0.1:{cp_port}", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)

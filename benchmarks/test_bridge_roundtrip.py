@@ -28,6 +28,7 @@ import nats
 import pytest
 
 from bridge.wire import BUDGET_HEADER, InferRequest
+from benchmarks.harness import HTTPClient, spawn
 from controlplane.processes import free_port, start_nats, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,39 +55,6 @@ asyncio.run(main())
 """
 
 
-def _spawn(argv: list[str], log: Path, env: dict) -> subprocess.Popen:
-    with open(log, "ab") as fh:
-        return subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
-
-
-class HTTPClient:
-    """Minimal keep-alive HTTP/1.1 client on asyncio streams: the client cost stays out of the numbers."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def connect(self) -> None:
-        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-
-    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
-        assert self.reader and self.writer
-        self.writer.write(b"POST %s HTTP/1.1\r\nhost: %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-                          % (path.encode(), self.host.encode(), len(body), body))
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line[:15].lower() == b"content-length:":
-                length = int(line[15:])
-        return status, await self.reader.readexactly(length)
-
-    def close(self) -> None:
-        if self.writer:
-            self.writer.close()
-
-
 @pytest.fixture(scope="module")
 def stack():
     tmp = Path(tempfile.mkdtemp(prefix="bench-bridge-"))
@@ -98,12 +66,12 @@ def stack():
     loop = asyncio.new_event_loop()
     try:
         emu_port = free_port()
-        procs.append(_spawn([sys.executable, "-m", "bridge.emulator", "--port", str(emu_port)], tmp / "emu.log", env))
+        procs.append(spawn([sys.executable, "-m", "bridge.emulator", "--port", str(emu_port)], tmp / "emu.log", env))
         wait_for_port(emu_port, proc=procs[-1])
         wenv = dict(env, NATS_URL=url, GROQPOLICY_EMULATOR_URL=f"http://127.0.0.1:{emu_port}")
-        procs.append(_spawn([sys.executable, "-m", "bridge.worker"], tmp / "worker.log", wenv))
+        procs.append(spawn([sys.executable, "-m", "bridge.worker"], tmp / "worker.log", wenv))
         gw_port = free_port()
-        procs.append(_spawn([sys.executable, "-m", "bridge.gateway", "--port", str(gw_port)], tmp / "gw.log", dict(env, NATS_URL=url)))
+        procs.append(spawn([sys.executable, "-m", "bridge.gateway", "--port", str(gw_port)], tmp / "gw.log", dict(env, NATS_URL=url)))
         wait_for_port(gw_port, proc=procs[-1])
         nc = loop.run_until_complete(nats.connect(url))
         # wait for the worker, then prime the cache entry every *_hit benchmark reads
@@ -121,7 +89,7 @@ def stack():
         procs.append(subprocess.Popen([sys.executable, "-c", BARE_RESPONDER, url, str(reply_file)], stdout=subprocess.PIPE,
                                       env=env, start_new_session=True))
         assert procs[-1].stdout.readline().strip() == b"ready"
-        http = HTTPClient("127.0.0.1", gw_port)
+        http = HTTPClient(gw_port)
         loop.run_until_complete(http.connect())
         yield {"loop": loop, "nc": nc, "http": http, "reply_size": len(first.data), "emulator_url": f"http://127.0.0.1:{emu_port}"}
         http.close()
