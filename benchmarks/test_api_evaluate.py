@@ -24,9 +24,10 @@ import httpx
 import msgspec
 import pytest
 
-from controlplane.constitution import CONSTITUTIONAL_HASH
 from benchmarks.harness import HTTPClient, spawn
+from controlplane.constitution import CONSTITUTIONAL_HASH
 from controlplane.processes import free_port, start_nats, start_opa_agent, wait_for_port
+from tests.policy_examples import load_policy_examples
 
 ROOT = Path(__file__).resolve().parent.parent
 SHORT = os.environ.get("GROQPOLICY_BENCH_SHORT") == "1"
@@ -36,14 +37,6 @@ WARMUP = 50 if SHORT else 300
 BATCH_ROUNDS = 5 if SHORT else 30
 TOKEN = "bench-admin-token-0000000000000"
 H = CONSTITUTIONAL_HASH
-
-
-def examples() -> dict:
-    out = subprocess.run([str(ROOT / ".tools" / "bin" / "opa") if (ROOT / ".tools" / "bin" / "opa").exists() else "opa",
-                          "eval", "-d", "rego", "--format", "raw",
-                          'json.marshal({t: data.groqpolicy.policies[p].examples | some p; endswith(p, "_test"); t := trim_suffix(p, "_test")})'],
-                         cwd=ROOT, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +67,7 @@ def stack():
         wait_for_port(floor_port, proc=procs[-1])
 
         admin = httpx.Client(base_url=f"http://127.0.0.1:{cp_port}", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
-        ex = examples()
+        ex = load_policy_examples()
         ids = {}
         for ptype in ("risk_management", "ethical_constraints"):
             r = admin.post("/api/v1/policies", json={

@@ -27,8 +27,8 @@ import msgspec
 import nats
 import pytest
 
-from bridge.wire import BUDGET_HEADER, InferRequest
 from benchmarks.harness import HTTPClient, spawn
+from bridge.wire import BUDGET_HEADER, InferRequest
 from controlplane.processes import free_port, start_nats, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent

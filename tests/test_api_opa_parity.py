@@ -9,8 +9,6 @@ worker -> groq SDK -> emulator on one side and evaluator -> NATS -> worker on th
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
 import time
 
 import httpx
@@ -22,18 +20,10 @@ from controlplane.constitution import CONSTITUTIONAL_HASH
 from controlplane.processes import free_port, start_opa_agent
 from tests.bridge_helpers import REPO_ROOT, Emu, spawn_worker, wait_for_workers
 from tests.controlplane_helpers import ADMIN_HEADERS, make_settings, running_control_plane
+from tests.policy_examples import load_policy_examples
 
 pytestmark = pytest.mark.slow
 H = CONSTITUTIONAL_HASH
-EXAMPLES_QUERY = 'json.marshal({t: data.groqpolicy.policies[p].examples | some p; endswith(p, "_test"); t := trim_suffix(p, "_test")})'
-
-
-def example_inputs(opa_bin) -> dict[str, dict[str, dict]]:
-    out = subprocess.run([str(opa_bin), "eval", "-d", "rego", "--format", "raw", EXAMPLES_QUERY],
-                         cwd=REPO_ROOT, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout)
-
-
 def wait_for(predicate, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -46,7 +36,7 @@ def wait_for(predicate, timeout: float, what: str):
 
 def test_wasm_and_opa_agent_agree_on_every_example(tmp_path, nats_server, opa_bin):
     url = nats_server.extra["url"]
-    examples = example_inputs(opa_bin)
+    examples = load_policy_examples(opa_bin)
     assert sorted(examples) == sorted(p.name for p in (REPO_ROOT / "rego" / "policies").iterdir())
     emu = Emu()
     worker = spawn_worker(url, emu.url, tmp_path / "worker.log")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -21,6 +20,7 @@ from controlplane.bundles.signing import sign_bundle
 from controlplane.processes import free_port, start_opa_agent
 from tests.conftest import REPO_ROOT
 from tests.controlplane_helpers import ADMIN_HEADERS, make_settings, running_control_plane
+from tests.policy_examples import load_policy_examples
 
 pytestmark = pytest.mark.slow
 
@@ -117,11 +117,7 @@ MODEL_CONSULTING = ["data_governance", "ethical_constraints"]
 
 @pytest.fixture(scope="module")
 def examples(opa_bin) -> dict:
-    """The example inputs kept beside each policy's `opa test` tests (one source for both)."""
-    query = 'json.marshal({t: data.groqpolicy.policies[p].examples | some p; endswith(p, "_test"); t := trim_suffix(p, "_test")})'
-    out = subprocess.run([str(opa_bin), "eval", "-d", "rego", "--format", "raw", query], cwd=REPO_ROOT,
-                         capture_output=True, text=True, check=True).stdout
-    return json.loads(out)
+    return load_policy_examples(opa_bin)
 
 
 CASES = [(p, outcome, outcome) for p in POLICY_TYPES for outcome in ("allow", "deny", "review")]
