@@ -7,7 +7,6 @@ import gzip
 import json
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,17 +62,6 @@ def running_control_plane(settings: Settings, services: Services | None = None) 
     finally:
         server.should_exit = True
         thread.join(timeout=15)
-
-
-def get_json(url: str, timeout: float = 10) -> object:
-    with urllib.request.urlopen(urllib.request.Request(url, headers=ADMIN_HEADERS), timeout=timeout) as resp:
-        return json.loads(resp.read())
-
-
-def post_json(url: str, body: object, timeout: float = 10) -> object:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json", **ADMIN_HEADERS})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return json.loads(resp.read())
 
 
 def gzip_json(obj: object) -> bytes:
