@@ -69,7 +69,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.state_dir:
         overrides["state_dir"] = Path(args.state_dir)
     settings = Settings.from_env(**overrides)
-    app = create_app(settings)
+    app = create_app(settings, freeze_heap=True)
     # long polls hold requests open for up to a minute: do not wait for them on shutdown
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, access_log=False,
                 timeout_graceful_shutdown=2)

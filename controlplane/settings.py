@@ -18,6 +18,15 @@ class ConfigError(GroqPolicyError):
     """An environment variable that cannot be used as given."""
 
 
+AUDIT_DURABILITIES = ("spool", "ack")
+
+
+def audit_durability(value: str) -> str:
+    if value not in AUDIT_DURABILITIES:
+        raise ValueError(f"expected one of {', '.join(AUDIT_DURABILITIES)}")
+    return value
+
+
 class Settings(msgspec.Struct, kw_only=True):
     host: str = "127.0.0.1"
     port: int = 8015
@@ -38,6 +47,10 @@ class Settings(msgspec.Struct, kw_only=True):
     nats_url: str = ""  # empty: start an embedded nats-server on <state_dir>/nats
     nats_replicas: int = 1  # JetStream replicas of the policy KV bucket and object store
     opa_url: str = "http://127.0.0.1:8181"  # the OPA agent `/api/v1/opa/evaluate` asks when use_wasm is false
+    # when a decision may be answered: `spool` once its audit record is in the local write-ahead spool
+    # (JetStream append in the background), `ack` once JetStream acknowledged it (see controlplane.audit.spool)
+    audit_durability: str = "spool"
+    audit_max_backlog: int = 100_000  # spooled records waiting for JetStream before evaluations get 503
 
     def bundle_overlay(self) -> dict:
         """Deployment facts every bundle carries at data.groqpolicy.config."""
@@ -70,6 +83,8 @@ class Settings(msgspec.Struct, kw_only=True):
             "GROQPOLICY_NATS_URL": ("nats_url", str),  # after NATS_URL: the specific name wins
             "GROQPOLICY_NATS_REPLICAS": ("nats_replicas", int),
             "GROQPOLICY_OPA_URL": ("opa_url", str),
+            "GROQPOLICY_AUDIT_DURABILITY": ("audit_durability", audit_durability),
+            "GROQPOLICY_AUDIT_MAX_BACKLOG": ("audit_max_backlog", int),
         }
         for var, (field, conv) in mapping.items():
             if var in env and env[var] != "":

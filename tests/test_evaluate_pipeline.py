@@ -323,8 +323,11 @@ def test_every_evaluation_goes_to_the_audit_sink(cp):
         (record,) = sink.records
         assert (record.evaluation_id, record.decision, record.source) == (out["evaluation_id"], "deny", "api")
         assert record.constitutional_hash == H and record.policy_ids == out["applicable_policies"]
-        client.post("/api/v1/evaluate/batch", json={"batch_contexts": [ALICE, ALICE], "policy_types": ["risk_management"]})
-        assert [r.source for r in sink.records[1:]] == ["batch", "batch"] and sink.records[1].batch_id
+        r = client.post("/api/v1/evaluate/batch", json={"batch_contexts": [ALICE, {**ALICE, "amount": 500}], "policy_types": ["risk_management"]})
+        (batch,) = sink.records[1:]  # one record for the whole batch, an entry per evaluation
+        assert (batch.source, batch.batch_id, batch.decision) == ("batch", r.json()["batch_id"], "deny")
+        assert [(e.evaluation_id, e.decision) for e in batch.evaluations] == [
+            (x["evaluation_id"], x["decision"]) for x in r.json()["results"]] and [e.decision for e in batch.evaluations] == ["allow", "deny"]
         pipeline.audit = Broken()  # a decision that cannot be recorded is not served
         r = client.post("/api/v1/evaluate", json={"input_context": ALICE, "constitutional_hash": H})
         assert r.status_code == 503

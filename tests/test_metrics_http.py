@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane.constitution import CONSTITUTIONAL_HASH
 from controlplane.metrics import record_inference
-from tests.controlplane_helpers import AGENT_TOKEN, EVALUATE_TOKEN, bearer, make_settings, running_control_plane
+from tests.controlplane_helpers import ADMIN_TOKEN, AGENT_TOKEN, EVALUATE_TOKEN, bearer, make_settings, running_control_plane
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +58,7 @@ def test_decisions_by_outcome_and_tier(cp):
             "constitutional_hash": CONSTITUTIONAL_HASH})
         assert r.status_code == 200
         outcome = r.json()["decision"]
+    assert client.get("/api/v1/audit", headers=bearer(ADMIN_TOKEN)).status_code == 200  # the spooled records are in JetStream now
     after = scrape(client)
 
     def delta(name: str, **labels: str) -> float:

@@ -23,7 +23,10 @@ def test_the_package_line_is_replaced_in_place_and_an_entrypoint_appended():
     lines = out.splitlines()
     assert lines[2] == "package groqpolicy.rules.p_12345678123456781234567812345678"
     assert lines[:2] == text.splitlines()[:2] and lines[3:7] == text.splitlines()[3:7]  # rows unchanged
-    assert lines[-1] == "groqpolicy_decision := decision" and "# entrypoint: true" in lines
+    assert "groqpolicy_decision := decision" in lines and lines.count("# entrypoint: true") == 2
+    assert lines[-2:] == ["groqpolicy_decisions := [groqpolicy_found | some groqpolicy_one in input",
+                          "\tgroqpolicy_found := [groqpolicy_d | groqpolicy_d := decision] with input as groqpolicy_one]"]
+    assert rego.wasm_batch_entrypoint(RID) == "groqpolicy/rules/p_12345678123456781234567812345678/groqpolicy_decisions"
     assert rego.decision_path(RID) == "groqpolicy/rules/p_12345678123456781234567812345678/decision"
     assert rego.wasm_entrypoint(RID) == "groqpolicy/rules/p_12345678123456781234567812345678/groqpolicy_decision"
 

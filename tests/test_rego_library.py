@@ -21,7 +21,7 @@ POLICY_TYPES = (
     "security_policies",
     "risk_management",
 )
-CONSTITUTION_ENTRYPOINTS = {"groqpolicy/constitution/pre_validation", "groqpolicy/constitution/post_validation"}
+CONSTITUTION_ENTRYPOINTS = {f"groqpolicy/constitution/{stage}_validation{many}" for stage in ("pre", "post") for many in ("", "s")}
 ENTRYPOINTS = {f"groqpolicy/policies/{t}/decision" for t in POLICY_TYPES} | CONSTITUTION_ENTRYPOINTS
 
 # The number of `opa test` cases written so far; adding tests is fine, losing them is not.

@@ -43,7 +43,7 @@ class AuditApi(Controller):
         decision: Annotated[str | None, QueryParameter(description="allow, deny, review, undefined or other")] = None,
         source: Annotated[str | None, QueryParameter(description="api, batch, nats or opa-agent")] = None,
         policy_id: Annotated[str | None, QueryParameter(description="records that consulted this rule id")] = None,
-        evaluation_id: Annotated[str | None, QueryParameter(description="one evaluation's record")] = None,
+        evaluation_id: Annotated[str | None, QueryParameter(description="the record of one evaluation (a batch record holds several)")] = None,
         decision_id: Annotated[str | None, QueryParameter(description="an OPA agent's decision id")] = None,
         since: Annotated[str | None, QueryParameter(description="RFC 3339 or epoch seconds, inclusive")] = None,
         until: Annotated[str | None, QueryParameter(description="RFC 3339 or epoch seconds, inclusive")] = None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 import uuid
 from datetime import datetime, timezone
 from typing import Literal
@@ -26,8 +27,25 @@ GENESIS_HASH = "0" * 64  # prev_hash of the first record of a stream
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
+class EvaluationEntry(msgspec.Struct, kw_only=True, frozen=True):
+    """One evaluation inside a batch record (a batch request is one record: see AuditRecord)."""
+
+    evaluation_id: str
+    decision: str
+    policy_ids: list[str] = msgspec.field(default_factory=list)
+    confidence_score: float | None = None
+    reasons: list[str] = msgspec.field(default_factory=list)
+    violations: list[str] = msgspec.field(default_factory=list)
+    input_sha256: str = ""
+    latency_ms: float | None = None
+
+
 class AuditRecord(msgspec.Struct, kw_only=True, frozen=True):
-    """One decision. Ids are strings so rule UUIDs, OPA decision ids and paths fit alike."""
+    """One decision, or one batch of them.
+
+    A batch request (`source` "batch") is one record: its `evaluations` hold every context's
+    evaluation, its `decision` is the strictest among them (deny > review > allow), `policy_ids`
+    the union, `latency_ms` the whole batch's time. The chain hash covers each entry. Ids are strings so rule UUIDs, OPA decision ids and paths fit alike."""
 
     source: Source
     decision: str
@@ -48,6 +66,7 @@ class AuditRecord(msgspec.Struct, kw_only=True, frozen=True):
     input_sha256: str = ""  # digest of the input, never the input itself (it may hold personal data)
     latency_ms: float | None = None
     details: dict = msgspec.field(default_factory=dict)
+    evaluations: list[EvaluationEntry] = msgspec.field(default_factory=list)  # batch records only
     prev_hash: str = ""
     hash: str = ""
 
@@ -64,8 +83,17 @@ class StoredRecord(msgspec.Struct, kw_only=True, frozen=True):
     record: AuditRecord
 
 
+_second: list = [-1, ""]  # the last whole second formatted, and its text
+
+
 def now_rfc3339() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """The current UTC time as RFC 3339 with microseconds (strftime once per second, not per record)."""
+    ns = time.time_ns()
+    sec, us = divmod(ns // 1000, 1_000_000)
+    if sec != _second[0]:
+        _second[1] = datetime.fromtimestamp(sec, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        _second[0] = sec
+    return f"{_second[1]}.{us:06d}Z"
 
 
 def parse_time(value: str) -> float:

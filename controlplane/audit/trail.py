@@ -20,6 +20,14 @@ there. So a lost ack neither loses the records nor stores them twice. Each recor
 retry, an OPA agent re-uploading a batch) returns the stored copy; the server refuses an atomic
 batch holding such a record (err_code 10201), and the trail then sends that batch one by one.
 
+Write-behind (`submit`): the record is first written to the local spool (controlplane.audit.spool),
+then queued like any other; the caller does not wait for JetStream. Such a record is never dropped:
+a batch that fails goes back to the head of the queue and is retried until it lands, and one still
+queued when the process stops is appended again from the spool at the next start. Reads (`list`,
+`list_newest`, `verify`) first wait until this process's queue is empty, so a caller reads its own
+decisions. A backlog above `max_backlog` refuses new records (503): decisions are not served
+faster than they can be recorded.
+
 Reads use JetStream's batched direct get (`$JS.API.DIRECT.GET.<stream>` with `batch` and
 `next_by_subj`): stateless, no consumer to create. Records live under `audit.<source>.<decision>`
 so the source and decision filters run in the server.
@@ -34,6 +42,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 import msgspec
@@ -54,6 +63,7 @@ from controlplane.audit.records import (
     record_time,
     seal,
 )
+from controlplane.audit.spool import AuditSpool, SpoolError
 from controlplane.errors import GroqPolicyError
 
 log = logging.getLogger(__name__)
@@ -66,6 +76,8 @@ NO_MESSAGE_FOUND = 10037
 READ_BATCH = 256
 MAX_SCAN = 100_000  # records one list call examines before handing back a cursor
 MAX_BATCH = 256  # records one atomic batch carries (the server allows up to 1000)
+MAX_BACKLOG = 100_000  # spooled records waiting for JetStream before new ones are refused
+CLOSE_DRAIN_S = 10.0  # how long a stop waits for the queue to empty (the spool keeps the rest)
 
 
 class AuditError(GroqPolicyError):
@@ -99,7 +111,8 @@ class AuditFilters(msgspec.Struct, kw_only=True):
     def matches(self, record: AuditRecord) -> bool:
         if self.policy_id and self.policy_id not in record.policy_ids:
             return False
-        if self.evaluation_id and record.evaluation_id != self.evaluation_id:
+        if self.evaluation_id and record.evaluation_id != self.evaluation_id and not any(
+                e.evaluation_id == self.evaluation_id for e in record.evaluations):
             return False
         if self.decision_id and record.decision_id != self.decision_id:
             return False
@@ -149,6 +162,10 @@ class AuditTrail:
         replicas: int = 1,
         timeout: float = 5.0,
         append_deadline: float = 30.0,
+        spool: AuditSpool | None = None,
+        max_backlog: int = MAX_BACKLOG,
+        on_spooled_stored: Callable[[list[AuditRecord]], None] | None = None,
+        close_drain_s: float = CLOSE_DRAIN_S,
     ) -> None:
         self.nc = nc
         self.stream = stream
@@ -159,7 +176,17 @@ class AuditTrail:
         self._tail: tuple[int, str] | None = None  # (seq, hash) of the stream's last record, as far as we know
         # first record id of a batch sent without an answer -> the sequences those sends were conditioned on
         self._unknown: dict[str, set[int]] = {}
-        self._queue: list[tuple[AuditRecord, asyncio.Future]] = []
+        self.spool = spool
+        self.max_backlog = max_backlog
+        self.close_drain_s = close_drain_s
+        self.on_spooled_stored = on_spooled_stored  # metrics: spooled records once JetStream has them
+        # (record, future of an awaiting caller | None for a spooled record)
+        self._queue: list[tuple[AuditRecord, asyncio.Future | None]] = []
+        self._spooled = 0  # spooled records not acknowledged yet (queued or in flight)
+        self._spool_idle = asyncio.Event()
+        self._spool_idle.set()
+        self._closing = False
+        self.write_failures = 0
         self._writer: asyncio.Task | None = None
         self._acks: dict[str, asyncio.Future] = {}
         self._ack_prefix = ""
@@ -199,8 +226,18 @@ class AuditTrail:
             log.info("audit stream %s: replicas %s -> %d", self.stream, info.config.num_replicas, self.replicas)
 
     async def close(self) -> None:
-        if self._writer is not None:
-            await asyncio.gather(self._writer, return_exceptions=True)
+        """Let the writer finish (at most CLOSE_DRAIN_S while JetStream is unreachable; spooled
+        records it could not append stay in the spool for the next start)."""
+        self._closing = True
+        if self._writer is not None and not self._writer.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._writer), self.close_drain_s)
+            except asyncio.TimeoutError:
+                self._writer.cancel()
+                await asyncio.gather(self._writer, return_exceptions=True)
+                log.warning("audit trail: %d spooled record(s) not appended at stop; they stay in the spool", self._spooled)
+        if self.spool is not None:
+            self.spool.close()
         if self._ack_sub is not None:
             try:
                 await self._ack_sub.unsubscribe()
@@ -226,18 +263,123 @@ class AuditTrail:
             self._writer = asyncio.create_task(self._drain(), name="audit-writer")
         return list(await asyncio.gather(*futures))
 
+    def submit(self, records: list[AuditRecord]) -> None:
+        """Write-behind append: the records are in the spool when this returns, in JetStream soon
+        after. Raises AuditUnavailable (nothing written) when the spool cannot take them or the
+        backlog is full."""
+        if self.spool is None:
+            raise AuditError("audit trail: write-behind appends need a spool (GROQPOLICY_AUDIT_DURABILITY=spool)")
+        for r in records:
+            if r.source not in SOURCES:
+                raise AuditError(f"audit record: source {r.source!r} unknown (expected one of {', '.join(SOURCES)})")
+        if self._closing:
+            raise AuditUnavailable("audit trail: shutting down, not taking new records")
+        if self._spooled + len(records) > self.max_backlog:
+            raise AuditUnavailable(f"audit trail: {self._spooled} record(s) are waiting for JetStream (limit {self.max_backlog}); "
+                                   f"not serving decisions that cannot be recorded")
+        stamp = now_rfc3339()
+        stamped = [r if r.timestamp else msgspec.structs.replace(r, timestamp=stamp) for r in records]
+        try:
+            self.spool.write(stamped)
+        except SpoolError as exc:
+            raise AuditUnavailable(str(exc)) from None
+        self._enqueue_spooled(stamped)
+
+    def _enqueue_spooled(self, records: list[AuditRecord]) -> None:
+        self._queue.extend((r, None) for r in records)
+        self._spooled += len(records)
+        self._spool_idle.clear()
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._drain(), name="audit-writer")
+
+    async def resume_spool(self) -> int:
+        """Queue the records a previous run spooled but did not get into JetStream; how many.
+
+        Records whose id is already among the stream's newest ones (acknowledged just before a
+        crash, cursor not yet moved) are acknowledged in the spool instead of appended twice."""
+        if self.spool is None:
+            return 0
+        try:
+            records = self.spool.recover()
+        except (SpoolError, OSError) as exc:
+            raise AuditError(str(exc)) from None
+        if not records:
+            return 0
+        stored_ids = await self._newest_ids(min(len(records), 1000))
+        present = 0
+        while present < len(records) and records[present].record_id in stored_ids:
+            present += 1
+        self.spool.acknowledge(present)
+        if present < len(records):
+            self._enqueue_spooled(records[present:])
+        log.info("audit trail: %d spooled record(s) from the last run: %d already stored, %d queued",
+                 len(records), present, len(records) - present)
+        return len(records) - present
+
+    async def _newest_ids(self, count: int) -> set[str]:
+        state = (await self.nc.jetstream(timeout=self.timeout).stream_info(self.stream)).state
+        if not state.messages:
+            return set()
+        ids: set[str] = set()
+        async for seq, _, data in self._scan(max(state.first_seq, state.last_seq - count + 1), f"{self.prefix}.>"):
+            if seq > state.last_seq:
+                break
+            try:
+                ids.add(msgspec.json.decode(data, type=AuditRecord).record_id)
+            except msgspec.DecodeError:
+                continue
+        return ids
+
+    @property
+    def backlog(self) -> int:
+        """Spooled records not in JetStream yet."""
+        return self._spooled
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Wait until every spooled record of this process is in JetStream."""
+        if self._spooled == 0:
+            return
+        try:
+            await asyncio.wait_for(self._spool_idle.wait(), self.timeout if timeout is None else timeout)
+        except asyncio.TimeoutError:
+            raise AuditUnavailable(f"audit trail: {self._spooled} record(s) still waiting for JetStream") from None
+
     async def _drain(self) -> None:
+        failures = 0
         while self._queue:
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
             try:
                 stored = await self._write([r for r, _ in batch])
             except Exception as exc:  # every waiting caller learns it was not recorded
                 for _, fut in batch:
-                    if not fut.done():
+                    if fut is not None and not fut.done():
                         fut.set_exception(exc if isinstance(exc, AuditError) else AuditUnavailable(f"audit trail: append failed ({exc!r})"))
+                spooled = [(r, f) for r, f in batch if f is None]
+                if spooled:  # never dropped: back to the head of the queue, in order
+                    self._queue[:0] = spooled
+                    failures += 1
+                    self.write_failures += 1
+                    if failures == 1 or failures % 20 == 0:
+                        log.warning("audit trail: %d spooled record(s) wait for JetStream (attempt %d: %s)", self._spooled, failures, exc)
+                    if self._closing:
+                        return
+                    await asyncio.sleep(min(2.0, 0.05 * 2 ** min(failures, 6)))
                 continue
+            failures = 0
+            spooled_done = [r for (r, f) in batch if f is None]
+            if spooled_done:
+                assert self.spool is not None
+                try:
+                    self.spool.acknowledge(len(spooled_done))
+                except OSError as exc:  # the cursor could not move: those records may be appended again at restart
+                    log.warning("audit spool: cursor not updated (%s); records may be re-sent after a restart", exc)
+                self._spooled -= len(spooled_done)
+                if self._spooled == 0:
+                    self._spool_idle.set()
+                if self.on_spooled_stored is not None:
+                    self.on_spooled_stored(spooled_done)
             for (_, fut), s in zip(batch, stored):
-                if not fut.done():
+                if fut is not None and not fut.done():
                     fut.set_result(s)
 
     async def _write(self, records: list[AuditRecord]) -> list[StoredRecord]:
@@ -477,6 +619,7 @@ class AuditTrail:
         """Records in chain order (oldest first) after `after_seq` that match `filters`."""
         filters = filters or AuditFilters()
         self._check_filters(filters)
+        await self.flush()
         out: list[StoredRecord] = []
         scanned = 0
         last = after_seq
@@ -505,6 +648,7 @@ class AuditTrail:
         """Records newest first (before `before_seq` when given): windows read backwards from the tail."""
         filters = filters or AuditFilters()
         self._check_filters(filters)
+        await self.flush()
         try:
             state = (await self.nc.jetstream(timeout=self.timeout).stream_info(self.stream)).state
             first = max(1, state.first_seq)
@@ -534,6 +678,7 @@ class AuditTrail:
 
     async def verify(self) -> VerifyReport:
         """Walk the whole stream: every record's hash, its link to the previous one, its hash."""
+        await self.flush()
         js = self.nc.jetstream(timeout=self.timeout)
         try:
             state = (await js.stream_info(self.stream)).state

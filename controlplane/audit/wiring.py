@@ -1,9 +1,10 @@
 """Attach the audit trail, decision metrics and escalations to a started control plane.
 
 Runs at app start after the policy runtime has connected to NATS: creates (or adjusts) the audit
-stream with `GROQPOLICY_NATS_REPLICAS` replicas, then points the evaluation pipeline's audit sink
-and escalation hook at it. The sink also records the decision metrics, so every decision that is
-served is both audited and counted, and one that could not be audited is neither (it fails).
+stream with `GROQPOLICY_NATS_REPLICAS` replicas, opens the spool (`<state_dir>/audit-spool`) and
+re-queues what a previous run left in it, then points the evaluation pipeline's audit sink and
+escalation hook at it. The sink also records the decision metrics, so every decision that is
+served is both recorded and counted, and one that could not be recorded is neither (it fails).
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from controlplane.audit.records import AuditRecord, StoredRecord
+from controlplane.audit.spool import AuditSpool, SpoolError
 from controlplane.audit.trail import AuditError, AuditTrail
 from controlplane.escalation import escalation_sink
 from controlplane.metrics.recorders import record_audit_append, record_decision
+from controlplane.settings import ConfigError, audit_durability
 
 if TYPE_CHECKING:
     from controlplane.services import Services
@@ -22,36 +25,65 @@ if TYPE_CHECKING:
 TIER_TARGET_MS = {"nano": 1.0, "fast": 2.0, "balanced": 3.0, "premium": 5.0, "reasoning": 1000.0}
 
 
+def _count_decisions(records: list[AuditRecord]) -> None:
+    for r in records:
+        for e in r.evaluations or (r,):
+            target = TIER_TARGET_MS.get(r.performance_tier)
+            achieved = None if target is None or e.latency_ms is None else e.latency_ms <= target
+            record_decision(e.decision, r.performance_tier or "none", (e.latency_ms or 0.0) / 1000, source=r.source,
+                            target_achieved=achieved)
+
+
+def _count_appends(records: list[AuditRecord]) -> None:
+    for r in records:
+        record_audit_append(r.source)
+
+
 class RecordingAuditSink:
-    """`append(record)` for the pipeline: audit first, then count the decision."""
+    """`append(record)` for the pipeline: record first (spool or JetStream ack), then count the decision."""
 
-    def __init__(self, trail: AuditTrail) -> None:
+    def __init__(self, trail: AuditTrail, durability: str = "ack") -> None:
         self.trail = trail
+        self.durability = durability
 
-    async def append(self, record: AuditRecord) -> StoredRecord:
-        return (await self.append_many([record]))[0]
+    async def append(self, record: AuditRecord) -> StoredRecord | None:
+        stored = await self.append_many([record])
+        return stored[0] if stored else None
 
     async def append_many(self, records: list[AuditRecord]) -> list[StoredRecord]:
+        stored: list[StoredRecord] = []
         try:
-            stored = await self.trail.append_many(records)
+            if self.durability == "spool":
+                self.trail.submit(records)  # appends counted when JetStream has them (on_spooled_stored)
+            else:
+                stored = await self.trail.append_many(records)
+                _count_appends(records)
         except AuditError:
             record_audit_append("", len(records), failed=True)
             raise
-        for r in records:
-            record_audit_append(r.source)
-            latency_s = (r.latency_ms or 0.0) / 1000
-            target = TIER_TARGET_MS.get(r.performance_tier)
-            achieved = None if target is None or r.latency_ms is None else r.latency_ms <= target
-            record_decision(r.decision, r.performance_tier or "none", latency_s, source=r.source, target_achieved=achieved)
+        _count_decisions(records)
         return stored
 
 
 async def start_audit(services: Services) -> None:
+    settings = services.settings
+    try:
+        durability = audit_durability(settings.audit_durability)
+    except ValueError as exc:
+        raise ConfigError(f"GROQPOLICY_AUDIT_DURABILITY={settings.audit_durability!r}: {exc}") from None
     nc = services.runtime.nats.client
-    trail = AuditTrail(nc, replicas=services.settings.nats_replicas)
+    spool = None
+    if durability == "spool":
+        try:
+            spool = AuditSpool(settings.state_dir / "audit-spool")
+        except SpoolError as exc:
+            raise ConfigError(str(exc)) from None
+    trail = AuditTrail(nc, replicas=settings.nats_replicas, spool=spool, max_backlog=settings.audit_max_backlog,
+                       on_spooled_stored=_count_appends)
     await trail.ensure_stream()
+    await trail.resume_spool()
     services.audit = trail
-    services.runtime.pipeline.audit = RecordingAuditSink(trail)
+    services.runtime.pipeline.audit = RecordingAuditSink(trail, durability)
     services.runtime.pipeline.escalate = escalation_sink(nc)
 
 

@@ -179,6 +179,7 @@ async def read_tail(trail: Any, limit: int) -> tuple[int, list[AuditRow]]:
     Reads raw stored bytes (the trail's own scanner) so the hash check covers exactly what is
     stored; a record links to the one read before it, the first one read is only hash-checked.
     """
+    await trail.flush()  # this replica's spooled records first
     js = trail.nc.jetstream(timeout=trail.timeout)
     state = (await js.stream_info(trail.stream)).state
     if not state.messages:
@@ -215,8 +216,9 @@ def decisions_over_time(rows: list[AuditRow], now: float) -> tuple[list[Bucket],
         if r.record is None or not r.when or r.when < first:
             continue
         b = buckets[min(len(buckets) - 1, int((r.when - first) // step))]
-        o = _outcome(r.record.decision)
-        b.counts[o] = b.counts.get(o, 0) + 1
+        for e in r.record.evaluations or (r.record,):  # a batch record counts each of its evaluations
+            o = _outcome(e.decision)
+            b.counts[o] = b.counts.get(o, 0) + 1
     return buckets, window, step
 
 
@@ -225,8 +227,8 @@ def latency_per_tier(rows: list[AuditRow]) -> list[TierLatency]:
     by_tier: dict[str, list[float]] = {t: [] for t in TIERS}
     for r in rows:
         rec = r.record
-        if rec is not None and rec.latency_ms is not None and rec.performance_tier in by_tier:
-            by_tier[rec.performance_tier].append(rec.latency_ms)
+        if rec is not None and rec.performance_tier in by_tier:
+            by_tier[rec.performance_tier].extend(e.latency_ms for e in rec.evaluations or (rec,) if e.latency_ms is not None)
     out = []
     for tier in TIERS:
         values = sorted(by_tier[tier])

@@ -83,11 +83,9 @@ class EvaluationController(Controller):
         batch_id = uuid.uuid4()
         pipeline = services.runtime.pipeline
         started = time.perf_counter()
-        results = await asyncio.gather(*(
-            pipeline.evaluate(ctx, policy_types=list(data.policy_types), tier=data.performance_tier,
-                              constitutional_hash=data.constitutional_hash, explain=data.require_explanation,
-                              source="batch", batch_id=str(batch_id), echo_input=True)
-            for ctx in data.batch_contexts))
+        results = await pipeline.evaluate_batch(
+            data.batch_contexts, policy_types=list(data.policy_types), tier=data.performance_tier,
+            constitutional_hash=data.constitutional_hash, explain=data.require_explanation, batch_id=str(batch_id))
         total = time.perf_counter() - started
         perf = BatchPerformance(total_time_ms=round(total * 1000, 3), average_per_item_ms=round(total * 1000 / n, 4),
                                 throughput_per_second=round(n / total, 1) if total > 0 else 0.0)

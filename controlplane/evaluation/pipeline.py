@@ -13,6 +13,13 @@
 6 timings per stage and the tier's latency target, achieved or not, measured for this request
 7 the record goes to the audit sink; constitutional violations to the escalation sink
 
+Many contexts at once (a batch; one context is the case n = 1): stages 2, 3 (for policies that
+cannot call out) and 5 evaluate every context in one call into the WASM module, through batched
+entrypoints that map the single one over an input array (`pre_validations`, `post_validations`,
+each policy's `groqpolicy_decisions`); from `SPLIT_AT` contexts the array is halved and the halves
+run on two threads (the GIL is released while WASM runs). A batched call that fails for another
+reason than its deadline is redone one context at a time, so each error lands on its own context.
+
 Fail closed everywhere: a policy that errors, times out or returns something that is not a
 decision counts as deny; a model that fails is review (the Rego helper's contract).
 """
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import threading
 import time
@@ -48,6 +56,9 @@ log = logging.getLogger(__name__)
 
 PRE = "groqpolicy/constitution/pre_validation"
 POST = "groqpolicy/constitution/post_validation"
+PRE_MANY = "groqpolicy/constitution/pre_validations"
+POST_MANY = "groqpolicy/constitution/post_validations"
+SPLIT_AT = 16  # a batched evaluation of at least this many inputs runs as two halves on two threads
 INLINE_TIMEOUT_S = 1.0  # a policy without network calls: pure computation
 BLOCKING_TIMEOUT_S = 5.0  # a policy that may consult a model (the helper's own timeout is 2 s)
 WASM_POOL_SIZE = 16  # instances of the in-process evaluator (each a few MiB of linear memory)
@@ -185,42 +196,70 @@ class Pipeline:
             found = self._blocking[key] = rego.may_block(record.opa_policy)
         return found
 
-    def _post_validate(self, revision: str, post_input: dict[str, Any]) -> tuple[Any, float]:
-        key = (revision, _encode(post_input))
-        hit = self._post_memo.get(key)
-        if hit is not None:
-            return hit, 0.0
-        doc, us = self._eval_inline(POST, post_input)
-        if isinstance(doc, dict):
-            if len(self._post_memo) >= POST_MEMO_SIZE:
-                self._post_memo.clear()
-            self._post_memo[key] = doc
-        return doc, us
+    async def _evaluate_many(self, single: str, many: str, inputs: list[Any], *, wrapped: bool) -> tuple[list[Any], list[str], float]:
+        """(value per input, error per input or "", µs per input) of an entrypoint that cannot block.
 
-    def _eval_inline(self, entrypoint: str, input: Any) -> tuple[Any, float]:
+        One input goes to the `single` entrypoint; several to the batched `many` one (whose answer is
+        a value per input, or with `wrapped` `[value]` / `[]` for undefined), halved over two threads
+        from SPLIT_AT inputs. A batched call that fails is redone one input at a time, except when it
+        ran out of time: then every input of it fails with that error."""
+        n = len(inputs)
         t0 = time.perf_counter_ns()
-        value = self.evaluator.evaluate(entrypoint, input, timeout=INLINE_TIMEOUT_S)
-        return value, (time.perf_counter_ns() - t0) / 1000
+        if n > 1:
+            evaluate = self.evaluator.evaluate
+            try:
+                if n >= SPLIT_AT:
+                    half = n // 2
+                    other = asyncio.get_running_loop().run_in_executor(
+                        None, functools.partial(evaluate, many, inputs[half:], timeout=INLINE_TIMEOUT_S))
+                    try:
+                        first = evaluate(many, inputs[:half], timeout=INLINE_TIMEOUT_S)
+                    finally:
+                        second = await other
+                    out = [*first, *second]
+                else:
+                    out = list(evaluate(many, inputs, timeout=INLINE_TIMEOUT_S))
+                if len(out) != n:
+                    raise ValueError(f"{many}: {len(out)} results for {n} inputs")
+                if wrapped:
+                    out = [v[0] if v else UNDEFINED for v in out]
+                return out, [""] * n, (time.perf_counter_ns() - t0) / 1000 / n
+            except Exception as exc:  # noqa: BLE001 - redone one by one below, or every input fails closed
+                if type(exc).__name__ == "DeadlineExceeded":
+                    why = f"{type(exc).__name__}: {exc} (one evaluation for {n} contexts)"
+                    return [None] * n, [why] * n, (time.perf_counter_ns() - t0) / 1000 / n
+                log.debug("batched evaluation of %s failed (%r); evaluating one by one", many, exc)
+        values: list[Any] = []
+        errors: list[str] = []
+        for x in inputs:
+            try:
+                values.append(self.evaluator.evaluate(single, x, timeout=INLINE_TIMEOUT_S))
+                errors.append("")
+            except Exception as exc:  # noqa: BLE001 - fail closed: the caller turns it into a deny
+                values.append(None)
+                errors.append(f"{type(exc).__name__}: {exc}")
+        return values, errors, (time.perf_counter_ns() - t0) / 1000 / max(n, 1)
 
     async def _eval_policy(self, record: PolicyRecord, input: Any) -> tuple[PolicyResult, float, list[str]]:
-        """One policy: its result, the seconds it spent waiting on models, its reasons."""
-        entry = rego.wasm_entrypoint(record.rule_id)
+        """One policy that may call a model through http.send: evaluated on a worker thread."""
         meter = InferenceMeter()
         token = _METER.set(meter)
         t0 = time.perf_counter_ns()
         error = ""
         try:
-            if self._may_block(record):
-                async with self._blocking_slots:
-                    value = await asyncio.to_thread(self.evaluator.evaluate, entry, input, timeout=BLOCKING_TIMEOUT_S)
-            else:
-                value = self.evaluator.evaluate(entry, input, timeout=INLINE_TIMEOUT_S)
+            async with self._blocking_slots:
+                value = await asyncio.to_thread(self.evaluator.evaluate, rego.wasm_entrypoint(record.rule_id), input,
+                                                timeout=BLOCKING_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - fail closed: an evaluation error is a deny
             value, error = None, f"{type(exc).__name__}: {exc}"
         finally:
             _METER.reset(token)
-        elapsed_us = (time.perf_counter_ns() - t0) / 1000
-        wasm_us = max(0.0, elapsed_us - meter.seconds * 1e6)
+        wasm_us = max(0.0, (time.perf_counter_ns() - t0) / 1000 - meter.seconds * 1e6)
+        return await self._policy_result(record, input, value, error, wasm_us, meter)
+
+    async def _policy_result(self, record: PolicyRecord, input: Any, value: Any, error: str, wasm_us: float,
+                             meter: InferenceMeter) -> tuple[PolicyResult, float, list[str]]:
+        """A policy's result from what it returned: its result, the seconds spent on models, its reasons."""
         if error:
             decision, confidence, reasons = "deny", 0.0, [f"deny: policy {record.name!r} could not be evaluated: {error}"]
         else:
@@ -280,98 +319,174 @@ class Pipeline:
         return outcome, reply.confidence, [*kept, line if outcome == "allow" else f"{outcome}: {line}"]
 
     async def evaluate(self, input_context: dict[str, Any], *, policy_types: list[str], tier: str,
-                       constitutional_hash: str, explain: bool, source: str = "api", batch_id: str = "",
-                       echo_input: bool = False) -> EvaluateResponse:
+                       constitutional_hash: str, explain: bool, source: str = "api") -> EvaluateResponse:
+        """One evaluation, escalated when the constitution objects and recorded in the audit trail."""
+        response = await self.decide(input_context, policy_types=policy_types, tier=tier,
+                                     constitutional_hash=constitutional_hash, explain=explain)
+        await self._escalate(response, tier, source, input_context)
+        if self.audit is not None:
+            await self.audit.append(audit_record(response, tier, source, "", input_context))
+        return response
+
+    async def evaluate_batch(self, contexts: list[dict[str, Any]], *, policy_types: list[str], tier: str,
+                             constitutional_hash: str, explain: bool, batch_id: str) -> list[EvaluateResponse]:
+        """Every context evaluated (policies that may call a model concurrently), each escalation
+        sent, then the whole batch recorded as one audit record."""
         started = time.perf_counter()
+        responses = await self.decide_many(contexts, policy_types=policy_types, tier=tier,
+                                           constitutional_hash=constitutional_hash, explain=explain, echo_input=True)
+        for response, ctx in zip(responses, contexts):
+            await self._escalate(response, tier, "batch", ctx)
+        if self.audit is not None:
+            await self.audit.append(batch_audit_record(responses, contexts, tier, batch_id, (time.perf_counter() - started) * 1000))
+        return responses
+
+    async def decide(self, input_context: dict[str, Any], *, policy_types: list[str], tier: str,
+                     constitutional_hash: str, explain: bool, echo_input: bool = False) -> EvaluateResponse:
+        """The decision alone: no escalation, no audit record (the callers above add those)."""
+        (response,) = await self.decide_many([input_context], policy_types=policy_types, tier=tier,
+                                             constitutional_hash=constitutional_hash, explain=explain, echo_input=echo_input)
+        return response
+
+    async def decide_many(self, contexts: list[dict[str, Any]], *, policy_types: list[str], tier: str,
+                          constitutional_hash: str, explain: bool, echo_input: bool = False) -> list[EvaluateResponse]:
+        """Decisions for several contexts under the same request parameters, stage by stage.
+
+        Timings per context: with one context, measured; with several, each gets an equal share of
+        the batch's time (the work is done for all at once), or its own model and WASM time when
+        that is longer."""
+        started = time.perf_counter()
+        n = len(contexts)
         revision = self.revision()
         chosen = applicable(self.policies(), policy_types, tier)
-        wasm_us = 0.0
-        model_s = 0.0
-        model_calls = 0
-        violations: list[Violation] = []
-        results: list[PolicyResult] = []
+        wasm_us = [0.0] * n
         # 2 pre-validation
-        stage0 = time.perf_counter()
-        try:
-            pre, us = self._eval_inline(PRE, {**input_context, "constitutional_hash": constitutional_hash})
-            wasm_us += us
-        except Exception as exc:  # noqa: BLE001
-            pre = {"decision": "deny", "reasons": [f"deny: constitutional pre-validation could not run: {exc}"], "confidence": 1}
-        pre_decision = pre.get("decision", "deny") if isinstance(pre, dict) else "deny"
-        violations.extend(_violations(pre, "pre_validation"))
-        post_decision: str | None = None
-        if pre_decision != "allow":
-            decision, confidence = strictest("deny", pre_decision), 1.0
-            reasons = ["deny: Constitutional pre-validation failed", *(pre.get("reasons", []) if isinstance(pre, dict) else [])]
-        else:
-            # 3 policies (model calls inside, through NATS)
-            outs = [await self._eval_policy(r, input_context) for r in chosen if not self._may_block(r)]
-            blocking = [r for r in chosen if self._may_block(r)]
+        pres, errors, us = await self._evaluate_many(
+            PRE, PRE_MANY, [{**c, "constitutional_hash": constitutional_hash} for c in contexts], wrapped=False)
+        pre_docs: list[Any] = []
+        for i in range(n):
+            wasm_us[i] += us
+            if errors[i]:
+                pre_docs.append({"decision": "deny", "reasons": [f"deny: constitutional pre-validation could not run: {errors[i]}"], "confidence": 1})
+            else:
+                pre_docs.append(pres[i])
+        pre_decisions = [d.get("decision", "deny") if isinstance(d, dict) else "deny" for d in pre_docs]
+        passed = [i for i in range(n) if pre_decisions[i] == "allow"]
+        # 3 policies: those that cannot call out, all contexts in one evaluation; the others one by one
+        # (model calls inside, through NATS), concurrently
+        outs: list[list[tuple[PolicyResult, float, list[str]]]] = [[] for _ in range(n)]
+        if passed:
+            inputs = [contexts[i] for i in passed]
+            for record in chosen:
+                if self._may_block(record):
+                    continue
+                values, errs, us = await self._evaluate_many(
+                    rego.wasm_entrypoint(record.rule_id), rego.wasm_batch_entrypoint(record.rule_id), inputs, wrapped=True)
+                for k, i in enumerate(passed):
+                    outs[i].append(await self._policy_result(record, contexts[i], values[k], errs[k], us, InferenceMeter()))
+            blocking = [(i, r) for i in passed for r in chosen if self._may_block(r)]
             if blocking:
-                outs.extend(await asyncio.gather(*(self._eval_policy(r, input_context) for r in blocking)))
-            reasons = []
-            for res, secs, rs in outs:
-                results.append(res)
-                model_s += secs
-                model_calls += len(res.groq_inference_result)
-                wasm_us += res.wasm_execution_time_us
+                for (i, _), out in zip(blocking, await asyncio.gather(*(self._eval_policy(r, contexts[i]) for i, r in blocking))):
+                    outs[i].append(out)
+        # 4 synthesis, per context
+        results: list[list[PolicyResult]] = [[] for _ in range(n)]
+        model_s = [0.0] * n
+        decisions: list[str] = list(pre_decisions)
+        confidences = [1.0] * n
+        reasons_of: list[list[str]] = [[] for _ in range(n)]
+        post_inputs: dict[int, dict[str, Any]] = {}
+        for i in range(n):
+            if pre_decisions[i] != "allow":
+                pre = pre_docs[i]
+                decisions[i] = strictest("deny", pre_decisions[i])
+                reasons_of[i] = ["deny: Constitutional pre-validation failed", *(pre.get("reasons", []) if isinstance(pre, dict) else [])]
+                continue
+            reasons: list[str] = []
+            for res, secs, rs in outs[i]:
+                results[i].append(res)
+                model_s[i] += secs
+                wasm_us[i] += res.wasm_execution_time_us
                 reasons.extend(rs)
-            # 4 synthesis
-            if results:
+            if results[i]:
                 decision = "allow"
-                for res in results:
+                for res in results[i]:
                     decision = strictest(decision, res.decision)
-                confidence = min(res.confidence_score for res in results if res.decision == decision)
+                confidence = min(res.confidence_score for res in results[i] if res.decision == decision)
                 # as in lib.decision: deny reasons, then review reasons; an allow lists its own reasons
-                blocking_reasons = [r for r in reasons if r.startswith("deny:")] + [r for r in reasons if r.startswith("review:")]
-                reasons = blocking_reasons if decision != "allow" else reasons
+                if decision != "allow":
+                    reasons = [r for r in reasons if r.startswith("deny:")] + [r for r in reasons if r.startswith("review:")]
             else:
                 decision, confidence = "deny", 1.0
                 kinds = ", ".join(policy_types) or "any type"
                 reasons = [f"deny: no active policy applies ({kinds}, tier {tier} or faster)"]
-            # 5 post-validation
-            model_based = any(r.get("status") == 200 for res in results for r in res.groq_inference_result)
+            decisions[i], confidences[i], reasons_of[i] = decision, confidence, reasons
+            model_based = any(r.get("status") == 200 for res in results[i] for r in res.groq_inference_result)
             proposed: dict[str, Any] = {"decision": decision, "reasons": reasons, "confidence": confidence,
                                         "constitutional_hash": CONSTITUTIONAL_HASH, "model_based": model_based}
             post_input: dict[str, Any] = {"decision": proposed, "constitutional_hash": constitutional_hash}
-            if isinstance(input_context.get("oversight"), dict):
-                post_input["oversight"] = input_context["oversight"]
-            try:
-                post, us = self._post_validate(revision, post_input)
-                wasm_us += us
-            except Exception as exc:  # noqa: BLE001
-                post = {"decision": "deny", "reasons": [f"deny: constitutional post-validation could not run: {exc}"], "confidence": 1}
-            post_decision = post.get("decision", "deny") if isinstance(post, dict) else "deny"
-            violations.extend(_violations(post, "post_validation"))
-            decision = strictest(decision, post_decision)
-            if isinstance(post, dict):
-                reasons = [r for r in post.get("reasons", reasons) if isinstance(r, str)]
-                c = post.get("confidence")
-                if isinstance(c, (int, float)) and 0 <= c <= 1:
-                    confidence = float(c)
-        stages_ms = (time.perf_counter() - stage0) * 1000
-        total_ms = (time.perf_counter() - started) * 1000
+            if isinstance(contexts[i].get("oversight"), dict):
+                post_input["oversight"] = contexts[i]["oversight"]
+            post_inputs[i] = post_input
+        # 5 post-validation (memoised: a pure function of its input and the revision)
+        post_docs: dict[int, Any] = {}
+        misses: list[tuple[int, tuple[str, bytes]]] = []
+        for i, post_input in post_inputs.items():
+            key = (revision, _encode(post_input))
+            hit = self._post_memo.get(key)
+            if hit is None:
+                misses.append((i, key))
+            else:
+                post_docs[i] = hit
+        if misses:
+            values, errs, us = await self._evaluate_many(POST, POST_MANY, [post_inputs[i] for i, _ in misses], wrapped=False)
+            for (i, key), doc, err in zip(misses, values, errs):
+                wasm_us[i] += us
+                if err:
+                    doc = {"decision": "deny", "reasons": [f"deny: constitutional post-validation could not run: {err}"], "confidence": 1}
+                elif isinstance(doc, dict):
+                    if len(self._post_memo) >= POST_MEMO_SIZE:
+                        self._post_memo.clear()
+                    self._post_memo[key] = doc
+                post_docs[i] = doc
+        # 6 timings, responses
+        elapsed_ms = (time.perf_counter() - started) * 1000
         target = TIER_TARGET_MS[tier]
-        metrics = PerformanceMetrics(
-            total_latency_ms=round(total_ms, 4), groq_inference_time_ms=round(model_s * 1000, 4),
-            opa_evaluation_time_ms=round(max(0.0, stages_ms - model_s * 1000), 4), wasm_execution_time_us=round(wasm_us, 2),
-            performance_tier=tier, target_latency_ms=target, target_achieved=total_ms <= target, model_calls=model_calls,
-        )
-        compliance = ConstitutionalValidation(is_compliant=not violations, pre_validation=pre_decision,  # type: ignore[arg-type]
-                                              post_validation=post_decision, violations=violations)  # type: ignore[arg-type]
-        response = EvaluateResponse(
-            evaluation_id=uuid.uuid4(), decision=decision, confidence_score=round(min(1.0, max(0.0, confidence)), 6),  # type: ignore[arg-type]
-            applicable_policies=[r.rule_id for r in chosen] if pre_decision == "allow" else [],
-            constitutional_compliance=compliance, performance_metrics=metrics, policy_results=results,
-            reasons=reasons, bundle_revision=revision, constitutional_hash=CONSTITUTIONAL_HASH,
-            explanation=explain_text(decision, confidence, results, violations, pre_decision) if explain else None,
-            input_context=input_context if echo_input else None,
-        )
-        await self._after(response, tier, source, batch_id, input_context)
-        return response
+        responses = []
+        for i in range(n):
+            violations = _violations(pre_docs[i], "pre_validation")
+            decision, confidence, reasons = decisions[i], confidences[i], reasons_of[i]
+            post_decision: str | None = None
+            if i in post_docs:
+                post = post_docs[i]
+                post_decision = post.get("decision", "deny") if isinstance(post, dict) else "deny"
+                violations.extend(_violations(post, "post_validation"))
+                decision = strictest(decision, post_decision)
+                if isinstance(post, dict):
+                    reasons = [r for r in post.get("reasons", reasons) if isinstance(r, str)]
+                    c = post.get("confidence")
+                    if isinstance(c, (int, float)) and 0 <= c <= 1:
+                        confidence = float(c)
+            model_ms = model_s[i] * 1000
+            total_ms = elapsed_ms if n == 1 else max(elapsed_ms / n, model_ms + wasm_us[i] / 1000)
+            metrics = PerformanceMetrics(
+                total_latency_ms=round(total_ms, 4), groq_inference_time_ms=round(model_ms, 4),
+                opa_evaluation_time_ms=round(max(0.0, total_ms - model_ms), 4), wasm_execution_time_us=round(wasm_us[i], 2),
+                performance_tier=tier, target_latency_ms=target, target_achieved=total_ms <= target,
+                model_calls=sum(len(res.groq_inference_result) for res in results[i]),
+            )
+            compliance = ConstitutionalValidation(is_compliant=not violations, pre_validation=pre_decisions[i],  # type: ignore[arg-type]
+                                                  post_validation=post_decision, violations=violations)  # type: ignore[arg-type]
+            responses.append(EvaluateResponse(
+                evaluation_id=uuid.uuid4(), decision=decision, confidence_score=round(min(1.0, max(0.0, confidence)), 6),  # type: ignore[arg-type]
+                applicable_policies=[r.rule_id for r in chosen] if pre_decisions[i] == "allow" else [],
+                constitutional_compliance=compliance, performance_metrics=metrics, policy_results=results[i],
+                reasons=reasons, bundle_revision=revision, constitutional_hash=CONSTITUTIONAL_HASH,
+                explanation=explain_text(decision, confidence, results[i], violations, pre_decisions[i]) if explain else None,
+                input_context=contexts[i] if echo_input else None,
+            ))
+        return responses
 
-    async def _after(self, response: EvaluateResponse, tier: str, source: str, batch_id: str,
-                     input_context: dict[str, Any] | None = None) -> None:
+    async def _escalate(self, response: EvaluateResponse, tier: str, source: str, input_context: dict[str, Any]) -> None:
         if self.escalate is not None and response.constitutional_compliance.violations:
             try:
                 await self.escalate({
@@ -383,8 +498,6 @@ class Pipeline:
                 })
             except Exception:  # noqa: BLE001 - an escalation that cannot be sent is logged, the decision stands
                 log.exception("escalation for %s could not be published", response.evaluation_id)
-        if self.audit is not None:
-            await self.audit.append(audit_record(response, tier, source, batch_id, input_context))
 
 
 def audit_record(response: EvaluateResponse, tier: str, source: str, batch_id: str = "",
@@ -400,6 +513,34 @@ def audit_record(response: EvaluateResponse, tier: str, source: str, batch_id: s
         violations=[f"{v.principle}: {v.message}" for v in response.constitutional_compliance.violations],
         latency_ms=response.performance_metrics.total_latency_ms,
         input_sha256=digest(input_context) if input_context is not None else "",  # ties the record to its input
+    )
+
+
+def batch_audit_record(responses: list[EvaluateResponse], contexts: list[dict[str, Any]], tier: str, batch_id: str,
+                       latency_ms: float) -> Any:
+    """One audit record for a whole batch: an entry per evaluation (controlplane.audit.records)."""
+    from controlplane.audit import AuditRecord
+    from controlplane.audit.records import EvaluationEntry, digest
+
+    entries = []
+    decision = "allow"
+    policy_ids: dict[str, None] = {}
+    revisions: dict[str, None] = {}
+    for response, ctx in zip(responses, contexts):
+        ids = [str(p) for p in response.applicable_policies]
+        policy_ids.update(dict.fromkeys(ids))
+        revisions[response.bundle_revision] = None
+        decision = strictest(decision, response.decision)
+        entries.append(EvaluationEntry(
+            evaluation_id=str(response.evaluation_id), decision=response.decision, policy_ids=ids,
+            confidence_score=response.confidence_score, reasons=response.reasons[:50],
+            violations=[f"{v.principle}: {v.message}" for v in response.constitutional_compliance.violations],
+            input_sha256=digest(ctx), latency_ms=response.performance_metrics.total_latency_ms))
+    revision = next(iter(revisions), "")
+    return AuditRecord(
+        source="batch", decision=decision, batch_id=batch_id, policy_ids=list(policy_ids),
+        bundle_revisions={"groqpolicy": revision}, performance_tier=tier, latency_ms=round(latency_ms, 4),
+        evaluations=entries,
     )
 
 

@@ -9,7 +9,7 @@ from litestar import Response, get
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from controlplane.metrics.recorders import HTTP_LATENCY, REGISTRY
+from controlplane.metrics.recorders import HTTP_LATENCY, REGISTRY, child
 from controlplane.services import Services, ServicesDep
 
 
@@ -101,6 +101,6 @@ def timing_middleware(app: Any) -> Any:
             await app(scope, receive, send_wrapper)
         finally:
             route = scope.get("path_template") or "unmatched"
-            HTTP_LATENCY.labels(route, scope.get("method", ""), str(status)).observe(time.perf_counter() - start)
+            child(HTTP_LATENCY, route, scope.get("method", ""), str(status)).observe(time.perf_counter() - start)
 
     return middleware

@@ -6,6 +6,8 @@ with a host application's metrics). Each recording call costs a few microseconds
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -58,12 +60,25 @@ AUDIT_FAILURES = Counter(
 )
 
 
+_CHILDREN: dict[tuple, object] = {}
+
+
+def child(metric: Any, *labels: str) -> Any:
+    """`metric.labels(*labels)`, remembered: prometheus_client's lookup costs a few µs per call, and
+    the hot paths ask for the same few label sets on every request."""
+    key = (id(metric), labels)
+    found = _CHILDREN.get(key)
+    if found is None:
+        found = _CHILDREN[key] = metric.labels(*labels)
+    return found
+
+
 def record_decision(outcome: str, tier: str, latency_s: float, *, source: str = "api", target_achieved: bool | None = None) -> None:
     """One evaluation's outcome (allow | deny | review) and end-to-end latency in seconds."""
-    DECISIONS.labels(outcome, tier, source).inc()
-    DECISION_LATENCY.labels(tier).observe(latency_s)
+    child(DECISIONS, outcome, tier, source).inc()
+    child(DECISION_LATENCY, tier).observe(latency_s)
     if target_achieved is not None:
-        TIER_TARGET.labels(tier, "true" if target_achieved else "false").inc()
+        child(TIER_TARGET, tier, "true" if target_achieved else "false").inc()
 
 
 def record_inference(tier: str, model: str, tokens_in: int, tokens_out: int, cost: float, cached: bool) -> None:
@@ -85,7 +100,7 @@ def record_audit_append(source: str, count: int = 1, failed: bool = False) -> No
     if failed:
         AUDIT_FAILURES.inc(count)
     else:
-        AUDIT_APPENDS.labels(source).inc(count)
+        child(AUDIT_APPENDS, source).inc(count)
 
 
 def record_reply(reply: object) -> None:

@@ -8,6 +8,11 @@ annotation (`opa build -t wasm` compiles annotated rules as entrypoints):
 
     groqpolicy_decision := decision
 
+and a second one that evaluates `decision` for each element of an input array, so a batch costs
+one call into the WASM module (an undefined decision is `[]`, a defined one `[doc]`):
+
+    groqpolicy_decisions := [found | some one in input; found := [d | d := decision] with input as one]
+
 The policy must define `decision` (the decision document, see rego/README.md); OPA agents serve it
 at `/v1/data/groqpolicy/rules/p_<hex>/decision`, the WASM module at `.../groqpolicy_decision`.
 """
@@ -22,6 +27,7 @@ from controlplane.bundles.compiler import CompileError, CompileMessage
 
 ROOT_PACKAGE = "groqpolicy.rules"
 ENTRY_RULE = "groqpolicy_decision"
+BATCH_RULE = "groqpolicy_decisions"
 SOURCE_NAME = "opa_policy"  # how compiler messages name the user's text
 _PACKAGE = re.compile(r"^(\s*)package\s+[^\s#]+[^\n#]*", re.MULTILINE)
 _DECISION = re.compile(r"^\s*(default\s+)?decision\b", re.MULTILINE)
@@ -40,6 +46,11 @@ def decision_path(rule_id: uuid.UUID) -> str:
 
 def wasm_entrypoint(rule_id: uuid.UUID) -> str:
     return package_for(rule_id).replace(".", "/") + "/" + ENTRY_RULE
+
+
+def wasm_batch_entrypoint(rule_id: uuid.UUID) -> str:
+    """The entrypoint over an array of inputs: `[[decision] or [] for each]`."""
+    return package_for(rule_id).replace(".", "/") + "/" + BATCH_RULE
 
 
 def _fail(message: str, row: int = 1, code: str = "rego_parse_error") -> CompileError:
@@ -68,6 +79,12 @@ def bundle_module(rule_id: uuid.UUID, text: str, *, title: str, policy_type: str
         + "# entrypoint: true\n"
         + f"# custom: {custom}\n"
         + f"{ENTRY_RULE} := decision\n"
+        + "\n# METADATA\n"
+        + f"# title: {json.dumps(title + ' (each input of a batch)')}\n"
+        + "# entrypoint: true\n"
+        + f"# custom: {custom}\n"
+        + f"{BATCH_RULE} := [groqpolicy_found | some groqpolicy_one in input\n"
+        + f"\tgroqpolicy_found := [groqpolicy_d | groqpolicy_d := decision] with input as groqpolicy_one]\n"
     )
 
 

@@ -177,6 +177,24 @@ post_validation := object.union(_post_checked, {
 	"confidence": _post_confidence,
 })
 
+# METADATA
+# title: Constitutional pre-validation of many requests
+# description: pre_validation of each request in input (an array), in order; one evaluation for a batch.
+# entrypoint: true
+# custom:
+#   policy_type: constitutional_compliance
+#   performance_tier: nano
+pre_validations := [v | some request in input; v := pre_validation with input as request]
+
+# METADATA
+# title: Constitutional post-validation of many proposals
+# description: post_validation of each proposal in input (an array), in order; one evaluation for a batch.
+# entrypoint: true
+# custom:
+#   policy_type: constitutional_compliance
+#   performance_tier: nano
+post_validations := [v | some proposal in input; v := post_validation with input as proposal]
+
 _post_checked := validation(
 	"constitution.post_validation",
 	post_violations,

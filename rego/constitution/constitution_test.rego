@@ -198,3 +198,27 @@ test_strictest if {
 	doc.strictest("allow", "bogus") == "deny"
 	doc.strictest("bogus", "allow") == "deny"
 }
+
+# ---------------------------------------------------------------- batches
+
+test_pre_validations_is_pre_validation_of_each_request_in_order if {
+	bad := object.remove(good_request, ["principal"])
+	rs := constitution.pre_validations with input as [good_request, bad, good_request]
+	count(rs) == 3
+	rs[0] == constitution.pre_validation with input as good_request
+	rs[1] == constitution.pre_validation with input as bad
+	rs[1].decision == "deny"
+	rs[2].decision == "allow"
+}
+
+test_post_validations_is_post_validation_of_each_proposal_in_order if {
+	ok := {"constitutional_hash": "cdd01ef066bc6cf2", "decision": {
+		"decision": "allow", "reasons": ["policy x allowed"], "confidence": 0.9,
+		"constitutional_hash": "cdd01ef066bc6cf2",
+	}}
+	unsure := json.patch(ok, [{"op": "replace", "path": "/decision/confidence", "value": 0.1}])
+	rs := constitution.post_validations with input as [ok, unsure]
+	[r.decision | some r in rs] == ["allow", "review"]
+	rs[1] == constitution.post_validation with input as unsure
+	constitution.pre_validations == [] with input as []
+}

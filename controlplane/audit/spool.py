@@ -1,0 +1,190 @@
+"""The audit spool: a local write-ahead log for records that JetStream has not acknowledged yet.
+
+With `GROQPOLICY_AUDIT_DURABILITY=spool` (the default) a decision is answered once its record is
+written here, and the trail's writer links and publishes it in the background. A record that is
+in the spool survives the control plane's crash or restart: at start the unacknowledged ones are
+appended again, in their order (their record ids make JetStream drop a copy it stored in the last
+two minutes, and the trail skips one it finds at the stream's tail).
+
+Durability class: a spool write reaches the operating system's page cache, like a JetStream
+acknowledgement from a single file-backed server (JetStream syncs to disk every two minutes by
+default). It does not replicate: a cluster that must hold the record on a quorum before the
+decision is served runs with `GROQPOLICY_AUDIT_DURABILITY=ack`.
+
+Layout (in `<state_dir>/audit-spool/`): segments `<generation>.log` of JSON lines (one unsealed
+record each) and `acked`, "<generation> <byte offset>" of the first record not acknowledged yet (fixed
+width, rewritten in place). A segment is retired once every record in it is acknowledged and it has grown
+past `SEGMENT_BYTES`: writes move to the next generation, the cursor moves there, the old file goes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import msgspec
+
+from controlplane.audit.records import AuditRecord
+
+SEGMENT_BYTES = 8 * 1024 * 1024
+CURSOR_BYTES = 34  # "<12-digit generation> <20-digit offset>\n"
+_SEGMENT = re.compile(r"^(\d{12})\.log$")
+_encode = msgspec.json.Encoder().encode
+_decoder = msgspec.json.Decoder(AuditRecord)
+
+
+class SpoolError(Exception):
+    """The spool cannot be written or read (disk full, permissions, a damaged cursor)."""
+
+
+class AuditSpool:
+    def __init__(self, directory: Path, segment_bytes: int = SEGMENT_BYTES) -> None:
+        self.directory = directory
+        self.segment_bytes = segment_bytes
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SpoolError(f"audit spool: cannot create {directory}: {exc.strerror or exc}") from None
+        self._cursor_path = directory / "acked"
+        self._cursor_fd = -1
+        self.acked_gen, self.acked_offset = self._read_cursor()
+        gens = self._generations()
+        self.gen = max([self.acked_gen, *gens])
+        self._fd = -1
+        self._open(self.gen)
+        # byte lengths of the records written (or recovered) and not acknowledged yet, oldest first,
+        # each with its generation
+        self._unacked: list[tuple[int, int]] = []
+
+    # -- files -----------------------------------------------------------------------------
+
+    def _segment(self, gen: int) -> Path:
+        return self.directory / f"{gen:012d}.log"
+
+    def _generations(self) -> list[int]:
+        return sorted(int(m.group(1)) for p in self.directory.iterdir() if (m := _SEGMENT.match(p.name)))
+
+    def _open(self, gen: int) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+        try:
+            self._fd = os.open(self._segment(gen), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        except OSError as exc:
+            raise SpoolError(f"audit spool: cannot open {self._segment(gen)}: {exc.strerror or exc}") from None
+        self.gen = gen
+        self.size = os.fstat(self._fd).st_size
+
+    def _read_cursor(self) -> tuple[int, int]:
+        try:
+            text = self._cursor_path.read_text()
+        except FileNotFoundError:
+            return 0, 0
+        except OSError as exc:
+            raise SpoolError(f"audit spool: cannot read {self._cursor_path}: {exc.strerror or exc}") from None
+        parts = text.split()
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            raise SpoolError(f"audit spool: {self._cursor_path} is damaged ({text[:40]!r}); expected '<generation> <offset>'")
+        return int(parts[0]), int(parts[1])
+
+    def _write_cursor(self, gen: int, offset: int) -> None:
+        # fixed width, rewritten in place: one small write within one page per acknowledgement
+        if self._cursor_fd < 0:
+            self._cursor_fd = os.open(self._cursor_path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.ftruncate(self._cursor_fd, CURSOR_BYTES)
+        os.pwrite(self._cursor_fd, f"{gen:012d} {offset:020d}\n".encode(), 0)
+        self.acked_gen, self.acked_offset = gen, offset
+
+    # -- the write-ahead path ----------------------------------------------------------------
+
+    def write(self, records: list[AuditRecord]) -> None:
+        """Append records (one write call); raises SpoolError when the bytes did not all go down."""
+        lines = [_encode(r) + b"\n" for r in records]
+        data = b"".join(lines)
+        try:
+            n = os.write(self._fd, data)
+        except OSError as exc:
+            raise SpoolError(f"audit spool: write to {self._segment(self.gen)} failed: {exc.strerror or exc}") from None
+        if n != len(data):  # a short write (disk full): cut it off so the log stays line-aligned
+            try:
+                os.ftruncate(self._fd, self.size)
+            except OSError:
+                pass
+            raise SpoolError(f"audit spool: short write to {self._segment(self.gen)} ({n} of {len(data)} bytes)")
+        self.size += n
+        self._unacked.extend((self.gen, len(line)) for line in lines)
+
+    def acknowledge(self, count: int) -> None:
+        """The oldest `count` unacknowledged records are in JetStream: move the cursor past them."""
+        if count <= 0:
+            return
+        done, self._unacked = self._unacked[:count], self._unacked[count:]
+        gen, offset = self.acked_gen, self.acked_offset
+        for g, n in done:
+            if g != gen:
+                gen, offset = g, 0
+            offset += n
+        if self._unacked:
+            if self._unacked[0][0] != gen:  # the rest is in a newer segment
+                gen, offset = self._unacked[0][0], 0
+        elif self.gen == gen and self.size >= self.segment_bytes:
+            # all acknowledged and the segment is big: continue in a fresh one
+            self._open(gen + 1)
+            gen, offset = self.gen, 0
+        retire = gen != self.acked_gen
+        self._write_cursor(gen, offset)
+        if retire:
+            self._retire_before(gen)
+
+    def _retire_before(self, gen: int) -> None:
+        """Delete the segments older than `gen` (called when the cursor moves to a newer segment)."""
+        for g in self._generations():
+            if g < gen:
+                try:
+                    self._segment(g).unlink()
+                except OSError:
+                    pass
+
+    @property
+    def backlog(self) -> int:
+        return len(self._unacked)
+
+    # -- recovery ----------------------------------------------------------------------------
+
+    def recover(self) -> list[AuditRecord]:
+        """Records written but not acknowledged before the last stop, oldest first.
+
+        A torn last line (the process died mid-write) is cut off; any other unreadable line is a
+        damaged spool and raises, since skipping it would silently drop a decision's record."""
+        out: list[AuditRecord] = []
+        self._unacked = []
+        for gen in self._generations():
+            if gen < self.acked_gen:
+                continue
+            path = self._segment(gen)
+            data = path.read_bytes()
+            pos = self.acked_offset if gen == self.acked_gen else 0
+            if pos > len(data):
+                raise SpoolError(f"audit spool: cursor {self.acked_gen} {self.acked_offset} is past the end of {path} ({len(data)} bytes)")
+            while pos < len(data):
+                end = data.find(b"\n", pos)
+                if end < 0:
+                    if gen == self.gen:  # torn tail of the live segment
+                        os.ftruncate(self._fd, pos)
+                        self.size = pos
+                        break
+                    raise SpoolError(f"audit spool: {path} ends in an unterminated record at byte {pos}")
+                try:
+                    out.append(_decoder.decode(data[pos:end]))
+                except msgspec.DecodeError as exc:
+                    raise SpoolError(f"audit spool: {path} byte {pos}: unreadable record ({exc})") from None
+                self._unacked.append((gen, end + 1 - pos))
+                pos = end + 1
+        return out
+
+    def close(self) -> None:
+        for name in ("_fd", "_cursor_fd"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, name, -1)

@@ -1,0 +1,104 @@
+"""Batched evaluation (one call into the WASM module for many contexts) decides exactly what
+evaluating each context alone decides — on a module built by the real `opa` from the product's
+constitution and two stored-policy modules, one of which fails at run time for some inputs."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from bridge.wasm import policy_from_files
+from controlplane.constitution import CONSTITUTIONAL_HASH as H
+from controlplane.evaluation import pipeline as pl
+from controlplane.evaluation.pipeline import Pipeline
+from controlplane.policies import rego
+from controlplane.policies.schemas import PolicyRecord
+from tests.conftest import REPO_ROOT
+from tests.wasm_helpers import build_wasm_bundle, bundle_files
+
+LIMIT = uuid.UUID(int=1)
+PICKY = uuid.UUID(int=2)
+HEAD = "package mine\n\nimport data.groqpolicy.lib.decision as doc\n\n"
+SOURCES = {
+    LIMIT: HEAD + 'd contains "amount above 100" if input.amount > 100\n\n'
+                  'r contains "amount above 50" if input.amount > 50\n\n'
+                  'decision := doc.document("limit", d, r, {"amount within limit"}, 1, ["P10-proportional-risk"])\n',
+    # two complete definitions that disagree when both apply: OPA's eval_conflict_error at run time
+    PICKY: "package picky\n\ndecision := {\"decision\": \"allow\", \"confidence\": 1, \"reasons\": [\"a\"]} if input.a\n\n"
+           "decision := {\"decision\": \"deny\", \"confidence\": 1, \"reasons\": [\"deny: b\"]} if input.b\n",
+}
+
+
+@pytest.fixture(scope="module")
+def evaluator(opa_bin):
+    modules = {f"p{i}.rego": rego.bundle_module(rid, text, title=str(rid), policy_type="risk_management", tier="nano")
+               for i, (rid, text) in enumerate(SOURCES.items())}
+    lib = {p.name: p.read_text() for p in (REPO_ROOT / "rego" / "lib").glob("*.rego") if not p.name.endswith("_test.rego")}
+    sources = {**modules, **lib, "constitution.rego": (REPO_ROOT / "rego/constitution/constitution.rego").read_text()}
+    data = {"groqpolicy": {"constitution": json.loads((REPO_ROOT / "rego/groqpolicy/constitution/data.json").read_text())}}
+    entrypoints = [pl.PRE, pl.PRE_MANY, pl.POST, pl.POST_MANY]
+    for rid in SOURCES:
+        entrypoints += [rego.wasm_entrypoint(rid), rego.wasm_batch_entrypoint(rid)]
+    bundle = build_wasm_bundle(sources, entrypoints, data)
+    return policy_from_files({"/" + k.lstrip("/"): v for k, v in bundle_files(bundle).items()}, pool_size=4)
+
+
+def record(rid: uuid.UUID, priority: int = 0) -> PolicyRecord:
+    return PolicyRecord(rule_id=rid, name=f"p{rid.int}", policy_type="risk_management", opa_policy=SOURCES[rid],
+                        performance_tier="nano", priority=priority, created_at="2026-11-27T00:00:00Z")
+
+
+def comparable(response) -> dict:
+    out = msgspec.to_builtins(response)
+    out.pop("evaluation_id")
+    out.pop("performance_metrics")
+    for r in out["policy_results"]:
+        r.pop("wasm_execution_time_us")
+    return out
+
+
+CONTEXTS = [
+    {"principal": "alice", "amount": 5},
+    {"principal": "alice", "amount": 75},  # review
+    {"principal": "alice", "amount": 500},  # deny
+    {"amount": 5},  # no principal: pre-validation denies, no policy runs
+    {"principal": "bob", "amount": 5, "oversight": {"disabled": True}},  # asks to switch oversight off: pre denies
+    {"principal": {"id": "carol"}, "amount": 5, "oversight": {"escalation": "queue"}},
+]
+
+
+@pytest.mark.parametrize("n", [6, 15, 40])  # below and above the two-thread split
+async def test_a_batch_decides_each_context_as_it_would_alone(evaluator, n):
+    pipeline = Pipeline(evaluator, lambda: [record(LIMIT)], lambda: "r1")
+    contexts = [dict(CONTEXTS[i % len(CONTEXTS)], n=i) for i in range(n)]
+    many = await pipeline.decide_many(contexts, policy_types=[], tier="nano", constitutional_hash=H, explain=True)
+    alone = [await pipeline.decide(c, policy_types=[], tier="nano", constitutional_hash=H, explain=True) for c in contexts]
+    assert [comparable(r) for r in many] == [comparable(r) for r in alone]
+    assert [r.decision for r in many[:6]] == ["allow", "review", "deny", "deny", "deny", "allow"]
+    assert many[3].constitutional_compliance.pre_validation == "deny" and many[3].policy_results == []
+    assert len({r.evaluation_id for r in many}) == n
+
+
+async def test_a_context_that_fails_fails_alone(evaluator):
+    """The batched call fails as a whole; the pipeline redoes it one context at a time, so only the
+    context whose evaluation errs is denied for it."""
+    pipeline = Pipeline(evaluator, lambda: [record(PICKY, priority=1), record(LIMIT)], lambda: "r1")
+    contexts = [{"principal": "p", "amount": 1, "a": True, "n": i} for i in range(20)]
+    contexts[7] = {"principal": "p", "amount": 1, "a": True, "b": True}
+    many = await pipeline.decide_many(contexts, policy_types=[], tier="nano", constitutional_hash=H, explain=False)
+    assert [r.decision for r in many] == ["allow"] * 7 + ["deny"] + ["allow"] * 12
+    picky = many[7].policy_results[0]
+    assert picky.rule_id == PICKY and picky.decision == "deny" and "conflict" in picky.error.lower()
+    assert many[7].reasons[0].startswith("deny: policy 'p2' could not be evaluated: ")
+    assert [p.decision for p in many[8].policy_results] == ["allow", "allow"]
+
+
+async def test_an_entrypoint_the_module_lacks_falls_back_to_single_calls(evaluator):
+    """A revision built before batched entrypoints existed still evaluates (one call per context)."""
+    pipeline = Pipeline(evaluator, lambda: [record(LIMIT)], lambda: "r1")
+    values, errors, _ = await pipeline._evaluate_many(rego.wasm_entrypoint(LIMIT), "groqpolicy/rules/absent", CONTEXTS[:3], wrapped=True)
+    assert errors == ["", "", ""] and [v["decision"] for v in values] == ["allow", "review", "deny"]
