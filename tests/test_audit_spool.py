@@ -60,11 +60,21 @@ def test_a_damaged_record_or_cursor_is_an_error_not_a_silent_skip(tmp_path):
     spool.close()
     segment = next((tmp_path / "s").glob("*.log"))
     segment.write_bytes(b"not json\n" + segment.read_bytes())
+    damaged = AuditSpool(tmp_path / "s")
     with pytest.raises(SpoolError, match=r"byte 0: unreadable record"):
-        AuditSpool(tmp_path / "s").recover()
+        damaged.recover()
+    damaged.close()
     (tmp_path / "s" / "acked").write_text("garbage")
     with pytest.raises(SpoolError, match=r"acked is damaged \('garbage'\); expected '<generation> <offset>'"):
         AuditSpool(tmp_path / "s")
+
+
+def test_one_spool_has_one_writer(tmp_path):
+    spool = AuditSpool(tmp_path / "s")
+    with pytest.raises(SpoolError, match=r"is in use by another control plane process \(give each replica its own GROQPOLICY_STATE_DIR\)"):
+        AuditSpool(tmp_path / "s")
+    spool.close()
+    AuditSpool(tmp_path / "s").close()  # free again once closed
 
 
 def test_full_segments_are_retired_once_acknowledged(tmp_path):

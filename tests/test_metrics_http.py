@@ -73,6 +73,29 @@ def test_decisions_by_outcome_and_tier(cp):
     assert delta("groqpolicy_audit_records_total", source="api") == 3
 
 
+def test_a_batch_counts_each_evaluation_and_observes_its_time_once(cp):
+    client, _ = cp
+    before = scrape(client)
+    r = client.post("/api/v1/evaluate/batch", headers=bearer(EVALUATE_TOKEN), json={
+        "batch_contexts": [{"principal": "alice"}, {"principal": "bob"}, {"no": "principal"}],
+        "policy_types": ["security_policies"], "performance_tier": "balanced", "constitutional_hash": CONSTITUTIONAL_HASH})
+    assert r.status_code == 200, r.text
+    outcomes: dict[str, int] = {}
+    for x in r.json()["results"]:
+        outcomes[x["decision"]] = outcomes.get(x["decision"], 0) + 1
+    assert outcomes.get("deny", 0) >= 1  # the context without a principal
+    after = scrape(client)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    for outcome, n in outcomes.items():
+        assert delta("groqpolicy_decisions_total", outcome=outcome, tier="balanced", source="batch") == n
+    assert delta("groqpolicy_decision_duration_seconds_count", tier="balanced") == 1
+    assert delta("groqpolicy_tier_target_total", tier="balanced", achieved="true") + delta(
+        "groqpolicy_tier_target_total", tier="balanced", achieved="false") == 3
+
+
 def test_inference_tokens_cost_and_cache_hits(cp):
     client, _ = cp
     before = scrape(client)

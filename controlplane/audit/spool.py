@@ -19,6 +19,7 @@ past `SEGMENT_BYTES`: writes move to the next generation, the cursor moves there
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 from pathlib import Path
@@ -48,11 +49,21 @@ class AuditSpool:
             raise SpoolError(f"audit spool: cannot create {directory}: {exc.strerror or exc}") from None
         self._cursor_path = directory / "acked"
         self._cursor_fd = -1
-        self.acked_gen, self.acked_offset = self._read_cursor()
-        gens = self._generations()
-        self.gen = max([self.acked_gen, *gens])
         self._fd = -1
-        self._open(self.gen)
+        self._lock_fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:  # one writer per spool: two control planes on one state directory would tear it
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self._lock_fd)
+            raise SpoolError(f"audit spool: {directory} is in use by another control plane process "
+                             "(give each replica its own GROQPOLICY_STATE_DIR)") from None
+        try:
+            self.acked_gen, self.acked_offset = self._read_cursor()
+            self.gen = max([self.acked_gen, *self._generations()])
+            self._open(self.gen)
+        except BaseException:
+            self.close()
+            raise
         # byte lengths of the records written (or recovered) and not acknowledged yet, oldest first,
         # each with its generation
         self._unacked: list[tuple[int, int]] = []
@@ -183,7 +194,7 @@ class AuditSpool:
         return out
 
     def close(self) -> None:
-        for name in ("_fd", "_cursor_fd"):
+        for name in ("_fd", "_cursor_fd", "_lock_fd"):
             fd = getattr(self, name)
             if fd >= 0:
                 os.close(fd)

@@ -41,6 +41,7 @@ import msgspec
 from bridge.wasm import UNDEFINED
 from bridge.wire import InferRequest, decode_reply
 from controlplane.constitution import CONSTITUTIONAL_HASH
+from controlplane.evaluation.ids import uuid4s
 from controlplane.evaluation.schemas import (
     ConstitutionalValidation,
     EvaluateResponse,
@@ -144,6 +145,12 @@ def normalise(value: Any, name: str) -> tuple[str, float, list[str]]:
     return "deny", 0.0, [f"deny: policy {name!r} returned no decision document (got {shown})"]
 
 
+def _wants_model(record: PolicyRecord, value: Any, decision: str) -> bool:
+    """The pipeline's model stage applies: the document asks for it and the policy has a model configured."""
+    return (decision != "deny" and record.groq_model_config is not None and isinstance(value, dict)
+            and value.get("needs_model") is True)
+
+
 def applicable(records: list[PolicyRecord], policy_types: list[str], tier: str) -> list[PolicyRecord]:
     limit = _TIER_RANK[tier]
     types = set(policy_types)
@@ -160,10 +167,24 @@ def _violations(doc: Any, stage: str) -> list[Violation]:
             for v in doc.get("violations") or [] if isinstance(v, dict)]
 
 
-class Outcome(msgspec.Struct):
-    response: EvaluateResponse
-    input_context: dict[str, Any]
-    performance_tier: str
+class _PostOutcome:
+    """What the pipeline takes from a post-validation document (memoised with it: many evaluations
+    propose the same decision). `reasons`/`confidence` None: keep the proposal's."""
+
+    __slots__ = ("decision", "violations", "reasons", "confidence")
+
+    def __init__(self, decision: str, violations: list[Violation], reasons: list[str] | None, confidence: float | None) -> None:
+        self.decision, self.violations, self.reasons, self.confidence = decision, violations, reasons, confidence
+
+    @classmethod
+    def of(cls, doc: Any) -> _PostOutcome:
+        if not isinstance(doc, dict):
+            return cls("deny", [], None, None)
+        reasons = doc.get("reasons")
+        c = doc.get("confidence")
+        ok = isinstance(c, (int, float)) and not isinstance(c, bool) and 0 <= c <= 1
+        return cls(doc.get("decision", "deny"), _violations(doc, "post_validation"),
+                   [r for r in reasons if isinstance(r, str)] if isinstance(reasons, list) else None, float(c) if ok else None)
 
 
 class Pipeline:
@@ -264,16 +285,20 @@ class Pipeline:
             decision, confidence, reasons = "deny", 0.0, [f"deny: policy {record.name!r} could not be evaluated: {error}"]
         else:
             decision, confidence, reasons = normalise(value, record.name)
-            if (isinstance(value, dict) and value.get("needs_model") is True and decision != "deny"
-                    and record.groq_model_config is not None):
+            if _wants_model(record, value, decision):
                 decision, confidence, reasons = await self._consult(record, input, decision, reasons, meter)
+        return self._result(record, value, error, wasm_us, meter, decision, confidence, reasons)
+
+    @staticmethod
+    def _result(record: PolicyRecord, value: Any, error: str, wasm_us: float, meter: InferenceMeter | None,
+                decision: str, confidence: float, reasons: list[str]) -> tuple[PolicyResult, float, list[str]]:
         result = PolicyResult(
             rule_id=record.rule_id, name=record.name, policy_type=record.policy_type, decision=decision,  # type: ignore[arg-type]
             confidence_score=confidence, opa_evaluation_result=None if error or value is UNDEFINED else value,
-            groq_inference_result=meter.replies, wasm_execution_time_us=round(wasm_us, 2),
+            groq_inference_result=meter.replies if meter is not None else [], wasm_execution_time_us=round(wasm_us, 2),
             error=error,
         )
-        return result, meter.seconds, reasons
+        return result, meter.seconds if meter is not None else 0.0, reasons
 
     async def _consult(self, record: PolicyRecord, input: Any, decision: str, reasons: list[str],
                        meter: InferenceMeter) -> tuple[str, float, list[str]]:
@@ -383,7 +408,16 @@ class Pipeline:
                 values, errs, us = await self._evaluate_many(
                     rego.wasm_entrypoint(record.rule_id), rego.wasm_batch_entrypoint(record.rule_id), inputs, wrapped=True)
                 for k, i in enumerate(passed):
-                    outs[i].append(await self._policy_result(record, contexts[i], values[k], errs[k], us, InferenceMeter()))
+                    value, err = values[k], errs[k]
+                    if err:
+                        outs[i].append(self._result(record, value, err, us, None, "deny", 0.0,
+                                                    [f"deny: policy {record.name!r} could not be evaluated: {err}"]))
+                        continue
+                    decision, confidence, reasons = normalise(value, record.name)
+                    if _wants_model(record, value, decision):  # the model stage (NATS): awaited
+                        outs[i].append(await self._policy_result(record, contexts[i], value, "", us, InferenceMeter()))
+                    else:
+                        outs[i].append(self._result(record, value, "", us, None, decision, confidence, reasons))
             blocking = [(i, r) for i in passed for r in chosen if self._may_block(r)]
             if blocking:
                 for (i, _), out in zip(blocking, await asyncio.gather(*(self._eval_policy(r, contexts[i]) for i, r in blocking))):
@@ -428,7 +462,7 @@ class Pipeline:
                 post_input["oversight"] = contexts[i]["oversight"]
             post_inputs[i] = post_input
         # 5 post-validation (memoised: a pure function of its input and the revision)
-        post_docs: dict[int, Any] = {}
+        post_outcomes: dict[int, _PostOutcome] = {}
         misses: list[tuple[int, tuple[str, bytes]]] = []
         for i, post_input in post_inputs.items():
             key = (revision, _encode(post_input))
@@ -436,36 +470,37 @@ class Pipeline:
             if hit is None:
                 misses.append((i, key))
             else:
-                post_docs[i] = hit
+                post_outcomes[i] = hit
         if misses:
             values, errs, us = await self._evaluate_many(POST, POST_MANY, [post_inputs[i] for i, _ in misses], wrapped=False)
             for (i, key), doc, err in zip(misses, values, errs):
                 wasm_us[i] += us
                 if err:
                     doc = {"decision": "deny", "reasons": [f"deny: constitutional post-validation could not run: {err}"], "confidence": 1}
-                elif isinstance(doc, dict):
+                outcome = post_outcomes[i] = _PostOutcome.of(doc)
+                if not err and isinstance(doc, dict):
                     if len(self._post_memo) >= POST_MEMO_SIZE:
                         self._post_memo.clear()
-                    self._post_memo[key] = doc
-                post_docs[i] = doc
+                    self._post_memo[key] = outcome
         # 6 timings, responses
         elapsed_ms = (time.perf_counter() - started) * 1000
         target = TIER_TARGET_MS[tier]
+        ids = uuid4s(n)
+        chosen_ids = [r.rule_id for r in chosen]  # one list shared by the responses (never mutated)
         responses = []
         for i in range(n):
             violations = _violations(pre_docs[i], "pre_validation")
             decision, confidence, reasons = decisions[i], confidences[i], reasons_of[i]
             post_decision: str | None = None
-            if i in post_docs:
-                post = post_docs[i]
-                post_decision = post.get("decision", "deny") if isinstance(post, dict) else "deny"
-                violations.extend(_violations(post, "post_validation"))
+            post = post_outcomes.get(i)
+            if post is not None:
+                post_decision = post.decision
+                violations.extend(post.violations)
                 decision = strictest(decision, post_decision)
-                if isinstance(post, dict):
-                    reasons = [r for r in post.get("reasons", reasons) if isinstance(r, str)]
-                    c = post.get("confidence")
-                    if isinstance(c, (int, float)) and 0 <= c <= 1:
-                        confidence = float(c)
+                if post.reasons is not None:
+                    reasons = post.reasons
+                if post.confidence is not None:
+                    confidence = post.confidence
             model_ms = model_s[i] * 1000
             total_ms = elapsed_ms if n == 1 else max(elapsed_ms / n, model_ms + wasm_us[i] / 1000)
             metrics = PerformanceMetrics(
@@ -477,8 +512,8 @@ class Pipeline:
             compliance = ConstitutionalValidation(is_compliant=not violations, pre_validation=pre_decisions[i],  # type: ignore[arg-type]
                                                   post_validation=post_decision, violations=violations)  # type: ignore[arg-type]
             responses.append(EvaluateResponse(
-                evaluation_id=uuid.uuid4(), decision=decision, confidence_score=round(min(1.0, max(0.0, confidence)), 6),  # type: ignore[arg-type]
-                applicable_policies=[r.rule_id for r in chosen] if pre_decisions[i] == "allow" else [],
+                evaluation_id=ids[i], decision=decision, confidence_score=round(min(1.0, max(0.0, confidence)), 6),  # type: ignore[arg-type]
+                applicable_policies=chosen_ids if pre_decisions[i] == "allow" else [],
                 constitutional_compliance=compliance, performance_metrics=metrics, policy_results=results[i],
                 reasons=reasons, bundle_revision=revision, constitutional_hash=CONSTITUTIONAL_HASH,
                 explanation=explain_text(decision, confidence, results[i], violations, pre_decisions[i]) if explain else None,
@@ -526,9 +561,12 @@ def batch_audit_record(responses: list[EvaluateResponse], contexts: list[dict[st
     decision = "allow"
     policy_ids: dict[str, None] = {}
     revisions: dict[str, None] = {}
+    as_text: dict[int, list[str]] = {}  # the responses of a batch share their applicable-policy list
     for response, ctx in zip(responses, contexts):
-        ids = [str(p) for p in response.applicable_policies]
-        policy_ids.update(dict.fromkeys(ids))
+        ids = as_text.get(id(response.applicable_policies))
+        if ids is None:
+            ids = as_text[id(response.applicable_policies)] = [str(p) for p in response.applicable_policies]
+            policy_ids.update(dict.fromkeys(ids))
         revisions[response.bundle_revision] = None
         decision = strictest(decision, response.decision)
         entries.append(EvaluationEntry(

@@ -27,7 +27,7 @@ DECISIONS = Counter(
     ["outcome", "tier", "source"], registry=REGISTRY,
 )
 DECISION_LATENCY = Histogram(
-    "groqpolicy_decision_duration_seconds", "End-to-end evaluation latency by performance tier",
+    "groqpolicy_decision_duration_seconds", "End-to-end evaluation latency by performance tier (a batch request: one observation, its whole time)",
     ["tier"], buckets=LATENCY_BUCKETS, registry=REGISTRY,
 )
 TIER_TARGET = Counter(
@@ -79,6 +79,17 @@ def record_decision(outcome: str, tier: str, latency_s: float, *, source: str = 
     child(DECISION_LATENCY, tier).observe(latency_s)
     if target_achieved is not None:
         child(TIER_TARGET, tier, "true" if target_achieved else "false").inc()
+
+
+def record_decisions(outcomes: dict[str, int], tier: str, latency_s: float, *, source: str, met: int, missed: int) -> None:
+    """A batch's evaluations: counts per outcome, tier targets met and missed, one latency (the batch's)."""
+    for outcome, n in outcomes.items():
+        child(DECISIONS, outcome, tier, source).inc(n)
+    child(DECISION_LATENCY, tier).observe(latency_s)
+    if met:
+        child(TIER_TARGET, tier, "true").inc(met)
+    if missed:
+        child(TIER_TARGET, tier, "false").inc(missed)
 
 
 def record_inference(tier: str, model: str, tokens_in: int, tokens_out: int, cost: float, cached: bool) -> None:
