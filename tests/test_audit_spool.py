@@ -115,6 +115,22 @@ async def test_submitted_records_land_in_order_and_reads_see_them(nats_server, t
         await nc.close()
 
 
+async def test_a_record_too_large_for_nats_is_refused_before_it_can_block_the_queue(nats_server, tmp_path):
+    nc, trail = await _trail(nats_server.extra["url"], tmp_path / "s")
+    try:
+        huge = rec(reasons=["x" * 1000] * 600)
+        with pytest.raises(Exception, match=r"^audit record: record .* is \d+ bytes, above the 524288-byte limit of one NATS message"):
+            trail.submit([huge])
+        with pytest.raises(Exception, match=r"above the 524288-byte limit"):
+            await trail.append(huge)
+        assert trail.backlog == 0 and trail.spool.backlog == 0
+        trail.submit([rec(evaluation_id="after")])
+        assert [s.record.evaluation_id for s in (await trail.list()).records] == ["after"]
+    finally:
+        await trail.close()
+        await nc.close()
+
+
 async def test_records_spooled_while_jetstream_is_down_land_after_a_restart(tmp_path):
     store = tmp_path / "nats"
     ns = start_nats(store)

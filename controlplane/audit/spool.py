@@ -110,7 +110,11 @@ class AuditSpool:
 
     def write(self, records: list[AuditRecord]) -> None:
         """Append records (one write call); raises SpoolError when the bytes did not all go down."""
-        lines = [_encode(r) + b"\n" for r in records]
+        self.write_encoded([_encode(r) for r in records])
+
+    def write_encoded(self, encoded: list[bytes]) -> None:
+        """`write` for records already encoded as JSON (one per item, no newline)."""
+        lines = [e + b"\n" for e in encoded]
         data = b"".join(lines)
         try:
             n = os.write(self._fd, data)

@@ -77,6 +77,9 @@ READ_BATCH = 256
 MAX_SCAN = 100_000  # records one list call examines before handing back a cursor
 MAX_BATCH = 256  # records one atomic batch carries (the server allows up to 1000)
 MAX_BACKLOG = 100_000  # spooled records waiting for JetStream before new ones are refused
+# Larger records are refused up front: NATS refuses messages above max_payload (1 MiB by default),
+# and a record that can never be stored would block every record queued behind it.
+MAX_RECORD_BYTES = 512 * 1024
 CLOSE_DRAIN_S = 10.0  # how long a stop waits for the queue to empty (the spool keeps the rest)
 
 
@@ -88,6 +91,12 @@ class AuditUnavailable(AuditError):
     """JetStream did not acknowledge: the decision is not recorded, so it must not be served."""
 
     status_code = 503
+
+
+class AuditRecordTooLarge(AuditError):
+    """A record too large for a NATS message: the decision it records is not served."""
+
+    status_code = 500
 
 
 class AuditQueryError(AuditError):
@@ -146,6 +155,13 @@ class _Rejected(Exception):
         super().__init__(f"code={code} err_code={err_code} {description}")
         self.code = code
         self.err_code = err_code
+
+
+def _check_size(record: AuditRecord, size: int) -> None:
+    if size > MAX_RECORD_BYTES:
+        what = f"batch {record.batch_id} ({len(record.evaluations)} evaluations)" if record.evaluations else f"record {record.record_id}"
+        raise AuditRecordTooLarge(f"audit record: {what} is {size} bytes, above the {MAX_RECORD_BYTES}-byte limit "
+                                  "of one NATS message; the decision is not served")
 
 
 def _status(msg: Msg) -> str:
@@ -256,6 +272,7 @@ class AuditTrail:
         for r in records:
             if r.source not in SOURCES:
                 raise AuditError(f"audit record: source {r.source!r} unknown (expected one of {', '.join(SOURCES)})")
+            _check_size(r, len(msgspec.json.encode(r)))
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in records]
         self._queue.extend(zip(records, futures))
@@ -279,8 +296,11 @@ class AuditTrail:
                                    f"not serving decisions that cannot be recorded")
         stamp = now_rfc3339()
         stamped = [r if r.timestamp else msgspec.structs.replace(r, timestamp=stamp) for r in records]
+        encoded = [msgspec.json.encode(r) for r in stamped]
+        for r, e in zip(stamped, encoded):
+            _check_size(r, len(e))
         try:
-            self.spool.write(stamped)
+            self.spool.write_encoded(encoded)
         except SpoolError as exc:
             raise AuditUnavailable(str(exc)) from None
         self._enqueue_spooled(stamped)
@@ -377,7 +397,10 @@ class AuditTrail:
                 if self._spooled == 0:
                     self._spool_idle.set()
                 if self.on_spooled_stored is not None:
-                    self.on_spooled_stored(spooled_done)
+                    try:
+                        self.on_spooled_stored(spooled_done)
+                    except Exception:  # noqa: BLE001 - a metrics hook must not stop the writer
+                        log.exception("audit trail: on_spooled_stored hook failed")
             for (_, fut), s in zip(batch, stored):
                 if fut is not None and not fut.done():
                     fut.set_result(s)
