@@ -76,7 +76,7 @@ class EvaluateService:
             data, headers = _error(exc.status_code, type(exc).__name__, str(exc))
             await request.respond(data, headers=headers)
         except Exception as exc:  # noqa: BLE001 - a bad request never kills the service
-            # the WASM evaluator's classes by name, as bridge.worker.evaluate maps them
+            # the WASM evaluator's error classes by name (404 unknown entrypoint, 504 deadline, 503 no policy)
             names = {c.__name__ for c in type(exc).__mro__}
             status = (404 if "UnknownEntrypointError" in names else 504 if "DeadlineExceeded" in names
                       else 503 if "PoolClosed" in names else 500)
