@@ -1,10 +1,10 @@
-"""Records from the decision paths: OPA agents' decision-log events and the evaluation API."""
+"""Audit records from OPA agents' decision-log events (the evaluation pipeline builds its own: controlplane.evaluation.pipeline)."""
 
 from __future__ import annotations
 
 import uuid
 
-from controlplane.audit.records import AuditRecord, Source, StoredRecord, digest
+from controlplane.audit.records import AuditRecord, StoredRecord, digest
 from controlplane.audit.trail import AuditTrail
 
 
@@ -59,35 +59,3 @@ def decision_log_record(event: dict) -> AuditRecord:
 async def audit_decision_log_events(trail: AuditTrail, events: list[dict]) -> list[StoredRecord]:
     """Append one record per event, in upload order; raises AuditUnavailable if not acknowledged."""
     return await trail.append_many([decision_log_record(e) for e in events])
-
-
-def evaluation_record(
-    *,
-    source: Source,
-    decision: str,
-    evaluation_id: str,
-    policy_ids: list[str],
-    input_context: object,
-    confidence_score: float | None = None,
-    reasons: list[str] | None = None,
-    violations: list[str] | None = None,
-    performance_tier: str = "",
-    latency_ms: float | None = None,
-    batch_id: str = "",
-    details: dict | None = None,
-) -> AuditRecord:
-    """The audit record of one evaluation (`source`: api, batch or nats)."""
-    return AuditRecord(
-        source=source,
-        decision=decision,
-        evaluation_id=evaluation_id,
-        batch_id=batch_id,
-        policy_ids=[str(p) for p in policy_ids],
-        performance_tier=performance_tier,
-        confidence_score=confidence_score,
-        reasons=list(reasons or []),
-        violations=list(violations or []),
-        input_sha256=digest(input_context),
-        latency_ms=latency_ms,
-        details=dict(details or {}),
-    )
