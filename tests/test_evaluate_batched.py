@@ -4,6 +4,7 @@ constitution and two stored-policy modules, one of which fails at run time for s
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from pathlib import Path
@@ -102,3 +103,25 @@ async def test_an_entrypoint_the_module_lacks_falls_back_to_single_calls(evaluat
     pipeline = Pipeline(evaluator, lambda: [record(LIMIT)], lambda: "r1")
     values, errors, _ = await pipeline._evaluate_many(rego.wasm_entrypoint(LIMIT), "groqpolicy/rules/absent", CONTEXTS[:3], wrapped=True)
     assert errors == ["", "", ""] and [v["decision"] for v in values] == ["allow", "review", "deny"]
+
+
+async def test_the_worker_thread_half_waits_for_a_slot_instead_of_the_loop_threads_instance(evaluator):
+    """Off-loop evaluations share the slots that keep one instance free for the event loop's thread:
+    with every slot taken (say, by evaluations waiting on a model), a batch waits without blocking
+    the loop, and goes on as soon as a slot frees."""
+    pipeline = Pipeline(evaluator, lambda: [record(LIMIT)], lambda: "r1")
+    slots = pipeline._blocking_slots
+    held = 0
+    while not slots.locked():
+        await slots.acquire()
+        held += 1
+    assert held == 3  # pool of 4, one kept for the loop thread
+    contexts = [dict(CONTEXTS[0], n=i) for i in range(20)]
+    task = asyncio.create_task(pipeline.decide_many(contexts, policy_types=[], tier="nano", constitutional_hash=H, explain=False))
+    await asyncio.sleep(0.2)  # the loop runs meanwhile
+    assert not task.done()
+    slots.release()
+    many = await asyncio.wait_for(task, 5)
+    assert [r.decision for r in many] == ["allow"] * 20
+    for _ in range(held - 1):
+        slots.release()

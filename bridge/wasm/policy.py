@@ -80,6 +80,7 @@ class WasmPolicy:
         first.setup(self._data)
         size = pool_size or max(2, (os.cpu_count() or 2) * 2)
         self.pool: InstancePool[Instance] = InstancePool(self._new_ready_instance, size)
+        self.pool_size = size  # how many evaluations can run at once
         self.pool.prime(first)
 
     # -- instances --------------------------------------------------------------------------

@@ -200,7 +200,9 @@ class Pipeline:
         # Evaluations that may call http.send hold a WASM instance while the event loop fetches the
         # model's answer. Inline evaluations (pre/post-validation, pure policies) take an instance on
         # the loop thread itself: if blocking ones held every instance, the loop would wait for an
-        # instance that only the loop can free, until the http.send deadline. Keep one free.
+        # instance that only the loop can free, until the http.send deadline. Keep one free: every
+        # evaluation off the loop thread (blocking ones, the worker-thread half of a batched call)
+        # takes a slot first.
         pool = getattr(evaluator, "pool_size", None) or WASM_POOL_SIZE
         self._blocking_slots = asyncio.Semaphore(max(1, pool - 1))
         # post-validation is a pure function of its input and the bundle (no time, no http.send in the
@@ -231,12 +233,15 @@ class Pipeline:
             try:
                 if n >= SPLIT_AT:
                     half = n // 2
-                    other = asyncio.get_running_loop().run_in_executor(
-                        None, functools.partial(evaluate, many, inputs[half:], timeout=INLINE_TIMEOUT_S))
-                    try:
-                        first = evaluate(many, inputs[:half], timeout=INLINE_TIMEOUT_S)
-                    finally:
-                        second = await other
+                    # the half on a worker thread holds an instance like a blocking evaluation does, so
+                    # the loop thread's half always finds the instance kept free for it
+                    async with self._blocking_slots:
+                        other = asyncio.get_running_loop().run_in_executor(
+                            None, functools.partial(evaluate, many, inputs[half:], timeout=INLINE_TIMEOUT_S))
+                        try:
+                            first = evaluate(many, inputs[:half], timeout=INLINE_TIMEOUT_S)
+                        finally:
+                            second = await other
                     out = [*first, *second]
                 else:
                     out = list(evaluate(many, inputs, timeout=INLINE_TIMEOUT_S))
