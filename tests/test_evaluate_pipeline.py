@@ -267,6 +267,11 @@ def test_batch(cp):
     bp = out["batch_performance"]
     assert bp["total_time_ms"] > 0 and bp["average_per_item_ms"] == pytest.approx(bp["total_time_ms"] / 3, rel=0.01)
     assert bp["throughput_per_second"] == pytest.approx(3000 / bp["total_time_ms"], rel=0.01)
+    # each decision reports what the caller waited for it: the whole batch (decided together)
+    waited = {x["performance_metrics"]["total_latency_ms"] for x in out["results"]}
+    assert len(waited) == 1 and 0 < waited.pop() <= bp["total_time_ms"]
+    assert all(x["performance_metrics"]["target_achieved"] == (x["performance_metrics"]["total_latency_ms"] <= 2.0)
+               for x in out["results"])
     assert out["constitutional_hash"] == H and out["batch_id"]
     r = client.post("/api/v1/evaluate/batch", json={"batch_contexts": [ALICE] * 100})
     assert r.status_code == 200 and len(r.json()["results"]) == 100
