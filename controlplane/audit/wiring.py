@@ -15,7 +15,7 @@ from controlplane.audit.records import AuditRecord, StoredRecord
 from controlplane.audit.spool import AuditSpool, SpoolError
 from controlplane.audit.trail import AuditError, AuditTrail
 from controlplane.escalation import escalation_sink
-from controlplane.metrics.recorders import record_audit_append, record_decision, record_decisions
+from controlplane.metrics.recorders import record_audit_append, record_decisions
 from controlplane.settings import ConfigError, audit_durability
 
 if TYPE_CHECKING:
@@ -26,25 +26,21 @@ TIER_TARGET_MS = {"nano": 1.0, "fast": 2.0, "balanced": 3.0, "premium": 5.0, "re
 
 
 def _count_decisions(records: list[AuditRecord]) -> None:
-    """Decision metrics: every evaluation counts (a batch record's entries one by one, summed per
-    label set); the latency histogram gets one observation per record (a batch: its whole time)."""
+    """Decision metrics: every evaluation counts (a batch record's entries, summed per label set);
+    the latency histogram gets one observation per record (a batch: its whole time)."""
     for r in records:
-        tier = r.performance_tier or "none"
         target = TIER_TARGET_MS.get(r.performance_tier)
-        if not r.evaluations:
-            achieved = None if target is None or r.latency_ms is None else r.latency_ms <= target
-            record_decision(r.decision, tier, (r.latency_ms or 0.0) / 1000, source=r.source, target_achieved=achieved)
-            continue
         outcomes: dict[str, int] = {}
         met = missed = 0
-        for e in r.evaluations:
+        for e in r.evaluations or (r,):
             outcomes[e.decision] = outcomes.get(e.decision, 0) + 1
             if target is not None and e.latency_ms is not None:
                 if e.latency_ms <= target:
                     met += 1
                 else:
                     missed += 1
-        record_decisions(outcomes, tier, (r.latency_ms or 0.0) / 1000, source=r.source, met=met, missed=missed)
+        record_decisions(outcomes, r.performance_tier or "none", (r.latency_ms or 0.0) / 1000, source=r.source,
+                         met=met, missed=missed)
 
 
 def _count_appends(records: list[AuditRecord]) -> None:

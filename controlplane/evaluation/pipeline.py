@@ -284,19 +284,16 @@ class Pipeline:
         return await self._policy_result(record, input, value, error, wasm_us, meter)
 
     async def _policy_result(self, record: PolicyRecord, input: Any, value: Any, error: str, wasm_us: float,
-                             meter: InferenceMeter) -> tuple[PolicyResult, float, list[str]]:
-        """A policy's result from what it returned: its result, the seconds spent on models, its reasons."""
+                             meter: InferenceMeter | None = None) -> tuple[PolicyResult, float, list[str]]:
+        """A policy's result from what it returned: its result, the seconds spent on models, its reasons.
+        The model stage runs (awaited, over NATS) only when the document asks for it."""
         if error:
             decision, confidence, reasons = "deny", 0.0, [f"deny: policy {record.name!r} could not be evaluated: {error}"]
         else:
             decision, confidence, reasons = normalise(value, record.name)
             if _wants_model(record, value, decision):
+                meter = meter or InferenceMeter()
                 decision, confidence, reasons = await self._consult(record, input, decision, reasons, meter)
-        return self._result(record, value, error, wasm_us, meter, decision, confidence, reasons)
-
-    @staticmethod
-    def _result(record: PolicyRecord, value: Any, error: str, wasm_us: float, meter: InferenceMeter | None,
-                decision: str, confidence: float, reasons: list[str]) -> tuple[PolicyResult, float, list[str]]:
         result = PolicyResult(
             rule_id=record.rule_id, name=record.name, policy_type=record.policy_type, decision=decision,  # type: ignore[arg-type]
             confidence_score=confidence, opa_evaluation_result=None if error or value is UNDEFINED else value,
@@ -414,16 +411,7 @@ class Pipeline:
                 values, errs, us = await self._evaluate_many(
                     rego.wasm_entrypoint(record.rule_id), rego.wasm_batch_entrypoint(record.rule_id), inputs, wrapped=True)
                 for k, i in enumerate(passed):
-                    value, err = values[k], errs[k]
-                    if err:
-                        outs[i].append(self._result(record, value, err, us, None, "deny", 0.0,
-                                                    [f"deny: policy {record.name!r} could not be evaluated: {err}"]))
-                        continue
-                    decision, confidence, reasons = normalise(value, record.name)
-                    if _wants_model(record, value, decision):  # the model stage (NATS): awaited
-                        outs[i].append(await self._policy_result(record, contexts[i], value, "", us, InferenceMeter()))
-                    else:
-                        outs[i].append(self._result(record, value, "", us, None, decision, confidence, reasons))
+                    outs[i].append(await self._policy_result(record, contexts[i], values[k], errs[k], us))
             blocking = [(i, r) for i in passed for r in chosen if self._may_block(r)]
             if blocking:
                 for (i, _), out in zip(blocking, await asyncio.gather(*(self._eval_policy(r, contexts[i]) for i, r in blocking))):

@@ -75,14 +75,13 @@ def child(metric: Any, *labels: str) -> Any:
 
 def record_decision(outcome: str, tier: str, latency_s: float, *, source: str = "api", target_achieved: bool | None = None) -> None:
     """One evaluation's outcome (allow | deny | review) and end-to-end latency in seconds."""
-    child(DECISIONS, outcome, tier, source).inc()
-    child(DECISION_LATENCY, tier).observe(latency_s)
-    if target_achieved is not None:
-        child(TIER_TARGET, tier, "true" if target_achieved else "false").inc()
+    record_decisions({outcome: 1}, tier, latency_s, source=source, met=int(target_achieved is True),
+                     missed=int(target_achieved is False))
 
 
 def record_decisions(outcomes: dict[str, int], tier: str, latency_s: float, *, source: str, met: int, missed: int) -> None:
-    """A batch's evaluations: counts per outcome, tier targets met and missed, one latency (the batch's)."""
+    """One request's evaluations (a batch's, or one): counts per outcome, tier targets met and
+    missed, one latency observation (the request's)."""
     for outcome, n in outcomes.items():
         child(DECISIONS, outcome, tier, source).inc(n)
     child(DECISION_LATENCY, tier).observe(latency_s)
