@@ -12,9 +12,9 @@ from controlplane.constitution import CONSTITUTIONAL_HASH
 from controlplane.errors import GroqPolicyError
 from tests.bridge_helpers import emu_module, spawn_worker, wait_for_workers  # noqa: F401 - fixture
 from tests.controlplane_helpers import ADMIN_HEADERS, make_settings, running_control_plane
+from tests.stored_policies import HEAD, MODEL_POLICY
 
 H = CONSTITUTIONAL_HASH
-HEAD = "package p\n\nimport data.groqpolicy.lib.decision as doc\n\n"
 POLICIES = {
     # policy_type: (tier, rego)
     "security_policies": ("nano", HEAD + 'decision := doc.document("open", set(), set(), {"principal may act"}, 1, ["P3-least-privilege"])\n'),
@@ -31,24 +31,7 @@ decision := object.union(doc.document("triage", set(), set(), {"short note"}, 1,
 
 else := object.union(doc.document("triage", set(), {"text needs a judgment"}, set(), 1, []), {"needs_model": true})
 """),
-    "ethical_constraints": ("premium", HEAD + """import data.groqpolicy.lib.groq
-
-answer := groq.judge_for("ethics", "fast", "Is this text harmful?", {"text": input.text})
-
-d contains groq.summary(answer) if {
-	groq.confident(answer, 0.7)
-	answer.decision == "deny"
-}
-
-r contains groq.doubt(answer, 0.7) if not groq.confident(answer, 0.7)
-
-a contains groq.summary(answer) if {
-	groq.confident(answer, 0.7)
-	answer.decision == "allow"
-}
-
-decision := doc.document("ethics", d, r, a, answer.confidence, ["P7-safety-harm-avoidance"])
-"""),
+    "ethical_constraints": ("premium", MODEL_POLICY),
 }
 
 

@@ -14,24 +14,7 @@ from controlplane.constitution import CONSTITUTIONAL_HASH
 from controlplane.metrics import record_reply
 from tests.bridge_helpers import emu_module, spawn_worker, wait_for_workers  # noqa: F401 - fixture
 from tests.controlplane_helpers import ADMIN_HEADERS, make_settings, running_control_plane
-
-MODEL_POLICY = """package p
-
-import data.groqpolicy.lib.decision as doc
-import data.groqpolicy.lib.groq
-
-answer := groq.judge_for("ethics", "fast", "Is this text harmful?", {"text": input.text})
-d contains groq.summary(answer) if {
-	groq.confident(answer, 0.7)
-	answer.decision == "deny"
-}
-r contains groq.doubt(answer, 0.7) if not groq.confident(answer, 0.7)
-a contains groq.summary(answer) if {
-	groq.confident(answer, 0.7)
-	answer.decision == "allow"
-}
-decision := doc.document("ethics", d, r, a, answer.confidence, ["P7-safety-harm-avoidance"])
-"""
+from tests.stored_policies import MODEL_POLICY
 
 
 def samples(client: httpx.Client) -> dict:
