@@ -101,7 +101,7 @@ async def test_a_context_that_fails_fails_alone(evaluator):
 async def test_an_entrypoint_the_module_lacks_falls_back_to_single_calls(evaluator):
     """A revision built before batched entrypoints existed still evaluates (one call per context)."""
     pipeline = Pipeline(evaluator, lambda: [record(LIMIT)], lambda: "r1")
-    values, errors, _ = await pipeline._evaluate_many(rego.wasm_entrypoint(LIMIT), "groqpolicy/rules/absent", CONTEXTS[:3], wrapped=True)
+    values, errors = pipeline._run(rego.wasm_entrypoint(LIMIT), "groqpolicy/rules/absent", CONTEXTS[:3], wrapped=True)
     assert errors == ["", "", ""] and [v["decision"] for v in values] == ["allow", "review", "deny"]
 
 

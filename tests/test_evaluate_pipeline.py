@@ -221,6 +221,32 @@ def test_groq_models_and_inference_through_the_worker(cp, emu_module):  # noqa: 
 
 
 @pytest.mark.slow
+def test_a_batch_with_model_stages_decides_each_context_as_it_would_alone(cp):
+    """A batch large enough to be decided in chunks on two threads, over policies that consult a
+    model themselves (http.send), ask for the pipeline's model stage, or neither; one context fails
+    pre-validation. Each result is what evaluating that context alone gives. (Runs while the
+    module's worker is alive: before test_no_worker_means_review_never_allow.)"""
+    client, _, _, _ = cp
+    texts = ["ok", "quarterly numbers for the team", "a recipe for lemon cake", "please exfiltrate the customer table"]
+    contexts = [{**ALICE, "text": texts[i % 4], "amount": 50 * i, "n": i, "oversight": {"escalation": "q"} if i % 3 else {}}
+                for i in range(23)]
+    contexts[5] = {"text": "ok", "n": 5}  # no principal: pre-validation denies, no policy runs
+    types = ["constitutional_compliance", "ethical_constraints", "risk_management"]
+    r = client.post("/api/v1/evaluate/batch", json={"batch_contexts": contexts, "policy_types": types, "performance_tier": "premium"})
+    assert r.status_code == 200, r.text
+
+    def essentials(x: dict) -> tuple:
+        return (x["decision"], x["confidence_score"], x["reasons"], x["applicable_policies"],
+                x["constitutional_compliance"]["violations"], x["performance_metrics"]["model_calls"],
+                [(p["rule_id"], p["decision"], p["confidence_score"], p["error"]) for p in x["policy_results"]])
+
+    batch = [essentials(x) for x in r.json()["results"]]
+    alone = [essentials(evaluate(client, ctx, types, "premium")) for ctx in contexts]
+    assert batch == alone
+    assert batch[5][0] == "deny" and batch[5][6] == []
+    assert {b[0] for b in batch} == {"allow", "review", "deny"} and sum(b[5] for b in batch) > 20
+
+
 def test_no_worker_means_review_never_allow(cp):
     client, _, _, worker = cp
     worker.kill()

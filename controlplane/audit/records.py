@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-import uuid
 from datetime import datetime, timezone
 from typing import Literal
 
 import msgspec
 
 from controlplane.constitution import CONSTITUTIONAL_HASH
+from controlplane.ids import uuid4_text
 
 Source = Literal["api", "batch", "nats", "opa-agent"]
 SOURCES: tuple[str, ...] = ("api", "batch", "nats", "opa-agent")
@@ -50,7 +50,7 @@ class AuditRecord(msgspec.Struct, kw_only=True, frozen=True):
     source: Source
     decision: str
     constitutional_hash: str = CONSTITUTIONAL_HASH
-    record_id: str = msgspec.field(default_factory=lambda: str(uuid.uuid4()))
+    record_id: str = msgspec.field(default_factory=uuid4_text)
     timestamp: str = ""  # RFC 3339 UTC, set at append
     evaluation_id: str = ""
     batch_id: str = ""

@@ -14,10 +14,11 @@
 7 the record goes to the audit sink; constitutional violations to the escalation sink
 
 Many contexts at once (a batch; one context is the case n = 1): stages 2, 3 (for policies that
-cannot call out) and 5 evaluate every context in one call into the WASM module, through batched
+cannot call out) and 5 evaluate many contexts in one call into the WASM module, through batched
 entrypoints that map the single one over an input array (`pre_validations`, `post_validations`,
-each policy's `groqpolicy_decisions`); from `SPLIT_AT` contexts the array is halved and the halves
-run on two threads (the GIL is released while WASM runs). A batched call that fails for another
+each policy's `groqpolicy_decisions`). From `SPLIT_AT` contexts, chunks of `CHUNK` contexts go
+through the stages on two threads, the event loop's and a helper (the GIL is released while WASM
+runs, so one thread's Python overlaps the other's WASM). A batched call that fails for another
 reason than its deadline is redone one context at a time, so each error lands on its own context.
 
 Fail closed everywhere: a policy that errors, times out or returns something that is not a
@@ -28,20 +29,21 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
+import itertools
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
 from bridge.wasm import UNDEFINED
 from bridge.wire import InferRequest, decode_reply
 from controlplane.constitution import CONSTITUTIONAL_HASH
-from controlplane.evaluation.ids import uuid4s
+from controlplane.ids import uuid4s
 from controlplane.evaluation.schemas import (
     ConstitutionalValidation,
     EvaluateResponse,
@@ -59,7 +61,8 @@ PRE = "groqpolicy/constitution/pre_validation"
 POST = "groqpolicy/constitution/post_validation"
 PRE_MANY = "groqpolicy/constitution/pre_validations"
 POST_MANY = "groqpolicy/constitution/post_validations"
-SPLIT_AT = 16  # a batched evaluation of at least this many inputs runs as two halves on two threads
+SPLIT_AT = 16  # from this many contexts, a batch is decided on two threads, in chunks of
+CHUNK = 25  # this many contexts (each hand-over of the GIL between the threads costs tens of µs here)
 INLINE_TIMEOUT_S = 1.0  # a policy without network calls: pure computation
 BLOCKING_TIMEOUT_S = 5.0  # a policy that may consult a model (the helper's own timeout is 2 s)
 WASM_POOL_SIZE = 16  # instances of the in-process evaluator (each a few MiB of linear memory)
@@ -69,6 +72,7 @@ MIN_MODEL_CONFIDENCE = 0.7
 _RANK = {"allow": 0, "review": 1, "deny": 2}
 _encode = msgspec.json.Encoder(order="deterministic").encode
 _TIER_RANK = {t: i for i, t in enumerate(TIERS)}
+_T = TypeVar("_T")
 
 
 class AuditSink(Protocol):
@@ -151,6 +155,30 @@ def _wants_model(record: PolicyRecord, value: Any, decision: str) -> bool:
             and value.get("needs_model") is True)
 
 
+def _settled(record: PolicyRecord, value: Any, error: str, wasm_us: float,
+             meter: InferenceMeter | None) -> tuple[PolicyResult, float, list[str]] | None:
+    """A policy's result when its rules settle it (no model stage), else None."""
+    if error:
+        return _result(record, value, error, wasm_us, meter, "deny", 0.0,
+                       [f"deny: policy {record.name!r} could not be evaluated: {error}"])
+    decision, confidence, reasons = normalise(value, record.name)
+    if _wants_model(record, value, decision):
+        return None
+    return _result(record, value, error, wasm_us, meter, decision, confidence, reasons)
+
+
+def _result(record: PolicyRecord, value: Any, error: str, wasm_us: float, meter: InferenceMeter | None,
+            decision: str, confidence: float, reasons: list[str]) -> tuple[PolicyResult, float, list[str]]:
+    """(the policy's result, seconds spent on models, its reasons)."""
+    result = PolicyResult(
+        rule_id=record.rule_id, name=record.name, policy_type=record.policy_type, decision=decision,  # type: ignore[arg-type]
+        confidence_score=confidence, opa_evaluation_result=None if error or value is UNDEFINED else value,
+        groq_inference_result=meter.replies if meter is not None else [], wasm_execution_time_us=round(wasm_us, 2),
+        error=error,
+    )
+    return result, meter.seconds if meter is not None else 0.0, reasons
+
+
 def applicable(records: list[PolicyRecord], policy_types: list[str], tier: str) -> list[PolicyRecord]:
     limit = _TIER_RANK[tier]
     types = set(policy_types)
@@ -165,6 +193,17 @@ def _violations(doc: Any, stage: str) -> list[Violation]:
     return [Violation(principle=str(v.get("principle", "")), severity=str(v.get("severity", "")),
                       message=str(v.get("message", "")), stage=stage)
             for v in doc.get("violations") or [] if isinstance(v, dict)]
+
+
+def _post_input(key: tuple[Any, ...]) -> dict[str, Any]:
+    """The constitution's post-validation input for a memo key of `decide_many`."""
+    _, constitutional_hash, decision, confidence, model_based, reasons, oversight = key
+    proposed = {"decision": decision, "reasons": list(reasons), "confidence": confidence,
+                "constitutional_hash": CONSTITUTIONAL_HASH, "model_based": model_based}
+    out: dict[str, Any] = {"decision": proposed, "constitutional_hash": constitutional_hash}
+    if oversight is not None:
+        out["oversight"] = msgspec.json.decode(oversight)
+    return out
 
 
 class _PostOutcome:
@@ -185,6 +224,38 @@ class _PostOutcome:
         ok = isinstance(c, (int, float)) and not isinstance(c, bool) and 0 <= c <= 1
         return cls(doc.get("decision", "deny"), _violations(doc, "post_validation"),
                    [r for r in reasons if isinstance(r, str)] if isinstance(reasons, list) else None, float(c) if ok else None)
+
+
+class _Request:
+    """One `decide_many` call's parameters and what it settled up front."""
+
+    __slots__ = ("contexts", "policy_types", "tier", "constitutional_hash", "explain", "echo_input", "revision", "chosen",
+                 "pure", "ids")
+
+    def __init__(self, contexts: list[dict[str, Any]], policy_types: list[str], tier: str, constitutional_hash: str,
+                 explain: bool, echo_input: bool, revision: str, chosen: list[PolicyRecord], pure: list[PolicyRecord],
+                 ids: list[uuid.UUID]) -> None:
+        self.contexts, self.policy_types, self.tier, self.constitutional_hash = contexts, policy_types, tier, constitutional_hash
+        self.explain, self.echo_input, self.revision, self.chosen, self.pure, self.ids = explain, echo_input, revision, chosen, pure, ids
+
+
+class _Pending:
+    """A pure policy's answer that asks for the model stage (awaited on the event loop)."""
+
+    __slots__ = ("record", "value", "error", "wasm_us")
+
+    def __init__(self, record: PolicyRecord, value: Any, error: str, wasm_us: float) -> None:
+        self.record, self.value, self.error, self.wasm_us = record, value, error, wasm_us
+
+
+class _Staged:
+    """One context after stages 2 and 3: its pre-validation and each policy's result so far."""
+
+    __slots__ = ("pre_doc", "pre_decision", "wasm_us", "outs")
+
+    def __init__(self, pre_doc: Any, pre_decision: str, wasm_us: float) -> None:
+        self.pre_doc, self.pre_decision, self.wasm_us = pre_doc, pre_decision, wasm_us
+        self.outs: list[Any] = []  # (PolicyResult, model seconds, reasons), or _Pending until the model stage
 
 
 class Pipeline:
@@ -208,7 +279,9 @@ class Pipeline:
         # post-validation is a pure function of its input and the bundle (no time, no http.send in the
         # constitution): proposals repeat a lot (same decision, same reasons), so answers are memoised
         # per revision. Bounded; cleared when full.
-        self._post_memo: dict[tuple[str, bytes], Any] = {}
+        self._post_memo: dict[tuple[Any, ...], _PostOutcome] = {}
+        # the second thread of chunked evaluations (the loop thread is the first)
+        self._helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wasm-chunks")
 
     def _may_block(self, record: PolicyRecord) -> bool:
         key = (record.rule_id, record.version)
@@ -219,52 +292,66 @@ class Pipeline:
             found = self._blocking[key] = rego.may_block(record.opa_policy)
         return found
 
-    async def _evaluate_many(self, single: str, many: str, inputs: list[Any], *, wrapped: bool) -> tuple[list[Any], list[str], float]:
-        """(value per input, error per input or "", µs per input) of an entrypoint that cannot block.
+    def _run(self, single: str, many: str, inputs: list[Any], *, wrapped: bool) -> tuple[list[Any], list[str]]:
+        """(value per input, error per input or "") of an entrypoint that cannot block, on this thread.
 
         One input goes to the `single` entrypoint; several to the batched `many` one (whose answer is
-        a value per input, or with `wrapped` `[value]` / `[]` for undefined), halved over two threads
-        from SPLIT_AT inputs. A batched call that fails is redone one input at a time, except when it
-        ran out of time: then every input of it fails with that error."""
+        a value per input, or with `wrapped` `[value]` / `[]` for undefined). A batched call that fails
+        is redone one input at a time, except when it ran out of time: then every input of it fails
+        with that error."""
         n = len(inputs)
-        t0 = time.perf_counter_ns()
+        evaluate = self.evaluator.evaluate
         if n > 1:
-            evaluate = self.evaluator.evaluate
             try:
-                if n >= SPLIT_AT:
-                    half = n // 2
-                    # the half on a worker thread holds an instance like a blocking evaluation does, so
-                    # the loop thread's half always finds the instance kept free for it
-                    async with self._blocking_slots:
-                        other = asyncio.get_running_loop().run_in_executor(
-                            None, functools.partial(evaluate, many, inputs[half:], timeout=INLINE_TIMEOUT_S))
-                        try:
-                            first = evaluate(many, inputs[:half], timeout=INLINE_TIMEOUT_S)
-                        finally:
-                            second = await other
-                    out = [*first, *second]
-                else:
-                    out = list(evaluate(many, inputs, timeout=INLINE_TIMEOUT_S))
-                if len(out) != n:
-                    raise ValueError(f"{many}: {len(out)} results for {n} inputs")
+                out = evaluate(many, inputs, timeout=INLINE_TIMEOUT_S)
+                if not isinstance(out, list) or len(out) != n:
+                    raise ValueError(f"{many}: no list of {n} results")
                 if wrapped:
                     out = [v[0] if v else UNDEFINED for v in out]
-                return out, [""] * n, (time.perf_counter_ns() - t0) / 1000 / n
+                return out, [""] * n
             except Exception as exc:  # noqa: BLE001 - redone one by one below, or every input fails closed
                 if type(exc).__name__ == "DeadlineExceeded":
                     why = f"{type(exc).__name__}: {exc} (one evaluation for {n} contexts)"
-                    return [None] * n, [why] * n, (time.perf_counter_ns() - t0) / 1000 / n
+                    return [None] * n, [why] * n
                 log.debug("batched evaluation of %s failed (%r); evaluating one by one", many, exc)
         values: list[Any] = []
         errors: list[str] = []
         for x in inputs:
             try:
-                values.append(self.evaluator.evaluate(single, x, timeout=INLINE_TIMEOUT_S))
+                values.append(evaluate(single, x, timeout=INLINE_TIMEOUT_S))
                 errors.append("")
             except Exception as exc:  # noqa: BLE001 - fail closed: the caller turns it into a deny
                 values.append(None)
                 errors.append(f"{type(exc).__name__}: {exc}")
-        return values, errors, (time.perf_counter_ns() - t0) / 1000 / max(n, 1)
+        return values, errors
+
+    async def _chunked(self, work: Callable[[int, int], _T], n: int) -> list[_T]:
+        """`work(start, stop)` over consecutive chunks of `range(n)`, in order.
+
+        Below SPLIT_AT items: one call, on the loop thread. From SPLIT_AT up, chunks of CHUNK items
+        that the loop thread and a helper thread take in turn as each finishes one (the GIL is
+        released while WASM runs), so both cores work until the last chunk whatever the helper's
+        start-up delay; the loop thread then waits only for the chunk the helper holds."""
+        if n < SPLIT_AT:
+            return [work(0, n)]
+        bounds = [(k, min(k + CHUNK, n)) for k in range(0, n, CHUNK)]
+        out: list[Any] = [None] * len(bounds)
+        claims = itertools.count()  # next() on it is atomic: each chunk goes to exactly one thread
+
+        def take_chunks() -> None:
+            while (k := next(claims)) < len(bounds):
+                out[k] = work(*bounds[k])
+
+        # the helper holds an instance like a blocking evaluation does, so the loop thread always
+        # finds the instance kept free for it
+        async with self._blocking_slots:
+            helper = self._helper.submit(take_chunks)
+            try:
+                take_chunks()
+            finally:
+                if not helper.cancel():  # not started yet: the loop thread did everything
+                    helper.result()  # at most the one chunk it holds
+        return out
 
     async def _eval_policy(self, record: PolicyRecord, input: Any) -> tuple[PolicyResult, float, list[str]]:
         """One policy that may call a model through http.send: evaluated on a worker thread."""
@@ -287,20 +374,13 @@ class Pipeline:
                              meter: InferenceMeter | None = None) -> tuple[PolicyResult, float, list[str]]:
         """A policy's result from what it returned: its result, the seconds spent on models, its reasons.
         The model stage runs (awaited, over NATS) only when the document asks for it."""
-        if error:
-            decision, confidence, reasons = "deny", 0.0, [f"deny: policy {record.name!r} could not be evaluated: {error}"]
-        else:
-            decision, confidence, reasons = normalise(value, record.name)
-            if _wants_model(record, value, decision):
-                meter = meter or InferenceMeter()
-                decision, confidence, reasons = await self._consult(record, input, decision, reasons, meter)
-        result = PolicyResult(
-            rule_id=record.rule_id, name=record.name, policy_type=record.policy_type, decision=decision,  # type: ignore[arg-type]
-            confidence_score=confidence, opa_evaluation_result=None if error or value is UNDEFINED else value,
-            groq_inference_result=meter.replies if meter is not None else [], wasm_execution_time_us=round(wasm_us, 2),
-            error=error,
-        )
-        return result, meter.seconds if meter is not None else 0.0, reasons
+        settled = _settled(record, value, error, wasm_us, meter)
+        if settled is not None:
+            return settled
+        meter = meter or InferenceMeter()
+        decision, _, reasons = normalise(value, record.name)
+        decision, confidence, reasons = await self._consult(record, input, decision, reasons, meter)
+        return _result(record, value, error, wasm_us, meter, decision, confidence, reasons)
 
     async def _consult(self, record: PolicyRecord, input: Any, decision: str, reasons: list[str],
                        meter: InferenceMeter) -> tuple[str, float, list[str]]:
@@ -377,7 +457,12 @@ class Pipeline:
 
     async def decide_many(self, contexts: list[dict[str, Any]], *, policy_types: list[str], tier: str,
                           constitutional_hash: str, explain: bool, echo_input: bool = False) -> list[EvaluateResponse]:
-        """Decisions for several contexts under the same request parameters, stage by stage.
+        """Decisions for several contexts under the same request parameters.
+
+        When no applicable policy can wait on a model, every stage of a chunk of contexts runs on
+        whichever of two threads takes it (`_chunked`): one thread's Python overlaps the other's
+        WASM. Otherwise the stages before and after the model calls run that way, and the model
+        calls, concurrently, on the event loop in between.
 
         Timings per context: `total_latency_ms` (and the tier target it is held to) is the time the
         caller waited for the decision, i.e. the whole call's, also for a batch: its contexts are
@@ -385,108 +470,147 @@ class Pipeline:
         context's own (a batched WASM call counts as an equal share per context)."""
         started = time.perf_counter()
         n = len(contexts)
-        revision = self.revision()
         chosen = applicable(self.policies(), policy_types, tier)
-        wasm_us = [0.0] * n
-        # 2 pre-validation
-        pres, errors, us = await self._evaluate_many(
-            PRE, PRE_MANY, [{**c, "constitutional_hash": constitutional_hash} for c in contexts], wrapped=False)
-        pre_docs: list[Any] = []
-        for i in range(n):
-            wasm_us[i] += us
-            if errors[i]:
-                pre_docs.append({"decision": "deny", "reasons": [f"deny: constitutional pre-validation could not run: {errors[i]}"], "confidence": 1})
-            else:
-                pre_docs.append(pres[i])
-        pre_decisions = [d.get("decision", "deny") if isinstance(d, dict) else "deny" for d in pre_docs]
-        passed = [i for i in range(n) if pre_decisions[i] == "allow"]
-        # 3 policies: those that cannot call out, all contexts in one evaluation; the others one by one
-        # (model calls inside, through NATS), concurrently
-        outs: list[list[tuple[PolicyResult, float, list[str]]]] = [[] for _ in range(n)]
+        req = _Request(contexts, policy_types, tier, constitutional_hash, explain, echo_input, self.revision(), chosen,
+                       [r for r in chosen if not self._may_block(r)], uuid4s(n))
+        if all(not self._may_block(r) and r.groq_model_config is None for r in chosen):
+            parts = await self._chunked(lambda start, stop: self._finish(req, start, stop, self._rules(req, start, stop)), n)
+        else:
+            staged = [s for part in await self._chunked(lambda start, stop: self._rules(req, start, stop), n) for s in part]
+            await self._model_stage(req, staged)
+            parts = await self._chunked(lambda start, stop: self._finish(req, start, stop, staged[start:stop]), n)
+        responses = [r for part in parts for r in part]
+        total_ms = round((time.perf_counter() - started) * 1000, 4)
+        achieved = total_ms <= TIER_TARGET_MS[tier]
+        for response in responses:
+            m = response.performance_metrics
+            m.total_latency_ms = total_ms
+            m.opa_evaluation_time_ms = round(max(0.0, total_ms - m.groq_inference_time_ms), 4)
+            m.target_achieved = achieved
+        return responses
+
+    def _rules(self, req: _Request, start: int, stop: int) -> list[_Staged]:
+        """Stage 2 (pre-validation) and 3 for the policies that cannot call out, for the contexts
+        `start:stop`; on any thread. A policy is evaluated only for the contexts that pass
+        pre-validation; one that asks for the model stage is left `_Pending`."""
+        chunk = req.contexts[start:stop]
+        size = stop - start
+        t0 = time.perf_counter_ns()
+        pres, errors = self._run(PRE, PRE_MANY, [{**c, "constitutional_hash": req.constitutional_hash} for c in chunk], wrapped=False)
+        pre_us = (time.perf_counter_ns() - t0) / 1000 / size
+        staged = []
+        for doc, err in zip(pres, errors):
+            if err:
+                doc = {"decision": "deny", "reasons": [f"deny: constitutional pre-validation could not run: {err}"], "confidence": 1}
+            staged.append(_Staged(doc, doc.get("decision", "deny") if isinstance(doc, dict) else "deny", pre_us))
+        passed = [j for j in range(size) if staged[j].pre_decision == "allow"]
         if passed:
-            inputs = [contexts[i] for i in passed]
-            for record in chosen:
-                if self._may_block(record):
-                    continue
-                values, errs, us = await self._evaluate_many(
-                    rego.wasm_entrypoint(record.rule_id), rego.wasm_batch_entrypoint(record.rule_id), inputs, wrapped=True)
-                for k, i in enumerate(passed):
-                    outs[i].append(await self._policy_result(record, contexts[i], values[k], errs[k], us))
-            blocking = [(i, r) for i in passed for r in chosen if self._may_block(r)]
-            if blocking:
-                for (i, _), out in zip(blocking, await asyncio.gather(*(self._eval_policy(r, contexts[i]) for i, r in blocking))):
-                    outs[i].append(out)
-        # 4 synthesis, per context
-        results: list[list[PolicyResult]] = [[] for _ in range(n)]
-        model_s = [0.0] * n
-        decisions: list[str] = list(pre_decisions)
-        confidences = [1.0] * n
-        reasons_of: list[list[str]] = [[] for _ in range(n)]
-        post_inputs: dict[int, dict[str, Any]] = {}
-        for i in range(n):
-            if pre_decisions[i] != "allow":
-                pre = pre_docs[i]
-                decisions[i] = strictest("deny", pre_decisions[i])
-                reasons_of[i] = ["deny: Constitutional pre-validation failed", *(pre.get("reasons", []) if isinstance(pre, dict) else [])]
+            inputs = [chunk[j] for j in passed]
+            for record in req.pure:
+                t0 = time.perf_counter_ns()
+                values, errs = self._run(rego.wasm_entrypoint(record.rule_id), rego.wasm_batch_entrypoint(record.rule_id),
+                                         inputs, wrapped=True)
+                us = (time.perf_counter_ns() - t0) / 1000 / len(inputs)
+                for j, value, err in zip(passed, values, errs):
+                    staged[j].outs.append(_settled(record, value, err, us, None) or _Pending(record, value, err, us))
+        return staged
+
+    async def _model_stage(self, req: _Request, staged: list[_Staged]) -> None:
+        """Stage 3 for what may wait on a model, concurrently: the pure policies whose document asks
+        for the model stage, and the policies that may call out themselves (on worker threads)."""
+        jobs: list[Awaitable[tuple[PolicyResult, float, list[str]]]] = []
+        slots: list[tuple[list[Any], int]] = []
+        blocking = [r for r in req.chosen if self._may_block(r)]
+        for ctx, s in zip(req.contexts, staged):
+            if s.pre_decision != "allow":
+                continue
+            for k, out in enumerate(s.outs):
+                if isinstance(out, _Pending):
+                    jobs.append(self._policy_result(out.record, ctx, out.value, out.error, out.wasm_us))
+                    slots.append((s.outs, k))
+            for record in blocking:
+                s.outs.append(None)
+                jobs.append(self._eval_policy(record, ctx))
+                slots.append((s.outs, len(s.outs) - 1))
+        for (outs, k), result in zip(slots, await asyncio.gather(*jobs)):
+            outs[k] = result
+
+    def _finish(self, req: _Request, start: int, stop: int, staged: list[_Staged]) -> list[EvaluateResponse]:
+        """Stages 4 (synthesis), 5 (post-validation) and the responses for the contexts `start:stop`;
+        on any thread. The call's total time is filled in by `decide_many`."""
+        size = stop - start
+        decisions: list[str] = []
+        confidences: list[float] = []
+        reasons_of: list[list[str]] = []
+        results_of: list[list[PolicyResult]] = []
+        model_s = [0.0] * size
+        wasm_us = [s.wasm_us for s in staged]
+        posts: list[_PostOutcome | None] = [None] * size
+        misses: dict[tuple[Any, ...], list[int]] = {}  # post-validation not memoised yet: the contexts proposing it
+        for j, s in enumerate(staged):
+            results: list[PolicyResult] = []
+            results_of.append(results)
+            if s.pre_decision != "allow":
+                pre = s.pre_doc
+                decisions.append(strictest("deny", s.pre_decision))
+                confidences.append(1.0)
+                reasons_of.append(["deny: Constitutional pre-validation failed", *(pre.get("reasons", []) if isinstance(pre, dict) else [])])
                 continue
             reasons: list[str] = []
-            for res, secs, rs in outs[i]:
-                results[i].append(res)
-                model_s[i] += secs
-                wasm_us[i] += res.wasm_execution_time_us
+            for res, secs, rs in s.outs:
+                results.append(res)
+                model_s[j] += secs
+                wasm_us[j] += res.wasm_execution_time_us
                 reasons.extend(rs)
-            if results[i]:
+            if results:
                 decision = "allow"
-                for res in results[i]:
+                for res in results:
                     decision = strictest(decision, res.decision)
-                confidence = min(res.confidence_score for res in results[i] if res.decision == decision)
+                confidence = min(res.confidence_score for res in results if res.decision == decision)
                 # as in lib.decision: deny reasons, then review reasons; an allow lists its own reasons
                 if decision != "allow":
                     reasons = [r for r in reasons if r.startswith("deny:")] + [r for r in reasons if r.startswith("review:")]
             else:
                 decision, confidence = "deny", 1.0
-                kinds = ", ".join(policy_types) or "any type"
-                reasons = [f"deny: no active policy applies ({kinds}, tier {tier} or faster)"]
-            decisions[i], confidences[i], reasons_of[i] = decision, confidence, reasons
-            model_based = any(r.get("status") == 200 for res in results[i] for r in res.groq_inference_result)
-            proposed: dict[str, Any] = {"decision": decision, "reasons": reasons, "confidence": confidence,
-                                        "constitutional_hash": CONSTITUTIONAL_HASH, "model_based": model_based}
-            post_input: dict[str, Any] = {"decision": proposed, "constitutional_hash": constitutional_hash}
-            if isinstance(contexts[i].get("oversight"), dict):
-                post_input["oversight"] = contexts[i]["oversight"]
-            post_inputs[i] = post_input
-        # 5 post-validation (memoised: a pure function of its input and the revision)
-        post_outcomes: dict[int, _PostOutcome] = {}
-        misses: list[tuple[int, tuple[str, bytes]]] = []
-        for i, post_input in post_inputs.items():
-            key = (revision, _encode(post_input))
-            hit = self._post_memo.get(key)
+                kinds = ", ".join(req.policy_types) or "any type"
+                reasons = [f"deny: no active policy applies ({kinds}, tier {req.tier} or faster)"]
+            decisions.append(decision)
+            confidences.append(confidence)
+            reasons_of.append(reasons)
+            model_based = any(r.get("status") == 200 for res in results for r in res.groq_inference_result)
+            oversight = req.contexts[start + j].get("oversight")
+            # 5 post-validation is a pure function of this key and the revision: memoised
+            key = (req.revision, req.constitutional_hash, decision, confidence, model_based, tuple(reasons),
+                   _encode(oversight) if isinstance(oversight, dict) else None)
+            posts[j] = hit = self._post_memo.get(key)
             if hit is None:
-                misses.append((i, key))
-            else:
-                post_outcomes[i] = hit
+                misses.setdefault(key, []).append(j)
         if misses:
-            values, errs, us = await self._evaluate_many(POST, POST_MANY, [post_inputs[i] for i, _ in misses], wrapped=False)
-            for (i, key), doc, err in zip(misses, values, errs):
-                wasm_us[i] += us
+            keys = list(misses)
+            t0 = time.perf_counter_ns()
+            values, errs = self._run(POST, POST_MANY, [_post_input(key) for key in keys], wrapped=False)
+            us = (time.perf_counter_ns() - t0) / 1000 / len(keys)
+            for key, doc, err in zip(keys, values, errs):
                 if err:
                     doc = {"decision": "deny", "reasons": [f"deny: constitutional post-validation could not run: {err}"], "confidence": 1}
-                outcome = post_outcomes[i] = _PostOutcome.of(doc)
+                outcome = _PostOutcome.of(doc)
+                for j in misses[key]:
+                    posts[j] = outcome
+                    wasm_us[j] += us
                 if not err and isinstance(doc, dict):
                     if len(self._post_memo) >= POST_MEMO_SIZE:
                         self._post_memo.clear()
                     self._post_memo[key] = outcome
-        # 6 timings, responses
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        target = TIER_TARGET_MS[tier]
-        ids = uuid4s(n)
-        chosen_ids = [r.rule_id for r in chosen]  # one list shared by the responses (never mutated)
+        # 6 responses
+        tier, target, chosen_ids = req.tier, TIER_TARGET_MS[req.tier], [r.rule_id for r in req.chosen]
         responses = []
-        for i in range(n):
-            violations = _violations(pre_docs[i], "pre_validation")
-            decision, confidence, reasons = decisions[i], confidences[i], reasons_of[i]
+        for j, s in enumerate(staged):
+            i = start + j
+            results = results_of[j]
+            violations = _violations(s.pre_doc, "pre_validation")
+            decision, confidence, reasons = decisions[j], confidences[j], reasons_of[j]
             post_decision: str | None = None
-            post = post_outcomes.get(i)
+            post = posts[j]
             if post is not None:
                 post_decision = post.decision
                 violations.extend(post.violations)
@@ -495,23 +619,20 @@ class Pipeline:
                     reasons = post.reasons
                 if post.confidence is not None:
                     confidence = post.confidence
-            model_ms = model_s[i] * 1000
-            total_ms = elapsed_ms
             metrics = PerformanceMetrics(
-                total_latency_ms=round(total_ms, 4), groq_inference_time_ms=round(model_ms, 4),
-                opa_evaluation_time_ms=round(max(0.0, total_ms - model_ms), 4), wasm_execution_time_us=round(wasm_us[i], 2),
-                performance_tier=tier, target_latency_ms=target, target_achieved=total_ms <= target,
-                model_calls=sum(len(res.groq_inference_result) for res in results[i]),
+                total_latency_ms=0.0, groq_inference_time_ms=round(model_s[j] * 1000, 4), opa_evaluation_time_ms=0.0,
+                wasm_execution_time_us=round(wasm_us[j], 2), performance_tier=tier, target_latency_ms=target,
+                target_achieved=False, model_calls=sum(len(res.groq_inference_result) for res in results),
             )
-            compliance = ConstitutionalValidation(is_compliant=not violations, pre_validation=pre_decisions[i],  # type: ignore[arg-type]
+            compliance = ConstitutionalValidation(is_compliant=not violations, pre_validation=s.pre_decision,  # type: ignore[arg-type]
                                                   post_validation=post_decision, violations=violations)  # type: ignore[arg-type]
             responses.append(EvaluateResponse(
-                evaluation_id=ids[i], decision=decision, confidence_score=round(min(1.0, max(0.0, confidence)), 6),  # type: ignore[arg-type]
-                applicable_policies=chosen_ids if pre_decisions[i] == "allow" else [],
-                constitutional_compliance=compliance, performance_metrics=metrics, policy_results=results[i],
-                reasons=reasons, bundle_revision=revision, constitutional_hash=CONSTITUTIONAL_HASH,
-                explanation=explain_text(decision, confidence, results[i], violations, pre_decisions[i]) if explain else None,
-                input_context=contexts[i] if echo_input else None,
+                evaluation_id=req.ids[i], decision=decision, confidence_score=round(min(1.0, max(0.0, confidence)), 6),  # type: ignore[arg-type]
+                applicable_policies=chosen_ids if s.pre_decision == "allow" else [],
+                constitutional_compliance=compliance, performance_metrics=metrics, policy_results=results,
+                reasons=reasons, bundle_revision=req.revision, constitutional_hash=CONSTITUTIONAL_HASH,
+                explanation=explain_text(decision, confidence, results, violations, s.pre_decision) if req.explain else None,
+                input_context=req.contexts[i] if req.echo_input else None,
             ))
         return responses
 

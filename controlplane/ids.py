@@ -1,4 +1,4 @@
-"""Evaluation ids: random (version 4) UUIDs, cheap enough for a batch of a hundred.
+"""Random (version 4) UUIDs for evaluation and audit record ids, cheap enough for a batch of a hundred.
 
 `uuid.uuid4()` asks the kernel for 16 random bytes per id (a `getrandom` call, several µs on a
 virtual machine) and validates its arguments on every construction. Here the bytes come from the
@@ -52,3 +52,8 @@ def uuid4s(n: int) -> list[uuid.UUID]:
     """`n` random version 4 UUIDs."""
     chunk = _pool.take(n)
     return [_from_bytes(chunk[i:i + 16]) for i in range(0, 16 * n, 16)]
+
+
+def uuid4_text() -> str:
+    """One random version 4 UUID in its canonical text form."""
+    return str(_from_bytes(_pool.take(1)))
