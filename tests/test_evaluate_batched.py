@@ -12,14 +12,15 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from bridge.wasm import policy_from_files
+from bridge.wasm import WasmEvaluator, policy_from_files
+from controlplane.bundles.keys import generate_keypair
 from controlplane.constitution import CONSTITUTIONAL_HASH as H
 from controlplane.evaluation import pipeline as pl
 from controlplane.evaluation.pipeline import Pipeline
 from controlplane.policies import rego
 from controlplane.policies.schemas import PolicyRecord
 from tests.conftest import REPO_ROOT
-from tests.wasm_helpers import build_wasm_bundle, bundle_files
+from tests.wasm_helpers import build_wasm_bundle, bundle_files, signed_bundle
 
 LIMIT = uuid.UUID(int=1)
 PICKY = uuid.UUID(int=2)
@@ -34,18 +35,22 @@ SOURCES = {
 }
 
 
-@pytest.fixture(scope="module")
-def evaluator(opa_bin):
+def build(sources: dict[uuid.UUID, str], flags: tuple[str, ...] = ()) -> bytes:
+    """A bundle like the control plane's: the stored policies, the library and the constitution."""
     modules = {f"p{i}.rego": rego.bundle_module(rid, text, title=str(rid), policy_type="risk_management", tier="nano")
-               for i, (rid, text) in enumerate(SOURCES.items())}
+               for i, (rid, text) in enumerate(sources.items())}
     lib = {p.name: p.read_text() for p in (REPO_ROOT / "rego" / "lib").glob("*.rego") if not p.name.endswith("_test.rego")}
-    sources = {**modules, **lib, "constitution.rego": (REPO_ROOT / "rego/constitution/constitution.rego").read_text()}
+    files = {**modules, **lib, "constitution.rego": (REPO_ROOT / "rego/constitution/constitution.rego").read_text()}
     data = {"groqpolicy": {"constitution": json.loads((REPO_ROOT / "rego/groqpolicy/constitution/data.json").read_text())}}
     entrypoints = [pl.PRE, pl.PRE_MANY, pl.POST, pl.POST_MANY]
-    for rid in SOURCES:
+    for rid in sources:
         entrypoints += [rego.wasm_entrypoint(rid), rego.wasm_batch_entrypoint(rid)]
-    bundle = build_wasm_bundle(sources, entrypoints, data)
-    return policy_from_files({"/" + k.lstrip("/"): v for k, v in bundle_files(bundle).items()}, pool_size=4)
+    return build_wasm_bundle(files, entrypoints, data, flags)
+
+
+@pytest.fixture(scope="module")
+def evaluator(opa_bin):
+    return policy_from_files({"/" + k.lstrip("/"): v for k, v in bundle_files(build(SOURCES)).items()}, pool_size=4)
 
 
 def record(rid: uuid.UUID, priority: int = 0) -> PolicyRecord:
@@ -101,7 +106,7 @@ async def test_a_context_that_fails_fails_alone(evaluator):
 async def test_an_entrypoint_the_module_lacks_falls_back_to_single_calls(evaluator):
     """A revision built before batched entrypoints existed still evaluates (one call per context)."""
     pipeline = Pipeline(evaluator, lambda: [record(LIMIT)], lambda: "r1")
-    values, errors = pipeline._run(rego.wasm_entrypoint(LIMIT), "groqpolicy/rules/absent", CONTEXTS[:3], wrapped=True)
+    values, errors = pipeline._run(evaluator, rego.wasm_entrypoint(LIMIT), "groqpolicy/rules/absent", CONTEXTS[:3], wrapped=True)
     assert errors == ["", "", ""] and [v["decision"] for v in values] == ["allow", "review", "deny"]
 
 
@@ -125,3 +130,29 @@ async def test_the_worker_thread_half_waits_for_a_slot_instead_of_the_loop_threa
     assert [r.decision for r in many] == ["allow"] * 20
     for _ in range(held - 1):
         slots.release()
+
+
+async def test_a_revision_loaded_during_a_call_does_not_decide_any_of_it(opa_bin):
+    """The call pins the revision current at its start: a hot swap while it runs (here: right after
+    it started) leaves every context decided, and reported, by that revision; the next call uses
+    the new one, and the old one is closed once the call ends."""
+    key = generate_keypair("RS256", "pin-test")
+    stricter = {LIMIT: SOURCES[LIMIT].replace("input.amount > 100", "input.amount > 1")}
+    first = signed_bundle(build({LIMIT: SOURCES[LIMIT]}, ("--revision", "rev-A")), key)
+    second = signed_bundle(build(stricter, ("--revision", "rev-B")), key)
+    ev = WasmEvaluator({key.kid: key.verification_key()}, keyid=key.kid, pool_size=4)
+    old = ev.load(first)
+    swaps = [second]
+
+    def policies() -> list[PolicyRecord]:
+        if swaps:
+            ev.load(swaps.pop())  # the swap lands while the call below is under way
+        return [record(LIMIT)]
+
+    pipeline = Pipeline(ev, policies, lambda: ev.revision or "")
+    contexts = [dict(CONTEXTS[0], n=i) for i in range(40)]  # amount 5: allowed by A, denied by B
+    during = await pipeline.decide_many(contexts, policy_types=[], tier="nano", constitutional_hash=H, explain=False)
+    assert {(r.decision, r.bundle_revision) for r in during} == {("allow", "rev-A")}
+    assert old.pool.closed and ev.revision == "rev-B"
+    after = await pipeline.decide_many(contexts[:1], policy_types=[], tier="nano", constitutional_hash=H, explain=False)
+    assert (after[0].decision, after[0].bundle_revision) == ("deny", "rev-B")

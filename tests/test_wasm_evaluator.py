@@ -244,6 +244,35 @@ def test_hot_swap_is_atomic_and_in_flight_evaluations_finish(key):
     assert ev.evaluate("t/rev") == "B"
 
 
+def test_a_pinned_revision_stays_open_until_its_block_ends(key):
+    """`pinned()` holds the revision current at its start: a newer one loaded meanwhile serves
+    everyone else, the pinned one keeps evaluating, and is closed when its last pin ends."""
+    a = signed_bundle(build_wasm_bundle({"p.rego": POLICY}, ENTRYPOINTS, {"admins": ["alice"], "rev": "A"}), key)
+    b = signed_bundle(build_wasm_bundle({"p.rego": POLICY}, ENTRYPOINTS, {"admins": ["bob"], "rev": "B"}), key)
+    c = signed_bundle(build_wasm_bundle({"p.rego": POLICY}, ENTRYPOINTS, {"admins": ["carol"], "rev": "C"}), key)
+    ev = WasmEvaluator(keys_of(key), pool_size=2)
+    with ev.pinned() as none:
+        assert none is ev  # nothing loaded: evaluations fail as unpinned ones do
+        with pytest.raises(E.PoolClosed):
+            none.evaluate("t/rev")
+    first = ev.load(a)
+    with ev.pinned() as outer:
+        with ev.pinned() as inner:
+            assert outer is inner is first
+            second = ev.load(b)
+            assert ev.evaluate("t/rev") == "B" and inner.evaluate("t/rev") == "A"
+        assert outer.evaluate("t/rev") == "A" and not first.pool.closed  # one pin left
+    assert first.pool.closed
+    with pytest.raises(E.PoolClosed):
+        first.evaluate("t/rev")
+    ev.load(c)  # an unpinned revision is closed as soon as it is replaced
+    assert second.pool.closed and ev.evaluate("t/rev") == "C"
+    with ev.pinned() as pinned:
+        ev.close()
+        assert pinned.evaluate("t/rev") == "C"
+    assert pinned.pool.closed
+
+
 # -- http.send ----------------------------------------------------------------------------------
 
 HTTP_POLICY = """package h

@@ -11,7 +11,9 @@ as they come back.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from typing import Any, Mapping
 
 import msgspec
@@ -173,6 +175,8 @@ class WasmEvaluator:
         self.pool_size, self.memory_limit, self.timeout = pool_size, memory_limit, timeout
         self._policy: WasmPolicy | None = None
         self._swap_lock = threading.Lock()
+        self._pins: dict[WasmPolicy, int] = {}  # revisions in use by `pinned` blocks: how many each
+        self._retired: set[WasmPolicy] = set()  # replaced while pinned: closed when the last pin ends
 
     @property
     def policy(self) -> WasmPolicy:
@@ -195,9 +199,46 @@ class WasmEvaluator:
         )
         with self._swap_lock:
             old, self._policy = self._policy, new
+            old = self._retire(old)
         if old is not None:
             old.close()
         return new
+
+    def _retire(self, old: WasmPolicy | None) -> WasmPolicy | None:
+        """(Under the swap lock.) `old` if it can be closed now; None if a pin keeps it open."""
+        if old is not None and old in self._pins:
+            self._retired.add(old)
+            return None
+        return old
+
+    @contextlib.contextmanager
+    def pinned(self) -> Iterator[WasmPolicy | WasmEvaluator]:
+        """The current revision, kept open until the block ends even when a newer one is loaded
+        meanwhile: every evaluation of one request sees the same revision. With no revision loaded
+        it yields the evaluator itself, whose evaluations then fail with PoolClosed."""
+        with self._swap_lock:
+            p = self._policy
+            if p is not None:
+                self._pins[p] = self._pins.get(p, 0) + 1
+        if p is None:
+            yield self
+            return
+        try:
+            yield p
+        finally:
+            with self._swap_lock:
+                left = self._pins[p] - 1
+                if left:
+                    self._pins[p] = left
+                    p = None
+                else:
+                    del self._pins[p]
+                    if p in self._retired:
+                        self._retired.discard(p)
+                    else:
+                        p = None
+            if p is not None:
+                p.close()
 
     def evaluate(self, entrypoint: str | int, input: Any = None, *, timeout: float | None = None) -> Any:
         p = self.policy
@@ -230,5 +271,6 @@ class WasmEvaluator:
     def close(self) -> None:
         with self._swap_lock:
             old, self._policy = self._policy, None
+            old = self._retire(old)
         if old is not None:
             old.close()

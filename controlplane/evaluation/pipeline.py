@@ -20,6 +20,8 @@ each policy's `groqpolicy_decisions`). From `SPLIT_AT` contexts, chunks of `CHUN
 through the stages on two threads, the event loop's and a helper (the GIL is released while WASM
 runs, so one thread's Python overlaps the other's WASM). A batched call that fails for another
 reason than its deadline is redone one context at a time, so each error lands on its own context.
+Every stage of one call uses the bundle revision that was current when the call started (the
+evaluator's `pinned()`), which is also the revision the responses and the audit record name.
 
 Fail closed everywhere: a policy that errors, times out or returns something that is not a
 decision counts as deny; a model that fails is review (the Rego helper's contract).
@@ -28,6 +30,7 @@ decision counts as deny; a model that fails is review (the Rego helper's contrac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import itertools
 import logging
@@ -229,14 +232,16 @@ class _PostOutcome:
 class _Request:
     """One `decide_many` call's parameters and what it settled up front."""
 
-    __slots__ = ("contexts", "policy_types", "tier", "constitutional_hash", "explain", "echo_input", "revision", "chosen",
-                 "pure", "ids")
+    __slots__ = ("contexts", "policy_types", "tier", "constitutional_hash", "explain", "echo_input", "evaluator", "revision",
+                 "chosen", "pure", "ids")
 
     def __init__(self, contexts: list[dict[str, Any]], policy_types: list[str], tier: str, constitutional_hash: str,
-                 explain: bool, echo_input: bool, revision: str, chosen: list[PolicyRecord], pure: list[PolicyRecord],
-                 ids: list[uuid.UUID]) -> None:
+                 explain: bool, echo_input: bool, evaluator: Any, revision: str, chosen: list[PolicyRecord],
+                 pure: list[PolicyRecord], ids: list[uuid.UUID]) -> None:
         self.contexts, self.policy_types, self.tier, self.constitutional_hash = contexts, policy_types, tier, constitutional_hash
-        self.explain, self.echo_input, self.revision, self.chosen, self.pure, self.ids = explain, echo_input, revision, chosen, pure, ids
+        self.explain, self.echo_input = explain, echo_input
+        self.evaluator, self.revision = evaluator, revision  # the bundle revision every stage of the call uses
+        self.chosen, self.pure, self.ids = chosen, pure, ids
 
 
 class _Pending:
@@ -292,7 +297,7 @@ class Pipeline:
             found = self._blocking[key] = rego.may_block(record.opa_policy)
         return found
 
-    def _run(self, single: str, many: str, inputs: list[Any], *, wrapped: bool) -> tuple[list[Any], list[str]]:
+    def _run(self, evaluator: Any, single: str, many: str, inputs: list[Any], *, wrapped: bool) -> tuple[list[Any], list[str]]:
         """(value per input, error per input or "") of an entrypoint that cannot block, on this thread.
 
         One input goes to the `single` entrypoint; several to the batched `many` one (whose answer is
@@ -300,7 +305,7 @@ class Pipeline:
         is redone one input at a time, except when it ran out of time: then every input of it fails
         with that error."""
         n = len(inputs)
-        evaluate = self.evaluator.evaluate
+        evaluate = evaluator.evaluate
         if n > 1:
             try:
                 out = evaluate(many, inputs, timeout=INLINE_TIMEOUT_S)
@@ -353,7 +358,7 @@ class Pipeline:
                     helper.result()  # at most the one chunk it holds
         return out
 
-    async def _eval_policy(self, record: PolicyRecord, input: Any) -> tuple[PolicyResult, float, list[str]]:
+    async def _eval_policy(self, evaluator: Any, record: PolicyRecord, input: Any) -> tuple[PolicyResult, float, list[str]]:
         """One policy that may call a model through http.send: evaluated on a worker thread."""
         meter = InferenceMeter()
         token = _METER.set(meter)
@@ -361,7 +366,7 @@ class Pipeline:
         error = ""
         try:
             async with self._blocking_slots:
-                value = await asyncio.to_thread(self.evaluator.evaluate, rego.wasm_entrypoint(record.rule_id), input,
+                value = await asyncio.to_thread(evaluator.evaluate, rego.wasm_entrypoint(record.rule_id), input,
                                                 timeout=BLOCKING_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - fail closed: an evaluation error is a deny
             value, error = None, f"{type(exc).__name__}: {exc}"
@@ -470,15 +475,18 @@ class Pipeline:
         context's own (a batched WASM call counts as an equal share per context)."""
         started = time.perf_counter()
         n = len(contexts)
-        chosen = applicable(self.policies(), policy_types, tier)
-        req = _Request(contexts, policy_types, tier, constitutional_hash, explain, echo_input, self.revision(), chosen,
-                       [r for r in chosen if not self._may_block(r)], uuid4s(n))
-        if all(not self._may_block(r) and r.groq_model_config is None for r in chosen):
-            parts = await self._chunked(lambda start, stop: self._finish(req, start, stop, self._rules(req, start, stop)), n)
-        else:
-            staged = [s for part in await self._chunked(lambda start, stop: self._rules(req, start, stop), n) for s in part]
-            await self._model_stage(req, staged)
-            parts = await self._chunked(lambda start, stop: self._finish(req, start, stop, staged[start:stop]), n)
+        pinned = getattr(self.evaluator, "pinned", None)  # a hot swap meanwhile does not split this call over two revisions
+        with pinned() if pinned is not None else contextlib.nullcontext(self.evaluator) as evaluator:
+            chosen = applicable(self.policies(), policy_types, tier)
+            req = _Request(contexts, policy_types, tier, constitutional_hash, explain, echo_input, evaluator,
+                           getattr(evaluator, "revision", None) or self.revision(), chosen,
+                           [r for r in chosen if not self._may_block(r)], uuid4s(n))
+            if all(not self._may_block(r) and r.groq_model_config is None for r in chosen):
+                parts = await self._chunked(lambda start, stop: self._finish(req, start, stop, self._rules(req, start, stop)), n)
+            else:
+                staged = [s for part in await self._chunked(lambda start, stop: self._rules(req, start, stop), n) for s in part]
+                await self._model_stage(req, staged)
+                parts = await self._chunked(lambda start, stop: self._finish(req, start, stop, staged[start:stop]), n)
         responses = [r for part in parts for r in part]
         total_ms = round((time.perf_counter() - started) * 1000, 4)
         achieved = total_ms <= TIER_TARGET_MS[tier]
@@ -496,7 +504,7 @@ class Pipeline:
         chunk = req.contexts[start:stop]
         size = stop - start
         t0 = time.perf_counter_ns()
-        pres, errors = self._run(PRE, PRE_MANY, [{**c, "constitutional_hash": req.constitutional_hash} for c in chunk], wrapped=False)
+        pres, errors = self._run(req.evaluator, PRE, PRE_MANY, [{**c, "constitutional_hash": req.constitutional_hash} for c in chunk], wrapped=False)
         pre_us = (time.perf_counter_ns() - t0) / 1000 / size
         staged = []
         for doc, err in zip(pres, errors):
@@ -508,7 +516,7 @@ class Pipeline:
             inputs = [chunk[j] for j in passed]
             for record in req.pure:
                 t0 = time.perf_counter_ns()
-                values, errs = self._run(rego.wasm_entrypoint(record.rule_id), rego.wasm_batch_entrypoint(record.rule_id),
+                values, errs = self._run(req.evaluator, rego.wasm_entrypoint(record.rule_id), rego.wasm_batch_entrypoint(record.rule_id),
                                          inputs, wrapped=True)
                 us = (time.perf_counter_ns() - t0) / 1000 / len(inputs)
                 for j, value, err in zip(passed, values, errs):
@@ -530,7 +538,7 @@ class Pipeline:
                     slots.append((s.outs, k))
             for record in blocking:
                 s.outs.append(None)
-                jobs.append(self._eval_policy(record, ctx))
+                jobs.append(self._eval_policy(req.evaluator, record, ctx))
                 slots.append((s.outs, len(s.outs) - 1))
         for (outs, k), result in zip(slots, await asyncio.gather(*jobs)):
             outs[k] = result
@@ -588,7 +596,7 @@ class Pipeline:
         if misses:
             keys = list(misses)
             t0 = time.perf_counter_ns()
-            values, errs = self._run(POST, POST_MANY, [_post_input(key) for key in keys], wrapped=False)
+            values, errs = self._run(req.evaluator, POST, POST_MANY, [_post_input(key) for key in keys], wrapped=False)
             us = (time.perf_counter_ns() - t0) / 1000 / len(keys)
             for key, doc, err in zip(keys, values, errs):
                 if err:
