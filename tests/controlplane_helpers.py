@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gzip
 import json
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ from controlplane.app import create_app
 from controlplane.processes import free_port
 from controlplane.services import Services
 from controlplane.settings import Settings
+from tests.bridge_helpers import spawn_worker, wait_for_workers
 from tests.conftest import REPO_ROOT
 
 
@@ -63,6 +66,22 @@ def running_control_plane(settings: Settings, services: Services | None = None) 
         server.should_exit = True
         thread.join(timeout=15)
 
+
+
+@contextlib.contextmanager
+def control_plane_with_worker(tmp: Path, nats_url: str, emulator_url: str) -> Iterator[tuple[Settings, Services, subprocess.Popen]]:
+    """A control plane (bundles compiled at start) and one inference worker process answering from
+    the emulator over NATS; the worker is killed at the end (a test may kill it earlier)."""
+    worker = spawn_worker(nats_url, emulator_url, tmp / "worker.log")
+    try:
+        asyncio.run(wait_for_workers(nats_url, 1))
+        settings = make_settings(tmp / "state", compile_on_start=True, nats_url=nats_url)
+        with running_control_plane(settings) as services:
+            yield settings, services, worker
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        worker.wait()
 
 def gzip_json(obj: object) -> bytes:
     return gzip.compress(json.dumps(obj).encode())

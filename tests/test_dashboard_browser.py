@@ -9,7 +9,6 @@ full-page screenshot lands in the test's output directory (printed; kept by pyte
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import time
@@ -22,13 +21,13 @@ import pytest
 from controlplane.constitution import CONSTITUTIONAL_HASH
 from controlplane.processes import ManagedProcess, start_opa_agent
 from controlplane.dashboard.browser import Chromium, ensure_chromium
-from tests.bridge_helpers import emu_module, spawn_worker, wait_for_workers  # noqa: F401 - fixture
-from tests.controlplane_helpers import ADMIN_HEADERS, ADMIN_TOKEN, EVALUATE_TOKEN, bearer, make_settings, running_control_plane
+from tests.bridge_helpers import emu_module  # noqa: F401 - fixture
+from tests.controlplane_helpers import ADMIN_HEADERS, ADMIN_TOKEN, EVALUATE_TOKEN, bearer, control_plane_with_worker
+from tests.stored_policies import HEAD
 
 pytestmark = pytest.mark.slow
 
 H = CONSTITUTIONAL_HASH
-HEAD = "package p\n\nimport data.groqpolicy.lib.decision as doc\n\n"
 GATE = HEAD + """d contains "deletes need a ticket" if input.action == "delete"
 
 r contains "flagged for a human" if input.flag
@@ -60,28 +59,19 @@ def chromium() -> Path:
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory, nats_server_module, emu_module):  # noqa: F811
-    url = nats_server_module.extra["url"]
     tmp = tmp_path_factory.mktemp("dash-browser")
-    worker = spawn_worker(url, emu_module.url, tmp / "worker.log")
-    try:
-        asyncio.run(wait_for_workers(url, 1))
-        settings = make_settings(tmp / "state", compile_on_start=True, nats_url=url)
-        with running_control_plane(settings) as services:
-            with httpx.Client(base_url=settings.base_url, headers=ADMIN_HEADERS, timeout=60) as client:
-                for name, ptype, tier, rego in (("dashboard gate", "security_policies", "nano", GATE),
-                                                ("content judge", "ethical_constraints", "fast", JUDGE)):
-                    r = client.post("/api/v1/policies", json={"name": name, "policy_type": ptype, "performance_tier": tier,
-                                                              "opa_policy": rego, "constitutional_hash": H})
-                    assert r.status_code == 201, r.text
-                agent = start_agent(client, tmp)
-                try:
-                    yield client, services, agent
-                finally:
-                    agent.stop()
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
+    with control_plane_with_worker(tmp, nats_server_module.extra["url"], emu_module.url) as (settings, services, _):
+        with httpx.Client(base_url=settings.base_url, headers=ADMIN_HEADERS, timeout=60) as client:
+            for name, ptype, tier, rego in (("dashboard gate", "security_policies", "nano", GATE),
+                                            ("content judge", "ethical_constraints", "fast", JUDGE)):
+                r = client.post("/api/v1/policies", json={"name": name, "policy_type": ptype, "performance_tier": tier,
+                                                          "opa_policy": rego, "constitutional_hash": H})
+                assert r.status_code == 201, r.text
+            agent = start_agent(client, tmp)
+            try:
+                yield client, services, agent
+            finally:
+                agent.stop()
 
 
 def start_agent(client: httpx.Client, tmp: Path) -> ManagedProcess:

@@ -3,15 +3,14 @@
 
 from __future__ import annotations
 
-import asyncio
 
 import httpx
 import pytest
 
 from controlplane.constitution import CONSTITUTIONAL_HASH
 from controlplane.errors import GroqPolicyError
-from tests.bridge_helpers import emu_module, spawn_worker, wait_for_workers  # noqa: F401 - fixture
-from tests.controlplane_helpers import ADMIN_HEADERS, make_settings, running_control_plane
+from tests.bridge_helpers import emu_module  # noqa: F401 - fixture
+from tests.controlplane_helpers import ADMIN_HEADERS, control_plane_with_worker
 from tests.stored_policies import HEAD, MODEL_POLICY
 
 H = CONSTITUTIONAL_HASH
@@ -37,27 +36,17 @@ else := object.union(doc.document("triage", set(), {"text needs a judgment"}, se
 
 @pytest.fixture(scope="module")
 def cp(tmp_path_factory, nats_server_module, emu_module):  # noqa: F811
-    url = nats_server_module.extra["url"]
-    tmp = tmp_path_factory.mktemp("cp")
-    worker = spawn_worker(url, emu_module.url, tmp / "worker.log")
-    try:
-        asyncio.run(wait_for_workers(url, 1))
-        settings = make_settings(tmp / "state", compile_on_start=True, nats_url=url)
-        with running_control_plane(settings) as services:
-            with httpx.Client(base_url=settings.base_url, headers=ADMIN_HEADERS, timeout=30) as client:
-                ids = {}
-                for ptype, (tier, rego) in POLICIES.items():
-                    extra = {"groq_model_config": {"model_name": "llama-3.1-8b-instant", "performance_tier": "fast",
-                                                   "policy_context": "internal notes"}} if ptype == "constitutional_compliance" else {}
-                    r = client.post("/api/v1/policies", json={
-                        "name": ptype, "policy_type": ptype, "performance_tier": tier, "opa_policy": rego, "constitutional_hash": H, **extra})
-                    assert r.status_code == 201, r.text
-                    ids[ptype] = r.json()["rule_id"]
-                yield client, services, ids, worker
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
+    with control_plane_with_worker(tmp_path_factory.mktemp("cp"), nats_server_module.extra["url"], emu_module.url) as (settings, services, worker):
+        with httpx.Client(base_url=settings.base_url, headers=ADMIN_HEADERS, timeout=30) as client:
+            ids = {}
+            for ptype, (tier, rego) in POLICIES.items():
+                extra = {"groq_model_config": {"model_name": "llama-3.1-8b-instant", "performance_tier": "fast",
+                                               "policy_context": "internal notes"}} if ptype == "constitutional_compliance" else {}
+                r = client.post("/api/v1/policies", json={
+                    "name": ptype, "policy_type": ptype, "performance_tier": tier, "opa_policy": rego, "constitutional_hash": H, **extra})
+                assert r.status_code == 201, r.text
+                ids[ptype] = r.json()["rule_id"]
+            yield client, services, ids, worker
 
 
 def evaluate(client, ctx: dict, types: list[str], tier: str = "reasoning", **kw) -> dict:

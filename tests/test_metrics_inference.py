@@ -3,7 +3,6 @@ through `/api/v1/groq/inference` and through a policy that consults the model in
 
 from __future__ import annotations
 
-import asyncio
 
 import httpx
 import pytest
@@ -12,8 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from bridge.wire import InferReply, Usage
 from controlplane.constitution import CONSTITUTIONAL_HASH
 from controlplane.metrics import record_reply
-from tests.bridge_helpers import emu_module, spawn_worker, wait_for_workers  # noqa: F401 - fixture
-from tests.controlplane_helpers import ADMIN_HEADERS, make_settings, running_control_plane
+from tests.bridge_helpers import emu_module  # noqa: F401 - fixture
+from tests.controlplane_helpers import ADMIN_HEADERS, control_plane_with_worker
 from tests.stored_policies import MODEL_POLICY
 
 
@@ -31,18 +30,9 @@ def total(snapshot: dict, name: str, **match: str) -> float:
 
 @pytest.fixture(scope="module")
 def cp(tmp_path_factory, nats_server_module, emu_module):  # noqa: F811
-    url = nats_server_module.extra["url"]
-    tmp = tmp_path_factory.mktemp("cp")
-    worker = spawn_worker(url, emu_module.url, tmp / "worker.log")
-    try:
-        asyncio.run(wait_for_workers(url, 1))
-        settings = make_settings(tmp / "state", compile_on_start=True, nats_url=url)
-        with running_control_plane(settings):
-            with httpx.Client(base_url=settings.base_url, headers=ADMIN_HEADERS, timeout=30) as client:
-                yield client
-    finally:
-        worker.kill()
-        worker.wait()
+    with control_plane_with_worker(tmp_path_factory.mktemp("cp"), nats_server_module.extra["url"], emu_module.url) as (settings, _, _):
+        with httpx.Client(base_url=settings.base_url, headers=ADMIN_HEADERS, timeout=30) as client:
+            yield client
 
 
 def test_inference_endpoint_records_tokens_cost_and_cache_hits(cp):
