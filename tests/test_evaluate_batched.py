@@ -156,3 +156,39 @@ async def test_a_revision_loaded_during_a_call_does_not_decide_any_of_it(opa_bin
     assert old.pool.closed and ev.revision == "rev-B"
     after = await pipeline.decide_many(contexts[:1], policy_types=[], tier="nano", constitutional_hash=H, explain=False)
     assert (after[0].decision, after[0].bundle_revision) == ("deny", "rev-B")
+
+
+class Counting:
+    """The evaluator, counting the inputs pre-validation is asked about."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.pre_inputs = inner, []
+        self.pool_size = inner.pool_size
+
+    def evaluate(self, entrypoint, input=None, **kw):
+        if entrypoint in (pl.PRE, pl.PRE_MANY):
+            self.pre_inputs.extend(input if entrypoint == pl.PRE_MANY else [input])
+        return self.inner.evaluate(entrypoint, input, **kw)
+
+
+async def test_pre_validation_is_asked_once_per_distinct_request_identity_and_revision(evaluator):
+    """Pre-validation sees only `pre_input` (principal, oversight, audit, options and the call's hash)
+    and its answers are memoised per revision: a batch of one principal's requests costs one
+    evaluation, a request that differs in those fields gets its own, a new revision asks again."""
+    counting = Counting(evaluator)
+    revision = ["r1"]
+    pipeline = Pipeline(counting, lambda: [record(LIMIT)], lambda: revision[0])
+    contexts = [{"principal": "dora", "amount": i, "constitutional_hash": "ignored"} for i in range(12)]
+    contexts[5] = {"principal": "dora", "amount": 5, "oversight": {"disabled": True}}
+    first = await pipeline.decide_many(contexts, policy_types=[], tier="nano", constitutional_hash=H, explain=False)
+    assert counting.pre_inputs == [{"principal": "dora", "constitutional_hash": H},
+                                   {"principal": "dora", "oversight": {"disabled": True}, "constitutional_hash": H}]
+    assert [r.decision for r in first] == ["allow"] * 5 + ["deny"] + ["allow"] * 6
+    assert first[5].constitutional_compliance.violations[0].message == "request asks to disable human oversight"
+    again = await pipeline.decide_many(contexts, policy_types=[], tier="nano", constitutional_hash=H, explain=False)
+    assert len(counting.pre_inputs) == 2 and [comparable(r) for r in again] == [comparable(r) for r in first]
+    wrong = await pipeline.decide(contexts[0], policy_types=[], tier="nano", constitutional_hash="0" * 16, explain=False)
+    assert wrong.decision == "deny" and counting.pre_inputs[-1] == {"principal": "dora", "constitutional_hash": "0" * 16}
+    revision[0] = "r2"
+    await pipeline.decide_many(contexts, policy_types=[], tier="nano", constitutional_hash=H, explain=False)
+    assert len(counting.pre_inputs) == 5

@@ -142,3 +142,62 @@ def test_wasm_module_needs_only_known_host_builtins(wasm_bundle: Path) -> None:
     assert set(builtins) <= HOST_BUILTINS, f"new host builtins: {set(builtins) - HOST_BUILTINS}"
     assert "http.send" in builtins
     assert set(dump(exports["entrypoints"](store))) == ENTRYPOINTS
+
+
+def _input_fields_read_from(module: dict, entry: str) -> set[str]:
+    """The top-level `input` fields that the rules `entry` depends on (within the module) refer to;
+    "*" when one of them takes `input` whole. Over-approximates: any var named like a rule counts
+    as a dependency."""
+    rules: dict[str, list[dict]] = {}
+    for rule in module["rules"]:
+        rules.setdefault(rule["head"].get("name") or rule["head"]["ref"][0]["value"], []).append(rule)
+    fields: set[str] = set()
+    seen: set[str] = set()
+    todo = [entry]
+
+    def walk(node: object) -> None:
+        if isinstance(node, list):
+            for item in node:
+                walk(item)
+            return
+        if not isinstance(node, dict):
+            return
+        if node.get("type") == "ref" and isinstance(node.get("value"), list) and node["value"]:
+            head, *rest = node["value"]
+            if head == {"type": "var", "value": "input"}:
+                fields.add(rest[0]["value"] if rest and rest[0].get("type") == "string" else "*")
+                walk(rest)
+                return
+        if node.get("type") == "var" and node.get("value") == "input":
+            fields.add("*")  # `input` as a term of its own: the whole document
+        if node.get("type") == "var" and node.get("value") in rules and node["value"] not in seen:
+            todo.append(node["value"])
+        for value in node.values():
+            walk(value)
+
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for rule in rules.get(name, []):
+            walk(rule)
+    assert entry in seen and rules.get(entry), f"no rule {entry}"
+    return fields
+
+
+def test_pre_validation_reads_only_the_request_fields_the_pipeline_passes(opa_bin: Path) -> None:
+    """The pipeline gives pre-validation `PRE_FIELDS` of a request (and memoises its answers on
+    them): a rule that read any other field would see it undefined. The library it imports must not
+    read input at all."""
+    from controlplane.evaluation.pipeline import PRE_FIELDS
+
+    proc = run(opa_bin, "parse", "--format", "json", str(REGO_DIR / "constitution" / "constitution.rego"))
+    assert proc.returncode == 0, proc.stderr
+    read = _input_fields_read_from(json.loads(proc.stdout), "pre_validation")
+    assert read <= {*PRE_FIELDS, "constitutional_hash"}, read
+    assert {"principal", "oversight", "constitutional_hash"} <= read  # the walk finds what it should
+    for name in ("decision.rego",):
+        proc = run(opa_bin, "parse", "--format", "json", str(REGO_DIR / "lib" / name))
+        assert proc.returncode == 0, proc.stderr
+        assert '"value":"input"' not in proc.stdout.replace(" ", ""), f"rego/lib/{name} reads input"

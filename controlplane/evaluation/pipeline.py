@@ -1,7 +1,8 @@
 """The evaluation pipeline of `/api/v1/evaluate` (and batch, and `policy.evaluate` on NATS).
 
 1 select applicable policies (types, tier at or below the requested one, active)
-2 constitutional pre-validation (`groqpolicy/constitution/pre_validation`); a failure ends here: deny
+2 constitutional pre-validation (`groqpolicy/constitution/pre_validation`) of the request's
+  `PRE_FIELDS` (memoised on them per revision); a failure ends here: deny
 3 each policy's decision in the in-process WASM evaluator; `http.send` to the bridge goes straight
   to NATS (`groq.infer.<tier>`) through the evaluator's transport, timed per policy
 3b model stage: a policy with `groq_model_config` whose document says `needs_model: true` gets the
@@ -70,6 +71,11 @@ INLINE_TIMEOUT_S = 1.0  # a policy without network calls: pure computation
 BLOCKING_TIMEOUT_S = 5.0  # a policy that may consult a model (the helper's own timeout is 2 s)
 WASM_POOL_SIZE = 16  # instances of the in-process evaluator (each a few MiB of linear memory)
 POST_MEMO_SIZE = 4096
+PRE_MEMO_SIZE = 4096
+# What pre-validation sees of a request: its input contract (rego/constitution/constitution.rego),
+# with the call's constitutional hash. Requests repeat these (one principal sends many), so the
+# answers are memoised per revision like post-validation's.
+PRE_FIELDS = ("principal", "oversight", "audit", "options")
 MODEL_DEADLINE_MS = 3000  # the pipeline's own model stage (policies' http.send calls have their own)
 MIN_MODEL_CONFIDENCE = 0.7
 _RANK = {"allow": 0, "review": 1, "deny": 2}
@@ -198,6 +204,14 @@ def _violations(doc: Any, stage: str) -> list[Violation]:
             for v in doc.get("violations") or [] if isinstance(v, dict)]
 
 
+def pre_input(context: dict[str, Any], constitutional_hash: str) -> dict[str, Any]:
+    """The constitution's pre-validation input for a request: `PRE_FIELDS` of its context and the
+    call's constitutional hash (not one the context may carry)."""
+    out = {k: context[k] for k in PRE_FIELDS if k in context}
+    out["constitutional_hash"] = constitutional_hash
+    return out
+
+
 def _post_input(key: tuple[Any, ...]) -> dict[str, Any]:
     """The constitution's post-validation input for a memo key of `decide_many`."""
     _, constitutional_hash, decision, confidence, model_based, reasons, oversight = key
@@ -285,6 +299,7 @@ class Pipeline:
         # constitution): proposals repeat a lot (same decision, same reasons), so answers are memoised
         # per revision. Bounded; cleared when full.
         self._post_memo: dict[tuple[Any, ...], _PostOutcome] = {}
+        self._pre_memo: dict[tuple[str, bytes], Any] = {}  # (revision, encoded pre_input) -> document
         # the second thread of chunked evaluations (the loop thread is the first)
         self._helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wasm-chunks")
 
@@ -504,13 +519,9 @@ class Pipeline:
         chunk = req.contexts[start:stop]
         size = stop - start
         t0 = time.perf_counter_ns()
-        pres, errors = self._run(req.evaluator, PRE, PRE_MANY, [{**c, "constitutional_hash": req.constitutional_hash} for c in chunk], wrapped=False)
+        pres = self._pre_validations(req, chunk)
         pre_us = (time.perf_counter_ns() - t0) / 1000 / size
-        staged = []
-        for doc, err in zip(pres, errors):
-            if err:
-                doc = {"decision": "deny", "reasons": [f"deny: constitutional pre-validation could not run: {err}"], "confidence": 1}
-            staged.append(_Staged(doc, doc.get("decision", "deny") if isinstance(doc, dict) else "deny", pre_us))
+        staged = [_Staged(doc, doc.get("decision", "deny") if isinstance(doc, dict) else "deny", pre_us) for doc in pres]
         passed = [j for j in range(size) if staged[j].pre_decision == "allow"]
         if passed:
             inputs = [chunk[j] for j in passed]
@@ -522,6 +533,33 @@ class Pipeline:
                 for j, value, err in zip(passed, values, errs):
                     staged[j].outs.append(_settled(record, value, err, us, None) or _Pending(record, value, err, us))
         return staged
+
+    def _pre_validations(self, req: _Request, chunk: list[dict[str, Any]]) -> list[Any]:
+        """Stage 2 for `chunk`: a pre-validation document per context. A pure function of
+        `pre_input` and the revision: answers are memoised, identical misses evaluated once; one
+        that could not run is a deny (and not memoised)."""
+        docs: list[Any] = [None] * len(chunk)
+        misses: dict[tuple[str, bytes], tuple[dict[str, Any], list[int]]] = {}
+        memo = self._pre_memo
+        for j, ctx in enumerate(chunk):
+            doc_in = pre_input(ctx, req.constitutional_hash)
+            key = (req.revision, _encode(doc_in))
+            docs[j] = hit = memo.get(key)
+            if hit is None:
+                misses.setdefault(key, (doc_in, []))[1].append(j)
+        if misses:
+            keys = list(misses)
+            values, errors = self._run(req.evaluator, PRE, PRE_MANY, [misses[key][0] for key in keys], wrapped=False)
+            for key, doc, err in zip(keys, values, errors):
+                if err:
+                    doc = {"decision": "deny", "reasons": [f"deny: constitutional pre-validation could not run: {err}"], "confidence": 1}
+                elif isinstance(doc, dict):
+                    if len(memo) >= PRE_MEMO_SIZE:
+                        memo.clear()
+                    memo[key] = doc
+                for j in misses[key][1]:
+                    docs[j] = doc
+        return docs
 
     async def _model_stage(self, req: _Request, staged: list[_Staged]) -> None:
         """Stage 3 for what may wait on a model, concurrently: the pure policies whose document asks

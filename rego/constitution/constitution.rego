@@ -26,8 +26,11 @@ default min_allow_confidence := 0.7
 min_allow_confidence := data.groqpolicy.config.min_allow_confidence
 
 # ---------------------------------------------------------------------------------
-# pre_validation: input = the request about to be evaluated.
-#   {constitutional_hash, principal: {id, ...} | "id", oversight: {disabled?, human_review?}, ...}
+# pre_validation: input = the accountability fields of the request about to be evaluated;
+# the pipeline passes these and nothing else, and memoises the answer on them:
+#   {constitutional_hash, principal: {id, ...} | "id", oversight: {disabled?, human_review?},
+#    audit?: {disabled?}, options?: {skip_human_review?}}
+# (tests/test_rego_library.py checks that no pre-validation rule reads another field.)
 
 pre_violations contains v if {
 	not input.constitutional_hash
