@@ -212,6 +212,19 @@ def pre_input(context: dict[str, Any], constitutional_hash: str) -> dict[str, An
     return out
 
 
+_ABSENT = b""  # a field the context does not have (no JSON encoding is empty)
+
+
+def _pre_key(revision: str, constitutional_hash: str, context: dict[str, Any]) -> tuple[Any, ...]:
+    """What pre-validation's answer depends on: the revision and `pre_input` (a text field as it
+    is, anything else by its JSON; bytes and text never compare equal)."""
+    key: list[Any] = [revision, constitutional_hash]
+    for k in PRE_FIELDS:
+        v = context.get(k, _ABSENT)
+        key.append(v if type(v) is str or v is _ABSENT else _encode(v))
+    return tuple(key)
+
+
 def _post_input(key: tuple[Any, ...]) -> dict[str, Any]:
     """The constitution's post-validation input for a memo key of `decide_many`."""
     _, constitutional_hash, decision, confidence, model_based, reasons, oversight = key
@@ -221,6 +234,17 @@ def _post_input(key: tuple[Any, ...]) -> dict[str, Any]:
     if oversight is not None:
         out["oversight"] = msgspec.json.decode(oversight)
     return out
+
+
+class _PreOutcome:
+    """What the pipeline takes from a pre-validation document (memoised with it)."""
+
+    __slots__ = ("doc", "decision", "violations")
+
+    def __init__(self, doc: Any) -> None:
+        self.doc = doc
+        self.decision = doc.get("decision", "deny") if isinstance(doc, dict) else "deny"
+        self.violations = _violations(doc, "pre_validation")
 
 
 class _PostOutcome:
@@ -270,10 +294,10 @@ class _Pending:
 class _Staged:
     """One context after stages 2 and 3: its pre-validation and each policy's result so far."""
 
-    __slots__ = ("pre_doc", "pre_decision", "wasm_us", "outs")
+    __slots__ = ("pre", "pre_decision", "wasm_us", "outs")
 
-    def __init__(self, pre_doc: Any, pre_decision: str, wasm_us: float) -> None:
-        self.pre_doc, self.pre_decision, self.wasm_us = pre_doc, pre_decision, wasm_us
+    def __init__(self, pre: _PreOutcome, wasm_us: float) -> None:
+        self.pre, self.pre_decision, self.wasm_us = pre, pre.decision, wasm_us
         self.outs: list[Any] = []  # (PolicyResult, model seconds, reasons), or _Pending until the model stage
 
 
@@ -299,7 +323,7 @@ class Pipeline:
         # constitution): proposals repeat a lot (same decision, same reasons), so answers are memoised
         # per revision. Bounded; cleared when full.
         self._post_memo: dict[tuple[Any, ...], _PostOutcome] = {}
-        self._pre_memo: dict[tuple[str, bytes], Any] = {}  # (revision, encoded pre_input) -> document
+        self._pre_memo: dict[tuple[Any, ...], _PreOutcome] = {}  # _pre_key -> outcome
         # the second thread of chunked evaluations (the loop thread is the first)
         self._helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wasm-chunks")
 
@@ -521,7 +545,7 @@ class Pipeline:
         t0 = time.perf_counter_ns()
         pres = self._pre_validations(req, chunk)
         pre_us = (time.perf_counter_ns() - t0) / 1000 / size
-        staged = [_Staged(doc, doc.get("decision", "deny") if isinstance(doc, dict) else "deny", pre_us) for doc in pres]
+        staged = [_Staged(pre, pre_us) for pre in pres]
         passed = [j for j in range(size) if staged[j].pre_decision == "allow"]
         if passed:
             inputs = [chunk[j] for j in passed]
@@ -534,32 +558,34 @@ class Pipeline:
                     staged[j].outs.append(_settled(record, value, err, us, None) or _Pending(record, value, err, us))
         return staged
 
-    def _pre_validations(self, req: _Request, chunk: list[dict[str, Any]]) -> list[Any]:
-        """Stage 2 for `chunk`: a pre-validation document per context. A pure function of
+    def _pre_validations(self, req: _Request, chunk: list[dict[str, Any]]) -> list[_PreOutcome]:
+        """Stage 2 for `chunk`: a pre-validation outcome per context. A pure function of
         `pre_input` and the revision: answers are memoised, identical misses evaluated once; one
         that could not run is a deny (and not memoised)."""
-        docs: list[Any] = [None] * len(chunk)
-        misses: dict[tuple[str, bytes], tuple[dict[str, Any], list[int]]] = {}
+        outcomes: list[Any] = [None] * len(chunk)
+        misses: dict[tuple[Any, ...], list[int]] = {}
         memo = self._pre_memo
+        revision, constitutional_hash = req.revision, req.constitutional_hash
         for j, ctx in enumerate(chunk):
-            doc_in = pre_input(ctx, req.constitutional_hash)
-            key = (req.revision, _encode(doc_in))
-            docs[j] = hit = memo.get(key)
+            key = _pre_key(revision, constitutional_hash, ctx)
+            outcomes[j] = hit = memo.get(key)
             if hit is None:
-                misses.setdefault(key, (doc_in, []))[1].append(j)
+                misses.setdefault(key, []).append(j)
         if misses:
             keys = list(misses)
-            values, errors = self._run(req.evaluator, PRE, PRE_MANY, [misses[key][0] for key in keys], wrapped=False)
+            inputs = [pre_input(chunk[misses[key][0]], constitutional_hash) for key in keys]
+            values, errors = self._run(req.evaluator, PRE, PRE_MANY, inputs, wrapped=False)
             for key, doc, err in zip(keys, values, errors):
                 if err:
                     doc = {"decision": "deny", "reasons": [f"deny: constitutional pre-validation could not run: {err}"], "confidence": 1}
-                elif isinstance(doc, dict):
+                outcome = _PreOutcome(doc)
+                if not err and isinstance(doc, dict):
                     if len(memo) >= PRE_MEMO_SIZE:
                         memo.clear()
-                    memo[key] = doc
-                for j in misses[key][1]:
-                    docs[j] = doc
-        return docs
+                    memo[key] = outcome
+                for j in misses[key]:
+                    outcomes[j] = outcome
+        return outcomes
 
     async def _model_stage(self, req: _Request, staged: list[_Staged]) -> None:
         """Stage 3 for what may wait on a model, concurrently: the pure policies whose document asks
@@ -597,22 +623,28 @@ class Pipeline:
             results: list[PolicyResult] = []
             results_of.append(results)
             if s.pre_decision != "allow":
-                pre = s.pre_doc
+                pre = s.pre.doc
                 decisions.append(strictest("deny", s.pre_decision))
                 confidences.append(1.0)
                 reasons_of.append(["deny: Constitutional pre-validation failed", *(pre.get("reasons", []) if isinstance(pre, dict) else [])])
                 continue
             reasons: list[str] = []
+            model_based = False
             for res, secs, rs in s.outs:
                 results.append(res)
                 model_s[j] += secs
                 wasm_us[j] += res.wasm_execution_time_us
                 reasons.extend(rs)
+                if res.groq_inference_result and not model_based:
+                    model_based = any(r.get("status") == 200 for r in res.groq_inference_result)
             if results:
                 decision = "allow"
                 for res in results:
                     decision = strictest(decision, res.decision)
-                confidence = min(res.confidence_score for res in results if res.decision == decision)
+                confidence = 1.0
+                for res in results:
+                    if res.decision == decision and res.confidence_score < confidence:
+                        confidence = res.confidence_score
                 # as in lib.decision: deny reasons, then review reasons; an allow lists its own reasons
                 if decision != "allow":
                     reasons = [r for r in reasons if r.startswith("deny:")] + [r for r in reasons if r.startswith("review:")]
@@ -623,7 +655,6 @@ class Pipeline:
             decisions.append(decision)
             confidences.append(confidence)
             reasons_of.append(reasons)
-            model_based = any(r.get("status") == 200 for res in results for r in res.groq_inference_result)
             oversight = req.contexts[start + j].get("oversight")
             # 5 post-validation is a pure function of this key and the revision: memoised
             key = (req.revision, req.constitutional_hash, decision, confidence, model_based, tuple(reasons),
@@ -653,23 +684,29 @@ class Pipeline:
         for j, s in enumerate(staged):
             i = start + j
             results = results_of[j]
-            violations = _violations(s.pre_doc, "pre_validation")
+            violations = s.pre.violations
             decision, confidence, reasons = decisions[j], confidences[j], reasons_of[j]
             post_decision: str | None = None
             post = posts[j]
             if post is not None:
                 post_decision = post.decision
-                violations.extend(post.violations)
+                if post.violations:
+                    violations = [*violations, *post.violations]
                 decision = strictest(decision, post_decision)
                 if post.reasons is not None:
                     reasons = post.reasons
                 if post.confidence is not None:
                     confidence = post.confidence
+            model_calls = 0
+            for res in results:
+                if res.groq_inference_result:
+                    model_calls += len(res.groq_inference_result)
             metrics = PerformanceMetrics(
-                total_latency_ms=0.0, groq_inference_time_ms=round(model_s[j] * 1000, 4), opa_evaluation_time_ms=0.0,
-                wasm_execution_time_us=round(wasm_us[j], 2), performance_tier=tier, target_latency_ms=target,
-                target_achieved=False, model_calls=sum(len(res.groq_inference_result) for res in results),
+                total_latency_ms=0.0, groq_inference_time_ms=round(model_s[j] * 1000, 4) if model_s[j] else 0.0,
+                opa_evaluation_time_ms=0.0, wasm_execution_time_us=round(wasm_us[j], 2), performance_tier=tier,
+                target_latency_ms=target, target_achieved=False, model_calls=model_calls,
             )
+            # `violations` may be shared with other responses (the memoised pre-validation's): never mutated
             compliance = ConstitutionalValidation(is_compliant=not violations, pre_validation=s.pre_decision,  # type: ignore[arg-type]
                                                   post_validation=post_decision, violations=violations)  # type: ignore[arg-type]
             responses.append(EvaluateResponse(
