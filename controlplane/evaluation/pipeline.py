@@ -487,7 +487,8 @@ class Pipeline:
         responses = await self.decide_many(contexts, policy_types=policy_types, tier=tier,
                                            constitutional_hash=constitutional_hash, explain=explain, echo_input=True)
         for response, ctx in zip(responses, contexts):
-            await self._escalate(response, tier, "batch", ctx)
+            if response.constitutional_compliance.violations:
+                await self._escalate(response, tier, "batch", ctx)
         if self.audit is not None:
             await self.audit.append(batch_audit_record(responses, contexts, tier, batch_id, (time.perf_counter() - started) * 1000))
         return responses
@@ -532,7 +533,7 @@ class Pipeline:
         for response in responses:
             m = response.performance_metrics
             m.total_latency_ms = total_ms
-            m.opa_evaluation_time_ms = round(max(0.0, total_ms - m.groq_inference_time_ms), 4)
+            m.opa_evaluation_time_ms = round(max(0.0, total_ms - m.groq_inference_time_ms), 4) if m.groq_inference_time_ms else total_ms
             m.target_achieved = achieved
         return responses
 
@@ -760,7 +761,8 @@ def batch_audit_record(responses: list[EvaluateResponse], contexts: list[dict[st
     policy_ids: dict[str, None] = {}
     revisions: dict[str, None] = {}
     as_text: dict[int, list[str]] = {}  # the responses of a batch share their applicable-policy list
-    for response, ctx in zip(responses, contexts):
+    evaluation_ids = msgspec.to_builtins([r.evaluation_id for r in responses])  # canonical text, without a str() each
+    for response, ctx, evaluation_id in zip(responses, contexts, evaluation_ids):
         ids = as_text.get(id(response.applicable_policies))
         if ids is None:
             ids = as_text[id(response.applicable_policies)] = [str(p) for p in response.applicable_policies]
@@ -768,7 +770,7 @@ def batch_audit_record(responses: list[EvaluateResponse], contexts: list[dict[st
         revisions[response.bundle_revision] = None
         decision = strictest(decision, response.decision)
         entries.append(EvaluationEntry(
-            evaluation_id=str(response.evaluation_id), decision=response.decision, policy_ids=ids,
+            evaluation_id=evaluation_id, decision=response.decision, policy_ids=ids,
             confidence_score=response.confidence_score, reasons=response.reasons[:50],
             violations=[f"{v.principle}: {v.message}" for v in response.constitutional_compliance.violations],
             input_sha256=digest(ctx), latency_ms=response.performance_metrics.total_latency_ms))
