@@ -7,7 +7,7 @@ import logging
 
 import anyio
 import msgspec
-from litestar import Litestar, Request, Response, get
+from litestar import Litestar, Request, Response
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
@@ -26,6 +26,7 @@ from controlplane.errors import GroqPolicyError
 from controlplane.metrics.http import metrics, timing_middleware
 from controlplane.evaluation.controllers import EvaluationController, GroqController, OpaController
 from controlplane.policies.controllers import PolicyController
+from controlplane.routes import get
 from controlplane.services import Services, ServicesDep
 from controlplane.settings import Settings
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, Response
 from litestar.exceptions import NotFoundException
 from typing import Annotated
 
@@ -13,6 +13,7 @@ from controlplane.agents.status import AgentSummary
 from controlplane.audit.http import trail_of
 from controlplane.audit.ingest import audit_decision_log_events
 from controlplane.auth.guards import requires
+from controlplane.routes import get, post
 from controlplane.services import ServicesDep
 
 

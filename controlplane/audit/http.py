@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from litestar import Controller, get
+from litestar import Controller
 from litestar.params import QueryParameter
 
 from controlplane.audit.records import parse_time
 from controlplane.audit.trail import AuditFilters, AuditPage, AuditQueryError, AuditTrail, AuditUnavailable, VerifyReport
 from controlplane.auth.guards import requires
 from controlplane.policies.schemas import error_responses
+from controlplane.routes import get
 from controlplane.services import Services, ServicesDep
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import anyio
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, Response
 from litestar.exceptions import NotFoundException, ValidationException
 from typing import Annotated
 
@@ -12,6 +12,7 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 from controlplane.auth.guards import principal_of, requires
 from controlplane.bundles.revisions import Revision
 from controlplane.opa_config import AgentConfigOptions, render_agent_config, to_yaml
+from controlplane.routes import get, post
 from controlplane.services import ServicesDep
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import re
 
-from litestar import Controller, Request, Response, get
+from litestar import Controller, Request, Response
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, FromQuery
 
 from controlplane.auth.guards import requires
 from controlplane.bundles.revisions import TARGETS, Revision
+from controlplane.routes import get
 from controlplane.services import ServicesDep
 
 BUNDLE_MEDIA_TYPE = "application/vnd.openpolicyagent.bundles"

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
 
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, Response
 from litestar.datastructures import Cookie
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException
@@ -21,6 +21,7 @@ from controlplane.constitution import CONSTITUTIONAL_HASH
 from controlplane.dashboard import charts
 from controlplane.dashboard.auth import COOKIE, check_token, dashboard_access
 from controlplane.dashboard.data import snapshot
+from controlplane.routes import get, post
 from controlplane.services import ServicesDep
 
 TEMPLATES = Path(__file__).with_name("templates")

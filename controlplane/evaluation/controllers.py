@@ -8,7 +8,7 @@ import uuid
 
 import httpx
 import msgspec
-from litestar import Controller, get, post
+from litestar import Controller
 from litestar.params import JSONBody
 
 from bridge.catalog import CatalogError
@@ -36,6 +36,7 @@ from controlplane.evaluation.schemas import (
 from controlplane.policies import rego
 from controlplane.policies.schemas import error_responses
 from controlplane.policies.service import PolicyInactive, check_hash
+from controlplane.routes import get, post
 from controlplane.services import ServicesDep
 
 MAX_EVALUATE_BODY = 1024 * 1024

@@ -474,7 +474,8 @@ class Pipeline:
         """One evaluation, escalated when the constitution objects and recorded in the audit trail."""
         response = await self.decide(input_context, policy_types=policy_types, tier=tier,
                                      constitutional_hash=constitutional_hash, explain=explain)
-        await self._escalate(response, tier, source, input_context)
+        if response.constitutional_compliance.violations:
+            await self._escalate(response, tier, source, input_context)
         if self.audit is not None:
             await self.audit.append(audit_record(response, tier, source, "", input_context))
         return response
@@ -742,7 +743,7 @@ def audit_record(response: EvaluateResponse, tier: str, source: str, batch_id: s
 
     return AuditRecord(
         source=source, decision=response.decision, evaluation_id=str(response.evaluation_id), batch_id=batch_id,  # type: ignore[arg-type]
-        policy_ids=[str(p) for p in response.applicable_policies], bundle_revisions={"groqpolicy": response.bundle_revision},
+        policy_ids=msgspec.to_builtins(response.applicable_policies), bundle_revisions={"groqpolicy": response.bundle_revision},
         performance_tier=tier, confidence_score=response.confidence_score, reasons=response.reasons[:50],
         violations=[f"{v.principle}: {v.message}" for v in response.constitutional_compliance.violations],
         latency_ms=response.performance_metrics.total_latency_ms,

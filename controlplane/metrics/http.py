@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from litestar import Response, get
+from litestar import Response
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from controlplane.metrics.recorders import HTTP_LATENCY, REGISTRY, child
+from controlplane.routes import get
 from controlplane.services import Services, ServicesDep
 
 

@@ -6,7 +6,7 @@ import uuid
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, delete, get, post, put
+from litestar import Controller
 from litestar.params import Body, FromPath, FromQuery, JSONBody
 
 from controlplane.auth.guards import requires
@@ -21,6 +21,7 @@ from controlplane.policies.schemas import (
     error_responses,
 )
 from controlplane.policies.service import check_hash
+from controlplane.routes import delete, get, post, put
 from controlplane.services import ServicesDep
 
 MAX_POLICY_BODY = 1024 * 1024
