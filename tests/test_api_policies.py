@@ -84,6 +84,21 @@ def test_create_get_list_update_delete(cp):
     assert r.json() == {"error": {"type": "PolicyNotFound", "message": f"policy {other['rule_id']}: not found"}}
 
 
+def test_the_stored_set_is_one_list_until_a_write_changes_it(cp):
+    """The store and the policy service hand out the same list until the set changes (the pipeline
+    keeps its choice of applicable policies per list); a write gives new lists at once."""
+    client, services = cp
+    store, service = services.runtime.store, services.runtime.policies
+    before, active = store.records(), service.active_records()
+    assert store.records() is before and service.active_records() is active
+    rule_id = client.post("/api/v1/policies", json=policy(name="listed")).json()["rule_id"]
+    assert store.records() is not before and service.active_records() is not active
+    assert rule_id in {str(r.rule_id) for r in service.active_records()}
+    r = client.put(f"/api/v1/policies/{rule_id}", json={"constitutional_hash": CONSTITUTIONAL_HASH, "is_active": False})
+    assert r.status_code == 200, r.text
+    assert rule_id in {str(r.rule_id) for r in store.records()} and rule_id not in {str(r.rule_id) for r in service.active_records()}
+
+
 def test_update_changes_the_rego_and_the_evaluator_follows(cp):
     client, services = cp
     rule_id = client.post("/api/v1/policies", json=policy(name="swap")).json()["rule_id"]

@@ -192,3 +192,19 @@ async def test_pre_validation_is_asked_once_per_distinct_request_identity_and_re
     revision[0] = "r2"
     await pipeline.decide_many(contexts, policy_types=[], tier="nano", constitutional_hash=H, explain=False)
     assert len(counting.pre_inputs) == 5
+
+
+async def test_the_applicable_policies_are_worked_out_again_when_the_stored_set_changes(evaluator):
+    """The pipeline keeps its choice of policies per list the provider hands out (the store hands
+    out the same list until a write or a watch update): a new list is a new choice."""
+    current = [record(LIMIT)]
+    pipeline = Pipeline(evaluator, lambda: current, lambda: "r1")
+    ctx = {"principal": "erin", "amount": 5}
+    first = await pipeline.decide(ctx, policy_types=[], tier="nano", constitutional_hash=H, explain=False)
+    again = await pipeline.decide(ctx, policy_types=[], tier="nano", constitutional_hash=H, explain=False)
+    assert first.applicable_policies == again.applicable_policies == [LIMIT] and first.decision == "allow"
+    assert pipeline._applicable([], "nano")[0] is pipeline._applicable([], "nano")[0]
+    current = [msgspec.structs.replace(record(LIMIT), is_active=False)]
+    gone = await pipeline.decide(ctx, policy_types=[], tier="nano", constitutional_hash=H, explain=False)
+    assert gone.applicable_policies == [] and gone.decision == "deny"
+    assert gone.reasons == ["deny: no active policy applies (any type, tier nano or faster)"]

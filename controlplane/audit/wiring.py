@@ -9,6 +9,7 @@ served is both recorded and counted, and one that could not be recorded is neith
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from controlplane.audit.records import AuditRecord, StoredRecord
@@ -49,7 +50,8 @@ def _count_appends(records: list[AuditRecord]) -> None:
 
 
 class RecordingAuditSink:
-    """`append(record)` for the pipeline: record first (spool or JetStream ack), then count the decision."""
+    """`append(record)` for the pipeline: record first (spool or JetStream ack), then count the decision
+    (right after the response)."""
 
     def __init__(self, trail: AuditTrail, durability: str = "ack") -> None:
         self.trail = trail
@@ -70,7 +72,9 @@ class RecordingAuditSink:
         except AuditError:
             record_audit_append("", len(records), failed=True)
             raise
-        _count_decisions(records)
+        # counted at the loop's next turn, once the response is on its way: metrics are not on the
+        # decision's path (a scrape that follows the response still sees them)
+        asyncio.get_running_loop().call_soon(_count_decisions, records)
         return stored
 
 

@@ -311,6 +311,7 @@ class Pipeline:
         # `await ask_model(tier, InferRequest JSON)` -> (status, body, max_age): bridge InferClient.request
         self.ask_model: Callable[[str, bytes], Awaitable[tuple[int, bytes, int]]] | None = None
         self._blocking: dict[tuple[uuid.UUID, int], bool] = {}
+        self._chosen: dict[tuple[Any, ...], tuple[list[PolicyRecord], tuple[list[PolicyRecord], list[PolicyRecord], bool]]] = {}
         # Evaluations that may call http.send hold a WASM instance while the event loop fetches the
         # model's answer. Inline evaluations (pre/post-validation, pure policies) take an instance on
         # the loop thread itself: if blocking ones held every instance, the loop would wait for an
@@ -326,6 +327,23 @@ class Pipeline:
         self._pre_memo: dict[tuple[Any, ...], _PreOutcome] = {}  # _pre_key -> outcome
         # the second thread of chunked evaluations (the loop thread is the first)
         self._helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wasm-chunks")
+
+    def _applicable(self, policy_types: list[str], tier: str) -> tuple[list[PolicyRecord], list[PolicyRecord], bool]:
+        """(the applicable policies, those that cannot call out, whether none can wait on a model),
+        worked out once per set of stored policies (the provider hands out the same list object
+        until the set changes) and request parameters."""
+        records = self.policies()
+        key = (id(records), *policy_types, tier)
+        hit = self._chosen.get(key)
+        if hit is not None and hit[0] is records:
+            return hit[1]
+        chosen = applicable(records, policy_types, tier)
+        pure = [r for r in chosen if not self._may_block(r)]
+        found = (chosen, pure, len(pure) == len(chosen) and all(r.groq_model_config is None for r in chosen))
+        if len(self._chosen) >= 1024:
+            self._chosen.clear()
+        self._chosen[key] = (records, found)
+        return found
 
     def _may_block(self, record: PolicyRecord) -> bool:
         key = (record.rule_id, record.version)
@@ -518,11 +536,10 @@ class Pipeline:
         n = len(contexts)
         pinned = getattr(self.evaluator, "pinned", None)  # a hot swap meanwhile does not split this call over two revisions
         with pinned() if pinned is not None else contextlib.nullcontext(self.evaluator) as evaluator:
-            chosen = applicable(self.policies(), policy_types, tier)
+            chosen, pure, rules_only = self._applicable(policy_types, tier)
             req = _Request(contexts, policy_types, tier, constitutional_hash, explain, echo_input, evaluator,
-                           getattr(evaluator, "revision", None) or self.revision(), chosen,
-                           [r for r in chosen if not self._may_block(r)], uuid4s(n))
-            if all(not self._may_block(r) and r.groq_model_config is None for r in chosen):
+                           getattr(evaluator, "revision", None) or self.revision(), chosen, pure, uuid4s(n))
+            if rules_only:
                 parts = await self._chunked(lambda start, stop: self._finish(req, start, stop, self._rules(req, start, stop)), n)
             else:
                 staged = [s for part in await self._chunked(lambda start, stop: self._rules(req, start, stop), n) for s in part]

@@ -74,6 +74,8 @@ class PolicyService:
         self.lock = asyncio.Lock()
         self._modules: dict[tuple[uuid.UUID, int], str] = {}
         self.reconcile_errors: list[str] = []
+        self._active: list[PolicyRecord] = []
+        self._active_of: list[PolicyRecord] | None = None  # the store's records list `_active` was taken from
 
     # -- the active set ------------------------------------------------------------------------
     def module_of(self, record: PolicyRecord) -> str:
@@ -92,7 +94,12 @@ class PolicyService:
         return {str(rid): self.module_of(r) for rid, r in records.items() if r.is_active}
 
     def active_records(self) -> list[PolicyRecord]:
-        return [r for r in self.store.records() if r.is_active]
+        """The active records; the same list object until the store's records change (do not modify it)."""
+        records = self.store.records()
+        if self._active_of is not records:
+            self._active = [r for r in records if r.is_active]
+            self._active_of = records
+        return self._active
 
     async def _compile(self, modules: dict[str, str], focus: uuid.UUID | None) -> CompiledBundle:
         return await anyio.to_thread.run_sync(lambda: self.bundler.compile(modules, focus=str(focus) if focus else None))

@@ -69,6 +69,7 @@ class PolicyStore:
         self.obs = None
         # rule_id -> (record, KV revision); deleted ids keep their revision to ignore stale updates
         self.view: dict[uuid.UUID, tuple[PolicyRecord, int]] = {}
+        self._records: list[PolicyRecord] | None = None  # records() until the view changes
         self._deleted: dict[uuid.UUID, int] = {}
         self._watch_task: asyncio.Task | None = None
         self._watcher = None
@@ -164,8 +165,10 @@ class PolicyStore:
         if entry.operation in (KV_DEL, KV_PURGE):
             self.view.pop(rule_id, None)
             self._deleted[rule_id] = entry.revision
+            self._records = None
             return True
         self.view[rule_id] = (_decode(entry.value), entry.revision)
+        self._records = None
         return True
 
     # -- writes (each also updates the local view at once: read-your-writes on this replica) ----
@@ -174,6 +177,7 @@ class PolicyStore:
         assert self.kv is not None
         revision = await self.kv.create(key_for(record.rule_id), _encode(record))
         self.view[record.rule_id] = (record, revision)
+        self._records = None
         return revision
 
     @_unavailable
@@ -184,6 +188,7 @@ class PolicyStore:
         except KeyWrongLastSequenceError:
             raise StoreConflict(f"policy {record.rule_id}: changed concurrently (expected KV revision {last}); retry") from None
         self.view[record.rule_id] = (record, revision)
+        self._records = None
         return revision
 
     @_unavailable
@@ -196,6 +201,7 @@ class PolicyStore:
                 raise
             raise StoreConflict(f"policy {rule_id}: changed concurrently (expected KV revision {last}); retry") from None
         self.view.pop(rule_id, None)
+        self._records = None
         if isinstance(revision, int):
             self._deleted[rule_id] = revision
 
@@ -224,7 +230,10 @@ class PolicyStore:
         return [_decode(e.value) for e in entries if e.value and e.operation not in (KV_DEL, KV_PURGE)]
 
     def records(self) -> list[PolicyRecord]:
-        return [rec for rec, _ in self.view.values()]
+        """Every stored record; the same list object until the view changes (do not modify it)."""
+        if self._records is None:
+            self._records = [rec for rec, _ in self.view.values()]
+        return self._records
 
     # -- artifacts -------------------------------------------------------------------------
     @_unavailable
