@@ -3,9 +3,12 @@ the same way (the framework floor) and (b) the OPA agent's REST API on the same 
 throughput. Every server is its own process: nats-server, emulator, inference worker, gateway, the
 control plane (`python -m controlplane.cli serve`), the trivial app, and `opa run --server`.
 
-Offered load: requests are sent on a fixed schedule (`RATE` per second, one keep-alive connection);
-a request that is late because the previous one was slow is measured from its scheduled time, so a
-stall shows up in the p99 instead of silently lowering the load (no coordinated omission).
+Offered load: requests are sent on a fixed schedule (`RATE` per second, one keep-alive connection
+per contender); a request that is late because the previous one was slow is measured from its
+scheduled time, so a stall shows up in the p99 instead of silently lowering the load (no
+coordinated omission). The contenders take turns in blocks (`BLOCKS` each), so that the machine's
+drift during the run reaches all of them alike: measured one after the other in one long window
+each, the floor's own p50 moved by up to 20% between runs and the ratio with it.
 `GROQPOLICY_BENCH_SHORT=1` cuts the run to a few seconds. See benchmarks/README.md (issue 5).
 """
 
@@ -19,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import msgspec
@@ -34,6 +38,8 @@ SHORT = os.environ.get("GROQPOLICY_BENCH_SHORT") == "1"
 REQUESTS = 300 if SHORT else 3000
 RATE = 200.0  # offered load, requests per second
 WARMUP = 50 if SHORT else 300
+BLOCKS = 2 if SHORT else 10  # latency blocks per contender, alternating between contenders
+BLOCK_WARMUP = 20  # unrecorded requests at the start of each block
 BATCH_ROUNDS = 5 if SHORT else 200
 TOKEN = "bench-admin-token-0000000000000"
 H = CONSTITUTIONAL_HASH
@@ -100,49 +106,27 @@ def stack():
         loop.close()
 
 
-async def _offered_load(port: int, path: str, body: bytes, headers: bytes = b"", check=None) -> list[float]:
-    client = HTTPClient(port, headers)
-    await client.connect()
-    try:
-        for _ in range(WARMUP):
-            status, data = await client.post(path, body)
-            assert status == 200, data[:300]
-        if check is not None:
-            check(msgspec.json.decode(data))
-        interval = 1.0 / RATE
-        start = time.perf_counter()
-        latencies = []
-        for i in range(REQUESTS):
-            scheduled = start + i * interval
-            now = time.perf_counter()
-            if now < scheduled:
-                await asyncio.sleep(scheduled - now)
-            status, data = await client.post(path, body)
-            latencies.append(time.perf_counter() - scheduled)
-            assert status == 200, data[:300]
-        return latencies
-    finally:
-        client.close()
+async def _offered_load(client: HTTPClient, path: str, body: bytes, count: int) -> list[float]:
+    """`count` requests at `RATE` per second on a fixed schedule; each latency is measured from the
+    request's scheduled time."""
+    interval = 1.0 / RATE
+    start = time.perf_counter()
+    latencies = []
+    for i in range(count):
+        scheduled = start + i * interval
+        now = time.perf_counter()
+        if now < scheduled:
+            await asyncio.sleep(scheduled - now)
+        status, data = await client.post(path, body)
+        latencies.append(time.perf_counter() - scheduled)
+        assert status == 200, data[:300]
+    return latencies
 
 
 def _stats(latencies: list[float]) -> dict:
     data = sorted(latencies)
     return {"p50_us": round(data[len(data) // 2] * 1e6, 1), "p99_us": round(data[min(len(data) - 1, int(len(data) * 0.99))] * 1e6, 1),
             "requests": len(data), "offered_rps": RATE}
-
-
-def _run(benchmark, stack, port: int, path: str, body: dict, headers: bytes = b"", check=None) -> dict:
-    raw = msgspec.json.encode(body)
-    result: dict = {}
-
-    def once():
-        result.update(_stats(stack["loop"].run_until_complete(_offered_load(port, path, raw, headers, check))))
-
-    benchmark.pedantic(once, rounds=1, iterations=1)
-    benchmark.extra_info.update(result)
-    (stack["tmp"] / f"{benchmark.name}.json").write_text(json.dumps(result))
-    print(f"\n{benchmark.name}: {result}")
-    return result
 
 
 AUTH = b"authorization: Bearer %s\r\n" % TOKEN.encode()
@@ -152,39 +136,76 @@ def _evaluate_body(ctx: dict, ptype: str, tier: str) -> dict:
     return {"input_context": ctx, "policy_types": [ptype], "performance_tier": tier, "constitutional_hash": H}
 
 
-def test_api_floor_trivial_litestar(benchmark, stack):
-    _run(benchmark, stack, stack["floor_port"], "/api/v1/evaluate", _evaluate_body(stack["rules_ctx"], "risk_management", "nano"))
+def _contenders(stack) -> dict[str, tuple[int, str, dict, bytes, Any]]:
+    """name -> (port, path, body, extra headers, check of one answer)."""
+    ids = stack["ids"]
 
+    def rules_allowed(out):
+        assert out["decision"] == "allow" and out["applicable_policies"] == [ids["risk_management"]["rule_id"]]
 
-def test_api_evaluate_rules_nano(benchmark, stack):
-    def check(out):
-        assert out["decision"] == "allow" and out["applicable_policies"] == [stack["ids"]["risk_management"]["rule_id"]]
-
-    _run(benchmark, stack, stack["cp_port"], "/api/v1/evaluate", _evaluate_body(stack["rules_ctx"], "risk_management", "nano"), AUTH, check)
-
-
-def test_api_evaluate_model_cached_fast(benchmark, stack):
-    def check(out):
+    def model_cached(out):
         assert out["performance_metrics"]["model_calls"] == 1, out
         assert out["policy_results"][0]["groq_inference_result"][0]["cached"] is True, out
 
-    _run(benchmark, stack, stack["cp_port"], "/api/v1/evaluate", _evaluate_body(stack["model_ctx"], "ethical_constraints", "fast"), AUTH, check)
-
-
-def test_api_opa_rest_rules(benchmark, stack):
-    def check(out):
+    def opa_rules(out):
         assert out["result"]["decision"] == "allow"
 
-    _run(benchmark, stack, stack["agent_port"], f"/v1/data/{stack['ids']['risk_management']['entrypoint']}",
-         {"input": stack["rules_ctx"]}, b"", check)
-
-
-def test_api_opa_rest_model_cached(benchmark, stack):
-    def check(out):
+    def opa_model(out):
         assert out["result"]["decision"] in ("allow", "review", "deny")
 
-    _run(benchmark, stack, stack["agent_port"], f"/v1/data/{stack['ids']['ethical_constraints']['entrypoint']}",
-         {"input": stack["model_ctx"]}, b"", check)
+    rules = _evaluate_body(stack["rules_ctx"], "risk_management", "nano")
+    return {
+        "floor_trivial_litestar": (stack["floor_port"], "/api/v1/evaluate", rules, b"", None),
+        "evaluate_rules_nano": (stack["cp_port"], "/api/v1/evaluate", rules, AUTH, rules_allowed),
+        "evaluate_model_cached_fast": (stack["cp_port"], "/api/v1/evaluate", _evaluate_body(stack["model_ctx"], "ethical_constraints", "fast"),
+                                       AUTH, model_cached),
+        "opa_rest_rules": (stack["agent_port"], f"/v1/data/{ids['risk_management']['entrypoint']}", {"input": stack["rules_ctx"]}, b"", opa_rules),
+        "opa_rest_model_cached": (stack["agent_port"], f"/v1/data/{ids['ethical_constraints']['entrypoint']}", {"input": stack["model_ctx"]},
+                                  b"", opa_model),
+    }
+
+
+def test_api_latency_side_by_side(benchmark, stack):
+    """Every contender at `RATE` requests/s, in `BLOCKS` alternating blocks: the floor, then each of the
+    others, again and again, so that the machine's drift over the run reaches all of them alike. Each
+    block opens a new connection and starts with a few unrecorded requests."""
+    contenders = _contenders(stack)
+    result: dict = {}
+
+    async def run() -> None:
+        clients = {}
+        latencies: dict[str, list[float]] = {name: [] for name in contenders}
+        try:
+            for name, (port, path, body, headers, check) in contenders.items():
+                clients[name] = client = HTTPClient(port, headers)
+                await client.connect()
+                raw = msgspec.json.encode(body)
+                for _ in range(WARMUP):
+                    status, data = await client.post(path, raw)
+                    assert status == 200, data[:300]
+                if check is not None:
+                    check(msgspec.json.decode(data))
+            for _ in range(BLOCKS):
+                for name, (port, path, body, headers, check) in contenders.items():
+                    raw = msgspec.json.encode(body)
+                    # a fresh connection: servers close one left idle for seconds while the others ran
+                    clients[name].close()
+                    await clients[name].connect()
+                    for _ in range(BLOCK_WARMUP):
+                        await clients[name].post(path, raw)
+                    latencies[name] += await _offered_load(clients[name], path, raw, REQUESTS // BLOCKS)
+        finally:
+            for client in clients.values():
+                client.close()
+        floor = _stats(latencies["floor_trivial_litestar"])["p50_us"]
+        for name, lat in latencies.items():
+            result[name] = {**_stats(lat), "p50_over_floor": round(_stats(lat)["p50_us"] / floor, 3)}
+
+    benchmark.pedantic(lambda: stack["loop"].run_until_complete(run()), rounds=1, iterations=1)
+    benchmark.extra_info.update(result)
+    (stack["tmp"] / "latency.json").write_text(json.dumps(result))
+    for name, row in result.items():
+        print(f"\n{name}: {row}")
 
 
 def _batch_rounds(benchmark, stack, bodies: list[bytes]) -> None:

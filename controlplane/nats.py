@@ -74,7 +74,10 @@ class NatsConnection:
             try:
                 await nc.drain()
             except Exception:  # noqa: BLE001 - closing anyway
-                await nc.close()
+                try:
+                    await nc.close()
+                except Exception as exc:  # noqa: BLE001 - e.g. the server is gone and publishes were pending
+                    log.warning("NATS: closing the connection failed (%r); dropping it", exc)
         if self.embedded is not None:
             await anyio.to_thread.run_sync(self.embedded.stop)
             self.embedded = None

@@ -7,6 +7,7 @@ the append but before the spool's cursor moved (then it must not be appended twi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import httpx
@@ -131,6 +132,37 @@ async def test_a_record_too_large_for_nats_is_refused_before_it_can_block_the_qu
         await nc.close()
 
 
+@pytest.mark.parametrize("linger", [0.0, 0.5])
+async def test_records_spooled_while_the_writer_lingers_share_one_append(nats_server, tmp_path, linger):
+    """The writer takes spooled records `spool_linger_s` after the first one arrives (the response
+    goes out first): records submitted meanwhile, by other requests, share its append; without the
+    linger the first goes alone."""
+    nc, trail = await _trail(nats_server.extra["url"], tmp_path / "s", spool_linger_s=linger)
+    appends: list[int] = []
+    publish = trail._publish_batch
+
+    async def counting(chunk, seq):
+        appends.append(len(chunk))
+        return await publish(chunk, seq)
+
+    trail._publish_batch = counting
+    try:
+        trail.submit([rec(evaluation_id="first")])
+        for _ in range(3):
+            await asyncio.sleep(0)  # the writer has started: it appends now, or waits out its linger
+        if not linger:
+            deadline = time.monotonic() + 10
+            while not appends and time.monotonic() < deadline:
+                await asyncio.sleep(0.001)
+        trail.submit([rec(evaluation_id="second")])
+        await trail.flush()
+        assert appends == ([1, 1] if linger == 0 else [2])
+        assert [s.record.evaluation_id for s in (await trail.list(limit=10)).records] == ["first", "second"]
+    finally:
+        await trail.close()
+        await nc.close()
+
+
 async def test_records_spooled_while_jetstream_is_down_land_after_a_restart(tmp_path):
     store = tmp_path / "nats"
     ns = start_nats(store)
@@ -146,7 +178,8 @@ async def test_records_spooled_while_jetstream_is_down_land_after_a_restart(tmp_
     with pytest.raises(AuditUnavailable, match=r"still waiting for JetStream"):
         await trail.flush(timeout=0.3)
     await trail.close()  # gives up after close_drain_s: the spool keeps them
-    await nc.close()
+    with contextlib.suppress(ConnectionError):  # nats-py: publishes still pending for a dead server
+        await nc.close()
     ns = start_nats(store, port=port)
     try:
         nc, trail = await _trail(ns.extra["url"], tmp_path / "s")

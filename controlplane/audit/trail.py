@@ -76,6 +76,10 @@ NO_MESSAGE_FOUND = 10037
 READ_BATCH = 256
 MAX_SCAN = 100_000  # records one list call examines before handing back a cursor
 MAX_BATCH = 256  # records one atomic batch carries (the server allows up to 1000)
+# Spooled records wait this long before the writer takes them (unless a batch is full): the
+# response that the spool write let go first reaches its client before the writer and nats-server
+# claim the CPU, and records arriving meanwhile share one append.
+SPOOL_LINGER_S = 0.002
 MAX_BACKLOG = 100_000  # spooled records waiting for JetStream before new ones are refused
 # Larger records are refused up front: NATS refuses messages above max_payload (1 MiB by default),
 # and a record that can never be stored would block every record queued behind it.
@@ -182,6 +186,7 @@ class AuditTrail:
         max_backlog: int = MAX_BACKLOG,
         on_spooled_stored: Callable[[list[AuditRecord]], None] | None = None,
         close_drain_s: float = CLOSE_DRAIN_S,
+        spool_linger_s: float = SPOOL_LINGER_S,
     ) -> None:
         self.nc = nc
         self.stream = stream
@@ -195,6 +200,7 @@ class AuditTrail:
         self.spool = spool
         self.max_backlog = max_backlog
         self.close_drain_s = close_drain_s
+        self.spool_linger_s = spool_linger_s
         self.on_spooled_stored = on_spooled_stored  # metrics: spooled records once JetStream has them
         # (record, future of an awaiting caller | None for a spooled record)
         self._queue: list[tuple[AuditRecord, asyncio.Future | None]] = []
@@ -367,6 +373,9 @@ class AuditTrail:
     async def _drain(self) -> None:
         failures = 0
         while self._queue:
+            if (self.spool_linger_s and not self._closing and len(self._queue) < MAX_BATCH
+                    and all(fut is None for _, fut in self._queue)):
+                await asyncio.sleep(self.spool_linger_s)
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
             try:
                 stored = await self._write([r for r, _ in batch])
