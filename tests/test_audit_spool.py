@@ -15,6 +15,7 @@ import nats
 import pytest
 
 from controlplane.audit import AuditRecord, AuditTrail, AuditUnavailable
+from controlplane.audit.records import EvaluationEntry
 from controlplane.audit.spool import AuditSpool, SpoolError
 from controlplane.constitution import CONSTITUTIONAL_HASH
 from controlplane.processes import start_nats
@@ -132,11 +133,12 @@ async def test_a_record_too_large_for_nats_is_refused_before_it_can_block_the_qu
         await nc.close()
 
 
-@pytest.mark.parametrize("linger", [0.0, 0.5])
-async def test_records_spooled_while_the_writer_lingers_share_one_append(nats_server, tmp_path, linger):
+@pytest.mark.parametrize("linger, first_entries, appends_wanted", [(0.0, 0, [1, 1]), (0.5, 0, [2]), (0.5, 100, [1, 1])])
+async def test_records_spooled_while_the_writer_lingers_share_one_append(nats_server, tmp_path, linger, first_entries, appends_wanted):
     """The writer takes spooled records `spool_linger_s` after the first one arrives (the response
-    goes out first): records submitted meanwhile, by other requests, share its append; without the
-    linger the first goes alone."""
+    goes out first): records submitted meanwhile, by other requests, share its append. Without the
+    linger, or when the first is a batch request's record (SPOOL_LINGER_FULL evaluations or more),
+    the first goes alone and at once."""
     nc, trail = await _trail(nats_server.extra["url"], tmp_path / "s", spool_linger_s=linger)
     appends: list[int] = []
     publish = trail._publish_batch
@@ -146,8 +148,9 @@ async def test_records_spooled_while_the_writer_lingers_share_one_append(nats_se
         return await publish(chunk, seq)
 
     trail._publish_batch = counting
+    entries = [EvaluationEntry(evaluation_id=str(i), decision="allow") for i in range(first_entries)]
     try:
-        trail.submit([rec(evaluation_id="first")])
+        trail.submit([rec(evaluation_id="first", evaluations=entries)])
         for _ in range(3):
             await asyncio.sleep(0)  # the writer has started: it appends now, or waits out its linger
         if not linger:
@@ -156,7 +159,7 @@ async def test_records_spooled_while_the_writer_lingers_share_one_append(nats_se
                 await asyncio.sleep(0.001)
         trail.submit([rec(evaluation_id="second")])
         await trail.flush()
-        assert appends == ([1, 1] if linger == 0 else [2])
+        assert appends == appends_wanted
         assert [s.record.evaluation_id for s in (await trail.list(limit=10)).records] == ["first", "second"]
     finally:
         await trail.close()
