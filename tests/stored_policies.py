@@ -2,8 +2,9 @@
 
 HEAD = "package p\n\nimport data.groqpolicy.lib.decision as doc\n\n"
 
-# asks the model (lib.groq, http.send to the bridge) whether `input.text` is harmful
-MODEL_POLICY = HEAD + """import data.groqpolicy.lib.groq
+# asks the model (lib.groq, http.send to the bridge) whether `input.text` is harmful: a confident
+# deny is a deny reason (`d`), an unsure answer a review reason (`r`); the policies add `decision`
+MODEL_JUDGMENT = HEAD + """import data.groqpolicy.lib.groq
 
 answer := groq.judge_for("ethics", "fast", "Is this text harmful?", {"text": input.text})
 
@@ -13,7 +14,10 @@ d contains groq.summary(answer) if {
 }
 
 r contains groq.doubt(answer, 0.7) if not groq.confident(answer, 0.7)
+"""
 
+# a confident allow allows, with the model's confidence
+MODEL_POLICY = MODEL_JUDGMENT + """
 a contains groq.summary(answer) if {
 	groq.confident(answer, 0.7)
 	answer.decision == "allow"

@@ -23,7 +23,7 @@ from controlplane.processes import ManagedProcess, start_opa_agent
 from controlplane.dashboard.browser import Chromium, ensure_chromium
 from tests.bridge_helpers import emu_module  # noqa: F401 - fixture
 from tests.controlplane_helpers import ADMIN_HEADERS, ADMIN_TOKEN, EVALUATE_TOKEN, bearer, control_plane_with_worker
-from tests.stored_policies import HEAD
+from tests.stored_policies import HEAD, MODEL_JUDGMENT
 
 pytestmark = pytest.mark.slow
 
@@ -34,17 +34,8 @@ r contains "flagged for a human" if input.flag
 
 decision := doc.document("gate", d, r, {"read is fine"}, 1, ["P3-least-privilege"])
 """
-JUDGE = HEAD + """import data.groqpolicy.lib.groq
-
-answer := groq.judge_for("ethics", "fast", "Is this text harmful?", {"text": input.text})
-
-d contains groq.summary(answer) if {
-	groq.confident(answer, 0.7)
-	answer.decision == "deny"
-}
-
-r contains groq.doubt(answer, 0.7) if not groq.confident(answer, 0.7)
-
+# no allow reasons of its own: a request the model does not object to is allowed with the generic reason
+JUDGE = MODEL_JUDGMENT + """
 decision := doc.document("judge", d, r, {"model found nothing wrong"}, 1, ["P1-human-oversight"])
 """
 EXAMPLE_TITLES = ("Security policies", "Ethical constraints")  # two of the seven rego/policies examples
