@@ -82,6 +82,7 @@ _RANK = {"allow": 0, "review": 1, "deny": 2}
 _encode = msgspec.json.Encoder(order="deterministic").encode
 _TIER_RANK = {t: i for i, t in enumerate(TIERS)}
 _T = TypeVar("_T")
+_O = TypeVar("_O")
 
 
 class AuditSink(Protocol):
@@ -226,7 +227,7 @@ def _pre_key(revision: str, constitutional_hash: str, context: dict[str, Any]) -
 
 
 def _post_input(key: tuple[Any, ...]) -> dict[str, Any]:
-    """The constitution's post-validation input for a memo key of `decide_many`."""
+    """The constitution's post-validation input for its memo key (built in `_finish`)."""
     _, constitutional_hash, decision, confidence, model_based, reasons, oversight = key
     proposed = {"decision": decision, "reasons": list(reasons), "confidence": confidence,
                 "constitutional_hash": CONSTITUTIONAL_HASH, "model_based": model_based}
@@ -578,33 +579,47 @@ class Pipeline:
         return staged
 
     def _pre_validations(self, req: _Request, chunk: list[dict[str, Any]]) -> list[_PreOutcome]:
-        """Stage 2 for `chunk`: a pre-validation outcome per context. A pure function of
-        `pre_input` and the revision: answers are memoised, identical misses evaluated once; one
-        that could not run is a deny (and not memoised)."""
-        outcomes: list[Any] = [None] * len(chunk)
+        """Stage 2 for `chunk`: a pre-validation outcome per context, a pure function of
+        `pre_input` and the revision (`_constitution_stage`)."""
+        h = req.constitutional_hash
+        outcomes, _ = self._constitution_stage(
+            req.evaluator, self._pre_memo, PRE_MEMO_SIZE, [_pre_key(req.revision, h, ctx) for ctx in chunk],
+            lambda key, j: pre_input(chunk[j], h), PRE, PRE_MANY, "pre-validation", _PreOutcome)
+        return outcomes
+
+    def _constitution_stage(self, evaluator: Any, memo: dict[tuple[Any, ...], _O], memo_size: int,
+                            keys: list[tuple[Any, ...] | None], input_of: Callable[[tuple[Any, ...], int], Any],
+                            single: str, many: str, stage: str, outcome_of: Callable[[Any], _O]) -> tuple[list[_O | None], list[float]]:
+        """A constitution entrypoint (pre- or post-validation) for items given by their memo keys
+        (None: the item skips the stage): its outcome per item, and the WASM µs each item cost.
+
+        The answer is a pure function of the key (which includes the revision): a memoised one
+        costs nothing; each missing key is evaluated once (`input_of(key, first item with it)`), all
+        of them in one batched call, and its time is shared among them. An evaluation that could
+        not run is a deny and is not memoised. Bounded: the memo is cleared when full."""
+        outcomes: list[_O | None] = [None if key is None else memo.get(key) for key in keys]
+        costs = [0.0] * len(keys)
         misses: dict[tuple[Any, ...], list[int]] = {}
-        memo = self._pre_memo
-        revision, constitutional_hash = req.revision, req.constitutional_hash
-        for j, ctx in enumerate(chunk):
-            key = _pre_key(revision, constitutional_hash, ctx)
-            outcomes[j] = hit = memo.get(key)
-            if hit is None:
+        for j, key in enumerate(keys):
+            if key is not None and outcomes[j] is None:
                 misses.setdefault(key, []).append(j)
         if misses:
-            keys = list(misses)
-            inputs = [pre_input(chunk[misses[key][0]], constitutional_hash) for key in keys]
-            values, errors = self._run(req.evaluator, PRE, PRE_MANY, inputs, wrapped=False)
-            for key, doc, err in zip(keys, values, errors):
+            missing = list(misses)
+            t0 = time.perf_counter_ns()
+            values, errors = self._run(evaluator, single, many, [input_of(key, misses[key][0]) for key in missing], wrapped=False)
+            us = (time.perf_counter_ns() - t0) / 1000 / len(missing)
+            for key, doc, err in zip(missing, values, errors):
                 if err:
-                    doc = {"decision": "deny", "reasons": [f"deny: constitutional pre-validation could not run: {err}"], "confidence": 1}
-                outcome = _PreOutcome(doc)
+                    doc = {"decision": "deny", "reasons": [f"deny: constitutional {stage} could not run: {err}"], "confidence": 1}
+                outcome = outcome_of(doc)
                 if not err and isinstance(doc, dict):
-                    if len(memo) >= PRE_MEMO_SIZE:
+                    if len(memo) >= memo_size:
                         memo.clear()
                     memo[key] = outcome
                 for j in misses[key]:
                     outcomes[j] = outcome
-        return outcomes
+                    costs[j] = us
+        return outcomes, costs
 
     async def _model_stage(self, req: _Request, staged: list[_Staged]) -> None:
         """Stage 3 for what may wait on a model, concurrently: the pure policies whose document asks
@@ -636,8 +651,7 @@ class Pipeline:
         results_of: list[list[PolicyResult]] = []
         model_s = [0.0] * size
         wasm_us = [s.wasm_us for s in staged]
-        posts: list[_PostOutcome | None] = [None] * size
-        misses: dict[tuple[Any, ...], list[int]] = {}  # post-validation not memoised yet: the contexts proposing it
+        post_keys: list[tuple[Any, ...] | None] = [None] * size  # what post-validation's answer depends on
         for j, s in enumerate(staged):
             results: list[PolicyResult] = []
             results_of.append(results)
@@ -675,28 +689,13 @@ class Pipeline:
             confidences.append(confidence)
             reasons_of.append(reasons)
             oversight = req.contexts[start + j].get("oversight")
-            # 5 post-validation is a pure function of this key and the revision: memoised
-            key = (req.revision, req.constitutional_hash, decision, confidence, model_based, tuple(reasons),
-                   _encode(oversight) if isinstance(oversight, dict) else None)
-            posts[j] = hit = self._post_memo.get(key)
-            if hit is None:
-                misses.setdefault(key, []).append(j)
-        if misses:
-            keys = list(misses)
-            t0 = time.perf_counter_ns()
-            values, errs = self._run(req.evaluator, POST, POST_MANY, [_post_input(key) for key in keys], wrapped=False)
-            us = (time.perf_counter_ns() - t0) / 1000 / len(keys)
-            for key, doc, err in zip(keys, values, errs):
-                if err:
-                    doc = {"decision": "deny", "reasons": [f"deny: constitutional post-validation could not run: {err}"], "confidence": 1}
-                outcome = _PostOutcome.of(doc)
-                for j in misses[key]:
-                    posts[j] = outcome
-                    wasm_us[j] += us
-                if not err and isinstance(doc, dict):
-                    if len(self._post_memo) >= POST_MEMO_SIZE:
-                        self._post_memo.clear()
-                    self._post_memo[key] = outcome
+            post_keys[j] = (req.revision, req.constitutional_hash, decision, confidence, model_based, tuple(reasons),
+                            _encode(oversight) if isinstance(oversight, dict) else None)
+        # 5 post-validation of what each context's policies propose
+        posts, costs = self._constitution_stage(req.evaluator, self._post_memo, POST_MEMO_SIZE, post_keys,
+                                                lambda key, j: _post_input(key), POST, POST_MANY, "post-validation", _PostOutcome.of)
+        for j, us in enumerate(costs):
+            wasm_us[j] += us
         # 6 responses
         tier, target, chosen_ids = req.tier, TIER_TARGET_MS[req.tier], [r.rule_id for r in req.chosen]
         responses = []
