@@ -142,15 +142,21 @@ def strictest(a: str, b: str) -> str:
     return a if _RANK.get(a, 2) >= _RANK.get(b, 2) else b
 
 
+def _confidence(value: Any) -> float | None:
+    """A confidence as the constitution takes it: a number in [0, 1] (not a boolean), else None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1:
+        return float(value)
+    return None
+
+
 def normalise(value: Any, name: str) -> tuple[str, float, list[str]]:
     """(decision, confidence, reasons) from whatever a policy returned; anything unusable is deny."""
     if value is UNDEFINED:
         return "deny", 0.0, [f"deny: policy {name!r}: decision is undefined"]
     if isinstance(value, dict) and value.get("decision") in _RANK:
-        conf = value.get("confidence")
-        ok = isinstance(conf, (int, float)) and not isinstance(conf, bool) and 0 <= conf <= 1
+        conf = _confidence(value.get("confidence"))
         reasons = [r for r in value.get("reasons") or [] if isinstance(r, str)]
-        return value["decision"], float(conf) if ok else 0.0, reasons
+        return value["decision"], 0.0 if conf is None else conf, reasons
     if isinstance(value, str) and value in _RANK:
         return value, 1.0, [f"{value}: policy {name!r} decided {value}" if value != "allow" else f"policy {name!r} decided allow"]
     if isinstance(value, bool):
@@ -262,10 +268,8 @@ class _PostOutcome:
         if not isinstance(doc, dict):
             return cls("deny", [], None, None)
         reasons = doc.get("reasons")
-        c = doc.get("confidence")
-        ok = isinstance(c, (int, float)) and not isinstance(c, bool) and 0 <= c <= 1
         return cls(doc.get("decision", "deny"), _violations(doc, "post_validation"),
-                   [r for r in reasons if isinstance(r, str)] if isinstance(reasons, list) else None, float(c) if ok else None)
+                   [r for r in reasons if isinstance(r, str)] if isinstance(reasons, list) else None, _confidence(doc.get("confidence")))
 
 
 class _Request:
