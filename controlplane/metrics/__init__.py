@@ -4,10 +4,10 @@ middleware and the `/metrics` endpoint (`http`), gauges read from the services a
 from controlplane.metrics.recorders import (
     REGISTRY,
     record_audit_append,
-    record_decision,
+    record_decisions,
     record_escalation,
     record_inference,
     record_reply,
 )
 
-__all__ = ["REGISTRY", "record_audit_append", "record_decision", "record_escalation", "record_inference", "record_reply"]
+__all__ = ["REGISTRY", "record_audit_append", "record_decisions", "record_escalation", "record_inference", "record_reply"]

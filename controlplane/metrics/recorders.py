@@ -73,12 +73,6 @@ def child(metric: Any, *labels: str) -> Any:
     return found
 
 
-def record_decision(outcome: str, tier: str, latency_s: float, *, source: str = "api", target_achieved: bool | None = None) -> None:
-    """One evaluation's outcome (allow | deny | review) and end-to-end latency in seconds."""
-    record_decisions({outcome: 1}, tier, latency_s, source=source, met=int(target_achieved is True),
-                     missed=int(target_achieved is False))
-
-
 def record_decisions(outcomes: dict[str, int], tier: str, latency_s: float, *, source: str, met: int, missed: int) -> None:
     """One request's evaluations (a batch's, or one): counts per outcome, tier targets met and
     missed, one latency observation (the request's)."""
