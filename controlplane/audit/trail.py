@@ -164,6 +164,11 @@ class _Rejected(Exception):
         self.err_code = err_code
 
 
+def _check_source(record: AuditRecord) -> None:
+    if record.source not in SOURCES:
+        raise AuditError(f"audit record: source {record.source!r} unknown (expected one of {', '.join(SOURCES)})")
+
+
 def _check_size(record: AuditRecord, size: int) -> None:
     if size > MAX_RECORD_BYTES:
         what = f"batch {record.batch_id} ({len(record.evaluations)} evaluations)" if record.evaluations else f"record {record.record_id}"
@@ -279,8 +284,7 @@ class AuditTrail:
     async def append_many(self, records: list[AuditRecord]) -> list[StoredRecord]:
         """Store records in order (consecutive in the chain unless another writer interleaves)."""
         for r in records:
-            if r.source not in SOURCES:
-                raise AuditError(f"audit record: source {r.source!r} unknown (expected one of {', '.join(SOURCES)})")
+            _check_source(r)
             _check_size(r, len(msgspec.json.encode(r)))
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in records]
@@ -296,8 +300,7 @@ class AuditTrail:
         if self.spool is None:
             raise AuditError("audit trail: write-behind appends need a spool (GROQPOLICY_AUDIT_DURABILITY=spool)")
         for r in records:
-            if r.source not in SOURCES:
-                raise AuditError(f"audit record: source {r.source!r} unknown (expected one of {', '.join(SOURCES)})")
+            _check_source(r)
         if self._closing:
             raise AuditUnavailable("audit trail: shutting down, not taking new records")
         if self._spooled + len(records) > self.max_backlog:
