@@ -5,11 +5,12 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help run test test-fast tools bench bench-ci clean venv
+.PHONY: help run test test-fast lint tools bench bench-ci clean venv
 
 help:
 	@echo "make run       set up everything and start the whole system on embedded defaults"
 	@echo "make test      set up everything and run the full test suite (slow end-to-end tests included)"
+	@echo "make lint      ruff, mypy and the layer contracts on product code"
 	@echo "make bench     run the benchmark suite (full)"
 	@echo "make bench-ci  run the benchmark suite in its short mode and print the table"
 	@echo "make tools     provide opa (pinned) and nats-server"
@@ -24,7 +25,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 tools: $(STAMP)
-	$(PY) -m controlplane.toolchain ensure
+	$(PY) -m controlplane.infra.toolchain ensure
 
 run: tools
 	$(VENV)/bin/groqpolicy up
@@ -32,6 +33,11 @@ run: tools
 test: tools
 	$(PY) -m controlplane.dashboard.browser ensure
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check controlplane bridge
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 test-fast: tools
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -1,7 +1,7 @@
 """`/api/v1/evaluate` latency at a fixed offered load, next to (a) a trivial Litestar handler served
 the same way (the framework floor) and (b) the OPA agent's REST API on the same policy; plus batch
 throughput. Every server is its own process: nats-server, emulator, inference worker, gateway, the
-control plane (`python -m controlplane.cli serve`), the trivial app, and `opa run --server`.
+control plane (`python -m controlplane.ops.cli serve`), the trivial app, and `opa run --server`.
 
 Offered load: requests are sent on a fixed schedule (`RATE` per second, one keep-alive connection
 per contender); a request that is late because the previous one was slow is measured from its
@@ -29,8 +29,8 @@ import msgspec
 import pytest
 
 from benchmarks.harness import HTTPClient, spawn
-from controlplane.constitution import CONSTITUTIONAL_HASH
-from controlplane.processes import free_port, start_nats, start_opa_agent, wait_for_port
+from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
+from controlplane.infra.processes import free_port, start_nats, start_opa_agent, wait_for_port
 from tests.policy_examples import load_policy_examples
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,14 +59,14 @@ def stack():
         emu_port, gw_port, cp_port, floor_port, agent_port = (free_port() for _ in range(5))
         procs.append(spawn([sys.executable, "-m", "bridge.emulator", "--port", str(emu_port)], tmp / "emu.log", env))
         wait_for_port(emu_port, proc=procs[-1])
-        procs.append(spawn([sys.executable, "-m", "bridge.worker"], tmp / "worker.log",
+        procs.append(spawn([sys.executable, "-m", "bridge.inference.worker"], tmp / "worker.log",
                             dict(env, NATS_URL=url, GROQPOLICY_EMULATOR_URL=f"http://127.0.0.1:{emu_port}")))
-        procs.append(spawn([sys.executable, "-m", "bridge.gateway", "--port", str(gw_port)], tmp / "gw.log", dict(env, NATS_URL=url)))
+        procs.append(spawn([sys.executable, "-m", "bridge.inference.gateway", "--port", str(gw_port)], tmp / "gw.log", dict(env, NATS_URL=url)))
         wait_for_port(gw_port, proc=procs[-1])
         cp_env = dict(env, GROQPOLICY_NATS_URL=url, GROQPOLICY_TOKENS=f"bench={TOKEN}:admin+evaluate+agent",
                       GROQPOLICY_RATE_LIMIT="off", GROQPOLICY_BRIDGE_URL=f"http://127.0.0.1:{gw_port}",
                       GROQPOLICY_OPA_URL=f"http://127.0.0.1:{agent_port}")
-        procs.append(spawn([sys.executable, "-m", "controlplane.cli", "serve", "--port", str(cp_port), "--state-dir",
+        procs.append(spawn([sys.executable, "-m", "controlplane.ops.cli", "serve", "--port", str(cp_port), "--state-dir",
                              str(tmp / "state"), "--log-level", "warning"], tmp / "cp.log", cp_env))
         wait_for_port(cp_port, timeout=90, proc=procs[-1])
         procs.append(spawn([sys.executable, "-m", "benchmarks.api.trivial_app", str(floor_port)], tmp / "floor.log", env))

@@ -28,8 +28,8 @@ import nats
 import pytest
 
 from benchmarks.harness import HTTPClient, spawn
-from bridge.wire import BUDGET_HEADER, InferRequest
-from controlplane.processes import free_port, start_nats, wait_for_port
+from bridge.inference.wire import BUDGET_HEADER, InferRequest
+from controlplane.infra.processes import free_port, start_nats, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SHORT = os.environ.get("GROQPOLICY_BENCH_SHORT") == "1"
@@ -69,9 +69,9 @@ def stack():
         procs.append(spawn([sys.executable, "-m", "bridge.emulator", "--port", str(emu_port)], tmp / "emu.log", env))
         wait_for_port(emu_port, proc=procs[-1])
         wenv = dict(env, NATS_URL=url, GROQPOLICY_EMULATOR_URL=f"http://127.0.0.1:{emu_port}")
-        procs.append(spawn([sys.executable, "-m", "bridge.worker"], tmp / "worker.log", wenv))
+        procs.append(spawn([sys.executable, "-m", "bridge.inference.worker"], tmp / "worker.log", wenv))
         gw_port = free_port()
-        procs.append(spawn([sys.executable, "-m", "bridge.gateway", "--port", str(gw_port)], tmp / "gw.log", dict(env, NATS_URL=url)))
+        procs.append(spawn([sys.executable, "-m", "bridge.inference.gateway", "--port", str(gw_port)], tmp / "gw.log", dict(env, NATS_URL=url)))
         wait_for_port(gw_port, proc=procs[-1])
         nc = loop.run_until_complete(nats.connect(url))
         # wait for the worker, then prime the cache entry every *_hit benchmark reads
@@ -168,8 +168,8 @@ def test_bridge_gateway_model_call(benchmark, stack):
 def test_bridge_sdk_emulator_call(benchmark, stack):
     import groq
 
-    from bridge.wire import VERDICT_JSON_SCHEMA
-    from bridge.worker.prompts import render
+    from bridge.inference.prompts import render
+    from bridge.inference.wire import VERDICT_JSON_SCHEMA
 
     loop = stack["loop"]
     client = groq.AsyncGroq(base_url=stack["emulator_url"], api_key="bench", max_retries=0)
@@ -187,10 +187,10 @@ def test_bridge_sdk_emulator_call(benchmark, stack):
 
 
 def test_bridge_l1_lookup(benchmark):
-    from bridge.catalog import default_catalog
-    from bridge.wire import InferReply
-    from bridge.worker.cache import cache_key
-    from bridge.worker.engine import EngineSettings, InferenceEngine
+    from bridge.inference.cache import cache_key
+    from bridge.inference.catalog import default_catalog
+    from bridge.inference.wire import InferReply
+    from bridge.inference.worker.engine import EngineSettings, InferenceEngine
 
     engine = InferenceEngine(client=None, catalog=default_catalog(), emulated=True, settings=EngineSettings())  # type: ignore[arg-type]
     req = msgspec.json.decode(HIT_BODY, type=InferRequest)

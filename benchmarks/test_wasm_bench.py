@@ -1,7 +1,7 @@
 """Issue 3 benchmarks: per-evaluation latency of the same policies, data and inputs, side by side in
 one pytest process:
 
-- groqpolicy    this repo's in-process OPA-WASM evaluator (bridge.wasm.WasmPolicy)
+- groqpolicy    this repo's in-process OPA-WASM evaluator (bridge.opawasm.WasmPolicy)
 - opa-rest      a real `opa run --server` on localhost, POST /v1/data/<path> over a keep-alive client
 - regopy        rego-cpp's Python binding, on a prepared (built) bundle
 - opa-py-wasm   the PyPI OPA-WASM SDK (wasmtime-py's regular call path)
@@ -28,8 +28,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent / "wasm"))
 from wasm_bench_common import POLICIES, IsolatedWasmtime, build, ensure_opa_py_wasm, peer_builtins  # noqa: E402
 
-from bridge.wasm import WasmPolicy  # noqa: E402
-from controlplane.toolchain import opa_binary  # noqa: E402
+from bridge.opawasm import WasmPolicy  # noqa: E402
+from controlplane.infra.toolchain import opa_binary  # noqa: E402
 
 SHORT = os.environ.get("GROQPOLICY_BENCH_SHORT") == "1"
 ROUNDS = {"groqpolicy": 3000 if SHORT else 50000, "regopy": 2000 if SHORT else 20000,

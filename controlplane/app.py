@@ -6,48 +6,40 @@ import gc
 import logging
 
 import anyio
-import msgspec
 from litestar import Litestar, Request, Response
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 
-from controlplane.agents.http import AgentIngest, AgentQueries
-from controlplane.audit.http import AuditApi
+from bridge.kernel.config import Settings
+from bridge.kernel.errors import GroqPolicyError, error_document
+from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
+from controlplane.agents.controllers import AgentIngest, AgentQueries
+from controlplane.audit.controllers import AuditApi
 from controlplane.audit.wiring import start_audit, stop_audit
 from controlplane.auth.guards import check_routes
 from controlplane.auth.ratelimit import rate_limit_config
-from controlplane.bundles.api import BundleApi
-from controlplane.bundles.compiler import CompileError
-from controlplane.bundles.http import BundleServer
-from controlplane.constitution import CONSTITUTIONAL_HASH
+from controlplane.bundles.controllers import BundleApi
+from controlplane.bundles.server import BundleServer
 from controlplane.dashboard import DashboardController, dashboard_templates
-from controlplane.errors import GroqPolicyError
-from controlplane.metrics.http import metrics, timing_middleware
 from controlplane.evaluation.controllers import EvaluationController, GroqController, OpaController
+from controlplane.metrics.controllers import metrics, timing_middleware
 from controlplane.policies.controllers import PolicyController
 from controlplane.routes import get
 from controlplane.services import Services, ServicesDep
-from controlplane.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def error_body(kind: str, message: str, **extra: object) -> dict:
-    return {"error": {"type": kind, "message": message, **extra}}
-
-
 def _product_error(_: Request, exc: GroqPolicyError) -> Response:
-    extra: dict = {}
-    if isinstance(exc, CompileError):
-        extra["stage"] = exc.stage
-        extra["messages"] = [msgspec.structs.asdict(m) for m in exc.messages]
-    return Response(content=error_body(type(exc).__name__, str(exc), **extra), status_code=exc.status_code)
+    return Response(content=error_document(exc), status_code=exc.status)
 
 
 def _http_error(_: Request, exc: HTTPException) -> Response:
-    extra = {"details": exc.extra} if exc.extra else {}
-    return Response(content=error_body(type(exc).__name__, exc.detail, **extra), status_code=exc.status_code, headers=exc.headers)
+    # Litestar's own errors (bad JSON, body too large, 401/403 from guards) in the product's body
+    details = {"details": exc.extra} if exc.extra else {}
+    err = GroqPolicyError(exc.detail, status=exc.status_code, type_=type(exc).__name__, details=details)
+    return Response(content=error_document(err), status_code=exc.status_code, headers=exc.headers)
 
 
 @get("/health", tags=["ops"], summary="Liveness and what is loaded", opt={"public": True})

@@ -8,17 +8,17 @@ from typing import TypeAlias
 
 from litestar.di import NamedDependency
 
+from bridge.kernel.config import Settings
+from bridge.opabundle.keys import SigningKey
 from controlplane.agents.decision_logs import DecisionLogStore
-from controlplane.audit.trail import AuditTrail
 from controlplane.agents.status import StatusStore
+from controlplane.audit.trail import AuditTrail
+from controlplane.auth.tokens import TokenSet, ensure_tokens
 from controlplane.bundles.compiler import Compiler, load_definitions
-from controlplane.bundles.keys import SigningKey
 from controlplane.bundles.keystore import ensure_signing_key
 from controlplane.bundles.publisher import BundlePublisher
 from controlplane.bundles.revisions import RevisionStore
-from controlplane.policies.runtime import PolicyRuntime
-from controlplane.auth.tokens import TokenSet, ensure_tokens
-from controlplane.settings import Settings
+from controlplane.evaluation.runtime import PolicyRuntime
 
 log = logging.getLogger(__name__)
 

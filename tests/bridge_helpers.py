@@ -15,9 +15,9 @@ import nats
 import pytest
 
 from bridge.emulator import EmulatorConfig, GroqEmulator, create_app
-from bridge.emulator.server import ThreadServer
-from bridge.gateway import create_app as create_gateway
-from bridge.worker import EngineSettings, GroqConnection, InferenceEngine, start_worker, stop_worker
+from bridge.inference.gateway import create_app as create_gateway
+from bridge.inference.serving import ThreadServer
+from bridge.inference.worker import EngineSettings, GroqConnection, InferenceEngine, start_worker, stop_worker
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,7 +68,7 @@ def fast_settings(**kw) -> EngineSettings:
 
 
 def engine_for(emu: Emu, **kw) -> InferenceEngine:
-    from bridge.catalog import default_catalog
+    from bridge.inference.catalog import default_catalog
 
     return InferenceEngine(emu.client(), default_catalog(), emulated=True, settings=fast_settings(**kw))
 
@@ -93,12 +93,12 @@ async def gateway_on(nats_url: str, **kw):
 
 
 def spawn_worker(nats_url: str, emulator_url: str, log_path: Path, **env_extra: str) -> subprocess.Popen:
-    """`python -m bridge.worker` as a real child process (so a test can SIGKILL it)."""
+    """`python -m bridge.inference.worker` as a real child process (so a test can SIGKILL it)."""
     env = {k: v for k, v in os.environ.items() if k != "GROQ_API_KEY"}
     env.update(NATS_URL=nats_url, GROQPOLICY_EMULATOR_URL=emulator_url, PYTHONPATH=str(REPO_ROOT),
                GROQPOLICY_BREAKER_RESET_S="0.3", **env_extra)
     log = open(log_path, "ab")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "bridge.worker"], stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen([sys.executable, "-m", "bridge.inference.worker"], stdout=log, stderr=subprocess.STDOUT,
                             env=env, cwd=REPO_ROOT, start_new_session=True)
     log.close()
     return proc

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.processes import ManagedProcess, start_nats
-from controlplane.toolchain import nats_server_binary, opa_binary
+from controlplane.infra.processes import ManagedProcess, start_nats
+from controlplane.infra.toolchain import nats_server_binary, opa_binary
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import uvicorn
 
+from bridge.kernel.config import Settings
 from controlplane.app import create_app
-from controlplane.processes import free_port
+from controlplane.infra.processes import free_port
 from controlplane.services import Services
-from controlplane.settings import Settings
 from tests.bridge_helpers import spawn_worker, wait_for_workers
 from tests.conftest import REPO_ROOT
-
 
 # Known tokens for tests (GROQPOLICY_TOKENS syntax); ADMIN holds every scope.
 ADMIN_TOKEN = "test-admin-token-000000000000"

@@ -8,7 +8,8 @@ import json
 import subprocess
 from pathlib import Path
 
-from controlplane.toolchain import PROJECT_ROOT, opa_binary
+from bridge.kernel.config import PROJECT_ROOT
+from controlplane.infra.toolchain import opa_binary
 
 QUERY = 'json.marshal({t: data.groqpolicy.policies[p].examples | some p; endswith(p, "_test"); t := trim_suffix(p, "_test")})'
 

@@ -14,10 +14,10 @@ import time
 import httpx
 import pytest
 
-from bridge.emulator.server import ThreadServer
-from bridge.gateway import create_app as create_gateway
-from controlplane.constitution import CONSTITUTIONAL_HASH
-from controlplane.processes import free_port, start_opa_agent
+from bridge.inference.gateway import create_app as create_gateway
+from bridge.inference.serving import ThreadServer
+from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
+from controlplane.infra.processes import free_port, start_opa_agent
 from tests.bridge_helpers import REPO_ROOT, Emu, spawn_worker, wait_for_workers
 from tests.controlplane_helpers import ADMIN_HEADERS, make_settings, running_control_plane
 from tests.policy_examples import load_policy_examples

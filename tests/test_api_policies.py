@@ -9,7 +9,7 @@ import uuid
 import httpx
 import pytest
 
-from controlplane.constitution import CONSTITUTIONAL_HASH
+from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from tests.controlplane_helpers import ADMIN_HEADERS, make_settings, running_control_plane
 
 LIMIT = """package limits
@@ -144,7 +144,7 @@ def test_constitutional_hash_is_checked_on_every_write(cp):
     want = f"constitutional_hash: unknown constitution (want: {CONSTITUTIONAL_HASH}, got: 'deadbeefdeadbeef')"
     r = client.post("/api/v1/policies", json=policy(constitutional_hash="deadbeefdeadbeef"))
     assert r.status_code == 422
-    assert r.json() == {"error": {"type": "ConstitutionalHashMismatch", "message": want}}
+    assert r.json() == {"error": {"type": "ConstitutionalHashMismatch", "message": want, "code": "constitutional_hash_mismatch"}}
     rule_id = client.post("/api/v1/policies", json=policy(name="hashcheck")).json()["rule_id"]
     r = client.put(f"/api/v1/policies/{rule_id}", json={"constitutional_hash": "deadbeefdeadbeef", "name": "renamed"})
     assert r.status_code == 422 and r.json()["error"]["message"] == want

@@ -5,7 +5,6 @@ and a real OPA agent's decision logs end up in the chain."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 import httpx
@@ -14,11 +13,11 @@ import nats
 import pytest
 import yaml
 
-from controlplane.audit.records import GENESIS_HASH, digest, seal
+from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from controlplane.audit import AuditRecord
-from controlplane.constitution import CONSTITUTIONAL_HASH
-from controlplane.escalation import SUBJECT, decode_escalation, publish_escalation
-from controlplane.processes import start_opa_agent
+from controlplane.audit.escalation import SUBJECT, decode_escalation, publish_escalation
+from controlplane.audit.records import GENESIS_HASH, digest, seal
+from controlplane.infra.processes import start_opa_agent
 from tests.controlplane_helpers import (
     ADMIN_HEADERS,
     AGENT_TOKEN,

@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("schemathesis")
 import httpx  # noqa: E402
 
-from controlplane.constitution import CONSTITUTIONAL_HASH  # noqa: E402
+from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH  # noqa: E402
 from tests.controlplane_helpers import ADMIN_HEADERS, ADMIN_TOKEN, make_settings, running_control_plane  # noqa: E402
 from tests.schemathesis_check import run_in_subprocess  # noqa: E402
 

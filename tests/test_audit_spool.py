@@ -14,11 +14,11 @@ import httpx
 import nats
 import pytest
 
+from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from controlplane.audit import AuditRecord, AuditTrail, AuditUnavailable
 from controlplane.audit.records import EvaluationEntry
 from controlplane.audit.spool import AuditSpool, SpoolError
-from controlplane.constitution import CONSTITUTIONAL_HASH
-from controlplane.processes import start_nats
+from controlplane.infra.processes import start_nats
 from tests.controlplane_helpers import ADMIN_HEADERS, make_settings, running_control_plane
 
 

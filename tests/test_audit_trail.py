@@ -11,12 +11,12 @@ import nats
 import pytest
 from nats.js.errors import APIError
 
+from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from controlplane.audit import AuditFilters, AuditRecord, AuditTrail, AuditUnavailable
 from controlplane.audit.ingest import decision_log_record
 from controlplane.audit.records import GENESIS_HASH, chain_hash, check_stored, digest, seal
 from controlplane.audit.trail import AuditQueryError
-from controlplane.constitution import CONSTITUTIONAL_HASH
-from controlplane.processes import start_nats
+from controlplane.infra.processes import start_nats
 
 
 @pytest.fixture

@@ -10,15 +10,14 @@ import stat
 import httpx
 import pytest
 import yaml
-
-from controlplane.app import create_app
 from litestar import Litestar, get
 
+from bridge.kernel.config import Settings
+from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
+from controlplane.app import create_app
 from controlplane.auth.guards import UnguardedRoute, check_routes, declares_scope, requires
 from controlplane.auth.ratelimit import RateLimitSpecError, parse_rate
 from controlplane.auth.tokens import TokenConfigError, ensure_tokens, parse_tokens
-from controlplane.constitution import CONSTITUTIONAL_HASH
-from controlplane.settings import Settings
 from tests.controlplane_helpers import (
     ADMIN_TOKEN,
     AGENT_TOKEN,

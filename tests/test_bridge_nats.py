@@ -11,7 +11,8 @@ import nats
 import pytest
 
 from bridge.emulator import ModelBehaviour
-from bridge.wire import BUDGET_HEADER, TIERS
+from bridge.inference.wire import BUDGET_HEADER
+from bridge.kernel.vocabulary import TIERS
 from tests.bridge_helpers import Emu, emu, gateway_on, post, worker_on  # noqa: F401 - fixture
 
 FAST = "openai/gpt-oss-20b"
@@ -162,8 +163,8 @@ async def test_worker_reads_the_budget_header(nats_url, emu: Emu):
 
 
 async def test_serve_gateway_in_this_loop(nats_url, emu: Emu):
-    from bridge.gateway import serve_gateway
-    from controlplane.processes import free_port
+    from bridge.inference.gateway import serve_gateway
+    from controlplane.infra.processes import free_port
 
     port = free_port()
     async with worker_on(nats_url, emu):

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from controlplane.processes import start_opa_agent
+from controlplane.infra.processes import start_opa_agent
 from tests.bridge_helpers import REPO_ROOT, Emu, emu, gateway_on, worker_on  # noqa: F401 - fixture
 
 HELPER = REPO_ROOT / "rego" / "lib" / "groq.rego"

@@ -7,17 +7,16 @@ import json
 import msgspec
 import pytest
 
-from bridge.catalog import CatalogError, default_catalog, load_catalog, resolve
-from bridge.wire import (
-    CONSTITUTIONAL_HASH,
-    TIERS,
-    BadRequest,
+from bridge.inference.catalog import CatalogError, default_catalog, load_catalog, resolve
+from bridge.inference.wire import (
     InferReply,
+    InvalidInferRequest,
     decode_request,
     decode_verdict,
     encode,
     validate_request,
 )
+from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH, TIERS
 
 
 def test_request_round_trip_and_defaults():
@@ -51,7 +50,7 @@ def test_request_type_errors_name_the_path(body, error):
     ],
 )
 def test_request_semantic_errors(body, code, message):
-    with pytest.raises(BadRequest) as exc:
+    with pytest.raises(InvalidInferRequest) as exc:
         validate_request(decode_request(json.dumps(body).encode()))
     assert (exc.value.status, exc.value.code, exc.value.message) == (422, code, message)
 
@@ -132,7 +131,7 @@ def test_models_listing_has_the_seed_shape():
     ],
 )
 def test_catalog_errors(tmp_path, mutate, error):
-    from bridge.catalog import CATALOG_PATH
+    from bridge.inference.catalog import CATALOG_PATH
 
     data = json.loads(CATALOG_PATH.read_text())
     mutate(data)

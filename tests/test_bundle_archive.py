@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.bundles.archive import BundleArchiveError, bundle_path, read_bundle, write_bundle
+from bridge.opabundle.archive import BundleArchiveError, bundle_path, read_bundle, write_bundle
 
 
 def make_tar(*entries: tuple[str, bytes | None, bytes], fmt: int = tarfile.PAX_FORMAT) -> bytes:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.bundles.archive import write_bundle
-from controlplane.bundles.hashing import BundleHashError, canonical_json, file_digest, go_json_string
-from controlplane.bundles.keys import generate_keypair, write_keypair
-from controlplane.bundles.signing import sign_bundle
+from bridge.opabundle.archive import write_bundle
+from bridge.opabundle.hashing import BundleHashError, canonical_json, file_digest, go_json_string
+from bridge.opabundle.keys import generate_keypair, write_keypair
+from bridge.opabundle.signing import sign_bundle
 
 CANONICAL_CASES = {
     "nested keys sorted at every level": (

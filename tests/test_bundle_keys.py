@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
-from controlplane.bundles.keys import (
+from bridge.opabundle.keys import (
     SigningKey,
     SigningKeyError,
     VerificationKey,

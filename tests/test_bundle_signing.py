@@ -20,10 +20,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from controlplane.bundles.archive import read_bundle, write_bundle
-from controlplane.bundles.keys import SigningKey, VerificationKey, generate_keypair, write_keypair
-from controlplane.bundles.signing import sign_archive, sign_bundle
-from controlplane.bundles.verify import (
+from bridge.opabundle.archive import read_bundle, write_bundle
+from bridge.opabundle.keys import SigningKey, VerificationKey, generate_keypair, write_keypair
+from bridge.opabundle.signing import sign_archive, sign_bundle
+from bridge.opabundle.verify import (
     AlgorithmMismatchError,
     BadSignatureError,
     BundleVerificationError,
@@ -38,7 +38,7 @@ from controlplane.bundles.verify import (
     verify_archive,
     verify_bundle,
 )
-from controlplane.processes import start_opa_agent
+from controlplane.infra.processes import start_opa_agent
 
 POLICY = b"""package x.y
 

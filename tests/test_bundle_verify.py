@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
-from controlplane.bundles.archive import write_bundle
-from controlplane.bundles.keys import SigningKey, VerificationKey, generate_keypair
-from controlplane.bundles.signing import sign_bundle, sign_token
-from controlplane.bundles.verify import (
+from bridge.kernel.errors import GroqPolicyError
+from bridge.opabundle.archive import write_bundle
+from bridge.opabundle.keys import SigningKey, VerificationKey, generate_keypair
+from bridge.opabundle.signing import sign_bundle, sign_token
+from bridge.opabundle.verify import (
     AlgorithmMismatchError,
     BadSignatureError,
     BundleVerificationError,
@@ -33,7 +34,6 @@ from controlplane.bundles.verify import (
     verify_archive,
     verify_bundle,
 )
-from controlplane.errors import GroqPolicyError
 
 POLICY = b"package x.y\n\nallow if input.user == data.x.y.admin\n"
 FILES = {

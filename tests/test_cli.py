@@ -9,13 +9,13 @@ import sys
 
 import yaml
 
-from controlplane.bundles.keys import load_signing_key
+from bridge.opabundle.keys import load_signing_key
 from tests.conftest import REPO_ROOT
 
 
 def run_cli(*args: str, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "controlplane.cli", *args],
+        [sys.executable, "-m", "controlplane.ops.cli", *args],
         capture_output=True, text=True, cwd=cwd or REPO_ROOT, env={**os.environ, **(env or {})}, timeout=120,
     )
 

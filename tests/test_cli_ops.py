@@ -9,13 +9,13 @@ import sys
 
 import pytest
 
-from controlplane.processes import free_port
+from controlplane.infra.processes import free_port
 from tests.conftest import REPO_ROOT
 from tests.controlplane_helpers import ADMIN_TOKEN, EVALUATE_TOKEN, make_settings, running_control_plane
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "controlplane.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "controlplane.ops.cli", *args], capture_output=True, text=True,
                           cwd=REPO_ROOT, env={**os.environ, **(env or {})}, timeout=120)
 
 

@@ -14,12 +14,12 @@ import nats
 import pytest
 from nats.js.errors import APIError, ServiceUnavailableError
 
+from bridge.kernel.errors import GroqPolicyError
 from controlplane.audit import AuditRecord, AuditTrail, StoredRecord
 from controlplane.audit.trail import AuditError
+from controlplane.infra.processes import ManagedProcess, free_port, start_nats
 from controlplane.policies.schemas import PolicyRecord
-from controlplane.errors import GroqPolicyError
 from controlplane.policies.store import BUCKET, PolicyStore
-from controlplane.processes import ManagedProcess, free_port, start_nats
 
 pytestmark = pytest.mark.slow
 

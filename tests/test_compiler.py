@@ -6,6 +6,9 @@ import json
 
 import pytest
 
+from bridge.kernel.errors import GroqPolicyError
+from bridge.opabundle.keys import generate_keypair
+from bridge.opabundle.verify import keyring, verify_archive
 from controlplane.bundles.compiler import (
     BundleDefinition,
     CompileError,
@@ -13,11 +16,8 @@ from controlplane.bundles.compiler import (
     load_definition,
     load_definitions,
 )
-from controlplane.bundles.keys import generate_keypair
 from controlplane.bundles.publisher import BundlePublisher
 from controlplane.bundles.revisions import RevisionStore
-from controlplane.bundles.verify import keyring, verify_archive
-from controlplane.errors import GroqPolicyError
 from tests.conftest import REPO_ROOT
 
 GOOD = """# METADATA
@@ -127,7 +127,7 @@ def test_library_definition_builds_both_signed_artifacts_with_overlay(compiler, 
     assert rego_meta.revision == wasm_meta.revision
     verify_archive(rego, keys, keyid="test-key")
     verify_archive(wasm, keys, keyid="test-key")
-    from controlplane.bundles.archive import read_bundle
+    from bridge.opabundle.archive import read_bundle
 
     files = read_bundle(wasm)
     manifest = json.loads(files["/.manifest"])

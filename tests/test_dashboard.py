@@ -11,13 +11,12 @@ import httpx
 import nats
 import pytest
 
+from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from controlplane.audit import AuditRecord
 from controlplane.audit.records import seal
-from controlplane.constitution import CONSTITUTIONAL_HASH
 from controlplane.dashboard.auth import COOKIE
 from controlplane.dashboard.charts import TierLatency, decisions_chart, latency_chart, percentile
-from controlplane.dashboard.data import _metadata_blocks, decisions_over_time, library_policies
-from controlplane.dashboard.data import AuditRow
+from controlplane.dashboard.data import AuditRow, _metadata_blocks, decisions_over_time, library_policies
 from tests.conftest import REPO_ROOT
 from tests.controlplane_helpers import ADMIN_TOKEN, EVALUATE_TOKEN, bearer, make_settings, running_control_plane
 

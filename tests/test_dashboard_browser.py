@@ -18,9 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from controlplane.constitution import CONSTITUTIONAL_HASH
-from controlplane.processes import ManagedProcess, start_opa_agent
+from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from controlplane.dashboard.browser import Chromium, ensure_chromium
+from controlplane.infra.processes import ManagedProcess, start_opa_agent
 from tests.bridge_helpers import emu_module  # noqa: F401 - fixture
 from tests.controlplane_helpers import ADMIN_HEADERS, ADMIN_TOKEN, EVALUATE_TOKEN, bearer, control_plane_with_worker
 from tests.stored_policies import HEAD, MODEL_JUDGMENT

@@ -7,14 +7,13 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from pathlib import Path
 
 import msgspec
 import pytest
 
-from bridge.wasm import WasmEvaluator, policy_from_files
-from controlplane.bundles.keys import generate_keypair
-from controlplane.constitution import CONSTITUTIONAL_HASH as H
+from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH as H
+from bridge.opabundle.keys import generate_keypair
+from bridge.opawasm import WasmEvaluator, policy_from_files
 from controlplane.evaluation import pipeline as pl
 from controlplane.evaluation.pipeline import Pipeline
 from controlplane.policies import rego

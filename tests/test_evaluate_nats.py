@@ -10,7 +10,7 @@ import msgspec
 import nats
 import pytest
 
-from controlplane.constitution import CONSTITUTIONAL_HASH
+from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from tests.controlplane_helpers import ADMIN_HEADERS, make_settings, running_control_plane
 
 H = CONSTITUTIONAL_HASH
@@ -102,7 +102,8 @@ async def test_policy_evaluate_over_nats_matches_the_http_api(replicas):
         bad = await nc.request("policy.evaluate", msgspec.json.encode({**body, "constitutional_hash": "x"}), timeout=10)
         assert bad.headers["Nats-Service-Error-Code"] == "422"
         assert msgspec.json.decode(bad.data) == {"error": {"type": "ConstitutionalHashMismatch",
-                                                           "message": f"constitutional_hash: unknown constitution (want: {H}, got: 'x')"}}
+                                                           "message": f"constitutional_hash: unknown constitution (want: {H}, got: 'x')",
+                                                           "code": "constitutional_hash_mismatch"}}
         broken = await nc.request("policy.evaluate", b"{nope", timeout=10)
         assert broken.headers["Nats-Service-Error-Code"] == "400"
         assert msgspec.json.decode(broken.data)["error"]["message"].startswith("request: not JSON")
@@ -128,7 +129,7 @@ async def test_policy_evaluate_over_nats_matches_the_http_api(replicas):
 
 
 def test_a_replica_follows_writes_made_after_a_nats_restart(tmp_path):
-    from controlplane.processes import free_port, start_nats
+    from controlplane.infra.processes import free_port, start_nats
 
     port = free_port()
     server = start_nats(tmp_path / "nats", port=port)

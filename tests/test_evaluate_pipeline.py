@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-
 import httpx
 import pytest
 
-from controlplane.constitution import CONSTITUTIONAL_HASH
-from controlplane.errors import GroqPolicyError
+from bridge.kernel.errors import GroqPolicyError
+from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from tests.bridge_helpers import emu_module  # noqa: F401 - fixture
 from tests.controlplane_helpers import ADMIN_HEADERS, control_plane_with_worker
 from tests.stored_policies import HEAD, MODEL_POLICY
@@ -287,7 +286,8 @@ def test_evaluate_errors(cp):
     r = client.post("/api/v1/evaluate", json={"input_context": ALICE, "constitutional_hash": "0000000000000000"})
     assert r.status_code == 422
     assert r.json() == {"error": {"type": "ConstitutionalHashMismatch",
-                                  "message": f"constitutional_hash: unknown constitution (want: {H}, got: '0000000000000000')"}}
+                                  "message": f"constitutional_hash: unknown constitution (want: {H}, got: '0000000000000000')",
+                                  "code": "constitutional_hash_mismatch"}}
     r = client.post("/api/v1/evaluate", json={"input_context": ALICE})
     assert r.status_code == 400
     assert r.json()["error"]["details"] == [{"message": "Object missing required field `constitutional_hash`", "key": "data", "source": "body"}]
@@ -313,7 +313,7 @@ def test_every_evaluation_goes_to_the_audit_sink(cp):
             self.records.append(record)
 
     class Down(GroqPolicyError):
-        status_code = 503
+        status = 503
 
     class Broken:
         async def append(self, record):

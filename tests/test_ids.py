@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 
-from controlplane.ids import uuid4_text, uuid4s
+from controlplane.infra.ids import uuid4_text, uuid4s
 
 
 def test_ids_are_version_4_rfc_4122_and_distinct():

@@ -7,9 +7,16 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from controlplane.constitution import CONSTITUTIONAL_HASH
+from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from controlplane.metrics import record_inference
-from tests.controlplane_helpers import ADMIN_TOKEN, AGENT_TOKEN, EVALUATE_TOKEN, bearer, make_settings, running_control_plane
+from tests.controlplane_helpers import (
+    ADMIN_TOKEN,
+    AGENT_TOKEN,
+    EVALUATE_TOKEN,
+    bearer,
+    make_settings,
+    running_control_plane,
+)
 
 
 @pytest.fixture(scope="module")

@@ -3,13 +3,12 @@ through `/api/v1/groq/inference` and through a policy that consults the model in
 
 from __future__ import annotations
 
-
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.wire import InferReply, Usage
-from controlplane.constitution import CONSTITUTIONAL_HASH
+from bridge.inference.wire import InferReply, Usage
+from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from controlplane.metrics import record_reply
 from tests.bridge_helpers import emu_module  # noqa: F401 - fixture
 from tests.controlplane_helpers import ADMIN_HEADERS, control_plane_with_worker

@@ -14,10 +14,10 @@ import time
 import httpx
 import pytest
 
-from controlplane.bundles.archive import read_bundle, write_bundle
+from bridge.opabundle.archive import read_bundle, write_bundle
+from bridge.opabundle.signing import sign_bundle
 from controlplane.bundles.compiler import Compiler, load_definition
-from controlplane.bundles.signing import sign_bundle
-from controlplane.processes import free_port, start_opa_agent
+from controlplane.infra.processes import free_port, start_opa_agent
 from tests.conftest import REPO_ROOT
 from tests.controlplane_helpers import ADMIN_HEADERS, make_settings, running_control_plane
 from tests.policy_examples import load_policy_examples

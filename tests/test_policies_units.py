@@ -7,12 +7,12 @@ import uuid
 
 import pytest
 
-from bridge.wasm import UNDEFINED
+from bridge.kernel.config import Settings
+from bridge.opawasm import UNDEFINED
 from controlplane.bundles.compiler import CompileError
 from controlplane.evaluation.pipeline import applicable, normalise, strictest
 from controlplane.policies import rego
 from controlplane.policies.schemas import PolicyRecord
-from controlplane.settings import Settings
 
 RID = uuid.UUID("12345678-1234-5678-1234-567812345678")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from controlplane.processes import free_port
+from controlplane.infra.processes import free_port
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -36,8 +36,8 @@ def children_of(pid: int) -> list[int]:
 
 def admin_headers(state: Path) -> dict[str, str]:
     """`groqpolicy up` generated the tokens into the state dir (none configured)."""
+    from bridge.kernel.config import Settings
     from controlplane.auth.tokens import ensure_tokens
-    from controlplane.settings import Settings
 
     return {"Authorization": f"Bearer {ensure_tokens(Settings(state_dir=state)).by_name('admin').secret}"}
 
@@ -59,7 +59,7 @@ def start_up(state: Path, ports: dict[str, int], log: Path) -> subprocess.Popen:
         "GROQPOLICY_GATEWAY_PORT": str(ports["bridge"]),
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "controlplane.cli", "up", "--state-dir", str(state)],
+        [sys.executable, "-m", "controlplane.ops.cli", "up", "--state-dir", str(state)],
         cwd=REPO_ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,  # noqa: SIM115
     )
 

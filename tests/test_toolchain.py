@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import subprocess
 
-from controlplane import toolchain
-from controlplane.errors import ToolchainError
+from bridge.kernel.errors import ToolchainError
+from controlplane.infra import toolchain
 
 
 def test_opa_binary_is_pinned_version(opa_bin):
@@ -24,7 +24,7 @@ def test_wrong_version_opa_bin_is_ignored(tmp_path, monkeypatch):
 def test_missing_go_and_opa_names_what_to_install(tmp_path, monkeypatch):
     monkeypatch.delenv("OPA_BIN", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(toolchain, "TOOLS_DIR", tmp_path / "tools")
+    monkeypatch.setenv("GROQPOLICY_TOOLS_DIR", str(tmp_path / "tools"))
     monkeypatch.setattr(toolchain.shutil, "which", lambda _name: None)
     monkeypatch.setattr(toolchain.Path, "is_file", lambda self: False)
     try:

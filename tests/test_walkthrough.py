@@ -12,12 +12,11 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from controlplane.processes import free_port
+from controlplane.infra.processes import free_port
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -60,7 +59,7 @@ def system(tmp_path_factory):
         yield info
     finally:
         if proc.poll() is None:
-            subprocess.run([sys.executable, "-m", "controlplane.cli", "stop"], cwd=REPO_ROOT, env=env, timeout=90)
+            subprocess.run([sys.executable, "-m", "controlplane.ops.cli", "stop"], cwd=REPO_ROOT, env=env, timeout=90)
             try:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:

@@ -17,8 +17,8 @@ import msgspec
 import pytest
 import yaml
 
-from bridge.wasm import UNDEFINED, HostConfig, policy_from_files
-from bridge.wasm import errors as E
+from bridge.opawasm import UNDEFINED, HostConfig, policy_from_files
+from bridge.opawasm import errors as E
 from tests.wasm_helpers import build_wasm_bundle, bundle_files, opa_eval_one
 
 CORPUS = Path(__file__).parent / "wasm_corpus"
@@ -51,8 +51,9 @@ def _norm(v: Any) -> Any:
 
 
 def _topdown_batch(doc: dict[str, Any], cases: list[dict[str, Any]]) -> dict[str, Any]:
-    from controlplane.toolchain import opa_binary
     import subprocess
+
+    from controlplane.infra.toolchain import opa_binary
 
     with tempfile.TemporaryDirectory() as td:
         src = Path(td)

@@ -12,10 +12,10 @@ import time
 import pytest
 import wasmtime
 
-from bridge.wasm import UNDEFINED, HostConfig, WasmEvaluator, WasmPolicy, load_bundle, policy_from_files
-from bridge.wasm import errors as E
-from controlplane.bundles.archive import read_bundle, write_bundle
-from controlplane.bundles.keys import generate_keypair
+from bridge.opabundle.archive import read_bundle, write_bundle
+from bridge.opabundle.keys import generate_keypair
+from bridge.opawasm import UNDEFINED, HostConfig, WasmEvaluator, WasmPolicy, load_bundle, policy_from_files
+from bridge.opawasm import errors as E
 from tests.wasm_helpers import build_wasm_bundle, bundle_files, signed_bundle
 
 POLICY = """package t
@@ -537,7 +537,7 @@ def test_stress_threads_failures_and_swaps_together(key):
 def test_a_bug_in_a_host_builtin_fails_the_evaluation(monkeypatch):
     """Operand errors make a call undefined (topdown); a bug must not: `deny if bug()` would
     silently stop denying. It fails the evaluation instead."""
-    from bridge.wasm.builtins import REGISTRY, provided
+    from bridge.opawasm.builtins import REGISTRY, provided
 
     provided()  # load the builtin modules first, so the patch is not overwritten by their import
 

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from bridge.wasm import HostConfig, policy_from_files
+from bridge.opawasm import HostConfig, policy_from_files
 from tests.wasm_helpers import build_wasm_bundle, bundle_files, opa_eval_one
 
 POLICY = """package h

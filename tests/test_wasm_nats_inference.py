@@ -13,7 +13,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from bridge.gateway import InferClient
+from bridge.inference.gateway import InferClient
 from tests.bridge_helpers import REPO_ROOT, Emu, emu, worker_on  # noqa: F401 - fixture
 
 POLICY = """
@@ -49,8 +49,8 @@ def build_wasm(opa_bin: Path, tmp: Path) -> dict[str, bytes]:
 
 @pytest.mark.slow
 async def test_wasm_policy_asks_the_workers_over_nats_and_fails_closed_without_them(nats_server, emu: Emu, opa_bin, tmp_path):
-    from bridge.wasm.bundle import policy_from_files
-    from bridge.wasm.host import HostConfig
+    from bridge.opawasm.bundle import policy_from_files
+    from bridge.opawasm.host import HostConfig
 
     url = nats_server.extra["url"]
     files = build_wasm(opa_bin, tmp_path)

@@ -9,8 +9,9 @@ import time
 import pytest
 
 from bridge.emulator import ModelBehaviour
-from bridge.wire import BadRequest, DeadlineExceeded, InferRequest
-from bridge.worker.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from bridge.inference.wire import InferRequest, InvalidInferRequest
+from bridge.inference.worker.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from bridge.kernel.errors import DeadlineExceeded
 from tests.bridge_helpers import Emu, emu, engine_for  # noqa: F401 - fixture
 
 FAST = "openai/gpt-oss-20b"
@@ -180,14 +181,14 @@ async def test_retired_model_name_resolves_and_says_so(emu: Emu):
     engine = engine_for(emu)
     reply, _ = await ask(engine, "q", tier="fast", model="llama-3.3-70b-versatile")
     assert (reply.model, reply.requested_model, reply.resolved_from) == ("openai/gpt-oss-120b", "llama-3.3-70b-versatile", "llama-3.3-70b-versatile")
-    with pytest.raises(BadRequest) as exc:
+    with pytest.raises(InvalidInferRequest) as exc:
         await ask(engine, "q", model="gpt-9")
     assert exc.value.status == 422 and exc.value.code == "model_not_found"
 
 
 async def test_model_over_budget_is_skipped_for_one_that_fits(emu: Emu):
-    from bridge.catalog import default_catalog
-    from bridge.worker import InferenceEngine
+    from bridge.inference.catalog import default_catalog
+    from bridge.inference.worker import InferenceEngine
     from tests.bridge_helpers import fast_settings
 
     engine = InferenceEngine(emu.client(), default_catalog(), emulated=False, settings=fast_settings())
@@ -200,8 +201,8 @@ async def test_model_over_budget_is_skipped_for_one_that_fits(emu: Emu):
 
 
 async def test_embedded_default_without_a_key_is_the_emulator(monkeypatch):
-    from bridge.catalog import default_catalog
-    from bridge.worker import InferenceEngine, connect_groq
+    from bridge.inference.catalog import default_catalog
+    from bridge.inference.worker import InferenceEngine, connect_groq
 
     monkeypatch.delenv("GROQ_API_KEY", raising=False)
     monkeypatch.delenv("GROQPOLICY_EMULATOR_URL", raising=False)
@@ -216,7 +217,7 @@ async def test_embedded_default_without_a_key_is_the_emulator(monkeypatch):
 
 
 async def test_a_key_means_the_real_api_is_not_marked_emulated(monkeypatch, emu: Emu):
-    from bridge.worker import connect_groq
+    from bridge.inference.worker import connect_groq
 
     monkeypatch.setenv("GROQ_API_KEY", "gsk_test")
     monkeypatch.setenv("GROQ_BASE_URL", emu.url)

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from controlplane.toolchain import opa_binary
+from controlplane.infra.toolchain import opa_binary
 
 CACHE = Path(os.environ.get("GROQPOLICY_BENCH_CACHE", Path(tempfile.gettempdir()) / "groqpolicy-bench"))
 OPA_PY_WASM = "opa-py-wasm==1.2.1"

@@ -32,7 +32,7 @@ from typing import Any
 
 import msgspec
 
-from bridge.catalog import Catalog, default_catalog
+from bridge.inference.catalog import Catalog, default_catalog
 
 FAULTS = ("429", "498", "500", "503", "timeout", "malformed", "schema_violation", "json_validate_failed")
 MARKER_RE = re.compile(r"\[\[groq-emulator:([a-z0-9_=]+)\]\]")

@@ -6,15 +6,15 @@ import zlib
 
 import msgspec
 
-from controlplane.errors import GroqPolicyError
+from bridge.kernel.errors import GroqPolicyError
 
 
 class BadUpload(GroqPolicyError):
-    status_code = 400
+    status = 400
 
 
 class UploadTooLarge(GroqPolicyError):
-    status_code = 413
+    status = 413
 
 
 def decompress(body: bytes, encoding: str, limit: int) -> bytes:

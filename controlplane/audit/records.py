@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Literal
 
 import msgspec
 
-from controlplane.constitution import CONSTITUTIONAL_HASH
-from controlplane.ids import uuid4_text
+from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
+from controlplane.infra.ids import uuid4_text
 
 Source = Literal["api", "batch", "nats", "opa-agent"]
 SOURCES: tuple[str, ...] = ("api", "batch", "nats", "opa-agent")
@@ -91,7 +91,7 @@ def now_rfc3339() -> str:
     ns = time.time_ns()
     sec, us = divmod(ns // 1000, 1_000_000)
     if sec != _second[0]:
-        _second[1] = datetime.fromtimestamp(sec, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        _second[1] = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")
         _second[0] = sec
     return f"{_second[1]}.{us:06d}Z"
 
@@ -112,7 +112,7 @@ def parse_time(value: str) -> float:
     except ValueError:
         raise ValueError(f"{value!r}: expected RFC 3339 (2026-11-27T12:00:00Z) or epoch seconds") from None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()
 
 

@@ -43,7 +43,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import msgspec
 import nats.errors
@@ -52,19 +52,19 @@ from nats.aio.msg import Msg
 from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
+from bridge.kernel.errors import GroqPolicyError
 from controlplane.audit.records import (
     DECISIONS,
-    now_rfc3339,
     GENESIS_HASH,
     SOURCES,
     AuditRecord,
     StoredRecord,
     check_stored,
+    now_rfc3339,
     record_time,
     seal,
 )
 from controlplane.audit.spool import AuditSpool, SpoolError
-from controlplane.errors import GroqPolicyError
 
 log = logging.getLogger(__name__)
 
@@ -91,25 +91,25 @@ CLOSE_DRAIN_S = 10.0  # how long a stop waits for the queue to empty (the spool 
 
 
 class AuditError(GroqPolicyError):
-    status_code = 500
+    status = 500
 
 
 class AuditUnavailable(AuditError):
     """JetStream did not acknowledge: the decision is not recorded, so it must not be served."""
 
-    status_code = 503
+    status = 503
 
 
 class AuditRecordTooLarge(AuditError):
     """A record too large for a NATS message: the decision it records is not served."""
 
-    status_code = 500
+    status = 500
 
 
 class AuditQueryError(AuditError):
     """A filter the trail cannot apply."""
 
-    status_code = 400
+    status = 400
 
 
 class AuditFilters(msgspec.Struct, kw_only=True):
@@ -262,7 +262,7 @@ class AuditTrail:
         if self._writer is not None and not self._writer.done():
             try:
                 await asyncio.wait_for(asyncio.shield(self._writer), self.close_drain_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self._writer.cancel()
                 await asyncio.gather(self._writer, return_exceptions=True)
                 log.warning("audit trail: %d spooled record(s) not appended at stop; they stay in the spool", self._spooled)
@@ -373,7 +373,7 @@ class AuditTrail:
             return
         try:
             await asyncio.wait_for(self._spool_idle.wait(), self.timeout if timeout is None else timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise AuditUnavailable(f"audit trail: {self._spooled} record(s) still waiting for JetStream") from None
 
     async def _drain(self) -> None:
@@ -413,7 +413,7 @@ class AuditTrail:
                 if self.on_spooled_stored is not None:
                     try:
                         self.on_spooled_stored(spooled_done)
-                    except Exception:  # noqa: BLE001 - a metrics hook must not stop the writer
+                    except Exception:
                         log.exception("audit trail: on_spooled_stored hook failed")
             for (_, fut), s in zip(batch, stored):
                 if fut is not None and not fut.done():
@@ -462,7 +462,7 @@ class AuditTrail:
                     chunk.append((rec, data))
                     prev = rec.hash
                 result = await self._publish_batch(chunk, seq)
-            except (nats.errors.Error, asyncio.TimeoutError, OSError, _Rejected) as exc:
+            except (TimeoutError, nats.errors.Error, OSError, _Rejected) as exc:
                 last_error = repr(exc)
                 log.debug("audit append attempt %d: %r", attempt, exc)
                 self._tail = None
@@ -584,7 +584,7 @@ class AuditTrail:
                     await self.nc.publish(self._subject(rec), data, reply=reply if i == len(sealed) else "", headers=headers)
             try:
                 return await asyncio.wait_for(fut, self.timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return nats.errors.TimeoutError()
         finally:
             self._acks.pop(token, None)
@@ -633,7 +633,7 @@ class AuditTrail:
             while True:
                 body: dict = {"batch": READ_BATCH, "next_by_subj": subject}
                 if first and start_time is not None:
-                    body["start_time"] = datetime.fromtimestamp(start_time, timezone.utc).isoformat().replace("+00:00", "Z")
+                    body["start_time"] = datetime.fromtimestamp(start_time, UTC).isoformat().replace("+00:00", "Z")
                 else:
                     body["seq"] = seq
                 first = False
@@ -688,7 +688,7 @@ class AuditTrail:
                         return AuditPage(records=out, next_after_seq=seq)
                 if scanned >= MAX_SCAN:
                     return AuditPage(records=out, next_after_seq=last)
-        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nats.errors.Error) as exc:
             raise AuditUnavailable(f"audit trail: read failed ({exc!r})") from None
         return AuditPage(records=out, next_after_seq=None)
 
@@ -718,10 +718,10 @@ class AuditTrail:
                         found.append(StoredRecord(seq=seq, subject=subject, record=record))
                 out.extend(reversed(found))
                 end, window = start - 1, window * 2
-        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nats.errors.Error) as exc:
             raise AuditUnavailable(f"audit trail: read failed ({exc!r})") from None
         out = out[:limit]
-        more = len(out) == limit and out[-1].seq > first or (scanned >= MAX_SCAN and end >= first)
+        more = (len(out) == limit and out[-1].seq > first) or (scanned >= MAX_SCAN and end >= first)
         return AuditPage(records=out, next_before_seq=(out[-1].seq if out else end + 1) if more else None)
 
     async def verify(self) -> VerifyReport:
@@ -757,7 +757,7 @@ class AuditTrail:
                 await asyncio.sleep(0.1)
             else:
                 raise AuditUnavailable(f"audit trail: could not read up to sequence {state.last_seq} (stopped at {expected_seq - 1})")
-        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nats.errors.Error) as exc:
             raise AuditUnavailable(f"audit trail: verify failed ({exc!r})") from None
         report.last_hash = prev or ""
         return report

@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from bridge.kernel.config import ConfigError, audit_durability
+from controlplane.audit.escalation import escalation_sink
 from controlplane.audit.records import AuditRecord, StoredRecord
 from controlplane.audit.spool import AuditSpool, SpoolError
 from controlplane.audit.trail import AuditError, AuditTrail
-from controlplane.escalation import escalation_sink
 from controlplane.metrics.recorders import record_audit_append, record_decisions
-from controlplane.settings import ConfigError, audit_durability
 
 if TYPE_CHECKING:
     from controlplane.services import Services

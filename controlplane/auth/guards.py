@@ -18,8 +18,8 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 
+from bridge.kernel.errors import GroqPolicyError
 from controlplane.auth.tokens import SCOPES, Token, TokenSet
-from controlplane.errors import GroqPolicyError
 
 PRINCIPAL_KEY = "groqpolicy.principal"
 REALM = 'Bearer realm="groqpolicy"'

@@ -20,10 +20,16 @@ from typing import Any
 
 from litestar.connection import Request
 from litestar.exceptions import TooManyRequestsException
-from litestar.middleware.rate_limit import DURATION_VALUES, CacheObject, RateLimitConfig, RateLimitMiddleware, get_remote_address
+from litestar.middleware.rate_limit import (
+    DURATION_VALUES,
+    CacheObject,
+    RateLimitConfig,
+    RateLimitMiddleware,
+    get_remote_address,
+)
 from litestar.stores.base import Store
 
-from controlplane.errors import GroqPolicyError
+from bridge.kernel.errors import GroqPolicyError
 
 EXCLUDED = [r"^/bundles/", r"^/logs", r"^/status", r"^/health$", r"^/metrics$"]
 _SPEC = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*$")

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from controlplane.errors import GroqPolicyError
+from bridge.kernel.errors import GroqPolicyError
 
 if TYPE_CHECKING:
-    from controlplane.settings import Settings
+    from bridge.kernel.config import Settings
 
 log = logging.getLogger(__name__)
 

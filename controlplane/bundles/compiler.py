@@ -17,9 +17,9 @@ from pathlib import Path
 
 import msgspec
 
-from controlplane.bundles.archive import read_bundle
-from controlplane.errors import GroqPolicyError
-from controlplane.toolchain import opa_binary
+from bridge.kernel.errors import GroqPolicyError
+from bridge.opabundle.archive import read_bundle
+from controlplane.infra.toolchain import opa_binary
 
 # Test files never ship in a bundle: they would be loaded by agents as ordinary modules.
 TEST_FILE_GLOB = "*_test.rego"
@@ -45,14 +45,15 @@ class CompileMessage(msgspec.Struct, omit_defaults=True):
 class CompileError(GroqPolicyError):
     """Rego that did not pass a stage; `messages` carries the structured findings."""
 
-    status_code = 422
+    status = 422
 
     def __init__(self, stage: str, messages: Sequence[CompileMessage]) -> None:
         self.stage = stage
         self.messages = list(messages)
         summary = "; ".join(str(m) for m in self.messages[:5]) or "no details"
         more = f" (+{len(self.messages) - 5} more)" if len(self.messages) > 5 else ""
-        super().__init__(f"opa {stage} failed: {summary}{more}")
+        super().__init__(f"opa {stage} failed: {summary}{more}",
+                         details={"stage": stage, "messages": [msgspec.structs.asdict(m) for m in self.messages]})
 
 
 class BundleDefinition(msgspec.Struct, forbid_unknown_fields=True):

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import logging
-import os
 
-from controlplane.bundles.keys import ENV_KEY, generate_keypair, load_signing_key, write_keypair, SigningKey
-from controlplane.settings import Settings
+from bridge.kernel.config import Settings, SigningSettings
+from bridge.opabundle.keys import SigningKey, generate_keypair, load_signing_key, write_keypair
 
 log = logging.getLogger(__name__)
 
 
 def ensure_signing_key(settings: Settings) -> SigningKey:
     """$GROQPOLICY_SIGNING_KEY / _FILE when set; else `<state>/keys/<kid>.pem`, created on first use."""
-    if os.environ.get(ENV_KEY) or settings.signing_key_file:
+    if SigningSettings.from_env().key_pem or settings.signing_key_file:
         return load_signing_key(settings.signing_key_file, kid=settings.signing_kid)
     key_dir = settings.state_dir / "keys"
     private_path = key_dir / f"{settings.signing_kid}.pem"

@@ -6,11 +6,11 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from controlplane.bundles.archive import write_bundle
+from bridge.opabundle.archive import write_bundle
+from bridge.opabundle.keys import SigningKey
+from bridge.opabundle.signing import sign_bundle
 from controlplane.bundles.compiler import BundleDefinition, CompiledBundle, Compiler, revision_for, source_digest
-from controlplane.bundles.keys import SigningKey
 from controlplane.bundles.revisions import Revision, RevisionStore
-from controlplane.bundles.signing import sign_bundle
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """The dashboard at `/`: server-rendered Jinja2 pages with inline SVG charts (no build step, no JS framework)."""
 
-from controlplane.dashboard.controller import DashboardController, dashboard_templates
+from controlplane.dashboard.controllers import DashboardController, dashboard_templates
 
 __all__ = ["DashboardController", "dashboard_templates"]

@@ -26,7 +26,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from controlplane.errors import ToolchainError
+from bridge.kernel.config import ToolchainSettings, environment
+from bridge.kernel.errors import ToolchainError
 
 DEBIAN_CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = (
@@ -37,8 +38,8 @@ FLAGS = (
 
 
 def find_chromium() -> Path | None:
-    if env := os.environ.get("CHROMIUM_BIN"):
-        return Path(env) if Path(env).is_file() else None
+    if env := ToolchainSettings.from_env().chromium_bin:
+        return env if env.is_file() else None
     if DEBIAN_CHROMIUM.is_file():
         return DEBIAN_CHROMIUM
     found = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -50,7 +51,7 @@ def ensure_chromium(log=sys.stderr) -> Path:
     found = find_chromium()
     if found is not None:
         return found
-    if env := os.environ.get("CHROMIUM_BIN"):
+    if env := ToolchainSettings.from_env().chromium_bin:
         raise ToolchainError(f"CHROMIUM_BIN={env}: no such file (unset it to use or install Debian's chromium)")
     apt = shutil.which("apt-get")
     if apt is None:
@@ -60,7 +61,7 @@ def ensure_chromium(log=sys.stderr) -> Path:
     if sudo is None:
         raise ToolchainError("chromium: not found, and installing it needs root: run `apt-get install -y chromium` as root")
     print("chromium: not found; installing Debian's chromium package (apt-get) ...", file=log, flush=True)
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    env = dict(environment(), DEBIAN_FRONTEND="noninteractive")
     for argv in ([*sudo, apt, "update"], [*sudo, apt, "install", "-y", "--no-install-recommends", "chromium"]):
         proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
         if proc.returncode != 0:

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from bridge.catalog import default_catalog
-from bridge.wire import TIERS
+from bridge.inference.catalog import default_catalog
+from bridge.kernel.vocabulary import TIERS
 from controlplane.audit.records import GENESIS_HASH, AuditRecord, check_stored, record_time
 from controlplane.dashboard.charts import OUTCOMES, Bucket, TierLatency, percentile
 
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 WINDOW_RECORDS = 2000  # audit records read per page view (the newest ones)
 RECENT_ROWS = 25
-WORKER_SERVICE = "groqpolicy-inference"  # bridge.worker.service.SERVICE_NAME (not imported: pulls in groq)
+WORKER_SERVICE = "groqpolicy-inference"  # bridge.inference.worker.service.SERVICE_NAME (not imported: pulls in groq)
 STATS_WAIT_S = 0.25  # the longest a page view waits for workers' $SRV.STATS replies
 STATS_STRAGGLER_S = 0.03
 # (window, bucket) pairs; the smallest window that holds the oldest record read is used
@@ -187,7 +187,7 @@ async def read_tail(trail: Any, limit: int) -> tuple[int, list[AuditRow]]:
     start = max(state.first_seq, state.last_seq - limit + 1, 1)
     prev: str | None = GENESIS_HASH if start <= 1 else None
     rows: list[AuditRow] = []
-    async for seq, _subject, data in trail._scan(start, f"{trail.prefix}.>"):  # noqa: SLF001 - raw bytes for the hash check
+    async for seq, _subject, data in trail._scan(start, f"{trail.prefix}.>"):
         if seq > state.last_seq:
             break
         h, record, reason = check_stored(data, prev)

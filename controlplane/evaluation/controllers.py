@@ -11,13 +11,12 @@ import msgspec
 from litestar import Controller
 from litestar.params import JSONBody
 
-from bridge.catalog import CatalogError
-from bridge.wasm import UNDEFINED
-from bridge.wire import BridgeError, InferRequest, decode_error, decode_reply
+from bridge.inference.catalog import CatalogError
+from bridge.inference.wire import InferRequest, decode_reply
+from bridge.kernel.errors import GroqPolicyError, decode_error
+from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH, check_hash
+from bridge.opawasm import UNDEFINED
 from controlplane.auth.guards import requires
-from controlplane.constitution import CONSTITUTIONAL_HASH
-from controlplane.errors import GroqPolicyError
-from controlplane.metrics.recorders import record_reply
 from controlplane.evaluation.schemas import (
     MAX_BATCH,
     BatchPerformance,
@@ -33,9 +32,10 @@ from controlplane.evaluation.schemas import (
     OpaEvaluateRequest,
     OpaEvaluateResponse,
 )
+from controlplane.metrics.recorders import record_reply
 from controlplane.policies import rego
 from controlplane.policies.schemas import error_responses
-from controlplane.policies.service import PolicyInactive, check_hash
+from controlplane.policies.service import PolicyInactive
 from controlplane.routes import get, post
 from controlplane.services import ServicesDep
 
@@ -44,19 +44,17 @@ MAX_BATCH_BODY = 8 * 1024 * 1024
 
 
 class BatchTooLarge(GroqPolicyError):
-    status_code = 422
+    status = 422
 
 
 class UnknownModel(GroqPolicyError):
-    status_code = 422
+    status = 422
 
 
 class Upstream(GroqPolicyError):
     """A dependency (inference worker, OPA agent) that did not give a usable answer."""
 
-    def __init__(self, message: str, status_code: int = 503) -> None:
-        super().__init__(message)
-        self.status_code = status_code
+    status = 503
 
 
 class EvaluationController(Controller):
@@ -122,15 +120,15 @@ class GroqController(Controller):
         started = time.perf_counter()
         try:
             status, body, _ = await runtime.infer_client().request(tier, msgspec.json.encode(req))
-        except BridgeError as exc:
-            raise Upstream(f"inference: {exc.message}", exc.status) from None
+        except GroqPolicyError as exc:
+            raise Upstream(f"inference: {exc.message}", status=exc.status) from exc
         elapsed_ms = (time.perf_counter() - started) * 1000
         if status != 200:
             try:
                 message = decode_error(body).error.message
             except msgspec.DecodeError:
                 message = body[:200].decode(errors="replace")
-            raise Upstream(f"inference: worker answered {status}: {message}", 502 if status < 500 else status)
+            raise Upstream(f"inference: worker answered {status}: {message}", status=502 if status < 500 else status)
         reply = decode_reply(body)
         record_reply(reply)  # tokens, cost, cache hits (controlplane.metrics)
         tokens = reply.usage.completion_tokens
@@ -173,8 +171,8 @@ class OpaController(Controller):
                 name = type(exc).__name__
                 if name == "UnknownEntrypointError":  # stored, but this replica has not loaded it yet
                     raise Upstream(f"policy {record.rule_id}: not loaded by the in-process evaluator yet "
-                                   f"(revision {runtime.revision() or 'none'}); retry", 503) from None
-                raise Upstream(f"wasm evaluation of {entry}: {exc}", 504 if name == "DeadlineExceeded" else 503) from None
+                                   f"(revision {runtime.revision() or 'none'}); retry", status=503) from None
+                raise Upstream(f"wasm evaluation of {entry}: {exc}", status=504 if name == "DeadlineExceeded" else 503) from None
             us = (time.perf_counter_ns() - started) / 1000
             return OpaEvaluateResponse(result=None if value is UNDEFINED else value, execution_time_us=round(us, 2),
                                        policy_version=version, engine="wasm", entrypoint=entry)
@@ -188,10 +186,10 @@ class OpaController(Controller):
             raise Upstream(f"OPA agent at {runtime.settings.opa_url}: unreachable ({type(exc).__name__}: {exc})") from None
         us = (time.perf_counter_ns() - started) / 1000
         if r.status_code != 200:
-            raise Upstream(f"OPA agent at {runtime.settings.opa_url}: {r.status_code} for /v1/data/{path}: {r.text[:300]}", 502)
+            raise Upstream(f"OPA agent at {runtime.settings.opa_url}: {r.status_code} for /v1/data/{path}: {r.text[:300]}", status=502)
         body = r.json()
         if "result" not in body:
             raise Upstream(f"OPA agent at {runtime.settings.opa_url}: /v1/data/{path} is undefined "
-                           f"(has the agent activated a bundle with policy {record.rule_id}?)", 503)
+                           f"(has the agent activated a bundle with policy {record.rule_id}?)", status=503)
         return OpaEvaluateResponse(result=body["result"], execution_time_us=round(us, 2), policy_version=version,
                                    engine="opa", entrypoint=path)

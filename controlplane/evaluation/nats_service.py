@@ -2,7 +2,7 @@
 `POST /api/v1/evaluate` (a `nats.micro` service, so `$SRV.PING/INFO/STATS` discovery works).
 
 A request that names an `entrypoint` instead (`{"entrypoint": "...", "input": {...}}`, the bridge's
-`bridge.wire.EvaluateRequest`) evaluates that one entrypoint and answers `bridge.wire.EvaluateReply`,
+`bridge.inference.wire.EvaluateRequest`) evaluates that one entrypoint and answers `bridge.inference.wire.EvaluateReply`,
 so tools written against the bridge's service keep working. Errors are error replies with
 nats.micro's headers (code = the HTTP status the API would give) and the API's JSON error body.
 """
@@ -10,6 +10,7 @@ nats.micro's headers (code = the HTTP status the API would give) and the API's J
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -19,14 +20,16 @@ from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
 
-from bridge.wire import EVALUATE_SUBJECT, EvaluateReply
-from bridge.wire import EvaluateRequest as EntrypointRequest
-from controlplane.errors import GroqPolicyError
+from bridge.inference.wire import EVALUATE_SUBJECT, EvaluateReply
+from bridge.inference.wire import EvaluateRequest as EntrypointRequest
+from bridge.kernel.errors import BadRequest, GroqPolicyError, error_body, error_description
+from bridge.kernel.vocabulary import check_hash
 from controlplane.evaluation.schemas import EvaluateRequest
-from controlplane.policies.service import check_hash
 
 if TYPE_CHECKING:
-    from controlplane.policies.runtime import PolicyRuntime
+    from controlplane.evaluation.runtime import PolicyRuntime
+
+log = logging.getLogger(__name__)
 
 SERVICE_NAME = "groqpolicy-policy"
 QUEUE_GROUP = "policy-evaluate"
@@ -35,13 +38,13 @@ _entry = msgspec.json.Decoder(EntrypointRequest)
 _encode = msgspec.json.Encoder().encode
 
 
-class _BadRequest(GroqPolicyError):
-    status_code = 400
+class _BadRequest(BadRequest):
+    pass
 
 
-def _error(status: int, kind: str, message: str) -> tuple[bytes, dict[str, str]]:
-    body = _encode({"error": {"type": kind, "message": message}})
-    return body, {"Nats-Service-Error-Code": str(status), "Nats-Service-Error": " ".join(message.split())[:512]}
+async def _respond_error(request: Request, exc: GroqPolicyError) -> None:
+    """nats.micro's error reply: the status in Nats-Service-Error-Code, the body as over HTTP."""
+    await request.respond_error(str(exc.status), error_description(exc.message), data=error_body(exc))
 
 
 class EvaluateService:
@@ -73,15 +76,10 @@ class EvaluateService:
             body = await self._answer(request.data)
             await request.respond(body)
         except GroqPolicyError as exc:
-            data, headers = _error(exc.status_code, type(exc).__name__, str(exc))
-            await request.respond(data, headers=headers)
-        except Exception as exc:  # noqa: BLE001 - a bad request never kills the service
-            # the WASM evaluator's error classes by name (404 unknown entrypoint, 504 deadline, 503 no policy)
-            names = {c.__name__ for c in type(exc).__mro__}
-            status = (404 if "UnknownEntrypointError" in names else 504 if "DeadlineExceeded" in names
-                      else 503 if "PoolClosed" in names else 500)
-            data, headers = _error(status, type(exc).__name__, f"evaluation failed: {exc}")
-            await request.respond(data, headers=headers)
+            await _respond_error(request, exc)
+        except Exception as exc:
+            log.exception("policy.evaluate: unexpected error")
+            await _respond_error(request, GroqPolicyError(f"evaluation failed: {type(exc).__name__}: {exc}"))
 
     async def _answer(self, data: bytes) -> bytes:
         try:
@@ -105,7 +103,7 @@ class EvaluateService:
         started = time.perf_counter()
         timeout = min(req.deadline_ms or 5000, 120_000) / 1000
         result = await asyncio.to_thread(self.runtime.evaluator.evaluate, req.entrypoint, req.input, timeout=timeout)
-        from bridge.wasm import UNDEFINED
+        from bridge.opawasm import UNDEFINED
 
         return _encode(EvaluateReply(entrypoint=req.entrypoint, result=None if result is UNDEFINED else result,
                                      latency_ms=round((time.perf_counter() - started) * 1000, 3),

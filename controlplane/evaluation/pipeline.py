@@ -44,10 +44,9 @@ from typing import Any, Protocol, TypeVar
 
 import msgspec
 
-from bridge.wasm import UNDEFINED
-from bridge.wire import InferRequest, decode_reply
-from controlplane.constitution import CONSTITUTIONAL_HASH
-from controlplane.ids import uuid4s
+from bridge.inference.wire import InferRequest, decode_reply
+from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
+from bridge.opawasm import UNDEFINED
 from controlplane.evaluation.schemas import (
     ConstitutionalValidation,
     EvaluateResponse,
@@ -55,6 +54,7 @@ from controlplane.evaluation.schemas import (
     PolicyResult,
     Violation,
 )
+from controlplane.infra.ids import uuid4s
 from controlplane.metrics.recorders import record_reply
 from controlplane.policies import rego
 from controlplane.policies.schemas import TIER_TARGET_MS, TIERS, PolicyRecord
@@ -96,7 +96,7 @@ EscalationSink = Callable[[dict[str, Any]], Awaitable[None]]
 
 # ---- model-call metering ----------------------------------------------------------------------
 class InferenceMeter:
-    __slots__ = ("seconds", "calls", "replies")
+    __slots__ = ("calls", "replies", "seconds")
 
     def __init__(self) -> None:
         self.seconds = 0.0
@@ -246,7 +246,7 @@ def _post_input(key: tuple[Any, ...]) -> dict[str, Any]:
 class _PreOutcome:
     """What the pipeline takes from a pre-validation document (memoised with it)."""
 
-    __slots__ = ("doc", "decision", "violations")
+    __slots__ = ("decision", "doc", "violations")
 
     def __init__(self, doc: Any) -> None:
         self.doc = doc
@@ -258,7 +258,7 @@ class _PostOutcome:
     """What the pipeline takes from a post-validation document (memoised with it: many evaluations
     propose the same decision). `reasons`/`confidence` None: keep the proposal's."""
 
-    __slots__ = ("decision", "violations", "reasons", "confidence")
+    __slots__ = ("confidence", "decision", "reasons", "violations")
 
     def __init__(self, decision: str, violations: list[Violation], reasons: list[str] | None, confidence: float | None) -> None:
         self.decision, self.violations, self.reasons, self.confidence = decision, violations, reasons, confidence
@@ -275,8 +275,19 @@ class _PostOutcome:
 class _Request:
     """One `decide_many` call's parameters and what it settled up front."""
 
-    __slots__ = ("contexts", "policy_types", "tier", "constitutional_hash", "explain", "echo_input", "evaluator", "revision",
-                 "chosen", "pure", "ids")
+    __slots__ = (
+        "chosen",
+        "constitutional_hash",
+        "contexts",
+        "echo_input",
+        "evaluator",
+        "explain",
+        "ids",
+        "policy_types",
+        "pure",
+        "revision",
+        "tier",
+    )
 
     def __init__(self, contexts: list[dict[str, Any]], policy_types: list[str], tier: str, constitutional_hash: str,
                  explain: bool, echo_input: bool, evaluator: Any, revision: str, chosen: list[PolicyRecord],
@@ -290,7 +301,7 @@ class _Request:
 class _Pending:
     """A pure policy's answer that asks for the model stage (awaited on the event loop)."""
 
-    __slots__ = ("record", "value", "error", "wasm_us")
+    __slots__ = ("error", "record", "value", "wasm_us")
 
     def __init__(self, record: PolicyRecord, value: Any, error: str, wasm_us: float) -> None:
         self.record, self.value, self.error, self.wasm_us = record, value, error, wasm_us
@@ -299,7 +310,7 @@ class _Pending:
 class _Staged:
     """One context after stages 2 and 3: its pre-validation and each policy's result so far."""
 
-    __slots__ = ("pre", "pre_decision", "wasm_us", "outs")
+    __slots__ = ("outs", "pre", "pre_decision", "wasm_us")
 
     def __init__(self, pre: _PreOutcome, wasm_us: float) -> None:
         self.pre, self.pre_decision, self.wasm_us = pre, pre.decision, wasm_us
@@ -308,7 +319,7 @@ class _Staged:
 
 class Pipeline:
     def __init__(self, evaluator: Any, policies: Callable[[], list[PolicyRecord]], revision: Callable[[], str]) -> None:
-        self.evaluator = evaluator  # bridge.wasm.WasmEvaluator (hot-swapped by the runtime)
+        self.evaluator = evaluator  # bridge.opawasm.WasmEvaluator (hot-swapped by the runtime)
         self.policies = policies
         self.revision = revision
         self.audit: AuditSink | None = None
@@ -751,7 +762,7 @@ class Pipeline:
                     "policy_ids": [str(p) for p in response.applicable_policies],
                     "input_context": input_context,  # the sink publishes its digest, never the input
                 })
-            except Exception:  # noqa: BLE001 - an escalation that cannot be sent is logged, the decision stands
+            except Exception:
                 log.exception("escalation for %s could not be published", response.evaluation_id)
 
 

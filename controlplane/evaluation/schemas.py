@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from controlplane.constitution import CONSTITUTIONAL_HASH
+from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from controlplane.policies.schemas import ConstitutionalHash, PerformanceTier, PolicyType
 
 Decision = Literal["allow", "deny", "review"]

@@ -108,19 +108,19 @@ def record_audit_append(source: str, count: int = 1, failed: bool = False) -> No
 
 
 def record_reply(reply: object) -> None:
-    """One inference-worker reply (`bridge.wire.InferReply` or its JSON object): tier, model,
+    """One inference-worker reply (`bridge.inference.wire.InferReply` or its JSON object): tier, model,
     tokens, cost and whether the cache answered. Anything else (an error reply) is ignored."""
     if isinstance(reply, dict):
         get = reply.get
         usage = reply.get("usage") or {}
         uget = usage.get if isinstance(usage, dict) else (lambda k, d=None: d)
     else:
-        def get(k, d=None):  # noqa: ANN001, ANN202
+        def get(k, d=None):
             return getattr(reply, k, d)
 
         usage = getattr(reply, "usage", None)
 
-        def uget(k, d=None):  # noqa: ANN001, ANN202
+        def uget(k, d=None):
             return getattr(usage, k, d)
 
     model, tier = get("model"), get("tier")

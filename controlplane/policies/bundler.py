@@ -19,8 +19,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bridge.wasm import HostConfig, policy_from_files
-from bridge.wasm.errors import WasmError
+from bridge.opawasm import HostConfig, policy_from_files
+from bridge.opawasm.errors import WasmError
 from controlplane.bundles.compiler import (
     BundleDefinition,
     CompiledBundle,

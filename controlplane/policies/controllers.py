@@ -9,6 +9,7 @@ import msgspec
 from litestar import Controller
 from litestar.params import Body, FromPath, FromQuery, JSONBody
 
+from bridge.kernel.vocabulary import check_hash
 from controlplane.auth.guards import requires
 from controlplane.policies.schemas import (
     CompileReport,
@@ -20,7 +21,6 @@ from controlplane.policies.schemas import (
     PolicyUpdate,
     error_responses,
 )
-from controlplane.policies.service import check_hash
 from controlplane.routes import delete, get, post, put
 from controlplane.services import ServicesDep
 

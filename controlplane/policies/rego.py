@@ -31,7 +31,7 @@ BATCH_RULE = "groqpolicy_decisions"
 SOURCE_NAME = "opa_policy"  # how compiler messages name the user's text
 _PACKAGE = re.compile(r"^(\s*)package\s+[^\s#]+[^\n#]*", re.MULTILINE)
 _DECISION = re.compile(r"^\s*(default\s+)?decision\b", re.MULTILINE)
-# Names of things that make an evaluation wait on the network (see bridge.wasm BLOCKING_BUILTINS).
+# Names of things that make an evaluation wait on the network (see bridge.opawasm BLOCKING_BUILTINS).
 _MAY_BLOCK = ("http.send", "lib.groq", "net.lookup_ip_addr", "data.groqpolicy.policies", "data.groqpolicy.rules")
 
 
@@ -84,7 +84,7 @@ def bundle_module(rule_id: uuid.UUID, text: str, *, title: str, policy_type: str
         + "# entrypoint: true\n"
         + f"# custom: {custom}\n"
         + f"{BATCH_RULE} := [groqpolicy_found | some groqpolicy_one in input\n"
-        + f"\tgroqpolicy_found := [groqpolicy_d | groqpolicy_d := decision] with input as groqpolicy_one]\n"
+        + "\tgroqpolicy_found := [groqpolicy_d | groqpolicy_d := decision] with input as groqpolicy_one]\n"
     )
 
 

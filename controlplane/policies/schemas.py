@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from controlplane.constitution import CONSTITUTIONAL_HASH
+from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 
 PolicyType = Literal[
     "constitutional_compliance", "data_governance", "ethical_constraints", "regulatory_compliance",
@@ -59,7 +59,7 @@ class PolicyUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     policy_type: PolicyType | msgspec.UnsetType = msgspec.UNSET
     opa_policy: RegoText | msgspec.UnsetType = msgspec.UNSET
     performance_tier: PerformanceTier | msgspec.UnsetType = msgspec.UNSET
-    groq_model_config: GroqModelConfig | None | msgspec.UnsetType = msgspec.UNSET
+    groq_model_config: GroqModelConfig | msgspec.UnsetType | None = msgspec.UNSET
     constitutional_principles: list[Principle] | msgspec.UnsetType = msgspec.UNSET
     priority: int | msgspec.UnsetType = msgspec.UNSET
     is_active: bool | msgspec.UnsetType = msgspec.UNSET

@@ -12,15 +12,15 @@ import hashlib
 import logging
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
 import msgspec
 
+from bridge.kernel.errors import GroqPolicyError
+from bridge.kernel.vocabulary import check_hash
 from controlplane.bundles.compiler import CompiledBundle
-from controlplane.constitution import CONSTITUTIONAL_HASH
-from controlplane.errors import GroqPolicyError
 from controlplane.policies import rego
 from controlplane.policies.bundler import PolicyBundler, measure
 from controlplane.policies.schemas import (
@@ -36,21 +36,11 @@ log = logging.getLogger(__name__)
 
 
 class PolicyNotFound(GroqPolicyError):
-    status_code = 404
+    status = 404
 
 
 class PolicyInactive(GroqPolicyError):
-    status_code = 409
-
-
-class ConstitutionalHashMismatch(GroqPolicyError):
-    status_code = 422
-
-
-def check_hash(value: str | None) -> None:
-    if value != CONSTITUTIONAL_HASH:
-        raise ConstitutionalHashMismatch(
-            f"constitutional_hash: unknown constitution (want: {CONSTITUTIONAL_HASH}, got: {value!r})")
+    status = 409
 
 
 def bundle_artifact(revision: str, target: str) -> str:
@@ -59,7 +49,7 @@ def bundle_artifact(revision: str, target: str) -> str:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _module(record: PolicyRecord) -> str:

@@ -13,10 +13,17 @@ import msgspec
 import nats.errors
 from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
 from nats.js.client import JetStreamContext
-from nats.js.errors import APIError, BucketNotFoundError, KeyNotFoundError, KeyDeletedError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import (
+    APIError,
+    BucketNotFoundError,
+    KeyDeletedError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NotFoundError,
+)
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from controlplane.errors import GroqPolicyError
+from bridge.kernel.errors import GroqPolicyError
 from controlplane.policies.schemas import PolicyRecord
 
 log = logging.getLogger(__name__)
@@ -33,7 +40,7 @@ _encode = msgspec.json.Encoder().encode
 class StoreUnavailable(GroqPolicyError):
     """JetStream did not answer (NATS down, no quorum): nothing was written."""
 
-    status_code = 503
+    status = 503
 
 
 def _unavailable(fn):
@@ -46,7 +53,7 @@ def _unavailable(fn):
             return await fn(*args, **kwargs)
         except GroqPolicyError:
             raise
-        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nats.errors.Error) as exc:
             raise StoreUnavailable(f"policy store (JetStream): {fn.__name__} failed: {exc or type(exc).__name__}") from None
 
     return call
@@ -55,7 +62,7 @@ def _unavailable(fn):
 class StoreConflict(GroqPolicyError):
     """Someone else changed the policy between our read and our write."""
 
-    status_code = 409
+    status = 409
 
 
 def key_for(rule_id: uuid.UUID) -> str:
@@ -151,7 +158,7 @@ class PolicyStore:
             if changed and self.on_change is not None:
                 try:
                     await self.on_change()
-                except Exception:  # noqa: BLE001 - a failed reaction must not stop the watch
+                except Exception:
                     log.exception("policy KV: reacting to %s failed", entry.key)
 
     def _apply(self, entry) -> bool:

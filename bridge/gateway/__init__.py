@@ -1,7 +1,0 @@
-"""Bridge gateway: HTTP :8016 (`POST /v1/infer/{tier}`) -> NATS `groq.infer.<tier>`."""
-
-from bridge.gateway.app import Gateway, create_app
-from bridge.gateway.client import InferClient
-from bridge.gateway.server import serve_gateway
-
-__all__ = ["Gateway", "InferClient", "create_app", "serve_gateway"]

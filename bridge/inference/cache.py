@@ -1,0 +1,125 @@
+"""Judgment caches: L1 in this process (bounded LRU with TTL), L2 in a JetStream KV bucket
+shared by every worker. Keys are SHA-256 over the canonical request, so they are valid KV keys."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from typing import Generic, TypeVar
+
+import msgspec
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+
+from bridge.inference.prompts import TEMPLATE_VERSION
+from bridge.inference.wire import InferReply, InferRequest
+
+V = TypeVar("V")
+_key_encoder = msgspec.json.Encoder(order="sorted")
+
+
+def cache_key(tier: str, req: InferRequest) -> str:
+    """Everything that changes the model's answer, and nothing else (not the deadline)."""
+    raw = _key_encoder.encode((TEMPLATE_VERSION, tier, req.model, req.policy, req.question, req.context,
+                               req.max_tokens, req.temperature))
+    return hashlib.sha256(raw).hexdigest()
+
+
+class TTLCache(Generic[V]):
+    """Bounded LRU whose entries also expire. `get` is a dict lookup plus a clock read."""
+
+    def __init__(self, maxsize: int = 10_000, clock=time.monotonic) -> None:
+        self.maxsize = maxsize
+        self.clock = clock
+        self._data: OrderedDict[str, tuple[float, V]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> V | None:
+        item = self._data.get(key)
+        if item is None:
+            self.misses += 1
+            return None
+        if item[0] <= self.clock():
+            del self._data[key]
+            self.misses += 1
+            return None
+        self._data.move_to_end(key)
+        self.hits += 1
+        return item[1]
+
+    def ttl_left(self, key: str) -> float:
+        item = self._data.get(key)
+        return max(0.0, item[0] - self.clock()) if item else 0.0
+
+    def set(self, key: str, value: V, ttl_s: float) -> None:
+        self._data[key] = (self.clock() + ttl_s, value)
+        self._data.move_to_end(key)
+        while len(self._data) > self.maxsize:
+            self._data.popitem(last=False)
+
+    def clear(self) -> None:
+        self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class L2Entry(msgspec.Struct):
+    expires_at: float
+    """Unix seconds; the bucket's own TTL is only an upper bound shared by all tiers."""
+    reply: InferReply
+
+
+class KVCache:
+    """L2: one JetStream KV bucket shared by all workers."""
+
+    BUCKET = "groq_judgments"
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+        self.hits = 0
+        self.misses = 0
+        self.errors = 0
+        self._enc = msgspec.json.Encoder()
+        self._dec = msgspec.json.Decoder(L2Entry)
+
+    @classmethod
+    async def open(cls, js, bucket: str = BUCKET, ttl_s: float = 3600.0) -> KVCache:
+        try:
+            kv = await js.key_value(bucket)
+        except Exception:  # noqa: BLE001 - BucketNotFoundError, or a stream that is not a bucket yet
+            kv = await js.create_key_value(bucket=bucket, ttl=ttl_s, history=1,
+                                           description="groqpolicy: cached Groq judgments (L2)")
+        return cls(kv)
+
+    async def get(self, key: str) -> tuple[InferReply, float] | None:
+        """(reply, seconds left) or None; a broken entry is a miss."""
+        try:
+            entry = await self.kv.get(key)
+        except KeyNotFoundError:
+            self.misses += 1
+            return None
+        except Exception:  # noqa: BLE001 - L2 is an optimisation: its failure is a miss
+            self.errors += 1
+            self.misses += 1
+            return None
+        try:
+            item = self._dec.decode(entry.value or b"")
+        except msgspec.MsgspecError:
+            self.errors += 1
+            self.misses += 1
+            return None
+        left = item.expires_at - time.time()
+        if left <= 0:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return item.reply, left
+
+    async def put(self, key: str, reply: InferReply, ttl_s: float) -> None:
+        try:
+            await self.kv.put(key, self._enc.encode(L2Entry(expires_at=time.time() + ttl_s, reply=reply)))
+        except Exception:  # noqa: BLE001
+            self.errors += 1

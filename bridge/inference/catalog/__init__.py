@@ -1,0 +1,188 @@
+"""The tier catalog: which Groq models serve which tier, what they cost, and the retired names.
+
+Data lives in `tiers.json` next to this file (or `$GROQPOLICY_TIER_CATALOG`); this module only
+loads and checks it. `Catalog.resolve("llama-3.1-8b-instant")` answers
+`("openai/gpt-oss-20b", "llama-3.1-8b-instant")`: callers must say that an alias was resolved.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from bridge.kernel.config import GroqSettings
+from bridge.kernel.vocabulary import TIERS
+
+CATALOG_PATH = Path(__file__).with_name("tiers.json")
+
+
+class CatalogError(Exception):
+    """The catalog file is unreadable or inconsistent, or a name is not in it."""
+
+
+class ModelSpec(msgspec.Struct, frozen=True):
+    owned_by: str
+    context_window: int
+    max_completion_tokens: int
+    json_schema_strict: bool
+    price_input_per_mtok: float
+    price_output_per_mtok: float
+    typical_latency_ms: float
+    reasoning: bool = False
+    reasoning_efforts: list[str] = []
+    hide_reasoning: str | None = None
+    """`include_reasoning` (send false) or `reasoning_format` (send "hidden"); None: nothing to hide."""
+    price_approximate: bool = False
+    note: str = ""
+    id: str = ""
+
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.price_input_per_mtok + completion_tokens * self.price_output_per_mtok) / 1e6
+
+    @property
+    def cost_per_token(self) -> float:
+        """Blended USD per token (the seed's single `cost_per_token`): mean of input and output price."""
+        return (self.price_input_per_mtok + self.price_output_per_mtok) / 2e6
+
+
+class TierSpec(msgspec.Struct, frozen=True):
+    latency_target_ms: float
+    models: list[str]
+    fallback_tier: str | None = None
+    max_tokens: int = 512
+    temperature: float = 0.0
+    cache_ttl_s: int = 300
+    reasoning_effort: str | None = None
+    name: str = ""
+
+
+class Alias(msgspec.Struct, frozen=True):
+    to: str
+    retired: str = ""
+
+
+class _File(msgspec.Struct):
+    as_of: str
+    models: dict[str, ModelSpec]
+    tiers: dict[str, TierSpec]
+    aliases: dict[str, Alias] = {}
+    default_tier: str = "fast"
+    _comment: Any = None
+
+
+class Catalog:
+    def __init__(self, data: _File, source: str) -> None:
+        self.source = source
+        self.as_of = data.as_of
+        self.default_tier = data.default_tier
+        self.models = {k: msgspec.structs.replace(v, id=k) for k, v in data.models.items()}
+        self.tiers = {k: msgspec.structs.replace(v, name=k) for k, v in data.tiers.items()}
+        self.aliases = dict(data.aliases)
+        self._check()
+
+    def _check(self) -> None:
+        where = self.source
+        if set(self.tiers) != set(TIERS):
+            raise CatalogError(f"{where}: tiers (want: {sorted(TIERS)}, got: {sorted(self.tiers)})")
+        for name, tier in self.tiers.items():
+            if not tier.models:
+                raise CatalogError(f"{where}: tiers.{name}.models: empty (expected at least one model)")
+            for m in tier.models:
+                if m not in self.models:
+                    raise CatalogError(f"{where}: tiers.{name}.models: unknown model {m!r}")
+            if tier.fallback_tier is not None and tier.fallback_tier not in self.tiers:
+                raise CatalogError(f"{where}: tiers.{name}.fallback_tier: unknown tier {tier.fallback_tier!r}")
+        for alias, target in self.aliases.items():
+            if target.to not in self.models:
+                raise CatalogError(f"{where}: aliases.{alias}: resolves to unknown model {target.to!r}")
+            if alias in self.models:
+                raise CatalogError(f"{where}: aliases.{alias}: shadows a current model")
+
+    def resolve(self, model_name: str) -> tuple[str, str | None]:
+        """(current model id, the retired name it was resolved from or None); CatalogError when unknown."""
+        if model_name in self.models:
+            return model_name, None
+        alias = self.aliases.get(model_name)
+        if alias is not None:
+            return alias.to, model_name
+        raise CatalogError(f"model {model_name!r}: not in the catalog (known: {', '.join(sorted(self.models))})")
+
+    def model(self, model_id: str) -> ModelSpec:
+        return self.models[self.resolve(model_id)[0]]
+
+    def tier(self, name: str) -> TierSpec:
+        try:
+            return self.tiers[name]
+        except KeyError:
+            raise CatalogError(f"tier {name!r}: unknown (known: {', '.join(TIERS)})") from None
+
+    def tier_of(self, model_id: str) -> str:
+        """The first tier whose primary is `model_id` (else the first tier listing it)."""
+        for name, t in self.tiers.items():
+            if t.models[0] == model_id:
+                return name
+        for name, t in self.tiers.items():
+            if model_id in t.models:
+                return name
+        return self.default_tier
+
+    def candidates(self, tier: str, preferred: str | None = None) -> list[str]:
+        """Models to try for `tier`, in order: preferred, the tier's own, then its fallback tier's."""
+        spec = self.tier(tier)
+        order: list[str] = []
+        if preferred:
+            order.append(self.resolve(preferred)[0])
+        order.extend(spec.models)
+        if spec.fallback_tier:
+            order.extend(self.tiers[spec.fallback_tier].models)
+        seen: set[str] = set()
+        return [m for m in order if not (m in seen or seen.add(m))]
+
+    def models_listing(self) -> list[dict[str, Any]]:
+        """The seed's `GET /api/v1/groq/models` shape, one row per (tier, primary model), plus extras."""
+        rows = []
+        for name, t in self.tiers.items():
+            for model_id in t.models:
+                spec = self.models[model_id]
+                rows.append({
+                    "model_name": model_id,
+                    "performance_tier": name,
+                    "max_tokens": t.max_tokens,
+                    "cost_per_token": spec.cost_per_token,
+                    "typical_latency_ms": spec.typical_latency_ms,
+                    "latency_target_ms": t.latency_target_ms,
+                    "price_input_per_mtok": spec.price_input_per_mtok,
+                    "price_output_per_mtok": spec.price_output_per_mtok,
+                    "json_schema_strict": spec.json_schema_strict,
+                    "primary": model_id == t.models[0],
+                })
+        return rows
+
+
+def load_catalog(path: str | os.PathLike[str] | None = None) -> Catalog:
+    p = Path(path) if path else (GroqSettings.from_env().tier_catalog or CATALOG_PATH)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise CatalogError(f"{p}: unreadable ({exc.strerror})") from None
+    try:
+        data = msgspec.json.decode(raw, type=_File)
+    except msgspec.ValidationError as exc:
+        raise CatalogError(f"{p}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise CatalogError(f"{p}: not JSON ({exc})") from None
+    return Catalog(data, str(p))
+
+
+@lru_cache(maxsize=1)
+def default_catalog() -> Catalog:
+    return load_catalog()
+
+
+def resolve(model_name: str) -> tuple[str, str | None]:
+    """`default_catalog().resolve(...)`."""
+    return default_catalog().resolve(model_name)

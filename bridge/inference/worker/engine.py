@@ -1,0 +1,337 @@
+"""The inference engine: cache, coalescing, model calls with retries, breakers and fallback.
+
+What each Groq failure does (documented behaviour; tests/test_worker_resilience.py asserts it):
+
+| failure                         | retry same model?                       | breaker  | then            |
+| ------------------------------- | --------------------------------------- | -------- | --------------- |
+| 429 rate limit                  | yes, after `retry-after` (+ jitter) if  | failure  | next model      |
+|                                 | it fits the budget and max_retry_after  |          |                 |
+| 498 flex capacity               | no (capacity, not a broken model)       | -        | next model      |
+| 5xx, connection error           | yes, exponential backoff + full jitter  | failure  | next model      |
+| timeout (attempt budget spent)  | no (a slow model stays slow)            | failure  | next model      |
+| malformed JSON / schema-invalid | no (temperature 0 repeats itself)       | failure  | next model      |
+| other 4xx (400, 401, 404, ...)  | no                                      | failure  | next model      |
+| breaker open                    | -                                       | -        | next model      |
+| over budget: typical latency >  | -                                       | -        | next model that |
+| budget left (real API only)     |                                         |          | fits the budget |
+
+Models come from the catalog: the request's `model` (aliases resolved), the tier's models, then the
+fallback tier's. When every candidate failed the answer is `review` with `degraded: true` (never
+allow, never cached); when the budget ran out first the reply is a 504 error. A call never gets
+more time than the budget left, and while other candidates remain it gets at most half of it
+(or 4x the model's typical latency, whichever is more), so a hanging model leaves room for the
+fallback. The SDK's own retries are off: this loop owns them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+import groq
+import msgspec
+
+from bridge.inference.cache import KVCache, TTLCache, cache_key
+from bridge.inference.catalog import Catalog, CatalogError, ModelSpec
+from bridge.inference.prompts import render
+from bridge.inference.wire import (
+    VERDICT_JSON_SCHEMA,
+    InferReply,
+    InferRequest,
+    InvalidInferRequest,
+    Usage,
+    decode_verdict,
+)
+from bridge.inference.worker.breaker import CircuitBreaker
+from bridge.kernel.config import EngineSettings
+from bridge.kernel.errors import DeadlineExceeded
+
+log = logging.getLogger("groqpolicy.worker")
+EMPTY_USAGE = Usage()
+MIN_CALL_S = 0.005
+"""Below this much budget a model call cannot succeed; stop instead of starting one."""
+
+
+class ModelFailure(Exception):
+    def __init__(self, model: str, what: str, *, retry: bool, breaker: bool, wait_s: float | None = None) -> None:
+        super().__init__(f"{model}: {what}")
+        self.retry, self.breaker, self.wait_s = retry, breaker, wait_s
+
+
+@dataclass
+class Counters:
+    l1_hits: int = 0
+    l1_misses: int = 0
+    l2_hits: int = 0
+    l2_misses: int = 0
+    coalesced: int = 0
+    model_calls: int = 0
+    model_failures: int = 0
+    fallbacks: int = 0
+    degraded: int = 0
+    deadline_exceeded: int = 0
+    errors: int = 0
+
+
+def _retry_after(err: groq.APIStatusError) -> float | None:
+    h = err.response.headers
+    try:
+        if (ms := h.get("retry-after-ms")) is not None:
+            return float(ms) / 1000
+        if (s := h.get("retry-after")) is not None:
+            return float(s)
+    except ValueError:
+        return None
+    return None
+
+
+class InferenceEngine:
+    def __init__(self, client: groq.AsyncGroq, catalog: Catalog, *, emulated: bool,
+                 settings: EngineSettings | None = None, l2: KVCache | None = None) -> None:
+        self.client = client
+        self.catalog = catalog
+        self.emulated = emulated
+        self.settings = settings or EngineSettings.from_env()
+        self.l1: TTLCache[InferReply] = TTLCache(self.settings.l1_size)
+        self.l2 = l2
+        self.breakers: dict[str, CircuitBreaker] = {
+            m: CircuitBreaker(self.settings.breaker_threshold, self.settings.breaker_reset_s) for m in catalog.models
+        }
+        self.counters = Counters()
+        self._inflight: dict[str, asyncio.Future[tuple[InferReply, int]]] = {}
+        self._bg: set[asyncio.Task] = set()
+
+    # ---- cache fast path (synchronous, used by the service before it spawns a task) ---------
+    def lookup_l1(self, tier: str, req: InferRequest, started: float) -> tuple[InferReply, int] | None:
+        key = cache_key(tier, req)
+        hit = self.l1.get(key)
+        if hit is None:
+            self.counters.l1_misses += 1
+            return None
+        self.counters.l1_hits += 1
+        return self._as_cached(hit, started), int(self.l1.ttl_left(key))
+
+    @staticmethod
+    def _as_cached(reply: InferReply, started: float) -> InferReply:
+        return msgspec.structs.replace(reply, cached=True, usage=EMPTY_USAGE,
+                                       latency_ms=round((time.perf_counter() - started) * 1000, 3))
+
+    # ---- full path -----------------------------------------------------------------------------
+    async def infer(self, tier: str, req: InferRequest, deadline: float, started: float,
+                    *, skip_l1: bool = False) -> tuple[InferReply, int]:
+        """(reply, max-age seconds). `deadline` is on time.monotonic(); `started` on perf_counter()."""
+        if req.model:
+            try:
+                self.catalog.resolve(req.model)
+            except CatalogError as exc:
+                raise InvalidInferRequest(str(exc), status=422, code="model_not_found") from None
+        key = cache_key(tier, req)
+        if not skip_l1:
+            hit = self.lookup_l1(tier, req, started)
+            if hit is not None:
+                return hit
+        fut = self._inflight.get(key)
+        if fut is not None:
+            self.counters.coalesced += 1
+            reply, max_age = await self._wait(fut, deadline)
+            return msgspec.structs.replace(reply, latency_ms=round((time.perf_counter() - started) * 1000, 3)), max_age
+        fut = asyncio.get_running_loop().create_future()
+        self._inflight[key] = fut
+        task = asyncio.create_task(self._resolve(key, tier, req, deadline, started))
+        task.add_done_callback(lambda t, k=key, f=fut: self._settle(k, f, t))
+        return await self._wait(fut, deadline)
+
+    def _settle(self, key: str, fut: asyncio.Future, task: asyncio.Task) -> None:
+        self._inflight.pop(key, None)
+        if fut.done():
+            return
+        if task.cancelled():
+            fut.set_exception(DeadlineExceeded("inference cancelled"))
+        elif task.exception() is not None:
+            fut.set_exception(task.exception())
+        else:
+            fut.set_result(task.result())
+        if not fut.cancelled():
+            fut.exception()  # mark retrieved: every waiter may already have timed out
+
+    async def _wait(self, fut: asyncio.Future, deadline: float) -> tuple[InferReply, int]:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            self.counters.deadline_exceeded += 1
+            raise DeadlineExceeded("deadline exceeded before an answer was available")
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout=left)
+        except TimeoutError:
+            self.counters.deadline_exceeded += 1
+            raise DeadlineExceeded("deadline exceeded while waiting for the model") from None
+
+    async def _resolve(self, key: str, tier: str, req: InferRequest, deadline: float, started: float) -> tuple[InferReply, int]:
+        if self.l2 is not None:
+            left = deadline - time.monotonic()
+            got = None
+            if left > 0:
+                try:
+                    got = await asyncio.wait_for(self.l2.get(key), timeout=min(left, 0.5))
+                except TimeoutError:
+                    got = None
+            if got is not None:
+                self.counters.l2_hits += 1
+                reply, ttl_left = got
+                self.l1.set(key, reply, ttl_left)
+                return self._as_cached(reply, started), int(ttl_left)
+            self.counters.l2_misses += 1
+        reply = await self._call_models(tier, req, deadline, started)
+        if reply.degraded:
+            return reply, self.settings.review_max_age_s
+        ttl = self.catalog.tier(tier).cache_ttl_s
+        self.l1.set(key, reply, ttl)
+        if self.l2 is not None:
+            t = asyncio.create_task(self.l2.put(key, reply, ttl))
+            self._bg.add(t)
+            t.add_done_callback(self._bg.discard)
+        return reply, ttl
+
+    async def _call_models(self, tier: str, req: InferRequest, deadline: float, started: float) -> InferReply:
+        requested, resolved_from = (self.catalog.resolve(req.model) if req.model else (None, None))
+        candidates = self.catalog.candidates(tier, req.model)
+        messages = render(req)
+        failures: list[str] = []
+        attempts = 0
+        for i, model in enumerate(candidates):
+            spec = self.catalog.models[model]
+            breaker = self.breakers[model]
+            for attempt in range(self.settings.retries_per_model):
+                left = deadline - time.monotonic()
+                if left < MIN_CALL_S:
+                    self.counters.deadline_exceeded += 1
+                    raise DeadlineExceeded(
+                        f"deadline exceeded after {attempts} model call(s)" + (f": {'; '.join(failures)}" if failures else ""))
+                if attempt == 0 and self._over_budget(spec, left, candidates[i + 1:]):
+                    failures.append(f"{model}: typical latency {spec.typical_latency_ms:g} ms is over the "
+                                    f"remaining budget of {left * 1000:.0f} ms")
+                    break
+                if not breaker.allow():
+                    failures.append(f"{model}: circuit {breaker.state}")
+                    break
+                attempts += 1
+                self.counters.model_calls += 1
+                last = i == len(candidates) - 1 and attempt + 1 >= self.settings.retries_per_model
+                timeout = left if last else min(left, max(left / 2, spec.typical_latency_ms * 4 / 1000))
+                try:
+                    verdict, usage, served_by = await self._call(model, spec, tier, messages, timeout, req)
+                except ModelFailure as exc:
+                    self.counters.model_failures += 1
+                    failures.append(str(exc))
+                    if exc.breaker:
+                        breaker.record_failure()
+                    else:
+                        breaker.release_probe()  # capacity limits say nothing about the model's health
+                    if not exc.retry or attempt + 1 >= self.settings.retries_per_model:
+                        break
+                    # retry-after is a floor: add up to 10% jitter so that workers told the same
+                    # instant do not return in lockstep; without it, exponential backoff, full jitter
+                    wait = exc.wait_s * random.uniform(1.0, 1.1) if exc.wait_s is not None else self._backoff(attempt)
+                    if wait > self.settings.max_retry_after_s or time.monotonic() + wait + MIN_CALL_S >= deadline:
+                        said = f"retry-after {exc.wait_s:g}s" if exc.wait_s is not None else f"backoff {wait:.3g}s"
+                        failures.append(f"{model}: {said} does not fit the budget")
+                        break
+                    await asyncio.sleep(wait)
+                    continue
+                breaker.record_success()
+                if i > 0:
+                    self.counters.fallbacks += 1
+                usage.attempts = attempts
+                return InferReply(
+                    decision=verdict.decision, confidence=verdict.confidence, rationale=verdict.rationale,
+                    model=served_by, tier=tier, emulated=self.emulated, usage=usage,
+                    latency_ms=round((time.perf_counter() - started) * 1000, 3),
+                    requested_model=req.model if resolved_from else msgspec.UNSET, resolved_from=resolved_from or msgspec.UNSET,
+                    reasons=[f"earlier attempt failed: {f}" for f in failures],
+                )
+        self.counters.degraded += 1
+        log.warning("tier %s: no model produced a valid answer: %s", tier, "; ".join(failures))
+        return InferReply(
+            decision="review", confidence=0.0,
+            rationale="no model produced a valid answer; failing closed to review",
+            model="", tier=tier, emulated=self.emulated, usage=Usage(attempts=attempts),
+            latency_ms=round((time.perf_counter() - started) * 1000, 3), degraded=True, reasons=failures,
+            requested_model=req.model if resolved_from else msgspec.UNSET, resolved_from=resolved_from or msgspec.UNSET,
+        )
+
+    def _over_budget(self, spec: ModelSpec, left: float, rest: list[str]) -> bool:
+        """Skip a model that typically needs more than the budget left while a later one fits it."""
+        if self.emulated or spec.typical_latency_ms / 1000 <= left:
+            return False
+        return any(self.catalog.models[m].typical_latency_ms / 1000 <= left for m in rest)
+
+    def _backoff(self, attempt: int) -> float:
+        # Full jitter (AWS architecture blog): uniform in [0, min(cap, base * 2^attempt)].
+        return random.uniform(0, min(self.settings.backoff_max_s, self.settings.backoff_base_s * 2 ** attempt))
+
+    async def _call(self, model: str, spec: ModelSpec, tier: str, messages: list, left: float, req: InferRequest):
+        tier_spec = self.catalog.tier(tier)
+        max_tokens = min(req.max_tokens or tier_spec.max_tokens, tier_spec.max_tokens, spec.max_completion_tokens)
+        temperature = tier_spec.temperature if req.temperature is None else req.temperature
+        if spec.json_schema_strict:
+            response_format = {"type": "json_schema", "json_schema": {"name": "policy_verdict", "strict": True,
+                                                                    "schema": VERDICT_JSON_SCHEMA}}
+        else:
+            response_format = {"type": "json_object"}
+        extra: dict = {}
+        if tier_spec.reasoning_effort and tier_spec.reasoning_effort in spec.reasoning_efforts:
+            extra["reasoning_effort"] = tier_spec.reasoning_effort
+        if spec.hide_reasoning == "include_reasoning":
+            extra["include_reasoning"] = False
+        elif spec.hide_reasoning == "reasoning_format":
+            extra["reasoning_format"] = "hidden"
+        try:
+            completion = await self.client.chat.completions.create(
+                model=model, messages=messages, response_format=response_format,
+                max_completion_tokens=max_tokens, temperature=temperature, timeout=left, **extra,
+            )
+        except groq.RateLimitError as exc:
+            return self._raise(model, "429 rate limited", retry=True, breaker=True, wait_s=_retry_after(exc))
+        except groq.APITimeoutError:
+            return self._raise(model, f"timed out after {left:.3g}s", retry=False, breaker=True)
+        except groq.APIConnectionError as exc:
+            return self._raise(model, f"connection error: {exc}", retry=True, breaker=True)
+        except groq.APIStatusError as exc:
+            code = exc.status_code
+            if code == 498:
+                return self._raise(model, "498 flex capacity exceeded", retry=False, breaker=False)
+            if code >= 500 or code in (408, 409):
+                return self._raise(model, f"{code} server error", retry=True, breaker=True)
+            detail = exc.body.get("error", {}).get("code", "") if isinstance(exc.body, dict) else ""
+            return self._raise(model, f"{code} {detail}".strip(), retry=False, breaker=True)
+        content = completion.choices[0].message.content if completion.choices else None
+        try:
+            verdict = decode_verdict(content or "")
+        except msgspec.ValidationError as exc:  # a subclass of DecodeError: catch it first
+            return self._raise(model, f"answer violates the verdict schema: {exc}", retry=False, breaker=True)
+        except msgspec.DecodeError:
+            return self._raise(model, "answer is not valid JSON", retry=False, breaker=True)
+        u = completion.usage
+        usage = Usage()
+        if u is not None:
+            usage = Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens, total_tokens=u.total_tokens,
+                          queue_time=u.queue_time or 0.0, prompt_time=u.prompt_time or 0.0,
+                          completion_time=u.completion_time or 0.0, total_time=u.total_time or 0.0,
+                          cost_usd=round(spec.cost_usd(u.prompt_tokens, u.completion_tokens), 9))
+        return verdict, usage, completion.model or model
+
+    @staticmethod
+    def _raise(model: str, what: str, **kw):
+        raise ModelFailure(model, what, **kw)
+
+    def stats(self) -> dict:
+        c = self.counters
+        return {
+            **c.__dict__,
+            "l1_size": len(self.l1),
+            "inflight": len(self._inflight),
+            "emulated": self.emulated,
+            "breakers": {m: b.state for m, b in self.breakers.items()},
+        }

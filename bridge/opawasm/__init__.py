@@ -1,0 +1,38 @@
+"""In-process OPA-WASM evaluator on wasmtime (issue 3).
+
+The control plane holds one `WasmEvaluator` per wasm bundle and swaps revisions atomically:
+
+    from bridge.opawasm import HostConfig, WasmEvaluator, UNDEFINED
+    from bridge.opabundle.keys import load_verification_key
+
+    ev = WasmEvaluator({kid: verification_key}, host=HostConfig(
+        bridge_url="http://127.0.0.1:8016",        # http.send to {bridge_url}/v1/infer/<tier> ...
+        infer_transport=infer_client.transport(),  # ... goes straight to NATS groq.infer.<tier>
+    ))
+    ev.load(signed_bundle_tar_gz)                  # verify, compile, check ABI/builtins; then publish
+    decision = ev.evaluate("policies/decision", {"user": "alice"})        # threads
+    decision = await ev.evaluate_async("policies/decision", {"user": "alice"})  # asyncio
+    raw = ev.evaluate_raw("policies/decision", b'{"user":"alice"}')  # b'[{"result":...}]' / b'[]'
+
+`evaluate` returns the entrypoint's value or `UNDEFINED`; every failure is an `EvaluationError`
+(`PolicyAbort`, `BuiltinHalt`, `WasmTrap`, `DeadlineExceeded`, `OutOfMemory`), never a decision.
+Load failures are `BundleLoadError`s (`BundleVerificationFailed`, `UnsupportedABIError`,
+`MissingBuiltinsError`); the previous revision keeps serving. `WasmPolicy` is one revision without
+bundle handling (`policy_from_files` for already-verified files).
+"""
+
+from bridge.opawasm.builtins import UNDEFINED
+from bridge.opawasm.bundle import WasmEvaluator, load_bundle, policy_from_files
+from bridge.opawasm.errors import *  # noqa: F403
+from bridge.opawasm.host import HostConfig, InferTransport
+from bridge.opawasm.policy import WasmPolicy
+
+__all__ = [
+    "UNDEFINED",
+    "HostConfig",
+    "InferTransport",
+    "WasmEvaluator",
+    "WasmPolicy",
+    "load_bundle",
+    "policy_from_files",
+]

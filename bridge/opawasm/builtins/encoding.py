@@ -1,0 +1,409 @@
+"""Encoding builtins: hex.*, urlquery.*, base64url.encode_no_pad, yaml.*, json.marshal_with_options,
+json.patch, json.match_schema / json.verify_schema (topdown encoding.go, json.go, schema.go)."""
+
+from __future__ import annotations
+
+import base64
+import re
+import urllib.parse
+from typing import Any
+
+import msgspec
+import yaml
+
+from bridge.opawasm.builtins import EvalContext, builtin
+from bridge.opawasm.builtins.strings import need_str, type_name
+from bridge.opawasm.errors import BuiltinError, HaltError
+from bridge.opawasm.values import RegoSet, canonical_key, to_json
+
+
+@builtin("hex.encode")
+def hex_encode(ctx: EvalContext, s: Any) -> str:
+    return need_str(s, 1).encode("utf-8").hex()
+
+
+@builtin("hex.decode")
+def hex_decode(ctx: EvalContext, s: Any) -> str:
+    s = need_str(s, 1)
+    # Go's hex.DecodeString: the first non-hex byte wins over an odd length
+    for ch in s.encode("utf-8"):
+        if chr(ch) not in "0123456789abcdefABCDEF":
+            shown = chr(ch) if ch < 0x80 else "\ufffd"
+            raise BuiltinError(f"encoding/hex: invalid byte: U+{ord(shown):04X} {_go_rune(shown)}")
+    if len(s) % 2:
+        raise BuiltinError("encoding/hex: odd length hex string")
+    return bytes.fromhex(s).decode("utf-8", "replace")
+
+
+def _go_rune(ch: str) -> str:
+    """Go's %q for a rune."""
+    if ch == "'":
+        return "'\\''"
+    if ch.isprintable():
+        return f"'{ch}'"
+    return "'" + ch.encode("unicode_escape").decode() + "'"
+
+
+@builtin("base64url.encode_no_pad")
+def b64url_nopad(ctx: EvalContext, s: Any) -> str:
+    return base64.urlsafe_b64encode(need_str(s, 1).encode()).decode().rstrip("=")
+
+
+def _query_escape(s: str) -> str:
+    return urllib.parse.quote_plus(s, safe="~")
+
+
+def _query_unescape(s: str) -> str:
+    if re.search(r"%(?![0-9a-fA-F]{2})", s):
+        bad = re.search(r"%.{0,2}", s)
+        raise BuiltinError(f'invalid URL escape "{bad.group(0) if bad else "%"}"')
+    return urllib.parse.unquote_plus(s, errors="replace")
+
+
+@builtin("urlquery.encode")
+def urlquery_encode(ctx: EvalContext, s: Any) -> str:
+    return _query_escape(need_str(s, 1))
+
+
+@builtin("urlquery.decode")
+def urlquery_decode(ctx: EvalContext, s: Any) -> str:
+    try:
+        return _query_unescape(need_str(s, 1))
+    except UnicodeDecodeError:
+        raise BuiltinError("invalid URL escape") from None
+
+
+@builtin("urlquery.encode_object")
+def urlquery_encode_object(ctx: EvalContext, obj: Any) -> str:
+    if not isinstance(obj, dict):
+        raise BuiltinError(f"operand 1 must be object but got {type_name(obj)}")
+    pairs: list[tuple[str, str]] = []
+    for k in sorted(obj):
+        v = obj[k]
+        if isinstance(v, str):
+            vals = [v]
+        elif isinstance(v, (list, tuple, RegoSet)):
+            vals = list(v)
+            if not all(isinstance(x, str) for x in vals):
+                raise BuiltinError("encode_object: values must be strings")
+        else:
+            raise BuiltinError("encode_object: values must be strings, arrays or sets of strings")
+        pairs += [(k, x) for x in vals]
+    return "&".join(f"{_query_escape(k)}={_query_escape(v)}" for k, v in pairs)
+
+
+@builtin("urlquery.decode_object")
+def urlquery_decode_object(ctx: EvalContext, s: Any) -> dict[str, list[str]]:
+    s = need_str(s, 1)
+    out: dict[str, list[str]] = {}
+    for part in s.split("&"):
+        if part == "":
+            continue
+        if ";" in part:
+            raise BuiltinError("invalid semicolon separator in query")
+        k, _, v = part.partition("=")
+        out.setdefault(_query_unescape(k), []).append(_query_unescape(v))
+    return out
+
+
+# -- yaml -------------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as OPA reads it (go-yaml v3, YAML 1.2 core schema, then converted to JSON): `yes`/`on`
+    and sexagesimals stay strings, ints parse like Go's ParseInt(base 0), timestamps stay strings."""
+
+
+_Loader.yaml_implicit_resolvers = {}
+_PLAIN = "tag:groqpolicy:plain"
+_Loader.add_implicit_resolver(_PLAIN, re.compile(r"(?s).*"), None)
+_GO_INT = re.compile(r"[-+]?(0[xX][0-9a-fA-F]+|0[oO][0-7]+|0[bB][01]+|0[0-7]*|[1-9][0-9]*)")
+_YAML_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
+
+
+def _plain(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
+    v = node.value
+    if v in ("true", "True", "TRUE"):
+        return True
+    if v in ("false", "False", "FALSE"):
+        return False
+    if v in ("", "~", "null", "Null", "NULL"):
+        return None
+    d = v.replace("_", "")
+    if _GO_INT.fullmatch(d):
+        sign = -1 if d[0] == "-" else 1
+        body = d.lstrip("+-")
+        if body[:2] in ("0x", "0X"):
+            return sign * int(body[2:], 16)
+        if body[:2] in ("0o", "0O"):
+            return sign * int(body[2:], 8)
+        if body[:2] in ("0b", "0B"):
+            return sign * int(body[2:], 2)
+        if len(body) > 1 and body[0] == "0":
+            return sign * int(body, 8)
+        return sign * int(body)
+    if _YAML_FLOAT.fullmatch(v):
+        f = float(v)
+        return int(f) if f.is_integer() and abs(f) < 2**63 else f
+    return v
+
+
+def _binary(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> str:
+    return base64.b64decode("".join(node.value.split())).decode("utf-8", "replace")
+
+
+_Loader.add_constructor(_PLAIN, _plain)
+_Loader.add_constructor("tag:yaml.org,2002:binary", _binary)
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", lambda loader, node: node.value)
+
+
+def _yaml_load(s: str) -> Any:
+    # go-yaml decodes the first document of a stream
+    for doc in yaml.load_all(s, Loader=_Loader):
+        return doc
+    return None
+
+
+def _yaml_json(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {(k if isinstance(k, str) else msgspec.json.encode(k).decode() if not isinstance(k, bool) else ("true" if k else "false")): _yaml_json(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_yaml_json(x) for x in v]
+    if isinstance(v, bytes):
+        return base64.b64encode(v).decode()
+    return v
+
+
+@builtin("yaml.unmarshal")
+def yaml_unmarshal(ctx: EvalContext, s: Any) -> Any:
+    try:
+        return _yaml_json(_yaml_load(need_str(s, 1)))
+    except yaml.YAMLError as exc:
+        raise BuiltinError(f"yaml: {exc}") from None
+
+
+@builtin("yaml.is_valid")
+def yaml_is_valid(ctx: EvalContext, s: Any) -> bool:
+    if not isinstance(s, str):
+        return False
+    try:
+        for _ in yaml.load_all(s, Loader=_Loader):
+            pass
+        return True
+    except yaml.YAMLError:
+        return False
+
+
+@builtin("yaml.marshal")
+def yaml_marshal(ctx: EvalContext, v: Any) -> str:
+    from bridge.opawasm.builtins.goyaml import marshal
+
+    return marshal(to_json(v))
+
+
+# -- json -------------------------------------------------------------------------------------
+
+
+@builtin("json.marshal_with_options")
+def json_marshal_with_options(ctx: EvalContext, v: Any, opts: Any) -> str:
+    if not isinstance(opts, dict):
+        raise BuiltinError(f"operand 2 must be object but got {type_name(opts)}")
+    pretty = opts.get("pretty")
+    indent = opts.get("indent", "\t")
+    prefix = opts.get("prefix", "")
+    for k in opts:
+        if k not in ("pretty", "indent", "prefix"):
+            raise BuiltinError(f'object keys must be one of "pretty", "indent", "prefix" but got "{k}"')
+    if not isinstance(indent, str) or not isinstance(prefix, str):
+        raise BuiltinError("indent and prefix must be strings")
+    doc = to_json(v)
+    compact = msgspec.json.encode(doc, order="sorted").decode()
+    if pretty is False or ("indent" not in opts and "prefix" not in opts and not pretty):
+        return compact
+    return prefix + _go_indent(doc, prefix, indent)
+
+
+def _go_indent(v: Any, prefix: str, indent: str, depth: int = 0) -> str:
+    pad = prefix + indent * (depth + 1)
+    end = prefix + indent * depth
+    if isinstance(v, dict):
+        if not v:
+            return "{}"
+        items = [f"{pad}{msgspec.json.encode(k).decode()}: {_go_indent(v[k], prefix, indent, depth + 1)}" for k in sorted(v)]
+        return "{\n" + ",\n".join(items) + "\n" + end + "}"
+    if isinstance(v, list):
+        if not v:
+            return "[]"
+        items = [pad + _go_indent(x, prefix, indent, depth + 1) for x in v]
+        return "[\n" + ",\n".join(items) + "\n" + end + "]"
+    return msgspec.json.encode(v).decode()
+
+
+def _ptr(path: Any) -> list[str]:
+    if isinstance(path, str):
+        if path == "":
+            return []
+        if not path.startswith("/"):
+            raise BuiltinError(f"invalid JSON pointer {path!r}")
+        return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
+    if isinstance(path, (list, tuple)):
+        return [p if isinstance(p, str) else str(p) for p in path]
+    raise BuiltinError("json.patch: path must be a string or an array")
+
+
+def _get(doc: Any, parts: list[str]) -> Any:
+    for p in parts:
+        if isinstance(doc, dict):
+            if p not in doc:
+                raise BuiltinError(f"json.patch: path {p} not found")
+            doc = doc[p]
+        elif isinstance(doc, list):
+            if not p.isdigit() or int(p) >= len(doc):
+                raise BuiltinError(f"json.patch: index {p} out of range")
+            doc = doc[int(p)]
+        elif isinstance(doc, RegoSet):
+            match = [x for x in doc.items if (x if isinstance(x, str) else msgspec.json.encode(x).decode()) == p]
+            if not match:
+                raise BuiltinError(f"json.patch: set member {p} not found")
+            doc = match[0]
+        else:
+            raise BuiltinError("json.patch: path goes through a scalar")
+    return doc
+
+
+def _copy(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _copy(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_copy(x) for x in v]
+    return v
+
+
+def _add(doc: Any, parts: list[str], value: Any) -> Any:
+    if not parts:
+        return value
+    parent = _get(doc, parts[:-1])
+    last = parts[-1]
+    if isinstance(parent, dict):
+        parent[last] = value
+    elif isinstance(parent, list):
+        if last == "-":
+            parent.append(value)
+        elif last.isdigit() and int(last) <= len(parent):
+            parent.insert(int(last), value)
+        else:
+            raise BuiltinError(f"json.patch: index {last} out of range")
+    elif isinstance(parent, RegoSet):
+        _replace_in_parent(doc, parts[:-1], RegoSet(parent.items + [value]))
+    else:
+        raise BuiltinError("json.patch: cannot add into a scalar")
+    return doc
+
+
+def _replace_in_parent(doc: Any, parts: list[str], new: Any) -> None:
+    if not parts:
+        raise BuiltinError("json.patch: cannot replace the root set in place")
+    parent = _get(doc, parts[:-1])
+    if isinstance(parent, dict):
+        parent[parts[-1]] = new
+    elif isinstance(parent, list):
+        parent[int(parts[-1])] = new
+
+
+def _remove(doc: Any, parts: list[str]) -> tuple[Any, Any]:
+    if not parts:
+        raise BuiltinError("json.patch: cannot remove the root")
+    parent = _get(doc, parts[:-1])
+    last = parts[-1]
+    if isinstance(parent, dict):
+        if last not in parent:
+            raise BuiltinError(f"json.patch: path {last} not found")
+        return doc, parent.pop(last)
+    if isinstance(parent, list):
+        if not last.isdigit() or int(last) >= len(parent):
+            raise BuiltinError(f"json.patch: index {last} out of range")
+        return doc, parent.pop(int(last))
+    if isinstance(parent, RegoSet):
+        member = _get(parent, [last])
+        key = canonical_key(member)
+        _replace_in_parent(doc, parts[:-1], RegoSet(x for x in parent.items if canonical_key(x) != key))
+        return doc, member
+    raise BuiltinError("json.patch: cannot remove from a scalar")
+
+
+@builtin("json.patch")
+def json_patch(ctx: EvalContext, doc: Any, patches: Any) -> Any:
+    if not isinstance(patches, (list, tuple)):
+        raise BuiltinError(f"operand 2 must be array but got {type_name(patches)}")
+    doc = _copy(doc)
+    for p in patches:
+        if not isinstance(p, dict) or "op" not in p or "path" not in p:
+            raise BuiltinError("json.patch: each patch needs op and path")
+        op, path = p["op"], _ptr(p["path"])
+        if op == "add":
+            if "value" not in p:
+                raise BuiltinError("json.patch: add needs a value")
+            doc = _add(doc, path, _copy(p["value"]))
+        elif op == "remove":
+            doc, _ = _remove(doc, path)
+        elif op == "replace":
+            if "value" not in p:
+                raise BuiltinError("json.patch: replace needs a value")
+            if not path:
+                doc = _copy(p["value"])
+            else:
+                doc, _ = _remove(doc, path)
+                doc = _add(doc, path, _copy(p["value"]))
+        elif op == "move":
+            frm = _ptr(p.get("from"))
+            doc, v = _remove(doc, frm)
+            doc = _add(doc, path, v)
+        elif op == "copy":
+            frm = _ptr(p.get("from"))
+            doc = _add(doc, path, _copy(_get(doc, frm)))
+        elif op == "test":
+            if canonical_key(_get(doc, path)) != canonical_key(p.get("value")):
+                raise BuiltinError("json.patch: test failed")
+        else:
+            raise BuiltinError(f"json.patch: unknown op {op!r}")
+    return doc
+
+
+def _schema_of(v: Any) -> Any:
+    if isinstance(v, str):
+        try:
+            return msgspec.json.decode(v)
+        except msgspec.DecodeError:
+            raise BuiltinError("invalid JSON string") from None
+    if isinstance(v, (dict, list)):
+        return to_json(v)
+    raise BuiltinError("wrong type, expected string or object")
+
+
+@builtin("json.verify_schema")
+def json_verify_schema(ctx: EvalContext, schema: Any) -> list[Any]:
+    from bridge.opawasm.builtins.jsonschema_lite import check_schema
+
+    try:
+        s = _schema_of(schema)
+    except BuiltinError as exc:
+        return [False, f"jsonschema: {exc}"]
+    err = check_schema(s)
+    return [err is None, None if err is None else f"jsonschema: {err}"]
+
+
+@builtin("json.match_schema")
+def json_match_schema(ctx: EvalContext, document: Any, schema: Any) -> list[Any]:
+    from bridge.opawasm.builtins.jsonschema_lite import check_schema, unsupported_keywords, validate
+
+    s = _schema_of(schema)
+    if check_schema(s) is not None:
+        raise BuiltinError("json.match_schema: invalid schema")
+    missing = unsupported_keywords(s)
+    if missing:
+        # failing the evaluation is the only safe answer: ignoring a keyword could pass a bad document
+        raise HaltError(f"json.match_schema: schema keywords not supported by this host: {', '.join(sorted(missing))}")
+    doc = _schema_of(document)
+    errs = validate(doc, s)
+    return [not errs, errs]
+

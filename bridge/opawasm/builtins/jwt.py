@@ -1,0 +1,245 @@
+"""io.jwt.* builtins (topdown tokens.go): decode, verify_{hs,rs,ps,es}{256,384,512}, verify_eddsa,
+decode_verify, encode_sign / encode_sign_raw. Cryptography via PyJWT's algorithms on pyca."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json as _json
+from typing import Any
+
+import msgspec
+
+from bridge.opawasm.builtins import EvalContext, builtin
+from bridge.opawasm.builtins.strings import need_str, type_name
+from bridge.opawasm.errors import BuiltinError
+from bridge.opawasm.values import to_json
+
+
+def _b64url(s: str) -> bytes:
+    s = s.rstrip("=")
+    try:
+        return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+    except (binascii.Error, ValueError):
+        raise BuiltinError("illegal base64 data") from None
+
+
+def _split(token: Any) -> tuple[str, str, str]:
+    t = need_str(token, 1)
+    if "." not in t:
+        raise BuiltinError("encoded JWT had no period separators")
+    parts = t.split(".")
+    if len(parts) != 3:
+        raise BuiltinError(f"encoded JWT must have 3 sections, found {len(parts)}")
+    return parts[0], parts[1], parts[2]
+
+
+def _json_obj(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        v = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        raise BuiltinError(f"JWT {what} had invalid encoding") from None
+    if not isinstance(v, dict):
+        raise BuiltinError(f"JWT {what} must be an object")
+    return v
+
+
+def _decode(token: Any) -> list[Any]:
+    h, p, s = _split(token)
+    header = _json_obj(_b64url(h), "header")
+    payload_raw = _b64url(p)
+    if header.get("cty") == "JWT":
+        return _decode(payload_raw.decode().strip("\"'"))
+    payload = _json_obj(payload_raw, "payload")
+    return [header, payload, _b64url(s).hex()]
+
+
+@builtin("io.jwt.decode")
+def jwt_decode(ctx: EvalContext, token: Any) -> list[Any]:
+    return _decode(token)
+
+
+def _alg_obj(alg: str) -> Any:
+    from jwt.algorithms import get_default_algorithms
+
+    algs = get_default_algorithms()
+    if alg not in algs:
+        raise BuiltinError(f"unsupported algorithm {alg}")
+    return algs[alg]
+
+
+def _public_keys(material: str) -> list[Any]:
+    """Keys from a PEM certificate / PEM public key, or a JWK / JWKS document."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+    from jwt import PyJWK, PyJWKSet
+
+    m = material.strip()
+    if m.startswith("{"):
+        try:
+            doc = _json.loads(m)
+            if "keys" in doc:
+                return [k.key for k in PyJWKSet.from_dict(doc).keys]
+            return [PyJWK.from_dict(doc).key]
+        except Exception as exc:  # noqa: BLE001
+            raise BuiltinError(f"failed to parse a JWK key (set): {exc}") from None
+    data = m.encode()
+    try:
+        if b"CERTIFICATE" in data:
+            return [x509.load_pem_x509_certificate(data).public_key()]
+        return [load_pem_public_key(data)]
+    except ValueError as exc:
+        raise BuiltinError(f"failed to extract a Key from the PEM certificate: {exc}") from None
+
+
+def _verify_sig(alg: str, signing_input: bytes, sig: bytes, key_material: str) -> bool:
+    a = _alg_obj(alg)
+    if alg.startswith("HS"):
+        key = a.prepare_key(key_material)
+        return a.verify(signing_input, key, sig)
+    for key in _public_keys(key_material):
+        try:
+            if a.verify(signing_input, key, sig):
+                return True
+        except Exception:  # noqa: BLE001 - wrong key type for this alg: not verified by this key
+            continue
+    return False
+
+
+def _verify(alg: str):
+    def fn(ctx: EvalContext, token: Any, key: Any) -> bool:
+        h, p, s = _split(token)
+        key = need_str(key, 2)
+        sig = _b64url(s)
+        header = _json_obj(_b64url(h), "header")
+        if alg.startswith("HS"):
+            return _verify_sig(alg, f"{h}.{p}".encode(), sig, key)
+        del header
+        return _verify_sig(alg, f"{h}.{p}".encode(), sig, key)
+
+    return fn
+
+
+for _a in ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"):
+    builtin(f"io.jwt.verify_{_a.lower()}")(_verify(_a))
+builtin("io.jwt.verify_eddsa")(_verify("EdDSA"))
+
+
+@builtin("io.jwt.decode_verify")
+def decode_verify(ctx: EvalContext, token: Any, constraints: Any) -> list[Any]:
+    if not isinstance(constraints, dict):
+        raise BuiltinError(f"operand 2 must be object but got {type_name(constraints)}")
+    unverified = [False, {}, {}]
+    for k in constraints:
+        if k not in ("cert", "secret", "alg", "iss", "aud", "time"):
+            raise BuiltinError(f"unknown token validation constraint: {k}")
+    cert, secret = constraints.get("cert"), constraints.get("secret")
+    if (cert is None) == (secret is None):
+        raise BuiltinError("exactly one of cert or secret must be specified")
+    now = constraints.get("time", ctx.now_ns)
+    t = token
+    while True:
+        h, p, s = _split(t)
+        header = _json_obj(_b64url(h), "header")
+        alg = header.get("alg")
+        if not isinstance(alg, str):
+            return unverified
+        if constraints.get("alg") and constraints["alg"] != alg:
+            return unverified
+        sig = _b64url(s)
+        if alg.startswith("HS"):
+            if secret is None:
+                return unverified
+            ok = _verify_sig(alg, f"{h}.{p}".encode(), sig, secret)
+        else:
+            if cert is None:
+                return unverified
+            try:
+                ok = _verify_sig(alg, f"{h}.{p}".encode(), sig, cert)
+            except BuiltinError:
+                raise
+        if not ok:
+            return unverified
+        raw = _b64url(p)
+        if str(header.get("cty", "")).upper() == "JWT":
+            t = raw.decode()
+            continue
+        break
+    payload = _json_obj(raw, "payload")
+    iss = constraints.get("iss")
+    if iss:
+        if payload.get("iss") != iss:
+            return unverified
+    aud_c = constraints.get("aud", "")
+    if "aud" in payload:
+        aud = payload["aud"]
+        if isinstance(aud, str):
+            if aud != aud_c:
+                return unverified
+        elif isinstance(aud, list):
+            if aud_c not in aud:
+                return unverified
+        else:
+            return unverified
+    elif aud_c:
+        return unverified
+    secs = now / 1e9
+    if "exp" in payload:
+        if not isinstance(payload["exp"], (int, float)) or isinstance(payload["exp"], bool):
+            raise BuiltinError("exp value must be a number")
+        if secs >= payload["exp"]:
+            return unverified
+    if "nbf" in payload:
+        if not isinstance(payload["nbf"], (int, float)) or isinstance(payload["nbf"], bool):
+            raise BuiltinError("nbf value must be a number")
+        if secs < payload["nbf"]:
+            return unverified
+    return [True, header, payload]
+
+
+def _b64e(b: bytes) -> str:
+    return base64.urlsafe_b64encode(b).decode().rstrip("=")
+
+
+def _sign(alg: str, signing_input: bytes, jwk: dict[str, Any]) -> bytes:
+    from jwt import PyJWK
+
+    a = _alg_obj(alg)
+    if alg.startswith("HS"):
+        k = jwk.get("k")
+        if not isinstance(k, str):
+            raise BuiltinError("invalid JWK: missing k")
+        return a.sign(signing_input, _b64url(k))
+    try:
+        key = PyJWK.from_dict(jwk, algorithm=alg).key
+    except Exception as exc:  # noqa: BLE001
+        raise BuiltinError(f"invalid JWK: {exc}") from None
+    return a.sign(signing_input, key)
+
+
+@builtin("io.jwt.encode_sign_raw")
+def encode_sign_raw(ctx: EvalContext, header: Any, payload: Any, key: Any) -> str:
+    k, h, p = need_str(key, 3), need_str(header, 1), need_str(payload, 2)
+    jwk = _json_obj(k.encode(), "key")
+    hdr = _json_obj(h.encode(), "header")
+    alg = hdr.get("alg")
+    if not isinstance(alg, str):
+        raise BuiltinError("missing or invalid 'alg' header")
+    typ = hdr.get("typ")
+    if not isinstance(typ, str) or typ == "JWT":
+        try:
+            msgspec.json.decode(p.encode())
+        except msgspec.DecodeError:
+            raise BuiltinError("type is JWT but payload is not JSON") from None
+    si = f"{_b64e(h.encode())}.{_b64e(p.encode())}"
+    return si + "." + _b64e(_sign(alg, si.encode(), jwk))
+
+
+@builtin("io.jwt.encode_sign")
+def encode_sign(ctx: EvalContext, header: Any, payload: Any, key: Any) -> str:
+    if not all(isinstance(x, dict) for x in (header, payload, key)):
+        raise BuiltinError("io.jwt.encode_sign: operands must be objects")
+    h = msgspec.json.encode(to_json(header), order="sorted")
+    p = msgspec.json.encode(to_json(payload), order="sorted")
+    si = f"{_b64e(h)}.{_b64e(p)}"
+    return si + "." + _b64e(_sign(str(header.get("alg")), si.encode(), to_json(key)))

@@ -1,0 +1,320 @@
+"""String, regex, glob and printing builtins (topdown strings.go, regex.go, glob.go, trace.go, print.go)."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Any
+
+from bridge.opawasm.builtins import EvalContext, builtin
+from bridge.opawasm.builtins.gofmt import go_sprintf, sprintf_args
+from bridge.opawasm.errors import BuiltinError, HaltError
+from bridge.opawasm.values import RegoSet, rego_repr
+
+
+def need_str(v: Any, pos: int) -> str:
+    if not isinstance(v, str):
+        raise BuiltinError(f"operand {pos} must be string but got {type_name(v)}")
+    return v
+
+
+def need_int(v: Any, pos: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise BuiltinError(f"operand {pos} must be number but got {type_name(v)}")
+    if isinstance(v, float):
+        if not v.is_integer():
+            raise BuiltinError(f"operand {pos} must be integer number but got floating-point number")
+        return int(v)
+    return v
+
+
+def need_num(v: Any, pos: int) -> int | float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise BuiltinError(f"operand {pos} must be number but got {type_name(v)}")
+    return v
+
+
+def type_name(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, (int, float)):
+        return "number"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, (list, tuple)):
+        return "array"
+    if isinstance(v, dict):
+        return "object"
+    if isinstance(v, RegoSet):
+        return "set"
+    return type(v).__name__
+
+
+def str_collection(v: Any, pos: int) -> list[str]:
+    if isinstance(v, RegoSet):
+        items = v.items
+    elif isinstance(v, (list, tuple)):
+        items = list(v)
+    else:
+        raise BuiltinError(f"operand {pos} must be one of {{array, set}} but got {type_name(v)}")
+    for x in items:
+        if not isinstance(x, str):
+            raise BuiltinError(f"operand {pos} must be array of strings")
+    return items
+
+
+# -- Go regexp (RE2) on Python's re -----------------------------------------------------------
+
+
+_GO_CLASS = {
+    "[:alnum:]": "a-zA-Z0-9", "[:alpha:]": "a-zA-Z", "[:digit:]": "0-9", "[:lower:]": "a-z",
+    "[:upper:]": "A-Z", "[:space:]": r"\t\n\v\f\r ", "[:xdigit:]": "0-9A-Fa-f", "[:word:]": r"\w",
+    "[:punct:]": r"!-/:-@\[-`{-~", "[:blank:]": r" \t", "[:cntrl:]": r"\x00-\x1f\x7f", "[:print:]": r" -~",
+    "[:graph:]": r"!-~", "[:ascii:]": r"\x00-\x7f",
+}
+
+
+@lru_cache(maxsize=1024)
+def go_regexp(pattern: str) -> re.Pattern[str]:
+    """Compile an RE2 pattern. Python's engine agrees with RE2 on the syntax policies use;
+    RE2-only spellings (`\\z`, `(?P<n>`, POSIX classes) are translated."""
+    p = pattern
+    # Perl syntax RE2 rejects but Python's re accepts: refuse it as Go does (never match differently)
+    m = re.search(r"\(\?(<=|<!|=|!|>|P=)|\\[1-9]", p)
+    if m:
+        raise BuiltinError(f"error parsing regexp: invalid or unsupported Perl syntax: `{m.group(0)}`")
+    p = p.replace(r"\z", r"\Z")
+    # Unicode classes RE2 has and Python's re lacks: letters and numbers (the ones policies use)
+    for k, v in ((r"\p{L}", r"[^\W\d_]"), (r"\pL", r"[^\W\d_]"), (r"\P{L}", r"[\W\d_]"), (r"\PL", r"[\W\d_]"),
+                 (r"\p{N}", r"\d"), (r"\pN", r"\d"), (r"\P{N}", r"\D"), (r"\PN", r"\D")):
+        p = p.replace(k, v)
+    for k, v in _GO_CLASS.items():
+        p = p.replace(k, v)
+    try:
+        return re.compile(p)
+    except re.error as exc:
+        raise BuiltinError(f"error parsing regexp: {exc}") from None
+
+
+def _go_expand(template: str, m: re.Match[str]) -> str:
+    """Go's Regexp.Expand: $1, ${1}, $name, ${name}; $$ is a literal $; unknown names expand to ''."""
+    out: list[str] = []
+    i, n = 0, len(template)
+    while i < n:
+        c = template[i]
+        if c != "$" or i + 1 >= n:
+            out.append(c)
+            i += 1
+            continue
+        nxt = template[i + 1]
+        if nxt == "$":
+            out.append("$")
+            i += 2
+            continue
+        if nxt == "{":
+            j = template.find("}", i + 2)
+            name = template[i + 2 : j] if j > 0 else ""
+            if j < 0 or not name or not re.fullmatch(r"\w+", name):
+                out.append(c)
+                i += 1
+                continue
+            i = j + 1
+        else:
+            mm = re.match(r"\w+", template[i + 1 :])
+            if not mm:
+                out.append(c)
+                i += 1
+                continue
+            name = mm.group(0)
+            i += 1 + len(name)
+        try:
+            g = m.group(int(name)) if name.isdigit() else m.group(name)
+        except IndexError:  # unknown group number or name: Go expands it to ""
+            g = ""
+        out.append(g or "")
+    return "".join(out)
+
+
+@builtin("regex.replace")
+def regex_replace(ctx: EvalContext, s: Any, pattern: Any, value: Any) -> str:
+    s, pattern, value = need_str(s, 1), need_str(pattern, 2), need_str(value, 3)
+    rx = go_regexp(pattern)
+    out, last = [], 0
+    for m in _go_find_all(rx, s, -1):
+        out.append(s[last : m.start()])
+        out.append(_go_expand(value, m))
+        last = m.end()
+    out.append(s[last:])
+    return "".join(out)
+
+
+def _go_find_all(rx: re.Pattern[str], s: str, n: int) -> list[re.Match[str]]:
+    # Go skips an empty match that immediately follows the previous match
+    out: list[re.Match[str]] = []
+    prev_end = -1
+    for m in rx.finditer(s):
+        if n >= 0 and len(out) >= n:
+            break
+        if m.start() == m.end() and m.start() == prev_end:
+            continue
+        out.append(m)
+        prev_end = m.end()
+    return out
+
+
+@builtin("regex.split")
+def regex_split(ctx: EvalContext, pattern: Any, s: Any) -> list[str]:
+    pattern, s = need_str(pattern, 1), need_str(s, 2)
+    rx = go_regexp(pattern)
+    # Go's Regexp.Split(s, -1)
+    if len(pattern) > 0 and len(s) == 0:
+        return [""]
+    out: list[str] = []
+    beg = end = 0
+    for m in _go_find_all(rx, s, -1):
+        end = m.start()
+        if m.end() != 0:
+            out.append(s[beg:end])
+        beg = m.end()
+    if end != len(s):
+        out.append(s[beg:])
+    return out
+
+
+@builtin("regex.find_n")
+def regex_find_n(ctx: EvalContext, pattern: Any, s: Any, n: Any) -> list[str]:
+    pattern, s, n = need_str(pattern, 1), need_str(s, 2), need_int(n, 3)
+    return [m.group(0) for m in _go_find_all(go_regexp(pattern), s, n)]
+
+
+@builtin("regex.find_all_string_submatch_n")
+def regex_find_all_submatch(ctx: EvalContext, pattern: Any, s: Any, n: Any) -> list[list[str]]:
+    pattern, s, n = need_str(pattern, 1), need_str(s, 2), need_int(n, 3)
+    return [[m.group(0)] + [g or "" for g in m.groups()] for m in _go_find_all(go_regexp(pattern), s, n)]
+
+
+def _delimiter_indices(s: str, start: str, end: str) -> list[int]:
+    level = idx = 0
+    idxs: list[int] = []
+    for i, ch in enumerate(s):
+        if ch == start:
+            level += 1
+            if level == 1:
+                idx = i
+        elif ch == end:
+            level -= 1
+            if level == 0:
+                idxs += [idx, i + 1]
+            elif level < 0:
+                raise BuiltinError(f'unbalanced braces in "{s}"')
+    if level != 0:
+        raise BuiltinError(f'unbalanced braces in "{s}"')
+    return idxs
+
+
+def go_quote_meta(s: str) -> str:
+    return "".join("\\" + c if c in "\\.+*?()|[]{}^$" else c for c in s)
+
+
+@builtin("regex.template_match")
+def regex_template_match(ctx: EvalContext, template: Any, value: Any, dstart: Any, dend: Any) -> bool:
+    template, value = need_str(template, 1), need_str(value, 2)
+    dstart, dend = need_str(dstart, 3), need_str(dend, 4)
+    ds, de = dstart[:1] or "{", dend[:1] or "}"
+    idxs = _delimiter_indices(template, ds, de)
+    pat = ["^"]
+    end = 0
+    for i in range(0, len(idxs), 2):
+        raw = template[end : idxs[i]]
+        end = idxs[i + 1]
+        sub = template[idxs[i] + 1 : end - 1]
+        go_regexp(f"^{sub}$")
+        pat.append(f"{go_quote_meta(raw)}({sub})")
+    pat.append(go_quote_meta(template[end:]))
+    pat.append("$")
+    return go_regexp("".join(pat)).search(value) is not None
+
+
+@builtin("regex.globs_match")
+def regex_globs_match(ctx: EvalContext, g1: Any, g2: Any) -> bool:
+    from bridge.opawasm.builtins.globsect import non_empty
+
+    return non_empty(need_str(g1, 1), need_str(g2, 2))
+
+
+# -- strings ------------------------------------------------------------------------------------
+
+
+@builtin("sprintf")
+def sprintf(ctx: EvalContext, fmt: Any, args: Any) -> str:
+    fmt = need_str(fmt, 1)
+    if not isinstance(args, (list, tuple)):
+        raise BuiltinError(f"operand 2 must be array but got {type_name(args)}")
+    return go_sprintf(fmt, sprintf_args(list(args)))
+
+
+@builtin("strings.any_prefix_match")
+def any_prefix_match(ctx: EvalContext, search: Any, base: Any) -> bool:
+    return _affix(search, base, str.startswith)
+
+
+@builtin("strings.any_suffix_match")
+def any_suffix_match(ctx: EvalContext, search: Any, base: Any) -> bool:
+    return _affix(search, base, str.endswith)
+
+
+def _affix(search: Any, base: Any, match: Any) -> bool:
+    strs = [search] if isinstance(search, str) else str_collection(search, 1)
+    bases = [base] if isinstance(base, str) else str_collection(base, 2)
+    return any(match(s, b) for s in strs for b in bases)
+
+
+@builtin("strings.count")
+def strings_count(ctx: EvalContext, s: Any, sub: Any) -> int:
+    return need_str(s, 1).count(need_str(sub, 2))
+
+
+@builtin("indexof_n")
+def indexof_n(ctx: EvalContext, s: Any, sub: Any) -> list[int]:
+    s, sub = need_str(s, 1), need_str(sub, 2)
+    if sub == "":
+        raise BuiltinError("empty search character")
+    out, i = [], s.find(sub)
+    while i >= 0:
+        out.append(i)
+        i = s.find(sub, i + 1)
+    return out
+
+
+@builtin("glob.quote_meta")
+def glob_quote_meta(ctx: EvalContext, s: Any) -> str:
+    s = need_str(s, 1)
+    return "".join("\\" + c if c in "*?\\[]{}" else c for c in s)
+
+
+@builtin("trace")
+def trace(ctx: EvalContext, note: Any) -> bool:
+    need_str(note, 1)
+    return True
+
+
+@builtin("internal.print")
+def internal_print(ctx: EvalContext, operands: Any) -> bool:
+    # the compiler wraps each print argument in a set of its possible values; undefined is an
+    # empty set and prints as <undefined>
+    if not isinstance(operands, (list, tuple)):
+        raise HaltError("print: illegal argument type")
+    parts = []
+    for op in operands:
+        if not isinstance(op, RegoSet):
+            raise HaltError(f"print: illegal argument type: {type_name(op)}")
+        if not op.items:
+            parts.append("<undefined>")
+        else:
+            parts.append(" ".join(x if isinstance(x, str) else rego_repr(x) for x in op.items))
+    line = " ".join(parts)
+    ctx.prints.append(line)
+    ctx.host.print_line(line)
+    return True

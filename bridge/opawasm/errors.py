@@ -1,0 +1,82 @@
+"""Errors of the in-process WASM evaluator; all subclass `WasmError` (a `GroqPolicyError`)."""
+
+from __future__ import annotations
+
+from bridge.kernel import errors as kernel
+from bridge.kernel.errors import GroqPolicyError
+
+
+class WasmError(GroqPolicyError):
+    """Base for every error the evaluator raises on purpose."""
+
+    status = 500
+
+
+class BundleLoadError(WasmError):
+    """A bundle cannot be loaded: bad archive, failed verification, bad manifest, bad module."""
+
+    status = 422
+
+
+class BundleVerificationFailed(BundleLoadError):
+    """The bundle is unsigned, tampered with, or signed by a key we do not trust."""
+
+
+class UnsupportedABIError(BundleLoadError):
+    """The module was compiled for an ABI this evaluator does not drive (needs 1.2+)."""
+
+
+class MissingBuiltinsError(BundleLoadError):
+    """The module needs host builtins this evaluator does not provide."""
+
+    def __init__(self, missing: list[str]) -> None:
+        self.missing = sorted(missing)
+        super().__init__(f"policy.wasm: missing builtins (not provided by the host): {', '.join(self.missing)}")
+
+
+class UnknownEntrypointError(WasmError):
+    status = 404
+
+
+class EvaluationError(WasmError):
+    """An evaluation failed; the caller must treat the decision as failed (never as allow)."""
+
+
+class PolicyAbort(EvaluationError):
+    """The policy aborted (opa_abort): a runtime error such as conflicting rule values."""
+
+
+class BuiltinHalt(EvaluationError):
+    """A builtin raised an error that halts evaluation (OPA's topdown.Halt), e.g. http.send timeout."""
+
+
+class WasmTrap(EvaluationError):
+    """The guest trapped (out-of-bounds access, unreachable, stack overflow...)."""
+
+
+class DeadlineExceeded(EvaluationError, kernel.DeadlineExceeded):
+    """The evaluation ran past its deadline (an `EvaluationError` and the family's 504)."""
+
+
+class OutOfMemory(EvaluationError):
+    status = 507
+
+
+class PoolClosed(WasmError):
+    """The revision was swapped out (or the evaluator closed) before an instance was acquired."""
+
+    status = 503
+
+
+class PoolExhausted(WasmError):
+    """Every instance stayed busy for the whole acquire timeout."""
+
+    status = 503
+
+
+class BuiltinError(Exception):
+    """Raised by a host builtin for a non-halting error: the call becomes undefined, as in topdown."""
+
+
+class HaltError(Exception):
+    """Raised by a host builtin for a halting error: evaluation fails with this message."""

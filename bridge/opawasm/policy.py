@@ -1,0 +1,219 @@
+"""A loaded policy revision: compiled module, base data, entrypoints, builtin table, instance pool."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from bridge.opawasm import errors as E
+from bridge.opawasm.builtins import REGISTRY, UNDEFINED, EvalContext, provided
+from bridge.opawasm.errors import BuiltinError
+from bridge.opawasm.host import HostConfig
+from bridge.opawasm.pool import InstancePool
+from bridge.opawasm.runtime import MIN_ABI_MINOR, Instance, compile_policy, deadline_ticks
+from bridge.opawasm.values import decode_value, to_json
+
+_encode = msgspec.json.encode
+_decode = msgspec.json.decode
+_time_ns = time.time_ns
+_monotonic = time.monotonic
+
+DEFAULT_MEMORY_LIMIT = 256 * 1024 * 1024
+DEFAULT_TIMEOUT = 1.0
+# builtins that wait on the network: a policy using one is evaluated in a worker thread by evaluate_async
+BLOCKING_BUILTINS = ("http.send", "net.lookup_ip_addr")
+
+
+class WasmPolicy:
+    """One immutable policy revision. `evaluate` is thread-safe; instances come from a pool."""
+
+    def __init__(
+        self,
+        wasm: bytes,
+        data: bytes | Mapping[str, Any] | None = None,
+        *,
+        host: HostConfig | None = None,
+        pool_size: int | None = None,
+        memory_limit: int = DEFAULT_MEMORY_LIMIT,
+        timeout: float = DEFAULT_TIMEOUT,
+        revision: str = "",
+        manifest_entrypoints: list[str] | None = None,
+        strict_builtin_errors: bool = False,
+    ) -> None:
+        self.host = host or HostConfig()
+        # like `opa eval --strict-builtin-errors`: a builtin error fails the evaluation with
+        # topdown's message ("<builtin>: <error>") instead of making the call undefined
+        self.strict_builtin_errors = strict_builtin_errors
+        self.memory_limit = memory_limit
+        self.timeout = timeout
+        self._ticks = deadline_ticks(timeout)
+        self.revision = revision
+        if data is None:
+            self._data = None
+        elif isinstance(data, (bytes, bytearray)):
+            self._data = bytes(data)
+        else:
+            self._data = _encode(data)
+        self.module = compile_policy(wasm)
+        first = self._new_instance(check=True)
+        self.abi = first.abi
+        self.builtin_ids: dict[str, int] = first.dump_json(first.call("builtins"))
+        missing = [n for n in self.builtin_ids if n not in provided()]
+        if missing:
+            raise E.MissingBuiltinsError(missing)
+        self._table: dict[int, tuple[str, Any]] = {i: (n, REGISTRY[n]) for n, i in self.builtin_ids.items()}
+        ids: dict[str, int] = first.dump_json(first.call("entrypoints"))
+        if manifest_entrypoints:
+            unknown = [e for e in manifest_entrypoints if e not in ids]
+            if unknown:
+                raise E.BundleLoadError(f".manifest: entrypoints not compiled into policy.wasm: {', '.join(unknown)}")
+        self.entrypoints = dict(ids)
+        self._ep_lookup: dict[str, int] = {}
+        for name, i in ids.items():
+            self._ep_lookup[name] = i
+            self._ep_lookup["data." + name.replace("/", ".")] = i
+            self._ep_lookup[name.replace("/", ".")] = i
+        first.setup(self._data)
+        size = pool_size or max(2, (os.cpu_count() or 2) * 2)
+        self.pool: InstancePool[Instance] = InstancePool(self._new_ready_instance, size)
+        self.pool_size = size  # how many evaluations can run at once
+        self.pool.prime(first)
+
+    # -- instances --------------------------------------------------------------------------
+
+    def _new_instance(self, check: bool = False) -> Instance:
+        inst = Instance(self.module, memory_limit=self.memory_limit, dispatch=self._dispatch, on_print=self.host.print_line)
+        inst.ctx = None  # type: ignore[attr-defined]
+        inst.start_ns = 0  # type: ignore[attr-defined]
+        inst.deadline = 0.0  # type: ignore[attr-defined]
+        if check:
+            major, minor = inst.abi
+            if major != 1 or minor < MIN_ABI_MINOR or "opa_eval" not in inst._exports:
+                raise E.UnsupportedABIError(
+                    f"policy.wasm: unsupported OPA wasm ABI {major}.{minor} (want 1.{MIN_ABI_MINOR} or later "
+                    f"with the opa_eval export); rebuild it with a current `opa build -t wasm`"
+                )
+        return inst
+
+    def _new_ready_instance(self) -> Instance:
+        inst = self._new_instance()
+        inst.setup(self._data)
+        return inst
+
+    def _dispatch(self, inst: Instance, builtin_id: int, arg_addrs: tuple[int, ...]) -> int:
+        name, fn = self._table[builtin_id]
+        ctx = inst.ctx  # type: ignore[attr-defined]
+        if ctx is None:
+            ctx = inst.ctx = EvalContext(now_ns=inst.start_ns, deadline=inst.deadline, host=self.host)  # type: ignore[attr-defined]
+        ctx.check_deadline()
+        args = [inst.read_value(a) for a in arg_addrs]
+        try:
+            out = fn(ctx, *args)
+        except (E.WasmError, E.HaltError):
+            raise
+        except (BuiltinError, TypeError, ValueError, OverflowError, ArithmeticError) as exc:
+            # topdown: a builtin's (operand) error is not fatal outside strict mode; the call is
+            # undefined. Anything else (KeyError, AttributeError, ...) would be a bug in the host
+            # builtin: it fails the evaluation instead, so a bug can never turn into "undefined"
+            # and silently skip a deny rule.
+            msg = f"{name}: {exc}"
+            ctx.errors.append(msg)
+            if self.strict_builtin_errors:
+                raise E.HaltError(msg) from None
+            return 0
+        ctx.check_deadline()
+        if out is UNDEFINED:
+            return 0
+        return inst.put_value(out)
+
+    # -- evaluation -------------------------------------------------------------------------
+
+    def entrypoint_id(self, entrypoint: str | int) -> int:
+        if isinstance(entrypoint, int):
+            if entrypoint not in self.entrypoints.values():
+                raise E.UnknownEntrypointError(f"entrypoint id {entrypoint}: not in this policy")
+            return entrypoint
+        try:
+            return self._ep_lookup[entrypoint]
+        except KeyError:
+            raise E.UnknownEntrypointError(
+                f"entrypoint {entrypoint!r}: not in this policy (have: {', '.join(sorted(self.entrypoints))})"
+            ) from None
+
+    def _eval_value_text(
+        self, entrypoint: str | int, input_json: bytes | None, timeout: float | None, inst: Instance | None = None
+    ) -> bytes:
+        """The result set in OPA's value format: `{{"result": <value>}}`, or `set()` when undefined."""
+        ep = self._ep_lookup[entrypoint] if entrypoint in self._ep_lookup else self.entrypoint_id(entrypoint)
+        if timeout is None:
+            t, ticks = self.timeout, self._ticks
+        else:
+            t, ticks = timeout, deadline_ticks(timeout)
+        if inst is None:
+            inst = self.pool.acquire()
+        try:
+            inst.ctx = None  # type: ignore[attr-defined]
+            inst.start_ns = _time_ns()  # type: ignore[attr-defined]
+            inst.deadline = _monotonic() + t  # type: ignore[attr-defined]
+            return inst.evaluate_raw(ep, input_json, ticks)
+        finally:
+            self.pool.release(inst)
+
+    def evaluate_raw(self, entrypoint: str | int, input_json: bytes | None, *, timeout: float | None = None) -> bytes:
+        """Evaluate JSON input bytes; return OPA's JSON result set, `[{"result":...}]` or `[]` when undefined."""
+        raw = self._eval_value_text(entrypoint, input_json, timeout)
+        value = _result_text(raw)
+        if value is None:
+            return b"[]"
+        try:
+            _decode(value)
+        except msgspec.DecodeError:
+            value = _encode(to_json(decode_value(value)))
+        return b'[{"result":' + value + b"}]"
+
+    def evaluate(
+        self, entrypoint: str | int, input: Any = None, *, timeout: float | None = None, _inst: Instance | None = None
+    ) -> Any:
+        """The entrypoint's value, or `UNDEFINED`. Raises `EvaluationError` subclasses on failure."""
+        raw = self._eval_value_text(entrypoint, None if input is None else _encode(input), timeout, _inst)
+        value = _result_text(raw)
+        if value is None:
+            return UNDEFINED
+        try:
+            return _decode(value)
+        except msgspec.DecodeError:
+            # a set or a non-string key somewhere: Rego value syntax, printed as topdown does
+            return to_json(decode_value(value))
+
+    async def evaluate_async(self, entrypoint: str | int, input: Any = None, *, timeout: float | None = None) -> Any:
+        """Inline (microseconds) when the policy cannot block and an instance is free right now;
+        otherwise in a worker thread, so neither http.send nor a busy pool ever blocks the loop."""
+        if not self.may_block:
+            inst = self.pool.try_acquire()
+            if inst is not None:
+                return self.evaluate(entrypoint, input, timeout=timeout, _inst=inst)
+        return await asyncio.to_thread(self.evaluate, entrypoint, input, timeout=timeout)
+
+    @property
+    def may_block(self) -> bool:
+        return any(b in self.builtin_ids for b in BLOCKING_BUILTINS)
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+_PREFIX = b'{{"result": '
+
+
+def _result_text(raw: bytes) -> bytes | None:
+    """The value text out of a value-format result set (at most one `result` binding)."""
+    if raw.startswith(_PREFIX) and raw.endswith(b"}}"):
+        return raw[len(_PREFIX) : -2]
+    if raw == b"set()":
+        return None
+    raise E.EvaluationError(f"opa_eval returned an unexpected result set: {raw[:200]!r}")

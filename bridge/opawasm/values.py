@@ -1,0 +1,321 @@
+"""Rego values on the Python side of the ABI, and their text forms.
+
+Builtin arguments arrive as `opa_value_dump` text and results go back through `opa_value_parse`.
+Both are JSON plus two Rego extensions: set literals (`{1, 2}`, `set()`) and non-string object
+keys (`{1: "a"}`). Plain JSON (the common case) is handled by msgspec in one call; only text
+that msgspec rejects goes through the small parser below.
+
+Python model: null/bool/str/list/dict as usual, integers as `int`, other numbers as `float`,
+sets as `RegoSet`. Object keys that are not strings must be hashable, so array keys become tuples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+_decode = msgspec.json.decode
+
+
+class RegoSet:
+    """An immutable Rego set: members deduplicated and kept in Rego's canonical order."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, members: Iterable[Any] = ()) -> None:
+        seen: dict[bytes, Any] = {}
+        for m in members:
+            seen.setdefault(canonical_key(m), m)
+        self.items: list[Any] = sorted(seen.values(), key=sort_key)
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __contains__(self, value: Any) -> bool:
+        k = canonical_key(value)
+        return any(canonical_key(m) == k for m in self.items)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RegoSet) and canonical_key(self) == canonical_key(other)
+
+    def __hash__(self) -> int:
+        return hash(canonical_key(self))
+
+    def __repr__(self) -> str:
+        return f"RegoSet({self.items!r})"
+
+
+def _type_rank(v: Any) -> int:
+    # Rego's total order across types: null < boolean < number < string < array < object < set
+    # (see ast.Compare). Sets sort after objects.
+    if v is None:
+        return 0
+    if v is True or v is False:
+        return 1
+    if isinstance(v, (int, float)):
+        return 2
+    if isinstance(v, str):
+        return 3
+    if isinstance(v, (list, tuple)):
+        return 4
+    if isinstance(v, dict):
+        return 5
+    if isinstance(v, RegoSet):
+        return 6
+    return 7
+
+
+class _Key:
+    """Sort wrapper implementing Rego's value ordering (ast.Compare)."""
+
+    __slots__ = ("v",)
+
+    def __init__(self, v: Any) -> None:
+        self.v = v
+
+    def __lt__(self, other: _Key) -> bool:
+        return compare(self.v, other.v) < 0
+
+
+def sort_key(v: Any) -> _Key:
+    return _Key(v)
+
+
+def compare(a: Any, b: Any) -> int:
+    """Rego's ordering: by type rank, then by value (arrays elementwise, objects by sorted keys)."""
+    ra, rb = _type_rank(a), _type_rank(b)
+    if ra != rb:
+        return -1 if ra < rb else 1
+    if ra in (0,):
+        return 0
+    if ra == 1 or ra == 2 or ra == 3:
+        return (a > b) - (a < b)
+    if ra == 4:
+        for x, y in zip(a, b):
+            c = compare(x, y)
+            if c:
+                return c
+        return (len(a) > len(b)) - (len(a) < len(b))
+    if ra == 6:
+        return compare(list(a.items), list(b.items))
+    if ra == 5:
+        ka = sorted(a, key=sort_key)
+        kb = sorted(b, key=sort_key)
+        for x, y in zip(ka, kb):
+            c = compare(x, y)
+            if c:
+                return c
+            c = compare(a[x], b[y])
+            if c:
+                return c
+        return (len(ka) > len(kb)) - (len(ka) < len(kb))
+    return 0
+
+
+def _enc_hook(obj: Any) -> Any:
+    if isinstance(obj, RegoSet):
+        if not obj.items:
+            return msgspec.Raw(b"set()")
+        return msgspec.Raw(b"{" + b",".join(encode_value(m) for m in obj.items) + b"}")
+    if isinstance(obj, tuple):
+        return list(obj)
+    raise TypeError(f"cannot encode {type(obj).__name__} as a Rego value")
+
+
+_value_encoder = msgspec.json.Encoder(enc_hook=_enc_hook, order="sorted")
+_json_encoder = msgspec.json.Encoder(order="sorted")
+
+
+def encode_value(v: Any) -> bytes:
+    """Rego value text for `opa_value_parse` (set literals allowed)."""
+    if isinstance(v, dict) and any(not isinstance(k, str) for k in v):
+        items = sorted(v.items(), key=lambda kv: sort_key(kv[0]))
+        return b"{" + b",".join(encode_value(k) + b":" + encode_value(x) for k, x in items) + b"}"
+    if isinstance(v, (list, tuple)) and any(isinstance(x, dict) and any(not isinstance(k, str) for k in x) for x in v):
+        return b"[" + b",".join(encode_value(x) for x in v) + b"]"
+    return _value_encoder.encode(v)
+
+
+def canonical_key(v: Any) -> bytes:
+    """Bytes equal exactly when two Rego values are equal (1 == 1.0 in Rego)."""
+    if isinstance(v, float) and v.is_integer() and abs(v) < 2**63:
+        v = int(v)
+    if isinstance(v, (list, tuple)):
+        return b"[" + b",".join(canonical_key(x) for x in v) + b"]"
+    if isinstance(v, dict):
+        items = sorted(v.items(), key=lambda kv: sort_key(kv[0]))
+        return b"{" + b",".join(canonical_key(k) + b":" + canonical_key(x) for k, x in items) + b"}"
+    if isinstance(v, RegoSet):
+        return b"s{" + b",".join(canonical_key(x) for x in v.items) + b"}"
+    return _value_encoder.encode(v)
+
+
+def to_json(v: Any) -> Any:
+    """The JSON view of a value (sets become arrays, non-string keys become strings), as OPA prints."""
+    if isinstance(v, RegoSet):
+        return [to_json(x) for x in v.items]
+    if isinstance(v, (list, tuple)):
+        return [to_json(x) for x in v]
+    if isinstance(v, dict):
+        return {(k if isinstance(k, str) else _json_encoder.encode(to_json(k)).decode()): to_json(x) for k, x in v.items()}
+    return v
+
+
+def decode_value(text: bytes) -> Any:
+    """Parse `opa_value_dump` output."""
+    try:
+        return _decode(text)
+    except msgspec.DecodeError:
+        pass
+    p = _Parser(text.decode("utf-8"))
+    v = p.value()
+    p.ws()
+    if p.i != len(p.s):
+        raise ValueError(f"rego value: trailing data at offset {p.i}")
+    return v
+
+
+class _Parser:
+    __slots__ = ("i", "s")
+
+    def __init__(self, s: str) -> None:
+        self.s = s
+        self.i = 0
+
+    def ws(self) -> None:
+        s, i, n = self.s, self.i, len(self.s)
+        while i < n and s[i] in " \t\r\n":
+            i += 1
+        self.i = i
+
+    def value(self) -> Any:
+        self.ws()
+        s = self.s
+        c = s[self.i] if self.i < len(s) else ""
+        if c == "{":
+            return self._brace()
+        if c == "[":
+            self.i += 1
+            out = []
+            self.ws()
+            if s[self.i] == "]":
+                self.i += 1
+                return out
+            while True:
+                out.append(self.value())
+                self.ws()
+                if s[self.i] == ",":
+                    self.i += 1
+                    continue
+                if s[self.i] == "]":
+                    self.i += 1
+                    return out
+                raise ValueError(f"rego value: expected , or ] at offset {self.i}")
+        if s.startswith("set()", self.i):
+            self.i += 5
+            return RegoSet()
+        if c == '"':
+            return self._scalar_json(self._string_end())
+        # number / true / false / null
+        j = self.i
+        while j < len(s) and s[j] not in ",:]} \t\r\n":
+            j += 1
+        return self._scalar_json(j)
+
+    def _string_end(self) -> int:
+        s, j = self.s, self.i + 1
+        while True:
+            c = s[j]
+            if c == "\\":
+                j += 2
+                continue
+            if c == '"':
+                return j + 1
+            j += 1
+
+    def _scalar_json(self, end: int) -> Any:
+        tok = self.s[self.i : end]
+        self.i = end
+        return _decode(tok.encode("utf-8"))
+
+    def _brace(self) -> Any:
+        s = self.s
+        self.i += 1
+        self.ws()
+        if s[self.i] == "}":
+            self.i += 1
+            return {}
+        first = self.value()
+        self.ws()
+        if s[self.i] == ":":
+            obj: dict[Any, Any] = {}
+            key = first
+            while True:
+                self.i += 1  # ':'
+                obj[_hashable(key)] = self.value()
+                self.ws()
+                if s[self.i] == ",":
+                    self.i += 1
+                    key = self.value()
+                    self.ws()
+                    if s[self.i] != ":":
+                        raise ValueError(f"rego value: expected : at offset {self.i}")
+                    continue
+                if s[self.i] == "}":
+                    self.i += 1
+                    return obj
+                raise ValueError(f"rego value: expected , or }} at offset {self.i}")
+        members = [first]
+        while True:
+            if s[self.i] == ",":
+                self.i += 1
+                members.append(self.value())
+                self.ws()
+                continue
+            if s[self.i] == "}":
+                self.i += 1
+                return RegoSet(members)
+            raise ValueError(f"rego value: expected , or }} at offset {self.i}")
+
+
+def _hashable(k: Any) -> Any:
+    if isinstance(k, list):
+        return tuple(_hashable(x) for x in k)
+    if isinstance(k, dict):
+        raise ValueError("rego value: object keys that are objects are not supported")
+    return k
+
+
+def rego_repr(v: Any) -> str:
+    """Rego's text for a value (`ast.Value.String()`): what sprintf's %v prints for composites."""
+    from bridge.opawasm.builtins.gofmt import _go_quote, go_float_g
+
+    if v is None:
+        return "null"
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if v.is_integer() and abs(v) < 1e21:
+            return str(int(v))
+        return go_float_g(v, exp_limit=21)
+    if isinstance(v, str):
+        return _go_quote(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(rego_repr(x) for x in v) + "]"
+    if isinstance(v, dict):
+        items = sorted(v.items(), key=lambda kv: sort_key(kv[0]))
+        return "{" + ", ".join(f"{rego_repr(k)}: {rego_repr(x)}" for k, x in items) + "}"
+    if isinstance(v, RegoSet):
+        if not v.items:
+            return "set()"
+        return "{" + ", ".join(rego_repr(x) for x in v.items) + "}"
+    return str(v)

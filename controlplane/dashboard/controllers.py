@@ -1,0 +1,138 @@
+"""`GET /` (the dashboard), `/dashboard/login`, `/dashboard/logout`, `/dashboard/verify`."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from litestar import Controller, Request, Response
+from litestar.datastructures import Cookie
+from litestar.enums import RequestEncodingType
+from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException
+from litestar.params import Body, QueryParameter
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.response import Redirect, Template
+from litestar.template.config import TemplateConfig
+
+from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
+from controlplane.dashboard import charts
+from controlplane.dashboard.auth import COOKIE, check_token, dashboard_access
+from controlplane.dashboard.data import snapshot
+from controlplane.routes import get, post
+from controlplane.services import ServicesDep
+
+TEMPLATES = Path(__file__).with_name("templates")
+REFRESH_S = 10
+
+
+def ago(t: float | None) -> str:
+    if not t:
+        return "never"
+    s = max(0.0, time.time() - t)
+    if s < 60:
+        return f"{int(s)} s ago"
+    if s < 3600:
+        return f"{int(s // 60)} min ago"
+    if s < 86400:
+        return f"{int(s // 3600)} h ago"
+    return f"{int(s // 86400)} d ago"
+
+
+def clock(t: float | None) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if t else "—"
+
+
+def ms(v: float | None) -> str:
+    if v is None:
+        return "—"
+    if v < 1:
+        return f"{v * 1000:.0f} µs"
+    if v < 1000:
+        return f"{v:.3g} ms"
+    return f"{v / 1000:.3g} s"
+
+
+def _register(engine: JinjaTemplateEngine) -> None:
+    engine.engine.filters.update(ago=ago, clock=clock, ms=ms)
+    engine.engine.globals.update(constitutional_hash=CONSTITUTIONAL_HASH)
+
+
+def dashboard_templates() -> TemplateConfig:
+    """The app's template configuration (the dashboard's templates live under `dashboard/`)."""
+    return TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine, engine_callback=_register)
+
+
+def _login_page(request: Request, exc: HTTPException) -> Response:
+    status = exc.status_code
+    return Template(template_name="dashboard/login.html.j2", status_code=status,
+                    context={"message": exc.detail, "status": status}, headers=exc.headers or {})
+
+
+def _session_cookie(token: str) -> Cookie:
+    return Cookie(key=COOKIE, value=token, path="/", httponly=True, samesite="lax", secure=False)
+
+
+class DashboardController(Controller):
+    path = "/"
+    tags = ["dashboard"]
+    include_in_schema = False
+    exception_handlers = {NotAuthorizedException: _login_page, PermissionDeniedException: _login_page}
+
+    @get("/", guards=[dashboard_access()], summary="The dashboard")
+    async def index(self, services: ServicesDep) -> Template:
+        snap = await snapshot(services)
+        cache = snap.cache
+        context: dict[str, Any] = {
+            "snap": snap,
+            "refresh_s": REFRESH_S,
+            "decisions_svg": charts.decisions_chart(snap.buckets, snap.bucket_s),
+            "latency_svg": charts.latency_chart(snap.latency),
+            "cache_svg": charts.ratio_bar([("L0 hits", cache["l0_hits"], "#1f7a4a"), ("L1 hits", cache["l1_hits"], "#2f9e62"),
+                                           ("L2 hits", cache["l2_hits"], "#7cc49b"),
+                                           ("misses", cache["misses"], "#d0d4da")], chart_id="cache-chart"),
+            "outcomes_svg": charts.ratio_bar([(o, snap.outcome_totals.get(o, 0), charts.COLORS[o]) for o in charts.OUTCOMES],
+                                             chart_id="outcomes-chart"),
+            "colors": charts.COLORS,
+            "outcomes": charts.OUTCOMES,
+            "groq_key_here": services.settings.groq_api_key_set,
+            "settings": services.settings,
+            "health": "degraded" if services.startup_errors else "ok",
+        }
+        return Template(template_name="dashboard/index.html.j2", context=context)
+
+    @get("/dashboard/verify", guards=[dashboard_access()], summary="Verify the whole audit chain")
+    async def verify(self, services: ServicesDep) -> Template:
+        trail = getattr(services, "audit", None)
+        report, error = None, ""
+        started = time.perf_counter()
+        if trail is None:
+            error = "audit trail: not connected to NATS JetStream"
+        else:
+            try:
+                report = await trail.verify()
+            except Exception as exc:  # noqa: BLE001
+                error = str(exc)
+        return Template(template_name="dashboard/verify.html.j2",
+                        context={"report": report, "error": error, "took_ms": (time.perf_counter() - started) * 1000})
+
+    @get("/dashboard/login", opt={"public": True}, summary="Sign in (a form, or ?token= from a printed link)")
+    async def login_form(self, request: Request,
+                         token: Annotated[str | None, QueryParameter(description="an admin token")] = None) -> Response:
+        if token:
+            check_token(request, token)
+            return Redirect("/", status_code=303, cookies=[_session_cookie(token)])
+        return Template(template_name="dashboard/login.html.j2", context={"message": "", "status": 200})
+
+    @post("/dashboard/login", opt={"public": True}, status_code=303, summary="Sign in with a token (form post)")
+    async def login(self, request: Request,
+                    data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]) -> Response:
+        token = (data.get("token") or "").strip()
+        check_token(request, token)
+        return Redirect("/", status_code=303, cookies=[_session_cookie(token)])
+
+    @post("/dashboard/logout", opt={"public": True}, status_code=303, summary="Forget the dashboard cookie")
+    async def logout(self) -> Response:
+        return Redirect("/dashboard/login", status_code=303,
+                        cookies=[Cookie(key=COOKIE, value="", path="/", max_age=0, httponly=True, samesite="lax")])

