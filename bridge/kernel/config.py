@@ -42,6 +42,9 @@ def audit_durability(value: str) -> str:
     return value
 
 
+_durability = audit_durability  # a section's field of the same name shadows the function in its body
+
+
 def environment() -> dict[str, str]:
     """A copy of this process's environment, for the children it starts."""
     return dict(os.environ)
@@ -123,7 +126,7 @@ class Settings(_Section, kw_only=True):
         "GROQPOLICY_NATS_REPLICAS": ("nats_replicas", int),
         "GROQPOLICY_OPA_URL": ("opa_url", str),
         "GROQPOLICY_AGENT_PORT": ("agent_port", int),
-        "GROQPOLICY_AUDIT_DURABILITY": ("audit_durability", audit_durability),
+        "GROQPOLICY_AUDIT_DURABILITY": ("audit_durability", _durability),
         "GROQPOLICY_AUDIT_MAX_BACKLOG": ("audit_max_backlog", int),
         "GROQPOLICY_GATEWAY_CACHE_SIZE": ("gateway_cache_size", int),
         "GROQ_API_KEY": ("groq_api_key_set", bool),
