@@ -10,7 +10,7 @@ import httpx
 import pytest
 import yaml
 
-from controlplane.bundles.server import BUNDLE_MEDIA_TYPE, parse_if_none_match, parse_wait
+from controlplane.bundles.controllers import BUNDLE_MEDIA_TYPE, parse_if_none_match, parse_wait
 from tests.controlplane_helpers import ADMIN_HEADERS, gzip_json, make_settings, running_control_plane
 
 
