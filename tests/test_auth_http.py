@@ -204,7 +204,7 @@ def test_rate_limit_is_per_client_and_spares_agents(tmp_path, nats_server):
             assert r.headers["ratelimit-limit"] == "3" and r.headers["ratelimit-remaining"] == str(2 - i)
         r = client.get("/api/v1/groq/models", headers=bearer(EVALUATE_TOKEN))
         assert r.status_code == 429
-        status, kind, message = error(r)
+        _, kind, message = error(r)
         assert kind == "TooManyRequestsException"
         assert re.fullmatch(r"rate limit: 3 requests per minute exceeded; retry in \d+s", message), message
         assert 1 <= int(r.headers["retry-after"]) <= 60 and r.headers["ratelimit-remaining"] == "0"

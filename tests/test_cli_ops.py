@@ -63,11 +63,13 @@ def test_unreachable_nats_for_policy_evaluate():
     first, hint = one_error(run_cli("evaluate", "--via", "nats", "--nats-url", f"nats://127.0.0.1:{free_port()}",
                                     "--context", "{}"))
     assert first.startswith("error: cannot reach NATS at nats://127.0.0.1:")
+    assert hint == "hint: start the system with `make run`, or pass --nats-url"
 
 
 def test_stop_without_a_running_system(tmp_path):
     first, hint = one_error(run_cli("stop", "--state-dir", str(tmp_path)))
     assert first == f"error: no running system recorded in {tmp_path / 'groqpolicy.pid'}"
+    assert hint == "hint: start one with `make run` or `groqpolicy up`"
 
 
 @pytest.fixture(scope="module")

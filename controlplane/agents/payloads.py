@@ -6,13 +6,11 @@ import zlib
 
 import msgspec
 
-from bridge.kernel.errors import GroqPolicyError
+from bridge.kernel.errors import BadRequest, GroqPolicyError
 
 
-class BadUpload(GroqPolicyError):
+class BadUpload(BadRequest):
     """An agent's upload that cannot be decoded or is not the shape OPA sends."""
-
-    status = 400
 
 
 class UploadTooLarge(GroqPolicyError):

@@ -17,16 +17,14 @@ import nats
 from nats.aio.client import Client
 
 from bridge.kernel.config import Settings
-from bridge.kernel.errors import GroqPolicyError
+from bridge.kernel.errors import Unavailable
 from controlplane.infra.processes import ManagedProcess, start_nats
 
 log = logging.getLogger(__name__)
 
 
-class NatsUnavailable(GroqPolicyError):
+class NatsUnavailable(Unavailable):
     """The control plane has no NATS connection (JetStream state and workers are out of reach)."""
-
-    status = 503
 
 
 class NatsConnection:
