@@ -5,7 +5,9 @@ the agent sends `If-None-Match` with its current ETag (and up to a few supersede
 comma-separated) and `Prefer: modes=snapshot,delta;wait=N` when long polling is configured. We answer
 304 when nothing changed, holding the request up to N seconds and answering 200 the moment a new
 revision is activated. A 200 must carry `Content-Type: application/vnd.openpolicyagent.bundles`, or
-the agent falls back to periodic polling.
+the agent falls back to periodic polling. A held request also ends when its client goes away (an
+agent that stops or restarts): nobody is left to answer, and a server shutting down waits for every
+request in flight.
 
 `/api/v1/bundles...` and `/api/v1/opa/config` are the management side: active revisions, history,
 publishing, and a ready agent configuration.
@@ -13,7 +15,9 @@ publishing, and a ready agent configuration.
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections.abc import Iterable
 from typing import Annotated, Any, TypeAlias
 
 import anyio
@@ -23,7 +27,7 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 
 from controlplane.agents.config import AgentConfigOptions, render_agent_config, to_yaml
 from controlplane.auth.guards import Principal, principal_of, requires
-from controlplane.bundles.revisions import TARGETS, Revision
+from controlplane.bundles.revisions import TARGETS, Revision, RevisionStore
 from controlplane.routes import get, post
 from controlplane.services import Services, ServicesDep
 
@@ -44,6 +48,25 @@ def parse_if_none_match(header: str | None) -> set[str]:
     if not header:
         return set()
     return {tag.strip() for tag in header.split(",") if tag.strip()}
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns once the client has disconnected (ASGI's `http.disconnect`)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _long_poll(request: Request, store: RevisionStore, name: str, target: str, known: Iterable[str],
+                     timeout: float) -> bool:
+    """`store.wait_for_change`, given up early when the client disconnects (then False)."""
+    change = asyncio.ensure_future(store.wait_for_change(name, target, known, timeout))
+    gone = asyncio.ensure_future(_client_gone(request))
+    try:
+        await asyncio.wait((change, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (change, gone):
+            task.cancel()
+    return change.done() and not change.cancelled() and change.result()
 
 
 def _bundle_response(meta: Revision, archive: bytes) -> Response[bytes]:
@@ -71,7 +94,7 @@ class BundleServer(Controller):
         unchanged = active is None or "*" in known or active[0].etag in known
         if unchanged and wait:
             timeout = min(wait, services.settings.long_poll_max_s)
-            if await store.wait_for_change(name, target, known, timeout):
+            if await _long_poll(request, store, name, target, known, timeout):
                 active = store.get(name, target)
                 unchanged = active is None
         if active is None:
