@@ -59,8 +59,8 @@ async def _client_gone(request: Request) -> None:
 async def _long_poll(request: Request, store: RevisionStore, name: str, target: str, known: Iterable[str],
                      timeout: float) -> bool:
     """`store.wait_for_change`, given up early when the client disconnects (then False)."""
-    change = asyncio.ensure_future(store.wait_for_change(name, target, known, timeout))
-    gone = asyncio.ensure_future(_client_gone(request))
+    change = asyncio.create_task(store.wait_for_change(name, target, known, timeout))
+    gone = asyncio.create_task(_client_gone(request))
     try:
         await asyncio.wait((change, gone), return_when=asyncio.FIRST_COMPLETED)
     finally:
