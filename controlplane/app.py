@@ -19,8 +19,7 @@ from controlplane.audit.controllers import AuditApi
 from controlplane.audit.wiring import start_audit, stop_audit
 from controlplane.auth.guards import check_routes
 from controlplane.auth.ratelimit import rate_limit_config
-from controlplane.bundles.controllers import BundleApi
-from controlplane.bundles.server import BundleServer
+from controlplane.bundles.controllers import BundleApi, BundleServer
 from controlplane.dashboard import DashboardController, dashboard_templates
 from controlplane.evaluation.controllers import EvaluationController, GroqController, OpaController
 from controlplane.metrics.controllers import metrics, timing_middleware

@@ -139,7 +139,7 @@ def test_every_other_route_refuses_an_anonymous_request(cp):
 
 def test_guarded_routes_hand_their_guards_the_handler_itself(cp):
     """controlplane.routes' decorators: every guarded route of the app uses them, and a guard gets
-    the route's handler (Litestar's own decorators hand each guard a fresh copy, ~12-17 µs)."""
+    the route's handler (Litestar's own decorators hand each guard a fresh copy)."""
     from litestar.testing import TestClient
 
     from controlplane import routes
@@ -147,8 +147,8 @@ def test_guarded_routes_hand_their_guards_the_handler_itself(cp):
     _, services = cp
     app = create_app(services.settings, services)
     guarded = [h for r in app.routes for h in getattr(r, "route_handlers", []) if h.resolve_guards() and h.http_methods - {"OPTIONS", "HEAD"}]
-    assert len(guarded) >= 20 and all(isinstance(h, routes._Guarded) for h in guarded), \
-        [h for h in guarded if not isinstance(h, routes._Guarded)]
+    assert len(guarded) >= 20 and all(isinstance(h, routes.GuardedRoute) for h in guarded), \
+        [h for h in guarded if not isinstance(h, routes.GuardedRoute)]
     seen = []
 
     async def guard(connection, handler) -> None:
@@ -204,7 +204,7 @@ def test_rate_limit_is_per_client_and_spares_agents(tmp_path, nats_server):
             assert r.headers["ratelimit-limit"] == "3" and r.headers["ratelimit-remaining"] == str(2 - i)
         r = client.get("/api/v1/groq/models", headers=bearer(EVALUATE_TOKEN))
         assert r.status_code == 429
-        status, kind, message = error(r)
+        _, kind, message = error(r)
         assert kind == "TooManyRequestsException"
         assert re.fullmatch(r"rate limit: 3 requests per minute exceeded; retry in \d+s", message), message
         assert 1 <= int(r.headers["retry-after"]) <= 60 and r.headers["ratelimit-remaining"] == "0"

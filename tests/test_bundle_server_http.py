@@ -10,7 +10,7 @@ import httpx
 import pytest
 import yaml
 
-from controlplane.bundles.server import BUNDLE_MEDIA_TYPE, parse_if_none_match, parse_wait
+from controlplane.bundles.controllers import BUNDLE_MEDIA_TYPE, parse_if_none_match, parse_wait
 from tests.controlplane_helpers import ADMIN_HEADERS, gzip_json, make_settings, running_control_plane
 
 
@@ -94,6 +94,19 @@ def test_long_poll_times_out_with_304(cp):
     r = client.get("/bundles/b", headers={"If-None-Match": etag, "Prefer": "modes=snapshot,delta;wait=1"})
     assert r.status_code == 304
     assert 0.9 <= time.monotonic() - t0 < 5
+
+
+def test_long_poll_ends_when_its_client_goes_away(cp):
+    services, client = cp
+    services.store.activate("b", "r1", {"rego": b"v1"})
+    etag = client.get("/bundles/b").headers["etag"]
+    with httpx.Client(base_url=str(client.base_url), headers=client.headers, timeout=0.5) as impatient:
+        with pytest.raises(httpx.ReadTimeout):
+            impatient.get("/bundles/b", headers={"If-None-Match": etag, "Prefer": "modes=snapshot,delta;wait=60"})
+    deadline = time.monotonic() + 5
+    while services.store.waiting("b") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert services.store.waiting("b") == 0, "a disconnected long poll must not wait out its 60 s"
 
 
 def test_decision_logs_gzip_roundtrip_and_filters(cp):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -62,11 +63,13 @@ def test_unreachable_nats_for_policy_evaluate():
     first, hint = one_error(run_cli("evaluate", "--via", "nats", "--nats-url", f"nats://127.0.0.1:{free_port()}",
                                     "--context", "{}"))
     assert first.startswith("error: cannot reach NATS at nats://127.0.0.1:")
+    assert hint == "hint: start the system with `make run`, or pass --nats-url"
 
 
 def test_stop_without_a_running_system(tmp_path):
     first, hint = one_error(run_cli("stop", "--state-dir", str(tmp_path)))
     assert first == f"error: no running system recorded in {tmp_path / 'groqpolicy.pid'}"
+    assert hint == "hint: start one with `make run` or `groqpolicy up`"
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +107,29 @@ def test_evaluate_and_list_succeed(cp):
     assert r.returncode == 0 and r.stdout.startswith("no policies stored yet")
     r = run_cli("audit", "tail", "-n", "1", *base)
     assert r.returncode == 0 and len(r.stdout.splitlines()) == 1
+
+
+def test_bundles_and_agents_print_tables(cp):
+    settings, services = cp
+    base = ["--url", settings.base_url, "--token", ADMIN_TOKEN]
+    r = run_cli("agents", *base)
+    assert r.returncode == 0 and r.stdout == "no OPA agent has reported status yet\n"
+
+    services.store.activate("cli-demo", "cli-demo-rev", {"rego": b"rego", "wasm": b"wasm!"}, signed_by="unit-key")
+    r = run_cli("bundles", *base)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[:2] == ["bundle    target  revision      bytes  etag             signed by  activated",
+                         "--------  ------  ------------  -----  ---------------  ---------  -------------------"]
+    assert any(re.fullmatch(r'cli-demo  wasm    cli-demo-rev  5      "[0-9a-f]{13}"  unit-key   \d{4}-\d\d-\d\d \d\d:\d\d:\d\d',
+                            line) for line in lines[2:]), lines
+
+    services.statuses.record({"labels": {"id": "opa-1", "agent": "edge-1"},
+                              "bundles": {"cli-demo": {"active_revision": "cli-demo-rev"},
+                                          "other": {"code": "bundle_error", "message": "m" * 80}}})
+    r = run_cli("agents", *base)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "agent   bundle    active revision  status" + " " * 70 + "last seen"
+    assert re.fullmatch("edge-1  cli-demo  cli-demo-rev     ok" + " " * 74 + r"\d\d:\d\d:\d\d", lines[2]), lines
+    assert re.fullmatch("edge-1  other" + " " * 22 + "bundle_error: " + "m" * 60 + r"  \d\d:\d\d:\d\d", lines[3]), lines

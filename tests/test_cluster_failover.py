@@ -110,7 +110,7 @@ async def run_scenario(servers: dict[str, ManagedProcess]) -> None:
                 info = await nc_b.jetstream(timeout=1).stream_info(f"KV_{BUCKET}")
                 if info.cluster and info.cluster.leader:
                     return
-            except (APIError, nats.errors.Error, asyncio.TimeoutError):
+            except (TimeoutError, APIError, nats.errors.Error):
                 pass
             await asyncio.sleep(0.25)
 
@@ -123,11 +123,11 @@ async def run_scenario(servers: dict[str, ManagedProcess]) -> None:
                     await asyncio.wait_for(store.create(rec), 10)
                     policies[rec.rule_id] = 1
                     break
-                except (GroqPolicyError, APIError, nats.errors.Error, asyncio.TimeoutError) as exc:  # StoreConflict/StoreUnavailable
+                except (TimeoutError, GroqPolicyError, APIError, nats.errors.Error) as exc:  # StoreConflict/StoreUnavailable
                     # a lost ack may hide a stored write: the retry reads before writing again
                     try:
                         got = await asyncio.wait_for(store.get(rec.rule_id), 10)
-                    except (GroqPolicyError, APIError, nats.errors.Error, asyncio.TimeoutError):
+                    except (TimeoutError, GroqPolicyError, APIError, nats.errors.Error):
                         got = None
                     if got is not None:
                         policies[rec.rule_id] = got[0].version
@@ -139,7 +139,7 @@ async def run_scenario(servers: dict[str, ManagedProcess]) -> None:
                     await kv_ready()  # what a client does on 503: wait until the service is back, retry once
             i += 1
 
-    tasks = [asyncio.create_task(audit_writer(t, f"{w}{k}")) for w, t in zip("ab", trails) for k in range(4)]
+    tasks = [asyncio.create_task(audit_writer(t, f"{w}{k}")) for w, t in zip("ab", trails, strict=True) for k in range(4)]
     tasks.append(asyncio.create_task(policy_writer()))
     await asyncio.sleep(1.0)
     before_kill, policies_before_kill = len(acked), len(policies)

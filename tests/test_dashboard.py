@@ -82,7 +82,7 @@ def test_login_sets_an_httponly_cookie_and_a_wrong_token_is_refused(cp):
 
 # ---- panels ------------------------------------------------------------------------------------------
 def test_panels_show_what_the_control_plane_holds(cp):
-    client, services, _ = cp
+    client, _, _ = cp
     made = [evaluate(client, "nano") for _ in range(3)] + [evaluate(client, "balanced") for _ in range(2)]
     r = client.get("/", headers=bearer(ADMIN_TOKEN))
     assert r.status_code == 200, r.text
@@ -184,9 +184,9 @@ def test_decisions_are_bucketed_by_time_in_the_smallest_window_that_holds_them()
     assert sum(b.total for b in buckets) == 4
     svg = decisions_chart(buckets, step)
     assert svg.count('class="bar"') == 4 and 'data-outcome="other" data-count="1"' in svg
-    older = rows + [AuditRow(seq=9, record=AuditRecord(source="api", decision="deny"), chain="ok", when=now - 200)]
+    older = [*rows, AuditRow(seq=9, record=AuditRecord(source="api", decision="deny"), chain="ok", when=now - 200)]
     assert decisions_over_time(older, now)[1:] == (300, 10)
-    oldest = rows + [AuditRow(seq=9, record=AuditRecord(source="api", decision="deny"), chain="ok", when=now - 2000)]
+    oldest = [*rows, AuditRow(seq=9, record=AuditRecord(source="api", decision="deny"), chain="ok", when=now - 2000)]
     assert decisions_over_time(oldest, now)[1:] == (3600, 60)
 
 

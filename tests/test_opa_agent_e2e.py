@@ -145,7 +145,7 @@ def test_new_revision_reaches_agent_through_long_polling(system, capsys):
         rev = f"lp-{i + 2}"
         t0 = time.monotonic()
         publish_files(services, with_probe(system, rev), rev)
-        wait_for(lambda: probe_value(system) == rev, 10, f"revision {rev}", interval=0.01)
+        wait_for(lambda rev=rev: probe_value(system) == rev, 10, f"revision {rev}", interval=0.01)
         samples.append(time.monotonic() - t0)
         time.sleep(0.3)
     with capsys.disabled():

@@ -6,14 +6,16 @@ import zlib
 
 import msgspec
 
-from bridge.kernel.errors import GroqPolicyError
+from bridge.kernel.errors import BadRequest, GroqPolicyError
 
 
-class BadUpload(GroqPolicyError):
-    status = 400
+class BadUpload(BadRequest):
+    """An agent's upload that cannot be decoded or is not the shape OPA sends."""
 
 
 class UploadTooLarge(GroqPolicyError):
+    """An agent's upload over the body limit (counted after decompression)."""
+
     status = 413
 
 
@@ -30,7 +32,7 @@ def decompress(body: bytes, encoding: str, limit: int) -> bytes:
     try:
         out = inflater.decompress(body, limit + 1)
     except zlib.error as exc:
-        raise BadUpload(f"body: invalid gzip data ({exc})") from None
+        raise BadUpload(f"body: invalid gzip data ({exc})") from exc
     if len(out) > limit or inflater.unconsumed_tail:
         raise UploadTooLarge(f"body: decompressed size exceeds the limit of {limit} bytes")
     if not inflater.eof:
@@ -42,4 +44,4 @@ def decode_json(data: bytes, what: str) -> object:
     try:
         return msgspec.json.decode(data)
     except msgspec.DecodeError as exc:
-        raise BadUpload(f"{what}: invalid JSON ({exc})") from None
+        raise BadUpload(f"{what}: invalid JSON ({exc})") from exc

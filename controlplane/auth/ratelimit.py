@@ -23,20 +23,21 @@ from litestar.exceptions import TooManyRequestsException
 from litestar.middleware.rate_limit import (
     DURATION_VALUES,
     CacheObject,
+    DurationUnit,
     RateLimitConfig,
     RateLimitMiddleware,
     get_remote_address,
 )
 from litestar.stores.base import Store
 
-from bridge.kernel.errors import GroqPolicyError
+from bridge.kernel.errors import ConfigError
 
 EXCLUDED = [r"^/bundles/", r"^/logs", r"^/status", r"^/health$", r"^/metrics$"]
 _SPEC = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*$")
 
 
-class RateLimitSpecError(GroqPolicyError):
-    pass
+class RateLimitSpecError(ConfigError):
+    """`GROQPOLICY_RATE_LIMIT` is not `<n>/<unit>` or `off`."""
 
 
 def _identify(authorization: str, address: str) -> str:
@@ -104,14 +105,15 @@ class CountingRateLimitMiddleware(RateLimitMiddleware):
         raise NotImplementedError
 
 
-def parse_rate(spec: str) -> tuple[str, int] | None:
+def parse_rate(spec: str) -> tuple[DurationUnit, int] | None:
     """`1000/second` -> ("second", 1000); `off` -> None."""
     if spec.strip().lower() in ("off", "none", "0", ""):
         return None
     m = _SPEC.match(spec)
     if not m or int(m.group(1)) < 1:
         raise RateLimitSpecError(f"GROQPOLICY_RATE_LIMIT={spec!r}: expected <n>/<second|minute|hour|day> or off")
-    return m.group(2), int(m.group(1))
+    unit = next(u for u in DURATION_VALUES if u == m.group(2))  # the pattern admits only these units
+    return unit, int(m.group(1))
 
 
 def rate_limit_config(spec: str) -> RateLimitConfig | None:
@@ -119,7 +121,7 @@ def rate_limit_config(spec: str) -> RateLimitConfig | None:
     if rate is None:
         return None
     return RateLimitConfig(
-        rate_limit=rate,  # type: ignore[arg-type]
+        rate_limit=rate,
         exclude=EXCLUDED,
         identifier_for_request=client_identifier,
         middleware_class=CountingRateLimitMiddleware,

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from bridge.kernel.errors import GroqPolicyError
+from bridge.kernel.errors import ConfigError
 
 if TYPE_CHECKING:
     from bridge.kernel.config import Settings
@@ -36,7 +36,7 @@ _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 GENERATED = (("admin", ("admin", "evaluate", "agent")), ("evaluate", ("evaluate",)), ("agent", ("agent",)))
 
 
-class TokenConfigError(GroqPolicyError):
+class TokenConfigError(ConfigError):
     """A token entry that cannot be used as given."""
 
 
@@ -125,7 +125,7 @@ def ensure_tokens(settings: Settings) -> TokenSet:
         try:
             text = settings.tokens_file.read_text()
         except OSError as exc:
-            raise TokenConfigError(f"GROQPOLICY_TOKENS_FILE={settings.tokens_file}: {exc.strerror}") from None
+            raise TokenConfigError(f"GROQPOLICY_TOKENS_FILE={settings.tokens_file}: {exc.strerror}") from exc
         tokens += parse_tokens(text, str(settings.tokens_file), separator="\n")
         sources.append(str(settings.tokens_file))
     if not sources:

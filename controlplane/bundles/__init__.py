@@ -1,1 +1,3 @@
-"""Bundles: archive, canonical hashing, signing, verification, keys, compiler, revisions, serving."""
+"""The control plane's bundles: compile, sign and activate revisions, and serve them to OPA agents.
+
+The bundle format itself (archive, hashing, keys, signing, verification) is `bridge.opabundle`."""

@@ -3,7 +3,8 @@
 Stages, each a separate `opa` invocation so that a failure names its stage:
 `opa check --strict` -> `opa test` -> `opa build` (rego target for agents, wasm target for the
 in-process evaluator). Errors come back as structured `CompileMessage`s (file, row, col), never as a
-stack trace. Signing is not done here: the caller signs the unsigned artifacts (see `signing.py`).
+stack trace. Signing is not done here: the caller signs the unsigned artifacts (`BundlePublisher.sign`,
+with `bridge.opabundle.signing`).
 """
 
 from __future__ import annotations
@@ -178,8 +179,8 @@ class Compiler:
         proc = self._run(["test", "--format", "json", *[_rel(s, cwd) for s in sources]], cwd)
         try:
             raw = json.loads(proc.stdout or "[]")
-        except ValueError:
-            raise CompileError("test", _parse_errors("test", proc.stderr or proc.stdout, cwd)) from None
+        except ValueError as exc:
+            raise CompileError("test", _parse_errors("test", proc.stderr or proc.stdout, cwd)) from exc
         if isinstance(raw, dict):  # compile errors in test files come back as an errors document
             raise CompileError("test", _parse_errors("test", proc.stdout, cwd))
         results = []

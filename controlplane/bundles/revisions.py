@@ -94,6 +94,11 @@ class RevisionStore:
         with self._lock:
             return list(self._history.get(bundle, []))
 
+    def waiting(self, bundle: str, target: str = "rego") -> int:
+        """How many requests are waiting (long polling) for the next revision of `bundle`."""
+        with self._lock:
+            return len(self._waiters.get((bundle, target), []))
+
     async def wait_for_change(self, bundle: str, target: str, known_etags: Iterable[str], timeout: float) -> bool:
         """Wait until the active ETag is not one of `known_etags`; False when `timeout` passes first."""
         known = set(known_etags)

@@ -14,7 +14,7 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 
-from controlplane.auth.guards import PRINCIPAL_KEY, REALM, requires
+from controlplane.auth.guards import REALM, remember, requires
 from controlplane.auth.tokens import Token
 
 COOKIE = "groqpolicy_dashboard"
@@ -54,4 +54,4 @@ class dashboard_access(requires):  # noqa: N801 - a guard, read as a declaration
 
     async def __call__(self, connection: ASGIConnection, _: BaseRouteHandler) -> None:  # async: no worker thread
         presented, _where = token_from(connection)
-        connection.scope[PRINCIPAL_KEY] = check_token(connection, presented)  # type: ignore[literal-required]
+        remember(connection, check_token(connection, presented))

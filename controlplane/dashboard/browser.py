@@ -24,10 +24,11 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from bridge.kernel.config import ToolchainSettings, environment
-from bridge.kernel.errors import ToolchainError
+from bridge.kernel.errors import GroqPolicyError, ToolchainError
+from controlplane.infra.toolchain import ensure_command
 
 DEBIAN_CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = (
@@ -38,21 +39,21 @@ FLAGS = (
 
 
 def find_chromium() -> Path | None:
-    if env := ToolchainSettings.from_env().chromium_bin:
-        return env if env.is_file() else None
+    if configured := ToolchainSettings.from_env().chromium_bin:
+        return configured if configured.is_file() else None
     if DEBIAN_CHROMIUM.is_file():
         return DEBIAN_CHROMIUM
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     return Path(found) if found else None
 
 
-def ensure_chromium(log=sys.stderr) -> Path:
+def ensure_chromium(log: TextIO = sys.stderr) -> Path:
     """The chromium binary; installs Debian's `chromium` package with apt-get when there is none."""
     found = find_chromium()
     if found is not None:
         return found
-    if env := ToolchainSettings.from_env().chromium_bin:
-        raise ToolchainError(f"CHROMIUM_BIN={env}: no such file (unset it to use or install Debian's chromium)")
+    if configured := ToolchainSettings.from_env().chromium_bin:
+        raise ToolchainError(f"CHROMIUM_BIN={configured}: no such file (unset it to use or install Debian's chromium)")
     apt = shutil.which("apt-get")
     if apt is None:
         raise ToolchainError("chromium: not found ($CHROMIUM_BIN, /usr/bin/chromium, PATH) and apt-get is missing; "
@@ -72,8 +73,8 @@ def ensure_chromium(log=sys.stderr) -> Path:
     return found
 
 
-class CDPError(Exception):
-    pass
+class CDPError(GroqPolicyError):
+    """The browser refused a DevTools call, or did not answer it in time."""
 
 
 class Page:
@@ -219,7 +220,7 @@ class Chromium:
         for p in self._pages:
             try:
                 p.close()
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - the browser is killed next; a page that fails to close changes nothing
                 pass
         if self.proc is not None and self.proc.poll() is None:
             # chromium's helpers (zygote, renderers, GPU) share the session this process leads
@@ -235,17 +236,7 @@ class Chromium:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if args[:1] != ["ensure"]:
-        print("usage: python -m controlplane.dashboard.browser ensure", file=sys.stderr)
-        return 2
-    try:
-        path = ensure_chromium()
-    except ToolchainError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"chromium: {path}")
-    return 0
+    return ensure_command("controlplane.dashboard.browser", argv, lambda: [f"chromium: {ensure_chromium()}"])
 
 
 if __name__ == "__main__":

@@ -112,7 +112,7 @@ class DashboardController(Controller):
         else:
             try:
                 report = await trail.verify()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - the page reports why the chain could not be read
                 error = str(exc)
         return Template(template_name="dashboard/verify.html.j2",
                         context={"report": report, "error": error, "took_ms": (time.perf_counter() - started) * 1000})

@@ -145,7 +145,8 @@ def library_policies(rego_root: Path) -> list[tuple[str, str, str, bool, str]]:
     for path in sorted((rego_root / "rego" / "policies").glob("*/policy.rego")):
         blocks = _metadata_blocks(path.read_text())
         title = next((b["title"] for b in blocks if isinstance(b.get("title"), str)), path.parent.name)
-        custom = next((b["custom"] for b in blocks if isinstance(b.get("custom"), dict) and "policy_type" in b["custom"]), {})
+        custom: dict[str, Any] = next(
+            (b["custom"] for b in blocks if isinstance(b.get("custom"), dict) and "policy_type" in b["custom"]), {})
         out.append((title, str(custom.get("policy_type", path.parent.name)), str(custom.get("performance_tier", "")),
                     bool(custom.get("uses_model", False)), str(path.relative_to(rego_root))))
     return out
@@ -264,7 +265,7 @@ async def worker_stats(nc: Any, wait_s: float = STATS_WAIT_S) -> list[WorkerRow]
             except ValueError:
                 continue
             endpoints = doc.get("endpoints") or []
-            data = next((e.get("data") for e in endpoints if isinstance(e.get("data"), dict)), {}) or {}
+            data: dict[str, Any] = next((e["data"] for e in endpoints if isinstance(e.get("data"), dict)), {})
             rows.append(WorkerRow(id=str(doc.get("id", "")), version=str(doc.get("version", "")),
                                   emulated=bool(data.get("emulated")), stats=data,
                                   requests=sum(int(e.get("num_requests", 0)) for e in endpoints)))
@@ -310,7 +311,7 @@ async def snapshot(services: Services) -> Snapshot:
             return
         try:
             snap.workers = await worker_stats(nc)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - a panel that cannot load says why; the page still renders
             snap.workers_error = f"NATS: {exc}"
 
     await asyncio.gather(audit(), workers())

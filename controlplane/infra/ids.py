@@ -1,9 +1,9 @@
 """Random (version 4) UUIDs for evaluation and audit record ids, cheap enough for a batch of a hundred.
 
-`uuid.uuid4()` asks the kernel for 16 random bytes per id (a `getrandom` call, several µs on a
-virtual machine) and validates its arguments on every construction. Here the bytes come from the
-same source (`os.urandom`) 4 KiB at a time and each UUID is built from its integer directly: the
-same RFC 4122 version 4 ids, at a fraction of the cost.
+`uuid.uuid4()` asks the kernel for 16 random bytes per id (one `getrandom` system call each) and
+validates its arguments on every construction. Here the bytes come from the same source
+(`os.urandom`) 4 KiB at a time and each UUID is built from its integer directly: the same RFC 4122
+version 4 ids, with one system call per 256 of them.
 """
 
 from __future__ import annotations

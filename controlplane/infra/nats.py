@@ -9,35 +9,34 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import anyio
 import nats
-from nats.aio.client import Client as NATS
+from nats.aio.client import Client
 
 from bridge.kernel.config import Settings
-from bridge.kernel.errors import GroqPolicyError
+from bridge.kernel.errors import Unavailable
 from controlplane.infra.processes import ManagedProcess, start_nats
 
 log = logging.getLogger(__name__)
 
 
-class NatsUnavailable(GroqPolicyError):
+class NatsUnavailable(Unavailable):
     """The control plane has no NATS connection (JetStream state and workers are out of reach)."""
-
-    status = 503
 
 
 class NatsConnection:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.embedded: ManagedProcess | None = None
-        self.nc: NATS | None = None
+        self.nc: Client | None = None
         self.url = settings.nats_url
         # called (as tasks) after every reconnect: JetStream consumers such as KV watches do not
         # survive a server restart, so their owners rebuild them here
-        self.on_reconnect: list[Callable[[], Awaitable[None]]] = []
-        self._tasks: set[asyncio.Task] = set()
+        self.on_reconnect: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def _reconnected(self) -> None:
         log.warning("NATS: reconnected to %s", self.nc.connected_url.netloc if self.nc and self.nc.connected_url else self.url)
@@ -46,7 +45,7 @@ class NatsConnection:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def connect(self) -> NATS:
+    async def connect(self) -> Client:
         if not self.url:
             self.embedded = await anyio.to_thread.run_sync(start_nats, self.settings.state_dir / "nats")
             self.url = self.embedded.extra["url"]
@@ -57,13 +56,13 @@ class NatsConnection:
                 self.url, name="groqpolicy-controlplane", connect_timeout=5, max_reconnect_attempts=-1,
                 reconnect_time_wait=0.25, allow_reconnect=True, reconnected_cb=self._reconnected,
             )
-        except Exception as exc:  # noqa: BLE001 - any connect failure is a start-up error with the URL in it
+        except Exception as exc:  # any connect failure is a start-up error with the URL in it
             await self.close()
-            raise NatsUnavailable(f"NATS at {self.url}: cannot connect ({exc or type(exc).__name__})") from None
+            raise NatsUnavailable(f"NATS at {self.url}: cannot connect ({exc or type(exc).__name__})") from exc
         return self.nc
 
     @property
-    def client(self) -> NATS:
+    def client(self) -> Client:
         if self.nc is None or self.nc.is_closed:
             raise NatsUnavailable("NATS: the control plane is not connected")
         return self.nc

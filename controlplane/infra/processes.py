@@ -6,12 +6,14 @@ started by hand.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bridge.kernel.config import environment
 from bridge.kernel.errors import ToolchainError
@@ -25,12 +27,20 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
+def _program(proc: subprocess.Popen[Any]) -> str:
+    """The program a process runs (the first word of its argv)."""
+    args = proc.args
+    if isinstance(args, str | bytes | os.PathLike):
+        return os.fsdecode(args)
+    return os.fsdecode(args[0])
+
+
+def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 20.0, proc: subprocess.Popen[Any] | None = None) -> None:
     """Block until something accepts connections on host:port; fail early if `proc` dies."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise ToolchainError(f"process {proc.args[0]} exited with {proc.returncode} before listening on {host}:{port}")
+            raise ToolchainError(f"process {_program(proc)} exited with {proc.returncode} before listening on {host}:{port}")
         try:
             with socket.create_connection((host, port), timeout=0.2):
                 return

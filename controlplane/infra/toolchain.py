@@ -11,8 +11,10 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import TextIO
 
 from bridge.kernel.config import ToolchainSettings, environment
 from bridge.kernel.errors import ToolchainError
@@ -58,7 +60,7 @@ def find_opa() -> Path | None:
     return None
 
 
-def install_opa(log=sys.stderr) -> Path:
+def install_opa(log: TextIO = sys.stderr) -> Path:
     """Build the pinned opa into the tools dir with `go install`; explain exactly what is missing otherwise."""
     go = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").is_file() else None)
     if go is None:
@@ -103,20 +105,27 @@ def nats_server_binary() -> Path:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def ensure_command(prog: str, argv: list[str] | None, ensure: Callable[[], list[str]]) -> int:
+    """`python -m <prog> ensure`: provide what `ensure` provides and print its lines; a missing tool
+    is one `error:` line and exit code 1."""
     args = sys.argv[1:] if argv is None else argv
     if args[:1] != ["ensure"]:
-        print("usage: python -m controlplane.infra.toolchain ensure", file=sys.stderr)
+        print(f"usage: python -m {prog} ensure", file=sys.stderr)
         return 2
     try:
-        opa = opa_binary()
-        nats = nats_server_binary()
+        lines = ensure()
     except ToolchainError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"opa {OPA_VERSION}: {opa}")
-    print(f"nats-server: {nats}")
+    print("\n".join(lines))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return ensure_command("controlplane.infra.toolchain", argv, lambda: [
+        f"opa {OPA_VERSION}: {opa_binary()}",
+        f"nats-server: {nats_server_binary()}",
+    ])
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Prometheus metrics: recording functions for the pipeline (`recorders`), HTTP timing
-middleware and the `/metrics` endpoint (`http`), gauges read from the services at scrape time."""
+middleware and the `/metrics` endpoint (`controllers`), gauges read from the services at scrape time."""
 
 from controlplane.metrics.recorders import (
     REGISTRY,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from litestar import Response
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from controlplane.metrics.recorders import HTTP_LATENCY, REGISTRY, child
 from controlplane.routes import get
@@ -22,26 +23,30 @@ class ServicesCollector:
     def __init__(self, services: Services) -> None:
         self.services = services
 
-    def collect(self):
-        s = self.services
+    def collect(self) -> Iterator[Metric]:
+        yield from self._bundles()
+        yield from self._agents()
+        yield from self._audit()
+
+    def _bundles(self) -> Iterator[Metric]:
+        store = self.services.store
         active = GaugeMetricFamily("groqpolicy_bundle_active_info", "Active bundle revision per bundle and target (value 1)",
                                    labels=["bundle", "target", "revision"])
         activated = GaugeMetricFamily("groqpolicy_bundle_activated_timestamp_seconds", "When the active revision was activated",
                                       labels=["bundle", "target"])
         revisions = GaugeMetricFamily("groqpolicy_bundle_revisions", "Revisions kept in history per bundle", labels=["bundle"])
-        bundles = list(s.store.bundles())
+        bundles = list(store.bundles())
         for r in bundles:
             active.add_metric([r.bundle, r.target, r.revision], 1)
             activated.add_metric([r.bundle, r.target], r.activated_at)
-        history = getattr(s.store, "history", None)
-        if history is not None:
-            for name in sorted({r.bundle for r in bundles}):
-                revisions.add_metric([name], len({h.revision for h in history(name)}))
+        for name in sorted({r.bundle for r in bundles}):
+            revisions.add_metric([name], len({h.revision for h in store.history(name)}))
         yield active
         yield activated
         yield revisions
 
-        agents = s.statuses.agents()
+    def _agents(self) -> Iterator[Metric]:
+        agents = self.services.statuses.agents()
         seen = GaugeMetricFamily("groqpolicy_agent_last_seen_timestamp_seconds", "Last status report per OPA agent", labels=["agent"])
         reports = CounterMetricFamily("groqpolicy_agent_status_reports", "Status reports received per OPA agent", labels=["agent"])
         bundle_ok = GaugeMetricFamily(
@@ -58,10 +63,11 @@ class ServicesCollector:
         yield bundle_ok
         yield GaugeMetricFamily("groqpolicy_agents", "OPA agents that reported status", value=len(agents))
         logs = CounterMetricFamily("groqpolicy_decision_logs", "Decision-log events received from OPA agents")
-        logs.add_metric([], s.decision_logs.total)
+        logs.add_metric([], self.services.decision_logs.total)
         yield logs
 
-        trail = getattr(s, "audit", None)
+    def _audit(self) -> Iterator[Metric]:
+        trail = self.services.audit
         if trail is not None:
             conflicts = CounterMetricFamily("groqpolicy_audit_append_conflicts",
                                             "Appends that lost the race to another replica and relinked (expected-last-sequence)")
@@ -71,7 +77,7 @@ class ServicesCollector:
 
 def render(services: Services) -> bytes:
     scrape = CollectorRegistry(auto_describe=False)
-    scrape.register(ServicesCollector(services))  # type: ignore[arg-type]
+    scrape.register(ServicesCollector(services))
     return generate_latest(REGISTRY) + generate_latest(scrape)
 
 

@@ -1,7 +1,8 @@
 """The process's counters and histograms, and the functions the pipeline calls to record.
 
 One registry per process (not prometheus_client's global one, so importing this never collides
-with a host application's metrics). Each recording call costs a few microseconds.
+with a host application's metrics). Recording sits on the evaluation path, so the label lookups the
+hot paths repeat are remembered (`child`).
 """
 
 from __future__ import annotations
@@ -60,12 +61,12 @@ AUDIT_FAILURES = Counter(
 )
 
 
-_CHILDREN: dict[tuple, object] = {}
+_CHILDREN: dict[tuple[int, tuple[str, ...]], Any] = {}
 
 
 def child(metric: Any, *labels: str) -> Any:
-    """`metric.labels(*labels)`, remembered: prometheus_client's lookup costs a few µs per call, and
-    the hot paths ask for the same few label sets on every request."""
+    """`metric.labels(*labels)`, remembered: prometheus_client validates and looks labels up on every
+    call, and the hot paths ask for the same few label sets on every request."""
     key = (id(metric), labels)
     found = _CHILDREN.get(key)
     if found is None:
@@ -107,24 +108,17 @@ def record_audit_append(source: str, count: int = 1, failed: bool = False) -> No
         child(AUDIT_APPENDS, source).inc(count)
 
 
+def _field(value: object, name: str) -> Any:
+    """`name` of a decoded JSON object or of a struct; None when it has none."""
+    return value.get(name) if isinstance(value, dict) else getattr(value, name, None)
+
+
 def record_reply(reply: object) -> None:
     """One inference-worker reply (`bridge.inference.wire.InferReply` or its JSON object): tier, model,
     tokens, cost and whether the cache answered. Anything else (an error reply) is ignored."""
-    if isinstance(reply, dict):
-        get = reply.get
-        usage = reply.get("usage") or {}
-        uget = usage.get if isinstance(usage, dict) else (lambda k, d=None: d)
-    else:
-        def get(k, d=None):
-            return getattr(reply, k, d)
-
-        usage = getattr(reply, "usage", None)
-
-        def uget(k, d=None):
-            return getattr(usage, k, d)
-
-    model, tier = get("model"), get("tier")
+    model, tier = _field(reply, "model"), _field(reply, "tier")
     if not isinstance(model, str) or not isinstance(tier, str):
         return
-    record_inference(tier, model, int(uget("prompt_tokens", 0) or 0), int(uget("completion_tokens", 0) or 0),
-                     float(uget("cost_usd", 0.0) or 0.0), bool(get("cached", False)))
+    usage = _field(reply, "usage")
+    record_inference(tier, model, int(_field(usage, "prompt_tokens") or 0), int(_field(usage, "completion_tokens") or 0),
+                     float(_field(usage, "cost_usd") or 0.0), bool(_field(reply, "cached")))

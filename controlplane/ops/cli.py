@@ -1,19 +1,25 @@
-"""`groqpolicy`: one subcommand per job. Errors are one readable line plus a hint, exit code 1."""
+"""`groqpolicy`: one subcommand per job. Errors are one readable line plus a hint, exit code 1.
+
+This module parses the whole command line and runs the commands that need no running system (`up`,
+`serve`, `compile`, `keys`, `opa-config`); the ones that talk to a running system are in
+`controlplane.ops.commands`. Each command imports what it needs inside its own function: the app,
+the compiler, uvicorn and the supervisor take far longer to import than argument parsing, and
+`groqpolicy --help` or a typo should answer at once.
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
+from bridge.kernel.config import ClientSettings, Settings
 from bridge.kernel.errors import GroqPolicyError
-
-
-class CliError(Exception):
-    def __init__(self, message: str, hint: str = "") -> None:
-        super().__init__(message)
-        self.hint = hint
+from controlplane.ops import commands
+from controlplane.ops.client import ClientError
 
 
 def _cmd_keys_generate(args: argparse.Namespace) -> int:
@@ -30,14 +36,13 @@ def _cmd_keys_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
-    from bridge.kernel.config import Settings
     from controlplane.bundles.compiler import CompileError, Compiler, load_definitions
 
     settings = Settings.from_env()
     bundles_dir = Path(args.bundles_dir) if args.bundles_dir else settings.bundles_dir
     definitions = load_definitions(bundles_dir)
     if not definitions:
-        raise CliError(f"no bundle definitions (*.toml) in {bundles_dir}", "create bundles/<name>.toml with name and sources")
+        raise ClientError(f"no bundle definitions (*.toml) in {bundles_dir}", "create bundles/<name>.toml with name and sources")
     compiler = Compiler(settings.rego_root)
     failed = 0
     for definition in definitions:
@@ -60,10 +65,9 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from bridge.kernel.config import Settings
     from controlplane.app import create_app
 
-    overrides: dict = {}
+    overrides: dict[str, Any] = {}
     if args.port:
         overrides["port"] = args.port
     if args.state_dir:
@@ -83,7 +87,6 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_opa_config(args: argparse.Namespace) -> int:
-    from bridge.kernel.config import Settings
     from controlplane.agents.config import AgentConfigOptions, render_agent_config, to_yaml
     from controlplane.auth.tokens import ensure_tokens
     from controlplane.bundles.keystore import ensure_signing_key
@@ -100,10 +103,93 @@ def _cmd_opa_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="groqpolicy", description="OPA policies with fast GroqCloud judgments.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+def _client_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", help="control plane URL (default $GROQPOLICY_URL or http://127.0.0.1:8015)")
+    p.add_argument("--token", help="bearer token (default $GROQPOLICY_TOKEN, else the admin token in <state>/tokens)")
+    p.add_argument("--state-dir", help="local state dir, for the token file (default .state)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each API answer (default 120)")
 
+
+def _add_policies(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    pol = sub.add_parser("policies", help="list, create and compile stored policies")
+    pol_sub = pol.add_subparsers(dest="policies_command", metavar="ACTION")
+    ls = pol_sub.add_parser("list", help="stored policies with type, tier, version and compile status")
+    ls.add_argument("--type")
+    ls.add_argument("--tier")
+    ls.add_argument("--active", type=lambda v: v.lower() in ("1", "true", "yes"), default=None, metavar="true|false")
+    _client_opts(ls)
+    ls.set_defaults(func=commands.cmd_policies_list)
+    cr = pol_sub.add_parser("create", help="store a policy from a .rego file (it must define `decision`)")
+    cr.add_argument("file")
+    cr.add_argument("--name")
+    cr.add_argument("--type", required=True, help="policy type, e.g. security_policies")
+    cr.add_argument("--tier", default="balanced", help="performance tier (nano, fast, balanced, premium, reasoning)")
+    cr.add_argument("--principle", action="append", help="a constitutional principle id (repeatable)")
+    _client_opts(cr)
+    cr.set_defaults(func=commands.cmd_policies_create)
+    co = pol_sub.add_parser("compile", help="compile one policy to WASM and measure it")
+    co.add_argument("rule_id")
+    _client_opts(co)
+    co.set_defaults(func=commands.cmd_policies_compile)
+
+
+def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ev = sub.add_parser("evaluate", help="evaluate one context, or a JSON-lines file of contexts")
+    ev.add_argument("--context", help="one context as a JSON object")
+    ev.add_argument("--file", help="a JSON-lines file, one context per line (progress bar and summary)")
+    ev.add_argument("--output", help="with --file: write every result as JSON lines here")
+    ev.add_argument("--types", help="comma-separated policy types (default: all)")
+    ev.add_argument("--tier", default="reasoning", help="performance tier (default reasoning: every policy applies)")
+    ev.add_argument("--explain", action="store_true", help="ask for an explanation")
+    ev.add_argument("--json", action="store_true", help="print the whole response as JSON")
+    ev.add_argument("--via", choices=["http", "nats"], default="http",
+                    help="http: POST /api/v1/evaluate; nats: request-reply on policy.evaluate (same shapes)")
+    ev.add_argument("--nats-url", default=ClientSettings.from_env().nats_url)
+    _client_opts(ev)
+    ev.set_defaults(func=commands.cmd_evaluate)
+
+
+def _add_audit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    au = sub.add_parser("audit", help="the hash-chained audit trail")
+    au_sub = au.add_subparsers(dest="audit_command", metavar="ACTION")
+    tail = au_sub.add_parser("tail", help="recent audit records (-f to follow)")
+    tail.add_argument("-n", "--lines", type=int, default=20)
+    tail.add_argument("-f", "--follow", action="store_true")
+    _client_opts(tail)
+    tail.set_defaults(func=commands.cmd_audit_tail)
+    ver = au_sub.add_parser("verify", help="check the whole hash chain")
+    _client_opts(ver)
+    ver.set_defaults(func=commands.cmd_audit_verify)
+
+
+def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    _add_policies(sub)
+    _add_evaluate(sub)
+    _add_audit(sub)
+
+    ag = sub.add_parser("agents", help="OPA agents with their active bundle revision and last status")
+    _client_opts(ag)
+    ag.set_defaults(func=commands.cmd_agents)
+    bu = sub.add_parser("bundles", help="active bundle revisions (rego for agents, wasm for the evaluator)")
+    _client_opts(bu)
+    bu.set_defaults(func=commands.cmd_bundles)
+
+    st = sub.add_parser("stop", help="stop a system started with `groqpolicy up` / `make run`")
+    st.add_argument("--state-dir")
+    st.set_defaults(func=commands.cmd_stop)
+
+    be = sub.add_parser("bench", help="run the benchmark suite (peers side by side)")
+    be.add_argument("--short", action="store_true", help="the short mode CI runs")
+    be.add_argument("-k", help="only benchmarks matching this pytest expression")
+    be.set_defaults(func=commands.cmd_bench)
+
+
+def _print_help(parser: argparse.ArgumentParser, _args: argparse.Namespace) -> int:
+    parser.print_help()
+    return 2
+
+
+def _add_local_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up = sub.add_parser("up", help="start the whole system on embedded defaults (Ctrl-C stops everything)")
     up.add_argument("--state-dir", help="where state lives (default: .state)")
     up.set_defaults(func=_cmd_up)
@@ -132,13 +218,16 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.add_argument("--json", action="store_true", help="JSON instead of YAML")
     cfg.set_defaults(func=_cmd_opa_config)
 
-    from controlplane.ops.commands import add_parsers
 
-    add_parsers(sub)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="groqpolicy", description="OPA policies with fast GroqCloud judgments.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_local_commands(sub)
+    _add_client_commands(sub)
     # a group without its action prints the group's own help
-    for name, group in sub.choices.items():
+    for group in sub.choices.values():
         if group._subparsers is not None and group.get_default("func") is None:
-            group.set_defaults(func=lambda _args, g=group: (g.print_help(), 2)[1])
+            group.set_defaults(func=functools.partial(_print_help, group))
     return parser
 
 
@@ -151,11 +240,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return func(args)
-    except CliError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
-        return 1
     except GroqPolicyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         if hint := getattr(exc, "hint", ""):

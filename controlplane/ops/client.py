@@ -17,6 +17,8 @@ from bridge.kernel.errors import GroqPolicyError
 
 
 class ClientError(GroqPolicyError):
+    """A failure the CLI reports as one readable line plus a hint (what to do about it)."""
+
     def __init__(self, message: str, hint: str = "") -> None:
         super().__init__(message)
         self.hint = hint
@@ -57,11 +59,11 @@ class ControlPlaneClient:
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             resp = self.http.request(method, path, **kwargs)
-        except httpx.ConnectError:
+        except httpx.ConnectError as exc:
             raise ClientError(f"cannot reach the control plane at {self.base_url}",
-                              "start the system with `make run` (or `groqpolicy up`), or pass --url") from None
-        except httpx.TimeoutException:
-            raise ClientError(f"{method} {path}: no answer from {self.base_url} in time", "retry, or raise --timeout") from None
+                              "start the system with `make run` (or `groqpolicy up`), or pass --url") from exc
+        except httpx.TimeoutException as exc:
+            raise ClientError(f"{method} {path}: no answer from {self.base_url} in time", "retry, or raise --timeout") from exc
         if resp.status_code >= 400:
             raise _error_from(resp, method, path)
         if not resp.content:

@@ -1,4 +1,9 @@
-"""CLI subcommands that talk to a running system: policies, evaluate, audit, agents, bundles, stop, bench."""
+"""CLI subcommands that talk to a running system: policies, evaluate, audit, agents, bundles, stop, bench.
+
+`cli.py` parses the command line and calls these. As there, what only one command needs (nats-py for
+`evaluate --via nats`, the supervisor for `stop`) is imported inside that command, so that parsing
+stays fast.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +15,12 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bridge.kernel.config import PROJECT_ROOT, ClientSettings, Settings, environment
+from bridge.kernel.errors import ERROR_CODE_HEADER, ERROR_HEADER
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from controlplane.ops.client import ClientError, ControlPlaneClient, resolve_token
 
@@ -30,29 +37,41 @@ def _client(args: argparse.Namespace) -> ControlPlaneClient:
 def _table(rows: list[list[Any]], header: list[str]) -> str:
     cells = [header] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
+def _list(args: argparse.Namespace, path: str, header: list[str], rows: Callable[[list[dict[str, Any]]], list[list[Any]]],
+          empty: str, **params: Any) -> int:
+    """GET a list and print it as a table, or `empty` when there is nothing in it."""
+    with _client(args) as api:
+        items = api.get(path, **params)
+    if not items:
+        print(empty)
+    else:
+        print(_table(rows(items), header))
+    return 0
 
 
 def _read_json(text: str, what: str) -> Any:
     try:
         return json.loads(text)
     except ValueError as exc:
-        raise ClientError(f"{what}: invalid JSON ({exc})", "quote the JSON for your shell, e.g. --context '{\"a\": 1}'") from None
+        raise ClientError(f"{what}: invalid JSON ({exc})", "quote the JSON for your shell, e.g. --context '{\"a\": 1}'") from exc
 
 
 # -- policies ---------------------------------------------------------------------------------
+def _policy_rows(policies: list[dict[str, Any]]) -> list[list[Any]]:
+    return [[p["rule_id"], p["name"], p["policy_type"], p["performance_tier"], p.get("version", ""),
+             "yes" if p.get("is_active") else "no", p.get("wasm_compilation_status", p.get("compilation_status", ""))]
+            for p in policies]
+
+
 def cmd_policies_list(args: argparse.Namespace) -> int:
-    with _client(args) as api:
-        rows = api.get("/api/v1/policies", policy_type=args.type, performance_tier=args.tier,
-                       is_active=None if args.active is None else str(args.active).lower())
-    if not rows:
-        print("no policies stored yet (create one: groqpolicy policies create FILE.rego --name N --type T)")
-        return 0
-    print(_table([[p["rule_id"], p["name"], p["policy_type"], p["performance_tier"], p.get("version", ""),
-                   "yes" if p.get("is_active") else "no", p.get("wasm_compilation_status", p.get("compilation_status", ""))]
-                  for p in rows], ["rule_id", "name", "type", "tier", "version", "active", "compiled"]))
-    return 0
+    return _list(args, "/api/v1/policies", ["rule_id", "name", "type", "tier", "version", "active", "compiled"],
+                 _policy_rows, "no policies stored yet (create one: groqpolicy policies create FILE.rego --name N --type T)",
+                 policy_type=args.type, performance_tier=args.tier,
+                 is_active=None if args.active is None else str(args.active).lower())
 
 
 def cmd_policies_create(args: argparse.Namespace) -> int:
@@ -60,7 +79,7 @@ def cmd_policies_create(args: argparse.Namespace) -> int:
     try:
         rego = path.read_text()
     except OSError as exc:
-        raise ClientError(f"{path}: cannot read ({exc.strerror})", "pass the path of a .rego file") from None
+        raise ClientError(f"{path}: cannot read ({exc.strerror})", "pass the path of a .rego file") from exc
     body = {
         "name": args.name or path.stem, "policy_type": args.type, "opa_policy": rego,
         "performance_tier": args.tier, "constitutional_principles": args.principle or [],
@@ -94,7 +113,7 @@ def _load_contexts(path: Path) -> list[dict]:
     try:
         lines = path.read_text().splitlines()
     except OSError as exc:
-        raise ClientError(f"{path}: cannot read ({exc.strerror})", "pass a JSON-lines file: one context object per line") from None
+        raise ClientError(f"{path}: cannot read ({exc.strerror})", "pass a JSON-lines file: one context object per line") from exc
     contexts = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -102,7 +121,7 @@ def _load_contexts(path: Path) -> list[dict]:
         try:
             obj = json.loads(line)
         except ValueError as exc:
-            raise ClientError(f"{path}:{n}: invalid JSON ({exc})", "one JSON object per line") from None
+            raise ClientError(f"{path}:{n}: invalid JSON ({exc})", "one JSON object per line") from exc
         if not isinstance(obj, dict):
             raise ClientError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}", "one JSON object per line")
         contexts.append(obj)
@@ -143,7 +162,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_over_nats(nats_url: str, body: dict) -> dict:
+def _evaluate_over_nats(nats_url: str, body: dict[str, Any]) -> dict[str, Any]:
     """`policy.evaluate` request-reply: the same request and response as the HTTP API."""
     import asyncio
 
@@ -151,27 +170,29 @@ def _evaluate_over_nats(nats_url: str, body: dict) -> dict:
     from nats.errors import NoRespondersError, NoServersError
     from nats.errors import TimeoutError as NatsTimeout
 
+    from bridge.inference.wire import EVALUATE_SUBJECT
+
     async def quiet(_exc: Exception) -> None:
         return None
 
-    async def go() -> dict:
+    async def go() -> dict[str, Any]:
         try:
             nc = await nats.connect(nats_url, max_reconnect_attempts=1, connect_timeout=2, error_cb=quiet)
-        except (NoServersError, OSError):
-            raise ClientError(f"cannot reach NATS at {nats_url}", "start the system with `make run`, or pass --nats-url") from None
+        except (NoServersError, OSError) as exc:
+            raise ClientError(f"cannot reach NATS at {nats_url}", "start the system with `make run`, or pass --nats-url") from exc
         try:
-            msg = await nc.request("policy.evaluate", json.dumps(body).encode(), timeout=30)
-        except NoRespondersError:
-            raise ClientError("policy.evaluate: no service answers on NATS", "is the control plane running?") from None
-        except NatsTimeout:
-            raise ClientError("policy.evaluate: no reply within 30 s", "check the control plane's logs") from None
+            msg = await nc.request(EVALUATE_SUBJECT, json.dumps(body).encode(), timeout=30)
+        except NoRespondersError as exc:
+            raise ClientError(f"{EVALUATE_SUBJECT}: no service answers on NATS", "is the control plane running?") from exc
+        except NatsTimeout as exc:
+            raise ClientError(f"{EVALUATE_SUBJECT}: no reply within 30 s", "check the control plane's logs") from exc
         finally:
             await nc.close()
-        reply = json.loads(msg.data)
-        code = (msg.headers or {}).get("Nats-Service-Error-Code")
-        if code:
-            message = (reply.get("error") or {}).get("message") or (msg.headers or {}).get("Nats-Service-Error", "")
-            raise ClientError(f"policy.evaluate: error {code}: {message}", "")
+        reply: dict[str, Any] = json.loads(msg.data)
+        headers = msg.headers or {}
+        if code := headers.get(ERROR_CODE_HEADER):
+            message = (reply.get("error") or {}).get("message") or headers.get(ERROR_HEADER, "")
+            raise ClientError(f"{EVALUATE_SUBJECT}: error {code}: {message}", "")
         return reply
 
     return asyncio.run(go())
@@ -244,32 +265,30 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 1
 
 
-def cmd_agents(args: argparse.Namespace) -> int:
-    with _client(args) as api:
-        agents = api.get("/api/v1/opa/agents")
-    if not agents:
-        print("no OPA agent has reported status yet")
-        return 0
+def _agent_rows(agents: list[dict[str, Any]]) -> list[list[Any]]:
+    """One row per agent and bundle (an agent without bundles gets one row of dashes)."""
     rows = []
     for a in agents:
         for b in a["bundles"] or [{"name": "-", "active_revision": "-", "code": "", "message": ""}]:
             state = "ok" if not b.get("code") else f"{b['code']}: {b.get('message', '')[:60]}"
             rows.append([a["id"], b["name"], b.get("active_revision", ""), state,
                          time.strftime("%H:%M:%S", time.localtime(a["last_seen"]))])
-    print(_table(rows, ["agent", "bundle", "active revision", "status", "last seen"]))
-    return 0
+    return rows
+
+
+def cmd_agents(args: argparse.Namespace) -> int:
+    return _list(args, "/api/v1/opa/agents", ["agent", "bundle", "active revision", "status", "last seen"],
+                 _agent_rows, "no OPA agent has reported status yet")
+
+
+def _bundle_rows(bundles: list[dict[str, Any]]) -> list[list[Any]]:
+    return [[b["bundle"], b["target"], b["revision"], b["size"], b["etag"][:14] + '"', b.get("signed_by", ""),
+             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(b["activated_at"]))] for b in bundles]
 
 
 def cmd_bundles(args: argparse.Namespace) -> int:
-    with _client(args) as api:
-        bundles = api.get("/api/v1/bundles")
-    if not bundles:
-        print("no bundle revision is active")
-        return 0
-    print(_table([[b["bundle"], b["target"], b["revision"], b["size"], b["etag"][:14] + '"', b.get("signed_by", ""),
-                   time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(b["activated_at"]))] for b in bundles],
-                 ["bundle", "target", "revision", "bytes", "etag", "signed by", "activated"]))
-    return 0
+    return _list(args, "/api/v1/bundles", ["bundle", "target", "revision", "bytes", "etag", "signed by", "activated"],
+                 _bundle_rows, "no bundle revision is active")
 
 
 # -- stop, bench -----------------------------------------------------------------------------
@@ -280,13 +299,13 @@ def cmd_stop(args: argparse.Namespace) -> int:
     path = pid_file(state_dir)
     try:
         pid = int(path.read_text().strip())
-    except (OSError, ValueError):
-        raise ClientError(f"no running system recorded in {path}", "start one with `make run` or `groqpolicy up`") from None
+    except (OSError, ValueError) as exc:
+        raise ClientError(f"no running system recorded in {path}", "start one with `make run` or `groqpolicy up`") from exc
     try:
         os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
+    except ProcessLookupError as exc:
         path.unlink(missing_ok=True)
-        raise ClientError(f"process {pid} from {path} is not running (stale pid file removed)", "") from None
+        raise ClientError(f"process {pid} from {path} is not running (stale pid file removed)", "") from exc
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -305,73 +324,3 @@ def cmd_bench(args: argparse.Namespace) -> int:
         argv += ["-k", args.k]
     env = dict(environment(), **({"GROQPOLICY_BENCH_SHORT": "1"} if args.short else {}))
     return subprocess.call(argv, cwd=PROJECT_ROOT, env=env)
-
-
-def add_parsers(sub: argparse._SubParsersAction) -> None:
-    def client_opts(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--url", help="control plane URL (default $GROQPOLICY_URL or http://127.0.0.1:8015)")
-        p.add_argument("--token", help="bearer token (default $GROQPOLICY_TOKEN, else the admin token in <state>/tokens)")
-        p.add_argument("--state-dir", help="local state dir, for the token file (default .state)")
-        p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each API answer (default 120)")
-
-    pol = sub.add_parser("policies", help="list, create and compile stored policies")
-    pol_sub = pol.add_subparsers(dest="policies_command", metavar="ACTION")
-    ls = pol_sub.add_parser("list", help="stored policies with type, tier, version and compile status")
-    ls.add_argument("--type")
-    ls.add_argument("--tier")
-    ls.add_argument("--active", type=lambda v: v.lower() in ("1", "true", "yes"), default=None, metavar="true|false")
-    client_opts(ls)
-    ls.set_defaults(func=cmd_policies_list)
-    cr = pol_sub.add_parser("create", help="store a policy from a .rego file (it must define `decision`)")
-    cr.add_argument("file")
-    cr.add_argument("--name")
-    cr.add_argument("--type", required=True, help="policy type, e.g. security_policies")
-    cr.add_argument("--tier", default="balanced", help="performance tier (nano, fast, balanced, premium, reasoning)")
-    cr.add_argument("--principle", action="append", help="a constitutional principle id (repeatable)")
-    client_opts(cr)
-    cr.set_defaults(func=cmd_policies_create)
-    co = pol_sub.add_parser("compile", help="compile one policy to WASM and measure it")
-    co.add_argument("rule_id")
-    client_opts(co)
-    co.set_defaults(func=cmd_policies_compile)
-
-    ev = sub.add_parser("evaluate", help="evaluate one context, or a JSON-lines file of contexts")
-    ev.add_argument("--context", help="one context as a JSON object")
-    ev.add_argument("--file", help="a JSON-lines file, one context per line (progress bar and summary)")
-    ev.add_argument("--output", help="with --file: write every result as JSON lines here")
-    ev.add_argument("--types", help="comma-separated policy types (default: all)")
-    ev.add_argument("--tier", default="reasoning", help="performance tier (default reasoning: every policy applies)")
-    ev.add_argument("--explain", action="store_true", help="ask for an explanation")
-    ev.add_argument("--json", action="store_true", help="print the whole response as JSON")
-    ev.add_argument("--via", choices=["http", "nats"], default="http",
-                    help="http: POST /api/v1/evaluate; nats: request-reply on policy.evaluate (same shapes)")
-    ev.add_argument("--nats-url", default=ClientSettings.from_env().nats_url)
-    client_opts(ev)
-    ev.set_defaults(func=cmd_evaluate)
-
-    au = sub.add_parser("audit", help="the hash-chained audit trail")
-    au_sub = au.add_subparsers(dest="audit_command", metavar="ACTION")
-    tail = au_sub.add_parser("tail", help="recent audit records (-f to follow)")
-    tail.add_argument("-n", "--lines", type=int, default=20)
-    tail.add_argument("-f", "--follow", action="store_true")
-    client_opts(tail)
-    tail.set_defaults(func=cmd_audit_tail)
-    ver = au_sub.add_parser("verify", help="check the whole hash chain")
-    client_opts(ver)
-    ver.set_defaults(func=cmd_audit_verify)
-
-    ag = sub.add_parser("agents", help="OPA agents with their active bundle revision and last status")
-    client_opts(ag)
-    ag.set_defaults(func=cmd_agents)
-    bu = sub.add_parser("bundles", help="active bundle revisions (rego for agents, wasm for the evaluator)")
-    client_opts(bu)
-    bu.set_defaults(func=cmd_bundles)
-
-    st = sub.add_parser("stop", help="stop a system started with `groqpolicy up` / `make run`")
-    st.add_argument("--state-dir")
-    st.set_defaults(func=cmd_stop)
-
-    be = sub.add_parser("bench", help="run the benchmark suite (peers side by side)")
-    be.add_argument("--short", action="store_true", help="the short mode CI runs")
-    be.add_argument("-k", help="only benchmarks matching this pytest expression")
-    be.set_defaults(func=cmd_bench)
