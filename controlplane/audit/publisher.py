@@ -51,17 +51,8 @@ class BatchPublisher:
         token = str(self._counter)
         fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._acks[token] = fut
-        reply = f"{self._inbox}.{token}"
-        nc, n = self.store.nc, len(sealed)
         try:
-            if n == 1:
-                rec, data = sealed[0]
-                await nc.publish(self.store.subject(rec), data, reply=reply, headers=self._single(rec, last_seq))
-            else:
-                batch_id = f"{sealed[0][0].record_id}-{token}"
-                for i, (rec, data) in enumerate(sealed, 1):
-                    await nc.publish(self.store.subject(rec), data, reply=reply if i == n else "",
-                                     headers=self._in_batch(rec, batch_id, i, n, last_seq))
+            await self._send(sealed, last_seq, f"{self._inbox}.{token}", token)
             try:
                 return await asyncio.wait_for(fut, self.store.timeout)
             except TimeoutError:
@@ -69,19 +60,24 @@ class BatchPublisher:
         finally:
             self._acks.pop(token, None)
 
-    def _single(self, rec: AuditRecord, last_seq: int) -> dict[str, str]:
-        return {"Nats-Expected-Stream": self.store.name, "Nats-Expected-Last-Sequence": str(last_seq),
-                "Nats-Msg-Id": rec.record_id}
-
-    def _in_batch(self, rec: AuditRecord, batch_id: str, i: int, n: int, last_seq: int) -> dict[str, str]:
-        """Headers of the i-th of n messages: the first carries the condition, the last commits."""
-        headers = {"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(i), "Nats-Msg-Id": rec.record_id}
-        if i == 1:
-            headers["Nats-Expected-Stream"] = self.store.name
-            headers["Nats-Expected-Last-Sequence"] = str(last_seq)
-        if i == n:
-            headers["Nats-Batch-Commit"] = "1"
-        return headers
+    async def _send(self, sealed: list[tuple[AuditRecord, bytes]], last_seq: int, reply: str, token: str) -> None:
+        """One conditioned message, or a batch: its first message carries the condition, its last
+        commits the batch and asks for the ack."""
+        publish, subject = self.store.nc.publish, self.store.subject  # looked up once, used per record
+        condition = {"Nats-Expected-Stream": self.store.name, "Nats-Expected-Last-Sequence": str(last_seq)}
+        if len(sealed) == 1:
+            rec, data = sealed[0]
+            await publish(subject(rec), data, reply=reply, headers={**condition, "Nats-Msg-Id": rec.record_id})
+            return
+        batch_id = f"{sealed[0][0].record_id}-{token}"
+        n = len(sealed)
+        for i, (rec, data) in enumerate(sealed, 1):
+            headers = {"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(i), "Nats-Msg-Id": rec.record_id}
+            if i == 1:
+                headers.update(condition)
+            if i == n:
+                headers["Nats-Batch-Commit"] = "1"
+            await publish(subject(rec), data, reply=reply if i == n else "", headers=headers)
 
     async def _subscribe(self) -> None:
         if self._sub is None:

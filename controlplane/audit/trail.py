@@ -84,6 +84,8 @@ class AuditTrail:
                                   on_spooled_stored=on_spooled_stored, close_drain_s=close_drain_s,
                                   spool_linger_s=spool_linger_s)
         self.reader = TrailReader(self.store, before_read=self.writer.flush)
+        # write-behind append (TrailWriter.submit): every decision calls it, so no hop in between
+        self.submit: Callable[[list[AuditRecord]], None] = self.writer.submit
 
     # the stream
     nc = _Forward[Client]("store")
@@ -124,10 +126,6 @@ class AuditTrail:
     async def append_many(self, records: list[AuditRecord]) -> list[StoredRecord]:
         """Store records in order (consecutive in the chain unless another writer interleaves)."""
         return await self.writer.append_many(records)
-
-    def submit(self, records: list[AuditRecord]) -> None:
-        """Write-behind append: in the spool when this returns, in JetStream soon after."""
-        self.writer.submit(records)
 
     async def resume_spool(self) -> int:
         """Queue the records a previous run spooled but did not get into JetStream; how many."""

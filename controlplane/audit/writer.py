@@ -153,9 +153,11 @@ class TrailWriter:
                                    f"(limit {self.max_backlog}); not serving decisions that cannot be recorded")
         stamp = now_rfc3339()
         stamped = [r if r.timestamp else msgspec.structs.replace(r, timestamp=stamp) for r in records]
-        encoded = [msgspec.json.encode(r) for r in stamped]
-        for r, e in zip(stamped, encoded, strict=True):
+        encoded: list[bytes] = []
+        for r in stamped:
+            e = msgspec.json.encode(r)
             check_size(r, len(e))
+            encoded.append(e)
         try:
             self.spool.write_encoded(encoded)
         except SpoolError as exc:  # nothing was written
@@ -166,7 +168,8 @@ class TrailWriter:
         self._queue.extend((r, None) for r in records)
         self._spooled += len(records)
         self._spool_idle.clear()
-        self._start()
+        if self._drainer is None or self._drainer.done():  # spelled out: this runs for every decision
+            self._drainer = asyncio.create_task(self._drain(), name="audit-writer")
 
     def _start(self) -> None:
         if self._drainer is None or self._drainer.done():
@@ -351,8 +354,8 @@ class TrailWriter:
             return
         if isinstance(result, dict):
             first = int(result["seq"]) - len(chunk) + 1
-            stored = [StoredRecord(seq=first + i, subject=self.store.subject(rec), record=rec)
-                      for i, (rec, _) in enumerate(chunk)]
+            subject = self.store.subject
+            stored = [StoredRecord(seq=first + i, subject=subject(rec), record=rec) for i, (rec, _) in enumerate(chunk)]
             commit.stored(stored)
             self._tail = (stored[-1].seq, stored[-1].record.hash)
             self.lost_acks.settled(chunk[0][0].record_id)
