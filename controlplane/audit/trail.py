@@ -10,8 +10,8 @@ that does it:
     reader.py     TrailReader: list (oldest or newest first), verify
 
 Code that only writes (the evaluation sink, decision-log ingest) needs `.writer`; code that only
-reads (the audit API, the dashboard) needs `.reader`. Reads wait for this process's queued records
-first, so a caller reads its own decisions.
+reads (the audit API, the dashboard) needs `.reader`, or `.store` for raw stored bytes. Reads wait
+for this process's queued records first, so a caller reads its own decisions.
 """
 
 from __future__ import annotations
