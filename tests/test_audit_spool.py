@@ -141,13 +141,13 @@ async def test_records_spooled_while_the_writer_lingers_share_one_append(nats_se
     the first goes alone and at once."""
     nc, trail = await _trail(nats_server.extra["url"], tmp_path / "s", spool_linger_s=linger)
     appends: list[int] = []
-    publish = trail._publish_batch
+    publish = trail.writer.publisher.publish
 
     async def counting(chunk, seq):
         appends.append(len(chunk))
         return await publish(chunk, seq)
 
-    trail._publish_batch = counting
+    trail.writer.publisher.publish = counting
     entries = [EvaluationEntry(evaluation_id=str(i), decision="allow") for i in range(first_entries)]
     try:
         trail.submit([rec(evaluation_id="first", evaluations=entries)])

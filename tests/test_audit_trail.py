@@ -117,7 +117,7 @@ async def test_a_lost_ack_is_settled_by_reading_the_next_sequence(nats_server):
     trail = AuditTrail(nc, timeout=0.3)
     await trail.ensure_stream()
     lost: list[bytes] = []
-    deliver = trail._on_ack
+    deliver = trail.writer.publisher._on_ack
 
     async def lossy(msg) -> None:
         if not lost:
@@ -125,7 +125,7 @@ async def test_a_lost_ack_is_settled_by_reading_the_next_sequence(nats_server):
             return
         await deliver(msg)
 
-    trail._on_ack = lossy  # type: ignore[method-assign]
+    trail.writer.publisher._on_ack = lossy  # type: ignore[method-assign]
     try:
         stored = await asyncio.gather(*(trail.append(rec(evaluation_id=f"e{i}")) for i in range(3)))
         assert lost and b'"seq":3' in lost[0]  # the whole batch had committed

@@ -7,15 +7,10 @@ from typing import Annotated
 from litestar import Controller
 from litestar.params import QueryParameter
 
+from controlplane.audit.errors import AuditQueryError, AuditUnavailable
+from controlplane.audit.reader import AuditFilters, AuditPage, VerifyReport
 from controlplane.audit.records import parse_time
-from controlplane.audit.trail import (
-    AuditFilters,
-    AuditPage,
-    AuditQueryError,
-    AuditTrail,
-    AuditUnavailable,
-    VerifyReport,
-)
+from controlplane.audit.trail import AuditTrail
 from controlplane.auth.guards import requires
 from controlplane.policies.schemas import error_responses
 from controlplane.routes import get
@@ -35,7 +30,7 @@ def _time(name: str, value: str | None) -> float | None:
     try:
         return parse_time(value)
     except ValueError as exc:
-        raise AuditQueryError(f"{name}: {exc}") from None
+        raise AuditQueryError(f"{name}: {exc}") from exc
 
 
 class AuditApi(Controller):

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Literal
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
 
 import msgspec
 import nats.errors
-from nats.aio.client import Client as NATS
+from nats.aio.client import Client
 from prometheus_client import Counter
 
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
@@ -61,7 +62,7 @@ def decode_escalation(data: bytes) -> EscalationEvent:
 
 
 async def publish_escalation(
-    nc: NATS | None,
+    nc: Client | None,
     *,
     evaluation_id: str,
     stage: Stage,
@@ -98,10 +99,10 @@ async def publish_escalation(
     return event, True
 
 
-def escalation_sink(nc: NATS | None):
+def escalation_sink(nc: Client | None) -> Callable[[dict[str, Any]], Awaitable[None]]:
     """The pipeline's `escalate(doc)` hook: doc = {evaluation_id, decision, source, violations: [...]}."""
 
-    async def escalate(doc: dict) -> None:
+    async def escalate(doc: dict[str, Any]) -> None:
         violations = list(doc.get("violations") or [])
         stages = {str(v.get("stage", "")) for v in violations if isinstance(v, dict)}
         stage: Stage = "pre_validation" if "pre_validation" in stages else "post_validation"

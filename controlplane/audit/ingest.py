@@ -1,11 +1,21 @@
-"""Audit records from OPA agents' decision-log events (the evaluation pipeline builds its own: controlplane.evaluation.pipeline)."""
+"""Audit records from OPA agents' decision-log events (evaluations get theirs from the evaluation path).
+
+Only the mapping lives here; whoever stores the records (the trail, its writer) is the caller's
+choice, so this module depends on the record alone.
+"""
 
 from __future__ import annotations
 
 import uuid
+from typing import Protocol
 
 from controlplane.audit.records import AuditRecord, StoredRecord, digest
-from controlplane.audit.trail import AuditTrail
+
+
+class Appender(Protocol):
+    """What stores records and returns them as stored: AuditTrail or its TrailWriter."""
+
+    async def append_many(self, records: list[AuditRecord]) -> list[StoredRecord]: ...
 
 
 def decision_of(result: object, has_result: bool) -> tuple[str, float | None, list[str]]:
@@ -56,6 +66,6 @@ def decision_log_record(event: dict) -> AuditRecord:
     )
 
 
-async def audit_decision_log_events(trail: AuditTrail, events: list[dict]) -> list[StoredRecord]:
+async def audit_decision_log_events(trail: Appender, events: list[dict]) -> list[StoredRecord]:
     """Append one record per event, in upload order; raises AuditUnavailable if not acknowledged."""
     return await trail.append_many([decision_log_record(e) for e in events])

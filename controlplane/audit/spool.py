@@ -26,6 +26,7 @@ from pathlib import Path
 
 import msgspec
 
+from controlplane.audit.errors import SpoolError
 from controlplane.audit.records import AuditRecord
 
 SEGMENT_BYTES = 8 * 1024 * 1024
@@ -35,10 +36,6 @@ _encode = msgspec.json.Encoder().encode
 _decoder = msgspec.json.Decoder(AuditRecord)
 
 
-class SpoolError(Exception):
-    """The spool cannot be written or read (disk full, permissions, a damaged cursor)."""
-
-
 class AuditSpool:
     def __init__(self, directory: Path, segment_bytes: int = SEGMENT_BYTES) -> None:
         self.directory = directory
@@ -46,17 +43,17 @@ class AuditSpool:
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise SpoolError(f"audit spool: cannot create {directory}: {exc.strerror or exc}") from None
+            raise SpoolError(f"audit spool: cannot create {directory}: {exc.strerror or exc}") from exc
         self._cursor_path = directory / "acked"
         self._cursor_fd = -1
         self._fd = -1
         self._lock_fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:  # one writer per spool: two control planes on one state directory would tear it
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as exc:
             os.close(self._lock_fd)
             raise SpoolError(f"audit spool: {directory} is in use by another control plane process "
-                             "(give each replica its own GROQPOLICY_STATE_DIR)") from None
+                             "(give each replica its own GROQPOLICY_STATE_DIR)") from exc
         try:
             self.acked_gen, self.acked_offset = self._read_cursor()
             self.gen = max([self.acked_gen, *self._generations()])
@@ -82,7 +79,7 @@ class AuditSpool:
         try:
             self._fd = os.open(self._segment(gen), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         except OSError as exc:
-            raise SpoolError(f"audit spool: cannot open {self._segment(gen)}: {exc.strerror or exc}") from None
+            raise SpoolError(f"audit spool: cannot open {self._segment(gen)}: {exc.strerror or exc}") from exc
         self.gen = gen
         self.size = os.fstat(self._fd).st_size
 
@@ -92,7 +89,7 @@ class AuditSpool:
         except FileNotFoundError:
             return 0, 0
         except OSError as exc:
-            raise SpoolError(f"audit spool: cannot read {self._cursor_path}: {exc.strerror or exc}") from None
+            raise SpoolError(f"audit spool: cannot read {self._cursor_path}: {exc.strerror or exc}") from exc
         parts = text.split()
         if len(parts) != 2 or not all(p.isdigit() for p in parts):
             raise SpoolError(f"audit spool: {self._cursor_path} is damaged ({text[:40]!r}); expected '<generation> <offset>'")
@@ -119,7 +116,7 @@ class AuditSpool:
         try:
             n = os.write(self._fd, data)
         except OSError as exc:
-            raise SpoolError(f"audit spool: write to {self._segment(self.gen)} failed: {exc.strerror or exc}") from None
+            raise SpoolError(f"audit spool: write to {self._segment(self.gen)} failed: {exc.strerror or exc}") from exc
         if n != len(data):  # a short write (disk full): cut it off so the log stays line-aligned
             try:
                 os.ftruncate(self._fd, self.size)
@@ -192,7 +189,7 @@ class AuditSpool:
                 try:
                     out.append(_decoder.decode(data[pos:end]))
                 except msgspec.DecodeError as exc:
-                    raise SpoolError(f"audit spool: {path} byte {pos}: unreadable record ({exc})") from None
+                    raise SpoolError(f"audit spool: {path} byte {pos}: unreadable record ({exc})") from exc
                 self._unacked.append((gen, end + 1 - pos))
                 pos = end + 1
         return out
