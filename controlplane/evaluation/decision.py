@@ -46,10 +46,13 @@ def normalise(value: Any, name: str) -> tuple[Decision, float, list[str]]:
     """(decision, confidence, reasons) from whatever a policy returned; anything unusable is deny."""
     if value is UNDEFINED:
         return "deny", 0.0, [f"deny: policy {name!r}: decision is undefined"]
-    if isinstance(value, dict) and (decided := as_decision(value.get("decision"))) is not None:
-        conf = confidence_of(value.get("confidence"))
-        reasons = [r for r in value.get("reasons") or [] if isinstance(r, str)]
-        return decided, 0.0 if conf is None else conf, reasons
+    if isinstance(value, dict):
+        decided = value.get("decision")
+        decided = _DECISIONS.get(decided) if isinstance(decided, str) else None  # as_decision, inline: per policy per context
+        if decided is not None:
+            conf = confidence_of(value.get("confidence"))
+            reasons = [r for r in value.get("reasons") or [] if isinstance(r, str)]
+            return decided, 0.0 if conf is None else conf, reasons
     if (decided := as_decision(value)) is not None:
         return decided, 1.0, [f"{decided}: policy {name!r} decided {decided}" if decided != "allow" else f"policy {name!r} decided allow"]
     if isinstance(value, bool):
@@ -200,9 +203,18 @@ def refused(pre: PreOutcome, wasm_us: float) -> Proposal:
     return Proposal("deny", 1.0, ["deny: Constitutional pre-validation failed", *pre.reasons], [], 0.0, wasm_us, False)
 
 
-def respond(evaluation_id: uuid.UUID, proposal: Proposal, pre: PreOutcome, post: PostOutcome | None, post_us: float, *,
-            tier: str, target_ms: float, revision: str, chosen_ids: list[uuid.UUID], explain: bool,
-            echo: dict[str, Any] | None) -> EvaluateResponse:
+class Frame(msgspec.Struct, frozen=True, gc=False):
+    """What every response of one call shares."""
+
+    tier: str
+    target_ms: float  # the tier's latency target
+    revision: str  # the bundle revision the call evaluated on
+    chosen_ids: list[uuid.UUID]  # the applicable policies
+    explain: bool
+
+
+def respond(evaluation_id: uuid.UUID, proposal: Proposal, pre: PreOutcome, post: PostOutcome | None, post_us: float,
+            frame: Frame, echo: dict[str, Any] | None) -> EvaluateResponse:
     """Stage 5's verdict applied to a proposal, and the response (its total time is filled in once
     the whole call is done)."""
     decision, confidence, reasons = proposal.decision, proposal.confidence, proposal.reasons
@@ -226,17 +238,17 @@ def respond(evaluation_id: uuid.UUID, proposal: Proposal, pre: PreOutcome, post:
     model_s = proposal.model_seconds
     metrics = PerformanceMetrics(
         total_latency_ms=0.0, groq_inference_time_ms=round(model_s * 1000, 4) if model_s else 0.0,
-        opa_evaluation_time_ms=0.0, wasm_execution_time_us=round(proposal.wasm_us + post_us, 2), performance_tier=tier,
-        target_latency_ms=target_ms, target_achieved=False, model_calls=model_calls,
+        opa_evaluation_time_ms=0.0, wasm_execution_time_us=round(proposal.wasm_us + post_us, 2),
+        performance_tier=frame.tier, target_latency_ms=frame.target_ms, target_achieved=False, model_calls=model_calls,
     )
     compliance = ConstitutionalValidation(is_compliant=not found, pre_validation=pre.decision,
                                           post_validation=post_decision, violations=found)
     return EvaluateResponse(
         evaluation_id=evaluation_id, decision=decision, confidence_score=round(min(1.0, max(0.0, confidence)), 6),
-        applicable_policies=chosen_ids if pre.decision == "allow" else [],
+        applicable_policies=frame.chosen_ids if pre.decision == "allow" else [],
         constitutional_compliance=compliance, performance_metrics=metrics, policy_results=results,
-        reasons=reasons, bundle_revision=revision, constitutional_hash=CONSTITUTIONAL_HASH,
-        explanation=explain_text(decision, confidence, results, found, pre.decision) if explain else None,
+        reasons=reasons, bundle_revision=frame.revision, constitutional_hash=CONSTITUTIONAL_HASH,
+        explanation=explain_text(decision, confidence, results, found, pre.decision) if frame.explain else None,
         input_context=echo,
     )
 

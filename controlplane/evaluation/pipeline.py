@@ -37,6 +37,7 @@ import msgspec
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH, TIER_TARGET_MS
 from controlplane.evaluation.constitution import Constitution, MemoKey, post_key
 from controlplane.evaluation.decision import (
+    Frame,
     PolicyOutcome,
     PreOutcome,
     applicable,
@@ -274,9 +275,9 @@ class Pipeline:
                 keys.append(None)
             proposals.append(proposal)
         posts, costs = self.constitution.post_validate(call.evaluator, keys)
-        target, chosen_ids, tier, explain = TIER_TARGET_MS[call.tier], [r.rule_id for r in call.selection.chosen], call.tier, call.explain
-        return [respond(call.ids[start + j], proposal, s.pre, post, cost, tier=tier, target_ms=target, revision=revision,
-                        chosen_ids=chosen_ids, explain=explain, echo=contexts[start + j] if call.echo_input else None)
+        frame = Frame(call.tier, TIER_TARGET_MS[call.tier], revision, [r.rule_id for r in call.selection.chosen], call.explain)
+        ids, echo = call.ids, call.echo_input
+        return [respond(ids[start + j], proposal, s.pre, post, cost, frame, contexts[start + j] if echo else None)
                 for j, (s, proposal, post, cost) in enumerate(zip(staged, proposals, posts, costs, strict=True))]
 
     # ---- stage 7 ---------------------------------------------------------------------------------
