@@ -19,7 +19,7 @@ from litestar.params import JSONBody
 from bridge.inference.catalog import Catalog, CatalogError
 from bridge.inference.wire import InferRequest, decode_reply
 from bridge.kernel.config import Settings
-from bridge.kernel.errors import DeadlineExceeded, GroqPolicyError, decode_error
+from bridge.kernel.errors import DeadlineExceeded, GroqPolicyError, Unavailable, Unprocessable, decode_error
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH, check_hash
 from bridge.opawasm import UNDEFINED, WasmEvaluator
 from bridge.opawasm.errors import UnknownEntrypointError
@@ -52,18 +52,17 @@ MAX_EVALUATE_BODY = 1024 * 1024
 MAX_BATCH_BODY = 8 * 1024 * 1024
 
 
-class BatchTooLarge(GroqPolicyError):
-    status = 422
+class BatchTooLarge(Unprocessable):
+    pass
 
 
-class UnknownModel(GroqPolicyError):
-    status = 422
+class UnknownModel(Unprocessable):
+    pass
 
 
-class Upstream(GroqPolicyError):
-    """A dependency (inference worker, OPA agent) that did not give a usable answer."""
-
-    status = 503
+class Upstream(Unavailable):
+    """A dependency (inference worker, OPA agent) that did not give a usable answer (503 unless
+    it says otherwise: 502 for an error answer, 504 for none in time)."""
 
 
 class EvaluationController(Controller):

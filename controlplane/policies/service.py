@@ -22,7 +22,7 @@ from typing import Any
 import anyio
 import msgspec
 
-from bridge.kernel.errors import GroqPolicyError
+from bridge.kernel.errors import Conflict, GroqPolicyError, NotFound
 from bridge.kernel.vocabulary import check_hash
 from controlplane.bundles.compiler import BundleDefinition, CompiledBundle
 from controlplane.policies import rego
@@ -39,12 +39,12 @@ from controlplane.policies.store import PolicyStore
 log = logging.getLogger(__name__)
 
 
-class PolicyNotFound(GroqPolicyError):
-    status = 404
+class PolicyNotFound(NotFound):
+    pass
 
 
-class PolicyInactive(GroqPolicyError):
-    status = 409
+class PolicyInactive(Conflict):
+    pass
 
 
 def bundle_artifact(revision: str, target: str) -> str:

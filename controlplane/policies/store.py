@@ -31,7 +31,7 @@ from nats.js.errors import (
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from nats.js.object_store import ObjectStore
 
-from bridge.kernel.errors import GroqPolicyError
+from bridge.kernel.errors import Conflict, GroqPolicyError, Unavailable
 from controlplane.policies.schemas import PolicyRecord
 
 log = logging.getLogger(__name__)
@@ -47,10 +47,8 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 
-class StoreUnavailable(GroqPolicyError):
+class StoreUnavailable(Unavailable):
     """JetStream did not answer (NATS down, no quorum): nothing was written."""
-
-    status = 503
 
 
 def _unavailable(fn: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitable[_R]]:
@@ -68,10 +66,8 @@ def _unavailable(fn: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitable[_R]]
     return call
 
 
-class StoreConflict(GroqPolicyError):
+class StoreConflict(Conflict):
     """Someone else changed the policy between our read and our write."""
-
-    status = 409
 
 
 def key_for(rule_id: uuid.UUID) -> str:
