@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Protocol, TypeAlias
 
@@ -67,11 +68,11 @@ class Step:
 
 
 class Lifecycle:
-    """Named components, started in order and stopped in reverse."""
+    """Named components, started in order and stopped in reverse (an AsyncExitStack of their stops)."""
 
     def __init__(self, components: list[tuple[str, Component]]) -> None:
         self.components = components
-        self._started: list[tuple[str, Component]] = []
+        self._stops = AsyncExitStack()
 
     async def start(self) -> None:
         for name, component in self.components:
@@ -81,15 +82,18 @@ class Lifecycle:
                 log.error("start-up failed at %s; stopping what was started", name)
                 await self.stop()
                 raise
-            self._started.append((name, component))
+            self._stops.push_async_callback(_stop, name, component)
 
     async def stop(self) -> None:
-        while self._started:
-            name, component = self._started.pop()
-            try:
-                await component.stop()
-            except Exception:  # every component gets its stop, whatever another one's did
-                log.exception("stopping %s failed", name)
+        stops, self._stops = self._stops, AsyncExitStack()
+        await stops.aclose()
+
+
+async def _stop(name: str, component: Component) -> None:
+    try:
+        await component.stop()
+    except Exception:  # every component gets its stop, whatever another one's did
+        log.exception("stopping %s failed", name)
 
 
 @dataclass
