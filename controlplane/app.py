@@ -1,12 +1,14 @@
-"""The Litestar control plane (:8015): wiring only; features live in their own packages."""
+"""The Litestar control plane (:8015): wiring only; features live in their own packages, and the
+objects they run on are built by the composition root (`controlplane.services`)."""
 
 from __future__ import annotations
 
 import gc
 import logging
+from typing import Any
 
-import anyio
 from litestar import Litestar, Request, Response
+from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
@@ -16,7 +18,6 @@ from bridge.kernel.errors import GroqPolicyError, error_document
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from controlplane.agents.controllers import AgentIngest, AgentQueries
 from controlplane.audit.controllers import AuditApi
-from controlplane.audit.wiring import start_audit, stop_audit
 from controlplane.auth.guards import check_routes
 from controlplane.auth.ratelimit import rate_limit_config
 from controlplane.bundles.controllers import BundleApi, BundleServer
@@ -25,7 +26,7 @@ from controlplane.evaluation.controllers import EvaluationController, GroqContro
 from controlplane.metrics.controllers import metrics, timing_middleware
 from controlplane.policies.controllers import PolicyController
 from controlplane.routes import get
-from controlplane.services import Services, ServicesDep
+from controlplane.services import Lifecycle, Services, ServicesDep, Step
 
 log = logging.getLogger(__name__)
 
@@ -43,19 +44,34 @@ def _http_error(_: Request, exc: HTTPException) -> Response:
 
 @get("/health", tags=["ops"], summary="Liveness and what is loaded", opt={"public": True})
 async def health(services: ServicesDep) -> dict:
+    errors = services.errors  # start-up publishing, stored policies, wasm loads
     return {
-        "status": "ok" if not (services.startup_errors or services.runtime.errors) else "degraded",
+        "status": "ok" if not errors else "degraded",
         "constitutional_hash": CONSTITUTIONAL_HASH,
         "bundles": [f"{r.bundle}/{r.target}@{r.revision}" for r in services.store.bundles()],
-        "errors": services.startup_errors + services.runtime.errors,  # runtime: policy bundles, wasm loads
+        "errors": errors,
     }
+
+
+def _provide(value: Any) -> Provide:
+    """A dependency that is one object for the app's whole life."""
+    return Provide(lambda: value, use_cache=True, sync_to_thread=False)
+
+
+def dependencies(services: Services) -> dict[str, Provide]:
+    """What handlers receive by parameter name: the evaluation and policies handlers take the one
+    object they use; the other packages still take the whole `services`."""
+    rt = services.runtime
+    provided = {"services": services, "settings": services.settings, "policies": services.policies,
+                "pipeline": rt.pipeline, "evaluator": rt.evaluator, "model_client": rt.models, "catalog": rt.catalog}
+    return {name: _provide(value) for name, value in provided.items()}
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None, *, freeze_heap: bool = False) -> Litestar:
     """The control plane. `freeze_heap` (for a process that serves only this app): once started,
     move every object alive (modules, app, compiled policies) out of the garbage collector's
     generations (`gc.freeze`), so the collections that request handling triggers stop walking
-    them; on a batch of 100 evaluations that is about a third of the time spent."""
+    them; on a batch of evaluations that is a large part of the time spent."""
     settings = settings or Settings.from_env()
     services = services or Services.build(settings)
 
@@ -64,21 +80,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             gc.collect()
             gc.freeze()
 
-    async def publish_on_start() -> None:
-        if not settings.compile_on_start:
-            return
-        try:
-            published = await anyio.to_thread.run_sync(services.publish_definitions)
-            log.info("bundles published at start: %s", published or "none changed")
-        except GroqPolicyError as exc:  # keep serving the previous revision; report the failure
-            services.startup_errors.append(str(exc))
-            log.error("bundle publish at start failed: %s", exc)
-
-    async def _start_audit() -> None:
-        await start_audit(services)
-
-    async def _stop_audit() -> None:
-        await stop_audit(services)
+    lifecycle = Lifecycle([*services.components(), ("heap", Step(freeze_startup_heap))])
 
     # outermost first: time everything (429s included), then limit per client
     middleware: list = [timing_middleware]
@@ -91,15 +93,14 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
                         PolicyController, EvaluationController, GroqController, OpaController, AuditApi,
                         DashboardController],
         middleware=middleware,
-        dependencies={"services": Provide(lambda: services, use_cache=True, sync_to_thread=False)},
+        dependencies=dependencies(services),
         exception_handlers={GroqPolicyError: _product_error, HTTPException: _http_error},
-        on_startup=[services.runtime.start, _start_audit, publish_on_start, freeze_startup_heap],
-        on_shutdown=[_stop_audit, services.runtime.stop],
+        on_startup=[lifecycle.start],
+        on_shutdown=[lifecycle.stop],
         template_config=dashboard_templates(),  # the dashboard at / (controlplane.dashboard)
         openapi_config=OpenAPIConfig(title="groqpolicy control plane", version="0.1.0", path="/schema"),
-        state={"services": services},
+        state=State({"services": services}),
         debug=False,
     )
     check_routes(app)  # every route declares a scope or is public, or the app does not start
     return app
-

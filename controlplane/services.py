@@ -1,39 +1,114 @@
-"""The control plane's long-lived objects, built once per app and injected into handlers."""
+"""The composition root: every long-lived object of the control plane, built once per app with its
+collaborators, and the one ordered lifecycle that starts and stops them.
+
+Nothing is attached after construction. Objects that need the NATS connection get its holder
+(`NatsConnection`) and use it once started; the pipeline gets its evaluator, model client, decision
+recorder and escalation sink when it is built. `Lifecycle` starts the components in order and stops
+the started ones in reverse (also when a start fails), as OPA's plugin manager does, so the app
+hands Litestar one start hook and one stop hook.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import Protocol, TypeAlias
 
+import anyio
 from litestar.di import NamedDependency
 
+from bridge.inference.catalog import default_catalog
 from bridge.kernel.config import Settings
+from bridge.kernel.errors import GroqPolicyError
 from bridge.opabundle.keys import SigningKey
+from bridge.opawasm import HostConfig, WasmEvaluator
 from controlplane.agents.decision_logs import DecisionLogStore
 from controlplane.agents.status import StatusStore
-from controlplane.audit.trail import AuditTrail
+from controlplane.audit import AuditTrail
+from controlplane.audit.wiring import EscalationPublisher, RecordingAuditSink
 from controlplane.auth.tokens import TokenSet, ensure_tokens
 from controlplane.bundles.compiler import Compiler, load_definitions
 from controlplane.bundles.keystore import ensure_signing_key
 from controlplane.bundles.publisher import BundlePublisher
 from controlplane.bundles.revisions import RevisionStore
-from controlplane.evaluation.runtime import PolicyRuntime
+from controlplane.evaluation.model_stage import metered_transport
+from controlplane.evaluation.nats_service import EvaluateService
+from controlplane.evaluation.pipeline import Pipeline
+from controlplane.evaluation.runtime import EvaluationRuntime, ModelClient, RevisionFollower
+from controlplane.evaluation.scheduling import WASM_POOL_SIZE
+from controlplane.infra.nats import NatsConnection
+from controlplane.policies.bundler import PolicyBundler
+from controlplane.policies.service import PolicyService
+from controlplane.policies.store import PolicyStore
 
 log = logging.getLogger(__name__)
+
+
+class Component(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+@dataclass
+class Step:
+    """A start (and optionally a stop) that is not an object of its own, as a component."""
+
+    on_start: Callable[[], Awaitable[object]]
+    on_stop: Callable[[], Awaitable[object]] | None = None
+
+    async def start(self) -> None:
+        await self.on_start()
+
+    async def stop(self) -> None:
+        if self.on_stop is not None:
+            await self.on_stop()
+
+
+class Lifecycle:
+    """Named components, started in order and stopped in reverse (an AsyncExitStack of their stops)."""
+
+    def __init__(self, components: list[tuple[str, Component]]) -> None:
+        self.components = components
+        self._stops = AsyncExitStack()
+
+    async def start(self) -> None:
+        for name, component in self.components:
+            try:
+                await component.start()
+            except BaseException:
+                log.error("start-up failed at %s; stopping what was started", name)
+                await self.stop()
+                raise
+            self._stops.push_async_callback(_stop, name, component)
+
+    async def stop(self) -> None:
+        stops, self._stops = self._stops, AsyncExitStack()
+        await stops.aclose()
+
+
+async def _stop(name: str, component: Component) -> None:
+    try:
+        await component.stop()
+    except Exception:  # every component gets its stop, whatever another one's did
+        log.exception("stopping %s failed", name)
 
 
 @dataclass
 class Services:
     settings: Settings
-    store: RevisionStore
+    store: RevisionStore  # the active bundle revisions (what agents download)
     decision_logs: DecisionLogStore
     statuses: StatusStore
     signing_key: SigningKey
     publisher: BundlePublisher
-    runtime: PolicyRuntime  # NATS, policy store, in-process evaluator, evaluation pipeline
+    nats: NatsConnection
+    policies: PolicyService
+    recorder: RecordingAuditSink  # the audit trail, as the pipeline's decision recorder
+    runtime: EvaluationRuntime  # evaluator, hot swap, pipeline, policy.evaluate, inference client
     tokens: TokenSet | None = None  # bearer tokens and scopes (controlplane.auth); None refuses everyone
-    audit: AuditTrail | None = None  # attached at start, once NATS is connected (controlplane.audit.wiring)
     startup_errors: list[str] = field(default_factory=list)
 
     @classmethod
@@ -43,22 +118,65 @@ class Services:
         key = ensure_signing_key(settings)
         compiler = Compiler(settings.rego_root)
         publisher = BundlePublisher(compiler, store, key, settings.rego_root, overlay=settings.bundle_overlay())
-        return cls(
-            settings=settings,
-            store=store,
-            decision_logs=DecisionLogStore(settings.state_dir),
-            statuses=StatusStore(settings.state_dir),
-            signing_key=key,
-            publisher=publisher,
-            runtime=PolicyRuntime(settings, publisher, key),
-            tokens=ensure_tokens(settings),
-        )
+        nats = NatsConnection(settings)
+        recorder = RecordingAuditSink(settings, nats)
+        models = ModelClient(nats, cache_size=settings.gateway_cache_size)
+        vkey = key.verification_key()
+        host = HostConfig(bridge_url=settings.bridge_url, infer_transport=metered_transport(models.transport))
+        evaluator = WasmEvaluator({vkey.kid: vkey}, keyid=vkey.kid, host=host, pool_size=WASM_POOL_SIZE)
+        follower = RevisionFollower(store, evaluator)
+        policy_store = PolicyStore(lambda: nats.client.jetstream(), replicas=settings.nats_replicas)
+        nats.on_reconnect.append(policy_store.resync)  # a KV watch does not survive a server restart
+        bundler = PolicyBundler(compiler, publisher, settings.rego_root, settings.bundles_dir)
+        policies = PolicyService(policy_store, bundler, on_published=follower.reload)
+        pipeline = Pipeline(evaluator, policies.active_records, ask_model=models.request, recorder=recorder,
+                            escalate=EscalationPublisher(nats))
+        runtime = EvaluationRuntime(nats=nats, models=models, evaluator=evaluator, follower=follower, pipeline=pipeline,
+                                    service=EvaluateService(nats, pipeline), policies=policies,
+                                    catalog=default_catalog(), opa_url=settings.opa_url)
+        return cls(settings=settings, store=store, decision_logs=DecisionLogStore(settings.state_dir),
+                   statuses=StatusStore(settings.state_dir), signing_key=key, publisher=publisher, nats=nats,
+                   policies=policies, recorder=recorder, runtime=runtime, tokens=ensure_tokens(settings))
+
+    def components(self) -> list[tuple[str, Component]]:
+        """What runs while the app runs, in start order: the connection first, then what uses it;
+        policy.evaluate answers only once the evaluator, the pipeline and the audit trail are up."""
+        rt = self.runtime
+        return [
+            ("NATS connection", Step(self.nats.connect, self.nats.close)),
+            ("inference client", rt.models),
+            ("audit trail", self.recorder),
+            ("policy store", self.policies),
+            ("evaluator follower", rt.follower),
+            ("pipeline", rt.pipeline),
+            ("policy.evaluate", rt.service),
+            ("bundles at start", Step(self.publish_at_start)),
+        ]
+
+    @property
+    def audit(self) -> AuditTrail | None:
+        """The audit trail, once started."""
+        return self.recorder.trail
+
+    @property
+    def errors(self) -> list[str]:
+        """Everything that did not load or publish; the app is degraded while there is any."""
+        return self.startup_errors + self.runtime.errors
 
     def publish_definitions(self, force: bool = False) -> list[str]:
         """Compile and activate the bundle definitions in `bundles/` whose sources changed."""
-        definitions = load_definitions(self.settings.bundles_dir)
-        # stored policies ship inside the library bundle (see controlplane.policies.bundler)
-        return self.runtime.bundler.publish_definitions(definitions, self.runtime.active_modules(), force=force)
+        return self.policies.publish_library(load_definitions(self.settings.bundles_dir), force=force)
+
+    async def publish_at_start(self) -> None:
+        """`compile_on_start`: publish what changed; a failure keeps the previous revision serving."""
+        if not self.settings.compile_on_start:
+            return
+        try:
+            published = await anyio.to_thread.run_sync(self.publish_definitions)
+            log.info("bundles published at start: %s", published or "none changed")
+        except GroqPolicyError as exc:
+            self.startup_errors.append(str(exc))
+            log.error("bundle publish at start failed: %s", exc)
 
 
 # How handlers ask for the services: `services: ServicesDep`.

@@ -54,7 +54,7 @@ def test_create_get_list_update_delete(cp):
     # the signed archives of that revision are kept in the object store, byte for byte what is served
     for target in ("rego", "wasm"):
         stored = asyncio.run_coroutine_threadsafe(
-            services.runtime.store.get_artifact(f"bundles/{created['bundle_revision']}/{target}.tar.gz"), services.runtime.loop).result(10)
+            services.policies.store.get_artifact(f"bundles/{created['bundle_revision']}/{target}.tar.gz"), services.runtime.loop).result(10)
         assert stored == services.store.get("groqpolicy", target)[1]
 
     got = client.get(f"/api/v1/policies/{rule_id}").json()
@@ -88,7 +88,7 @@ def test_the_stored_set_is_one_list_until_a_write_changes_it(cp):
     """The store and the policy service hand out the same list until the set changes (the pipeline
     keeps its choice of applicable policies per list); a write gives new lists at once."""
     client, services = cp
-    store, service = services.runtime.store, services.runtime.policies
+    store, service = services.policies.store, services.policies
     before, active = store.records(), service.active_records()
     assert store.records() is before and service.active_records() is active
     rule_id = client.post("/api/v1/policies", json=policy(name="listed")).json()["rule_id"]
@@ -100,7 +100,7 @@ def test_the_stored_set_is_one_list_until_a_write_changes_it(cp):
 
 
 def test_update_changes_the_rego_and_the_evaluator_follows(cp):
-    client, services = cp
+    client, _ = cp
     rule_id = client.post("/api/v1/policies", json=policy(name="swap")).json()["rule_id"]
     ask = {"policy_id": rule_id, "input_data": {"amount": 50}}
     assert client.post("/api/v1/opa/evaluate", json=ask).json()["result"]["decision"] == "allow"
@@ -227,21 +227,20 @@ def test_policy_writes_without_nats_are_503(tmp_path, nats_server):
             assert r.status_code == 503, r.text
             assert r.json()["error"]["type"] == "StoreUnavailable"
             assert r.json()["error"]["message"].startswith("policy store (JetStream): create failed: ")
-            assert services.runtime.store.records() == []
+            assert services.policies.store.records() == []
 
 
 def test_a_policy_this_replica_has_not_loaded_yet_is_503(cp):
     client, services = cp
     rule_id = client.post("/api/v1/policies", json=policy(name="not loaded")).json()["rule_id"]
-    runtime = services.runtime
-    older = runtime.bundler.compile({})  # the library alone: what a lagging replica still serves
-    runtime.evaluator.load(runtime.bundler.publisher.sign(older)["wasm"])
+    runtime, bundler = services.runtime, services.policies.bundler
+    older = bundler.compile({})  # the library alone: what a lagging replica still serves
+    runtime.evaluator.load(services.publisher.sign(older)["wasm"])
     try:
         r = client.post("/api/v1/opa/evaluate", json={"policy_id": rule_id, "input_data": {"amount": 1}})
         assert r.status_code == 503
         assert r.json()["error"]["message"] == (
             f"policy {rule_id}: not loaded by the in-process evaluator yet (revision {older.revision}); retry")
     finally:
-        runtime._etag = None
-        assert runtime.reload()
+        assert runtime.follower.reload(force=True)
     assert client.post("/api/v1/opa/evaluate", json={"policy_id": rule_id, "input_data": {"amount": 1}}).status_code == 200

@@ -76,7 +76,7 @@ async def run_scenario(servers: dict[str, ManagedProcess]) -> None:
     nc_a = await connect([urls[leader]] + [urls[n] for n in others])
     nc_b = await connect([urls[others[0]], urls[others[1]], urls[leader]])
     trails = [AuditTrail(nc_a, replicas=3, timeout=2, append_deadline=20), AuditTrail(nc_b, replicas=3, timeout=2, append_deadline=20)]
-    store = PolicyStore(nc_a.jetstream(timeout=2), replicas=3)
+    store = PolicyStore(lambda: nc_a.jetstream(timeout=2), replicas=3)
     await asyncio.wait_for(store.open(), 30)
 
     acked: list[StoredRecord] = []
@@ -178,7 +178,7 @@ async def run_scenario(servers: dict[str, ManagedProcess]) -> None:
     assert report.ok and report.checked == len(acked), report
 
     # every acknowledged policy write is readable from the surviving servers
-    reader = PolicyStore(nc_b.jetstream(timeout=5), replicas=3)
+    reader = PolicyStore(lambda: nc_b.jetstream(timeout=5), replicas=3)
     deadline = time.monotonic() + 30
     while True:  # a client retries while the KV stream elects its new leader (slow on a loaded machine)
         try:

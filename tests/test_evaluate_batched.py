@@ -5,6 +5,7 @@ constitution and two stored-policy modules, one of which fails at run time for s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 
@@ -13,13 +14,14 @@ import pytest
 
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH as H
 from bridge.opabundle.keys import generate_keypair
-from bridge.opawasm import WasmEvaluator, policy_from_files
-from controlplane.evaluation import pipeline as pl
+from bridge.opawasm import WasmEvaluator
+from controlplane.evaluation import constitution as cn
 from controlplane.evaluation.pipeline import Pipeline
+from controlplane.evaluation.scheduling import run_batched
 from controlplane.policies import rego
 from controlplane.policies.schemas import PolicyRecord
 from tests.conftest import REPO_ROOT
-from tests.wasm_helpers import build_wasm_bundle, bundle_files, signed_bundle
+from tests.wasm_helpers import build_wasm_bundle, signed_bundle
 
 LIMIT = uuid.UUID(int=1)
 PICKY = uuid.UUID(int=2)
@@ -41,15 +43,25 @@ def build(sources: dict[uuid.UUID, str], flags: tuple[str, ...] = ()) -> bytes:
     lib = {p.name: p.read_text() for p in (REPO_ROOT / "rego" / "lib").glob("*.rego") if not p.name.endswith("_test.rego")}
     files = {**modules, **lib, "constitution.rego": (REPO_ROOT / "rego/constitution/constitution.rego").read_text()}
     data = {"groqpolicy": {"constitution": json.loads((REPO_ROOT / "rego/groqpolicy/constitution/data.json").read_text())}}
-    entrypoints = [pl.PRE, pl.PRE_MANY, pl.POST, pl.POST_MANY]
+    entrypoints = [cn.PRE, cn.PRE_MANY, cn.POST, cn.POST_MANY]
     for rid in sources:
         entrypoints += [rego.wasm_entrypoint(rid), rego.wasm_batch_entrypoint(rid)]
     return build_wasm_bundle(files, entrypoints, data, flags)
 
 
+def loaded(bundle: bytes, pool_size: int = 4) -> WasmEvaluator:
+    """The product's evaluator, with `bundle` signed and loaded."""
+    key = generate_keypair("RS256", "batch-test")
+    ev = WasmEvaluator({key.kid: key.verification_key()}, keyid=key.kid, pool_size=pool_size)
+    ev.load(signed_bundle(bundle, key))
+    return ev
+
+
 @pytest.fixture(scope="module")
 def evaluator(opa_bin):
-    return policy_from_files({"/" + k.lstrip("/"): v for k, v in bundle_files(build(SOURCES)).items()}, pool_size=4)
+    ev = loaded(build(SOURCES, ("--revision", "r1")))
+    yield ev
+    ev.close()
 
 
 def record(rid: uuid.UUID, priority: int = 0) -> PolicyRecord:
@@ -78,7 +90,7 @@ CONTEXTS = [
 
 @pytest.mark.parametrize("n", [6, 15, 40])  # below and above the two-thread split
 async def test_a_batch_decides_each_context_as_it_would_alone(evaluator, n):
-    pipeline = Pipeline(evaluator, lambda: [record(LIMIT)], lambda: "r1")
+    pipeline = Pipeline(evaluator, lambda: [record(LIMIT)])
     contexts = [dict(CONTEXTS[i % len(CONTEXTS)], n=i) for i in range(n)]
     many = await pipeline.decide_many(contexts, policy_types=[], tier="nano", constitutional_hash=H, explain=True)
     alone = [await pipeline.decide(c, policy_types=[], tier="nano", constitutional_hash=H, explain=True) for c in contexts]
@@ -86,12 +98,13 @@ async def test_a_batch_decides_each_context_as_it_would_alone(evaluator, n):
     assert [r.decision for r in many[:6]] == ["allow", "review", "deny", "deny", "deny", "allow"]
     assert many[3].constitutional_compliance.pre_validation == "deny" and many[3].policy_results == []
     assert len({r.evaluation_id for r in many}) == n
+    assert {r.bundle_revision for r in many} == {"r1"}
 
 
 async def test_a_context_that_fails_fails_alone(evaluator):
     """The batched call fails as a whole; the pipeline redoes it one context at a time, so only the
     context whose evaluation errs is denied for it."""
-    pipeline = Pipeline(evaluator, lambda: [record(PICKY, priority=1), record(LIMIT)], lambda: "r1")
+    pipeline = Pipeline(evaluator, lambda: [record(PICKY, priority=1), record(LIMIT)])
     contexts = [{"principal": "p", "amount": 1, "a": True, "n": i} for i in range(20)]
     contexts[7] = {"principal": "p", "amount": 1, "a": True, "b": True}
     many = await pipeline.decide_many(contexts, policy_types=[], tier="nano", constitutional_hash=H, explain=False)
@@ -104,8 +117,7 @@ async def test_a_context_that_fails_fails_alone(evaluator):
 
 async def test_an_entrypoint_the_module_lacks_falls_back_to_single_calls(evaluator):
     """A revision built before batched entrypoints existed still evaluates (one call per context)."""
-    pipeline = Pipeline(evaluator, lambda: [record(LIMIT)], lambda: "r1")
-    values, errors = pipeline._run(evaluator, rego.wasm_entrypoint(LIMIT), "groqpolicy/rules/absent", CONTEXTS[:3], wrapped=True)
+    values, errors = run_batched(evaluator, rego.wasm_entrypoint(LIMIT), "groqpolicy/rules/absent", CONTEXTS[:3], wrapped=True)
     assert errors == ["", "", ""] and [v["decision"] for v in values] == ["allow", "review", "deny"]
 
 
@@ -113,8 +125,8 @@ async def test_the_worker_thread_half_waits_for_a_slot_instead_of_the_loop_threa
     """Off-loop evaluations share the slots that keep one instance free for the event loop's thread:
     with every slot taken (say, by evaluations waiting on a model), a batch waits without blocking
     the loop, and goes on as soon as a slot frees."""
-    pipeline = Pipeline(evaluator, lambda: [record(LIMIT)], lambda: "r1")
-    slots = pipeline._blocking_slots
+    pipeline = Pipeline(evaluator, lambda: [record(LIMIT)])
+    slots = pipeline.scheduler.blocking_slots
     held = 0
     while not slots.locked():
         await slots.acquire()
@@ -148,7 +160,7 @@ async def test_a_revision_loaded_during_a_call_does_not_decide_any_of_it(opa_bin
             ev.load(swaps.pop())  # the swap lands while the call below is under way
         return [record(LIMIT)]
 
-    pipeline = Pipeline(ev, policies, lambda: ev.revision or "")
+    pipeline = Pipeline(ev, policies)
     contexts = [dict(CONTEXTS[0], n=i) for i in range(40)]  # amount 5: allowed by A, denied by B
     during = await pipeline.decide_many(contexts, policy_types=[], tier="nano", constitutional_hash=H, explain=False)
     assert {(r.decision, r.bundle_revision) for r in during} == {("allow", "rev-A")}
@@ -158,15 +170,21 @@ async def test_a_revision_loaded_during_a_call_does_not_decide_any_of_it(opa_bin
 
 
 class Counting:
-    """The evaluator, counting the inputs pre-validation is asked about."""
+    """The evaluator, counting the inputs pre-validation is asked about, under a revision name the
+    test sets (as a hot swap would change it)."""
 
     def __init__(self, inner) -> None:
         self.inner, self.pre_inputs = inner, []
         self.pool_size = inner.pool_size
+        self.revision = "r1"
+
+    @contextlib.contextmanager
+    def pinned(self):
+        yield self
 
     def evaluate(self, entrypoint, input=None, **kw):
-        if entrypoint in (pl.PRE, pl.PRE_MANY):
-            self.pre_inputs.extend(input if entrypoint == pl.PRE_MANY else [input])
+        if entrypoint in (cn.PRE, cn.PRE_MANY):
+            self.pre_inputs.extend(input if entrypoint == cn.PRE_MANY else [input])
         return self.inner.evaluate(entrypoint, input, **kw)
 
 
@@ -175,8 +193,7 @@ async def test_pre_validation_is_asked_once_per_distinct_request_identity_and_re
     and its answers are memoised per revision: a batch of one principal's requests costs one
     evaluation, a request that differs in those fields gets its own, a new revision asks again."""
     counting = Counting(evaluator)
-    revision = ["r1"]
-    pipeline = Pipeline(counting, lambda: [record(LIMIT)], lambda: revision[0])
+    pipeline = Pipeline(counting, lambda: [record(LIMIT)])
     contexts = [{"principal": "dora", "amount": i, "constitutional_hash": "ignored"} for i in range(12)]
     contexts[5] = {"principal": "dora", "amount": 5, "oversight": {"disabled": True}}
     first = await pipeline.decide_many(contexts, policy_types=[], tier="nano", constitutional_hash=H, explain=False)
@@ -188,7 +205,7 @@ async def test_pre_validation_is_asked_once_per_distinct_request_identity_and_re
     assert len(counting.pre_inputs) == 2 and [comparable(r) for r in again] == [comparable(r) for r in first]
     wrong = await pipeline.decide(contexts[0], policy_types=[], tier="nano", constitutional_hash="0" * 16, explain=False)
     assert wrong.decision == "deny" and counting.pre_inputs[-1] == {"principal": "dora", "constitutional_hash": "0" * 16}
-    revision[0] = "r2"
+    counting.revision = "r2"
     await pipeline.decide_many(contexts, policy_types=[], tier="nano", constitutional_hash=H, explain=False)
     assert len(counting.pre_inputs) == 5
 
@@ -197,12 +214,12 @@ async def test_the_applicable_policies_are_worked_out_again_when_the_stored_set_
     """The pipeline keeps its choice of policies per list the provider hands out (the store hands
     out the same list until a write or a watch update): a new list is a new choice."""
     current = [record(LIMIT)]
-    pipeline = Pipeline(evaluator, lambda: current, lambda: "r1")
+    pipeline = Pipeline(evaluator, lambda: current)
     ctx = {"principal": "erin", "amount": 5}
     first = await pipeline.decide(ctx, policy_types=[], tier="nano", constitutional_hash=H, explain=False)
     again = await pipeline.decide(ctx, policy_types=[], tier="nano", constitutional_hash=H, explain=False)
     assert first.applicable_policies == again.applicable_policies == [LIMIT] and first.decision == "allow"
-    assert pipeline._applicable([], "nano")[0] is pipeline._applicable([], "nano")[0]
+    assert pipeline.select([], "nano") is pipeline.select([], "nano")
     current = [msgspec.structs.replace(record(LIMIT), is_active=False)]
     gone = await pipeline.decide(ctx, policy_types=[], tier="nano", constitutional_hash=H, explain=False)
     assert gone.applicable_policies == [] and gone.decision == "deny"

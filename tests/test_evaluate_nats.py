@@ -11,6 +11,7 @@ import nats
 import pytest
 
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
+from controlplane.evaluation.schemas import EVALUATE_SUBJECT
 from tests.controlplane_helpers import ADMIN_HEADERS, make_settings, running_control_plane
 
 H = CONSTITUTIONAL_HASH
@@ -90,7 +91,7 @@ async def test_policy_evaluate_over_nats_matches_the_http_api(replicas):
     http = ca.post("/api/v1/evaluate", json=body).json()
     nc = await nats.connect(url)
     try:
-        msg = await nc.request("policy.evaluate", msgspec.json.encode(body), timeout=10)
+        msg = await nc.request(EVALUATE_SUBJECT, msgspec.json.encode(body), timeout=10)
         assert not msg.headers or "Nats-Service-Error-Code" not in msg.headers
         out = msgspec.json.decode(msg.data)
         assert set(out) == set(http)
@@ -99,27 +100,24 @@ async def test_policy_evaluate_over_nats_matches_the_http_api(replicas):
             assert out[key] == http[key], key
         assert out["decision"] == "deny"
 
-        bad = await nc.request("policy.evaluate", msgspec.json.encode({**body, "constitutional_hash": "x"}), timeout=10)
+        bad = await nc.request(EVALUATE_SUBJECT, msgspec.json.encode({**body, "constitutional_hash": "x"}), timeout=10)
         assert bad.headers["Nats-Service-Error-Code"] == "422"
         assert msgspec.json.decode(bad.data) == {"error": {"type": "ConstitutionalHashMismatch",
                                                            "message": f"constitutional_hash: unknown constitution (want: {H}, got: 'x')",
                                                            "code": "constitutional_hash_mismatch"}}
-        broken = await nc.request("policy.evaluate", b"{nope", timeout=10)
+        broken = await nc.request(EVALUATE_SUBJECT, b"{nope", timeout=10)
         assert broken.headers["Nats-Service-Error-Code"] == "400"
         assert msgspec.json.decode(broken.data)["error"]["message"].startswith("request: not JSON")
-        invalid = await nc.request("policy.evaluate", b'{"input_context": 1}', timeout=10)
+        invalid = await nc.request(EVALUATE_SUBJECT, b'{"input_context": 1}', timeout=10)
         assert invalid.headers["Nats-Service-Error-Code"] == "400"
         assert msgspec.json.decode(invalid.data)["error"]["message"] == "request: Expected `object`, got `int` - at `$.input_context`"
 
-        # the bridge's entrypoint form still works on the same subject
-        entry = await nc.request("policy.evaluate", msgspec.json.encode(
+        # one request type on the subject: the retired entrypoint form is a client error
+        entry = await nc.request(EVALUATE_SUBJECT, msgspec.json.encode(
             {"entrypoint": "groqpolicy/constitution/pre_validation", "input": {"constitutional_hash": H}}), timeout=10)
-        reply = msgspec.json.decode(entry.data)
-        assert reply["entrypoint"] == "groqpolicy/constitution/pre_validation" and reply["result"]["decision"] == "deny"
-
-        unknown = await nc.request("policy.evaluate", msgspec.json.encode({"entrypoint": "no/such/rule", "input": {}}), timeout=10)
-        assert unknown.headers["Nats-Service-Error-Code"] == "404"
-        assert msgspec.json.decode(unknown.data)["error"]["type"] == "UnknownEntrypointError"
+        assert entry.headers["Nats-Service-Error-Code"] == "400"
+        assert msgspec.json.decode(entry.data)["error"] == {"type": "BadRequest",
+                                                            "message": "request: Object contains unknown field `entrypoint`"}
 
         # discoverable as a nats.micro service
         ping = await nc.request("$SRV.PING.groqpolicy-policy", b"", timeout=5)
@@ -141,7 +139,7 @@ def test_a_replica_follows_writes_made_after_a_nats_restart(tmp_path):
             with httpx.Client(base_url=a.base_url, headers=ADMIN_HEADERS, timeout=30) as ca:
                 server.stop()  # same port, same store: streams and KV survive, consumers do not
                 server = start_nats(tmp_path / "nats", port=port)
-                wait_until(lambda: all(s.runtime.nats.nc.is_connected for s in (sb,)))
+                wait_until(lambda: sb.nats.nc is not None and sb.nats.nc.is_connected)
                 for _ in range(100):  # JetStream may need a moment after the restart
                     r = ca.post("/api/v1/policies", json={"name": "after restart", "policy_type": "risk_management",
                                                           "opa_policy": limit(5), "constitutional_hash": H})
@@ -151,7 +149,7 @@ def test_a_replica_follows_writes_made_after_a_nats_restart(tmp_path):
                 assert r.status_code == 201, r.text
                 # promptly: the watch is rebuilt on reconnect (nats-py's own consumer recovery takes 5-20 s)
                 wait_until(lambda: sb.runtime.evaluator.revision == r.json()["bundle_revision"], timeout=3.0)
-                assert [p.name for p in sb.runtime.store.records()] == ["after restart"]
+                assert [p.name for p in sb.policies.store.records()] == ["after restart"]
     finally:
         server.stop()
 
@@ -160,7 +158,7 @@ def test_a_read_racing_ahead_of_the_watch_does_not_swallow_the_update(replicas):
     import asyncio
 
     (ca, _), (cb, sb), _ = replicas
-    store = sb.runtime.store
+    store = sb.policies.store
 
     def on_b(coro):
         return asyncio.run_coroutine_threadsafe(coro, sb.runtime.loop).result(30)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
@@ -301,39 +303,40 @@ def test_evaluate_errors(cp):
     assert r.status_code == 413
 
 
-def test_every_evaluation_goes_to_the_audit_sink(cp):
+def _audit_of(client, evaluation_id: str) -> dict:
+    """The audit trail's record of one evaluation, once JetStream has it (spool durability)."""
+    deadline = time.monotonic() + 10
+    while True:
+        records = client.get("/api/v1/audit", params={"evaluation_id": evaluation_id}).json()["records"]
+        if records:
+            (stored,) = records
+            return stored["record"]
+        assert time.monotonic() < deadline, f"no audit record for {evaluation_id}"
+        time.sleep(0.05)
+
+
+def test_every_evaluation_is_recorded_in_the_audit_trail(cp, monkeypatch):
     client, services, _, _ = cp
-    pipeline = services.runtime.pipeline
-
-    class Collect:
-        def __init__(self):
-            self.records = []
-
-        async def append(self, record):
-            self.records.append(record)
+    out = evaluate(client, {**ALICE, "amount": 500}, ["risk_management"])
+    record = _audit_of(client, out["evaluation_id"])
+    assert (record["evaluation_id"], record["decision"], record["source"]) == (out["evaluation_id"], "deny", "api")
+    assert record["constitutional_hash"] == H and record["policy_ids"] == out["applicable_policies"]
+    assert record["bundle_revisions"] == {"groqpolicy": out["bundle_revision"]} and len(record["input_sha256"]) == 64
+    r = client.post("/api/v1/evaluate/batch", json={"batch_contexts": [ALICE, {**ALICE, "amount": 500}], "policy_types": ["risk_management"]})
+    results = r.json()["results"]
+    batch = _audit_of(client, results[0]["evaluation_id"])  # one record for the whole batch, an entry per evaluation
+    assert (batch["source"], batch["batch_id"], batch["decision"]) == ("batch", r.json()["batch_id"], "deny")
+    assert [(e["evaluation_id"], e["decision"]) for e in batch["evaluations"]] == [
+        (x["evaluation_id"], x["decision"]) for x in results] and [x["decision"] for x in results] == ["allow", "deny"]
 
     class Down(GroqPolicyError):
         status = 503
 
-    class Broken:
-        async def append(self, record):
-            raise Down("audit trail: JetStream did not acknowledge")
+    async def refuse(*args, **kwargs):
+        raise Down("audit trail: JetStream did not acknowledge")
 
-    sink = Collect()
-    pipeline.audit = sink
-    try:
-        out = evaluate(client, {**ALICE, "amount": 500}, ["risk_management"])
-        (record,) = sink.records
-        assert (record.evaluation_id, record.decision, record.source) == (out["evaluation_id"], "deny", "api")
-        assert record.constitutional_hash == H and record.policy_ids == out["applicable_policies"]
-        r = client.post("/api/v1/evaluate/batch", json={"batch_contexts": [ALICE, {**ALICE, "amount": 500}], "policy_types": ["risk_management"]})
-        (batch,) = sink.records[1:]  # one record for the whole batch, an entry per evaluation
-        assert (batch.source, batch.batch_id, batch.decision) == ("batch", r.json()["batch_id"], "deny")
-        assert [(e.evaluation_id, e.decision) for e in batch.evaluations] == [
-            (x["evaluation_id"], x["decision"]) for x in r.json()["results"]] and [e.decision for e in batch.evaluations] == ["allow", "deny"]
-        pipeline.audit = Broken()  # a decision that cannot be recorded is not served
-        r = client.post("/api/v1/evaluate", json={"input_context": ALICE, "constitutional_hash": H})
-        assert r.status_code == 503
-        assert r.json() == {"error": {"type": "Down", "message": "audit trail: JetStream did not acknowledge"}}
-    finally:
-        pipeline.audit = None
+    # a decision that cannot be recorded is not served
+    monkeypatch.setattr(services.recorder, "record", refuse)
+    r = client.post("/api/v1/evaluate", json={"input_context": ALICE, "constitutional_hash": H})
+    assert r.status_code == 503
+    assert r.json() == {"error": {"type": "Down", "message": "audit trail: JetStream did not acknowledge"}}

@@ -1,5 +1,5 @@
 """Pure pieces of the policies and evaluation packages: package rewriting, settings, decision
-normalisation, synthesis order and policy selection (no processes)."""
+normalisation, synthesis, the model stage's judgment and policy selection (no processes)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,13 @@ import uuid
 
 import pytest
 
+from bridge.inference.wire import InferReply
 from bridge.kernel.config import Settings
+from bridge.kernel.vocabulary import MIN_MODEL_CONFIDENCE, strictest
 from bridge.opawasm import UNDEFINED
 from controlplane.bundles.compiler import CompileError
-from controlplane.evaluation.pipeline import applicable, normalise, strictest
+from controlplane.evaluation.decision import PreOutcome, applicable, normalise, outcome, propose, refused
+from controlplane.evaluation.model_stage import judged
 from controlplane.policies import rego
 from controlplane.policies.schemas import PolicyRecord
 
@@ -68,6 +71,7 @@ def test_nats_url_settings():
     (False, ("deny", 1.0, ["deny: policy 'p' denied"])),
     (UNDEFINED, ("deny", 0.0, ["deny: policy 'p': decision is undefined"])),
     ({"decision": "maybe"}, ("deny", 0.0, ['deny: policy \'p\' returned no decision document (got {"decision":"maybe"})'])),
+    ({"decision": ["allow"]}, ("deny", 0.0, ['deny: policy \'p\' returned no decision document (got {"decision":["allow"]})'])),
     (None, ("deny", 0.0, ["deny: policy 'p' returned no decision document (got null)"])),
 ])
 def test_normalise_fails_closed(value, expected):
@@ -95,3 +99,49 @@ def test_applicable_filters_type_tier_activity_and_orders_by_priority():
     assert applicable(records, ["risk_management"], "reasoning") == [a, b]
     assert applicable(records, [], "fast") == [c, a]
     assert applicable(records, ["data_governance"], "reasoning") == []
+
+
+def _outcome(name: str, decision: str, confidence: float, reasons: list[str]):
+    rec = PolicyRecord(rule_id=uuid.uuid4(), name=name, policy_type="risk_management", opa_policy="", performance_tier="nano")
+    return outcome(rec, {"decision": decision}, "", 2.0, decision, confidence, reasons)
+
+
+def test_synthesis_takes_the_strictest_decision_and_its_least_confident_policy():
+    outs = [_outcome("a", "allow", 0.9, ["a ok"]), _outcome("b", "review", 0.8, ["review: b unsure"]),
+            _outcome("c", "review", 0.6, ["review: c unsure"]), _outcome("d", "allow", 0.1, ["d ok"])]
+    p = propose(outs, 1.0, [], "nano")
+    assert (p.decision, p.confidence) == ("review", 0.6)
+    assert p.reasons == ["review: b unsure", "review: c unsure"]  # an allow's own reasons do not explain a review
+    assert p.wasm_us == 9.0 and [r.name for r in p.results] == ["a", "b", "c", "d"]
+    deny = propose([*outs, _outcome("e", "deny", 1.0, ["deny: e"])], 0.0, [], "nano")
+    assert (deny.decision, deny.confidence, deny.reasons) == ("deny", 1.0, ["deny: e", "review: b unsure", "review: c unsure"])
+    allow = propose([outs[0], outs[3]], 0.0, [], "nano")
+    assert (allow.decision, allow.confidence, allow.reasons) == ("allow", 0.1, ["a ok", "d ok"])
+
+
+def test_no_applicable_policy_and_a_failed_pre_validation_are_deny():
+    none = propose([], 3.0, ["risk_management"], "fast")
+    assert (none.decision, none.confidence, none.results) == ("deny", 1.0, [])
+    assert none.reasons == ["deny: no active policy applies (risk_management, tier fast or faster)"]
+    pre = PreOutcome({"decision": "deny", "reasons": ["deny: principal is missing"]})
+    assert refused(pre, 3.0).reasons == ["deny: Constitutional pre-validation failed", "deny: principal is missing"]
+    # a pre-validation document that names no known decision is a deny, never passed through
+    assert PreOutcome({"decision": "maybe"}).decision == "deny" and PreOutcome(None).decision == "deny"
+
+
+def _reply(decision: str, confidence: float, degraded: bool = False) -> InferReply:
+    return InferReply(decision=decision, confidence=confidence, rationale="because", model="m", tier="fast",
+                      degraded=degraded)
+
+
+def test_the_model_stage_holds_answers_to_the_one_confidence_threshold():
+    pct = round(MIN_MODEL_CONFIDENCE * 100)
+    assert judged(_reply("allow", MIN_MODEL_CONFIDENCE), "review", ["review: needs a look", "rule"])[:2] == ("allow", MIN_MODEL_CONFIDENCE)
+    unsure = judged(_reply("allow", MIN_MODEL_CONFIDENCE - 0.01), "review", ["review: needs a look"])
+    assert unsure[0] == "review" and unsure[2][-1].endswith(f"which is below the required {pct}%")
+    assert judged(_reply("allow", 0.99, degraded=True), "review", [])[:2] == ("review", 0.0)
+    # a confident answer settles a review and can veto an allow, never undo a deny
+    settled = judged(_reply("allow", 0.9), "review", ["review: needs a look", "rule"])
+    assert settled[2] == ["rule", "model (fast, m) judged allow with confidence 90%: because"]
+    assert judged(_reply("deny", 0.9), "allow", [])[0] == "deny"
+    assert judged(_reply("allow", 0.9), "deny", [])[0] == "deny"

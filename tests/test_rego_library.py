@@ -190,7 +190,7 @@ def test_pre_validation_reads_only_the_request_fields_the_pipeline_passes(opa_bi
     """The pipeline gives pre-validation `PRE_FIELDS` of a request (and memoises its answers on
     them): a rule that read any other field would see it undefined. The library it imports must not
     read input at all."""
-    from controlplane.evaluation.pipeline import PRE_FIELDS
+    from controlplane.evaluation.constitution import PRE_FIELDS
 
     proc = run(opa_bin, "parse", "--format", "json", str(REGO_DIR / "constitution" / "constitution.rego"))
     assert proc.returncode == 0, proc.stderr

@@ -164,24 +164,3 @@ def validate_request(req: InferRequest) -> None:
         raise InvalidInferRequest(
             f"deadline_ms: must be within 1..{MAX_DEADLINE_MS}, got {req.deadline_ms}", status=422, code="bad_deadline"
         )
-
-
-# ---- policy.evaluate (NATS, for internal tools) ---------------------------------------------
-EVALUATE_SUBJECT = "policy.evaluate"
-
-
-class EvaluateRequest(msgspec.Struct, forbid_unknown_fields=True):
-    """Evaluate one named entrypoint (`groqpolicy/policies/data_governance/decision`) on an input."""
-
-    entrypoint: str
-    input: Any = None
-    constitutional_hash: str = CONSTITUTIONAL_HASH
-    deadline_ms: int | None = None
-
-
-class EvaluateReply(msgspec.Struct):
-    entrypoint: str
-    result: Any
-    latency_ms: float
-    revision: str | None = None
-    constitutional_hash: str = CONSTITUTIONAL_HASH

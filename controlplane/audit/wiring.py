@@ -1,29 +1,29 @@
-"""Attach the audit trail, decision metrics and escalations to a started control plane.
+"""The evaluation pipeline's decision recorder and escalation sink, on the audit trail and NATS.
 
-Runs at app start after the policy runtime has connected to NATS: creates (or adjusts) the audit
-stream with `GROQPOLICY_NATS_REPLICAS` replicas, opens the spool (`<state_dir>/audit-spool`) and
-re-queues what a previous run left in it, then points the evaluation pipeline's audit sink and
-escalation hook at it. The sink also records the decision metrics, so every decision that is
-served is both recorded and counted, and one that could not be recorded is neither (it fails).
+Both are built by the composition root before the NATS connection exists, with its holder, and
+handed to the pipeline at construction. `RecordingAuditSink` is also a lifecycle component: at
+start it creates (or adjusts) the audit stream with `GROQPOLICY_NATS_REPLICAS` replicas, opens the
+spool (`<state_dir>/audit-spool`) and re-queues what a previous run left in it; at stop it closes
+the trail. It records every decision (spool or JetStream ack, by `GROQPOLICY_AUDIT_DURABILITY`)
+before the decision is answered, then counts it, so every decision that is served is both
+recorded and counted, and one that could not be recorded is neither (it fails).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import Any
 
-from bridge.kernel.config import ConfigError, audit_durability
+from bridge.kernel.config import ConfigError, Settings, audit_durability
+from bridge.kernel.vocabulary import TIER_TARGET_MS
+from controlplane.audit import AuditError, AuditRecord, AuditTrail, AuditUnavailable, StoredRecord
 from controlplane.audit.escalation import escalation_sink
-from controlplane.audit.records import AuditRecord, StoredRecord
+from controlplane.audit.evaluations import audit_record, batch_audit_record
 from controlplane.audit.spool import AuditSpool, SpoolError
-from controlplane.audit.trail import AuditError, AuditTrail
+from controlplane.evaluation.interfaces import Source
+from controlplane.evaluation.schemas import EvaluateResponse
+from controlplane.infra.nats import NatsConnection
 from controlplane.metrics.recorders import record_audit_append, record_decisions
-
-if TYPE_CHECKING:
-    from controlplane.services import Services
-
-# the seed's tier targets, in ms (kept here so the audit package does not import the policies package)
-TIER_TARGET_MS = {"nano": 1.0, "fast": 2.0, "balanced": 3.0, "premium": 5.0, "reasoning": 1000.0}
 
 
 def _count_decisions(records: list[AuditRecord]) -> None:
@@ -50,24 +50,58 @@ def _count_appends(records: list[AuditRecord]) -> None:
 
 
 class RecordingAuditSink:
-    """`append(record)` for the pipeline: record first (spool or JetStream ack), then count the decision
-    (right after the response)."""
+    """The pipeline's `DecisionRecorder` (controlplane.evaluation.interfaces) on the audit trail:
+    record first (spool or JetStream ack), then count the decision (right after the response)."""
 
-    def __init__(self, trail: AuditTrail, durability: str = "ack") -> None:
+    def __init__(self, settings: Settings, nats: NatsConnection) -> None:
+        try:
+            self.durability = audit_durability(settings.audit_durability)
+        except ValueError as exc:
+            raise ConfigError(f"GROQPOLICY_AUDIT_DURABILITY={settings.audit_durability!r}: {exc}") from None
+        self._settings = settings
+        self._nats = nats
+        self.trail: AuditTrail | None = None  # once started
+
+    async def start(self) -> None:
+        settings = self._settings
+        spool = None
+        if self.durability == "spool":
+            try:
+                spool = AuditSpool(settings.state_dir / "audit-spool")
+            except SpoolError as exc:
+                raise ConfigError(str(exc)) from None
+        trail = AuditTrail(self._nats.client, replicas=settings.nats_replicas, spool=spool,
+                           max_backlog=settings.audit_max_backlog, on_spooled_stored=_count_appends)
+        await trail.ensure_stream()
+        await trail.resume_spool()
         self.trail = trail
-        self.durability = durability
 
-    async def append(self, record: AuditRecord) -> StoredRecord | None:
+    async def stop(self) -> None:
+        trail, self.trail = self.trail, None
+        if trail is not None:
+            await trail.close()
+
+    async def record(self, response: EvaluateResponse, *, tier: str, source: Source,
+                     input_context: dict[str, Any]) -> StoredRecord | None:
+        stored = await self.append_many([audit_record(response, tier=tier, source=source, input_context=input_context)])
+        return stored[0] if stored else None
+
+    async def record_batch(self, responses: list[EvaluateResponse], contexts: list[dict[str, Any]], *, tier: str,
+                           batch_id: str, latency_ms: float) -> StoredRecord | None:
+        record = batch_audit_record(responses, contexts, tier=tier, batch_id=batch_id, latency_ms=latency_ms)
         stored = await self.append_many([record])
         return stored[0] if stored else None
 
     async def append_many(self, records: list[AuditRecord]) -> list[StoredRecord]:
+        trail = self.trail
         stored: list[StoredRecord] = []
         try:
+            if trail is None:
+                raise AuditUnavailable("audit trail: not started (no NATS connection); the decision is not served")
             if self.durability == "spool":
-                self.trail.submit(records)  # appends counted when JetStream has them (on_spooled_stored)
+                trail.submit(records)  # appends counted when JetStream has them (on_spooled_stored)
             else:
-                stored = await self.trail.append_many(records)
+                stored = await trail.append_many(records)
                 _count_appends(records)
         except AuditError:
             record_audit_append("", len(records), failed=True)
@@ -78,29 +112,12 @@ class RecordingAuditSink:
         return stored
 
 
-async def start_audit(services: Services) -> None:
-    settings = services.settings
-    try:
-        durability = audit_durability(settings.audit_durability)
-    except ValueError as exc:
-        raise ConfigError(f"GROQPOLICY_AUDIT_DURABILITY={settings.audit_durability!r}: {exc}") from None
-    nc = services.runtime.nats.client
-    spool = None
-    if durability == "spool":
-        try:
-            spool = AuditSpool(settings.state_dir / "audit-spool")
-        except SpoolError as exc:
-            raise ConfigError(str(exc)) from None
-    trail = AuditTrail(nc, replicas=settings.nats_replicas, spool=spool, max_backlog=settings.audit_max_backlog,
-                       on_spooled_stored=_count_appends)
-    await trail.ensure_stream()
-    await trail.resume_spool()
-    services.audit = trail
-    services.runtime.pipeline.audit = RecordingAuditSink(trail, durability)
-    services.runtime.pipeline.escalate = escalation_sink(nc)
+class EscalationPublisher:
+    """The pipeline's escalation sink: publishes on the control plane's NATS connection
+    (controlplane.audit.escalation; a failed publish is logged and counted, never raised)."""
 
+    def __init__(self, nats: NatsConnection) -> None:
+        self._nats = nats
 
-async def stop_audit(services: Services) -> None:
-    trail, services.audit = services.audit, None
-    if trail is not None:
-        await trail.close()
+    async def __call__(self, doc: dict[str, Any]) -> None:
+        await escalation_sink(self._nats.nc)(doc)

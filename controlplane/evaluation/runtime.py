@@ -1,10 +1,14 @@
-"""What the policies and evaluation APIs run on, started and stopped with the app.
+"""What the evaluation APIs run on: the in-process evaluator and the follower that hot-swaps its
+revisions, the pipeline, the `policy.evaluate` service and the client of the inference workers.
 
-Start: NATS (configured or embedded) -> policy KV/object store (initial view) -> bundle for the
-stored policies (when they are not what is active) -> in-process WASM evaluator on the active
-`groqpolicy` wasm revision -> a task that follows the revision store (hot swap on every activation,
-from this replica's writes, another replica's writes seen through the KV watch, or a library
-republish) -> `policy.evaluate` on NATS.
+Each is built once by the composition root (`controlplane.services`) with what it needs, and
+started and stopped through the app's one lifecycle: the objects that need the NATS connection get
+its holder (`NatsConnection`) at construction and use it once started.
+
+The follower keeps the evaluator on the active `groqpolicy` wasm revision of the revision store:
+it loads it at start and again on every activation (this replica's writes, another replica's seen
+through the policy store's KV watch, a library republish). A revision that does not load is
+reported and skipped; the previous one keeps serving.
 """
 
 from __future__ import annotations
@@ -12,146 +16,151 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import anyio
 
-from bridge.inference.catalog import Catalog, default_catalog
+from bridge.inference.catalog import Catalog
 from bridge.inference.client import InferClient
-from bridge.kernel.errors import GroqPolicyError
-from bridge.opawasm import HostConfig, WasmEvaluator
-from controlplane.evaluation.pipeline import WASM_POOL_SIZE, Pipeline, metered_transport
+from bridge.kernel.errors import GroqPolicyError, error_document
+from bridge.opawasm import WasmEvaluator
+from controlplane.bundles.revisions import RevisionStore
+from controlplane.evaluation.nats_service import EvaluateService
+from controlplane.evaluation.pipeline import Pipeline
 from controlplane.infra.nats import NatsConnection, NatsUnavailable
-from controlplane.policies.bundler import LIBRARY_BUNDLE, PolicyBundler
-from controlplane.policies.schemas import PolicyRecord
+from controlplane.policies.bundler import LIBRARY_BUNDLE
 from controlplane.policies.service import PolicyService
-from controlplane.policies.store import PolicyStore
-
-if TYPE_CHECKING:
-    from bridge.kernel.config import Settings
-    from bridge.opabundle.keys import SigningKey
-    from controlplane.bundles.publisher import BundlePublisher
-    from controlplane.evaluation.nats_service import EvaluateService
 
 log = logging.getLogger(__name__)
 
 
-class NotStarted(GroqPolicyError):
-    status = 503
+class ModelClient:
+    """The control plane's client of the inference workers (`groq.infer.<tier>` over NATS): for the
+    pipeline's model stage (`request`), for `http.send` from policies evaluated on worker threads
+    (`transport`) and for `/api/v1/groq/inference`. Its `InferClient` is made once connected."""
+
+    def __init__(self, nats: NatsConnection, *, cache_size: int) -> None:
+        self._nats = nats
+        self._cache_size = cache_size
+        self.client: InferClient | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._call: Callable[[str, Any, float], tuple[int, Any]] | None = None
+
+    async def start(self) -> None:
+        self.client = InferClient(self._nats.client, cache_size=self._cache_size)
+        self.loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._call = self.client.transport(self.loop)
+
+    async def stop(self) -> None:
+        self._call = None
+
+    async def request(self, tier: str, body: bytes) -> tuple[int, bytes, int]:
+        """(status, body, max-age) of one `InferRequest` JSON body; raises GroqPolicyError when no
+        worker can answer."""
+        client = self.client
+        if client is None:
+            raise NatsUnavailable("NATS: the control plane is not connected; no inference worker can be reached")
+        return await client.request(tier, body)
+
+    def connected(self) -> InferClient:
+        """The client, when NATS is connected (else NatsUnavailable, 503)."""
+        nc = self._nats.nc
+        if self.client is None or nc is None or not nc.is_connected:
+            raise NatsUnavailable("NATS: the control plane is not connected; no inference worker can be reached")
+        return self.client
+
+    def transport(self, tier: str, body: Any, timeout: float) -> tuple[int, Any]:
+        """The evaluator's `http.send` transport (blocking). A call made on the event loop's own
+        thread is refused: it would wait on itself until its deadline."""
+        call = self._call
+        if call is None or threading.get_ident() == self._loop_thread:
+            why = "no NATS connection yet" if call is None else "http.send evaluated on the event loop thread; refused"
+            code = "nats_unavailable" if call is None else "evaluated_inline"
+            return 503, error_document(GroqPolicyError(why, type_="unavailable_error", code=code))
+        return call(tier, body, timeout)
 
 
-class PolicyRuntime:
-    def __init__(self, settings: Settings, publisher: BundlePublisher, signing_key: SigningKey) -> None:
-        self.settings = settings
-        self.revisions = publisher.store
-        self.bundler = PolicyBundler(publisher.compiler, publisher, settings.rego_root, settings.bundles_dir)
-        vkey = signing_key.verification_key()
-        self.host = HostConfig(bridge_url=settings.bridge_url)
-        self.evaluator = WasmEvaluator({vkey.kid: vkey}, keyid=vkey.kid, host=self.host, pool_size=WASM_POOL_SIZE)
-        self.pipeline = Pipeline(self.evaluator, self.active_records, self.revision)
-        self.nats = NatsConnection(settings)
-        self._store: PolicyStore | None = None
-        self._policies: PolicyService | None = None
-        self.infer: InferClient | None = None
-        self.catalog: Catalog = default_catalog()
+class RevisionFollower:
+    """Keeps the evaluator on the revision store's active wasm revision of the library bundle."""
+
+    def __init__(self, revisions: RevisionStore, evaluator: WasmEvaluator, bundle: str = LIBRARY_BUNDLE) -> None:
+        self.revisions, self.evaluator, self.bundle = revisions, evaluator, bundle
         self.errors: list[str] = []
         self._etag: str | None = None
         self._load_lock = threading.Lock()
-        self._follow_task: asyncio.Task | None = None
-        self._service: EvaluateService | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task | None = None
 
-    # -- accessors the handlers use ---------------------------------------------------------------
-    @property
-    def store(self) -> PolicyStore:
-        if self._store is None:
-            raise NotStarted("policy store: not started (no NATS connection yet)")
-        return self._store
-
-    @property
-    def policies(self) -> PolicyService:
-        if self._policies is None:
-            raise NotStarted("policy store: not started (no NATS connection yet)")
-        return self._policies
-
-    def active_records(self) -> list[PolicyRecord]:
-        return self._policies.active_records() if self._policies is not None else []
-
-    def active_modules(self) -> dict[str, str]:
-        return self._policies.active_modules() if self._policies is not None else {}
-
-    def revision(self) -> str:
-        return self.evaluator.revision or ""
-
-    # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
-        from controlplane.evaluation.nats_service import EvaluateService
-
-        nc = await self.nats.connect()
-        self.loop = asyncio.get_running_loop()  # the app's loop (tools and tests schedule store calls on it)
-        self.infer = InferClient(nc, cache_size=self.settings.gateway_cache_size)
-        self.pipeline.ask_model = self.infer.request
-        self.host.infer_transport = metered_transport(self.infer.transport(asyncio.get_running_loop()), threading.get_ident())
-        self._store = PolicyStore(nc.jetstream(), replicas=self.settings.nats_replicas)
-        await self._store.open()
-        self._policies = PolicyService(self._store, self.bundler, self.reload)
-        self._store.on_change = self._on_change
-        self.nats.on_reconnect.append(self._store.resync)
-        if self.active_records():
-            try:
-                await self._policies.reconcile()
-            except GroqPolicyError as exc:
-                self.errors.append(f"stored policies: {exc}")
         await anyio.to_thread.run_sync(self.reload)
-        self._follow_task = asyncio.create_task(self._follow(), name="wasm-bundle-follow")
-        self._service = await EvaluateService(nc, self).start()
+        self._task = asyncio.create_task(self._follow(), name="wasm-bundle-follow")
 
     async def stop(self) -> None:
-        if self._service is not None:
-            await self._service.stop()
-        if self._follow_task is not None:
-            self._follow_task.cancel()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
             try:
-                await self._follow_task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                await task
+            except asyncio.CancelledError:
                 pass
-        if self._store is not None:
-            await self._store.close()
-        await self.nats.close()
+            except Exception:  # it died earlier; stopping goes on
+                log.exception("wasm revision follower had failed")
         self.evaluator.close()
 
-    async def _on_change(self) -> None:
-        try:
-            await self.policies.reconcile()
-        except GroqPolicyError:
-            pass  # recorded in reconcile_errors; the previous revision keeps serving
-
-    # -- hot swap ---------------------------------------------------------------------------------
-    def reload(self) -> bool:
-        """Load the active wasm revision into the evaluator if it is not the one loaded (thread-safe)."""
+    def reload(self, force: bool = False) -> bool:
+        """Load the active revision if it is not the one loaded (or with `force`, again); thread-safe."""
         with self._load_lock:
-            active = self.revisions.get(LIBRARY_BUNDLE, "wasm")
-            if active is None or active[0].etag == self._etag:
+            active = self.revisions.get(self.bundle, "wasm")
+            if active is None or (active[0].etag == self._etag and not force):
                 return False
             meta, archive = active
+            self._etag = meta.etag  # a revision that does not load is not retried forever
             try:
                 self.evaluator.load(archive)
             except Exception as exc:  # noqa: BLE001 - the old revision keeps serving; say why
                 self.errors.append(f"wasm revision {meta.revision}: not loaded: {exc}")
                 log.error("wasm revision %s: not loaded: %s", meta.revision, exc)
-                self._etag = meta.etag  # do not retry the same bytes forever
                 return False
-            self._etag = meta.etag
             log.info("in-process evaluator: now on %s", meta.revision)
             return True
 
     async def _follow(self) -> None:
         while True:
             known = {self._etag} if self._etag else set()
-            if await self.revisions.wait_for_change(LIBRARY_BUNDLE, "wasm", known, timeout=60):
+            if await self.revisions.wait_for_change(self.bundle, "wasm", known, timeout=60):
                 await anyio.to_thread.run_sync(self.reload)
 
-    def infer_client(self) -> InferClient:
-        if self.infer is None or self.nats.nc is None or not self.nats.nc.is_connected:
-            raise NatsUnavailable("NATS: the control plane is not connected; no inference worker can be reached")
-        return self.infer
+
+@dataclass
+class EvaluationRuntime:
+    """The evaluation side of the control plane, as the composition root built it."""
+
+    nats: NatsConnection
+    models: ModelClient
+    evaluator: WasmEvaluator
+    follower: RevisionFollower
+    pipeline: Pipeline
+    service: EvaluateService
+    policies: PolicyService  # what the pipeline evaluates, and what `/api/v1/opa/evaluate` looks up
+    catalog: Catalog
+    opa_url: str  # the OPA agent `/api/v1/opa/evaluate` asks when use_wasm is false
+
+    @property
+    def errors(self) -> list[str]:
+        """What did not load: stored policies at start, wasm revisions."""
+        return self.policies.start_errors + self.follower.errors
+
+    @property
+    def infer(self) -> InferClient | None:
+        return self.models.client
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The app's event loop, once started (tools and tests schedule store calls on it)."""
+        return self.models.loop
+
+    def revision(self) -> str:
+        return self.evaluator.revision or ""

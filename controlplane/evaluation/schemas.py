@@ -1,4 +1,8 @@
-"""Wire shapes of the evaluation, Groq and OPA endpoints (the seed's fields, plus a few extras)."""
+"""Wire shapes of the evaluation, Groq and OPA endpoints (the published API's fields, plus a few extras).
+
+`policy.evaluate` on NATS (`EVALUATE_SUBJECT`) takes the same `EvaluateRequest` and answers the same
+`EvaluateResponse` as `POST /api/v1/evaluate`: one request type per subject.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,10 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
-from controlplane.policies.schemas import ConstitutionalHash, PerformanceTier, PolicyType
+from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH, Decision, Tier
+from controlplane.policies.schemas import ConstitutionalHash, PolicyType
 
-Decision = Literal["allow", "deny", "review"]
+EVALUATE_SUBJECT = "policy.evaluate"
 MAX_BATCH = 100
 
 
@@ -18,15 +22,15 @@ class EvaluateRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     input_context: dict[str, Any]
     constitutional_hash: ConstitutionalHash
     policy_types: list[PolicyType] = []  # empty: every type
-    performance_tier: PerformanceTier = "reasoning"  # policies of this tier or a faster one apply
+    performance_tier: Tier = "reasoning"  # policies of this tier or a faster one apply
     require_explanation: bool = False
 
 
 class BatchRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     batch_contexts: Annotated[list[dict[str, Any]], msgspec.Meta(description=f"at most {MAX_BATCH} contexts")]
     policy_types: list[PolicyType] = []
-    performance_tier: PerformanceTier = "reasoning"
-    constitutional_hash: ConstitutionalHash = CONSTITUTIONAL_HASH  # the seed's batch has none; checked when given
+    performance_tier: Tier = "reasoning"
+    constitutional_hash: ConstitutionalHash = CONSTITUTIONAL_HASH  # optional on a batch; checked when given
     require_explanation: bool = False
 
 
@@ -57,7 +61,7 @@ class PerformanceMetrics(msgspec.Struct, kw_only=True):
 
 
 class PolicyResult(msgspec.Struct, kw_only=True):
-    """The seed's PolicyEvaluation for one applicable policy inside an evaluation."""
+    """One applicable policy's part in an evaluation."""
 
     rule_id: uuid.UUID
     name: str
@@ -111,7 +115,7 @@ class GroqModel(msgspec.Struct, kw_only=True):
 
 class GroqModels(msgspec.Struct, kw_only=True):
     models: list[GroqModel]
-    aliases: dict[str, str]  # retired seed name -> current model
+    aliases: dict[str, str]  # retired model name -> current model
     catalog_as_of: str
 
 
@@ -121,7 +125,7 @@ class InferenceRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     constitutional_context: dict[str, Any] = {}
     max_tokens: Annotated[int, msgspec.Meta(ge=1, le=65536)] = 512
     temperature: Annotated[float, msgspec.Meta(ge=0.0, le=2.0)] = 0.0
-    performance_tier: PerformanceTier | None = None  # default: the tier whose primary model this is
+    performance_tier: Tier | None = None  # default: the tier whose primary model this is
     deadline_ms: Annotated[int, msgspec.Meta(ge=1, le=120_000)] = 5000
 
 

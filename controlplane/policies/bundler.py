@@ -111,6 +111,11 @@ class PolicyBundler:
                 self.publisher.publish(compiled, scope=definition.scope)
         return compiled.revision
 
+    def active_archive(self, revision: str, target: str) -> bytes | None:
+        """The signed archive of `target` ("rego", "wasm") when `revision` is the active one."""
+        active = self.publisher.store.get(self.bundle, target)
+        return active[1] if active is not None and active[0].revision == revision else None
+
     def ensure(self, modules: Mapping[str, str], force: bool = False) -> tuple[str, bool]:
         """Make the library + `modules` the active revision; (revision, whether it was published)."""
         with self.lock:

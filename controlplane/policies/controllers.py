@@ -1,4 +1,4 @@
-"""`/api/v1/policies`: thin HTTP handlers over `PolicyService`."""
+"""`/api/v1/policies`: thin HTTP handlers over `PolicyService` (the app's `policies` dependency)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller
+from litestar.di import NamedDependency
 from litestar.params import Body, FromPath, FromQuery, JSONBody
 
-from bridge.kernel.vocabulary import check_hash
+from bridge.kernel.vocabulary import Tier, check_hash
 from controlplane.auth.guards import requires
 from controlplane.policies.schemas import (
     CompileReport,
-    PerformanceTier,
     PolicyCreate,
     PolicyCreated,
     PolicyRecord,
@@ -21,8 +21,8 @@ from controlplane.policies.schemas import (
     PolicyUpdate,
     error_responses,
 )
+from controlplane.policies.service import PolicyService
 from controlplane.routes import delete, get, post, put
-from controlplane.services import ServicesDep
 
 MAX_POLICY_BODY = 1024 * 1024
 
@@ -40,41 +40,40 @@ class PolicyController(Controller):
 
     @post("", summary="Store a policy (compiled and checked first; 422 with the compiler's messages)", status_code=201,
           responses=error_responses(400, 401, 403, 409, 413, 422, 429, 503))
-    async def create(self, services: ServicesDep, data: JSONBody[PolicyCreate]) -> PolicyCreated:
-        return await services.runtime.policies.create(data)
+    async def create(self, policies: NamedDependency[PolicyService], data: JSONBody[PolicyCreate]) -> PolicyCreated:
+        return await policies.create(data)
 
     @get("", summary="List policies", responses=error_responses(400, 401, 403, 429, 503))
-    async def list_policies(self, services: ServicesDep, policy_type: FromQuery[PolicyType | None] = None,
-                            performance_tier: FromQuery[PerformanceTier | None] = None,
+    async def list_policies(self, policies: NamedDependency[PolicyService], policy_type: FromQuery[PolicyType | None] = None,
+                            performance_tier: FromQuery[Tier | None] = None,
                             is_active: FromQuery[bool | None] = None) -> list[PolicyRecord]:
-        return services.runtime.policies.list(policy_type, performance_tier, is_active)
+        return policies.list(policy_type, performance_tier, is_active)
 
     @get("/{rule_id:uuid}", summary="One policy (latest version)", responses=error_responses(400, 401, 403, 404, 429, 503))
-    async def get_policy(self, services: ServicesDep, rule_id: FromPath[uuid.UUID]) -> PolicyRecord:
-        return await services.runtime.policies.get(rule_id)
+    async def get_policy(self, policies: NamedDependency[PolicyService], rule_id: FromPath[uuid.UUID]) -> PolicyRecord:
+        return await policies.get(rule_id)
 
     @get("/{rule_id:uuid}/versions", summary="Stored versions of one policy (KV history, oldest first)",
          responses=error_responses(400, 401, 403, 404, 429, 503))
-    async def versions(self, services: ServicesDep, rule_id: FromPath[uuid.UUID]) -> list[PolicyRecord]:
-        await services.runtime.policies.get(rule_id)
-        return await services.runtime.store.history(rule_id)
+    async def versions(self, policies: NamedDependency[PolicyService], rule_id: FromPath[uuid.UUID]) -> list[PolicyRecord]:
+        return await policies.history(rule_id)
 
     @put("/{rule_id:uuid}", summary="Change a policy (fields left out keep their value)",
          responses=error_responses(400, 401, 403, 404, 409, 413, 422, 429, 503))
-    async def update(self, services: ServicesDep, rule_id: FromPath[uuid.UUID], data: JSONBody[PolicyUpdate]) -> PolicyRecord:
-        return await services.runtime.policies.update(rule_id, data)
+    async def update(self, policies: NamedDependency[PolicyService], rule_id: FromPath[uuid.UUID], data: JSONBody[PolicyUpdate]) -> PolicyRecord:
+        return await policies.update(rule_id, data)
 
     @delete("/{rule_id:uuid}", summary="Delete a policy (its history stays in the KV bucket)", status_code=200,
             responses=error_responses(400, 401, 403, 404, 409, 422, 429, 503))
-    async def remove(self, services: ServicesDep, rule_id: FromPath[uuid.UUID],
+    async def remove(self, policies: NamedDependency[PolicyService], rule_id: FromPath[uuid.UUID],
                      constitutional_hash: FromQuery[str | None] = None) -> PolicyRecord:
         if constitutional_hash is not None:  # a body-less write: the hash is checked when given
             check_hash(constitutional_hash)
-        return await services.runtime.policies.delete(rule_id)
+        return await policies.delete(rule_id)
 
     @post("/{rule_id:uuid}/compile", summary="Compile one policy to WASM and measure it", status_code=200,
           responses=error_responses(400, 401, 403, 404, 413, 422, 429, 503))
-    async def compile(self, services: ServicesDep, rule_id: FromPath[uuid.UUID],
+    async def compile(self, policies: NamedDependency[PolicyService], rule_id: FromPath[uuid.UUID],
                       data: Annotated[CompileOptions | None, Body()] = None) -> CompileReport:
         options = data or CompileOptions()
-        return await services.runtime.policies.compile(rule_id, options.input, options.samples)
+        return await policies.compile(rule_id, options.input, options.samples)

@@ -1,25 +1,22 @@
-"""Wire shapes of the policies API (the seed's fields, msgspec structs) and the stored record."""
+"""Wire shapes of the policies API (msgspec structs) and the stored record."""
 
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
+from litestar.openapi import ResponseSpec
 
-from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
+from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH, Tier
 
 PolicyType = Literal[
     "constitutional_compliance", "data_governance", "ethical_constraints", "regulatory_compliance",
     "operational_policies", "security_policies", "risk_management",
 ]
-POLICY_TYPES: tuple[str, ...] = PolicyType.__args__  # type: ignore[attr-defined]
-PerformanceTier = Literal["nano", "fast", "balanced", "premium", "reasoning"]
-# The seed's latency targets (ms); the order is the tiers' order from fastest to slowest.
-TIER_TARGET_MS: dict[str, float] = {"nano": 1.0, "fast": 2.0, "balanced": 3.0, "premium": 5.0, "reasoning": 1000.0}
-TIERS: tuple[str, ...] = tuple(TIER_TARGET_MS)
+POLICY_TYPES: tuple[str, ...] = get_args(PolicyType)
 
-# The seed declares the hash as an enum of one value; it is checked by hand (not by the type) so
+# The API declares the hash as an enum of one value; it is checked by hand (not by the type) so
 # that a mismatch names the expected hash instead of a bare "invalid enum value".
 ConstitutionalHash = Annotated[str, msgspec.Meta(
     description=f"must be {CONSTITUTIONAL_HASH}", extra_json_schema={"enum": [CONSTITUTIONAL_HASH]},
@@ -31,7 +28,7 @@ Principle = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 
 class GroqModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     model_name: str = "openai/gpt-oss-20b"
-    performance_tier: PerformanceTier = "fast"
+    performance_tier: Tier = "fast"
     max_tokens: Annotated[int, msgspec.Meta(ge=1, le=65536)] = 512
     temperature: Annotated[float, msgspec.Meta(ge=0.0, le=2.0)] = 0.0
     constitutional_prompt: str = ""
@@ -44,7 +41,7 @@ class PolicyCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     policy_type: PolicyType
     opa_policy: RegoText
     constitutional_hash: ConstitutionalHash
-    performance_tier: PerformanceTier = "balanced"
+    performance_tier: Tier = "balanced"
     groq_model_config: GroqModelConfig | None = None
     constitutional_principles: list[Principle] = []
     priority: int = 0
@@ -58,7 +55,7 @@ class PolicyUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     name: Name | msgspec.UnsetType = msgspec.UNSET
     policy_type: PolicyType | msgspec.UnsetType = msgspec.UNSET
     opa_policy: RegoText | msgspec.UnsetType = msgspec.UNSET
-    performance_tier: PerformanceTier | msgspec.UnsetType = msgspec.UNSET
+    performance_tier: Tier | msgspec.UnsetType = msgspec.UNSET
     groq_model_config: GroqModelConfig | msgspec.UnsetType | None = msgspec.UNSET
     constitutional_principles: list[Principle] | msgspec.UnsetType = msgspec.UNSET
     priority: int | msgspec.UnsetType = msgspec.UNSET
@@ -72,7 +69,7 @@ class PolicyRecord(msgspec.Struct, kw_only=True):
     name: str
     policy_type: PolicyType
     opa_policy: str
-    performance_tier: PerformanceTier
+    performance_tier: Tier
     constitutional_hash: str = CONSTITUTIONAL_HASH
     groq_model_config: GroqModelConfig | None = None
     constitutional_principles: list[str] = []
@@ -140,6 +137,4 @@ _ERROR_TEXT = {
 
 def error_responses(*codes: int) -> dict[int, Any]:
     """`responses=` for a route: the product's `{"error": {...}}` body for each status code."""
-    from litestar.openapi import ResponseSpec
-
     return {c: ResponseSpec(data_container=ErrorBody, description=_ERROR_TEXT[c], generate_examples=False) for c in codes}

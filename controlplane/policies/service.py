@@ -3,6 +3,10 @@
 Every write is serialized per replica (one asyncio lock) and goes compile -> store -> activate, so
 Rego that does not compile is never stored, and the bundle never lags behind this replica's writes.
 Other replicas see the write through their KV watch and `reconcile` to the same set of policies.
+
+Started with the app: `start` opens the store (its first view of the KV bucket) and, when stored
+policies are active, makes the active bundle match them; `on_published` is then called whenever a
+new revision is active (the evaluator follows it).
 """
 
 from __future__ import annotations
@@ -11,16 +15,16 @@ import asyncio
 import hashlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import anyio
 import msgspec
 
-from bridge.kernel.errors import GroqPolicyError
+from bridge.kernel.errors import Conflict, GroqPolicyError, NotFound
 from bridge.kernel.vocabulary import check_hash
-from controlplane.bundles.compiler import CompiledBundle
+from controlplane.bundles.compiler import BundleDefinition, CompiledBundle
 from controlplane.policies import rego
 from controlplane.policies.bundler import PolicyBundler, measure
 from controlplane.policies.schemas import (
@@ -35,12 +39,12 @@ from controlplane.policies.store import PolicyStore
 log = logging.getLogger(__name__)
 
 
-class PolicyNotFound(GroqPolicyError):
-    status = 404
+class PolicyNotFound(NotFound):
+    pass
 
 
-class PolicyInactive(GroqPolicyError):
-    status = 409
+class PolicyInactive(Conflict):
+    pass
 
 
 def bundle_artifact(revision: str, target: str) -> str:
@@ -58,14 +62,39 @@ def _module(record: PolicyRecord) -> str:
 
 
 class PolicyService:
-    def __init__(self, store: PolicyStore, bundler: PolicyBundler, on_published: Callable[[], None]) -> None:
+    def __init__(self, store: PolicyStore, bundler: PolicyBundler, on_published: Callable[[], object]) -> None:
         self.store, self.bundler = store, bundler
         self.on_published = on_published  # called (in a thread) after a new revision is active
         self.lock = asyncio.Lock()
         self._modules: dict[tuple[uuid.UUID, int], str] = {}
         self.reconcile_errors: list[str] = []
+        self.start_errors: list[str] = []
         self._active: list[PolicyRecord] = []
         self._active_of: list[PolicyRecord] | None = None  # the store's records list `_active` was taken from
+        store.on_change = self._on_change  # another replica's write, seen through the KV watch
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.store.open()
+        if self.active_records():
+            try:
+                await self.reconcile()
+            except GroqPolicyError as exc:  # the previous revision keeps serving; reported by /health
+                self.start_errors.append(f"stored policies: {exc}")
+
+    async def stop(self) -> None:
+        await self.store.close()
+
+    async def _on_change(self) -> None:
+        try:
+            await self.reconcile()
+        except GroqPolicyError:
+            pass  # recorded in reconcile_errors; the previous revision keeps serving
+
+    def publish_library(self, definitions: Sequence[BundleDefinition], force: bool = False) -> list[str]:
+        """Compile and activate the bundle definitions whose sources changed; the stored policies
+        ship inside the library bundle (controlplane.policies.bundler). Blocking: run in a thread."""
+        return self.bundler.publish_definitions(definitions, self.active_modules(), force=force)
 
     # -- the active set ------------------------------------------------------------------------
     def module_of(self, record: PolicyRecord) -> str:
@@ -100,9 +129,9 @@ class PolicyService:
         # the signed archives of the revision a write produced, kept next to the policies (the
         # replicas build their own, signed with their own key; these are the record of what was served)
         for target in ("rego", "wasm"):
-            active = self.bundler.publisher.store.get(compiled.name, target)
-            if active is not None and active[0].revision == revision:
-                await self.store.put_artifact(bundle_artifact(revision, target), active[1])
+            archive = self.bundler.active_archive(revision, target)
+            if archive is not None:
+                await self.store.put_artifact(bundle_artifact(revision, target), archive)
         return revision
 
     async def reconcile(self, force: bool = False) -> str:
@@ -181,6 +210,11 @@ class PolicyService:
     async def get(self, rule_id: uuid.UUID) -> PolicyRecord:
         return (await self._get(rule_id))[0]
 
+    async def history(self, rule_id: uuid.UUID) -> list[PolicyRecord]:
+        """Every stored version of a policy, oldest first (PolicyNotFound when it has none now)."""
+        await self._get(rule_id)
+        return await self.store.history(rule_id)
+
     def list(self, policy_type: str | None = None, performance_tier: str | None = None, is_active: bool | None = None) -> list[PolicyRecord]:
         out = [r for r in self.store.records()
                if (policy_type is None or r.policy_type == policy_type)
@@ -191,7 +225,7 @@ class PolicyService:
     # -- compile ------------------------------------------------------------------------------------
     async def compile(self, rule_id: uuid.UUID, input: Any = None, samples: int = 200) -> CompileReport:
         """Standalone compile of one policy (library + it), measured by evaluating the module."""
-        record, last = await self._get(rule_id)
+        record, _ = await self._get(rule_id)
         entry = rego.wasm_entrypoint(rule_id)
         modules = {str(rule_id): self.module_of(record)}
         compiled = await self._compile(modules, rule_id)

@@ -1,13 +1,20 @@
 """Policies in JetStream: a KV bucket (one key per policy, history = versions) and an object store
 for compiled artifacts. Every replica keeps an in-memory view fed by a KV watch, so several control
-planes on one NATS share one state; `on_change` tells the owner when the view moved."""
+planes on one NATS share one state; `on_change` tells the owner when the view moved.
+
+The store is built before the NATS connection exists: it gets a way to the JetStream context
+(`jetstream()`) and takes it when opened. Until then it holds no records, and a call that needs
+JetStream is refused as unavailable (503).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
 
 import msgspec
 import nats.errors
@@ -22,8 +29,9 @@ from nats.js.errors import (
     NotFoundError,
 )
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from nats.js.object_store import ObjectStore
 
-from bridge.kernel.errors import GroqPolicyError
+from bridge.kernel.errors import Conflict, GroqPolicyError, Unavailable
 from controlplane.policies.schemas import PolicyRecord
 
 log = logging.getLogger(__name__)
@@ -35,20 +43,19 @@ PREFIX = "policy."
 
 _decode = msgspec.json.Decoder(PolicyRecord).decode
 _encode = msgspec.json.Encoder().encode
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
-class StoreUnavailable(GroqPolicyError):
+class StoreUnavailable(Unavailable):
     """JetStream did not answer (NATS down, no quorum): nothing was written."""
 
-    status = 503
 
-
-def _unavailable(fn):
+def _unavailable(fn: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitable[_R]]:
     """NATS/JetStream failures of a store call become StoreUnavailable (503) naming the call."""
-    import functools
 
     @functools.wraps(fn)
-    async def call(*args, **kwargs):
+    async def call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             return await fn(*args, **kwargs)
         except GroqPolicyError:
@@ -59,10 +66,8 @@ def _unavailable(fn):
     return call
 
 
-class StoreConflict(GroqPolicyError):
+class StoreConflict(Conflict):
     """Someone else changed the policy between our read and our write."""
-
-    status = 409
 
 
 def key_for(rule_id: uuid.UUID) -> str:
@@ -70,41 +75,51 @@ def key_for(rule_id: uuid.UUID) -> str:
 
 
 class PolicyStore:
-    def __init__(self, js: JetStreamContext, replicas: int = 1) -> None:
-        self.js, self.replicas = js, replicas
+    def __init__(self, jetstream: Callable[[], JetStreamContext], replicas: int = 1) -> None:
+        self.jetstream, self.replicas = jetstream, replicas
         self.kv: KeyValue | None = None
-        self.obs = None
+        self.obs: ObjectStore | None = None
         # rule_id -> (record, KV revision); deleted ids keep their revision to ignore stale updates
         self.view: dict[uuid.UUID, tuple[PolicyRecord, int]] = {}
         self._records: list[PolicyRecord] | None = None  # records() until the view changes
         self._deleted: dict[uuid.UUID, int] = {}
         self._watch_task: asyncio.Task | None = None
-        self._watcher = None
+        self._watcher: KeyValue.KeyWatcher | None = None
         self.on_change: Callable[[], Awaitable[None]] | None = None
 
+    def _kv(self) -> KeyValue:
+        if self.kv is None:
+            raise StoreUnavailable("policy store (JetStream): not open (no NATS connection yet)")
+        return self.kv
+
+    def _obs(self) -> ObjectStore:
+        if self.obs is None:
+            raise StoreUnavailable("policy store (JetStream): not open (no NATS connection yet)")
+        return self.obs
+
     async def open(self) -> None:
+        js = self.jetstream()
         try:
-            self.kv = await self.js.key_value(BUCKET)
+            self.kv = await js.key_value(BUCKET)
         except BucketNotFoundError:
-            self.kv = await self.js.create_key_value(KeyValueConfig(
+            self.kv = await js.create_key_value(KeyValueConfig(
                 bucket=BUCKET, history=HISTORY, replicas=self.replicas, storage=StorageType.FILE,
                 description="groqpolicy policies (one key per policy; history = versions)",
             ))
         try:
-            self.obs = await self.js.object_store(OBJECTS)
+            self.obs = await js.object_store(OBJECTS)
         except (BucketNotFoundError, NotFoundError):
-            self.obs = await self.js.create_object_store(OBJECTS, config=ObjectStoreConfig(
+            self.obs = await js.create_object_store(OBJECTS, config=ObjectStoreConfig(
                 replicas=self.replicas, storage=StorageType.FILE, description="groqpolicy compiled policy artifacts"))
         await self._watch()
 
     async def _watch(self) -> bool:
         """(Re)start the KV watch: replay the current values (True when the view changed), then follow."""
-        assert self.kv is not None
-        self._watcher = await self.kv.watchall()
+        self._watcher = watcher = await self._kv().watchall()
         changed = False
         # the initial values end with a None marker; after that the same watcher delivers live updates
         while True:
-            entry = await self._watcher.updates(timeout=30)
+            entry = await watcher.updates(timeout=30)
             if entry is None:
                 break
             changed = self._apply(entry) or changed
@@ -146,8 +161,10 @@ class PolicyStore:
         self._watch_task = self._watcher = None
 
     async def _follow(self) -> None:
-        assert self._watcher is not None
-        async for entry in self._watcher:
+        watcher = self._watcher
+        if watcher is None:
+            return
+        async for entry in watcher:
             if entry is None:
                 continue
             try:
@@ -181,17 +198,15 @@ class PolicyStore:
     # -- writes (each also updates the local view at once: read-your-writes on this replica) ----
     @_unavailable
     async def create(self, record: PolicyRecord) -> int:
-        assert self.kv is not None
-        revision = await self.kv.create(key_for(record.rule_id), _encode(record))
+        revision = await self._kv().create(key_for(record.rule_id), _encode(record))
         self.view[record.rule_id] = (record, revision)
         self._records = None
         return revision
 
     @_unavailable
     async def update(self, record: PolicyRecord, last: int) -> int:
-        assert self.kv is not None
         try:
-            revision = await self.kv.update(key_for(record.rule_id), _encode(record), last=last)
+            revision = await self._kv().update(key_for(record.rule_id), _encode(record), last=last)
         except KeyWrongLastSequenceError:
             raise StoreConflict(f"policy {record.rule_id}: changed concurrently (expected KV revision {last}); retry") from None
         self.view[record.rule_id] = (record, revision)
@@ -200,9 +215,8 @@ class PolicyStore:
 
     @_unavailable
     async def delete(self, rule_id: uuid.UUID, last: int) -> None:
-        assert self.kv is not None
         try:
-            revision = await self.kv.delete(key_for(rule_id), last=last)
+            revision = await self._kv().delete(key_for(rule_id), last=last)
         except (KeyWrongLastSequenceError, APIError) as exc:
             if not isinstance(exc, KeyWrongLastSequenceError) and getattr(exc, "err_code", 0) != 10071:
                 raise
@@ -216,12 +230,11 @@ class PolicyStore:
     @_unavailable
     async def get(self, rule_id: uuid.UUID) -> tuple[PolicyRecord, int] | None:
         """The latest stored version, read from the KV (not the view): fresh across replicas."""
-        assert self.kv is not None
         try:
-            entry = await self.kv.get(key_for(rule_id))
+            entry = await self._kv().get(key_for(rule_id))
         except (KeyNotFoundError, KeyDeletedError):
             return None
-        if entry.value is None:
+        if entry.value is None or entry.revision is None:
             return None
         # not applied to the view: the watch must still see this revision as new, so that this
         # replica rebuilds its bundle for it (a GET racing ahead of the watch must not swallow it)
@@ -229,9 +242,8 @@ class PolicyStore:
 
     @_unavailable
     async def history(self, rule_id: uuid.UUID) -> list[PolicyRecord]:
-        assert self.kv is not None
         try:
-            entries = await self.kv.history(key_for(rule_id))
+            entries = await self._kv().history(key_for(rule_id))
         except NotFoundError:
             return []
         return [_decode(e.value) for e in entries if e.value and e.operation not in (KV_DEL, KV_PURGE)]
@@ -245,13 +257,11 @@ class PolicyStore:
     # -- artifacts -------------------------------------------------------------------------
     @_unavailable
     async def put_artifact(self, name: str, data: bytes) -> None:
-        assert self.obs is not None
-        await self.obs.put(name, data)
+        await self._obs().put(name, data)
 
     @_unavailable
     async def get_artifact(self, name: str) -> bytes | None:
-        assert self.obs is not None
         try:
-            return (await self.obs.get(name)).data
+            return (await self._obs().get(name)).data
         except NotFoundError:
             return None

@@ -1,0 +1,60 @@
+"""The composition root: every collaborator is in place when `Services.build` returns (nothing is
+attached at start), and the one lifecycle starts in order, stops in reverse, and undoes a start
+that fails half-way."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from controlplane.audit.wiring import EscalationPublisher
+from controlplane.services import Lifecycle, Services, Step
+from tests.controlplane_helpers import make_settings
+
+
+def test_the_pipeline_is_complete_when_built(tmp_path):
+    services = Services.build(make_settings(tmp_path / "state", nats_url="nats://127.0.0.1:1"))
+    pipeline = services.runtime.pipeline
+    assert pipeline.recorder is services.recorder
+    assert isinstance(pipeline.escalate, EscalationPublisher)
+    assert pipeline.models.ask_model == services.runtime.models.request
+    assert pipeline.evaluator is services.runtime.evaluator and services.runtime.evaluator.host.infer_transport is not None
+    names = [name for name, _ in services.components()]
+    assert names.index("NATS connection") < names.index("audit trail") < names.index("policy.evaluate")
+    assert names.index("evaluator follower") < names.index("policy.evaluate")
+
+
+class Recording:
+    def __init__(self, name: str, log: list[str], fail_start: bool = False, fail_stop: bool = False) -> None:
+        self.name, self.log, self.fail_start, self.fail_stop = name, log, fail_start, fail_stop
+
+    async def start(self) -> None:
+        self.log.append(f"start {self.name}")
+        if self.fail_start:
+            raise RuntimeError(f"{self.name} cannot start")
+
+    async def stop(self) -> None:
+        self.log.append(f"stop {self.name}")
+        if self.fail_stop:
+            raise RuntimeError(f"{self.name} cannot stop")
+
+
+def test_components_start_in_order_and_stop_in_reverse_even_when_one_stop_fails():
+    log: list[str] = []
+    lifecycle = Lifecycle([("a", Recording("a", log)), ("b", Recording("b", log, fail_stop=True)),
+                           ("c", Step(lambda: asyncio.sleep(0)))])
+    asyncio.run(lifecycle.start())
+    asyncio.run(lifecycle.stop())
+    assert log == ["start a", "start b", "stop b", "stop a"]
+    asyncio.run(lifecycle.stop())  # stopping twice stops nothing twice
+    assert log == ["start a", "start b", "stop b", "stop a"]
+
+
+def test_a_start_that_fails_stops_what_was_started_and_fails():
+    log: list[str] = []
+    lifecycle = Lifecycle([("a", Recording("a", log)), ("b", Recording("b", log)), ("c", Recording("c", log, fail_start=True)),
+                           ("d", Recording("d", log))])
+    with pytest.raises(RuntimeError, match="c cannot start"):
+        asyncio.run(lifecycle.start())
+    assert log == ["start a", "start b", "start c", "stop b", "stop a"]
