@@ -13,7 +13,7 @@ import pytest
 from bridge.emulator import ModelBehaviour
 from bridge.inference.wire import BUDGET_HEADER
 from bridge.kernel.vocabulary import TIERS
-from tests.bridge_helpers import Emu, emu, gateway_on, post, worker_on  # noqa: F401 - fixture
+from tests.bridge_helpers import Emu, emu, fast_settings, gateway_on, post, worker_on  # noqa: F401 - fixture
 
 FAST = "openai/gpt-oss-20b"
 
@@ -198,7 +198,8 @@ async def test_unusable_model_output_reaches_the_caller_as_uncacheable_review(na
 
 async def test_overloaded_worker_answers_503_at_once(nats_url, emu: Emu):
     emu.app.config.default = ModelBehaviour(latency_ms=300)
-    async with worker_on(nats_url, emu, max_inflight=2) as w, gateway_on(nats_url) as gw, httpx.AsyncClient() as c:
+    async with worker_on(nats_url, emu, fast_settings(max_inflight=2)) as w, gateway_on(nats_url) as gw, \
+            httpx.AsyncClient() as c:
         t0 = time.perf_counter()
         rs = await asyncio.gather(*(post(c, gw.url, "fast", {"question": f"busy {i}"}) for i in range(5)))
         statuses = sorted(r.status_code for r in rs)
