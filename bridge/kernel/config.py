@@ -60,7 +60,7 @@ class _Section(msgspec.Struct, kw_only=True):
     ENV: ClassVar[dict[str, tuple[str, Conv]]] = {}
 
     @classmethod
-    def from_env(cls: type[_S], env: Mapping[str, str] | None = None, **overrides: Any) -> _S:
+    def from_env(cls: type[_S], env: Mapping[str, str] | None = None, /, **overrides: Any) -> _S:
         source = os.environ if env is None else env
         values: dict[str, Any] = {}
         for var, (field, conv) in cls.ENV.items():
