@@ -206,3 +206,22 @@ async def test_overloaded_worker_answers_503_at_once(nats_url, emu: Emu):
         assert statuses == [200, 200, 503, 503, 503] and w.rejected == 3
         rejected = next(r for r in rs if r.status_code == 503)
         assert rejected.json()["error"]["code"] == "overloaded" and time.perf_counter() - t0 < 1.0
+
+
+async def test_gateway_answers_every_refusal_with_the_error_body(nats_url):
+    async with gateway_on(nats_url) as gw, httpx.AsyncClient() as c:
+        r = await c.get(f"{gw.url}/v1/infer/fast")
+        assert (r.status_code, r.headers["allow"], r.headers["cache-control"]) == (405, "POST", "no-store")
+        assert r.json() == {"error": {"type": "invalid_request_error", "code": "method_not_allowed",
+                                      "message": "GET /v1/infer/fast: method not allowed (want POST)"}}
+        r = await c.post(f"{gw.url}/v2/infer/fast", json={"question": "q"})
+        assert r.status_code == 404 and r.json()["error"] == {"type": "invalid_request_error", "code": "not_found",
+                                                               "message": "POST /v2/infer/fast: not found"}
+
+        async def broken(tier: str, body: bytes):
+            raise RuntimeError("a bug")
+
+        gw.server.config.app.client.request = broken  # a fault in the request path
+        r = await post(c, gw.url, "fast", {"question": "q"})
+        assert r.status_code == 500 and r.headers["cache-control"] == "no-store"
+        assert r.json()["error"] == {"type": "internal_error", "code": "internal_error", "message": "gateway error: RuntimeError"}

@@ -123,5 +123,5 @@ class KVCache:
     async def put(self, key: str, reply: InferReply, ttl_s: float) -> None:
         try:
             await self.kv.put(key, self._enc.encode(L2Entry(expires_at=time.time() + ttl_s, reply=reply)))
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - L2 is an optimisation: a lost write is a later miss
             self.errors += 1

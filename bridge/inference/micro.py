@@ -35,9 +35,14 @@ async def respond_error(request: Request, exc: GroqPolicyError) -> None:
 
 
 class TaskService:
-    """A nats.micro service (`config`, `endpoints`) plus the tasks its handlers spawned."""
+    """A nats.micro service (`config`, `endpoints`) plus the tasks its handlers spawned.
 
-    def __init__(self, nc: NatsClient, config: ServiceConfig, endpoints: Sequence[EndpointConfig]) -> None:
+        svc = TaskService(nc, ServiceConfig(name=..., version=..., queue_group=...))
+        svc.add(EndpointConfig(name="evaluate", subject="policy.evaluate", handler=svc.detached(serve)))
+        await svc.start()
+    """
+
+    def __init__(self, nc: NatsClient, config: ServiceConfig, endpoints: Sequence[EndpointConfig] = ()) -> None:
         self.nc = nc
         self.config = config
         self.endpoints = list(endpoints)
@@ -48,6 +53,10 @@ class TaskService:
     def in_progress(self) -> int:
         """Spawned answers not finished yet."""
         return len(self._tasks)
+
+    def add(self, endpoint: EndpointConfig) -> None:
+        """An endpoint to open at `start`."""
+        self.endpoints.append(endpoint)
 
     async def start(self) -> TaskService:
         self.service = await add_service(self.nc, self.config)
