@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jinja2
 import msgspec
-from groq.types.chat import ChatCompletionMessageParam
 
 from bridge.inference.wire import InferRequest
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
+
+if TYPE_CHECKING:  # the groq SDK is a heavy import, and the gateway and control plane never call it
+    from groq.types.chat import ChatCompletionMessageParam
 
 TEMPLATE_DIR = Path(__file__).with_name("templates")
 TEMPLATE_VERSION = "1"
