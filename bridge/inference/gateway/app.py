@@ -84,8 +84,12 @@ class Gateway:
                 return
 
     async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path = scope["path"]
         try:
-            status, body, headers = await self._route(scope, receive)
+            if scope["method"] == "POST" and path.startswith(PREFIX):  # the hot path, first and flat
+                status, body, headers = await self._infer(path[len(PREFIX):], scope, receive)
+            else:
+                status, body, headers = self._route(scope)
         except GroqPolicyError as exc:
             status, body, headers = _refusal(exc)
         except Exception as exc:  # a bug still answers with an error body (fail closed), and is logged
@@ -93,12 +97,11 @@ class Gateway:
             status, body, headers = _refusal(InternalError(f"gateway error: {type(exc).__name__}"))
         await _send(send, status, body, headers)
 
-    async def _route(self, scope: dict[str, Any], receive: Any) -> Response:
+    def _route(self, scope: dict[str, Any]) -> Response:
+        """Everything but `POST /v1/infer/{tier}`."""
         path, method = scope["path"], scope["method"]
         if path.startswith(PREFIX):
-            if method != "POST":
-                raise MethodNotAllowed(f"{method} {path}: method not allowed (want POST)")
-            return await self._infer(path[len(PREFIX):], scope, receive)
+            raise MethodNotAllowed(f"{method} {path}: method not allowed (want POST)")
         if method == "GET":
             if path == "/health":
                 ok = self.nc is not None and self.nc.is_connected
