@@ -11,10 +11,12 @@ from pathlib import Path
 
 import groq
 import httpx
+import msgspec
 import nats
 import pytest
 
 from bridge.emulator import EmulatorConfig, GroqEmulator, create_app
+from bridge.inference.catalog import default_catalog
 from bridge.inference.gateway import create_app as create_gateway
 from bridge.inference.serving import ThreadServer
 from bridge.inference.worker import EngineSettings, GroqConnection, InferenceEngine, start_worker, stop_worker
@@ -68,8 +70,6 @@ def fast_settings(**kw) -> EngineSettings:
 
 
 def engine_for(emu: Emu, **kw) -> InferenceEngine:
-    from bridge.inference.catalog import default_catalog
-
     return InferenceEngine(emu.client(), default_catalog(), emulated=True, settings=fast_settings(**kw))
 
 
@@ -106,8 +106,6 @@ def spawn_worker(nats_url: str, emulator_url: str, log_path: Path, **env_extra: 
 
 async def wait_for_workers(nats_url: str, count: int, timeout: float = 20.0) -> list[dict]:
     """Poll $SRV.PING.groqpolicy-inference until `count` workers answer."""
-    import msgspec
-
     nc = await nats.connect(nats_url)
     try:
         deadline = time.monotonic() + timeout

@@ -13,7 +13,7 @@ import pytest
 from bridge.emulator import ModelBehaviour
 from bridge.inference.wire import BUDGET_HEADER
 from bridge.kernel.vocabulary import TIERS
-from tests.bridge_helpers import Emu, emu, gateway_on, post, worker_on  # noqa: F401 - fixture
+from tests.bridge_helpers import Emu, emu, fast_settings, gateway_on, post, worker_on  # noqa: F401 - fixture
 
 FAST = "openai/gpt-oss-20b"
 
@@ -198,10 +198,30 @@ async def test_unusable_model_output_reaches_the_caller_as_uncacheable_review(na
 
 async def test_overloaded_worker_answers_503_at_once(nats_url, emu: Emu):
     emu.app.config.default = ModelBehaviour(latency_ms=300)
-    async with worker_on(nats_url, emu, max_inflight=2) as w, gateway_on(nats_url) as gw, httpx.AsyncClient() as c:
+    async with worker_on(nats_url, emu, fast_settings(max_inflight=2)) as w, gateway_on(nats_url) as gw, \
+            httpx.AsyncClient() as c:
         t0 = time.perf_counter()
         rs = await asyncio.gather(*(post(c, gw.url, "fast", {"question": f"busy {i}"}) for i in range(5)))
         statuses = sorted(r.status_code for r in rs)
         assert statuses == [200, 200, 503, 503, 503] and w.rejected == 3
         rejected = next(r for r in rs if r.status_code == 503)
         assert rejected.json()["error"]["code"] == "overloaded" and time.perf_counter() - t0 < 1.0
+
+
+async def test_gateway_answers_every_refusal_with_the_error_body(nats_url):
+    async with gateway_on(nats_url) as gw, httpx.AsyncClient() as c:
+        r = await c.get(f"{gw.url}/v1/infer/fast")
+        assert (r.status_code, r.headers["allow"], r.headers["cache-control"]) == (405, "POST", "no-store")
+        assert r.json() == {"error": {"type": "invalid_request_error", "code": "method_not_allowed",
+                                      "message": "GET /v1/infer/fast: method not allowed (want POST)"}}
+        r = await c.post(f"{gw.url}/v2/infer/fast", json={"question": "q"})
+        assert r.status_code == 404 and r.json()["error"] == {"type": "invalid_request_error", "code": "not_found",
+                                                               "message": "POST /v2/infer/fast: not found"}
+
+        async def broken(tier: str, body: bytes):
+            raise RuntimeError("a bug")
+
+        gw.server.config.app.client.request = broken  # a fault in the request path
+        r = await post(c, gw.url, "fast", {"question": "q"})
+        assert r.status_code == 500 and r.headers["cache-control"] == "no-store"
+        assert r.json()["error"] == {"type": "internal_error", "code": "internal_error", "message": "gateway error: RuntimeError"}

@@ -30,6 +30,7 @@ from bridge.kernel.vocabulary import MIN_MODEL_CONFIDENCE
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+DEFAULT_DEADLINE_MS = 5_000  # a model call's deadline when its request names none (gateway, worker, client)
 AUDIT_DURABILITIES = ("spool", "ack")
 
 _S = TypeVar("_S", bound="_Section")
@@ -42,7 +43,9 @@ def audit_durability(value: str) -> str:
     return value
 
 
-_durability = audit_durability  # a section's field of the same name shadows the function in its body
+# `Settings` has a field named `audit_durability`: inside its class body that name is the field's
+# default (a str), not this function, so the variable table refers to the function by this name.
+_parse_audit_durability = audit_durability
 
 
 def environment() -> dict[str, str]:
@@ -57,7 +60,7 @@ class _Section(msgspec.Struct, kw_only=True):
     ENV: ClassVar[dict[str, tuple[str, Conv]]] = {}
 
     @classmethod
-    def from_env(cls: type[_S], env: Mapping[str, str] | None = None, **overrides: Any) -> _S:
+    def from_env(cls: type[_S], env: Mapping[str, str] | None = None, /, **overrides: Any) -> _S:
         source = os.environ if env is None else env
         values: dict[str, Any] = {}
         for var, (field, conv) in cls.ENV.items():
@@ -126,7 +129,7 @@ class Settings(_Section, kw_only=True):
         "GROQPOLICY_NATS_REPLICAS": ("nats_replicas", int),
         "GROQPOLICY_OPA_URL": ("opa_url", str),
         "GROQPOLICY_AGENT_PORT": ("agent_port", int),
-        "GROQPOLICY_AUDIT_DURABILITY": ("audit_durability", _durability),
+        "GROQPOLICY_AUDIT_DURABILITY": ("audit_durability", _parse_audit_durability),
         "GROQPOLICY_AUDIT_MAX_BACKLOG": ("audit_max_backlog", int),
         "GROQPOLICY_GATEWAY_CACHE_SIZE": ("gateway_cache_size", int),
         "GROQ_API_KEY": ("groq_api_key_set", bool),
@@ -166,7 +169,7 @@ class GatewaySettings(_Section, kw_only=True):
     host: str = "127.0.0.1"
     port: int = 8016
     nats_url: str = DEFAULT_NATS_URL
-    deadline_ms: int = 5_000  # a model call's deadline when the request carries none
+    deadline_ms: int = DEFAULT_DEADLINE_MS
     cache_size: int = 10_000  # judgments kept for their max-age; 0 disables
 
     ENV: ClassVar[dict[str, tuple[str, Conv]]] = {
@@ -296,7 +299,7 @@ def variables() -> set[str]:
 
 
 __all__ = [
-    "AUDIT_DURABILITIES", "DEFAULT_NATS_URL", "PROJECT_ROOT", "SECTIONS", "ClientSettings", "ConfigError",
+    "AUDIT_DURABILITIES", "DEFAULT_DEADLINE_MS", "DEFAULT_NATS_URL", "PROJECT_ROOT", "SECTIONS", "ClientSettings", "ConfigError",
     "EngineSettings", "GatewaySettings", "GroqSettings", "Settings", "SigningSettings", "SupervisorSettings",
     "ToolchainSettings", "audit_durability", "environment", "variables",
 ]
