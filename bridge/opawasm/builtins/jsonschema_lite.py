@@ -139,7 +139,7 @@ def validate(doc: Any, schema: Any, field: str = "(Root)") -> list[dict[str, str
             for i, x in enumerate(doc):
                 errs += validate(x, items, str(i) if field == "(Root)" else f"{field}.{i}")
         elif isinstance(items, list):
-            for i, (x, sub) in enumerate(zip(doc, items)):
+            for i, (x, sub) in enumerate(zip(doc, items, strict=False)):
                 errs += validate(x, sub, str(i) if field == "(Root)" else f"{field}.{i}")
         if "minItems" in schema and len(doc) < schema["minItems"]:
             errs.append(_err(field, "array_min_items", f"Array must have at least {schema['minItems']} items"))

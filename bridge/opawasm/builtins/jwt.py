@@ -10,8 +10,8 @@ from typing import Any
 
 import msgspec
 
-from bridge.opawasm.builtins import EvalContext, builtin
-from bridge.opawasm.builtins.strings import need_str, type_name
+from bridge.opawasm.builtins.operands import need_str, type_name
+from bridge.opawasm.builtins.registry import EvalContext, builtin
 from bridge.opawasm.errors import BuiltinError
 from bridge.opawasm.values import to_json
 

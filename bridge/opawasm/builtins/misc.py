@@ -10,8 +10,8 @@ import uuid as _uuid
 from fractions import Fraction
 from typing import Any
 
-from bridge.opawasm.builtins import EvalContext, builtin
-from bridge.opawasm.builtins.strings import need_int, need_str, type_name
+from bridge.opawasm.builtins.operands import need_int, need_str, type_name
+from bridge.opawasm.builtins.registry import EvalContext, builtin
 from bridge.opawasm.errors import BuiltinError
 from bridge.opawasm.values import RegoSet, canonical_key, to_json
 
@@ -87,7 +87,7 @@ def object_subset(ctx: EvalContext, sup: Any, sub: Any) -> bool:
 
 # -- units ---------------------------------------------------------------------------------------
 
-_SI = {"m": Fraction(1, 1000), "": 1, "k": 10**3, "K": 10**3, "ki": 2**10, "Ki": 2**10, "M": 10**6, "mi": 2**20,
+_SI: dict[str, Fraction | int] = {"m": Fraction(1, 1000), "": 1, "k": 10**3, "K": 10**3, "ki": 2**10, "Ki": 2**10, "M": 10**6, "mi": 2**20,
        "Mi": 2**20, "g": 10**9, "G": 10**9, "gi": 2**30, "Gi": 2**30, "t": 10**12, "T": 10**12, "ti": 2**40,
        "Ti": 2**40, "p": 10**15, "P": 10**15, "pi": 2**50, "Pi": 2**50, "e": 10**18, "E": 10**18,
        "ei": 2**60, "Ei": 2**60}
@@ -244,7 +244,7 @@ def reachable_paths(ctx: EvalContext, graph: Any, initial: Any) -> RegoSet:
             paths.append(path)
             return
         for x in nxt:
-            walk(x, path + [x])
+            walk(x, [*path, x])
 
     for start in initial:
         if isinstance(start, str) and start in graph:

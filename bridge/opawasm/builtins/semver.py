@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from bridge.opawasm.builtins import EvalContext, builtin
-from bridge.opawasm.builtins.strings import need_str
+from bridge.opawasm.builtins.operands import need_str
+from bridge.opawasm.builtins.registry import EvalContext, builtin
 from bridge.opawasm.errors import BuiltinError
 
 _RX = re.compile(
@@ -34,7 +34,7 @@ def _cmp(a: int | str, b: int | str) -> int:
 
 
 def compare(a: tuple, b: tuple) -> int:
-    for x, y in zip(a[:3], b[:3]):
+    for x, y in zip(a[:3], b[:3], strict=True):
         if x != y:
             return _cmp(x, y)
     pa, pb = a[3], b[3]
@@ -44,7 +44,7 @@ def compare(a: tuple, b: tuple) -> int:
         return 1
     if not pb:
         return -1
-    for x, y in zip(pa, pb):
+    for x, y in zip(pa, pb, strict=False):
         if x == y:
             continue
         xd, yd = x.isdigit(), y.isdigit()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from bridge.opawasm.builtins import EvalContext, builtin
-from bridge.opawasm.builtins.strings import need_str
+from bridge.opawasm.builtins.operands import need_str
+from bridge.opawasm.builtins.registry import EvalContext, builtin
 from bridge.opawasm.errors import BuiltinError
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
