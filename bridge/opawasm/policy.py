@@ -12,10 +12,12 @@ import msgspec
 
 from bridge.opawasm import errors as E
 from bridge.opawasm.builtins import REGISTRY, UNDEFINED, EvalContext, provided
+from bridge.opawasm.engine import compile_policy, deadline_ticks
 from bridge.opawasm.errors import BuiltinError
+from bridge.opawasm.guestvalues import read_value
 from bridge.opawasm.host import HostConfig
 from bridge.opawasm.pool import InstancePool
-from bridge.opawasm.runtime import MIN_ABI_MINOR, Instance, compile_policy, deadline_ticks
+from bridge.opawasm.runtime import Instance
 from bridge.opawasm.values import decode_value, to_json
 
 _encode = msgspec.json.encode
@@ -60,7 +62,7 @@ class WasmPolicy:
         else:
             self._data = _encode(data)
         self.module = compile_policy(wasm)
-        first = self._new_instance(check=True)
+        first = self._new_instance()
         self.abi = first.abi
         self.builtin_ids: dict[str, int] = first.dump_json(first.call("builtins"))
         missing = [n for n in self.builtin_ids if n not in provided()]
@@ -86,19 +88,8 @@ class WasmPolicy:
 
     # -- instances --------------------------------------------------------------------------
 
-    def _new_instance(self, check: bool = False) -> Instance:
-        inst = Instance(self.module, memory_limit=self.memory_limit, dispatch=self._dispatch, on_print=self.host.print_line)
-        inst.ctx = None  # type: ignore[attr-defined]
-        inst.start_ns = 0  # type: ignore[attr-defined]
-        inst.deadline = 0.0  # type: ignore[attr-defined]
-        if check:
-            major, minor = inst.abi
-            if major != 1 or minor < MIN_ABI_MINOR or "opa_eval" not in inst._exports:
-                raise E.UnsupportedABIError(
-                    f"policy.wasm: unsupported OPA wasm ABI {major}.{minor} (want 1.{MIN_ABI_MINOR} or later "
-                    f"with the opa_eval export); rebuild it with a current `opa build -t wasm`"
-                )
-        return inst
+    def _new_instance(self) -> Instance:
+        return Instance(self.module, memory_limit=self.memory_limit, dispatch=self._dispatch, on_print=self.host.print_line)
 
     def _new_ready_instance(self) -> Instance:
         inst = self._new_instance()
@@ -107,11 +98,11 @@ class WasmPolicy:
 
     def _dispatch(self, inst: Instance, builtin_id: int, arg_addrs: tuple[int, ...]) -> int:
         name, fn = self._table[builtin_id]
-        ctx = inst.ctx  # type: ignore[attr-defined]
+        ctx = inst.ctx
         if ctx is None:
-            ctx = inst.ctx = EvalContext(now_ns=inst.start_ns, deadline=inst.deadline, host=self.host)  # type: ignore[attr-defined]
+            ctx = inst.ctx = EvalContext(now_ns=inst.start_ns, deadline=inst.deadline, host=self.host)
         ctx.check_deadline()
-        args = [inst.read_value(a) for a in arg_addrs]
+        args = [read_value(inst, a) for a in arg_addrs]
         try:
             out = fn(ctx, *args)
         except (E.WasmError, E.HaltError):
@@ -157,9 +148,9 @@ class WasmPolicy:
         if inst is None:
             inst = self.pool.acquire()
         try:
-            inst.ctx = None  # type: ignore[attr-defined]
-            inst.start_ns = _time_ns()  # type: ignore[attr-defined]
-            inst.deadline = _monotonic() + t  # type: ignore[attr-defined]
+            inst.ctx = None
+            inst.start_ns = _time_ns()
+            inst.deadline = _monotonic() + t
             return inst.evaluate_raw(ep, input_json, ticks)
         finally:
             self.pool.release(inst)
