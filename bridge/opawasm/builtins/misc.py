@@ -13,7 +13,7 @@ from typing import Any
 from bridge.opawasm.builtins.operands import need_int, need_str, type_name
 from bridge.opawasm.builtins.registry import EvalContext, builtin
 from bridge.opawasm.errors import BuiltinError
-from bridge.opawasm.values import RegoSet, canonical_key, to_json
+from bridge.opawasm.values import UNDEFINED, RegoSet, canonical_key, to_json
 
 
 def _eq(a: Any, b: Any) -> bool:
@@ -164,8 +164,6 @@ def uuid_rfc4122(ctx: EvalContext, key: Any) -> str:
 
 @builtin("uuid.parse")
 def uuid_parse(ctx: EvalContext, s: Any) -> Any:
-    from bridge.opawasm.builtins import UNDEFINED
-
     s = need_str(s, 1)
     try:
         u = _uuid.UUID(s)
