@@ -9,15 +9,13 @@ reading outside linear memory. A type the reader does not know goes through `opa
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
 from bridge.opawasm.errors import WasmTrap
+from bridge.opawasm.runtime import Instance
 from bridge.opawasm.values import RegoSet
-
-if TYPE_CHECKING:
-    from bridge.opawasm.runtime import Instance
 
 _unpack_u32x2 = struct.Struct("<II").unpack_from
 _unpack_u32x3 = struct.Struct("<III").unpack_from

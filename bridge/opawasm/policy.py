@@ -93,7 +93,9 @@ class WasmPolicy:
     # -- instances --------------------------------------------------------------------------
 
     def _new_instance(self) -> Instance:
-        return Instance(self.module, memory_limit=self.memory_limit, dispatch=self._dispatch, on_print=self.host.print_line)
+        return Instance(
+            self.module, memory_limit=self.memory_limit, dispatch=self._dispatch, on_print=self.host.print_line
+        )
 
     def _new_ready_instance(self) -> Instance:
         inst = self._new_instance()

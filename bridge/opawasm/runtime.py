@@ -44,7 +44,7 @@ from bridge.opawasm.errors import (
 )
 from bridge.opawasm.values import decode_value, encode_value
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # for the annotation only: an instance holds the context, the builtins use it
     from bridge.opawasm.builtins.registry import EvalContext
 
 LOAD_DEADLINE_S = 30.0
@@ -121,7 +121,9 @@ class Instance:
         # A view over the whole memory cap: the engine reserves it up front and memory never moves
         # (memory_may_move=False), so addresses stay valid; reads are bounds-checked against mem_size.
         self.view = memoryview((ctypes.c_ubyte * max(memory_limit, self.mem_size)).from_address(self.base)).cast("B")
-        self._exports = {name: Export(f, n) for name, n in _EXPORTS if isinstance(f := exports.get(name), wasmtime.Func)}
+        self._exports = {
+            name: Export(f, n) for name, n in _EXPORTS if isinstance(f := exports.get(name), wasmtime.Func)
+        }
         self.abi = self._abi_version(exports)
         eval_export = self._require_eval()
         self._eval_ref, self._eval_pack = eval_export.ref, packer(7)

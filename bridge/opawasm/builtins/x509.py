@@ -182,7 +182,7 @@ def parse_certificate_request(ctx: EvalContext, s: Any) -> dict[str, Any]:
 @builtin("crypto.x509.parse_keypair")
 def parse_keypair(ctx: EvalContext, cert: Any, key: Any) -> dict[str, Any]:
     """Go's tls.X509KeyPair as topdown returns it: DER chain, private key, parsed leaf."""
-    def pem_orb64(v: Any, pos: int) -> bytes:
+    def pem_or_b64(v: Any, pos: int) -> bytes:
         text = need_str(v, pos)
         if text.startswith("-----BEGIN"):
             return text.encode()
@@ -191,9 +191,13 @@ def parse_keypair(ctx: EvalContext, cert: Any, key: Any) -> dict[str, Any]:
         except ValueError:
             raise BuiltinError("illegal base64 data") from None
 
-    cert_data, key_data = pem_orb64(cert, 1), pem_orb64(key, 1)
+    # topdown reports a bad key as operand 1 too
+    cert_data, key_data = pem_or_b64(cert, 1), pem_or_b64(key, 1)
     try:
-        certs = x509.load_pem_x509_certificates(cert_data) if cert_data.startswith(b"-----BEGIN") else [x509.load_der_x509_certificate(cert_data)]
+        if cert_data.startswith(b"-----BEGIN"):
+            certs = x509.load_pem_x509_certificates(cert_data)
+        else:
+            certs = [x509.load_der_x509_certificate(cert_data)]
         if key_data.startswith(b"-----BEGIN"):
             pkey = load_pem_private_key(key_data, None)
         else:
