@@ -81,7 +81,7 @@ def _public_keys(material: str) -> list[Any]:
             if "keys" in doc:
                 return [k.key for k in PyJWKSet.from_dict(doc).keys]
             return [PyJWK.from_dict(doc).key]
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - PyJWT raises many kinds for a bad key: all are bad input
             raise BuiltinError(f"failed to parse a JWK key (set): {exc}") from None
     data = m.encode()
     try:
@@ -203,7 +203,7 @@ def _sign(alg: str, signing_input: bytes, jwk: dict[str, Any]) -> bytes:
         return a.sign(signing_input, _b64url(k))
     try:
         key = PyJWK.from_dict(jwk, algorithm=alg).key
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - PyJWT raises many kinds for a bad key: all are bad input
         raise BuiltinError(f"invalid JWK: {exc}") from None
     return a.sign(signing_input, key)
 

@@ -32,7 +32,11 @@ def _contains(a: str, b: str) -> bool:
         nb = _net(b)
     except BuiltinError:
         raise BuiltinError(f"not a valid textual representation of an IP address or CIDR: {b}") from None
-    return nb.version == na.version and nb.subnet_of(na)  # type: ignore[arg-type]
+    if isinstance(na, ipaddress.IPv4Network) and isinstance(nb, ipaddress.IPv4Network):
+        return nb.subnet_of(na)
+    if isinstance(na, ipaddress.IPv6Network) and isinstance(nb, ipaddress.IPv6Network):
+        return nb.subnet_of(na)
+    return False  # IPv4 and IPv6 never contain each other
 
 
 def _operand(pos: int, v: Any) -> list[tuple[str, Any]]:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, TypeVar
 
 from bridge.opawasm.builtins.operands import need_str
 from bridge.opawasm.builtins.registry import EvalContext, builtin
 from bridge.opawasm.errors import BuiltinError
 
+_Ordered = TypeVar("_Ordered", int, str)
 _RX = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
     r"(?:-([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?"
@@ -29,8 +30,8 @@ def parse(s: str) -> tuple[int, int, int, list[str]] | None:
     return int(m.group(1)), int(m.group(2)), int(m.group(3)), pre
 
 
-def _cmp(a: int | str, b: int | str) -> int:
-    return (a > b) - (a < b)  # type: ignore[operator]
+def _cmp(a: _Ordered, b: _Ordered) -> int:
+    return (a > b) - (a < b)
 
 
 def compare(a: tuple, b: tuple) -> int:
