@@ -100,6 +100,10 @@ def test_seeds_are_private_made_once_and_the_config_admits_exactly_them(tmp_path
     config = auth.config_file.read_text()
     assert [config.count(key[0]) for key in keys.values()] == [1] * len(ROLES)
     assert "no_auth_user:" not in config and not any(seed in config for seed in seeds.values())
+    auth.seed_file("gateway").write_text("SUdamaged")
+    with pytest.raises(ConfigError, match=r"gateway\.nk: not a valid nkey seed"):
+        NatsAuth(tmp_path / "auth").ensure()  # never silently replaced: its clients would lose access
+    assert auth.seed_file("gateway").read_text() == "SUdamaged"
 
 
 def test_every_allow_list_is_non_empty_quoted_and_nobody_may_create_or_update_at_run_time():
@@ -131,8 +135,9 @@ def test_credential_mixups_are_one_line_configuration_errors(tmp_path):
     auth = NatsAuth(tmp_path / "auth").ensure()
     seed = auth.seed_file("tool")
     url = "nats://127.0.0.1:4222"
-    with pytest.raises(ConfigError, match=r"GROQPOLICY_NATS_CREDS=.*holds a bare nkey seed.*set GROQPOLICY_NATS_NKEY"):
+    with pytest.raises(ConfigError, match=r"GROQPOLICY_NATS_CREDS=.*holds a bare nkey seed.*set GROQPOLICY_NATS_NKEY") as err:
         connect_options(url, NatsSettings(creds_file=seed), "tool")
+    assert seed.read_text() not in str(err.value)
     creds = Operator().user(tmp_path / "tool.creds", "tool", permissions()["tool"])
     with pytest.raises(ConfigError, match=r"GROQPOLICY_NATS_NKEY=.*holds a .creds file.*set GROQPOLICY_NATS_CREDS"):
         connect_options(url, NatsSettings(nkey_file=creds), "tool")
@@ -280,6 +285,7 @@ async def test_a_tool_asks_policy_evaluate_and_can_do_nothing_else(authed):
     cp_nc, cp_reports = await as_role(url, auth, "controlplane")
     tool_nc, tool = await as_role(url, auth, "tool")
     service = await EvaluateService(cp_nc, runtime=None).start()  # type: ignore[arg-type]  # answers before the runtime
+    await cp_nc.flush()  # once in about ten loaded runs the tool's request found no responder without this
     try:
         reply = await tool_nc.request("policy.evaluate", b"not json", timeout=2)
         assert (reply.headers or {}).get(ERROR_CODE_HEADER) == "400"  # the service's answer reached the tool
@@ -447,27 +453,46 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory, nats_bin):
         f'publish: {{ allow: ["{tool.publish[0].subject}"] }}, subscribe: {{ allow: ["{tool.subscribe[0].subject}"] }} }} }} ] }} }}\n')
     server = start_nats(root / "nats", extra_args=["-c", str(conf)])
     try:
-        yield server.extra["url"], ca[2], password, root
+        yield server.extra["url"], ca, (cert, key), password, root
     finally:
         server.stop()
 
 
-async def test_user_and_password_over_tls_with_a_private_ca(tls_server, authed):
-    url, ca_file, password, root = tls_server
+async def test_tls_with_a_private_ca_user_and_password_and_client_certificates(tls_server, authed):
+    url, ca, (cert, key), password, root = tls_server
+    ca_file = ca[2]
     good = NatsSettings(user="tool", password=password, tls_ca=ca_file, tls_hostname="nats.groqpolicy.test",
                         connect_timeout_s=5)
     nc = await connect(url, role="tool", settings=good)
     assert nc.is_connected
     await nc.close()
     started = time.monotonic()
-    with pytest.raises(NatsCredentialRefused, match="refused user 'tool': Authorization Violation"):
-        await connect(url, role="tool", settings=msgspec.structs.replace(good, password="wrong"))
+    with pytest.raises(NatsCredentialRefused, match="refused user 'tool': Authorization Violation") as err:
+        await connect(url, role="tool", settings=msgspec.structs.replace(good, password="not-the-password"))
+    assert "not-the-password" not in str(err.value)
     other_ca = make_ca(root, "other-ca")[2]
     with pytest.raises(NatsTlsError, match="certificate does not verify"):
         await connect(url, role="tool", settings=msgspec.structs.replace(good, tls_ca=other_ca))
     with pytest.raises(NatsTlsError, match="certificate does not verify"):  # the URL's IP is not in the certificate
         await connect(url, role="tool", settings=msgspec.structs.replace(good, tls_hostname=""))
     assert time.monotonic() - started < 3.0
+    client_cert, client_key = issue(root, "client", ca, dns="worker", server=False)
+    mutual = root / "mutual.conf"  # a server that verifies its clients' certificates
+    mutual.write_text(f'tls {{ cert_file: "{cert}", key_file: "{key}", ca_file: "{ca_file}", verify: true }}\n')
+    server = start_nats(root / "mutual", extra_args=["-c", str(mutual)])
+    try:
+        with_cert = NatsSettings(tls_ca=ca_file, tls_cert=client_cert, tls_key=client_key,
+                                 tls_hostname="nats.groqpolicy.test", connect_timeout_s=5)
+        nc = await connect(server.extra["url"], role="worker", settings=with_cert)
+        assert nc.is_connected
+        await nc.close()
+        started = time.monotonic()
+        with pytest.raises(NatsTlsError, match="refused this client's certificate"):
+            await connect(server.extra["url"], role="worker",
+                          settings=msgspec.structs.replace(with_cert, tls_cert=None, tls_key=None))
+        assert time.monotonic() - started < 3.0
+    finally:
+        server.stop()
     plain_url, _ = authed  # a server without TLS (or a man in the middle) never gets the password
     with pytest.raises(NatsTlsError, match="did not start TLS; the password was not sent"):
         await connect(plain_url, role="tool", settings=good)
@@ -501,6 +526,7 @@ async def test_creds_files_carry_the_same_permissions_as_user_jwts(jwt_server):
 
     tool_nc = await connect(url, role="tool", settings=creds_settings(creds["tool"]), error_cb=keep)
     service = await EvaluateService(cp_nc, runtime=None).start()  # type: ignore[arg-type]
+    await cp_nc.flush()
     try:
         reply = await tool_nc.request("policy.evaluate", b"not json", timeout=2)
         assert (reply.headers or {}).get(ERROR_CODE_HEADER) == "400"

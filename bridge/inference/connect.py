@@ -55,6 +55,12 @@ _SEED_MARK = "BEGIN USER NKEY SEED"
 _VIOLATION = re.compile(r'permissions violation for (publish|subscription) to "([^"]*)"(?: using queue "([^"]*)")?')
 # -ERR texts that no retry can fix: the server does not know or no longer accepts the credential
 _REFUSED = ("authorization violation", "authentication expired", "authentication revoked")
+# TLS alerts by which a server refuses the client's certificate (or its absence): no retry fixes them
+_CERT_REFUSED = frozenset({
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED", "SSLV3_ALERT_BAD_CERTIFICATE", "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED", "SSLV3_ALERT_CERTIFICATE_REVOKED", "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
+    "TLSV1_ALERT_UNKNOWN_CA", "TLSV1_ALERT_ACCESS_DENIED",
+})
 
 
 class NatsCredentialRefused(ConfigError):
@@ -238,8 +244,12 @@ class ViolationLog:
 
 # -- connect ------------------------------------------------------------------------------------
 
+def _client_cert_refused(exc: BaseException) -> bool:
+    return isinstance(exc, ssl.SSLError) and getattr(exc, "reason", None) in _CERT_REFUSED
+
+
 def _fatal(exc: BaseException) -> bool:
-    return isinstance(exc, ssl.SSLCertVerificationError | _ClearText) or (
+    return isinstance(exc, ssl.SSLCertVerificationError | _ClearText) or _client_cert_refused(exc) or (
         isinstance(exc, nats.errors.Error) and any(mark in str(exc).lower() for mark in _REFUSED))
 
 
@@ -251,12 +261,44 @@ def _uses_tls(nc: NatsClient) -> bool:
 
 
 class _FirstTry:
-    """What the error callback saw while the first connect was under way."""
+    """The error callback of one client: until the first connect succeeds it remembers what nats-py
+    reported and flags a failure no retry can fix; afterwards it logs (rate-limited)."""
 
-    def __init__(self) -> None:
+    def __init__(self, error_cb: ErrorCallback | None) -> None:
         self.connected = False
         self.last: BaseException | None = None
         self.fatal: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+        self.error_cb = error_cb
+        self.violations = ViolationLog()
+
+    async def on_error(self, exc: Exception) -> None:
+        if not self.connected:
+            self.last = exc
+            if _fatal(exc) and not self.fatal.done():
+                self.fatal.set_result(exc)
+        else:
+            await self.violations(exc)
+        if self.error_cb is not None:
+            await self.error_cb(exc)
+
+    def cause(self, attempt: asyncio.Future) -> BaseException | None:
+        """Why the first connect did not succeed."""
+        if self.fatal.done():
+            return self.fatal.result()
+        if attempt.done() and not attempt.cancelled():
+            return attempt.exception()
+        return self.last
+
+
+def _password_over_tls(nc: NatsClient, password: str) -> Callable[[], str]:
+    def send() -> str:
+        # called by nats-py while it builds CONNECT, after any TLS upgrade: a server (or a man in
+        # the middle) that did not ask for TLS never gets the password in clear text
+        if not _uses_tls(nc):
+            raise _ClearText("nats: the server did not start TLS; the password was not sent")
+        return password
+
+    return send
 
 
 async def connect(url: str, *, role: str, settings: NatsSettings | None = None, name: str | None = None,
@@ -269,41 +311,19 @@ async def connect(url: str, *, role: str, settings: NatsSettings | None = None, 
     asynchronous error in addition to the rate-limited log."""
     settings = settings or NatsSettings.from_env()
     opts = connect_options(url, settings, role)
-    violations = ViolationLog()
-    first = _FirstTry()
+    first = _FirstTry(error_cb)
     nc = NatsClient()
     tls = wants_tls(url, settings)
-
-    async def on_error(exc: Exception) -> None:
-        if not first.connected:
-            first.last = exc
-            if _fatal(exc) and not first.fatal.done():
-                first.fatal.set_result(exc)
-        else:
-            await violations(exc)
-        if error_cb is not None:
-            await error_cb(exc)
-
     if tls and "password" in opts:
-        password = opts["password"]
-
-        def password_over_tls() -> str:
-            # called by nats-py while it builds CONNECT, after any TLS upgrade: a server (or a
-            # man in the middle) that did not ask for TLS never gets the password in clear text
-            if not _uses_tls(nc):
-                raise _ClearText("nats: the server did not start TLS; the password was not sent")
-            return password
-
-        opts["password"] = password_over_tls
+        opts["password"] = _password_over_tls(nc, opts["password"])
     options.setdefault("max_reconnect_attempts", -1)
     options.setdefault("allow_reconnect", True)
     options.setdefault("connect_timeout", min(5.0, settings.connect_timeout_s))
-    attempt = asyncio.ensure_future(nc.connect(url, name=name or f"groqpolicy-{role}", error_cb=on_error,
+    attempt = asyncio.ensure_future(nc.connect(url, name=name or f"groqpolicy-{role}", error_cb=first.on_error,
                                                **opts, **options))
     try:
         racers: list[asyncio.Future[Any]] = [attempt, first.fatal]
-        done, _ = await asyncio.wait(racers, timeout=settings.connect_timeout_s,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(racers, timeout=settings.connect_timeout_s, return_when=asyncio.FIRST_COMPLETED)
     except BaseException:
         await _abandon(nc, attempt)
         raise
@@ -313,12 +333,7 @@ async def connect(url: str, *, role: str, settings: NatsSettings | None = None, 
             await _abandon(nc, attempt)
             raise NatsTlsError(f"NATS at {url}: TLS is configured but the server did not start TLS; disconnected")
         return nc
-    if first.fatal.done():
-        cause: BaseException | None = first.fatal.result()
-    elif attempt.done() and not attempt.cancelled():
-        cause = attempt.exception()
-    else:
-        cause = first.last
+    cause = first.cause(attempt)
     await _abandon(nc, attempt)
     raise _first_connect_error(url, settings, cause) from None
 
@@ -332,6 +347,9 @@ def _first_connect_error(url: str, settings: NatsSettings, cause: BaseException 
     if isinstance(cause, ssl.SSLCertVerificationError):
         return NatsTlsError(f"NATS at {url}: the server's certificate does not verify ({cause.verify_message}); "
                             "check GROQPOLICY_NATS_TLS_CA and GROQPOLICY_NATS_TLS_HOSTNAME")
+    if cause is not None and _client_cert_refused(cause):
+        return NatsTlsError(f"NATS at {url}: the server refused this client's certificate ({getattr(cause, 'reason', '')}); "
+                            "check GROQPOLICY_NATS_TLS_CERT and GROQPOLICY_NATS_TLS_KEY")
     if cause is not None and _fatal(cause):
         server_said = str(cause).removeprefix("nats: ").strip("'")
         return NatsCredentialRefused(f"NATS at {url}: the server refused {who}: {server_said}")
