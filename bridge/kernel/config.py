@@ -287,9 +287,61 @@ class ToolchainSettings(_Section, kw_only=True):
     }
 
 
+class NatsSettings(_Section, kw_only=True):
+    """The credential a process presents to NATS: for a cluster someone else runs, or the embedded
+    server's per-role nkey that `groqpolicy up` hands each child. At most one of a creds file, an
+    nkey seed file or user+password; TLS with any of them. Secrets never reach `repr`."""
+
+    creds_file: Path | None = None  # a `.creds` file (user JWT + nkey seed) from the cluster's operator
+    nkey_file: Path | None = None  # a file holding one nkey user seed (`SU...`)
+    nkey_seed: str = ""  # the same seed as text, for callers that hold it in memory (no variable: env leaks)
+    user: str = ""
+    password: str = ""  # sent to the server in CONNECT: use it with TLS only
+    tls_ca: Path | None = None  # CA bundle that signed the server's certificate
+    tls_cert: Path | None = None  # client certificate (the server verifies clients)
+    tls_key: Path | None = None  # its private key
+    tls_hostname: str = ""  # the name in the server's certificate when the URL's host differs (an IP)
+    connect_timeout_s: float = 10.0  # the first connect's bound; after it, reconnects never give up
+
+    ENV: ClassVar[dict[str, tuple[str, Conv]]] = {
+        "GROQPOLICY_NATS_CREDS": ("creds_file", Path),
+        "GROQPOLICY_NATS_NKEY": ("nkey_file", Path),
+        "GROQPOLICY_NATS_USER": ("user", str),
+        "GROQPOLICY_NATS_PASSWORD": ("password", str),
+        "GROQPOLICY_NATS_TLS_CA": ("tls_ca", Path),
+        "GROQPOLICY_NATS_TLS_CERT": ("tls_cert", Path),
+        "GROQPOLICY_NATS_TLS_KEY": ("tls_key", Path),
+        "GROQPOLICY_NATS_TLS_HOSTNAME": ("tls_hostname", str),
+        "GROQPOLICY_NATS_CONNECT_TIMEOUT_S": ("connect_timeout_s", float),
+    }
+
+    def _derive(self, env: Mapping[str, str]) -> None:
+        given = [name for name, value in (("GROQPOLICY_NATS_CREDS", self.creds_file),
+                                          ("GROQPOLICY_NATS_NKEY", self.nkey_file or self.nkey_seed),
+                                          ("GROQPOLICY_NATS_USER", self.user or self.password)) if value]
+        if len(given) > 1:
+            raise ConfigError(f"{' and '.join(given)}: set one NATS credential, not several")
+        if bool(self.user) != bool(self.password):
+            raise ConfigError("GROQPOLICY_NATS_USER and GROQPOLICY_NATS_PASSWORD: set both or neither")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("GROQPOLICY_NATS_TLS_CERT and GROQPOLICY_NATS_TLS_KEY: set both or neither")
+        if self.connect_timeout_s <= 0:
+            raise ConfigError(f"GROQPOLICY_NATS_CONNECT_TIMEOUT_S={self.connect_timeout_s}: must be above 0")
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_ca or self.tls_cert or self.tls_hostname)
+
+    def __repr__(self) -> str:  # seeds and passwords never reach a log line
+        return (f"NatsSettings(creds_file={self.creds_file!r}, nkey_file={self.nkey_file!r}, "
+                f"nkey_seed={'***' if self.nkey_seed else ''!r}, user={self.user!r}, "
+                f"password={'***' if self.password else ''!r}, tls_ca={self.tls_ca!r}, tls_cert={self.tls_cert!r}, "
+                f"tls_hostname={self.tls_hostname!r})")
+
+
 SECTIONS: tuple[type[_Section], ...] = (
     Settings, SupervisorSettings, GatewaySettings, GroqSettings, EngineSettings, SigningSettings, ClientSettings,
-    ToolchainSettings,
+    ToolchainSettings, NatsSettings,
 )
 
 
