@@ -126,6 +126,7 @@ def test_the_names_granted_are_the_products_own():
     assert (names.policy_bucket, names.artifacts) == (store.BUCKET, store.OBJECTS)
     assert (names.audit_stream, names.audit_prefix, names.escalations) == (trail.STREAM, trail.PREFIX, escalation.SUBJECT)
     assert (names.evaluate_service, names.evaluate_queue) == (nats_service.SERVICE_NAME, nats_service.QUEUE_GROUP)
+    assert names.evaluate == nats_service.EVALUATE_SUBJECT
     from bridge.inference.worker import service as worker_service
 
     assert (names.worker_service, names.worker_queue) == (worker_service.SERVICE_NAME, worker_service.QUEUE_GROUP)

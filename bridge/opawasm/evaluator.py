@@ -49,6 +49,11 @@ class WasmEvaluator:
         p = self._policy
         return None if p is None else p.revision
 
+    @property
+    def pool_size(self) -> int | None:
+        """Instances per revision (how many evaluations can run at once); None: the engine's default."""
+        return self.options.pool_size
+
     def load(self, bundle: bytes) -> WasmPolicy:
         """Verify, load and publish a new revision; on any error the current revision stays."""
         new = load_bundle(bundle, self.keys, self.options)

@@ -65,7 +65,7 @@ from nats.aio.client import Client as NatsClient
 
 from bridge.inference.cache import KVCache
 from bridge.inference.connect import check_user_seed, connect
-from bridge.inference.wire import EVALUATE_SUBJECT, MAX_DEADLINE_MS, SUBJECT_PREFIX
+from bridge.inference.wire import MAX_DEADLINE_MS, SUBJECT_PREFIX
 from bridge.kernel.config import NatsSettings
 from bridge.kernel.errors import ConfigError
 
@@ -88,7 +88,7 @@ class Names(msgspec.Struct, frozen=True, kw_only=True):
     audit_stream: str = "GROQPOLICY_AUDIT"  # controlplane.audit.trail.STREAM
     audit_prefix: str = "audit"  # controlplane.audit.trail.PREFIX
     escalations: str = "policy.escalations"  # controlplane.audit.escalation.SUBJECT
-    evaluate: str = EVALUATE_SUBJECT
+    evaluate: str = "policy.evaluate"  # controlplane.evaluation.schemas.EVALUATE_SUBJECT
     evaluate_service: str = "groqpolicy-policy"  # controlplane.evaluation.nats_service.SERVICE_NAME
     evaluate_queue: str = "policy-evaluate"  # controlplane.evaluation.nats_service.QUEUE_GROUP
     infer_prefix: str = SUBJECT_PREFIX

@@ -45,6 +45,12 @@ def http_text(url: str, timeout: float = 10.0, token: str = "") -> str:
         return resp.read().decode()
 
 
+def _health_bundles(base_url: str) -> bool:
+    """Whether the control plane's /health lists an active bundle."""
+    _, body = http_json(f"{base_url}/health")
+    return isinstance(body, dict) and bool(body.get("bundles"))
+
+
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.2) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -180,7 +186,7 @@ def run_system(state_dir: Path | None = None) -> int:
         settings = Settings.from_env(state_dir=settings.state_dir, bridge_url=gateway.extra["url"])
         cp = start_control_plane(settings, log_dir, nats.extra["url"])
         procs.append(cp)
-        wait_until(lambda: http_json(f"{settings.base_url}/health")[1]["bundles"], 180, "the control plane to publish bundles")
+        wait_until(lambda: _health_bundles(settings.base_url), 180, "the control plane to publish bundles")
         agent = start_agent_from_control_plane(settings.base_url, settings.state_dir / "opa", port=ports.agent_port,
                                                token=admin.secret if admin else "")
         procs.append(agent)
