@@ -51,7 +51,7 @@ class Reports:
 
 
 async def open_policy_store(nc: Client) -> None:
-    store = PolicyStore(nc.jetstream())
+    store = PolicyStore(nc.jetstream)
     await store.open()
     await store.close()
 
