@@ -18,15 +18,18 @@ from typing import Protocol, TypeAlias
 
 import anyio
 from litestar.di import NamedDependency
+from nats.aio.client import Client as NatsClient
 
+from bridge.inference.cache import KVCache
 from bridge.inference.catalog import default_catalog
-from bridge.kernel.config import Settings
+from bridge.kernel.config import NatsSettings, Settings
 from bridge.kernel.errors import GroqPolicyError
 from bridge.opabundle.keys import SigningKey
 from bridge.opawasm import HostConfig, WasmEvaluator
 from controlplane.agents.decision_logs import DecisionLogStore
 from controlplane.agents.status import StatusStore
 from controlplane.audit import AuditTrail
+from controlplane.audit.stream import AuditStream
 from controlplane.audit.wiring import EscalationPublisher, RecordingAuditSink
 from controlplane.auth.tokens import TokenSet, ensure_tokens
 from controlplane.bundles.compiler import Compiler, load_definitions
@@ -39,6 +42,7 @@ from controlplane.evaluation.pipeline import Pipeline
 from controlplane.evaluation.runtime import EvaluationRuntime, ModelClient, RevisionFollower
 from controlplane.evaluation.scheduling import WASM_POOL_SIZE
 from controlplane.infra.nats import NatsConnection
+from controlplane.infra.natsauth import Step as NatsStep
 from controlplane.policies.bundler import PolicyBundler
 from controlplane.policies.service import PolicyService
 from controlplane.policies.store import PolicyStore
@@ -118,7 +122,7 @@ class Services:
         key = ensure_signing_key(settings)
         compiler = Compiler(settings.rego_root)
         publisher = BundlePublisher(compiler, store, key, settings.rego_root, overlay=settings.bundle_overlay())
-        nats = NatsConnection(settings)
+        nats = NatsConnection(settings, NatsSettings.from_env(), bootstrap_steps=jetstream_steps(settings))
         recorder = RecordingAuditSink(settings, nats)
         models = ModelClient(nats, cache_size=settings.gateway_cache_size)
         vkey = key.verification_key()
@@ -177,6 +181,23 @@ class Services:
         except GroqPolicyError as exc:
             self.startup_errors.append(str(exc))
             log.error("bundle publish at start failed: %s", exc)
+
+
+def jetstream_steps(settings: Settings) -> list[NatsStep]:
+    """The streams and buckets the product needs, each made by its owner's own get-or-create code.
+    Run by whoever starts nats-server (the supervisor, an embedded server), as the bootstrap
+    identity, before any other role connects: no running role may create or update a stream."""
+
+    async def audit_stream(nc: NatsClient) -> None:
+        await AuditStream(nc, replicas=settings.nats_replicas).ensure()
+
+    async def policy_store(nc: NatsClient) -> None:
+        await PolicyStore(nc.jetstream, replicas=settings.nats_replicas).ensure()
+
+    async def judgments(nc: NatsClient) -> None:
+        await KVCache.ensure(nc.jetstream())
+
+    return [audit_stream, policy_store, judgments]
 
 
 # How handlers ask for the services: `services: ServicesDep`.

@@ -172,9 +172,6 @@ def _bootstrap(n: Names) -> Permissions:
         *(_js(verb, stream, f"create {stream} where it is missing")
           for stream in (kv, obs, audit, judgments) for verb in ("STREAM.INFO", "STREAM.CREATE")),
         _js("STREAM.UPDATE", audit, "bring the audit stream's replicas / atomic batches in line"),
-        _js("CONSUMER.CREATE", kv, "PolicyStore.open() replays the bucket once"),
-        _js("CONSUMER.INFO", kv, "PolicyStore.open(): where the initial values end", ".>"),
-        Grant(f"$JS.FC.{kv}.>", "flow-control replies of that replay"),
     ), subscribe=(_inbox("bootstrap"),))
 
 
