@@ -343,9 +343,11 @@ def _new_seed() -> str:
 Step = Callable[[NatsClient], Awaitable[object]]
 
 
-async def bootstrap(url: str, auth: NatsAuth, steps: Sequence[Step]) -> None:
-    """Run `steps` (the product's stream and bucket `ensure` calls) as the bootstrap identity."""
-    nc = await connect(url, role="bootstrap", settings=auth.credential("bootstrap"))
+async def bootstrap(url: str, auth: NatsAuth | NatsSettings, steps: Sequence[Step]) -> None:
+    """Run `steps` (the product's stream and bucket `ensure` calls) as the bootstrap identity: the
+    one under `auth`, or the credential given (a cluster someone else runs)."""
+    credential = auth.credential("bootstrap") if isinstance(auth, NatsAuth) else auth
+    nc = await connect(url, role="bootstrap", settings=credential)
     try:
         for step in steps:
             await step(nc)
