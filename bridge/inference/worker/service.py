@@ -206,7 +206,9 @@ async def start_worker(nats_url: str | None = None, *, nc: NatsClient | None = N
     if groq_conn is None:
         groq_conn = await connect_groq()
     if nc is None:
-        nc = await connect(nats_url or GroqSettings.from_env().nats_url, role="worker", settings=credential)
+        # a NATS restart should cost the queue group a fraction of a second, not nats-py's default 2 s
+        nc = await connect(nats_url or GroqSettings.from_env().nats_url, role="worker", settings=credential,
+                           reconnect_time_wait=0.25)
     kv = await KVCache.open(nc.jetstream()) if l2 else None
     engine = InferenceEngine(groq_conn.client, catalog or default_catalog(), emulated=groq_conn.emulated,
                              settings=settings, l2=kv)
