@@ -1,6 +1,6 @@
 """Chaos under a bounded load: `groqpolicy up` answers evaluations over HTTP while each of its
 children is killed with SIGKILL in turn (an inference worker, the gateway, NATS, the OPA agent, the
-control plane itself), and, against a 3-node NATS cluster, while one node is killed.
+Groq emulator, the control plane itself), and, against a 3-node NATS cluster, while one node is killed.
 
 What must hold, and how it is checked:
 
@@ -286,13 +286,14 @@ def test_every_child_killed_in_turn_under_load_loses_nothing(tmp_path):
             faults.append(kill_child(system, load, "bridge gateway", lambda: _answers(f"{system.gateway}/health")))
             faults.append(kill_child(system, load, "nats-server", lambda: cp_connected(system)))
             faults.append(kill_child(system, load, "OPA agent", lambda: _answers(f"{system.agent}/health?bundles")))
+            faults.append(kill_child(system, load, "Groq emulator", lambda: True))
             faults.append(kill_child(system, load, "control plane", lambda: cp_connected(system)))
             time.sleep(2)
         check_outcomes(system, load, faults, cp_fault=faults[-1])
         restarts = {c.name: c.restarts for c in read_status(system.state).children}
-        assert restarts == {"nats-server": 1, "Groq emulator": 0, "inference worker 1": 1, "inference worker 2": 0,
+        assert restarts == {"nats-server": 1, "Groq emulator": 1, "inference worker 1": 1, "inference worker 2": 0,
                             "bridge gateway": 1, "control plane": 1, "OPA agent": 1}
-        assert system.log.read_text().count("is back (pid") == 5
+        assert system.log.read_text().count("is back (pid") == 6
     finally:
         system.stop()
 

@@ -22,6 +22,7 @@ from controlplane.infra.natsauth import NatsAuth
 from controlplane.infra.processes import free_port, spawn
 from controlplane.infra.supervision import (
     Child,
+    ChildStatus,
     RestartPolicy,
     Supervisor,
     SupervisorStatus,
@@ -30,6 +31,7 @@ from controlplane.infra.supervision import (
     write_status,
 )
 from tests.conftest import REPO_ROOT
+from tests.controlplane_helpers import ADMIN_TOKEN, bearer, make_settings, running_control_plane
 
 pytestmark = pytest.mark.slow
 
@@ -232,3 +234,23 @@ def test_a_status_file_left_by_a_dead_supervisor_is_ignored(tmp_path):
 def test_restart_delay_doubles_up_to_its_maximum():
     policy = RestartPolicy(first_delay_s=0.25, max_delay_s=2.0)
     assert [policy.delay(n) for n in range(1, 6)] == [0.25, 0.5, 1.0, 2.0, 2.0]
+
+
+def test_health_and_the_dashboard_show_the_supervisors_view(tmp_path, nats_server):
+    settings = make_settings(tmp_path / "state", nats_url=nats_server.extra["url"])
+    settings.state_dir.mkdir(parents=True)
+    children = [ChildStatus(name="nats-server", state="running", pid=11, since=time.time()),
+                ChildStatus(name="inference worker 1", state="restarting", pid=12, restarts=2, last_exit=-9,
+                            since=time.time())]
+    write_status(status_path(settings.state_dir), SupervisorStatus(pid=os.getpid(), started_at=time.time(),
+                                                                   children=children))
+    with running_control_plane(settings), httpx.Client(base_url=settings.base_url, timeout=30) as client:
+        health = client.get("/health").json()
+        assert health["status"] == "degraded" and health["nats"] is True
+        assert [(c["name"], c["state"], c["restarts"]) for c in health["supervisor"]["children"]] == [
+            ("nats-server", "running", 0), ("inference worker 1", "restarting", 2)]
+        page = client.get("/", headers=bearer(ADMIN_TOKEN)).text
+        assert 'data-process="inference worker 1"' in page and ">restarting</span>" in page
+        status_path(settings.state_dir).unlink()  # no supervisor: /health says nothing about one
+        health = client.get("/health").json()
+        assert "supervisor" not in health and health["status"] == "ok"

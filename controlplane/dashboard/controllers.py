@@ -20,6 +20,7 @@ from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from controlplane.dashboard import charts
 from controlplane.dashboard.auth import COOKIE, check_token, dashboard_access
 from controlplane.dashboard.data import snapshot
+from controlplane.infra.supervision import read_status
 from controlplane.routes import get, post
 from controlplane.services import ServicesDep
 
@@ -83,6 +84,7 @@ class DashboardController(Controller):
     @get("/", guards=[dashboard_access()], summary="The dashboard")
     async def index(self, services: ServicesDep) -> Template:
         snap = await snapshot(services)
+        supervisor = read_status(services.settings.state_dir)
         cache = snap.cache
         context: dict[str, Any] = {
             "snap": snap,
@@ -98,7 +100,8 @@ class DashboardController(Controller):
             "outcomes": charts.OUTCOMES,
             "groq_key_here": services.settings.groq_api_key_set,
             "settings": services.settings,
-            "health": "degraded" if services.startup_errors else "ok",
+            "health": "degraded" if services.startup_errors or (supervisor and supervisor.degraded) else "ok",
+            "supervisor": supervisor,  # `groqpolicy up`'s view of its processes (None when it does not run us)
         }
         return Template(template_name="dashboard/index.html.j2", context=context)
 
