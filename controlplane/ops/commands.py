@@ -170,7 +170,7 @@ def _evaluate_over_nats(nats_url: str, body: dict[str, Any]) -> dict[str, Any]:
     from nats.errors import NoRespondersError, NoServersError
     from nats.errors import TimeoutError as NatsTimeout
 
-    from bridge.inference.wire import EVALUATE_SUBJECT
+    from controlplane.evaluation.schemas import EVALUATE_SUBJECT
 
     async def quiet(_exc: Exception) -> None:
         return None
