@@ -13,7 +13,6 @@ from pathlib import Path
 import groq
 import httpx
 import nats
-import pytest
 
 from bridge.emulator import EmulatorConfig, GroqEmulator, create_app
 from bridge.inference.gateway import create_app as create_gateway
