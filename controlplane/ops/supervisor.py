@@ -152,6 +152,7 @@ def _running_pid(path: Path) -> int | None:
     return pid
 
 
+# long: the start-up sequence in order, child by child (supervision will carry the steps as data)
 def run_system(state_dir: Path | None = None) -> int:
     settings = Settings.from_env(**({"state_dir": state_dir} if state_dir else {}))
     log_dir = settings.state_dir / "logs"
