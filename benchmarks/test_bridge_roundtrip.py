@@ -80,7 +80,7 @@ def stack():
             try:
                 first = loop.run_until_complete(nc.request("groq.infer.fast", HIT_BODY, timeout=5))
                 break
-            except Exception:  # noqa: BLE001 - no responders yet
+            except Exception:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)

@@ -14,10 +14,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Protocol, TypeAlias
+from typing import Protocol
 
 import anyio
-from litestar.di import NamedDependency
 from nats.aio.client import Client as NatsClient
 
 from bridge.inference.cache import KVCache
@@ -43,6 +42,7 @@ from controlplane.evaluation.runtime import EvaluationRuntime, ModelClient, Revi
 from controlplane.evaluation.scheduling import WASM_POOL_SIZE
 from controlplane.infra.nats import NatsConnection
 from controlplane.infra.natsauth import Step as NatsStep
+from controlplane.metrics.gauges import StoreGauges
 from controlplane.policies.bundler import PolicyBundler
 from controlplane.policies.service import PolicyService
 from controlplane.policies.store import PolicyStore
@@ -112,6 +112,7 @@ class Services:
     policies: PolicyService
     recorder: RecordingAuditSink  # the audit trail, as the pipeline's decision recorder
     runtime: EvaluationRuntime  # evaluator, hot swap, pipeline, policy.evaluate, inference client
+    gauges: StoreGauges  # what /metrics reads from the stores at scrape time
     tokens: TokenSet | None = None  # bearer tokens and scopes (controlplane.auth); None refuses everyone
     startup_errors: list[str] = field(default_factory=list)
 
@@ -138,9 +139,12 @@ class Services:
         runtime = EvaluationRuntime(nats=nats, models=models, evaluator=evaluator, follower=follower, pipeline=pipeline,
                                     service=EvaluateService(nats, pipeline), policies=policies,
                                     catalog=default_catalog(), opa_url=settings.opa_url)
-        return cls(settings=settings, store=store, decision_logs=DecisionLogStore(settings.state_dir),
-                   statuses=StatusStore(settings.state_dir), signing_key=key, publisher=publisher, nats=nats,
-                   policies=policies, recorder=recorder, runtime=runtime, tokens=ensure_tokens(settings))
+        decision_logs, statuses = DecisionLogStore(settings.state_dir), StatusStore(settings.state_dir)
+        gauges = StoreGauges(store, statuses, decision_logs,
+                             audit_writer=lambda: recorder.trail.writer if recorder.trail is not None else None)
+        return cls(settings=settings, store=store, decision_logs=decision_logs, statuses=statuses, signing_key=key,
+                   publisher=publisher, nats=nats, policies=policies, recorder=recorder, runtime=runtime,
+                   gauges=gauges, tokens=ensure_tokens(settings))
 
     def components(self) -> list[tuple[str, Component]]:
         """What runs while the app runs, in start order: the connection first, then what uses it;
@@ -199,6 +203,3 @@ def jetstream_steps(settings: Settings) -> list[NatsStep]:
 
     return [audit_stream, policy_store, judgments]
 
-
-# How handlers ask for the services: `services: ServicesDep`.
-ServicesDep: TypeAlias = NamedDependency[Services]

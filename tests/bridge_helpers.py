@@ -1,4 +1,5 @@
-"""Fixtures and helpers for the bridge tests: a real emulator over HTTP, real workers and gateway."""
+"""Helpers for the bridge tests: a real emulator over HTTP, real workers and gateway (the `emu` and
+`emu_module` fixtures that serve an `Emu` live in conftest.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from pathlib import Path
 import groq
 import httpx
 import msgspec
-import pytest
 
 from bridge.emulator import EmulatorConfig, GroqEmulator, create_app
 from bridge.inference.catalog import default_catalog
@@ -42,24 +42,6 @@ class Emu:
 
     def stop(self) -> None:
         self.server.stop()
-
-
-@pytest.fixture
-def emu():
-    e = Emu()
-    try:
-        yield e
-    finally:
-        e.stop()
-
-
-@pytest.fixture(scope="module")
-def emu_module():
-    e = Emu()
-    try:
-        yield e
-    finally:
-        e.stop()
 
 
 def fast_settings(**kw) -> EngineSettings:
@@ -98,7 +80,7 @@ def spawn_worker(nats_url: str, emulator_url: str, log_path: Path, **env_extra: 
     env = {k: v for k, v in os.environ.items() if k != "GROQ_API_KEY"}
     env.update(NATS_URL=nats_url, GROQPOLICY_EMULATOR_URL=emulator_url, PYTHONPATH=str(REPO_ROOT),
                GROQPOLICY_BREAKER_RESET_S="0.3", **env_extra)
-    log = open(log_path, "ab")  # noqa: SIM115
+    log = open(log_path, "ab")
     proc = subprocess.Popen([sys.executable, "-m", "bridge.inference.worker"], stdout=log, stderr=subprocess.STDOUT,
                             env=env, cwd=REPO_ROOT, start_new_session=True)
     log.close()

@@ -13,7 +13,7 @@ import pytest
 from bridge.emulator import ModelBehaviour
 from bridge.inference.wire import BUDGET_HEADER
 from bridge.kernel.vocabulary import TIERS
-from tests.bridge_helpers import Emu, emu, fast_settings, gateway_on, post, worker_on  # noqa: F401 - fixture
+from tests.bridge_helpers import Emu, fast_settings, gateway_on, post, worker_on
 
 FAST = "openai/gpt-oss-20b"
 
@@ -71,7 +71,7 @@ async def test_gateway_without_its_cache_gets_hits_from_the_worker_l1(nats_url, 
 
 
 async def test_gateway_never_keeps_a_fail_closed_reply(nats_url, emu: Emu):
-    async with worker_on(nats_url, emu) as w, gateway_on(nats_url) as gw, httpx.AsyncClient() as c:
+    async with worker_on(nats_url, emu), gateway_on(nats_url) as gw, httpx.AsyncClient() as c:
         body = {"question": "q [[groq-emulator:schema_violation]]", "context": {}, "deadline_ms": 3000}
         first = await post(c, gw.url, "nano", body)
         assert first.json()["decision"] == "review" and first.headers["cache-control"] == "max-age=0"
@@ -111,7 +111,7 @@ async def test_alias_through_gateway(nats_url, emu: Emu):
 
 async def test_l2_cache_is_shared_across_workers(nats_url, emu: Emu):
     async with gateway_on(nats_url, cache_size=0) as gw, httpx.AsyncClient() as c:  # the workers' caches alone
-        async with worker_on(nats_url, emu) as a:
+        async with worker_on(nats_url, emu):
             r1 = await post(c, gw.url, "fast", {"question": "shared?", "context": [1, 2, 3]})
             assert r1.json()["cached"] is False
             await asyncio.sleep(0.1)  # the L2 write is fire-and-forget

@@ -14,7 +14,7 @@ import nats
 import pytest
 
 from bridge.inference.gateway import InferClient
-from tests.bridge_helpers import REPO_ROOT, Emu, emu, worker_on  # noqa: F401 - fixture
+from tests.bridge_helpers import REPO_ROOT, Emu, worker_on
 
 POLICY = """
 package demo

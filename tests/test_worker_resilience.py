@@ -15,7 +15,7 @@ from bridge.emulator import ModelBehaviour
 from bridge.inference.wire import InferRequest, InvalidInferRequest
 from bridge.inference.worker.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from bridge.kernel.errors import DeadlineExceeded
-from tests.bridge_helpers import REPO_ROOT, Emu, emu, engine_for  # noqa: F401 - fixture
+from tests.bridge_helpers import REPO_ROOT, Emu, engine_for
 
 FAST = "openai/gpt-oss-20b"
 FALLBACK = "qwen/qwen3.6-27b"

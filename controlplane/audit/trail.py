@@ -16,7 +16,7 @@ for this process's queued records first, so a caller reads its own decisions.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Generic, TypeVar, overload
 
 from nats.aio.client import Client
@@ -154,8 +154,3 @@ class AuditTrail:
     async def verify(self) -> VerifyReport:
         """Walk the whole stream: every record's hash, its link to the previous one, its subject."""
         return await self.reader.verify()
-
-    def _scan(self, start_seq: int, subject: str, start_time: float | None = None,
-              ) -> AsyncIterator[tuple[int, str, bytes]]:
-        # the dashboard reads raw stored bytes through this; new code uses `store.scan`
-        return self.store.scan(start_seq, subject, start_time)

@@ -24,6 +24,7 @@ import msgspec
 from bridge.kernel.config import PROJECT_ROOT, ClientSettings, NatsSettings, Settings, environment
 from bridge.kernel.errors import ERROR_CODE_HEADER, ERROR_HEADER
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
+from controlplane.evaluation.schemas import EVALUATE_SUBJECT
 from controlplane.ops.client import ClientError, ControlPlaneClient, resolve_token
 
 if TYPE_CHECKING:
@@ -207,7 +208,6 @@ def _evaluate_over_nats(nats_url: str, body: dict[str, Any], state_dir: Path) ->
     from nats.errors import NoRespondersError
     from nats.errors import TimeoutError as NatsTimeout
 
-    from controlplane.evaluation.schemas import EVALUATE_SUBJECT
 
     async def go() -> dict[str, Any]:
         nc = await _nats_tool(nats_url, _tool_credential(state_dir))
