@@ -9,7 +9,9 @@ import asyncio
 import logging
 import subprocess
 import sys
+import time
 
+import httpx
 import nkeys
 import pytest
 
@@ -17,12 +19,15 @@ from bridge.inference.cache import KVCache
 from bridge.inference.connect import NatsCredentialRefused, connect
 from bridge.kernel.config import NatsSettings, Settings
 from bridge.kernel.errors import ConfigError
+from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from controlplane.audit.stream import AuditStream
 from controlplane.infra.nats import NatsConnection
 from controlplane.infra.natsauth import bootstrap
+from controlplane.infra.processes import start_nats
 from controlplane.services import jetstream_steps
 from tests.bridge_helpers import Emu, spawn_worker, wait_for_workers
 from tests.conftest import REPO_ROOT
+from tests.controlplane_helpers import ADMIN_HEADERS, make_settings, running_control_plane
 from tests.nats_auth_helpers import Key, start_auth_nats
 
 pytestmark = pytest.mark.slow
@@ -102,3 +107,32 @@ def test_the_cli_refuses_an_unknown_key_in_one_line_with_a_hint(tmp_path, nats_b
     assert r.returncode == 1
     assert first.startswith(f"error: NATS at {server.extra['url']}: the server refused the nkey in {stranger}")
     assert hint.startswith(f"hint: this command presented the nkey in {stranger}; `groqpolicy up` makes a tool identity")
+
+
+def test_while_nats_is_down_the_control_plane_says_503_with_retry_after_and_reconnects(tmp_path, nats_bin):
+    server = start_nats(tmp_path / "nats")
+    port = server.extra["port"]
+    settings = make_settings(tmp_path / "state", nats_url=server.extra["url"])
+    try:
+        with running_control_plane(settings), httpx.Client(base_url=settings.base_url, headers=ADMIN_HEADERS,
+                                                           timeout=30) as client:
+            assert client.get("/health").json()["nats"] is True
+            server.kill()
+            _until(lambda: (health := client.get("/health").json())["nats"] is False and health["status"] == "degraded")
+            r = client.post("/api/v1/groq/inference", json={"model_name": "openai/gpt-oss-20b", "prompt": "hello"})
+            assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+            r = client.post("/api/v1/evaluate", json={"input_context": {"principal": {"id": "alice"}},
+                                                      "constitutional_hash": CONSTITUTIONAL_HASH})
+            assert r.status_code == 200  # decisions go on: their audit records wait in the spool
+            server = start_nats(tmp_path / "nats", port=port)  # the same server comes back
+            _until(lambda: client.get("/health").json()["nats"] is True)
+            assert client.get("/health").json()["status"] == "ok"
+    finally:
+        server.stop()
+
+
+def _until(predicate, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "not reached in time"
+        time.sleep(0.1)
