@@ -6,21 +6,29 @@ last sequence, exactly as the trail does), but it has no record key of the contr
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import stat
+import subprocess
+import sys
+import time
 
+import httpx
 import msgspec
 import nats
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from controlplane.audit import AuditRecord, AuditTrail
 from controlplane.audit.checkpoints import BUCKET, DOMAIN, Checkpoint
 from controlplane.audit.records import BatchSignature, seal, stored_bytes
 from controlplane.audit.signing import sign_batch
 from controlplane.audit.stream import STREAM
 from controlplane.infra.recordkeys import RecordKeys
+from tests.conftest import REPO_ROOT
+from tests.controlplane_helpers import ADMIN_HEADERS, ADMIN_TOKEN, make_settings, running_control_plane
 
 KEYS = RecordKeys.generate()  # the control plane's record key
 
@@ -194,3 +202,86 @@ async def test_a_checkpoint_without_a_trusted_signature_is_ignored(trail, nc):
     await kv.put(f"head.{KEYS.kid}", msgspec.json.encode(copied))
     report = await trail.verify()
     assert (report.ok, report.checkpoint) == (True, None)
+
+
+# ---- through the control plane: the HTTP API and `groqpolicy audit verify` -------------------
+
+def audit_verify_cli(base_url: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "controlplane.ops.cli", "audit", "verify", "--url", base_url,
+                           "--token", ADMIN_TOKEN], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+
+
+def evaluate(client: httpx.Client, principal: str) -> None:
+    r = client.post("/api/v1/evaluate", json={"input_context": {"principal": principal},
+                                              "constitutional_hash": CONSTITUTIONAL_HASH})
+    assert r.status_code == 200, r.text
+
+
+def test_the_api_and_the_cli_name_a_record_appended_without_the_key(tmp_path, nats_server):
+    url = nats_server.extra["url"]
+    settings = make_settings(tmp_path / "state", nats_url=url)
+    with running_control_plane(settings) as services, \
+            httpx.Client(base_url=settings.base_url, headers=ADMIN_HEADERS, timeout=30) as client:
+        evaluate(client, "alice")
+        assert client.get("/api/v1/audit").json()["records"]  # in JetStream now (reads wait for the spool)
+        r = audit_verify_cli(settings.base_url)
+        kid = services.audit.writer.keys.kid
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith(f"audit chain intact: 1 records verified (hashes, links, signatures); signed by {kid} (1); ")
+
+        async def forge() -> int:
+            conn = await nats.connect(url)
+            try:
+                return await attacker_append(conn, "unsigned")
+            finally:
+                await conn.close()
+
+        seq = asyncio.run(forge())
+        evaluate(client, "bob")  # the control plane keeps appending after it
+        report = client.get("/api/v1/audit/verify").json()
+        assert (report["ok"], report["first_bad_seq"], report["problem"], report["bad"], report["checked"]) == (
+            False, seq, "unsigned", 1, 3)
+        r = audit_verify_cli(settings.base_url)
+        assert r.returncode == 1
+        lines = r.stderr.splitlines()
+        assert lines[0] == f"audit chain BROKEN at seq {seq}: unsigned: {report['reason']}"
+        assert lines[1].startswith("1 bad record(s) among 3; ")
+
+
+def test_the_control_plane_takes_checkpoints_and_reports_a_cut_tail(tmp_path, nats_server):
+    url = nats_server.extra["url"]
+    settings = make_settings(tmp_path / "state", nats_url=url, audit_checkpoint_s=0.1)
+    checkpoint_file = tmp_path / "state" / "audit-checkpoint.json"
+    with running_control_plane(settings) as services, \
+            httpx.Client(base_url=settings.base_url, headers=ADMIN_HEADERS, timeout=30) as client:
+        for i in range(4):
+            evaluate(client, f"p{i}")
+        deadline = time.monotonic() + 20
+        while not (checkpoint_file.exists() and msgspec.json.decode(checkpoint_file.read_bytes())["seq"] == 4):
+            assert time.monotonic() < deadline, "no checkpoint of seq 4 taken"
+            time.sleep(0.05)
+        assert stat.S_IMODE(checkpoint_file.stat().st_mode) == 0o600
+        report = client.get("/api/v1/audit/verify").json()
+        assert report["ok"] and report["checkpoint"]["seq"] == 4
+        assert "length checked against checkpoint seq 4 (" in audit_verify_cli(settings.base_url).stdout
+
+        async def cut() -> None:
+            conn = await nats.connect(url)
+            try:
+                js = conn.jetstream()
+                kept = [await js.get_msg(STREAM, s) for s in (1, 2)]
+                await js.delete_stream(STREAM)
+                await js.add_stream(services.audit.stream_config())
+                for m in kept:
+                    await js.publish(m.subject, m.data)
+            finally:
+                await conn.close()
+
+        asyncio.run(cut())
+        report = client.get("/api/v1/audit/verify").json()
+        assert (report["ok"], report["first_bad_seq"], report["problem"]) == (False, 3, "truncated")
+        assert report["checkpoint"]["seq"] == 4 and report["reason"].endswith("records 3..4 are gone")
+        r = audit_verify_cli(settings.base_url)
+        assert r.returncode == 1 and r.stderr.startswith("audit chain BROKEN at seq 3: truncated: checkpoint: the stream ends at seq 2")
+        time.sleep(0.3)  # checkpoint rounds run meanwhile: none may bless the cut stream
+        assert msgspec.json.decode(checkpoint_file.read_bytes())["seq"] == 4

@@ -174,7 +174,7 @@ def test_a_policy_added_to_kv_without_the_key_is_never_served(system):
 
 
 def test_an_unsigned_delete_keeps_the_policy_serving(system):
-    client, services, url, _ = system
+    client, _, url, _ = system
     rule_id = create(client, "delete-me-not")
     kv_write(url, lambda kv: kv.delete(key_for(uuid.UUID(rule_id))))
     wait_until(lambda: bool(refusal(client, rule_id)))
