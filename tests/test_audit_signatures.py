@@ -178,6 +178,18 @@ async def test_a_cut_tail_is_detected_against_the_last_checkpoint(trail, nc, tmp
         await t.close()
 
 
+async def test_a_cut_through_a_commit_is_truncation_not_forgery(trail, nc):
+    await trail.append_many([rec(i) for i in range(5)])  # one commit: its signature is on seq 5
+    cp = await trail.checkpoints.take()
+    assert cp is not None and cp.seq == 5
+    kept = [(m.subject, m.data) for m in [await nc.jetstream().get_msg(STREAM, s) for s in (1, 2, 3)]]
+    await _recreate_with(nc, trail, kept)
+    report = await trail.verify()
+    assert (report.ok, report.first_bad_seq, report.problem, report.bad) == (False, 1, "truncated", 4)
+    assert report.reason.startswith("checkpoint: the signature of this record's commit is gone with the cut tail: "
+                                    "the stream ends at seq 3, but checkpoint seq 5 (")
+
+
 async def test_a_stream_cut_and_written_again_is_detected(trail, nc):
     for i in range(3):
         await trail.append(rec(i))
@@ -250,7 +262,8 @@ def test_the_api_and_the_cli_name_a_record_appended_without_the_key(tmp_path, na
 
 def test_the_control_plane_takes_checkpoints_and_reports_a_cut_tail(tmp_path, nats_server):
     url = nats_server.extra["url"]
-    settings = make_settings(tmp_path / "state", nats_url=url, audit_checkpoint_s=0.1)
+    # `ack`: each sequential evaluation is a commit of its own, so the cut below falls between commits
+    settings = make_settings(tmp_path / "state", nats_url=url, audit_checkpoint_s=0.1, audit_durability="ack")
     checkpoint_file = tmp_path / "state" / "audit-checkpoint.json"
     with running_control_plane(settings) as services, \
             httpx.Client(base_url=settings.base_url, headers=ADMIN_HEADERS, timeout=30) as client:

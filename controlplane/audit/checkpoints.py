@@ -80,6 +80,7 @@ class Checkpoints:
         self.last: Checkpoint | None = None  # the newest this process took or found
         self._kv: KeyValue | None = None
         self._task: asyncio.Task[None] | None = None
+        self._reported: tuple[int, int] | None = None  # (checkpoint seq, head seq) of the truncation last logged
 
     # -- taking them ---------------------------------------------------------------------------
 
@@ -111,8 +112,10 @@ class Checkpoints:
             except Rejected:
                 held = ""
         if held != previous.hash:
-            log.error("audit trail: the stream (head seq %d) no longer holds %s: truncated; no new checkpoint taken",
-                      seq, previous.describe())
+            if self._reported != (previous.seq, seq):  # once per state, not at every interval
+                log.error("audit trail: the stream (head seq %d) no longer holds %s: truncated; no new checkpoint "
+                          "taken", seq, previous.describe())
+                self._reported = (previous.seq, seq)
             return False
         return True
 

@@ -10,7 +10,8 @@ The problems, in the report's `problem`: `forged` (a signature that does not ver
 (signed by a key outside the trusted set), `unsigned` (no signature covers it), `broken link` (it
 does not link to the record before it), `gap` (sequences before it are missing), `truncated` (the
 stream ends before, or was rewritten under, the last checkpoint), `altered` (its content does not
-hash to its stated hash), `malformed` (not a record of this trail). A record with several problems
+hash to its stated hash), `malformed` (not a record of this trail). Records at the end whose
+commit's signature was cut off with the tail are `truncated` too. A record with several problems
 is reported with the first one found; `first_bad_seq` is the lowest bad sequence, and for a cut tail
 the first sequence that is gone.
 """
@@ -87,13 +88,17 @@ class _Walk:
 
     def finish(self) -> VerifyReport:
         report = self.report
-        for first, last, uncovered in self.coverage.end(report.last_seq):
-            self.flag(first, last, uncovered)
         cp = self.checkpoint
-        if cp is not None and cp.seq > report.last_seq:
+        cut = cp is not None and cp.seq > report.last_seq
+        gone = (f"the stream ends at seq {report.last_seq}, but {cp.describe()} saw it reach seq {cp.seq}"
+                if cp is not None else "")
+        for first, last, uncovered in self.coverage.end(report.last_seq):
+            # a cut through a commit takes its signature (on the commit's last record) with it
+            self.flag(first, last, Finding(TRUNCATED, f"checkpoint: the signature of this record's commit is gone "
+                                                      f"with the cut tail: {gone}") if cut else uncovered)
+        if cut and cp is not None:
             self.flag(report.last_seq + 1, report.last_seq + 1, Finding(
-                TRUNCATED, f"checkpoint: the stream ends at seq {report.last_seq}, but {cp.describe()} saw it "
-                           f"reach seq {cp.seq}: records {report.last_seq + 1}..{cp.seq} are gone"))
+                TRUNCATED, f"checkpoint: {gone}: records {report.last_seq + 1}..{cp.seq} are gone"))
         report.signers = dict(self.coverage.signers)
         report.last_hash = self.prev or ""
         report.bad = len(self.bad)
