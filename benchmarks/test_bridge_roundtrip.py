@@ -80,7 +80,7 @@ def stack():
             try:
                 first = loop.run_until_complete(nc.request("groq.infer.fast", HIT_BODY, timeout=5))
                 break
-            except Exception:  # noqa: BLE001 - no responders yet
+            except Exception:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
@@ -190,7 +190,8 @@ def test_bridge_l1_lookup(benchmark):
     from bridge.inference.cache import cache_key
     from bridge.inference.catalog import default_catalog
     from bridge.inference.wire import InferReply
-    from bridge.inference.worker.engine import EngineSettings, InferenceEngine
+    from bridge.inference.worker.engine import InferenceEngine
+    from bridge.kernel.config import EngineSettings
 
     engine = InferenceEngine(client=None, catalog=default_catalog(), emulated=True, settings=EngineSettings())  # type: ignore[arg-type]
     req = msgspec.json.decode(HIT_BODY, type=InferRequest)

@@ -1,4 +1,4 @@
-"""Issue 3 benchmarks: per-evaluation latency of the same policies, data and inputs, side by side in
+"""Evaluator benchmarks: per-evaluation latency of the same policies, data and inputs, side by side in
 one pytest process:
 
 - groqpolicy    this repo's in-process OPA-WASM evaluator (bridge.opawasm.WasmPolicy)
@@ -18,18 +18,19 @@ import socket
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import msgspec
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "wasm"))
-from wasm_bench_common import POLICIES, IsolatedWasmtime, build, ensure_opa_py_wasm, peer_builtins  # noqa: E402
+from wasm_bench_common import POLICIES, IsolatedWasmtime, build, ensure_opa_py_wasm, peer_builtins
 
-from bridge.opawasm import WasmPolicy  # noqa: E402
-from controlplane.infra.toolchain import opa_binary  # noqa: E402
+from bridge.opawasm import LoadOptions, WasmPolicy
+from controlplane.infra.toolchain import opa_binary
 
 SHORT = os.environ.get("GROQPOLICY_BENCH_SHORT") == "1"
 ROUNDS = {"groqpolicy": 3000 if SHORT else 50000, "regopy": 2000 if SHORT else 20000,
@@ -90,7 +91,7 @@ def peer():
 def _groqpolicy(name: str) -> Callable[[], Any]:
     spec = POLICIES[name]
     wasm, data = build(name)
-    p = WasmPolicy(wasm, data, pool_size=1)
+    p = WasmPolicy(wasm, data, LoadOptions(pool_size=1))
     ep, inp = spec["entrypoint"], spec["input"]
     assert p.evaluate(ep, inp) is True
     return lambda: p.evaluate(ep, inp)

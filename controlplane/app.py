@@ -1,32 +1,40 @@
 """The Litestar control plane (:8015): wiring only; features live in their own packages, and the
-objects they run on are built by the composition root (`controlplane.services`)."""
+objects they run on are built by the composition root (`controlplane.services`).
+
+Handlers receive each object they use by parameter name (`dependencies`): no handler sees the
+whole `Services`. The guards, which run before dependencies are resolved, find the token set in
+the app's state.
+"""
 
 from __future__ import annotations
 
 import gc
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from litestar import Litestar, Request, Response
 from litestar.datastructures import State
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 
 from bridge.kernel.config import Settings
 from bridge.kernel.errors import GroqPolicyError, error_document
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
-from controlplane.agents.controllers import AgentIngest, AgentQueries
+from controlplane.agents.controllers import AgentIngest, AgentQueries, AgentSetup
+from controlplane.audit import TrailReader, TrailWriter
 from controlplane.audit.controllers import AuditApi
-from controlplane.auth.guards import check_routes
+from controlplane.auth.guards import STATE_KEY, check_routes
 from controlplane.auth.ratelimit import rate_limit_config
 from controlplane.bundles.controllers import BundleApi, BundleServer
+from controlplane.bundles.revisions import RevisionStore
 from controlplane.dashboard import DashboardController, dashboard_templates
 from controlplane.evaluation.controllers import EvaluationController, GroqController, OpaController
 from controlplane.metrics.controllers import metrics, timing_middleware
 from controlplane.policies.controllers import PolicyController
 from controlplane.routes import get
-from controlplane.services import Lifecycle, Services, ServicesDep, Step
+from controlplane.services import Lifecycle, Services, Step
 
 log = logging.getLogger(__name__)
 
@@ -43,28 +51,46 @@ def _http_error(_: Request, exc: HTTPException) -> Response:
 
 
 @get("/health", tags=["ops"], summary="Liveness and what is loaded", opt={"public": True})
-async def health(services: ServicesDep) -> dict:
-    errors = services.errors  # start-up publishing, stored policies, wasm loads
+async def health(revisions: NamedDependency[RevisionStore], errors: NamedDependency[list[str]]) -> dict:
     return {
         "status": "ok" if not errors else "degraded",
         "constitutional_hash": CONSTITUTIONAL_HASH,
-        "bundles": [f"{r.bundle}/{r.target}@{r.revision}" for r in services.store.bundles()],
-        "errors": errors,
+        "bundles": [f"{r.bundle}/{r.target}@{r.revision}" for r in revisions.bundles()],
+        "errors": errors,  # start-up publishing, stored policies, wasm loads
     }
 
 
-def _provide(value: Any) -> Provide:
-    """A dependency that is one object for the app's whole life."""
+def _once(value: Any) -> Provide:
+    """A dependency that is one object for the app's whole life (resolved once, then cached)."""
     return Provide(lambda: value, use_cache=True, sync_to_thread=False)
 
 
+def _per_request(read: Callable[[], Any]) -> Provide:
+    """A dependency read again for every request that asks for it (it changes while the app runs)."""
+    return Provide(read, sync_to_thread=False)
+
+
 def dependencies(services: Services) -> dict[str, Provide]:
-    """What handlers receive by parameter name: the evaluation and policies handlers take the one
-    object they use; the other packages still take the whole `services`."""
+    """What handlers receive by parameter name: each takes the objects it uses, never `services`."""
     rt = services.runtime
-    provided = {"services": services, "settings": services.settings, "policies": services.policies,
-                "pipeline": rt.pipeline, "evaluator": rt.evaluator, "model_client": rt.models, "catalog": rt.catalog}
-    return {name: _provide(value) for name, value in provided.items()}
+    once = {
+        "settings": services.settings, "tokens": services.tokens, "signing_key": services.signing_key,
+        "nats": services.nats, "revisions": services.store, "publish_library": services.publish_definitions,
+        "statuses": services.statuses, "decision_logs": services.decision_logs, "policies": services.policies,
+        "pipeline": rt.pipeline, "evaluator": rt.evaluator, "model_client": rt.models, "catalog": rt.catalog,
+        "gauges": services.gauges, "startup_errors": services.startup_errors,
+    }
+    recorder = services.recorder
+
+    def audit_reader() -> TrailReader | None:  # the trail exists once started (None without NATS)
+        return recorder.trail.reader if recorder.trail is not None else None
+
+    def audit_writer() -> TrailWriter | None:
+        return recorder.trail.writer if recorder.trail is not None else None
+
+    per_request = {"errors": lambda: services.errors, "audit_reader": audit_reader, "audit_writer": audit_writer}
+    return {**{name: _once(value) for name, value in once.items()},
+            **{name: _per_request(read) for name, read in per_request.items()}}
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None, *, freeze_heap: bool = False) -> Litestar:
@@ -89,7 +115,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         middleware.append(limits.middleware)
 
     app = Litestar(
-        route_handlers=[health, metrics, BundleServer, BundleApi, AgentIngest, AgentQueries,
+        route_handlers=[health, metrics, BundleServer, BundleApi, AgentIngest, AgentQueries, AgentSetup,
                         PolicyController, EvaluationController, GroqController, OpaController, AuditApi,
                         DashboardController],
         middleware=middleware,
@@ -99,7 +125,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         on_shutdown=[lifecycle.stop],
         template_config=dashboard_templates(),  # the dashboard at / (controlplane.dashboard)
         openapi_config=OpenAPIConfig(title="groqpolicy control plane", version="0.1.0", path="/schema"),
-        state=State({"services": services}),
+        state=State({STATE_KEY: services.tokens}),  # for the guards (controlplane.auth.guards)
         debug=False,
     )
     check_routes(app)  # every route declares a scope or is public, or the app does not start

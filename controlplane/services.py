@@ -14,10 +14,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Protocol, TypeAlias
+from typing import Protocol
 
 import anyio
-from litestar.di import NamedDependency
 
 from bridge.inference.catalog import default_catalog
 from bridge.kernel.config import Settings
@@ -40,6 +39,7 @@ from controlplane.evaluation.runtime import EvaluationRuntime, ModelClient, Revi
 from controlplane.evaluation.scheduling import WASM_POOL_SIZE
 from controlplane.infra.nats import NatsConnection
 from controlplane.infra.recordkeys import ensure_record_keys
+from controlplane.metrics.gauges import StoreGauges
 from controlplane.policies.bundler import PolicyBundler
 from controlplane.policies.service import PolicyService
 from controlplane.policies.store import PolicyStore
@@ -109,6 +109,7 @@ class Services:
     policies: PolicyService
     recorder: RecordingAuditSink  # the audit trail, as the pipeline's decision recorder
     runtime: EvaluationRuntime  # evaluator, hot swap, pipeline, policy.evaluate, inference client
+    gauges: StoreGauges  # what /metrics reads from the stores at scrape time
     tokens: TokenSet | None = None  # bearer tokens and scopes (controlplane.auth); None refuses everyone
     startup_errors: list[str] = field(default_factory=list)
 
@@ -136,9 +137,12 @@ class Services:
         runtime = EvaluationRuntime(nats=nats, models=models, evaluator=evaluator, follower=follower, pipeline=pipeline,
                                     service=EvaluateService(nats, pipeline), policies=policies,
                                     catalog=default_catalog(), opa_url=settings.opa_url)
-        return cls(settings=settings, store=store, decision_logs=DecisionLogStore(settings.state_dir),
-                   statuses=StatusStore(settings.state_dir), signing_key=key, publisher=publisher, nats=nats,
-                   policies=policies, recorder=recorder, runtime=runtime, tokens=ensure_tokens(settings))
+        decision_logs, statuses = DecisionLogStore(settings.state_dir), StatusStore(settings.state_dir)
+        gauges = StoreGauges(store, statuses, decision_logs,
+                             audit_writer=lambda: recorder.trail.writer if recorder.trail is not None else None)
+        return cls(settings=settings, store=store, decision_logs=decision_logs, statuses=statuses, signing_key=key,
+                   publisher=publisher, nats=nats, policies=policies, recorder=recorder, runtime=runtime,
+                   gauges=gauges, tokens=ensure_tokens(settings))
 
     def components(self) -> list[tuple[str, Component]]:
         """What runs while the app runs, in start order: the connection first, then what uses it;
@@ -179,7 +183,3 @@ class Services:
         except GroqPolicyError as exc:
             self.startup_errors.append(str(exc))
             log.error("bundle publish at start failed: %s", exc)
-
-
-# How handlers ask for the services: `services: ServicesDep`.
-ServicesDep: TypeAlias = NamedDependency[Services]

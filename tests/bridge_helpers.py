@@ -1,4 +1,5 @@
-"""Fixtures and helpers for the bridge tests: a real emulator over HTTP, real workers and gateway."""
+"""Helpers for the bridge tests: a real emulator over HTTP, real workers and gateway (the `emu` and
+`emu_module` fixtures that serve an `Emu` live in conftest.py)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from pathlib import Path
 
 import groq
 import httpx
+import msgspec
 import nats
-import pytest
 
 from bridge.emulator import EmulatorConfig, GroqEmulator, create_app
+from bridge.inference.catalog import default_catalog
 from bridge.inference.gateway import create_app as create_gateway
 from bridge.inference.serving import ThreadServer
 from bridge.inference.worker import EngineSettings, GroqConnection, InferenceEngine, start_worker, stop_worker
@@ -41,24 +43,6 @@ class Emu:
         self.server.stop()
 
 
-@pytest.fixture
-def emu():
-    e = Emu()
-    try:
-        yield e
-    finally:
-        e.stop()
-
-
-@pytest.fixture(scope="module")
-def emu_module():
-    e = Emu()
-    try:
-        yield e
-    finally:
-        e.stop()
-
-
 def fast_settings(**kw) -> EngineSettings:
     """Test settings: tiny backoff and breaker reset so resilience tests take milliseconds."""
     base = dict(retries_per_model=2, breaker_threshold=3, breaker_reset_s=0.3, backoff_base_s=0.005,
@@ -68,8 +52,6 @@ def fast_settings(**kw) -> EngineSettings:
 
 
 def engine_for(emu: Emu, **kw) -> InferenceEngine:
-    from bridge.inference.catalog import default_catalog
-
     return InferenceEngine(emu.client(), default_catalog(), emulated=True, settings=fast_settings(**kw))
 
 
@@ -97,7 +79,7 @@ def spawn_worker(nats_url: str, emulator_url: str, log_path: Path, **env_extra: 
     env = {k: v for k, v in os.environ.items() if k != "GROQ_API_KEY"}
     env.update(NATS_URL=nats_url, GROQPOLICY_EMULATOR_URL=emulator_url, PYTHONPATH=str(REPO_ROOT),
                GROQPOLICY_BREAKER_RESET_S="0.3", **env_extra)
-    log = open(log_path, "ab")  # noqa: SIM115
+    log = open(log_path, "ab")
     proc = subprocess.Popen([sys.executable, "-m", "bridge.inference.worker"], stdout=log, stderr=subprocess.STDOUT,
                             env=env, cwd=REPO_ROOT, start_new_session=True)
     log.close()
@@ -106,8 +88,6 @@ def spawn_worker(nats_url: str, emulator_url: str, log_path: Path, **env_extra: 
 
 async def wait_for_workers(nats_url: str, count: int, timeout: float = 20.0) -> list[dict]:
     """Poll $SRV.PING.groqpolicy-inference until `count` workers answer."""
-    import msgspec
-
     nc = await nats.connect(nats_url)
     try:
         deadline = time.monotonic() + timeout

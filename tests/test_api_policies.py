@@ -244,3 +244,42 @@ def test_a_policy_this_replica_has_not_loaded_yet_is_503(cp):
     finally:
         assert runtime.follower.reload(force=True)
     assert client.post("/api/v1/opa/evaluate", json={"policy_id": rule_id, "input_data": {"amount": 1}}).status_code == 200
+
+
+def test_a_write_compiles_once_unless_it_switches_a_policy_off_and_changes_its_module(cp, monkeypatch):
+    """Each write compiles the bundles it needs and no more: an inactive policy's Rego is checked
+    (one compile), and the set without it is compiled only when it is not the active revision
+    already; switching a policy off compiles only the set without it (its module is served already)."""
+    client, services = cp
+    bundler = services.policies.bundler
+    compiled: list[set[str]] = []  # the stored policies in each compile
+    real = bundler.compile
+
+    def counting(modules, focus=None, run_tests=False):
+        compiled.append(set(modules))
+        return real(modules, focus=focus, run_tests=run_tests)
+
+    monkeypatch.setattr(bundler, "compile", counting)
+    served = lambda: services.store.get("groqpolicy", "wasm")[0].revision  # noqa: E731
+
+    def write(method: str, url: str, **body) -> dict:
+        compiled.clear()
+        r = client.request(method, url, json={"constitutional_hash": CONSTITUTIONAL_HASH, **body})
+        assert r.status_code in (200, 201), r.text
+        return r.json()
+
+    before = served()
+    rule_id = write("POST", "/api/v1/policies", **policy(name="switched", is_active=False))["rule_id"]
+    assert compiled == [{rule_id} | {str(r.rule_id) for r in services.policies.active_records()}] and served() == before
+    stricter = LIMIT.replace("input.amount > 100", "input.amount > 10")
+    write("PUT", f"/api/v1/policies/{rule_id}", opa_policy=stricter)  # still inactive: checked, nothing new served
+    assert len(compiled) == 1 and rule_id in compiled[0] and served() == before
+    write("PUT", f"/api/v1/policies/{rule_id}", is_active=True)
+    assert len(compiled) == 1 and rule_id in compiled[0] and served() != before
+    write("PUT", f"/api/v1/policies/{rule_id}", is_active=False, priority=3)  # its module is served: not checked again
+    assert len(compiled) == 1 and rule_id not in compiled[0] and served() == before
+    write("PUT", f"/api/v1/policies/{rule_id}", is_active=True)
+    write("PUT", f"/api/v1/policies/{rule_id}", is_active=False, opa_policy=LIMIT)  # off and changed: two bundles
+    assert [rule_id in c for c in compiled] == [True, False] and served() == before
+    r = client.post("/api/v1/opa/evaluate", json={"policy_id": rule_id, "input_data": {"amount": 50}})
+    assert r.status_code == 409 and r.json()["error"]["type"] == "PolicyInactive"

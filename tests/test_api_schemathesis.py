@@ -10,9 +10,9 @@ import pytest
 
 pytest.importorskip("schemathesis")
 
-from tests.bridge_helpers import Emu, spawn_worker, wait_for_workers  # noqa: E402
-from tests.controlplane_helpers import ADMIN_TOKEN, make_settings, running_control_plane  # noqa: E402
-from tests.schemathesis_check import run_in_subprocess  # noqa: E402
+from tests.bridge_helpers import Emu, spawn_worker, wait_for_workers
+from tests.controlplane_helpers import ADMIN_TOKEN, make_settings, running_control_plane
+from tests.schemathesis_check import run_in_subprocess
 
 pytestmark = pytest.mark.slow
 MY_PATHS = r"^/api/v1/(policies|evaluate|groq/|opa/evaluate)"

@@ -86,7 +86,7 @@ def test_evaluations_and_batches_are_audited(cp):
     assert (rec["source"], rec["batch_id"], rec["decision"], rec["performance_tier"]) == ("batch", batch["batch_id"], strictest, "balanced")
     assert got[1]["subject"] == f"audit.batch.{strictest}" and rec["prev_hash"] == first["hash"]
     assert [(e["evaluation_id"], e["decision"], e["input_sha256"]) for e in rec["evaluations"]] == [
-        (x["evaluation_id"], x["decision"], digest(c)) for x, c in zip(batch["results"], [{"principal": p} for p in "abc"])]
+        (x["evaluation_id"], x["decision"], digest(c)) for x, c in zip(batch["results"], [{"principal": p} for p in "abc"], strict=True)]
     assert [g["seq"] for g in records(client, source="batch")] == [2]
     assert records(client, evaluation_id=one["evaluation_id"])[0]["seq"] == 1
     assert [g["seq"] for g in records(client, evaluation_id=batch["results"][1]["evaluation_id"])] == [2]

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 
 pytest.importorskip("schemathesis")
-import httpx  # noqa: E402
+import httpx
 
-from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH  # noqa: E402
-from tests.controlplane_helpers import ADMIN_HEADERS, ADMIN_TOKEN, make_settings, running_control_plane  # noqa: E402
-from tests.schemathesis_check import run_in_subprocess  # noqa: E402
+from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
+from tests.controlplane_helpers import ADMIN_HEADERS, ADMIN_TOKEN, make_settings, running_control_plane
+from tests.schemathesis_check import run_in_subprocess
 
 PATHS = r"^/api/v1/audit"
 

@@ -208,7 +208,7 @@ async def test_a_checkpoint_without_a_trusted_signature_is_ignored(trail, nc):
     liar = RecordKeys.generate()
     fake = Checkpoint(stream=STREAM, seq=999, hash="0" * 64, time="2026-12-01T00:00:00.000000Z", kid=liar.kid)
     fake = msgspec.structs.replace(fake, sig=liar.sign(DOMAIN, fake.payload()))
-    kv = await nc.jetstream().create_key_value(bucket=BUCKET)
+    kv = await nc.jetstream().key_value(BUCKET)  # made with the stream
     await kv.put(f"head.{liar.kid}", msgspec.json.encode(fake))
     copied = msgspec.structs.replace(fake, kid=KEYS.kid)  # the right key id does not help without the key
     await kv.put(f"head.{KEYS.kid}", msgspec.json.encode(copied))

@@ -31,14 +31,6 @@ from tests.controlplane_helpers import (
 REALM = 'Bearer realm="groqpolicy"'
 
 
-@pytest.fixture(scope="module")
-def cp(tmp_path_factory, nats_server_module):
-    settings = make_settings(tmp_path_factory.mktemp("cp") / "state", nats_url=nats_server_module.extra["url"])
-    with running_control_plane(settings) as services:
-        with httpx.Client(base_url=settings.base_url, timeout=30) as client:
-            yield client, services
-
-
 def error(r: httpx.Response) -> tuple[int, str, str]:
     body = r.json()["error"]
     return r.status_code, body["type"], body["message"]

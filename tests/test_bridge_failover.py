@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from bridge.emulator import ModelBehaviour
-from tests.bridge_helpers import Emu, emu, gateway_on, post, spawn_worker, wait_for_workers  # noqa: F401 - fixture
+from tests.bridge_helpers import Emu, gateway_on, post, spawn_worker, wait_for_workers
 
 
 async def call_with_retries(c: httpx.AsyncClient, url: str, i: int, retries: list[int]) -> httpx.Response:

@@ -13,7 +13,7 @@ import pytest
 from bridge.emulator import ModelBehaviour
 from bridge.inference.wire import BUDGET_HEADER
 from bridge.kernel.vocabulary import TIERS
-from tests.bridge_helpers import Emu, emu, gateway_on, post, worker_on  # noqa: F401 - fixture
+from tests.bridge_helpers import Emu, fast_settings, gateway_on, post, worker_on
 
 FAST = "openai/gpt-oss-20b"
 
@@ -71,7 +71,7 @@ async def test_gateway_without_its_cache_gets_hits_from_the_worker_l1(nats_url, 
 
 
 async def test_gateway_never_keeps_a_fail_closed_reply(nats_url, emu: Emu):
-    async with worker_on(nats_url, emu) as w, gateway_on(nats_url) as gw, httpx.AsyncClient() as c:
+    async with worker_on(nats_url, emu), gateway_on(nats_url) as gw, httpx.AsyncClient() as c:
         body = {"question": "q [[groq-emulator:schema_violation]]", "context": {}, "deadline_ms": 3000}
         first = await post(c, gw.url, "nano", body)
         assert first.json()["decision"] == "review" and first.headers["cache-control"] == "max-age=0"
@@ -111,7 +111,7 @@ async def test_alias_through_gateway(nats_url, emu: Emu):
 
 async def test_l2_cache_is_shared_across_workers(nats_url, emu: Emu):
     async with gateway_on(nats_url, cache_size=0) as gw, httpx.AsyncClient() as c:  # the workers' caches alone
-        async with worker_on(nats_url, emu) as a:
+        async with worker_on(nats_url, emu):
             r1 = await post(c, gw.url, "fast", {"question": "shared?", "context": [1, 2, 3]})
             assert r1.json()["cached"] is False
             await asyncio.sleep(0.1)  # the L2 write is fire-and-forget
@@ -198,10 +198,30 @@ async def test_unusable_model_output_reaches_the_caller_as_uncacheable_review(na
 
 async def test_overloaded_worker_answers_503_at_once(nats_url, emu: Emu):
     emu.app.config.default = ModelBehaviour(latency_ms=300)
-    async with worker_on(nats_url, emu, max_inflight=2) as w, gateway_on(nats_url) as gw, httpx.AsyncClient() as c:
+    async with worker_on(nats_url, emu, fast_settings(max_inflight=2)) as w, gateway_on(nats_url) as gw, \
+            httpx.AsyncClient() as c:
         t0 = time.perf_counter()
         rs = await asyncio.gather(*(post(c, gw.url, "fast", {"question": f"busy {i}"}) for i in range(5)))
         statuses = sorted(r.status_code for r in rs)
         assert statuses == [200, 200, 503, 503, 503] and w.rejected == 3
         rejected = next(r for r in rs if r.status_code == 503)
         assert rejected.json()["error"]["code"] == "overloaded" and time.perf_counter() - t0 < 1.0
+
+
+async def test_gateway_answers_every_refusal_with_the_error_body(nats_url):
+    async with gateway_on(nats_url) as gw, httpx.AsyncClient() as c:
+        r = await c.get(f"{gw.url}/v1/infer/fast")
+        assert (r.status_code, r.headers["allow"], r.headers["cache-control"]) == (405, "POST", "no-store")
+        assert r.json() == {"error": {"type": "invalid_request_error", "code": "method_not_allowed",
+                                      "message": "GET /v1/infer/fast: method not allowed (want POST)"}}
+        r = await c.post(f"{gw.url}/v2/infer/fast", json={"question": "q"})
+        assert r.status_code == 404 and r.json()["error"] == {"type": "invalid_request_error", "code": "not_found",
+                                                               "message": "POST /v2/infer/fast: not found"}
+
+        async def broken(tier: str, body: bytes):
+            raise RuntimeError("a bug")
+
+        gw.server.config.app.client.request = broken  # a fault in the request path
+        r = await post(c, gw.url, "fast", {"question": "q"})
+        assert r.status_code == 500 and r.headers["cache-control"] == "no-store"
+        assert r.json()["error"] == {"type": "internal_error", "code": "internal_error", "message": "gateway error: RuntimeError"}

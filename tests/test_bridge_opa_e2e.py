@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from controlplane.infra.processes import start_opa_agent
-from tests.bridge_helpers import REPO_ROOT, Emu, emu, gateway_on, worker_on  # noqa: F401 - fixture
+from tests.bridge_helpers import REPO_ROOT, Emu, gateway_on, worker_on
 
 HELPER = REPO_ROOT / "rego" / "lib" / "groq.rego"
 

@@ -137,7 +137,7 @@ def test_es256_header_and_payload_match_opa(env: Env, target: str) -> None:
     assert decode(jws_parts(ours)[0]) == {"alg": "ES256", "kid": "default", "typ": "JWT"}
     names = [f["name"] for f in decode(jws_parts(ours)[1])["files"]]
     want = ["x/y/policy.rego", "data.json", ".manifest"]
-    assert names == (want[:2] + ["policy.wasm"] + want[2:] if target == "wasm" else want)
+    assert names == ([*want[:2], "policy.wasm", *want[2:]] if target == "wasm" else want)
 
 
 def test_claims_match_an_opa_claims_file(env: Env) -> None:

@@ -21,7 +21,6 @@ import pytest
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from controlplane.dashboard.browser import Chromium, ensure_chromium
 from controlplane.infra.processes import ManagedProcess, start_opa_agent
-from tests.bridge_helpers import emu_module  # noqa: F401 - fixture
 from tests.controlplane_helpers import ADMIN_HEADERS, ADMIN_TOKEN, EVALUATE_TOKEN, bearer, control_plane_with_worker
 from tests.stored_policies import HEAD, MODEL_JUDGMENT
 
@@ -49,7 +48,7 @@ def chromium() -> Path:
 
 
 @pytest.fixture(scope="module")
-def system(tmp_path_factory, nats_server_module, emu_module):  # noqa: F811
+def system(tmp_path_factory, nats_server_module, emu_module):
     tmp = tmp_path_factory.mktemp("dash-browser")
     with control_plane_with_worker(tmp, nats_server_module.extra["url"], emu_module.url) as (settings, services, _):
         with httpx.Client(base_url=settings.base_url, headers=ADMIN_HEADERS, timeout=60) as client:

@@ -11,7 +11,7 @@ import pytest
 
 from bridge.emulator import EmulatorConfig, ModelBehaviour, verdict_for
 from bridge.inference.wire import VERDICT_JSON_SCHEMA
-from tests.bridge_helpers import Emu, emu, emu_module  # noqa: F401 - fixtures
+from tests.bridge_helpers import Emu
 
 STRICT = {"type": "json_schema", "json_schema": {"name": "policy_verdict", "strict": True, "schema": VERDICT_JSON_SCHEMA}}
 

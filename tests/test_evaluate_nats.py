@@ -123,8 +123,29 @@ async def test_policy_evaluate_over_nats_matches_the_http_api(replicas):
         # discoverable as a nats.micro service
         ping = await nc.request("$SRV.PING.groqpolicy-policy", b"", timeout=5)
         assert msgspec.json.decode(ping.data)["name"] == "groqpolicy-policy"
+
+        # $SRV.STATS counts what the answering tasks did (both replicas answer; the queue group split the 5)
+        stats = await _stats_of_every_replica(nc, "groqpolicy-policy", replicas=2)
+        data = [s["endpoints"][0]["data"] for s in stats]
+        assert sum(d["answered"] for d in data) == 5 and sum(d["errors"] for d in data) == 4
+        assert all(d["processing_time_ns"] > 0 and d["average_processing_time_ns"] > 0 for d in data if d["answered"])
+        assert {d["last_error"] for d in data if d["errors"]} <= {
+            "400 BadRequest: request: Object contains unknown field `entrypoint`",
+            "400 BadRequest: request: Expected `object`, got `int` - at `$.input_context`",
+            "400 BadRequest: request: not JSON (JSON is malformed: object keys must be strings (byte 1))",
+            f"422 ConstitutionalHashMismatch: constitutional_hash: unknown constitution (want: {H}, got: 'x')"}
     finally:
         await nc.close()
+
+
+async def _stats_of_every_replica(nc, service: str, replicas: int) -> list[dict]:
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, max_msgs=replicas)
+    await nc.publish(f"$SRV.STATS.{service}", b"", reply=inbox)
+    try:
+        return [msgspec.json.decode((await sub.next_msg(timeout=5)).data) for _ in range(replicas)]
+    finally:
+        await sub.unsubscribe()
 
 
 def test_a_replica_follows_writes_made_after_a_nats_restart(tmp_path):

@@ -10,7 +10,6 @@ import pytest
 
 from bridge.kernel.errors import GroqPolicyError
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
-from tests.bridge_helpers import emu_module  # noqa: F401 - fixture
 from tests.controlplane_helpers import ADMIN_HEADERS, control_plane_with_worker
 from tests.stored_policies import HEAD, MODEL_POLICY
 
@@ -36,7 +35,7 @@ else := object.union(doc.document("triage", set(), {"text needs a judgment"}, se
 
 
 @pytest.fixture(scope="module")
-def cp(tmp_path_factory, nats_server_module, emu_module):  # noqa: F811
+def cp(tmp_path_factory, nats_server_module, emu_module):
     with control_plane_with_worker(tmp_path_factory.mktemp("cp"), nats_server_module.extra["url"], emu_module.url) as (settings, services, worker):
         with httpx.Client(base_url=settings.base_url, headers=ADMIN_HEADERS, timeout=30) as client:
             ids = {}
@@ -176,7 +175,7 @@ def test_the_pipeline_asks_the_configured_model_when_a_policy_needs_it(cp):
     assert attack["decision"] == "deny" and attack["reasons"][0].startswith("deny: model (fast, openai/gpt-oss-20b) judged deny")
 
 
-def test_groq_models_and_inference_through_the_worker(cp, emu_module):  # noqa: F811
+def test_groq_models_and_inference_through_the_worker(cp, emu_module):
     client, _, _, _ = cp
     models = client.get("/api/v1/groq/models").json()
     tiers = {m["performance_tier"] for m in models["models"]}

@@ -9,22 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from controlplane.metrics import record_inference
-from tests.controlplane_helpers import (
-    ADMIN_TOKEN,
-    AGENT_TOKEN,
-    EVALUATE_TOKEN,
-    bearer,
-    make_settings,
-    running_control_plane,
-)
-
-
-@pytest.fixture(scope="module")
-def cp(tmp_path_factory, nats_server_module):
-    settings = make_settings(tmp_path_factory.mktemp("cp") / "state", nats_url=nats_server_module.extra["url"])
-    with running_control_plane(settings) as services:
-        with httpx.Client(base_url=settings.base_url, timeout=30) as client:
-            yield client, services
+from tests.controlplane_helpers import ADMIN_TOKEN, AGENT_TOKEN, EVALUATE_TOKEN, bearer
 
 
 def scrape(client: httpx.Client) -> dict[tuple[str, tuple], float]:

@@ -10,7 +10,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from bridge.inference.wire import InferReply, Usage
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from controlplane.metrics import record_reply
-from tests.bridge_helpers import emu_module  # noqa: F401 - fixture
 from tests.controlplane_helpers import ADMIN_HEADERS, control_plane_with_worker
 from tests.stored_policies import MODEL_POLICY
 
@@ -28,7 +27,7 @@ def total(snapshot: dict, name: str, **match: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def cp(tmp_path_factory, nats_server_module, emu_module):  # noqa: F811
+def cp(tmp_path_factory, nats_server_module, emu_module):
     with control_plane_with_worker(tmp_path_factory.mktemp("cp"), nats_server_module.extra["url"], emu_module.url) as (settings, _, _):
         with httpx.Client(base_url=settings.base_url, headers=ADMIN_HEADERS, timeout=30) as client:
             yield client

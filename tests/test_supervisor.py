@@ -60,7 +60,7 @@ def start_up(state: Path, ports: dict[str, int], log: Path) -> subprocess.Popen:
     }
     return subprocess.Popen(
         [sys.executable, "-m", "controlplane.ops.cli", "up", "--state-dir", str(state)],
-        cwd=REPO_ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,  # noqa: SIM115
+        cwd=REPO_ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
     )
 
 

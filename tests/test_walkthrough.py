@@ -45,7 +45,7 @@ def system(tmp_path_factory):
         "GROQPOLICY_GATEWAY_PORT": str(ports["gateway"]),
     }
     log = root / "make-run.log"
-    proc = subprocess.Popen(["make", "run"], cwd=REPO_ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
+    proc = subprocess.Popen(["make", "run"], cwd=REPO_ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 240
     while "Ctrl-C stops everything." not in log.read_text():
         if proc.poll() is not None or time.monotonic() > deadline:

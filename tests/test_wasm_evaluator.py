@@ -4,6 +4,7 @@ http.send routing, deadlines. Real opa builds every module; real wasmtime runs i
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import re
 import threading
@@ -12,9 +13,19 @@ import time
 import pytest
 import wasmtime
 
+from bridge.kernel import errors as kernel
 from bridge.opabundle.archive import read_bundle, write_bundle
 from bridge.opabundle.keys import generate_keypair
-from bridge.opawasm import UNDEFINED, HostConfig, WasmEvaluator, WasmPolicy, load_bundle, policy_from_files
+from bridge.opabundle.signing import sign_bundle
+from bridge.opawasm import (
+    UNDEFINED,
+    HostConfig,
+    LoadOptions,
+    WasmEvaluator,
+    WasmPolicy,
+    load_bundle,
+    policy_from_files,
+)
 from bridge.opawasm import errors as E
 from tests.wasm_helpers import build_wasm_bundle, bundle_files, signed_bundle
 
@@ -87,7 +98,7 @@ def test_tampered_bundle_is_refused(bundle, key):
     wasm = bytearray(files["/policy.wasm"])
     wasm[-10] ^= 0xFF
     files["/policy.wasm"] = bytes(wasm)
-    with pytest.raises(E.BundleVerificationFailed, match="policy.wasm: digest mismatch"):
+    with pytest.raises(E.BundleVerificationFailed, match=r"policy\.wasm: digest mismatch"):
         load_bundle(write_bundle(files), keys_of(key))
 
 
@@ -161,9 +172,12 @@ def test_trap_discards_instance_and_pool_keeps_serving(policy):
 
 def test_deadline_overrun(policy):
     t0 = time.monotonic()
-    with pytest.raises(E.DeadlineExceeded, match="deadline exceeded"):
+    with pytest.raises(E.DeadlineExceeded, match="deadline exceeded") as exc:
         policy.evaluate("t/slow", {}, timeout=0.02)
     assert time.monotonic() - t0 < 2.0  # the policy alone would run for seconds
+    # an evaluation failure (callers deny on it) and the family's deadline error, with its 504
+    assert isinstance(exc.value, E.EvaluationError) and isinstance(exc.value, kernel.DeadlineExceeded)
+    assert kernel.error_document(exc.value)["error"]["code"] == "deadline_exceeded" and exc.value.status == 504
     _serves(policy)
 
 
@@ -330,9 +344,24 @@ def test_deadline_bounds_host_builtins(http_bundle):
 
     p = policy_from_files(bundle_files(http_bundle), host=HostConfig(bridge_url="http://bridge.local:8016", infer_transport=slow_infer))
     t0 = time.monotonic()
-    with pytest.raises(E.EvaluationError, match="timed out|deadline"):
+    with pytest.raises(E.EvaluationError, match=r"timed out|deadline"):
         p.evaluate("h/judge", {"prompt": "x"}, timeout=0.1)
     assert time.monotonic() - t0 < 2.0
+
+
+def test_transport_deadline_is_a_network_error_not_the_evaluations(http_bundle):
+    # the NATS request timed out but the evaluation still has time: as topdown treats a request
+    # timeout while its own context is alive, a builtin error (undefined), not a halt
+    def timed_out(tier, body, timeout):
+        raise kernel.DeadlineExceeded("groq.infer.fast: no answer within the deadline")
+
+    p = policy_from_files(bundle_files(http_bundle), host=HostConfig(bridge_url="http://bridge.local:8016",
+                                                                     infer_transport=timed_out))
+    assert p.evaluate("h/judge", {"prompt": "x"}, timeout=2.0) is UNDEFINED
+    strict = policy_from_files(bundle_files(http_bundle), strict_builtin_errors=True,
+                               host=HostConfig(bridge_url="http://bridge.local:8016", infer_transport=timed_out))
+    with pytest.raises(E.BuiltinHalt, match=r"http\.send: groq\.infer\.fast: no answer"):
+        strict.evaluate("h/judge", {"prompt": "x"}, timeout=2.0)
 
 
 async def test_async_evaluation_does_not_block_the_loop(http_bundle):
@@ -351,7 +380,7 @@ async def test_async_evaluation_does_not_block_the_loop(http_bundle):
     res, _ = await asyncio.gather(p.evaluate_async("h/judge", {"prompt": "x"}), ticker())
     assert res["body"] == {"decision": "review"}
     # the 200 ms http.send never held the loop: the ticker kept ticking meanwhile
-    assert max(b - a for a, b in zip(stamps, stamps[1:])) < 0.15
+    assert max(b - a for a, b in itertools.pairwise(stamps)) < 0.15
 
 
 # -- print, runtime, data, manifest -------------------------------------------------------------
@@ -391,7 +420,7 @@ def test_manifest_entrypoint_missing_from_module_is_refused(bundle):
     with pytest.raises(E.BundleLoadError, match="t/nope"):
         policy_from_files(files)
     files["/.manifest"] = b'{"wasm": [{"entrypoint": "t/allow", "module": "/other.wasm"}]}'
-    with pytest.raises(E.BundleLoadError, match="/other.wasm: named in /.manifest but missing"):
+    with pytest.raises(E.BundleLoadError, match=r"/other\.wasm: named in /\.manifest but missing"):
         policy_from_files(files)
 
 
@@ -598,3 +627,48 @@ def test_match_schema_with_keywords_it_cannot_check_fails_closed():
     assert p.evaluate("p/ok", {"d": {"a": 1}, "s": {"type": "object", "required": ["a"]}}) is True
     with pytest.raises(E.BuiltinHalt, match="not supported by this host: oneOf"):
         p.evaluate("p/ok", {"d": {"a": 1}, "s": {"oneOf": [{"type": "string"}]}})
+
+
+# -- load options -------------------------------------------------------------------------------
+
+
+def test_load_options_as_a_struct_or_as_keywords(bundle):
+    files = bundle_files(bundle)
+    opts = LoadOptions(pool_size=3, memory_limit=32 << 20, timeout=0.5)
+    p = policy_from_files(files, opts)
+    q = policy_from_files(files, opts, pool_size=1)  # a keyword replaces one field of the struct
+    try:
+        assert (p.pool_size, p.memory_limit, p.timeout) == (3, 32 << 20, 0.5)
+        assert (q.pool_size, q.memory_limit, q.timeout) == (1, 32 << 20, 0.5)
+        assert opts.pool_size == 3
+    finally:
+        p.close()
+        q.close()
+    with pytest.raises(TypeError, match=r"unknown load option.*poolsize"):
+        policy_from_files(files, poolsize=1)
+    with pytest.raises(ValueError, match="pool_size"):
+        LoadOptions(pool_size=0)
+    with pytest.raises(ValueError, match="timeout"):
+        LoadOptions(timeout=0)
+
+
+def test_verification_options_reach_the_verifier(bundle, key):
+    signed = signed_bundle(bundle, key)
+    with pytest.raises(E.BundleVerificationFailed, match="nobody: verification key not found"):
+        load_bundle(signed, keys_of(key), LoadOptions(keyid="nobody"))
+    with pytest.raises(E.BundleVerificationFailed, match="scope mismatch"):
+        load_bundle(signed, keys_of(key), scope="tenant-a")
+    scoped = write_bundle(sign_bundle(read_bundle(bundle), key, scope="tenant-a"))
+    load_bundle(scoped, keys_of(key), scope="tenant-a").close()
+
+
+def test_evaluator_revisions_share_its_host(bundle, key):
+    ev = WasmEvaluator(keys_of(key), LoadOptions(pool_size=1))
+    first = ev.load(signed_bundle(bundle, key))
+    lines: list[str] = []
+    ev.host.on_print = lines.append  # set after construction, as the control plane sets its transport
+    second = ev.load(signed_bundle(bundle, key))
+    try:
+        assert first.host is second.host is ev.host and second.host.on_print == lines.append
+    finally:
+        ev.close()

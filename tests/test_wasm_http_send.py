@@ -32,7 +32,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         if self.path.startswith("/json"):
             self._reply(200, "application/json", json.dumps({"ok": True, "path": self.path}).encode())
         elif self.path == "/text":
@@ -42,7 +42,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._reply(404, "application/json", b'{"error": "nope"}')
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         n = int(self.headers.get("Content-Length", "0"))
         body = self.rfile.read(n)
         self._reply(201, "application/json", json.dumps({"got": json.loads(body or b"null")}).encode())

@@ -14,7 +14,7 @@ import nats
 import pytest
 
 from bridge.inference.gateway import InferClient
-from tests.bridge_helpers import REPO_ROOT, Emu, emu, worker_on  # noqa: F401 - fixture
+from tests.bridge_helpers import REPO_ROOT, Emu, worker_on
 
 POLICY = """
 package demo
@@ -56,7 +56,7 @@ async def test_wasm_policy_asks_the_workers_over_nats_and_fails_closed_without_t
     files = build_wasm(opa_bin, tmp_path)
     async with worker_on(url, emu) as worker:
         nc = await nats.connect(url)
-        client = InferClient(nc)
+        client = InferClient(nc, cache_size=100)
         policy = policy_from_files(files, host=HostConfig(bridge_url="http://127.0.0.1:8016",
                                                            infer_transport=client.transport()))
 

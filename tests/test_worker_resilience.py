@@ -4,6 +4,9 @@ circuit breakers, fail-closed review, deadlines, caching and coalescing (no NATS
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -12,7 +15,7 @@ from bridge.emulator import ModelBehaviour
 from bridge.inference.wire import InferRequest, InvalidInferRequest
 from bridge.inference.worker.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from bridge.kernel.errors import DeadlineExceeded
-from tests.bridge_helpers import Emu, emu, engine_for  # noqa: F401 - fixture
+from tests.bridge_helpers import REPO_ROOT, Emu, engine_for
 
 FAST = "openai/gpt-oss-20b"
 FALLBACK = "qwen/qwen3.6-27b"
@@ -200,15 +203,15 @@ async def test_model_over_budget_is_skipped_for_one_that_fits(emu: Emu):
     assert reply.model == "openai/gpt-oss-120b"
 
 
-async def test_embedded_default_without_a_key_is_the_emulator(monkeypatch):
+async def test_without_a_key_the_emulator_url_is_used_and_replies_say_emulated(monkeypatch, emu: Emu):
     from bridge.inference.catalog import default_catalog
     from bridge.inference.worker import InferenceEngine, connect_groq
 
     monkeypatch.delenv("GROQ_API_KEY", raising=False)
-    monkeypatch.delenv("GROQPOLICY_EMULATOR_URL", raising=False)
+    monkeypatch.setenv("GROQPOLICY_EMULATOR_URL", emu.url)
     conn = await connect_groq()
     try:
-        assert conn.emulated and conn.emulator is not None and conn.base_url.startswith("http://127.0.0.1:")
+        assert conn.emulated and conn.base_url == emu.url
         engine = InferenceEngine(conn.client, default_catalog(), emulated=conn.emulated)
         reply, _ = await ask(engine, "q")
         assert reply.emulated is True and reply.decision == "allow"
@@ -216,14 +219,37 @@ async def test_embedded_default_without_a_key_is_the_emulator(monkeypatch):
         await conn.close()
 
 
+async def test_neither_a_key_nor_an_emulator_is_a_config_error_naming_both(monkeypatch):
+    from bridge.inference.worker import connect_groq
+    from bridge.kernel.errors import ConfigError
+
+    monkeypatch.delenv("GROQ_API_KEY", raising=False)
+    monkeypatch.delenv("GROQPOLICY_EMULATOR_URL", raising=False)
+    with pytest.raises(ConfigError) as exc:
+        await connect_groq()
+    assert "GROQ_API_KEY" in exc.value.message and "GROQPOLICY_EMULATOR_URL" in exc.value.message
+
+
+def test_a_worker_without_a_model_endpoint_exits_at_once_in_one_line():
+    env = {k: v for k, v in os.environ.items() if k not in ("GROQ_API_KEY", "GROQPOLICY_EMULATOR_URL")}
+    env["NATS_URL"] = "nats://127.0.0.1:1"  # never reached: the endpoint is checked first
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "bridge.inference.worker"], env=env, cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stdout == "" and time.perf_counter() - t0 < 30
+    assert done.stderr == ("error: no model endpoint: set GROQ_API_KEY (GroqCloud) or GROQPOLICY_EMULATOR_URL "
+                           "(a Groq emulator, e.g. `python -m bridge.emulator`)\n")
+
+
 async def test_a_key_means_the_real_api_is_not_marked_emulated(monkeypatch, emu: Emu):
     from bridge.inference.worker import connect_groq
 
     monkeypatch.setenv("GROQ_API_KEY", "gsk_test")
     monkeypatch.setenv("GROQ_BASE_URL", emu.url)
+    monkeypatch.setenv("GROQPOLICY_EMULATOR_URL", "http://127.0.0.1:1")  # the key wins
     conn = await connect_groq()
     try:
-        assert not conn.emulated and conn.emulator is None and conn.base_url == emu.url
+        assert not conn.emulated and conn.base_url == emu.url
         assert emu.calls() == 0  # the warm-up is GET /openai/v1/models, not a completion
     finally:
         await conn.close()

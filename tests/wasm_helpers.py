@@ -14,6 +14,8 @@ from typing import Any
 
 import msgspec
 
+from bridge.opabundle.archive import read_bundle, write_bundle
+from bridge.opabundle.signing import sign_bundle
 from controlplane.infra.toolchain import opa_binary
 
 CACHE_DIR = Path(os.environ.get("GROQPOLICY_WASM_TEST_CACHE", Path(tempfile.gettempdir()) / "groqpolicy-wasm-cache"))
@@ -57,9 +59,6 @@ def bundle_files(bundle: bytes) -> dict[str, bytes]:
 
 
 def signed_bundle(bundle: bytes, key: Any) -> bytes:
-    from bridge.opabundle.archive import read_bundle, write_bundle
-    from bridge.opabundle.signing import sign_bundle
-
     return write_bundle(sign_bundle(read_bundle(bundle), key))
 
 

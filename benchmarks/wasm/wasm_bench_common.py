@@ -1,4 +1,4 @@
-"""Shared inputs for the issue-3 benchmarks: the three policies, their data and inputs, and
+"""Shared inputs for the evaluator benchmarks: the three policies, their data and inputs, and
 builders for each contender (same policy source, same data, same input, same entrypoint)."""
 
 from __future__ import annotations
@@ -109,14 +109,15 @@ class IsolatedWasmtime:
 
     Both wasmtime packages load their own libwasmtime (ctypes, RTLD_LOCAL: no symbol clash).
     wasmtime-py imports `from wasmtime import ...` lazily inside some functions, so every call into
-    the peer runs with `sys.modules["wasmtime"]` pointing at its copy (a dict assignment, ~50 ns).
+    the peer runs with `sys.modules["wasmtime"]` pointing at its copy (one dict assignment per call,
+    negligible next to the peer's evaluation).
     """
 
     def __init__(self, target: Path) -> None:
         own = self._take()
         sys.path.insert(0, str(target))
         try:
-            import opapywasm  # noqa: F401
+            import opapywasm
 
             self.module = opapywasm
         finally:

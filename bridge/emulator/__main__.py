@@ -9,7 +9,8 @@ from pathlib import Path
 import msgspec
 import uvicorn
 
-from bridge.emulator.app import EmulatorConfig, ModelBehaviour, create_app
+from bridge.emulator.app import create_app
+from bridge.emulator.behaviour import EmulatorConfig, ModelBehaviour
 
 
 def main() -> None:

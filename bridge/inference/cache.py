@@ -6,9 +6,11 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 import msgspec
+from nats.js.client import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
@@ -29,7 +31,7 @@ def cache_key(tier: str, req: InferRequest) -> str:
 class TTLCache(Generic[V]):
     """Bounded LRU whose entries also expire. `get` is a dict lookup plus a clock read."""
 
-    def __init__(self, maxsize: int = 10_000, clock=time.monotonic) -> None:
+    def __init__(self, maxsize: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.maxsize = maxsize
         self.clock = clock
         self._data: OrderedDict[str, tuple[float, V]] = OrderedDict()
@@ -86,7 +88,7 @@ class KVCache:
         self._dec = msgspec.json.Decoder(L2Entry)
 
     @classmethod
-    async def open(cls, js, bucket: str = BUCKET, ttl_s: float = 3600.0) -> KVCache:
+    async def open(cls, js: JetStreamContext, bucket: str = BUCKET, ttl_s: float = 3600.0) -> KVCache:
         try:
             kv = await js.key_value(bucket)
         except Exception:  # noqa: BLE001 - BucketNotFoundError, or a stream that is not a bucket yet
@@ -121,5 +123,5 @@ class KVCache:
     async def put(self, key: str, reply: InferReply, ttl_s: float) -> None:
         try:
             await self.kv.put(key, self._enc.encode(L2Entry(expires_at=time.time() + ttl_s, reply=reply)))
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - L2 is an optimisation: a lost write is a later miss
             self.errors += 1

@@ -16,23 +16,23 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
-from nats.aio.client import Client as NATS
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from bridge.inference.cache import TTLCache, cache_key
 from bridge.inference.wire import (
     BUDGET_HEADER,
-    DEFAULT_DEADLINE_MS,
     MAX_AGE_HEADER,
     InferRequest,
     InvalidInferRequest,
     NoWorker,
-    bridge_error,
-    decode_request,
+    WorkerError,
+    read_request,
     subject_for,
-    validate_request,
 )
+from bridge.kernel.config import DEFAULT_DEADLINE_MS
 from bridge.kernel.errors import (
     ERROR_CODE_HEADER,
     ERROR_HEADER,
@@ -52,19 +52,26 @@ def parse(tier: str, body: bytes) -> tuple[str, InferRequest]:
     subject = _SUBJECTS.get(tier)
     if subject is None:
         raise InvalidInferRequest(f"tier {tier!r}: unknown (want one of: {', '.join(TIERS)})", status=404, code="unknown_tier")
-    try:
-        req = decode_request(body)
-    except msgspec.ValidationError as exc:  # a subclass of DecodeError: test it first
-        raise InvalidInferRequest(f"body: {exc}", status=422, code="invalid_request") from None
-    except msgspec.DecodeError as exc:
-        raise InvalidInferRequest(f"body: not JSON ({exc})", status=400, code="invalid_json") from None
-    validate_request(req)
-    return subject, req
+    return subject, read_request(body)
+
+
+def _error_status(code: str) -> int:
+    """A worker's error code as an HTTP status; anything that is not a 4xx/5xx is the worker's fault (502)."""
+    return int(code) if code.isdigit() and 400 <= int(code) <= 599 else 502
+
+
+def _within(body: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """The body with a `deadline_ms` no later than http.send's timeout. A value of the wrong type is
+    left as it is, so that the request is refused (422) naming it."""
+    given = body.get("deadline_ms")
+    if given is not None and (isinstance(given, bool) or not isinstance(given, int)):
+        return body
+    limit = max(1, int(timeout * 1000))
+    return {**body, "deadline_ms": min(given or limit, limit)}
 
 
 class InferClient:
-    def __init__(self, nc: NATS | None, default_deadline_ms: int = DEFAULT_DEADLINE_MS,
-                 cache_size: int = 10_000) -> None:
+    def __init__(self, nc: NatsClient | None, *, cache_size: int, default_deadline_ms: int = DEFAULT_DEADLINE_MS) -> None:
         self.nc = nc
         self.default_deadline_ms = default_deadline_ms
         self.counts = {"requests": 0, "ok": 0, "client_errors": 0, "no_worker": 0, "deadline": 0, "cache_hits": 0}
@@ -79,36 +86,19 @@ class InferClient:
             self.counts["client_errors"] += 1
             raise
         key = cache_key(tier, req) if self.cache is not None else ""
-        if key and (hit := self.cache.get(key)) is not None:  # type: ignore[union-attr]
+        if self.cache is not None and (hit := self.cache.get(key)) is not None:
             self.counts["ok"] += 1
             self.counts["cache_hits"] += 1
-            return 200, hit, max(1, int(self.cache.ttl_left(key)))  # type: ignore[union-attr]
+            return 200, hit, max(1, int(self.cache.ttl_left(key)))
         budget_ms = req.deadline_ms or self.default_deadline_ms
-        nc = self.nc
-        if nc is None or not nc.is_connected:
-            self.counts["no_worker"] += 1
-            raise NoWorker("NATS: not connected; no inference worker can be reached", code="nats_unavailable")
-        t0 = time.monotonic()
-        try:
-            msg = await nc.request(subject, body, timeout=budget_ms / 1000, headers={BUDGET_HEADER: str(budget_ms)})
-        except NoRespondersError:
-            self.counts["no_worker"] += 1
-            raise NoWorker(f"{subject}: no inference worker is serving tier {tier!r}") from None
-        except (TimeoutError, NatsTimeout):
-            self.counts["deadline"] += 1
-            raise DeadlineExceeded(f"{subject}: no answer within the deadline of {budget_ms} ms "
-                                   f"(waited {(time.monotonic() - t0) * 1000:.0f} ms)") from None
-        except ConnectionClosedError:
-            self.counts["no_worker"] += 1
-            raise NoWorker("NATS: connection closed") from None
+        msg = await self._ask(subject, tier, body, budget_ms)
         headers = msg.headers or {}
         code = headers.get(ERROR_CODE_HEADER)
         if code is not None:
-            status = int(code) if code.isdigit() and 400 <= int(code) <= 599 else 502
+            status = _error_status(code)
             if 400 <= status < 500:
                 self.counts["client_errors"] += 1
-            data = msg.data or error_body(bridge_error(headers.get(ERROR_HEADER, "worker error"), "worker_error", "worker_error", status))
-            return status, data, 0
+            return status, msg.data or error_body(WorkerError(headers.get(ERROR_HEADER, "worker error"), status=status)), 0
         self.counts["ok"] += 1
         try:
             max_age = int(headers.get(MAX_AGE_HEADER, "0"))
@@ -118,14 +108,36 @@ class InferClient:
             self._keep(key, msg.data, max_age)
         return 200, msg.data, max_age
 
+    async def _ask(self, subject: str, tier: str, body: bytes, budget_ms: int) -> Msg:
+        """The NATS request with the caller's budget; no worker, a closed connection and the deadline are errors."""
+        nc = self.nc
+        if nc is None or not nc.is_connected:
+            self.counts["no_worker"] += 1
+            raise NoWorker("NATS: not connected; no inference worker can be reached", code="nats_unavailable")
+        t0 = time.monotonic()
+        try:
+            return await nc.request(subject, body, timeout=budget_ms / 1000, headers={BUDGET_HEADER: str(budget_ms)})
+        except NoRespondersError as exc:
+            self.counts["no_worker"] += 1
+            raise NoWorker(f"{subject}: no inference worker is serving tier {tier!r}") from exc
+        except (TimeoutError, NatsTimeout) as exc:
+            self.counts["deadline"] += 1
+            raise DeadlineExceeded(f"{subject}: no answer within the deadline of {budget_ms} ms "
+                                   f"(waited {(time.monotonic() - t0) * 1000:.0f} ms)") from exc
+        except ConnectionClosedError as exc:
+            self.counts["no_worker"] += 1
+            raise NoWorker("NATS: connection closed") from exc
+
     def _keep(self, key: str, data: bytes, max_age: int) -> None:
         """Store the reply as a later hit will see it: `cached: true`."""
+        if self.cache is None:
+            return
         try:
             reply = _reply_fields.decode(data)
         except msgspec.DecodeError:
             return
         reply["cached"] = True
-        self.cache.set(key, msgspec.json.encode(reply), max_age)  # type: ignore[union-attr]
+        self.cache.set(key, msgspec.json.encode(reply), max_age)
 
     def transport(self, loop: asyncio.AbstractEventLoop | None = None) -> Callable[[str, Any, float], tuple[int, Any]]:
         """A blocking `(tier, body, timeout) -> (status, json)` for code running *off* `loop`
@@ -135,8 +147,7 @@ class InferClient:
 
         def call(tier: str, body: Any, timeout: float) -> tuple[int, Any]:
             if isinstance(body, dict):
-                limit = max(1, int(timeout * 1000))
-                body = {**body, "deadline_ms": min(int(body.get("deadline_ms") or limit), limit)}
+                body = _within(body, timeout)
             raw = msgspec.json.encode(body)
             fut = asyncio.run_coroutine_threadsafe(self.request(tier, raw), loop)
             try:

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jinja2
 import msgspec
 
-from bridge.inference.wire import CONSTITUTIONAL_HASH, InferRequest
+from bridge.inference.wire import InferRequest
+from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
+
+if TYPE_CHECKING:  # the groq SDK is a heavy import, and the gateway and control plane never call it
+    from groq.types.chat import ChatCompletionMessageParam
 
 TEMPLATE_DIR = Path(__file__).with_name("templates")
 TEMPLATE_VERSION = "1"
@@ -32,7 +37,8 @@ def canonical_context(context: object) -> bytes:
     return _canonical.encode(context)
 
 
-def render(req: InferRequest, *, policy_context: str = "", constitutional_prompt: str = CONSTITUTIONAL_PROMPT) -> list[dict[str, str]]:
+def render(req: InferRequest, *, policy_context: str = "",
+           constitutional_prompt: str = CONSTITUTIONAL_PROMPT) -> list[ChatCompletionMessageParam]:
     """The chat messages for one request. The fence's boundary is derived from the input itself,
     so the input cannot contain its own closing tag."""
     context_json = canonical_context(req.context).decode()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
@@ -23,6 +25,14 @@ def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
 def _config(app: Any, **kw: Any) -> uvicorn.Config:
     return uvicorn.Config(app, log_level=kw.pop("log_level", "warning"), access_log=False, lifespan=kw.pop("lifespan", "on"),
                           timeout_graceful_shutdown=kw.pop("timeout_graceful_shutdown", 1), **kw)
+
+
+class _GuestServer(uvicorn.Server):
+    """uvicorn inside someone else's program: the program owns SIGINT/SIGTERM, not the server."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 class ThreadServer:
@@ -49,15 +59,14 @@ class ThreadServer:
 
 
 class LoopServer:
-    """uvicorn as a task in the running loop (for processes that own one loop: the worker default)."""
+    """uvicorn as a task in the running loop (for a program that owns the loop, such as a test)."""
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, **kw: Any) -> None:
         self.sock = bind_socket(host, port)
         self.host, self.port = self.sock.getsockname()[:2]
         self.url = f"http://{self.host}:{self.port}"
-        self.server = uvicorn.Server(_config(app, **kw))
-        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-        self.task: asyncio.Task | None = None
+        self.server = _GuestServer(_config(app, **kw))
+        self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> LoopServer:
         self.task = asyncio.create_task(self.server.serve(sockets=[self.sock]))

@@ -7,17 +7,20 @@ The HTTP contract (gateway, what Rego's `http.send` calls) and the NATS contract
     NATS groq.infer.<tier>  data = InferRequest   ->  InferReply | ErrorReply
                                                       (+ Nats-Service-Error-Code on errors)
 
-`Verdict` is what the *model* must answer (the structured-output schema); it never reaches a
-caller unvalidated.
+Ranges are declared on the structs (`msgspec.Meta`), so the decoder enforces them; `read_request`
+turns a violation into the bridge's error, naming the field and its declared range. `Verdict` is
+what the *model* must answer (the structured-output schema); it never reaches a caller unvalidated.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Annotated, Any
 
 import msgspec
+import msgspec.inspect
 
-from bridge.kernel.errors import BadRequest, GroqPolicyError, Unavailable
+from bridge.kernel.errors import BadRequest, GroqPolicyError, NotFound, Unavailable
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH, Decision
 
 SUBJECT_PREFIX = "groq.infer"
@@ -28,9 +31,15 @@ BUDGET_HEADER = "Groqpolicy-Budget-Ms"
 MAX_AGE_HEADER = "Groqpolicy-Max-Age"
 """Seconds the gateway may let HTTP caches (OPA's inter-query cache) keep the reply."""
 
-DEFAULT_DEADLINE_MS = 5_000
 MAX_DEADLINE_MS = 120_000
 MAX_BODY_BYTES = 64 * 1024
+MAX_COMPLETION_TOKENS = 65_536
+
+DeadlineMs = Annotated[int, msgspec.Meta(ge=1, le=MAX_DEADLINE_MS)]
+MaxTokens = Annotated[int, msgspec.Meta(ge=1, le=MAX_COMPLETION_TOKENS)]
+Temperature = Annotated[float, msgspec.Meta(ge=0.0, le=2.0)]
+Confidence = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+
 
 def subject_for(tier: str) -> str:
     return f"{SUBJECT_PREFIX}.{tier}"
@@ -43,13 +52,13 @@ class InferRequest(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=Tru
     context: Any = None
     policy: str = ""
     constitutional_hash: str = CONSTITUTIONAL_HASH
-    deadline_ms: int | None = None
+    deadline_ms: DeadlineMs | None = None
     model: str | None = None
     """Optional model (or retired alias) tried first, before the tier's own models."""
-    max_tokens: int | None = None
+    max_tokens: MaxTokens | None = None
     """Completion budget; capped by the tier's and the model's limits. Default: the tier's."""
-    temperature: float | None = None
-    """Sampling temperature 0..2. Default: the tier's (0 for judgments, so answers repeat)."""
+    temperature: Temperature | None = None
+    """Sampling temperature. Default: the tier's (0 for judgments, so answers repeat)."""
 
 
 class Usage(msgspec.Struct):
@@ -87,12 +96,8 @@ class Verdict(msgspec.Struct, forbid_unknown_fields=True):
     """The model's answer. Anything that does not decode into this is a failed call."""
 
     decision: Decision
-    confidence: float
+    confidence: Confidence
     rationale: str
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.confidence <= 1.0:
-            raise ValueError(f"confidence must be within 0..1, got {self.confidence}")
 
 
 VERDICT_JSON_SCHEMA: dict[str, Any] = {
@@ -113,6 +118,7 @@ _encoder = msgspec.json.Encoder()
 
 
 def decode_request(data: bytes) -> InferRequest:
+    """The request as msgspec decodes it (types and declared ranges); `read_request` adds the bridge's errors."""
     return _req_decoder.decode(data)
 
 
@@ -128,11 +134,26 @@ def encode(obj: Any) -> bytes:
     return _encoder.encode(obj)
 
 
+# ---- errors ----------------------------------------------------------------------------------
+# The bridge's error kinds are Groq's (`invalid_request_error`, ...), so a caller that knows
+# Groq's API reads ours the same way.
+
 class InvalidInferRequest(BadRequest):
-    """An inference request the bridge cannot use (the status says how: 400, 404, 422)."""
+    """An inference request the bridge cannot use (the status says how: 400, 404, 413, 422)."""
 
     type = "invalid_request_error"
     code = "bad_request"
+
+
+class UnknownRoute(NotFound):
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class MethodNotAllowed(GroqPolicyError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
 
 
 class NoWorker(Unavailable):
@@ -142,13 +163,59 @@ class NoWorker(Unavailable):
     code = "no_worker"
 
 
-def bridge_error(message: str, type_: str, code: str, status: int = 400) -> GroqPolicyError:
-    """An error of the bridge's own routing (unknown path, wrong method), as the family's error."""
-    return GroqPolicyError(message, status=status, type_=type_, code=code)
+class WorkerError(GroqPolicyError):
+    """A worker's error reply that carried no body of its own."""
+
+    status = 502
+    type = "worker_error"
+    code = "worker_error"
+
+
+class InternalError(GroqPolicyError):
+    """A bug, reported as one (500) instead of a hanging request."""
+
+    type = "internal_error"
+    code = "internal_error"
+
+
+# Which error code each declared range reports; a ranged field without one fails at import.
+_RANGE_CODES = {"deadline_ms": "bad_deadline", "max_tokens": "bad_max_tokens", "temperature": "bad_temperature"}
+
+
+def _declared_ranges(struct: type[msgspec.Struct]) -> dict[str, tuple[float, float, str]]:
+    """{field: (lowest, highest, error code)} as the struct's `Meta(ge=, le=)` declare them."""
+    info = msgspec.inspect.type_info(struct)
+    assert isinstance(info, msgspec.inspect.StructType)
+    out: dict[str, tuple[float, float, str]] = {}
+    for field in info.fields:
+        kinds = field.type.types if isinstance(field.type, msgspec.inspect.UnionType) else (field.type,)
+        for kind in kinds:
+            if isinstance(kind, msgspec.inspect.IntType | msgspec.inspect.FloatType) and kind.ge is not None \
+                    and kind.le is not None:
+                out[field.name] = (kind.ge, kind.le, _RANGE_CODES[field.name])
+    return out
+
+
+_RANGES = _declared_ranges(InferRequest)
+_AT_FIELD = re.compile(r" - at `\$\.(\w+)`$")
+
+
+def _invalid(data: bytes, exc: msgspec.ValidationError, label: str) -> InvalidInferRequest:
+    """A decode error as the bridge reports it: a value outside its declared range names the field,
+    the range and the value (with its own code); anything else keeps msgspec's message."""
+    at = _AT_FIELD.search(str(exc))
+    declared = _RANGES.get(at.group(1)) if at else None
+    if at and declared:
+        lo, hi, code = declared
+        value = msgspec.json.decode(data).get(at.group(1))  # decodes: only the field's value was wrong
+        if isinstance(value, int | float) and not isinstance(value, bool) and not lo <= value <= hi:
+            return InvalidInferRequest(f"{at.group(1)}: must be within {lo:g}..{hi:g}, got {value}", status=422,
+                                       code=code)
+    return InvalidInferRequest(f"{label}: {exc}", status=422, code="invalid_request")
 
 
 def validate_request(req: InferRequest) -> None:
-    """Checks msgspec's types cannot express; raises InvalidInferRequest (422)."""
+    """What the declared types cannot say; raises InvalidInferRequest (422)."""
     if req.constitutional_hash != CONSTITUTIONAL_HASH:
         raise InvalidInferRequest(
             f"constitutional_hash: unknown constitution (want: {CONSTITUTIONAL_HASH}, got: {req.constitutional_hash})",
@@ -156,11 +223,16 @@ def validate_request(req: InferRequest) -> None:
         )
     if not req.question.strip():
         raise InvalidInferRequest("question: must not be empty", status=422, code="empty_question")
-    if req.max_tokens is not None and not 1 <= req.max_tokens <= 65_536:
-        raise InvalidInferRequest(f"max_tokens: must be within 1..65536, got {req.max_tokens}", status=422, code="bad_max_tokens")
-    if req.temperature is not None and not 0.0 <= req.temperature <= 2.0:
-        raise InvalidInferRequest(f"temperature: must be within 0..2, got {req.temperature}", status=422, code="bad_temperature")
-    if req.deadline_ms is not None and not 1 <= req.deadline_ms <= MAX_DEADLINE_MS:
-        raise InvalidInferRequest(
-            f"deadline_ms: must be within 1..{MAX_DEADLINE_MS}, got {req.deadline_ms}", status=422, code="bad_deadline"
-        )
+
+
+def read_request(data: bytes, *, label: str = "body") -> InferRequest:
+    """Decode and check a request. Every failure is an InvalidInferRequest: 400 not JSON, 422 invalid
+    (`label` names the request in the message: "body" over HTTP, "request" on NATS)."""
+    try:
+        req = _req_decoder.decode(data)
+    except msgspec.ValidationError as exc:  # a subclass of DecodeError: test it first
+        raise _invalid(data, exc, label) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidInferRequest(f"{label}: not JSON ({exc})", status=400, code="invalid_json") from None
+    validate_request(req)
+    return req

@@ -30,6 +30,7 @@ from bridge.kernel.vocabulary import MIN_MODEL_CONFIDENCE
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+DEFAULT_DEADLINE_MS = 5_000  # a model call's deadline when its request names none (gateway, worker, client)
 AUDIT_DURABILITIES = ("spool", "ack")
 
 _S = TypeVar("_S", bound="_Section")
@@ -42,7 +43,9 @@ def audit_durability(value: str) -> str:
     return value
 
 
-_durability = audit_durability  # a section's field of the same name shadows the function in its body
+# `Settings` has a field named `audit_durability`: inside its class body that name is the field's
+# default (a str), not this function, so the variable table refers to the function by this name.
+_parse_audit_durability = audit_durability
 
 
 def environment() -> dict[str, str]:
@@ -57,7 +60,7 @@ class _Section(msgspec.Struct, kw_only=True):
     ENV: ClassVar[dict[str, tuple[str, Conv]]] = {}
 
     @classmethod
-    def from_env(cls: type[_S], env: Mapping[str, str] | None = None, **overrides: Any) -> _S:
+    def from_env(cls: type[_S], env: Mapping[str, str] | None = None, /, **overrides: Any) -> _S:
         source = os.environ if env is None else env
         values: dict[str, Any] = {}
         for var, (field, conv) in cls.ENV.items():
@@ -131,7 +134,7 @@ class Settings(_Section, kw_only=True):
         "GROQPOLICY_NATS_REPLICAS": ("nats_replicas", int),
         "GROQPOLICY_OPA_URL": ("opa_url", str),
         "GROQPOLICY_AGENT_PORT": ("agent_port", int),
-        "GROQPOLICY_AUDIT_DURABILITY": ("audit_durability", _durability),
+        "GROQPOLICY_AUDIT_DURABILITY": ("audit_durability", _parse_audit_durability),
         "GROQPOLICY_AUDIT_MAX_BACKLOG": ("audit_max_backlog", int),
         "GROQPOLICY_AUDIT_CHECKPOINT_S": ("audit_checkpoint_s", float),
         "GROQPOLICY_RECORD_KEY_FILE": ("record_key_file", Path),
@@ -174,7 +177,7 @@ class GatewaySettings(_Section, kw_only=True):
     host: str = "127.0.0.1"
     port: int = 8016
     nats_url: str = DEFAULT_NATS_URL
-    deadline_ms: int = 5_000  # a model call's deadline when the request carries none
+    deadline_ms: int = DEFAULT_DEADLINE_MS
     cache_size: int = 10_000  # judgments kept for their max-age; 0 disables
 
     ENV: ClassVar[dict[str, tuple[str, Conv]]] = {
@@ -292,9 +295,61 @@ class ToolchainSettings(_Section, kw_only=True):
     }
 
 
+class NatsSettings(_Section, kw_only=True):
+    """The credential a process presents to NATS: for a cluster someone else runs, or the embedded
+    server's per-role nkey that `groqpolicy up` hands each child. At most one of a creds file, an
+    nkey seed file or user+password; TLS with any of them. Secrets never reach `repr`."""
+
+    creds_file: Path | None = None  # a `.creds` file (user JWT + nkey seed) from the cluster's operator
+    nkey_file: Path | None = None  # a file holding one nkey user seed (`SU...`)
+    nkey_seed: str = ""  # the same seed as text, for callers that hold it in memory (no variable: env leaks)
+    user: str = ""
+    password: str = ""  # sent to the server in CONNECT: use it with TLS only
+    tls_ca: Path | None = None  # CA bundle that signed the server's certificate
+    tls_cert: Path | None = None  # client certificate (the server verifies clients)
+    tls_key: Path | None = None  # its private key
+    tls_hostname: str = ""  # the name in the server's certificate when the URL's host differs (an IP)
+    connect_timeout_s: float = 10.0  # the first connect's bound; after it, reconnects never give up
+
+    ENV: ClassVar[dict[str, tuple[str, Conv]]] = {
+        "GROQPOLICY_NATS_CREDS": ("creds_file", Path),
+        "GROQPOLICY_NATS_NKEY": ("nkey_file", Path),
+        "GROQPOLICY_NATS_USER": ("user", str),
+        "GROQPOLICY_NATS_PASSWORD": ("password", str),
+        "GROQPOLICY_NATS_TLS_CA": ("tls_ca", Path),
+        "GROQPOLICY_NATS_TLS_CERT": ("tls_cert", Path),
+        "GROQPOLICY_NATS_TLS_KEY": ("tls_key", Path),
+        "GROQPOLICY_NATS_TLS_HOSTNAME": ("tls_hostname", str),
+        "GROQPOLICY_NATS_CONNECT_TIMEOUT_S": ("connect_timeout_s", float),
+    }
+
+    def _derive(self, env: Mapping[str, str]) -> None:
+        given = [name for name, value in (("GROQPOLICY_NATS_CREDS", self.creds_file),
+                                          ("GROQPOLICY_NATS_NKEY", self.nkey_file or self.nkey_seed),
+                                          ("GROQPOLICY_NATS_USER", self.user or self.password)) if value]
+        if len(given) > 1:
+            raise ConfigError(f"{' and '.join(given)}: set one NATS credential, not several")
+        if bool(self.user) != bool(self.password):
+            raise ConfigError("GROQPOLICY_NATS_USER and GROQPOLICY_NATS_PASSWORD: set both or neither")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("GROQPOLICY_NATS_TLS_CERT and GROQPOLICY_NATS_TLS_KEY: set both or neither")
+        if self.connect_timeout_s <= 0:
+            raise ConfigError(f"GROQPOLICY_NATS_CONNECT_TIMEOUT_S={self.connect_timeout_s}: must be above 0")
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_ca or self.tls_cert or self.tls_hostname)
+
+    def __repr__(self) -> str:  # seeds and passwords never reach a log line
+        return (f"NatsSettings(creds_file={self.creds_file!r}, nkey_file={self.nkey_file!r}, "
+                f"nkey_seed={'***' if self.nkey_seed else ''!r}, user={self.user!r}, "
+                f"password={'***' if self.password else ''!r}, tls_ca={self.tls_ca!r}, tls_cert={self.tls_cert!r}, "
+                f"tls_hostname={self.tls_hostname!r})")
+
+
 SECTIONS: tuple[type[_Section], ...] = (
     Settings, SupervisorSettings, GatewaySettings, GroqSettings, EngineSettings, SigningSettings, ClientSettings,
-    ToolchainSettings,
+    ToolchainSettings, NatsSettings,
 )
 
 
@@ -304,7 +359,7 @@ def variables() -> set[str]:
 
 
 __all__ = [
-    "AUDIT_DURABILITIES", "DEFAULT_NATS_URL", "PROJECT_ROOT", "SECTIONS", "ClientSettings", "ConfigError",
+    "AUDIT_DURABILITIES", "DEFAULT_DEADLINE_MS", "DEFAULT_NATS_URL", "PROJECT_ROOT", "SECTIONS", "ClientSettings", "ConfigError",
     "EngineSettings", "GatewaySettings", "GroqSettings", "Settings", "SigningSettings", "SupervisorSettings",
     "ToolchainSettings", "audit_durability", "environment", "variables",
 ]

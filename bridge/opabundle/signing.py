@@ -62,12 +62,9 @@ def encode_payload(files: list[tuple[str, str]], claims: Mapping[str, str | int]
     members = {
         "files": "["
         + ",".join(
-            '{"name":%s,"hash":%s,"algorithm":%s}'
-            % (
-                go_json_string(name, escape_html=True),
-                go_json_string(digest, escape_html=True),
-                go_json_string(DEFAULT_HASH_ALGORITHM, escape_html=True),
-            )
+            f'{{"name":{go_json_string(name, escape_html=True)},'
+            f'"hash":{go_json_string(digest, escape_html=True)},'
+            f'"algorithm":{go_json_string(DEFAULT_HASH_ALGORITHM, escape_html=True)}}}'
             for name, digest in files
         )
         + "]"
@@ -82,12 +79,12 @@ def encode_payload(files: list[tuple[str, str]], claims: Mapping[str, str | int]
 
 def signatures_file(token: str) -> bytes:
     """`.signatures.json` exactly as OPA's bundle writer formats it."""
-    return ('{\n "signatures": [\n  "%s"\n ],\n "plugin": "%s"\n}' % (token, DEFAULT_PLUGIN)).encode("ascii")
+    return f'{{\n "signatures": [\n  "{token}"\n ],\n "plugin": "{DEFAULT_PLUGIN}"\n}}'.encode("ascii")
 
 
 def sign_token(payload: bytes, key: SigningKey) -> str:
     """A compact JWS over `payload` with header {"alg","kid","typ":"JWT"}, signed by PyJWT's algorithm."""
-    header = ('{"alg":"%s","kid":"%s","typ":"JWT"}' % (key.alg, key.kid)).encode("ascii")
+    header = f'{{"alg":"{key.alg}","kid":"{key.kid}","typ":"JWT"}}'.encode("ascii")
     signing_input = f"{b64url(header)}.{b64url(payload)}"
     signature = get_default_algorithms()[key.alg].sign(signing_input.encode("ascii"), key.private_key)
     return f"{signing_input}.{b64url(signature)}"

@@ -1,9 +1,37 @@
-"""Errors of the in-process WASM evaluator; all subclass `WasmError` (a `GroqPolicyError`)."""
+"""Errors of the in-process WASM evaluator; all subclass `WasmError` (a `GroqPolicyError`).
+
+An evaluation that fails raises an `EvaluationError`, so a caller that denies on it never lets a
+failure through as a decision. The one that ran out of time is also the family's
+`DeadlineExceeded` (504, "timeout_error"): the concept lives in `bridge.kernel.errors`; the
+engine's class only joins it to `EvaluationError`. The engine does not raise the kernel's class
+itself for two reasons: it would no longer be an `EvaluationError`, and `http.send` must tell the
+evaluation's own deadline (which halts it, as topdown's cancelled context does) from a transport's
+`DeadlineExceeded` (the NATS request timed out: a builtin error, like any network error).
+"""
 
 from __future__ import annotations
 
 from bridge.kernel import errors as kernel
 from bridge.kernel.errors import GroqPolicyError
+
+__all__ = [
+    "BuiltinError",
+    "BuiltinHalt",
+    "BundleLoadError",
+    "BundleVerificationFailed",
+    "DeadlineExceeded",
+    "EvaluationError",
+    "HaltError",
+    "MissingBuiltinsError",
+    "OutOfMemory",
+    "PolicyAbort",
+    "PoolClosed",
+    "PoolExhausted",
+    "UnknownEntrypointError",
+    "UnsupportedABIError",
+    "WasmError",
+    "WasmTrap",
+]
 
 
 class WasmError(GroqPolicyError):
@@ -35,6 +63,8 @@ class MissingBuiltinsError(BundleLoadError):
 
 
 class UnknownEntrypointError(WasmError):
+    """The policy has no such entrypoint (not compiled into this revision)."""
+
     status = 404
 
 
@@ -54,11 +84,15 @@ class WasmTrap(EvaluationError):
     """The guest trapped (out-of-bounds access, unreachable, stack overflow...)."""
 
 
-class DeadlineExceeded(EvaluationError, kernel.DeadlineExceeded):
-    """The evaluation ran past its deadline (an `EvaluationError` and the family's 504)."""
+class DeadlineExceeded(kernel.DeadlineExceeded, EvaluationError):
+    """The evaluation ran past its deadline: an `EvaluationError` that is the family's
+    `DeadlineExceeded`. The kernel's class comes first, so its status (504), type and code win
+    over `WasmError`'s."""
 
 
 class OutOfMemory(EvaluationError):
+    """The policy needed more linear memory than its cap."""
+
     status = 507
 
 

@@ -32,7 +32,10 @@ class HTTPTransport(Protocol):
     ) -> tuple[int, Mapping[str, str], bytes]: ...
 
 
-def httpx_transport(method: str, url: str, headers: Mapping[str, str], body: bytes | None, timeout: float):
+def httpx_transport(
+    method: str, url: str, headers: Mapping[str, str], body: bytes | None, timeout: float
+) -> tuple[int, Mapping[str, str], bytes]:
+    # imported here: most hosts never send to a non-bridge URL, and httpx is slow to import
     import httpx
 
     r = httpx.request(method, url, headers=dict(headers), content=body, timeout=timeout)

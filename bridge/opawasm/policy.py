@@ -10,21 +10,29 @@ from typing import Any
 
 import msgspec
 
-from bridge.opawasm import errors as E
-from bridge.opawasm.builtins import REGISTRY, UNDEFINED, EvalContext, provided
-from bridge.opawasm.errors import BuiltinError
+from bridge.opawasm.builtins import REGISTRY, EvalContext, provided
+from bridge.opawasm.engine import compile_policy, deadline_ticks
+from bridge.opawasm.errors import (
+    BuiltinError,
+    BundleLoadError,
+    EvaluationError,
+    HaltError,
+    MissingBuiltinsError,
+    UnknownEntrypointError,
+    WasmError,
+)
+from bridge.opawasm.guestvalues import read_value
 from bridge.opawasm.host import HostConfig
+from bridge.opawasm.options import LoadOptions, load_options
 from bridge.opawasm.pool import InstancePool
-from bridge.opawasm.runtime import MIN_ABI_MINOR, Instance, compile_policy, deadline_ticks
-from bridge.opawasm.values import decode_value, to_json
+from bridge.opawasm.runtime import Instance
+from bridge.opawasm.values import UNDEFINED, decode_value, to_json
 
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode
 _time_ns = time.time_ns
 _monotonic = time.monotonic
 
-DEFAULT_MEMORY_LIMIT = 256 * 1024 * 1024
-DEFAULT_TIMEOUT = 1.0
 # builtins that wait on the network: a policy using one is evaluated in a worker thread by evaluate_async
 BLOCKING_BUILTINS = ("http.send", "net.lookup_ip_addr")
 
@@ -36,22 +44,20 @@ class WasmPolicy:
         self,
         wasm: bytes,
         data: bytes | Mapping[str, Any] | None = None,
+        options: LoadOptions | None = None,
         *,
-        host: HostConfig | None = None,
-        pool_size: int | None = None,
-        memory_limit: int = DEFAULT_MEMORY_LIMIT,
-        timeout: float = DEFAULT_TIMEOUT,
         revision: str = "",
         manifest_entrypoints: list[str] | None = None,
-        strict_builtin_errors: bool = False,
+        **overrides: Any,
     ) -> None:
-        self.host = host or HostConfig()
+        self.options = opts = load_options(options, overrides)
+        self.host = opts.host or HostConfig()
         # like `opa eval --strict-builtin-errors`: a builtin error fails the evaluation with
         # topdown's message ("<builtin>: <error>") instead of making the call undefined
-        self.strict_builtin_errors = strict_builtin_errors
-        self.memory_limit = memory_limit
-        self.timeout = timeout
-        self._ticks = deadline_ticks(timeout)
+        self.strict_builtin_errors = opts.strict_builtin_errors
+        self.memory_limit = opts.memory_limit
+        self.timeout = opts.timeout
+        self._ticks = deadline_ticks(opts.timeout)
         self.revision = revision
         if data is None:
             self._data = None
@@ -60,18 +66,18 @@ class WasmPolicy:
         else:
             self._data = _encode(data)
         self.module = compile_policy(wasm)
-        first = self._new_instance(check=True)
+        first = self._new_instance()
         self.abi = first.abi
         self.builtin_ids: dict[str, int] = first.dump_json(first.call("builtins"))
         missing = [n for n in self.builtin_ids if n not in provided()]
         if missing:
-            raise E.MissingBuiltinsError(missing)
+            raise MissingBuiltinsError(missing)
         self._table: dict[int, tuple[str, Any]] = {i: (n, REGISTRY[n]) for n, i in self.builtin_ids.items()}
         ids: dict[str, int] = first.dump_json(first.call("entrypoints"))
         if manifest_entrypoints:
             unknown = [e for e in manifest_entrypoints if e not in ids]
             if unknown:
-                raise E.BundleLoadError(f".manifest: entrypoints not compiled into policy.wasm: {', '.join(unknown)}")
+                raise BundleLoadError(f".manifest: entrypoints not compiled into policy.wasm: {', '.join(unknown)}")
         self.entrypoints = dict(ids)
         self._ep_lookup: dict[str, int] = {}
         for name, i in ids.items():
@@ -79,26 +85,17 @@ class WasmPolicy:
             self._ep_lookup["data." + name.replace("/", ".")] = i
             self._ep_lookup[name.replace("/", ".")] = i
         first.setup(self._data)
-        size = pool_size or max(2, (os.cpu_count() or 2) * 2)
+        size = opts.pool_size or max(2, (os.cpu_count() or 2) * 2)
         self.pool: InstancePool[Instance] = InstancePool(self._new_ready_instance, size)
         self.pool_size = size  # how many evaluations can run at once
         self.pool.prime(first)
 
     # -- instances --------------------------------------------------------------------------
 
-    def _new_instance(self, check: bool = False) -> Instance:
-        inst = Instance(self.module, memory_limit=self.memory_limit, dispatch=self._dispatch, on_print=self.host.print_line)
-        inst.ctx = None  # type: ignore[attr-defined]
-        inst.start_ns = 0  # type: ignore[attr-defined]
-        inst.deadline = 0.0  # type: ignore[attr-defined]
-        if check:
-            major, minor = inst.abi
-            if major != 1 or minor < MIN_ABI_MINOR or "opa_eval" not in inst._exports:
-                raise E.UnsupportedABIError(
-                    f"policy.wasm: unsupported OPA wasm ABI {major}.{minor} (want 1.{MIN_ABI_MINOR} or later "
-                    f"with the opa_eval export); rebuild it with a current `opa build -t wasm`"
-                )
-        return inst
+    def _new_instance(self) -> Instance:
+        return Instance(
+            self.module, memory_limit=self.memory_limit, dispatch=self._dispatch, on_print=self.host.print_line
+        )
 
     def _new_ready_instance(self) -> Instance:
         inst = self._new_instance()
@@ -107,14 +104,14 @@ class WasmPolicy:
 
     def _dispatch(self, inst: Instance, builtin_id: int, arg_addrs: tuple[int, ...]) -> int:
         name, fn = self._table[builtin_id]
-        ctx = inst.ctx  # type: ignore[attr-defined]
+        ctx = inst.ctx
         if ctx is None:
-            ctx = inst.ctx = EvalContext(now_ns=inst.start_ns, deadline=inst.deadline, host=self.host)  # type: ignore[attr-defined]
+            ctx = inst.ctx = EvalContext(now_ns=inst.start_ns, deadline=inst.deadline, host=self.host)
         ctx.check_deadline()
-        args = [inst.read_value(a) for a in arg_addrs]
+        args = [read_value(inst, a) for a in arg_addrs]
         try:
             out = fn(ctx, *args)
-        except (E.WasmError, E.HaltError):
+        except (WasmError, HaltError):
             raise
         except (BuiltinError, TypeError, ValueError, OverflowError, ArithmeticError) as exc:
             # topdown: a builtin's (operand) error is not fatal outside strict mode; the call is
@@ -124,7 +121,7 @@ class WasmPolicy:
             msg = f"{name}: {exc}"
             ctx.errors.append(msg)
             if self.strict_builtin_errors:
-                raise E.HaltError(msg) from None
+                raise HaltError(msg) from None
             return 0
         ctx.check_deadline()
         if out is UNDEFINED:
@@ -136,12 +133,12 @@ class WasmPolicy:
     def entrypoint_id(self, entrypoint: str | int) -> int:
         if isinstance(entrypoint, int):
             if entrypoint not in self.entrypoints.values():
-                raise E.UnknownEntrypointError(f"entrypoint id {entrypoint}: not in this policy")
+                raise UnknownEntrypointError(f"entrypoint id {entrypoint}: not in this policy")
             return entrypoint
         try:
             return self._ep_lookup[entrypoint]
         except KeyError:
-            raise E.UnknownEntrypointError(
+            raise UnknownEntrypointError(
                 f"entrypoint {entrypoint!r}: not in this policy (have: {', '.join(sorted(self.entrypoints))})"
             ) from None
 
@@ -157,9 +154,9 @@ class WasmPolicy:
         if inst is None:
             inst = self.pool.acquire()
         try:
-            inst.ctx = None  # type: ignore[attr-defined]
-            inst.start_ns = _time_ns()  # type: ignore[attr-defined]
-            inst.deadline = _monotonic() + t  # type: ignore[attr-defined]
+            inst.ctx = None
+            inst.start_ns = _time_ns()
+            inst.deadline = _monotonic() + t
             return inst.evaluate_raw(ep, input_json, ticks)
         finally:
             self.pool.release(inst)
@@ -216,4 +213,4 @@ def _result_text(raw: bytes) -> bytes | None:
         return raw[len(_PREFIX) : -2]
     if raw == b"set()":
         return None
-    raise E.EvaluationError(f"opa_eval returned an unexpected result set: {raw[:200]!r}")
+    raise EvaluationError(f"opa_eval returned an unexpected result set: {raw[:200]!r}")

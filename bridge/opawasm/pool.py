@@ -80,7 +80,8 @@ class InstancePool(Generic[T]):
                 if not woke:
                     if self._idle:
                         break
-                    raise PoolExhausted(f"no policy instance free within {self.acquire_timeout if timeout is None else timeout}s (pool size {self.size})")
+                    waited = self.acquire_timeout if timeout is None else timeout
+                    raise PoolExhausted(f"no policy instance free within {waited}s (pool size {self.size})")
             if self._idle:
                 return self._idle.pop()
             self._live += 1

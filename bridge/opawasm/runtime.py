@@ -1,184 +1,74 @@
-"""One OPA-WASM module on wasmtime, driven through the low-level (unchecked) call path.
+"""One OPA-WASM policy instance on wasmtime: its store, linear memory, host imports and exports.
 
-Why not `Func.__call__`: it looks up the function type, converts every argument through `Val`
-and allocates result arrays on every call (~150 µs for `opa_eval`'s seven arguments). Here each
-export is called with `wasmtime_func_call_unchecked` on a preallocated `wasmtime_val_raw` array
-whose argument slots are packed in one `struct.pack_into`; the function handles and the store
-context pointer are looked up once. Input goes into linear memory with one `memmove`, the
-result comes out with one `string_at` (the guest NUL-terminates it) and one msgspec decode.
-
-Host imports (`opa_builtin0..4`, `opa_abort`, `opa_println`) are created with
-`wasmtime_func_new_unchecked` and our own ctypes callbacks, so an exception in a host function
-is recorded on the instance (thread-safe) instead of wasmtime-py's process-global slot.
-
-Deadlines use epoch interruption: one daemon thread bumps the engine epoch every `TICK_S`;
-each call sets its deadline in ticks. Host builtins check the same deadline themselves.
+Calls go through the unchecked fast path of `capi`. Input goes into linear memory with one
+`memmove`, the result comes out with one `string_at` (the guest NUL-terminates it) and one msgspec
+decode; builtin arguments are read straight from the guest's value structs, without a guest call.
+An exception in a host function is kept on the instance (`pending`) and re-raised when the call
+returns, so it never turns into a result.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import math
-import os
 import struct
-import threading
-import time
-from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import msgspec
 import wasmtime
-from wasmtime import _bindings as B
 
-from bridge.opawasm import errors as E
-from bridge.opawasm.values import RegoSet, decode_value, encode_value
+from bridge.opawasm.capi import (
+    SLOTS,
+    Export,
+    TrapSlot,
+    host_callback,
+    host_func,
+    new_slots,
+    new_trap,
+    packer,
+)
+from bridge.opawasm.capi import call_unchecked as _call_unchecked
+from bridge.opawasm.capi import set_epoch_deadline as _set_epoch_deadline
+from bridge.opawasm.engine import deadline_ticks, engine
+from bridge.opawasm.errors import (
+    BuiltinHalt,
+    BundleLoadError,
+    DeadlineExceeded,
+    EvaluationError,
+    HaltError,
+    OutOfMemory,
+    PolicyAbort,
+    UnsupportedABIError,
+    WasmError,
+    WasmTrap,
+)
+from bridge.opawasm.values import decode_value, encode_value
 
-# Deadline resolution: a deadline fires between its time and two ticks later. Each tick wakes a
-# Python thread that takes the GIL: at 2 ms an idle control plane burnt ~22 ms of CPU per second
-# (and every tick can cut into a request on the loop thread); at 10 ms, ~8 ms per second.
-TICK_S = 0.01
+if TYPE_CHECKING:  # for the annotation only: an instance holds the context, the builtins use it
+    from bridge.opawasm.builtins.registry import EvalContext
+
 LOAD_DEADLINE_S = 30.0
 PAGE = 65536
 MIN_ABI_MINOR = 2
+WASM32_MAX_MEMORY = 4 << 30
+SCRATCH = 64 * 1024
 
-# The same C entry points as wasmtime-py's bindings, re-typed to take plain integers: ctypes then
-# skips per-argument pointer type checks (~0.5 µs of a ~1.1 µs call). Still CFUNCTYPE, so the GIL
-# is released while wasm runs (the epoch ticker and other threads keep going).
-_vp, _sz = ctypes.c_void_p, ctypes.c_size_t
-_call_unchecked = ctypes.CFUNCTYPE(_vp, _vp, _vp, _vp, _sz, _vp)(ctypes.cast(B._wasmtime_func_call_unchecked, _vp).value)
-_set_epoch_deadline = ctypes.CFUNCTYPE(None, _vp, ctypes.c_uint64)(ctypes.cast(B._wasmtime_context_set_epoch_deadline, _vp).value)
 _unpack_i32 = struct.Struct("<i").unpack_from
 _unpack_u32x2 = struct.Struct("<II").unpack_from
 _unpack_u32x3 = struct.Struct("<III").unpack_from
 _unpack_i64 = struct.Struct("<q").unpack_from
-SCRATCH = 64 * 1024
 _string_at = ctypes.string_at
 _memmove = ctypes.memmove
-_val_raw = B.wasmtime_val_raw
-_VAL_SIZE = ctypes.sizeof(_val_raw)
 _json_decode = msgspec.json.decode
 
-_HOST_CB = B.wasmtime_func_unchecked_callback_t
-_NO_FINALIZER = ctypes.cast(None, ctypes.CFUNCTYPE(None, ctypes.c_void_p))
+# the exports the evaluator calls, with their parameter counts (OPA's wasm ABI 1.2)
+_EXPORTS = (
+    ("opa_eval", 7), ("opa_malloc", 1), ("opa_heap_ptr_get", 0), ("opa_heap_ptr_set", 1),
+    ("opa_json_parse", 2), ("opa_value_parse", 2), ("opa_value_dump", 1), ("opa_json_dump", 1),
+    ("builtins", 0), ("entrypoints", 0), ("opa_heap_blocks_stash", 0),
+)
 
-
-def _packer(n: int) -> struct.Struct:
-    pad = f"{_VAL_SIZE - 4}x"
-    return struct.Struct("<" + (f"i{pad}" * n)[: -len(pad)])
-
-
-_PACK = [_packer(n) if n else None for n in range(8)]
-
-
-class _Engine:
-    """The process-wide engine (epoch interruption on) and its epoch ticker."""
-
-    _lock = threading.Lock()
-    _engine: wasmtime.Engine | None = None
-
-    @classmethod
-    def get(cls) -> wasmtime.Engine:
-        if cls._engine is None:
-            with cls._lock:
-                if cls._engine is None:
-                    cfg = wasmtime.Config()
-                    cfg.epoch_interruption = True
-                    cfg.memory_may_move = False
-                    cfg.cranelift_opt_level = "speed"
-                    # no compile thread pool: it would not survive fork() and compiles hang in the child
-                    cfg.parallel_compilation = False
-                    engine = wasmtime.Engine(cfg)
-                    t = threading.Thread(target=cls._tick, args=(engine,), name="wasm-epoch", daemon=True)
-                    t.start()
-                    cls._engine = engine
-        return cls._engine
-
-    @staticmethod
-    def _tick(engine: wasmtime.Engine) -> None:
-        inc = B._wasmtime_engine_increment_epoch
-        ptr = engine.ptr()
-        while True:
-            time.sleep(TICK_S)
-            inc(ptr)
-
-
-def _after_fork_in_child() -> None:
-    # the ticker thread does not survive fork(): a child starts over with its own engine and ticker
-    # (policies loaded before the fork keep working in the child, but without deadlines: reload them)
-    global _compiled_lock
-    _Engine._engine = None
-    _Engine._lock = threading.Lock()
-    _compiled_lock = threading.Lock()
-    _compiled.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def engine() -> wasmtime.Engine:
-    return _Engine.get()
-
-
-def deadline_ticks(seconds: float) -> int:
-    return max(1, math.ceil(seconds / TICK_S) + 1)
-
-
-@dataclass
-class CompiledPolicy:
-    """A compiled policy.wasm (shared, thread-safe) and what was learned from it at load time."""
-
-    module: wasmtime.Module
-    abi: tuple[int, int]
-    builtin_ids: dict[str, int] = field(default_factory=dict)
-    entrypoints: dict[str, int] = field(default_factory=dict)
-    memory_min_pages: int = 2
-
-
-_compiled: OrderedDict[bytes, wasmtime.Module] = OrderedDict()
-_compiled_lock = threading.Lock()
-COMPILED_CACHE_SIZE = 8
-
-
-def compile_policy(wasm: bytes) -> wasmtime.Module:
-    """Compile (Cranelift, ~0.1-0.5 s) or reuse: a revision that changes only data.json reuses the
-    module, so its hot swap costs an instantiation, not a compilation."""
-    key = hashlib.sha256(wasm).digest()
-    with _compiled_lock:
-        mod = _compiled.get(key)
-        if mod is not None:
-            _compiled.move_to_end(key)
-            return mod
-    try:
-        mod = wasmtime.Module(engine(), wasm)
-    except wasmtime.WasmtimeError as exc:
-        raise E.BundleLoadError(f"policy.wasm: not a valid wasm module: {exc}") from None
-    with _compiled_lock:
-        _compiled[key] = mod
-        while len(_compiled) > COMPILED_CACHE_SIZE:
-            _compiled.popitem(last=False)
-    return mod
-
-
-def _trap_message(trap_ptr: Any, err_ptr: Any) -> tuple[str, wasmtime.TrapCode | None]:
-    if trap_ptr:
-        t = wasmtime.Trap._from_ptr(trap_ptr)
-        return t.message, t.trap_code
-    e = wasmtime.WasmtimeError._from_ptr(err_ptr)
-    return str(e), None
-
-
-class _Export:
-    __slots__ = ("_keep", "n", "pack", "ref")
-
-    def __init__(self, func: wasmtime.Func, nparams: int) -> None:
-        self._keep = func
-        self.ref = ctypes.addressof(func._func)
-        self.n = nparams
-        self.pack = _PACK[nparams]
+Dispatch = Callable[["Instance", int, tuple[int, ...]], int]
 
 
 class Instance:
@@ -189,118 +79,130 @@ class Instance:
         module: wasmtime.Module,
         *,
         memory_limit: int,
-        dispatch: Callable[[Instance, int, tuple[int, ...]], int] | None = None,
+        dispatch: Dispatch | None = None,
         on_print: Callable[[str], None] | None = None,
     ) -> None:
         self.module = module
-        memory_limit = min(memory_limit, 4 << 30)  # wasm32
-        self.memory_limit = memory_limit
+        self.memory_limit = memory_limit = min(memory_limit, WASM32_MAX_MEMORY)
         self.broken: str | None = None
         self.pending: BaseException | None = None
         self.dispatch = dispatch
         self.on_print = on_print
+        # the evaluation under way, for the builtins it calls (set by WasmPolicy per evaluation)
+        self.ctx: EvalContext | None = None
+        self.start_ns = 0
+        self.deadline = 0.0
+        self._closed = False
         self.store = store = wasmtime.Store(engine())
         store.set_limits(memory_size=memory_limit)
         self._ctx_ptr = store._context()
         self._ctx = ctypes.cast(self._ctx_ptr, ctypes.c_void_p).value
         _set_epoch_deadline(self._ctx, 1 << 40)
-        self._args = (_val_raw * 8)()
+        self._args = new_slots()
         self._args_addr = ctypes.addressof(self._args)
         self._argbuf = memoryview(self._args).cast("B")
-        self._trap = ctypes.POINTER(B.wasm_trap_t)()
-        self._trap_ref = ctypes.addressof(self._trap)
+        self._trap = TrapSlot()
+        self._trap_ptr, self._trap_ref = self._trap.ptr, self._trap.ref
         self.scratch = 0
         self._bools: dict[bool, int] = {True: 0, False: 0}
-        self._callbacks: list[Any] = []
-
-        imports: list[Any] = []
-        for imp in module.imports:
-            if imp.module != "env":
-                raise E.BundleLoadError(f"policy.wasm: unexpected import {imp.module}.{imp.name}")
-            if imp.name == "memory":
-                mt = imp.type
-                lim_max = max(mt.limits.min, memory_limit // PAGE)
-                self.memory = wasmtime.Memory(store, wasmtime.MemoryType(wasmtime.Limits(mt.limits.min, lim_max)))
-                imports.append(self.memory)
-            elif imp.name.startswith("opa_builtin") and imp.name[-1].isdigit():
-                imports.append(self._host(imp.type, self._builtin_cb(int(imp.name[-1]))))
-            elif imp.name == "opa_abort":
-                imports.append(self._host(imp.type, self._abort_cb))
-            elif imp.name == "opa_println":
-                imports.append(self._host(imp.type, self._println_cb))
-            else:
-                raise E.BundleLoadError(f"policy.wasm: unexpected import env.{imp.name}")
+        self._callbacks: list[Any] = []  # the host functions' C callbacks: the store holds only their addresses
+        imports, memory = self._link(module)
         try:
             self.instance = wasmtime.Instance(store, module, imports)
         except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
-            raise E.BundleLoadError(f"policy.wasm: cannot instantiate: {exc}") from None
+            raise BundleLoadError(f"policy.wasm: cannot instantiate: {exc}") from None
         exports = self.instance.exports(store)
-        if not hasattr(self, "memory"):
-            mem = exports.get("memory") if hasattr(exports, "get") else exports["memory"]
-            self.memory = mem  # type: ignore[assignment]
-        self.base = ctypes.addressof(self.memory.data_ptr(store).contents)
-        self.mem_size = self.memory.data_len(store)
+        mem = memory if memory is not None else exports.get("memory")
+        if not isinstance(mem, wasmtime.Memory):
+            raise BundleLoadError("policy.wasm: no linear memory (neither imported nor exported)")
+        self.memory = memory = mem
+        self.base = ctypes.addressof(memory.data_ptr(store).contents)
+        self.mem_size = memory.data_len(store)
         # A view over the whole memory cap: the engine reserves it up front and memory never moves
         # (memory_may_move=False), so addresses stay valid; reads are bounds-checked against mem_size.
         self.view = memoryview((ctypes.c_ubyte * max(memory_limit, self.mem_size)).from_address(self.base)).cast("B")
-        self._exports: dict[str, _Export] = {}
-        for name, nparams in (
-            ("opa_eval", 7), ("opa_malloc", 1), ("opa_heap_ptr_get", 0), ("opa_heap_ptr_set", 1),
-            ("opa_json_parse", 2), ("opa_value_parse", 2), ("opa_value_dump", 1), ("opa_json_dump", 1),
-            ("builtins", 0), ("entrypoints", 0), ("opa_heap_blocks_stash", 0),
-        ):
-            try:
-                f = exports[name]
-            except KeyError:
-                continue
-            if isinstance(f, wasmtime.Func):
-                self._exports[name] = _Export(f, nparams)
-        major = exports["opa_wasm_abi_version"] if "opa_wasm_abi_version" in _names(module) else None
-        minor = exports["opa_wasm_abi_minor_version"] if "opa_wasm_abi_minor_version" in _names(module) else None
-        self.abi = (
-            major.value(store) if isinstance(major, wasmtime.Global) else 0,
-            minor.value(store) if isinstance(minor, wasmtime.Global) else 0,
-        )
+        self._exports = {
+            name: Export(f, n) for name, n in _EXPORTS if isinstance(f := exports.get(name), wasmtime.Func)
+        }
+        self.abi = self._abi_version(exports)
+        eval_export = self._require_eval()
+        self._eval_ref, self._eval_pack = eval_export.ref, packer(7)
         self.data_addr = 0
         self.eval_heap = 0
-        self._eval = self._exports.get("opa_eval")
+
+    def _link(self, module: wasmtime.Module) -> tuple[list[Any], wasmtime.Memory | None]:
+        """The imports for `module` (all from "env"), and its linear memory when it imports one."""
+        imports: list[Any] = []
+        memory = None
+        for imp in module.imports:
+            name, ty = imp.name or "", imp.type
+            if imp.module != "env":
+                raise BundleLoadError(f"policy.wasm: unexpected import {imp.module}.{name}")
+            callback = self._host_callback(name)
+            if name == "memory" and isinstance(ty, wasmtime.MemoryType):
+                # the guest's own maximum, raised to the cap: the store's limit is what enforces it
+                lim_max = max(ty.limits.min, self.memory_limit // PAGE)
+                memory = wasmtime.Memory(self.store, wasmtime.MemoryType(wasmtime.Limits(ty.limits.min, lim_max)))
+                imports.append(memory)
+            elif callback is not None and isinstance(ty, wasmtime.FuncType):
+                cb = host_callback(callback)
+                self._callbacks.append(cb)
+                imports.append(host_func(self._ctx_ptr, ty, cb))
+            else:
+                raise BundleLoadError(f"policy.wasm: unexpected import env.{name}")
+        return imports, memory
+
+    def _host_callback(self, name: str) -> Callable[[Any, Any, Any, int], int] | None:
+        if name.startswith("opa_builtin") and name[-1:].isdigit():
+            return self._builtin_cb(int(name[-1]))
+        if name == "opa_abort":
+            return self._abort_cb
+        if name == "opa_println":
+            return self._println_cb
+        return None
+
+    def _abi_version(self, exports: Mapping[str, Any]) -> tuple[int, int]:
+        def number(name: str) -> int:
+            g = exports.get(name)
+            return int(g.value(self.store)) if isinstance(g, wasmtime.Global) else 0
+
+        return number("opa_wasm_abi_version"), number("opa_wasm_abi_minor_version")
+
+    def _require_eval(self) -> Export:
+        major, minor = self.abi
+        ex = self._exports.get("opa_eval")
+        if major != 1 or minor < MIN_ABI_MINOR or ex is None:
+            raise UnsupportedABIError(
+                f"policy.wasm: unsupported OPA wasm ABI {major}.{minor} (want 1.{MIN_ABI_MINOR} or later "
+                f"with the opa_eval export); rebuild it with a current `opa build -t wasm`"
+            )
+        return ex
 
     def close(self) -> None:
         """Free the store now (not at the next GC cycle): used for discarded instances."""
-        if self.store is None:
+        if self._closed:
             return
+        self._closed = True
         self.broken = self.broken or "closed"
-        self.view = None  # type: ignore[assignment]
+        # nothing may read the memory of a freed store: drop every way into it
+        del self.view, self.memory, self.instance
         self._exports.clear()
-        self._eval = None
-        self.instance = None  # type: ignore[assignment]
-        self.memory = None  # type: ignore[assignment]
-        store, self.store = self.store, None  # type: ignore[assignment]
-        store.close()
+        self.store.close()
         self._callbacks.clear()  # only after the store (which holds their function pointers) is gone
         self.dispatch = None
 
     # -- host functions ---------------------------------------------------------------------
 
-    def _host(self, ty: wasmtime.FuncType, fn: Callable[..., int]) -> wasmtime.Func:
-        cb = _HOST_CB(fn)
-        self._callbacks.append(cb)
-        out = B.wasmtime_func_t()
-        B.wasmtime_func_new_unchecked(self._ctx_ptr, ty.ptr(), cb, None, _NO_FINALIZER, ctypes.byref(out))
-        return wasmtime.Func._from_raw(out)
-
     def _fail(self, exc: BaseException) -> int:
         self.pending = exc
-        msg = str(exc).encode("utf-8", "replace")
-        trap = B.wasmtime_trap_new(msg, len(msg))
-        return ctypes.cast(trap, ctypes.c_void_p).value or 0
+        return new_trap(str(exc))
 
-    def _builtin_cb(self, arity: int) -> Callable[..., int]:
+    def _builtin_cb(self, arity: int) -> Callable[[Any, Any, Any, int], int]:
         def cb(_env: Any, caller: Any, args: Any, _n: int) -> int:
             try:
                 ids = tuple(args[2 + i].i32 for i in range(arity))
                 if self.dispatch is None:
-                    raise E.PolicyAbort("builtin called before dispatch is ready")
+                    raise PolicyAbort("builtin called before dispatch is ready")
                 args[0].i32 = self.dispatch(self, args[0].i32, ids)
                 return 0
             except BaseException as exc:  # noqa: BLE001 - every failure becomes a trap, never a result
@@ -311,11 +213,11 @@ class Instance:
     def _abort_cb(self, _env: Any, caller: Any, args: Any, _n: int) -> int:
         try:
             msg = self.read_cstr(args[0].i32).decode("utf-8", "replace")
-        except E.WasmError:
+        except WasmError:
             msg = "(unreadable abort message)"
         if msg.startswith("opa_malloc"):
-            return self._fail(E.OutOfMemory(f"policy ran out of memory (cap {self.memory_limit} bytes): {msg}"))
-        return self._fail(E.PolicyAbort(f"policy aborted: {msg}"))
+            return self._fail(OutOfMemory(f"policy ran out of memory (cap {self.memory_limit} bytes): {msg}"))
+        return self._fail(PolicyAbort(f"policy aborted: {msg}"))
 
     def _println_cb(self, _env: Any, caller: Any, args: Any, _n: int) -> int:
         try:
@@ -323,14 +225,14 @@ class Instance:
             if self.on_print is not None:
                 self.on_print(text)
             return 0
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:  # noqa: BLE001 - a failing print sink fails the evaluation, as a trap
             return self._fail(exc)
 
     # -- memory -----------------------------------------------------------------------------
 
     def read_cstr(self, addr: int) -> bytes:
         if addr <= 0 or addr >= self.mem_size_now():
-            raise E.WasmTrap(f"guest returned an address outside memory: {addr}")
+            raise WasmTrap(f"guest returned an address outside memory: {addr}")
         return _string_at(self.base + addr)
 
     def mem_size_now(self) -> int:
@@ -345,7 +247,7 @@ class Instance:
         try:
             self.memory.grow(self.store, pages)
         except wasmtime.WasmtimeError:
-            raise E.OutOfMemory(
+            raise OutOfMemory(
                 f"memory cap exceeded: need {end} bytes of linear memory, cap is {self.memory_limit} bytes"
             ) from None
         self.mem_size_now()
@@ -360,40 +262,38 @@ class Instance:
         evaluation's deadline must keep running; at load time `setup` sets its own."""
         ex = self._exports.get(name)
         if ex is None:
-            raise E.BundleLoadError(f"policy.wasm: missing export {name}")
+            raise BundleLoadError(f"policy.wasm: missing export {name}")
         if ex.pack is not None:
             ex.pack.pack_into(self._argbuf, 0, *params)
-        err = _call_unchecked(self._ctx, ex.ref, self._args_addr, 8, self._trap_ref)
-        if err or self._trap:
+        err = _call_unchecked(self._ctx, ex.ref, self._args_addr, SLOTS, self._trap_ref)
+        if err or self._trap_ptr:
             self._raise(err)
-        return self._args[0].i32
+        return int(self._args[0].i32)
 
-    def _raise(self, err: Any) -> None:
-        # Take ownership of the trap through a copy of the pointer and zero our out-slot in place:
-        # an outer call (we may be inside a host function) still refers to that slot.
-        trap = ctypes.cast(self._trap, ctypes.POINTER(B.wasm_trap_t)) if self._trap else None
-        ctypes.memset(ctypes.addressof(self._trap), 0, ctypes.sizeof(ctypes.c_void_p))
+    def _raise(self, err: int | None) -> NoReturn:
+        """Raise what made the last call fail, and mark the instance broken: after a trap, an
+        abort or a failed host function its state is unknown, so it is never used again."""
+        msg, code = self._trap.take(err)
         pending, self.pending = self.pending, None
-        msg, code = _trap_message(trap, ctypes.cast(err, ctypes.POINTER(B.wasmtime_error_t)) if err else None)
-        if isinstance(pending, (E.PolicyAbort, E.OutOfMemory)):
-            # opa_abort leaves the module in a consistent state only by luck; never reuse it
+        if isinstance(pending, (PolicyAbort, OutOfMemory)):
+            # opa_abort leaves the module in a consistent state only by luck
             self.broken = str(pending)
             raise pending
         if pending is not None:
             self.broken = f"host function failed: {pending}"
-            if isinstance(pending, (E.WasmError,)):
+            if isinstance(pending, WasmError):
                 raise pending
-            if isinstance(pending, E.HaltError):
-                raise E.BuiltinHalt(str(pending)) from None
-            raise E.EvaluationError(f"host function failed: {type(pending).__name__}: {pending}") from pending
+            if isinstance(pending, HaltError):
+                raise BuiltinHalt(str(pending)) from None
+            raise EvaluationError(f"host function failed: {type(pending).__name__}: {pending}") from pending
         self.broken = msg
         if code == wasmtime.TrapCode.INTERRUPT:
-            raise E.DeadlineExceeded("evaluation deadline exceeded (interrupted)")
+            raise DeadlineExceeded("evaluation deadline exceeded (interrupted)")
         if code == wasmtime.TrapCode.STACK_OVERFLOW:
-            raise E.WasmTrap("policy trapped: stack overflow")
+            raise WasmTrap("policy trapped: stack overflow")
         if "out of memory" in msg.lower():
-            raise E.OutOfMemory(f"policy ran out of memory: {msg}")
-        raise E.WasmTrap(f"policy trapped: {msg}")
+            raise OutOfMemory(f"policy ran out of memory: {msg}")
+        raise WasmTrap(f"policy trapped: {msg}")
 
     # -- ABI-level operations ---------------------------------------------------------------
 
@@ -404,58 +304,6 @@ class Instance:
     def dump_value(self, value_addr: int) -> Any:
         s = self.call("opa_value_dump", value_addr)
         return decode_value(self.read_cstr(s))
-
-    def _check(self, addr: int, n: int) -> None:
-        end = addr + n
-        if addr <= 0 or (end > self.mem_size and end > self.mem_size_now()):
-            # a bad pointer must fail the evaluation, never read unmapped memory
-            raise E.WasmTrap(f"guest value outside linear memory: {addr}+{n}")
-
-    def read_value(self, addr: int) -> Any:
-        """Decode an OPA value straight from linear memory (wasm32 layouts of wasm/src/value.h);
-        no guest call. Falls back to `opa_value_dump` for a type it does not know."""
-        self._check(addr, 16)
-        view = self.view
-        t = view[addr]
-        if t == 4 or t == 8:  # string, interned string: {type, free, len@4, ptr@8}
-            n, ptr = _unpack_u32x2(view, addr + 4)
-            if n:
-                self._check(ptr, n)
-            return bytes(view[ptr : ptr + n]).decode("utf-8", "replace")
-        if t == 3:  # number: {type, repr@1, union@8}
-            if view[addr + 1] == 1:
-                return _unpack_i64(view, addr + 8)[0]
-            ptr, n = _unpack_u32x2(view, addr + 8)
-            self._check(ptr, n)
-            return _json_decode(bytes(view[ptr : ptr + n]))
-        if t == 2 or t == 9:
-            return view[addr + 1] != 0
-        if t == 1:
-            return None
-        if t == 5:  # array: {type, elems@4, len@8, cap@12}; elem = {i, v}
-            elems, n = _unpack_u32x2(view, addr + 4)
-            if n:
-                self._check(elems, 8 * n)
-            return [self.read_value(_unpack_u32x2(view, elems + 8 * i)[1]) for i in range(n)]
-        if t == 6 or t == 7:  # object / set: {type, buckets@4, n_buckets@8, len@12}
-            buckets, nb = _unpack_u32x2(view, addr + 4)
-            if nb:
-                self._check(buckets, 4 * nb)
-            items: list[Any] = []
-            for b in range(nb):
-                e = _unpack_u32x2(view, buckets + 4 * b)[0]
-                while e:
-                    self._check(e, 12)
-                    if t == 6:  # {k, v, next}
-                        k, v, e = _unpack_u32x3(view, e)
-                        items.append((self.read_value(k), self.read_value(v)))
-                    else:  # {v, next}
-                        v, e = _unpack_u32x2(view, e)
-                        items.append(self.read_value(v))
-            if t == 7:
-                return RegoSet(items)
-            return {(tuple(k) if isinstance(k, list) else k): v for k, v in items}
-        return self.dump_value(addr)
 
     def put_value(self, value: Any) -> int:
         if value is True or value is False:
@@ -474,7 +322,7 @@ class Instance:
         _memmove(self.base + addr, raw, n)
         v = self.call("opa_value_parse", addr, n)
         if v == 0:
-            raise E.EvaluationError(f"opa_value_parse rejected a builtin result: {raw[:200]!r}")
+            raise EvaluationError(f"opa_value_parse rejected a builtin result: {raw[:200]!r}")
         return v
 
     def setup(self, data_json: bytes | None) -> None:
@@ -494,7 +342,7 @@ class Instance:
             self.write(addr, data_json)
             self.data_addr = self.call("opa_json_parse", addr, len(data_json))
             if self.data_addr == 0:
-                raise E.BundleLoadError("data.json: the policy module could not parse it")
+                raise BundleLoadError("data.json: the policy module could not parse it")
         if "opa_heap_blocks_stash" in self._exports:
             self.call("opa_heap_blocks_stash")
         self.eval_heap = self.call("opa_heap_ptr_get")
@@ -506,7 +354,7 @@ class Instance:
         printed in Rego's canonical order, exactly as topdown prints them. For results without
         sets or non-string keys, value format and JSON are the same bytes."""
         if self.broken is not None:
-            raise E.EvaluationError(f"instance is unusable: {self.broken}")
+            raise EvaluationError(f"instance is unusable: {self.broken}")
         heap = self.eval_heap
         if input_json is None:
             in_addr = in_len = 0
@@ -517,18 +365,14 @@ class Instance:
             if heap > self.mem_size:
                 self.ensure(heap)
             _memmove(self.base + in_addr, input_json, in_len)
-        ex = self._eval
-        ex.pack.pack_into(self._argbuf, 0, 0, entrypoint_id, self.data_addr, in_addr, in_len, heap, 1)
+        self._eval_pack.pack_into(self._argbuf, 0, 0, entrypoint_id, self.data_addr, in_addr, in_len, heap, 1)
         _set_epoch_deadline(self._ctx, ticks)
-        err = _call_unchecked(self._ctx, ex.ref, self._args_addr, 8, self._trap_ref)
-        if err or self._trap:
+        err = _call_unchecked(self._ctx, self._eval_ref, self._args_addr, SLOTS, self._trap_ref)
+        if err or self._trap_ptr:
             self._raise(err)
         res = _unpack_i32(self._argbuf)[0]
         if res <= 0:
             self.broken = "opa_eval returned no result"
-            raise E.EvaluationError("opa_eval returned no result address")
+            raise EvaluationError("opa_eval returned no result address")
         return _string_at(self.base + res)
 
-
-def _names(module: wasmtime.Module) -> set[str]:
-    return {e.name for e in module.exports}

@@ -16,7 +16,21 @@ from typing import Any
 
 import msgspec
 
+from bridge.opawasm.gocompat.strconv import format_float_g, quote
+
 _decode = msgspec.json.decode
+
+
+class _Undefined:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNDEFINED"
+
+
+UNDEFINED = _Undefined()
+"""An undefined result (no value), as opposed to `None` (null): what `evaluate` returns for an
+undefined entrypoint and what a builtin returns to make its call undefined."""
 
 
 class RegoSet:
@@ -96,7 +110,7 @@ def compare(a: Any, b: Any) -> int:
     if ra == 1 or ra == 2 or ra == 3:
         return (a > b) - (a < b)
     if ra == 4:
-        for x, y in zip(a, b):
+        for x, y in zip(a, b, strict=False):
             c = compare(x, y)
             if c:
                 return c
@@ -106,7 +120,7 @@ def compare(a: Any, b: Any) -> int:
     if ra == 5:
         ka = sorted(a, key=sort_key)
         kb = sorted(b, key=sort_key)
-        for x, y in zip(ka, kb):
+        for x, y in zip(ka, kb, strict=False):
             c = compare(x, y)
             if c:
                 return c
@@ -201,7 +215,7 @@ class _Parser:
             return self._brace()
         if c == "[":
             self.i += 1
-            out = []
+            out: list[Any] = []
             self.ws()
             if s[self.i] == "]":
                 self.i += 1
@@ -293,8 +307,6 @@ def _hashable(k: Any) -> Any:
 
 def rego_repr(v: Any) -> str:
     """Rego's text for a value (`ast.Value.String()`): what sprintf's %v prints for composites."""
-    from bridge.opawasm.builtins.gofmt import _go_quote, go_float_g
-
     if v is None:
         return "null"
     if v is True:
@@ -306,9 +318,9 @@ def rego_repr(v: Any) -> str:
     if isinstance(v, float):
         if v.is_integer() and abs(v) < 1e21:
             return str(int(v))
-        return go_float_g(v, exp_limit=21)
+        return format_float_g(v, exp_limit=21)
     if isinstance(v, str):
-        return _go_quote(v)
+        return quote(v)
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(rego_repr(x) for x in v) + "]"
     if isinstance(v, dict):

@@ -1,1 +1,2 @@
-"""What OPA agents send back: decision logs (`POST /logs`) and status (`POST /status`)."""
+"""What OPA agents send back: decision logs (`POST /logs`) and status (`POST /status`), and the
+configuration an agent starts from (`GET /api/v1/opa/config`)."""

@@ -1,20 +1,34 @@
-"""OPA's decision-log and status APIs (`POST /logs`, `POST /status`) and their read side."""
+"""OPA's decision-log and status APIs (`POST /logs`, `POST /status`), their read side, and a ready
+agent configuration (`GET /api/v1/opa/config`).
+
+Each handler receives the stores it uses by name from the app's dependencies (`controlplane.app`):
+`decision_logs`, `statuses`, `audit_writer` (the audit trail's writer; None while the trail is not
+started), `settings`, `signing_key`, `tokens`.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, TypeAlias
 
 from litestar import Controller, Request, Response
-from litestar.exceptions import NotFoundException
+from litestar.di import NamedDependency
+from litestar.exceptions import NotFoundException, ValidationException
 from litestar.params import FromPath, FromQuery, QueryParameter
 
+from bridge.kernel.config import Settings
+from bridge.opabundle.keys import SigningKey
+from controlplane.agents.config import AgentConfigOptions, render_agent_config, to_yaml
+from controlplane.agents.decision_logs import DecisionLogStore
 from controlplane.agents.payloads import decode_json, decompress
-from controlplane.agents.status import AgentSummary
-from controlplane.audit.controllers import trail_of
+from controlplane.agents.status import AgentSummary, StatusStore
+from controlplane.audit.controllers import started
 from controlplane.audit.ingest import audit_decision_log_events
-from controlplane.auth.guards import requires
+from controlplane.audit.writer import TrailWriter
+from controlplane.auth.guards import Principal, principal_of, requires
+from controlplane.auth.tokens import TokenSet
 from controlplane.routes import get, post
-from controlplane.services import ServicesDep
+
+_Seconds: TypeAlias = Annotated[int, QueryParameter(ge=1, le=3600)]
 
 
 class AgentIngest(Controller):
@@ -24,19 +38,22 @@ class AgentIngest(Controller):
     guards = [requires("agent")]
 
     @post(["/logs", "/logs/{partition:str}"], status_code=204, summary="OPA decision-log upload (gzip JSON array)")
-    async def upload_logs(self, request: Request, services: ServicesDep, partition: FromPath[str] = "") -> Response[None]:
-        raw = decompress(await request.body(), request.headers.get("content-encoding", ""), services.settings.max_log_body_bytes)
-        events = services.decision_logs.validate(decode_json(raw, "decision log batch"))
+    async def upload_logs(self, request: Request, settings: NamedDependency[Settings],
+                          decision_logs: NamedDependency[DecisionLogStore], audit_writer: NamedDependency[TrailWriter | None],
+                          partition: FromPath[str] = "") -> Response[None]:
+        raw = decompress(await request.body(), request.headers.get("content-encoding", ""), settings.max_log_body_bytes)
+        events = decision_logs.validate(decode_json(raw, "decision log batch"))
         # audit first: if JetStream does not acknowledge, the agent gets 503 and uploads the batch again
         # (nothing stored yet); a re-upload of audited events is recognised by their record ids
-        await audit_decision_log_events(trail_of(services), events)
-        services.decision_logs.append(events)
+        await audit_decision_log_events(started(audit_writer), events)
+        decision_logs.append(events)
         return Response(content=None, status_code=204)
 
     @post(["/status", "/status/{partition:str}"], status_code=204, summary="OPA status report")
-    async def upload_status(self, request: Request, services: ServicesDep, partition: FromPath[str] = "") -> Response[None]:
-        raw = decompress(await request.body(), request.headers.get("content-encoding", ""), services.settings.max_log_body_bytes)
-        services.statuses.record(decode_json(raw, "status"))
+    async def upload_status(self, request: Request, settings: NamedDependency[Settings],
+                            statuses: NamedDependency[StatusStore], partition: FromPath[str] = "") -> Response[None]:
+        raw = decompress(await request.body(), request.headers.get("content-encoding", ""), settings.max_log_body_bytes)
+        statuses.record(decode_json(raw, "status"))
         return Response(content=None, status_code=204)
 
 
@@ -48,25 +65,77 @@ class AgentQueries(Controller):
     @get("/decisions", summary="Decision logs received from OPA agents, newest first")
     async def decisions(
         self,
-        services: ServicesDep,
+        decision_logs: NamedDependency[DecisionLogStore],
         limit: Annotated[int, QueryParameter(ge=1, le=10_000)] = 100,
         decision_id: FromQuery[str | None] = None,
         path: FromQuery[str | None] = None,
         agent_id: FromQuery[str | None] = None,
     ) -> dict:
-        events = services.decision_logs.query(limit=limit, decision_id=decision_id, path=path, agent_id=agent_id)
-        return {"total": services.decision_logs.total, "count": len(events), "decisions": events}
+        events = decision_logs.query(limit=limit, decision_id=decision_id, path=path, agent_id=agent_id)
+        return {"total": decision_logs.total, "count": len(events), "decisions": events}
 
     @get("/agents", summary="OPA agents and their bundles' last reported status")
-    async def agents(self, services: ServicesDep) -> list[AgentSummary]:
-        return services.statuses.agents()
+    async def agents(self, statuses: NamedDependency[StatusStore]) -> list[AgentSummary]:
+        return statuses.agents()
 
     @get("/agents/{agent_id:str}", summary="Latest full status report of one agent, with history")
-    async def agent(self, services: ServicesDep, agent_id: FromPath[str], history: FromQuery[bool] = False) -> dict:
-        latest = services.statuses.latest(agent_id)
+    async def agent(self, statuses: NamedDependency[StatusStore], agent_id: FromPath[str],
+                    history: FromQuery[bool] = False) -> dict:
+        latest = statuses.latest(agent_id)
         if latest is None:
             raise NotFoundException(f"agent {agent_id!r}: no status received")
         out: dict = {"id": agent_id, "status": latest}
         if history:
-            out["history"] = services.statuses.history(agent_id)
+            out["history"] = statuses.history(agent_id)
         return out
+
+
+def _config_token(request: Request, tokens: TokenSet | None) -> Principal | None:
+    """An agent asking gets its own token back; an admin gets the least-privileged agent token."""
+    caller = principal_of(request)
+    if caller is not None and caller.scopes == {"agent"}:
+        return caller
+    return tokens.agent_token() if tokens else None
+
+
+class AgentSetup(Controller):
+    """A ready agent configuration; an agent may fetch its own (no controller-wide admin guard)."""
+
+    path = "/api/v1/opa"
+    tags = ["bundles"]
+
+    @get("/config", summary="A ready OPA agent configuration for this control plane (carries an agent token)",
+         guards=[requires("admin", "agent")])
+    async def agent_config(
+        self,
+        request: Request,
+        settings: NamedDependency[Settings],
+        signing_key: NamedDependency[SigningKey],
+        tokens: NamedDependency[TokenSet | None],
+        bundle: FromQuery[str] = "groqpolicy",
+        agent_id: FromQuery[str] = "",
+        format: Annotated[str, QueryParameter(pattern="^(yaml|json)$")] = "yaml",
+        long_polling_timeout_s: _Seconds = 60,
+        min_delay_s: _Seconds = 10,
+        max_delay_s: _Seconds = 20,
+        log_min_delay_s: _Seconds = 1,
+        log_max_delay_s: _Seconds = 5,
+        signing_scope: FromQuery[str] = "",
+    ) -> Response[Any]:
+        if min_delay_s > max_delay_s or log_min_delay_s > log_max_delay_s:
+            raise ValidationException("min delay must not exceed max delay")
+        token = _config_token(request, tokens)
+        config = render_agent_config(
+            base_url=settings.base_url,
+            kid=signing_key.kid,
+            algorithm=signing_key.alg,
+            public_key_pem=signing_key.verification_key().public_pem,
+            options=AgentConfigOptions(
+                bundle=bundle, agent_id=agent_id, long_polling_timeout_s=long_polling_timeout_s,
+                min_delay_s=min_delay_s, max_delay_s=max_delay_s, log_min_delay_s=log_min_delay_s,
+                log_max_delay_s=log_max_delay_s, scope=signing_scope, token=token.secret if token else "",
+            ),
+        )
+        if format == "json":
+            return Response(content=config, media_type="application/json")
+        return Response(content=to_yaml(config), media_type="application/yaml")

@@ -32,7 +32,7 @@ from pathlib import Path
 import msgspec
 import nats.errors
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from bridge.kernel.errors import GroqPolicyError
@@ -184,22 +184,26 @@ class Checkpoints:
             return None
 
     async def _exported(self) -> list[Checkpoint | None]:
+        """The bucket's checkpoints under the trusted key ids (no other key's could be trusted)."""
         try:
             kv = await self._bucket(create=False)
-            keys = await kv.keys()
-        except (BucketNotFoundError, NoKeysError):
-            return []
-        except (TimeoutError, nats.errors.Error) as exc:  # the file still counts; the bucket is a convenience
-            log.warning("audit trail: checkpoint bucket unreadable: %r", exc)
+        except BucketNotFoundError:
             return []
         out: list[Checkpoint | None] = []
-        for key in keys:
+        for kid in sorted(self.keys.trusted):
             try:
-                entry = await kv.get(key)
+                entry = await kv.get(f"head.{kid}")
                 out.append(_decode(entry.value) if entry.value else None)
             except (KeyNotFoundError, msgspec.DecodeError):
                 continue
+            except (TimeoutError, nats.errors.Error) as exc:  # the file still counts; the bucket is a convenience
+                log.warning("audit trail: checkpoint bucket unreadable: %r", exc)
+                break
         return out
+
+    async def ensure(self) -> None:
+        """Create the bucket where it is missing (at start, beside the stream)."""
+        await self._bucket(create=True)
 
     # -- the interval --------------------------------------------------------------------------
 

@@ -1,27 +1,32 @@
-"""`GET /api/v1/audit` (list and filter, oldest first, cursor by sequence) and `/api/v1/audit/verify`."""
+"""`GET /api/v1/audit` (list and filter, oldest first, cursor by sequence) and `/api/v1/audit/verify`.
+
+Both read through `audit_reader`, the trail's reader, from the app's dependencies
+(`controlplane.app`): None while the trail is not started, which `started` turns into 503 once
+the request itself has been checked (a malformed query is a 400 either way).
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from litestar import Controller
+from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 
 from controlplane.audit.errors import AuditQueryError, AuditUnavailable
-from controlplane.audit.reader import AuditFilters, AuditPage, VerifyReport
+from controlplane.audit.reader import AuditFilters, AuditPage, TrailReader, VerifyReport
 from controlplane.audit.records import parse_time
-from controlplane.audit.trail import AuditTrail
 from controlplane.auth.guards import requires
-from controlplane.policies.schemas import error_responses
-from controlplane.routes import get
-from controlplane.services import Services, ServicesDep
+from controlplane.routes import error_responses, get
+
+T = TypeVar("T")
 
 
-def trail_of(services: Services) -> AuditTrail:
-    trail = getattr(services, "audit", None)
-    if trail is None:
+def started(part: T | None) -> T:
+    """The trail's reader or writer, or AuditUnavailable (503) while the trail is not started."""
+    if part is None:
         raise AuditUnavailable("audit trail: not connected to NATS JetStream")
-    return trail
+    return part
 
 
 def _time(name: str, value: str | None) -> float | None:
@@ -42,7 +47,7 @@ class AuditApi(Controller):
          responses=error_responses(400, 401, 403, 429, 503))
     async def list_records(
         self,
-        services: ServicesDep,
+        audit_reader: NamedDependency[TrailReader | None],
         decision: Annotated[str | None, QueryParameter(description="allow, deny, review, undefined or other")] = None,
         source: Annotated[str | None, QueryParameter(description="api, batch, nats or opa-agent")] = None,
         policy_id: Annotated[str | None, QueryParameter(description="records that consulted this rule id")] = None,
@@ -60,9 +65,9 @@ class AuditApi(Controller):
             decision_id=decision_id, since=_time("since", since), until=_time("until", until),
         )
         if newest_first or before_seq is not None:
-            return await trail_of(services).list_newest(filters, limit=limit, before_seq=before_seq)
-        return await trail_of(services).list(filters, limit=limit, after_seq=after_seq)
+            return await started(audit_reader).list_newest(filters, limit=limit, before_seq=before_seq)
+        return await started(audit_reader).list(filters, limit=limit, after_seq=after_seq)
 
     @get("/verify", summary="Check the hash chain of the whole audit stream", responses=error_responses(401, 403, 429, 503))
-    async def verify(self, services: ServicesDep) -> VerifyReport:
-        return await trail_of(services).verify()
+    async def verify(self, audit_reader: NamedDependency[TrailReader | None]) -> VerifyReport:
+        return await started(audit_reader).verify()

@@ -18,7 +18,7 @@ for this process's queued records first, so a caller reads its own decisions.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Generic, TypeVar, overload
 
@@ -118,8 +118,9 @@ class AuditTrail:
         return self.store.config()
 
     async def ensure_stream(self) -> None:
-        """Create the stream, or bring an existing one's replica count in line."""
+        """Create the stream, or bring an existing one's replica count in line; and the checkpoints' bucket."""
         await self.store.ensure()
+        await self.checkpoints.ensure()
 
     async def close(self) -> None:
         """Let the writer finish (the spool keeps what it could not append for the next start), then
@@ -164,8 +165,3 @@ class AuditTrail:
     async def verify(self) -> VerifyReport:
         """Walk the whole stream: every record's hash, its link to the previous one, its subject."""
         return await self.reader.verify()
-
-    def _scan(self, start_seq: int, subject: str, start_time: float | None = None,
-              ) -> AsyncIterator[tuple[int, str, bytes]]:
-        # the dashboard reads raw stored bytes through this; new code uses `store.scan`
-        return self.store.scan(start_seq, subject, start_time)

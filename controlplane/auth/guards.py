@@ -29,9 +29,17 @@ REALM = 'Bearer realm="groqpolicy"'
 Principal = Token
 
 
+STATE_KEY = "tokens"  # where the app keeps its TokenSet (guards run before dependencies are resolved)
+
+
+def tokens_of(connection: ASGIConnection) -> TokenSet | None:
+    """The app's token set (`app.state["tokens"]`), None when none is configured."""
+    tokens: TokenSet | None = connection.app.state.get(STATE_KEY)
+    return tokens
+
+
 def _tokens(connection: ASGIConnection) -> TokenSet:
-    services = connection.app.state.get("services")
-    tokens = getattr(services, "tokens", None)
+    tokens = tokens_of(connection)
     if tokens is None:  # fail closed: no token set means nobody is authenticated
         raise NotAuthorizedException("authentication is not configured on this control plane", headers={"WWW-Authenticate": REALM})
     return tokens

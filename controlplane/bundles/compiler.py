@@ -20,6 +20,7 @@ import msgspec
 
 from bridge.kernel.errors import GroqPolicyError
 from bridge.opabundle.archive import read_bundle
+from bridge.opabundle.data import merge_data
 from controlplane.infra.toolchain import opa_binary
 
 # Test files never ship in a bundle: they would be loaded by agents as ordinary modules.
@@ -284,17 +285,9 @@ def _rel(path: Path, cwd: Path) -> str:
     return str(path.relative_to(cwd)) if path.is_relative_to(cwd) else str(path)
 
 
-def merge_data(base: dict, overlay: dict) -> dict:
-    """Deep merge; the overlay wins on conflicts."""
-    out = dict(base)
-    for key, value in overlay.items():
-        out[key] = merge_data(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def _with_data(files: dict[str, bytes], overlay: dict) -> dict[str, bytes]:
     data = json.loads(files.get("/data.json", b"{}"))
-    return {**files, "/data.json": json.dumps(merge_data(data, overlay), separators=(",", ":"), sort_keys=True).encode()}
+    return {**files, "/data.json": json.dumps(merge_data(data, overlay, overwrite=True), separators=(",", ":"), sort_keys=True).encode()}
 
 
 def _with_manifest(files: dict[str, bytes], *, roots: list[str], name: str) -> dict[str, bytes]:

@@ -9,8 +9,9 @@ the agent falls back to periodic polling. A held request also ends when its clie
 agent that stops or restarts): nobody is left to answer, and a server shutting down waits for every
 request in flight.
 
-`/api/v1/bundles...` and `/api/v1/opa/config` are the management side: active revisions, history,
-publishing, and a ready agent configuration.
+`/api/v1/bundles...` is the management side: active revisions, history and publishing. Handlers
+receive what they use by name from the app's dependencies (`controlplane.app`): `revisions`,
+`settings`, `publish_library`.
 """
 
 from __future__ import annotations
@@ -18,22 +19,30 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Iterable
-from typing import Annotated, Any, TypeAlias
+from typing import Any, Protocol, runtime_checkable
 
 import anyio
 from litestar import Controller, Request, Response
-from litestar.exceptions import NotFoundException, ValidationException
-from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.di import NamedDependency
+from litestar.exceptions import NotFoundException
+from litestar.params import FromPath, FromQuery
 
-from controlplane.agents.config import AgentConfigOptions, render_agent_config, to_yaml
-from controlplane.auth.guards import Principal, principal_of, requires
+from bridge.kernel.config import Settings
+from controlplane.auth.guards import requires
 from controlplane.bundles.revisions import TARGETS, Revision, RevisionStore
 from controlplane.routes import get, post
-from controlplane.services import Services, ServicesDep
 
 BUNDLE_MEDIA_TYPE = "application/vnd.openpolicyagent.bundles"
 _WAIT = re.compile(r"(?:^|[;,\s])wait=(\d+)")
-_Seconds: TypeAlias = Annotated[int, QueryParameter(ge=1, le=3600)]
+
+
+@runtime_checkable  # Litestar checks each dependency it injects against the parameter's type
+class LibraryPublisher(Protocol):
+    """Compiles the definitions in `bundles/` and activates the changed ones (blocking); what it
+    publishes also holds the stored policies, which live a layer above this package
+    (`Services.publish_definitions`)."""
+
+    def __call__(self, force: bool = False) -> list[str]: ...
 
 
 def parse_wait(prefer: str | None) -> int | None:
@@ -83,19 +92,19 @@ class BundleServer(Controller):
     guards = [requires("agent")]
 
     @get("/{name:str}", summary="OPA bundle download (ETag, long polling)")
-    async def download(self, request: Request, services: ServicesDep, name: FromPath[str],
+    async def download(self, request: Request, revisions: NamedDependency[RevisionStore],
+                       settings: NamedDependency[Settings], name: FromPath[str],
                        target: FromQuery[str] = "rego") -> Response[bytes]:
         if target not in TARGETS:
             raise NotFoundException(f"target {target!r}: unknown (expected one of {', '.join(TARGETS)})")
-        store = services.store
         known = parse_if_none_match(request.headers.get("if-none-match"))
         wait = parse_wait(request.headers.get("prefer"))
-        active = store.get(name, target)
+        active = revisions.get(name, target)
         unchanged = active is None or "*" in known or active[0].etag in known
         if unchanged and wait:
-            timeout = min(wait, services.settings.long_poll_max_s)
-            if await _long_poll(request, store, name, target, known, timeout):
-                active = store.get(name, target)
+            timeout = min(wait, settings.long_poll_max_s)
+            if await _long_poll(request, revisions, name, target, known, timeout):
+                active = revisions.get(name, target)
                 unchanged = active is None
         if active is None:
             raise NotFoundException(f"bundle {name!r}: no active revision")
@@ -105,66 +114,24 @@ class BundleServer(Controller):
         return _bundle_response(meta, archive)
 
 
-def _config_token(request: Request, services: Services) -> Principal | None:
-    """An agent asking gets its own token back; an admin gets the least-privileged agent token."""
-    caller = principal_of(request)
-    if caller is not None and caller.scopes == {"agent"}:
-        return caller
-    return services.tokens.agent_token() if services.tokens else None
-
-
 class BundleApi(Controller):
     path = "/api/v1"
     tags = ["bundles"]
 
     @get("/bundles", summary="Active bundle revisions", guards=[requires("admin")])
-    async def list_bundles(self, services: ServicesDep) -> list[Revision]:
-        return services.store.bundles()
+    async def list_bundles(self, revisions: NamedDependency[RevisionStore]) -> list[Revision]:
+        return revisions.bundles()
 
     @get("/bundles/{name:str}/revisions", summary="Recent revisions of one bundle", guards=[requires("admin")])
-    async def revisions(self, services: ServicesDep, name: FromPath[str]) -> list[Revision]:
-        history = services.store.history(name)
+    async def revisions(self, revisions: NamedDependency[RevisionStore], name: FromPath[str]) -> list[Revision]:
+        history = revisions.history(name)
         if not history:
             raise NotFoundException(f"bundle {name!r}: unknown")
         return history
 
     @post("/bundles/publish", summary="Recompile bundles/ definitions and activate changed ones", status_code=200,
           guards=[requires("admin")])
-    async def publish(self, services: ServicesDep, force: FromQuery[bool] = False) -> dict[str, Any]:
-        published = await anyio.to_thread.run_sync(lambda: services.publish_definitions(force=force))
-        return {"published": published, "bundles": services.store.bundles()}
-
-    @get("/opa/config", summary="A ready OPA agent configuration for this control plane (carries an agent token)",
-         guards=[requires("admin", "agent")])
-    async def agent_config(
-        self,
-        request: Request,
-        services: ServicesDep,
-        bundle: FromQuery[str] = "groqpolicy",
-        agent_id: FromQuery[str] = "",
-        format: Annotated[str, QueryParameter(pattern="^(yaml|json)$")] = "yaml",
-        long_polling_timeout_s: _Seconds = 60,
-        min_delay_s: _Seconds = 10,
-        max_delay_s: _Seconds = 20,
-        log_min_delay_s: _Seconds = 1,
-        log_max_delay_s: _Seconds = 5,
-        signing_scope: FromQuery[str] = "",
-    ) -> Response[Any]:
-        if min_delay_s > max_delay_s or log_min_delay_s > log_max_delay_s:
-            raise ValidationException("min delay must not exceed max delay")
-        key = services.signing_key
-        token = _config_token(request, services)
-        config = render_agent_config(
-            base_url=services.settings.base_url,
-            kid=key.kid,
-            algorithm=key.alg,
-            public_key_pem=key.verification_key().public_pem,
-            options=AgentConfigOptions(
-                bundle=bundle, agent_id=agent_id, long_polling_timeout_s=long_polling_timeout_s,
-                min_delay_s=min_delay_s, max_delay_s=max_delay_s, log_min_delay_s=log_min_delay_s,
-                log_max_delay_s=log_max_delay_s, scope=signing_scope, token=token.secret if token else "",
-            ),
-        )
-        if format == "json":
-            return Response(content=config, media_type="application/json")
-        return Response(content=to_yaml(config), media_type="application/yaml")
+    async def publish(self, revisions: NamedDependency[RevisionStore], publish_library: NamedDependency[LibraryPublisher],
+                      force: FromQuery[bool] = False) -> dict[str, Any]:
+        published = await anyio.to_thread.run_sync(lambda: publish_library(force=force))
+        return {"published": published, "bundles": revisions.bundles()}

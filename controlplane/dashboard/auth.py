@@ -14,7 +14,7 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 
-from controlplane.auth.guards import REALM, remember, requires
+from controlplane.auth.guards import REALM, remember, requires, tokens_of
 from controlplane.auth.tokens import Token
 
 COOKIE = "groqpolicy_dashboard"
@@ -31,8 +31,7 @@ def token_from(connection: ASGIConnection) -> tuple[str, str]:
 
 
 def check_token(connection: ASGIConnection, presented: str) -> Token:
-    services = connection.app.state.get("services")
-    tokens = getattr(services, "tokens", None)
+    tokens = tokens_of(connection)
     if tokens is None:
         raise NotAuthorizedException("authentication is not configured on this control plane", headers={"WWW-Authenticate": REALM})
     if not presented:

@@ -1,4 +1,8 @@
-"""`GET /` (the dashboard), `/dashboard/login`, `/dashboard/logout`, `/dashboard/verify`."""
+"""`GET /` (the dashboard), `/dashboard/login`, `/dashboard/logout`, `/dashboard/verify`.
+
+The pages read what the app's dependencies hand them (`controlplane.app`); `audit_reader` is None
+while the audit trail is not started, and the page says so instead of failing.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Annotated, Any
 
 from litestar import Controller, Request, Response
 from litestar.datastructures import Cookie
+from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException
 from litestar.params import Body, QueryParameter
@@ -16,12 +21,18 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
 from litestar.template.config import TemplateConfig
 
+from bridge.kernel.config import Settings
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
+from controlplane.agents.status import StatusStore
+from controlplane.audit.reader import TrailReader
+from controlplane.bundles.revisions import RevisionStore
 from controlplane.dashboard import charts
 from controlplane.dashboard.auth import COOKIE, check_token, dashboard_access
-from controlplane.dashboard.data import snapshot
+from controlplane.dashboard.data import Sources, snapshot
+from controlplane.evaluation.runtime import ModelClient
+from controlplane.infra.nats import NatsConnection
+from controlplane.policies.service import PolicyService
 from controlplane.routes import get, post
-from controlplane.services import ServicesDep
 
 TEMPLATES = Path(__file__).with_name("templates")
 REFRESH_S = 10
@@ -81,8 +92,14 @@ class DashboardController(Controller):
     exception_handlers = {NotAuthorizedException: _login_page, PermissionDeniedException: _login_page}
 
     @get("/", guards=[dashboard_access()], summary="The dashboard")
-    async def index(self, services: ServicesDep) -> Template:
-        snap = await snapshot(services)
+    async def index(self, settings: NamedDependency[Settings], revisions: NamedDependency[RevisionStore],
+                    statuses: NamedDependency[StatusStore], policies: NamedDependency[PolicyService],
+                    audit_reader: NamedDependency[TrailReader | None], nats: NamedDependency[NatsConnection],
+                    model_client: NamedDependency[ModelClient], startup_errors: NamedDependency[list[str]],
+                    errors: NamedDependency[list[str]]) -> Template:
+        snap = await snapshot(Sources(settings=settings, revisions=revisions, statuses=statuses, policies=policies,
+                                      audit_reader=audit_reader, nats=nats, model_client=model_client,
+                                      startup_errors=startup_errors, errors=errors))
         cache = snap.cache
         context: dict[str, Any] = {
             "snap": snap,
@@ -96,22 +113,21 @@ class DashboardController(Controller):
                                              chart_id="outcomes-chart"),
             "colors": charts.COLORS,
             "outcomes": charts.OUTCOMES,
-            "groq_key_here": services.settings.groq_api_key_set,
-            "settings": services.settings,
-            "health": "degraded" if services.startup_errors else "ok",
+            "groq_key_here": settings.groq_api_key_set,
+            "settings": settings,
+            "health": "degraded" if startup_errors else "ok",
         }
         return Template(template_name="dashboard/index.html.j2", context=context)
 
     @get("/dashboard/verify", guards=[dashboard_access()], summary="Verify the whole audit chain")
-    async def verify(self, services: ServicesDep) -> Template:
-        trail = getattr(services, "audit", None)
+    async def verify(self, audit_reader: NamedDependency[TrailReader | None]) -> Template:
         report, error = None, ""
         started = time.perf_counter()
-        if trail is None:
+        if audit_reader is None:
             error = "audit trail: not connected to NATS JetStream"
         else:
             try:
-                report = await trail.verify()
+                report = await audit_reader.verify()
             except Exception as exc:  # noqa: BLE001 - the page reports why the chain could not be read
                 error = str(exc)
         return Template(template_name="dashboard/verify.html.j2",

@@ -2,10 +2,13 @@
 
 - policies: the example library in `rego/policies/*/policy.rego` (type and tier from each module's
   METADATA `custom`, shipped in the `groqpolicy` bundle) and the policies stored through the API;
-- agents: the latest OPA status report per agent (`services.statuses`);
+- agents: the latest OPA status report per agent (the status store);
 - decisions over time, latency per tier, recent records and their chain links: the tail of the
-  audit trail in JetStream (so every replica shows the same numbers, and they survive a restart);
+  audit trail in JetStream, read through the trail's reader (so every replica shows the same
+  numbers, and they survive a restart);
 - cache hit rate and emulation: the inference workers' `$SRV.STATS` replies over NATS.
+
+The handlers receive each of these from the app's dependencies and hand them over as `Sources`.
 """
 
 from __future__ import annotations
@@ -16,17 +19,22 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
+from nats.aio.client import Client
 
 from bridge.inference.catalog import default_catalog
+from bridge.kernel.config import Settings
 from bridge.kernel.vocabulary import TIERS
+from controlplane.agents.status import StatusStore
+from controlplane.audit.reader import TrailReader
 from controlplane.audit.records import GENESIS_HASH, AuditRecord, check_stored, record_time
+from controlplane.bundles.revisions import RevisionStore
 from controlplane.dashboard.charts import OUTCOMES, Bucket, TierLatency, percentile
-
-if TYPE_CHECKING:
-    from controlplane.services import Services
+from controlplane.evaluation.runtime import ModelClient
+from controlplane.infra.nats import NatsConnection
+from controlplane.policies.service import PolicyService
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +45,21 @@ STATS_WAIT_S = 0.25  # the longest a page view waits for workers' $SRV.STATS rep
 STATS_STRAGGLER_S = 0.03
 # (window, bucket) pairs; the smallest window that holds the oldest record read is used
 WINDOWS: tuple[tuple[int, int], ...] = ((60, 2), (300, 10), (900, 30), (3600, 60), (6 * 3600, 600), (24 * 3600, 1800))
+
+
+@dataclass(frozen=True)
+class Sources:
+    """What a page view reads, as the app's dependencies hand it to the handler."""
+
+    settings: Settings
+    revisions: RevisionStore
+    statuses: StatusStore
+    policies: PolicyService
+    audit_reader: TrailReader | None  # None while the audit trail is not started
+    nats: NatsConnection
+    model_client: ModelClient
+    startup_errors: list[str]  # start-up publishing
+    errors: list[str]  # everything that did not load or publish (/health's list)
 
 
 @dataclass
@@ -152,17 +175,17 @@ def library_policies(rego_root: Path) -> list[tuple[str, str, str, bool, str]]:
     return out
 
 
-def policy_rows(services: Services) -> tuple[list[PolicyRow], str]:
-    active = services.store.get("groqpolicy", "rego")
+def policy_rows(sources: Sources) -> tuple[list[PolicyRow], str]:
+    active = sources.revisions.get("groqpolicy", "rego")
     revision = active[0].revision if active else ""
-    failed = [e for e in services.startup_errors if e]
+    failed = [e for e in sources.startup_errors if e]
     rows = []
-    for title, ptype, tier, uses_model, file in library_policies(services.settings.rego_root):
+    for title, ptype, tier, uses_model, file in library_policies(sources.settings.rego_root):
         status = "compiled" if revision else ("failed" if failed else "not compiled yet")
         rows.append(PolicyRow(name=title, policy_type=ptype, tier=tier or "—", version=revision or "—", status=status,
                               origin="library", detail=file, uses_model=uses_model))
     try:
-        stored = services.runtime.policies.list()
+        stored = sources.policies.list()
     except Exception:  # noqa: BLE001 - the policy store needs NATS; the panel says so
         stored = []
     for r in stored:
@@ -174,21 +197,21 @@ def policy_rows(services: Services) -> tuple[list[PolicyRow], str]:
 
 
 # ---- audit tail -------------------------------------------------------------------------------
-async def read_tail(trail: Any, limit: int) -> tuple[int, list[AuditRow]]:
+async def read_tail(reader: TrailReader, limit: int) -> tuple[int, list[AuditRow]]:
     """The newest `limit` records with each one's chain status, and the stream's record count.
 
-    Reads raw stored bytes (the trail's own scanner) so the hash check covers exactly what is
+    Reads raw stored bytes (the stream's own scanner) so the hash check covers exactly what is
     stored; a record links to the one read before it, the first one read is only hash-checked.
     """
-    await trail.flush()  # this replica's spooled records first
-    js = trail.nc.jetstream(timeout=trail.timeout)
-    state = (await js.stream_info(trail.stream)).state
+    await reader.before_read()  # this replica's spooled records first
+    store = reader.store
+    state = await store.state()
     if not state.messages:
         return 0, []
     start = max(state.first_seq, state.last_seq - limit + 1, 1)
     prev: str | None = GENESIS_HASH if start <= 1 else None
     rows: list[AuditRow] = []
-    async for seq, _subject, data in trail._scan(start, f"{trail.prefix}.>"):
+    async for seq, _subject, data in store.scan(start, store.every_subject):
         if seq > state.last_seq:
             break
         h, record, reason = check_stored(data, prev)
@@ -243,7 +266,7 @@ def latency_per_tier(rows: list[AuditRow]) -> list[TierLatency]:
 
 
 # ---- workers ----------------------------------------------------------------------------------
-async def worker_stats(nc: Any, wait_s: float = STATS_WAIT_S) -> list[WorkerRow]:
+async def worker_stats(nc: Client, wait_s: float = STATS_WAIT_S) -> list[WorkerRow]:
     """Every inference worker's `$SRV.STATS` reply that arrives within `wait_s`."""
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
@@ -275,22 +298,22 @@ async def worker_stats(nc: Any, wait_s: float = STATS_WAIT_S) -> list[WorkerRow]
 
 
 # ---- everything ---------------------------------------------------------------------------------
-async def snapshot(services: Services) -> Snapshot:
+async def snapshot(sources: Sources) -> Snapshot:
     now = time.time()
     snap = Snapshot(generated_at=now)
-    snap.errors = list(services.startup_errors) + list(getattr(services.runtime, "errors", []))
-    snap.policies, snap.library_revision = policy_rows(services)
-    snap.agents = services.statuses.agents()
-    infer = getattr(services.runtime, "infer", None)
-    snap.client_hits = int(getattr(infer, "counts", {}).get("cache_hits", 0)) if infer is not None else 0
+    snap.errors = list(sources.errors)
+    snap.policies, snap.library_revision = policy_rows(sources)
+    snap.agents = sources.statuses.agents()
+    infer = sources.model_client.client
+    snap.client_hits = int(infer.counts.get("cache_hits", 0)) if infer is not None else 0
 
     async def audit() -> None:
-        trail = getattr(services, "audit", None)
-        if trail is None:
+        reader = sources.audit_reader
+        if reader is None:
             snap.audit_error = "audit trail: not connected to NATS JetStream"
             return
         try:
-            snap.audit_total, rows = await read_tail(trail, WINDOW_RECORDS)
+            snap.audit_total, rows = await read_tail(reader, WINDOW_RECORDS)
         except Exception as exc:  # noqa: BLE001 - a panel that cannot load says why; the page still renders
             snap.audit_error = f"audit trail: {exc}"
             return
@@ -305,7 +328,7 @@ async def snapshot(services: Services) -> Snapshot:
         snap.latency = latency_per_tier(rows)
 
     async def workers() -> None:
-        nc = getattr(services.runtime.nats, "nc", None)
+        nc = sources.nats.nc
         if nc is None or not nc.is_connected:
             snap.workers_error = "NATS: the control plane is not connected"
             return

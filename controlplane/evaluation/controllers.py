@@ -44,9 +44,9 @@ from controlplane.evaluation.schemas import (
 )
 from controlplane.metrics.recorders import record_reply
 from controlplane.policies import rego
-from controlplane.policies.schemas import PolicyRecord, error_responses
+from controlplane.policies.schemas import PolicyRecord
 from controlplane.policies.service import PolicyInactive, PolicyService
-from controlplane.routes import get, post
+from controlplane.routes import error_responses, get, post
 
 MAX_EVALUATE_BODY = 1024 * 1024
 MAX_BATCH_BODY = 8 * 1024 * 1024

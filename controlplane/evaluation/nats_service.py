@@ -5,17 +5,24 @@ One request type on the subject (`EvaluateRequest`), decoded once. Errors go thr
 error path (`respond_error`): the HTTP status the API would give in `Nats-Service-Error-Code`, and
 the API's JSON error body. A request in the retired `{"entrypoint": ...}` form is refused as any
 other body with an unknown field is (400).
+
+Requests are answered from tasks, so that a slow evaluation does not hold up the ones behind it:
+nats.micro's own counters then time only the hand-off and see no error. The endpoint's `data` in
+`$SRV.STATS` says what happened instead: answers, error replies (and the last one), and the time
+from receipt to reply.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from typing import Any
 
 import msgspec
 from nats.micro import add_service
 from nats.micro.request import Request
-from nats.micro.service import Service
+from nats.micro.service import EndpointStats, Service
 
 from bridge.kernel.errors import BadRequest, GroqPolicyError, error_body, error_description
 from bridge.kernel.vocabulary import check_hash
@@ -51,11 +58,16 @@ class EvaluateService:
         self._nats, self.pipeline = nats, pipeline
         self.service: Service | None = None
         self._tasks: set[asyncio.Task] = set()
+        self.answered = 0  # replies sent, error replies included
+        self.errors = 0
+        self.last_error = ""
+        self.processing_ns = 0  # receipt to reply, summed over the answered requests
 
     async def start(self) -> None:
         nc = self._nats.client
         self.service = await add_service(nc, name=SERVICE_NAME, version="0.1.0", queue_group=QUEUE_GROUP,
-                                         description="groqpolicy: the /api/v1/evaluate pipeline over NATS")
+                                         description="groqpolicy: the /api/v1/evaluate pipeline over NATS",
+                                         stats_handler=self._stats)
         await self.service.add_endpoint(name="evaluate", subject=EVALUATE_SUBJECT, handler=self._handle)
         await nc.flush()
 
@@ -66,13 +78,20 @@ class EvaluateService:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
 
+    def _stats(self, _endpoint: EndpointStats) -> dict[str, Any]:
+        answered = self.answered
+        return {"answered": answered, "errors": self.errors, "last_error": self.last_error,
+                "processing_time_ns": self.processing_ns,
+                "average_processing_time_ns": self.processing_ns // answered if answered else 0,
+                "in_progress": len(self._tasks)}
+
     async def _handle(self, request: Request) -> None:
         # answered from a task: the subscription delivers its messages one at a time
-        task = asyncio.create_task(self._serve(request))
+        task = asyncio.create_task(self._serve(request, time.perf_counter_ns()))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, request: Request) -> None:
+    async def _serve(self, request: Request, received_ns: int) -> None:
         try:
             req = decode_request(request.data)
             check_hash(req.constitutional_hash)
@@ -81,7 +100,14 @@ class EvaluateService:
                 constitutional_hash=req.constitutional_hash, explain=req.require_explanation, source="nats")
             await request.respond(_encode(response))
         except GroqPolicyError as exc:
-            await _respond_error(request, exc)
+            await self._error(request, exc)
         except Exception as exc:
             log.exception("policy.evaluate: unexpected error")
-            await _respond_error(request, GroqPolicyError(f"evaluation failed: {type(exc).__name__}: {exc}"))
+            await self._error(request, GroqPolicyError(f"evaluation failed: {type(exc).__name__}: {exc}"))
+        self.answered += 1
+        self.processing_ns += time.perf_counter_ns() - received_ns
+
+    async def _error(self, request: Request, exc: GroqPolicyError) -> None:
+        self.errors += 1
+        self.last_error = f"{exc.status} {type(exc).__name__}: {exc.message}"
+        await _respond_error(request, exc)

@@ -1,5 +1,6 @@
 """Prometheus metrics: recording functions for the pipeline (`recorders`), HTTP timing
-middleware and the `/metrics` endpoint (`controllers`), gauges read from the services at scrape time."""
+middleware and the `/metrics` endpoint (`controllers`), gauges read from the stores at scrape time
+(`gauges`)."""
 
 from controlplane.metrics.recorders import (
     REGISTRY,

@@ -22,6 +22,7 @@ from typing import Any
 from bridge.kernel.config import PROJECT_ROOT, ClientSettings, Settings, environment
 from bridge.kernel.errors import ERROR_CODE_HEADER, ERROR_HEADER
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
+from controlplane.evaluation.schemas import EVALUATE_SUBJECT
 from controlplane.ops.client import ClientError, ControlPlaneClient, resolve_token
 
 BATCH = 100  # the API's batch limit
@@ -169,8 +170,6 @@ def _evaluate_over_nats(nats_url: str, body: dict[str, Any]) -> dict[str, Any]:
     import nats
     from nats.errors import NoRespondersError, NoServersError
     from nats.errors import TimeoutError as NatsTimeout
-
-    from bridge.inference.wire import EVALUATE_SUBJECT
 
     async def quiet(_exc: Exception) -> None:
         return None

@@ -1,9 +1,14 @@
 """`groqpolicy up`: one supervisor process that starts the whole system and stops all of it.
 
-Order: NATS (JetStream) -> inference worker -> bridge gateway (:8016) -> control plane (:8015,
-compiles and signs `rego/` on start) -> one real OPA agent (:8181) configured from the control
-plane's own `/api/v1/opa/config`. Then one example evaluation per path. Ctrl-C (or SIGTERM) stops
-everything in reverse order; state (keys, bundles, logs, NATS store) stays for the next start.
+Order: NATS (JetStream) -> the Groq emulator, when no `GROQ_API_KEY` (nor an emulator of one's
+own, `GROQPOLICY_EMULATOR_URL`) is configured -> inference worker -> bridge gateway (:8016) ->
+control plane (:8015, compiles and signs `rego/` on start) -> one real OPA agent (:8181)
+configured from the control plane's own `/api/v1/opa/config`. Then one example evaluation per
+path. Ctrl-C (or SIGTERM) stops everything in reverse order; state (keys, bundles, logs, NATS
+store) stays for the next start.
+
+This is the one place production code reaches the emulator: it runs as a process of its own, and
+the worker is pointed at it by URL, so every reply says `emulated: true`.
 """
 
 from __future__ import annotations
@@ -17,10 +22,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from bridge.kernel.config import Settings, SupervisorSettings, environment
+from bridge.emulator import command as emulator_command
+from bridge.kernel.config import GroqSettings, Settings, SupervisorSettings, environment
 from bridge.kernel.errors import GroqPolicyError, ToolchainError
 from controlplane.auth.tokens import ensure_tokens
-from controlplane.infra.processes import ManagedProcess, spawn, start_nats, start_opa_agent, wait_for_port
+from controlplane.infra.processes import ManagedProcess, free_port, spawn, start_nats, start_opa_agent, wait_for_port
 
 
 def http_json(url: str, method: str = "GET", body: object | None = None, timeout: float = 10.0) -> tuple[int, object]:
@@ -39,6 +45,12 @@ def http_text(url: str, timeout: float = 10.0, token: str = "") -> str:
         return resp.read().decode()
 
 
+def _health_bundles(base_url: str) -> bool:
+    """Whether the control plane's /health lists an active bundle."""
+    _, body = http_json(f"{base_url}/health")
+    return isinstance(body, dict) and bool(body.get("bundles"))
+
+
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.2) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -51,9 +63,19 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.2) -> N
     raise ToolchainError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def start_worker(nats_url: str, log_dir: Path) -> ManagedProcess:
+def start_emulator(log_dir: Path) -> ManagedProcess:
+    """The Groq emulator as a child process on a free loopback port (`extra["url"]`)."""
+    port = free_port()
+    mp = spawn("Groq emulator", emulator_command(port), log_dir / "emulator.log", env=environment())
+    wait_for_port(port, timeout=60, proc=mp.proc)
+    mp.extra["url"] = f"http://127.0.0.1:{port}"
+    return mp
+
+
+def start_worker(nats_url: str, log_dir: Path, emulator_url: str = "") -> ManagedProcess:
+    env = dict(environment(), NATS_URL=nats_url, **({"GROQPOLICY_EMULATOR_URL": emulator_url} if emulator_url else {}))
     mp = spawn("inference worker", [sys.executable, "-m", "bridge.inference.worker", "--nats-url", nats_url],
-               log_dir / "worker.log", env=dict(environment(), NATS_URL=nats_url))
+               log_dir / "worker.log", env=env)
     wait_until(lambda: mp.proc.poll() is not None or "groqpolicy worker ready" in mp.log(), 60, "the inference worker")
     if mp.proc.poll() is not None:
         raise ToolchainError(f"inference worker exited with {mp.proc.returncode}: {mp.log()[-500:]}")
@@ -130,6 +152,7 @@ def _running_pid(path: Path) -> int | None:
     return pid
 
 
+# long: the start-up sequence in order, child by child (supervision will carry the steps as data)
 def run_system(state_dir: Path | None = None) -> int:
     settings = Settings.from_env(**({"state_dir": state_dir} if state_dir else {}))
     log_dir = settings.state_dir / "logs"
@@ -151,14 +174,20 @@ def run_system(state_dir: Path | None = None) -> int:
         admin = tokens.with_scope("admin")
         nats = start_nats(settings.state_dir / "nats", port=ports.nats_port)
         procs.append(nats)
-        worker = start_worker(nats.extra["url"], log_dir)
+        groq = GroqSettings.from_env()
+        emulator_url = groq.emulator_url
+        if not groq.api_key and not emulator_url:  # the explicit switch: no key, so inference is emulated
+            emulator = start_emulator(log_dir)
+            procs.append(emulator)
+            emulator_url = emulator.extra["url"]
+        worker = start_worker(nats.extra["url"], log_dir, emulator_url)
         procs.append(worker)
         gateway = start_gateway(nats.extra["url"], ports.gateway_port, log_dir)
         procs.append(gateway)
         settings = Settings.from_env(state_dir=settings.state_dir, bridge_url=gateway.extra["url"])
         cp = start_control_plane(settings, log_dir, nats.extra["url"])
         procs.append(cp)
-        wait_until(lambda: http_json(f"{settings.base_url}/health")[1]["bundles"], 180, "the control plane to publish bundles")
+        wait_until(lambda: _health_bundles(settings.base_url), 180, "the control plane to publish bundles")
         agent = start_agent_from_control_plane(settings.base_url, settings.state_dir / "opa", port=ports.agent_port,
                                                token=admin.secret if admin else "")
         procs.append(agent)
@@ -173,7 +202,7 @@ def run_system(state_dir: Path | None = None) -> int:
         if admin:
             print(f"  dashboard       {settings.base_url}/dashboard/login?token={admin.secret}")
         if worker.extra["emulated"]:
-            print("  inference       EMULATED: no GROQ_API_KEY, answers come from the built-in Groq emulator.")
+            print(f"  inference       EMULATED: no GROQ_API_KEY, answers come from the Groq emulator at {emulator_url}.")
             print("                  To use GroqCloud: stop, `export GROQ_API_KEY=gsk_...`, and `make run` again.")
         else:
             print("  inference       GroqCloud (GROQ_API_KEY is set)")

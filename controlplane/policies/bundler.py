@@ -111,6 +111,15 @@ class PolicyBundler:
                 self.publisher.publish(compiled, scope=definition.scope)
         return compiled.revision
 
+    def active_revision(self) -> str:
+        """The library bundle's active revision ("" when none is)."""
+        active = self.publisher.store.get(self.bundle, "wasm")
+        return active[0].revision if active is not None else ""
+
+    def is_active(self, modules: Mapping[str, str]) -> bool:
+        """Whether the library + `modules` is the active revision (decided without compiling)."""
+        return self.revision(modules) == self.active_revision()
+
     def active_archive(self, revision: str, target: str) -> bytes | None:
         """The signed archive of `target` ("rego", "wasm") when `revision` is the active one."""
         active = self.publisher.store.get(self.bundle, target)
@@ -120,8 +129,7 @@ class PolicyBundler:
         """Make the library + `modules` the active revision; (revision, whether it was published)."""
         with self.lock:
             wanted = self.revision(modules)
-            active = self.publisher.store.get(self.bundle, "wasm")
-            if not force and active is not None and active[0].revision == wanted:
+            if not force and wanted == self.active_revision():
                 return wanted, False
             compiled = self.compile(modules, run_tests=self.library().run_tests)
             self.publisher.publish(compiled, scope=self.library().scope)

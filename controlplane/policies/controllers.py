@@ -19,10 +19,9 @@ from controlplane.policies.schemas import (
     PolicyRecord,
     PolicyType,
     PolicyUpdate,
-    error_responses,
 )
 from controlplane.policies.service import PolicyService
-from controlplane.routes import delete, get, post, put
+from controlplane.routes import delete, error_responses, get, post, put
 
 MAX_POLICY_BODY = 1024 * 1024
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Literal, get_args
 
 import msgspec
-from litestar.openapi import ResponseSpec
 
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH, Tier
 
@@ -106,35 +105,3 @@ class CompileReport(msgspec.Struct, kw_only=True):
     artifact: str  # object-store name of the compiled wasm bundle
     constitutional_hash: str = CONSTITUTIONAL_HASH
 
-
-# ---- error bodies, as documented in the OpenAPI schema ---------------------------------------
-class ErrorDetail(msgspec.Struct, kw_only=True):
-    type: str  # the exception's class name: ConstitutionalHashMismatch, CompileError, PolicyNotFound, ...
-    message: str
-    details: Any = None  # request validation: [{message, key, source}]
-    stage: str | None = None  # CompileError: check | test | build | load
-    messages: list[dict[str, Any]] | None = None  # CompileError: [{stage, message, code, file, row, col}]
-
-
-class ErrorBody(msgspec.Struct):
-    error: ErrorDetail
-
-
-_ERROR_TEXT = {
-    400: "Malformed JSON or a body/query that does not match the schema",
-    401: "No or unknown bearer token",
-    403: "The token lacks the required scope",
-    404: "Unknown policy (or path)",
-    409: "Conflicting concurrent change, or the policy is not active",
-    413: "Request body too large",
-    422: "Constitutional hash mismatch, Rego that does not compile, or a batch over 100 contexts",
-    429: "Rate limit exceeded",
-    502: "A dependency answered with an error",
-    503: "NATS, an inference worker or the OPA agent is unavailable",
-    504: "A dependency did not answer in time",
-}
-
-
-def error_responses(*codes: int) -> dict[int, Any]:
-    """`responses=` for a route: the product's `{"error": {...}}` body for each status code."""
-    return {c: ResponseSpec(data_container=ErrorBody, description=_ERROR_TEXT[c], generate_examples=False) for c in codes}

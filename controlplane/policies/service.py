@@ -130,7 +130,10 @@ class PolicyService:
         return await anyio.to_thread.run_sync(lambda: self.bundler.compile(modules, focus=str(focus) if focus else None))
 
     async def _activate(self, compiled: CompiledBundle) -> str:
-        revision = await anyio.to_thread.run_sync(self.bundler.publish, compiled)
+        return await self._published(await anyio.to_thread.run_sync(self.bundler.publish, compiled))
+
+    async def _published(self, revision: str) -> str:
+        """After a write: the evaluator follows `revision` (the active one), its archives are kept."""
         await anyio.to_thread.run_sync(self.on_published)
         # the signed archives of the revision a write produced, kept next to the policies (the
         # replicas build their own, signed with their own key; these are the record of what was served)
@@ -182,7 +185,7 @@ class PolicyService:
             if "opa_policy" in changes:
                 record = msgspec.structs.replace(record, source_sha256=hashlib.sha256(record.opa_policy.encode()).hexdigest(),
                                                  wasm_compilation_status="success", bytecode_size=0)
-            await self._write(record, last=last)
+            await self._write(record, last=last, current=current)
             return record
 
     async def delete(self, rule_id: uuid.UUID) -> PolicyRecord:
@@ -194,17 +197,38 @@ class PolicyService:
             await self._activate(compiled)
             return current
 
-    async def _write(self, record: PolicyRecord, last: int | None) -> str:
-        """compile (record included even when inactive: bad Rego is never stored) -> store -> activate."""
-        candidate = self.active_modules(with_=msgspec.structs.replace(record, is_active=True))
-        compiled = await self._compile(candidate, record.rule_id)
-        if not record.is_active:
-            compiled = await self._compile(self.active_modules(without=record.rule_id), None)
+    async def _write(self, record: PolicyRecord, last: int | None, current: PolicyRecord | None = None) -> str:
+        """compile -> store -> activate. `current` is the stored version a write replaces."""
+        if record.is_active:  # one compile: the set with it both checks its Rego and is what is served
+            compiled = await self._compile(self.active_modules(with_=record), record.rule_id)
+            await self._store(record, last)
+            return await self._activate(compiled)
+        remaining = await self._check_inactive(record, current)
+        await self._store(record, last)
+        if remaining is None:  # the set without it is the active revision already
+            return await self._published(await anyio.to_thread.run_sync(self.bundler.active_revision))
+        return await self._activate(remaining)
+
+    async def _check_inactive(self, record: PolicyRecord, current: PolicyRecord | None) -> CompiledBundle | None:
+        """An inactive record is never served, but bad Rego is never stored either: its module is
+        compiled with the active set, unless that module is in the active revision already (it was
+        active and is only being switched off). What gets served is the set without it: compiled
+        (and returned) only when that is not the active revision already, which is when the record
+        was active until now. So a write compiles once, except one that switches a policy off and
+        changes its module at the same time: those are two different bundles."""
+        served_already = current is not None and current.is_active and self.module_of(current) == self.module_of(record)
+        if not served_already:
+            await self._compile(self.active_modules(with_=msgspec.structs.replace(record, is_active=True)), record.rule_id)
+        remaining = self.active_modules(without=record.rule_id)
+        if await anyio.to_thread.run_sync(self.bundler.is_active, remaining):
+            return None
+        return await self._compile(remaining, None)  # fails (422) if another active policy depends on it
+
+    async def _store(self, record: PolicyRecord, last: int | None) -> None:
         if last is None:
             await self.store.create(record)
         else:
             await self.store.update(record, last=last)
-        return await self._activate(compiled)
 
     # -- reads ------------------------------------------------------------------------------------
     async def _get(self, rule_id: uuid.UUID) -> tuple[PolicyRecord, int]:

@@ -1,7 +1,9 @@
 """The tier catalog: which Groq models serve which tier, what they cost, and the retired names.
 
 Data lives in `tiers.json` next to this file (or `$GROQPOLICY_TIER_CATALOG`); this module only
-loads and checks it. `Catalog.resolve("llama-3.1-8b-instant")` answers
+loads and checks it. The tiers themselves and their latency targets are not the catalog's: they
+are `bridge.kernel.vocabulary.TIERS` / `TIER_TARGET_MS`, and a catalog must configure exactly those
+tiers. `Catalog.resolve("llama-3.1-8b-instant")` answers
 `("openai/gpt-oss-20b", "llama-3.1-8b-instant")`: callers must say that an alias was resolved.
 """
 
@@ -10,17 +12,21 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
 from bridge.kernel.config import GroqSettings
-from bridge.kernel.vocabulary import TIERS
+from bridge.kernel.errors import GroqPolicyError
+from bridge.kernel.vocabulary import TIER_TARGET_MS, TIERS
 
 CATALOG_PATH = Path(__file__).with_name("tiers.json")
+# the values Groq's API accepts (the SDK's own Literal types); the catalog file is checked against them
+ReasoningEffort = Literal["none", "default", "low", "medium", "high"]
+HideReasoning = Literal["include_reasoning", "reasoning_format"]
 
 
-class CatalogError(Exception):
+class CatalogError(GroqPolicyError):
     """The catalog file is unreadable or inconsistent, or a name is not in it."""
 
 
@@ -33,8 +39,8 @@ class ModelSpec(msgspec.Struct, frozen=True):
     price_output_per_mtok: float
     typical_latency_ms: float
     reasoning: bool = False
-    reasoning_efforts: list[str] = []
-    hide_reasoning: str | None = None
+    reasoning_efforts: list[ReasoningEffort] = []
+    hide_reasoning: HideReasoning | None = None
     """`include_reasoning` (send false) or `reasoning_format` (send "hidden"); None: nothing to hide."""
     price_approximate: bool = False
     note: str = ""
@@ -50,14 +56,18 @@ class ModelSpec(msgspec.Struct, frozen=True):
 
 
 class TierSpec(msgspec.Struct, frozen=True):
-    latency_target_ms: float
     models: list[str]
     fallback_tier: str | None = None
     max_tokens: int = 512
     temperature: float = 0.0
     cache_ttl_s: int = 300
-    reasoning_effort: str | None = None
+    reasoning_effort: ReasoningEffort | None = None
     name: str = ""
+
+    @property
+    def latency_target_ms(self) -> float:
+        """The tier's target from the shared vocabulary (the catalog does not restate it)."""
+        return TIER_TARGET_MS[self.name]
 
 
 class Alias(msgspec.Struct, frozen=True):
@@ -74,20 +84,28 @@ class _File(msgspec.Struct):
     _comment: Any = None
 
 
+def _check_tier_names(tiers: dict[str, TierSpec], where: str) -> None:
+    """The catalog configures exactly the vocabulary's tiers: each one, and no other."""
+    if missing := [t for t in TIERS if t not in tiers]:
+        raise CatalogError(f"{where}: tiers: missing {', '.join(missing)} (every tier needs models: {', '.join(TIERS)})")
+    if unknown := sorted(set(tiers) - set(TIERS)):
+        raise CatalogError(f"{where}: tiers: unknown {', '.join(unknown)} (the tiers are: {', '.join(TIERS)})")
+
+
 class Catalog:
     def __init__(self, data: _File, source: str) -> None:
         self.source = source
+        _check_tier_names(data.tiers, source)
         self.as_of = data.as_of
         self.default_tier = data.default_tier
         self.models = {k: msgspec.structs.replace(v, id=k) for k, v in data.models.items()}
-        self.tiers = {k: msgspec.structs.replace(v, name=k) for k, v in data.tiers.items()}
+        # in the vocabulary's order (fastest first), whatever the file's order
+        self.tiers = {k: msgspec.structs.replace(data.tiers[k], name=k) for k in TIERS}
         self.aliases = dict(data.aliases)
         self._check()
 
     def _check(self) -> None:
         where = self.source
-        if set(self.tiers) != set(TIERS):
-            raise CatalogError(f"{where}: tiers (want: {sorted(TIERS)}, got: {sorted(self.tiers)})")
         for name, tier in self.tiers.items():
             if not tier.models:
                 raise CatalogError(f"{where}: tiers.{name}.models: empty (expected at least one model)")
@@ -139,8 +157,7 @@ class Catalog:
         order.extend(spec.models)
         if spec.fallback_tier:
             order.extend(self.tiers[spec.fallback_tier].models)
-        seen: set[str] = set()
-        return [m for m in order if not (m in seen or seen.add(m))]
+        return list(dict.fromkeys(order))  # first occurrence wins
 
     def models_listing(self) -> list[dict[str, Any]]:
         """The seed's `GET /api/v1/groq/models` shape, one row per (tier, primary model), plus extras."""
@@ -168,13 +185,13 @@ def load_catalog(path: str | os.PathLike[str] | None = None) -> Catalog:
     try:
         raw = p.read_bytes()
     except OSError as exc:
-        raise CatalogError(f"{p}: unreadable ({exc.strerror})") from None
+        raise CatalogError(f"{p}: unreadable ({exc.strerror})") from exc
     try:
         data = msgspec.json.decode(raw, type=_File)
     except msgspec.ValidationError as exc:
-        raise CatalogError(f"{p}: {exc}") from None
+        raise CatalogError(f"{p}: {exc}") from exc
     except msgspec.DecodeError as exc:
-        raise CatalogError(f"{p}: not JSON ({exc})") from None
+        raise CatalogError(f"{p}: not JSON ({exc})") from exc
     return Catalog(data, str(p))
 
 

@@ -4,7 +4,8 @@ A raw ASGI app: this is the hot path of every model-backed policy decision, and 
 routing, DI and serialisation layers would cost more than the NATS hop they front. It validates
 the body (msgspec), forwards the *original bytes* with the caller's budget in a header, and
 passes the worker's JSON through unchanged with `Cache-Control: max-age=N`, so OPA's inter-query
-`http.send` cache keeps identical judgments.
+`http.send` cache keeps identical judgments. Every refusal is a `GroqPolicyError`, answered with
+its `status` and the family's error body (`error_body`).
 
     POST /v1/infer/{tier}  -> 200 reply | 400 not JSON | 404 unknown tier | 413 too large
                               | 422 invalid body | 503 no worker | 504 deadline
@@ -20,97 +21,116 @@ from typing import Any
 
 import msgspec
 import nats
-from nats.aio.client import Client as NATS
+from nats.aio.client import Client as NatsClient
 
+from bridge.inference.catalog import default_catalog
 from bridge.inference.client import InferClient
-from bridge.inference.wire import MAX_BODY_BYTES, InvalidInferRequest, bridge_error
+from bridge.inference.wire import MAX_BODY_BYTES, InternalError, InvalidInferRequest, MethodNotAllowed, UnknownRoute
 from bridge.kernel.config import GatewaySettings
 from bridge.kernel.errors import GroqPolicyError, error_body
 
 log = logging.getLogger("groqpolicy.gateway")
 PREFIX = "/v1/infer/"
-_JSON = (b"content-type", b"application/json")
-_NO_STORE = (b"cache-control", b"no-store")
+Header = tuple[bytes, bytes]
+Response = tuple[int, bytes, list[Header]]
+_JSON: Header = (b"content-type", b"application/json")
+_TEXT: Header = (b"content-type", b"text/plain; version=0.0.4")
+_NO_STORE: Header = (b"cache-control", b"no-store")
+_ALLOW_POST: Header = (b"allow", b"POST")
 
 
 class Gateway:
-    """ASGI app. Give it a connected `nc`, or a `nats_url` to connect to at lifespan startup."""
+    """ASGI app. Give it a connected `nc`, or it connects to `settings.nats_url` at lifespan startup."""
 
-    def __init__(self, nats_url: str | None = None, *, nc: NATS | None = None,
-                 default_deadline_ms: int | None = None, max_body: int = MAX_BODY_BYTES,
-                 cache_size: int | None = None) -> None:
-        settings = GatewaySettings.from_env()
-        self.nats_url = nats_url or settings.nats_url
+    def __init__(self, settings: GatewaySettings | None = None, *, nc: NatsClient | None = None) -> None:
+        self.settings = settings or GatewaySettings.from_env()
         self.nc = nc
         self._owns_nc = nc is None
-        self.default_deadline_ms = default_deadline_ms or settings.deadline_ms
-        self.max_body = max_body
-        self.client = InferClient(nc, self.default_deadline_ms,
-                                  cache_size=settings.cache_size if cache_size is None else cache_size)
+        self.max_body = MAX_BODY_BYTES
+        self.client = InferClient(nc, cache_size=self.settings.cache_size, default_deadline_ms=self.settings.deadline_ms)
         self.counts = self.client.counts
 
     async def connect(self) -> None:
         if self.nc is None:
-            self.nc = await nats.connect(self.nats_url, name="groqpolicy-gateway", max_reconnect_attempts=-1,
+            self.nc = await nats.connect(self.settings.nats_url, name="groqpolicy-gateway", max_reconnect_attempts=-1,
                                          reconnect_time_wait=0.5)
+            self.client.nc = self.nc
 
     async def close(self) -> None:
         if self.nc is not None and self._owns_nc:
             await self.nc.drain()
-            self.nc = None
+            self.nc = self.client.nc = None
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         kind = scope["type"]
         if kind == "http":
             await self._http(scope, receive, send)
         elif kind == "lifespan":
-            while True:
-                msg = await receive()
-                if msg["type"] == "lifespan.startup":
-                    try:
-                        await self.connect()
-                    except Exception as exc:  # noqa: BLE001
-                        await send({"type": "lifespan.startup.failed", "message": f"NATS {self.nats_url}: {exc}"})
-                        return
-                    await send({"type": "lifespan.startup.complete"})
-                elif msg["type"] == "lifespan.shutdown":
-                    await self.close()
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await self._lifespan(receive, send)
 
-    async def _http(self, scope: dict, receive: Any, send: Any) -> None:
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                try:
+                    await self.connect()
+                except Exception as exc:  # noqa: BLE001 - uvicorn reports the message and exits
+                    await send({"type": "lifespan.startup.failed", "message": f"NATS {self.settings.nats_url}: {exc}"})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                await self.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path = scope["path"]
+        try:
+            if scope["method"] == "POST" and path.startswith(PREFIX):  # the hot path, first and flat
+                status, body, headers = await self._infer(path[len(PREFIX):], scope, receive)
+            else:
+                status, body, headers = self._route(scope)
+        except GroqPolicyError as exc:
+            status, body, headers = _refusal(exc)
+        except Exception as exc:  # a bug still answers with an error body (fail closed), and is logged
+            log.exception("%s %s: unexpected error", scope["method"], scope["path"])
+            status, body, headers = _refusal(InternalError(f"gateway error: {type(exc).__name__}"))
+        await _send(send, status, body, headers)
+
+    def _route(self, scope: dict[str, Any]) -> Response:
+        """Everything but `POST /v1/infer/{tier}`."""
         path, method = scope["path"], scope["method"]
         if path.startswith(PREFIX):
-            if method != "POST":
-                return await _send(send, 405, error_body(bridge_error(f"{method} {path}: method not allowed (want POST)", "invalid_request_error", "method_not_allowed", 405)), [_NO_STORE, (b"allow", b"POST")])
-            try:
-                status, body, headers = await self._infer(path[len(PREFIX):], scope, receive)
-            except GroqPolicyError as exc:
-                status, body, headers = exc.status, error_body(exc), [_NO_STORE]
-            return await _send(send, status, body, headers)
-        if path == "/health" and method == "GET":
-            ok = self.nc is not None and self.nc.is_connected
-            return await _send(send, 200 if ok else 503, msgspec.json.encode({"status": "ok" if ok else "degraded", "nats": ok, **self.counts}), [_NO_STORE])
-        if path == "/metrics" and method == "GET":
-            text = "".join(f"# TYPE groqpolicy_gateway_{k}_total counter\ngroqpolicy_gateway_{k}_total {v}\n"
-                           for k, v in self.counts.items())
-            return await _send(send, 200, text.encode(), [_NO_STORE], content_type=b"text/plain; version=0.0.4")
-        if path == "/v1/models" and method == "GET":
-            from bridge.inference.catalog import default_catalog
+            raise MethodNotAllowed(f"{method} {path}: method not allowed (want POST)")
+        if method == "GET":
+            if path == "/health":
+                ok = self.nc is not None and self.nc.is_connected
+                body = msgspec.json.encode({"status": "ok" if ok else "degraded", "nats": ok, **self.counts})
+                return 200 if ok else 503, body, [_JSON, _NO_STORE]
+            if path == "/metrics":
+                text = "".join(f"# TYPE groqpolicy_gateway_{k}_total counter\ngroqpolicy_gateway_{k}_total {v}\n"
+                               for k, v in self.counts.items())
+                return 200, text.encode(), [_TEXT, _NO_STORE]
+            if path == "/v1/models":
+                return 200, msgspec.json.encode({"models": default_catalog().models_listing()}), [_JSON]
+        raise UnknownRoute(f"{method} {path}: not found")
 
-            return await _send(send, 200, msgspec.json.encode({"models": default_catalog().models_listing()}), [])
-        await _send(send, 404, error_body(bridge_error(f"{method} {path}: not found", "invalid_request_error", "not_found", 404)), [_NO_STORE])
-
-    async def _infer(self, tier: str, scope: dict, receive: Any) -> tuple[int, bytes, list]:
+    async def _infer(self, tier: str, scope: dict[str, Any], receive: Any) -> Response:
         for name, value in scope["headers"]:
             if name == b"content-length" and int(value or 0) > self.max_body:
-                raise InvalidInferRequest(f"body: {int(value)} bytes is too large (max {self.max_body})", status=413, code="body_too_large")
+                raise InvalidInferRequest(f"body: {int(value)} bytes is too large (max {self.max_body})", status=413,
+                                          code="body_too_large")
         body = await _read_body(receive, self.max_body)
-        self.client.nc = self.nc
         status, data, max_age = await self.client.request(tier, body)
         if status != 200:
-            return status, data, [_NO_STORE]
-        return 200, data, [(b"cache-control", b"max-age=%d" % max_age)]
+            return status, data, [_JSON, _NO_STORE]
+        return 200, data, [_JSON, (b"cache-control", b"max-age=%d" % max_age)]
+
+
+def _refusal(exc: GroqPolicyError) -> Response:
+    """An error as the HTTP edge answers it: the error's own status, the family's body, never cached."""
+    headers = [_JSON, _NO_STORE, _ALLOW_POST] if isinstance(exc, MethodNotAllowed) else [_JSON, _NO_STORE]
+    return exc.status, error_body(exc), headers
 
 
 async def _read_body(receive: Any, limit: int) -> bytes:
@@ -129,12 +149,15 @@ async def _read_body(receive: Any, limit: int) -> bytes:
             return b"".join(chunks) if len(chunks) != 1 else chunks[0]
 
 
-async def _send(send: Any, status: int, body: bytes, headers: list, content_type: bytes | None = None) -> None:
-    ctype = _JSON if content_type is None else (b"content-type", content_type)
+async def _send(send: Any, status: int, body: bytes, headers: list[Header]) -> None:
     await send({"type": "http.response.start", "status": status,
-                "headers": [ctype, (b"content-length", str(len(body)).encode()), *headers]})
+                "headers": [*headers, (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
 
 
-def create_app(nats_url: str | None = None, **kw: Any) -> Gateway:
-    return Gateway(nats_url, **kw)
+def create_app(nats_url: str | None = None, *, nc: NatsClient | None = None, **overrides: Any) -> Gateway:
+    """A gateway configured from `GatewaySettings` (the environment), with `nats_url` and any other
+    field of the section (`cache_size=0`, `deadline_ms=...`) given here winning."""
+    if nats_url:
+        overrides["nats_url"] = nats_url
+    return Gateway(GatewaySettings.from_env(**overrides), nc=nc)

@@ -26,13 +26,18 @@ fallback. The SDK's own retries are off: this loop owns them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import groq
 import msgspec
+from groq import omit
+from groq.types.chat import ChatCompletion, ChatCompletionMessageParam
+from groq.types.chat.completion_create_params import ResponseFormat
 
 from bridge.inference.cache import KVCache, TTLCache, cache_key
 from bridge.inference.catalog import Catalog, CatalogError, ModelSpec
@@ -43,6 +48,7 @@ from bridge.inference.wire import (
     InferRequest,
     InvalidInferRequest,
     Usage,
+    Verdict,
     decode_verdict,
 )
 from bridge.inference.worker.breaker import CircuitBreaker
@@ -53,6 +59,12 @@ log = logging.getLogger("groqpolicy.worker")
 EMPTY_USAGE = Usage()
 MIN_CALL_S = 0.005
 """Below this much budget a model call cannot succeed; stop instead of starting one."""
+# structured output: a strict JSON schema where the model supports one, else JSON mode
+STRICT_FORMAT: ResponseFormat = {"type": "json_schema", "json_schema": {"name": "policy_verdict", "strict": True,
+                                                                         "schema": VERDICT_JSON_SCHEMA}}
+JSON_FORMAT: ResponseFormat = {"type": "json_object"}
+Answer = tuple[Verdict, Usage, str]
+"""A model's answer: the verdict, what it cost, and the model that served it."""
 
 
 class ModelFailure(Exception):
@@ -76,6 +88,16 @@ class Counters:
     errors: int = 0
 
 
+@dataclass
+class _Trial:
+    """One request's way through the candidates: what it asks and what went wrong so far."""
+
+    messages: list[ChatCompletionMessageParam]
+    deadline: float
+    failures: list[str] = field(default_factory=list)
+    attempts: int = 0
+
+
 def _retry_after(err: groq.APIStatusError) -> float | None:
     h = err.response.headers
     try:
@@ -86,6 +108,39 @@ def _retry_after(err: groq.APIStatusError) -> float | None:
     except ValueError:
         return None
     return None
+
+
+def _failure(model: str, exc: groq.APIError, timeout: float) -> ModelFailure:
+    """What a failed call means for retries and the breaker (the table in this module's docstring)."""
+    if isinstance(exc, groq.RateLimitError):
+        return ModelFailure(model, "429 rate limited", retry=True, breaker=True, wait_s=_retry_after(exc))
+    if isinstance(exc, groq.APITimeoutError):  # a subclass of APIConnectionError: test it first
+        return ModelFailure(model, f"timed out after {timeout:.3g}s", retry=False, breaker=True)
+    if isinstance(exc, groq.APIConnectionError):
+        return ModelFailure(model, f"connection error: {exc}", retry=True, breaker=True)
+    if not isinstance(exc, groq.APIStatusError):  # a response the SDK could not read
+        return ModelFailure(model, f"unusable response: {exc}", retry=False, breaker=True)
+    code = exc.status_code
+    if code == 498:  # capacity, not a broken model
+        return ModelFailure(model, "498 flex capacity exceeded", retry=False, breaker=False)
+    if code >= 500 or code in (408, 409):
+        return ModelFailure(model, f"{code} server error", retry=True, breaker=True)
+    detail = exc.body.get("error", {}).get("code", "") if isinstance(exc.body, dict) else ""
+    return ModelFailure(model, f"{code} {detail}".strip(), retry=False, breaker=True)
+
+
+def _usage(completion: ChatCompletion, spec: ModelSpec) -> Usage:
+    u = completion.usage
+    if u is None:
+        return Usage()
+    return Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens, total_tokens=u.total_tokens,
+                 queue_time=u.queue_time or 0.0, prompt_time=u.prompt_time or 0.0,
+                 completion_time=u.completion_time or 0.0, total_time=u.total_time or 0.0,
+                 cost_usd=round(spec.cost_usd(u.prompt_tokens, u.completion_tokens), 9))
+
+
+def _elapsed_ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
 
 
 class InferenceEngine:
@@ -102,7 +157,7 @@ class InferenceEngine:
         }
         self.counters = Counters()
         self._inflight: dict[str, asyncio.Future[tuple[InferReply, int]]] = {}
-        self._bg: set[asyncio.Task] = set()
+        self._bg: set[asyncio.Task[None]] = set()
 
     # ---- cache fast path (synchronous, used by the service before it spawns a task) ---------
     def lookup_l1(self, tier: str, req: InferRequest, started: float) -> tuple[InferReply, int] | None:
@@ -116,8 +171,7 @@ class InferenceEngine:
 
     @staticmethod
     def _as_cached(reply: InferReply, started: float) -> InferReply:
-        return msgspec.structs.replace(reply, cached=True, usage=EMPTY_USAGE,
-                                       latency_ms=round((time.perf_counter() - started) * 1000, 3))
+        return msgspec.structs.replace(reply, cached=True, usage=EMPTY_USAGE, latency_ms=_elapsed_ms(started))
 
     # ---- full path -----------------------------------------------------------------------------
     async def infer(self, tier: str, req: InferRequest, deadline: float, started: float,
@@ -127,7 +181,7 @@ class InferenceEngine:
             try:
                 self.catalog.resolve(req.model)
             except CatalogError as exc:
-                raise InvalidInferRequest(str(exc), status=422, code="model_not_found") from None
+                raise InvalidInferRequest(exc.message, status=422, code="model_not_found") from exc
         key = cache_key(tier, req)
         if not skip_l1:
             hit = self.lookup_l1(tier, req, started)
@@ -137,46 +191,42 @@ class InferenceEngine:
         if fut is not None:
             self.counters.coalesced += 1
             reply, max_age = await self._wait(fut, deadline)
-            return msgspec.structs.replace(reply, latency_ms=round((time.perf_counter() - started) * 1000, 3)), max_age
+            return msgspec.structs.replace(reply, latency_ms=_elapsed_ms(started)), max_age
         fut = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
         task = asyncio.create_task(self._resolve(key, tier, req, deadline, started))
-        task.add_done_callback(lambda t, k=key, f=fut: self._settle(k, f, t))
+        task.add_done_callback(functools.partial(self._settle, key, fut))
         return await self._wait(fut, deadline)
 
-    def _settle(self, key: str, fut: asyncio.Future, task: asyncio.Task) -> None:
+    def _settle(self, key: str, fut: asyncio.Future[tuple[InferReply, int]],
+                task: asyncio.Task[tuple[InferReply, int]]) -> None:
         self._inflight.pop(key, None)
         if fut.done():
             return
         if task.cancelled():
             fut.set_exception(DeadlineExceeded("inference cancelled"))
-        elif task.exception() is not None:
-            fut.set_exception(task.exception())
+        elif (exc := task.exception()) is not None:
+            fut.set_exception(exc)
         else:
             fut.set_result(task.result())
         if not fut.cancelled():
             fut.exception()  # mark retrieved: every waiter may already have timed out
 
-    async def _wait(self, fut: asyncio.Future, deadline: float) -> tuple[InferReply, int]:
+    async def _wait(self, fut: asyncio.Future[tuple[InferReply, int]], deadline: float) -> tuple[InferReply, int]:
         left = deadline - time.monotonic()
         if left <= 0:
             self.counters.deadline_exceeded += 1
             raise DeadlineExceeded("deadline exceeded before an answer was available")
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout=left)
-        except TimeoutError:
+        except TimeoutError as exc:
             self.counters.deadline_exceeded += 1
-            raise DeadlineExceeded("deadline exceeded while waiting for the model") from None
+            raise DeadlineExceeded("deadline exceeded while waiting for the model") from exc
 
-    async def _resolve(self, key: str, tier: str, req: InferRequest, deadline: float, started: float) -> tuple[InferReply, int]:
+    async def _resolve(self, key: str, tier: str, req: InferRequest, deadline: float,
+                       started: float) -> tuple[InferReply, int]:
         if self.l2 is not None:
-            left = deadline - time.monotonic()
-            got = None
-            if left > 0:
-                try:
-                    got = await asyncio.wait_for(self.l2.get(key), timeout=min(left, 0.5))
-                except TimeoutError:
-                    got = None
+            got = await self._l2_get(self.l2, key, deadline)
             if got is not None:
                 self.counters.l2_hits += 1
                 reply, ttl_left = got
@@ -194,72 +244,94 @@ class InferenceEngine:
             t.add_done_callback(self._bg.discard)
         return reply, ttl
 
+    @staticmethod
+    async def _l2_get(l2: KVCache, key: str, deadline: float) -> tuple[InferReply, float] | None:
+        """An L2 hit, if the bucket answers within the budget (and half a second at most)."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        try:
+            return await asyncio.wait_for(l2.get(key), timeout=min(left, 0.5))
+        except TimeoutError:
+            return None
+
     async def _call_models(self, tier: str, req: InferRequest, deadline: float, started: float) -> InferReply:
-        requested, resolved_from = (self.catalog.resolve(req.model) if req.model else (None, None))
+        """Each candidate in turn until one answers; when none does, fail closed to `review`."""
+        resolved_from = self.catalog.resolve(req.model)[1] if req.model else None
+        alias: dict[str, Any] = {"requested_model": req.model, "resolved_from": resolved_from} if resolved_from else {}
         candidates = self.catalog.candidates(tier, req.model)
-        messages = render(req)
-        failures: list[str] = []
-        attempts = 0
+        trial = _Trial(messages=render(req), deadline=deadline)
         for i, model in enumerate(candidates):
-            spec = self.catalog.models[model]
-            breaker = self.breakers[model]
-            for attempt in range(self.settings.retries_per_model):
-                left = deadline - time.monotonic()
-                if left < MIN_CALL_S:
-                    self.counters.deadline_exceeded += 1
-                    raise DeadlineExceeded(
-                        f"deadline exceeded after {attempts} model call(s)" + (f": {'; '.join(failures)}" if failures else ""))
-                if attempt == 0 and self._over_budget(spec, left, candidates[i + 1:]):
-                    failures.append(f"{model}: typical latency {spec.typical_latency_ms:g} ms is over the "
-                                    f"remaining budget of {left * 1000:.0f} ms")
-                    break
-                if not breaker.allow():
-                    failures.append(f"{model}: circuit {breaker.state}")
-                    break
-                attempts += 1
-                self.counters.model_calls += 1
-                last = i == len(candidates) - 1 and attempt + 1 >= self.settings.retries_per_model
-                timeout = left if last else min(left, max(left / 2, spec.typical_latency_ms * 4 / 1000))
-                try:
-                    verdict, usage, served_by = await self._call(model, spec, tier, messages, timeout, req)
-                except ModelFailure as exc:
-                    self.counters.model_failures += 1
-                    failures.append(str(exc))
-                    if exc.breaker:
-                        breaker.record_failure()
-                    else:
-                        breaker.release_probe()  # capacity limits say nothing about the model's health
-                    if not exc.retry or attempt + 1 >= self.settings.retries_per_model:
-                        break
-                    # retry-after is a floor: add up to 10% jitter so that workers told the same
-                    # instant do not return in lockstep; without it, exponential backoff, full jitter
-                    wait = exc.wait_s * random.uniform(1.0, 1.1) if exc.wait_s is not None else self._backoff(attempt)
-                    if wait > self.settings.max_retry_after_s or time.monotonic() + wait + MIN_CALL_S >= deadline:
-                        said = f"retry-after {exc.wait_s:g}s" if exc.wait_s is not None else f"backoff {wait:.3g}s"
-                        failures.append(f"{model}: {said} does not fit the budget")
-                        break
-                    await asyncio.sleep(wait)
-                    continue
-                breaker.record_success()
-                if i > 0:
-                    self.counters.fallbacks += 1
-                usage.attempts = attempts
-                return InferReply(
-                    decision=verdict.decision, confidence=verdict.confidence, rationale=verdict.rationale,
-                    model=served_by, tier=tier, emulated=self.emulated, usage=usage,
-                    latency_ms=round((time.perf_counter() - started) * 1000, 3),
-                    requested_model=req.model if resolved_from else msgspec.UNSET, resolved_from=resolved_from or msgspec.UNSET,
-                    reasons=[f"earlier attempt failed: {f}" for f in failures],
-                )
+            answer = await self._try_model(model, tier, req, trial, rest=candidates[i + 1:])
+            if answer is None:
+                continue
+            verdict, usage, served_by = answer
+            if i > 0:
+                self.counters.fallbacks += 1
+            usage.attempts = trial.attempts
+            return InferReply(
+                decision=verdict.decision, confidence=verdict.confidence, rationale=verdict.rationale,
+                model=served_by, tier=tier, emulated=self.emulated, usage=usage, latency_ms=_elapsed_ms(started),
+                reasons=[f"earlier attempt failed: {f}" for f in trial.failures], **alias,
+            )
         self.counters.degraded += 1
-        log.warning("tier %s: no model produced a valid answer: %s", tier, "; ".join(failures))
+        log.warning("tier %s: no model produced a valid answer: %s", tier, "; ".join(trial.failures))
         return InferReply(
-            decision="review", confidence=0.0,
-            rationale="no model produced a valid answer; failing closed to review",
-            model="", tier=tier, emulated=self.emulated, usage=Usage(attempts=attempts),
-            latency_ms=round((time.perf_counter() - started) * 1000, 3), degraded=True, reasons=failures,
-            requested_model=req.model if resolved_from else msgspec.UNSET, resolved_from=resolved_from or msgspec.UNSET,
+            decision="review", confidence=0.0, rationale="no model produced a valid answer; failing closed to review",
+            model="", tier=tier, emulated=self.emulated, usage=Usage(attempts=trial.attempts),
+            latency_ms=_elapsed_ms(started), degraded=True, reasons=trial.failures, **alias,
         )
+
+    async def _try_model(self, model: str, tier: str, req: InferRequest, trial: _Trial,
+                         rest: list[str]) -> Answer | None:
+        """One candidate, retried as its failures allow; None (reasons in `trial`) to move on."""
+        spec = self.catalog.models[model]
+        breaker = self.breakers[model]
+        retries = self.settings.retries_per_model
+        for attempt in range(retries):
+            left = trial.deadline - time.monotonic()
+            if left < MIN_CALL_S:
+                self.counters.deadline_exceeded += 1
+                raise DeadlineExceeded(f"deadline exceeded after {trial.attempts} model call(s)"
+                                       + (f": {'; '.join(trial.failures)}" if trial.failures else ""))
+            if attempt == 0 and self._over_budget(spec, left, rest):
+                trial.failures.append(f"{model}: typical latency {spec.typical_latency_ms:g} ms is over the "
+                                      f"remaining budget of {left * 1000:.0f} ms")
+                return None
+            if not breaker.allow():
+                trial.failures.append(f"{model}: circuit {breaker.state}")
+                return None
+            trial.attempts += 1
+            self.counters.model_calls += 1
+            last = not rest and attempt + 1 >= retries
+            timeout = left if last else min(left, max(left / 2, spec.typical_latency_ms * 4 / 1000))
+            try:
+                answer = await self._call(model, spec, tier, trial.messages, timeout, req)
+            except ModelFailure as exc:
+                self.counters.model_failures += 1
+                trial.failures.append(str(exc))
+                if exc.breaker:
+                    breaker.record_failure()
+                else:
+                    breaker.release_probe()  # capacity limits say nothing about the model's health
+                if not exc.retry or attempt + 1 >= retries or not await self._wait_to_retry(model, exc, attempt, trial):
+                    return None
+                continue
+            breaker.record_success()
+            return answer
+        return None
+
+    async def _wait_to_retry(self, model: str, exc: ModelFailure, attempt: int, trial: _Trial) -> bool:
+        """Sleep before the next attempt; False (and why, in `trial`) when the wait does not fit."""
+        # retry-after is a floor: add up to 10% jitter so that workers told the same instant do
+        # not return in lockstep; without it, exponential backoff with full jitter
+        wait = exc.wait_s * random.uniform(1.0, 1.1) if exc.wait_s is not None else self._backoff(attempt)
+        if wait > self.settings.max_retry_after_s or time.monotonic() + wait + MIN_CALL_S >= trial.deadline:
+            said = f"retry-after {exc.wait_s:g}s" if exc.wait_s is not None else f"backoff {wait:.3g}s"
+            trial.failures.append(f"{model}: {said} does not fit the budget")
+            return False
+        await asyncio.sleep(wait)
+        return True
 
     def _over_budget(self, spec: ModelSpec, left: float, rest: list[str]) -> bool:
         """Skip a model that typically needs more than the budget left while a later one fits it."""
@@ -271,62 +343,34 @@ class InferenceEngine:
         # Full jitter (AWS architecture blog): uniform in [0, min(cap, base * 2^attempt)].
         return random.uniform(0, min(self.settings.backoff_max_s, self.settings.backoff_base_s * 2 ** attempt))
 
-    async def _call(self, model: str, spec: ModelSpec, tier: str, messages: list, left: float, req: InferRequest):
+    async def _call(self, model: str, spec: ModelSpec, tier: str, messages: list[ChatCompletionMessageParam],
+                    timeout: float, req: InferRequest) -> Answer:
+        """One model call; a ModelFailure says what went wrong and whether to retry."""
         tier_spec = self.catalog.tier(tier)
-        max_tokens = min(req.max_tokens or tier_spec.max_tokens, tier_spec.max_tokens, spec.max_completion_tokens)
-        temperature = tier_spec.temperature if req.temperature is None else req.temperature
-        if spec.json_schema_strict:
-            response_format = {"type": "json_schema", "json_schema": {"name": "policy_verdict", "strict": True,
-                                                                    "schema": VERDICT_JSON_SCHEMA}}
-        else:
-            response_format = {"type": "json_object"}
-        extra: dict = {}
-        if tier_spec.reasoning_effort and tier_spec.reasoning_effort in spec.reasoning_efforts:
-            extra["reasoning_effort"] = tier_spec.reasoning_effort
-        if spec.hide_reasoning == "include_reasoning":
-            extra["include_reasoning"] = False
-        elif spec.hide_reasoning == "reasoning_format":
-            extra["reasoning_format"] = "hidden"
+        effort = tier_spec.reasoning_effort
         try:
             completion = await self.client.chat.completions.create(
-                model=model, messages=messages, response_format=response_format,
-                max_completion_tokens=max_tokens, temperature=temperature, timeout=left, **extra,
+                model=model, messages=messages, response_format=STRICT_FORMAT if spec.json_schema_strict else JSON_FORMAT,
+                max_completion_tokens=min(req.max_tokens or tier_spec.max_tokens, tier_spec.max_tokens,
+                                          spec.max_completion_tokens),
+                temperature=tier_spec.temperature if req.temperature is None else req.temperature, timeout=timeout,
+                # only what the model accepts; its reasoning is kept out of the JSON answer
+                reasoning_effort=effort if effort is not None and effort in spec.reasoning_efforts else omit,
+                include_reasoning=False if spec.hide_reasoning == "include_reasoning" else omit,
+                reasoning_format="hidden" if spec.hide_reasoning == "reasoning_format" else omit,
             )
-        except groq.RateLimitError as exc:
-            return self._raise(model, "429 rate limited", retry=True, breaker=True, wait_s=_retry_after(exc))
-        except groq.APITimeoutError:
-            return self._raise(model, f"timed out after {left:.3g}s", retry=False, breaker=True)
-        except groq.APIConnectionError as exc:
-            return self._raise(model, f"connection error: {exc}", retry=True, breaker=True)
-        except groq.APIStatusError as exc:
-            code = exc.status_code
-            if code == 498:
-                return self._raise(model, "498 flex capacity exceeded", retry=False, breaker=False)
-            if code >= 500 or code in (408, 409):
-                return self._raise(model, f"{code} server error", retry=True, breaker=True)
-            detail = exc.body.get("error", {}).get("code", "") if isinstance(exc.body, dict) else ""
-            return self._raise(model, f"{code} {detail}".strip(), retry=False, breaker=True)
+        except groq.APIError as exc:
+            raise _failure(model, exc, timeout) from exc
         content = completion.choices[0].message.content if completion.choices else None
         try:
             verdict = decode_verdict(content or "")
         except msgspec.ValidationError as exc:  # a subclass of DecodeError: catch it first
-            return self._raise(model, f"answer violates the verdict schema: {exc}", retry=False, breaker=True)
-        except msgspec.DecodeError:
-            return self._raise(model, "answer is not valid JSON", retry=False, breaker=True)
-        u = completion.usage
-        usage = Usage()
-        if u is not None:
-            usage = Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens, total_tokens=u.total_tokens,
-                          queue_time=u.queue_time or 0.0, prompt_time=u.prompt_time or 0.0,
-                          completion_time=u.completion_time or 0.0, total_time=u.total_time or 0.0,
-                          cost_usd=round(spec.cost_usd(u.prompt_tokens, u.completion_tokens), 9))
-        return verdict, usage, completion.model or model
+            raise ModelFailure(model, f"answer violates the verdict schema: {exc}", retry=False, breaker=True) from exc
+        except msgspec.DecodeError as exc:
+            raise ModelFailure(model, "answer is not valid JSON", retry=False, breaker=True) from exc
+        return verdict, _usage(completion, spec), completion.model or model
 
-    @staticmethod
-    def _raise(model: str, what: str, **kw):
-        raise ModelFailure(model, what, **kw)
-
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         c = self.counters
         return {
             **c.__dict__,

@@ -1,51 +1,54 @@
 """The inference worker as a `nats.micro` service: one endpoint per tier on `groq.infer.<tier>`,
 all in one queue group so any number of workers share the load ($SRV.PING/INFO/STATS work).
 
-nats-py runs a subscription's callback one message at a time, so the handler answers L1 hits
-inline (microseconds) and hands everything else to a task: a slow model call never blocks the
-endpoint. Replies carry `Groqpolicy-Max-Age`; errors carry nats.micro's error headers with the
-HTTP status as the code and a JSON error body, which the gateway passes through unchanged.
+The handler answers L1 hits inline (microseconds) and spawns a task for everything else
+(`bridge.inference.micro.TaskService`): a slow model call never blocks the endpoint. Replies carry
+`Groqpolicy-Max-Age`; errors are nats.micro error replies with the HTTP status as the code and the
+family's JSON error body, which the gateway passes through unchanged.
+
+Where model calls go is decided once, at start (`groq_endpoint`): GroqCloud when `GROQ_API_KEY` is
+set, else the emulator at `GROQPOLICY_EMULATOR_URL` (which `groqpolicy up` starts when there is
+no key); with neither the worker refuses to start.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import groq
 import httpx
-import msgspec
 import nats
-from nats.aio.client import Client as NATS
-from nats.micro import add_service
+from nats.aio.client import Client as NatsClient
 from nats.micro.request import Request
-from nats.micro.service import EndpointStats, Service
+from nats.micro.service import EndpointConfig, EndpointStats, ServiceConfig
 
 from bridge.inference.cache import KVCache
 from bridge.inference.catalog import Catalog, default_catalog
+from bridge.inference.micro import Handler, TaskService, respond_error
 from bridge.inference.wire import (
     BUDGET_HEADER,
-    DEFAULT_DEADLINE_MS,
     MAX_AGE_HEADER,
     MAX_DEADLINE_MS,
-    InvalidInferRequest,
+    InferRequest,
+    InternalError,
     NoWorker,
-    decode_request,
     encode,
+    read_request,
     subject_for,
-    validate_request,
 )
-from bridge.inference.worker.engine import EngineSettings, InferenceEngine
-from bridge.kernel.config import GroqSettings
-from bridge.kernel.errors import GroqPolicyError, error_body, error_description
+from bridge.inference.worker.engine import InferenceEngine
+from bridge.kernel.config import DEFAULT_DEADLINE_MS, EngineSettings, GroqSettings
+from bridge.kernel.errors import ConfigError, GroqPolicyError
 from bridge.kernel.vocabulary import TIERS
 
 log = logging.getLogger("groqpolicy.worker")
 SERVICE_NAME = "groqpolicy-inference"
 SERVICE_VERSION = "0.1.0"
 QUEUE_GROUP = "groq-infer"
+EMULATED_KEY = "emulated"  # what the SDK sends as its key to an emulator, which checks none unless told to
 
 
 def deadline_margin_s(budget_s: float) -> float:
@@ -53,132 +56,108 @@ def deadline_margin_s(budget_s: float) -> float:
     return min(0.05, budget_s * 0.1)
 
 
+@dataclass(frozen=True)
+class GroqEndpoint:
+    base_url: str
+    api_key: str
+    emulated: bool
+
+
+def groq_endpoint(settings: GroqSettings) -> GroqEndpoint:
+    """Where model calls go: GroqCloud with a key, else the emulator named by URL; neither is an error."""
+    if settings.api_key:
+        return GroqEndpoint(settings.base_url, settings.api_key, emulated=False)
+    if settings.emulator_url:
+        return GroqEndpoint(settings.emulator_url, EMULATED_KEY, emulated=True)
+    raise ConfigError("no model endpoint: set GROQ_API_KEY (GroqCloud) or GROQPOLICY_EMULATOR_URL "
+                      "(a Groq emulator, e.g. `python -m bridge.emulator`)")
+
+
 @dataclass
 class GroqConnection:
     client: groq.AsyncGroq
     emulated: bool
     base_url: str
-    emulator: object | None = None  # a LoopServer when we started the emulator ourselves
 
     async def close(self) -> None:
         await self.client.close()
-        if self.emulator is not None:
-            await self.emulator.stop()  # type: ignore[attr-defined]
 
 
-async def connect_groq(*, base_url: str | None = None, api_key: str | None = None, emulated: bool | None = None) -> GroqConnection:
+async def connect_groq(settings: GroqSettings | None = None) -> GroqConnection:
     """One pooled AsyncGroq client, warmed (the pool holds an open connection when this returns).
-
-    Resolution: explicit arguments; else `GROQ_API_KEY` (+ optional `GROQ_BASE_URL`) = the real API;
-    else `GROQPOLICY_EMULATOR_URL` = an emulator running elsewhere; else an emulator started here.
-    Every reply of an emulated connection says `emulated: true`.
-    """
-    emulator = None
-    if base_url is None:
-        groq_settings = GroqSettings.from_env()
-        if api_key is None and groq_settings.api_key:
-            api_key = groq_settings.api_key
-            base_url = groq_settings.base_url
-            emulated = False if emulated is None else emulated
-        elif groq_settings.emulator_url:
-            base_url = groq_settings.emulator_url
-            emulated = True
-        else:
-            from bridge.emulator import create_app
-            from bridge.inference.serving import LoopServer
-
-            emulator = await LoopServer(create_app()).start()
-            base_url = emulator.url
-            emulated = True
-    if emulated is None:
-        emulated = api_key is None
-    if emulated:
-        log.warning("GROQ_API_KEY is not set: answering from the Groq EMULATOR at %s; every reply says emulated=true", base_url)
+    Every reply of an emulated connection says `emulated: true`."""
+    endpoint = groq_endpoint(settings or GroqSettings.from_env())
+    if endpoint.emulated:
+        log.warning("GROQ_API_KEY is not set: answering from the Groq EMULATOR at %s; every reply says emulated=true",
+                    endpoint.base_url)
     http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200, max_keepalive_connections=50, keepalive_expiry=60),
                              timeout=httpx.Timeout(30.0, connect=5.0))
-    client = groq.AsyncGroq(api_key=api_key or "emulated", base_url=base_url, max_retries=0, http_client=http)
+    client = groq.AsyncGroq(api_key=endpoint.api_key, base_url=endpoint.base_url, max_retries=0, http_client=http)
     try:
         await client.models.list(timeout=10)
     except groq.APIError as exc:
         log.warning("Groq warm-up (GET /openai/v1/models) failed: %s", exc)
-    return GroqConnection(client=client, emulated=emulated, base_url=base_url, emulator=emulator)
+    return GroqConnection(client=client, emulated=endpoint.emulated, base_url=endpoint.base_url)
 
 
 class Worker:
-    def __init__(self, nc: NATS, engine: InferenceEngine, *, queue_group: str = QUEUE_GROUP, name: str = SERVICE_NAME,
-                 owns_nc: bool = False, max_inflight: int | None = None) -> None:
+    def __init__(self, nc: NatsClient, engine: InferenceEngine, *, queue_group: str = QUEUE_GROUP,
+                 name: str = SERVICE_NAME, owns_nc: bool = False) -> None:
         self.nc = nc
         self.owns_nc = owns_nc
-        self.max_inflight = max_inflight or engine.settings.max_inflight
+        self.engine = engine
+        self.max_inflight = engine.settings.max_inflight
         """Beyond this many uncached requests in progress the worker answers 503 at once: the caller
         (or the Rego helper, as review) learns in microseconds instead of at its deadline."""
         self.rejected = 0
-        self.engine = engine
-        self.queue_group = queue_group
-        self.name = name
-        self.service: Service | None = None
-        self._tasks: set[asyncio.Task] = set()
         self.served = 0
+        config = ServiceConfig(name=name, version=SERVICE_VERSION, queue_group=queue_group,
+                               description="groqpolicy: tiered Groq judgments for OPA policies",
+                               metadata={"emulated": str(engine.emulated).lower()}, stats_handler=self._endpoint_stats)
+        endpoints = [EndpointConfig(name=tier, subject=subject_for(tier), handler=self._handler(tier),
+                                    metadata={"tier": tier}) for tier in TIERS]
+        self.micro = TaskService(nc, config, endpoints)
 
     async def start(self) -> Worker:
-        self.service = await add_service(
-            self.nc, name=self.name, version=SERVICE_VERSION, queue_group=self.queue_group,
-            description="groqpolicy: tiered Groq judgments for OPA policies",
-            metadata={"emulated": str(self.engine.emulated).lower()},
-            stats_handler=self._endpoint_stats,
-        )
-        for tier in TIERS:
-            await self.service.add_endpoint(name=tier, subject=subject_for(tier), handler=self._handler(tier),
-                                            metadata={"tier": tier})
-        await self.nc.flush()
+        await self.micro.start()
         return self
 
     async def stop(self) -> None:
-        if self.service is not None:
-            await self.service.stop()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5)
+        await self.micro.stop()
 
-    def _endpoint_stats(self, endpoint: EndpointStats) -> dict:
-        return {**self.engine.stats(), "served": self.served, "rejected": self.rejected, "in_progress": len(self._tasks)}
+    def _endpoint_stats(self, endpoint: EndpointStats) -> dict[str, Any]:
+        # answers come from tasks, so micro's own processing time and error counts see only the
+        # hand-off: the engine's counters say what happened
+        return {**self.engine.stats(), "served": self.served, "rejected": self.rejected,
+                "in_progress": self.micro.in_progress}
 
-    def _handler(self, tier: str):
+    def _handler(self, tier: str) -> Handler:
         engine = self.engine
 
         async def handle(request: Request) -> None:
             started = time.perf_counter()
             try:
-                req = decode_request(request.data)
-                validate_request(req)
-            except (msgspec.DecodeError, msgspec.ValidationError, GroqPolicyError) as exc:
-                err: GroqPolicyError
-                if isinstance(exc, GroqPolicyError):
-                    err = exc
-                elif isinstance(exc, msgspec.ValidationError):  # a subclass of DecodeError: test it first
-                    err = InvalidInferRequest(f"request: {exc}", status=422, code="invalid_request")
-                else:
-                    err = InvalidInferRequest(f"request: not JSON ({exc})", status=400, code="invalid_json")
-                await self._respond_error(request, err)
+                req = read_request(request.data, label="request")
+            except GroqPolicyError as exc:
+                await self._respond_error(request, exc)
                 return
             hit = engine.lookup_l1(tier, req, started)
             if hit is not None:
                 self.served += 1
                 await request.respond(encode(hit[0]), headers={MAX_AGE_HEADER: str(hit[1])})
                 return
-            if len(self._tasks) >= self.max_inflight:
+            if self.micro.in_progress >= self.max_inflight:
                 self.rejected += 1
                 await self._respond_error(request, NoWorker(
-                    f"worker overloaded: {len(self._tasks)} requests in progress (max {self.max_inflight})", code="overloaded"))
+                    f"worker overloaded: {self.micro.in_progress} requests in progress (max {self.max_inflight})",
+                    code="overloaded"))
                 return
-            t = asyncio.create_task(self._serve(tier, req, request, started))
-            self._tasks.add(t)
-            t.add_done_callback(self._tasks.discard)
+            self.micro.spawn(self._serve(tier, req, request, started))
 
         return handle
 
-    async def _serve(self, tier: str, req, request: Request, started: float) -> None:
-        budget_ms = self._budget_ms(request, req)
-        budget_s = budget_ms / 1000
+    async def _serve(self, tier: str, req: InferRequest, request: Request, started: float) -> None:
+        budget_s = _budget_ms(request, req) / 1000
         deadline = time.monotonic() + budget_s - deadline_margin_s(budget_s)
         try:
             reply, max_age = await self.engine.infer(tier, req, deadline, started, skip_l1=True)
@@ -187,8 +166,7 @@ class Worker:
             return
         except Exception as exc:
             log.exception("tier %s: unexpected error", tier)
-            await self._respond_error(request, GroqPolicyError(f"worker error: {exc!r}", type_="internal_error",
-                                                               code="internal_error"))
+            await self._respond_error(request, InternalError(f"worker error: {exc!r}"))
             return
         self.served += 1
         try:
@@ -196,43 +174,45 @@ class Worker:
         except Exception:  # noqa: BLE001 - connection gone; the caller will time out and retry
             log.warning("tier %s: could not deliver a reply", tier)
 
-    @staticmethod
-    def _budget_ms(request: Request, req) -> int:
-        raw = (request.headers or {}).get(BUDGET_HEADER)
-        if raw:
-            try:
-                return max(1, min(int(float(raw)), MAX_DEADLINE_MS))
-            except ValueError:
-                pass
-        return req.deadline_ms or DEFAULT_DEADLINE_MS
-
     async def _respond_error(self, request: Request, err: GroqPolicyError) -> None:
         self.engine.counters.errors += 1
         try:
-            # nats.micro's error reply: the status in Nats-Service-Error-Code, the body as over HTTP
-            await request.respond_error(str(err.status), error_description(err.message), data=error_body(err))
-        except Exception:  # noqa: BLE001
+            await respond_error(request, err)
+        except Exception:  # noqa: BLE001 - connection gone; the caller will time out and retry
             log.warning("could not deliver an error reply")
 
 
-async def start_worker(nats_url: str | None = None, *, nc: NATS | None = None, groq_conn: GroqConnection | None = None,
-                       catalog: Catalog | None = None, settings: EngineSettings | None = None, l2: bool = True,
-                       queue_group: str = QUEUE_GROUP, max_inflight: int | None = None) -> tuple[Worker, GroqConnection, NATS]:
-    """Connect (NATS, Groq), open the L2 bucket, and start serving. Returns what `stop_worker` needs."""
+def _budget_ms(request: Request, req: InferRequest) -> int:
+    """The caller's budget: the gateway's header, else the request's own deadline, else the default."""
+    raw = (request.headers or {}).get(BUDGET_HEADER)
+    if raw:
+        try:
+            return max(1, min(int(float(raw)), MAX_DEADLINE_MS))
+        except ValueError:
+            pass
+    return req.deadline_ms or DEFAULT_DEADLINE_MS
+
+
+async def start_worker(nats_url: str | None = None, *, nc: NatsClient | None = None,
+                       groq_conn: GroqConnection | None = None, catalog: Catalog | None = None,
+                       settings: EngineSettings | None = None, l2: bool = True,
+                       queue_group: str = QUEUE_GROUP) -> tuple[Worker, GroqConnection, NatsClient]:
+    """Connect (NATS, Groq), open the L2 bucket, and start serving. Returns what `stop_worker` needs.
+    Without `groq_conn` the model endpoint comes from `GroqSettings` (a ConfigError when there is none)."""
     own_nc = nc is None
+    if groq_conn is None:
+        groq_conn = await connect_groq()
     if nc is None:
         nc = await nats.connect(nats_url or GroqSettings.from_env().nats_url,
                                 name="groqpolicy-worker", max_reconnect_attempts=-1)
-    if groq_conn is None:
-        groq_conn = await connect_groq()
     kv = await KVCache.open(nc.jetstream()) if l2 else None
     engine = InferenceEngine(groq_conn.client, catalog or default_catalog(), emulated=groq_conn.emulated,
                              settings=settings, l2=kv)
-    worker = await Worker(nc, engine, queue_group=queue_group, owns_nc=own_nc, max_inflight=max_inflight).start()
+    worker = await Worker(nc, engine, queue_group=queue_group, owns_nc=own_nc).start()
     return worker, groq_conn, nc
 
 
-async def stop_worker(worker: Worker, groq_conn: GroqConnection | None = None, nc: NATS | None = None) -> None:
+async def stop_worker(worker: Worker, groq_conn: GroqConnection | None = None, nc: NatsClient | None = None) -> None:
     await worker.stop()
     if groq_conn is not None:
         await groq_conn.close()
@@ -240,4 +220,4 @@ async def stop_worker(worker: Worker, groq_conn: GroqConnection | None = None, n
         await nc.drain()
 
 
-__all__ = ["GroqConnection", "Worker", "connect_groq", "start_worker", "stop_worker"]
+__all__ = ["GroqConnection", "GroqEndpoint", "Worker", "connect_groq", "groq_endpoint", "start_worker", "stop_worker"]

@@ -9,11 +9,13 @@ import urllib.parse
 from typing import Any
 
 import msgspec
-import yaml
 
-from bridge.opawasm.builtins import EvalContext, builtin
-from bridge.opawasm.builtins.strings import need_str, type_name
+from bridge.opawasm.builtins.jsonschema_lite import check_schema, unsupported_keywords, validate
+from bridge.opawasm.builtins.operands import need_str, type_name
+from bridge.opawasm.builtins.registry import EvalContext, builtin
 from bridge.opawasm.errors import BuiltinError, HaltError
+from bridge.opawasm.gocompat import goyaml
+from bridge.opawasm.gocompat.strconv import quote_rune
 from bridge.opawasm.values import RegoSet, canonical_key, to_json
 
 
@@ -29,19 +31,10 @@ def hex_decode(ctx: EvalContext, s: Any) -> str:
     for ch in s.encode("utf-8"):
         if chr(ch) not in "0123456789abcdefABCDEF":
             shown = chr(ch) if ch < 0x80 else "\ufffd"
-            raise BuiltinError(f"encoding/hex: invalid byte: U+{ord(shown):04X} {_go_rune(shown)}")
+            raise BuiltinError(f"encoding/hex: invalid byte: U+{ord(shown):04X} {quote_rune(shown)}")
     if len(s) % 2:
         raise BuiltinError("encoding/hex: odd length hex string")
     return bytes.fromhex(s).decode("utf-8", "replace")
-
-
-def _go_rune(ch: str) -> str:
-    """Go's %q for a rune."""
-    if ch == "'":
-        return "'\\''"
-    if ch.isprintable():
-        return f"'{ch}'"
-    return "'" + ch.encode("unicode_escape").decode() + "'"
 
 
 @builtin("base64url.encode_no_pad")
@@ -109,96 +102,19 @@ def urlquery_decode_object(ctx: EvalContext, s: Any) -> dict[str, list[str]]:
 # -- yaml -------------------------------------------------------------------------------------
 
 
-class _Loader(yaml.SafeLoader):
-    """YAML as OPA reads it (go-yaml v3, YAML 1.2 core schema, then converted to JSON): `yes`/`on`
-    and sexagesimals stay strings, ints parse like Go's ParseInt(base 0), timestamps stay strings."""
-
-
-_Loader.yaml_implicit_resolvers = {}
-_PLAIN = "tag:groqpolicy:plain"
-_Loader.add_implicit_resolver(_PLAIN, re.compile(r"(?s).*"), None)
-_GO_INT = re.compile(r"[-+]?(0[xX][0-9a-fA-F]+|0[oO][0-7]+|0[bB][01]+|0[0-7]*|[1-9][0-9]*)")
-_YAML_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
-
-
-def _plain(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
-    v = node.value
-    if v in ("true", "True", "TRUE"):
-        return True
-    if v in ("false", "False", "FALSE"):
-        return False
-    if v in ("", "~", "null", "Null", "NULL"):
-        return None
-    d = v.replace("_", "")
-    if _GO_INT.fullmatch(d):
-        sign = -1 if d[0] == "-" else 1
-        body = d.lstrip("+-")
-        if body[:2] in ("0x", "0X"):
-            return sign * int(body[2:], 16)
-        if body[:2] in ("0o", "0O"):
-            return sign * int(body[2:], 8)
-        if body[:2] in ("0b", "0B"):
-            return sign * int(body[2:], 2)
-        if len(body) > 1 and body[0] == "0":
-            return sign * int(body, 8)
-        return sign * int(body)
-    if _YAML_FLOAT.fullmatch(v):
-        f = float(v)
-        return int(f) if f.is_integer() and abs(f) < 2**63 else f
-    return v
-
-
-def _binary(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> str:
-    return base64.b64decode("".join(node.value.split())).decode("utf-8", "replace")
-
-
-_Loader.add_constructor(_PLAIN, _plain)
-_Loader.add_constructor("tag:yaml.org,2002:binary", _binary)
-_Loader.add_constructor("tag:yaml.org,2002:timestamp", lambda loader, node: node.value)
-
-
-def _yaml_load(s: str) -> Any:
-    # go-yaml decodes the first document of a stream
-    for doc in yaml.load_all(s, Loader=_Loader):
-        return doc
-    return None
-
-
-def _yaml_json(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {(k if isinstance(k, str) else msgspec.json.encode(k).decode() if not isinstance(k, bool) else ("true" if k else "false")): _yaml_json(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_yaml_json(x) for x in v]
-    if isinstance(v, bytes):
-        return base64.b64encode(v).decode()
-    return v
-
-
 @builtin("yaml.unmarshal")
 def yaml_unmarshal(ctx: EvalContext, s: Any) -> Any:
-    try:
-        return _yaml_json(_yaml_load(need_str(s, 1)))
-    except yaml.YAMLError as exc:
-        raise BuiltinError(f"yaml: {exc}") from None
+    return goyaml.unmarshal(need_str(s, 1))
 
 
 @builtin("yaml.is_valid")
 def yaml_is_valid(ctx: EvalContext, s: Any) -> bool:
-    if not isinstance(s, str):
-        return False
-    try:
-        for _ in yaml.load_all(s, Loader=_Loader):
-            pass
-        return True
-    except yaml.YAMLError:
-        return False
+    return isinstance(s, str) and goyaml.is_valid(s)
 
 
 @builtin("yaml.marshal")
 def yaml_marshal(ctx: EvalContext, v: Any) -> str:
-    from bridge.opawasm.builtins.goyaml import marshal
-
-    return marshal(to_json(v))
+    return goyaml.marshal(to_json(v))
 
 
 # -- json -------------------------------------------------------------------------------------
@@ -294,7 +210,7 @@ def _add(doc: Any, parts: list[str], value: Any) -> Any:
         else:
             raise BuiltinError(f"json.patch: index {last} out of range")
     elif isinstance(parent, RegoSet):
-        _replace_in_parent(doc, parts[:-1], RegoSet(parent.items + [value]))
+        _replace_in_parent(doc, parts[:-1], RegoSet([*parent.items, value]))
     else:
         raise BuiltinError("json.patch: cannot add into a scalar")
     return doc
@@ -382,8 +298,6 @@ def _schema_of(v: Any) -> Any:
 
 @builtin("json.verify_schema")
 def json_verify_schema(ctx: EvalContext, schema: Any) -> list[Any]:
-    from bridge.opawasm.builtins.jsonschema_lite import check_schema
-
     try:
         s = _schema_of(schema)
     except BuiltinError as exc:
@@ -394,8 +308,6 @@ def json_verify_schema(ctx: EvalContext, schema: Any) -> list[Any]:
 
 @builtin("json.match_schema")
 def json_match_schema(ctx: EvalContext, document: Any, schema: Any) -> list[Any]:
-    from bridge.opawasm.builtins.jsonschema_lite import check_schema, unsupported_keywords, validate
-
     s = _schema_of(schema)
     if check_schema(s) is not None:
         raise BuiltinError("json.match_schema: invalid schema")

@@ -10,10 +10,10 @@ from typing import Any
 
 import msgspec
 
-from bridge.opawasm.builtins import EvalContext, builtin
-from bridge.opawasm.builtins.strings import type_name
-from bridge.opawasm.builtins.timefns import parse_duration
+from bridge.opawasm.builtins.operands import type_name
+from bridge.opawasm.builtins.registry import EvalContext, builtin
 from bridge.opawasm.errors import BuiltinError, DeadlineExceeded, HaltError
+from bridge.opawasm.gocompat.gotime import parse_duration
 from bridge.opawasm.values import canonical_key, to_json
 
 _ALLOWED_KEYS = {

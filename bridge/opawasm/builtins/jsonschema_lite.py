@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import msgspec
+
 _TYPES = {"null", "boolean", "object", "array", "number", "string", "integer"}
 _VALIDATED = {
     "type", "enum", "const", "properties", "required", "patternProperties", "additionalProperties",
@@ -95,9 +97,8 @@ def _err(field: str, typ: str, desc: str) -> dict[str, str]:
 
 
 def validate(doc: Any, schema: Any, field: str = "(Root)") -> list[dict[str, str]]:
-    errs: list[dict[str, str]] = []
     if schema is True or schema == {}:
-        return errs
+        return []
     if schema is False:
         return [_err(field, "false", "False always fails validation")]
     t = schema.get("type")
@@ -105,62 +106,18 @@ def validate(doc: Any, schema: Any, field: str = "(Root)") -> list[dict[str, str
         ts = t if isinstance(t, list) else [t]
         if not any(_is(doc, x) for x in ts):
             return [_err(field, "invalid_type", f"Invalid type. Expected: {', '.join(ts)}, given: {_jtype(doc)}")]
+    errs: list[dict[str, str]] = []
     if "enum" in schema and doc not in schema["enum"]:
         allowed = ", ".join(_repr(x) for x in schema["enum"])
         errs.append(_err(field, "enum", f"{field} must be one of the following: {allowed}"))
     if "const" in schema and doc != schema["const"]:
         errs.append(_err(field, "const", f"{field} does not match: {_repr(schema['const'])}"))
     if isinstance(doc, dict):
-        props = schema.get("properties", {})
-        for req in schema.get("required", []):
-            if req not in doc:
-                errs.append(_err(field, "required", f"{req} is required"))
-        for k, v in doc.items():
-            sub_field = k if field == "(Root)" else f"{field}.{k}"
-            if k in props:
-                errs += validate(v, props[k], sub_field)
-            else:
-                matched = False
-                for pat, sub in schema.get("patternProperties", {}).items():
-                    if re.search(pat, k):
-                        matched = True
-                        errs += validate(v, sub, sub_field)
-                if not matched and schema.get("additionalProperties") is False:
-                    errs.append(_err(field, "additional_property_not_allowed", f"Additional property {k} is not allowed"))
-                elif not matched and isinstance(schema.get("additionalProperties"), dict):
-                    errs += validate(v, schema["additionalProperties"], sub_field)
-        if "minProperties" in schema and len(doc) < schema["minProperties"]:
-            errs.append(_err(field, "array_min_properties", f"Must have at least {schema['minProperties']} properties"))
-        if "maxProperties" in schema and len(doc) > schema["maxProperties"]:
-            errs.append(_err(field, "array_max_properties", f"Must have at most {schema['maxProperties']} properties"))
+        errs += _validate_object(doc, schema, field)
     if isinstance(doc, list):
-        items = schema.get("items")
-        if isinstance(items, dict):
-            for i, x in enumerate(doc):
-                errs += validate(x, items, str(i) if field == "(Root)" else f"{field}.{i}")
-        elif isinstance(items, list):
-            for i, (x, sub) in enumerate(zip(doc, items)):
-                errs += validate(x, sub, str(i) if field == "(Root)" else f"{field}.{i}")
-        if "minItems" in schema and len(doc) < schema["minItems"]:
-            errs.append(_err(field, "array_min_items", f"Array must have at least {schema['minItems']} items"))
-        if "maxItems" in schema and len(doc) > schema["maxItems"]:
-            errs.append(_err(field, "array_max_items", f"Array must have at most {schema['maxItems']} items"))
-        if schema.get("uniqueItems"):
-            seen: dict[str, int] = {}
-            for i, x in enumerate(doc):
-                key = _repr(x)
-                if key in seen:
-                    errs.append(_err(field, "unique", f"array items[{seen[key]},{i}] must be unique"))
-                    break
-                seen[key] = i
+        errs += _validate_array(doc, schema, field)
     if isinstance(doc, str):
-        n = len(doc)
-        if "minLength" in schema and n < schema["minLength"]:
-            errs.append(_err(field, "string_gte", f"String length must be greater than or equal to {schema['minLength']}"))
-        if "maxLength" in schema and n > schema["maxLength"]:
-            errs.append(_err(field, "string_lte", f"String length must be less than or equal to {schema['maxLength']}"))
-        if "pattern" in schema and not re.search(schema["pattern"], doc):
-            errs.append(_err(field, "pattern", f"Does not match pattern '{schema['pattern']}'"))
+        errs += _validate_string(doc, schema, field)
     if isinstance(doc, (int, float)) and not isinstance(doc, bool):
         if "minimum" in schema and doc < schema["minimum"]:
             errs.append(_err(field, "number_gte", f"Must be greater than or equal to {_repr(schema['minimum'])}"))
@@ -175,7 +132,68 @@ def validate(doc: Any, schema: Any, field: str = "(Root)") -> list[dict[str, str
     return errs
 
 
-def _repr(v: Any) -> str:
-    import msgspec
+def _validate_object(doc: dict[str, Any], schema: dict[str, Any], field: str) -> list[dict[str, str]]:
+    errs: list[dict[str, str]] = []
+    props = schema.get("properties", {})
+    for req in schema.get("required", []):
+        if req not in doc:
+            errs.append(_err(field, "required", f"{req} is required"))
+    for k, v in doc.items():
+        sub_field = k if field == "(Root)" else f"{field}.{k}"
+        if k in props:
+            errs += validate(v, props[k], sub_field)
+            continue
+        matched = False
+        for pat, sub in schema.get("patternProperties", {}).items():
+            if re.search(pat, k):
+                matched = True
+                errs += validate(v, sub, sub_field)
+        if not matched and schema.get("additionalProperties") is False:
+            errs.append(_err(field, "additional_property_not_allowed", f"Additional property {k} is not allowed"))
+        elif not matched and isinstance(schema.get("additionalProperties"), dict):
+            errs += validate(v, schema["additionalProperties"], sub_field)
+    if "minProperties" in schema and len(doc) < schema["minProperties"]:
+        errs.append(_err(field, "array_min_properties", f"Must have at least {schema['minProperties']} properties"))
+    if "maxProperties" in schema and len(doc) > schema["maxProperties"]:
+        errs.append(_err(field, "array_max_properties", f"Must have at most {schema['maxProperties']} properties"))
+    return errs
 
+
+def _validate_array(doc: list[Any], schema: dict[str, Any], field: str) -> list[dict[str, str]]:
+    errs: list[dict[str, str]] = []
+    items = schema.get("items")
+    if isinstance(items, dict):
+        for i, x in enumerate(doc):
+            errs += validate(x, items, str(i) if field == "(Root)" else f"{field}.{i}")
+    elif isinstance(items, list):
+        for i, (x, sub) in enumerate(zip(doc, items, strict=False)):
+            errs += validate(x, sub, str(i) if field == "(Root)" else f"{field}.{i}")
+    if "minItems" in schema and len(doc) < schema["minItems"]:
+        errs.append(_err(field, "array_min_items", f"Array must have at least {schema['minItems']} items"))
+    if "maxItems" in schema and len(doc) > schema["maxItems"]:
+        errs.append(_err(field, "array_max_items", f"Array must have at most {schema['maxItems']} items"))
+    if schema.get("uniqueItems"):
+        seen: dict[str, int] = {}
+        for i, x in enumerate(doc):
+            key = _repr(x)
+            if key in seen:
+                errs.append(_err(field, "unique", f"array items[{seen[key]},{i}] must be unique"))
+                break
+            seen[key] = i
+    return errs
+
+
+def _validate_string(doc: str, schema: dict[str, Any], field: str) -> list[dict[str, str]]:
+    errs: list[dict[str, str]] = []
+    n = len(doc)
+    if "minLength" in schema and n < schema["minLength"]:
+        errs.append(_err(field, "string_gte", f"String length must be greater than or equal to {schema['minLength']}"))
+    if "maxLength" in schema and n > schema["maxLength"]:
+        errs.append(_err(field, "string_lte", f"String length must be less than or equal to {schema['maxLength']}"))
+    if "pattern" in schema and not re.search(schema["pattern"], doc):
+        errs.append(_err(field, "pattern", f"Does not match pattern '{schema['pattern']}'"))
+    return errs
+
+
+def _repr(v: Any) -> str:
     return msgspec.json.encode(v).decode()

@@ -9,9 +9,13 @@ import json as _json
 from typing import Any
 
 import msgspec
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from jwt import PyJWK, PyJWKSet
+from jwt.algorithms import get_default_algorithms
 
-from bridge.opawasm.builtins import EvalContext, builtin
-from bridge.opawasm.builtins.strings import need_str, type_name
+from bridge.opawasm.builtins.operands import need_obj, need_str
+from bridge.opawasm.builtins.registry import Builtin, EvalContext, builtin
 from bridge.opawasm.errors import BuiltinError
 from bridge.opawasm.values import to_json
 
@@ -59,21 +63,17 @@ def jwt_decode(ctx: EvalContext, token: Any) -> list[Any]:
     return _decode(token)
 
 
-def _alg_obj(alg: str) -> Any:
-    from jwt.algorithms import get_default_algorithms
+_ALGORITHMS = get_default_algorithms()
 
-    algs = get_default_algorithms()
-    if alg not in algs:
+
+def _alg_obj(alg: str) -> Any:
+    if alg not in _ALGORITHMS:
         raise BuiltinError(f"unsupported algorithm {alg}")
-    return algs[alg]
+    return _ALGORITHMS[alg]
 
 
 def _public_keys(material: str) -> list[Any]:
     """Keys from a PEM certificate / PEM public key, or a JWK / JWKS document."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives.serialization import load_pem_public_key
-    from jwt import PyJWK, PyJWKSet
-
     m = material.strip()
     if m.startswith("{"):
         try:
@@ -81,7 +81,7 @@ def _public_keys(material: str) -> list[Any]:
             if "keys" in doc:
                 return [k.key for k in PyJWKSet.from_dict(doc).keys]
             return [PyJWK.from_dict(doc).key]
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - PyJWT raises many kinds for a bad key: all are bad input
             raise BuiltinError(f"failed to parse a JWK key (set): {exc}") from None
     data = m.encode()
     try:
@@ -106,15 +106,12 @@ def _verify_sig(alg: str, signing_input: bytes, sig: bytes, key_material: str) -
     return False
 
 
-def _verify(alg: str):
+def _verify(alg: str) -> Builtin:
     def fn(ctx: EvalContext, token: Any, key: Any) -> bool:
         h, p, s = _split(token)
         key = need_str(key, 2)
         sig = _b64url(s)
-        header = _json_obj(_b64url(h), "header")
-        if alg.startswith("HS"):
-            return _verify_sig(alg, f"{h}.{p}".encode(), sig, key)
-        del header
+        _json_obj(_b64url(h), "header")  # a token with a broken header is an error, not "not verified"
         return _verify_sig(alg, f"{h}.{p}".encode(), sig, key)
 
     return fn
@@ -124,77 +121,73 @@ for _a in ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384
     builtin(f"io.jwt.verify_{_a.lower()}")(_verify(_a))
 builtin("io.jwt.verify_eddsa")(_verify("EdDSA"))
 
+_CONSTRAINTS = ("cert", "secret", "alg", "iss", "aud", "time")
+
 
 @builtin("io.jwt.decode_verify")
 def decode_verify(ctx: EvalContext, token: Any, constraints: Any) -> list[Any]:
-    if not isinstance(constraints, dict):
-        raise BuiltinError(f"operand 2 must be object but got {type_name(constraints)}")
-    unverified = [False, {}, {}]
+    constraints = need_obj(constraints, 2)
     for k in constraints:
-        if k not in ("cert", "secret", "alg", "iss", "aud", "time"):
+        if k not in _CONSTRAINTS:
             raise BuiltinError(f"unknown token validation constraint: {k}")
     cert, secret = constraints.get("cert"), constraints.get("secret")
     if (cert is None) == (secret is None):
         raise BuiltinError("exactly one of cert or secret must be specified")
-    now = constraints.get("time", ctx.now_ns)
+    verified = _verified(token, constraints.get("alg"), cert, secret)
+    if verified is None:
+        return [False, {}, {}]
+    header, raw = verified
+    payload = _json_obj(raw, "payload")
+    if not _claims_hold(payload, constraints, constraints.get("time", ctx.now_ns)):
+        return [False, {}, {}]
+    return [True, header, payload]
+
+
+def _verified(token: Any, want_alg: Any, cert: Any, secret: Any) -> tuple[dict[str, Any], bytes] | None:
+    """The header and payload bytes of `token` when its signature checks out, and that of every
+    token nested in it (`cty: JWT`); None when one does not."""
     t = token
     while True:
         h, p, s = _split(t)
         header = _json_obj(_b64url(h), "header")
         alg = header.get("alg")
-        if not isinstance(alg, str):
-            return unverified
-        if constraints.get("alg") and constraints["alg"] != alg:
-            return unverified
+        if not isinstance(alg, str) or (want_alg and want_alg != alg):
+            return None
         sig = _b64url(s)
-        if alg.startswith("HS"):
-            if secret is None:
-                return unverified
-            ok = _verify_sig(alg, f"{h}.{p}".encode(), sig, secret)
-        else:
-            if cert is None:
-                return unverified
-            try:
-                ok = _verify_sig(alg, f"{h}.{p}".encode(), sig, cert)
-            except BuiltinError:
-                raise
-        if not ok:
-            return unverified
+        key = secret if alg.startswith("HS") else cert
+        if key is None or not _verify_sig(alg, f"{h}.{p}".encode(), sig, key):
+            return None
         raw = _b64url(p)
-        if str(header.get("cty", "")).upper() == "JWT":
-            t = raw.decode()
-            continue
-        break
-    payload = _json_obj(raw, "payload")
+        if str(header.get("cty", "")).upper() != "JWT":
+            return header, raw
+        t = raw.decode()
+
+
+def _claims_hold(payload: dict[str, Any], constraints: dict[str, Any], now_ns: Any) -> bool:
+    """iss and aud as constrained; exp and nbf against `now_ns` (topdown's validate)."""
     iss = constraints.get("iss")
-    if iss:
-        if payload.get("iss") != iss:
-            return unverified
+    if iss and payload.get("iss") != iss:
+        return False
     aud_c = constraints.get("aud", "")
     if "aud" in payload:
         aud = payload["aud"]
         if isinstance(aud, str):
             if aud != aud_c:
-                return unverified
-        elif isinstance(aud, list):
-            if aud_c not in aud:
-                return unverified
-        else:
-            return unverified
+                return False
+        elif not isinstance(aud, list) or aud_c not in aud:
+            return False
     elif aud_c:
-        return unverified
-    secs = now / 1e9
-    if "exp" in payload:
-        if not isinstance(payload["exp"], (int, float)) or isinstance(payload["exp"], bool):
-            raise BuiltinError("exp value must be a number")
-        if secs >= payload["exp"]:
-            return unverified
-    if "nbf" in payload:
-        if not isinstance(payload["nbf"], (int, float)) or isinstance(payload["nbf"], bool):
-            raise BuiltinError("nbf value must be a number")
-        if secs < payload["nbf"]:
-            return unverified
-    return [True, header, payload]
+        return False
+    secs = now_ns / 1e9
+    for claim in ("exp", "nbf"):
+        if claim not in payload:
+            continue
+        v = payload[claim]
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            raise BuiltinError(f"{claim} value must be a number")
+        if (secs >= v) if claim == "exp" else (secs < v):
+            return False
+    return True
 
 
 def _b64e(b: bytes) -> str:
@@ -202,8 +195,6 @@ def _b64e(b: bytes) -> str:
 
 
 def _sign(alg: str, signing_input: bytes, jwk: dict[str, Any]) -> bytes:
-    from jwt import PyJWK
-
     a = _alg_obj(alg)
     if alg.startswith("HS"):
         k = jwk.get("k")
@@ -212,7 +203,7 @@ def _sign(alg: str, signing_input: bytes, jwk: dict[str, Any]) -> bytes:
         return a.sign(signing_input, _b64url(k))
     try:
         key = PyJWK.from_dict(jwk, algorithm=alg).key
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - PyJWT raises many kinds for a bad key: all are bad input
         raise BuiltinError(f"invalid JWK: {exc}") from None
     return a.sign(signing_input, key)
 

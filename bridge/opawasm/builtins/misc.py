@@ -10,10 +10,10 @@ import uuid as _uuid
 from fractions import Fraction
 from typing import Any
 
-from bridge.opawasm.builtins import EvalContext, builtin
-from bridge.opawasm.builtins.strings import need_int, need_str, type_name
+from bridge.opawasm.builtins.operands import need_int, need_str, type_name
+from bridge.opawasm.builtins.registry import EvalContext, builtin
 from bridge.opawasm.errors import BuiltinError
-from bridge.opawasm.values import RegoSet, canonical_key, to_json
+from bridge.opawasm.values import UNDEFINED, RegoSet, canonical_key, to_json
 
 
 def _eq(a: Any, b: Any) -> bool:
@@ -87,10 +87,12 @@ def object_subset(ctx: EvalContext, sup: Any, sub: Any) -> bool:
 
 # -- units ---------------------------------------------------------------------------------------
 
-_SI = {"m": Fraction(1, 1000), "": 1, "k": 10**3, "K": 10**3, "ki": 2**10, "Ki": 2**10, "M": 10**6, "mi": 2**20,
-       "Mi": 2**20, "g": 10**9, "G": 10**9, "gi": 2**30, "Gi": 2**30, "t": 10**12, "T": 10**12, "ti": 2**40,
-       "Ti": 2**40, "p": 10**15, "P": 10**15, "pi": 2**50, "Pi": 2**50, "e": 10**18, "E": 10**18,
-       "ei": 2**60, "Ei": 2**60}
+_SI: dict[str, Fraction | int] = {
+    "m": Fraction(1, 1000), "": 1, "k": 10**3, "K": 10**3, "ki": 2**10, "Ki": 2**10, "M": 10**6, "mi": 2**20,
+    "Mi": 2**20, "g": 10**9, "G": 10**9, "gi": 2**30, "Gi": 2**30, "t": 10**12, "T": 10**12, "ti": 2**40,
+    "Ti": 2**40, "p": 10**15, "P": 10**15, "pi": 2**50, "Pi": 2**50, "e": 10**18, "E": 10**18,
+    "ei": 2**60, "Ei": 2**60,
+}
 _BYTES = {"": 1, "kb": 10**3, "k": 10**3, "kib": 2**10, "ki": 2**10, "mb": 10**6, "m": 10**6, "mib": 2**20,
           "mi": 2**20, "gb": 10**9, "g": 10**9, "gib": 2**30, "gi": 2**30, "tb": 10**12, "t": 10**12,
           "tib": 2**40, "ti": 2**40, "pb": 10**15, "p": 10**15, "pib": 2**50, "pi": 2**50, "eb": 10**18,
@@ -164,8 +166,6 @@ def uuid_rfc4122(ctx: EvalContext, key: Any) -> str:
 
 @builtin("uuid.parse")
 def uuid_parse(ctx: EvalContext, s: Any) -> Any:
-    from bridge.opawasm.builtins import UNDEFINED
-
     s = need_str(s, 1)
     try:
         u = _uuid.UUID(s)
@@ -244,7 +244,7 @@ def reachable_paths(ctx: EvalContext, graph: Any, initial: Any) -> RegoSet:
             paths.append(path)
             return
         for x in nxt:
-            walk(x, path + [x])
+            walk(x, [*path, x])
 
     for start in initial:
         if isinstance(start, str) and start in graph:

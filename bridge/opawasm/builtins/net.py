@@ -6,8 +6,8 @@ import ipaddress
 import socket
 from typing import Any
 
-from bridge.opawasm.builtins import EvalContext, builtin
-from bridge.opawasm.builtins.strings import need_str
+from bridge.opawasm.builtins.operands import need_str
+from bridge.opawasm.builtins.registry import EvalContext, builtin
 from bridge.opawasm.errors import BuiltinError, HaltError
 from bridge.opawasm.values import RegoSet
 
@@ -32,7 +32,11 @@ def _contains(a: str, b: str) -> bool:
         nb = _net(b)
     except BuiltinError:
         raise BuiltinError(f"not a valid textual representation of an IP address or CIDR: {b}") from None
-    return nb.version == na.version and nb.subnet_of(na)  # type: ignore[arg-type]
+    if isinstance(na, ipaddress.IPv4Network) and isinstance(nb, ipaddress.IPv4Network):
+        return nb.subnet_of(na)
+    if isinstance(na, ipaddress.IPv6Network) and isinstance(nb, ipaddress.IPv6Network):
+        return nb.subnet_of(na)
+    return False  # IPv4 and IPv6 never contain each other
 
 
 def _operand(pos: int, v: Any) -> list[tuple[str, Any]]:
@@ -125,7 +129,7 @@ def cidr_merge(ctx: EvalContext, addrs: Any) -> RegoSet:
     nets = [_merge_net(x) for x in items]
     for version in (4, 6):
         # topdown's mergeCIDRs: sort by (last, first), fold adjacent/overlapping ranges from the end
-        ranges: list[list[Any]] = sorted(([f, l, t] for v, f, l, t in nets if v == version), key=lambda r: (r[1], r[0]))
+        ranges: list[list[Any]] = sorted(([lo, hi, t] for v, lo, hi, t in nets if v == version), key=lambda r: (r[1], r[0]))
         i = len(ranges) - 1
         while i > 0:
             if ranges[i][0] - 1 <= ranges[i - 1][1]:
@@ -134,11 +138,11 @@ def cidr_merge(ctx: EvalContext, addrs: Any) -> RegoSet:
                 del ranges[i]
             i -= 1
         cls = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
-        for f, l, text in ranges:
+        for lo, hi, text in ranges:
             if text is not None:
                 out.append(text)
             else:
-                out += [str(n) for n in ipaddress.summarize_address_range(cls(f), cls(l))]
+                out += [str(n) for n in ipaddress.summarize_address_range(cls(lo), cls(hi))]
     return RegoSet(out)
 
 

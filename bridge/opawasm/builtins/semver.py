@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, TypeVar
 
-from bridge.opawasm.builtins import EvalContext, builtin
-from bridge.opawasm.builtins.strings import need_str
+from bridge.opawasm.builtins.operands import need_str
+from bridge.opawasm.builtins.registry import EvalContext, builtin
 from bridge.opawasm.errors import BuiltinError
 
+_Ordered = TypeVar("_Ordered", int, str)
 _RX = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
     r"(?:-([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?"
@@ -29,12 +30,12 @@ def parse(s: str) -> tuple[int, int, int, list[str]] | None:
     return int(m.group(1)), int(m.group(2)), int(m.group(3)), pre
 
 
-def _cmp(a: int | str, b: int | str) -> int:
-    return (a > b) - (a < b)  # type: ignore[operator]
+def _cmp(a: _Ordered, b: _Ordered) -> int:
+    return (a > b) - (a < b)
 
 
 def compare(a: tuple, b: tuple) -> int:
-    for x, y in zip(a[:3], b[:3]):
+    for x, y in zip(a[:3], b[:3], strict=True):
         if x != y:
             return _cmp(x, y)
     pa, pb = a[3], b[3]
@@ -44,7 +45,7 @@ def compare(a: tuple, b: tuple) -> int:
         return 1
     if not pb:
         return -1
-    for x, y in zip(pa, pb):
+    for x, y in zip(pa, pb, strict=False):
         if x == y:
             continue
         xd, yd = x.isdigit(), y.isdigit()

@@ -6,64 +6,12 @@ import re
 from functools import lru_cache
 from typing import Any
 
-from bridge.opawasm.builtins import EvalContext, builtin
-from bridge.opawasm.builtins.gofmt import go_sprintf, sprintf_args
+from bridge.opawasm.builtins.globsect import non_empty
+from bridge.opawasm.builtins.operands import need_int, need_str, str_collection, type_name
+from bridge.opawasm.builtins.registry import EvalContext, builtin
 from bridge.opawasm.errors import BuiltinError, HaltError
+from bridge.opawasm.gocompat.fmt import sprintf as go_sprintf
 from bridge.opawasm.values import RegoSet, rego_repr
-
-
-def need_str(v: Any, pos: int) -> str:
-    if not isinstance(v, str):
-        raise BuiltinError(f"operand {pos} must be string but got {type_name(v)}")
-    return v
-
-
-def need_int(v: Any, pos: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise BuiltinError(f"operand {pos} must be number but got {type_name(v)}")
-    if isinstance(v, float):
-        if not v.is_integer():
-            raise BuiltinError(f"operand {pos} must be integer number but got floating-point number")
-        return int(v)
-    return v
-
-
-def need_num(v: Any, pos: int) -> int | float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise BuiltinError(f"operand {pos} must be number but got {type_name(v)}")
-    return v
-
-
-def type_name(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "boolean"
-    if isinstance(v, (int, float)):
-        return "number"
-    if isinstance(v, str):
-        return "string"
-    if isinstance(v, (list, tuple)):
-        return "array"
-    if isinstance(v, dict):
-        return "object"
-    if isinstance(v, RegoSet):
-        return "set"
-    return type(v).__name__
-
-
-def str_collection(v: Any, pos: int) -> list[str]:
-    if isinstance(v, RegoSet):
-        items = v.items
-    elif isinstance(v, (list, tuple)):
-        items = list(v)
-    else:
-        raise BuiltinError(f"operand {pos} must be one of {{array, set}} but got {type_name(v)}")
-    for x in items:
-        if not isinstance(x, str):
-            raise BuiltinError(f"operand {pos} must be array of strings")
-    return items
-
 
 # -- Go regexp (RE2) on Python's re -----------------------------------------------------------
 
@@ -239,8 +187,6 @@ def regex_template_match(ctx: EvalContext, template: Any, value: Any, dstart: An
 
 @builtin("regex.globs_match")
 def regex_globs_match(ctx: EvalContext, g1: Any, g2: Any) -> bool:
-    from bridge.opawasm.builtins.globsect import non_empty
-
     return non_empty(need_str(g1, 1), need_str(g2, 2))
 
 
@@ -253,6 +199,12 @@ def sprintf(ctx: EvalContext, fmt: Any, args: Any) -> str:
     if not isinstance(args, (list, tuple)):
         raise BuiltinError(f"operand 2 must be array but got {type_name(args)}")
     return go_sprintf(fmt, sprintf_args(list(args)))
+
+
+def sprintf_args(values: list[Any]) -> list[Any]:
+    """topdown's conversion of Rego operands to Go fmt operands: numbers and strings as they are,
+    anything else as its Rego text."""
+    return [v if isinstance(v, (int, float, str)) and not isinstance(v, bool) else rego_repr(v) for v in values]
 
 
 @builtin("strings.any_prefix_match")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from bridge.opawasm.builtins import EvalContext, builtin
-from bridge.opawasm.builtins.strings import need_str
+from bridge.opawasm.builtins.operands import need_str
+from bridge.opawasm.builtins.registry import EvalContext, builtin
 from bridge.opawasm.errors import BuiltinError
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
@@ -79,22 +79,7 @@ def go_url_parse(raw: str) -> dict[str, str]:
     if (scheme or not rest.startswith("///")) and rest.startswith("//"):
         authority, slash, path = rest[2:].partition("/")
         rest = slash + path
-        host = authority.rpartition("@")[2] if "@" in authority else authority
-        hostname, port = host, ""
-        if host.startswith("["):
-            end = host.find("]")
-            if end < 0:
-                raise _URLError("missing ']' in host")
-            hostname, after = host[1:end], host[end + 1 :]
-            if after:
-                if not after.startswith(":") or (not after[1:].isdigit() and after[1:] != ""):
-                    raise _URLError(f'invalid port "{after}" after host')
-                port = after[1:]
-        elif ":" in host:
-            hostname, _, port = host.rpartition(":")
-            if port and not port.isdigit():
-                raise _URLError(f'invalid port ":{port}" after host')
-        hostname = _unescape(hostname, "host")
+        hostname, port = _host_port(authority.rpartition("@")[2] if "@" in authority else authority)
         if hostname:
             out["hostname"] = hostname
         if port:
@@ -108,6 +93,25 @@ def go_url_parse(raw: str) -> dict[str, str]:
     if frag:
         out["fragment"] = frag
     return out
+
+
+def _host_port(host: str) -> tuple[str, str]:
+    """(hostname, port) of an authority's host part: `[v6]:port`, `name:port` or `name`."""
+    hostname, port = host, ""
+    if host.startswith("["):
+        end = host.find("]")
+        if end < 0:
+            raise _URLError("missing ']' in host")
+        hostname, after = host[1:end], host[end + 1 :]
+        if after:
+            if not after.startswith(":") or (not after[1:].isdigit() and after[1:] != ""):
+                raise _URLError(f'invalid port "{after}" after host')
+            port = after[1:]
+    elif ":" in host:
+        hostname, _, port = host.rpartition(":")
+        if port and not port.isdigit():
+            raise _URLError(f'invalid port ":{port}" after host')
+    return _unescape(hostname, "host"), port
 
 
 @builtin("uri.parse")

@@ -1,0 +1,88 @@
+"""The skeleton of a `nats.micro` service that answers from tasks: start, spawn, error replies, stop.
+
+nats-py runs a subscription's callback one message at a time, so a handler that awaits a slow
+answer holds up every message behind it. A `TaskService` handler therefore hands the slow part to
+`spawn` (or is wrapped whole by `detached`) and returns at once; `stop` ends the service and then
+gives the answers in progress a grace period.
+
+Errors go back through nats.micro's own error reply (`respond_error`): the HTTP status the error
+maps to in `Nats-Service-Error-Code`, its message in `Nats-Service-Error`, and the family's error
+body as the data, so a gateway passes the reply through to HTTP unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any
+
+from nats.aio.client import Client as NatsClient
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import EndpointConfig, Service, ServiceConfig
+
+from bridge.kernel.errors import GroqPolicyError, error_body, error_description
+
+Handler = Callable[[Request], Awaitable[None]]
+"""What nats.micro calls for each request."""
+Serve = Callable[[Request], Coroutine[Any, Any, None]]
+"""An answer to one request, run as a task: it replies (or replies with an error) itself."""
+
+
+async def respond_error(request: Request, exc: GroqPolicyError) -> None:
+    """Answer `request` with `exc` as nats.micro's error reply (status code, description, error body)."""
+    await request.respond_error(str(exc.status), error_description(exc.message), data=error_body(exc))
+
+
+class TaskService:
+    """A nats.micro service (`config`, `endpoints`) plus the tasks its handlers spawned.
+
+        svc = TaskService(nc, ServiceConfig(name=..., version=..., queue_group=...))
+        svc.add(EndpointConfig(name="evaluate", subject="policy.evaluate", handler=svc.detached(serve)))
+        await svc.start()
+    """
+
+    def __init__(self, nc: NatsClient, config: ServiceConfig, endpoints: Sequence[EndpointConfig] = ()) -> None:
+        self.nc = nc
+        self.config = config
+        self.endpoints = list(endpoints)
+        self.service: Service | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def in_progress(self) -> int:
+        """Spawned answers not finished yet."""
+        return len(self._tasks)
+
+    def add(self, endpoint: EndpointConfig) -> None:
+        """An endpoint to open at `start`."""
+        self.endpoints.append(endpoint)
+
+    async def start(self) -> TaskService:
+        self.service = await add_service(self.nc, self.config)
+        for endpoint in self.endpoints:
+            await self.service.add_endpoint(endpoint)
+        await self.nc.flush()  # subscribed on the server before anyone is told the service is up
+        return self
+
+    def spawn(self, answer: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run `answer` as a task that `stop` waits for; the task must answer its own errors."""
+        task = asyncio.create_task(answer)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def detached(self, serve: Serve) -> Handler:
+        """A handler that runs `serve(request)` as a spawned task and returns at once."""
+
+        async def handle(request: Request) -> None:
+            self.spawn(serve(request))
+
+        return handle
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop receiving, then give the answers in progress `grace_s` to finish."""
+        if self.service is not None:
+            await self.service.stop()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=grace_s)

@@ -1,0 +1,111 @@
+"""The process-wide wasmtime engine: epoch deadlines, fork safety, and compiled modules.
+
+Deadlines use epoch interruption: one daemon thread bumps the engine's epoch every `TICK_S`, and
+each call into a policy sets its deadline in ticks. Compiling a module (Cranelift) is far costlier
+than instantiating it, so compiled modules are kept by content hash: a revision that changes only
+its data reuses the module, and its hot swap costs an instantiation, not a compilation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import threading
+import time
+from collections import OrderedDict
+
+import wasmtime
+from wasmtime import _bindings
+
+from bridge.opawasm.errors import BundleLoadError
+
+# Deadline resolution: a deadline fires between its time and two ticks later. Each tick wakes a
+# Python thread that takes the GIL, so a shorter tick costs an idle process CPU time and can cut
+# into a request on the loop thread; 10 ms keeps both small.
+TICK_S = 0.01
+COMPILED_CACHE_SIZE = 8
+
+
+def deadline_ticks(seconds: float) -> int:
+    """A deadline `seconds` from now, in epoch ticks (never less than one)."""
+    return max(1, math.ceil(seconds / TICK_S) + 1)
+
+
+class _Engine:
+    """The engine (created on first use) and its epoch ticker."""
+
+    lock = threading.Lock()
+    engine: wasmtime.Engine | None = None
+
+    @classmethod
+    def get(cls) -> wasmtime.Engine:
+        engine = cls.engine
+        if engine is None:
+            with cls.lock:
+                engine = cls.engine
+                if engine is None:
+                    engine = cls.engine = cls._start()
+        return engine
+
+    @staticmethod
+    def _start() -> wasmtime.Engine:
+        cfg = wasmtime.Config()
+        cfg.epoch_interruption = True
+        # linear memory is reserved up to its cap and never moves: instances keep one view over it
+        cfg.memory_may_move = False
+        cfg.cranelift_opt_level = "speed"
+        # no compile thread pool: it would not survive fork() and compiles hang in the child
+        cfg.parallel_compilation = False
+        engine = wasmtime.Engine(cfg)
+        threading.Thread(target=_tick, args=(engine,), name="wasm-epoch", daemon=True).start()
+        return engine
+
+
+def _tick(engine: wasmtime.Engine) -> None:
+    increment = _bindings._wasmtime_engine_increment_epoch
+    ptr = engine.ptr()
+    while True:
+        time.sleep(TICK_S)
+        increment(ptr)
+
+
+def engine() -> wasmtime.Engine:
+    return _Engine.get()
+
+
+_compiled: OrderedDict[bytes, wasmtime.Module] = OrderedDict()
+_compiled_lock = threading.Lock()
+
+
+def compile_policy(wasm: bytes) -> wasmtime.Module:
+    """The compiled module for `wasm`, from the cache or compiled now."""
+    key = hashlib.sha256(wasm).digest()
+    with _compiled_lock:
+        mod = _compiled.get(key)
+        if mod is not None:
+            _compiled.move_to_end(key)
+            return mod
+    try:
+        mod = wasmtime.Module(engine(), wasm)
+    except wasmtime.WasmtimeError as exc:
+        raise BundleLoadError(f"policy.wasm: not a valid wasm module: {exc}") from None
+    with _compiled_lock:
+        _compiled[key] = mod
+        while len(_compiled) > COMPILED_CACHE_SIZE:
+            _compiled.popitem(last=False)
+    return mod
+
+
+def _after_fork_in_child() -> None:
+    # the ticker thread does not survive fork(): a child starts over with its own engine and ticker
+    # (policies loaded before the fork keep working in the child, but without deadlines: reload them)
+    global _compiled_lock
+    _Engine.engine = None
+    _Engine.lock = threading.Lock()
+    _compiled_lock = threading.Lock()
+    _compiled.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

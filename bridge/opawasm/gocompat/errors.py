@@ -1,0 +1,12 @@
+"""The one error the Go ports raise."""
+
+from __future__ import annotations
+
+
+class GoError(ValueError):
+    """What the ported Go function would have returned as its `error`; the message is Go's."""
+
+
+class Unsupported(Exception):
+    """The input needs a part of the Go behaviour this port does not implement. Never a
+    `GoError`: the caller must fail the evaluation rather than answer as if Go had rejected it."""
