@@ -220,3 +220,21 @@ def test_a_replica_refuses_what_it_reads(system):
         assert "refused, unsigned: it carries no signature" in refusal(cb, rule_id)
         assert rule_id not in {str(r.rule_id) for r in sb.policies.active_records()}
         assert cb.get(f"/api/v1/policies/{rule_id}").status_code == 404
+
+
+def test_a_deleted_policy_put_back_is_refused(system):
+    client, _, url, _ = system
+    rule_id = create(client, "stays-deleted")
+    key = key_for(uuid.UUID(rule_id))
+    stored: list[bytes] = []
+
+    async def keep(kv) -> None:
+        stored.append(await latest(kv, rule_id))
+
+    kv_write(url, keep)
+    assert client.delete(f"/api/v1/policies/{rule_id}", params={"constitutional_hash": H}).status_code == 200
+    kv_write(url, lambda kv: kv.put(key, stored[0]))  # its last signed version, put back
+    wait_until(lambda: bool(refusal(client, rule_id)))
+    assert "refused, replayed: version 1 put back after the policy was deleted" in refusal(client, rule_id)
+    assert client.get(f"/api/v1/policies/{rule_id}").status_code == 404
+    assert rule_id not in {p["rule_id"] for p in client.get("/api/v1/policies").json()}

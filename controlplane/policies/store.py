@@ -9,7 +9,7 @@ JetStream is refused as unavailable (503).
 Every value it writes is signed with the control plane's record key, deletions included
 (controlplane.policies.signed), and every value it reads is checked: one that does not verify (written
 straight into the bucket by someone without the key), or an older signed version put back over a
-newer one, never enters the view, so it is never compiled or served; the version the view held keeps
+newer one or over its deletion, never enters the view, so it is never compiled or served; the version the view held keeps
 serving. Each refusal is logged and kept in `refused` (the service reports it, `/health` shows it)
 until a trusted value for that key arrives. An unsigned deletion of a key the view holds no trusted
 version of is accepted: there is nothing to protect, and it is how an operator clears a refused key.
@@ -226,10 +226,15 @@ class PolicyStore:
         return True
 
     def _opened(self, key: str, value: bytes | None, current: tuple[PolicyRecord, int] | None) -> Opened:
-        """The stored value checked: its signature, and that it does not go back behind the version held."""
+        """The stored value checked: its signature, and that it does not go back behind the version held
+        (nor bring back a policy deleted since this replica started: ids are never reused)."""
         opened = open_record(key, value, self.keys)
-        if opened.record is not None and current is not None and opened.record.version < current[0].version:
+        if opened.record is None:
+            return opened
+        if current is not None and opened.record.version < current[0].version:
             return Opened(None, REPLAYED, f"version {opened.record.version} put back over version {current[0].version}")
+        if current is None and opened.record.rule_id in self._deleted:
+            return Opened(None, REPLAYED, f"version {opened.record.version} put back after the policy was deleted")
         return opened
 
     def _refuse(self, key: str, revision: int | None, opened: Opened,
