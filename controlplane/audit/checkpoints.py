@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 BUCKET = "groqpolicy_audit_checkpoints"
 DOMAIN = "groqpolicy-audit-checkpoint-v1"
 LOCAL_FILE = "audit-checkpoint.json"
-DEFAULT_INTERVAL_S = 10.0
 # what one checkpoint round may run into; none of it may stop the next round
 _FAILURES = (GroqPolicyError, TimeoutError, nats.errors.Error, OSError, Rejected)
 
@@ -68,6 +67,14 @@ class Checkpoint(msgspec.Struct, kw_only=True, frozen=True):
 
 
 _decode = msgspec.json.Decoder(Checkpoint).decode
+
+
+def _decoded(value: bytes | None) -> Checkpoint | None:
+    """A checkpoint from the bucket; None for what is not one (whoever can write the bucket can put anything)."""
+    try:
+        return _decode(value) if value else None
+    except msgspec.DecodeError:
+        return None
 
 
 class Checkpoints:
@@ -132,7 +139,7 @@ class Checkpoints:
                     return
                 except KeyWrongLastSequenceError:
                     continue
-            current = _decode(entry.value) if entry.value else None
+            current = _decoded(entry.value)
             if current is not None and current.seq >= cp.seq:
                 return
             try:
@@ -185,20 +192,18 @@ class Checkpoints:
 
     async def _exported(self) -> list[Checkpoint | None]:
         """The bucket's checkpoints under the trusted key ids (no other key's could be trusted)."""
+        out: list[Checkpoint | None] = []
         try:
             kv = await self._bucket(create=False)
+            for kid in sorted(self.keys.trusted):
+                try:
+                    out.append(_decoded((await kv.get(f"head.{kid}")).value))
+                except KeyNotFoundError:
+                    continue
         except BucketNotFoundError:
             return []
-        out: list[Checkpoint | None] = []
-        for kid in sorted(self.keys.trusted):
-            try:
-                entry = await kv.get(f"head.{kid}")
-                out.append(_decode(entry.value) if entry.value else None)
-            except (KeyNotFoundError, msgspec.DecodeError):
-                continue
-            except (TimeoutError, nats.errors.Error) as exc:  # the file still counts; the bucket is a convenience
-                log.warning("audit trail: checkpoint bucket unreadable: %r", exc)
-                break
+        except (TimeoutError, nats.errors.Error) as exc:  # the file still counts; the bucket is a convenience
+            log.warning("audit trail: checkpoint bucket unreadable: %r", exc)
         return out
 
     async def ensure(self) -> None:
