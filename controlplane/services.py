@@ -38,6 +38,7 @@ from controlplane.evaluation.pipeline import Pipeline
 from controlplane.evaluation.runtime import EvaluationRuntime, ModelClient, RevisionFollower
 from controlplane.evaluation.scheduling import WASM_POOL_SIZE
 from controlplane.infra.nats import NatsConnection
+from controlplane.infra.recordkeys import ensure_record_keys
 from controlplane.metrics.gauges import StoreGauges
 from controlplane.policies.bundler import PolicyBundler
 from controlplane.policies.service import PolicyService
@@ -120,13 +121,14 @@ class Services:
         compiler = Compiler(settings.rego_root)
         publisher = BundlePublisher(compiler, store, key, settings.rego_root, overlay=settings.bundle_overlay())
         nats = NatsConnection(settings)
-        recorder = RecordingAuditSink(settings, nats)
+        record_keys = ensure_record_keys(settings)  # signs audit records, checkpoints and policy records
+        recorder = RecordingAuditSink(settings, nats, record_keys)
         models = ModelClient(nats, cache_size=settings.gateway_cache_size)
         vkey = key.verification_key()
         host = HostConfig(bridge_url=settings.bridge_url, infer_transport=metered_transport(models.transport))
         evaluator = WasmEvaluator({vkey.kid: vkey}, keyid=vkey.kid, host=host, pool_size=WASM_POOL_SIZE)
         follower = RevisionFollower(store, evaluator)
-        policy_store = PolicyStore(lambda: nats.client.jetstream(), replicas=settings.nats_replicas)
+        policy_store = PolicyStore(lambda: nats.client.jetstream(), replicas=settings.nats_replicas, keys=record_keys)
         nats.on_reconnect.append(policy_store.resync)  # a KV watch does not survive a server restart
         bundler = PolicyBundler(compiler, publisher, settings.rego_root, settings.bundles_dir)
         policies = PolicyService(policy_store, bundler, on_published=follower.reload)

@@ -26,7 +26,10 @@ from bridge.kernel.config import NatsSettings
 from controlplane.audit.trail import AuditTrail
 from controlplane.infra.natsauth import NatsAuth, Permissions
 from controlplane.infra.processes import ManagedProcess, start_nats
+from controlplane.infra.recordkeys import RecordKeys
 from controlplane.policies.store import PolicyStore
+
+RECORD_KEYS = RecordKeys.generate()  # the control plane's record key (controlplane.infra.recordkeys)
 
 
 class Reports:
@@ -51,13 +54,13 @@ class Reports:
 
 
 async def open_policy_store(nc: Client) -> None:
-    store = PolicyStore(nc.jetstream)
+    store = PolicyStore(nc.jetstream, keys=RECORD_KEYS)
     await store.open()
     await store.close()
 
 
 async def ensure_audit_stream(nc: Client) -> None:
-    await AuditTrail(nc).ensure_stream()
+    await AuditTrail(nc, keys=RECORD_KEYS).ensure_stream()
 
 
 async def open_judgments(nc: Client) -> None:
