@@ -28,7 +28,6 @@ from bridge.opawasm import HostConfig, WasmEvaluator
 from controlplane.agents.decision_logs import DecisionLogStore
 from controlplane.agents.status import StatusStore
 from controlplane.audit import AuditTrail
-from controlplane.audit.stream import AuditStream
 from controlplane.audit.wiring import EscalationPublisher, RecordingAuditSink
 from controlplane.auth.tokens import TokenSet, ensure_tokens
 from controlplane.bundles.compiler import Compiler, load_definitions
@@ -42,6 +41,7 @@ from controlplane.evaluation.runtime import EvaluationRuntime, ModelClient, Revi
 from controlplane.evaluation.scheduling import WASM_POOL_SIZE
 from controlplane.infra.nats import NatsConnection
 from controlplane.infra.natsauth import Step as NatsStep
+from controlplane.infra.recordkeys import RecordKeys, ensure_record_keys
 from controlplane.metrics.gauges import StoreGauges
 from controlplane.policies.bundler import PolicyBundler
 from controlplane.policies.service import PolicyService
@@ -124,13 +124,14 @@ class Services:
         compiler = Compiler(settings.rego_root)
         publisher = BundlePublisher(compiler, store, key, settings.rego_root, overlay=settings.bundle_overlay())
         nats = NatsConnection(settings, NatsSettings.from_env(), bootstrap_steps=jetstream_steps(settings))
-        recorder = RecordingAuditSink(settings, nats)
+        record_keys = ensure_record_keys(settings)  # signs audit records, checkpoints and policy records
+        recorder = RecordingAuditSink(settings, nats, record_keys)
         models = ModelClient(nats, cache_size=settings.gateway_cache_size)
         vkey = key.verification_key()
         host = HostConfig(bridge_url=settings.bridge_url, infer_transport=metered_transport(models.transport))
         evaluator = WasmEvaluator({vkey.kid: vkey}, keyid=vkey.kid, host=host, pool_size=WASM_POOL_SIZE)
         follower = RevisionFollower(store, evaluator)
-        policy_store = PolicyStore(lambda: nats.client.jetstream(), replicas=settings.nats_replicas)
+        policy_store = PolicyStore(lambda: nats.client.jetstream(), replicas=settings.nats_replicas, keys=record_keys)
         nats.on_reconnect.append(policy_store.resync)  # a KV watch does not survive a server restart
         bundler = PolicyBundler(compiler, publisher, settings.rego_root, settings.bundles_dir)
         policies = PolicyService(policy_store, bundler, on_published=follower.reload)
@@ -192,11 +193,15 @@ def jetstream_steps(settings: Settings) -> list[NatsStep]:
     Run by whoever starts nats-server (the supervisor, an embedded server), as the bootstrap
     identity, before any other role connects: no running role may create or update a stream."""
 
-    async def audit_stream(nc: NatsClient) -> None:
-        await AuditStream(nc, replicas=settings.nats_replicas).ensure()
+    # creating a stream signs nothing: the owners' constructors ask for record keys, and a key held
+    # in memory for the moment keeps the private key out of whoever bootstraps (the supervisor)
+    unused = RecordKeys.generate()
+
+    async def audit_stream(nc: NatsClient) -> None:  # and its checkpoints' bucket
+        await AuditTrail(nc, keys=unused, replicas=settings.nats_replicas).ensure_stream()
 
     async def policy_store(nc: NatsClient) -> None:
-        await PolicyStore(nc.jetstream, replicas=settings.nats_replicas).ensure()
+        await PolicyStore(nc.jetstream, replicas=settings.nats_replicas, keys=unused).ensure()
 
     async def judgments(nc: NatsClient) -> None:
         await KVCache.ensure(nc.jetstream())

@@ -24,7 +24,10 @@ from bridge.inference.connect import connect
 from bridge.kernel.config import NatsSettings, Settings
 from controlplane.infra.natsauth import NatsAuth, Permissions
 from controlplane.infra.processes import ManagedProcess, start_nats
+from controlplane.infra.recordkeys import RecordKeys
 from controlplane.services import jetstream_steps
+
+RECORD_KEYS = RecordKeys.generate()  # the control plane's record key (controlplane.infra.recordkeys)
 
 
 class Reports:

@@ -66,7 +66,7 @@ def records(client: httpx.Client, **params) -> list[dict]:
 
 
 def test_evaluations_and_batches_are_audited(cp):
-    client, _, _ = cp
+    client, services, _ = cp
     one = evaluate(client, {"principal": "alice"})
     r = client.post("/api/v1/evaluate/batch", headers=bearer(EVALUATE_TOKEN), json={
         "batch_contexts": [{"principal": "a"}, {"principal": "b"}, {"principal": "c"}],
@@ -92,7 +92,8 @@ def test_evaluations_and_batches_are_audited(cp):
     assert [g["seq"] for g in records(client, evaluation_id=batch["results"][1]["evaluation_id"])] == [2]
     report = client.get("/api/v1/audit/verify").json()
     assert report == {"ok": True, "checked": 2, "first_seq": 1, "last_seq": 2, "last_hash": rec["hash"],
-                      "bad": 0, "first_bad_seq": None, "reason": ""}
+                      "bad": 0, "first_bad_seq": None, "problem": "", "reason": "",
+                      "signers": {services.audit.writer.keys.kid: 2}, "checkpoint": None}
 
 
 def test_decision_logs_are_audited_once_even_when_retried(cp):
@@ -173,6 +174,7 @@ def test_verify_over_http_reports_a_forged_record(cp):
     evaluate(client, {"principal": "bob"})  # appends keep going after the forgery
     report = client.get("/api/v1/audit/verify").json()
     assert report["ok"] is False and report["first_bad_seq"] == 2 and report["checked"] == 3 and report["bad"] == 1
+    assert report["problem"] == "broken link"
     assert report["reason"].startswith("prev_hash: does not link to the previous record (want: ")
     assert report["reason"].endswith(f"got: {'f' * 64})")
 

@@ -19,7 +19,11 @@ from controlplane.audit import AuditRecord, AuditTrail, AuditUnavailable
 from controlplane.audit.records import EvaluationEntry
 from controlplane.audit.spool import AuditSpool, SpoolError
 from controlplane.infra.processes import start_nats
+from controlplane.infra.recordkeys import RecordKeys
 from tests.controlplane_helpers import ADMIN_HEADERS, make_settings, running_control_plane
+
+
+KEYS = RecordKeys.generate()  # the control plane's record key, the same across the restarts below
 
 
 def rec(decision: str = "allow", **kw) -> AuditRecord:
@@ -96,7 +100,7 @@ def test_full_segments_are_retired_once_acknowledged(tmp_path):
 
 async def _trail(url: str, spool_dir, **kw) -> tuple[nats.NATS, AuditTrail]:
     nc = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
-    trail = AuditTrail(nc, spool=AuditSpool(spool_dir), timeout=1.0, append_deadline=1.0, **kw)
+    trail = AuditTrail(nc, keys=KEYS, spool=AuditSpool(spool_dir), timeout=1.0, append_deadline=1.0, **kw)
     await trail.ensure_stream()
     return nc, trail
 

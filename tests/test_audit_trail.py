@@ -17,12 +17,15 @@ from controlplane.audit.ingest import decision_log_record
 from controlplane.audit.records import GENESIS_HASH, chain_hash, check_stored, digest, seal
 from controlplane.audit.trail import AuditQueryError
 from controlplane.infra.processes import start_nats
+from controlplane.infra.recordkeys import RecordKeys
+
+KEYS = RecordKeys.generate()  # the control plane's record key (replicas share one)
 
 
 @pytest.fixture
 async def trail(nats_server):
     nc = await nats.connect(nats_server.extra["url"])
-    t = AuditTrail(nc)
+    t = AuditTrail(nc, keys=KEYS)
     await t.ensure_stream()
     yield t
     await t.close()
@@ -69,7 +72,7 @@ async def test_two_replicas_racing_never_fork_the_chain(nats_server):
     """Two control planes (two connections, two trails) appending at once: one chain, no fork."""
     url = nats_server.extra["url"]
     ncs = [await nats.connect(url) for _ in range(2)]
-    trails = [AuditTrail(nc) for nc in ncs]
+    trails = [AuditTrail(nc, keys=KEYS) for nc in ncs]
     await trails[0].ensure_stream()
     try:
         async def writer(t: AuditTrail, name: str) -> list:
@@ -97,7 +100,7 @@ async def test_a_retried_record_is_stored_once(nats_server):
     """A retry after a lost ack (same record id) returns the stored record instead of a second copy."""
     url = nats_server.extra["url"]
     nc1, nc2 = await nats.connect(url), await nats.connect(url)
-    t1, t2 = AuditTrail(nc1), AuditTrail(nc2)
+    t1, t2 = AuditTrail(nc1, keys=KEYS), AuditTrail(nc2, keys=KEYS)
     await t1.ensure_stream()
     try:
         r = rec(evaluation_id="once")
@@ -114,7 +117,7 @@ async def test_a_retried_record_is_stored_once(nats_server):
 async def test_a_lost_ack_is_settled_by_reading_the_next_sequence(nats_server):
     """The batch committed but its answer never came: the trail finds it at last+1 and adopts it."""
     nc = await nats.connect(nats_server.extra["url"])
-    trail = AuditTrail(nc, timeout=0.3)
+    trail = AuditTrail(nc, keys=KEYS, timeout=0.3)
     await trail.ensure_stream()
     lost: list[bytes] = []
     deliver = trail.writer.publisher._on_ack
@@ -255,7 +258,7 @@ async def test_newest_first_pages_backwards_with_filters(trail):
 async def test_append_fails_closed_when_jetstream_is_gone(tmp_path):
     server = start_nats(tmp_path / "nats")
     nc = await nats.connect(server.extra["url"], max_reconnect_attempts=-1, reconnect_time_wait=0.1)
-    trail = AuditTrail(nc, timeout=0.5, append_deadline=2.0)
+    trail = AuditTrail(nc, keys=KEYS, timeout=0.5, append_deadline=2.0)
     try:
         await trail.ensure_stream()
         await trail.append(rec())

@@ -18,12 +18,14 @@ from bridge.kernel.errors import GroqPolicyError
 from controlplane.audit import AuditRecord, AuditTrail, StoredRecord
 from controlplane.audit.trail import AuditError
 from controlplane.infra.processes import ManagedProcess, free_port, start_nats
+from controlplane.infra.recordkeys import RecordKeys
 from controlplane.policies.schemas import PolicyRecord
 from controlplane.policies.store import BUCKET, PolicyStore
 
 pytestmark = pytest.mark.slow
 
 NAMES = ("n1", "n2", "n3")
+KEYS = RecordKeys.generate()  # the record key the control-plane replicas share
 
 
 def start_cluster(root: Path) -> dict[str, ManagedProcess]:
@@ -66,7 +68,7 @@ async def run_scenario(servers: dict[str, ManagedProcess]) -> None:
     urls = {name: s.extra["url"] for name, s in servers.items()}
     boot = await connect(list(urls.values()))
     await wait_for_jetstream(boot)
-    setup = AuditTrail(boot, replicas=3, timeout=2)
+    setup = AuditTrail(boot, keys=KEYS, replicas=3, timeout=2)
     await setup.ensure_stream()
     leader = (await boot.jetstream().stream_info(setup.stream)).cluster.leader
     others = [n for n in NAMES if n != leader]
@@ -75,8 +77,8 @@ async def run_scenario(servers: dict[str, ManagedProcess]) -> None:
     # writer A sits on the stream leader (the server we kill); writer B on another server
     nc_a = await connect([urls[leader]] + [urls[n] for n in others])
     nc_b = await connect([urls[others[0]], urls[others[1]], urls[leader]])
-    trails = [AuditTrail(nc_a, replicas=3, timeout=2, append_deadline=20), AuditTrail(nc_b, replicas=3, timeout=2, append_deadline=20)]
-    store = PolicyStore(lambda: nc_a.jetstream(timeout=2), replicas=3)
+    trails = [AuditTrail(nc_a, keys=KEYS, replicas=3, timeout=2, append_deadline=20), AuditTrail(nc_b, keys=KEYS, replicas=3, timeout=2, append_deadline=20)]
+    store = PolicyStore(lambda: nc_a.jetstream(timeout=2), replicas=3, keys=KEYS)
     await asyncio.wait_for(store.open(), 30)
 
     acked: list[StoredRecord] = []
@@ -178,7 +180,7 @@ async def run_scenario(servers: dict[str, ManagedProcess]) -> None:
     assert report.ok and report.checked == len(acked), report
 
     # every acknowledged policy write is readable from the surviving servers
-    reader = PolicyStore(lambda: nc_b.jetstream(timeout=5), replicas=3)
+    reader = PolicyStore(lambda: nc_b.jetstream(timeout=5), replicas=3, keys=KEYS)
     deadline = time.monotonic() + 30
     while True:  # a client retries while the KV stream elects its new leader (slow on a loaded machine)
         try:

@@ -35,7 +35,7 @@ from bridge.inference.connect import (
 from bridge.inference.worker import GroqConnection, start_worker, stop_worker
 from bridge.kernel.config import NatsSettings
 from bridge.kernel.errors import ERROR_CODE_HEADER, ConfigError
-from controlplane.audit import escalation, trail
+from controlplane.audit import checkpoints, escalation, trail
 from controlplane.audit.escalation import publish_escalation
 from controlplane.audit.records import AuditRecord
 from controlplane.audit.trail import AuditTrail
@@ -50,6 +50,7 @@ from controlplane.policies.store import PolicyStore
 from tests.bridge_helpers import Emu, fast_settings
 from tests.nats_auth_helpers import (
     PRODUCT_STEPS,
+    RECORD_KEYS,
     Key,
     Operator,
     as_role,
@@ -126,6 +127,7 @@ def test_the_names_granted_are_the_products_own():
     names = Names()
     assert (names.policy_bucket, names.artifacts) == (store.BUCKET, store.OBJECTS)
     assert (names.audit_stream, names.audit_prefix, names.escalations) == (trail.STREAM, trail.PREFIX, escalation.SUBJECT)
+    assert names.audit_checkpoints == checkpoints.BUCKET
     assert (names.evaluate_service, names.evaluate_queue) == (nats_service.SERVICE_NAME, nats_service.QUEUE_GROUP)
     assert names.evaluate == nats_service.EVALUATE_SUBJECT
     from bridge.inference.worker import service as worker_service
@@ -225,7 +227,7 @@ async def test_the_control_plane_runs_its_store_audit_and_escalations_without_a_
     url, auth = authed
     nc, reports = await as_role(url, auth, "controlplane")
     try:
-        policies = PolicyStore(nc.jetstream)
+        policies = PolicyStore(nc.jetstream, keys=RECORD_KEYS)
         await policies.open()
         record = PolicyRecord(rule_id=uuid.uuid4(), name="p", policy_type="security_policies",
                               opa_policy="package x\n", performance_tier="fast")
@@ -237,7 +239,7 @@ async def test_the_control_plane_runs_its_store_audit_and_escalations_without_a_
         await policies.put_artifact("bundle.tar.gz", b"x" * 300_000)
         assert await policies.get_artifact("bundle.tar.gz") == b"x" * 300_000
         await policies.close()
-        audit = AuditTrail(nc)
+        audit = AuditTrail(nc, keys=RECORD_KEYS)
         await audit.ensure_stream()  # finds the stream the bootstrap made: reads only
         stored = await audit.append_many([AuditRecord(source="api", decision="allow") for _ in range(3)])
         assert len(stored) == 3 and (await audit.verify()).ok
@@ -363,7 +365,7 @@ async def test_the_control_plane_cannot_cut_the_audit_stream_or_touch_the_judgme
     nc, cp = await as_role(url, auth, "controlplane")
     try:
         js = nc.jetstream(timeout=FAST)
-        shrunk = dataclasses.replace(AuditTrail(nc).stream_config(), max_msgs=1)
+        shrunk = dataclasses.replace(AuditTrail(nc, keys=RECORD_KEYS).stream_config(), max_msgs=1)
         with pytest.raises(NatsTimeout):
             await js.update_stream(shrunk)
         await cp.wait_for("$js.api.stream.update.groqpolicy_audit")

@@ -106,6 +106,11 @@ class Settings(_Section, kw_only=True):
     # (JetStream append in the background), `ack` once JetStream acknowledged it (see controlplane.audit.spool)
     audit_durability: str = "spool"
     audit_max_backlog: int = 100_000  # spooled records waiting for JetStream before evaluations get 503
+    audit_checkpoint_s: float = 10.0  # how often the audit stream's head is exported as a signed checkpoint
+    # the Ed25519 key that signs audit records, checkpoints and policy records (controlplane.infra.recordkeys);
+    # default <state_dir>/record-keys/signing.pem, generated on first start. Replicas share one.
+    record_key_file: Path | None = None
+    record_trusted_keys: Path | None = None  # a directory of further trusted public keys (retired, other replicas')
     gateway_cache_size: int = 10_000  # judgments the in-process inference client keeps for their max-age
     groq_api_key_set: bool = False  # whether model calls go to GroqCloud (the dashboard says so)
 
@@ -131,6 +136,9 @@ class Settings(_Section, kw_only=True):
         "GROQPOLICY_AGENT_PORT": ("agent_port", int),
         "GROQPOLICY_AUDIT_DURABILITY": ("audit_durability", _parse_audit_durability),
         "GROQPOLICY_AUDIT_MAX_BACKLOG": ("audit_max_backlog", int),
+        "GROQPOLICY_AUDIT_CHECKPOINT_S": ("audit_checkpoint_s", float),
+        "GROQPOLICY_RECORD_KEY_FILE": ("record_key_file", Path),
+        "GROQPOLICY_RECORD_TRUSTED_KEYS": ("record_trusted_keys", Path),
         "GROQPOLICY_GATEWAY_CACHE_SIZE": ("gateway_cache_size", int),
         "GROQ_API_KEY": ("groq_api_key_set", bool),
     }

@@ -5,34 +5,28 @@ Reads first wait for this process's own queued records (the `before_read` hook: 
 (`audit.<source>.<decision>`) and run in the server; the others run here on decoded records.
 A read that JetStream does not answer is AuditUnavailable (503), never an empty page.
 
-`verify` walks the whole stream and rehashes what is stored (controlplane.audit.records'
-`check_stored`): every record's hash, its link to the previous record, its subject and the
-absence of gaps in the sequence.
+`verify` walks the whole stream (controlplane.audit.verify): every record's hash, its link to the
+previous record, its subject, the absence of gaps, its signature, and the last signed checkpoint.
 """
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 from collections.abc import Awaitable, Callable
 
 import msgspec
 import nats.errors
 
+from controlplane.audit.checkpoints import Checkpoints
 from controlplane.audit.errors import AuditQueryError, AuditUnavailable
-from controlplane.audit.records import (
-    DECISIONS,
-    GENESIS_HASH,
-    SOURCES,
-    AuditRecord,
-    StoredRecord,
-    check_stored,
-    record_time,
-)
+from controlplane.audit.records import DECISIONS, SOURCES, AuditRecord, StoredRecord, record_time
 from controlplane.audit.stream import READ_BATCH, AuditStream
+from controlplane.audit.verify import VerifyReport, verify_stream
+from controlplane.infra.recordkeys import RecordKeys
+
+__all__ = ["AuditFilters", "AuditPage", "TrailReader", "VerifyReport"]
 
 MAX_SCAN = 100_000  # records one list call examines before handing back a cursor
-VERIFY_CATCH_UP = 50  # passes (0.1 s apart) verify waits for a follower to catch up to the leader's last sequence
 
 _decode = msgspec.json.Decoder(AuditRecord).decode
 
@@ -71,17 +65,6 @@ class AuditFilters(msgspec.Struct, kw_only=True):
         return True
 
 
-class VerifyReport(msgspec.Struct, kw_only=True):
-    ok: bool
-    checked: int
-    first_seq: int
-    last_seq: int
-    last_hash: str
-    bad: int = 0
-    first_bad_seq: int | None = None
-    reason: str = ""
-
-
 class AuditPage(msgspec.Struct, kw_only=True):
     records: list[StoredRecord]
     next_after_seq: int | None = None  # oldest first: pass as after_seq for the next page; None at the end
@@ -93,8 +76,11 @@ async def _nothing_queued() -> None:
 
 
 class TrailReader:
-    def __init__(self, store: AuditStream, *, before_read: Callable[[], Awaitable[None]] = _nothing_queued) -> None:
+    def __init__(self, store: AuditStream, *, keys: RecordKeys, checkpoints: Checkpoints | None = None,
+                 before_read: Callable[[], Awaitable[None]] = _nothing_queued) -> None:
         self.store = store
+        self.keys = keys  # the trusted set signatures are checked against
+        self.checkpoints = checkpoints
         self.before_read = before_read
 
     async def list(self, filters: AuditFilters | None = None, limit: int = 100, after_seq: int = 0) -> AuditPage:
@@ -168,46 +154,6 @@ class TrailReader:
         return found, scanned
 
     async def verify(self) -> VerifyReport:
-        """Walk the whole stream: every record's hash, its link to the previous one, its subject."""
+        """Walk the whole stream: hashes, links, subjects, sequences, signatures, the last checkpoint."""
         await self.before_read()
-        try:
-            state = await self.store.state()
-            report = VerifyReport(ok=True, checked=0, first_seq=state.first_seq, last_seq=state.last_seq,
-                                  last_hash=GENESIS_HASH)
-            if state.messages == 0:
-                return report
-            prev: str | None = GENESIS_HASH if state.first_seq <= 1 else None
-            expected_seq = max(1, state.first_seq)
-            # a follower answering direct gets may trail the leader by a moment: read up to its last_seq
-            for _ in range(VERIFY_CATCH_UP):
-                prev, expected_seq = await self._verify_from(report, expected_seq, prev)
-                if expected_seq > state.last_seq:
-                    break
-                await asyncio.sleep(0.1)
-            else:
-                raise AuditUnavailable(f"audit trail: could not read up to sequence {state.last_seq} "
-                                       f"(stopped at {expected_seq - 1})")
-        except (TimeoutError, nats.errors.Error) as exc:
-            raise AuditUnavailable(f"audit trail: verify failed ({exc!r})") from exc
-        report.last_hash = prev or ""
-        return report
-
-    async def _verify_from(self, report: VerifyReport, expected_seq: int, prev: str | None) -> tuple[str | None, int]:
-        """Check the records from `expected_seq` up to the report's last_seq into `report`;
-        (the hash the next record must link to, the next sequence expected)."""
-        async for seq, subject, data in self.store.scan(expected_seq, self.store.every_subject):
-            if seq > report.last_seq:
-                break
-            h, record, reason = check_stored(data, prev)
-            if not reason and record is not None and subject != self.store.subject(record):
-                reason = f"subject: {subject} does not match the record (want: {self.store.subject(record)})"
-            if not reason and seq != expected_seq:
-                reason = f"sequence: records {expected_seq}..{seq - 1} are missing"
-            report.checked += 1
-            if reason:
-                report.bad += 1
-                if report.first_bad_seq is None:
-                    report.ok, report.first_bad_seq, report.reason = False, seq, reason
-            prev = h
-            expected_seq = seq + 1
-        return prev, expected_seq
+        return await verify_stream(self.store, self.keys, self.checkpoints)

@@ -4,6 +4,9 @@ A record's `hash` is SHA-256 over the canonical JSON of every other field (keys 
 msgspec's shortest float repr), `prev_hash` included: changing, dropping or reordering any
 record breaks the chain at that record. Verification rehashes the stored bytes decoded as a
 generic object, so a field the struct does not know about is covered too.
+
+The one field the hash leaves out is `signature`: it is made over the hash (controlplane.audit.signing
+explains what it covers), so it cannot be part of it. Records without one store none.
 """
 
 from __future__ import annotations
@@ -40,6 +43,15 @@ class EvaluationEntry(msgspec.Struct, kw_only=True, frozen=True):
     latency_ms: float | None = None
 
 
+class BatchSignature(msgspec.Struct, kw_only=True, frozen=True):
+    """The writer's signature on the last record of a group commit: over the records
+    `first_seq`..(this record's sequence), through this record's hash (controlplane.audit.signing)."""
+
+    kid: str
+    first_seq: int
+    sig: str
+
+
 class AuditRecord(msgspec.Struct, kw_only=True, frozen=True):
     """One decision, or one batch of them.
 
@@ -69,6 +81,7 @@ class AuditRecord(msgspec.Struct, kw_only=True, frozen=True):
     evaluations: list[EvaluationEntry] = msgspec.field(default_factory=list)  # batch records only
     prev_hash: str = ""
     hash: str = ""
+    signature: BatchSignature | None = None  # on the last record of each group commit
 
     @property
     def subject_decision(self) -> str:
@@ -128,23 +141,52 @@ def digest(obj: object) -> str:
     return hashlib.sha256(msgspec.json.encode(obj, order="sorted")).hexdigest()
 
 
+_UNHASHED = ("hash", "signature")
+
+
 def chain_hash(fields: dict) -> str:
-    """The hash of a record given as a plain dict; its own `hash` key is left out."""
-    body = {k: v for k, v in fields.items() if k != "hash"}
+    """The hash of a record given as a plain dict; its own `hash` and `signature` keys are left out."""
+    body = {k: v for k, v in fields.items() if k not in _UNHASHED}
     return hashlib.sha256(msgspec.json.encode(body, order="sorted")).hexdigest()
 
 
+def stored_bytes(record: AuditRecord) -> bytes:
+    """The exact bytes to store for a sealed record (no `signature` key when it has none)."""
+    fields = msgspec.to_builtins(record)
+    if fields.get("signature") is None:
+        fields.pop("signature", None)
+    return msgspec.json.encode(fields, order="sorted")
+
+
 def seal(record: AuditRecord, prev_hash: str) -> tuple[AuditRecord, bytes]:
-    """The record linked after `prev_hash`, and the exact bytes to store."""
-    linked = msgspec.structs.replace(record, prev_hash=prev_hash, hash="", timestamp=record.timestamp or now_rfc3339())
+    """The record linked after `prev_hash` (unsigned), and the exact bytes to store."""
+    linked = msgspec.structs.replace(record, prev_hash=prev_hash, hash="", signature=None,
+                                     timestamp=record.timestamp or now_rfc3339())
     fields = msgspec.to_builtins(linked)
+    del fields["signature"]
     h = chain_hash(fields)
     fields["hash"] = h
     return msgspec.structs.replace(linked, hash=h), msgspec.json.encode(fields, order="sorted")
 
 
-def check_stored(data: bytes, expected_prev: str | None) -> tuple[str, AuditRecord | None, str]:
-    """Check one stored payload: (the hash its successor links to, the record, "" or why it is bad).
+class Finding(msgspec.Struct, frozen=True):
+    """What is wrong with a record: one of the problem words below, and the details."""
+
+    problem: str
+    reason: str
+
+
+# The problems `verify` names besides the signature's (controlplane.infra.recordkeys: forged,
+# unknown key, unsigned): what the chain itself shows.
+MALFORMED = "malformed"  # not a record: unreadable, a field of the wrong type, another constitution, wrong subject
+ALTERED = "altered"  # the record's content does not hash to the hash it states
+BROKEN_LINK = "broken link"  # it does not link to the record before it
+GAP = "gap"  # sequences before it are missing
+TRUNCATED = "truncated"  # the stream is shorter than, or not the one, a signed checkpoint saw
+
+
+def inspect_stored(data: bytes, expected_prev: str | None) -> tuple[str, AuditRecord | None, Finding | None]:
+    """Check one stored payload: (the hash its successor links to, the record, None or what is wrong).
 
     The link hash is the hash the record states (the computed one when it states none), so a
     record altered after the fact is reported once, not again at its intact successor.
@@ -155,24 +197,30 @@ def check_stored(data: bytes, expected_prev: str | None) -> tuple[str, AuditReco
     try:
         fields = msgspec.json.decode(data)
     except msgspec.DecodeError as exc:
-        return "", None, f"payload: invalid JSON ({exc})"
+        return "", None, Finding(MALFORMED, f"payload: invalid JSON ({exc})")
     if not isinstance(fields, dict):
-        return "", None, f"payload: expected a JSON object, got {type(fields).__name__}"
+        return "", None, Finding(MALFORMED, f"payload: expected a JSON object, got {type(fields).__name__}")
     stated = fields.get("hash")
     actual = chain_hash(fields)
     link = stated if isinstance(stated, str) and stated else actual
     if stated != actual:
-        return link, None, f"hash: mismatch (stated: {stated}, computed: {actual})"
+        return link, None, Finding(ALTERED, f"hash: mismatch (stated: {stated}, computed: {actual})")
     try:
         record = msgspec.convert(fields, AuditRecord)
     except msgspec.ValidationError as exc:
-        return actual, None, f"record: {exc}"
+        return actual, None, Finding(MALFORMED, f"record: {exc}")
     if expected_prev is not None and record.prev_hash != expected_prev:
-        return actual, record, f"prev_hash: does not link to the previous record (want: {expected_prev}, got: {record.prev_hash})"
+        return actual, record, Finding(BROKEN_LINK, "prev_hash: does not link to the previous record "
+                                                    f"(want: {expected_prev}, got: {record.prev_hash})")
     if expected_prev is None and not _HEX64.match(record.prev_hash):
-        return actual, record, f"prev_hash: not a SHA-256 hex digest ({record.prev_hash!r})"
+        return actual, record, Finding(BROKEN_LINK, f"prev_hash: not a SHA-256 hex digest ({record.prev_hash!r})")
     if record.constitutional_hash != CONSTITUTIONAL_HASH:
-        return actual, record, f"constitutional_hash: want {CONSTITUTIONAL_HASH}, got {record.constitutional_hash}"
-    return actual, record, ""
+        return actual, record, Finding(MALFORMED, f"constitutional_hash: want {CONSTITUTIONAL_HASH}, "
+                                                  f"got {record.constitutional_hash}")
+    return actual, record, None
 
 
+def check_stored(data: bytes, expected_prev: str | None) -> tuple[str, AuditRecord | None, str]:
+    """`inspect_stored` with the finding as one line of text ("" when the record is sound)."""
+    link, record, finding = inspect_stored(data, expected_prev)
+    return link, record, finding.reason if finding is not None else ""

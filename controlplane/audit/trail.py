@@ -7,7 +7,9 @@ that does it:
     writer.py     TrailWriter: group commit, write-behind through the spool, retries
     publisher.py  one atomic batch conditioned on the last sequence (why the chain cannot fork)
     adoption.py   a batch whose ack was lost is adopted if it landed (never stored twice)
-    reader.py     TrailReader: list (oldest or newest first), verify
+    signing.py    one signature of the record key per commit, and which records it vouches for
+    checkpoints.py  the stream's head signed at an interval and kept outside it (a cut tail shows)
+    reader.py     TrailReader: list (oldest or newest first), verify (verify.py)
 
 Code that only writes (the evaluation sink, decision-log ingest) needs `.writer`; code that only
 reads (the audit API, the dashboard) needs `.reader`, or `.store` for raw stored bytes. Reads wait
@@ -17,17 +19,20 @@ for this process's queued records first, so a caller reads its own decisions.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Generic, TypeVar, overload
 
 from nats.aio.client import Client
 from nats.js.api import StreamConfig
 
+from controlplane.audit.checkpoints import Checkpoints
 from controlplane.audit.errors import AuditError, AuditQueryError, AuditRecordTooLarge, AuditUnavailable
 from controlplane.audit.reader import AuditFilters, AuditPage, TrailReader, VerifyReport
 from controlplane.audit.records import AuditRecord, StoredRecord
 from controlplane.audit.spool import AuditSpool
 from controlplane.audit.stream import PREFIX, STREAM, AuditStream
 from controlplane.audit.writer import CLOSE_DRAIN_S, MAX_BACKLOG, SPOOL_LINGER_S, TrailWriter
+from controlplane.infra.recordkeys import RecordKeys
 
 __all__ = [
     "AuditError", "AuditFilters", "AuditPage", "AuditQueryError", "AuditRecordTooLarge", "AuditTrail",
@@ -68,6 +73,8 @@ class AuditTrail:
         self,
         nc: Client,
         *,
+        keys: RecordKeys,
+        checkpoint_file: Path | None = None,
         stream: str = STREAM,
         prefix: str = PREFIX,
         replicas: int = 1,
@@ -80,10 +87,11 @@ class AuditTrail:
         spool_linger_s: float = SPOOL_LINGER_S,
     ) -> None:
         self.store = AuditStream(nc, name=stream, prefix=prefix, replicas=replicas, timeout=timeout)
-        self.writer = TrailWriter(self.store, append_deadline=append_deadline, spool=spool, max_backlog=max_backlog,
-                                  on_spooled_stored=on_spooled_stored, close_drain_s=close_drain_s,
-                                  spool_linger_s=spool_linger_s)
-        self.reader = TrailReader(self.store, before_read=self.writer.flush)
+        self.writer = TrailWriter(self.store, keys=keys, append_deadline=append_deadline, spool=spool,
+                                  max_backlog=max_backlog, on_spooled_stored=on_spooled_stored,
+                                  close_drain_s=close_drain_s, spool_linger_s=spool_linger_s)
+        self.checkpoints = Checkpoints(self.store, keys, checkpoint_file)
+        self.reader = TrailReader(self.store, keys=keys, checkpoints=self.checkpoints, before_read=self.writer.flush)
         # write-behind append (TrailWriter.submit): every decision calls it, so no hop in between
         self.submit: Callable[[list[AuditRecord]], None] = self.writer.submit
 
@@ -110,12 +118,15 @@ class AuditTrail:
         return self.store.config()
 
     async def ensure_stream(self) -> None:
-        """Create the stream, or bring an existing one's replica count in line."""
+        """Create the stream, or bring an existing one's replica count in line; and the checkpoints' bucket."""
         await self.store.ensure()
+        await self.checkpoints.ensure()
 
     async def close(self) -> None:
-        """Let the writer finish (the spool keeps what it could not append for the next start)."""
+        """Let the writer finish (the spool keeps what it could not append for the next start), then
+        take the last checkpoint when they run at an interval."""
         await self.writer.close()
+        await self.checkpoints.stop()
 
     # -- write -----------------------------------------------------------------------------
 

@@ -3,8 +3,10 @@
 Both are built by the composition root before the NATS connection exists, with its holder, and
 handed to the pipeline at construction. `RecordingAuditSink` is also a lifecycle component: at
 start it creates (or adjusts) the audit stream with `GROQPOLICY_NATS_REPLICAS` replicas, opens the
-spool (`<state_dir>/audit-spool`) and re-queues what a previous run left in it; at stop it closes
-the trail. It records every decision (spool or JetStream ack, by `GROQPOLICY_AUDIT_DURABILITY`)
+spool (`<state_dir>/audit-spool`), re-queues what a previous run left in it and starts the signed
+checkpoints (`<state_dir>/audit-checkpoint.json`, every `GROQPOLICY_AUDIT_CHECKPOINT_S`); at stop
+it closes the trail (which takes a last checkpoint). Records are signed with the record key the
+composition root loaded (controlplane.infra.recordkeys). It records every decision (spool or JetStream ack, by `GROQPOLICY_AUDIT_DURABILITY`)
 before the decision is answered, then counts it, so every decision that is served is both
 recorded and counted, and one that could not be recorded is neither (it fails).
 """
@@ -17,12 +19,14 @@ from typing import Any
 from bridge.kernel.config import ConfigError, Settings, audit_durability
 from bridge.kernel.vocabulary import TIER_TARGET_MS
 from controlplane.audit import AuditError, AuditRecord, AuditTrail, AuditUnavailable, StoredRecord
+from controlplane.audit.checkpoints import LOCAL_FILE
 from controlplane.audit.escalation import escalation_sink
 from controlplane.audit.evaluations import audit_record, batch_audit_record
 from controlplane.audit.spool import AuditSpool, SpoolError
 from controlplane.evaluation.interfaces import Source
 from controlplane.evaluation.schemas import EvaluateResponse
 from controlplane.infra.nats import NatsConnection
+from controlplane.infra.recordkeys import RecordKeys
 from controlplane.metrics.recorders import record_audit_append, record_decisions
 
 
@@ -53,13 +57,16 @@ class RecordingAuditSink:
     """The pipeline's `DecisionRecorder` (controlplane.evaluation.interfaces) on the audit trail:
     record first (spool or JetStream ack), then count the decision (right after the response)."""
 
-    def __init__(self, settings: Settings, nats: NatsConnection) -> None:
+    def __init__(self, settings: Settings, nats: NatsConnection, keys: RecordKeys) -> None:
         try:
             self.durability = audit_durability(settings.audit_durability)
         except ValueError as exc:
             raise ConfigError(f"GROQPOLICY_AUDIT_DURABILITY={settings.audit_durability!r}: {exc}") from None
+        if not settings.audit_checkpoint_s > 0:
+            raise ConfigError(f"GROQPOLICY_AUDIT_CHECKPOINT_S={settings.audit_checkpoint_s!r}: must be above 0")
         self._settings = settings
         self._nats = nats
+        self._keys = keys
         self.trail: AuditTrail | None = None  # once started
 
     async def start(self) -> None:
@@ -70,10 +77,12 @@ class RecordingAuditSink:
                 spool = AuditSpool(settings.state_dir / "audit-spool")
             except SpoolError as exc:
                 raise ConfigError(str(exc)) from None
-        trail = AuditTrail(self._nats.client, replicas=settings.nats_replicas, spool=spool,
-                           max_backlog=settings.audit_max_backlog, on_spooled_stored=_count_appends)
+        trail = AuditTrail(self._nats.client, keys=self._keys, checkpoint_file=settings.state_dir / LOCAL_FILE,
+                           replicas=settings.nats_replicas, spool=spool, max_backlog=settings.audit_max_backlog,
+                           on_spooled_stored=_count_appends)
         await trail.ensure_stream()
         await trail.resume_spool()
+        trail.checkpoints.start(settings.audit_checkpoint_s)
         self.trail = trail
 
     async def stop(self) -> None:

@@ -7,6 +7,7 @@ the new tail and goes again; one whose answer never came is adopted if it landed
 (controlplane.audit.adoption). Appending a record id stored in the last two minutes (a caller's
 retry, an OPA agent re-uploading a batch) returns the stored copy; the server refuses an atomic
 batch holding such a record (err_code 10201), and the writer then sends that batch one by one.
+Each commit is signed once, as it is sealed (controlplane.audit.signing).
 
 Write-behind (`submit`): the record is first written to the local spool (controlplane.audit.spool),
 then queued like any other; the caller does not wait for JetStream. Such a record is never dropped:
@@ -32,8 +33,10 @@ from controlplane.audit.adoption import LostAcks
 from controlplane.audit.errors import AuditError, AuditRecordTooLarge, AuditUnavailable, SpoolError
 from controlplane.audit.publisher import BatchPublisher, Outcome
 from controlplane.audit.records import SOURCES, AuditRecord, StoredRecord, now_rfc3339, seal
+from controlplane.audit.signing import sign_batch
 from controlplane.audit.spool import AuditSpool
 from controlplane.audit.stream import BATCH_HAS_DUPLICATE, WRONG_LAST_SEQUENCE, AuditStream, Rejected
+from controlplane.infra.recordkeys import RecordKeys
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +97,7 @@ class TrailWriter:
         self,
         store: AuditStream,
         *,
+        keys: RecordKeys,
         append_deadline: float = 30.0,
         spool: AuditSpool | None = None,
         max_backlog: int = MAX_BACKLOG,
@@ -102,6 +106,7 @@ class TrailWriter:
         spool_linger_s: float = SPOOL_LINGER_S,
     ) -> None:
         self.store = store
+        self.keys = keys  # signs each commit (controlplane.audit.signing)
         self.publisher = BatchPublisher(store)
         self.lost_acks = LostAcks(store)
         self.append_deadline = append_deadline
@@ -343,6 +348,8 @@ class TrailWriter:
             rec, data = seal(r, prev)
             chunk.append((rec, data))
             prev = rec.hash
+        # conditioned on `seq`, the chunk lands at seq+1.. or not at all: its signature can say where
+        chunk = sign_batch(chunk, self.keys, self.store.name, seq + 1)
         return chunk, seq, await self.publisher.publish(chunk, seq)
 
     async def _settle(self, commit: _Commit, chunk: list[tuple[AuditRecord, bytes]], seq: int, result: Outcome) -> None:

@@ -150,8 +150,8 @@ class EvaluationRuntime:
 
     @property
     def errors(self) -> list[str]:
-        """What did not load: stored policies at start, wasm revisions."""
-        return self.policies.start_errors + self.follower.errors
+        """What did not load: stored policies (at start, or refused by the store), wasm revisions."""
+        return self.policies.errors + self.follower.errors
 
     @property
     def infer(self) -> InferClient | None:

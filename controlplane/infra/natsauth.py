@@ -18,7 +18,8 @@ The roles (`permissions()`; each list is allow-only, and never empty: an empty a
 restriction" to nats-server):
 
     controlplane  policy KV + artifact object store (read/write, no create), audit stream (append and
-                  read; no create, update, delete or purge), policy.escalations, request groq.infer.*,
+                  read; no create, update, delete or purge), the audit checkpoints' bucket (get and
+                  put under its keys; no create), policy.escalations, request groq.infer.*,
                   the workers' $SRV.STATS (dashboard); serves policy.evaluate in its queue group only
     worker        serves groq.infer.* in its queue group only; reads and writes the judgments bucket
     gateway       requests groq.infer.*; nothing else
@@ -87,6 +88,7 @@ class Names(msgspec.Struct, frozen=True, kw_only=True):
     artifacts: str = "groqpolicy_artifacts"  # controlplane.policies.store.OBJECTS
     audit_stream: str = "GROQPOLICY_AUDIT"  # controlplane.audit.trail.STREAM
     audit_prefix: str = "audit"  # controlplane.audit.trail.PREFIX
+    audit_checkpoints: str = "groqpolicy_audit_checkpoints"  # controlplane.audit.checkpoints.BUCKET
     escalations: str = "policy.escalations"  # controlplane.audit.escalation.SUBJECT
     evaluate: str = "policy.evaluate"  # controlplane.evaluation.schemas.EVALUATE_SUBJECT
     evaluate_service: str = "groqpolicy-policy"  # controlplane.evaluation.nats_service.SERVICE_NAME
@@ -143,6 +145,9 @@ def _controlplane(n: Names) -> Permissions:
         _js("STREAM.MSG.GET", audit, "audit: the tail record, a record by sequence"),
         _js("DIRECT.GET", audit, "audit: batched reads"),
         Grant(f"{n.audit_prefix}.>", "audit appends (expected last sequence, atomic batches)"),
+        _js("STREAM.INFO", f"KV_{n.audit_checkpoints}", "open the audit checkpoints' bucket"),
+        _js("STREAM.MSG.GET", f"KV_{n.audit_checkpoints}", "audit verify: the checkpoint under each trusted key"),
+        Grant(f"$KV.{n.audit_checkpoints}.>", "export a signed checkpoint of the audit stream's head"),
         Grant(n.escalations, "constitutional escalation events"),
         Grant(f"{n.infer_prefix}.*", "model judgments from the workers"),
         Grant(f"$SRV.STATS.{n.worker_service}", "dashboard: the workers' counters"),
@@ -168,9 +173,10 @@ def _worker(n: Names) -> Permissions:
 
 def _bootstrap(n: Names) -> Permissions:
     kv, obs, audit, judgments = f"KV_{n.policy_bucket}", f"OBJ_{n.artifacts}", n.audit_stream, f"KV_{n.judgments}"
+    checkpoints = f"KV_{n.audit_checkpoints}"
     return Permissions(publish=(
         *(_js(verb, stream, f"create {stream} where it is missing")
-          for stream in (kv, obs, audit, judgments) for verb in ("STREAM.INFO", "STREAM.CREATE")),
+          for stream in (kv, obs, audit, checkpoints, judgments) for verb in ("STREAM.INFO", "STREAM.CREATE")),
         _js("STREAM.UPDATE", audit, "bring the audit stream's replicas / atomic batches in line"),
     ), subscribe=(_inbox("bootstrap"),))
 

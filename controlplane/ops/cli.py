@@ -161,7 +161,7 @@ def _add_audit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     tail.add_argument("-f", "--follow", action="store_true")
     _client_opts(tail)
     tail.set_defaults(func=commands.cmd_audit_tail)
-    ver = au_sub.add_parser("verify", help="check the whole hash chain")
+    ver = au_sub.add_parser("verify", help="check the whole chain: hashes, links, signatures, the last checkpoint")
     _client_opts(ver)
     ver.set_defaults(func=commands.cmd_audit_verify)
 

@@ -287,12 +287,20 @@ def cmd_audit_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Hashes, links, signatures and the last checkpoint; the first bad record and why (exit 1)."""
     with _client(args) as api:
         report = api.get("/api/v1/audit/verify")
+    cp = report.get("checkpoint")
+    against = (f"length checked against checkpoint seq {cp['seq']} ({cp['time']}, key {cp['kid']})" if cp
+               else "no checkpoint taken yet to check the length against")
     if report.get("ok"):
-        print(f"audit chain intact: {report.get('checked', 0)} records verified")
+        signers = ", ".join(f"{kid} ({n})" for kid, n in sorted((report.get("signers") or {}).items())) or "none"
+        print(f"audit chain intact: {report.get('checked', 0)} records verified (hashes, links, signatures); "
+              f"signed by {signers}; {against}")
         return 0
-    print(f"audit chain BROKEN at seq {report.get('first_bad_seq')}: {report.get('reason')}", file=sys.stderr)
+    print(f"audit chain BROKEN at seq {report.get('first_bad_seq')}: {report.get('problem')}: {report.get('reason')}",
+          file=sys.stderr)
+    print(f"{report.get('bad', 0)} bad record(s) among {report.get('checked', 0)}; {against}", file=sys.stderr)
     return 1
 
 

@@ -85,6 +85,12 @@ class PolicyService:
     async def stop(self) -> None:
         await self.store.close()
 
+    @property
+    def errors(self) -> list[str]:
+        """What keeps the stored policies from being served as stored: start-up failures, and every
+        value the store refused (unsigned, forged, unknown key, replayed: controlplane.policies.store)."""
+        return self.start_errors + list(self.store.refused.values())
+
     async def _on_change(self) -> None:
         try:
             await self.reconcile()

@@ -5,6 +5,14 @@ planes on one NATS share one state; `on_change` tells the owner when the view mo
 The store is built before the NATS connection exists: it gets a way to the JetStream context
 (`jetstream()`) and takes it when opened. Until then it holds no records, and a call that needs
 JetStream is refused as unavailable (503).
+
+Every value it writes is signed with the control plane's record key, deletions included
+(controlplane.policies.signed), and every value it reads is checked: one that does not verify (written
+straight into the bucket by someone without the key), or an older signed version put back over a
+newer one or over its deletion, never enters the view, so it is never compiled or served; the version the view held keeps
+serving. Each refusal is logged and kept in `refused` (the service reports it, `/health` shows it)
+until a trusted value for that key arrives. An unsigned deletion of a key the view holds no trusted
+version of is accepted: there is nothing to protect, and it is how an operator clears a refused key.
 """
 
 from __future__ import annotations
@@ -16,7 +24,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
-import msgspec
 import nats.errors
 from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
 from nats.js.client import JetStreamContext
@@ -32,7 +39,17 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from nats.js.object_store import ObjectStore
 
 from bridge.kernel.errors import Conflict, GroqPolicyError, Unavailable
+from controlplane.infra.recordkeys import RecordKeys
 from controlplane.policies.schemas import PolicyRecord
+from controlplane.policies.signed import (
+    MALFORMED,
+    REPLAYED,
+    Opened,
+    check_deletion,
+    open_record,
+    seal_deletion,
+    seal_record,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +58,8 @@ OBJECTS = "groqpolicy_artifacts"
 HISTORY = 64  # JetStream's maximum: the last 64 versions of each policy
 PREFIX = "policy."
 
-_decode = msgspec.json.Decoder(PolicyRecord).decode
-_encode = msgspec.json.Encoder().encode
+KV_OPERATION = "KV-Operation"  # the header nats-py's KV reads a delete marker by
+WRONG_LAST_SEQUENCE = 10071  # JetStream's err_code: the key moved since the revision a write expected
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
@@ -75,8 +92,10 @@ def key_for(rule_id: uuid.UUID) -> str:
 
 
 class PolicyStore:
-    def __init__(self, jetstream: Callable[[], JetStreamContext], replicas: int = 1) -> None:
+    def __init__(self, jetstream: Callable[[], JetStreamContext], replicas: int = 1, *, keys: RecordKeys) -> None:
         self.jetstream, self.replicas = jetstream, replicas
+        self.keys = keys  # signs what is written, and decides what read is trusted
+        self.refused: dict[str, str] = {}  # KV key -> why its newest value is not used
         self.kv: KeyValue | None = None
         self.obs: ObjectStore | None = None
         # rule_id -> (record, KV revision); deleted ids keep their revision to ignore stale updates
@@ -172,38 +191,71 @@ class PolicyStore:
         async for entry in watcher:
             if entry is None:
                 continue
-            try:
-                changed = self._apply(entry)
-            except msgspec.DecodeError as exc:
-                log.error("policy KV: %s: undecodable record skipped: %s", entry.key, exc)
-                continue
+            changed = self._apply(entry)
             if changed and self.on_change is not None:
                 try:
                     await self.on_change()
                 except Exception:
                     log.exception("policy KV: reacting to %s failed", entry.key)
 
-    def _apply(self, entry) -> bool:
+    def _apply(self, entry: KeyValue.Entry) -> bool:
+        """Take one watched entry into the view if it can be trusted; whether the view changed."""
         if not entry.key.startswith(PREFIX):
             return False
-        rule_id = uuid.UUID(entry.key[len(PREFIX):])
+        try:
+            rule_id = uuid.UUID(entry.key[len(PREFIX):])
+        except ValueError:
+            self._refuse(entry.key, entry.revision, Opened(None, MALFORMED, "the key names no policy id"))
+            return False
         current = self.view.get(rule_id)
         last = max(current[1] if current else 0, self._deleted.get(rule_id, 0))
-        if entry.revision <= last:
+        if entry.revision is None or entry.revision <= last:
             return False
         if entry.operation in (KV_DEL, KV_PURGE):
+            deletion = check_deletion(entry.key, entry.value, self.keys)
+            if deletion.problem and current is not None:
+                self._refuse(entry.key, entry.revision, deletion, current)
+                return False
+            self.refused.pop(entry.key, None)
             self.view.pop(rule_id, None)
             self._deleted[rule_id] = entry.revision
             self._records = None
             return True
-        self.view[rule_id] = (_decode(entry.value), entry.revision)
+        opened = self._opened(entry.key, entry.value, current)
+        if opened.record is None:
+            self._refuse(entry.key, entry.revision, opened, current)
+            return False
+        self.refused.pop(entry.key, None)
+        self.view[rule_id] = (opened.record, entry.revision)
         self._records = None
         return True
+
+    def _opened(self, key: str, value: bytes | None, current: tuple[PolicyRecord, int] | None) -> Opened:
+        """The stored value checked: its signature, and that it does not go back behind the version held
+        (nor bring back a policy deleted since this replica started: ids are never reused)."""
+        opened = open_record(key, value, self.keys)
+        if opened.record is None:
+            return opened
+        if current is not None and opened.record.version < current[0].version:
+            return Opened(None, REPLAYED, f"version {opened.record.version} put back over version {current[0].version}")
+        if current is None and opened.record.rule_id in self._deleted:
+            return Opened(None, REPLAYED, f"version {opened.record.version} put back after the policy was deleted")
+        return opened
+
+    def _refuse(self, key: str, revision: int | None, opened: Opened,
+                held: tuple[PolicyRecord, int] | None = None) -> None:
+        keeps = f"; version {held[0].version} keeps serving" if held is not None else ""
+        message = f"policy {key[len(PREFIX):]} (KV revision {revision}): refused, {opened.problem}: {opened.reason}{keeps}"
+        if self.refused.get(key) != message:
+            log.error("policy store: %s", message)
+        self.refused[key] = message
 
     # -- writes (each also updates the local view at once: read-your-writes on this replica) ----
     @_unavailable
     async def create(self, record: PolicyRecord) -> int:
-        revision = await self._kv().create(key_for(record.rule_id), _encode(record))
+        key = key_for(record.rule_id)
+        revision = await self._kv().create(key, seal_record(key, record, self.keys))
+        self.refused.pop(key, None)  # a trusted value now stands over whatever was refused
         self.view[record.rule_id] = (record, revision)
         self._records = None
         return revision
@@ -211,47 +263,72 @@ class PolicyStore:
     @_unavailable
     async def update(self, record: PolicyRecord, last: int) -> int:
         try:
-            revision = await self._kv().update(key_for(record.rule_id), _encode(record), last=last)
+            key = key_for(record.rule_id)
+            revision = await self._kv().update(key, seal_record(key, record, self.keys), last=last)
         except KeyWrongLastSequenceError:
             raise StoreConflict(f"policy {record.rule_id}: changed concurrently (expected KV revision {last}); retry") from None
+        self.refused.pop(key, None)
         self.view[record.rule_id] = (record, revision)
         self._records = None
         return revision
 
     @_unavailable
     async def delete(self, rule_id: uuid.UUID, last: int) -> None:
+        """A signed delete marker, published as nats-py's KV would publish an unsigned one (it takes no body)."""
+        key = key_for(rule_id)
+        self._kv()  # raises StoreUnavailable before the store is open, like every other write
+        headers = {KV_OPERATION: KV_DEL, "Nats-Expected-Last-Subject-Sequence": str(last)}
         try:
-            revision = await self._kv().delete(key_for(rule_id), last=last)
-        except (KeyWrongLastSequenceError, APIError) as exc:
-            if not isinstance(exc, KeyWrongLastSequenceError) and getattr(exc, "err_code", 0) != 10071:
+            ack = await self.jetstream().publish(f"$KV.{BUCKET}.{key}", seal_deletion(key, self.keys), headers=headers)
+        except APIError as exc:
+            if exc.err_code != WRONG_LAST_SEQUENCE:
                 raise
             raise StoreConflict(f"policy {rule_id}: changed concurrently (expected KV revision {last}); retry") from None
+        self.refused.pop(key, None)
         self.view.pop(rule_id, None)
         self._records = None
-        if isinstance(revision, int):
-            self._deleted[rule_id] = revision
+        self._deleted[rule_id] = ack.seq
 
     # -- reads -----------------------------------------------------------------------------
     @_unavailable
     async def get(self, rule_id: uuid.UUID) -> tuple[PolicyRecord, int] | None:
-        """The latest stored version, read from the KV (not the view): fresh across replicas."""
+        """The latest trusted version, read from the KV (not the view): fresh across replicas; and the
+        KV revision a write must follow.
+
+        When the newest value is refused (see the module's docstring), the version this replica trusts
+        comes back instead, with the refused value's revision: an update or delete through the API
+        then replaces the refused value."""
+        key = key_for(rule_id)
         try:
-            entry = await self._kv().get(key_for(rule_id))
-        except (KeyNotFoundError, KeyDeletedError):
-            return None
+            entry = await self._kv().get(key)
+        except (KeyNotFoundError, KeyDeletedError) as exc:  # nats-py: a delete marker, or no key at all
+            marker = exc.entry
+            if marker is None or not check_deletion(key, marker.value, self.keys).problem:
+                return None
+            return self._trusted_instead(rule_id, marker.revision)
         if entry.value is None or entry.revision is None:
             return None
+        opened = self._opened(key, entry.value, self.view.get(rule_id))
+        if opened.record is None:
+            return self._trusted_instead(rule_id, entry.revision)
         # not applied to the view: the watch must still see this revision as new, so that this
         # replica rebuilds its bundle for it (a GET racing ahead of the watch must not swallow it)
-        return _decode(entry.value), entry.revision
+        return opened.record, entry.revision
+
+    def _trusted_instead(self, rule_id: uuid.UUID, revision: int | None) -> tuple[PolicyRecord, int] | None:
+        held = self.view.get(rule_id)
+        return (held[0], revision or held[1]) if held is not None else None
 
     @_unavailable
     async def history(self, rule_id: uuid.UUID) -> list[PolicyRecord]:
+        """Every trusted stored version, oldest first (a refused value is not one)."""
+        key = key_for(rule_id)
         try:
-            entries = await self._kv().history(key_for(rule_id))
+            entries = await self._kv().history(key)
         except NotFoundError:
             return []
-        return [_decode(e.value) for e in entries if e.value and e.operation not in (KV_DEL, KV_PURGE)]
+        opened = (open_record(key, e.value, self.keys) for e in entries if e.value and e.operation not in (KV_DEL, KV_PURGE))
+        return [o.record for o in opened if o.record is not None]
 
     def records(self) -> list[PolicyRecord]:
         """Every stored record; the same list object until the view changes (do not modify it)."""
