@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
@@ -31,16 +32,21 @@ from controlplane.bundles.controllers import BundleApi, BundleServer
 from controlplane.bundles.revisions import RevisionStore
 from controlplane.dashboard import DashboardController, dashboard_templates
 from controlplane.evaluation.controllers import EvaluationController, GroqController, OpaController
+from controlplane.infra.nats import NatsConnection
+from controlplane.infra.supervision import read_status
 from controlplane.metrics.controllers import metrics, timing_middleware
 from controlplane.policies.controllers import PolicyController
 from controlplane.routes import get
 from controlplane.services import Lifecycle, Services, Step
 
 log = logging.getLogger(__name__)
+RETRY_AFTER_S = 1
 
 
 def _product_error(_: Request, exc: GroqPolicyError) -> Response:
-    return Response(content=error_document(exc), status_code=exc.status)
+    # a 503 is temporary (NATS reconnecting, a backlog draining): say when to try again
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if exc.status == 503 else None
+    return Response(content=error_document(exc), status_code=exc.status, headers=headers)
 
 
 def _http_error(_: Request, exc: HTTPException) -> Response:
@@ -51,12 +57,17 @@ def _http_error(_: Request, exc: HTTPException) -> Response:
 
 
 @get("/health", tags=["ops"], summary="Liveness and what is loaded", opt={"public": True})
-async def health(revisions: NamedDependency[RevisionStore], errors: NamedDependency[list[str]]) -> dict:
+async def health(revisions: NamedDependency[RevisionStore], errors: NamedDependency[list[str]],
+                 nats: NamedDependency[NatsConnection], settings: NamedDependency[Settings]) -> dict:
+    supervisor = read_status(settings.state_dir)  # `groqpolicy up`'s view of its children, if it runs us
+    degraded = bool(errors) or not nats.connected or bool(supervisor and supervisor.degraded)
     return {
-        "status": "ok" if not errors else "degraded",
+        "status": "degraded" if degraded else "ok",
         "constitutional_hash": CONSTITUTIONAL_HASH,
         "bundles": [f"{r.bundle}/{r.target}@{r.revision}" for r in revisions.bundles()],
         "errors": errors,  # start-up publishing, stored policies, wasm loads
+        "nats": nats.connected,
+        **({"supervisor": msgspec.to_builtins(supervisor)} if supervisor is not None else {}),
     }
 
 

@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import anyio
+from nats.aio.client import Client as NatsClient
 
+from bridge.inference.cache import KVCache
 from bridge.inference.catalog import default_catalog
-from bridge.kernel.config import Settings
+from bridge.kernel.config import NatsSettings, Settings
 from bridge.kernel.errors import GroqPolicyError
 from bridge.opabundle.keys import SigningKey
 from bridge.opawasm import HostConfig, WasmEvaluator
@@ -38,7 +40,8 @@ from controlplane.evaluation.pipeline import Pipeline
 from controlplane.evaluation.runtime import EvaluationRuntime, ModelClient, RevisionFollower
 from controlplane.evaluation.scheduling import WASM_POOL_SIZE
 from controlplane.infra.nats import NatsConnection
-from controlplane.infra.recordkeys import ensure_record_keys
+from controlplane.infra.natsauth import Step as NatsStep
+from controlplane.infra.recordkeys import RecordKeys, ensure_record_keys
 from controlplane.metrics.gauges import StoreGauges
 from controlplane.policies.bundler import PolicyBundler
 from controlplane.policies.service import PolicyService
@@ -120,7 +123,7 @@ class Services:
         key = ensure_signing_key(settings)
         compiler = Compiler(settings.rego_root)
         publisher = BundlePublisher(compiler, store, key, settings.rego_root, overlay=settings.bundle_overlay())
-        nats = NatsConnection(settings)
+        nats = NatsConnection(settings, NatsSettings.from_env(), bootstrap_steps=jetstream_steps(settings))
         record_keys = ensure_record_keys(settings)  # signs audit records, checkpoints and policy records
         recorder = RecordingAuditSink(settings, nats, record_keys)
         models = ModelClient(nats, cache_size=settings.gateway_cache_size)
@@ -183,3 +186,25 @@ class Services:
         except GroqPolicyError as exc:
             self.startup_errors.append(str(exc))
             log.error("bundle publish at start failed: %s", exc)
+
+
+def jetstream_steps(settings: Settings) -> list[NatsStep]:
+    """The streams and buckets the product needs, each made by its owner's own get-or-create code.
+    Run by whoever starts nats-server (the supervisor, an embedded server), as the bootstrap
+    identity, before any other role connects: no running role may create or update a stream."""
+
+    # creating a stream signs nothing: the owners' constructors ask for record keys, and a key held
+    # in memory for the moment keeps the private key out of whoever bootstraps (the supervisor)
+    unused = RecordKeys.generate()
+
+    async def audit_stream(nc: NatsClient) -> None:  # and its checkpoints' bucket
+        await AuditTrail(nc, keys=unused, replicas=settings.nats_replicas).ensure_stream()
+
+    async def policy_store(nc: NatsClient) -> None:
+        await PolicyStore(nc.jetstream, replicas=settings.nats_replicas, keys=unused).ensure()
+
+    async def judgments(nc: NatsClient) -> None:
+        await KVCache.ensure(nc.jetstream())
+
+    return [audit_stream, policy_store, judgments]
+

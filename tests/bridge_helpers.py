@@ -13,13 +13,14 @@ from pathlib import Path
 import groq
 import httpx
 import msgspec
-import nats
 
 from bridge.emulator import EmulatorConfig, GroqEmulator, create_app
 from bridge.inference.catalog import default_catalog
+from bridge.inference.connect import connect
 from bridge.inference.gateway import create_app as create_gateway
 from bridge.inference.serving import ThreadServer
 from bridge.inference.worker import EngineSettings, GroqConnection, InferenceEngine, start_worker, stop_worker
+from bridge.kernel.config import NatsSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -86,9 +87,11 @@ def spawn_worker(nats_url: str, emulator_url: str, log_path: Path, **env_extra: 
     return proc
 
 
-async def wait_for_workers(nats_url: str, count: int, timeout: float = 20.0) -> list[dict]:
-    """Poll $SRV.PING.groqpolicy-inference until `count` workers answer."""
-    nc = await nats.connect(nats_url)
+async def wait_for_workers(nats_url: str, count: int, timeout: float = 20.0,
+                           credential: NatsSettings | None = None) -> list[dict]:
+    """Poll $SRV.PING.groqpolicy-inference until `count` workers answer. On an authenticated server
+    pass the `ops` identity's credential (discovery is all it may do)."""
+    nc = await connect(nats_url, role="ops", settings=credential or NatsSettings())
     try:
         deadline = time.monotonic() + timeout
         while True:

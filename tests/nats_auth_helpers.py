@@ -20,14 +20,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from nats.aio.client import Client
 
-from bridge.inference.cache import KVCache
 from bridge.inference.connect import connect
-from bridge.kernel.config import NatsSettings
-from controlplane.audit.trail import AuditTrail
+from bridge.kernel.config import NatsSettings, Settings
 from controlplane.infra.natsauth import NatsAuth, Permissions
 from controlplane.infra.processes import ManagedProcess, start_nats
 from controlplane.infra.recordkeys import RecordKeys
-from controlplane.policies.store import PolicyStore
+from controlplane.services import jetstream_steps
 
 RECORD_KEYS = RecordKeys.generate()  # the control plane's record key (controlplane.infra.recordkeys)
 
@@ -53,22 +51,8 @@ class Reports:
         return found[-1]
 
 
-async def open_policy_store(nc: Client) -> None:
-    store = PolicyStore(nc.jetstream, keys=RECORD_KEYS)
-    await store.open()
-    await store.close()
-
-
-async def ensure_audit_stream(nc: Client) -> None:
-    await AuditTrail(nc, keys=RECORD_KEYS).ensure_stream()
-
-
-async def open_judgments(nc: Client) -> None:
-    await KVCache.open(nc.jetstream())
-
-
 # the product's own get-or-create code, as the supervisor runs it before any other role connects
-PRODUCT_STEPS = (open_policy_store, ensure_audit_stream, open_judgments)
+PRODUCT_STEPS = tuple(jetstream_steps(Settings()))
 
 
 def start_auth_nats(root: Path) -> tuple[ManagedProcess, NatsAuth]:

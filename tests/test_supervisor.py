@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -12,8 +15,23 @@ from pathlib import Path
 import httpx
 import pytest
 
-from controlplane.infra.processes import free_port
+from bridge.inference.connect import NatsCredentialRefused, connect
+from bridge.kernel.config import NatsSettings
+from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
+from controlplane.infra.natsauth import NatsAuth
+from controlplane.infra.processes import free_port, spawn
+from controlplane.infra.supervision import (
+    Child,
+    ChildStatus,
+    RestartPolicy,
+    Supervisor,
+    SupervisorStatus,
+    read_status,
+    status_path,
+    write_status,
+)
 from tests.conftest import REPO_ROOT
+from tests.controlplane_helpers import ADMIN_TOKEN, bearer, make_settings, running_control_plane
 
 pytestmark = pytest.mark.slow
 
@@ -76,6 +94,38 @@ def wait_up(proc: subprocess.Popen, log: Path, timeout: float = 180) -> str:
     raise AssertionError(f"groqpolicy up did not come up:\n{log.read_text()}")
 
 
+async def check_nats_admits_only_its_identities(url: str, state: Path) -> None:
+    """The embedded server refuses an anonymous client; the generated tool identity may ask for a decision."""
+    with pytest.raises(NatsCredentialRefused, match="anonymous connection"):
+        await connect(url, role="tool", settings=NatsSettings(connect_timeout_s=5))
+    auth = NatsAuth(state / "nats" / "auth")
+    assert stat.S_IMODE(os.stat(auth.seed_file("tool")).st_mode) == 0o600
+    nc = await connect(url, role="tool", settings=auth.credential("tool"))
+    try:
+        body = {"input_context": {"principal": {"id": "alice"}}, "constitutional_hash": CONSTITUTIONAL_HASH}
+        reply = await nc.request("policy.evaluate", json.dumps(body).encode(), timeout=30)
+        assert json.loads(reply.data)["decision"] in ("allow", "deny", "review")
+    finally:
+        await nc.close()
+
+
+def check_a_killed_worker_comes_back(cp: str, log: Path) -> None:
+    """kill -9 of one worker: one line in the supervisor's log, a new worker, and /health says so."""
+    def children() -> dict[str, dict]:
+        return {c["name"]: c for c in httpx.get(f"{cp}/health", timeout=10).json()["supervisor"]["children"]}
+
+    before = children()
+    assert {c["state"] for c in before.values()} == {"running"}
+    os.kill(before["inference worker 1"]["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while (now := children()["inference worker 1"])["state"] != "running" or now["pid"] == before["inference worker 1"]["pid"]:
+        assert time.monotonic() < deadline, now
+        time.sleep(0.2)
+    assert (now["restarts"], now["last_exit"]) == (1, -signal.SIGKILL)
+    assert "inference worker 1 was killed by SIGKILL; restarting in" in log.read_text()
+    assert httpx.get(f"{cp}/health", timeout=10).json()["status"] == "ok"
+
+
 def test_up_runs_the_system_stops_cleanly_and_reuses_state(tmp_path):
     state = tmp_path / "state"
     ports = {name: free_port() for name in ("cp", "agent", "nats", "bridge")}
@@ -89,7 +139,9 @@ def test_up_runs_the_system_stops_cleanly_and_reuses_state(tmp_path):
         assert "(model) -> allow" in text or "(model) -> deny" in text or "(model) -> review" in text
         assert "/v1/infer/fast             -> allow by" in text
         kids = children_of(proc.pid)
-        assert len(kids) >= 5, kids  # nats-server, worker, gateway, control plane, opa agent
+        assert len(kids) == 7, kids  # nats-server, emulator, 2 workers, gateway, control plane, opa agent
+        asyncio.run(check_nats_admits_only_its_identities(f"nats://127.0.0.1:{ports['nats']}", state))
+        check_a_killed_worker_comes_back(f"http://127.0.0.1:{ports['cp']}", log)
         agent = f"http://127.0.0.1:{ports['agent']}"
         r = httpx.post(f"{agent}/v1/data/groqpolicy/policies/security_policies/decision", json={"input": {
             "principal": {"id": "bob", "roles": ["viewer"], "mfa": True, "source_ip": "10.1.2.3"},
@@ -113,3 +165,92 @@ def test_up_runs_the_system_stops_cleanly_and_reuses_state(tmp_path):
         proc.wait(timeout=30)
     assert {(b["target"], b["revision"], b["etag"]) for b in second} == {(b["target"], b["revision"], b["etag"]) for b in first}
     assert len(list((state / "keys").glob("*.pem"))) == 2  # private + public, generated once
+
+
+# -- supervision, on small stand-in children (fast) ---------------------------------------------
+
+def _sleeper(tmp_path: Path, name: str, seconds: float = 60) -> Child:
+    """A child that runs `sleep` and is ready at once; killing it is the test's business."""
+    return Child(name, lambda: spawn(name, ["sleep", str(seconds)], tmp_path / f"{name}.log"), ready=lambda _: True)
+
+
+def _until(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def test_a_child_that_dies_is_restarted_and_reported(tmp_path):
+    said: list[str] = []
+    sup = Supervisor(tmp_path / "supervisor.json", RestartPolicy(first_delay_s=0.05), say=said.append)
+    try:
+        first = sup.start(_sleeper(tmp_path, "worker"))
+        sup.start(_sleeper(tmp_path, "gateway"))
+        first.kill()
+        _until(lambda: (sup.poll(), sup.process("worker").proc.pid != first.proc.pid and sup.runs[0].state == "running")[1])
+        assert said[0].startswith("worker was killed by SIGKILL; restarting in 0.05s (restart 1 of 5")
+        assert said[1].startswith("worker is back")
+        status = read_status(tmp_path)
+        assert status is not None and status.degraded == []
+        assert [(c.name, c.state, c.restarts, c.last_exit) for c in status.children] == [
+            ("worker", "running", 1, -9), ("gateway", "running", 0, None)]
+        assert stat.S_IMODE(os.stat(tmp_path / "supervisor.json").st_mode) == 0o600
+    finally:
+        sup.stop_all()
+    assert not (tmp_path / "supervisor.json").exists()
+
+
+def test_a_child_that_keeps_dying_waits_longer_each_time_and_is_given_up(tmp_path):
+    said: list[str] = []
+    policy = RestartPolicy(first_delay_s=0.05, max_delay_s=0.2, budget=3, window_s=60)
+    sup = Supervisor(tmp_path / "supervisor.json", policy, say=said.append)
+    crashing = Child("crasher", lambda: spawn("crasher", ["sh", "-c", "sleep 0.2; exit 3"], tmp_path / "crasher.log"),
+                     ready=lambda _: True)
+    try:
+        sup.start(_sleeper(tmp_path, "steady"))
+        sup.start(crashing)
+        _until(lambda: (sup.poll(), sup.runs[1].state == "failed")[1])
+        delays = [line.split("restarting in ")[1].split("s ")[0] for line in said if "restarting in" in line]
+        assert delays == ["0.05", "0.10", "0.20"]  # doubling up to the maximum
+        assert said[-1].startswith("GIVING UP on crasher: it exited with 3, its death number 4 within 60s")
+        status = read_status(tmp_path)
+        assert status is not None and status.degraded == ["crasher"]
+        assert sup.runs[0].state == "running"  # the others keep running
+        assert [line for line in said if "steady" in line] == []
+    finally:
+        sup.stop_all()
+
+
+def test_a_status_file_left_by_a_dead_supervisor_is_ignored(tmp_path):
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    write_status(status_path(tmp_path), SupervisorStatus(pid=gone.pid, started_at=time.time()))
+    assert read_status(tmp_path) is None
+    (tmp_path / "supervisor.json").write_text("{torn")
+    assert read_status(tmp_path) is None
+
+
+def test_restart_delay_doubles_up_to_its_maximum():
+    policy = RestartPolicy(first_delay_s=0.25, max_delay_s=2.0)
+    assert [policy.delay(n) for n in range(1, 6)] == [0.25, 0.5, 1.0, 2.0, 2.0]
+
+
+def test_health_and_the_dashboard_show_the_supervisors_view(tmp_path, nats_server):
+    settings = make_settings(tmp_path / "state", nats_url=nats_server.extra["url"])
+    settings.state_dir.mkdir(parents=True)
+    children = [ChildStatus(name="nats-server", state="running", pid=11, since=time.time()),
+                ChildStatus(name="inference worker 1", state="restarting", pid=12, restarts=2, last_exit=-9,
+                            since=time.time())]
+    write_status(status_path(settings.state_dir), SupervisorStatus(pid=os.getpid(), started_at=time.time(),
+                                                                   children=children))
+    with running_control_plane(settings), httpx.Client(base_url=settings.base_url, timeout=30) as client:
+        health = client.get("/health").json()
+        assert health["status"] == "degraded" and health["nats"] is True
+        assert [(c["name"], c["state"], c["restarts"]) for c in health["supervisor"]["children"]] == [
+            ("nats-server", "running", 0), ("inference worker 1", "restarting", 2)]
+        page = client.get("/", headers=bearer(ADMIN_TOKEN)).text
+        assert 'data-process="inference worker 1"' in page and ">restarting</span>" in page
+        status_path(settings.state_dir).unlink()  # no supervisor: /health says nothing about one
+        health = client.get("/health").json()
+        assert "supervisor" not in health and health["status"] == "ok"

@@ -4,19 +4,22 @@ shared by every worker. Keys are SHA-256 over the canonical request, so they are
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
 import msgspec
+import nats.errors
 from nats.js.client import JetStreamContext
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from bridge.inference.prompts import TEMPLATE_VERSION
 from bridge.inference.wire import InferReply, InferRequest
 
+log = logging.getLogger("groqpolicy.cache")
 V = TypeVar("V")
 _key_encoder = msgspec.json.Encoder(order="sorted")
 
@@ -88,13 +91,32 @@ class KVCache:
         self._dec = msgspec.json.Decoder(L2Entry)
 
     @classmethod
-    async def open(cls, js: JetStreamContext, bucket: str = BUCKET, ttl_s: float = 3600.0) -> KVCache:
+    async def ensure(cls, js: JetStreamContext, bucket: str = BUCKET, ttl_s: float = 3600.0) -> KeyValue:
+        """Get or create the bucket: what NATS's bootstrap runs (no worker may create streams)."""
         try:
-            kv = await js.key_value(bucket)
-        except Exception:  # noqa: BLE001 - BucketNotFoundError, or a stream that is not a bucket yet
-            kv = await js.create_key_value(bucket=bucket, ttl=ttl_s, history=1,
-                                           description="groqpolicy: cached Groq judgments (L2)")
-        return cls(kv)
+            return await js.key_value(bucket)
+        except BucketNotFoundError:
+            return await js.create_key_value(bucket=bucket, ttl=ttl_s, history=1,
+                                             description="groqpolicy: cached Groq judgments (L2)")
+
+    @classmethod
+    async def open(cls, js: JetStreamContext, bucket: str = BUCKET, ttl_s: float = 3600.0) -> KVCache | None:
+        """The shared L2 cache, or None when the bucket is missing and this identity may not create it.
+
+        A worker on an authenticated server holds no create right, so a bucket that nobody created
+        (the bootstrap was skipped, an admin's cluster without it) would otherwise stop it from
+        serving at all; L2 is an optimisation, so the worker serves without it and says so."""
+        try:
+            return cls(await js.key_value(bucket))
+        except BucketNotFoundError:
+            pass
+        try:
+            return cls(await cls.ensure(js, bucket, ttl_s))
+        except nats.errors.Error as exc:  # refused (a timeout) or JetStream's own error
+            log.warning("judgment cache: bucket %s is missing and could not be created (%s); serving without the "
+                        "shared L2 cache. `groqpolicy up` creates it at start; on a cluster you run, ask its admin "
+                        "to create it", bucket, type(exc).__name__)
+            return None
 
     async def get(self, key: str) -> tuple[InferReply, float] | None:
         """(reply, seconds left) or None; a broken entry is a miss."""

@@ -162,23 +162,35 @@ def _tls_context(settings: NatsSettings) -> ssl.SSLContext:
     return ctx
 
 
+def servers(url: str) -> list[str]:
+    """The server URLs of `url`: one, or a cluster's several separated by commas (nats-server's own
+    spelling, e.g. `nats://n1:4222,nats://n2:4222`), so a process can start while one node is down."""
+    found = [part.strip() for part in url.split(",") if part.strip()]
+    if not found:
+        raise ConfigError("NATS URL: empty")
+    return found
+
+
 def _loopback(url: str) -> bool:
-    host = urlparse(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    for server in servers(url):
+        host = urlparse(server).hostname or ""
+        if host == "localhost":
+            continue
+        try:
+            if not ipaddress.ip_address(host).is_loopback:
+                return False
+        except ValueError:
+            return False
+    return True
 
 
 def wants_tls(url: str, settings: NatsSettings) -> bool:
-    return settings.tls or urlparse(url).scheme == "tls"
+    return settings.tls or any(urlparse(server).scheme == "tls" for server in servers(url))
 
 
 def connect_options(url: str, settings: NatsSettings, role: str) -> dict[str, Any]:
     """nats-py `connect()` keyword arguments for this credential, TLS and role (files checked)."""
-    if urlparse(url).username or urlparse(url).password:
+    if any(urlparse(server).username or urlparse(server).password for server in servers(url)):
         raise ConfigError("NATS URL: carries user info; set GROQPOLICY_NATS_USER and GROQPOLICY_NATS_PASSWORD instead "
                           "(nats-py does not percent-decode the URL's password)")
     options: dict[str, Any] = {"inbox_prefix": inbox_prefix(role)}
@@ -195,7 +207,8 @@ def connect_options(url: str, settings: NatsSettings, role: str) -> dict[str, An
         options["nkeys_seed_str"] = settings.nkey_seed
     elif settings.user:
         if not wants_tls(url, settings) and not _loopback(url):
-            raise ConfigError(f"GROQPOLICY_NATS_PASSWORD: would cross the network in clear text to {urlparse(url).hostname}; "
+            raise ConfigError(f"GROQPOLICY_NATS_PASSWORD: would cross the network in clear text to "
+                              f"{', '.join(str(urlparse(server).hostname) for server in servers(url))}; "
                               "configure TLS (GROQPOLICY_NATS_TLS_CA or a tls:// URL)")
         options["user"] = settings.user
         options["password"] = settings.password
@@ -319,7 +332,7 @@ async def connect(url: str, *, role: str, settings: NatsSettings | None = None, 
     options.setdefault("max_reconnect_attempts", -1)
     options.setdefault("allow_reconnect", True)
     options.setdefault("connect_timeout", min(5.0, settings.connect_timeout_s))
-    attempt = asyncio.ensure_future(nc.connect(url, name=name or f"groqpolicy-{role}", error_cb=first.on_error,
+    attempt = asyncio.ensure_future(nc.connect(servers(url), name=name or f"groqpolicy-{role}", error_cb=first.on_error,
                                                **opts, **options))
     try:
         racers: list[asyncio.Future[Any]] = [attempt, first.fatal]
@@ -370,5 +383,5 @@ async def _abandon(nc: NatsClient, attempt: asyncio.Future) -> None:
 
 __all__ = [
     "NatsCredentialRefused", "NatsTlsError", "NatsUnreachable", "ViolationLog", "check_creds", "check_user_seed",
-    "connect", "connect_options", "describe", "inbox_prefix",
+    "connect", "connect_options", "describe", "inbox_prefix", "servers",
 ]

@@ -163,12 +163,18 @@ class SupervisorSettings(_Section, kw_only=True):
     nats_port: int = 4222
     gateway_port: int = 8016
     agent_port: int = 8181
+    workers: int = 2  # inference workers in one queue group: one can die without a gap
 
     ENV: ClassVar[dict[str, tuple[str, Conv]]] = {
         "GROQPOLICY_NATS_PORT": ("nats_port", int),
         "GROQPOLICY_GATEWAY_PORT": ("gateway_port", int),
         "GROQPOLICY_AGENT_PORT": ("agent_port", int),
+        "GROQPOLICY_WORKERS": ("workers", int),
     }
+
+    def _derive(self, env: Mapping[str, str]) -> None:
+        if self.workers < 1:
+            raise ConfigError(f"GROQPOLICY_WORKERS={self.workers}: want at least 1")
 
 
 class GatewaySettings(_Section, kw_only=True):

@@ -23,16 +23,18 @@ import base64
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import StorageType, StreamConfig, StreamState
 from nats.js.errors import NotFoundError
 
+from bridge.kernel.errors import ConfigError
 from controlplane.audit.errors import AuditError, AuditUnavailable
 from controlplane.audit.records import GENESIS_HASH, AuditRecord, StoredRecord, check_stored
 
@@ -115,12 +117,23 @@ class AuditStream:
         try:
             info = await js.stream_info(self.name)
         except NotFoundError:
-            await js.add_stream(config)
+            await self._admin(js.add_stream(config), "is missing")
             log.info("audit stream %s created (replicas=%d)", self.name, self.replicas)
             return
         if info.config.num_replicas != self.replicas or not info.config.allow_atomic:
-            await js.update_stream(config)
+            await self._admin(js.update_stream(config), f"has {info.config.num_replicas} replicas, want {self.replicas}")
             log.info("audit stream %s: replicas %s -> %d", self.name, info.config.num_replicas, self.replicas)
+
+    async def _admin(self, call: Awaitable[object], what: str) -> None:
+        """Create or update the stream. On an authenticated server only the bootstrap identity may
+        (a running process that could update it could also cut it), and a refused request simply
+        times out: say what to do instead of a bare timeout."""
+        try:
+            await call
+        except nats.errors.TimeoutError:
+            raise ConfigError(f"audit stream {self.name} {what}, and this NATS identity may not create or update it "
+                              "(no answer within the timeout); run the bootstrap (`groqpolicy up` does at start) or "
+                              "ask the cluster's admin to") from None
 
     async def tail(self) -> tuple[int, str]:
         """(sequence, hash) of the stream's last record: what the next append links to."""

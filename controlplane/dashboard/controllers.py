@@ -31,6 +31,7 @@ from controlplane.dashboard.auth import COOKIE, check_token, dashboard_access
 from controlplane.dashboard.data import Sources, snapshot
 from controlplane.evaluation.runtime import ModelClient
 from controlplane.infra.nats import NatsConnection
+from controlplane.infra.supervision import read_status
 from controlplane.policies.service import PolicyService
 from controlplane.routes import get, post
 
@@ -100,6 +101,7 @@ class DashboardController(Controller):
         snap = await snapshot(Sources(settings=settings, revisions=revisions, statuses=statuses, policies=policies,
                                       audit_reader=audit_reader, nats=nats, model_client=model_client,
                                       startup_errors=startup_errors, errors=errors))
+        supervisor = read_status(settings.state_dir)
         cache = snap.cache
         context: dict[str, Any] = {
             "snap": snap,
@@ -115,7 +117,8 @@ class DashboardController(Controller):
             "outcomes": charts.OUTCOMES,
             "groq_key_here": settings.groq_api_key_set,
             "settings": settings,
-            "health": "degraded" if startup_errors else "ok",
+            "health": "degraded" if startup_errors or (supervisor and supervisor.degraded) else "ok",
+            "supervisor": supervisor,  # `groqpolicy up`'s view of its processes (None when it does not run us)
         }
         return Template(template_name="dashboard/index.html.j2", context=context)
 

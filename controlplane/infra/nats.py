@@ -1,35 +1,52 @@
 """The control plane's NATS connection: a configured server, or an embedded one on the state dir.
 
-With `GROQPOLICY_NATS_URL` (or `NATS_URL`) set, the control plane connects there. Without it, it
-starts its own `nats-server` with JetStream on `<state>/nats` and stops it on shutdown, so a single
-`groqpolicy serve` works with nothing else running.
+With `GROQPOLICY_NATS_URL` (or `NATS_URL`) set, the control plane connects there as the
+`controlplane` role, presenting the credential of `NatsSettings` (creds file, nkey, user+password,
+TLS; none on an anonymous server). Without it, it starts its own `nats-server` with JetStream on
+`<state>/nats` and stops it on shutdown, so a single `groqpolicy serve` works with nothing else
+running; that server admits only the identities under `<state>/nats/auth`
+(controlplane.infra.natsauth), and the streams and buckets are created first by the bootstrap
+identity with the `bootstrap` steps given here (the composition root's; this module does not know
+the features that own them).
+
+The connection never gives up after its first success: nats-py reconnects forever, and the owners
+of JetStream consumers rebuild them through `on_reconnect`. `connected` tells /health and the
+callers whether the server is reachable right now.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import anyio
-import nats
 from nats.aio.client import Client
 
-from bridge.kernel.config import Settings
+from bridge.inference.connect import NatsUnreachable, connect
+from bridge.kernel.config import NatsSettings, Settings
 from bridge.kernel.errors import Unavailable
+from controlplane.infra.natsauth import NatsAuth, Step, bootstrap
 from controlplane.infra.processes import ManagedProcess, start_nats
 
 log = logging.getLogger(__name__)
+
+ROLE = "controlplane"
 
 
 class NatsUnavailable(Unavailable):
     """The control plane has no NATS connection (JetStream state and workers are out of reach)."""
 
+    code = "nats_unavailable"
+
 
 class NatsConnection:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, credential: NatsSettings | None = None, *,
+                 bootstrap_steps: Sequence[Step] = ()) -> None:
         self.settings = settings
+        self.credential = credential if credential is not None else NatsSettings()
+        self.bootstrap_steps = bootstrap_steps
         self.embedded: ManagedProcess | None = None
         self.nc: Client | None = None
         self.url = settings.nats_url
@@ -45,21 +62,37 @@ class NatsConnection:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    async def _disconnected(self) -> None:
+        log.warning("NATS: disconnected from %s; reconnecting (calls that need NATS answer 503 meanwhile)", self.url)
+
+    async def _start_embedded(self) -> NatsSettings:
+        """An embedded nats-server that refuses anonymous clients, bootstrapped; our credential for it."""
+        store = self.settings.state_dir / "nats"
+        auth = NatsAuth(store / "auth")
+        await anyio.to_thread.run_sync(auth.ensure)
+        self.embedded = await anyio.to_thread.run_sync(lambda: start_nats(store, extra_args=auth.server_args()))
+        self.url = self.embedded.extra["url"]
+        log.warning("GROQPOLICY_NATS_URL is not set: started an embedded nats-server at %s (store %s, identities in %s)",
+                    self.url, store, auth.dir)
+        await bootstrap(self.url, auth, self.bootstrap_steps)
+        return auth.credential(ROLE)
+
     async def connect(self) -> Client:
-        if not self.url:
-            self.embedded = await anyio.to_thread.run_sync(start_nats, self.settings.state_dir / "nats")
-            self.url = self.embedded.extra["url"]
-            log.warning("GROQPOLICY_NATS_URL is not set: started an embedded nats-server at %s (store %s)",
-                        self.url, self.settings.state_dir / "nats")
         try:
-            self.nc = await nats.connect(
-                self.url, name="groqpolicy-controlplane", connect_timeout=5, max_reconnect_attempts=-1,
-                reconnect_time_wait=0.25, allow_reconnect=True, reconnected_cb=self._reconnected,
-            )
-        except Exception as exc:  # any connect failure is a start-up error with the URL in it
+            credential = await self._start_embedded() if not self.url else self.credential
+            self.nc = await connect(self.url, role=ROLE, settings=credential, reconnect_time_wait=0.25,
+                                    reconnected_cb=self._reconnected, disconnected_cb=self._disconnected)
+        except NatsUnreachable as exc:
             await self.close()
-            raise NatsUnavailable(f"NATS at {self.url}: cannot connect ({exc or type(exc).__name__})") from exc
+            raise NatsUnavailable(str(exc)) from exc
+        except BaseException:  # a refused credential or TLS (ConfigError) says so itself; stop what started
+            await self.close()
+            raise
         return self.nc
+
+    @property
+    def connected(self) -> bool:
+        return self.nc is not None and self.nc.is_connected
 
     @property
     def client(self) -> Client:

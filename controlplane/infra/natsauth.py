@@ -178,9 +178,6 @@ def _bootstrap(n: Names) -> Permissions:
         *(_js(verb, stream, f"create {stream} where it is missing")
           for stream in (kv, obs, audit, checkpoints, judgments) for verb in ("STREAM.INFO", "STREAM.CREATE")),
         _js("STREAM.UPDATE", audit, "bring the audit stream's replicas / atomic batches in line"),
-        _js("CONSUMER.CREATE", kv, "PolicyStore.open() replays the bucket once"),
-        _js("CONSUMER.INFO", kv, "PolicyStore.open(): where the initial values end", ".>"),
-        Grant(f"$JS.FC.{kv}.>", "flow-control replies of that replay"),
     ), subscribe=(_inbox("bootstrap"),))
 
 
@@ -352,9 +349,11 @@ def _new_seed() -> str:
 Step = Callable[[NatsClient], Awaitable[object]]
 
 
-async def bootstrap(url: str, auth: NatsAuth, steps: Sequence[Step]) -> None:
-    """Run `steps` (the product's stream and bucket `ensure` calls) as the bootstrap identity."""
-    nc = await connect(url, role="bootstrap", settings=auth.credential("bootstrap"))
+async def bootstrap(url: str, auth: NatsAuth | NatsSettings, steps: Sequence[Step]) -> None:
+    """Run `steps` (the product's stream and bucket `ensure` calls) as the bootstrap identity: the
+    one under `auth`, or the credential given (a cluster someone else runs)."""
+    credential = auth.credential("bootstrap") if isinstance(auth, NatsAuth) else auth
+    nc = await connect(url, role="bootstrap", settings=credential)
     try:
         for step in steps:
             await step(nc)

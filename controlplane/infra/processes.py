@@ -57,6 +57,7 @@ class ManagedProcess:
     proc: subprocess.Popen
     log_path: Path
     extra: dict = field(default_factory=dict)
+    log_offset: int = 0  # where this process's output starts in a log that earlier runs appended to
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc.poll() is not None:
@@ -79,28 +80,76 @@ class ManagedProcess:
         except OSError:
             return ""
 
+    def own_log(self) -> str:
+        """What this process wrote (not the runs before it in the same log file)."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self.log_offset)
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
 
-def spawn(name: str, argv: list[str], log_path: Path, env: dict | None = None) -> ManagedProcess:
+
+def spawn(name: str, argv: list[str], log_path: Path, env: dict | None = None,
+          pass_fds: tuple[int, ...] = ()) -> ManagedProcess:
+    """Start `argv` in a session of its own (a Ctrl-C meant for the parent does not reach it), its
+    output appended to `log_path`; `pass_fds` stay open in the child under the same numbers."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab")
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    offset = log.tell()
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                            start_new_session=True, pass_fds=pass_fds)
     log.close()
-    return ManagedProcess(name=name, proc=proc, log_path=log_path)
+    return ManagedProcess(name=name, proc=proc, log_path=log_path, log_offset=offset)
 
 
-def start_nats(store_dir: Path, port: int | None = None, host: str = "127.0.0.1", extra_args: list[str] | None = None) -> ManagedProcess:
-    """nats-server with JetStream on `store_dir`, listening on loopback."""
+def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.2) -> bool:
+    """Whether something accepts connections on host:port right now."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def listen_socket(host: str, port: int, backlog: int = 4096) -> socket.socket:
+    """A listening TCP socket that a child can inherit (`pass_fds`). Its owner keeps it open while
+    children come and go: connections that arrive while no child accepts wait in the kernel's
+    backlog instead of being refused."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ToolchainError(f"cannot listen on {host}:{port}: {exc.strerror}; is another groqpolicy running?") from None
+    sock.listen(backlog)
+    sock.set_inheritable(True)
+    return sock
+
+
+def launch_nats(store_dir: Path, port: int | None = None, host: str = "127.0.0.1",
+                extra_args: list[str] | None = None) -> ManagedProcess:
+    """nats-server with JetStream on `store_dir`, on loopback; returns at once (see `start_nats`)."""
     port = port or free_port(host)
     store_dir.mkdir(parents=True, exist_ok=True)
     argv = [str(nats_server_binary()), "-a", host, "-p", str(port), "-js", "-sd", str(store_dir), *(extra_args or [])]
     mp = spawn("nats-server", argv, store_dir / "nats-server.log")
-    wait_for_port(port, host, proc=mp.proc)
     mp.extra.update(url=f"nats://{host}:{port}", port=port)
     return mp
 
 
-def start_opa_agent(config_file: Path, workdir: Path, port: int | None = None, host: str = "127.0.0.1", extra_args: list[str] | None = None) -> ManagedProcess:
-    """A real `opa run --server` agent configured from `config_file`, listening on loopback."""
+def start_nats(store_dir: Path, port: int | None = None, host: str = "127.0.0.1", extra_args: list[str] | None = None) -> ManagedProcess:
+    """nats-server with JetStream on `store_dir`, listening on loopback."""
+    mp = launch_nats(store_dir, port, host, extra_args)
+    wait_for_port(mp.extra["port"], host, proc=mp.proc)
+    return mp
+
+
+def launch_opa_agent(config_file: Path, workdir: Path, port: int | None = None, host: str = "127.0.0.1",
+                     extra_args: list[str] | None = None, env: dict[str, str] | None = None) -> ManagedProcess:
+    """A real `opa run --server` agent configured from `config_file`, on loopback; returns at once."""
     port = port or free_port(host)
     workdir.mkdir(parents=True, exist_ok=True)
     argv = [
@@ -108,7 +157,13 @@ def start_opa_agent(config_file: Path, workdir: Path, port: int | None = None, h
         "--config-file", str(config_file), "--log-level", "debug", "--disable-telemetry",
         *(extra_args or []),
     ]
-    mp = spawn("opa", argv, workdir / f"opa-{port}.log", env=environment())
-    wait_for_port(port, host, proc=mp.proc)
+    mp = spawn("opa", argv, workdir / f"opa-{port}.log", env=environment() if env is None else env)
     mp.extra.update(url=f"http://{host}:{port}", port=port)
+    return mp
+
+
+def start_opa_agent(config_file: Path, workdir: Path, port: int | None = None, host: str = "127.0.0.1", extra_args: list[str] | None = None) -> ManagedProcess:
+    """A real `opa run --server` agent configured from `config_file`, listening on loopback."""
+    mp = launch_opa_agent(config_file, workdir, port, host, extra_args)
+    wait_for_port(mp.extra["port"], host, proc=mp.proc)
     return mp

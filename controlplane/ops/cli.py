@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -75,9 +76,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     settings = Settings.from_env(**overrides)
     app = create_app(settings, freeze_heap=True)
     # long polls hold requests open for up to a minute: do not wait for them on shutdown
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, access_log=False,
-                timeout_graceful_shutdown=2)
-    return 0
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level, access_log=False,
+                            timeout_graceful_shutdown=2)
+    server = uvicorn.Server(config)
+    # with --fd: a socket the supervisor keeps listening across our restarts (controlplane.ops.system)
+    server.run(sockets=None if args.fd is None else [socket.socket(fileno=args.fd)])
+    return 0 if server.started else 3  # uvicorn's own exit status for a start-up that failed
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -198,6 +202,7 @@ def _add_local_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     serve.add_argument("--port", type=int)
     serve.add_argument("--state-dir")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--fd", type=int, help="serve on this inherited listening socket (what `groqpolicy up` passes)")
     serve.set_defaults(func=_cmd_serve)
 
     comp = sub.add_parser("compile", help="check, test and build every bundle definition in bundles/")

@@ -17,13 +17,18 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bridge.kernel.config import PROJECT_ROOT, ClientSettings, Settings, environment
+import msgspec
+
+from bridge.kernel.config import PROJECT_ROOT, ClientSettings, NatsSettings, Settings, environment
 from bridge.kernel.errors import ERROR_CODE_HEADER, ERROR_HEADER
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from controlplane.evaluation.schemas import EVALUATE_SUBJECT
 from controlplane.ops.client import ClientError, ControlPlaneClient, resolve_token
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NatsClient
 
 BATCH = 100  # the API's batch limit
 
@@ -143,7 +148,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     body = {"input_context": context, "policy_types": types, "performance_tier": args.tier,
             "constitutional_hash": CONSTITUTIONAL_HASH, "require_explanation": args.explain}
     if args.via == "nats":
-        result = _evaluate_over_nats(args.nats_url, body)
+        state_dir = Path(args.state_dir) if args.state_dir else Settings.from_env().state_dir
+        result = _evaluate_over_nats(args.nats_url, body, state_dir)
     else:
         with _client(args) as api:
             result = api.post("/api/v1/evaluate", body)
@@ -163,22 +169,48 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_over_nats(nats_url: str, body: dict[str, Any]) -> dict[str, Any]:
-    """`policy.evaluate` request-reply: the same request and response as the HTTP API."""
+TOOL_CONNECT_S = 3.0  # an interactive command waits this long for an unreachable NATS at most
+
+
+def _tool_credential(state_dir: Path) -> NatsSettings:
+    """What `evaluate --via nats` presents: the environment's NATS credential when one is set (a
+    cluster someone else runs), else the local `tool` identity that `groqpolicy up` generated,
+    which may request policy.evaluate and nothing else."""
+    from controlplane.infra.natsauth import NatsAuth
+
+    env = NatsSettings.from_env()
+    settings = msgspec.structs.replace(env, connect_timeout_s=min(env.connect_timeout_s, TOOL_CONNECT_S))
+    if env.creds_file or env.nkey_file or env.user:
+        return settings
+    seed = NatsAuth(state_dir / "nats" / "auth").seed_file("tool")
+    return msgspec.structs.replace(settings, nkey_file=seed) if seed.exists() else settings
+
+
+async def _nats_tool(nats_url: str, credential: NatsSettings) -> NatsClient:
+    """A connection as the `tool` role; refused or unreachable become one line and a hint."""
+    from bridge.inference.connect import NatsCredentialRefused, NatsTlsError, NatsUnreachable, connect, describe
+
+    try:
+        return await connect(nats_url, role="tool", settings=credential)
+    except NatsUnreachable as exc:
+        raise ClientError(f"cannot reach NATS at {nats_url}", "start the system with `make run`, or pass --nats-url") from exc
+    except NatsCredentialRefused as exc:
+        raise ClientError(str(exc), f"this command presented {describe(credential)}; `groqpolicy up` makes a tool "
+                          "identity in <state>/nats/auth/tool.nk, or set GROQPOLICY_NATS_NKEY / _CREDS / _USER") from exc
+    except NatsTlsError as exc:
+        raise ClientError(str(exc), "check the GROQPOLICY_NATS_TLS_* settings") from exc
+
+
+def _evaluate_over_nats(nats_url: str, body: dict[str, Any], state_dir: Path) -> dict[str, Any]:
+    """`policy.evaluate` request-reply as the `tool` role: the same request and response as the HTTP API."""
     import asyncio
 
-    import nats
-    from nats.errors import NoRespondersError, NoServersError
+    from nats.errors import NoRespondersError
     from nats.errors import TimeoutError as NatsTimeout
 
-    async def quiet(_exc: Exception) -> None:
-        return None
 
     async def go() -> dict[str, Any]:
-        try:
-            nc = await nats.connect(nats_url, max_reconnect_attempts=1, connect_timeout=2, error_cb=quiet)
-        except (NoServersError, OSError) as exc:
-            raise ClientError(f"cannot reach NATS at {nats_url}", "start the system with `make run`, or pass --nats-url") from exc
+        nc = await _nats_tool(nats_url, _tool_credential(state_dir))
         try:
             msg = await nc.request(EVALUATE_SUBJECT, json.dumps(body).encode(), timeout=30)
         except NoRespondersError as exc:

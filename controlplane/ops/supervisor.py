@@ -1,48 +1,40 @@
-"""`groqpolicy up`: one supervisor process that starts the whole system and stops all of it.
+"""`groqpolicy up`: one supervisor process that starts the whole system, keeps it running, and
+stops all of it.
 
-Order: NATS (JetStream) -> the Groq emulator, when no `GROQ_API_KEY` (nor an emulator of one's
-own, `GROQPOLICY_EMULATOR_URL`) is configured -> inference worker -> bridge gateway (:8016) ->
-control plane (:8015, compiles and signs `rego/` on start) -> one real OPA agent (:8181)
-configured from the control plane's own `/api/v1/opa/config`. Then one example evaluation per
-path. Ctrl-C (or SIGTERM) stops everything in reverse order; state (keys, bundles, logs, NATS
-store) stays for the next start.
+Order: NATS (JetStream; it admits only the identities generated under `<state>/nats/auth`, and the
+streams and buckets are created first by the bootstrap identity) -> the Groq emulator, when no
+`GROQ_API_KEY` (nor an emulator of one's own, `GROQPOLICY_EMULATOR_URL`) is configured -> the
+inference workers (`GROQPOLICY_WORKERS`, two by default: one queue group, so one can die without a
+gap) -> bridge gateway (:8016) -> control plane (:8015, compiles and signs `rego/` on start) -> one
+real OPA agent (:8181) configured from the control plane's own `/api/v1/opa/config`. Then one
+example evaluation per path.
+
+From then on a child that dies is started again, with backoff and a restart budget
+(controlplane.infra.supervision): one line on stderr per restart, and the supervisor's view in
+`<state>/supervisor.json`, which the control plane's `/health` and the dashboard show. While the
+control plane restarts its port keeps accepting (controlplane.ops.system). Ctrl-C (or SIGTERM)
+stops everything in reverse order; state (keys, bundles, logs, NATS store) stays for the next start.
 
 This is the one place production code reaches the emulator: it runs as a process of its own, and
-the worker is pointed at it by URL, so every reply says `emulated: true`.
+the workers are pointed at it by URL, so every reply says `emulated: true`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from bridge.emulator import command as emulator_command
-from bridge.kernel.config import GroqSettings, Settings, SupervisorSettings, environment
+from bridge.kernel.config import GroqSettings, Settings, SupervisorSettings
 from bridge.kernel.errors import GroqPolicyError, ToolchainError
-from controlplane.auth.tokens import ensure_tokens
-from controlplane.infra.processes import ManagedProcess, free_port, spawn, start_nats, start_opa_agent, wait_for_port
+from controlplane.auth.tokens import TokenSet, ensure_tokens
+from controlplane.infra.supervision import Supervisor, status_path
+from controlplane.ops.system import System, http_json, http_text
 
-
-def http_json(url: str, method: str = "GET", body: object | None = None, timeout: float = 10.0) -> tuple[int, object]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
-
-
-def http_text(url: str, timeout: float = 10.0, token: str = "") -> str:
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return resp.read().decode()
+__all__ = ["http_json", "http_text", "pid_file", "run_system"]
 
 
 def _health_bundles(base_url: str) -> bool:
@@ -61,53 +53,6 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.2) -> N
             pass
         time.sleep(interval)
     raise ToolchainError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-def start_emulator(log_dir: Path) -> ManagedProcess:
-    """The Groq emulator as a child process on a free loopback port (`extra["url"]`)."""
-    port = free_port()
-    mp = spawn("Groq emulator", emulator_command(port), log_dir / "emulator.log", env=environment())
-    wait_for_port(port, timeout=60, proc=mp.proc)
-    mp.extra["url"] = f"http://127.0.0.1:{port}"
-    return mp
-
-
-def start_worker(nats_url: str, log_dir: Path, emulator_url: str = "") -> ManagedProcess:
-    env = dict(environment(), NATS_URL=nats_url, **({"GROQPOLICY_EMULATOR_URL": emulator_url} if emulator_url else {}))
-    mp = spawn("inference worker", [sys.executable, "-m", "bridge.inference.worker", "--nats-url", nats_url],
-               log_dir / "worker.log", env=env)
-    wait_until(lambda: mp.proc.poll() is not None or "groqpolicy worker ready" in mp.log(), 60, "the inference worker")
-    if mp.proc.poll() is not None:
-        raise ToolchainError(f"inference worker exited with {mp.proc.returncode}: {mp.log()[-500:]}")
-    mp.extra["emulated"] = "emulated=true" in mp.log()
-    return mp
-
-
-def start_gateway(nats_url: str, port: int, log_dir: Path) -> ManagedProcess:
-    mp = spawn("bridge gateway", [sys.executable, "-m", "bridge.inference.gateway", "--port", str(port)],
-               log_dir / "gateway.log", env=dict(environment(), NATS_URL=nats_url))
-    wait_for_port(port, timeout=60, proc=mp.proc)
-    mp.extra["url"] = f"http://127.0.0.1:{port}"
-    return mp
-
-
-def start_control_plane(settings: Settings, log_dir: Path, nats_url: str) -> ManagedProcess:
-    env = dict(environment(), GROQPOLICY_STATE_DIR=str(settings.state_dir), GROQPOLICY_PORT=str(settings.port),
-               GROQPOLICY_HOST=settings.host, GROQPOLICY_BRIDGE_URL=settings.bridge_url, GROQPOLICY_NATS_URL=nats_url)
-    argv = [sys.executable, "-m", "controlplane.ops.cli", "serve", "--log-level", "warning"]
-    mp = spawn("control plane", argv, log_dir / "controlplane.log", env=env)
-    wait_for_port(settings.port, settings.host, timeout=60, proc=mp.proc)
-    mp.extra["url"] = settings.base_url
-    return mp
-
-
-def start_agent_from_control_plane(base_url: str, workdir: Path, port: int = SupervisorSettings().agent_port, agent_id: str = "agent-1",
-                                   token: str = "") -> ManagedProcess:
-    config = http_text(f"{base_url}/api/v1/opa/config?agent_id={agent_id}&min_delay_s=1&max_delay_s=5", token=token)
-    workdir.mkdir(parents=True, exist_ok=True)
-    config_file = workdir / f"{agent_id}.yaml"
-    config_file.write_text(config)
-    return start_opa_agent(config_file, workdir, port=port)
 
 
 SECURITY_DENY = {
@@ -152,11 +97,63 @@ def _running_pid(path: Path) -> int | None:
     return pid
 
 
-# long: the start-up sequence in order, child by child (supervision will carry the steps as data)
+def _say(line: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} supervisor: {line}", file=sys.stderr, flush=True)
+
+
+def _start(system: System, sup: Supervisor, tokens: TokenSet) -> dict[str, str]:
+    """Start every child in order, each ready before the next; the URLs to print."""
+    settings, ports = system.settings, system.ports
+    if not system.external:
+        sup.start(system.nats())
+    else:
+        try:  # a cluster someone else runs: create what is missing if our credential may
+            system.bootstrap()
+        except (GroqPolicyError, OSError, TimeoutError) as exc:
+            _say(f"bootstrap on {system.nats_url} did not complete ({exc}); the streams must exist already")
+    groq = GroqSettings.from_env()
+    system.emulator_url = groq.emulator_url
+    if not groq.api_key and not groq.emulator_url:  # the explicit switch: no key, so inference is emulated
+        sup.start(system.emulator(emulator_command))
+    workers = [sup.start(system.worker(n)) for n in range(1, ports.workers + 1)]
+    gateway_url = f"http://127.0.0.1:{ports.gateway_port}"
+    sup.start(system.gateway())
+    sup.start(system.control_plane(bridge_url=gateway_url))
+    wait_until(lambda: _health_bundles(settings.base_url), 180, "the control plane to publish bundles")
+    admin = tokens.with_scope("admin")
+    agent = sup.start(system.agent(token=admin.secret if admin else ""))
+    wait_until(lambda: http_json(f"{agent.extra['url']}/health?bundles")[0] == 200, 60, "the OPA agent to activate the bundle")
+    return {"agent": agent.extra["url"], "gateway": gateway_url,
+            "emulated": "yes" if "emulated=true" in workers[0].own_log() else ""}
+
+
+def _banner(system: System, urls: dict[str, str], tokens: TokenSet) -> None:
+    settings, log_dir = system.settings, system.log_dir
+    print("groqpolicy is up")
+    print(f"  control plane   {settings.base_url}  (OpenAPI: {settings.base_url}/schema)")
+    print(f"  OPA agent       {urls['agent']}  (bundle from {settings.base_url}/bundles/groqpolicy)")
+    print(f"  bridge gateway  {urls['gateway']}/v1/infer/<tier>  (Rego http.send -> NATS -> worker)")
+    print(f"  NATS            {system.nats_url}  (groq.infer.<tier>, policy.evaluate)")
+    if system.auth is not None:
+        print(f"  NATS identities {system.auth.dir}  (one nkey per role; anonymous clients are refused)")
+    else:
+        print("  NATS identities the credential configured for GROQPOLICY_NATS_URL (every process presents it)")
+    print(f"  workers         {system.ports.workers}, restarted with every other child when they die "
+          f"(status: {settings.base_url}/health)")
+    print(f"  state           {settings.state_dir}  (logs in {log_dir})")
+    print(f"  tokens          {tokens.source}")
+    admin = tokens.with_scope("admin")
+    if admin:
+        print(f"  dashboard       {settings.base_url}/dashboard/login?token={admin.secret}")
+    if urls["emulated"]:
+        print(f"  inference       EMULATED: no GROQ_API_KEY, answers come from the Groq emulator at {system.emulator_url}.")
+        print("                  To use GroqCloud: stop, `export GROQ_API_KEY=gsk_...`, and `make run` again.")
+    else:
+        print("  inference       GroqCloud (GROQ_API_KEY is set)")
+
+
 def run_system(state_dir: Path | None = None) -> int:
     settings = Settings.from_env(**({"state_dir": state_dir} if state_dir else {}))
-    log_dir = settings.state_dir / "logs"
-    procs: list[ManagedProcess] = []
     # Explicit handlers: a shell that starts us in the background leaves SIGINT ignored, and Ctrl-C
     # must stop the system however it was started. Both signals unwind through `finally` below.
     signal.signal(signal.SIGINT, _interrupt)
@@ -168,67 +165,30 @@ def run_system(state_dir: Path | None = None) -> int:
         return 1
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     pid_path.write_text(f"{os.getpid()}\n")
+    sup = Supervisor(status_path(settings.state_dir), say=_say)
+    system: System | None = None
     try:
-        ports = SupervisorSettings.from_env()
+        system = System(settings, SupervisorSettings.from_env(), settings.state_dir / "logs")
         tokens = ensure_tokens(settings)  # generated into the state dir when none are configured
-        admin = tokens.with_scope("admin")
-        nats = start_nats(settings.state_dir / "nats", port=ports.nats_port)
-        procs.append(nats)
-        groq = GroqSettings.from_env()
-        emulator_url = groq.emulator_url
-        if not groq.api_key and not emulator_url:  # the explicit switch: no key, so inference is emulated
-            emulator = start_emulator(log_dir)
-            procs.append(emulator)
-            emulator_url = emulator.extra["url"]
-        worker = start_worker(nats.extra["url"], log_dir, emulator_url)
-        procs.append(worker)
-        gateway = start_gateway(nats.extra["url"], ports.gateway_port, log_dir)
-        procs.append(gateway)
-        settings = Settings.from_env(state_dir=settings.state_dir, bridge_url=gateway.extra["url"])
-        cp = start_control_plane(settings, log_dir, nats.extra["url"])
-        procs.append(cp)
-        wait_until(lambda: _health_bundles(settings.base_url), 180, "the control plane to publish bundles")
-        agent = start_agent_from_control_plane(settings.base_url, settings.state_dir / "opa", port=ports.agent_port,
-                                               token=admin.secret if admin else "")
-        procs.append(agent)
-        wait_until(lambda: http_json(f"{agent.extra['url']}/health?bundles")[0] == 200, 60, "the OPA agent to activate the bundle")
-        print("groqpolicy is up")
-        print(f"  control plane   {settings.base_url}  (OpenAPI: {settings.base_url}/schema)")
-        print(f"  OPA agent       {agent.extra['url']}  (bundle from {settings.base_url}/bundles/groqpolicy)")
-        print(f"  bridge gateway  {gateway.extra['url']}/v1/infer/<tier>  (Rego http.send -> NATS -> worker)")
-        print(f"  NATS            {nats.extra['url']}  (groq.infer.<tier>, policy.evaluate)")
-        print(f"  state           {settings.state_dir}  (logs in {log_dir})")
-        print(f"  tokens          {tokens.source}")
-        if admin:
-            print(f"  dashboard       {settings.base_url}/dashboard/login?token={admin.secret}")
-        if worker.extra["emulated"]:
-            print(f"  inference       EMULATED: no GROQ_API_KEY, answers come from the Groq emulator at {emulator_url}.")
-            print("                  To use GroqCloud: stop, `export GROQ_API_KEY=gsk_...`, and `make run` again.")
-        else:
-            print("  inference       GroqCloud (GROQ_API_KEY is set)")
-        print_examples(agent.extra["url"], gateway.extra["url"])
+        urls = _start(system, sup, tokens)
+        _banner(system, urls, tokens)
+        print_examples(urls["agent"], urls["gateway"])
         print("Ctrl-C stops everything.", flush=True)
-        while True:
-            for p in procs:
-                if p.proc.poll() is not None:
-                    print(f"{p.name} exited with {p.proc.returncode}; see {p.log_path}", file=sys.stderr)
-                    return 1
-            time.sleep(0.5)
+        sup.run_forever()
         return 0
     except KeyboardInterrupt:
         return 0
     except GroqPolicyError as exc:  # ToolchainError, token configuration, ...
         print(f"error: {exc}", file=sys.stderr)
-        for p in procs:
-            print(f"  {p.name} log: {p.log_path}", file=sys.stderr)
+        for run in sup.runs:
+            if run.proc is not None:
+                print(f"  {run.child.name} log: {run.proc.log_path}", file=sys.stderr)
         return 1
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not abandon the clean-up
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for p in reversed(procs):
-            t0 = time.monotonic()
-            p.stop()
-            if (took := time.monotonic() - t0) > 2:
-                print(f"  {p.name} took {took:.1f}s to stop", file=sys.stderr)
+        sup.stop_all()
+        if system is not None:
+            system.close()
         pid_path.unlink(missing_ok=True)
         print("stopped.", file=sys.stderr)

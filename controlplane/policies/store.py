@@ -116,7 +116,9 @@ class PolicyStore:
             raise StoreUnavailable("policy store (JetStream): not open (no NATS connection yet)")
         return self.obs
 
-    async def open(self) -> None:
+    async def ensure(self) -> None:
+        """Get or create the bucket and the object store, without watching: what NATS's bootstrap runs
+        (controlplane.infra.natsauth), since no running identity may create streams."""
         js = self.jetstream()
         try:
             self.kv = await js.key_value(BUCKET)
@@ -130,6 +132,9 @@ class PolicyStore:
         except (BucketNotFoundError, NotFoundError):
             self.obs = await js.create_object_store(OBJECTS, config=ObjectStoreConfig(
                 replicas=self.replicas, storage=StorageType.FILE, description="groqpolicy compiled policy artifacts"))
+
+    async def open(self) -> None:
+        await self.ensure()
         await self._watch()
 
     async def _watch(self) -> bool:

@@ -20,11 +20,11 @@ import logging
 from typing import Any
 
 import msgspec
-import nats
 from nats.aio.client import Client as NatsClient
 
 from bridge.inference.catalog import default_catalog
 from bridge.inference.client import InferClient
+from bridge.inference.connect import connect
 from bridge.inference.wire import MAX_BODY_BYTES, InternalError, InvalidInferRequest, MethodNotAllowed, UnknownRoute
 from bridge.kernel.config import GatewaySettings
 from bridge.kernel.errors import GroqPolicyError, error_body
@@ -52,8 +52,8 @@ class Gateway:
 
     async def connect(self) -> None:
         if self.nc is None:
-            self.nc = await nats.connect(self.settings.nats_url, name="groqpolicy-gateway", max_reconnect_attempts=-1,
-                                         reconnect_time_wait=0.5)
+            # as the `gateway` role (it may only ask for judgments), with the environment's credential
+            self.nc = await connect(self.settings.nats_url, role="gateway", reconnect_time_wait=0.5)
             self.client.nc = self.nc
 
     async def close(self) -> None:

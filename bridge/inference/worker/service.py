@@ -20,13 +20,13 @@ from typing import Any
 
 import groq
 import httpx
-import nats
 from nats.aio.client import Client as NatsClient
 from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, EndpointStats, ServiceConfig
 
 from bridge.inference.cache import KVCache
 from bridge.inference.catalog import Catalog, default_catalog
+from bridge.inference.connect import connect
 from bridge.inference.micro import Handler, TaskService, respond_error
 from bridge.inference.wire import (
     BUDGET_HEADER,
@@ -40,7 +40,7 @@ from bridge.inference.wire import (
     subject_for,
 )
 from bridge.inference.worker.engine import InferenceEngine
-from bridge.kernel.config import DEFAULT_DEADLINE_MS, EngineSettings, GroqSettings
+from bridge.kernel.config import DEFAULT_DEADLINE_MS, EngineSettings, GroqSettings, NatsSettings
 from bridge.kernel.errors import ConfigError, GroqPolicyError
 from bridge.kernel.vocabulary import TIERS
 
@@ -196,15 +196,19 @@ def _budget_ms(request: Request, req: InferRequest) -> int:
 async def start_worker(nats_url: str | None = None, *, nc: NatsClient | None = None,
                        groq_conn: GroqConnection | None = None, catalog: Catalog | None = None,
                        settings: EngineSettings | None = None, l2: bool = True,
-                       queue_group: str = QUEUE_GROUP) -> tuple[Worker, GroqConnection, NatsClient]:
+                       queue_group: str = QUEUE_GROUP, credential: NatsSettings | None = None,
+                       ) -> tuple[Worker, GroqConnection, NatsClient]:
     """Connect (NATS, Groq), open the L2 bucket, and start serving. Returns what `stop_worker` needs.
-    Without `groq_conn` the model endpoint comes from `GroqSettings` (a ConfigError when there is none)."""
+    Without `groq_conn` the model endpoint comes from `GroqSettings` (a ConfigError when there is none).
+    NATS is joined as the `worker` role with `credential` (default: the environment's); a refused
+    credential or an unreachable server raises at once (bridge.inference.connect)."""
     own_nc = nc is None
     if groq_conn is None:
         groq_conn = await connect_groq()
     if nc is None:
-        nc = await nats.connect(nats_url or GroqSettings.from_env().nats_url,
-                                name="groqpolicy-worker", max_reconnect_attempts=-1)
+        # a NATS restart should cost the queue group a fraction of a second, not nats-py's default 2 s
+        nc = await connect(nats_url or GroqSettings.from_env().nats_url, role="worker", settings=credential,
+                           reconnect_time_wait=0.25)
     kv = await KVCache.open(nc.jetstream()) if l2 else None
     engine = InferenceEngine(groq_conn.client, catalog or default_catalog(), emulated=groq_conn.emulated,
                              settings=settings, l2=kv)

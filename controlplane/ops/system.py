@@ -1,0 +1,173 @@
+"""The processes of `groqpolicy up`, each as a `Child` the supervisor can start again and again
+(controlplane.infra.supervision): NATS, the Groq emulator, the inference workers, the bridge
+gateway, the control plane and the OPA agent.
+
+Whatever a child's clients hold on to stays the same across its restarts: NATS and the gateway
+come back on their ports, the emulator on the port it got first, the agent with the same config.
+The control plane goes further: the supervisor binds its listening socket once and every control
+plane it starts serves on that socket (`serve --fd`). A connection that arrives while the control
+plane restarts waits in the kernel's backlog and is answered by the next one, so callers see a slow
+answer, never a refused connection. (A request the dying process had already accepted is lost with
+it: the caller sees the connection close and retries.)
+
+NATS identities: with the embedded server, each child presents its own role's nkey
+(controlplane.infra.natsauth) and nothing a parent shell might hold (`GROQPOLICY_NATS_CREDS`, ...)
+leaks into it; the OPA agent gets no NATS credential at all. With `GROQPOLICY_NATS_URL` (a cluster
+someone else runs) no NATS is started, and every child presents the credential configured there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from bridge.kernel.config import NatsSettings, Settings, SupervisorSettings, environment
+from controlplane.infra.natsauth import NatsAuth, bootstrap
+from controlplane.infra.processes import (
+    ManagedProcess,
+    free_port,
+    launch_nats,
+    launch_opa_agent,
+    listen_socket,
+    port_open,
+    spawn,
+)
+from controlplane.infra.supervision import Child
+from controlplane.services import jetstream_steps
+
+BOOTSTRAP_S = 30.0  # how long creating the streams and buckets may take (a cluster electing leaders)
+READY_PROBE_S = 2.0  # a control plane under load may take this long to answer its /health
+WORKER_READY = "groqpolicy worker ready"
+# what a child must not inherit from the shell when it is given its own NATS identity
+NATS_CREDENTIAL_VARIABLES = frozenset(NatsSettings.ENV) - {"GROQPOLICY_NATS_CONNECT_TIMEOUT_S"}
+
+
+def http_json(url: str, method: str = "GET", body: object | None = None, timeout: float = 10.0) -> tuple[int, object]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def http_text(url: str, timeout: float = 10.0, token: str = "") -> str:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return resp.read().decode()
+
+
+class System:
+    """Where every child of one `groqpolicy up` lives, and how each one is started."""
+
+    def __init__(self, settings: Settings, ports: SupervisorSettings, log_dir: Path) -> None:
+        self.settings = settings
+        self.ports = ports
+        self.log_dir = log_dir
+        self.external = bool(settings.nats_url)
+        self.nats_url = settings.nats_url or f"nats://127.0.0.1:{ports.nats_port}"
+        self.auth = None if self.external else NatsAuth(settings.state_dir / "nats" / "auth")
+        self.emulator_url = ""
+        self.cp_socket: socket.socket | None = None
+
+    # -- environments -------------------------------------------------------------------------
+
+    def env(self, role: str | None) -> dict[str, str]:
+        """A child's environment: ours, NATS's URL, and the credential of `role` (None: no NATS)."""
+        env = environment()
+        if self.auth is not None or role is None:
+            env = {k: v for k, v in env.items() if k not in NATS_CREDENTIAL_VARIABLES}
+        if role is None:
+            return env
+        env.update(NATS_URL=self.nats_url, GROQPOLICY_NATS_URL=self.nats_url)
+        if self.auth is not None:
+            env.update(self.auth.child_env(role))
+        return env
+
+    def bootstrap(self) -> None:
+        """Create the streams and buckets (after every NATS start: a no-op when they are there)."""
+        credential = self.auth if self.auth is not None else NatsSettings.from_env()
+        steps = jetstream_steps(self.settings)
+        asyncio.run(asyncio.wait_for(bootstrap(self.nats_url, credential, steps), BOOTSTRAP_S))
+
+    # -- the children --------------------------------------------------------------------------
+
+    def nats(self) -> Child:
+        auth = self.auth
+        assert auth is not None
+        auth.ensure()
+        port = self.ports.nats_port
+        return Child("nats-server", lambda: launch_nats(self.settings.state_dir / "nats", port=port,
+                                                        extra_args=auth.server_args()),
+                     ready=lambda _: port_open(port), after_ready=lambda _: self.bootstrap(), start_timeout_s=30)
+
+    def emulator(self, command: Callable[[int], list[str]]) -> Child:
+        """The Groq emulator, started by `command(port)` (the supervisor holds the one switch to it)."""
+        port = free_port()  # once: the workers are told this URL, and it stays theirs across restarts
+        self.emulator_url = f"http://127.0.0.1:{port}"
+        return Child("Groq emulator", lambda: spawn("Groq emulator", command(port), self.log_dir / "emulator.log",
+                                                    env=self.env(None)),
+                     ready=lambda _: port_open(port))
+
+    def worker(self, number: int) -> Child:
+        name = f"inference worker {number}"
+
+        def launch() -> ManagedProcess:
+            env = self.env("worker")
+            if self.emulator_url:
+                env["GROQPOLICY_EMULATOR_URL"] = self.emulator_url
+            argv = [sys.executable, "-m", "bridge.inference.worker", "--nats-url", self.nats_url]
+            return spawn(name, argv, self.log_dir / f"worker-{number}.log", env=env)
+
+        return Child(name, launch, ready=lambda mp: WORKER_READY in mp.own_log())
+
+    def gateway(self) -> Child:
+        port = self.ports.gateway_port
+        argv = [sys.executable, "-m", "bridge.inference.gateway", "--port", str(port)]
+        return Child("bridge gateway", lambda: spawn("bridge gateway", argv, self.log_dir / "gateway.log",
+                                                     env=self.env("gateway")),
+                     ready=lambda _: port_open(port))
+
+    def control_plane(self, bridge_url: str) -> Child:
+        settings = self.settings
+        self.cp_socket = sock = listen_socket(settings.host, settings.port)
+        fd = sock.fileno()
+        argv = [sys.executable, "-m", "controlplane.ops.cli", "serve", "--log-level", "warning", "--fd", str(fd)]
+
+        def launch() -> ManagedProcess:
+            env = dict(self.env("controlplane"), GROQPOLICY_STATE_DIR=str(settings.state_dir),
+                       GROQPOLICY_PORT=str(settings.port), GROQPOLICY_HOST=settings.host, GROQPOLICY_BRIDGE_URL=bridge_url)
+            return spawn("control plane", argv, self.log_dir / "controlplane.log", env=env, pass_fds=(fd,))
+
+        def ready(_: ManagedProcess) -> bool:
+            # the port always accepts (the socket is ours); the child is ready when it answers
+            try:
+                http_json(f"{settings.base_url}/health", timeout=READY_PROBE_S)
+            except (OSError, ValueError):
+                return False
+            return True
+
+        return Child("control plane", launch, ready=ready, start_timeout_s=180)
+
+    def agent(self, token: str, agent_id: str = "agent-1") -> Child:
+        """The OPA agent, configured once from the control plane's own /api/v1/opa/config (a restart
+        reuses that file, so it needs no control plane to come back)."""
+        base, workdir, port = self.settings.base_url, self.settings.state_dir / "opa", self.ports.agent_port
+        config = http_text(f"{base}/api/v1/opa/config?agent_id={agent_id}&min_delay_s=1&max_delay_s=5", token=token)
+        workdir.mkdir(parents=True, exist_ok=True)
+        config_file = workdir / f"{agent_id}.yaml"
+        config_file.write_text(config)
+        return Child("OPA agent", lambda: launch_opa_agent(config_file, workdir, port=port, env=self.env(None)),
+                     ready=lambda _: port_open(port))
+
+    def close(self) -> None:
+        if self.cp_socket is not None:
+            self.cp_socket.close()
+            self.cp_socket = None
