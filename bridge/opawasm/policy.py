@@ -65,14 +65,15 @@ class WasmPolicy:
             self._data = bytes(data)
         else:
             self._data = _encode(data)
-        self.module = compile_policy(wasm)
+        self.module = compile_policy(wasm, opts.module_cache)
         first = self._new_instance()
         self.abi = first.abi
         self.builtin_ids: dict[str, int] = first.dump_json(first.call("builtins"))
-        missing = [n for n in self.builtin_ids if n not in provided()]
+        table = {**REGISTRY, **opts.custom_builtins}
+        missing = [n for n in self.builtin_ids if n not in provided() and n not in opts.custom_builtins]
         if missing:
             raise MissingBuiltinsError(missing)
-        self._table: dict[int, tuple[str, Any]] = {i: (n, REGISTRY[n]) for n, i in self.builtin_ids.items()}
+        self._table: dict[int, tuple[str, Any]] = {i: (n, table[n]) for n, i in self.builtin_ids.items()}
         ids: dict[str, int] = first.dump_json(first.call("entrypoints"))
         if manifest_entrypoints:
             unknown = [e for e in manifest_entrypoints if e not in ids]
