@@ -19,6 +19,7 @@ from bridge.opawasm.builtins import (  # noqa: F401 - imported for their @builti
     semver,
     strings,
     template,
+    units,
     timefns,
     uri,
     x509,

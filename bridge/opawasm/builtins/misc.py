@@ -1,5 +1,5 @@
-"""Object, units, uuid, rand, graph, numbers and runtime builtins (topdown subset.go, parse_units.go,
-parse_bytes.go, uuid.go, numbers.go, graphs.go, runtime.go)."""
+"""Object, uuid, rand, graph, numbers and runtime builtins (topdown subset.go, uuid.go, numbers.go,
+graphs.go, runtime.go)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import os
 import random
 import re
 import uuid as _uuid
-from fractions import Fraction
 from typing import Any
 
 from bridge.opawasm.builtins.operands import need_int, need_str, type_name
@@ -83,74 +82,6 @@ def object_subset(ctx: EvalContext, sup: Any, sub: Any) -> bool:
                 return True
         return False
     raise BuiltinError("both arguments object.subset must be of the same type or array and set")
-
-
-# -- units ---------------------------------------------------------------------------------------
-
-_SI: dict[str, Fraction | int] = {
-    "m": Fraction(1, 1000), "": 1, "k": 10**3, "K": 10**3, "ki": 2**10, "Ki": 2**10, "M": 10**6, "mi": 2**20,
-    "Mi": 2**20, "g": 10**9, "G": 10**9, "gi": 2**30, "Gi": 2**30, "t": 10**12, "T": 10**12, "ti": 2**40,
-    "Ti": 2**40, "p": 10**15, "P": 10**15, "pi": 2**50, "Pi": 2**50, "e": 10**18, "E": 10**18,
-    "ei": 2**60, "Ei": 2**60,
-}
-_BYTES = {"": 1, "kb": 10**3, "k": 10**3, "kib": 2**10, "ki": 2**10, "mb": 10**6, "m": 10**6, "mib": 2**20,
-          "mi": 2**20, "gb": 10**9, "g": 10**9, "gib": 2**30, "gi": 2**30, "tb": 10**12, "t": 10**12,
-          "tib": 2**40, "ti": 2**40, "pb": 10**15, "p": 10**15, "pib": 2**50, "pi": 2**50, "eb": 10**18,
-          "e": 10**18, "eib": 2**60, "ei": 2**60}
-
-
-def _num_unit(s: str) -> tuple[str, str]:
-    i, n = 0, len(s)
-    while i < n:
-        c = s[i]
-        if not (c.isdigit() or c in ".+-eE"):
-            break
-        if c in "eE":
-            if i == n - 1 or not (s[i + 1].isdigit() or s[i + 1] in "+-"):
-                break
-            if s[i + 1] in "+-":
-                i += 1
-        i += 1
-    return s[:i], s[i:]
-
-
-def _rat(num: str, err: str) -> Fraction:
-    if not re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", num):
-        raise BuiltinError(err)
-    return Fraction(num)
-
-
-@builtin("units.parse")
-def units_parse(ctx: EvalContext, s: Any) -> int | float:
-    s = need_str(s, 1).replace('"', "")
-    if " " in s:
-        raise BuiltinError("units.parse: spaces not allowed in resource strings")
-    num, unit = _num_unit(s)
-    if num == "":
-        raise BuiltinError("units.parse: no amount provided")
-    if len(unit) > 1:
-        unit = unit[:1] + unit[1:].lower()
-    if unit not in _SI:
-        raise BuiltinError(f"units.parse: unit {unit} not recognized")
-    x = _rat(num, "units.parse: could not parse amount to a number") * _SI[unit]
-    if x.denominator == 1:
-        return int(x)
-    return float(f"{float(x):.10f}")
-
-
-@builtin("units.parse_bytes")
-def units_parse_bytes(ctx: EvalContext, s: Any) -> int:
-    s = need_str(s, 1).lower().replace('"', "")
-    if " " in s:
-        raise BuiltinError("units.parse_bytes: spaces not allowed in resource strings")
-    num, unit = _num_unit(s)
-    if num == "":
-        raise BuiltinError("units.parse_bytes: no byte amount provided")
-    if unit not in _BYTES:
-        raise BuiltinError(f"units.parse_bytes: byte unit {unit} not recognized")
-    if num.isdigit():
-        return int(num) * _BYTES[unit]  # the common case, without a rational
-    return int(_rat(num, "units.parse_bytes: could not parse byte amount to a number") * _BYTES[unit])
 
 
 # -- uuid / rand ------------------------------------------------------------------------------------

@@ -120,6 +120,11 @@ def _pad(s: str, width: int | None, flags: str, numeric: bool = False) -> str:
 
 
 def _fmt_int(a: int, verb: str, flags: str, width: int | None, prec: int | None) -> str:
+    if not -(2**63) <= a < 2**63:
+        # a *big.Int formats itself: %s and %v print its decimal digits, an unknown verb says so
+        if verb not in "bdosvxXO":
+            return f"%!{verb}(big.Int={a})"
+        verb = "d" if verb in "sv" else verb
     neg = a < 0
     n = -a if neg else a
     if verb in "dv":
