@@ -1,18 +1,15 @@
-"""Object, uuid, rand, graph, numbers and runtime builtins (topdown subset.go, uuid.go, numbers.go,
+"""Object, rand, graph, numbers and runtime builtins (topdown subset.go, numbers.go,
 graphs.go, runtime.go)."""
 
 from __future__ import annotations
 
-import os
 import random
-import re
-import uuid as _uuid
 from typing import Any
 
 from bridge.opawasm.builtins.operands import need_int, need_str, type_name
 from bridge.opawasm.builtins.registry import EvalContext, builtin
 from bridge.opawasm.errors import BuiltinError
-from bridge.opawasm.values import UNDEFINED, RegoSet, canonical_key, to_json
+from bridge.opawasm.values import RegoSet, canonical_key, to_json
 
 
 def _eq(a: Any, b: Any) -> bool:
@@ -84,37 +81,7 @@ def object_subset(ctx: EvalContext, sup: Any, sub: Any) -> bool:
     raise BuiltinError("both arguments object.subset must be of the same type or array and set")
 
 
-# -- uuid / rand ------------------------------------------------------------------------------------
-
-
-@builtin("uuid.rfc4122")
-def uuid_rfc4122(ctx: EvalContext, key: Any) -> str:
-    ck = ("uuid", canonical_key(key))
-    if ck not in ctx.cache:
-        ctx.cache[ck] = str(_uuid.UUID(bytes=os.urandom(16), version=4))
-    return ctx.cache[ck]
-
-
-@builtin("uuid.parse")
-def uuid_parse(ctx: EvalContext, s: Any) -> Any:
-    s = need_str(s, 1)
-    try:
-        u = _uuid.UUID(s)
-    except ValueError:
-        return UNDEFINED
-    out: dict[str, Any] = {"version": u.version or (u.int >> 76) & 0xF, "variant": _variant(u)}
-    if u.version == 1 or u.version == 2 or u.version == 6:
-        out["time"] = (u.time - 0x01B21DD213814000) * 100
-        out["clocksequence"] = u.clock_seq
-        out["nodeid"] = "-".join(f"{(u.node >> s_) & 0xFF:02x}" for s_ in range(40, -8, -8))
-        if u.version == 1:
-            out["macvariables"] = ("local" if (u.node >> 41) & 1 else "global") + ":" + ("multicast" if (u.node >> 40) & 1 else "unicast")
-    return out
-
-
-def _variant(u: _uuid.UUID) -> str:
-    return {_uuid.RFC_4122: "RFC4122", _uuid.RESERVED_NCS: "Reserved", _uuid.RESERVED_MICROSOFT: "Microsoft",
-            _uuid.RESERVED_FUTURE: "Future"}[u.variant]
+# -- rand ------------------------------------------------------------------------------------
 
 
 @builtin("rand.intn")
