@@ -18,6 +18,7 @@ from bridge.opawasm.builtins import (  # noqa: F401 - imported for their @builti
     jwt_sign,
     misc,
     net,
+    providers,
     semver,
     strings,
     template,

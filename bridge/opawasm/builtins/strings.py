@@ -223,6 +223,28 @@ def _affix(search: Any, base: Any, match: Any) -> bool:
     return any(match(s, b) for s in strs for b in bases)
 
 
+def go_split(s: str, sep: str, limit: int = -1) -> list[str]:
+    """Go's strings.SplitN: at most `limit` parts (all when negative); "" splits into characters."""
+    if limit == 0:
+        return []
+    if sep == "":
+        chars = list(s)
+        if 0 < limit < len(chars):
+            return [*chars[: limit - 1], "".join(chars[limit - 1 :])]
+        return chars
+    return s.split(sep, limit - 1) if limit > 0 else s.split(sep)
+
+
+@builtin("strings.split_n")
+def split_n(ctx: EvalContext, s: Any, delimiter: Any, n: Any) -> list[str]:
+    """The first n parts (n > 0), the last -n parts (n < 0), none (n == 0); topdown's SplitN."""
+    s, delimiter, n = need_str(s, 1), need_str(delimiter, 2), need_int(n, 3)
+    if n >= 0:
+        return go_split(s, delimiter, n + 1)[:n]
+    parts = go_split(s, delimiter)
+    return parts[max(len(parts) + n, 0) :]
+
+
 @builtin("strings.count")
 def strings_count(ctx: EvalContext, s: Any, sub: Any) -> int:
     return need_str(s, 1).count(need_str(sub, 2))

@@ -86,6 +86,16 @@ class URL:
     def hostname(self) -> str:
         return _split_host_port(self.host)[0]
 
+    def escaped_path(self) -> str:
+        """URL.EscapedPath: the raw path when it is a valid escaping of the path, else Go's own."""
+        if self.raw_path and _valid_encoded(self.raw_path):
+            try:
+                if unescape(self.raw_path, PATH) == self.path:
+                    return self.raw_path
+            except GoError:
+                pass
+        return "*" if self.path == "*" else escape(self.path, PATH)
+
     def port(self) -> str:
         return _split_host_port(self.host)[1]
 
@@ -157,6 +167,10 @@ def _authority(scheme: str, authority: str) -> str:
         for part in userinfo.split(":", 1):
             unescape(part, USERINFO)
     return host
+
+
+def _valid_encoded(s: str) -> bool:
+    return all(c in b"!$&'()*+,;=:@[]%" or not should_escape(c, PATH) for c in s.encode("utf-8"))
 
 
 def _valid_port(colon_port: str) -> bool:
