@@ -108,7 +108,7 @@ class WasmPolicy:
         name, fn = self._table[builtin_id]
         ctx = inst.ctx
         if ctx is None:
-            ctx = inst.ctx = EvalContext(now_ns=inst.start_ns, deadline=inst.deadline, host=self.host)
+            ctx = inst.ctx = EvalContext(inst.start_ns, inst.deadline, self.host, inst.memory_limit)
         ctx.check_deadline()
         args = [read_value(inst, a) for a in arg_addrs]
         try:

@@ -7,7 +7,7 @@ import random
 from typing import Any
 
 from bridge.opawasm.builtins.operands import need_int, need_str, type_name
-from bridge.opawasm.builtins.registry import EvalContext, builtin
+from bridge.opawasm.builtins.registry import NODE_BYTES, EvalContext, builtin
 from bridge.opawasm.errors import BuiltinError
 from bridge.opawasm.values import RegoSet, canonical_key, to_json
 
@@ -104,17 +104,14 @@ def range_step(ctx: EvalContext, a: Any, b: Any, step: Any) -> list[int]:
     a, b, step = need_int(a, 1), need_int(b, 2), need_int(step, 3)
     if step <= 0:
         raise BuiltinError("numbers.range_step: step must be a positive number above zero")
-    out = []
-    if a <= b:
-        x = a
-        while x <= b:
-            out.append(x)
-            x += step
-    else:
-        x = a
-        while x >= b:
-            out.append(x)
-            x -= step
+    count = abs(b - a) // step + 1
+    digits = max(len(str(a)), len(str(b)))  # each element's text, at most
+    ctx.check_size(count * (NODE_BYTES + digits + 1), "numbers.range_step")
+    stride = step if a <= b else -step
+    out: list[int] = []
+    for start in range(0, count, 1 << 16):
+        ctx.check_deadline()
+        out.extend(range(a + start * stride, a + min(count, start + (1 << 16)) * stride, stride))
     return out
 
 
@@ -133,6 +130,7 @@ def reachable_paths(ctx: EvalContext, graph: Any, initial: Any) -> RegoSet:
         return list(e) if isinstance(e, (list, RegoSet)) else []
 
     def walk(node: Any, path: list[Any]) -> None:
+        ctx.check_deadline()  # the paths of a dense graph are exponentially many
         nxt = [x for x in edges(node) if canonical_key(x) not in {canonical_key(p) for p in path}]
         if not isinstance(node, str) or node not in graph:
             if path[:-1]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from bridge.opawasm.gocompat.errors import GoError, Unsupported
@@ -11,9 +12,14 @@ from bridge.opawasm.gocompat.texttemplate.values import NOVALUE, gotype, sprint1
 _NOPREV = object()  # a pipeline's first command has no previous result to take as its last argument
 
 
-def execute(nodes: list[Any], data: Any) -> str:
-    """The output of the parsed template `nodes` with `data` as dot and `$`."""
-    ex = _Exec(data)
+Progress = Callable[[int], None]
+
+
+def execute(nodes: list[Any], data: Any, progress: Progress | None = None) -> str:
+    """The output of the parsed template `nodes` with `data` as dot and `$`. `progress(size)` is
+    called as the output grows (every few hundred pieces): a caller's hook to stop a template
+    whose ranges multiply past its time or memory."""
+    ex = _Exec(data, progress)
     ex.run(nodes, data)
     return "".join(ex.out)
 
@@ -33,9 +39,17 @@ def _fail_nil(n: str) -> Any:
 
 
 class _Exec:
-    def __init__(self, root: Any) -> None:
+    def __init__(self, root: Any, progress: Progress | None = None) -> None:
         self.vars: list[dict[str, Any]] = [{"$": root}]
         self.out: list[str] = []
+        self.size = 0
+        self.progress = progress
+
+    def emit(self, text: str) -> None:
+        self.out.append(text)
+        self.size += len(text)
+        if self.progress is not None and len(self.out) & 0xFF == 0:
+            self.progress(self.size)
 
     def var(self, name: str) -> Any:
         for scope in reversed(self.vars):
@@ -75,10 +89,10 @@ class _Exec:
         for node in nodes:
             kind = node[0]
             if kind == "text":
-                self.out.append(node[1])
+                self.emit(node[1])
             elif kind == "out":
                 v = self.pipeline(node[1], dot)
-                self.out.append(sprint1(v, top=True))
+                self.emit(sprint1(v, top=True))
             elif kind == "set":
                 self.vars[-1][node[1]] = self.pipeline(node[2], dot)
             elif kind in ("if", "with"):
