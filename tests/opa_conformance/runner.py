@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from bridge.opawasm import errors as wasm_errors
-from bridge.opawasm.bundle import policy_from_files
 from bridge.opawasm.builtins.registry import EvalContext
+from bridge.opawasm.bundle import policy_from_files
 from bridge.opawasm.policy import WasmPolicy
 from tests.opa_conformance.build import BuildFailed, Prepared, build, bundle_files, planned_builtins, prepare
 from tests.opa_conformance.judge import Outcome, judge, run, strict_judgement

@@ -129,7 +129,7 @@ def json_marshal_with_options(ctx: EvalContext, v: Any, opts: Any) -> str:
     prefix = opts.get("prefix", "")
     for k in opts:
         if k not in ("pretty", "indent", "prefix"):
-            raise BuiltinError(f'object keys must be one of "pretty", "indent", "prefix" but got "{k}"')
+            raise BuiltinError(f'operand 2 object contained unknown key "{k}"')
     if not isinstance(indent, str) or not isinstance(prefix, str):
         raise BuiltinError("indent and prefix must be strings")
     doc = to_json(v)
@@ -179,8 +179,9 @@ def json_verify_schema(ctx: EvalContext, schema: Any) -> list[Any]:
 @builtin("json.match_schema")
 def json_match_schema(ctx: EvalContext, document: Any, schema: Any) -> list[Any]:
     s = _schema_of(schema)
-    if check_schema(s) is not None:
-        raise BuiltinError("json.match_schema: invalid schema")
+    err = check_schema(s)
+    if err is not None:
+        raise BuiltinError(err)
     missing = unsupported_keywords(s)
     if missing:
         # failing the evaluation is the only safe answer: ignoring a keyword could pass a bad document

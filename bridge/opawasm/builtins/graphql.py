@@ -6,6 +6,7 @@ validated against the schema by graphql-core (`graphql_print` hands it both as G
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Any
 
@@ -52,7 +53,7 @@ def prune(v: Any) -> Any:
 def gql_error(exc: GQLError) -> BuiltinError:
     """formatGqlParserError: `<message> in GraphQL string at location <line>:<column>`."""
     if exc.line is not None and exc.line >= 0:
-        return BuiltinError(f"{exc.message.removesuffix('.')} in GraphQL string at location {exc.line}:{exc.column}")
+        return BuiltinError(f"{exc.message} in GraphQL string at location {exc.line}:{exc.column}")
     return BuiltinError(f"GraphQL parse error: {exc.go_text()}")
 
 
@@ -129,7 +130,21 @@ def _validate(schema: Schema, doc: Node, text: str | None) -> None:
         first = errors[0]
         where = f" in GraphQL string at location {first.locations[0].line}:{first.locations[0].column}" \
             if first.locations else ""
-        raise BuiltinError(first.message.replace("'", '"').removesuffix(".") + where)
+        raise BuiltinError(_gqlparser_words(first.message) + where)
+
+
+_REQUIRED = re.compile(r'^Argument "(@?)(?:(\w+)\.)?(\w+)\((\w+):\)" of type "(.+)" is required, but it was not provided\.$')
+
+
+def _gqlparser_words(message: str) -> str:
+    """graphql-core's message as gqlparser words it (double quotes, no final period; a missing
+    required argument is "Field "f" argument "a" ...")."""
+    text = message.replace("'", '"')
+    m = _REQUIRED.match(text)
+    if m is not None:
+        owner = "Directive" if m.group(1) else "Field"
+        text = f'{owner} "{m.group(3)}" argument "{m.group(4)}" of type "{m.group(5)}" is required, but it was not provided.'
+    return text.removesuffix(".")
 
 
 def _parse_and_validate(query: Any, schema: Any) -> tuple[Node, Node]:

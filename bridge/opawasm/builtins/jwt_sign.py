@@ -25,6 +25,22 @@ def _alg_obj(alg: str) -> Any:
     return _ALGORITHMS[alg]
 
 
+def _header_alg(header: str) -> str:
+    """The header's alg as jwx's jwsbb reads it, with its errors."""
+    if header.strip() == "":
+        raise BuiltinError("missing or invalid 'alg' header: cannot parse JSON: cannot parse empty string")
+    try:
+        v = msgspec.json.decode(header.encode())
+    except msgspec.DecodeError:
+        if header.lstrip().startswith("{"):
+            raise BuiltinError("missing or invalid 'alg' header: cannot parse JSON") from None
+        v = None
+    alg = v.get("alg") if isinstance(v, dict) else None
+    if not isinstance(alg, str):
+        raise BuiltinError("missing or invalid 'alg' header: jwsbb: header \"alg\" not found")
+    return alg
+
+
 def _object(text: str, what: str) -> dict[str, Any]:
     try:
         v = msgspec.json.decode(text.encode())
@@ -57,10 +73,8 @@ def _sign(alg: str, signing_input: bytes, jwk: dict[str, Any]) -> bytes:
 def encode_sign_raw(ctx: EvalContext, header: Any, payload: Any, key: Any) -> str:
     k, h, p = need_str(key, 3), need_str(header, 1), need_str(payload, 2)
     jwk = _object(k, "key")
-    hdr = _object(h, "header")
-    alg = hdr.get("alg")
-    if not isinstance(alg, str):
-        raise BuiltinError("missing or invalid 'alg' header")
+    alg = _header_alg(h)
+    hdr = msgspec.json.decode(h.encode())  # _header_alg found it to be an object
     typ = hdr.get("typ")
     if not isinstance(typ, str) or typ == "JWT":
         try:

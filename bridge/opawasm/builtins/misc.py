@@ -103,7 +103,7 @@ def rand_intn(ctx: EvalContext, s: Any, n: Any) -> int:
 def range_step(ctx: EvalContext, a: Any, b: Any, step: Any) -> list[int]:
     a, b, step = need_int(a, 1), need_int(b, 2), need_int(step, 3)
     if step <= 0:
-        raise BuiltinError("numbers.range_step: step must be a positive number above zero")
+        raise BuiltinError("numbers.range_step: step must be a positive integer")
     count = abs(b - a) // step + 1
     digits = max(len(str(a)), len(str(b)))  # each element's text, at most
     ctx.check_size(count * (NODE_BYTES + digits + 1), "numbers.range_step")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from bridge.opawasm.builtins.globsect import non_empty
-from bridge.opawasm.builtins.operands import need_int, need_str, str_collection, type_name
+from bridge.opawasm.builtins.operands import need_int, need_str, type_name
 from bridge.opawasm.builtins.registry import EvalContext, builtin
 from bridge.opawasm.errors import BuiltinError, HaltError
 from bridge.opawasm.gocompat.errors import GoError, TooLarge
@@ -134,9 +134,22 @@ def any_suffix_match(ctx: EvalContext, search: Any, base: Any) -> bool:
 
 
 def _affix(search: Any, base: Any, match: Any) -> bool:
-    strs = [search] if isinstance(search, str) else str_collection(search, 1)
-    bases = [base] if isinstance(base, str) else str_collection(base, 2)
+    strs, bases = _strings(search, 1), _strings(base, 2)
     return any(match(s, b) for s in strs for b in bases)
+
+
+def _strings(v: Any, pos: int) -> list[str]:
+    """topdown's operand for any_prefix/suffix_match: a string, or an array or set of strings."""
+    if isinstance(v, str):
+        return [v]
+    if not isinstance(v, (list, tuple, RegoSet)):
+        raise BuiltinError(f"operand {pos} must be one of {{string, set, array}} but got {type_name(v)}")
+    items = list(v)
+    for x in items:
+        if not isinstance(x, str):
+            kind = "array" if isinstance(v, (list, tuple)) else "set"
+            raise BuiltinError(f"operand {pos} must be {kind} of strings but got {kind} containing {type_name(x)}")
+    return items
 
 
 def go_split(s: str, sep: str, limit: int = -1) -> list[str]:

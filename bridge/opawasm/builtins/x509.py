@@ -209,8 +209,9 @@ def parse_certificate_request(ctx: EvalContext, s: Any) -> dict[str, Any]:
         data = base64.b64decode(b"".join(m.group(2).split()))
     try:
         csr = x509.load_der_x509_csr(data)
-    except ValueError as exc:
-        raise BuiltinError(f"x509: {exc}") from None
+    except ValueError:
+        # Go's encoding/asn1 names the class of the fault; pyca's parser does not say it in Go's words
+        raise BuiltinError("asn1: structure error: malformed certificate request") from None
     return certificate_request_json(csr, data)
 
 

@@ -73,8 +73,24 @@ def unmarshal(s: str) -> Any:
     """The first document of `s` as a JSON value (keys as strings, binary as base64)."""
     try:
         return _Converter().value(_first_document(s))
+    except yaml.MarkedYAMLError as exc:
+        raise GoError(_go_message(exc)) from None
     except yaml.YAMLError as exc:
         raise GoError(f"yaml: {exc}") from None
+
+
+def _go_message(exc: yaml.MarkedYAMLError) -> str:
+    """PyYAML's error in go-yaml's (libyaml's) words where they differ only in phrasing:
+    `yaml: line N: did not find expected ...`, `yaml: mapping values are not allowed in this context`."""
+    problem = exc.problem or ""
+    line = exc.problem_mark.line + 1 if exc.problem_mark is not None else 0
+    if problem.startswith("expected ") and ", but found" in problem:
+        return f"yaml: line {line}: did not find {problem.split(', but found')[0]}"
+    if problem.startswith("expected ") and ", but got" in problem:
+        return f"yaml: line {line}: did not find {problem.split(', but got')[0]}"
+    if problem == "mapping values are not allowed here":
+        return "yaml: mapping values are not allowed in this context"
+    return f"yaml: line {line}: {problem}"
 
 
 def is_valid(s: str) -> bool:

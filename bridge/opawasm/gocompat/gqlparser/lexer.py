@@ -77,7 +77,7 @@ class Lexer:
 
     def _error(self, message: str) -> tuple[Token, GQLError]:
         column = self.end - self.line_start + 1
-        return Token(INVALID, "", self.line, self.start - self.line_start + 1), GQLError(message, self.line, column)
+        return Token(INVALID, "", self.line, column), GQLError(message, self.line, column)
 
     def read(self) -> tuple[Token, GQLError | None]:
         self._ws()
