@@ -127,24 +127,36 @@ def _validate(schema: Schema, doc: Node, text: str | None) -> None:
         raise BuiltinError(f"GraphQL parse error: {exc.message}") from None
     errors = gqlcore.validate(_core_schema(schema_sdl(schema, _CORE_DIRECTIVES)), query, _RULES)
     if errors:
-        first = errors[0]
-        where = f" in GraphQL string at location {first.locations[0].line}:{first.locations[0].column}" \
-            if first.locations else ""
-        raise BuiltinError(_gqlparser_words(first.message) + where)
+        raise BuiltinError(_error_list_text(errors))
 
 
 _REQUIRED = re.compile(r'^Argument "(@?)(?:(\w+)\.)?(\w+)\((\w+):\)" of type "(.+)" is required, but it was not provided\.$')
 
 
 def _gqlparser_words(message: str) -> str:
-    """graphql-core's message as gqlparser words it (double quotes, no final period; a missing
-    required argument is "Field "f" argument "a" ...")."""
+    """graphql-core's message as gqlparser words it (double quotes; a missing required argument
+    is "Field "f" argument "a" ...")."""
     text = message.replace("'", '"')
     m = _REQUIRED.match(text)
     if m is not None:
         owner = "Directive" if m.group(1) else "Field"
         text = f'{owner} "{m.group(3)}" argument "{m.group(4)}" of type "{m.group(5)}" is required, but it was not provided.'
-    return text.removesuffix(".")
+    return text
+
+
+def _error_list_text(errors: list[gqlcore.GraphQLError]) -> str:
+    """formatGqlParserError over gqlparser's error list: Error() is one `input:L:C: message` line
+    per error, and OPA keeps what follows the first location, less a final ".\n"."""
+    lines = []
+    for e in errors:
+        where = f":{e.locations[0].line}:{e.locations[0].column}" if e.locations else ""
+        lines.append(f"input{where}: {_gqlparser_words(e.message)}\n")
+    text = "".join(lines)
+    first = errors[0]
+    if not first.locations:
+        return f"GraphQL parse error: {text}"
+    tail = text.split(":", 3)[3].lstrip(" ").removesuffix(".\n")
+    return f"{tail} in GraphQL string at location {first.locations[0].line}:{first.locations[0].column}"
 
 
 def _parse_and_validate(query: Any, schema: Any) -> tuple[Node, Node]:

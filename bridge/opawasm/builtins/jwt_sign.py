@@ -28,7 +28,7 @@ def _alg_obj(alg: str) -> Any:
 def _header_alg(header: str) -> str:
     """The header's alg as jwx's jwsbb reads it, with its errors."""
     if header.strip() == "":
-        raise BuiltinError("missing or invalid 'alg' header: cannot parse JSON: cannot parse empty string")
+        raise BuiltinError("missing or invalid 'alg' header: cannot parse JSON: cannot parse empty string; unparsed tail: \"\"")
     try:
         v = msgspec.json.decode(header.encode())
     except msgspec.DecodeError:
