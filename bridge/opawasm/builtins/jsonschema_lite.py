@@ -201,7 +201,7 @@ def _validate_string(doc: str, schema: dict[str, Any], field: str) -> list[dict[
 def _matches(pattern: str, text: str) -> bool:
     """A schema's pattern on Go's regexp (RE2: linear time); a pattern Go refuses is an error."""
     try:
-        return compile_go(pattern).search(text) is not None
+        return compile_go(pattern).search(text)
     except GoError as exc:
         raise BuiltinError(f"jsonschema: {exc}") from None
 

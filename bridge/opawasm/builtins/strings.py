@@ -10,12 +10,12 @@ from bridge.opawasm.builtins.registry import EvalContext, builtin
 from bridge.opawasm.errors import BuiltinError, HaltError
 from bridge.opawasm.gocompat.errors import GoError, TooLarge
 from bridge.opawasm.gocompat.fmt import sprintf as go_sprintf
-from bridge.opawasm.gocompat.regexp import compile_go, expand, find_all, quote_meta
+from bridge.opawasm.gocompat.regexp import Regexp, compile_go, quote_meta
 from bridge.opawasm.gocompat.regexp import split as go_split_regexp
 from bridge.opawasm.values import RegoSet, rego_repr
 
 
-def go_regexp(ctx: EvalContext, pattern: str) -> Any:
+def go_regexp(ctx: EvalContext, pattern: str) -> Regexp:
     try:
         return compile_go(pattern)
     except GoError as exc:
@@ -26,19 +26,13 @@ def go_regexp(ctx: EvalContext, pattern: str) -> Any:
 def regex_replace(ctx: EvalContext, s: Any, pattern: Any, value: Any) -> str:
     s, pattern, value = need_str(s, 1), need_str(pattern, 2), need_str(value, 3)
     rx = go_regexp(ctx, pattern)
-    out: list[str] = []
-    last = size = 0
-    for i, m in enumerate(find_all(rx, s)):
-        piece = s[last : m.start()] + expand(value, m)
-        size += len(piece)
-        if i & 0x3FF == 0:
-            # a short pattern and a long replacement multiply: account before the text grows
-            ctx.check_deadline()
-            ctx.check_size(size + (len(s) - m.end()), "regex.replace")
-        out.append(piece)
-        last = m.end()
-    out.append(s[last:])
-    return "".join(out)
+
+    def check(size: int) -> None:
+        # a short pattern and a long replacement multiply: account before the text grows
+        ctx.check_deadline()
+        ctx.check_size(size, "regex.replace")
+
+    return rx.replace_all(s.encode("utf-8"), value.encode("utf-8"), check).decode("utf-8", "replace")
 
 
 @builtin("regex.split")
@@ -50,13 +44,16 @@ def regex_split(ctx: EvalContext, pattern: Any, s: Any) -> list[str]:
 @builtin("regex.find_n")
 def regex_find_n(ctx: EvalContext, pattern: Any, s: Any, n: Any) -> list[str]:
     pattern, s, n = need_str(pattern, 1), need_str(s, 2), need_int(n, 3)
-    return [m.group(0) for m in find_all(go_regexp(ctx, pattern), s, n)]
+    b = s.encode("utf-8")
+    return [b[m[0][0] : m[0][1]].decode("utf-8", "replace") for m in go_regexp(ctx, pattern).all_matches(b, n)]
 
 
 @builtin("regex.find_all_string_submatch_n")
 def regex_find_all_submatch(ctx: EvalContext, pattern: Any, s: Any, n: Any) -> list[list[str]]:
     pattern, s, n = need_str(pattern, 1), need_str(s, 2), need_int(n, 3)
-    return [[m.group(0)] + [g or "" for g in m.groups()] for m in find_all(go_regexp(ctx, pattern), s, n)]
+    b = s.encode("utf-8")
+    return [[b[a:z].decode("utf-8", "replace") if a >= 0 else "" for a, z in m]
+            for m in go_regexp(ctx, pattern).all_matches(b, n)]
 
 
 def _delimiter_indices(s: str, start: str, end: str) -> list[int]:
@@ -94,7 +91,7 @@ def regex_template_match(ctx: EvalContext, template: Any, value: Any, dstart: An
         pat.append(f"{quote_meta(raw)}({sub})")
     pat.append(quote_meta(template[end:]))
     pat.append("$")
-    return go_regexp(ctx, "".join(pat)).search(value) is not None
+    return go_regexp(ctx, "".join(pat)).search(value)
 
 
 @builtin("regex.globs_match")

@@ -9,6 +9,7 @@ time, node id, MAC variables and clock sequence, plus id and domain for version 
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from bridge.opawasm.builtins.operands import need_str
@@ -16,8 +17,7 @@ from bridge.opawasm.builtins.registry import EvalContext, builtin
 from bridge.opawasm.values import UNDEFINED, canonical_key
 
 _GREGORIAN_TO_UNIX_100NS = 0x01B21DD213814000
-_DASHES = (8, 13, 18, 23)
-_HEX = frozenset("0123456789abcdefABCDEF")
+_HEX32 = re.compile("[0-9a-fA-F]{32}")
 _DOMAINS = {0: "Person", 1: "Group", 2: "Org"}
 
 
@@ -43,13 +43,11 @@ def _uuid_bytes(s: str) -> bytes | None:
     elif len(s) == 38:
         s = s[1:37]
     elif len(s) == 32:
-        return bytes.fromhex(s) if all(c in _HEX for c in s) else None
-    if len(s) != 36 or any(s[i] != "-" for i in _DASHES):
+        return bytes.fromhex(s) if _HEX32.fullmatch(s) else None
+    if len(s) != 36 or s[8] != "-" or s[13] != "-" or s[18] != "-" or s[23] != "-":
         return None
     digits = s.replace("-", "")
-    if len(digits) != 32 or not all(c in _HEX for c in digits):
-        return None
-    return bytes.fromhex(digits)
+    return bytes.fromhex(digits) if _HEX32.fullmatch(digits) else None
 
 
 def _variant(b8: int) -> str:

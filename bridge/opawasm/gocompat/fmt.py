@@ -32,7 +32,7 @@ def sprintf(fmt: str, args: list[Any], limit: int | None = None) -> str:
             break
         i = m.end()
         flags, width, prec, verb = m.groups()
-        if limit is not None:
+        if limit is not None and (width or prec):
             size += _requested(width, prec, args, argi)
             if size > limit:
                 raise TooLarge(size)
