@@ -12,7 +12,7 @@ error messages and is dropped, as OPA drops it, before a node is returned to a p
 """
 
 from bridge.opawasm.gocompat.gqlparser.lexer import GQLError
-from bridge.opawasm.gocompat.gqlparser.parser import parse_query
+from bridge.opawasm.gocompat.gqlparser.query import parse_query
 from bridge.opawasm.gocompat.gqlparser.schema import parse_schema
 from bridge.opawasm.gocompat.gqlparser.validator import Schema, validate_schema_document
 
