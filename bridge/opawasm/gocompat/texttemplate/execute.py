@@ -42,13 +42,15 @@ class _Exec:
     def __init__(self, root: Any, progress: Progress | None = None) -> None:
         self.vars: list[dict[str, Any]] = [{"$": root}]
         self.out: list[str] = []
-        self.size = 0
+        self.size = 0  # the length of out[: self.counted]
+        self.counted = 0
         self.progress = progress
 
-    def emit(self, text: str) -> None:
-        self.out.append(text)
-        self.size += len(text)
-        if self.progress is not None and len(self.out) & 0xFF == 0:
+    def report(self) -> None:
+        """Tell the progress hook the output's size (called every 256 range iterations)."""
+        if self.progress is not None:
+            self.size += sum(len(piece) for piece in self.out[self.counted :])
+            self.counted = len(self.out)
             self.progress(self.size)
 
     def var(self, name: str) -> Any:
@@ -89,10 +91,10 @@ class _Exec:
         for node in nodes:
             kind = node[0]
             if kind == "text":
-                self.emit(node[1])
+                self.out.append(node[1])
             elif kind == "out":
                 v = self.pipeline(node[1], dot)
-                self.emit(sprint1(v, top=True))
+                self.out.append(sprint1(v, top=True))
             elif kind == "set":
                 self.vars[-1][node[1]] = self.pipeline(node[2], dot)
             elif kind in ("if", "with"):
@@ -122,7 +124,7 @@ class _Exec:
             self.run(els, dot)
             self.vars.pop()
             return
-        for k, x in items:
+        for i, (k, x) in enumerate(items):
             scope: dict[str, Any] = {}
             if len(decl) == 1:
                 scope[decl[0]] = x
@@ -131,3 +133,5 @@ class _Exec:
             self.vars.append(scope)
             self.run(body, x)
             self.vars.pop()
+            if i & 0xFF == 0xFF:
+                self.report()  # ranges multiply: only they can make the output outgrow the input
