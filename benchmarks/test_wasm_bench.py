@@ -18,18 +18,19 @@ import socket
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import msgspec
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "wasm"))
-from wasm_bench_common import POLICIES, IsolatedWasmtime, build, ensure_opa_py_wasm, peer_builtins  # noqa: E402
+from wasm_bench_common import POLICIES, IsolatedWasmtime, build, ensure_opa_py_wasm, peer_builtins
 
-from bridge.opawasm import LoadOptions, WasmPolicy  # noqa: E402
-from controlplane.infra.toolchain import opa_binary  # noqa: E402
+from bridge.opawasm import LoadOptions, WasmPolicy
+from controlplane.infra.toolchain import opa_binary
 
 SHORT = os.environ.get("GROQPOLICY_BENCH_SHORT") == "1"
 ROUNDS = {"groqpolicy": 3000 if SHORT else 50000, "regopy": 2000 if SHORT else 20000,
@@ -135,7 +136,7 @@ def _regopy(name: str) -> Callable[[], Any]:
 
 def _opa_py_wasm(name: str, peer: IsolatedWasmtime) -> Callable[[], Any]:
     spec = POLICIES[name]
-    wasm, data = build(name)
+    wasm, _data = build(name)  # the peer loads its data from the spec (set_data)
     mod = peer.module
     try:
         p = peer.construct(mod.OpaWasmPolicy.from_wasm_bytes, wasm)

@@ -117,7 +117,7 @@ class IsolatedWasmtime:
         own = self._take()
         sys.path.insert(0, str(target))
         try:
-            import opapywasm  # noqa: F401
+            import opapywasm
 
             self.module = opapywasm
         finally:
