@@ -136,7 +136,7 @@ def _regopy(name: str) -> Callable[[], Any]:
 
 def _opa_py_wasm(name: str, peer: IsolatedWasmtime) -> Callable[[], Any]:
     spec = POLICIES[name]
-    wasm, data = build(name)
+    wasm, _data = build(name)  # the peer loads its data from the spec (set_data)
     mod = peer.module
     try:
         p = peer.construct(mod.OpaWasmPolicy.from_wasm_bytes, wasm)

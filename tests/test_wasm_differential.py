@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from bridge.opawasm import UNDEFINED, HostConfig, policy_from_files
-from bridge.opawasm import errors as E
+from bridge.opawasm import errors as wasm_errors
 from tests.wasm_helpers import build_wasm_bundle, bundle_files, opa_eval_one
 
 CORPUS = Path(__file__).parent / "wasm_corpus"
@@ -108,7 +108,7 @@ def test_module_matches_topdown(path: Path, corpus):
         want = expected[f"r{i}"]
         try:
             got = pol.evaluate(f"{doc['package'].replace('.', '/')}/{c['rule']}", c["input"])
-        except E.WasmError as exc:
+        except wasm_errors.WasmError as exc:
             mismatches.append(f"{c['id']}: wasm error {exc!r}, topdown {want!r}")
             continue
         got_l = [] if got is UNDEFINED else [got]
@@ -122,7 +122,7 @@ def test_module_matches_topdown(path: Path, corpus):
         try:
             got = pol.evaluate(f"{doc['package'].replace('.', '/')}/{c['rule']}", c["input"])
             mismatches.append(f"{c['id']}: topdown errors, wasm returned {got!r}")
-        except E.EvaluationError:
+        except wasm_errors.EvaluationError:
             pass
     assert not mismatches, "\n".join(mismatches)
 
@@ -136,7 +136,7 @@ def _check_strict(doc: dict[str, Any], pol: Any) -> None:
         try:
             got = pol.evaluate(f"{doc['package'].replace('.', '/')}/{c['rule']}", c["input"])
             mine = None
-        except E.BuiltinHalt as exc:
+        except wasm_errors.BuiltinHalt as exc:
             got, mine = None, str(exc)
         if "error" not in td:
             if mine is not None or _norm(got) != _norm(td.get("value")):

@@ -7,9 +7,11 @@ import asyncio
 import itertools
 import os
 import re
+import subprocess
 import threading
 import time
 
+import msgspec
 import pytest
 import wasmtime
 
@@ -26,7 +28,8 @@ from bridge.opawasm import (
     load_bundle,
     policy_from_files,
 )
-from bridge.opawasm import errors as E
+from bridge.opawasm import errors as wasm_errors
+from controlplane.infra.toolchain import opa_binary
 from tests.wasm_helpers import build_wasm_bundle, bundle_files, signed_bundle
 
 POLICY = """package t
@@ -85,49 +88,78 @@ def test_signed_bundle_loads_and_evaluates(bundle, key):
 
 
 def test_unsigned_bundle_is_refused(bundle, key):
-    with pytest.raises(E.BundleVerificationFailed, match="verification failed"):
+    with pytest.raises(wasm_errors.BundleVerificationFailed, match="verification failed"):
         load_bundle(bundle, keys_of(key))
 
 
 def test_tampered_bundle_is_refused(bundle, key):
     files = read_bundle(signed_bundle(bundle, key))
     files["/data.json"] = b'{"admins":["mallory"],"rev":"A"}'
-    with pytest.raises(E.BundleVerificationFailed, match="digest mismatch"):
+    with pytest.raises(wasm_errors.BundleVerificationFailed, match="digest mismatch"):
         load_bundle(write_bundle(files), keys_of(key))
     files = read_bundle(signed_bundle(bundle, key))
     wasm = bytearray(files["/policy.wasm"])
     wasm[-10] ^= 0xFF
     files["/policy.wasm"] = bytes(wasm)
-    with pytest.raises(E.BundleVerificationFailed, match=r"policy\.wasm: digest mismatch"):
+    with pytest.raises(wasm_errors.BundleVerificationFailed, match=r"policy\.wasm: digest mismatch"):
         load_bundle(write_bundle(files), keys_of(key))
 
 
 def test_wrong_key_is_refused(bundle, key):
     other = generate_keypair("RS256", "wasm-test")  # same kid, different key
-    with pytest.raises(E.BundleVerificationFailed):
+    with pytest.raises(wasm_errors.BundleVerificationFailed):
         load_bundle(signed_bundle(bundle, other), keys_of(key))
     stranger = generate_keypair("ES256", "stranger")
-    with pytest.raises(E.BundleVerificationFailed):
+    with pytest.raises(wasm_errors.BundleVerificationFailed):
         load_bundle(signed_bundle(bundle, stranger), keys_of(key))
 
 
 def test_no_keys_is_refused(bundle, key):
-    with pytest.raises(E.BundleVerificationFailed, match="no verification keys"):
+    with pytest.raises(wasm_errors.BundleVerificationFailed, match="no verification keys"):
         load_bundle(signed_bundle(bundle, key), {})
 
 
-def test_missing_builtins_refused_at_load_time_with_names():
+def test_missing_builtins_refused_at_load_time_with_names(tmp_path):
+    # acme.lookup: a builtin of the caller's own, declared to opa build through its capabilities
+    caps = msgspec.json.decode(subprocess.run([str(opa_binary()), "capabilities", "--current"],
+                                              capture_output=True, check=True).stdout)
+    caps["builtins"].append({"name": "acme.lookup", "decl": {"type": "function", "args": [{"type": "string"}],
+                                                            "result": {"type": "string"}}})
+    (tmp_path / "caps.json").write_bytes(msgspec.json.encode(caps))
     src = """package m
 import rego.v1
-a := graphql.is_valid(input.q, input.s)
+a := acme.lookup(input.q)
 b := rego.parse_module("x.rego", input.m)
 c := sprintf("%v", [input.x])
 """
-    b = build_wasm_bundle({"m.rego": src}, ["m/a", "m/b", "m/c"])
-    with pytest.raises(E.MissingBuiltinsError) as exc:
+    b = build_wasm_bundle({"m.rego": src}, ["m/a", "m/b", "m/c"], flags=("--capabilities", str(tmp_path / "caps.json")))
+    with pytest.raises(wasm_errors.MissingBuiltinsError) as exc:
         policy_from_files(bundle_files(b))
-    assert exc.value.missing == ["graphql.is_valid", "rego.parse_module"]
-    assert "graphql.is_valid, rego.parse_module" in str(exc.value)
+    assert exc.value.missing == ["acme.lookup", "rego.parse_module"]
+    assert "acme.lookup, rego.parse_module" in str(exc.value)
+    # the caller's own builtin is provided through the load options; rego.parse_module stays missing
+    with pytest.raises(wasm_errors.MissingBuiltinsError) as exc:
+        policy_from_files(bundle_files(b), custom_builtins={"acme.lookup": lambda ctx, q: q.upper()})
+    assert exc.value.missing == ["rego.parse_module"]
+
+
+def test_custom_builtins_are_called_with_the_evaluation_context(tmp_path):
+    caps = msgspec.json.decode(subprocess.run([str(opa_binary()), "capabilities", "--current"],
+                                              capture_output=True, check=True).stdout)
+    caps["builtins"].append({"name": "acme.lookup", "decl": {"type": "function", "args": [{"type": "string"}],
+                                                            "result": {"type": "string"}}})
+    (tmp_path / "caps.json").write_bytes(msgspec.json.encode(caps))
+    src = "package m\nimport rego.v1\na := acme.lookup(input.q)\n"
+    b = build_wasm_bundle({"m.rego": src}, ["m/a"], flags=("--capabilities", str(tmp_path / "caps.json")))
+    seen = []
+
+    def lookup(ctx, q):
+        seen.append(ctx.remaining() > 0)
+        return q.upper()
+
+    pol = policy_from_files(bundle_files(b), custom_builtins={"acme.lookup": lookup})
+    assert pol.evaluate("m/a", {"q": "abc"}) == "ABC"
+    assert seen == [True]
 
 
 def test_old_abi_is_refused_clearly():
@@ -136,17 +168,17 @@ def test_old_abi_is_refused_clearly():
       (global (export "opa_wasm_abi_version") i32 (i32.const 1))
       (global (export "opa_wasm_abi_minor_version") i32 (i32.const 1))
       (func (export "eval") (param i32) (result i32) (i32.const 0)))"""
-    with pytest.raises(E.UnsupportedABIError, match=r"unsupported OPA wasm ABI 1\.1 \(want 1\.2 or later"):
+    with pytest.raises(wasm_errors.UnsupportedABIError, match=r"unsupported OPA wasm ABI 1\.1 \(want 1\.2 or later"):
         WasmPolicy(wasmtime.wat2wasm(wat))
 
 
 def test_garbage_module_is_refused():
-    with pytest.raises(E.BundleLoadError, match="not a valid wasm module"):
+    with pytest.raises(wasm_errors.BundleLoadError, match="not a valid wasm module"):
         WasmPolicy(b"\x00asm-not-really")
 
 
 def test_unknown_entrypoint(policy):
-    with pytest.raises(E.UnknownEntrypointError, match="t/nope"):
+    with pytest.raises(wasm_errors.UnknownEntrypointError, match="t/nope"):
         policy.evaluate("t/nope", {})
 
 
@@ -164,7 +196,7 @@ def _serves(policy: WasmPolicy) -> None:
 def test_trap_discards_instance_and_pool_keeps_serving(policy):
     before = policy.pool.discarded
     deep = b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
-    with pytest.raises(E.WasmTrap, match="stack overflow"):
+    with pytest.raises(wasm_errors.WasmTrap, match="stack overflow"):
         policy.evaluate_raw("t/deep", deep)
     assert policy.pool.discarded == before + 1
     _serves(policy)
@@ -172,29 +204,29 @@ def test_trap_discards_instance_and_pool_keeps_serving(policy):
 
 def test_deadline_overrun(policy):
     t0 = time.monotonic()
-    with pytest.raises(E.DeadlineExceeded, match="deadline exceeded") as exc:
+    with pytest.raises(wasm_errors.DeadlineExceeded, match="deadline exceeded") as exc:
         policy.evaluate("t/slow", {}, timeout=0.02)
     assert time.monotonic() - t0 < 2.0  # the policy alone would run for seconds
     # an evaluation failure (callers deny on it) and the family's deadline error, with its 504
-    assert isinstance(exc.value, E.EvaluationError) and isinstance(exc.value, kernel.DeadlineExceeded)
+    assert isinstance(exc.value, wasm_errors.EvaluationError) and isinstance(exc.value, kernel.DeadlineExceeded)
     assert kernel.error_document(exc.value)["error"]["code"] == "deadline_exceeded" and exc.value.status == 504
     _serves(policy)
 
 
 def test_out_of_memory(policy):
-    with pytest.raises(E.OutOfMemory, match="out of memory"):
+    with pytest.raises(wasm_errors.OutOfMemory, match="out of memory"):
         policy.evaluate("t/big", {})
     _serves(policy)
 
 
 def test_input_larger_than_memory_cap(policy):
-    with pytest.raises(E.OutOfMemory, match="memory cap exceeded"):
+    with pytest.raises(wasm_errors.OutOfMemory, match="memory cap exceeded"):
         policy.evaluate_raw("t/allow", b'{"user":"' + b"x" * (40 << 20) + b'"}')
     _serves(policy)
 
 
 def test_runtime_error_is_an_error_not_a_decision(policy):
-    with pytest.raises(E.PolicyAbort, match="var assignment conflict"):
+    with pytest.raises(wasm_errors.PolicyAbort, match="var assignment conflict"):
         policy.evaluate("t/conflict", {"x": 1, "y": True})
     _serves(policy)
 
@@ -253,7 +285,7 @@ def test_hot_swap_is_atomic_and_in_flight_evaluations_finish(key):
     assert set(seen) <= {"A", "B"} and "A" in seen and "B" in seen
     assert ev.evaluate("t/rev") == "B" and ev.evaluate("t/allow", {"user": "bob"}) is True
     # a bad revision never replaces the good one
-    with pytest.raises(E.BundleVerificationFailed):
+    with pytest.raises(wasm_errors.BundleVerificationFailed):
         ev.load(build_wasm_bundle({"p.rego": POLICY}, ENTRYPOINTS, {"admins": [], "rev": "C"}))
     assert ev.evaluate("t/rev") == "B"
 
@@ -267,7 +299,7 @@ def test_a_pinned_revision_stays_open_until_its_block_ends(key):
     ev = WasmEvaluator(keys_of(key), pool_size=2)
     with ev.pinned() as none:
         assert none is ev  # nothing loaded: evaluations fail as unpinned ones do
-        with pytest.raises(E.PoolClosed):
+        with pytest.raises(wasm_errors.PoolClosed):
             none.evaluate("t/rev")
     first = ev.load(a)
     with ev.pinned() as outer:
@@ -277,7 +309,7 @@ def test_a_pinned_revision_stays_open_until_its_block_ends(key):
             assert ev.evaluate("t/rev") == "B" and inner.evaluate("t/rev") == "A"
         assert outer.evaluate("t/rev") == "A" and not first.pool.closed  # one pin left
     assert first.pool.closed
-    with pytest.raises(E.PoolClosed):
+    with pytest.raises(wasm_errors.PoolClosed):
         first.evaluate("t/rev")
     ev.load(c)  # an unpinned revision is closed as soon as it is replaced
     assert second.pool.closed and ev.evaluate("t/rev") == "C"
@@ -344,7 +376,7 @@ def test_deadline_bounds_host_builtins(http_bundle):
 
     p = policy_from_files(bundle_files(http_bundle), host=HostConfig(bridge_url="http://bridge.local:8016", infer_transport=slow_infer))
     t0 = time.monotonic()
-    with pytest.raises(E.EvaluationError, match=r"timed out|deadline"):
+    with pytest.raises(wasm_errors.EvaluationError, match=r"timed out|deadline"):
         p.evaluate("h/judge", {"prompt": "x"}, timeout=0.1)
     assert time.monotonic() - t0 < 2.0
 
@@ -360,7 +392,7 @@ def test_transport_deadline_is_a_network_error_not_the_evaluations(http_bundle):
     assert p.evaluate("h/judge", {"prompt": "x"}, timeout=2.0) is UNDEFINED
     strict = policy_from_files(bundle_files(http_bundle), strict_builtin_errors=True,
                                host=HostConfig(bridge_url="http://bridge.local:8016", infer_transport=timed_out))
-    with pytest.raises(E.BuiltinHalt, match=r"http\.send: groq\.infer\.fast: no answer"):
+    with pytest.raises(wasm_errors.BuiltinHalt, match=r"http\.send: groq\.infer\.fast: no answer"):
         strict.evaluate("h/judge", {"prompt": "x"}, timeout=2.0)
 
 
@@ -410,17 +442,17 @@ def test_data_files_merge_by_directory(bundle):
     files["/a/b/data.json"] = b'{"x": 42}'
     assert policy_from_files(files).evaluate("p/v") == [42, True]
     files["/a/data.json"] = b'{"b": {"x": 1}}'
-    with pytest.raises(E.BundleLoadError, match="conflicts"):
+    with pytest.raises(wasm_errors.BundleLoadError, match="conflicts"):
         policy_from_files(files)
 
 
 def test_manifest_entrypoint_missing_from_module_is_refused(bundle):
     files = bundle_files(bundle)
     files["/.manifest"] = b'{"revision": "r", "roots": [""], "wasm": [{"entrypoint": "t/nope", "module": "/policy.wasm"}]}'
-    with pytest.raises(E.BundleLoadError, match="t/nope"):
+    with pytest.raises(wasm_errors.BundleLoadError, match="t/nope"):
         policy_from_files(files)
     files["/.manifest"] = b'{"wasm": [{"entrypoint": "t/allow", "module": "/other.wasm"}]}'
-    with pytest.raises(E.BundleLoadError, match=r"/other\.wasm: named in /\.manifest but missing"):
+    with pytest.raises(wasm_errors.BundleLoadError, match=r"/other\.wasm: named in /\.manifest but missing"):
         policy_from_files(files)
 
 
@@ -435,7 +467,7 @@ def test_pool_exhaustion_times_out_with_a_clear_error(bundle):
     p.pool.acquire_timeout = 0.05
     held = p.pool.acquire()
     try:
-        with pytest.raises(E.PoolExhausted, match="no policy instance free"):
+        with pytest.raises(wasm_errors.PoolExhausted, match="no policy instance free"):
             p.evaluate("t/allow", {"user": "alice"})
     finally:
         p.pool.release(held)
@@ -451,11 +483,11 @@ def _tampered(signed: bytes) -> bytes:
 @pytest.mark.parametrize(
     "bad, error, message",
     [
-        ("tampered", E.BundleVerificationFailed, "digest mismatch"),
-        ("wrong_key", E.BundleVerificationFailed, "verification failed"),
-        ("unsigned", E.BundleVerificationFailed, "verification failed"),
-        ("missing_builtin", E.MissingBuiltinsError, "missing builtins (not provided by the host): graphql.is_valid"),
-        ("not_a_bundle", E.BundleLoadError, "bundle archive"),
+        ("tampered", wasm_errors.BundleVerificationFailed, "digest mismatch"),
+        ("wrong_key", wasm_errors.BundleVerificationFailed, "verification failed"),
+        ("unsigned", wasm_errors.BundleVerificationFailed, "verification failed"),
+        ("missing_builtin", wasm_errors.MissingBuiltinsError, "missing builtins (not provided by the host): rego.parse_module"),
+        ("not_a_bundle", wasm_errors.BundleLoadError, "bundle archive"),
     ],
 )
 def test_a_refused_revision_leaves_the_evaluator_serving(bad, error, message, bundle, key):
@@ -468,7 +500,7 @@ def test_a_refused_revision_leaves_the_evaluator_serving(bad, error, message, bu
     elif bad == "unsigned":
         blob = bundle
     elif bad == "missing_builtin":
-        src = {"m.rego": "package t\nimport rego.v1\nallow := graphql.is_valid(input.q, input.s)\n"}
+        src = {"m.rego": "package t\nimport rego.v1\nallow := rego.parse_module(\"x.rego\", input.m)\n"}
         blob = signed_bundle(build_wasm_bundle(src, ["t/allow"]), key)
     else:
         blob = b"definitely not gzip"
@@ -541,7 +573,7 @@ def test_stress_threads_failures_and_swaps_together(key):
                         problems.append("wrong value")
                     counts["ok"] += 1
                     continue
-            except (E.EvaluationError, E.PoolClosed):
+            except (wasm_errors.EvaluationError, wasm_errors.PoolClosed):
                 counts["err"] += 1
             except BaseException as exc:  # noqa: BLE001
                 problems.append(f"{type(exc).__name__}: {exc}")
@@ -576,7 +608,7 @@ def test_a_bug_in_a_host_builtin_fails_the_evaluation(monkeypatch):
     monkeypatch.setitem(REGISTRY, "crypto.md5", broken)
     src = {"p.rego": "package p\nimport rego.v1\ndeny if crypto.md5(input.x) != \"\"\n"}
     p = policy_from_files(bundle_files(build_wasm_bundle(src, ["p/deny"])))
-    with pytest.raises(E.EvaluationError, match="KeyError"):
+    with pytest.raises(wasm_errors.EvaluationError, match="KeyError"):
         p.evaluate("p/deny", {"x": "a"})
     # an operand error stays what topdown makes it: undefined (not an error, not a deny)
     monkeypatch.undo()
@@ -596,7 +628,7 @@ def test_a_forked_child_gets_its_own_engine_and_deadlines(bundle):
             p = policy_from_files(bundle_files(bundle))
             try:
                 p.evaluate("t/slow", {}, timeout=0.02)
-            except E.DeadlineExceeded:
+            except wasm_errors.DeadlineExceeded:
                 code = 0 if p.evaluate("t/allow", {"user": "alice"}) is True else 3
         finally:
             os._exit(code)
@@ -617,7 +649,7 @@ def test_render_template_outside_the_supported_subset_fails_closed():
     src = {"p.rego": "package p\nimport rego.v1\nmsg := strings.render_template(input.t, {\"x\": 1})\n"}
     p = policy_from_files(bundle_files(build_wasm_bundle(src, ["p/msg"])))
     assert p.evaluate("p/msg", {"t": "x={{.x}}"}) == "x=1"
-    with pytest.raises(E.BuiltinHalt, match=r"\{\{define\}\} is not supported"):
+    with pytest.raises(wasm_errors.BuiltinHalt, match=r"\{\{define\}\} is not supported"):
         p.evaluate("p/msg", {"t": '{{define "a"}}b{{end}}'})
 
 
@@ -625,7 +657,7 @@ def test_match_schema_with_keywords_it_cannot_check_fails_closed():
     src = {"p.rego": "package p\nimport rego.v1\nok := json.match_schema(input.d, input.s)[0]\n"}
     p = policy_from_files(bundle_files(build_wasm_bundle(src, ["p/ok"])))
     assert p.evaluate("p/ok", {"d": {"a": 1}, "s": {"type": "object", "required": ["a"]}}) is True
-    with pytest.raises(E.BuiltinHalt, match="not supported by this host: oneOf"):
+    with pytest.raises(wasm_errors.BuiltinHalt, match="not supported by this host: oneOf"):
         p.evaluate("p/ok", {"d": {"a": 1}, "s": {"oneOf": [{"type": "string"}]}})
 
 
@@ -654,9 +686,9 @@ def test_load_options_as_a_struct_or_as_keywords(bundle):
 
 def test_verification_options_reach_the_verifier(bundle, key):
     signed = signed_bundle(bundle, key)
-    with pytest.raises(E.BundleVerificationFailed, match="nobody: verification key not found"):
+    with pytest.raises(wasm_errors.BundleVerificationFailed, match="nobody: verification key not found"):
         load_bundle(signed, keys_of(key), LoadOptions(keyid="nobody"))
-    with pytest.raises(E.BundleVerificationFailed, match="scope mismatch"):
+    with pytest.raises(wasm_errors.BundleVerificationFailed, match="scope mismatch"):
         load_bundle(signed, keys_of(key), scope="tenant-a")
     scoped = write_bundle(sign_bundle(read_bundle(bundle), key, scope="tenant-a"))
     load_bundle(scoped, keys_of(key), scope="tenant-a").close()

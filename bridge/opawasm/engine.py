@@ -3,7 +3,9 @@
 Deadlines use epoch interruption: one daemon thread bumps the engine's epoch every `TICK_S`, and
 each call into a policy sets its deadline in ticks. Compiling a module (Cranelift) is far costlier
 than instantiating it, so compiled modules are kept by content hash: a revision that changes only
-its data reuses the module, and its hot swap costs an instantiation, not a compilation.
+its data reuses the module, and its hot swap costs an instantiation, not a compilation. A caller
+may also keep them on disk (`LoadOptions.module_cache`), for later processes: wasmtime's own
+serialized form, which it refuses to load into an engine of another version or configuration.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from importlib.metadata import version
+from pathlib import Path
 
 import wasmtime
 from wasmtime import _bindings
@@ -78,23 +82,54 @@ _compiled: OrderedDict[bytes, wasmtime.Module] = OrderedDict()
 _compiled_lock = threading.Lock()
 
 
-def compile_policy(wasm: bytes) -> wasmtime.Module:
-    """The compiled module for `wasm`, from the cache or compiled now."""
+def compile_policy(wasm: bytes, disk_cache: Path | None = None) -> wasmtime.Module:
+    """The compiled module for `wasm`: from memory, from `disk_cache` (a directory only this
+    process's owner can write: a compiled module is native code), or compiled now."""
     key = hashlib.sha256(wasm).digest()
     with _compiled_lock:
         mod = _compiled.get(key)
         if mod is not None:
             _compiled.move_to_end(key)
             return mod
-    try:
-        mod = wasmtime.Module(engine(), wasm)
-    except wasmtime.WasmtimeError as exc:
-        raise BundleLoadError(f"policy.wasm: not a valid wasm module: {exc}") from None
+    path = None if disk_cache is None else disk_cache / f"{key.hex()}-{_ENGINE_TAG}.cwasm"
+    mod = _load_compiled(path) if path is not None else None
+    if mod is None:
+        try:
+            mod = wasmtime.Module(engine(), wasm)
+        except wasmtime.WasmtimeError as exc:
+            raise BundleLoadError(f"policy.wasm: not a valid wasm module: {exc}") from None
+        if path is not None:
+            _store_compiled(path, mod)
     with _compiled_lock:
         _compiled[key] = mod
         while len(_compiled) > COMPILED_CACHE_SIZE:
             _compiled.popitem(last=False)
     return mod
+
+
+# wasmtime checks a serialized module against its engine; the tag keeps files of other wasmtime
+# versions or engine settings apart, so they are not tried (and rewritten) in turn
+_ENGINE_TAG = hashlib.sha256(f"{version('wasmtime')}/{TICK_S}/speed/fixed-memory".encode()).hexdigest()[:12]
+
+
+def _load_compiled(path: Path) -> wasmtime.Module | None:
+    if not path.is_file():
+        return None
+    try:
+        return wasmtime.Module.deserialize_file(engine(), str(path))
+    except wasmtime.WasmtimeError:
+        path.unlink(missing_ok=True)  # from another engine or damaged: compile it again
+        return None
+
+
+def _store_compiled(path: Path, mod: wasmtime.Module) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_bytes(mod.serialize())
+        tmp.replace(path)  # atomic: a concurrent reader sees the whole file or none
+    except OSError:
+        pass  # a cache that cannot be written only costs the next process a compilation
 
 
 def _after_fork_in_child() -> None:

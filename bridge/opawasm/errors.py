@@ -22,6 +22,7 @@ __all__ = [
     "DeadlineExceeded",
     "EvaluationError",
     "HaltError",
+    "InvalidInput",
     "MissingBuiltinsError",
     "OutOfMemory",
     "PolicyAbort",
@@ -70,6 +71,12 @@ class UnknownEntrypointError(WasmError):
 
 class EvaluationError(WasmError):
     """An evaluation failed; the caller must treat the decision as failed (never as allow)."""
+
+
+class InvalidInput(EvaluationError):
+    """The caller's input is not a JSON value: the caller's mistake, and still a failed evaluation."""
+
+    status = 400
 
 
 class PolicyAbort(EvaluationError):

@@ -11,16 +11,13 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-import msgspec
-
 from bridge.opawasm.errors import WasmTrap
 from bridge.opawasm.runtime import Instance
-from bridge.opawasm.values import RegoSet
+from bridge.opawasm.values import RegoSet, decode_number, object_key
 
 _unpack_u32x2 = struct.Struct("<II").unpack_from
 _unpack_u32x3 = struct.Struct("<III").unpack_from
 _unpack_i64 = struct.Struct("<q").unpack_from
-_json_decode = msgspec.json.decode
 
 
 def _check(inst: Instance, addr: int, n: int) -> None:
@@ -45,7 +42,7 @@ def read_value(inst: Instance, addr: int) -> Any:
             return _unpack_i64(view, addr + 8)[0]
         ptr, n = _unpack_u32x2(view, addr + 8)
         _check(inst, ptr, n)
-        return _json_decode(bytes(view[ptr : ptr + n]))
+        return decode_number(bytes(view[ptr : ptr + n]).decode("ascii", "replace"))
     if t == 2 or t == 9:
         return view[addr + 1] != 0
     if t == 1:
@@ -72,5 +69,5 @@ def read_value(inst: Instance, addr: int) -> Any:
                     items.append(read_value(inst, v))
         if t == 7:
             return RegoSet(items)
-        return {(tuple(k) if isinstance(k, list) else k): v for k, v in items}
+        return {(k if isinstance(k, str) else object_key(k)): v for k, v in items}
     return inst.dump_value(addr)

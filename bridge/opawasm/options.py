@@ -8,8 +8,9 @@ OPA's chain of `With...` options, written once.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bridge.opawasm.host import HostConfig
@@ -35,6 +36,11 @@ class LoadOptions:
     """Seconds an evaluation may take unless its call says otherwise."""
     strict_builtin_errors: bool = False
     """Like `opa eval --strict-builtin-errors`: a builtin error fails the evaluation."""
+    custom_builtins: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
+    """Host builtins of the caller's own (OPA's `rego.Function`), `f(ctx, *args) -> value`, by the
+    name the policy was compiled against (declared to `opa build` through its capabilities)."""
+    module_cache: Path | None = None
+    """A directory that keeps compiled modules for later processes (trusted: they are native code)."""
 
     def __post_init__(self) -> None:
         if self.pool_size is not None and self.pool_size < 1:

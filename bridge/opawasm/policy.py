@@ -17,6 +17,7 @@ from bridge.opawasm.errors import (
     BundleLoadError,
     EvaluationError,
     HaltError,
+    InvalidInput,
     MissingBuiltinsError,
     UnknownEntrypointError,
     WasmError,
@@ -26,7 +27,7 @@ from bridge.opawasm.host import HostConfig
 from bridge.opawasm.options import LoadOptions, load_options
 from bridge.opawasm.pool import InstancePool
 from bridge.opawasm.runtime import Instance
-from bridge.opawasm.values import UNDEFINED, decode_value, to_json
+from bridge.opawasm.values import UNDEFINED, decode_value, encode_json, to_json
 
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode
@@ -65,14 +66,15 @@ class WasmPolicy:
             self._data = bytes(data)
         else:
             self._data = _encode(data)
-        self.module = compile_policy(wasm)
+        self.module = compile_policy(wasm, opts.module_cache)
         first = self._new_instance()
         self.abi = first.abi
         self.builtin_ids: dict[str, int] = first.dump_json(first.call("builtins"))
-        missing = [n for n in self.builtin_ids if n not in provided()]
+        table = {**REGISTRY, **opts.custom_builtins}
+        missing = [n for n in self.builtin_ids if n not in provided() and n not in opts.custom_builtins]
         if missing:
             raise MissingBuiltinsError(missing)
-        self._table: dict[int, tuple[str, Any]] = {i: (n, REGISTRY[n]) for n, i in self.builtin_ids.items()}
+        self._table: dict[int, tuple[str, Any]] = {i: (n, table[n]) for n, i in self.builtin_ids.items()}
         ids: dict[str, int] = first.dump_json(first.call("entrypoints"))
         if manifest_entrypoints:
             unknown = [e for e in manifest_entrypoints if e not in ids]
@@ -106,7 +108,7 @@ class WasmPolicy:
         name, fn = self._table[builtin_id]
         ctx = inst.ctx
         if ctx is None:
-            ctx = inst.ctx = EvalContext(now_ns=inst.start_ns, deadline=inst.deadline, host=self.host)
+            ctx = inst.ctx = EvalContext(inst.start_ns, inst.deadline, self.host, inst.memory_limit)
         ctx.check_deadline()
         args = [read_value(inst, a) for a in arg_addrs]
         try:
@@ -169,23 +171,25 @@ class WasmPolicy:
             return b"[]"
         try:
             _decode(value)
+        except msgspec.ValidationError:
+            pass  # a number beyond float64: valid JSON as the module printed it
         except msgspec.DecodeError:
-            value = _encode(to_json(decode_value(value)))
+            value = encode_json(_json_view(value))
         return b'[{"result":' + value + b"}]"
 
     def evaluate(
         self, entrypoint: str | int, input: Any = None, *, timeout: float | None = None, _inst: Instance | None = None
     ) -> Any:
         """The entrypoint's value, or `UNDEFINED`. Raises `EvaluationError` subclasses on failure."""
-        raw = self._eval_value_text(entrypoint, None if input is None else _encode(input), timeout, _inst)
+        raw = self._eval_value_text(entrypoint, None if input is None else _input_json(input), timeout, _inst)
         value = _result_text(raw)
         if value is None:
             return UNDEFINED
         try:
             return _decode(value)
         except msgspec.DecodeError:
-            # a set or a non-string key somewhere: Rego value syntax, printed as topdown does
-            return to_json(decode_value(value))
+            # a set, a non-string key or a number beyond float64 somewhere: Rego value syntax
+            return _json_view(value)
 
     async def evaluate_async(self, entrypoint: str | int, input: Any = None, *, timeout: float | None = None) -> Any:
         """Inline (microseconds) when the policy cannot block and an instance is free right now;
@@ -202,6 +206,22 @@ class WasmPolicy:
 
     def close(self) -> None:
         self.pool.close()
+
+
+def _input_json(value: Any) -> bytes:
+    try:
+        return _encode(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidInput(f"input: not a JSON value: {exc}") from None
+
+
+def _json_view(text: bytes) -> Any:
+    """The JSON view of a result in value syntax; a result the host cannot read fails the
+    evaluation (an `EvaluationError`), it never escapes as another exception."""
+    try:
+        return to_json(decode_value(text))
+    except (ValueError, TypeError, RecursionError, msgspec.MsgspecError) as exc:
+        raise EvaluationError(f"the policy's result could not be read: {type(exc).__name__}: {exc}") from None
 
 
 _PREFIX = b'{{"result": '

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -60,6 +61,7 @@ _unpack_i64 = struct.Struct("<q").unpack_from
 _string_at = ctypes.string_at
 _memmove = ctypes.memmove
 _json_decode = msgspec.json.decode
+_monotonic = time.monotonic
 
 # the exports the evaluator calls, with their parameter counts (OPA's wasm ABI 1.2)
 _EXPORTS = (
@@ -216,7 +218,7 @@ class Instance:
         except WasmError:
             msg = "(unreadable abort message)"
         if msg.startswith("opa_malloc"):
-            return self._fail(OutOfMemory(f"policy ran out of memory (cap {self.memory_limit} bytes): {msg}"))
+            return self._fail(self._out_of_memory(f"policy ran out of memory (cap {self.memory_limit} bytes): {msg}"))
         return self._fail(PolicyAbort(f"policy aborted: {msg}"))
 
     def _println_cb(self, _env: Any, caller: Any, args: Any, _n: int) -> int:
@@ -227,6 +229,13 @@ class Instance:
             return 0
         except BaseException as exc:  # noqa: BLE001 - a failing print sink fails the evaluation, as a trap
             return self._fail(exc)
+
+    def _out_of_memory(self, message: str) -> EvaluationError:
+        """Deadline beats memory: an evaluation whose time is also up fails as late, not as too
+        big, so a runaway policy that hits both caps fails the same way whichever came first."""
+        if self.deadline and _monotonic() >= self.deadline:
+            return DeadlineExceeded(f"evaluation deadline exceeded (and {message})")
+        return OutOfMemory(message)
 
     # -- memory -----------------------------------------------------------------------------
 
@@ -247,7 +256,7 @@ class Instance:
         try:
             self.memory.grow(self.store, pages)
         except wasmtime.WasmtimeError:
-            raise OutOfMemory(
+            raise self._out_of_memory(
                 f"memory cap exceeded: need {end} bytes of linear memory, cap is {self.memory_limit} bytes"
             ) from None
         self.mem_size_now()
@@ -275,7 +284,9 @@ class Instance:
         abort or a failed host function its state is unknown, so it is never used again."""
         msg, code = self._trap.take(err)
         pending, self.pending = self.pending, None
-        if isinstance(pending, (PolicyAbort, OutOfMemory)):
+        if isinstance(pending, OutOfMemory):
+            pending = self._out_of_memory(str(pending))
+        if isinstance(pending, (PolicyAbort, OutOfMemory, DeadlineExceeded)):
             # opa_abort leaves the module in a consistent state only by luck
             self.broken = str(pending)
             raise pending
@@ -292,7 +303,7 @@ class Instance:
         if code == wasmtime.TrapCode.STACK_OVERFLOW:
             raise WasmTrap("policy trapped: stack overflow")
         if "out of memory" in msg.lower():
-            raise OutOfMemory(f"policy ran out of memory: {msg}")
+            raise self._out_of_memory(f"policy ran out of memory: {msg}")
         raise WasmTrap(f"policy trapped: {msg}")
 
     # -- ABI-level operations ---------------------------------------------------------------

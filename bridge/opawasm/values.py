@@ -5,13 +5,17 @@ Both are JSON plus two Rego extensions: set literals (`{1, 2}`, `set()`) and non
 keys (`{1: "a"}`). Plain JSON (the common case) is handled by msgspec in one call; only text
 that msgspec rejects goes through the small parser below.
 
-Python model: null/bool/str/list/dict as usual, integers as `int`, other numbers as `float`,
-sets as `RegoSet`. Object keys that are not strings must be hashable, so array keys become tuples.
+Python model: null/bool/str/list/dict as usual, integers as `int`, other numbers as `float`
+(`BigNumber` beyond float64's range: Rego's numbers are arbitrary-precision, and OPA's wasm
+library keeps such a number's text), sets as `RegoSet`. Object keys that are not strings must be hashable, so array keys become tuples
+and object keys `ObjectKey`s (`object_key`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
+from decimal import Decimal
 from typing import Any
 
 import msgspec
@@ -19,6 +23,45 @@ import msgspec
 from bridge.opawasm.gocompat.strconv import format_float_g, quote
 
 _decode = msgspec.json.decode
+
+
+class BigNumber(Decimal):
+    """A number beyond float64's range: its value (it compares with ints and floats), and the text
+    it was written as, which is how Go's `ast.Number` prints it."""
+
+    __slots__ = ("text",)
+    text: str
+
+    def __new__(cls, text: str) -> BigNumber:
+        self = super().__new__(cls, text)
+        self.text = text
+        return self
+
+
+def decode_number(text: str) -> int | float | BigNumber:
+    """A number's text as Rego writes it (also `.5`, `1.`, as the module keeps literals)."""
+    if "." in text or "e" in text or "E" in text:
+        return _wide_float(text)
+    # past Python's digit limit for int() (4300): kept exact as its text, like Go's big.Int
+    return int(text) if len(text) <= 4000 else BigNumber(text)
+
+
+def _wide_float(text: str) -> float | BigNumber:
+    f = float(text)
+    return BigNumber(text) if math.isinf(f) else f
+
+
+# for text the plain decoder refuses with "number out of range": every float literal goes through
+# the hook, so this decoder is only the fallback
+_decode_wide = msgspec.json.Decoder(float_hook=_wide_float).decode
+
+
+def decode_json(text: bytes) -> Any:
+    """JSON text as Python values, numbers beyond float64's range as `BigNumber`."""
+    try:
+        return _decode(text)
+    except msgspec.ValidationError:
+        return _decode_wide(text)
 
 
 class _Undefined:
@@ -71,7 +114,7 @@ def _type_rank(v: Any) -> int:
         return 0
     if v is True or v is False:
         return 1
-    if isinstance(v, (int, float)):
+    if isinstance(v, (int, float, Decimal)):
         return 2
     if isinstance(v, str):
         return 3
@@ -132,6 +175,8 @@ def compare(a: Any, b: Any) -> int:
 
 
 def _enc_hook(obj: Any) -> Any:
+    if isinstance(obj, BigNumber):
+        return msgspec.Raw(obj.text.encode())
     if isinstance(obj, RegoSet):
         if not obj.items:
             return msgspec.Raw(b"set()")
@@ -142,7 +187,9 @@ def _enc_hook(obj: Any) -> Any:
 
 
 _value_encoder = msgspec.json.Encoder(enc_hook=_enc_hook, order="sorted")
-_json_encoder = msgspec.json.Encoder(order="sorted")
+_json_encoder = msgspec.json.Encoder(enc_hook=_enc_hook, order="sorted")
+encode_json = _json_encoder.encode
+"""JSON bytes of a JSON-view value (`to_json`), objects' keys sorted, big numbers as numbers."""
 
 
 def encode_value(v: Any) -> bytes:
@@ -183,7 +230,7 @@ def to_json(v: Any) -> Any:
 def decode_value(text: bytes) -> Any:
     """Parse `opa_value_dump` output."""
     try:
-        return _decode(text)
+        return decode_json(text)
     except msgspec.DecodeError:
         pass
     p = _Parser(text.decode("utf-8"))
@@ -255,7 +302,7 @@ class _Parser:
     def _scalar_json(self, end: int) -> Any:
         tok = self.s[self.i : end]
         self.i = end
-        return _decode(tok.encode("utf-8"))
+        return decode_json(tok.encode("utf-8"))
 
     def _brace(self) -> Any:
         s = self.s
@@ -271,7 +318,7 @@ class _Parser:
             key = first
             while True:
                 self.i += 1  # ':'
-                obj[_hashable(key)] = self.value()
+                obj[object_key(key)] = self.value()
                 self.ws()
                 if s[self.i] == ",":
                     self.i += 1
@@ -297,12 +344,23 @@ class _Parser:
             raise ValueError(f"rego value: expected , or }} at offset {self.i}")
 
 
-def _hashable(k: Any) -> Any:
+def object_key(k: Any) -> Any:
+    """`k` as a Python dict key: arrays become tuples and objects `ObjectKey`s, all the way down."""
     if isinstance(k, list):
-        return tuple(_hashable(x) for x in k)
-    if isinstance(k, dict):
-        raise ValueError("rego value: object keys that are objects are not supported")
+        return tuple(object_key(x) for x in k)
+    if isinstance(k, dict) and not isinstance(k, ObjectKey):
+        return ObjectKey({object_key(x): v for x, v in k.items()})
     return k
+
+
+class ObjectKey(dict[Any, Any]):
+    """An object used as an object key (`{{"a": 1}: true}` is valid Rego): a dict, hashed by value.
+    Never mutated after it is built, so its hash stays valid."""
+
+    __slots__ = ()
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(canonical_key(self))
 
 
 def rego_repr(v: Any) -> str:
@@ -315,6 +373,8 @@ def rego_repr(v: Any) -> str:
         return "false"
     if isinstance(v, int):
         return str(v)
+    if isinstance(v, BigNumber):
+        return v.text
     if isinstance(v, float):
         if v.is_integer() and abs(v) < 1e21:
             return str(int(v))

@@ -3,10 +3,15 @@
 Resolution order for opa: `$OPA_BIN`, then `opa` on PATH, then the project-local tools dir; each is
 accepted only when `opa version` reports the pinned version. If none fits, `go install` builds it
 into the tools dir (GOBIN), once: later runs find it there.
+
+The pinned opa's module source (its conformance suite, read by the tests) comes through the same
+Go toolchain: `go mod download` puts it into Go's module cache, once, checked against go.sum's
+public checksum database; nothing of it is vendored into this repository.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -60,9 +65,14 @@ def find_opa() -> Path | None:
     return None
 
 
+def go_binary() -> str | None:
+    """The Go toolchain's `go` (PATH, then Go's default install location), or None."""
+    return shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").is_file() else None)
+
+
 def install_opa(log: TextIO = sys.stderr) -> Path:
     """Build the pinned opa into the tools dir with `go install`; explain exactly what is missing otherwise."""
-    go = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").is_file() else None)
+    go = go_binary()
     if go is None:
         raise ToolchainError(
             f"opa v{OPA_VERSION} not found ($OPA_BIN, PATH, {tools_dir() / 'bin'}) and Go is not installed: "
@@ -86,6 +96,35 @@ def install_opa(log: TextIO = sys.stderr) -> Path:
 def opa_binary() -> Path:
     """The pinned opa binary, building it when nothing suitable exists."""
     return find_opa() or install_opa()
+
+
+@lru_cache(maxsize=1)
+def opa_source() -> Path:
+    """The pinned opa's module source (read-only, in Go's module cache), downloaded on first use.
+
+    Run from a scratch directory in the tools dir, outside any go.mod: `-mod=mod` then only allows
+    the download and never touches a module file."""
+    go = go_binary()
+    if go is None:
+        raise ToolchainError(
+            f"the source of opa v{OPA_VERSION} (its conformance suite) comes through Go, which is not "
+            f"installed: install Go >= 1.24 (https://go.dev/dl/)"
+        )
+    scratch = tools_dir() / "gomod"
+    scratch.mkdir(parents=True, exist_ok=True)
+    env = dict(environment(), GOFLAGS="-mod=mod")
+    proc = subprocess.run(
+        [go, "mod", "download", "-json", OPA_MODULE], cwd=scratch, env=env, capture_output=True, text=True, check=False
+    )
+    try:
+        info = json.loads(proc.stdout or "{}")
+    except json.JSONDecodeError:
+        info = {}
+    directory = info.get("Dir") if isinstance(info, dict) else None
+    if proc.returncode != 0 or not directory:
+        detail = (info.get("Error") if isinstance(info, dict) else None) or proc.stderr.strip()[-2000:]
+        raise ToolchainError(f"go mod download {OPA_MODULE} failed (exit {proc.returncode}): {detail}")
+    return Path(directory)
 
 
 @lru_cache(maxsize=1)

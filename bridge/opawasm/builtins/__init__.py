@@ -12,15 +12,21 @@ from __future__ import annotations
 from bridge.opawasm.builtins import (  # noqa: F401 - imported for their @builtin registrations
     crypto,
     encoding,
+    graphql,
     http,
+    jsonpatch,
     jwt,
+    jwt_sign,
     misc,
     net,
+    providers,
     semver,
     strings,
     template,
     timefns,
+    units,
     uri,
+    uuids,
     x509,
 )
 from bridge.opawasm.builtins.registry import REGISTRY, EvalContext, builtin

@@ -15,6 +15,8 @@ from bridge.opawasm.builtins.operands import need_str
 from bridge.opawasm.builtins.registry import EvalContext, builtin
 from bridge.opawasm.builtins.x509_json import private_key_json
 from bridge.opawasm.errors import BuiltinError
+from bridge.opawasm.gocompat.encoding import b64decode
+from bridge.opawasm.gocompat.errors import GoError
 
 
 def _digest(name: str):
@@ -48,7 +50,10 @@ def hmac_equal(ctx: EvalContext, a: Any, b: Any) -> bool:
 def parse_rsa_private_key(ctx: EvalContext, s: Any) -> dict[str, Any]:
     pem = need_str(s, 1).encode()
     if b"-----BEGIN" not in pem:
-        pem = base64.b64decode(pem)
+        try:
+            pem = b64decode(pem)
+        except GoError as exc:
+            raise BuiltinError(str(exc)) from None
     try:
         key = load_pem_private_key(pem, None)
     except ValueError as exc:

@@ -1,5 +1,5 @@
 """Encoding builtins: hex.*, urlquery.*, base64url.encode_no_pad, yaml.*, json.marshal_with_options,
-json.patch, json.match_schema / json.verify_schema (topdown encoding.go, json.go, schema.go)."""
+json.match_schema / json.verify_schema (topdown encoding.go, json.go, schema.go)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from bridge.opawasm.builtins.registry import EvalContext, builtin
 from bridge.opawasm.errors import BuiltinError, HaltError
 from bridge.opawasm.gocompat import goyaml
 from bridge.opawasm.gocompat.strconv import quote_rune
-from bridge.opawasm.values import RegoSet, canonical_key, to_json
+from bridge.opawasm.values import RegoSet, to_json
 
 
 @builtin("hex.encode")
@@ -129,7 +129,7 @@ def json_marshal_with_options(ctx: EvalContext, v: Any, opts: Any) -> str:
     prefix = opts.get("prefix", "")
     for k in opts:
         if k not in ("pretty", "indent", "prefix"):
-            raise BuiltinError(f'object keys must be one of "pretty", "indent", "prefix" but got "{k}"')
+            raise BuiltinError(f'operand 2 object contained unknown key "{k}"')
     if not isinstance(indent, str) or not isinstance(prefix, str):
         raise BuiltinError("indent and prefix must be strings")
     doc = to_json(v)
@@ -153,136 +153,6 @@ def _go_indent(v: Any, prefix: str, indent: str, depth: int = 0) -> str:
         items = [pad + _go_indent(x, prefix, indent, depth + 1) for x in v]
         return "[\n" + ",\n".join(items) + "\n" + end + "]"
     return msgspec.json.encode(v).decode()
-
-
-def _ptr(path: Any) -> list[str]:
-    if isinstance(path, str):
-        if path == "":
-            return []
-        if not path.startswith("/"):
-            raise BuiltinError(f"invalid JSON pointer {path!r}")
-        return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
-    if isinstance(path, (list, tuple)):
-        return [p if isinstance(p, str) else str(p) for p in path]
-    raise BuiltinError("json.patch: path must be a string or an array")
-
-
-def _get(doc: Any, parts: list[str]) -> Any:
-    for p in parts:
-        if isinstance(doc, dict):
-            if p not in doc:
-                raise BuiltinError(f"json.patch: path {p} not found")
-            doc = doc[p]
-        elif isinstance(doc, list):
-            if not p.isdigit() or int(p) >= len(doc):
-                raise BuiltinError(f"json.patch: index {p} out of range")
-            doc = doc[int(p)]
-        elif isinstance(doc, RegoSet):
-            match = [x for x in doc.items if (x if isinstance(x, str) else msgspec.json.encode(x).decode()) == p]
-            if not match:
-                raise BuiltinError(f"json.patch: set member {p} not found")
-            doc = match[0]
-        else:
-            raise BuiltinError("json.patch: path goes through a scalar")
-    return doc
-
-
-def _copy(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {k: _copy(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_copy(x) for x in v]
-    return v
-
-
-def _add(doc: Any, parts: list[str], value: Any) -> Any:
-    if not parts:
-        return value
-    parent = _get(doc, parts[:-1])
-    last = parts[-1]
-    if isinstance(parent, dict):
-        parent[last] = value
-    elif isinstance(parent, list):
-        if last == "-":
-            parent.append(value)
-        elif last.isdigit() and int(last) <= len(parent):
-            parent.insert(int(last), value)
-        else:
-            raise BuiltinError(f"json.patch: index {last} out of range")
-    elif isinstance(parent, RegoSet):
-        _replace_in_parent(doc, parts[:-1], RegoSet([*parent.items, value]))
-    else:
-        raise BuiltinError("json.patch: cannot add into a scalar")
-    return doc
-
-
-def _replace_in_parent(doc: Any, parts: list[str], new: Any) -> None:
-    if not parts:
-        raise BuiltinError("json.patch: cannot replace the root set in place")
-    parent = _get(doc, parts[:-1])
-    if isinstance(parent, dict):
-        parent[parts[-1]] = new
-    elif isinstance(parent, list):
-        parent[int(parts[-1])] = new
-
-
-def _remove(doc: Any, parts: list[str]) -> tuple[Any, Any]:
-    if not parts:
-        raise BuiltinError("json.patch: cannot remove the root")
-    parent = _get(doc, parts[:-1])
-    last = parts[-1]
-    if isinstance(parent, dict):
-        if last not in parent:
-            raise BuiltinError(f"json.patch: path {last} not found")
-        return doc, parent.pop(last)
-    if isinstance(parent, list):
-        if not last.isdigit() or int(last) >= len(parent):
-            raise BuiltinError(f"json.patch: index {last} out of range")
-        return doc, parent.pop(int(last))
-    if isinstance(parent, RegoSet):
-        member = _get(parent, [last])
-        key = canonical_key(member)
-        _replace_in_parent(doc, parts[:-1], RegoSet(x for x in parent.items if canonical_key(x) != key))
-        return doc, member
-    raise BuiltinError("json.patch: cannot remove from a scalar")
-
-
-@builtin("json.patch")
-def json_patch(ctx: EvalContext, doc: Any, patches: Any) -> Any:
-    if not isinstance(patches, (list, tuple)):
-        raise BuiltinError(f"operand 2 must be array but got {type_name(patches)}")
-    doc = _copy(doc)
-    for p in patches:
-        if not isinstance(p, dict) or "op" not in p or "path" not in p:
-            raise BuiltinError("json.patch: each patch needs op and path")
-        op, path = p["op"], _ptr(p["path"])
-        if op == "add":
-            if "value" not in p:
-                raise BuiltinError("json.patch: add needs a value")
-            doc = _add(doc, path, _copy(p["value"]))
-        elif op == "remove":
-            doc, _ = _remove(doc, path)
-        elif op == "replace":
-            if "value" not in p:
-                raise BuiltinError("json.patch: replace needs a value")
-            if not path:
-                doc = _copy(p["value"])
-            else:
-                doc, _ = _remove(doc, path)
-                doc = _add(doc, path, _copy(p["value"]))
-        elif op == "move":
-            frm = _ptr(p.get("from"))
-            doc, v = _remove(doc, frm)
-            doc = _add(doc, path, v)
-        elif op == "copy":
-            frm = _ptr(p.get("from"))
-            doc = _add(doc, path, _copy(_get(doc, frm)))
-        elif op == "test":
-            if canonical_key(_get(doc, path)) != canonical_key(p.get("value")):
-                raise BuiltinError("json.patch: test failed")
-        else:
-            raise BuiltinError(f"json.patch: unknown op {op!r}")
-    return doc
 
 
 def _schema_of(v: Any) -> Any:
@@ -309,8 +179,9 @@ def json_verify_schema(ctx: EvalContext, schema: Any) -> list[Any]:
 @builtin("json.match_schema")
 def json_match_schema(ctx: EvalContext, document: Any, schema: Any) -> list[Any]:
     s = _schema_of(schema)
-    if check_schema(s) is not None:
-        raise BuiltinError("json.match_schema: invalid schema")
+    err = check_schema(s)
+    if err is not None:
+        raise BuiltinError(err)
     missing = unsupported_keywords(s)
     if missing:
         # failing the evaluation is the only safe answer: ignoring a keyword could pass a bad document

@@ -14,7 +14,7 @@ from bridge.opawasm.builtins.operands import type_name
 from bridge.opawasm.builtins.registry import EvalContext, builtin
 from bridge.opawasm.errors import BuiltinError, DeadlineExceeded, HaltError
 from bridge.opawasm.gocompat.gotime import parse_duration
-from bridge.opawasm.values import canonical_key, to_json
+from bridge.opawasm.values import RegoSet, canonical_key, rego_repr, to_json
 
 _ALLOWED_KEYS = {
     "method", "url", "body", "enable_redirect", "force_json_decode", "force_yaml_decode", "headers",
@@ -104,12 +104,12 @@ def _send(ctx: EvalContext, req: Mapping[str, Any]) -> dict[str, Any]:
 def http_send(ctx: EvalContext, req: Any) -> dict[str, Any]:
     if not isinstance(req, dict):
         raise BuiltinError(f"operand 1 must be object but got {type_name(req)}")
-    for k in req:
-        if k not in _ALLOWED_KEYS:
-            raise BuiltinError(f'invalid request parameter "{k}"')
-    for k in ("method", "url"):
-        if k not in req:
-            raise BuiltinError(f'http.send: missing required request parameter "{k}"')
+    invalid = RegoSet(k for k in req if k not in _ALLOWED_KEYS)
+    if invalid:
+        raise BuiltinError(f"operand 1 invalid request parameters(s): {rego_repr(invalid)}")
+    missing = RegoSet(k for k in ("method", "url") if k not in req)
+    if missing:
+        raise BuiltinError(f"operand 1 missing required request parameters(s): {rego_repr(missing)}")
     raise_error = req.get("raise_error", True) is not False
     key = ("http.send", canonical_key(req))
     if key in ctx.cache:

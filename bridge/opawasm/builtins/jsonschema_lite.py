@@ -6,10 +6,13 @@ common messages reproduced; keywords outside the core set are accepted and ignor
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import msgspec
+
+from bridge.opawasm.errors import BuiltinError
+from bridge.opawasm.gocompat.errors import GoError
+from bridge.opawasm.gocompat.regexp import compile_go
 
 _TYPES = {"null", "boolean", "object", "array", "number", "string", "integer"}
 _VALIDATED = {
@@ -145,7 +148,7 @@ def _validate_object(doc: dict[str, Any], schema: dict[str, Any], field: str) ->
             continue
         matched = False
         for pat, sub in schema.get("patternProperties", {}).items():
-            if re.search(pat, k):
+            if _matches(pat, k):
                 matched = True
                 errs += validate(v, sub, sub_field)
         if not matched and schema.get("additionalProperties") is False:
@@ -190,9 +193,17 @@ def _validate_string(doc: str, schema: dict[str, Any], field: str) -> list[dict[
         errs.append(_err(field, "string_gte", f"String length must be greater than or equal to {schema['minLength']}"))
     if "maxLength" in schema and n > schema["maxLength"]:
         errs.append(_err(field, "string_lte", f"String length must be less than or equal to {schema['maxLength']}"))
-    if "pattern" in schema and not re.search(schema["pattern"], doc):
+    if "pattern" in schema and not _matches(schema["pattern"], doc):
         errs.append(_err(field, "pattern", f"Does not match pattern '{schema['pattern']}'"))
     return errs
+
+
+def _matches(pattern: str, text: str) -> bool:
+    """A schema's pattern on Go's regexp (RE2: linear time); a pattern Go refuses is an error."""
+    try:
+        return compile_go(pattern).search(text)
+    except GoError as exc:
+        raise BuiltinError(f"jsonschema: {exc}") from None
 
 
 def _repr(v: Any) -> str:

@@ -1,61 +1,145 @@
 """io.jwt.* builtins (topdown tokens.go): decode, verify_{hs,rs,ps,es}{256,384,512}, verify_eddsa,
-decode_verify, encode_sign / encode_sign_raw. Cryptography via PyJWT's algorithms on pyca."""
+decode_verify; keys and signature checks in `jwt_keys`, encode_sign / encode_sign_raw in `jwt_sign`.
+
+Decoding follows RFC 7519 section 7.2 as topdown does: a JWE (a header with `enc`) is refused, a
+`crit` header naming a parameter topdown does not understand makes decode_verify's answer
+"not verified", and errors carry topdown's messages."""
 
 from __future__ import annotations
 
-import base64
 import binascii
-import json as _json
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
-from jwt import PyJWK, PyJWKSet
-from jwt.algorithms import get_default_algorithms
 
+from bridge.opawasm.builtins.jwt_keys import ALGORITHMS, VerificationKey, check, keys_from_material, verify_with
 from bridge.opawasm.builtins.operands import need_obj, need_str
 from bridge.opawasm.builtins.registry import Builtin, EvalContext, builtin
 from bridge.opawasm.errors import BuiltinError
-from bridge.opawasm.values import to_json
+from bridge.opawasm.gocompat.encoding import b64decode
+from bridge.opawasm.gocompat.errors import GoError
+from bridge.opawasm.values import decode_json
+
+_URL_TO_STD = str.maketrans("-_", "+/")
 
 
-def _b64url(s: str) -> bytes:
-    s = s.rstrip("=")
+def b64url_decode(s: str) -> bytes:
+    """topdown's base64url.decode: padding added where it was left off (RFC 7515 appendix C)."""
+    if not s.endswith("="):
+        rem = len(s) % 4
+        if rem == 1:
+            raise BuiltinError(f"illegal base64url string: {s}")
+        s += "=" * ((4 - rem) % 4)
+    if s.isascii() and "+" not in s and "/" not in s:
+        try:  # the common case, in C; anything it refuses goes to Go's decoder for Go's answer
+            return binascii.a2b_base64(s.translate(_URL_TO_STD), strict_mode=True)
+        except binascii.Error:
+            pass
     try:
-        return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
-    except (binascii.Error, ValueError):
-        raise BuiltinError("illegal base64 data") from None
+        return b64decode(s, url=True)
+    except GoError as exc:
+        raise BuiltinError(str(exc)) from None
 
 
-def _split(token: Any) -> tuple[str, str, str]:
+@dataclass
+class _Token:
+    header: str
+    payload: str
+    signature: str
+
+    @property
+    def signing_input(self) -> bytes:
+        return f"{self.header}.{self.payload}".encode()
+
+
+def _token(token: Any) -> _Token:
     t = need_str(token, 1)
     if "." not in t:
         raise BuiltinError("encoded JWT had no period separators")
     parts = t.split(".")
     if len(parts) != 3:
         raise BuiltinError(f"encoded JWT must have 3 sections, found {len(parts)}")
-    return parts[0], parts[1], parts[2]
+    return _Token(*parts)
 
 
-def _json_obj(raw: bytes, what: str) -> dict[str, Any]:
+def _json_object(raw: bytes) -> dict[str, Any]:
+    """extractJSONObject: json.unmarshal, then it must be an object."""
     try:
-        v = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
-        raise BuiltinError(f"JWT {what} had invalid encoding") from None
+        v = decode_json(raw)
+    except msgspec.DecodeError as exc:
+        raise BuiltinError(f"invalid JSON: {exc}") from None
     if not isinstance(v, dict):
-        raise BuiltinError(f"JWT {what} must be an object")
+        raise BuiltinError("decoded JSON type was not an Object")
     return v
 
 
+def _decoded_header(t: _Token) -> dict[str, Any]:
+    try:
+        raw = b64url_decode(t.header)
+    except BuiltinError as exc:
+        raise BuiltinError(f"JWT header had invalid encoding: {exc}") from None
+    try:
+        header = _json_object(raw)
+    except BuiltinError as exc:
+        raise BuiltinError(f"bad JWT header: {exc}") from None
+    if "enc" in header:  # RFC 7516 section 9: a JWE, which topdown does not decode
+        raise BuiltinError("JWT is a JWE object, which is not supported")
+    return header
+
+
+def _payload(t: _Token) -> bytes:
+    try:
+        return b64url_decode(t.payload)
+    except BuiltinError as exc:
+        raise BuiltinError(f"JWT payload had invalid encoding: {exc}") from None
+
+
+@dataclass
+class _Header:
+    alg: str = ""
+    kid: str = ""
+    typ: str = ""
+    cty: str = ""
+    crit: set[str] = field(default_factory=set)
+    unknown: list[str] = field(default_factory=list)
+
+    def valid(self) -> bool:
+        # RFC 7515: alg must be there, and every critical parameter must be one we understand
+        return self.alg != "" and not any(u in self.crit for u in self.unknown)
+
+
+def _parse_header(header: dict[str, Any]) -> _Header:
+    h = _Header()
+    for k, v in header.items():
+        if k in ("alg", "kid", "typ", "cty"):
+            if not isinstance(v, str):
+                raise BuiltinError(f"{k}: must be a string")
+            setattr(h, k, v)
+        elif k == "crit":
+            if not isinstance(v, list):
+                raise BuiltinError("crit: must be a list")
+            h.crit = {x for x in v if isinstance(x, str)}
+            if not h.crit:
+                raise BuiltinError("crit: must be a nonempty list")
+        else:
+            h.unknown.append(k)
+    return h
+
+
 def _decode(token: Any) -> list[Any]:
-    h, p, s = _split(token)
-    header = _json_obj(_b64url(h), "header")
-    payload_raw = _b64url(p)
+    t = _token(token)
+    header = _decoded_header(t)
+    payload = _payload(t)
     if header.get("cty") == "JWT":
-        return _decode(payload_raw.decode().strip("\"'"))
-    payload = _json_obj(payload_raw, "payload")
-    return [header, payload, _b64url(s).hex()]
+        # a nested token, quoted as jwt.io quotes it
+        return _decode(payload.decode("utf-8", "replace").strip("\"'"))
+    body = _json_object(payload)
+    try:
+        signature = b64url_decode(t.signature)
+    except BuiltinError as exc:
+        raise BuiltinError(f"JWT signature had invalid encoding: {exc}") from None
+    return [header, body, signature.hex()]
 
 
 @builtin("io.jwt.decode")
@@ -63,174 +147,110 @@ def jwt_decode(ctx: EvalContext, token: Any) -> list[Any]:
     return _decode(token)
 
 
-_ALGORITHMS = get_default_algorithms()
-
-
-def _alg_obj(alg: str) -> Any:
-    if alg not in _ALGORITHMS:
-        raise BuiltinError(f"unsupported algorithm {alg}")
-    return _ALGORITHMS[alg]
-
-
-def _public_keys(material: str) -> list[Any]:
-    """Keys from a PEM certificate / PEM public key, or a JWK / JWKS document."""
-    m = material.strip()
-    if m.startswith("{"):
-        try:
-            doc = _json.loads(m)
-            if "keys" in doc:
-                return [k.key for k in PyJWKSet.from_dict(doc).keys]
-            return [PyJWK.from_dict(doc).key]
-        except Exception as exc:  # noqa: BLE001 - PyJWT raises many kinds for a bad key: all are bad input
-            raise BuiltinError(f"failed to parse a JWK key (set): {exc}") from None
-    data = m.encode()
-    try:
-        if b"CERTIFICATE" in data:
-            return [x509.load_pem_x509_certificate(data).public_key()]
-        return [load_pem_public_key(data)]
-    except ValueError as exc:
-        raise BuiltinError(f"failed to extract a Key from the PEM certificate: {exc}") from None
-
-
-def _verify_sig(alg: str, signing_input: bytes, sig: bytes, key_material: str) -> bool:
-    a = _alg_obj(alg)
-    if alg.startswith("HS"):
-        key = a.prepare_key(key_material)
-        return a.verify(signing_input, key, sig)
-    for key in _public_keys(key_material):
-        try:
-            if a.verify(signing_input, key, sig):
-                return True
-        except Exception:  # noqa: BLE001 - wrong key type for this alg: not verified by this key
-            continue
-    return False
-
-
 def _verify(alg: str) -> Builtin:
     def fn(ctx: EvalContext, token: Any, key: Any) -> bool:
-        h, p, s = _split(token)
-        key = need_str(key, 2)
-        sig = _b64url(s)
-        _json_obj(_b64url(h), "header")  # a token with a broken header is an error, not "not verified"
-        return _verify_sig(alg, f"{h}.{p}".encode(), sig, key)
+        t = _token(token)
+        material = need_str(key, 2)
+        if alg.startswith("HS"):
+            return check(alg, material, t.signing_input, b64url_decode(t.signature))
+        keys = keys_from_material(material)
+        signature = b64url_decode(t.signature)
+        header = _parse_header(_decoded_header(t))
+        return verify_with(keys, header.alg, header.kid, alg, t.signing_input, signature, pss_auto=True)
 
     return fn
 
 
-for _a in ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"):
+for _a in sorted(ALGORITHMS - {"EdDSA"}):
     builtin(f"io.jwt.verify_{_a.lower()}")(_verify(_a))
 builtin("io.jwt.verify_eddsa")(_verify("EdDSA"))
 
-_CONSTRAINTS = ("cert", "secret", "alg", "iss", "aud", "time")
+
+@dataclass
+class _Constraints:
+    keys: list[VerificationKey] | None = None
+    secret: str = ""
+    alg: str = ""
+    iss: str = ""
+    aud: str = ""
+    time: float = -1.0
+
+
+def _constraints(ctx: EvalContext, given: dict[str, Any]) -> _Constraints:
+    c = _Constraints()
+    for name, v in given.items():
+        if name == "cert":
+            if not isinstance(v, str):
+                raise BuiltinError("cert constraint: must be a string")
+            c.keys = keys_from_material(v)
+        elif name in ("secret", "alg", "iss", "aud"):
+            if not isinstance(v, str):
+                raise BuiltinError(f"{name} constraint: must be a string")
+            setattr(c, name, v)
+        elif name == "time":
+            c.time = _time(v)
+        else:
+            raise BuiltinError(f"unknown token validation constraint: {name}")
+    if c.time == -1.0:
+        c.time = _time(ctx.now_ns)
+    n = (c.keys is not None) + (c.secret != "")
+    if n != 1:
+        raise BuiltinError("duplicate key constraints" if n > 1 else "no key constraint")
+    return c
+
+
+def _time(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise BuiltinError("token time constraint: must be a number")
+    if v < 0:
+        raise BuiltinError("token time constraint: must not be negative")
+    return float(v)
+
+
+_UNVERIFIED: list[Any] = [False, {}, {}]
 
 
 @builtin("io.jwt.decode_verify")
 def decode_verify(ctx: EvalContext, token: Any, constraints: Any) -> list[Any]:
-    constraints = need_obj(constraints, 2)
-    for k in constraints:
-        if k not in _CONSTRAINTS:
-            raise BuiltinError(f"unknown token validation constraint: {k}")
-    cert, secret = constraints.get("cert"), constraints.get("secret")
-    if (cert is None) == (secret is None):
-        raise BuiltinError("exactly one of cert or secret must be specified")
-    verified = _verified(token, constraints.get("alg"), cert, secret)
-    if verified is None:
-        return [False, {}, {}]
-    header, raw = verified
-    payload = _json_obj(raw, "payload")
-    if not _claims_hold(payload, constraints, constraints.get("time", ctx.now_ns)):
-        return [False, {}, {}]
-    return [True, header, payload]
-
-
-def _verified(token: Any, want_alg: Any, cert: Any, secret: Any) -> tuple[dict[str, Any], bytes] | None:
-    """The header and payload bytes of `token` when its signature checks out, and that of every
-    token nested in it (`cty: JWT`); None when one does not."""
-    t = token
+    c = _constraints(ctx, need_obj(constraints, 2))
+    t = _token(token)
     while True:
-        h, p, s = _split(t)
-        header = _json_obj(_b64url(h), "header")
-        alg = header.get("alg")
-        if not isinstance(alg, str) or (want_alg and want_alg != alg):
-            return None
-        sig = _b64url(s)
-        key = secret if alg.startswith("HS") else cert
-        if key is None or not _verify_sig(alg, f"{h}.{p}".encode(), sig, key):
-            return None
-        raw = _b64url(p)
-        if str(header.get("cty", "")).upper() != "JWT":
-            return header, raw
-        t = raw.decode()
+        decoded = _decoded_header(t)
+        header = _parse_header(decoded)
+        if not header.valid() or (c.alg and c.alg != header.alg):
+            return _UNVERIFIED
+        signature = b64url_decode(t.signature)
+        if c.keys is not None:
+            ok = verify_with(c.keys, header.alg, header.kid, header.alg, t.signing_input, signature, pss_auto=False)
+        else:
+            ok = check(header.alg, c.secret, t.signing_input, signature)
+        if not ok:
+            return _UNVERIFIED
+        payload = _payload(t)
+        if header.cty.upper() != "JWT":
+            break
+        t = _token(payload.decode("utf-8", "replace"))
+    body = _json_object(payload)
+    return [True, decoded, body] if _claims_hold(body, c) else _UNVERIFIED
 
 
-def _claims_hold(payload: dict[str, Any], constraints: dict[str, Any], now_ns: Any) -> bool:
-    """iss and aud as constrained; exp and nbf against `now_ns` (topdown's validate)."""
-    iss = constraints.get("iss")
-    if iss and payload.get("iss") != iss:
+def _claims_hold(payload: dict[str, Any], c: _Constraints) -> bool:
+    """iss and aud as constrained; exp and nbf against the constraint's time (topdown)."""
+    if c.iss and payload.get("iss") != c.iss:
         return False
-    aud_c = constraints.get("aud", "")
     if "aud" in payload:
         aud = payload["aud"]
-        if isinstance(aud, str):
-            if aud != aud_c:
-                return False
-        elif not isinstance(aud, list) or aud_c not in aud:
+        if not (aud == c.aud if isinstance(aud, str) else isinstance(aud, list) and c.aud in aud):
             return False
-    elif aud_c:
+    elif c.aud:
         return False
-    secs = now_ns / 1e9
+    now = c.time / 1e9
     for claim in ("exp", "nbf"):
         if claim not in payload:
             continue
         v = payload[claim]
-        if not isinstance(v, (int, float)) or isinstance(v, bool):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise BuiltinError(f"{claim} value must be a number")
-        if (secs >= v) if claim == "exp" else (secs < v):
+        if (now >= v) if claim == "exp" else (now < v):
             return False
     return True
-
-
-def _b64e(b: bytes) -> str:
-    return base64.urlsafe_b64encode(b).decode().rstrip("=")
-
-
-def _sign(alg: str, signing_input: bytes, jwk: dict[str, Any]) -> bytes:
-    a = _alg_obj(alg)
-    if alg.startswith("HS"):
-        k = jwk.get("k")
-        if not isinstance(k, str):
-            raise BuiltinError("invalid JWK: missing k")
-        return a.sign(signing_input, _b64url(k))
-    try:
-        key = PyJWK.from_dict(jwk, algorithm=alg).key
-    except Exception as exc:  # noqa: BLE001 - PyJWT raises many kinds for a bad key: all are bad input
-        raise BuiltinError(f"invalid JWK: {exc}") from None
-    return a.sign(signing_input, key)
-
-
-@builtin("io.jwt.encode_sign_raw")
-def encode_sign_raw(ctx: EvalContext, header: Any, payload: Any, key: Any) -> str:
-    k, h, p = need_str(key, 3), need_str(header, 1), need_str(payload, 2)
-    jwk = _json_obj(k.encode(), "key")
-    hdr = _json_obj(h.encode(), "header")
-    alg = hdr.get("alg")
-    if not isinstance(alg, str):
-        raise BuiltinError("missing or invalid 'alg' header")
-    typ = hdr.get("typ")
-    if not isinstance(typ, str) or typ == "JWT":
-        try:
-            msgspec.json.decode(p.encode())
-        except msgspec.DecodeError:
-            raise BuiltinError("type is JWT but payload is not JSON") from None
-    si = f"{_b64e(h.encode())}.{_b64e(p.encode())}"
-    return si + "." + _b64e(_sign(alg, si.encode(), jwk))
-
-
-@builtin("io.jwt.encode_sign")
-def encode_sign(ctx: EvalContext, header: Any, payload: Any, key: Any) -> str:
-    if not all(isinstance(x, dict) for x in (header, payload, key)):
-        raise BuiltinError("io.jwt.encode_sign: operands must be objects")
-    h = msgspec.json.encode(to_json(header), order="sorted")
-    p = msgspec.json.encode(to_json(payload), order="sorted")
-    si = f"{_b64e(h)}.{_b64e(p)}"
-    return si + "." + _b64e(_sign(str(header.get("alg")), si.encode(), to_json(key)))

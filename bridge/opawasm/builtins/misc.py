@@ -1,19 +1,15 @@
-"""Object, units, uuid, rand, graph, numbers and runtime builtins (topdown subset.go, parse_units.go,
-parse_bytes.go, uuid.go, numbers.go, graphs.go, runtime.go)."""
+"""Object, rand, graph, numbers and runtime builtins (topdown subset.go, numbers.go,
+graphs.go, runtime.go)."""
 
 from __future__ import annotations
 
-import os
 import random
-import re
-import uuid as _uuid
-from fractions import Fraction
 from typing import Any
 
 from bridge.opawasm.builtins.operands import need_int, need_str, type_name
-from bridge.opawasm.builtins.registry import EvalContext, builtin
+from bridge.opawasm.builtins.registry import NODE_BYTES, EvalContext, builtin
 from bridge.opawasm.errors import BuiltinError
-from bridge.opawasm.values import UNDEFINED, RegoSet, canonical_key, to_json
+from bridge.opawasm.values import RegoSet, canonical_key, to_json
 
 
 def _eq(a: Any, b: Any) -> bool:
@@ -85,105 +81,7 @@ def object_subset(ctx: EvalContext, sup: Any, sub: Any) -> bool:
     raise BuiltinError("both arguments object.subset must be of the same type or array and set")
 
 
-# -- units ---------------------------------------------------------------------------------------
-
-_SI: dict[str, Fraction | int] = {
-    "m": Fraction(1, 1000), "": 1, "k": 10**3, "K": 10**3, "ki": 2**10, "Ki": 2**10, "M": 10**6, "mi": 2**20,
-    "Mi": 2**20, "g": 10**9, "G": 10**9, "gi": 2**30, "Gi": 2**30, "t": 10**12, "T": 10**12, "ti": 2**40,
-    "Ti": 2**40, "p": 10**15, "P": 10**15, "pi": 2**50, "Pi": 2**50, "e": 10**18, "E": 10**18,
-    "ei": 2**60, "Ei": 2**60,
-}
-_BYTES = {"": 1, "kb": 10**3, "k": 10**3, "kib": 2**10, "ki": 2**10, "mb": 10**6, "m": 10**6, "mib": 2**20,
-          "mi": 2**20, "gb": 10**9, "g": 10**9, "gib": 2**30, "gi": 2**30, "tb": 10**12, "t": 10**12,
-          "tib": 2**40, "ti": 2**40, "pb": 10**15, "p": 10**15, "pib": 2**50, "pi": 2**50, "eb": 10**18,
-          "e": 10**18, "eib": 2**60, "ei": 2**60}
-
-
-def _num_unit(s: str) -> tuple[str, str]:
-    i, n = 0, len(s)
-    while i < n:
-        c = s[i]
-        if not (c.isdigit() or c in ".+-eE"):
-            break
-        if c in "eE":
-            if i == n - 1 or not (s[i + 1].isdigit() or s[i + 1] in "+-"):
-                break
-            if s[i + 1] in "+-":
-                i += 1
-        i += 1
-    return s[:i], s[i:]
-
-
-def _rat(num: str, err: str) -> Fraction:
-    if not re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", num):
-        raise BuiltinError(err)
-    return Fraction(num)
-
-
-@builtin("units.parse")
-def units_parse(ctx: EvalContext, s: Any) -> int | float:
-    s = need_str(s, 1).replace('"', "")
-    if " " in s:
-        raise BuiltinError("units.parse: spaces not allowed in resource strings")
-    num, unit = _num_unit(s)
-    if num == "":
-        raise BuiltinError("units.parse: no amount provided")
-    if len(unit) > 1:
-        unit = unit[:1] + unit[1:].lower()
-    if unit not in _SI:
-        raise BuiltinError(f"units.parse: unit {unit} not recognized")
-    x = _rat(num, "units.parse: could not parse amount to a number") * _SI[unit]
-    if x.denominator == 1:
-        return int(x)
-    return float(f"{float(x):.10f}")
-
-
-@builtin("units.parse_bytes")
-def units_parse_bytes(ctx: EvalContext, s: Any) -> int:
-    s = need_str(s, 1).lower().replace('"', "")
-    if " " in s:
-        raise BuiltinError("units.parse_bytes: spaces not allowed in resource strings")
-    num, unit = _num_unit(s)
-    if num == "":
-        raise BuiltinError("units.parse_bytes: no byte amount provided")
-    if unit not in _BYTES:
-        raise BuiltinError(f"units.parse_bytes: byte unit {unit} not recognized")
-    if num.isdigit():
-        return int(num) * _BYTES[unit]  # the common case, without a rational
-    return int(_rat(num, "units.parse_bytes: could not parse byte amount to a number") * _BYTES[unit])
-
-
-# -- uuid / rand ------------------------------------------------------------------------------------
-
-
-@builtin("uuid.rfc4122")
-def uuid_rfc4122(ctx: EvalContext, key: Any) -> str:
-    ck = ("uuid", canonical_key(key))
-    if ck not in ctx.cache:
-        ctx.cache[ck] = str(_uuid.UUID(bytes=os.urandom(16), version=4))
-    return ctx.cache[ck]
-
-
-@builtin("uuid.parse")
-def uuid_parse(ctx: EvalContext, s: Any) -> Any:
-    s = need_str(s, 1)
-    try:
-        u = _uuid.UUID(s)
-    except ValueError:
-        return UNDEFINED
-    out: dict[str, Any] = {"version": u.version or (u.int >> 76) & 0xF, "variant": _variant(u)}
-    if u.version == 1 or u.version == 2 or u.version == 6:
-        out["time"] = (u.time - 0x01B21DD213814000) * 100
-        out["clocksequence"] = u.clock_seq
-        out["nodeid"] = "-".join(f"{(u.node >> s_) & 0xFF:02x}" for s_ in range(40, -8, -8))
-        if u.version == 1:
-            out["macvariables"] = ("local" if (u.node >> 41) & 1 else "global") + ":" + ("multicast" if (u.node >> 40) & 1 else "unicast")
-    return out
-
-
-def _variant(u: _uuid.UUID) -> str:
-    return {_uuid.RFC_4122: "RFC4122", _uuid.RESERVED_NCS: "Reserved", _uuid.RESERVED_MICROSOFT: "Microsoft",
-            _uuid.RESERVED_FUTURE: "Future"}[u.variant]
+# -- rand ------------------------------------------------------------------------------------
 
 
 @builtin("rand.intn")
@@ -205,18 +103,17 @@ def rand_intn(ctx: EvalContext, s: Any, n: Any) -> int:
 def range_step(ctx: EvalContext, a: Any, b: Any, step: Any) -> list[int]:
     a, b, step = need_int(a, 1), need_int(b, 2), need_int(step, 3)
     if step <= 0:
-        raise BuiltinError("numbers.range_step: step must be a positive number above zero")
-    out = []
-    if a <= b:
-        x = a
-        while x <= b:
-            out.append(x)
-            x += step
-    else:
-        x = a
-        while x >= b:
-            out.append(x)
-            x -= step
+        raise BuiltinError("numbers.range_step: step must be a positive integer")
+    count = abs(b - a) // step + 1
+    stride = step if a <= b else -step
+    if count <= 1 << 12:  # small enough to build at once: no accounting to do
+        return list(range(a, a + count * stride, stride))
+    digits = max(len(str(a)), len(str(b)))  # each element's text, at most
+    ctx.check_size(count * (NODE_BYTES + digits + 1), "numbers.range_step")
+    out: list[int] = []
+    for start in range(0, count, 1 << 16):
+        ctx.check_deadline()
+        out.extend(range(a + start * stride, a + min(count, start + (1 << 16)) * stride, stride))
     return out
 
 
@@ -235,6 +132,7 @@ def reachable_paths(ctx: EvalContext, graph: Any, initial: Any) -> RegoSet:
         return list(e) if isinstance(e, (list, RegoSet)) else []
 
     def walk(node: Any, path: list[Any]) -> None:
+        ctx.check_deadline()  # the paths of a dense graph are exponentially many
         nxt = [x for x in edges(node) if canonical_key(x) not in {canonical_key(p) for p in path}]
         if not isinstance(node, str) or node not in graph:
             if path[:-1]:

@@ -3,6 +3,7 @@ called with the wrong type of value is a builtin error, as in OPA."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from bridge.opawasm.errors import BuiltinError
@@ -16,6 +17,8 @@ def need_str(v: Any, pos: int) -> str:
 
 
 def need_int(v: Any, pos: int) -> int:
+    if isinstance(v, Decimal):
+        raise BuiltinError(f"operand {pos} must be a number within float64's range")
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise BuiltinError(f"operand {pos} must be number but got {type_name(v)}")
     if isinstance(v, float):
@@ -26,6 +29,9 @@ def need_int(v: Any, pos: int) -> int:
 
 
 def need_num(v: Any, pos: int) -> int | float:
+    if isinstance(v, Decimal):
+        # a number beyond float64 (from JSON text): the host's arithmetic stays within float64
+        raise BuiltinError(f"operand {pos} must be a number within float64's range")
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise BuiltinError(f"operand {pos} must be number but got {type_name(v)}")
     return v
@@ -42,7 +48,7 @@ def type_name(v: Any) -> str:
         return "null"
     if isinstance(v, bool):
         return "boolean"
-    if isinstance(v, (int, float)):
+    if isinstance(v, (int, float, Decimal)):
         return "number"
     if isinstance(v, str):
         return "string"

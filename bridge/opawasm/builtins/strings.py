@@ -2,145 +2,58 @@
 
 from __future__ import annotations
 
-import re
-from functools import lru_cache
 from typing import Any
 
 from bridge.opawasm.builtins.globsect import non_empty
-from bridge.opawasm.builtins.operands import need_int, need_str, str_collection, type_name
+from bridge.opawasm.builtins.operands import need_int, need_str, type_name
 from bridge.opawasm.builtins.registry import EvalContext, builtin
 from bridge.opawasm.errors import BuiltinError, HaltError
+from bridge.opawasm.gocompat.errors import GoError, TooLarge
 from bridge.opawasm.gocompat.fmt import sprintf as go_sprintf
+from bridge.opawasm.gocompat.regexp import Regexp, compile_go, quote_meta
+from bridge.opawasm.gocompat.regexp import split as go_split_regexp
 from bridge.opawasm.values import RegoSet, rego_repr
 
-# -- Go regexp (RE2) on Python's re -----------------------------------------------------------
 
-
-_GO_CLASS = {
-    "[:alnum:]": "a-zA-Z0-9", "[:alpha:]": "a-zA-Z", "[:digit:]": "0-9", "[:lower:]": "a-z",
-    "[:upper:]": "A-Z", "[:space:]": r"\t\n\v\f\r ", "[:xdigit:]": "0-9A-Fa-f", "[:word:]": r"\w",
-    "[:punct:]": r"!-/:-@\[-`{-~", "[:blank:]": r" \t", "[:cntrl:]": r"\x00-\x1f\x7f", "[:print:]": r" -~",
-    "[:graph:]": r"!-~", "[:ascii:]": r"\x00-\x7f",
-}
-
-
-@lru_cache(maxsize=1024)
-def go_regexp(pattern: str) -> re.Pattern[str]:
-    """Compile an RE2 pattern. Python's engine agrees with RE2 on the syntax policies use;
-    RE2-only spellings (`\\z`, `(?P<n>`, POSIX classes) are translated."""
-    p = pattern
-    # Perl syntax RE2 rejects but Python's re accepts: refuse it as Go does (never match differently)
-    m = re.search(r"\(\?(<=|<!|=|!|>|P=)|\\[1-9]", p)
-    if m:
-        raise BuiltinError(f"error parsing regexp: invalid or unsupported Perl syntax: `{m.group(0)}`")
-    p = p.replace(r"\z", r"\Z")
-    # Unicode classes RE2 has and Python's re lacks: letters and numbers (the ones policies use)
-    for k, v in ((r"\p{L}", r"[^\W\d_]"), (r"\pL", r"[^\W\d_]"), (r"\P{L}", r"[\W\d_]"), (r"\PL", r"[\W\d_]"),
-                 (r"\p{N}", r"\d"), (r"\pN", r"\d"), (r"\P{N}", r"\D"), (r"\PN", r"\D")):
-        p = p.replace(k, v)
-    for k, v in _GO_CLASS.items():
-        p = p.replace(k, v)
+def go_regexp(ctx: EvalContext, pattern: str) -> Regexp:
     try:
-        return re.compile(p)
-    except re.error as exc:
-        raise BuiltinError(f"error parsing regexp: {exc}") from None
-
-
-def _go_expand(template: str, m: re.Match[str]) -> str:
-    """Go's Regexp.Expand: $1, ${1}, $name, ${name}; $$ is a literal $; unknown names expand to ''."""
-    out: list[str] = []
-    i, n = 0, len(template)
-    while i < n:
-        c = template[i]
-        if c != "$" or i + 1 >= n:
-            out.append(c)
-            i += 1
-            continue
-        nxt = template[i + 1]
-        if nxt == "$":
-            out.append("$")
-            i += 2
-            continue
-        if nxt == "{":
-            j = template.find("}", i + 2)
-            name = template[i + 2 : j] if j > 0 else ""
-            if j < 0 or not name or not re.fullmatch(r"\w+", name):
-                out.append(c)
-                i += 1
-                continue
-            i = j + 1
-        else:
-            mm = re.match(r"\w+", template[i + 1 :])
-            if not mm:
-                out.append(c)
-                i += 1
-                continue
-            name = mm.group(0)
-            i += 1 + len(name)
-        try:
-            g = m.group(int(name)) if name.isdigit() else m.group(name)
-        except IndexError:  # unknown group number or name: Go expands it to ""
-            g = ""
-        out.append(g or "")
-    return "".join(out)
+        return compile_go(pattern)
+    except GoError as exc:
+        raise BuiltinError(str(exc)) from None
 
 
 @builtin("regex.replace")
 def regex_replace(ctx: EvalContext, s: Any, pattern: Any, value: Any) -> str:
     s, pattern, value = need_str(s, 1), need_str(pattern, 2), need_str(value, 3)
-    rx = go_regexp(pattern)
-    out, last = [], 0
-    for m in _go_find_all(rx, s, -1):
-        out.append(s[last : m.start()])
-        out.append(_go_expand(value, m))
-        last = m.end()
-    out.append(s[last:])
-    return "".join(out)
+    rx = go_regexp(ctx, pattern)
 
+    def check(size: int) -> None:
+        # a short pattern and a long replacement multiply: account before the text grows
+        ctx.check_deadline()
+        ctx.check_size(size, "regex.replace")
 
-def _go_find_all(rx: re.Pattern[str], s: str, n: int) -> list[re.Match[str]]:
-    # Go skips an empty match that immediately follows the previous match
-    out: list[re.Match[str]] = []
-    prev_end = -1
-    for m in rx.finditer(s):
-        if n >= 0 and len(out) >= n:
-            break
-        if m.start() == m.end() and m.start() == prev_end:
-            continue
-        out.append(m)
-        prev_end = m.end()
-    return out
+    return rx.replace_all(s.encode("utf-8"), value.encode("utf-8"), check).decode("utf-8", "replace")
 
 
 @builtin("regex.split")
 def regex_split(ctx: EvalContext, pattern: Any, s: Any) -> list[str]:
     pattern, s = need_str(pattern, 1), need_str(s, 2)
-    rx = go_regexp(pattern)
-    # Go's Regexp.Split(s, -1)
-    if len(pattern) > 0 and len(s) == 0:
-        return [""]
-    out: list[str] = []
-    beg = end = 0
-    for m in _go_find_all(rx, s, -1):
-        end = m.start()
-        if m.end() != 0:
-            out.append(s[beg:end])
-        beg = m.end()
-    if end != len(s):
-        out.append(s[beg:])
-    return out
+    return go_split_regexp(go_regexp(ctx, pattern), s, -1)
 
 
 @builtin("regex.find_n")
 def regex_find_n(ctx: EvalContext, pattern: Any, s: Any, n: Any) -> list[str]:
     pattern, s, n = need_str(pattern, 1), need_str(s, 2), need_int(n, 3)
-    return [m.group(0) for m in _go_find_all(go_regexp(pattern), s, n)]
+    b = s.encode("utf-8")
+    return [b[m[0][0] : m[0][1]].decode("utf-8", "replace") for m in go_regexp(ctx, pattern).all_matches(b, n)]
 
 
 @builtin("regex.find_all_string_submatch_n")
 def regex_find_all_submatch(ctx: EvalContext, pattern: Any, s: Any, n: Any) -> list[list[str]]:
     pattern, s, n = need_str(pattern, 1), need_str(s, 2), need_int(n, 3)
-    return [[m.group(0)] + [g or "" for g in m.groups()] for m in _go_find_all(go_regexp(pattern), s, n)]
+    b = s.encode("utf-8")
+    return [[b[a:z].decode("utf-8", "replace") if a >= 0 else "" for a, z in m]
+            for m in go_regexp(ctx, pattern).all_matches(b, n)]
 
 
 def _delimiter_indices(s: str, start: str, end: str) -> list[int]:
@@ -162,10 +75,6 @@ def _delimiter_indices(s: str, start: str, end: str) -> list[int]:
     return idxs
 
 
-def go_quote_meta(s: str) -> str:
-    return "".join("\\" + c if c in "\\.+*?()|[]{}^$" else c for c in s)
-
-
 @builtin("regex.template_match")
 def regex_template_match(ctx: EvalContext, template: Any, value: Any, dstart: Any, dend: Any) -> bool:
     template, value = need_str(template, 1), need_str(value, 2)
@@ -178,11 +87,11 @@ def regex_template_match(ctx: EvalContext, template: Any, value: Any, dstart: An
         raw = template[end : idxs[i]]
         end = idxs[i + 1]
         sub = template[idxs[i] + 1 : end - 1]
-        go_regexp(f"^{sub}$")
-        pat.append(f"{go_quote_meta(raw)}({sub})")
-    pat.append(go_quote_meta(template[end:]))
+        go_regexp(ctx, f"^{sub}$")
+        pat.append(f"{quote_meta(raw)}({sub})")
+    pat.append(quote_meta(template[end:]))
     pat.append("$")
-    return go_regexp("".join(pat)).search(value) is not None
+    return go_regexp(ctx, "".join(pat)).search(value)
 
 
 @builtin("regex.globs_match")
@@ -198,7 +107,11 @@ def sprintf(ctx: EvalContext, fmt: Any, args: Any) -> str:
     fmt = need_str(fmt, 1)
     if not isinstance(args, (list, tuple)):
         raise BuiltinError(f"operand 2 must be array but got {type_name(args)}")
-    return go_sprintf(fmt, sprintf_args(list(args)))
+    try:
+        return go_sprintf(fmt, sprintf_args(list(args)), ctx.memory_limit)
+    except TooLarge as exc:
+        ctx.check_size(exc.nbytes, "sprintf")
+        raise
 
 
 def sprintf_args(values: list[Any]) -> list[Any]:
@@ -218,9 +131,44 @@ def any_suffix_match(ctx: EvalContext, search: Any, base: Any) -> bool:
 
 
 def _affix(search: Any, base: Any, match: Any) -> bool:
-    strs = [search] if isinstance(search, str) else str_collection(search, 1)
-    bases = [base] if isinstance(base, str) else str_collection(base, 2)
+    strs, bases = _strings(search, 1), _strings(base, 2)
     return any(match(s, b) for s in strs for b in bases)
+
+
+def _strings(v: Any, pos: int) -> list[str]:
+    """topdown's operand for any_prefix/suffix_match: a string, or an array or set of strings."""
+    if isinstance(v, str):
+        return [v]
+    if not isinstance(v, (list, tuple, RegoSet)):
+        raise BuiltinError(f"operand {pos} must be one of {{string, set, array}} but got {type_name(v)}")
+    items = list(v)
+    for x in items:
+        if not isinstance(x, str):
+            kind = "array" if isinstance(v, (list, tuple)) else "set"
+            raise BuiltinError(f"operand {pos} must be {kind} of strings but got {kind} containing {type_name(x)}")
+    return items
+
+
+def go_split(s: str, sep: str, limit: int = -1) -> list[str]:
+    """Go's strings.SplitN: at most `limit` parts (all when negative); "" splits into characters."""
+    if limit == 0:
+        return []
+    if sep == "":
+        chars = list(s)
+        if 0 < limit < len(chars):
+            return [*chars[: limit - 1], "".join(chars[limit - 1 :])]
+        return chars
+    return s.split(sep, limit - 1) if limit > 0 else s.split(sep)
+
+
+@builtin("strings.split_n")
+def split_n(ctx: EvalContext, s: Any, delimiter: Any, n: Any) -> list[str]:
+    """The first n parts (n > 0), the last -n parts (n < 0), none (n == 0); topdown's SplitN."""
+    s, delimiter, n = need_str(s, 1), need_str(delimiter, 2), need_int(n, 3)
+    if n >= 0:
+        return go_split(s, delimiter, n + 1)[:n]
+    parts = go_split(s, delimiter)
+    return parts[max(len(parts) + n, 0) :]
 
 
 @builtin("strings.count")

@@ -24,8 +24,12 @@ def render_template(ctx: EvalContext, template: Any, variables: Any) -> str:
     variables = need_obj(variables, 2)
     if any(isinstance(x, RegoSet) for x in variables.values()):
         variables = to_json(variables)
+    def progress(size: int) -> None:
+        ctx.check_deadline()
+        ctx.check_size(size, "strings.render_template")
+
     try:
-        out = texttemplate.render(tpl, variables)
+        out = texttemplate.render(tpl, variables, progress)
     except Unsupported as exc:
         raise HaltError(f"strings.render_template: {exc}") from None
     return out.replace("<no value>", "<undefined>")

@@ -21,25 +21,60 @@ from bridge.opawasm.builtins.operands import need_obj, need_str
 from bridge.opawasm.builtins.registry import EvalContext, builtin
 from bridge.opawasm.builtins.x509_json import b64, certificate_json, certificate_request_json, private_key_json
 from bridge.opawasm.errors import BuiltinError
+from bridge.opawasm.gocompat.encoding import b64decode, pem_decode
+from bridge.opawasm.gocompat.errors import GoError
 from bridge.opawasm.values import RegoSet
 
 
 def _pem_or_b64_certs(s: str) -> list[Any]:
+    """topdown's getX509CertsFromString: PEM, or base64 of PEM, or base64 of DER certificates
+    (one or several, concatenated, as Go's x509.ParseCertificates reads them)."""
     data = s.encode()
-    if b"-----BEGIN" not in data:
+    if not data.startswith(b"-----BEGIN"):
         try:
-            data = base64.b64decode(s, validate=True)
+            data = b64decode(data)
+        except GoError as exc:
+            raise BuiltinError(str(exc)) from None
+        if not data.startswith(b"-----BEGIN"):
+            return _der_certificates(data)
+    der = bytearray()
+    while data:
+        block, data = pem_decode(data)
+        if block is None:
+            break
+        if block.type != "CERTIFICATE":
+            raise BuiltinError(f"PEM block type is '{block.type}', expected CERTIFICATE")
+        der += block.data
+    return _der_certificates(bytes(der))
+
+
+def _der_certificates(der: bytes) -> list[Any]:
+    """Certificates concatenated in DER: each one is an ASN.1 SEQUENCE, its length in its header."""
+    certs = []
+    while der:
+        end = _der_length(der)
+        try:
+            certs.append(x509.load_der_x509_certificate(der[:end]))
         except ValueError:
-            raise BuiltinError("x509: malformed certificate input") from None
-        if b"-----BEGIN" not in data:
-            try:
-                return [x509.load_der_x509_certificate(data)]
-            except ValueError as exc:
-                raise BuiltinError(f"x509: {exc}") from None
-    try:
-        return x509.load_pem_x509_certificates(data)
-    except ValueError as exc:
-        raise BuiltinError(f"x509: {exc}") from None
+            raise BuiltinError("x509: malformed certificate") from None
+        der = der[end:]
+    return certs
+
+
+def _der_length(der: bytes) -> int:
+    """The size of the DER element at the start of `der` (header included)."""
+    if len(der) < 2 or der[0] != 0x30:
+        raise BuiltinError("x509: malformed certificate")
+    n = der[1]
+    if n < 0x80:
+        return 2 + n
+    width = n & 0x7F
+    if width == 0 or width > 4 or len(der) < 2 + width:
+        raise BuiltinError("x509: malformed certificate")
+    end = 2 + width + int.from_bytes(der[2 : 2 + width], "big")
+    if end > len(der):
+        raise BuiltinError("x509: malformed certificate")
+    return end
 
 
 @builtin("crypto.x509.parse_certificates")
@@ -174,8 +209,9 @@ def parse_certificate_request(ctx: EvalContext, s: Any) -> dict[str, Any]:
         data = base64.b64decode(b"".join(m.group(2).split()))
     try:
         csr = x509.load_der_x509_csr(data)
-    except ValueError as exc:
-        raise BuiltinError(f"x509: {exc}") from None
+    except ValueError:
+        # Go's encoding/asn1 names the class of the fault; pyca's parser does not say it in Go's words
+        raise BuiltinError("asn1: structure error: malformed certificate request") from None
     return certificate_request_json(csr, data)
 
 

@@ -8,14 +8,18 @@ import math
 import re
 from typing import Any
 
+from bridge.opawasm.gocompat.errors import TooLarge
 from bridge.opawasm.gocompat.strconv import format_float_g, quote, quote_rune
 
 _VERB = re.compile(r"%([-+# 0]*)(\*|\d+)?(?:\.(\*|\d*))?([a-zA-Z%])")
 
 
-def sprintf(fmt: str, args: list[Any]) -> str:
+def sprintf(fmt: str, args: list[Any], limit: int | None = None) -> str:
+    """fmt.Sprintf; with `limit`, an output that would pass it raises TooLarge before it is built
+    (a width or precision is a number in the format: `%999999999d` asks for a gigabyte)."""
     out: list[str] = []
     i, argi, n = 0, 0, len(fmt)
+    size = n  # the format's own text, at most; the widths and precisions come on top
     while i < n:
         j = fmt.find("%", i)
         if j < 0:
@@ -28,11 +32,28 @@ def sprintf(fmt: str, args: list[Any]) -> str:
             break
         i = m.end()
         flags, width, prec, verb = m.groups()
+        if limit is not None and (width or prec):
+            size += _requested(width, prec, args, argi)
+            if size > limit:
+                raise TooLarge(size)
         argi = _directive(out, flags, width, prec, verb, args, argi)
     if argi < len(args):
         extra = ", ".join(f"{_typename(a)}={_extra_val(a)}" for a in args[argi:])
         out.append(f"%!(EXTRA {extra})")
     return "".join(out)
+
+
+def _requested(width: str | None, prec: str | None, args: list[Any], argi: int) -> int:
+    """The widest a directive's width and precision can make its output (numbers or `*`)."""
+    total = 0
+    for spec in (width, prec):
+        if spec == "*":
+            v = args[argi] if argi < len(args) else 0
+            total += abs(v) if isinstance(v, int) and not isinstance(v, bool) else 0
+            argi += 1
+        elif spec:
+            total += int(spec)
+    return total
 
 
 def _directive(
@@ -120,6 +141,11 @@ def _pad(s: str, width: int | None, flags: str, numeric: bool = False) -> str:
 
 
 def _fmt_int(a: int, verb: str, flags: str, width: int | None, prec: int | None) -> str:
+    if not -(2**63) <= a < 2**63:
+        # a *big.Int formats itself: %s and %v print its decimal digits, an unknown verb says so
+        if verb not in "bdosvxXO":
+            return f"%!{verb}(big.Int={a})"
+        verb = "d" if verb in "sv" else verb
     neg = a < 0
     n = -a if neg else a
     if verb in "dv":

@@ -72,9 +72,25 @@ _Loader.add_constructor("tag:yaml.org,2002:timestamp", lambda loader, node: node
 def unmarshal(s: str) -> Any:
     """The first document of `s` as a JSON value (keys as strings, binary as base64)."""
     try:
-        return _as_json(_first_document(s))
+        return _Converter().value(_first_document(s))
+    except yaml.MarkedYAMLError as exc:
+        raise GoError(_go_message(exc)) from None
     except yaml.YAMLError as exc:
         raise GoError(f"yaml: {exc}") from None
+
+
+def _go_message(exc: yaml.MarkedYAMLError) -> str:
+    """PyYAML's error in go-yaml's (libyaml's) words where they differ only in phrasing:
+    `yaml: line N: did not find expected ...`, `yaml: mapping values are not allowed in this context`."""
+    problem = exc.problem or ""
+    line = exc.problem_mark.line + 1 if exc.problem_mark is not None else 0
+    if problem.startswith("expected ") and ", but found" in problem:
+        return f"yaml: line {line}: did not find {problem.split(', but found')[0]}"
+    if problem.startswith("expected ") and ", but got" in problem:
+        return f"yaml: line {line}: did not find {problem.split(', but got')[0]}"
+    if problem == "mapping values are not allowed here":
+        return "yaml: mapping values are not allowed in this context"
+    return f"yaml: line {line}: {problem}"
 
 
 def is_valid(s: str) -> bool:
@@ -92,14 +108,48 @@ def _first_document(s: str) -> Any:
     return None
 
 
-def _as_json(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {_json_key(k): _as_json(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_as_json(x) for x in v]
-    if isinstance(v, bytes):
-        return base64.b64encode(v).decode()
-    return v
+class _Converter:
+    """PyYAML's values as JSON values. An alias is a shared object in PyYAML and a copy in JSON,
+    so a small document of nested aliases expands exponentially ("billion laughs"): go-yaml v3
+    refuses one whose aliases make up too much of what it decodes, and so does this."""
+
+    def __init__(self) -> None:
+        self.decoded = 0
+        self.aliased = 0  # nodes decoded inside an alias's expansion
+        self.depth = 0  # how many alias expansions enclose the current node
+        self.seen: set[int] = set()
+
+    def value(self, v: Any) -> Any:
+        alias = isinstance(v, (dict, list)) and id(v) in self.seen
+        if isinstance(v, (dict, list)):
+            self.seen.add(id(v))
+        self.depth += alias
+        try:
+            return self._convert(v)
+        finally:
+            self.depth -= alias
+
+    def _convert(self, v: Any) -> Any:
+        self.decoded += 1
+        self.aliased += self.depth > 0
+        if self.aliased > 100 and self.decoded > 1000 and self.aliased / self.decoded > _alias_ratio(self.decoded):
+            raise GoError("yaml: document contains excessive aliasing")
+        if isinstance(v, dict):
+            return {_json_key(k): self.value(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [self.value(x) for x in v]
+        if isinstance(v, bytes):
+            return base64.b64encode(v).decode()
+        return v
+
+
+def _alias_ratio(decoded: int) -> float:
+    """go-yaml v3's allowedAliasRatio: 99% up to 400,000 decoded nodes, falling to 10% at 4,000,000."""
+    if decoded <= 400_000:
+        return 0.99
+    if decoded >= 4_000_000:
+        return 0.10
+    return 0.99 - 0.89 * (decoded - 400_000) / 3_600_000
 
 
 def _json_key(k: Any) -> str:

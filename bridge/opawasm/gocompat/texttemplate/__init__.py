@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from bridge.opawasm.gocompat.texttemplate.execute import execute
+from bridge.opawasm.gocompat.texttemplate.execute import Progress, execute
 from bridge.opawasm.gocompat.texttemplate.parse import parse
 from bridge.opawasm.gocompat.texttemplate.values import from_json
 
 
-def render(template: str, variables: Any) -> str:
+def render(template: str, variables: Any, progress: Progress | None = None) -> str:
     """Execute `template` over JSON `variables` as OPA passes them (numbers as json.Number)."""
     data = from_json(variables)
-    return execute(parse(template), data)
+    return execute(parse(template), data, progress)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from bridge.opawasm.gocompat.errors import GoError, Unsupported
@@ -11,9 +12,14 @@ from bridge.opawasm.gocompat.texttemplate.values import NOVALUE, gotype, sprint1
 _NOPREV = object()  # a pipeline's first command has no previous result to take as its last argument
 
 
-def execute(nodes: list[Any], data: Any) -> str:
-    """The output of the parsed template `nodes` with `data` as dot and `$`."""
-    ex = _Exec(data)
+Progress = Callable[[int], None]
+
+
+def execute(nodes: list[Any], data: Any, progress: Progress | None = None) -> str:
+    """The output of the parsed template `nodes` with `data` as dot and `$`. `progress(size)` is
+    called as the output grows (every few hundred pieces): a caller's hook to stop a template
+    whose ranges multiply past its time or memory."""
+    ex = _Exec(data, progress)
     ex.run(nodes, data)
     return "".join(ex.out)
 
@@ -33,9 +39,19 @@ def _fail_nil(n: str) -> Any:
 
 
 class _Exec:
-    def __init__(self, root: Any) -> None:
+    def __init__(self, root: Any, progress: Progress | None = None) -> None:
         self.vars: list[dict[str, Any]] = [{"$": root}]
         self.out: list[str] = []
+        self.size = 0  # the length of out[: self.counted]
+        self.counted = 0
+        self.progress = progress
+
+    def report(self) -> None:
+        """Tell the progress hook the output's size (called every 256 range iterations)."""
+        if self.progress is not None:
+            self.size += sum(len(piece) for piece in self.out[self.counted :])
+            self.counted = len(self.out)
+            self.progress(self.size)
 
     def var(self, name: str) -> Any:
         for scope in reversed(self.vars):
@@ -108,7 +124,7 @@ class _Exec:
             self.run(els, dot)
             self.vars.pop()
             return
-        for k, x in items:
+        for i, (k, x) in enumerate(items):
             scope: dict[str, Any] = {}
             if len(decl) == 1:
                 scope[decl[0]] = x
@@ -117,3 +133,5 @@ class _Exec:
             self.vars.append(scope)
             self.run(body, x)
             self.vars.pop()
+            if i & 0xFF == 0xFF:
+                self.report()  # ranges multiply: only they can make the output outgrow the input

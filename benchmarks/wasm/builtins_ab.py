@@ -1,0 +1,125 @@
+"""A/B timing of host builtins between two checkouts of the evaluator (interleaved runs).
+
+    .venv/bin/python benchmarks/wasm/builtins_ab.py --a /path/to/old/checkout --b . [--rounds 7]
+
+Each run is a fresh process with the checkout first on sys.path; runs alternate A, B, A, B...
+so that the machine's load (shared, noisy) falls on both alike. One run evaluates every policy
+below `EVALS` times and reports the median per builtin; the summary is the median of the runs'
+medians and B's change against A. The policies call one host builtin each, with an input a policy
+would use; the wasm is built once by the pinned opa and shared by both sides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+MODULE = """package ab
+import rego.v1
+
+b_regex_replace := regex.replace(input.s, "[0-9]+", "#")
+b_regex_split := regex.split(",\\\\s*", input.csv)
+b_regex_find_n := regex.find_n("[a-z]+", input.s, -1)
+b_template_match := regex.template_match("urn:foo:{.*}", "urn:foo:bar:baz", "{", "}")
+b_sprintf := sprintf("%s:%d:%v", [input.user, 42, input.f])
+b_uri_parse := uri.parse(input.url)
+b_uuid_parse := uuid.parse(input.uuid)
+b_json_patch := json.patch(input.doc, [{"op": "add", "path": "/b", "value": 2}])
+b_units_parse := units.parse(input.units)
+b_units_parse_bytes := units.parse_bytes(input.bytes)
+b_range_step := count(numbers.range_step(1, 100, 3))
+b_render_template := strings.render_template("{{.user}} has {{range $.items}}[{{.}}]{{end}}", input)
+b_yaml_unmarshal := yaml.unmarshal(input.yaml)
+b_any_prefix := strings.any_prefix_match(input.url, ["https://", "http://"])
+b_jwt_decode := io.jwt.decode(input.jwt)
+"""
+INPUT = {
+    "s": "order 1234 of 56 items abc", "csv": "a, b, c, d", "user": "alice", "f": 1.5,
+    "url": "https://user@example.com:8443/a/b%20c?x=1#f", "uuid": "000003e8-48b9-21ee-b200-325096b39f47",
+    "doc": {"a": 1}, "units": "1.5Ki", "bytes": "10MB", "items": ["x", "y", "z"],
+    "yaml": "a: 1\nb: [x, y]\nc: {d: true}\n",
+    "jwt": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhbm4ifQ.c2ln",
+}
+ENTRYPOINTS = [line.split(" :=")[0] for line in MODULE.splitlines() if " := " in line]
+EVALS = 2000
+
+_RUN = """
+import json, statistics, sys, time
+# the checkout under measurement, not the one the venv's editable install points at
+sys.meta_path = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
+sys.path.insert(0, sys.argv[5])
+from bridge.opawasm import policy_from_files
+assert __import__("bridge").__file__.startswith(sys.argv[5]), __import__("bridge").__file__
+wasm = open(sys.argv[1], "rb").read()
+inp = json.loads(sys.argv[2])
+pol = policy_from_files({"/policy.wasm": wasm}, pool_size=1, timeout=5.0)
+out = {}
+for ep in json.loads(sys.argv[3]):
+    name = "ab/" + ep
+    pol.evaluate(name, inp)
+    ts = []
+    for _ in range(int(sys.argv[4])):
+        t = time.perf_counter()
+        pol.evaluate(name, inp)
+        ts.append(time.perf_counter() - t)
+    out[ep] = statistics.median(ts) * 1e6
+print(json.dumps(out))
+"""
+
+
+def build_wasm(opa: str) -> bytes:
+    with tempfile.TemporaryDirectory() as td:
+        (Path(td) / "p.rego").write_text(MODULE)
+        args = [opa, "build", "-t", "wasm", "-o", f"{td}/b.tar.gz"]
+        for ep in ENTRYPOINTS:
+            args += ["-e", f"ab/{ep}"]
+        subprocess.run([*args, f"{td}/p.rego"], check=True, capture_output=True)
+        import tarfile
+
+        with tarfile.open(f"{td}/b.tar.gz") as tar:
+            for m in tar:
+                fh = tar.extractfile(m) if m.name.lstrip("/") == "policy.wasm" else None
+                if fh is not None:
+                    return fh.read()
+    raise RuntimeError("opa build produced no policy.wasm")
+
+
+def run(checkout: Path, wasm_path: Path, evals: int) -> dict[str, float]:
+    out = subprocess.run([sys.executable, "-c", _RUN, str(wasm_path), json.dumps(INPUT), json.dumps(ENTRYPOINTS),
+                          str(evals), str(checkout)], capture_output=True, text=True, check=True)
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--a", type=Path, required=True, help="the baseline checkout")
+    ap.add_argument("--b", type=Path, required=True, help="the checkout under test")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--evals", type=int, default=EVALS)
+    ap.add_argument("--opa", default=os.environ.get("OPA_BIN", "opa"))
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as td:
+        wasm_path = Path(td) / "policy.wasm"
+        wasm_path.write_bytes(build_wasm(args.opa))
+        runs: dict[str, list[dict[str, float]]] = {"a": [], "b": []}
+        for _ in range(args.rounds):
+            runs["a"].append(run(args.a.resolve(), wasm_path, args.evals))
+            runs["b"].append(run(args.b.resolve(), wasm_path, args.evals))
+    print(f"{'builtin':<18} {'A median us':>12} {'B median us':>12} {'B vs A':>8}")
+    for ep in ENTRYPOINTS:
+        a = statistics.median(r[ep] for r in runs["a"])
+        b = statistics.median(r[ep] for r in runs["b"])
+        print(f"{ep:<18} {a:>12.1f} {b:>12.1f} {100 * (b - a) / a:>+7.1f}%")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
