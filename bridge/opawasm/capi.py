@@ -39,6 +39,8 @@ call_unchecked = ctypes.CFUNCTYPE(_vp, _vp, _vp, _vp, _sz, _vp)(_address(_bindin
 set_epoch_deadline = ctypes.CFUNCTYPE(None, _vp, ctypes.c_uint64)(
     _address(_bindings._wasmtime_context_set_epoch_deadline)
 )
+# returns a wasmtime_error_t* (only when the engine does not consume fuel, which ours always does)
+set_fuel = ctypes.CFUNCTYPE(_vp, _vp, ctypes.c_uint64)(_address(_bindings._wasmtime_context_set_fuel))
 
 # Every call uses one array of this many slots for arguments and results: the most any export of
 # the OPA ABI takes (opa_eval: 7).

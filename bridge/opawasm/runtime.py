@@ -30,6 +30,7 @@ from bridge.opawasm.capi import (
 )
 from bridge.opawasm.capi import call_unchecked as _call_unchecked
 from bridge.opawasm.capi import set_epoch_deadline as _set_epoch_deadline
+from bridge.opawasm.capi import set_fuel as _set_fuel
 from bridge.opawasm.engine import deadline_ticks, engine
 from bridge.opawasm.errors import (
     BuiltinHalt,
@@ -37,6 +38,7 @@ from bridge.opawasm.errors import (
     DeadlineExceeded,
     EvaluationError,
     HaltError,
+    InlineBudgetExceeded,
     OutOfMemory,
     PolicyAbort,
     UnsupportedABIError,
@@ -53,6 +55,7 @@ PAGE = 65536
 MIN_ABI_MINOR = 2
 WASM32_MAX_MEMORY = 4 << 30
 SCRATCH = 64 * 1024
+UNLIMITED_FUEL = 1 << 62  # an evaluation that is not inline: only its deadline and memory cap bound it
 
 _unpack_i32 = struct.Struct("<i").unpack_from
 _unpack_u32x2 = struct.Struct("<II").unpack_from
@@ -100,6 +103,8 @@ class Instance:
         self._ctx_ptr = store._context()
         self._ctx = ctypes.cast(self._ctx_ptr, ctypes.c_void_p).value
         _set_epoch_deadline(self._ctx, 1 << 40)
+        _set_fuel(self._ctx, UNLIMITED_FUEL)
+        self._fuel_limited = False  # the last evaluation ran on a fuel budget: refill before the next
         self._args = new_slots()
         self._args_addr = ctypes.addressof(self._args)
         self._argbuf = memoryview(self._args).cast("B")
@@ -286,7 +291,7 @@ class Instance:
         pending, self.pending = self.pending, None
         if isinstance(pending, OutOfMemory):
             pending = self._out_of_memory(str(pending))
-        if isinstance(pending, (PolicyAbort, OutOfMemory, DeadlineExceeded)):
+        if isinstance(pending, (PolicyAbort, OutOfMemory, DeadlineExceeded, InlineBudgetExceeded)):
             # opa_abort leaves the module in a consistent state only by luck
             self.broken = str(pending)
             raise pending
@@ -300,6 +305,8 @@ class Instance:
         self.broken = msg
         if code == wasmtime.TrapCode.INTERRUPT:
             raise DeadlineExceeded("evaluation deadline exceeded (interrupted)")
+        if code == wasmtime.TrapCode.OUT_OF_FUEL:
+            raise InlineBudgetExceeded("evaluation needs more than the inline budget of wasm instructions")
         if code == wasmtime.TrapCode.STACK_OVERFLOW:
             raise WasmTrap("policy trapped: stack overflow")
         if "out of memory" in msg.lower():
@@ -358,12 +365,13 @@ class Instance:
             self.call("opa_heap_blocks_stash")
         self.eval_heap = self.call("opa_heap_ptr_get")
 
-    def evaluate_raw(self, entrypoint_id: int, input_json: bytes | None, ticks: int) -> bytes:
+    def evaluate_raw(self, entrypoint_id: int, input_json: bytes | None, ticks: int, fuel: int = 0) -> bytes:
         """`opa_eval` fast path: the result set in OPA's value format (`[{"result": ...}]` or `[]`).
 
         Value format (not JSON) so that sets stay distinguishable from arrays: they are then
         printed in Rego's canonical order, exactly as topdown prints them. For results without
-        sets or non-string keys, value format and JSON are the same bytes."""
+        sets or non-string keys, value format and JSON are the same bytes. `fuel`: at most this
+        many wasm instructions (InlineBudgetExceeded beyond); 0 is unlimited."""
         if self.broken is not None:
             raise EvaluationError(f"instance is unusable: {self.broken}")
         heap = self.eval_heap
@@ -378,6 +386,9 @@ class Instance:
             _memmove(self.base + in_addr, input_json, in_len)
         self._eval_pack.pack_into(self._argbuf, 0, 0, entrypoint_id, self.data_addr, in_addr, in_len, heap, 1)
         _set_epoch_deadline(self._ctx, ticks)
+        if fuel or self._fuel_limited:
+            _set_fuel(self._ctx, fuel or UNLIMITED_FUEL)
+            self._fuel_limited = bool(fuel)
         err = _call_unchecked(self._ctx, self._eval_ref, self._args_addr, SLOTS, self._trap_ref)
         if err or self._trap_ptr:
             self._raise(err)
