@@ -32,6 +32,10 @@ from bridge.opawasm.errors import BundleLoadError
 # Python thread that takes the GIL, so a shorter tick costs an idle process CPU time and can cut
 # into a request on the loop thread; 10 ms keeps both small.
 TICK_S = 0.01
+# Wasm instructions per second of deadline that make an evaluation a runaway when it also runs out
+# of memory (`Instance._out_of_memory`): an eighth of what one core of the benchmark machine runs
+# (~4 million per ms on a long loop), so the count is reached before the clock even at 8x slowdown.
+RUNAWAY_FUEL_PER_S = 500_000_000
 COMPILED_CACHE_SIZE = 8
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 
 from bridge.opawasm.builtins import REGISTRY, EvalContext, provided
-from bridge.opawasm.engine import compile_policy, deadline_ticks
+from bridge.opawasm.engine import RUNAWAY_FUEL_PER_S, compile_policy, deadline_ticks
 from bridge.opawasm.errors import (
     BuiltinError,
     BundleLoadError,
@@ -169,6 +169,7 @@ class WasmPolicy:
             raise InlineBudgetExceeded("no idle policy instance for an inline evaluation")
         try:
             inst.ctx = None
+            inst.runaway_fuel = int((timeout or self.timeout) * RUNAWAY_FUEL_PER_S)
             inst.start_ns = _time_ns()
             inst.deadline = _monotonic() + t
             return inst.evaluate_raw(ep, input_json, ticks, INLINE_FUEL if inline else 0)

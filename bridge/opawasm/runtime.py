@@ -22,6 +22,7 @@ from bridge.opawasm.capi import (
     SLOTS,
     Export,
     TrapSlot,
+    fuel_used,
     host_callback,
     host_func,
     new_slots,
@@ -58,9 +59,6 @@ SCRATCH = 64 * 1024
 UNLIMITED_FUEL = 1 << 62  # an evaluation that is not inline: only its deadline and memory cap bound it
 
 _unpack_i32 = struct.Struct("<i").unpack_from
-_unpack_u32x2 = struct.Struct("<II").unpack_from
-_unpack_u32x3 = struct.Struct("<III").unpack_from
-_unpack_i64 = struct.Struct("<q").unpack_from
 _string_at = ctypes.string_at
 _memmove = ctypes.memmove
 _json_decode = msgspec.json.decode
@@ -104,7 +102,8 @@ class Instance:
         self._ctx = ctypes.cast(self._ctx_ptr, ctypes.c_void_p).value
         _set_epoch_deadline(self._ctx, 1 << 40)
         _set_fuel(self._ctx, UNLIMITED_FUEL)
-        self._fuel_limited = False  # the last evaluation ran on a fuel budget: refill before the next
+        self.fuel = UNLIMITED_FUEL  # what the evaluation under way started with
+        self.runaway_fuel = 0  # instructions past which running out of memory counts as a runaway (0: never)
         self._args = new_slots()
         self._args_addr = ctypes.addressof(self._args)
         self._argbuf = memoryview(self._args).cast("B")
@@ -236,10 +235,12 @@ class Instance:
             return self._fail(exc)
 
     def _out_of_memory(self, message: str) -> EvaluationError:
-        """Deadline beats memory: an evaluation whose time is also up fails as late, not as too
-        big, so a runaway policy that hits both caps fails the same way whichever came first."""
-        if self.deadline and _monotonic() >= self.deadline:
-            return DeadlineExceeded(f"evaluation deadline exceeded (and {message})")
+        """Deadline beats memory: a runaway fails as late, not as too big, whichever cap it hit first:
+        when its time is up, or after more wasm instructions than its deadline stands for (counted,
+        so the same answer for a policy and input under any load: `RUNAWAY_FUEL_PER_S`)."""
+        used = fuel_used(self._ctx, self.fuel)
+        if (self.deadline and _monotonic() >= self.deadline) or 0 < self.runaway_fuel <= used:
+            return DeadlineExceeded(f"evaluation deadline exceeded (and {message}, after {used:,} wasm instructions)")
         return OutOfMemory(message)
 
     # -- memory -----------------------------------------------------------------------------
@@ -386,9 +387,8 @@ class Instance:
             _memmove(self.base + in_addr, input_json, in_len)
         self._eval_pack.pack_into(self._argbuf, 0, 0, entrypoint_id, self.data_addr, in_addr, in_len, heap, 1)
         _set_epoch_deadline(self._ctx, ticks)
-        if fuel or self._fuel_limited:
-            _set_fuel(self._ctx, fuel or UNLIMITED_FUEL)
-            self._fuel_limited = bool(fuel)
+        self.fuel = fuel = fuel or UNLIMITED_FUEL
+        _set_fuel(self._ctx, fuel)
         err = _call_unchecked(self._ctx, self._eval_ref, self._args_addr, SLOTS, self._trap_ref)
         if err or self._trap_ptr:
             self._raise(err)
