@@ -33,9 +33,10 @@ from bridge.opawasm.errors import BundleLoadError
 # into a request on the loop thread; 10 ms keeps both small.
 TICK_S = 0.01
 # Wasm instructions per second of deadline that make an evaluation a runaway when it also runs out
-# of memory (`Instance._out_of_memory`): an eighth of what one core of the benchmark machine runs
-# (~4 million per ms on a long loop), so the count is reached before the clock even at 8x slowdown.
-RUNAWAY_FUEL_PER_S = 500_000_000
+# of memory (`Instance._out_of_memory`). One thread of the benchmark machine runs ~4 billion a
+# second on a long loop when idle and ~1 billion at load average 7.5 on its two cores; a tenth of
+# that keeps "out of memory before this count" also "before the clock" at up to ~10x slowdown.
+RUNAWAY_FUEL_PER_S = 100_000_000
 COMPILED_CACHE_SIZE = 8
 
 
