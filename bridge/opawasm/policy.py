@@ -154,8 +154,8 @@ class WasmPolicy:
     def _eval_value_text(self, entrypoint: str | int, input_json: bytes | None, timeout: float | None, inline: bool) -> bytes:
         """The result set in OPA's value format: `{{"result": <value>}}`, or `set()` when undefined.
 
-        `inline`: within the inline budget, on an idle instance (an inline caller never waits for
-        one, nor pays for creating one); else InlineBudgetExceeded."""
+        `inline`: within the inline budget, on an idle instance or a new one if the pool has room
+        (after an overrun dropped one), never waiting for one; else InlineBudgetExceeded."""
         ep = self._ep_lookup[entrypoint] if entrypoint in self._ep_lookup else self.entrypoint_id(entrypoint)
         if timeout is None:
             t, ticks = self.timeout, self._ticks
@@ -163,10 +163,10 @@ class WasmPolicy:
             t, ticks = timeout, deadline_ticks(timeout)
         if not inline:
             inst = self.pool.acquire()
-        elif (idle := self.pool.try_acquire()) is not None:
+        elif (idle := self.pool.acquire_nowait()) is not None:
             inst, t = idle, min(t, INLINE_HOST_S)
         else:
-            raise InlineBudgetExceeded("no idle policy instance for an inline evaluation")
+            raise InlineBudgetExceeded("no policy instance free for an inline evaluation")
         try:
             inst.ctx = None
             inst.runaway_fuel = int((timeout or self.timeout) * RUNAWAY_FUEL_PER_S)
