@@ -11,6 +11,7 @@ hands Litestar one start hook and one stop hook.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -128,15 +129,17 @@ class Services:
         models = ModelClient(nats, cache_size=settings.gateway_cache_size)
         vkey = key.verification_key()
         host = HostConfig(bridge_url=settings.bridge_url, infer_transport=metered_transport(models.transport))
-        # one instance more than evaluation threads: inline work on the event loop finds it idle
-        evaluator = WasmEvaluator({vkey.kid: vkey}, keyid=vkey.kid, host=host, pool_size=settings.evaluation_threads + 1)
+        # an instance for every evaluation thread (both kinds: `scheduling`) and one for inline work
+        cpus = settings.evaluation_cpu_threads or os.cpu_count() or 1
+        evaluator = WasmEvaluator({vkey.kid: vkey}, keyid=vkey.kid, host=host,
+                                  pool_size=settings.evaluation_threads + cpus + 1)
         follower = RevisionFollower(store, evaluator)
         policy_store = PolicyStore(lambda: nats.client.jetstream(), replicas=settings.nats_replicas, keys=record_keys)
         nats.on_reconnect.append(policy_store.resync)  # a KV watch does not survive a server restart
         bundler = PolicyBundler(compiler, publisher, settings.rego_root, settings.bundles_dir)
         policies = PolicyService(policy_store, bundler, on_published=follower.reload)
         pipeline = Pipeline(evaluator, policies.active_records, ask_model=models.request, recorder=recorder,
-                            escalate=EscalationPublisher(nats), queue=settings.evaluation_queue)
+                            escalate=EscalationPublisher(nats), queue=settings.evaluation_queue, cpu_threads=cpus)
         runtime = EvaluationRuntime(nats=nats, models=models, evaluator=evaluator, follower=follower, pipeline=pipeline,
                                     service=EvaluateService(nats, pipeline), policies=policies,
                                     catalog=default_catalog(), opa_url=settings.opa_url)

@@ -125,12 +125,12 @@ async def test_an_entrypoint_the_module_lacks_falls_back_to_single_calls(evaluat
 async def test_with_every_evaluation_thread_busy_a_batch_that_fits_inline_is_decided_on_the_loop(evaluator):
     """The loop's thread takes every chunk of a batch itself when no evaluation thread is free (the
     pool keeps one instance more than threads for it), instead of waiting for one."""
-    pipeline = Pipeline(evaluator, lambda: [record(LIMIT)])
-    scheduler = pipeline.scheduler
+    pipeline = Pipeline(evaluator, lambda: [record(LIMIT)], cpu_threads=2)
+    lane = pipeline.scheduler.compute
     gate = threading.Event()
-    held = [asyncio.create_task(scheduler.offload(gate.wait, 10)) for _ in range(scheduler.threads)]
+    held = [asyncio.create_task(lane.offload(gate.wait, 10)) for _ in range(lane.threads)]
     await asyncio.sleep(0.1)
-    assert scheduler.threads == 3 and scheduler.admitted == 3  # pool of 4, one instance kept for the loop
+    assert lane.threads == 2 and lane.admitted == 2  # pool of 4: 2 compute, 1 blocking, 1 for the loop
     contexts = [dict(CONTEXTS[0], n=i) for i in range(40)]
     try:
         many = await asyncio.wait_for(pipeline.decide_many(contexts, policy_types=[], tier="nano",

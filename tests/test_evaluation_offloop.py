@@ -26,7 +26,7 @@ spin if {
 
 decision := {"decision": "allow", "confidence": 1, "reasons": ["never reached for a large n"]} if not spin
 """
-THREADS, QUEUE = 4, 4  # 8 runaways fill both
+CPUS, QUEUE = 2, 6  # 8 runaways fill the compute threads and their queue
 LONG = {"principal": "alice", "n": 100_000}  # 10^10 iterations: runs into the 1 s deadline
 SHORT = {"principal": "alice", "n": 3}
 
@@ -34,7 +34,7 @@ SHORT = {"principal": "alice", "n": 3}
 @pytest.fixture(scope="module")
 def cp(tmp_path_factory, nats_server_module, opa_bin):
     settings = make_settings(tmp_path_factory.mktemp("offloop") / "state", nats_url=nats_server_module.extra["url"],
-                             evaluation_threads=THREADS, evaluation_queue=QUEUE)
+                             evaluation_threads=2, evaluation_cpu_threads=CPUS, evaluation_queue=QUEUE)
     with running_control_plane(settings) as services, \
             httpx.Client(base_url=settings.base_url, headers=ADMIN_HEADERS, timeout=60) as client:
         r = client.post("/api/v1/policies", json={"name": "runaway", "policy_type": "risk_management", "opa_policy": RUNAWAY,
@@ -53,36 +53,36 @@ def _evaluate(ctx: dict) -> dict:
 
 async def test_the_loop_answers_while_runaways_run_and_a_full_queue_is_503(cp):
     settings, services, rule_id = cp
-    scheduler = services.runtime.pipeline.scheduler
+    compute = services.runtime.pipeline.scheduler.compute
     async with httpx.AsyncClient(base_url=settings.base_url, headers=ADMIN_HEADERS, timeout=60) as client:
         agent = {"Authorization": bearer(AGENT_TOKEN)["Authorization"]}
         etag = (await client.get("/bundles/groqpolicy", headers=agent)).headers["etag"]
         runaways = [asyncio.create_task(client.post("/api/v1/opa/evaluate", json=_opa_evaluate(rule_id, LONG)))
-                    for _ in range(THREADS + QUEUE)]
+                    for _ in range(CPUS + QUEUE)]
         for _ in range(500):  # until all 8 are on a thread or waiting for one
-            if scheduler.admitted == THREADS + QUEUE:
+            if compute.admitted == CPUS + QUEUE:
                 break
             await asyncio.sleep(0.01)
-        assert scheduler.admitted == THREADS + QUEUE
+        assert compute.admitted == CPUS + QUEUE
 
         health = await client.get("/health")
         assert health.status_code == 200 and health.json()["constitutional_hash"] == H
-        assert scheduler.admitted > 0 and not all(t.done() for t in runaways)  # answered while they ran
+        assert compute.admitted > 0 and not all(t.done() for t in runaways)  # answered while they ran
         bundle = await client.get("/bundles/groqpolicy", headers=agent)
         assert bundle.status_code == 200 and bundle.headers["etag"] == etag
         cheap = await client.post("/api/v1/evaluate", json=_evaluate(SHORT))  # fits inline: no thread needed
         assert cheap.status_code == 200 and cheap.json()["decision"] == "allow", cheap.text
-        assert scheduler.admitted > 0
+        assert compute.admitted > 0
 
         full = await client.post("/api/v1/opa/evaluate", json=_opa_evaluate(rule_id, LONG))
         assert full.status_code == 503 and full.headers["retry-after"] == "1"
         assert full.json()["error"]["code"] == "evaluation_saturated"
-        assert "evaluation threads are busy" in full.json()["error"]["message"]
+        assert "compute evaluation threads are busy" in full.json()["error"]["message"]
 
         poll = await client.get("/bundles/groqpolicy", headers={**agent, "If-None-Match": etag,
                                                                  "Prefer": "modes=snapshot,delta;wait=1"})
         assert poll.status_code == 304
-        assert scheduler.admitted > 0 and not all(t.done() for t in runaways)  # the second four still run
+        assert compute.admitted > 0 and not all(t.done() for t in runaways)  # the second four still run
 
         answers = await asyncio.gather(*runaways)
         assert {(r.status_code, r.json()["error"]["type"]) for r in answers} == {(504, "Upstream")}
@@ -92,4 +92,4 @@ async def test_the_loop_answers_while_runaways_run_and_a_full_queue_is_503(cp):
         assert again.status_code == 504
         denied = (await client.post("/api/v1/evaluate", json=_evaluate(LONG))).json()
         assert denied["decision"] == "deny" and "DeadlineExceeded" in denied["policy_results"][0]["error"]
-    assert scheduler.admitted == 0
+    assert compute.admitted == 0

@@ -112,8 +112,9 @@ class Settings(_Section, kw_only=True):
     record_key_file: Path | None = None
     record_trusted_keys: Path | None = None  # a directory of further trusted public keys (retired, other replicas')
     gateway_cache_size: int = 10_000  # judgments the in-process inference client keeps for their max-age
-    evaluation_threads: int = 15  # evaluations off the event loop at once (each holds a policy instance)
-    evaluation_queue: int = 32  # evaluations that may wait for a thread; beyond: 503 + Retry-After
+    evaluation_threads: int = 15  # evaluations that may wait on a model (http.send) running at once
+    evaluation_cpu_threads: int = 0  # evaluations too long to run inline, at once; 0: one per CPU
+    evaluation_queue: int = 32  # evaluations that may wait for a thread (per kind); beyond: 503 + Retry-After
     groq_api_key_set: bool = False  # whether model calls go to GroqCloud (the dashboard says so)
 
     ENV: ClassVar[dict[str, tuple[str, Conv]]] = {
@@ -143,6 +144,7 @@ class Settings(_Section, kw_only=True):
         "GROQPOLICY_RECORD_TRUSTED_KEYS": ("record_trusted_keys", Path),
         "GROQPOLICY_GATEWAY_CACHE_SIZE": ("gateway_cache_size", int),
         "GROQPOLICY_EVALUATION_THREADS": ("evaluation_threads", int),
+        "GROQPOLICY_EVALUATION_CPU_THREADS": ("evaluation_cpu_threads", int),
         "GROQPOLICY_EVALUATION_QUEUE": ("evaluation_queue", int),
         "GROQ_API_KEY": ("groq_api_key_set", bool),
     }
@@ -152,6 +154,8 @@ class Settings(_Section, kw_only=True):
             self.opa_url = f"http://127.0.0.1:{self.agent_port}"
         if self.evaluation_threads < 1:
             raise ConfigError(f"GROQPOLICY_EVALUATION_THREADS={self.evaluation_threads}: want at least 1")
+        if self.evaluation_cpu_threads < 0:
+            raise ConfigError(f"GROQPOLICY_EVALUATION_CPU_THREADS={self.evaluation_cpu_threads}: want 0 (one per CPU) or more")
         if self.evaluation_queue < 0:
             raise ConfigError(f"GROQPOLICY_EVALUATION_QUEUE={self.evaluation_queue}: want 0 or more")
 

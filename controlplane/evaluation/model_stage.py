@@ -81,13 +81,13 @@ class ModelStage:
 
     async def evaluate_blocking(self, evaluator: Revision, record: PolicyRecord, input: Any) -> PolicyOutcome:
         """One policy that may call a model through http.send: evaluated on an evaluation thread
-        (the caller let its request in: `Scheduler.admit`)."""
+        (the caller let its request in: `scheduler.blocking.admit`)."""
         meter = InferenceMeter()
         token = _METER.set(meter)
         t0 = time.perf_counter_ns()
         error = ""
         try:
-            value = await self.scheduler.offload_admitted(evaluator.evaluate, rego.wasm_entrypoint(record.rule_id), input,
+            value = await self.scheduler.blocking.offload_admitted(evaluator.evaluate, rego.wasm_entrypoint(record.rule_id), input,
                                                  timeout=BLOCKING_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - fail closed: an evaluation error is a deny
             value, error = None, f"{type(exc).__name__}: {exc}"

@@ -101,14 +101,14 @@ class _Call(msgspec.Struct, gc=False):
 class Pipeline:
     def __init__(self, evaluator: Evaluator, policies: Callable[[], list[PolicyRecord]], *,
                  ask_model: AskModel | None = None, recorder: DecisionRecorder | None = None,
-                 escalate: EscalationSink | None = None, queue: int = QUEUE) -> None:
+                 escalate: EscalationSink | None = None, queue: int = QUEUE, cpu_threads: int = 0) -> None:
         """`policies()` hands out the stored policies (the same list object until the set changes); no
-        `recorder`: decisions are served unrecorded (tools, tests); `queue`: see `scheduling`."""
+        `recorder`: decisions are served unrecorded (tools, tests); `queue`, `cpu_threads`: `scheduling`."""
         self.evaluator = evaluator
         self.policies = policies
         self.recorder = recorder
         self.escalate = escalate
-        self.scheduler = Scheduler(evaluator.pool_size, queue=queue)
+        self.scheduler = Scheduler(evaluator.pool_size, queue=queue, cpu_threads=cpu_threads)
         self.constitution = Constitution()
         self.models = ModelStage(ask_model, self.scheduler)
         self._blocking: dict[tuple[uuid.UUID, int], bool] = {}
@@ -241,7 +241,7 @@ class Pipeline:
         """Stage 3 for what may wait on a model, concurrently: the pure policies whose document asks
         for the model stage, and the policies that may call out themselves (on worker threads)."""
         if call.selection.blocking:
-            self.scheduler.admit()  # Saturated (503) for the whole request, before any of it runs
+            self.scheduler.blocking.admit()  # Saturated (503) for the whole request, before any of it runs
         jobs = []
         slots: list[tuple[list[PolicyOutcome | Pending], int | None]] = []  # where each result goes (None: appended)
         for ctx, s in zip(call.contexts, staged, strict=True):

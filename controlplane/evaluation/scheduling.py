@@ -10,11 +10,12 @@ policy: an evaluation that does not fit stops within about a millisecond with
 InlineBudgetExceeded, and the work is done again, from its start (it is pure), on an evaluation
 thread with its full deadline. Whether a policy and input fit does not depend on the load.
 
-Bounded: `threads` evaluations run at once (each holds a policy instance; the pool has one more,
-which inline work finds idle), and a request that needs a thread is let in while fewer than
-`threads + queue` evaluations hold or wait for one; beyond that the caller gets `Saturated` (503
-with Retry-After) instead of an unbounded wait. The check is per request: the evaluations of one
-batch that is let in all go to the queue (`offload_admitted`), so a batch never fails half-way.
+Bounded: two lanes of threads (`Scheduler`: pure computation on as many threads as CPUs, model
+calls on more), each evaluation holding a policy instance (the pool has one more, which inline
+work finds idle). A request that needs a thread is let in while fewer than `threads + queue`
+evaluations hold or wait for one of its lane; beyond that the caller gets `Saturated` (503 with
+Retry-After) instead of an unbounded wait. The check is per request: the evaluations of one batch
+that is let in all go to the queue (`offload_admitted`), so a batch never fails half-way.
 
 Batches: from `SPLIT_AT` contexts a batch is cut into chunks of `CHUNK`, which the loop's thread
 (inline, yielding to other requests between chunks) and one evaluation thread take in turn: the
@@ -27,6 +28,8 @@ import asyncio
 import contextvars
 import itertools
 import logging
+import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -43,6 +46,10 @@ CHUNK = 25  # this many contexts (each hand-over of the GIL between the threads 
 INLINE_TIMEOUT_S = 1.0  # an entrypoint without network calls: pure computation
 WASM_POOL_SIZE = 16  # instances of the in-process evaluator (each a few MiB of linear memory)
 QUEUE = 32  # evaluations that may wait for a thread (GROQPOLICY_EVALUATION_QUEUE)
+# Evaluation threads run at a lower CPU priority than the event loop's thread (Linux sets `nice`
+# per thread): 8 runaways on two cores otherwise take the loop's share, and /health waited 10-100x
+# longer (benchmarks/README.md). A thread that cannot lower its priority runs at the process's.
+THREAD_NICE = 10
 _T = TypeVar("_T")
 Work = Callable[[int, int, Revision], _T]  # (start, stop, the revision to evaluate on) -> a chunk's result
 
@@ -109,30 +116,29 @@ def run_batched(evaluator: Revision, single: str, many: str, inputs: list[Any], 
     return values, errors
 
 
-class Scheduler:
-    """The evaluation threads of one pipeline, the queue in front of them, and the batch chunks."""
+class Lane:
+    """Threads for one kind of evaluation, the queue in front of them, and how many are let in."""
 
-    def __init__(self, pool_size: int | None, *, queue: int = QUEUE) -> None:
-        self.threads = max(1, (pool_size or WASM_POOL_SIZE) - 1)
-        self.queue = max(0, queue)
+    def __init__(self, name: str, threads: int, queue: int) -> None:
+        self.name, self.threads, self.queue = name, max(1, threads), max(0, queue)
         self.admitted = 0  # evaluations on a thread or waiting for one (changed on the loop's thread only)
-        self.overruns = 0  # inline attempts that did not fit and went to a thread
         self._slots = asyncio.Semaphore(self.threads)
-        self._executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="wasm-eval")
+        self._executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix=f"wasm-{name}",
+                                            initializer=_lower_priority)
 
     def admit(self) -> None:
         """Let a request's evaluations in, or raise Saturated when the threads and the queue are full."""
         if self.admitted >= self.threads + self.queue:
-            raise Saturated(f"evaluation: all {self.threads} evaluation threads are busy and at least {self.queue} "
-                            "evaluations are waiting for one; retry shortly")
+            raise Saturated(f"evaluation: all {self.threads} {self.name} evaluation threads are busy and at least "
+                            f"{self.queue} evaluations are waiting for one; retry shortly")
 
     async def offload(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        """`fn(*args, **kwargs)` on an evaluation thread, for a request not let in yet (`admit`)."""
+        """`fn(*args, **kwargs)` on a thread of this lane, for a request not let in yet (`admit`)."""
         self.admit()
         return await self.offload_admitted(fn, *args, **kwargs)
 
     async def offload_admitted(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        """`fn(*args, **kwargs)` on an evaluation thread once one is free, in this task's context
+        """`fn(*args, **kwargs)` on a thread of this lane once one is free, in this task's context
         (its context variables: the model stage's meter), for a request already let in."""
         self.admitted += 1
         try:
@@ -155,13 +161,33 @@ class Scheduler:
         self.admitted -= 1
         self._slots.release()
 
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class Scheduler:
+    """The two lanes of one pipeline's evaluations off the event loop, and the batch chunks.
+
+    `compute`: evaluations that did not fit the inline budget, i.e. pure computation; as many
+    threads as CPUs, since more only take the event loop's share of the cores (with 8 runaways on
+    15 threads, the loop lagged 4.8 ms at p50 and 104 ms at p99; on 2 threads 0.5 and 28 ms).
+    `blocking`: evaluations that may wait on a model (`http.send`), mostly waiting on NATS. The
+    evaluator's pool has an instance for every thread of both, and one for inline work."""
+
+    def __init__(self, pool_size: int | None, *, queue: int = QUEUE, cpu_threads: int = 0) -> None:
+        threads = max(2, (pool_size or WASM_POOL_SIZE) - 1)
+        cpus = min(threads - 1, cpu_threads or os.cpu_count() or 1)
+        self.compute = Lane("compute", cpus, queue)
+        self.blocking = Lane("blocking", threads - cpus, queue)
+        self.overruns = 0  # inline attempts that did not fit and went to a thread
+
     async def run(self, work: Work[_T], evaluator: Revision, start: int, stop: int) -> _T:
         """`work(start, stop, ...)` inline if it fits the inline budget, else on a thread."""
         try:
             return work(start, stop, Inline(evaluator))
         except InlineBudgetExceeded:
             self.overruns += 1
-        return await self.offload(work, start, stop, evaluator)
+        return await self.compute.offload(work, start, stop, evaluator)
 
     async def evaluate(self, evaluator: Revision, entrypoint: str, input: Any, *, timeout: float, may_block: bool) -> Any:
         """One entrypoint's value: inline when it cannot block and fits the inline budget, else on a thread."""
@@ -170,7 +196,8 @@ class Scheduler:
                 return evaluator.evaluate(entrypoint, input, timeout=timeout, inline=True)
             except InlineBudgetExceeded:
                 self.overruns += 1
-        return await self.offload(evaluator.evaluate, entrypoint, input, timeout=timeout)
+        lane = self.blocking if may_block else self.compute
+        return await lane.offload(evaluator.evaluate, entrypoint, input, timeout=timeout)
 
     async def chunked(self, work: Work[_T], evaluator: Revision, n: int) -> list[_T]:
         """`work(start, stop, revision)` over consecutive chunks of `range(n)`, in order.
@@ -189,7 +216,8 @@ class Scheduler:
             while (k := next(claims)) < len(bounds):
                 out[k] = work(*bounds[k], evaluator)
 
-        helper = asyncio.ensure_future(self.offload(take_chunks)) if self.admitted < self.threads else None
+        compute = self.compute
+        helper = asyncio.ensure_future(compute.offload(take_chunks)) if compute.admitted < compute.threads else None
         inline, late = Inline(evaluator), []
         try:
             while (k := next(claims)) < len(bounds):
@@ -200,8 +228,8 @@ class Scheduler:
                 await asyncio.sleep(0)
             self.overruns += len(late)
             if late:
-                self.admit()
-            done = await asyncio.gather(*(self.offload_admitted(work, *bounds[k], evaluator) for k in late))
+                compute.admit()
+            done = await asyncio.gather(*(compute.offload_admitted(work, *bounds[k], evaluator) for k in late))
             for k, result in zip(late, done, strict=True):
                 out[k] = result
         finally:
@@ -210,7 +238,15 @@ class Scheduler:
         return out
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.compute.close()
+        self.blocking.close()
+
+
+def _lower_priority() -> None:
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), THREAD_NICE)
+    except (AttributeError, OSError):  # not Linux, or not allowed: the process's priority
+        pass
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
