@@ -46,10 +46,12 @@ CHUNK = 25  # this many contexts (each hand-over of the GIL between the threads 
 INLINE_TIMEOUT_S = 1.0  # an entrypoint without network calls: pure computation
 WASM_POOL_SIZE = 16  # instances of the in-process evaluator (each a few MiB of linear memory)
 QUEUE = 32  # evaluations that may wait for a thread (GROQPOLICY_EVALUATION_QUEUE)
-# Evaluation threads run at a lower CPU priority than the event loop's thread (Linux sets `nice`
-# per thread): 8 runaways on two cores otherwise take the loop's share, and /health waited 10-100x
-# longer (benchmarks/README.md). A thread that cannot lower its priority runs at the process's.
-THREAD_NICE = 10
+# Compute threads run at a lower CPU priority than the event loop's thread (Linux sets `nice` per
+# thread): runaways on every core otherwise take the loop's share (benchmarks/README.md). Not the
+# blocking lane's: its threads mostly wait on NATS, and at `nice` 10 on a busy machine each of their
+# short wake-ups waited behind everything else (a model-backed evaluation's p50 went 3 -> 565 ms).
+# A thread that cannot lower its priority runs at the process's.
+COMPUTE_NICE = 10
 _T = TypeVar("_T")
 Work = Callable[[int, int, Revision], _T]  # (start, stop, the revision to evaluate on) -> a chunk's result
 
@@ -119,12 +121,12 @@ def run_batched(evaluator: Revision, single: str, many: str, inputs: list[Any], 
 class Lane:
     """Threads for one kind of evaluation, the queue in front of them, and how many are let in."""
 
-    def __init__(self, name: str, threads: int, queue: int) -> None:
+    def __init__(self, name: str, threads: int, queue: int, *, nice: int = 0) -> None:
         self.name, self.threads, self.queue = name, max(1, threads), max(0, queue)
         self.admitted = 0  # evaluations on a thread or waiting for one (changed on the loop's thread only)
         self._slots = asyncio.Semaphore(self.threads)
         self._executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix=f"wasm-{name}",
-                                            initializer=_lower_priority)
+                                            initializer=_lower_priority, initargs=(nice,))
 
     def admit(self) -> None:
         """Let a request's evaluations in, or raise Saturated when the threads and the queue are full."""
@@ -177,7 +179,7 @@ class Scheduler:
     def __init__(self, pool_size: int | None, *, queue: int = QUEUE, cpu_threads: int = 0) -> None:
         threads = max(2, (pool_size or WASM_POOL_SIZE) - 1)
         cpus = min(threads - 1, cpu_threads or os.cpu_count() or 1)
-        self.compute = Lane("compute", cpus, queue)
+        self.compute = Lane("compute", cpus, queue, nice=COMPUTE_NICE)
         self.blocking = Lane("blocking", threads - cpus, queue)
         self.overruns = 0  # inline attempts that did not fit and went to a thread
 
@@ -242,9 +244,11 @@ class Scheduler:
         self.blocking.close()
 
 
-def _lower_priority() -> None:
+def _lower_priority(nice: int) -> None:
+    if not nice:
+        return
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), THREAD_NICE)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
     except (AttributeError, OSError):  # not Linux, or not allowed: the process's priority
         pass
 
