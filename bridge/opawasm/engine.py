@@ -65,7 +65,7 @@ class _Engine:
     def _start() -> wasmtime.Engine:
         cfg = wasmtime.Config()
         cfg.epoch_interruption = True
-        cfg.consume_fuel = True  # costs ~1 µs per evaluation and ~20-30% on long loops (benchmarks/README.md)
+        cfg.consume_fuel = True  # costs ~1-2 µs per evaluation and ~20-40% on long loops (benchmarks/README.md)
         # linear memory is reserved up to its cap and never moves: instances keep one view over it
         cfg.memory_may_move = False
         cfg.cranelift_opt_level = "speed"
