@@ -219,7 +219,10 @@ class Scheduler:
                 out[k] = work(*bounds[k], evaluator)
 
         compute = self.compute
-        helper = asyncio.ensure_future(compute.offload(take_chunks)) if compute.admitted < compute.threads else None
+        helper = None
+        if compute.admitted < compute.threads:  # a helper only when a thread is free: never wait for one
+            helper = asyncio.ensure_future(compute.offload(take_chunks))
+            helper.add_done_callback(_retrieve)
         inline, late = Inline(evaluator), []
         try:
             while (k := next(claims)) < len(bounds):
@@ -234,9 +237,11 @@ class Scheduler:
             done = await asyncio.gather(*(compute.offload_admitted(work, *bounds[k], evaluator) for k in late))
             for k, result in zip(late, done, strict=True):
                 out[k] = result
+            if helper is not None and any(o is None for o in out):
+                await helper  # every chunk is claimed: the ones missing are the helper's
         finally:
-            if helper is not None:
-                await helper  # at most the one chunk it holds
+            if helper is not None and not helper.done():
+                helper.cancel()  # it claimed no chunk (or the call failed): not waited for
         return out
 
     def close(self) -> None:
@@ -251,6 +256,11 @@ def _lower_priority(nice: int) -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
     except (AttributeError, OSError):  # not Linux, or not allowed: the process's priority
         pass
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # raised to the caller that awaited it; otherwise nobody needs it
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
