@@ -8,6 +8,7 @@ started), `settings`, `signing_key`, `tokens`.
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any, TypeAlias
 
 from litestar import Controller, Request, Response
@@ -19,15 +20,16 @@ from bridge.kernel.config import Settings
 from bridge.opabundle.keys import SigningKey
 from controlplane.agents.config import AgentConfigOptions, render_agent_config, to_yaml
 from controlplane.agents.decision_logs import DecisionLogStore
-from controlplane.agents.payloads import decode_json, decompress
+from controlplane.agents.ingest import audit_records, screen_batch
+from controlplane.agents.payloads import decompress
 from controlplane.agents.status import AgentSummary, StatusStore
 from controlplane.audit.controllers import started
-from controlplane.audit.ingest import audit_decision_log_events
 from controlplane.audit.writer import TrailWriter
 from controlplane.auth.guards import Principal, principal_of, requires
 from controlplane.auth.tokens import TokenSet
 from controlplane.routes import get, post
 
+log = logging.getLogger(__name__)
 _Seconds: TypeAlias = Annotated[int, QueryParameter(ge=1, le=3600)]
 
 
@@ -42,18 +44,22 @@ class AgentIngest(Controller):
                           decision_logs: NamedDependency[DecisionLogStore], audit_writer: NamedDependency[TrailWriter | None],
                           partition: FromPath[str] = "") -> Response[None]:
         raw = decompress(await request.body(), request.headers.get("content-encoding", ""), settings.max_log_body_bytes)
-        events = decision_logs.validate(decode_json(raw, "decision log batch"))
+        accepted, refused = screen_batch(raw, settings.max_log_event_bytes)
+        fresh = decision_logs.triage(accepted)
         # audit first: if JetStream does not acknowledge, the agent gets 503 and uploads the batch again
         # (nothing stored yet); a re-upload of audited events is recognised by their record ids
-        await audit_decision_log_events(started(audit_writer), events)
-        decision_logs.append(events)
+        await started(audit_writer).append_many(audit_records(fresh, refused))
+        decision_logs.append(fresh)
+        for r in refused:
+            log.warning("decision log from %s: refused %s (decision %r, sha256 %s)", r.agent_id, r.reason,
+                        r.decision_id, r.digest)
         return Response(content=None, status_code=204)
 
     @post(["/status", "/status/{partition:str}"], status_code=204, summary="OPA status report")
     async def upload_status(self, request: Request, settings: NamedDependency[Settings],
                             statuses: NamedDependency[StatusStore], partition: FromPath[str] = "") -> Response[None]:
-        raw = decompress(await request.body(), request.headers.get("content-encoding", ""), settings.max_log_body_bytes)
-        statuses.record(decode_json(raw, "status"))
+        raw = decompress(await request.body(), request.headers.get("content-encoding", ""), settings.max_status_bytes)
+        statuses.record(raw)
         return Response(content=None, status_code=204)
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import zlib
 
-import msgspec
-
 from bridge.kernel.errors import BadRequest, GroqPolicyError
 
 
@@ -38,10 +36,3 @@ def decompress(body: bytes, encoding: str, limit: int) -> bytes:
     if not inflater.eof:
         raise BadUpload("body: truncated gzip data")
     return out
-
-
-def decode_json(data: bytes, what: str) -> object:
-    try:
-        return msgspec.json.decode(data)
-    except msgspec.DecodeError as exc:
-        raise BadUpload(f"{what}: invalid JSON ({exc})") from exc
