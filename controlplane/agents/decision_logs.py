@@ -39,7 +39,7 @@ class DecisionLogStore:
     def __init__(self, state_dir: Path | None, *, max_file_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self._lock = threading.Lock()
         self._tail: deque[dict] = deque(maxlen=MEMORY_TAIL)
-        self._seen: OrderedDict[str, str] = OrderedDict()  # decision id -> digest of the first event
+        self._seen: OrderedDict[str, list[str]] = OrderedDict()  # decision id -> digests stored, first first
         self._file = JsonLinesFile(state_dir / "decision_logs.jsonl", max_bytes=max_file_bytes) if state_dir else None
         self.total = 0
         if self._file is not None:
@@ -49,26 +49,27 @@ class DecisionLogStore:
                 self.total += 1
 
     def _remember(self, decision_id: str, event_digest: str) -> None:
-        if decision_id not in self._seen:
-            self._seen[decision_id] = event_digest
+        digests = self._seen.get(decision_id)
+        if digests is None:
+            self._seen[decision_id] = [event_digest]
             if len(self._seen) > SEEN_IDS:
                 self._seen.popitem(last=False)
+        elif event_digest not in digests:
+            digests.append(event_digest)
 
     def triage(self, accepted: list[Accepted]) -> list[Accepted]:
         """The events of an upload not stored yet (a retried one is left out), each different event
         under a decision id seen before flagged with the first one's digest."""
         out: list[Accepted] = []
-        batch: dict[str, str] = {}
-        seen_here: set[tuple[str, str]] = set()
+        batch: dict[str, list[str]] = {}
         with self._lock:
             for a in accepted:
-                first = self._seen.get(a.decision_id) or batch.get(a.decision_id)
-                key = (a.decision_id, a.digest)
-                if first == a.digest or key in seen_here:
+                digests = self._seen.get(a.decision_id) or batch.setdefault(a.decision_id, [])
+                if a.digest in digests:
                     continue  # this very event is stored (or comes twice in this upload)
-                seen_here.add(key)
-                batch.setdefault(a.decision_id, a.digest)
-                out.append(msgspec.structs.replace(a, repeated_of=first or ""))
+                out.append(msgspec.structs.replace(a, repeated_of=digests[0] if digests else ""))
+                if a.decision_id not in self._seen:
+                    digests.append(a.digest)
         return out
 
     def append(self, accepted: list[Accepted]) -> int:

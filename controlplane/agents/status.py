@@ -101,15 +101,19 @@ def summarize(agent: str, report: StatusReport, last_seen: float, reports: int) 
 
 
 class StatusStore:
-    def __init__(self, state_dir: Path | None) -> None:
+    def __init__(self, state_dir: Path | None, *, compact_slack: int = COMPACT_SLACK) -> None:
         self._lock = threading.Lock()
+        self._compact_slack = compact_slack
         self._agents: OrderedDict[str, _Agent] = OrderedDict()  # least recently seen first
         self._file = JsonLinesFile(state_dir / "agent_status.jsonl") if state_dir else None
         self._lines = 0
         if self._file is not None:
-            for at, report, doc in self._file.replay(_read_line):
+            replayed = self._file.replay(_read_line)
+            for at, report, doc in replayed:
                 self._remember(at, report, doc, doc)
-            self._compact()
+            self._lines = len(replayed)
+            if self._lines > self._kept():
+                self._compact()
 
     def _remember(self, at: float, report: StatusReport, doc: dict, slim: dict) -> None:
         name = report.agent
@@ -148,7 +152,7 @@ class StatusStore:
                 self._file.append([msgspec.json.encode({"received_at": now, "status": slim})])
                 self._lines += 1
             self._remember(now, report, full, slim)
-            if self._file is not None and self._lines > 2 * self._kept() + COMPACT_SLACK:
+            if self._file is not None and self._lines > 2 * self._kept() + self._compact_slack:
                 self._compact()
         return report.agent
 

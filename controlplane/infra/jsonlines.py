@@ -50,6 +50,9 @@ class JsonLinesFile:
 
     def replay(self, decode: Callable[[bytes], T]) -> list[T]:
         """Every readable record in file order; unreadable lines go to the quarantine file."""
+        if self.path.exists() and not self.path.is_file():  # a device or a directory: nothing to replay
+            log.warning("%s: not a regular file; starting without it", self.path)
+            return []
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
