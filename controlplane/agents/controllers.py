@@ -21,7 +21,7 @@ from bridge.opabundle.keys import SigningKey
 from controlplane.agents.config import AgentConfigOptions, render_agent_config, to_yaml
 from controlplane.agents.decision_logs import DecisionLogStore
 from controlplane.agents.ingest import audit_records, screen_batch
-from controlplane.agents.payloads import decompress
+from controlplane.agents.payloads import decompress, read_body
 from controlplane.agents.status import AgentSummary, StatusStore
 from controlplane.audit.controllers import started
 from controlplane.audit.writer import TrailWriter
@@ -39,11 +39,13 @@ class AgentIngest(Controller):
     tags = ["opa agents"]
     guards = [requires("agent")]
 
-    @post(["/logs", "/logs/{partition:str}"], status_code=204, summary="OPA decision-log upload (gzip JSON array)")
+    @post(["/logs", "/logs/{partition:str}"], status_code=204, summary="OPA decision-log upload (gzip JSON array)",
+          request_max_body_size=None)
     async def upload_logs(self, request: Request, settings: NamedDependency[Settings],
                           decision_logs: NamedDependency[DecisionLogStore], audit_writer: NamedDependency[TrailWriter | None],
                           partition: FromPath[str] = "") -> Response[None]:
-        raw = decompress(await request.body(), request.headers.get("content-encoding", ""), settings.max_log_body_bytes)
+        limit = settings.max_log_body_bytes
+        raw = decompress(await read_body(request, limit), request.headers.get("content-encoding", ""), limit)
         accepted, refused = screen_batch(raw, settings.max_log_event_bytes)
         fresh = decision_logs.triage(accepted)
         # audit first: if JetStream does not acknowledge, the agent gets 503 and uploads the batch again
@@ -55,10 +57,12 @@ class AgentIngest(Controller):
                         r.decision_id, r.digest)
         return Response(content=None, status_code=204)
 
-    @post(["/status", "/status/{partition:str}"], status_code=204, summary="OPA status report")
+    @post(["/status", "/status/{partition:str}"], status_code=204, summary="OPA status report",
+          request_max_body_size=None)
     async def upload_status(self, request: Request, settings: NamedDependency[Settings],
                             statuses: NamedDependency[StatusStore], partition: FromPath[str] = "") -> Response[None]:
-        raw = decompress(await request.body(), request.headers.get("content-encoding", ""), settings.max_status_bytes)
+        limit = settings.max_status_bytes
+        raw = decompress(await read_body(request, limit), request.headers.get("content-encoding", ""), limit)
         statuses.record(raw)
         return Response(content=None, status_code=204)
 
