@@ -17,7 +17,15 @@ from bridge.opabundle.archive import write_bundle
 from bridge.opabundle.signing import sign_bundle
 from controlplane.infra.processes import start_opa_agent
 from tests.conftest import REPO_ROOT
-from tests.controlplane_helpers import ADMIN_HEADERS, ADMIN_TOKEN, AGENT_TOKEN, bearer, gzip_json, make_settings, running_control_plane
+from tests.controlplane_helpers import (
+    ADMIN_HEADERS,
+    ADMIN_TOKEN,
+    AGENT_TOKEN,
+    bearer,
+    gzip_json,
+    make_settings,
+    running_control_plane,
+)
 
 AGENT = {**bearer(AGENT_TOKEN), "Content-Encoding": "gzip"}
 

@@ -198,3 +198,21 @@ def test_a_full_disk_refuses_a_status_report(tmp_path):
     with pytest.raises(StateUnavailable):
         store.record(status("edge-1"))
     assert store.agents() == []
+
+
+# -- bundle revisions ----------------------------------------------------------------------------
+
+def test_a_damaged_stored_revision_is_set_aside_and_the_rest_still_served(tmp_path):
+    from controlplane.bundles.revisions import RevisionStore
+
+    store = RevisionStore(tmp_path)
+    store.activate("good", "r1", {"rego": b"rego-1"})
+    store.activate("meta", "r1", {"rego": b"rego-2"})
+    store.activate("torn", "r1", {"rego": b"rego-3"})
+    (tmp_path / "bundles" / "meta" / "rego.json").write_bytes(b'{"bundle": ')
+    (tmp_path / "bundles" / "torn" / "rego.tar.gz").write_bytes(b"rego-")
+    again = RevisionStore(tmp_path)
+    assert sorted(r.bundle for r in again.bundles()) == ["good"]
+    assert (tmp_path / "bundles" / "meta" / "rego.json.quarantine").read_bytes() == b'{"bundle": '
+    assert (tmp_path / "bundles" / "torn" / "rego.tar.gz.quarantine").read_bytes() == b"rego-"
+    assert sorted(r.bundle for r in RevisionStore(tmp_path).bundles()) == ["good"]

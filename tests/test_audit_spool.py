@@ -22,7 +22,6 @@ from controlplane.infra.processes import start_nats
 from controlplane.infra.recordkeys import RecordKeys
 from tests.controlplane_helpers import ADMIN_HEADERS, make_settings, running_control_plane
 
-
 KEYS = RecordKeys.generate()  # the control plane's record key, the same across the restarts below
 
 
@@ -60,19 +59,34 @@ def test_a_torn_last_line_is_cut_off_and_later_writes_stay_readable(tmp_path):
     assert [r.evaluation_id for r in AuditSpool(tmp_path / "s").recover()] == ["1", "2"]
 
 
-def test_a_damaged_record_or_cursor_is_an_error_not_a_silent_skip(tmp_path):
+def test_a_damaged_record_is_quarantined_and_logged_not_fatal(tmp_path, caplog):
     spool = AuditSpool(tmp_path / "s")
-    spool.write([rec(evaluation_id="1")])
+    spool.write([rec(evaluation_id="1"), rec(evaluation_id="2")])
     spool.close()
     segment = next((tmp_path / "s").glob("*.log"))
-    segment.write_bytes(b"not json\n" + segment.read_bytes())
+    first, second = segment.read_bytes().splitlines(keepends=True)
+    segment.write_bytes(b"not json\n" + first + b'{"source": 7}\n' + second + b'{"source":"api","deci')
     damaged = AuditSpool(tmp_path / "s")
-    with pytest.raises(SpoolError, match=r"byte 0: unreadable record"):
-        damaged.recover()
+    assert [r.evaluation_id for r in damaged.recover()] == ["1", "2"]
+    assert (tmp_path / "s" / "quarantine").read_bytes() == b'not json\n{"source": 7}\n{"source":"api","deci\n'
+    assert len([r for r in caplog.records if "unreadable record moved to" in r.getMessage()]) == 3
+    assert segment.read_bytes() == first + second  # cut out: the cursor's byte offsets stay exact
+    damaged.acknowledge(1)
+    damaged.write([rec(evaluation_id="3")])
     damaged.close()
+    assert [r.evaluation_id for r in AuditSpool(tmp_path / "s").recover()] == ["2", "3"]
+
+
+def test_a_damaged_cursor_resends_everything_rather_than_dropping_a_record(tmp_path):
+    spool = AuditSpool(tmp_path / "s")
+    spool.write([rec(evaluation_id="1"), rec(evaluation_id="2")])
+    spool.acknowledge(1)
+    spool.close()
     (tmp_path / "s" / "acked").write_text("garbage")
-    with pytest.raises(SpoolError, match=r"acked is damaged \('garbage'\); expected '<generation> <offset>'"):
-        AuditSpool(tmp_path / "s")
+    again = AuditSpool(tmp_path / "s")
+    assert [r.evaluation_id for r in again.recover()] == ["1", "2"]
+    assert (tmp_path / "s" / "acked.quarantine").read_text() == "garbage"
+    again.close()
 
 
 def test_one_spool_has_one_writer(tmp_path):
