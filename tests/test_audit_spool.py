@@ -89,6 +89,17 @@ def test_a_damaged_cursor_resends_everything_rather_than_dropping_a_record(tmp_p
     again.close()
 
 
+def test_a_full_disk_refuses_the_record_and_leaves_no_half_line(tmp_path):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "000000000000.log").symlink_to("/dev/full")  # every write: ENOSPC
+    spool = AuditSpool(tmp_path / "s")
+    assert spool.recover() == []
+    with pytest.raises(SpoolError, match=r"audit spool: write to .*000000000000.log failed: No space left on device"):
+        spool.write([rec(evaluation_id="lost?")])
+    assert spool.backlog == 0  # refused, so the decision is not served (AuditUnavailable, 503)
+    spool.close()
+
+
 def test_one_spool_has_one_writer(tmp_path):
     spool = AuditSpool(tmp_path / "s")
     with pytest.raises(SpoolError, match=r"is in use by another control plane process \(give each replica its own GROQPOLICY_STATE_DIR\)"):

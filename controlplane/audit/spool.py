@@ -191,6 +191,9 @@ class AuditSpool:
             if gen < self.acked_gen:
                 continue
             path = self._segment(gen)
+            if not path.is_file():  # a device or a directory where a segment should be: nothing to read back
+                log.warning("audit spool: %s is not a regular file; nothing recovered from it", path)
+                continue
             data = path.read_bytes()
             pos = self.acked_offset if gen == self.acked_gen else 0
             if pos > len(data):  # the segment was cut below the cursor: nothing after it is left
