@@ -13,6 +13,7 @@ stored too, and flagged (`repeated_of`) for the audit trail, never dropped.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict, deque
 from pathlib import Path
@@ -21,7 +22,6 @@ import msgspec
 
 from controlplane.agents.events import DecisionEvent, agent_name
 from controlplane.agents.ingest import Accepted
-from controlplane.audit.records import digest
 from controlplane.infra.jsonlines import DEFAULT_MAX_BYTES, JsonLinesFile
 
 MEMORY_TAIL = 10_000
@@ -29,10 +29,11 @@ SEEN_IDS = 100_000  # decision ids remembered with their digest, to tell a retry
 _event = msgspec.json.Decoder(DecisionEvent)
 
 
-def _read_line(line: bytes) -> dict:
-    _event.decode(line)  # the shape a new upload must have, so a query never meets another
+def _read_line(line: bytes) -> tuple[dict, str, str]:
+    """(the event, its decision id, its digest), checked as a new upload is, so a query never meets another shape."""
+    event = _event.decode(line)
     doc: dict = msgspec.json.decode(line)
-    return doc
+    return doc, event.decision_id, hashlib.sha256(line).hexdigest()
 
 
 class DecisionLogStore:
@@ -43,9 +44,9 @@ class DecisionLogStore:
         self._file = JsonLinesFile(state_dir / "decision_logs.jsonl", max_bytes=max_file_bytes) if state_dir else None
         self.total = 0
         if self._file is not None:
-            for event in self._file.replay(_read_line):
+            for event, decision_id, event_digest in self._file.replay(_read_line):
                 self._tail.append(event)
-                self._remember(str(event["decision_id"]), digest(event))
+                self._remember(decision_id, event_digest)
                 self.total += 1
 
     def _remember(self, decision_id: str, event_digest: str) -> None:
@@ -76,7 +77,7 @@ class DecisionLogStore:
         """Store events (StateUnavailable, nothing stored, when the file cannot take them)."""
         if not accepted:
             return 0
-        lines = [msgspec.json.encode(a.event) for a in accepted]
+        lines = [a.line for a in accepted]
         with self._lock:
             if self._file is not None:
                 self._file.append(lines)

@@ -7,9 +7,10 @@ batch is answered 204. A refused event leaves a rejection record in the audit tr
 id, the SHA-256 of the bytes received, the reason), so the loss is visible where decisions are
 audited. Only a body that is not a JSON array of events at all, which no agent sends, is a 400.
 
-Digests: a stored event's is over its canonical JSON (`controlplane.audit.records.digest`, as
-`input_sha256` is), so the same event re-sent compares equal however it is formatted; a refused
-event's is over the bytes as received, since it may not be readable JSON of the expected shape.
+Digests are SHA-256 over the event's bytes as received (OPA's compact JSON, the very bytes stored
+as its line in decision_logs.jsonl): an agent re-sending a batch sends the same bytes, and a refused
+event may not even be readable JSON. An event spread over several lines (no agent sends one) is
+stored, and digested, re-encoded on one line.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import msgspec
 from controlplane.agents.events import DecisionEvent, agent_name
 from controlplane.agents.payloads import BadUpload
 from controlplane.audit.ingest import decision_log_record, rejected_event_record
-from controlplane.audit.records import AuditRecord, digest
+from controlplane.audit.records import AuditRecord
 
 MAX_EVENT_BYTES = 256 * 1024  # one event, as sent; a record must also fit one NATS message
 _batch = msgspec.json.Decoder(list[msgspec.Raw])
@@ -41,6 +42,7 @@ _identity = msgspec.json.Decoder(_Identity)
 
 class Accepted(msgspec.Struct):
     event: dict[str, Any]
+    line: bytes  # what is stored
     decision_id: str
     digest: str
     repeated_of: str = ""  # digest of the first event stored under this decision id, when it differs
@@ -78,7 +80,8 @@ def screen_batch(raw: bytes, max_event_bytes: int = MAX_EVENT_BYTES) -> tuple[li
         except msgspec.DecodeError as exc:  # ValidationError included: the field and what was wrong
             refused.append(_refused(i, data, str(exc)))
             continue
-        accepted.append(Accepted(event=doc, decision_id=event.decision_id, digest=digest(doc)))
+        line = data if b"\n" not in data else msgspec.json.encode(doc)
+        accepted.append(Accepted(event=doc, line=line, decision_id=event.decision_id, digest=hashlib.sha256(line).hexdigest()))
     return accepted, refused
 
 
