@@ -51,7 +51,7 @@ class ModelSpec(msgspec.Struct, frozen=True):
 
     @property
     def cost_per_token(self) -> float:
-        """Blended USD per token (the seed's single `cost_per_token`): mean of input and output price."""
+        """Blended USD per token (the service design's single `cost_per_token`): mean of input and output price."""
         return (self.price_input_per_mtok + self.price_output_per_mtok) / 2e6
 
 
@@ -160,7 +160,7 @@ class Catalog:
         return list(dict.fromkeys(order))  # first occurrence wins
 
     def models_listing(self) -> list[dict[str, Any]]:
-        """The seed's `GET /api/v1/groq/models` shape, one row per (tier, primary model), plus extras."""
+        """The service design's `GET /api/v1/groq/models` shape, one row per (tier, primary model), plus extras."""
         rows = []
         for name, t in self.tiers.items():
             for model_id in t.models:

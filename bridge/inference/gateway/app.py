@@ -9,7 +9,7 @@ its `status` and the family's error body (`error_body`).
 
     POST /v1/infer/{tier}  -> 200 reply | 400 not JSON | 404 unknown tier | 413 too large
                               | 422 invalid body | 503 no worker | 504 deadline
-    GET  /v1/models        -> the tier catalog (seed shape: {"models": [...]})
+    GET  /v1/models        -> the tier catalog (the service design's shape: {"models": [...]})
     GET  /health           -> {"status": "ok"|"degraded", "nats": bool, counters...}
     GET  /metrics          -> the same counters in Prometheus text format
 """
