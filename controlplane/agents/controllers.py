@@ -27,7 +27,7 @@ from controlplane.audit.controllers import started
 from controlplane.audit.writer import TrailWriter
 from controlplane.auth.guards import Principal, principal_of, requires
 from controlplane.auth.tokens import TokenSet
-from controlplane.routes import get, post
+from controlplane.routes import error_responses, get, post
 
 log = logging.getLogger(__name__)
 _Seconds: TypeAlias = Annotated[int, QueryParameter(ge=1, le=3600)]
@@ -40,7 +40,9 @@ class AgentIngest(Controller):
     guards = [requires("agent")]
 
     @post(["/logs", "/logs/{partition:str}"], status_code=204, summary="OPA decision-log upload (gzip JSON array)",
-          request_max_body_size=None)
+          description="Each event is checked on its own: the good ones are stored, each refused one is audited "
+                      "as `rejected` (decision id, SHA-256, reason); the batch is answered 204.",
+          request_max_body_size=None, responses=error_responses(400, 401, 403, 413, 503))
     async def upload_logs(self, request: Request, settings: NamedDependency[Settings],
                           decision_logs: NamedDependency[DecisionLogStore], audit_writer: NamedDependency[TrailWriter | None],
                           partition: FromPath[str] = "") -> Response[None]:
@@ -58,7 +60,7 @@ class AgentIngest(Controller):
         return Response(content=None, status_code=204)
 
     @post(["/status", "/status/{partition:str}"], status_code=204, summary="OPA status report",
-          request_max_body_size=None)
+          request_max_body_size=None, responses=error_responses(400, 401, 403, 413, 503))
     async def upload_status(self, request: Request, settings: NamedDependency[Settings],
                             statuses: NamedDependency[StatusStore], partition: FromPath[str] = "") -> Response[None]:
         limit = settings.max_status_bytes
