@@ -41,6 +41,12 @@ def audit(client: httpx.Client, **params: str) -> list[dict]:
     return [g["record"] for g in r.json()["records"]]
 
 
+def events_counted(client: httpx.Client, outcome: str) -> float:
+    text = client.get("/metrics").text
+    prefix = f'groqpolicy_decision_log_events_total{{outcome="{outcome}"}} '
+    return next((float(line[len(prefix):]) for line in text.splitlines() if line.startswith(prefix)), 0.0)
+
+
 def wait_for(predicate, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while not (got := predicate()):
@@ -54,6 +60,7 @@ def test_a_batch_is_stored_event_by_event_and_every_start_after_it_is_clean(tmp_
     big = event("big", result={"decision": "deny", "reasons": ["x" * 600_000]})
     batch = [event("d-1"), big, event("bad-labels", labels=[1, 2]), event("d-1", result=False), event("d-2")]
     with running_control_plane(settings), httpx.Client(base_url=settings.base_url, headers=ADMIN_HEADERS, timeout=30) as client:
+        before = {o: events_counted(client, o) for o in ("stored", "repeated", "rejected")}
         assert client.post("/logs", content=gzip_json(batch), headers=AGENT).status_code == 204
         assert client.post("/logs", content=gzip_json(batch), headers=AGENT).status_code == 204  # the agent retries
         stored = client.get("/api/v1/opa/decisions").json()
@@ -69,6 +76,8 @@ def test_a_batch_is_stored_event_by_event_and_every_start_after_it_is_clean(tmp_
         assert "repeated_decision_id" not in d1[0]["details"]
         assert d1[1]["details"]["repeated_decision_id"]["first_event_sha256"]
         assert len(audit(client, source="opa-agent")) == 5
+        counted = {o: events_counted(client, o) - n for o, n in before.items()}
+        assert counted == {"stored": 3, "repeated": 1, "rejected": 4}  # the retry's refused events count again
         assert client.get("/api/v1/audit/verify").json()["ok"] is True
     # a torn last line, as a crash mid-write leaves it
     with open(tmp_path / "state" / "decision_logs.jsonl", "ab") as fh:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any, TypeAlias
 
+import anyio.to_thread
 from litestar import Controller, Request, Response
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException, ValidationException
@@ -20,13 +21,14 @@ from bridge.kernel.config import Settings
 from bridge.opabundle.keys import SigningKey
 from controlplane.agents.config import AgentConfigOptions, render_agent_config, to_yaml
 from controlplane.agents.decision_logs import DecisionLogStore
-from controlplane.agents.ingest import audit_records, screen_batch
+from controlplane.agents.ingest import Accepted, Refused, audit_records, screen_batch
 from controlplane.agents.payloads import decompress, read_body
 from controlplane.agents.status import AgentSummary, StatusStore
 from controlplane.audit.controllers import started
 from controlplane.audit.writer import TrailWriter
 from controlplane.auth.guards import Principal, principal_of, requires
 from controlplane.auth.tokens import TokenSet
+from controlplane.metrics.recorders import record_decision_log_events
 from controlplane.routes import error_responses, get, post
 
 log = logging.getLogger(__name__)
@@ -47,13 +49,16 @@ class AgentIngest(Controller):
                           decision_logs: NamedDependency[DecisionLogStore], audit_writer: NamedDependency[TrailWriter | None],
                           partition: FromPath[str] = "") -> Response[None]:
         limit = settings.max_log_body_bytes
-        raw = decompress(await read_body(request, limit), request.headers.get("content-encoding", ""), limit)
-        accepted, refused = screen_batch(raw, settings.max_log_event_bytes)
+        body, encoding = await read_body(request, limit), request.headers.get("content-encoding", "")
+        # a batch may hold tens of thousands of events: decoding and checking them runs off the event loop
+        accepted, refused = await anyio.to_thread.run_sync(_screen, body, encoding, limit, settings.max_log_event_bytes)
         fresh = decision_logs.triage(accepted)
         # audit first: if JetStream does not acknowledge, the agent gets 503 and uploads the batch again
         # (nothing stored yet); a re-upload of audited events is recognised by their record ids
         await started(audit_writer).append_many(audit_records(fresh, refused))
-        decision_logs.append(fresh)
+        # fsync off the event loop: a slow disk must not hold up /health or bundle long polls
+        await anyio.to_thread.run_sync(decision_logs.append, fresh)
+        record_decision_log_events(stored=len(fresh), repeated=sum(1 for a in fresh if a.repeated_of), rejected=len(refused))
         for r in refused:
             log.warning("decision log from %s: refused %s (decision %r, sha256 %s)", r.agent_id, r.reason,
                         r.decision_id, r.digest)
@@ -65,8 +70,12 @@ class AgentIngest(Controller):
                             statuses: NamedDependency[StatusStore], partition: FromPath[str] = "") -> Response[None]:
         limit = settings.max_status_bytes
         raw = decompress(await read_body(request, limit), request.headers.get("content-encoding", ""), limit)
-        statuses.record(raw)
+        await anyio.to_thread.run_sync(statuses.record, raw)
         return Response(content=None, status_code=204)
+
+
+def _screen(body: bytes, encoding: str, limit: int, max_event_bytes: int) -> tuple[list[Accepted], list[Refused]]:
+    return screen_batch(decompress(body, encoding, limit), max_event_bytes)
 
 
 class AgentQueries(Controller):
