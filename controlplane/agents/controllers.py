@@ -32,6 +32,7 @@ from controlplane.metrics.recorders import record_decision_log_events
 from controlplane.routes import error_responses, get, post
 
 log = logging.getLogger(__name__)
+MAX_LOGGED_REFUSALS = 20  # log lines per upload; a batch of thousands of bad events must not flood the log
 _Seconds: TypeAlias = Annotated[int, QueryParameter(ge=1, le=3600)]
 
 
@@ -59,9 +60,12 @@ class AgentIngest(Controller):
         # fsync off the event loop: a slow disk must not hold up /health or bundle long polls
         await anyio.to_thread.run_sync(decision_logs.append, fresh)
         record_decision_log_events(stored=len(fresh), repeated=sum(1 for a in fresh if a.repeated_of), rejected=len(refused))
-        for r in refused:
+        for r in refused[:MAX_LOGGED_REFUSALS]:
             log.warning("decision log from %s: refused %s (decision %r, sha256 %s)", r.agent_id, r.reason,
                         r.decision_id, r.digest)
+        if len(refused) > MAX_LOGGED_REFUSALS:  # each one is in the audit trail; the log gets a count
+            log.warning("decision log upload: %d more event(s) refused (see the audit trail, decision=rejected)",
+                        len(refused) - MAX_LOGGED_REFUSALS)
         return Response(content=None, status_code=204)
 
     @post(["/status", "/status/{partition:str}"], status_code=204, summary="OPA status report",

@@ -75,10 +75,12 @@ class DecisionLogStore:
 
     def append(self, accepted: list[Accepted]) -> int:
         """Store events (StateUnavailable, nothing stored, when the file cannot take them)."""
-        if not accepted:
-            return 0
-        lines = [a.line for a in accepted]
         with self._lock:
+            # two uploads of the same batch at once both pass `triage`: the second stores nothing twice
+            accepted = [a for a in accepted if a.digest not in self._seen.get(a.decision_id, ())]
+            if not accepted:
+                return 0
+            lines = [a.line for a in accepted]
             if self._file is not None:
                 self._file.append(lines)
             self._tail.extend(a.event for a in accepted)
