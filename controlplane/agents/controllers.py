@@ -8,7 +8,6 @@ started), `settings`, `signing_key`, `tokens`.
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated, Any, TypeAlias
 
 import anyio.to_thread
@@ -21,18 +20,15 @@ from bridge.kernel.config import Settings
 from bridge.opabundle.keys import SigningKey
 from controlplane.agents.config import AgentConfigOptions, render_agent_config, to_yaml
 from controlplane.agents.decision_logs import DecisionLogStore
-from controlplane.agents.ingest import Accepted, Refused, audit_records, screen_batch
 from controlplane.agents.payloads import decompress, read_body
 from controlplane.agents.status import AgentSummary, StatusStore
+from controlplane.agents.uploads import take_decision_logs
 from controlplane.audit.controllers import started
 from controlplane.audit.writer import TrailWriter
 from controlplane.auth.guards import Principal, principal_of, requires
 from controlplane.auth.tokens import TokenSet
-from controlplane.metrics.recorders import record_decision_log_events
 from controlplane.routes import error_responses, get, post
 
-log = logging.getLogger(__name__)
-MAX_LOGGED_REFUSALS = 20  # log lines per upload; a batch of thousands of bad events must not flood the log
 _Seconds: TypeAlias = Annotated[int, QueryParameter(ge=1, le=3600)]
 
 
@@ -49,23 +45,9 @@ class AgentIngest(Controller):
     async def upload_logs(self, request: Request, settings: NamedDependency[Settings],
                           decision_logs: NamedDependency[DecisionLogStore], audit_writer: NamedDependency[TrailWriter | None],
                           partition: FromPath[str] = "") -> Response[None]:
-        limit = settings.max_log_body_bytes
-        body, encoding = await read_body(request, limit), request.headers.get("content-encoding", "")
-        # a batch may hold tens of thousands of events: decoding and checking them runs off the event loop
-        accepted, refused = await anyio.to_thread.run_sync(_screen, body, encoding, limit, settings.max_log_event_bytes)
-        fresh = decision_logs.triage(accepted)
-        # audit first: if JetStream does not acknowledge, the agent gets 503 and uploads the batch again
-        # (nothing stored yet); a re-upload of audited events is recognised by their record ids
-        await started(audit_writer).append_many(audit_records(fresh, refused))
-        # fsync off the event loop: a slow disk must not hold up /health or bundle long polls
-        await anyio.to_thread.run_sync(decision_logs.append, fresh)
-        record_decision_log_events(stored=len(fresh), repeated=sum(1 for a in fresh if a.repeated_of), rejected=len(refused))
-        for r in refused[:MAX_LOGGED_REFUSALS]:
-            log.warning("decision log from %s: refused %s (decision %r, sha256 %s)", r.agent_id, r.reason,
-                        r.decision_id, r.digest)
-        if len(refused) > MAX_LOGGED_REFUSALS:  # each one is in the audit trail; the log gets a count
-            log.warning("decision log upload: %d more event(s) refused (see the audit trail, decision=rejected)",
-                        len(refused) - MAX_LOGGED_REFUSALS)
+        await take_decision_logs(await read_body(request, settings.max_log_body_bytes),
+                                 request.headers.get("content-encoding", ""), body_limit=settings.max_log_body_bytes,
+                                 event_limit=settings.max_log_event_bytes, store=decision_logs, audit=started(audit_writer))
         return Response(content=None, status_code=204)
 
     @post(["/status", "/status/{partition:str}"], status_code=204, summary="OPA status report",
@@ -76,10 +58,6 @@ class AgentIngest(Controller):
         raw = decompress(await read_body(request, limit), request.headers.get("content-encoding", ""), limit)
         await anyio.to_thread.run_sync(statuses.record, raw)
         return Response(content=None, status_code=204)
-
-
-def _screen(body: bytes, encoding: str, limit: int, max_event_bytes: int) -> tuple[list[Accepted], list[Refused]]:
-    return screen_batch(decompress(body, encoding, limit), max_event_bytes)
 
 
 class AgentQueries(Controller):
