@@ -288,3 +288,16 @@ def test_audit_durability_ack_waits_for_jetstream(tmp_path, nats_server):
         assert r.status_code == 503 and r.json()["error"]["type"] == "AuditUnavailable"
         assert r.json()["error"]["message"].startswith("audit trail: 1 record(s) not acknowledged within 1s")
     assert not (tmp_path / "state" / "audit-spool").exists()
+
+
+def test_a_cursor_that_cannot_move_is_not_fatal_to_the_spool(tmp_path):
+    """A full disk when the cursor moves to a fresh segment: acknowledge raises, the writer logs it."""
+    spool = AuditSpool(tmp_path / "s", segment_bytes=1)
+    spool.write([rec(evaluation_id="1")])
+    (tmp_path / "s" / "000000000001.log").mkdir()  # the next segment cannot be opened
+    with pytest.raises(SpoolError, match=r"cannot open .*000000000001.log"):
+        spool.acknowledge(1)
+    spool.write([rec(evaluation_id="2")])  # the current segment still takes records
+    spool.close()
+    (tmp_path / "s" / "000000000001.log").rmdir()  # space again
+    assert [r.evaluation_id for r in AuditSpool(tmp_path / "s").recover()] == ["1", "2"]  # re-sent, never lost

@@ -79,12 +79,13 @@ class AuditSpool:
         return sorted(int(m.group(1)) for p in self.directory.iterdir() if (m := _SEGMENT.match(p.name)))
 
     def _open(self, gen: int) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-        try:
-            self._fd = os.open(self._segment(gen), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:  # the new segment first: when it cannot be opened (a full disk) the current one stays usable
+            fd = os.open(self._segment(gen), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         except OSError as exc:
             raise SpoolError(f"audit spool: cannot open {self._segment(gen)}: {exc.strerror or exc}") from exc
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = fd
         self.gen = gen
         self.size = os.fstat(self._fd).st_size
 
