@@ -216,3 +216,15 @@ def test_a_damaged_stored_revision_is_set_aside_and_the_rest_still_served(tmp_pa
     assert (tmp_path / "bundles" / "meta" / "rego.json.quarantine").read_bytes() == b'{"bundle": '
     assert (tmp_path / "bundles" / "torn" / "rego.tar.gz.quarantine").read_bytes() == b"rego-"
     assert sorted(r.bundle for r in RevisionStore(tmp_path).bundles()) == ["good"]
+
+
+def test_a_revision_that_cannot_be_stored_is_not_activated(tmp_path):
+    from controlplane.bundles.revisions import RevisionStore
+
+    store = RevisionStore(tmp_path)
+    store.activate("b", "r1", {"rego": b"rego-1"})
+    (tmp_path / "bundles" / "b" / "rego.tar.gz.tmp").mkdir()  # the write cannot happen (as on a full disk)
+    with pytest.raises(StateUnavailable, match=r"state: cannot store revision 'r2' of bundle 'b' .*; it is not activated"):
+        store.activate("b", "r2", {"rego": b"rego-2"})
+    assert [r.revision for r in store.bundles()] == ["r1"]
+    assert [r.revision for r in RevisionStore(tmp_path).bundles()] == ["r1"]

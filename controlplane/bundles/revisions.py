@@ -11,6 +11,7 @@ aside as `*.quarantine` with one log line; the start goes on without it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -20,6 +21,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import msgspec
+
+from controlplane.infra.jsonlines import StateUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +77,11 @@ class RevisionStore:
             for target, data in archives.items()
         }
         if self._dir:
-            self._persist(bundle, entries)
+            try:
+                self._persist(bundle, entries)
+            except OSError as exc:  # a full disk, an unwritable state dir: the old revision keeps serving
+                raise StateUnavailable(f"state: cannot store revision {revision!r} of bundle {bundle!r} in {self._dir} "
+                                       f"({exc.strerror or exc}); it is not activated") from exc
         with self._lock:
             for target, entry in entries.items():
                 self._active[(bundle, target)] = entry
@@ -174,8 +181,13 @@ def _resolve(fut: asyncio.Future) -> None:
 
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
