@@ -26,13 +26,12 @@ from controlplane.infra.jsonlines import DEFAULT_MAX_BYTES, JsonLinesFile
 
 MEMORY_TAIL = 10_000
 SEEN_IDS = 100_000  # decision ids remembered with their digest, to tell a retry from a different event
-_event = msgspec.json.Decoder(DecisionEvent)
 
 
 def _read_line(line: bytes) -> tuple[dict, str, str]:
     """(the event, its decision id, its digest), checked as a new upload is, so a query never meets another shape."""
-    event = _event.decode(line)
     doc: dict = msgspec.json.decode(line)
+    event = msgspec.convert(doc, DecisionEvent)
     return doc, event.decision_id, hashlib.sha256(line).hexdigest()
 
 

@@ -113,7 +113,3 @@ def agent_name(labels: dict) -> str:
     """The agent's configured name (`labels.agent`), else OPA's instance id (`labels.id`)."""
     name = labels.get("agent") or labels.get("id") if isinstance(labels, dict) else None
     return str(name or "unknown")
-
-
-decode_event = msgspec.json.Decoder(DecisionEvent).decode
-decode_status = msgspec.json.Decoder(StatusReport).decode

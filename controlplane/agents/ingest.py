@@ -27,7 +27,6 @@ from controlplane.audit.records import AuditRecord
 
 MAX_EVENT_BYTES = 256 * 1024  # one event, as sent; a record must also fit one NATS message
 _batch = msgspec.json.Decoder(list[msgspec.Raw])
-_event = msgspec.json.Decoder(DecisionEvent)
 
 
 class _Identity(msgspec.Struct):
@@ -75,8 +74,9 @@ def screen_batch(raw: bytes, max_event_bytes: int = MAX_EVENT_BYTES) -> tuple[li
             refused.append(_refused(i, data, f"{len(data)} bytes, above the {max_event_bytes}-byte limit for one event"))
             continue
         try:
-            event = _event.decode(data)
             doc = msgspec.json.decode(data)
+            # converting the decoded document costs half of decoding the bytes twice
+            event = msgspec.convert(doc, DecisionEvent)
         except msgspec.DecodeError as exc:  # ValidationError included: the field and what was wrong
             refused.append(_refused(i, data, str(exc)))
             continue

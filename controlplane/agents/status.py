@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 HISTORY_PER_AGENT = 100
 MAX_AGENTS = 1000  # the agent seen longest ago is forgotten beyond this
 COMPACT_SLACK = 1000  # lines the file may hold beyond twice the view before it is rewritten
-_report = msgspec.json.Decoder(StatusReport)
 
 
 class BundleStatus(msgspec.Struct):
@@ -57,13 +56,13 @@ class _Line(msgspec.Struct):
     status: StatusReport
 
 
-_line = msgspec.json.Decoder(_Line)
 
 
 def _read_line(data: bytes) -> tuple[float, StatusReport, dict]:
     """A stored line, checked as a new report would be (a line an older version let through fails here)."""
-    line = _line.decode(data)
-    return line.received_at, line.status, msgspec.json.decode(data)["status"]
+    doc = msgspec.json.decode(data)
+    line = msgspec.convert(doc, _Line)
+    return line.received_at, line.status, doc["status"]
 
 
 class _Agent:
@@ -80,8 +79,8 @@ class _Agent:
 def parse_status(raw: bytes) -> tuple[StatusReport, dict]:
     """The typed report and the document as sent; BadUpload (400) names what is wrong."""
     try:
-        report = _report.decode(raw)
         doc = msgspec.json.decode(raw)
+        report = msgspec.convert(doc, StatusReport)
     except msgspec.ValidationError as exc:
         raise BadUpload(f"status: {exc}") from exc
     except msgspec.DecodeError as exc:
