@@ -184,12 +184,15 @@ def test_agent_status_is_compacted_to_the_latest_per_agent_and_a_bounded_history
     path = tmp_path / "agent_status.jsonl"
     assert len(lines(path)) <= 2 * (HISTORY_PER_AGENT + 1) + 10  # compacted while running
     assert b"prometheus" not in path.read_bytes()  # the metrics dump is kept in memory only
+    with open(path, "ab") as fh:  # two reports stamped the same instant (compaction orders by time only)
+        for agent in ("edge-3", "edge-4"):
+            fh.write(json.dumps({"received_at": 5.0, "status": {"labels": {"agent": agent}}}).encode() + b"\n")
     again = StatusStore(tmp_path)
-    assert len(lines(path)) == HISTORY_PER_AGENT + 1  # and at start
+    assert len(lines(path)) == HISTORY_PER_AGENT + 3  # and at start
     one = {a.id: a for a in again.agents()}
     assert one["edge-1"].bundles[0].active_revision == f"r{HISTORY_PER_AGENT * 2 + 39}"
     assert len(again.history("edge-1")) == HISTORY_PER_AGENT and len(again.history("edge-2")) == 1
-    assert msgspec.json.decode(lines(path)[-1])["status"]["labels"]["agent"] == "edge-2"
+    assert msgspec.json.decode(lines(path)[-1])["status"]["labels"]["agent"] == "edge-2"  # oldest first
 
 
 def test_a_full_disk_refuses_a_status_report(tmp_path):

@@ -131,7 +131,7 @@ class StatusStore:
     def _compact(self) -> None:
         """Rewrite the file with what the view keeps (a failure only leaves it longer)."""
         assert self._file is not None
-        entries = sorted((at, slim) for a in self._agents.values() for at, slim in a.history)
+        entries = sorted(((at, slim) for a in self._agents.values() for at, slim in a.history), key=lambda e: e[0])
         try:
             self._file.rewrite(msgspec.json.encode({"received_at": at, "status": slim}) for at, slim in entries)
         except OSError as exc:
