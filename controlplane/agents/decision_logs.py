@@ -61,15 +61,16 @@ class DecisionLogStore:
         """The events of an upload not stored yet (a retried one is left out), each different event
         under a decision id seen before flagged with the first one's digest."""
         out: list[Accepted] = []
-        batch: dict[str, list[str]] = {}
+        here: set[tuple[str, str]] = set()
+        first_here: dict[str, str] = {}
         with self._lock:
             for a in accepted:
-                digests = self._seen.get(a.decision_id) or batch.setdefault(a.decision_id, [])
-                if a.digest in digests:
+                stored = self._seen.get(a.decision_id, ())
+                if a.digest in stored or (a.decision_id, a.digest) in here:
                     continue  # this very event is stored (or comes twice in this upload)
-                out.append(msgspec.structs.replace(a, repeated_of=digests[0] if digests else ""))
-                if a.decision_id not in self._seen:
-                    digests.append(a.digest)
+                here.add((a.decision_id, a.digest))
+                first = stored[0] if stored else first_here.setdefault(a.decision_id, a.digest)
+                out.append(msgspec.structs.replace(a, repeated_of=first if first != a.digest else ""))
         return out
 
     def append(self, accepted: list[Accepted]) -> int:
@@ -77,6 +78,7 @@ class DecisionLogStore:
         with self._lock:
             # two uploads of the same batch at once both pass `triage`: the second stores nothing twice
             accepted = [a for a in accepted if a.digest not in self._seen.get(a.decision_id, ())]
+            accepted = list({(a.decision_id, a.digest): a for a in accepted}.values())
             if not accepted:
                 return 0
             lines = [a.line for a in accepted]
