@@ -1,17 +1,21 @@
 """Evaluation never blocks the control plane's event loop: with 8 runaway policies running into
 their deadlines, `/health`, bundle serving, a bundle long poll and a cheap evaluation still answer
 (while the runaways are still in flight); the 9th runaway finds the threads and the queue full and
-gets 503 with Retry-After; every runaway fails with the same error kind. Real control plane
-(uvicorn on loopback), real nats-server, policies compiled by the real `opa`."""
+gets 503 with Retry-After (both evaluation APIs over HTTP, and `policy.evaluate` on NATS); every
+runaway fails with the same error kind. Real control plane (uvicorn on loopback), real
+nats-server, policies compiled by the real `opa`."""
 
 from __future__ import annotations
 
 import asyncio
 
 import httpx
+import msgspec
+import nats
 import pytest
 
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH as H
+from controlplane.evaluation.schemas import EVALUATE_SUBJECT
 from tests.controlplane_helpers import ADMIN_HEADERS, AGENT_TOKEN, bearer, make_settings, running_control_plane
 
 RUNAWAY = """package runaway
@@ -65,6 +69,21 @@ async def test_the_loop_answers_while_runaways_run_and_a_full_queue_is_503(cp):
             await asyncio.sleep(0.01)
         assert compute.admitted == CPUS + QUEUE
 
+        # full: one more runaway is refused at once, over HTTP (both APIs) and NATS, with a retry hint
+        full = await client.post("/api/v1/opa/evaluate", json=_opa_evaluate(rule_id, LONG))
+        assert full.status_code == 503 and full.headers["retry-after"] == "1"
+        assert full.json()["error"]["code"] == "evaluation_saturated"
+        assert "compute evaluation threads are busy" in full.json()["error"]["message"]
+        piped = await client.post("/api/v1/evaluate", json=_evaluate(LONG))
+        assert piped.status_code == 503 and piped.json()["error"]["code"] == "evaluation_saturated"
+        nc = await nats.connect(settings.nats_url)
+        try:
+            busy = await nc.request(EVALUATE_SUBJECT, msgspec.json.encode(_evaluate(LONG)), timeout=10)
+            assert busy.headers["Nats-Service-Error-Code"] == "503"
+            assert msgspec.json.decode(busy.data)["error"]["code"] == "evaluation_saturated"
+        finally:
+            await nc.close()
+
         health = await client.get("/health")
         assert health.status_code == 200 and health.json()["constitutional_hash"] == H
         assert compute.admitted > 0 and not all(t.done() for t in runaways)  # answered while they ran
@@ -73,11 +92,6 @@ async def test_the_loop_answers_while_runaways_run_and_a_full_queue_is_503(cp):
         cheap = await client.post("/api/v1/evaluate", json=_evaluate(SHORT))  # fits inline: no thread needed
         assert cheap.status_code == 200 and cheap.json()["decision"] == "allow", cheap.text
         assert compute.admitted > 0
-
-        full = await client.post("/api/v1/opa/evaluate", json=_opa_evaluate(rule_id, LONG))
-        assert full.status_code == 503 and full.headers["retry-after"] == "1"
-        assert full.json()["error"]["code"] == "evaluation_saturated"
-        assert "compute evaluation threads are busy" in full.json()["error"]["message"]
 
         poll = await client.get("/bundles/groqpolicy", headers={**agent, "If-None-Match": etag,
                                                                  "Prefer": "modes=snapshot,delta;wait=1"})
