@@ -24,6 +24,8 @@ from bridge.kernel.errors import BadRequest, GroqPolicyError, NotFound, Unavaila
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH, Decision
 
 SUBJECT_PREFIX = "groq.infer"
+WORKER_SERVICE = "groqpolicy-inference"
+"""The workers' nats.micro service name: `$SRV.STATS.groqpolicy-inference` reaches every worker."""
 
 # NATS headers between gateway and worker.
 BUDGET_HEADER = "Groqpolicy-Budget-Ms"

@@ -23,6 +23,7 @@ TIER_RANK: dict[str, int] = {t: i for i, t in enumerate(TIERS)}
 # Not a tier but a request for one: the worker picks the tier from what the judgment needs
 # (context size, the caller's deadline against measured latency, the answer's schema).
 AUTO_TIER = "auto"
+RoutableTier = Literal["nano", "fast", "balanced", "premium", "reasoning", "auto"]
 ROUTABLE_TIERS: tuple[str, ...] = (*TIERS, AUTO_TIER)
 
 Decision = Literal["allow", "deny", "review"]

@@ -79,11 +79,16 @@ doubt(answer, min_confidence) := concat("", ["model unavailable: ", answer.reaso
 	answer.confidence < min_confidence
 }
 
-# summary is a one-line description of a confident answer, for a decision's reasons.
+# summary is a one-line description of a confident answer, for a decision's reasons;
+# for tier "auto" it ends with the bridge's reason for the tier it chose.
 summary(answer) := concat("", [
 	"model (", answer.tier, ", ", answer.model, ") judged ", answer.decision,
-	" with confidence ", percent(answer.confidence), ": ", answer.rationale,
+	" with confidence ", percent(answer.confidence), ": ", answer.rationale, _route_note(answer),
 ])
+
+_route_note(answer) := concat("", [" [tier auto chose ", answer.route, "]"]) if {
+	object.get(answer, "route", "") != ""
+} else := ""
 
 # percent renders a confidence in [0, 1] as a whole percentage ("87%") without sprintf.
 percent(x) := concat("", [format_int(x * 100, 10), "%"])

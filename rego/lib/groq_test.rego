@@ -56,6 +56,7 @@ test_auto_is_accepted_and_names_the_chosen_tier_and_why if {
 	a.ok == true
 	a.tier == "balanced"
 	a.route == "balanced: the fastest tier that fits"
+	endswith(groq.summary(a), "benign [tier auto chose balanced: the fastest tier that fits]")
 }
 
 test_auto_request_goes_to_the_auto_route if {

@@ -229,8 +229,13 @@ class InferenceEngine:
         if tier != AUTO_TIER:
             return tier, self.catalog.candidates(tier, req.model), {}
         route: Route = self.router.choose(req, (deadline - time.monotonic()) * 1000)
-        preferred = [self.catalog.resolve(req.model)[0]] if req.model else []
-        return route.tier, list(dict.fromkeys(preferred + route.models)), {"route": route}
+        if req.model:  # a named model leads only when it fits what the request needs
+            preferred = self.catalog.resolve(req.model)[0]
+            if preferred in route.models:
+                route.models = [preferred, *(m for m in route.models if m != preferred)]
+            else:
+                route.reason += f"; requested model {preferred} does not fit"
+        return route.tier, route.models, {"route": route}
 
     async def _call_models(self, tier: str, req: InferRequest, deadline: float, started: float) -> InferReply:
         """Each candidate in turn until one answers; when none does, fail closed to `review`."""

@@ -32,6 +32,7 @@ from bridge.inference.wire import (
     BUDGET_HEADER,
     MAX_AGE_HEADER,
     MAX_DEADLINE_MS,
+    WORKER_SERVICE,
     InferRequest,
     InternalError,
     NoWorker,
@@ -45,7 +46,7 @@ from bridge.kernel.errors import ConfigError, GroqPolicyError
 from bridge.kernel.vocabulary import ROUTABLE_TIERS
 
 log = logging.getLogger("groqpolicy.worker")
-SERVICE_NAME = "groqpolicy-inference"
+SERVICE_NAME = WORKER_SERVICE
 SERVICE_VERSION = "0.1.0"
 QUEUE_GROUP = "groq-infer"
 EMULATED_KEY = "emulated"  # what the SDK sends as its key to an emulator, which checks none unless told to
