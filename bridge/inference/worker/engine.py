@@ -36,24 +36,21 @@ from typing import Any
 
 import groq
 import msgspec
-from groq import omit
 from groq.types.chat import ChatCompletionMessageParam
-from groq.types.chat.completion_create_params import ResponseFormat
 
 from bridge.inference.cache import KVCache, TTLCache, cache_key
 from bridge.inference.catalog import Catalog, CatalogError, ModelSpec
+from bridge.inference.completion import BadAnswer, completion_params, read_verdict
 from bridge.inference.latency import LatencyBook
 from bridge.inference.prompts import render
 from bridge.inference.routing import Router
 from bridge.inference.wire import (
-    VERDICT_JSON_SCHEMA,
     InferReply,
     InferRequest,
     InvalidInferRequest,
     Route,
     Usage,
     Verdict,
-    decode_verdict,
 )
 from bridge.inference.worker.breaker import CircuitBreaker
 from bridge.inference.worker.failures import ModelFailure, failure_of, usage_of
@@ -66,10 +63,6 @@ log = logging.getLogger("groqpolicy.worker")
 EMPTY_USAGE = Usage()
 MIN_CALL_S = 0.005
 """Below this much budget a model call cannot succeed; stop instead of starting one."""
-# structured output: a strict JSON schema where the model supports one, else JSON mode
-STRICT_FORMAT: ResponseFormat = {"type": "json_schema", "json_schema": {"name": "policy_verdict", "strict": True,
-                                                                         "schema": VERDICT_JSON_SCHEMA}}
-JSON_FORMAT: ResponseFormat = {"type": "json_object"}
 Answer = tuple[Verdict, Usage, str]
 """A model's answer: the verdict, what it cost, and the model that served it."""
 
@@ -331,23 +324,14 @@ class InferenceEngine:
     async def _call(self, model: str, spec: ModelSpec, tier: str, messages: list[ChatCompletionMessageParam],
                     timeout: float, req: InferRequest) -> Answer:
         """One model call; a ModelFailure says what went wrong and whether to retry."""
-        tier_spec = self.catalog.tier(tier)
-        effort = tier_spec.reasoning_effort
+        params = completion_params(self.catalog, model, tier, req, messages)  # rendered once per request
         self.inflight[model] += 1
         t0 = time.perf_counter()
         try:
             async with self.pool.slot(model, timeout):
+                # the slot's wait counts against the call's own timeout
                 completion = await self.pool.client(model).chat.completions.create(
-                    model=model, messages=messages,
-                    response_format=STRICT_FORMAT if spec.json_schema_strict else JSON_FORMAT,
-                    max_completion_tokens=self.router.completion_budget(tier_spec, spec, req),
-                    temperature=tier_spec.temperature if req.temperature is None else req.temperature,
-                    timeout=max(MIN_CALL_S, timeout - (time.perf_counter() - t0)),  # the slot's wait counts
-                    # only what the model accepts; its reasoning is kept out of the JSON answer
-                    reasoning_effort=effort if effort is not None and effort in spec.reasoning_efforts else omit,
-                    include_reasoning=False if spec.hide_reasoning == "include_reasoning" else omit,
-                    reasoning_format="hidden" if spec.hide_reasoning == "reasoning_format" else omit,
-                )
+                    **params, timeout=max(MIN_CALL_S, timeout - (time.perf_counter() - t0)))
         except groq.APIError as exc:
             raise failure_of(model, exc, timeout) from exc
         except TimeoutError as exc:  # our own bound, not the model's fault
@@ -356,13 +340,10 @@ class InferenceEngine:
         finally:
             self.inflight[model] -= 1
         self.latency.record(model, (time.perf_counter() - t0) * 1000)
-        content = completion.choices[0].message.content if completion.choices else None
         try:
-            verdict = decode_verdict(content or "")
-        except msgspec.ValidationError as exc:  # a subclass of DecodeError: catch it first
-            raise ModelFailure(model, f"answer violates the verdict schema: {exc}", retry=False, breaker=True) from exc
-        except msgspec.DecodeError as exc:
-            raise ModelFailure(model, "answer is not valid JSON", retry=False, breaker=True) from exc
+            verdict = read_verdict(completion.choices[0].message.content if completion.choices else None)
+        except BadAnswer as exc:
+            raise ModelFailure(model, str(exc), retry=False, breaker=True) from exc
         return verdict, usage_of(completion, spec), completion.model or model
 
     def stats(self) -> dict[str, Any]:
