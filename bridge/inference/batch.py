@@ -23,7 +23,7 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import groq
 import msgspec
@@ -37,7 +37,7 @@ from bridge.inference.wire import InferReply, InferRequest, Route, Usage, valida
 from bridge.kernel.errors import GroqPolicyError
 from bridge.kernel.vocabulary import AUTO_TIER
 
-ENDPOINT = "/v1/chat/completions"
+ENDPOINT: Final = "/v1/chat/completions"
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 UNBOUNDED_MS = 24 * 3600 * 1000.0  # a batch's deadline is its completion window, not a caller's
 
