@@ -1,7 +1,9 @@
 """Judgments per second with N queued, against the emulator at a realistic 150 ms per call.
 
     per_call_h1   one call per judgment: one shared AsyncGroq on an HTTP/1.1 pool of 200 connections
-                  (the worker's client before per-model pools), all N calls started at once
+                  (the worker's client before per-model pools), 200 calls in flight, the rest waiting
+                  for one of them to finish (queued in asyncio: N requests queued in httpx's own pool
+                  cost it O(N) work on every change, and 1,000 of them finished none in 60 s)
     pooled_h2     the worker's ModelPool: one HTTP/2 connection for the model, `model_concurrency`
                   (64) streams in flight, the rest waiting for a slot
     batch_api     BatchClient.submit: one JSONL upload, batches.create, polling, one download
@@ -43,6 +45,7 @@ from controlplane.infra.processes import free_port, wait_for_port
 SHORT = os.environ.get("GROQPOLICY_BENCH_SHORT") == "1"
 LATENCY_MS = 150
 CAP_S = 60.0
+PER_CALL_CONNECTIONS = 200
 MODEL = "openai/gpt-oss-20b"
 SIZES = (100, 1000) if SHORT else (100, 1000, 10_000)
 BLOCKS = {100: 1 if SHORT else 3, 1000: 1 if SHORT else 2, 10_000: 1}
@@ -69,13 +72,15 @@ def _requests(n: int, tag: str) -> list[InferRequest]:
 
 
 async def per_call_h1(url: str, reqs: list[InferRequest], done: list[int]) -> None:
-    http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200, max_keepalive_connections=50, keepalive_expiry=60),
-                             timeout=httpx.Timeout(120.0, connect=5.0))
+    http = httpx.AsyncClient(limits=httpx.Limits(max_connections=PER_CALL_CONNECTIONS, max_keepalive_connections=50,
+                                                 keepalive_expiry=60), timeout=httpx.Timeout(120.0, connect=5.0))
     client = groq.AsyncGroq(base_url=url, api_key="bench", max_retries=0, http_client=http)
     catalog = default_catalog()
+    slots = asyncio.Semaphore(PER_CALL_CONNECTIONS)
 
     async def one(req: InferRequest) -> None:
-        await client.chat.completions.create(**completion_params(catalog, MODEL, "fast", req))
+        async with slots:
+            await client.chat.completions.create(**completion_params(catalog, MODEL, "fast", req))
         done[0] += 1
 
     try:

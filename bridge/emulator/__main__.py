@@ -45,6 +45,10 @@ def _hypercorn(app: object, host: str, port: int) -> None:
     config.bind = [f"{host}:{port}"]
     config.h2_max_concurrent_streams = 1000  # a client's own bound decides, not the server's default of 100
     config.keep_alive_timeout = 60
+    # hypercorn ends a connection after 1,000 requests by default (GOAWAY); the worker retries the
+    # streams that were cut off, but a benchmark of one connection per model should not measure that
+    config.keep_alive_max_requests = 10**9
+    config.backlog = 1024  # a burst of new HTTP/1.1 connections is not refused at the listen queue
     asyncio.run(serve(app, config))  # type: ignore[arg-type]
 
 

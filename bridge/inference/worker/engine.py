@@ -8,12 +8,16 @@ What each Groq failure does (documented behaviour; tests/test_worker_resilience.
 |                                 | it fits the budget and max_retry_after  |          |                 |
 | 498 flex capacity               | no (capacity, not a broken model)       | -        | next model      |
 | 5xx, connection error           | yes, exponential backoff + full jitter  | failure  | next model      |
+| connection closed by the server | yes, exponential backoff + full jitter  | -        | next model      |
+| (HTTP/2 GOAWAY mid-stream)      |                                         |          |                 |
 | timeout (attempt budget spent)  | no (a slow model stays slow)            | failure  | next model      |
 | malformed JSON / schema-invalid | no (temperature 0 repeats itself)       | failure  | next model      |
 | other 4xx (400, 401, 404, ...)  | no                                      | failure  | next model      |
 | breaker open                    | -                                       | -        | next model      |
-| over budget: typical latency >  | -                                       | -        | next model that |
-| budget left (real API only)     |                                         |          | fits the budget |
+| no call slot free in time       | no (our own bound on calls per model)   | -        | next model      |
+| over budget: expected latency   | -                                       | -        | next model that |
+| (measured p90, else typical) >  |                                         |          | fits the budget |
+| budget left (real API only)     |                                         |          |                 |
 
 Models come from the catalog: the request's `model` (aliases resolved), the tier's models, then the
 fallback tier's. When every candidate failed the answer is `review` with `degraded: true` (never

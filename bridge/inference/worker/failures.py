@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import groq
+import httpx
 from groq.types.chat import ChatCompletion
 
 from bridge.inference.catalog import ModelSpec
@@ -34,6 +35,10 @@ def failure_of(model: str, exc: groq.APIError, timeout: float) -> ModelFailure:
         return ModelFailure(model, "429 rate limited", retry=True, breaker=True, wait_s=_retry_after(exc))
     if isinstance(exc, groq.APITimeoutError):  # a subclass of APIConnectionError: test it first
         return ModelFailure(model, f"timed out after {timeout:.3g}s", retry=False, breaker=True)
+    if isinstance(exc, groq.APIConnectionError) and isinstance(exc.__cause__, httpx.RemoteProtocolError):
+        # the server closed a shared connection (an HTTP/2 GOAWAY while the model's streams were in
+        # flight): every stream on it fails at once, which says nothing about the model's health
+        return ModelFailure(model, f"connection closed by the server: {exc.__cause__}", retry=True, breaker=False)
     if isinstance(exc, groq.APIConnectionError):
         return ModelFailure(model, f"connection error: {exc}", retry=True, breaker=True)
     if not isinstance(exc, groq.APIStatusError):  # a response the SDK could not read
