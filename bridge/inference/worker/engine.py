@@ -20,7 +20,9 @@ What each Groq failure does (documented behaviour; tests/test_worker_resilience.
 | budget left (real API only)     |                                         |          |                 |
 
 Models come from the catalog: the request's `model` (aliases resolved), the tier's models, then the
-fallback tier's. When every candidate failed the answer is `review` with `degraded: true` (never
+fallback tier's; for tier `auto`, the route `bridge.inference.routing` chooses (in the reply as
+`route`). Every call for a model goes through that model's pooled client and slots
+(`bridge.inference.worker.pool`), and its latency feeds the model's measured percentiles. When every candidate failed the answer is `review` with `degraded: true` (never
 allow, never cached); when the budget ran out first the reply is a 504 error. A call never gets
 more time than the budget left, and while other candidates remain it gets at most half of it
 (or 4x the model's typical latency, whichever is more), so a hanging model leaves room for the
