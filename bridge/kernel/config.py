@@ -167,12 +167,8 @@ class Settings(_Section, kw_only=True):
     def _derive(self, env: Mapping[str, str]) -> None:
         if not self.opa_url:
             self.opa_url = f"http://127.0.0.1:{self.agent_port}"
-        if self.evaluation_threads < 1:
-            raise ConfigError(f"GROQPOLICY_EVALUATION_THREADS={self.evaluation_threads}: want at least 1")
-        if self.evaluation_cpu_threads < 0:
-            raise ConfigError(f"GROQPOLICY_EVALUATION_CPU_THREADS={self.evaluation_cpu_threads}: want 0 (one per CPU) or more")
-        if self.evaluation_queue < 0:
-            raise ConfigError(f"GROQPOLICY_EVALUATION_QUEUE={self.evaluation_queue}: want 0 or more")
+        if min(self.evaluation_threads - 1, self.evaluation_cpu_threads, self.evaluation_queue) < 0:
+            raise ConfigError("GROQPOLICY_EVALUATION_THREADS, _CPU_THREADS, _QUEUE: want at least 1, 0 and 0")
 
     def bundle_overlay(self) -> dict[str, Any]:
         """Deployment facts every bundle carries at data.groqpolicy.config."""
