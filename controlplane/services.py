@@ -11,6 +11,7 @@ hands Litestar one start hook and one stop hook.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -38,7 +39,6 @@ from controlplane.evaluation.model_stage import metered_transport
 from controlplane.evaluation.nats_service import EvaluateService
 from controlplane.evaluation.pipeline import Pipeline
 from controlplane.evaluation.runtime import EvaluationRuntime, ModelClient, RevisionFollower
-from controlplane.evaluation.scheduling import WASM_POOL_SIZE
 from controlplane.infra.nats import NatsConnection
 from controlplane.infra.natsauth import Step as NatsStep
 from controlplane.infra.recordkeys import RecordKeys, ensure_record_keys
@@ -129,14 +129,17 @@ class Services:
         models = ModelClient(nats, cache_size=settings.gateway_cache_size)
         vkey = key.verification_key()
         host = HostConfig(bridge_url=settings.bridge_url, infer_transport=metered_transport(models.transport))
-        evaluator = WasmEvaluator({vkey.kid: vkey}, keyid=vkey.kid, host=host, pool_size=WASM_POOL_SIZE)
+        # an instance for every evaluation thread (both kinds: `scheduling`) and one for inline work
+        cpus = settings.evaluation_cpu_threads or os.cpu_count() or 1
+        evaluator = WasmEvaluator({vkey.kid: vkey}, keyid=vkey.kid, host=host,
+                                  pool_size=settings.evaluation_threads + cpus + 1)
         follower = RevisionFollower(store, evaluator)
         policy_store = PolicyStore(lambda: nats.client.jetstream(), replicas=settings.nats_replicas, keys=record_keys)
         nats.on_reconnect.append(policy_store.resync)  # a KV watch does not survive a server restart
         bundler = PolicyBundler(compiler, publisher, settings.rego_root, settings.bundles_dir)
         policies = PolicyService(policy_store, bundler, on_published=follower.reload)
         pipeline = Pipeline(evaluator, policies.active_records, ask_model=models.request, recorder=recorder,
-                            escalate=EscalationPublisher(nats))
+                            escalate=EscalationPublisher(nats), queue=settings.evaluation_queue, cpu_threads=cpus)
         runtime = EvaluationRuntime(nats=nats, models=models, evaluator=evaluator, follower=follower, pipeline=pipeline,
                                     service=EvaluateService(nats, pipeline), policies=policies,
                                     catalog=default_catalog(), opa_url=settings.opa_url)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 import uuid
 
 import msgspec
@@ -121,26 +122,25 @@ async def test_an_entrypoint_the_module_lacks_falls_back_to_single_calls(evaluat
     assert errors == ["", "", ""] and [v["decision"] for v in values] == ["allow", "review", "deny"]
 
 
-async def test_the_worker_thread_half_waits_for_a_slot_instead_of_the_loop_threads_instance(evaluator):
-    """Off-loop evaluations share the slots that keep one instance free for the event loop's thread:
-    with every slot taken (say, by evaluations waiting on a model), a batch waits without blocking
-    the loop, and goes on as soon as a slot frees."""
-    pipeline = Pipeline(evaluator, lambda: [record(LIMIT)])
-    slots = pipeline.scheduler.blocking_slots
-    held = 0
-    while not slots.locked():
-        await slots.acquire()
-        held += 1
-    assert held == 3  # pool of 4, one kept for the loop thread
-    contexts = [dict(CONTEXTS[0], n=i) for i in range(20)]
-    task = asyncio.create_task(pipeline.decide_many(contexts, policy_types=[], tier="nano", constitutional_hash=H, explain=False))
-    await asyncio.sleep(0.2)  # the loop runs meanwhile
-    assert not task.done()
-    slots.release()
-    many = await asyncio.wait_for(task, 5)
-    assert [r.decision for r in many] == ["allow"] * 20
-    for _ in range(held - 1):
-        slots.release()
+async def test_with_every_evaluation_thread_busy_a_batch_that_fits_inline_is_decided_on_the_loop(evaluator):
+    """The loop's thread takes every chunk of a batch itself when no evaluation thread is free (the
+    pool keeps one instance more than threads for it), instead of waiting for one."""
+    pipeline = Pipeline(evaluator, lambda: [record(LIMIT)], cpu_threads=2)
+    lane = pipeline.scheduler.compute
+    gate = threading.Event()
+    held = [asyncio.create_task(lane.offload(gate.wait, 10)) for _ in range(lane.threads)]
+    await asyncio.sleep(0.1)
+    assert lane.threads == 2 and lane.admitted == 2  # pool of 4: 2 compute, 1 blocking, 1 for the loop
+    contexts = [dict(CONTEXTS[0], n=i) for i in range(40)]
+    try:
+        many = await asyncio.wait_for(pipeline.decide_many(contexts, policy_types=[], tier="nano",
+                                                           constitutional_hash=H, explain=False), 5)
+        assert [r.decision for r in many] == ["allow"] * 40
+        assert not any(t.done() for t in held)  # decided while every thread was still busy
+    finally:
+        gate.set()
+        await asyncio.gather(*held)
+        pipeline.scheduler.close()
 
 
 async def test_a_revision_loaded_during_a_call_does_not_decide_any_of_it(opa_bin):

@@ -272,7 +272,7 @@ def test_batch(cp):
                for x in out["results"])
     assert out["constitutional_hash"] == H and out["batch_id"]
     r = client.post("/api/v1/evaluate/batch", json={"batch_contexts": [ALICE] * 100})
-    assert r.status_code == 200 and len(r.json()["results"]) == 100
+    assert r.status_code == 200 and len(r.json()["results"]) == 100, r.text
     r = client.post("/api/v1/evaluate/batch", json={"batch_contexts": [ALICE] * 101})
     assert r.status_code == 422
     assert r.json() == {"error": {"type": "BatchTooLarge", "message": "batch_contexts: at most 100 contexts per batch, got 101"}}

@@ -124,6 +124,9 @@ class Settings(_Section, kw_only=True):
     record_key_file: Path | None = None
     record_trusted_keys: Path | None = None  # a directory of further trusted public keys (retired, other replicas')
     gateway_cache_size: int = 10_000  # judgments the in-process inference client keeps for their max-age
+    evaluation_threads: int = 15  # evaluations that may wait on a model (http.send) running at once
+    evaluation_cpu_threads: int = 0  # evaluations too long to run inline, at once; 0: one per CPU
+    evaluation_queue: int = 32  # evaluations that may wait for a thread (per kind); beyond: 503 + Retry-After
     groq_api_key_set: bool = False  # whether model calls go to GroqCloud (the dashboard says so)
 
     ENV: ClassVar[dict[str, tuple[str, Conv]]] = {
@@ -155,12 +158,17 @@ class Settings(_Section, kw_only=True):
         "GROQPOLICY_RECORD_KEY_FILE": ("record_key_file", Path),
         "GROQPOLICY_RECORD_TRUSTED_KEYS": ("record_trusted_keys", Path),
         "GROQPOLICY_GATEWAY_CACHE_SIZE": ("gateway_cache_size", int),
+        "GROQPOLICY_EVALUATION_THREADS": ("evaluation_threads", int),
+        "GROQPOLICY_EVALUATION_CPU_THREADS": ("evaluation_cpu_threads", int),
+        "GROQPOLICY_EVALUATION_QUEUE": ("evaluation_queue", int),
         "GROQ_API_KEY": ("groq_api_key_set", bool),
     }
 
     def _derive(self, env: Mapping[str, str]) -> None:
         if not self.opa_url:
             self.opa_url = f"http://127.0.0.1:{self.agent_port}"
+        if min(self.evaluation_threads - 1, self.evaluation_cpu_threads, self.evaluation_queue) < 0:
+            raise ConfigError("GROQPOLICY_EVALUATION_THREADS, _CPU_THREADS, _QUEUE: want at least 1, 0 and 0")
 
     def bundle_overlay(self) -> dict[str, Any]:
         """Deployment facts every bundle carries at data.groqpolicy.config."""

@@ -1,10 +1,14 @@
-"""The process-wide wasmtime engine: epoch deadlines, fork safety, and compiled modules.
+"""The process-wide wasmtime engine: epoch deadlines, fuel, fork safety, and compiled modules.
 
 Deadlines use epoch interruption: one daemon thread bumps the engine's epoch every `TICK_S`, and
-each call into a policy sets its deadline in ticks. Compiling a module (Cranelift) is far costlier
-than instantiating it, so compiled modules are kept by content hash: a revision that changes only
-its data reuses the module, and its hot swap costs an instantiation, not a compilation. A caller
-may also keep them on disk (`LoadOptions.module_cache`), for later processes: wasmtime's own
+each call into a policy sets its deadline in ticks. Fuel (a count of executed wasm instructions)
+bounds an *inline* evaluation, one made on a thread that must not wait (an event loop's): epochs
+tick too coarsely for a budget of about a millisecond, and a count, unlike a clock, gives the same
+answer for the same policy and input under any load. Every other evaluation runs on unlimited fuel.
+
+Compiling a module (Cranelift) is far costlier than instantiating it, so compiled modules are kept
+by content hash: a revision that changes only its data reuses the module, and its hot swap costs
+an instantiation, not a compilation. A caller may also keep them on disk (`LoadOptions.module_cache`), for later processes: wasmtime's own
 serialized form, which it refuses to load into an engine of another version or configuration.
 """
 
@@ -28,6 +32,11 @@ from bridge.opawasm.errors import BundleLoadError
 # Python thread that takes the GIL, so a shorter tick costs an idle process CPU time and can cut
 # into a request on the loop thread; 10 ms keeps both small.
 TICK_S = 0.01
+# Wasm instructions per second of deadline that make an evaluation a runaway when it also runs out
+# of memory (`Instance._out_of_memory`). One thread of the benchmark machine runs ~4 billion a
+# second on a long loop when idle and ~1 billion at load average 7.5 on its two cores; a tenth of
+# that keeps "out of memory before this count" also "before the clock" at up to ~10x slowdown.
+RUNAWAY_FUEL_PER_S = 100_000_000
 COMPILED_CACHE_SIZE = 8
 
 
@@ -56,6 +65,7 @@ class _Engine:
     def _start() -> wasmtime.Engine:
         cfg = wasmtime.Config()
         cfg.epoch_interruption = True
+        cfg.consume_fuel = True  # costs ~1-2 µs per evaluation and ~20-40% on long loops (benchmarks/README.md)
         # linear memory is reserved up to its cap and never moves: instances keep one view over it
         cfg.memory_may_move = False
         cfg.cranelift_opt_level = "speed"
@@ -109,7 +119,7 @@ def compile_policy(wasm: bytes, disk_cache: Path | None = None) -> wasmtime.Modu
 
 # wasmtime checks a serialized module against its engine; the tag keeps files of other wasmtime
 # versions or engine settings apart, so they are not tried (and rewritten) in turn
-_ENGINE_TAG = hashlib.sha256(f"{version('wasmtime')}/{TICK_S}/speed/fixed-memory".encode()).hexdigest()[:12]
+_ENGINE_TAG = hashlib.sha256(f"{version('wasmtime')}/{TICK_S}/speed/fixed-memory/fuel".encode()).hexdigest()[:12]
 
 
 def _load_compiled(path: Path) -> wasmtime.Module | None:

@@ -22,6 +22,7 @@ __all__ = [
     "DeadlineExceeded",
     "EvaluationError",
     "HaltError",
+    "InlineBudgetExceeded",
     "InvalidInput",
     "MissingBuiltinsError",
     "OutOfMemory",
@@ -95,6 +96,15 @@ class DeadlineExceeded(kernel.DeadlineExceeded, EvaluationError):
     """The evaluation ran past its deadline: an `EvaluationError` that is the family's
     `DeadlineExceeded`. The kernel's class comes first, so its status (504), type and code win
     over `WasmError`'s."""
+
+
+class InlineBudgetExceeded(EvaluationError):
+    """An inline evaluation (`inline=True`) did not fit the inline budget, or found no idle instance.
+
+    Not a verdict on the policy: the caller runs it again off its thread with the full deadline. It
+    is still an `EvaluationError`, so a caller that forgets to do so fails closed."""
+
+    status = 503
 
 
 class OutOfMemory(EvaluationError):

@@ -100,24 +100,26 @@ class WasmEvaluator:
             if p is not None:
                 p.close()
 
-    def evaluate(self, entrypoint: str | int, input: Any = None, *, timeout: float | None = None) -> Any:
+    def evaluate(self, entrypoint: str | int, input: Any = None, *, timeout: float | None = None, inline: bool = False) -> Any:
         p = self.policy
         try:
-            return p.evaluate(entrypoint, input, timeout=timeout)
+            return p.evaluate(entrypoint, input, timeout=timeout, inline=inline)
         except PoolClosed:
             # swapped between reading the reference and acquiring an instance: use the new revision
             if self._policy is p or self._policy is None:
                 raise
-            return self.policy.evaluate(entrypoint, input, timeout=timeout)
+            return self.policy.evaluate(entrypoint, input, timeout=timeout, inline=inline)
 
-    def evaluate_raw(self, entrypoint: str | int, input_json: bytes | None, *, timeout: float | None = None) -> bytes:
+    def evaluate_raw(
+        self, entrypoint: str | int, input_json: bytes | None, *, timeout: float | None = None, inline: bool = False
+    ) -> bytes:
         p = self.policy
         try:
-            return p.evaluate_raw(entrypoint, input_json, timeout=timeout)
+            return p.evaluate_raw(entrypoint, input_json, timeout=timeout, inline=inline)
         except PoolClosed:
             if self._policy is p or self._policy is None:
                 raise
-            return self.policy.evaluate_raw(entrypoint, input_json, timeout=timeout)
+            return self.policy.evaluate_raw(entrypoint, input_json, timeout=timeout, inline=inline)
 
     async def evaluate_async(self, entrypoint: str | int, input: Any = None, *, timeout: float | None = None) -> Any:
         p = self.policy

@@ -11,12 +11,14 @@ from typing import Any
 import msgspec
 
 from bridge.opawasm.builtins import REGISTRY, EvalContext, provided
-from bridge.opawasm.engine import compile_policy, deadline_ticks
+from bridge.opawasm.engine import RUNAWAY_FUEL_PER_S, compile_policy, deadline_ticks
 from bridge.opawasm.errors import (
     BuiltinError,
     BundleLoadError,
+    DeadlineExceeded,
     EvaluationError,
     HaltError,
+    InlineBudgetExceeded,
     InvalidInput,
     MissingBuiltinsError,
     UnknownEntrypointError,
@@ -36,6 +38,11 @@ _monotonic = time.monotonic
 
 # builtins that wait on the network: a policy using one is evaluated in a worker thread by evaluate_async
 BLOCKING_BUILTINS = ("http.send", "net.lookup_ip_addr")
+# The inline budget (`inline=True`): about a millisecond on this machine's cores. Wasm instructions
+# are counted (fuel: the same policy and input fit or not under any load); host builtins, which
+# fuel does not see, are held to a clock. Measured in benchmarks/README.md (the event loop).
+INLINE_FUEL = 3_000_000  # ~0.75 ms: ~4 million per ms measured on a long loop
+INLINE_HOST_S = 0.001
 
 
 class WasmPolicy:
@@ -144,28 +151,40 @@ class WasmPolicy:
                 f"entrypoint {entrypoint!r}: not in this policy (have: {', '.join(sorted(self.entrypoints))})"
             ) from None
 
-    def _eval_value_text(
-        self, entrypoint: str | int, input_json: bytes | None, timeout: float | None, inst: Instance | None = None
-    ) -> bytes:
-        """The result set in OPA's value format: `{{"result": <value>}}`, or `set()` when undefined."""
+    def _eval_value_text(self, entrypoint: str | int, input_json: bytes | None, timeout: float | None, inline: bool) -> bytes:
+        """The result set in OPA's value format: `{{"result": <value>}}`, or `set()` when undefined.
+
+        `inline`: within the inline budget, on an idle instance or a new one if the pool has room
+        (after an overrun dropped one), never waiting for one; else InlineBudgetExceeded."""
         ep = self._ep_lookup[entrypoint] if entrypoint in self._ep_lookup else self.entrypoint_id(entrypoint)
         if timeout is None:
             t, ticks = self.timeout, self._ticks
         else:
             t, ticks = timeout, deadline_ticks(timeout)
-        if inst is None:
+        if not inline:
             inst = self.pool.acquire()
+        elif (idle := self.pool.acquire_nowait()) is not None:
+            inst, t = idle, min(t, INLINE_HOST_S)
+        else:
+            raise InlineBudgetExceeded("no policy instance free for an inline evaluation")
         try:
             inst.ctx = None
+            inst.runaway_fuel = int((timeout or self.timeout) * RUNAWAY_FUEL_PER_S)
             inst.start_ns = _time_ns()
             inst.deadline = _monotonic() + t
-            return inst.evaluate_raw(ep, input_json, ticks)
+            return inst.evaluate_raw(ep, input_json, ticks, INLINE_FUEL if inline else 0)
+        except DeadlineExceeded:
+            if inline:  # the host builtins' share of the inline budget ran out, not the deadline
+                raise InlineBudgetExceeded(f"host builtins took more than the inline budget ({INLINE_HOST_S * 1000:g} ms)") from None
+            raise
         finally:
             self.pool.release(inst)
 
-    def evaluate_raw(self, entrypoint: str | int, input_json: bytes | None, *, timeout: float | None = None) -> bytes:
+    def evaluate_raw(
+        self, entrypoint: str | int, input_json: bytes | None, *, timeout: float | None = None, inline: bool = False
+    ) -> bytes:
         """Evaluate JSON input bytes; return OPA's JSON result set, `[{"result":...}]` or `[]` when undefined."""
-        raw = self._eval_value_text(entrypoint, input_json, timeout)
+        raw = self._eval_value_text(entrypoint, input_json, timeout, inline)
         value = _result_text(raw)
         if value is None:
             return b"[]"
@@ -177,11 +196,10 @@ class WasmPolicy:
             value = encode_json(_json_view(value))
         return b'[{"result":' + value + b"}]"
 
-    def evaluate(
-        self, entrypoint: str | int, input: Any = None, *, timeout: float | None = None, _inst: Instance | None = None
-    ) -> Any:
-        """The entrypoint's value, or `UNDEFINED`. Raises `EvaluationError` subclasses on failure."""
-        raw = self._eval_value_text(entrypoint, None if input is None else _input_json(input), timeout, _inst)
+    def evaluate(self, entrypoint: str | int, input: Any = None, *, timeout: float | None = None, inline: bool = False) -> Any:
+        """The entrypoint's value, or `UNDEFINED`. Raises `EvaluationError` subclasses on failure;
+        with `inline`, InlineBudgetExceeded when it does not fit the inline budget."""
+        raw = self._eval_value_text(entrypoint, None if input is None else _input_json(input), timeout, inline)
         value = _result_text(raw)
         if value is None:
             return UNDEFINED
@@ -192,12 +210,14 @@ class WasmPolicy:
             return _json_view(value)
 
     async def evaluate_async(self, entrypoint: str | int, input: Any = None, *, timeout: float | None = None) -> Any:
-        """Inline (microseconds) when the policy cannot block and an instance is free right now;
-        otherwise in a worker thread, so neither http.send nor a busy pool ever blocks the loop."""
+        """Inline when the policy cannot block and the evaluation fits the inline budget (about a
+        millisecond); otherwise in a worker thread, so neither http.send, a long evaluation nor a
+        busy pool ever blocks the loop for longer."""
         if not self.may_block:
-            inst = self.pool.try_acquire()
-            if inst is not None:
-                return self.evaluate(entrypoint, input, timeout=timeout, _inst=inst)
+            try:
+                return self.evaluate(entrypoint, input, timeout=timeout, inline=True)
+            except InlineBudgetExceeded:
+                pass
         return await asyncio.to_thread(self.evaluate, entrypoint, input, timeout=timeout)
 
     @property

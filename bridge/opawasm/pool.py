@@ -51,12 +51,20 @@ class InstancePool(Generic[T]):
             self._live += 1
             self._idle.append(inst)
 
-    def try_acquire(self) -> T | None:
-        """An idle instance, or None without waiting (never creates one: that may take a while)."""
+    def acquire_nowait(self) -> T | None:
+        """An idle instance, a new one when the pool has room (made on this thread), or None: never waits."""
         with self._lock:
             if self._idle:
                 return self._idle.pop()
-        return None
+            if self.closed or self._live >= self.size:
+                return None
+            self._live += 1
+        try:
+            return self._factory()
+        except BaseException:
+            with self._lock:
+                self._live -= 1
+            raise
 
     def acquire(self, timeout: float | None = None) -> T:
         cond = self._cond

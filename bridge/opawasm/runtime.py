@@ -22,6 +22,7 @@ from bridge.opawasm.capi import (
     SLOTS,
     Export,
     TrapSlot,
+    fuel_used,
     host_callback,
     host_func,
     new_slots,
@@ -30,6 +31,7 @@ from bridge.opawasm.capi import (
 )
 from bridge.opawasm.capi import call_unchecked as _call_unchecked
 from bridge.opawasm.capi import set_epoch_deadline as _set_epoch_deadline
+from bridge.opawasm.capi import set_fuel as _set_fuel
 from bridge.opawasm.engine import deadline_ticks, engine
 from bridge.opawasm.errors import (
     BuiltinHalt,
@@ -37,6 +39,7 @@ from bridge.opawasm.errors import (
     DeadlineExceeded,
     EvaluationError,
     HaltError,
+    InlineBudgetExceeded,
     OutOfMemory,
     PolicyAbort,
     UnsupportedABIError,
@@ -53,11 +56,9 @@ PAGE = 65536
 MIN_ABI_MINOR = 2
 WASM32_MAX_MEMORY = 4 << 30
 SCRATCH = 64 * 1024
+UNLIMITED_FUEL = 1 << 62  # an evaluation that is not inline: only its deadline and memory cap bound it
 
 _unpack_i32 = struct.Struct("<i").unpack_from
-_unpack_u32x2 = struct.Struct("<II").unpack_from
-_unpack_u32x3 = struct.Struct("<III").unpack_from
-_unpack_i64 = struct.Struct("<q").unpack_from
 _string_at = ctypes.string_at
 _memmove = ctypes.memmove
 _json_decode = msgspec.json.decode
@@ -100,6 +101,9 @@ class Instance:
         self._ctx_ptr = store._context()
         self._ctx = ctypes.cast(self._ctx_ptr, ctypes.c_void_p).value
         _set_epoch_deadline(self._ctx, 1 << 40)
+        _set_fuel(self._ctx, UNLIMITED_FUEL)
+        self.fuel = UNLIMITED_FUEL  # what the evaluation under way started with
+        self.runaway_fuel = 0  # instructions past which running out of memory counts as a runaway (0: never)
         self._args = new_slots()
         self._args_addr = ctypes.addressof(self._args)
         self._argbuf = memoryview(self._args).cast("B")
@@ -231,10 +235,12 @@ class Instance:
             return self._fail(exc)
 
     def _out_of_memory(self, message: str) -> EvaluationError:
-        """Deadline beats memory: an evaluation whose time is also up fails as late, not as too
-        big, so a runaway policy that hits both caps fails the same way whichever came first."""
-        if self.deadline and _monotonic() >= self.deadline:
-            return DeadlineExceeded(f"evaluation deadline exceeded (and {message})")
+        """Deadline beats memory: a runaway fails as late, not as too big, whichever cap it hit first:
+        when its time is up, or after more wasm instructions than its deadline stands for (counted,
+        so the same answer for a policy and input under any load: `RUNAWAY_FUEL_PER_S`)."""
+        used = fuel_used(self._ctx, self.fuel)
+        if (self.deadline and _monotonic() >= self.deadline) or 0 < self.runaway_fuel <= used:
+            return DeadlineExceeded(f"evaluation deadline exceeded (and {message}, after {used:,} wasm instructions)")
         return OutOfMemory(message)
 
     # -- memory -----------------------------------------------------------------------------
@@ -286,7 +292,7 @@ class Instance:
         pending, self.pending = self.pending, None
         if isinstance(pending, OutOfMemory):
             pending = self._out_of_memory(str(pending))
-        if isinstance(pending, (PolicyAbort, OutOfMemory, DeadlineExceeded)):
+        if isinstance(pending, (PolicyAbort, OutOfMemory, DeadlineExceeded, InlineBudgetExceeded)):
             # opa_abort leaves the module in a consistent state only by luck
             self.broken = str(pending)
             raise pending
@@ -300,6 +306,8 @@ class Instance:
         self.broken = msg
         if code == wasmtime.TrapCode.INTERRUPT:
             raise DeadlineExceeded("evaluation deadline exceeded (interrupted)")
+        if code == wasmtime.TrapCode.OUT_OF_FUEL:
+            raise InlineBudgetExceeded("evaluation needs more than the inline budget of wasm instructions")
         if code == wasmtime.TrapCode.STACK_OVERFLOW:
             raise WasmTrap("policy trapped: stack overflow")
         if "out of memory" in msg.lower():
@@ -358,12 +366,13 @@ class Instance:
             self.call("opa_heap_blocks_stash")
         self.eval_heap = self.call("opa_heap_ptr_get")
 
-    def evaluate_raw(self, entrypoint_id: int, input_json: bytes | None, ticks: int) -> bytes:
+    def evaluate_raw(self, entrypoint_id: int, input_json: bytes | None, ticks: int, fuel: int = 0) -> bytes:
         """`opa_eval` fast path: the result set in OPA's value format (`[{"result": ...}]` or `[]`).
 
         Value format (not JSON) so that sets stay distinguishable from arrays: they are then
         printed in Rego's canonical order, exactly as topdown prints them. For results without
-        sets or non-string keys, value format and JSON are the same bytes."""
+        sets or non-string keys, value format and JSON are the same bytes. `fuel`: at most this
+        many wasm instructions (InlineBudgetExceeded beyond); 0 is unlimited."""
         if self.broken is not None:
             raise EvaluationError(f"instance is unusable: {self.broken}")
         heap = self.eval_heap
@@ -378,6 +387,8 @@ class Instance:
             _memmove(self.base + in_addr, input_json, in_len)
         self._eval_pack.pack_into(self._argbuf, 0, 0, entrypoint_id, self.data_addr, in_addr, in_len, heap, 1)
         _set_epoch_deadline(self._ctx, ticks)
+        self.fuel = fuel = fuel or UNLIMITED_FUEL
+        _set_fuel(self._ctx, fuel)
         err = _call_unchecked(self._ctx, self._eval_ref, self._args_addr, SLOTS, self._trap_ref)
         if err or self._trap_ptr:
             self._raise(err)

@@ -6,7 +6,6 @@ Handlers receive what they use, by name, from the app's dependencies (`controlpl
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 
@@ -27,6 +26,7 @@ from controlplane.auth.guards import requires
 from controlplane.evaluation.interfaces import Evaluator
 from controlplane.evaluation.pipeline import Pipeline
 from controlplane.evaluation.runtime import ModelClient
+from controlplane.evaluation.scheduling import Saturated, Scheduler
 from controlplane.evaluation.schemas import (
     MAX_BATCH,
     BatchPerformance,
@@ -167,25 +167,28 @@ class OpaController(Controller):
     @post("/evaluate", summary="One policy's decision: in-process WASM, or an OPA agent's REST API", status_code=200,
           request_max_body_size=MAX_EVALUATE_BODY, responses=error_responses(400, 401, 403, 404, 409, 413, 429, 502, 503, 504))
     async def evaluate(self, policies: NamedDependency[PolicyService], evaluator: NamedDependency[WasmEvaluator],
-                       settings: NamedDependency[Settings], data: JSONBody[OpaEvaluateRequest]) -> OpaEvaluateResponse:
+                       pipeline: NamedDependency[Pipeline], settings: NamedDependency[Settings],
+                       data: JSONBody[OpaEvaluateRequest]) -> OpaEvaluateResponse:
         record = await policies.get(data.policy_id)
         if not record.is_active:
             raise PolicyInactive(f"policy {record.rule_id}: not active (activate it with PUT is_active=true)")
         version = f"v{record.version}@{evaluator.revision or ''}"
         if data.use_wasm:
-            return await _in_process(evaluator, record, data.input_data, version)
+            return await _in_process(pipeline.scheduler, evaluator, record, data.input_data, version)
         return await _on_agent(settings.opa_url, record, data.input_data, version)
 
 
-async def _in_process(evaluator: Evaluator, record: PolicyRecord, input_data: object, version: str) -> OpaEvaluateResponse:
-    """The policy's decision from the in-process evaluator (a policy that may call out: on a worker thread)."""
+async def _in_process(scheduler: Scheduler, evaluator: Evaluator, record: PolicyRecord, input_data: object,
+                      version: str) -> OpaEvaluateResponse:
+    """The policy's decision from the in-process evaluator: inline if it cannot call out and fits the
+    inline budget, else on an evaluation thread (`scheduling`)."""
     entry = rego.wasm_entrypoint(record.rule_id)
+    blocking = rego.may_block(record.opa_policy)
     started = time.perf_counter_ns()
     try:
-        if rego.may_block(record.opa_policy):
-            value = await asyncio.to_thread(evaluator.evaluate, entry, input_data, timeout=5.0)
-        else:
-            value = evaluator.evaluate(entry, input_data, timeout=1.0)
+        value = await scheduler.evaluate(evaluator, entry, input_data, timeout=5.0 if blocking else 1.0, may_block=blocking)
+    except Saturated:
+        raise
     except UnknownEntrypointError:  # stored, but this replica has not loaded it yet
         raise Upstream(f"policy {record.rule_id}: not loaded by the in-process evaluator yet "
                        f"(revision {evaluator.revision or 'none'}); retry", status=503) from None

@@ -1,18 +1,17 @@
 """Stage 3b and the model calls of stage 3: what a policy's answer becomes when a model is involved.
 
 Two paths reach the inference workers. A policy may call a model itself (`http.send` to the bridge,
-through `lib.groq`): it is evaluated on a worker thread, and `metered_transport` times each call
-into that evaluation's `InferenceMeter` (a context variable, which `asyncio.to_thread` copies). A
-policy with `groq_model_config` whose decision document says `needs_model: true` gets the pipeline's
-own model stage (`ModelStage.consult`): its rules could not settle the request, so the configured
-model is asked. A confident answer (at least `MIN_MODEL_CONFIDENCE`, the threshold every bundle
-also carries for the constitution) settles a review and can veto an allow, never undo a deny; a
-failed, degraded or unsure answer is review (the Rego helper's contract).
+through `lib.groq`): it is evaluated on an evaluation thread, and `metered_transport` times each
+call into that evaluation's `InferenceMeter` (a context variable, which the scheduler copies to
+the thread). A policy with `groq_model_config` whose decision document says `needs_model: true`
+gets the pipeline's own model stage (`ModelStage.consult`): its rules could not settle the
+request, so the configured model is asked. A confident answer (at least `MIN_MODEL_CONFIDENCE`,
+the threshold every bundle also carries for the constitution) settles a review and can veto an
+allow, never undo a deny; a failed, degraded or unsure answer is review (the Rego helper's contract).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import time
 from typing import Any
@@ -24,6 +23,7 @@ from bridge.kernel.vocabulary import DECISION_RANK, MIN_MODEL_CONFIDENCE, Decisi
 from bridge.opawasm import InferTransport
 from controlplane.evaluation.decision import PolicyOutcome, normalise, outcome, settled
 from controlplane.evaluation.interfaces import AskModel, Revision
+from controlplane.evaluation.scheduling import Scheduler
 from controlplane.metrics.recorders import record_reply
 from controlplane.policies import rego
 from controlplane.policies.schemas import GroqModelConfig, PolicyRecord
@@ -76,20 +76,20 @@ def metered_transport(inner: InferTransport) -> InferTransport:
 class ModelStage:
     """The policies that wait on a model: those that call out themselves, and the model stage."""
 
-    def __init__(self, ask_model: AskModel | None, slots: asyncio.Semaphore) -> None:
+    def __init__(self, ask_model: AskModel | None, scheduler: Scheduler) -> None:
         self.ask_model = ask_model
-        self.slots = slots  # the scheduler's blocking slots (one instance stays free for the loop)
+        self.scheduler = scheduler  # its evaluation threads, with the queue in front of them
 
     async def evaluate_blocking(self, evaluator: Revision, record: PolicyRecord, input: Any) -> PolicyOutcome:
-        """One policy that may call a model through http.send: evaluated on a worker thread."""
+        """One policy that may call a model through http.send: evaluated on an evaluation thread
+        (the caller let its request in: `scheduler.blocking.admit`)."""
         meter = InferenceMeter()
         token = _METER.set(meter)
         t0 = time.perf_counter_ns()
         error = ""
         try:
-            async with self.slots:
-                value = await asyncio.to_thread(evaluator.evaluate, rego.wasm_entrypoint(record.rule_id), input,
-                                                timeout=BLOCKING_TIMEOUT_S)
+            value = await self.scheduler.blocking.offload_admitted(
+                evaluator.evaluate, rego.wasm_entrypoint(record.rule_id), input, timeout=BLOCKING_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - fail closed: an evaluation error is a deny
             value, error = None, f"{type(exc).__name__}: {exc}"
         finally:

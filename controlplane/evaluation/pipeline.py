@@ -48,7 +48,7 @@ from controlplane.evaluation.decision import (
 )
 from controlplane.evaluation.interfaces import AskModel, DecisionRecorder, EscalationSink, Evaluator, Revision, Source
 from controlplane.evaluation.model_stage import ModelStage
-from controlplane.evaluation.scheduling import Scheduler, run_batched
+from controlplane.evaluation.scheduling import QUEUE, Scheduler, run_batched
 from controlplane.evaluation.schemas import EvaluateResponse
 from controlplane.infra.ids import uuid4s
 from controlplane.policies import rego
@@ -61,8 +61,8 @@ class Selection(msgspec.Struct, frozen=True):
     """The applicable policies of one set of request parameters, and how they must be run."""
 
     chosen: list[PolicyRecord]
-    pure: list[PolicyRecord]  # cannot call out: evaluated inline, batched
-    blocking: list[PolicyRecord]  # may call a model through http.send: one worker thread each
+    pure: list[PolicyRecord]  # cannot call out: batched, inline when they fit the inline budget
+    blocking: list[PolicyRecord]  # may call a model through http.send: one evaluation thread each
     rules_only: bool  # no policy can wait on a model: every stage runs in chunks
 
 
@@ -101,16 +101,16 @@ class _Call(msgspec.Struct, gc=False):
 class Pipeline:
     def __init__(self, evaluator: Evaluator, policies: Callable[[], list[PolicyRecord]], *,
                  ask_model: AskModel | None = None, recorder: DecisionRecorder | None = None,
-                 escalate: EscalationSink | None = None) -> None:
-        """`policies()` hands out the stored policies (the same list object until the set changes);
-        without a `recorder`, decisions are served unrecorded (tools and tests only)."""
+                 escalate: EscalationSink | None = None, queue: int = QUEUE, cpu_threads: int = 0) -> None:
+        """`policies()` hands out the stored policies (the same list object until the set changes); no
+        `recorder`: decisions are served unrecorded (tools, tests); `queue`, `cpu_threads`: `scheduling`."""
         self.evaluator = evaluator
         self.policies = policies
         self.recorder = recorder
         self.escalate = escalate
-        self.scheduler = Scheduler(evaluator.pool_size)
+        self.scheduler = Scheduler(evaluator.pool_size, queue=queue, cpu_threads=cpu_threads)
         self.constitution = Constitution()
-        self.models = ModelStage(ask_model, self.scheduler.blocking_slots)
+        self.models = ModelStage(ask_model, self.scheduler)
         self._blocking: dict[tuple[uuid.UUID, int], bool] = {}
         self._selections: dict[tuple[Any, ...], tuple[list[PolicyRecord], Selection]] = {}
 
@@ -157,9 +157,9 @@ class Pipeline:
                           constitutional_hash: str, explain: bool, echo_input: bool = False) -> list[EvaluateResponse]:
         """Decisions for several contexts under the same request parameters.
 
-        When no applicable policy can wait on a model, every stage of a chunk of contexts runs on
-        whichever of two threads takes it. Otherwise the stages before and after the model calls
-        run that way, and the model calls, concurrently, on the event loop in between.
+        With no applicable policy that can wait on a model, every stage of a chunk of contexts runs
+        inline if it fits the inline budget, else on an evaluation thread (`scheduling`); otherwise
+        the stages around the model calls do, and the model calls run concurrently in between.
 
         Timings per context: `total_latency_ms` (and the tier target it is held to) is the time the
         caller waited for the decision, i.e. the whole call's, also for a batch: its contexts are
@@ -173,11 +173,11 @@ class Pipeline:
             call = _Call(contexts, policy_types, tier, constitutional_hash, explain, echo_input, evaluator,
                          evaluator.revision or "", selection, uuid4s(n))
             if selection.rules_only:
-                parts = await chunked(lambda start, stop: self._finish(call, start, self._rules(call, start, stop)), n)
+                parts = await chunked(lambda i, j, ev: self._finish(call, i, self._rules(call, i, j, ev), ev), evaluator, n)
             else:
-                staged = [s for part in await chunked(lambda start, stop: self._rules(call, start, stop), n) for s in part]
+                staged = [s for part in await chunked(lambda i, j, ev: self._rules(call, i, j, ev), evaluator, n) for s in part]
                 await self._model_stage(call, staged)
-                parts = await chunked(lambda start, stop: self._finish(call, start, staged[start:stop]), n)
+                parts = await chunked(lambda i, j, ev: self._finish(call, i, staged[i:j], ev), evaluator, n)
         responses = [r for part in parts for r in part]
         total_ms = round((time.perf_counter() - started) * 1000, 4)
         achieved = total_ms <= TIER_TARGET_MS[tier]
@@ -216,13 +216,13 @@ class Pipeline:
         return found
 
     # ---- stages 2 to 5 ---------------------------------------------------------------------------
-    def _rules(self, call: _Call, start: int, stop: int) -> list[Staged]:
+    def _rules(self, call: _Call, start: int, stop: int, evaluator: Revision) -> list[Staged]:
         """Stages 2 and 3 (the policies that cannot call out) for the contexts `start:stop`, on any
-        thread. A policy runs only for the contexts that pass pre-validation; one that asks for the
-        model stage is left `Pending`."""
+        thread, on `evaluator` (the call's revision, inline or not). A policy runs only for the
+        contexts that pass pre-validation; one that asks for the model stage is left `Pending`."""
         chunk = call.contexts[start:stop]
         t0 = time.perf_counter_ns()
-        pres = self.constitution.pre_validate(call.evaluator, call.revision, call.constitutional_hash, chunk)
+        pres = self.constitution.pre_validate(evaluator, call.revision, call.constitutional_hash, chunk)
         pre_us = (time.perf_counter_ns() - t0) / 1000 / len(chunk)
         staged = [Staged(pre, pre_us) for pre in pres]
         passed = [j for j, pre in enumerate(pres) if pre.decision == "allow"]
@@ -230,7 +230,7 @@ class Pipeline:
             inputs = [chunk[j] for j in passed]
             for record in call.selection.pure:
                 t0 = time.perf_counter_ns()
-                values, errs = run_batched(call.evaluator, rego.wasm_entrypoint(record.rule_id),
+                values, errs = run_batched(evaluator, rego.wasm_entrypoint(record.rule_id),
                                            rego.wasm_batch_entrypoint(record.rule_id), inputs, wrapped=True)
                 us = (time.perf_counter_ns() - t0) / 1000 / len(inputs)
                 for j, value, err in zip(passed, values, errs, strict=True):
@@ -240,6 +240,8 @@ class Pipeline:
     async def _model_stage(self, call: _Call, staged: list[Staged]) -> None:
         """Stage 3 for what may wait on a model, concurrently: the pure policies whose document asks
         for the model stage, and the policies that may call out themselves (on worker threads)."""
+        if call.selection.blocking:
+            self.scheduler.blocking.admit()  # Saturated (503) for the whole request, before any of it runs
         jobs = []
         slots: list[tuple[list[PolicyOutcome | Pending], int | None]] = []  # where each result goes (None: appended)
         for ctx, s in zip(call.contexts, staged, strict=True):
@@ -260,7 +262,7 @@ class Pipeline:
             else:
                 outs[at] = result
 
-    def _finish(self, call: _Call, start: int, staged: list[Staged]) -> list[EvaluateResponse]:
+    def _finish(self, call: _Call, start: int, staged: list[Staged], evaluator: Revision) -> list[EvaluateResponse]:
         """Stages 4 and 5 and the responses for the contexts from `start` on; on any thread."""
         contexts, revision, h = call.contexts, call.revision, call.constitutional_hash
         proposals = []
@@ -274,7 +276,7 @@ class Pipeline:
                 proposal = refused(s.pre, s.wasm_us)
                 keys.append(None)
             proposals.append(proposal)
-        posts, costs = self.constitution.post_validate(call.evaluator, keys)
+        posts, costs = self.constitution.post_validate(evaluator, keys)
         frame = Frame(call.tier, TIER_TARGET_MS[call.tier], revision, [r.rule_id for r in call.selection.chosen], call.explain)
         ids, echo = call.ids, call.echo_input
         return [respond(ids[start + j], proposal, s.pre, post, cost, frame, contexts[start + j] if echo else None)
