@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "bench-admin-token-0000000000000"  # the admin/evaluate token of the benchmarks' control plane
 
 
 def spawn(argv: list[str], log: Path, env: dict) -> subprocess.Popen:

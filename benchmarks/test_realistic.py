@@ -90,7 +90,7 @@ def test_realistic(benchmark, klass: str) -> None:
 
 
 def _table() -> str:
-    lines = ["", f"{'class':<12} {'contender':<12} {'median us':>10} {'p99 us':>10} {'n':>6}  x groqpolicy"]
+    lines = ["", f"load average (1, 5, 15 min): {os.getloadavg()}", f"{'class':<12} {'contender':<12} {'median us':>10} {'p99 us':>10} {'n':>6}  x groqpolicy"]
     for klass, row in RESULTS.items():
         base = row["groqpolicy"].get("median_us")
         peers = [r["median_us"] for k, r in row.items() if k != "groqpolicy" and "median_us" in r]
