@@ -112,4 +112,4 @@ def test_realistic_summary(benchmark, capsys) -> None:
     with capsys.disabled():
         print(_table())
     if out := os.environ.get("GROQPOLICY_BENCH_JSON"):
-        Path(out).write_text(json.dumps(RESULTS, indent=1))
+        Path(out).with_suffix(".realistic.json").write_text(json.dumps(RESULTS, indent=1))
