@@ -76,7 +76,7 @@ def api_stack():
         model_ctx = {**ex["ethical_constraints"]["model_review"], "principal": "bench", "oversight": {"escalation": "bench"}}
         yield {"loop": loop, "tmp": tmp, "cp_port": cp_port, "floor_port": floor_port, "agent_port": agent_port,
                "ids": ids, "rules_ctx": rules_ctx, "model_ctx": model_ctx, "agent": agent, "admin": admin,
-               "cp_pid": procs[3].pid, "floor_pid": procs[4].pid}
+               "cp_pid": procs[3].pid, "floor_pid": procs[4].pid, "nats_url": url, "state_dir": tmp / "state"}
     finally:
         if agent is not None:
             agent.stop()

@@ -38,6 +38,7 @@ SHORT = os.environ.get("GROQPOLICY_BENCH_SHORT") == "1"
 RATES = [250, 500, 1000]
 DURATION_S = 2 if SHORT else 15
 WARMUP_S = 1
+UPLOAD_WAIT_S = 5
 RESULTS: dict[int, dict[str, dict[str, Any]]] = {}
 
 
@@ -84,6 +85,25 @@ def _targets(stack, info_agent) -> dict[str, tuple[str, bytes, dict[str, str], i
     }
 
 
+def _storage(stack) -> dict[str, int]:
+    """The audit stream's bytes and records, and the agents' decision-log file, right now."""
+    import nats
+
+    from controlplane.audit.stream import STREAM
+
+    async def info() -> tuple[int, int]:
+        nc = await nats.connect(stack["nats_url"])
+        try:
+            state = (await nc.jetstream().stream_info(STREAM)).state
+            return state.bytes, state.messages
+        finally:
+            await nc.close()
+
+    stream_bytes, records = stack["loop"].run_until_complete(info())
+    logs = stack["state_dir"] / "decision_logs.jsonl"
+    return {"stream_bytes": stream_bytes, "records": records, "decision_log_bytes": logs.stat().st_size if logs.is_file() else 0}
+
+
 def _row(report: dict[str, Any], rss: float | None) -> dict[str, Any]:
     lat = report["latencies"]
     return {"p50_ms": round(lat["50th"] / 1e6, 2), "p90_ms": round(lat["90th"] / 1e6, 2), "p99_ms": round(lat["99th"] / 1e6, 2),
@@ -91,6 +111,18 @@ def _row(report: dict[str, Any], rss: float | None) -> dict[str, Any]:
             "requests": report["requests"], "status_codes": report["status_codes"], "errors": report["errors"][:3], "rss_mib": rss}
 
 
+def _growth(before: dict[str, int], after: dict[str, int], results: dict[int, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Storage per evaluation: the audit stream holds the control plane's records and the agents'
+    uploaded decisions; the decision-log file only the agents'. Warm-up requests count too."""
+    api = WARMUP_S * 100 + sum(row["evaluate_rules"]["requests"] for row in results.values())
+    agents = 2 * WARMUP_S * 100 + sum(row[n]["requests"] for row in results.values() for n in ("opa_agent_info", "opa_agent_error"))
+    delta = {k: after[k] - before[k] for k in after}
+    return {**delta, "api_evaluations": api, "agent_decisions": agents,
+            "stream_bytes_per_evaluation": round(delta["stream_bytes"] / max(1, api + agents), 1),
+            "decision_log_bytes_per_agent_decision": round(delta["decision_log_bytes"] / max(1, agents), 1)}
+
+
+@pytest.mark.timeout(1800)  # the full run is 12 attacks of 15 s plus warm-ups, on a loaded machine
 def test_fixed_load(benchmark, api_stack, info_agent):
     try:
         vegeta = ensure_vegeta()
@@ -109,17 +141,22 @@ def test_fixed_load(benchmark, api_stack, info_agent):
             for name in names[i % len(names):] + names[:i % len(names)]:
                 url, body, headers, pid = targets[name]
                 report = attack(vegeta, work / name, url, body, headers, rate, DURATION_S)
-                RESULTS.setdefault(rate, {})[name] = _row(report, _rss_mib(pid) if pid else None)
+                RESULTS.setdefault(rate, {})[name] = row = _row(report, _rss_mib(pid) if pid else None)
+                print(f"\n{rate}/s {name}: {row}", flush=True)
 
     load_before = os.getloadavg()
+    before = _storage(api_stack)
     benchmark.pedantic(run, rounds=1, iterations=1)
+    time.sleep(UPLOAD_WAIT_S)  # the agents upload their decision logs every 1-2 s
+    growth = _growth(before, _storage(api_stack), RESULTS)
     load = {"before": load_before, "after": os.getloadavg()}
-    benchmark.extra_info.update({str(rate): row for rate, row in RESULTS.items()}, load_average=load)
+    benchmark.extra_info.update({str(rate): row for rate, row in RESULTS.items()}, load_average=load, storage_growth=growth)
     lines = ["", f"load average (1, 5, 15 min) before {load['before']}, after {load['after']}", f"{'rate':>5} {'contender':<16} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} {'max ms':>7} {'got/s':>7} {'ok':>6} {'RSS MiB':>8}"]
     for rate, row in RESULTS.items():
         for name, r in row.items():
             lines.append(f"{rate:>5} {name:<16} {r['p50_ms']:>7} {r['p90_ms']:>7} {r['p99_ms']:>7} {r['max_ms']:>7} {r['achieved_rps']:>7} "
                          f"{r['success']:>6.3f} {r['rss_mib']!s:>8}")
+    lines.append(f"storage growth: {growth}")
     print("\n".join(lines))  # errors under load are results (the `ok` column), reported rather than failed
     if out := os.environ.get("GROQPOLICY_BENCH_JSON"):
         Path(out).with_suffix(".fixed_load.json").write_text(json.dumps(RESULTS, indent=1))
