@@ -37,6 +37,9 @@ AUDIT_DURABILITIES = ("spool", "ack")
 # that opens the stream starts from these, so only a deliberate setting differs from the bootstrap's.
 AUDIT_MAX_AGE_S = 30 * 86400.0
 AUDIT_MAX_BYTES = 1 << 30
+# the agents' decision-log files (controlplane.agents.decision_logs): ~480 bytes per decision
+DECISION_LOG_MAX_AGE_S = 30 * 86400.0
+DECISION_LOG_MAX_BYTES = 256 << 20
 
 _S = TypeVar("_S", bound="_Section")
 Conv = Callable[[str], Any]
@@ -114,6 +117,8 @@ class Settings(_Section, kw_only=True):
     audit_checkpoint_s: float = 10.0  # how often the audit stream's head is exported as a signed checkpoint
     audit_max_age_s: float = AUDIT_MAX_AGE_S  # audit stream retention by age (0: none)
     audit_max_bytes: int = AUDIT_MAX_BYTES  # ... and by size (0: none)
+    decision_log_max_age_s: float = DECISION_LOG_MAX_AGE_S  # agents' decision-log files: retention by age (0: none)
+    decision_log_max_bytes: int = DECISION_LOG_MAX_BYTES  # ... and by size (0: none)
     # the Ed25519 key that signs audit records, checkpoints and policy records (controlplane.infra.recordkeys);
     # default <state_dir>/record-keys/signing.pem, generated on first start. Replicas share one.
     record_key_file: Path | None = None
@@ -146,6 +151,8 @@ class Settings(_Section, kw_only=True):
         "GROQPOLICY_AUDIT_CHECKPOINT_S": ("audit_checkpoint_s", float),
         "GROQPOLICY_AUDIT_MAX_AGE_S": ("audit_max_age_s", float),
         "GROQPOLICY_AUDIT_MAX_BYTES": ("audit_max_bytes", int),
+        "GROQPOLICY_DECISION_LOG_MAX_AGE_S": ("decision_log_max_age_s", float),
+        "GROQPOLICY_DECISION_LOG_MAX_BYTES": ("decision_log_max_bytes", int),
         "GROQPOLICY_RECORD_KEY_FILE": ("record_key_file", Path),
         "GROQPOLICY_RECORD_TRUSTED_KEYS": ("record_trusted_keys", Path),
         "GROQPOLICY_GATEWAY_CACHE_SIZE": ("gateway_cache_size", int),
@@ -374,7 +381,8 @@ def variables() -> set[str]:
 
 
 __all__ = [
-    "AUDIT_DURABILITIES", "AUDIT_MAX_AGE_S", "AUDIT_MAX_BYTES", "DEFAULT_DEADLINE_MS", "DEFAULT_NATS_URL", "PROJECT_ROOT", "SECTIONS", "ClientSettings", "ConfigError",
+    "AUDIT_DURABILITIES", "AUDIT_MAX_AGE_S", "AUDIT_MAX_BYTES", "DECISION_LOG_MAX_AGE_S", "DECISION_LOG_MAX_BYTES",
+    "DEFAULT_DEADLINE_MS", "DEFAULT_NATS_URL", "PROJECT_ROOT", "SECTIONS", "ClientSettings", "ConfigError",
     "EngineSettings", "GatewaySettings", "GroqSettings", "Settings", "SigningSettings", "SupervisorSettings",
     "ToolchainSettings", "audit_durability", "environment", "variables",
 ]
