@@ -100,8 +100,9 @@ def _storage(stack) -> dict[str, int]:
             await nc.close()
 
     stream_bytes, records = stack["loop"].run_until_complete(info())
-    logs = stack["state_dir"] / "decision_logs.jsonl"
-    return {"stream_bytes": stream_bytes, "records": records, "decision_log_bytes": logs.stat().st_size if logs.is_file() else 0}
+    # the live file and its rotated generations (.1, .2, ...), not the quarantine
+    logs = [p for p in stack["state_dir"].glob("decision_logs.jsonl*") if not p.name.endswith(".quarantine")]
+    return {"stream_bytes": stream_bytes, "records": records, "decision_log_bytes": sum(p.stat().st_size for p in logs)}
 
 
 def _row(report: dict[str, Any], rss: float | None) -> dict[str, Any]:

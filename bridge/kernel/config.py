@@ -37,9 +37,6 @@ AUDIT_DURABILITIES = ("spool", "ack")
 # that opens the stream starts from these, so only a deliberate setting differs from the bootstrap's.
 AUDIT_MAX_AGE_S = 30 * 86400.0
 AUDIT_MAX_BYTES = 1 << 30
-# the agents' decision-log files (controlplane.agents.decision_logs): ~480 bytes per decision
-DECISION_LOG_MAX_AGE_S = 30 * 86400.0
-DECISION_LOG_MAX_BYTES = 256 << 20
 
 _S = TypeVar("_S", bound="_Section")
 Conv = Callable[[str], Any]
@@ -101,6 +98,9 @@ class Settings(_Section, kw_only=True):
     signing_alg: str = "RS256"
     long_poll_max_s: int = 300  # upper bound for an agent's `Prefer: wait=N`
     max_log_body_bytes: int = 64 * 1024 * 1024  # decompressed decision-log batch limit
+    max_log_event_bytes: int = 256 * 1024  # one decision-log event; a larger one is refused (and audited as such)
+    max_status_bytes: int = 2 * 1024 * 1024  # one status report, decompressed; larger is a 413
+    decision_log_file_bytes: int = 64 * 1024 * 1024  # decision_logs.jsonl rotates to .1, .2, .3 at this size
     compile_on_start: bool = True
     bridge_url: str = "http://127.0.0.1:8016"  # where Rego's http.send reaches the bridge gateway
     tokens: str = ""  # bearer tokens `[name=]token:scope+scope,...`; none configured: generated in <state_dir>/tokens
@@ -117,8 +117,6 @@ class Settings(_Section, kw_only=True):
     audit_checkpoint_s: float = 10.0  # how often the audit stream's head is exported as a signed checkpoint
     audit_max_age_s: float = AUDIT_MAX_AGE_S  # audit stream retention by age (0: none)
     audit_max_bytes: int = AUDIT_MAX_BYTES  # ... and by size (0: none)
-    decision_log_max_age_s: float = DECISION_LOG_MAX_AGE_S  # agents' decision-log files: retention by age (0: none)
-    decision_log_max_bytes: int = DECISION_LOG_MAX_BYTES  # ... and by size (0: none)
     # the Ed25519 key that signs audit records, checkpoints and policy records (controlplane.infra.recordkeys);
     # default <state_dir>/record-keys/signing.pem, generated on first start. Replicas share one.
     record_key_file: Path | None = None
@@ -137,6 +135,9 @@ class Settings(_Section, kw_only=True):
         "GROQPOLICY_SIGNING_KID": ("signing_kid", str),
         "GROQPOLICY_SIGNING_ALG": ("signing_alg", str),
         "GROQPOLICY_LONG_POLL_MAX_S": ("long_poll_max_s", int),
+        "GROQPOLICY_MAX_LOG_EVENT_BYTES": ("max_log_event_bytes", int),
+        "GROQPOLICY_MAX_STATUS_BYTES": ("max_status_bytes", int),
+        "GROQPOLICY_DECISION_LOG_FILE_BYTES": ("decision_log_file_bytes", int),
         "GROQPOLICY_BRIDGE_URL": ("bridge_url", str),
         "GROQPOLICY_TOKENS": ("tokens", str),
         "GROQPOLICY_TOKENS_FILE": ("tokens_file", Path),
@@ -151,8 +152,6 @@ class Settings(_Section, kw_only=True):
         "GROQPOLICY_AUDIT_CHECKPOINT_S": ("audit_checkpoint_s", float),
         "GROQPOLICY_AUDIT_MAX_AGE_S": ("audit_max_age_s", float),
         "GROQPOLICY_AUDIT_MAX_BYTES": ("audit_max_bytes", int),
-        "GROQPOLICY_DECISION_LOG_MAX_AGE_S": ("decision_log_max_age_s", float),
-        "GROQPOLICY_DECISION_LOG_MAX_BYTES": ("decision_log_max_bytes", int),
         "GROQPOLICY_RECORD_KEY_FILE": ("record_key_file", Path),
         "GROQPOLICY_RECORD_TRUSTED_KEYS": ("record_trusted_keys", Path),
         "GROQPOLICY_GATEWAY_CACHE_SIZE": ("gateway_cache_size", int),
@@ -381,8 +380,7 @@ def variables() -> set[str]:
 
 
 __all__ = [
-    "AUDIT_DURABILITIES", "AUDIT_MAX_AGE_S", "AUDIT_MAX_BYTES", "DECISION_LOG_MAX_AGE_S", "DECISION_LOG_MAX_BYTES",
-    "DEFAULT_DEADLINE_MS", "DEFAULT_NATS_URL", "PROJECT_ROOT", "SECTIONS", "ClientSettings", "ConfigError",
+    "AUDIT_DURABILITIES", "AUDIT_MAX_AGE_S", "AUDIT_MAX_BYTES", "DEFAULT_DEADLINE_MS", "DEFAULT_NATS_URL", "PROJECT_ROOT", "SECTIONS", "ClientSettings", "ConfigError",
     "EngineSettings", "GatewaySettings", "GroqSettings", "Settings", "SigningSettings", "SupervisorSettings",
     "ToolchainSettings", "audit_durability", "environment", "variables",
 ]
