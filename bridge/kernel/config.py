@@ -32,9 +32,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 DEFAULT_DEADLINE_MS = 5_000  # a model call's deadline when its request names none (gateway, worker, client)
 AUDIT_DURABILITIES = ("spool", "ack")
-# audit stream retention (JetStream limits: the oldest records go first; 0 = no limit). ~680 bytes per
-# evaluation (benchmarks/README.md): 1 GiB holds ~1.5 M evaluations, a laptop's worth. Every process
-# that opens the stream starts from these, so only a deliberate setting differs from the bootstrap's.
+# audit stream retention (oldest first; 0 = none): 1 GiB ~ 1.5 M evaluations (benchmarks/README.md). Every
+# process opening the stream starts from these, so only a deliberate setting differs from the bootstrap's.
 AUDIT_MAX_AGE_S = 30 * 86400.0
 AUDIT_MAX_BYTES = 1 << 30
 
