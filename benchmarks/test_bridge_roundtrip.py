@@ -8,8 +8,10 @@
     l1_lookup     InferenceEngine.lookup_l1 alone, in this process (key hash + LRU lookup + reply copy)
 
 Processes: nats-server, emulator, worker, gateway and the bare responder each run alone; the client
-is this pytest process. `GROQPOLICY_BENCH_SHORT=1` cuts the rounds (CI: well under a minute).
-Each test stores median and p99 (µs) in `extra_info`; `benchmarks/README.md` explains the numbers.
+is this pytest process. The contenders take turns in interleaved blocks (`benchmarks.harness.interleaved`),
+so the machine's drift reaches all of them alike. `GROQPOLICY_BENCH_SHORT=1` cuts the blocks (CI: well
+under a minute). The test stores median and p99 (µs) per contender in `extra_info` and prints a table;
+`benchmarks/README.md` explains the numbers.
 """
 
 from __future__ import annotations
@@ -21,20 +23,22 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
 import nats
 import pytest
 
-from benchmarks.harness import HTTPClient, spawn
+from benchmarks.harness import HTTPClient, interleaved, local_runner, spawn, stats
 from bridge.inference.wire import BUDGET_HEADER, InferRequest
 from controlplane.infra.processes import free_port, start_nats, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SHORT = os.environ.get("GROQPOLICY_BENCH_SHORT") == "1"
-ROUNDS = 300 if SHORT else 3000
-MISS_ROUNDS = 150 if SHORT else 1000
+BLOCKS = 3 if SHORT else 10
+PER_BLOCK = 5000  # calls per contender per block, at most ...
+BUDGET_S = 0.3 if SHORT else 1.2  # ... and no longer than this
 WARMUP = 30 if SHORT else 200
 
 CONTEXT = {"prompt": "Summarise the attached quarterly report in three bullet points.", "user": {"id": "u-123", "role": "analyst"}}
@@ -91,7 +95,11 @@ def stack():
         assert procs[-1].stdout.readline().strip() == b"ready"
         http = HTTPClient(gw_port)
         loop.run_until_complete(http.connect())
-        yield {"loop": loop, "nc": nc, "http": http, "reply_size": len(first.data), "emulator_url": f"http://127.0.0.1:{emu_port}"}
+        stack = {"loop": loop, "nc": nc, "http": http, "reply_size": len(first.data), "emulator_url": f"http://127.0.0.1:{emu_port}",
+                 "closers": []}
+        yield stack
+        for close in stack["closers"]:
+            close()
         http.close()
         loop.run_until_complete(nc.close())
     finally:
@@ -106,50 +114,39 @@ def stack():
         loop.close()
 
 
-def _record(benchmark, **extra) -> None:
-    data = sorted(benchmark.stats.stats.data)
-    benchmark.extra_info.update(
-        median_us=round(data[len(data) // 2] * 1e6, 1),
-        p99_us=round(data[min(len(data) - 1, int(len(data) * 0.99))] * 1e6, 1),
-        **extra,
-    )
-
-
-def test_bridge_bare_nats(benchmark, stack):
+def _bare(stack) -> Callable[[], object]:
     loop, nc = stack["loop"], stack["nc"]
 
     def once():
         return loop.run_until_complete(nc.request("bench.bare", HIT_BODY, timeout=5))
 
-    msg = benchmark.pedantic(once, rounds=ROUNDS, warmup_rounds=WARMUP, iterations=1)
-    assert len(msg.data) == stack["reply_size"]
-    _record(benchmark, path="client -> nats -> bare responder")
+    assert len(once().data) == stack["reply_size"]
+    return once
 
 
-def test_bridge_worker_cache_hit(benchmark, stack):
+def _worker_hit(stack) -> Callable[[], object]:
     loop, nc = stack["loop"], stack["nc"]
     headers = {BUDGET_HEADER: "2000"}
 
     def once():
         return loop.run_until_complete(nc.request("groq.infer.fast", HIT_BODY, timeout=5, headers=headers))
 
-    msg = benchmark.pedantic(once, rounds=ROUNDS, warmup_rounds=WARMUP, iterations=1)
-    assert msgspec.json.decode(msg.data)["cached"] is True
-    _record(benchmark, path="client -> nats -> worker (L1 hit)")
+    assert msgspec.json.decode(once().data)["cached"] is True
+    return once
 
 
-def test_bridge_gateway_cache_hit(benchmark, stack):
+def _gateway_hit(stack) -> Callable[[], object]:
     loop, http = stack["loop"], stack["http"]
 
     def once():
         return loop.run_until_complete(http.post("/v1/infer/fast", HIT_BODY))
 
-    status, body = benchmark.pedantic(once, rounds=ROUNDS, warmup_rounds=WARMUP, iterations=1)
+    status, body = once()
     assert status == 200 and msgspec.json.decode(body)["cached"] is True
-    _record(benchmark, path="client -> HTTP gateway -> nats -> worker (L1 hit)")
+    return once
 
 
-def test_bridge_gateway_model_call(benchmark, stack):
+def _gateway_miss(stack) -> Callable[[], object]:
     loop, http = stack["loop"], stack["http"]
     counter = itertools.count()
     run = os.getpid()
@@ -159,13 +156,13 @@ def test_bridge_gateway_model_call(benchmark, stack):
                                     "context": CONTEXT, "deadline_ms": 5000})
         return loop.run_until_complete(http.post("/v1/infer/fast", body))
 
-    status, body = benchmark.pedantic(once, rounds=MISS_ROUNDS, warmup_rounds=min(WARMUP, 50), iterations=1)
+    status, body = once()
     reply = msgspec.json.decode(body)
     assert status == 200 and reply["cached"] is False and reply["emulated"] is True
-    _record(benchmark, path="client -> HTTP gateway -> nats -> worker -> groq SDK -> emulator (0 ms)")
+    return once
 
 
-def test_bridge_sdk_emulator_call(benchmark, stack):
+def _sdk_call(stack) -> Callable[[], object]:
     import groq
 
     from bridge.inference.prompts import render
@@ -173,6 +170,7 @@ def test_bridge_sdk_emulator_call(benchmark, stack):
 
     loop = stack["loop"]
     client = groq.AsyncGroq(base_url=stack["emulator_url"], api_key="bench", max_retries=0)
+    stack["closers"].append(lambda: loop.run_until_complete(client.close()))
     messages = render(msgspec.json.decode(HIT_BODY, type=InferRequest))
     rf = {"type": "json_schema", "json_schema": {"name": "policy_verdict", "strict": True, "schema": VERDICT_JSON_SCHEMA}}
 
@@ -180,13 +178,11 @@ def test_bridge_sdk_emulator_call(benchmark, stack):
         return loop.run_until_complete(client.chat.completions.create(
             model="openai/gpt-oss-20b", messages=messages, response_format=rf, max_completion_tokens=512, temperature=0.0))
 
-    comp = benchmark.pedantic(once, rounds=MISS_ROUNDS, warmup_rounds=min(WARMUP, 50), iterations=1)
-    assert comp.choices[0].message.content
-    loop.run_until_complete(client.close())
-    _record(benchmark, path="client -> groq SDK -> HTTP -> emulator (0 ms)")
+    assert once().choices[0].message.content
+    return once
 
 
-def test_bridge_l1_lookup(benchmark):
+def _l1_lookup(stack) -> Callable[[], object]:
     from bridge.inference.cache import cache_key
     from bridge.inference.catalog import default_catalog
     from bridge.inference.wire import InferReply
@@ -202,6 +198,36 @@ def test_bridge_l1_lookup(benchmark):
     def once():
         return engine.lookup_l1("fast", req, time.perf_counter())
 
-    hit = benchmark.pedantic(once, rounds=ROUNDS * 10, warmup_rounds=WARMUP, iterations=1)
+    hit = once()
     assert hit is not None and hit[0].cached
-    _record(benchmark, path="InferenceEngine.lookup_l1 (sha256 key + LRU get + reply copy)")
+    return once
+
+
+CONTENDERS = {
+    "bare_nats": (_bare, "client -> nats -> bare responder"),
+    "worker_cache_hit": (_worker_hit, "client -> nats -> worker (L1 hit)"),
+    "gateway_cache_hit": (_gateway_hit, "client -> HTTP gateway (its own judgment cache)"),
+    "gateway_model_call": (_gateway_miss, "client -> HTTP gateway -> nats -> worker -> groq SDK -> emulator (0 ms)"),
+    "sdk_emulator_call": (_sdk_call, "client -> groq SDK -> HTTP -> emulator (0 ms)"),
+    "l1_lookup": (_l1_lookup, "InferenceEngine.lookup_l1 (sha256 key + LRU get + reply copy)"),
+}
+
+
+def test_bridge_side_by_side(benchmark, stack):
+    """Every contender in `BLOCKS` interleaved blocks of at most `PER_BLOCK` calls or `BUDGET_S`
+    seconds each (the order rotates every block), after `WARMUP` unrecorded calls."""
+    runners = {}
+    for name, (make, _path) in CONTENDERS.items():
+        once = make(stack)
+        for _ in range(WARMUP):
+            once()
+        runners[name] = local_runner(once)
+    times: dict[str, list[float]] = {}
+    benchmark.pedantic(lambda: times.update(interleaved(runners, BLOCKS, PER_BLOCK, BUDGET_S)), rounds=1, iterations=1)
+    bare = stats(times["bare_nats"])["median_us"]
+    lines = ["", f"{'contender':<20} {'median us':>10} {'p99 us':>10} {'n':>6} {'/ bare':>7}"]
+    for name, data in times.items():
+        row = stats(data)
+        benchmark.extra_info[name] = {**row, "path": CONTENDERS[name][1]}
+        lines.append(f"{name:<20} {row['median_us']:>10.1f} {row['p99_us']:>10.1f} {row['n']:>6} {row['median_us'] / bare:>7.2f}")
+    print("\n".join(lines))

@@ -6,8 +6,9 @@ one pytest process:
 - regopy        rego-cpp's Python binding, on a prepared (built) bundle
 - opa-py-wasm   the PyPI OPA-WASM SDK (wasmtime-py's regular call path)
 
-Every measurement is one evaluation per round (`pedantic(iterations=1)`), so the stats are
-per-evaluation and p99 is meaningful. `GROQPOLICY_BENCH_SHORT=1` keeps the module well under a minute.
+Every timed call is one evaluation, so the stats are per evaluation and the p99 is real. The
+contenders take turns in interleaved blocks (`benchmarks.harness.interleaved`), so the machine's
+drift reaches all of them alike. `GROQPOLICY_BENCH_SHORT=1` keeps the module well under a minute.
 A summary table (median, p99, ratio to groqpolicy) is printed at the end of the module.
 """
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import os
 import socket
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -29,12 +29,15 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent / "wasm"))
 from wasm_bench_common import POLICIES, IsolatedWasmtime, build, ensure_opa_py_wasm, peer_builtins
 
+from benchmarks.harness import interleaved, local_runner, stats
 from bridge.opawasm import LoadOptions, WasmPolicy
 from controlplane.infra.toolchain import opa_binary
 
 SHORT = os.environ.get("GROQPOLICY_BENCH_SHORT") == "1"
-ROUNDS = {"groqpolicy": 3000 if SHORT else 50000, "regopy": 2000 if SHORT else 20000,
-          "opa-py-wasm": 300 if SHORT else 3000, "opa-rest": 500 if SHORT else 5000}
+BLOCKS = 3 if SHORT else 10
+PER_BLOCK = 20_000  # evaluations per contender per block, at most ...
+BUDGET_S = 0.15 if SHORT else 1.0  # ... and no longer than this
+WARMUP = 200  # unrecorded evaluations per contender before the first block
 RESULTS: dict[tuple[str, str], dict[str, float]] = {}
 CONTENDERS = ["groqpolicy", "opa-rest", "regopy", "opa-py-wasm"]
 
@@ -80,12 +83,16 @@ def opa_server(tmp_path_factory):
     proc.wait(timeout=10)
 
 
+class Unavailable(Exception):
+    """A peer that cannot run a policy: reported with the reason, not timed."""
+
+
 @pytest.fixture(scope="module")
-def peer():
+def peer() -> IsolatedWasmtime | str:
     try:
         return IsolatedWasmtime(ensure_opa_py_wasm())
-    except Exception as exc:  # noqa: BLE001 - reported as a skip with its reason
-        pytest.skip(f"opa-py-wasm unavailable: {type(exc).__name__}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - reported as skipped with its reason
+        return f"opa-py-wasm unavailable: {type(exc).__name__}: {exc}"
 
 
 def _groqpolicy(name: str) -> Callable[[], Any]:
@@ -109,7 +116,7 @@ def _regopy(name: str) -> Callable[[], Any]:
     try:
         import regopy
     except ImportError as exc:
-        pytest.skip(f"regopy not installed: {exc}")
+        raise Unavailable(f"regopy not installed: {exc}") from exc
     spec = POLICIES[name]
     build_rego = regopy.Interpreter()
     if spec["data"]:
@@ -119,7 +126,7 @@ def _regopy(name: str) -> Callable[[], Any]:
     try:
         bundle = build_rego.build(None, [ep])
     except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"regopy cannot build this policy: {exc}")
+        raise Unavailable(f"regopy cannot build this policy: {exc}") from exc
     run = regopy.Interpreter()
     inp = spec["input"]
 
@@ -130,7 +137,7 @@ def _regopy(name: str) -> Callable[[], Any]:
     out = once()
     text = str(out)
     if not out.ok() or '"expressions":[true]' not in text.replace(" ", ""):
-        pytest.skip(f"regopy gives a different answer for {name}: {text[:200]}")
+        raise Unavailable(f"regopy gives a different answer for {name}: {text[:200]}")
     return once
 
 
@@ -147,7 +154,7 @@ def _opa_py_wasm(name: str, peer: IsolatedWasmtime) -> Callable[[], Any]:
             with peer:
                 p.set_data(spec["data"])
     except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"opa-py-wasm cannot load {name}: {type(exc).__name__}: {exc}")
+        raise Unavailable(f"opa-py-wasm cannot load {name}: {type(exc).__name__}: {exc}") from exc
     ep, inp = spec["entrypoint"], spec["input"]
 
     def once() -> Any:
@@ -157,32 +164,45 @@ def _opa_py_wasm(name: str, peer: IsolatedWasmtime) -> Callable[[], Any]:
     try:
         res = once()
     except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"opa-py-wasm cannot evaluate {name}: {type(exc).__name__}: {exc}")
+        raise Unavailable(f"opa-py-wasm cannot evaluate {name}: {type(exc).__name__}: {exc}") from exc
     if res is not True:
-        pytest.skip(f"opa-py-wasm gives {res!r} for {name}")
+        raise Unavailable(f"opa-py-wasm gives {res!r} for {name}")
     return once
 
 
-@pytest.mark.parametrize("contender", CONTENDERS)
-@pytest.mark.parametrize("policy", list(POLICIES))
-def test_wasm_eval(benchmark, policy: str, contender: str, request):
+def _contender(policy: str, contender: str, opa_server: httpx.Client, peer: IsolatedWasmtime | str) -> Callable[[], Any]:
     if contender == "groqpolicy":
-        fn = _groqpolicy(policy)
-    elif contender == "opa-rest":
-        fn = _opa_rest(policy, request.getfixturevalue("opa_server"))
-    elif contender == "regopy":
-        fn = _regopy(policy)
-    else:
-        fn = _opa_py_wasm(policy, request.getfixturevalue("peer"))
+        return _groqpolicy(policy)
+    if contender == "opa-rest":
+        return _opa_rest(policy, opa_server)
+    if contender == "regopy":
+        return _regopy(policy)
+    if isinstance(peer, str):
+        raise Unavailable(peer)
+    return _opa_py_wasm(policy, peer)
+
+
+@pytest.mark.parametrize("policy", list(POLICIES))
+def test_wasm_eval(benchmark, policy: str, opa_server, peer):
+    """All contenders on one policy, in `BLOCKS` interleaved blocks of `BUDGET_S` each (the order
+    rotates every block), one evaluation per timed call."""
+    runners, skipped = {}, {}
+    for contender in CONTENDERS:
+        try:
+            fn = _contender(policy, contender, opa_server, peer)
+        except Unavailable as exc:
+            skipped[contender] = str(exc)
+            continue
+        for _ in range(WARMUP):
+            fn()
+        runners[contender] = local_runner(fn)
+    times: dict[str, list[float]] = {}
     benchmark.group = f"wasm-{policy}"
-    benchmark.extra_info.update({"policy": policy, "contender": contender})
-    rounds = ROUNDS[contender]
-    benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=min(200, rounds // 10))
-    data = sorted(benchmark.stats.stats.data)
-    med = statistics.median(data)
-    p99 = data[min(len(data) - 1, int(len(data) * 0.99))]
-    benchmark.extra_info.update({"median_us": med * 1e6, "p99_us": p99 * 1e6})
-    RESULTS[(policy, contender)] = {"median_us": med * 1e6, "p99_us": p99 * 1e6, "rounds": len(data)}
+    benchmark.pedantic(lambda: times.update(interleaved(runners, BLOCKS, PER_BLOCK, BUDGET_S)), rounds=1, iterations=1)
+    for contender, data in times.items():
+        RESULTS[(policy, contender)] = row = stats(data)
+        benchmark.extra_info[contender] = row
+    benchmark.extra_info["skipped"] = skipped
 
 
 @pytest.mark.filterwarnings("ignore::pytest_benchmark.logger.PytestBenchmarkWarning")

@@ -202,7 +202,8 @@ def jetstream_steps(settings: Settings) -> list[NatsStep]:
     unused = RecordKeys.generate()
 
     async def audit_stream(nc: NatsClient) -> None:  # and its checkpoints' bucket
-        await AuditTrail(nc, keys=unused, replicas=settings.nats_replicas).ensure_stream()
+        await AuditTrail(nc, keys=unused, replicas=settings.nats_replicas, max_age_s=settings.audit_max_age_s,
+                         max_bytes=settings.audit_max_bytes).ensure_stream()
 
     async def policy_store(nc: NatsClient) -> None:
         await PolicyStore(nc.jetstream, replicas=settings.nats_replicas, keys=unused).ensure()

@@ -32,6 +32,10 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 DEFAULT_DEADLINE_MS = 5_000  # a model call's deadline when its request names none (gateway, worker, client)
 AUDIT_DURABILITIES = ("spool", "ack")
+# audit stream retention (oldest first; 0 = none): 1 GiB ~ 1.5 M evaluations (benchmarks/README.md). Every
+# process opening the stream starts from these, so only a deliberate setting differs from the bootstrap's.
+AUDIT_MAX_AGE_S = 30 * 86400.0
+AUDIT_MAX_BYTES = 1 << 30
 
 _S = TypeVar("_S", bound="_Section")
 Conv = Callable[[str], Any]
@@ -119,6 +123,8 @@ class Settings(_Section, kw_only=True):
     audit_durability: str = "spool"
     audit_max_backlog: int = 100_000  # spooled records waiting for JetStream before evaluations get 503
     audit_checkpoint_s: float = 10.0  # how often the audit stream's head is exported as a signed checkpoint
+    audit_max_age_s: float = AUDIT_MAX_AGE_S  # audit stream retention by age (0: none)
+    audit_max_bytes: int = AUDIT_MAX_BYTES  # ... and by size (0: none)
     # the Ed25519 key that signs audit records, checkpoints and policy records (controlplane.infra.recordkeys);
     # default <state_dir>/record-keys/signing.pem, generated on first start. Replicas share one.
     record_key_file: Path | None = None
@@ -155,6 +161,8 @@ class Settings(_Section, kw_only=True):
         "GROQPOLICY_AUDIT_DURABILITY": ("audit_durability", _parse_audit_durability),
         "GROQPOLICY_AUDIT_MAX_BACKLOG": ("audit_max_backlog", int),
         "GROQPOLICY_AUDIT_CHECKPOINT_S": ("audit_checkpoint_s", float),
+        "GROQPOLICY_AUDIT_MAX_AGE_S": ("audit_max_age_s", float),
+        "GROQPOLICY_AUDIT_MAX_BYTES": ("audit_max_bytes", int),
         "GROQPOLICY_RECORD_KEY_FILE": ("record_key_file", Path),
         "GROQPOLICY_RECORD_TRUSTED_KEYS": ("record_trusted_keys", Path),
         "GROQPOLICY_GATEWAY_CACHE_SIZE": ("gateway_cache_size", int),
@@ -394,7 +402,7 @@ def variables() -> set[str]:
 
 
 __all__ = [
-    "AUDIT_DURABILITIES", "DEFAULT_DEADLINE_MS", "DEFAULT_NATS_URL", "PROJECT_ROOT", "SECTIONS", "ClientSettings", "ConfigError",
+    "AUDIT_DURABILITIES", "AUDIT_MAX_AGE_S", "AUDIT_MAX_BYTES", "DEFAULT_DEADLINE_MS", "DEFAULT_NATS_URL", "PROJECT_ROOT", "SECTIONS", "ClientSettings", "ConfigError",
     "EngineSettings", "GatewaySettings", "GroqSettings", "Settings", "SigningSettings", "SupervisorSettings",
     "ToolchainSettings", "audit_durability", "environment", "variables",
 ]

@@ -34,6 +34,7 @@ from nats.aio.msg import Msg
 from nats.js.api import StorageType, StreamConfig, StreamState
 from nats.js.errors import NotFoundError
 
+from bridge.kernel.config import AUDIT_MAX_AGE_S, AUDIT_MAX_BYTES
 from bridge.kernel.errors import ConfigError
 from controlplane.audit.errors import AuditError, AuditUnavailable
 from controlplane.audit.records import GENESIS_HASH, AuditRecord, StoredRecord, check_stored
@@ -79,11 +80,15 @@ class AuditStream:
     """One JetStream stream of audit records, as the writer and the reader both see it."""
 
     def __init__(self, nc: Client, *, name: str = STREAM, prefix: str = PREFIX, replicas: int = 1,
-                 timeout: float = 5.0) -> None:
+                 timeout: float = 5.0, max_age_s: float = AUDIT_MAX_AGE_S, max_bytes: int = AUDIT_MAX_BYTES) -> None:
         self.nc = nc
         self.name = name
         self.prefix = prefix
         self.replicas = replicas
+        # retention: JetStream drops the oldest records past either limit (0: none); verify then starts
+        # at the oldest record kept (controlplane.audit.verify)
+        self.max_age_s = max_age_s
+        self.max_bytes = max_bytes
         self.timeout = timeout  # of one JetStream request (an ack, a read)
 
     # -- layout and the chain's rules ----------------------------------------------------------
@@ -107,7 +112,9 @@ class AuditStream:
             allow_direct=True,
             allow_atomic=True,  # a group commit is one atomic batch (nats-server 2.12+)
             deny_delete=True,  # a record cannot be removed through the API...
-            deny_purge=True,  # ...nor the stream emptied
+            deny_purge=True,  # ...nor the stream emptied; only the retention limits drop the oldest
+            max_age=self.max_age_s,
+            max_bytes=self.max_bytes or -1,
         )
 
     async def ensure(self) -> None:
@@ -120,9 +127,11 @@ class AuditStream:
             await self._admin(js.add_stream(config), "is missing")
             log.info("audit stream %s created (replicas=%d)", self.name, self.replicas)
             return
-        if info.config.num_replicas != self.replicas or not info.config.allow_atomic:
-            await self._admin(js.update_stream(config), f"has {info.config.num_replicas} replicas, want {self.replicas}")
-            log.info("audit stream %s: replicas %s -> %d", self.name, info.config.num_replicas, self.replicas)
+        have = (info.config.num_replicas, bool(info.config.allow_atomic), info.config.max_age or 0.0, info.config.max_bytes or -1)
+        want = (self.replicas, True, float(config.max_age or 0.0), config.max_bytes)
+        if have != want:
+            await self._admin(js.update_stream(config), f"has (replicas, atomic, max age, max bytes) {have}, want {want}")
+            log.info("audit stream %s: (replicas, atomic, max age, max bytes) %s -> %s", self.name, have, want)
 
     async def _admin(self, call: Awaitable[object], what: str) -> None:
         """Create or update the stream. On an authenticated server only the bootstrap identity may

@@ -25,6 +25,7 @@ from typing import Generic, TypeVar, overload
 from nats.aio.client import Client
 from nats.js.api import StreamConfig
 
+from bridge.kernel.config import AUDIT_MAX_AGE_S, AUDIT_MAX_BYTES
 from controlplane.audit.checkpoints import Checkpoints
 from controlplane.audit.errors import AuditError, AuditQueryError, AuditRecordTooLarge, AuditUnavailable
 from controlplane.audit.reader import AuditFilters, AuditPage, TrailReader, VerifyReport
@@ -85,8 +86,11 @@ class AuditTrail:
         on_spooled_stored: Callable[[list[AuditRecord]], None] | None = None,
         close_drain_s: float = CLOSE_DRAIN_S,
         spool_linger_s: float = SPOOL_LINGER_S,
+        max_age_s: float = AUDIT_MAX_AGE_S,
+        max_bytes: int = AUDIT_MAX_BYTES,
     ) -> None:
-        self.store = AuditStream(nc, name=stream, prefix=prefix, replicas=replicas, timeout=timeout)
+        self.store = AuditStream(nc, name=stream, prefix=prefix, replicas=replicas, timeout=timeout,
+                                 max_age_s=max_age_s, max_bytes=max_bytes)
         self.writer = TrailWriter(self.store, keys=keys, append_deadline=append_deadline, spool=spool,
                                   max_backlog=max_backlog, on_spooled_stored=on_spooled_stored,
                                   close_drain_s=close_drain_s, spool_linger_s=spool_linger_s)

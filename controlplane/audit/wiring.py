@@ -79,7 +79,8 @@ class RecordingAuditSink:
                 raise ConfigError(str(exc)) from None
         trail = AuditTrail(self._nats.client, keys=self._keys, checkpoint_file=settings.state_dir / LOCAL_FILE,
                            replicas=settings.nats_replicas, spool=spool, max_backlog=settings.audit_max_backlog,
-                           on_spooled_stored=_count_appends)
+                           on_spooled_stored=_count_appends, max_age_s=settings.audit_max_age_s,
+                           max_bytes=settings.audit_max_bytes)
         await trail.ensure_stream()
         await trail.resume_spool()
         trail.checkpoints.start(settings.audit_checkpoint_s)

@@ -154,7 +154,7 @@ def launch_opa_agent(config_file: Path, workdir: Path, port: int | None = None, 
     workdir.mkdir(parents=True, exist_ok=True)
     argv = [
         str(opa_binary()), "run", "--server", "--addr", f"{host}:{port}",
-        "--config-file", str(config_file), "--log-level", "debug", "--disable-telemetry",
+        "--config-file", str(config_file), "--log-level", "info", "--disable-telemetry",
         *(extra_args or []),
     ]
     mp = spawn("opa", argv, workdir / f"opa-{port}.log", env=environment() if env is None else env)
