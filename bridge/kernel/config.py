@@ -95,6 +95,9 @@ class Settings(_Section, kw_only=True):
     max_log_body_bytes: int = 64 * 1024 * 1024  # decompressed decision-log batch limit
     compile_on_start: bool = True
     bridge_url: str = "http://127.0.0.1:8016"  # where Rego's http.send reaches the bridge gateway
+    # the token the gateway requires; bundles carry it (data.groqpolicy.config.bridge_token).
+    # Default <state_dir>/bridge-token, generated (0600) on first start.
+    bridge_token_file: Path | None = None
     tokens: str = ""  # bearer tokens `[name=]token:scope+scope,...`; none configured: generated in <state_dir>/tokens
     tokens_file: Path | None = None  # the same entries, one per line
     rate_limit: str = "2000/second"  # per client: <n>/<second|minute|hour|day> or off
@@ -126,6 +129,7 @@ class Settings(_Section, kw_only=True):
         "GROQPOLICY_SIGNING_ALG": ("signing_alg", str),
         "GROQPOLICY_LONG_POLL_MAX_S": ("long_poll_max_s", int),
         "GROQPOLICY_BRIDGE_URL": ("bridge_url", str),
+        "GROQPOLICY_BRIDGE_TOKEN_FILE": ("bridge_token_file", Path),
         "GROQPOLICY_TOKENS": ("tokens", str),
         "GROQPOLICY_TOKENS_FILE": ("tokens_file", Path),
         "GROQPOLICY_RATE_LIMIT": ("rate_limit", str),
@@ -147,10 +151,15 @@ class Settings(_Section, kw_only=True):
         if not self.opa_url:
             self.opa_url = f"http://127.0.0.1:{self.agent_port}"
 
-    def bundle_overlay(self) -> dict[str, Any]:
-        """Deployment facts every bundle carries at data.groqpolicy.config."""
+    def bundle_overlay(self, **secrets: Any) -> dict[str, Any]:
+        """Deployment facts every bundle carries at data.groqpolicy.config (and `secrets`: the bridge
+        token, the agent API's token digests; see controlplane.agents.sandbox)."""
         return {"groqpolicy": {"config": {"bridge_url": self.bridge_url,
-                                          "min_allow_confidence": MIN_MODEL_CONFIDENCE}}}
+                                          "min_allow_confidence": MIN_MODEL_CONFIDENCE, **secrets}}}
+
+    @property
+    def bridge_token_path(self) -> Path:
+        return self.bridge_token_file or self.state_dir / "bridge-token"
 
     @property
     def base_url(self) -> str:
@@ -185,8 +194,11 @@ class GatewaySettings(_Section, kw_only=True):
     nats_url: str = DEFAULT_NATS_URL
     deadline_ms: int = DEFAULT_DEADLINE_MS
     cache_size: int = 10_000  # judgments kept for their max-age; 0 disables
+    token_file: Path | None = None  # the bridge token callers must present (the control plane's file)
+    token: str = ""  # the same token as text, for callers that hold it in memory (no variable: env leaks)
 
     ENV: ClassVar[dict[str, tuple[str, Conv]]] = {
+        "GROQPOLICY_BRIDGE_TOKEN_FILE": ("token_file", Path),
         "GROQPOLICY_GATEWAY_HOST": ("host", str),
         "GROQPOLICY_GATEWAY_PORT": ("port", int),
         "NATS_URL": ("nats_url", str),
@@ -194,6 +206,11 @@ class GatewaySettings(_Section, kw_only=True):
         "GROQPOLICY_GATEWAY_DEADLINE_MS": ("deadline_ms", int),
         "GROQPOLICY_GATEWAY_CACHE_SIZE": ("cache_size", int),
     }
+
+
+    def __repr__(self) -> str:  # the token never reaches a log line
+        return (f"GatewaySettings(host={self.host!r}, port={self.port}, nats_url={self.nats_url!r}, "
+                f"token_file={self.token_file!r}, token={'***' if self.token else ''!r})")
 
 
 class GroqSettings(_Section, kw_only=True):

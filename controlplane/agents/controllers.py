@@ -20,6 +20,7 @@ from bridge.opabundle.keys import SigningKey
 from controlplane.agents.config import AgentConfigOptions, render_agent_config, to_yaml
 from controlplane.agents.decision_logs import DecisionLogStore
 from controlplane.agents.payloads import decode_json, decompress
+from controlplane.agents.sandbox import redact_bridge_token
 from controlplane.agents.status import AgentSummary, StatusStore
 from controlplane.audit.controllers import started
 from controlplane.audit.ingest import audit_decision_log_events
@@ -40,8 +41,9 @@ class AgentIngest(Controller):
     @post(["/logs", "/logs/{partition:str}"], status_code=204, summary="OPA decision-log upload (gzip JSON array)")
     async def upload_logs(self, request: Request, settings: NamedDependency[Settings],
                           decision_logs: NamedDependency[DecisionLogStore], audit_writer: NamedDependency[TrailWriter | None],
-                          partition: FromPath[str] = "") -> Response[None]:
+                          bridge_token: NamedDependency[str], partition: FromPath[str] = "") -> Response[None]:
         raw = decompress(await request.body(), request.headers.get("content-encoding", ""), settings.max_log_body_bytes)
+        raw = redact_bridge_token(raw, bridge_token)  # never stored: OPA logs http.send requests whole
         events = decision_logs.validate(decode_json(raw, "decision log batch"))
         # audit first: if JetStream does not acknowledge, the agent gets 503 and uploads the batch again
         # (nothing stored yet); a re-upload of audited events is recognised by their record ids
