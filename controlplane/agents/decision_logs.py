@@ -15,6 +15,7 @@ import msgspec
 
 from controlplane.agents.payloads import BadUpload
 from controlplane.agents.status import agent_name
+from controlplane.infra.private import open_private
 
 MEMORY_TAIL = 10_000
 
@@ -51,7 +52,7 @@ class DecisionLogStore:
         with self._lock:
             if self._path:
                 self._path.parent.mkdir(parents=True, exist_ok=True)
-                with open(self._path, "ab") as fh:
+                with open_private(self._path) as fh:  # decision inputs: the owner's alone
                     fh.write(lines)
                     fh.flush()
                     os.fsync(fh.fileno())

@@ -11,6 +11,7 @@ from pathlib import Path
 import msgspec
 
 from controlplane.agents.payloads import BadUpload
+from controlplane.infra.private import open_private
 
 HISTORY_PER_AGENT = 100
 
@@ -95,7 +96,7 @@ class StatusStore:
                 self._path.parent.mkdir(parents=True, exist_ok=True)
                 # the Prometheus dump in `metrics` is large and only the latest is of interest
                 slim = {k: v for k, v in doc.items() if k != "metrics"}
-                with open(self._path, "ab") as fh:
+                with open_private(self._path) as fh:
                     fh.write(msgspec.json.encode({"received_at": now, "status": slim}) + b"\n")
                     fh.flush()
                     os.fsync(fh.fileno())

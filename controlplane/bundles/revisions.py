@@ -18,6 +18,8 @@ from pathlib import Path
 
 import msgspec
 
+from controlplane.infra.private import open_private
+
 TARGETS = ("rego", "wasm")
 HISTORY_LIMIT = 50
 
@@ -153,7 +155,7 @@ def _resolve(fut: asyncio.Future) -> None:
 
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as fh:
+    with open_private(tmp, "wb") as fh:  # a bundle's data carries the bridge token
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())

@@ -17,6 +17,7 @@ from typing import Any
 
 from bridge.kernel.config import environment
 from bridge.kernel.errors import ToolchainError
+from controlplane.infra.private import open_private
 from controlplane.infra.toolchain import nats_server_binary, opa_binary
 
 
@@ -96,20 +97,12 @@ def spawn(name: str, argv: list[str], log_path: Path, env: dict | None = None,
     output appended to `log_path`; `pass_fds` stay open in the child under the same numbers."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     # 0600: a child's output can carry what it was asked (inputs, policy text), never for other users
-    log = os.fdopen(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
+    log = open_private(log_path)
     offset = log.tell()
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                             start_new_session=True, pass_fds=pass_fds, cwd=cwd)
     log.close()
     return ManagedProcess(name=name, proc=proc, log_path=log_path, log_offset=offset)
-
-
-def write_private(path: Path, text: str) -> None:
-    """`text` into `path`, readable by its owner only (0600, also when the file existed)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
 
 
 def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.2) -> bool:

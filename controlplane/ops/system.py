@@ -30,6 +30,7 @@ from pathlib import Path
 from bridge.kernel.config import NatsSettings, Settings, SupervisorSettings, environment
 from controlplane.agents.sandbox import bridge_token
 from controlplane.infra.natsauth import NatsAuth, bootstrap
+from controlplane.infra.private import write_private
 from controlplane.infra.processes import (
     ManagedProcess,
     free_port,
@@ -38,7 +39,6 @@ from controlplane.infra.processes import (
     listen_socket,
     port_open,
     spawn,
-    write_private,
 )
 from controlplane.infra.supervision import Child
 from controlplane.services import jetstream_steps
