@@ -12,7 +12,8 @@ it: the caller sees the connection close and retries.)
 
 NATS identities: with the embedded server, each child presents its own role's nkey
 (controlplane.infra.natsauth) and nothing a parent shell might hold (`GROQPOLICY_NATS_CREDS`, ...)
-leaks into it; the OPA agent gets no NATS credential at all. With `GROQPOLICY_NATS_URL` (a cluster
+leaks into it; the OPA agent gets nothing but PATH (every policy can read its environment), a
+token-authenticated REST API and a persistence directory (controlplane.infra.processes). With `GROQPOLICY_NATS_URL` (a cluster
 someone else runs) no NATS is started, and every child presents the credential configured there.
 """
 
