@@ -124,6 +124,11 @@ def test_agent_path_serves_the_stored_policy(system, rule):
             break
         time.sleep(0.2)  # the new revision is on its way by long polling
     assert r["result"]["decision"] in ("allow", "deny", "review"), r
+    # the control plane asks the agent on GROQPOLICY_AGENT_PORT, presenting its evaluate token
+    via_cp = httpx.post(system["cp"] + "/api/v1/opa/evaluate", timeout=30, headers=headers,
+                        json={"policy_id": rule, "input_data": CONTEXT, "use_wasm": False})
+    assert via_cp.status_code == 200 and via_cp.json()["engine"] == "opa", via_cp.text
+    assert via_cp.json()["result"]["decision"] == r["result"]["decision"]
     api = json.loads(cli(system, "evaluate", "--json", "--types", "data_governance", "--tier", "fast",
                          "--context", json.dumps(CONTEXT)).stdout)
     assert r["result"]["decision"] == api["policy_results"][0]["decision"]
