@@ -166,6 +166,8 @@ def test_no_secret_on_stdout_and_secret_files_are_private(system, rule):
     assert len(secrets) == 4
     printed = system["log"].read_text()
     assert not [s for s in secrets if s in printed]  # not the admin token, not any other
+    logs = [*(state / "logs").glob("*.log"), *(state / "opa").glob("*.log"), state / "decision_logs.jsonl"]
+    assert not [(s, p.name) for p in logs for s in secrets if s in p.read_text()]  # nor in any log
     private = [state / "tokens", state / "bridge-token", state / "opa" / "agent-1.yaml", state / "decision_logs.jsonl",
                state / "bundles" / "groqpolicy" / "rego.tar.gz", *sorted((state / "logs").glob("*.log"))]
     assert {p.name: oct(p.stat().st_mode & 0o777) for p in private} == {p.name: "0o600" for p in private}
