@@ -236,3 +236,28 @@ def test_ensure_chromium_installs_with_apt_get_only_when_missing(tmp_path, monke
     monkeypatch.setenv("CHROMIUM_BIN", str(tmp_path / "nope"))
     with pytest.raises(browser.ToolchainError, match=r"CHROMIUM_BIN=.*/nope: no such file"):
         browser.ensure_chromium()
+
+
+def test_sign_in_codes_are_one_time_short_lived_and_bounded(monkeypatch):
+    from litestar.exceptions import NotAuthorizedException
+
+    from controlplane.auth.tokens import Token
+    from controlplane.dashboard import auth
+
+    admin = Token(name="admin", scopes=frozenset({"admin"}), secret=ADMIN_TOKEN)
+    codes = auth.SignInCodes()
+    now = [1000.0]
+    monkeypatch.setattr(auth.time, "monotonic", lambda: now[0])
+    first, second = codes.issue(admin), codes.issue(admin)
+    assert ADMIN_TOKEN not in first and first != second
+    assert codes.redeem(first) is admin
+    with pytest.raises(NotAuthorizedException, match="already used or expired"):
+        codes.redeem(first)
+    now[0] += auth.SignInCodes.TTL_S
+    with pytest.raises(NotAuthorizedException, match="already used or expired"):
+        codes.redeem(second)
+    many = [codes.issue(admin) for _ in range(auth.SignInCodes.MAX_PENDING + 5)]
+    assert len(codes._pending) == auth.SignInCodes.MAX_PENDING
+    assert codes.redeem(many[-1]) is admin
+    with pytest.raises(NotAuthorizedException):
+        codes.redeem(many[0])  # the oldest made way
