@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import stat
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -90,6 +91,33 @@ def create(cp: httpx.Client, text: str) -> httpx.Response:
 ])
 def test_only_the_bridge_is_an_allowed_constant_url(url, ok):
     assert netcheck.allowed(url, "http://127.0.0.1:8016") is ok
+
+
+MODULE = """package m
+
+direct := http.send({"method": "GET", "url": "http://127.0.0.1:8015/api/v1/policies"})
+
+bridge := http.send({"method": "POST", "url": "http://127.0.0.1:8016/v1/infer/fast"})
+
+computed := http.send({"method": "GET", "url": concat("", [input.base, "/x"])})
+
+indirect if {
+	req := {"url": "http://127.0.0.1:8181/v1/policies", "method": "GET"}
+	http.send(req)
+}
+
+unrelated := {"url": "http://example.com/docs"}
+"""
+
+
+def test_constant_urls_off_the_bridge_are_found_where_they_are(opa_bin, tmp_path):
+    (tmp_path / "m.rego").write_text(MODULE)
+    ast = subprocess.run([str(opa_bin), "parse", "--format", "json", "--json-include", "locations", "m.rego"],
+                         cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    found = netcheck.violations(ast, "http://127.0.0.1:8016")
+    assert [(v.row, v.col) for v in found] == [(3, 46), (10, 17)]
+    assert found[1].message == ("http.send to 'http://127.0.0.1:8181/v1/policies': a policy may call only the bridge "
+                                "gateway (http://127.0.0.1:8016)")
 
 
 def test_the_gateway_refuses_requests_without_its_token(nats_server):

@@ -4,9 +4,10 @@ OPA's `allow_net` capability restricts `http.send` only where capabilities are g
 (`opa eval`, `opa test`, the in-process evaluator's host). `opa run` takes none, and OPA's compiler
 does not look at URLs at all; and `allow_net` names hosts, not ports, so on one machine it could not
 tell the bridge (:8016) from the control plane (:8015) or the agent's own API (:8181) anyway. So the
-compile step reads every module's AST (`opa parse --format json`) and refuses an `http.send` whose
-request object names a constant `url` outside the bridge's scheme, host and port, at that string's
-row and column. A URL built at evaluation time cannot be judged here; what it might reach on the
+compile step reads the AST (`opa parse --format json`) of every module that calls `http.send` and
+refuses a constant `url` outside the bridge's scheme, host and port, at that string's row and
+column: in the request object of a call, and in any object literal shaped like a request (`method`
+and `url`), which catches a request built in one place and sent in another. A URL built at evaluation time cannot be judged here; what it might reach on the
 agent's host all asks for a token a policy does not hold (README, Security model).
 """
 
@@ -63,6 +64,30 @@ def _calls(node: Any) -> Iterator[list[Any]]:
             yield from _calls(value)
 
 
+def _objects(node: Any) -> Iterator[dict[str, Any]]:
+    """Every object literal in the AST."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _objects(item)
+    elif isinstance(node, dict):
+        if node.get("type") == "object" and isinstance(node.get("value"), list):
+            yield node
+        for value in node.values():
+            yield from _objects(value)
+
+
+def _constant_url(request: dict[str, Any]) -> dict[str, Any] | None:
+    """The `url` term of a request object when it is a constant string."""
+    for pair in request.get("value", []):
+        if isinstance(pair, list) and len(pair) == 2 and pair[0].get("value") == "url" and pair[1].get("type") == "string":
+            return dict(pair[1])
+    return None
+
+
+def _keys(obj: dict[str, Any]) -> set[object]:
+    return {pair[0].get("value") for pair in obj.get("value", []) if isinstance(pair, list) and len(pair) == 2}
+
+
 def violations(ast_json: str, bridge_url: str) -> list[Violation]:
     """The constant `http.send` URLs of one module (`opa parse --format json --json-include
     locations` output) that are not on the bridge."""
@@ -70,20 +95,19 @@ def violations(ast_json: str, bridge_url: str) -> list[Violation]:
         ast = json.loads(ast_json)
     except ValueError:
         return []  # a module opa cannot parse was already refused by `opa check`
-    found = []
-    for call in _calls(ast):
-        request = call[1] if len(call) > 1 and isinstance(call[1], dict) else {}
-        if request.get("type") != "object":
+    requests = [call[1] for call in _calls(ast) if len(call) > 1 and isinstance(call[1], dict)
+                and call[1].get("type") == "object"]
+    requests += [obj for obj in _objects(ast) if {"method", "url"} <= _keys(obj)]
+    found: dict[tuple[int, int], Violation] = {}
+    for request in requests:
+        term = _constant_url(request)
+        if term is None or allowed(str(term.get("value")), bridge_url):
             continue
-        for key, value in request.get("value", []):
-            if key.get("value") != "url" or value.get("type") != "string":
-                continue
-            url = str(value.get("value"))
-            if not allowed(url, bridge_url):
-                loc = value.get("location") or {}
-                found.append(Violation(f"http.send to {url!r}: a policy may call only the bridge gateway "
-                                       f"({bridge_url})", int(loc.get("row", 0)), int(loc.get("col", 0))))
-    return found
+        loc = term.get("location") or {}
+        at = (int(loc.get("row", 0)), int(loc.get("col", 0)))
+        found[at] = Violation(f"http.send to {term.get('value')!r}: a policy may call only the bridge gateway "
+                              f"({bridge_url})", *at)
+    return [found[at] for at in sorted(found)]
 
 
 def restricted_capabilities(current: str, bridge_url: str) -> bytes:
