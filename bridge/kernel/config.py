@@ -107,9 +107,7 @@ class Settings(_Section, kw_only=True):
     decision_log_file_bytes: int = 64 * 1024 * 1024  # decision_logs.jsonl rotates to .1, .2, .3 at this size
     compile_on_start: bool = True
     bridge_url: str = "http://127.0.0.1:8016"  # where Rego's http.send reaches the bridge gateway
-    # the token the gateway requires; bundles carry it (data.groqpolicy.config.bridge_token).
-    # Default <state_dir>/bridge-token, generated (0600) on first start.
-    bridge_token_file: Path | None = None
+    bridge_token_file: Path | None = None  # the gateway's token, in every bundle; default <state_dir>/bridge-token
     tokens: str = ""  # bearer tokens `[name=]token:scope+scope,...`; none configured: generated in <state_dir>/tokens
     tokens_file: Path | None = None  # the same entries, one per line
     rate_limit: str = "2000/second"  # per client: <n>/<second|minute|hour|day> or off
@@ -167,14 +165,9 @@ class Settings(_Section, kw_only=True):
             self.opa_url = f"http://127.0.0.1:{self.agent_port}"
 
     def bundle_overlay(self, **secrets: Any) -> dict[str, Any]:
-        """Deployment facts every bundle carries at data.groqpolicy.config (and `secrets`: the bridge
-        token, the agent API's token digests; see controlplane.agents.sandbox)."""
+        """Deployment facts every bundle carries at data.groqpolicy.config (+ controlplane.agents.sandbox's)."""
         return {"groqpolicy": {"config": {"bridge_url": self.bridge_url,
                                           "min_allow_confidence": MIN_MODEL_CONFIDENCE, **secrets}}}
-
-    @property
-    def bridge_token_path(self) -> Path:
-        return self.bridge_token_file or self.state_dir / "bridge-token"
 
     @property
     def base_url(self) -> str:
@@ -222,10 +215,8 @@ class GatewaySettings(_Section, kw_only=True):
         "GROQPOLICY_GATEWAY_CACHE_SIZE": ("cache_size", int),
     }
 
-
     def __repr__(self) -> str:  # the token never reaches a log line
-        return (f"GatewaySettings(host={self.host!r}, port={self.port}, nats_url={self.nats_url!r}, "
-                f"token_file={self.token_file!r}, token={'***' if self.token else ''!r})")
+        return f"GatewaySettings(host={self.host!r}, port={self.port}, token={'***' if self.token else ''!r})"
 
 
 class GroqSettings(_Section, kw_only=True):

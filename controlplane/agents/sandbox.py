@@ -13,6 +13,7 @@ receive by long polling.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from bridge.kernel.config import Settings
@@ -22,9 +23,14 @@ AGENT_API_SCOPES = ("admin", "evaluate")
 REDACTED = b"[redacted bridge token]"
 
 
+def bridge_token_path(settings: Settings) -> Path:
+    """`GROQPOLICY_BRIDGE_TOKEN_FILE`, default `<state>/bridge-token`."""
+    return settings.bridge_token_file or settings.state_dir / "bridge-token"
+
+
 def bridge_token(settings: Settings) -> str:
-    """The gateway's token (`GROQPOLICY_BRIDGE_TOKEN_FILE`, default `<state>/bridge-token`, made 0600)."""
-    return ensure_secret(settings.bridge_token_path)
+    """The gateway's token, generated (0600) on first use."""
+    return ensure_secret(bridge_token_path(settings))
 
 
 def sandbox_overlay(settings: Settings, tokens: TokenSet | None, token: str) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bridge.kernel.config import NatsSettings, Settings, SupervisorSettings, environment
-from controlplane.agents.sandbox import bridge_token
+from controlplane.agents.sandbox import bridge_token, bridge_token_path
 from controlplane.infra.natsauth import NatsAuth, bootstrap
 from controlplane.infra.private import write_private
 from controlplane.infra.processes import (
@@ -137,7 +137,7 @@ class System:
         port = self.ports.gateway_port
         argv = [sys.executable, "-m", "bridge.inference.gateway", "--port", str(port)]
         bridge_token(self.settings)  # generated before either side needs it: the gateway and the control plane
-        env = dict(self.env("gateway"), GROQPOLICY_BRIDGE_TOKEN_FILE=str(self.settings.bridge_token_path))
+        env = dict(self.env("gateway"), GROQPOLICY_BRIDGE_TOKEN_FILE=str(bridge_token_path(self.settings)))
         return Child("bridge gateway", lambda: spawn("bridge gateway", argv, self.log_dir / "gateway.log", env=env),
                      ready=lambda _: port_open(port))
 
