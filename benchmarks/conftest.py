@@ -45,6 +45,8 @@ def api_stack():
         wait_for_port(emu_port, proc=procs[-1])
         procs.append(spawn([sys.executable, "-m", "bridge.inference.worker"], tmp / "worker.log",
                             dict(env, NATS_URL=url, GROQPOLICY_EMULATOR_URL=f"http://127.0.0.1:{emu_port}")))
+        (tmp / "bridge-token").write_text("bench-bridge-token-000000000")
+        env["GROQPOLICY_BRIDGE_TOKEN_FILE"] = str(tmp / "bridge-token")  # the gateway and the control plane share it
         procs.append(spawn([sys.executable, "-m", "bridge.inference.gateway", "--port", str(gw_port)], tmp / "gw.log", dict(env, NATS_URL=url)))
         wait_for_port(gw_port, proc=procs[-1])
         cp_env = dict(env, GROQPOLICY_NATS_URL=url, GROQPOLICY_TOKENS=f"bench={TOKEN}:admin+evaluate+agent",

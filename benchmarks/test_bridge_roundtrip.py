@@ -59,6 +59,9 @@ asyncio.run(main())
 """
 
 
+BRIDGE_TOKEN = "bench-bridge-token-000000000"  # what the gateway requires (as Rego presents it)
+
+
 @pytest.fixture(scope="module")
 def stack():
     tmp = Path(tempfile.mkdtemp(prefix="bench-bridge-"))
@@ -75,7 +78,9 @@ def stack():
         wenv = dict(env, NATS_URL=url, GROQPOLICY_EMULATOR_URL=f"http://127.0.0.1:{emu_port}")
         procs.append(spawn([sys.executable, "-m", "bridge.inference.worker"], tmp / "worker.log", wenv))
         gw_port = free_port()
-        procs.append(spawn([sys.executable, "-m", "bridge.inference.gateway", "--port", str(gw_port)], tmp / "gw.log", dict(env, NATS_URL=url)))
+        (tmp / "bridge-token").write_text(BRIDGE_TOKEN)
+        procs.append(spawn([sys.executable, "-m", "bridge.inference.gateway", "--port", str(gw_port)], tmp / "gw.log",
+                           dict(env, NATS_URL=url, GROQPOLICY_BRIDGE_TOKEN_FILE=str(tmp / "bridge-token"))))
         wait_for_port(gw_port, proc=procs[-1])
         nc = loop.run_until_complete(nats.connect(url))
         # wait for the worker, then prime the cache entry every *_hit benchmark reads
@@ -93,7 +98,7 @@ def stack():
         procs.append(subprocess.Popen([sys.executable, "-c", BARE_RESPONDER, url, str(reply_file)], stdout=subprocess.PIPE,
                                       env=env, start_new_session=True))
         assert procs[-1].stdout.readline().strip() == b"ready"
-        http = HTTPClient(gw_port)
+        http = HTTPClient(gw_port, headers=b"authorization: Bearer %s\r\n" % BRIDGE_TOKEN.encode())
         loop.run_until_complete(http.connect())
         stack = {"loop": loop, "nc": nc, "http": http, "reply_size": len(first.data), "emulator_url": f"http://127.0.0.1:{emu_port}",
                  "closers": []}

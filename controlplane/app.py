@@ -89,7 +89,8 @@ def dependencies(services: Services) -> dict[str, Provide]:
         "nats": services.nats, "revisions": services.store, "publish_library": services.publish_definitions,
         "statuses": services.statuses, "decision_logs": services.decision_logs, "policies": services.policies,
         "pipeline": rt.pipeline, "evaluator": rt.evaluator, "model_client": rt.models, "catalog": rt.catalog,
-        "gauges": services.gauges, "startup_errors": services.startup_errors,
+        "gauges": services.gauges, "startup_errors": services.startup_errors, "bridge_token": services.bridge_token,
+        "signin_codes": services.signin_codes,
     }
     recorder = services.recorder
 

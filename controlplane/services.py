@@ -27,6 +27,7 @@ from bridge.kernel.errors import GroqPolicyError
 from bridge.opabundle.keys import SigningKey
 from bridge.opawasm import HostConfig, WasmEvaluator
 from controlplane.agents.decision_logs import DecisionLogStore
+from controlplane.agents.sandbox import bridge_token, sandbox_overlay
 from controlplane.agents.status import StatusStore
 from controlplane.audit import AuditTrail
 from controlplane.audit.wiring import EscalationPublisher, RecordingAuditSink
@@ -35,6 +36,7 @@ from controlplane.bundles.compiler import Compiler, load_definitions
 from controlplane.bundles.keystore import ensure_signing_key
 from controlplane.bundles.publisher import BundlePublisher
 from controlplane.bundles.revisions import RevisionStore
+from controlplane.dashboard.auth import SignInCodes
 from controlplane.evaluation.model_stage import metered_transport
 from controlplane.evaluation.nats_service import EvaluateService
 from controlplane.evaluation.pipeline import Pipeline
@@ -114,6 +116,8 @@ class Services:
     runtime: EvaluationRuntime  # evaluator, hot swap, pipeline, policy.evaluate, inference client
     gauges: StoreGauges  # what /metrics reads from the stores at scrape time
     tokens: TokenSet | None = None  # bearer tokens and scopes (controlplane.auth); None refuses everyone
+    bridge_token: str = ""  # what the gateway requires; bundles carry it (controlplane.agents.sandbox)
+    signin_codes: SignInCodes = field(default_factory=SignInCodes)  # the dashboard's one-time sign-in links
     startup_errors: list[str] = field(default_factory=list)
 
     @classmethod
@@ -121,8 +125,10 @@ class Services:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         store = RevisionStore(settings.state_dir)
         key = ensure_signing_key(settings)
-        compiler = Compiler(settings.rego_root)
-        publisher = BundlePublisher(compiler, store, key, settings.rego_root, overlay=settings.bundle_overlay())
+        tokens, token = ensure_tokens(settings), bridge_token(settings)
+        compiler = Compiler(settings.rego_root, bridge_url=settings.bridge_url)
+        publisher = BundlePublisher(compiler, store, key, settings.rego_root,
+                                    overlay=sandbox_overlay(settings, tokens, token))
         nats = NatsConnection(settings, NatsSettings.from_env(), bootstrap_steps=jetstream_steps(settings))
         record_keys = ensure_record_keys(settings)  # signs audit records, checkpoints and policy records
         recorder = RecordingAuditSink(settings, nats, record_keys)
@@ -149,7 +155,7 @@ class Services:
                              audit_writer=lambda: recorder.trail.writer if recorder.trail is not None else None)
         return cls(settings=settings, store=store, decision_logs=decision_logs, statuses=statuses, signing_key=key,
                    publisher=publisher, nats=nats, policies=policies, recorder=recorder, runtime=runtime,
-                   gauges=gauges, tokens=ensure_tokens(settings))
+                   gauges=gauges, tokens=tokens, bridge_token=token)
 
     def components(self) -> list[tuple[str, Component]]:
         """What runs while the app runs, in start order: the connection first, then what uses it;

@@ -23,6 +23,8 @@ from bridge.inference.worker import EngineSettings, GroqConnection, InferenceEng
 from bridge.kernel.config import NatsSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+BRIDGE_TOKEN = "test-bridge-token-0000000000"  # what the test gateways require
+BRIDGE_HEADERS = {"Authorization": f"Bearer {BRIDGE_TOKEN}"}
 
 
 class Emu:
@@ -68,6 +70,7 @@ async def worker_on(nats_url: str, emu: Emu, settings: EngineSettings | None = N
 
 @asynccontextmanager
 async def gateway_on(nats_url: str, **kw):
+    kw.setdefault("token", BRIDGE_TOKEN)
     srv = ThreadServer(create_gateway(nats_url, **kw))
     try:
         yield srv
@@ -117,4 +120,4 @@ async def wait_for_workers(nats_url: str, count: int, timeout: float = 20.0,
 
 
 async def post(client: httpx.AsyncClient, url: str, tier: str, body: dict) -> httpx.Response:
-    return await client.post(f"{url}/v1/infer/{tier}", json=body)
+    return await client.post(f"{url}/v1/infer/{tier}", json=body, headers=BRIDGE_HEADERS)

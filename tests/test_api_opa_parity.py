@@ -18,7 +18,7 @@ from bridge.inference.gateway import create_app as create_gateway
 from bridge.inference.serving import ThreadServer
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from controlplane.infra.processes import free_port, start_opa_agent
-from tests.bridge_helpers import REPO_ROOT, Emu, spawn_worker, wait_for_workers
+from tests.bridge_helpers import BRIDGE_TOKEN, REPO_ROOT, Emu, spawn_worker, wait_for_workers
 from tests.controlplane_helpers import ADMIN_HEADERS, make_settings, running_control_plane
 from tests.policy_examples import load_policy_examples
 
@@ -40,13 +40,14 @@ def test_wasm_and_opa_agent_agree_on_every_example(tmp_path, nats_server, opa_bi
     assert sorted(examples) == sorted(p.name for p in (REPO_ROOT / "rego" / "policies").iterdir())
     emu = Emu()
     worker = spawn_worker(url, emu.url, tmp_path / "worker.log")
-    gateway = ThreadServer(create_gateway(url))
+    gateway = ThreadServer(create_gateway(url, token=BRIDGE_TOKEN))
+    (tmp_path / "bridge-token").write_text(BRIDGE_TOKEN)
     agent = None
     try:
         asyncio.run(wait_for_workers(url, 1))
         agent_port = free_port()
         settings = make_settings(tmp_path / "state", compile_on_start=True, nats_url=url, bridge_url=gateway.url,
-                                 opa_url=f"http://127.0.0.1:{agent_port}")
+                                 opa_url=f"http://127.0.0.1:{agent_port}", bridge_token_file=tmp_path / "bridge-token")
         with running_control_plane(settings), httpx.Client(base_url=settings.base_url, headers=ADMIN_HEADERS, timeout=30) as cp:
             ids = {}
             for ptype in examples:
@@ -58,8 +59,10 @@ def test_wasm_and_opa_agent_agree_on_every_example(tmp_path, nats_server, opa_bi
             revision = ids[ptype]["bundle_revision"]
             config = cp.get("/api/v1/opa/config", params={"agent_id": "parity", "min_delay_s": 1, "max_delay_s": 2}).text
             (tmp_path / "agent.yaml").write_text(config)
-            agent = start_opa_agent(tmp_path / "agent.yaml", tmp_path / "opa", port=agent_port)
-            opa = httpx.Client(base_url=agent.extra["url"], timeout=30)
+            # as `groqpolicy up` runs it: its REST API admits only the deployment's tokens, and the
+            # control plane presents its evaluate token for use_wasm false
+            agent = start_opa_agent(tmp_path / "agent.yaml", tmp_path / "opa", port=agent_port, authenticated=True)
+            opa = httpx.Client(base_url=agent.extra["url"], timeout=30, headers=ADMIN_HEADERS)
             wait_for(lambda: opa.get("/v1/data/system/bundles").status_code == 200 and
                      opa.get("/v1/status").status_code != 500 and
                      opa.post(f"/v1/data/{ids[ptype]['entrypoint']}", json={"input": {}}).json().get("result"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import stat
 
 import httpx
@@ -207,6 +208,21 @@ def test_rate_limit_is_per_client_and_spares_agents(tmp_path, nats_server):
             assert client.get("/bundles/b", headers=bearer(AGENT_TOKEN)).status_code == 200
             assert client.get("/health").status_code == 200
             assert client.get("/metrics").status_code == 200
+
+
+def test_rotating_random_tokens_are_rate_limited_by_address(tmp_path, nats_server):
+    """A new random bearer string per request is not a new client: unknown tokens count against the
+    caller's address, on every route (the agents' routes too), and a known token keeps its own budget."""
+    settings = make_settings(tmp_path / "state", nats_url=nats_server.extra["url"], rate_limit="5/minute")
+    with running_control_plane(settings) as services, httpx.Client(base_url=settings.base_url, timeout=30) as client:
+        services.store.activate("b", "r1", {"rego": b"bundle"})
+        statuses = [client.get(path, headers=bearer(secrets.token_urlsafe(24))).status_code
+                    for path in ["/api/v1/groq/models", "/bundles/b"] * 4]
+        assert statuses[:5] == [401] * 5 and set(statuses[5:]) == {429}, statuses
+        r = client.get("/api/v1/groq/models")  # no token at all: the same address, the same budget
+        assert r.status_code == 429 and r.headers["retry-after"]
+        assert client.get("/api/v1/groq/models", headers=bearer(EVALUATE_TOKEN)).status_code == 200
+        assert client.get("/bundles/b", headers=bearer(AGENT_TOKEN)).status_code == 200
 
 
 def test_token_entries_and_their_errors():

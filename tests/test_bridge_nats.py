@@ -13,7 +13,7 @@ import pytest
 from bridge.emulator import ModelBehaviour
 from bridge.inference.wire import BUDGET_HEADER
 from bridge.kernel.vocabulary import ROUTABLE_TIERS, TIERS
-from tests.bridge_helpers import Emu, fast_settings, gateway_on, post, worker_on
+from tests.bridge_helpers import BRIDGE_HEADERS, BRIDGE_TOKEN, Emu, fast_settings, gateway_on, post, worker_on
 
 FAST = "openai/gpt-oss-20b"
 
@@ -95,7 +95,8 @@ async def test_gateway_never_keeps_a_fail_closed_reply(nats_url, emu: Emu):
 )
 async def test_gateway_rejects_bad_input(nats_url, emu: Emu, tier, content, status, code):
     async with worker_on(nats_url, emu), gateway_on(nats_url) as gw, httpx.AsyncClient() as c:
-        r = await c.post(f"{gw.url}/v1/infer/{tier}", content=content, headers={"content-type": "application/json"})
+        r = await c.post(f"{gw.url}/v1/infer/{tier}", content=content,
+                         headers={"content-type": "application/json", **BRIDGE_HEADERS})
         assert r.status_code == status, r.text
         assert r.json()["error"]["code"] == code and set(r.json()["error"]) == {"message", "type", "code"}
         assert r.headers["cache-control"] == "no-store"
@@ -168,7 +169,7 @@ async def test_serve_gateway_in_this_loop(nats_url, emu: Emu):
 
     port = free_port()
     async with worker_on(nats_url, emu):
-        server = await serve_gateway(nats_url, port=port)
+        server = await serve_gateway(nats_url, port=port, token=BRIDGE_TOKEN)
         try:
             async with httpx.AsyncClient() as c:
                 health = await c.get(f"http://127.0.0.1:{port}/health")

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from controlplane.infra.processes import start_opa_agent
-from tests.bridge_helpers import REPO_ROOT, Emu, gateway_on, worker_on
+from tests.bridge_helpers import BRIDGE_TOKEN, REPO_ROOT, Emu, gateway_on, worker_on
 
 HELPER = REPO_ROOT / "rego" / "lib" / "groq.rego"
 
@@ -70,7 +70,7 @@ async def test_opa_decision_depends_on_the_model(nats_server, emu: Emu, tmp_path
         (policy_dir / "e2e.rego").write_text(POLICY)
         (policy_dir / "groq.rego").write_text(HELPER.read_text())
         (policy_dir / "data.json").write_text(json.dumps(
-            {"groqpolicy": {"config": {"bridge_url": gw.url, "timeout": "3s", "deadline_ms": 2000}}}))
+            {"groqpolicy": {"config": {"bridge_url": gw.url, "bridge_token": BRIDGE_TOKEN, "timeout": "3s", "deadline_ms": 2000}}}))
         config = tmp_path / "opa.yaml"
         config.write_text("decision_logs:\n  console: true\nnd_builtin_cache: true\n")
         agent = start_opa_agent(config, tmp_path / "opa", extra_args=[str(policy_dir)])

@@ -131,7 +131,7 @@ def test_library_definition_builds_both_signed_artifacts_with_overlay(compiler, 
 
     files = read_bundle(wasm)
     manifest = json.loads(files["/.manifest"])
-    assert manifest["roots"] == ["groqpolicy"]
+    assert manifest["roots"] == ["groqpolicy", "system/authz"]
     assert {w["entrypoint"] for w in manifest["wasm"]} >= {
         "groqpolicy/policies/security_policies/decision", "groqpolicy/constitution/pre_validation",
     }

@@ -18,7 +18,14 @@ from controlplane.dashboard.auth import COOKIE
 from controlplane.dashboard.charts import TierLatency, decisions_chart, latency_chart, percentile
 from controlplane.dashboard.data import AuditRow, _metadata_blocks, decisions_over_time, library_policies
 from tests.conftest import REPO_ROOT
-from tests.controlplane_helpers import ADMIN_TOKEN, EVALUATE_TOKEN, bearer, make_settings, running_control_plane
+from tests.controlplane_helpers import (
+    ADMIN_HEADERS,
+    ADMIN_TOKEN,
+    EVALUATE_TOKEN,
+    bearer,
+    make_settings,
+    running_control_plane,
+)
 
 EXAMPLE_TYPES = ("constitutional_compliance", "data_governance", "ethical_constraints", "operational_policies",
                  "regulatory_compliance", "risk_management", "security_policies")
@@ -71,12 +78,21 @@ def test_login_sets_an_httponly_cookie_and_a_wrong_token_is_refused(cp):
     cookie = r.headers["set-cookie"]
     assert cookie.startswith(f"{COOKIE}=") and "HttpOnly" in cookie and "SameSite=lax" in cookie.replace("Lax", "lax")
     with httpx.Client(base_url=str(client.base_url), timeout=30) as fresh:
-        r = fresh.get(f"/dashboard/login?token={ADMIN_TOKEN}", follow_redirects=True)
+        # the printed link carries a one-time code, never the token
+        assert fresh.post("/dashboard/codes").status_code == 401
+        assert fresh.post("/dashboard/codes", headers=bearer(EVALUATE_TOKEN)).status_code == 403
+        link = fresh.post("/dashboard/codes", headers=ADMIN_HEADERS).json()["url"]
+        assert ADMIN_TOKEN not in link and "/dashboard/login?code=" in link
+        assert fresh.get(f"/dashboard/login?token={ADMIN_TOKEN}", follow_redirects=False).status_code == 200  # the form
+        r = fresh.get(link, follow_redirects=True)
         assert r.status_code == 200 and 'id="decisions-chart"' in r.text  # the cookie carried the session
         assert "No evaluations yet — try <code>groqpolicy evaluate" in r.text  # empty states say what to do
         assert "No audit records yet" in r.text and "no evaluations at this tier yet" in r.text
         out = fresh.post("/dashboard/logout", follow_redirects=False)
         assert out.status_code == 303 and 'Max-Age=0' in out.headers["set-cookie"]
+        fresh.cookies.clear()
+        again = fresh.get(link, follow_redirects=False)  # used once: worthless now
+        assert again.status_code == 401 and "already used or expired" in again.text
     client.cookies.clear()
 
 
@@ -220,3 +236,28 @@ def test_ensure_chromium_installs_with_apt_get_only_when_missing(tmp_path, monke
     monkeypatch.setenv("CHROMIUM_BIN", str(tmp_path / "nope"))
     with pytest.raises(browser.ToolchainError, match=r"CHROMIUM_BIN=.*/nope: no such file"):
         browser.ensure_chromium()
+
+
+def test_sign_in_codes_are_one_time_short_lived_and_bounded(monkeypatch):
+    from litestar.exceptions import NotAuthorizedException
+
+    from controlplane.auth.tokens import Token
+    from controlplane.dashboard import auth
+
+    admin = Token(name="admin", scopes=frozenset({"admin"}), secret=ADMIN_TOKEN)
+    codes = auth.SignInCodes()
+    now = [1000.0]
+    monkeypatch.setattr(auth.time, "monotonic", lambda: now[0])
+    first, second = codes.issue(admin), codes.issue(admin)
+    assert ADMIN_TOKEN not in first and first != second
+    assert codes.redeem(first) is admin
+    with pytest.raises(NotAuthorizedException, match="already used or expired"):
+        codes.redeem(first)
+    now[0] += auth.SignInCodes.TTL_S
+    with pytest.raises(NotAuthorizedException, match="already used or expired"):
+        codes.redeem(second)
+    many = [codes.issue(admin) for _ in range(auth.SignInCodes.MAX_PENDING + 5)]
+    assert len(codes._pending) == auth.SignInCodes.MAX_PENDING
+    assert codes.redeem(many[-1]) is admin
+    with pytest.raises(NotAuthorizedException):
+        codes.redeem(many[0])  # the oldest made way

@@ -42,8 +42,9 @@ def wait_until(predicate, timeout: float = 20.0):
 def replicas(tmp_path, nats_server):
     url = nats_server.extra["url"]
     key = tmp_path / "record-key.pem"  # replicas share the record key that signs policies
-    a = make_settings(tmp_path / "a", compile_on_start=True, nats_url=url, record_key_file=key)
-    b = make_settings(tmp_path / "b", compile_on_start=True, nats_url=url, record_key_file=key)
+    token = tmp_path / "bridge-token"  # and the bridge token every bundle carries (the same revision on both)
+    a = make_settings(tmp_path / "a", compile_on_start=True, nats_url=url, record_key_file=key, bridge_token_file=token)
+    b = make_settings(tmp_path / "b", compile_on_start=True, nats_url=url, record_key_file=key, bridge_token_file=token)
     with running_control_plane(a) as sa, running_control_plane(b) as sb:
         with httpx.Client(base_url=a.base_url, headers=ADMIN_HEADERS, timeout=30) as ca, httpx.Client(base_url=b.base_url, headers=ADMIN_HEADERS, timeout=30) as cb:
             yield (ca, sa), (cb, sb), url
@@ -155,8 +156,9 @@ def test_a_replica_follows_writes_made_after_a_nats_restart(tmp_path):
     server = start_nats(tmp_path / "nats", port=port)
     url = server.extra["url"]
     key = tmp_path / "record-key.pem"  # replicas share the record key that signs policies
-    a = make_settings(tmp_path / "a", compile_on_start=True, nats_url=url, record_key_file=key)
-    b = make_settings(tmp_path / "b", compile_on_start=True, nats_url=url, record_key_file=key)
+    token = tmp_path / "bridge-token"  # and the bridge token every bundle carries (the same revision on both)
+    a = make_settings(tmp_path / "a", compile_on_start=True, nats_url=url, record_key_file=key, bridge_token_file=token)
+    b = make_settings(tmp_path / "b", compile_on_start=True, nats_url=url, record_key_file=key, bridge_token_file=token)
     try:
         with running_control_plane(a), running_control_plane(b) as sb:
             with httpx.Client(base_url=a.base_url, headers=ADMIN_HEADERS, timeout=30) as ca:

@@ -105,7 +105,7 @@ def test_agent_activates_signed_bundle_with_its_revision(system):
     bundles = r.json().get("result") or {}
     assert BUNDLE in bundles
     assert bundles[BUNDLE]["manifest"]["revision"] == system["compiled"].revision
-    assert bundles[BUNDLE]["manifest"]["roots"] == ["groqpolicy"]
+    assert bundles[BUNDLE]["manifest"]["roots"] == ["groqpolicy", "system/authz"]
 
 
 POLICY_TYPES = [

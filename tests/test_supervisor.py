@@ -52,12 +52,12 @@ def children_of(pid: int) -> list[int]:
     return out
 
 
-def admin_headers(state: Path) -> dict[str, str]:
+def admin_headers(state: Path, name: str = "admin") -> dict[str, str]:
     """`groqpolicy up` generated the tokens into the state dir (none configured)."""
     from bridge.kernel.config import Settings
     from controlplane.auth.tokens import ensure_tokens
 
-    return {"Authorization": f"Bearer {ensure_tokens(Settings(state_dir=state)).by_name('admin').secret}"}
+    return {"Authorization": f"Bearer {ensure_tokens(Settings(state_dir=state)).by_name(name).secret}"}
 
 
 def alive(pid: int) -> bool:
@@ -143,9 +143,11 @@ def test_up_runs_the_system_stops_cleanly_and_reuses_state(tmp_path):
         asyncio.run(check_nats_admits_only_its_identities(f"nats://127.0.0.1:{ports['nats']}", state))
         check_a_killed_worker_comes_back(f"http://127.0.0.1:{ports['cp']}", log)
         agent = f"http://127.0.0.1:{ports['agent']}"
-        r = httpx.post(f"{agent}/v1/data/groqpolicy/policies/security_policies/decision", json={"input": {
-            "principal": {"id": "bob", "roles": ["viewer"], "mfa": True, "source_ip": "10.1.2.3"},
-            "action": "delete", "resource": {"type": "reports", "classification": "internal"}}})
+        question = {"input": {"principal": {"id": "bob", "roles": ["viewer"], "mfa": True, "source_ip": "10.1.2.3"},
+                              "action": "delete", "resource": {"type": "reports", "classification": "internal"}}}
+        path = f"{agent}/v1/data/groqpolicy/policies/security_policies/decision"
+        assert httpx.post(path, json=question).status_code == 401  # the agent's API admits no anonymous caller
+        r = httpx.post(path, json=question, headers=admin_headers(state, "evaluate"))
         assert r.json()["result"]["decision"] == "deny"
         first = httpx.get(f"http://127.0.0.1:{ports['cp']}/api/v1/bundles", headers=admin_headers(state)).json()
     finally:

@@ -113,13 +113,22 @@ def test_http_and_nats_paths_give_the_same_answer(system, rule):
 
 def test_agent_path_serves_the_stored_policy(system, rule):
     path = f"/v1/data/groqpolicy/rules/p_{rule.replace('-', '')}/decision"
+    # the agent's REST API admits no anonymous caller and no writer; the README's curl presents a token
+    assert httpx.post(system["agent"] + path, json={"input": CONTEXT}, timeout=10).status_code == 401
+    assert httpx.put(system["agent"] + "/v1/policies/x", content="package x\n", timeout=10).status_code == 401
+    headers = {"Authorization": f"Bearer {cli(system, 'token').stdout.strip()}"}
     deadline = time.monotonic() + 30
     while True:
-        r = httpx.post(system["agent"] + path, json={"input": CONTEXT}, timeout=10).json()
+        r = httpx.post(system["agent"] + path, json={"input": CONTEXT}, timeout=10, headers=headers).json()
         if "result" in r or time.monotonic() > deadline:
             break
         time.sleep(0.2)  # the new revision is on its way by long polling
     assert r["result"]["decision"] in ("allow", "deny", "review"), r
+    # the control plane asks the agent on GROQPOLICY_AGENT_PORT, presenting its evaluate token
+    via_cp = httpx.post(system["cp"] + "/api/v1/opa/evaluate", timeout=30, headers=headers,
+                        json={"policy_id": rule, "input_data": CONTEXT, "use_wasm": False})
+    assert via_cp.status_code == 200 and via_cp.json()["engine"] == "opa", via_cp.text
+    assert via_cp.json()["result"]["decision"] == r["result"]["decision"]
     api = json.loads(cli(system, "evaluate", "--json", "--types", "data_governance", "--tier", "fast",
                          "--context", json.dumps(CONTEXT)).stdout)
     assert r["result"]["decision"] == api["policy_results"][0]["decision"]
@@ -141,10 +150,27 @@ def test_audit_agents_bundles_and_dashboard(system, rule):
     assert "agent-1" in agents and "groqpolicy" in agents
     assert "wasm" in cli(system, "bundles").stdout
     assert httpx.get(system["cp"] + "/", timeout=10).status_code == 401  # the dashboard shows the audit trail
-    login = re.search(r"dashboard +(http://\S+/dashboard/login\?token=\S+)", system["log"].read_text()).group(1)
+    login = re.search(r"dashboard +(http://\S+/dashboard/login\?code=\S+)", system["log"].read_text()).group(1)
     with httpx.Client(timeout=10, follow_redirects=True) as browser:
         page = browser.get(login)
         assert page.status_code == 200 and "pii" in page.text
+    fresh = cli(system, "dashboard").stdout.strip()
+    assert "/dashboard/login?code=" in fresh and httpx.get(fresh, timeout=10, follow_redirects=True).status_code == 200
+
+
+def test_no_secret_on_stdout_and_secret_files_are_private(system, rule):
+    state = system["root"] / "state"
+    secrets = [line.split("=", 1)[1].rsplit(":", 1)[0] for line in (state / "tokens").read_text().splitlines()
+               if "=" in line and not line.startswith("#")]
+    secrets.append((state / "bridge-token").read_text().strip())
+    assert len(secrets) == 4
+    printed = system["log"].read_text()
+    assert not [s for s in secrets if s in printed]  # not the admin token, not any other
+    logs = [*(state / "logs").glob("*.log"), *(state / "opa").glob("*.log"), state / "decision_logs.jsonl"]
+    assert not [(s, p.name) for p in logs for s in secrets if s in p.read_text()]  # nor in any log
+    private = [state / "tokens", state / "bridge-token", state / "opa" / "agent-1.yaml", state / "decision_logs.jsonl",
+               state / "bundles" / "groqpolicy" / "rego.tar.gz", *sorted((state / "logs").glob("*.log"))]
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in private} == {p.name: "0o600" for p in private}
 
 
 def test_stop_leaves_nothing_running(system):

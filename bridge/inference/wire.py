@@ -167,6 +167,14 @@ class UnknownRoute(NotFound):
     code = "not_found"
 
 
+class Unauthenticated(GroqPolicyError):
+    """A request to the gateway without its bridge token (Groq's own 401 body shape)."""
+
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
 class MethodNotAllowed(GroqPolicyError):
     status = 405
     type = "invalid_request_error"

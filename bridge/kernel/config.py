@@ -111,6 +111,7 @@ class Settings(_Section, kw_only=True):
     decision_log_file_bytes: int = 64 * 1024 * 1024  # decision_logs.jsonl rotates to .1, .2, .3 at this size
     compile_on_start: bool = True
     bridge_url: str = "http://127.0.0.1:8016"  # where Rego's http.send reaches the bridge gateway
+    bridge_token_file: Path | None = None  # the gateway's token, in every bundle; default <state_dir>/bridge-token
     tokens: str = ""  # bearer tokens `[name=]token:scope+scope,...`; none configured: generated in <state_dir>/tokens
     tokens_file: Path | None = None  # the same entries, one per line
     rate_limit: str = "2000/second"  # per client: <n>/<second|minute|hour|day> or off
@@ -150,6 +151,7 @@ class Settings(_Section, kw_only=True):
         "GROQPOLICY_MAX_STATUS_BYTES": ("max_status_bytes", int),
         "GROQPOLICY_DECISION_LOG_FILE_BYTES": ("decision_log_file_bytes", int),
         "GROQPOLICY_BRIDGE_URL": ("bridge_url", str),
+        "GROQPOLICY_BRIDGE_TOKEN_FILE": ("bridge_token_file", Path),
         "GROQPOLICY_TOKENS": ("tokens", str),
         "GROQPOLICY_TOKENS_FILE": ("tokens_file", Path),
         "GROQPOLICY_RATE_LIMIT": ("rate_limit", str),
@@ -178,10 +180,10 @@ class Settings(_Section, kw_only=True):
         if min(self.evaluation_threads - 1, self.evaluation_cpu_threads, self.evaluation_queue) < 0:
             raise ConfigError("GROQPOLICY_EVALUATION_THREADS, _CPU_THREADS, _QUEUE: want at least 1, 0 and 0")
 
-    def bundle_overlay(self) -> dict[str, Any]:
-        """Deployment facts every bundle carries at data.groqpolicy.config."""
+    def bundle_overlay(self, **secrets: Any) -> dict[str, Any]:
+        """Deployment facts every bundle carries at data.groqpolicy.config (+ controlplane.agents.sandbox's)."""
         return {"groqpolicy": {"config": {"bridge_url": self.bridge_url,
-                                          "min_allow_confidence": MIN_MODEL_CONFIDENCE}}}
+                                          "min_allow_confidence": MIN_MODEL_CONFIDENCE, **secrets}}}
 
     @property
     def base_url(self) -> str:
@@ -216,8 +218,11 @@ class GatewaySettings(_Section, kw_only=True):
     nats_url: str = DEFAULT_NATS_URL
     deadline_ms: int = DEFAULT_DEADLINE_MS
     cache_size: int = 10_000  # judgments kept for their max-age; 0 disables
+    token_file: Path | None = None  # the bridge token callers must present (the control plane's file)
+    token: str = ""  # the same token as text, for callers that hold it in memory (no variable: env leaks)
 
     ENV: ClassVar[dict[str, tuple[str, Conv]]] = {
+        "GROQPOLICY_BRIDGE_TOKEN_FILE": ("token_file", Path),
         "GROQPOLICY_GATEWAY_HOST": ("host", str),
         "GROQPOLICY_GATEWAY_PORT": ("port", int),
         "NATS_URL": ("nats_url", str),
@@ -225,6 +230,9 @@ class GatewaySettings(_Section, kw_only=True):
         "GROQPOLICY_GATEWAY_DEADLINE_MS": ("deadline_ms", int),
         "GROQPOLICY_GATEWAY_CACHE_SIZE": ("cache_size", int),
     }
+
+    def __repr__(self) -> str:  # the token never reaches a log line
+        return f"GatewaySettings(host={self.host!r}, port={self.port}, token={'***' if self.token else ''!r})"
 
 
 class GroqSettings(_Section, kw_only=True):

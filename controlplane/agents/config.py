@@ -41,7 +41,9 @@ def render_agent_config(
             options.bundle: {
                 "service": SERVICE,
                 "resource": f"bundles/{options.bundle}",
-                "persist": False,
+                # an agent restarted while the control plane is down keeps enforcing the last
+                # revision it activated (OPA keeps it in `persistence_directory`, default ./.opa)
+                "persist": True,
                 "polling": {
                     "min_delay_seconds": options.min_delay_s,
                     "max_delay_seconds": options.max_delay_s,

@@ -44,10 +44,11 @@ class AgentIngest(Controller):
           request_max_body_size=None, responses=error_responses(400, 401, 403, 413, 503))
     async def upload_logs(self, request: Request, settings: NamedDependency[Settings],
                           decision_logs: NamedDependency[DecisionLogStore], audit_writer: NamedDependency[TrailWriter | None],
-                          partition: FromPath[str] = "") -> Response[None]:
+                          bridge_token: NamedDependency[str], partition: FromPath[str] = "") -> Response[None]:
         await take_decision_logs(await read_body(request, settings.max_log_body_bytes),
                                  request.headers.get("content-encoding", ""), body_limit=settings.max_log_body_bytes,
-                                 event_limit=settings.max_log_event_bytes, store=decision_logs, audit=started(audit_writer))
+                                 event_limit=settings.max_log_event_bytes, store=decision_logs, audit=started(audit_writer),
+                                 bridge_token=bridge_token)
         return Response(content=None, status_code=204)
 
     @post(["/status", "/status/{partition:str}"], status_code=204, summary="OPA status report",

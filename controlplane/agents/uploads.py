@@ -17,6 +17,7 @@ import anyio.to_thread
 from controlplane.agents.decision_logs import DecisionLogStore
 from controlplane.agents.ingest import Accepted, Refused, audit_records, screen_batch
 from controlplane.agents.payloads import decompress
+from controlplane.agents.sandbox import redact_bridge_token
 from controlplane.audit.writer import TrailWriter
 from controlplane.metrics.recorders import record_decision_log_events
 
@@ -26,8 +27,8 @@ MAX_LOGGED_REFUSALS = 20  # log lines per upload; a batch of thousands of bad ev
 
 
 async def take_decision_logs(body: bytes, encoding: str, *, body_limit: int, event_limit: int,
-                             store: DecisionLogStore, audit: TrailWriter) -> None:
-    accepted, refused = await anyio.to_thread.run_sync(_screen, body, encoding, body_limit, event_limit)
+                             store: DecisionLogStore, audit: TrailWriter, bridge_token: str = "") -> None:
+    accepted, refused = await anyio.to_thread.run_sync(_screen, body, encoding, body_limit, event_limit, bridge_token)
     fresh = store.triage(accepted)
     await audit.append_many(audit_records(fresh, refused))
     await anyio.to_thread.run_sync(store.append, fresh)
@@ -40,5 +41,7 @@ async def take_decision_logs(body: bytes, encoding: str, *, body_limit: int, eve
                     len(refused) - MAX_LOGGED_REFUSALS)
 
 
-def _screen(body: bytes, encoding: str, body_limit: int, event_limit: int) -> tuple[list[Accepted], list[Refused]]:
-    return screen_batch(decompress(body, encoding, body_limit), event_limit)
+def _screen(body: bytes, encoding: str, body_limit: int, event_limit: int,
+            bridge_token: str) -> tuple[list[Accepted], list[Refused]]:
+    # the bridge token never reaches storage or the audit trail: OPA logs http.send requests whole
+    return screen_batch(redact_bridge_token(decompress(body, encoding, body_limit), bridge_token), event_limit)

@@ -6,16 +6,20 @@ than the handlers it protects. `CountingRateLimitMiddleware` keeps the same fixe
 429 and the same `RateLimit-*` headers, as one counter per client in memory (per process: each
 replica limits on its own).
 
-A client is its bearer token (a digest prefix, so tokens never become keys in plain text) or, with
-no token, its remote address. Agents' bundle polling, decision logs and status, `/health` and
-`/metrics` are not limited: an agent that gets 429 falls behind on policy.
+A client is the token it authenticated with (its name) or, when it presents no token or one this
+control plane does not know, its remote address: a caller who sends a new random token with every
+request shares one budget with everything else from its address, so failed authentication is
+limited too. (Keying by whatever string a caller presents would give each guess a fresh budget.)
+Agents' bundle polling, decision logs and status are not limited when their token is known (an
+agent that gets 429 falls behind on policy); `/health` and `/metrics` never are. The token found
+here is remembered for the request (`scope["user"]`), so the route's guard does not look it up again.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from litestar.connection import Request
@@ -31,8 +35,11 @@ from litestar.middleware.rate_limit import (
 from litestar.stores.base import Store
 
 from bridge.kernel.errors import ConfigError
+from controlplane.auth.guards import STATE_KEY
+from controlplane.auth.tokens import Token, TokenSet
 
-EXCLUDED = [r"^/bundles/", r"^/logs", r"^/status", r"^/health$", r"^/metrics$"]
+PUBLIC = re.compile(r"^/(health|metrics)$")
+AGENT_ROUTES = re.compile(r"^/(bundles/|logs|status)")
 _SPEC = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*$")
 
 
@@ -40,35 +47,57 @@ class RateLimitSpecError(ConfigError):
     """`GROQPOLICY_RATE_LIMIT` is not `<n>/<unit>` or `off`."""
 
 
-def _identify(authorization: str, address: str) -> str:
-    if authorization[:7].lower() == "bearer " and authorization[7:].strip():
-        return "token:" + hashlib.sha256(authorization[7:].strip().encode()).hexdigest()[:16]
-    return "addr:" + address
+def _identify(authorization: str, address: str, tokens: TokenSet | None) -> tuple[Token | None, str]:
+    """(the token, when `authorization` presents a known one; the client's key)."""
+    if tokens is not None and authorization[:7].lower() == "bearer " and authorization[7:].strip():
+        token = tokens.lookup(authorization[7:].strip())
+        if token is not None:
+            return token, "id:" + token.name
+    return None, "addr:" + address
 
 
 def client_identifier(request: Request[Any, Any, Any]) -> str:
-    return _identify(request.headers.get("authorization", ""), get_remote_address(request))
+    tokens = request.app.state.get(STATE_KEY)
+    return _identify(request.headers.get("authorization", ""), get_remote_address(request), tokens)[1]
 
 
-def scope_identifier(scope: Any) -> str:
+def scope_identifier(scope: Any) -> tuple[Token | None, str]:
     """`client_identifier` straight from the ASGI scope (no Request object on the hot path)."""
     authorization = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), "")
     client = scope.get("client")
-    return _identify(authorization, client[0] if client else "unknown")
+    return _identify(authorization, client[0] if client else "unknown", scope["litestar_app"].state.get(STATE_KEY))
+
+
+@dataclass
+class SharedRateLimitConfig(RateLimitConfig):
+    """Litestar builds an app's middleware once per route: the counters live here, in the one config
+    object, so a client has one budget across all routes rather than one per route."""
+
+    windows: dict[str, list[int]] = field(default_factory=dict)  # key -> [reset_at, count]
 
 
 class CountingRateLimitMiddleware(RateLimitMiddleware):
     def __init__(self, app: Any, config: RateLimitConfig) -> None:
         super().__init__(app, config)
-        self._windows: dict[str, list[int]] = {}  # key -> [reset_at, count]
+        self._windows: dict[str, list[int]] = config.windows if isinstance(config, SharedRateLimitConfig) else {}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        key = scope_identifier(scope)
+        path = scope["path"]
+        if PUBLIC.match(path):
+            await self.app(scope, receive, send)
+            return
+        token, key = scope_identifier(scope)
+        if token is not None:
+            scope["user"] = token  # authenticated once: the guard reads it (controlplane.auth.guards)
+            if AGENT_ROUTES.match(path):
+                await self.app(scope, receive, send)
+                return
         now = int(time.time())
         window = self._windows.get(key)
         if window is None or window[0] <= now:
             if len(self._windows) > 100_000:  # forget finished windows rather than grow without bound
-                self._windows = {k: w for k, w in self._windows.items() if w[0] > now}
+                for k in [k for k, w in self._windows.items() if w[0] <= now]:
+                    del self._windows[k]
             window = self._windows[key] = [now + DURATION_VALUES[self.unit], 0]
         if window[1] >= self.max_requests:
             raise TooManyRequestsException(
@@ -120,9 +149,8 @@ def rate_limit_config(spec: str) -> RateLimitConfig | None:
     rate = parse_rate(spec)
     if rate is None:
         return None
-    return RateLimitConfig(
+    return SharedRateLimitConfig(
         rate_limit=rate,
-        exclude=EXCLUDED,
         identifier_for_request=client_identifier,
         middleware_class=CountingRateLimitMiddleware,
     )

@@ -97,6 +97,10 @@ class TokenSet:
         candidates = [t for t in self._by_digest.values() if scope in t.scopes]
         return min(candidates, key=lambda t: (len(t.scopes), t.name), default=None)
 
+    def digests(self, scope: str) -> list[str]:
+        """SHA-256 (hex) of every token holding `scope`: what an OPA agent's authz policy checks."""
+        return sorted(d for d, t in self._by_digest.items() if scope in t.scopes)
+
     def by_name(self, name: str) -> Token | None:
         return next((t for t in self._by_digest.values() if t.name == name), None)
 
@@ -112,6 +116,24 @@ def _generate(path: Path) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write("\n".join(lines) + "\n")
+
+
+def ensure_secret(path: Path) -> str:
+    """A random token kept in `path` (0600), generated on first use; another process generating it
+    at the same moment is fine (O_EXCL: one wins, both read the same)."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(32) + "\n")
+    secret = path.read_text().strip()
+    if len(secret) < MIN_TOKEN_LENGTH or not _TOKEN.match(secret):
+        raise TokenConfigError(f"{path}: expected one token of at least {MIN_TOKEN_LENGTH} characters of [A-Za-z0-9._~+/-]")
+    return secret
 
 
 def ensure_tokens(settings: Settings) -> TokenSet:

@@ -21,6 +21,7 @@ import msgspec
 from bridge.kernel.errors import GroqPolicyError
 from bridge.opabundle.archive import read_bundle
 from bridge.opabundle.data import merge_data
+from controlplane.bundles import netcheck
 from controlplane.infra.toolchain import opa_binary
 
 # Test files never ship in a bundle: they would be loaded by agents as ordinary modules.
@@ -155,24 +156,59 @@ def _parse_errors(stage: str, output: str, base: Path) -> list[CompileMessage]:
 
 
 class Compiler:
-    """Runs `opa` against a source tree; one instance per project root."""
+    """Runs `opa` against a source tree; one instance per project root.
 
-    def __init__(self, project_root: Path, opa: Path | None = None) -> None:
+    With `bridge_url`, policies are held to the bridge: `opa check` and `opa build` run against OPA
+    capabilities whose `allow_net` names only the bridge's host (what `opa eval`/`opa test` enforce),
+    and a module whose `http.send` names a constant URL anywhere else is refused at its row and
+    column (`netcheck`). OPA itself checks neither at compile time, and an agent (`opa run`) takes no
+    capabilities at all, so the constant check is what holds stored policies to the bridge."""
+
+    def __init__(self, project_root: Path, opa: Path | None = None, bridge_url: str | None = None) -> None:
         self.project_root = project_root.resolve()
         self.opa = opa or opa_binary()
+        self.bridge_url = bridge_url
+        self._capabilities: bytes | None = None
 
     def _run(self, args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(self.opa), *args], cwd=cwd, capture_output=True, text=True, timeout=OPA_TIMEOUT_S, check=False
         )
 
-    def check(self, sources: Sequence[Path], cwd: Path | None = None) -> None:
+    def capabilities(self, directory: Path) -> list[str]:
+        """`--capabilities <file>` (written into `directory`) naming the bridge alone in `allow_net`."""
+        if self.bridge_url is None:
+            return []
+        if self._capabilities is None:
+            proc = self._run(["capabilities", "--current"], self.project_root)
+            self._capabilities = netcheck.restricted_capabilities(proc.stdout, self.bridge_url)
+        path = directory / "capabilities.json"
+        path.write_bytes(self._capabilities)
+        return ["--capabilities", str(path)]
+
+    def check(self, sources: Sequence[Path], cwd: Path | None = None, extra: Sequence[str] = ()) -> None:
         """`opa check --strict`: parse and type errors, raised as CompileError("check")."""
         cwd = cwd or self.project_root
-        args = ["check", "--strict", "--format", "json", *[_rel(s, cwd) for s in sources]]
+        args = ["check", "--strict", "--format", "json", *extra, *[_rel(s, cwd) for s in sources]]
         proc = self._run(args, cwd)
         if proc.returncode != 0:
             raise CompileError("check", _parse_errors("check", proc.stdout or proc.stderr, cwd))
+
+    def check_network(self, sources: Sequence[Path], cwd: Path) -> None:
+        """Refuse `http.send` to a constant URL other than the bridge's (see `netcheck`)."""
+        if self.bridge_url is None:
+            return
+        found: list[CompileMessage] = []
+        for src in sources:
+            for f in _source_files(src):
+                if f.suffix != ".rego" or f.match(TEST_FILE_GLOB) or b"http.send" not in f.read_bytes():
+                    continue
+                proc = self._run(["parse", "--format", "json", "--json-include", "locations", _rel(f, cwd)], cwd)
+                found += [CompileMessage(stage="check", code=netcheck.CODE, message=v.message, file=_rel(f, cwd),
+                                         row=v.row, col=v.col)
+                          for v in netcheck.violations(proc.stdout, self.bridge_url)]
+        if found:
+            raise CompileError("check", found)
 
     def test(self, sources: Sequence[Path], cwd: Path | None = None) -> list[TestResult]:
         """`opa test`: every test must pass; results are returned for reporting."""
@@ -219,7 +255,7 @@ class Compiler:
         with tempfile.TemporaryDirectory(prefix="groqpolicy-build-") as tmp:
             out = Path(tmp) / "bundle.tar.gz"
             args = [
-                "build", "-t", target, "--revision", revision, "--ignore", TEST_FILE_GLOB,
+                "build", "-t", target, "--revision", revision, "--ignore", TEST_FILE_GLOB, *self.capabilities(Path(tmp)),
                 "-o", str(out), *[_rel(s, cwd) for s in sources],
             ]
             proc = self._run(args, cwd)
@@ -240,7 +276,9 @@ class Compiler:
             raise CompileError("check", [CompileMessage(stage="check", message=f"source not found: {m}") for m in missing])
         digest = source_digest(sources, base, overlay)
         revision = revision_for(definition.name, digest)
-        self.check(sources, cwd=base)
+        with tempfile.TemporaryDirectory(prefix="groqpolicy-caps-") as tmp:
+            self.check(sources, cwd=base, extra=self.capabilities(Path(tmp)))
+        self.check_network(sources, cwd=base)
         tests = self.test(sources, cwd=base) if definition.run_tests else []
         rego_files = self.build(sources, "rego", revision, cwd=base)
         wasm_files = self.build(sources, "wasm", revision, cwd=base)

@@ -23,6 +23,7 @@ from pathlib import Path
 import msgspec
 
 from controlplane.infra.jsonlines import StateUnavailable
+from controlplane.infra.private import open_private
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +183,7 @@ def _resolve(fut: asyncio.Future) -> None:
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     try:
-        with open(tmp, "wb") as fh:
+        with open_private(tmp, "wb") as fh:  # a bundle's data carries the bridge token
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())

@@ -25,9 +25,10 @@ from bridge.kernel.config import Settings
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from controlplane.agents.status import StatusStore
 from controlplane.audit.reader import TrailReader
+from controlplane.auth.guards import authenticate, requires
 from controlplane.bundles.revisions import RevisionStore
 from controlplane.dashboard import charts
-from controlplane.dashboard.auth import COOKIE, check_token, dashboard_access
+from controlplane.dashboard.auth import COOKIE, SignInCodes, check_token, dashboard_access
 from controlplane.dashboard.data import Sources, snapshot
 from controlplane.evaluation.runtime import ModelClient
 from controlplane.infra.nats import NatsConnection
@@ -136,12 +137,13 @@ class DashboardController(Controller):
         return Template(template_name="dashboard/verify.html.j2",
                         context={"report": report, "error": error, "took_ms": (time.perf_counter() - started) * 1000})
 
-    @get("/dashboard/login", opt={"public": True}, summary="Sign in (a form, or ?token= from a printed link)")
-    async def login_form(self, request: Request,
-                         token: Annotated[str | None, QueryParameter(description="an admin token")] = None) -> Response:
-        if token:
-            check_token(request, token)
-            return Redirect("/", status_code=303, cookies=[_session_cookie(token)])
+    @get("/dashboard/login", opt={"public": True}, summary="Sign in (a form, or ?code= from a printed link)")
+    async def login_form(self, signin_codes: NamedDependency[SignInCodes],
+                         code: Annotated[str | None, QueryParameter(description="a one-time sign-in code")] = None,
+                         ) -> Response:
+        if code:
+            token = signin_codes.redeem(code)
+            return Redirect("/", status_code=303, cookies=[_session_cookie(token.secret)])
         return Template(template_name="dashboard/login.html.j2", context={"message": "", "status": 200})
 
     @post("/dashboard/login", opt={"public": True}, status_code=303, summary="Sign in with a token (form post)")
@@ -150,6 +152,14 @@ class DashboardController(Controller):
         token = (data.get("token") or "").strip()
         check_token(request, token)
         return Redirect("/", status_code=303, cookies=[_session_cookie(token)])
+
+    @post("/dashboard/codes", guards=[requires("admin")], status_code=201, include_in_schema=True,
+          summary="A one-time, short-lived sign-in link for the dashboard (what `groqpolicy dashboard` prints)")
+    async def sign_in_code(self, request: Request, settings: NamedDependency[Settings],
+                           signin_codes: NamedDependency[SignInCodes]) -> dict:
+        token = authenticate(request)
+        code = signin_codes.issue(token)
+        return {"url": f"{settings.base_url}/dashboard/login?code={code}", "expires_in_s": int(SignInCodes.TTL_S)}
 
     @post("/dashboard/logout", opt={"public": True}, status_code=303, summary="Forget the dashboard cookie")
     async def logout(self) -> Response:

@@ -23,6 +23,7 @@ from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH, check_hash
 from bridge.opawasm import UNDEFINED, WasmEvaluator
 from bridge.opawasm.errors import UnknownEntrypointError
 from controlplane.auth.guards import requires
+from controlplane.auth.tokens import TokenSet
 from controlplane.evaluation.interfaces import Evaluator
 from controlplane.evaluation.pipeline import Pipeline
 from controlplane.evaluation.runtime import ModelClient
@@ -168,6 +169,7 @@ class OpaController(Controller):
           request_max_body_size=MAX_EVALUATE_BODY, responses=error_responses(400, 401, 403, 404, 409, 413, 429, 502, 503, 504))
     async def evaluate(self, policies: NamedDependency[PolicyService], evaluator: NamedDependency[WasmEvaluator],
                        pipeline: NamedDependency[Pipeline], settings: NamedDependency[Settings],
+                       tokens: NamedDependency[TokenSet | None],
                        data: JSONBody[OpaEvaluateRequest]) -> OpaEvaluateResponse:
         record = await policies.get(data.policy_id)
         if not record.is_active:
@@ -175,7 +177,9 @@ class OpaController(Controller):
         version = f"v{record.version}@{evaluator.revision or ''}"
         if data.use_wasm:
             return await _in_process(pipeline.scheduler, evaluator, record, data.input_data, version)
-        return await _on_agent(settings.opa_url, record, data.input_data, version)
+        # the agent's REST API admits the deployment's evaluate tokens (rego/system/authz.rego)
+        token = tokens.with_scope("evaluate") if tokens is not None else None
+        return await _on_agent(settings.opa_url, record, data.input_data, version, token.secret if token else "")
 
 
 async def _in_process(scheduler: Scheduler, evaluator: Evaluator, record: PolicyRecord, input_data: object,
@@ -201,14 +205,16 @@ async def _in_process(scheduler: Scheduler, evaluator: Evaluator, record: Policy
                                policy_version=version, engine="wasm", entrypoint=entry)
 
 
-async def _on_agent(opa_url: str, record: PolicyRecord, input_data: object, version: str) -> OpaEvaluateResponse:
-    """The policy's decision from the OPA agent's REST API."""
+async def _on_agent(opa_url: str, record: PolicyRecord, input_data: object, version: str,
+                    token: str) -> OpaEvaluateResponse:
+    """The policy's decision from the OPA agent's REST API, presenting `token`."""
     path = rego.decision_path(record.rule_id)
     url = f"{opa_url.rstrip('/')}/v1/data/{path}"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     started = time.perf_counter_ns()
     try:
         async with httpx.AsyncClient(timeout=10.0) as client:
-            r = await client.post(url, json={"input": input_data})
+            r = await client.post(url, json={"input": input_data}, headers=headers)
     except httpx.HTTPError as exc:
         raise Upstream(f"OPA agent at {opa_url}: unreachable ({type(exc).__name__}: {exc})") from None
     us = (time.perf_counter_ns() - started) / 1000

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from bridge.kernel.errors import Unavailable
+from controlplane.infra.private import open_private
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class JsonLinesFile:
             log.warning("%s line %d: unreadable record moved to %s (%s): %r", self.path, number,
                         self.quarantine_path.name, reason, line[:_QUARANTINE_PREVIEW])
         try:
-            with open(self.quarantine_path, "ab") as fh:
+            with open_private(self.quarantine_path, "ab") as fh:
                 fh.write(b"".join(line + b"\n" for _, line, _ in bad))
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -104,6 +105,7 @@ class JsonLinesFile:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._rotate_if_full(len(data))
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                os.fchmod(fd, 0o600)  # a file an older version left wider is narrowed too
             except OSError as exc:
                 raise self._unavailable("cannot open", exc) from exc
             try:
@@ -123,7 +125,7 @@ class JsonLinesFile:
         """Replace the whole file atomically (a compacted view, or the lines a replay kept)."""
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
-            with open(tmp, "wb") as fh:
+            with open_private(tmp, "wb") as fh:  # decision inputs, agent statuses: the owner's alone
                 fh.write(b"".join(line + b"\n" for line in lines))
                 fh.flush()
                 os.fsync(fh.fileno())

@@ -17,6 +17,7 @@ from typing import Any
 
 from bridge.kernel.config import environment
 from bridge.kernel.errors import ToolchainError
+from controlplane.infra.private import open_private
 from controlplane.infra.toolchain import nats_server_binary, opa_binary
 
 
@@ -91,14 +92,15 @@ class ManagedProcess:
 
 
 def spawn(name: str, argv: list[str], log_path: Path, env: dict | None = None,
-          pass_fds: tuple[int, ...] = ()) -> ManagedProcess:
+          pass_fds: tuple[int, ...] = (), cwd: Path | None = None) -> ManagedProcess:
     """Start `argv` in a session of its own (a Ctrl-C meant for the parent does not reach it), its
     output appended to `log_path`; `pass_fds` stay open in the child under the same numbers."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "ab")
+    # 0600: a child's output can carry what it was asked (inputs, policy text), never for other users
+    log = open_private(log_path)
     offset = log.tell()
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                            start_new_session=True, pass_fds=pass_fds)
+                            start_new_session=True, pass_fds=pass_fds, cwd=cwd)
     log.close()
     return ManagedProcess(name=name, proc=proc, log_path=log_path, log_offset=offset)
 
@@ -147,23 +149,47 @@ def start_nats(store_dir: Path, port: int | None = None, host: str = "127.0.0.1"
     return mp
 
 
+# What an OPA agent inherits: nothing but a search path. Every policy can read the agent's environment
+# (`opa.runtime().env`), so tokens, NATS seeds and GROQ_API_KEY must never be in it.
+AGENT_ENV_KEEP = ("PATH",)
+AGENT_AUTH_ARGS = ("--authentication=token", "--authorization=basic")
+
+
+def agent_environment() -> dict[str, str]:
+    """The minimal environment of an `opa` agent (see AGENT_ENV_KEEP)."""
+    env = environment()
+    return {k: env[k] for k in AGENT_ENV_KEEP if k in env}
+
+
 def launch_opa_agent(config_file: Path, workdir: Path, port: int | None = None, host: str = "127.0.0.1",
-                     extra_args: list[str] | None = None, env: dict[str, str] | None = None) -> ManagedProcess:
-    """A real `opa run --server` agent configured from `config_file`, on loopback; returns at once."""
+                     extra_args: list[str] | None = None, env: dict[str, str] | None = None,
+                     authenticated: bool = False) -> ManagedProcess:
+    """A real `opa run --server` agent configured from `config_file`, on loopback; returns at once.
+
+    It runs in `workdir` with a minimal environment (`agent_environment()` unless `env` is given)
+    and persists activated bundles in `workdir/persist` (0700: a bundle's data carries the bridge
+    token), so a restart enforces the last revision even while the control plane is down.
+    `authenticated` turns on OPA's token authentication and the bundle's `system.authz` policy."""
     port = port or free_port(host)
+    workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    persist = workdir / "persist"
+    persist.mkdir(mode=0o700, exist_ok=True)
+    persist.chmod(0o700)
     argv = [
         str(opa_binary()), "run", "--server", "--addr", f"{host}:{port}",
-        "--config-file", str(config_file), "--log-level", "info", "--disable-telemetry",
-        *(extra_args or []),
+        "--config-file", str(config_file.resolve()), "--log-level", "info", "--disable-telemetry",
+        "--set", f"persistence_directory={persist}",
+        *(AGENT_AUTH_ARGS if authenticated else ()), *(extra_args or []),
     ]
-    mp = spawn("opa", argv, workdir / f"opa-{port}.log", env=environment() if env is None else env)
+    mp = spawn("opa", argv, workdir / f"opa-{port}.log", env=agent_environment() if env is None else env, cwd=workdir)
     mp.extra.update(url=f"http://{host}:{port}", port=port)
     return mp
 
 
-def start_opa_agent(config_file: Path, workdir: Path, port: int | None = None, host: str = "127.0.0.1", extra_args: list[str] | None = None) -> ManagedProcess:
+def start_opa_agent(config_file: Path, workdir: Path, port: int | None = None, host: str = "127.0.0.1",
+                    extra_args: list[str] | None = None, authenticated: bool = False) -> ManagedProcess:
     """A real `opa run --server` agent configured from `config_file`, listening on loopback."""
-    mp = launch_opa_agent(config_file, workdir, port, host, extra_args)
+    mp = launch_opa_agent(config_file, workdir, port, host, extra_args, authenticated=authenticated)
     wait_for_port(mp.extra["port"], host, proc=mp.proc)
     return mp

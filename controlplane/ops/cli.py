@@ -179,6 +179,15 @@ def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     _client_opts(bu)
     bu.set_defaults(func=commands.cmd_bundles)
 
+    da = sub.add_parser("dashboard", help="print a one-time dashboard sign-in link (valid 5 minutes)")
+    _client_opts(da)
+    da.add_argument("--open", action="store_true", help="open it in the default browser instead of printing it")
+    da.set_defaults(func=commands.cmd_dashboard)
+    tk = sub.add_parser("token", help="print a local token (for curl against the OPA agent: `groqpolicy token`)")
+    tk.add_argument("name", nargs="?", default="evaluate", help="the token's name in <state>/tokens (default: evaluate)")
+    tk.add_argument("--state-dir")
+    tk.set_defaults(func=commands.cmd_token)
+
     st = sub.add_parser("stop", help="stop a system started with `groqpolicy up` / `make run`")
     st.add_argument("--state-dir")
     st.set_defaults(func=commands.cmd_stop)

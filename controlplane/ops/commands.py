@@ -25,7 +25,7 @@ from bridge.kernel.config import PROJECT_ROOT, ClientSettings, NatsSettings, Set
 from bridge.kernel.errors import ERROR_CODE_HEADER, ERROR_HEADER
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from controlplane.evaluation.schemas import EVALUATE_SUBJECT
-from controlplane.ops.client import ClientError, ControlPlaneClient, resolve_token
+from controlplane.ops.client import ClientError, ControlPlaneClient, local_token, resolve_token
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
@@ -328,6 +328,30 @@ def _bundle_rows(bundles: list[dict[str, Any]]) -> list[list[Any]]:
 def cmd_bundles(args: argparse.Namespace) -> int:
     return _list(args, "/api/v1/bundles", ["bundle", "target", "revision", "bytes", "etag", "signed by", "activated"],
                  _bundle_rows, "no bundle revision is active")
+
+
+# -- dashboard, token ------------------------------------------------------------------------
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """A one-time sign-in link: the token itself never goes on a screen, a log or a URL."""
+    with _client(args) as api:
+        link = api.post("/dashboard/codes", {})["url"]
+    if args.open:
+        import webbrowser
+
+        if webbrowser.open(link):
+            return 0
+    print(link)
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """A token from the local tokens file, asked for by name (printed only when asked for)."""
+    state_dir = Path(args.state_dir) if args.state_dir else Settings.from_env().state_dir
+    token = local_token(state_dir, args.name)
+    if not token:
+        raise ClientError(f"no token named {args.name!r} in {state_dir / 'tokens'}", "names: admin, evaluate, agent")
+    print(token)
+    return 0
 
 
 # -- stop, bench -----------------------------------------------------------------------------

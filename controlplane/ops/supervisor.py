@@ -30,6 +30,7 @@ from pathlib import Path
 from bridge.emulator import command as emulator_command
 from bridge.kernel.config import GroqSettings, Settings, SupervisorSettings
 from bridge.kernel.errors import GroqPolicyError, ToolchainError
+from controlplane.agents.sandbox import bridge_token
 from controlplane.auth.tokens import TokenSet, ensure_tokens
 from controlplane.infra.supervision import Supervisor, status_path
 from controlplane.ops.system import System, http_json, http_text
@@ -62,16 +63,20 @@ SECURITY_DENY = {
 ETHICS_MODEL = {"principal": {"id": "svc-content"}, "content": {"text": "What are good stretches after running?", "categories": []}}
 
 
-def print_examples(agent_url: str, gateway_url: str) -> None:
-    """One evaluation through each path, printed so a newcomer sees the system answer."""
+def print_examples(agent_url: str, gateway_url: str, evaluate_token: str, bridge: str) -> None:
+    """One evaluation through each path, printed so a newcomer sees the system answer (each path
+    presenting its token: the agent's REST API and the gateway admit no anonymous caller)."""
     print("example evaluations:")
-    status, body = http_json(f"{agent_url}/v1/data/groqpolicy/policies/security_policies/decision", "POST", {"input": SECURITY_DENY})
+    status, body = http_json(f"{agent_url}/v1/data/groqpolicy/policies/security_policies/decision", "POST",
+                             {"input": SECURITY_DENY}, token=evaluate_token)
     result = body.get("result", {}) if isinstance(body, dict) else {}
     print(f"  OPA agent  security_policies          -> {result.get('decision')} ({'; '.join(result.get('reasons', [])[:1])})")
-    status, body = http_json(f"{agent_url}/v1/data/groqpolicy/policies/ethical_constraints/decision", "POST", {"input": ETHICS_MODEL})
+    status, body = http_json(f"{agent_url}/v1/data/groqpolicy/policies/ethical_constraints/decision", "POST",
+                             {"input": ETHICS_MODEL}, token=evaluate_token)
     result = body.get("result", {}) if isinstance(body, dict) else {}
     print(f"  OPA agent  ethical_constraints (model) -> {result.get('decision')} (http.send -> gateway -> NATS -> worker)")
-    status, body = http_json(f"{gateway_url}/v1/infer/fast", "POST", {"question": "Is this request harmful?", "context": {"text": "hello"}})
+    status, body = http_json(f"{gateway_url}/v1/infer/fast", "POST",
+                             {"question": "Is this request harmful?", "context": {"text": "hello"}}, token=bridge)
     if status == 200 and isinstance(body, dict):
         print(f"  gateway    /v1/infer/fast             -> {body.get('decision')} by {body.get('model')} "
               f"(emulated={body.get('emulated')}, {body.get('latency_ms')} ms)")
@@ -127,6 +132,19 @@ def _start(system: System, sup: Supervisor, tokens: TokenSet) -> dict[str, str]:
             "emulated": "yes" if "emulated=true" in workers[0].own_log() else ""}
 
 
+def sign_in_link(base_url: str, tokens: TokenSet) -> str:
+    """A one-time dashboard sign-in link from the control plane (never the token itself: stdout
+    ends up in logs); "" without an admin token or when the control plane does not answer."""
+    admin = tokens.with_scope("admin")
+    if admin is None:
+        return ""
+    try:
+        status, body = http_json(f"{base_url}/dashboard/codes", "POST", {}, token=admin.secret)
+    except (OSError, ValueError):
+        return ""
+    return str(body.get("url", "")) if status == 201 and isinstance(body, dict) else ""
+
+
 def _banner(system: System, urls: dict[str, str], tokens: TokenSet) -> None:
     settings, log_dir = system.settings, system.log_dir
     print("groqpolicy is up")
@@ -142,9 +160,8 @@ def _banner(system: System, urls: dict[str, str], tokens: TokenSet) -> None:
           f"(status: {settings.base_url}/health)")
     print(f"  state           {settings.state_dir}  (logs in {log_dir})")
     print(f"  tokens          {tokens.source}")
-    admin = tokens.with_scope("admin")
-    if admin:
-        print(f"  dashboard       {settings.base_url}/dashboard/login?token={admin.secret}")
+    if link := sign_in_link(settings.base_url, tokens):
+        print(f"  dashboard       {link}  (one-time, 5 minutes; `groqpolicy dashboard` prints a new one)")
     if urls["emulated"]:
         print(f"  inference       EMULATED: no GROQ_API_KEY, answers come from the Groq emulator at {system.emulator_url}.")
         print("                  To use GroqCloud: stop, `export GROQ_API_KEY=gsk_...`, and `make run` again.")
@@ -172,7 +189,8 @@ def run_system(state_dir: Path | None = None) -> int:
         tokens = ensure_tokens(settings)  # generated into the state dir when none are configured
         urls = _start(system, sup, tokens)
         _banner(system, urls, tokens)
-        print_examples(urls["agent"], urls["gateway"])
+        evaluate = tokens.with_scope("evaluate")
+        print_examples(urls["agent"], urls["gateway"], evaluate.secret if evaluate else "", bridge_token(settings))
         print("Ctrl-C stops everything.", flush=True)
         sup.run_forever()
         return 0

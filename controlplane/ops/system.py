@@ -12,7 +12,8 @@ it: the caller sees the connection close and retries.)
 
 NATS identities: with the embedded server, each child presents its own role's nkey
 (controlplane.infra.natsauth) and nothing a parent shell might hold (`GROQPOLICY_NATS_CREDS`, ...)
-leaks into it; the OPA agent gets no NATS credential at all. With `GROQPOLICY_NATS_URL` (a cluster
+leaks into it; the OPA agent gets nothing but PATH (every policy can read its environment), a
+token-authenticated REST API and a persistence directory (controlplane.infra.processes). With `GROQPOLICY_NATS_URL` (a cluster
 someone else runs) no NATS is started, and every child presents the credential configured there.
 """
 
@@ -28,7 +29,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bridge.kernel.config import NatsSettings, Settings, SupervisorSettings, environment
+from controlplane.agents.sandbox import bridge_token, bridge_token_path
 from controlplane.infra.natsauth import NatsAuth, bootstrap
+from controlplane.infra.private import write_private
 from controlplane.infra.processes import (
     ManagedProcess,
     free_port,
@@ -48,9 +51,11 @@ WORKER_READY = "groqpolicy worker ready"
 NATS_CREDENTIAL_VARIABLES = frozenset(NatsSettings.ENV) - {"GROQPOLICY_NATS_CONNECT_TIMEOUT_S"}
 
 
-def http_json(url: str, method: str = "GET", body: object | None = None, timeout: float = 10.0) -> tuple[int, object]:
+def http_json(url: str, method: str = "GET", body: object | None = None, timeout: float = 10.0,
+              token: str = "") -> tuple[int, object]:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read() or b"null")
@@ -131,8 +136,9 @@ class System:
     def gateway(self) -> Child:
         port = self.ports.gateway_port
         argv = [sys.executable, "-m", "bridge.inference.gateway", "--port", str(port)]
-        return Child("bridge gateway", lambda: spawn("bridge gateway", argv, self.log_dir / "gateway.log",
-                                                     env=self.env("gateway")),
+        bridge_token(self.settings)  # generated before either side needs it: the gateway and the control plane
+        env = dict(self.env("gateway"), GROQPOLICY_BRIDGE_TOKEN_FILE=str(bridge_token_path(self.settings)))
+        return Child("bridge gateway", lambda: spawn("bridge gateway", argv, self.log_dir / "gateway.log", env=env),
                      ready=lambda _: port_open(port))
 
     def control_plane(self, bridge_url: str) -> Child:
@@ -158,13 +164,15 @@ class System:
 
     def agent(self, token: str, agent_id: str = "agent-1") -> Child:
         """The OPA agent, configured once from the control plane's own /api/v1/opa/config (a restart
-        reuses that file, so it needs no control plane to come back)."""
+        reuses that file, and the agent its persisted bundle, so it needs no control plane to come
+        back). It runs with a minimal environment, and its REST API admits only the tokens whose
+        digests the bundle carries (rego/system/authz.rego)."""
         base, workdir, port = self.settings.base_url, self.settings.state_dir / "opa", self.ports.agent_port
         config = http_text(f"{base}/api/v1/opa/config?agent_id={agent_id}&min_delay_s=1&max_delay_s=5", token=token)
-        workdir.mkdir(parents=True, exist_ok=True)
+        workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
         config_file = workdir / f"{agent_id}.yaml"
-        config_file.write_text(config)
-        return Child("OPA agent", lambda: launch_opa_agent(config_file, workdir, port=port, env=self.env(None)),
+        write_private(config_file, config)  # it carries the agent's token
+        return Child("OPA agent", lambda: launch_opa_agent(config_file, workdir, port=port, authenticated=True),
                      ready=lambda _: port_open(port))
 
     def close(self) -> None:

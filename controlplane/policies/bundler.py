@@ -53,7 +53,7 @@ class PolicyBundler:
         for d in load_definitions(self.bundles_dir):
             if d.name == self.bundle:
                 return d
-        return BundleDefinition(name=self.bundle, sources=["rego"], roots=["groqpolicy"])
+        return BundleDefinition(name=self.bundle, sources=["rego"], roots=["groqpolicy", "system/authz"])
 
     def _tree(self, tmp: Path, definition: BundleDefinition, modules: Mapping[str, str], run_tests: bool | None = None) -> BundleDefinition:
         for src in definition.sources:

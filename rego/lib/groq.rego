@@ -26,6 +26,12 @@ default bridge_url := "http://127.0.0.1:8016"
 
 bridge_url := data.groqpolicy.config.bridge_url
 
+# The token the gateway requires (the control plane writes it into every bundle). It travels
+# in a header, so OPA's decision logs carry it; the control plane redacts it on arrival.
+default bridge_token := ""
+
+bridge_token := data.groqpolicy.config.bridge_token
+
 # http.send's own timeout: how long OPA waits for the gateway.
 default timeout := "2s"
 
@@ -41,7 +47,7 @@ deadline_ms := data.groqpolicy.config.deadline_ms
 request(policy, tier, question, context) := {
 	"method": "POST",
 	"url": concat("", [bridge_url, "/v1/infer/", tier]),
-	"headers": {"content-type": "application/json"},
+	"headers": {"content-type": "application/json", "authorization": concat(" ", ["Bearer", bridge_token])},
 	"body": {
 		"question": question,
 		"context": context,

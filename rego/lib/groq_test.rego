@@ -89,9 +89,10 @@ test_request_shape if {
 
 test_config_overrides_url_timeout_deadline if {
 	a := groq.judge("nano", "q?", {}) with http.send as echo_send
-		with data.groqpolicy.config as {"bridge_url": "http://bridge:9000", "timeout": "500ms", "deadline_ms": 300}
+		with data.groqpolicy.config as {"bridge_url": "http://bridge:9000", "timeout": "500ms", "deadline_ms": 300, "bridge_token": "t0ken"}
 	req := json.unmarshal(a.rationale)
 	req.url == "http://bridge:9000/v1/infer/nano"
+	req.headers.authorization == "Bearer t0ken"
 	req.timeout == "500ms"
 	req.body.deadline_ms == 300
 	req.body.policy == ""

@@ -4,11 +4,13 @@ A raw ASGI app: this is the hot path of every model-backed policy decision, and 
 routing, DI and serialisation layers would cost more than the NATS hop they front. It validates
 the body (msgspec), forwards the *original bytes* with the caller's budget in a header, and
 passes the worker's JSON through unchanged with `Cache-Control: max-age=N`, so OPA's inter-query
-`http.send` cache keeps identical judgments. Every refusal is a `GroqPolicyError`, answered with
+`http.send` cache keeps identical judgments. Every inference request must carry the bridge token
+(`Authorization: Bearer <token>`; bundles carry it at data.groqpolicy.config.bridge_token and the
+policy library presents it); a gateway with no token configured does not start. Every refusal is a `GroqPolicyError`, answered with
 its `status` and the family's error body (`error_body`).
 
-    POST /v1/infer/{tier}  -> 200 reply | 400 not JSON | 404 unknown tier | 413 too large
-                              | 422 invalid body | 503 no worker | 504 deadline
+    POST /v1/infer/{tier}  -> 200 reply | 400 not JSON | 401 no or wrong bridge token | 404 unknown tier
+                              | 413 too large | 422 invalid body | 503 no worker | 504 deadline
     GET  /v1/models        -> the tier catalog (the service design's shape: {"models": [...]})
     GET  /health           -> {"status": "ok"|"degraded", "nats": bool, counters...}
     GET  /metrics          -> the same counters in Prometheus text format
@@ -16,6 +18,7 @@ its `status` and the family's error body (`error_body`).
 
 from __future__ import annotations
 
+import hmac
 import logging
 from typing import Any
 
@@ -25,14 +28,22 @@ from nats.aio.client import Client as NatsClient
 from bridge.inference.catalog import default_catalog
 from bridge.inference.client import InferClient
 from bridge.inference.connect import connect
-from bridge.inference.wire import MAX_BODY_BYTES, InternalError, InvalidInferRequest, MethodNotAllowed, UnknownRoute
+from bridge.inference.wire import (
+    MAX_BODY_BYTES,
+    InternalError,
+    InvalidInferRequest,
+    MethodNotAllowed,
+    Unauthenticated,
+    UnknownRoute,
+)
 from bridge.kernel.config import GatewaySettings
-from bridge.kernel.errors import GroqPolicyError, error_body
+from bridge.kernel.errors import ConfigError, GroqPolicyError, error_body
 
 log = logging.getLogger("groqpolicy.gateway")
 PREFIX = "/v1/infer/"
 Header = tuple[bytes, bytes]
 Response = tuple[int, bytes, list[Header]]
+MIN_TOKEN_LENGTH = 16
 _JSON: Header = (b"content-type", b"application/json")
 _TEXT: Header = (b"content-type", b"text/plain; version=0.0.4")
 _NO_STORE: Header = (b"cache-control", b"no-store")
@@ -49,6 +60,8 @@ class Gateway:
         self.max_body = MAX_BODY_BYTES
         self.client = InferClient(nc, cache_size=self.settings.cache_size, default_deadline_ms=self.settings.deadline_ms)
         self.counts = self.client.counts
+        self.counts["unauthenticated"] = 0
+        self._authorization = b"Bearer " + load_token(self.settings).encode()
 
     async def connect(self) -> None:
         if self.nc is None:
@@ -116,15 +129,37 @@ class Gateway:
         raise UnknownRoute(f"{method} {path}: not found")
 
     async def _infer(self, tier: str, scope: dict[str, Any], receive: Any) -> Response:
+        authorization = b""
         for name, value in scope["headers"]:
             if name == b"content-length" and int(value or 0) > self.max_body:
                 raise InvalidInferRequest(f"body: {int(value)} bytes is too large (max {self.max_body})", status=413,
                                           code="body_too_large")
+            if name == b"authorization":
+                authorization = value
+        if not hmac.compare_digest(authorization, self._authorization):
+            self.counts["unauthenticated"] += 1
+            raise Unauthenticated("missing or invalid bridge token (send Authorization: Bearer <bridge token>)"
+                                  if authorization else "missing bridge token (send Authorization: Bearer <bridge token>)")
         body = await _read_body(receive, self.max_body)
         status, data, max_age = await self.client.request(tier, body)
         if status != 200:
             return status, data, [_JSON, _NO_STORE]
         return 200, data, [_JSON, (b"cache-control", b"max-age=%d" % max_age)]
+
+
+def load_token(settings: GatewaySettings) -> str:
+    """The bridge token: given as text, or read from `GROQPOLICY_BRIDGE_TOKEN_FILE`; none is a
+    `ConfigError` (a gateway that anyone on the host could use would spend the Groq key)."""
+    token = settings.token
+    if not token and settings.token_file is not None:
+        try:
+            token = settings.token_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"GROQPOLICY_BRIDGE_TOKEN_FILE={settings.token_file}: {exc.strerror}") from None
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise ConfigError(f"the bridge gateway needs a token of at least {MIN_TOKEN_LENGTH} characters: set "
+                          "GROQPOLICY_BRIDGE_TOKEN_FILE (the control plane's <state>/bridge-token)")
+    return token
 
 
 def _refusal(exc: GroqPolicyError) -> Response:
