@@ -32,6 +32,7 @@ from controlplane.bundles.controllers import BundleApi, BundleServer
 from controlplane.bundles.revisions import RevisionStore
 from controlplane.dashboard import DashboardController, dashboard_templates
 from controlplane.evaluation.controllers import EvaluationController, GroqController, OpaController
+from controlplane.impact.controllers import ImpactApi
 from controlplane.infra.nats import NatsConnection
 from controlplane.infra.supervision import read_status
 from controlplane.metrics.controllers import metrics, timing_middleware
@@ -89,7 +90,8 @@ def dependencies(services: Services) -> dict[str, Provide]:
         "nats": services.nats, "revisions": services.store, "publish_library": services.publish_definitions,
         "statuses": services.statuses, "decision_logs": services.decision_logs, "policies": services.policies,
         "pipeline": rt.pipeline, "evaluator": rt.evaluator, "model_client": rt.models, "catalog": rt.catalog,
-        "gauges": services.gauges, "startup_errors": services.startup_errors,
+        "gauges": services.gauges, "startup_errors": services.startup_errors, "impact": services.impact,
+        "shadows": services.shadows, "agent_decisions": services.agent_decisions,
     }
     recorder = services.recorder
 
@@ -128,7 +130,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app = Litestar(
         route_handlers=[health, metrics, BundleServer, BundleApi, AgentIngest, AgentQueries, AgentSetup,
                         PolicyController, EvaluationController, GroqController, OpaController, AuditApi,
-                        DashboardController],
+                        ImpactApi, DashboardController],
         middleware=middleware,
         dependencies=dependencies(services),
         exception_handlers={GroqPolicyError: _product_error, HTTPException: _http_error},

@@ -26,6 +26,7 @@ from controlplane.audit.ingest import audit_decision_log_events
 from controlplane.audit.writer import TrailWriter
 from controlplane.auth.guards import Principal, principal_of, requires
 from controlplane.auth.tokens import TokenSet
+from controlplane.impact.tap import AgentDecisions
 from controlplane.routes import get, post
 
 _Seconds: TypeAlias = Annotated[int, QueryParameter(ge=1, le=3600)]
@@ -40,13 +41,14 @@ class AgentIngest(Controller):
     @post(["/logs", "/logs/{partition:str}"], status_code=204, summary="OPA decision-log upload (gzip JSON array)")
     async def upload_logs(self, request: Request, settings: NamedDependency[Settings],
                           decision_logs: NamedDependency[DecisionLogStore], audit_writer: NamedDependency[TrailWriter | None],
-                          partition: FromPath[str] = "") -> Response[None]:
+                          agent_decisions: NamedDependency[AgentDecisions], partition: FromPath[str] = "") -> Response[None]:
         raw = decompress(await request.body(), request.headers.get("content-encoding", ""), settings.max_log_body_bytes)
         events = decision_logs.validate(decode_json(raw, "decision log batch"))
         # audit first: if JetStream does not acknowledge, the agent gets 503 and uploads the batch again
         # (nothing stored yet); a re-upload of audited events is recognised by their record ids
         await audit_decision_log_events(started(audit_writer), events)
         decision_logs.append(events)
+        agent_decisions(events)  # the replay store: queued, published in the background
         return Response(content=None, status_code=204)
 
     @post(["/status", "/status/{partition:str}"], status_code=204, summary="OPA status report")
