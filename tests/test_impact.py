@@ -5,6 +5,7 @@ control plane over real HTTP with its in-process evaluator. Model calls are coun
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import httpx
@@ -203,3 +204,21 @@ def test_discard_is_audited_and_an_unknown_shadow_is_404(system, recorded):
     assert client.post(f"/api/v1/shadows/{limit}/discard").status_code == 404
     r = client.post("/api/v1/shadows", json={"candidate": {"opa_policy": LIMIT}})
     assert r.status_code == 400
+
+
+def test_the_cli_shows_progress_and_the_matrix(system, recorded, tmp_path, capsys):
+    from controlplane.ops.cli import main
+    from tests.controlplane_helpers import ADMIN_TOKEN
+
+    client, _, _, limit, _ = system
+    changed = tmp_path / "limits.rego"
+    changed.write_text(TIGHTER.replace("input.amount > 50", "input.amount > 205"))
+    common = ["--url", str(client.base_url), "--token", ADMIN_TOKEN]
+    assert main(["impact", "--rule-id", limit, "--file", str(changed), "--since", "1h", *common]) == 0
+    out, err = capsys.readouterr()
+    done, total = re.findall(r"(\d+)/(\d+) contexts", err)[-1]  # the progress bar's last state
+    assert done == total and int(total) >= len(AMOUNTS)
+    assert "risk_management:" in out and "deny ->" in out and "0 asked anew" in out
+    assert main(["impact", "--rule-id", limit, "--file", str(changed), *common]) == 1
+    assert "--since" in capsys.readouterr().err
+    assert main(["shadow", "list", *common]) == 0

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -129,6 +130,7 @@ class JudgmentTap:
     def transport(self, inner: InferTransport) -> InferTransport:
         """`inner` (the evaluator's http.send transport), filing each answered judgment."""
 
+        @functools.wraps(inner)
         def call(tier: str, body: Any, timeout: float) -> tuple[int, Any]:
             status, reply = inner(tier, body, timeout)
             if status == 200:
@@ -140,6 +142,7 @@ class JudgmentTap:
     def ask(self, inner: AskModel) -> AskModel:
         """`inner` (the pipeline's model stage client), filing each answered judgment."""
 
+        @functools.wraps(inner)
         async def ask(tier: str, body: bytes) -> tuple[int, bytes, int]:
             status, data, max_age = await inner(tier, body)
             if status == 200:
