@@ -146,8 +146,8 @@ class Services:
         nats.on_reconnect.append(policy_store.resync)  # a KV watch does not survive a server restart
         bundler = PolicyBundler(compiler, publisher, settings.rego_root, settings.bundles_dir)
         policies = PolicyService(policy_store, bundler, on_published=follower.reload)
-        shadows = ShadowMode(policies, settings, models.transport, threadsafe_ask(models.request, lambda: models.loop),
-                             audit=recorder.append_many)
+        serving_ask = threadsafe_ask(models.request, lambda: models.loop)  # for the replay's and the shadows' threads
+        shadows = ShadowMode(policies, settings, models.transport, serving_ask, audit=recorder.append_many)
         pipeline = Pipeline(evaluator, policies.active_records, ask_model=tap.ask(models.request),
                             recorder=ObservingRecorder(recorder, replay, [shadows]), escalate=EscalationPublisher(nats))
         runtime = EvaluationRuntime(nats=nats, models=models, evaluator=evaluator, follower=follower, pipeline=pipeline,
@@ -156,7 +156,7 @@ class Services:
         decision_logs, statuses = DecisionLogStore(settings.state_dir), StatusStore(settings.state_dir)
         gauges = StoreGauges(store, statuses, decision_logs,
                              audit_writer=lambda: recorder.trail.writer if recorder.trail is not None else None)
-        impact = ImpactService(replay, policies, settings, OnlineReAsk(models.transport, models.request),
+        impact = ImpactService(replay, policies, settings, OnlineReAsk(models.transport, serving_ask),
                                audit=recorder.append_many)
         return cls(settings=settings, store=store, decision_logs=decision_logs, statuses=statuses, signing_key=key,
                    publisher=publisher, nats=nats, policies=policies, recorder=recorder, runtime=runtime,

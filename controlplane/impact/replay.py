@@ -30,6 +30,7 @@ from controlplane.evaluation.pipeline import Pipeline
 from controlplane.impact.candidate import Candidate
 from controlplane.impact.records import Judgment, Recorded, judgment_key, redact, strictest_by_type
 from controlplane.policies import rego
+from controlplane.policies.schemas import PolicyRecord
 
 CHUNK = 1024  # contexts per decide_many call
 EXAMPLES_PER_CELL = 3
@@ -124,6 +125,18 @@ class Oracle:
         return status, data, max_age
 
 
+class ReplayPipeline(Pipeline):
+    """The evaluation pipeline as a replay runs it: every policy batched, also those that call a
+    model through `http.send`. Live, such a policy gets a worker thread per evaluation so that a
+    model round trip does not hold the others up; in a replay the `Oracle` answers recorded
+    judgments from memory, so the thread hop would cost more than the evaluation (about 8x on the
+    replay benchmark). A judgment asked anew blocks its chunk for its round trip, on the replay's
+    own thread (`run_replay`), never the serving loop's."""
+
+    def _may_block(self, record: PolicyRecord) -> bool:
+        return False
+
+
 class Outcome(msgspec.Struct, gc=False):
     decision: str
     by_type: dict[str, str]
@@ -133,7 +146,7 @@ class Outcome(msgspec.Struct, gc=False):
 async def decide_all(candidate: Candidate, evaluator: WasmEvaluator, oracle: Oracle, decisions: list[Recorded],
                      progress: Callable[[int], Any] | None = None) -> list[Outcome]:
     """Each recorded decision made again by the candidate (in the order given)."""
-    pipeline = Pipeline(evaluator, lambda: candidate.records, ask_model=oracle.ask)
+    pipeline = ReplayPipeline(evaluator, lambda: candidate.records, ask_model=oracle.ask)
     out: list[Outcome | None] = [None] * len(decisions)
     groups: dict[tuple[Any, ...], list[int]] = {}
     for i, d in enumerate(decisions):

@@ -8,6 +8,7 @@ a message naming the field.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
@@ -89,13 +90,19 @@ class ImpactService:
         candidate, decisions, oracle = prepared.candidate, prepared.decisions, prepared.oracle
         evaluator = candidate.evaluator(self.policies, self.settings.bridge_url, oracle.transport)
 
-        async def step(done: int) -> None:
+        serving = asyncio.get_running_loop()
+
+        async def report_progress(done: int) -> None:
             if progress is not None:
                 await progress(done, len(decisions))
 
+        async def step(done: int) -> None:  # on the replay's thread: progress is reported on the serving loop
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(report_progress(done), serving))
+
         started = time.perf_counter()
         try:
-            outcomes = await decide_all(candidate, evaluator, oracle, decisions, step)
+            # a thread and event loop of its own: the replay's WASM work never holds up the serving loop
+            outcomes = await asyncio.to_thread(asyncio.run, decide_all(candidate, evaluator, oracle, decisions, step))
         finally:
             evaluator.close()
         found = report(candidate, decisions, outcomes, oracle, redact_fields=self.settings.impact_redact_fields,
