@@ -222,3 +222,19 @@ def test_the_cli_shows_progress_and_the_matrix(system, recorded, tmp_path, capsy
     assert main(["impact", "--rule-id", limit, "--file", str(changed), *common]) == 1
     assert "--since" in capsys.readouterr().err
     assert main(["shadow", "list", *common]) == 0
+
+
+def test_the_dashboard_shows_the_matrix_and_the_shadows(system, recorded):
+    client, _, _, limit, _ = system
+    impact(client, {"rule_id": limit, "opa_policy": LIMIT.replace("input.amount > 100", "input.amount > 15")})
+    assert client.post("/api/v1/shadows", json={"candidate": {"rule_id": limit, "opa_policy": LIMIT}}).status_code == 201
+    try:
+        page = client.get("/dashboard/impact")
+        assert page.status_code == 200
+        html = page.text
+        assert 'data-policy-type="risk_management"' in html and 'id="impact-risk_management-allow"' in html
+        assert 'class="changed" data-cell="allow-deny"' in html
+        assert f'data-shadow="{limit}"' in html and f'id="shadow-{limit}"' in html
+        assert 'href="/dashboard/impact"' in client.get("/").text
+    finally:
+        client.post(f"/api/v1/shadows/{limit}/discard")
