@@ -32,7 +32,7 @@ from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
 from bridge.kernel.config import Settings
-from bridge.kernel.errors import ConfigError, Unavailable
+from bridge.kernel.errors import Conflict, Unavailable
 from controlplane.impact.records import DECISION_SUBJECT, JUDGMENT_SUBJECT, Judgment, Recorded
 
 log = logging.getLogger(__name__)
@@ -226,4 +226,4 @@ class ReplayStore:
 
     def check_enabled(self) -> None:
         if not self.enabled:
-            raise ConfigError("replay store: off (GROQPOLICY_REPLAY=off): there is nothing to replay")
+            raise Conflict("replay store: off (GROQPOLICY_REPLAY=off): nothing is recorded, so there is nothing to replay")
