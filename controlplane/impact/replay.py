@@ -244,27 +244,34 @@ def _p50(values: Iterable[float]) -> float:
 
 
 def report(candidate: Candidate, decisions: list[Recorded], outcomes: list[Outcome], oracle: Oracle, *,
-           redact_fields: Iterable[str], elapsed_s: float, via: str) -> Report:
+           redact_fields: Iterable[str], started: float, via: str) -> Report:
+    """The report; its rate counts the replay from `started` (perf_counter) to the report, included."""
     fields = frozenset(redact_fields)
-    matrix: dict[str, dict[str, dict[str, int]]] = {}
+    counts: dict[tuple[str, str, str], int] = {}
     examples: dict[tuple[str, str, str], Example] = {}
     changed = 0
     for d, o in zip(decisions, outcomes, strict=True):
+        before_types, after_types = d.by_type, o.by_type
+        kinds = before_types.keys() if before_types.keys() == after_types.keys() else before_types.keys() | after_types.keys()
+        cells = [("*", d.decision, o.decision)] + [(k, before_types.get(k, NONE), after_types.get(k, NONE)) for k in kinds]
         changed += d.decision != o.decision
-        pairs = [("*", d.decision, o.decision)] + [(t, d.by_type.get(t, NONE), o.by_type.get(t, NONE))
-                                                   for t in sorted(set(d.by_type) | set(o.by_type))]
-        for kind, before, after in pairs:
-            row = matrix.setdefault(kind, {}).setdefault(before, {})
-            row[after] = row.get(after, 0) + 1
-            if before != after:
-                ex = examples.setdefault((kind, before, after), Example(kind, before, after, 0, []))
+        for cell in cells:
+            counts[cell] = counts.get(cell, 0) + 1
+            if cell[1] != cell[2]:
+                ex = examples.get(cell)
+                if ex is None:
+                    ex = examples[cell] = Example(*cell, count=0, inputs=[])
                 ex.count += 1
                 if len(ex.inputs) < EXAMPLES_PER_CELL:
                     ex.inputs.append(redact(d.input, fields))
+    matrix: dict[str, dict[str, dict[str, int]]] = {}
+    for (kind, before, after), n in sorted(counts.items()):
+        matrix.setdefault(kind, {}).setdefault(before, {})[after] = n
     latency = Latency(recorded_wasm_us_p50=_p50(d.wasm_us for d in decisions),
                       candidate_wasm_us_p50=_p50(o.wasm_us for o in outcomes), change_us=0.0,
                       new_call_ms_p50=_p50(oracle.asked_ms))
     latency.change_us = round(latency.candidate_wasm_us_p50 - latency.recorded_wasm_us_p50, 2)
+    elapsed_s = time.perf_counter() - started
     return Report(
         id=str(uuid.uuid4()), candidate=candidate.description, candidate_revision=candidate.revision,
         live_revisions=sorted({d.revision for d in decisions if d.revision}), decisions=len(decisions),

@@ -106,7 +106,7 @@ class ImpactService:
         finally:
             evaluator.close()
         found = report(candidate, decisions, outcomes, oracle, redact_fields=self.settings.impact_redact_fields,
-                       elapsed_s=time.perf_counter() - started, via=prepared.request.via)
+                       started=started, via=prepared.request.via)
         self.reports.append(found)
         await self.audit([admin_record("impact", "other", {
             "report_id": found.id, "candidate": found.candidate, "candidate_revision": found.candidate_revision,
