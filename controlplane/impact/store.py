@@ -34,6 +34,7 @@ from nats.js.errors import NotFoundError
 from bridge.kernel.config import Settings
 from bridge.kernel.errors import Conflict, Unavailable
 from controlplane.impact.records import DECISION_SUBJECT, JUDGMENT_SUBJECT, Judgment, Recorded
+from controlplane.metrics.recorders import REPLAY_RECORDED, child
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ MAX_PENDING = 50_000  # entries waiting for JetStream before new ones are droppe
 MESSAGE_BYTES = 512 * 1024  # entries per message, up to about this size (NATS' default max payload is 1 MiB)
 FLUSH_S = 0.1
 READ_BATCH = 256
-_decisions = msgspec.json.Encoder()
+_encode = msgspec.json.Encoder().encode
 _decode_decisions = msgspec.json.Decoder(list[Recorded]).decode
 _decode_judgments = msgspec.json.Decoder(list[Judgment]).decode
 
@@ -112,7 +113,7 @@ class ReplayStore:
             return
         with self._lock:
             if len(self._decisions) + len(self._judgments) >= MAX_PENDING:
-                self.dropped += len(entries)
+                self._dropped(len(entries))
                 return
             self._decisions.extend((e.source, e) for e in entries)
 
@@ -121,9 +122,13 @@ class ReplayStore:
             return
         with self._lock:
             if len(self._decisions) + len(self._judgments) >= MAX_PENDING:
-                self.dropped += 1
+                self._dropped(1)
                 return
             self._judgments.append(judgment)
+
+    def _dropped(self, n: int) -> None:
+        self.dropped += n
+        child(REPLAY_RECORDED, "dropped").inc(n)
 
     async def _run(self) -> None:
         while True:
@@ -142,8 +147,9 @@ class ReplayStore:
             try:
                 await self.client().jetstream(timeout=5).publish(subject, data)
                 self.published += n
+                child(REPLAY_RECORDED, "published").inc(n)
             except Exception as exc:  # noqa: BLE001 - NATS away, stream missing: dropped, counted, never fatal
-                self.dropped += n
+                self._dropped(n)
                 log.warning("replay store: %d entries dropped (%s: %s)", n, type(exc).__name__, exc)
 
     @staticmethod
@@ -152,17 +158,17 @@ class ReplayStore:
         for subject, items in [(JUDGMENT_SUBJECT, judgments)] + [
                 (f"{DECISION_SUBJECT}.{source}", [e for s, e in decisions if s == source])
                 for source in dict.fromkeys(s for s, _ in decisions)]:
-            chunk: list[Any] = []
+            chunk: list[bytes] = []  # each entry encoded once; a message is their JSON array
             size = 0
             for item in items:
-                encoded = len(_decisions.encode(item))
-                if chunk and size + encoded > MESSAGE_BYTES:
-                    out.append((subject, _decisions.encode(chunk), len(chunk)))
+                encoded = _encode(item)
+                if chunk and size + len(encoded) > MESSAGE_BYTES:
+                    out.append((subject, b"[" + b",".join(chunk) + b"]", len(chunk)))
                     chunk, size = [], 0
-                chunk.append(item)
-                size += encoded
+                chunk.append(encoded)
+                size += len(encoded) + 1
             if chunk:
-                out.append((subject, _decisions.encode(chunk), len(chunk)))
+                out.append((subject, b"[" + b",".join(chunk) + b"]", len(chunk)))
         return out
 
     # -- reading (admin only: the API guards it) ---------------------------------------------------
