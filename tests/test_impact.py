@@ -238,3 +238,31 @@ def test_the_dashboard_shows_the_matrix_and_the_shadows(system, recorded):
         assert 'href="/dashboard/impact"' in client.get("/").text
     finally:
         client.post(f"/api/v1/shadows/{limit}/discard")
+
+
+def test_a_bundle_directory_and_a_stored_candidate(system, recorded, tmp_path):
+    import shutil
+
+    from tests.conftest import REPO_ROOT
+
+    client, _, emu, limit, _ = system
+    library = tmp_path / "rego"
+    shutil.copytree(REPO_ROOT / "rego", library)
+    live = client.get(f"/api/v1/policies/{limit}").json()["opa_policy"]  # promoted above: the recording is older
+    before = emu.calls()
+    same = impact(client, {"bundle_dir": str(library)})
+    assert same["matrix"] == impact(client, {"rule_id": limit, "opa_policy": live})["matrix"]  # the library unchanged
+    assert same["model_calls"]["new"] == 0 and emu.calls() == before
+    assert client.post("/api/v1/impact", json={"candidate": {"bundle_dir": str(tmp_path / "nope")}, "count": 1}).status_code == 400
+    # a stored policy that is not active yet, shadowed in place of the live one, then promoted
+    stored = client.post("/api/v1/policies", json=policy("limits-v2", "risk_management", LIMIT, is_active=False))
+    assert stored.status_code == 201, stored.text
+    candidate = stored.json()["rule_id"]
+    r = client.post("/api/v1/shadows", json={"candidate": {"rule_id": limit, "candidate_id": candidate}, "sample": 1.0})
+    assert r.status_code == 201, r.text
+    promoted = client.post(f"/api/v1/shadows/{limit}/promote", json={"force": True})
+    assert promoted.status_code == 200, promoted.text
+    assert client.get(f"/api/v1/policies/{candidate}").json()["is_active"] is True
+    assert client.get(f"/api/v1/policies/{limit}").json()["is_active"] is False
+    again = client.post("/api/v1/impact", json={"candidate": {"candidate_id": candidate}, "count": 1})
+    assert again.status_code == 409 and "active already" in again.json()["error"]["message"]
