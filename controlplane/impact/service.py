@@ -82,7 +82,7 @@ class ImpactService:
                                 "use via=online")
         candidate = await anyio.to_thread.run_sync(build_candidate, req.candidate, self.policies)
         since = time.time() - req.since_s if req.since_s is not None else None
-        decisions = await self.store.decisions(since, req.count)
+        decisions = await self.store.decisions(since, req.count or MAX_DECISIONS)  # a window holds at most the newest MAX
         oracle = Oracle(await self.store.judgments(), self.reask if req.ask else None)
         return Prepared(req, candidate, decisions, oracle)
 
