@@ -91,7 +91,7 @@ def dependencies(services: Services) -> dict[str, Provide]:
         "statuses": services.statuses, "decision_logs": services.decision_logs, "policies": services.policies,
         "pipeline": rt.pipeline, "evaluator": rt.evaluator, "model_client": rt.models, "catalog": rt.catalog,
         "gauges": services.gauges, "startup_errors": services.startup_errors, "impact": services.impact,
-        "shadows": services.shadows, "agent_decisions": services.agent_decisions,
+        "shadows": services.shadows, "agent_decisions": services.agent_decisions, "replay": services.replay,
     }
     recorder = services.recorder
 

@@ -147,7 +147,7 @@ class Services:
         bundler = PolicyBundler(compiler, publisher, settings.rego_root, settings.bundles_dir)
         policies = PolicyService(policy_store, bundler, on_published=follower.reload)
         serving_ask = threadsafe_ask(models.request, lambda: models.loop)  # for the replay's and the shadows' threads
-        shadows = ShadowMode(policies, settings, models.transport, serving_ask, audit=recorder.append_many)
+        shadows = ShadowMode(policies, settings, models.transport, serving_ask, audit=recorder.append_many, store=replay)
         pipeline = Pipeline(evaluator, policies.active_records, ask_model=tap.ask(models.request),
                             recorder=ObservingRecorder(recorder, replay, [shadows]), escalate=EscalationPublisher(nats))
         runtime = EvaluationRuntime(nats=nats, models=models, evaluator=evaluator, follower=follower, pipeline=pipeline,

@@ -184,6 +184,11 @@ def test_shadow_records_divergences_and_promotion_above_the_threshold_is_refused
     assert (shadow["diverged"], shadow["errors"]) == (5, 0)
     assert {(d["live"], d["shadow"]) for d in shadow["divergences"]} == {("allow", "deny")}
     assert 'groqpolicy_shadow_divergence_ratio{policy="' + limit + '"}' in client.get("/metrics").text
+    deadline = time.monotonic() + 20
+    while len(kept := client.get(f"/api/v1/shadows/{limit}/divergences").json()) < 5:  # the replay store keeps them all
+        assert time.monotonic() < deadline, kept
+        time.sleep(0.05)
+    assert {(d["live"], d["shadow"], len(d["input_sha256"])) for d in kept} == {("allow", "deny", 64)}
     refused = client.post(f"/api/v1/shadows/{limit}/promote")
     assert refused.status_code == 409 and "above" in refused.json()["error"]["message"]
     forced = client.post(f"/api/v1/shadows/{limit}/promote", json={"force": True})

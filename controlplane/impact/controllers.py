@@ -10,6 +10,7 @@ starts, so those are plain 4xx answers either way.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -17,15 +18,17 @@ from typing import Annotated
 import msgspec
 from litestar import Controller, Request, Response
 from litestar.di import NamedDependency
-from litestar.params import Body, FromPath, JSONBody
+from litestar.params import Body, FromPath, JSONBody, QueryParameter
 from litestar.response import Stream
 
 from bridge.kernel.errors import GroqPolicyError, error_document
 from controlplane.auth.guards import principal_of, requires
 from controlplane.impact.candidate import CandidateSpec
+from controlplane.impact.records import Divergence
 from controlplane.impact.replay import Report
 from controlplane.impact.service import ImpactRequest, ImpactService, Prepared
 from controlplane.impact.shadow import ShadowMode, ShadowSummary
+from controlplane.impact.store import ReplayStore
 from controlplane.routes import error_responses, get, post
 
 NDJSON = "application/x-ndjson"
@@ -74,6 +77,13 @@ class ImpactApi(Controller):
          responses=error_responses(401, 403, 429))
     async def list_shadows(self, shadows: NamedDependency[ShadowMode]) -> list[ShadowSummary]:
         return shadows.summaries()
+
+    @get("/shadows/{rule_id:uuid}/divergences", summary="Every divergence a shadow of this policy found, from the "
+         "replay store (oldest first)", responses=error_responses(400, 401, 403, 409, 429, 503))
+    async def divergences(self, rule_id: FromPath[uuid.UUID], replay: NamedDependency[ReplayStore],
+                          since_s: Annotated[float | None, QueryParameter(gt=0)] = None) -> list[Divergence]:
+        replay.check_enabled()
+        return await replay.divergences(str(rule_id), time.time() - since_s if since_s else None)
 
     @post("/shadows/{rule_id:uuid}/promote", status_code=200, summary="Apply the shadow's candidate (refused above "
           "the divergence threshold unless forced)", responses=error_responses(400, 401, 403, 404, 409, 422, 429, 503))

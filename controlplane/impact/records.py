@@ -5,6 +5,7 @@ Two kinds of message share one stream (`controlplane.impact.store`):
 - `replay.decision.<source>`: a list of `Recorded` decisions (one per evaluation; a batch request
   is one message). Each holds the input, the request's parameters, the revision that decided, its
   decision and each policy type's part, and the WASM time it took.
+- `replay.divergence`: a list of `Divergence`s, what shadow mode found (controlplane.impact.shadow).
 - `replay.judgment`: a list of `Judgment`s, the model's answers keyed by their exact request
   (`judgment_key`). Kept apart from the decisions because a judgment is asked once and then served
   from caches to many decisions, some of them hours later: a replay reads every retained judgment
@@ -26,6 +27,7 @@ from bridge.kernel.vocabulary import DECISION_RANK
 
 DECISION_SUBJECT = "replay.decision"
 JUDGMENT_SUBJECT = "replay.judgment"
+DIVERGENCE_SUBJECT = "replay.divergence"
 KEY_FIELDS = ("question", "context", "policy", "model", "max_tokens", "temperature")
 REDACTED = "[redacted]"
 _canonical = msgspec.json.Encoder(order="sorted")
@@ -54,6 +56,20 @@ class Judgment(msgspec.Struct, kw_only=True, gc=False):
     key: str
     tier: str
     reply: dict[str, Any]
+
+
+class Divergence(msgspec.Struct, kw_only=True):
+    """A live decision a shadow candidate decided otherwise: both decisions, both revisions and the
+    input's digest (never the input)."""
+
+    rule_id: str  # the live policy the candidate shadows
+    evaluation_id: str
+    input_sha256: str
+    live: str
+    shadow: str
+    live_revision: str
+    shadow_revision: str
+    at: float
 
 
 def judgment_key(tier: str, request: Any) -> str:

@@ -9,7 +9,7 @@ on a caller's clock, nor on the event loop that serves requests. Model calls go 
 (a shadow sees the model as live traffic would), not to the replay store.
 
 A divergence (the shadow decides otherwise) is kept with both decisions, both revisions and the
-input's digest, never the input. `promote` applies the candidate as a policy write and `discard`
+input's digest, never the input: the latest in memory, every one in the replay store. `promote` applies the candidate as a policy write and `discard`
 drops it; both are audit records, and a promotion above `GROQPOLICY_SHADOW_MAX_DIVERGENCE` is
 refused (and the refusal recorded) unless forced (and the force recorded).
 """
@@ -38,7 +38,9 @@ from controlplane.evaluation.interfaces import AskModel
 from controlplane.evaluation.pipeline import Pipeline
 from controlplane.evaluation.schemas import EvaluateResponse
 from controlplane.impact.candidate import Candidate, CandidateSpec, build_candidate
+from controlplane.impact.records import Divergence
 from controlplane.impact.service import AuditAppend, admin_record
+from controlplane.impact.store import ReplayStore
 from controlplane.metrics.recorders import forget_shadow, record_shadow
 from controlplane.policies.schemas import PolicyRecord, PolicyUpdate
 from controlplane.policies.service import PolicyService
@@ -47,16 +49,6 @@ log = logging.getLogger(__name__)
 MAX_QUEUED = 10_000
 TICK_S = 0.02
 KEPT_DIVERGENCES = 100
-
-
-class Divergence(msgspec.Struct):
-    evaluation_id: str
-    input_sha256: str
-    live: str
-    shadow: str
-    live_revision: str
-    shadow_revision: str
-    at: float
 
 
 class ShadowSummary(msgspec.Struct):
@@ -98,13 +90,14 @@ Item = tuple[EvaluateResponse, dict[str, Any], str, list[str], str]
 
 class ShadowMode:
     def __init__(self, policies: PolicyService, settings: Settings, transport: InferTransport, ask_model: AskModel,
-                 audit: AuditAppend) -> None:
+                 audit: AuditAppend, store: ReplayStore | None = None) -> None:
         for name, value in (("GROQPOLICY_SHADOW_SAMPLE", settings.shadow_sample),
                             ("GROQPOLICY_SHADOW_MAX_DIVERGENCE", settings.shadow_max_divergence)):
             if not 0 <= value <= 1:
                 raise ConfigError(f"{name}={value}: expected a number from 0 to 1")
         self.policies, self.settings = policies, settings
         self.transport, self.ask_model, self.audit = transport, ask_model, audit
+        self.store = store  # where divergences are kept beyond this process (the replay store)
         self.shadows: dict[uuid.UUID, _Shadow] = {}
         self.queue: deque[Item] = deque()
         self.dropped = 0
@@ -247,10 +240,12 @@ class ShadowMode:
             shadow.compared += 1
             if theirs.decision != live.decision:
                 shadow.diverged += 1
-                shadow.divergences.append(Divergence(
-                    evaluation_id=str(live.evaluation_id), input_sha256=digest(item[1]), live=live.decision,
-                    shadow=theirs.decision, live_revision=live.bundle_revision, shadow_revision=theirs.bundle_revision,
-                    at=time.time()))
+                seen = Divergence(rule_id=key, evaluation_id=str(live.evaluation_id), input_sha256=digest(item[1]),
+                                  live=live.decision, shadow=theirs.decision, live_revision=live.bundle_revision,
+                                  shadow_revision=theirs.bundle_revision, at=time.time())
+                shadow.divergences.append(seen)
+                if self.store is not None:
+                    self.store.submit_divergence(seen)
             record_shadow(key, "diverged" if theirs.decision != live.decision else "same", shadow.rate)
 
 

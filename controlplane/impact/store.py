@@ -33,7 +33,14 @@ from nats.js.errors import NotFoundError
 
 from bridge.kernel.config import Settings
 from bridge.kernel.errors import Conflict, Unavailable
-from controlplane.impact.records import DECISION_SUBJECT, JUDGMENT_SUBJECT, Judgment, Recorded
+from controlplane.impact.records import (
+    DECISION_SUBJECT,
+    DIVERGENCE_SUBJECT,
+    JUDGMENT_SUBJECT,
+    Divergence,
+    Judgment,
+    Recorded,
+)
 from controlplane.metrics.recorders import REPLAY_RECORDED, child
 
 log = logging.getLogger(__name__)
@@ -47,6 +54,7 @@ READ_BATCH = 256
 _encode = msgspec.json.Encoder().encode
 _decode_decisions = msgspec.json.Decoder(list[Recorded]).decode
 _decode_judgments = msgspec.json.Decoder(list[Judgment]).decode
+_decode_divergences = msgspec.json.Decoder(list[Divergence]).decode
 
 
 class ReplayUnavailable(Unavailable):
@@ -87,6 +95,7 @@ class ReplayStore:
         self._lock = threading.Lock()
         self._decisions: list[tuple[str, Recorded]] = []
         self._judgments: list[Judgment] = []
+        self._divergences: list[Divergence] = []
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
         self.published = 0
@@ -130,6 +139,16 @@ class ReplayStore:
         self.dropped += n
         child(REPLAY_RECORDED, "dropped").inc(n)
 
+    def submit_divergence(self, divergence: Divergence) -> None:
+        """It holds no input, only its digest (so the per-type opt-out does not apply; the switch does)."""
+        if not self.enabled:
+            return
+        with self._lock:
+            if len(self._divergences) >= MAX_PENDING:
+                self._dropped(1)
+                return
+            self._divergences.append(divergence)
+
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_S)
@@ -143,7 +162,8 @@ class ReplayStore:
         with self._lock:
             decisions, self._decisions = self._decisions, []
             judgments, self._judgments = self._judgments, []
-        for subject, data, n in self._messages(decisions, judgments):
+            divergences, self._divergences = self._divergences, []
+        for subject, data, n in self._messages(decisions, judgments, divergences):
             try:
                 await self.client().jetstream(timeout=5).publish(subject, data)
                 self.published += n
@@ -153,11 +173,13 @@ class ReplayStore:
                 log.warning("replay store: %d entries dropped (%s: %s)", n, type(exc).__name__, exc)
 
     @staticmethod
-    def _messages(decisions: list[tuple[str, Recorded]], judgments: list[Judgment]) -> list[tuple[str, bytes, int]]:
+    def _messages(decisions: list[tuple[str, Recorded]], judgments: list[Judgment],
+                  divergences: list[Divergence]) -> list[tuple[str, bytes, int]]:
         out: list[tuple[str, bytes, int]] = []
-        for subject, items in [(JUDGMENT_SUBJECT, judgments)] + [
-                (f"{DECISION_SUBJECT}.{source}", [e for s, e in decisions if s == source])
-                for source in dict.fromkeys(s for s, _ in decisions)]:
+        groups: list[tuple[str, list[Any]]] = [(JUDGMENT_SUBJECT, list(judgments)), (DIVERGENCE_SUBJECT, list(divergences))]
+        groups += [(f"{DECISION_SUBJECT}.{source}", [e for s, e in decisions if s == source])
+                   for source in dict.fromkeys(s for s, _ in decisions)]
+        for subject, items in groups:
             chunk: list[bytes] = []  # each entry encoded once; a message is their JSON array
             size = 0
             for item in items:
@@ -193,6 +215,16 @@ class ReplayStore:
             except msgspec.DecodeError:
                 log.warning("replay store: an unreadable decision message skipped")
         return list(kept)
+
+    async def divergences(self, rule_id: str, since: float | None) -> list[Divergence]:
+        """What shadows of `rule_id` found since `since` (unix seconds; None: all retained), oldest first."""
+        found: list[Divergence] = []
+        async for data in self._scan(DIVERGENCE_SUBJECT, since):
+            try:
+                found.extend(d for d in _decode_divergences(data) if d.rule_id == rule_id)
+            except msgspec.DecodeError:
+                log.warning("replay store: an unreadable divergence message skipped")
+        return found
 
     async def _scan(self, subject: str, since: float | None) -> AsyncIterator[bytes]:
         """The stored messages on `subject` from `since` on, by JetStream's batched direct get."""
