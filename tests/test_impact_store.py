@@ -77,7 +77,7 @@ def _evaluate(client: httpx.Client, kind: str, amount: int) -> None:
 
 @pytest.mark.slow
 def test_opted_out_types_are_never_recorded_and_agents_decisions_replay(tmp_path, nats_server):
-    settings = make_settings(tmp_path / "state", nats_url=nats_server.extra["url"], replay_opt_out=("risk_management",))
+    settings = make_settings(tmp_path / "state", nats_url=nats_server.extra["url"], replay_opt_out="risk_management")
     with running_control_plane(settings) as services, \
             httpx.Client(base_url=settings.base_url, headers=ADMIN_HEADERS, timeout=60) as client:
         _policy(client, "limits", "risk_management")
@@ -110,7 +110,7 @@ def test_opted_out_types_are_never_recorded_and_agents_decisions_replay(tmp_path
 
 @pytest.mark.slow
 def test_the_off_switch_records_nothing_and_impact_says_so(tmp_path, nats_server):
-    settings = make_settings(tmp_path / "state", nats_url=nats_server.extra["url"], replay=False)
+    settings = make_settings(tmp_path / "state", nats_url=nats_server.extra["url"], replay="off")
     with running_control_plane(settings) as services, \
             httpx.Client(base_url=settings.base_url, headers=ADMIN_HEADERS, timeout=60) as client:
         rule = _policy(client, "limits", "risk_management")

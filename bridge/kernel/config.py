@@ -57,15 +57,6 @@ def audit_durability(value: str) -> str:
 _parse_audit_durability = audit_durability
 
 
-def switch(value: str) -> bool:  # on/off (true/false, 1/0)
-    if (low := value.strip().lower()) not in ("on", "off", "true", "false", "1", "0"):
-        raise ValueError("expected on or off")
-    return low in ("on", "true", "1")
-
-
-def names(value: str) -> tuple[str, ...]: return tuple(n.strip() for n in value.split(",") if n.strip())  # a, b, c
-
-
 def environment() -> dict[str, str]:
     """A copy of this process's environment, for the children it starts."""
     return dict(os.environ)
@@ -134,12 +125,10 @@ class Settings(_Section, kw_only=True):
     record_trusted_keys: Path | None = None  # a directory of further trusted public keys (retired, other replicas')
     gateway_cache_size: int = 10_000  # judgments the in-process inference client keeps for their max-age
     groq_api_key_set: bool = False  # whether model calls go to GroqCloud (the dashboard says so)
-    replay: bool = True  # the replay store of decisions' inputs and judgments (controlplane.impact)
-    replay_opt_out: tuple[str, ...] = ()  # policy types whose decisions and judgments are never recorded
+    replay: str = "on"  # on | off: the replay store (controlplane.impact.store checks the value)
+    replay_opt_out: str = ""  # policy types never recorded, comma-separated
     replay_max_age_h: float = 168.0
     replay_max_bytes: int = 1 << 30
-    impact_redact_fields: tuple[str, ...] = tuple("text free_text email phone full_name name address ssn password".split())
-    shadow_sample: float = 0.1  # share (0..1) of live decisions a shadow candidate is evaluated on
     shadow_max_divergence: float = 0.01  # promotion above this divergence rate (0..1) needs `force`
 
     ENV: ClassVar[dict[str, tuple[str, Conv]]] = {
@@ -172,12 +161,8 @@ class Settings(_Section, kw_only=True):
         "GROQPOLICY_RECORD_TRUSTED_KEYS": ("record_trusted_keys", Path),
         "GROQPOLICY_GATEWAY_CACHE_SIZE": ("gateway_cache_size", int),
         "GROQ_API_KEY": ("groq_api_key_set", bool),
-        "GROQPOLICY_REPLAY": ("replay", switch),
-        "GROQPOLICY_REPLAY_OPT_OUT": ("replay_opt_out", names),
-        "GROQPOLICY_REPLAY_MAX_AGE_H": ("replay_max_age_h", float),
-        "GROQPOLICY_REPLAY_MAX_BYTES": ("replay_max_bytes", int),
-        "GROQPOLICY_IMPACT_REDACT_FIELDS": ("impact_redact_fields", names),
-        "GROQPOLICY_SHADOW_SAMPLE": ("shadow_sample", float),
+        "GROQPOLICY_REPLAY": ("replay", str), "GROQPOLICY_REPLAY_OPT_OUT": ("replay_opt_out", str),
+        "GROQPOLICY_REPLAY_MAX_AGE_H": ("replay_max_age_h", float), "GROQPOLICY_REPLAY_MAX_BYTES": ("replay_max_bytes", int),
         "GROQPOLICY_SHADOW_MAX_DIVERGENCE": ("shadow_max_divergence", float),
     }
 

@@ -36,7 +36,7 @@ NDJSON = "application/x-ndjson"
 
 class ShadowRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     candidate: CandidateSpec
-    sample: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None  # default GROQPOLICY_SHADOW_SAMPLE
+    sample: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None  # default 0.1
 
 
 class PromoteRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

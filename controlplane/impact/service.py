@@ -31,6 +31,7 @@ from controlplane.policies.service import PolicyService
 log = logging.getLogger(__name__)
 MAX_DECISIONS = 1_000_000
 KEPT_REPORTS = 20
+REDACT_FIELDS = ("text", "free_text", "prompt", "email", "phone", "full_name", "name", "address", "ssn", "password")
 
 AuditAppend = Callable[[list[AuditRecord]], Awaitable[list[StoredRecord]]]
 Progress = Callable[[int, int], Awaitable[None]]
@@ -42,6 +43,7 @@ class ImpactRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     count: Annotated[int, msgspec.Meta(ge=1, le=MAX_DECISIONS)] | None = None  # or the newest N (both: N within the window)
     via: Literal["online", "batch"] = "online"  # how judgments that changed are asked anew
     ask: bool = True  # False: changed judgments are not asked (they answer like an unreachable model: review)
+    redact_fields: list[str] = msgspec.field(default_factory=lambda: list(REDACT_FIELDS))  # shown as [redacted], any depth
 
 
 @dataclass
@@ -105,7 +107,7 @@ class ImpactService:
             outcomes = await asyncio.to_thread(asyncio.run, decide_all(candidate, evaluator, oracle, decisions, step))
         finally:
             evaluator.close()
-        found = report(candidate, decisions, outcomes, oracle, redact_fields=self.settings.impact_redact_fields,
+        found = report(candidate, decisions, outcomes, oracle, redact_fields=prepared.request.redact_fields,
                        started=started, via=prepared.request.via)
         self.reports.append(found)
         await self.audit([admin_record("impact", "other", {

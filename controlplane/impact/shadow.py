@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 MAX_QUEUED = 10_000
 TICK_S = 0.02
 KEPT_DIVERGENCES = 100
+DEFAULT_SAMPLE = 0.1  # the share of live decisions a shadow is evaluated on, unless it asks for another
 
 
 class ShadowSummary(msgspec.Struct):
@@ -91,10 +92,8 @@ Item = tuple[EvaluateResponse, dict[str, Any], str, list[str], str]
 class ShadowMode:
     def __init__(self, policies: PolicyService, settings: Settings, transport: InferTransport, ask_model: AskModel,
                  audit: AuditAppend, store: ReplayStore | None = None) -> None:
-        for name, value in (("GROQPOLICY_SHADOW_SAMPLE", settings.shadow_sample),
-                            ("GROQPOLICY_SHADOW_MAX_DIVERGENCE", settings.shadow_max_divergence)):
-            if not 0 <= value <= 1:
-                raise ConfigError(f"{name}={value}: expected a number from 0 to 1")
+        if not 0 <= settings.shadow_max_divergence <= 1:
+            raise ConfigError(f"GROQPOLICY_SHADOW_MAX_DIVERGENCE={settings.shadow_max_divergence}: expected 0 to 1")
         self.policies, self.settings = policies, settings
         self.transport, self.ask_model, self.audit = transport, ask_model, audit
         self.store = store  # where divergences are kept beyond this process (the replay store)
@@ -142,7 +141,7 @@ class ShadowMode:
             raise Conflict(f"shadow: policy {spec.rule_id} is not active (a shadow runs beside a live policy)")
         candidate = await asyncio.to_thread(build_candidate, spec, self.policies)
         evaluator = candidate.evaluator(self.policies, self.settings.bridge_url, self.transport)
-        shadow = _Shadow(spec.rule_id, candidate, evaluator, self.settings.shadow_sample if sample is None else sample)
+        shadow = _Shadow(spec.rule_id, candidate, evaluator, DEFAULT_SAMPLE if sample is None else sample)
         if self._worker is None:
             self._worker = _Worker(self)
         self.shadows[spec.rule_id] = shadow

@@ -32,7 +32,7 @@ from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
 from bridge.kernel.config import Settings
-from bridge.kernel.errors import Conflict, Unavailable
+from bridge.kernel.errors import ConfigError, Conflict, Unavailable
 from controlplane.impact.records import (
     DECISION_SUBJECT,
     DIVERGENCE_SUBJECT,
@@ -90,8 +90,11 @@ class ReplayStore:
     def __init__(self, client: Callable[[], NatsClient], settings: Settings) -> None:
         self.client = client  # the control plane's connection, once connected
         self.settings = settings
-        self.enabled = settings.replay
-        self.opted_out = frozenset(settings.replay_opt_out)
+        mode = settings.replay.strip().lower()
+        if mode not in ("on", "off"):
+            raise ConfigError(f"GROQPOLICY_REPLAY={settings.replay!r}: expected on or off")
+        self.enabled = mode == "on"
+        self.opted_out = frozenset(n.strip() for n in settings.replay_opt_out.split(",") if n.strip())
         self._lock = threading.Lock()
         self._decisions: list[tuple[str, Recorded]] = []
         self._judgments: list[Judgment] = []

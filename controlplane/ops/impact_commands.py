@@ -156,7 +156,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], client
     start.add_argument("--rule-id", required=True, help="the live policy")
     start.add_argument("--file", help="its changed Rego")
     start.add_argument("--candidate-id", help="or a stored policy, not active yet, to replace it with")
-    start.add_argument("--sample", type=float, help="share of live traffic (0 to 1; default GROQPOLICY_SHADOW_SAMPLE)")
+    start.add_argument("--sample", type=float, help="share of live traffic (0 to 1; default 0.1)")
     ls = sh_sub.add_parser("list", help="shadows and their divergence rates")
     promote = sh_sub.add_parser("promote", help="apply the candidate (refused above the divergence threshold)")
     promote.add_argument("--force", action="store_true", help="promote above the threshold (recorded in the audit trail)")
