@@ -32,6 +32,7 @@ from controlplane.bundles.controllers import BundleApi, BundleServer
 from controlplane.bundles.revisions import RevisionStore
 from controlplane.dashboard import DashboardController, dashboard_templates
 from controlplane.evaluation.controllers import EvaluationController, GroqController, OpaController
+from controlplane.impact.controllers import ImpactApi
 from controlplane.infra.nats import NatsConnection
 from controlplane.infra.supervision import read_status
 from controlplane.metrics.controllers import metrics, timing_middleware
@@ -91,6 +92,8 @@ def dependencies(services: Services) -> dict[str, Provide]:
         "pipeline": rt.pipeline, "evaluator": rt.evaluator, "model_client": rt.models, "catalog": rt.catalog,
         "gauges": services.gauges, "startup_errors": services.startup_errors, "bridge_token": services.bridge_token,
         "signin_codes": services.signin_codes,
+        "impact": services.impact, "shadows": services.shadows, "agent_decisions": services.agent_decisions,
+        "replay": services.replay,
     }
     recorder = services.recorder
 
@@ -129,7 +132,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app = Litestar(
         route_handlers=[health, metrics, BundleServer, BundleApi, AgentIngest, AgentQueries, AgentSetup,
                         PolicyController, EvaluationController, GroqController, OpaController, AuditApi,
-                        DashboardController],
+                        ImpactApi, DashboardController],
         middleware=middleware,
         dependencies=dependencies(services),
         exception_handlers={GroqPolicyError: _product_error, HTTPException: _http_error},

@@ -41,6 +41,11 @@ from controlplane.evaluation.model_stage import metered_transport
 from controlplane.evaluation.nats_service import EvaluateService
 from controlplane.evaluation.pipeline import Pipeline
 from controlplane.evaluation.runtime import EvaluationRuntime, ModelClient, RevisionFollower
+from controlplane.impact.replay import OnlineReAsk
+from controlplane.impact.service import ImpactService
+from controlplane.impact.shadow import ShadowMode, threadsafe_ask
+from controlplane.impact.store import ReplayStore, ensure_stream
+from controlplane.impact.tap import AgentDecisions, JudgmentTap, ObservingRecorder
 from controlplane.infra.nats import NatsConnection
 from controlplane.infra.natsauth import Step as NatsStep
 from controlplane.infra.recordkeys import RecordKeys, ensure_record_keys
@@ -115,6 +120,10 @@ class Services:
     recorder: RecordingAuditSink  # the audit trail, as the pipeline's decision recorder
     runtime: EvaluationRuntime  # evaluator, hot swap, pipeline, policy.evaluate, inference client
     gauges: StoreGauges  # what /metrics reads from the stores at scrape time
+    replay: ReplayStore  # decisions' inputs and the model's judgments (controlplane.impact)
+    impact: ImpactService
+    shadows: ShadowMode
+    agent_decisions: AgentDecisions  # agents' decision logs into the replay store
     tokens: TokenSet | None = None  # bearer tokens and scopes (controlplane.auth); None refuses everyone
     bridge_token: str = ""  # what the gateway requires; bundles carry it (controlplane.agents.sandbox)
     signin_codes: SignInCodes = field(default_factory=SignInCodes)  # the dashboard's one-time sign-in links
@@ -133,19 +142,24 @@ class Services:
         record_keys = ensure_record_keys(settings)  # signs audit records, checkpoints and policy records
         recorder = RecordingAuditSink(settings, nats, record_keys)
         models = ModelClient(nats, cache_size=settings.gateway_cache_size)
+        replay = ReplayStore(lambda: nats.client, settings)
+        policy_store = PolicyStore(lambda: nats.client.jetstream(), replicas=settings.nats_replicas, keys=record_keys)
+        tap = JudgmentTap(replay, type_of=lambda name: next((r.policy_type for r in policy_store.records() if r.name == name), None))
         vkey = key.verification_key()
-        host = HostConfig(bridge_url=settings.bridge_url, infer_transport=metered_transport(models.transport))
+        host = HostConfig(bridge_url=settings.bridge_url, infer_transport=metered_transport(tap.transport(models.transport)))
         # an instance for every evaluation thread (both kinds: `scheduling`) and one for inline work
         cpus = settings.evaluation_cpu_threads or os.cpu_count() or 1
         evaluator = WasmEvaluator({vkey.kid: vkey}, keyid=vkey.kid, host=host,
                                   pool_size=settings.evaluation_threads + cpus + 1)
         follower = RevisionFollower(store, evaluator)
-        policy_store = PolicyStore(lambda: nats.client.jetstream(), replicas=settings.nats_replicas, keys=record_keys)
         nats.on_reconnect.append(policy_store.resync)  # a KV watch does not survive a server restart
         bundler = PolicyBundler(compiler, publisher, settings.rego_root, settings.bundles_dir)
         policies = PolicyService(policy_store, bundler, on_published=follower.reload)
-        pipeline = Pipeline(evaluator, policies.active_records, ask_model=models.request, recorder=recorder,
-                            escalate=EscalationPublisher(nats), queue=settings.evaluation_queue, cpu_threads=cpus)
+        serving_ask = threadsafe_ask(models.request, lambda: models.loop)  # for the replay's and the shadows' threads
+        shadows = ShadowMode(policies, settings, models.transport, serving_ask, audit=recorder.append_many, store=replay)
+        pipeline = Pipeline(evaluator, policies.active_records, ask_model=tap.ask(models.request),
+                            recorder=ObservingRecorder(recorder, replay, [shadows]), escalate=EscalationPublisher(nats),
+                            queue=settings.evaluation_queue, cpu_threads=cpus)
         runtime = EvaluationRuntime(nats=nats, models=models, evaluator=evaluator, follower=follower, pipeline=pipeline,
                                     service=EvaluateService(nats, pipeline), policies=policies,
                                     catalog=default_catalog(), opa_url=settings.opa_url)
@@ -153,9 +167,13 @@ class Services:
         statuses = StatusStore(settings.state_dir)
         gauges = StoreGauges(store, statuses, decision_logs,
                              audit_writer=lambda: recorder.trail.writer if recorder.trail is not None else None)
+        impact = ImpactService(replay, policies, settings, OnlineReAsk(models.transport, serving_ask),
+                               audit=recorder.append_many)
         return cls(settings=settings, store=store, decision_logs=decision_logs, statuses=statuses, signing_key=key,
                    publisher=publisher, nats=nats, policies=policies, recorder=recorder, runtime=runtime,
-                   gauges=gauges, tokens=tokens, bridge_token=token)
+                   gauges=gauges, replay=replay, impact=impact, shadows=shadows,
+                   agent_decisions=AgentDecisions(replay, tap, settings.bridge_url, policies.active_records),
+                   tokens=tokens, bridge_token=token)
 
     def components(self) -> list[tuple[str, Component]]:
         """What runs while the app runs, in start order: the connection first, then what uses it;
@@ -165,10 +183,12 @@ class Services:
             ("NATS connection", Step(self.nats.connect, self.nats.close)),
             ("inference client", rt.models),
             ("audit trail", self.recorder),
+            ("replay store", self.replay),
             ("policy store", self.policies),
             ("evaluator follower", rt.follower),
             ("pipeline", rt.pipeline),
             ("policy.evaluate", rt.service),
+            ("shadow mode", self.shadows),
             ("bundles at start", Step(self.publish_at_start)),
         ]
 
@@ -217,5 +237,8 @@ def jetstream_steps(settings: Settings) -> list[NatsStep]:
     async def judgments(nc: NatsClient) -> None:
         await KVCache.ensure(nc.jetstream())
 
-    return [audit_stream, policy_store, judgments]
+    async def replay_store(nc: NatsClient) -> None:
+        await ensure_stream(nc, settings)
+
+    return [audit_stream, policy_store, judgments, replay_store]
 

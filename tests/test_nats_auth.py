@@ -128,6 +128,9 @@ def test_the_names_granted_are_the_products_own():
     assert (names.policy_bucket, names.artifacts) == (store.BUCKET, store.OBJECTS)
     assert (names.audit_stream, names.audit_prefix, names.escalations) == (trail.STREAM, trail.PREFIX, escalation.SUBJECT)
     assert names.audit_checkpoints == checkpoints.BUCKET
+    from controlplane.impact import store as replay_store
+
+    assert (names.replay_stream, names.replay_subjects) == (replay_store.STREAM, replay_store.SUBJECTS)
     assert (names.evaluate_service, names.evaluate_queue) == (nats_service.SERVICE_NAME, nats_service.QUEUE_GROUP)
     assert names.evaluate == nats_service.EVALUATE_SUBJECT
     from bridge.inference.worker import service as worker_service

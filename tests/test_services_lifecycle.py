@@ -9,6 +9,7 @@ import asyncio
 import pytest
 
 from controlplane.audit.wiring import EscalationPublisher
+from controlplane.impact.tap import ObservingRecorder
 from controlplane.services import Lifecycle, Services, Step
 from tests.controlplane_helpers import make_settings
 
@@ -16,13 +17,16 @@ from tests.controlplane_helpers import make_settings
 def test_the_pipeline_is_complete_when_built(tmp_path):
     services = Services.build(make_settings(tmp_path / "state", nats_url="nats://127.0.0.1:1"))
     pipeline = services.runtime.pipeline
-    assert pipeline.recorder is services.recorder
+    # the audit trail records first; the replay store and shadow mode see what it recorded
+    assert isinstance(pipeline.recorder, ObservingRecorder) and pipeline.recorder.inner is services.recorder
+    assert pipeline.recorder.store is services.replay and pipeline.recorder.observers == [services.shadows]
     assert isinstance(pipeline.escalate, EscalationPublisher)
-    assert pipeline.models.ask_model == services.runtime.models.request
+    assert pipeline.models.ask_model.__wrapped__ == services.runtime.models.request  # tapped for the replay store
     assert pipeline.evaluator is services.runtime.evaluator and services.runtime.evaluator.host.infer_transport is not None
     names = [name for name, _ in services.components()]
     assert names.index("NATS connection") < names.index("audit trail") < names.index("policy.evaluate")
     assert names.index("evaluator follower") < names.index("policy.evaluate")
+    assert names.index("NATS connection") < names.index("replay store") < names.index("policy.evaluate")
 
 
 class Recording:

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from controlplane.infra.processes import free_port
+from controlplane.ops.client import local_token
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -171,6 +172,31 @@ def test_no_secret_on_stdout_and_secret_files_are_private(system, rule):
     private = [state / "tokens", state / "bridge-token", state / "opa" / "agent-1.yaml", state / "decision_logs.jsonl",
                state / "bundles" / "groqpolicy" / "rego.tar.gz", *sorted((state / "logs").glob("*.log"))]
     assert {p.name: oct(p.stat().st_mode & 0o777) for p in private} == {p.name: "0o600" for p in private}
+
+
+def test_impact_shadow_and_promote_as_the_readme_walks_them(system, rule):
+    # on `make run`'s authenticated NATS: the bootstrap made the replay stream, the control plane appends and reads
+    strict = system["root"] / "pii-strict.rego"
+    strict.write_text(readme_policy().replace("contain personal data?", "contain personal data or contact details?"))
+    r = cli(system, "impact", "--rule-id", rule, "--file", str(strict), "--since", "24h")
+    m = re.search(r"replayed (\d+) decisions .*: (\d+) would change", r.stdout)
+    assert m and int(m.group(1)) >= 150, r.stdout  # the file of contexts above, at least
+    asked = int(re.search(r"(\d+) asked anew", r.stdout).group(1))
+    assert asked >= 150, r.stdout  # a changed question: every distinct text asked once more
+    assert "data_governance:" in r.stdout and re.search(r"\d+/\d+ contexts", r.stderr)
+    cli(system, "shadow", "start", "--rule-id", rule, "--file", str(strict), "--sample", "1")
+    cli(system, "evaluate", "--types", "data_governance", "--tier", "fast", "--context", json.dumps(CONTEXT))
+    admin = httpx.Client(base_url=system["cp"], timeout=10,
+                         headers={"Authorization": f"Bearer {local_token(system['root'] / 'state')}"})
+    deadline = time.monotonic() + 30
+    while (shadow := admin.get("/api/v1/shadows").json()[0])["compared"] < 1:
+        assert time.monotonic() < deadline, shadow
+        time.sleep(0.3)
+    assert rule in cli(system, "shadow", "list").stdout
+    promoted = cli(system, "shadow", "promote", rule, "--force").stdout
+    assert promoted.startswith(f"promoted {rule}") and "(forced)" in promoted
+    assert "contact details" in admin.get(f"/api/v1/policies/{rule}").json()["opa_policy"]
+    admin.close()
 
 
 def test_stop_leaves_nothing_running(system):

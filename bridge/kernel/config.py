@@ -135,6 +135,11 @@ class Settings(_Section, kw_only=True):
     evaluation_cpu_threads: int = 0  # evaluations too long to run inline, at once; 0: one per CPU
     evaluation_queue: int = 32  # evaluations that may wait for a thread (per kind); beyond: 503 + Retry-After
     groq_api_key_set: bool = False  # whether model calls go to GroqCloud (the dashboard says so)
+    replay: str = "on"  # on | off: the replay store (controlplane.impact.store checks the value)
+    replay_opt_out: str = ""  # policy types never recorded, comma-separated
+    replay_max_age_h: float = 168.0
+    replay_max_bytes: int = 1 << 30
+    shadow_max_divergence: float = 0.01  # promotion above this divergence rate (0..1) needs `force`
 
     ENV: ClassVar[dict[str, tuple[str, Conv]]] = {
         "GROQPOLICY_HOST": ("host", str),
@@ -172,6 +177,9 @@ class Settings(_Section, kw_only=True):
         "GROQPOLICY_EVALUATION_CPU_THREADS": ("evaluation_cpu_threads", int),
         "GROQPOLICY_EVALUATION_QUEUE": ("evaluation_queue", int),
         "GROQ_API_KEY": ("groq_api_key_set", bool),
+        "GROQPOLICY_REPLAY": ("replay", str), "GROQPOLICY_REPLAY_OPT_OUT": ("replay_opt_out", str),
+        "GROQPOLICY_REPLAY_MAX_AGE_H": ("replay_max_age_h", float), "GROQPOLICY_REPLAY_MAX_BYTES": ("replay_max_bytes", int),
+        "GROQPOLICY_SHADOW_MAX_DIVERGENCE": ("shadow_max_divergence", float),
     }
 
     def _derive(self, env: Mapping[str, str]) -> None:

@@ -27,6 +27,7 @@ from controlplane.audit.controllers import started
 from controlplane.audit.writer import TrailWriter
 from controlplane.auth.guards import Principal, principal_of, requires
 from controlplane.auth.tokens import TokenSet
+from controlplane.impact.tap import AgentDecisions
 from controlplane.routes import error_responses, get, post
 
 _Seconds: TypeAlias = Annotated[int, QueryParameter(ge=1, le=3600)]
@@ -44,11 +45,13 @@ class AgentIngest(Controller):
           request_max_body_size=None, responses=error_responses(400, 401, 403, 413, 503))
     async def upload_logs(self, request: Request, settings: NamedDependency[Settings],
                           decision_logs: NamedDependency[DecisionLogStore], audit_writer: NamedDependency[TrailWriter | None],
-                          bridge_token: NamedDependency[str], partition: FromPath[str] = "") -> Response[None]:
-        await take_decision_logs(await read_body(request, settings.max_log_body_bytes),
-                                 request.headers.get("content-encoding", ""), body_limit=settings.max_log_body_bytes,
-                                 event_limit=settings.max_log_event_bytes, store=decision_logs, audit=started(audit_writer),
-                                 bridge_token=bridge_token)
+                          bridge_token: NamedDependency[str], agent_decisions: NamedDependency[AgentDecisions],
+                          partition: FromPath[str] = "") -> Response[None]:
+        stored = await take_decision_logs(await read_body(request, settings.max_log_body_bytes),
+                                          request.headers.get("content-encoding", ""), body_limit=settings.max_log_body_bytes,
+                                          event_limit=settings.max_log_event_bytes, store=decision_logs,
+                                          audit=started(audit_writer), bridge_token=bridge_token)
+        agent_decisions([a.event for a in stored])  # the replay store: queued, published in the background
         return Response(content=None, status_code=204)
 
     @post(["/status", "/status/{partition:str}"], status_code=204, summary="OPA status report",

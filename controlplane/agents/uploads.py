@@ -27,7 +27,8 @@ MAX_LOGGED_REFUSALS = 20  # log lines per upload; a batch of thousands of bad ev
 
 
 async def take_decision_logs(body: bytes, encoding: str, *, body_limit: int, event_limit: int,
-                             store: DecisionLogStore, audit: TrailWriter, bridge_token: str = "") -> None:
+                             store: DecisionLogStore, audit: TrailWriter, bridge_token: str = "") -> list[Accepted]:
+    """Screen, audit and store one upload; the events stored (new ones only)."""
     accepted, refused = await anyio.to_thread.run_sync(_screen, body, encoding, body_limit, event_limit, bridge_token)
     fresh = store.triage(accepted)
     await audit.append_many(audit_records(fresh, refused))
@@ -39,6 +40,7 @@ async def take_decision_logs(body: bytes, encoding: str, *, body_limit: int, eve
     if len(refused) > MAX_LOGGED_REFUSALS:  # each one is in the audit trail; the log gets a count
         log.warning("decision log upload: %d more event(s) refused (see the audit trail, decision=rejected)",
                     len(refused) - MAX_LOGGED_REFUSALS)
+    return fresh
 
 
 def _screen(body: bytes, encoding: str, body_limit: int, event_limit: int,

@@ -22,8 +22,9 @@ import msgspec
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from controlplane.infra.ids import uuid4_text
 
-Source = Literal["api", "batch", "nats", "opa-agent"]
-SOURCES: tuple[str, ...] = ("api", "batch", "nats", "opa-agent")
+# "admin": an operator's step that is not a decision (impact runs, shadows, promotions: controlplane.impact)
+Source = Literal["api", "batch", "nats", "opa-agent", "admin"]
+SOURCES: tuple[str, ...] = ("api", "batch", "nats", "opa-agent", "admin")
 # Subject tokens: decisions outside the policy decision document's three land in `other`/`undefined`;
 # `rejected` marks an OPA decision-log event the control plane refused (controlplane.agents.ingest).
 REJECTED = "rejected"

@@ -92,12 +92,12 @@ class RecordingAuditSink:
             await trail.close()
 
     async def record(self, response: EvaluateResponse, *, tier: str, source: Source,
-                     input_context: dict[str, Any]) -> StoredRecord | None:
+                     input_context: dict[str, Any], policy_types: list[str] | None = None) -> StoredRecord | None:
         stored = await self.append_many([audit_record(response, tier=tier, source=source, input_context=input_context)])
         return stored[0] if stored else None
 
     async def record_batch(self, responses: list[EvaluateResponse], contexts: list[dict[str, Any]], *, tier: str,
-                           batch_id: str, latency_ms: float) -> StoredRecord | None:
+                           batch_id: str, latency_ms: float, policy_types: list[str] | None = None) -> StoredRecord | None:
         record = batch_audit_record(responses, contexts, tier=tier, batch_id=batch_id, latency_ms=latency_ms)
         stored = await self.append_many([record])
         return stored[0] if stored else None

@@ -31,12 +31,15 @@ from controlplane.dashboard import charts
 from controlplane.dashboard.auth import COOKIE, SignInCodes, check_token, dashboard_access
 from controlplane.dashboard.data import Sources, snapshot
 from controlplane.evaluation.runtime import ModelClient
+from controlplane.impact.service import ImpactService
+from controlplane.impact.shadow import ShadowMode
 from controlplane.infra.nats import NatsConnection
 from controlplane.infra.supervision import read_status
 from controlplane.policies.service import PolicyService
 from controlplane.routes import get, post
 
 TEMPLATES = Path(__file__).with_name("templates")
+IMPACT_STATES = ("allow", "review", "deny", "undefined", "none")
 REFRESH_S = 10
 
 
@@ -122,6 +125,25 @@ class DashboardController(Controller):
             "supervisor": supervisor,  # `groqpolicy up`'s view of its processes (None when it does not run us)
         }
         return Template(template_name="dashboard/index.html.j2", context=context)
+
+    @get("/dashboard/impact", guards=[dashboard_access()], summary="Impact reports and shadows")
+    async def impact(self, impact: NamedDependency[ImpactService], shadows: NamedDependency[ShadowMode]) -> Template:
+        reports = list(reversed(impact.reports))
+        matrices = []
+        for report in reports[:1]:  # the newest report in full; the others as one line each
+            for kind in sorted(report.matrix, key=lambda k: (k != "*", k)):
+                rows = report.matrix[kind]
+                states = [s for s in IMPACT_STATES if s in rows or any(s in r for r in rows.values())]
+                bars = {before: charts.ratio_bar([(after, rows[before].get(after, 0), charts.COLORS.get(after, "#8a8f98"))
+                                                  for after in states], chart_id=f"impact-{kind}-{before}")
+                        for before in rows}
+                matrices.append({"kind": kind, "rows": rows, "states": states, "bars": bars})
+        divergence = {str(s.rule_id): charts.ratio_bar([("same", s.compared - s.diverged, charts.COLORS["allow"]),
+                                                        ("diverged", s.diverged, charts.COLORS["deny"])],
+                                                       chart_id=f"shadow-{s.rule_id}")
+                      for s in shadows.summaries()}
+        return Template(template_name="dashboard/impact.html.j2", context={
+            "reports": reports, "matrices": matrices, "shadows": shadows.summaries(), "divergence": divergence})
 
     @get("/dashboard/verify", guards=[dashboard_access()], summary="Verify the whole audit chain")
     async def verify(self, audit_reader: NamedDependency[TrailReader | None]) -> Template:

@@ -50,11 +50,12 @@ EscalationSink = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class DecisionRecorder(Protocol):
-    """Where every served decision is recorded before it is answered (the audit trail). A recorder
-    that cannot record raises, and the decision is not served."""
+    """Where every served decision is recorded before it is answered (the audit trail, wrapped by
+    the replay store and shadow mode: controlplane.impact). A recorder that cannot record raises,
+    and the decision is not served. `policy_types` are the request's, as asked (empty: any)."""
 
     async def record(self, response: EvaluateResponse, *, tier: str, source: Source,
-                     input_context: dict[str, Any]) -> object: ...
+                     input_context: dict[str, Any], policy_types: list[str]) -> object: ...
 
     async def record_batch(self, responses: list[EvaluateResponse], contexts: list[dict[str, Any]], *, tier: str,
-                           batch_id: str, latency_ms: float) -> object: ...
+                           batch_id: str, latency_ms: float, policy_types: list[str]) -> object: ...

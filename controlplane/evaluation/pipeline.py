@@ -129,7 +129,8 @@ class Pipeline:
         if response.constitutional_compliance.violations:
             await self._escalate(response, tier, source, input_context)
         if self.recorder is not None:
-            await self.recorder.record(response, tier=tier, source=source, input_context=input_context)
+            await self.recorder.record(response, tier=tier, source=source, input_context=input_context,
+                                       policy_types=policy_types)
         return response
 
     async def evaluate_batch(self, contexts: list[dict[str, Any]], *, policy_types: list[str], tier: str,
@@ -143,7 +144,7 @@ class Pipeline:
                 await self._escalate(response, tier, "batch", ctx)
         if self.recorder is not None:
             await self.recorder.record_batch(responses, contexts, tier=tier, batch_id=batch_id,
-                                             latency_ms=(time.perf_counter() - started) * 1000)
+                                             latency_ms=(time.perf_counter() - started) * 1000, policy_types=policy_types)
         return responses
 
     async def decide(self, input_context: dict[str, Any], *, policy_types: list[str], tier: str,

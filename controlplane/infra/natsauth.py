@@ -19,7 +19,8 @@ restriction" to nats-server):
 
     controlplane  policy KV + artifact object store (read/write, no create), audit stream (append and
                   read; no create, update, delete or purge), the audit checkpoints' bucket (get and
-                  put under its keys; no create), policy.escalations, request groq.infer.*,
+                  put under its keys; no create), the replay store (append and read; no create,
+                  update, delete or purge), policy.escalations, request groq.infer.*,
                   the workers' $SRV.STATS (dashboard); serves policy.evaluate in its queue group only
     worker        serves groq.infer.* in its queue group only; reads and writes the judgments bucket
     gateway       requests groq.infer.*; nothing else
@@ -90,6 +91,8 @@ class Names(msgspec.Struct, frozen=True, kw_only=True):
     audit_prefix: str = "audit"  # controlplane.audit.trail.PREFIX
     audit_checkpoints: str = "groqpolicy_audit_checkpoints"  # controlplane.audit.checkpoints.BUCKET
     escalations: str = "policy.escalations"  # controlplane.audit.escalation.SUBJECT
+    replay_stream: str = "GROQPOLICY_REPLAY"  # controlplane.impact.store.STREAM
+    replay_subjects: str = "replay.>"  # controlplane.impact.store.SUBJECTS
     evaluate: str = "policy.evaluate"  # controlplane.evaluation.schemas.EVALUATE_SUBJECT
     evaluate_service: str = "groqpolicy-policy"  # controlplane.evaluation.nats_service.SERVICE_NAME
     evaluate_queue: str = "policy-evaluate"  # controlplane.evaluation.nats_service.QUEUE_GROUP
@@ -149,6 +152,9 @@ def _controlplane(n: Names) -> Permissions:
         _js("STREAM.MSG.GET", f"KV_{n.audit_checkpoints}", "audit verify: the checkpoint under each trusted key"),
         Grant(f"$KV.{n.audit_checkpoints}.>", "export a signed checkpoint of the audit stream's head"),
         Grant(n.escalations, "constitutional escalation events"),
+        _js("STREAM.INFO", n.replay_stream, "replay store: the stream's state"),
+        _js("DIRECT.GET", n.replay_stream, "replay store: batched reads for impact analysis"),
+        Grant(n.replay_subjects, "replay store: recorded decisions and judgments (append only: no delete, no purge)"),
         Grant(f"{n.infer_prefix}.*", "model judgments from the workers"),
         Grant(f"$SRV.STATS.{n.worker_service}", "dashboard: the workers' counters"),
     ), subscribe=(
@@ -176,8 +182,9 @@ def _bootstrap(n: Names) -> Permissions:
     checkpoints = f"KV_{n.audit_checkpoints}"
     return Permissions(publish=(
         *(_js(verb, stream, f"create {stream} where it is missing")
-          for stream in (kv, obs, audit, checkpoints, judgments) for verb in ("STREAM.INFO", "STREAM.CREATE")),
+          for stream in (kv, obs, audit, checkpoints, judgments, n.replay_stream) for verb in ("STREAM.INFO", "STREAM.CREATE")),
         _js("STREAM.UPDATE", audit, "bring the audit stream's replicas / atomic batches in line"),
+        _js("STREAM.UPDATE", n.replay_stream, "bring the replay store's retention in line with the configuration"),
     ), subscribe=(_inbox("bootstrap"),))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -60,6 +60,19 @@ AUDIT_FAILURES = Counter(
     registry=REGISTRY,
 )
 
+# shadow mode (controlplane.impact.shadow): a candidate evaluated beside a live policy
+SHADOW_EVALUATIONS = Counter(
+    "groqpolicy_shadow_evaluations_total", "Live decisions a shadow candidate was evaluated on, by outcome",
+    ["policy", "outcome"], registry=REGISTRY,
+)
+SHADOW_DIVERGENCE = Gauge(
+    "groqpolicy_shadow_divergence_ratio", "Share of compared decisions where the shadow candidate decided otherwise",
+    ["policy"], registry=REGISTRY,
+)
+REPLAY_RECORDED = Counter(
+    "groqpolicy_replay_entries_total", "Decisions and judgments the replay store published or dropped",
+    ["outcome"], registry=REGISTRY,
+)
 DECISION_LOG_EVENTS = Counter(
     "groqpolicy_decision_log_events_total",
     "OPA decision-log events by outcome: stored, repeated (a different event under a decision id already "
@@ -136,3 +149,20 @@ def record_reply(reply: object) -> None:
     usage = _field(reply, "usage")
     record_inference(tier, model, int(_field(usage, "prompt_tokens") or 0), int(_field(usage, "completion_tokens") or 0),
                      float(_field(usage, "cost_usd") or 0.0), bool(_field(reply, "cached")))
+
+
+def record_shadow(policy: str, outcome: str, ratio: float) -> None:
+    """One shadow comparison (`same`, `diverged`, `error`) and the candidate's divergence rate now."""
+    child(SHADOW_EVALUATIONS, policy, outcome).inc()
+    child(SHADOW_DIVERGENCE, policy).set(ratio)
+
+
+def forget_shadow(policy: str) -> None:
+    """A shadow promoted or discarded: its rate is no longer reported."""
+    for outcome in ("same", "diverged", "error"):
+        _CHILDREN.pop((id(SHADOW_EVALUATIONS), (policy, outcome)), None)
+    _CHILDREN.pop((id(SHADOW_DIVERGENCE), (policy,)), None)
+    try:
+        SHADOW_DIVERGENCE.remove(policy)
+    except KeyError:
+        pass

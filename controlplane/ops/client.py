@@ -73,6 +73,10 @@ class ControlPlaneClient:
         except ValueError:
             return resp.text
 
+    def raise_for(self, resp: httpx.Response, method: str, path: str) -> None:
+        """The ClientError of an answer that is an error (a streamed call reads its own answer)."""
+        raise _error_from(resp, method, path)
+
     def get(self, path: str, **params: Any) -> Any:
         return self.call("GET", path, params={k: v for k, v in params.items() if v is not None})
 

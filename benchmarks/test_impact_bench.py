@@ -1,0 +1,201 @@
+"""Impact analysis and shadow mode (issue 16): replay throughput, and what a shadow costs the live path.
+
+Every server is its own process: nats-server, the emulator, one inference worker and the control
+plane (`python -m controlplane.ops.cli serve`). Two stored policies: `limits` (rules only) and
+`judge` (asks the model through `lib.groq`, i.e. `http.send` on a worker thread).
+
+- `test_replay_throughput`: `RECORDED` decisions are made through the batch API and recorded, then
+  replayed through a candidate that tightens the `limits` rule (no prompt changes, so every judgment
+  is answered from the recording). Contenders, in alternating rounds: the rules-only decisions
+  (`policy_types: [risk_management]`) and the decisions that consulted the model too. The number is
+  the report's `decisions_per_s` (the replay proper: every recorded decision through the candidate's
+  pipeline); `wall_s` adds reading the window from JetStream and compiling the candidate.
+- `test_shadow_latency_side_by_side`: `/api/v1/evaluate` (the `limits` policy) at a fixed offered load,
+  with no shadow, with a shadow of `limits` at the default share (0.1) and at every request (1.0),
+  in alternating blocks; p50 and p99 each.
+
+`GROQPOLICY_BENCH_SHORT=1` cuts both to a few seconds. Numbers: benchmarks/README.md (issue 16).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import msgspec
+import pytest
+
+from benchmarks.harness import HTTPClient, spawn
+from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
+from controlplane.infra.processes import free_port, start_nats, wait_for_port
+from tests.test_impact import JUDGE, LIMIT, TIGHTER
+
+ROOT = Path(__file__).resolve().parent.parent
+SHORT = os.environ.get("GROQPOLICY_BENCH_SHORT") == "1"
+RECORDED = 2_000 if SHORT else 20_000  # decisions per contender
+ROUNDS = 1 if SHORT else 3
+TEXTS = 50  # distinct texts: the model is asked 50 questions, then answers from its caches
+RATE = 200.0
+REQUESTS = 300 if SHORT else 3000
+BLOCKS = 2 if SHORT else 10
+TOKEN = "bench-admin-token-0000000000000"
+
+
+@pytest.fixture(scope="module")
+def stack():
+    tmp = Path(tempfile.mkdtemp(prefix="bench-impact-"))
+    ns = start_nats(tmp / "nats")
+    url = ns.extra["url"]
+    env = {k: v for k, v in os.environ.items() if k != "GROQ_API_KEY"}
+    env["PYTHONPATH"] = str(ROOT)
+    procs: list[subprocess.Popen] = []
+    try:
+        emu_port, cp_port = free_port(), free_port()
+        procs.append(spawn([sys.executable, "-m", "bridge.emulator", "--port", str(emu_port)], tmp / "emu.log", env))
+        wait_for_port(emu_port, proc=procs[-1])
+        procs.append(spawn([sys.executable, "-m", "bridge.inference.worker"], tmp / "worker.log",
+                           dict(env, NATS_URL=url, GROQPOLICY_EMULATOR_URL=f"http://127.0.0.1:{emu_port}")))
+        cp_env = dict(env, GROQPOLICY_NATS_URL=url, GROQPOLICY_TOKENS=f"bench={TOKEN}:admin+evaluate+agent",
+                      GROQPOLICY_RATE_LIMIT="off", GROQPOLICY_SHADOW_MAX_DIVERGENCE="1")
+        procs.append(spawn([sys.executable, "-m", "controlplane.ops.cli", "serve", "--port", str(cp_port), "--state-dir",
+                            str(tmp / "state"), "--log-level", "warning"], tmp / "cp.log", cp_env))
+        wait_for_port(cp_port, timeout=90, proc=procs[-1])
+        admin = httpx.Client(base_url=f"http://127.0.0.1:{cp_port}", headers={"Authorization": f"Bearer {TOKEN}"},
+                             timeout=600)
+        ids = {}
+        for name, kind, text in (("limits", "risk_management", LIMIT), ("judge", "ethical_constraints", JUDGE)):
+            r = admin.post("/api/v1/policies", json={"name": name, "policy_type": kind, "opa_policy": text,
+                                                     "performance_tier": "fast", "constitutional_hash": CONSTITUTIONAL_HASH})
+            assert r.status_code == 201, r.text
+            ids[name] = r.json()["rule_id"]
+        yield {"admin": admin, "ids": ids, "cp_port": cp_port}
+        admin.close()
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        ns.stop()
+
+
+def _context(i: int) -> dict:
+    return {"principal": {"id": f"svc-{i % 97}"}, "amount": i % 150, "text": f"note {i % TEXTS}: a friendly reminder"}
+
+
+def _record(admin: httpx.Client, types: list[str], offset: int) -> float:
+    """Record `RECORDED` decisions through the batch API; the median of its server-side contexts/s
+    (the in-process batch rate, the peer of the replay rate, measured on the same decisions)."""
+    rates = []
+    for start in range(0, RECORDED, 100):
+        r = admin.post("/api/v1/evaluate/batch", json={
+            "batch_contexts": [_context(offset + i) for i in range(start, start + 100)], "policy_types": types,
+            "performance_tier": "fast"})
+        assert r.status_code == 200, r.text[:300]
+        rates.append(r.json()["batch_performance"]["throughput_per_second"])
+    return round(statistics.median(rates))
+
+
+def _replay(admin: httpx.Client, rule_id: str) -> tuple[dict, float]:
+    t0 = time.perf_counter()
+    r = admin.post("/api/v1/impact", json={"candidate": {"rule_id": rule_id, "opa_policy": TIGHTER}, "count": RECORDED})
+    wall = time.perf_counter() - t0
+    assert r.status_code == 200, r.text[:300]
+    report = r.json()
+    assert report["decisions"] == RECORDED and report["model_calls"]["new"] == 0, report["model_calls"]
+    return report, wall
+
+
+def test_replay_throughput(benchmark, stack):
+    """The newest `RECORDED` decisions replayed `ROUNDS` times: first the rules-only ones, then (once
+    they are the newest) the ones that consulted the model. Not interleaved: a window holds one kind."""
+    admin, ids = stack["admin"], stack["ids"]
+    results: dict[str, dict] = {}
+
+    def run() -> None:
+        for name, types in (("rules_only", ["risk_management"]),
+                            ("with_model_judgments", ["risk_management", "ethical_constraints"])):
+            batch_rate = _record(admin, types, len(results) * RECORDED)
+            time.sleep(1.0)  # the replay store publishes in the background, a few times a second
+            runs = [_replay(admin, ids["limits"]) for _ in range(ROUNDS)]
+            results[name] = {
+                "decisions_per_s": [round(report["decisions_per_s"]) for report, _ in runs],
+                "batch_api_contexts_per_s": batch_rate,
+                "wall_s": [round(wall, 2) for _, wall in runs],
+                "recorded_judgments_used": runs[0][0]["model_calls"]["recorded"],
+                "changed": runs[0][0]["changed"],
+            }
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    benchmark.extra_info.update({"decisions": RECORDED, **results})
+    print("\nreplay:", results)
+
+
+async def _offered_load(client: HTTPClient, body: bytes, count: int) -> list[float]:
+    """`count` requests at `RATE` per second on a fixed schedule, each measured from its scheduled time."""
+    start = time.perf_counter()
+    out = []
+    for i in range(count):
+        scheduled = start + i / RATE
+        if (wait := scheduled - time.perf_counter()) > 0:
+            await asyncio.sleep(wait)
+        status, data = await client.post("/api/v1/evaluate", body)
+        out.append(time.perf_counter() - scheduled)
+        assert status == 200, data[:300]
+    return out
+
+
+def _pct(values: list[float], q: float) -> float:
+    data = sorted(values)
+    return round(data[min(len(data) - 1, int(len(data) * q))] * 1e6, 1)
+
+
+def test_shadow_latency_side_by_side(benchmark, stack):
+    """No shadow, a shadow at the default share (0.1) and one evaluating every request, in alternating blocks."""
+    admin, ids = stack["admin"], stack["ids"]
+    body = msgspec.json.encode({"input_context": _context(60), "policy_types": ["risk_management"],
+                                "performance_tier": "fast", "constitutional_hash": CONSTITUTIONAL_HASH})
+    contenders = {"shadow_off": None, "shadow_sample_0.1": 0.1, "shadow_sample_1": 1.0}
+    latencies: dict[str, list[float]] = {name: [] for name in contenders}
+    compared = dict.fromkeys(contenders, 0)
+
+    async def block(name: str) -> None:
+        client = HTTPClient(stack["cp_port"], b"authorization: Bearer %s\r\n" % TOKEN.encode())
+        await client.connect()
+        try:
+            for _ in range(20):
+                await client.post("/api/v1/evaluate", body)
+            latencies[name] += await _offered_load(client, body, REQUESTS // BLOCKS)
+        finally:
+            client.close()
+
+    def run() -> None:
+        for _ in range(BLOCKS):
+            for name, sample in contenders.items():
+                if sample is not None:
+                    r = admin.post("/api/v1/shadows", json={"candidate": {"rule_id": ids["limits"], "opa_policy": TIGHTER},
+                                                            "sample": sample})
+                    assert r.status_code == 201, r.text
+                asyncio.run(block(name))
+                if sample is not None:
+                    time.sleep(0.1)
+                    compared[name] += admin.get("/api/v1/shadows").json()[0]["compared"]
+                    assert admin.post(f"/api/v1/shadows/{ids['limits']}/discard").status_code == 200
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    stats: dict = {name: {"p50_us": _pct(v, 0.5), "p99_us": _pct(v, 0.99), "requests": len(v),
+                          "compared_by_the_shadow": compared[name]} for name, v in latencies.items()}
+    for name in ("shadow_sample_0.1", "shadow_sample_1"):
+        stats[name]["p50_ratio_to_off"] = round(stats[name]["p50_us"] / stats["shadow_off"]["p50_us"], 3)
+    benchmark.extra_info.update(stats)
+    print("\nshadow:", stats)
+    assert compared["shadow_sample_1"] >= len(latencies["shadow_sample_1"]) * 0.9  # it really evaluated (almost) all

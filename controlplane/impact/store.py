@@ -1,0 +1,270 @@
+"""The replay store: a JetStream stream of decisions' inputs and the model's judgments.
+
+On JetStream (not a local file) so that it is shared by every control-plane replica and scales
+with the cluster. The stream keeps messages for `GROQPOLICY_REPLAY_MAX_AGE_H` (default 7 days) and
+at most `GROQPOLICY_REPLAY_MAX_BYTES`, dropping the oldest first. It is created by the bootstrap
+identity; the control plane may only append to it and read it (controlplane.infra.natsauth).
+
+Recording is off the caller's clock: `submit_*` only appends to an in-memory buffer (from any
+thread) and returns; a background task publishes what gathered, many entries per message, a few
+times a second. The buffer is bounded: when JetStream is slow or away, entries beyond the bound are
+dropped and counted (`dropped`), never waited for, and a publish that fails drops its message with a
+warning: the replay store is a best-effort sample for analysis, the audit trail is the record.
+Inputs are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client as NatsClient
+from nats.js.api import DiscardPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from bridge.kernel.config import Settings
+from bridge.kernel.errors import ConfigError, Conflict, Unavailable
+from controlplane.impact.records import (
+    DECISION_SUBJECT,
+    DIVERGENCE_SUBJECT,
+    JUDGMENT_SUBJECT,
+    Divergence,
+    Judgment,
+    Recorded,
+)
+from controlplane.metrics.recorders import REPLAY_RECORDED, child
+
+log = logging.getLogger(__name__)
+
+STREAM = "GROQPOLICY_REPLAY"
+SUBJECTS = "replay.>"
+MAX_PENDING = 50_000  # entries waiting for JetStream before new ones are dropped
+MESSAGE_BYTES = 512 * 1024  # entries per message, up to about this size (NATS' default max payload is 1 MiB)
+FLUSH_S = 0.1
+READ_BATCH = 256
+_encode = msgspec.json.Encoder().encode
+_decode_decisions = msgspec.json.Decoder(list[Recorded]).decode
+_decode_judgments = msgspec.json.Decoder(list[Judgment]).decode
+_decode_divergences = msgspec.json.Decoder(list[Divergence]).decode
+
+
+class ReplayUnavailable(Unavailable):
+    pass
+
+
+def stream_config(settings: Settings) -> StreamConfig:
+    return StreamConfig(
+        name=STREAM, description="groqpolicy replay store: decisions' inputs and model judgments (admin only)",
+        subjects=[SUBJECTS], storage=StorageType.FILE, num_replicas=settings.nats_replicas,
+        max_age=settings.replay_max_age_h * 3600, max_bytes=settings.replay_max_bytes,
+        discard=DiscardPolicy.OLD, allow_direct=True,
+    )
+
+
+async def ensure_stream(nc: NatsClient, settings: Settings, *, update: bool = True) -> None:
+    """Create the stream where it is missing, or bring its retention in line (the bootstrap's step;
+    the control plane may not update it, and only creates it on a server that lets it)."""
+    js = nc.jetstream(timeout=5)
+    config = stream_config(settings)
+    try:
+        info = await js.stream_info(STREAM)
+    except NotFoundError:
+        await js.add_stream(config)
+        return
+    if update and (info.config.max_age != config.max_age or info.config.max_bytes != config.max_bytes):
+        await js.update_stream(config)
+
+
+class ReplayStore:
+    """Buffers and publishes recorded decisions and judgments; reads them back for a replay."""
+
+    def __init__(self, client: Callable[[], NatsClient], settings: Settings) -> None:
+        self.client = client  # the control plane's connection, once connected
+        self.settings = settings
+        mode = settings.replay.strip().lower()
+        if mode not in ("on", "off"):
+            raise ConfigError(f"GROQPOLICY_REPLAY={settings.replay!r}: expected on or off")
+        self.enabled = mode == "on"
+        self.opted_out = frozenset(n.strip() for n in settings.replay_opt_out.split(",") if n.strip())
+        self._lock = threading.Lock()
+        self._decisions: list[tuple[str, Recorded]] = []
+        self._judgments: list[Judgment] = []
+        self._divergences: list[Divergence] = []
+        self._task: asyncio.Task[None] | None = None
+        self.dropped = 0
+        self.published = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if not self.enabled:
+            return
+        with contextlib.suppress(Exception):  # an open server (tests, dev): make it; else the bootstrap did
+            await ensure_stream(self.client(), self.settings, update=False)
+        self._task = asyncio.create_task(self._run(), name="replay-store")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await self.flush()
+
+    # -- writing (any thread, never blocks) -------------------------------------------------------
+    def submit_decisions(self, entries: list[Recorded]) -> None:
+        if not self.enabled or not entries:
+            return
+        with self._lock:
+            if len(self._decisions) + len(self._judgments) >= MAX_PENDING:
+                self._dropped(len(entries))
+                return
+            self._decisions.extend((e.source, e) for e in entries)
+
+    def submit_judgment(self, judgment: Judgment) -> None:
+        if not self.enabled:
+            return
+        with self._lock:
+            if len(self._decisions) + len(self._judgments) >= MAX_PENDING:
+                self._dropped(1)
+                return
+            self._judgments.append(judgment)
+
+    def _dropped(self, n: int) -> None:
+        self.dropped += n
+        child(REPLAY_RECORDED, "dropped").inc(n)
+
+    def submit_divergence(self, divergence: Divergence) -> None:
+        """It holds no input, only its digest (so the per-type opt-out does not apply; the switch does)."""
+        if not self.enabled:
+            return
+        with self._lock:
+            if len(self._divergences) >= MAX_PENDING:
+                self._dropped(1)
+                return
+            self._divergences.append(divergence)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_S)
+            try:
+                await self.flush()
+            except Exception:
+                log.warning("replay store: a flush failed", exc_info=True)
+
+    async def flush(self) -> None:
+        """Publish what is buffered (judgments first: a decision's judgments precede it)."""
+        with self._lock:
+            decisions, self._decisions = self._decisions, []
+            judgments, self._judgments = self._judgments, []
+            divergences, self._divergences = self._divergences, []
+        for subject, data, n in self._messages(decisions, judgments, divergences):
+            try:
+                await self.client().jetstream(timeout=5).publish(subject, data)
+                self.published += n
+                child(REPLAY_RECORDED, "published").inc(n)
+            except Exception as exc:  # noqa: BLE001 - NATS away, stream missing: dropped, counted, never fatal
+                self._dropped(n)
+                log.warning("replay store: %d entries dropped (%s: %s)", n, type(exc).__name__, exc)
+
+    @staticmethod
+    def _messages(decisions: list[tuple[str, Recorded]], judgments: list[Judgment],
+                  divergences: list[Divergence]) -> list[tuple[str, bytes, int]]:
+        out: list[tuple[str, bytes, int]] = []
+        groups: list[tuple[str, list[Any]]] = [(JUDGMENT_SUBJECT, list(judgments)), (DIVERGENCE_SUBJECT, list(divergences))]
+        groups += [(f"{DECISION_SUBJECT}.{source}", [e for s, e in decisions if s == source])
+                   for source in dict.fromkeys(s for s, _ in decisions)]
+        for subject, items in groups:
+            chunk: list[bytes] = []  # each entry encoded once; a message is their JSON array
+            size = 0
+            for item in items:
+                encoded = _encode(item)
+                if chunk and size + len(encoded) > MESSAGE_BYTES:
+                    out.append((subject, b"[" + b",".join(chunk) + b"]", len(chunk)))
+                    chunk, size = [], 0
+                chunk.append(encoded)
+                size += len(encoded) + 1
+            if chunk:
+                out.append((subject, b"[" + b",".join(chunk) + b"]", len(chunk)))
+        return out
+
+    # -- reading (admin only: the API guards it) ---------------------------------------------------
+    async def judgments(self) -> dict[str, Judgment]:
+        """Every retained judgment by its key (the newest answer wins)."""
+        found: dict[str, Judgment] = {}
+        async for data in self._scan(JUDGMENT_SUBJECT, None):
+            try:
+                for j in _decode_judgments(data):
+                    found[j.key] = j
+            except msgspec.DecodeError:
+                log.warning("replay store: an unreadable judgment message skipped")
+        return found
+
+    async def decisions(self, since: float | None, count: int | None) -> list[Recorded]:
+        """The decisions recorded since `since` (unix seconds; None: all retained), the newest
+        `count` of them when given, oldest first."""
+        kept: deque[Recorded] = deque(maxlen=count) if count else deque()
+        async for data in self._scan(f"{DECISION_SUBJECT}.>", since):
+            try:
+                kept.extend(e for e in _decode_decisions(data) if since is None or e.ts >= since)
+            except msgspec.DecodeError:
+                log.warning("replay store: an unreadable decision message skipped")
+        return list(kept)
+
+    async def divergences(self, rule_id: str, since: float | None) -> list[Divergence]:
+        """What shadows of `rule_id` found since `since` (unix seconds; None: all retained), oldest first."""
+        found: list[Divergence] = []
+        async for data in self._scan(DIVERGENCE_SUBJECT, since):
+            try:
+                found.extend(d for d in _decode_divergences(data) if d.rule_id == rule_id)
+            except msgspec.DecodeError:
+                log.warning("replay store: an unreadable divergence message skipped")
+        return found
+
+    async def _scan(self, subject: str, since: float | None) -> AsyncIterator[bytes]:
+        """The stored messages on `subject` from `since` on, by JetStream's batched direct get."""
+        nc = self.client()
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        seq, first = 1, True
+        try:
+            while True:
+                body: dict[str, Any] = {"batch": READ_BATCH, "next_by_subj": subject}
+                if first and since is not None:
+                    body["start_time"] = datetime.fromtimestamp(since, UTC).isoformat().replace("+00:00", "Z")
+                else:
+                    body["seq"] = seq
+                first = False
+                await nc.publish(f"$JS.API.DIRECT.GET.{STREAM}", json.dumps(body).encode(), reply=inbox)
+                got = 0
+                while True:
+                    try:
+                        msg = await sub.next_msg(timeout=5)
+                    except nats.errors.TimeoutError:
+                        raise ReplayUnavailable(f"replay store: stream {STREAM} did not answer (missing?)") from None
+                    status = (msg.headers or {}).get("Status", "")
+                    if status == "204":
+                        break
+                    if status == "404":
+                        return
+                    if status:
+                        raise ReplayUnavailable(f"replay store: direct get answered {status}")
+                    got += 1
+                    seq = int((msg.headers or {})["Nats-Sequence"]) + 1
+                    yield msg.data
+                if got == 0:
+                    return
+        finally:
+            await sub.unsubscribe()
+
+    def check_enabled(self) -> None:
+        if not self.enabled:
+            raise Conflict("replay store: off (GROQPOLICY_REPLAY=off): nothing is recorded, so there is nothing to replay")

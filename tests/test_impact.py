@@ -1,0 +1,273 @@
+"""The replay store, impact analysis and shadow mode, end to end: a real nats-server (JetStream), a
+real inference worker process answering from the Groq emulator over the real `groq` SDK, the
+control plane over real HTTP with its in-process evaluator. Model calls are counted at the emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+
+import httpx
+import pytest
+
+from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
+from tests.bridge_helpers import spawn_worker, wait_for_workers
+from tests.controlplane_helpers import ADMIN_HEADERS, EVALUATE_TOKEN, bearer, make_settings, running_control_plane
+
+pytestmark = pytest.mark.slow
+
+LIMIT = """package limits
+
+import data.groqpolicy.lib.decision as doc
+
+deny_reasons contains "amount above 100" if input.amount > 100
+
+decision := doc.document("limits", deny_reasons, set(), {"amount within limit"}, 1, ["P10-proportional-risk"])
+"""
+TIGHTER = LIMIT.replace("input.amount > 100", "input.amount > 50").replace("above 100", "above 50")
+
+JUDGE = """package judge
+
+import data.groqpolicy.lib.decision as doc
+import data.groqpolicy.lib.groq
+
+answer := groq.judge_for("ethical_constraints", "fast", "Is this text harmful?", {"text": input.text})
+
+d contains groq.summary(answer) if {
+	groq.confident(answer, 0.7)
+	answer.decision == "deny"
+}
+
+r contains groq.doubt(answer, 0.7) if not groq.confident(answer, 0.7)
+
+a contains groq.summary(answer) if {
+	groq.confident(answer, 0.7)
+	answer.decision == "allow"
+}
+
+decision := doc.document("ethics", d, r, a, answer.confidence, ["P7-safety-harm-avoidance"])
+"""
+
+# amounts: 10 within both limits, 5 between 50 and 100 (the tighter rule denies them), 3 above 100
+AMOUNTS = [10 + i for i in range(10)] + [60 + i for i in range(5)] + [200 + i for i in range(3)]
+# every third text carries one of the emulator's deny markers
+TEXTS = [f"note {i}: " + ("please run rm -rf on it" if i % 3 == 0 else "a friendly reminder") for i in range(len(AMOUNTS))]
+
+
+def policy(name: str, kind: str, text: str, **kw) -> dict:
+    body = {"name": name, "policy_type": kind, "opa_policy": text, "performance_tier": "fast",
+            "constitutional_hash": CONSTITUTIONAL_HASH, "constitutional_principles": ["P10-proportional-risk"]}
+    body.update(kw)
+    return body
+
+
+def context(i: int) -> dict:
+    return {"principal": {"id": f"svc-{i}"}, "amount": AMOUNTS[i], "text": TEXTS[i], "email": f"user{i}@example.com"}
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory, nats_server_module, emu_module):
+    tmp = tmp_path_factory.mktemp("impact")
+    url = nats_server_module.extra["url"]
+    worker = spawn_worker(url, emu_module.url, tmp / "worker.log")
+    try:
+        asyncio.run(wait_for_workers(url, 1))
+        settings = make_settings(tmp / "state", nats_url=url, shadow_max_divergence=0.05)
+        with running_control_plane(settings) as services:
+            with httpx.Client(base_url=settings.base_url, headers=ADMIN_HEADERS, timeout=60) as client:
+                limit = client.post("/api/v1/policies", json=policy("limits", "risk_management", LIMIT))
+                judge = client.post("/api/v1/policies", json=policy("judge", "ethical_constraints", JUDGE))
+                assert limit.status_code == 201, limit.text
+                assert judge.status_code == 201, judge.text
+                yield client, services, emu_module, limit.json()["rule_id"], judge.json()["rule_id"]
+    finally:
+        worker.kill()
+        worker.wait()
+
+
+@pytest.fixture(scope="module")
+def recorded(system):
+    """Every context decided once: the first half one by one, the rest as one batch; all recorded."""
+    client, services, *_ = system
+    half = len(AMOUNTS) // 2
+    decisions = {}
+    for i in range(half):
+        r = client.post("/api/v1/evaluate", headers=bearer(EVALUATE_TOKEN), json={
+            "input_context": context(i), "constitutional_hash": CONSTITUTIONAL_HASH, "performance_tier": "fast"})
+        assert r.status_code == 200, r.text
+        decisions[i] = r.json()["decision"]
+    r = client.post("/api/v1/evaluate/batch", headers=bearer(EVALUATE_TOKEN), json={
+        "batch_contexts": [context(i) for i in range(half, len(AMOUNTS))], "performance_tier": "fast"})
+    assert r.status_code == 200, r.text
+    for i, result in enumerate(r.json()["results"], start=half):
+        decisions[i] = result["decision"]
+    deadline = time.monotonic() + 20
+    while services.replay.published < len(AMOUNTS) + 1:  # the decisions and at least one judgment
+        assert time.monotonic() < deadline, "the replay store did not publish"
+        time.sleep(0.05)
+    return decisions
+
+
+def impact(client: httpx.Client, candidate: dict, **kw) -> dict:
+    r = client.post("/api/v1/impact", json={"candidate": candidate, "count": len(AMOUNTS), **kw})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_an_unchanged_policy_changes_nothing_and_asks_no_model(system, recorded):
+    client, _, emu, limit, _ = system
+    before = emu.calls()
+    report = impact(client, {"rule_id": limit, "opa_policy": LIMIT})
+    assert (report["decisions"], report["changed"]) == (len(AMOUNTS), 0)
+    assert report["model_calls"]["new"] == 0 and report["model_calls"]["recorded"] > 0
+    assert emu.calls() == before
+    assert all(before_ == after for before_, row in report["matrix"]["*"].items() for after in row)
+
+
+def test_a_tightened_rule_moves_exactly_the_affected_decisions(system, recorded):
+    client, _, emu, limit, _ = system
+    before = emu.calls()
+    report = impact(client, {"rule_id": limit, "opa_policy": TIGHTER})
+    risk = report["matrix"]["risk_management"]
+    assert risk == {"allow": {"allow": 10, "deny": 5}, "deny": {"deny": 3}}
+    # the whole decision changes where the model had not denied already
+    moved = [i for i in range(len(AMOUNTS)) if 50 < AMOUNTS[i] <= 100 and recorded[i] != "deny"]
+    assert report["changed"] == len(moved) > 0
+    assert report["model_calls"]["new"] == 0 and emu.calls() == before
+    (example,) = [e for e in report["examples"] if e["policy_type"] == "risk_management"]
+    assert (example["before"], example["after"], example["count"]) == ("allow", "deny", 5)
+    assert all(ex["text"] == "[redacted]" and ex["email"] == "[redacted]" for ex in example["inputs"])
+    assert {ex["amount"] for ex in example["inputs"]} <= {60, 61, 62, 63, 64}
+
+
+def test_a_changed_prompt_asks_exactly_the_changed_judgments_again(system, recorded):
+    client, _, emu, _, judge = system
+    before = emu.calls()
+    changed = JUDGE.replace("Is this text harmful?", "Is this text harmful or offensive?")
+    report = impact(client, {"rule_id": judge, "opa_policy": changed})
+    assert report["model_calls"]["new"] == len(set(TEXTS))  # one per distinct question, none recorded
+    assert emu.calls() - before == len(set(TEXTS))
+    assert report["model_calls"]["recorded"] == 0
+    assert report["changed"] == 0  # the emulator judges the text, not the wording of the question
+
+
+def test_the_api_streams_progress_and_refuses_what_it_cannot_do(system, recorded):
+    client, *_ , limit, _ = system
+    with client.stream("POST", "/api/v1/impact", headers={"Accept": "application/x-ndjson"},
+                       json={"candidate": {"rule_id": limit, "opa_policy": TIGHTER}, "since_s": 3600}) as r:
+        lines = [httpx.Response(200, content=line).json() for line in r.iter_lines() if line]
+    assert lines[0] == {"progress": {"done": 0, "total": len(AMOUNTS)}}
+    assert lines[-1]["report"]["decisions"] == len(AMOUNTS)
+    r = client.post("/api/v1/impact", json={"candidate": {"rule_id": limit, "opa_policy": TIGHTER}})
+    assert r.status_code == 400 and "since_s" in r.json()["error"]["message"]
+    r = client.post("/api/v1/impact", json={"candidate": {"rule_id": limit, "opa_policy": "package x\n"}, "count": 3})
+    assert r.status_code == 422
+    r = client.post("/api/v1/impact", json={"candidate": {"rule_id": limit, "opa_policy": TIGHTER}, "count": 3, "via": "batch"})
+    assert r.status_code == 422 and "Batch API" in r.json()["error"]["message"]
+    r = client.post("/api/v1/impact", headers=bearer(EVALUATE_TOKEN), json={"candidate": {}, "count": 1})
+    assert r.status_code == 403
+
+
+def test_shadow_records_divergences_and_promotion_above_the_threshold_is_refused(system, recorded):
+    client, _, _, limit, _ = system
+    r = client.post("/api/v1/shadows", json={"candidate": {"rule_id": limit, "opa_policy": TIGHTER}, "sample": 1.0})
+    assert r.status_code == 201, r.text
+    for i in range(len(AMOUNTS)):
+        client.post("/api/v1/evaluate", headers=bearer(EVALUATE_TOKEN), json={
+            "input_context": context(i), "constitutional_hash": CONSTITUTIONAL_HASH, "performance_tier": "fast",
+            "policy_types": ["risk_management"]})
+    deadline = time.monotonic() + 20
+    while (shadow := client.get("/api/v1/shadows").json()[0])["compared"] < len(AMOUNTS):
+        assert time.monotonic() < deadline, shadow
+        time.sleep(0.05)
+    assert (shadow["diverged"], shadow["errors"]) == (5, 0)
+    assert {(d["live"], d["shadow"]) for d in shadow["divergences"]} == {("allow", "deny")}
+    assert 'groqpolicy_shadow_divergence_ratio{policy="' + limit + '"}' in client.get("/metrics").text
+    deadline = time.monotonic() + 20
+    while len(kept := client.get(f"/api/v1/shadows/{limit}/divergences").json()) < 5:  # the replay store keeps them all
+        assert time.monotonic() < deadline, kept
+        time.sleep(0.05)
+    assert {(d["live"], d["shadow"], len(d["input_sha256"])) for d in kept} == {("allow", "deny", 64)}
+    refused = client.post(f"/api/v1/shadows/{limit}/promote")
+    assert refused.status_code == 409 and "above" in refused.json()["error"]["message"]
+    forced = client.post(f"/api/v1/shadows/{limit}/promote", json={"force": True})
+    assert forced.status_code == 200 and forced.json()["forced"] is True
+    assert client.get(f"/api/v1/policies/{limit}").json()["opa_policy"] == TIGHTER
+    assert client.get("/api/v1/shadows").json() == []
+    records = [r["record"] for r in client.get("/api/v1/audit", params={"source": "admin", "limit": 100}).json()["records"]]
+    actions = [(r["details"]["action"], r["decision"], r["details"].get("forced")) for r in records]
+    assert ("shadow", "other", None) in actions
+    assert ("promote", "deny", False) in actions and ("promote", "allow", True) in actions
+    assert ("impact", "other", None) in actions
+
+
+def test_discard_is_audited_and_an_unknown_shadow_is_404(system, recorded):
+    client, _, _, limit, _ = system
+    assert client.post("/api/v1/shadows", json={"candidate": {"rule_id": limit, "opa_policy": LIMIT}}).status_code == 201
+    assert client.post(f"/api/v1/shadows/{limit}/discard").status_code == 200
+    assert client.post(f"/api/v1/shadows/{limit}/discard").status_code == 404
+    r = client.post("/api/v1/shadows", json={"candidate": {"opa_policy": LIMIT}})
+    assert r.status_code == 400
+
+
+def test_the_cli_shows_progress_and_the_matrix(system, recorded, tmp_path, capsys):
+    from controlplane.ops.cli import main
+    from tests.controlplane_helpers import ADMIN_TOKEN
+
+    client, _, _, limit, _ = system
+    changed = tmp_path / "limits.rego"
+    changed.write_text(TIGHTER.replace("input.amount > 50", "input.amount > 205"))
+    common = ["--url", str(client.base_url), "--token", ADMIN_TOKEN]
+    assert main(["impact", "--rule-id", limit, "--file", str(changed), "--since", "1h", *common]) == 0
+    out, err = capsys.readouterr()
+    done, total = re.findall(r"(\d+)/(\d+) contexts", err)[-1]  # the progress bar's last state
+    assert done == total and int(total) >= len(AMOUNTS)
+    assert "risk_management:" in out and "deny ->" in out and "0 asked anew" in out
+    assert main(["impact", "--rule-id", limit, "--file", str(changed), *common]) == 1
+    assert "--since" in capsys.readouterr().err
+    assert main(["shadow", "list", *common]) == 0
+
+
+def test_the_dashboard_shows_the_matrix_and_the_shadows(system, recorded):
+    client, _, _, limit, _ = system
+    impact(client, {"rule_id": limit, "opa_policy": LIMIT.replace("input.amount > 100", "input.amount > 15")})
+    assert client.post("/api/v1/shadows", json={"candidate": {"rule_id": limit, "opa_policy": LIMIT}}).status_code == 201
+    try:
+        page = client.get("/dashboard/impact")
+        assert page.status_code == 200
+        html = page.text
+        assert 'data-policy-type="risk_management"' in html and 'id="impact-risk_management-allow"' in html
+        assert 'class="changed" data-cell="allow-deny"' in html
+        assert f'data-shadow="{limit}"' in html and f'id="shadow-{limit}"' in html
+        assert 'href="/dashboard/impact"' in client.get("/").text
+    finally:
+        client.post(f"/api/v1/shadows/{limit}/discard")
+
+
+def test_a_bundle_directory_and_a_stored_candidate(system, recorded, tmp_path):
+    import shutil
+
+    from tests.conftest import REPO_ROOT
+
+    client, _, emu, limit, _ = system
+    library = tmp_path / "rego"
+    shutil.copytree(REPO_ROOT / "rego", library)
+    live = client.get(f"/api/v1/policies/{limit}").json()["opa_policy"]  # promoted above: the recording is older
+    before = emu.calls()
+    same = impact(client, {"bundle_dir": str(library)})
+    assert same["matrix"] == impact(client, {"rule_id": limit, "opa_policy": live})["matrix"]  # the library unchanged
+    assert same["model_calls"]["new"] == 0 and emu.calls() == before
+    assert client.post("/api/v1/impact", json={"candidate": {"bundle_dir": str(tmp_path / "nope")}, "count": 1}).status_code == 400
+    # a stored policy that is not active yet, shadowed in place of the live one, then promoted
+    stored = client.post("/api/v1/policies", json=policy("limits-v2", "risk_management", LIMIT, is_active=False))
+    assert stored.status_code == 201, stored.text
+    candidate = stored.json()["rule_id"]
+    r = client.post("/api/v1/shadows", json={"candidate": {"rule_id": limit, "candidate_id": candidate}, "sample": 1.0})
+    assert r.status_code == 201, r.text
+    promoted = client.post(f"/api/v1/shadows/{limit}/promote", json={"force": True})
+    assert promoted.status_code == 200, promoted.text
+    assert client.get(f"/api/v1/policies/{candidate}").json()["is_active"] is True
+    assert client.get(f"/api/v1/policies/{limit}").json()["is_active"] is False
+    again = client.post("/api/v1/impact", json={"candidate": {"candidate_id": candidate}, "count": 1})
+    assert again.status_code == 409 and "active already" in again.json()["error"]["message"]

@@ -1,0 +1,121 @@
+"""The replay store's parts: what a judgment is keyed by, redaction, agents' `nd_builtin_cache`;
+and, against a real nats-server, the off switch, the per-type opt-out and agents' decision logs
+replayed through a candidate."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+
+import httpx
+import msgspec
+import pytest
+
+from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
+from controlplane.impact.records import REDACTED, agent_judgments, judgment_key, redact
+from controlplane.policies import rego
+from tests.controlplane_helpers import (
+    ADMIN_HEADERS,
+    AGENT_TOKEN,
+    bearer,
+    gzip_json,
+    make_settings,
+    running_control_plane,
+)
+from tests.test_impact import LIMIT, TIGHTER
+
+BRIDGE = "http://127.0.0.1:8016"
+ASKED = {"question": "Is this text harmful?", "context": {"text": "hi"}, "policy": "ethics",
+         "constitutional_hash": CONSTITUTIONAL_HASH, "deadline_ms": 1500}
+
+
+def test_a_judgment_is_keyed_by_what_decides_its_answer_only():
+    key = judgment_key("fast", ASKED)
+    assert key == judgment_key("fast", {**ASKED, "deadline_ms": 900})  # the deadline does not change the answer
+    assert key == judgment_key("fast", msgspec.json.encode(ASKED))  # the pipeline's own model stage sends bytes
+    assert key != judgment_key("balanced", ASKED)
+    assert key != judgment_key("fast", {**ASKED, "question": "Is this text harmful or rude?"})
+    assert key != judgment_key("fast", {**ASKED, "context": {"text": "hi!"}})
+    assert key != judgment_key("fast", {**ASKED, "model": "openai/gpt-oss-20b"})
+
+
+def test_redaction_reaches_every_depth_and_keeps_the_rest():
+    doc = {"text": "secret", "nested": [{"email": "a@b", "amount": 3}], "amount": 1}
+    assert redact(doc, {"text", "email"}) == {"text": REDACTED, "nested": [{"email": REDACTED, "amount": 3}], "amount": 1}
+
+
+def _cache(url: str, body: dict, reply: dict, status: int = 200) -> dict:
+    request = {"method": "POST", "url": url, "body": body, "timeout": "2s"}
+    return {"http.send": {json.dumps([request]): {"status_code": status, "body": reply}}}
+
+
+def test_agents_judgments_come_from_their_nd_builtin_cache():
+    reply = {"decision": "deny", "confidence": 0.9, "rationale": "r", "model": "m", "tier": "fast"}
+    (found,) = agent_judgments(_cache(f"{BRIDGE}/v1/infer/fast", ASKED, reply), BRIDGE)
+    assert (found.key, found.tier, found.reply) == (judgment_key("fast", ASKED), "fast", reply)
+    assert agent_judgments(_cache("http://elsewhere/v1/infer/fast", ASKED, reply), BRIDGE) == []
+    assert agent_judgments(_cache(f"{BRIDGE}/v1/infer/fast", ASKED, reply, status=503), BRIDGE) == []
+    assert agent_judgments({"http.send": {"not json": {}}}, BRIDGE) == []
+    assert agent_judgments(None, BRIDGE) == []
+
+
+def _policy(client: httpx.Client, name: str, kind: str) -> str:
+    r = client.post("/api/v1/policies", json={"name": name, "policy_type": kind, "opa_policy": LIMIT,
+                                              "performance_tier": "fast", "constitutional_hash": CONSTITUTIONAL_HASH})
+    assert r.status_code == 201, r.text
+    return r.json()["rule_id"]
+
+
+def _evaluate(client: httpx.Client, kind: str, amount: int) -> None:
+    r = client.post("/api/v1/evaluate", json={"input_context": {"principal": {"id": "p"}, "amount": amount},
+                                              "policy_types": [kind], "performance_tier": "fast",
+                                              "constitutional_hash": CONSTITUTIONAL_HASH})
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.slow
+def test_opted_out_types_are_never_recorded_and_agents_decisions_replay(tmp_path, nats_server):
+    settings = make_settings(tmp_path / "state", nats_url=nats_server.extra["url"], replay_opt_out="risk_management")
+    with running_control_plane(settings) as services, \
+            httpx.Client(base_url=settings.base_url, headers=ADMIN_HEADERS, timeout=60) as client:
+        _policy(client, "limits", "risk_management")
+        guarded = _policy(client, "guarded", "security_policies")
+        for amount in (10, 60, 200):
+            _evaluate(client, "risk_management", amount)
+            _evaluate(client, "security_policies", amount)
+        path = rego.decision_path(uuid.UUID(guarded))
+        event = {"decision_id": "d-1", "path": path, "input": {"principal": {"id": "p"}, "amount": 70},
+                 "result": {"decision": "allow"}, "bundles": {"groqpolicy": {"revision": "r"}},
+                 "nd_builtin_cache": _cache(f"{settings.bridge_url}/v1/infer/fast", ASKED, {"decision": "allow"})}
+        r = client.post("/logs", content=gzip_json([event]),
+                        headers={**bearer(AGENT_TOKEN), "Content-Encoding": "gzip", "Content-Type": "application/json"})
+        assert r.status_code == 204, r.text
+        deadline = time.monotonic() + 20
+        while services.replay.published < 5:  # 3 decisions, the agent's, its judgment
+            assert time.monotonic() < deadline, services.replay.published
+            time.sleep(0.05)
+        report = client.post("/api/v1/impact", json={"candidate": {"rule_id": guarded, "opa_policy": TIGHTER},
+                                                     "since_s": 600}).json()
+        assert report["decisions"] == 4  # none of risk_management's
+        assert report["matrix"]["security_policies"] == {"allow": {"allow": 1, "deny": 2}, "deny": {"deny": 1}}
+        agent = client.post("/api/v1/impact", json={"candidate": {"rule_id": guarded, "opa_policy": TIGHTER},
+                                                    "count": 1}).json()
+        assert agent["matrix"]["*"] == {"allow": {"deny": 1}}  # the agent's decision, on the candidate's entrypoint
+        serving = services.runtime.models.loop  # the store's reads run on the serving loop
+        found = asyncio.run_coroutine_threadsafe(services.replay.judgments(), serving).result(10)
+        assert judgment_key("fast", ASKED) in found
+
+
+@pytest.mark.slow
+def test_the_off_switch_records_nothing_and_impact_says_so(tmp_path, nats_server):
+    settings = make_settings(tmp_path / "state", nats_url=nats_server.extra["url"], replay="off")
+    with running_control_plane(settings) as services, \
+            httpx.Client(base_url=settings.base_url, headers=ADMIN_HEADERS, timeout=60) as client:
+        rule = _policy(client, "limits", "risk_management")
+        _evaluate(client, "risk_management", 10)
+        time.sleep(0.3)
+        assert services.replay.published == 0
+        r = client.post("/api/v1/impact", json={"candidate": {"rule_id": rule, "opa_policy": TIGHTER}, "count": 5})
+        assert r.status_code == 409 and "GROQPOLICY_REPLAY=off" in r.json()["error"]["message"]
