@@ -28,12 +28,15 @@ from bridge.opawasm import HostConfig, WasmEvaluator
 from controlplane.agents.decision_logs import DecisionLogStore
 from controlplane.agents.status import StatusStore
 from controlplane.audit import AuditTrail
+from controlplane.audit.certifications import CertificationRecorder
 from controlplane.audit.wiring import EscalationPublisher, RecordingAuditSink
 from controlplane.auth.tokens import TokenSet, ensure_tokens
 from controlplane.bundles.compiler import Compiler, load_definitions
 from controlplane.bundles.keystore import ensure_signing_key
 from controlplane.bundles.publisher import BundlePublisher
 from controlplane.bundles.revisions import RevisionStore
+from controlplane.certification.certifier import Certifier
+from controlplane.certification.checks import PolicyChecks
 from controlplane.evaluation.model_stage import metered_transport
 from controlplane.evaluation.nats_service import EvaluateService
 from controlplane.evaluation.pipeline import Pipeline
@@ -134,7 +137,10 @@ class Services:
         policy_store = PolicyStore(lambda: nats.client.jetstream(), replicas=settings.nats_replicas, keys=record_keys)
         nats.on_reconnect.append(policy_store.resync)  # a KV watch does not survive a server restart
         bundler = PolicyBundler(compiler, publisher, settings.rego_root, settings.bundles_dir)
-        policies = PolicyService(policy_store, bundler, on_published=follower.reload)
+        checks = PolicyChecks(lambda: compiler.opa, lambda: [settings.rego_root / s for s in bundler.library().sources])
+        certifier = Certifier(checks, record_keys, ask_model=models.request,
+                              record=CertificationRecorder(lambda: recorder.trail, lambda: nats.connected))
+        policies = PolicyService(policy_store, bundler, on_published=follower.reload, certifier=certifier)
         pipeline = Pipeline(evaluator, policies.active_records, ask_model=models.request, recorder=recorder,
                             escalate=EscalationPublisher(nats))
         runtime = EvaluationRuntime(nats=nats, models=models, evaluator=evaluator, follower=follower, pipeline=pipeline,

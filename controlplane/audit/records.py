@@ -22,8 +22,9 @@ import msgspec
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from controlplane.infra.ids import uuid4_text
 
-Source = Literal["api", "batch", "nats", "opa-agent"]
-SOURCES: tuple[str, ...] = ("api", "batch", "nats", "opa-agent")
+# "certification": a policy revision certified, refused, denied by its model review or overridden
+Source = Literal["api", "batch", "nats", "opa-agent", "certification"]
+SOURCES: tuple[str, ...] = ("api", "batch", "nats", "opa-agent", "certification")
 # Subject tokens: decisions outside the policy decision document's three land in `other`/`undefined`.
 DECISIONS: tuple[str, ...] = ("allow", "deny", "review", "undefined", "other")
 GENESIS_HASH = "0" * 64  # prev_hash of the first record of a stream
