@@ -21,7 +21,7 @@ from tests.test_walkthrough import readme_policy
 
 HEAD = "package team.limits\n\nimport data.groqpolicy.lib.decision as doc\nimport data.groqpolicy.lib.groq\n\n"
 
-LIMIT = HEAD + """deny_reasons contains "amount above 100" if input.amount > 100
+LIMIT = "package team.limits\n\nimport data.groqpolicy.lib.decision as doc\n\n" + """deny_reasons contains "amount above 100" if input.amount > 100
 
 decision := doc.document("limits", deny_reasons, set(), {"amount within limit"}, 1, ["P10-proportional-risk"])
 """
@@ -38,7 +38,7 @@ decision := {"decision": "deny", "reasons": ["deny: the model objected"], "confi
 }
 """
 
-NO_REASONS = HEAD + """decision := {"decision": "allow", "confidence": 2} if input.amount < 10
+NO_REASONS = "package team.limits\n\n" + """decision := {"decision": "allow", "confidence": 2} if input.amount < 10
 """
 
 TESTS = """package team.limits_test
@@ -71,8 +71,14 @@ def certifier(checks: PolicyChecks, keys: RecordKeys, audited: list) -> Certifie
 def certify(c: Certifier, text: str, principles: list[str], tests: str = "") -> PolicyCertificate:
     rule_id = uuid.uuid4()
     module = rego.bundle_module(rule_id, text, title="t", policy_type="risk_management", tier="fast")
-    return asyncio.run(c.certify(rule_id=str(rule_id), version=1, name="limits", text=text, module=module,
-                                 tests=tests, principles=principles))
+
+    async def go() -> PolicyCertificate:
+        certified = await c.certify(rule_id=str(rule_id), version=1, name="limits", text=text, module=module,
+                                    tests=tests, principles=principles)
+        await c.record_issued(certified)
+        return certified.certificate
+
+    return asyncio.run(go())
 
 
 @pytest.mark.parametrize("policy_type", POLICY_TYPES)

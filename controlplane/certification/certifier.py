@@ -1,7 +1,8 @@
 """Certify one policy revision: the deterministic checks, the optional model review, the signed
 certificate, and an audit record of the outcome, whatever it is.
 
-Outcomes (each one audited, with the certificate, before the write goes on or is refused):
+Outcomes (each one audited with the certificate: a refusal before it is raised, a certificate once
+the bundle with the policy compiled, before the policy is stored):
 - `refused`: a deterministic check failed -> CertificationRefused (422) naming every problem;
 - `denied`: the model review answered deny and no override was given -> ReviewDenied (409);
 - `overridden`: the review denied and an admin overrode it (who, when, why are in the certificate);
@@ -30,6 +31,14 @@ Outcome = Literal["certified", "refused", "denied", "overridden"]
 # `await record(outcome, certificate)`: the audit trail's record of a certification (raises when it
 # cannot record: the write is then refused, as a decision that cannot be recorded is not served)
 CertificationSink = Callable[[Outcome, PolicyCertificate], Awaitable[object]]
+
+
+class Certified(msgspec.Struct, frozen=True):
+    """A signed certificate and its outcome, not yet on the audit trail: the write records it
+    (`Certifier.record_issued`) once the bundle with the policy compiled, right before it is stored."""
+
+    certificate: PolicyCertificate
+    outcome: Outcome
 
 
 class CertificationRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -64,16 +73,23 @@ class Certifier:
         self.ask_model = ask_model  # None: reviews cannot be asked for (a 503 when they are)
         self.record = record
 
-    async def _issue(self, outcome: Outcome, cert: PolicyCertificate) -> PolicyCertificate:
+    async def _refuse(self, outcome: Outcome, cert: PolicyCertificate) -> PolicyCertificate:
+        """A refusal is recorded at once: the write ends here."""
         signed = sign(cert, self.keys)
         if self.record is not None:
             await self.record(outcome, signed)
         return signed
 
+    async def record_issued(self, certified: Certified) -> None:
+        """Record a certificate that is about to be stored with its revision."""
+        if self.record is not None:
+            await self.record(certified.outcome, certified.certificate)
+
     async def certify(self, *, rule_id: str, version: int, name: str, text: str, module: str, tests: str = "",
                       principles: list[str], request: CertificationRequest | None = None,
-                      previous: PolicyCertificate | None = None, actor: str = "") -> PolicyCertificate:
-        """The signed certificate of one policy revision, or CertificationRefused / ReviewDenied."""
+                      previous: PolicyCertificate | None = None, actor: str = "") -> Certified:
+        """The signed certificate of one policy revision, or CertificationRefused / ReviewDenied
+        (recorded on the audit trail before they are raised)."""
         request = request or CertificationRequest()
         subject = Subject(kind="rules", name=f"p_{rule_id.replace('-', '')}", module=module, tests=tests,
                           declared=list(principles), written_package=package_of(text))
@@ -82,26 +98,26 @@ class Certifier:
                                  tests_sha256=digest(tests) if tests else "", principles=sorted(principles),
                                  checks=report.checks, certified=report.passed, issued_at=_now())
         if not report.passed:
-            signed = await self._issue("refused", cert)
+            signed = await self._refuse("refused", cert)
             problems = [f"{c.name}: {p}" for c in report.checks for p in c.problems]
             raise CertificationRefused(f"policy {name!r} is not certified, so it is not activated: {'; '.join(problems)}",
                                        details={"certificate": msgspec.to_builtins(signed)})
         verdict, carried = await self._review(cert, report, text, request, previous)
         cert = msgspec.structs.replace(cert, review=verdict)
         if verdict is None or verdict.decision != "deny":
-            return await self._issue("certified", cert)
+            return Certified(sign(cert, self.keys), "certified")
         if request.override is not None:
             override = Override(reason=request.override, by=actor or "unknown", at=cert.issued_at)
         elif carried is not None:
             override = carried  # the deny of this very text was overridden before (and audited then)
         else:
-            signed = await self._issue("denied", msgspec.structs.replace(cert, certified=False))
+            signed = await self._refuse("denied", msgspec.structs.replace(cert, certified=False))
             raise ReviewDenied(
                 f"policy {name!r}: the model review ({verdict.tier}, {verdict.model}) denied it, so it is not "
                 f"activated: {'; '.join(verdict.findings)}. An admin may activate it anyway by sending "
                 "certification.override with the reason; the override is recorded",
                 details={"certificate": msgspec.to_builtins(signed)})
-        return await self._issue("overridden", msgspec.structs.replace(cert, override=override))
+        return Certified(sign(msgspec.structs.replace(cert, override=override), self.keys), "overridden")
 
     async def _review(self, cert: PolicyCertificate, report: Report, text: str, request: CertificationRequest,
                       previous: PolicyCertificate | None) -> tuple[ModelReview | None, Override | None]:

@@ -25,7 +25,7 @@ import msgspec
 from bridge.kernel.errors import Conflict, GroqPolicyError, NotFound
 from bridge.kernel.vocabulary import check_hash
 from controlplane.bundles.compiler import BundleDefinition, CompiledBundle
-from controlplane.certification.certifier import CertificationRequest, Certifier
+from controlplane.certification.certifier import CertificationRequest, Certified, Certifier
 from controlplane.certification.checks import SubjectDoesNotCompile
 from controlplane.policies import rego
 from controlplane.policies.bundler import PolicyBundler, measure
@@ -190,8 +190,8 @@ class PolicyService:
             opa_tests=body.opa_tests,
         )
         async with self.lock:
-            record = await self._certified(record, body.certification, None, actor)
-            revision = await self._write(record, last=None)
+            record, certified = await self._certified(record, body.certification, None, actor)
+            revision = await self._write(record, last=None, certified=certified)
         return PolicyCreated(rule_id=rule_id, wasm_compilation_status="success", version=1,
                              entrypoint=record.entrypoint, bundle_revision=revision)
 
@@ -206,8 +206,8 @@ class PolicyService:
                 record = msgspec.structs.replace(record, source_sha256=hashlib.sha256(record.opa_policy.encode()).hexdigest(),
                                                  wasm_compilation_status="success", bytecode_size=0)
             request = body.certification if isinstance(body.certification, CertificationRequest) else None
-            record = await self._certified(record, request, current, actor)
-            await self._write(record, last=last, current=current)
+            record, certified = await self._certified(record, request, current, actor)
+            await self._write(record, last=last, current=current, certified=certified)
             return record
 
     async def delete(self, rule_id: uuid.UUID) -> PolicyRecord:
@@ -220,14 +220,18 @@ class PolicyService:
             await self._activate(compiled)
             return current
 
-    async def _write(self, record: PolicyRecord, last: int | None, current: PolicyRecord | None = None) -> str:
-        """compile -> store -> activate. `current` is the stored version a write replaces."""
+    async def _write(self, record: PolicyRecord, last: int | None, current: PolicyRecord | None = None,
+                     certified: Certified | None = None) -> str:
+        """compile -> (audit the certificate) -> store -> activate. `current` is the stored version a
+        write replaces."""
         if record.is_active:  # one compile: the set with it both checks its Rego and is what is served
             compiled = await self._compile(self.active_modules(with_=record), record.rule_id,
                                            self.active_certificates(with_=record))
+            await self._record_issued(certified)
             await self._store(record, last)
             return await self._activate(compiled)
         remaining = await self._check_inactive(record, current)
+        await self._record_issued(certified)
         await self._store(record, last)
         if remaining is None:  # the set without it is the active revision already
             return await self._published(await anyio.to_thread.run_sync(self.bundler.active_revision))
@@ -249,20 +253,24 @@ class PolicyService:
         return await self._compile(remaining, None, certificates)  # fails (422) if another active policy depends on it
 
     async def _certified(self, record: PolicyRecord, request: CertificationRequest | None,
-                         current: PolicyRecord | None, actor: str) -> PolicyRecord:
+                         current: PolicyRecord | None, actor: str) -> tuple[PolicyRecord, Certified | None]:
         """The record with the certificate of this revision (controlplane.certification), or the refusal.
         Rego that does not compile is reported by the compiler, with its messages, as any write's."""
         if self.certifier is None:
-            return record
+            return record, None
         try:
-            certificate = await self.certifier.certify(
+            certified = await self.certifier.certify(
                 rule_id=str(record.rule_id), version=record.version, name=record.name, text=record.opa_policy,
                 module=self.module_of(record), tests=record.opa_tests, principles=record.constitutional_principles,
                 request=request, previous=current.certificate if current is not None else None, actor=actor)
         except SubjectDoesNotCompile:
             await self._compile(self.active_modules(with_=msgspec.structs.replace(record, is_active=True)), record.rule_id)
             raise
-        return msgspec.structs.replace(record, certificate=certificate)
+        return msgspec.structs.replace(record, certificate=certified.certificate), certified
+
+    async def _record_issued(self, certified: Certified | None) -> None:
+        if certified is not None and self.certifier is not None:
+            await self.certifier.record_issued(certified)
 
     async def _store(self, record: PolicyRecord, last: int | None) -> None:
         if last is None:
