@@ -4,6 +4,8 @@ shows, in its bundle manifest, the signed certificate of the policy it runs."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 import uuid
 
@@ -13,7 +15,8 @@ import pytest
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from controlplane.certification.certificate import verify
 from controlplane.infra.processes import start_opa_agent
-from tests.controlplane_helpers import ADMIN_HEADERS, control_plane_with_worker
+from tests.conftest import REPO_ROOT
+from tests.controlplane_helpers import ADMIN_HEADERS, ADMIN_TOKEN, control_plane_with_worker
 from tests.test_certification import FAIL_OPEN, LIMIT, TESTS
 
 pytestmark = pytest.mark.slow
@@ -119,6 +122,10 @@ def test_the_certificate_verifies_and_reaches_the_agents_manifest(system):
     keys = services.policies.certifier.keys
     assert verify(cert, keys) == "" and cert["signature"]["kid"] == keys.kid
     assert [rec["details"]["outcome"] for rec in certification_records(client, rule_id)] == ["certified"]
+    # the dashboard says what certified it (the summary; every check, finding and the key in the tooltip)
+    html = client.get("/").text
+    assert "certified · 4/4 checks · review allow (reasoning)" in html
+    assert f"signed by {keys.kid}" in html
 
     deadline = time.monotonic() + 30
     while True:  # the agent long-polls the new revision
@@ -132,3 +139,31 @@ def test_the_certificate_verifies_and_reaches_the_agents_manifest(system):
     # the policy the agent runs is the one certified
     decision = opa.post(f"/v1/data/groqpolicy/rules/p_{uuid.UUID(rule_id).hex}/decision", json={"input": {"amount": 500}})
     assert decision.json()["result"]["decision"] == "deny"
+
+
+def test_the_cli_prints_what_certified_a_policy(system, tmp_path):
+    client, services, _ = system
+    (tmp_path / "limits.rego").write_text(LIMIT)
+    (tmp_path / "limits_test.rego").write_text(TESTS)
+    env = {**os.environ, "GROQPOLICY_URL": str(client.base_url), "GROQPOLICY_TOKEN": ADMIN_TOKEN}
+    cli = [str(REPO_ROOT / ".venv" / "bin" / "groqpolicy"), "policies"]
+    created = subprocess.run([*cli, "create", "limits.rego", "--name", "cli-limits", "--type", "risk_management",
+                              "--principle", "P10-proportional-risk", "--tests", "limits_test.rego", "--review", "premium"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert created.returncode == 0, created.stdout + created.stderr
+    rule_id = created.stdout.split()[1]
+    shown = subprocess.run([*cli, "show", rule_id], env=env, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    out = shown.stdout
+    assert f"{rule_id}  cli-limits  risk_management" in out
+    assert "certificate: certified (policy version 1" in out
+    for check in ("principles", "decisions", "fail_closed", "tests"):
+        assert f"check {check:<11} pass" in out
+    assert "model review   allow by " in out and "(premium)" in out
+    assert f"signed by      {services.policies.certifier.keys.kid}" in out
+
+    (tmp_path / "bad.rego").write_text(FAIL_OPEN)
+    refused = subprocess.run([*cli, "create", "bad.rego", "--type", "risk_management"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1
+    assert "is not certified, so it is not activated: fail_closed: probe synthetic input" in refused.stdout + refused.stderr

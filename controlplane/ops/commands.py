@@ -25,6 +25,7 @@ from bridge.kernel.config import PROJECT_ROOT, ClientSettings, NatsSettings, Set
 from bridge.kernel.errors import ERROR_CODE_HEADER, ERROR_HEADER
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from controlplane.evaluation.schemas import EVALUATE_SUBJECT
+from controlplane.ops.certificates import policy_lines
 from controlplane.ops.client import ClientError, ControlPlaneClient, resolve_token
 
 if TYPE_CHECKING:
@@ -80,21 +81,34 @@ def cmd_policies_list(args: argparse.Namespace) -> int:
                  is_active=None if args.active is None else str(args.active).lower())
 
 
+def _read_file(name: str, what: str) -> str:
+    try:
+        return Path(name).read_text()
+    except OSError as exc:
+        raise ClientError(f"{name}: cannot read ({exc.strerror})", f"pass the path of {what}") from exc
+
+
 def cmd_policies_create(args: argparse.Namespace) -> int:
     path = Path(args.file)
-    try:
-        rego = path.read_text()
-    except OSError as exc:
-        raise ClientError(f"{path}: cannot read ({exc.strerror})", "pass the path of a .rego file") from exc
+    rego = _read_file(args.file, "a .rego file")
     body = {
         "name": args.name or path.stem, "policy_type": args.type, "opa_policy": rego,
         "performance_tier": args.tier, "constitutional_principles": args.principle or [],
         "constitutional_hash": CONSTITUTIONAL_HASH,
+        "opa_tests": _read_file(args.tests, "the policy's opa tests (.rego)") if args.tests else "",
+        "certification": {"model_review": args.review, "override": args.override},
     }
     with _client(args) as api:
         created = api.post("/api/v1/policies", body)
-    print(f"created {created['rule_id']} (version {created.get('version', 1)}, wasm {created['wasm_compilation_status']}, "
-          f"bundle {created.get('bundle_revision', '?')})")
+        print(f"created {created['rule_id']} (version {created.get('version', 1)}, wasm {created['wasm_compilation_status']}, "
+              f"bundle {created.get('bundle_revision', '?')})")
+        print("\n".join(policy_lines(api.get(f"/api/v1/policies/{created['rule_id']}"))[2:]))
+    return 0
+
+
+def cmd_policies_show(args: argparse.Namespace) -> int:
+    with _client(args) as api:
+        print("\n".join(policy_lines(api.get(f"/api/v1/policies/{args.rule_id}"))))
     return 0
 
 
