@@ -134,6 +134,24 @@ def test_a_policy_that_fails_a_check_is_refused_with_the_reason(checks, text, pr
     assert audited[0][1].certified is False and audited[0][1].signature is not None
 
 
+CONFLICTING = """package team.limits
+
+decision := {"decision": "allow", "reasons": ["small"], "confidence": 1}
+
+decision := {"decision": "deny", "reasons": ["deny: flagged"], "confidence": 1} if input.flag
+"""
+
+
+def test_a_policy_that_errors_on_a_probe_is_refused_as_a_failed_check(checks):
+    audited: list = []
+    with pytest.raises(CertificationRefused) as err:
+        certify(certifier(checks, RecordKeys.generate(), audited), CONFLICTING, [])
+    assert str(err.value).startswith("policy 'limits' is not certified, so it is not activated: decisions: evaluating "
+                                     "the policy on a probe input failed: opa_policy:5: rule data.groqpolicy.rules.p_")
+    assert "produced conflicting values" in str(err.value)
+    assert [o for o, _ in audited] == ["refused"]
+
+
 def test_no_reasons_names_both_defects(checks):
     with pytest.raises(CertificationRefused) as err:
         certify(certifier(checks, RecordKeys.generate(), []), NO_REASONS, [])

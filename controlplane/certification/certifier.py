@@ -22,8 +22,8 @@ import anyio
 import msgspec
 
 from bridge.kernel.errors import Conflict, Unprocessable
-from controlplane.certification.certificate import ModelReview, Override, PolicyCertificate, digest, sign
-from controlplane.certification.checks import PolicyChecks, Report, Subject, package_of
+from controlplane.certification.certificate import CheckResult, ModelReview, Override, PolicyCertificate, digest, sign
+from controlplane.certification.checks import PolicyChecks, Report, Subject, SubjectFailsToEvaluate, package_of
 from controlplane.certification.review import AskModel, ReviewTier, ReviewUnavailable, review
 from controlplane.infra.recordkeys import RecordKeys
 
@@ -93,7 +93,10 @@ class Certifier:
         request = request or CertificationRequest()
         subject = Subject(kind="rules", name=f"p_{rule_id.replace('-', '')}", module=module, tests=tests,
                           declared=list(principles), written_package=package_of(text))
-        report: Report = await anyio.to_thread.run_sync(self.checks.run, subject)
+        try:
+            report: Report = await anyio.to_thread.run_sync(self.checks.run, subject)
+        except SubjectFailsToEvaluate as exc:  # an error on a probe is a failed check like any other
+            report = Report(checks=[CheckResult(name="decisions", passed=False, problems=[exc.message])], passed=False)
         cert = PolicyCertificate(rule_id=rule_id, policy_version=version, policy_name=name, policy_sha256=digest(text),
                                  tests_sha256=digest(tests) if tests else "", principles=sorted(principles),
                                  checks=report.checks, certified=report.passed, issued_at=_now())

@@ -97,6 +97,13 @@ class SubjectDoesNotCompile(Unprocessable):
     code = "rego_compile_error"
 
 
+class SubjectFailsToEvaluate(Unprocessable):
+    """Evaluating the policy on a probe input raised an error (a conflict, a builtin error): the
+    certifier reports it as a failed `decisions` check."""
+
+    code = "certification_failed"
+
+
 class CheckFailed(GroqPolicyError):
     """`opa` could not run the checks at all (a bug or a broken toolchain, not the policy's fault)."""
 
@@ -114,8 +121,8 @@ class PolicyChecks:
         try:
             return subprocess.run([str(self._opa()), *args], cwd=cwd, capture_output=True, text=True,
                                   timeout=OPA_TIMEOUT_S, check=False)
-        except subprocess.TimeoutExpired:
-            raise CheckFailed(f"certification: opa {args[0]} did not finish within {OPA_TIMEOUT_S} s") from None
+        except subprocess.TimeoutExpired:  # the policy's cost on its probes (or its tests): its problem
+            raise SubjectFailsToEvaluate(f"opa {args[0]} of the policy did not finish within {OPA_TIMEOUT_S} s") from None
 
     def run(self, subject: Subject) -> Report:
         """The report of every check (blocking: run it in a thread)."""
@@ -188,7 +195,10 @@ def _report(proc: subprocess.CompletedProcess[str]) -> Report:
     try:
         doc = json.loads(proc.stdout)
         if isinstance(doc, dict) and doc.get("errors"):
-            raise SubjectDoesNotCompile(f"certification: the policy does not compile: {_first_error(proc)}")
+            where = _first_error(proc).replace("policy.rego:", "opa_policy:")
+            if any(str(e.get("code", "")).startswith("eval_") for e in doc["errors"] if isinstance(e, dict)):
+                raise SubjectFailsToEvaluate(f"evaluating the policy on a probe input failed: {where}")
+            raise SubjectDoesNotCompile(f"certification: the policy does not compile: {where}")
         value = doc["result"][0]["expressions"][0]["value"]
     except (ValueError, KeyError, IndexError, TypeError):
         raise CheckFailed(f"certification: opa eval gave no report: {_first_error(proc)}") from None
