@@ -167,3 +167,27 @@ def test_the_cli_prints_what_certified_a_policy(system, tmp_path):
                              capture_output=True, text=True, timeout=120)
     assert refused.returncode == 1
     assert "is not certified, so it is not activated: fail_closed: probe synthetic input" in refused.stdout + refused.stderr
+
+
+def test_a_review_no_model_could_give_refuses_the_write(system):
+    client, _, _ = system
+    text = LIMIT + "\n# [[groq-emulator:malformed]]\n"  # every emulated model answers garbage for this text
+    r = client.post("/api/v1/policies", json=body(text, name="unreviewable", certification={"model_review": "premium"}))
+    assert r.status_code == 503, r.text
+    error = r.json()["error"]
+    assert error["type"] == "ReviewUnavailable" and error["message"].startswith("model review (premium): no model answered")
+    assert "unreviewable" not in stored_names(client)
+
+
+def test_an_update_is_certified_again_and_a_refused_one_keeps_the_stored_version(system):
+    client, _, _ = system
+    rule_id = client.post("/api/v1/policies", json=body(name="updated")).json()["rule_id"]
+    r = client.put(f"/api/v1/policies/{rule_id}", json={"constitutional_hash": CONSTITUTIONAL_HASH,
+                                                       "constitutional_principles": ["P11-unknown"]})
+    assert r.status_code == 422 and "principle P11-unknown is not in the constitution" in r.json()["error"]["message"]
+    got = client.get(f"/api/v1/policies/{rule_id}").json()
+    assert got["version"] == 1 and got["constitutional_principles"] == ["P10-proportional-risk"]
+    r = client.put(f"/api/v1/policies/{rule_id}", json={"constitutional_hash": CONSTITUTIONAL_HASH, "opa_policy": LIMIT + "\n"})
+    assert r.status_code == 200, r.text
+    cert = r.json()["certificate"]
+    assert cert["policy_version"] == 2 and cert["certified"] and cert["review"] is None

@@ -40,7 +40,6 @@ class ModelReview(msgspec.Struct, kw_only=True):
     findings: list[str] = []
     rationale: str = ""
     emulated: bool = False
-    degraded: bool = False  # the worker failed closed: no model produced a valid answer
 
 
 class Override(msgspec.Struct, kw_only=True):

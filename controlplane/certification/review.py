@@ -8,8 +8,9 @@ confidence, rationale, validated against its JSON schema); the model is asked to
 as one sentence of the rationale, separated by "; ", and the findings are those sentences.
 The policy text is the context (data for the model, never instructions), fenced like any input.
 
-A review that was asked for and cannot happen (no worker, an error reply) fails the write (fail
-closed): a policy is never activated as reviewed when it was not.
+A review that was asked for and cannot happen (no worker, an error reply, a worker that failed
+closed because no model answered) fails the write (fail closed): a policy is never activated as
+reviewed when it was not.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def request_body(*, name: str, text: str, principles: list[dict[str, Any]]) -> b
 def verdict(reply: InferReply) -> ModelReview:
     return ModelReview(tier=reply.tier, model=reply.model, decision=reply.decision, confidence=reply.confidence,
                        findings=findings(reply.rationale) or ["the model gave no findings"], rationale=reply.rationale,
-                       emulated=reply.emulated, degraded=reply.degraded)
+                       emulated=reply.emulated)
 
 
 async def review(ask_model: AskModel, tier: ReviewTier, *, name: str, text: str,
@@ -77,6 +78,10 @@ async def review(ask_model: AskModel, tier: ReviewTier, *, name: str, text: str,
             why = body[:200].decode(errors="replace")
         raise ReviewUnavailable(f"model review ({tier}): the worker answered {status}: {why}; the policy is not activated")
     try:
-        return verdict(decode_reply(body))
+        reply = decode_reply(body)
     except msgspec.DecodeError as exc:
         raise ReviewUnavailable(f"model review ({tier}): the worker's reply is not a verdict ({exc})") from None
+    if reply.degraded:  # the worker failed closed: no model read the policy
+        why = "; ".join(reply.reasons) or "no model produced a valid answer"
+        raise ReviewUnavailable(f"model review ({tier}): no model answered ({why}); the policy is not activated")
+    return verdict(reply)
