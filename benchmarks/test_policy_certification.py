@@ -5,7 +5,7 @@ build`s, the wasm load), and a whole `POST /api/v1/policies` with and without ce
 Peers run side by side in interleaved blocks (compile, checks, checks with tests; then certified and
 uncertified writes alternating), so the machine's drift reaches all of them alike. Medians and p90
 in ms go to `extra_info` and stdout. `GROQPOLICY_BENCH_SHORT=1` cuts the blocks. See
-benchmarks/README.md (issue 17).
+benchmarks/README.md ("Policy certification").
 """
 
 from __future__ import annotations
