@@ -112,7 +112,7 @@ class Certifier:
         if request.override is not None:
             override = Override(reason=request.override, by=actor or "unknown", at=cert.issued_at)
         elif carried is not None:
-            override = carried  # the deny of this very text was overridden before (and audited then)
+            override = carried  # the deny of this very text was overridden before: that override stands
         else:
             signed = await self._refuse("denied", msgspec.structs.replace(cert, certified=False))
             raise ReviewDenied(
