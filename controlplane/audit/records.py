@@ -25,8 +25,10 @@ from controlplane.infra.ids import uuid4_text
 # "certification": a policy revision certified, refused, denied by its model review or overridden
 Source = Literal["api", "batch", "nats", "opa-agent", "certification"]
 SOURCES: tuple[str, ...] = ("api", "batch", "nats", "opa-agent", "certification")
-# Subject tokens: decisions outside the policy decision document's three land in `other`/`undefined`.
-DECISIONS: tuple[str, ...] = ("allow", "deny", "review", "undefined", "other")
+# Subject tokens: decisions outside the policy decision document's three land in `other`/`undefined`;
+# `rejected` marks an OPA decision-log event the control plane refused (controlplane.agents.ingest).
+REJECTED = "rejected"
+DECISIONS: tuple[str, ...] = ("allow", "deny", "review", "undefined", "other", REJECTED)
 GENESIS_HASH = "0" * 64  # prev_hash of the first record of a stream
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
