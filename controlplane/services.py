@@ -30,12 +30,15 @@ from controlplane.agents.decision_logs import DecisionLogStore
 from controlplane.agents.sandbox import bridge_token, sandbox_overlay
 from controlplane.agents.status import StatusStore
 from controlplane.audit import AuditTrail
+from controlplane.audit.certifications import CertificationRecorder
 from controlplane.audit.wiring import EscalationPublisher, RecordingAuditSink
 from controlplane.auth.tokens import TokenSet, ensure_tokens
 from controlplane.bundles.compiler import Compiler, load_definitions
 from controlplane.bundles.keystore import ensure_signing_key
 from controlplane.bundles.publisher import BundlePublisher
 from controlplane.bundles.revisions import RevisionStore
+from controlplane.certification.certifier import Certifier
+from controlplane.certification.checks import PolicyChecks
 from controlplane.dashboard.auth import SignInCodes
 from controlplane.evaluation.model_stage import metered_transport
 from controlplane.evaluation.nats_service import EvaluateService
@@ -154,7 +157,10 @@ class Services:
         follower = RevisionFollower(store, evaluator)
         nats.on_reconnect.append(policy_store.resync)  # a KV watch does not survive a server restart
         bundler = PolicyBundler(compiler, publisher, settings.rego_root, settings.bundles_dir)
-        policies = PolicyService(policy_store, bundler, on_published=follower.reload)
+        checks = PolicyChecks(lambda: compiler.opa, lambda: [settings.rego_root / s for s in bundler.library().sources])
+        certifier = Certifier(checks, record_keys, ask_model=models.request,
+                              record=CertificationRecorder(lambda: recorder.trail, lambda: nats.connected))
+        policies = PolicyService(policy_store, bundler, on_published=follower.reload, certifier=certifier)
         serving_ask = threadsafe_ask(models.request, lambda: models.loop)  # for the replay's and the shadows' threads
         shadows = ShadowMode(policies, settings, models.transport, serving_ask, audit=recorder.append_many, store=replay)
         pipeline = Pipeline(evaluator, policies.active_records, ask_model=tap.ask(models.request),

@@ -225,8 +225,9 @@ def test_policy_writes_without_nats_are_503(tmp_path, nats_server):
             nats_server.stop()
             r = client.post("/api/v1/policies", json=policy(name="while down"))
             assert r.status_code == 503, r.text
-            assert r.json()["error"]["type"] == "StoreUnavailable"
-            assert r.json()["error"]["message"].startswith("policy store (JetStream): create failed: ")
+            # refused before anything is stored: its certification could not be recorded
+            assert r.json()["error"]["type"] == "AuditUnavailable"
+            assert r.json()["error"]["message"].startswith("audit trail: NATS is not connected")
             assert services.policies.store.records() == []
 
 
@@ -255,9 +256,9 @@ def test_a_write_compiles_once_unless_it_switches_a_policy_off_and_changes_its_m
     compiled: list[set[str]] = []  # the stored policies in each compile
     real = bundler.compile
 
-    def counting(modules, focus=None, run_tests=False):
+    def counting(modules, focus=None, run_tests=False, certificates=None):
         compiled.append(set(modules))
-        return real(modules, focus=focus, run_tests=run_tests)
+        return real(modules, focus=focus, run_tests=run_tests, certificates=certificates)
 
     monkeypatch.setattr(bundler, "compile", counting)
     served = lambda: services.store.get("groqpolicy", "wasm")[0].revision  # noqa: E731

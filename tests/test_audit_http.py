@@ -126,7 +126,7 @@ def test_query_errors_are_400_with_the_parameter_named(cp):
     assert r.json()["error"]["message"] == "since: 'yesterday': expected RFC 3339 (2026-11-27T12:00:00Z) or epoch seconds"
     r = client.get("/api/v1/audit", params={"source": "web"})
     assert r.status_code == 400
-    assert r.json()["error"]["message"] == "source: 'web' unknown (expected one of api, batch, nats, opa-agent, admin)"
+    assert r.json()["error"]["message"] == "source: 'web' unknown (expected one of api, batch, nats, opa-agent, admin, certification)"
     r = client.get("/api/v1/audit", params={"until": "1e400"})
     assert r.status_code == 400
     assert r.json()["error"]["message"] == "until: '1e400': epoch seconds out of range (0 to 253402300799)"

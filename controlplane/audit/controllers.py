@@ -49,7 +49,7 @@ class AuditApi(Controller):
         self,
         audit_reader: NamedDependency[TrailReader | None],
         decision: Annotated[str | None, QueryParameter(description="allow, deny, review, undefined or other")] = None,
-        source: Annotated[str | None, QueryParameter(description="api, batch, nats, opa-agent or admin")] = None,
+        source: Annotated[str | None, QueryParameter(description="api, batch, nats, opa-agent, admin or certification")] = None,
         policy_id: Annotated[str | None, QueryParameter(description="records that consulted this rule id")] = None,
         evaluation_id: Annotated[str | None, QueryParameter(description="the record of one evaluation (a batch record holds several)")] = None,
         decision_id: Annotated[str | None, QueryParameter(description="an OPA agent's decision id")] = None,

@@ -22,9 +22,10 @@ import msgspec
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from controlplane.infra.ids import uuid4_text
 
-# "admin": an operator's step that is not a decision (impact runs, shadows, promotions: controlplane.impact)
-Source = Literal["api", "batch", "nats", "opa-agent", "admin"]
-SOURCES: tuple[str, ...] = ("api", "batch", "nats", "opa-agent", "admin")
+# "admin": an operator's step that is not a decision (impact runs, shadows, promotions: controlplane.impact);
+# "certification": a policy revision certified, refused, denied by its model review or overridden
+Source = Literal["api", "batch", "nats", "opa-agent", "admin", "certification"]
+SOURCES: tuple[str, ...] = ("api", "batch", "nats", "opa-agent", "admin", "certification")
 # Subject tokens: decisions outside the policy decision document's three land in `other`/`undefined`;
 # `rejected` marks an OPA decision-log event the control plane refused (controlplane.agents.ingest).
 REJECTED = "rejected"

@@ -110,8 +110,9 @@ def _source_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in {".rego", ".json", ".yaml", ".yml"})
 
 
-def source_digest(sources: Sequence[Path], base: Path, overlay: dict | None = None) -> str:
-    """A digest over every source file's relative path and bytes (and the data overlay): equal inputs, equal revision."""
+def source_digest(sources: Sequence[Path], base: Path, overlay: dict | None = None, metadata: dict | None = None) -> str:
+    """A digest over every source file's relative path and bytes (and the data overlay and the
+    manifest metadata): equal inputs, equal revision."""
     h = hashlib.sha256()
     for src in sources:
         for f in _source_files(src):
@@ -119,6 +120,8 @@ def source_digest(sources: Sequence[Path], base: Path, overlay: dict | None = No
             h.update(f.read_bytes() + b"\0")
     if overlay:
         h.update(b"overlay\0" + json.dumps(overlay, sort_keys=True).encode())
+    if metadata:
+        h.update(b"metadata\0" + json.dumps(metadata, sort_keys=True).encode())
     return h.hexdigest()
 
 
@@ -263,18 +266,21 @@ class Compiler:
                 raise CompileError("build", _parse_errors("build", proc.stdout or proc.stderr, cwd))
             return read_bundle(out.read_bytes())
 
-    def compile(self, definition: BundleDefinition, base: Path | None = None, overlay: dict | None = None) -> CompiledBundle:
+    def compile(self, definition: BundleDefinition, base: Path | None = None, overlay: dict | None = None,
+                metadata: dict | None = None) -> CompiledBundle:
         """All stages for one definition; the revision is derived from the sources' digest.
 
         `overlay` is data merged into the bundle's `/data.json` after the build (deployment facts such
-        as the bridge URL, which do not belong in the policy sources); it counts toward the revision.
+        as the bridge URL, which do not belong in the policy sources); `metadata` is merged into the
+        `.manifest`'s `metadata` (the policies' certificates, which agents then serve at
+        `data.system.bundles`). Both count toward the revision.
         """
         base = (base or self.project_root).resolve()
         sources = [(base / s).resolve() for s in definition.sources]
         missing = [str(s) for s in sources if not s.exists()]
         if missing:
             raise CompileError("check", [CompileMessage(stage="check", message=f"source not found: {m}") for m in missing])
-        digest = source_digest(sources, base, overlay)
+        digest = source_digest(sources, base, overlay, metadata)
         revision = revision_for(definition.name, digest)
         with tempfile.TemporaryDirectory(prefix="groqpolicy-caps-") as tmp:
             self.check(sources, cwd=base, extra=self.capabilities(Path(tmp)))
@@ -286,9 +292,9 @@ class Compiler:
         entrypoints = [w["entrypoint"] for w in manifest.get("wasm", [])]
         if overlay:
             rego_files, wasm_files = _with_data(rego_files, overlay), _with_data(wasm_files, overlay)
-        if definition.roots:
-            rego_files = _with_manifest(rego_files, roots=definition.roots, name=definition.name)
-            wasm_files = _with_manifest(wasm_files, roots=definition.roots, name=definition.name)
+        if definition.roots or metadata:
+            rego_files = _with_manifest(rego_files, roots=definition.roots, name=definition.name, metadata=metadata)
+            wasm_files = _with_manifest(wasm_files, roots=definition.roots, name=definition.name, metadata=metadata)
         return CompiledBundle(
             name=definition.name,
             revision=revision,
@@ -328,8 +334,9 @@ def _with_data(files: dict[str, bytes], overlay: dict) -> dict[str, bytes]:
     return {**files, "/data.json": json.dumps(merge_data(data, overlay, overwrite=True), separators=(",", ":"), sort_keys=True).encode()}
 
 
-def _with_manifest(files: dict[str, bytes], *, roots: list[str], name: str) -> dict[str, bytes]:
+def _with_manifest(files: dict[str, bytes], *, roots: list[str], name: str, metadata: dict | None = None) -> dict[str, bytes]:
     manifest = json.loads(files.get("/.manifest", b"{}"))
-    manifest["roots"] = roots
-    manifest.setdefault("metadata", {})["bundle"] = name
+    if roots:
+        manifest["roots"] = roots
+    manifest.setdefault("metadata", {}).update({**(metadata or {}), "bundle": name})
     return {**files, "/.manifest": json.dumps(manifest, separators=(",", ":"), sort_keys=True).encode()}

@@ -32,6 +32,7 @@ from controlplane.agents.status import StatusStore
 from controlplane.audit.reader import TrailReader
 from controlplane.audit.records import GENESIS_HASH, AuditRecord, check_stored, record_time
 from controlplane.bundles.revisions import RevisionStore
+from controlplane.certification.certificate import PolicyCertificate
 from controlplane.dashboard.charts import OUTCOMES, Bucket, TierLatency, percentile
 from controlplane.evaluation.runtime import ModelClient
 from controlplane.infra.nats import NatsConnection
@@ -73,6 +74,8 @@ class PolicyRow:
     active: bool = True
     detail: str = ""
     uses_model: bool = False
+    certificate: str = ""  # what certified it (controlplane.certification), in a few words
+    certificate_title: str = ""  # every check and finding, for the cell's tooltip
 
 
 @dataclass
@@ -190,10 +193,29 @@ def policy_rows(sources: Sources) -> tuple[list[PolicyRow], str]:
         stored = []
     for r in stored:
         status = {"success": "compiled"}.get(r.wasm_compilation_status, r.wasm_compilation_status)
+        summary, title = certificate_summary(r.certificate)
         rows.append(PolicyRow(name=r.name, policy_type=r.policy_type, tier=r.performance_tier, version=f"v{r.version}",
                               status=status, origin="stored", active=r.is_active, detail=str(r.rule_id),
-                              uses_model=r.groq_model_config is not None))
+                              uses_model=r.groq_model_config is not None, certificate=summary, certificate_title=title))
     return rows, revision
+
+
+def certificate_summary(cert: PolicyCertificate | None) -> tuple[str, str]:
+    """(a few words, the whole story) of what certified a stored policy."""
+    if cert is None:
+        return "none", "stored before policies were certified"
+    words = ["certified" if cert.certified else "not certified", f"{sum(c.passed for c in cert.checks)}/{len(cert.checks)} checks"]
+    if cert.review is not None:
+        words.append(f"review {cert.review.decision} ({cert.review.tier})")
+    if cert.override is not None:
+        words.append(f"overridden by {cert.override.by}")
+    title = [f"{c.name}: {'pass' if c.passed else 'fail'}" for c in cert.checks]
+    if cert.review is not None:
+        title += [f"review ({cert.review.model}): {f}" for f in cert.review.findings]
+    if cert.override is not None:
+        title.append(f"override: {cert.override.reason}")
+    title.append(f"signed by {cert.signature.kid if cert.signature else '(unsigned)'}")
+    return " · ".join(words), "; ".join(title)
 
 
 # ---- audit tail -------------------------------------------------------------------------------
@@ -226,7 +248,7 @@ def _outcome(decision: str) -> str:
 
 
 def decisions_over_time(rows: list[AuditRow], now: float) -> tuple[list[Bucket], int, int]:
-    times = [r.when for r in rows if r.record is not None and r.when]
+    times = [r.when for r in rows if r.record is not None and r.when and r.record.source != "certification"]
     oldest = min(times, default=now)
     window, step = WINDOWS[-1]
     for w, s in WINDOWS:
@@ -237,8 +259,8 @@ def decisions_over_time(rows: list[AuditRow], now: float) -> tuple[list[Bucket],
     first = end - window
     buckets = [Bucket(start=float(t)) for t in range(first, end, step)]
     for r in rows:
-        if r.record is None or not r.when or r.when < first:
-            continue
+        if r.record is None or not r.when or r.when < first or r.record.source == "certification":
+            continue  # a policy's certification is on the trail, but it is not a decision
         b = buckets[min(len(buckets) - 1, int((r.when - first) // step))]
         for e in r.record.evaluations or (r.record,):  # a batch record counts each of its evaluations
             o = _outcome(e.decision)

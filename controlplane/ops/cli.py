@@ -115,7 +115,7 @@ def _client_opts(p: argparse.ArgumentParser) -> None:
 
 
 def _add_policies(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    pol = sub.add_parser("policies", help="list, create and compile stored policies")
+    pol = sub.add_parser("policies", help="list, create, show and compile stored policies")
     pol_sub = pol.add_subparsers(dest="policies_command", metavar="ACTION")
     ls = pol_sub.add_parser("list", help="stored policies with type, tier, version and compile status")
     ls.add_argument("--type")
@@ -129,8 +129,15 @@ def _add_policies(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     cr.add_argument("--type", required=True, help="policy type, e.g. security_policies")
     cr.add_argument("--tier", default="balanced", help="performance tier (nano, fast, balanced, premium, reasoning)")
     cr.add_argument("--principle", action="append", help="a constitutional principle id (repeatable)")
+    cr.add_argument("--tests", metavar="FILE", help="the policy's own opa tests (.rego); they must pass to certify it")
+    cr.add_argument("--review", choices=("premium", "reasoning"), help="have a model at this tier review the policy")
+    cr.add_argument("--override", metavar="REASON", help="activate even if the model review denies it (recorded)")
     _client_opts(cr)
     cr.set_defaults(func=commands.cmd_policies_create)
+    sh = pol_sub.add_parser("show", help="one policy and the certificate that certified it")
+    sh.add_argument("rule_id")
+    _client_opts(sh)
+    sh.set_defaults(func=commands.cmd_policies_show)
     co = pol_sub.add_parser("compile", help="compile one policy to WASM and measure it")
     co.add_argument("rule_id")
     _client_opts(co)

@@ -19,16 +19,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
-from bridge.kernel.config import PROJECT_ROOT, ClientSettings, NatsSettings, Settings, environment
-from bridge.kernel.errors import ERROR_CODE_HEADER, ERROR_HEADER
+from bridge.kernel.config import PROJECT_ROOT, ClientSettings, Settings, environment
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
-from controlplane.evaluation.schemas import EVALUATE_SUBJECT
+from controlplane.ops.certificates import policy_lines
 from controlplane.ops.client import ClientError, ControlPlaneClient, local_token, resolve_token
+from controlplane.ops.natstool import evaluate_over_nats
 
 if TYPE_CHECKING:
-    from nats.aio.client import Client as NatsClient
+    pass
 
 BATCH = 100  # the API's batch limit
 
@@ -80,21 +78,34 @@ def cmd_policies_list(args: argparse.Namespace) -> int:
                  is_active=None if args.active is None else str(args.active).lower())
 
 
+def _read_file(name: str, what: str) -> str:
+    try:
+        return Path(name).read_text()
+    except OSError as exc:
+        raise ClientError(f"{name}: cannot read ({exc.strerror})", f"pass the path of {what}") from exc
+
+
 def cmd_policies_create(args: argparse.Namespace) -> int:
     path = Path(args.file)
-    try:
-        rego = path.read_text()
-    except OSError as exc:
-        raise ClientError(f"{path}: cannot read ({exc.strerror})", "pass the path of a .rego file") from exc
+    rego = _read_file(args.file, "a .rego file")
     body = {
         "name": args.name or path.stem, "policy_type": args.type, "opa_policy": rego,
         "performance_tier": args.tier, "constitutional_principles": args.principle or [],
         "constitutional_hash": CONSTITUTIONAL_HASH,
+        "opa_tests": _read_file(args.tests, "the policy's opa tests (.rego)") if args.tests else "",
+        "certification": {"model_review": args.review, "override": args.override},
     }
     with _client(args) as api:
         created = api.post("/api/v1/policies", body)
-    print(f"created {created['rule_id']} (version {created.get('version', 1)}, wasm {created['wasm_compilation_status']}, "
-          f"bundle {created.get('bundle_revision', '?')})")
+        print(f"created {created['rule_id']} (version {created.get('version', 1)}, wasm {created['wasm_compilation_status']}, "
+              f"bundle {created.get('bundle_revision', '?')})")
+        print("\n".join(policy_lines(api.get(f"/api/v1/policies/{created['rule_id']}"))[2:]))
+    return 0
+
+
+def cmd_policies_show(args: argparse.Namespace) -> int:
+    with _client(args) as api:
+        print("\n".join(policy_lines(api.get(f"/api/v1/policies/{args.rule_id}"))))
     return 0
 
 
@@ -149,7 +160,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "constitutional_hash": CONSTITUTIONAL_HASH, "require_explanation": args.explain}
     if args.via == "nats":
         state_dir = Path(args.state_dir) if args.state_dir else Settings.from_env().state_dir
-        result = _evaluate_over_nats(args.nats_url, body, state_dir)
+        result = evaluate_over_nats(args.nats_url, body, state_dir)
     else:
         with _client(args) as api:
             result = api.post("/api/v1/evaluate", body)
@@ -167,66 +178,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if result.get("explanation"):
         print(result["explanation"])
     return 0
-
-
-TOOL_CONNECT_S = 3.0  # an interactive command waits this long for an unreachable NATS at most
-
-
-def _tool_credential(state_dir: Path) -> NatsSettings:
-    """What `evaluate --via nats` presents: the environment's NATS credential when one is set (a
-    cluster someone else runs), else the local `tool` identity that `groqpolicy up` generated,
-    which may request policy.evaluate and nothing else."""
-    from controlplane.infra.natsauth import NatsAuth
-
-    env = NatsSettings.from_env()
-    settings = msgspec.structs.replace(env, connect_timeout_s=min(env.connect_timeout_s, TOOL_CONNECT_S))
-    if env.creds_file or env.nkey_file or env.user:
-        return settings
-    seed = NatsAuth(state_dir / "nats" / "auth").seed_file("tool")
-    return msgspec.structs.replace(settings, nkey_file=seed) if seed.exists() else settings
-
-
-async def _nats_tool(nats_url: str, credential: NatsSettings) -> NatsClient:
-    """A connection as the `tool` role; refused or unreachable become one line and a hint."""
-    from bridge.inference.connect import NatsCredentialRefused, NatsTlsError, NatsUnreachable, connect, describe
-
-    try:
-        return await connect(nats_url, role="tool", settings=credential)
-    except NatsUnreachable as exc:
-        raise ClientError(f"cannot reach NATS at {nats_url}", "start the system with `make run`, or pass --nats-url") from exc
-    except NatsCredentialRefused as exc:
-        raise ClientError(str(exc), f"this command presented {describe(credential)}; `groqpolicy up` makes a tool "
-                          "identity in <state>/nats/auth/tool.nk, or set GROQPOLICY_NATS_NKEY / _CREDS / _USER") from exc
-    except NatsTlsError as exc:
-        raise ClientError(str(exc), "check the GROQPOLICY_NATS_TLS_* settings") from exc
-
-
-def _evaluate_over_nats(nats_url: str, body: dict[str, Any], state_dir: Path) -> dict[str, Any]:
-    """`policy.evaluate` request-reply as the `tool` role: the same request and response as the HTTP API."""
-    import asyncio
-
-    from nats.errors import NoRespondersError
-    from nats.errors import TimeoutError as NatsTimeout
-
-
-    async def go() -> dict[str, Any]:
-        nc = await _nats_tool(nats_url, _tool_credential(state_dir))
-        try:
-            msg = await nc.request(EVALUATE_SUBJECT, json.dumps(body).encode(), timeout=30)
-        except NoRespondersError as exc:
-            raise ClientError(f"{EVALUATE_SUBJECT}: no service answers on NATS", "is the control plane running?") from exc
-        except NatsTimeout as exc:
-            raise ClientError(f"{EVALUATE_SUBJECT}: no reply within 30 s", "check the control plane's logs") from exc
-        finally:
-            await nc.close()
-        reply: dict[str, Any] = json.loads(msg.data)
-        headers = msg.headers or {}
-        if code := headers.get(ERROR_CODE_HEADER):
-            message = (reply.get("error") or {}).get("message") or headers.get(ERROR_HEADER, "")
-            raise ClientError(f"{EVALUATE_SUBJECT}: error {code}: {message}", "")
-        return reply
-
-    return asyncio.run(go())
 
 
 def _evaluate_file(args: argparse.Namespace, path: Path, types: list[str]) -> int:

@@ -36,6 +36,13 @@ from controlplane.policies.rego import relabel
 
 RULES_DIR = "_rules"
 LIBRARY_BUNDLE = "groqpolicy"
+CERTIFICATES = "certificates"  # the `.manifest` metadata member holding {rule_id: certificate}
+
+Certificates = Mapping[str, Any] | None
+
+
+def _metadata(certificates: Certificates) -> dict[str, Any] | None:
+    return {CERTIFICATES: dict(certificates)} if certificates else None
 
 
 def module_filename(rule_id: str) -> str:
@@ -74,27 +81,32 @@ class PolicyBundler:
                                 description=definition.description, scope=definition.scope,
                                 run_tests=definition.run_tests if run_tests is None else run_tests)
 
-    def revision(self, modules: Mapping[str, str]) -> str:
-        """The revision name `compile(modules)` would produce, without compiling."""
+    def revision(self, modules: Mapping[str, str], certificates: Certificates = None) -> str:
+        """The revision name `compile(modules, certificates=...)` would produce, without compiling."""
         definition = self.library()
         with tempfile.TemporaryDirectory(prefix="groqpolicy-policies-") as tmp:
             base = Path(tmp)
             d = self._tree(base, definition, modules)
-            digest = source_digest([(base / s).resolve() for s in d.sources], base.resolve(), self.publisher.overlay)
+            digest = source_digest([(base / s).resolve() for s in d.sources], base.resolve(), self.publisher.overlay,
+                                   _metadata(certificates))
             return revision_for(d.name, digest)
 
-    def compile(self, modules: Mapping[str, str], focus: str | None = None, run_tests: bool = False) -> CompiledBundle:
+    def compile(self, modules: Mapping[str, str], focus: str | None = None, run_tests: bool = False,
+                certificates: Certificates = None) -> CompiledBundle:
         """Compile the library plus `modules` ({rule_id: module text}); check the wasm module loads.
 
         Errors in `focus`'s module are reported against `opa_policy` (the user's text). The library's
         own `opa test` run is skipped for policy writes (`run_tests=False`): it ran when the library
-        was published, and stored policies carry no tests; `ensure` runs it when the library changes."""
+        was published, and stored policies carry no tests; `ensure` runs it when the library changes.
+        `certificates` ({rule_id: certificate}) go into the `.manifest`'s metadata, so agents show
+        what certified the policies they run."""
         definition = self.library()
         with tempfile.TemporaryDirectory(prefix="groqpolicy-policies-") as tmp:
             base = Path(tmp)
             d = self._tree(base, definition, modules, run_tests=run_tests)
             try:
-                compiled = self.compiler.compile(d, base=base, overlay=self.publisher.overlay)
+                compiled = self.compiler.compile(d, base=base, overlay=self.publisher.overlay,
+                                                 metadata=_metadata(certificates))
             except CompileError as exc:
                 raise relabel(exc, module_filename(focus)) if focus else exc from None
         try:  # a module that needs a builtin the evaluator lacks must never become the active revision
@@ -116,31 +128,33 @@ class PolicyBundler:
         active = self.publisher.store.get(self.bundle, "wasm")
         return active[0].revision if active is not None else ""
 
-    def is_active(self, modules: Mapping[str, str]) -> bool:
+    def is_active(self, modules: Mapping[str, str], certificates: Certificates = None) -> bool:
         """Whether the library + `modules` is the active revision (decided without compiling)."""
-        return self.revision(modules) == self.active_revision()
+        return self.revision(modules, certificates) == self.active_revision()
 
     def active_archive(self, revision: str, target: str) -> bytes | None:
         """The signed archive of `target` ("rego", "wasm") when `revision` is the active one."""
         active = self.publisher.store.get(self.bundle, target)
         return active[1] if active is not None and active[0].revision == revision else None
 
-    def ensure(self, modules: Mapping[str, str], force: bool = False) -> tuple[str, bool]:
+    def ensure(self, modules: Mapping[str, str], force: bool = False,
+               certificates: Certificates = None) -> tuple[str, bool]:
         """Make the library + `modules` the active revision; (revision, whether it was published)."""
         with self.lock:
-            wanted = self.revision(modules)
+            wanted = self.revision(modules, certificates)
             if not force and wanted == self.active_revision():
                 return wanted, False
-            compiled = self.compile(modules, run_tests=self.library().run_tests)
+            compiled = self.compile(modules, run_tests=self.library().run_tests, certificates=certificates)
             self.publisher.publish(compiled, scope=self.library().scope)
             return compiled.revision, True
 
-    def publish_definitions(self, definitions: Sequence[BundleDefinition], modules: Mapping[str, str], force: bool = False) -> list[str]:
+    def publish_definitions(self, definitions: Sequence[BundleDefinition], modules: Mapping[str, str], force: bool = False,
+                            certificates: Certificates = None) -> list[str]:
         """`Services.publish_definitions` with stored policies merged into the library bundle."""
         published = []
         others = [d for d in definitions if d.name != self.bundle]
         if len(others) != len(definitions):
-            if self.ensure(modules, force=force)[1]:
+            if self.ensure(modules, force=force, certificates=certificates)[1]:
                 published.append(self.bundle)
         published.extend(self.publisher.publish_definitions(others, force=force))
         return published

@@ -6,12 +6,12 @@ import uuid
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller
+from litestar import Controller, Request
 from litestar.di import NamedDependency
 from litestar.params import Body, FromPath, FromQuery, JSONBody
 
 from bridge.kernel.vocabulary import Tier, check_hash
-from controlplane.auth.guards import requires
+from controlplane.auth.guards import principal_of, requires
 from controlplane.policies.schemas import (
     CompileReport,
     PolicyCreate,
@@ -26,6 +26,12 @@ from controlplane.routes import delete, error_responses, get, post, put
 MAX_POLICY_BODY = 1024 * 1024
 
 
+def _actor(request: Request) -> str:
+    """Who wrote (the token's name): what a certificate's override records."""
+    token = principal_of(request)
+    return token.name if token is not None else ""
+
+
 class CompileOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     input: Any = None  # the input the measurement evaluates (default {})
     samples: Annotated[int, msgspec.Meta(ge=1, le=5000)] = 200
@@ -37,10 +43,12 @@ class PolicyController(Controller):
     guards = [requires("admin")]
     request_max_body_size = MAX_POLICY_BODY
 
-    @post("", summary="Store a policy (compiled and checked first; 422 with the compiler's messages)", status_code=201,
+    @post("", summary="Store a policy (compiled and certified first; 422 with the compiler's messages or the failed "
+          "certification checks, 409 when a model review denied it)", status_code=201,
           responses=error_responses(400, 401, 403, 409, 413, 422, 429, 503))
-    async def create(self, policies: NamedDependency[PolicyService], data: JSONBody[PolicyCreate]) -> PolicyCreated:
-        return await policies.create(data)
+    async def create(self, policies: NamedDependency[PolicyService], data: JSONBody[PolicyCreate],
+                     request: Request) -> PolicyCreated:
+        return await policies.create(data, actor=_actor(request))
 
     @get("", summary="List policies", responses=error_responses(400, 401, 403, 429, 503))
     async def list_policies(self, policies: NamedDependency[PolicyService], policy_type: FromQuery[PolicyType | None] = None,
@@ -59,8 +67,9 @@ class PolicyController(Controller):
 
     @put("/{rule_id:uuid}", summary="Change a policy (fields left out keep their value)",
          responses=error_responses(400, 401, 403, 404, 409, 413, 422, 429, 503))
-    async def update(self, policies: NamedDependency[PolicyService], rule_id: FromPath[uuid.UUID], data: JSONBody[PolicyUpdate]) -> PolicyRecord:
-        return await policies.update(rule_id, data)
+    async def update(self, policies: NamedDependency[PolicyService], rule_id: FromPath[uuid.UUID], data: JSONBody[PolicyUpdate],
+                     request: Request) -> PolicyRecord:
+        return await policies.update(rule_id, data, actor=_actor(request))
 
     @delete("/{rule_id:uuid}", summary="Delete a policy (its history stays in the KV bucket)", status_code=200,
             responses=error_responses(400, 401, 403, 404, 409, 422, 429, 503))

@@ -8,6 +8,8 @@ from typing import Annotated, Literal, get_args
 import msgspec
 
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH, RoutableTier, Tier
+from controlplane.certification.certificate import PolicyCertificate
+from controlplane.certification.certifier import CertificationRequest
 
 PolicyType = Literal[
     "constitutional_compliance", "data_governance", "ethical_constraints", "regulatory_compliance",
@@ -23,6 +25,9 @@ ConstitutionalHash = Annotated[str, msgspec.Meta(
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 RegoText = Annotated[str, msgspec.Meta(min_length=1, max_length=256 * 1024, description="Rego v1 module; must define `decision`")]
 Principle = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+RegoTests = Annotated[str, msgspec.Meta(max_length=256 * 1024, description=(
+    "the policy's own opa tests (a Rego module; its references to the policy's package follow the policy); "
+    "they must pass for the policy to be certified, and their `examples` (inputs) probe its decisions"))]
 
 
 class GroqModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -45,6 +50,8 @@ class PolicyCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     constitutional_principles: list[Principle] = []
     priority: int = 0
     is_active: bool = True
+    opa_tests: RegoTests = ""
+    certification: CertificationRequest | None = None
 
 
 class PolicyUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -59,6 +66,9 @@ class PolicyUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     constitutional_principles: list[Principle] | msgspec.UnsetType = msgspec.UNSET
     priority: int | msgspec.UnsetType = msgspec.UNSET
     is_active: bool | msgspec.UnsetType = msgspec.UNSET
+    opa_tests: RegoTests | msgspec.UnsetType = msgspec.UNSET
+    certification: CertificationRequest | msgspec.UnsetType | None = msgspec.UNSET
+    """What this write asks of its certification; not stored (its outcome is, in the certificate)."""
 
 
 class PolicyRecord(msgspec.Struct, kw_only=True):
@@ -82,6 +92,8 @@ class PolicyRecord(msgspec.Struct, kw_only=True):
     wasm_compilation_status: Literal["success", "failed", "pending"] = "pending"
     bytecode_size: int = 0  # size of policy.wasm of the last standalone compile
     source_sha256: str = ""
+    opa_tests: str = ""
+    certificate: PolicyCertificate | None = None  # what certified this version (controlplane.certification)
 
 
 class PolicyCreated(msgspec.Struct, kw_only=True):

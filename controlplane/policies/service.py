@@ -25,6 +25,8 @@ import msgspec
 from bridge.kernel.errors import Conflict, GroqPolicyError, NotFound
 from bridge.kernel.vocabulary import check_hash
 from controlplane.bundles.compiler import BundleDefinition, CompiledBundle
+from controlplane.certification.certifier import CertificationRequest, Certified, Certifier
+from controlplane.certification.checks import SubjectDoesNotCompile
 from controlplane.policies import rego
 from controlplane.policies.bundler import PolicyBundler, measure
 from controlplane.policies.schemas import (
@@ -62,8 +64,10 @@ def _module(record: PolicyRecord) -> str:
 
 
 class PolicyService:
-    def __init__(self, store: PolicyStore, bundler: PolicyBundler, on_published: Callable[[], object]) -> None:
+    def __init__(self, store: PolicyStore, bundler: PolicyBundler, on_published: Callable[[], object],
+                 certifier: Certifier | None = None) -> None:
         self.store, self.bundler = store, bundler
+        self.certifier = certifier  # None: writes are stored without a certificate (tools, never the app)
         self.on_published = on_published  # called (in a thread) after a new revision is active
         self.lock = asyncio.Lock()
         self._modules: dict[tuple[uuid.UUID, int], str] = {}
@@ -100,7 +104,8 @@ class PolicyService:
     def publish_library(self, definitions: Sequence[BundleDefinition], force: bool = False) -> list[str]:
         """Compile and activate the bundle definitions whose sources changed; the stored policies
         ship inside the library bundle (controlplane.policies.bundler). Blocking: run in a thread."""
-        return self.bundler.publish_definitions(definitions, self.active_modules(), force=force)
+        return self.bundler.publish_definitions(definitions, self.active_modules(), force=force,
+                                                certificates=self.active_certificates())
 
     # -- the active set ------------------------------------------------------------------------
     def module_of(self, record: PolicyRecord) -> str:
@@ -118,6 +123,16 @@ class PolicyService:
             records.pop(without, None)
         return {str(rid): self.module_of(r) for rid, r in records.items() if r.is_active}
 
+    def active_certificates(self, *, with_: PolicyRecord | None = None, without: uuid.UUID | None = None) -> dict[str, Any]:
+        """{rule_id: certificate} of the active set (what the bundle's `.manifest` carries)."""
+        records = {r.rule_id: r for r in self.store.records()}
+        if with_ is not None:
+            records[with_.rule_id] = with_
+        if without is not None:
+            records.pop(without, None)
+        return {str(rid): msgspec.to_builtins(r.certificate) for rid, r in records.items()
+                if r.is_active and r.certificate is not None}
+
     def active_records(self) -> list[PolicyRecord]:
         """The active records; the same list object until the store's records change (do not modify it)."""
         records = self.store.records()
@@ -126,8 +141,10 @@ class PolicyService:
             self._active_of = records
         return self._active
 
-    async def _compile(self, modules: dict[str, str], focus: uuid.UUID | None) -> CompiledBundle:
-        return await anyio.to_thread.run_sync(lambda: self.bundler.compile(modules, focus=str(focus) if focus else None))
+    async def _compile(self, modules: dict[str, str], focus: uuid.UUID | None,
+                       certificates: dict[str, Any] | None = None) -> CompiledBundle:
+        return await anyio.to_thread.run_sync(lambda: self.bundler.compile(
+            modules, focus=str(focus) if focus else None, certificates=certificates))
 
     async def _activate(self, compiled: CompiledBundle) -> str:
         return await self._published(await anyio.to_thread.run_sync(self.bundler.publish, compiled))
@@ -146,9 +163,10 @@ class PolicyService:
     async def reconcile(self, force: bool = False) -> str:
         """Make the active bundle match the stored active policies (after a watch update, at start)."""
         async with self.lock:
-            modules = self.active_modules()
+            modules, certificates = self.active_modules(), self.active_certificates()
             try:
-                revision, published = await anyio.to_thread.run_sync(lambda: self.bundler.ensure(modules, force=force))
+                revision, published = await anyio.to_thread.run_sync(
+                    lambda: self.bundler.ensure(modules, force=force, certificates=certificates))
             except GroqPolicyError as exc:
                 self.reconcile_errors.append(str(exc))
                 log.error("policies: cannot build the bundle for the stored policies: %s", exc)
@@ -158,7 +176,7 @@ class PolicyService:
             return revision
 
     # -- writes ---------------------------------------------------------------------------------
-    async def create(self, body: PolicyCreate) -> PolicyCreated:
+    async def create(self, body: PolicyCreate, actor: str = "") -> PolicyCreated:
         check_hash(body.constitutional_hash)
         rule_id = uuid.uuid4()
         now = _now()
@@ -169,41 +187,51 @@ class PolicyService:
             is_active=body.is_active, version=1, created_at=now, updated_at=now,
             package=rego.package_for(rule_id), entrypoint=rego.decision_path(rule_id),
             wasm_compilation_status="success", source_sha256=hashlib.sha256(body.opa_policy.encode()).hexdigest(),
+            opa_tests=body.opa_tests,
         )
         async with self.lock:
-            revision = await self._write(record, last=None)
+            record, certified = await self._certified(record, body.certification, None, actor)
+            revision = await self._write(record, last=None, certified=certified)
         return PolicyCreated(rule_id=rule_id, wasm_compilation_status="success", version=1,
                              entrypoint=record.entrypoint, bundle_revision=revision)
 
-    async def update(self, rule_id: uuid.UUID, body: PolicyUpdate) -> PolicyRecord:
+    async def update(self, rule_id: uuid.UUID, body: PolicyUpdate, actor: str = "") -> PolicyRecord:
         check_hash(body.constitutional_hash)
         async with self.lock:
             current, last = await self._get(rule_id)
             changes = {f: getattr(body, f) for f in body.__struct_fields__
-                       if f != "constitutional_hash" and getattr(body, f) is not msgspec.UNSET}
+                       if f not in ("constitutional_hash", "certification") and getattr(body, f) is not msgspec.UNSET}
             record = msgspec.structs.replace(current, **changes, version=current.version + 1, updated_at=_now())
             if "opa_policy" in changes:
                 record = msgspec.structs.replace(record, source_sha256=hashlib.sha256(record.opa_policy.encode()).hexdigest(),
                                                  wasm_compilation_status="success", bytecode_size=0)
-            await self._write(record, last=last, current=current)
+            request = body.certification if isinstance(body.certification, CertificationRequest) else None
+            record, certified = await self._certified(record, request, current, actor)
+            await self._write(record, last=last, current=current, certified=certified)
             return record
 
     async def delete(self, rule_id: uuid.UUID) -> PolicyRecord:
         async with self.lock:
             current, last = await self._get(rule_id)
             modules = self.active_modules(without=rule_id)
-            compiled = await self._compile(modules, None)  # fails (422) if another policy depends on it
+            # fails (422) if another policy depends on it
+            compiled = await self._compile(modules, None, self.active_certificates(without=rule_id))
             await self.store.delete(rule_id, last=last)
             await self._activate(compiled)
             return current
 
-    async def _write(self, record: PolicyRecord, last: int | None, current: PolicyRecord | None = None) -> str:
-        """compile -> store -> activate. `current` is the stored version a write replaces."""
+    async def _write(self, record: PolicyRecord, last: int | None, current: PolicyRecord | None = None,
+                     certified: Certified | None = None) -> str:
+        """compile -> (audit the certificate) -> store -> activate. `current` is the stored version a
+        write replaces."""
         if record.is_active:  # one compile: the set with it both checks its Rego and is what is served
-            compiled = await self._compile(self.active_modules(with_=record), record.rule_id)
+            compiled = await self._compile(self.active_modules(with_=record), record.rule_id,
+                                           self.active_certificates(with_=record))
+            await self._record_issued(certified)
             await self._store(record, last)
             return await self._activate(compiled)
         remaining = await self._check_inactive(record, current)
+        await self._record_issued(certified)
         await self._store(record, last)
         if remaining is None:  # the set without it is the active revision already
             return await self._published(await anyio.to_thread.run_sync(self.bundler.active_revision))
@@ -219,10 +247,30 @@ class PolicyService:
         served_already = current is not None and current.is_active and self.module_of(current) == self.module_of(record)
         if not served_already:
             await self._compile(self.active_modules(with_=msgspec.structs.replace(record, is_active=True)), record.rule_id)
-        remaining = self.active_modules(without=record.rule_id)
-        if await anyio.to_thread.run_sync(self.bundler.is_active, remaining):
+        remaining, certificates = self.active_modules(without=record.rule_id), self.active_certificates(without=record.rule_id)
+        if await anyio.to_thread.run_sync(self.bundler.is_active, remaining, certificates):
             return None
-        return await self._compile(remaining, None)  # fails (422) if another active policy depends on it
+        return await self._compile(remaining, None, certificates)  # fails (422) if another active policy depends on it
+
+    async def _certified(self, record: PolicyRecord, request: CertificationRequest | None,
+                         current: PolicyRecord | None, actor: str) -> tuple[PolicyRecord, Certified | None]:
+        """The record with the certificate of this revision (controlplane.certification), or the refusal.
+        Rego that does not compile is reported by the compiler, with its messages, as any write's."""
+        if self.certifier is None:
+            return record, None
+        try:
+            certified = await self.certifier.certify(
+                rule_id=str(record.rule_id), version=record.version, name=record.name, text=record.opa_policy,
+                module=self.module_of(record), tests=record.opa_tests, principles=record.constitutional_principles,
+                request=request, previous=current.certificate if current is not None else None, actor=actor)
+        except SubjectDoesNotCompile:
+            await self._compile(self.active_modules(with_=msgspec.structs.replace(record, is_active=True)), record.rule_id)
+            raise
+        return msgspec.structs.replace(record, certificate=certified.certificate), certified
+
+    async def _record_issued(self, certified: Certified | None) -> None:
+        if certified is not None and self.certifier is not None:
+            await self.certifier.record_issued(certified)
 
     async def _store(self, record: PolicyRecord, last: int | None) -> None:
         if last is None:
