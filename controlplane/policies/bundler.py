@@ -32,10 +32,11 @@ from controlplane.bundles.compiler import (
     source_digest,
 )
 from controlplane.bundles.publisher import BundlePublisher
-from controlplane.policies.rego import relabel
+from controlplane.policies import rego
 
 RULES_DIR = "_rules"
 LIBRARY_BUNDLE = "groqpolicy"
+PARSE_FILE = "opa_policy.rego"  # the name the user's text has while `opa parse` reads it alone
 
 
 def module_filename(rule_id: str) -> str:
@@ -90,13 +91,21 @@ class PolicyBundler:
         own `opa test` run is skipped for policy writes (`run_tests=False`): it ran when the library
         was published, and stored policies carry no tests; `ensure` runs it when the library changes."""
         definition = self.library()
+        source, ast = "", None
+        if focus is not None:  # the user's text alone first: its parse errors and names are the user's own
+            source = rego.user_source(modules[focus])
+            try:
+                ast = self.compiler.parse(source, PARSE_FILE)
+            except CompileError as exc:
+                raise rego.relabel(exc, PARSE_FILE, source) from None
+            rego.check_names(ast)
         with tempfile.TemporaryDirectory(prefix="groqpolicy-policies-") as tmp:
             base = Path(tmp)
             d = self._tree(base, definition, modules, run_tests=run_tests)
             try:
                 compiled = self.compiler.compile(d, base=base, overlay=self.publisher.overlay)
             except CompileError as exc:
-                raise relabel(exc, module_filename(focus)) if focus else exc from None
+                raise rego.relabel(exc, module_filename(focus), source, ast) if focus else exc from None
         try:  # a module that needs a builtin the evaluator lacks must never become the active revision
             policy_from_files(compiled.wasm_files, pool_size=1, host=HostConfig()).close()
         except WasmError as exc:
