@@ -16,6 +16,7 @@ from litestar.exceptions import NotFoundException, ValidationException
 from litestar.params import FromPath, FromQuery, QueryParameter
 
 from bridge.kernel.config import Settings
+from bridge.kernel.untrusted import check_json_depth
 from bridge.opabundle.keys import SigningKey
 from controlplane.agents.config import AgentConfigOptions, render_agent_config, to_yaml
 from controlplane.agents.decision_logs import DecisionLogStore
@@ -42,6 +43,7 @@ class AgentIngest(Controller):
                           decision_logs: NamedDependency[DecisionLogStore], audit_writer: NamedDependency[TrailWriter | None],
                           partition: FromPath[str] = "") -> Response[None]:
         raw = decompress(await request.body(), request.headers.get("content-encoding", ""), settings.max_log_body_bytes)
+        check_json_depth(raw, "decision log batch")  # a gzip body is only JSON once decompressed
         events = decision_logs.validate(decode_json(raw, "decision log batch"))
         # audit first: if JetStream does not acknowledge, the agent gets 503 and uploads the batch again
         # (nothing stored yet); a re-upload of audited events is recognised by their record ids
@@ -53,6 +55,7 @@ class AgentIngest(Controller):
     async def upload_status(self, request: Request, settings: NamedDependency[Settings],
                             statuses: NamedDependency[StatusStore], partition: FromPath[str] = "") -> Response[None]:
         raw = decompress(await request.body(), request.headers.get("content-encoding", ""), settings.max_log_body_bytes)
+        check_json_depth(raw, "status")
         statuses.record(decode_json(raw, "status"))
         return Response(content=None, status_code=204)
 
