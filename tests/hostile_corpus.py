@@ -35,6 +35,12 @@ BODIES: list[Case] = [
     Case("deep in a decision-log event", b'[{"decision_id": "d", "labels": ' + _DEEP_OBJECT + b"}]", _JSON),
     Case("deep status labels", b'{"labels": ' + _DEEP_ARRAY + b"}", _JSON),
     Case("brackets inside strings only", json.dumps({"x": "[" * 5000}).encode(), _JSON),
+    # valid envelopes carrying what is hard to evaluate: depth just inside the limit, numbers past int64
+    Case("at the nesting limit, evaluable", b'{"input_context": {"x": ' + _deep(120) + b'}, "policy_types": ["risk_management"], '
+         b'"constitutional_hash": "' + _HASH + b'", "question": "q?", "contexts": [{"x": ' + _deep(100) + b"}]}", _JSON),
+    Case("huge numbers, evaluable", b'{"input_context": {"amount": 1' + b"0" * 300 + b', "f": 1e308, "n": -1e-320}, '
+         b'"policy_types": ["risk_management"], "constitutional_hash": "' + _HASH + b'", "question": "q?", '
+         b'"context": {"n": 1' + b"0" * 30 + b'}, "contexts": [{"amount": 1' + b"0" * 40 + b"}]}", _JSON),
     # numbers
     Case("huge integer", b'{"limit": 1' + b"0" * 5000 + b"}", _JSON),
     Case("huge bare integer", b"9" * 5000, _JSON),
@@ -55,10 +61,10 @@ BODIES: list[Case] = [
     Case("top-level string", b'"just a string"', _JSON),
     Case("duplicate keys", b'{"constitutional_hash": "0", "constitutional_hash": "' + _HASH + b'", "name": 1, "name": 2}', _JSON),
     Case("wrong types", json.dumps({"policy_types": 5, "performance_tier": ["x"], "input_context": "s", "name": {},
-                                    "opa_policy": 7, "contexts": "x", "question": [], "labels": [1, 2],
-                                    "bundles": [1], "deadline_ms": "soon", "constitutional_hash": 1}).encode(), _JSON),
+                                    "opa_policy": 7, "contexts": "x", "question": [], "deadline_ms": "soon",
+                                    "constitutional_hash": 1}).encode(), _JSON),
     Case("every field null", json.dumps({k: None for k in ("name", "policy_type", "opa_policy", "input_context",
-                                                            "contexts", "question", "tier", "labels")}).encode(), _JSON),
+                                                            "contexts", "question", "tier")}).encode(), _JSON),
     Case("big string", json.dumps({"x": "a" * (3 * 1024 * 1024)}).encode(), _JSON),
     Case("many keys", json.dumps({f"k{i}": i for i in range(20_000)}).encode(), _JSON),
     # content types and encodings
@@ -69,6 +75,15 @@ BODIES: list[Case] = [
     Case("gzip that is not", b"not gzip at all", {**_JSON, "content-encoding": "gzip"}),
     Case("gzip deep", gzip.compress(_DEEP_ARRAY), {**_JSON, "content-encoding": "gzip"}),
     Case("unknown encoding", b"{}", {**_JSON, "content-encoding": "br, zstd, x-unknown"}),
+]
+
+# Shapes that only `/logs` and `/status` ingestion can judge (the issue's cases): a good envelope with
+# a bad event. Kept apart: a status stored with them breaks the agents' read side for what follows.
+INGESTION: list[tuple[str, Case]] = [
+    ("/status", Case("status labels not an object", b'{"labels": [1, 2]}', _JSON)),
+    ("/status", Case("status bundles not objects", b'{"labels": {"id": "a"}, "bundles": [1]}', _JSON)),
+    ("/logs", Case("log event labels not an object",
+                   b'[{"decision_id": "d1", "labels": [1, 2], "path": "x", "timestamp": "2026-01-01T00:00:00Z"}]', _JSON)),
 ]
 
 HEADERS: list[Case] = [

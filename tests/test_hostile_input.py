@@ -34,7 +34,7 @@ from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH, TIERS
 from controlplane.infra.processes import free_port
 from tests.bridge_helpers import REPO_ROOT, gateway_on, spawn_worker, wait_for_workers
 from tests.controlplane_helpers import ADMIN_HEADERS, make_settings, running_control_plane
-from tests.hostile_corpus import BODIES, HEADERS, PATH_VALUES, QUERY_VALUES, Case
+from tests.hostile_corpus import BODIES, HEADERS, INGESTION, PATH_VALUES, QUERY_VALUES, Case
 
 pytestmark = pytest.mark.slow
 _WRITE_METHODS = {"post", "put", "patch", "delete"}
@@ -161,15 +161,8 @@ def _fill(path: str, names: list[str], value: str) -> str:
     return path
 
 
-# `/logs` and `/status` ingestion is being rewritten per event (validated against OPA's schemas)
-# elsewhere; here they are held to the generic layer (nesting, size, content type, encoding). What
-# still answers 5xx there because of ingestion itself is listed, and only that is let through.
-LEFT_TO_INGESTION = {"post /status [wrong types]", "post /status/groqpolicy [wrong types]"}
-
-
 def _server_errors(results: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    return [(what, status) for what, status in results
-            if (not status.isdigit() or int(status) >= 500) and what not in LEFT_TO_INGESTION]
+    return [(what, status) for what, status in results if not status.isdigit() or int(status) >= 500]
 
 
 def test_no_5xx_on_any_control_plane_route(system):
@@ -196,6 +189,17 @@ def test_no_5xx_on_any_control_plane_route(system):
     assert (r.status_code, r.json()["error"]["code"]) == (400, "json_too_deep")
     r = system.cp.get("/bundles/groqpolicy", headers={"prefer": "wait=" + "9" * 5000})
     assert r.status_code == 400 and "5000 digits" in r.json()["error"]["message"]
+
+
+@pytest.mark.xfail(reason="`/logs` and `/status` ingestion per event (validated against OPA's schemas) is being "
+                          "rebuilt separately; until then these shapes answer 500 or break the agents' read side",
+                   strict=False)
+def test_ingestion_shapes_are_4xx_and_leave_the_read_side_working(tmp_path, nats_server):
+    settings = make_settings(tmp_path / "state", nats_url=nats_server.extra["url"])
+    with running_control_plane(settings), httpx.Client(base_url=settings.base_url, headers=ADMIN_HEADERS, timeout=60) as cp:
+        results = [(f"post {path} [{case.name}]", _send(cp, "post", path, case)) for path, case in INGESTION]
+        results += [(f"get {path}", _send(cp, "get", path, Case("read"))) for path in ("/api/v1/opa/agents", "/api/v1/opa/decisions", "/")]
+    assert _server_errors(results) == []
 
 
 def test_no_5xx_on_the_gateway(system):
