@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import os
+import random
 import re
 import subprocess
 import sys
@@ -55,6 +56,38 @@ GOOD_EVALUATION = {"input_context": {"principal": {"id": "svc"}, "amount": 5}, "
     (b'["\\"' + b"[" * 300 + b'"]', False),  # an escaped quote does not end the string
 ])
 def test_json_depth_is_measured_outside_strings(text, deep):
+    assert json_depth_exceeds(text) is deep
+
+
+def _depth(value: Any) -> int:
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return (1 + max((_depth(c) for c in children), default=0)) if isinstance(value, dict | list) else 0
+
+
+def _random_document(rng: random.Random, depth: int) -> Any:
+    """A document whose deepest path has exactly `depth` levels, with strings full of brackets and escapes."""
+    if depth == 0:
+        return rng.choice([1, "x]}", '"[{\\', None, 2.5, "plain"])
+    kids = [_random_document(rng, rng.randrange(min(depth, 3))) for _ in range(rng.randrange(3))]  # shallow siblings
+    kids.insert(rng.randrange(len(kids) + 1), _random_document(rng, depth - 1))
+    return kids if rng.random() < 0.5 else {f"k{i}]\"{{": kid for i, kid in enumerate(kids)}
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_json_depth_matches_the_documents_own_depth(seed):
+    rng = random.Random(seed)
+    doc = _random_document(rng, rng.choice([MAX_JSON_DEPTH - 1, MAX_JSON_DEPTH, MAX_JSON_DEPTH + 1, 3, 200]))
+    text = json.dumps(doc).encode()
+    assert json_depth_exceeds(text) is (_depth(doc) > MAX_JSON_DEPTH)
+
+
+@pytest.mark.parametrize("text,deep", [
+    (b'{"a": [1, 2', False),  # truncated and shallow: left to the decoder to say so
+    (b"[" * (MAX_JSON_DEPTH + 1), True),
+    (b"]" * 500 + b"[" * 10, False),
+    (b"[]" * 10_000, False),
+])
+def test_broken_json_is_judged_by_its_unclosed_brackets(text, deep):
     assert json_depth_exceeds(text) is deep
 
 
