@@ -25,6 +25,7 @@ MAX_HEADER_DIGITS = 9  # about 31 years in seconds: more than any wait, size or 
 _ESCAPE = re.compile(rb"\\.", re.DOTALL)  # a backslash and the byte it escapes
 _NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
 _PARENS = bytes.maketrans(b"[{]}", b"(())")  # arrays and objects nest alike
+_TOO_MANY_OPENERS = {MAX_JSON_DEPTH: b"(" * (MAX_JSON_DEPTH + 1)}
 _DIGITS = re.compile(r"\d+")
 
 
@@ -58,6 +59,8 @@ def json_depth_exceeds(data: bytes | bytearray | memoryview, limit: int = MAX_JS
     if b"\\" in raw:
         raw = _ESCAPE.sub(b"", raw)
     nest = b"".join(raw.split(b'"')[::2]).translate(_PARENS, _NOT_BRACKETS)
+    if _TOO_MANY_OPENERS.get(limit, b"(" * (limit + 1)) in nest:  # the usual hostile shape, found in one search
+        return True
     passes = 0
     while b"()" in nest:
         if passes == limit:
