@@ -74,7 +74,7 @@ _ERROR_TEXT = {
     422: "Constitutional hash mismatch, Rego that does not compile, or a batch over 100 contexts",
     429: "Rate limit exceeded",
     502: "A dependency answered with an error",
-    503: "NATS, an inference worker or the OPA agent is unavailable",
+    503: "NATS, an inference worker, the OPA agent or the local state directory (full, unwritable) is unavailable",
     504: "A dependency did not answer in time",
 }
 

@@ -140,7 +140,8 @@ class Services:
         runtime = EvaluationRuntime(nats=nats, models=models, evaluator=evaluator, follower=follower, pipeline=pipeline,
                                     service=EvaluateService(nats, pipeline), policies=policies,
                                     catalog=default_catalog(), opa_url=settings.opa_url)
-        decision_logs, statuses = DecisionLogStore(settings.state_dir), StatusStore(settings.state_dir)
+        decision_logs = DecisionLogStore(settings.state_dir, max_file_bytes=settings.decision_log_file_bytes)
+        statuses = StatusStore(settings.state_dir)
         gauges = StoreGauges(store, statuses, decision_logs,
                              audit_writer=lambda: recorder.trail.writer if recorder.trail is not None else None)
         return cls(settings=settings, store=store, decision_logs=decision_logs, statuses=statuses, signing_key=key,

@@ -22,7 +22,6 @@ from controlplane.infra.processes import start_nats
 from controlplane.infra.recordkeys import RecordKeys
 from tests.controlplane_helpers import ADMIN_HEADERS, make_settings, running_control_plane
 
-
 KEYS = RecordKeys.generate()  # the control plane's record key, the same across the restarts below
 
 
@@ -60,19 +59,45 @@ def test_a_torn_last_line_is_cut_off_and_later_writes_stay_readable(tmp_path):
     assert [r.evaluation_id for r in AuditSpool(tmp_path / "s").recover()] == ["1", "2"]
 
 
-def test_a_damaged_record_or_cursor_is_an_error_not_a_silent_skip(tmp_path):
+def test_a_damaged_record_is_quarantined_and_logged_not_fatal(tmp_path, caplog):
     spool = AuditSpool(tmp_path / "s")
-    spool.write([rec(evaluation_id="1")])
+    spool.write([rec(evaluation_id="1"), rec(evaluation_id="2")])
     spool.close()
     segment = next((tmp_path / "s").glob("*.log"))
-    segment.write_bytes(b"not json\n" + segment.read_bytes())
+    first, second = segment.read_bytes().splitlines(keepends=True)
+    segment.write_bytes(b"not json\n" + first + b'{"source": 7}\n' + second + b'{"source":"api","deci')
     damaged = AuditSpool(tmp_path / "s")
-    with pytest.raises(SpoolError, match=r"byte 0: unreadable record"):
-        damaged.recover()
+    assert [r.evaluation_id for r in damaged.recover()] == ["1", "2"]
+    assert (tmp_path / "s" / "quarantine").read_bytes() == b'not json\n{"source": 7}\n{"source":"api","deci\n'
+    assert len([r for r in caplog.records if "unreadable record moved to" in r.getMessage()]) == 3
+    assert segment.read_bytes() == first + second  # cut out: the cursor's byte offsets stay exact
+    damaged.acknowledge(1)
+    damaged.write([rec(evaluation_id="3")])
     damaged.close()
+    assert [r.evaluation_id for r in AuditSpool(tmp_path / "s").recover()] == ["2", "3"]
+
+
+def test_a_damaged_cursor_resends_everything_rather_than_dropping_a_record(tmp_path):
+    spool = AuditSpool(tmp_path / "s")
+    spool.write([rec(evaluation_id="1"), rec(evaluation_id="2")])
+    spool.acknowledge(1)
+    spool.close()
     (tmp_path / "s" / "acked").write_text("garbage")
-    with pytest.raises(SpoolError, match=r"acked is damaged \('garbage'\); expected '<generation> <offset>'"):
-        AuditSpool(tmp_path / "s")
+    again = AuditSpool(tmp_path / "s")
+    assert [r.evaluation_id for r in again.recover()] == ["1", "2"]
+    assert (tmp_path / "s" / "acked.quarantine").read_text() == "garbage"
+    again.close()
+
+
+def test_a_full_disk_refuses_the_record_and_leaves_no_half_line(tmp_path):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "000000000000.log").symlink_to("/dev/full")  # every write: ENOSPC
+    spool = AuditSpool(tmp_path / "s")
+    assert spool.recover() == []
+    with pytest.raises(SpoolError, match=r"audit spool: write to .*000000000000.log failed: No space left on device"):
+        spool.write([rec(evaluation_id="lost?")])
+    assert spool.backlog == 0  # refused, so the decision is not served (AuditUnavailable, 503)
+    spool.close()
 
 
 def test_one_spool_has_one_writer(tmp_path):
@@ -263,3 +288,16 @@ def test_audit_durability_ack_waits_for_jetstream(tmp_path, nats_server):
         assert r.status_code == 503 and r.json()["error"]["type"] == "AuditUnavailable"
         assert r.json()["error"]["message"].startswith("audit trail: 1 record(s) not acknowledged within 1s")
     assert not (tmp_path / "state" / "audit-spool").exists()
+
+
+def test_a_cursor_that_cannot_move_is_not_fatal_to_the_spool(tmp_path):
+    """A full disk when the cursor moves to a fresh segment: acknowledge raises, the writer logs it."""
+    spool = AuditSpool(tmp_path / "s", segment_bytes=1)
+    spool.write([rec(evaluation_id="1")])
+    (tmp_path / "s" / "000000000001.log").mkdir()  # the next segment cannot be opened
+    with pytest.raises(SpoolError, match=r"cannot open .*000000000001.log"):
+        spool.acknowledge(1)
+    spool.write([rec(evaluation_id="2")])  # the current segment still takes records
+    spool.close()
+    (tmp_path / "s" / "000000000001.log").rmdir()  # space again
+    assert [r.evaluation_id for r in AuditSpool(tmp_path / "s").recover()] == ["1", "2"]  # re-sent, never lost

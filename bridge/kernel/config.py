@@ -93,6 +93,9 @@ class Settings(_Section, kw_only=True):
     signing_alg: str = "RS256"
     long_poll_max_s: int = 300  # upper bound for an agent's `Prefer: wait=N`
     max_log_body_bytes: int = 64 * 1024 * 1024  # decompressed decision-log batch limit
+    max_log_event_bytes: int = 256 * 1024  # one decision-log event; a larger one is refused (and audited as such)
+    max_status_bytes: int = 2 * 1024 * 1024  # one status report, decompressed; larger is a 413
+    decision_log_file_bytes: int = 64 * 1024 * 1024  # decision_logs.jsonl rotates to .1, .2, .3 at this size
     compile_on_start: bool = True
     bridge_url: str = "http://127.0.0.1:8016"  # where Rego's http.send reaches the bridge gateway
     tokens: str = ""  # bearer tokens `[name=]token:scope+scope,...`; none configured: generated in <state_dir>/tokens
@@ -125,6 +128,9 @@ class Settings(_Section, kw_only=True):
         "GROQPOLICY_SIGNING_KID": ("signing_kid", str),
         "GROQPOLICY_SIGNING_ALG": ("signing_alg", str),
         "GROQPOLICY_LONG_POLL_MAX_S": ("long_poll_max_s", int),
+        "GROQPOLICY_MAX_LOG_EVENT_BYTES": ("max_log_event_bytes", int),
+        "GROQPOLICY_MAX_STATUS_BYTES": ("max_status_bytes", int),
+        "GROQPOLICY_DECISION_LOG_FILE_BYTES": ("decision_log_file_bytes", int),
         "GROQPOLICY_BRIDGE_URL": ("bridge_url", str),
         "GROQPOLICY_TOKENS": ("tokens", str),
         "GROQPOLICY_TOKENS_FILE": ("tokens_file", Path),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, TypeAlias
 
+import anyio.to_thread
 from litestar import Controller, Request, Response
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException, ValidationException
@@ -20,14 +21,14 @@ from bridge.kernel.untrusted import check_json_depth
 from bridge.opabundle.keys import SigningKey
 from controlplane.agents.config import AgentConfigOptions, render_agent_config, to_yaml
 from controlplane.agents.decision_logs import DecisionLogStore
-from controlplane.agents.payloads import decode_json, decompress
+from controlplane.agents.payloads import decompress, read_body
 from controlplane.agents.status import AgentSummary, StatusStore
+from controlplane.agents.uploads import take_decision_logs
 from controlplane.audit.controllers import started
-from controlplane.audit.ingest import audit_decision_log_events
 from controlplane.audit.writer import TrailWriter
 from controlplane.auth.guards import Principal, principal_of, requires
 from controlplane.auth.tokens import TokenSet
-from controlplane.routes import get, post
+from controlplane.routes import error_responses, get, post
 
 _Seconds: TypeAlias = Annotated[int, QueryParameter(ge=1, le=3600)]
 
@@ -38,25 +39,26 @@ class AgentIngest(Controller):
     tags = ["opa agents"]
     guards = [requires("agent")]
 
-    @post(["/logs", "/logs/{partition:str}"], status_code=204, summary="OPA decision-log upload (gzip JSON array)")
+    @post(["/logs", "/logs/{partition:str}"], status_code=204, summary="OPA decision-log upload (gzip JSON array)",
+          description="Each event is checked on its own: the good ones are stored, each refused one is audited "
+                      "as `rejected` (decision id, SHA-256, reason); the batch is answered 204.",
+          request_max_body_size=None, responses=error_responses(400, 401, 403, 413, 503))
     async def upload_logs(self, request: Request, settings: NamedDependency[Settings],
                           decision_logs: NamedDependency[DecisionLogStore], audit_writer: NamedDependency[TrailWriter | None],
                           partition: FromPath[str] = "") -> Response[None]:
-        raw = decompress(await request.body(), request.headers.get("content-encoding", ""), settings.max_log_body_bytes)
-        check_json_depth(raw, "decision log batch")  # a gzip body is only JSON once decompressed
-        events = decision_logs.validate(decode_json(raw, "decision log batch"))
-        # audit first: if JetStream does not acknowledge, the agent gets 503 and uploads the batch again
-        # (nothing stored yet); a re-upload of audited events is recognised by their record ids
-        await audit_decision_log_events(started(audit_writer), events)
-        decision_logs.append(events)
+        await take_decision_logs(await read_body(request, settings.max_log_body_bytes),
+                                 request.headers.get("content-encoding", ""), body_limit=settings.max_log_body_bytes,
+                                 event_limit=settings.max_log_event_bytes, store=decision_logs, audit=started(audit_writer))
         return Response(content=None, status_code=204)
 
-    @post(["/status", "/status/{partition:str}"], status_code=204, summary="OPA status report")
+    @post(["/status", "/status/{partition:str}"], status_code=204, summary="OPA status report",
+          request_max_body_size=None, responses=error_responses(400, 401, 403, 413, 503))
     async def upload_status(self, request: Request, settings: NamedDependency[Settings],
                             statuses: NamedDependency[StatusStore], partition: FromPath[str] = "") -> Response[None]:
-        raw = decompress(await request.body(), request.headers.get("content-encoding", ""), settings.max_log_body_bytes)
-        check_json_depth(raw, "status")
-        statuses.record(decode_json(raw, "status"))
+        limit = settings.max_status_bytes
+        raw = decompress(await read_body(request, limit), request.headers.get("content-encoding", ""), limit)
+        check_json_depth(raw, "status")  # a gzip body is only JSON once decompressed
+        await anyio.to_thread.run_sync(statuses.record, raw)
         return Response(content=None, status_code=204)
 
 

@@ -1,63 +1,94 @@
 """Decision logs from OPA agents, kept durably as JSON lines and queryable.
 
-Each upload is appended and fsync'd before the agent gets its 2xx: an acknowledged batch survives a
-crash. A bounded in-memory tail serves queries; the file holds everything.
+Each upload's events are appended and fsync'd before the agent gets its 2xx: an acknowledged
+event survives a crash, and one that could not be written is answered 503 (controlplane.infra.jsonlines),
+so the agent sends it again. A bounded in-memory tail serves queries; the file (rotated at its size
+limit) holds the rest. At start the file is replayed through OPA's event shape: a line that does
+not read (a torn tail after a crash) is quarantined and the start goes on.
+
+An event is known by its decision id and digest. The same event sent again (the agent retrying a
+batch it got no 2xx for) is stored once; a different event under a decision id already seen is
+stored too, and flagged (`repeated_of`) for the audit trail, never dropped.
 """
 
 from __future__ import annotations
 
-import os
+import hashlib
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from pathlib import Path
 
 import msgspec
 
-from controlplane.agents.payloads import BadUpload
-from controlplane.agents.status import agent_name
+from controlplane.agents.events import DecisionEvent, agent_name
+from controlplane.agents.ingest import Accepted
+from controlplane.infra.jsonlines import DEFAULT_MAX_BYTES, JsonLinesFile
 
 MEMORY_TAIL = 10_000
+SEEN_IDS = 100_000  # decision ids remembered with their digest, to tell a retry from a different event
+
+
+def _read_line(line: bytes) -> tuple[dict, str, str]:
+    """(the event, its decision id, its digest), checked as a new upload is, so a query never meets another shape."""
+    doc: dict = msgspec.json.decode(line)
+    event = msgspec.convert(doc, DecisionEvent)
+    return doc, event.decision_id, hashlib.sha256(line).hexdigest()
 
 
 class DecisionLogStore:
-    def __init__(self, state_dir: Path | None) -> None:
+    def __init__(self, state_dir: Path | None, *, max_file_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self._lock = threading.Lock()
         self._tail: deque[dict] = deque(maxlen=MEMORY_TAIL)
-        self._path = state_dir / "decision_logs.jsonl" if state_dir else None
+        self._seen: OrderedDict[str, list[str]] = OrderedDict()  # decision id -> digests stored, first first
+        self._file = JsonLinesFile(state_dir / "decision_logs.jsonl", max_bytes=max_file_bytes) if state_dir else None
         self.total = 0
-        if self._path and self._path.is_file():
-            with open(self._path, "rb") as fh:
-                for line in fh:
-                    if line.strip():
-                        self._tail.append(msgspec.json.decode(line))
-                        self.total += 1
+        if self._file is not None:
+            for event, decision_id, event_digest in self._file.replay(_read_line):
+                self._tail.append(event)
+                self._remember(decision_id, event_digest)
+                self.total += 1
 
-    @staticmethod
-    def validate(events: object) -> list[dict]:
-        """An uploaded batch must be a JSON array of event objects, each with a decision_id."""
-        if not isinstance(events, list):
-            raise BadUpload(f"decision log batch: expected a JSON array of events, got {type(events).__name__}")
-        for i, event in enumerate(events):
-            if not isinstance(event, dict):
-                raise BadUpload(f"decision log batch: event [{i}] is {type(event).__name__}, expected an object")
-            if not isinstance(event.get("decision_id"), str):
-                raise BadUpload(f"decision log batch: event [{i}] has no decision_id")
-        return events
+    def _remember(self, decision_id: str, event_digest: str) -> None:
+        digests = self._seen.get(decision_id)
+        if digests is None:
+            self._seen[decision_id] = [event_digest]
+            if len(self._seen) > SEEN_IDS:
+                self._seen.popitem(last=False)
+        elif event_digest not in digests:
+            digests.append(event_digest)
 
-    def append(self, events: object) -> int:
-        """Validate and store one uploaded batch (a JSON array of event objects)."""
-        events = self.validate(events)
-        lines = b"".join(msgspec.json.encode(e) + b"\n" for e in events)
+    def triage(self, accepted: list[Accepted]) -> list[Accepted]:
+        """The events of an upload not stored yet (a retried one is left out), each different event
+        under a decision id seen before flagged with the first one's digest."""
+        out: list[Accepted] = []
+        here: set[tuple[str, str]] = set()
+        first_here: dict[str, str] = {}
         with self._lock:
-            if self._path:
-                self._path.parent.mkdir(parents=True, exist_ok=True)
-                with open(self._path, "ab") as fh:
-                    fh.write(lines)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            self._tail.extend(events)
-            self.total += len(events)
-        return len(events)
+            for a in accepted:
+                stored = self._seen.get(a.decision_id, ())
+                if a.digest in stored or (a.decision_id, a.digest) in here:
+                    continue  # this very event is stored (or comes twice in this upload)
+                here.add((a.decision_id, a.digest))
+                first = stored[0] if stored else first_here.setdefault(a.decision_id, a.digest)
+                out.append(msgspec.structs.replace(a, repeated_of=first if first != a.digest else ""))
+        return out
+
+    def append(self, accepted: list[Accepted]) -> int:
+        """Store events (StateUnavailable, nothing stored, when the file cannot take them)."""
+        with self._lock:
+            # two uploads of the same batch at once both pass `triage`: the second stores nothing twice
+            accepted = [a for a in accepted if a.digest not in self._seen.get(a.decision_id, ())]
+            accepted = list({(a.decision_id, a.digest): a for a in accepted}.values())
+            if not accepted:
+                return 0
+            lines = [a.line for a in accepted]
+            if self._file is not None:
+                self._file.append(lines)
+            self._tail.extend(a.event for a in accepted)
+            for a in accepted:
+                self._remember(a.decision_id, a.digest)
+            self.total += len(accepted)
+        return len(accepted)
 
     def query(self, *, limit: int = 100, decision_id: str | None = None, path: str | None = None, agent_id: str | None = None) -> list[dict]:
         """Newest first."""

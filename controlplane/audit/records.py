@@ -24,8 +24,10 @@ from controlplane.infra.ids import uuid4_text
 
 Source = Literal["api", "batch", "nats", "opa-agent"]
 SOURCES: tuple[str, ...] = ("api", "batch", "nats", "opa-agent")
-# Subject tokens: decisions outside the policy decision document's three land in `other`/`undefined`.
-DECISIONS: tuple[str, ...] = ("allow", "deny", "review", "undefined", "other")
+# Subject tokens: decisions outside the policy decision document's three land in `other`/`undefined`;
+# `rejected` marks an OPA decision-log event the control plane refused (controlplane.agents.ingest).
+REJECTED = "rejected"
+DECISIONS: tuple[str, ...] = ("allow", "deny", "review", "undefined", "other", REJECTED)
 GENESIS_HASH = "0" * 64  # prev_hash of the first record of a stream
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 

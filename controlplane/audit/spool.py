@@ -15,11 +15,13 @@ Layout (in `<state_dir>/audit-spool/`): segments `<generation>.log` of JSON line
 record each) and `acked`, "<generation> <byte offset>" of the first record not acknowledged yet (fixed
 width, rewritten in place). A segment is retired once every record in it is acknowledged and it has grown
 past `SEGMENT_BYTES`: writes move to the next generation, the cursor moves there, the old file goes.
+Unreadable lines found at recovery go to `quarantine` (see `recover`).
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import re
 from pathlib import Path
@@ -28,6 +30,8 @@ import msgspec
 
 from controlplane.audit.errors import SpoolError
 from controlplane.audit.records import AuditRecord
+
+log = logging.getLogger(__name__)
 
 SEGMENT_BYTES = 8 * 1024 * 1024
 CURSOR_BYTES = 34  # "<12-digit generation> <20-digit offset>\n"
@@ -45,6 +49,7 @@ class AuditSpool:
         except OSError as exc:
             raise SpoolError(f"audit spool: cannot create {directory}: {exc.strerror or exc}") from exc
         self._cursor_path = directory / "acked"
+        self._quarantine = directory / "quarantine"  # unreadable records found at recovery
         self._cursor_fd = -1
         self._fd = -1
         self._lock_fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -74,12 +79,13 @@ class AuditSpool:
         return sorted(int(m.group(1)) for p in self.directory.iterdir() if (m := _SEGMENT.match(p.name)))
 
     def _open(self, gen: int) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-        try:
-            self._fd = os.open(self._segment(gen), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:  # the new segment first: when it cannot be opened (a full disk) the current one stays usable
+            fd = os.open(self._segment(gen), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         except OSError as exc:
             raise SpoolError(f"audit spool: cannot open {self._segment(gen)}: {exc.strerror or exc}") from exc
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = fd
         self.gen = gen
         self.size = os.fstat(self._fd).st_size
 
@@ -92,7 +98,17 @@ class AuditSpool:
             raise SpoolError(f"audit spool: cannot read {self._cursor_path}: {exc.strerror or exc}") from exc
         parts = text.split()
         if len(parts) != 2 or not all(p.isdigit() for p in parts):
-            raise SpoolError(f"audit spool: {self._cursor_path} is damaged ({text[:40]!r}); expected '<generation> <offset>'")
+            # what was acknowledged is unknown: every spooled record goes again (the trail recognises the
+            # ones it holds) rather than one being dropped; the damaged cursor is kept for a look
+            aside = self._cursor_path.with_name("acked.quarantine")
+            log.warning("audit spool: %s is damaged (%r; expected '<generation> <offset>'); moved to %s, "
+                        "re-sending every spooled record", self._cursor_path, text[:40], aside.name)
+            try:
+                os.replace(self._cursor_path, aside)
+            except OSError as exc:
+                raise SpoolError(f"audit spool: {self._cursor_path} is damaged and cannot be moved aside: "
+                                 f"{exc.strerror or exc}") from exc
+            return min(self._generations(), default=0), 0
         return int(parts[0]), int(parts[1])
 
     def _write_cursor(self, gen: int, offset: int) -> None:
@@ -166,33 +182,68 @@ class AuditSpool:
     def recover(self) -> list[AuditRecord]:
         """Records written but not acknowledged before the last stop, oldest first.
 
-        A torn last line (the process died mid-write) is cut off; any other unreadable line is a
-        damaged spool and raises, since skipping it would silently drop a decision's record."""
+        A line that cannot be read (a torn tail left by a crash mid-write, damaged bytes) must not
+        stop the start, and must not vanish unseen: it is appended to `quarantine` beside the
+        segments, logged, and cut out of its segment, so the records after it are appended and the
+        cursor's byte arithmetic stays exact."""
         out: list[AuditRecord] = []
         self._unacked = []
         for gen in self._generations():
             if gen < self.acked_gen:
                 continue
             path = self._segment(gen)
+            if not path.is_file():  # a device or a directory where a segment should be: nothing to read back
+                log.warning("audit spool: %s is not a regular file; nothing recovered from it", path)
+                continue
             data = path.read_bytes()
             pos = self.acked_offset if gen == self.acked_gen else 0
-            if pos > len(data):
-                raise SpoolError(f"audit spool: cursor {self.acked_gen} {self.acked_offset} is past the end of {path} ({len(data)} bytes)")
-            while pos < len(data):
-                end = data.find(b"\n", pos)
-                if end < 0:
-                    if gen == self.gen:  # torn tail of the live segment
-                        os.ftruncate(self._fd, pos)
-                        self.size = pos
-                        break
-                    raise SpoolError(f"audit spool: {path} ends in an unterminated record at byte {pos}")
-                try:
-                    out.append(_decoder.decode(data[pos:end]))
-                except msgspec.DecodeError as exc:
-                    raise SpoolError(f"audit spool: {path} byte {pos}: unreadable record ({exc})") from exc
-                self._unacked.append((gen, end + 1 - pos))
-                pos = end + 1
+            if pos > len(data):  # the segment was cut below the cursor: nothing after it is left
+                log.warning("audit spool: cursor %d %d is past the end of %s (%d bytes); resuming at its end",
+                            self.acked_gen, self.acked_offset, path, len(data))
+                self._write_cursor(gen, len(data))
+                pos = len(data)
+            kept, bad = self._read_segment(path, data, pos, out)
+            if bad:
+                self._set_aside(gen, data[:pos] + b"".join(kept), bad)
+            self._unacked.extend((gen, len(line)) for line in kept)
         return out
+
+    def _read_segment(self, path: Path, data: bytes, pos: int, out: list[AuditRecord]) -> tuple[list[bytes], list[bytes]]:
+        """The readable lines from `pos` (their records appended to `out`) and the unreadable ones."""
+        kept: list[bytes] = []
+        bad: list[bytes] = []
+        while pos < len(data):
+            end = data.find(b"\n", pos)
+            line = data[pos:] if end < 0 else data[pos:end + 1]
+            try:
+                if end < 0:
+                    raise msgspec.DecodeError("torn last line (no newline)")
+                out.append(_decoder.decode(line))
+                kept.append(line)
+            except msgspec.DecodeError as exc:
+                log.warning("audit spool: %s byte %d: unreadable record moved to %s (%s): %r", path, pos,
+                            self._quarantine, exc, line[:120])
+                bad.append(line.rstrip(b"\n"))
+            pos = len(data) if end < 0 else end + 1
+        return kept, bad
+
+    def _set_aside(self, gen: int, keep: bytes, bad: list[bytes]) -> None:
+        """Append unreadable lines to the quarantine file, then rewrite their segment without them."""
+        try:
+            with open(self._quarantine, "ab") as fh:
+                fh.write(b"".join(line + b"\n" for line in bad))
+                fh.flush()
+                os.fsync(fh.fileno())
+            tmp = self._segment(gen).with_suffix(".tmp")
+            with open(tmp, "wb") as fh:
+                fh.write(keep)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self._segment(gen))
+        except OSError as exc:
+            raise SpoolError(f"audit spool: cannot set unreadable records aside: {exc.strerror or exc}") from exc
+        if gen == self.gen:
+            self._open(gen)  # the open descriptor still points at the replaced file
 
     def close(self) -> None:
         for name in ("_fd", "_cursor_fd", "_lock_fd"):

@@ -279,7 +279,7 @@ class TrailWriter:
             assert self.spool is not None
             try:
                 self.spool.acknowledge(len(spooled_done))
-            except OSError as exc:  # the cursor could not move: those records may be appended again at restart
+            except (OSError, SpoolError) as exc:  # the cursor could not move (a full disk): they may be re-sent at restart
                 log.warning("audit spool: cursor not updated (%s); records may be re-sent after a restart", exc)
             self._spooled -= len(spooled_done)
             if self._spooled == 0:

@@ -3,13 +3,17 @@
 A revision is a pair of signed archives (rego for OPA agents, wasm for the in-process evaluator).
 Activation is atomic (one dict assignment under a lock) and wakes every long-polling request for
 that bundle at once. When a state dir is given, archives and the active pointer are kept on disk
-so a restart serves the same revision (same bytes, same ETag) it served before.
+so a restart serves the same revision (same bytes, same ETag) it served before. A stored revision
+that cannot be read back (damaged metadata, an archive that no longer matches its ETag) is moved
+aside as `*.quarantine` with one log line; the start goes on without it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import logging
 import os
 import threading
 import time
@@ -17,6 +21,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import msgspec
+
+from controlplane.infra.jsonlines import StateUnavailable
+
+log = logging.getLogger(__name__)
 
 TARGETS = ("rego", "wasm")
 HISTORY_LIMIT = 50
@@ -69,7 +77,11 @@ class RevisionStore:
             for target, data in archives.items()
         }
         if self._dir:
-            self._persist(bundle, entries)
+            try:
+                self._persist(bundle, entries)
+            except OSError as exc:  # a full disk, an unwritable state dir: the old revision keeps serving
+                raise StateUnavailable(f"state: cannot store revision {revision!r} of bundle {bundle!r} in {self._dir} "
+                                       f"({exc.strerror or exc}); it is not activated") from exc
         with self._lock:
             for target, entry in entries.items():
                 self._active[(bundle, target)] = entry
@@ -138,12 +150,28 @@ class RevisionStore:
                 meta_path, archive_path = bdir / f"{target}.json", bdir / f"{target}.tar.gz"
                 if not (meta_path.is_file() and archive_path.is_file()):
                     continue
-                meta = msgspec.json.decode(meta_path.read_bytes(), type=Revision)
-                archive = archive_path.read_bytes()
+                try:
+                    meta = msgspec.json.decode(meta_path.read_bytes(), type=Revision)
+                    archive = archive_path.read_bytes()
+                except (OSError, msgspec.DecodeError) as exc:
+                    _set_aside(meta_path, archive_path, f"unreadable ({exc})")
+                    continue
                 if strong_etag(archive) != meta.etag:
-                    continue  # a torn write: ignore rather than serve bytes that do not match their ETag
+                    # a torn write: never serve bytes that do not match their ETag; the next publish replaces it
+                    _set_aside(meta_path, archive_path, f"archive does not match its ETag {meta.etag}")
+                    continue
                 self._active[(meta.bundle, target)] = _Active(meta=meta, archive=archive)
                 self._history.setdefault(meta.bundle, []).append(meta)
+
+
+def _set_aside(meta_path: Path, archive_path: Path, why: str) -> None:
+    """Move an active revision that cannot be served to `*.quarantine` (one log line); the start goes on."""
+    log.warning("bundle revisions: %s: %s; moved aside to *.quarantine", meta_path, why)
+    for path in (meta_path, archive_path):
+        try:
+            os.replace(path, path.with_name(path.name + ".quarantine"))
+        except OSError:
+            pass
 
 
 def _resolve(fut: asyncio.Future) -> None:
@@ -153,8 +181,13 @@ def _resolve(fut: asyncio.Future) -> None:
 
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise

@@ -60,6 +60,13 @@ AUDIT_FAILURES = Counter(
     registry=REGISTRY,
 )
 
+DECISION_LOG_EVENTS = Counter(
+    "groqpolicy_decision_log_events_total",
+    "OPA decision-log events by outcome: stored, repeated (a different event under a decision id already "
+    "stored: stored too, and flagged) or rejected (refused, an audit record says why)",
+    ["outcome"], registry=REGISTRY,
+)
+
 
 _CHILDREN: dict[tuple[int, tuple[str, ...]], Any] = {}
 
@@ -106,6 +113,13 @@ def record_audit_append(source: str, count: int = 1, failed: bool = False) -> No
         AUDIT_FAILURES.inc(count)
     else:
         child(AUDIT_APPENDS, source).inc(count)
+
+
+def record_decision_log_events(*, stored: int, repeated: int, rejected: int) -> None:
+    """One decision-log upload's events (`stored` counts the repeated ones too)."""
+    for outcome, n in (("stored", stored), ("repeated", repeated), ("rejected", rejected)):
+        if n:
+            child(DECISION_LOG_EVENTS, outcome).inc(n)
 
 
 def _field(value: object, name: str) -> Any:

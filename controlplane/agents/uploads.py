@@ -1,0 +1,47 @@
+"""One decision-log upload taken in, start to end: screened event by event (controlplane.agents.ingest),
+audited, stored, counted and logged. The controller hands over the body; this decides the order.
+
+The order is what makes a 2xx true: the audit trail first (if JetStream does not acknowledge, the
+agent gets 503 and uploads the batch again, and nothing is stored yet; a re-upload of audited events
+is recognised by their record ids), then the local file (StateUnavailable, 503, when it cannot be
+written). Decoding, checking and the fsync run on a worker thread: a batch may hold tens of
+thousands of events, and a slow disk must not hold up `/health` or bundle long polls.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import anyio.to_thread
+
+from bridge.kernel.untrusted import check_json_depth
+from controlplane.agents.decision_logs import DecisionLogStore
+from controlplane.agents.ingest import Accepted, Refused, audit_records, screen_batch
+from controlplane.agents.payloads import decompress
+from controlplane.audit.writer import TrailWriter
+from controlplane.metrics.recorders import record_decision_log_events
+
+log = logging.getLogger(__name__)
+
+MAX_LOGGED_REFUSALS = 20  # log lines per upload; a batch of thousands of bad events must not flood the log
+
+
+async def take_decision_logs(body: bytes, encoding: str, *, body_limit: int, event_limit: int,
+                             store: DecisionLogStore, audit: TrailWriter) -> None:
+    accepted, refused = await anyio.to_thread.run_sync(_screen, body, encoding, body_limit, event_limit)
+    fresh = store.triage(accepted)
+    await audit.append_many(audit_records(fresh, refused))
+    await anyio.to_thread.run_sync(store.append, fresh)
+    record_decision_log_events(stored=len(fresh), repeated=sum(1 for a in fresh if a.repeated_of), rejected=len(refused))
+    for r in refused[:MAX_LOGGED_REFUSALS]:
+        log.warning("decision log from %s: refused %s (decision %r, sha256 %s)", r.agent_id, r.reason,
+                    r.decision_id, r.digest)
+    if len(refused) > MAX_LOGGED_REFUSALS:  # each one is in the audit trail; the log gets a count
+        log.warning("decision log upload: %d more event(s) refused (see the audit trail, decision=rejected)",
+                    len(refused) - MAX_LOGGED_REFUSALS)
+
+
+def _screen(body: bytes, encoding: str, body_limit: int, event_limit: int) -> tuple[list[Accepted], list[Refused]]:
+    raw = decompress(body, encoding, body_limit)
+    check_json_depth(raw, "decision log batch")  # a gzip body is only JSON once decompressed
+    return screen_batch(raw, event_limit)
