@@ -78,7 +78,8 @@ BODIES: list[Case] = [
 ]
 
 # Shapes that only `/logs` and `/status` ingestion can judge (the issue's cases): a good envelope with
-# a bad event. Kept apart: a status stored with them breaks the agents' read side for what follows.
+# a bad event. Kept apart, on a control plane of their own: if one were ever stored again, it would
+# break the agents' read side for every case after it.
 INGESTION: list[tuple[str, Case]] = [
     ("/status", Case("status labels not an object", b'{"labels": [1, 2]}', _JSON)),
     ("/status", Case("status bundles not objects", b'{"labels": {"id": "a"}, "bundles": [1]}', _JSON)),
