@@ -157,6 +157,12 @@ def test_reserved_names_are_refused_at_create_naming_the_name(cp, text, messages
     assert r.json()["error"]["messages"][0]["file"] == "opa_policy"
     assert messages[0][3].split(":")[0] in r.json()["error"]["message"]
     assert len(client.get("/api/v1/policies").json()) == before
+    # a change that brings a reserved name in is refused the same way, and the stored version stays
+    created = client.post("/api/v1/policies", json=policy()).json()
+    r = client.put(f"/api/v1/policies/{created['rule_id']}", json={"constitutional_hash": CONSTITUTIONAL_HASH, "opa_policy": text})
+    assert r.status_code == 422 and [m["code"] for m in r.json()["error"]["messages"]] == ["rego_reserved_name"] * len(messages)
+    assert client.get(f"/api/v1/policies/{created['rule_id']}").json()["version"] == 1
+    client.delete(f"/api/v1/policies/{created['rule_id']}", params={"constitutional_hash": CONSTITUTIONAL_HASH})
 
 
 def test_parse_and_type_errors_point_at_the_users_own_text(cp):

@@ -369,8 +369,10 @@ def test_a_nats_5xx_carries_a_request_id_and_is_logged(system, monkeypatch, capl
     with caplog.at_level(logging.WARNING):
         msg = asyncio.run(ask())
     assert msg.headers[ERROR_CODE_HEADER] == "500" and msg.headers[REQUEST_ID_HEADER] == "nats-trace-7"
-    assert msgspec.json.decode(msg.data)["error"]["request_id"] == "nats-trace-7"
-    assert any("nats-trace-7" in rec.getMessage() and "policy.evaluate" in rec.getMessage() for rec in caplog.records)
+    error = msgspec.json.decode(msg.data)["error"]
+    assert error["request_id"] == "nats-trace-7" and "boom" not in error["message"] and "nats-trace-7" in error["message"]
+    assert any("nats-trace-7" in rec.getMessage() and "policy.evaluate" in rec.getMessage() and rec.exc_info
+               for rec in caplog.records)
 
 
 async def test_a_gateway_5xx_carries_a_request_id_and_is_logged(nats_server, caplog):

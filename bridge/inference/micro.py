@@ -41,14 +41,14 @@ Serve = Callable[[Request], Coroutine[Any, Any, None]]
 """An answer to one request, run as a task: it replies (or replies with an error) itself."""
 
 
-async def respond_error(request: Request, exc: GroqPolicyError) -> None:
+async def respond_error(request: Request, exc: GroqPolicyError, rid: str | None = None) -> None:
     """Answer `request` with `exc` as nats.micro's error reply (status code, description, error body).
     A 5xx is logged with a request id (the caller's `X-Request-Id` header, else a new one), which
-    the reply carries in that header and in its body."""
+    the reply carries in that header and in its body (`rid`: the id a caller logged already)."""
     if exc.status < 500:
         await request.respond_error(str(exc.status), error_description(exc.message), data=error_body(exc))
         return
-    rid = request_id((request.headers or {}).get(REQUEST_ID_HEADER))
+    rid = rid or request_id((request.headers or {}).get(REQUEST_ID_HEADER))
     log.warning("request %s: %s answered %d %s: %s", rid, request.subject, exc.status, exc.kind, exc.message)
     document = error_document(exc)
     document["error"]["request_id"] = rid

@@ -25,7 +25,7 @@ from nats.micro.request import Request
 from nats.micro.service import EndpointStats, Service
 
 from bridge.inference.micro import respond_error
-from bridge.kernel.errors import BadRequest, GroqPolicyError
+from bridge.kernel.errors import REQUEST_ID_HEADER, BadRequest, GroqPolicyError, request_id
 from bridge.kernel.untrusted import check_json_depth
 from bridge.kernel.vocabulary import check_hash
 from controlplane.evaluation.pipeline import Pipeline
@@ -99,13 +99,16 @@ class EvaluateService:
             await request.respond(_encode(response))
         except GroqPolicyError as exc:
             await self._error(request, exc)
-        except Exception as exc:
-            log.exception("policy.evaluate: unexpected error")
-            await self._error(request, GroqPolicyError(f"evaluation failed: {type(exc).__name__}: {exc}"))
+        except Exception as exc:  # a bug: the caller gets the request id, the log the traceback
+            rid = request_id((request.headers or {}).get(REQUEST_ID_HEADER))
+            log.error("request %s: policy.evaluate failed: %s: %s", rid, type(exc).__name__, exc, exc_info=exc)
+            await self._error(request, GroqPolicyError(
+                f"evaluation failed: internal error (request id {rid}: the control plane's log has the details)",
+                type_="InternalError"), rid)
         self.answered += 1
         self.processing_ns += time.perf_counter_ns() - received_ns
 
-    async def _error(self, request: Request, exc: GroqPolicyError) -> None:
+    async def _error(self, request: Request, exc: GroqPolicyError, rid: str | None = None) -> None:
         self.errors += 1
         self.last_error = f"{exc.status} {type(exc).__name__}: {exc.message}"
-        await respond_error(request, exc)  # a 5xx is logged there, with its request id
+        await respond_error(request, exc, rid)  # a 5xx is logged there, with its request id
