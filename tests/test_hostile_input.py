@@ -164,7 +164,7 @@ def system(tmp_path_factory, nats_server_module, emu_module) -> Iterator[System]
             proc.wait()
 
 
-def _send(client: httpx.Client, method: str, path: str, case: Case, params: dict | None = None) -> str:
+def _send(client: httpx.Client, method: str, path: str, case: Case, params: Any = None) -> str:
     """The status as text, or what went wrong on the connection."""
     headers = {k: v.encode() for k, v in case.headers.items()}
     try:
@@ -222,6 +222,12 @@ def test_no_5xx_on_any_control_plane_route(system):
             for value in QUERY_VALUES:
                 results.append((f"{method} {target}?{name}={value[:20]!r}",
                                 _send(system.cp, method, target, Case("query"), params={name: value})))
+    for method, path in [("get", "/nowhere"), ("patch", "/api/v1/evaluate"), ("put", "/health"), ("get", "/api/v1/evaluate"),
+                         ("get", "/bundles/groqpolicy/../../etc/passwd"), ("get", "/" + "a/" * 2000)]:
+        results.append((f"{method} {path[:40]}", _send(system.cp, method, path, Case("unknown"))))
+    repeated = [("is_active", "true")] * 1000 + [("limit", "1")] * 1000
+    for path in ("/api/v1/policies", "/api/v1/opa/decisions", "/api/v1/audit"):
+        results.append((f"get {path} with 2000 parameters", _send(system.cp, "get", path, Case("many"), params=repeated)))
     assert len(results) > 1000
     assert _server_errors(results) == []
     # the deep documents were refused by the limit, not by luck further down
