@@ -12,7 +12,7 @@ import pytest
 
 from bridge.emulator import ModelBehaviour
 from bridge.inference.wire import BUDGET_HEADER
-from bridge.kernel.vocabulary import TIERS
+from bridge.kernel.vocabulary import ROUTABLE_TIERS, TIERS
 from tests.bridge_helpers import Emu, fast_settings, gateway_on, post, worker_on
 
 FAST = "openai/gpt-oss-20b"
@@ -30,7 +30,7 @@ async def test_micro_discovery(nats_url, emu: Emu):
             ping = msgspec.json.decode((await nc.request("$SRV.PING.groqpolicy-inference", b"", timeout=2)).data)
             assert ping["name"] == "groqpolicy-inference" and ping["type"] == "io.nats.micro.v1.ping_response"
             info = msgspec.json.decode((await nc.request("$SRV.INFO.groqpolicy-inference", b"", timeout=2)).data)
-            assert sorted(e["subject"] for e in info["endpoints"]) == sorted(f"groq.infer.{t}" for t in TIERS)
+            assert sorted(e["subject"] for e in info["endpoints"]) == sorted(f"groq.infer.{t}" for t in ROUTABLE_TIERS)
             assert {e["queue_group"] for e in info["endpoints"]} == {"groq-infer"}
             assert info["metadata"]["emulated"] == "true"
             r = await nc.request("groq.infer.fast", b'{"question": "ok?"}', timeout=2)

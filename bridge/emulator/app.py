@@ -1,6 +1,7 @@
 """A Groq-compatible HTTP API for tests and for running without a key (raw ASGI, no framework).
 
-Speaks the paths the `groq` SDK calls (`/openai/v1/chat/completions`, `/openai/v1/models[/{id}]`),
+Speaks the paths the `groq` SDK calls (`/openai/v1/chat/completions`, `/openai/v1/models[/{id}]`, and
+the Batch API's `/openai/v1/files` and `/openai/v1/batches`: `bridge.emulator.batches`),
 with Groq's response shape (`usage.queue_time/prompt_time/completion_time/total_time`, `x_groq.id`),
 `x-ratelimit-*` and `x-request-id` headers, and Groq's error bodies
 `{"error": {"message", "type", "code"}}` (`bridge.emulator.chat`).
@@ -27,6 +28,7 @@ from typing import Any
 
 import msgspec
 
+from bridge.emulator.batches import BatchService
 from bridge.emulator.behaviour import MARKER_RE, EmulatorConfig, ModelBehaviour, check_fault, verdict_for
 from bridge.emulator.chat import (
     ChatCall,
@@ -72,6 +74,7 @@ class GroqEmulator:
         self.reset_stats()
         self._ids = itertools.count(1)
         self._created = int(time.time())
+        self.batches = BatchService(self._batch_line, parallelism=self.config.batch_parallelism)
 
     def reset_stats(self) -> None:
         self.stats = {"calls": Counter(), "faults": Counter(), "formats": Counter(), "params": Counter(),
@@ -91,7 +94,7 @@ class GroqEmulator:
         if scope["type"] != "http":
             return
         method, path = scope["method"], scope["path"]
-        body = await _read_body(receive) if method == "POST" else b""
+        body = await _read_body(receive) if method in ("POST", "DELETE") else b""
         if body is None:  # the client went away
             return
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
@@ -102,8 +105,10 @@ class GroqEmulator:
         if answer is None:  # the client went away while we were hanging
             return
         status, payload, extra = answer
-        raw = msgspec.json.encode(payload)
-        out_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode()),
+        binary = isinstance(payload, bytes)  # a file's content, sent as it is
+        raw = payload if binary else msgspec.json.encode(payload)
+        kind = b"application/octet-stream" if binary else b"application/json"
+        out_headers = [(b"content-type", kind), (b"content-length", str(len(raw)).encode()),
                        (b"x-request-id", f"req_{uuid.uuid4().hex[:26]}".encode())]
         out_headers += [(k.encode(), str(v).encode()) for k, v in extra.items()]
         await send({"type": "http.response.start", "status": status, "headers": out_headers})
@@ -117,6 +122,8 @@ class GroqEmulator:
         self._auth(headers)
         if method == "POST" and path == "/openai/v1/chat/completions":
             return await self._chat(body, receive)
+        if path.startswith(("/openai/v1/files", "/openai/v1/batches")):
+            return await self.batches.route(method, path, body, headers)
         if method == "GET" and path == "/openai/v1/models":
             return 200, {"object": "list", "data": [self._model_obj(m) for m in self.catalog.models]}, {}
         if method == "GET" and path.startswith("/openai/v1/models/"):
@@ -202,6 +209,12 @@ class GroqEmulator:
                              seed=self.config.seed)
         return 200, payload, ratelimit
 
+    async def _batch_line(self, body: bytes) -> Answer:
+        """One line of a batch, answered as a direct call would be (nobody disconnects from a batch)."""
+        answer = await self._chat(body, _never)
+        assert answer is not None  # only a disconnect makes it None
+        return answer
+
     def _admin(self, method: str, path: str, body: bytes) -> Answer:
         try:
             if method == "GET" and path == "/admin/stats":
@@ -237,6 +250,12 @@ async def _lifespan(receive: Any, send: Any) -> None:
         elif msg["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+async def _never() -> dict[str, Any]:
+    """An ASGI `receive` that never reports a disconnect."""
+    await asyncio.Future()
+    raise AssertionError("unreachable")
 
 
 async def _read_body(receive: Any) -> bytes | None:

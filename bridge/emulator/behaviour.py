@@ -52,6 +52,8 @@ class EmulatorConfig(msgspec.Struct):
     seed: int = 0
     requests_per_day: int = 14_400
     tokens_per_minute: int = 250_000
+    batch_parallelism: int = 256
+    """Batch API lines answered at a time (GroqCloud runs batches on its own capacity, out of band)."""
 
     def behaviour(self, model: str) -> ModelBehaviour:
         return self.models.get(model, self.default)

@@ -41,17 +41,17 @@ from bridge.kernel.errors import (
     error_body,
     error_document,
 )
-from bridge.kernel.vocabulary import TIERS
+from bridge.kernel.vocabulary import ROUTABLE_TIERS
 
 _reply_fields = msgspec.json.Decoder(dict)
-_SUBJECTS = {t: subject_for(t) for t in TIERS}
+_SUBJECTS = {t: subject_for(t) for t in ROUTABLE_TIERS}
 
 
 def parse(tier: str, body: bytes) -> tuple[str, InferRequest]:
     """(subject, request) or InvalidInferRequest with the gateway's statuses: 404 tier, 400 not JSON, 422 invalid."""
     subject = _SUBJECTS.get(tier)
     if subject is None:
-        raise InvalidInferRequest(f"tier {tier!r}: unknown (want one of: {', '.join(TIERS)})", status=404, code="unknown_tier")
+        raise InvalidInferRequest(f"tier {tier!r}: unknown (want one of: {', '.join(ROUTABLE_TIERS)})", status=404, code="unknown_tier")
     return subject, read_request(body)
 
 

@@ -13,6 +13,7 @@ body as the data, so a gateway passes the reply through to HTTP unchanged.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
@@ -108,3 +109,38 @@ class TaskService:
             await self.service.stop()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=grace_s)
+
+
+async def gather_stats(nc: NatsClient, service: str, wait_s: float, straggler_s: float = 0.03) -> list[dict[str, Any]]:
+    """Every instance's `$SRV.STATS.<service>` reply (decoded) that arrives within `wait_s`. A plain
+    request would keep only the first instance's; this listens on an inbox instead."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    docs: list[dict[str, Any]] = []
+    try:
+        await nc.publish(f"$SRV.STATS.{service}", b"", reply=inbox)
+        deadline = asyncio.get_running_loop().time() + wait_s
+        while (left := deadline - asyncio.get_running_loop().time()) > 0:
+            try:
+                msg = await sub.next_msg(timeout=left)
+            except Exception:  # noqa: BLE001 - nats TimeoutError: no more replies
+                break
+            if not msg.data:  # the server's no-responders status: nobody is listening
+                break
+            # instances answer within a few ms of each other: after a reply, wait only a little longer
+            deadline = min(deadline, asyncio.get_running_loop().time() + straggler_s)
+            try:
+                doc = json.loads(msg.data)
+            except ValueError:
+                continue
+            if isinstance(doc, dict):
+                docs.append(doc)
+    finally:
+        await sub.unsubscribe()
+    return docs
+
+
+def endpoint_data(doc: dict[str, Any]) -> dict[str, Any]:
+    """The first endpoint's `data` of a `$SRV.STATS` reply (the worker's stats handler fills each alike)."""
+    endpoints = doc.get("endpoints") or []
+    return next((e["data"] for e in endpoints if isinstance(e.get("data"), dict)), {})

@@ -25,6 +25,8 @@ from bridge.kernel.untrusted import MAX_JSON_DEPTH, json_depth_exceeds
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH, Decision
 
 SUBJECT_PREFIX = "groq.infer"
+WORKER_SERVICE = "groqpolicy-inference"
+"""The workers' nats.micro service name: `$SRV.STATS.groqpolicy-inference` reaches every worker."""
 
 # NATS headers between gateway and worker.
 BUDGET_HEADER = "Groqpolicy-Budget-Ms"
@@ -60,6 +62,9 @@ class InferRequest(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=Tru
     """Completion budget; capped by the tier's and the model's limits. Default: the tier's."""
     temperature: Temperature | None = None
     """Sampling temperature. Default: the tier's (0 for judgments, so answers repeat)."""
+    strict_schema: bool = False
+    """The answer must come from a model that enforces the verdict's JSON schema (strict structured
+    output); JSON mode plus validation is not enough. Tier `auto` routes only to such models."""
 
 
 class Usage(msgspec.Struct):
@@ -72,6 +77,16 @@ class Usage(msgspec.Struct):
     total_time: float = 0.0
     cost_usd: float = 0.0
     attempts: int = 0
+
+
+class Route(msgspec.Struct, omit_defaults=True):
+    """Why tier `auto` chose what it chose (in the reply, and so in the audit record)."""
+
+    tier: str
+    models: list[str]
+    reason: str
+    estimated_tokens: int = 0
+    budget_ms: float = 0.0
 
 
 class InferReply(msgspec.Struct):
@@ -91,6 +106,8 @@ class InferReply(msgspec.Struct):
     degraded: bool = False
     """True when no model produced a valid answer and the worker failed closed (`review`)."""
     reasons: list[str] = msgspec.field(default_factory=list)
+    route: Route | msgspec.UnsetType = msgspec.UNSET
+    """Present when the request asked for tier `auto`: the tier chosen, its models in order, and why."""
 
 
 class Verdict(msgspec.Struct, forbid_unknown_fields=True):

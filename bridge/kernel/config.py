@@ -37,6 +37,15 @@ _S = TypeVar("_S", bound="_Section")
 Conv = Callable[[str], Any]
 
 
+HTTP2_MODES = ("auto", "prior-knowledge", "off")
+
+
+def http2_mode(value: str) -> str:
+    if value not in HTTP2_MODES:
+        raise ValueError(f"expected one of {', '.join(HTTP2_MODES)}")
+    return value
+
+
 def audit_durability(value: str) -> str:
     if value not in AUDIT_DURABILITIES:
         raise ValueError(f"expected one of {', '.join(AUDIT_DURABILITIES)}")
@@ -237,6 +246,9 @@ class EngineSettings(_Section, kw_only=True):
     l1_size: int = 10_000  # in-process judgment cache entries (L2: JetStream KV)
     max_inflight: int = 512  # uncached model calls in progress before a worker answers 503
     review_max_age_s: int = 0  # degraded answers are never cached, by us or by OPA
+    model_concurrency: int = 64  # calls in flight per model, over that model's one pooled connection
+    http2: str = "auto"  # HTTP/2 to Groq: ALPN on https ("auto"), h2c ("prior-knowledge"), or "off"
+    latency_window_s: float = 300.0  # measured model latency: a sliding window of two such periods
 
     ENV: ClassVar[dict[str, tuple[str, Conv]]] = {
         "GROQPOLICY_RETRIES_PER_MODEL": ("retries_per_model", int),
@@ -247,6 +259,9 @@ class EngineSettings(_Section, kw_only=True):
         "GROQPOLICY_MAX_RETRY_AFTER_S": ("max_retry_after_s", float),
         "GROQPOLICY_L1_SIZE": ("l1_size", int),
         "GROQPOLICY_WORKER_MAX_INFLIGHT": ("max_inflight", int),
+        "GROQPOLICY_MODEL_CONCURRENCY": ("model_concurrency", int),
+        "GROQPOLICY_GROQ_HTTP2": ("http2", http2_mode),
+        "GROQPOLICY_LATENCY_WINDOW_S": ("latency_window_s", float),
     }
 
 

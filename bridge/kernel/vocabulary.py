@@ -20,6 +20,11 @@ Tier = Literal["nano", "fast", "balanced", "premium", "reasoning"]
 TIER_TARGET_MS: dict[str, float] = {"nano": 1.0, "fast": 2.0, "balanced": 3.0, "premium": 5.0, "reasoning": 1000.0}
 TIERS: tuple[str, ...] = tuple(TIER_TARGET_MS)
 TIER_RANK: dict[str, int] = {t: i for i, t in enumerate(TIERS)}
+# Not a tier but a request for one: the worker picks the tier from what the judgment needs
+# (context size, the caller's deadline against measured latency, the answer's schema).
+AUTO_TIER = "auto"
+RoutableTier = Literal["nano", "fast", "balanced", "premium", "reasoning", "auto"]
+ROUTABLE_TIERS: tuple[str, ...] = (*TIERS, AUTO_TIER)
 
 Decision = Literal["allow", "deny", "review"]
 DECISIONS: tuple[str, ...] = ("allow", "deny", "review")

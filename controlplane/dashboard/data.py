@@ -14,7 +14,6 @@ The handlers receive each of these from the app's dependencies and hand them ove
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -25,6 +24,8 @@ import yaml
 from nats.aio.client import Client
 
 from bridge.inference.catalog import default_catalog
+from bridge.inference.micro import endpoint_data, gather_stats
+from bridge.inference.wire import WORKER_SERVICE
 from bridge.kernel.config import Settings
 from bridge.kernel.vocabulary import TIERS
 from controlplane.agents.status import StatusStore
@@ -40,7 +41,6 @@ log = logging.getLogger(__name__)
 
 WINDOW_RECORDS = 2000  # audit records read per page view (the newest ones)
 RECENT_ROWS = 25
-WORKER_SERVICE = "groqpolicy-inference"  # bridge.inference.worker.service.SERVICE_NAME (not imported: pulls in groq)
 STATS_WAIT_S = 0.25  # the longest a page view waits for workers' $SRV.STATS replies
 STATS_STRAGGLER_S = 0.03
 # (window, bucket) pairs; the smallest window that holds the oldest record read is used
@@ -268,32 +268,12 @@ def latency_per_tier(rows: list[AuditRow]) -> list[TierLatency]:
 # ---- workers ----------------------------------------------------------------------------------
 async def worker_stats(nc: Client, wait_s: float = STATS_WAIT_S) -> list[WorkerRow]:
     """Every inference worker's `$SRV.STATS` reply that arrives within `wait_s`."""
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
     rows: list[WorkerRow] = []
-    try:
-        await nc.publish(f"$SRV.STATS.{WORKER_SERVICE}", b"", reply=inbox)
-        deadline = time.monotonic() + wait_s
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                msg = await sub.next_msg(timeout=left)
-            except Exception:  # noqa: BLE001 - nats TimeoutError: no more replies
-                break
-            if not msg.data:  # the server's no-responders status: nobody is listening
-                break
-            # workers answer within a few ms of each other: after a reply, wait only a little longer
-            deadline = min(deadline, time.monotonic() + STATS_STRAGGLER_S)
-            try:
-                doc = json.loads(msg.data)
-            except ValueError:
-                continue
-            endpoints = doc.get("endpoints") or []
-            data: dict[str, Any] = next((e["data"] for e in endpoints if isinstance(e.get("data"), dict)), {})
-            rows.append(WorkerRow(id=str(doc.get("id", "")), version=str(doc.get("version", "")),
-                                  emulated=bool(data.get("emulated")), stats=data,
-                                  requests=sum(int(e.get("num_requests", 0)) for e in endpoints)))
-    finally:
-        await sub.unsubscribe()
+    for doc in await gather_stats(nc, WORKER_SERVICE, wait_s, STATS_STRAGGLER_S):
+        data = endpoint_data(doc)
+        rows.append(WorkerRow(id=str(doc.get("id", "")), version=str(doc.get("version", "")),
+                              emulated=bool(data.get("emulated")), stats=data,
+                              requests=sum(int(e.get("num_requests", 0)) for e in doc.get("endpoints") or [])))
     return sorted(rows, key=lambda w: w.id)
 
 

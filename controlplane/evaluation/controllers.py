@@ -17,7 +17,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
 from bridge.inference.catalog import Catalog, CatalogError
-from bridge.inference.wire import InferRequest, decode_reply
+from bridge.inference.wire import InferRequest, Route, decode_reply
 from bridge.kernel.config import Settings
 from bridge.kernel.errors import DeadlineExceeded, GroqPolicyError, Unavailable, Unprocessable, decode_error
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH, check_hash
@@ -39,6 +39,7 @@ from controlplane.evaluation.schemas import (
     InferenceMetrics,
     InferenceRequest,
     InferenceResponse,
+    MeasuredLatency,
     OpaEvaluateRequest,
     OpaEvaluateResponse,
 )
@@ -104,10 +105,15 @@ class GroqController(Controller):
     guards = [requires("evaluate")]
 
     @get("/models", summary="Models per performance tier (from the tier catalog)", responses=error_responses(401, 403, 429))
-    async def models(self, catalog: NamedDependency[Catalog]) -> GroqModels:
+    async def models(self, catalog: NamedDependency[Catalog], model_client: NamedDependency[ModelClient]) -> GroqModels:
+        measured = await model_client.measured_latency()
         rows = [GroqModel(model_name=r["model_name"], performance_tier=r["performance_tier"], max_tokens=r["max_tokens"],
                           cost_per_token=r["cost_per_token"], typical_latency_ms=r["typical_latency_ms"],
-                          latency_target_ms=r["latency_target_ms"], primary=r["primary"])
+                          latency_target_ms=r["latency_target_ms"], primary=r["primary"],
+                          context_window=r["context_window"], json_schema_strict=r["json_schema_strict"],
+                          batch_cost_per_token=r["batch_cost_per_token"],
+                          measured_latency=msgspec.convert(measured[r["model_name"]], MeasuredLatency)
+                          if r["model_name"] in measured else None)
                 for r in catalog.models_listing()]
         return GroqModels(models=rows, aliases={k: v.to for k, v in catalog.aliases.items()}, catalog_as_of=catalog.as_of)
 
@@ -122,7 +128,7 @@ class GroqController(Controller):
         tier = data.performance_tier or catalog.tier_of(model_id)
         req = InferRequest(question=data.prompt, context=data.constitutional_context or None, policy="api.groq.inference",
                            constitutional_hash=CONSTITUTIONAL_HASH, deadline_ms=data.deadline_ms, model=data.model_name,
-                           max_tokens=data.max_tokens, temperature=data.temperature)
+                           max_tokens=data.max_tokens, temperature=data.temperature, strict_schema=data.strict_schema)
         started = time.perf_counter()
         try:
             status, body, _ = await model_client.connected().request(tier, msgspec.json.encode(req))
@@ -149,6 +155,7 @@ class GroqController(Controller):
             decision=reply.decision, confidence=reply.confidence, performance_tier=reply.tier, cached=reply.cached,
             emulated=reply.emulated, degraded=reply.degraded,
             resolved_from=reply.resolved_from if isinstance(reply.resolved_from, str) else None,
+            route=reply.route.reason if isinstance(reply.route, Route) else None,
         )
 
 

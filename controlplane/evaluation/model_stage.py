@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from bridge.inference.wire import InferReply, InferRequest, decode_reply
+from bridge.inference.wire import InferReply, InferRequest, Route, decode_reply
 from bridge.kernel.vocabulary import DECISION_RANK, MIN_MODEL_CONFIDENCE, Decision
 from bridge.opawasm import InferTransport
 from controlplane.evaluation.decision import PolicyOutcome, normalise, outcome, settled
@@ -30,7 +30,8 @@ from controlplane.policies.schemas import GroqModelConfig, PolicyRecord
 
 MODEL_DEADLINE_MS = 3000  # the pipeline's own model stage (policies' http.send calls have their own)
 BLOCKING_TIMEOUT_S = 5.0  # a policy that may consult a model (the helper's own timeout is 2 s)
-REPLY_FIELDS = ("decision", "confidence", "rationale", "model", "tier", "cached", "emulated", "degraded", "latency_ms")
+REPLY_FIELDS = ("decision", "confidence", "rationale", "model", "tier", "cached", "emulated", "degraded", "latency_ms",
+                "route")
 
 
 class InferenceMeter:
@@ -117,7 +118,8 @@ class ModelStage:
         if reply is None:
             meter.replies.append({"status": status, "error": problem, "tier": cfg.performance_tier, "stage": "pipeline"})
             return "review", 0.0, [*reasons, f"review: model unavailable: {problem}"]
-        meter.replies.append({"status": 200, **{k: getattr(reply, k) for k in REPLY_FIELDS}, "stage": "pipeline"})
+        fields = {k: v for k in REPLY_FIELDS if (v := getattr(reply, k)) is not msgspec.UNSET}
+        meter.replies.append({"status": 200, **msgspec.to_builtins(fields), "stage": "pipeline"})
         return judged(reply, decision, reasons)
 
     async def _ask(self, record: PolicyRecord, cfg: GroqModelConfig, input: Any, reasons: list[str],
@@ -159,4 +161,6 @@ def judged(reply: InferReply, decision: Decision, reasons: list[str]) -> tuple[D
     settled_as = reply.decision if DECISION_RANK[reply.decision] > DECISION_RANK[base] else base
     kept = [r for r in reasons if not r.startswith("review:")] if decision == "review" else reasons
     line = f"{said}: {reply.rationale}"
+    if isinstance(reply.route, Route):  # tier auto: the choice and its reason go where the decision goes
+        line += f" [tier auto chose {reply.route.reason}]"
     return settled_as, reply.confidence, [*kept, line if settled_as == "allow" else f"{settled_as}: {line}"]

@@ -24,6 +24,9 @@ import anyio
 
 from bridge.inference.catalog import Catalog
 from bridge.inference.client import InferClient
+from bridge.inference.latency import from_buckets, summary
+from bridge.inference.micro import endpoint_data, gather_stats
+from bridge.inference.wire import WORKER_SERVICE
 from bridge.kernel.errors import GroqPolicyError, error_document
 from bridge.opawasm import WasmEvaluator
 from controlplane.bundles.revisions import RevisionStore
@@ -34,6 +37,7 @@ from controlplane.policies.bundler import LIBRARY_BUNDLE
 from controlplane.policies.service import PolicyService
 
 log = logging.getLogger(__name__)
+STATS_WAIT_S = 0.25  # the longest /api/v1/groq/models waits for the workers' $SRV.STATS replies
 
 
 class ModelClient:
@@ -72,6 +76,20 @@ class ModelClient:
         if self.client is None or nc is None or not nc.is_connected:
             raise NatsUnavailable("NATS: the control plane is not connected; no inference worker can be reached")
         return self.client
+
+    async def measured_latency(self, wait_s: float = STATS_WAIT_S) -> dict[str, dict[str, Any]]:
+        """{model: {count, p50_ms, p90_ms, p99_ms, workers}}: the workers' latency sketches, merged
+        (exactly: they are bucket counts). Empty when NATS is down or no worker has measured yet."""
+        nc = self._nats.nc
+        if nc is None or not nc.is_connected:
+            return {}
+        books: dict[str, list[dict[int, float]]] = {}
+        for doc in await gather_stats(nc, WORKER_SERVICE, wait_s):
+            for model, measured in (endpoint_data(doc).get("latency") or {}).items():
+                buckets = measured.get("buckets") if isinstance(measured, dict) else None
+                if isinstance(buckets, dict):
+                    books.setdefault(model, []).append({int(k): float(c) for k, c in buckets.items()})
+        return {model: {**summary(from_buckets(b)), "workers": len(b)} for model, b in books.items()}
 
     def transport(self, tier: str, body: Any, timeout: float) -> tuple[int, Any]:
         """The evaluator's `http.send` transport (blocking). A call made on the event loop's own

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH, Decision, Tier
+from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH, Decision, RoutableTier, Tier
 from controlplane.policies.schemas import ConstitutionalHash, PolicyType
 
 EVALUATE_SUBJECT = "policy.evaluate"
@@ -103,14 +103,28 @@ class BatchResponse(msgspec.Struct):
 
 
 # ---- Groq ------------------------------------------------------------------------------------
+class MeasuredLatency(msgspec.Struct, kw_only=True):
+    """The workers' own calls to a model over their latency window (sketches merged across workers)."""
+
+    count: int
+    p50_ms: float | None
+    p90_ms: float | None
+    p99_ms: float | None
+    workers: int
+
+
 class GroqModel(msgspec.Struct, kw_only=True):
     model_name: str
     performance_tier: str
     max_tokens: int
     cost_per_token: float
-    typical_latency_ms: float
+    typical_latency_ms: float  # the catalog's
     latency_target_ms: float
     primary: bool
+    context_window: int = 0
+    json_schema_strict: bool = False
+    batch_cost_per_token: float = 0.0  # through the Batch API
+    measured_latency: MeasuredLatency | None = None  # null until a worker has called the model
 
 
 class GroqModels(msgspec.Struct, kw_only=True):
@@ -125,7 +139,8 @@ class InferenceRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     constitutional_context: dict[str, Any] = {}
     max_tokens: Annotated[int, msgspec.Meta(ge=1, le=65536)] = 512
     temperature: Annotated[float, msgspec.Meta(ge=0.0, le=2.0)] = 0.0
-    performance_tier: Tier | None = None  # default: the tier whose primary model this is
+    performance_tier: RoutableTier | None = None  # default: the tier whose primary model this is; "auto" routes
+    strict_schema: bool = False  # the answer must come from a model with strict JSON schema output
     deadline_ms: Annotated[int, msgspec.Meta(ge=1, le=120_000)] = 5000
 
 
@@ -148,6 +163,7 @@ class InferenceResponse(msgspec.Struct, kw_only=True):
     emulated: bool
     degraded: bool
     resolved_from: str | None = None
+    route: str | None = None  # tier "auto": why this tier and model
     constitutional_hash: str = CONSTITUTIONAL_HASH
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from bridge.kernel.config import ClientSettings, Settings
 from bridge.kernel.errors import GroqPolicyError
-from controlplane.ops import commands
+from controlplane.ops import commands, judge
 from controlplane.ops.client import ClientError
 
 
@@ -170,6 +170,7 @@ def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     _add_policies(sub)
     _add_evaluate(sub)
     _add_audit(sub)
+    judge.add_judge(sub)
 
     ag = sub.add_parser("agents", help="OPA agents with their active bundle revision and last status")
     _client_opts(ag)

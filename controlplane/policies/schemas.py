@@ -7,7 +7,7 @@ from typing import Annotated, Literal, get_args
 
 import msgspec
 
-from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH, Tier
+from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH, RoutableTier, Tier
 
 PolicyType = Literal[
     "constitutional_compliance", "data_governance", "ethical_constraints", "regulatory_compliance",
@@ -27,7 +27,7 @@ Principle = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 
 class GroqModelConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     model_name: str = "openai/gpt-oss-20b"
-    performance_tier: Tier = "fast"
+    performance_tier: RoutableTier = "fast"  # "auto": the worker picks the tier per judgment
     max_tokens: Annotated[int, msgspec.Meta(ge=1, le=65536)] = 512
     temperature: Annotated[float, msgspec.Meta(ge=0.0, le=2.0)] = 0.0
     constitutional_prompt: str = ""

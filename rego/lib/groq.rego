@@ -6,10 +6,13 @@
 #   {decision, confidence, rationale, model, tier, ok, reason}. Every failure (transport
 #   error, non-200 status, missing or invalid decision, confidence outside [0, 1],
 #   unknown tier) becomes decision "review" with ok false and a reason: the helper
-#   fails closed and never turns a failure into an allow.
+#   fails closed and never turns a failure into an allow. Tier "auto" lets the bridge
+#   choose the tier from what the question needs (context size, the deadline against
+#   measured latency, strict schema); the answer then names the tier chosen and carries
+#   the bridge's reason for it as route.
 package groqpolicy.lib.groq
 
-tiers := {"nano", "fast", "balanced", "premium", "reasoning"}
+tiers := {"nano", "fast", "balanced", "premium", "reasoning", "auto"}
 
 decisions := {"allow", "deny", "review"}
 
@@ -58,7 +61,7 @@ judge(tier, question, context) := judge_for("", tier, question, context)
 # judge_for asks a tier a question on behalf of the named policy.
 judge_for(policy, tier, question, context) := normalise(tier, http.send(request(policy, tier, question, context))) if {
 	tiers[tier]
-} else := failure(tier, concat("", ["unknown tier \"", tier, "\" (want one of: balanced, fast, nano, premium, reasoning)"]))
+} else := failure(tier, concat("", ["unknown tier \"", tier, "\" (want one of: auto, balanced, fast, nano, premium, reasoning)"]))
 
 # confident holds when an answer is usable and at least min_confidence sure.
 confident(answer, min_confidence) if {
@@ -76,11 +79,16 @@ doubt(answer, min_confidence) := concat("", ["model unavailable: ", answer.reaso
 	answer.confidence < min_confidence
 }
 
-# summary is a one-line description of a confident answer, for a decision's reasons.
+# summary is a one-line description of a confident answer, for a decision's reasons;
+# for tier "auto" it ends with the bridge's reason for the tier it chose.
 summary(answer) := concat("", [
 	"model (", answer.tier, ", ", answer.model, ") judged ", answer.decision,
-	" with confidence ", percent(answer.confidence), ": ", answer.rationale,
+	" with confidence ", percent(answer.confidence), ": ", answer.rationale, _route_note(answer),
 ])
+
+_route_note(answer) := concat("", [" [tier auto chose ", answer.route, "]"]) if {
+	object.get(answer, "route", "") != ""
+} else := ""
 
 # percent renders a confidence in [0, 1] as a whole percentage ("87%") without sprintf.
 percent(x) := concat("", [format_int(x * 100, 10), "%"])
@@ -98,13 +106,21 @@ normalise(tier, response) := answer if {
 		"confidence": body.confidence,
 		"rationale": _string_or(body, "rationale", ""),
 		"model": _string_or(body, "model", "unknown"),
-		"tier": tier,
+		"tier": _answered_tier(tier, body),
 		"ok": true,
 		"reason": "",
 		"emulated": object.get(body, "emulated", false) == true,
 		"cached": object.get(body, "cached", false) == true,
+		"route": _string_or(object.get(body, "route", {}), "reason", ""),
 	}
 } else := failure(tier, problem(response))
+
+# For "auto" the tier is the one the bridge chose (its answer says which); otherwise the one asked.
+_answered_tier(tier, body) := body.tier if {
+	tier == "auto"
+	tiers[body.tier]
+	body.tier != "auto"
+} else := tier
 
 failure(tier, reason) := {
 	"decision": "review",
@@ -116,6 +132,7 @@ failure(tier, reason) := {
 	"reason": reason,
 	"emulated": false,
 	"cached": false,
+	"route": "",
 }
 
 # problem names what was wrong with a response that normalise rejected.

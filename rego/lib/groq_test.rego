@@ -42,8 +42,34 @@ test_success_is_normalised if {
 	a == {
 		"decision": "allow", "confidence": 0.92, "rationale": "benign",
 		"model": "openai/gpt-oss-20b", "tier": "fast", "ok": true, "reason": "",
-		"emulated": true, "cached": false,
+		"emulated": true, "cached": false, "route": "",
 	}
+}
+
+auto_send(_) := {"status_code": 200, "body": object.union(answer_body, {
+	"tier": "balanced",
+	"route": {"tier": "balanced", "models": ["qwen/qwen3.6-27b"], "reason": "balanced: the fastest tier that fits"},
+})}
+
+test_auto_is_accepted_and_names_the_chosen_tier_and_why if {
+	a := groq.judge("auto", "long question?", {}) with http.send as auto_send
+	a.ok == true
+	a.tier == "balanced"
+	a.route == "balanced: the fastest tier that fits"
+	endswith(groq.summary(a), "benign [tier auto chose balanced: the fastest tier that fits]")
+}
+
+test_auto_request_goes_to_the_auto_route if {
+	a := groq.judge("auto", "q?", {}) with http.send as echo_send
+	req := json.unmarshal(a.rationale)
+	req.url == "http://127.0.0.1:8016/v1/infer/auto"
+}
+
+test_auto_failure_is_review if {
+	a := groq.judge("auto", "q?", {}) with http.send as unavailable_send
+	a.decision == "review"
+	a.ok == false
+	a.tier == "auto"
 }
 
 test_request_shape if {
@@ -144,7 +170,7 @@ test_unknown_tier_is_review_without_a_call if {
 	a := groq.judge("turbo", "q?", {}) with http.send as ok_send
 	a.decision == "review"
 	a.ok == false
-	a.reason == `unknown tier "turbo" (want one of: balanced, fast, nano, premium, reasoning)`
+	a.reason == `unknown tier "turbo" (want one of: auto, balanced, fast, nano, premium, reasoning)`
 }
 
 test_every_tier_is_known if {

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -81,6 +81,8 @@ class _File(msgspec.Struct):
     tiers: dict[str, TierSpec]
     aliases: dict[str, Alias] = {}
     default_tier: str = "fast"
+    batch_discount: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] = 0.5
+    """What the Batch API charges, as a fraction of the list price (GroqCloud: 50%)."""
     _comment: Any = None
 
 
@@ -98,6 +100,7 @@ class Catalog:
         _check_tier_names(data.tiers, source)
         self.as_of = data.as_of
         self.default_tier = data.default_tier
+        self.batch_discount = data.batch_discount
         self.models = {k: msgspec.structs.replace(v, id=k) for k, v in data.models.items()}
         # in the vocabulary's order (fastest first), whatever the file's order
         self.tiers = {k: msgspec.structs.replace(data.tiers[k], name=k) for k in TIERS}
@@ -175,6 +178,8 @@ class Catalog:
                     "price_input_per_mtok": spec.price_input_per_mtok,
                     "price_output_per_mtok": spec.price_output_per_mtok,
                     "json_schema_strict": spec.json_schema_strict,
+                    "context_window": spec.context_window,
+                    "batch_cost_per_token": spec.cost_per_token * self.batch_discount,
                     "primary": model_id == t.models[0],
                 })
         return rows

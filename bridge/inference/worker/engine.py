@@ -8,15 +8,21 @@ What each Groq failure does (documented behaviour; tests/test_worker_resilience.
 |                                 | it fits the budget and max_retry_after  |          |                 |
 | 498 flex capacity               | no (capacity, not a broken model)       | -        | next model      |
 | 5xx, connection error           | yes, exponential backoff + full jitter  | failure  | next model      |
+| connection closed by the server | yes, exponential backoff + full jitter  | -        | next model      |
+| (HTTP/2 GOAWAY mid-stream)      |                                         |          |                 |
 | timeout (attempt budget spent)  | no (a slow model stays slow)            | failure  | next model      |
 | malformed JSON / schema-invalid | no (temperature 0 repeats itself)       | failure  | next model      |
 | other 4xx (400, 401, 404, ...)  | no                                      | failure  | next model      |
 | breaker open                    | -                                       | -        | next model      |
-| over budget: typical latency >  | -                                       | -        | next model that |
-| budget left (real API only)     |                                         |          | fits the budget |
+| no call slot free in time       | no (our own bound on calls per model)   | -        | next model      |
+| over budget: expected latency   | -                                       | -        | next model that |
+| (measured p90, else typical) >  |                                         |          | fits the budget |
+| budget left (real API only)     |                                         |          |                 |
 
 Models come from the catalog: the request's `model` (aliases resolved), the tier's models, then the
-fallback tier's. When every candidate failed the answer is `review` with `degraded: true` (never
+fallback tier's; for tier `auto`, the route `bridge.inference.routing` chooses (in the reply as
+`route`). Every call for a model goes through that model's pooled client and slots
+(`bridge.inference.worker.pool`), and its latency feeds the model's measured percentiles. When every candidate failed the answer is `review` with `degraded: true` (never
 allow, never cached); when the budget ran out first the reply is a 504 error. A call never gets
 more time than the budget left, and while other candidates remain it gets at most half of it
 (or 4x the model's typical latency, whichever is more), so a hanging model leaves room for the
@@ -30,47 +36,41 @@ import functools
 import logging
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import groq
 import msgspec
-from groq import omit
-from groq.types.chat import ChatCompletion, ChatCompletionMessageParam
-from groq.types.chat.completion_create_params import ResponseFormat
+from groq.types.chat import ChatCompletionMessageParam
 
 from bridge.inference.cache import KVCache, TTLCache, cache_key
 from bridge.inference.catalog import Catalog, CatalogError, ModelSpec
+from bridge.inference.completion import BadAnswer, completion_params, read_verdict
+from bridge.inference.latency import LatencyBook
 from bridge.inference.prompts import render
+from bridge.inference.routing import Router
 from bridge.inference.wire import (
-    VERDICT_JSON_SCHEMA,
     InferReply,
     InferRequest,
     InvalidInferRequest,
+    Route,
     Usage,
     Verdict,
-    decode_verdict,
 )
 from bridge.inference.worker.breaker import CircuitBreaker
+from bridge.inference.worker.failures import ModelFailure, failure_of, usage_of
+from bridge.inference.worker.pool import ModelPool
 from bridge.kernel.config import EngineSettings
 from bridge.kernel.errors import DeadlineExceeded
+from bridge.kernel.vocabulary import AUTO_TIER
 
 log = logging.getLogger("groqpolicy.worker")
 EMPTY_USAGE = Usage()
 MIN_CALL_S = 0.005
 """Below this much budget a model call cannot succeed; stop instead of starting one."""
-# structured output: a strict JSON schema where the model supports one, else JSON mode
-STRICT_FORMAT: ResponseFormat = {"type": "json_schema", "json_schema": {"name": "policy_verdict", "strict": True,
-                                                                         "schema": VERDICT_JSON_SCHEMA}}
-JSON_FORMAT: ResponseFormat = {"type": "json_object"}
 Answer = tuple[Verdict, Usage, str]
 """A model's answer: the verdict, what it cost, and the model that served it."""
-
-
-class ModelFailure(Exception):
-    def __init__(self, model: str, what: str, *, retry: bool, breaker: bool, wait_s: float | None = None) -> None:
-        super().__init__(f"{model}: {what}")
-        self.retry, self.breaker, self.wait_s = retry, breaker, wait_s
 
 
 @dataclass
@@ -98,58 +98,26 @@ class _Trial:
     attempts: int = 0
 
 
-def _retry_after(err: groq.APIStatusError) -> float | None:
-    h = err.response.headers
-    try:
-        if (ms := h.get("retry-after-ms")) is not None:
-            return float(ms) / 1000
-        if (s := h.get("retry-after")) is not None:
-            return float(s)
-    except ValueError:
-        return None
-    return None
-
-
-def _failure(model: str, exc: groq.APIError, timeout: float) -> ModelFailure:
-    """What a failed call means for retries and the breaker (the table in this module's docstring)."""
-    if isinstance(exc, groq.RateLimitError):
-        return ModelFailure(model, "429 rate limited", retry=True, breaker=True, wait_s=_retry_after(exc))
-    if isinstance(exc, groq.APITimeoutError):  # a subclass of APIConnectionError: test it first
-        return ModelFailure(model, f"timed out after {timeout:.3g}s", retry=False, breaker=True)
-    if isinstance(exc, groq.APIConnectionError):
-        return ModelFailure(model, f"connection error: {exc}", retry=True, breaker=True)
-    if not isinstance(exc, groq.APIStatusError):  # a response the SDK could not read
-        return ModelFailure(model, f"unusable response: {exc}", retry=False, breaker=True)
-    code = exc.status_code
-    if code == 498:  # capacity, not a broken model
-        return ModelFailure(model, "498 flex capacity exceeded", retry=False, breaker=False)
-    if code >= 500 or code in (408, 409):
-        return ModelFailure(model, f"{code} server error", retry=True, breaker=True)
-    detail = exc.body.get("error", {}).get("code", "") if isinstance(exc.body, dict) else ""
-    return ModelFailure(model, f"{code} {detail}".strip(), retry=False, breaker=True)
-
-
-def _usage(completion: ChatCompletion, spec: ModelSpec) -> Usage:
-    u = completion.usage
-    if u is None:
-        return Usage()
-    return Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens, total_tokens=u.total_tokens,
-                 queue_time=u.queue_time or 0.0, prompt_time=u.prompt_time or 0.0,
-                 completion_time=u.completion_time or 0.0, total_time=u.total_time or 0.0,
-                 cost_usd=round(spec.cost_usd(u.prompt_tokens, u.completion_tokens), 9))
-
-
 def _elapsed_ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
 
 
 class InferenceEngine:
+    """`client` is the Groq client every model's own pooled client is copied from; with
+    `per_model_clients=False` all calls share it (bounded per model all the same)."""
+
     def __init__(self, client: groq.AsyncGroq, catalog: Catalog, *, emulated: bool,
-                 settings: EngineSettings | None = None, l2: KVCache | None = None) -> None:
+                 settings: EngineSettings | None = None, l2: KVCache | None = None,
+                 per_model_clients: bool = True) -> None:
         self.client = client
         self.catalog = catalog
         self.emulated = emulated
         self.settings = settings or EngineSettings.from_env()
+        self.pool = ModelPool(client, catalog.models, self.settings, per_model=per_model_clients)
+        self.latency = LatencyBook({m: s.typical_latency_ms for m, s in catalog.models.items()},
+                                   window_s=self.settings.latency_window_s)
+        self.inflight: Counter[str] = Counter()
+        self.router = Router(catalog, self.latency, self.inflight)
         self.l1: TTLCache[InferReply] = TTLCache(self.settings.l1_size)
         self.l2 = l2
         self.breakers: dict[str, CircuitBreaker] = {
@@ -236,7 +204,7 @@ class InferenceEngine:
         reply = await self._call_models(tier, req, deadline, started)
         if reply.degraded:
             return reply, self.settings.review_max_age_s
-        ttl = self.catalog.tier(tier).cache_ttl_s
+        ttl = self.catalog.tier(reply.tier).cache_ttl_s  # for `auto`, the tier it was routed to
         self.l1.set(key, reply, ttl)
         if self.l2 is not None:
             t = asyncio.create_task(self.l2.put(key, reply, ttl))
@@ -255,11 +223,25 @@ class InferenceEngine:
         except TimeoutError:
             return None
 
+    def _candidates(self, tier: str, req: InferRequest, deadline: float) -> tuple[str, list[str], dict[str, Any]]:
+        """(tier, models to try in order, extra reply fields): tier `auto` asks the router."""
+        if tier != AUTO_TIER:
+            return tier, self.catalog.candidates(tier, req.model), {}
+        route: Route = self.router.choose(req, (deadline - time.monotonic()) * 1000)
+        if req.model:  # a named model leads only when it fits what the request needs
+            preferred = self.catalog.resolve(req.model)[0]
+            if preferred in route.models:
+                route.models = [preferred, *(m for m in route.models if m != preferred)]
+            else:
+                route.reason += f"; requested model {preferred} does not fit"
+        return route.tier, route.models, {"route": route}
+
     async def _call_models(self, tier: str, req: InferRequest, deadline: float, started: float) -> InferReply:
         """Each candidate in turn until one answers; when none does, fail closed to `review`."""
         resolved_from = self.catalog.resolve(req.model)[1] if req.model else None
         alias: dict[str, Any] = {"requested_model": req.model, "resolved_from": resolved_from} if resolved_from else {}
-        candidates = self.catalog.candidates(tier, req.model)
+        tier, candidates, routed = self._candidates(tier, req, deadline)
+        alias.update(routed)
         trial = _Trial(messages=render(req), deadline=deadline)
         for i, model in enumerate(candidates):
             answer = await self._try_model(model, tier, req, trial, rest=candidates[i + 1:])
@@ -295,7 +277,8 @@ class InferenceEngine:
                 raise DeadlineExceeded(f"deadline exceeded after {trial.attempts} model call(s)"
                                        + (f": {'; '.join(trial.failures)}" if trial.failures else ""))
             if attempt == 0 and self._over_budget(spec, left, rest):
-                trial.failures.append(f"{model}: typical latency {spec.typical_latency_ms:g} ms is over the "
+                expected, source = self.latency.expected_ms(model)
+                trial.failures.append(f"{model}: expected latency {expected:.0f} ms ({source}) is over the "
                                       f"remaining budget of {left * 1000:.0f} ms")
                 return None
             if not breaker.allow():
@@ -334,10 +317,11 @@ class InferenceEngine:
         return True
 
     def _over_budget(self, spec: ModelSpec, left: float, rest: list[str]) -> bool:
-        """Skip a model that typically needs more than the budget left while a later one fits it."""
-        if self.emulated or spec.typical_latency_ms / 1000 <= left:
+        """Skip a model expected (measured p90, else typical) to need more than the budget left
+        while a later one fits it."""
+        if self.emulated or self.latency.expected_ms(spec.id)[0] / 1000 <= left:
             return False
-        return any(self.catalog.models[m].typical_latency_ms / 1000 <= left for m in rest)
+        return any(self.latency.expected_ms(m)[0] / 1000 <= left for m in rest)
 
     def _backoff(self, attempt: int) -> float:
         # Full jitter (AWS architecture blog): uniform in [0, min(cap, base * 2^attempt)].
@@ -346,29 +330,27 @@ class InferenceEngine:
     async def _call(self, model: str, spec: ModelSpec, tier: str, messages: list[ChatCompletionMessageParam],
                     timeout: float, req: InferRequest) -> Answer:
         """One model call; a ModelFailure says what went wrong and whether to retry."""
-        tier_spec = self.catalog.tier(tier)
-        effort = tier_spec.reasoning_effort
+        params = completion_params(self.catalog, model, tier, req, messages)  # rendered once per request
+        self.inflight[model] += 1
+        t0 = time.perf_counter()
         try:
-            completion = await self.client.chat.completions.create(
-                model=model, messages=messages, response_format=STRICT_FORMAT if spec.json_schema_strict else JSON_FORMAT,
-                max_completion_tokens=min(req.max_tokens or tier_spec.max_tokens, tier_spec.max_tokens,
-                                          spec.max_completion_tokens),
-                temperature=tier_spec.temperature if req.temperature is None else req.temperature, timeout=timeout,
-                # only what the model accepts; its reasoning is kept out of the JSON answer
-                reasoning_effort=effort if effort is not None and effort in spec.reasoning_efforts else omit,
-                include_reasoning=False if spec.hide_reasoning == "include_reasoning" else omit,
-                reasoning_format="hidden" if spec.hide_reasoning == "reasoning_format" else omit,
-            )
+            async with self.pool.slot(model, timeout):
+                # the slot's wait counts against the call's own timeout
+                completion = await self.pool.client(model).chat.completions.create(
+                    **params, timeout=max(MIN_CALL_S, timeout - (time.perf_counter() - t0)))
         except groq.APIError as exc:
-            raise _failure(model, exc, timeout) from exc
-        content = completion.choices[0].message.content if completion.choices else None
+            raise failure_of(model, exc, timeout) from exc
+        except TimeoutError as exc:  # our own bound, not the model's fault
+            raise ModelFailure(model, f"no free call slot within {timeout:.3g}s ({self.settings.model_concurrency} "
+                                      "calls in flight)", retry=False, breaker=False) from exc
+        finally:
+            self.inflight[model] -= 1
+        self.latency.record(model, (time.perf_counter() - t0) * 1000)
         try:
-            verdict = decode_verdict(content or "")
-        except msgspec.ValidationError as exc:  # a subclass of DecodeError: catch it first
-            raise ModelFailure(model, f"answer violates the verdict schema: {exc}", retry=False, breaker=True) from exc
-        except msgspec.DecodeError as exc:
-            raise ModelFailure(model, "answer is not valid JSON", retry=False, breaker=True) from exc
-        return verdict, _usage(completion, spec), completion.model or model
+            verdict = read_verdict(completion.choices[0].message.content if completion.choices else None)
+        except BadAnswer as exc:
+            raise ModelFailure(model, str(exc), retry=False, breaker=True) from exc
+        return verdict, usage_of(completion, spec), completion.model or model
 
     def stats(self) -> dict[str, Any]:
         c = self.counters
@@ -378,4 +360,6 @@ class InferenceEngine:
             "inflight": len(self._inflight),
             "emulated": self.emulated,
             "breakers": {m: b.state for m, b in self.breakers.items()},
+            "waiting_for_slot": self.pool.waiting,
+            "latency": self.latency.snapshot(),
         }

@@ -32,6 +32,7 @@ from bridge.inference.wire import (
     BUDGET_HEADER,
     MAX_AGE_HEADER,
     MAX_DEADLINE_MS,
+    WORKER_SERVICE,
     InferRequest,
     InternalError,
     NoWorker,
@@ -42,10 +43,10 @@ from bridge.inference.wire import (
 from bridge.inference.worker.engine import InferenceEngine
 from bridge.kernel.config import DEFAULT_DEADLINE_MS, EngineSettings, GroqSettings, NatsSettings
 from bridge.kernel.errors import ConfigError, GroqPolicyError
-from bridge.kernel.vocabulary import TIERS
+from bridge.kernel.vocabulary import ROUTABLE_TIERS
 
 log = logging.getLogger("groqpolicy.worker")
-SERVICE_NAME = "groqpolicy-inference"
+SERVICE_NAME = WORKER_SERVICE
 SERVICE_VERSION = "0.1.0"
 QUEUE_GROUP = "groq-infer"
 EMULATED_KEY = "emulated"  # what the SDK sends as its key to an emulator, which checks none unless told to
@@ -115,7 +116,7 @@ class Worker:
                                description="groqpolicy: tiered Groq judgments for OPA policies",
                                metadata={"emulated": str(engine.emulated).lower()}, stats_handler=self._endpoint_stats)
         endpoints = [EndpointConfig(name=tier, subject=subject_for(tier), handler=self._handler(tier),
-                                    metadata={"tier": tier}) for tier in TIERS]
+                                    metadata={"tier": tier}) for tier in ROUTABLE_TIERS]
         self.micro = TaskService(nc, config, endpoints)
 
     async def start(self) -> Worker:
@@ -218,6 +219,7 @@ async def start_worker(nats_url: str | None = None, *, nc: NatsClient | None = N
 
 async def stop_worker(worker: Worker, groq_conn: GroqConnection | None = None, nc: NatsClient | None = None) -> None:
     await worker.stop()
+    await worker.engine.pool.close()
     if groq_conn is not None:
         await groq_conn.close()
     if nc is not None and worker.owns_nc and not nc.is_closed:
