@@ -31,7 +31,7 @@ import pytest
 
 from bridge.kernel.errors import ERROR_CODE_HEADER, REQUEST_ID_HEADER, BadRequest
 from bridge.kernel.untrusted import MAX_JSON_DEPTH, check_json_depth, header_number, json_depth_exceeds
-from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH, TIERS
+from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH, ROUTABLE_TIERS
 from controlplane.infra.processes import free_port
 from tests.bridge_helpers import REPO_ROOT, gateway_on, spawn_worker, wait_for_workers
 from tests.controlplane_helpers import ADMIN_HEADERS, make_settings, running_control_plane
@@ -247,7 +247,7 @@ def test_ingestion_shapes_are_4xx_and_leave_the_read_side_working(tmp_path, nats
 
 def test_no_5xx_on_the_gateway(system):
     results = []
-    for tier in [*TIERS, "unknown", "a" * 3000]:
+    for tier in [*ROUTABLE_TIERS, "unknown", "a" * 3000]:
         for case in [*BODIES, *HEADERS]:
             results.append((f"POST /v1/infer/{tier[:20]} [{case.name}]", _send(system.gateway, "post", f"/v1/infer/{tier}", case)))
     for path in ["/health", "/metrics", "/v1/models", "/nowhere", "/v1/infer/"]:
@@ -291,7 +291,7 @@ async def _nats_results(url: str) -> list[tuple[str, str]]:
     budgets = [{}, {"X-Groqpolicy-Budget-Ms": "1e999"}, {"X-Groqpolicy-Budget-Ms": "nan"},
                {"X-Groqpolicy-Budget-Ms": "9" * 5000}, {REQUEST_ID_HEADER: "\u00e9" * 500}]
     try:
-        for subject in ["policy.evaluate", *(f"groq.infer.{t}" for t in TIERS)]:
+        for subject in ["policy.evaluate", *(f"groq.infer.{t}" for t in ROUTABLE_TIERS)]:
             for case in BODIES:
                 if len(case.body) > _NATS_MAX_PAYLOAD:
                     continue
