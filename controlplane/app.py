@@ -14,14 +14,12 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
-from litestar import Litestar, Request, Response
+from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 
 from bridge.kernel.config import Settings
-from bridge.kernel.errors import GroqPolicyError, error_document
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from controlplane.agents.controllers import AgentIngest, AgentQueries, AgentSetup
 from controlplane.audit import TrailReader, TrailWriter
@@ -33,6 +31,7 @@ from controlplane.bundles.revisions import RevisionStore
 from controlplane.dashboard import DashboardController, dashboard_templates
 from controlplane.evaluation.controllers import EvaluationController, GroqController, OpaController
 from controlplane.impact.controllers import ImpactApi
+from controlplane.infra.edge import EXCEPTION_HANDLERS, LimitedRequest, request_id_middleware
 from controlplane.infra.nats import NatsConnection
 from controlplane.infra.supervision import read_status
 from controlplane.metrics.controllers import metrics, timing_middleware
@@ -41,20 +40,6 @@ from controlplane.routes import get
 from controlplane.services import Lifecycle, Services, Step
 
 log = logging.getLogger(__name__)
-RETRY_AFTER_S = 1
-
-
-def _product_error(_: Request, exc: GroqPolicyError) -> Response:
-    # a 503 is temporary (NATS reconnecting, a backlog draining): say when to try again
-    headers = {"Retry-After": str(RETRY_AFTER_S)} if exc.status == 503 else None
-    return Response(content=error_document(exc), status_code=exc.status, headers=headers)
-
-
-def _http_error(_: Request, exc: HTTPException) -> Response:
-    # Litestar's own errors (bad JSON, body too large, 401/403 from guards) in the product's body
-    details = {"details": exc.extra} if exc.extra else {}
-    err = GroqPolicyError(exc.detail, status=exc.status_code, type_=type(exc).__name__, details=details)
-    return Response(content=error_document(err), status_code=exc.status_code, headers=exc.headers)
 
 
 @get("/health", tags=["ops"], summary="Liveness and what is loaded", opt={"public": True})
@@ -123,8 +108,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     lifecycle = Lifecycle([*services.components(), ("heap", Step(freeze_startup_heap))])
 
-    # outermost first: time everything (429s included), then limit per client
-    middleware: list = [timing_middleware]
+    # outermost first: a request id on everything, time everything (429s included), then limit per client
+    middleware: list = [request_id_middleware, timing_middleware]
     limits = rate_limit_config(settings.rate_limit)
     if limits is not None:
         middleware.append(limits.middleware)
@@ -135,7 +120,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
                         ImpactApi, DashboardController],
         middleware=middleware,
         dependencies=dependencies(services),
-        exception_handlers={GroqPolicyError: _product_error, HTTPException: _http_error},
+        exception_handlers=EXCEPTION_HANDLERS,  # the one mapping of errors to HTTP (controlplane.infra.edge)
+        request_class=LimitedRequest,  # bodies held to the JSON nesting limit
         on_startup=[lifecycle.start],
         on_shutdown=[lifecycle.stop],
         template_config=dashboard_templates(),  # the dashboard at / (controlplane.dashboard)

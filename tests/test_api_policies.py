@@ -139,6 +139,56 @@ def test_bad_rego_is_refused_with_the_compilers_messages_and_not_stored(cp):
     assert len(client.get("/api/v1/policies").json()) == before
 
 
+@pytest.mark.parametrize("text,messages", [
+    ("package p\n\ngroqpolicy_decision := 1\n\ndecision := {\"decision\": \"allow\"}\n",
+     [("rego_reserved_name", 3, 1, "groqpolicy_decision: reserved name")]),
+    ("package p\n\n  groqpolicy_decisions contains 1\ndecision := 1\ngroqpolicy_x(a) := a\n",
+     [("rego_reserved_name", 3, 3, "groqpolicy_decisions: reserved name"), ("rego_reserved_name", 5, 1, "groqpolicy_x: reserved name")]),
+    ("package p\n\nimport data.groqpolicy.lib.decision as groqpolicy_doc\n\ndecision := groqpolicy_doc.x\n",
+     [("rego_reserved_name", 3, 40, "groqpolicy_doc: reserved name")]),
+])
+def test_reserved_names_are_refused_at_create_naming_the_name(cp, text, messages):
+    client, _ = cp
+    before = len(client.get("/api/v1/policies").json())
+    r = client.post("/api/v1/policies", json=policy(opa_policy=text))
+    assert r.status_code == 422, r.text
+    got = [(m["code"], m["row"], m["col"], m["message"].split(" (")[0]) for m in r.json()["error"]["messages"]]
+    assert got == messages
+    assert r.json()["error"]["messages"][0]["file"] == "opa_policy"
+    assert messages[0][3].split(":")[0] in r.json()["error"]["message"]
+    assert len(client.get("/api/v1/policies").json()) == before
+    # a change that brings a reserved name in is refused the same way, and the stored version stays
+    created = client.post("/api/v1/policies", json=policy()).json()
+    r = client.put(f"/api/v1/policies/{created['rule_id']}", json={"constitutional_hash": CONSTITUTIONAL_HASH, "opa_policy": text})
+    assert r.status_code == 422 and [m["code"] for m in r.json()["error"]["messages"]] == ["rego_reserved_name"] * len(messages)
+    assert client.get(f"/api/v1/policies/{created['rule_id']}").json()["version"] == 1
+    client.delete(f"/api/v1/policies/{created['rule_id']}", params={"constitutional_hash": CONSTITUTIONAL_HASH})
+
+
+def test_parse_and_type_errors_point_at_the_users_own_text(cp):
+    client, _ = cp
+    # a 4-line policy with an unclosed object: the parser runs out of input after the user's last line
+    unclosed = 'package p\n\ndecision := {"decision": "allow",\n  "reasons": [],\n'
+    r = client.post("/api/v1/policies", json=policy(opa_policy=unclosed))
+    assert r.status_code == 422
+    first = r.json()["error"]["messages"][0]
+    assert (first["code"], first["file"], first["row"], first["col"]) == ("rego_parse_error", "opa_policy", 4, 16)
+    assert "groqpolicy" not in r.json()["error"]["message"]
+    # a decision written as a function: the generated entrypoint cannot read it; the finding is at the user's rule
+    func = "package p\n\nimport rego.v1\n\ndecision(x) := x\n"
+    r = client.post("/api/v1/policies", json=policy(opa_policy=func))
+    assert r.status_code == 422
+    found = [(m["code"], m["row"], m["col"], m["message"]) for m in r.json()["error"]["messages"]]
+    assert ("rego_type_error", 5, 1, "`decision` cannot be the policy's decision document: function decision used as reference, not called") in found
+    assert all(m["row"] <= 5 for m in r.json()["error"]["messages"])
+    # a type error in the user's own rule keeps its own place
+    typed = "package p\n\ndecision := d if {\n  d := count(1)\n}\n"
+    r = client.post("/api/v1/policies", json=policy(opa_policy=typed))
+    assert r.status_code == 422
+    first = r.json()["error"]["messages"][0]
+    assert (first["code"], first["row"], first["col"]) == ("rego_type_error", 4, 8)
+
+
 def test_constitutional_hash_is_checked_on_every_write(cp):
     client, _ = cp
     want = f"constitutional_hash: unknown constitution (want: {CONSTITUTIONAL_HASH}, got: 'deadbeefdeadbeef')"

@@ -225,4 +225,6 @@ async def test_gateway_answers_every_refusal_with_the_error_body(nats_url):
         gw.server.config.app.client.request = broken  # a fault in the request path
         r = await post(c, gw.url, "fast", {"question": "q"})
         assert r.status_code == 500 and r.headers["cache-control"] == "no-store"
-        assert r.json()["error"] == {"type": "internal_error", "code": "internal_error", "message": "gateway error: RuntimeError"}
+        rid = r.headers["x-request-id"]  # a 5xx names its request id (the gateway's log line has it too)
+        assert r.json()["error"] == {"type": "internal_error", "code": "internal_error", "message": "gateway error: RuntimeError",
+                                     "request_id": rid}

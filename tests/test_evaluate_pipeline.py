@@ -254,7 +254,8 @@ def test_no_worker_means_review_never_allow(cp):
     assert staged["reasons"][-1] == "review: model unavailable: groq.infer.fast: no inference worker is serving tier 'fast'"
     r = client.post("/api/v1/groq/inference", json={"model_name": "openai/gpt-oss-20b", "prompt": "hello"})
     assert r.status_code == 503
-    assert r.json() == {"error": {"type": "Upstream", "message": "inference: groq.infer.fast: no inference worker is serving tier 'fast'"}}
+    assert r.json() == {"error": {"type": "Upstream", "message": "inference: groq.infer.fast: no inference worker is serving tier 'fast'",
+                                  "request_id": r.headers["x-request-id"]}}  # a 5xx names its request id
 
 
 def test_batch(cp):
@@ -343,4 +344,5 @@ def test_every_evaluation_is_recorded_in_the_audit_trail(cp, monkeypatch):
     monkeypatch.setattr(services.recorder, "record", refuse)
     r = client.post("/api/v1/evaluate", json={"input_context": ALICE, "constitutional_hash": H})
     assert r.status_code == 503
-    assert r.json() == {"error": {"type": "Down", "message": "audit trail: JetStream did not acknowledge"}}
+    assert r.json() == {"error": {"type": "Down", "message": "audit trail: JetStream did not acknowledge",
+                                  "request_id": r.headers["x-request-id"]}}

@@ -14,15 +14,27 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
+import msgspec
 from nats.aio.client import Client as NatsClient
 from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, Service, ServiceConfig
 
-from bridge.kernel.errors import GroqPolicyError, error_body, error_description
+from bridge.kernel.errors import (
+    REQUEST_ID_HEADER,
+    GroqPolicyError,
+    error_body,
+    error_description,
+    error_document,
+    request_id,
+)
+
+log = logging.getLogger(__name__)
+_encode = msgspec.json.Encoder().encode
 
 Handler = Callable[[Request], Awaitable[None]]
 """What nats.micro calls for each request."""
@@ -30,9 +42,19 @@ Serve = Callable[[Request], Coroutine[Any, Any, None]]
 """An answer to one request, run as a task: it replies (or replies with an error) itself."""
 
 
-async def respond_error(request: Request, exc: GroqPolicyError) -> None:
-    """Answer `request` with `exc` as nats.micro's error reply (status code, description, error body)."""
-    await request.respond_error(str(exc.status), error_description(exc.message), data=error_body(exc))
+async def respond_error(request: Request, exc: GroqPolicyError, rid: str | None = None) -> None:
+    """Answer `request` with `exc` as nats.micro's error reply (status code, description, error body).
+    A 5xx is logged with a request id (the caller's `X-Request-Id` header, else a new one), which
+    the reply carries in that header and in its body (`rid`: the id a caller logged already)."""
+    if exc.status < 500:
+        await request.respond_error(str(exc.status), error_description(exc.message), data=error_body(exc))
+        return
+    rid = rid or request_id((request.headers or {}).get(REQUEST_ID_HEADER))
+    log.warning("request %s: %s answered %d %s: %s", rid, request.subject, exc.status, exc.kind, exc.message)
+    document = error_document(exc)
+    document["error"]["request_id"] = rid
+    await request.respond_error(str(exc.status), error_description(exc.message), data=_encode(document),
+                                headers={REQUEST_ID_HEADER: rid})
 
 
 class TaskService:

@@ -21,6 +21,7 @@ import msgspec
 import msgspec.inspect
 
 from bridge.kernel.errors import BadRequest, GroqPolicyError, NotFound, Unavailable
+from bridge.kernel.untrusted import MAX_JSON_DEPTH, json_depth_exceeds
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH, Decision
 
 SUBJECT_PREFIX = "groq.infer"
@@ -253,6 +254,9 @@ def validate_request(req: InferRequest) -> None:
 def read_request(data: bytes, *, label: str = "body") -> InferRequest:
     """Decode and check a request. Every failure is an InvalidInferRequest: 400 not JSON, 422 invalid
     (`label` names the request in the message: "body" over HTTP, "request" on NATS)."""
+    if json_depth_exceeds(data):
+        raise InvalidInferRequest(f"{label}: JSON nested deeper than {MAX_JSON_DEPTH} levels of arrays and objects",
+                                  status=400, code="json_too_deep")
     try:
         req = _req_decoder.decode(data)
     except msgspec.ValidationError as exc:  # a subclass of DecodeError: test it first

@@ -15,6 +15,8 @@ on `__cause__` for logs, and the message shown to the caller is still this error
 
 from __future__ import annotations
 
+import re
+import uuid
 from typing import Any
 
 import msgspec
@@ -23,6 +25,10 @@ import msgspec
 ERROR_HEADER = "Nats-Service-Error"
 ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 _DESCRIPTION_MAX = 512
+# Every HTTP answer carries it; a 5xx (HTTP or NATS) names it in its body and its log line, so a
+# caller's report finds the log. A caller's own id is kept only when it is this plain.
+REQUEST_ID_HEADER = "X-Request-Id"
+_PLAIN_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 class GroqPolicyError(Exception):
@@ -127,6 +133,12 @@ def error_document(exc: GroqPolicyError) -> dict[str, Any]:
 def error_body(exc: GroqPolicyError) -> bytes:
     """The error body as JSON bytes."""
     return _encode(error_document(exc))
+
+
+def request_id(given: str | bytes | None = None) -> str:
+    """The caller's request id when it is short and plain, else a fresh one (a UUID)."""
+    text = given.decode("latin-1") if isinstance(given, bytes) else given
+    return text if text and _PLAIN_ID.fullmatch(text) else str(uuid.uuid4())
 
 
 def error_description(message: str) -> str:

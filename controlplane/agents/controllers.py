@@ -17,6 +17,7 @@ from litestar.exceptions import NotFoundException, ValidationException
 from litestar.params import FromPath, FromQuery, QueryParameter
 
 from bridge.kernel.config import Settings
+from bridge.kernel.untrusted import check_json_depth
 from bridge.opabundle.keys import SigningKey
 from controlplane.agents.config import AgentConfigOptions, render_agent_config, to_yaml
 from controlplane.agents.decision_logs import DecisionLogStore
@@ -60,6 +61,7 @@ class AgentIngest(Controller):
                             statuses: NamedDependency[StatusStore], partition: FromPath[str] = "") -> Response[None]:
         limit = settings.max_status_bytes
         raw = decompress(await read_body(request, limit), request.headers.get("content-encoding", ""), limit)
+        check_json_depth(raw, "status")  # a gzip body is only JSON once decompressed
         await anyio.to_thread.run_sync(statuses.record, raw)
         return Response(content=None, status_code=204)
 

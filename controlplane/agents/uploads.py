@@ -14,6 +14,7 @@ import logging
 
 import anyio.to_thread
 
+from bridge.kernel.untrusted import check_json_depth
 from controlplane.agents.decision_logs import DecisionLogStore
 from controlplane.agents.ingest import Accepted, Refused, audit_records, screen_batch
 from controlplane.agents.payloads import decompress
@@ -45,5 +46,7 @@ async def take_decision_logs(body: bytes, encoding: str, *, body_limit: int, eve
 
 def _screen(body: bytes, encoding: str, body_limit: int, event_limit: int,
             bridge_token: str) -> tuple[list[Accepted], list[Refused]]:
+    raw = decompress(body, encoding, body_limit)
+    check_json_depth(raw, "decision log batch")  # a gzip body is only JSON once decompressed
     # the bridge token never reaches storage or the audit trail: OPA logs http.send requests whole
-    return screen_batch(redact_bridge_token(decompress(body, encoding, body_limit), bridge_token), event_limit)
+    return screen_batch(redact_bridge_token(raw, bridge_token), event_limit)

@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -212,6 +213,21 @@ class Compiler:
                           for v in netcheck.violations(proc.stdout, self.bridge_url)]
         if found:
             raise CompileError("check", found)
+
+    def parse(self, text: str, filename: str) -> dict[str, Any]:
+        """`opa parse` of one module given as text: its AST with locations (rows and columns of
+        `text` itself), or CompileError("check") with the parse errors, located in `filename`."""
+        with tempfile.TemporaryDirectory(prefix="groqpolicy-parse-") as tmp:
+            cwd = Path(tmp)
+            (cwd / filename).write_text(text)
+            proc = self._run(["parse", "--format", "json", "--json-include", "locations,-comments", filename], cwd)
+        if proc.returncode != 0:
+            raise CompileError("check", _parse_errors("check", proc.stdout or proc.stderr, cwd))
+        try:
+            ast = json.loads(proc.stdout)
+        except ValueError as exc:
+            raise CompileError("check", _parse_errors("check", proc.stdout, cwd)) from exc
+        return ast if isinstance(ast, dict) else {}
 
     def test(self, sources: Sequence[Path], cwd: Path | None = None) -> list[TestResult]:
         """`opa test`: every test must pass; results are returned for reporting."""

@@ -28,6 +28,7 @@ from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, FromQuery
 
 from bridge.kernel.config import Settings
+from bridge.kernel.untrusted import header_number
 from controlplane.auth.guards import requires
 from controlplane.bundles.revisions import TARGETS, Revision, RevisionStore
 from controlplane.routes import get, post
@@ -50,7 +51,7 @@ def parse_wait(prefer: str | None) -> int | None:
     if not prefer:
         return None
     m = _WAIT.search(prefer)
-    return int(m.group(1)) if m else None
+    return header_number("Prefer: wait", m.group(1)) if m else None
 
 
 def parse_if_none_match(header: str | None) -> set[str]:

@@ -24,7 +24,9 @@ from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import EndpointStats, Service
 
-from bridge.kernel.errors import BadRequest, GroqPolicyError, error_body, error_description
+from bridge.inference.micro import respond_error
+from bridge.kernel.errors import REQUEST_ID_HEADER, BadRequest, GroqPolicyError, request_id
+from bridge.kernel.untrusted import check_json_depth
 from bridge.kernel.vocabulary import check_hash
 from controlplane.evaluation.pipeline import Pipeline
 from controlplane.evaluation.schemas import EVALUATE_SUBJECT, EvaluateRequest
@@ -38,13 +40,9 @@ _decode = msgspec.json.Decoder(EvaluateRequest).decode
 _encode = msgspec.json.Encoder().encode
 
 
-async def _respond_error(request: Request, exc: GroqPolicyError) -> None:
-    """nats.micro's error reply: the status in Nats-Service-Error-Code, the body as over HTTP."""
-    await request.respond_error(str(exc.status), error_description(exc.message), data=error_body(exc))
-
-
 def decode_request(data: bytes) -> EvaluateRequest:
     """The request, or BadRequest (400) saying what is wrong with it."""
+    check_json_depth(data, "request")
     try:
         return _decode(data)
     except msgspec.ValidationError as exc:  # a subclass of DecodeError: tested first
@@ -101,13 +99,16 @@ class EvaluateService:
             await request.respond(_encode(response))
         except GroqPolicyError as exc:
             await self._error(request, exc)
-        except Exception as exc:
-            log.exception("policy.evaluate: unexpected error")
-            await self._error(request, GroqPolicyError(f"evaluation failed: {type(exc).__name__}: {exc}"))
+        except Exception as exc:  # a bug: the caller gets the request id, the log the traceback
+            rid = request_id((request.headers or {}).get(REQUEST_ID_HEADER))
+            log.error("request %s: policy.evaluate failed: %s: %s", rid, type(exc).__name__, exc, exc_info=exc)
+            await self._error(request, GroqPolicyError(
+                f"evaluation failed: internal error (request id {rid}: the control plane's log has the details)",
+                type_="InternalError"), rid)
         self.answered += 1
         self.processing_ns += time.perf_counter_ns() - received_ns
 
-    async def _error(self, request: Request, exc: GroqPolicyError) -> None:
+    async def _error(self, request: Request, exc: GroqPolicyError, rid: str | None = None) -> None:
         self.errors += 1
         self.last_error = f"{exc.status} {type(exc).__name__}: {exc.message}"
-        await _respond_error(request, exc)
+        await respond_error(request, exc, rid)  # a 5xx is logged there, with its request id

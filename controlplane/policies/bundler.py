@@ -32,10 +32,11 @@ from controlplane.bundles.compiler import (
     source_digest,
 )
 from controlplane.bundles.publisher import BundlePublisher
-from controlplane.policies.rego import relabel
+from controlplane.policies import rego
 
 RULES_DIR = "_rules"
 LIBRARY_BUNDLE = "groqpolicy"
+PARSE_FILE = "opa_policy.rego"  # the name the user's text has while `opa parse` reads it alone
 CERTIFICATES = "certificates"  # the `.manifest` metadata member holding {rule_id: certificate}
 
 Certificates = Mapping[str, Any] | None
@@ -101,6 +102,14 @@ class PolicyBundler:
         `certificates` ({rule_id: certificate}) go into the `.manifest`'s metadata, so agents show
         what certified the policies they run."""
         definition = self.library()
+        source, ast = "", None
+        if focus is not None:  # the user's text alone first: its parse errors and names are the user's own
+            source = rego.user_source(modules[focus])
+            try:
+                ast = self.compiler.parse(source, PARSE_FILE)
+            except CompileError as exc:
+                raise rego.relabel(exc, PARSE_FILE, source) from None
+            rego.check_names(ast)
         with tempfile.TemporaryDirectory(prefix="groqpolicy-policies-") as tmp:
             base = Path(tmp)
             d = self._tree(base, definition, modules, run_tests=run_tests)
@@ -108,7 +117,7 @@ class PolicyBundler:
                 compiled = self.compiler.compile(d, base=base, overlay=self.publisher.overlay,
                                                  metadata=_metadata(certificates))
             except CompileError as exc:
-                raise relabel(exc, module_filename(focus)) if focus else exc from None
+                raise rego.relabel(exc, module_filename(focus), source, ast) if focus else exc from None
         try:  # a module that needs a builtin the evaluator lacks must never become the active revision
             policy_from_files(compiled.wasm_files, pool_size=1, host=HostConfig()).close()
         except WasmError as exc:

@@ -37,7 +37,8 @@ from bridge.inference.wire import (
     UnknownRoute,
 )
 from bridge.kernel.config import GatewaySettings
-from bridge.kernel.errors import ConfigError, GroqPolicyError, error_body
+from bridge.kernel.errors import REQUEST_ID_HEADER, ConfigError, GroqPolicyError, error_body, error_document, request_id
+from bridge.kernel.untrusted import header_number
 
 log = logging.getLogger("groqpolicy.gateway")
 PREFIX = "/v1/infer/"
@@ -48,6 +49,7 @@ _JSON: Header = (b"content-type", b"application/json")
 _TEXT: Header = (b"content-type", b"text/plain; version=0.0.4")
 _NO_STORE: Header = (b"cache-control", b"no-store")
 _ALLOW_POST: Header = (b"allow", b"POST")
+_REQUEST_ID = REQUEST_ID_HEADER.lower().encode()
 
 
 class Gateway:
@@ -104,10 +106,11 @@ class Gateway:
             else:
                 status, body, headers = self._route(scope)
         except GroqPolicyError as exc:
-            status, body, headers = _refusal(exc)
+            status, body, headers = _refusal(exc, scope)
         except Exception as exc:  # a bug still answers with an error body (fail closed), and is logged
-            log.exception("%s %s: unexpected error", scope["method"], scope["path"])
-            status, body, headers = _refusal(InternalError(f"gateway error: {type(exc).__name__}"))
+            rid = _request_id(scope)
+            log.exception("request %s: %s %s: unexpected error", rid, scope["method"], scope["path"])
+            status, body, headers = _refusal(InternalError(f"gateway error: {type(exc).__name__}"), scope, rid)
         await _send(send, status, body, headers)
 
     def _route(self, scope: dict[str, Any]) -> Response:
@@ -131,8 +134,8 @@ class Gateway:
     async def _infer(self, tier: str, scope: dict[str, Any], receive: Any) -> Response:
         authorization = b""
         for name, value in scope["headers"]:
-            if name == b"content-length" and int(value or 0) > self.max_body:
-                raise InvalidInferRequest(f"body: {int(value)} bytes is too large (max {self.max_body})", status=413,
+            if name == b"content-length" and (size := header_number("Content-Length", value.decode("latin-1"))) > self.max_body:
+                raise InvalidInferRequest(f"body: {size} bytes is too large (max {self.max_body})", status=413,
                                           code="body_too_large")
             if name == b"authorization":
                 authorization = value
@@ -162,10 +165,22 @@ def load_token(settings: GatewaySettings) -> str:
     return token
 
 
-def _refusal(exc: GroqPolicyError) -> Response:
-    """An error as the HTTP edge answers it: the error's own status, the family's body, never cached."""
+def _request_id(scope: dict[str, Any]) -> str:
+    return request_id(next((v for k, v in scope["headers"] if k == _REQUEST_ID), None))
+
+
+def _refusal(exc: GroqPolicyError, scope: dict[str, Any], rid: str = "") -> Response:
+    """An error as the HTTP edge answers it: the error's own status, the family's body, never cached.
+    A 5xx is logged with a request id, which its body and `X-Request-Id` carry."""
     headers = [_JSON, _NO_STORE, _ALLOW_POST] if isinstance(exc, MethodNotAllowed) else [_JSON, _NO_STORE]
-    return exc.status, error_body(exc), headers
+    if exc.status < 500:
+        return exc.status, error_body(exc), headers
+    rid = rid or _request_id(scope)
+    log.warning("request %s: %s %s answered %d %s: %s", rid, scope["method"], scope["path"], exc.status, exc.kind,
+                exc.message)
+    document = error_document(exc)
+    document["error"]["request_id"] = rid
+    return exc.status, msgspec.json.encode(document), [*headers, (_REQUEST_ID, rid.encode())]
 
 
 async def _read_body(receive: Any, limit: int) -> bytes:

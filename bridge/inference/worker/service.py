@@ -189,7 +189,7 @@ def _budget_ms(request: Request, req: InferRequest) -> int:
     if raw:
         try:
             return max(1, min(int(float(raw)), MAX_DEADLINE_MS))
-        except ValueError:
+        except (ValueError, OverflowError):  # "nan", "inf", "1e999": the request's own deadline then
             pass
     return req.deadline_ms or DEFAULT_DEADLINE_MS
 
