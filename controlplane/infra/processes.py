@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bridge.kernel.config import environment
+from bridge.kernel.config import child_environment
 from bridge.kernel.errors import ToolchainError
 from controlplane.infra.private import open_private
 from controlplane.infra.toolchain import nats_server_binary, opa_binary
@@ -137,7 +137,7 @@ def launch_nats(store_dir: Path, port: int | None = None, host: str = "127.0.0.1
     port = port or free_port(host)
     store_dir.mkdir(parents=True, exist_ok=True)
     argv = [str(nats_server_binary()), "-a", host, "-p", str(port), "-js", "-sd", str(store_dir), *(extra_args or [])]
-    mp = spawn("nats-server", argv, store_dir / "nats-server.log")
+    mp = spawn("nats-server", argv, store_dir / "nats-server.log", env=child_environment("nats-server"))
     mp.extra.update(url=f"nats://{host}:{port}", port=port)
     return mp
 
@@ -149,16 +149,14 @@ def start_nats(store_dir: Path, port: int | None = None, host: str = "127.0.0.1"
     return mp
 
 
-# What an OPA agent inherits: nothing but a search path. Every policy can read the agent's environment
-# (`opa.runtime().env`), so tokens, NATS seeds and GROQ_API_KEY must never be in it.
-AGENT_ENV_KEEP = ("PATH",)
 AGENT_AUTH_ARGS = ("--authentication=token", "--authorization=basic")
 
 
 def agent_environment() -> dict[str, str]:
-    """The minimal environment of an `opa` agent (see AGENT_ENV_KEEP)."""
-    env = environment()
-    return {k: env[k] for k in AGENT_ENV_KEEP if k in env}
+    """The minimal environment of an `opa` agent: nothing but a search path. Every policy can read
+    the agent's environment (`opa.runtime().env`), so tokens, NATS seeds and GROQ_API_KEY must never
+    be in it."""
+    return child_environment("agent")
 
 
 def launch_opa_agent(config_file: Path, workdir: Path, port: int | None = None, host: str = "127.0.0.1",
@@ -178,7 +176,7 @@ def launch_opa_agent(config_file: Path, workdir: Path, port: int | None = None, 
     persist.chmod(0o700)
     argv = [
         str(opa_binary()), "run", "--server", "--addr", f"{host}:{port}",
-        "--config-file", str(config_file.resolve()), "--log-level", "info", "--disable-telemetry",
+        "--config-file", str(config_file.resolve()), "--log-level", "info", "--skip-version-check",
         "--set", f"persistence_directory={persist}",
         *(AGENT_AUTH_ARGS if authenticated else ()), *(extra_args or []),
     ]
