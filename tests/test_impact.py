@@ -260,7 +260,7 @@ def test_the_cli_shows_progress_and_the_matrix(system, recorded, tmp_path, capsy
     from controlplane.ops.cli import main
     from tests.controlplane_helpers import ADMIN_TOKEN
 
-    client, _, _, limit, _ = system
+    client, _, _, limit, judge = system
     changed = tmp_path / "limits.rego"
     changed.write_text(TIGHTER.replace("input.amount > 50", "input.amount > 205"))
     common = ["--url", str(client.base_url), "--token", ADMIN_TOKEN]
@@ -271,6 +271,15 @@ def test_the_cli_shows_progress_and_the_matrix(system, recorded, tmp_path, capsy
     assert "risk_management:" in out and "deny ->" in out and "0 asked anew" in out
     assert main(["impact", "--rule-id", limit, "--file", str(changed), *common]) == 1
     assert "--since" in capsys.readouterr().err
+    judge_changed = tmp_path / "judge.rego"
+    judge_changed.write_text(JUDGE.replace("Is this text harmful?", "Would this text harm a reader?"))
+    assert main(["impact", "--rule-id", judge, "--file", str(judge_changed), "--count", str(len(AMOUNTS)),
+                 "--via", "batch", *common]) == 0
+    out, err = capsys.readouterr()
+    assert re.search(r"batch batch_\w+: completed +18/18 judgments answered \(0 failed\)", err), err
+    assert "pass 2, with the batch's answers" in err
+    assert f"{len(set(TEXTS))} asked anew (batch, 0 failed)" in out and "at the batch price" in out
+    assert "batch jobs: batch_" in out
     assert main(["shadow", "list", *common]) == 0
 
 

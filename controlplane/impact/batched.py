@@ -26,10 +26,11 @@ import msgspec
 
 from bridge.inference.batch import BatchClient, BatchProgress
 from bridge.inference.catalog import Catalog
-from bridge.inference.wire import InferRequest, read_request
+from bridge.inference.wire import InferRequest, UnknownRoute, read_request
 from bridge.inference.worker import groq_endpoint
 from bridge.kernel.config import GroqSettings
 from bridge.kernel.errors import ConfigError, GroqPolicyError, Unavailable, error_document
+from bridge.kernel.vocabulary import ROUTABLE_TIERS
 from controlplane.impact.records import judgment_key
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,8 @@ class BatchReAsk:
             if key in self.pending:
                 return 503, NOT_YET
         try:
+            if tier not in ROUTABLE_TIERS:  # no worker listens on it: the gateway's 404, not a job that fails whole
+                raise UnknownRoute(f"tier {tier!r}: unknown (known: {', '.join(ROUTABLE_TIERS)})")
             req = read_request(body if isinstance(body, bytes) else msgspec.json.encode(body), label="request")
         except GroqPolicyError as exc:  # as a worker would answer it: never asked, never allowed
             return exc.status, error_document(exc)

@@ -136,6 +136,8 @@ class ImpactService:
         async def step(done: int) -> None:  # on the replay's thread: progress is reported on the serving loop
             await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(report_progress(done), serving))
 
+        if number > 1:  # the stream's first line announced the first pass
+            await report_progress(0)
         try:
             # a thread and event loop of its own: the replay's WASM work never holds up the serving loop
             return await asyncio.to_thread(asyncio.run, decide_all(candidate, evaluator, oracle, decisions, step))
