@@ -209,7 +209,7 @@ def test_the_api_streams_progress_and_refuses_what_it_cannot_do(system, recorded
     r = client.post("/api/v1/impact", json={"candidate": {"rule_id": limit, "opa_policy": "package x\n"}, "count": 3})
     assert r.status_code == 422
     r = client.post("/api/v1/impact", json={"candidate": {"rule_id": limit, "opa_policy": TIGHTER}, "count": 3, "via": "mail"})
-    assert r.status_code == 400 and "via" in r.json()["error"]["message"]
+    assert r.status_code == 400 and "via" in r.text
     r = client.post("/api/v1/impact", headers=bearer(EVALUATE_TOKEN), json={"candidate": {}, "count": 1})
     assert r.status_code == 403
 
@@ -273,8 +273,8 @@ def test_the_cli_shows_progress_and_the_matrix(system, recorded, tmp_path, capsy
     assert "--since" in capsys.readouterr().err
     judge_changed = tmp_path / "judge.rego"
     judge_changed.write_text(JUDGE.replace("Is this text harmful?", "Would this text harm a reader?"))
-    assert main(["impact", "--rule-id", judge, "--file", str(judge_changed), "--count", str(len(AMOUNTS)),
-                 "--via", "batch", *common]) == 0
+    assert main(["impact", "--rule-id", judge, "--file", str(judge_changed), "--since", "1h",  # the first decisions too:
+                 "--via", "batch", *common]) == 0  # the newest are the shadow's, which ask no model
     out, err = capsys.readouterr()
     assert re.search(r"batch batch_\w+: completed +18/18 judgments answered \(0 failed\)", err), err
     assert "pass 2, with the batch's answers" in err
