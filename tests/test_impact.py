@@ -178,6 +178,7 @@ def test_a_changed_prompt_via_batch_asks_exactly_the_changed_judgments_at_the_ba
     usage = [(row["response"]["body"]["model"], row["response"]["body"]["usage"]) for row in output]
     at_list_price = sum(catalog.models[m].cost_usd(u["prompt_tokens"], u["completion_tokens"]) for m, u in usage)
     assert at_list_price > 0 and mc["cost_usd"] == pytest.approx(at_list_price * catalog.batch_discount, abs=1e-9 * asked)  # each rounded to 1e-9
+    assert report["latency"]["new_call_ms_p50"] > 0  # the job's wall time, not the second pass's memory reads
     assert report["changed"] == 0  # the batch's answers were used: the emulator judges the text, not the question
     # a candidate that asks nothing new submits no batch at all
     lines = emu.app.stats["batch_lines"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -79,6 +80,7 @@ class BatchReAsk:
         self.answers: dict[str, dict[str, Any]] = {}  # judgment key -> the batch's reply
         self.pending: dict[str, tuple[str, InferRequest]] = {}  # asked this pass, not answered yet
         self.batches: list[str] = []  # the batch ids submitted, in order
+        self.waited_ms: list[float] = []  # each job's wall time, submit to answers
         self._lock = threading.Lock()  # the evaluator's threads note requests too
 
     def _answer(self, tier: str, body: Any) -> tuple[int, Any]:
@@ -114,9 +116,11 @@ class BatchReAsk:
         for key, (tier, req) in pending.items():
             by_tier.setdefault(tier, []).append((key, req))
         for tier, items in sorted(by_tier.items()):
+            started = time.perf_counter()
             replies = await self.client.submit([req for _, req in items], tier=tier, progress=progress,
                                                metadata={"purpose": "groqpolicy impact"})
             self.batches.append(self.client.last_batch_id)
+            self.waited_ms.append((time.perf_counter() - started) * 1000)
             with self._lock:
                 for (key, _), reply in zip(items, replies, strict=True):
                     self.answers[key] = msgspec.to_builtins(reply)

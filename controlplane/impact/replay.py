@@ -220,7 +220,7 @@ class Latency(msgspec.Struct):
     recorded_wasm_us_p50: float  # the live revision's in-process time per decision, as recorded
     candidate_wasm_us_p50: float  # the candidate's, replayed
     change_us: float
-    new_call_ms_p50: float  # the model calls asked anew (0 when none)
+    new_call_ms_p50: float  # the model calls asked anew (0 when none; via batch: the jobs' wall time)
 
 
 class Report(msgspec.Struct, kw_only=True):

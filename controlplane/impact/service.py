@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import statistics
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -23,7 +24,7 @@ import msgspec
 
 from bridge.inference.batch import BatchProgress
 from bridge.kernel.config import Settings
-from bridge.kernel.errors import BadRequest
+from bridge.kernel.errors import BadRequest, Unavailable
 from controlplane.audit.records import AuditRecord, StoredRecord
 from controlplane.impact.batched import MAX_PASSES, BatchAsker, BatchReAsk
 from controlplane.impact.candidate import Candidate, CandidateSpec, build_candidate
@@ -91,8 +92,8 @@ class ImpactService:
         if req.ask:
             if req.via == "batch":
                 if self.batch is None:
-                    raise BadRequest("impact: via=batch: this control plane has no Batch API client; use via=online")
-                reask = BatchReAsk(self.batch.require())
+                    raise Unavailable("impact: via=batch: this control plane has no Batch API client; use via=online")
+                reask = BatchReAsk(self.batch.require())  # 503 without a Groq endpoint
             else:
                 reask = self.reask
         candidate = await anyio.to_thread.run_sync(build_candidate, req.candidate, self.policies)
@@ -110,8 +111,9 @@ class ImpactService:
             outcomes = await self._replay(prepared, oracle, progress)
         found = report(prepared.candidate, prepared.decisions, outcomes, oracle,
                        redact_fields=prepared.request.redact_fields, started=started, via=prepared.request.via)
-        if isinstance(reask, BatchReAsk):
+        if isinstance(reask, BatchReAsk):  # its judgments' latency is the jobs' (the last pass reads memory)
             found.model_calls.batches = reask.batches
+            found.latency.new_call_ms_p50 = round(statistics.median(reask.waited_ms), 2) if reask.waited_ms else 0.0
         self.reports.append(found)
         await self.audit([admin_record("impact", "other", {
             "report_id": found.id, "candidate": found.candidate, "candidate_revision": found.candidate_revision,
