@@ -1,5 +1,5 @@
 """Least privilege for the environments of `groqpolicy up`'s children: only the inference workers
-hold `GROQ_API_KEY`, no child holds a credential it does not use (read from /proc/<pid>/environ of
+hold `GROQ_API_KEY` (with the control plane, for Batch API jobs), no child holds a credential it does not use (read from /proc/<pid>/environ of
 the real processes)."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ NATS = {"GROQPOLICY_NATS_PASSWORD", "GROQPOLICY_NATS_USER"}
 @pytest.mark.parametrize(("role", "secrets"), [
     ("worker", {"GROQ_API_KEY"} | NATS),
     ("gateway", {"GROQPOLICY_BRIDGE_TOKEN_FILE"} | NATS),
-    ("controlplane", {"GROQPOLICY_TOKENS", "GROQPOLICY_SIGNING_KEY_FILE", "GROQPOLICY_BRIDGE_TOKEN_FILE"} | NATS),
+    ("controlplane", {"GROQ_API_KEY", "GROQPOLICY_TOKENS", "GROQPOLICY_SIGNING_KEY_FILE", "GROQPOLICY_BRIDGE_TOKEN_FILE"} | NATS),
     ("emulator", set()),
 ])
 def test_each_role_keeps_only_its_own_secrets_and_what_is_harmless(role, secrets):
@@ -56,7 +56,7 @@ def environ_of(pid: int) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_up_gives_groq_api_key_to_the_workers_only(tmp_path):
+def test_up_gives_groq_api_key_to_the_workers_and_the_control_plane_only(tmp_path):
     """With a GROQ_API_KEY (an emulator that demands it stands in for GroqCloud) and foreign
     credentials in the shell, every child of `groqpolicy up` is read from /proc: the workers hold
     the key (and the model answers them), no other child holds it or any foreign credential."""
@@ -82,7 +82,7 @@ def test_up_gives_groq_api_key_to_the_workers_only(tmp_path):
         assert set(children) == {"nats-server", "inference worker 1", "inference worker 2", "bridge gateway",
                                  "control plane", "OPA agent"}
         holders = {name for name, environ in children.items() if "GROQ_API_KEY" in environ}
-        assert holders == {"inference worker 1", "inference worker 2"}
+        assert holders == {"inference worker 1", "inference worker 2", "control plane"}  # the control plane: Batch API jobs
         assert all(children[w]["GROQ_API_KEY"] == GROQ_KEY for w in holders)
         for name, environ in children.items():
             assert not {"AWS_SECRET_ACCESS_KEY", "GROQPOLICY_TOKEN"} & set(environ), name

@@ -4,7 +4,8 @@ A child's environment is readable by anything running as it (and by every policy
 `opa.runtime().env`), so a secret belongs only in the processes that use it. The rule has two parts:
 
 - The product's own secrets (`SECRET_HOLDERS`) go only to the roles that read them: `GROQ_API_KEY`
-  to the inference workers (the only processes that call the model), the API's tokens and the
+  to the inference workers (every online model call) and the control plane (the Batch API jobs of
+  `impact --via batch`, submitted from there), never the gateway; the API's tokens and the
   signing and record keys to the control plane, the bridge token to the gateway and the control
   plane, the CLI's own token to no one. Every other product variable (ports, URLs, limits) is
   harmless and passes.
@@ -46,7 +47,7 @@ NATS_ROLES = frozenset({CONTROLPLANE, WORKER, GATEWAY})
 
 # every secret the product reads -> the roles that use it (no one else is given it)
 SECRET_HOLDERS: dict[str, frozenset[str]] = {
-    "GROQ_API_KEY": frozenset({WORKER}),
+    "GROQ_API_KEY": frozenset({WORKER, CONTROLPLANE}),  # the control plane: Batch API jobs (impact)
     "GROQPOLICY_TOKENS": frozenset({CONTROLPLANE}),
     "GROQPOLICY_TOKENS_FILE": frozenset({CONTROLPLANE}),
     "GROQPOLICY_SIGNING_KEY": frozenset({CONTROLPLANE}),
