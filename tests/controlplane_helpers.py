@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gzip
 import json
+import socket
 import subprocess
 import threading
 import time
@@ -16,7 +17,6 @@ import uvicorn
 
 from bridge.kernel.config import Settings
 from controlplane.app import create_app
-from controlplane.infra.processes import free_port
 from controlplane.services import Services
 from tests.bridge_helpers import spawn_worker, wait_for_workers
 from tests.conftest import REPO_ROOT
@@ -33,10 +33,25 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+# Ports of settings made by `make_settings`, each held by a bound (not listening: a connection to it
+# is refused, as to any port nothing serves) socket until `running_control_plane` serves on it, so no
+# other process on a loaded machine can take the port in between, as it could one `free_port` released.
+_RESERVED: dict[int, socket.socket] = {}
+
+
+def _reserve_port(host: str = "127.0.0.1") -> int:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    port = sock.getsockname()[1]
+    _RESERVED[port] = sock
+    return port
+
+
 def make_settings(state_dir: Path, **overrides: object) -> Settings:
     base: dict = {
         "host": "127.0.0.1",
-        "port": free_port(),
+        "port": _reserve_port(),
         "state_dir": state_dir,
         "rego_root": REPO_ROOT,
         "bundles_dir": REPO_ROOT / "bundles",
@@ -52,7 +67,9 @@ def running_control_plane(settings: Settings, services: Services | None = None) 
     services = services or Services.build(settings)
     app = create_app(settings, services)
     server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, name="controlplane", daemon=True)
+    reserved = _RESERVED.pop(settings.port, None)  # a second run on the same settings binds the port again
+    thread = threading.Thread(target=server.run, name="controlplane", daemon=True,
+                              kwargs={"sockets": [reserved]} if reserved is not None else {})
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:

@@ -107,7 +107,7 @@ def _opa_rest(work: Path, query: str, inp: Any) -> tuple[Callable[[], Any], str]
         port = s.getsockname()[1]
     opa = os.environ["OPA_BIN"]
     proc = subprocess.Popen([opa, "run", "--server", "--addr", f"127.0.0.1:{port}", "--log-level", "error",
-                             "--disable-telemetry", str(work / "policy")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--skip-version-check", str(work / "policy")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _CHILDREN.append(proc)
     deadline = time.monotonic() + 60
     while True:

@@ -6,16 +6,18 @@ started by hand.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bridge.kernel.config import environment
+from bridge.kernel.config import child_environment
 from bridge.kernel.errors import ToolchainError
 from controlplane.infra.private import open_private
 from controlplane.infra.toolchain import nats_server_binary, opa_binary
@@ -133,32 +135,54 @@ def listen_socket(host: str, port: int, backlog: int = 4096) -> socket.socket:
 
 def launch_nats(store_dir: Path, port: int | None = None, host: str = "127.0.0.1",
                 extra_args: list[str] | None = None) -> ManagedProcess:
-    """nats-server with JetStream on `store_dir`, on loopback; returns at once (see `start_nats`)."""
-    port = port or free_port(host)
+    """nats-server with JetStream on `store_dir`, on loopback; returns at once (see `start_nats`).
+
+    With no `port` the server binds a random one itself and reports it in a ports file, which
+    `start_nats` reads: a port picked here and released would leave a moment in which another
+    process (a loaded test run starts many) could take it."""
     store_dir.mkdir(parents=True, exist_ok=True)
-    argv = [str(nats_server_binary()), "-a", host, "-p", str(port), "-js", "-sd", str(store_dir), *(extra_args or [])]
-    mp = spawn("nats-server", argv, store_dir / "nats-server.log")
-    mp.extra.update(url=f"nats://{host}:{port}", port=port)
+    ports_dir = store_dir / "ports"
+    ports_dir.mkdir(exist_ok=True)
+    argv = [str(nats_server_binary()), "-a", host, "-p", str(port or -1), "--ports_file_dir", str(ports_dir),
+            "-js", "-sd", str(store_dir), *(extra_args or [])]
+    mp = spawn("nats-server", argv, store_dir / "nats-server.log", env=child_environment("nats-server"))
+    mp.extra.update(url=f"nats://{host}:{port}" if port else "", port=port or 0, ports_dir=ports_dir)
     return mp
 
 
+def _reported_port(mp: ManagedProcess, timeout: float = 20.0) -> int:
+    """The client port a nats-server started on a random port wrote into its ports file."""
+    ports_file = mp.extra["ports_dir"] / f"{Path(_program(mp.proc)).name}_{mp.proc.pid}.ports"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if mp.proc.poll() is not None:
+            raise ToolchainError(f"nats-server exited with {mp.proc.returncode} before listening (log: {mp.log_path})")
+        try:
+            urls = json.loads(ports_file.read_text())["nats"]
+            return int(urllib.parse.urlsplit(urls[0]).port or 0)
+        except (OSError, ValueError, KeyError, IndexError):  # not written yet, or half written
+            time.sleep(0.05)
+    raise ToolchainError(f"nats-server reported no port in {ports_file} after {timeout:.0f}s (log: {mp.log_path})")
+
+
 def start_nats(store_dir: Path, port: int | None = None, host: str = "127.0.0.1", extra_args: list[str] | None = None) -> ManagedProcess:
-    """nats-server with JetStream on `store_dir`, listening on loopback."""
+    """nats-server with JetStream on `store_dir`, listening on loopback (a random port by default)."""
     mp = launch_nats(store_dir, port, host, extra_args)
+    if not port:
+        port = _reported_port(mp)
+        mp.extra.update(url=f"nats://{host}:{port}", port=port)
     wait_for_port(mp.extra["port"], host, proc=mp.proc)
     return mp
 
 
-# What an OPA agent inherits: nothing but a search path. Every policy can read the agent's environment
-# (`opa.runtime().env`), so tokens, NATS seeds and GROQ_API_KEY must never be in it.
-AGENT_ENV_KEEP = ("PATH",)
 AGENT_AUTH_ARGS = ("--authentication=token", "--authorization=basic")
 
 
 def agent_environment() -> dict[str, str]:
-    """The minimal environment of an `opa` agent (see AGENT_ENV_KEEP)."""
-    env = environment()
-    return {k: env[k] for k in AGENT_ENV_KEEP if k in env}
+    """The minimal environment of an `opa` agent: nothing but a search path. Every policy can read
+    the agent's environment (`opa.runtime().env`), so tokens, NATS seeds and GROQ_API_KEY must never
+    be in it."""
+    return child_environment("agent")
 
 
 def launch_opa_agent(config_file: Path, workdir: Path, port: int | None = None, host: str = "127.0.0.1",
@@ -178,7 +202,7 @@ def launch_opa_agent(config_file: Path, workdir: Path, port: int | None = None, 
     persist.chmod(0o700)
     argv = [
         str(opa_binary()), "run", "--server", "--addr", f"{host}:{port}",
-        "--config-file", str(config_file.resolve()), "--log-level", "info", "--disable-telemetry",
+        "--config-file", str(config_file.resolve()), "--log-level", "info", "--skip-version-check",
         "--set", f"persistence_directory={persist}",
         *(AGENT_AUTH_ARGS if authenticated else ()), *(extra_args or []),
     ]

@@ -10,7 +10,9 @@ plane restarts waits in the kernel's backlog and is answered by the next one, so
 answer, never a refused connection. (A request the dying process had already accepted is lost with
 it: the caller sees the connection close and retries.)
 
-NATS identities: with the embedded server, each child presents its own role's nkey
+Environments: each child gets the supervisor's environment less every secret its role does not use
+(bridge.kernel.config.children): only the inference workers hold `GROQ_API_KEY`, only the control
+plane the API tokens and signing keys. NATS identities: with the embedded server, each child presents its own role's nkey
 (controlplane.infra.natsauth) and nothing a parent shell might hold (`GROQPOLICY_NATS_CREDS`, ...)
 leaks into it; the OPA agent gets nothing but PATH (every policy can read its environment), a
 token-authenticated REST API and a persistence directory (controlplane.infra.processes). With `GROQPOLICY_NATS_URL` (a cluster
@@ -28,7 +30,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from bridge.kernel.config import NatsSettings, Settings, SupervisorSettings, environment
+from bridge.kernel.config import NatsSettings, Settings, SupervisorSettings, child_environment
 from controlplane.agents.sandbox import bridge_token, bridge_token_path
 from controlplane.infra.natsauth import NatsAuth, bootstrap
 from controlplane.infra.private import write_private
@@ -85,8 +87,9 @@ class System:
     # -- environments -------------------------------------------------------------------------
 
     def env(self, role: str | None) -> dict[str, str]:
-        """A child's environment: ours, NATS's URL, and the credential of `role` (None: no NATS)."""
-        env = environment()
+        """A child's environment: ours less the secrets `role` does not use (`child_environment`),
+        NATS's URL, and the credential of `role` (None: the emulator, no NATS)."""
+        env = child_environment(role or "emulator")
         if self.auth is not None or role is None:
             env = {k: v for k, v in env.items() if k not in NATS_CREDENTIAL_VARIABLES}
         if role is None:
@@ -150,6 +153,8 @@ class System:
         def launch() -> ManagedProcess:
             env = dict(self.env("controlplane"), GROQPOLICY_STATE_DIR=str(settings.state_dir),
                        GROQPOLICY_PORT=str(settings.port), GROQPOLICY_HOST=settings.host, GROQPOLICY_BRIDGE_URL=bridge_url)
+            if self.emulator_url:  # as the workers are: where `impact --via batch` sends its Batch API jobs
+                env["GROQPOLICY_EMULATOR_URL"] = self.emulator_url
             return spawn("control plane", argv, self.log_dir / "controlplane.log", env=env, pass_fds=(fd,))
 
         def ready(_: ManagedProcess) -> bool:

@@ -12,7 +12,8 @@
 Each section is read with `Section.from_env()` (or `from_env(env)` with a mapping, which tests
 use); keyword overrides win over the environment. A value that does not parse is a `ConfigError`
 naming the variable. Nothing else in the product reads `os.environ`: processes that start
-children take their environment from `environment()`. The README's configuration table lists
+children take their environment from `child_environment(role)` (least privilege, see
+bridge.kernel.config.children) or `environment()`. The README's configuration table lists
 exactly `variables()`, and a test holds the two together.
 """
 
@@ -26,11 +27,11 @@ from bridge.kernel.config.base import (
     DEFAULT_NATS_URL,
     HTTP2_MODES,
     PROJECT_ROOT,
-    _Section,
     audit_durability,
     environment,
     http2_mode,
 )
+from bridge.kernel.config.children import SECTIONS, child_environment
 from bridge.kernel.config.control import Settings
 from bridge.kernel.config.processes import (
     ClientSettings,
@@ -43,11 +44,6 @@ from bridge.kernel.config.processes import (
     ToolchainSettings,
 )
 from bridge.kernel.errors import ConfigError
-
-SECTIONS: tuple[type[_Section], ...] = (
-    Settings, SupervisorSettings, GatewaySettings, GroqSettings, EngineSettings, SigningSettings, ClientSettings,
-    ToolchainSettings, NatsSettings,
-)
 
 
 def variables() -> set[str]:
@@ -75,6 +71,7 @@ __all__ = [
     "SupervisorSettings",
     "ToolchainSettings",
     "audit_durability",
+    "child_environment",
     "environment",
     "http2_mode",
     "variables",
