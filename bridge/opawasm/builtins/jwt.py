@@ -21,7 +21,7 @@ from bridge.opawasm.gocompat.encoding import b64decode
 from bridge.opawasm.gocompat.errors import GoError
 from bridge.opawasm.values import decode_json
 
-_URL_TO_STD = str.maketrans("-_", "+/")
+_URL_TO_STD = bytes.maketrans(b"-_", b"+/")
 
 
 def b64url_decode(s: str) -> bytes:
@@ -33,7 +33,7 @@ def b64url_decode(s: str) -> bytes:
         s += "=" * ((4 - rem) % 4)
     if s.isascii() and "+" not in s and "/" not in s:
         try:  # the common case, in C; anything it refuses goes to Go's decoder for Go's answer
-            return binascii.a2b_base64(s.translate(_URL_TO_STD), strict_mode=True)
+            return binascii.a2b_base64(s.encode("ascii").translate(_URL_TO_STD), strict_mode=True)
         except binascii.Error:
             pass
     try:
