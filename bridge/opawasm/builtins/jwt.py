@@ -8,6 +8,7 @@ Decoding follows RFC 7519 section 7.2 as topdown does: a JWE (a header with `enc
 from __future__ import annotations
 
 import binascii
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,7 +169,7 @@ builtin("io.jwt.verify_eddsa")(_verify("EdDSA"))
 
 @dataclass
 class _Constraints:
-    keys: list[VerificationKey] | None = None
+    keys: Sequence[VerificationKey] | None = None
     secret: str = ""
     alg: str = ""
     iss: str = ""
