@@ -57,6 +57,10 @@ EVALS = 2000
 
 _RUN = """
 import json, statistics, sys, time
+if sys.argv[6] == "fuel-off":
+    # diagnostic arm: the engine compiles without fuel counting (what it costs the wasm side)
+    import wasmtime
+    wasmtime.Config.consume_fuel = property(fset=lambda self, value: None)
 # the checkout under measurement, not the one the venv's editable install points at
 sys.meta_path = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
 sys.path.insert(0, sys.argv[5])
@@ -122,9 +126,9 @@ def build_wasm(opa: str) -> bytes:
     raise RuntimeError("opa build produced no policy.wasm")
 
 
-def run(checkout: Path, wasm_path: Path, evals: int, inputs: dict[str, Any]) -> dict[str, float]:
+def run(checkout: Path, wasm_path: Path, evals: int, inputs: dict[str, Any], mode: str = "") -> dict[str, float]:
     out = subprocess.run([sys.executable, "-c", _RUN, str(wasm_path), json.dumps(inputs), json.dumps(ENTRYPOINTS),
-                          str(evals), str(checkout)], capture_output=True, text=True, check=True)
+                          str(evals), str(checkout), mode or "-"], capture_output=True, text=True, check=True)
     result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
 
@@ -136,20 +140,30 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--evals", type=int, default=EVALS)
     ap.add_argument("--opa", default=os.environ.get("OPA_BIN", "opa"))
+    ap.add_argument("--fuel-off-arm", action="store_true",
+                    help="also run B with wasmtime's fuel counting off (a third interleaved arm, column C): "
+                         "how much of B's change is the fuel the inline budget counts")
     args = ap.parse_args()
     inputs: dict[str, Any] = {"": INPUT, **signed_inputs()}
     with tempfile.TemporaryDirectory() as td:
         wasm_path = Path(td) / "policy.wasm"
         wasm_path.write_bytes(build_wasm(args.opa))
-        runs: dict[str, list[dict[str, float]]] = {"a": [], "b": []}
+        runs: dict[str, list[dict[str, float]]] = {"a": [], "b": [], "c": []}
         for _ in range(args.rounds):
             runs["a"].append(run(args.a.resolve(), wasm_path, args.evals, inputs))
             runs["b"].append(run(args.b.resolve(), wasm_path, args.evals, inputs))
-    print(f"{'builtin':<18} {'A median us':>12} {'B median us':>12} {'B vs A':>8}")
+            if args.fuel_off_arm:
+                runs["c"].append(run(args.b.resolve(), wasm_path, args.evals, inputs, "fuel-off"))
+    extra = f" {'C: B fuel off':>14} {'C vs A':>8}" if args.fuel_off_arm else ""
+    print(f"{'builtin':<20} {'A median us':>12} {'B median us':>12} {'B vs A':>8}{extra}")
     for ep in ENTRYPOINTS:
         a = statistics.median(r[ep] for r in runs["a"])
         b = statistics.median(r[ep] for r in runs["b"])
-        print(f"{ep:<18} {a:>12.1f} {b:>12.1f} {100 * (b - a) / a:>+7.1f}%")
+        line = f"{ep:<20} {a:>12.1f} {b:>12.1f} {100 * (b - a) / a:>+7.1f}%"
+        if args.fuel_off_arm:
+            c = statistics.median(r[ep] for r in runs["c"])
+            line += f" {c:>14.1f} {100 * (c - a) / a:>+7.1f}%"
+        print(line)
     return 0
 
 
