@@ -92,6 +92,18 @@ class PolicyBundler:
                                    _metadata(certificates))
             return revision_for(d.name, digest)
 
+    def check_user_text(self, module: str) -> tuple[str, dict[str, Any]]:
+        """The user's text alone (without what the control plane generates around it): its parse
+        errors at the user's own rows and columns, and reserved names refused. Returns the text and
+        its AST (with locations) for reporting later findings against it."""
+        source = rego.user_source(module)
+        try:
+            ast = self.compiler.parse(source, PARSE_FILE)
+        except CompileError as exc:
+            raise rego.relabel(exc, PARSE_FILE, source) from None
+        rego.check_names(ast)
+        return source, ast
+
     def compile(self, modules: Mapping[str, str], focus: str | None = None, run_tests: bool = False,
                 certificates: Certificates = None) -> CompiledBundle:
         """Compile the library plus `modules` ({rule_id: module text}); check the wasm module loads.
@@ -102,14 +114,7 @@ class PolicyBundler:
         `certificates` ({rule_id: certificate}) go into the `.manifest`'s metadata, so agents show
         what certified the policies they run."""
         definition = self.library()
-        source, ast = "", None
-        if focus is not None:  # the user's text alone first: its parse errors and names are the user's own
-            source = rego.user_source(modules[focus])
-            try:
-                ast = self.compiler.parse(source, PARSE_FILE)
-            except CompileError as exc:
-                raise rego.relabel(exc, PARSE_FILE, source) from None
-            rego.check_names(ast)
+        source, ast = self.check_user_text(modules[focus]) if focus is not None else ("", None)
         with tempfile.TemporaryDirectory(prefix="groqpolicy-policies-") as tmp:
             base = Path(tmp)
             d = self._tree(base, definition, modules, run_tests=run_tests)

@@ -258,6 +258,8 @@ class PolicyService:
         Rego that does not compile is reported by the compiler, with its messages, as any write's."""
         if self.certifier is None:
             return record, None
+        # the user's own mistakes (parse errors, reserved names) are reported as such, not as a failed check
+        await anyio.to_thread.run_sync(self.bundler.check_user_text, self.module_of(record))
         try:
             certified = await self.certifier.certify(
                 rule_id=str(record.rule_id), version=record.version, name=record.name, text=record.opa_policy,
