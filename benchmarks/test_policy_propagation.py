@@ -5,29 +5,35 @@ answers with the marker only the new revision carries. One sample = write sent -
 
 Each write is a new policy (a new revision of the whole library bundle, as any write is); the
 response time of the write itself is kept beside it. p50/p90 in ms go to `extra_info` and stdout.
-`GROQPOLICY_BENCH_SHORT=1` makes 5 writes instead of 20. See benchmarks/README.md ("Policy
+With `GROQPOLICY_BENCH_BASELINE=<another checkout>` that checkout's control plane (and its own
+agent and nats-server) runs beside this one, writes alternating in blocks of two, so both see the
+same machine. `GROQPOLICY_BENCH_SHORT=1` makes 6 writes each instead of 20. See benchmarks/README.md ("Policy
 propagation").
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from benchmarks.harness import TOKEN, spawn
+from benchmarks.harness import TOKEN
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from controlplane.infra.processes import free_port, start_nats, start_opa_agent, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
-WRITES = 5 if os.environ.get("GROQPOLICY_BENCH_SHORT") == "1" else 20
+WRITES = 6 if os.environ.get("GROQPOLICY_BENCH_SHORT") == "1" else 20
+PER_BLOCK = 2
 AGENT_TIMEOUT_S = 30
 
 POLICY = """package team.propagation
@@ -42,16 +48,19 @@ decision := {"decision": "allow", "reasons": [sprintf("marker %d", [MARKER])], "
 """
 
 
-@pytest.fixture(scope="module")
-def stack():
-    tmp = Path(tempfile.mkdtemp(prefix="bench-propagation-"))
+@contextlib.contextmanager
+def _stack(root: Path, tmp: Path) -> Iterator[tuple[httpx.Client, httpx.Client]]:
+    """nats-server, the control plane of the checkout at `root` (its own process, run from there) and
+    an agent configured from it; (control plane client, agent client)."""
     nats = start_nats(tmp / "nats")
     env = {k: v for k, v in os.environ.items() if k != "GROQ_API_KEY"}
-    env.update(PYTHONPATH=str(ROOT), GROQPOLICY_NATS_URL=nats.extra["url"], GROQPOLICY_RATE_LIMIT="off",
+    env.update(PYTHONPATH=str(root), GROQPOLICY_NATS_URL=nats.extra["url"], GROQPOLICY_RATE_LIMIT="off",
                GROQPOLICY_TOKENS=f"bench={TOKEN}:admin+evaluate+agent")
     cp_port = free_port()
-    cp = spawn([sys.executable, "-m", "controlplane.ops.cli", "serve", "--port", str(cp_port), "--state-dir",
-                str(tmp / "state"), "--log-level", "warning"], tmp / "cp.log", env)
+    with open(tmp / "cp.log", "ab") as log:
+        cp = subprocess.Popen([sys.executable, "-m", "controlplane.ops.cli", "serve", "--port", str(cp_port), "--state-dir",
+                               str(tmp / "state"), "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT, env=env,
+                              cwd=root, start_new_session=True)
     agent = None
     try:
         wait_for_port(cp_port, timeout=120, proc=cp)
@@ -74,6 +83,18 @@ def stack():
         except subprocess.TimeoutExpired:
             cp.kill()
         nats.stop()
+
+
+@pytest.fixture(scope="module")
+def stacks():
+    """This checkout's stack, and `GROQPOLICY_BENCH_BASELINE`'s (another checkout, e.g. `git archive
+    main`) beside it when set: both measured in the same run."""
+    roots = {"this": ROOT}
+    if os.environ.get("GROQPOLICY_BENCH_BASELINE"):
+        roots["baseline"] = Path(os.environ["GROQPOLICY_BENCH_BASELINE"]).resolve()
+    with contextlib.ExitStack() as stack:
+        yield {name: stack.enter_context(_stack(root, Path(tempfile.mkdtemp(prefix=f"bench-propagation-{name}-"))))
+               for name, root in roots.items()}
 
 
 def _write_and_wait(admin: httpx.Client, probe: httpx.Client, marker: int) -> tuple[float, float]:
@@ -101,21 +122,26 @@ def _stats(samples: list[float]) -> dict:
             "max_ms": round(data[-1] * 1000, 1), "samples": len(data)}
 
 
-def test_a_policy_write_reaches_the_agent(benchmark, stack):
-    admin, probe = stack
-    _write_and_wait(admin, probe, 0)  # warm-up: opa's first starts, the page cache
-    writes: list[float] = []
-    enforced: list[float] = []
+def test_a_policy_write_reaches_the_agent(benchmark, stacks):
+    markers = itertools.count()
+    for admin, probe in stacks.values():
+        _write_and_wait(admin, probe, next(markers))  # warm-up: opa's first starts, the page cache
+    writes: dict[str, list[float]] = {name: [] for name in stacks}
+    enforced: dict[str, list[float]] = {name: [] for name in stacks}
 
-    def run() -> None:
-        for marker in range(1, WRITES + 1):
-            w, e = _write_and_wait(admin, probe, marker)
-            writes.append(w)
-            enforced.append(e)
+    def run() -> None:  # interleaved blocks of PER_BLOCK writes, the order rotating every block
+        names = list(stacks)
+        for block in range(WRITES // PER_BLOCK):
+            for name in names[block % len(names):] + names[:block % len(names)]:
+                for _ in range(PER_BLOCK):
+                    w, e = _write_and_wait(*stacks[name], next(markers))
+                    writes[name].append(w)
+                    enforced[name].append(e)
 
     benchmark.pedantic(run, rounds=1, iterations=1)
-    result = {"write_response": _stats(writes), "write_to_agent": _stats(enforced)}
+    result = {f"{name}_{kind}": _stats(samples[name]) for name in stacks
+              for kind, samples in (("write_response", writes), ("write_to_agent", enforced))}
     benchmark.extra_info.update(result)
     for name, row in result.items():
         print(f"\n{name}: {row}")
-    assert len(enforced) == WRITES
+    assert all(len(samples) == WRITES for samples in enforced.values())
