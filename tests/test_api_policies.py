@@ -306,9 +306,9 @@ def test_a_write_compiles_once_unless_it_switches_a_policy_off_and_changes_its_m
     compiled: list[set[str]] = []  # the stored policies in each compile
     real = bundler.prepare  # every compile's opa stages (`compile` is `finish(prepare(...))`)
 
-    def counting(modules, focus=None, run_tests=False):
+    def counting(modules, focus=None, run_tests=False, parsed=None):
         compiled.append(set(modules))
-        return real(modules, focus=focus, run_tests=run_tests)
+        return real(modules, focus=focus, run_tests=run_tests, parsed=parsed)
 
     monkeypatch.setattr(bundler, "prepare", counting)
     served = lambda: services.store.get("groqpolicy", "wasm")[0].revision  # noqa: E731

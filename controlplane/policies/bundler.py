@@ -104,20 +104,28 @@ class PolicyBundler:
         what certified the policies they run."""
         return self.finish(self.prepare(modules, focus, run_tests), certificates)
 
-    def prepare(self, modules: Mapping[str, str], focus: str | None = None, run_tests: bool = False) -> Built:
+    def parse_module(self, module: str) -> tuple[str, dict[str, Any]]:
+        """The user's text of a policy module alone (`opa parse`): (that text, its AST), or its parse
+        errors and reserved names as the user's own (CompileError at `opa_policy` rows)."""
+        source = rego.user_source(module)
+        try:
+            ast = self.compiler.parse(source, PARSE_FILE)
+        except CompileError as exc:
+            raise rego.relabel(exc, PARSE_FILE, source) from None
+        rego.check_names(ast)
+        if self.compiler.findings is not None:  # the module keeps the text's rows: its URLs are known now
+            self.compiler.findings.remember(module.encode(), ast)
+        return source, ast
+
+    def prepare(self, modules: Mapping[str, str], focus: str | None = None, run_tests: bool = False,
+                parsed: tuple[str, dict[str, Any]] | None = None) -> Built:
         """`compile` up to the certificates: every `opa` stage and the wasm load check. A write runs
-        it beside the policy's certification, whose certificate `finish` then adds."""
+        it beside the policy's certification, whose certificate `finish` then adds; `parsed` is
+        `parse_module(modules[focus])` when the caller has it already."""
         definition = self.library()
-        source, ast = "", None
-        if focus is not None:  # the user's text alone first: its parse errors and names are the user's own
-            source = rego.user_source(modules[focus])
-            try:
-                ast = self.compiler.parse(source, PARSE_FILE)
-            except CompileError as exc:
-                raise rego.relabel(exc, PARSE_FILE, source) from None
-            rego.check_names(ast)
-            if self.compiler.findings is not None:  # the module keeps the text's rows: its URLs are known now
-                self.compiler.findings.remember(modules[focus].encode(), ast)
+        if focus is not None and parsed is None:  # the user's text alone first: its errors are the user's own
+            parsed = self.parse_module(modules[focus])
+        source, ast = parsed or ("", None)
         with tempfile.TemporaryDirectory(prefix="groqpolicy-policies-") as tmp:
             base = Path(tmp)
             d = self._tree(base, definition, modules, run_tests=run_tests)

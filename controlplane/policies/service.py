@@ -271,27 +271,30 @@ class PolicyService:
             return None
         return await self._compile(remaining, None, certificates)  # fails (422) if another active policy depends on it
 
-    def _build(self, record: PolicyRecord) -> _Build:
+    def _build(self, record: PolicyRecord, parsed: tuple[str, dict[str, Any]] | None = None) -> _Build:
         """The compile of the active set with `record`, started now in a thread; the other policies'
         certificates are taken at the same moment as their modules."""
         modules, certificates = self.active_modules(with_=record), self.active_certificates(without=record.rule_id)
         return _Build(asyncio.ensure_future(anyio.to_thread.run_sync(
-            lambda: self.bundler.prepare(modules, focus=str(record.rule_id)))), certificates)
+            lambda: self.bundler.prepare(modules, focus=str(record.rule_id), parsed=parsed))), certificates)
 
     async def _certified(self, record: PolicyRecord, request: CertificationRequest | None, current: PolicyRecord | None,
                          actor: str) -> tuple[PolicyRecord, Certified | None, _Build | None]:
         """The record with the certificate of this revision (controlplane.certification), or the refusal.
-        An active record's compile runs beside the checks (both are `opa` processes over the same
-        text; the certificate only goes into the manifest afterwards); a refusal still wins over a
-        compile error, as when they ran one after the other. Rego that does not compile is reported
-        by the compiler, with its messages, as any write's."""
+        The user's own mistakes (parse errors, reserved names: one `opa parse` of the text) come
+        first; then an active record's compile runs beside the checks (both are `opa` processes over
+        the same text; the certificate only goes into the manifest afterwards), and a refusal still
+        wins over a compile error, as when they ran one after the other. Rego that does not compile
+        is reported by the compiler, with its messages, as any write's."""
         if self.certifier is None:
             return record, None, None
-        built = self._build(record) if record.is_active else None
+        module = self.module_of(record)
+        parsed = await anyio.to_thread.run_sync(self.bundler.parse_module, module)
+        built = self._build(record, parsed) if record.is_active else None
         try:
             certified = await self.certifier.certify(
                 rule_id=str(record.rule_id), version=record.version, name=record.name, text=record.opa_policy,
-                module=self.module_of(record), tests=record.opa_tests, principles=record.constitutional_principles,
+                module=module, tests=record.opa_tests, principles=record.constitutional_principles,
                 request=request, previous=current.certificate if current is not None else None, actor=actor)
         except SubjectDoesNotCompile:
             if built is not None:
