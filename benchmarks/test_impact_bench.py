@@ -10,6 +10,10 @@ plane (`python -m controlplane.ops.cli serve`). Two stored policies: `limits` (r
   (`policy_types: [risk_management]`) and the decisions that consulted the model too. The number is
   the report's `decisions_per_s` (the replay proper: every recorded decision through the candidate's
   pipeline); `wall_s` adds reading the window from JetStream and compiling the candidate.
+- `test_changed_prompt_online_vs_batch`: `RECORDED` decisions that consulted the model, replayed
+  through a candidate that rewords `judge`'s question (so all `TEXTS` judgments are asked anew),
+  the changed judgments asked online (the worker, now) and through the Batch API (passes), in
+  alternating rounds, each round with a wording of its own (no cache answers either contender).
 - `test_shadow_latency_side_by_side`: `/api/v1/evaluate` (the `limits` policy) at a fixed offered load,
   with no shadow, with a shadow of `limits` at the default share (0.1) and at every request (1.0),
   in alternating blocks; p50 and p99 each.
@@ -63,7 +67,8 @@ def stack():
         procs.append(spawn([sys.executable, "-m", "bridge.inference.worker"], tmp / "worker.log",
                            dict(env, NATS_URL=url, GROQPOLICY_EMULATOR_URL=f"http://127.0.0.1:{emu_port}")))
         cp_env = dict(env, GROQPOLICY_NATS_URL=url, GROQPOLICY_TOKENS=f"bench={TOKEN}:admin+evaluate+agent",
-                      GROQPOLICY_RATE_LIMIT="off", GROQPOLICY_SHADOW_MAX_DIVERGENCE="1")
+                      GROQPOLICY_RATE_LIMIT="off", GROQPOLICY_SHADOW_MAX_DIVERGENCE="1",
+                      GROQPOLICY_EMULATOR_URL=f"http://127.0.0.1:{emu_port}", GROQPOLICY_BATCH_POLL_S="0.05")
         procs.append(spawn([sys.executable, "-m", "controlplane.ops.cli", "serve", "--port", str(cp_port), "--state-dir",
                             str(tmp / "state"), "--log-level", "warning"], tmp / "cp.log", cp_env))
         wait_for_port(cp_port, timeout=90, proc=procs[-1])
@@ -138,6 +143,31 @@ def test_replay_throughput(benchmark, stack):
     benchmark.pedantic(run, rounds=1, iterations=1)
     benchmark.extra_info.update({"decisions": RECORDED, **results})
     print("\nreplay:", results)
+
+
+def test_changed_prompt_online_vs_batch(benchmark, stack):
+    admin, ids = stack["admin"], stack["ids"]
+    results: dict[str, list[dict]] = {"online": [], "batch": []}
+
+    def run() -> None:
+        _record(admin, ["risk_management", "ethical_constraints"], 3 * RECORDED)
+        time.sleep(1.0)  # the replay store publishes in the background
+        for n in range(ROUNDS + 1):
+            for via in ("online", "batch"):
+                changed = JUDGE.replace("Is this text harmful?", f"Is this text harmful (round {n}, {via})?")
+                t0 = time.perf_counter()
+                r = admin.post("/api/v1/impact", json={"candidate": {"rule_id": ids["judge"], "opa_policy": changed},
+                                                       "count": RECORDED, "via": via})
+                wall = time.perf_counter() - t0
+                assert r.status_code == 200, r.text[:300]
+                calls = r.json()["model_calls"]
+                results[via].append({"wall_s": round(wall, 2), "decisions_per_s": round(r.json()["decisions_per_s"]),
+                                     "new": calls["new"], "failed": calls["failed"], "cost_usd": calls["cost_usd"],
+                                     "batches": len(calls["batches"])})
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    benchmark.extra_info.update({"decisions": RECORDED, "distinct_judgments": TEXTS, **results})
+    print("\nchanged prompt:", results)
 
 
 async def _offered_load(client: HTTPClient, body: bytes, count: int) -> list[float]:

@@ -22,7 +22,7 @@ from nats.aio.client import Client as NatsClient
 
 from bridge.inference.cache import KVCache
 from bridge.inference.catalog import default_catalog
-from bridge.kernel.config import NatsSettings, Settings
+from bridge.kernel.config import GroqSettings, NatsSettings, Settings
 from bridge.kernel.errors import GroqPolicyError
 from bridge.opabundle.keys import SigningKey
 from bridge.opawasm import HostConfig, WasmEvaluator
@@ -44,6 +44,7 @@ from controlplane.evaluation.model_stage import metered_transport
 from controlplane.evaluation.nats_service import EvaluateService
 from controlplane.evaluation.pipeline import Pipeline
 from controlplane.evaluation.runtime import EvaluationRuntime, ModelClient, RevisionFollower
+from controlplane.impact.batched import BatchAsker
 from controlplane.impact.replay import OnlineReAsk
 from controlplane.impact.service import ImpactService
 from controlplane.impact.shadow import ShadowMode, threadsafe_ask
@@ -125,6 +126,7 @@ class Services:
     gauges: StoreGauges  # what /metrics reads from the stores at scrape time
     replay: ReplayStore  # decisions' inputs and the model's judgments (controlplane.impact)
     impact: ImpactService
+    batch: BatchAsker  # the Groq Batch API client of `impact via=batch` (the worker's endpoint settings)
     shadows: ShadowMode
     agent_decisions: AgentDecisions  # agents' decision logs into the replay store
     tokens: TokenSet | None = None  # bearer tokens and scopes (controlplane.auth); None refuses everyone
@@ -173,11 +175,12 @@ class Services:
         statuses = StatusStore(settings.state_dir)
         gauges = StoreGauges(store, statuses, decision_logs,
                              audit_writer=lambda: recorder.trail.writer if recorder.trail is not None else None)
+        batch = BatchAsker(GroqSettings.from_env(), runtime.catalog)
         impact = ImpactService(replay, policies, settings, OnlineReAsk(models.transport, serving_ask),
-                               audit=recorder.append_many)
+                               audit=recorder.append_many, batch=batch)
         return cls(settings=settings, store=store, decision_logs=decision_logs, statuses=statuses, signing_key=key,
                    publisher=publisher, nats=nats, policies=policies, recorder=recorder, runtime=runtime,
-                   gauges=gauges, replay=replay, impact=impact, shadows=shadows,
+                   gauges=gauges, replay=replay, impact=impact, batch=batch, shadows=shadows,
                    agent_decisions=AgentDecisions(replay, tap, settings.bridge_url, policies.active_records),
                    tokens=tokens, bridge_token=token)
 
@@ -195,6 +198,7 @@ class Services:
             ("pipeline", rt.pipeline),
             ("policy.evaluate", rt.service),
             ("shadow mode", self.shadows),
+            ("batch API client", self.batch),
             ("bundles at start", Step(self.publish_at_start)),
         ]
 

@@ -230,7 +230,7 @@ async def test_filters_and_pagination(trail):
     assert [r.seq for r in page.records] == [3, 4] and page.next_after_seq == 4
     page = await trail.list(AuditFilters(), limit=2, after_seq=4)
     assert [r.seq for r in page.records] == [5] and page.next_after_seq is None
-    with pytest.raises(AuditQueryError, match=r"^source: 'web' unknown \(expected one of api, batch, nats, opa-agent, certification\)$"):
+    with pytest.raises(AuditQueryError, match=r"^source: 'web' unknown \(expected one of api, batch, nats, opa-agent, admin, certification\)$"):
         await trail.list(AuditFilters(source="web"))
     with pytest.raises(AuditQueryError, match=r"^decision: 'maybe' unknown"):
         await trail.list(AuditFilters(decision="maybe"))

@@ -56,7 +56,7 @@ import data.groqpolicy.lib.groq
 
 judgment := groq.judge("fast", "Does this text contain personal data?", {"text": input.text})
 
-decision := {"decision": judgment.decision, "reasons": [judgment.rationale], "confidence": judgment.confidence}
+decision := {"decision": judgment.decision, "reasons": [sprintf("%s: %s", [judgment.decision, judgment.rationale])], "confidence": judgment.confidence}
 """
 CONTEXT = {"principal": {"id": "svc-notes"}, "text": "call Ann on 555-1234"}
 

@@ -159,7 +159,10 @@ def test_dashboard_in_headless_chromium(system, chromium, tmp_path):
         rate = page.evaluate("document.getElementById('cache-rate').dataset.rate")
         assert rate and 0 < float(rate) <= 1
         assert page.evaluate("document.getElementById('inference-mode').dataset.mode") == "emulated"
-        assert page.evaluate("document.querySelectorAll('#audit tr.audit-row').length") == len(made) + 1
+        # every evaluation, the agent's decision, and each stored policy's certificate (source `certification`)
+        certified = client.get("/api/v1/audit", params={"source": "certification", "limit": 200}).json()["records"]
+        assert certified
+        assert page.evaluate("document.querySelectorAll('#audit tr.audit-row').length") == len(made) + 1 + len(certified)
         agents = page.evaluate("[...document.querySelectorAll('#agents tr.agent')].map(tr => [...tr.cells].map(c => c.innerText.trim()))")
         assert len(agents) == 1 and agents[0][0] == AGENT and agents[0][1] == "groqpolicy"
         revision = client.get("/health").json()["bundles"][0].rsplit("@", 1)[1]

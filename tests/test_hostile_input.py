@@ -33,7 +33,7 @@ from bridge.kernel.errors import ERROR_CODE_HEADER, REQUEST_ID_HEADER, BadReques
 from bridge.kernel.untrusted import MAX_JSON_DEPTH, check_json_depth, header_number, json_depth_exceeds
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH, ROUTABLE_TIERS
 from controlplane.infra.processes import free_port
-from tests.bridge_helpers import REPO_ROOT, gateway_on, spawn_worker, wait_for_workers
+from tests.bridge_helpers import BRIDGE_HEADERS, BRIDGE_TOKEN, REPO_ROOT, gateway_on, spawn_worker, wait_for_workers
 from tests.controlplane_helpers import ADMIN_HEADERS, make_settings, running_control_plane
 from tests.hostile_corpus import BODIES, HEADERS, INGESTION, PATH_VALUES, QUERY_VALUES, Case
 
@@ -122,7 +122,9 @@ class System:
 
 
 def _spawn_gateway(nats_url: str, port: int, log_path: Path) -> subprocess.Popen:
-    env = {**os.environ, "NATS_URL": nats_url, "PYTHONPATH": str(REPO_ROOT)}
+    token_file = log_path.parent / "bridge-token"
+    token_file.write_text(BRIDGE_TOKEN)
+    env = {**os.environ, "NATS_URL": nats_url, "PYTHONPATH": str(REPO_ROOT), "GROQPOLICY_BRIDGE_TOKEN_FILE": str(token_file)}
     with open(log_path, "ab") as log:
         return subprocess.Popen([sys.executable, "-m", "bridge.inference.gateway", "--port", str(port)],
                                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT, start_new_session=True)
@@ -154,7 +156,7 @@ def system(tmp_path_factory, nats_server_module, emu_module) -> Iterator[System]
         settings = make_settings(tmp / "state", compile_on_start=True, nats_url=url, long_poll_max_s=1)
         with running_control_plane(settings) as services, \
                 httpx.Client(base_url=settings.base_url, headers=ADMIN_HEADERS, timeout=60) as cp, \
-                httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as gw:
+                httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=BRIDGE_HEADERS, timeout=60) as gw:
             _wait_healthy(gw)
             yield System(cp, gw, url, services, children)
     finally:
@@ -384,7 +386,7 @@ def test_a_nats_5xx_carries_a_request_id_and_is_logged(system, monkeypatch, capl
 async def test_a_gateway_5xx_carries_a_request_id_and_is_logged(nats_server, caplog):
     url = nats_server.extra["url"]  # no worker serves this NATS: the gateway answers 503
     async with gateway_on(url) as gw:
-        async with httpx.AsyncClient(base_url=gw.url, timeout=30) as client:
+        async with httpx.AsyncClient(base_url=gw.url, headers=BRIDGE_HEADERS, timeout=30) as client:
             with caplog.at_level(logging.WARNING, logger="groqpolicy.gateway"):
                 r = await client.post("/v1/infer/fast", json={"question": "q?", "constitutional_hash": CONSTITUTIONAL_HASH})
     assert r.status_code == 503

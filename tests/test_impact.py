@@ -5,6 +5,7 @@ control plane over real HTTP with its in-process evaluator. Model calls are coun
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 
@@ -12,6 +13,8 @@ import httpx
 import pytest
 
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
+from bridge.inference.catalog import default_catalog
+from controlplane.services import Services
 from tests.bridge_helpers import spawn_worker, wait_for_workers
 from tests.controlplane_helpers import ADMIN_HEADERS, EVALUATE_TOKEN, bearer, make_settings, running_control_plane
 
@@ -74,7 +77,13 @@ def system(tmp_path_factory, nats_server_module, emu_module):
     try:
         asyncio.run(wait_for_workers(url, 1))
         settings = make_settings(tmp / "state", nats_url=url, shadow_max_divergence=0.05)
-        with running_control_plane(settings) as services:
+        with pytest.MonkeyPatch.context() as env:
+            # the control plane reaches the emulator's Batch API as the worker reaches its chat API
+            env.delenv("GROQ_API_KEY", raising=False)
+            env.setenv("GROQPOLICY_EMULATOR_URL", emu_module.url)
+            env.setenv("GROQPOLICY_BATCH_POLL_S", "0.05")
+            built = Services.build(settings)
+        with running_control_plane(settings, built) as services:
             with httpx.Client(base_url=settings.base_url, headers=ADMIN_HEADERS, timeout=60) as client:
                 limit = client.post("/api/v1/policies", json=policy("limits", "risk_management", LIMIT))
                 judge = client.post("/api/v1/policies", json=policy("judge", "ethical_constraints", JUDGE))
@@ -152,6 +161,43 @@ def test_a_changed_prompt_asks_exactly_the_changed_judgments_again(system, recor
     assert report["changed"] == 0  # the emulator judges the text, not the wording of the question
 
 
+def test_a_changed_prompt_via_batch_asks_exactly_the_changed_judgments_at_the_batch_price(system, recorded):
+    client, _, emu, limit, judge = system
+    changed = JUDGE.replace("Is this text harmful?", "Is this text harmful to anyone?")
+    calls, lines = emu.calls(), emu.app.stats["batch_lines"]
+    report = impact(client, {"rule_id": judge, "opa_policy": changed}, via="batch")
+    asked = len(set(TEXTS))
+    assert emu.app.stats["batch_lines"] - lines == asked  # every changed judgment, once, as a batch line
+    assert emu.calls() - calls == asked  # and not one direct chat call beside them
+    mc = report["model_calls"]
+    assert (mc["via"], mc["new"], mc["failed"], len(mc["batches"])) == ("batch", asked, 0, 1)  # one tier, one job
+    batch, output = asyncio.run(_batch_and_output(emu, mc["batches"][0]))
+    assert (batch.status, batch.request_counts.total, batch.request_counts.completed) == ("completed", asked, asked)
+    catalog = default_catalog()
+    assert 0 < catalog.batch_discount < 1
+    usage = [(row["response"]["body"]["model"], row["response"]["body"]["usage"]) for row in output]
+    at_list_price = sum(catalog.models[m].cost_usd(u["prompt_tokens"], u["completion_tokens"]) for m, u in usage)
+    assert at_list_price > 0 and mc["cost_usd"] == pytest.approx(at_list_price * catalog.batch_discount, abs=1e-9 * asked)  # each rounded to 1e-9
+    assert report["latency"]["new_call_ms_p50"] > 0  # the job's wall time, not the second pass's memory reads
+    assert report["changed"] == 0  # the batch's answers were used: the emulator judges the text, not the question
+    # a candidate that asks nothing new submits no batch at all
+    lines = emu.app.stats["batch_lines"]
+    tightened = impact(client, {"rule_id": limit, "opa_policy": TIGHTER}, via="batch")
+    assert tightened["model_calls"]["batches"] == [] and emu.app.stats["batch_lines"] == lines
+    assert tightened["matrix"]["risk_management"] == {"allow": {"allow": 10, "deny": 5}, "deny": {"deny": 3}}
+
+
+async def _batch_and_output(emu, batch_id: str) -> tuple:
+    """The batch job as the SDK retrieves it, and its output file's rows."""
+    client = emu.client()
+    try:
+        batch = await client.batches.retrieve(batch_id)
+        content = await (await client.files.content(batch.output_file_id)).read()
+        return batch, [json.loads(line) for line in content.splitlines() if line.strip()]
+    finally:
+        await client.close()
+
+
 def test_the_api_streams_progress_and_refuses_what_it_cannot_do(system, recorded):
     client, *_ , limit, _ = system
     with client.stream("POST", "/api/v1/impact", headers={"Accept": "application/x-ndjson"},
@@ -163,8 +209,8 @@ def test_the_api_streams_progress_and_refuses_what_it_cannot_do(system, recorded
     assert r.status_code == 400 and "since_s" in r.json()["error"]["message"]
     r = client.post("/api/v1/impact", json={"candidate": {"rule_id": limit, "opa_policy": "package x\n"}, "count": 3})
     assert r.status_code == 422
-    r = client.post("/api/v1/impact", json={"candidate": {"rule_id": limit, "opa_policy": TIGHTER}, "count": 3, "via": "batch"})
-    assert r.status_code == 422 and "Batch API" in r.json()["error"]["message"]
+    r = client.post("/api/v1/impact", json={"candidate": {"rule_id": limit, "opa_policy": TIGHTER}, "count": 3, "via": "mail"})
+    assert r.status_code == 400 and "via" in r.text
     r = client.post("/api/v1/impact", headers=bearer(EVALUATE_TOKEN), json={"candidate": {}, "count": 1})
     assert r.status_code == 403
 
@@ -215,7 +261,7 @@ def test_the_cli_shows_progress_and_the_matrix(system, recorded, tmp_path, capsy
     from controlplane.ops.cli import main
     from tests.controlplane_helpers import ADMIN_TOKEN
 
-    client, _, _, limit, _ = system
+    client, _, _, limit, judge = system
     changed = tmp_path / "limits.rego"
     changed.write_text(TIGHTER.replace("input.amount > 50", "input.amount > 205"))
     common = ["--url", str(client.base_url), "--token", ADMIN_TOKEN]
@@ -226,6 +272,15 @@ def test_the_cli_shows_progress_and_the_matrix(system, recorded, tmp_path, capsy
     assert "risk_management:" in out and "deny ->" in out and "0 asked anew" in out
     assert main(["impact", "--rule-id", limit, "--file", str(changed), *common]) == 1
     assert "--since" in capsys.readouterr().err
+    judge_changed = tmp_path / "judge.rego"
+    judge_changed.write_text(JUDGE.replace("Is this text harmful?", "Would this text harm a reader?"))
+    assert main(["impact", "--rule-id", judge, "--file", str(judge_changed), "--since", "1h",  # the first decisions too:
+                 "--via", "batch", *common]) == 0  # the newest are the shadow's, which ask no model
+    out, err = capsys.readouterr()
+    assert re.search(r"batch batch_\w+: completed +18/18 judgments answered \(0 failed\)", err), err
+    assert "pass 2, with the batch's answers" in err
+    assert f"{len(set(TEXTS))} asked anew (batch, 0 failed)" in out and "at the batch price" in out
+    assert "batch jobs: batch_" in out
     assert main(["shadow", "list", *common]) == 0
 
 

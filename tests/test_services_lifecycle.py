@@ -27,6 +27,7 @@ def test_the_pipeline_is_complete_when_built(tmp_path):
     assert names.index("NATS connection") < names.index("audit trail") < names.index("policy.evaluate")
     assert names.index("evaluator follower") < names.index("policy.evaluate")
     assert names.index("NATS connection") < names.index("replay store") < names.index("policy.evaluate")
+    assert services.impact.batch is services.batch and "batch API client" in names  # impact via=batch
 
 
 class Recording:

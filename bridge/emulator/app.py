@@ -13,7 +13,8 @@ match wins):
 2. queued per model through the admin API: `POST /admin/faults {"model": m|"*", "faults": [..]}`
    serves them to the next calls, one each (so "429 then success" is expressible);
 3. random, per model, from `ModelBehaviour` rates (`POST /admin/config`).
-`GET /admin/stats` counts calls per model, faults served and response formats seen.
+`GET /admin/stats` counts calls per model (`batch_lines`: how many of them were Batch API lines),
+faults served and response formats seen.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class GroqEmulator:
 
     def reset_stats(self) -> None:
         self.stats = {"calls": Counter(), "faults": Counter(), "formats": Counter(), "params": Counter(),
-                      "sampling": Counter(), "total": 0}
+                      "sampling": Counter(), "total": 0, "batch_lines": 0}
 
     def force(self, *faults: str, model: str = "*") -> None:
         """Queue faults for the next calls to `model` (or any model)."""
@@ -211,6 +212,7 @@ class GroqEmulator:
 
     async def _batch_line(self, body: bytes) -> Answer:
         """One line of a batch, answered as a direct call would be (nobody disconnects from a batch)."""
+        self.stats["batch_lines"] += 1  # also in `total`: total - batch_lines are the direct calls
         answer = await self._chat(body, _never)
         assert answer is not None  # only a disconnect makes it None
         return answer
@@ -218,7 +220,8 @@ class GroqEmulator:
     def _admin(self, method: str, path: str, body: bytes) -> Answer:
         try:
             if method == "GET" and path == "/admin/stats":
-                return 200, {"total": self.stats["total"], "calls": dict(self.stats["calls"]),
+                return 200, {"total": self.stats["total"], "batch_lines": self.stats["batch_lines"],
+                             "calls": dict(self.stats["calls"]),
                              "faults": dict(self.stats["faults"]), "formats": dict(self.stats["formats"]),
                              "params": dict(self.stats["params"]), "sampling": dict(self.stats["sampling"])}, {}
             if method == "POST" and path == "/admin/faults":

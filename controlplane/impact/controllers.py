@@ -2,8 +2,9 @@
 read recorded inputs, which no other scope may see.
 
 `POST /api/v1/impact` answers the report as JSON; with `Accept: application/x-ndjson` it streams
-`{"progress": {"done", "total"}}` lines while it replays and ends with `{"report": ...}` (what the
-CLI's progress bar reads). Every check that can fail on the client's side runs before the stream
+`{"progress": {"done", "total"}}` lines while it replays (`via=batch`: with the pass, and
+`{"batch": {"id", "status", "done", "failed", "total", "elapsed_s"}}` lines while a Batch API job
+runs) and ends with `{"report": ...}` (what the CLI's progress bar reads). Every check that can fail on the client's side runs before the stream
 starts, so those are plain 4xx answers either way.
 """
 
@@ -100,8 +101,8 @@ class ImpactApi(Controller):
 async def _progress_lines(impact: ImpactService, prepared: Prepared, who: str) -> AsyncIterator[bytes]:
     lines: asyncio.Queue[bytes | None] = asyncio.Queue()
 
-    async def progress(done: int, total: int) -> None:
-        await lines.put(msgspec.json.encode({"progress": {"done": done, "total": total}}) + b"\n")
+    async def progress(item: dict) -> None:
+        await lines.put(msgspec.json.encode(item) + b"\n")
 
     async def run() -> None:
         try:

@@ -7,8 +7,8 @@ Every model call the candidate makes goes to the `Oracle`: a request recorded in
 recording and never asked again; any other is asked anew through `ReAsk`, once per request.
 
 `ReAsk` is the seam for how new judgments are asked: `OnlineReAsk` sends them to the live
-inference workers now. Large replays belong on GroqCloud's Batch API at its batch price; that
-path is being built in `bridge.inference` and plugs in here as another `ReAsk`.
+inference workers now; `controlplane.impact.batched.BatchReAsk` collects them for GroqCloud's
+Batch API at its batch price and answers them on the replay's next pass.
 """
 
 from __future__ import annotations
@@ -213,13 +213,14 @@ class ModelCalls(msgspec.Struct):
     failed: int
     cost_usd: float  # of the new calls, at the tier catalog's prices
     via: str  # online | batch
+    batches: list[str] = []  # via batch: the Batch API jobs submitted, in order
 
 
 class Latency(msgspec.Struct):
     recorded_wasm_us_p50: float  # the live revision's in-process time per decision, as recorded
     candidate_wasm_us_p50: float  # the candidate's, replayed
     change_us: float
-    new_call_ms_p50: float  # the model calls asked anew (0 when none)
+    new_call_ms_p50: float  # the model calls asked anew (0 when none; via batch: the jobs' wall time)
 
 
 class Report(msgspec.Struct, kw_only=True):

@@ -2,14 +2,17 @@
 replay, report, and put the run in the audit trail.
 
 Requests are msgspec structs (`ImpactRequest`); every client mistake (no candidate, a window and a
-count both missing or out of range, Rego that does not compile, a Batch API replay) is a 4xx with
-a message naming the field.
+count both missing or out of range, Rego that does not compile) is a 4xx with a message naming the
+field. A replay `via=batch` runs in passes (`controlplane.impact.batched`): each pass replays the
+window, the judgments it found neither recorded nor answered go out as one Batch API job per tier,
+and the pass that finds none is the one reported.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import statistics
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -19,12 +22,14 @@ from typing import Annotated, Any, Literal
 import anyio
 import msgspec
 
+from bridge.inference.batch import BatchProgress
 from bridge.kernel.config import Settings
-from bridge.kernel.errors import BadRequest, Unprocessable
+from bridge.kernel.errors import BadRequest, Unavailable
 from controlplane.audit.records import AuditRecord, StoredRecord
+from controlplane.impact.batched import MAX_PASSES, BatchAsker, BatchReAsk
 from controlplane.impact.candidate import Candidate, CandidateSpec, build_candidate
-from controlplane.impact.records import Recorded
-from controlplane.impact.replay import Oracle, ReAsk, Report, decide_all, report
+from controlplane.impact.records import Judgment, Recorded
+from controlplane.impact.replay import Oracle, Outcome, ReAsk, Report, decide_all, report
 from controlplane.impact.store import ReplayStore
 from controlplane.policies.service import PolicyService
 
@@ -34,7 +39,9 @@ KEPT_REPORTS = 20
 REDACT_FIELDS = ("text", "free_text", "prompt", "email", "phone", "full_name", "name", "address", "ssn", "password")
 
 AuditAppend = Callable[[list[AuditRecord]], Awaitable[list[StoredRecord]]]
-Progress = Callable[[int, int], Awaitable[None]]
+Progress = Callable[[dict[str, Any]], Awaitable[None]]
+"""Told `{"progress": {"done", "total"[, "pass"]}}` as decisions are replayed and, for a batch
+replay, `{"batch": {"id", "status", "done", "failed", "total", "elapsed_s"}}` as a batch job moves."""
 
 
 class ImpactRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -51,7 +58,8 @@ class Prepared:
     request: ImpactRequest
     candidate: Candidate
     decisions: list[Recorded]
-    oracle: Oracle
+    judgments: dict[str, Judgment]
+    reask: ReAsk | None  # None: changed judgments are not asked
 
 
 def admin_record(action: str, outcome: str, details: dict[str, Any]) -> AuditRecord:
@@ -61,9 +69,10 @@ def admin_record(action: str, outcome: str, details: dict[str, Any]) -> AuditRec
 
 class ImpactService:
     def __init__(self, store: ReplayStore, policies: PolicyService, settings: Settings, reask: ReAsk,
-                 audit: AuditAppend) -> None:
+                 audit: AuditAppend, batch: BatchAsker | None = None) -> None:
         self.store, self.policies, self.settings = store, policies, settings
         self.reask = reask
+        self.batch = batch
         self.audit = audit
         self.reports: deque[Report] = deque(maxlen=KEPT_REPORTS)  # newest last (the dashboard's)
 
@@ -79,42 +88,87 @@ class ImpactService:
         self.store.check_enabled()
         if req.since_s is None and req.count is None:
             raise BadRequest("impact: give since_s (a window in seconds) or count (the newest N decisions)")
-        if req.via == "batch":
-            raise Unprocessable("impact: via=batch: the Batch API path is not available yet in this build; "
-                                "use via=online")
+        reask: ReAsk | None = None
+        if req.ask:
+            if req.via == "batch":
+                if self.batch is None:
+                    raise Unavailable("impact: via=batch: this control plane has no Batch API client; use via=online")
+                reask = BatchReAsk(self.batch.require())  # 503 without a Groq endpoint
+            else:
+                reask = self.reask
         candidate = await anyio.to_thread.run_sync(build_candidate, req.candidate, self.policies)
         since = time.time() - req.since_s if req.since_s is not None else None
         decisions = await self.store.decisions(since, req.count or MAX_DECISIONS)  # a window holds at most the newest MAX
-        oracle = Oracle(await self.store.judgments(), self.reask if req.ask else None)
-        return Prepared(req, candidate, decisions, oracle)
+        return Prepared(req, candidate, decisions, await self.store.judgments(), reask)
 
     async def execute(self, prepared: Prepared, progress: Progress | None = None, who: str = "") -> Report:
-        candidate, decisions, oracle = prepared.candidate, prepared.decisions, prepared.oracle
-        evaluator = candidate.evaluator(self.policies, self.settings.bridge_url, oracle.transport)
-
-        serving = asyncio.get_running_loop()
-
-        async def report_progress(done: int) -> None:
-            if progress is not None:
-                await progress(done, len(decisions))
-
-        async def step(done: int) -> None:  # on the replay's thread: progress is reported on the serving loop
-            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(report_progress(done), serving))
-
         started = time.perf_counter()
-        try:
-            # a thread and event loop of its own: the replay's WASM work never holds up the serving loop
-            outcomes = await asyncio.to_thread(asyncio.run, decide_all(candidate, evaluator, oracle, decisions, step))
-        finally:
-            evaluator.close()
-        found = report(candidate, decisions, outcomes, oracle, redact_fields=prepared.request.redact_fields,
-                       started=started, via=prepared.request.via)
+        reask = prepared.reask
+        if isinstance(reask, BatchReAsk):
+            oracle, outcomes = await self._batch_passes(prepared, reask, progress)
+        else:
+            oracle = Oracle(prepared.judgments, reask)
+            outcomes = await self._replay(prepared, oracle, progress)
+        found = report(prepared.candidate, prepared.decisions, outcomes, oracle,
+                       redact_fields=prepared.request.redact_fields, started=started, via=prepared.request.via)
+        if isinstance(reask, BatchReAsk):  # its judgments' latency is the jobs' (the last pass reads memory)
+            found.model_calls.batches = reask.batches
+            found.latency.new_call_ms_p50 = round(statistics.median(reask.waited_ms), 2) if reask.waited_ms else 0.0
         self.reports.append(found)
         await self.audit([admin_record("impact", "other", {
             "report_id": found.id, "candidate": found.candidate, "candidate_revision": found.candidate_revision,
             "decisions": found.decisions, "changed": found.changed, "new_model_calls": found.model_calls.new,
-            "by": who})])
+            "via": found.model_calls.via, "batches": found.model_calls.batches, "by": who})])
         return found
+
+    async def _replay(self, prepared: Prepared, oracle: Oracle, progress: Progress | None,
+                      number: int = 0) -> list[Outcome]:
+        """One pass over the window (`number`: the pass of a batch replay, told to `progress`)."""
+        candidate, decisions = prepared.candidate, prepared.decisions
+        evaluator = candidate.evaluator(self.policies, self.settings.bridge_url, oracle.transport)
+        serving = asyncio.get_running_loop()
+
+        async def report_progress(done: int) -> None:
+            if progress is not None:
+                line: dict[str, Any] = {"done": done, "total": len(decisions)}
+                if number:
+                    line["pass"] = number
+                await progress({"progress": line})
+
+        async def step(done: int) -> None:  # on the replay's thread: progress is reported on the serving loop
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(report_progress(done), serving))
+
+        if number > 1:  # the stream's first line announced the first pass
+            await report_progress(0)
+        try:
+            # a thread and event loop of its own: the replay's WASM work never holds up the serving loop
+            return await asyncio.to_thread(asyncio.run, decide_all(candidate, evaluator, oracle, decisions, step))
+        finally:
+            evaluator.close()
+
+    async def _batch_passes(self, prepared: Prepared, reask: BatchReAsk,
+                            progress: Progress | None) -> tuple[Oracle, list[Outcome]]:
+        """Replay, ask what was missing as batches, replay again, until a pass misses nothing; that
+        pass's oracle (which counts the batch's answers as asked anew, at their batch cost) and outcomes."""
+        told: list[asyncio.Future[None]] = []
+
+        def moved(p: BatchProgress) -> None:  # the batch client's callback is not a coroutine
+            if progress is not None:
+                told.append(asyncio.ensure_future(progress({"batch": {
+                    "id": p.batch_id, "status": p.status, "done": p.done, "failed": p.failed, "total": p.total,
+                    "elapsed_s": round(p.elapsed_s, 3)}})))
+
+        for number in range(1, MAX_PASSES + 1):
+            oracle = Oracle(prepared.judgments, reask)
+            outcomes = await self._replay(prepared, oracle, progress, number)
+            if number == MAX_PASSES:  # what is still missing stays unanswered: counted failed, decided as review
+                break
+            asked = await reask.ask_pending(moved)
+            await asyncio.gather(*told)
+            told.clear()
+            if not asked:
+                break
+        return oracle, outcomes
 
     async def run(self, req: ImpactRequest, progress: Progress | None = None, who: str = "") -> Report:
         return await self.execute(await self.prepare(req), progress, who)

@@ -49,6 +49,20 @@ def candidate_of(args: argparse.Namespace) -> dict[str, Any]:
     return found
 
 
+def _pass_progress(line: dict[str, Any], started: float) -> None:
+    if line.get("pass", 1) > 1 and line["done"] == 0:  # a new pass after a batch: a bar of its own
+        sys.stderr.write(f"\npass {line['pass']}, with the batch's answers\n")
+    _progress(line["done"], line["total"], started)
+
+
+def _batch_progress(b: dict[str, Any]) -> None:
+    sys.stderr.write(f"\rbatch {b['id']}: {b['status']:<11} {b['done'] + b['failed']}/{b['total'] or '?'} judgments "
+                     f"answered ({b['failed']} failed)  {b['elapsed_s']:,.1f} s")
+    if b["status"] in ("completed", "failed", "expired", "cancelled"):
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
 def _streamed_report(api: ControlPlaneClient, body: dict[str, Any], quiet: bool) -> dict[str, Any]:
     started = time.perf_counter()
     report: dict[str, Any] | None = None
@@ -62,7 +76,9 @@ def _streamed_report(api: ControlPlaneClient, body: dict[str, Any], quiet: bool)
                     continue
                 item = json.loads(line)
                 if "progress" in item and not quiet:
-                    _progress(item["progress"]["done"], item["progress"]["total"], started)
+                    _pass_progress(item["progress"], started)
+                elif "batch" in item and not quiet:
+                    _batch_progress(item["batch"])
                 elif "report" in item:
                     report = item["report"]
                 elif "error" in item:
@@ -87,8 +103,11 @@ def render_report(report: dict[str, Any]) -> str:
         states = [s for s in STATES if s in rows or any(s in r for r in rows.values())]
         table = [[f"{before} ->", *[rows.get(before, {}).get(after, 0) for after in states]] for before in states if before in rows]
         out += [f"{'whole decision' if kind == '*' else kind}:", _table(table, ["before \\ after", *states]), ""]
+    price = "at the batch price" if calls["via"] == "batch" else "at list price"
     out.append(f"model calls: {calls['recorded']} answered from the recording, {calls['new']} asked anew "
-               f"({calls['via']}, {calls['failed']} failed), estimated cost ${calls['cost_usd']:.6f}")
+               f"({calls['via']}, {calls['failed']} failed), estimated cost ${calls['cost_usd']:.6f} {price}")
+    if calls.get("batches"):
+        out.append(f"batch jobs: {', '.join(calls['batches'])}")
     out.append(f"latency: in-process p50 {lat['recorded_wasm_us_p50']} µs recorded -> {lat['candidate_wasm_us_p50']} µs "
                f"candidate ({lat['change_us']:+} µs); new model calls p50 {lat['new_call_ms_p50']} ms")
     for ex in report["examples"]:
@@ -100,7 +119,7 @@ def render_report(report: dict[str, Any]) -> str:
 def cmd_impact(args: argparse.Namespace) -> int:
     if not args.since and not args.count:
         raise ClientError("impact: give --since (e.g. 24h) or --count (the newest N decisions)")
-    body: dict[str, Any] = {"candidate": candidate_of(args), "ask": not args.no_ask}
+    body: dict[str, Any] = {"candidate": candidate_of(args), "ask": not args.no_ask, "via": args.via}
     if args.since:
         body["since_s"] = duration_s(args.since)
     if args.count:
@@ -146,6 +165,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], client
     im.add_argument("--bundle-dir", help="a changed copy of rego/ (the library, the constitution, the examples)")
     im.add_argument("--since", help="the window: decisions of the last 90m, 24h, 7d, ...")
     im.add_argument("--count", type=int, help="the newest N decisions (within --since when both)")
+    im.add_argument("--via", choices=["online", "batch"], default="online",
+                    help="how judgments that changed are asked: the live workers now, or Batch API jobs at the "
+                         "batch price (slower: a job can take up to its completion window)")
     im.add_argument("--no-ask", action="store_true", help="do not ask the model judgments that changed (they count as review)")
     im.add_argument("--json", action="store_true", help="the whole report as JSON")
     client_opts(im)

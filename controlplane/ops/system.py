@@ -150,6 +150,8 @@ class System:
         def launch() -> ManagedProcess:
             env = dict(self.env("controlplane"), GROQPOLICY_STATE_DIR=str(settings.state_dir),
                        GROQPOLICY_PORT=str(settings.port), GROQPOLICY_HOST=settings.host, GROQPOLICY_BRIDGE_URL=bridge_url)
+            if self.emulator_url:  # as the workers are: where `impact --via batch` sends its Batch API jobs
+                env["GROQPOLICY_EMULATOR_URL"] = self.emulator_url
             return spawn("control plane", argv, self.log_dir / "controlplane.log", env=env, pass_fds=(fd,))
 
         def ready(_: ManagedProcess) -> bool:

@@ -104,7 +104,7 @@ class PolicyBundler:
         what certified the policies they run."""
         return self.finish(self.prepare(modules, focus, run_tests), certificates)
 
-    def parse_module(self, module: str) -> tuple[str, dict[str, Any]]:
+    def check_user_text(self, module: str) -> tuple[str, dict[str, Any]]:
         """The user's text of a policy module alone (`opa parse`): (that text, its AST), or its parse
         errors and reserved names as the user's own (CompileError at `opa_policy` rows)."""
         source = rego.user_source(module)
@@ -121,10 +121,10 @@ class PolicyBundler:
                 parsed: tuple[str, dict[str, Any]] | None = None) -> Built:
         """`compile` up to the certificates: every `opa` stage and the wasm load check. A write runs
         it beside the policy's certification, whose certificate `finish` then adds; `parsed` is
-        `parse_module(modules[focus])` when the caller has it already."""
+        `check_user_text(modules[focus])` when the caller has it already."""
         definition = self.library()
         if focus is not None and parsed is None:  # the user's text alone first: its errors are the user's own
-            parsed = self.parse_module(modules[focus])
+            parsed = self.check_user_text(modules[focus])
         source, ast = parsed or ("", None)
         with tempfile.TemporaryDirectory(prefix="groqpolicy-policies-") as tmp:
             base = Path(tmp)

@@ -289,7 +289,7 @@ class PolicyService:
         if self.certifier is None:
             return record, None, None
         module = self.module_of(record)
-        parsed = await anyio.to_thread.run_sync(self.bundler.parse_module, module)
+        parsed = await anyio.to_thread.run_sync(self.bundler.check_user_text, module)
         built = self._build(record, parsed) if record.is_active else None
         try:
             certified = await self.certifier.certify(

@@ -71,6 +71,8 @@ class GroqSettings(_Section, kw_only=True):
     emulator_url: str = ""  # an emulator running elsewhere (`python -m bridge.emulator`)
     nats_url: str = DEFAULT_NATS_URL
     tier_catalog: Path | None = None  # default: bridge/inference/catalog/tiers.json
+    batch_completion_window: str = "24h"  # Batch API jobs (impact via=batch): GroqCloud takes 24h to 7d
+    batch_poll_s: float = 1.0  # the first wait between a batch's status checks (doubled up to 30 s)
 
     ENV: ClassVar[dict[str, tuple[str, Conv]]] = {
         "GROQ_API_KEY": ("api_key", str),
@@ -79,7 +81,13 @@ class GroqSettings(_Section, kw_only=True):
         "NATS_URL": ("nats_url", str),
         "GROQPOLICY_NATS_URL": ("nats_url", str),
         "GROQPOLICY_TIER_CATALOG": ("tier_catalog", Path),
+        "GROQPOLICY_BATCH_COMPLETION_WINDOW": ("batch_completion_window", str),
+        "GROQPOLICY_BATCH_POLL_S": ("batch_poll_s", float),
     }
+
+    def _derive(self, env: Mapping[str, str]) -> None:
+        if self.batch_poll_s <= 0:
+            raise ConfigError(f"GROQPOLICY_BATCH_POLL_S={self.batch_poll_s}: must be above 0")
 
     def __repr__(self) -> str:  # the key never reaches a log line
         return f"GroqSettings(api_key={'***' if self.api_key else ''!r}, base_url={self.base_url!r}, " \
