@@ -304,13 +304,13 @@ def test_a_write_compiles_once_unless_it_switches_a_policy_off_and_changes_its_m
     client, services = cp
     bundler = services.policies.bundler
     compiled: list[set[str]] = []  # the stored policies in each compile
-    real = bundler.compile
+    real = bundler.prepare  # every compile's opa stages (`compile` is `finish(prepare(...))`)
 
-    def counting(modules, focus=None, run_tests=False, certificates=None):
+    def counting(modules, focus=None, run_tests=False, parsed=None):
         compiled.append(set(modules))
-        return real(modules, focus=focus, run_tests=run_tests, certificates=certificates)
+        return real(modules, focus=focus, run_tests=run_tests, parsed=parsed)
 
-    monkeypatch.setattr(bundler, "compile", counting)
+    monkeypatch.setattr(bundler, "prepare", counting)
     served = lambda: services.store.get("groqpolicy", "wasm")[0].revision  # noqa: E731
 
     def write(method: str, url: str, **body) -> dict:

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 MODULE = """package ab
@@ -39,6 +40,9 @@ b_render_template := strings.render_template("{{.user}} has {{range $.items}}[{{
 b_yaml_unmarshal := yaml.unmarshal(input.yaml)
 b_any_prefix := strings.any_prefix_match(input.url, ["https://", "http://"])
 b_jwt_decode := io.jwt.decode(input.jwt)
+b_jwt_decode_verify := io.jwt.decode_verify(input.jwt_rs, {"cert": input.cert, "time": 1700000000000000000})
+b_x509_parse := count(crypto.x509.parse_certificates(input.cert))
+b_glob_match := glob.match("*.example.com", ["."], input.host)
 """
 INPUT = {
     "s": "order 1234 of 56 items abc", "csv": "a, b, c, d", "user": "alice", "f": 1.5,
@@ -46,23 +50,29 @@ INPUT = {
     "doc": {"a": 1}, "units": "1.5Ki", "bytes": "10MB", "items": ["x", "y", "z"],
     "yaml": "a: 1\nb: [x, y]\nc: {d: true}\n",
     "jwt": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhbm4ifQ.c2ln",
+    "host": "api.example.com",
 }
 ENTRYPOINTS = [line.split(" :=")[0] for line in MODULE.splitlines() if " := " in line]
 EVALS = 2000
 
 _RUN = """
 import json, statistics, sys, time
+if sys.argv[6] == "fuel-off":
+    # diagnostic arm: the engine compiles without fuel counting (what it costs the wasm side)
+    import wasmtime
+    wasmtime.Config.consume_fuel = property(fset=lambda self, value: None)
 # the checkout under measurement, not the one the venv's editable install points at
 sys.meta_path = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
 sys.path.insert(0, sys.argv[5])
 from bridge.opawasm import policy_from_files
 assert __import__("bridge").__file__.startswith(sys.argv[5]), __import__("bridge").__file__
 wasm = open(sys.argv[1], "rb").read()
-inp = json.loads(sys.argv[2])
+inputs = json.loads(sys.argv[2])
 pol = policy_from_files({"/policy.wasm": wasm}, pool_size=1, timeout=5.0)
 out = {}
 for ep in json.loads(sys.argv[3]):
     name = "ab/" + ep
+    inp = inputs.get(ep, inputs[""])
     pol.evaluate(name, inp)
     ts = []
     for _ in range(int(sys.argv[4])):
@@ -72,6 +82,31 @@ for ep in json.loads(sys.argv[3]):
     out[ep] = statistics.median(ts) * 1e6
 print(json.dumps(out))
 """
+
+
+def signed_inputs() -> dict[str, dict[str, object]]:
+    """Inputs of the entrypoints that need a self-signed RSA certificate and an RS256 token it
+    verifies, made fresh per invocation: both sides of one A/B get the same bytes, and no key
+    material lives in the repository. Only these entrypoints get them: the others keep the small
+    input, whose parsing (in wasm, on every evaluation) would otherwise grow by kilobytes."""
+    import datetime
+
+    import jwt
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ab.example.com")])
+    now = datetime.datetime(2023, 1, 1, tzinfo=datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=3650))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("ab.example.com")]), critical=False)
+            .sign(key, hashes.SHA256()))
+    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    token = jwt.encode({"sub": "ann", "exp": 1900000000}, key, algorithm="RS256")
+    return {"b_jwt_decode_verify": {"jwt_rs": token, "cert": pem}, "b_x509_parse": {"cert": pem}}
 
 
 def build_wasm(opa: str) -> bytes:
@@ -91,9 +126,9 @@ def build_wasm(opa: str) -> bytes:
     raise RuntimeError("opa build produced no policy.wasm")
 
 
-def run(checkout: Path, wasm_path: Path, evals: int) -> dict[str, float]:
-    out = subprocess.run([sys.executable, "-c", _RUN, str(wasm_path), json.dumps(INPUT), json.dumps(ENTRYPOINTS),
-                          str(evals), str(checkout)], capture_output=True, text=True, check=True)
+def run(checkout: Path, wasm_path: Path, evals: int, inputs: dict[str, Any], mode: str = "") -> dict[str, float]:
+    out = subprocess.run([sys.executable, "-c", _RUN, str(wasm_path), json.dumps(inputs), json.dumps(ENTRYPOINTS),
+                          str(evals), str(checkout), mode or "-"], capture_output=True, text=True, check=True)
     result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
 
@@ -105,19 +140,30 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--evals", type=int, default=EVALS)
     ap.add_argument("--opa", default=os.environ.get("OPA_BIN", "opa"))
+    ap.add_argument("--fuel-off-arm", action="store_true",
+                    help="also run B with wasmtime's fuel counting off (a third interleaved arm, column C): "
+                         "how much of B's change is the fuel the inline budget counts")
     args = ap.parse_args()
+    inputs: dict[str, Any] = {"": INPUT, **signed_inputs()}
     with tempfile.TemporaryDirectory() as td:
         wasm_path = Path(td) / "policy.wasm"
         wasm_path.write_bytes(build_wasm(args.opa))
-        runs: dict[str, list[dict[str, float]]] = {"a": [], "b": []}
+        runs: dict[str, list[dict[str, float]]] = {"a": [], "b": [], "c": []}
         for _ in range(args.rounds):
-            runs["a"].append(run(args.a.resolve(), wasm_path, args.evals))
-            runs["b"].append(run(args.b.resolve(), wasm_path, args.evals))
-    print(f"{'builtin':<18} {'A median us':>12} {'B median us':>12} {'B vs A':>8}")
+            runs["a"].append(run(args.a.resolve(), wasm_path, args.evals, inputs))
+            runs["b"].append(run(args.b.resolve(), wasm_path, args.evals, inputs))
+            if args.fuel_off_arm:
+                runs["c"].append(run(args.b.resolve(), wasm_path, args.evals, inputs, "fuel-off"))
+    extra = f" {'C: B fuel off':>14} {'C vs A':>8}" if args.fuel_off_arm else ""
+    print(f"{'builtin':<20} {'A median us':>12} {'B median us':>12} {'B vs A':>8}{extra}")
     for ep in ENTRYPOINTS:
         a = statistics.median(r[ep] for r in runs["a"])
         b = statistics.median(r[ep] for r in runs["b"])
-        print(f"{ep:<18} {a:>12.1f} {b:>12.1f} {100 * (b - a) / a:>+7.1f}%")
+        line = f"{ep:<20} {a:>12.1f} {b:>12.1f} {100 * (b - a) / a:>+7.1f}%"
+        if args.fuel_off_arm:
+            c = statistics.median(r[ep] for r in runs["c"])
+            line += f" {c:>14.1f} {100 * (c - a) / a:>+7.1f}%"
+        print(line)
     return 0
 
 

@@ -14,6 +14,7 @@ import json
 import subprocess
 import tempfile
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,16 @@ class TestResult(msgspec.Struct, omit_defaults=True):
     error: str = ""
 
 
+class Built(msgspec.Struct):
+    """A source tree through every `opa` stage, before the overlay and metadata (`Compiler.finish`)."""
+
+    definition: BundleDefinition
+    tree: Any  # the running sha256 over the tree's files, continued by `finish`
+    rego_files: dict[str, bytes]
+    wasm_files: dict[str, bytes]
+    tests: list[TestResult]
+
+
 class CompiledBundle(msgspec.Struct):
     """Unsigned artifacts of one definition, ready for signing."""
 
@@ -111,19 +122,27 @@ def _source_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in {".rego", ".json", ".yaml", ".yml"})
 
 
-def source_digest(sources: Sequence[Path], base: Path, overlay: dict | None = None, metadata: dict | None = None) -> str:
-    """A digest over every source file's relative path and bytes (and the data overlay and the
-    manifest metadata): equal inputs, equal revision."""
+def _tree_hash(sources: Sequence[Path], base: Path) -> Any:
     h = hashlib.sha256()
     for src in sources:
         for f in _source_files(src):
             h.update(str(f.relative_to(base) if f.is_relative_to(base) else f).encode() + b"\0")
             h.update(f.read_bytes() + b"\0")
+    return h
+
+
+def _digest_with(h: Any, overlay: dict | None, metadata: dict | None) -> str:
     if overlay:
         h.update(b"overlay\0" + json.dumps(overlay, sort_keys=True).encode())
     if metadata:
         h.update(b"metadata\0" + json.dumps(metadata, sort_keys=True).encode())
-    return h.hexdigest()
+    return str(h.hexdigest())
+
+
+def source_digest(sources: Sequence[Path], base: Path, overlay: dict | None = None, metadata: dict | None = None) -> str:
+    """A digest over every source file's relative path and bytes (and the data overlay and the
+    manifest metadata): equal inputs, equal revision."""
+    return _digest_with(_tree_hash(sources, base), overlay, metadata)
 
 
 def revision_for(name: str, digest: str) -> str:
@@ -172,6 +191,7 @@ class Compiler:
         self.project_root = project_root.resolve()
         self.opa = opa or opa_binary()
         self.bridge_url = bridge_url
+        self.findings = netcheck.Findings(bridge_url) if bridge_url is not None else None
         self._capabilities: bytes | None = None
 
     def _run(self, args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -199,18 +219,22 @@ class Compiler:
             raise CompileError("check", _parse_errors("check", proc.stdout or proc.stderr, cwd))
 
     def check_network(self, sources: Sequence[Path], cwd: Path) -> None:
-        """Refuse `http.send` to a constant URL other than the bridge's (see `netcheck`)."""
-        if self.bridge_url is None:
+        """Refuse `http.send` to a constant URL other than the bridge's (see `netcheck`). Findings are
+        kept per module text (`netcheck.Findings`): only a text not seen before is parsed."""
+        if self.findings is None:
             return
         found: list[CompileMessage] = []
         for src in sources:
             for f in _source_files(src):
-                if f.suffix != ".rego" or f.match(TEST_FILE_GLOB) or b"http.send" not in f.read_bytes():
+                text = f.read_bytes()
+                if f.suffix != ".rego" or f.match(TEST_FILE_GLOB) or b"http.send" not in text:
                     continue
-                proc = self._run(["parse", "--format", "json", "--json-include", "locations", _rel(f, cwd)], cwd)
+                known = self.findings.get(text)
+                if known is None:
+                    proc = self._run(["parse", "--format", "json", "--json-include", "locations", _rel(f, cwd)], cwd)
+                    known = self.findings.put(text, netcheck.violations(proc.stdout, self.findings.bridge_url))
                 found += [CompileMessage(stage="check", code=netcheck.CODE, message=v.message, file=_rel(f, cwd),
-                                         row=v.row, col=v.col)
-                          for v in netcheck.violations(proc.stdout, self.bridge_url)]
+                                         row=v.row, col=v.col) for v in known]
         if found:
             raise CompileError("check", found)
 
@@ -284,42 +308,55 @@ class Compiler:
 
     def compile(self, definition: BundleDefinition, base: Path | None = None, overlay: dict | None = None,
                 metadata: dict | None = None) -> CompiledBundle:
-        """All stages for one definition; the revision is derived from the sources' digest.
+        """All stages for one definition; the revision is derived from the sources' digest. `overlay`
+        is data merged into `/data.json` after the build (deployment facts such as the bridge URL);
+        `metadata` is merged into the `.manifest`'s `metadata` (the policies' certificates, which
+        agents serve at `data.system.bundles`). Both count toward the revision."""
+        return self.finish(self.build_tree(definition, base), overlay, metadata)
 
-        `overlay` is data merged into the bundle's `/data.json` after the build (deployment facts such
-        as the bridge URL, which do not belong in the policy sources); `metadata` is merged into the
-        `.manifest`'s `metadata` (the policies' certificates, which agents then serve at
-        `data.system.bundles`). Both count toward the revision.
-        """
+    def build_tree(self, definition: BundleDefinition, base: Path | None = None) -> Built:
+        """Every `opa` stage over the sources at once (`check`, the URL check, `test`, both `build`s:
+        independent invocations over the same tree, threads waiting on child processes). The first
+        failing stage in the order check -> URLs -> test -> build rego -> build wasm is raised, as if
+        they had run one after another."""
         base = (base or self.project_root).resolve()
         sources = [(base / s).resolve() for s in definition.sources]
         missing = [str(s) for s in sources if not s.exists()]
         if missing:
             raise CompileError("check", [CompileMessage(stage="check", message=f"source not found: {m}") for m in missing])
-        digest = source_digest(sources, base, overlay, metadata)
-        revision = revision_for(definition.name, digest)
+        tree = _tree_hash(sources, base)
+        revision = revision_for(definition.name, tree.hexdigest())  # the final one is set by `finish`
         with tempfile.TemporaryDirectory(prefix="groqpolicy-caps-") as tmp:
-            self.check(sources, cwd=base, extra=self.capabilities(Path(tmp)))
-        self.check_network(sources, cwd=base)
-        tests = self.test(sources, cwd=base) if definition.run_tests else []
-        rego_files = self.build(sources, "rego", revision, cwd=base)
-        wasm_files = self.build(sources, "wasm", revision, cwd=base)
+            caps = self.capabilities(Path(tmp))  # before the threads: `opa capabilities` runs once
+            with ThreadPoolExecutor(max_workers=5, thread_name_prefix="opa-stage") as pool:
+                checks = [pool.submit(self.check, sources, base, caps), pool.submit(self.check_network, sources, base)]
+                tests = pool.submit(self.test, sources, base) if definition.run_tests else None
+                builds = [pool.submit(self.build, sources, target, revision, base) for target in ("rego", "wasm")]
+                pending: list[Future[Any]] = [*checks, *builds, *([tests] if tests else [])]
+                wait(pending)
+        for f in [*checks, tests, *builds]:  # the error of the earliest stage wins
+            exc = f.exception() if f is not None else None
+            if exc is not None:
+                raise exc
+        return Built(definition=definition, tree=tree, rego_files=builds[0].result(), wasm_files=builds[1].result(),
+                     tests=tests.result() if tests is not None else [])
+
+    def finish(self, built: Built, overlay: dict | None = None, metadata: dict | None = None) -> CompiledBundle:
+        """The bundle of a built tree with the deployment's `overlay` and the manifest's `metadata`
+        (see `compile`): no `opa` runs here, so `metadata` known only after the build (a policy's
+        certificate) costs nothing."""
+        digest = _digest_with(built.tree.copy(), overlay, metadata)
+        definition, revision = built.definition, revision_for(built.definition.name, digest)
+        rego_files, wasm_files = built.rego_files, built.wasm_files
         manifest = json.loads(wasm_files.get("/.manifest", b"{}"))
         entrypoints = [w["entrypoint"] for w in manifest.get("wasm", [])]
         if overlay:
             rego_files, wasm_files = _with_data(rego_files, overlay), _with_data(wasm_files, overlay)
-        if definition.roots or metadata:
-            rego_files = _with_manifest(rego_files, roots=definition.roots, name=definition.name, metadata=metadata)
-            wasm_files = _with_manifest(wasm_files, roots=definition.roots, name=definition.name, metadata=metadata)
-        return CompiledBundle(
-            name=definition.name,
-            revision=revision,
-            source_digest=digest,
-            rego_files=rego_files,
-            wasm_files=wasm_files,
-            entrypoints=entrypoints,
-            tests=tests,
-        )
+        if definition.roots or metadata or digest != built.tree.hexdigest():  # else opa's manifest is the bundle's
+            rego_files = _with_manifest(rego_files, roots=definition.roots, name=definition.name, metadata=metadata, revision=revision)
+            wasm_files = _with_manifest(wasm_files, roots=definition.roots, name=definition.name, metadata=metadata, revision=revision)
+        return CompiledBundle(name=definition.name, revision=revision, source_digest=digest, rego_files=rego_files,
+                              wasm_files=wasm_files, entrypoints=entrypoints, tests=built.tests)
 
     def compile_source(self, name: str, modules: dict[str, str], data: dict | None = None, run_tests: bool = True) -> CompiledBundle:
         """Compile Rego given as text (the policy API's path): written to a temp tree, then `compile`."""
@@ -350,9 +387,13 @@ def _with_data(files: dict[str, bytes], overlay: dict) -> dict[str, bytes]:
     return {**files, "/data.json": json.dumps(merge_data(data, overlay, overwrite=True), separators=(",", ":"), sort_keys=True).encode()}
 
 
-def _with_manifest(files: dict[str, bytes], *, roots: list[str], name: str, metadata: dict | None = None) -> dict[str, bytes]:
+def _with_manifest(files: dict[str, bytes], *, roots: list[str], name: str, metadata: dict | None = None,
+                   revision: str = "") -> dict[str, bytes]:
     manifest = json.loads(files.get("/.manifest", b"{}"))
+    if revision:
+        manifest["revision"] = revision
     if roots:
         manifest["roots"] = roots
-    manifest.setdefault("metadata", {}).update({**(metadata or {}), "bundle": name})
+    if roots or metadata:
+        manifest.setdefault("metadata", {}).update({**(metadata or {}), "bundle": name})
     return {**files, "/.manifest": json.dumps(manifest, separators=(",", ":"), sort_keys=True).encode()}

@@ -13,6 +13,7 @@ agent's host all asks for a token a policy does not hold (README, Security model
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from typing import Any, NamedTuple
@@ -95,6 +96,11 @@ def violations(ast_json: str, bridge_url: str) -> list[Violation]:
         ast = json.loads(ast_json)
     except ValueError:
         return []  # a module opa cannot parse was already refused by `opa check`
+    return violations_in(ast, bridge_url)
+
+
+def violations_in(ast: Any, bridge_url: str) -> list[Violation]:
+    """`violations` of a module's AST already decoded."""
     requests = [call[1] for call in _calls(ast) if len(call) > 1 and isinstance(call[1], dict)
                 and call[1].get("type") == "object"]
     requests += [obj for obj in _objects(ast) if {"method", "url"} <= _keys(obj)]
@@ -108,6 +114,32 @@ def violations(ast_json: str, bridge_url: str) -> list[Violation]:
         found[at] = Violation(f"http.send to {term.get('value')!r}: a policy may call only the bridge gateway "
                               f"({bridge_url})", *at)
     return [found[at] for at in sorted(found)]
+
+
+class Findings:
+    """`violations` per module text, kept by the text's digest: a write parses only the modules it
+    changed (the library's and the other stored policies' are the same bytes as at the last write),
+    and the user's module, parsed once for its names, is never parsed again for its URLs."""
+
+    LIMIT = 4096  # texts kept; forgotten all at once past it (each entry is a few short tuples)
+
+    def __init__(self, bridge_url: str) -> None:
+        self.bridge_url = bridge_url
+        self._known: dict[bytes, list[Violation]] = {}
+
+    def get(self, text: bytes) -> list[Violation] | None:
+        return self._known.get(hashlib.sha256(text).digest())
+
+    def put(self, text: bytes, found: list[Violation]) -> list[Violation]:
+        if len(self._known) >= self.LIMIT:
+            self._known.clear()
+        self._known[hashlib.sha256(text).digest()] = found
+        return found
+
+    def remember(self, text: bytes, ast: Any) -> None:
+        """The findings of `text` from its AST (`opa parse` of it, or of a text with the same rows
+        and columns wherever a URL can be: the user's text beside the module it becomes)."""
+        self.put(text, violations_in(ast, self.bridge_url))
 
 
 def restricted_capabilities(current: str, bridge_url: str) -> bytes:

@@ -22,6 +22,7 @@ from typing import Any
 from bridge.opawasm import HostConfig, policy_from_files
 from bridge.opawasm.errors import WasmError
 from controlplane.bundles.compiler import (
+    Built,
     BundleDefinition,
     CompiledBundle,
     CompileError,
@@ -92,18 +93,6 @@ class PolicyBundler:
                                    _metadata(certificates))
             return revision_for(d.name, digest)
 
-    def check_user_text(self, module: str) -> tuple[str, dict[str, Any]]:
-        """The user's text alone (without what the control plane generates around it): its parse
-        errors at the user's own rows and columns, and reserved names refused. Returns the text and
-        its AST (with locations) for reporting later findings against it."""
-        source = rego.user_source(module)
-        try:
-            ast = self.compiler.parse(source, PARSE_FILE)
-        except CompileError as exc:
-            raise rego.relabel(exc, PARSE_FILE, source) from None
-        rego.check_names(ast)
-        return source, ast
-
     def compile(self, modules: Mapping[str, str], focus: str | None = None, run_tests: bool = False,
                 certificates: Certificates = None) -> CompiledBundle:
         """Compile the library plus `modules` ({rule_id: module text}); check the wasm module loads.
@@ -113,21 +102,46 @@ class PolicyBundler:
         was published, and stored policies carry no tests; `ensure` runs it when the library changes.
         `certificates` ({rule_id: certificate}) go into the `.manifest`'s metadata, so agents show
         what certified the policies they run."""
+        return self.finish(self.prepare(modules, focus, run_tests), certificates)
+
+    def check_user_text(self, module: str) -> tuple[str, dict[str, Any]]:
+        """The user's text of a policy module alone (`opa parse`): (that text, its AST), or its parse
+        errors and reserved names as the user's own (CompileError at `opa_policy` rows)."""
+        source = rego.user_source(module)
+        try:
+            ast = self.compiler.parse(source, PARSE_FILE)
+        except CompileError as exc:
+            raise rego.relabel(exc, PARSE_FILE, source) from None
+        rego.check_names(ast)
+        if self.compiler.findings is not None:  # the module keeps the text's rows: its URLs are known now
+            self.compiler.findings.remember(module.encode(), ast)
+        return source, ast
+
+    def prepare(self, modules: Mapping[str, str], focus: str | None = None, run_tests: bool = False,
+                parsed: tuple[str, dict[str, Any]] | None = None) -> Built:
+        """`compile` up to the certificates: every `opa` stage and the wasm load check. A write runs
+        it beside the policy's certification, whose certificate `finish` then adds; `parsed` is
+        `check_user_text(modules[focus])` when the caller has it already."""
         definition = self.library()
-        source, ast = self.check_user_text(modules[focus]) if focus is not None else ("", None)
+        if focus is not None and parsed is None:  # the user's text alone first: its errors are the user's own
+            parsed = self.check_user_text(modules[focus])
+        source, ast = parsed or ("", None)
         with tempfile.TemporaryDirectory(prefix="groqpolicy-policies-") as tmp:
             base = Path(tmp)
             d = self._tree(base, definition, modules, run_tests=run_tests)
             try:
-                compiled = self.compiler.compile(d, base=base, overlay=self.publisher.overlay,
-                                                 metadata=_metadata(certificates))
+                built = self.compiler.build_tree(d, base=base)
             except CompileError as exc:
                 raise rego.relabel(exc, module_filename(focus), source, ast) if focus else exc from None
         try:  # a module that needs a builtin the evaluator lacks must never become the active revision
-            policy_from_files(compiled.wasm_files, pool_size=1, host=HostConfig()).close()
+            policy_from_files(self.finish(built).wasm_files, pool_size=1, host=HostConfig()).close()
         except WasmError as exc:
             raise CompileError("load", [CompileMessage(stage="load", message=str(exc), code="wasm_load_error")]) from None
-        return compiled
+        return built
+
+    def finish(self, built: Built, certificates: Certificates = None) -> CompiledBundle:
+        """The bundle of a prepared tree with the policies' certificates in its manifest."""
+        return self.compiler.finish(built, overlay=self.publisher.overlay, metadata=_metadata(certificates))
 
     def publish(self, compiled: CompiledBundle) -> str:
         definition = self.library()

@@ -24,7 +24,7 @@ import msgspec
 
 from bridge.kernel.errors import Conflict, GroqPolicyError, NotFound
 from bridge.kernel.vocabulary import check_hash
-from controlplane.bundles.compiler import BundleDefinition, CompiledBundle
+from controlplane.bundles.compiler import Built, BundleDefinition, CompiledBundle
 from controlplane.certification.certifier import CertificationRequest, Certified, Certifier
 from controlplane.certification.checks import SubjectDoesNotCompile
 from controlplane.policies import rego
@@ -61,6 +61,21 @@ def _now() -> str:
 def _module(record: PolicyRecord) -> str:
     return rego.bundle_module(record.rule_id, record.opa_policy, title=record.name,
                               policy_type=record.policy_type, tier=record.performance_tier)
+
+
+class _Build:
+    """A compile running in a thread (`PolicyBundler.prepare`) and the certificates of the others."""
+
+    def __init__(self, task: asyncio.Future[Built], certificates: dict[str, Any]) -> None:
+        self.task, self.certificates = task, certificates
+
+    async def done(self) -> tuple[Built, dict[str, Any]]:
+        return await self.task, dict(self.certificates)
+
+    async def settled(self) -> None:
+        await asyncio.wait([self.task])
+        if not self.task.cancelled():
+            self.task.exception()  # retrieved: it is the write's error that is raised, not this one
 
 
 class PolicyService:
@@ -190,8 +205,8 @@ class PolicyService:
             opa_tests=body.opa_tests,
         )
         async with self.lock:
-            record, certified = await self._certified(record, body.certification, None, actor)
-            revision = await self._write(record, last=None, certified=certified)
+            record, certified, built = await self._certified(record, body.certification, None, actor)
+            revision = await self._write(record, last=None, certified=certified, built=built)
         return PolicyCreated(rule_id=rule_id, wasm_compilation_status="success", version=1,
                              entrypoint=record.entrypoint, bundle_revision=revision)
 
@@ -206,8 +221,8 @@ class PolicyService:
                 record = msgspec.structs.replace(record, source_sha256=hashlib.sha256(record.opa_policy.encode()).hexdigest(),
                                                  wasm_compilation_status="success", bytecode_size=0)
             request = body.certification if isinstance(body.certification, CertificationRequest) else None
-            record, certified = await self._certified(record, request, current, actor)
-            await self._write(record, last=last, current=current, certified=certified)
+            record, certified, built = await self._certified(record, request, current, actor)
+            await self._write(record, last=last, current=current, certified=certified, built=built)
             return record
 
     async def delete(self, rule_id: uuid.UUID) -> PolicyRecord:
@@ -221,12 +236,16 @@ class PolicyService:
             return current
 
     async def _write(self, record: PolicyRecord, last: int | None, current: PolicyRecord | None = None,
-                     certified: Certified | None = None) -> str:
+                     certified: Certified | None = None, built: _Build | None = None) -> str:
         """compile -> (audit the certificate) -> store -> activate. `current` is the stored version a
-        write replaces."""
+        write replaces; `built` the compile of an active record, started beside its certification."""
         if record.is_active:  # one compile: the set with it both checks its Rego and is what is served
-            compiled = await self._compile(self.active_modules(with_=record), record.rule_id,
-                                           self.active_certificates(with_=record))
+            if built is None:
+                built = self._build(record)
+            prepared, certificates = await built.done()
+            if record.certificate is not None:
+                certificates[str(record.rule_id)] = msgspec.to_builtins(record.certificate)
+            compiled = await anyio.to_thread.run_sync(self.bundler.finish, prepared, certificates)
             await self._record_issued(certified)
             await self._store(record, last)
             return await self._activate(compiled)
@@ -252,23 +271,42 @@ class PolicyService:
             return None
         return await self._compile(remaining, None, certificates)  # fails (422) if another active policy depends on it
 
-    async def _certified(self, record: PolicyRecord, request: CertificationRequest | None,
-                         current: PolicyRecord | None, actor: str) -> tuple[PolicyRecord, Certified | None]:
+    def _build(self, record: PolicyRecord, parsed: tuple[str, dict[str, Any]] | None = None) -> _Build:
+        """The compile of the active set with `record`, started now in a thread; the other policies'
+        certificates are taken at the same moment as their modules."""
+        modules, certificates = self.active_modules(with_=record), self.active_certificates(without=record.rule_id)
+        return _Build(asyncio.ensure_future(anyio.to_thread.run_sync(
+            lambda: self.bundler.prepare(modules, focus=str(record.rule_id), parsed=parsed))), certificates)
+
+    async def _certified(self, record: PolicyRecord, request: CertificationRequest | None, current: PolicyRecord | None,
+                         actor: str) -> tuple[PolicyRecord, Certified | None, _Build | None]:
         """The record with the certificate of this revision (controlplane.certification), or the refusal.
-        Rego that does not compile is reported by the compiler, with its messages, as any write's."""
+        The user's own mistakes (parse errors, reserved names: one `opa parse` of the text) come
+        first; then an active record's compile runs beside the checks (both are `opa` processes over
+        the same text; the certificate only goes into the manifest afterwards), and a refusal still
+        wins over a compile error, as when they ran one after the other. Rego that does not compile
+        is reported by the compiler, with its messages, as any write's."""
         if self.certifier is None:
-            return record, None
-        # the user's own mistakes (parse errors, reserved names) are reported as such, not as a failed check
-        await anyio.to_thread.run_sync(self.bundler.check_user_text, self.module_of(record))
+            return record, None, None
+        module = self.module_of(record)
+        parsed = await anyio.to_thread.run_sync(self.bundler.check_user_text, module)
+        built = self._build(record, parsed) if record.is_active else None
         try:
             certified = await self.certifier.certify(
                 rule_id=str(record.rule_id), version=record.version, name=record.name, text=record.opa_policy,
-                module=self.module_of(record), tests=record.opa_tests, principles=record.constitutional_principles,
+                module=module, tests=record.opa_tests, principles=record.constitutional_principles,
                 request=request, previous=current.certificate if current is not None else None, actor=actor)
         except SubjectDoesNotCompile:
-            await self._compile(self.active_modules(with_=msgspec.structs.replace(record, is_active=True)), record.rule_id)
+            if built is not None:
+                await built.done()
+            else:
+                await self._compile(self.active_modules(with_=msgspec.structs.replace(record, is_active=True)), record.rule_id)
             raise
-        return msgspec.structs.replace(record, certificate=certified.certificate), certified
+        except BaseException:
+            if built is not None:
+                await built.settled()  # never a compile left running past the write's lock
+            raise
+        return msgspec.structs.replace(record, certificate=certified.certificate), certified, built
 
     async def _record_issued(self, certified: Certified | None) -> None:
         if certified is not None and self.certifier is not None:

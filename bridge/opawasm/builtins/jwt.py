@@ -8,6 +8,7 @@ Decoding follows RFC 7519 section 7.2 as topdown does: a JWE (a header with `enc
 from __future__ import annotations
 
 import binascii
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,7 @@ from bridge.opawasm.gocompat.encoding import b64decode
 from bridge.opawasm.gocompat.errors import GoError
 from bridge.opawasm.values import decode_json
 
-_URL_TO_STD = str.maketrans("-_", "+/")
+_URL_TO_STD = bytes.maketrans(b"-_", b"+/")
 
 
 def b64url_decode(s: str) -> bytes:
@@ -33,7 +34,7 @@ def b64url_decode(s: str) -> bytes:
         s += "=" * ((4 - rem) % 4)
     if s.isascii() and "+" not in s and "/" not in s:
         try:  # the common case, in C; anything it refuses goes to Go's decoder for Go's answer
-            return binascii.a2b_base64(s.translate(_URL_TO_STD), strict_mode=True)
+            return binascii.a2b_base64(s.encode("ascii").translate(_URL_TO_STD), strict_mode=True)
         except binascii.Error:
             pass
     try:
@@ -168,7 +169,7 @@ builtin("io.jwt.verify_eddsa")(_verify("EdDSA"))
 
 @dataclass
 class _Constraints:
-    keys: list[VerificationKey] | None = None
+    keys: Sequence[VerificationKey] | None = None
     secret: str = ""
     alg: str = ""
     iss: str = ""

@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from cryptography import x509
@@ -38,20 +40,39 @@ class VerificationKey:
     kid: str = ""
 
 
-def keys_from_material(material: str) -> list[VerificationKey]:
+# Parsed key material by its text: a policy verifies every request's token against the same
+# certificate or JWK set, and parsing it (PEM, DER, a JWK set) costs about as much as the RSA check
+# itself. Keys are immutable; a refusal is not kept (it raises) and is simply parsed again. Only
+# material up to KEY_CACHE_MAX_TEXT is kept, so the cache holds at most ~8 MiB of text.
+KEY_CACHE_SIZE = 128
+KEY_CACHE_MAX_TEXT = 64 * 1024
+
+
+def keys_from_material(material: str) -> Sequence[VerificationKey]:
     """parseKeysFromCertOrJWK: a PEM block (nothing after it), else a JWK or JWK set."""
+    if len(material) <= KEY_CACHE_MAX_TEXT:
+        return _cached_keys(material)
+    return _parse_keys(material)
+
+
+@lru_cache(maxsize=KEY_CACHE_SIZE)
+def _cached_keys(material: str) -> tuple[VerificationKey, ...]:
+    return _parse_keys(material)
+
+
+def _parse_keys(material: str) -> tuple[VerificationKey, ...]:
     block, rest = pem_decode(material.encode())
     if block is not None:
         if rest:
             raise BuiltinError("extra data after a PEM certificate block")
         if block.type == "CERTIFICATE":
             try:
-                return [VerificationKey(x509.load_der_x509_certificate(block.data).public_key())]
+                return (VerificationKey(x509.load_der_x509_certificate(block.data).public_key()),)
             except ValueError as exc:
                 raise BuiltinError(f"failed to parse a PEM certificate: {exc}") from None
         if block.type == "PUBLIC KEY":
             try:
-                return [VerificationKey(load_der_public_key(block.data))]
+                return (VerificationKey(load_der_public_key(block.data)),)
             except (ValueError, TypeError) as exc:
                 raise BuiltinError(f"failed to parse a PEM public key: {exc}") from None
         raise BuiltinError("failed to extract a Key from the PEM certificate")
@@ -66,7 +87,7 @@ def keys_from_material(material: str) -> list[VerificationKey]:
         if alg and alg not in ALGORITHMS:
             continue  # a key for an algorithm OPA does not know
         out.append(VerificationKey(k.key, alg, str(k.key_id or "")))
-    return out
+    return tuple(out)
 
 
 def check(alg: str, key: Any, signing_input: bytes, signature: bytes, *, pss_auto: bool = False) -> bool:
@@ -104,11 +125,11 @@ def _check_ecdsa(key: ec.EllipticCurvePublicKey, h: hashes.HashAlgorithm, data: 
     return True
 
 
-def by_kid(kid: str, keys: list[VerificationKey]) -> VerificationKey | None:
+def by_kid(kid: str, keys: Sequence[VerificationKey]) -> VerificationKey | None:
     return next((k for k in keys if k.kid == kid), None)
 
 
-def verify_with(keys: list[VerificationKey], header_alg: str, kid: str, alg: str, signing_input: bytes,
+def verify_with(keys: Sequence[VerificationKey], header_alg: str, kid: str, alg: str, signing_input: bytes,
                 signature: bytes, *, pss_auto: bool) -> bool:
     """topdown's key choice: the key whose kid the header names, else every key whose alg is the
     header's (or that names none)."""

@@ -16,9 +16,10 @@ def uri_parse(ctx: EvalContext, s: Any) -> dict[str, str]:
     out: dict[str, str] = {}
     if url.scheme:
         out["scheme"] = url.scheme
-    if hostname := url.hostname():
+    hostname, port = url.hostname_port()
+    if hostname:
         out["hostname"] = hostname
-    if port := url.port():
+    if port:
         out["port"] = port
     if url.path:
         out["path"] = url.path

@@ -46,6 +46,16 @@ def should_escape(c: int, mode: str) -> bool:
 _PLAIN = {mode: re.compile("[" + re.escape("".join(chr(c) for c in range(0x20, 0x7F) if not should_escape(c, mode)))
                            + "]*")
           for mode in (PATH, HOST, ZONE, USERINFO, FRAGMENT)}
+# per part, each byte as `escape` writes it: a table lookup per byte instead of a call
+_ESCAPED = {mode: tuple(chr(c) if not should_escape(c, mode) else f"%{c:02X}" for c in range(256))
+            for mode in (PATH, HOST, ZONE, USERINFO, FRAGMENT)}
+# the bytes an already-escaped path may hold (`validEncoded`), removed in C by bytes.translate
+_ENCODED_PATH_OK = bytes(c for c in range(256) if c in b"!$&'()*+,;=:@[]%" or not should_escape(c, PATH))
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+# a scheme as getScheme reads one: a letter, then letters, digits, "+", "-" or ".", then ":"
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")
+_COLON_PORT = re.compile("(?::[0-9]*)?")  # validOptionalPort: empty, or a colon and ASCII digits
+_USERINFO_TEXT = re.compile("[" + re.escape("".join(sorted(_USERINFO))) + "]*")
 
 
 def _escape_error(s: bytes) -> GoError:
@@ -82,7 +92,7 @@ def unescape(s: str, mode: str) -> str:
 def escape(s: str, mode: str) -> str:
     if _PLAIN[mode].fullmatch(s):
         return s
-    return "".join(chr(c) if not should_escape(c, mode) else f"%{c:02X}" for c in s.encode("utf-8"))
+    return "".join(map(_ESCAPED[mode].__getitem__, s.encode("utf-8")))
 
 
 @dataclass
@@ -96,6 +106,10 @@ class URL:
 
     def hostname(self) -> str:
         return _split_host_port(self.host)[0]
+
+    def hostname_port(self) -> tuple[str, str]:
+        """(Hostname(), Port()) in one pass."""
+        return _split_host_port(self.host)
 
     def escaped_path(self) -> str:
         """URL.EscapedPath: the raw path when it is a valid escaping of the path, else Go's own."""
@@ -127,23 +141,16 @@ def parse(raw: str) -> URL:
 
 
 def _scheme(raw: str) -> tuple[str, str]:
-    for i, ch in enumerate(raw):
-        if ch.isascii() and ch.isalpha():
-            continue
-        if ch.isascii() and (ch.isdigit() or ch in "+-."):
-            if i == 0:
-                return "", raw
-            continue
-        if ch == ":":
-            if i == 0:
-                raise GoError("missing protocol scheme")
-            return raw[:i], raw[i + 1 :]
+    if raw.startswith(":"):
+        raise GoError("missing protocol scheme")
+    m = _SCHEME.match(raw)
+    if m is None:  # no scheme: a digit or any other character before the first colon, or no colon
         return "", raw
-    return "", raw
+    return raw[: m.end() - 1], raw[m.end() :]
 
 
 def _parse(raw: str) -> URL:
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in raw):
+    if _CONTROL.search(raw):
         raise GoError("net/url: invalid control character in URL")
     url = URL()
     if raw == "*":
@@ -173,7 +180,7 @@ def _authority(scheme: str, authority: str) -> str:
     userinfo, at, host_port = authority.rpartition("@")
     host = _host(scheme, host_port if at else authority)
     if at:
-        if not all(ch in _USERINFO for ch in userinfo):
+        if not _USERINFO_TEXT.fullmatch(userinfo):
             raise GoError("net/url: invalid userinfo")
         for part in userinfo.split(":", 1):
             unescape(part, USERINFO)
@@ -181,11 +188,11 @@ def _authority(scheme: str, authority: str) -> str:
 
 
 def _valid_encoded(s: str) -> bool:
-    return all(c in b"!$&'()*+,;=:@[]%" or not should_escape(c, PATH) for c in s.encode("utf-8"))
+    return not s.encode("utf-8").translate(None, _ENCODED_PATH_OK)
 
 
 def _valid_port(colon_port: str) -> bool:
-    return colon_port == "" or (colon_port[0] == ":" and all("0" <= ch <= "9" for ch in colon_port[1:]))
+    return _COLON_PORT.fullmatch(colon_port) is not None
 
 
 def _host(scheme: str, host: str) -> str:
