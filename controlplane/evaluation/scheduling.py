@@ -182,11 +182,18 @@ class Scheduler:
         self.compute = Lane("compute", cpus, queue, nice=COMPUTE_NICE)
         self.blocking = Lane("blocking", threads - cpus, queue)
         self.overruns = 0  # inline attempts that did not fit and went to a thread
+        # False for a loop that may wait (a replay's own, on a thread of its own): work on the loop's
+        # thread then runs whole, with its full deadline, instead of within the inline budget
+        self.budget = True
+
+    def _here(self, evaluator: Revision) -> Revision:
+        """The revision as work on the loop's thread evaluates it."""
+        return Inline(evaluator) if self.budget else evaluator
 
     async def run(self, work: Work[_T], evaluator: Revision, start: int, stop: int) -> _T:
         """`work(start, stop, ...)` inline if it fits the inline budget, else on a thread."""
         try:
-            return work(start, stop, Inline(evaluator))
+            return work(start, stop, self._here(evaluator))
         except InlineBudgetExceeded:
             self.overruns += 1
         return await self.compute.offload(work, start, stop, evaluator)
@@ -195,7 +202,7 @@ class Scheduler:
         """One entrypoint's value: inline when it cannot block and fits the inline budget, else on a thread."""
         if not may_block:
             try:
-                return evaluator.evaluate(entrypoint, input, timeout=timeout, inline=True)
+                return evaluator.evaluate(entrypoint, input, timeout=timeout, inline=self.budget)
             except InlineBudgetExceeded:
                 self.overruns += 1
         lane = self.blocking if may_block else self.compute
@@ -223,7 +230,7 @@ class Scheduler:
         if compute.admitted < compute.threads:  # a helper only when a thread is free: never wait for one
             helper = asyncio.ensure_future(compute.offload(take_chunks))
             helper.add_done_callback(_retrieve)
-        inline, late = Inline(evaluator), []
+        inline, late = self._here(evaluator), []
         try:
             while (k := next(claims)) < len(bounds):
                 try:

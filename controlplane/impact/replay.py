@@ -131,7 +131,13 @@ class ReplayPipeline(Pipeline):
     model round trip does not hold the others up; in a replay the `Oracle` answers recorded
     judgments from memory, so the thread hop would cost more than the evaluation (about 8x on the
     replay benchmark). A judgment asked anew blocks its chunk for its round trip, on the replay's
-    own thread (`run_replay`), never the serving loop's."""
+    own thread and loop (`ImpactService.execute`), never the serving loop's: so that loop's work is
+    not held to the inline budget either (about a millisecond, host calls included, which would cut
+    every model round trip short and fail it)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.scheduler.budget = False
 
     def _may_block(self, record: PolicyRecord) -> bool:
         return False
