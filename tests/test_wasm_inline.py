@@ -64,6 +64,16 @@ def test_a_long_evaluation_is_refused_inline_the_same_way_every_time(policy, ent
     assert policy.evaluate("loop/cheap", {"user": "alice"}, inline=True) is True
 
 
+def test_a_call_for_n_inputs_gets_n_budgets(policy):
+    """A batched call evaluates a chunk of contexts at once: `inline=n` gives it n budgets, so work
+    that overruns one budget fits when it stands for n contexts (and still stops past n)."""
+    with pytest.raises(wasm_errors.InlineBudgetExceeded):
+        policy.evaluate("loop/spin", {"n": 60}, inline=True)
+    assert policy.evaluate("loop/spin", {"n": 60}, inline=25) is UNDEFINED
+    with pytest.raises(wasm_errors.InlineBudgetExceeded):
+        policy.evaluate("loop/spin", {"n": 100_000}, inline=25)
+
+
 def test_inline_never_waits_for_an_instance(files):
     """With every instance busy (here: the only one), an inline call is refused at once."""
     pol = policy_from_files(files, pool_size=1, timeout=1.0)

@@ -100,7 +100,8 @@ class WasmEvaluator:
             if p is not None:
                 p.close()
 
-    def evaluate(self, entrypoint: str | int, input: Any = None, *, timeout: float | None = None, inline: bool = False) -> Any:
+    def evaluate(self, entrypoint: str | int, input: Any = None, *, timeout: float | None = None,
+                 inline: bool | int = False) -> Any:
         p = self.policy
         try:
             return p.evaluate(entrypoint, input, timeout=timeout, inline=inline)

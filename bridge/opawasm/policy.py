@@ -151,7 +151,8 @@ class WasmPolicy:
                 f"entrypoint {entrypoint!r}: not in this policy (have: {', '.join(sorted(self.entrypoints))})"
             ) from None
 
-    def _eval_value_text(self, entrypoint: str | int, input_json: bytes | None, timeout: float | None, inline: bool) -> bytes:
+    def _eval_value_text(self, entrypoint: str | int, input_json: bytes | None, timeout: float | None,
+                         inline: bool | int) -> bytes:
         """The result set in OPA's value format: `{{"result": <value>}}`, or `set()` when undefined.
 
         `inline`: within the inline budget, on an idle instance or a new one if the pool has room
@@ -164,7 +165,7 @@ class WasmPolicy:
         if not inline:
             inst = self.pool.acquire()
         elif (idle := self.pool.acquire_nowait()) is not None:
-            inst, t = idle, min(t, INLINE_HOST_S)
+            inst, t = idle, min(t, INLINE_HOST_S * int(inline))
         else:
             raise InlineBudgetExceeded("no policy instance free for an inline evaluation")
         try:
@@ -172,7 +173,7 @@ class WasmPolicy:
             inst.runaway_fuel = int((timeout or self.timeout) * RUNAWAY_FUEL_PER_S)
             inst.start_ns = _time_ns()
             inst.deadline = _monotonic() + t
-            return inst.evaluate_raw(ep, input_json, ticks, INLINE_FUEL if inline else 0)
+            return inst.evaluate_raw(ep, input_json, ticks, INLINE_FUEL * int(inline))
         except DeadlineExceeded:
             if inline:  # the host builtins' share of the inline budget ran out, not the deadline
                 raise InlineBudgetExceeded(f"host builtins took more than the inline budget ({INLINE_HOST_S * 1000:g} ms)") from None
@@ -181,7 +182,7 @@ class WasmPolicy:
             self.pool.release(inst)
 
     def evaluate_raw(
-        self, entrypoint: str | int, input_json: bytes | None, *, timeout: float | None = None, inline: bool = False
+        self, entrypoint: str | int, input_json: bytes | None, *, timeout: float | None = None, inline: bool | int = False
     ) -> bytes:
         """Evaluate JSON input bytes; return OPA's JSON result set, `[{"result":...}]` or `[]` when undefined."""
         raw = self._eval_value_text(entrypoint, input_json, timeout, inline)
@@ -196,9 +197,11 @@ class WasmPolicy:
             value = encode_json(_json_view(value))
         return b'[{"result":' + value + b"}]"
 
-    def evaluate(self, entrypoint: str | int, input: Any = None, *, timeout: float | None = None, inline: bool = False) -> Any:
+    def evaluate(self, entrypoint: str | int, input: Any = None, *, timeout: float | None = None,
+                 inline: bool | int = False) -> Any:
         """The entrypoint's value, or `UNDEFINED`. Raises `EvaluationError` subclasses on failure;
-        with `inline`, InlineBudgetExceeded when it does not fit the inline budget."""
+        with `inline`, InlineBudgetExceeded when it does not fit the inline budget (`inline=n`: n
+        budgets, for one call that evaluates n inputs at once)."""
         raw = self._eval_value_text(entrypoint, None if input is None else _input_json(input), timeout, inline)
         value = _result_text(raw)
         if value is None:

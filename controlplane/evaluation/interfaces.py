@@ -22,7 +22,8 @@ class Revision(Protocol):
     @property
     def revision(self) -> str | None: ...
 
-    def evaluate(self, entrypoint: str, input: Any = None, *, timeout: float | None = None, inline: bool = False) -> Any:
+    def evaluate(self, entrypoint: str, input: Any = None, *, timeout: float | None = None,
+                 inline: bool | int = False) -> Any:
         """The entrypoint's value; with `inline`, InlineBudgetExceeded when it does not fit the inline budget."""
 
 

@@ -74,8 +74,12 @@ class Inline:
     def revision(self) -> str | None:
         return self.inner.revision
 
-    def evaluate(self, entrypoint: str, input: Any = None, *, timeout: float | None = None, inline: bool = True) -> Any:
-        return self.inner.evaluate(entrypoint, input, timeout=timeout, inline=True)
+    def evaluate(self, entrypoint: str, input: Any = None, *, timeout: float | None = None,
+                 inline: bool | int = True) -> Any:
+        # a batched call (a list of contexts, at most a chunk of them) gets a budget per context: one
+        # budget for the whole chunk overran on every chunk and did the work twice, on a new instance
+        units = min(len(input), CHUNK) if isinstance(input, list) and input else 1
+        return self.inner.evaluate(entrypoint, input, timeout=timeout, inline=units)
 
 
 def run_batched(evaluator: Revision, single: str, many: str, inputs: list[Any], *,
