@@ -20,8 +20,9 @@ import nats.errors
 from controlplane.audit.checkpoints import Checkpoints
 from controlplane.audit.errors import AuditQueryError, AuditUnavailable
 from controlplane.audit.records import DECISIONS, SOURCES, AuditRecord, StoredRecord, record_time
-from controlplane.audit.stream import READ_BATCH, AuditStream
+from controlplane.audit.stream import AuditStream
 from controlplane.audit.verify import VerifyReport, verify_stream
+from controlplane.infra.directget import READ_BATCH
 from controlplane.infra.recordkeys import RecordKeys
 
 __all__ = ["AuditFilters", "AuditPage", "TrailReader", "VerifyReport"]

@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -38,13 +37,13 @@ from bridge.kernel.config import AUDIT_MAX_AGE_S, AUDIT_MAX_BYTES
 from bridge.kernel.errors import ConfigError
 from controlplane.audit.errors import AuditError, AuditUnavailable
 from controlplane.audit.records import GENESIS_HASH, AuditRecord, StoredRecord, check_stored
+from controlplane.infra import directget
 
 log = logging.getLogger(__name__)
 
 STREAM = "GROQPOLICY_AUDIT"
 PREFIX = "audit"
 DUPLICATE_WINDOW_S = 120.0  # a record id appended again within 2 min returns the stored copy
-READ_BATCH = 256  # messages one direct get returns
 # JetStream's err_codes the trail acts on
 WRONG_LAST_SEQUENCE = 10071
 BATCH_HAS_DUPLICATE = 10201  # "atomic publish batch contains duplicate message id"
@@ -195,39 +194,12 @@ class AuditStream:
     async def scan(self, start_seq: int, subject: str, start_time: float | None = None,
                    ) -> AsyncIterator[tuple[int, str, bytes]]:
         """Yield (seq, subject, data) in stream order from start_seq (or start_time), batch by batch."""
-        seq = max(1, start_seq)
-        first = True
-        inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox)
         try:
-            while True:
-                body: dict[str, Any] = {"batch": READ_BATCH, "next_by_subj": subject}
-                if first and start_time is not None:
-                    body["start_time"] = datetime.fromtimestamp(start_time, UTC).isoformat().replace("+00:00", "Z")
-                else:
-                    body["seq"] = seq
-                first = False
-                await self.nc.publish(f"$JS.API.DIRECT.GET.{self.name}", json.dumps(body).encode(), reply=inbox)
-                got = 0
-                while True:
-                    msg = await sub.next_msg(timeout=self.timeout)
-                    headers = msg.headers or {}
-                    status = headers.get("Status", "")
-                    if status == "204":  # end of batch
-                        break
-                    if status == "404":  # nothing (more) at or after seq
-                        return
-                    if status:
-                        raise AuditUnavailable(
-                            f"audit trail: direct get answered {status} {headers.get('Description', '')}".strip())
-                    got += 1
-                    s = int(headers["Nats-Sequence"])
-                    seq = s + 1
-                    yield s, headers.get("Nats-Subject", ""), msg.data
-                if got == 0:
-                    return
-        finally:
-            await sub.unsubscribe()
+            async for item in directget.scan(self.nc, self.name, subject, start_seq=start_seq, start_time=start_time,
+                                             timeout=self.timeout):
+                yield item
+        except directget.DirectGetRefused as exc:
+            raise AuditUnavailable(f"audit trail: direct get answered {exc}") from None
 
     async def newest_ids(self, count: int) -> set[str]:
         """The record ids of the stream's newest `count` records (unreadable ones left out)."""

@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -41,6 +39,7 @@ from controlplane.impact.records import (
     Judgment,
     Recorded,
 )
+from controlplane.infra import directget
 from controlplane.metrics.recorders import REPLAY_RECORDED, child
 
 log = logging.getLogger(__name__)
@@ -50,7 +49,6 @@ SUBJECTS = "replay.>"
 MAX_PENDING = 50_000  # entries waiting for JetStream before new ones are dropped
 MESSAGE_BYTES = 512 * 1024  # entries per message, up to about this size (NATS' default max payload is 1 MiB)
 FLUSH_S = 0.1
-READ_BATCH = 256
 _encode = msgspec.json.Encoder().encode
 _decode_decisions = msgspec.json.Decoder(list[Recorded]).decode
 _decode_judgments = msgspec.json.Decoder(list[Judgment]).decode
@@ -231,39 +229,13 @@ class ReplayStore:
 
     async def _scan(self, subject: str, since: float | None) -> AsyncIterator[bytes]:
         """The stored messages on `subject` from `since` on, by JetStream's batched direct get."""
-        nc = self.client()
-        inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox)
-        seq, first = 1, True
         try:
-            while True:
-                body: dict[str, Any] = {"batch": READ_BATCH, "next_by_subj": subject}
-                if first and since is not None:
-                    body["start_time"] = datetime.fromtimestamp(since, UTC).isoformat().replace("+00:00", "Z")
-                else:
-                    body["seq"] = seq
-                first = False
-                await nc.publish(f"$JS.API.DIRECT.GET.{STREAM}", json.dumps(body).encode(), reply=inbox)
-                got = 0
-                while True:
-                    try:
-                        msg = await sub.next_msg(timeout=5)
-                    except nats.errors.TimeoutError:
-                        raise ReplayUnavailable(f"replay store: stream {STREAM} did not answer (missing?)") from None
-                    status = (msg.headers or {}).get("Status", "")
-                    if status == "204":
-                        break
-                    if status == "404":
-                        return
-                    if status:
-                        raise ReplayUnavailable(f"replay store: direct get answered {status}")
-                    got += 1
-                    seq = int((msg.headers or {})["Nats-Sequence"]) + 1
-                    yield msg.data
-                if got == 0:
-                    return
-        finally:
-            await sub.unsubscribe()
+            async for _, _, data in directget.scan(self.client(), STREAM, subject, start_time=since, timeout=5):
+                yield data
+        except nats.errors.TimeoutError:
+            raise ReplayUnavailable(f"replay store: stream {STREAM} did not answer (missing?)") from None
+        except directget.DirectGetRefused as exc:
+            raise ReplayUnavailable(f"replay store: direct get answered {exc.status}") from None
 
     def check_enabled(self) -> None:
         if not self.enabled:
