@@ -273,12 +273,13 @@ result := {"count": count(visible), "ids": visible}
 """
 
 
-def _filter_data() -> dict[str, Any]:
+def _filter_data(n: int = 10_000) -> dict[str, Any]:
+    """`n` inventory items (~104 bytes of JSON each: 10,000 make ~1 MB)."""
     rnd = random.Random(18)
     statuses = ["active", "active", "active", "archived"]
     items = [{"id": f"item-{i:05d}", "tenant": f"tenant-{rnd.randrange(10)}", "status": rnd.choice(statuses),
               "level": rnd.randrange(10), "price": round(rnd.uniform(1, 500), 2),
-              "tags": rnd.sample(["red", "blue", "eu", "us", "sale", "new"], 2)} for i in range(10_000)]
+              "tags": rnd.sample(["red", "blue", "eu", "us", "sale", "new"], 2)} for i in range(n)]
     return {"inventory": {"items": items}}
 
 

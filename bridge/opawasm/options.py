@@ -39,6 +39,9 @@ class LoadOptions:
     custom_builtins: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
     """Host builtins of the caller's own (OPA's `rego.Function`), `f(ctx, *args) -> value`, by the
     name the policy was compiled against (declared to `opa build` through its capabilities)."""
+    share_data: bool = True
+    """Parse `data` once per revision and map it into every pooled instance (copy-on-write), instead
+    of parsing it into each one; off, or where the host cannot (`memimage.supported`), each parses."""
     module_cache: Path | None = None
     """A directory that keeps compiled modules for later processes (trusted: they are native code)."""
 

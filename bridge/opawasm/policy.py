@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Mapping
@@ -10,6 +11,7 @@ from typing import Any
 
 import msgspec
 
+from bridge.opawasm import memimage
 from bridge.opawasm.builtins import REGISTRY, EvalContext, provided
 from bridge.opawasm.engine import RUNAWAY_FUEL_PER_S, compile_policy, deadline_ticks
 from bridge.opawasm.errors import (
@@ -26,11 +28,13 @@ from bridge.opawasm.errors import (
 )
 from bridge.opawasm.guestvalues import read_value
 from bridge.opawasm.host import HostConfig
+from bridge.opawasm.memimage import MemoryImage
 from bridge.opawasm.options import LoadOptions, load_options
 from bridge.opawasm.pool import InstancePool
 from bridge.opawasm.runtime import Instance
 from bridge.opawasm.values import UNDEFINED, decode_value, encode_json, to_json
 
+log = logging.getLogger("groqpolicy.wasm")
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode
 _time_ns = time.time_ns
@@ -93,7 +97,15 @@ class WasmPolicy:
             self._ep_lookup[name] = i
             self._ep_lookup["data." + name.replace("/", ".")] = i
             self._ep_lookup[name.replace("/", ".")] = i
-        first.setup(self._data)
+        memimage.setup(first, self._data)
+        self.image: MemoryImage | None = None
+        if opts.share_data and (why := memimage.supported(wasm)) is None:
+            # the first instance parsed `data`; every instance, this one's successor included, maps it
+            self.image = memimage.capture(first)
+            first.close()
+            first = self._new_ready_instance()
+        elif opts.share_data:
+            log.info("policy %s: each instance parses its own data: %s", revision or "(no revision)", why)
         size = opts.pool_size or max(2, (os.cpu_count() or 2) * 2)
         self.pool: InstancePool[Instance] = InstancePool(self._new_ready_instance, size)
         self.pool_size = size  # how many evaluations can run at once
@@ -108,7 +120,14 @@ class WasmPolicy:
 
     def _new_ready_instance(self) -> Instance:
         inst = self._new_instance()
-        inst.setup(self._data)
+        try:
+            if self.image is not None:
+                memimage.restore(self.image, inst)
+            else:
+                memimage.setup(inst, self._data)
+        except BaseException:
+            inst.close()
+            raise
         return inst
 
     def _dispatch(self, inst: Instance, builtin_id: int, arg_addrs: tuple[int, ...]) -> int:

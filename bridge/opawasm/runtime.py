@@ -32,7 +32,7 @@ from bridge.opawasm.capi import (
 from bridge.opawasm.capi import call_unchecked as _call_unchecked
 from bridge.opawasm.capi import set_epoch_deadline as _set_epoch_deadline
 from bridge.opawasm.capi import set_fuel as _set_fuel
-from bridge.opawasm.engine import deadline_ticks, engine
+from bridge.opawasm.engine import engine
 from bridge.opawasm.errors import (
     BuiltinHalt,
     BundleLoadError,
@@ -51,11 +51,10 @@ from bridge.opawasm.values import decode_value, encode_value
 if TYPE_CHECKING:  # for the annotation only: an instance holds the context, the builtins use it
     from bridge.opawasm.builtins.registry import EvalContext
 
-LOAD_DEADLINE_S = 30.0
 PAGE = 65536
 MIN_ABI_MINOR = 2
+SCRATCH = 64 * 1024  # a fixed buffer for builtin results, below the evaluation heap (`memimage.setup`)
 WASM32_MAX_MEMORY = 4 << 30
-SCRATCH = 64 * 1024
 UNLIMITED_FUEL = 1 << 62  # an evaluation that is not inline: only its deadline and memory cap bound it
 
 _unpack_i32 = struct.Struct("<i").unpack_from
@@ -343,28 +342,6 @@ class Instance:
         if v == 0:
             raise EvaluationError(f"opa_value_parse rejected a builtin result: {raw[:200]!r}")
         return v
-
-    def setup(self, data_json: bytes | None) -> None:
-        """Initialise the heap and load the base data document (once per instance)."""
-        _set_epoch_deadline(self._ctx, deadline_ticks(LOAD_DEADLINE_S))
-        self.call("opa_malloc", 0)
-        self.scratch = self.call("opa_malloc", SCRATCH)
-        self.ensure(self.scratch + SCRATCH)
-        for b in (True, False):
-            # the library's booleans are static (OPA_BOOLEAN_INTERNED in its data segment): a
-            # builtin returning a boolean can hand back that address without a guest call
-            addr = self.put_value(b)
-            self._bools[b] = addr if self.view[addr] == 9 else 0
-        if data_json:
-            addr = self.call("opa_malloc", len(data_json))
-            self.ensure(addr + len(data_json))
-            self.write(addr, data_json)
-            self.data_addr = self.call("opa_json_parse", addr, len(data_json))
-            if self.data_addr == 0:
-                raise BundleLoadError("data.json: the policy module could not parse it")
-        if "opa_heap_blocks_stash" in self._exports:
-            self.call("opa_heap_blocks_stash")
-        self.eval_heap = self.call("opa_heap_ptr_get")
 
     def evaluate_raw(self, entrypoint_id: int, input_json: bytes | None, ticks: int, fuel: int = 0) -> bytes:
         """`opa_eval` fast path: the result set in OPA's value format (`[{"result": ...}]` or `[]`).
