@@ -1,7 +1,7 @@
 """Memory per pooled instance, `data` shared (one memory image per revision) against parsed per
 instance, and evaluation speed of both side by side.
 
-    .venv/bin/python -m benchmarks.wasm.datashare [--rounds 3] [--extra 8] [--blocks 12]
+    .venv/bin/python -m benchmarks.wasm.datashare [--rounds 3] [--extra 8] [--blocks 60] [--speed-only]
 
 Memory: each measurement is a fresh process (so nothing freed earlier hides in the allocator)
 that loads the data-filter policy with a 1 MB or a 10 MB `data` document, evaluates once, reads
@@ -114,29 +114,33 @@ def memory_table(rounds: int, extra: int) -> None:
 
 
 def speed_table(blocks: int) -> None:
+    """Per evaluation, wall clock and this thread's CPU time (less exposed to other processes on a
+    shared machine), medians over interleaved blocks whose order alternates."""
     from bridge.opawasm.policy import WasmPolicy
 
-    wasm = _filter_wasm()
-    cases: dict[str, tuple[bytes, bytes, str, bytes, int]] = {
-        "data_filter 1MB": (wasm, msgspec.json.encode(_filter_data()), "bench/filter/result",
-                            msgspec.json.encode(FILTER_INPUT), 10),
-    }
     rw, rdata = build("rbac1000")
-    cases["rbac1000"] = (rw, rdata, POLICIES["rbac1000"]["entrypoint"],
-                         msgspec.json.encode(POLICIES["rbac1000"]["input"]), 2000)
+    cases = {
+        "data_filter 1MB": (_filter_wasm(), msgspec.json.encode(_filter_data()), "bench/filter/result",
+                            msgspec.json.encode(FILTER_INPUT), 4),
+        "rbac1000": (rw, rdata, POLICIES["rbac1000"]["entrypoint"], msgspec.json.encode(POLICIES["rbac1000"]["input"]), 500),
+    }
     for name, (w, data, ep, inp, n) in cases.items():
-        sides = {share: WasmPolicy(w, data, share_data=share, pool_size=2) for share in (False, True)}
-        times: dict[bool, list[float]] = {False: [], True: []}
+        sides = {share: WasmPolicy(w, data, share_data=share, pool_size=1) for share in (False, True)}
+        wall: dict[bool, list[float]] = {False: [], True: []}
+        cpu: dict[bool, list[float]] = {False: [], True: []}
         for b in range(blocks + 1):
             for share in ((False, True) if b % 2 == 0 else (True, False)):
                 p = sides[share]
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.thread_time()
                 for _ in range(n):
                     p.evaluate_raw(ep, inp)
                 if b:  # block 0 warms both up
-                    times[share].append((time.perf_counter() - t0) / n)
-        off, on = statistics.median(times[False]), statistics.median(times[True])
-        print(f"{name}: per-instance {off * 1e6:.1f} µs, shared {on * 1e6:.1f} µs, shared/per-instance {on / off:.3f} "
+                    wall[share].append((time.perf_counter() - t0) / n)
+                    cpu[share].append((time.thread_time() - c0) / n)
+        w_off, w_on = statistics.median(wall[False]), statistics.median(wall[True])
+        c_off, c_on = statistics.median(cpu[False]), statistics.median(cpu[True])
+        print(f"{name}: wall per-instance {w_off * 1e6:.1f} µs, shared {w_on * 1e6:.1f} µs ({w_on / w_off:.3f}x); "
+              f"CPU per-instance {c_off * 1e6:.1f} µs, shared {c_on * 1e6:.1f} µs ({c_on / c_off:.3f}x) "
               f"(medians of {blocks} interleaved blocks of {n})")
 
 
@@ -144,7 +148,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--extra", type=int, default=8)
-    ap.add_argument("--blocks", type=int, default=12)
+    ap.add_argument("--blocks", type=int, default=60)
+    ap.add_argument("--speed-only", action="store_true")
     ap.add_argument("--child")
     ap.add_argument("--share", type=int, default=1)
     args = ap.parse_args()
@@ -152,7 +157,8 @@ def main() -> None:
         print(json.dumps(measure_memory(args.child, bool(args.share), args.extra)))
         return
     print(f"load average before: {os.getloadavg()}")
-    memory_table(args.rounds, args.extra)
+    if not args.speed_only:
+        memory_table(args.rounds, args.extra)
     speed_table(args.blocks)
     print(f"load average after: {os.getloadavg()}")
 
