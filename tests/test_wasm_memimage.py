@@ -9,6 +9,7 @@ fails loudly; a module whose state is not all in linear memory is not shared.
 from __future__ import annotations
 
 import fcntl
+import gc
 import os
 import random
 import threading
@@ -192,3 +193,16 @@ def test_undefined_and_no_data_revisions_share_too() -> None:
     assert shared.evaluate("t/r", {"x": 0}) is UNDEFINED
     assert shared.evaluate("t/r", {"x": 5}) == parsed.evaluate("t/r", {"x": 5}) == 5
     assert msgspec.json.decode(shared.evaluate_raw("t/r", b'{"x": 2}')) == [{"result": 2}]
+
+
+def test_each_instance_maps_the_image_once_and_unmaps_it_when_closed() -> None:
+    gc.collect()  # policies of earlier tests, and so their instances' mappings, go now, not midway
+    before = _image_mappings()
+    shared, parsed = _pair({"f.rego": FILTER}, ["t/visible"], _filter_data(100), pool_size=3)
+    insts = [shared.pool.acquire() for _ in range(3)]
+    for inst in insts:
+        shared.pool.release(inst)
+    assert _image_mappings() == before + 3
+    shared.close()
+    parsed.close()
+    assert _image_mappings() == before
