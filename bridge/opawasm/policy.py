@@ -102,6 +102,7 @@ class WasmPolicy:
         if opts.share_data and (why := memimage.supported(wasm)) is None:
             # the first instance parsed `data`; every instance, this one's successor included, maps it
             self.image = memimage.capture(first)
+            self._data = None  # the image holds it, parsed
             first.close()
             first = self._new_ready_instance()
         elif opts.share_data:
