@@ -20,9 +20,8 @@ import msgspec
 import pytest
 import wasmtime
 
-from bridge.opawasm import UNDEFINED, HostConfig, policy_from_files
+from bridge.opawasm import UNDEFINED, HostConfig, memimage, policy_from_files
 from bridge.opawasm import errors as wasm_errors
-from bridge.opawasm import memimage
 from bridge.opawasm.policy import WasmPolicy
 from tests.test_wasm_differential import MODULES, RUNTIME, _load
 from tests.wasm_helpers import build_wasm_bundle, bundle_files
