@@ -205,3 +205,23 @@ def test_each_instance_maps_the_image_once_and_unmaps_it_when_closed() -> None:
     shared.close()
     parsed.close()
     assert _image_mappings() == before
+
+
+def test_a_restored_instance_is_byte_for_byte_a_set_up_one() -> None:
+    """All of OPA's state is in linear memory: the same evaluations leave a restored instance's
+    memory identical to that of an instance that parsed `data` itself."""
+    shared, parsed = _pair({"h.rego": HEAP, "f.rego": FILTER.replace("package t", "package f")},
+                           ["t/joined", "t/index", "f/visible"], {"suffix": "q", **_filter_data(300)}, pool_size=1)
+
+    def memory(policy: WasmPolicy) -> bytes:
+        inst = policy.pool.acquire()
+        try:
+            return bytes(inst.view[: inst.mem_size_now()])
+        finally:
+            policy.pool.release(inst)
+
+    assert memory(shared) == memory(parsed)
+    for k in range(40):
+        ep, inp = (("t/joined", {"prefix": f"k{k}", "n": k + 1}) if k % 3 else ("f/visible", {"tenant": "t2", "clearance": k % 10}))
+        assert shared.evaluate(ep, inp) == parsed.evaluate(ep, inp)
+    assert memory(shared) == memory(parsed)
