@@ -225,3 +225,21 @@ def test_a_restored_instance_is_byte_for_byte_a_set_up_one() -> None:
         ep, inp = (("t/joined", {"prefix": f"k{k}", "n": k + 1}) if k % 3 else ("f/visible", {"tenant": "t2", "clearance": k % 10}))
         assert shared.evaluate(ep, inp) == parsed.evaluate(ep, inp)
     assert memory(shared) == memory(parsed)
+
+
+def test_a_host_that_cannot_map_the_image_parses_per_instance(monkeypatch, caplog) -> None:
+    def refuse(image: memimage.MemoryImage, inst: Any) -> None:
+        raise wasm_errors.BundleLoadError("wasm memory image: mmap failed: Operation not permitted")
+
+    files = bundle_files(build_wasm_bundle({"f.rego": FILTER}, ["t/visible"], _filter_data(300)))
+    monkeypatch.setattr(memimage, "restore", refuse)
+    with caplog.at_level("WARNING", logger="groqpolicy.wasm"):
+        policy = policy_from_files(files, pool_size=2)
+    assert policy.image is None and "each instance parses its own data: wasm memory image: mmap failed" in caplog.text
+    monkeypatch.undo()
+    parsed = policy_from_files(files, pool_size=2, share_data=False)
+    a, b = policy.pool.acquire(), policy.pool.acquire()  # the second one parses: the pool grows as before
+    policy.pool.release(a)
+    policy.pool.release(b)
+    inp = {"tenant": "t3", "clearance": 7}
+    assert policy.evaluate("t/visible", inp) == parsed.evaluate("t/visible", inp) != []

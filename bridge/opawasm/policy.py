@@ -99,14 +99,8 @@ class WasmPolicy:
             self._ep_lookup[name.replace("/", ".")] = i
         memimage.setup(first, self._data)
         self.image: MemoryImage | None = None
-        if opts.share_data and (why := memimage.supported(wasm)) is None:
-            # the first instance parsed `data`; every instance, this one's successor included, maps it
-            self.image = memimage.capture(first)
-            self._data = None  # the image holds it, parsed
-            first.close()
-            first = self._new_ready_instance()
-        elif opts.share_data:
-            log.info("policy %s: each instance parses its own data: %s", revision or "(no revision)", why)
+        if opts.share_data:
+            first = self._share(wasm, first)
         size = opts.pool_size or max(2, (os.cpu_count() or 2) * 2)
         self.pool: InstancePool[Instance] = InstancePool(self._new_ready_instance, size)
         self.pool_size = size  # how many evaluations can run at once
@@ -118,6 +112,25 @@ class WasmPolicy:
         return Instance(
             self.module, memory_limit=self.memory_limit, dispatch=self._dispatch, on_print=self.host.print_line
         )
+
+    def _share(self, wasm: bytes, first: Instance) -> Instance:
+        """Take the memory image of the set-up `first` instance, and its successor made from it.
+        Where the host cannot map it (it was checked just now, so that is the platform's doing),
+        every instance parses `data` as before, and the revision still loads."""
+        why = memimage.supported(wasm)
+        if why is None:
+            self.image = memimage.capture(first)
+            try:
+                successor = self._new_ready_instance()
+            except BundleLoadError as exc:
+                self.image.close()
+                self.image, why = None, str(exc)
+            else:
+                self._data = None  # the image holds it, parsed
+                first.close()
+                return successor
+        log.warning("policy %s: each instance parses its own data: %s", self.revision or "(no revision)", why)
+        return first
 
     def _new_ready_instance(self) -> Instance:
         inst = self._new_instance()
