@@ -243,3 +243,22 @@ def test_a_host_that_cannot_map_the_image_parses_per_instance(monkeypatch, caplo
     policy.pool.release(b)
     inp = {"tenant": "t3", "clearance": 7}
     assert policy.evaluate("t/visible", inp) == parsed.evaluate("t/visible", inp) != []
+
+
+def test_closing_a_revision_releases_its_image_and_in_flight_instances_finish() -> None:
+    shared, parsed = _pair({"f.rego": FILTER}, ["t/visible"], _filter_data(300), pool_size=2)
+    image = shared.image
+    assert image is not None
+    inst = shared.pool.acquire()
+    shared.close()  # a hot swap: the image's memfd goes now, the instance in flight keeps its mapping
+    assert image.closed
+    ep = shared.entrypoint_id("t/visible")
+    inp = {"tenant": "t5", "clearance": 6}
+    got = inst.evaluate_raw(ep, msgspec.json.encode(inp), 1000)
+    assert got.startswith(b'{{"result": ') and got.endswith(b"}}")  # OPA's value format: a set of one binding
+    assert msgspec.json.decode(got[len(b'{{"result": ') : -2]) == parsed.evaluate("t/visible", inp) != []
+    shared.pool.release(inst)
+    fresh = shared._new_instance()
+    with pytest.raises(wasm_errors.BundleLoadError, match="released"):
+        memimage.restore(image, fresh)
+    fresh.close()

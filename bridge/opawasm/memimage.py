@@ -27,6 +27,7 @@ import fcntl
 import mmap
 import os
 import sys
+import threading
 import weakref
 from dataclasses import dataclass
 
@@ -81,11 +82,19 @@ class MemoryImage:
 
     def __init__(self, fd: int, size: int, state: _HostState) -> None:
         self.fd, self.size, self.state = fd, size, state
+        # held while the fd is used: once closed, its number may name another file
+        self.lock = threading.Lock()
         self._finalizer = weakref.finalize(self, os.close, fd)
 
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
+
     def close(self) -> None:
-        """Release the memfd; instances that mapped it keep their mappings (and so the pages)."""
-        self._finalizer()
+        """Release the memfd; instances that mapped it keep their mappings (and so the pages),
+        which go with the last of them."""
+        with self.lock:
+            self._finalizer()
 
 
 def supported(wasm: bytes) -> str | None:
@@ -144,9 +153,7 @@ def _same_bytes(fd: int, addr: int, size: int) -> bool:
         _munmap(got, size)
 
 
-def restore(image: MemoryImage, inst: Instance) -> None:
-    """Map `image` privately over a fresh instance's linear memory and take over its host state;
-    anything that does not add up fails the instance (BundleLoadError), it never evaluates."""
+def _map_over(image: MemoryImage, inst: Instance) -> None:
     try:
         seals = fcntl.fcntl(image.fd, fcntl.F_GET_SEALS)
         fd_size = os.fstat(image.fd).st_size
@@ -154,17 +161,26 @@ def restore(image: MemoryImage, inst: Instance) -> None:
         raise BundleLoadError(f"wasm memory image: unusable: {exc}") from None
     if seals & _SEALS != _SEALS or fd_size != image.size or image.size % 65536:
         raise BundleLoadError(f"wasm memory image: corrupt (seals {seals:#x}, {fd_size} bytes, want {image.size})")
-    if inst.base % mmap.PAGESIZE:
-        raise BundleLoadError("wasm memory image: linear memory is not page-aligned")
-    inst.ensure(image.size)
-    if inst.mem_size_now() != image.size:
-        raise BundleLoadError(f"wasm memory image: {image.size} bytes, fresh instance has {inst.mem_size}")
     flags = mmap.MAP_PRIVATE | _MAP_FIXED
     got = _mmap(inst.base, image.size, mmap.PROT_READ | mmap.PROT_WRITE, flags, image.fd, 0)
     if got != inst.base:
         err = ctypes.get_errno()
         inst.broken = "memory image not mapped"
         raise BundleLoadError(f"wasm memory image: mmap failed: {os.strerror(err)}")
+
+
+def restore(image: MemoryImage, inst: Instance) -> None:
+    """Map `image` privately over a fresh instance's linear memory and take over its host state;
+    anything that does not add up fails the instance (BundleLoadError), it never evaluates."""
+    if inst.base % mmap.PAGESIZE:
+        raise BundleLoadError("wasm memory image: linear memory is not page-aligned")
+    inst.ensure(image.size)
+    if inst.mem_size_now() != image.size:
+        raise BundleLoadError(f"wasm memory image: {image.size} bytes, fresh instance has {inst.mem_size}")
+    with image.lock:
+        if image.closed:
+            raise BundleLoadError("wasm memory image: released (its revision was closed)")
+        _map_over(image, inst)
     st = image.state
     inst.scratch, inst.data_addr, inst.eval_heap = st.scratch, st.data_addr, st.eval_heap
     inst._bools[True], inst._bools[False] = st.bools

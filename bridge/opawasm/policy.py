@@ -262,6 +262,9 @@ class WasmPolicy:
 
     def close(self) -> None:
         self.pool.close()
+        if self.image is not None:
+            # now, not when the collector finds this revision: in-flight instances keep their mappings
+            self.image.close()
 
 
 def _input_json(value: Any) -> bytes:
