@@ -259,6 +259,6 @@ def test_closing_a_revision_releases_its_image_and_in_flight_instances_finish() 
     assert msgspec.json.decode(got[len(b'{{"result": ') : -2]) == parsed.evaluate("t/visible", inp) != []
     shared.pool.release(inst)
     fresh = shared._new_instance()
-    with pytest.raises(wasm_errors.BundleLoadError, match="released"):
+    with pytest.raises(wasm_errors.PoolClosed, match="released"):
         memimage.restore(image, fresh)
     fresh.close()

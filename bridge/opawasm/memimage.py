@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from bridge.opawasm.capi import set_epoch_deadline
 from bridge.opawasm.engine import deadline_ticks
-from bridge.opawasm.errors import BundleLoadError
+from bridge.opawasm.errors import BundleLoadError, PoolClosed
 from bridge.opawasm.runtime import SCRATCH, Instance
 
 LOAD_DEADLINE_S = 30.0
@@ -171,7 +171,8 @@ def _map_over(image: MemoryImage, inst: Instance) -> None:
 
 def restore(image: MemoryImage, inst: Instance) -> None:
     """Map `image` privately over a fresh instance's linear memory and take over its host state;
-    anything that does not add up fails the instance (BundleLoadError), it never evaluates."""
+    anything that does not add up fails the instance (BundleLoadError), it never evaluates; an
+    image released with its revision raises PoolClosed."""
     if inst.base % mmap.PAGESIZE:
         raise BundleLoadError("wasm memory image: linear memory is not page-aligned")
     inst.ensure(image.size)
@@ -179,7 +180,9 @@ def restore(image: MemoryImage, inst: Instance) -> None:
         raise BundleLoadError(f"wasm memory image: {image.size} bytes, fresh instance has {inst.mem_size}")
     with image.lock:
         if image.closed:
-            raise BundleLoadError("wasm memory image: released (its revision was closed)")
+            # the revision's pool closed after this caller got past it: like any caller of a
+            # closed pool it gets PoolClosed, on which WasmEvaluator retries on the new revision
+            raise PoolClosed("instance pool is closed (its revision's memory image was released)")
         _map_over(image, inst)
     st = image.state
     inst.scratch, inst.data_addr, inst.eval_heap = st.scratch, st.data_addr, st.eval_heap
