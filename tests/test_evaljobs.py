@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 
 import httpx
@@ -161,6 +162,53 @@ def test_bad_input_is_a_4xx_naming_the_line(system):
     assert r.status_code == 400 and "via" in r.text
     assert client.get("/api/v1/evaluate/jobs/nope", headers=EV).status_code == 404
     assert httpx.post(client.base_url.join("/api/v1/evaluate/jobs"), json={"contexts": [{}]}).status_code == 401
+
+
+def test_the_cli_submits_a_file_shows_progress_and_writes_the_results_in_order(system, tmp_path, capsys):
+    from controlplane.ops.cli import main
+    from tests.controlplane_helpers import EVALUATE_TOKEN as TOKEN
+
+    client, _, emu = system
+    source, output = tmp_path / "contexts.jsonl", tmp_path / "out.jsonl"
+    source.write_text("".join(json.dumps(c) + "\n" for c in contexts()))
+    common = ["--url", str(client.base_url), "--token", TOKEN]
+    lines = emu.app.stats["batch_lines"]
+    assert main(["evaluate", "--file", str(source), "--via", "batch", "--tier", "fast", "--output", str(output),
+                 *common]) == 0
+    out, err = capsys.readouterr()
+    assert emu.app.stats["batch_lines"] - lines == len(DISTINCT)
+    assert re.search(rf"pass 2: {N}/{N} contexts \| batch batch_\w+: completed {len(DISTINCT)}/{len(DISTINCT)} "
+                     r"judgments \(0 failed\)", err), err
+    written = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(written) == N and [w["decision"] for w in written][:2] == ["allow", "deny"]
+    assert f"{N} contexts in" in out and f"{len(DISTINCT)} asked through the Batch API" in out and "batch jobs: batch_" in out
+    source.write_text('{"a": 1}\n[2]\n')
+    assert main(["evaluate", "--file", str(source), "--via", "batch", *common]) == 1
+    assert f"{source}:2: expected a JSON object, got list" in capsys.readouterr().err
+
+
+def test_cancel_stops_the_job_and_its_batch(system):
+    client, _, emu = system
+    emu.app.force("slow=3000", model="openai/gpt-oss-20b")
+    job = submit(client, contexts(["a note to cancel"], 2), policy_types=["ethical_constraints"])
+    deadline = time.monotonic() + 10
+    while (seen := client.get(f"/api/v1/evaluate/jobs/{job['id']}", headers=EV).json())["batch"] is None:
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.02)
+    r = client.post(f"/api/v1/evaluate/jobs/{job['id']}/cancel", headers=EV)
+    assert r.status_code == 200 and r.json()["state"] == "cancelled", r.text
+    batch = asyncio.run(_retrieve(emu, seen["batch"]["id"]))
+    assert batch.status in ("cancelling", "cancelled")
+    assert client.get(f"/api/v1/evaluate/jobs/{job['id']}/results", headers=EV).status_code == 409
+    assert client.post(f"/api/v1/evaluate/jobs/{job['id']}/cancel", headers=EV).status_code == 200  # again: as it is
+
+
+async def _retrieve(emu, batch_id: str):
+    client = emu.client()
+    try:
+        return await client.batches.retrieve(batch_id)
+    finally:
+        await client.close()
 
 
 def test_results_survive_a_restart_and_a_job_cut_off_by_it_says_interrupted(system):
