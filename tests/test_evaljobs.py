@@ -211,6 +211,37 @@ async def _retrieve(emu, batch_id: str):
         await client.close()
 
 
+def test_a_batch_jobs_constitutional_violations_are_escalated(system):
+    import nats
+
+    from controlplane.audit.escalation import SUBJECT, decode_escalation
+
+    client, plane, _ = system
+    received: list[bytes] = []
+
+    async def run() -> dict:
+        nc = await nats.connect(plane.settings.nats_url)
+
+        async def on_event(msg) -> None:
+            received.append(msg.data)
+
+        sub = await nc.subscribe(SUBJECT, cb=on_event)
+        await nc.flush()
+        job = await asyncio.to_thread(lambda: finished(client, submit(client, [{"text": "no principal"}, *contexts(n=1)])["id"]))
+        deadline = time.monotonic() + 5
+        while not received and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await sub.unsubscribe()
+        await nc.close()
+        return job
+
+    job = asyncio.run(run())
+    first, second = results(client, job["id"])
+    assert first["decision"] == "deny" and first["constitutional_compliance"]["violations"]
+    assert len(received) == 1 and decode_escalation(received[0]).evaluation_id == first["evaluation_id"]
+    assert not second["constitutional_compliance"]["violations"]
+
+
 def test_results_survive_a_restart_and_a_job_cut_off_by_it_says_interrupted(system):
     client, plane, emu = system
     done = finished(client, submit(client, contexts())["id"])

@@ -1,9 +1,9 @@
 """Evaluation jobs as a service: submitted, run in the background one at a time, kept on disk.
 
 `via=batch` decides the contexts in passes whose judgments only GroqCloud's Batch API answers
-(`passes`), then writes the final decisions to the audit trail as batch records saying `via: batch`
-and the Batch API jobs that answered; results are served only once recorded (a trail that refuses
-fails the job). `via=online` runs the contexts through the live pipeline in batches of
+(`passes`), then sends the final decisions' constitutional violations to the escalation sink and
+writes the decisions to the audit trail as batch records saying `via: batch` and the Batch API jobs
+that answered; results are served only once recorded (a trail that refuses fails the job). `via=online` runs the contexts through the live pipeline in batches of
 `MAX_BATCH` (judgments asked of the inference workers now, each batch recorded as
 `/api/v1/evaluate/batch` records it): the baseline a batch job is measured against.
 
@@ -168,6 +168,9 @@ class EvalJobs:
         responses = await run.run(contexts, policy_types=list(req.policy_types), tier=req.performance_tier,
                                   chash=req.constitutional_hash, on_pass=on_pass, on_batch=on_batch)
         job.judgments = judgments_of(reask)
+        for response, ctx in zip(responses, contexts, strict=True):  # escalated as a live batch's are
+            if response.constitutional_compliance.violations:
+                await self.pipeline.escalate_violation(response, req.performance_tier, "batch", ctx)
         await self.audit(audit_records(job.id, responses, contexts, tier=req.performance_tier,
                                        latency_ms=(time.perf_counter() - started) * 1000, batches=job.batches))
         return responses
