@@ -203,6 +203,17 @@ def test_cancel_stops_the_job_and_its_batch(system):
     assert client.post(f"/api/v1/evaluate/jobs/{job['id']}/cancel", headers=EV).status_code == 200  # again: as it is
 
 
+def test_at_most_eight_jobs_wait_and_the_ninth_is_told_to_retry(system):
+    client, _, emu = system
+    emu.app.force("slow=3000", model="openai/gpt-oss-20b")  # the first job's batch holds the others queued
+    jobs = [submit(client, contexts([f"queued note {i}"], 1), policy_types=["ethical_constraints"]) for i in range(8)]
+    r = client.post("/api/v1/evaluate/jobs", headers=EV, json={"contexts": [{}]})
+    assert r.status_code == 503 and "8 are queued or running already" in r.text
+    for job in reversed(jobs):
+        assert client.post(f"/api/v1/evaluate/jobs/{job['id']}/cancel", headers=EV).json()["state"] == "cancelled"
+    assert submit(client, contexts(n=1))["state"] == "queued"
+
+
 async def _retrieve(emu, batch_id: str):
     client = emu.client()
     try:

@@ -40,6 +40,7 @@ from controlplane.policies.bundler import LIBRARY_BUNDLE
 from controlplane.policies.service import PolicyService
 
 log = logging.getLogger(__name__)
+MAX_PENDING = 8  # jobs queued or running at once: each holds its contexts in memory until it ends
 AuditAppend = Callable[[list[AuditRecord]], Awaitable[list[StoredRecord]]]
 
 
@@ -71,6 +72,8 @@ class EvalJobs:
     async def submit(self, req: JobRequest, who: str = "") -> Job:
         contexts = check_contexts(req)
         check_hash(req.constitutional_hash)
+        if len(self._tasks) >= MAX_PENDING:
+            raise Unavailable(f"evaluation jobs: {MAX_PENDING} are queued or running already; retry when one ends")
         if req.via == "batch":
             self.batch.require()  # 503 naming the settings when there is no Groq endpoint
         active = self.revisions.get(LIBRARY_BUNDLE, "wasm")
@@ -146,6 +149,7 @@ class EvalJobs:
         finally:
             job.finished_at = time.time()
             self.store.save(job)
+            self.jobs = {j.id: j for j in self.store.forget(list(self.jobs.values()))}  # the oldest finished go
             self._tasks.pop(job.id, None)
             self._runs.pop(job.id, None)
             self._cancelling.discard(job.id)
