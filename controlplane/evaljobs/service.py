@@ -40,6 +40,7 @@ from controlplane.policies.bundler import LIBRARY_BUNDLE
 from controlplane.policies.service import PolicyService
 
 log = logging.getLogger(__name__)
+CANCEL_WAIT_S = 5.0  # a Batch API job's cancel may not hold up a stop for the SDK's whole timeout
 MAX_PENDING = 8  # jobs queued or running at once: each holds its contexts in memory until it ends
 AuditAppend = Callable[[list[AuditRecord]], Awaitable[list[StoredRecord]]]
 
@@ -195,7 +196,7 @@ class EvalJobs:
         if job.batch is None or job.batch.status in ("completed", "failed", "expired", "cancelled"):
             return
         try:
-            await self.batch.require().client.batches.cancel(job.batch.id)
+            await asyncio.wait_for(self.batch.require().client.batches.cancel(job.batch.id), CANCEL_WAIT_S)
         except Exception as exc:  # noqa: BLE001 - the job is cancelled either way
             log.warning("evaluation job %s: batch %s not cancelled: %s", job.id, job.batch.id, exc)
 
