@@ -109,6 +109,7 @@ def test_batch_decides_as_online_with_each_distinct_judgment_one_batch_line_and_
     assert online["state"] == "completed", online
     expected = [r["decision"] for r in results(client, online["id"])]
     assert {"allow", "deny"} <= set(expected)  # the judge and the limit both decide some
+    assert online["judgments"]["asked"] == N  # one model call per context (the worker's cache answers repeats)
 
     calls, lines = emu.calls(), emu.app.stats["batch_lines"]
     job = submit(client, contexts(), via="batch")

@@ -48,9 +48,9 @@ class BatchView(msgspec.Struct, kw_only=True):
 
 
 class Judgments(msgspec.Struct, kw_only=True):
-    asked: int = 0  # distinct judgment requests sent as batch lines
-    failed: int = 0  # of them: no usable answer (the line failed, expired or was cancelled): review
-    cost_usd: float = 0.0  # estimated: the tier catalog's list price times its batch discount
+    asked: int = 0  # via batch: distinct judgment requests sent as batch lines; online: the policies' model calls
+    failed: int = 0  # via batch: of them, no usable answer (the line failed, expired or was cancelled): review
+    cost_usd: float = 0.0  # via batch, estimated: the tier catalog's list price times its batch discount
 
 
 class Job(msgspec.Struct, kw_only=True):

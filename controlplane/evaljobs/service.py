@@ -189,6 +189,7 @@ class EvalJobs:
                 constitutional_hash=req.constitutional_hash, explain=False, batch_id=job.id)
             out += [msgspec.structs.replace(r, input_context=None) for r in found]  # as a batch job's: no echo
             job.done = len(out)
+            job.judgments.asked += sum(r.performance_metrics.model_calls for r in found)
         return out
 
     async def _cancel_batch(self, job: Job) -> None:
