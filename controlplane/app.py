@@ -29,6 +29,7 @@ from controlplane.auth.ratelimit import rate_limit_config
 from controlplane.bundles.controllers import BundleApi, BundleServer
 from controlplane.bundles.revisions import RevisionStore
 from controlplane.dashboard import DashboardController, dashboard_templates
+from controlplane.evaljobs.controllers import EvaluationJobs
 from controlplane.evaluation.controllers import EvaluationController, GroqController, OpaController
 from controlplane.impact.controllers import ImpactApi
 from controlplane.infra.edge import EXCEPTION_HANDLERS, LimitedRequest, request_id_middleware
@@ -78,7 +79,7 @@ def dependencies(services: Services) -> dict[str, Provide]:
         "gauges": services.gauges, "startup_errors": services.startup_errors, "bridge_token": services.bridge_token,
         "signin_codes": services.signin_codes,
         "impact": services.impact, "shadows": services.shadows, "agent_decisions": services.agent_decisions,
-        "replay": services.replay,
+        "replay": services.replay, "evaljobs": services.evaljobs,
     }
     recorder = services.recorder
 
@@ -117,7 +118,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app = Litestar(
         route_handlers=[health, metrics, BundleServer, BundleApi, AgentIngest, AgentQueries, AgentSetup,
                         PolicyController, EvaluationController, GroqController, OpaController, AuditApi,
-                        ImpactApi, DashboardController],
+                        ImpactApi, EvaluationJobs, DashboardController],
         middleware=middleware,
         dependencies=dependencies(services),
         exception_handlers=EXCEPTION_HANDLERS,  # the one mapping of errors to HTTP (controlplane.infra.edge)

@@ -40,6 +40,8 @@ from controlplane.bundles.revisions import RevisionStore
 from controlplane.certification.certifier import Certifier
 from controlplane.certification.checks import PolicyChecks
 from controlplane.dashboard.auth import SignInCodes
+from controlplane.evaljobs.service import EvalJobs
+from controlplane.evaljobs.store import JobStore
 from controlplane.evaluation.model_stage import metered_transport
 from controlplane.evaluation.nats_service import EvaluateService
 from controlplane.evaluation.pipeline import Pipeline
@@ -128,6 +130,7 @@ class Services:
     impact: ImpactService
     batch: BatchAsker  # the Groq Batch API client of `impact via=batch` (the worker's endpoint settings)
     shadows: ShadowMode
+    evaljobs: EvalJobs  # evaluation jobs, online or through the Batch API (kept in <state_dir>/evaljobs)
     agent_decisions: AgentDecisions  # agents' decision logs into the replay store
     tokens: TokenSet | None = None  # bearer tokens and scopes (controlplane.auth); None refuses everyone
     bridge_token: str = ""  # what the gateway requires; bundles carry it (controlplane.agents.sandbox)
@@ -178,9 +181,12 @@ class Services:
         batch = BatchAsker(GroqSettings.from_env(), runtime.catalog)
         impact = ImpactService(replay, policies, settings, OnlineReAsk(models.transport, serving_ask),
                                audit=recorder.append_many, batch=batch)
+        evaljobs = EvalJobs(JobStore(settings.state_dir), pipeline=pipeline, policies=policies, revisions=store,
+                            key=key.verification_key, bridge_url=settings.bridge_url, batch=batch,
+                            audit=recorder.append_many)
         return cls(settings=settings, store=store, decision_logs=decision_logs, statuses=statuses, signing_key=key,
                    publisher=publisher, nats=nats, policies=policies, recorder=recorder, runtime=runtime,
-                   gauges=gauges, replay=replay, impact=impact, batch=batch, shadows=shadows,
+                   gauges=gauges, replay=replay, impact=impact, batch=batch, shadows=shadows, evaljobs=evaljobs,
                    agent_decisions=AgentDecisions(replay, tap, settings.bridge_url, policies.active_records),
                    tokens=tokens, bridge_token=token)
 
@@ -199,6 +205,7 @@ class Services:
             ("policy.evaluate", rt.service),
             ("shadow mode", self.shadows),
             ("batch API client", self.batch),
+            ("evaluation jobs", self.evaljobs),
             ("bundles at start", Step(self.publish_at_start)),
         ]
 

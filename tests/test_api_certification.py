@@ -84,6 +84,7 @@ def test_a_model_deny_blocks_activation_until_an_admin_overrides_it(system):
     error = r.json()["error"]
     assert (error["type"], error["code"]) == ("ReviewDenied", "review_denied")
     assert "the model review (premium, " in error["message"] and "certification.override" in error["message"]
+    assert "P10-proportional-risk (high): emulated: matched risk marker 'exfiltrate'" in error["message"]
     assert "suspicious" not in stored_names(client)
     served = services.store.get("groqpolicy", "rego")[0].revision
 
@@ -93,7 +94,11 @@ def test_a_model_deny_blocks_activation_until_an_admin_overrides_it(system):
     rule_id = r.json()["rule_id"]
     assert services.store.get("groqpolicy", "rego")[0].revision != served  # now it is served
     cert = client.get(f"/api/v1/policies/{rule_id}").json()["certificate"]
-    assert cert["review"]["decision"] == "deny" and cert["review"]["tier"] == "premium" and cert["review"]["findings"]
+    assert cert["review"]["decision"] == "deny" and cert["review"]["tier"] == "premium"
+    # the findings are the model's structured answer (strict JSON schema), stored and signed as such
+    (finding,) = cert["review"]["findings"]
+    assert (finding["principle"], finding["severity"]) == ("P10-proportional-risk", "high")
+    assert "matched risk marker 'exfiltrate'" in finding["text"] and cert["version"] == 2
     assert cert["override"]["reason"] == "partner export reviewed by security" and cert["override"]["by"] == "admin"
     assert verify(cert, services.policies.certifier.keys) == ""
     # both recorded: the deny that blocked it, and the override that activated it
@@ -119,6 +124,7 @@ def test_the_certificate_verifies_and_reaches_the_agents_manifest(system):
     assert {c["name"]: c["passed"] for c in cert["checks"]} == {
         "principles": True, "decisions": True, "fail_closed": True, "tests": True}
     assert cert["review"]["decision"] == "allow" and cert["review"]["tier"] == "reasoning"
+    assert [(f["principle"], f["severity"]) for f in cert["review"]["findings"]] == [("P10-proportional-risk", "low")]
     keys = services.policies.certifier.keys
     assert verify(cert, keys) == "" and cert["signature"]["kid"] == keys.kid
     assert [rec["details"]["outcome"] for rec in certification_records(client, rule_id)] == ["certified"]

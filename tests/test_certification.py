@@ -163,3 +163,26 @@ def test_synthetic_input_names_every_path_the_policy_reads():
     text = "x if input.a.b == 1\ny if input.a.c\nz if input.text\nw if input.a"
     assert synthetic_input(text) == {"a": {"b": "certification probe", "c": "certification probe"},
                                      "text": "certification probe"}
+
+
+def test_the_review_asks_for_findings_under_a_strict_schema_and_a_reply_without_them_is_no_answer():
+    import msgspec
+
+    from bridge.inference.catalog import default_catalog
+    from bridge.inference.completion import BadAnswer, completion_params, read_verdict
+    from bridge.inference.wire import REVIEW_JSON_SCHEMA, decode_request
+    from controlplane.certification.review import request_body
+
+    req = decode_request(request_body(name="limits", text="package limits", principles=[{"id": "P10-proportional-risk"}]))
+    assert (req.answer, req.strict_schema) == ("review", True)
+    params = completion_params(default_catalog(), "openai/gpt-oss-120b", "premium", req)
+    assert params["response_format"]["json_schema"] == {"name": "policy_review", "strict": True, "schema": REVIEW_JSON_SCHEMA}
+    answer = {"decision": "deny", "confidence": 0.9, "rationale": "exports everything"}
+    with pytest.raises(BadAnswer, match="findings"):
+        read_verdict(msgspec.json.encode(answer).decode(), "review")
+    with pytest.raises(BadAnswer, match="severity"):
+        read_verdict(msgspec.json.encode({**answer, "findings": [{"principle": "P10", "severity": "dire", "text": "x"}]}).decode(), "review")
+    found = read_verdict(msgspec.json.encode({**answer, "findings": [{"principle": "P10-proportional-risk",
+                                                                       "severity": "high", "text": "exports all"}]}).decode(), "review")
+    assert str(found.findings[0]) == "P10-proportional-risk (high): exports all"
+    assert read_verdict(msgspec.json.encode(answer).decode()).findings is msgspec.UNSET  # a judgment needs none

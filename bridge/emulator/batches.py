@@ -16,6 +16,10 @@ is answered by the emulator's own chat handler (same verdicts, latency and fault
 `parallelism` lines at a time. The output file holds a line per success,
 `{"id", "custom_id", "response": {"status_code": 200, "request_id", "body": <chat.completion>},
 "error": null}`; the error file one per failed request, with the error body as `response.body`.
+
+`expire_next(n)`: the next batch answers its first `n` lines and then runs out of its completion
+window, as GroqCloud's do: status `expired`, the answered lines in the output file, every other one
+in the error file as `{"custom_id", "response": null, "error": {"code": "batch_expired", ...}}`.
 """
 
 from __future__ import annotations
@@ -87,6 +91,11 @@ class BatchService:
         self.files: dict[str, _File] = {}
         self.batches: dict[str, dict[str, Any]] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._expire_after: int | None = None
+
+    def expire_next(self, answered: int) -> None:
+        """The next batch expires after answering `answered` lines (tests of the expired path)."""
+        self._expire_after = answered
 
     async def route(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any, dict]:
         parts = path.removeprefix("/openai/v1/").split("/")
@@ -202,10 +211,19 @@ class BatchService:
         batch["request_counts"]["total"] = len(lines)
         out: list[bytes] = []
         err: list[bytes] = []
+        expire_after, self._expire_after = self._expire_after, None
         try:
-            await self._answer_all(batch, lines, out, err)
+            await self._answer_all(batch, lines[:expire_after], out, err)
         except asyncio.CancelledError:
             self._finish(batch, out, err, status="cancelled", at="cancelled_at")
+            return
+        if expire_after is not None:
+            for line in lines[expire_after:]:
+                err.append(msgspec.json.encode({"id": f"batch_req_{uuid.uuid4().hex[:26]}", "custom_id": line["custom_id"],
+                                                "response": None, "error": {"code": "batch_expired", "message":
+                                                "This request could not be executed before the completion window expired."}}))
+                batch["request_counts"]["failed"] += 1
+            self._finish(batch, out, err, status="expired", at="expired_at")
             return
         batch.update(status="finalizing", finalizing_at=int(time.time()))
         self._finish(batch, out, err, status="completed", at="completed_at")

@@ -8,6 +8,7 @@ of the product writes (`error_document`), which is also GroqCloud's `{"error": {
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -144,14 +145,28 @@ def content_for(call: ChatCall, fault: str | None, verdict: tuple[str, float, st
     if fault == "schema_violation":
         return '{"verdict": "yes", "confidence": 7}'
     if call.format == "json_schema":
-        return msgspec.json.encode(instance_of(call.schema, verdict)).decode()
+        return msgspec.json.encode(instance_of(call.schema, verdict, findings_for(call.user_text, verdict))).decode()
     if call.format == "json_object":
         return msgspec.json.encode({"decision": verdict[0], "confidence": verdict[1], "rationale": verdict[2]}).decode()
     return f"DECISION: {verdict[0]}\nCONFIDENCE: {verdict[1]}\nRATIONALE: {verdict[2]}"
 
 
-def instance_of(schema: dict[str, Any], verdict: tuple[str, float, str]) -> Any:
-    """A value valid under a (strict-subset) JSON schema, using the verdict where names fit."""
+_PRINCIPLE_RE = re.compile(r"\bP\d+-[a-z0-9]+(?:-[a-z0-9]+)*")
+_SEVERITY = {"deny": "high", "review": "medium", "allow": "low"}
+
+
+def findings_for(user_text: str, verdict: tuple[str, float, str]) -> list[dict[str, str]]:
+    """A review's findings, deterministic: one per principle id the request names (the first three,
+    in order; "general" when it names none), graded by the verdict, saying what the verdict read."""
+    named = list(dict.fromkeys(_PRINCIPLE_RE.findall(user_text)))[:3] or ["general"]
+    return [{"principle": p, "severity": _SEVERITY[verdict[0]], "text": f"{verdict[2]} (read against {p})"}
+            for p in named]
+
+
+def instance_of(schema: dict[str, Any], verdict: tuple[str, float, str],
+                findings: list[dict[str, str]] | None = None) -> Any:
+    """A value valid under a (strict-subset) JSON schema, using the verdict where names fit (and
+    `findings` for a property of that name)."""
     t = schema.get("type")
     if "enum" in schema:
         return verdict[0] if verdict[0] in schema["enum"] else schema["enum"][0]
@@ -164,6 +179,8 @@ def instance_of(schema: dict[str, Any], verdict: tuple[str, float, str]) -> Any:
                 out[name] = verdict[1]
             elif name in ("rationale", "reason", "explanation"):
                 out[name] = verdict[2]
+            elif name == "findings" and findings is not None and sub.get("type") == "array":
+                out[name] = findings
             else:
                 out[name] = instance_of(sub, verdict)
         return out

@@ -66,6 +66,7 @@ class _Line:
     model: str
     tier: str
     route: Route | None
+    answer: str = "verdict"
 
 
 class BatchClient:
@@ -88,7 +89,7 @@ class BatchClient:
         chosen = route.tier if route else tier
         model = (self.catalog.resolve(req.model)[0] if req.model else None) or \
             (route.models[0] if route else self.catalog.tier(chosen).models[0])
-        line = _Line(f"j-{i}", model, chosen, route)
+        line = _Line(f"j-{i}", model, chosen, route, req.answer)
         body = {"custom_id": line.custom_id, "method": "POST", "url": ENDPOINT,
                 "body": completion_params(self.catalog, model, chosen, req)}
         return line, msgspec.json.encode(body)
@@ -156,11 +157,13 @@ class BatchClient:
         else:
             try:
                 completion = ChatCompletion.model_validate(response.get("body"))
-                verdict = read_verdict(completion.choices[0].message.content if completion.choices else None)
+                verdict = read_verdict(completion.choices[0].message.content if completion.choices else None,
+                                       line.answer)
             except (BadAnswer, ValueError) as exc:  # pydantic's ValidationError is a ValueError
                 problem = f"{line.model}: {exc}"
             else:
                 return InferReply(decision=verdict.decision, confidence=verdict.confidence, rationale=verdict.rationale,
+                                  findings=verdict.findings,
                                   model=completion.model or line.model, tier=line.tier, emulated=self.emulated,
                                   usage=self._usage(completion, line.model), latency_ms=latency_ms, route=route)
         return InferReply(decision="review", confidence=0.0, rationale="no valid answer from the batch; failing closed "

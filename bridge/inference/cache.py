@@ -26,8 +26,9 @@ _key_encoder = msgspec.json.Encoder(order="sorted")
 
 def cache_key(tier: str, req: InferRequest) -> str:
     """Everything that changes the model's answer, and nothing else (not the deadline)."""
-    raw = _key_encoder.encode((TEMPLATE_VERSION, tier, req.model, req.policy, req.question, req.context,
-                               req.max_tokens, req.temperature, req.strict_schema))
+    key = (TEMPLATE_VERSION, tier, req.model, req.policy, req.question, req.context, req.max_tokens, req.temperature,
+           req.strict_schema)
+    raw = _key_encoder.encode(key if req.answer == "verdict" else (*key, req.answer))  # verdicts' keys as before
     return hashlib.sha256(raw).hexdigest()
 
 

@@ -15,7 +15,7 @@ what the *model* must answer (the structured-output schema); it never reaches a 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 import msgspec.inspect
@@ -65,6 +65,8 @@ class InferRequest(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=Tru
     strict_schema: bool = False
     """The answer must come from a model that enforces the verdict's JSON schema (strict structured
     output); JSON mode plus validation is not enough. Tier `auto` routes only to such models."""
+    answer: Literal["verdict", "review"] = "verdict"
+    """`review`: the verdict with its `findings` (`REVIEW_JSON_SCHEMA`), as a policy review needs."""
 
 
 class Usage(msgspec.Struct):
@@ -108,14 +110,29 @@ class InferReply(msgspec.Struct):
     reasons: list[str] = msgspec.field(default_factory=list)
     route: Route | msgspec.UnsetType = msgspec.UNSET
     """Present when the request asked for tier `auto`: the tier chosen, its models in order, and why."""
+    findings: list[Finding] | msgspec.UnsetType = msgspec.UNSET
+    """Present when the request asked for `answer: review`: the model's findings."""
+
+
+class Finding(msgspec.Struct, forbid_unknown_fields=True):
+    """One thing a reviewing model found: the principle it concerns, how grave, in one sentence."""
+
+    principle: str
+    severity: Literal["high", "medium", "low"]
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.principle} ({self.severity}): {self.text}"
 
 
 class Verdict(msgspec.Struct, forbid_unknown_fields=True):
-    """The model's answer. Anything that does not decode into this is a failed call."""
+    """The model's answer. Anything that does not decode into this is a failed call (a review's
+    answer must carry `findings`: `bridge.inference.completion.read_verdict`)."""
 
     decision: Decision
     confidence: Confidence
     rationale: str
+    findings: list[Finding] | msgspec.UnsetType = msgspec.UNSET
 
 
 VERDICT_JSON_SCHEMA: dict[str, Any] = {
@@ -127,6 +144,22 @@ VERDICT_JSON_SCHEMA: dict[str, Any] = {
     },
     "required": ["decision", "confidence", "rationale"],
     "additionalProperties": False,
+}
+
+_FINDING_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "principle": {"type": "string"},
+        "severity": {"type": "string", "enum": ["high", "medium", "low"]},
+        "text": {"type": "string"},
+    },
+    "required": ["principle", "severity", "text"],
+    "additionalProperties": False,
+}
+REVIEW_JSON_SCHEMA: dict[str, Any] = {
+    **VERDICT_JSON_SCHEMA,
+    "properties": {**VERDICT_JSON_SCHEMA["properties"], "findings": {"type": "array", "items": _FINDING_SCHEMA}},
+    "required": [*VERDICT_JSON_SCHEMA["required"], "findings"],
 }
 
 _req_decoder = msgspec.json.Decoder(InferRequest)

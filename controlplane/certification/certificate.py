@@ -14,11 +14,12 @@ from typing import Any, Literal
 
 import msgspec
 
+from bridge.inference.wire import Finding
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from controlplane.infra.recordkeys import UNSIGNED, RecordKeys
 
 DOMAIN = "groqpolicy-policy-certificate-v1"
-CERTIFICATE_VERSION = 1
+CERTIFICATE_VERSION = 2  # 2: a review's findings are structured (principle, severity, text); 1: sentences
 
 
 class CheckResult(msgspec.Struct, kw_only=True):
@@ -31,13 +32,14 @@ class CheckResult(msgspec.Struct, kw_only=True):
 
 
 class ModelReview(msgspec.Struct, kw_only=True):
-    """The model's verdict on the policy text against the principles it declares."""
+    """The model's verdict on the policy text against the principles it declares. `findings` are
+    structured in version-2 certificates; a version-1 certificate's are sentences, kept as signed."""
 
     tier: str
     model: str
     decision: Literal["allow", "deny", "review"]
     confidence: float
-    findings: list[str] = []
+    findings: list[Finding | str] = []
     rationale: str = ""
     emulated: bool = False
 

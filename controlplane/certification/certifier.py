@@ -117,7 +117,7 @@ class Certifier:
             signed = await self._refuse("denied", msgspec.structs.replace(cert, certified=False))
             raise ReviewDenied(
                 f"policy {name!r}: the model review ({verdict.tier}, {verdict.model}) denied it, so it is not "
-                f"activated: {'; '.join(verdict.findings)}. An admin may activate it anyway by sending "
+                f"activated: {'; '.join(map(str, verdict.findings)) or verdict.rationale}. An admin may activate it anyway by sending "
                 "certification.override with the reason; the override is recorded",
                 details={"certificate": msgspec.to_builtins(signed)})
         return Certified(sign(msgspec.structs.replace(cert, override=override), self.keys), "overridden")

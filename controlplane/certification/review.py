@@ -3,9 +3,11 @@ principles it declares and answers with a verdict and its findings.
 
 It goes through the inference workers like any judgment (`groq.infer.<tier>` over NATS, the
 control plane's model client), so the tier's fallback, breaker and the emulator without a key apply.
-The verdict is the worker's structured answer (`bridge.inference.wire.Verdict`: decision,
-confidence, rationale, validated against its JSON schema); the model is asked to state each finding
-as one sentence of the rationale, separated by "; ", and the findings are those sentences.
+The verdict is the worker's structured answer to an `answer: review` request: decision, confidence,
+rationale and `findings` (each a `bridge.inference.wire.Finding`: principle, severity, text), under
+a strict JSON schema (`REVIEW_JSON_SCHEMA`; `strict_schema` keeps the request to models that enforce
+it), so the findings are the model's own structure, never sentences split out of prose. A reply
+without findings is a failed call to the worker, which moves on to the next model or fails closed.
 The policy text is the context (data for the model, never instructions), fenced like any input.
 
 A review that was asked for and cannot happen (no worker, an error reply, a worker that failed
@@ -15,7 +17,6 @@ reviewed when it was not.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
@@ -36,9 +37,9 @@ QUESTION = (
     "constitutional principle it declares (given with their text). Answer deny when the policy contradicts a "
     "declared principle, lets a request through when a model call or an input is missing or fails, or hides "
     "its reasons; review when it does not clearly enforce a declared principle; allow when it enforces them. "
-    "State each finding as one sentence in the rationale, separated by '; '."
+    "List your findings: for each, the id of the principle it concerns, its severity (high: the policy "
+    "contradicts the principle; medium: it does not clearly enforce it; low: a remark) and one sentence."
 )
-_SPLIT = re.compile(r";\s+|\n+")
 
 
 class ReviewUnavailable(Unavailable):
@@ -47,21 +48,16 @@ class ReviewUnavailable(Unavailable):
     code = "review_unavailable"
 
 
-def findings(rationale: str) -> list[str]:
-    """The rationale's findings: its sentences separated by "; " or new lines."""
-    return [part.strip() for part in _SPLIT.split(rationale) if part.strip()]
-
-
 def request_body(*, name: str, text: str, principles: list[dict[str, Any]]) -> bytes:
     context = {"policy_name": name, "policy_text": text, "declared_principles": principles}
     return encode(InferRequest(question=QUESTION, context=context, policy=name, deadline_ms=REVIEW_DEADLINE_MS,
-                               temperature=0.0))
+                               temperature=0.0, strict_schema=True, answer="review"))
 
 
 def verdict(reply: InferReply) -> ModelReview:
+    found = reply.findings if reply.findings is not msgspec.UNSET else []
     return ModelReview(tier=reply.tier, model=reply.model, decision=reply.decision, confidence=reply.confidence,
-                       findings=findings(reply.rationale) or ["the model gave no findings"], rationale=reply.rationale,
-                       emulated=reply.emulated)
+                       findings=list(found), rationale=reply.rationale, emulated=reply.emulated)
 
 
 async def review(ask_model: AskModel, tier: ReviewTier, *, name: str, text: str,

@@ -127,7 +127,7 @@ class Pipeline:
         (response,) = await self.decide_many([input_context], policy_types=policy_types, tier=tier,
                                              constitutional_hash=constitutional_hash, explain=explain)
         if response.constitutional_compliance.violations:
-            await self._escalate(response, tier, source, input_context)
+            await self.escalate_violation(response, tier, source, input_context)
         if self.recorder is not None:
             await self.recorder.record(response, tier=tier, source=source, input_context=input_context,
                                        policy_types=policy_types)
@@ -141,7 +141,7 @@ class Pipeline:
                                            constitutional_hash=constitutional_hash, explain=explain, echo_input=True)
         for response, ctx in zip(responses, contexts, strict=True):
             if response.constitutional_compliance.violations:
-                await self._escalate(response, tier, "batch", ctx)
+                await self.escalate_violation(response, tier, "batch", ctx)
         if self.recorder is not None:
             await self.recorder.record_batch(responses, contexts, tier=tier, batch_id=batch_id,
                                              latency_ms=(time.perf_counter() - started) * 1000, policy_types=policy_types)
@@ -284,7 +284,8 @@ class Pipeline:
                 for j, (s, proposal, post, cost) in enumerate(zip(staged, proposals, posts, costs, strict=True))]
 
     # ---- stage 7 ---------------------------------------------------------------------------------
-    async def _escalate(self, response: EvaluateResponse, tier: str, source: str, input_context: dict[str, Any]) -> None:
+    async def escalate_violation(self, response: EvaluateResponse, tier: str, source: str, input_context: dict[str, Any]) -> None:
+        """A response's constitutional violations to the escalation sink (an evaluation job's too)."""
         if self.escalate is None:
             return
         try:

@@ -1,7 +1,8 @@
 """Judgments that changed, asked through GroqCloud's Batch API at its batch price (`via=batch`).
 
 A replay cannot wait on a batch job per judgment the way it waits on an online call, so a batch
-replay runs in passes (`controlplane.impact.service`): a pass replays every decision with
+replay runs in passes (`in_passes`, used by `controlplane.impact.service` and by the evaluation
+jobs of `controlplane.evaljobs`): a pass replays every decision with
 `BatchReAsk` as the oracle's way of asking; a request that is neither recorded nor answered yet is
 noted and answered like an unreachable model (503, which the policy reads as `review`), and that
 pass's outcomes are thrown away. Between passes the noted requests go out as one batch per tier
@@ -19,8 +20,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import groq
 import msgspec
@@ -35,6 +36,7 @@ from bridge.kernel.vocabulary import ROUTABLE_TIERS
 from controlplane.impact.records import judgment_key
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 MAX_PASSES = 3  # a changed answer can change which question a policy asks next; deeper chains fail closed
 NOT_YET = {"error": {"message": "asked through the Batch API; answered on the next pass", "type": "not_yet"}}
 
@@ -125,3 +127,16 @@ class BatchReAsk:
                 for (key, _), reply in zip(items, replies, strict=True):
                     self.answers[key] = msgspec.to_builtins(reply)
         return len(pending)
+
+
+async def in_passes(reask: BatchReAsk, one_pass: Callable[[int], Awaitable[T]],
+                    moved: Callable[[BatchProgress], None] | None = None) -> T:
+    """`one_pass(1)`, then what it noted asked as batches (`moved` told of each job's progress), then
+    `one_pass(2)`, until a pass notes nothing new; that pass's result. At `MAX_PASSES` what is still
+    missing stays unanswered: the last pass decided it as an unreachable model (review)."""
+    number = 1
+    while True:
+        result = await one_pass(number)
+        if number == MAX_PASSES or not await reask.ask_pending(moved):
+            return result
+        number += 1

@@ -26,7 +26,7 @@ from bridge.inference.batch import BatchProgress
 from bridge.kernel.config import Settings
 from bridge.kernel.errors import BadRequest, Unavailable
 from controlplane.audit.records import AuditRecord, StoredRecord
-from controlplane.impact.batched import MAX_PASSES, BatchAsker, BatchReAsk
+from controlplane.impact.batched import BatchAsker, BatchReAsk, in_passes
 from controlplane.impact.candidate import Candidate, CandidateSpec, build_candidate
 from controlplane.impact.records import Judgment, Recorded
 from controlplane.impact.replay import Oracle, Outcome, ReAsk, Report, decide_all, report
@@ -158,17 +158,13 @@ class ImpactService:
                     "id": p.batch_id, "status": p.status, "done": p.done, "failed": p.failed, "total": p.total,
                     "elapsed_s": round(p.elapsed_s, 3)}})))
 
-        for number in range(1, MAX_PASSES + 1):
-            oracle = Oracle(prepared.judgments, reask)
-            outcomes = await self._replay(prepared, oracle, progress, number)
-            if number == MAX_PASSES:  # what is still missing stays unanswered: counted failed, decided as review
-                break
-            asked = await reask.ask_pending(moved)
-            await asyncio.gather(*told)
+        async def one_pass(number: int) -> tuple[Oracle, list[Outcome]]:
+            await asyncio.gather(*told)  # the last jobs' progress is told before this pass's
             told.clear()
-            if not asked:
-                break
-        return oracle, outcomes
+            oracle = Oracle(prepared.judgments, reask)
+            return oracle, await self._replay(prepared, oracle, progress, number)
+
+        return await in_passes(reask, one_pass, moved)
 
     async def run(self, req: ImpactRequest, progress: Progress | None = None, who: str = "") -> Report:
         return await self.execute(await self.prepare(req), progress, who)

@@ -22,7 +22,7 @@ def certificate_lines(cert: dict[str, Any] | None) -> list[str]:
     if review:
         lines.append(f"  model review   {review.get('decision')} by {review.get('model')} ({review.get('tier')}), "
                      f"confidence {review.get('confidence')}" + (" [emulated]" if review.get("emulated") else ""))
-        lines += [f"      - {f}" for f in review.get("findings") or []]
+        lines += [f"      - {_finding(f)}" for f in review.get("findings") or []]
     else:
         lines.append("  model review   none asked for")
     override = cert.get("override")
@@ -37,3 +37,10 @@ def policy_lines(policy: dict[str, Any]) -> list[str]:
     head = (f"{policy['rule_id']}  {policy['name']}  {policy['policy_type']}  tier {policy['performance_tier']}  "
             f"version {policy.get('version')}  {'active' if policy.get('is_active') else 'inactive'}")
     return [head, f"entrypoint: {policy.get('entrypoint', '')}", *certificate_lines(policy.get("certificate"))]
+
+
+def _finding(found: Any) -> str:
+    """A review finding as a line: `principle (severity): text` (a version-1 certificate's is a sentence)."""
+    if isinstance(found, dict):
+        return f"{found.get('principle', '?')} ({found.get('severity', '?')}): {found.get('text', '')}"
+    return str(found)

@@ -19,7 +19,7 @@ from typing import Any
 
 from bridge.kernel.config import ClientSettings, Settings
 from bridge.kernel.errors import GroqPolicyError
-from controlplane.ops import commands, impact_commands, judge
+from controlplane.ops import commands, impact_commands, job_commands, judge
 from controlplane.ops.client import ClientError
 
 
@@ -153,11 +153,12 @@ def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     ev.add_argument("--tier", default="reasoning", help="performance tier (default reasoning: every policy applies)")
     ev.add_argument("--explain", action="store_true", help="ask for an explanation")
     ev.add_argument("--json", action="store_true", help="print the whole response as JSON")
-    ev.add_argument("--via", choices=["http", "nats"], default="http",
-                    help="http: POST /api/v1/evaluate; nats: request-reply on policy.evaluate (same shapes)")
+    ev.add_argument("--via", choices=["http", "nats", "batch"], default="http",
+                    help="http: POST /api/v1/evaluate; nats: request-reply on policy.evaluate (same shapes); "
+                    "batch (with --file): one evaluation job, judgments through the Groq Batch API at its price")
     ev.add_argument("--nats-url", default=ClientSettings.from_env().nats_url)
     _client_opts(ev)
-    ev.set_defaults(func=commands.cmd_evaluate)
+    ev.set_defaults(func=job_commands.cmd_evaluate)
 
 
 def _add_audit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

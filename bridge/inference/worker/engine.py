@@ -253,7 +253,7 @@ class InferenceEngine:
             usage.attempts = trial.attempts
             return InferReply(
                 decision=verdict.decision, confidence=verdict.confidence, rationale=verdict.rationale,
-                model=served_by, tier=tier, emulated=self.emulated, usage=usage, latency_ms=_elapsed_ms(started),
+                findings=verdict.findings, model=served_by, tier=tier, emulated=self.emulated, usage=usage, latency_ms=_elapsed_ms(started),
                 reasons=[f"earlier attempt failed: {f}" for f in trial.failures], **alias,
             )
         self.counters.degraded += 1
@@ -347,7 +347,7 @@ class InferenceEngine:
             self.inflight[model] -= 1
         self.latency.record(model, (time.perf_counter() - t0) * 1000)
         try:
-            verdict = read_verdict(completion.choices[0].message.content if completion.choices else None)
+            verdict = read_verdict(completion.choices[0].message.content if completion.choices else None, req.answer)
         except BadAnswer as exc:
             raise ModelFailure(model, str(exc), retry=False, breaker=True) from exc
         return verdict, usage_of(completion, spec), completion.model or model

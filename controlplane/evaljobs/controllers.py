@@ -1,0 +1,54 @@
+"""`/api/v1/evaluate/jobs`: evaluation jobs (evaluate scope).
+
+    POST /api/v1/evaluate/jobs                 {contexts, policy_types, performance_tier, via} -> 202 the job
+    GET  /api/v1/evaluate/jobs                 this replica's jobs, newest first
+    GET  /api/v1/evaluate/jobs/{id}            state, pass, progress, the Batch API jobs, judgments, cost
+    GET  /api/v1/evaluate/jobs/{id}/results    NDJSON: one EvaluateResponse per context, in order (409 until completed)
+    POST /api/v1/evaluate/jobs/{id}/cancel     the job and its running Batch API job
+"""
+
+from __future__ import annotations
+
+from litestar import Controller, Request
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
+from litestar.response import File
+
+from controlplane.auth.guards import principal_of, requires
+from controlplane.evaljobs.schemas import MAX_JOB_CONTEXTS, Job, JobRequest
+from controlplane.evaljobs.service import EvalJobs
+from controlplane.routes import error_responses, get, post
+
+NDJSON = "application/x-ndjson"
+MAX_JOB_BODY = 64 * 1024 * 1024
+
+
+class EvaluationJobs(Controller):
+    path = "/api/v1/evaluate/jobs"
+    tags = ["evaluation"]
+    guards = [requires("evaluate")]
+
+    @post("", status_code=202, summary=f"Start an evaluation job of up to {MAX_JOB_CONTEXTS:,} contexts",
+          request_max_body_size=MAX_JOB_BODY, responses=error_responses(400, 401, 403, 413, 422, 429, 503))
+    async def submit(self, request: Request, data: JSONBody[JobRequest], evaljobs: NamedDependency[EvalJobs]) -> Job:
+        token = principal_of(request)
+        return await evaljobs.submit(data, who=token.name if token is not None else "")
+
+    @get("", summary="This replica's evaluation jobs, newest first", responses=error_responses(401, 403, 429))
+    async def listing(self, evaljobs: NamedDependency[EvalJobs]) -> list[Job]:
+        return evaljobs.listing()
+
+    @get("/{job_id:str}", summary="An evaluation job's state and progress", responses=error_responses(401, 403, 404, 429))
+    async def show(self, job_id: FromPath[str], evaljobs: NamedDependency[EvalJobs]) -> Job:
+        return evaljobs.get(job_id)
+
+    @get("/{job_id:str}/results", summary="A completed job's results as NDJSON, one per context in order",
+         responses=error_responses(401, 403, 404, 409, 429))
+    async def results(self, job_id: FromPath[str], evaljobs: NamedDependency[EvalJobs]) -> File:
+        return File(evaljobs.results(job_id), media_type=NDJSON, content_disposition_type="inline",
+                    filename=f"{job_id}.ndjson")
+
+    @post("/{job_id:str}/cancel", status_code=200, summary="Cancel a queued or running evaluation job",
+          responses=error_responses(401, 403, 404, 409, 429))
+    async def cancel(self, job_id: FromPath[str], evaljobs: NamedDependency[EvalJobs]) -> Job:
+        return await evaljobs.cancel(job_id)

@@ -1,0 +1,211 @@
+"""Evaluation jobs as a service: submitted, run in the background one at a time, kept on disk.
+
+`via=batch` decides the contexts in passes whose judgments only GroqCloud's Batch API answers
+(`passes`), then sends the final decisions' constitutional violations to the escalation sink and
+writes the decisions to the audit trail as batch records saying `via: batch` and the Batch API jobs
+that answered; results are served only once recorded (a trail that refuses fails the job). `via=online` runs the contexts through the live pipeline in batches of
+`MAX_BATCH` (judgments asked of the inference workers now, each batch recorded as
+`/api/v1/evaluate/batch` records it): the baseline a batch job is measured against.
+
+Every client mistake is found before the job is accepted (`check_contexts`, the constitution's
+hash, a Batch API endpoint, an active revision): the caller gets a 4xx (or 503) and no job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from bridge.inference.batch import BatchProgress
+from bridge.kernel.errors import Conflict, GroqPolicyError, NotFound, Unavailable
+from bridge.kernel.vocabulary import check_hash
+from bridge.opabundle.keys import VerificationKey
+from controlplane.audit.records import AuditRecord, StoredRecord
+from controlplane.bundles.revisions import RevisionStore
+from controlplane.evaljobs.passes import BatchEvaluation, Cancelled, audit_records
+from controlplane.evaljobs.schemas import FINISHED, BatchView, Job, JobRequest, Judgments, check_contexts
+from controlplane.evaljobs.store import JobStore
+from controlplane.evaluation.pipeline import Pipeline
+from controlplane.evaluation.schemas import MAX_BATCH, EvaluateResponse
+from controlplane.impact.batched import BatchAsker, BatchReAsk
+from controlplane.policies.bundler import LIBRARY_BUNDLE
+from controlplane.policies.service import PolicyService
+
+log = logging.getLogger(__name__)
+CANCEL_WAIT_S = 5.0  # a Batch API job's cancel may not hold up a stop for the SDK's whole timeout
+MAX_PENDING = 8  # jobs queued or running at once: each holds its contexts in memory until it ends
+AuditAppend = Callable[[list[AuditRecord]], Awaitable[list[StoredRecord]]]
+
+
+class EvalJobs:
+    def __init__(self, store: JobStore, *, pipeline: Pipeline, policies: PolicyService, revisions: RevisionStore,
+                 key: Callable[[], VerificationKey], bridge_url: str, batch: BatchAsker, audit: AuditAppend) -> None:
+        self.store, self.pipeline, self.policies, self.revisions = store, pipeline, policies, revisions
+        self.key, self.bridge_url, self.batch, self.audit = key, bridge_url, batch, audit
+        self.jobs: dict[str, Job] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._runs: dict[str, BatchEvaluation] = {}
+        self._cancelling: set[str] = set()
+        self._slot: asyncio.Lock | None = None  # one job runs at a time; the others wait queued
+
+    async def start(self) -> None:
+        self._slot = asyncio.Lock()
+        jobs = await asyncio.to_thread(lambda: self.store.forget(self.store.load()))
+        self.jobs = {j.id: j for j in jobs}
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks.values())
+        for run in self._runs.values():
+            run.cancelled.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # ---- the API's ----------------------------------------------------------------------------
+    async def submit(self, req: JobRequest, who: str = "") -> Job:
+        contexts = check_contexts(req)
+        check_hash(req.constitutional_hash)
+        if len(self._tasks) >= MAX_PENDING:
+            raise Unavailable(f"evaluation jobs: {MAX_PENDING} are queued or running already; retry when one ends")
+        if req.via == "batch":
+            self.batch.require()  # 503 naming the settings when there is no Groq endpoint
+        active = self.revisions.get(LIBRARY_BUNDLE, "wasm")
+        if active is None:
+            raise Unavailable("evaluation jobs: no active policy revision yet; retry once the bundle is published")
+        meta, archive = active
+        job = Job(id=uuid.uuid4().hex, state="queued", via=req.via, performance_tier=req.performance_tier,
+                  policy_types=list(req.policy_types), contexts=len(contexts), created_at=time.time(), by=who,
+                  revision=meta.revision if req.via == "batch" else "")
+        await asyncio.to_thread(self.store.save, job)
+        self.jobs[job.id] = job
+        records = list(self.policies.active_records())
+        self._tasks[job.id] = asyncio.create_task(self._run(job, req, contexts, archive, records),
+                                                  name=f"evaluation-job-{job.id}")
+        return job
+
+    def get(self, job_id: str) -> Job:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"evaluation job {job_id!r}: not found")
+        return job
+
+    def listing(self) -> list[Job]:
+        return sorted(self.jobs.values(), key=lambda j: j.created_at, reverse=True)
+
+    def results(self, job_id: str) -> Path:
+        job = self.get(job_id)
+        if job.state != "completed":
+            raise Conflict(f"evaluation job {job_id}: {job.state}; results exist once it is completed"
+                           + (f" ({job.error})" if job.error else ""))
+        return self.store.results_path(job_id)
+
+    async def cancel(self, job_id: str) -> Job:
+        job = self.get(job_id)
+        if job.state in FINISHED:
+            if job.state == "cancelled":
+                return job
+            raise Conflict(f"evaluation job {job_id}: already {job.state}; nothing to cancel")
+        self._cancelling.add(job_id)
+        run = self._runs.get(job_id)
+        if run is not None:
+            run.cancelled.set()
+        task = self._tasks.get(job_id)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        return job
+
+    # ---- running ------------------------------------------------------------------------------
+    async def _run(self, job: Job, req: JobRequest, contexts: list[dict[str, Any]], archive: bytes,
+                   records: list[Any]) -> None:
+        assert self._slot is not None  # started
+        try:
+            async with self._slot:
+                job.state, job.started_at = "running", time.time()
+                await asyncio.to_thread(self.store.save, job)
+                if job.via == "batch":
+                    responses = await self._batch(job, req, contexts, archive, records)
+                else:
+                    responses = await self._online(job, req, contexts)
+                await asyncio.to_thread(self.store.write_results, job.id, responses)
+                job.decisions = dict(Counter(r.decision for r in responses))
+                job.state = "completed"
+        except (asyncio.CancelledError, Cancelled):
+            job.state = "cancelled" if job.id in self._cancelling else "interrupted"
+            job.error = "cancelled by the caller" if job.state == "cancelled" else "the control plane stopped"
+            await self._cancel_batch(job)
+        except GroqPolicyError as exc:
+            job.state, job.error = "failed", str(exc)
+        except Exception as exc:  # a job's failure is its state, never the service's
+            log.exception("evaluation job %s failed", job.id)
+            job.state, job.error = "failed", f"{type(exc).__name__}: {exc}"
+        finally:
+            job.finished_at = time.time()
+            self.store.save(job)
+            self.jobs = {j.id: j for j in self.store.forget(list(self.jobs.values()))}  # the oldest finished go
+            self._tasks.pop(job.id, None)
+            self._runs.pop(job.id, None)
+            self._cancelling.discard(job.id)
+
+    async def _batch(self, job: Job, req: JobRequest, contexts: list[dict[str, Any]], archive: bytes,
+                     records: list[Any]) -> list[EvaluateResponse]:
+        reask = BatchReAsk(self.batch.require())
+        run = self._runs[job.id] = BatchEvaluation(self.key(), archive, records, self.bridge_url, reask)
+        started = time.perf_counter()
+
+        def on_pass(number: int, done: int) -> None:  # from the pass's thread: plain assignments only
+            job.passes, job.done = number, done
+
+        def on_batch(p: BatchProgress) -> None:
+            job.batch = BatchView(id=p.batch_id, status=p.status, done=p.done, failed=p.failed, total=p.total)
+            if p.batch_id not in job.batches:
+                job.batches.append(p.batch_id)
+            self.store.save(job)
+
+        responses = await run.run(contexts, policy_types=list(req.policy_types), tier=req.performance_tier,
+                                  chash=req.constitutional_hash, on_pass=on_pass, on_batch=on_batch)
+        job.judgments = judgments_of(reask)
+        for response, ctx in zip(responses, contexts, strict=True):  # escalated as a live batch's are
+            if response.constitutional_compliance.violations:
+                await self.pipeline.escalate_violation(response, req.performance_tier, "batch", ctx)
+        await self.audit(audit_records(job.id, responses, contexts, tier=req.performance_tier,
+                                       latency_ms=(time.perf_counter() - started) * 1000, batches=job.batches))
+        return responses
+
+    async def _online(self, job: Job, req: JobRequest, contexts: list[dict[str, Any]]) -> list[EvaluateResponse]:
+        job.passes = 1
+        out: list[EvaluateResponse] = []
+        for at in range(0, len(contexts), MAX_BATCH):
+            found = await self.pipeline.evaluate_batch(
+                contexts[at:at + MAX_BATCH], policy_types=list(req.policy_types), tier=req.performance_tier,
+                constitutional_hash=req.constitutional_hash, explain=False, batch_id=job.id)
+            out += [msgspec.structs.replace(r, input_context=None) for r in found]  # as a batch job's: no echo
+            job.done = len(out)
+            job.judgments.asked += sum(r.performance_metrics.model_calls for r in found)
+        return out
+
+    async def _cancel_batch(self, job: Job) -> None:
+        """A cancelled job's running Batch API job is cancelled too (best effort: it is not paid for)."""
+        if job.batch is None or job.batch.status in ("completed", "failed", "expired", "cancelled"):
+            return
+        try:
+            await asyncio.wait_for(self.batch.require().client.batches.cancel(job.batch.id), CANCEL_WAIT_S)
+        except Exception as exc:  # noqa: BLE001 - the job is cancelled either way
+            log.warning("evaluation job %s: batch %s not cancelled: %s", job.id, job.batch.id, exc)
+
+
+def judgments_of(reask: BatchReAsk) -> Judgments:
+    """What the batches were asked: distinct requests, those with no usable answer (plus any still
+    unanswered after the last pass), and their estimated cost at the batch price."""
+    answers = list(reask.answers.values())
+    failed = sum(1 for a in answers if a.get("degraded")) + len(reask.pending)
+    cost = sum(float((a.get("usage") or {}).get("cost_usd") or 0.0) for a in answers)
+    return Judgments(asked=len(answers), failed=failed, cost_usd=round(cost, 9))
