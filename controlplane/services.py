@@ -171,7 +171,8 @@ class Services:
         runtime = EvaluationRuntime(nats=nats, models=models, evaluator=evaluator, follower=follower, pipeline=pipeline,
                                     service=EvaluateService(nats, pipeline), policies=policies,
                                     catalog=default_catalog(), opa_url=settings.opa_url)
-        decision_logs = DecisionLogStore(settings.state_dir, max_file_bytes=settings.decision_log_file_bytes)
+        decision_logs = DecisionLogStore(settings.state_dir, max_file_bytes=settings.decision_log_file_bytes,
+                                         max_age_s=settings.decision_log_max_age_s)
         statuses = StatusStore(settings.state_dir)
         gauges = StoreGauges(store, statuses, decision_logs,
                              audit_writer=lambda: recorder.trail.writer if recorder.trail is not None else None)
