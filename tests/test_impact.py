@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import threading
 import time
 
 import httpx
+import nats
 import pytest
 
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
@@ -326,3 +328,70 @@ def test_a_bundle_directory_and_a_stored_candidate(system, recorded, tmp_path):
     assert client.get(f"/api/v1/policies/{limit}").json()["is_active"] is False
     again = client.post("/api/v1/impact", json={"candidate": {"candidate_id": candidate}, "count": 1})
     assert again.status_code == 409 and "active already" in again.json()["error"]["message"]
+
+
+TRIAGE = """package triage
+
+import data.groqpolicy.lib.decision as doc
+
+decision := object.union(doc.document("triage", set(), {"text needs a judgment"}, set(), 1, []), {"needs_model": true})
+"""
+
+
+class InferRequests:
+    """Every model request that leaves the control plane, counted on the NATS subjects the inference
+    workers answer (the workers coalesce identical requests in flight, so the emulator alone cannot
+    tell one request from two)."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.count = url, 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    async def _subscribe(self) -> None:
+        self._nc = await nats.connect(self.url)
+
+        async def seen(_msg) -> None:
+            self.count += 1
+
+        await self._nc.subscribe("groq.infer.>", cb=seen)
+        await self._nc.flush()
+
+    def __enter__(self) -> InferRequests:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._subscribe(), self._loop).result(10)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        asyncio.run_coroutine_threadsafe(self._nc.flush(), self._loop).result(10)
+        asyncio.run_coroutine_threadsafe(self._nc.close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+def test_the_same_changed_judgment_wanted_at_once_is_asked_once(system, nats_server_module):
+    """Last in this module (it records the newest decisions). Identical contexts decided together
+    go through the pipeline's model stage concurrently: each wants the same changed judgment at the
+    same moment, and one model request must leave for it, not one per decision."""
+    client, services, emu, *_ = system
+    cfg = {"model_name": "llama-3.1-8b-instant", "performance_tier": "fast", "policy_context": "internal notes"}
+    r = client.post("/api/v1/policies", json=policy("triage", "constitutional_compliance", TRIAGE, groq_model_config=cfg))
+    assert r.status_code == 201, r.text
+    triage = r.json()["rule_id"]
+    same = {"principal": {"id": "svc-twin"}, "amount": 1, "text": "a long note that the rules leave to the model"}
+    published = services.replay.published
+    r = client.post("/api/v1/evaluate/batch", headers=bearer(EVALUATE_TOKEN), json={
+        "batch_contexts": [same] * 8, "performance_tier": "fast", "policy_types": ["constitutional_compliance"]})
+    assert r.status_code == 200, r.text
+    deadline = time.monotonic() + 20
+    while services.replay.published < published + 9:  # the eight decisions and their judgment
+        assert time.monotonic() < deadline, "the replay store did not publish"
+        time.sleep(0.05)
+    before = emu.calls()
+    changed = TRIAGE.replace("text needs a judgment", "text needs a second look")  # the model's context changes
+    with InferRequests(nats_server_module.extra["url"]) as requests:
+        report = impact(client, {"rule_id": triage, "opa_policy": changed}, count=8)
+    assert report["decisions"] == 8
+    assert (report["model_calls"]["new"], report["model_calls"]["failed"]) == (1, 0)
+    assert requests.count == 1
+    assert emu.calls() - before == 1
