@@ -134,6 +134,7 @@ class ShadowMode:
         """Restore the saved shadows (the shadow thread starts with the first one)."""
         if self.bucket is None:
             return
+        self._saver = asyncio.create_task(self._save_counters(), name="shadow-counters")
         try:
             saved = await self.bucket.load()
         except (GroqPolicyError, nats.errors.Error) as exc:
@@ -142,7 +143,6 @@ class ShadowMode:
             return
         for rule_id, entry in saved.items():
             await self._restore(rule_id, entry)
-        self._saver = asyncio.create_task(self._save_counters(), name="shadow-counters")
 
     async def _restore(self, rule_id: str, entry: SavedShadow | None) -> None:
         try:
@@ -163,7 +163,9 @@ class ShadowMode:
     async def _save_moved(self) -> None:
         for shadow in list(self.shadows.values()):
             counts = (shadow.compared, shadow.diverged, shadow.errors)
-            if counts != shadow.saved_counts and self.bucket is not None:
+            # promoted or discarded while an earlier save was awaited: saving it now would bring it back
+            gone = self.shadows.get(shadow.rule_id) is not shadow
+            if counts != shadow.saved_counts and self.bucket is not None and not gone:
                 try:
                     await self.bucket.save(shadow.rule_id, shadow.saved())
                     shadow.saved_counts = counts
