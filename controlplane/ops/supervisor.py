@@ -123,7 +123,9 @@ def _start(system: System, sup: Supervisor, tokens: TokenSet) -> dict[str, str]:
     workers = [sup.start(system.worker(n)) for n in range(1, ports.workers + 1)]
     gateway_url = f"http://127.0.0.1:{ports.gateway_port}"
     sup.start(system.gateway())
-    sup.start(system.control_plane(bridge_url=gateway_url))
+    # the first process generates what the deployment shares (keys) before the others read it
+    for child in system.control_planes(bridge_url=gateway_url):
+        sup.start(child)
     wait_until(lambda: _health_bundles(settings.base_url), 180, "the control plane to publish bundles")
     admin = tokens.with_scope("admin")
     agent = sup.start(system.agent(token=admin.secret if admin else ""))
