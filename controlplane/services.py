@@ -167,7 +167,7 @@ class Services:
         shadows = ShadowMode(policies, settings, models.transport, serving_ask, audit=recorder.append_many, store=replay)
         pipeline = Pipeline(evaluator, policies.active_records, ask_model=tap.ask(models.request),
                             recorder=ObservingRecorder(recorder, replay, [shadows]), escalate=EscalationPublisher(nats),
-                            queue=settings.evaluation_queue, cpu_threads=cpus)
+                            queue=settings.evaluation_queue, cpu_threads=cpus, peers=(nats, settings.processes))
         runtime = EvaluationRuntime(nats=nats, models=models, evaluator=evaluator, follower=follower, pipeline=pipeline,
                                     service=EvaluateService(nats, pipeline), policies=policies,
                                     catalog=default_catalog(), opa_url=settings.opa_url)

@@ -190,7 +190,8 @@ class System:
 
             def launch() -> ManagedProcess:
                 env = dict(self.env("controlplane"), GROQPOLICY_PORT=str(settings.port), GROQPOLICY_HOST=settings.host,
-                           GROQPOLICY_BRIDGE_URL=bridge_url, **replica_environment(settings, number))
+                           GROQPOLICY_BRIDGE_URL=bridge_url, GROQPOLICY_PROCESSES=str(self.ports.processes),
+                           **replica_environment(settings, number))
                 if self.emulator_url:  # as the workers are: where `impact --via batch` sends its Batch API jobs
                     env["GROQPOLICY_EMULATOR_URL"] = self.emulator_url
                 return spawn(name, argv, log_path, env=env, pass_fds=(fd,))
