@@ -49,7 +49,8 @@ def start_processes(tmp: Path, cp_env: dict[str, str], state: Path) -> tuple[int
         logs.append(tmp / f"cp-{number}.log")
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "controlplane.ops.cli", "serve", "--fd", str(sock.fileno()), "--log-level", "warning"],
-            env=dict(cp_env, GROQPOLICY_PORT=str(port), **replica_environment(settings, number)), cwd=ROOT,
+            env=dict(cp_env, GROQPOLICY_PORT=str(port), GROQPOLICY_PROCESSES=str(PROCESSES), **replica_environment(settings, number)),
+            cwd=ROOT,
             stdout=open(logs[-1], "w"), stderr=subprocess.STDOUT, start_new_session=True, pass_fds=(sock.fileno(),)))
     deadline = time.monotonic() + 120
     while not all(CONTROL_PLANE_READY in log.read_text() for log in logs):

@@ -32,14 +32,14 @@ BLOCK_S = 1 if SHORT else 5
 WORKERS = 32
 
 
-def closed_loop(vegeta: Path, work: Path, url: str, body: bytes, seconds: float) -> dict[str, Any]:
+def closed_loop(vegeta: Path, work: Path, url: str, body: bytes, seconds: float, token: str = TOKEN) -> dict[str, Any]:
     """`WORKERS` vegeta workers sending back to back for `seconds`; vegeta's JSON report."""
     import subprocess
 
     work.mkdir(parents=True, exist_ok=True)
     (work / "body.json").write_bytes(body)
-    (work / "targets.txt").write_text(f"POST {url}\nContent-Type: application/json\nAuthorization: Bearer {TOKEN}\n"
-                                      f"@{work / 'body.json'}\n")
+    auth = f"Authorization: Bearer {token}\n" if token else ""  # the stack's agent runs without authentication
+    (work / "targets.txt").write_text(f"POST {url}\nContent-Type: application/json\n{auth}@{work / 'body.json'}\n")
     results = work / "results.bin"
     subprocess.run([str(vegeta), "attack", "-targets", str(work / "targets.txt"), "-rate", "0", "-max-workers", str(WORKERS),
                     "-workers", str(WORKERS), "-duration", f"{seconds}s", "-timeout", "10s", "-output", str(results)],
@@ -83,3 +83,83 @@ def test_throughput_one_process_and_two(benchmark, api_stack, capsys):
     with capsys.disabled():
         print(f"\nclosed loop, {WORKERS} workers, {BLOCKS} blocks of {BLOCK_S} s each: {result}")
     assert errors == dict.fromkeys(contenders, 0), errors
+
+
+BATCH = 100  # contexts per batch, the API's maximum
+BATCH_ROUNDS = 3 if SHORT else 40  # batches per block and contender, one after another on one connection
+
+
+def batch_rounds(stack, port: int, rounds: int, first: int) -> tuple[float, float]:
+    """`rounds` batches of `BATCH` contexts, every principal new; (end-to-end contexts/s over the
+    block, median of the server-reported contexts/s)."""
+    from benchmarks.harness import HTTPClient
+
+    bodies = [msgspec.json.encode({"batch_contexts": [{**stack["rules_ctx"], "principal": f"p{first + k}-{i}"} for i in range(BATCH)],
+                                   "policy_types": ["risk_management"], "performance_tier": "nano",
+                                   "constitutional_hash": CONSTITUTIONAL_HASH}) for k in range(rounds)]
+
+    async def run() -> tuple[float, float]:
+        import time
+
+        client = HTTPClient(port, f"Authorization: Bearer {TOKEN}\r\n".encode())
+        await client.connect()
+        try:
+            server = []
+            t0 = time.perf_counter()
+            for body in bodies:
+                status, data = await client.post("/api/v1/evaluate/batch", body)
+                assert status == 200, data[:300]
+                out = msgspec.json.decode(data)
+                assert len(out["results"]) == BATCH and all(r["decision"] == "allow" for r in out["results"])
+                server.append(out["batch_performance"]["throughput_per_second"])
+            return rounds * BATCH / (time.perf_counter() - t0), statistics.median(server)
+        finally:
+            client.close()
+
+    return stack["loop"].run_until_complete(run())
+
+
+@pytest.mark.timeout(900)
+def test_batch_across_processes_and_the_agent(benchmark, api_stack, capsys):
+    """Batch contexts/s (distinct principals) with one process and with two (the batch split across
+    them), side by side in blocks, and in the same blocks the OPA agent's REST API on the same policy,
+    one context per request, closed loop with `WORKERS` vegeta workers (as many contexts/s as it answers)."""
+    try:
+        vegeta = ensure_vegeta()
+    except RuntimeError as exc:
+        pytest.skip(f"vegeta unavailable: {exc}")
+    entry = api_stack["ids"]["risk_management"]["entrypoint"]
+    agent_url = f"http://127.0.0.1:{api_stack['agent_port']}/v1/data/{entry}"
+    agent_body = msgspec.json.encode({"input": api_stack["rules_ctx"]})
+    ports = {"batch, 1 process": api_stack["cp_port"], f"batch, {len(api_stack['multi_pids'])} processes": api_stack["multi_port"]}
+    e2e: dict[str, list[float]] = {name: [] for name in [*ports, "opa agent REST"]}
+    server: dict[str, list[float]] = {name: [] for name in ports}
+    work: Path = api_stack["tmp"] / "agent-closed-loop"
+
+    def run() -> None:
+        for port in ports.values():
+            batch_rounds(api_stack, port, 3, first=-10)
+        n = 0
+        for block in range(BLOCKS):
+            order = [*ports, "opa agent REST"]
+            for name in order if block % 2 == 0 else order[::-1]:
+                if name in ports:
+                    n += BATCH_ROUNDS
+                    rate, median = batch_rounds(api_stack, ports[name], BATCH_ROUNDS, first=n)
+                    e2e[name].append(rate)
+                    server[name].append(median)
+                else:
+                    report = closed_loop(vegeta, work, agent_url, agent_body, BLOCK_S, token="")
+                    e2e[name].append(report["status_codes"].get("200", 0) / BLOCK_S)
+
+    load_before = os.getloadavg()
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    load = {"before": load_before, "after": os.getloadavg()}
+    medians = {k: round(statistics.median(v)) for k, v in e2e.items()}
+    agent = medians["opa agent REST"]
+    result = {"end_to_end_contexts_per_s": medians, "server_reported_median": {k: round(statistics.median(v)) for k, v in server.items()},
+              "vs_agent": {k: round(v / agent, 1) for k, v in medians.items() if k in ports}, "load_average": load}
+    benchmark.extra_info.update(result)
+    with capsys.disabled():
+        print(f"\nbatch of {BATCH} distinct principals vs the agent ({WORKERS} workers), {BLOCKS} blocks: {result}")
+
