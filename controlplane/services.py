@@ -39,7 +39,7 @@ from controlplane.bundles.publisher import BundlePublisher
 from controlplane.bundles.revisions import RevisionStore
 from controlplane.certification.certifier import Certifier
 from controlplane.certification.checks import PolicyChecks
-from controlplane.dashboard.auth import SignInCodes
+from controlplane.dashboard.auth import SignInCodes, ensure_shared_codes, shared_codes
 from controlplane.evaluation.model_stage import metered_transport
 from controlplane.evaluation.nats_service import EvaluateService
 from controlplane.evaluation.pipeline import Pipeline
@@ -182,7 +182,8 @@ class Services:
                    publisher=publisher, nats=nats, policies=policies, recorder=recorder, runtime=runtime,
                    gauges=gauges, replay=replay, impact=impact, batch=batch, shadows=shadows,
                    agent_decisions=AgentDecisions(replay, tap, settings.bridge_url, policies.active_records),
-                   tokens=tokens, bridge_token=token)
+                   tokens=tokens, bridge_token=token,
+                   signin_codes=SignInCodes(shared_codes(lambda: nats.client if nats.connected else None), lambda: tokens))
 
     def components(self) -> list[tuple[str, Component]]:
         """What runs while the app runs, in start order: the connection first, then what uses it;
@@ -250,5 +251,8 @@ def jetstream_steps(settings: Settings) -> list[NatsStep]:
     async def replay_store(nc: NatsClient) -> None:
         await ensure_stream(nc, settings)
 
-    return [audit_stream, policy_store, judgments, replay_store]
+    async def signin_codes(nc: NatsClient) -> None:
+        await ensure_shared_codes(nc.jetstream(), replicas=settings.nats_replicas)
+
+    return [audit_stream, policy_store, judgments, replay_store, signin_codes]
 

@@ -90,6 +90,7 @@ class Names(msgspec.Struct, frozen=True, kw_only=True):
     audit_stream: str = "GROQPOLICY_AUDIT"  # controlplane.audit.trail.STREAM
     audit_prefix: str = "audit"  # controlplane.audit.trail.PREFIX
     audit_checkpoints: str = "groqpolicy_audit_checkpoints"  # controlplane.audit.checkpoints.BUCKET
+    signin_codes: str = "groqpolicy_signin"  # controlplane.dashboard.auth.SHARED_BUCKET
     escalations: str = "policy.escalations"  # controlplane.audit.escalation.SUBJECT
     replay_stream: str = "GROQPOLICY_REPLAY"  # controlplane.impact.store.STREAM
     replay_subjects: str = "replay.>"  # controlplane.impact.store.SUBJECTS
@@ -152,6 +153,9 @@ def _controlplane(n: Names) -> Permissions:
         _js("STREAM.INFO", f"KV_{n.audit_checkpoints}", "open the audit checkpoints' bucket"),
         _js("STREAM.MSG.GET", f"KV_{n.audit_checkpoints}", "audit verify: the checkpoint under each trusted key"),
         Grant(f"$KV.{n.audit_checkpoints}.>", "export a signed checkpoint of the audit stream's head"),
+        _js("STREAM.INFO", f"KV_{n.signin_codes}", "open the dashboard's shared sign-in codes"),
+        _js("STREAM.MSG.GET", f"KV_{n.signin_codes}", "redeem a sign-in code issued by any process"),
+        Grant(f"$KV.{n.signin_codes}.>", "issue (create) and redeem (delete on its revision) a sign-in code"),
         Grant(n.escalations, "constitutional escalation events"),
         _js("STREAM.INFO", n.replay_stream, "replay store: the stream's state"),
         _js("DIRECT.GET", n.replay_stream, "replay store: batched reads for impact analysis"),
@@ -185,7 +189,8 @@ def _bootstrap(n: Names) -> Permissions:
     checkpoints = f"KV_{n.audit_checkpoints}"
     return Permissions(publish=(
         *(_js(verb, stream, f"create {stream} where it is missing")
-          for stream in (kv, obs, audit, checkpoints, judgments, n.replay_stream) for verb in ("STREAM.INFO", "STREAM.CREATE")),
+          for stream in (kv, obs, audit, checkpoints, judgments, n.replay_stream, f"KV_{n.signin_codes}")
+          for verb in ("STREAM.INFO", "STREAM.CREATE")),
         _js("STREAM.UPDATE", audit, "bring the audit stream's replicas / atomic batches in line"),
         _js("STREAM.UPDATE", n.replay_stream, "bring the replay store's retention in line with the configuration"),
     ), subscribe=(_inbox("bootstrap"),))
