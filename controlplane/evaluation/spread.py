@@ -35,6 +35,7 @@ ATTEMPTS = 4  # a chunk the queue group hands to a process that refuses it is as
 TIMEOUT_S = 10.0
 ORIGIN_HEADER = "Groqpolicy-Origin"
 REFUSED = "409"
+FLUSH_TURNS = 3  # event-loop turns for the chunk requests to reach the socket (task, publish, flusher)
 
 
 class Chunk(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -109,8 +110,13 @@ class BatchSpread:
         parts = [Chunk(contexts=chunk.contexts[i:j], policy_types=chunk.policy_types, tier=chunk.tier,
                        constitutional_hash=chunk.constitutional_hash, explain=chunk.explain, revision=chunk.revision)
                  for i, j in bounds(len(chunk.contexts), self.processes)]
-        results = await asyncio.gather(self.decide(parts[0]), *(self._elsewhere(p) for p in parts[1:]))
-        return [r for part in results for r in part]
+        remote = [asyncio.ensure_future(self._elsewhere(p)) for p in parts[1:]]
+        # this process's own share may run inline and hold the loop until it is done: first let the
+        # requests for the other shares go out (their tasks publish, then NATS's flusher writes)
+        for _ in range(FLUSH_TURNS):
+            await asyncio.sleep(0)
+        own = await self.decide(parts[0])
+        return [r for part in [own, *await asyncio.gather(*remote)] for r in part]
 
     def own(self, headers: dict[str, str] | None) -> bool:
         """Whether a chunk came from this process (the queue group handed it back)."""
