@@ -5,7 +5,8 @@ Order: NATS (JetStream; it admits only the identities generated under `<state>/n
 streams and buckets are created first by the bootstrap identity) -> the Groq emulator, when no
 `GROQ_API_KEY` (nor an emulator of one's own, `GROQPOLICY_EMULATOR_URL`) is configured -> the
 inference workers (`GROQPOLICY_WORKERS`, two by default: one queue group, so one can die without a
-gap) -> bridge gateway (:8016) -> control plane (:8015, compiles and signs `rego/` on start) -> one
+gap) -> bridge gateway (:8016) -> control plane (:8015, compiles and signs `rego/` on start;
+`GROQPOLICY_PROCESSES` processes on the one socket, the first before the others) -> one
 real OPA agent (:8181) configured from the control plane's own `/api/v1/opa/config`. Then one
 example evaluation per path.
 
