@@ -50,7 +50,6 @@ from controlplane.infra.supervision import STATUS_FILE, Child, status_path
 from controlplane.services import jetstream_steps
 
 BOOTSTRAP_S = 30.0  # how long creating the streams and buckets may take (a cluster electing leaders)
-READY_PROBE_S = 2.0  # a control plane under load may take this long to answer its /health
 WORKER_READY = "groqpolicy worker ready"
 # what a child must not inherit from the shell when it is given its own NATS identity
 NATS_CREDENTIAL_VARIABLES = frozenset(NatsSettings.ENV) - {"GROQPOLICY_NATS_CONNECT_TIMEOUT_S"}
