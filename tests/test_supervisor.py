@@ -140,6 +140,15 @@ def check_every_process_serves_the_same_revision(cp: str) -> None:
     assert first == second and first, seen
 
 
+def check_the_sign_in_link_opens_once(text: str) -> None:
+    """The printed link was issued by one process; opened on whichever takes the connection (new
+    connections: either), it signs in once (the code is in NATS, under the control plane's identity)."""
+    link = next(word for line in text.splitlines() if line.strip().startswith("dashboard") for word in line.split()
+                if word.startswith("http"))
+    assert httpx.get(link, timeout=10).status_code == 303
+    assert httpx.get(link, timeout=10).status_code == 401
+
+
 def test_up_runs_the_system_stops_cleanly_and_reuses_state(tmp_path):
     state = tmp_path / "state"
     ports = {name: free_port() for name in ("cp", "agent", "nats", "bridge")}
@@ -156,6 +165,7 @@ def test_up_runs_the_system_stops_cleanly_and_reuses_state(tmp_path):
         # nats-server, emulator, 2 workers, gateway, 2 control-plane processes, opa agent
         assert len(kids) == 8, kids
         check_every_process_serves_the_same_revision(f"http://127.0.0.1:{ports['cp']}")
+        check_the_sign_in_link_opens_once(text)
         asyncio.run(check_nats_admits_only_its_identities(f"nats://127.0.0.1:{ports['nats']}", state))
         check_a_killed_worker_comes_back(f"http://127.0.0.1:{ports['cp']}", log)
         agent = f"http://127.0.0.1:{ports['agent']}"
