@@ -84,7 +84,7 @@ def dependencies(services: Services) -> dict[str, Provide]:
         "gauges": services.gauges, "startup_errors": services.startup_errors, "bridge_token": services.bridge_token,
         "signin_codes": services.signin_codes,
         "impact": services.impact, "shadows": services.shadows, "agent_decisions": services.agent_decisions,
-        "replay": services.replay,
+        "replay": services.replay, "status_sharing": services.status_sharing,
     }
     recorder = services.recorder
 

@@ -28,6 +28,7 @@ from bridge.opabundle.keys import SigningKey
 from bridge.opawasm import HostConfig, WasmEvaluator
 from controlplane.agents.decision_logs import DecisionLogStore
 from controlplane.agents.sandbox import bridge_token, sandbox_overlay
+from controlplane.agents.sharing import StatusSharing
 from controlplane.agents.status import StatusStore
 from controlplane.audit import AuditTrail
 from controlplane.audit.certifications import CertificationRecorder
@@ -129,6 +130,7 @@ class Services:
     batch: BatchAsker  # the Groq Batch API client of `impact via=batch` (the worker's endpoint settings)
     shadows: ShadowMode
     agent_decisions: AgentDecisions  # agents' decision logs into the replay store
+    status_sharing: StatusSharing  # agents' status reports, seen by every process of the deployment
     tokens: TokenSet | None = None  # bearer tokens and scopes (controlplane.auth); None refuses everyone
     bridge_token: str = ""  # what the gateway requires; bundles carry it (controlplane.agents.sandbox)
     signin_codes: SignInCodes = field(default_factory=SignInCodes)  # the dashboard's one-time sign-in links
@@ -182,6 +184,7 @@ class Services:
                    publisher=publisher, nats=nats, policies=policies, recorder=recorder, runtime=runtime,
                    gauges=gauges, replay=replay, impact=impact, batch=batch, shadows=shadows,
                    agent_decisions=AgentDecisions(replay, tap, settings.bridge_url, policies.active_records),
+                   status_sharing=StatusSharing(nats, statuses),
                    tokens=tokens, bridge_token=token,
                    signin_codes=SignInCodes(shared_codes(lambda: nats.client if nats.connected else None), lambda: tokens))
 
@@ -198,6 +201,7 @@ class Services:
             ("evaluator follower", rt.follower),
             ("pipeline", rt.pipeline),
             ("policy.evaluate", rt.service),
+            ("agent status sharing", self.status_sharing),
             ("shadow mode", self.shadows),
             ("batch API client", self.batch),
             ("bundles at start", Step(self.publish_at_start)),

@@ -86,3 +86,25 @@ def test_a_batch_is_split_across_the_processes_and_answers_as_one(two_processes)
             break
         time.sleep(0.5)
     assert len(page["records"]) == 7, len(page["records"])
+
+
+def test_an_agents_status_taken_by_one_process_is_listed_by_every_process(tmp_path, nats_server):
+    """An agent posts its status to whichever process took its connection; `groqpolicy agents`
+    may be answered by another."""
+    from tests.controlplane_helpers import AGENT_TOKEN, bearer
+    from tests.test_agent_state import status
+
+    shared = {"record_key_file": tmp_path / "record-key.pem", "bridge_token_file": tmp_path / "bridge-token",
+              "nats_url": nats_server.extra["url"], "processes": 2}
+    a, b = make_settings(tmp_path / "a", **shared), make_settings(tmp_path / "b", **shared)
+    with running_control_plane(a), running_control_plane(b) as sb, \
+            httpx.Client(base_url=a.base_url, timeout=30) as ca, httpx.Client(base_url=b.base_url, headers=ADMIN_HEADERS, timeout=30) as cb:
+        assert ca.post("/status", json=status("edge-7", "r9"), headers=bearer(AGENT_TOKEN)).status_code == 204
+        wait_until(lambda: [x["id"] for x in cb.get("/api/v1/opa/agents").json()] == ["edge-7"])
+        assert cb.get("/api/v1/opa/agents/edge-7").json()["status"]["labels"]["id"] == "id-edge-7"
+        assert sb.status_sharing.received == 1
+        # a copy that does not check out is not stored (it was checked where the agent posted it)
+        bad = ca.post("/status", json={"labels": [1, 2]}, headers=bearer(AGENT_TOKEN))
+        assert bad.status_code == 400
+        time.sleep(0.5)
+        assert sb.status_sharing.received == 1

@@ -96,6 +96,7 @@ class Names(msgspec.Struct, frozen=True, kw_only=True):
     replay_subjects: str = "replay.>"  # controlplane.impact.store.SUBJECTS
     evaluate: str = "policy.evaluate"  # controlplane.evaluation.schemas.EVALUATE_SUBJECT
     evaluate_chunk: str = "policy.evaluate.chunk"  # controlplane.evaluation.spread.CHUNK_SUBJECT
+    agent_status: str = "agents.status"  # controlplane.agents.sharing.SUBJECT
     evaluate_service: str = "groqpolicy-policy"  # controlplane.evaluation.nats_service.SERVICE_NAME
     evaluate_queue: str = "policy-evaluate"  # controlplane.evaluation.nats_service.QUEUE_GROUP
     infer_prefix: str = SUBJECT_PREFIX
@@ -163,10 +164,12 @@ def _controlplane(n: Names) -> Permissions:
         Grant(f"{n.infer_prefix}.*", "model judgments from the workers"),
         Grant(f"$SRV.STATS.{n.worker_service}", "dashboard: the workers' counters"),
         Grant(n.evaluate_chunk, "a batch's share for another control-plane process"),
+        Grant(n.agent_status, "an agent's status report, for the other control-plane processes"),
     ), subscribe=(
         _inbox("controlplane"),
         Grant(f"{n.evaluate} {n.evaluate_queue}", "serve policy.evaluate, only in its queue group"),
         Grant(f"{n.evaluate_chunk} {n.evaluate_queue}", "decide another process's share of a batch, in the same group"),
+        Grant(n.agent_status, "agents' status reports another control-plane process took"),
         *_micro(n.evaluate_service),
     ), responder=True)
 
