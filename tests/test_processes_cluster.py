@@ -108,7 +108,9 @@ def test_processes_on_a_three_node_cluster_lose_a_node_and_a_process(tmp_path):
         check_outcomes(system, load, [node, process], cp_fault=process)
         same_revision_everywhere(system)  # the restarted process built the same revision again
         restarts = {c.name: c.restarts for c in read_status(system.state).children}
-        assert restarts["control plane 2"] == 1 and restarts["control plane"] == 0 and restarts["control plane 3"] == 0
+        # the killed process may need a second start: one that begins while the cluster elects a new
+        # leader can fail its start-up (the supervisor starts it again); the others never restart
+        assert restarts["control plane 2"] >= 1 and restarts["control plane"] == 0 and restarts["control plane 3"] == 0
     finally:
         if system is not None:
             system.stop()
