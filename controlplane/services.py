@@ -174,6 +174,7 @@ class Services:
         serving_ask = threadsafe_ask(models.request, lambda: models.loop)  # for the replay's and the shadows' threads
         shadows = ShadowMode(policies, settings, models.transport, serving_ask, audit=recorder.append_many, store=replay,
                              bucket=ShadowBucket(lambda: nats.client, settings.nats_replicas))
+        nats.on_reconnect.append(shadows.resync)  # every process follows the shadows' bucket
         pipeline = Pipeline(evaluator, policies.active_records, ask_model=tap.ask(models.request),
                             recorder=ObservingRecorder(recorder, replay, [shadows]), escalate=EscalationPublisher(nats),
                             queue=settings.evaluation_queue, cpu_threads=cpus, peers=(nats, settings.processes))

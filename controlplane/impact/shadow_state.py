@@ -1,15 +1,26 @@
-"""Shadows kept beyond a process: their definitions and counters in a JetStream KV bucket.
+"""Shadows kept beyond a process and shared by every control-plane process: a JetStream KV bucket.
 
-One key per shadowed policy (`shadow.<rule_id>`) holding a `SavedShadow`: the candidate as the
-operator gave it (so a restart compiles it again against the policies as they are then), its share
-of traffic, when it started and its counters. On a bucket (not the local state directory) because
-every control-plane replica serves the same policies; each one that starts restores the same
-shadows. The bootstrap identity creates the bucket (`ensure`), the control plane only reads and
-writes keys in it (controlplane.infra.natsauth).
+Two kinds of keys, both watched by every process (`controlplane.impact.shadow_sync`):
 
-Counters are written by the shadow mode at most once a `SAVE_S` while they move, so a restart loses
-at most that much of them; a definition is written when a shadow begins and removed when it is
-promoted or discarded, both before the operator gets the answer.
+- `shadow.<rule_id>`: the definition (`SavedShadow`): the candidate as the operator gave it (so a
+  process compiles it again against the policies as they are then), its share of traffic, when it
+  began, and an id of its own (`id`) that tells this shadow from an earlier one of the same policy.
+  Created once when a shadow begins (`create`: of two processes starting a shadow of one policy at
+  once, one wins) and deleted when it is promoted or discarded; a process that sees the key appear
+  starts comparing, one that sees it deleted stops.
+- `count.<rule_id>.<process>`: one process's counters for that shadow (`Counts`), written by it
+  alone, at most once a `SAVE_S` while they move. The deployment's counters are the sum over the
+  keys whose `shadow` is the definition's id (an older shadow's leftovers are ignored).
+
+Why a key per process, not one shared counter updated by compare-and-set: every process writes a
+few times a second, and a shared key would make them retry against each other; a per-process key is
+a plain put of absolute values, so a retried write never counts twice and a lost one is made good by
+the next. A process that dies leaves its key behind, so its comparisons stay in the sum; a restarted
+process takes a new key. `compared`/`diverged`/`errors` on the definition are what shadows saved
+before counters moved to their own keys (read as a base, never written again).
+
+The bootstrap identity creates the bucket (`ensure`), the control plane reads, writes and watches
+keys in it (controlplane.infra.natsauth).
 """
 
 from __future__ import annotations
@@ -22,16 +33,17 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 
-from bridge.kernel.errors import Unavailable
+from bridge.kernel.errors import Conflict, Unavailable
 from controlplane.impact.candidate import CandidateSpec
 
 log = logging.getLogger(__name__)
 
 BUCKET = "groqpolicy_shadows"
 SAVE_S = 1.0
+SHADOW, COUNT = "shadow.", "count."
 
 
 class SavedShadow(msgspec.Struct, kw_only=True):
@@ -42,13 +54,26 @@ class SavedShadow(msgspec.Struct, kw_only=True):
     diverged: int = 0
     errors: int = 0
     by: str = ""
+    id: str = ""
 
 
-_decode = msgspec.json.Decoder(SavedShadow).decode
+class Counts(msgspec.Struct, kw_only=True, frozen=True):
+    shadow: str  # the definition's id these counters belong to
+    compared: int = 0
+    diverged: int = 0
+    errors: int = 0
+
+
+decode_saved = msgspec.json.Decoder(SavedShadow).decode
+decode_counts = msgspec.json.Decoder(Counts).decode
 
 
 def _key(rule_id: uuid.UUID | str) -> str:
-    return f"shadow.{rule_id}"
+    return f"{SHADOW}{rule_id}"
+
+
+def count_key(rule_id: uuid.UUID | str, process: str) -> str:
+    return f"{COUNT}{rule_id}.{process}"
 
 
 async def ensure(nc: NatsClient, replicas: int = 1) -> KeyValue:
@@ -67,7 +92,7 @@ class ShadowBucket:
         self.client, self.replicas = client, replicas
         self._kv: KeyValue | None = None
 
-    async def _bucket(self) -> KeyValue:
+    async def bucket(self) -> KeyValue:
         if self._kv is None:
             try:
                 self._kv = await ensure(self.client(), self.replicas)
@@ -78,31 +103,47 @@ class ShadowBucket:
 
     async def load(self) -> dict[str, SavedShadow | None]:
         """Every saved shadow by rule id (None: a value that does not read, reported by the caller)."""
-        kv = await self._bucket()
+        kv = await self.bucket()
         try:
             keys = await kv.keys()
         except NoKeysError:
             return {}
         found: dict[str, SavedShadow | None] = {}
         for key in keys:
-            rule_id = key.removeprefix("shadow.")
+            if not key.startswith(SHADOW):
+                continue
             try:
                 entry = await kv.get(key)
             except KeyNotFoundError:
                 continue  # removed meanwhile (another replica promoted or discarded it)
             try:
-                found[rule_id] = _decode(entry.value or b"")
+                found[key.removeprefix(SHADOW)] = decode_saved(entry.value or b"")
             except msgspec.DecodeError:
-                found[rule_id] = None
+                found[key.removeprefix(SHADOW)] = None
         return found
 
     async def save(self, rule_id: uuid.UUID | str, saved: SavedShadow) -> None:
-        kv = await self._bucket()
+        kv = await self.bucket()
         await kv.put(_key(rule_id), msgspec.json.encode(saved))
 
-    async def remove(self, rule_id: uuid.UUID | str) -> None:
-        kv = await self._bucket()
+    async def create(self, rule_id: uuid.UUID | str, saved: SavedShadow) -> None:
+        """The definition, unless another process saved one for this policy first (then Conflict)."""
+        kv = await self.bucket()
         try:
-            await kv.delete(_key(rule_id))
-        except KeyNotFoundError:
-            pass
+            await kv.create(_key(rule_id), msgspec.json.encode(saved))
+        except KeyWrongLastSequenceError:
+            raise Conflict(f"shadow: policy {rule_id} has a shadow already, started by another "
+                           "control-plane process (promote or discard it first)") from None
+
+    async def save_counts(self, rule_id: uuid.UUID | str, process: str, counts: Counts) -> None:
+        kv = await self.bucket()
+        await kv.put(count_key(rule_id, process), msgspec.json.encode(counts))
+
+    async def remove(self, rule_id: uuid.UUID | str, processes: tuple[str, ...] = ()) -> None:
+        """The definition, then the counters of `processes` (those the caller has seen)."""
+        kv = await self.bucket()
+        for key in (_key(rule_id), *(count_key(rule_id, p) for p in processes)):
+            try:
+                await kv.delete(key)
+            except KeyNotFoundError:
+                pass

@@ -20,7 +20,7 @@ restriction" to nats-server):
     controlplane  policy KV + artifact object store (read/write, no create), audit stream (append and
                   read; no create, update, delete or purge), the audit checkpoints' bucket (get and
                   put under its keys; no create), the replay store (append and read; no create,
-                  update, delete or purge), the shadows' bucket (read and write keys; no create),
+                  update, delete or purge), the shadows' bucket (read, write and watch keys; no create),
                   policy.escalations, request groq.infer.*,
                   the workers' $SRV.STATS (dashboard); serves policy.evaluate in its queue group only
     worker        serves groq.infer.* in its queue group only; reads and writes the judgments bucket
@@ -167,9 +167,10 @@ def _controlplane(n: Names) -> Permissions:
         Grant(f"$SRV.STATS.{n.worker_service}", "dashboard: the workers' counters"),
         _js("STREAM.INFO", f"KV_{n.shadows}", "open the shadows' bucket"),
         _js("STREAM.MSG.GET", f"KV_{n.shadows}", "kv.get: a saved shadow"),
-        _js("CONSUMER.CREATE", f"KV_{n.shadows}", "kv.keys at start: an ephemeral ordered consumer"),
-        _js("CONSUMER.INFO", f"KV_{n.shadows}", "kv.keys: where the keys end", ".>"),
-        Grant(f"$KV.{n.shadows}.>", "save a shadow and its counters, remove it on promote / discard"),
+        _js("CONSUMER.CREATE", f"KV_{n.shadows}", "watch: shadows begun / ended and counters moved on any process"),
+        _js("CONSUMER.INFO", f"KV_{n.shadows}", "watch: where the initial values end", ".>"),
+        Grant(f"$JS.FC.KV_{n.shadows}.>", "flow-control replies of the shadows' watch"),
+        Grant(f"$KV.{n.shadows}.>", "define a shadow, its counters per process; remove them on promote / discard"),
         Grant(n.evaluate_chunk, "a batch's share for another control-plane process"),
         Grant(n.agent_status, "an agent's status report, for the other control-plane processes"),
     ), subscribe=(

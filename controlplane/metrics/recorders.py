@@ -157,6 +157,11 @@ def record_shadow(policy: str, outcome: str, ratio: float) -> None:
     child(SHADOW_DIVERGENCE, policy).set(ratio)
 
 
+def record_shadow_ratio(policy: str, ratio: float) -> None:
+    """A candidate's divergence rate over the deployment, as another process's counters moved it."""
+    child(SHADOW_DIVERGENCE, policy).set(ratio)
+
+
 def forget_shadow(policy: str) -> None:
     """A shadow promoted or discarded: its rate is no longer reported."""
     for outcome in ("same", "diverged", "error"):
