@@ -34,7 +34,7 @@ from bridge.inference.connect import (
 )
 from bridge.inference.worker import GroqConnection, start_worker, stop_worker
 from bridge.kernel.config import NatsSettings
-from bridge.kernel.errors import ERROR_CODE_HEADER, ConfigError
+from bridge.kernel.errors import ERROR_CODE_HEADER, ConfigError, Conflict
 from controlplane.audit import checkpoints, escalation, trail
 from controlplane.audit.escalation import publish_escalation
 from controlplane.audit.records import AuditRecord
@@ -42,7 +42,7 @@ from controlplane.audit.trail import AuditTrail
 from controlplane.dashboard.data import worker_stats
 from controlplane.evaluation import nats_service
 from controlplane.evaluation.nats_service import EvaluateService
-from controlplane.impact import shadow_state
+from controlplane.impact import shadow_state, shadow_sync
 from controlplane.impact.candidate import CandidateSpec
 from controlplane.infra.natsauth import ROLES, Names, NatsAuth, bootstrap, permissions, render
 from controlplane.infra.processes import free_port, start_nats
@@ -229,6 +229,22 @@ async def test_after_the_first_connect_reconnects_never_give_up(tmp_path, nats_b
 
 # -- what each role does, with the product's own code -------------------------------------------------
 
+class ShadowEvents:
+    """What the shadows' watch delivers, in order (the shadow mode's side of it, recorded)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    async def defined(self, rule_id, saved) -> None:
+        self.events.append(("defined", rule_id, saved))
+
+    def ended(self, rule_id) -> None:
+        self.events.append(("ended", rule_id, None))
+
+    def counted(self, rule_id, process, counts) -> None:
+        self.events.append(("counted", process, counts))
+
+
 async def test_the_control_plane_runs_its_store_audit_and_escalations_without_a_violation(authed):
     url, auth = authed
     nc, reports = await as_role(url, auth, "controlplane")
@@ -254,10 +270,24 @@ async def test_the_control_plane_runs_its_store_audit_and_escalations_without_a_
         shadows = shadow_state.ShadowBucket(lambda: nc)  # finds the bucket the bootstrap made
         saved = shadow_state.SavedShadow(spec=CandidateSpec(rule_id=record.rule_id, opa_policy="package x\n"),
                                          sample=0.5, started_at=1.0, compared=3)
-        await shadows.save(record.rule_id, saved)
+        seen = ShadowEvents()
+        watch = shadow_sync.ShadowWatch(shadows, seen)  # what every control-plane process follows
+        await watch.start()
+        await shadows.create(record.rule_id, saved)
+        with pytest.raises(Conflict):
+            await shadows.create(record.rule_id, saved)  # one shadow per policy, whichever process begins it
         assert await shadows.load() == {str(record.rule_id): saved}
-        await shadows.remove(record.rule_id)
+        counts = shadow_state.Counts(shadow="s1", compared=4, diverged=1)
+        await shadows.save_counts(record.rule_id, "p1", counts)
+        await shadows.remove(record.rule_id, ("p1",))
         assert await shadows.load() == {}
+        for _ in range(100):
+            if len(seen.events) == 4:
+                break
+            await asyncio.sleep(0.05)
+        assert seen.events == [("defined", str(record.rule_id), saved), ("counted", "p1", counts),
+                               ("ended", str(record.rule_id), None), ("counted", "p1", None)]
+        await watch.stop()
         _event, sent = await publish_escalation(nc, evaluation_id="e1", stage="pre_validation", decision="deny",
                                                 violations=[{"principle": "p", "message": "m"}])
         assert sent
