@@ -6,23 +6,78 @@ from the guest's value structs (`guestvalues`); its result goes back through `pu
 exception in a host function is kept on the instance (`pending`) and re-raised when the guest
 call returns, so it never turns into a result.
 
+Where the microseconds went, and what this module does instead (benchmarks/README.md, "host-call
+overhead"):
+- The C callback takes plain integers (`capi.host_callback`): the argument slots are read with one
+  `string_at` and one `struct.unpack`, the result written with one `memmove`; no ctypes pointer
+  or struct objects per call.
+- Strings and integers, the results of `sprintf`, the hash, encoding and time builtins, are
+  written as guest value structs into a per-evaluation arena (the instance's scratch buffer below
+  the evaluation heap), so no guest call parses them. Strings are written as OPA's *interned*
+  strings (type 8, as the compiled policy's own constants), which `opa_value_free` skips;
+  integers as plain numbers, which nothing frees either: compiled policies never free or modify a
+  value, and the library frees only the temporaries it allocates itself. Other results (arrays,
+  objects, sets, floats) are written as text into the arena and parsed by one `opa_value_parse`
+  call, which copies what it keeps. Laying composites out in Python as well was tried (objects
+  need the library's FNV bucket layout) and lost: ~1 µs of Python per node against ~4 µs for the
+  whole parse call, so JWT's 3-element result with two objects costs more that way.
+- The arena starts over with each evaluation (`start_evaluation`): the guest heap is reset
+  between evaluations, and so is every value made for one. When it is full, a result goes to
+  `opa_malloc`'d memory, which the heap reset reclaims.
+
 Kept apart from `runtime` (the instance: store, memory, calls) so the per-call path can be tuned
 without touching instance construction.
 """
 
 from __future__ import annotations
 
+import ctypes
+import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from bridge.opawasm.capi import new_trap
+from bridge.opawasm.capi import VAL_SIZE, HostCallback, new_trap
 from bridge.opawasm.errors import EvaluationError, PolicyAbort, WasmError
 from bridge.opawasm.values import decode_value, encode_value
 
-if TYPE_CHECKING:  # the instance calls into this module; only the annotations need its class
-    from bridge.opawasm.runtime import Instance
 
-HostCallback = Callable[[Any, Any, Any, int], int]
+class Instance(Protocol):
+    """What the host-call path uses of `runtime.Instance` (which imports this module, so this one
+    names only the attributes it needs instead of importing it back)."""
+
+    pending: BaseException | None
+    dispatch: Callable[[Any, int, tuple[int, ...]], int] | None
+    on_print: Callable[[str], None] | None
+    memory_limit: int
+    base: int
+    scratch: int
+    scratch_size: int
+    arena: int
+    bools: dict[bool, int]
+
+    def call(self, name: str, *params: int) -> int: ...
+    def read_cstr(self, addr: int) -> bytes: ...
+    def ensure(self, end: int) -> None: ...
+    def write(self, addr: int, data: bytes) -> None: ...
+    def _out_of_memory(self, message: str) -> BaseException: ...
+
+_string_at = ctypes.string_at
+_memmove = ctypes.memmove
+_pack_i32 = struct.Struct("<i").pack
+_STRING_HEAD = struct.Struct("<BBxxII")  # opa_string_t: type, free, len, pointer to the bytes
+_NUMBER_INT = struct.Struct("<BBxxxxxxq")  # opa_number_t: type, repr (1: int), the int64
+_INTERNED_STRING, _NUMBER, _REPR_INT = 8, 3, 1
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+def _slots_reader(arity: int) -> tuple[int, Callable[[bytes], tuple[int, ...]]]:
+    """How many bytes of the argument slots to read, and the unpacker of (builtin id, args...):
+    slot 0 holds the builtin's id, slot 1 the (unused) context, slots 2.. the argument values."""
+    pad = f"{VAL_SIZE - 4}x"
+    fmt = "<i" + pad + f"{VAL_SIZE}x" + "".join(f"i{pad}" for _ in range(arity))
+    fmt = fmt[: -len(pad)] if arity else "<i"
+    s = struct.Struct(fmt)
+    return s.size, s.unpack
 
 
 def callback(inst: Instance, name: str) -> HostCallback | None:
@@ -30,10 +85,14 @@ def callback(inst: Instance, name: str) -> HostCallback | None:
     if name.startswith("opa_builtin") and name[-1:].isdigit():
         return _builtin_cb(inst, int(name[-1]))
     if name == "opa_abort":
-        return lambda _env, _caller, args, _n: _abort(inst, args[0].i32)
+        return lambda _env, _caller, args, _n: _abort(inst, _first_i32(args))
     if name == "opa_println":
-        return lambda _env, _caller, args, _n: _println(inst, args[0].i32)
+        return lambda _env, _caller, args, _n: _println(inst, _first_i32(args))
     return None
+
+
+def _first_i32(args: int) -> int:
+    return int(ctypes.c_int32.from_address(args).value)
 
 
 def fail(inst: Instance, exc: BaseException) -> int:
@@ -42,12 +101,15 @@ def fail(inst: Instance, exc: BaseException) -> int:
 
 
 def _builtin_cb(inst: Instance, arity: int) -> HostCallback:
-    def cb(_env: Any, caller: Any, args: Any, _n: int) -> int:
+    size, unpack = _slots_reader(arity)
+
+    def cb(_env: int, _caller: int, args: int, _n: int) -> int:
         try:
-            ids = tuple(args[2 + i].i32 for i in range(arity))
-            if inst.dispatch is None:
+            slots = unpack(_string_at(args, size))
+            dispatch = inst.dispatch
+            if dispatch is None:
                 raise PolicyAbort("builtin called before dispatch is ready")
-            args[0].i32 = inst.dispatch(inst, args[0].i32, ids)
+            _memmove(args, _pack_i32(dispatch(inst, slots[0], slots[1:])), 4)
             return 0
         except BaseException as exc:  # noqa: BLE001 - every failure becomes a trap, never a result
             return fail(inst, exc)
@@ -81,23 +143,57 @@ def dump_value(inst: Instance, value_addr: int) -> Any:
     return decode_value(inst.read_cstr(s))
 
 
+def start_evaluation(inst: Instance) -> None:
+    """Start the result arena over: called at the first host call of an evaluation."""
+    inst.arena = (inst.scratch + 7) & ~7 if inst.scratch else 0
+
+
+def _alloc(inst: Instance, n: int) -> int:
+    """`n` bytes that live until the end of the evaluation: from the arena, else from the guest heap."""
+    at = inst.arena
+    if at and at + n <= inst.scratch + inst.scratch_size:
+        inst.arena = (at + n + 7) & ~7
+        return at
+    at = inst.call("opa_malloc", n)
+    inst.ensure(at + n)
+    return at
+
+
 def put_value(inst: Instance, value: Any) -> int:
     """`value` as a guest value; its address."""
-    if value is True or value is False:
+    t = type(value)
+    if t is bool:
         interned = inst.bools[value]
         if interned:
             return interned
-    raw = encode_value(value)
+    elif not inst.arena:
+        pass  # at load time (the interned booleans are looked up through the parser)
+    elif t is str:
+        try:
+            raw = value.encode("utf-8")
+        except UnicodeEncodeError:
+            pass  # a lone surrogate: the text path below refuses it with the encoder's message
+        else:
+            n = len(raw)
+            at = _alloc(inst, 12 + n)
+            _memmove(inst.base + at, _STRING_HEAD.pack(_INTERNED_STRING, 0, n, at + 12) + raw, 12 + n)
+            return at
+    elif t is int and _INT64[0] <= value <= _INT64[1]:
+        at = _alloc(inst, 16)
+        _memmove(inst.base + at, _NUMBER_INT.pack(_NUMBER, _REPR_INT, value), 16)
+        return at
+    return _parse_value(inst, encode_value(value))
+
+
+def _parse_value(inst: Instance, raw: bytes) -> int:
     n = len(raw)
-    if n <= inst.scratch_size and inst.scratch:
-        # the parser copies what it keeps, so a fixed scratch buffer below the evaluation heap
-        # saves the opa_malloc call
-        addr = inst.scratch
-    else:
-        addr = inst.call("opa_malloc", n)
-        inst.ensure(addr + n)
-    inst.write(addr, raw)
-    v = inst.call("opa_value_parse", addr, n)
+    at = inst.arena
+    if not (at and at + n <= inst.scratch + inst.scratch_size):
+        at = inst.call("opa_malloc", n)
+        inst.ensure(at + n)
+    # else the text stays above the arena's cursor: the parser copies what it keeps
+    inst.write(at, raw)
+    v = inst.call("opa_value_parse", at, n)
     if v == 0:
         raise EvaluationError(f"opa_value_parse rejected a builtin result: {raw[:200]!r}")
     return v

@@ -109,6 +109,7 @@ class Instance:
         self._trap_ptr, self._trap_ref = self._trap.ptr, self._trap.ref
         self.scratch = 0
         self.scratch_size = SCRATCH
+        self.arena = 0  # where the next builtin result goes in the scratch buffer (hostcall.py)
         self.bools: dict[bool, int] = {True: 0, False: 0}
         self._callbacks: list[Any] = []  # the host functions' C callbacks: the store holds only their addresses
         imports, memory = self._link(module)
