@@ -92,16 +92,17 @@ def _collection(inst: Instance, view: memoryview, addr: int, t: int, interned: d
     if not nb:
         return RegoSet() if t == 7 else {}
     _check(inst, buckets, 4 * nb)
-    items: list[Any] = []
+    obj: dict[Any, Any] = {}
+    members: list[Any] = []
     for e in _u32s(nb)(view, buckets):
         while e:
-            _check(inst, e, 12)
+            if e + 12 > inst.mem_size:
+                _check(inst, e, 12)
             if t == 6:  # {k, v, next}
                 k, v, e = _unpack_u32x3(view, e)
-                items.append((read_value(inst, k, interned), read_value(inst, v, interned)))
+                key = read_value(inst, k, interned)
+                obj[key if type(key) is str else object_key(key)] = read_value(inst, v, interned)
             else:  # {v, next}
                 v, e = _unpack_u32x2(view, e)
-                items.append(read_value(inst, v, interned))
-    if t == 7:
-        return RegoSet(items)
-    return {(k if isinstance(k, str) else object_key(k)): v for k, v in items}
+                members.append(read_value(inst, v, interned))
+    return RegoSet(members) if t == 7 else obj
