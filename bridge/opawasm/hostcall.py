@@ -53,6 +53,7 @@ class Instance(Protocol):
     scratch: int
     scratch_size: int
     arena: int
+    view: memoryview
     bools: dict[bool, int]
 
     def call(self, name: str, *params: int) -> int: ...
@@ -176,11 +177,11 @@ def put_value(inst: Instance, value: Any) -> int:
         else:
             n = len(raw)
             at = _alloc(inst, 12 + n)
-            _memmove(inst.base + at, _STRING_HEAD.pack(_INTERNED_STRING, 0, n, at + 12) + raw, 12 + n)
+            inst.view[at : at + 12 + n] = _STRING_HEAD.pack(_INTERNED_STRING, 0, n, at + 12) + raw
             return at
     elif t is int and _INT64[0] <= value <= _INT64[1]:
         at = _alloc(inst, 16)
-        _memmove(inst.base + at, _NUMBER_INT.pack(_NUMBER, _REPR_INT, value), 16)
+        inst.view[at : at + 16] = _NUMBER_INT.pack(_NUMBER, _REPR_INT, value)
         return at
     return _parse_value(inst, encode_value(value))
 
