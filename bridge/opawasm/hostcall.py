@@ -15,8 +15,9 @@ overhead"):
   written as guest value structs into a per-evaluation arena (the instance's scratch buffer below
   the evaluation heap), so no guest call parses them. Strings are written as OPA's *interned*
   strings (type 8, as the compiled policy's own constants), which `opa_value_free` skips;
-  integers as plain numbers, which nothing frees either: compiled policies never free or modify a
-  value, and the library frees only the temporaries it allocates itself. Other results (arrays,
+  integers as numbers with their digits as text, as the parser makes them (free flag off), which
+  nothing frees either: compiled policies never free or modify a value, and the library frees
+  only the temporaries it allocates itself. Other results (arrays,
   objects, sets, floats) are written as text into the arena and parsed by one `opa_value_parse`
   call, which copies what it keeps. Laying composites out in Python as well was tried (objects
   need the library's FNV bucket layout) and lost: ~1 µs of Python per node against ~4 µs for the
@@ -66,9 +67,13 @@ _string_at = ctypes.string_at
 _memmove = ctypes.memmove
 _pack_i32 = struct.Struct("<i").pack
 _STRING_HEAD = struct.Struct("<BBxxII")  # opa_string_t: type, free, len, pointer to the bytes
-_NUMBER_INT = struct.Struct("<BBxxxxxxq")  # opa_number_t: type, repr (1: int), the int64
-_INTERNED_STRING, _NUMBER, _REPR_INT = 8, 3, 1
-_INT64 = (-(1 << 63), (1 << 63) - 1)
+# opa_number_t with a text representation: type, repr (2: ref), pointer to the digits, their
+# length, free (0: not the allocator's). The parser makes every number this way; the library's
+# int64 representation differs in places (it prints INT64_MIN wrong, and compares and adds
+# differently), so results must not use it.
+_NUMBER_REF = struct.Struct("<BBxxxxxxIIBxxxxxxx")
+_INTERNED_STRING, _NUMBER, _REPR_REF = 8, 3, 2
+_BIG = 10**4000  # past Python's digit limit for printing an int: the text path's error
 
 
 def _slots_reader(arity: int) -> tuple[int, Callable[[bytes], tuple[int, ...]]]:
@@ -179,9 +184,11 @@ def put_value(inst: Instance, value: Any) -> int:
             at = _alloc(inst, 12 + n)
             inst.view[at : at + 12 + n] = _STRING_HEAD.pack(_INTERNED_STRING, 0, n, at + 12) + raw
             return at
-    elif t is int and _INT64[0] <= value <= _INT64[1]:
-        at = _alloc(inst, 16)
-        inst.view[at : at + 16] = _NUMBER_INT.pack(_NUMBER, _REPR_INT, value)
+    elif t is int and -_BIG < value < _BIG:
+        digits = b"%d" % value
+        n = len(digits)
+        at = _alloc(inst, 24 + n)
+        inst.view[at : at + 24 + n] = _NUMBER_REF.pack(_NUMBER, _REPR_REF, at + 24, n, 0) + digits
         return at
     return _parse_value(inst, encode_value(value))
 
