@@ -73,7 +73,16 @@ def read_value(inst: Instance, addr: int, interned: dict[int, str] | None = None
             return []
         if elems <= 0 or elems + 8 * n > inst.mem_size:
             _check(inst, elems, 8 * n)
-        return [read_value(inst, v, interned) for v in _u32s(2 * n)(view, elems)[1::2]]
+        out: list[Any] = []
+        size = inst.mem_size
+        for v in _u32s(2 * n)(view, elems)[1::2]:
+            if 0 < v and v + 16 <= size and view[v] == 4:  # a string, the commonest element: inline
+                ln, ptr = _unpack_u32x2(view, v + 4)
+                if ln == 0 or (ptr > 0 and ptr + ln <= size):
+                    out.append(str(view[ptr : ptr + ln], "utf-8", "replace"))
+                    continue
+            out.append(read_value(inst, v, interned))
+        return out
     if t == 6 or t == 7:
         return _collection(inst, view, addr, t, interned)
     return dump_value(inst, addr)
