@@ -105,7 +105,7 @@ def test_a_module_needing_a_builtin_the_evaluator_lacks_is_refused_by_the_load_c
     assert finding.code == "wasm_load_error" and "rego.parse_module" in finding.message
 
 
-def test_the_load_check_compiles_on_its_own_engine_and_the_serving_compile_runs_once(compiler, tmp_path, monkeypatch):
+def test_the_load_check_compiles_on_its_own_engine_and_serves_nothing(compiler, tmp_path, monkeypatch):
     compiles: list[wasmtime.Engine] = []
     real = engine_mod._new_module
 
@@ -116,8 +116,8 @@ def test_the_load_check_compiles_on_its_own_engine_and_the_serving_compile_runs_
     monkeypatch.setattr(engine_mod, "_new_module", counting)
     d = _tree(tmp_path, {"policy.rego": OK.replace("alice", f"alice-{tmp_path.name}")})  # bytes no cache has
     files = compiler.finish(compiler.build_tree(d, base=tmp_path)).wasm_files
-    check_loads(files)  # Winch (the check), then Cranelift in the background
-    policy = policy_from_files(files, pool_size=2)  # the evaluator's load joins or finds that compile
+    check_loads(files)  # Winch, on the check's engine, kept nowhere
+    policy = policy_from_files(files, pool_size=2)  # the evaluator's own load: Cranelift, kept by content
     try:
         assert policy.evaluate("demo/allow", {"user": f"alice-{tmp_path.name}"}) is True
     finally:
@@ -125,6 +125,8 @@ def test_the_load_check_compiles_on_its_own_engine_and_the_serving_compile_runs_
     check_engine, serving = engine_mod._Engine.check, engine_mod.engine()
     assert check_engine is not None and check_engine is not serving
     assert [e is check_engine for e in compiles] == [True, False]  # one check compile, one serving compile
+    policy_from_files(files, pool_size=1).close()
+    assert len(compiles) == 2  # the serving module is kept; the check's is not what serves
 
 
 def test_deadlines_and_fuel_hold_on_the_load_checks_engine():

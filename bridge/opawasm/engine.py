@@ -14,9 +14,9 @@ serialized form, which it refuses to load into an engine of another version or c
 A policy write must prove the evaluator can load its module (a builtin the host lacks, a bad import)
 before the revision reaches any agent, but Cranelift takes ~1.2-3 s on the library's module. Inside
 `load_check()` the same load runs on a second engine using Winch, wasmtime's baseline compiler (~8x
-faster to compile, same validator, imports, fuel and epochs; slower code, so it never serves), and
-`precompile` starts the serving engine's Cranelift compile at once in a thread, so the evaluator's
-reload after the write finds it (or joins it) instead of starting over.
+faster to compile, same validator, imports, fuel and epochs; slower code, so it never serves). The
+serving engine compiles the module when the evaluator follows the new revision, after agents have it:
+started any earlier, that compile takes a core from the write's own stages on a busy machine.
 """
 
 from __future__ import annotations
@@ -24,14 +24,12 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import hashlib
-import logging
 import math
 import os
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
-from concurrent.futures import Future
 from importlib.metadata import version
 from pathlib import Path
 
@@ -39,8 +37,6 @@ import wasmtime
 from wasmtime import _bindings
 
 from bridge.opawasm.errors import BundleLoadError
-
-log = logging.getLogger(__name__)
 
 # Deadline resolution: a deadline fires between its time and two ticks later. Each tick wakes a
 # Python thread that takes the GIL, so a shorter tick costs an idle process CPU time and can cut
@@ -140,13 +136,12 @@ def engine() -> wasmtime.Engine:
 
 _compiled: OrderedDict[bytes, wasmtime.Module] = OrderedDict()
 _compiled_lock = threading.Lock()
-_compiling: dict[bytes, Future[wasmtime.Module]] = {}  # serving-engine compiles under way, by key
 
 
 def compile_policy(wasm: bytes, disk_cache: Path | None = None) -> wasmtime.Module:
     """The compiled module for `wasm`: from memory, from `disk_cache` (a directory only this
-    process's owner can write: a compiled module is native code), or compiled now (joining a
-    compile of the same bytes under way). Inside `load_check()`: compiled by Winch, kept nowhere."""
+    process's owner can write: a compiled module is native code), or compiled now. Inside
+    `load_check()`: compiled by Winch on the check's engine, kept nowhere."""
     if _checking.get():
         return _new_module(engine(), wasm)
     key = hashlib.sha256(wasm).digest()
@@ -155,40 +150,17 @@ def compile_policy(wasm: bytes, disk_cache: Path | None = None) -> wasmtime.Modu
         if mod is not None:
             _compiled.move_to_end(key)
             return mod
-        running = _compiling.get(key)
-        if running is None:
-            running = _compiling[key] = Future()
-            mine = True
-        else:
-            mine = False
-    if not mine:
-        return running.result()
-    try:
-        mod = _load_or_compile(wasm, key, disk_cache)
-    except BaseException as exc:
-        with _compiled_lock:
-            _compiling.pop(key, None)
-        running.set_exception(exc)
-        raise
+    path = None if disk_cache is None else disk_cache / f"{key.hex()}-{_ENGINE_TAG}.cwasm"
+    mod = _load_compiled(path) if path is not None else None
+    if mod is None:
+        mod = _new_module(_Engine.get(), wasm)
+        if path is not None:
+            _store_compiled(path, mod)
     with _compiled_lock:
         _compiled[key] = mod
         while len(_compiled) > COMPILED_CACHE_SIZE:
             _compiled.popitem(last=False)
-        _compiling.pop(key, None)
-    running.set_result(mod)
     return mod
-
-
-def precompile(wasm: bytes, disk_cache: Path | None = None) -> None:
-    """Start the serving engine's compile of `wasm` in a thread and return: the load that follows
-    (`compile_policy` of the same bytes) finds the module or waits for this compile."""
-    def run() -> None:
-        try:
-            compile_policy(wasm, disk_cache)
-        except BundleLoadError as exc:  # the load that follows raises it again, where it is handled
-            log.debug("precompile: %s", exc)
-
-    threading.Thread(target=run, name="wasm-precompile", daemon=True).start()
 
 
 def _new_module(engine: wasmtime.Engine, wasm: bytes) -> wasmtime.Module:
@@ -196,16 +168,6 @@ def _new_module(engine: wasmtime.Engine, wasm: bytes) -> wasmtime.Module:
         return wasmtime.Module(engine, wasm)
     except wasmtime.WasmtimeError as exc:
         raise BundleLoadError(f"policy.wasm: not a valid wasm module: {exc}") from None
-
-
-def _load_or_compile(wasm: bytes, key: bytes, disk_cache: Path | None) -> wasmtime.Module:
-    path = None if disk_cache is None else disk_cache / f"{key.hex()}-{_ENGINE_TAG}.cwasm"
-    mod = _load_compiled(path) if path is not None else None
-    if mod is None:
-        mod = _new_module(_Engine.get(), wasm)
-        if path is not None:
-            _store_compiled(path, mod)
-    return mod
 
 
 # wasmtime checks a serialized module against its engine; the tag keeps files of other wasmtime
@@ -242,7 +204,6 @@ def _after_fork_in_child() -> None:
     _Engine.lock = threading.Lock()
     _compiled_lock = threading.Lock()
     _compiled.clear()
-    _compiling.clear()  # their threads did not survive the fork
 
 
 if hasattr(os, "register_at_fork"):
