@@ -34,7 +34,8 @@ from controlplane.audit import AuditTrail
 from controlplane.audit.certifications import CertificationRecorder
 from controlplane.audit.wiring import EscalationPublisher, RecordingAuditSink
 from controlplane.auth.tokens import TokenSet, ensure_tokens
-from controlplane.bundles.compiler import Compiler, load_definitions
+from controlplane.bundles.compiler import Compiler
+from controlplane.bundles.definitions import load_definitions
 from controlplane.bundles.keystore import ensure_signing_key
 from controlplane.bundles.publisher import BundlePublisher
 from controlplane.bundles.revisions import RevisionStore

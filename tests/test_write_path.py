@@ -15,7 +15,9 @@ from bridge.opawasm import engine as engine_mod
 from bridge.opawasm import errors as wasm_errors
 from bridge.opawasm import policy_from_files
 from bridge.opawasm.engine import load_check
-from controlplane.bundles.compiler import BundleDefinition, CompileError, Compiler, revision_for, source_digest
+from controlplane.bundles.compiler import Compiler
+from controlplane.bundles.definitions import BundleDefinition, revision_for, source_digest
+from controlplane.bundles.findings import CompileError
 from controlplane.policies.bundler import check_loads
 from tests.wasm_helpers import build_wasm_bundle, bundle_files
 

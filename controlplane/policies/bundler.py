@@ -22,17 +22,10 @@ from typing import Any
 from bridge.opawasm import HostConfig, policy_from_files
 from bridge.opawasm.engine import load_check
 from bridge.opawasm.errors import WasmError
-from controlplane.bundles.compiler import (
-    Built,
-    BundleDefinition,
-    CompiledBundle,
-    CompileError,
-    CompileMessage,
-    Compiler,
-    load_definitions,
-    revision_for,
-    source_digest,
-)
+from controlplane.bundles.artifacts import Built, CompiledBundle
+from controlplane.bundles.compiler import Compiler
+from controlplane.bundles.definitions import BundleDefinition, load_definitions, revision_for, source_digest
+from controlplane.bundles.findings import CompileError, CompileMessage
 from controlplane.bundles.publisher import BundlePublisher
 from controlplane.policies import rego
 
