@@ -168,7 +168,6 @@ class Services:
         evaluator = WasmEvaluator({vkey.kid: vkey}, keyid=vkey.kid, host=host,
                                   pool_size=settings.evaluation_threads + cpus + 1)
         follower = RevisionFollower(store, evaluator)
-        nats.on_reconnect.append(policy_store.resync)  # a KV watch does not survive a server restart
         def library_sources() -> list[Path]:
             return [settings.rego_root / s for s in bundler.library().sources]
 
@@ -182,7 +181,7 @@ class Services:
         serving_ask = threadsafe_ask(models.request, lambda: models.loop)  # for the replay's and the shadows' threads
         shadows = ShadowMode(policies, settings, models.transport, serving_ask, audit=recorder.append_many, store=replay,
                              bucket=ShadowBucket(lambda: nats.client, settings.nats_replicas))
-        nats.on_reconnect.append(shadows.resync)  # every process follows the shadows' bucket
+        nats.on_reconnect += [policy_store.resync, shadows.resync]  # a KV watch does not survive a server restart
         pipeline = Pipeline(evaluator, policies.active_records, ask_model=tap.ask(models.request),
                             recorder=ObservingRecorder(recorder, replay, [shadows]), escalate=EscalationPublisher(nats),
                             queue=settings.evaluation_queue, cpu_threads=cpus, peers=(nats, settings.processes))
