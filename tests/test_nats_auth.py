@@ -128,6 +128,9 @@ def test_the_names_granted_are_the_products_own():
     assert (names.policy_bucket, names.artifacts) == (store.BUCKET, store.OBJECTS)
     assert (names.audit_stream, names.audit_prefix, names.escalations) == (trail.STREAM, trail.PREFIX, escalation.SUBJECT)
     assert names.audit_checkpoints == checkpoints.BUCKET
+    from controlplane.evaljobs import shared as evaljobs
+
+    assert (names.evaljobs, names.evaljob_results) == (evaljobs.BUCKET, evaljobs.RESULTS)
     from controlplane.impact import store as replay_store
 
     assert (names.replay_stream, names.replay_subjects) == (replay_store.STREAM, replay_store.SUBJECTS)

@@ -90,6 +90,8 @@ class Names(msgspec.Struct, frozen=True, kw_only=True):
     audit_stream: str = "GROQPOLICY_AUDIT"  # controlplane.audit.trail.STREAM
     audit_prefix: str = "audit"  # controlplane.audit.trail.PREFIX
     audit_checkpoints: str = "groqpolicy_audit_checkpoints"  # controlplane.audit.checkpoints.BUCKET
+    evaljobs: str = "groqpolicy_evaljobs"  # controlplane.evaljobs.shared.BUCKET
+    evaljob_results: str = "groqpolicy_evaljob_results"  # controlplane.evaljobs.shared.RESULTS
     escalations: str = "policy.escalations"  # controlplane.audit.escalation.SUBJECT
     replay_stream: str = "GROQPOLICY_REPLAY"  # controlplane.impact.store.STREAM
     replay_subjects: str = "replay.>"  # controlplane.impact.store.SUBJECTS
@@ -151,6 +153,7 @@ def _controlplane(n: Names) -> Permissions:
         _js("STREAM.INFO", f"KV_{n.audit_checkpoints}", "open the audit checkpoints' bucket"),
         _js("STREAM.MSG.GET", f"KV_{n.audit_checkpoints}", "audit verify: the checkpoint under each trusted key"),
         Grant(f"$KV.{n.audit_checkpoints}.>", "export a signed checkpoint of the audit stream's head"),
+        *_evaljobs(n),
         Grant(n.escalations, "constitutional escalation events"),
         _js("STREAM.INFO", n.replay_stream, "replay store: the stream's state"),
         _js("DIRECT.GET", n.replay_stream, "replay store: batched reads for impact analysis"),
@@ -162,6 +165,23 @@ def _controlplane(n: Names) -> Permissions:
         Grant(f"{n.evaluate} {n.evaluate_queue}", "serve policy.evaluate, only in its queue group"),
         *_micro(n.evaluate_service),
     ), responder=True)
+
+
+def _evaljobs(n: Names) -> tuple[Grant, ...]:
+    kv, obs = f"KV_{n.evaljobs}", f"OBJ_{n.evaljob_results}"
+    return (
+        _js("STREAM.INFO", kv, "open the evaluation jobs' bucket"),
+        _js("STREAM.MSG.GET", kv, "evaluation jobs: a job's state and cancel flag, read by any process"),
+        Grant(f"$KV.{n.evaljobs}.>", "evaluation jobs: create / update(last) a job, its cancel flag, quarantine"),
+        _js("CONSUMER.CREATE", kv, "evaluation jobs: list the keys (an ephemeral ordered consumer)"),
+        _js("CONSUMER.INFO", kv, "evaluation jobs: where the key listing ends", ".>"),
+        Grant(f"$JS.FC.{kv}.>", "flow-control replies of the key listing"),
+        _js("STREAM.INFO", obs, "open the evaluation jobs' results"),
+        _js("STREAM.MSG.GET", obs, "evaluation jobs: a result's meta message"),
+        _js("CONSUMER.CREATE", obs, "evaluation jobs: a result's chunks through an ordered consumer"),
+        Grant(f"$JS.FC.{obs}.>", "flow-control replies (results are megabytes)"),
+        Grant(f"$O.{n.evaljob_results}.>", "evaluation jobs: result chunks and meta"),
+    )
 
 
 def _worker(n: Names) -> Permissions:
@@ -182,7 +202,9 @@ def _bootstrap(n: Names) -> Permissions:
     checkpoints = f"KV_{n.audit_checkpoints}"
     return Permissions(publish=(
         *(_js(verb, stream, f"create {stream} where it is missing")
-          for stream in (kv, obs, audit, checkpoints, judgments, n.replay_stream) for verb in ("STREAM.INFO", "STREAM.CREATE")),
+          for stream in (kv, obs, audit, checkpoints, judgments, n.replay_stream, f"KV_{n.evaljobs}",
+                         f"OBJ_{n.evaljob_results}")
+          for verb in ("STREAM.INFO", "STREAM.CREATE")),
         _js("STREAM.UPDATE", audit, "bring the audit stream's replicas / atomic batches in line"),
         _js("STREAM.UPDATE", n.replay_stream, "bring the replay store's retention in line with the configuration"),
     ), subscribe=(_inbox("bootstrap"),))
