@@ -143,10 +143,10 @@ class SharedJobs:
 
     async def listing(self) -> list[Job]:
         try:
-            keys = await self.kv.keys(filters=["job.*"])
+            keys = await self.kv.keys()  # nats-py's filters are substrings matched client-side anyway
         except NoKeysError:
             return []
-        jobs = [await self.get(key.removeprefix("job.")) for key in keys]
+        jobs = [await self.get(key.removeprefix("job.")) for key in keys if key.startswith("job.")]
         return [j for j in jobs if j is not None]
 
     async def results(self, job_id: str) -> bytes:
