@@ -76,12 +76,15 @@ class EvalJobs:
     async def start(self) -> None:
         self._slot = asyncio.Lock()
         nc = self.nats()
-        if nc is not None:
-            self.shared = await SharedJobs.open(nc, self.replicas)
+        try:
+            self.shared = await SharedJobs.open(nc, self.replicas) if nc is not None else None
+        except (NatsError, TimeoutError) as exc:
+            log.error("evaluation jobs: the bucket cannot be opened (%s: %s)", type(exc).__name__, exc)
+        if self.shared is not None:
             self._heartbeat = asyncio.create_task(self._beat(), name="evaluation-jobs-heartbeat")
             return
-        log.warning("evaluation jobs: no NATS connection; jobs are kept in this process's state directory and "
-                    "only this process answers for them")
+        log.warning("evaluation jobs: no JetStream; jobs are kept in this process's state directory and only this "
+                    "process answers for them (with several processes, a poll reaching another one gets 404)")
         jobs = await asyncio.to_thread(lambda: self.store.forget(self.store.load()))
         self.jobs = {j.id: j for j in jobs}
 
@@ -199,8 +202,10 @@ class EvalJobs:
                     log.error("evaluation job %s: %s; stopped here", job_id, exc)
                     self._superseded.add(job_id)
                     self._tasks[job_id].cancel()
-                except (NatsError, TimeoutError) as exc:  # the next beat tries again; STALE_S allows many
+                except Unavailable as exc:  # the next beat tries again; STALE_S allows many
                     log.warning("evaluation job %s: heartbeat not written (%s)", job_id, exc)
+                except Exception:  # a beat that fails must not end the beating: every job would go stale
+                    log.exception("evaluation job %s: heartbeat failed", job_id)
 
     # ---- running ------------------------------------------------------------------------------
     async def _run(self, job: Job, req: JobRequest, contexts: list[dict[str, Any]], archive: bytes,
@@ -247,7 +252,7 @@ class EvalJobs:
             await asyncio.shield(self.shared.save(job))
         except Superseded as exc:
             log.error("evaluation job %s: %s; its outcome (%s) is dropped", job.id, exc, job.state)
-        except (NatsError, TimeoutError) as exc:  # its heartbeat goes stale: readers will say interrupted
+        except Unavailable as exc:  # its heartbeat goes stale: readers will say interrupted
             log.error("evaluation job %s: its end (%s) not written (%s)", job.id, job.state, exc)
 
     async def _write_results(self, job_id: str, responses: list[EvaluateResponse]) -> None:

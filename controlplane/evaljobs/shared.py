@@ -21,8 +21,11 @@ A record that cannot be decoded is moved to `quarantine.<id>` and logged, never 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
 
 import msgspec
 from nats.aio.client import Client as NatsClient
@@ -41,7 +44,7 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
-from bridge.kernel.errors import NotFound
+from bridge.kernel.errors import NotFound, Unavailable
 from controlplane.evaljobs.schemas import FINISHED, Job
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,23 @@ _decode_job = msgspec.json.Decoder(Job)
 
 class Superseded(Exception):
     """The job's record changed under its runner: another process marked it interrupted."""
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _reachable(call: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """JetStream unreachable (a reconnect, a lost quorum) is a 503 that says so, never a 500."""
+
+    @functools.wraps(call)
+    async def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await call(*args, **kwargs)
+        except (NatsError, TimeoutError) as exc:
+            raise Unavailable(f"evaluation jobs: JetStream unreachable ({type(exc).__name__}); retry") from None
+
+    return wrapped
 
 
 async def ensure(js: JetStreamContext, replicas: int = 1) -> tuple[KeyValue, ObjectStore]:
@@ -85,6 +105,7 @@ class SharedJobs:
         return cls(kv, obs)
 
     # ---- the runner's writes --------------------------------------------------------------------
+    @_reachable
     async def save(self, job: Job) -> None:
         """Write a job this process runs; `Superseded` when another process marked it interrupted."""
         data = msgspec.json.encode(job)
@@ -100,9 +121,11 @@ class SharedJobs:
             if job.state in FINISHED:
                 self._revisions.pop(job.id, None)
 
+    @_reachable
     async def write_results(self, job_id: str, ndjson: bytes) -> None:
         await self.obs.put(f"{job_id}.ndjson", ndjson)
 
+    @_reachable
     async def cancel_requested(self, job_id: str) -> bool:
         try:
             await self.kv.get(f"cancel.{job_id}")
@@ -111,9 +134,11 @@ class SharedJobs:
         return True
 
     # ---- any process's reads --------------------------------------------------------------------
+    @_reachable
     async def request_cancel(self, job_id: str) -> None:
         await self.kv.put(f"cancel.{job_id}", b"1")
 
+    @_reachable
     async def get(self, job_id: str) -> Job | None:
         """The job as any process sees it: one whose runner went quiet is marked `interrupted`."""
         try:
@@ -141,6 +166,7 @@ class SharedJobs:
     def _alive(self, job: Job) -> bool:
         return time.time() - (job.heartbeat_at or job.created_at) <= self.stale_s
 
+    @_reachable
     async def listing(self) -> list[Job]:
         try:
             keys = await self.kv.keys()  # nats-py's filters are substrings matched client-side anyway
@@ -149,6 +175,7 @@ class SharedJobs:
         jobs = [await self.get(key.removeprefix("job.")) for key in keys if key.startswith("job.")]
         return [j for j in jobs if j is not None]
 
+    @_reachable
     async def results(self, job_id: str) -> bytes:
         try:
             found = await self.obs.get(f"{job_id}.ndjson")
