@@ -4,12 +4,14 @@ Every server is its own process: nats-server, the emulator, one inference worker
 plane (`python -m controlplane.ops.cli serve`). Two stored policies: `limits` (rules only) and
 `judge` (asks the model through `lib.groq`, i.e. `http.send` on a worker thread).
 
-- `test_replay_throughput`: `RECORDED` decisions are made through the batch API and recorded, then
-  replayed through a candidate that tightens the `limits` rule (no prompt changes, so every judgment
-  is answered from the recording). Contenders, in alternating rounds: the rules-only decisions
-  (`policy_types: [risk_management]`) and the decisions that consulted the model too. The number is
-  the report's `decisions_per_s` (the replay proper: every recorded decision through the candidate's
-  pipeline); `wall_s` adds reading the window from JetStream and compiling the candidate.
+- `test_replay_throughput`: the replay and the in-process batch rate side by side, in interleaved
+  blocks: each round, for the rules-only decisions (`policy_types: [risk_management]`) and for those
+  that consulted the model too, a batch block (`RECORDED` contexts through the batch API, its
+  server-side contexts/s; they are recorded) and then a replay block (those decisions through a
+  candidate that tightens the `limits` rule: no prompt changes, so every judgment is answered from
+  the recording). The replay's number is the report's `decisions_per_s` (every recorded decision
+  through the candidate's pipeline); `wall_s` adds reading the window from JetStream and compiling
+  the candidate. The result to read is the median per-round ratio replay/batch.
 - `test_changed_prompt_online_vs_batch`: `RECORDED` decisions that consulted the model, replayed
   through a candidate that rewords `judge`'s question (so all `TEXTS` judgments are asked anew),
   the changed judgments asked online (the worker, now) and through the Batch API (passes), in
@@ -121,28 +123,61 @@ def _replay(admin: httpx.Client, rule_id: str) -> tuple[dict, float]:
 
 
 def test_replay_throughput(benchmark, stack):
-    """The newest `RECORDED` decisions replayed `ROUNDS` times: first the rules-only ones, then (once
-    they are the newest) the ones that consulted the model. Not interleaved: a window holds one kind."""
+    """The replay and its peer, the in-process batch rate, side by side in interleaved blocks.
+
+    Each round, for each kind of decision in turn: a batch block (`RECORDED` contexts through
+    `/api/v1/evaluate/batch`, whose server-side contexts/s is the in-process batch rate of the same
+    policies on the same machine at that moment; those decisions are recorded) and then a replay
+    block (the newest `RECORDED` decisions, i.e. that block's, through a candidate that tightens
+    `limits`). A ratio is taken within one round, from two blocks a few seconds apart, so the load
+    other processes put on the machine meanwhile moves both sides alike; the rounds alternate the
+    kinds, so neither kind always runs first. The number to read is the median of the per-round
+    ratios replay/batch."""
     admin, ids = stack["admin"], stack["ids"]
-    results: dict[str, dict] = {}
+    kinds = {"rules_only": ["risk_management"], "with_model_judgments": ["risk_management", "ethical_constraints"]}
+    results: dict[str, dict] = {name: {"replay_decisions_per_s": [], "batch_contexts_per_s": [], "ratio": [],
+                                       "wall_s": [], "load_avg_1m": []} for name in kinds}
+    offset = 0
 
     def run() -> None:
-        for name, types in (("rules_only", ["risk_management"]),
-                            ("with_model_judgments", ["risk_management", "ethical_constraints"])):
-            batch_rate = _record(admin, types, len(results) * RECORDED)
-            time.sleep(1.0)  # the replay store publishes in the background, a few times a second
-            runs = [_replay(admin, ids["limits"]) for _ in range(ROUNDS)]
-            results[name] = {
-                "decisions_per_s": [round(report["decisions_per_s"]) for report, _ in runs],
-                "batch_api_contexts_per_s": batch_rate,
-                "wall_s": [round(wall, 2) for _, wall in runs],
-                "recorded_judgments_used": runs[0][0]["model_calls"]["recorded"],
-                "changed": runs[0][0]["changed"],
-            }
+        nonlocal offset
+        for n in range(ROUNDS):
+            order = list(kinds) if n % 2 == 0 else list(reversed(kinds))
+            for name in order:
+                row = results[name]
+                row["load_avg_1m"].append(round(os.getloadavg()[0], 2))
+                batch_rate = _record(admin, kinds[name], offset)
+                offset += RECORDED
+                _wait_recorded(stack)
+                report, wall = _replay(admin, ids["limits"])
+                assert report["model_calls"]["failed"] == 0
+                if name == "with_model_judgments":
+                    assert report["model_calls"]["recorded"] >= RECORDED  # every judgment from the recording
+                row["replay_decisions_per_s"].append(round(report["decisions_per_s"]))
+                row["batch_contexts_per_s"].append(batch_rate)
+                row["ratio"].append(round(report["decisions_per_s"] / batch_rate, 2))
+                row["wall_s"].append(round(wall, 2))
 
     benchmark.pedantic(run, rounds=1, iterations=1)
+    for row in results.values():
+        row["median_ratio"] = statistics.median(row["ratio"])
     benchmark.extra_info.update({"decisions": RECORDED, **results})
     print("\nreplay:", results)
+
+
+def _wait_recorded(stack: dict) -> None:
+    """The replay store publishes in the background, a few times a second: wait until the control
+    plane's counter says nothing is pending (at most 30 s)."""
+    admin = stack["admin"]
+    deadline = time.monotonic() + 30
+    last = None
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        text = admin.get("/metrics").text
+        now = [line for line in text.splitlines() if line.startswith("groqpolicy_replay_entries_total")]
+        if now == last:
+            return
+        last = now
 
 
 def test_changed_prompt_online_vs_batch(benchmark, stack):

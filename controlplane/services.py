@@ -47,10 +47,13 @@ from controlplane.evaluation.model_stage import metered_transport
 from controlplane.evaluation.nats_service import EvaluateService
 from controlplane.evaluation.pipeline import Pipeline
 from controlplane.evaluation.runtime import EvaluationRuntime, ModelClient, RevisionFollower
+from controlplane.impact import shadow_state
 from controlplane.impact.batched import BatchAsker
 from controlplane.impact.replay import OnlineReAsk
 from controlplane.impact.service import ImpactService
-from controlplane.impact.shadow import ShadowMode, threadsafe_ask
+from controlplane.impact.shadow import ShadowMode
+from controlplane.impact.shadow_state import ShadowBucket
+from controlplane.impact.shadow_thread import threadsafe_ask
 from controlplane.impact.store import ReplayStore, ensure_stream
 from controlplane.impact.tap import AgentDecisions, JudgmentTap, ObservingRecorder
 from controlplane.infra.nats import NatsConnection
@@ -168,14 +171,16 @@ class Services:
                               record=CertificationRecorder(lambda: recorder.trail, lambda: nats.connected))
         policies = PolicyService(policy_store, bundler, on_published=follower.reload, certifier=certifier)
         serving_ask = threadsafe_ask(models.request, lambda: models.loop)  # for the replay's and the shadows' threads
-        shadows = ShadowMode(policies, settings, models.transport, serving_ask, audit=recorder.append_many, store=replay)
+        shadows = ShadowMode(policies, settings, models.transport, serving_ask, audit=recorder.append_many, store=replay,
+                             bucket=ShadowBucket(lambda: nats.client, settings.nats_replicas))
         pipeline = Pipeline(evaluator, policies.active_records, ask_model=tap.ask(models.request),
                             recorder=ObservingRecorder(recorder, replay, [shadows]), escalate=EscalationPublisher(nats),
                             queue=settings.evaluation_queue, cpu_threads=cpus)
         runtime = EvaluationRuntime(nats=nats, models=models, evaluator=evaluator, follower=follower, pipeline=pipeline,
                                     service=EvaluateService(nats, pipeline), policies=policies,
                                     catalog=default_catalog(), opa_url=settings.opa_url)
-        decision_logs = DecisionLogStore(settings.state_dir, max_file_bytes=settings.decision_log_file_bytes)
+        decision_logs = DecisionLogStore(settings.state_dir, max_file_bytes=settings.decision_log_file_bytes,
+                                         max_age_s=settings.decision_log_max_age_s)
         statuses = StatusStore(settings.state_dir)
         gauges = StoreGauges(store, statuses, decision_logs,
                              audit_writer=lambda: recorder.trail.writer if recorder.trail is not None else None)
@@ -259,8 +264,11 @@ def jetstream_steps(settings: Settings) -> list[NatsStep]:
     async def replay_store(nc: NatsClient) -> None:
         await ensure_stream(nc, settings)
 
+    async def shadows(nc: NatsClient) -> None:
+        await shadow_state.ensure(nc, settings.nats_replicas)
+
     async def evaluation_jobs(nc: NatsClient) -> None:
         await ensure_evaljobs(nc.jetstream(), replicas=settings.nats_replicas)
 
-    return [audit_stream, policy_store, judgments, replay_store, evaluation_jobs]
+    return [audit_stream, policy_store, judgments, replay_store, shadows, evaluation_jobs]
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import time
 from pathlib import Path
 
 import msgspec
@@ -231,3 +233,47 @@ def test_a_revision_that_cannot_be_stored_is_not_activated(tmp_path):
         store.activate("b", "r2", {"rego": b"rego-2"})
     assert [r.revision for r in store.bundles()] == ["r1"]
     assert [r.revision for r in RevisionStore(tmp_path).bundles()] == ["r1"]
+
+
+def test_decision_logs_expire_by_age_and_keep_the_live_file(tmp_path):
+    now = [time.time()]
+    store = DecisionLogStore(tmp_path, max_file_bytes=2_000, max_age_s=400.0, clock=lambda: now[0])
+    for i in range(40):
+        upload(store, [event(f"d-{i}", result="r" * 50)])
+    live = tmp_path / "decision_logs.jsonl"
+    rotated = [tmp_path / f"decision_logs.jsonl.{n}" for n in (1, 2, 3)]
+    assert all(p.is_file() for p in rotated)
+    for p in rotated[1:]:  # their newest events were written 500 s ago: past the age limit
+        os.utime(p, (now[0] - 500, now[0] - 500))
+    now[0] += 2
+    upload(store, [event("fresh")])
+    kept = sorted(p.name for p in tmp_path.iterdir())
+    assert kept in (["decision_logs.jsonl", "decision_logs.jsonl.1"],  # the two expired ones went, the rest stays
+                    ["decision_logs.jsonl", "decision_logs.jsonl.1", "decision_logs.jsonl.2"])  # (+ a size rotation)
+    assert all(p.stat().st_mtime > now[0] - 400 for p in tmp_path.iterdir())
+    assert store.query(limit=1)[0]["decision_id"] == "fresh"
+
+    # a quiet store: everything it holds is now older than the age limit; the live file is rotated
+    # out from under nothing (not removed while written) and the next event starts a file of its own
+    for p in tmp_path.iterdir():
+        os.utime(p, (now[0] - 900, now[0] - 900))
+    now[0] += 2
+    upload(store, [event("later")])
+    assert [json.loads(line)["decision_id"] for line in live.read_bytes().splitlines()] == ["later"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["decision_logs.jsonl"]
+
+    # a live file written for a quarter of the age rotates even below its size limit
+    now[0] += 101
+    upload(store, [event("next-segment")])
+    assert [json.loads(line)["decision_id"] for line in live.read_bytes().splitlines()] == ["next-segment"]
+    assert rotated[0].is_file()
+
+
+def test_decision_logs_expired_at_start_are_not_read_back(tmp_path):
+    store = DecisionLogStore(tmp_path, max_age_s=400.0)
+    upload(store, [event("old")])
+    live = tmp_path / "decision_logs.jsonl"
+    os.utime(live, (time.time() - 500, time.time() - 500))
+    again = DecisionLogStore(tmp_path, max_age_s=400.0)
+    assert again.query() == [] and not (tmp_path / "decision_logs.jsonl.1").exists()
+    assert DecisionLogStore(tmp_path, max_age_s=0).query() == []  # removed, not merely hidden

@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import threading
 import time
 
 import httpx
+import nats
 import pytest
 
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
@@ -285,7 +287,16 @@ def test_the_cli_shows_progress_and_the_matrix(system, recorded, tmp_path, capsy
 
 
 def test_the_dashboard_shows_the_matrix_and_the_shadows(system, recorded):
-    client, _, _, limit, _ = system
+    client, _, _, limit, judge = system
+    changed = JUDGE.replace("Is this text harmful?", "Is this text harmful (asked for the dashboard)?")
+    r = client.post("/api/v1/impact", json={"candidate": {"rule_id": judge, "opa_policy": changed}, "since_s": 3600,
+                                            "via": "batch"})
+    assert r.status_code == 200, r.text
+    batches = r.json()["model_calls"]["batches"]
+    assert batches
+    html = client.get("/dashboard/impact").text
+    assert f'data-via="batch" data-batches="{" ".join(batches)}"' in html
+    assert all(f'<code class="batch-id">{b}</code>' in html for b in batches)
     impact(client, {"rule_id": limit, "opa_policy": LIMIT.replace("input.amount > 100", "input.amount > 15")})
     assert client.post("/api/v1/shadows", json={"candidate": {"rule_id": limit, "opa_policy": LIMIT}}).status_code == 201
     try:
@@ -295,7 +306,10 @@ def test_the_dashboard_shows_the_matrix_and_the_shadows(system, recorded):
         assert 'data-policy-type="risk_management"' in html and 'id="impact-risk_management-allow"' in html
         assert 'class="changed" data-cell="allow-deny"' in html
         assert f'data-shadow="{limit}"' in html and f'id="shadow-{limit}"' in html
-        assert 'href="/dashboard/impact"' in client.get("/").text
+        assert 'data-via="online"' in html and ", ".join(batches) in html  # the earlier report keeps its jobs
+        index = client.get("/").text
+        assert 'href="/dashboard/impact"' in index
+        assert f'data-shadow-of="{limit}" data-rate="0.0"' in index  # the shadow's divergence beside its policy
     finally:
         client.post(f"/api/v1/shadows/{limit}/discard")
 
@@ -326,3 +340,134 @@ def test_a_bundle_directory_and_a_stored_candidate(system, recorded, tmp_path):
     assert client.get(f"/api/v1/policies/{limit}").json()["is_active"] is False
     again = client.post("/api/v1/impact", json={"candidate": {"candidate_id": candidate}, "count": 1})
     assert again.status_code == 409 and "active already" in again.json()["error"]["message"]
+
+
+TRIAGE = """package triage
+
+import data.groqpolicy.lib.decision as doc
+
+decision := object.union(doc.document("triage", set(), {"text needs a judgment"}, set(), 1, []), {"needs_model": true})
+"""
+
+
+class InferRequests:
+    """Every model request that leaves the control plane, counted on the NATS subjects the inference
+    workers answer (the workers coalesce identical requests in flight, so the emulator alone cannot
+    tell one request from two)."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.count = url, 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    async def _subscribe(self) -> None:
+        self._nc = await nats.connect(self.url)
+
+        async def seen(_msg) -> None:
+            self.count += 1
+
+        await self._nc.subscribe("groq.infer.>", cb=seen)
+        await self._nc.flush()
+
+    def __enter__(self) -> InferRequests:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._subscribe(), self._loop).result(10)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        asyncio.run_coroutine_threadsafe(self._nc.flush(), self._loop).result(10)
+        asyncio.run_coroutine_threadsafe(self._nc.close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+def test_the_same_changed_judgment_wanted_at_once_is_asked_once(system, nats_server_module):
+    """Last in this module (it records the newest decisions). Identical contexts decided together
+    go through the pipeline's model stage concurrently: each wants the same changed judgment at the
+    same moment, and one model request must leave for it, not one per decision."""
+    client, services, emu, *_ = system
+    cfg = {"model_name": "llama-3.1-8b-instant", "performance_tier": "fast", "policy_context": "internal notes"}
+    r = client.post("/api/v1/policies", json=policy("triage", "constitutional_compliance", TRIAGE, groq_model_config=cfg))
+    assert r.status_code == 201, r.text
+    triage = r.json()["rule_id"]
+    same = {"principal": {"id": "svc-twin"}, "amount": 1, "text": "a long note that the rules leave to the model"}
+    published = services.replay.published
+    r = client.post("/api/v1/evaluate/batch", headers=bearer(EVALUATE_TOKEN), json={
+        "batch_contexts": [same] * 8, "performance_tier": "fast", "policy_types": ["constitutional_compliance"]})
+    assert r.status_code == 200, r.text
+    deadline = time.monotonic() + 20
+    while services.replay.published < published + 9:  # the eight decisions and their judgment
+        assert time.monotonic() < deadline, "the replay store did not publish"
+        time.sleep(0.05)
+    before = emu.calls()
+    changed = TRIAGE.replace("text needs a judgment", "text needs a second look")  # the model's context changes
+    with InferRequests(nats_server_module.extra["url"]) as requests:
+        report = impact(client, {"rule_id": triage, "opa_policy": changed}, count=8)
+    assert report["decisions"] == 8
+    assert (report["model_calls"]["new"], report["model_calls"]["failed"]) == (1, 0)
+    assert requests.count == 1
+    assert emu.calls() - before == 1
+
+
+def test_shadows_survive_a_restart_and_an_unrestorable_one_is_reported(system, nats_server_module, tmp_path):
+    """A second control plane on the module's NATS, stopped and started again over the same state."""
+    from controlplane.impact import shadow_state
+    from controlplane.impact.candidate import CandidateSpec
+    from tests.controlplane_helpers import ADMIN_HEADERS as admin
+
+    client, services, _, _, judge = system
+    # the live risk_management policy (an earlier test promoted a stored candidate in place of `limits`)
+    (limit,) = [p["rule_id"] for p in client.get("/api/v1/policies", params={"policy_type": "risk_management"}).json()
+                if p["is_active"]]
+    url = nats_server_module.extra["url"]
+    # a replica of the module's control plane: the same record key (it trusts the stored policies)
+    settings = make_settings(tmp_path / "state", nats_url=url,
+                             record_key_file=services.settings.state_dir / "record-keys" / "signing.pem")
+    stricter = LIMIT.replace("input.amount > 100", "input.amount > 12")
+
+    def evaluate(c: httpx.Client, amounts: range) -> None:
+        for amount in amounts:
+            r = c.post("/api/v1/evaluate", headers=bearer(EVALUATE_TOKEN), json={
+                "input_context": {**context(0), "amount": amount}, "constitutional_hash": CONSTITUTIONAL_HASH,
+                "performance_tier": "fast", "policy_types": ["risk_management"]})
+            assert r.status_code == 200, r.text
+
+    def compared_at_least(c: httpx.Client, n: int) -> dict:
+        deadline = time.monotonic() + 20
+        while (found := c.get("/api/v1/shadows").json()) == [] or found[0]["compared"] < n:
+            assert time.monotonic() < deadline, found
+            time.sleep(0.05)
+        return found[0]
+
+    async def save_broken() -> None:  # a shadow saved by an older policy text that no longer compiles
+        nc = await nats.connect(url)
+        try:
+            await shadow_state.ShadowBucket(lambda: nc).save(judge, shadow_state.SavedShadow(
+                spec=CandidateSpec(rule_id=judge, opa_policy="package judge\n\ndecision := input.\n"),
+                sample=1.0, started_at=time.time()))
+        finally:
+            await nc.close()
+
+    with running_control_plane(settings):
+        with httpx.Client(base_url=settings.base_url, headers=admin, timeout=60) as c:
+            r = c.post("/api/v1/shadows", json={"candidate": {"rule_id": limit, "opa_policy": stricter}, "sample": 1.0})
+            assert r.status_code == 201, r.text
+            evaluate(c, range(20, 25))  # the candidate denies what the live rule (above 50) allows
+            first = compared_at_least(c, 5)
+    asyncio.run(save_broken())
+    with running_control_plane(settings):  # the same settings, a new process' worth of services
+        with httpx.Client(base_url=settings.base_url, headers=admin, timeout=60) as c:
+            (restored,) = c.get("/api/v1/shadows").json()
+            assert (restored["rule_id"], restored["candidate_revision"]) == (limit, first["candidate_revision"])
+            assert (restored["compared"], restored["diverged"], restored["sample"]) == (5, 5, 1.0)
+            unrestored = c.get("/api/v1/shadows/unrestored").json()
+            assert list(unrestored) == [judge] and "422" not in unrestored[judge] and unrestored[judge]
+            evaluate(c, range(20, 23))
+            again = compared_at_least(c, 8)
+            assert again["diverged"] == 8  # it still compares, and goes on from the saved counters
+            assert c.post(f"/api/v1/shadows/{judge}/discard").status_code == 200
+            assert c.post(f"/api/v1/shadows/{limit}/discard").status_code == 200
+            assert c.get("/api/v1/shadows/unrestored").json() == {}
+    with running_control_plane(settings):
+        with httpx.Client(base_url=settings.base_url, headers=admin, timeout=60) as c:
+            assert c.get("/api/v1/shadows").json() == [] and c.get("/api/v1/shadows/unrestored").json() == {}

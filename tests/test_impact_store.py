@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import msgspec
@@ -15,6 +17,7 @@ import pytest
 
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from controlplane.impact.records import REDACTED, agent_judgments, judgment_key, redact
+from controlplane.impact.replay import Oracle
 from controlplane.policies import rego
 from tests.controlplane_helpers import (
     ADMIN_HEADERS,
@@ -39,6 +42,39 @@ def test_a_judgment_is_keyed_by_what_decides_its_answer_only():
     assert key != judgment_key("fast", {**ASKED, "question": "Is this text harmful or rude?"})
     assert key != judgment_key("fast", {**ASKED, "context": {"text": "hi!"}})
     assert key != judgment_key("fast", {**ASKED, "model": "openai/gpt-oss-20b"})
+
+
+class _SlowModel:
+    """A ReAsk whose answer takes a moment, counting what it is asked."""
+
+    name = "online"
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def call(self, tier, body, timeout):
+        with self.lock:
+            self.calls += 1
+        time.sleep(0.2)  # long enough for every other thread to want the same judgment meanwhile
+        return 200, {"decision": "allow", "confidence": 0.9, "usage": {"cost_usd": 0.001}}
+
+    async def request(self, tier, body):
+        raise AssertionError("not on this path")
+
+
+def test_the_same_judgment_wanted_by_threads_at_once_is_asked_once():
+    """The `http.send` path: evaluation threads that want the same judgment while it is being asked
+    wait for that answer; a different judgment is asked on its own."""
+    model = _SlowModel()
+    oracle = Oracle({}, model)
+    other = dict(ASKED, context={"text": "something else"})
+    with ThreadPoolExecutor(8) as pool:
+        found = list(pool.map(lambda body: oracle.transport("fast", body, 5.0), [ASKED] * 7 + [other]))
+    assert model.calls == 2 and len(oracle.asked) == 2 and oracle.joined == 6
+    assert all(status == 200 and reply["decision"] == "allow" for status, reply in found)
+    assert oracle.cost_usd == pytest.approx(0.002)  # each judgment's cost once
+    assert oracle.transport("fast", ASKED, 5.0)[0] == 200 and model.calls == 2  # then from memory
 
 
 def test_redaction_reaches_every_depth_and_keeps_the_rest():

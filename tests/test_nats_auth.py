@@ -42,6 +42,8 @@ from controlplane.audit.trail import AuditTrail
 from controlplane.dashboard.data import worker_stats
 from controlplane.evaluation import nats_service
 from controlplane.evaluation.nats_service import EvaluateService
+from controlplane.impact import shadow_state
+from controlplane.impact.candidate import CandidateSpec
 from controlplane.infra.natsauth import ROLES, Names, NatsAuth, bootstrap, permissions, render
 from controlplane.infra.processes import free_port, start_nats
 from controlplane.policies import store
@@ -128,6 +130,7 @@ def test_the_names_granted_are_the_products_own():
     assert (names.policy_bucket, names.artifacts) == (store.BUCKET, store.OBJECTS)
     assert (names.audit_stream, names.audit_prefix, names.escalations) == (trail.STREAM, trail.PREFIX, escalation.SUBJECT)
     assert names.audit_checkpoints == checkpoints.BUCKET
+    assert names.shadows == shadow_state.BUCKET
     from controlplane.evaljobs import shared as evaljobs
 
     assert (names.evaljobs, names.evaljob_results) == (evaljobs.BUCKET, evaljobs.RESULTS)
@@ -251,6 +254,13 @@ async def test_the_control_plane_runs_its_store_audit_and_escalations_without_a_
         assert len(stored) == 3 and (await audit.verify()).ok
         assert len((await audit.list_newest(limit=2)).records) == 2
         await audit.close()
+        shadows = shadow_state.ShadowBucket(lambda: nc)  # finds the bucket the bootstrap made
+        saved = shadow_state.SavedShadow(spec=CandidateSpec(rule_id=record.rule_id, opa_policy="package x\n"),
+                                         sample=0.5, started_at=1.0, compared=3)
+        await shadows.save(record.rule_id, saved)
+        assert await shadows.load() == {str(record.rule_id): saved}
+        await shadows.remove(record.rule_id)
+        assert await shadows.load() == {}
         _event, sent = await publish_escalation(nc, evaluation_id="e1", stage="pre_validation", decision="deny",
                                                 violations=[{"principle": "p", "message": "m"}])
         assert sent

@@ -203,7 +203,13 @@ def encode_value(v: Any) -> bytes:
 
 
 def canonical_key(v: Any) -> bytes:
-    """Bytes equal exactly when two Rego values are equal (1 == 1.0 in Rego)."""
+    """Bytes equal exactly when two Rego values are equal (1 == 1.0 in Rego). Fast paths: JSON leaves
+    by exact type, and string keys sorted plainly (`compare` orders strings by Python's `<` too)."""
+    t = type(v)
+    if t is str or t is int or t is bool or v is None:
+        return _value_encoder.encode(v)
+    if t is dict and all(type(k) is str for k in v):
+        return b"{" + b",".join(_value_encoder.encode(k) + b":" + canonical_key(x) for k, x in sorted(v.items())) + b"}"
     if isinstance(v, float) and v.is_integer() and abs(v) < 2**63:
         v = int(v)
     if isinstance(v, (list, tuple)):

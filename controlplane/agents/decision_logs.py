@@ -3,7 +3,7 @@
 Each upload's events are appended and fsync'd before the agent gets its 2xx: an acknowledged
 event survives a crash, and one that could not be written is answered 503 (controlplane.infra.jsonlines),
 so the agent sends it again. A bounded in-memory tail serves queries; the file (rotated at its size
-limit) holds the rest. At start the file is replayed through OPA's event shape: a line that does
+limit, and removed past its age limit, `controlplane.infra.jsonlines`) holds the rest. At start the file is replayed through OPA's event shape: a line that does
 not read (a torn tail after a crash) is quarantined and the start goes on.
 
 An event is known by its decision id and digest. The same event sent again (the agent retrying a
@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -23,6 +25,8 @@ import msgspec
 from controlplane.agents.events import DecisionEvent, agent_name
 from controlplane.agents.ingest import Accepted
 from controlplane.infra.jsonlines import DEFAULT_MAX_BYTES, JsonLinesFile
+
+DEFAULT_MAX_AGE_S = 7 * 24 * 3600.0  # a week of agents' decisions: what a laptop keeps without noticing
 
 MEMORY_TAIL = 10_000
 SEEN_IDS = 100_000  # decision ids remembered with their digest, to tell a retry from a different event
@@ -36,13 +40,16 @@ def _read_line(line: bytes) -> tuple[dict, str, str]:
 
 
 class DecisionLogStore:
-    def __init__(self, state_dir: Path | None, *, max_file_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(self, state_dir: Path | None, *, max_file_bytes: int = DEFAULT_MAX_BYTES,
+                 max_age_s: float = DEFAULT_MAX_AGE_S, clock: Callable[[], float] = time.time) -> None:
         self._lock = threading.Lock()
         self._tail: deque[dict] = deque(maxlen=MEMORY_TAIL)
         self._seen: OrderedDict[str, list[str]] = OrderedDict()  # decision id -> digests stored, first first
-        self._file = JsonLinesFile(state_dir / "decision_logs.jsonl", max_bytes=max_file_bytes) if state_dir else None
+        self._file = JsonLinesFile(state_dir / "decision_logs.jsonl", max_bytes=max_file_bytes, max_age_s=max_age_s,
+                                   clock=clock) if state_dir else None
         self.total = 0
         if self._file is not None:
+            self._file.expire()  # a live file holding only expired events is not read back into the tail
             for event, decision_id, event_digest in self._file.replay(_read_line):
                 self._tail.append(event)
                 self._remember(decision_id, event_digest)

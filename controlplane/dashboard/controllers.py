@@ -101,7 +101,7 @@ class DashboardController(Controller):
                     statuses: NamedDependency[StatusStore], policies: NamedDependency[PolicyService],
                     audit_reader: NamedDependency[TrailReader | None], nats: NamedDependency[NatsConnection],
                     model_client: NamedDependency[ModelClient], startup_errors: NamedDependency[list[str]],
-                    errors: NamedDependency[list[str]]) -> Template:
+                    errors: NamedDependency[list[str]], shadows: NamedDependency[ShadowMode]) -> Template:
         snap = await snapshot(Sources(settings=settings, revisions=revisions, statuses=statuses, policies=policies,
                                       audit_reader=audit_reader, nats=nats, model_client=model_client,
                                       startup_errors=startup_errors, errors=errors))
@@ -123,11 +123,13 @@ class DashboardController(Controller):
             "settings": settings,
             "health": "degraded" if startup_errors or (supervisor and supervisor.degraded) else "ok",
             "supervisor": supervisor,  # `groqpolicy up`'s view of its processes (None when it does not run us)
+            "shadows": {str(s.rule_id): s for s in shadows.summaries()},  # by live policy: its shadow's divergence
         }
         return Template(template_name="dashboard/index.html.j2", context=context)
 
     @get("/dashboard/impact", guards=[dashboard_access()], summary="Impact reports and shadows")
-    async def impact(self, impact: NamedDependency[ImpactService], shadows: NamedDependency[ShadowMode]) -> Template:
+    async def impact(self, impact: NamedDependency[ImpactService], shadows: NamedDependency[ShadowMode],
+                     policies: NamedDependency[PolicyService]) -> Template:
         reports = list(reversed(impact.reports))
         matrices = []
         for report in reports[:1]:  # the newest report in full; the others as one line each
@@ -142,8 +144,10 @@ class DashboardController(Controller):
                                                         ("diverged", s.diverged, charts.COLORS["deny"])],
                                                        chart_id=f"shadow-{s.rule_id}")
                       for s in shadows.summaries()}
+        names = {str(r.rule_id): r.name for r in policies.store.records()}
         return Template(template_name="dashboard/impact.html.j2", context={
-            "reports": reports, "matrices": matrices, "shadows": shadows.summaries(), "divergence": divergence})
+            "reports": reports, "matrices": matrices, "shadows": shadows.summaries(), "divergence": divergence,
+            "names": names, "unrestored": dict(shadows.unrestored)})
 
     @get("/dashboard/verify", guards=[dashboard_access()], summary="Verify the whole audit chain")
     async def verify(self, audit_reader: NamedDependency[TrailReader | None]) -> Template:

@@ -79,6 +79,11 @@ class ImpactApi(Controller):
     async def list_shadows(self, shadows: NamedDependency[ShadowMode]) -> list[ShadowSummary]:
         return shadows.summaries()
 
+    @get("/shadows/unrestored", summary="Saved shadows this replica could not restore at start, with the reason "
+         "(discard one to remove it)", responses=error_responses(401, 403, 429))
+    async def unrestored_shadows(self, shadows: NamedDependency[ShadowMode]) -> dict[str, str]:
+        return dict(shadows.unrestored)
+
     @get("/shadows/{rule_id:uuid}/divergences", summary="Every divergence a shadow of this policy found, from the "
          "replay store (oldest first)", responses=error_responses(400, 401, 403, 409, 429, 503))
     async def divergences(self, rule_id: FromPath[uuid.UUID], replay: NamedDependency[ReplayStore],
@@ -92,7 +97,8 @@ class ImpactApi(Controller):
                       data: Annotated[PromoteRequest | None, Body()] = None) -> dict:
         return await shadows.promote(rule_id, force=data.force if data else False, who=_who(request))
 
-    @post("/shadows/{rule_id:uuid}/discard", status_code=200, summary="Drop the shadow",
+    @post("/shadows/{rule_id:uuid}/discard", status_code=200, summary="Drop the shadow (also one that could not be "
+          "restored)",
           responses=error_responses(401, 403, 404, 429, 503))
     async def discard(self, request: Request, rule_id: FromPath[uuid.UUID], shadows: NamedDependency[ShadowMode]) -> dict:
         return await shadows.discard(rule_id, who=_who(request))

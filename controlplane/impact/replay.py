@@ -19,6 +19,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Protocol
 
 import msgspec
@@ -65,17 +67,25 @@ class OnlineReAsk:
 
 
 class Oracle:
-    """The candidate's model: recorded judgments first, then `reask` (counted and costed)."""
+    """The candidate's model: recorded judgments first, then `reask` (counted and costed).
+
+    A judgment asked anew is asked once however many decisions want it: the first asker registers
+    it as in flight, and every other decision that wants the same request meanwhile (on another
+    evaluation thread, or another task of the model stage's `gather`) waits for that answer instead
+    of asking too. Both paths share one future per request, so a policy's `http.send` and the
+    pipeline's own model stage never ask the same question twice either."""
 
     def __init__(self, judgments: dict[str, Judgment], reask: ReAsk | None) -> None:
         self.replies: dict[str, Any] = {k: j.reply for k, j in judgments.items()}
         self.reask = reask
         self.recorded = 0  # calls answered from the recording
         self.asked: set[str] = set()  # distinct requests asked anew
+        self.joined = 0  # calls that waited for the same request asked anew by another decision
         self.failed = 0
         self.cost_usd = 0.0
         self.asked_ms: list[float] = []
         self._lock = threading.Lock()
+        self._inflight: dict[str, Future[tuple[int, Any, int]]] = {}  # key -> (status, reply, max_age)
 
     def _hit(self, key: str) -> Any:
         reply = self.replies.get(key)
@@ -84,8 +94,20 @@ class Oracle:
                 self.recorded += 1
         return reply
 
+    def _claim(self, key: str) -> tuple[Future[tuple[int, Any, int]], bool]:
+        """The future of `key`'s answer, and whether the caller is the one to ask."""
+        with self._lock:
+            found = self._inflight.get(key)
+            if found is not None:
+                self.joined += 1
+                return found, False
+            mine: Future[tuple[int, Any, int]] = Future()
+            self._inflight[key] = mine
+            return mine, True
+
     def _asked(self, key: str, status: int, reply: Any, started: float) -> None:
         with self._lock:
+            self._inflight.pop(key, None)
             self.asked_ms.append((time.perf_counter() - started) * 1000)
             if status != 200 or not isinstance(reply, dict):
                 self.failed += 1
@@ -103,9 +125,24 @@ class Oracle:
             return 200, reply
         if self.reask is None:
             return 503, {"error": {"message": "not recorded, and this replay asks no model"}}
+        future, mine = self._claim(key)
+        if not mine:
+            try:
+                status, reply, _ = future.result(timeout)
+            except GroqPolicyError as exc:
+                return exc.status, {"error": {"message": exc.message}}
+            except FutureTimeout:
+                return 504, {"error": {"message": "the same judgment, asked by another decision, is still pending"}}
+            return status, reply
         started = time.perf_counter()
-        status, reply = self.reask.call(tier, body, timeout)
+        try:
+            status, reply = self.reask.call(tier, body, timeout)
+        except BaseException as exc:
+            self._asked(key, 0, None, started)
+            future.set_exception(exc)
+            raise
         self._asked(key, status, reply, started)
+        future.set_result((status, reply, 0))
         return status, reply
 
     async def ask(self, tier: str, body: bytes) -> tuple[int, bytes, int]:
@@ -115,14 +152,28 @@ class Oracle:
             return 200, msgspec.json.encode(reply), 0
         if self.reask is None:
             return 503, b'{"error": {"message": "not recorded, and this replay asks no model"}}', 0
+        future, mine = self._claim(key)
+        if not mine:  # an exception the asker met is raised here too, as if this call had met it
+            status, reply, max_age = await asyncio.wrap_future(future)
+            return status, msgspec.json.encode(reply), max_age
         started = time.perf_counter()
         try:
             status, data, max_age = await self.reask.request(tier, body)
-        except GroqPolicyError as exc:
-            self._asked(key, exc.status, None, started)
+        except BaseException as exc:
+            self._asked(key, getattr(exc, "status", 0), None, started)
+            future.set_exception(exc)
             raise
-        self._asked(key, status, msgspec.json.decode(data) if status == 200 else None, started)
+        decoded = msgspec.json.decode(data) if status == 200 else _error_body(data)
+        self._asked(key, status, decoded if status == 200 else None, started)
+        future.set_result((status, decoded, max_age))
         return status, data, max_age
+
+
+def _error_body(data: bytes) -> Any:
+    try:
+        return msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        return {"error": {"message": data[:200].decode(errors="replace")}}
 
 
 class ReplayPipeline(Pipeline):

@@ -3,7 +3,7 @@
 The live path pays one `random()` and one append to a bounded deque per decision (`observe`, called
 by the decision recorder after the audit record is written); when the deque is full the sample is
 dropped and counted. Everything else happens on a thread of its own, with an event loop of its own
-(`_Worker`): a few times a second it takes what gathered and decides it again with each shadow's
+(`ShadowThread`): a few times a second it takes what gathered and decides it again with each shadow's
 pipeline (the candidate's own evaluator), so the shadow's WASM work and its model calls are never
 on a caller's clock, nor on the event loop that serves requests. Model calls go to the live workers
 (a shadow sees the model as live traffic would), not to the replay store.
@@ -12,6 +12,12 @@ A divergence (the shadow decides otherwise) is kept with both decisions, both re
 input's digest, never the input: the latest in memory, every one in the replay store. `promote` applies the candidate as a policy write and `discard`
 drops it; both are audit records, and a promotion above `GROQPOLICY_SHADOW_MAX_DIVERGENCE` is
 refused (and the refusal recorded) unless forced (and the force recorded).
+
+Shadows outlive the process: each one's candidate, share and counters are kept in a KV bucket
+(`controlplane.impact.shadow_state`) and restored at start, compiled again against the policies as
+they are then. One that can no longer be restored (its candidate no longer compiles, its live policy
+is gone or inactive) is reported (`unrestored`, the log, the dashboard) and left in the bucket until
+it is discarded; it never stops the start.
 """
 
 from __future__ import annotations
@@ -20,17 +26,16 @@ import asyncio
 import contextlib
 import logging
 import random
-import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
+import nats.errors
 
 from bridge.kernel.config import Settings
-from bridge.kernel.errors import BadRequest, ConfigError, Conflict, NotFound
+from bridge.kernel.errors import BadRequest, ConfigError, Conflict, GroqPolicyError, NotFound
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from bridge.opawasm import InferTransport, WasmEvaluator
 from controlplane.audit.records import digest
@@ -40,6 +45,8 @@ from controlplane.evaluation.schemas import EvaluateResponse
 from controlplane.impact.candidate import Candidate, CandidateSpec, build_candidate
 from controlplane.impact.records import Divergence
 from controlplane.impact.service import AuditAppend, admin_record
+from controlplane.impact.shadow_state import SAVE_S, SavedShadow, ShadowBucket
+from controlplane.impact.shadow_thread import ShadowThread
 from controlplane.impact.store import ReplayStore
 from controlplane.metrics.recorders import forget_shadow, record_shadow
 from controlplane.policies.schemas import PolicyRecord, PolicyUpdate
@@ -47,7 +54,6 @@ from controlplane.policies.service import PolicyService
 
 log = logging.getLogger(__name__)
 MAX_QUEUED = 10_000
-TICK_S = 0.02
 KEPT_DIVERGENCES = 100
 DEFAULT_SAMPLE = 0.1  # the share of live decisions a shadow is evaluated on, unless it asks for another
 
@@ -67,11 +73,14 @@ class ShadowSummary(msgspec.Struct):
 
 
 class _Shadow:
-    def __init__(self, rule_id: uuid.UUID, candidate: Candidate, evaluator: WasmEvaluator, sample: float) -> None:
+    def __init__(self, rule_id: uuid.UUID, candidate: Candidate, evaluator: WasmEvaluator, sample: float,
+                 saved: SavedShadow | None = None) -> None:
         self.rule_id, self.candidate, self.evaluator, self.sample = rule_id, candidate, evaluator, sample
         self.pipeline: Pipeline | None = None  # made on the shadow thread's loop
-        self.started_at = time.time()
-        self.compared = self.diverged = self.errors = 0
+        self.started_at = saved.started_at if saved else time.time()
+        self.compared, self.diverged, self.errors = (saved.compared, saved.diverged, saved.errors) if saved else (0, 0, 0)
+        self.by = saved.by if saved else ""
+        self.saved_counts = (self.compared, self.diverged, self.errors)  # as the bucket holds them
         self.divergences: deque[Divergence] = deque(maxlen=KEPT_DIVERGENCES)
         self.types = {r.policy_type for r in candidate.records if r.rule_id in candidate.changed}
 
@@ -85,13 +94,17 @@ class _Shadow:
     def applies(self, policy_types: list[str]) -> bool:
         return not policy_types or bool(self.types.intersection(policy_types))
 
+    def saved(self) -> SavedShadow:
+        return SavedShadow(spec=self.candidate.spec, sample=self.sample, started_at=self.started_at,
+                           compared=self.compared, diverged=self.diverged, errors=self.errors, by=self.by)
+
 
 Item = tuple[EvaluateResponse, dict[str, Any], str, list[str], str]
 
 
 class ShadowMode:
     def __init__(self, policies: PolicyService, settings: Settings, transport: InferTransport, ask_model: AskModel,
-                 audit: AuditAppend, store: ReplayStore | None = None) -> None:
+                 audit: AuditAppend, store: ReplayStore | None = None, bucket: ShadowBucket | None = None) -> None:
         if not 0 <= settings.shadow_max_divergence <= 1:
             raise ConfigError(f"GROQPOLICY_SHADOW_MAX_DIVERGENCE={settings.shadow_max_divergence}: expected 0 to 1")
         self.policies, self.settings = policies, settings
@@ -101,7 +114,10 @@ class ShadowMode:
         self.queue: deque[Item] = deque()
         self.dropped = 0
         self.sample = 0.0  # the largest share any shadow asks for: what observe() takes
-        self._worker: _Worker | None = None
+        self._worker: ShadowThread | None = None
+        self.bucket = bucket  # where shadows are kept across restarts (None: this process only)
+        self.unrestored: dict[str, str] = {}  # rule id -> why its saved shadow could not be restored
+        self._saver: asyncio.Task[None] | None = None
 
     # -- the live path's part (any thread, never blocks) ----------------------------------------------
     def observe(self, response: EvaluateResponse, input_context: dict[str, Any], *, tier: str,
@@ -115,11 +131,56 @@ class ShadowMode:
 
     # -- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> None:
-        """The shadow thread starts with the first shadow."""
+        """Restore the saved shadows (the shadow thread starts with the first one)."""
+        if self.bucket is None:
+            return
+        self._saver = asyncio.create_task(self._save_counters(), name="shadow-counters")
+        try:
+            saved = await self.bucket.load()
+        except (GroqPolicyError, nats.errors.Error) as exc:
+            log.error("shadows: the saved shadows could not be read (%s); starting without them", exc)
+            self.unrestored["*"] = f"the bucket could not be read: {exc}"
+            return
+        for rule_id, entry in saved.items():
+            await self._restore(rule_id, entry)
+
+    async def _restore(self, rule_id: str, entry: SavedShadow | None) -> None:
+        try:
+            if entry is None:
+                raise BadRequest("its saved value does not read")
+            await self._add(uuid.UUID(rule_id), entry.spec, entry.sample, entry)
+            log.info("shadow of %s restored (%s)", rule_id, self.shadows[uuid.UUID(rule_id)].candidate.description)
+        except (GroqPolicyError, ValueError) as exc:  # the candidate no longer compiles, the policy is gone, ...
+            why = getattr(exc, "message", None) or str(exc)
+            self.unrestored[rule_id] = why
+            log.error("shadow of %s could not be restored: %s (discard it to remove it)", rule_id, why)
+
+    async def _save_counters(self) -> None:
+        while True:
+            await asyncio.sleep(SAVE_S)
+            await self._save_moved()
+
+    async def _save_moved(self) -> None:
+        for shadow in list(self.shadows.values()):
+            counts = (shadow.compared, shadow.diverged, shadow.errors)
+            # promoted or discarded while an earlier save was awaited: saving it now would bring it back
+            gone = self.shadows.get(shadow.rule_id) is not shadow
+            if counts != shadow.saved_counts and self.bucket is not None and not gone:
+                try:
+                    await self.bucket.save(shadow.rule_id, shadow.saved())
+                    shadow.saved_counts = counts
+                except (GroqPolicyError, nats.errors.Error) as exc:  # tried again next round
+                    log.warning("shadow of %s: counters not saved (%s)", shadow.rule_id, exc)
 
     async def stop(self) -> None:
+        saver, self._saver = self._saver, None
+        if saver is not None:
+            saver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await saver
+            await self._save_moved()  # the counters as they are now: the next start goes on from them
         worker, self._worker = self._worker, None
-        for shadow in self.shadows.values():  # kept for the process's life only: a restart starts without
+        for shadow in self.shadows.values():  # kept in the bucket: the next start restores them
             if worker is not None:
                 worker.retire(shadow)
             else:
@@ -136,19 +197,32 @@ class ShadowMode:
             raise Conflict(f"shadow: policy {spec.rule_id} has a shadow already (promote or discard it first)")
         if spec.bundle_dir is not None:
             raise BadRequest("shadow: a bundle_dir candidate cannot be shadowed (use `groqpolicy impact` for it)")
-        live = await self.policies.get(spec.rule_id)
-        if not live.is_active:
-            raise Conflict(f"shadow: policy {spec.rule_id} is not active (a shadow runs beside a live policy)")
-        candidate = await asyncio.to_thread(build_candidate, spec, self.policies)
-        evaluator = candidate.evaluator(self.policies, self.settings.bridge_url, self.transport)
-        shadow = _Shadow(spec.rule_id, candidate, evaluator, DEFAULT_SAMPLE if sample is None else sample)
-        if self._worker is None:
-            self._worker = _Worker(self)
-        self.shadows[spec.rule_id] = shadow
-        self.sample = max(s.sample for s in self.shadows.values())
+        shadow = await self._add(spec.rule_id, spec, DEFAULT_SAMPLE if sample is None else sample, None)
+        shadow.by = who
+        candidate = shadow.candidate
+        if self.bucket is not None:
+            try:
+                await self.bucket.save(spec.rule_id, shadow.saved())
+            except BaseException:
+                self._drop(spec.rule_id)
+                raise
+        self.unrestored.pop(str(spec.rule_id), None)  # a new shadow takes the unrestored one's place
         await self.audit([admin_record("shadow", "other", {"rule_id": str(spec.rule_id), "candidate": candidate.description,
                                                             "candidate_revision": candidate.revision, "by": who})])
         return self.summary(shadow)
+
+    async def _add(self, rule_id: uuid.UUID, spec: CandidateSpec, sample: float, saved: SavedShadow | None) -> _Shadow:
+        live = await self.policies.get(rule_id)
+        if not live.is_active:
+            raise Conflict(f"shadow: policy {rule_id} is not active (a shadow runs beside a live policy)")
+        candidate = await asyncio.to_thread(build_candidate, spec, self.policies)
+        evaluator = candidate.evaluator(self.policies, self.settings.bridge_url, self.transport)
+        shadow = _Shadow(rule_id, candidate, evaluator, sample, saved)
+        if self._worker is None:
+            self._worker = ShadowThread(self)
+        self.shadows[rule_id] = shadow
+        self.sample = max(s.sample for s in self.shadows.values())
+        return shadow
 
     def summary(self, shadow: _Shadow) -> ShadowSummary:
         return ShadowSummary(rule_id=shadow.rule_id, candidate=shadow.candidate.description,
@@ -179,12 +253,21 @@ class ShadowMode:
                            "promotion refused (force it to promote anyway: the force is recorded)")
         await self._apply(shadow.candidate.spec)
         self._drop(rule_id)
+        await self._unsave(rule_id)
         await self.audit([admin_record("promote", "allow", facts)])
         return {"promoted": True, **facts}
 
     async def discard(self, rule_id: uuid.UUID, who: str = "") -> dict[str, Any]:
+        why = self.unrestored.get(str(rule_id))
+        if why is not None and rule_id not in self.shadows:  # a saved shadow that could not be restored
+            await self._unsave(rule_id)
+            del self.unrestored[str(rule_id)]
+            gone: dict[str, Any] = {"rule_id": str(rule_id), "unrestored": why, "by": who}
+            await self.audit([admin_record("discard", "other", gone)])
+            return {"discarded": True, **gone}
         shadow = self._get(rule_id)
         self._drop(rule_id)
+        await self._unsave(rule_id)
         facts = {"rule_id": str(rule_id), "candidate": shadow.candidate.description, "compared": shadow.compared,
                  "diverged": shadow.diverged, "divergence_rate": round(shadow.rate, 6), "by": who}
         await self.audit([admin_record("discard", "other", facts)])
@@ -199,6 +282,10 @@ class ShadowMode:
         elif spec.rule_id is not None and spec.opa_policy is not None:
             await self.policies.update(spec.rule_id, PolicyUpdate(opa_policy=spec.opa_policy,
                                                                   constitutional_hash=CONSTITUTIONAL_HASH))
+
+    async def _unsave(self, rule_id: uuid.UUID) -> None:
+        if self.bucket is not None:
+            await self.bucket.remove(rule_id)
 
     def _drop(self, rule_id: uuid.UUID) -> None:
         shadow = self.shadows.pop(rule_id)
@@ -246,74 +333,3 @@ class ShadowMode:
                 if self.store is not None:
                     self.store.submit_divergence(seen)
             record_shadow(key, "diverged" if theirs.decision != live.decision else "same", shadow.rate)
-
-
-class _Worker:
-    """The shadow thread: its own event loop, taking what `observe` queued every `TICK_S`."""
-
-    def __init__(self, mode: ShadowMode) -> None:
-        self.mode = mode
-        self.loop = asyncio.new_event_loop()
-        self.retired: list[_Shadow] = []
-        self.running: asyncio.Task[None] | None = None
-        self.thread = threading.Thread(target=self.loop.run_forever, name="groqpolicy-shadow", daemon=True)
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self._run(), self.loop)
-
-    async def _run(self) -> None:
-        self.running = asyncio.current_task()
-        queue = self.mode.queue
-        while True:
-            await asyncio.sleep(TICK_S)
-            await self._close_retired()
-            items = [queue.popleft() for _ in range(len(queue))]
-            if items:
-                try:
-                    await self.mode.compare(items)
-                except Exception:
-                    log.exception("shadow: a comparison round failed")
-
-    def retire(self, shadow: _Shadow) -> None:
-        self.retired.append(shadow)  # closed on the shadow thread, between rounds
-
-    async def _close_retired(self) -> None:
-        while self.retired:
-            shadow = self.retired.pop()
-            if shadow.pipeline is not None:
-                await shadow.pipeline.stop()
-            shadow.evaluator.close()
-
-    async def _shutdown(self) -> None:
-        if self.running is not None:
-            self.running.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.running
-        await self._close_retired()
-
-    def stop(self) -> None:
-        """From another thread: end the rounds, close what was retired, stop the loop."""
-        try:
-            asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop).result(timeout=5)
-        except (TimeoutError, RuntimeError):
-            log.warning("shadow: the shadow thread did not stop in time")
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=5)
-        if not self.thread.is_alive():
-            self.loop.close()
-
-
-def threadsafe_ask(ask: AskModel, loop: Callable[[], asyncio.AbstractEventLoop | None]) -> AskModel:
-    """`ask` (bound to the serving loop's NATS client) for a caller on another loop (the shadow thread)."""
-
-    async def call(tier: str, body: bytes) -> tuple[int, bytes, int]:
-        target = loop()
-        if target is None:
-            raise RuntimeError("no serving loop for model calls")
-
-        async def on_target() -> tuple[int, bytes, int]:
-            return await ask(tier, body)
-
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(on_target(), target))
-
-    return call
-

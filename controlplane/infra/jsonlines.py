@@ -11,6 +11,13 @@ lie, and a size that stays bounded.
 - **Rotation**: once a file would grow past `max_bytes` it moves to `<file>.1` (`.1` to `.2`, and
   so on; the oldest beyond `keep` goes) and a fresh file starts. A caller that keeps a compact view
   instead (agent status) rewrites the file with `rewrite`.
+- **Age** (`max_age_s`, 0: none): a rotated file whose newest line (its mtime: rotation keeps it)
+  is older than that is removed, and the live file also rotates once it has been written for a
+  `1/(keep+1)` share of the age, so the live file plus `keep` rotated ones span the whole age and a
+  quiet file does not hold old lines for ever. The live file is never removed under the writer: one
+  that holds only expired lines is rotated first, then removed as a rotated one. Checked at start
+  and on appends (at most once a second), so no line is kept much past `max_age_s * (1 + 1/(keep+1))`
+  and none younger than `max_age_s` is removed by age.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
@@ -39,10 +47,16 @@ class StateUnavailable(Unavailable):
 
 
 class JsonLinesFile:
-    def __init__(self, path: Path, *, max_bytes: int = DEFAULT_MAX_BYTES, keep: int = DEFAULT_KEEP) -> None:
+    def __init__(self, path: Path, *, max_bytes: int = DEFAULT_MAX_BYTES, keep: int = DEFAULT_KEEP,
+                 max_age_s: float = 0.0, clock: Callable[[], float] = time.time) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.keep = keep
+        self.max_age_s = max_age_s
+        self._clock = clock
+        self._born = clock()  # when the live file's first line was written (at most); unknown at start: now
+        self._expiry_checked = float("-inf")
+        self.expired = 0  # rotated files removed by age
         self.quarantine_path = path.with_name(path.name + ".quarantine")
         self.quarantined = 0  # lines moved aside by the last replay
         self._lock = threading.Lock()
@@ -103,6 +117,7 @@ class JsonLinesFile:
         with self._lock:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._expire()
                 self._rotate_if_full(len(data))
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
                 os.fchmod(fd, 0o600)  # a file an older version left wider is narrowed too
@@ -110,6 +125,8 @@ class JsonLinesFile:
                 raise self._unavailable("cannot open", exc) from exc
             try:
                 start = os.fstat(fd).st_size
+                if start == 0:
+                    self._born = self._clock()
                 try:
                     written = os.write(fd, data)
                     if written != len(data):
@@ -140,9 +157,40 @@ class JsonLinesFile:
         except OSError:
             return 0
 
+    def expire(self) -> None:
+        """Remove what is past `max_age_s` now (also called from appends, at most once a second)."""
+        with self._lock:
+            self._expiry_checked = float("-inf")
+            self._expire()
+
+    def _expire(self) -> None:
+        now = self._clock()
+        if self.max_age_s <= 0 or now - self._expiry_checked < 1.0:
+            return
+        self._expiry_checked = now
+        oldest_kept = now - self.max_age_s
+        try:
+            live = self.path.stat() if self.path.is_file() else None
+            if live is not None and live.st_size > 0 and (
+                    live.st_mtime < oldest_kept or now - self._born > self.max_age_s / (self.keep + 1)):
+                self._rotate()  # only expired lines, or written long enough: the next file starts now
+            for n in range(1, self.keep + 1):
+                older = self.path.with_name(f"{self.path.name}.{n}")
+                if older.is_file() and older.stat().st_mtime < oldest_kept:
+                    older.unlink()
+                    self.expired += 1
+                    log.info("%s: removed, its newest line is older than %.0f s", older.name, self.max_age_s)
+        except FileNotFoundError:  # removed meanwhile by hand: nothing left to expire
+            pass
+
     def _rotate_if_full(self, incoming: int) -> None:
         if not self.path.is_file() or self.size() + incoming <= self.max_bytes or self.size() == 0:
             return
+        self._rotate()
+        log.info("%s: rotated at %d bytes", self.path, self.max_bytes)
+
+    def _rotate(self) -> None:
+        self._born = self._clock()
         rotated = [self.path.with_name(f"{self.path.name}.{n}") for n in range(1, self.keep + 1)]
         if self.keep == 0:
             self.path.unlink()
@@ -152,7 +200,6 @@ class JsonLinesFile:
             if newer.exists():
                 os.replace(newer, older)
         os.replace(self.path, rotated[0])
-        log.info("%s: rotated to %s at %d bytes", self.path, rotated[0].name, self.max_bytes)
 
     def _unavailable(self, what: str, exc: OSError) -> StateUnavailable:
         return StateUnavailable(f"state: {what} {self.path} ({exc.strerror or exc}); nothing was stored, "

@@ -20,8 +20,9 @@ restriction" to nats-server):
     controlplane  policy KV + artifact object store (read/write, no create), audit stream (append and
                   read; no create, update, delete or purge), the audit checkpoints' bucket (get and
                   put under its keys; no create), the replay store (append and read; no create,
-                  update, delete or purge), policy.escalations, request groq.infer.*,
-                  the workers' $SRV.STATS (dashboard); serves policy.evaluate in its queue group only
+                  update, delete or purge), the shadows' bucket (read and write keys; no create),
+                  the evaluation jobs' bucket and results (read/write; no create), policy.escalations,
+                  groq.infer.*, the workers' $SRV.STATS (dashboard); serves policy.evaluate in its queue group only
     worker        serves groq.infer.* in its queue group only; reads and writes the judgments bucket
     gateway       requests groq.infer.*; nothing else
     tool          requests policy.evaluate; nothing else (`groqpolicy evaluate --via nats`)
@@ -102,6 +103,7 @@ class Names(msgspec.Struct, frozen=True, kw_only=True):
     worker_service: str = "groqpolicy-inference"  # bridge.inference.worker.service.SERVICE_NAME
     worker_queue: str = "groq-infer"  # bridge.inference.worker.service.QUEUE_GROUP
     judgments: str = KVCache.BUCKET
+    shadows: str = "groqpolicy_shadows"  # controlplane.impact.shadow_state.BUCKET
 
 
 class Grant(msgspec.Struct, frozen=True):
@@ -160,6 +162,11 @@ def _controlplane(n: Names) -> Permissions:
         Grant(n.replay_subjects, "replay store: recorded decisions and judgments (append only: no delete, no purge)"),
         Grant(f"{n.infer_prefix}.*", "model judgments from the workers"),
         Grant(f"$SRV.STATS.{n.worker_service}", "dashboard: the workers' counters"),
+        _js("STREAM.INFO", f"KV_{n.shadows}", "open the shadows' bucket"),
+        _js("STREAM.MSG.GET", f"KV_{n.shadows}", "kv.get: a saved shadow"),
+        _js("CONSUMER.CREATE", f"KV_{n.shadows}", "kv.keys at start: an ephemeral ordered consumer"),
+        _js("CONSUMER.INFO", f"KV_{n.shadows}", "kv.keys: where the keys end", ".>"),
+        Grant(f"$KV.{n.shadows}.>", "save a shadow and its counters, remove it on promote / discard"),
     ), subscribe=(
         _inbox("controlplane"),
         Grant(f"{n.evaluate} {n.evaluate_queue}", "serve policy.evaluate, only in its queue group"),
@@ -199,10 +206,10 @@ def _worker(n: Names) -> Permissions:
 
 def _bootstrap(n: Names) -> Permissions:
     kv, obs, audit, judgments = f"KV_{n.policy_bucket}", f"OBJ_{n.artifacts}", n.audit_stream, f"KV_{n.judgments}"
-    checkpoints = f"KV_{n.audit_checkpoints}"
+    checkpoints, shadows = f"KV_{n.audit_checkpoints}", f"KV_{n.shadows}"
     return Permissions(publish=(
         *(_js(verb, stream, f"create {stream} where it is missing")
-          for stream in (kv, obs, audit, checkpoints, judgments, n.replay_stream, f"KV_{n.evaljobs}",
+          for stream in (kv, obs, audit, checkpoints, judgments, n.replay_stream, shadows, f"KV_{n.evaljobs}",
                          f"OBJ_{n.evaljob_results}")
           for verb in ("STREAM.INFO", "STREAM.CREATE")),
         _js("STREAM.UPDATE", audit, "bring the audit stream's replicas / atomic batches in line"),

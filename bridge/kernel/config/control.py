@@ -35,6 +35,7 @@ class Settings(_Section, kw_only=True):
     max_log_event_bytes: int = 256 * 1024  # one decision-log event; a larger one is refused (and audited as such)
     max_status_bytes: int = 2 * 1024 * 1024  # one status report, decompressed; larger is a 413
     decision_log_file_bytes: int = 64 * 1024 * 1024  # decision_logs.jsonl rotates to .1, .2, .3 at this size
+    decision_log_max_age_s: float = 7 * 24 * 3600.0  # ... and its rotated files go once older than this (0: no limit)
     compile_on_start: bool = True
     bridge_url: str = "http://127.0.0.1:8016"  # where Rego's http.send reaches the bridge gateway
     bridge_token_file: Path | None = None  # the gateway's token, in every bundle; default <state_dir>/bridge-token
@@ -81,6 +82,7 @@ class Settings(_Section, kw_only=True):
         "GROQPOLICY_MAX_LOG_EVENT_BYTES": ("max_log_event_bytes", int),
         "GROQPOLICY_MAX_STATUS_BYTES": ("max_status_bytes", int),
         "GROQPOLICY_DECISION_LOG_FILE_BYTES": ("decision_log_file_bytes", int),
+        "GROQPOLICY_DECISION_LOG_MAX_AGE_S": ("decision_log_max_age_s", float),
         "GROQPOLICY_BRIDGE_URL": ("bridge_url", str),
         "GROQPOLICY_BRIDGE_TOKEN_FILE": ("bridge_token_file", Path),
         "GROQPOLICY_TOKENS": ("tokens", str),

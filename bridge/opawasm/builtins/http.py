@@ -4,6 +4,7 @@ HTTP transport, everything else is refused. Always bounded by the evaluation dea
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -35,11 +36,16 @@ class _Refused(Exception):
     pass
 
 
+# a policy spells its timeout as one literal ("2s") at every call: parsed once (a pure function;
+# a refused spelling raises each time, lru_cache keeps no exception)
+_duration_ns = functools.lru_cache(maxsize=64)(parse_duration)
+
+
 def _timeout(req: Mapping[str, Any], ctx: EvalContext) -> float:
     t = req.get("timeout")
     secs = ctx.host.http_default_timeout
     if isinstance(t, str):
-        secs = parse_duration(t) / 1e9
+        secs = _duration_ns(t) / 1e9
     elif isinstance(t, (int, float)) and not isinstance(t, bool):
         secs = t / 1e9
     return max(0.0, min(secs, ctx.remaining()))
