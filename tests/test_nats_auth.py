@@ -270,6 +270,30 @@ async def test_the_control_plane_runs_its_store_audit_and_escalations_without_a_
         await nc.close()
 
 
+async def test_the_control_plane_shares_evaluation_jobs_in_the_buckets_bootstrap_made_without_a_violation(authed):
+    from controlplane.evaljobs.schemas import Job
+    from controlplane.evaljobs.shared import SharedJobs
+
+    url, auth = authed
+    nc, reports = await as_role(url, auth, "controlplane")
+    try:
+        jobs = await SharedJobs.open(nc)  # finds the bucket and the results store: no create
+        job = Job(id=uuid.uuid4().hex, state="running", via="batch", performance_tier="fast", policy_types=[],
+                  contexts=1, created_at=time.time(), heartbeat_at=time.time())
+        await jobs.save(job)
+        await jobs.save(msgspec.structs.replace(job, done=1))
+        await jobs.request_cancel(job.id)
+        assert await jobs.cancel_requested(job.id)
+        big = b"".join(b'{"line": %d, "pad": "%s"}\n' % (i, b"x" * 200) for i in range(12_000))  # > 1 MiB
+        await jobs.write_results(job.id, big)
+        assert await jobs.results(job.id) == big
+        assert [j.id for j in await jobs.listing()] == [job.id] and (await jobs.get(job.id)).done == 1
+        await nc.flush()
+        assert reports.violations() == []
+    finally:
+        await nc.close()
+
+
 async def test_worker_gateway_control_plane_and_ops_do_their_jobs(authed, emulator):
     url, auth = authed
     worker_nc, worker_reports = await as_role(url, auth, "worker")
