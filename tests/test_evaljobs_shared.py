@@ -151,3 +151,30 @@ def test_an_unreadable_record_in_the_bucket_is_quarantined_never_fatal(pair, cap
     assert f"evaluation job {bad}: its record in {BUCKET} is unreadable" in caplog.text
     assert asyncio.run(quarantined()) == b"{not json"
     assert a.get(f"/api/v1/evaluate/jobs/{bad}", headers=EV).status_code == 404
+
+
+def test_without_jetstream_at_start_a_process_keeps_its_jobs_in_its_state_directory(pair, tmp_path):
+    from controlplane.services import Services
+    from tests.controlplane_helpers import running_control_plane
+
+    _, b, planes, emu, url = pair
+    settings = make_settings(tmp_path / "c", nats_url=url, record_key_file=planes[0].settings.state_dir / KEY_DIR / SIGNING_FILE)
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("GROQ_API_KEY", raising=False)
+        env.setenv("GROQPOLICY_EMULATOR_URL", emu.url)
+        env.setenv("GROQPOLICY_BATCH_POLL_S", "0.05")
+        built = Services.build(settings)
+    built.evaljobs.nats = lambda: None  # as when the connection is not up when the jobs start
+    with running_control_plane(settings, built), \
+            httpx.Client(base_url=settings.base_url, headers=ADMIN_HEADERS, timeout=60) as c:
+        assert built.evaljobs.shared is None
+        deadline = time.monotonic() + 30  # the policies a published reach c through the policy store
+        while (r := c.post("/api/v1/evaluate/jobs", headers=EV, json={"contexts": contexts(), "performance_tier": "fast"})
+               ).status_code == 503:
+            assert time.monotonic() < deadline, r.text
+            time.sleep(0.2)
+        assert r.status_code == 202, r.text
+        done = finished(c, r.json()["id"])
+        assert done["state"] == "completed" and len(results(c, done["id"])) == len(contexts())
+        assert (settings.state_dir / "evaljobs" / f"{done['id']}.ndjson").is_file()
+        assert b.get(f"/api/v1/evaluate/jobs/{done['id']}", headers=EV).status_code == 404  # the price, as documented
