@@ -1,8 +1,9 @@
 """Evaluation jobs answered by every control-plane process: two control planes (each with its own
 state directory and port) on one real nats-server, a real inference worker, the Groq emulator's
 Batch API over the real `groq` SDK. A job submitted to one is read, listed and cancelled on the
-other; one whose runner stops heartbeating is `interrupted` everywhere; a finished job survives a
-restart of both; an unreadable record in the bucket is quarantined, never fatal."""
+other; one whose runner stops heartbeating (in process, or a `serve` process killed with SIGKILL) is
+`interrupted` everywhere; a finished job survives a restart of both; an unreadable record in the
+bucket is quarantined, never fatal; a process without JetStream at start keeps its own files."""
 
 from __future__ import annotations
 
@@ -178,3 +179,52 @@ def test_without_jetstream_at_start_a_process_keeps_its_jobs_in_its_state_direct
         assert done["state"] == "completed" and len(results(c, done["id"])) == len(contexts())
         assert (settings.state_dir / "evaljobs" / f"{done['id']}.ndjson").is_file()
         assert b.get(f"/api/v1/evaluate/jobs/{done['id']}", headers=EV).status_code == 404  # the price, as documented
+
+
+def test_a_runner_process_killed_outright_leaves_its_job_interrupted(pair, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from controlplane.infra.processes import free_port, wait_for_port
+    from tests.controlplane_helpers import TEST_TOKENS
+
+    _, b, planes, emu, url = pair
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "GROQ_API_KEY"}
+    env.update(GROQPOLICY_NATS_URL=url, GROQPOLICY_EMULATOR_URL=emu.url, GROQPOLICY_BATCH_POLL_S="0.05",
+               GROQPOLICY_TOKENS=TEST_TOKENS, GROQPOLICY_RATE_LIMIT="off",
+               GROQPOLICY_RECORD_KEY_FILE=str(planes[0].settings.state_dir / KEY_DIR / SIGNING_FILE))
+    with open(tmp_path / "cp.log", "wb") as log:  # its own session: the kill reaches it and its children only
+        proc = subprocess.Popen([sys.executable, "-m", "controlplane.ops.cli", "serve", "--port", str(port),
+                                 "--state-dir", str(tmp_path / "state"), "--log-level", "warning"],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    reader = planes[1].services.evaljobs
+    try:
+        wait_for_port(port, timeout=90, proc=proc)
+        emu.app.force("slow=5000", model="openai/gpt-oss-20b")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
+            deadline = time.monotonic() + 30  # its evaluator loads the policies a published
+            while (r := c.post("/api/v1/evaluate/jobs", headers=EV, json={
+                    "contexts": contexts(["a note whose process is killed"], 2), "performance_tier": "fast",
+                    "policy_types": ["ethical_constraints"]})).status_code == 503:
+                assert time.monotonic() < deadline, r.text
+                time.sleep(0.2)
+        assert r.status_code == 202, r.text
+        job = wait_for_batch(b, r.json()["id"])
+        assert job["state"] == "running"
+        os.killpg(proc.pid, signal.SIGKILL)  # no stop, no last write: only its heartbeat goes quiet
+        proc.wait(10)
+        reader.shared.stale_s = 2.0
+        deadline = time.monotonic() + 30
+        while (seen := b.get(f"/api/v1/evaluate/jobs/{job['id']}", headers=EV).json())["state"] == "running":
+            assert time.monotonic() < deadline, seen
+            time.sleep(0.2)
+        assert seen["state"] == "interrupted" and "stopped: no heartbeat" in seen["error"], seen
+        assert b.get(f"/api/v1/evaluate/jobs/{job['id']}/results", headers=EV).status_code == 409
+    finally:
+        reader.shared.stale_s = 15.0
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
