@@ -12,8 +12,8 @@ hash, a Batch API endpoint, an active revision): the caller gets a 4xx (or 503) 
 
 Where the jobs live: on NATS, in JetStream (`shared`), so every process of the deployment answers
 for every job, and a cancel asked of any process reaches the runner through the job's cancel flag,
-read at each heartbeat. Without a NATS connection at start (a control plane run without NATS),
-in this process's state directory (`store`): a job then lives on the process that ran it.
+read at each heartbeat. Without JetStream at start (no NATS connection, or the buckets cannot be
+opened), in this process's state directory (`store`): a job then lives on the process that ran it.
 """
 
 from __future__ import annotations
@@ -201,7 +201,8 @@ class EvalJobs:
                 except Superseded as exc:
                     log.error("evaluation job %s: %s; stopped here", job_id, exc)
                     self._superseded.add(job_id)
-                    self._tasks[job_id].cancel()
+                    if (task := self._tasks.get(job_id)) is not None:
+                        task.cancel()
                 except Unavailable as exc:  # the next beat tries again; STALE_S allows many
                     log.warning("evaluation job %s: heartbeat not written (%s)", job_id, exc)
                 except Exception:  # a beat that fails must not end the beating: every job would go stale
@@ -222,6 +223,10 @@ class EvalJobs:
                 await self._write_results(job.id, responses)
                 job.decisions = dict(Counter(r.decision for r in responses))
                 job.state = "completed"
+        except Superseded as exc:  # another process took it for dead and said so: it stays interrupted
+            log.error("evaluation job %s: %s; stopped here", job.id, exc)
+            self._superseded.add(job.id)
+            await self._cancel_batch(job)
         except (asyncio.CancelledError, Cancelled):
             job.state = "cancelled" if job.id in self._cancelling else "interrupted"
             job.error = "cancelled by the caller" if job.state == "cancelled" else "the control plane stopped"
@@ -259,11 +264,7 @@ class EvalJobs:
         if self.shared is None:
             await asyncio.to_thread(self.store.write_results, job_id, responses)
             return
-        encoder, buf = msgspec.json.Encoder(), bytearray()
-        for response in responses:
-            encoder.encode_into(response, buf, -1)
-            buf.extend(b"\n")
-        await self.shared.write_results(job_id, bytes(buf))
+        await self.shared.write_results(job_id, await asyncio.to_thread(ndjson, responses))  # megabytes: off the loop
 
     async def _batch(self, job: Job, req: JobRequest, contexts: list[dict[str, Any]], archive: bytes,
                      records: list[Any]) -> list[EvaluateResponse]:
@@ -311,6 +312,14 @@ class EvalJobs:
             await asyncio.wait_for(self.batch.require().client.batches.cancel(job.batch.id), CANCEL_WAIT_S)
         except Exception as exc:  # noqa: BLE001 - the job is cancelled either way
             log.warning("evaluation job %s: batch %s not cancelled: %s", job.id, job.batch.id, exc)
+
+
+def ndjson(responses: list[EvaluateResponse]) -> bytes:
+    encoder, buf = msgspec.json.Encoder(), bytearray()
+    for response in responses:
+        encoder.encode_into(response, buf, -1)
+        buf.extend(b"\n")
+    return bytes(buf)
 
 
 def judgments_of(reask: BatchReAsk) -> Judgments:
