@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,12 +22,41 @@ import httpx
 import pytest
 
 from benchmarks.harness import TOKEN, spawn
+from bridge.kernel.config import Settings
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
-from controlplane.infra.processes import free_port, start_nats, start_opa_agent, wait_for_port
+from controlplane.app import CONTROL_PLANE_READY
+from controlplane.infra.processes import free_port, listen_socket, start_nats, start_opa_agent, wait_for_port
+from controlplane.ops.system import replica_environment
 from tests.policy_examples import load_policy_examples
 
 ROOT = Path(__file__).resolve().parent.parent
 H = CONSTITUTIONAL_HASH
+
+
+PROCESSES = 2  # the second control plane: this many processes on one socket, as `groqpolicy up` runs them
+
+
+def start_processes(tmp: Path, cp_env: dict[str, str], state: Path) -> tuple[int, list[subprocess.Popen], socket.socket]:
+    """`PROCESSES` more control-plane processes of the deployment whose first process keeps `state`
+    (replicas 2, 3, ...: its keys, tokens and JetStream state), all serving one listening socket
+    held here, exactly as the supervisor starts them; (port, processes, socket)."""
+    port = free_port()
+    sock = listen_socket("127.0.0.1", port)
+    settings = Settings(state_dir=state, tokens=cp_env["GROQPOLICY_TOKENS"],
+                        bridge_token_file=Path(cp_env["GROQPOLICY_BRIDGE_TOKEN_FILE"]))
+    procs, logs = [], []
+    for number in range(2, PROCESSES + 2):
+        logs.append(tmp / f"cp-{number}.log")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "controlplane.ops.cli", "serve", "--fd", str(sock.fileno()), "--log-level", "warning"],
+            env=dict(cp_env, GROQPOLICY_PORT=str(port), GROQPOLICY_PROCESSES=str(PROCESSES), **replica_environment(settings, number)),
+            cwd=ROOT,
+            stdout=open(logs[-1], "w"), stderr=subprocess.STDOUT, start_new_session=True, pass_fds=(sock.fileno(),)))
+    deadline = time.monotonic() + 120
+    while not all(CONTROL_PLANE_READY in log.read_text() for log in logs):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), [log.read_text()[-2000:] for log in logs]
+        time.sleep(0.2)
+    return port, procs, sock
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +68,7 @@ def api_stack():
     env["PYTHONPATH"] = str(ROOT)
     procs: list[subprocess.Popen] = []
     agent = None
+    multi_socket = None
     loop = asyncio.new_event_loop()
     try:
         emu_port, gw_port, cp_port, floor_port, agent_port = (free_port() for _ in range(5))
@@ -57,6 +88,8 @@ def api_stack():
         wait_for_port(cp_port, timeout=90, proc=procs[-1])
         procs.append(spawn([sys.executable, "-m", "benchmarks.api.trivial_app", str(floor_port)], tmp / "floor.log", env))
         wait_for_port(floor_port, proc=procs[-1])
+        multi_port, multi, multi_socket = start_processes(tmp, cp_env, tmp / "state")
+        procs += multi
 
         admin = httpx.Client(base_url=f"http://127.0.0.1:{cp_port}", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
         ex = load_policy_examples()
@@ -78,7 +111,8 @@ def api_stack():
         model_ctx = {**ex["ethical_constraints"]["model_review"], "principal": "bench", "oversight": {"escalation": "bench"}}
         yield {"loop": loop, "tmp": tmp, "cp_port": cp_port, "floor_port": floor_port, "agent_port": agent_port,
                "ids": ids, "rules_ctx": rules_ctx, "model_ctx": model_ctx, "agent": agent, "admin": admin,
-               "cp_pid": procs[3].pid, "floor_pid": procs[4].pid, "nats_url": url, "state_dir": tmp / "state"}
+               "cp_pid": procs[3].pid, "floor_pid": procs[4].pid, "nats_url": url, "state_dir": tmp / "state",
+               "multi_port": multi_port, "multi_pids": [p.pid for p in multi]}
     finally:
         if agent is not None:
             agent.stop()
@@ -91,3 +125,5 @@ def api_stack():
                 p.kill()
         ns.stop()
         loop.close()
+        if multi_socket is not None:
+            multi_socket.close()

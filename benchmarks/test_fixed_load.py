@@ -6,6 +6,8 @@ Contenders (all on the shared stack of `conftest.py`; the policy is the library'
 
     floor              the trivial Litestar app decoding the same request (the framework floor)
     evaluate_rules     POST /api/v1/evaluate on the control plane (bearer guard, constitution, WASM, audit)
+    evaluate_2proc     the same on two control-plane processes serving one socket (`GROQPOLICY_PROCESSES=2`;
+                       the memory column is the first process's)
     opa_agent_info     POST /v1/data/<policy>/decision on an agent launched exactly as `make run` launches
                        it (`launch_opa_agent`: info-level logs)
     opa_agent_error    the same request on the stack's agent at error-level logs
@@ -80,6 +82,8 @@ def _targets(stack, info_agent) -> dict[str, tuple[str, bytes, dict[str, str], i
         "floor": (f"http://127.0.0.1:{stack['floor_port']}/api/v1/evaluate", evaluate, json_h, stack["floor_pid"]),
         "evaluate_rules": (f"http://127.0.0.1:{stack['cp_port']}/api/v1/evaluate", evaluate, {**json_h, "Authorization": f"Bearer {TOKEN}"},
                            stack["cp_pid"]),
+        "evaluate_2proc": (f"http://127.0.0.1:{stack['multi_port']}/api/v1/evaluate", evaluate,
+                           {**json_h, "Authorization": f"Bearer {TOKEN}"}, stack["multi_pids"][0]),
         "opa_agent_info": (f"{info_agent.extra['url']}/v1/data/{entry}", opa_body, json_h, info_agent.proc.pid),
         "opa_agent_error": (f"http://127.0.0.1:{stack['agent_port']}/v1/data/{entry}", opa_body, json_h, stack["agent"].proc.pid),
     }
@@ -115,7 +119,7 @@ def _row(report: dict[str, Any], rss: float | None) -> dict[str, Any]:
 def _growth(before: dict[str, int], after: dict[str, int], results: dict[int, dict[str, dict[str, Any]]]) -> dict[str, Any]:
     """Storage per evaluation: the audit stream holds the control plane's records and the agents'
     uploaded decisions; the decision-log file only the agents'. Warm-up requests count too."""
-    api = WARMUP_S * 100 + sum(row["evaluate_rules"]["requests"] for row in results.values())
+    api = 2 * WARMUP_S * 100 + sum(row[n]["requests"] for row in results.values() for n in ("evaluate_rules", "evaluate_2proc"))
     agents = 2 * WARMUP_S * 100 + sum(row[n]["requests"] for row in results.values() for n in ("opa_agent_info", "opa_agent_error"))
     delta = {k: after[k] - before[k] for k in after}
     return {**delta, "api_evaluations": api, "agent_decisions": agents,

@@ -37,6 +37,8 @@ BLOCKS = 3 if SHORT else 10
 PER_BLOCK = 400 if SHORT else 3000  # evaluations per contender per block, at most ...
 BUDGET_S = 0.2 if SHORT else 1.0  # ... and no longer than this
 CONTENDERS = ["groqpolicy", "regorus", "opa-golib", "opa-py-wasm", "regopy", "opa-rest"]
+if os.environ.get("GROQPOLICY_BENCH_BASELINE"):  # another checkout's evaluator, side by side (before/after)
+    CONTENDERS.insert(1, "groqpolicy-base")
 CLASSES = classes()
 RESULTS: dict[str, dict[str, Any]] = {}
 
@@ -93,7 +95,7 @@ def _table() -> str:
     lines = ["", f"load average (1, 5, 15 min): {os.getloadavg()}", f"{'class':<12} {'contender':<12} {'median us':>10} {'p99 us':>10} {'n':>6}  x groqpolicy"]
     for klass, row in RESULTS.items():
         base = row["groqpolicy"].get("median_us")
-        peers = [r["median_us"] for k, r in row.items() if k != "groqpolicy" and "median_us" in r]
+        peers = [r["median_us"] for k, r in row.items() if not k.startswith("groqpolicy") and "median_us" in r]
         for kind, r in sorted(row.items(), key=lambda kv: kv[1].get("median_us", float("inf"))):
             if "skipped" in r:
                 lines.append(f"{klass:<12} {kind:<12} skipped: {r['skipped'][:150]}")
@@ -101,6 +103,8 @@ def _table() -> str:
             lines.append(f"{klass:<12} {kind:<12} {r['median_us']:>10.1f} {r['p99_us']:>10.1f} {r['n']:>6}  {r['median_us'] / base:.2f}x")
         if peers:
             lines.append(f"{klass:<12} groqpolicy / best peer: {base / min(peers):.2f}x")
+        if "median_us" in row.get("groqpolicy-base", {}):
+            lines.append(f"{klass:<12} groqpolicy-base / best peer: {row['groqpolicy-base']['median_us'] / min(peers):.2f}x")
     return "\n".join(lines)
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +43,9 @@ from controlplane.routes import get
 from controlplane.services import Lifecycle, Services, Step
 
 log = logging.getLogger(__name__)
+# what a served control plane prints once its start-up is complete: the supervisor's readiness
+# probe (several processes share one socket, so a probe on the port cannot tell which one answered)
+CONTROL_PLANE_READY = "groqpolicy control plane ready"
 
 
 @get("/health", tags=["ops"], summary="Liveness and what is loaded", opt={"public": True})
@@ -54,6 +59,7 @@ async def health(revisions: NamedDependency[RevisionStore], errors: NamedDepende
         "bundles": [f"{r.bundle}/{r.target}@{r.revision}" for r in revisions.bundles()],
         "errors": errors,  # start-up publishing, stored policies, wasm loads
         "nats": nats.connected,
+        "process": os.getpid(),  # which of the processes sharing the port answered (`GROQPOLICY_PROCESSES`)
         **({"supervisor": msgspec.to_builtins(supervisor)} if supervisor is not None else {}),
     }
 
@@ -79,7 +85,7 @@ def dependencies(services: Services) -> dict[str, Provide]:
         "gauges": services.gauges, "startup_errors": services.startup_errors, "bridge_token": services.bridge_token,
         "signin_codes": services.signin_codes,
         "impact": services.impact, "shadows": services.shadows, "agent_decisions": services.agent_decisions,
-        "replay": services.replay, "evaljobs": services.evaljobs,
+        "replay": services.replay, "evaljobs": services.evaljobs, "status_sharing": services.status_sharing,
     }
     recorder = services.recorder
 
@@ -98,7 +104,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     """The control plane. `freeze_heap` (for a process that serves only this app): once started,
     move every object alive (modules, app, compiled policies) out of the garbage collector's
     generations (`gc.freeze`), so the collections that request handling triggers stop walking
-    them; on a batch of evaluations that is a large part of the time spent."""
+    them; on a batch of evaluations that is a large part of the time spent; and say on stderr
+    when the start-up is complete (`CONTROL_PLANE_READY`)."""
     settings = settings or Settings.from_env()
     services = services or Services.build(settings)
 
@@ -106,6 +113,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         if freeze_heap:
             gc.collect()
             gc.freeze()
+            print(f"{CONTROL_PLANE_READY} (pid {os.getpid()})", file=sys.stderr, flush=True)
 
     lifecycle = Lifecycle([*services.components(), ("heap", Step(freeze_startup_heap))])
 

@@ -28,6 +28,7 @@ from bridge.opabundle.keys import SigningKey
 from bridge.opawasm import HostConfig, WasmEvaluator
 from controlplane.agents.decision_logs import DecisionLogStore
 from controlplane.agents.sandbox import bridge_token, sandbox_overlay
+from controlplane.agents.sharing import StatusSharing
 from controlplane.agents.status import StatusStore
 from controlplane.audit import AuditTrail
 from controlplane.audit.certifications import CertificationRecorder
@@ -39,7 +40,7 @@ from controlplane.bundles.publisher import BundlePublisher
 from controlplane.bundles.revisions import RevisionStore
 from controlplane.certification.certifier import Certifier
 from controlplane.certification.checks import PolicyChecks
-from controlplane.dashboard.auth import SignInCodes
+from controlplane.dashboard.auth import SignInCodes, ensure_shared_codes, shared_codes
 from controlplane.evaljobs.service import EvalJobs
 from controlplane.evaljobs.shared import ensure as ensure_evaljobs
 from controlplane.evaljobs.store import JobStore
@@ -136,6 +137,7 @@ class Services:
     shadows: ShadowMode
     evaljobs: EvalJobs  # evaluation jobs, online or through the Batch API (in JetStream; without NATS in <state_dir>)
     agent_decisions: AgentDecisions  # agents' decision logs into the replay store
+    status_sharing: StatusSharing  # agents' status reports, seen by every process of the deployment
     tokens: TokenSet | None = None  # bearer tokens and scopes (controlplane.auth); None refuses everyone
     bridge_token: str = ""  # what the gateway requires; bundles carry it (controlplane.agents.sandbox)
     signin_codes: SignInCodes = field(default_factory=SignInCodes)  # the dashboard's one-time sign-in links
@@ -175,7 +177,7 @@ class Services:
                              bucket=ShadowBucket(lambda: nats.client, settings.nats_replicas))
         pipeline = Pipeline(evaluator, policies.active_records, ask_model=tap.ask(models.request),
                             recorder=ObservingRecorder(recorder, replay, [shadows]), escalate=EscalationPublisher(nats),
-                            queue=settings.evaluation_queue, cpu_threads=cpus)
+                            queue=settings.evaluation_queue, cpu_threads=cpus, peers=(nats, settings.processes))
         runtime = EvaluationRuntime(nats=nats, models=models, evaluator=evaluator, follower=follower, pipeline=pipeline,
                                     service=EvaluateService(nats, pipeline), policies=policies,
                                     catalog=default_catalog(), opa_url=settings.opa_url)
@@ -195,7 +197,9 @@ class Services:
                    publisher=publisher, nats=nats, policies=policies, recorder=recorder, runtime=runtime,
                    gauges=gauges, replay=replay, impact=impact, batch=batch, shadows=shadows, evaljobs=evaljobs,
                    agent_decisions=AgentDecisions(replay, tap, settings.bridge_url, policies.active_records),
-                   tokens=tokens, bridge_token=token)
+                   status_sharing=StatusSharing(nats, statuses),
+                   tokens=tokens, bridge_token=token,
+                   signin_codes=SignInCodes(shared_codes(lambda: nats.client if nats.connected else None), lambda: tokens))
 
     def components(self) -> list[tuple[str, Component]]:
         """What runs while the app runs, in start order: the connection first, then what uses it;
@@ -210,6 +214,7 @@ class Services:
             ("evaluator follower", rt.follower),
             ("pipeline", rt.pipeline),
             ("policy.evaluate", rt.service),
+            ("agent status sharing", self.status_sharing),
             ("shadow mode", self.shadows),
             ("batch API client", self.batch),
             ("evaluation jobs", self.evaljobs),
@@ -267,8 +272,11 @@ def jetstream_steps(settings: Settings) -> list[NatsStep]:
     async def shadows(nc: NatsClient) -> None:
         await shadow_state.ensure(nc, settings.nats_replicas)
 
+    async def signin_codes(nc: NatsClient) -> None:
+        await ensure_shared_codes(nc.jetstream(), replicas=settings.nats_replicas)
+
     async def evaluation_jobs(nc: NatsClient) -> None:
         await ensure_evaljobs(nc.jetstream(), replicas=settings.nats_replicas)
 
-    return [audit_stream, policy_store, judgments, replay_store, shadows, evaluation_jobs]
+    return [audit_stream, policy_store, judgments, replay_store, shadows, signin_codes, evaluation_jobs]
 

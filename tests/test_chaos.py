@@ -93,7 +93,8 @@ def start_up(root: Path, **env_extra: str) -> System:
     state, log = root / "state", root / "up.log"
     env = {**{k: v for k, v in os.environ.items() if k not in ("GROQ_API_KEY", "GROQPOLICY_NATS_URL", "NATS_URL")},
            "GROQPOLICY_PORT": str(ports["cp"]), "GROQPOLICY_AGENT_PORT": str(ports["agent"]),
-           "GROQPOLICY_NATS_PORT": str(ports["nats"]), "GROQPOLICY_GATEWAY_PORT": str(ports["gateway"]), **env_extra}
+           "GROQPOLICY_NATS_PORT": str(ports["nats"]), "GROQPOLICY_GATEWAY_PORT": str(ports["gateway"]),
+           "GROQPOLICY_PROCESSES": "1", **env_extra}
     proc = subprocess.Popen([sys.executable, "-m", "controlplane.ops.cli", "up", "--state-dir", str(state)],
                             cwd=REPO_ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
     system = System(proc, state, log, f"http://127.0.0.1:{ports['cp']}", f"http://127.0.0.1:{ports['agent']}",

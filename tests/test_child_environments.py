@@ -67,7 +67,8 @@ def test_up_gives_groq_api_key_to_the_workers_and_the_control_plane_only(tmp_pat
     env = {**os.environ, "GROQ_API_KEY": GROQ_KEY, "GROQ_BASE_URL": f"http://127.0.0.1:{emu_port}",
            "AWS_SECRET_ACCESS_KEY": "aws-secret", "GROQPOLICY_TOKEN": "the-clis-token",
            "GROQPOLICY_PORT": str(ports["cp"]), "GROQPOLICY_AGENT_PORT": str(ports["agent"]),
-           "GROQPOLICY_NATS_PORT": str(ports["nats"]), "GROQPOLICY_GATEWAY_PORT": str(ports["bridge"])}
+           "GROQPOLICY_NATS_PORT": str(ports["nats"]), "GROQPOLICY_GATEWAY_PORT": str(ports["bridge"]),
+           "GROQPOLICY_PROCESSES": "2"}
     log = tmp_path / "up.log"
     proc = None
     try:
@@ -80,9 +81,10 @@ def test_up_gives_groq_api_key_to_the_workers_and_the_control_plane_only(tmp_pat
         health = httpx.get(f"http://127.0.0.1:{ports['cp']}/health", timeout=10).json()
         children = {c["name"]: environ_of(c["pid"]) for c in health["supervisor"]["children"]}
         assert set(children) == {"nats-server", "inference worker 1", "inference worker 2", "bridge gateway",
-                                 "control plane", "OPA agent"}
+                                 "control plane", "control plane 2", "OPA agent"}
         holders = {name for name, environ in children.items() if "GROQ_API_KEY" in environ}
-        assert holders == {"inference worker 1", "inference worker 2", "control plane"}  # the control plane: Batch API jobs
+        # the control plane's processes: Batch API jobs
+        assert holders == {"inference worker 1", "inference worker 2", "control plane", "control plane 2"}
         assert all(children[w]["GROQ_API_KEY"] == GROQ_KEY for w in holders)
         for name, environ in children.items():
             assert not {"AWS_SECRET_ACCESS_KEY", "GROQPOLICY_TOKEN"} & set(environ), name
@@ -91,7 +93,7 @@ def test_up_gives_groq_api_key_to_the_workers_and_the_control_plane_only(tmp_pat
         seeds = {name: Path(environ["GROQPOLICY_NATS_NKEY"]).name for name, environ in children.items()
                  if "GROQPOLICY_NATS_NKEY" in environ}  # each NATS role its own identity, no one another's
         assert seeds == {"inference worker 1": "worker.nk", "inference worker 2": "worker.nk",
-                         "bridge gateway": "gateway.nk", "control plane": "controlplane.nk"}
+                         "bridge gateway": "gateway.nk", "control plane": "controlplane.nk", "control plane 2": "controlplane.nk"}
         assert "GROQPOLICY_BRIDGE_TOKEN_FILE" not in children["inference worker 1"]
     finally:
         if proc is not None:

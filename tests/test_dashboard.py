@@ -238,7 +238,7 @@ def test_ensure_chromium_installs_with_apt_get_only_when_missing(tmp_path, monke
         browser.ensure_chromium()
 
 
-def test_sign_in_codes_are_one_time_short_lived_and_bounded(monkeypatch):
+async def test_sign_in_codes_are_one_time_short_lived_and_bounded(monkeypatch):
     from litestar.exceptions import NotAuthorizedException
 
     from controlplane.auth.tokens import Token
@@ -248,16 +248,52 @@ def test_sign_in_codes_are_one_time_short_lived_and_bounded(monkeypatch):
     codes = auth.SignInCodes()
     now = [1000.0]
     monkeypatch.setattr(auth.time, "monotonic", lambda: now[0])
-    first, second = codes.issue(admin), codes.issue(admin)
+    first, second = await codes.issue(admin), await codes.issue(admin)
     assert ADMIN_TOKEN not in first and first != second
-    assert codes.redeem(first) is admin
+    assert await codes.redeem(first) is admin
     with pytest.raises(NotAuthorizedException, match="already used or expired"):
-        codes.redeem(first)
+        await codes.redeem(first)
     now[0] += auth.SignInCodes.TTL_S
     with pytest.raises(NotAuthorizedException, match="already used or expired"):
-        codes.redeem(second)
-    many = [codes.issue(admin) for _ in range(auth.SignInCodes.MAX_PENDING + 5)]
+        await codes.redeem(second)
+    many = [await codes.issue(admin) for _ in range(auth.SignInCodes.MAX_PENDING + 5)]
     assert len(codes._pending) == auth.SignInCodes.MAX_PENDING
-    assert codes.redeem(many[-1]) is admin
+    assert await codes.redeem(many[-1]) is admin
     with pytest.raises(NotAuthorizedException):
-        codes.redeem(many[0])  # the oldest made way
+        await codes.redeem(many[0])  # the oldest made way
+
+
+async def test_a_code_issued_by_one_process_is_redeemed_once_by_any(nats_server, monkeypatch):
+    """Processes of one deployment share the codes through JetStream KV: a link printed by one
+    process opens on another (the kernel hands the connection to either), once, and not after
+    it expired."""
+    import asyncio
+
+    import nats
+    from litestar.exceptions import NotAuthorizedException
+
+    from controlplane.auth.tokens import TokenSet, parse_tokens
+    from controlplane.dashboard import auth
+
+    tokens = TokenSet(parse_tokens(f"admin={ADMIN_TOKEN}:admin", "test"), "test")
+    admin = tokens.by_name("admin")
+    assert admin is not None
+    nc = await nats.connect(nats_server.extra["url"])
+    try:
+        await auth.ensure_shared_codes(nc.jetstream())
+        one, two = (auth.SignInCodes(auth.shared_codes(lambda: nc), lambda: tokens) for _ in range(2))
+        code = await one.issue(admin)
+        assert (await two.redeem(code)).secret == ADMIN_TOKEN
+        with pytest.raises(NotAuthorizedException, match="already used"):
+            await one.redeem(code)
+        # two processes redeeming one code at once: exactly one of them signs in
+        code = await one.issue(admin)
+        outcomes = await asyncio.gather(one.redeem(code), two.redeem(code), return_exceptions=True)
+        assert sorted(type(o).__name__ for o in outcomes) == ["NotAuthorizedException", "Token"], outcomes
+        code = await two.issue(admin)
+        later = auth.time.time() + auth.SignInCodes.TTL_S + 1
+        monkeypatch.setattr(auth.time, "time", lambda: later)
+        with pytest.raises(NotAuthorizedException):
+            await one.redeem(code)
+    finally:
+        await nc.close()

@@ -352,6 +352,10 @@ async def test_a_tool_asks_policy_evaluate_and_can_do_nothing_else(authed):
         await tool.wait_for("groq.infer.fast")
         await tool_nc.subscribe("policy.evaluate", queue="policy-evaluate")  # cannot pose as the service
         await tool.wait_for('subscription to "policy.evaluate" using queue "policy-evaluate"')
+        await tool_nc.publish("policy.evaluate.chunk", b"{}")  # nor hand a process a share of a batch
+        await tool.wait_for('publish to "policy.evaluate.chunk"')
+        with pytest.raises(NatsTimeout):
+            await js.key_value("groqpolicy_signin")  # nor read or plant dashboard sign-in codes
         await cp_nc.flush()
         assert cp_reports.violations() == []
     finally:

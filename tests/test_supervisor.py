@@ -75,6 +75,7 @@ def start_up(state: Path, ports: dict[str, int], log: Path) -> subprocess.Popen:
         "GROQPOLICY_AGENT_PORT": str(ports["agent"]),
         "GROQPOLICY_NATS_PORT": str(ports["nats"]),
         "GROQPOLICY_GATEWAY_PORT": str(ports["bridge"]),
+        "GROQPOLICY_PROCESSES": "2",  # every core's share of the control plane, as on a 2-core machine
     }
     return subprocess.Popen(
         [sys.executable, "-m", "controlplane.ops.cli", "up", "--state-dir", str(state)],
@@ -126,6 +127,28 @@ def check_a_killed_worker_comes_back(cp: str, log: Path) -> None:
     assert httpx.get(f"{cp}/health", timeout=10).json()["status"] == "ok"
 
 
+def check_every_process_serves_the_same_revision(cp: str) -> None:
+    """Both control-plane processes answer on the one port (a new connection each time: the kernel
+    hands it to either), each built the bundle on its own, and both built the same revision."""
+    seen: dict[int, list[str]] = {}
+    deadline = time.monotonic() + 60
+    while len(seen) < 2:
+        assert time.monotonic() < deadline, f"only these processes answered: {seen}"
+        body = httpx.get(f"{cp}/health", timeout=10).json()
+        seen[body["process"]] = body["bundles"]
+    first, second = seen.values()
+    assert first == second and first, seen
+
+
+def check_the_sign_in_link_opens_once(text: str) -> None:
+    """The printed link was issued by one process; opened on whichever takes the connection (new
+    connections: either), it signs in once (the code is in NATS, under the control plane's identity)."""
+    link = next(word for line in text.splitlines() if line.strip().startswith("dashboard") for word in line.split()
+                if word.startswith("http"))
+    assert httpx.get(link, timeout=10).status_code == 303
+    assert httpx.get(link, timeout=10).status_code == 401
+
+
 def test_up_runs_the_system_stops_cleanly_and_reuses_state(tmp_path):
     state = tmp_path / "state"
     ports = {name: free_port() for name in ("cp", "agent", "nats", "bridge")}
@@ -139,7 +162,10 @@ def test_up_runs_the_system_stops_cleanly_and_reuses_state(tmp_path):
         assert "(model) -> allow" in text or "(model) -> deny" in text or "(model) -> review" in text
         assert "/v1/infer/fast             -> allow by" in text
         kids = children_of(proc.pid)
-        assert len(kids) == 7, kids  # nats-server, emulator, 2 workers, gateway, control plane, opa agent
+        # nats-server, emulator, 2 workers, gateway, 2 control-plane processes, opa agent
+        assert len(kids) == 8, kids
+        check_every_process_serves_the_same_revision(f"http://127.0.0.1:{ports['cp']}")
+        check_the_sign_in_link_opens_once(text)
         asyncio.run(check_nats_admits_only_its_identities(f"nats://127.0.0.1:{ports['nats']}", state))
         check_a_killed_worker_comes_back(f"http://127.0.0.1:{ports['cp']}", log)
         agent = f"http://127.0.0.1:{ports['agent']}"

@@ -44,6 +44,8 @@ def system(tmp_path_factory):
         "GROQPOLICY_AGENT_PORT": str(ports["agent"]),
         "GROQPOLICY_NATS_PORT": str(ports["nats"]),
         "GROQPOLICY_GATEWAY_PORT": str(ports["gateway"]),
+        # as the README's shadow step says: a shadow lives in the process that started it
+        "GROQPOLICY_PROCESSES": "1",
     }
     log = root / "make-run.log"
     proc = subprocess.Popen(["make", "run"], cwd=REPO_ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
@@ -167,11 +169,15 @@ def test_no_secret_on_stdout_and_secret_files_are_private(system, rule):
     assert len(secrets) == 4
     printed = system["log"].read_text()
     assert not [s for s in secrets if s in printed]  # not the admin token, not any other
-    logs = [*(state / "logs").glob("*.log"), *(state / "opa").glob("*.log"), state / "decision_logs.jsonl"]
+    # agents' decision logs: with the control plane's processes each keeping its own state dir, in
+    # the state dir of whichever process took the agent's uploads
+    decision_logs = sorted(state.glob("**/decision_logs.jsonl"))
+    assert decision_logs
+    logs = [*(state / "logs").glob("*.log"), *(state / "opa").glob("*.log"), *decision_logs]
     assert not [(s, p.name) for p in logs for s in secrets if s in p.read_text()]  # nor in any log
-    private = [state / "tokens", state / "bridge-token", state / "opa" / "agent-1.yaml", state / "decision_logs.jsonl",
-               state / "bundles" / "groqpolicy" / "rego.tar.gz", *sorted((state / "logs").glob("*.log"))]
-    assert {p.name: oct(p.stat().st_mode & 0o777) for p in private} == {p.name: "0o600" for p in private}
+    private = [state / "tokens", state / "bridge-token", state / "opa" / "agent-1.yaml", *decision_logs,
+               *state.glob("**/bundles/groqpolicy/rego.tar.gz"), *sorted((state / "logs").glob("*.log"))]
+    assert {str(p): oct(p.stat().st_mode & 0o777) for p in private} == {str(p): "0o600" for p in private}
 
 
 def test_impact_shadow_and_promote_as_the_readme_walks_them(system, rule):

@@ -33,7 +33,12 @@ def _modules(work: Path) -> dict[str, str]:
 
 
 def _groqpolicy(work: Path, query: str, inp: Any) -> tuple[Callable[[], Any], str]:
+    # the venv's editable install would win over PYTHONPATH for `groqpolicy-base`: drop its finder
+    sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
+    import bridge
     from bridge.opawasm import LoadOptions, WasmPolicy
+
+    print(f"groqpolicy from {Path(bridge.__file__).parent.parent}", file=sys.stderr, flush=True)
 
     policy = WasmPolicy((work / "policy.wasm").read_bytes(), (work / "policy" / "data.json").read_bytes(), LoadOptions(pool_size=1))
     ep = query.replace(".", "/")
@@ -133,7 +138,7 @@ def _opa_rest(work: Path, query: str, inp: Any) -> tuple[Callable[[], Any], str]
 
 _CHILDREN: list[subprocess.Popen] = []
 KINDS: dict[str, Callable[[Path, str, Any], tuple[Callable[[], Any], str]]] = {
-    "groqpolicy": _groqpolicy, "regorus": _regorus, "opa-golib": _opa_golib, "opa-py-wasm": _opa_py_wasm,
+    "groqpolicy": _groqpolicy, "groqpolicy-base": _groqpolicy, "regorus": _regorus, "opa-golib": _opa_golib, "opa-py-wasm": _opa_py_wasm,
     "regopy": _regopy, "opa-rest": _opa_rest,
 }
 

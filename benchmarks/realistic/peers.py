@@ -25,6 +25,7 @@ CONTENDER = Path(__file__).resolve().parent / "contender.py"
 # kind -> (pip requirements, extra pip arguments); None: runs in the project's own venv
 PEERS: dict[str, tuple[list[str], list[str]] | None] = {
     "groqpolicy": None,
+    "groqpolicy-base": None,  # groqpolicy from another checkout (GROQPOLICY_BENCH_BASELINE), for before/after
     "regorus": (["gordon-to-regorus==0.13.0"], []),
     "opa-golib": (["opa-golib-python-bindings==0.4.4"], ["--ignore-requires-python"]),
     "opa-py-wasm": (["opa-py-wasm==1.2.1"], []),
@@ -73,7 +74,10 @@ class Contender:
         except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
             self.error = f"not installed: {exc}"
             return
-        env = dict(os.environ, PYTHONPATH=str(ROOT), OPA_BIN=str(opa))
+        # groqpolicy-base: the same code path, on the checkout GROQPOLICY_BENCH_BASELINE names
+        # (first on the path, so its `bridge` package is the one imported)
+        root = os.environ["GROQPOLICY_BENCH_BASELINE"] + os.pathsep + str(ROOT) if self.kind == "groqpolicy-base" else str(ROOT)
+        env = dict(os.environ, PYTHONPATH=root, OPA_BIN=str(opa))
         log = work / f"{self.kind}.log"
         with open(log, "w") as err:
             self.proc = subprocess.Popen([str(python), str(CONTENDER), self.kind, str(work)], stdin=subprocess.PIPE,

@@ -52,9 +52,13 @@ def fuel_used(context: int | None, start: int) -> int:
 # Every call uses one array of this many slots for arguments and results: the most any export of
 # the OPA ABI takes (opa_eval: 7).
 SLOTS = 8
-_VAL_SIZE = ctypes.sizeof(_bindings.wasmtime_val_raw)
-HostCallback = Callable[[Any, Any, Any, int], int]
+_VAL_SIZE = VAL_SIZE = ctypes.sizeof(_bindings.wasmtime_val_raw)
+HostCallback = Callable[[int, int, int, int], int]
 _HOST_CALLBACK = _bindings.wasmtime_func_unchecked_callback_t
+# The same C signature with every argument a plain integer: wasmtime-py's prototype makes ctypes
+# build three pointer objects per call, which the host-call path never needs (it reads the
+# argument slots by address).
+_RAW_CALLBACK = ctypes.CFUNCTYPE(_vp, _vp, _vp, _vp, _sz)
 _NO_FINALIZER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)()  # a NULL function pointer
 
 
@@ -87,13 +91,15 @@ def host_func(context: Any, ty: wasmtime.FuncType, callback: Any) -> wasmtime.Fu
     """A host function of type `ty` in the store behind `context`, calling `callback` (which the
     caller must keep alive as long as the store: the store holds only its address)."""
     out = _bindings.wasmtime_func_t()
-    _bindings.wasmtime_func_new_unchecked(context, ty.ptr(), callback, None, _NO_FINALIZER, ctypes.byref(out))
+    fn = ctypes.cast(callback, _HOST_CALLBACK)
+    _bindings.wasmtime_func_new_unchecked(context, ty.ptr(), fn, None, _NO_FINALIZER, ctypes.byref(out))
     return wasmtime.Func._from_raw(out)
 
 
 def host_callback(fn: HostCallback) -> Any:
-    """`fn(env, caller, args, nargs) -> trap address or 0` as a C callback for `host_func`."""
-    return _HOST_CALLBACK(fn)
+    """`fn(env, caller, args, nargs) -> trap address or 0` as a C callback for `host_func`; every
+    argument arrives as an integer (`args`: the address of the `wasmtime_val_raw` slots)."""
+    return _RAW_CALLBACK(fn)
 
 
 def new_trap(message: str) -> int:

@@ -54,7 +54,7 @@ def setup(inst: Instance, data_json: bytes | None) -> None:
         # the library's booleans are static (OPA_BOOLEAN_INTERNED in its data segment): a
         # builtin returning a boolean can hand back that address without a guest call
         addr = inst.put_value(b)
-        inst._bools[b] = addr if inst.view[addr] == _OPA_BOOLEAN else 0
+        inst.bools[b] = addr if inst.view[addr] == _OPA_BOOLEAN else 0
     if data_json:
         addr = inst.call("opa_malloc", len(data_json))
         inst.ensure(addr + len(data_json))
@@ -128,7 +128,7 @@ def capture(inst: Instance) -> MemoryImage:
     except BaseException:
         os.close(fd)
         raise
-    bools = (inst._bools[True], inst._bools[False])
+    bools = (inst.bools[True], inst.bools[False])
     return MemoryImage(fd, size, _HostState(inst.scratch, bools, inst.data_addr, inst.eval_heap))
 
 
@@ -186,7 +186,7 @@ def restore(image: MemoryImage, inst: Instance) -> None:
         _map_over(image, inst)
     st = image.state
     inst.scratch, inst.data_addr, inst.eval_heap = st.scratch, st.data_addr, st.eval_heap
-    inst._bools[True], inst._bools[False] = st.bools
+    inst.bools[True], inst.bools[False] = st.bools
     set_epoch_deadline(inst._ctx, deadline_ticks(LOAD_DEADLINE_S))
     heap = inst.call("opa_heap_ptr_get")
     if heap != st.eval_heap:

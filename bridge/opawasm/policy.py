@@ -28,6 +28,7 @@ from bridge.opawasm.errors import (
 )
 from bridge.opawasm.guestvalues import read_value
 from bridge.opawasm.host import HostConfig
+from bridge.opawasm.hostcall import put_value, start_evaluation
 from bridge.opawasm.memimage import MemoryImage
 from bridge.opawasm.options import LoadOptions, load_options
 from bridge.opawasm.pool import InstancePool
@@ -86,6 +87,7 @@ class WasmPolicy:
         if missing:
             raise MissingBuiltinsError(missing)
         self._table: dict[int, tuple[str, Any]] = {i: (n, table[n]) for n, i in self.builtin_ids.items()}
+        self._interned: dict[int, str] = {}  # the module's string constants by address (guestvalues)
         ids: dict[str, int] = first.dump_json(first.call("entrypoints"))
         if manifest_entrypoints:
             unknown = [e for e in manifest_entrypoints if e not in ids]
@@ -147,10 +149,12 @@ class WasmPolicy:
     def _dispatch(self, inst: Instance, builtin_id: int, arg_addrs: tuple[int, ...]) -> int:
         name, fn = self._table[builtin_id]
         ctx = inst.ctx
-        if ctx is None:
+        if ctx is None:  # the evaluation's first host call
             ctx = inst.ctx = EvalContext(inst.start_ns, inst.deadline, self.host, inst.memory_limit)
+            start_evaluation(inst)
         ctx.check_deadline()
-        args = [read_value(inst, a) for a in arg_addrs]
+        interned = self._interned
+        args = [read_value(inst, a, interned) for a in arg_addrs]
         try:
             out = fn(ctx, *args)
         except (WasmError, HaltError):
@@ -168,7 +172,7 @@ class WasmPolicy:
         ctx.check_deadline()
         if out is UNDEFINED:
             return 0
-        return inst.put_value(out)
+        return put_value(inst, out)
 
     # -- evaluation -------------------------------------------------------------------------
 

@@ -2,9 +2,8 @@
 
 Calls go through the unchecked fast path of `capi`. Input goes into linear memory with one
 `memmove`, the result comes out with one `string_at` (the guest NUL-terminates it) and one msgspec
-decode; builtin arguments are read straight from the guest's value structs, without a guest call.
-An exception in a host function is kept on the instance (`pending`) and re-raised when the call
-returns, so it never turns into a result.
+decode. The host functions the guest imports (builtins, abort, println) and the way values cross
+into and out of them live in `hostcall`.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import msgspec
 import wasmtime
 
+from bridge.opawasm import hostcall
 from bridge.opawasm.capi import (
     SLOTS,
     Export,
@@ -26,7 +26,6 @@ from bridge.opawasm.capi import (
     host_callback,
     host_func,
     new_slots,
-    new_trap,
     packer,
 )
 from bridge.opawasm.capi import call_unchecked as _call_unchecked
@@ -46,7 +45,6 @@ from bridge.opawasm.errors import (
     WasmError,
     WasmTrap,
 )
-from bridge.opawasm.values import decode_value, encode_value
 
 if TYPE_CHECKING:  # for the annotation only: an instance holds the context, the builtins use it
     from bridge.opawasm.builtins.registry import EvalContext
@@ -109,7 +107,9 @@ class Instance:
         self._trap = TrapSlot()
         self._trap_ptr, self._trap_ref = self._trap.ptr, self._trap.ref
         self.scratch = 0
-        self._bools: dict[bool, int] = {True: 0, False: 0}
+        self.scratch_size = SCRATCH
+        self.arena = 0  # where the next builtin result goes in the scratch buffer (hostcall.py)
+        self.bools: dict[bool, int] = {True: 0, False: 0}
         self._callbacks: list[Any] = []  # the host functions' C callbacks: the store holds only their addresses
         imports, memory = self._link(module)
         try:
@@ -143,7 +143,7 @@ class Instance:
             name, ty = imp.name or "", imp.type
             if imp.module != "env":
                 raise BundleLoadError(f"policy.wasm: unexpected import {imp.module}.{name}")
-            callback = self._host_callback(name)
+            callback = hostcall.callback(self, name)
             if name == "memory" and isinstance(ty, wasmtime.MemoryType):
                 # the guest's own maximum, raised to the cap: the store's limit is what enforces it
                 lim_max = max(ty.limits.min, self.memory_limit // PAGE)
@@ -156,15 +156,6 @@ class Instance:
             else:
                 raise BundleLoadError(f"policy.wasm: unexpected import env.{name}")
         return imports, memory
-
-    def _host_callback(self, name: str) -> Callable[[Any, Any, Any, int], int] | None:
-        if name.startswith("opa_builtin") and name[-1:].isdigit():
-            return self._builtin_cb(int(name[-1]))
-        if name == "opa_abort":
-            return self._abort_cb
-        if name == "opa_println":
-            return self._println_cb
-        return None
 
     def _abi_version(self, exports: Mapping[str, Any]) -> tuple[int, int]:
         def number(name: str) -> int:
@@ -195,43 +186,6 @@ class Instance:
         self.store.close()
         self._callbacks.clear()  # only after the store (which holds their function pointers) is gone
         self.dispatch = None
-
-    # -- host functions ---------------------------------------------------------------------
-
-    def _fail(self, exc: BaseException) -> int:
-        self.pending = exc
-        return new_trap(str(exc))
-
-    def _builtin_cb(self, arity: int) -> Callable[[Any, Any, Any, int], int]:
-        def cb(_env: Any, caller: Any, args: Any, _n: int) -> int:
-            try:
-                ids = tuple(args[2 + i].i32 for i in range(arity))
-                if self.dispatch is None:
-                    raise PolicyAbort("builtin called before dispatch is ready")
-                args[0].i32 = self.dispatch(self, args[0].i32, ids)
-                return 0
-            except BaseException as exc:  # noqa: BLE001 - every failure becomes a trap, never a result
-                return self._fail(exc)
-
-        return cb
-
-    def _abort_cb(self, _env: Any, caller: Any, args: Any, _n: int) -> int:
-        try:
-            msg = self.read_cstr(args[0].i32).decode("utf-8", "replace")
-        except WasmError:
-            msg = "(unreadable abort message)"
-        if msg.startswith("opa_malloc"):
-            return self._fail(self._out_of_memory(f"policy ran out of memory (cap {self.memory_limit} bytes): {msg}"))
-        return self._fail(PolicyAbort(f"policy aborted: {msg}"))
-
-    def _println_cb(self, _env: Any, caller: Any, args: Any, _n: int) -> int:
-        try:
-            text = self.read_cstr(args[0].i32).decode("utf-8", "replace")
-            if self.on_print is not None:
-                self.on_print(text)
-            return 0
-        except BaseException as exc:  # noqa: BLE001 - a failing print sink fails the evaluation, as a trap
-            return self._fail(exc)
 
     def _out_of_memory(self, message: str) -> EvaluationError:
         """Deadline beats memory: a runaway fails as late, not as too big, whichever cap it hit first:
@@ -320,28 +274,10 @@ class Instance:
         return _json_decode(self.read_cstr(s))
 
     def dump_value(self, value_addr: int) -> Any:
-        s = self.call("opa_value_dump", value_addr)
-        return decode_value(self.read_cstr(s))
+        return hostcall.dump_value(self, value_addr)
 
     def put_value(self, value: Any) -> int:
-        if value is True or value is False:
-            interned = self._bools[value]
-            if interned:
-                return interned
-        raw = encode_value(value)
-        n = len(raw)
-        if n <= SCRATCH and self.scratch:
-            # the parser copies what it keeps, so a fixed scratch buffer below the evaluation heap
-            # saves the opa_malloc call
-            addr = self.scratch
-        else:
-            addr = self.call("opa_malloc", n)
-            self.ensure(addr + n)
-        _memmove(self.base + addr, raw, n)
-        v = self.call("opa_value_parse", addr, n)
-        if v == 0:
-            raise EvaluationError(f"opa_value_parse rejected a builtin result: {raw[:200]!r}")
-        return v
+        return hostcall.put_value(self, value)
 
     def evaluate_raw(self, entrypoint_id: int, input_json: bytes | None, ticks: int, fuel: int = 0) -> bytes:
         """`opa_eval` fast path: the result set in OPA's value format (`[{"result": ...}]` or `[]`).

@@ -22,6 +22,7 @@ from bridge.opabundle.keys import SigningKey
 from controlplane.agents.config import AgentConfigOptions, render_agent_config, to_yaml
 from controlplane.agents.decision_logs import DecisionLogStore
 from controlplane.agents.payloads import decompress, read_body
+from controlplane.agents.sharing import StatusSharing
 from controlplane.agents.status import AgentSummary, StatusStore
 from controlplane.agents.uploads import take_decision_logs
 from controlplane.audit.controllers import started
@@ -58,11 +59,13 @@ class AgentIngest(Controller):
     @post(["/status", "/status/{partition:str}"], status_code=204, summary="OPA status report",
           request_max_body_size=None, responses=error_responses(400, 401, 403, 413, 503))
     async def upload_status(self, request: Request, settings: NamedDependency[Settings],
-                            statuses: NamedDependency[StatusStore], partition: FromPath[str] = "") -> Response[None]:
+                            statuses: NamedDependency[StatusStore], status_sharing: NamedDependency[StatusSharing],
+                            partition: FromPath[str] = "") -> Response[None]:
         limit = settings.max_status_bytes
         raw = decompress(await read_body(request, limit), request.headers.get("content-encoding", ""), limit)
         check_json_depth(raw, "status")  # a gzip body is only JSON once decompressed
         await anyio.to_thread.run_sync(statuses.record, raw)
+        await status_sharing.share(raw)  # the deployment's other processes list it too
         return Response(content=None, status_code=204)
 
 

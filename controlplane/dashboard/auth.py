@@ -16,13 +16,22 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
+import msgspec
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
+from nats.aio.client import Client as NatsClient
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+from nats.js.errors import BadRequestError, BucketNotFoundError, KeyValueError
+from nats.js.kv import KeyValue
 
+from bridge.kernel.errors import Unavailable
 from controlplane.auth.guards import REALM, remember, requires, tokens_of
-from controlplane.auth.tokens import Token
+from controlplane.auth.tokens import Token, TokenSet
 
 COOKIE = "groqpolicy_dashboard"
 SCOPE = "admin"
@@ -63,29 +72,98 @@ class dashboard_access(requires):  # noqa: N801 - a guard, read as a declaration
         remember(connection, check_token(connection, presented))
 
 
+SHARED_BUCKET = "groqpolicy_signin"  # the codes every process of a deployment can redeem (JetStream KV)
+SharedCodes = Callable[[], Awaitable[KeyValue | None]]
+
+
 class SignInCodes:
-    """One-time sign-in codes, in this process's memory (a restart forgets them: ask for a new link).
-    Kept by digest, each bound to the token that asked for it; redeeming removes it."""
+    """One-time sign-in codes, kept by digest, each bound to the token that asked for it;
+    redeeming removes it. With several control-plane processes a link issued by one is opened on
+    whichever process takes the connection, so a deployment on NATS keeps them in the KV bucket
+    `groqpolicy_signin` (entries expire with the code; only the token's name is stored, never the
+    token): redeeming deletes the entry on the revision it read, so of two processes redeeming one
+    code at once only one succeeds. Without the bucket (no NATS, or nobody created it) they are
+    in this process's memory (a restart forgets them: ask for a new link)."""
 
     TTL_S = 300.0
-    MAX_PENDING = 1000  # codes waiting at once; the oldest go first
+    MAX_PENDING = 1000  # codes waiting at once in memory; the oldest go first
 
-    def __init__(self) -> None:
+    def __init__(self, shared: SharedCodes | None = None, tokens: Callable[[], TokenSet | None] | None = None) -> None:
         self._pending: dict[str, tuple[float, Token]] = {}
+        self._shared, self._tokens = shared, tokens
 
-    def issue(self, token: Token) -> str:
+    async def issue(self, token: Token) -> str:
+        code = secrets.token_urlsafe(24)
+        digest = hashlib.sha256(code.encode()).hexdigest()
+        kv = await self._shared() if self._shared is not None else None
+        if kv is not None:
+            try:
+                await kv.create(digest, msgspec.json.encode({"token": token.name, "expires": time.time() + self.TTL_S}))
+            except (NatsError, TimeoutError) as exc:
+                raise Unavailable(f"dashboard sign-in: the code cannot be shared ({type(exc).__name__})") from None
+            return code
         now = time.monotonic()
         self._pending = {d: p for d, p in self._pending.items() if p[0] > now}
         while len(self._pending) >= self.MAX_PENDING:
             self._pending.pop(next(iter(self._pending)))
-        code = secrets.token_urlsafe(24)
-        self._pending[hashlib.sha256(code.encode()).hexdigest()] = (now + self.TTL_S, token)
+        self._pending[digest] = (now + self.TTL_S, token)
         return code
 
-    def redeem(self, code: str) -> Token:
+    async def redeem(self, code: str) -> Token:
         """The token the code was issued to, once; 401 for an unknown, used or expired code."""
-        found = self._pending.pop(hashlib.sha256(code.encode()).hexdigest(), None)
-        if found is None or found[0] <= time.monotonic():
+        digest = hashlib.sha256(code.encode()).hexdigest()
+        found = self._pending.pop(digest, None)
+        if found is not None and found[0] > time.monotonic():
+            return found[1]
+        kv = await self._shared() if self._shared is not None and found is None else None
+        token = await self._redeem_shared(kv, digest) if kv is not None else None
+        if token is None:
             raise NotAuthorizedException("sign-in link: unknown, already used or expired code (ask for a new link: "
                                          "`groqpolicy dashboard`)", headers={"WWW-Authenticate": REALM})
-        return found[1]
+        return token
+
+    async def _redeem_shared(self, kv: KeyValue, digest: str) -> Token | None:
+        try:
+            entry = await kv.get(digest)
+            await kv.delete(digest, last=entry.revision)  # fails when another process redeemed it first
+        except (KeyValueError, BadRequestError):  # unknown, deleted, or redeemed by another process just now
+            return None
+        except (NatsError, TimeoutError) as exc:
+            raise Unavailable(f"dashboard sign-in: the shared codes cannot be read ({type(exc).__name__})") from None
+        try:
+            held = msgspec.json.decode(entry.value or b"", type=dict[str, Any])
+        except msgspec.DecodeError:
+            return None
+        tokens = self._tokens() if self._tokens is not None else None
+        if tokens is None or not isinstance(held.get("expires"), float) or held["expires"] <= time.time():
+            return None
+        return tokens.by_name(str(held.get("token")))
+
+
+def shared_codes(client: Callable[[], NatsClient | None]) -> SharedCodes:
+    """The deployment's shared codes bucket, opened on first use (None while there is no NATS or
+    no bucket: the codes then stay in memory)."""
+    opened: list[KeyValue] = []
+
+    async def bucket() -> KeyValue | None:
+        if opened:
+            return opened[0]
+        nc = client()
+        if nc is None:
+            return None
+        try:
+            opened.append(await nc.jetstream().key_value(SHARED_BUCKET))
+        except (BucketNotFoundError, NatsError, TimeoutError):
+            return None
+        return opened[0]
+
+    return bucket
+
+
+async def ensure_shared_codes(js: JetStreamContext, replicas: int = 1) -> None:
+    """Create the shared codes bucket where it is missing (NATS's bootstrap runs this)."""
+    try:
+        await js.key_value(SHARED_BUCKET)
+    except BucketNotFoundError:
+        await js.create_key_value(bucket=SHARED_BUCKET, ttl=SignInCodes.TTL_S, history=1, max_bytes=1 << 20,
+                                  replicas=replicas, description="groqpolicy: one-time dashboard sign-in codes")

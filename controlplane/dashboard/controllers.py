@@ -168,7 +168,7 @@ class DashboardController(Controller):
                          code: Annotated[str | None, QueryParameter(description="a one-time sign-in code")] = None,
                          ) -> Response:
         if code:
-            token = signin_codes.redeem(code)
+            token = await signin_codes.redeem(code)
             return Redirect("/", status_code=303, cookies=[_session_cookie(token.secret)])
         return Template(template_name="dashboard/login.html.j2", context={"message": "", "status": 200})
 
@@ -184,7 +184,7 @@ class DashboardController(Controller):
     async def sign_in_code(self, request: Request, settings: NamedDependency[Settings],
                            signin_codes: NamedDependency[SignInCodes]) -> dict:
         token = authenticate(request)
-        code = signin_codes.issue(token)
+        code = await signin_codes.issue(token)
         return {"url": f"{settings.base_url}/dashboard/login?code={code}", "expires_in_s": int(SignInCodes.TTL_S)}
 
     @post("/dashboard/logout", opt={"public": True}, status_code=303, summary="Forget the dashboard cookie")

@@ -25,11 +25,12 @@ from nats.micro.request import Request
 from nats.micro.service import EndpointStats, Service
 
 from bridge.inference.micro import respond_error
-from bridge.kernel.errors import REQUEST_ID_HEADER, BadRequest, GroqPolicyError, request_id
+from bridge.kernel.errors import REQUEST_ID_HEADER, BadRequest, Conflict, GroqPolicyError, request_id
 from bridge.kernel.untrusted import check_json_depth
 from bridge.kernel.vocabulary import check_hash
 from controlplane.evaluation.pipeline import Pipeline
 from controlplane.evaluation.schemas import EVALUATE_SUBJECT, EvaluateRequest
+from controlplane.evaluation.spread import CHUNK_SUBJECT, decode_chunk, encode
 from controlplane.infra.nats import NatsConnection
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,8 @@ class EvaluateService:
                                          description="groqpolicy: the /api/v1/evaluate pipeline over NATS",
                                          stats_handler=self._stats)
         await self.service.add_endpoint(name="evaluate", subject=EVALUATE_SUBJECT, handler=self._handle)
+        if self.pipeline is not None and self.pipeline.spread.enabled:  # another process's share of a batch (`spread`)
+            await self.service.add_endpoint(name="chunk", subject=CHUNK_SUBJECT, handler=self._handle_chunk)
         await nc.flush()
 
     async def stop(self) -> None:
@@ -107,6 +110,30 @@ class EvaluateService:
                 type_="InternalError"), rid)
         self.answered += 1
         self.processing_ns += time.perf_counter_ns() - received_ns
+
+    async def _handle_chunk(self, request: Request) -> None:
+        task = asyncio.create_task(self._serve_chunk(request))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve_chunk(self, request: Request) -> None:
+        spread, evaluator = self.pipeline.spread, self.pipeline.evaluator
+        try:
+            try:
+                chunk = decode_chunk(request.data)
+            except msgspec.DecodeError as exc:
+                raise BadRequest(f"chunk: {exc}") from None
+            if not spread.enabled or spread.own(request.headers):
+                raise Conflict("chunk: the origin decides its own share already")
+            if chunk.revision != (evaluator.revision or ""):
+                raise Conflict(f"chunk: for revision {chunk.revision!r}, this process serves {evaluator.revision!r}")
+            check_hash(chunk.constitutional_hash)
+            await request.respond(encode(await spread.decide(chunk)))
+        except GroqPolicyError as exc:  # Saturated too: the origin then decides the chunk itself
+            await respond_error(request, exc)
+        except Exception as exc:  # a bug: the origin decides the chunk itself; the log has the traceback
+            log.error("policy.evaluate.chunk failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
+            await respond_error(request, GroqPolicyError("chunk: internal error", type_="InternalError"))
 
     async def _error(self, request: Request, exc: GroqPolicyError, rid: str | None = None) -> None:
         self.errors += 1

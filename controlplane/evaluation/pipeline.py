@@ -50,6 +50,7 @@ from controlplane.evaluation.interfaces import AskModel, DecisionRecorder, Escal
 from controlplane.evaluation.model_stage import ModelStage
 from controlplane.evaluation.scheduling import QUEUE, Scheduler, run_batched
 from controlplane.evaluation.schemas import EvaluateResponse
+from controlplane.evaluation.spread import BatchSpread, Peers
 from controlplane.infra.ids import uuid4s
 from controlplane.policies import rego
 from controlplane.policies.schemas import PolicyRecord
@@ -101,7 +102,7 @@ class _Call(msgspec.Struct, gc=False):
 class Pipeline:
     def __init__(self, evaluator: Evaluator, policies: Callable[[], list[PolicyRecord]], *,
                  ask_model: AskModel | None = None, recorder: DecisionRecorder | None = None,
-                 escalate: EscalationSink | None = None, queue: int = QUEUE, cpu_threads: int = 0) -> None:
+                 escalate: EscalationSink | None = None, queue: int = QUEUE, cpu_threads: int = 0, peers: Peers = None) -> None:
         """`policies()` hands out the stored policies (the same list object until the set changes); no
         `recorder`: decisions are served unrecorded (tools, tests); `queue`, `cpu_threads`: `scheduling`."""
         self.evaluator = evaluator
@@ -113,6 +114,7 @@ class Pipeline:
         self.models = ModelStage(ask_model, self.scheduler)
         self._blocking: dict[tuple[uuid.UUID, int], bool] = {}
         self._selections: dict[tuple[Any, ...], tuple[list[PolicyRecord], Selection]] = {}
+        self.spread = BatchSpread(peers, self.decide_many)  # a batch across the processes of the deployment
 
     async def start(self) -> None:
         """Nothing to start: the pipeline is ready once built."""
@@ -129,16 +131,14 @@ class Pipeline:
         if response.constitutional_compliance.violations:
             await self.escalate_violation(response, tier, source, input_context)
         if self.recorder is not None:
-            await self.recorder.record(response, tier=tier, source=source, input_context=input_context,
-                                       policy_types=policy_types)
+            await self.recorder.record(response, tier=tier, source=source, input_context=input_context, policy_types=policy_types)
         return response
 
     async def evaluate_batch(self, contexts: list[dict[str, Any]], *, policy_types: list[str], tier: str,
                              constitutional_hash: str, explain: bool, batch_id: str) -> list[EvaluateResponse]:
         """Every context evaluated, each escalation sent, then the whole batch recorded as one."""
         started = time.perf_counter()
-        responses = await self.decide_many(contexts, policy_types=policy_types, tier=tier,
-                                           constitutional_hash=constitutional_hash, explain=explain, echo_input=True)
+        responses = await self.spread.decide_batch(contexts, policy_types, tier, constitutional_hash, explain, self.evaluator)
         for response, ctx in zip(responses, contexts, strict=True):
             if response.constitutional_compliance.violations:
                 await self.escalate_violation(response, tier, "batch", ctx)

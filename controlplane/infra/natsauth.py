@@ -91,12 +91,15 @@ class Names(msgspec.Struct, frozen=True, kw_only=True):
     audit_stream: str = "GROQPOLICY_AUDIT"  # controlplane.audit.trail.STREAM
     audit_prefix: str = "audit"  # controlplane.audit.trail.PREFIX
     audit_checkpoints: str = "groqpolicy_audit_checkpoints"  # controlplane.audit.checkpoints.BUCKET
+    signin_codes: str = "groqpolicy_signin"  # controlplane.dashboard.auth.SHARED_BUCKET
     evaljobs: str = "groqpolicy_evaljobs"  # controlplane.evaljobs.shared.BUCKET
     evaljob_results: str = "groqpolicy_evaljob_results"  # controlplane.evaljobs.shared.RESULTS
     escalations: str = "policy.escalations"  # controlplane.audit.escalation.SUBJECT
     replay_stream: str = "GROQPOLICY_REPLAY"  # controlplane.impact.store.STREAM
     replay_subjects: str = "replay.>"  # controlplane.impact.store.SUBJECTS
     evaluate: str = "policy.evaluate"  # controlplane.evaluation.schemas.EVALUATE_SUBJECT
+    evaluate_chunk: str = "policy.evaluate.chunk"  # controlplane.evaluation.spread.CHUNK_SUBJECT
+    agent_status: str = "agents.status"  # controlplane.agents.sharing.SUBJECT
     evaluate_service: str = "groqpolicy-policy"  # controlplane.evaluation.nats_service.SERVICE_NAME
     evaluate_queue: str = "policy-evaluate"  # controlplane.evaluation.nats_service.QUEUE_GROUP
     infer_prefix: str = SUBJECT_PREFIX
@@ -155,7 +158,16 @@ def _controlplane(n: Names) -> Permissions:
         _js("STREAM.INFO", f"KV_{n.audit_checkpoints}", "open the audit checkpoints' bucket"),
         _js("STREAM.MSG.GET", f"KV_{n.audit_checkpoints}", "audit verify: the checkpoint under each trusted key"),
         Grant(f"$KV.{n.audit_checkpoints}.>", "export a signed checkpoint of the audit stream's head"),
-        *_evaljobs(n),
+        _js("STREAM.INFO", f"KV_{n.signin_codes}", "open the dashboard's shared sign-in codes"),
+        _js("STREAM.MSG.GET", f"KV_{n.signin_codes}", "redeem a sign-in code issued by any process"),
+        Grant(f"$KV.{n.signin_codes}.>", "issue (create) and redeem (delete on its revision) a sign-in code"),
+        *(_js(verb, s, f"evaluation jobs: {why}") for s in (f"KV_{n.evaljobs}", f"OBJ_{n.evaljob_results}")
+          for verb, why in (("STREAM.INFO", "open the store"), ("STREAM.MSG.GET", "a job, a cancel flag, a result's meta"),
+                            ("CONSUMER.CREATE", "key listing, a result's chunks (ordered consumers)"))),
+        _js("CONSUMER.INFO", f"KV_{n.evaljobs}", "evaluation jobs: where the key listing ends", ".>"),
+        *(Grant(f"$JS.FC.{s}.>", "flow control of those consumers") for s in (f"KV_{n.evaljobs}", f"OBJ_{n.evaljob_results}")),
+        Grant(f"$KV.{n.evaljobs}.>", "evaluation jobs: create / update(last) a job, its cancel flag, quarantine"),
+        Grant(f"$O.{n.evaljob_results}.>", "evaluation jobs: result chunks and meta (any process reads any job's)"),
         Grant(n.escalations, "constitutional escalation events"),
         _js("STREAM.INFO", n.replay_stream, "replay store: the stream's state"),
         _js("DIRECT.GET", n.replay_stream, "replay store: batched reads for impact analysis"),
@@ -167,28 +179,15 @@ def _controlplane(n: Names) -> Permissions:
         _js("CONSUMER.CREATE", f"KV_{n.shadows}", "kv.keys at start: an ephemeral ordered consumer"),
         _js("CONSUMER.INFO", f"KV_{n.shadows}", "kv.keys: where the keys end", ".>"),
         Grant(f"$KV.{n.shadows}.>", "save a shadow and its counters, remove it on promote / discard"),
+        Grant(n.evaluate_chunk, "a batch's share for another control-plane process"),
+        Grant(n.agent_status, "an agent's status report, for the other control-plane processes"),
     ), subscribe=(
         _inbox("controlplane"),
         Grant(f"{n.evaluate} {n.evaluate_queue}", "serve policy.evaluate, only in its queue group"),
+        Grant(f"{n.evaluate_chunk} {n.evaluate_queue}", "decide another process's share of a batch, in the same group"),
+        Grant(n.agent_status, "agents' status reports another control-plane process took"),
         *_micro(n.evaluate_service),
     ), responder=True)
-
-
-def _evaljobs(n: Names) -> tuple[Grant, ...]:
-    kv, obs = f"KV_{n.evaljobs}", f"OBJ_{n.evaljob_results}"
-    return (
-        _js("STREAM.INFO", kv, "open the evaluation jobs' bucket"),
-        _js("STREAM.MSG.GET", kv, "evaluation jobs: a job's state and cancel flag, read by any process"),
-        Grant(f"$KV.{n.evaljobs}.>", "evaluation jobs: create / update(last) a job, its cancel flag, quarantine"),
-        _js("CONSUMER.CREATE", kv, "evaluation jobs: list the keys (an ephemeral ordered consumer)"),
-        _js("CONSUMER.INFO", kv, "evaluation jobs: where the key listing ends", ".>"),
-        Grant(f"$JS.FC.{kv}.>", "flow-control replies of the key listing"),
-        _js("STREAM.INFO", obs, "open the evaluation jobs' results"),
-        _js("STREAM.MSG.GET", obs, "evaluation jobs: a result's meta message"),
-        _js("CONSUMER.CREATE", obs, "evaluation jobs: a result's chunks through an ordered consumer"),
-        Grant(f"$JS.FC.{obs}.>", "flow-control replies (results are megabytes)"),
-        Grant(f"$O.{n.evaljob_results}.>", "evaluation jobs: result chunks and meta"),
-    )
 
 
 def _worker(n: Names) -> Permissions:
@@ -209,8 +208,8 @@ def _bootstrap(n: Names) -> Permissions:
     checkpoints, shadows = f"KV_{n.audit_checkpoints}", f"KV_{n.shadows}"
     return Permissions(publish=(
         *(_js(verb, stream, f"create {stream} where it is missing")
-          for stream in (kv, obs, audit, checkpoints, judgments, n.replay_stream, shadows, f"KV_{n.evaljobs}",
-                         f"OBJ_{n.evaljob_results}")
+          for stream in (kv, obs, audit, checkpoints, judgments, n.replay_stream, shadows, f"KV_{n.signin_codes}",
+                         f"KV_{n.evaljobs}", f"OBJ_{n.evaljob_results}")
           for verb in ("STREAM.INFO", "STREAM.CREATE")),
         _js("STREAM.UPDATE", audit, "bring the audit stream's replicas / atomic batches in line"),
         _js("STREAM.UPDATE", n.replay_stream, "bring the replay store's retention in line with the configuration"),

@@ -5,7 +5,8 @@ Order: NATS (JetStream; it admits only the identities generated under `<state>/n
 streams and buckets are created first by the bootstrap identity) -> the Groq emulator, when no
 `GROQ_API_KEY` (nor an emulator of one's own, `GROQPOLICY_EMULATOR_URL`) is configured -> the
 inference workers (`GROQPOLICY_WORKERS`, two by default: one queue group, so one can die without a
-gap) -> bridge gateway (:8016) -> control plane (:8015, compiles and signs `rego/` on start) -> one
+gap) -> bridge gateway (:8016) -> control plane (:8015, compiles and signs `rego/` on start;
+`GROQPOLICY_PROCESSES` processes on the one socket, the first before the others) -> one
 real OPA agent (:8181) configured from the control plane's own `/api/v1/opa/config`. Then one
 example evaluation per path.
 
@@ -123,7 +124,9 @@ def _start(system: System, sup: Supervisor, tokens: TokenSet) -> dict[str, str]:
     workers = [sup.start(system.worker(n)) for n in range(1, ports.workers + 1)]
     gateway_url = f"http://127.0.0.1:{ports.gateway_port}"
     sup.start(system.gateway())
-    sup.start(system.control_plane(bridge_url=gateway_url))
+    # the first process generates what the deployment shares (keys) before the others read it
+    for child in system.control_planes(bridge_url=gateway_url):
+        sup.start(child)
     wait_until(lambda: _health_bundles(settings.base_url), 180, "the control plane to publish bundles")
     admin = tokens.with_scope("admin")
     agent = sup.start(system.agent(token=admin.secret if admin else ""))

@@ -30,8 +30,10 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from bridge.kernel.config import NatsSettings, Settings, SupervisorSettings, child_environment
+from bridge.kernel.config import NatsSettings, Settings, SigningSettings, SupervisorSettings, child_environment
 from controlplane.agents.sandbox import bridge_token, bridge_token_path
+from controlplane.app import CONTROL_PLANE_READY
+from controlplane.auth.tokens import default_tokens_file
 from controlplane.infra.natsauth import NatsAuth, bootstrap
 from controlplane.infra.private import write_private
 from controlplane.infra.processes import (
@@ -43,11 +45,11 @@ from controlplane.infra.processes import (
     port_open,
     spawn,
 )
-from controlplane.infra.supervision import Child
+from controlplane.infra.recordkeys import KEY_DIR, SIGNING_FILE, TRUSTED_DIR
+from controlplane.infra.supervision import STATUS_FILE, Child, status_path
 from controlplane.services import jetstream_steps
 
 BOOTSTRAP_S = 30.0  # how long creating the streams and buckets may take (a cluster electing leaders)
-READY_PROBE_S = 2.0  # a control plane under load may take this long to answer its /health
 WORKER_READY = "groqpolicy worker ready"
 # what a child must not inherit from the shell when it is given its own NATS identity
 NATS_CREDENTIAL_VARIABLES = frozenset(NatsSettings.ENV) - {"GROQPOLICY_NATS_CONNECT_TIMEOUT_S"}
@@ -69,6 +71,32 @@ def http_text(url: str, timeout: float = 10.0, token: str = "") -> str:
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return resp.read().decode()
+
+
+def replica_environment(settings: Settings, number: int) -> dict[str, str]:
+    """Where control-plane process `number` of the deployment whose first process keeps
+    `settings.state_dir` keeps its own state, and the shared secrets it reads from that state dir
+    (the files the first process generated; configured ones reach every process already)."""
+    state = settings.state_dir
+    if number == 1:
+        return {"GROQPOLICY_STATE_DIR": str(state)}
+    own = state / "processes" / str(number)
+    trusted = own / KEY_DIR / TRUSTED_DIR
+    trusted.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for public in (state / KEY_DIR / TRUSTED_DIR).glob("*.pem"):  # retired keys stay trusted here too
+        if not (trusted / public.name).exists():
+            write_private(trusted / public.name, public.read_text())
+    status = own / STATUS_FILE  # /health and the dashboard show the supervisor's view
+    if not status.is_symlink():
+        status.unlink(missing_ok=True)
+        status.symlink_to(status_path(state))
+    env = {"GROQPOLICY_STATE_DIR": str(own), "GROQPOLICY_BRIDGE_TOKEN_FILE": str(bridge_token_path(settings)),
+           "GROQPOLICY_RECORD_KEY_FILE": str(settings.record_key_file or state / KEY_DIR / SIGNING_FILE)}
+    if not settings.tokens and not settings.tokens_file:
+        env["GROQPOLICY_TOKENS_FILE"] = str(default_tokens_file(state))
+    if not SigningSettings.from_env().key_pem and not settings.signing_key_file:
+        env["GROQPOLICY_SIGNING_KEY_FILE"] = str(state / "keys" / f"{settings.signing_kid}.pem")
+    return env
 
 
 class System:
@@ -144,28 +172,34 @@ class System:
         return Child("bridge gateway", lambda: spawn("bridge gateway", argv, self.log_dir / "gateway.log", env=env),
                      ready=lambda _: port_open(port))
 
-    def control_plane(self, bridge_url: str) -> Child:
+    def control_planes(self, bridge_url: str) -> list[Child]:
+        """`GROQPOLICY_PROCESSES` control planes, all serving the one socket the supervisor holds:
+        the kernel hands each new connection to whichever process accepts first, so HTTP parsing,
+        evaluation and audit appends spread over every core. Each process is a replica as one on
+        another machine would be (its own state dir, the deployment's keys, tokens and JetStream
+        state shared); the first keeps `<state>` itself, so one process is exactly today's shape."""
         settings = self.settings
         self.cp_socket = sock = listen_socket(settings.host, settings.port)
         fd = sock.fileno()
         argv = [sys.executable, "-m", "controlplane.ops.cli", "serve", "--log-level", "warning", "--fd", str(fd)]
 
-        def launch() -> ManagedProcess:
-            env = dict(self.env("controlplane"), GROQPOLICY_STATE_DIR=str(settings.state_dir),
-                       GROQPOLICY_PORT=str(settings.port), GROQPOLICY_HOST=settings.host, GROQPOLICY_BRIDGE_URL=bridge_url)
-            if self.emulator_url:  # as the workers are: where `impact --via batch` sends its Batch API jobs
-                env["GROQPOLICY_EMULATOR_URL"] = self.emulator_url
-            return spawn("control plane", argv, self.log_dir / "controlplane.log", env=env, pass_fds=(fd,))
+        def child(number: int) -> Child:
+            name = "control plane" if number == 1 else f"control plane {number}"
+            log_path = self.log_dir / ("controlplane.log" if number == 1 else f"controlplane-{number}.log")
 
-        def ready(_: ManagedProcess) -> bool:
-            # the port always accepts (the socket is ours); the child is ready when it answers
-            try:
-                http_json(f"{settings.base_url}/health", timeout=READY_PROBE_S)
-            except (OSError, ValueError):
-                return False
-            return True
+            def launch() -> ManagedProcess:
+                env = dict(self.env("controlplane"), GROQPOLICY_PORT=str(settings.port), GROQPOLICY_HOST=settings.host,
+                           GROQPOLICY_BRIDGE_URL=bridge_url, GROQPOLICY_PROCESSES=str(self.ports.processes),
+                           **replica_environment(settings, number))
+                if self.emulator_url:  # as the workers are: where `impact --via batch` sends its Batch API jobs
+                    env["GROQPOLICY_EMULATOR_URL"] = self.emulator_url
+                return spawn(name, argv, log_path, env=env, pass_fds=(fd,))
 
-        return Child("control plane", launch, ready=ready, start_timeout_s=180)
+            # the port always accepts (the socket is ours) and any process may answer a probe on
+            # it: each process says itself when its start-up is complete
+            return Child(name, launch, ready=lambda mp: CONTROL_PLANE_READY in mp.own_log(), start_timeout_s=180)
+
+        return [child(n) for n in range(1, self.ports.processes + 1)]
 
     def agent(self, token: str, agent_id: str = "agent-1") -> Child:
         """The OPA agent, configured once from the control plane's own /api/v1/opa/config (a restart

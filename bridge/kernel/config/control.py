@@ -67,6 +67,7 @@ class Settings(_Section, kw_only=True):
     replay_max_age_h: float = 168.0
     replay_max_bytes: int = 1 << 30
     shadow_max_divergence: float = 0.01  # promotion above this divergence rate (0..1) needs `force`
+    processes: int = 1  # the deployment's control-plane processes a batch is split across (`groqpolicy up` says)
 
     ENV: ClassVar[dict[str, tuple[str, Conv]]] = {
         "GROQPOLICY_HOST": ("host", str),
@@ -108,6 +109,7 @@ class Settings(_Section, kw_only=True):
         "GROQPOLICY_REPLAY": ("replay", str), "GROQPOLICY_REPLAY_OPT_OUT": ("replay_opt_out", str),
         "GROQPOLICY_REPLAY_MAX_AGE_H": ("replay_max_age_h", float), "GROQPOLICY_REPLAY_MAX_BYTES": ("replay_max_bytes", int),
         "GROQPOLICY_SHADOW_MAX_DIVERGENCE": ("shadow_max_divergence", float),
+        "GROQPOLICY_PROCESSES": ("processes", int),
     }
 
     def _derive(self, env: Mapping[str, str]) -> None:
@@ -115,6 +117,8 @@ class Settings(_Section, kw_only=True):
             self.opa_url = f"http://127.0.0.1:{self.agent_port}"
         if min(self.evaluation_threads - 1, self.evaluation_cpu_threads, self.evaluation_queue) < 0:
             raise ConfigError("GROQPOLICY_EVALUATION_THREADS, _CPU_THREADS, _QUEUE: want at least 1, 0 and 0")
+        if self.processes < 1:
+            self.processes = 1  # `groqpolicy up`'s 0 (one per core) means nothing to a single process
 
     def bundle_overlay(self, **secrets: Any) -> dict[str, Any]:
         """Deployment facts every bundle carries at data.groqpolicy.config (+ controlplane.agents.sandbox's)."""

@@ -3,6 +3,7 @@ the CLI, the toolchain, and the NATS credential every process presents."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import ClassVar
@@ -25,17 +26,24 @@ class SupervisorSettings(_Section, kw_only=True):
     gateway_port: int = 8016
     agent_port: int = 8181
     workers: int = 2  # inference workers in one queue group: one can die without a gap
+    # control-plane processes serving one listening socket, each a replica (0: one per core)
+    processes: int = 0
 
     ENV: ClassVar[dict[str, tuple[str, Conv]]] = {
         "GROQPOLICY_NATS_PORT": ("nats_port", int),
         "GROQPOLICY_GATEWAY_PORT": ("gateway_port", int),
         "GROQPOLICY_AGENT_PORT": ("agent_port", int),
         "GROQPOLICY_WORKERS": ("workers", int),
+        "GROQPOLICY_PROCESSES": ("processes", int),
     }
 
     def _derive(self, env: Mapping[str, str]) -> None:
         if self.workers < 1:
             raise ConfigError(f"GROQPOLICY_WORKERS={self.workers}: want at least 1")
+        if self.processes < 0:
+            raise ConfigError(f"GROQPOLICY_PROCESSES={self.processes}: want at least 1 (0: one per core)")
+        if self.processes == 0:
+            self.processes = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 class GatewaySettings(_Section, kw_only=True):

@@ -1,0 +1,110 @@
+"""A batch split across two control-plane processes of one deployment (`GROQPOLICY_PROCESSES=2`):
+the process that took the request decides one share and another process the other, through
+`policy.evaluate.chunk` on NATS; the answers are those one process gives, the batch is one audit
+record, and with no other process to ask (or one on another revision) the origin decides it all."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import httpx
+import pytest
+
+from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
+from controlplane.evaluation.spread import MIN_CHUNK, bounds
+from tests.controlplane_helpers import ADMIN_HEADERS, make_settings, running_control_plane
+from tests.test_evaluate_nats import limit, wait_until
+
+H = CONSTITUTIONAL_HASH
+
+
+def test_bounds_cut_equal_shares_never_below_the_minimum():
+    assert bounds(100, 2) == [(0, 50), (50, 100)]
+    assert bounds(101, 3) == [(0, 34), (34, 68), (68, 101)]
+    assert bounds(2 * MIN_CHUNK - 1, 2) == [(0, 2 * MIN_CHUNK - 1)]  # too small to be worth a round trip
+    assert bounds(100, 1) == [(0, 100)]
+
+
+def _batch(client: httpx.Client, amounts: list[int]) -> list[dict]:
+    r = client.post("/api/v1/evaluate/batch", json={"batch_contexts": [{"principal": f"p{i}", "amount": a} for i, a in enumerate(amounts)],
+                                                   "policy_types": ["risk_management"], "constitutional_hash": H})
+    assert r.status_code == 200, r.text
+    return r.json()["results"]
+
+
+@pytest.fixture
+def two_processes(tmp_path, nats_server):
+    url = nats_server.extra["url"]
+    shared = {"record_key_file": tmp_path / "record-key.pem", "bridge_token_file": tmp_path / "bridge-token",
+              "nats_url": url, "compile_on_start": True, "processes": 2}
+    a = make_settings(tmp_path / "a", **shared)
+    b = make_settings(tmp_path / "b", **shared)
+    with running_control_plane(a) as sa, httpx.Client(base_url=a.base_url, headers=ADMIN_HEADERS, timeout=60) as ca:
+        yield a, sa, ca, b
+
+
+def test_a_batch_is_split_across_the_processes_and_answers_as_one(two_processes):
+    _, sa, ca, b = two_processes
+    created = ca.post("/api/v1/policies", json={"name": "limits", "policy_type": "risk_management", "opa_policy": limit(100),
+                                                "constitutional_hash": H}).json()
+    amounts = [(i * 37) % 200 for i in range(100)]
+    expected = ["deny" if x > 100 else "allow" for x in amounts]
+    spread = sa.runtime.pipeline.spread
+    assert spread.enabled
+
+    # alone: the other share has no process to go to but its origin, which decides it itself
+    assert [r["decision"] for r in _batch(ca, amounts)] == expected
+    assert spread.answered_elsewhere == 0
+
+    with running_control_plane(b) as sb:
+        wait_until(lambda: sb.runtime.evaluator.revision == created["bundle_revision"])
+        for _ in range(5):
+            results = _batch(ca, amounts)
+            assert [r["decision"] for r in results] == expected
+            assert [r["input_context"]["principal"] for r in results] == [f"p{i}" for i in range(100)]
+            assert len({r["evaluation_id"] for r in results}) == 100
+        # five batches, each share asked up to four times of a group of two: the other process answered
+        assert spread.answered_elsewhere >= 1, (spread.sent, spread.answered_elsewhere)
+        assert sb.runtime.service.answered == 0  # chunks are not `policy.evaluate` requests: counted apart
+
+        # B on another revision (it has not followed a write yet) refuses: A decides the share itself
+        before = spread.answered_elsewhere
+        pipeline_b = sb.runtime.pipeline
+        evaluator_b, pipeline_b.evaluator = pipeline_b.evaluator, SimpleNamespace(revision="some-other-revision")
+        try:
+            assert [r["decision"] for r in _batch(ca, amounts)] == expected
+        finally:
+            pipeline_b.evaluator = evaluator_b
+        assert spread.answered_elsewhere == before
+
+    # every batch is one audit record at its origin, whoever decided its shares
+    deadline = time.monotonic() + 30
+    while True:
+        page = ca.get("/api/v1/audit", params={"limit": 1000, "source": "batch"}).json()
+        if len(page["records"]) >= 7 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert len(page["records"]) == 7, len(page["records"])
+
+
+def test_an_agents_status_taken_by_one_process_is_listed_by_every_process(tmp_path, nats_server):
+    """An agent posts its status to whichever process took its connection; `groqpolicy agents`
+    may be answered by another."""
+    from tests.controlplane_helpers import AGENT_TOKEN, bearer
+    from tests.test_agent_state import status
+
+    shared = {"record_key_file": tmp_path / "record-key.pem", "bridge_token_file": tmp_path / "bridge-token",
+              "nats_url": nats_server.extra["url"], "processes": 2}
+    a, b = make_settings(tmp_path / "a", **shared), make_settings(tmp_path / "b", **shared)
+    with running_control_plane(a), running_control_plane(b) as sb, \
+            httpx.Client(base_url=a.base_url, timeout=30) as ca, httpx.Client(base_url=b.base_url, headers=ADMIN_HEADERS, timeout=30) as cb:
+        assert ca.post("/status", json=status("edge-7", "r9"), headers=bearer(AGENT_TOKEN)).status_code == 204
+        wait_until(lambda: [x["id"] for x in cb.get("/api/v1/opa/agents").json()] == ["edge-7"])
+        assert cb.get("/api/v1/opa/agents/edge-7").json()["status"]["labels"]["id"] == "id-edge-7"
+        assert sb.status_sharing.received == 1
+        # a copy that does not check out is not stored (it was checked where the agent posted it)
+        bad = ca.post("/status", json={"labels": [1, 2]}, headers=bearer(AGENT_TOKEN))
+        assert bad.status_code == 400
+        time.sleep(0.5)
+        assert sb.status_sharing.received == 1
