@@ -65,14 +65,16 @@ R = TypeVar("R")
 
 
 def _reachable(call: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-    """JetStream unreachable (a reconnect, a lost quorum) is a 503 that says so, never a 500."""
+    """JetStream unreachable (a reconnect, a lost quorum) or refusing (a full store) is a 503 that
+    says so, never a 500; in a job's own writes, its error."""
 
     @functools.wraps(call)
     async def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return await call(*args, **kwargs)
         except (NatsError, TimeoutError) as exc:
-            raise Unavailable(f"evaluation jobs: JetStream unreachable ({type(exc).__name__}); retry") from None
+            raise Unavailable(f"evaluation jobs: JetStream unreachable or refused ({type(exc).__name__}: {exc}); "
+                              "retry") from None
 
     return wrapped
 
