@@ -6,7 +6,7 @@ a real nats-server (loopback, file storage): the three operations a job does.
 - `heartbeat write`: the runner's compare-and-set write of its job, every second per job, beside the
   file store's atomic fsync'd replace.
 - `results 10,000`: a 10,000-context job's NDJSON written then read back (object store put + get,
-  chunked) beside the file write (fsync) + read.
+  chunked, into a file as the results endpoint serves it) beside the file write (fsync) + read.
 
 The contenders alternate in blocks (shared, file, shared, ...), so both see the same machine state;
 times per call in ms, median and p99, land in `extra_info` and the table printed at the end.
@@ -59,7 +59,8 @@ async def _contenders(nc: nats.NATS, tmp: Path) -> dict[str, dict[str, Callable[
 
     async def shared_results() -> bytes:
         await shared.write_results(job.id, ndjson)
-        return await shared.results(job.id)
+        await shared.results(job.id, tmp / "download")
+        return (tmp / "download").read_bytes()
 
     def file_results() -> bytes:
         path = files.results_path(job.id)

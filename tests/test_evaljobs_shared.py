@@ -65,6 +65,10 @@ def test_a_job_submitted_to_one_process_is_read_and_listed_on_the_other_results_
     assert done["state"] == "completed" and done["runner"] == planes[0].services.evaljobs.runner, done
     there = results(b, job["id"])
     assert there == results(a, job["id"])
+    deadline = time.monotonic() + 10  # each download is removed once sent (after the response: wait for it)
+    while list((planes[1].settings.state_dir / "evaljobs").glob("*.download")):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     assert [r["decision"] for r in there][:2] == ["allow", "deny"] and len(there) == len(contexts())
     listed = b.get("/api/v1/evaluate/jobs", headers=EV).json()
     assert job["id"] in [j["id"] for j in listed]

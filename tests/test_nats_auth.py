@@ -270,7 +270,7 @@ async def test_the_control_plane_runs_its_store_audit_and_escalations_without_a_
         await nc.close()
 
 
-async def test_the_control_plane_shares_evaluation_jobs_in_the_buckets_bootstrap_made_without_a_violation(authed):
+async def test_the_control_plane_shares_evaluation_jobs_in_the_buckets_bootstrap_made_without_a_violation(authed, tmp_path):
     from controlplane.evaljobs.schemas import Job
     from controlplane.evaljobs.shared import SharedJobs
 
@@ -286,7 +286,9 @@ async def test_the_control_plane_shares_evaluation_jobs_in_the_buckets_bootstrap
         assert await jobs.cancel_requested(job.id)
         big = b"".join(b'{"line": %d, "pad": "%s"}\n' % (i, b"x" * 200) for i in range(12_000))  # > 1 MiB
         await jobs.write_results(job.id, big)
-        assert await jobs.results(job.id) == big
+        await jobs.results(job.id, tmp_path / "results.ndjson")
+        assert (tmp_path / "results.ndjson").read_bytes() == big
+        assert stat.S_IMODE(os.stat(tmp_path / "results.ndjson").st_mode) == 0o600
         assert [j.id for j in await jobs.listing()] == [job.id] and (await jobs.get(job.id)).done == 1
         await nc.flush()
         assert reports.violations() == []

@@ -11,12 +11,11 @@ Any process answers for any job (they are kept in JetStream: `controlplane.evalj
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from litestar import Controller, Request
+from litestar.background_tasks import BackgroundTask
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
-from litestar.response import File, Response
+from litestar.response import File
 
 from controlplane.auth.guards import principal_of, requires
 from controlplane.evaljobs.schemas import MAX_JOB_CONTEXTS, Job, JobRequest
@@ -48,12 +47,10 @@ class EvaluationJobs(Controller):
 
     @get("/{job_id:str}/results", summary="A completed job's results as NDJSON, one per context in order",
          responses=error_responses(401, 403, 404, 409, 429))
-    async def results(self, job_id: FromPath[str], evaljobs: NamedDependency[EvalJobs]) -> File | Response[bytes]:
-        found = await evaljobs.results(job_id)
-        if isinstance(found, Path):
-            return File(found, media_type=NDJSON, content_disposition_type="inline", filename=f"{job_id}.ndjson")
-        return Response(found, media_type=NDJSON,
-                        headers={"Content-Disposition": f'inline; filename="{job_id}.ndjson"'})
+    async def results(self, job_id: FromPath[str], evaljobs: NamedDependency[EvalJobs]) -> File:
+        path, download = await evaljobs.results(job_id)
+        return File(path, media_type=NDJSON, content_disposition_type="inline", filename=f"{job_id}.ndjson",
+                    background=BackgroundTask(path.unlink, missing_ok=True) if download else None)
 
     @post("/{job_id:str}/cancel", status_code=200, summary="Cancel a queued or running evaluation job",
           responses=error_responses(401, 403, 404, 409, 429))

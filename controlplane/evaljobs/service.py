@@ -81,6 +81,7 @@ class EvalJobs:
         except (NatsError, TimeoutError) as exc:
             log.error("evaluation jobs: the bucket cannot be opened (%s: %s)", type(exc).__name__, exc)
         if self.shared is not None:
+            await asyncio.to_thread(self.store.clear_downloads)
             self._heartbeat = asyncio.create_task(self._beat(), name="evaluation-jobs-heartbeat")
             return
         log.warning("evaluation jobs: no JetStream; jobs are kept in this process's state directory and only this "
@@ -133,14 +134,17 @@ class EvalJobs:
         jobs = list(self.jobs.values()) if self.shared is None else await self.shared.listing()
         return sorted(jobs, key=lambda j: j.created_at, reverse=True)
 
-    async def results(self, job_id: str) -> Path | bytes:
+    async def results(self, job_id: str) -> tuple[Path, bool]:
+        """The results' file, and whether it is a download of this request's to remove once sent."""
         job = await self.get(job_id)
         if job.state != "completed":
             raise Conflict(f"evaluation job {job_id}: {job.state}; results exist once it is completed"
                            + (f" ({job.error})" if job.error else ""))
-        if self.shared is not None:
-            return await self.shared.results(job_id)
-        return self.store.results_path(job_id)
+        if self.shared is None:
+            return self.store.results_path(job_id), False
+        into = self.store.dir / f"{job_id}.{uuid.uuid4().hex}.download"
+        await self.shared.results(job_id, into)
+        return into, True
 
     async def cancel(self, job_id: str) -> Job:
         job = await self.get(job_id)

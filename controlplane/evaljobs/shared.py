@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 import msgspec
@@ -46,6 +48,7 @@ from nats.js.object_store import ObjectStore
 
 from bridge.kernel.errors import NotFound, Unavailable
 from controlplane.evaljobs.schemas import FINISHED, Job
+from controlplane.infra.private import open_private
 
 log = logging.getLogger(__name__)
 BUCKET = "groqpolicy_evaljobs"
@@ -178,12 +181,18 @@ class SharedJobs:
         return [j for j in jobs if j is not None]
 
     @_reachable
-    async def results(self, job_id: str) -> bytes:
+    async def results(self, job_id: str, into: Path) -> None:
+        """The results written into `into` (0600) chunk by chunk: megabytes never held in memory at once."""
         try:
-            found = await self.obs.get(f"{job_id}.ndjson")
+            with open_private(into, "wb") as fh:
+                assert isinstance(fh, io.BufferedIOBase)  # "wb": a buffered writer
+                await self.obs.get(f"{job_id}.ndjson", writeinto=fh)
         except ObjectNotFoundError:
+            into.unlink(missing_ok=True)
             raise NotFound(f"evaluation job {job_id}: its results are gone (kept {KEPT_S / 86400:.0f} days)") from None
-        return found.data or b""
+        except BaseException:
+            into.unlink(missing_ok=True)
+            raise
 
     async def _quarantine(self, job_id: str, raw: bytes, revision: int | None, exc: Exception) -> None:
         log.error("evaluation job %s: its record in %s is unreadable (%s); moved to quarantine.%s",

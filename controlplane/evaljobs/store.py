@@ -87,6 +87,12 @@ class JobStore:
     def results_path(self, job_id: str) -> Path:
         return self._path(job_id, ".ndjson")
 
+    def clear_downloads(self) -> None:
+        """The directory ready for results downloaded from JetStream, none left from a previous run."""
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for path in self.dir.glob("*.download"):
+            path.unlink(missing_ok=True)
+
     def forget(self, jobs: list[Job]) -> list[Job]:
         """Beyond `KEPT_JOBS` finished jobs, the oldest are deleted; the jobs kept."""
         finished = [j for j in jobs if j.state in FINISHED]
