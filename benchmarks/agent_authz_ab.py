@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.harness import HTTPClient  # noqa: E402
 from bridge.kernel.config import Settings  # noqa: E402
 from bridge.opabundle.archive import write_bundle  # noqa: E402
-from controlplane.bundles.compiler import Compiler, load_definition  # noqa: E402
+from controlplane.bundles.compiler import Compiler  # noqa: E402
+from controlplane.bundles.definitions import load_definition  # noqa: E402
 from controlplane.infra.processes import start_opa_agent  # noqa: E402
 
 TOKEN = "bench-evaluate-token-00000000"

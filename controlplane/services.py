@@ -15,6 +15,7 @@ import os
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import anyio
@@ -34,12 +35,14 @@ from controlplane.audit import AuditTrail
 from controlplane.audit.certifications import CertificationRecorder
 from controlplane.audit.wiring import EscalationPublisher, RecordingAuditSink
 from controlplane.auth.tokens import TokenSet, ensure_tokens
-from controlplane.bundles.compiler import Compiler, load_definitions
+from controlplane.bundles.compiler import Compiler
+from controlplane.bundles.definitions import load_definitions
 from controlplane.bundles.keystore import ensure_signing_key
 from controlplane.bundles.publisher import BundlePublisher
 from controlplane.bundles.revisions import RevisionStore
 from controlplane.certification.certifier import Certifier
 from controlplane.certification.checks import PolicyChecks
+from controlplane.certification.library import LibraryCertificates
 from controlplane.dashboard.auth import SignInCodes, ensure_shared_codes, shared_codes
 from controlplane.evaljobs.service import EvalJobs
 from controlplane.evaljobs.shared import ensure as ensure_evaljobs
@@ -167,8 +170,13 @@ class Services:
                                   pool_size=settings.evaluation_threads + cpus + 1)
         follower = RevisionFollower(store, evaluator)
         nats.on_reconnect.append(policy_store.resync)  # a KV watch does not survive a server restart
-        bundler = PolicyBundler(compiler, publisher, settings.rego_root, settings.bundles_dir)
-        checks = PolicyChecks(lambda: compiler.opa, lambda: [settings.rego_root / s for s in bundler.library().sources])
+        def library_sources() -> list[Path]:
+            return [settings.rego_root / s for s in bundler.library().sources]
+
+        checks = PolicyChecks(lambda: compiler.opa, library_sources)
+        bundler = PolicyBundler(compiler, publisher, settings.rego_root, settings.bundles_dir,
+                                library_certificates=LibraryCertificates(checks, record_keys, library_sources,
+                                                                         settings.state_dir / "library-certificates"))
         certifier = Certifier(checks, record_keys, ask_model=models.request,
                               record=CertificationRecorder(lambda: recorder.trail, lambda: nats.connected))
         policies = PolicyService(policy_store, bundler, on_published=follower.reload, certifier=certifier)

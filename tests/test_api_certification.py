@@ -197,3 +197,19 @@ def test_an_update_is_certified_again_and_a_refused_one_keeps_the_stored_version
     assert r.status_code == 200, r.text
     cert = r.json()["certificate"]
     assert cert["policy_version"] == 2 and cert["certified"] and cert["review"] is None
+
+
+def test_the_agent_shows_the_librarys_own_policies_certified(system):
+    """Every policy an agent runs carries its certificate: the library's seven as well as the stored
+    ones, signed with the record key, in `.manifest` metadata (`library_certificates`)."""
+    _, services, opa = system
+    keys = services.policies.certifier.keys
+    manifest = opa.get("/v1/data/system/bundles/groqpolicy/manifest").json().get("result") or {}
+    library = manifest.get("metadata", {}).get("library_certificates", {})
+    want = sorted(p.name for p in (REPO_ROOT / "rego" / "policies").iterdir() if (p / "policy.rego").is_file())
+    assert sorted(library) == want and len(want) == 7
+    for kind, cert in library.items():
+        assert verify(cert, keys) == "", kind
+        assert cert["certified"] is True and cert["rule_id"] == f"library/{kind}"
+        assert {c["name"]: c["passed"] for c in cert["checks"]} == {
+            "principles": True, "decisions": True, "fail_closed": True, "tests": True}

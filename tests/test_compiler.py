@@ -9,13 +9,9 @@ import pytest
 from bridge.kernel.errors import GroqPolicyError
 from bridge.opabundle.keys import generate_keypair
 from bridge.opabundle.verify import keyring, verify_archive
-from controlplane.bundles.compiler import (
-    BundleDefinition,
-    CompileError,
-    Compiler,
-    load_definition,
-    load_definitions,
-)
+from controlplane.bundles.compiler import Compiler
+from controlplane.bundles.definitions import BundleDefinition, load_definition, load_definitions
+from controlplane.bundles.findings import CompileError
 from controlplane.bundles.publisher import BundlePublisher
 from controlplane.bundles.revisions import RevisionStore
 from tests.conftest import REPO_ROOT

@@ -16,7 +16,8 @@ import pytest
 
 from bridge.opabundle.archive import read_bundle, write_bundle
 from bridge.opabundle.signing import sign_bundle
-from controlplane.bundles.compiler import Compiler, load_definition
+from controlplane.bundles.compiler import Compiler
+from controlplane.bundles.definitions import load_definition
 from controlplane.infra.processes import free_port, start_opa_agent
 from tests.conftest import REPO_ROOT
 from tests.controlplane_helpers import ADMIN_HEADERS, make_settings, running_control_plane

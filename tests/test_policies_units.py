@@ -11,7 +11,7 @@ from bridge.inference.wire import InferReply
 from bridge.kernel.config import Settings
 from bridge.kernel.vocabulary import MIN_MODEL_CONFIDENCE, strictest
 from bridge.opawasm import UNDEFINED
-from controlplane.bundles.compiler import CompileError
+from controlplane.bundles.findings import CompileError
 from controlplane.evaluation.decision import PreOutcome, applicable, normalise, outcome, propose, refused
 from controlplane.evaluation.model_stage import judged
 from controlplane.policies import rego

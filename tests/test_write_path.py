@@ -1,6 +1,7 @@
 """The policy write path's compile with the real opa: stages side by side report the error the
-sequential order would, the revision of a built tree matches the one decided without compiling, and
-the `http.send` URL check parses a module text once."""
+sequential order would, the revision of a built tree matches the one decided without compiling, the
+`http.send` URL check parses a module text once, and the evaluator's load check (Winch) refuses what
+the evaluator cannot load while the serving engine compiles each module once."""
 
 from __future__ import annotations
 
@@ -8,8 +9,17 @@ import json
 from pathlib import Path
 
 import pytest
+import wasmtime
 
-from controlplane.bundles.compiler import BundleDefinition, CompileError, Compiler, revision_for, source_digest
+from bridge.opawasm import engine as engine_mod
+from bridge.opawasm import errors as wasm_errors
+from bridge.opawasm import policy_from_files
+from bridge.opawasm.engine import load_check
+from controlplane.bundles.compiler import Compiler
+from controlplane.bundles.definitions import BundleDefinition, revision_for, source_digest
+from controlplane.bundles.findings import CompileError
+from controlplane.policies.bundler import check_loads
+from tests.wasm_helpers import build_wasm_bundle, bundle_files
 
 BRIDGE = "http://127.0.0.1:8016"
 OK = 'package demo\n\nimport rego.v1\n\n# METADATA\n# entrypoint: true\nallow if input.user == "alice"\n'
@@ -78,3 +88,57 @@ def test_a_url_off_the_bridge_is_refused_and_each_text_is_parsed_once(compiler, 
     with pytest.raises(CompileError):  # refused again from what is known, without a parse
         compiler.build_tree(d, base=tmp_path)
     assert len(parses) == 2
+
+
+# -- the load check: Winch for the proof, Cranelift compiled in the background for serving -----------
+
+PARSES_MODULES = ('package demo.meta\n\nimport rego.v1\n\n# METADATA\n# entrypoint: true\n'
+                  'm := rego.parse_module("x.rego", input.text)\n')
+SLOW = "package t\n\nimport rego.v1\n\nslow if {\n  some i in numbers.range(1, 4000)\n  some j in numbers.range(1, 4000)\n  i * j == -1\n}\n"
+
+
+def test_a_module_needing_a_builtin_the_evaluator_lacks_is_refused_by_the_load_check(compiler, tmp_path):
+    d = _tree(tmp_path, {"policy.rego": OK, "meta.rego": PARSES_MODULES})
+    built = compiler.build_tree(d, base=tmp_path)  # opa builds it: only the evaluator can refuse it
+    with pytest.raises(CompileError) as err:
+        check_loads(compiler.finish(built).wasm_files)
+    assert err.value.stage == "load"
+    [finding] = err.value.messages
+    assert finding.code == "wasm_load_error" and "rego.parse_module" in finding.message
+
+
+def test_the_load_check_compiles_on_its_own_engine_and_serves_nothing(compiler, tmp_path, monkeypatch):
+    compiles: list[wasmtime.Engine] = []
+    real = engine_mod._new_module
+
+    def counting(eng, wasm):
+        compiles.append(eng)
+        return real(eng, wasm)
+
+    monkeypatch.setattr(engine_mod, "_new_module", counting)
+    d = _tree(tmp_path, {"policy.rego": OK.replace("alice", f"alice-{tmp_path.name}")})  # bytes no cache has
+    files = compiler.finish(compiler.build_tree(d, base=tmp_path)).wasm_files
+    check_loads(files)  # Winch, on the check's engine, kept nowhere
+    policy = policy_from_files(files, pool_size=2)  # the evaluator's own load: Cranelift, kept by content
+    try:
+        assert policy.evaluate("demo/allow", {"user": f"alice-{tmp_path.name}"}) is True
+    finally:
+        policy.close()
+    check_engine, serving = engine_mod._Engine.check, engine_mod.engine()
+    assert check_engine is not None and check_engine is not serving
+    assert [e is check_engine for e in compiles] == [True, False]  # one check compile, one serving compile
+    policy_from_files(files, pool_size=1).close()
+    assert len(compiles) == 2  # the serving module is kept; the check's is not what serves
+
+
+def test_deadlines_and_fuel_hold_on_the_load_checks_engine():
+    files = bundle_files(build_wasm_bundle({"p.rego": SLOW}, ["t/slow"]))
+    with load_check():
+        policy = policy_from_files(files, pool_size=1)
+        try:
+            with pytest.raises(wasm_errors.DeadlineExceeded):  # epochs tick on the Winch engine too
+                policy.evaluate("t/slow", {}, timeout=0.05)
+            with pytest.raises(wasm_errors.InlineBudgetExceeded):  # and fuel runs out on it
+                policy.evaluate("t/slow", {}, inline=True)
+        finally:
+            policy.close()

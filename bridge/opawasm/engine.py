@@ -10,16 +10,26 @@ Compiling a module (Cranelift) is far costlier than instantiating it, so compile
 by content hash: a revision that changes only its data reuses the module, and its hot swap costs
 an instantiation, not a compilation. A caller may also keep them on disk (`LoadOptions.module_cache`), for later processes: wasmtime's own
 serialized form, which it refuses to load into an engine of another version or configuration.
+
+A policy write must prove the evaluator can load its module (a builtin the host lacks, a bad import)
+before the revision reaches any agent, but Cranelift takes ~1.2-3 s on the library's module. Inside
+`load_check()` the same load runs on a second engine using Winch, wasmtime's baseline compiler (~8x
+faster to compile, same validator, imports, fuel and epochs; slower code, so it never serves). The
+serving engine compiles the module when the evaluator follows the new revision, after agents have it:
+started any earlier, that compile takes a core from the write's own stages on a busy machine.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import math
 import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 
@@ -38,6 +48,8 @@ TICK_S = 0.01
 # that keeps "out of memory before this count" also "before the clock" at up to ~10x slowdown.
 RUNAWAY_FUEL_PER_S = 100_000_000
 COMPILED_CACHE_SIZE = 8
+# wasmtime_strategy_t: 0 auto, 1 cranelift, 2 winch (wasmtime-py's `Config.strategy` names only the first two)
+_STRATEGY_WINCH = 2
 
 
 def deadline_ticks(seconds: float) -> int:
@@ -46,10 +58,12 @@ def deadline_ticks(seconds: float) -> int:
 
 
 class _Engine:
-    """The engine (created on first use) and its epoch ticker."""
+    """The serving engine and the load check's (created on first use), and one epoch ticker for both."""
 
     lock = threading.Lock()
     engine: wasmtime.Engine | None = None
+    check: wasmtime.Engine | None = None
+    ticking: list[wasmtime.Engine] = []
 
     @classmethod
     def get(cls) -> wasmtime.Engine:
@@ -58,34 +72,66 @@ class _Engine:
             with cls.lock:
                 engine = cls.engine
                 if engine is None:
-                    engine = cls.engine = cls._start()
+                    engine = cls.engine = cls._start(winch=False)
         return engine
 
-    @staticmethod
-    def _start() -> wasmtime.Engine:
+    @classmethod
+    def get_check(cls) -> wasmtime.Engine:
+        engine = cls.check
+        if engine is None:
+            with cls.lock:
+                engine = cls.check
+                if engine is None:
+                    engine = cls.check = cls._start(winch=True)
+        return engine
+
+    @classmethod
+    def _start(cls, winch: bool) -> wasmtime.Engine:
         cfg = wasmtime.Config()
         cfg.epoch_interruption = True
         cfg.consume_fuel = True  # costs ~1-2 µs per evaluation and ~20-40% on long loops (benchmarks/README.md)
         # linear memory is reserved up to its cap and never moves: instances keep one view over it
         cfg.memory_may_move = False
         cfg.cranelift_opt_level = "speed"
-        # no compile thread pool: it would not survive fork() and compiles hang in the child
+        # no compile thread pool: it would not survive fork() and compiles hang in the child (on this
+        # 2-core machine it did not make the library's module compile faster either: benchmarks/README.md)
         cfg.parallel_compilation = False
+        if winch:
+            _bindings.wasmtime_config_strategy_set(cfg.ptr(), _STRATEGY_WINCH)
         engine = wasmtime.Engine(cfg)
-        threading.Thread(target=_tick, args=(engine,), name="wasm-epoch", daemon=True).start()
+        cls.ticking = [*cls.ticking, engine]
+        if len(cls.ticking) == 1:
+            threading.Thread(target=_tick, name="wasm-epoch", daemon=True).start()
         return engine
 
 
-def _tick(engine: wasmtime.Engine) -> None:
+def _tick() -> None:
     increment = _bindings._wasmtime_engine_increment_epoch
-    ptr = engine.ptr()
     while True:
         time.sleep(TICK_S)
-        increment(ptr)
+        for engine in _Engine.ticking:
+            increment(engine.ptr())
+
+
+# set inside `load_check()`: `engine()` and `compile_policy` then use the Winch engine (per thread
+# and per task, so evaluations elsewhere in the process never see it)
+_checking: contextvars.ContextVar[bool] = contextvars.ContextVar("wasm_load_check", default=False)
+
+
+@contextlib.contextmanager
+def load_check() -> Iterator[None]:
+    """Policies loaded in this block (instances included) are compiled by Winch on an engine of
+    their own: a fast proof that the module loads, never used to serve (close them in the block)."""
+    token = _checking.set(True)
+    try:
+        yield
+    finally:
+        _checking.reset(token)
 
 
 def engine() -> wasmtime.Engine:
-    return _Engine.get()
+    """The serving engine (inside `load_check()`: the check's)."""
+    return _Engine.get_check() if _checking.get() else _Engine.get()
 
 
 _compiled: OrderedDict[bytes, wasmtime.Module] = OrderedDict()
@@ -94,7 +140,10 @@ _compiled_lock = threading.Lock()
 
 def compile_policy(wasm: bytes, disk_cache: Path | None = None) -> wasmtime.Module:
     """The compiled module for `wasm`: from memory, from `disk_cache` (a directory only this
-    process's owner can write: a compiled module is native code), or compiled now."""
+    process's owner can write: a compiled module is native code), or compiled now. Inside
+    `load_check()`: compiled by Winch on the check's engine, kept nowhere."""
+    if _checking.get():
+        return _new_module(engine(), wasm)
     key = hashlib.sha256(wasm).digest()
     with _compiled_lock:
         mod = _compiled.get(key)
@@ -104,10 +153,7 @@ def compile_policy(wasm: bytes, disk_cache: Path | None = None) -> wasmtime.Modu
     path = None if disk_cache is None else disk_cache / f"{key.hex()}-{_ENGINE_TAG}.cwasm"
     mod = _load_compiled(path) if path is not None else None
     if mod is None:
-        try:
-            mod = wasmtime.Module(engine(), wasm)
-        except wasmtime.WasmtimeError as exc:
-            raise BundleLoadError(f"policy.wasm: not a valid wasm module: {exc}") from None
+        mod = _new_module(_Engine.get(), wasm)
         if path is not None:
             _store_compiled(path, mod)
     with _compiled_lock:
@@ -115,6 +161,13 @@ def compile_policy(wasm: bytes, disk_cache: Path | None = None) -> wasmtime.Modu
         while len(_compiled) > COMPILED_CACHE_SIZE:
             _compiled.popitem(last=False)
     return mod
+
+
+def _new_module(engine: wasmtime.Engine, wasm: bytes) -> wasmtime.Module:
+    try:
+        return wasmtime.Module(engine, wasm)
+    except wasmtime.WasmtimeError as exc:
+        raise BundleLoadError(f"policy.wasm: not a valid wasm module: {exc}") from None
 
 
 # wasmtime checks a serialized module against its engine; the tag keeps files of other wasmtime
@@ -126,7 +179,7 @@ def _load_compiled(path: Path) -> wasmtime.Module | None:
     if not path.is_file():
         return None
     try:
-        return wasmtime.Module.deserialize_file(engine(), str(path))
+        return wasmtime.Module.deserialize_file(_Engine.get(), str(path))
     except wasmtime.WasmtimeError:
         path.unlink(missing_ok=True)  # from another engine or damaged: compile it again
         return None
@@ -146,7 +199,8 @@ def _after_fork_in_child() -> None:
     # the ticker thread does not survive fork(): a child starts over with its own engine and ticker
     # (policies loaded before the fork keep working in the child, but without deadlines: reload them)
     global _compiled_lock
-    _Engine.engine = None
+    _Engine.engine = _Engine.check = None
+    _Engine.ticking = []
     _Engine.lock = threading.Lock()
     _compiled_lock = threading.Lock()
     _compiled.clear()

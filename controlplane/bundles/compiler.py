@@ -5,11 +5,14 @@ Stages, each a separate `opa` invocation so that a failure names its stage:
 in-process evaluator). Errors come back as structured `CompileMessage`s (file, row, col), never as a
 stack trace. Signing is not done here: the caller signs the unsigned artifacts (`BundlePublisher.sign`,
 with `bridge.opabundle.signing`).
+
+Split by concern: `definitions` (what goes in a bundle, its digest and revision), `findings` (the
+messages and errors of a stage), `artifacts` (what the stages produce and the bundle made from it);
+this module runs `opa`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import tempfile
@@ -18,164 +21,20 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
-from bridge.kernel.errors import GroqPolicyError
 from bridge.opabundle.archive import read_bundle
-from bridge.opabundle.data import merge_data
 from controlplane.bundles import netcheck
+from controlplane.bundles.artifacts import Built, CompiledBundle, finish
+from controlplane.bundles.definitions import (
+    TEST_FILE_GLOB,
+    BundleDefinition,
+    revision_for,
+    source_files,
+    tree_hash,
+)
+from controlplane.bundles.findings import CompileError, CompileMessage, TestResult, parse_errors
 from controlplane.infra.toolchain import opa_binary
 
-# Test files never ship in a bundle: they would be loaded by agents as ordinary modules.
-TEST_FILE_GLOB = "*_test.rego"
 OPA_TIMEOUT_S = 120
-
-
-class CompileMessage(msgspec.Struct, omit_defaults=True):
-    """One compiler finding, located in the user's source."""
-
-    stage: str  # check | test | build
-    message: str
-    code: str = ""
-    file: str = ""
-    row: int = 0
-    col: int = 0
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.row}:{self.col}: " if self.file else ""
-        code = f"{self.code}: " if self.code else ""
-        return f"{where}{code}{self.message}"
-
-
-class CompileError(GroqPolicyError):
-    """Rego that did not pass a stage; `messages` carries the structured findings."""
-
-    status = 422
-
-    def __init__(self, stage: str, messages: Sequence[CompileMessage]) -> None:
-        self.stage = stage
-        self.messages = list(messages)
-        summary = "; ".join(str(m) for m in self.messages[:5]) or "no details"
-        more = f" (+{len(self.messages) - 5} more)" if len(self.messages) > 5 else ""
-        super().__init__(f"opa {stage} failed: {summary}{more}",
-                         details={"stage": stage, "messages": [msgspec.structs.asdict(m) for m in self.messages]})
-
-
-class BundleDefinition(msgspec.Struct, forbid_unknown_fields=True):
-    """What goes into one bundle: read from `bundles/<name>.toml`."""
-
-    name: str
-    sources: list[str]  # directories or files, relative to the definition file's project root
-    roots: list[str] = msgspec.field(default_factory=list)
-    description: str = ""
-    scope: str | None = None  # signature scope; agents configured with the same scope verify it
-    run_tests: bool = True
-
-
-class TestResult(msgspec.Struct, omit_defaults=True):
-    package: str
-    name: str
-    passed: bool
-    file: str = ""
-    row: int = 0
-    error: str = ""
-
-
-class Built(msgspec.Struct):
-    """A source tree through every `opa` stage, before the overlay and metadata (`Compiler.finish`)."""
-
-    definition: BundleDefinition
-    tree: Any  # the running sha256 over the tree's files, continued by `finish`
-    rego_files: dict[str, bytes]
-    wasm_files: dict[str, bytes]
-    tests: list[TestResult]
-
-
-class CompiledBundle(msgspec.Struct):
-    """Unsigned artifacts of one definition, ready for signing."""
-
-    name: str
-    revision: str
-    source_digest: str
-    rego_files: dict[str, bytes]
-    wasm_files: dict[str, bytes]
-    entrypoints: list[str]
-    tests: list[TestResult]
-
-
-def load_definition(path: Path) -> BundleDefinition:
-    try:
-        return msgspec.toml.decode(path.read_bytes(), type=BundleDefinition)
-    except msgspec.ValidationError as exc:
-        raise GroqPolicyError(f"{path}: invalid bundle definition: {exc}") from exc
-    except (OSError, msgspec.DecodeError) as exc:
-        raise GroqPolicyError(f"{path}: cannot read bundle definition: {exc}") from exc
-
-
-def load_definitions(bundles_dir: Path) -> list[BundleDefinition]:
-    return [load_definition(p) for p in sorted(bundles_dir.glob("*.toml"))]
-
-
-def _source_files(root: Path) -> list[Path]:
-    if root.is_file():
-        return [root]
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in {".rego", ".json", ".yaml", ".yml"})
-
-
-def _tree_hash(sources: Sequence[Path], base: Path) -> Any:
-    h = hashlib.sha256()
-    for src in sources:
-        for f in _source_files(src):
-            h.update(str(f.relative_to(base) if f.is_relative_to(base) else f).encode() + b"\0")
-            h.update(f.read_bytes() + b"\0")
-    return h
-
-
-def _digest_with(h: Any, overlay: dict | None, metadata: dict | None) -> str:
-    if overlay:
-        h.update(b"overlay\0" + json.dumps(overlay, sort_keys=True).encode())
-    if metadata:
-        h.update(b"metadata\0" + json.dumps(metadata, sort_keys=True).encode())
-    return str(h.hexdigest())
-
-
-def source_digest(sources: Sequence[Path], base: Path, overlay: dict | None = None, metadata: dict | None = None) -> str:
-    """A digest over every source file's relative path and bytes (and the data overlay and the
-    manifest metadata): equal inputs, equal revision."""
-    return _digest_with(_tree_hash(sources, base), overlay, metadata)
-
-
-def revision_for(name: str, digest: str) -> str:
-    return f"{name}-{digest[:16]}"
-
-
-def _parse_errors(stage: str, output: str, base: Path) -> list[CompileMessage]:
-    """OPA's `--format json` error document -> messages; any other text becomes one message."""
-    try:
-        doc = json.loads(output)
-    except ValueError:
-        text = output.strip() or f"opa {stage} failed without output"
-        return [CompileMessage(stage=stage, message=text)]
-    errors = doc.get("errors", []) if isinstance(doc, dict) else []
-    messages = []
-    for err in errors:
-        loc = err.get("location") or {}
-        file = str(loc.get("file", ""))
-        if file:
-            path = Path(file)
-            if path.is_absolute() and path.is_relative_to(base):
-                file = str(path.relative_to(base))
-        messages.append(
-            CompileMessage(
-                stage=stage,
-                message=str(err.get("message", "")),
-                code=str(err.get("code", "")),
-                file=file,
-                row=int(loc.get("row", 0) or 0),
-                col=int(loc.get("col", 0) or 0),
-            )
-        )
-    return messages or [CompileMessage(stage=stage, message=output.strip()[:2000])]
 
 
 class Compiler:
@@ -216,7 +75,7 @@ class Compiler:
         args = ["check", "--strict", "--format", "json", *extra, *[_rel(s, cwd) for s in sources]]
         proc = self._run(args, cwd)
         if proc.returncode != 0:
-            raise CompileError("check", _parse_errors("check", proc.stdout or proc.stderr, cwd))
+            raise CompileError("check", parse_errors("check", proc.stdout or proc.stderr, cwd))
 
     def check_network(self, sources: Sequence[Path], cwd: Path) -> None:
         """Refuse `http.send` to a constant URL other than the bridge's (see `netcheck`). Findings are
@@ -225,7 +84,7 @@ class Compiler:
             return
         found: list[CompileMessage] = []
         for src in sources:
-            for f in _source_files(src):
+            for f in source_files(src):
                 text = f.read_bytes()
                 if f.suffix != ".rego" or f.match(TEST_FILE_GLOB) or b"http.send" not in text:
                     continue
@@ -246,11 +105,11 @@ class Compiler:
             (cwd / filename).write_text(text)
             proc = self._run(["parse", "--format", "json", "--json-include", "locations,-comments", filename], cwd)
         if proc.returncode != 0:
-            raise CompileError("check", _parse_errors("check", proc.stdout or proc.stderr, cwd))
+            raise CompileError("check", parse_errors("check", proc.stdout or proc.stderr, cwd))
         try:
             ast = json.loads(proc.stdout)
         except ValueError as exc:
-            raise CompileError("check", _parse_errors("check", proc.stdout, cwd)) from exc
+            raise CompileError("check", parse_errors("check", proc.stdout, cwd)) from exc
         return ast if isinstance(ast, dict) else {}
 
     def test(self, sources: Sequence[Path], cwd: Path | None = None) -> list[TestResult]:
@@ -260,9 +119,9 @@ class Compiler:
         try:
             raw = json.loads(proc.stdout or "[]")
         except ValueError as exc:
-            raise CompileError("test", _parse_errors("test", proc.stderr or proc.stdout, cwd)) from exc
+            raise CompileError("test", parse_errors("test", proc.stderr or proc.stdout, cwd)) from exc
         if isinstance(raw, dict):  # compile errors in test files come back as an errors document
-            raise CompileError("test", _parse_errors("test", proc.stdout, cwd))
+            raise CompileError("test", parse_errors("test", proc.stdout, cwd))
         results = []
         for r in raw:
             loc = r.get("location") or {}
@@ -288,7 +147,7 @@ class Compiler:
                     row=r.row,
                 )
                 for r in failed
-            ] or _parse_errors("test", proc.stderr or proc.stdout, cwd)
+            ] or parse_errors("test", proc.stderr or proc.stdout, cwd)
             raise CompileError("test", messages)
         return results
 
@@ -303,7 +162,7 @@ class Compiler:
             ]
             proc = self._run(args, cwd)
             if proc.returncode != 0:
-                raise CompileError("build", _parse_errors("build", proc.stdout or proc.stderr, cwd))
+                raise CompileError("build", parse_errors("build", proc.stdout or proc.stderr, cwd))
             return read_bundle(out.read_bytes())
 
     def compile(self, definition: BundleDefinition, base: Path | None = None, overlay: dict | None = None,
@@ -324,7 +183,7 @@ class Compiler:
         missing = [str(s) for s in sources if not s.exists()]
         if missing:
             raise CompileError("check", [CompileMessage(stage="check", message=f"source not found: {m}") for m in missing])
-        tree = _tree_hash(sources, base)
+        tree = tree_hash(sources, base)
         revision = revision_for(definition.name, tree.hexdigest())  # the final one is set by `finish`
         with tempfile.TemporaryDirectory(prefix="groqpolicy-caps-") as tmp:
             caps = self.capabilities(Path(tmp))  # before the threads: `opa capabilities` runs once
@@ -342,21 +201,8 @@ class Compiler:
                      tests=tests.result() if tests is not None else [])
 
     def finish(self, built: Built, overlay: dict | None = None, metadata: dict | None = None) -> CompiledBundle:
-        """The bundle of a built tree with the deployment's `overlay` and the manifest's `metadata`
-        (see `compile`): no `opa` runs here, so `metadata` known only after the build (a policy's
-        certificate) costs nothing."""
-        digest = _digest_with(built.tree.copy(), overlay, metadata)
-        definition, revision = built.definition, revision_for(built.definition.name, digest)
-        rego_files, wasm_files = built.rego_files, built.wasm_files
-        manifest = json.loads(wasm_files.get("/.manifest", b"{}"))
-        entrypoints = [w["entrypoint"] for w in manifest.get("wasm", [])]
-        if overlay:
-            rego_files, wasm_files = _with_data(rego_files, overlay), _with_data(wasm_files, overlay)
-        if definition.roots or metadata or digest != built.tree.hexdigest():  # else opa's manifest is the bundle's
-            rego_files = _with_manifest(rego_files, roots=definition.roots, name=definition.name, metadata=metadata, revision=revision)
-            wasm_files = _with_manifest(wasm_files, roots=definition.roots, name=definition.name, metadata=metadata, revision=revision)
-        return CompiledBundle(name=definition.name, revision=revision, source_digest=digest, rego_files=rego_files,
-                              wasm_files=wasm_files, entrypoints=entrypoints, tests=built.tests)
+        """`artifacts.finish`: the bundle with the deployment's `overlay` and the manifest's `metadata`."""
+        return finish(built, overlay, metadata)
 
     def compile_source(self, name: str, modules: dict[str, str], data: dict | None = None, run_tests: bool = True) -> CompiledBundle:
         """Compile Rego given as text (the policy API's path): written to a temp tree, then `compile`."""
@@ -375,25 +221,7 @@ class Compiler:
             definition = BundleDefinition(name=name, sources=[name], run_tests=run_tests)
             return self.compile(definition, base=root)
 
-
 def _rel(path: Path, cwd: Path) -> str:
     """Paths relative to the working dir, so bundle file names do not leak the host's layout."""
     path = path.resolve()
     return str(path.relative_to(cwd)) if path.is_relative_to(cwd) else str(path)
-
-
-def _with_data(files: dict[str, bytes], overlay: dict) -> dict[str, bytes]:
-    data = json.loads(files.get("/data.json", b"{}"))
-    return {**files, "/data.json": json.dumps(merge_data(data, overlay, overwrite=True), separators=(",", ":"), sort_keys=True).encode()}
-
-
-def _with_manifest(files: dict[str, bytes], *, roots: list[str], name: str, metadata: dict | None = None,
-                   revision: str = "") -> dict[str, bytes]:
-    manifest = json.loads(files.get("/.manifest", b"{}"))
-    if revision:
-        manifest["revision"] = revision
-    if roots:
-        manifest["roots"] = roots
-    if roots or metadata:
-        manifest.setdefault("metadata", {}).update({**(metadata or {}), "bundle": name})
-    return {**files, "/.manifest": json.dumps(manifest, separators=(",", ":"), sort_keys=True).encode()}

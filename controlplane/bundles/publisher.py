@@ -9,7 +9,9 @@ from pathlib import Path
 from bridge.opabundle.archive import write_bundle
 from bridge.opabundle.keys import SigningKey
 from bridge.opabundle.signing import sign_bundle
-from controlplane.bundles.compiler import BundleDefinition, CompiledBundle, Compiler, revision_for, source_digest
+from controlplane.bundles.artifacts import CompiledBundle
+from controlplane.bundles.compiler import Compiler
+from controlplane.bundles.definitions import BundleDefinition, revision_for, source_digest
 from controlplane.bundles.revisions import Revision, RevisionStore
 
 log = logging.getLogger(__name__)

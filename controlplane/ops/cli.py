@@ -37,7 +37,9 @@ def _cmd_keys_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
-    from controlplane.bundles.compiler import CompileError, Compiler, load_definitions
+    from controlplane.bundles.compiler import Compiler
+    from controlplane.bundles.definitions import load_definitions
+    from controlplane.bundles.findings import CompileError
 
     settings = Settings.from_env()
     bundles_dir = Path(args.bundles_dir) if args.bundles_dir else settings.bundles_dir

@@ -15,23 +15,17 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from bridge.opawasm import HostConfig, policy_from_files
+from bridge.opawasm.engine import load_check
 from bridge.opawasm.errors import WasmError
-from controlplane.bundles.compiler import (
-    Built,
-    BundleDefinition,
-    CompiledBundle,
-    CompileError,
-    CompileMessage,
-    Compiler,
-    load_definitions,
-    revision_for,
-    source_digest,
-)
+from controlplane.bundles.artifacts import Built, CompiledBundle
+from controlplane.bundles.compiler import Compiler
+from controlplane.bundles.definitions import BundleDefinition, load_definitions, revision_for, source_digest
+from controlplane.bundles.findings import CompileError, CompileMessage
 from controlplane.bundles.publisher import BundlePublisher
 from controlplane.policies import rego
 
@@ -39,12 +33,11 @@ RULES_DIR = "_rules"
 LIBRARY_BUNDLE = "groqpolicy"
 PARSE_FILE = "opa_policy.rego"  # the name the user's text has while `opa parse` reads it alone
 CERTIFICATES = "certificates"  # the `.manifest` metadata member holding {rule_id: certificate}
+LIBRARY_CERTIFICATES = "library_certificates"  # {policy type: certificate} of the library's own policies
 
 Certificates = Mapping[str, Any] | None
-
-
-def _metadata(certificates: Certificates) -> dict[str, Any] | None:
-    return {CERTIFICATES: dict(certificates)} if certificates else None
+# () -> {policy type: certificate} (controlplane.certification.library), or None: none shipped
+LibraryCertificates = Callable[[], Mapping[str, Any]] | None
 
 
 def module_filename(rule_id: str) -> str:
@@ -53,10 +46,19 @@ def module_filename(rule_id: str) -> str:
 
 class PolicyBundler:
     def __init__(self, compiler: Compiler, publisher: BundlePublisher, rego_root: Path, bundles_dir: Path,
-                 bundle: str = LIBRARY_BUNDLE) -> None:
+                 bundle: str = LIBRARY_BUNDLE, library_certificates: LibraryCertificates = None) -> None:
         self.compiler, self.publisher = compiler, publisher
         self.rego_root, self.bundles_dir, self.bundle = rego_root, bundles_dir, bundle
+        self.library_certificates = library_certificates
         self.lock = threading.Lock()  # one compile+activate at a time per process
+
+    def _metadata(self, certificates: Certificates) -> dict[str, Any] | None:
+        """The `.manifest` metadata: every policy's certificate (the library's are kept by content,
+        so this costs a digest of the library's files unless the library changed)."""
+        metadata: dict[str, Any] = {CERTIFICATES: dict(certificates)} if certificates else {}
+        if self.library_certificates is not None:
+            metadata[LIBRARY_CERTIFICATES] = dict(self.library_certificates())
+        return metadata or None
 
     def library(self) -> BundleDefinition:
         for d in load_definitions(self.bundles_dir):
@@ -90,7 +92,7 @@ class PolicyBundler:
             base = Path(tmp)
             d = self._tree(base, definition, modules)
             digest = source_digest([(base / s).resolve() for s in d.sources], base.resolve(), self.publisher.overlay,
-                                   _metadata(certificates))
+                                   self._metadata(certificates))
             return revision_for(d.name, digest)
 
     def compile(self, modules: Mapping[str, str], focus: str | None = None, run_tests: bool = False,
@@ -133,15 +135,12 @@ class PolicyBundler:
                 built = self.compiler.build_tree(d, base=base)
             except CompileError as exc:
                 raise rego.relabel(exc, module_filename(focus), source, ast) if focus else exc from None
-        try:  # a module that needs a builtin the evaluator lacks must never become the active revision
-            policy_from_files(self.finish(built).wasm_files, pool_size=1, host=HostConfig()).close()
-        except WasmError as exc:
-            raise CompileError("load", [CompileMessage(stage="load", message=str(exc), code="wasm_load_error")]) from None
+        check_loads(self.compiler.finish(built, overlay=self.publisher.overlay).wasm_files)
         return built
 
     def finish(self, built: Built, certificates: Certificates = None) -> CompiledBundle:
         """The bundle of a prepared tree with the policies' certificates in its manifest."""
-        return self.compiler.finish(built, overlay=self.publisher.overlay, metadata=_metadata(certificates))
+        return self.compiler.finish(built, overlay=self.publisher.overlay, metadata=self._metadata(certificates))
 
     def publish(self, compiled: CompiledBundle) -> str:
         definition = self.library()
@@ -190,6 +189,18 @@ class PolicyBundler:
     def artifact(self, compiled: CompiledBundle) -> bytes:
         """The signed wasm bundle of a standalone compile, as stored in the object store."""
         return self.publisher.sign(compiled)["wasm"]
+
+
+def check_loads(wasm_files: Mapping[str, bytes]) -> None:
+    """A module the evaluator cannot load (a builtin it lacks, a bad import or entrypoint, data its
+    module cannot parse) must never become the active revision: the evaluator's own load, compiled
+    by Winch (`bridge.opawasm.engine.load_check`, ~8x faster than Cranelift), refuses it here, before
+    any agent sees the revision; the evaluator's own Cranelift compile follows the publish."""
+    try:
+        with load_check():
+            policy_from_files(wasm_files, pool_size=1, host=HostConfig()).close()
+    except WasmError as exc:
+        raise CompileError("load", [CompileMessage(stage="load", message=str(exc), code="wasm_load_error")]) from None
 
 
 def measure(compiled: CompiledBundle, entrypoint: str, input: Any, samples: int = 200, warmup: int = 20) -> tuple[float, float, int]:

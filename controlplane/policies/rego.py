@@ -27,7 +27,7 @@ import re
 import uuid
 from typing import Any
 
-from controlplane.bundles.compiler import CompileError, CompileMessage
+from controlplane.bundles.findings import CompileError, CompileMessage
 
 ROOT_PACKAGE = "groqpolicy.rules"
 ENTRY_RULE = "groqpolicy_decision"

@@ -24,7 +24,8 @@ import msgspec
 
 from bridge.kernel.errors import Conflict, GroqPolicyError, NotFound
 from bridge.kernel.vocabulary import check_hash
-from controlplane.bundles.compiler import Built, BundleDefinition, CompiledBundle
+from controlplane.bundles.artifacts import Built, CompiledBundle
+from controlplane.bundles.definitions import BundleDefinition
 from controlplane.certification.certifier import CertificationRequest, Certified, Certifier
 from controlplane.certification.checks import SubjectDoesNotCompile
 from controlplane.policies import rego
