@@ -199,8 +199,7 @@ class Services:
                                audit=recorder.append_many, batch=batch)
         evaljobs = EvalJobs(JobStore(settings.state_dir), pipeline=pipeline, policies=policies, revisions=store,
                             key=key.verification_key, bridge_url=settings.bridge_url, batch=batch,
-                            audit=recorder.append_many, nats=lambda: nats.client if nats.connected else None,
-                            replicas=settings.nats_replicas)
+                            audit=recorder.append_many, nats=nats.connected_client, replicas=settings.nats_replicas)
         return cls(settings=settings, store=store, decision_logs=decision_logs, statuses=statuses, signing_key=key,
                    publisher=publisher, nats=nats, policies=policies, recorder=recorder, runtime=runtime,
                    gauges=gauges, replay=replay, impact=impact, batch=batch, shadows=shadows, evaljobs=evaljobs,
