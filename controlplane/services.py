@@ -45,6 +45,7 @@ from controlplane.certification.checks import PolicyChecks
 from controlplane.certification.library import LibraryCertificates
 from controlplane.dashboard.auth import SignInCodes, ensure_shared_codes, shared_codes
 from controlplane.evaljobs.service import EvalJobs
+from controlplane.evaljobs.shared import ensure as ensure_evaljobs
 from controlplane.evaljobs.store import JobStore
 from controlplane.evaluation.model_stage import metered_transport
 from controlplane.evaluation.nats_service import EvaluateService
@@ -137,7 +138,7 @@ class Services:
     impact: ImpactService
     batch: BatchAsker  # the Groq Batch API client of `impact via=batch` (the worker's endpoint settings)
     shadows: ShadowMode
-    evaljobs: EvalJobs  # evaluation jobs, online or through the Batch API (kept in <state_dir>/evaljobs)
+    evaljobs: EvalJobs  # evaluation jobs, online or through the Batch API (in JetStream; without NATS in <state_dir>)
     agent_decisions: AgentDecisions  # agents' decision logs into the replay store
     status_sharing: StatusSharing  # agents' status reports, seen by every process of the deployment
     tokens: TokenSet | None = None  # bearer tokens and scopes (controlplane.auth); None refuses everyone
@@ -198,7 +199,7 @@ class Services:
                                audit=recorder.append_many, batch=batch)
         evaljobs = EvalJobs(JobStore(settings.state_dir), pipeline=pipeline, policies=policies, revisions=store,
                             key=key.verification_key, bridge_url=settings.bridge_url, batch=batch,
-                            audit=recorder.append_many)
+                            audit=recorder.append_many, nats=nats.connected_client, replicas=settings.nats_replicas)
         return cls(settings=settings, store=store, decision_logs=decision_logs, statuses=statuses, signing_key=key,
                    publisher=publisher, nats=nats, policies=policies, recorder=recorder, runtime=runtime,
                    gauges=gauges, replay=replay, impact=impact, batch=batch, shadows=shadows, evaljobs=evaljobs,
@@ -281,5 +282,8 @@ def jetstream_steps(settings: Settings) -> list[NatsStep]:
     async def signin_codes(nc: NatsClient) -> None:
         await ensure_shared_codes(nc.jetstream(), replicas=settings.nats_replicas)
 
-    return [audit_stream, policy_store, judgments, replay_store, shadows, signin_codes]
+    async def evaluation_jobs(nc: NatsClient) -> None:
+        await ensure_evaljobs(nc.jetstream(), replicas=settings.nats_replicas)
+
+    return [audit_stream, policy_store, judgments, replay_store, shadows, signin_codes, evaluation_jobs]
 

@@ -131,6 +131,9 @@ def test_the_names_granted_are_the_products_own():
     assert (names.audit_stream, names.audit_prefix, names.escalations) == (trail.STREAM, trail.PREFIX, escalation.SUBJECT)
     assert names.audit_checkpoints == checkpoints.BUCKET
     assert names.shadows == shadow_state.BUCKET
+    from controlplane.evaljobs import shared as evaljobs
+
+    assert (names.evaljobs, names.evaljob_results) == (evaljobs.BUCKET, evaljobs.RESULTS)
     from controlplane.impact import store as replay_store
 
     assert (names.replay_stream, names.replay_subjects) == (replay_store.STREAM, replay_store.SUBJECTS)
@@ -291,6 +294,32 @@ async def test_the_control_plane_runs_its_store_audit_and_escalations_without_a_
         _event, sent = await publish_escalation(nc, evaluation_id="e1", stage="pre_validation", decision="deny",
                                                 violations=[{"principle": "p", "message": "m"}])
         assert sent
+        await nc.flush()
+        assert reports.violations() == []
+    finally:
+        await nc.close()
+
+
+async def test_the_control_plane_shares_evaluation_jobs_in_the_buckets_bootstrap_made_without_a_violation(authed, tmp_path):
+    from controlplane.evaljobs.schemas import Job
+    from controlplane.evaljobs.shared import SharedJobs
+
+    url, auth = authed
+    nc, reports = await as_role(url, auth, "controlplane")
+    try:
+        jobs = await SharedJobs.open(nc)  # finds the bucket and the results store: no create
+        job = Job(id=uuid.uuid4().hex, state="running", via="batch", performance_tier="fast", policy_types=[],
+                  contexts=1, created_at=time.time(), heartbeat_at=time.time())
+        await jobs.save(job)
+        await jobs.save(msgspec.structs.replace(job, done=1))
+        await jobs.request_cancel(job.id)
+        assert await jobs.cancel_requested(job.id)
+        big = b"".join(b'{"line": %d, "pad": "%s"}\n' % (i, b"x" * 200) for i in range(12_000))  # > 1 MiB
+        await jobs.write_results(job.id, big)
+        await jobs.results(job.id, tmp_path / "results.ndjson")
+        assert (tmp_path / "results.ndjson").read_bytes() == big
+        assert stat.S_IMODE(os.stat(tmp_path / "results.ndjson").st_mode) == 0o600
+        assert [j.id for j in await jobs.listing()] == [job.id] and (await jobs.get(job.id)).done == 1
         await nc.flush()
         assert reports.violations() == []
     finally:

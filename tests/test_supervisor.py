@@ -149,6 +149,24 @@ def check_the_sign_in_link_opens_once(text: str) -> None:
     assert httpx.get(link, timeout=10).status_code == 401
 
 
+def check_an_evaluation_job_is_answered_by_every_process(cp: str, headers: dict[str, str]) -> None:
+    """A job submitted to one process, polled and fetched on new connections (the kernel hands each to
+    either process): every answer knows it, from its state to its results (they are in JetStream)."""
+    contexts = [{"principal": {"id": f"svc-{i}"}, "amount": 10 * i, "text": "a friendly reminder"} for i in range(5)]
+    r = httpx.post(f"{cp}/api/v1/evaluate/jobs", headers=headers, timeout=30,
+                   json={"contexts": contexts, "via": "online", "performance_tier": "fast"})
+    assert r.status_code == 202, r.text
+    job_id, deadline = r.json()["id"], time.monotonic() + 60
+    while (job := httpx.get(f"{cp}/api/v1/evaluate/jobs/{job_id}", headers=headers, timeout=10)).json()["state"] \
+            in ("queued", "running"):
+        assert job.status_code == 200 and time.monotonic() < deadline, job.text
+        time.sleep(0.1)
+    assert job.json()["state"] == "completed", job.text
+    answers = [httpx.get(f"{cp}/api/v1/evaluate/jobs/{job_id}/results", headers=headers, timeout=10) for _ in range(16)]
+    assert {a.status_code for a in answers} == {200} and len({a.text for a in answers}) == 1
+    assert len(answers[0].text.splitlines()) == len(contexts)
+
+
 def test_up_runs_the_system_stops_cleanly_and_reuses_state(tmp_path):
     state = tmp_path / "state"
     ports = {name: free_port() for name in ("cp", "agent", "nats", "bridge")}
@@ -166,6 +184,8 @@ def test_up_runs_the_system_stops_cleanly_and_reuses_state(tmp_path):
         assert len(kids) == 8, kids
         check_every_process_serves_the_same_revision(f"http://127.0.0.1:{ports['cp']}")
         check_the_sign_in_link_opens_once(text)
+        check_an_evaluation_job_is_answered_by_every_process(f"http://127.0.0.1:{ports['cp']}",
+                                                             admin_headers(state, "evaluate"))
         asyncio.run(check_nats_admits_only_its_identities(f"nats://127.0.0.1:{ports['nats']}", state))
         check_a_killed_worker_comes_back(f"http://127.0.0.1:{ports['cp']}", log)
         agent = f"http://127.0.0.1:{ports['agent']}"

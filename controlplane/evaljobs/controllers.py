@@ -1,15 +1,18 @@
 """`/api/v1/evaluate/jobs`: evaluation jobs (evaluate scope).
 
     POST /api/v1/evaluate/jobs                 {contexts, policy_types, performance_tier, via} -> 202 the job
-    GET  /api/v1/evaluate/jobs                 this replica's jobs, newest first
+    GET  /api/v1/evaluate/jobs                 the deployment's jobs (this process's without NATS), newest first
     GET  /api/v1/evaluate/jobs/{id}            state, pass, progress, the Batch API jobs, judgments, cost
     GET  /api/v1/evaluate/jobs/{id}/results    NDJSON: one EvaluateResponse per context, in order (409 until completed)
     POST /api/v1/evaluate/jobs/{id}/cancel     the job and its running Batch API job
+
+Any process answers for any job (they are kept in JetStream: `controlplane.evaljobs.shared`).
 """
 
 from __future__ import annotations
 
 from litestar import Controller, Request
+from litestar.background_tasks import BackgroundTask
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from litestar.response import File
@@ -34,19 +37,20 @@ class EvaluationJobs(Controller):
         token = principal_of(request)
         return await evaljobs.submit(data, who=token.name if token is not None else "")
 
-    @get("", summary="This replica's evaluation jobs, newest first", responses=error_responses(401, 403, 429))
+    @get("", summary="The evaluation jobs, newest first", responses=error_responses(401, 403, 429))
     async def listing(self, evaljobs: NamedDependency[EvalJobs]) -> list[Job]:
-        return evaljobs.listing()
+        return await evaljobs.listing()
 
     @get("/{job_id:str}", summary="An evaluation job's state and progress", responses=error_responses(401, 403, 404, 429))
     async def show(self, job_id: FromPath[str], evaljobs: NamedDependency[EvalJobs]) -> Job:
-        return evaljobs.get(job_id)
+        return await evaljobs.get(job_id)
 
     @get("/{job_id:str}/results", summary="A completed job's results as NDJSON, one per context in order",
          responses=error_responses(401, 403, 404, 409, 429))
     async def results(self, job_id: FromPath[str], evaljobs: NamedDependency[EvalJobs]) -> File:
-        return File(evaljobs.results(job_id), media_type=NDJSON, content_disposition_type="inline",
-                    filename=f"{job_id}.ndjson")
+        path, download = await evaljobs.results(job_id)
+        return File(path, media_type=NDJSON, content_disposition_type="inline", filename=f"{job_id}.ndjson",
+                    background=BackgroundTask(path.unlink, missing_ok=True) if download else None)
 
     @post("/{job_id:str}/cancel", status_code=200, summary="Cancel a queued or running evaluation job",
           responses=error_responses(401, 403, 404, 409, 429))

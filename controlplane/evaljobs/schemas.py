@@ -72,6 +72,8 @@ class Job(msgspec.Struct, kw_only=True):
     judgments: Judgments = msgspec.field(default_factory=Judgments)
     decisions: dict[str, int] = {}  # once completed: how many of each decision
     error: str = ""
+    runner: str = ""  # the process running it (host:pid/start), which heartbeats it
+    heartbeat_at: float | None = None  # the runner's last word; a queued/running job unheard of long is interrupted
 
 
 def check_contexts(req: JobRequest) -> list[dict[str, Any]]:

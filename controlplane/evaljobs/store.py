@@ -5,11 +5,10 @@ survive a restart.
     <state_dir>/evaljobs/<id>.ndjson    its results, one `EvaluateResponse` a line in context order,
                                         written and fsync'd before the job says `completed`
 
-Why files rather than JetStream: results are the size of the job (10,000 responses are megabytes,
-above NATS's default 1 MiB message), read back once by whoever submitted the job, and the state
-directory is already where this replica keeps its private state (tokens, keys, bundles). A job
-lives on the replica that ran it. At start every job that was queued or running when the process
-stopped is marked `interrupted`: it never vanishes, and is never reported done. A job file that
+The fallback for a control plane that starts without JetStream: jobs then live on the process that
+ran them (with JetStream every process answers for every job: `controlplane.evaljobs.shared`). At
+start every job that was queued or running when the process stopped is marked `interrupted`: it
+never vanishes, and is never reported done. A job file that
 cannot be read is moved aside to `<name>.quarantine` and logged; it never stops a start.
 """
 
@@ -87,6 +86,12 @@ class JobStore:
 
     def results_path(self, job_id: str) -> Path:
         return self._path(job_id, ".ndjson")
+
+    def clear_downloads(self) -> None:
+        """The directory ready for results downloaded from JetStream, none left from a previous run."""
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for path in self.dir.glob("*.download"):
+            path.unlink(missing_ok=True)
 
     def forget(self, jobs: list[Job]) -> list[Job]:
         """Beyond `KEPT_JOBS` finished jobs, the oldest are deleted; the jobs kept."""

@@ -94,6 +94,10 @@ class NatsConnection:
     def connected(self) -> bool:
         return self.nc is not None and self.nc.is_connected
 
+    def connected_client(self) -> Client | None:
+        """The client while connected, else None (for what falls back to something local without NATS)."""
+        return self.nc if self.connected else None
+
     @property
     def client(self) -> Client:
         if self.nc is None or self.nc.is_closed:

@@ -21,8 +21,8 @@ restriction" to nats-server):
                   read; no create, update, delete or purge), the audit checkpoints' bucket (get and
                   put under its keys; no create), the replay store (append and read; no create,
                   update, delete or purge), the shadows' bucket (read, write and watch keys; no create),
-                  policy.escalations, request groq.infer.*,
-                  the workers' $SRV.STATS (dashboard); serves policy.evaluate in its queue group only
+                  the evaluation jobs' bucket and results (read/write; no create), policy.escalations,
+                  groq.infer.*, the workers' $SRV.STATS (dashboard); serves policy.evaluate in its queue group only
     worker        serves groq.infer.* in its queue group only; reads and writes the judgments bucket
     gateway       requests groq.infer.*; nothing else
     tool          requests policy.evaluate; nothing else (`groqpolicy evaluate --via nats`)
@@ -92,6 +92,8 @@ class Names(msgspec.Struct, frozen=True, kw_only=True):
     audit_prefix: str = "audit"  # controlplane.audit.trail.PREFIX
     audit_checkpoints: str = "groqpolicy_audit_checkpoints"  # controlplane.audit.checkpoints.BUCKET
     signin_codes: str = "groqpolicy_signin"  # controlplane.dashboard.auth.SHARED_BUCKET
+    evaljobs: str = "groqpolicy_evaljobs"  # controlplane.evaljobs.shared.BUCKET
+    evaljob_results: str = "groqpolicy_evaljob_results"  # controlplane.evaljobs.shared.RESULTS
     escalations: str = "policy.escalations"  # controlplane.audit.escalation.SUBJECT
     replay_stream: str = "GROQPOLICY_REPLAY"  # controlplane.impact.store.STREAM
     replay_subjects: str = "replay.>"  # controlplane.impact.store.SUBJECTS
@@ -159,6 +161,13 @@ def _controlplane(n: Names) -> Permissions:
         _js("STREAM.INFO", f"KV_{n.signin_codes}", "open the dashboard's shared sign-in codes"),
         _js("STREAM.MSG.GET", f"KV_{n.signin_codes}", "redeem a sign-in code issued by any process"),
         Grant(f"$KV.{n.signin_codes}.>", "issue (create) and redeem (delete on its revision) a sign-in code"),
+        *(_js(verb, s, f"evaluation jobs: {why}") for s in (f"KV_{n.evaljobs}", f"OBJ_{n.evaljob_results}")
+          for verb, why in (("STREAM.INFO", "open the store"), ("STREAM.MSG.GET", "a job, a cancel flag, a result's meta"),
+                            ("CONSUMER.CREATE", "key listing, a result's chunks (ordered consumers)"))),
+        _js("CONSUMER.INFO", f"KV_{n.evaljobs}", "evaluation jobs: where the key listing ends", ".>"),
+        *(Grant(f"$JS.FC.{s}.>", "flow control of those consumers") for s in (f"KV_{n.evaljobs}", f"OBJ_{n.evaljob_results}")),
+        Grant(f"$KV.{n.evaljobs}.>", "evaluation jobs: create / update(last) a job, its cancel flag, quarantine"),
+        Grant(f"$O.{n.evaljob_results}.>", "evaluation jobs: result chunks and meta (any process reads any job's)"),
         Grant(n.escalations, "constitutional escalation events"),
         _js("STREAM.INFO", n.replay_stream, "replay store: the stream's state"),
         _js("DIRECT.GET", n.replay_stream, "replay store: batched reads for impact analysis"),
@@ -200,7 +209,8 @@ def _bootstrap(n: Names) -> Permissions:
     checkpoints, shadows = f"KV_{n.audit_checkpoints}", f"KV_{n.shadows}"
     return Permissions(publish=(
         *(_js(verb, stream, f"create {stream} where it is missing")
-          for stream in (kv, obs, audit, checkpoints, judgments, n.replay_stream, shadows, f"KV_{n.signin_codes}")
+          for stream in (kv, obs, audit, checkpoints, judgments, n.replay_stream, shadows, f"KV_{n.signin_codes}",
+                         f"KV_{n.evaljobs}", f"OBJ_{n.evaljob_results}")
           for verb in ("STREAM.INFO", "STREAM.CREATE")),
         _js("STREAM.UPDATE", audit, "bring the audit stream's replicas / atomic batches in line"),
         _js("STREAM.UPDATE", n.replay_stream, "bring the replay store's retention in line with the configuration"),

@@ -1,0 +1,204 @@
+"""Evaluation jobs shared by every control-plane process (and replica) of a deployment, in JetStream.
+
+    KV bucket     groqpolicy_evaljobs          job.<id>     the job (`Job`), its latest state and heartbeat
+                                               cancel.<id>  a cancel asked by any process; the runner watches it
+                                               quarantine.<id>  a job record that could not be decoded, moved aside
+    object store  groqpolicy_evaljob_results   <id>.ndjson  its results, one `EvaluateResponse` a line in order
+
+Why JetStream: with several processes sharing one socket (and replicas on other machines), the
+connection that polls a job reaches any process, so the job and its results must be readable by
+all of them; results go to an object store because a 10,000-context job's NDJSON is megabytes,
+above NATS's default 1 MiB message. The process that accepted a job runs it and heartbeats it
+(`HEARTBEAT_S`); a job still queued or running whose heartbeat is older than `STALE_S` lost its
+runner (the process died or was cut off) and any process that reads it marks it `interrupted`,
+with a compare-and-set on the revision it read, so a runner that comes back finds its next write
+refused (`Superseded`) and drops its outcome: a job is never reported interrupted and then done.
+Every write of a job's runner is a compare-and-set too. Entries and results expire `KEPT_S`
+after their last write (the bucket's max age), so a finished job stays readable for a week.
+A record that cannot be decoded is moved to `quarantine.<id>` and logged, never fatal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import io
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+import msgspec
+from nats.aio.client import Client as NatsClient
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+from nats.js.api import ObjectStoreConfig, StorageType
+from nats.js.errors import (
+    BadRequestError,
+    BucketNotFoundError,
+    KeyValueError,
+    KeyWrongLastSequenceError,
+    NoKeysError,
+    NotFoundError,
+    ObjectNotFoundError,
+)
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
+
+from bridge.kernel.errors import NotFound, Unavailable
+from controlplane.evaljobs.schemas import FINISHED, Job
+from controlplane.infra.private import open_private
+
+log = logging.getLogger(__name__)
+BUCKET = "groqpolicy_evaljobs"
+RESULTS = "groqpolicy_evaljob_results"
+KEPT_S = 7 * 24 * 3600.0  # a job and its results are kept a week after their last write
+HEARTBEAT_S = 1.0  # how often a runner says its jobs are alive (and reads their cancel flags)
+STALE_S = 15.0  # a queued/running job unheard of this long lost its runner (generous: loaded machines, skew)
+_decode_job = msgspec.json.Decoder(Job)
+
+
+class Superseded(Exception):
+    """The job's record changed under its runner: another process marked it interrupted."""
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _reachable(call: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """JetStream unreachable (a reconnect, a lost quorum) or refusing (a full store) is a 503 that
+    says so, never a 500; in a job's own writes, its error."""
+
+    @functools.wraps(call)
+    async def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await call(*args, **kwargs)
+        except (NatsError, TimeoutError) as exc:
+            raise Unavailable(f"evaluation jobs: JetStream unreachable or refused ({type(exc).__name__}: {exc}); "
+                              "retry") from None
+
+    return wrapped
+
+
+async def ensure(js: JetStreamContext, replicas: int = 1) -> tuple[KeyValue, ObjectStore]:
+    """Get or create the bucket and the results store (NATS's bootstrap runs this; so does a control
+    plane on a NATS without authorization, where nobody bootstrapped)."""
+    try:
+        kv = await js.key_value(BUCKET)
+    except BucketNotFoundError:
+        kv = await js.create_key_value(bucket=BUCKET, history=1, ttl=KEPT_S, replicas=replicas,
+                                       storage=StorageType.FILE, description="groqpolicy evaluation jobs")
+    try:
+        obs = await js.object_store(RESULTS)
+    except (BucketNotFoundError, NotFoundError):
+        obs = await js.create_object_store(RESULTS, config=ObjectStoreConfig(
+            ttl=KEPT_S, replicas=replicas, storage=StorageType.FILE, description="groqpolicy evaluation job results"))
+    return kv, obs
+
+
+class SharedJobs:
+    def __init__(self, kv: KeyValue, obs: ObjectStore, *, stale_s: float = STALE_S) -> None:
+        self.kv, self.obs, self.stale_s = kv, obs, stale_s
+        self._revisions: dict[str, int] = {}  # the jobs this process runs: the revision it wrote last
+        self._writing = asyncio.Lock()  # a job's heartbeat and its runner's writes never race each other
+
+    @classmethod
+    async def open(cls, nc: NatsClient, replicas: int = 1) -> SharedJobs:
+        kv, obs = await ensure(nc.jetstream(), replicas)
+        return cls(kv, obs)
+
+    # ---- the runner's writes --------------------------------------------------------------------
+    @_reachable
+    async def save(self, job: Job) -> None:
+        """Write a job this process runs; `Superseded` when another process marked it interrupted."""
+        data = msgspec.json.encode(job)
+        async with self._writing:
+            last = self._revisions.get(job.id)
+            try:
+                if last is None:
+                    self._revisions[job.id] = await self.kv.create(f"job.{job.id}", data)
+                else:
+                    self._revisions[job.id] = await self.kv.update(f"job.{job.id}", data, last=last)
+            except (KeyWrongLastSequenceError, BadRequestError) as exc:
+                raise Superseded(f"evaluation job {job.id}: changed by another process ({exc})") from None
+            if job.state in FINISHED:
+                self._revisions.pop(job.id, None)
+
+    @_reachable
+    async def write_results(self, job_id: str, ndjson: bytes) -> None:
+        await self.obs.put(f"{job_id}.ndjson", ndjson)
+
+    @_reachable
+    async def cancel_requested(self, job_id: str) -> bool:
+        try:
+            await self.kv.get(f"cancel.{job_id}")
+        except NotFoundError:
+            return False
+        return True
+
+    # ---- any process's reads --------------------------------------------------------------------
+    @_reachable
+    async def request_cancel(self, job_id: str) -> None:
+        await self.kv.put(f"cancel.{job_id}", b"1")
+
+    @_reachable
+    async def get(self, job_id: str) -> Job | None:
+        """The job as any process sees it: one whose runner went quiet is marked `interrupted`."""
+        try:
+            entry = await self.kv.get(f"job.{job_id}")
+        except NotFoundError:  # never written, expired, or quarantined
+            return None
+        try:
+            job = _decode_job.decode(entry.value or b"")
+        except msgspec.DecodeError as exc:
+            await self._quarantine(job_id, entry.value or b"", entry.revision, exc)
+            return None
+        if job.state in FINISHED or self._alive(job):
+            return job
+        quiet = time.time() - (job.heartbeat_at or job.created_at)
+        job.state = "interrupted"
+        job.error = f"its runner ({job.runner or 'a control-plane process'}) stopped: no heartbeat for {quiet:.0f} s"
+        job.finished_at = time.time()
+        try:
+            await self.kv.update(f"job.{job_id}", msgspec.json.encode(job), last=entry.revision)
+        except (KeyWrongLastSequenceError, BadRequestError):  # the runner (or another reader) wrote first
+            return await self.get(job_id)
+        log.warning("evaluation job %s: %s; marked interrupted", job_id, job.error)
+        return job
+
+    def _alive(self, job: Job) -> bool:
+        return time.time() - (job.heartbeat_at or job.created_at) <= self.stale_s
+
+    @_reachable
+    async def listing(self) -> list[Job]:
+        try:
+            keys = await self.kv.keys()  # nats-py's filters are substrings matched client-side anyway
+        except NoKeysError:
+            return []
+        jobs = [await self.get(key.removeprefix("job.")) for key in keys if key.startswith("job.")]
+        return [j for j in jobs if j is not None]
+
+    @_reachable
+    async def results(self, job_id: str, into: Path) -> None:
+        """The results written into `into` (0600) chunk by chunk: megabytes never held in memory at once."""
+        try:
+            with open_private(into, "wb") as fh:
+                assert isinstance(fh, io.BufferedIOBase)  # "wb": a buffered writer
+                await self.obs.get(f"{job_id}.ndjson", writeinto=fh)
+        except ObjectNotFoundError:
+            into.unlink(missing_ok=True)
+            raise NotFound(f"evaluation job {job_id}: its results are gone (kept {KEPT_S / 86400:.0f} days)") from None
+        except BaseException:
+            into.unlink(missing_ok=True)
+            raise
+
+    async def _quarantine(self, job_id: str, raw: bytes, revision: int | None, exc: Exception) -> None:
+        log.error("evaluation job %s: its record in %s is unreadable (%s); moved to quarantine.%s",
+                  job_id, BUCKET, exc, job_id)
+        try:
+            await self.kv.put(f"quarantine.{job_id}", raw)
+            await self.kv.delete(f"job.{job_id}", last=revision)
+        except (NatsError, KeyValueError, TimeoutError) as err:
+            log.error("evaluation job %s: not quarantined (%s); skipped", job_id, err)
