@@ -68,22 +68,21 @@ class _Engine:
     @classmethod
     def get(cls) -> wasmtime.Engine:
         engine = cls.engine
-        if engine is None:
-            with cls.lock:
-                engine = cls.engine
-                if engine is None:
-                    engine = cls.engine = cls._start(winch=False)
-        return engine
+        return engine if engine is not None else cls._first("engine", winch=False)
 
     @classmethod
     def get_check(cls) -> wasmtime.Engine:
         engine = cls.check
-        if engine is None:
-            with cls.lock:
-                engine = cls.check
-                if engine is None:
-                    engine = cls.check = cls._start(winch=True)
-        return engine
+        return engine if engine is not None else cls._first("check", winch=True)
+
+    @classmethod
+    def _first(cls, attr: str, *, winch: bool) -> wasmtime.Engine:
+        with cls.lock:
+            engine: wasmtime.Engine | None = getattr(cls, attr)
+            if engine is None:
+                engine = cls._start(winch=winch)
+                setattr(cls, attr, engine)
+            return engine
 
     @classmethod
     def _start(cls, winch: bool) -> wasmtime.Engine:

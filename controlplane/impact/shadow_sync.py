@@ -29,6 +29,7 @@ from controlplane.impact.shadow_state import (
     decode_counts,
     decode_saved,
 )
+from controlplane.infra.nats import after_reconnect
 
 log = logging.getLogger(__name__)
 INITIAL_TIMEOUT_S = 30
@@ -106,13 +107,6 @@ class ShadowWatch:
     async def resync(self, attempts: int = 40, delay: float = 0.25) -> None:
         """After a reconnect: a new watch (retrying while JetStream recovers), replaying the bucket."""
         await self.stop()
-        for attempt in range(attempts):
-            try:
-                await self.start()
-                log.info("shadows: watch restarted after a reconnect")
-                return
-            except Exception as exc:  # noqa: BLE001 - JetStream not ready yet after a restart
-                if attempt == attempts - 1:
-                    log.error("shadows: watch could not be restarted after a reconnect: %s", exc)
-                    return
-                await asyncio.sleep(delay)
+        ok, _ = await after_reconnect(self.start, "shadows: watch", attempts=attempts, delay=delay)
+        if ok:
+            log.info("shadows: watch restarted after a reconnect")

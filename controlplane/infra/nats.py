@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from nats.aio.client import Client
@@ -31,6 +31,23 @@ from controlplane.infra.natsauth import NatsAuth, Step, bootstrap
 from controlplane.infra.processes import ManagedProcess, start_nats
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+async def after_reconnect(start: Callable[[], Coroutine[Any, Any, T]], what: str, *,
+                          attempts: int = 40, delay: float = 0.25) -> tuple[bool, T | None]:
+    """`start()` retried while JetStream recovers after a reconnect (a restarted server answers
+    before its streams are back): (True, its result), or (False, None) once `attempts` failed, logged."""
+    for attempt in range(attempts):
+        try:
+            return True, await start()
+        except Exception as exc:  # noqa: BLE001 - JetStream not ready yet after a restart
+            if attempt == attempts - 1:
+                log.error("%s could not be restarted after a reconnect: %s", what, exc)
+                return False, None
+            await asyncio.sleep(delay)
+    return False, None
 
 ROLE = "controlplane"
 

@@ -39,6 +39,7 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from nats.js.object_store import ObjectStore
 
 from bridge.kernel.errors import Conflict, GroqPolicyError, Unavailable
+from controlplane.infra.nats import after_reconnect
 from controlplane.infra.recordkeys import RecordKeys
 from controlplane.policies.schemas import PolicyRecord
 from controlplane.policies.signed import (
@@ -154,15 +155,9 @@ class PolicyStore:
         """After a reconnect: the old watch's consumer may be gone with the server. Start a new one
         (retrying while JetStream recovers) and tell the owner if anything changed meanwhile."""
         await self._stop_watch()
-        for attempt in range(attempts):
-            try:
-                changed = await self._watch()
-                break
-            except Exception as exc:  # noqa: BLE001 - JetStream not ready yet after a restart
-                if attempt == attempts - 1:
-                    log.error("policy KV: watch could not be restarted after a reconnect: %s", exc)
-                    return
-                await asyncio.sleep(delay)
+        ok, changed = await after_reconnect(self._watch, "policy KV: watch", attempts=attempts, delay=delay)
+        if not ok:
+            return
         log.info("policy KV: watch restarted after a reconnect (view changed: %s)", changed)
         if changed and self.on_change is not None:
             await self.on_change()
