@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import socket
 import time
 import uuid
@@ -52,6 +53,8 @@ from controlplane.policies.service import PolicyService
 log = logging.getLogger(__name__)
 CANCEL_WAIT_S = 5.0  # a Batch API job's cancel may not hold up a stop for the SDK's whole timeout
 MAX_PENDING = 8  # jobs queued or running at once: each holds its contexts in memory until it ends
+# what `submit` hands out (uuid4 hex): anything else names no job, and never reaches a KV key or a file name
+JOB_ID = re.compile(r"[0-9a-f]{32}")
 REMOTE_CANCEL_WAIT_S = 10.0  # a cancel asked of another process's job: how long the answer waits for it to end
 AuditAppend = Callable[[list[AuditRecord]], Awaitable[list[StoredRecord]]]
 
@@ -123,6 +126,8 @@ class EvalJobs:
         return job
 
     async def get(self, job_id: str) -> Job:
+        if JOB_ID.fullmatch(job_id) is None:
+            raise NotFound(f"evaluation job {job_id[:64]!r}: not found (job ids are 32 hex digits)")
         job = self.jobs.get(job_id) if job_id in self._tasks or self.shared is None else None  # ours: the live one
         if job is None and self.shared is not None:
             job = await self.shared.get(job_id)
