@@ -77,6 +77,41 @@ def test_the_same_judgment_wanted_by_threads_at_once_is_asked_once():
     assert oracle.transport("fast", ASKED, 5.0)[0] == 200 and model.calls == 2  # then from memory
 
 
+class _GarbledModel:
+    """A model whose 200 reply is not JSON, slowly enough that other decisions join the ask."""
+
+    name = "online"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def call(self, tier, body, timeout):
+        raise AssertionError("not on this path")
+
+    async def request(self, tier, body):
+        self.calls += 1
+        await asyncio.sleep(0.2)
+        return 200, b"<html>bad gateway</html>", 0
+
+
+def test_an_unreadable_answer_fails_every_waiter_instead_of_hanging_them():
+    """The model stage's path: a 200 that is not JSON is no answer. The decision that asked and the
+    ones waiting for the same judgment all get the failure (which the policy reads as `review`),
+    and a later ask is not stuck behind a future nobody will resolve."""
+    model = _GarbledModel()
+    oracle = Oracle({}, model)
+    body = msgspec.json.encode(ASKED)
+
+    async def main():
+        first = await asyncio.wait_for(asyncio.gather(*(oracle.ask("fast", body) for _ in range(5))), 10)
+        again = await asyncio.wait_for(oracle.ask("fast", body), 10)
+        return first, again
+
+    first, again = asyncio.run(main())
+    assert [status for status, _, _ in first] == [502] * 5 and again[0] == 502
+    assert model.calls == 2 and oracle.joined == 4 and oracle.failed == 2 and not oracle.asked
+
+
 def test_redaction_reaches_every_depth_and_keeps_the_rest():
     doc = {"text": "secret", "nested": [{"email": "a@b", "amount": 3}], "amount": 1}
     assert redact(doc, {"text", "email"}) == {"text": REDACTED, "nested": [{"email": REDACTED, "amount": 3}], "amount": 1}

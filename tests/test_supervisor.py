@@ -302,3 +302,24 @@ def test_health_and_the_dashboard_show_the_supervisors_view(tmp_path, nats_serve
         status_path(settings.state_dir).unlink()  # no supervisor: /health says nothing about one
         health = client.get("/health").json()
         assert "supervisor" not in health and health["status"] == "ok"
+
+
+def test_a_key_distrusted_by_the_deployment_is_distrusted_by_every_process(tmp_path):
+    """Removing a public key from `<state>/record-keys/trusted` distrusts it (recordkeys): the
+    other processes' copies follow at their next start, so a retired or leaked key cannot stay
+    trusted by process 2..N."""
+    from controlplane.infra.recordkeys import KEY_DIR, TRUSTED_DIR
+    from controlplane.ops.system import replica_environment
+
+    settings = make_settings(tmp_path / "state")
+    source = tmp_path / "state" / KEY_DIR / TRUSTED_DIR
+    source.mkdir(parents=True)
+    (source / "retired.pem").write_text("-----BEGIN PUBLIC KEY-----\nretired\n-----END PUBLIC KEY-----\n")
+    (source / "leaked.pem").write_text("-----BEGIN PUBLIC KEY-----\nleaked\n-----END PUBLIC KEY-----\n")
+    replica_environment(settings, 2)
+    copies = tmp_path / "state" / "processes" / "2" / KEY_DIR / TRUSTED_DIR
+    assert sorted(p.name for p in copies.glob("*.pem")) == ["leaked.pem", "retired.pem"]
+    assert stat.S_IMODE((copies / "leaked.pem").stat().st_mode) == 0o600
+    (source / "leaked.pem").unlink()
+    replica_environment(settings, 2)
+    assert sorted(p.name for p in copies.glob("*.pem")) == ["retired.pem"]

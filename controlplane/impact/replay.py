@@ -36,6 +36,7 @@ from controlplane.policies.schemas import PolicyRecord
 
 CHUNK = 1024  # contexts per decide_many call
 EXAMPLES_PER_CELL = 3
+PENDING_WAIT_S = 60.0  # the longest a decision waits for the same judgment another decision is asking
 NONE = "none"  # a policy type that had no part in the decision before (or after)
 
 
@@ -154,16 +155,23 @@ class Oracle:
             return 503, b'{"error": {"message": "not recorded, and this replay asks no model"}}', 0
         future, mine = self._claim(key)
         if not mine:  # an exception the asker met is raised here too, as if this call had met it
-            status, reply, max_age = await asyncio.wrap_future(future)
+            try:
+                status, reply, max_age = await asyncio.wait_for(asyncio.wrap_future(future), PENDING_WAIT_S)
+            except TimeoutError:
+                return 504, b'{"error": {"message": "the same judgment, asked by another decision, is still pending"}}', 0
             return status, msgspec.json.encode(reply), max_age
         started = time.perf_counter()
         try:
             status, data, max_age = await self.reask.request(tier, body)
+            decoded = msgspec.json.decode(data) if status == 200 else _error_body(data)
+        except msgspec.DecodeError:
+            # an unreadable answer is no answer: the waiters get the same failure, never a hang
+            status, data, max_age = 502, b'{"error": {"message": "the model\'s reply is not JSON"}}', 0
+            decoded = _error_body(data)
         except BaseException as exc:
             self._asked(key, getattr(exc, "status", 0), None, started)
             future.set_exception(exc)
             raise
-        decoded = msgspec.json.decode(data) if status == 200 else _error_body(data)
         self._asked(key, status, decoded if status == 200 else None, started)
         future.set_result((status, decoded, max_age))
         return status, data, max_age

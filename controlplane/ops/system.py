@@ -83,9 +83,13 @@ def replica_environment(settings: Settings, number: int) -> dict[str, str]:
     own = state / "processes" / str(number)
     trusted = own / KEY_DIR / TRUSTED_DIR
     trusted.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for public in (state / KEY_DIR / TRUSTED_DIR).glob("*.pem"):  # retired keys stay trusted here too
+    source = {public.name: public for public in (state / KEY_DIR / TRUSTED_DIR).glob("*.pem")}
+    for public in source.values():  # retired keys stay trusted here too
         if not (trusted / public.name).exists():
             write_private(trusted / public.name, public.read_text())
+    for copied in trusted.glob("*.pem"):  # a key removed there is distrusted here too
+        if copied.name not in source:
+            copied.unlink()
     status = own / STATUS_FILE  # /health and the dashboard show the supervisor's view
     if not status.is_symlink():
         status.unlink(missing_ok=True)
