@@ -156,7 +156,7 @@ class Services:
         publisher = BundlePublisher(compiler, store, key, settings.rego_root,
                                     overlay=sandbox_overlay(settings, tokens, token))
         nats = NatsConnection(settings, NatsSettings.from_env(), bootstrap_steps=jetstream_steps(settings))
-        record_keys = ensure_record_keys(settings)  # signs audit records, checkpoints and policy records
+        record_keys = ensure_record_keys(settings)  # signs audit records, checkpoints, policy records and shared sign-in codes
         recorder = RecordingAuditSink(settings, nats, record_keys)
         models = ModelClient(nats, cache_size=settings.gateway_cache_size)
         replay = ReplayStore(lambda: nats.client, settings)
@@ -206,7 +206,7 @@ class Services:
                    agent_decisions=AgentDecisions(replay, tap, settings.bridge_url, policies.active_records),
                    status_sharing=StatusSharing(nats, statuses),
                    tokens=tokens, bridge_token=token,
-                   signin_codes=SignInCodes(shared_codes(lambda: nats.client if nats.connected else None), lambda: tokens))
+                   signin_codes=SignInCodes(shared_codes(nats.connected_client), lambda: tokens, record_keys))
 
     def components(self) -> list[tuple[str, Component]]:
         """What runs while the app runs, in start order: the connection first, then what uses it;

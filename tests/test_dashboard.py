@@ -274,6 +274,7 @@ async def test_a_code_issued_by_one_process_is_redeemed_once_by_any(nats_server,
 
     from controlplane.auth.tokens import TokenSet, parse_tokens
     from controlplane.dashboard import auth
+    from controlplane.infra.recordkeys import RecordKeys
 
     tokens = TokenSet(parse_tokens(f"admin={ADMIN_TOKEN}:admin", "test"), "test")
     admin = tokens.by_name("admin")
@@ -281,7 +282,8 @@ async def test_a_code_issued_by_one_process_is_redeemed_once_by_any(nats_server,
     nc = await nats.connect(nats_server.extra["url"])
     try:
         await auth.ensure_shared_codes(nc.jetstream())
-        one, two = (auth.SignInCodes(auth.shared_codes(lambda: nc), lambda: tokens) for _ in range(2))
+        keys = RecordKeys.generate()  # the replicas of one deployment share one record key
+        one, two = (auth.SignInCodes(auth.shared_codes(lambda: nc), lambda: tokens, keys) for _ in range(2))
         code = await one.issue(admin)
         assert (await two.redeem(code)).secret == ADMIN_TOKEN
         with pytest.raises(NotAuthorizedException, match="already used"):
@@ -294,6 +296,58 @@ async def test_a_code_issued_by_one_process_is_redeemed_once_by_any(nats_server,
         later = auth.time.time() + auth.SignInCodes.TTL_S + 1
         monkeypatch.setattr(auth.time, "time", lambda: later)
         with pytest.raises(NotAuthorizedException):
+            await one.redeem(code)
+    finally:
+        await nc.close()
+
+
+async def test_a_planted_shared_code_does_not_sign_in(nats_server, caplog):
+    """Anyone holding a control-plane NATS credential can write the codes bucket: an entry that
+    the deployment's record key did not sign (unsigned, signed by another key, or a genuine
+    signature moved to another digest) is refused like an unknown code, with a log line; a genuine
+    code still opens once on the other control plane."""
+    import hashlib
+    import time
+
+    import msgspec
+    import nats
+    from litestar.exceptions import NotAuthorizedException
+
+    from controlplane.auth.tokens import TokenSet, parse_tokens
+    from controlplane.dashboard import auth
+    from controlplane.infra.recordkeys import RecordKeys
+
+    tokens = TokenSet(parse_tokens(f"admin={ADMIN_TOKEN}:admin", "test"), "test")
+    admin = tokens.by_name("admin")
+    assert admin is not None
+    keys, intruder = RecordKeys.generate(), RecordKeys.generate()
+    nc = await nats.connect(nats_server.extra["url"])
+    try:
+        await auth.ensure_shared_codes(nc.jetstream())
+        kv = await nc.jetstream().key_value(auth.SHARED_BUCKET)
+        one, two = (auth.SignInCodes(auth.shared_codes(lambda: nc), lambda: tokens, keys) for _ in range(2))
+
+        async def plant(code: str, entry: dict) -> None:
+            await kv.put(hashlib.sha256(code.encode()).hexdigest(), msgspec.json.encode(entry))
+
+        def signed_by(signer: RecordKeys, digest: str) -> dict:
+            body = {"digest": digest, "token": "admin", "expires": time.time() + 60}
+            return {**body, "kid": signer.kid, "sig": signer.sign(auth.SIGNIN_DOMAIN, body)}
+
+        await plant("unsigned", {"token": "admin", "expires": time.time() + 60})
+        digest = hashlib.sha256(b"other-key").hexdigest()
+        await plant("other-key", signed_by(intruder, digest))
+        stolen = signed_by(keys, hashlib.sha256(b"genuine-elsewhere").hexdigest())  # a real signature, another digest
+        await plant("moved", stolen)
+        with caplog.at_level("WARNING", logger=auth.__name__):
+            for code in ("unsigned", "other-key", "moved"):
+                with pytest.raises(NotAuthorizedException, match="already used or expired"):
+                    await two.redeem(code)
+        refusals = [r.getMessage() for r in caplog.records if "refused a shared code" in r.getMessage()]
+        assert [m.rsplit(": ", 1)[1].split(" (")[0] for m in refusals] == ["unsigned", "unknown key", "forged"]
+        code = await one.issue(admin)
+        assert (await two.redeem(code)).secret == ADMIN_TOKEN
+        with pytest.raises(NotAuthorizedException, match="already used"):
             await one.redeem(code)
     finally:
         await nc.close()

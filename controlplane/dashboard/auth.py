@@ -14,6 +14,7 @@ token the dashboard answers 401 with a login form, like every protected route an
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,9 @@ from nats.js.kv import KeyValue
 from bridge.kernel.errors import Unavailable
 from controlplane.auth.guards import REALM, remember, requires, tokens_of
 from controlplane.auth.tokens import Token, TokenSet
+from controlplane.infra.recordkeys import UNSIGNED, RecordKeys
+
+log = logging.getLogger(__name__)
 
 COOKIE = "groqpolicy_dashboard"
 SCOPE = "admin"
@@ -74,6 +78,9 @@ class dashboard_access(requires):  # noqa: N801 - a guard, read as a declaration
 
 SHARED_BUCKET = "groqpolicy_signin"  # the codes every process of a deployment can redeem (JetStream KV)
 SharedCodes = Callable[[], Awaitable[KeyValue | None]]
+# What a shared entry's signature covers, so a record-key signature over anything else (an audit
+# record, a policy record) can never pass for a sign-in code.
+SIGNIN_DOMAIN = "groqpolicy.dashboard.signin.v1"
 
 
 class SignInCodes:
@@ -83,22 +90,32 @@ class SignInCodes:
     `groqpolicy_signin` (entries expire with the code; only the token's name is stored, never the
     token): redeeming deletes the entry on the revision it read, so of two processes redeeming one
     code at once only one succeeds. Without the bucket (no NATS, or nobody created it) they are
-    in this process's memory (a restart forgets them: ask for a new link)."""
+    in this process's memory (a restart forgets them: ask for a new link).
+
+    A shared entry is signed with the deployment's record key over its digest, token name and
+    expiry, and one whose signature does not verify is refused: anyone holding a control-plane NATS
+    credential can write the bucket, and an unsigned entry naming an admin token would otherwise
+    be a sign-in as that admin (nothing is trusted because it arrived over NATS)."""
 
     TTL_S = 300.0
     MAX_PENDING = 1000  # codes waiting at once in memory; the oldest go first
 
-    def __init__(self, shared: SharedCodes | None = None, tokens: Callable[[], TokenSet | None] | None = None) -> None:
+    def __init__(self, shared: SharedCodes | None = None, tokens: Callable[[], TokenSet | None] | None = None,
+                 keys: RecordKeys | None = None) -> None:
+        if shared is not None and keys is None:
+            raise ValueError("shared sign-in codes need the record keys: an unsigned entry is refused")
         self._pending: dict[str, tuple[float, Token]] = {}
-        self._shared, self._tokens = shared, tokens
+        self._shared, self._tokens, self._keys = shared, tokens, keys
 
     async def issue(self, token: Token) -> str:
         code = secrets.token_urlsafe(24)
         digest = hashlib.sha256(code.encode()).hexdigest()
         kv = await self._shared() if self._shared is not None else None
-        if kv is not None:
+        if kv is not None and self._keys is not None:
+            signed = {"digest": digest, "token": token.name, "expires": time.time() + self.TTL_S}
+            entry = {**signed, "kid": self._keys.kid, "sig": self._keys.sign(SIGNIN_DOMAIN, signed)}
             try:
-                await kv.create(digest, msgspec.json.encode({"token": token.name, "expires": time.time() + self.TTL_S}))
+                await kv.create(digest, msgspec.json.encode(entry))
             except (NatsError, TimeoutError) as exc:
                 raise Unavailable(f"dashboard sign-in: the code cannot be shared ({type(exc).__name__})") from None
             return code
@@ -134,10 +151,25 @@ class SignInCodes:
             held = msgspec.json.decode(entry.value or b"", type=dict[str, Any])
         except msgspec.DecodeError:
             return None
+        if not self._genuine(digest, held):
+            return None
         tokens = self._tokens() if self._tokens is not None else None
         if tokens is None or not isinstance(held.get("expires"), float) or held["expires"] <= time.time():
             return None
         return tokens.by_name(str(held.get("token")))
+
+    def _genuine(self, digest: str, held: dict[str, Any]) -> bool:
+        """Whether a record key this deployment trusts signed this entry, for this digest."""
+        signed = {"digest": digest, "token": held.get("token"), "expires": held.get("expires")}
+        kid, sig = held.get("kid"), held.get("sig")
+        if not isinstance(kid, str) or not isinstance(sig, str) or self._keys is None:
+            problem = UNSIGNED
+        else:
+            problem = self._keys.check(SIGNIN_DOMAIN, signed, kid, sig)
+        if problem:
+            log.warning("dashboard sign-in: refused a shared code for token %r: %s (key %r)",
+                        held.get("token"), problem, kid)
+        return not problem
 
 
 def shared_codes(client: Callable[[], NatsClient | None]) -> SharedCodes:

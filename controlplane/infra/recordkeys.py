@@ -1,5 +1,6 @@
 """The control plane's record-signing key: Ed25519 (pyca/cryptography) over audit records, audit
-checkpoints and policy records, and the set of public keys whose signatures are trusted.
+checkpoints, policy records and the dashboard's shared sign-in codes, and the set of public keys
+whose signatures are trusted.
 
 Why here: the audit trail and the policy store both sign and check with it, and `infra` sits below
 both (it imports nothing else of the control plane), so neither has to import the other.
