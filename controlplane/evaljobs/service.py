@@ -125,23 +125,25 @@ class EvalJobs:
                                                   name=f"evaluation-job-{job.id}")
         return job
 
-    async def get(self, job_id: str) -> Job:
+    async def get(self, job_id: str, viewer: str | None = None) -> Job:
+        """The job; `viewer` (a token name) sees only the jobs it submitted, None (admin) sees all.
+        Another's job is 404, as one that does not exist: its id is not confirmed to the caller."""
         if JOB_ID.fullmatch(job_id) is None:
             raise NotFound(f"evaluation job {job_id[:64]!r}: not found (job ids are 32 hex digits)")
         job = self.jobs.get(job_id) if job_id in self._tasks or self.shared is None else None  # ours: the live one
         if job is None and self.shared is not None:
             job = await self.shared.get(job_id)
-        if job is None:
+        if job is None or (viewer is not None and job.by != viewer):
             raise NotFound(f"evaluation job {job_id!r}: not found")
         return job
 
-    async def listing(self) -> list[Job]:
+    async def listing(self, viewer: str | None = None) -> list[Job]:
         jobs = list(self.jobs.values()) if self.shared is None else await self.shared.listing()
-        return sorted(jobs, key=lambda j: j.created_at, reverse=True)
+        return sorted((j for j in jobs if viewer is None or j.by == viewer), key=lambda j: j.created_at, reverse=True)
 
-    async def results(self, job_id: str) -> tuple[Path, bool]:
+    async def results(self, job_id: str, viewer: str | None = None) -> tuple[Path, bool]:
         """The results' file, and whether it is a download of this request's to remove once sent."""
-        job = await self.get(job_id)
+        job = await self.get(job_id, viewer)
         if job.state != "completed":
             raise Conflict(f"evaluation job {job_id}: {job.state}; results exist once it is completed"
                            + (f" ({job.error})" if job.error else ""))
@@ -151,8 +153,8 @@ class EvalJobs:
         await self.shared.results(job_id, into)
         return into, True
 
-    async def cancel(self, job_id: str) -> Job:
-        job = await self.get(job_id)
+    async def cancel(self, job_id: str, viewer: str | None = None) -> Job:
+        job = await self.get(job_id, viewer)
         if job.state in FINISHED:
             if job.state == "cancelled":
                 return job
