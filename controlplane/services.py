@@ -199,13 +199,13 @@ class Services:
                                audit=recorder.append_many, batch=batch)
         evaljobs = EvalJobs(JobStore(settings.state_dir), pipeline=pipeline, policies=policies, revisions=store,
                             key=key.verification_key, bridge_url=settings.bridge_url, batch=batch,
-                            audit=recorder.append_many, nats=nats.connected_client, replicas=settings.nats_replicas)
+                            audit=recorder.append_many, nats=nats.connected_client, replicas=settings.nats_replicas,
+                            results_max_bytes=settings.evaljobs_max_bytes)
         return cls(settings=settings, store=store, decision_logs=decision_logs, statuses=statuses, signing_key=key,
                    publisher=publisher, nats=nats, policies=policies, recorder=recorder, runtime=runtime,
                    gauges=gauges, replay=replay, impact=impact, batch=batch, shadows=shadows, evaljobs=evaljobs,
                    agent_decisions=AgentDecisions(replay, tap, settings.bridge_url, policies.active_records),
-                   status_sharing=StatusSharing(nats, statuses),
-                   tokens=tokens, bridge_token=token,
+                   status_sharing=StatusSharing(nats, statuses), tokens=tokens, bridge_token=token,
                    signin_codes=SignInCodes(shared_codes(nats.connected_client), lambda: tokens, record_keys))
 
     def components(self) -> list[tuple[str, Component]]:
@@ -283,7 +283,8 @@ def jetstream_steps(settings: Settings) -> list[NatsStep]:
         await ensure_shared_codes(nc.jetstream(), replicas=settings.nats_replicas)
 
     async def evaluation_jobs(nc: NatsClient) -> None:
-        await ensure_evaljobs(nc.jetstream(), replicas=settings.nats_replicas)
+        await ensure_evaljobs(nc.jetstream(), replicas=settings.nats_replicas,
+                              results_max_bytes=settings.evaljobs_max_bytes)
 
     return [audit_stream, policy_store, judgments, replay_store, shadows, signin_codes, evaluation_jobs]
 

@@ -17,7 +17,14 @@ from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from controlplane.evaljobs.schemas import MAX_JOB_CONTEXTS
 from controlplane.services import Services
 from tests.bridge_helpers import spawn_worker, wait_for_workers
-from tests.controlplane_helpers import ADMIN_HEADERS, EVALUATE_TOKEN, bearer, make_settings, running_control_plane
+from tests.controlplane_helpers import (
+    ADMIN_HEADERS,
+    EVALUATE_TOKEN,
+    TEST_TOKENS,
+    bearer,
+    make_settings,
+    running_control_plane,
+)
 from tests.test_impact import JUDGE, LIMIT, policy
 
 pytestmark = pytest.mark.slow
@@ -26,6 +33,7 @@ pytestmark = pytest.mark.slow
 DISTINCT = ["a friendly reminder", "please run rm -rf on it", "lunch at noon?", "the quarterly report is attached"]
 N = 24
 EV = bearer(EVALUATE_TOKEN)
+OTHER = bearer("test-other-evaluate-token-00")  # a second evaluate token: "other"
 
 
 def contexts(texts: list[str] = DISTINCT, n: int = N) -> list[dict]:
@@ -67,7 +75,8 @@ def system(tmp_path_factory, nats_server_module, emu_module):
     plane = None
     try:
         asyncio.run(wait_for_workers(url, 1))
-        plane = ControlPlane(make_settings(tmp / "state", nats_url=url), emu_module.url)
+        tokens = f"{TEST_TOKENS},other={OTHER['Authorization'].removeprefix('Bearer ')}:evaluate"
+        plane = ControlPlane(make_settings(tmp / "state", nats_url=url, tokens=tokens), emu_module.url)
         with httpx.Client(base_url=plane.settings.base_url, headers=ADMIN_HEADERS, timeout=60) as client:
             for name, kind, text in (("limits", "risk_management", LIMIT), ("judge", "ethical_constraints", JUDGE)):
                 r = client.post("/api/v1/policies", json=policy(name, kind, text))
@@ -186,6 +195,27 @@ def test_the_cli_submits_a_file_shows_progress_and_writes_the_results_in_order(s
     source.write_text('{"a": 1}\n[2]\n')
     assert main(["evaluate", "--file", str(source), "--via", "batch", *common]) == 1
     assert f"{source}:2: expected a JSON object, got list" in capsys.readouterr().err
+
+
+def test_a_job_is_its_submitters_another_evaluate_token_gets_404_and_an_admin_sees_all(system):
+    client, *_ = system
+    mine = finished(client, submit(client, contexts(n=2), via="online")["id"])
+    assert mine["state"] == "completed" and mine["by"] == "evaluate", mine
+    for method, path in (("GET", ""), ("GET", "/results"), ("POST", "/cancel")):
+        r = client.request(method, f"/api/v1/evaluate/jobs/{mine['id']}{path}", headers=OTHER)
+        assert r.status_code == 404, (path, r.text)
+    r = client.post("/api/v1/evaluate/jobs", headers=OTHER, json={"contexts": contexts(n=1), "via": "online"})
+    assert r.status_code == 202, r.text
+    theirs = r.json()["id"]
+    listed = {who: [j["id"] for j in client.get("/api/v1/evaluate/jobs", headers=h).json()]
+              for who, h in (("evaluate", EV), ("other", OTHER), ("admin", ADMIN_HEADERS))}
+    assert mine["id"] in listed["evaluate"] and theirs not in listed["evaluate"], listed
+    assert theirs in listed["other"] and mine["id"] not in listed["other"], listed
+    assert {mine["id"], theirs} <= set(listed["admin"]), listed
+    assert client.get(f"/api/v1/evaluate/jobs/{theirs}", headers=EV).status_code == 404
+    assert client.get(f"/api/v1/evaluate/jobs/{mine['id']}").json()["id"] == mine["id"]  # admin: anyone's
+    assert len(results(client, mine["id"])) == 2
+    assert client.get(f"/api/v1/evaluate/jobs/{mine['id']}/results").status_code == 200
 
 
 def test_cancel_stops_the_job_and_its_batch(system):

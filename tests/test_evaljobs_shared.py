@@ -232,3 +232,44 @@ def test_a_runner_process_killed_outright_leaves_its_job_interrupted(pair, tmp_p
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+
+
+def test_finished_jobs_beyond_the_cap_are_pruned_and_a_full_results_store_fails_the_write_clearly(nats_server, tmp_path):
+    from bridge.kernel.errors import NotFound
+    from controlplane.evaljobs.schemas import Job
+    from controlplane.evaljobs.shared import SharedJobs, StoreFull
+
+    def job(i: int, state: str) -> Job:
+        return Job(id=f"{i:032x}", state=state, via="online", performance_tier="fast", policy_types=[], contexts=1,
+                   created_at=time.time(), finished_at=1000.0 + i if state != "running" else None,
+                   heartbeat_at=time.time())
+
+    async def run() -> None:
+        nc = await nats.connect(nats_server.extra["url"])
+        try:
+            shared = await SharedJobs.open(nc, results_max_bytes=256 * 1024)  # a store small enough to fill
+            for i, state in enumerate(["completed", "failed", "completed", "cancelled", "completed", "running"]):
+                await shared.save(job(i, state))
+                await shared.write_results(f"{i:032x}", b'{"decision": "allow"}\n')
+            await shared.request_cancel(f"{0:032x}")
+            assert await shared.prune(3) == [f"{0:032x}", f"{1:032x}"]  # the two finished first go
+            assert sorted(j.id for j in await shared.listing()) == [f"{i:032x}" for i in range(2, 6)]  # running kept
+            assert not await shared.cancel_requested(f"{0:032x}")
+            try:
+                await shared.results(f"{0:032x}", tmp_path / "gone.ndjson")
+                raise AssertionError("the pruned job's results are still there")
+            except NotFound:
+                pass
+            await shared.results(f"{2:032x}", tmp_path / "kept.ndjson")
+            assert (tmp_path / "kept.ndjson").read_bytes() == b'{"decision": "allow"}\n'
+            assert await shared.prune(3) == []  # at the cap: nothing more
+            try:
+                await shared.write_results(f"{9:032x}", b"x" * (512 * 1024))
+                raise AssertionError("a results store at its max_bytes took more")
+            except StoreFull as exc:
+                assert "is full" in str(exc) and "not kept" in str(exc), exc
+            await shared.write_results(f"{8:032x}", b"fits\n")  # the refused put left nothing behind
+        finally:
+            await nc.close()
+
+    asyncio.run(run())

@@ -42,8 +42,8 @@ from controlplane.audit.records import AuditRecord, StoredRecord
 from controlplane.bundles.revisions import RevisionStore
 from controlplane.evaljobs.passes import BatchEvaluation, Cancelled, audit_records
 from controlplane.evaljobs.schemas import FINISHED, BatchView, Job, JobRequest, Judgments, check_contexts
-from controlplane.evaljobs.shared import HEARTBEAT_S, SharedJobs, Superseded
-from controlplane.evaljobs.store import JobStore
+from controlplane.evaljobs.shared import HEARTBEAT_S, RESULTS_MAX_BYTES, SharedJobs, Superseded
+from controlplane.evaljobs.store import KEPT_JOBS, JobStore
 from controlplane.evaluation.pipeline import Pipeline
 from controlplane.evaluation.schemas import MAX_BATCH, EvaluateResponse
 from controlplane.impact.batched import BatchAsker, BatchReAsk
@@ -62,10 +62,11 @@ AuditAppend = Callable[[list[AuditRecord]], Awaitable[list[StoredRecord]]]
 class EvalJobs:
     def __init__(self, store: JobStore, *, pipeline: Pipeline, policies: PolicyService, revisions: RevisionStore,
                  key: Callable[[], VerificationKey], bridge_url: str, batch: BatchAsker, audit: AuditAppend,
-                 nats: Callable[[], NatsClient | None] = lambda: None, replicas: int = 1) -> None:
+                 nats: Callable[[], NatsClient | None] = lambda: None, replicas: int = 1,
+                 results_max_bytes: int = RESULTS_MAX_BYTES) -> None:
         self.store, self.pipeline, self.policies, self.revisions = store, pipeline, policies, revisions
         self.key, self.bridge_url, self.batch, self.audit = key, bridge_url, batch, audit
-        self.nats, self.replicas = nats, replicas
+        self.nats, self.replicas, self.results_max_bytes = nats, replicas, results_max_bytes
         self.shared: SharedJobs | None = None  # on NATS: the deployment's jobs; else the state directory's
         self.runner = f"{socket.gethostname()}:{os.getpid()}/{uuid.uuid4().hex[:8]}"
         self._heartbeat: asyncio.Task[None] | None = None
@@ -80,7 +81,7 @@ class EvalJobs:
         self._slot = asyncio.Lock()
         nc = self.nats()
         try:
-            self.shared = await SharedJobs.open(nc, self.replicas) if nc is not None else None
+            self.shared = await SharedJobs.open(nc, self.replicas, self.results_max_bytes) if nc is not None else None
         except (NatsError, TimeoutError) as exc:
             log.error("evaluation jobs: the bucket cannot be opened (%s: %s)", type(exc).__name__, exc)
         if self.shared is not None:
@@ -125,23 +126,26 @@ class EvalJobs:
                                                   name=f"evaluation-job-{job.id}")
         return job
 
-    async def get(self, job_id: str) -> Job:
+    async def get(self, job_id: str, viewer: str | None = None) -> Job:
+        """The job; `viewer` (a token name) sees only the jobs it submitted, None (admin) sees all.
+        Another's job is 404, as one that does not exist: its id is not confirmed to the caller."""
         if JOB_ID.fullmatch(job_id) is None:
             raise NotFound(f"evaluation job {job_id[:64]!r}: not found (job ids are 32 hex digits)")
         job = self.jobs.get(job_id) if job_id in self._tasks or self.shared is None else None  # ours: the live one
         if job is None and self.shared is not None:
             job = await self.shared.get(job_id)
-        if job is None:
+        if job is None or (viewer is not None and job.by != viewer):
             raise NotFound(f"evaluation job {job_id!r}: not found")
         return job
 
-    async def listing(self) -> list[Job]:
+    async def listing(self, viewer: str | None = None) -> list[Job]:
         jobs = list(self.jobs.values()) if self.shared is None else await self.shared.listing()
-        return sorted(jobs, key=lambda j: j.created_at, reverse=True)
+        mine = sorted((j for j in jobs if viewer is None or j.by == viewer), key=lambda j: j.created_at, reverse=True)
+        return mine[:KEPT_JOBS]  # the newest: a bounded answer (pruning keeps about this many anyway)
 
-    async def results(self, job_id: str) -> tuple[Path, bool]:
+    async def results(self, job_id: str, viewer: str | None = None) -> tuple[Path, bool]:
         """The results' file, and whether it is a download of this request's to remove once sent."""
-        job = await self.get(job_id)
+        job = await self.get(job_id, viewer)
         if job.state != "completed":
             raise Conflict(f"evaluation job {job_id}: {job.state}; results exist once it is completed"
                            + (f" ({job.error})" if job.error else ""))
@@ -151,8 +155,8 @@ class EvalJobs:
         await self.shared.results(job_id, into)
         return into, True
 
-    async def cancel(self, job_id: str) -> Job:
-        job = await self.get(job_id)
+    async def cancel(self, job_id: str, viewer: str | None = None) -> Job:
+        job = await self.get(job_id, viewer)
         if job.state in FINISHED:
             if job.state == "cancelled":
                 return job
@@ -268,6 +272,10 @@ class EvalJobs:
             log.error("evaluation job %s: %s; its outcome (%s) is dropped", job.id, exc, job.state)
         except Unavailable as exc:  # its heartbeat goes stale: readers will say interrupted
             log.error("evaluation job %s: its end (%s) not written (%s)", job.id, job.state, exc)
+        try:  # as the file fallback does: the finished jobs beyond KEPT_JOBS go, oldest first
+            await asyncio.shield(self.shared.prune(KEPT_JOBS))
+        except Unavailable as exc:  # the next job's end tries again
+            log.warning("evaluation jobs: finished jobs not pruned (%s)", exc)
 
     async def _write_results(self, job_id: str, responses: list[EvaluateResponse]) -> None:
         if self.shared is None:

@@ -14,13 +14,18 @@ runner (the process died or was cut off) and any process that reads it marks it 
 with a compare-and-set on the revision it read, so a runner that comes back finds its next write
 refused (`Superseded`) and drops its outcome: a job is never reported interrupted and then done.
 Every write of a job's runner is a compare-and-set too. Entries and results expire `KEPT_S`
-after their last write (the bucket's max age), so a finished job stays readable for a week.
+after their last write (the bucket's max age), so a finished job stays readable for a week; and
+both are capped in bytes (the results store at the `evaljobs_max_bytes` setting, refusing new
+results when full: that job fails saying so), and beyond `KEPT_JOBS` finished jobs the oldest go
+when a job finishes (`prune`), as the file fallback keeps them: an `evaluate` client cannot fill
+the JetStream store the audit stream shares.
 A record that cannot be decoded is moved to `quarantine.<id>` and logged, never fatal.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import io
 import logging
@@ -35,6 +40,7 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import ObjectStoreConfig, StorageType
 from nats.js.errors import (
+    APIError,
     BadRequestError,
     BucketNotFoundError,
     KeyValueError,
@@ -55,8 +61,14 @@ BUCKET = "groqpolicy_evaljobs"
 RESULTS = "groqpolicy_evaljob_results"
 KEPT_S = 7 * 24 * 3600.0  # a job and its results are kept a week after their last write
 HEARTBEAT_S = 1.0  # how often a runner says its jobs are alive (and reads their cancel flags)
+KV_MAX_BYTES = 64 << 20  # job records are a few KiB: room for far more than KEPT_JOBS, a bound all the same
+RESULTS_MAX_BYTES = 1 << 30  # the default of the `evaljobs_max_bytes` setting: fits a laptop's disk
 STALE_S = 15.0  # a queued/running job unheard of this long lost its runner (generous: loaded machines, skew)
 _decode_job = msgspec.json.Decoder(Job)
+
+
+class StoreFull(Unavailable):
+    """The results store is at its max_bytes: the job fails saying so (as its error), never a 500."""
 
 
 class Superseded(Exception):
@@ -82,19 +94,20 @@ def _reachable(call: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     return wrapped
 
 
-async def ensure(js: JetStreamContext, replicas: int = 1) -> tuple[KeyValue, ObjectStore]:
+async def ensure(js: JetStreamContext, replicas: int = 1,
+                 results_max_bytes: int = RESULTS_MAX_BYTES) -> tuple[KeyValue, ObjectStore]:
     """Get or create the bucket and the results store (NATS's bootstrap runs this; so does a control
-    plane on a NATS without authorization, where nobody bootstrapped)."""
+    plane on a NATS without authorization, where nobody bootstrapped). Existing ones keep their config."""
     try:
         kv = await js.key_value(BUCKET)
     except BucketNotFoundError:
-        kv = await js.create_key_value(bucket=BUCKET, history=1, ttl=KEPT_S, replicas=replicas,
+        kv = await js.create_key_value(bucket=BUCKET, history=1, ttl=KEPT_S, replicas=replicas, max_bytes=KV_MAX_BYTES,
                                        storage=StorageType.FILE, description="groqpolicy evaluation jobs")
     try:
         obs = await js.object_store(RESULTS)
     except (BucketNotFoundError, NotFoundError):
         obs = await js.create_object_store(RESULTS, config=ObjectStoreConfig(
-            ttl=KEPT_S, replicas=replicas, storage=StorageType.FILE, description="groqpolicy evaluation job results"))
+            ttl=KEPT_S, max_bytes=results_max_bytes, replicas=replicas, storage=StorageType.FILE, description="groqpolicy evaluation job results"))
     return kv, obs
 
 
@@ -105,8 +118,8 @@ class SharedJobs:
         self._writing = asyncio.Lock()  # a job's heartbeat and its runner's writes never race each other
 
     @classmethod
-    async def open(cls, nc: NatsClient, replicas: int = 1) -> SharedJobs:
-        kv, obs = await ensure(nc.jetstream(), replicas)
+    async def open(cls, nc: NatsClient, replicas: int = 1, results_max_bytes: int = RESULTS_MAX_BYTES) -> SharedJobs:
+        kv, obs = await ensure(nc.jetstream(), replicas, results_max_bytes)
         return cls(kv, obs)
 
     # ---- the runner's writes --------------------------------------------------------------------
@@ -128,7 +141,41 @@ class SharedJobs:
 
     @_reachable
     async def write_results(self, job_id: str, ndjson: bytes) -> None:
-        await self.obs.put(f"{job_id}.ndjson", ndjson)
+        try:
+            await self.obs.put(f"{job_id}.ndjson", ndjson)
+        except APIError as exc:
+            # the store's discard policy is `new`: full refuses the put (or the account's limit does)
+            if "maximum bytes" not in str(exc) and "insufficient resources" not in str(exc):
+                raise
+            with contextlib.suppress(NatsError, TimeoutError):  # chunks a refused put left behind
+                await self.obs.delete(f"{job_id}.ndjson")
+            raise StoreFull(f"evaluation job {job_id}: results ({len(ndjson):,} bytes) not kept: the results store "
+                            f"{RESULTS} is full (its max_bytes); finished jobs expire after "
+                            f"{KEPT_S / 86400:.0f} days, or raise the evaluation jobs' max bytes setting") from None
+
+    @_reachable
+    async def prune(self, kept: int) -> list[str]:
+        """Beyond `kept` finished jobs, the oldest (by when they finished) are deleted with their
+        results and cancel flags; the ids deleted. Jobs queued or running are never touched."""
+        try:
+            keys = await self.kv.keys()
+        except NoKeysError:
+            return []
+        finished: list[Job] = []
+        for key in keys:
+            if key.startswith("job."):
+                with contextlib.suppress(NotFoundError, msgspec.DecodeError):  # gone meanwhile; unreadable: get's
+                    job = _decode_job.decode((await self.kv.get(key)).value or b"")
+                    if job.state in FINISHED:
+                        finished.append(job)
+        finished.sort(key=lambda j: j.finished_at or j.created_at)
+        gone = [j.id for j in finished[:max(0, len(finished) - kept)]]
+        for job_id in gone:
+            await self.kv.delete(f"job.{job_id}")
+            await self.kv.delete(f"cancel.{job_id}")
+            with contextlib.suppress(ObjectNotFoundError, NotFoundError):
+                await self.obs.delete(f"{job_id}.ndjson")
+        return gone
 
     @_reachable
     async def cancel_requested(self, job_id: str) -> bool:

@@ -17,12 +17,11 @@ their `.creds` file, `bridge.inference.connect`), and need tooling Python does n
 The roles (`permissions()`; each list is allow-only, and never empty: an empty allow list means "no
 restriction" to nats-server):
 
-    controlplane  policy KV + artifact object store (read/write, no create), audit stream (append and
-                  read; no create, update, delete or purge), the audit checkpoints' bucket (get and
-                  put under its keys; no create), the replay store (append and read; no create,
-                  update, delete or purge), the shadows' bucket (read, write and watch keys; no create),
-                  the evaluation jobs' bucket and results (read/write; no create), policy.escalations,
-                  groq.infer.*, the workers' $SRV.STATS (dashboard); serves policy.evaluate in its queue group only
+    controlplane  policy KV + artifact object store (read/write, no create), audit stream (append and read; no create,
+                  update, delete or purge), the audit checkpoints' bucket (get and put under its keys; no create), the
+                  replay store (append and read; no create, update, delete or purge), the shadows' bucket (read, write
+                  and watch keys; no create), the evaluation jobs' bucket and results (read/write/delete; no create),
+                  policy.escalations, groq.infer.*, workers' $SRV.STATS; serves policy.evaluate (queue group)
     worker        serves groq.infer.* in its queue group only; reads and writes the judgments bucket
     gateway       requests groq.infer.*; nothing else
     tool          requests policy.evaluate; nothing else (`groqpolicy evaluate --via nats`)
@@ -166,8 +165,9 @@ def _controlplane(n: Names) -> Permissions:
                             ("CONSUMER.CREATE", "key listing, a result's chunks (ordered consumers)"))),
         _js("CONSUMER.INFO", f"KV_{n.evaljobs}", "evaluation jobs: where the key listing ends", ".>"),
         *(Grant(f"$JS.FC.{s}.>", "flow control of those consumers") for s in (f"KV_{n.evaljobs}", f"OBJ_{n.evaljob_results}")),
-        Grant(f"$KV.{n.evaljobs}.>", "evaluation jobs: create / update(last) a job, its cancel flag, quarantine"),
+        Grant(f"$KV.{n.evaljobs}.>", "evaluation jobs: create / update(last) / delete a job, its cancel flag, quarantine"),
         Grant(f"$O.{n.evaljob_results}.>", "evaluation jobs: result chunks and meta (any process reads any job's)"),
+        _js("STREAM.PURGE", f"OBJ_{n.evaljob_results}", "evaluation jobs: delete (prune) a result's chunks"),
         Grant(n.escalations, "constitutional escalation events"),
         _js("STREAM.INFO", n.replay_stream, "replay store: the stream's state"),
         _js("DIRECT.GET", n.replay_stream, "replay store: batched reads for impact analysis"),

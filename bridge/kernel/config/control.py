@@ -66,6 +66,7 @@ class Settings(_Section, kw_only=True):
     replay_opt_out: str = ""  # policy types never recorded, comma-separated
     replay_max_age_h: float = 168.0
     replay_max_bytes: int = 1 << 30
+    evaljobs_max_bytes: int = 1 << 30  # the evaluation jobs' results store in JetStream (it shares the audit's)
     shadow_max_divergence: float = 0.01  # promotion above this divergence rate (0..1) needs `force`
     processes: int = 1  # the deployment's control-plane processes a batch is split across (`groqpolicy up` says)
 
@@ -108,6 +109,7 @@ class Settings(_Section, kw_only=True):
         "GROQ_API_KEY": ("groq_api_key_set", bool),
         "GROQPOLICY_REPLAY": ("replay", str), "GROQPOLICY_REPLAY_OPT_OUT": ("replay_opt_out", str),
         "GROQPOLICY_REPLAY_MAX_AGE_H": ("replay_max_age_h", float), "GROQPOLICY_REPLAY_MAX_BYTES": ("replay_max_bytes", int),
+        "GROQPOLICY_EVALJOBS_MAX_BYTES": ("evaljobs_max_bytes", int),
         "GROQPOLICY_SHADOW_MAX_DIVERGENCE": ("shadow_max_divergence", float),
         "GROQPOLICY_PROCESSES": ("processes", int),
     }
