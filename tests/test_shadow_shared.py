@@ -7,13 +7,17 @@ record in the bucket is reported, never fatal."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import httpx
 import nats
 import pytest
+from nats.js.errors import KeyNotFoundError
 
+from bridge.kernel.errors import Unavailable
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from controlplane.impact import shadow_state
+from controlplane.impact.candidate import CandidateSpec
 from tests.controlplane_helpers import ADMIN_HEADERS, EVALUATE_TOKEN, bearer, make_settings, running_control_plane
 from tests.test_evaluate_nats import limit, wait_until
 
@@ -121,3 +125,75 @@ def test_a_shadow_begun_anew_after_a_discard_starts_from_zero(deployment):
         wait_until(lambda: _counts(cb) == (0, 0, 0))
         _evaluate(cb, [62])
         wait_until(lambda: _counts(ca) == (1, 1, 0) and _counts(cb) == (1, 1, 0))  # nothing of the old one's
+
+
+def _policy(client: httpx.Client, name: str) -> str:
+    created = client.post("/api/v1/policies", json={"name": name, "policy_type": "risk_management",
+                                                    "opa_policy": limit(100), "constitutional_hash": CONSTITUTIONAL_HASH,
+                                                    "performance_tier": "fast"})
+    assert created.status_code == 201, created.text
+    return created.json()["rule_id"]
+
+
+def _texts(services) -> dict[str, str]:
+    return {str(r.rule_id): r.opa_policy for r in services.policies.list()}
+
+
+def test_promote_removes_the_definition_before_it_applies_the_candidate(deployment, monkeypatch):
+    _, (_, sa, ca), _ = deployment
+    rule = _policy(ca, "limits")
+    assert ca.post("/api/v1/shadows", json={"candidate": {"rule_id": rule, "opa_policy": limit(50)}}).status_code == 201
+    seen: list[bool] = []
+    apply = sa.shadows._apply
+
+    async def observed(spec):  # what the bucket holds when the candidate is written
+        kv = await sa.shadows.bucket.bucket()
+        try:
+            await kv.get(f"{shadow_state.SHADOW}{rule}")
+            seen.append(True)
+        except KeyNotFoundError:
+            seen.append(False)
+        await apply(spec)
+
+    monkeypatch.setattr(sa.shadows, "_apply", observed)
+    promoted = ca.post(f"/api/v1/shadows/{rule}/promote", json={"force": True})
+    assert promoted.status_code == 200, promoted.text
+    assert seen == [False]  # gone before the write: a failed removal can never leave an applied shadow behind
+    assert _texts(sa)[rule] == limit(50)
+
+
+def test_a_candidate_over_the_policies_cap_is_refused(deployment):
+    _, (_, _, ca), _ = deployment
+    rule = _policy(ca, "limits")
+    huge = limit(50) + "#" * (256 * 1024)  # over the policies' cap (and NATS's 1 MiB max_payload when longer)
+    r = ca.post("/api/v1/shadows", json={"candidate": {"rule_id": rule, "opa_policy": huge}})
+    assert r.status_code == 400, r.text
+    assert _shadows(ca) == []
+
+
+def test_without_nats_shadow_start_and_promote_answer_503_and_apply_nothing(deployment, nats_server):
+    _, (_, sa, ca), _ = deployment
+    rule, other = _policy(ca, "limits"), _policy(ca, "other limits")
+    assert ca.post("/api/v1/shadows", json={"candidate": {"rule_id": rule, "opa_policy": limit(50)}}).status_code == 201
+    nats_server.stop()
+    promoted = ca.post(f"/api/v1/shadows/{rule}/promote", json={"force": True})
+    assert promoted.status_code == 503, promoted.text
+    assert _texts(sa)[rule] == limit(100)  # nothing applied
+    assert [s["rule_id"] for s in _shadows(ca)] == [rule]  # and the shadow goes on
+    begun = ca.post("/api/v1/shadows", json={"candidate": {"rule_id": other, "opa_policy": limit(50)}})
+    assert begun.status_code == 503, begun.text
+    assert [s["rule_id"] for s in _shadows(ca)] == [rule]
+
+
+async def test_a_value_nats_refuses_is_unavailable_not_a_500(nats_server):
+    """Any NATS error of the bucket is a 503 that says so (here a value over the server's max_payload,
+    as a saved shadow from before the cap could be), not an unhandled NATS exception."""
+    nc = await nats.connect(nats_server.extra["url"])
+    try:
+        bucket = shadow_state.ShadowBucket(lambda: nc)
+        spec = CandidateSpec(rule_id=uuid.uuid4(), opa_policy="#" * (2 * 1024 * 1024))  # built, not decoded: no cap
+        with pytest.raises(Unavailable, match="JetStream unreachable or refused"):
+            await bucket.create(spec.rule_id, shadow_state.SavedShadow(spec=spec, sample=1.0, started_at=0.0))
+        assert await bucket.load() == {}  # nothing saved
+    finally:
+        await nc.close()

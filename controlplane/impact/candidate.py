@@ -27,13 +27,15 @@ from bridge.opawasm import HostConfig, InferTransport, WasmEvaluator
 from controlplane.evaluation.scheduling import WASM_POOL_SIZE
 from controlplane.policies import rego
 from controlplane.policies.bundler import PolicyBundler
-from controlplane.policies.schemas import PolicyRecord
+from controlplane.policies.schemas import PolicyRecord, RegoText
 from controlplane.policies.service import PolicyService
 
 
 class CandidateSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     rule_id: uuid.UUID | None = None  # the live policy the candidate changes or replaces
-    opa_policy: str | None = None  # its changed Rego
+    # its changed Rego, capped as a policy write is: a longer one is a 400 here, not a shadow
+    # definition over NATS's max_payload (a 500 at `shadow start`) nor a write refused at promotion
+    opa_policy: RegoText | None = None
     candidate_id: uuid.UUID | None = None  # a stored policy that is not active yet
     bundle_dir: str | None = None  # a changed copy of the policy library (`rego/`), on the control plane's disk
 

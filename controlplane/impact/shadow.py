@@ -93,7 +93,10 @@ class ShadowMode:
         self.dropped = 0
         self.sample = 0.0  # the largest share any shadow asks for: what observe() takes
         self._worker: ShadowThread | None = None
-        self.bucket = bucket  # where shadows are kept across restarts (None: this process only)
+        # where shadows are kept across restarts. The service always gives one, so a process without
+        # NATS answers 503 to begin/promote/discard: a shadow kept in one process's memory would
+        # differ from the deployment's. None (tests only) keeps shadows in this process alone.
+        self.bucket = bucket
         self.unrestored: dict[str, str] = {}  # rule id -> why its saved shadow could not be restored
         self._saver: asyncio.Task[None] | None = None
         self.process = uuid.uuid4().hex[:16]  # this process's counters' key; a new one at every start
@@ -279,10 +282,15 @@ class ShadowMode:
             raise Conflict(f"shadow of {rule_id}: divergence rate {shadow.rate:.2%} is above the "
                            f"{self.settings.shadow_max_divergence:.2%} allowed (GROQPOLICY_SHADOW_MAX_DIVERGENCE); "
                            "promotion refused (force it to promote anyway: the force is recorded)")
-        await self._apply(shadow.candidate.spec)
-        self._drop(rule_id)
+        # The definition goes first: if it cannot be removed (503), nothing is applied and the shadow
+        # stays everywhere. Removed after the write instead, a failure would leave it in the bucket,
+        # and a later promotion (here, on another process, after a restart) would apply the old
+        # candidate over whatever was written since.
         await self._unsave(rule_id, shadow)
-        await self.audit([admin_record("promote", "allow", facts)])
+        if self.shadows.get(rule_id) is shadow:  # the watch may have ended it meanwhile
+            self._drop(rule_id)
+        await self._apply(shadow.candidate.spec)
+        await self.audit([admin_record("promote", "allow", facts)])  # once the write succeeded
         return {"promoted": True, **facts}
 
     async def discard(self, rule_id: uuid.UUID, who: str = "") -> dict[str, Any]:

@@ -25,9 +25,12 @@ keys in it (controlplane.infra.natsauth).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
 
 import msgspec
 import nats.errors
@@ -44,6 +47,8 @@ log = logging.getLogger(__name__)
 BUCKET = "groqpolicy_shadows"
 SAVE_S = 1.0
 SHADOW, COUNT = "shadow.", "count."
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class SavedShadow(msgspec.Struct, kw_only=True):
@@ -87,6 +92,21 @@ async def ensure(nc: NatsClient, replicas: int = 1) -> KeyValue:
             description="groqpolicy: shadow-mode candidates and their counters"))
 
 
+def _reachable(call: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """JetStream unreachable (a reconnect, NATS stopped) or refusing (a value over the server's
+    max_payload, a full store) is a 503 that says so, never a 500 (as `controlplane.evaljobs.shared`)."""
+
+    @functools.wraps(call)
+    async def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await call(*args, **kwargs)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise Unavailable(f"shadows: JetStream unreachable or refused ({type(exc).__name__}: {exc}); "
+                              "retry") from None
+
+    return wrapped
+
+
 class ShadowBucket:
     def __init__(self, client: Callable[[], NatsClient], replicas: int = 1) -> None:
         self.client, self.replicas = client, replicas
@@ -96,11 +116,12 @@ class ShadowBucket:
         if self._kv is None:
             try:
                 self._kv = await ensure(self.client(), self.replicas)
-            except nats.errors.Error as exc:
+            except (nats.errors.Error, TimeoutError) as exc:
                 raise Unavailable(f"shadows: bucket {BUCKET} is missing and could not be created "
                                   f"({type(exc).__name__}); the bootstrap creates it") from None
         return self._kv
 
+    @_reachable
     async def load(self) -> dict[str, SavedShadow | None]:
         """Every saved shadow by rule id (None: a value that does not read, reported by the caller)."""
         kv = await self.bucket()
@@ -122,10 +143,12 @@ class ShadowBucket:
                 found[key.removeprefix(SHADOW)] = None
         return found
 
+    @_reachable
     async def save(self, rule_id: uuid.UUID | str, saved: SavedShadow) -> None:
         kv = await self.bucket()
         await kv.put(_key(rule_id), msgspec.json.encode(saved))
 
+    @_reachable
     async def create(self, rule_id: uuid.UUID | str, saved: SavedShadow) -> None:
         """The definition, unless another process saved one for this policy first (then Conflict)."""
         kv = await self.bucket()
@@ -135,15 +158,23 @@ class ShadowBucket:
             raise Conflict(f"shadow: policy {rule_id} has a shadow already, started by another "
                            "control-plane process (promote or discard it first)") from None
 
+    @_reachable
     async def save_counts(self, rule_id: uuid.UUID | str, process: str, counts: Counts) -> None:
         kv = await self.bucket()
         await kv.put(count_key(rule_id, process), msgspec.json.encode(counts))
 
+    @_reachable
     async def remove(self, rule_id: uuid.UUID | str, processes: tuple[str, ...] = ()) -> None:
-        """The definition, then the counters of `processes` (those the caller has seen)."""
+        """The definition (Unavailable if it cannot be deleted: the shadow goes on), then the counters
+        of `processes` (those the caller has seen), best effort: once the definition is gone the shadow
+        has ended, and a counter left behind names its id, which no later shadow has."""
         kv = await self.bucket()
-        for key in (_key(rule_id), *(count_key(rule_id, p) for p in processes)):
+        with contextlib.suppress(KeyNotFoundError):
+            await kv.delete(_key(rule_id))
+        for key in (count_key(rule_id, p) for p in processes):
             try:
                 await kv.delete(key)
             except KeyNotFoundError:
                 pass
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.warning("shadow of %s: counters %s not removed (%s)", rule_id, key, exc)
