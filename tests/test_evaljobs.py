@@ -234,14 +234,25 @@ def test_cancel_stops_the_job_and_its_batch(system):
     assert client.post(f"/api/v1/evaluate/jobs/{job['id']}/cancel", headers=EV).status_code == 200  # again: as it is
 
 
+def _idle(client, within: float = 30.0) -> None:
+    """Until no job of the earlier tests is queued or running (a cancelled job holds its slot until
+    its task has ended, e.g. while its Batch API job is cancelled)."""
+    deadline = time.monotonic() + within
+    while any(j["state"] in ("queued", "running") for j in client.get("/api/v1/evaluate/jobs").json()):
+        assert time.monotonic() < deadline, client.get("/api/v1/evaluate/jobs").json()
+        time.sleep(0.05)
+
+
 def test_at_most_eight_jobs_wait_and_the_ninth_is_told_to_retry(system):
     client, _, emu = system
+    _idle(client)
     emu.app.force("slow=3000", model="openai/gpt-oss-20b")  # the first job's batch holds the others queued
     jobs = [submit(client, contexts([f"queued note {i}"], 1), policy_types=["ethical_constraints"]) for i in range(8)]
     r = client.post("/api/v1/evaluate/jobs", headers=EV, json={"contexts": [{}]})
     assert r.status_code == 503 and "8 are queued or running already" in r.text
     for job in reversed(jobs):
         assert client.post(f"/api/v1/evaluate/jobs/{job['id']}/cancel", headers=EV).json()["state"] == "cancelled"
+    _idle(client)
     assert submit(client, contexts(n=1))["state"] == "queued"
 
 
