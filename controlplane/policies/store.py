@@ -317,13 +317,25 @@ class PolicyStore:
     @_unavailable
     async def history(self, rule_id: uuid.UUID) -> list[PolicyRecord]:
         """Every trusted stored version, oldest first (a refused value is not one)."""
+        # Read message by message (`next_by_subj`), not with nats-py's `KeyValue.history`: that is a
+        # watch whose "nothing more" marker can overtake entries already on their way, so on a busy
+        # host it answered "no versions" for a key that had two.
         key = key_for(rule_id)
-        try:
-            entries = await self._kv().history(key)
-        except NotFoundError:
-            return []
-        opened = (open_record(key, e.value, self.keys) for e in entries if e.value and e.operation not in (KV_DEL, KV_PURGE))
-        return [o.record for o in opened if o.record is not None]
+        self._kv()  # StoreUnavailable before the store is open
+        js, subject = self.jetstream(), f"$KV.{BUCKET}.{key}"
+        records: list[PolicyRecord] = []
+        seq = 1
+        while True:
+            try:
+                msg = await js.get_msg(f"KV_{BUCKET}", seq=seq, subject=subject, next=True)
+            except NotFoundError:
+                return records
+            seq = (msg.seq or seq) + 1
+            if not msg.data or (msg.headers or {}).get(KV_OPERATION) in (KV_DEL, KV_PURGE):
+                continue
+            opened = open_record(key, msg.data, self.keys)
+            if opened.record is not None:
+                records.append(opened.record)
 
     def records(self) -> list[PolicyRecord]:
         """Every stored record; the same list object until the view changes (do not modify it)."""
