@@ -45,7 +45,6 @@ from nats.js.errors import (
     BucketNotFoundError,
     KeyValueError,
     KeyWrongLastSequenceError,
-    NoKeysError,
     NotFoundError,
     ObjectNotFoundError,
 )
@@ -54,6 +53,7 @@ from nats.js.object_store import ObjectStore
 
 from bridge.kernel.errors import NotFound, Unavailable
 from controlplane.evaljobs.schemas import FINISHED, Job
+from controlplane.infra.kvwatch import live_keys
 from controlplane.infra.private import open_private
 
 log = logging.getLogger(__name__)
@@ -157,10 +157,7 @@ class SharedJobs:
     async def prune(self, kept: int) -> list[str]:
         """Beyond `kept` finished jobs, the oldest (by when they finished) are deleted with their
         results and cancel flags; the ids deleted. Jobs queued or running are never touched."""
-        try:
-            keys = await self.kv.keys()
-        except NoKeysError:
-            return []
+        keys = await live_keys(self.kv)  # not kv.keys(): controlplane.infra.kvwatch says why
         finished: list[Job] = []
         for key in keys:
             if key.startswith("job."):
@@ -220,10 +217,7 @@ class SharedJobs:
 
     @_reachable
     async def listing(self) -> list[Job]:
-        try:
-            keys = await self.kv.keys()  # nats-py's filters are substrings matched client-side anyway
-        except NoKeysError:
-            return []
+        keys = await live_keys(self.kv)  # not kv.keys(): controlplane.infra.kvwatch says why
         jobs = [await self.get(key.removeprefix("job.")) for key in keys if key.startswith("job.")]
         return [j for j in jobs if j is not None]
 

@@ -36,11 +36,12 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from bridge.kernel.errors import Conflict, Unavailable
 from controlplane.impact.candidate import CandidateSpec
+from controlplane.infra.kvwatch import live_keys
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +126,7 @@ class ShadowBucket:
     async def load(self) -> dict[str, SavedShadow | None]:
         """Every saved shadow by rule id (None: a value that does not read, reported by the caller)."""
         kv = await self.bucket()
-        try:
-            keys = await kv.keys()
-        except NoKeysError:
-            return {}
+        keys = await live_keys(kv)  # not kv.keys(): controlplane.infra.kvwatch says why
         found: dict[str, SavedShadow | None] = {}
         for key in keys:
             if not key.startswith(SHADOW):

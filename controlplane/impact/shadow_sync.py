@@ -29,6 +29,7 @@ from controlplane.impact.shadow_state import (
     decode_counts,
     decode_saved,
 )
+from controlplane.infra.kvwatch import watch_all
 from controlplane.infra.nats import after_reconnect
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,9 @@ class ShadowWatch:
     async def start(self) -> None:
         """Start the watch and apply what the bucket holds now, before returning."""
         kv = await self.bucket.bucket()
-        self._watcher = watcher = await kv.watchall()
-        while (entry := await watcher.updates(timeout=INITIAL_TIMEOUT_S)) is not None:
+        watcher, entries = await watch_all(kv, timeout=INITIAL_TIMEOUT_S)
+        self._watcher = watcher
+        for entry in entries:
             await self._apply(entry)
         self._task = asyncio.create_task(self._follow(watcher), name="shadow-kv-watch")
 

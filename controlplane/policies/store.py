@@ -39,6 +39,7 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from nats.js.object_store import ObjectStore
 
 from bridge.kernel.errors import Conflict, GroqPolicyError, Unavailable
+from controlplane.infra.kvwatch import watch_all
 from controlplane.infra.nats import after_reconnect
 from controlplane.infra.recordkeys import RecordKeys
 from controlplane.policies.schemas import PolicyRecord
@@ -140,13 +141,10 @@ class PolicyStore:
 
     async def _watch(self) -> bool:
         """(Re)start the KV watch: replay the current values (True when the view changed), then follow."""
-        self._watcher = watcher = await self._kv().watchall()
+        # the current values first (complete: controlplane.infra.kvwatch), then live updates
+        self._watcher, entries = await watch_all(self._kv(), timeout=30)
         changed = False
-        # the initial values end with a None marker; after that the same watcher delivers live updates
-        while True:
-            entry = await watcher.updates(timeout=30)
-            if entry is None:
-                break
+        for entry in entries:
             changed = self._apply(entry) or changed
         self._watch_task = asyncio.create_task(self._follow(), name="policy-kv-watch")
         return changed
