@@ -319,6 +319,18 @@ def start_cluster(root: Path, user_public_key: str) -> dict[str, ManagedProcess]
     return servers
 
 
+def nkey_cluster(root: Path) -> tuple[dict[str, ManagedProcess], str, Path, NatsSettings]:
+    """`start_cluster` for a fresh nkey user: the servers, the URL naming all three, the user's seed
+    file (0600) and the credential an ops client connects with."""
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    seed_file = root / "groqpolicy.nk"
+    seed_file.write_bytes(seed)
+    seed_file.chmod(0o600)
+    servers = start_cluster(root, nkeys.from_seed(bytearray(seed)).public_key.decode())
+    url = ",".join(s.extra["url"] for s in servers.values())
+    return servers, url, seed_file, NatsSettings(nkey_file=seed_file, connect_timeout_s=5)
+
+
 def stream_leader(url: str, credential: NatsSettings) -> str:
     """The node that leads the audit stream now ("" while there is none)."""
 
@@ -334,13 +346,7 @@ def stream_leader(url: str, credential: NatsSettings) -> str:
 
 
 def test_one_node_of_a_three_node_cluster_killed_under_load_loses_nothing(tmp_path):
-    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
-    seed_file = tmp_path / "groqpolicy.nk"
-    seed_file.write_bytes(seed)
-    seed_file.chmod(0o600)
-    servers = start_cluster(tmp_path, nkeys.from_seed(bytearray(seed)).public_key.decode())
-    url = ",".join(s.extra["url"] for s in servers.values())
-    credential = NatsSettings(nkey_file=seed_file, connect_timeout_s=5)
+    servers, url, seed_file, credential = nkey_cluster(tmp_path)
     system = None
     try:
         system = start_up(tmp_path / "up", GROQPOLICY_NATS_URL=url, GROQPOLICY_NATS_NKEY=str(seed_file),

@@ -14,10 +14,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import nkeys
 import pytest
 
-from bridge.kernel.config import NatsSettings
 from controlplane.infra.supervision import read_status
 from tests.test_chaos import (
     CONTEXT,
@@ -27,7 +25,7 @@ from tests.test_chaos import (
     _until,
     check_outcomes,
     cp_connected,
-    start_cluster,
+    nkey_cluster,
     start_up,
     store_policy,
     stream_leader,
@@ -74,13 +72,7 @@ def _hash() -> str:
 
 
 def test_processes_on_a_three_node_cluster_lose_a_node_and_a_process(tmp_path):
-    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
-    seed_file = tmp_path / "groqpolicy.nk"
-    seed_file.write_bytes(seed)
-    seed_file.chmod(0o600)
-    servers = start_cluster(tmp_path, nkeys.from_seed(bytearray(seed)).public_key.decode())
-    url = ",".join(s.extra["url"] for s in servers.values())
-    credential = NatsSettings(nkey_file=seed_file, connect_timeout_s=5)
+    servers, url, seed_file, credential = nkey_cluster(tmp_path)
     system = None
     try:
         system = start_up(tmp_path / "up", GROQPOLICY_NATS_URL=url, GROQPOLICY_NATS_NKEY=str(seed_file),
