@@ -50,7 +50,7 @@ class BatchView(msgspec.Struct, kw_only=True):
 class Judgments(msgspec.Struct, kw_only=True):
     asked: int = 0  # via batch: distinct judgment requests sent as batch lines; online: the policies' model calls
     failed: int = 0  # via batch: of them, no usable answer (the line failed, expired or was cancelled): review
-    cost_usd: float = 0.0  # via batch, estimated: the tier catalog's list price times its batch discount
+    cost_usd: float = 0.0  # estimated from the tier catalog: via batch at its batch discount, online at list price
 
 
 class Job(msgspec.Struct, kw_only=True):

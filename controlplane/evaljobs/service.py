@@ -319,6 +319,7 @@ class EvalJobs:
             out += [msgspec.structs.replace(r, input_context=None) for r in found]  # as a batch job's: no echo
             job.done = len(out)
             job.judgments.asked += sum(r.performance_metrics.model_calls for r in found)
+            job.judgments.cost_usd = round(job.judgments.cost_usd + online_cost(found), 9)
         return out
 
     async def _cancel_batch(self, job: Job) -> None:
@@ -337,6 +338,13 @@ def ndjson(responses: list[EvaluateResponse]) -> bytes:
         encoder.encode_into(response, buf, -1)
         buf.extend(b"\n")
     return bytes(buf)
+
+
+def online_cost(responses: list[EvaluateResponse]) -> float:
+    """What the model calls behind these decisions cost at the online price, from the usage each
+    reply reports (an answer from the worker's cache was paid for once, earlier: not counted)."""
+    return sum(float((j.get("usage") or {}).get("cost_usd") or 0.0)
+               for r in responses for p in r.policy_results for j in p.groq_inference_result if not j.get("cached"))
 
 
 def judgments_of(reask: BatchReAsk) -> Judgments:

@@ -31,7 +31,7 @@ from controlplane.policies.schemas import GroqModelConfig, PolicyRecord
 MODEL_DEADLINE_MS = 3000  # the pipeline's own model stage (policies' http.send calls have their own)
 BLOCKING_TIMEOUT_S = 5.0  # a policy that may consult a model (the helper's own timeout is 2 s)
 REPLY_FIELDS = ("decision", "confidence", "rationale", "model", "tier", "cached", "emulated", "degraded", "latency_ms",
-                "route")
+                "route", "usage")  # usage: tokens and the catalog's cost estimate, what a job's cost is summed from
 
 
 class InferenceMeter:
