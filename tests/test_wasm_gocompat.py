@@ -51,6 +51,22 @@ def test_sprintf(fmt, args, want):
     assert sprintf(fmt, args) == want
 
 
+@pytest.mark.parametrize("fmt", ["%s", "%v", "%d", "a %s b %v c %d%%", "%s%s%s%s%s%s%s", "no verbs", "100%%"])
+def test_sprintf_template_prints_as_the_port(fmt):
+    """The %-template a plain format keeps prints what the port prints, for every operand type."""
+    from bridge.opawasm.gocompat.fmt import _compile, _run, sprintf_plain
+
+    operands = ["x", "", "%d", 0, -7, 2**63, -(2**70), 1.5, 2.0, True]
+    n = fmt.replace("%%", "").count("%")
+    for i in range(len(operands)):
+        args = [operands[(i + k) % len(operands)] for k in range(n)]
+        want = _run(_compile(fmt), args, len(fmt), None)
+        assert sprintf(fmt, args) == want
+        assert sprintf_plain(fmt, args) in (None, want)
+    assert sprintf_plain("%s %d", ["a", 1]) == "a 1" and sprintf_plain("%s", [1.5]) is None
+    assert sprintf_plain("%5s", ["a"]) is None and sprintf_plain("%s", ["a", "b"]) is None
+
+
 def test_time_layouts_and_durations():
     t = GoTime.from_unix_ns(1_700_000_000_123_456_789)
     assert format_time(t, RFC3339_NANO) == "2023-11-14T22:13:20.123456789Z"

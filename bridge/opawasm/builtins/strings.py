@@ -10,6 +10,7 @@ from bridge.opawasm.builtins.registry import EvalContext, builtin
 from bridge.opawasm.errors import BuiltinError, HaltError
 from bridge.opawasm.gocompat.errors import GoError, TooLarge
 from bridge.opawasm.gocompat.fmt import sprintf as go_sprintf
+from bridge.opawasm.gocompat.fmt import sprintf_plain
 from bridge.opawasm.gocompat.regexp import Regexp, compile_go, quote_meta
 from bridge.opawasm.gocompat.regexp import split as go_split_regexp
 from bridge.opawasm.values import RegoSet, rego_repr
@@ -107,17 +108,27 @@ def sprintf(ctx: EvalContext, fmt: Any, args: Any) -> str:
     fmt = need_str(fmt, 1)
     if not isinstance(args, (list, tuple)):
         raise BuiltinError(f"operand 2 must be array but got {type_name(args)}")
+    plain = sprintf_plain(fmt, args)
+    if plain is not None:
+        return plain
     try:
-        return go_sprintf(fmt, sprintf_args(list(args)), ctx.memory_limit)
+        return go_sprintf(fmt, sprintf_args(args), ctx.memory_limit)
     except TooLarge as exc:
         ctx.check_size(exc.nbytes, "sprintf")
         raise
 
 
-def sprintf_args(values: list[Any]) -> list[Any]:
+_GO_OPERANDS = (int, float, str)
+
+
+def sprintf_args(values: list[Any] | tuple[Any, ...]) -> list[Any]:
     """topdown's conversion of Rego operands to Go fmt operands: numbers and strings as they are,
     anything else as its Rego text."""
-    return [v if isinstance(v, (int, float, str)) and not isinstance(v, bool) else rego_repr(v) for v in values]
+    return [v if type(v) in _GO_OPERANDS else _go_operand(v) for v in values]
+
+
+def _go_operand(v: Any) -> Any:
+    return v if isinstance(v, _GO_OPERANDS) and not isinstance(v, bool) else rego_repr(v)
 
 
 @builtin("strings.any_prefix_match")

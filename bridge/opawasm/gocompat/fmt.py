@@ -1,227 +1,237 @@
-"""Go's `fmt.Sprintf` for the argument types OPA's `sprintf` passes it (int64, big.Int, float64,
-string; anything else arrives as its Rego text). Verbs and flags are Go's; a mismatch prints Go's
-`%!verb(type=value)` marker, a missing operand `%!verb(MISSING)`, a surplus `%!(EXTRA ...)`."""
+"""Go's `fmt.Sprintf` for the operand types OPA's `sprintf` passes it (int64, *big.Int, float64,
+string; anything else arrives as its Rego text) and text/template's `printf` (bool too).
+
+The format is parsed once (print.go's `doPrintf`, everything in it that does not depend on the
+operands) into a program kept in a bounded LRU: a policy formats its messages with a handful of
+constant formats, so each call only formats. A program whose directives are all plain `%s`, `%v`
+and `%d` also carries the equivalent Python %-template, used when every operand's type prints the
+same under both (strings under `%s`/`%v`, integers under `%d`/`%v`): one C call for the commonest
+messages. Everything else runs the port (`fmtverbs`): flags, widths, precisions, `*`, argument
+indexes `%[n]`, and Go's markers `%!verb(type=value)`, `%!verb(MISSING)`, `%!verb(BADINDEX)`,
+`%!(BADWIDTH)`, `%!(BADPREC)`, `%!(NOVERB)`, `%!(EXTRA ...)`.
+"""
 
 from __future__ import annotations
 
+import itertools
 import math
-import re
+from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 from bridge.opawasm.gocompat.errors import TooLarge
-from bridge.opawasm.gocompat.strconv import format_float_g, quote, quote_rune
+from bridge.opawasm.gocompat.fmtverbs import Directive, typename
 
-_VERB = re.compile(r"%([-+# 0]*)(\*|\d+)?(?:\.(\*|\d*))?([a-zA-Z%])")
+# Formats longer than this are parsed on every call instead of kept: the cache's memory stays
+# bounded whatever formats the input supplies.
+_CACHED_FORMAT_CHARS = 4096
+_TOO_LARGE = 1_000_000  # print.go's tooLarge: a width, precision or index past it is refused
+_BAD = -1  # an argument index that did not parse
+
+# Steps between the flags and the verb, in the order doPrintf takes them.
+_INDEX, _WIDTH_STAR, _WIDTH, _PREC_STAR, _PREC, _BAD_ARGNUM = range(6)
+
+_FAST_TYPES = {"s": (str,), "v": (str, int), "d": (int,)}
+_PY_VERB = {"s": "s", "v": "s", "d": "d"}
+_MAX_SIGNATURES = 64  # operand-type combinations kept per program for the %-template
 
 
-def sprintf(fmt: str, args: list[Any], limit: int | None = None) -> str:
+class _Verb:
+    """One directive: flags, the steps that set width/precision/operand, and the verb (None: NOVERB)."""
+
+    __slots__ = ("flags", "steps", "verb")
+
+    def __init__(self, flags: str, steps: tuple[tuple[int, int], ...], verb: str | None) -> None:
+        self.flags, self.steps, self.verb = flags, steps, verb
+
+
+class _Program:
+    __slots__ = ("items", "reordered", "signatures", "template")
+
+    def __init__(self, items: list[str | _Verb], reordered: bool) -> None:
+        self.items, self.reordered = items, reordered
+        self.template: str | None = None
+        # the operand types (a tuple of `type(a)`) the template prints exactly as Go would
+        self.signatures: frozenset[tuple[type, ...]] = frozenset()
+        verbs = [it for it in items if isinstance(it, _Verb)]
+        if all(not v.flags and not v.steps and v.verb in _FAST_TYPES for v in verbs):
+            choices = [_FAST_TYPES[v.verb] for v in verbs if v.verb]
+            if math.prod(map(len, choices)) <= _MAX_SIGNATURES:
+                self.signatures = frozenset(itertools.product(*choices))
+                self.template = "".join(it.replace("%", "%%") if isinstance(it, str) else "%" + _PY_VERB[str(it.verb)]
+                                        for it in items)
+
+
+def sprintf(fmt: str, args: Sequence[Any], limit: int | None = None) -> str:
     """fmt.Sprintf; with `limit`, an output that would pass it raises TooLarge before it is built
-    (a width or precision is a number in the format: `%999999999d` asks for a gigabyte)."""
-    out: list[str] = []
-    i, argi, n = 0, 0, len(fmt)
-    size = n  # the format's own text, at most; the widths and precisions come on top
-    while i < n:
-        j = fmt.find("%", i)
-        if j < 0:
-            out.append(fmt[i:])
-            break
-        out.append(fmt[i:j])
-        m = _VERB.match(fmt, j)
-        if m is None:
-            out.append("%!(NOVERB)")
-            break
-        i = m.end()
-        flags, width, prec, verb = m.groups()
-        if limit is not None and (width or prec):
-            size += _requested(width, prec, args, argi)
-            if size > limit:
-                raise TooLarge(size)
-        argi = _directive(out, flags, width, prec, verb, args, argi)
-    if argi < len(args):
-        extra = ", ".join(f"{_typename(a)}={_extra_val(a)}" for a in args[argi:])
-        out.append(f"%!(EXTRA {extra})")
-    return "".join(out)
+    (a width or precision is a number in the format: `%9999999d` asks for ten megabytes)."""
+    prog = _program(fmt)
+    if prog.template is not None and tuple(map(type, args)) in prog.signatures:
+        return prog.template % tuple(args)
+    return _run(prog, args, len(fmt), limit)
 
 
-def _requested(width: str | None, prec: str | None, args: list[Any], argi: int) -> int:
-    """The widest a directive's width and precision can make its output (numbers or `*`)."""
-    total = 0
-    for spec in (width, prec):
-        if spec == "*":
-            v = args[argi] if argi < len(args) else 0
-            total += abs(v) if isinstance(v, int) and not isinstance(v, bool) else 0
-            argi += 1
-        elif spec:
-            total += int(spec)
-    return total
-
-
-def _directive(
-    out: list[str], flags: str, width_s: str | None, prec_s: str | None, verb: str, args: list[Any], argi: int
-) -> int:
-    """Append one directive's text to `out`; return the index of the next unused operand."""
-    if verb == "%":
-        out.append("%")
-        return argi
-    width: int | None = None
-    if width_s == "*":
-        width = _int_operand(args, argi)
-        argi += 1
-        if width is None:
-            out.append("%!(BADWIDTH)")
-        elif width < 0:
-            flags += "-"
-            width = -width
-    elif width_s:
-        width = int(width_s)
-    prec: int | None = None
-    if prec_s == "*":
-        prec = _int_operand(args, argi)
-        argi += 1
-        if prec is None:
-            out.append("%!(BADPREC)")
-        elif prec < 0:
-            prec = None
-    elif prec_s is not None:
-        prec = int(prec_s) if prec_s else 0
-    if argi >= len(args):
-        out.append(f"%!{verb}(MISSING)")
-        return argi
-    a = args[argi]
-    if verb == "T":
-        out.append(_pad(_typename(a), width, flags))
-    else:
-        out.append(_format(a, verb, flags, width, prec))
-    return argi + 1
-
-
-def _int_operand(args: list[Any], i: int) -> int | None:
-    """The operand a `*` width or precision takes, or None when it is missing or not an int."""
-    if i < len(args) and isinstance(args[i], int) and not isinstance(args[i], bool):
-        return args[i]
+def sprintf_plain(fmt: str, args: Sequence[Any]) -> str | None:
+    """`sprintf` where every operand is a plain str or int and the format's directives are plain
+    `%s`/`%v`/`%d`, else None: the common case, without converting the operands first."""
+    prog = _program(fmt)
+    if prog.template is not None and tuple(map(type, args)) in prog.signatures:
+        return prog.template % tuple(args)
     return None
 
 
-def _format(a: Any, verb: str, flags: str, width: int | None, prec: int | None) -> str:
-    if isinstance(a, bool):
-        a = "true" if a else "false"
-    if isinstance(a, int):
-        return _fmt_int(a, verb, flags, width, prec)
-    if isinstance(a, float):
-        return _fmt_float(a, verb, flags, width, prec)
-    return _fmt_str(a, verb, flags, width, prec)
+def _program(fmt: str) -> _Program:
+    return _cached(fmt) if len(fmt) <= _CACHED_FORMAT_CHARS else _compile(fmt)
 
 
-def _extra_val(a: Any) -> str:
-    if isinstance(a, float):
-        return format_float_g(a)
-    return str(a)
-
-
-def _typename(a: Any) -> str:
-    if isinstance(a, bool):
-        return "bool"
-    if isinstance(a, int):
-        return "int64" if -(2**63) <= a < 2**63 else "*big.Int"
-    if isinstance(a, float):
-        return "float64"
-    return "string"
-
-
-def _pad(s: str, width: int | None, flags: str, numeric: bool = False) -> str:
-    if width is None or len(s) >= width:
-        return s
-    if "-" in flags:
-        return s + " " * (width - len(s))
-    if "0" in flags and numeric:
-        sign = s[0] if s[:1] in "+-" else ""
-        body = s[len(sign):]
-        return sign + "0" * (width - len(s)) + body
-    return " " * (width - len(s)) + s
-
-
-def _fmt_int(a: int, verb: str, flags: str, width: int | None, prec: int | None) -> str:
-    if not -(2**63) <= a < 2**63:
-        # a *big.Int formats itself: %s and %v print its decimal digits, an unknown verb says so
-        if verb not in "bdosvxXO":
-            return f"%!{verb}(big.Int={a})"
-        verb = "d" if verb in "sv" else verb
-    neg = a < 0
-    n = -a if neg else a
-    if verb in "dv":
-        s = str(n)
-    elif verb == "x":
-        s = format(n, "x")
-    elif verb == "X":
-        s = format(n, "X")
-    elif verb == "o":
-        s = format(n, "o")
-    elif verb == "O":
-        s = "0o" + format(n, "o")
-    elif verb == "b":
-        s = format(n, "b")
-    elif verb == "c":
-        return _pad(chr(a) if 0 <= a <= 0x10FFFF else "\ufffd", width, flags)
-    elif verb == "q":
-        return _pad(quote_rune(chr(a) if 0 <= a <= 0x10FFFF else "\ufffd"), width, flags)
-    elif verb == "U":
-        s = f"U+{n:04X}"
-    elif verb in "eEfFgG":
-        return _fmt_float(float(a), verb, flags, width, prec)
-    else:
-        return f"%!{verb}({_typename(a)}={a})"
-    if prec is not None and len(s) < prec:
-        s = "0" * (prec - len(s)) + s
-    if "#" in flags:
-        if verb == "x":
-            s = "0x" + s
-        elif verb == "X":
-            s = "0X" + s
-        elif verb == "o" and not s.startswith("0"):
-            s = "0" + s
-    if neg:
-        s = "-" + s
-    elif "+" in flags:
-        s = "+" + s
-    elif " " in flags:
-        s = " " + s
-    return _pad(s, width, flags if prec is None else flags.replace("0", ""), numeric=True)
-
-
-def _fmt_float(a: float, verb: str, flags: str, width: int | None, prec: int | None) -> str:
-    if verb == "v" and prec is not None:
-        s = format_float_g(a, prec or 1)
-    elif verb == "v" or (verb in "gG" and prec is None):
-        s = format_float_g(a, -1, verb == "G")
-    elif verb in "fF":
-        if math.isinf(a) or math.isnan(a):
-            s = format_float_g(a)
+def _run(prog: _Program, args: Sequence[Any], size: int, limit: int | None) -> str:
+    out: list[str] = []
+    n, argi = len(args), 0
+    for it in prog.items:
+        if isinstance(it, str):
+            out.append(it)
+            continue
+        d, good = Directive(it.flags), True
+        for step, value in it.steps:
+            if step == _INDEX:
+                if 0 <= value < n:
+                    argi = value
+                else:
+                    good = False
+            elif step == _WIDTH_STAR:
+                d.wid, d.wid_present, argi = _int_arg(args, argi)
+                if not d.wid_present:
+                    out.append("%!(BADWIDTH)")
+                if d.wid < 0:
+                    d.wid, d.minus, d.zero = -d.wid, True, False
+            elif step == _WIDTH:
+                d.wid, d.wid_present = value, True
+            elif step == _PREC_STAR:
+                d.prec, d.prec_present, argi = _int_arg(args, argi)
+                if d.prec < 0:
+                    d.prec, d.prec_present = 0, False
+                if not d.prec_present:
+                    out.append("%!(BADPREC)")
+            elif step == _PREC:
+                d.prec, d.prec_present = value, True
+            else:
+                good = False
+        verb = it.verb
+        if verb is None:
+            out.append("%!(NOVERB)")
+            break
+        if limit is not None and (d.wid_present or d.prec_present):
+            size += d.wid + d.prec
+            if size > limit:
+                raise TooLarge(size)
+        if verb == "%":
+            out.append("%")
+        elif not good:
+            out.append(f"%!{verb}(BADINDEX)")
+        elif argi >= n:
+            out.append(f"%!{verb}(MISSING)")
         else:
-            s = f"{a:.{6 if prec is None else prec}f}"
-    elif verb in "eE":
-        s = f"{a:.{6 if prec is None else prec}e}"  # at least two exponent digits, as in Go
-        if verb == "E":
-            s = s.upper()
-    elif verb in "gG":
-        s = format_float_g(a, prec or 1, verb == "G")
-    else:
-        return f"%!{verb}(float64={format_float_g(a)})"
-    if "+" in flags and not s.startswith("-") and not s.startswith("+"):
-        s = "+" + s
-    elif " " in flags and not s.startswith("-"):
-        s = " " + s
-    return _pad(s, width, flags, numeric=True)
+            if verb in "vw":  # %#v and %+v are their own formats, not flags
+                d.sharp_v, d.sharp, d.plus_v, d.plus = d.sharp, False, d.plus, False
+            out.append(d.arg(args[argi], verb))
+            argi += 1
+    if not prog.reordered and argi < n:
+        out.append("%!(EXTRA " + ", ".join(f"{typename(a)}={Directive().arg(a, 'v')}" for a in args[argi:]) + ")")
+    return "".join(out)
 
 
-def _fmt_str(a: str, verb: str, flags: str, width: int | None, prec: int | None) -> str:
-    if verb in "sv":
-        s = a if prec is None else a[:prec]
-    elif verb == "q":
-        s = quote(a)
-    elif verb == "x":
-        s = a.encode("utf-8").hex()
-    elif verb == "X":
-        s = a.encode("utf-8").hex().upper()
-    else:
-        return f"%!{verb}({getattr(a, 'go_type', 'string')}={a})"
-    return _pad(s, width, flags)
+def _int_arg(args: Sequence[Any], i: int) -> tuple[int, bool, int]:
+    """print.go's intFromArg: the operand a `*` takes (only an int64 will do), and the next index."""
+    if i >= len(args):
+        return 0, False, i
+    a = args[i]
+    if isinstance(a, int) and not isinstance(a, bool) and -_TOO_LARGE <= a <= _TOO_LARGE:
+        return a, True, i + 1
+    return 0, False, i + 1
+
+
+@lru_cache(maxsize=512)
+def _cached(fmt: str) -> _Program:
+    return _compile(fmt)
+
+
+def _compile(fmt: str) -> _Program:
+    """doPrintf's walk over the format, minus the operands: literal text and directives."""
+    items: list[str | _Verb] = []
+    reordered = False
+    end, i = len(fmt), 0
+    while i < end:
+        j = fmt.find("%", i)
+        if j < 0:
+            items.append(fmt[i:])
+            break
+        if j > i:
+            items.append(fmt[i:j])
+        i = j + 1
+        k = i
+        while k < end and fmt[k] in "#0+- ":
+            k += 1
+        flags, i = fmt[i:k], k
+        steps: list[tuple[int, int]] = []
+        i, after_index, seen = _arg_number(fmt, i, steps)
+        reordered |= seen
+        if i < end and fmt[i] == "*":
+            i += 1
+            steps.append((_WIDTH_STAR, 0))
+            after_index = False
+        else:
+            wid, present, i = _parse_num(fmt, i, end)
+            if present:
+                steps.append((_WIDTH, wid))
+                if after_index:  # "%[3]2d"
+                    steps.append((_BAD_ARGNUM, 0))
+        if i + 1 < end and fmt[i] == ".":
+            i += 1
+            if after_index:  # "%[3].2d"
+                steps.append((_BAD_ARGNUM, 0))
+            i, after_index, seen = _arg_number(fmt, i, steps)
+            reordered |= seen
+            if i < end and fmt[i] == "*":
+                i += 1
+                steps.append((_PREC_STAR, 0))
+                after_index = False
+            else:
+                prec, _, i = _parse_num(fmt, i, end)
+                steps.append((_PREC, prec))  # "%.d": a missing precision is 0
+        if not after_index:
+            i, after_index, seen = _arg_number(fmt, i, steps)
+            reordered |= seen
+        if i >= end:
+            items.append(_Verb(flags, tuple(steps), None))
+            break
+        items.append(_Verb(flags, tuple(steps), fmt[i]))
+        i += 1
+    return _Program(items, reordered)
+
+
+def _parse_num(s: str, start: int, end: int) -> tuple[int, bool, int]:
+    """print.go's parsenum: a decimal number at `start`; one that grows past 1e6 ends the format."""
+    num, i = 0, start
+    while i < end and "0" <= s[i] <= "9":
+        if num > _TOO_LARGE:
+            return 0, False, end
+        num = num * 10 + ord(s[i]) - 48
+        i += 1
+    return num, i > start, i
+
+
+def _arg_number(fmt: str, i: int, steps: list[tuple[int, int]]) -> tuple[int, bool, bool]:
+    """print.go's argNumber: an explicit `[n]` at `i` becomes an index step. Returns the new
+    position, whether an index parsed (Go's afterIndex) and whether there was a `[` at all."""
+    if i >= len(fmt) or fmt[i] != "[":
+        return i, False, False
+    close = fmt.find("]", i + 1)
+    if len(fmt) - i < 3 or close < 0:  # parseArgNumber: no closing bracket
+        steps.append((_INDEX, _BAD))
+        return i + 1, False, True
+    num, ok, stop = _parse_num(fmt, i + 1, close)
+    if not ok or stop != close:
+        steps.append((_INDEX, _BAD))
+        return close + 1, False, True
+    steps.append((_INDEX, num - 1))  # one-based in the format
+    return close + 1, True, True

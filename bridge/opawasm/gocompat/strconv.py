@@ -11,8 +11,9 @@ _SHORT_ESCAPES = {
 }  # fmt: skip
 
 
-def quote(s: str) -> str:
-    """strconv.Quote: a double-quoted Go string literal; printable non-ASCII stays as it is."""
+def quote(s: str, ascii_only: bool = False) -> str:
+    """strconv.Quote: a double-quoted Go string literal; printable non-ASCII stays as it is, unless
+    `ascii_only` (strconv.QuoteToASCII, fmt's `%+q`)."""
     out = ['"']
     for ch in s:
         o = ord(ch)
@@ -21,7 +22,7 @@ def quote(s: str) -> str:
             out.append(esc)
         elif o < 0x20 or o == 0x7F:
             out.append(f"\\x{o:02x}")
-        elif o > 0x7F and not ch.isprintable():
+        elif o > 0x7F and (ascii_only or not ch.isprintable()):
             out.append(f"\\u{o:04x}" if o <= 0xFFFF else f"\\U{o:08x}")
         else:
             out.append(ch)
@@ -29,13 +30,22 @@ def quote(s: str) -> str:
     return "".join(out)
 
 
-def quote_rune(ch: str) -> str:
-    """A rune as fmt's `%q` prints it: single-quoted, escaped when not printable."""
+def quote_rune(ch: str, ascii_only: bool = False) -> str:
+    """strconv.QuoteRune (a rune as fmt's `%q` prints it): single-quoted, escaped as `quote` escapes;
+    `ascii_only` as strconv.QuoteRuneToASCII (`%+q`)."""
     if ch == "'":
         return "'\\''"
-    if ch.isprintable():
-        return f"'{ch}'"
-    return "'" + ch.encode("unicode_escape").decode() + "'"
+    if ch == '"':
+        return "'\"'"
+    return "'" + quote(ch, ascii_only)[1:-1] + "'"
+
+
+def can_backquote(s: str) -> bool:
+    """strconv.CanBackquote: whether `s` can be a raw string literal (fmt's `%#q`)."""
+    for ch in s:
+        if ch in "`\x7f\ufeff" or (ch < " " and ch != "\t"):
+            return False
+    return True
 
 
 def format_float_g(f: float, prec: int = -1, upper: bool = False, exp_limit: int = 6) -> str:
