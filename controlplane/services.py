@@ -164,10 +164,10 @@ class Services:
         tap = JudgmentTap(replay, type_of=lambda name: next((r.policy_type for r in policy_store.records() if r.name == name), None))
         vkey = key.verification_key()
         host = HostConfig(bridge_url=settings.bridge_url, infer_transport=metered_transport(tap.transport(models.transport)))
-        # an instance for every evaluation thread (both kinds: `scheduling`) and one for inline work
+        # an instance per evaluation thread (both kinds: `scheduling`) and one inline; off the loop: no fuel (lanes.py)
         cpus = settings.evaluation_cpu_threads or os.cpu_count() or 1
         evaluator = WasmEvaluator({vkey.kid: vkey}, keyid=vkey.kid, host=host,
-                                  pool_size=settings.evaluation_threads + cpus + 1)
+                                  pool_size=settings.evaluation_threads + cpus + 1, fuel_free_lane=True)
         follower = RevisionFollower(store, evaluator)
         def library_sources() -> list[Path]:
             return [settings.rego_root / s for s in bundler.library().sources]

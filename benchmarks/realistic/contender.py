@@ -40,7 +40,12 @@ def _groqpolicy(work: Path, query: str, inp: Any) -> tuple[Callable[[], Any], st
 
     print(f"groqpolicy from {Path(bridge.__file__).parent.parent}", file=sys.stderr, flush=True)
 
-    policy = WasmPolicy((work / "policy.wasm").read_bytes(), (work / "policy" / "data.json").read_bytes(), LoadOptions(pool_size=1))
+    # the fuel-free lane as the control plane turns it on (an older checkout, the baseline, has none)
+    lane = {"fuel_free_lane": True} if "fuel_free_lane" in LoadOptions.__dataclass_fields__ else {}
+    policy = WasmPolicy((work / "policy.wasm").read_bytes(), (work / "policy" / "data.json").read_bytes(),
+                        LoadOptions(pool_size=1, **lane))
+    if getattr(policy, "lane", None) is not None:
+        policy.lane.ready.wait(300)  # its module compiles in the background: time the lane, not the fallback
     ep = query.replace(".", "/")
     return (lambda: policy.evaluate(ep, inp)), "wasmtime " + metadata.version("wasmtime")
 

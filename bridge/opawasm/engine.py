@@ -17,6 +17,10 @@ before the revision reaches any agent, but Cranelift takes ~1.2-3 s on the libra
 faster to compile, same validator, imports, fuel and epochs; slower code, so it never serves). The
 serving engine compiles the module when the evaluator follows the new revision, after agents have it:
 started any earlier, that compile takes a core from the write's own stages on a busy machine.
+
+A third engine, made on first use, counts no fuel: the fuel-free lane (`lanes.py`), for evaluations
+that are neither inline nor allowed to repeat a side effect. Counting costs the guest-heavy classes
+~13% (benchmarks/README.md, "Fuel"); epochs still bound those evaluations' time.
 """
 
 from __future__ import annotations
@@ -58,11 +62,13 @@ def deadline_ticks(seconds: float) -> int:
 
 
 class _Engine:
-    """The serving engine and the load check's (created on first use), and one epoch ticker for both."""
+    """The serving engine, the load check's and the fuel-free lane's (each created on first use), and
+    one epoch ticker for all."""
 
     lock = threading.Lock()
     engine: wasmtime.Engine | None = None
     check: wasmtime.Engine | None = None
+    free: wasmtime.Engine | None = None
     ticking: list[wasmtime.Engine] = []
 
     @classmethod
@@ -76,19 +82,24 @@ class _Engine:
         return engine if engine is not None else cls._first("check", winch=True)
 
     @classmethod
-    def _first(cls, attr: str, *, winch: bool) -> wasmtime.Engine:
+    def get_free(cls) -> wasmtime.Engine:
+        engine = cls.free
+        return engine if engine is not None else cls._first("free", winch=False, fuel=False)
+
+    @classmethod
+    def _first(cls, attr: str, *, winch: bool, fuel: bool = True) -> wasmtime.Engine:
         with cls.lock:
             engine: wasmtime.Engine | None = getattr(cls, attr)
             if engine is None:
-                engine = cls._start(winch=winch)
+                engine = cls._start(winch=winch, fuel=fuel)
                 setattr(cls, attr, engine)
             return engine
 
     @classmethod
-    def _start(cls, winch: bool) -> wasmtime.Engine:
+    def _start(cls, winch: bool, fuel: bool = True) -> wasmtime.Engine:
         cfg = wasmtime.Config()
         cfg.epoch_interruption = True
-        cfg.consume_fuel = True  # costs ~1-2 µs per evaluation and ~20-40% on long loops (benchmarks/README.md)
+        cfg.consume_fuel = fuel  # costs ~1-2 µs per evaluation and ~20-40% on long loops (benchmarks/README.md)
         # linear memory is reserved up to its cap and never moves: instances keep one view over it
         cfg.memory_may_move = False
         cfg.cranelift_opt_level = "speed"
@@ -133,26 +144,38 @@ def engine() -> wasmtime.Engine:
     return _Engine.get_check() if _checking.get() else _Engine.get()
 
 
+def fuel_free_engine() -> wasmtime.Engine:
+    """The fuel-free lane's engine: the serving engine's settings without fuel."""
+    return _Engine.get_free()
+
+
+def in_load_check() -> bool:
+    return _checking.get()
+
+
 _compiled: OrderedDict[bytes, wasmtime.Module] = OrderedDict()
 _compiled_lock = threading.Lock()
 
 
-def compile_policy(wasm: bytes, disk_cache: Path | None = None) -> wasmtime.Module:
+def compile_policy(wasm: bytes, disk_cache: Path | None = None, *, fuel: bool = True) -> wasmtime.Module:
     """The compiled module for `wasm`: from memory, from `disk_cache` (a directory only this
     process's owner can write: a compiled module is native code), or compiled now. Inside
-    `load_check()`: compiled by Winch on the check's engine, kept nowhere."""
+    `load_check()`: compiled by Winch on the check's engine, kept nowhere. `fuel=False`: for the
+    fuel-free engine (kept apart: a module runs only on the engine that compiled it)."""
     if _checking.get():
         return _new_module(engine(), wasm)
-    key = hashlib.sha256(wasm).digest()
+    digest = hashlib.sha256(wasm).digest()
+    key = digest if fuel else digest + b"/fuel-free"
     with _compiled_lock:
         mod = _compiled.get(key)
         if mod is not None:
             _compiled.move_to_end(key)
             return mod
-    path = None if disk_cache is None else disk_cache / f"{key.hex()}-{_ENGINE_TAG}.cwasm"
-    mod = _load_compiled(path) if path is not None else None
+    eng = _Engine.get() if fuel else _Engine.get_free()
+    path = None if disk_cache is None else disk_cache / f"{digest.hex()}-{_ENGINE_TAG if fuel else _FREE_TAG}.cwasm"
+    mod = _load_compiled(path, eng) if path is not None else None
     if mod is None:
-        mod = _new_module(_Engine.get(), wasm)
+        mod = _new_module(eng, wasm)
         if path is not None:
             _store_compiled(path, mod)
     with _compiled_lock:
@@ -172,13 +195,14 @@ def _new_module(engine: wasmtime.Engine, wasm: bytes) -> wasmtime.Module:
 # wasmtime checks a serialized module against its engine; the tag keeps files of other wasmtime
 # versions or engine settings apart, so they are not tried (and rewritten) in turn
 _ENGINE_TAG = hashlib.sha256(f"{version('wasmtime')}/{TICK_S}/speed/fixed-memory/fuel".encode()).hexdigest()[:12]
+_FREE_TAG = hashlib.sha256(f"{version('wasmtime')}/{TICK_S}/speed/fixed-memory/no-fuel".encode()).hexdigest()[:12]
 
 
-def _load_compiled(path: Path) -> wasmtime.Module | None:
+def _load_compiled(path: Path, eng: wasmtime.Engine) -> wasmtime.Module | None:
     if not path.is_file():
         return None
     try:
-        return wasmtime.Module.deserialize_file(_Engine.get(), str(path))
+        return wasmtime.Module.deserialize_file(eng, str(path))
     except wasmtime.WasmtimeError:
         path.unlink(missing_ok=True)  # from another engine or damaged: compile it again
         return None
@@ -198,7 +222,7 @@ def _after_fork_in_child() -> None:
     # the ticker thread does not survive fork(): a child starts over with its own engine and ticker
     # (policies loaded before the fork keep working in the child, but without deadlines: reload them)
     global _compiled_lock
-    _Engine.engine = _Engine.check = None
+    _Engine.engine = _Engine.check = _Engine.free = None
     _Engine.ticking = []
     _Engine.lock = threading.Lock()
     _compiled_lock = threading.Lock()

@@ -10,10 +10,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import msgspec
+import wasmtime
 
 from bridge.opawasm import memimage
 from bridge.opawasm.builtins import REGISTRY, EvalContext, provided
-from bridge.opawasm.engine import RUNAWAY_FUEL_PER_S, compile_policy, deadline_ticks
+from bridge.opawasm.engine import RUNAWAY_FUEL_PER_S, compile_policy, deadline_ticks, in_load_check
 from bridge.opawasm.errors import (
     BuiltinError,
     BundleLoadError,
@@ -23,12 +24,15 @@ from bridge.opawasm.errors import (
     InlineBudgetExceeded,
     InvalidInput,
     MissingBuiltinsError,
+    OutOfMemory,
     UnknownEntrypointError,
     WasmError,
+    WasmTrap,
 )
 from bridge.opawasm.guestvalues import read_value
 from bridge.opawasm.host import HostConfig
 from bridge.opawasm.hostcall import put_value, start_evaluation
+from bridge.opawasm.lanes import FuelFreeLane
 from bridge.opawasm.memimage import MemoryImage
 from bridge.opawasm.options import LoadOptions, load_options
 from bridge.opawasm.pool import InstancePool
@@ -107,12 +111,16 @@ class WasmPolicy:
         self.pool: InstancePool[Instance] = InstancePool(self._new_ready_instance, size)
         self.pool_size = size  # how many evaluations can run at once
         self.pool.prime(first)
+        self.lane: FuelFreeLane | None = None
+        if opts.fuel_free_lane and not self.may_block and not in_load_check():
+            self.lane = FuelFreeLane(wasm, opts.module_cache, size, self._new_ready_instance)
 
     # -- instances --------------------------------------------------------------------------
 
-    def _new_instance(self) -> Instance:
+    def _new_instance(self, fuel_free: wasmtime.Module | None = None) -> Instance:
         return Instance(
-            self.module, memory_limit=self.memory_limit, dispatch=self._dispatch, on_print=self.host.print_line
+            fuel_free or self.module, memory_limit=self.memory_limit, dispatch=self._dispatch,
+            on_print=self.host.print_line, fuel=fuel_free is None,
         )
 
     def _share(self, wasm: bytes, first: Instance) -> Instance:
@@ -134,8 +142,8 @@ class WasmPolicy:
         log.warning("policy %s: each instance parses its own data: %s", self.revision or "(no revision)", why)
         return first
 
-    def _new_ready_instance(self) -> Instance:
-        inst = self._new_instance()
+    def _new_ready_instance(self, fuel_free: wasmtime.Module | None = None) -> Instance:
+        inst = self._new_instance(fuel_free)
         try:
             if self.image is not None:
                 memimage.restore(self.image, inst)
@@ -199,6 +207,19 @@ class WasmPolicy:
             t, ticks = self.timeout, self._ticks
         else:
             t, ticks = timeout, deadline_ticks(timeout)
+        if not inline and (lane := self.lane) is not None and (free := lane.pool) is not None:
+            started = _monotonic()
+            inst = free.acquire()
+            try:
+                return self._run(inst, ep, input_json, timeout, t, ticks, 0)
+            except (OutOfMemory, WasmTrap):
+                pass  # fuel tells a runaway from a big evaluation: the fuel lane answers (lanes.py)
+            finally:
+                free.release(inst)
+            t -= _monotonic() - started
+            if t <= 0:
+                raise DeadlineExceeded("evaluation deadline exceeded (before its run on the fuel lane)")
+            ticks = deadline_ticks(t)
         if not inline:
             inst = self.pool.acquire()
         elif (idle := self.pool.acquire_nowait()) is not None:
@@ -206,17 +227,21 @@ class WasmPolicy:
         else:
             raise InlineBudgetExceeded("no policy instance free for an inline evaluation")
         try:
-            inst.ctx = None
-            inst.runaway_fuel = int((timeout or self.timeout) * RUNAWAY_FUEL_PER_S)
-            inst.start_ns = _time_ns()
-            inst.deadline = _monotonic() + t
-            return inst.evaluate_raw(ep, input_json, ticks, INLINE_FUEL * int(inline))
+            return self._run(inst, ep, input_json, timeout, t, ticks, inline)
         except DeadlineExceeded:
             if inline:  # the host builtins' share of the inline budget ran out, not the deadline
                 raise InlineBudgetExceeded(f"host builtins took more than the inline budget ({INLINE_HOST_S * 1000:g} ms)") from None
             raise
         finally:
             self.pool.release(inst)
+
+    def _run(self, inst: Instance, ep: int, input_json: bytes | None, timeout: float | None, t: float, ticks: int,
+             inline: bool | int) -> bytes:
+        inst.ctx = None
+        inst.runaway_fuel = int((timeout or self.timeout) * RUNAWAY_FUEL_PER_S)
+        inst.start_ns = _time_ns()
+        inst.deadline = _monotonic() + t
+        return inst.evaluate_raw(ep, input_json, ticks, INLINE_FUEL * int(inline))
 
     def evaluate_raw(
         self, entrypoint: str | int, input_json: bytes | None, *, timeout: float | None = None, inline: bool | int = False
@@ -265,6 +290,8 @@ class WasmPolicy:
         return any(b in self.builtin_ids for b in BLOCKING_BUILTINS)
 
     def close(self) -> None:
+        if self.lane is not None:
+            self.lane.close()
         self.pool.close()
         if self.image is not None:
             # now, not when the collector finds this revision: in-flight instances keep their mappings

@@ -31,7 +31,7 @@ from bridge.opawasm.capi import (
 from bridge.opawasm.capi import call_unchecked as _call_unchecked
 from bridge.opawasm.capi import set_epoch_deadline as _set_epoch_deadline
 from bridge.opawasm.capi import set_fuel as _set_fuel
-from bridge.opawasm.engine import engine
+from bridge.opawasm.engine import engine, fuel_free_engine
 from bridge.opawasm.errors import (
     BuiltinHalt,
     BundleLoadError,
@@ -81,8 +81,10 @@ class Instance:
         memory_limit: int,
         dispatch: Dispatch | None = None,
         on_print: Callable[[str], None] | None = None,
+        fuel: bool = True,
     ) -> None:
         self.module = module
+        self.fueled = fuel  # False: a store of the fuel-free engine, for a module compiled for it (lanes.py)
         self.memory_limit = memory_limit = min(memory_limit, WASM32_MAX_MEMORY)
         self.broken: str | None = None
         self.pending: BaseException | None = None
@@ -93,12 +95,7 @@ class Instance:
         self.start_ns = 0
         self.deadline = 0.0
         self._closed = False
-        self.store = store = wasmtime.Store(engine())
-        store.set_limits(memory_size=memory_limit)
-        self._ctx_ptr = store._context()
-        self._ctx = ctypes.cast(self._ctx_ptr, ctypes.c_void_p).value
-        _set_epoch_deadline(self._ctx, 1 << 40)
-        _set_fuel(self._ctx, UNLIMITED_FUEL)
+        self.store = store = self._new_store(memory_limit)
         self.fuel = UNLIMITED_FUEL  # what the evaluation under way started with
         self.runaway_fuel = 0  # instructions past which running out of memory counts as a runaway (0: never)
         self._args = new_slots()
@@ -134,6 +131,16 @@ class Instance:
         self._eval_ref, self._eval_pack = eval_export.ref, packer(7)
         self.data_addr = 0
         self.eval_heap = 0
+
+    def _new_store(self, memory_limit: int) -> wasmtime.Store:
+        store = wasmtime.Store(engine() if self.fueled else fuel_free_engine())
+        store.set_limits(memory_size=memory_limit)
+        self._ctx_ptr = store._context()
+        self._ctx = ctypes.cast(self._ctx_ptr, ctypes.c_void_p).value
+        _set_epoch_deadline(self._ctx, 1 << 40)
+        if self.fueled:  # on an engine without fuel, setting it fails (and allocates an error)
+            _set_fuel(self._ctx, UNLIMITED_FUEL)
+        return store
 
     def _link(self, module: wasmtime.Module) -> tuple[list[Any], wasmtime.Memory | None]:
         """The imports for `module` (all from "env"), and its linear memory when it imports one."""
@@ -191,7 +198,7 @@ class Instance:
         """Deadline beats memory: a runaway fails as late, not as too big, whichever cap it hit first:
         when its time is up, or after more wasm instructions than its deadline stands for (counted,
         so the same answer for a policy and input under any load: `RUNAWAY_FUEL_PER_S`)."""
-        used = fuel_used(self._ctx, self.fuel)
+        used = fuel_used(self._ctx, self.fuel) if self.fueled else 0
         if (self.deadline and _monotonic() >= self.deadline) or 0 < self.runaway_fuel <= used:
             return DeadlineExceeded(f"evaluation deadline exceeded (and {message}, after {used:,} wasm instructions)")
         return OutOfMemory(message)
@@ -300,8 +307,9 @@ class Instance:
             _memmove(self.base + in_addr, input_json, in_len)
         self._eval_pack.pack_into(self._argbuf, 0, 0, entrypoint_id, self.data_addr, in_addr, in_len, heap, 1)
         _set_epoch_deadline(self._ctx, ticks)
-        self.fuel = fuel = fuel or UNLIMITED_FUEL
-        _set_fuel(self._ctx, fuel)
+        if self.fueled:
+            self.fuel = fuel = fuel or UNLIMITED_FUEL
+            _set_fuel(self._ctx, fuel)
         err = _call_unchecked(self._ctx, self._eval_ref, self._args_addr, SLOTS, self._trap_ref)
         if err or self._trap_ptr:
             self._raise(err)

@@ -1,0 +1,71 @@
+"""The fuel-free lane: a revision's second pool, on an engine that counts no wasm instructions.
+
+Fuel is what makes the inline budget a count (the same policy and input fit or not under any load)
+and what tells a runaway from an evaluation that is merely too big (`RUNAWAY_FUEL_PER_S`). Neither
+needs it on an evaluation that is not inline and whose failures can be told apart again: such an
+evaluation runs here, on the same module compiled for an engine without fuel, bounded by the same
+epoch deadline and memory cap. Counting costs guest-heavy policies ~13% (benchmarks/README.md).
+
+What keeps every guarantee of the fuel lane:
+- **Inline evaluations never come here**: their budget is fuel.
+- **Time**: epochs interrupt a fuel-free evaluation exactly as a fueled one; a runaway loop stops at
+  its deadline with `DeadlineExceeded`.
+- **Failures that fuel classifies** (out of memory: a runaway or too big? a trap) are not answered
+  here: the evaluation runs again on a fuel instance, within what is left of its deadline, and that
+  answer stands, so a policy and input still fail the same way every time. Only deadline overruns
+  are answered here, as the fuel lane answers them (its clock check comes before its count).
+- **A second run must be harmless**: a policy that can call `http.send` or `net.lookup_ip_addr`
+  (`WasmPolicy.may_block`) never gets a lane (nor does a module loaded inside `load_check()`).
+
+The lane's module is compiled in a background thread after the revision is loaded (the serving
+engine's compile is on the hot-swap path; a second one there would double it), and until it is
+ready evaluations take the fuel lane. Compiled modules are cached per engine, in memory and on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import wasmtime
+
+from bridge.opawasm.engine import compile_policy
+from bridge.opawasm.errors import WasmError
+from bridge.opawasm.pool import InstancePool
+from bridge.opawasm.runtime import Instance
+
+log = logging.getLogger("groqpolicy.wasm")
+
+
+class FuelFreeLane:
+    """A pool of fuel-free instances for one revision, ready once its module is compiled."""
+
+    def __init__(self, wasm: bytes, module_cache: Path | None, size: int,
+                 factory: Callable[[wasmtime.Module], Instance]) -> None:
+        self.pool: InstancePool[Instance] | None = None  # None until compiled (and after close)
+        self.ready = threading.Event()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._size, self._factory = size, factory
+        threading.Thread(target=self._compile, args=(wasm, module_cache), name="wasm-fuel-free-compile",
+                         daemon=True).start()
+
+    def _compile(self, wasm: bytes, module_cache: Path | None) -> None:
+        try:
+            module = compile_policy(wasm, module_cache, fuel=False)
+            with self._lock:
+                if not self._closed:
+                    self.pool = InstancePool(lambda: self._factory(module), self._size)
+        except WasmError as exc:  # the fuel lane compiled the same bytes: only the platform can refuse
+            log.warning("fuel-free lane not started: %s", exc)
+        finally:
+            self.ready.set()  # ready or not coming: evaluations keep the fuel lane
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            pool, self.pool = self.pool, None
+        if pool is not None:
+            pool.close()
