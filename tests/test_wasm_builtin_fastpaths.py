@@ -88,3 +88,23 @@ def test_url_fields():
     with pytest.raises(GoError, match="first path segment in URL cannot contain colon"):
         neturl.parse("1a:b")  # a scheme starts with a letter: this is a path, and a bad one
     assert neturl.escape("/a b/é?", neturl.PATH) == "/a%20b/%C3%A9%3F"
+
+
+def test_a_kept_token_verification_still_checks_its_claims_and_its_key_every_call():
+    from bridge.opawasm.builtins import jwt as jwt_builtins
+
+    secret = "s3cret-of-thirty-two-bytes-long!"
+    token = jwt.encode({"sub": "ann", "exp": 2_000_000_000}, secret, algorithm="HS256")
+    dv = REGISTRY["io.jwt.decode_verify"]
+    before = jwt_builtins._cached_verification.cache_info()
+    assert dv(_ctx(), token, {"secret": secret})[0] is True
+    assert dv(_ctx(), token, {"secret": secret})[0] is True
+    assert jwt_builtins._cached_verification.cache_info().hits > before.hits  # the second call was kept
+    expired = 2_000_000_001 * 10**9
+    assert dv(_ctx(), token, {"secret": secret, "time": expired}) == [False, {}, {}]
+    assert dv(_ctx(), token, {"secret": "other"}) == [False, {}, {}]
+    assert dv(_ctx(), token, {"secret": secret, "alg": "HS512"}) == [False, {}, {}]
+    with pytest.raises(BuiltinError, match="3 sections"):  # errors are not kept: raised every time
+        dv(_ctx(), token + ".x", {"secret": secret})
+    with pytest.raises(BuiltinError, match="3 sections"):
+        dv(_ctx(), token + ".x", {"secret": secret})

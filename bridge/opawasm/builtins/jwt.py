@@ -10,11 +10,19 @@ from __future__ import annotations
 import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import msgspec
 
-from bridge.opawasm.builtins.jwt_keys import ALGORITHMS, VerificationKey, check, keys_from_material, verify_with
+from bridge.opawasm.builtins.jwt_keys import (
+    ALGORITHMS,
+    KEY_CACHE_MAX_TEXT,
+    VerificationKey,
+    check,
+    keys_from_material,
+    verify_with,
+)
 from bridge.opawasm.builtins.operands import need_obj, need_str
 from bridge.opawasm.builtins.registry import Builtin, EvalContext, builtin
 from bridge.opawasm.errors import BuiltinError
@@ -170,6 +178,7 @@ builtin("io.jwt.verify_eddsa")(_verify("EdDSA"))
 @dataclass
 class _Constraints:
     keys: Sequence[VerificationKey] | None = None
+    cert: str = ""  # the text `keys` came from
     secret: str = ""
     alg: str = ""
     iss: str = ""
@@ -183,7 +192,7 @@ def _constraints(ctx: EvalContext, given: dict[str, Any]) -> _Constraints:
         if name == "cert":
             if not isinstance(v, str):
                 raise BuiltinError("cert constraint: must be a string")
-            c.keys = keys_from_material(v)
+            c.keys, c.cert = keys_from_material(v), v
         elif name in ("secret", "alg", "iss", "aud"):
             if not isinstance(v, str):
                 raise BuiltinError(f"{name} constraint: must be a string")
@@ -211,28 +220,56 @@ def _time(v: Any) -> float:
 _UNVERIFIED: list[Any] = [False, {}, {}]
 
 
+# Verified tokens by (token, alg constraint, secret, cert text): a client sends the same token with
+# every request until it expires, and decoding and checking it again cost more than the rest of the
+# call. What is kept holds for the token and key alone: the time-dependent claims (exp, nbf) are
+# checked on every call. A decoding error is not kept (it raises). Tokens and secrets up to
+# TOKEN_CACHE_MAX_TEXT and cert texts up to the key cache's limit: at most ~10 MiB of text.
+TOKEN_CACHE_SIZE = 128
+TOKEN_CACHE_MAX_TEXT = 16 * 1024
+
+
 @builtin("io.jwt.decode_verify")
 def decode_verify(ctx: EvalContext, token: Any, constraints: Any) -> list[Any]:
     c = _constraints(ctx, need_obj(constraints, 2))
+    t = need_str(token, 1)
+    if len(t) <= TOKEN_CACHE_MAX_TEXT and len(c.secret) <= TOKEN_CACHE_MAX_TEXT and len(c.cert) <= KEY_CACHE_MAX_TEXT:
+        verified = _cached_verification(t, c.alg, c.secret, c.cert if c.keys is not None else None)
+    else:
+        verified = _verification(t, c)
+    if verified is None:
+        return _UNVERIFIED
+    decoded, body = verified
+    return [True, decoded, body] if _claims_hold(body, c) else _UNVERIFIED
+
+
+@lru_cache(maxsize=TOKEN_CACHE_SIZE)
+def _cached_verification(token: str, alg: str, secret: str, cert: str | None) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    keys = None if cert is None else keys_from_material(cert)  # the key cache's parse of the same text
+    return _verification(token, _Constraints(keys=keys, cert=cert or "", secret=secret, alg=alg))
+
+
+def _verification(token: str, c: _Constraints) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The decoded header and payload of a token whose signatures (nested ones too) check out with
+    the constraints' key and alg, else None; the claims are not looked at."""
     t = _token(token)
     while True:
         decoded = _decoded_header(t)
         header = _parse_header(decoded)
         if not header.valid() or (c.alg and c.alg != header.alg):
-            return _UNVERIFIED
+            return None
         signature = b64url_decode(t.signature)
         if c.keys is not None:
             ok = verify_with(c.keys, header.alg, header.kid, header.alg, t.signing_input, signature, pss_auto=False)
         else:
             ok = check(header.alg, c.secret, t.signing_input, signature)
         if not ok:
-            return _UNVERIFIED
+            return None
         payload = _payload(t)
         if header.cty.upper() != "JWT":
             break
         t = _token(payload.decode("utf-8", "replace"))
-    body = _json_object(payload)
-    return [True, decoded, body] if _claims_hold(body, c) else _UNVERIFIED
+    return decoded, _json_object(payload)
 
 
 def _claims_hold(payload: dict[str, Any], c: _Constraints) -> bool:
