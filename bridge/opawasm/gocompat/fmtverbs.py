@@ -30,18 +30,20 @@ def typename(a: Any) -> str:
     return getattr(a, "go_type", "string")
 
 
-class Directive:
-    """The state of one directive (Go's fmtFlags, width and precision); `arg` formats an operand."""
+_FLAG_NAMES = {"-": "minus", "+": "plus", "#": "sharp", " ": "space", "0": "zero"}
 
-    __slots__ = ("minus", "plus", "plus_v", "prec", "prec_present", "sharp", "sharp_v", "space", "wid", "wid_present",
-                 "zero")
+
+class Directive:
+    """The state of one directive (Go's fmtFlags, width and precision); `arg` formats an operand.
+    Unset fields read the class defaults, so a directive without flags costs one empty object."""
+
+    minus = plus = sharp = space = zero = plus_v = sharp_v = False
+    wid_present = prec_present = False
+    wid = prec = 0
 
     def __init__(self, flags: str = "") -> None:
-        self.minus, self.plus, self.sharp = "-" in flags, "+" in flags, "#" in flags
-        self.space, self.zero = " " in flags, "0" in flags
-        self.plus_v = self.sharp_v = False
-        self.wid = self.prec = 0
-        self.wid_present = self.prec_present = False
+        for f in flags:
+            setattr(self, _FLAG_NAMES[f], True)
 
     # -- padding (format.go: writePadding, pad, padString) ------------------------------------------
 
