@@ -51,7 +51,7 @@ TICK_S = 0.01
 # second on a long loop when idle and ~1 billion at load average 7.5 on its two cores; a tenth of
 # that keeps "out of memory before this count" also "before the clock" at up to ~10x slowdown.
 RUNAWAY_FUEL_PER_S = 100_000_000
-COMPILED_CACHE_SIZE = 8
+COMPILED_CACHE_SIZE = 16  # 8 revisions, each compiled for both engines where the fuel-free lane is on
 # wasmtime_strategy_t: 0 auto, 1 cranelift, 2 winch (wasmtime-py's `Config.strategy` names only the first two)
 _STRATEGY_WINCH = 2
 

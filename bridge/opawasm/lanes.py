@@ -37,6 +37,9 @@ from bridge.opawasm.pool import InstancePool
 from bridge.opawasm.runtime import Instance
 
 log = logging.getLogger("groqpolicy.wasm")
+# Lanes compile one after another: revisions written in quick succession do not each take a core
+# for a Cranelift compile at once, and one replaced while it waited is never compiled.
+_ONE_COMPILE_AT_A_TIME = threading.Lock()
 
 
 class FuelFreeLane:
@@ -54,7 +57,10 @@ class FuelFreeLane:
 
     def _compile(self, wasm: bytes, module_cache: Path | None) -> None:
         try:
-            module = compile_policy(wasm, module_cache, fuel=False)
+            with _ONE_COMPILE_AT_A_TIME:
+                if self._closed:  # replaced before its turn came: nobody would evaluate on it
+                    return
+                module = compile_policy(wasm, module_cache, fuel=False)
             with self._lock:
                 if not self._closed:
                     self.pool = InstancePool(lambda: self._factory(module), self._size)
