@@ -42,9 +42,24 @@ def files(opa_bin) -> dict:
 
 def _with_lane(files: dict, **kw):
     pol = policy_from_files(files, fuel_free_lane=True, **kw)
-    assert pol.lane is not None and pol.lane.ready.wait(120), "the fuel-free module did not compile"
+    assert pol.lane is not None
+    pol.lane.start()
+    assert pol.lane.ready.wait(120), "the fuel-free module did not compile"
     assert pol.lane.pool is not None
     return pol
+
+
+def test_the_lane_compiles_on_the_first_evaluation_off_the_loop(files):
+    pol = policy_from_files(files, fuel_free_lane=True, pool_size=2, timeout=2.0)
+    try:
+        assert pol.lane is not None and pol.lane.pool is None
+        assert pol.evaluate("loop/cheap", {"user": "alice"}, inline=True) is True
+        assert not pol.lane.ready.wait(0.5), "an inline evaluation started the lane"
+        assert pol.evaluate("loop/cheap", {"user": "alice"}) is True  # on the fuel lane, starting the lane
+        assert pol.lane.ready.wait(120) and pol.lane.pool is not None
+        assert pol.evaluate("loop/cheap", {"user": "alice"}) is True and pol.lane.pool.live == 1
+    finally:
+        pol.close()
 
 
 def test_the_lane_answers_as_opa_and_inline_stays_on_fuel(files):

@@ -46,7 +46,8 @@ class LoadOptions:
     """A directory that keeps compiled modules for later processes (trusted: they are native code)."""
     fuel_free_lane: bool = False
     """Evaluate what is not inline on instances of an engine without fuel (`lanes.py`), once their
-    module is compiled (in the background); never for a policy that can call `http.send`."""
+    module is compiled (started by the first such evaluation, in the background); never for a
+    policy that can call `http.send`."""
 
     def __post_init__(self) -> None:
         if self.pool_size is not None and self.pool_size < 1:

@@ -207,19 +207,22 @@ class WasmPolicy:
             t, ticks = self.timeout, self._ticks
         else:
             t, ticks = timeout, deadline_ticks(timeout)
-        if not inline and (lane := self.lane) is not None and (free := lane.pool) is not None:
-            started = _monotonic()
-            inst = free.acquire()
-            try:
-                return self._run(inst, ep, input_json, timeout, t, ticks, 0)
-            except (OutOfMemory, WasmTrap):
-                pass  # fuel tells a runaway from a big evaluation: the fuel lane answers (lanes.py)
-            finally:
-                free.release(inst)
-            t -= _monotonic() - started
-            if t <= 0:
-                raise DeadlineExceeded("evaluation deadline exceeded (before its run on the fuel lane)")
-            ticks = deadline_ticks(t)
+        if not inline and (lane := self.lane) is not None:
+            if (free := lane.pool) is None:
+                lane.start()  # compiled on first demand, in the background; meanwhile the fuel lane
+            else:
+                started = _monotonic()
+                inst = free.acquire()
+                try:
+                    return self._run(inst, ep, input_json, timeout, t, ticks, 0)
+                except (OutOfMemory, WasmTrap):
+                    pass  # fuel tells a runaway from a big evaluation: the fuel lane answers (lanes.py)
+                finally:
+                    free.release(inst)
+                t -= _monotonic() - started
+                if t <= 0:
+                    raise DeadlineExceeded("evaluation deadline exceeded (before its run on the fuel lane)")
+                ticks = deadline_ticks(t)
         if not inline:
             inst = self.pool.acquire()
         elif (idle := self.pool.acquire_nowait()) is not None:
