@@ -1,0 +1,211 @@
+"""`glob.match`, `regex.match`, `regex.is_valid` and `regex.find_all_string_submatch_n` on the host,
+under the names `hostroute` gives them in the wasm target.
+
+Why the host: OPA's wasm library compiles these patterns inside the guest and keeps them in a
+cache that the heap reset of every `opa_eval` clears, so each call recompiles its pattern on every
+evaluation (benchmarks/README.md, "OPA's `glob.match` and `regex.match`"). Here a compiled pattern
+lives in a bounded LRU across evaluations, as in topdown's caches.
+
+`glob.match` follows topdown (v1/topdown/glob.go) on gobwas/glob: the glob is read with gobwas's
+lexer rules and translated into one RE2 program, matched against the whole string:
+- `*` any run of non-delimiter characters, `**` any run at all, `?` one non-delimiter character;
+- `[abc]` / `[!abc]` one character (not) in the list, `[a-z]` / `[!a-z]` one (not) in the range;
+  a class holds one list or one range, nothing else (gobwas refuses `[a-z0-9]`); delimiters do not
+  matter inside a class;
+- `{a,b}` alternatives, nestable, closed before the end; `,` and `}` are plain text outside a group;
+- `\\` makes the next character literal;
+- delimiters: `null` none, `[]` the default `["."]`, otherwise one character per element.
+A glob gobwas refuses makes the call an error (undefined outside strict mode), as in topdown.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import re2
+from re2 import _re2
+
+from bridge.opawasm.builtins.operands import need_str, type_name
+from bridge.opawasm.builtins.registry import EvalContext, builtin
+from bridge.opawasm.builtins.strings import go_regexp, regex_find_all_submatch
+from bridge.opawasm.errors import BuiltinError
+from bridge.opawasm.gocompat.errors import GoError
+from bridge.opawasm.gocompat.regexp import compile_go
+from bridge.opawasm.hostroute import host_name
+
+_ANCHOR_BOTH = _re2.RE2.Anchor.ANCHOR_BOTH
+_NO_SPAN = (-1, -1)
+_OPTIONS = re2.Options()
+_OPTIONS.max_mem = 64 << 20  # as gocompat.regexp: RE2's bound on one program
+_OPTIONS.log_errors = False
+_OPTIONS.dot_nl = True  # `**` and a delimiter-free `*` / `?` take newlines too, as gobwas's matchers do
+_DEFAULT_DELIMITERS = (".",)
+_TEXT_BREAKERS = "?*[{"
+_TERMS_BREAKERS = "?*[{},"
+# compiled globs kept across evaluations: a policy's globs are few and constant, so this bound is
+# about hostile inputs (a glob built from the request), not the working set
+GLOB_CACHE_SIZE = 1024
+
+
+def _lit(ch: str) -> str:
+    return ch if ch.isascii() and ch.isalnum() else f"\\x{{{ord(ch):x}}}"
+
+
+def _class(chars: str, negated: bool) -> str:
+    return "[" + ("^" if negated else "") + "".join(_lit(c) for c in chars) + "]"
+
+
+def _syntax(pattern: str, i: int, message: str) -> BuiltinError:
+    """gobwas's error: `at` is the byte offset the lexer had reached (just past character `i - 1`)."""
+    return BuiltinError(f"glob: syntax error at {len(pattern[:i].encode('utf-8'))}: {message}")
+
+
+def _text(pattern: str, i: int, breakers: str) -> tuple[str, int]:
+    """gobwas's fetchText: literal characters up to a breaker, `\\` escaping the next one."""
+    out: list[str] = []
+    n = len(pattern)
+    while i < n:
+        ch = pattern[i]
+        if ch == "\\":
+            if i + 1 >= n:
+                raise _syntax(pattern, n, "trailing backslash" if breakers != "]" else "unexpected end of input")
+            out.append(pattern[i + 1])
+            i += 2
+            continue
+        if ch in breakers:
+            break
+        out.append(ch)
+        i += 1
+    return "".join(out), i
+
+
+def _range(pattern: str, i: int) -> tuple[str, int]:
+    """gobwas's fetchRange and parserRange from just after `[`: one list or one range, then `]`."""
+    n = len(pattern)
+    negated = False
+    if i < n and pattern[i] == "!":
+        negated = True
+        i += 1
+    if i >= n:
+        raise _syntax(pattern, n, "unexpected end of input")
+    if i + 1 < n and pattern[i + 1] == "-":
+        if i + 3 > n:
+            raise _syntax(pattern, n, "unexpected end of input")
+        lo, hi = pattern[i], pattern[i + 2]
+        i += 3
+        if i >= n:
+            raise _syntax(pattern, n, "unexpected end of input")
+        if pattern[i] != "]":
+            raise _syntax(pattern, i + 1, "expected close range character")
+        if hi < lo:
+            raise _syntax(pattern, i + 1, "range hi character is less than lo")
+        return "[" + ("^" if negated else "") + _lit(lo) + "-" + _lit(hi) + "]", i + 1
+    chars, i = _text(pattern, i, "]")
+    if i >= n:
+        raise _syntax(pattern, n, "unexpected end of input")
+    if not chars:
+        raise _syntax(pattern, i + 1, "could not parse range")
+    return _class(chars, negated), i + 1
+
+
+def translate(pattern: str, delimiters: tuple[str, ...]) -> str:
+    """The RE2 program (without anchors) that matches what gobwas's glob matches."""
+    if delimiters:
+        not_delim = _class("".join(delimiters), True)
+        one, any_run = not_delim, not_delim + "*"
+    else:
+        one, any_run = ".", ".*"
+    out: list[str] = []
+    depth = 0
+    i, n = 0, len(pattern)
+    while i < n:
+        ch = pattern[i]
+        if ch == "{":
+            depth += 1
+            out.append("(?:")
+            i += 1
+        elif ch == "," and depth:
+            out.append("|")
+            i += 1
+        elif ch == "}" and depth:
+            depth -= 1
+            out.append(")")
+            i += 1
+        elif ch == "[":
+            cls, i = _range(pattern, i + 1)
+            out.append(cls)
+        elif ch == "?":
+            out.append(one)
+            i += 1
+        elif ch == "*":
+            if pattern.startswith("**", i):
+                out.append(".*")
+                i += 2
+            else:
+                out.append(any_run)
+                i += 1
+        else:
+            text, i = _text(pattern, i, _TERMS_BREAKERS if depth else _TEXT_BREAKERS)
+            out.extend(_lit(c) for c in text)
+    if depth:
+        raise _syntax(pattern, n, "unclosed `{`")
+    return "".join(out)
+
+
+@lru_cache(maxsize=GLOB_CACHE_SIZE)
+def compile_glob(pattern: str, delimiters: tuple[str, ...]) -> Any:
+    """The compiled RE2 program of a glob, or the error message gobwas gives it (kept as well, so a
+    bad glob in a policy costs one translation, not one per call)."""
+    try:
+        rx = _re2.RE2(translate(pattern, delimiters).encode("utf-8"), _OPTIONS)
+    except BuiltinError as exc:
+        return str(exc)
+    if not rx.ok():  # a translation bug, never the policy's glob: fail loudly
+        raise RuntimeError(f"glob {pattern!r}: RE2 refused its translation: {rx.error()!r}")
+    return rx
+
+
+def _delimiters(v: Any) -> tuple[str, ...]:
+    if v is None:
+        return ()
+    if not isinstance(v, (list, tuple)):
+        raise BuiltinError(f"operand 2 must be one of {{array, null}} but got {type_name(v)}")
+    for d in v:
+        if not isinstance(d, str):
+            raise BuiltinError(f"operand 2 must be array of strings but got array containing {type_name(d)}")
+        if len(d) != 1:
+            raise BuiltinError(f"operand 2 must be array of runes but got array containing string {d!r}")
+    return tuple(v) or _DEFAULT_DELIMITERS
+
+
+@builtin(host_name("glob.match"))
+def glob_match(ctx: EvalContext, pattern: Any, delimiters: Any, value: Any) -> bool:
+    pattern = need_str(pattern, 1)
+    delims = _delimiters(delimiters)
+    value = need_str(value, 3)
+    rx = compile_glob(pattern, delims)
+    if type(rx) is str:
+        raise BuiltinError(rx)
+    b = value.encode("utf-8")
+    return rx.Match(_ANCHOR_BOTH, b, 0, len(b))[0] != _NO_SPAN
+
+
+@builtin(host_name("regex.match"))
+def regex_match(ctx: EvalContext, pattern: Any, value: Any) -> bool:
+    pattern, value = need_str(pattern, 1), need_str(value, 2)
+    return go_regexp(ctx, pattern).search(value)
+
+
+@builtin(host_name("regex.is_valid"))
+def regex_is_valid(ctx: EvalContext, pattern: Any) -> bool:
+    if not isinstance(pattern, str):
+        return False  # topdown: any other operand is simply not a valid pattern
+    try:
+        compile_go(pattern)
+    except GoError:
+        return False
+    return True
+
+
+builtin(host_name("regex.find_all_string_submatch_n"))(regex_find_all_submatch)
