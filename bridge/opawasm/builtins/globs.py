@@ -109,61 +109,91 @@ def _range(pattern: str, i: int) -> tuple[str, int]:
     return _class(chars, negated), i + 1
 
 
-def translate(pattern: str, delimiters: tuple[str, ...]) -> str:
-    """The RE2 program (without anchors) that matches what gobwas's glob matches."""
+def translate(pattern: str, delimiters: tuple[str, ...]) -> list[tuple[str | None, str]]:
+    """The glob as RE2 pieces (without anchors) matching what gobwas's glob matches, each with its
+    literal text where it is plain text outside a group (None otherwise)."""
     if delimiters:
         not_delim = _class("".join(delimiters), True)
         one, any_run = not_delim, not_delim + "*"
     else:
         one, any_run = ".", ".*"
-    out: list[str] = []
+    out: list[tuple[str | None, str]] = []
     depth = 0
     i, n = 0, len(pattern)
     while i < n:
         ch = pattern[i]
         if ch == "{":
             depth += 1
-            out.append("(?:")
+            out.append((None, "(?:"))
             i += 1
         elif ch == "," and depth:
-            out.append("|")
+            out.append((None, "|"))
             i += 1
         elif ch == "}" and depth:
             depth -= 1
-            out.append(")")
+            out.append((None, ")"))
             i += 1
         elif ch == "[":
             cls, i = _range(pattern, i + 1)
-            out.append(cls)
+            out.append((None, cls))
         elif ch == "?":
-            out.append(one)
+            out.append((None, one))
             i += 1
         elif ch == "*":
-            if pattern.startswith("**", i):
-                out.append(".*")
-                i += 2
-            else:
-                out.append(any_run)
-                i += 1
+            wide = pattern.startswith("**", i)
+            out.append((None, ".*" if wide else any_run))
+            i += 2 if wide else 1
         else:
             text, i = _text(pattern, i, _TERMS_BREAKERS if depth else _TEXT_BREAKERS)
-            out.extend(_lit(c) for c in text)
+            out.append((None if depth else text, "".join(_lit(c) for c in text)))
     if depth:
         raise _syntax(pattern, n, "unclosed `{`")
-    return "".join(out)
+    return out
+
+
+class Glob:
+    """A compiled glob. As gobwas does, plain text at the ends is matched as text (a prefix, a
+    suffix, the whole glob), so RE2, a C++ call of a few µs, runs only where the text fits."""
+
+    __slots__ = ("literal", "prefix", "rx", "suffix")
+
+    def __init__(self, pieces: list[tuple[str | None, str]]) -> None:
+        texts = [text for text, _ in pieces]
+        self.literal = "".join(t for t in texts if t is not None) if None not in texts else None
+        self.prefix = "".join(_leading(texts))
+        self.suffix = "".join(reversed(_leading(texts[::-1]))) if self.literal is None else ""
+        self.rx = None
+        if self.literal is None:
+            self.rx = _re2.RE2("".join(r for _, r in pieces).encode("utf-8"), _OPTIONS)
+            if not self.rx.ok():  # a translation bug, never the policy's glob: fail loudly
+                raise RuntimeError(f"glob: RE2 refused a translation: {self.rx.error()!r}")
+
+    def match(self, value: str) -> bool:
+        if self.rx is None:
+            return value == self.literal
+        if not (value.startswith(self.prefix) and value.endswith(self.suffix)):
+            return False
+        b = value.encode("utf-8")
+        return bool(self.rx.Match(_ANCHOR_BOTH, b, 0, len(b))[0] != _NO_SPAN)
+
+
+def _leading(texts: list[str | None]) -> list[str]:
+    out: list[str] = []
+    for t in texts:
+        if t is None:
+            break
+        out.append(t)
+    return out
 
 
 @lru_cache(maxsize=GLOB_CACHE_SIZE)
-def compile_glob(pattern: str, delimiters: tuple[str, ...]) -> Any:
-    """The compiled RE2 program of a glob, or the error message gobwas gives it (kept as well, so a
-    bad glob in a policy costs one translation, not one per call)."""
+def compile_glob(pattern: str, delimiters: tuple[Any, ...] | None) -> Glob | str:
+    """The compiled glob for topdown's operands (delimiters `None` for null), or the error message
+    topdown gives them (kept as well, so a bad glob costs one translation, not one per call)."""
     try:
-        rx = _re2.RE2(translate(pattern, delimiters).encode("utf-8"), _OPTIONS)
+        return Glob(translate(pattern, _delimiters(delimiters)))
     except BuiltinError as exc:
         return str(exc)
-    if not rx.ok():  # a translation bug, never the policy's glob: fail loudly
-        raise RuntimeError(f"glob {pattern!r}: RE2 refused its translation: {rx.error()!r}")
-    return rx
 
 
 def _delimiters(v: Any) -> tuple[str, ...]:
@@ -181,14 +211,20 @@ def _delimiters(v: Any) -> tuple[str, ...]:
 
 @builtin(host_name("glob.match"))
 def glob_match(ctx: EvalContext, pattern: Any, delimiters: Any, value: Any) -> bool:
-    pattern = need_str(pattern, 1)
-    delims = _delimiters(delimiters)
-    value = need_str(value, 3)
-    rx = compile_glob(pattern, delims)
-    if type(rx) is str:
-        raise BuiltinError(rx)
-    b = value.encode("utf-8")
-    return rx.Match(_ANCHOR_BOTH, b, 0, len(b))[0] != _NO_SPAN
+    if type(pattern) is not str:
+        need_str(pattern, 1)
+    if delimiters is not None and type(delimiters) is not list:
+        _delimiters(delimiters)  # raises topdown's operand error
+    try:
+        glob = compile_glob(pattern, None if delimiters is None else tuple(delimiters))
+    except TypeError:  # an element that cannot be a key (an array, an object): not a rune
+        _delimiters(delimiters)
+        raise
+    if type(value) is not str:
+        need_str(value, 3)
+    if isinstance(glob, str):
+        raise BuiltinError(glob)
+    return glob.match(value)
 
 
 @builtin(host_name("regex.match"))
