@@ -17,7 +17,9 @@ from bridge.opawasm import WasmPolicy, hostroute
 from bridge.opawasm.builtins import globs
 from bridge.opawasm.errors import WasmError
 from bridge.opawasm.values import UNDEFINED
+from bridge.opawasm.hostroute import host_name
 from controlplane.bundles import wasmsource
+from controlplane.bundles.compiler import Compiler
 from controlplane.infra.toolchain import opa_binary
 from tests.wasm_helpers import build_wasm_bundle, bundle_files, opa_eval_one
 
@@ -183,3 +185,37 @@ def test_rewritten_module_with_mock_equals_opa_eval() -> None:
         want_value = dict(want["value"])
         want_value.pop("d", None)  # data.other is not given to the wasm policy
         assert got == want_value, json.dumps([inp, got, want_value])
+
+
+ROUTES = """# METADATA
+# title: routes
+package demo.routes
+
+# METADATA
+# entrypoint: true
+decision := {"allowed": allowed, "valid": regex.is_valid(input.pattern)}
+
+default allowed := false
+
+allowed if glob.match("/api/*/items/**", ["/"], input.path)
+"""
+ROUTES_TEST = """package demo.routes_test
+
+import data.demo.routes
+
+test_glob if routes.allowed with input as {"path": "/api/v1/items/a/b", "pattern": "a"}
+"""
+
+
+@pytest.mark.parametrize("bridge_url", [None, "http://127.0.0.1:9/bridge"])
+def test_the_control_plane_routes_only_the_wasm_target(bridge_url: str | None) -> None:
+    compiler = Compiler(Path(tempfile.gettempdir()), opa=opa_binary(), bridge_url=bridge_url)
+    out = compiler.compile_source("demo", {"policy.rego": ROUTES, "policy_test.rego": ROUTES_TEST})
+    assert out.tests and all(t.passed for t in out.tests)  # `opa test` ran on the sources as written
+    rego = {name: text for name, text in out.rego_files.items() if name.endswith(".rego")}
+    assert [text.decode() for text in rego.values()] == [ROUTES]  # agents get the module untouched
+    policy = WasmPolicy(out.wasm_files["/policy.wasm"], None, pool_size=1)
+    assert set(policy.builtin_ids) == {host_name("glob.match"), host_name("regex.is_valid")}
+    for inp in ({"path": "/api/v1/items/a/b", "pattern": "("}, {"path": "/api/v1/x/items", "pattern": "a+"}):
+        want = opa_eval_one({"policy.rego": ROUTES}, None, "data.demo.routes.decision", inp)
+        assert policy.evaluate("demo/routes/decision", inp) == want["value"]
