@@ -37,7 +37,7 @@ VALUES = ["", "a", "b", "ab", "abc", "a/b", "a.b", "x", "ax", "bx", "/api/v1", "
           "é", "éx", "ñ", "a+b", "a(b)", "a|b", "^a$", "/", "{a,b}", "\n", "\nz", "xa/by", "xcy", "a\nb", "zx", "a\\"]
 DELIMITERS: list[Any] = [None, [], ["/"], [".", "/"], ["b"], [","], ["é"]]
 REGEXES = ["^a.*", "b$", "(", "[0-9]+", "^/api/v2/reports/[0-9]{4}-(0[1-9]|1[0-2])$", "(?i)AB", "\\d+", "a{2,}",
-           "[[:alpha:]]+", "x*?", "\\bab\\b", "a$", "(a|b)+c", "\\p{Greek}", "[z-a]", "a**",
+           "[[:alpha:]]+", "(?P<x>a)(?P<x>b)", "x*?", "\\bab\\b", "a$", "(a|b)+c", "\\p{Greek}", "[z-a]", "a**",
            "(?<n>a)", ""]
 REGEX_VALUES = ["abc 123", "ab", "AB", "a\n", "/api/v2/reports/2024-12", "aab c", "αβγ", "", "ba", "b"]
 

@@ -26,12 +26,11 @@ from typing import Any
 import re2
 from re2 import _re2
 
-from bridge.opawasm.builtins.operands import need_str, type_name
+from bridge.opawasm.builtins.operands import need_int, need_str, type_name
 from bridge.opawasm.builtins.registry import EvalContext, builtin
-from bridge.opawasm.builtins.strings import go_regexp, regex_find_all_submatch
 from bridge.opawasm.errors import BuiltinError
 from bridge.opawasm.gocompat.errors import GoError
-from bridge.opawasm.gocompat.regexp import compile_go
+from bridge.opawasm.gocompat.regexp import Regexp
 from bridge.opawasm.hostroute import host_name
 
 _ANCHOR_BOTH = _re2.RE2.Anchor.ANCHOR_BOTH
@@ -227,21 +226,38 @@ def glob_match(ctx: EvalContext, pattern: Any, delimiters: Any, value: Any) -> b
     return glob.match(value)
 
 
+@lru_cache(maxsize=GLOB_CACHE_SIZE)
+def compile_regex(pattern: str) -> Regexp | str:
+    """The compiled pattern, or Go's error message for it. Unlike `gocompat.regexp.compile_go`
+    (the other regex builtins), duplicate group names are accepted: the pinned opa accepts them
+    (checked against `opa eval`), and so did the wasm library these builtins are routed away from."""
+    try:
+        return Regexp(pattern)
+    except GoError as exc:
+        return str(exc)
+
+
+def _regex(pattern: str) -> Regexp:
+    rx = compile_regex(pattern)
+    if isinstance(rx, str):
+        raise BuiltinError(rx)
+    return rx
+
+
 @builtin(host_name("regex.match"))
 def regex_match(ctx: EvalContext, pattern: Any, value: Any) -> bool:
     pattern, value = need_str(pattern, 1), need_str(value, 2)
-    return go_regexp(ctx, pattern).search(value)
+    return _regex(pattern).search(value)
 
 
 @builtin(host_name("regex.is_valid"))
 def regex_is_valid(ctx: EvalContext, pattern: Any) -> bool:
-    if not isinstance(pattern, str):
-        return False  # topdown: any other operand is simply not a valid pattern
-    try:
-        compile_go(pattern)
-    except GoError:
-        return False
-    return True
+    # topdown: an operand that is not a string is simply not a valid pattern
+    return isinstance(pattern, str) and not isinstance(compile_regex(pattern), str)
 
 
-builtin(host_name("regex.find_all_string_submatch_n"))(regex_find_all_submatch)
+@builtin(host_name("regex.find_all_string_submatch_n"))
+def regex_find_all_string_submatch_n(ctx: EvalContext, pattern: Any, value: Any, n: Any) -> list[list[str]]:
+    pattern, value, n = need_str(pattern, 1), need_str(value, 2), need_int(n, 3)
+    b = value.encode("utf-8")
+    return [[b[a:z].decode("utf-8", "replace") if a >= 0 else "" for a, z in m] for m in _regex(pattern).all_matches(b, n)]
