@@ -219,3 +219,12 @@ def test_the_control_plane_routes_only_the_wasm_target(bridge_url: str | None) -
     for inp in ({"path": "/api/v1/items/a/b", "pattern": "("}, {"path": "/api/v1/x/items", "pattern": "a+"}):
         want = opa_eval_one({"policy.rego": ROUTES}, None, "data.demo.routes.decision", inp)
         assert policy.evaluate("demo/routes/decision", inp) == want["value"]
+
+
+def test_strict_error_for_a_delimiter_that_is_not_one_character() -> None:
+    strict = build_routed({"t.rego": PATTERNS}, ["t", "t/one"], strict_builtin_errors=True)
+    inp = {"glob": "a", "delimiters": ["ab"], "value": "a"}
+    want = opa_eval_one({"t.rego": PATTERNS}, None, "data.t.one", inp, flags=("--strict-builtin-errors",))
+    with pytest.raises(WasmError) as err:
+        strict.evaluate("t/one", inp)
+    assert any(str(err.value).split(": ", 1)[1] in m for m in want["messages"]), (str(err.value), want)

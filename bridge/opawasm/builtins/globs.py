@@ -152,7 +152,8 @@ def translate(pattern: str, delimiters: tuple[str, ...]) -> list[tuple[str | Non
 
 class Glob:
     """A compiled glob. As gobwas does, plain text at the ends is matched as text (a prefix, a
-    suffix, the whole glob), so RE2, a C++ call of a few µs, runs only where the text fits."""
+    suffix, the whole glob), so RE2, a C++ call that costs far more than comparing text, runs only
+    where the text fits (the prefix and suffix are a necessary condition, RE2 decides)."""
 
     __slots__ = ("literal", "prefix", "rx", "suffix")
 
@@ -204,7 +205,7 @@ def _delimiters(v: Any) -> tuple[str, ...]:
         if not isinstance(d, str):
             raise BuiltinError(f"operand 2 must be array of strings but got array containing {type_name(d)}")
         if len(d) != 1:
-            raise BuiltinError(f"operand 2 must be array of runes but got array containing string {d!r}")
+            raise BuiltinError("operand 2 must be array of runes but got array containing string")
     return tuple(v) or _DEFAULT_DELIMITERS
 
 
