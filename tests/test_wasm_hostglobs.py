@@ -130,11 +130,14 @@ def test_bad_operands_are_undefined(policy: WasmPolicy) -> None:
 
 
 def test_compiled_globs_are_kept_and_bounded() -> None:
-    globs.compile_glob.cache_clear()
+    globs._compile_glob.cache_clear()
     for _ in range(3):
         assert globs.glob_match(None, "/api/*", ["/"], "/api/x") is True
-    info = globs.compile_glob.cache_info()
+    info = globs._compile_glob.cache_info()
     assert (info.misses, info.hits, info.maxsize) == (1, 2, globs.GLOB_CACHE_SIZE)
+    long = "a" * globs.CACHED_PATTERN_CHARS + "*"
+    assert globs.glob_match(None, long, None, "a" * (globs.CACHED_PATTERN_CHARS + 3)) is True
+    assert globs._compile_glob.cache_info().currsize == 1  # a long glob is compiled for its call only
 
 
 REWRITE = '''package r

@@ -42,9 +42,12 @@ _OPTIONS.dot_nl = True  # `**` and a delimiter-free `*` / `?` take newlines too,
 _DEFAULT_DELIMITERS = (".",)
 _TEXT_BREAKERS = "?*[{"
 _TERMS_BREAKERS = "?*[{},"
-# compiled globs kept across evaluations: a policy's globs are few and constant, so this bound is
-# about hostile inputs (a glob built from the request), not the working set
+# compiled globs and regexes kept across evaluations: a policy's patterns are few and constant, so
+# these bounds are about hostile inputs (a pattern built from the request), not the working set; a
+# pattern longer than CACHED_PATTERN_CHARS is compiled for its call only, so the caches cannot hold
+# many large programs
 GLOB_CACHE_SIZE = 1024
+CACHED_PATTERN_CHARS = 4096
 
 
 def _lit(ch: str) -> str:
@@ -165,8 +168,8 @@ class Glob:
         self.rx = None
         if self.literal is None:
             self.rx = _re2.RE2("".join(r for _, r in pieces).encode("utf-8"), _OPTIONS)
-            if not self.rx.ok():  # a translation bug, never the policy's glob: fail loudly
-                raise RuntimeError(f"glob: RE2 refused a translation: {self.rx.error()!r}")
+            if not self.rx.ok():  # past RE2's memory or nesting bounds (gobwas has none): the call errs
+                raise BuiltinError(f"glob: too large for the host's matcher: {self.rx.error()!r}")
 
     def match(self, value: str) -> bool:
         if self.rx is None:
@@ -186,10 +189,16 @@ def _leading(texts: list[str | None]) -> list[str]:
     return out
 
 
-@lru_cache(maxsize=GLOB_CACHE_SIZE)
 def compile_glob(pattern: str, delimiters: tuple[Any, ...] | None) -> Glob | str:
     """The compiled glob for topdown's operands (delimiters `None` for null), or the error message
     topdown gives them (kept as well, so a bad glob costs one translation, not one per call)."""
+    if len(pattern) > CACHED_PATTERN_CHARS:
+        return _compile_glob.__wrapped__(pattern, delimiters)
+    return _compile_glob(pattern, delimiters)
+
+
+@lru_cache(maxsize=GLOB_CACHE_SIZE)
+def _compile_glob(pattern: str, delimiters: tuple[Any, ...] | None) -> Glob | str:
     try:
         return Glob(translate(pattern, _delimiters(delimiters)))
     except BuiltinError as exc:
@@ -227,11 +236,17 @@ def glob_match(ctx: EvalContext, pattern: Any, delimiters: Any, value: Any) -> b
     return glob.match(value)
 
 
-@lru_cache(maxsize=GLOB_CACHE_SIZE)
 def compile_regex(pattern: str) -> Regexp | str:
     """The compiled pattern, or Go's error message for it. Unlike `gocompat.regexp.compile_go`
     (the other regex builtins), duplicate group names are accepted: the pinned opa accepts them
     (checked against `opa eval`), and so did the wasm library these builtins are routed away from."""
+    if len(pattern) > CACHED_PATTERN_CHARS:
+        return _compile_regex.__wrapped__(pattern)
+    return _compile_regex(pattern)
+
+
+@lru_cache(maxsize=GLOB_CACHE_SIZE)
+def _compile_regex(pattern: str) -> Regexp | str:
     try:
         return Regexp(pattern)
     except GoError as exc:
