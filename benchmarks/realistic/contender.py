@@ -40,9 +40,35 @@ def _groqpolicy(work: Path, query: str, inp: Any) -> tuple[Callable[[], Any], st
 
     print(f"groqpolicy from {Path(bridge.__file__).parent.parent}", file=sys.stderr, flush=True)
 
-    policy = WasmPolicy((work / "policy.wasm").read_bytes(), (work / "policy" / "data.json").read_bytes(), LoadOptions(pool_size=1))
     ep = query.replace(".", "/")
-    return (lambda: policy.evaluate(ep, inp)), "wasmtime " + metadata.version("wasmtime")
+    wasm, routed = _product_wasm(work, ep)
+    policy = WasmPolicy(wasm, (work / "policy" / "data.json").read_bytes(), LoadOptions(pool_size=1))
+    return (lambda: policy.evaluate(ep, inp)), "wasmtime " + metadata.version("wasmtime") + routed
+
+
+def _product_wasm(work: Path, entrypoint: str) -> tuple[bytes, str]:
+    """policy.wasm as the control plane builds it from this checkout: with the pattern builtins
+    routed to the host where the checkout has that (`controlplane.bundles.wasmsource`); a checkout
+    without it (`groqpolicy-base` on an older main) runs the plain `opa build` policy.wasm."""
+    try:
+        from controlplane.bundles import wasmsource
+    except ImportError:
+        return (work / "policy.wasm").read_bytes(), ""
+    import tarfile
+    import tempfile
+
+    opa = os.environ["OPA_BIN"]
+    with tempfile.TemporaryDirectory(prefix="groqpolicy-bench-") as tmp:
+        sources, cwd = wasmsource.routed_tree([work / "policy"], work, Path(tmp) / "src")
+        caps = Path(tmp) / "caps.json"
+        caps.write_bytes(wasmsource.capabilities(subprocess.run([opa, "capabilities", "--current"], capture_output=True,
+                                                                text=True, check=True).stdout))
+        out = Path(tmp) / "bundle.tar.gz"
+        subprocess.run([opa, "build", "-t", "wasm", "-e", entrypoint, "--capabilities", str(caps), "-o", str(out),
+                        *[str(s) for s in sources]], check=True, capture_output=True, cwd=cwd)
+        with tarfile.open(out) as tar:
+            member = next(m for m in tar if m.name.lstrip("/") == "policy.wasm")
+            return tar.extractfile(member).read(), " (pattern builtins on the host)"  # type: ignore[union-attr]
 
 
 def _regorus(work: Path, query: str, inp: Any) -> tuple[Callable[[], Any], str]:
