@@ -238,16 +238,21 @@ class Services:
         """Everything that did not load or publish; the app is degraded while there is any."""
         return self.startup_errors + self.runtime.errors
 
-    def publish_definitions(self, force: bool = False) -> list[str]:
-        """Compile and activate the bundle definitions in `bundles/` whose sources changed."""
-        return self.policies.publish_library(load_definitions(self.settings.bundles_dir), force=force)
+    async def publish_definitions(self, force: bool = False) -> list[str]:
+        """Compile and activate the bundle definitions in `bundles/` whose sources changed (off the
+        loop); the library certifications that took are then on the audit trail."""
+        try:
+            return await anyio.to_thread.run_sync(
+                lambda: self.policies.publish_library(load_definitions(self.settings.bundles_dir), force=force))
+        finally:
+            await self.policies.record_library_certifications()
 
     async def publish_at_start(self) -> None:
         """`compile_on_start`: publish what changed; a failure keeps the previous revision serving."""
         if not self.settings.compile_on_start:
             return
         try:
-            published = await anyio.to_thread.run_sync(self.publish_definitions)
+            published = await self.publish_definitions()
             log.info("bundles published at start: %s", published or "none changed")
         except GroqPolicyError as exc:
             self.startup_errors.append(str(exc))

@@ -213,3 +213,16 @@ def test_the_agent_shows_the_librarys_own_policies_certified(system):
         assert cert["certified"] is True and cert["rule_id"] == f"library/{kind}"
         assert {c["name"]: c["passed"] for c in cert["checks"]} == {
             "principles": True, "decisions": True, "fail_closed": True, "tests": True}
+    # each certified once by this control plane, and on its audit trail as a stored policy's certification
+    client = system[0]
+    audited = [rec for rec in certification_records(client) if rec["policy_ids"][0].startswith("library/")]
+    assert sorted(rec["policy_ids"][0] for rec in audited) == [f"library/{kind}" for kind in want]  # once each
+    for rec in audited:
+        rule_id = rec["policy_ids"][0]
+        assert rec["decision"] == "allow" and rec["details"]["outcome"] == "certified"
+        assert rec["details"]["certificate"] == library[rule_id.removeprefix("library/")]
+    # published again on request: the certificates come from what this process already certified
+    r = client.post("/api/v1/bundles/publish", params={"force": "true"})
+    assert r.status_code == 200 and "groqpolicy" in r.json()["published"], r.text
+    again = [rec for rec in certification_records(client) if rec["policy_ids"][0].startswith("library/")]
+    assert len(again) == len(want)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import http.server
 import os
 import stat
 import subprocess
 import sys
+import threading
 
+import pytest
 import yaml
 
 from bridge.opabundle.keys import load_signing_key
+from controlplane.ops.client import RETRIES, ClientError, ControlPlaneClient
 from tests.conftest import REPO_ROOT
 
 
@@ -100,3 +104,63 @@ def test_bad_environment_value_is_one_line_error():
     r = run_cli("opa-config", env={"GROQPOLICY_PORT": "eighty"})
     assert r.returncode == 1
     assert r.stderr.startswith("error: GROQPOLICY_PORT='eighty': invalid literal")
+
+
+class _Busy:
+    """A loopback HTTP server answering each request with the next (status, headers) of a script
+    (the last one repeated), and counting what it was asked."""
+
+    def __init__(self, script: list[tuple[int, dict[str, str]]]) -> None:
+        outer = self
+        self.asked = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                status, headers = script[min(outer.asked, len(script) - 1)]
+                outer.asked += 1
+                body = b'{"results": []}' if status == 200 else \
+                    b'{"error": {"code": "evaluation_saturated", "message": "all threads are busy"}}'
+                self.send_response(status)
+                for k, v in {"content-type": "application/json", **headers}.items():
+                    self.send_header(k, v)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_the_client_asks_again_when_the_control_plane_says_when():
+
+    busy = _Busy([(503, {"retry-after": "0"}), (429, {"retry-after": "0"}), (200, {})])
+    try:
+        with ControlPlaneClient(busy.url) as api:
+            assert api.post("/api/v1/evaluate/batch", {}) == {"results": []}
+        assert busy.asked == 3  # nothing of a 503/429 request was done: asked again as told
+    finally:
+        busy.close()
+    always = _Busy([(503, {"retry-after": "0"})])
+    try:
+        with ControlPlaneClient(always.url) as api, pytest.raises(ClientError) as err:
+            api.post("/api/v1/evaluate/batch", {})
+        assert always.asked == RETRIES + 1  # a bounded number of times, then the error with its hint
+        assert "HTTP 503: all threads are busy" in str(err.value) and "busy" in err.value.hint
+    finally:
+        always.close()
+    down = _Busy([(503, {})])  # no Retry-After: no promise to keep, reported at once
+    try:
+        with ControlPlaneClient(down.url) as api, pytest.raises(ClientError):
+            api.post("/api/v1/evaluate/batch", {})
+        assert down.asked == 1
+    finally:
+        down.close()

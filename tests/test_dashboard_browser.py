@@ -10,6 +10,7 @@ full-page screenshot lands in the test's output directory (printed; kept by pyte
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from collections import Counter
@@ -132,9 +133,14 @@ def test_dashboard_in_headless_chromium(system, chromium, tmp_path):
         assert page.console_errors() == []
 
         policies = page.evaluate("[...document.querySelectorAll('#policies tr.policy')].map(tr => "
-                                 "[tr.dataset.origin, tr.dataset.type, tr.cells[0].innerText.trim(), tr.cells[4].innerText.trim()])")
+                                 "[tr.dataset.origin, tr.dataset.type, tr.cells[0].innerText.trim(), tr.cells[4].innerText.trim(), "
+                                 "tr.cells[7].innerText.trim(), tr.cells[7].title])")
         library = [p for p in policies if p[0] == "library"]
         assert len(library) == 7 and {p[3] for p in library} == {"compiled"}
+        # each with the certificate the bundle ships it with to the agents (checks passed, signer in the tooltip)
+        for p in library:
+            assert re.fullmatch(r"certified · (\d+)/\1 checks", p[4]) and "signed by " in p[5], p
+        policies = [p[:4] for p in policies]
         assert set(EXAMPLE_TITLES) <= {p[2] for p in library}
         stored = {p[2]: p for p in policies if p[0] == "stored"}
         assert stored["dashboard gate"][1:] == ["security_policies", "dashboard gate", "compiled"]

@@ -40,15 +40,40 @@ def _groqpolicy(work: Path, query: str, inp: Any) -> tuple[Callable[[], Any], st
 
     print(f"groqpolicy from {Path(bridge.__file__).parent.parent}", file=sys.stderr, flush=True)
 
+    ep = query.replace(".", "/")
+    wasm, routed = _product_wasm(work, ep)
     # the fuel-free lane as the control plane turns it on (an older checkout, the baseline, has none)
     lane = {"fuel_free_lane": True} if "fuel_free_lane" in LoadOptions.__dataclass_fields__ else {}
-    policy = WasmPolicy((work / "policy.wasm").read_bytes(), (work / "policy" / "data.json").read_bytes(),
-                        LoadOptions(pool_size=1, **lane))
+    policy = WasmPolicy(wasm, (work / "policy" / "data.json").read_bytes(), LoadOptions(pool_size=1, **lane))
     if getattr(policy, "lane", None) is not None:  # compiled on first demand, in the background:
         policy.lane.start()  # time the lane, not the fuel lane it falls back on meanwhile
         policy.lane.ready.wait(300)
-    ep = query.replace(".", "/")
-    return (lambda: policy.evaluate(ep, inp)), "wasmtime " + metadata.version("wasmtime")
+    return (lambda: policy.evaluate(ep, inp)), "wasmtime " + metadata.version("wasmtime") + routed
+
+
+def _product_wasm(work: Path, entrypoint: str) -> tuple[bytes, str]:
+    """policy.wasm as the control plane builds it from this checkout: with the pattern builtins
+    routed to the host where the checkout has that (`controlplane.bundles.wasmsource`); a checkout
+    without it (`groqpolicy-base` on an older main) runs the plain `opa build` policy.wasm."""
+    try:
+        from controlplane.bundles import wasmsource
+    except ImportError:
+        return (work / "policy.wasm").read_bytes(), ""
+    import tarfile
+    import tempfile
+
+    opa = os.environ["OPA_BIN"]
+    with tempfile.TemporaryDirectory(prefix="groqpolicy-bench-") as tmp:
+        sources, cwd = wasmsource.routed_tree([work / "policy"], work, Path(tmp) / "src")
+        caps = Path(tmp) / "caps.json"
+        caps.write_bytes(wasmsource.capabilities(subprocess.run([opa, "capabilities", "--current"], capture_output=True,
+                                                                text=True, check=True).stdout))
+        out = Path(tmp) / "bundle.tar.gz"
+        subprocess.run([opa, "build", "-t", "wasm", "-e", entrypoint, "--capabilities", str(caps), "-o", str(out),
+                        *[str(s) for s in sources]], check=True, capture_output=True, cwd=cwd)
+        with tarfile.open(out) as tar:
+            member = next(m for m in tar if m.name.lstrip("/") == "policy.wasm")
+            return tar.extractfile(member).read(), " (pattern builtins on the host)"  # type: ignore[union-attr]
 
 
 def _regorus(work: Path, query: str, inp: Any) -> tuple[Callable[[], Any], str]:

@@ -76,7 +76,7 @@ def read_value(inst: Instance, addr: int, interned: dict[int, str] | None = None
         out: list[Any] = []
         size = inst.mem_size
         for v in _u32s(2 * n)(view, elems)[1::2]:
-            if 0 < v and v + 16 <= size and view[v] == 4:  # a string, the commonest element: inline
+            if 0 < v and v + 16 <= size and (view[v] == 4 or view[v] == 8):  # a string (or a constant one): inline
                 ln, ptr = _unpack_u32x2(view, v + 4)
                 if ln == 0 or (ptr > 0 and ptr + ln <= size):
                     out.append(str(view[ptr : ptr + ln], "utf-8", "replace"))

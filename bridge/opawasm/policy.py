@@ -32,6 +32,7 @@ from bridge.opawasm.errors import (
 from bridge.opawasm.guestvalues import read_value
 from bridge.opawasm.host import HostConfig
 from bridge.opawasm.hostcall import put_value, start_evaluation
+from bridge.opawasm.hostroute import original_name
 from bridge.opawasm.lanes import FuelFreeLane
 from bridge.opawasm.memimage import MemoryImage
 from bridge.opawasm.options import LoadOptions, load_options
@@ -90,7 +91,8 @@ class WasmPolicy:
         missing = [n for n in self.builtin_ids if n not in provided() and n not in opts.custom_builtins]
         if missing:
             raise MissingBuiltinsError(missing)
-        self._table: dict[int, tuple[str, Any]] = {i: (n, table[n]) for n, i in self.builtin_ids.items()}
+        # a builtin routed to the host (`hostroute`) reports errors under its Rego name, as topdown does
+        self._table: dict[int, tuple[str, Any]] = {i: (original_name(n), table[n]) for n, i in self.builtin_ids.items()}
         self._interned: dict[int, str] = {}  # the module's string constants by address (guestvalues)
         ids: dict[str, int] = first.dump_json(first.call("entrypoints"))
         if manifest_entrypoints:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.opabundle.archive import read_bundle
-from controlplane.bundles import netcheck
+from controlplane.bundles import netcheck, wasmsource
 from controlplane.bundles.artifacts import Built, CompiledBundle, finish
 from controlplane.bundles.definitions import (
     TEST_FILE_GLOB,
@@ -52,6 +52,7 @@ class Compiler:
         self.bridge_url = bridge_url
         self.findings = netcheck.Findings(bridge_url) if bridge_url is not None else None
         self._capabilities: bytes | None = None
+        self._current: str | None = None  # `opa capabilities --current`
 
     def _run(self, args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -63,10 +64,20 @@ class Compiler:
         if self.bridge_url is None:
             return []
         if self._capabilities is None:
-            proc = self._run(["capabilities", "--current"], self.project_root)
-            self._capabilities = netcheck.restricted_capabilities(proc.stdout, self.bridge_url)
+            self._capabilities = netcheck.restricted_capabilities(self.current_capabilities(), self.bridge_url)
         path = directory / "capabilities.json"
         path.write_bytes(self._capabilities)
+        return ["--capabilities", str(path)]
+
+    def current_capabilities(self) -> str:
+        if self._current is None:
+            self._current = self._run(["capabilities", "--current"], self.project_root).stdout
+        return self._current
+
+    def wasm_capabilities(self, directory: Path) -> list[str]:
+        """`capabilities`, plus the pattern builtins' host names (`wasmsource`), for the wasm target."""
+        path = directory / "capabilities-wasm.json"
+        path.write_bytes(wasmsource.capabilities(self._capabilities or self.current_capabilities()))
         return ["--capabilities", str(path)]
 
     def check(self, sources: Sequence[Path], cwd: Path | None = None, extra: Sequence[str] = ()) -> None:
@@ -152,12 +163,18 @@ class Compiler:
         return results
 
     def build(self, sources: Sequence[Path], target: str, revision: str, cwd: Path | None = None) -> dict[str, bytes]:
-        """`opa build -t <target>`; wasm entrypoints come from `entrypoint: true` annotations."""
+        """`opa build -t <target>`; wasm entrypoints come from `entrypoint: true` annotations. The wasm
+        target is built from the sources with the pattern builtins routed to the host (`wasmsource`)."""
         cwd = cwd or self.project_root
         with tempfile.TemporaryDirectory(prefix="groqpolicy-build-") as tmp:
             out = Path(tmp) / "bundle.tar.gz"
+            if target == "wasm":
+                sources, cwd = wasmsource.routed_tree(sources, cwd, Path(tmp) / "src")
+                caps = self.wasm_capabilities(Path(tmp))
+            else:
+                caps = self.capabilities(Path(tmp))
             args = [
-                "build", "-t", target, "--revision", revision, "--ignore", TEST_FILE_GLOB, *self.capabilities(Path(tmp)),
+                "build", "-t", target, "--revision", revision, "--ignore", TEST_FILE_GLOB, *caps,
                 "-o", str(out), *[_rel(s, cwd) for s in sources],
             ]
             proc = self._run(args, cwd)
@@ -187,6 +204,7 @@ class Compiler:
         revision = revision_for(definition.name, tree.hexdigest())  # the final one is set by `finish`
         with tempfile.TemporaryDirectory(prefix="groqpolicy-caps-") as tmp:
             caps = self.capabilities(Path(tmp))  # before the threads: `opa capabilities` runs once
+            self.current_capabilities()
             with ThreadPoolExecutor(max_workers=5, thread_name_prefix="opa-stage") as pool:
                 checks = [pool.submit(self.check, sources, base, caps), pool.submit(self.check_network, sources, base)]
                 tests = pool.submit(self.test, sources, base) if definition.run_tests else None

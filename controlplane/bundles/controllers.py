@@ -21,7 +21,6 @@ import re
 from collections.abc import Iterable
 from typing import Any, Protocol, runtime_checkable
 
-import anyio
 from litestar import Controller, Request, Response
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
@@ -39,11 +38,11 @@ _WAIT = re.compile(r"(?:^|[;,\s])wait=(\d+)")
 
 @runtime_checkable  # Litestar checks each dependency it injects against the parameter's type
 class LibraryPublisher(Protocol):
-    """Compiles the definitions in `bundles/` and activates the changed ones (blocking); what it
+    """Compiles the definitions in `bundles/` and activates the changed ones (off the loop); what it
     publishes also holds the stored policies, which live a layer above this package
     (`Services.publish_definitions`)."""
 
-    def __call__(self, force: bool = False) -> list[str]: ...
+    async def __call__(self, force: bool = False) -> list[str]: ...
 
 
 def parse_wait(prefer: str | None) -> int | None:
@@ -134,5 +133,5 @@ class BundleApi(Controller):
           guards=[requires("admin")])
     async def publish(self, revisions: NamedDependency[RevisionStore], publish_library: NamedDependency[LibraryPublisher],
                       force: FromQuery[bool] = False) -> dict[str, Any]:
-        published = await anyio.to_thread.run_sync(lambda: publish_library(force=force))
+        published = await publish_library(force=force)
         return {"published": published, "bundles": revisions.bundles()}

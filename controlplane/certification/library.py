@@ -28,7 +28,7 @@ from typing import Any
 import msgspec
 
 from controlplane.certification.certificate import CERTIFICATE_VERSION, PolicyCertificate, digest, sign, verify
-from controlplane.certification.certifier import CertificationRefused
+from controlplane.certification.certifier import CertificationRefused, Outcome
 from controlplane.certification.checks import CERTIFY_REGO, PolicyChecks, Subject
 from controlplane.infra.recordkeys import RecordKeys
 
@@ -63,6 +63,10 @@ class LibraryCertificates:
         self._known: dict[str, dict[str, Any]] = {}  # digest -> certificate (this process)
         self._lock = threading.Lock()
         self.certified: list[str] = []  # the policy types certified anew by this process (not from a cache)
+        # every certification run by this process (not read from the cache), certified or refused, until
+        # the audit trail has them (take_fresh): a library policy's certificate is on the trail as a
+        # stored policy's is
+        self._fresh: list[tuple[Outcome, PolicyCertificate]] = []
 
     def policies(self) -> dict[str, Path]:
         """{type: its directory} of every library policy."""
@@ -105,12 +109,20 @@ class LibraryCertificates:
             tests_sha256=digest(tests) if tests else "",
             principles=sorted(str(p.get("id", "")) for p in report.principles), checks=report.checks,
             certified=report.passed), self.keys)
+        self._fresh.append(("certified" if report.passed else "refused", cert))  # list.append: thread safe
         if not report.passed:
             problems = [f"{c.name}: {p}" for c in report.checks for p in c.problems]
             raise CertificationRefused(f"library policy {kind!r} is not certified, so the library is not published: "
                                        f"{'; '.join(problems)}", details={"certificate": msgspec.to_builtins(cert)})
         self.certified.append(kind)
         return dict(msgspec.to_builtins(cert))
+
+    def take_fresh(self) -> list[tuple[Outcome, PolicyCertificate]]:
+        """The certifications run since the last call (oldest first), for the audit trail."""
+        taken = []
+        while self._fresh:  # pop, not swap: a certifying thread may append meanwhile
+            taken.append(self._fresh.pop(0))
+        return taken
 
     def _path(self, kind: str, key: str) -> Path | None:
         return None if self.cache_dir is None else self.cache_dir / f"{kind}-{key}.json"

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import yaml
 from nats.aio.client import Client
 
@@ -28,6 +29,7 @@ from bridge.inference.micro import endpoint_data, gather_stats
 from bridge.inference.wire import WORKER_SERVICE
 from bridge.kernel.config import Settings
 from bridge.kernel.vocabulary import TIERS
+from bridge.opabundle.archive import BundleArchiveError, read_bundle
 from controlplane.agents.status import StatusStore
 from controlplane.audit.reader import TrailReader
 from controlplane.audit.records import GENESIS_HASH, AuditRecord, check_stored, record_time
@@ -36,6 +38,7 @@ from controlplane.certification.certificate import PolicyCertificate
 from controlplane.dashboard.charts import OUTCOMES, Bucket, TierLatency, percentile
 from controlplane.evaluation.runtime import ModelClient
 from controlplane.infra.nats import NatsConnection
+from controlplane.policies.bundler import LIBRARY_CERTIFICATES
 from controlplane.policies.service import PolicyService
 
 log = logging.getLogger(__name__)
@@ -178,15 +181,40 @@ def library_policies(rego_root: Path) -> list[tuple[str, str, str, bool, str]]:
     return out
 
 
+# the last active bundle's library certificates, by its ETag: a page view does not unpack it again
+_shipped: dict[str, dict[str, PolicyCertificate]] = {}
+
+
+def shipped_library_certificates(etag: str, archive: bytes) -> dict[str, PolicyCertificate]:
+    """{policy type: certificate} of the library policies as the active bundle ships them to agents
+    (its `.manifest` metadata); empty for a bundle built without them or one that does not read."""
+    if etag in _shipped:
+        return _shipped[etag]
+    found: dict[str, PolicyCertificate] = {}
+    try:
+        manifest = msgspec.json.decode(read_bundle(archive).get("/.manifest", b"{}"))
+        raw = (manifest.get("metadata") or {}).get(LIBRARY_CERTIFICATES) or {}
+        found = {str(k): msgspec.convert(v, PolicyCertificate) for k, v in raw.items()}
+    except (BundleArchiveError, msgspec.DecodeError, msgspec.ValidationError, AttributeError, TypeError) as exc:
+        log.warning("dashboard: the active bundle's library certificates do not read (%s)", exc)
+    _shipped.clear()
+    _shipped[etag] = found
+    return found
+
+
 def policy_rows(sources: Sources) -> tuple[list[PolicyRow], str]:
     active = sources.revisions.get("groqpolicy", "rego")
     revision = active[0].revision if active else ""
+    certificates = shipped_library_certificates(active[0].etag, active[1]) if active else {}
     failed = [e for e in sources.startup_errors if e]
     rows = []
     for title, ptype, tier, uses_model, file in library_policies(sources.settings.rego_root):
         status = "compiled" if revision else ("failed" if failed else "not compiled yet")
+        cert = certificates.get(Path(file).parent.name)  # certified per library directory
+        summary, why = certificate_summary(cert) if cert is not None else ("", "")
         rows.append(PolicyRow(name=title, policy_type=ptype, tier=tier or "—", version=revision or "—", status=status,
-                              origin="library", detail=file, uses_model=uses_model))
+                              origin="library", detail=file, uses_model=uses_model, certificate=summary,
+                              certificate_title=why))
     try:
         stored = sources.policies.list()
     except Exception:  # noqa: BLE001 - the policy store needs NATS; the panel says so

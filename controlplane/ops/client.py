@@ -1,12 +1,16 @@
 """A small HTTP client for the control plane's API, used by the CLI (and handy in scripts).
 
 Every failure becomes a `ClientError` with one readable line and a hint: the CLI prints both and
-exits non-zero. Token resolution: explicit, `$GROQPOLICY_TOKEN`, else the local `admin` token from
+exits non-zero. An answer that says when to come back (429, or 503 with `Retry-After`: the control
+plane's evaluation lanes are full, or it is rate-limiting this client; nothing of the request was
+done) is asked again after that wait, a few times and for at most `RETRY_BUDGET_S` in all, before it
+is reported. Token resolution: explicit, `$GROQPOLICY_TOKEN`, else the local `admin` token from
 `<state_dir>/tokens` (what `make run` generates), so a developer on the same machine needs nothing.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +18,21 @@ import httpx
 
 from bridge.kernel.config import ClientSettings
 from bridge.kernel.errors import GroqPolicyError
+
+RETRIES = 5
+RETRY_BUDGET_S = 30.0  # the longest a call waits in all on Retry-After answers
+RETRY_CAP_S = 5.0  # one wait, whatever the header says
+
+
+def retry_after(resp: httpx.Response) -> float | None:
+    """Seconds to wait before asking again, for an answer that says so (429, 503); else None."""
+    if resp.status_code not in (429, 503):
+        return None
+    try:
+        wait = float(resp.headers.get("retry-after", ""))
+    except ValueError:  # absent, or an HTTP date: not a promise this client keeps
+        return None
+    return min(max(wait, 0.0), RETRY_CAP_S) if wait == wait else None  # NaN is no wait
 
 
 class ClientError(GroqPolicyError):
@@ -57,13 +76,14 @@ class ControlPlaneClient:
         self.close()
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            resp = self.http.request(method, path, **kwargs)
-        except httpx.ConnectError as exc:
-            raise ClientError(f"cannot reach the control plane at {self.base_url}",
-                              "start the system with `make run` (or `groqpolicy up`), or pass --url") from exc
-        except httpx.TimeoutException as exc:
-            raise ClientError(f"{method} {path}: no answer from {self.base_url} in time", "retry, or raise --timeout") from exc
+        waited = 0.0
+        for attempt in range(RETRIES + 1):
+            resp = self._request(method, path, **kwargs)
+            wait = retry_after(resp)
+            if wait is None or attempt == RETRIES or waited + wait > RETRY_BUDGET_S:
+                break
+            time.sleep(wait)
+            waited += wait
         if resp.status_code >= 400:
             raise _error_from(resp, method, path)
         if not resp.content:
@@ -72,6 +92,15 @@ class ControlPlaneClient:
             return resp.json()
         except ValueError:
             return resp.text
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return self.http.request(method, path, **kwargs)
+        except httpx.ConnectError as exc:
+            raise ClientError(f"cannot reach the control plane at {self.base_url}",
+                              "start the system with `make run` (or `groqpolicy up`), or pass --url") from exc
+        except httpx.TimeoutException as exc:
+            raise ClientError(f"{method} {path}: no answer from {self.base_url} in time", "retry, or raise --timeout") from exc
 
     def raise_for(self, resp: httpx.Response, method: str, path: str) -> None:
         """The ClientError of an answer that is an error (a streamed call reads its own answer)."""
@@ -104,4 +133,7 @@ def _error_from(resp: httpx.Response, method: str, path: str) -> ClientError:
         429: "slow down: the control plane rate-limits each client",
         503: "a dependency is down: check `groqpolicy up` output and the logs in <state>/logs",
     }
-    return ClientError(" ".join(text.split()), hints.get(resp.status_code, ""))
+    hint = hints.get(resp.status_code, "")
+    if resp.status_code in (429, 503) and resp.headers.get("retry-after"):
+        hint = "the control plane is busy: asked again while it said to wait; retry later, or send smaller batches"
+    return ClientError(" ".join(text.split()), hint)

@@ -28,6 +28,7 @@ from controlplane.bundles.artifacts import Built, CompiledBundle
 from controlplane.bundles.definitions import BundleDefinition
 from controlplane.certification.certifier import CertificationRequest, Certified, Certifier
 from controlplane.certification.checks import SubjectDoesNotCompile
+from controlplane.certification.library import LibraryCertificates
 from controlplane.policies import rego
 from controlplane.policies.bundler import PolicyBundler, measure
 from controlplane.policies.schemas import (
@@ -165,8 +166,23 @@ class PolicyService:
     async def _activate(self, compiled: CompiledBundle) -> str:
         return await self._published(await anyio.to_thread.run_sync(self.bundler.publish, compiled))
 
+    async def record_library_certifications(self) -> None:
+        """The library certifications that bundle builds ran since the last call (a start, or library
+        files changed on disk), on the audit trail as a stored policy's certification is. A trail that
+        cannot take them is logged: the certificates themselves are in the bundle's manifest."""
+        library = self.bundler.library_certificates
+        if self.certifier is None or self.certifier.record is None or not isinstance(library, LibraryCertificates):
+            return
+        for outcome, cert in library.take_fresh():
+            try:
+                await self.certifier.record(outcome, cert)
+            except GroqPolicyError as exc:
+                log.error("library policy %s: its certification (%s) is not on the audit trail: %s",
+                          cert.policy_name, outcome, exc)
+
     async def _published(self, revision: str) -> str:
         """After a write: the evaluator follows `revision` (the active one), its archives are kept."""
+        await self.record_library_certifications()
         await anyio.to_thread.run_sync(self.on_published)
         # the signed archives of the revision a write produced, kept next to the policies (the
         # replicas build their own, signed with their own key; these are the record of what was served)
@@ -187,6 +203,8 @@ class PolicyService:
                 self.reconcile_errors.append(str(exc))
                 log.error("policies: cannot build the bundle for the stored policies: %s", exc)
                 raise
+            finally:
+                await self.record_library_certifications()
             if published:
                 await anyio.to_thread.run_sync(self.on_published)
             return revision

@@ -12,6 +12,7 @@ from __future__ import annotations
 from bridge.opawasm.builtins import (  # noqa: F401 - imported for their @builtin registrations
     crypto,
     encoding,
+    globs,
     graphql,
     http,
     jsonpatch,
