@@ -36,12 +36,6 @@ def _address(fn: Any) -> int:
 
 
 call_unchecked = ctypes.CFUNCTYPE(_vp, _vp, _vp, _vp, _sz, _vp)(_address(_bindings._wasmtime_func_call_unchecked))
-# The same entry point keeping the GIL, for guest calls made from inside a host function (value
-# dump, parse, malloc: short and bounded). Releasing the GIL there let another evaluating thread
-# take it, and taking it back waited for that thread's switch interval: one release per nested
-# call cost more than the call. The price: the epoch ticker (a Python thread) cannot tick during
-# such a call, so a deadline fires only after it returns.
-call_unchecked_held = ctypes.PYFUNCTYPE(_vp, _vp, _vp, _vp, _sz, _vp)(_address(_bindings._wasmtime_func_call_unchecked))
 set_epoch_deadline = ctypes.CFUNCTYPE(None, _vp, ctypes.c_uint64)(
     _address(_bindings._wasmtime_context_set_epoch_deadline)
 )

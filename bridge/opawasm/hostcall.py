@@ -58,7 +58,6 @@ class Instance(Protocol):
     bools: dict[bool, int]
 
     def call(self, name: str, *params: int) -> int: ...
-    def call_in_host(self, name: str, *params: int) -> int: ...
     def read_cstr(self, addr: int) -> bytes: ...
     def ensure(self, end: int) -> None: ...
     def write(self, addr: int, data: bytes) -> None: ...
@@ -146,7 +145,7 @@ def _println(inst: Instance, addr: int) -> int:
 
 def dump_value(inst: Instance, value_addr: int) -> Any:
     """A guest value through `opa_value_dump` (for the types `guestvalues` does not read itself)."""
-    s = inst.call_in_host("opa_value_dump", value_addr)
+    s = inst.call("opa_value_dump", value_addr)
     return decode_value(inst.read_cstr(s))
 
 
@@ -161,7 +160,7 @@ def _alloc(inst: Instance, n: int) -> int:
     if at and at + n <= inst.scratch + inst.scratch_size:
         inst.arena = (at + n + 7) & ~7
         return at
-    at = inst.call_in_host("opa_malloc", n)
+    at = inst.call("opa_malloc", n)
     inst.ensure(at + n)
     return at
 
@@ -203,11 +202,11 @@ def _parse_value(inst: Instance, raw: bytes) -> int:
     n = len(raw)
     at = inst.arena
     if not (at and at + n <= inst.scratch + inst.scratch_size):
-        at = inst.call_in_host("opa_malloc", n)
+        at = inst.call("opa_malloc", n)
         inst.ensure(at + n)
     # else the text stays above the arena's cursor: the parser copies what it keeps
     inst.write(at, raw)
-    v = inst.call_in_host("opa_value_parse", at, n)
+    v = inst.call("opa_value_parse", at, n)
     if v == 0:
         raise EvaluationError(f"opa_value_parse rejected a builtin result: {raw[:200]!r}")
     return v

@@ -29,7 +29,6 @@ from bridge.opawasm.capi import (
     packer,
 )
 from bridge.opawasm.capi import call_unchecked as _call_unchecked
-from bridge.opawasm.capi import call_unchecked_held as _call_unchecked_held
 from bridge.opawasm.capi import set_epoch_deadline as _set_epoch_deadline
 from bridge.opawasm.capi import set_fuel as _set_fuel
 from bridge.opawasm.engine import engine
@@ -235,19 +234,6 @@ class Instance:
         if ex.pack is not None:
             ex.pack.pack_into(self._argbuf, 0, *params)
         err = _call_unchecked(self._ctx, ex.ref, self._args_addr, SLOTS, self._trap_ref)
-        if err or self._trap_ptr:
-            self._raise(err)
-        return int(self._args[0].i32)
-
-    def call_in_host(self, name: str, *params: int) -> int:
-        """`call`, keeping the GIL: for the short guest calls a host function makes (`capi`:
-        `call_unchecked_held`, and why a deadline cannot interrupt one)."""
-        ex = self._exports.get(name)
-        if ex is None:
-            raise BundleLoadError(f"policy.wasm: missing export {name}")
-        if ex.pack is not None:
-            ex.pack.pack_into(self._argbuf, 0, *params)
-        err = _call_unchecked_held(self._ctx, ex.ref, self._args_addr, SLOTS, self._trap_ref)
         if err or self._trap_ptr:
             self._raise(err)
         return int(self._args[0].i32)

@@ -1,10 +1,9 @@
 """The guest side of `host.SendMemo`: an `http.send` call answered by the request's own text.
 
 A hit never reads the request into Python: the guest prints it (`opa_value_dump`, the memo's key)
-and the kept response is parsed back in (`opa_value_parse`), both guest calls made keeping the GIL
-(`Instance.call_in_host`). Within one evaluation a request's response is kept by its address too,
-as `http.send` keeps one answer per request for the whole evaluation (and a repeat is then no call
-of the transport's, nor a hit of the memo's).
+and the kept response is parsed back in (`opa_value_parse`). Within one evaluation a request's
+response is kept by its address too, as `http.send` keeps one answer per request for the whole
+evaluation (and a repeat is then no call of the transport's, nor a hit of the memo's).
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from bridge.opawasm.values import encode_value
 
 def request_text(inst: Instance, addr: int) -> bytes:
     """The request as the guest prints it: the memo's key."""
-    return inst.read_cstr(inst.call_in_host("opa_value_dump", addr))
+    return inst.read_cstr(inst.call("opa_value_dump", addr))
 
 
 def answered(inst: Instance, ctx: EvalContext, memo: SendMemo, key: bytes) -> int:
