@@ -181,7 +181,7 @@ class WasmPolicy:
             return 0
         addr = put_value(inst, out)
         if key and memo is not None:
-            sendmemo.learn(inst, ctx, memo, key, args[0], out, addr)
+            sendmemo.learn(ctx, memo, key, args[0], out, addr)
         return addr
 
     # -- evaluation -------------------------------------------------------------------------

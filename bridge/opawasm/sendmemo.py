@@ -33,7 +33,7 @@ def answered(inst: Instance, ctx: EvalContext, memo: SendMemo, key: bytes) -> in
     return found
 
 
-def learn(inst: Instance, ctx: EvalContext, memo: SendMemo, key: bytes, request: Any, response: Any, addr: int) -> None:
+def learn(ctx: EvalContext, memo: SendMemo, key: bytes, request: Any, response: Any, addr: int) -> None:
     """Keep the response of a call that went the normal way (written back at `addr`), when it is
     one the memo may keep."""
     if memoizable(ctx.host, request, response):
