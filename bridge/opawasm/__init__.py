@@ -24,7 +24,7 @@ bundle handling (`policy_from_files` for already-verified files).
 from bridge.opawasm.bundle import load_bundle, policy_from_files
 from bridge.opawasm.errors import *  # noqa: F403 - the error family is part of the API
 from bridge.opawasm.evaluator import WasmEvaluator
-from bridge.opawasm.host import HostConfig, InferTransport
+from bridge.opawasm.host import HostConfig, InferTransport, SendMemo
 from bridge.opawasm.options import LoadOptions
 from bridge.opawasm.policy import WasmPolicy
 from bridge.opawasm.values import UNDEFINED
@@ -34,6 +34,7 @@ __all__ = [
     "HostConfig",
     "InferTransport",
     "LoadOptions",
+    "SendMemo",
     "WasmEvaluator",
     "WasmPolicy",
     "load_bundle",

@@ -193,6 +193,11 @@ def put_value(inst: Instance, value: Any) -> int:
     return _parse_value(inst, encode_value(value))
 
 
+def parse_text(inst: Instance, raw: bytes) -> int:
+    """A value given in OPA's value text (as `encode_value` writes it) as a guest value; its address."""
+    return _parse_value(inst, raw)
+
+
 def _parse_value(inst: Instance, raw: bytes) -> int:
     n = len(raw)
     at = inst.arena

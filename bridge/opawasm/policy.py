@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 import wasmtime
 
-from bridge.opawasm import memimage
+from bridge.opawasm import memimage, sendmemo
 from bridge.opawasm.builtins import REGISTRY, EvalContext, provided
 from bridge.opawasm.engine import RUNAWAY_FUEL_PER_S, compile_policy, deadline_ticks, in_load_check
 from bridge.opawasm.errors import (
@@ -93,6 +93,8 @@ class WasmPolicy:
             raise MissingBuiltinsError(missing)
         # a builtin routed to the host (`hostroute`) reports errors under its Rego name, as topdown does
         self._table: dict[int, tuple[str, Any]] = {i: (original_name(n), table[n]) for n, i in self.builtin_ids.items()}
+        # http.send's id where the host keeps a memo of its answers (a replay's), else none
+        self._memo_id = self.builtin_ids.get("http.send", -1) if self.host.send_memo is not None else -1
         self._interned: dict[int, str] = {}  # the module's string constants by address (guestvalues)
         ids: dict[str, int] = first.dump_json(first.call("entrypoints"))
         if manifest_entrypoints:
@@ -163,6 +165,11 @@ class WasmPolicy:
             ctx = inst.ctx = EvalContext(inst.start_ns, inst.deadline, self.host, inst.memory_limit)
             start_evaluation(inst)
         ctx.check_deadline()
+        memo, key = self.host.send_memo, b""
+        if builtin_id == self._memo_id and memo is not None:
+            key = sendmemo.request_text(inst, arg_addrs[0])
+            if found := sendmemo.answered(inst, ctx, memo, key):
+                return found
         interned = self._interned
         args = [read_value(inst, a, interned) for a in arg_addrs]
         try:
@@ -182,7 +189,10 @@ class WasmPolicy:
         ctx.check_deadline()
         if out is UNDEFINED:
             return 0
-        return put_value(inst, out)
+        addr = put_value(inst, out)
+        if key and memo is not None:
+            sendmemo.learn(ctx, memo, key, args[0], out, addr)
+        return addr
 
     # -- evaluation -------------------------------------------------------------------------
 

@@ -66,8 +66,11 @@ class BatchEvaluation:
 
     async def _decide(self, oracle: Oracle, contexts: list[dict[str, Any]], policy_types: list[str], tier: str,
                       chash: str, progress: Callable[[int], None]) -> list[EvaluateResponse]:
+        # the batches' answers do not change within a pass, so a request answered once is answered
+        # from the oracle's memo inside the evaluator after that (`HostConfig.send_memo`)
         evaluator = WasmEvaluator({self.key.kid: self.key}, keyid=self.key.kid, pool_size=WASM_POOL_SIZE,
-                                  host=HostConfig(bridge_url=self.bridge_url, infer_transport=oracle.transport))
+                                  host=HostConfig(bridge_url=self.bridge_url, infer_transport=oracle.transport,
+                                                  send_memo=oracle.memo))
         evaluator.load(self.archive)
         pipeline = ReplayPipeline(evaluator, lambda: self.records, ask_model=oracle.ask)
         out: list[EvaluateResponse] = []

@@ -23,7 +23,7 @@ from pathlib import Path
 import msgspec
 
 from bridge.kernel.errors import BadRequest, Conflict, NotFound
-from bridge.opawasm import HostConfig, InferTransport, WasmEvaluator
+from bridge.opawasm import HostConfig, InferTransport, SendMemo, WasmEvaluator
 from controlplane.evaluation.scheduling import WASM_POOL_SIZE
 from controlplane.policies import rego
 from controlplane.policies.bundler import PolicyBundler
@@ -49,11 +49,13 @@ class Candidate(msgspec.Struct, kw_only=True):
     changed: list[uuid.UUID]  # the policies the candidate changes (empty: the library changed)
 
     def evaluator(self, policies: PolicyService, bridge_url: str, transport: InferTransport,
-                  pool_size: int = WASM_POOL_SIZE) -> WasmEvaluator:
-        """An evaluator of its own holding the candidate (verified as every bundle is)."""
+                  pool_size: int = WASM_POOL_SIZE, send_memo: SendMemo | None = None) -> WasmEvaluator:
+        """An evaluator of its own holding the candidate (verified as every bundle is); `send_memo`:
+        for a transport that answers a request the same every time (a replay's `Oracle`)."""
         vkey = policies.bundler.publisher.key.verification_key()
         evaluator = WasmEvaluator({vkey.kid: vkey}, keyid=vkey.kid, pool_size=pool_size,
-                                  host=HostConfig(bridge_url=bridge_url, infer_transport=transport))
+                                  host=HostConfig(bridge_url=bridge_url, infer_transport=transport,
+                                                  send_memo=send_memo))
         evaluator.load(self.archive)
         return evaluator
 

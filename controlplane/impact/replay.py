@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import msgspec
 
 from bridge.kernel.errors import GroqPolicyError
-from bridge.opawasm import UNDEFINED, WasmEvaluator
+from bridge.opawasm import UNDEFINED, SendMemo, WasmEvaluator
 from controlplane.audit.ingest import decision_of
 from controlplane.evaluation.pipeline import Pipeline
 from controlplane.impact.candidate import Candidate
@@ -79,7 +79,10 @@ class Oracle:
     def __init__(self, judgments: dict[str, Judgment], reask: ReAsk | None) -> None:
         self.replies: dict[str, Any] = {k: j.reply for k, j in judgments.items()}
         self.reask = reask
-        self.recorded = 0  # calls answered from the recording
+        # the candidate's evaluator answers `http.send` from this memo once it has seen a request
+        # answered (`HostConfig.send_memo`): the same answer as `transport`, without its cost
+        self.memo = SendMemo()
+        self._recorded = 0  # calls answered from the recording by `transport` and `ask`
         self.asked: set[str] = set()  # distinct requests asked anew
         self.joined = 0  # calls that waited for the same request asked anew by another decision
         self.failed = 0
@@ -88,11 +91,17 @@ class Oracle:
         self._lock = threading.Lock()
         self._inflight: dict[str, Future[tuple[int, Any, int]]] = {}  # key -> (status, reply, max_age)
 
+    @property
+    def recorded(self) -> int:
+        """Calls answered from what the replay already knows: the recording, or an answer asked
+        anew by an earlier call (the memo's hits are such calls, answered in the evaluator)."""
+        return self._recorded + self.memo.hits
+
     def _hit(self, key: str) -> Any:
         reply = self.replies.get(key)
         if reply is not None:
             with self._lock:
-                self.recorded += 1
+                self._recorded += 1
         return reply
 
     def _claim(self, key: str) -> tuple[Future[tuple[int, Any, int]], bool]:

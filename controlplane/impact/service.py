@@ -125,7 +125,7 @@ class ImpactService:
                       number: int = 0) -> list[Outcome]:
         """One pass over the window (`number`: the pass of a batch replay, told to `progress`)."""
         candidate, decisions = prepared.candidate, prepared.decisions
-        evaluator = candidate.evaluator(self.policies, self.settings.bridge_url, oracle.transport)
+        evaluator = candidate.evaluator(self.policies, self.settings.bridge_url, oracle.transport, send_memo=oracle.memo)
         serving = asyncio.get_running_loop()
 
         async def report_progress(done: int) -> None:

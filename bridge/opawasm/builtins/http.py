@@ -15,6 +15,7 @@ from bridge.opawasm.builtins.operands import type_name
 from bridge.opawasm.builtins.registry import EvalContext, builtin
 from bridge.opawasm.errors import BuiltinError, DeadlineExceeded, HaltError
 from bridge.opawasm.gocompat.gotime import parse_duration
+from bridge.opawasm.host import HostConfig
 from bridge.opawasm.values import RegoSet, canonical_key, rego_repr, to_json
 
 _ALLOWED_KEYS = {
@@ -104,6 +105,16 @@ def _send(ctx: EvalContext, req: Mapping[str, Any]) -> dict[str, Any]:
         headers.setdefault("Content-Type", "application/json")
     status, rh, raw = host.http_transport(method, url, headers, data, timeout)
     return _response(status, rh, raw, req)
+
+
+def memoizable(host: HostConfig, req: Any, resp: Any) -> bool:
+    """Whether a call's response may be kept by the host's `SendMemo`: an answer of the bridge's
+    inference transport with status 200 (the memo's contract: its transport answers a request
+    that way every time)."""
+    bridge = (host.bridge_url or "").rstrip("/")
+    return (bool(bridge) and host.infer_transport is not None and isinstance(req, dict)
+            and str(req.get("url", "")).startswith(bridge + "/v1/infer/")
+            and isinstance(resp, dict) and resp.get("status_code") == 200)
 
 
 @builtin("http.send")
