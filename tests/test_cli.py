@@ -110,7 +110,7 @@ class _Busy:
     """A loopback HTTP server answering each request with the next (status, headers) of a script
     (the last one repeated), and counting what it was asked."""
 
-    def __init__(self, script: list[tuple[int, dict[str, str]]]) -> None:
+    def __init__(self, script: list[tuple[int, dict[str, str]]], code: str = "evaluation_saturated") -> None:
         outer = self
         self.asked = 0
 
@@ -120,7 +120,7 @@ class _Busy:
                 status, headers = script[min(outer.asked, len(script) - 1)]
                 outer.asked += 1
                 body = b'{"results": []}' if status == 200 else \
-                    b'{"error": {"code": "evaluation_saturated", "message": "all threads are busy"}}'
+                    b'{"error": {"code": "%s", "message": "all threads are busy"}}' % code.encode()
                 self.send_response(status)
                 for k, v in {"content-type": "application/json", **headers}.items():
                     self.send_header(k, v)
@@ -164,3 +164,12 @@ def test_the_client_asks_again_when_the_control_plane_says_when():
         assert down.asked == 1
     finally:
         down.close()
+    # any other 503 may come after part of the request took effect (a policy stored, model calls
+    # paid): never asked again, whatever Retry-After says
+    partial = _Busy([(503, {"retry-after": "0"})], code="nats_unavailable")
+    try:
+        with ControlPlaneClient(partial.url) as api, pytest.raises(ClientError) as err:
+            api.post("/api/v1/policies", {})
+        assert partial.asked == 1 and "busy" not in err.value.hint
+    finally:
+        partial.close()

@@ -1,10 +1,12 @@
 """A small HTTP client for the control plane's API, used by the CLI (and handy in scripts).
 
 Every failure becomes a `ClientError` with one readable line and a hint: the CLI prints both and
-exits non-zero. An answer that says when to come back (429, or 503 with `Retry-After`: the control
-plane's evaluation lanes are full, or it is rate-limiting this client; nothing of the request was
-done) is asked again after that wait, a few times and for at most `RETRY_BUDGET_S` in all, before it
-is reported. Token resolution: explicit, `$GROQPOLICY_TOKEN`, else the local `admin` token from
+exits non-zero. Two answers say that nothing of the request was done and when to come back: 429
+(the rate limit, before any handler runs) and 503 `evaluation_saturated` (the evaluation lanes
+refuse a request before any of it is decided). Those are asked again after their `Retry-After`, a
+few times and for at most `RETRY_BUDGET_S` in all, before they are reported. Every other 503 (NATS
+reconnecting, a full disk) may come after part of a write or an evaluation took place: asking again
+could store a policy twice or pay for model calls twice, so it is reported at once. Token resolution: explicit, `$GROQPOLICY_TOKEN`, else the local `admin` token from
 `<state_dir>/tokens` (what `make run` generates), so a developer on the same machine needs nothing.
 """
 
@@ -24,9 +26,19 @@ RETRY_BUDGET_S = 30.0  # the longest a call waits in all on Retry-After answers
 RETRY_CAP_S = 5.0  # one wait, whatever the header says
 
 
+NOT_STARTED = "evaluation_saturated"  # the one 503 code raised before any of the request ran
+
+
 def retry_after(resp: httpx.Response) -> float | None:
-    """Seconds to wait before asking again, for an answer that says so (429, 503); else None."""
-    if resp.status_code not in (429, 503):
+    """Seconds to wait before asking again, for an answer saying nothing was done; else None."""
+    if resp.status_code == 503:
+        try:
+            code = resp.json().get("error", {}).get("code")
+        except (ValueError, AttributeError):
+            return None
+        if code != NOT_STARTED:
+            return None
+    elif resp.status_code != 429:
         return None
     try:
         wait = float(resp.headers.get("retry-after", ""))
@@ -134,6 +146,6 @@ def _error_from(resp: httpx.Response, method: str, path: str) -> ClientError:
         503: "a dependency is down: check `groqpolicy up` output and the logs in <state>/logs",
     }
     hint = hints.get(resp.status_code, "")
-    if resp.status_code in (429, 503) and resp.headers.get("retry-after"):
+    if retry_after(resp) is not None:
         hint = "the control plane is busy: asked again while it said to wait; retry later, or send smaller batches"
     return ClientError(" ".join(text.split()), hint)
