@@ -10,10 +10,13 @@ What keeps every guarantee of the fuel lane:
 - **Inline evaluations never come here**: their budget is fuel.
 - **Time**: epochs interrupt a fuel-free evaluation exactly as a fueled one; a runaway loop stops at
   its deadline with `DeadlineExceeded`.
-- **Failures that fuel classifies** (out of memory: a runaway or too big? a trap) are not answered
-  here: the evaluation runs again on a fuel instance, within what is left of its deadline, and that
-  answer stands, so a policy and input still fail the same way every time. Only deadline overruns
-  are answered here, as the fuel lane answers them (its clock check comes before its count).
+- **The one failure fuel classifies** (out of memory: a runaway or too big?) is not answered here:
+  the evaluation runs again on a fuel instance with its whole deadline (not what this run left of
+  it, which would turn a big evaluation's OutOfMemory into DeadlineExceeded on a loaded machine),
+  and that answer stands, so a policy and input still fail the same way every time. The price: an
+  evaluation that hits the memory cap may hold its thread for up to twice its deadline. Traps are
+  the same with or without fuel and are answered here, as are deadline overruns (the fuel lane's
+  clock check comes before its count).
 - **A second run must be harmless**: a policy that can call `http.send` or `net.lookup_ip_addr`
   (`WasmPolicy.may_block`) never gets a lane (nor does a module loaded inside `load_check()`).
 
