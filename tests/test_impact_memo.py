@@ -111,6 +111,25 @@ def test_an_answer_other_than_200_is_never_kept(wasm):
         p.close()
 
 
+def test_a_200_whose_reply_is_not_an_object_is_never_kept(wasm):
+    """The oracle counts such an answer as failed and asks again: the memo must not pin it."""
+    asked: list[Any] = []
+
+    def unreadable(tier: str, body: Any, timeout: float) -> tuple[int, Any]:
+        asked.append(body)
+        return 200, "not a reply"
+
+    memo = SendMemo()
+    p = policy_from_files(wasm, host=HostConfig(bridge_url=BRIDGE, infer_transport=unreadable, send_memo=memo),
+                          pool_size=2)
+    try:
+        for _ in range(3):
+            assert p.evaluate("memo/response", {"text": "note 1", "tags": []})["body"] == "not a reply"
+        assert memo.hits == 0 and len(asked) == 3
+    finally:
+        p.close()
+
+
 async def test_a_replay_decides_and_counts_the_same_with_the_memo(bundle):  # noqa: F811 - the fixture
     """The replay pipeline, batched over two threads, with and without the memo: the same
     decisions and the same counts of recorded calls (the memo's hits are such calls)."""

@@ -109,12 +109,13 @@ def _send(ctx: EvalContext, req: Mapping[str, Any]) -> dict[str, Any]:
 
 def memoizable(host: HostConfig, req: Any, resp: Any) -> bool:
     """Whether a call's response may be kept by the host's `SendMemo`: an answer of the bridge's
-    inference transport with status 200 (the memo's contract: its transport answers a request
-    that way every time)."""
+    inference transport with status 200 and a reply object (the memo's contract: its transport
+    answers a request that way every time; a 200 whose reply does not read is a failure the
+    replay's oracle asks again, so it is never kept)."""
     bridge = (host.bridge_url or "").rstrip("/")
     return (bool(bridge) and host.infer_transport is not None and isinstance(req, dict)
             and str(req.get("url", "")).startswith(bridge + "/v1/infer/")
-            and isinstance(resp, dict) and resp.get("status_code") == 200)
+            and isinstance(resp, dict) and resp.get("status_code") == 200 and isinstance(resp.get("body"), dict))
 
 
 @builtin("http.send")
