@@ -178,6 +178,23 @@ def test_rewrite_leaves_modules_that_rebind_the_head() -> None:
     assert hostroute.rewrite("package r\nimport data.lib.globs\nx if glob.match(a, [], b)\n").count("groqpolicy_host") == 1
 
 
+def test_a_head_defined_in_another_file_of_the_package_keeps_the_call() -> None:
+    """A rule named `glob.match` shadows the builtin in its whole package: the file that only calls
+    it must not be routed (the wasm target would answer with the builtin, the agents with the rule)."""
+    shadow = "package p\n\nimport rego.v1\n\nglob.match(_, _, _) := true\n"
+    caller = "package p\n\nimport rego.v1\n\n# METADATA\n# entrypoint: true\nallow if glob.match(\"x\", [], \"y\")\n"
+    compiler = Compiler(Path(tempfile.gettempdir()), opa=opa_binary())
+    out = compiler.compile_source("p", {"a.rego": shadow, "b.rego": caller})
+    want = opa_eval_one({"a.rego": shadow, "b.rego": caller}, None, "data.p.allow", {})
+    assert want["value"] is True
+    policy = WasmPolicy(out.wasm_files["/policy.wasm"], None, pool_size=1)
+    assert policy.evaluate("p/allow", {}) is True
+    assert not set(policy.builtin_ids) & {host_name(n) for n in hostroute.ROUTED}
+    # `default` before the head blocks it as well
+    with_default = "package q\n\ndefault glob.match(_, _, _) := false\n\nx if glob.match(a, [], b)\n"
+    assert hostroute.rewrite(with_default) == with_default
+
+
 def test_rewritten_module_with_mock_equals_opa_eval() -> None:
     sources = {"r.rego": REWRITE}
     entry = ["r"]

@@ -56,18 +56,27 @@ def _tokens(text: str) -> list[tuple[str, str, int, int]]:
     return [(m.lastgroup or "other", m.group(), m.start(), m.end()) for m in _TOKEN.finditer(text)]
 
 
+def blocked_heads(text: str) -> set[str]:
+    """The heads a module could give another meaning (`_blocked_heads`). A rule shadows a builtin in
+    its whole package, whichever file it is in: a build passes the heads blocked in any of its
+    files to `rewrite` of every file."""
+    return _blocked_heads(_tokens(text)) if needs_rewrite(text) else set()
+
+
 def _blocked_heads(toks: list[tuple[str, str, int, int]]) -> set[str]:
     """Heads (`glob`, `regex`) that another meaning could take in this module: an import bound to
-    the name, or a rule head starting with it (first on its line, outside any bracket)."""
+    the name, or a rule head starting with it (first on its line or after `default`, outside any
+    bracket)."""
     heads = {name.split(".", 1)[0] for name in ROUTED}
     blocked: set[str] = set()
-    depth, line_start = 0, True
+    depth, line_start, prev = 0, True, ""
     for i, (kind, tok, _, _) in enumerate(toks):
         if kind in ("ws", "comment"):
             line_start = line_start or "\n" in tok
             continue
-        if kind == "ident" and tok in heads and depth == 0 and line_start:
+        if kind == "ident" and tok in heads and depth == 0 and (line_start or prev == "default"):
             blocked.add(tok)
+        prev = tok
         if kind == "ident" and tok == "import":
             blocked.add(_import_alias(toks, i + 1))
         if tok in _OPEN:
@@ -101,12 +110,13 @@ def _import_alias(toks: list[tuple[str, str, int, int]], i: int) -> str:
     return alias
 
 
-def rewrite(text: str) -> str:
-    """`text` with every sure call of a routed builtin renamed to its host name."""
+def rewrite(text: str, blocked: set[str] | frozenset[str] = frozenset()) -> str:
+    """`text` with every sure call of a routed builtin renamed to its host name; none whose head is
+    in `blocked` (the heads the build's other modules give another meaning) or blocked here."""
     if not needs_rewrite(text):
         return text
     toks = _tokens(text)
-    blocked = _blocked_heads(toks)
+    blocked = _blocked_heads(toks) | set(blocked)
     out: list[str] = []
     i, n = 0, len(toks)
     prev_sig = ""  # the previous significant token's text

@@ -29,6 +29,17 @@ def routed_tree(sources: Sequence[Path], cwd: Path, into: Path) -> tuple[list[Pa
     are, and so is everything when nothing needs it."""
     if not any(_needs(s) for s in sources):
         return list(sources), cwd
+    # a rule named like a builtin's head shadows the builtin in its whole package, whichever file
+    # defines it: the heads blocked anywhere in the build are blocked everywhere (routing less is
+    # only slower, routing a shadowed call would change an answer)
+    blocked = {h for s in sources for f in _rego_files(s) for h in hostroute.blocked_heads(f.read_text())}
+
+    def rewrite_or_copy(src: str, dst: str) -> None:
+        if src.endswith(".rego"):
+            Path(dst).write_text(hostroute.rewrite(Path(src).read_text(), blocked))
+        else:
+            shutil.copy2(src, dst)
+
     copies: list[Path] = []
     for index, src in enumerate(sources):
         src = src.resolve()
@@ -36,20 +47,17 @@ def routed_tree(sources: Sequence[Path], cwd: Path, into: Path) -> tuple[list[Pa
         dst = into / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         if src.is_dir():
-            shutil.copytree(src, dst, dirs_exist_ok=True, copy_function=lambda s, d: _rewrite_or_copy(Path(s), Path(d)))
+            shutil.copytree(src, dst, dirs_exist_ok=True, copy_function=rewrite_or_copy)
         else:
-            _rewrite_or_copy(src, dst)
+            rewrite_or_copy(str(src), str(dst))
         copies.append(dst)
     return copies, into
 
 
-def _rewrite_or_copy(src: Path, dst: Path) -> None:
-    if src.suffix == ".rego":
-        dst.write_text(hostroute.rewrite(src.read_text()))
-    else:
-        shutil.copy2(src, dst)
+def _rego_files(src: Path) -> list[Path]:
+    files = [src] if src.is_file() else list(src.rglob("*.rego")) if src.is_dir() else []
+    return [f for f in files if f.suffix == ".rego"]
 
 
 def _needs(src: Path) -> bool:
-    files = [src] if src.is_file() else list(src.rglob("*.rego")) if src.is_dir() else []
-    return any(f.suffix == ".rego" and hostroute.needs_rewrite(f.read_text()) for f in files)
+    return any(hostroute.needs_rewrite(f.read_text()) for f in _rego_files(src))
