@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
 from bridge.kernel.errors import GroqPolicyError
 from bridge.opabundle.keys import generate_keypair
 from bridge.opabundle.verify import keyring, verify_archive
+from controlplane.bundles import wasmsource
 from controlplane.bundles.compiler import Compiler
 from controlplane.bundles.definitions import BundleDefinition, load_definition, load_definitions
 from controlplane.bundles.findings import CompileError
@@ -136,3 +138,26 @@ def test_library_definition_builds_both_signed_artifacts_with_overlay(compiler, 
     assert publisher.publish_definitions([definition]) == []
     restarted = RevisionStore(tmp_path)
     assert restarted.get("groqpolicy", "rego") == (rego_meta, rego)
+
+
+def test_the_rego_target_is_what_opa_build_makes_of_the_sources(compiler, tmp_path):
+    """The rego target (what agents load) comes from the wasm build's files, not a second whole-library
+    `opa build`: file for file, in order and byte for byte what `opa build -t rego` makes, the
+    modules as written (comments kept, pattern builtins not routed), data merged by OPA."""
+    shutil.copytree(REPO_ROOT / "rego", tmp_path / "rego")
+    team = tmp_path / "rego" / "team"
+    team.mkdir()
+    (team / "routes.rego").write_text('package team.routes\n\n# routed on the wasm target only\n'
+                                      'allow if glob.match("/api/*", ["/"], input.path)\n')
+    (team / "data.json").write_text('{"limits": {"rate": 5}}')
+    built = compiler.build_tree(BundleDefinition(name="demo", sources=["rego"]), base=tmp_path)
+    rego_by_opa = compiler.build([tmp_path / "rego"], "rego", "r1", tmp_path)
+    wasm_by_opa = compiler.build([tmp_path / "rego"], "wasm", "r1", tmp_path)
+    derived = wasmsource.rego_target(wasm_by_opa, tmp_path)
+    assert derived == rego_by_opa and list(derived) == list(rego_by_opa)
+    assert built.rego_files["/rego/team/routes.rego"] == (team / "routes.rego").read_bytes()
+    assert b"glob.match(" in built.rego_files["/rego/team/routes.rego"]
+    assert json.loads(built.rego_files["/data.json"])["team"] == {"limits": {"rate": 5}}
+    assert "/policy.wasm" not in built.rego_files and "wasm" not in json.loads(built.rego_files["/.manifest"])
+    # a module whose source is outside the tree: the rego target is built by opa itself
+    assert wasmsource.rego_target({**wasm_by_opa, "/elsewhere/x.rego": b"package x"}, tmp_path) is None

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 from bridge.kernel.errors import ToolchainError
+from controlplane.bundles.compiler import Compiler
+from controlplane.certification.checks import PolicyChecks
 from controlplane.infra import toolchain
 
 
@@ -38,3 +41,27 @@ def test_missing_go_and_opa_names_what_to_install(tmp_path, monkeypatch):
 def test_nats_server_from_venv_runs(nats_bin):
     out = subprocess.run([str(nats_bin), "--version"], capture_output=True, text=True, check=True).stdout
     assert out.startswith("nats-server: v")
+
+
+def _gc_settings_seen_by(run) -> tuple[str, str]:
+    """GOGC and GOMEMLIMIT as the opa process itself reports them (`opa.runtime().env`)."""
+    proc = run(["eval", "--format", "raw", '[object.get(opa.runtime().env, k, null) | some k in ["GOGC", "GOMEMLIMIT"]]'])
+    assert proc.returncode == 0, proc.stderr
+    gogc, limit = json.loads(proc.stdout)
+    return gogc, limit
+
+
+def test_short_opa_runs_hold_the_collector_off_unless_the_operator_says_otherwise(opa_bin, tmp_path, monkeypatch):
+    """The compiler's and the certifier's opa runs (a write pays four side by side) collect only near
+    the memory limit; a GOGC or GOMEMLIMIT the operator set reaches opa unchanged."""
+    monkeypatch.delenv("GOGC", raising=False)
+    monkeypatch.delenv("GOMEMLIMIT", raising=False)
+    compiler = Compiler(tmp_path, opa=opa_bin)
+    checks = PolicyChecks(lambda: opa_bin, lambda: [])
+    for run in (lambda args: compiler._run(args, tmp_path), lambda args: checks._run(args, tmp_path)):
+        assert _gc_settings_seen_by(run) == ("off", toolchain.OPA_RUN_MEMORY_LIMIT)
+    monkeypatch.setenv("GOGC", "50")
+    assert _gc_settings_seen_by(lambda args: compiler._run(args, tmp_path))[0] == "50"
+    monkeypatch.delenv("GOGC")
+    monkeypatch.setenv("GOMEMLIMIT", "2GiB")
+    assert _gc_settings_seen_by(lambda args: checks._run(args, tmp_path)) == (None, "2GiB")

@@ -32,7 +32,7 @@ from controlplane.bundles.definitions import (
     tree_hash,
 )
 from controlplane.bundles.findings import CompileError, CompileMessage, TestResult, parse_errors
-from controlplane.infra.toolchain import opa_binary
+from controlplane.infra.toolchain import opa_binary, opa_run_environment
 
 OPA_TIMEOUT_S = 120
 
@@ -53,10 +53,12 @@ class Compiler:
         self.findings = netcheck.Findings(bridge_url) if bridge_url is not None else None
         self._capabilities: bytes | None = None
         self._current: str | None = None  # `opa capabilities --current`
+        self._wasm_capabilities: bytes | None = None
 
     def _run(self, args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(self.opa), *args], cwd=cwd, capture_output=True, text=True, timeout=OPA_TIMEOUT_S, check=False
+            [str(self.opa), *args], cwd=cwd, capture_output=True, text=True, timeout=OPA_TIMEOUT_S, check=False,
+            env=opa_run_environment(),
         )
 
     def capabilities(self, directory: Path) -> list[str]:
@@ -76,8 +78,10 @@ class Compiler:
 
     def wasm_capabilities(self, directory: Path) -> list[str]:
         """`capabilities`, plus the pattern builtins' host names (`wasmsource`), for the wasm target."""
+        if self._wasm_capabilities is None:
+            self._wasm_capabilities = wasmsource.capabilities(self._capabilities or self.current_capabilities())
         path = directory / "capabilities-wasm.json"
-        path.write_bytes(wasmsource.capabilities(self._capabilities or self.current_capabilities()))
+        path.write_bytes(self._wasm_capabilities)
         return ["--capabilities", str(path)]
 
     def check(self, sources: Sequence[Path], cwd: Path | None = None, extra: Sequence[str] = ()) -> None:
@@ -191,10 +195,11 @@ class Compiler:
         return self.finish(self.build_tree(definition, base), overlay, metadata)
 
     def build_tree(self, definition: BundleDefinition, base: Path | None = None) -> Built:
-        """Every `opa` stage over the sources at once (`check`, the URL check, `test`, both `build`s:
-        independent invocations over the same tree, threads waiting on child processes). The first
-        failing stage in the order check -> URLs -> test -> build rego -> build wasm is raised, as if
-        they had run one after another."""
+        """Every `opa` stage over the sources at once (`check`, the URL check, `test`, the wasm `build`:
+        independent invocations over the same tree, threads waiting on child processes); the rego
+        target is made from the wasm target's files (`wasmsource.rego_target`). The first failing
+        stage in the order check -> URLs -> test -> build is raised, as if they had run one after
+        another."""
         base = (base or self.project_root).resolve()
         sources = [(base / s).resolve() for s in definition.sources]
         missing = [str(s) for s in sources if not s.exists()]
@@ -205,17 +210,22 @@ class Compiler:
         with tempfile.TemporaryDirectory(prefix="groqpolicy-caps-") as tmp:
             caps = self.capabilities(Path(tmp))  # before the threads: `opa capabilities` runs once
             self.current_capabilities()
-            with ThreadPoolExecutor(max_workers=5, thread_name_prefix="opa-stage") as pool:
+            with ThreadPoolExecutor(max_workers=4, thread_name_prefix="opa-stage") as pool:
+                # the wasm build first: it is the longest stage, and the load check waits for it
+                wasm = pool.submit(self.build, sources, "wasm", revision, base)
                 checks = [pool.submit(self.check, sources, base, caps), pool.submit(self.check_network, sources, base)]
                 tests = pool.submit(self.test, sources, base) if definition.run_tests else None
-                builds = [pool.submit(self.build, sources, target, revision, base) for target in ("rego", "wasm")]
-                pending: list[Future[Any]] = [*checks, *builds, *([tests] if tests else [])]
+                pending: list[Future[Any]] = [*checks, wasm, *([tests] if tests else [])]
                 wait(pending)
-        for f in [*checks, tests, *builds]:  # the error of the earliest stage wins
+        for f in [*checks, tests, wasm]:  # the error of the earliest stage wins
             exc = f.exception() if f is not None else None
             if exc is not None:
                 raise exc
-        return Built(definition=definition, tree=tree, rego_files=builds[0].result(), wasm_files=builds[1].result(),
+        wasm_files = wasm.result()
+        rego_files = wasmsource.rego_target(wasm_files, base)
+        if rego_files is None:
+            rego_files = self.build(sources, "rego", revision, base)
+        return Built(definition=definition, tree=tree, rego_files=rego_files, wasm_files=wasm_files,
                      tests=tests.result() if tests is not None else [])
 
     def finish(self, built: Built, overlay: dict | None = None, metadata: dict | None = None) -> CompiledBundle:

@@ -12,10 +12,37 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from pathlib import Path
 
 from bridge.opawasm import hostroute
+
+
+def rego_target(wasm_files: Mapping[str, bytes], cwd: Path) -> dict[str, bytes] | None:
+    """What `opa build -t rego` makes of the same sources, from what `opa build -t wasm` made of them:
+    the same files in the same order (`/data.json` merged by OPA, each module, `/.manifest`) without
+    the wasm modules and the manifest's `wasm` entries, and each module as the source text (the wasm
+    target holds it formatted, and routed). A write then runs one whole-library `opa build` instead
+    of two; `opa check --strict` still compiles the text as written. None when a module's source is
+    not under `cwd` (the caller builds the rego target itself then)."""
+    manifest = json.loads(wasm_files.get("/.manifest", b"{}"))
+    modules = {w.get("module") for w in manifest.get("wasm", [])}
+    manifest.pop("wasm", None)
+    out: dict[str, bytes] = {}
+    for path, content in wasm_files.items():
+        if path in modules:
+            continue
+        if path == "/.manifest":
+            newline = b"\n" if content.endswith(b"\n") else b""
+            content = json.dumps(manifest, separators=(",", ":"), ensure_ascii=False).encode() + newline
+        elif path.endswith(".rego"):
+            source = (cwd / path.lstrip("/")).resolve()
+            if not source.is_relative_to(cwd.resolve()) or not source.is_file():
+                return None
+            content = source.read_bytes()
+        out[path] = content
+    return out
 
 
 def capabilities(current: str | bytes) -> bytes:
@@ -32,11 +59,11 @@ def routed_tree(sources: Sequence[Path], cwd: Path, into: Path) -> tuple[list[Pa
     # a rule named like a builtin's head shadows the builtin in its whole package, whichever file
     # defines it: the heads blocked anywhere in the build are blocked everywhere (routing less is
     # only slower, routing a shadowed call would change an answer)
-    blocked = {h for s in sources for f in _rego_files(s) for h in hostroute.blocked_heads(f.read_text())}
+    blocked = frozenset(h for s in sources for f in _rego_files(s) for h in _blocked_heads(f.read_text()))
 
     def rewrite_or_copy(src: str, dst: str) -> None:
         if src.endswith(".rego"):
-            Path(dst).write_text(hostroute.rewrite(Path(src).read_text(), blocked))
+            Path(dst).write_text(_rewritten(Path(src).read_text(), blocked))
         else:
             shutil.copy2(src, dst)
 
@@ -52,6 +79,19 @@ def routed_tree(sources: Sequence[Path], cwd: Path, into: Path) -> tuple[list[Pa
             rewrite_or_copy(str(src), str(dst))
         copies.append(dst)
     return copies, into
+
+
+# Every write builds the whole library again, and lexing its modules is Python that delays the start
+# of `opa build -t wasm`, the longest stage of a write, while the other stages' threads want the
+# GIL too: each module text is lexed once (by content; a changed file is a new key).
+@lru_cache(maxsize=128)
+def _blocked_heads(text: str) -> frozenset[str]:
+    return frozenset(hostroute.blocked_heads(text))
+
+
+@lru_cache(maxsize=128)
+def _rewritten(text: str, blocked: frozenset[str]) -> str:
+    return hostroute.rewrite(text, blocked)
 
 
 def _rego_files(src: Path) -> list[Path]:
