@@ -5,6 +5,7 @@ record, and with no other process to ask (or one on another revision) the origin
 
 from __future__ import annotations
 
+import asyncio
 import time
 from types import SimpleNamespace
 
@@ -12,6 +13,7 @@ import httpx
 import pytest
 
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
+from controlplane.evaluation import spread as spread_module
 from controlplane.evaluation.spread import MIN_CHUNK, bounds
 from tests.controlplane_helpers import ADMIN_HEADERS, make_settings, running_control_plane
 from tests.test_evaluate_nats import limit, wait_until
@@ -108,3 +110,37 @@ def test_an_agents_status_taken_by_one_process_is_listed_by_every_process(tmp_pa
         assert bad.status_code == 400
         time.sleep(0.5)
         assert sb.status_sharing.received == 1
+
+
+def test_a_chunk_its_origin_gave_up_on_is_stopped_where_it_was_being_decided(two_processes, monkeypatch):
+    """The origin waits `TIMEOUT_S` for a share, then decides it itself; the process that had it
+    stops at that budget (the request says it) instead of finishing work nobody reads, which on a
+    loaded machine held the evaluation threads the next batches needed."""
+    _, sa, ca, b = two_processes
+    created = ca.post("/api/v1/policies", json={"name": "limits", "policy_type": "risk_management", "opa_policy": limit(100),
+                                                "constitutional_hash": H}).json()
+    amounts = [(i * 37) % 200 for i in range(100)]
+    expected = ["deny" if x > 100 else "allow" for x in amounts]
+    monkeypatch.setattr(spread_module, "TIMEOUT_S", 1.0)
+    with running_control_plane(b) as sb:
+        wait_until(lambda: sb.runtime.evaluator.revision == created["bundle_revision"])
+        began: list[float] = []
+        stopped: list[float] = []
+
+        async def never_in_time(*args, **kwargs):
+            began.append(time.monotonic())
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                stopped.append(time.monotonic())
+                raise
+
+        monkeypatch.setattr(sb.runtime.pipeline.spread, "_decide_many", never_in_time)
+        for _ in range(8):  # the queue group may hand the share back to its origin every time it asks
+            assert [r["decision"] for r in _batch(ca, amounts)] == expected  # decided by the origin itself
+            if began:
+                break
+        assert began, "the other process never got a share"
+        wait_until(lambda: bool(stopped))
+        assert stopped[0] - began[0] < 5, stopped[0] - began[0]  # the origin's 1 s, not the 30 s of the work
+    assert sa.runtime.pipeline.spread.answered_elsewhere == 0

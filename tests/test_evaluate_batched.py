@@ -8,7 +8,9 @@ import asyncio
 import contextlib
 import json
 import threading
+import time
 import uuid
+from types import SimpleNamespace
 
 import msgspec
 import pytest
@@ -18,7 +20,7 @@ from bridge.opabundle.keys import generate_keypair
 from bridge.opawasm import WasmEvaluator
 from controlplane.evaluation import constitution as cn
 from controlplane.evaluation.pipeline import Pipeline
-from controlplane.evaluation.scheduling import run_batched
+from controlplane.evaluation.scheduling import CHUNK, Scheduler, run_batched
 from controlplane.policies import rego
 from controlplane.policies.schemas import PolicyRecord
 from tests.conftest import REPO_ROOT
@@ -224,3 +226,29 @@ async def test_the_applicable_policies_are_worked_out_again_when_the_stored_set_
     gone = await pipeline.decide(ctx, policy_types=[], tier="nano", constitutional_hash=H, explain=False)
     assert gone.applicable_policies == [] and gone.decision == "deny"
     assert gone.reasons == ["deny: no active policy applies (any type, tier nano or faster)"]
+
+
+async def test_a_batch_whose_caller_stopped_waiting_takes_no_more_chunks():
+    """A cancelled batch (a chunk whose origin gave up on it, a client gone) leaves the evaluation
+    thread once its current chunk is done: before, the helper thread took every chunk left, holding
+    a compute thread for work nobody would read."""
+    scheduler = Scheduler(4, cpu_threads=2)
+    started: list[int] = []
+
+    def work(start: int, stop: int, revision: object) -> int:
+        started.append(start)
+        time.sleep(0.02)
+        return start
+
+    try:
+        task = asyncio.ensure_future(scheduler.chunked(work, SimpleNamespace(revision="r1"), CHUNK * 60))
+        while len(started) < 6:
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        seen = len(started)
+        await asyncio.sleep(0.3)  # long enough for the helper to have taken ~15 more chunks
+        assert len(started) <= seen + 1  # at most the chunk the helper held when the batch was cancelled
+    finally:
+        scheduler.close()

@@ -224,9 +224,10 @@ class Scheduler:
         bounds = [(k, min(k + CHUNK, n)) for k in range(0, n, CHUNK)]
         out: list[Any] = [None] * len(bounds)
         claims = itertools.count()  # next() on it is atomic: each chunk goes to exactly one thread
+        abandoned = False  # the caller stopped waiting (cancelled): the helper claims no more chunks
 
         def take_chunks() -> None:
-            while (k := next(claims)) < len(bounds):
+            while not abandoned and (k := next(claims)) < len(bounds):
                 out[k] = work(*bounds[k], evaluator)
 
         compute = self.compute
@@ -251,6 +252,7 @@ class Scheduler:
             if helper is not None and any(o is None for o in out):
                 await helper  # every chunk is claimed: the ones missing are the helper's
         finally:
+            abandoned = True
             if helper is not None and not helper.done():
                 helper.cancel()  # it claimed no chunk (or the call failed): not waited for
         return out

@@ -9,7 +9,10 @@ A chunk is decided under the bundle revision the origin pinned: a process on ano
 write it has not followed yet) refuses it (409), and so does the origin itself when the queue group
 hands its own chunk back to it (it is deciding its own share already). A refused chunk is asked
 again, a few times; a chunk that is refused every time, times out, or meets an error is decided by
-the origin itself, so a batch is never lost and an error never becomes a decision.
+the origin itself, so a batch is never lost and an error never becomes a decision. The request says
+how long the origin waits (`BUDGET_HEADER`): the process deciding a chunk stops when that time is
+up, since the origin is deciding it again by then (on a loaded machine, finishing it anyway held
+evaluation threads that the next batches needed, and did the work twice).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ MIN_CHUNK = 25  # contexts: below this a round trip to another process costs mor
 ATTEMPTS = 4  # a chunk the queue group hands to a process that refuses it is asked again this often
 TIMEOUT_S = 10.0
 ORIGIN_HEADER = "Groqpolicy-Origin"
+BUDGET_HEADER = "Groqpolicy-Budget-Ms"  # how long the origin waits for the chunk's answer
 REFUSED = "409"
 FLUSH_TURNS = 3  # event-loop turns for the chunk requests to reach the socket (task, publish, flusher)
 
@@ -118,6 +122,12 @@ class BatchSpread:
         own = await self.decide(parts[0])
         return [r for part in [own, *await asyncio.gather(*remote)] for r in part]
 
+    @staticmethod
+    def budget(headers: dict[str, str] | None) -> float:
+        """Seconds the origin of a chunk waits for its answer (`TIMEOUT_S` when it does not say)."""
+        raw = (headers or {}).get(BUDGET_HEADER, "")
+        return min(int(raw), int(TIMEOUT_S * 1000)) / 1000 if raw.isdigit() and int(raw) > 0 else TIMEOUT_S
+
     def own(self, headers: dict[str, str] | None) -> bool:
         """Whether a chunk came from this process (the queue group handed it back)."""
         return (headers or {}).get(ORIGIN_HEADER) == self.origin
@@ -128,8 +138,8 @@ class BatchSpread:
         self.sent += 1
         for _ in range(ATTEMPTS):
             try:
-                msg = await self._nats.client.request(CHUNK_SUBJECT, payload, timeout=TIMEOUT_S,
-                                                      headers={ORIGIN_HEADER: self.origin})
+                msg = await self._nats.client.request(CHUNK_SUBJECT, payload, timeout=TIMEOUT_S, headers={
+                    ORIGIN_HEADER: self.origin, BUDGET_HEADER: str(int(TIMEOUT_S * 1000))})
             except (NatsError, TimeoutError, OSError) as exc:
                 log.warning("batch chunk: no process answered (%s); deciding it here", type(exc).__name__)
                 break
