@@ -42,7 +42,6 @@ _GO_ERRORS = (
     ("invalid UTF-8", "invalid UTF-8"),
     ("pattern too large", "expression too large"),
 )
-_NAMED = re.compile(r"\(\?P?<([^>]*)>")
 
 Span = tuple[int, int]
 
@@ -178,11 +177,8 @@ def _rune_width(b: bytes, i: int) -> int:
 
 @lru_cache(maxsize=1024)
 def compile_go(pattern: str) -> Regexp:
-    """The compiled pattern; a pattern Go refuses raises GoError with Go's message."""
-    names = _NAMED.findall(pattern)
-    if len(names) != len(set(names)):
-        dup = next(n for n in names if names.count(n) > 1)
-        raise GoError(f"error parsing regexp: duplicate capture group name: `{dup}`")
+    """The compiled pattern; a pattern Go refuses raises GoError with Go's message. Two groups may
+    share a name, as in Go (`(?P<x>a)(?P<x>b)`: the pinned opa answers every regex builtin with it)."""
     return Regexp(pattern)
 
 
