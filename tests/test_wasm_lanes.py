@@ -9,6 +9,7 @@ import pytest
 from bridge.opawasm import UNDEFINED, policy_from_files
 from bridge.opawasm import errors as wasm_errors
 from bridge.opawasm.engine import load_check
+from bridge.opawasm.host import HostConfig
 from tests.test_wasm_inline import MODULE as LOOPS
 from tests.test_wasm_inline import _kinds
 from tests.wasm_helpers import build_wasm_bundle, bundle_files, opa_eval_one
@@ -111,3 +112,32 @@ def test_no_lane_where_a_second_run_could_repeat_a_side_effect_nor_in_the_load_c
             assert checked.lane is None
         finally:
             checked.close()
+
+
+PRINTS = """package noisy
+import rego.v1
+
+# prints, then keeps n*n elements: runs out of a small memory cap
+grow := n if {
+  print("growing", input.n)
+  n := count([x | some i in numbers.range(1, input.n); some j in numbers.range(1, input.n); x := i * j])
+}
+"""
+
+
+def test_a_print_before_running_out_of_memory_is_printed_once(opa_bin):
+    """Out of memory on the lane is answered by a second run on the fuel lane; what the policy
+    printed is that run's, not both runs' (each line came out twice)."""
+    files = bundle_files(build_wasm_bundle({"p.rego": PRINTS}, ["noisy/grow"], flags=("--wasm-include-print",)))
+    printed: list[str] = []
+    pol = _with_lane(files, pool_size=2, timeout=2.0, memory_limit=2 << 20, host=HostConfig(on_print=printed.append))
+    try:
+        with pytest.raises(wasm_errors.OutOfMemory):
+            pol.evaluate("noisy/grow", {"n": 400})
+        assert pol.pool.discarded > 0  # the fuel lane answered it (and dropped its instance)
+        assert [line for line in printed if "growing" in line] == ["growing 400"], printed
+        printed.clear()
+        assert pol.evaluate("noisy/grow", {"n": 3}) == 9  # answered on the lane, printed once
+        assert [line for line in printed if "growing" in line] == ["growing 3"], printed
+    finally:
+        pol.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -161,7 +162,7 @@ class WasmPolicy:
         name, fn = self._table[builtin_id]
         ctx = inst.ctx
         if ctx is None:  # the evaluation's first host call
-            ctx = inst.ctx = EvalContext(inst.start_ns, inst.deadline, self.host, inst.memory_limit)
+            ctx = inst.ctx = EvalContext(inst.start_ns, inst.deadline, inst.host or self.host, inst.memory_limit)
             start_evaluation(inst)
         ctx.check_deadline()
         memo, key = self.host.send_memo, b""
@@ -223,13 +224,24 @@ class WasmPolicy:
                 lane.start()  # compiled on first demand, in the background; meanwhile the fuel lane
             else:
                 inst = free.acquire()
+                printed: list[str] = []  # held until this run's answer stands (an OOM runs again)
+                inst.on_print = printed.append
+                inst.host = dataclasses.replace(self.host, on_print=printed.append)
                 try:
-                    return self._run(inst, ep, input_json, timeout, t, ticks, 0)
+                    out = self._run(inst, ep, input_json, timeout, t, ticks, 0)
                 except OutOfMemory:
                     # fuel tells a runaway from a big evaluation: the fuel lane answers, with the
-                    # whole deadline, so the answer does not depend on how long this run took (lanes.py)
+                    # whole deadline, so the answer does not depend on how long this run took (lanes.py);
+                    # its prints are that run's
                     pass
+                except BaseException:
+                    self._printed(printed)
+                    raise
+                else:
+                    self._printed(printed)
+                    return out
                 finally:
+                    inst.on_print, inst.host = self.host.print_line, None
                     free.release(inst)
         if not inline:
             inst = self.pool.acquire()
@@ -245,6 +257,10 @@ class WasmPolicy:
             raise
         finally:
             self.pool.release(inst)
+
+    def _printed(self, lines: list[str]) -> None:
+        for line in lines:
+            self.host.print_line(line)
 
     def _run(self, inst: Instance, ep: int, input_json: bytes | None, timeout: float | None, t: float, ticks: int,
              inline: bool | int) -> bytes:

@@ -92,6 +92,7 @@ class Instance:
         self.on_print = on_print
         # the evaluation under way, for the builtins it calls (set by WasmPolicy per evaluation)
         self.ctx: EvalContext | None = None
+        self.host: Any = None  # that evaluation's HostConfig when not its policy's (the fuel-free lane's)
         self.start_ns = 0
         self.deadline = 0.0
         self._closed = False
