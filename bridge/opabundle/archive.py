@@ -31,7 +31,7 @@ MAX_FILE_BYTES = 128 * 1024 * 1024  # per file; OPA's own default limit is 1 GiB
 MAX_TOTAL_BYTES = 512 * 1024 * 1024  # all files together, after decompression (gzip bombs)
 MAX_FILES = 10_000
 FILE_MODE = 0o644
-GZIP_LEVEL = 9
+GZIP_LEVEL = 6  # 9 took twice as long (72 against 36 ms for the library's wasm archive, on every write's path) for 0.6% less
 
 _REGULAR = (tarfile.REGTYPE, tarfile.AREGTYPE)
 _TYPE_NAMES = {
