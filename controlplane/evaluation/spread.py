@@ -26,6 +26,7 @@ from typing import Any
 import msgspec
 from nats.errors import Error as NatsError
 
+from bridge.inference.wire import BUDGET_HEADER  # how long the caller waits, as a model call says it
 from controlplane.evaluation.interfaces import Evaluator
 from controlplane.evaluation.schemas import EvaluateResponse
 from controlplane.infra.nats import NatsConnection
@@ -37,7 +38,6 @@ MIN_CHUNK = 25  # contexts: below this a round trip to another process costs mor
 ATTEMPTS = 4  # a chunk the queue group hands to a process that refuses it is asked again this often
 TIMEOUT_S = 10.0
 ORIGIN_HEADER = "Groqpolicy-Origin"
-BUDGET_HEADER = "Groqpolicy-Budget-Ms"  # how long the origin waits for the chunk's answer
 REFUSED = "409"
 FLUSH_TURNS = 3  # event-loop turns for the chunk requests to reach the socket (task, publish, flusher)
 
