@@ -543,7 +543,7 @@ async def test_tls_with_a_private_ca_user_and_password_and_client_certificates(t
     url, ca, (cert, key), password, root = tls_server
     ca_file = ca[2]
     good = NatsSettings(user="tool", password=password, tls_ca=ca_file, tls_hostname="nats.groqpolicy.test",
-                        connect_timeout_s=5)
+                        connect_timeout_s=30)
     nc = await connect(url, role="tool", settings=good)
     assert nc.is_connected
     await nc.close()
@@ -556,14 +556,14 @@ async def test_tls_with_a_private_ca_user_and_password_and_client_certificates(t
         await connect(url, role="tool", settings=msgspec.structs.replace(good, tls_ca=other_ca))
     with pytest.raises(NatsTlsError, match="certificate does not verify"):  # the URL's IP is not in the certificate
         await connect(url, role="tool", settings=msgspec.structs.replace(good, tls_hostname=""))
-    assert time.monotonic() - started < 3.0
+    assert time.monotonic() - started < 15.0  # refused at its first answer, not retried to the 30 s timeout
     client_cert, client_key = issue(root, "client", ca, dns="worker", server=False)
     mutual = root / "mutual.conf"  # a server that verifies its clients' certificates
     mutual.write_text(f'tls {{ cert_file: "{cert}", key_file: "{key}", ca_file: "{ca_file}", verify: true }}\n')
     server = start_nats(root / "mutual", extra_args=["-c", str(mutual)])
     try:
         with_cert = NatsSettings(tls_ca=ca_file, tls_cert=client_cert, tls_key=client_key,
-                                 tls_hostname="nats.groqpolicy.test", connect_timeout_s=5)
+                                 tls_hostname="nats.groqpolicy.test", connect_timeout_s=30)
         nc = await connect(server.extra["url"], role="worker", settings=with_cert)
         assert nc.is_connected
         await nc.close()
@@ -571,7 +571,7 @@ async def test_tls_with_a_private_ca_user_and_password_and_client_certificates(t
         with pytest.raises(NatsTlsError, match="refused this client's certificate"):
             await connect(server.extra["url"], role="worker",
                           settings=msgspec.structs.replace(with_cert, tls_cert=None, tls_key=None))
-        assert time.monotonic() - started < 3.0
+        assert time.monotonic() - started < 15.0  # refused at its first answer, not retried to the 30 s timeout
     finally:
         server.stop()
     plain_url, _ = authed  # a server without TLS (or a man in the middle) never gets the password
