@@ -35,6 +35,18 @@ MAX_AGE_HEADER = "Groqpolicy-Max-Age"
 """Seconds the gateway may let HTTP caches (OPA's inter-query cache) keep the reply."""
 
 MAX_DEADLINE_MS = 120_000
+
+
+def header_budget_ms(headers: dict[str, str] | None, most: int = MAX_DEADLINE_MS) -> int | None:
+    """The caller's budget from `BUDGET_HEADER`, 1..`most` ms; None when absent or unreadable
+    ("nan", "inf", "1e999", not a number): the receiver falls back to its own default then."""
+    raw = (headers or {}).get(BUDGET_HEADER)
+    if not raw:
+        return None
+    try:
+        return max(1, min(int(float(raw)), most))
+    except (ValueError, OverflowError):
+        return None
 MAX_BODY_BYTES = 64 * 1024
 MAX_COMPLETION_TOKENS = 65_536
 

@@ -128,11 +128,12 @@ class EvaluateService:
             if chunk.revision != (evaluator.revision or ""):
                 raise Conflict(f"chunk: for revision {chunk.revision!r}, this process serves {evaluator.revision!r}")
             check_hash(chunk.constitutional_hash)
+            budget = spread.budget(request.headers)
             try:
-                responses = await asyncio.wait_for(spread.decide(chunk), spread.budget(request.headers))
+                responses = await asyncio.wait_for(spread.decide(chunk), budget)
             except TimeoutError:  # the origin decides it itself now: stop, and free the evaluation threads
                 log.warning("policy.evaluate.chunk: %d contexts not decided within the origin's %.1f s; stopped",
-                            len(chunk.contexts), spread.budget(request.headers))
+                            len(chunk.contexts), budget)
                 return
             await request.respond(encode(responses))
         except GroqPolicyError as exc:  # Saturated too: the origin then decides the chunk itself

@@ -26,7 +26,7 @@ from typing import Any
 import msgspec
 from nats.errors import Error as NatsError
 
-from bridge.inference.wire import BUDGET_HEADER  # how long the caller waits, as a model call says it
+from bridge.inference.wire import BUDGET_HEADER, header_budget_ms  # how long the caller waits, as a model call says it
 from controlplane.evaluation.interfaces import Evaluator
 from controlplane.evaluation.schemas import EvaluateResponse
 from controlplane.infra.nats import NatsConnection
@@ -125,8 +125,8 @@ class BatchSpread:
     @staticmethod
     def budget(headers: dict[str, str] | None) -> float:
         """Seconds the origin of a chunk waits for its answer (`TIMEOUT_S` when it does not say)."""
-        raw = (headers or {}).get(BUDGET_HEADER, "")
-        return min(int(raw), int(TIMEOUT_S * 1000)) / 1000 if raw.isdigit() and int(raw) > 0 else TIMEOUT_S
+        ms = header_budget_ms(headers, int(TIMEOUT_S * 1000))
+        return ms / 1000 if ms is not None else TIMEOUT_S
 
     def own(self, headers: dict[str, str] | None) -> bool:
         """Whether a chunk came from this process (the queue group handed it back)."""

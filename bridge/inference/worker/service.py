@@ -29,14 +29,13 @@ from bridge.inference.catalog import Catalog, default_catalog
 from bridge.inference.connect import connect
 from bridge.inference.micro import Handler, TaskService, respond_error
 from bridge.inference.wire import (
-    BUDGET_HEADER,
     MAX_AGE_HEADER,
-    MAX_DEADLINE_MS,
     WORKER_SERVICE,
     InferRequest,
     InternalError,
     NoWorker,
     encode,
+    header_budget_ms,
     read_request,
     subject_for,
 )
@@ -185,13 +184,7 @@ class Worker:
 
 def _budget_ms(request: Request, req: InferRequest) -> int:
     """The caller's budget: the gateway's header, else the request's own deadline, else the default."""
-    raw = (request.headers or {}).get(BUDGET_HEADER)
-    if raw:
-        try:
-            return max(1, min(int(float(raw)), MAX_DEADLINE_MS))
-        except (ValueError, OverflowError):  # "nan", "inf", "1e999": the request's own deadline then
-            pass
-    return req.deadline_ms or DEFAULT_DEADLINE_MS
+    return header_budget_ms(request.headers) or req.deadline_ms or DEFAULT_DEADLINE_MS
 
 
 async def start_worker(nats_url: str | None = None, *, nc: NatsClient | None = None,
