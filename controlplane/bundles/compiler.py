@@ -172,11 +172,16 @@ class Compiler:
         cwd = cwd or self.project_root
         with tempfile.TemporaryDirectory(prefix="groqpolicy-build-") as tmp:
             if target == "wasm":
-                sources, cwd = wasmsource.routed_tree(sources, cwd, Path(tmp) / "src")
-                caps = self.wasm_capabilities(Path(tmp))
+                sources, cwd, caps = self._wasm_inputs(sources, cwd, Path(tmp))
             else:
                 caps = self.capabilities(Path(tmp))
             return self._opa_build(sources, target, revision, cwd, caps, Path(tmp) / "bundle.tar.gz")
+
+    def _wasm_inputs(self, sources: Sequence[Path], cwd: Path, tmp: Path) -> tuple[list[Path], Path, list[str]]:
+        """The wasm target's sources (pattern builtins routed, written under `tmp`), the directory to
+        build in, and its capabilities."""
+        routed, routed_cwd = wasmsource.routed_tree(sources, cwd, tmp / "wasm-src")
+        return routed, routed_cwd, self.wasm_capabilities(tmp)
 
     def _opa_build(self, sources: Sequence[Path], target: str, revision: str, cwd: Path, caps: list[str],
                    out: Path) -> dict[str, bytes]:
@@ -216,8 +221,7 @@ class Compiler:
             # the wasm build's sources are prepared before any `opa` starts: ~10 ms of Python alone,
             # ten times that on two cores beside the other stages' `opa` processes, all of it before
             # the longest stage could start
-            routed, routed_cwd = wasmsource.routed_tree(sources, base, Path(tmp) / "wasm-src")
-            wasm_caps = self.wasm_capabilities(Path(tmp))
+            routed, routed_cwd, wasm_caps = self._wasm_inputs(sources, base, Path(tmp))
             with ThreadPoolExecutor(max_workers=4, thread_name_prefix="opa-stage") as pool:
                 # the wasm build first: it is the longest stage, and the load check waits for it
                 wasm = pool.submit(self._opa_build, routed, "wasm", revision, routed_cwd, wasm_caps, Path(tmp) / "wasm.tar.gz")
