@@ -273,3 +273,73 @@ def test_finished_jobs_beyond_the_cap_are_pruned_and_a_full_results_store_fails_
             await nc.close()
 
     asyncio.run(run())
+
+
+def test_a_runner_write_stored_without_its_acknowledgement_does_not_drop_the_job_s_end(nats_server):
+    """CI once saw a job's end refused ("wrong last sequence") and the job read `interrupted` 15 s
+    later: a heartbeat's publish timed out on a loaded server that had stored it, so the runner's
+    recorded revision was one behind. The runner recognizes its own record and writes over it; a
+    record another process marked interrupted still supersedes it; a heartbeat after the end writes
+    nothing."""
+    from bridge.kernel.errors import Unavailable
+    from controlplane.evaljobs.schemas import Job
+    from controlplane.evaljobs.shared import SharedJobs, Superseded
+
+    class AckLost:  # the real bucket; one update stored by the server, its acknowledgement lost
+        def __init__(self, kv) -> None:
+            self.kv, self.lose = kv, False
+
+        def __getattr__(self, name):
+            return getattr(self.kv, name)
+
+        async def update(self, key, value, last=None):
+            revision = await self.kv.update(key, value, last=last)
+            if self.lose:
+                self.lose = False
+                raise nats.errors.TimeoutError
+            return revision
+
+    async def run() -> None:
+        nc = await nats.connect(nats_server.extra["url"])
+        try:
+            shared = await SharedJobs.open(nc)
+            lossy = AckLost(shared.kv)
+            shared.kv = lossy
+            job = Job(id=uuid_hex(), state="running", via="online", performance_tier="fast", policy_types=[],
+                      contexts=1, created_at=time.time(), runner="here:1/abc", heartbeat_at=time.time())
+            await shared.save(job)
+            lossy.lose = True
+            try:
+                await shared.save(job, beat=True)
+                raise AssertionError("a lost acknowledgement was not reported")
+            except Unavailable:
+                pass
+            job.state, job.finished_at = "completed", time.time()
+            await shared.save(job)  # refused before: "wrong last sequence"
+            assert (await shared.get(job.id)).state == "completed"
+            job.heartbeat_at = time.time()
+            await shared.save(job, beat=True)  # the job ended: a late heartbeat writes nothing
+            assert (await shared.kv.get(f"job.{job.id}")).revision == 3
+
+            other = Job(id=uuid_hex(), state="running", via="online", performance_tier="fast", policy_types=[],
+                        contexts=1, created_at=time.time() - 60, runner="here:1/abc", heartbeat_at=time.time() - 60)
+            await shared.save(other)
+            reader = SharedJobs(shared.kv.kv, shared.obs)
+            assert (await reader.get(other.id)).state == "interrupted"  # another process took it for dead
+            other.heartbeat_at = time.time()
+            try:
+                await shared.save(other, beat=True)
+                raise AssertionError("a job marked interrupted elsewhere was written over")
+            except Superseded as exc:
+                assert "interrupted there" in str(exc), exc
+            assert (await reader.get(other.id)).state == "interrupted"
+        finally:
+            await nc.close()
+
+    asyncio.run(run())
+
+
+def uuid_hex() -> str:
+    import uuid
+
+    return uuid.uuid4().hex

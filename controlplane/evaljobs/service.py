@@ -210,7 +210,7 @@ class EvalJobs:
                         self._cancel_here(job_id)
                         continue
                     job.heartbeat_at = time.time()
-                    await self.shared.save(job)
+                    await self.shared.save(job, beat=True)  # nothing if the job ended meanwhile
                 except Superseded as exc:
                     log.error("evaluation job %s: %s; stopped here", job_id, exc)
                     self._superseded.add(job_id)

@@ -13,7 +13,8 @@ above NATS's default 1 MiB message. The process that accepted a job runs it and 
 runner (the process died or was cut off) and any process that reads it marks it `interrupted`,
 with a compare-and-set on the revision it read, so a runner that comes back finds its next write
 refused (`Superseded`) and drops its outcome: a job is never reported interrupted and then done.
-Every write of a job's runner is a compare-and-set too. Entries and results expire `KEPT_S`
+Every write of a job's runner is a compare-and-set too (one stored without its acknowledgement
+is recognized as the runner's own and written over: `save`). Entries and results expire `KEPT_S`
 after their last write (the bucket's max age), so a finished job stays readable for a week; and
 both are capped in bytes (the results store at the `evaljobs_max_bytes` setting, refusing new
 results when full: that job fails saying so), and beyond `KEPT_JOBS` finished jobs the oldest go
@@ -124,20 +125,47 @@ class SharedJobs:
 
     # ---- the runner's writes --------------------------------------------------------------------
     @_reachable
-    async def save(self, job: Job) -> None:
-        """Write a job this process runs; `Superseded` when another process marked it interrupted."""
-        data = msgspec.json.encode(job)
-        async with self._writing:
-            last = self._revisions.get(job.id)
+    async def save(self, job: Job, *, beat: bool = False) -> None:
+        """Write a job this process runs; `Superseded` when another process marked it interrupted.
+        A heartbeat (`beat`) of a job whose end is written already writes nothing: the job object is
+        shared with its run, which may end while the heartbeat waits its turn."""
+        async with self._writing:  # the record is encoded here: what is written is the job as it stands
+            if beat and job.state in FINISHED:
+                return
+            key, data, last = f"job.{job.id}", msgspec.json.encode(job), self._revisions.get(job.id)
             try:
-                if last is None:
-                    self._revisions[job.id] = await self.kv.create(f"job.{job.id}", data)
-                else:
-                    self._revisions[job.id] = await self.kv.update(f"job.{job.id}", data, last=last)
-            except (KeyWrongLastSequenceError, BadRequestError) as exc:
-                raise Superseded(f"evaluation job {job.id}: changed by another process ({exc})") from None
-            if job.state in FINISHED:
-                self._revisions.pop(job.id, None)
+                try:
+                    revision = await (self.kv.create(key, data) if last is None else self.kv.update(key, data, last=last))
+                except (KeyWrongLastSequenceError, BadRequestError) as exc:
+                    revision = await self._update_after_lost_ack(job, data, exc)
+            finally:
+                if job.state in FINISHED:
+                    self._revisions.pop(job.id, None)
+            if job.state not in FINISHED:
+                self._revisions[job.id] = revision
+
+    async def _update_after_lost_ack(self, job: Job, data: bytes, exc: Exception) -> int:
+        """A compare-and-set refused: either another process marked the job interrupted (its record
+        then says so) or one of this runner's own writes was stored but its acknowledgement never
+        came (a publish timing out on a loaded server raises, yet the server kept it), leaving the
+        revision recorded here one behind. Only the runner writes a queued or running record with its
+        name (a reader writes `interrupted`), so such a record is this runner's own: written again on
+        top of it. Anything else is `Superseded`."""
+        key = f"job.{job.id}"
+        try:
+            entry = await self.kv.get(key)
+            stored = _decode_job.decode(entry.value or b"")
+        except (NotFoundError, msgspec.DecodeError):
+            raise Superseded(f"evaluation job {job.id}: changed by another process ({exc})") from None
+        if stored.runner != job.runner or stored.state in FINISHED or entry.revision is None:
+            raise Superseded(f"evaluation job {job.id}: changed by another process ({exc}; it is {stored.state} "
+                             "there)") from None
+        log.warning("evaluation job %s: a write of this runner was stored unacknowledged (revision %d); "
+                    "written again on top of it", job.id, entry.revision)
+        try:
+            return await self.kv.update(key, data, last=entry.revision)
+        except (KeyWrongLastSequenceError, BadRequestError) as again:
+            raise Superseded(f"evaluation job {job.id}: changed by another process ({again})") from None
 
     @_reachable
     async def write_results(self, job_id: str, ndjson: bytes) -> None:
