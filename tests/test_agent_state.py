@@ -109,6 +109,33 @@ def test_a_repeated_decision_id_with_a_different_result_is_kept_and_flagged(tmp_
     assert again.total == 3
 
 
+def test_the_decision_log_memory_holds_nothing_the_garbage_collector_walks(tmp_path):
+    """The tail and the ids seen are held as bytes and strings: a serving process with
+    10,000 events in memory walked ~250,000 containers there at every full collection (50-150 ms
+    pauses). Queries still filter by id, path and agent, and answer the events as stored, also
+    after a restart."""
+    import gc
+
+    store = DecisionLogStore(tmp_path)
+    gc.collect()
+    upload(store, [event(f"d-{i}", result={"decision": "deny", "reasons": [f"r{i}"]}, path=f"p/{i % 3}",
+                         labels={"id": f"opa-{i % 2}", "agent": f"edge-{i % 2}"}) for i in range(300)])
+    upload(store, [event("d-7", result="changed")])  # a second digest under a decision id seen
+    for kept in (DecisionLogStore(tmp_path), store):
+        held = [*kept._tail, kept._seen._newer, kept._seen._older]
+        assert len(held) == 303 and not any(gc.is_tracked(x) for x in held), [x for x in held if gc.is_tracked(x)][:3]
+        assert kept._seen.get("d-7") == tuple(a.digest for a in screen_batch(json.dumps(
+            [event("d-7", result={"decision": "deny", "reasons": ["r7"]}, path="p/1", labels={"id": "opa-1", "agent": "edge-1"}),
+             event("d-7", result="changed")]).encode())[0])
+        newest = kept.query(limit=2)
+        assert [e["decision_id"] for e in newest] == ["d-7", "d-299"] and newest[0]["result"] == "changed"
+        assert newest[1] == event("d-299", result={"decision": "deny", "reasons": ["r299"]}, path="p/2",
+                                  labels={"id": "opa-1", "agent": "edge-1"})
+        assert [e["decision_id"] for e in kept.query(decision_id="d-7")] == ["d-7", "d-7"]
+        assert len(kept.query(limit=1000, path="p/1")) == 100  # d-1, d-4, ..., d-298
+        assert {e["labels"]["agent"] for e in kept.query(limit=1000, agent_id="edge-0")} == {"edge-0"}
+
+
 def test_decision_logs_rotate_at_their_size_limit(tmp_path):
     store = DecisionLogStore(tmp_path, max_file_bytes=2_000)
     for i in range(60):
@@ -277,3 +304,17 @@ def test_decision_logs_expired_at_start_are_not_read_back(tmp_path):
     again = DecisionLogStore(tmp_path, max_age_s=400.0)
     assert again.query() == [] and not (tmp_path / "decision_logs.jsonl.1").exists()
     assert DecisionLogStore(tmp_path, max_age_s=0).query() == []  # removed, not merely hidden
+
+
+def test_the_ids_seen_keep_at_least_the_newest_half_and_at_most_the_bound(monkeypatch):
+    from controlplane.agents import decision_logs
+
+    monkeypatch.setattr(decision_logs, "SEEN_IDS", 10)
+    store = DecisionLogStore(None)
+    for i in range(23):
+        upload(store, [event(f"d-{i}")])
+    # ids go to a newer half of 5; when it is full it becomes the older half and the older is dropped
+    assert [i for i in range(23) if store._seen.get(f"d-{i}")] == list(range(15, 23))  # never fewer than 5
+    assert upload(store, [event("d-22")])[0] == []  # a retry of a recent one is still told apart
+    fresh, _ = upload(store, [event("d-0")])  # long forgotten: stored again, not flagged
+    assert len(fresh) == 1 and fresh[0].repeated_of == ""

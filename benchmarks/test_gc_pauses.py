@@ -1,0 +1,58 @@
+"""What a full garbage collection of a serving control-plane process costs with a full decision-log
+memory (10,000 events in the tail, 100,000 decision ids seen, from `SEEN_IDS` OPA-shaped events
+uploaded as an agent sends them), against the same process without it.
+
+Why it matters: every request waits while a collection runs. The serving process freezes what is
+alive at start (`gc.freeze`, controlplane.app), so a full collection walks only what was made
+since; a memory that holds containers per event made that tens of milliseconds per collection, and
+at 1,000 requests/s the full collections came every few seconds (benchmarks/README.md, "Collector
+pauses"). `GROQPOLICY_BENCH_SHORT=1` fills the memory with a tenth of the events.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+
+import pytest
+
+from benchmarks.agent_ingest import opa_event
+from controlplane.agents.decision_logs import MEMORY_TAIL, SEEN_IDS, DecisionLogStore
+from controlplane.agents.ingest import screen_batch
+
+SHORT = os.environ.get("GROQPOLICY_BENCH_SHORT") == "1"
+EVENTS = SEEN_IDS // 10 if SHORT else SEEN_IDS
+UPLOAD = 1000  # events per upload, as an agent's batches are sized by bytes
+
+
+def _filled() -> DecisionLogStore:
+    store = DecisionLogStore(None)  # memory only: the file is not what a collection walks
+    for first in range(0, EVENTS, UPLOAD):
+        events = [opa_event(i) for i in range(first, min(first + UPLOAD, EVENTS))]
+        for e, i in zip(events, range(first, first + UPLOAD)):
+            e["decision_id"] = f"{i:08x}-0000-4000-8000-000000000000"
+        accepted, _ = screen_batch(json.dumps(events).encode())
+        store.append(store.triage(accepted))
+    assert store.total == EVENTS and len(store.query(limit=MEMORY_TAIL + 1)) == min(EVENTS, MEMORY_TAIL)
+    return store
+
+
+@pytest.fixture(scope="module")
+def frozen_start():
+    gc.collect()
+    gc.freeze()  # as the serving process after its start (controlplane.app)
+    yield
+    gc.unfreeze()
+
+
+def test_full_collection_without_decision_logs(benchmark, frozen_start):
+    benchmark.extra_info["tracked"] = len(gc.get_objects())
+    benchmark.pedantic(gc.collect, rounds=30 if SHORT else 100, warmup_rounds=2)
+
+
+def test_full_collection_with_a_full_decision_log_memory(benchmark, frozen_start):
+    store = _filled()
+    benchmark.extra_info["tracked"] = len(gc.get_objects())
+    benchmark.pedantic(gc.collect, rounds=30 if SHORT else 100, warmup_rounds=2)
+    del store
