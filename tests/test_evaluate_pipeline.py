@@ -132,6 +132,30 @@ def test_post_validation_only_makes_decisions_stricter(cp):
     assert cc["violations"][0]["message"] == "allow with confidence 0.5 below 0.7 needs a human reviewer"
 
 
+def test_the_constitution_s_memos_hold_nothing_the_garbage_collector_walks(cp):
+    """The memoised pre- and post-validation outcomes live as long as the revision is served (up to
+    4,096 of each): strings, numbers and tuples only, so no full collection walks them (each held a
+    list and a dict before); responses still get lists, fresh for each one."""
+    import gc
+
+    client, services, _, _ = cp
+    first = evaluate(client, {"amount": 5}, ["security_policies"])  # pre-validation violation
+    again = evaluate(client, {"amount": 5}, ["security_policies"])  # from the memo
+    review = evaluate(client, ALICE, ["regulatory_compliance"])  # post-validation violation
+    assert first["constitutional_compliance"]["violations"] == again["constitutional_compliance"]["violations"] != []
+    assert review["constitutional_compliance"]["violations"][0]["stage"] == "post_validation"
+    memos = services.runtime.pipeline.constitution
+    # a tuple holding only untracked values is untracked by a collection that sees it (a key's inner
+    # tuple may be seen after the key), a dict by a full collection once all it holds is
+    gc.collect()
+    gc.collect()
+    for memo in (memos._pre, memos._post):
+        assert memo and not gc.is_tracked(memo)
+        for key, outcome in memo.items():
+            assert not gc.is_tracked(key) and not gc.is_tracked(outcome), (key, outcome)
+            assert not gc.is_tracked(outcome.violations) and not gc.is_tracked(outcome.reasons)
+
+
 def test_a_policy_without_a_decision_document_fails_closed(cp):
     client, _, _, _ = cp
     out = evaluate(client, ALICE, ["data_governance"])

@@ -12,7 +12,7 @@ from bridge.kernel.config import Settings
 from bridge.kernel.vocabulary import MIN_MODEL_CONFIDENCE, strictest
 from bridge.opawasm import UNDEFINED
 from controlplane.bundles.findings import CompileError
-from controlplane.evaluation.decision import PreOutcome, applicable, normalise, outcome, propose, refused
+from controlplane.evaluation.decision import applicable, normalise, outcome, pre_outcome, propose, refused
 from controlplane.evaluation.model_stage import judged
 from controlplane.policies import rego
 from controlplane.policies.schemas import PolicyRecord
@@ -123,10 +123,10 @@ def test_no_applicable_policy_and_a_failed_pre_validation_are_deny():
     none = propose([], 3.0, ["risk_management"], "fast")
     assert (none.decision, none.confidence, none.results) == ("deny", 1.0, [])
     assert none.reasons == ["deny: no active policy applies (risk_management, tier fast or faster)"]
-    pre = PreOutcome({"decision": "deny", "reasons": ["deny: principal is missing"]})
+    pre = pre_outcome({"decision": "deny", "reasons": ["deny: principal is missing"]})
     assert refused(pre, 3.0).reasons == ["deny: Constitutional pre-validation failed", "deny: principal is missing"]
     # a pre-validation document that names no known decision is a deny, never passed through
-    assert PreOutcome({"decision": "maybe"}).decision == "deny" and PreOutcome(None).decision == "deny"
+    assert pre_outcome({"decision": "maybe"}).decision == "deny" and pre_outcome(None).decision == "deny"
 
 
 def _reply(decision: str, confidence: float, degraded: bool = False) -> InferReply:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar, cast
 import msgspec
 
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
-from controlplane.evaluation.decision import PostOutcome, PreOutcome, Proposal
+from controlplane.evaluation.decision import PostOutcome, PreOutcome, Proposal, post_outcome, pre_outcome
 from controlplane.evaluation.interfaces import Revision
 from controlplane.evaluation.scheduling import run_batched
 
@@ -82,14 +82,14 @@ class Constitution:
         """Stage 2: a pre-validation outcome per context."""
         outcomes, _ = self._stage(evaluator, self._pre, [pre_key(revision, constitutional_hash, c) for c in contexts],
                                   lambda key, j: pre_input(contexts[j], constitutional_hash), PRE, PRE_MANY,
-                                  "pre-validation", PreOutcome)
+                                  "pre-validation", pre_outcome)
         return cast("list[PreOutcome]", outcomes)  # every context has a key
 
     def post_validate(self, evaluator: Revision, keys: list[MemoKey | None]) -> tuple[list[PostOutcome | None], list[float]]:
         """Stage 5: a post-validation outcome per proposal key (None: no proposal to validate), and
         the WASM µs each cost."""
         return self._stage(evaluator, self._post, keys, lambda key, j: post_input(key), POST, POST_MANY,
-                           "post-validation", PostOutcome)
+                           "post-validation", post_outcome)
 
     @staticmethod
     def _stage(evaluator: Revision, memo: dict[MemoKey, _O], keys: list[MemoKey | None],

@@ -119,36 +119,46 @@ def violations(doc: Any, stage: str) -> list[Violation]:
             for v in doc.get("violations") or [] if isinstance(v, dict)]
 
 
-class PreOutcome:
-    """What the pipeline takes from a pre-validation document (memoised with it, shared between
-    calls: never modified). A decision that is not one of the three is deny."""
+# The two outcomes below are memoised per revision (`controlplane.evaluation.constitution`, up to
+# thousands of entries) and live as long as the process serves that revision: they hold strings,
+# numbers and tuples only, which the garbage collector stops tracking, so no full collection walks
+# the memos (a list and a dict per entry did).
+class PreOutcome(msgspec.Struct, frozen=True, gc=False):
+    """What the pipeline takes from a pre-validation document (`pre_outcome`), shared between calls."""
 
-    __slots__ = ("decision", "doc", "violations")
-
-    def __init__(self, doc: Any) -> None:
-        self.doc = doc
-        self.decision: Decision = (as_decision(doc.get("decision", "deny")) or "deny") if isinstance(doc, dict) else "deny"
-        self.violations = violations(doc, "pre_validation")
-
-    @property
-    def reasons(self) -> list[str]:
-        return self.doc.get("reasons", []) if isinstance(self.doc, dict) else []
+    decision: Decision
+    reasons: tuple[str, ...]
+    violations: tuple[Violation, ...]
 
 
-class PostOutcome:
-    """What the pipeline takes from a post-validation document (memoised with it: many evaluations
+def pre_outcome(doc: Any) -> PreOutcome:
+    """A pre-validation document's outcome; a decision that is not one of the three is deny."""
+    if not isinstance(doc, dict):
+        return PreOutcome("deny", (), ())
+    return PreOutcome(as_decision(doc.get("decision", "deny")) or "deny", _strings(doc.get("reasons")),
+                      tuple(violations(doc, "pre_validation")))
+
+
+class PostOutcome(msgspec.Struct, frozen=True, gc=False):
+    """What the pipeline takes from a post-validation document (`post_outcome`; many evaluations
     propose the same decision). `reasons`/`confidence` None: keep the proposal's."""
 
-    __slots__ = ("confidence", "decision", "reasons", "violations")
+    decision: Decision
+    violations: tuple[Violation, ...]
+    reasons: tuple[str, ...] | None
+    confidence: float | None
 
-    def __init__(self, doc: Any) -> None:
-        if not isinstance(doc, dict):
-            doc = {}
-        reasons = doc.get("reasons")
-        self.decision: Decision = as_decision(doc.get("decision", "deny")) or "deny"
-        self.violations = violations(doc, "post_validation")
-        self.reasons = [r for r in reasons if isinstance(r, str)] if isinstance(reasons, list) else None
-        self.confidence = confidence_of(doc.get("confidence"))
+
+def post_outcome(doc: Any) -> PostOutcome:
+    if not isinstance(doc, dict):
+        doc = {}
+    reasons = doc.get("reasons")
+    return PostOutcome(as_decision(doc.get("decision", "deny")) or "deny", tuple(violations(doc, "post_validation")),
+                       _strings(reasons) if isinstance(reasons, list) else None, confidence_of(doc.get("confidence")))
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    return tuple(r for r in value if isinstance(r, str)) if isinstance(value, list) else ()
 
 
 # ---- synthesis --------------------------------------------------------------------------------
@@ -218,16 +228,16 @@ def respond(evaluation_id: uuid.UUID, proposal: Proposal, pre: PreOutcome, post:
     """Stage 5's verdict applied to a proposal, and the response (its total time is filled in once
     the whole call is done)."""
     decision, confidence, reasons = proposal.decision, proposal.confidence, proposal.reasons
-    found = pre.violations  # may be shared with other responses (the memoised pre-validation's): never mutated
+    found = list(pre.violations)
     post_decision: Decision | None = None
     if post is not None:
         post_decision = post.decision
         if post.violations:
-            found = [*found, *post.violations]
+            found += post.violations
         if DECISION_RANK[post_decision] > DECISION_RANK[decision]:
             decision = post_decision
         if post.reasons is not None:
-            reasons = post.reasons
+            reasons = list(post.reasons)
         if post.confidence is not None:
             confidence = post.confidence
     results = proposal.results

@@ -34,7 +34,7 @@ class BatchRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     require_explanation: bool = False
 
 
-class Violation(msgspec.Struct):
+class Violation(msgspec.Struct, gc=False):  # strings only: never in a cycle, and tuples of them go untracked
     principle: str
     severity: str
     message: str
