@@ -1,6 +1,8 @@
 """What a full garbage collection of a serving control-plane process costs with a full decision-log
 memory (10,000 events in the tail, 100,000 decision ids seen, from `SEEN_IDS` OPA-shaped events
-uploaded as an agent sends them), against the same process without it.
+uploaded as an agent sends them), and with full constitution memos (`MEMO_SIZE` pre- and
+post-validation answers, as distinct principals and proposals fill them), against the same process
+without either.
 
 Why it matters: every request waits while a collection runs. The serving process freezes what is
 alive at start (`gc.freeze`, controlplane.app), so a full collection walks only what was made
@@ -20,6 +22,8 @@ import pytest
 from benchmarks.agent_ingest import opa_event
 from controlplane.agents.decision_logs import MEMORY_TAIL, SEEN_IDS, DecisionLogStore
 from controlplane.agents.ingest import screen_batch
+from controlplane.evaluation import decision
+from controlplane.evaluation.constitution import MEMO_SIZE, Constitution, post_key, pre_key
 
 SHORT = os.environ.get("GROQPOLICY_BENCH_SHORT") == "1"
 EVENTS = SEEN_IDS // 10 if SHORT else SEEN_IDS
@@ -29,9 +33,8 @@ UPLOAD = 1000  # events per upload, as an agent's batches are sized by bytes
 def _filled() -> DecisionLogStore:
     store = DecisionLogStore(None)  # memory only: the file is not what a collection walks
     for first in range(0, EVENTS, UPLOAD):
-        events = [opa_event(i) for i in range(first, min(first + UPLOAD, EVENTS))]
-        for e, i in zip(events, range(first, first + UPLOAD)):
-            e["decision_id"] = f"{i:08x}-0000-4000-8000-000000000000"
+        events = [{**opa_event(i), "decision_id": f"{i:08x}-0000-4000-8000-000000000000"}
+                  for i in range(first, min(first + UPLOAD, EVENTS))]
         accepted, _ = screen_batch(json.dumps(events).encode())
         store.append(store.triage(accepted))
     assert store.total == EVENTS and len(store.query(limit=MEMORY_TAIL + 1)) == min(EVENTS, MEMORY_TAIL)
@@ -56,3 +59,29 @@ def test_full_collection_with_a_full_decision_log_memory(benchmark, frozen_start
     benchmark.extra_info["tracked"] = len(gc.get_objects())
     benchmark.pedantic(gc.collect, rounds=30 if SHORT else 100, warmup_rounds=2)
     del store
+
+
+def _memos() -> Constitution:
+    """Both memos full, filled as `Constitution._stage` fills them (a key, the document's outcome)."""
+    memos = Constitution()
+    pre_of = getattr(decision, "pre_outcome", None) or decision.PreOutcome  # before: the outcome was a class
+    post_of = getattr(decision, "post_outcome", None) or decision.PostOutcome
+    for i in range(MEMO_SIZE):
+        ctx = {"principal": {"id": f"user-{i}", "roles": ["viewer"]}, "oversight": {"escalation": "team-a"}}
+        memos._pre[pre_key("rev", "cdd01ef066bc6cf2", ctx)] = pre_of({
+            "decision": "allow", "reasons": ["no constitutional violations"], "violations": [], "confidence": 1,
+            "principles": ["P1-human-oversight", "P9-accountability-audit"], "policy": "constitution.pre_validation"})
+        proposal = decision.Proposal("allow", 0.5, [f"ok {i}"], [], 0.0, 1.0, False)
+        memos._post[post_key("rev", "cdd01ef066bc6cf2", proposal, ctx)] = post_of({
+            "decision": "review", "reasons": ["review: allow with confidence 0.5 below 0.7 needs a human reviewer"],
+            "violations": [{"principle": "P1-human-oversight", "severity": "review", "message": "low confidence"}],
+            "confidence": 1})
+    return memos
+
+
+def test_full_collection_with_full_constitution_memos(benchmark, frozen_start):
+    memos = _memos()
+    gc.collect()  # the young collections a serving process runs meanwhile, which untrack what they can
+    benchmark.extra_info["tracked"] = len(gc.get_objects())
+    benchmark.pedantic(gc.collect, rounds=30 if SHORT else 100, warmup_rounds=2)
+    del memos
