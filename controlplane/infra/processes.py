@@ -52,6 +52,9 @@ def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 20.0, pro
     raise ToolchainError(f"nothing listening on {host}:{port} after {timeout:.0f}s")
 
 
+KILL_WAIT_S = 60.0  # how long a stop waits for a SIGKILLed child to be gone before reporting it
+
+
 @dataclass
 class ManagedProcess:
     """A child process with its log file; stopping it never leaves it behind."""
@@ -62,15 +65,24 @@ class ManagedProcess:
     extra: dict = field(default_factory=dict)
     log_offset: int = 0  # where this process's output starts in a log that earlier runs appended to
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0, kill_wait: float = KILL_WAIT_S) -> bool:
+        """SIGTERM, then SIGKILL after `timeout`; whether the process is gone. Never raises: a killed
+        process can take a while to be reaped on a loaded machine (CI saw nats-server log its exit
+        and not be gone 20 s later), so it is waited for up to `kill_wait` and then reported by
+        the caller, which goes on stopping the others."""
         if self.proc.poll() is not None:
-            return
+            return True
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout=timeout)
+            return True
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            self.proc.wait(timeout=timeout)
+        try:
+            self.proc.wait(timeout=kill_wait)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
 
     def kill(self) -> None:
         if self.proc.poll() is None:

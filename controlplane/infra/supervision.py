@@ -210,8 +210,11 @@ class Supervisor:
         for run in reversed(self.runs):
             if run.proc is not None:
                 t0 = time.monotonic()
-                run.proc.stop()
-                if (took := time.monotonic() - t0) > 2:
+                gone = run.proc.stop()
+                if not gone:  # killed, not reaped yet: said, and the others are stopped all the same
+                    self.say(f"{run.child.name} (pid {run.proc.proc.pid}) was killed but had not exited "
+                             f"{time.monotonic() - t0:.0f}s after it was asked to stop")
+                elif (took := time.monotonic() - t0) > 2:
                     self.say(f"{run.child.name} took {took:.1f}s to stop")
             self._set(run, STOPPED)
         self.status_file.unlink(missing_ok=True)
