@@ -9,7 +9,7 @@ not read (a torn tail after a crash) is quarantined and the start goes on.
 The memory held per event (the tail and the ids seen) is made of strings and bytes only, which
 the garbage collector does not track: a serving process receiving an agent's logs held about
 250,000 tracked containers there (the tail's event documents, a list per id seen), and every full
-collection walked them all, pausing every request for 50-150 ms every few seconds at 1,000
+collection walked them all, holding up every request for 20-160 ms, every few seconds at 1,000
 requests/s (benchmarks/README.md, "Collector pauses"). A query decodes only the events it returns.
 
 An event is known by its decision id and digest. The same event sent again (the agent retrying a
