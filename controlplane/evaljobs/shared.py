@@ -133,25 +133,22 @@ class SharedJobs:
             if beat and job.state in FINISHED:
                 return
             key, data, last = f"job.{job.id}", msgspec.json.encode(job), self._revisions.get(job.id)
+            if job.state in FINISHED:  # its runner's last write, whatever comes of it
+                self._revisions.pop(job.id, None)
             try:
-                try:
-                    revision = await (self.kv.create(key, data) if last is None else self.kv.update(key, data, last=last))
-                except (KeyWrongLastSequenceError, BadRequestError) as exc:
-                    revision = await self._update_after_lost_ack(job, data, exc)
-            finally:
-                if job.state in FINISHED:
-                    self._revisions.pop(job.id, None)
+                revision = await (self.kv.create(key, data) if last is None else self.kv.update(key, data, last=last))
+            except (KeyWrongLastSequenceError, BadRequestError) as exc:
+                revision = await self._update_after_lost_ack(key, job, data, exc)
             if job.state not in FINISHED:
                 self._revisions[job.id] = revision
 
-    async def _update_after_lost_ack(self, job: Job, data: bytes, exc: Exception) -> int:
+    async def _update_after_lost_ack(self, key: str, job: Job, data: bytes, exc: Exception) -> int:
         """A compare-and-set refused: either another process marked the job interrupted (its record
         then says so) or one of this runner's own writes was stored but its acknowledgement never
         came (a publish timing out on a loaded server raises, yet the server kept it), leaving the
         revision recorded here one behind. Only the runner writes a queued or running record with its
         name (a reader writes `interrupted`), so such a record is this runner's own: written again on
         top of it. Anything else is `Superseded`."""
-        key = f"job.{job.id}"
         try:
             entry = await self.kv.get(key)
             stored = _decode_job.decode(entry.value or b"")
