@@ -36,6 +36,22 @@ H = CONSTITUTIONAL_HASH
 PROCESSES = 2  # the second control plane: this many processes on one socket, as `groqpolicy up` runs them
 
 
+def wait_optimized(port: int, pids: list[int], timeout: float = 300) -> None:
+    """Until each process `pids` behind `port` serves its revision on the serving compiler's code:
+    after a policy write a process serves the new revision on Winch's code while Cranelift compiles
+    it behind, at the lowest CPU priority (`bridge.opawasm.evaluator`); measured then, evaluations
+    would time that code."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while not set(pids) <= seen:
+        assert time.monotonic() < deadline, f"processes {sorted(set(pids) - seen)} still on the baseline compiler's code"
+        doc = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json()
+        if doc.get("evaluator", {}).get("code") == "optimized":
+            seen.add(doc.get("process"))
+        else:
+            time.sleep(0.1)
+
+
 def start_processes(tmp: Path, cp_env: dict[str, str], state: Path) -> tuple[int, list[subprocess.Popen], socket.socket]:
     """`PROCESSES` more control-plane processes of the deployment whose first process keeps `state`
     (replicas 2, 3, ...: its keys, tokens and JetStream state), all serving one listening socket
@@ -107,6 +123,8 @@ def api_stack():
         while probe.post(f"/v1/data/{ids['ethical_constraints']['entrypoint']}", json={"input": {}}).json().get("result") is None:
             assert time.monotonic() < deadline, "the OPA agent did not activate the bundle"
             time.sleep(0.2)
+        wait_optimized(cp_port, [procs[3].pid])
+        wait_optimized(multi_port, [p.pid for p in multi])
         rules_ctx = {**ex["risk_management"]["allow"], "principal": "bench"}
         model_ctx = {**ex["ethical_constraints"]["model_review"], "principal": "bench", "oversight": {"escalation": "bench"}}
         yield {"loop": loop, "tmp": tmp, "cp_port": cp_port, "floor_port": floor_port, "agent_port": agent_port,

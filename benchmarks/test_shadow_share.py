@@ -86,13 +86,15 @@ def _run(tmp: Path, url: str) -> dict[str, dict[str, float]]:
               "nats_url": url, "compile_on_start": True, "processes": 2}
     a, b = make_settings(tmp / "a", **shared), make_settings(tmp / "b", **shared)
     samples: dict[str, list[float]] = {"begin_answered": [], "begin_elsewhere": [], "discard_elsewhere": [], "kv_watch_floor": []}
-    with running_control_plane(a), running_control_plane(b) as sb, \
+    with running_control_plane(a) as sa, running_control_plane(b) as sb, \
             httpx.Client(base_url=a.base_url, headers=ADMIN_HEADERS, timeout=60) as ca, \
             httpx.Client(base_url=b.base_url, headers=ADMIN_HEADERS, timeout=60) as cb:
         created = ca.post("/api/v1/policies", json={"name": "limits", "policy_type": "risk_management", "opa_policy": limit(100),
                                                     "constitutional_hash": CONSTITUTIONAL_HASH, "performance_tier": "fast"})
         rule = created.json()["rule_id"]
-        _until(lambda: sb.runtime.evaluator.revision == created.json()["bundle_revision"])
+        # both on the revision, and on the serving compiler's code (its compile runs behind the write)
+        _until(lambda: all(s.runtime.evaluator.revision == created.json()["bundle_revision"]
+                           and not s.runtime.evaluator.on_baseline for s in (sa, sb)), timeout=120)
         for i in range(ROUNDS):
             start = time.perf_counter()
             r = ca.post("/api/v1/shadows", json={"candidate": {"rule_id": rule, "opa_policy": limit(50 + i)}})

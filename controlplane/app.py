@@ -23,6 +23,7 @@ from litestar.openapi import OpenAPIConfig
 
 from bridge.kernel.config import Settings
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
+from bridge.opawasm import WasmEvaluator
 from controlplane.agents.controllers import AgentIngest, AgentQueries, AgentSetup
 from controlplane.audit import TrailReader, TrailWriter
 from controlplane.audit.controllers import AuditApi
@@ -50,7 +51,8 @@ CONTROL_PLANE_READY = "groqpolicy control plane ready"
 
 @get("/health", tags=["ops"], summary="Liveness and what is loaded", opt={"public": True})
 async def health(revisions: NamedDependency[RevisionStore], errors: NamedDependency[list[str]],
-                 nats: NamedDependency[NatsConnection], settings: NamedDependency[Settings]) -> dict:
+                 nats: NamedDependency[NatsConnection], settings: NamedDependency[Settings],
+                 evaluator: NamedDependency[WasmEvaluator]) -> dict:
     supervisor = read_status(settings.state_dir)  # `groqpolicy up`'s view of its children, if it runs us
     degraded = bool(errors) or not nats.connected or bool(supervisor and supervisor.degraded)
     return {
@@ -59,6 +61,9 @@ async def health(revisions: NamedDependency[RevisionStore], errors: NamedDepende
         "bundles": [f"{r.bundle}/{r.target}@{r.revision}" for r in revisions.bundles()],
         "errors": errors,  # start-up publishing, stored policies, wasm loads
         "nats": nats.connected,
+        # this process's in-process evaluator; "baseline": a new revision served on Winch's code
+        # while its serving compile runs behind it (bridge.opawasm.evaluator)
+        "evaluator": {"revision": evaluator.revision, "code": "baseline" if evaluator.on_baseline else "optimized"},
         "process": os.getpid(),  # which of the processes sharing the port answered (`GROQPOLICY_PROCESSES`)
         **({"supervisor": msgspec.to_builtins(supervisor)} if supervisor is not None else {}),
     }

@@ -114,6 +114,21 @@ def test_update_changes_the_rego_and_the_evaluator_follows(cp):
     assert out["result"]["decision"] == "deny" and out["policy_version"].startswith("v2@groqpolicy-")
 
 
+def test_a_write_s_revision_serves_at_its_response_and_then_on_the_serving_compiler_s_code(cp):
+    """The write's response does not wait for the serving compile: the evaluator already answers on
+    the new revision (Winch's code, /health says "baseline", unless the compile was quick enough to
+    be done), and the serving compile replaces it with the same revision and the same answers."""
+    client, services = cp
+    created = client.post("/api/v1/policies", json=policy(name="baseline first")).json()
+    ask = {"policy_id": created["rule_id"], "input_data": {"amount": 50}}
+    assert client.post("/api/v1/opa/evaluate", json=ask).json()["result"]["decision"] == "allow"
+    health = client.get("/health").json()["evaluator"]
+    assert health["revision"] == created["bundle_revision"] and health["code"] in ("baseline", "optimized")
+    assert services.runtime.evaluator.settle(120)
+    assert client.get("/health").json()["evaluator"] == {"revision": created["bundle_revision"], "code": "optimized"}
+    assert client.post("/api/v1/opa/evaluate", json=ask).json()["result"]["decision"] == "allow"
+
+
 def test_bad_rego_is_refused_with_the_compilers_messages_and_not_stored(cp):
     client, _ = cp
     before = len(client.get("/api/v1/policies").json())

@@ -10,6 +10,7 @@ import re
 import subprocess
 import threading
 import time
+import uuid
 
 import msgspec
 import pytest
@@ -29,6 +30,7 @@ from bridge.opawasm import (
     policy_from_files,
 )
 from bridge.opawasm import errors as wasm_errors
+from bridge.opawasm import evaluator as evaluator_mod
 from controlplane.infra.toolchain import opa_binary
 from tests.wasm_helpers import build_wasm_bundle, bundle_files, signed_bundle
 
@@ -319,6 +321,70 @@ def test_a_pinned_revision_stays_open_until_its_block_ends(key):
         ev.close()
         assert pinned.evaluate("t/rev") == "C"
     assert pinned.pool.closed
+
+
+def test_a_baseline_first_load_serves_at_once_and_the_serving_compile_replaces_it(key, monkeypatch):
+    """`load(..., baseline_first=True)` of a module the serving engine has not compiled: the revision
+    serves on Winch's code at once (instances made later on other threads too, deadlines hold), and
+    on the serving engine's when the background compile ends, with the same answers and the Winch
+    policy closed; a module compiled already loads directly; a compile that ends after a newer
+    revision was loaded never replaces it. The serving compile is held by a gate: ordering, not timing."""
+    gate = threading.Event()
+    real = evaluator_mod.policy_from_files
+
+    def gated(files, options):
+        if threading.current_thread().name == "wasm-serving-compile":
+            assert gate.wait(120)
+        return real(files, options)
+
+    monkeypatch.setattr(evaluator_mod, "policy_from_files", gated)
+
+    def fresh() -> dict[str, str]:  # a module no compile cache of this process has
+        return {"p.rego": POLICY + f'\nmarker := "{uuid.uuid4()}"\n'}
+
+    source = fresh()
+    unsigned = build_wasm_bundle(source, ENTRYPOINTS, {"admins": ["alice"], "rev": "A"})
+    a = signed_bundle(unsigned, key)
+    other_data = {**read_bundle(unsigned), "/data.json": msgspec.json.encode({"admins": ["bob"], "rev": "B"})}
+    b = signed_bundle(write_bundle(other_data), key)  # the same module, other data
+    ev = WasmEvaluator(keys_of(key), pool_size=2)
+    try:
+        first = ev.load(a, baseline_first=True)
+        assert first.on_baseline and ev.policy is first and first.lane is None
+        answers: list[object] = []
+
+        def worker() -> None:
+            answers.extend(ev.evaluate("t/allow", {"user": "alice"}) for _ in range(30))
+
+        threads = [threading.Thread(target=worker) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert answers == [True] * 90 and first.pool.live == 2  # the second instance was made off the load
+        with pytest.raises(wasm_errors.DeadlineExceeded):
+            ev.evaluate("t/slow", timeout=0.05)
+        assert not ev.settle(0.2)  # held
+        gate.set()
+        assert ev.settle(120)
+        served = ev.policy
+        assert served is not first and not served.on_baseline and served.revision == first.revision
+        assert first.pool.closed and ev.evaluate("t/rev") == "A" and ev.evaluate("t/allow", {"user": "alice"}) is True
+
+        second = ev.load(b, baseline_first=True)  # the same module: compiled already, loaded directly
+        assert not second.on_baseline and ev.evaluate("t/rev") == "B"
+
+        gate.clear()
+        third = ev.load(signed_bundle(build_wasm_bundle(fresh(), ENTRYPOINTS, {"admins": [], "rev": "C"}), key),
+                        baseline_first=True)
+        assert third.on_baseline and ev.evaluate("t/rev") == "C"
+        newest = ev.load(b)
+        gate.set()
+        assert ev.settle(120)
+        assert ev.policy is newest and ev.evaluate("t/rev") == "B" and third.pool.closed
+    finally:
+        gate.set()
+        ev.close()
 
 
 # -- http.send ----------------------------------------------------------------------------------

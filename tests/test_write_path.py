@@ -1,7 +1,7 @@
 """The policy write path's compile with the real opa: stages side by side report the error the
 sequential order would, the revision of a built tree matches the one decided without compiling, the
 `http.send` URL check parses a module text once, and the evaluator's load check (Winch) refuses what
-the evaluator cannot load while the serving engine compiles each module once."""
+the evaluator cannot load, its module serving first while the serving engine compiles it once."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ from pathlib import Path
 import pytest
 import wasmtime
 
+from bridge.opabundle.archive import write_bundle
+from bridge.opabundle.keys import generate_keypair
+from bridge.opabundle.signing import sign_bundle
+from bridge.opawasm import WasmEvaluator, policy_from_files
 from bridge.opawasm import engine as engine_mod
 from bridge.opawasm import errors as wasm_errors
-from bridge.opawasm import policy_from_files
 from bridge.opawasm.engine import load_check
 from controlplane.bundles.compiler import Compiler
 from controlplane.bundles.definitions import BundleDefinition, revision_for, source_digest
@@ -68,10 +71,10 @@ def test_a_url_off_the_bridge_is_refused_and_each_text_is_parsed_once(compiler, 
     parses: list[list[str]] = []
     real = compiler._run
 
-    def counting(args, cwd):
+    def counting(args, cwd, **kw):
         if args[0] == "parse":
             parses.append(args)
-        return real(args, cwd)
+        return real(args, cwd, **kw)
 
     monkeypatch.setattr(compiler, "_run", counting)
     d = _tree(tmp_path, {"policy.rego": OK, "ok.rego": CALLS_BRIDGE})
@@ -107,7 +110,10 @@ def test_a_module_needing_a_builtin_the_evaluator_lacks_is_refused_by_the_load_c
     assert finding.code == "wasm_load_error" and "rego.parse_module" in finding.message
 
 
-def test_the_load_check_compiles_on_its_own_engine_and_serves_nothing(compiler, tmp_path, monkeypatch):
+def test_the_load_check_s_module_serves_first_and_the_serving_engine_compiles_it_once(compiler, tmp_path, monkeypatch):
+    """The check compiles with Winch on its own engine and keeps the module: the evaluator following
+    the new revision serves on it without compiling again, while the serving engine compiles the
+    module once behind it; a later load of the same module compiles nothing."""
     compiles: list[wasmtime.Engine] = []
     real = engine_mod._new_module
 
@@ -118,17 +124,22 @@ def test_the_load_check_compiles_on_its_own_engine_and_serves_nothing(compiler, 
     monkeypatch.setattr(engine_mod, "_new_module", counting)
     d = _tree(tmp_path, {"policy.rego": OK.replace("alice", f"alice-{tmp_path.name}")})  # bytes no cache has
     files = compiler.finish(compiler.build_tree(d, base=tmp_path)).wasm_files
-    check_loads(files)  # Winch, on the check's engine, kept nowhere
-    policy = policy_from_files(files, pool_size=2)  # the evaluator's own load: Cranelift, kept by content
+    check_loads(files)  # Winch, on the check's engine
+    key = generate_keypair("RS256", "write-path")
+    ev = WasmEvaluator({key.kid: key.verification_key()}, pool_size=2)
     try:
-        assert policy.evaluate("demo/allow", {"user": f"alice-{tmp_path.name}"}) is True
+        first = ev.load(write_bundle(sign_bundle(dict(files), key)), baseline_first=True)
+        assert first.on_baseline and ev.evaluate("demo/allow", {"user": f"alice-{tmp_path.name}"}) is True
+        assert ev.settle(120)
+        assert not ev.policy.on_baseline and ev.evaluate("demo/allow", {"user": f"alice-{tmp_path.name}"}) is True
     finally:
-        policy.close()
+        ev.close()
     check_engine, serving = engine_mod._Engine.check, engine_mod.engine()
     assert check_engine is not None and check_engine is not serving
     assert [e is check_engine for e in compiles] == [True, False]  # one check compile, one serving compile
+    check_loads(files)
     policy_from_files(files, pool_size=1).close()
-    assert len(compiles) == 2  # the serving module is kept; the check's is not what serves
+    assert len(compiles) == 2  # both modules are kept
 
 
 def test_deadlines_and_fuel_hold_on_the_load_checks_engine():

@@ -27,6 +27,12 @@ def load_bundle(
 ) -> WasmPolicy:
     """Verify and load a signed wasm bundle (tar.gz). Unsigned, tampered or wrong-key bundles are refused."""
     opts = load_options(options, overrides)
+    return policy_from_files(verified_files(data, keys, opts), opts)
+
+
+def verified_files(data: bytes, keys: Mapping[str, VerificationKey], opts: LoadOptions) -> dict[str, bytes]:
+    """The files of a signed wasm bundle (tar.gz) once its signature verifies; else BundleLoadError
+    or BundleVerificationFailed."""
     if not keys:
         raise BundleVerificationFailed("bundle verification failed: no verification keys configured")
     try:
@@ -37,7 +43,14 @@ def load_bundle(
         verify_bundle(files, keys, keyid=opts.keyid, scope=opts.scope)
     except BundleVerificationError as exc:
         raise BundleVerificationFailed(f"bundle verification failed: {exc}") from exc
-    return policy_from_files(files, opts)
+    return files
+
+
+def policy_wasm(files: Mapping[str, bytes]) -> bytes:
+    """The bytes of the one wasm module among a bundle's files (as `policy_from_files` picks it)."""
+    files = {("/" + k.lstrip("/")): v for k, v in files.items()}
+    manifest = _manifest(files)
+    return files[_module_path(files, [w for w in manifest.get("wasm") or [] if isinstance(w, dict)])]
 
 
 def policy_from_files(files: Mapping[str, bytes], options: LoadOptions | None = None, **overrides: Any) -> WasmPolicy:

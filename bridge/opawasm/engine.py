@@ -13,10 +13,13 @@ serialized form, which it refuses to load into an engine of another version or c
 
 A policy write must prove the evaluator can load its module (a builtin the host lacks, a bad import)
 before the revision reaches any agent, but Cranelift takes ~1.2-3 s on the library's module. Inside
-`load_check()` the same load runs on a second engine using Winch, wasmtime's baseline compiler (~8x
-faster to compile, same validator, imports, fuel and epochs; slower code, so it never serves). The
-serving engine compiles the module when the evaluator follows the new revision, after agents have it:
-started any earlier, that compile takes a core from the write's own stages on a busy machine.
+`load_check()` the same load runs on a second engine using Winch, wasmtime's baseline compiler (~7x
+faster to compile, same validator, imports, fuel and epochs; its code runs the library ~1.5x slower).
+Its module is kept in memory: when the evaluator follows the new revision it serves on it at once
+(`WasmEvaluator.load(..., baseline_first=True)`) while the serving engine's compile runs behind, at
+a low CPU priority, and swaps in when done. Started any earlier, that compile would take a core
+from the write's own stages; waited for, it would hold the write's response and the agents'
+activation on a busy machine for a second or more.
 
 A third engine, made on first use, counts no fuel: the fuel-free lane (`lanes.py`), for evaluations
 that are neither inline nor allowed to repeat a side effect. Counting costs the guest-heavy classes
@@ -51,7 +54,7 @@ TICK_S = 0.01
 # second on a long loop when idle and ~1 billion at load average 7.5 on its two cores; a tenth of
 # that keeps "out of memory before this count" also "before the clock" at up to ~10x slowdown.
 RUNAWAY_FUEL_PER_S = 100_000_000
-COMPILED_CACHE_SIZE = 16  # 8 revisions, each compiled for both engines where the fuel-free lane is on
+COMPILED_CACHE_SIZE = 24  # 8 revisions, each compiled for the three engines (Winch's only after a write)
 # wasmtime_strategy_t: 0 auto, 1 cranelift, 2 winch (wasmtime-py's `Config.strategy` names only the first two)
 _STRATEGY_WINCH = 2
 
@@ -130,8 +133,9 @@ _checking: contextvars.ContextVar[bool] = contextvars.ContextVar("wasm_load_chec
 
 @contextlib.contextmanager
 def load_check() -> Iterator[None]:
-    """Policies loaded in this block (instances included) are compiled by Winch on an engine of
-    their own: a fast proof that the module loads, never used to serve (close them in the block)."""
+    """Policies loaded in this block are compiled by Winch on an engine of their own, and their
+    instances live on it wherever they are made later: a fast proof that the module loads, and what
+    a revision serves on until the serving engine's compile is ready (`WasmEvaluator.load`)."""
     token = _checking.set(True)
     try:
         yield
@@ -142,6 +146,16 @@ def load_check() -> Iterator[None]:
 def engine() -> wasmtime.Engine:
     """The serving engine (inside `load_check()`: the check's)."""
     return _Engine.get_check() if _checking.get() else _Engine.get()
+
+
+def compiled_for_serving(wasm: bytes, disk_cache: Path | None = None) -> bool:
+    """Whether the serving engine's module for `wasm` is at hand (in memory, or in `disk_cache`),
+    so that loading it costs no compile."""
+    digest = hashlib.sha256(wasm).digest()
+    with _compiled_lock:
+        if digest in _compiled:
+            return True
+    return disk_cache is not None and _disk_path(disk_cache, digest, fuel=True).is_file()
 
 
 def fuel_free_engine() -> wasmtime.Engine:
@@ -160,19 +174,19 @@ _compiled_lock = threading.Lock()
 def compile_policy(wasm: bytes, disk_cache: Path | None = None, *, fuel: bool = True) -> wasmtime.Module:
     """The compiled module for `wasm`: from memory, from `disk_cache` (a directory only this
     process's owner can write: a compiled module is native code), or compiled now. Inside
-    `load_check()`: compiled by Winch on the check's engine, kept nowhere. `fuel=False`: for the
-    fuel-free engine (kept apart: a module runs only on the engine that compiled it)."""
-    if _checking.get():
-        return _new_module(engine(), wasm)
+    `load_check()`: compiled by Winch on the check's engine, kept in memory only (the evaluator
+    serves on it while the serving engine compiles the same bytes). `fuel=False`: for the fuel-free
+    engine (kept apart: a module runs only on the engine that compiled it)."""
     digest = hashlib.sha256(wasm).digest()
-    key = digest if fuel else digest + b"/fuel-free"
+    checking = _checking.get()
+    key = digest + b"/winch" if checking else digest if fuel else digest + b"/fuel-free"
     with _compiled_lock:
         mod = _compiled.get(key)
         if mod is not None:
             _compiled.move_to_end(key)
             return mod
-    eng = _Engine.get() if fuel else _Engine.get_free()
-    path = None if disk_cache is None else disk_cache / f"{digest.hex()}-{_ENGINE_TAG if fuel else _FREE_TAG}.cwasm"
+    eng = _Engine.get_check() if checking else _Engine.get() if fuel else _Engine.get_free()
+    path = None if disk_cache is None or checking else _disk_path(disk_cache, digest, fuel)
     mod = _load_compiled(path, eng) if path is not None else None
     if mod is None:
         mod = _new_module(eng, wasm)
@@ -196,6 +210,10 @@ def _new_module(engine: wasmtime.Engine, wasm: bytes) -> wasmtime.Module:
 # versions or engine settings apart, so they are not tried (and rewritten) in turn
 _ENGINE_TAG = hashlib.sha256(f"{version('wasmtime')}/{TICK_S}/speed/fixed-memory/fuel".encode()).hexdigest()[:12]
 _FREE_TAG = hashlib.sha256(f"{version('wasmtime')}/{TICK_S}/speed/fixed-memory/no-fuel".encode()).hexdigest()[:12]
+
+
+def _disk_path(disk_cache: Path, digest: bytes, fuel: bool) -> Path:
+    return disk_cache / f"{digest.hex()}-{_ENGINE_TAG if fuel else _FREE_TAG}.cwasm"
 
 
 def _load_compiled(path: Path, eng: wasmtime.Engine) -> wasmtime.Module | None:

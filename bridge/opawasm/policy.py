@@ -15,7 +15,7 @@ import wasmtime
 
 from bridge.opawasm import memimage, sendmemo
 from bridge.opawasm.builtins import REGISTRY, EvalContext, provided
-from bridge.opawasm.engine import RUNAWAY_FUEL_PER_S, compile_policy, deadline_ticks, in_load_check
+from bridge.opawasm.engine import RUNAWAY_FUEL_PER_S, compile_policy, deadline_ticks, engine, in_load_check
 from bridge.opawasm.errors import (
     BuiltinError,
     BundleLoadError,
@@ -83,6 +83,8 @@ class WasmPolicy:
             self._data = bytes(data)
         else:
             self._data = _encode(data)
+        # a policy loaded inside `load_check()` lives on Winch's engine, its later instances too
+        self._engine = engine() if in_load_check() else None
         self.module = compile_policy(wasm, opts.module_cache)
         first = self._new_instance()
         self.abi = first.abi
@@ -124,7 +126,7 @@ class WasmPolicy:
     def _new_instance(self, fuel_free: wasmtime.Module | None = None) -> Instance:
         return Instance(
             fuel_free or self.module, memory_limit=self.memory_limit, dispatch=self._dispatch,
-            on_print=self.host.print_line, fuel=fuel_free is None,
+            on_print=self.host.print_line, fuel=fuel_free is None, on=None if fuel_free else self._engine,
         )
 
     def _share(self, wasm: bytes, first: Instance) -> Instance:
@@ -311,6 +313,11 @@ class WasmPolicy:
             except InlineBudgetExceeded:
                 pass
         return await asyncio.to_thread(self.evaluate, entrypoint, input, timeout=timeout)
+
+    @property
+    def on_baseline(self) -> bool:
+        """Whether this policy runs Winch's code (loaded inside `load_check()`)."""
+        return self._engine is not None
 
     @property
     def may_block(self) -> bool:

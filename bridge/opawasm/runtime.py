@@ -82,9 +82,13 @@ class Instance:
         dispatch: Dispatch | None = None,
         on_print: Callable[[str], None] | None = None,
         fuel: bool = True,
+        on: wasmtime.Engine | None = None,
     ) -> None:
         self.module = module
         self.fueled = fuel  # False: a store of the fuel-free engine, for a module compiled for it (lanes.py)
+        # the engine that compiled `module` (a store must be on it): given by a policy loaded inside
+        # `load_check()`, whose instances are also made later, outside it
+        self._engine = on
         self.memory_limit = memory_limit = min(memory_limit, WASM32_MAX_MEMORY)
         self.broken: str | None = None
         self.pending: BaseException | None = None
@@ -134,7 +138,7 @@ class Instance:
         self.eval_heap = 0
 
     def _new_store(self, memory_limit: int) -> wasmtime.Store:
-        store = wasmtime.Store(engine() if self.fueled else fuel_free_engine())
+        store = wasmtime.Store(self._engine or (engine() if self.fueled else fuel_free_engine()))
         store.set_limits(memory_size=memory_limit)
         self._ctx_ptr = store._context()
         self._ctx = ctypes.cast(self._ctx_ptr, ctypes.c_void_p).value

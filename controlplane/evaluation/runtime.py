@@ -113,7 +113,8 @@ class RevisionFollower:
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
-        await anyio.to_thread.run_sync(self.reload)
+        # at start the process is not ready until the serving compile is done (or found on disk)
+        await anyio.to_thread.run_sync(lambda: self.reload(baseline_first=False))
         self._task = asyncio.create_task(self._follow(), name="wasm-bundle-follow")
 
     async def stop(self) -> None:
@@ -128,8 +129,11 @@ class RevisionFollower:
                 log.exception("wasm revision follower had failed")
         self.evaluator.close()
 
-    def reload(self, force: bool = False) -> bool:
-        """Load the active revision if it is not the one loaded (or with `force`, again); thread-safe."""
+    def reload(self, force: bool = False, baseline_first: bool = True) -> bool:
+        """Load the active revision if it is not the one loaded (or with `force`, again); thread-safe.
+        `baseline_first`: served on the baseline compiler's code until the serving compile behind it
+        ends (`WasmEvaluator.load`), so a write's response and the agents' activation of the same
+        revision do not wait for that compile."""
         with self._load_lock:
             active = self.revisions.get(self.bundle, "wasm")
             if active is None or (active[0].etag == self._etag and not force):
@@ -137,7 +141,7 @@ class RevisionFollower:
             meta, archive = active
             self._etag = meta.etag  # a revision that does not load is not retried forever
             try:
-                self.evaluator.load(archive)
+                self.evaluator.load(archive, baseline_first=baseline_first)
             except Exception as exc:  # noqa: BLE001 - the old revision keeps serving; say why
                 self.errors.append(f"wasm revision {meta.revision}: not loaded: {exc}")
                 log.error("wasm revision %s: not loaded: %s", meta.revision, exc)
