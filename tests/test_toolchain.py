@@ -65,3 +65,11 @@ def test_short_opa_runs_hold_the_collector_off_unless_the_operator_says_otherwis
     monkeypatch.delenv("GOGC")
     monkeypatch.setenv("GOMEMLIMIT", "2GiB")
     assert _gc_settings_seen_by(lambda args: checks._run(args, tmp_path)) == (None, "2GiB")
+
+
+def test_a_side_stage_runs_at_its_lower_cpu_priority():
+    """`side_stage` (a write's `opa` runs off its longest path): the process itself runs at
+    SIDE_STAGE_NICE above this one's nice value (field 19 of /proc/<pid>/stat)."""
+    ours = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[16])
+    proc = subprocess.run(toolchain.side_stage(["cat", "/proc/self/stat"]), capture_output=True, text=True, check=True)
+    assert int(proc.stdout.rsplit(")", 1)[1].split()[16]) == min(19, ours + toolchain.SIDE_STAGE_NICE)

@@ -25,7 +25,7 @@ import msgspec
 
 from bridge.kernel.errors import GroqPolicyError, Unprocessable
 from controlplane.certification.certificate import CheckResult
-from controlplane.infra.toolchain import opa_run_environment
+from controlplane.infra.toolchain import opa_run_environment, side_stage
 
 CERTIFY_REGO = Path(__file__).with_name("certify.rego")
 QUERY = "data.groqpolicy_certification.report"
@@ -120,7 +120,8 @@ class PolicyChecks:
 
     def _run(self, args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
         try:
-            return subprocess.run([str(self._opa()), *args], cwd=cwd, capture_output=True, text=True,
+            # beside a write's wasm build, which is on its longest path and this is not
+            return subprocess.run(side_stage([str(self._opa()), *args]), cwd=cwd, capture_output=True, text=True,
                                   timeout=OPA_TIMEOUT_S, check=False, env=opa_run_environment())
         except subprocess.TimeoutExpired:  # the policy's cost on its probes (or its tests): its problem
             raise SubjectFailsToEvaluate(f"opa {args[0]} of the policy did not finish within {OPA_TIMEOUT_S} s") from None

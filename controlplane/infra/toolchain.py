@@ -110,6 +110,25 @@ def opa_run_environment() -> dict[str, str]:
     return env
 
 
+# The nice value of an `opa` run a policy write waits for but that is not on its longest path (the
+# certification's runs, `check --strict`): beside them the wasm build, then the evaluator's load
+# check, decide when agents get the revision; on two cores three `opa` processes at the same
+# priority stretched that build from ~0.26 s alone to 0.4-0.8 s.
+SIDE_STAGE_NICE = 5
+
+
+def side_stage(argv: list[str]) -> list[str]:
+    """`argv` run at `SIDE_STAGE_NICE` (through `nice`, so every thread the Go runtime starts
+    inherits it); `argv` unchanged where the system has no `nice`."""
+    nice = _nice_binary()
+    return [nice, "-n", str(SIDE_STAGE_NICE), *argv] if nice else argv
+
+
+@lru_cache(maxsize=1)
+def _nice_binary() -> str | None:
+    return shutil.which("nice")
+
+
 @lru_cache(maxsize=1)
 def opa_binary() -> Path:
     """The pinned opa binary, building it when nothing suitable exists."""
