@@ -77,12 +77,7 @@ class WasmPolicy:
         self.timeout = opts.timeout
         self._ticks = deadline_ticks(opts.timeout)
         self.revision = revision
-        if data is None:
-            self._data = None
-        elif isinstance(data, (bytes, bytearray)):
-            self._data = bytes(data)
-        else:
-            self._data = _encode(data)
+        self._data = None if data is None else bytes(data) if isinstance(data, (bytes, bytearray)) else _encode(data)
         # a policy loaded inside `load_check()` lives on Winch's engine, its later instances too
         self._engine = engine() if in_load_check() else None
         self.module = compile_policy(wasm, opts.module_cache)

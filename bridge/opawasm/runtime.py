@@ -86,9 +86,7 @@ class Instance:
     ) -> None:
         self.module = module
         self.fueled = fuel  # False: a store of the fuel-free engine, for a module compiled for it (lanes.py)
-        # the engine that compiled `module` (a store must be on it): given by a policy loaded inside
-        # `load_check()`, whose instances are also made later, outside it
-        self._engine = on
+        self._engine = on  # the engine that compiled `module`, when given (a policy of `load_check()`)
         self.memory_limit = memory_limit = min(memory_limit, WASM32_MAX_MEMORY)
         self.broken: str | None = None
         self.pending: BaseException | None = None
