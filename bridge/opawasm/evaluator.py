@@ -33,8 +33,9 @@ from bridge.opawasm.options import LoadOptions, load_options
 from bridge.opawasm.policy import WasmPolicy
 
 log = logging.getLogger(__name__)
-# the serving compile behind a revision served on Winch's code: below serving and policy writes,
-# above the fuel-free lane's compile (19), which is only an optimization of a module already served
+# the serving compile behind a revision served on Winch's code: idle CPU only, as the fuel-free
+# lane's compile; at nice 10 a write's compile still running took CPU from the next write's stages
+# (benchmarks/README.md, "The write's response without the serving compile")
 SERVING_COMPILE_NICE = 19
 
 
