@@ -7,6 +7,7 @@ import asyncio
 import uuid
 
 import httpx
+import nats.errors
 import pytest
 
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
@@ -127,6 +128,76 @@ def test_a_write_s_revision_serves_at_its_response_and_then_on_the_serving_compi
     assert services.runtime.evaluator.settle(120)
     assert client.get("/health").json()["evaluator"] == {"revision": created["bundle_revision"], "code": "optimized"}
     assert client.post("/api/v1/opa/evaluate", json=ask).json()["result"]["decision"] == "allow"
+
+
+class AckLost:
+    """The real policy bucket; the next create/update is stored by the server (or, with
+    `store=False`, not) and its acknowledgement never arrives."""
+
+    def __init__(self, kv) -> None:
+        self.kv, self.lose, self.store = kv, False, True
+
+    def __getattr__(self, name):
+        return getattr(self.kv, name)
+
+    async def _lost(self, write):
+        if not self.lose:
+            return await write()
+        self.lose = False
+        if self.store:
+            await write()
+        raise nats.errors.TimeoutError
+
+    async def create(self, key, value):
+        return await self._lost(lambda: self.kv.create(key, value))
+
+    async def update(self, key, value, last=None):
+        return await self._lost(lambda: self.kv.update(key, value, last=last))
+
+
+class LossyJetStream:
+    """JetStream whose publishes (the store's signed delete markers) go through an `AckLost`."""
+
+    def __init__(self, lossy: AckLost, js) -> None:
+        self.lossy, self.js = lossy, js
+
+    def __getattr__(self, name):
+        return getattr(self.js, name)
+
+    async def publish(self, *args, **kwargs):
+        return await self.lossy._lost(lambda: self.js.publish(*args, **kwargs))
+
+
+def test_a_write_stored_without_its_acknowledgement_is_answered_as_stored(cp):
+    """A create, update or delete the server stored but whose acknowledgement was lost is the
+    client's 201/200 (one policy, served; then none), not a 503 that a retry would turn into a second policy; one
+    that was not stored stays a 503 and leaves nothing behind."""
+    client, services = cp
+    store = services.runtime.policies.store
+    lossy, jetstream = AckLost(store.kv), store.jetstream
+    store.kv, store.jetstream = lossy, lambda: LossyJetStream(lossy, jetstream())
+    try:
+        lossy.lose = True
+        r = client.post("/api/v1/policies", json=policy(name="ack lost"))
+        assert r.status_code == 201, r.text
+        rule_id = r.json()["rule_id"]
+        assert [p["rule_id"] for p in client.get("/api/v1/policies").json() if p["name"] == "ack lost"] == [rule_id]
+        ask = {"policy_id": rule_id, "input_data": {"amount": 50}}
+        assert client.post("/api/v1/opa/evaluate", json=ask).json()["result"]["decision"] == "allow"
+        lossy.lose = True
+        stricter = LIMIT.replace("input.amount > 100", "input.amount > 10")
+        r = client.put(f"/api/v1/policies/{rule_id}", json={"constitutional_hash": CONSTITUTIONAL_HASH, "opa_policy": stricter})
+        assert r.status_code == 200 and r.json()["version"] == 2, r.text
+        assert client.post("/api/v1/opa/evaluate", json=ask).json()["result"]["decision"] == "deny"
+        lossy.lose = True
+        assert client.delete(f"/api/v1/policies/{rule_id}").status_code == 200
+        assert client.get(f"/api/v1/policies/{rule_id}").status_code == 404
+        lossy.lose, lossy.store = True, False
+        r = client.post("/api/v1/policies", json=policy(name="never stored"))
+        assert r.status_code == 503 and "does not hold this write" in r.text, r.text
+        assert not [p for p in client.get("/api/v1/policies").json() if p["name"] == "never stored"]
+    finally:
+        store.kv, store.jetstream = lossy.kv, jetstream
 
 
 def test_bad_rego_is_refused_with_the_compilers_messages_and_not_stored(cp):

@@ -247,7 +247,10 @@ class PolicyStore:
     @_unavailable
     async def create(self, record: PolicyRecord) -> int:
         key = key_for(record.rule_id)
-        revision = await self._kv().create(key, seal_record(key, record, self.keys))
+        try:
+            revision = await self._kv().create(key, seal_record(key, record, self.keys))
+        except TimeoutError:
+            revision = await self._landed(key, record)
         self.refused.pop(key, None)  # a trusted value now stands over whatever was refused
         self.view[record.rule_id] = (record, revision)
         self._records = None
@@ -260,10 +263,26 @@ class PolicyStore:
             revision = await self._kv().update(key, seal_record(key, record, self.keys), last=last)
         except KeyWrongLastSequenceError:
             raise StoreConflict(f"policy {record.rule_id}: changed concurrently (expected KV revision {last}); retry") from None
+        except TimeoutError:
+            revision = await self._landed(key, record)
         self.refused.pop(key, None)
         self.view[record.rule_id] = (record, revision)
         self._records = None
         return revision
+
+    async def _landed(self, key: str, record: PolicyRecord) -> int:
+        """After a write whose acknowledgement never came (a publish timing out on a loaded server
+        that stored it all the same): the revision of `record` when it is what the key holds now,
+        so the client is not told "unavailable" about a policy that is stored and about to be
+        served (and does not retry a create into a second policy); else the timeout stands (503)."""
+        try:
+            entry = await self._kv().get(key)
+        except (KeyNotFoundError, KeyDeletedError):
+            entry = None
+        if entry is None or entry.revision is None or open_record(key, entry.value, self.keys).record != record:
+            raise TimeoutError(f"no acknowledgement, and {key} does not hold this write")
+        log.warning("policy store: %s stored at revision %d though its acknowledgement was lost", key, entry.revision)
+        return entry.revision
 
     @_unavailable
     async def delete(self, rule_id: uuid.UUID, last: int) -> None:
@@ -272,15 +291,28 @@ class PolicyStore:
         self._kv()  # raises StoreUnavailable before the store is open, like every other write
         headers = {KV_OPERATION: KV_DEL, "Nats-Expected-Last-Subject-Sequence": str(last)}
         try:
-            ack = await self.jetstream().publish(f"$KV.{BUCKET}.{key}", seal_deletion(key, self.keys), headers=headers)
+            seq = (await self.jetstream().publish(f"$KV.{BUCKET}.{key}", seal_deletion(key, self.keys), headers=headers)).seq
         except APIError as exc:
             if exc.err_code != WRONG_LAST_SEQUENCE:
                 raise
             raise StoreConflict(f"policy {rule_id}: changed concurrently (expected KV revision {last}); retry") from None
+        except TimeoutError:
+            seq = await self._deletion_landed(key)
         self.refused.pop(key, None)
         self.view.pop(rule_id, None)
         self._records = None
-        self._deleted[rule_id] = ack.seq
+        self._deleted[rule_id] = seq
+
+    async def _deletion_landed(self, key: str) -> int:
+        """`_landed` for a delete: the revision of the trusted delete marker the key ends in now."""
+        try:
+            await self._kv().get(key)
+        except KeyNotFoundError as exc:  # nats-py raises KeyDeletedError (a subclass) at a marker
+            marker = exc.entry
+            if marker is not None and marker.revision is not None and not check_deletion(key, marker.value, self.keys).problem:
+                log.warning("policy store: %s deleted at revision %d though its acknowledgement was lost", key, marker.revision)
+                return marker.revision
+        raise TimeoutError(f"no acknowledgement, and {key} is not deleted")
 
     # -- reads -----------------------------------------------------------------------------
     @_unavailable
