@@ -6,6 +6,7 @@ the evaluator cannot load, its module serving first while the serving engine com
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,35 @@ def test_a_module_needing_a_builtin_the_evaluator_lacks_is_refused_by_the_load_c
     assert err.value.stage == "load"
     [finding] = err.value.messages
     assert finding.code == "wasm_load_error" and "rego.parse_module" in finding.message
+
+
+def test_the_load_check_runs_beside_the_other_stages_and_their_errors_come_first(compiler, tmp_path, monkeypatch):
+    """`build_tree(after_wasm=...)` runs the load check on the wasm build's files while `check
+    --strict` is still running (that stage here waits until the load check has started: run after
+    every stage, it would wait its whole minute), and its error is the last in the sequential order:
+    a strict-check error wins over it."""
+    started = threading.Event()
+    real_check = compiler.check
+
+    def slow_check(*args, **kwargs):
+        assert started.wait(60), "the load check waited for `check --strict`"
+        return real_check(*args, **kwargs)
+
+    def loads(files):
+        started.set()
+        check_loads(files)
+
+    monkeypatch.setattr(compiler, "check", slow_check)
+    d = _tree(tmp_path / "a", {"policy.rego": OK, "meta.rego": PARSES_MODULES})
+    with pytest.raises(CompileError) as err:
+        compiler.build_tree(d, base=tmp_path / "a", after_wasm=loads)
+    assert err.value.stage == "load" and "rego.parse_module" in err.value.messages[0].message
+    started.clear()
+    unused = OK + '\nx if {\n  y := 1\n  input.user == "bob"\n}\n'  # builds; `check --strict` refuses it
+    d = _tree(tmp_path / "b", {"policy.rego": unused, "meta.rego": PARSES_MODULES})
+    with pytest.raises(CompileError) as err:
+        compiler.build_tree(d, base=tmp_path / "b", after_wasm=loads)
+    assert err.value.stage == "check" and started.is_set()
 
 
 def test_the_load_check_s_module_serves_first_and_the_serving_engine_compiles_it_once(compiler, tmp_path, monkeypatch):

@@ -52,6 +52,12 @@ def finish(built: Built, overlay: dict | None = None, metadata: dict | None = No
     return CompiledBundle(name=definition.name, revision=revision, source_digest=digest, rego_files=rego_files,
                           wasm_files=wasm_files, entrypoints=entrypoints, tests=built.tests)
 
+def with_overlay(files: dict[str, bytes], overlay: dict | None) -> dict[str, bytes]:
+    """A target's files with the deployment's `overlay` merged into `/data.json`, as `finish` makes
+    them (the manifest aside): what the evaluator's load check loads before the revision exists."""
+    return _with_data(files, overlay) if overlay else files
+
+
 def _with_data(files: dict[str, bytes], overlay: dict) -> dict[str, bytes]:
     data = json.loads(files.get("/data.json", b"{}"))
     return {**files, "/data.json": json.dumps(merge_data(data, overlay, overwrite=True), separators=(",", ":"), sort_keys=True).encode()}

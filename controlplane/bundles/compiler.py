@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -204,12 +204,14 @@ class Compiler:
         agents serve at `data.system.bundles`). Both count toward the revision."""
         return self.finish(self.build_tree(definition, base), overlay, metadata)
 
-    def build_tree(self, definition: BundleDefinition, base: Path | None = None) -> Built:
+    def build_tree(self, definition: BundleDefinition, base: Path | None = None,
+                   after_wasm: Callable[[dict[str, bytes]], None] | None = None) -> Built:
         """Every `opa` stage over the sources at once (`check`, the URL check, `test`, the wasm `build`:
         independent invocations over the same tree, threads waiting on child processes); the rego
-        target is made from the wasm target's files (`wasmsource.rego_target`). The first failing
-        stage in the order check -> URLs -> test -> build is raised, as if they had run one after
-        another."""
+        target is made from the wasm target's files (`wasmsource.rego_target`). `after_wasm` (the
+        evaluator's load check) runs on the wasm build's files as soon as they exist, beside the
+        stages still running. The first failing stage in the order check -> URLs -> test -> build
+        -> `after_wasm` is raised, as if they had run one after another."""
         base = (base or self.project_root).resolve()
         sources = [(base / s).resolve() for s in definition.sources]
         missing = [str(s) for s in sources if not s.exists()]
@@ -224,14 +226,17 @@ class Compiler:
             # ten times that on two cores beside the other stages' `opa` processes, all of it before
             # the longest stage could start
             routed, routed_cwd, wasm_caps = self._wasm_inputs(sources, base, Path(tmp))
-            with ThreadPoolExecutor(max_workers=4, thread_name_prefix="opa-stage") as pool:
+            with ThreadPoolExecutor(max_workers=5, thread_name_prefix="opa-stage") as pool:
                 # the wasm build first: it is the longest stage, and the load check waits for it
                 wasm = pool.submit(self._opa_build, routed, "wasm", revision, routed_cwd, wasm_caps, Path(tmp) / "wasm.tar.gz")
                 checks = [pool.submit(self.check, sources, base, caps), pool.submit(self.check_network, sources, base)]
                 tests = pool.submit(self.test, sources, base) if definition.run_tests else None
-                pending: list[Future[Any]] = [*checks, wasm, *([tests] if tests else [])]
+                # not after every stage: `check --strict` and the certification run at a lower
+                # priority beside it, and the load check is the longer path to the agents
+                loads = pool.submit(lambda: after_wasm(wasm.result())) if after_wasm is not None else None
+                pending: list[Future[Any]] = [*checks, wasm, *([tests] if tests else []), *([loads] if loads else [])]
                 wait(pending)
-        for f in [*checks, tests, wasm]:  # the error of the earliest stage wins
+        for f in [*checks, tests, wasm, loads]:  # the error of the earliest stage wins
             exc = f.exception() if f is not None else None
             if exc is not None:
                 raise exc

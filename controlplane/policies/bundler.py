@@ -22,7 +22,7 @@ from typing import Any
 from bridge.opawasm import HostConfig, policy_from_files
 from bridge.opawasm.engine import load_check
 from bridge.opawasm.errors import WasmError
-from controlplane.bundles.artifacts import Built, CompiledBundle
+from controlplane.bundles.artifacts import Built, CompiledBundle, with_overlay
 from controlplane.bundles.compiler import Compiler
 from controlplane.bundles.definitions import BundleDefinition, load_definitions, revision_for, source_digest
 from controlplane.bundles.findings import CompileError, CompileMessage
@@ -131,12 +131,11 @@ class PolicyBundler:
         with tempfile.TemporaryDirectory(prefix="groqpolicy-policies-") as tmp:
             base = Path(tmp)
             d = self._tree(base, definition, modules, run_tests=run_tests)
+            overlay = self.publisher.overlay
             try:
-                built = self.compiler.build_tree(d, base=base)
+                return self.compiler.build_tree(d, base=base, after_wasm=lambda files: check_loads(with_overlay(files, overlay)))
             except CompileError as exc:
-                raise rego.relabel(exc, module_filename(focus), source, ast) if focus else exc from None
-        check_loads(self.compiler.finish(built, overlay=self.publisher.overlay).wasm_files)
-        return built
+                raise rego.relabel(exc, module_filename(focus), source, ast) if focus and exc.stage != "load" else exc from None
 
     def finish(self, built: Built, certificates: Certificates = None) -> CompiledBundle:
         """The bundle of a prepared tree with the policies' certificates in its manifest."""
