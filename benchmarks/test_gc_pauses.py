@@ -85,3 +85,30 @@ def test_full_collection_with_full_constitution_memos(benchmark, frozen_start):
     benchmark.extra_info["tracked"] = len(gc.get_objects())
     benchmark.pedantic(gc.collect, rounds=30 if SHORT else 100, warmup_rounds=2)
     del memos
+
+
+def _l1_full():
+    """An inference worker's in-process judgment cache, full (`l1_size` replies), as its engine
+    fills it (encoded since the change; reply structs before)."""
+    from bridge.inference.cache import TTLCache
+    from bridge.inference.wire import InferReply, Usage
+    from bridge.inference.worker import engine as worker
+    from bridge.kernel.config import EngineSettings
+
+    keep = getattr(worker, "_encode", lambda reply: reply)
+    size = EngineSettings().l1_size // (10 if SHORT else 1)
+    l1: TTLCache = TTLCache(size)
+    for i in range(size):
+        l1.set(f"{i:064x}", keep(InferReply(
+            decision="allow", confidence=0.83, rationale=f"no risk markers found in request {i}", model="openai/gpt-oss-20b",
+            tier="fast", usage=Usage(prompt_tokens=412, completion_tokens=37, total_tokens=449), reasons=["within policy"])), 600)
+    return l1
+
+
+def test_full_collection_with_a_full_inference_cache(benchmark, frozen_start):
+    """In the inference worker's process (its judgment cache), not the control plane's."""
+    l1 = _l1_full()
+    gc.collect()
+    benchmark.extra_info["tracked"] = len(gc.get_objects())
+    benchmark.pedantic(gc.collect, rounds=30 if SHORT else 100, warmup_rounds=2)
+    del l1

@@ -4,6 +4,7 @@ circuit breakers, fail-closed review, deadlines, caching and coalescing (no NATS
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import re
 import subprocess
@@ -179,6 +180,21 @@ async def test_l1_cache_and_coalescing(emu: Emu):
     assert engine.counters.l1_hits == 1
     other, _ = await ask(engine, "same question", tier="premium")  # the tier is part of the key
     assert not other.cached
+
+
+async def test_the_l1_cache_holds_nothing_the_garbage_collector_walks(emu: Emu):
+    """The in-process judgment cache keeps replies encoded: after a collection, none of its entries
+    is tracked (a full collection of the worker walked every cached reply struct), and a hit
+    answers as the call did, marked cached."""
+    engine = engine_for(emu)
+    first, _ = await ask(engine, "a question to keep", tier="fast")
+    hit, _ = await ask(engine, "a question to keep", tier="fast")
+    assert hit.cached and not first.cached and engine.counters.l1_hits == 1
+    assert (hit.decision, hit.confidence, hit.rationale, hit.model, hit.reasons) == \
+        (first.decision, first.confidence, first.rationale, first.model, first.reasons)
+    gc.collect()
+    entries = list(engine.l1._data.values())
+    assert entries and not any(gc.is_tracked(e) or gc.is_tracked(e[1]) for e in entries)
 
 
 async def test_retired_model_name_resolves_and_says_so(emu: Emu):
