@@ -196,9 +196,9 @@ def _l1_lookup(stack) -> Callable[[], object]:
 
     engine = InferenceEngine(client=None, catalog=default_catalog(), emulated=True, settings=EngineSettings())  # type: ignore[arg-type]
     req = msgspec.json.decode(HIT_BODY, type=InferRequest)
-    engine.l1.set(cache_key("fast", req), InferReply(decision="allow", confidence=0.9, rationale="r", model="m", tier="fast"), 600)
+    engine.keep(cache_key("fast", req), InferReply(decision="allow", confidence=0.9, rationale="r", model="m", tier="fast"), 600)
     for i in range(5000):  # a realistically full L1
-        engine.l1.set(f"k{i}", InferReply(decision="deny", confidence=0.9, rationale="r", model="m", tier="fast"), 600)
+        engine.keep(f"k{i}", InferReply(decision="deny", confidence=0.9, rationale="r", model="m", tier="fast"), 600)
 
     def once():
         return engine.lookup_l1("fast", req, time.perf_counter())

@@ -141,6 +141,10 @@ class InferenceEngine:
         self.counters.l1_hits += 1
         return self._as_cached(_decode_reply(hit), started), int(self.l1.ttl_left(key))
 
+    def keep(self, key: str, reply: InferReply, ttl_s: float) -> None:
+        """`reply` into the in-process cache under `key` for `ttl_s` (kept encoded)."""
+        self.l1.set(key, _encode(reply), ttl_s)
+
     @staticmethod
     def _as_cached(reply: InferReply, started: float) -> InferReply:
         return msgspec.structs.replace(reply, cached=True, usage=EMPTY_USAGE, latency_ms=_elapsed_ms(started))
@@ -202,14 +206,14 @@ class InferenceEngine:
             if got is not None:
                 self.counters.l2_hits += 1
                 reply, ttl_left = got
-                self.l1.set(key, _encode(reply), ttl_left)
+                self.keep(key, reply, ttl_left)
                 return self._as_cached(reply, started), int(ttl_left)
             self.counters.l2_misses += 1
         reply = await self._call_models(tier, req, deadline, started)
         if reply.degraded:
             return reply, self.settings.review_max_age_s
         ttl = self.catalog.tier(reply.tier).cache_ttl_s  # for `auto`, the tier it was routed to
-        self.l1.set(key, _encode(reply), ttl)
+        self.keep(key, reply, ttl)
         if self.l2 is not None:
             t = asyncio.create_task(self.l2.put(key, reply, ttl))
             self._bg.add(t)
