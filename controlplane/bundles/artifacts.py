@@ -52,6 +52,7 @@ def finish(built: Built, overlay: dict | None = None, metadata: dict | None = No
     return CompiledBundle(name=definition.name, revision=revision, source_digest=digest, rego_files=rego_files,
                           wasm_files=wasm_files, entrypoints=entrypoints, tests=built.tests)
 
+
 def with_overlay(files: dict[str, bytes], overlay: dict | None) -> dict[str, bytes]:
     """A target's files with the deployment's `overlay` merged into `/data.json`, as `finish` makes
     them (the manifest aside): what the evaluator's load check loads before the revision exists."""
