@@ -46,20 +46,24 @@ def verified_files(data: bytes, keys: Mapping[str, VerificationKey], opts: LoadO
     return files
 
 
-def policy_wasm(files: Mapping[str, bytes]) -> bytes:
-    """The bytes of the one wasm module among a bundle's files (as `policy_from_files` picks it)."""
+def _module_of(files: Mapping[str, bytes]) -> tuple[dict[str, bytes], dict[str, Any], list[dict[str, Any]], str]:
+    """(the files keyed from `/`, the manifest, its `wasm` entries, the path of the one module)."""
     files = {("/" + k.lstrip("/")): v for k, v in files.items()}
     manifest = _manifest(files)
-    return files[_module_path(files, [w for w in manifest.get("wasm") or [] if isinstance(w, dict)])]
+    wasm_entries = [w for w in manifest.get("wasm") or [] if isinstance(w, dict)]
+    return files, manifest, wasm_entries, _module_path(files, wasm_entries)
+
+
+def policy_wasm(files: Mapping[str, bytes]) -> bytes:
+    """The bytes of the one wasm module among a bundle's files (as `policy_from_files` picks it)."""
+    files, _, _, module = _module_of(files)
+    return files[module]
 
 
 def policy_from_files(files: Mapping[str, bytes], options: LoadOptions | None = None, **overrides: Any) -> WasmPolicy:
     """A policy from already-verified bundle files (keys like `/policy.wasm`)."""
     opts = load_options(options, overrides)
-    files = {("/" + k.lstrip("/")): v for k, v in files.items()}
-    manifest = _manifest(files)
-    wasm_entries = [w for w in manifest.get("wasm") or [] if isinstance(w, dict)]
-    module = _module_path(files, wasm_entries)
+    files, manifest, wasm_entries, module = _module_of(files)
     entrypoints = [str(w["entrypoint"]) for w in wasm_entries if "entrypoint" in w]
     try:
         data = bundle_data(files)

@@ -250,7 +250,7 @@ class PolicyStore:
         try:
             revision = await self._kv().create(key, seal_record(key, record, self.keys))
         except TimeoutError:
-            revision = await self._landed(key, record)
+            revision = await self._landed(record)
         self.refused.pop(key, None)  # a trusted value now stands over whatever was refused
         self.view[record.rule_id] = (record, revision)
         self._records = None
@@ -264,25 +264,23 @@ class PolicyStore:
         except KeyWrongLastSequenceError:
             raise StoreConflict(f"policy {record.rule_id}: changed concurrently (expected KV revision {last}); retry") from None
         except TimeoutError:
-            revision = await self._landed(key, record)
+            revision = await self._landed(record)
         self.refused.pop(key, None)
         self.view[record.rule_id] = (record, revision)
         self._records = None
         return revision
 
-    async def _landed(self, key: str, record: PolicyRecord) -> int:
+    async def _landed(self, record: PolicyRecord) -> int:
         """After a write whose acknowledgement never came (a publish timing out on a loaded server
-        that stored it all the same): the revision of `record` when it is what the key holds now,
-        so the client is not told "unavailable" about a policy that is stored and about to be
-        served (and does not retry a create into a second policy); else the timeout stands (503)."""
-        try:
-            entry = await self._kv().get(key)
-        except (KeyNotFoundError, KeyDeletedError):
-            entry = None
-        if entry is None or entry.revision is None or open_record(key, entry.value, self.keys).record != record:
+        that stored it all the same): the revision of `record` when it is the key's latest trusted
+        version (`get`), so the client is not told "unavailable" about a policy that is stored and
+        about to be served (and does not retry a create into a second policy); else the timeout
+        stands (503)."""
+        key, found = key_for(record.rule_id), await self.get(record.rule_id)
+        if found is None or found[0] != record:
             raise TimeoutError(f"no acknowledgement, and {key} does not hold this write")
-        log.warning("policy store: %s stored at revision %d though its acknowledgement was lost", key, entry.revision)
-        return entry.revision
+        log.warning("policy store: %s stored at revision %d though its acknowledgement was lost", key, found[1])
+        return found[1]
 
     @_unavailable
     async def delete(self, rule_id: uuid.UUID, last: int) -> None:
