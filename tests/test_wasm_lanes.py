@@ -50,6 +50,19 @@ def _with_lane(files: dict, **kw):
     return pol
 
 
+def _inline(pol, entrypoint: str, inp: dict, tries: int = 5):
+    """An inline evaluation of an input whose host builtins (`sprintf`) fit the inline budget on a
+    quiet machine. Their share of that budget is wall-clock time (only wasm instructions are a
+    count), so a preempted run on a loaded machine may overrun it: that one is tried again, a few
+    times, because what is asserted here is where an inline evaluation runs and what it answers."""
+    for _ in range(tries - 1):
+        try:
+            return pol.evaluate(entrypoint, inp, inline=True)
+        except wasm_errors.InlineBudgetExceeded as exc:
+            assert "host builtins" in str(exc), exc  # instructions over the count never get another try
+    return pol.evaluate(entrypoint, inp, inline=True)
+
+
 def test_the_lane_compiles_on_the_first_evaluation_off_the_loop(files):
     pol = policy_from_files(files, fuel_free_lane=True, pool_size=2, timeout=2.0)
     try:
@@ -70,7 +83,7 @@ def test_the_lane_answers_as_opa_and_inline_stays_on_fuel(files):
             want = opa_eval_one({"m.rego": MODULE}, DATA, "data.loop.deny", inp)
             assert want["defined"] and pol.evaluate("loop/deny", inp) == want["value"]
         assert pol.lane.pool.live == 1 and pol.pool.live == 1  # the lane served; the fuel lane only its first
-        assert pol.evaluate("loop/deny", INPUTS[1], inline=True) == pol.evaluate("loop/deny", INPUTS[1])
+        assert _inline(pol, "loop/deny", INPUTS[1]) == pol.evaluate("loop/deny", INPUTS[1])
         assert pol.pool.live == 1
         with pytest.raises(wasm_errors.InlineBudgetExceeded):  # the inline budget is still a count
             pol.evaluate("loop/spin", {"n": 100_000}, inline=True)
