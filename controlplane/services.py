@@ -192,7 +192,7 @@ class Services:
         decision_logs = DecisionLogStore(settings.state_dir, max_file_bytes=settings.decision_log_file_bytes,
                                          max_age_s=settings.decision_log_max_age_s)
         statuses = StatusStore(settings.state_dir)
-        gauges = StoreGauges(store, statuses, decision_logs,
+        gauges = StoreGauges(store, statuses, decision_logs, evaluator=evaluator,
                              audit_writer=lambda: recorder.trail.writer if recorder.trail is not None else None)
         batch = BatchAsker(GroqSettings.from_env(), runtime.catalog)
         impact = ImpactService(replay, policies, settings, OnlineReAsk(models.transport, serving_ask),

@@ -128,6 +128,12 @@ def test_a_write_s_revision_serves_at_its_response_and_then_on_the_serving_compi
     assert services.runtime.evaluator.settle(120)
     assert client.get("/health").json()["evaluator"] == {"revision": created["bundle_revision"], "code": "optimized"}
     assert client.post("/api/v1/opa/evaluate", json=ask).json()["result"]["decision"] == "allow"
+    metrics = {line.split(" ")[0]: float(line.split(" ")[1]) for line in client.get("/metrics").text.splitlines()
+               if line.startswith("groqpolicy_evaluator_baseline")}
+    assert metrics["groqpolicy_evaluator_baseline_code"] == 0  # the serving compile ended
+    # every write so far was served on the baseline code first, for as long as its compile took
+    assert metrics["groqpolicy_evaluator_baseline_loads_total"] >= 1
+    assert metrics["groqpolicy_evaluator_baseline_seconds_total"] > 0
 
 
 class AckLost:

@@ -363,11 +363,15 @@ def test_a_baseline_first_load_serves_at_once_and_the_serving_compile_replaces_i
         with pytest.raises(wasm_errors.DeadlineExceeded):
             ev.evaluate("t/slow", timeout=0.05)
         assert not ev.settle(0.2)  # held
+        assert ev.on_baseline and ev.baseline_loads == 1 and ev.baseline_seconds >= 0.2  # the window is open
         gate.set()
         assert ev.settle(120)
         served = ev.policy
         assert served is not first and not served.on_baseline and served.revision == first.revision
         assert first.pool.closed and ev.evaluate("t/rev") == "A" and ev.evaluate("t/allow", {"user": "alice"}) is True
+        closed = ev.baseline_seconds  # the window closed with the swap: it no longer grows
+        time.sleep(0.05)
+        assert not ev.on_baseline and ev.baseline_seconds == closed >= 0.2
 
         second = ev.load(b, baseline_first=True)  # the same module: compiled already, loaded directly
         assert not second.on_baseline and ev.evaluate("t/rev") == "B"
@@ -375,11 +379,14 @@ def test_a_baseline_first_load_serves_at_once_and_the_serving_compile_replaces_i
         gate.clear()
         third = ev.load(signed_bundle(build_wasm_bundle(fresh(), ENTRYPOINTS, {"admins": [], "rev": "C"}), key),
                         baseline_first=True)
-        assert third.on_baseline and ev.evaluate("t/rev") == "C"
+        assert third.on_baseline and ev.evaluate("t/rev") == "C" and ev.baseline_loads == 2
+        assert ev.baseline_seconds > closed
         newest = ev.load(b)
+        ended = ev.baseline_seconds  # a revision on optimized code ends the window too
         gate.set()
         assert ev.settle(120)
         assert ev.policy is newest and ev.evaluate("t/rev") == "B" and third.pool.closed
+        assert ev.baseline_seconds == ended and not ev.on_baseline
     finally:
         gate.set()
         ev.close()

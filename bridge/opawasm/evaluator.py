@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -55,6 +56,11 @@ class WasmEvaluator:
         self._pins: dict[WasmPolicy, int] = {}  # revisions in use by `pinned` blocks: how many each
         self._retired: set[WasmPolicy] = set()  # replaced while pinned: closed when the last pin ends
         self._compiling: threading.Thread | None = None  # the latest serving compile behind a baseline load
+        # how long revisions have been served on the baseline compiler's (slower) code, for /metrics:
+        # the windows that ended, and when the open one began (monotonic; None: serving optimized code)
+        self._baseline_s = 0.0
+        self._baseline_since: float | None = None
+        self.baseline_loads = 0  # revisions published on the baseline compiler's code first
 
     @property
     def policy(self) -> WasmPolicy:
@@ -74,6 +80,12 @@ class WasmEvaluator:
         still running, or failed)."""
         p = self._policy
         return p is not None and p.on_baseline
+
+    @property
+    def baseline_seconds(self) -> float:
+        """Seconds, in all, that this evaluator has served a revision on the baseline compiler's code."""
+        since = self._baseline_since
+        return self._baseline_s + (0.0 if since is None else time.monotonic() - since)
 
     @property
     def pool_size(self) -> int | None:
@@ -107,9 +119,21 @@ class WasmEvaluator:
             else:
                 old, self._policy = self._policy, new
                 old = self._retire(old)
+                self._baseline_window(new.on_baseline)
         if old is not None:
             old.close()
         return old is not new
+
+    def _baseline_window(self, baseline: bool) -> None:
+        """(Under the swap lock, at each publish.) Open or close the baseline-code window."""
+        now = time.monotonic()
+        if baseline:
+            self.baseline_loads += 1
+        if baseline and self._baseline_since is None:
+            self._baseline_since = now
+        elif not baseline and self._baseline_since is not None:
+            self._baseline_s += now - self._baseline_since
+            self._baseline_since = None
 
     def _serving_compile(self, files: dict[str, bytes], baseline: WasmPolicy) -> None:
         with contextlib.suppress(OSError, AttributeError):  # Linux: this thread's own nice value
@@ -201,5 +225,6 @@ class WasmEvaluator:
         with self._swap_lock:
             old, self._policy = self._policy, None
             old = self._retire(old)
+            self._baseline_window(False)
         if old is not None:
             old.close()

@@ -1,5 +1,6 @@
 """Gauges derived at scrape time from what the control plane already holds: the active bundle
-revisions, the OPA agents' status reports, the decision-log count and the audit writer's relinks.
+revisions, the OPA agents' status reports, the decision-log count, the audit writer's relinks and
+which compiler's code the in-process evaluator serves.
 
 The stores live in packages that record their own metrics through `recorders` (bundles, agents,
 audit), so this package sits below them and cannot import them: `StoreGauges` names what it reads
@@ -78,19 +79,34 @@ class Relinks(Protocol):
     def conflicts(self) -> int: ...
 
 
+class Compiled(Protocol):
+    """The in-process evaluator (bridge.opawasm.WasmEvaluator): a revision is served on the baseline
+    compiler's code, slower, from a policy write until its serving compile ends."""
+
+    @property
+    def on_baseline(self) -> bool: ...
+
+    @property
+    def baseline_seconds(self) -> float: ...
+
+    @property
+    def baseline_loads(self) -> int: ...
+
+
 class StoreGauges:
     """A Prometheus collector over the stores; `audit_writer` gives the writer once the trail has
-    started (None before: no audit gauge then)."""
+    started (None before: no audit gauge then); `evaluator`, the in-process evaluator, if any."""
 
     def __init__(self, revisions: Revisions, statuses: Statuses, decision_logs: Counted,
-                 audit_writer: Callable[[], Relinks | None]) -> None:
+                 audit_writer: Callable[[], Relinks | None], evaluator: Compiled | None = None) -> None:
         self.revisions, self.statuses, self.decision_logs = revisions, statuses, decision_logs
-        self.audit_writer = audit_writer
+        self.audit_writer, self.evaluator = audit_writer, evaluator
 
     def collect(self) -> Iterator[Metric]:
         yield from self._bundles()
         yield from self._agents()
         yield from self._audit()
+        yield from self._evaluator()
 
     def _bundles(self) -> Iterator[Metric]:
         store = self.revisions
@@ -137,3 +153,19 @@ class StoreGauges:
                                             "Appends that lost the race to another replica and relinked (expected-last-sequence)")
             conflicts.add_metric([], writer.conflicts)
             yield conflicts
+
+    def _evaluator(self) -> Iterator[Metric]:
+        ev = self.evaluator
+        if ev is None:
+            return
+        yield GaugeMetricFamily("groqpolicy_evaluator_baseline_code",
+                                "1 while the in-process evaluator serves its revision on the baseline compiler's code "
+                                "(slower), until the revision's serving compile ends, else 0", value=int(ev.on_baseline))
+        seconds = CounterMetricFamily("groqpolicy_evaluator_baseline_seconds",
+                                      "Seconds the in-process evaluator has served revisions on the baseline compiler's code")
+        seconds.add_metric([], ev.baseline_seconds)
+        yield seconds
+        loads = CounterMetricFamily("groqpolicy_evaluator_baseline_loads",
+                                    "Revisions served on the baseline compiler's code first (a policy write's)")
+        loads.add_metric([], ev.baseline_loads)
+        yield loads
