@@ -12,6 +12,11 @@ answerer; every timed pass answers each of them from the recording (an `Oracle` 
 ask anew, as a replay with no changed prompt). Rules-only decisions (`risk_management`) and those
 with judgments are timed in turn.
 
+The child freezes its start-up heap before the timed passes, as the serving process does once
+started (`controlplane.app`), so the collections a replay triggers walk what the replay makes, not
+the modules and the compiled bundle (`--no-freeze`: as runs before 2026-12-03 16:50 UTC measured,
+~1.2-1.4x slower).
+
 Each checkout runs in a child process of its own (its own `bridge` and `controlplane` packages),
 the order of the sides reversed every other round, so all see the same machine load; each prints
 JSON. The number to read is the decisions/s of each kind per round, side by side.
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import statistics
@@ -62,7 +68,7 @@ class _Ask:
         return status, msgspec.json.encode(reply), 0
 
 
-def child(decisions: int) -> dict[str, Any]:
+def child(decisions: int, freeze: bool = True) -> dict[str, Any]:
     """One measurement on the checkout this process imports (run with its PYTHONPATH)."""
     from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
     from bridge.opabundle.keys import generate_keypair
@@ -122,7 +128,10 @@ def child(decisions: int) -> dict[str, Any]:
     first = replay.Oracle({}, _Ask())
     run(first, recorded(kinds["with_model_judgments"])[: TEXTS * 4])
     judgments = {k: Judgment(key=k, tier="fast", reply=v) for k, v in first.replies.items()}
-    out: dict[str, Any] = {"load_avg_1m": round(os.getloadavg()[0], 2)}
+    if freeze:  # as the serving process does once started (controlplane.app): collections skip that heap
+        gc.collect()
+        gc.freeze()
+    out: dict[str, Any] = {"load_avg_1m": round(os.getloadavg()[0], 2), "frozen_heap": freeze}
     for name, types in kinds.items():
         found = recorded(types)
         oracle = replay.Oracle(judgments, None)
@@ -142,9 +151,11 @@ def main() -> None:
     ap.add_argument("--against", action="append", default=[],
                     help="another checkout, measured in alternating rounds (may be given more than once)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--no-freeze", action="store_true",
+                    help="leave the start-up heap in the collector's generations (replays measured before 2026-12-03 16:50 UTC did)")
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.decisions)))
+        print(json.dumps(child(args.decisions, freeze=not args.no_freeze)))
         return
     sides = {"this": ROOT}
     for other in args.against:
@@ -155,7 +166,8 @@ def main() -> None:
         for name in order:
             env = dict(os.environ, PYTHONPATH=f"{sides[name]}{os.pathsep}{ROOT}")
             # this file run by path: the other checkout may not have it; its packages come first
-            proc = subprocess.run([sys.executable, __file__, "--child", "--decisions", str(args.decisions)], env=env,
+            argv = [sys.executable, __file__, "--child", "--decisions", str(args.decisions)] + ["--no-freeze"] * args.no_freeze
+            proc = subprocess.run(argv, env=env,
                                   cwd=sides[name], capture_output=True, text=True, check=False)
             if proc.returncode != 0:
                 raise SystemExit(f"{name}: {proc.stderr[-2000:]}")
