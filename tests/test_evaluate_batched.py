@@ -28,6 +28,7 @@ from tests.wasm_helpers import build_wasm_bundle, signed_bundle
 
 LIMIT = uuid.UUID(int=1)
 PICKY = uuid.UUID(int=2)
+UNSURE = uuid.UUID(int=3)
 HEAD = "package mine\n\nimport data.groqpolicy.lib.decision as doc\n\n"
 SOURCES = {
     LIMIT: HEAD + 'd contains "amount above 100" if input.amount > 100\n\n'
@@ -36,6 +37,9 @@ SOURCES = {
     # two complete definitions that disagree when both apply: OPA's eval_conflict_error at run time
     PICKY: "package picky\n\ndecision := {\"decision\": \"allow\", \"confidence\": 1, \"reasons\": [\"a\"]} if input.a\n\n"
            "decision := {\"decision\": \"deny\", \"confidence\": 1, \"reasons\": [\"deny: b\"]} if input.b\n",
+    # an allow too unsure for the constitution: post-validation makes it review
+    UNSURE: "package unsure\n\nimport rego.v1\n\ndefault confidence := 1\n\nconfidence := 0.2 if input.unsure\n\n"
+            "decision := {\"decision\": \"allow\", \"reasons\": [\"ok\"], \"confidence\": confidence}\n",
 }
 
 
@@ -89,6 +93,33 @@ CONTEXTS = [
     {"principal": "bob", "amount": 5, "oversight": {"disabled": True}},  # asks to switch oversight off: pre denies
     {"principal": {"id": "carol"}, "amount": 5, "oversight": {"escalation": "queue"}},
 ]
+
+
+@pytest.mark.parametrize("n", [6, 40])  # below and above the two-thread split
+async def test_a_replay_keeps_of_each_decision_what_the_pipeline_answers(evaluator, n):
+    """A replay finishes the same stages without building responses (`ReplayPipeline.outcomes`):
+    each context's decision, its policies' decisions by type and its WASM time are the response's."""
+    from controlplane.impact.records import strictest_by_type
+    from controlplane.impact.replay import ReplayPipeline
+
+    pipeline = ReplayPipeline(evaluator, lambda: [record(LIMIT), record(PICKY, priority=1), record(UNSURE)])
+    picky = [{}, {"a": True}, {"b": True}, {"a": True, "b": True}]  # undefined (deny), allow, deny, an error (deny)
+    contexts = [dict(CONTEXTS[i % len(CONTEXTS)], n=i, **picky[i % len(picky)]) for i in range(n - 2)] + [
+        {"principal": "dave", "amount": 5, "a": True},  # allowed by all three
+        {"principal": "erin", "amount": 5, "a": True, "unsure": True}]  # all allow; post-validation: review
+    try:
+        responses = await pipeline.decide_many(contexts, policy_types=[], tier="nano", constitutional_hash=H, explain=False)
+        outcomes = await pipeline.outcomes(contexts, policy_types=[], tier="nano", constitutional_hash=H)
+    finally:
+        await pipeline.stop()
+    assert [o.decision for o in outcomes] == [r.decision for r in responses]
+    assert {r.decision for r in responses} == {"allow", "review", "deny"}
+    assert [o.by_type for o in outcomes] == [
+        strictest_by_type([(p.policy_type, p.decision) for p in r.policy_results]) for r in responses]
+    assert {} in [o.by_type for o in outcomes]  # pre-validation refused some: no policy ran for them
+    assert any(r.decision == "review" and r.constitutional_compliance.post_validation == "review"
+               and {p.decision for p in r.policy_results} == {"allow"} for r in responses)
+    assert all(o.wasm_us > 0 for o in outcomes)
 
 
 @pytest.mark.parametrize("n", [6, 15, 40])  # below and above the two-thread split

@@ -223,19 +223,24 @@ class Frame(msgspec.Struct, frozen=True, gc=False):
     explain: bool
 
 
+def verdict(proposal: Proposal, post: PostOutcome | None) -> Decision:
+    """The decision after stage 5: post-validation can only make the proposal's stricter."""
+    if post is not None and DECISION_RANK[post.decision] > DECISION_RANK[proposal.decision]:
+        return post.decision
+    return proposal.decision
+
+
 def respond(evaluation_id: uuid.UUID, proposal: Proposal, pre: PreOutcome, post: PostOutcome | None, post_us: float,
             frame: Frame, echo: dict[str, Any] | None) -> EvaluateResponse:
     """Stage 5's verdict applied to a proposal, and the response (its total time is filled in once
     the whole call is done)."""
-    decision, confidence, reasons = proposal.decision, proposal.confidence, proposal.reasons
+    decision, confidence, reasons = verdict(proposal, post), proposal.confidence, proposal.reasons
     found = list(pre.violations)
     post_decision: Decision | None = None
     if post is not None:
         post_decision = post.decision
         if post.violations:
             found += post.violations
-        if DECISION_RANK[post_decision] > DECISION_RANK[decision]:
-            decision = post_decision
         if post.reasons is not None:
             reasons = list(post.reasons)
         if post.confidence is not None:

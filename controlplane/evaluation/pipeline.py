@@ -30,7 +30,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import msgspec
 
@@ -39,7 +39,8 @@ from controlplane.evaluation.constitution import Constitution, MemoKey, post_key
 from controlplane.evaluation.decision import (
     Frame,
     PolicyOutcome,
-    PreOutcome,
+    PostOutcome,
+    Proposal,
     applicable,
     propose,
     refused,
@@ -51,52 +52,13 @@ from controlplane.evaluation.model_stage import ModelStage
 from controlplane.evaluation.scheduling import QUEUE, Scheduler, run_batched
 from controlplane.evaluation.schemas import EvaluateResponse
 from controlplane.evaluation.spread import BatchSpread, Peers
+from controlplane.evaluation.staging import Call, Finish, Pending, Selection, Staged
 from controlplane.infra.ids import uuid4s
 from controlplane.policies import rego
 from controlplane.policies.schemas import PolicyRecord
 
 log = logging.getLogger(__name__)
-
-
-class Selection(msgspec.Struct, frozen=True):
-    """The applicable policies of one set of request parameters, and how they must be run."""
-
-    chosen: list[PolicyRecord]
-    pure: list[PolicyRecord]  # cannot call out: batched, inline when they fit the inline budget
-    blocking: list[PolicyRecord]  # may call a model through http.send: one evaluation thread each
-    rules_only: bool  # no policy can wait on a model: every stage runs in chunks
-
-
-class Pending(msgspec.Struct, gc=False):
-    """A pure policy's answer that asks for the model stage (awaited on the event loop)."""
-
-    record: PolicyRecord
-    value: Any
-    error: str
-    wasm_us: float
-
-
-class Staged(msgspec.Struct, gc=False):
-    """One context after stages 2 and 3: its pre-validation and each policy's outcome so far."""
-
-    pre: PreOutcome
-    wasm_us: float
-    outs: list[PolicyOutcome | Pending] = msgspec.field(default_factory=list)
-
-
-class _Call(msgspec.Struct, gc=False):
-    """One `decide_many` call's parameters and what it settled up front."""
-
-    contexts: list[dict[str, Any]]
-    policy_types: list[str]
-    tier: str
-    constitutional_hash: str
-    explain: bool
-    echo_input: bool
-    evaluator: Revision  # pinned: the bundle revision every stage of the call uses
-    revision: str
-    selection: Selection
-    ids: list[uuid.UUID]
+_T = TypeVar("_T")
 
 
 class Pipeline:
@@ -167,19 +129,8 @@ class Pipeline:
         decided together, none is available before the others. The WASM and model parts are the
         context's own (a batched WASM call counts as an equal share per context)."""
         started = time.perf_counter()
-        n = len(contexts)
-        chunked = self.scheduler.chunked
-        with self.evaluator.pinned() as evaluator:  # a hot swap meanwhile does not split this call over two revisions
-            selection = self.select(policy_types, tier)
-            call = _Call(contexts, policy_types, tier, constitutional_hash, explain, echo_input, evaluator,
-                         evaluator.revision or "", selection, uuid4s(n))
-            if selection.rules_only:
-                parts = await chunked(lambda i, j, ev: self._finish(call, i, self._rules(call, i, j, ev), ev), evaluator, n)
-            else:
-                staged = [s for part in await chunked(lambda i, j, ev: self._rules(call, i, j, ev), evaluator, n) for s in part]
-                await self._model_stage(call, staged)
-                parts = await chunked(lambda i, j, ev: self._finish(call, i, staged[i:j], ev), evaluator, n)
-        responses = [r for part in parts for r in part]
+        responses = await self._stages(contexts, policy_types, tier, constitutional_hash, explain, echo_input,
+                                       self._finish, uuid4s(len(contexts)))
         total_ms = round((time.perf_counter() - started) * 1000, 4)
         achieved = total_ms <= TIER_TARGET_MS[tier]
         for response in responses:
@@ -188,6 +139,23 @@ class Pipeline:
             m.opa_evaluation_time_ms = round(max(0.0, total_ms - m.groq_inference_time_ms), 4) if m.groq_inference_time_ms else total_ms
             m.target_achieved = achieved
         return responses
+
+    async def _stages(self, contexts: list[dict[str, Any]], policy_types: list[str], tier: str, constitutional_hash: str,
+                      explain: bool, echo_input: bool, finish: Finish[_T], ids: list[uuid.UUID]) -> list[_T]:
+        """Stages 2 to 5 for every context; `finish` turns a chunk's settled stages into its results."""
+        n = len(contexts)
+        chunked = self.scheduler.chunked
+        with self.evaluator.pinned() as evaluator:  # a hot swap meanwhile does not split this call over two revisions
+            selection = self.select(policy_types, tier)
+            call = Call(contexts, policy_types, tier, constitutional_hash, explain, echo_input, evaluator,
+                         evaluator.revision or "", selection, ids)
+            if selection.rules_only:
+                parts = await chunked(lambda i, j, ev: finish(call, i, self._rules(call, i, j, ev), ev), evaluator, n)
+            else:
+                staged = [s for part in await chunked(lambda i, j, ev: self._rules(call, i, j, ev), evaluator, n) for s in part]
+                await self._model_stage(call, staged)
+                parts = await chunked(lambda i, j, ev: finish(call, i, staged[i:j], ev), evaluator, n)
+        return [r for part in parts for r in part]
 
     # ---- stage 1 ---------------------------------------------------------------------------------
     def select(self, policy_types: list[str], tier: str) -> Selection:
@@ -217,7 +185,7 @@ class Pipeline:
         return found
 
     # ---- stages 2 to 5 ---------------------------------------------------------------------------
-    def _rules(self, call: _Call, start: int, stop: int, evaluator: Revision) -> list[Staged]:
+    def _rules(self, call: Call, start: int, stop: int, evaluator: Revision) -> list[Staged]:
         """Stages 2 and 3 (the policies that cannot call out) for the contexts `start:stop`, on any
         thread, on `evaluator` (the call's revision, inline or not). A policy runs only for the
         contexts that pass pre-validation; one that asks for the model stage is left `Pending`."""
@@ -238,7 +206,7 @@ class Pipeline:
                     staged[j].outs.append(settled(record, value, err, us) or Pending(record, value, err, us))
         return staged
 
-    async def _model_stage(self, call: _Call, staged: list[Staged]) -> None:
+    async def _model_stage(self, call: Call, staged: list[Staged]) -> None:
         """Stage 3 for what may wait on a model, concurrently: the pure policies whose document asks
         for the model stage, and the policies that may call out themselves (on worker threads)."""
         if call.selection.blocking:
@@ -263,8 +231,19 @@ class Pipeline:
             else:
                 outs[at] = result
 
-    def _finish(self, call: _Call, start: int, staged: list[Staged], evaluator: Revision) -> list[EvaluateResponse]:
+    def _finish(self, call: Call, start: int, staged: list[Staged], evaluator: Revision) -> list[EvaluateResponse]:
         """Stages 4 and 5 and the responses for the contexts from `start` on; on any thread."""
+        proposals, posts, costs = self._synthesise(call, start, staged, evaluator)
+        contexts = call.contexts
+        frame = Frame(call.tier, TIER_TARGET_MS[call.tier], call.revision, [r.rule_id for r in call.selection.chosen], call.explain)
+        ids, echo = call.ids, call.echo_input
+        return [respond(ids[start + j], proposal, s.pre, post, cost, frame, contexts[start + j] if echo else None)
+                for j, (s, proposal, post, cost) in enumerate(zip(staged, proposals, posts, costs, strict=True))]
+
+    def _synthesise(self, call: Call, start: int, staged: list[Staged],
+                    evaluator: Revision) -> tuple[list[Proposal], list[PostOutcome | None], list[float]]:
+        """Stages 4 and 5 for the contexts from `start` on: each one's proposal, post-validation
+        outcome (None: it failed pre-validation) and post-validation WASM time."""
         contexts, revision, h = call.contexts, call.revision, call.constitutional_hash
         proposals = []
         keys: list[MemoKey | None] = []
@@ -278,10 +257,7 @@ class Pipeline:
                 keys.append(None)
             proposals.append(proposal)
         posts, costs = self.constitution.post_validate(evaluator, keys)
-        frame = Frame(call.tier, TIER_TARGET_MS[call.tier], revision, [r.rule_id for r in call.selection.chosen], call.explain)
-        ids, echo = call.ids, call.echo_input
-        return [respond(ids[start + j], proposal, s.pre, post, cost, frame, contexts[start + j] if echo else None)
-                for j, (s, proposal, post, cost) in enumerate(zip(staged, proposals, posts, costs, strict=True))]
+        return proposals, posts, costs
 
     # ---- stage 7 ---------------------------------------------------------------------------------
     async def escalate_violation(self, response: EvaluateResponse, tier: str, source: str, input_context: dict[str, Any]) -> None:

@@ -1,7 +1,8 @@
 """Replay: recorded decisions decided again by a candidate, and what changed.
 
-The recorded inputs go through the evaluation pipeline itself (`Pipeline.decide_many`, batched, on
-the candidate's own evaluator), so a replayed decision is made exactly as a live one would be.
+The recorded inputs go through the evaluation pipeline's own stages (`ReplayPipeline.outcomes`:
+`decide_many`'s stages 2 to 5, batched, on the candidate's own evaluator), so a replayed decision is
+made exactly as a live one would be; only the response a caller would get is not built.
 Every model call the candidate makes goes to the `Oracle`: a request recorded in the replay store
 (same tier, model, question, context, asking policy: `records.judgment_key`) is answered from the
 recording and never asked again; any other is asked anew through `ReAsk`, once per request.
@@ -28,13 +29,16 @@ import msgspec
 from bridge.kernel.errors import GroqPolicyError
 from bridge.opawasm import UNDEFINED, SendMemo, WasmEvaluator
 from controlplane.audit.ingest import decision_of
+from controlplane.evaluation.decision import verdict
+from controlplane.evaluation.interfaces import Revision
 from controlplane.evaluation.pipeline import Pipeline
+from controlplane.evaluation.staging import Call, Staged
 from controlplane.impact.candidate import Candidate
 from controlplane.impact.records import Judgment, Recorded, judgment_key, redact, strictest_by_type
 from controlplane.policies import rego
 from controlplane.policies.schemas import PolicyRecord
 
-CHUNK = 1024  # contexts per decide_many call
+CHUNK = 1024  # contexts per pipeline call
 EXAMPLES_PER_CELL = 3
 PENDING_WAIT_S = 60.0  # the longest a decision waits for the same judgment another decision is asking
 NONE = "none"  # a policy type that had no part in the decision before (or after)
@@ -210,6 +214,17 @@ class ReplayPipeline(Pipeline):
     def _may_block(self, record: PolicyRecord) -> bool:
         return False
 
+    async def outcomes(self, contexts: list[Any], *, policy_types: list[str], tier: str,
+                       constitutional_hash: str) -> list[Outcome]:
+        """What the replay keeps of each decision (`decide_many`'s, through the same stages), without
+        the response a caller would get: no evaluation ids, reasons, violations or timings to build."""
+        return await self._stages(contexts, policy_types, tier, constitutional_hash, False, False, self._outcomes, [])
+
+    def _outcomes(self, call: Call, start: int, staged: list[Staged], evaluator: Revision) -> list[Outcome]:
+        proposals, posts, costs = self._synthesise(call, start, staged, evaluator)
+        return [Outcome(verdict(p, post), strictest_by_type([(r.policy_type, r.decision) for r in p.results]),
+                        round(p.wasm_us + cost, 2)) for p, post, cost in zip(proposals, posts, costs, strict=True)]
+
 
 class Outcome(msgspec.Struct, gc=False):
     decision: str
@@ -245,12 +260,9 @@ async def decide_all(candidate: Candidate, evaluator: WasmEvaluator, oracle: Ora
     return [o for o in out if o is not None]
 
 
-async def _pipeline(pipeline: Pipeline, key: tuple[Any, ...], inputs: list[Any]) -> list[Outcome]:
+async def _pipeline(pipeline: ReplayPipeline, key: tuple[Any, ...], inputs: list[Any]) -> list[Outcome]:
     types, tier, chash = key
-    responses = await pipeline.decide_many(inputs, policy_types=list(types), tier=tier, constitutional_hash=chash,
-                                           explain=False)
-    return [Outcome(r.decision, strictest_by_type([(p.policy_type, p.decision) for p in r.policy_results]),
-                    r.performance_metrics.wasm_execution_time_us) for r in responses]
+    return await pipeline.outcomes(inputs, policy_types=list(types), tier=tier, constitutional_hash=chash)
 
 
 async def _agent(candidate: Candidate, evaluator: WasmEvaluator, path: str, inputs: list[Any]) -> list[Outcome]:
