@@ -148,7 +148,7 @@ class Pipeline:
         with self.evaluator.pinned() as evaluator:  # a hot swap meanwhile does not split this call over two revisions
             selection = self.select(policy_types, tier)
             call = Call(contexts, policy_types, tier, constitutional_hash, explain, echo_input, evaluator,
-                         evaluator.revision or "", selection, ids)
+                        evaluator.revision or "", selection, ids)
             if selection.rules_only:
                 parts = await chunked(lambda i, j, ev: finish(call, i, self._rules(call, i, j, ev), ev), evaluator, n)
             else:
