@@ -14,8 +14,8 @@ with judgments are timed in turn.
 
 The child freezes its start-up heap before the timed passes, as the serving process does once
 started (`controlplane.app`), so the collections a replay triggers walk what the replay makes, not
-the modules and the compiled bundle (`--no-freeze`: as runs before 2026-12-03 16:50 UTC measured,
-~1.2-1.4x slower).
+the modules and the compiled bundle (`--no-freeze`: as runs before 2026-12-03 16:50 UTC measured:
+rules only ~1.4x slower, with judgments 1.0-1.2x).
 
 Each checkout runs in a child process of its own (its own `bridge` and `controlplane` packages),
 the order of the sides reversed every other round, so all see the same machine load; each prints
