@@ -249,7 +249,9 @@ async def decide_all(candidate: Candidate, evaluator: WasmEvaluator, oracle: Ora
                 if key[0] == "agent":
                     found = await _agent(candidate, evaluator, key[1], [decisions[i].input for i in part])
                 else:
-                    found = await _pipeline(pipeline, key, [decisions[i].input for i in part])
+                    types, tier, chash = key
+                    found = await pipeline.outcomes([decisions[i].input for i in part], policy_types=list(types),
+                                                    tier=tier, constitutional_hash=chash)
                 for i, o in zip(part, found, strict=True):
                     out[i] = o
                 done += len(part)
@@ -258,11 +260,6 @@ async def decide_all(candidate: Candidate, evaluator: WasmEvaluator, oracle: Ora
     finally:
         await pipeline.stop()
     return [o for o in out if o is not None]
-
-
-async def _pipeline(pipeline: ReplayPipeline, key: tuple[Any, ...], inputs: list[Any]) -> list[Outcome]:
-    types, tier, chash = key
-    return await pipeline.outcomes(inputs, policy_types=list(types), tier=tier, constitutional_hash=chash)
 
 
 async def _agent(candidate: Candidate, evaluator: WasmEvaluator, path: str, inputs: list[Any]) -> list[Outcome]:
