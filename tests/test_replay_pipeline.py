@@ -46,7 +46,9 @@ a contains groq.summary(answer) if {
 decision := doc.document("ethics", d, r, a, answer.confidence, ["P7-safety-harm-avoidance"])
 """
 BRIDGE = "http://127.0.0.1:8016"  # the library's default bridge URL (no deployment overlay here)
-ROUND_TRIP_S = 0.02  # well beyond the inline budget
+# well beyond the inline budget, and 25 of them (a batched call's chunk) beyond a pure computation's
+# 1 s deadline for the whole call, which the replay's batched call of a policy that asks a model once had
+ROUND_TRIP_S = 0.06
 
 
 class RoundTrip:

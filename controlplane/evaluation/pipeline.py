@@ -175,6 +175,10 @@ class Pipeline:
         self._selections[key] = (records, found)
         return found
 
+    def _per_input(self, record: PolicyRecord) -> float | None:
+        """The deadline per input of a batched call of `record` (None: the call's, a pure computation's)."""
+        return None
+
     def _may_block(self, record: PolicyRecord) -> bool:
         key = (record.rule_id, record.version)
         found = self._blocking.get(key)
@@ -200,7 +204,8 @@ class Pipeline:
             for record in call.selection.pure:
                 t0 = time.perf_counter_ns()
                 values, errs = run_batched(evaluator, rego.wasm_entrypoint(record.rule_id),
-                                           rego.wasm_batch_entrypoint(record.rule_id), inputs, wrapped=True)
+                                           rego.wasm_batch_entrypoint(record.rule_id), inputs, wrapped=True,
+                                           per_input=self._per_input(record))
                 us = (time.perf_counter_ns() - t0) / 1000 / len(inputs)
                 for j, value, err in zip(passed, values, errs, strict=True):
                     staged[j].outs.append(settled(record, value, err, us) or Pending(record, value, err, us))

@@ -83,19 +83,24 @@ class Inline:
 
 
 def run_batched(evaluator: Revision, single: str, many: str, inputs: list[Any], *,
-                wrapped: bool) -> tuple[list[Any], list[str]]:
+                wrapped: bool, per_input: float | None = None) -> tuple[list[Any], list[str]]:
     """(value per input, error per input or "") of an entrypoint that cannot block, on this thread.
 
     One input goes to the `single` entrypoint; several to the batched `many` one (whose answer is
     a value per input, or with `wrapped` `[value]` / `[]` for undefined). A batched call that fails
     is redone one input at a time, so each error lands on its own input, except when it ran out of
     time: then every input of it fails with that error. InlineBudgetExceeded is not a failure of
-    the policy: it goes up to the scheduler, which does the work again on a thread."""
+    the policy: it goes up to the scheduler, which does the work again on a thread.
+
+    Deadline: `INLINE_TIMEOUT_S` for the call, batched or single; with `per_input`, that many
+    seconds for each input the call evaluates (a replay's policy that asks a model: a round trip per
+    input, which a pure computation's deadline would cut short)."""
     n = len(inputs)
     evaluate = evaluator.evaluate
+    single_s = INLINE_TIMEOUT_S if per_input is None else per_input
     if n > 1:
         try:
-            out = evaluate(many, inputs, timeout=INLINE_TIMEOUT_S)
+            out = evaluate(many, inputs, timeout=INLINE_TIMEOUT_S if per_input is None else per_input * n)
             if not isinstance(out, list) or len(out) != n:
                 raise ValueError(f"{many}: no list of {n} results")
             if wrapped:
@@ -112,7 +117,7 @@ def run_batched(evaluator: Revision, single: str, many: str, inputs: list[Any], 
     errors: list[str] = []
     for x in inputs:
         try:
-            values.append(evaluate(single, x, timeout=INLINE_TIMEOUT_S))
+            values.append(evaluate(single, x, timeout=single_s))
             errors.append("")
         except InlineBudgetExceeded:
             raise

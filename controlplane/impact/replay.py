@@ -31,6 +31,7 @@ from bridge.opawasm import UNDEFINED, SendMemo, WasmEvaluator
 from controlplane.audit.ingest import decision_of
 from controlplane.evaluation.decision import verdict
 from controlplane.evaluation.interfaces import Revision
+from controlplane.evaluation.model_stage import BLOCKING_TIMEOUT_S
 from controlplane.evaluation.pipeline import Pipeline
 from controlplane.evaluation.staging import Call, Staged
 from controlplane.impact.candidate import Candidate
@@ -213,6 +214,12 @@ class ReplayPipeline(Pipeline):
 
     def _may_block(self, record: PolicyRecord) -> bool:
         return False
+
+    def _per_input(self, record: PolicyRecord) -> float | None:
+        # a policy that may ask a model gets, per input of its batched call, the deadline it has live
+        # on its own thread: a judgment asked anew is a round trip each (0.2-2 s at GroqCloud), and a
+        # pure computation's deadline for the whole call (1 s) would fail the chunk's inputs
+        return BLOCKING_TIMEOUT_S if super()._may_block(record) else None
 
     async def outcomes(self, contexts: list[Any], *, policy_types: list[str], tier: str,
                        constitutional_hash: str) -> list[Outcome]:
