@@ -14,8 +14,10 @@ import httpx
 import nats
 import pytest
 
-from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from bridge.inference.catalog import default_catalog
+from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
+from controlplane.impact import replay
+from controlplane.ops.impact_commands import render_report
 from controlplane.services import Services
 from tests.bridge_helpers import spawn_worker, wait_for_workers
 from tests.controlplane_helpers import ADMIN_HEADERS, EVALUATE_TOKEN, bearer, make_settings, running_control_plane
@@ -161,6 +163,31 @@ def test_a_changed_prompt_asks_exactly_the_changed_judgments_again(system, recor
     assert emu.calls() - before == len(set(TEXTS))
     assert report["model_calls"]["recorded"] == 0
     assert report["changed"] == 0  # the emulator judges the text, not the wording of the question
+
+
+def test_replay_helpers_give_the_same_reports(system, recorded, monkeypatch):
+    """The service's replay split with a helper process (forced: two decisions a chunk, from the first
+    decision): the tightened rule moves the same cells; a changed prompt's judgments are asked once
+    each, by the process asked, which also decides every chunk that needs one."""
+    client, services, emu, limit, judge = system
+    monkeypatch.setattr(services.impact.settings, "replay_helpers", 1)
+    monkeypatch.setattr(services.impact.settings, "replay_helpers_from", 1)
+    monkeypatch.setattr(replay, "CHUNK", 2)
+    before = emu.calls()
+    report = impact(client, {"rule_id": limit, "opa_policy": TIGHTER})
+    assert report["matrix"]["risk_management"] == {"allow": {"allow": 10, "deny": 5}, "deny": {"deny": 3}}
+    assert 0 < report["helper_decisions"] < len(AMOUNTS)  # both processes decided a share
+    assert f"{report['helper_decisions']} of them by helper processes" in render_report(report)  # the CLI says so
+    assert report["model_calls"]["new"] == 0 and emu.calls() == before
+    changed = JUDGE.replace("Is this text harmful?", "Is this text harmful to anyone?")
+    report = impact(client, {"rule_id": judge, "opa_policy": changed})
+    assert report["model_calls"]["new"] == len(set(TEXTS)) == emu.calls() - before
+    assert report["helper_decisions"] == 0 and report["changed"] == 0
+    # a client may ask for fewer helpers (none: this process alone), never more than configured
+    assert impact(client, {"rule_id": limit, "opa_policy": TIGHTER}, helpers=0)["helper_decisions"] == 0
+    assert impact(client, {"rule_id": limit, "opa_policy": TIGHTER}, helpers=64)["helper_decisions"] > 0
+    r = client.post("/api/v1/impact", json={"candidate": {"rule_id": limit, "opa_policy": TIGHTER}, "count": 5, "helpers": -1})
+    assert r.status_code == 400 and "helpers" in r.text
 
 
 def test_a_changed_prompt_via_batch_asks_exactly_the_changed_judgments_at_the_batch_price(system, recorded):

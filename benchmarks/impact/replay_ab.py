@@ -1,6 +1,6 @@
 """The replay of recorded decisions, in-process, between two checkouts (issue 16).
 
-    .venv/bin/python benchmarks/impact/replay_ab.py [--decisions 20000] [--rounds 3] [--against /other/checkout ...]
+    .venv/bin/python benchmarks/impact/replay_ab.py [--decisions 20000] [--rounds 3] [--against /other/checkout ...] [--helpers N]
 
 What runs is `controlplane.impact.replay.decide_all`, the impact service's replay loop, without
 the control plane around it: the candidate of `benchmarks/test_impact_bench.py` (the `limits`
@@ -16,6 +16,10 @@ The child freezes its start-up heap before the timed passes, as the serving proc
 started (`controlplane.app`), so the collections a replay triggers walk what the replay makes, not
 the modules and the compiled bundle (`--no-freeze`: as runs before 2026-12-03 16:50 UTC measured:
 rules only ~1.4x slower, with judgments 1.0-1.2x).
+
+`--helpers N`: the replay splits its chunks with N helper processes (`controlplane.impact.helpers`),
+made within the timed span as the impact service makes them; their fork server is started before
+(as the service starts it with the control plane).
 
 Each checkout runs in a child process of its own (its own `bridge` and `controlplane` packages),
 the order of the sides reversed every other round, so all see the same machine load; each prints
@@ -68,7 +72,7 @@ class _Ask:
         return status, msgspec.json.encode(reply), 0
 
 
-def child(decisions: int, freeze: bool = True) -> dict[str, Any]:
+def child(decisions: int, freeze: bool = True, helpers: int = 0) -> dict[str, Any]:
     """One measurement on the checkout this process imports (run with its PYTHONPATH)."""
     from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
     from bridge.opabundle.keys import generate_keypair
@@ -115,11 +119,21 @@ def child(decisions: int, freeze: bool = True) -> dict[str, Any]:
         return [Recorded(id=str(i), ts=0.0, source="batch", input=_context(i), decision="allow", tier="fast",
                          policy_types=types, constitutional_hash=CONSTITUTIONAL_HASH) for i in range(decisions)]
 
-    def run(oracle: Any, found: list[Any]) -> tuple[float, list[Any]]:
+    def run(oracle: Any, found: list[Any], count: int = 0) -> tuple[float, list[Any]]:
         ev = evaluator(oracle)
         try:
             t0 = time.perf_counter()
-            outcomes = asyncio.run(replay.decide_all(candidate, ev, oracle, found))  # type: ignore[arg-type]
+            aides = None
+            if count:  # made within the timed span, as the impact service makes them for its replay
+                from controlplane.impact.helpers import Helpers
+
+                aides = Helpers(count, archive=archive, key=key.verification_key(), bridge_url=BRIDGE_URL,
+                                records=records, replies=oracle.replies, final_misses=oracle.reask is None)
+            try:
+                outcomes = asyncio.run(replay.decide_all(candidate, ev, oracle, found, helpers=aides))  # type: ignore[arg-type]
+            finally:
+                if aides is not None:
+                    aides.close()
             return time.perf_counter() - t0, outcomes
         finally:
             ev.close()
@@ -128,6 +142,10 @@ def child(decisions: int, freeze: bool = True) -> dict[str, Any]:
     first = replay.Oracle({}, _Ask())
     run(first, recorded(kinds["with_model_judgments"])[: TEXTS * 4])
     judgments = {k: Judgment(key=k, tier="fast", reply=v) for k, v in first.replies.items()}
+    if helpers:  # the impact service starts the fork server while it compiles the candidate: not timed
+        from controlplane.impact.helpers import warm
+
+        warm()
     if freeze:  # as the serving process does once started (controlplane.app): collections skip that heap
         gc.collect()
         gc.freeze()
@@ -135,7 +153,7 @@ def child(decisions: int, freeze: bool = True) -> dict[str, Any]:
     for name, types in kinds.items():
         found = recorded(types)
         oracle = replay.Oracle(judgments, None)
-        elapsed, outcomes = run(oracle, found)
+        elapsed, outcomes = run(oracle, found, helpers)
         decided: dict[str, int] = {}
         for o in outcomes:
             decided[o.decision] = decided.get(o.decision, 0) + 1
@@ -151,11 +169,12 @@ def main() -> None:
     ap.add_argument("--against", action="append", default=[],
                     help="another checkout, measured in alternating rounds (may be given more than once)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--helpers", type=int, default=0, help="replay helper processes (controlplane.impact.helpers)")
     ap.add_argument("--no-freeze", action="store_true",
                     help="leave the start-up heap in the collector's generations (replays measured before 2026-12-03 16:50 UTC did)")
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.decisions, freeze=not args.no_freeze)))
+        print(json.dumps(child(args.decisions, freeze=not args.no_freeze, helpers=args.helpers)))
         return
     sides = {"this": ROOT}
     for other in args.against:
@@ -167,6 +186,7 @@ def main() -> None:
             env = dict(os.environ, PYTHONPATH=f"{sides[name]}{os.pathsep}{ROOT}")
             # this file run by path: the other checkout may not have it; its packages come first
             argv = [sys.executable, __file__, "--child", "--decisions", str(args.decisions)] + ["--no-freeze"] * args.no_freeze
+            argv += ["--helpers", str(args.helpers)] * bool(args.helpers)
             proc = subprocess.run(argv, env=env,
                                   cwd=sides[name], capture_output=True, text=True, check=False)
             if proc.returncode != 0:

@@ -26,7 +26,7 @@ from bridge.kernel.errors import GroqPolicyError, error_document
 from controlplane.auth.guards import principal_of, requires
 from controlplane.impact.candidate import CandidateSpec
 from controlplane.impact.records import Divergence
-from controlplane.impact.replay import Report
+from controlplane.impact.report import Report
 from controlplane.impact.service import ImpactRequest, ImpactService, Prepared
 from controlplane.impact.shadow import ShadowMode, ShadowSummary
 from controlplane.impact.store import ReplayStore

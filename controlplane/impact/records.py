@@ -50,6 +50,25 @@ class Recorded(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     path: str = ""  # agents: the queried path
 
 
+class Outcome(msgspec.Struct, gc=False):
+    """A recorded decision as a replay's candidate decided it again."""
+
+    decision: str
+    by_type: dict[str, str]  # as `Recorded.by_type`
+    wasm_us: float
+
+
+class Chunk(msgspec.Struct, array_like=True):
+    """Recorded decisions of one kind, for a replay helper: the pipeline's (types, tier, hash), or an
+    agent's queries of `path`."""
+
+    policy_types: list[str]
+    tier: str
+    constitutional_hash: str
+    inputs: list[Any]
+    path: str = ""  # an agent's decisions: the queried path
+
+
 class Judgment(msgspec.Struct, kw_only=True, gc=False):
     """A model's answer to one exact request."""
 

@@ -10,16 +10,19 @@ recording and never asked again; any other is asked anew through `ReAsk`, once p
 `ReAsk` is the seam for how new judgments are asked: `OnlineReAsk` sends them to the live
 inference workers now; `controlplane.impact.batched.BatchReAsk` collects them for GroqCloud's
 Batch API at its batch price and answers them on the replay's next pass.
+
+A long replay shares its chunks of decisions with helper processes holding the same candidate and
+recording (`controlplane.impact.helpers`); a chunk that needs a judgment a helper does not have is
+decided here. What a replay found is turned into its report by `controlplane.impact.report`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import statistics
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Protocol
@@ -33,16 +36,16 @@ from controlplane.evaluation.decision import verdict
 from controlplane.evaluation.interfaces import Revision
 from controlplane.evaluation.model_stage import BLOCKING_TIMEOUT_S
 from controlplane.evaluation.pipeline import Pipeline
+from controlplane.evaluation.scheduling import CHUNK as BATCH
+from controlplane.evaluation.scheduling import run_batched
 from controlplane.evaluation.staging import Call, Staged
 from controlplane.impact.candidate import Candidate
-from controlplane.impact.records import Judgment, Recorded, judgment_key, redact, strictest_by_type
+from controlplane.impact.records import Chunk, Judgment, Outcome, Recorded, judgment_key, strictest_by_type
 from controlplane.policies import rego
 from controlplane.policies.schemas import PolicyRecord
 
 CHUNK = 1024  # contexts per pipeline call
-EXAMPLES_PER_CELL = 3
 PENDING_WAIT_S = 60.0  # the longest a decision waits for the same judgment another decision is asking
-NONE = "none"  # a policy type that had no part in the decision before (or after)
 
 
 class ReAsk(Protocol):
@@ -53,6 +56,18 @@ class ReAsk(Protocol):
     def call(self, tier: str, body: Any, timeout: float) -> tuple[int, Any]: ...  # from worker threads
 
     async def request(self, tier: str, body: bytes) -> tuple[int, bytes, int]: ...  # on the loop
+
+
+class HelperPool(Protocol):
+    """Processes that decide chunks of a replay beside its thread (`controlplane.impact.helpers.Helpers`)."""
+
+    count: int  # processes
+    in_flight: int  # chunks each holds at once
+
+    @property
+    def alive(self) -> bool: ...
+
+    async def decide(self, chunk: Chunk) -> tuple[list[Outcome], int] | None: ...
 
 
 class OnlineReAsk:
@@ -91,6 +106,8 @@ class Oracle:
         self.asked: set[str] = set()  # distinct requests asked anew
         self.joined = 0  # calls that waited for the same request asked anew by another decision
         self.failed = 0
+        self.helped = 0  # decisions replay helpers decided (`controlplane.impact.helpers`)
+        self.missed = 0  # calls neither recorded nor answerable: no `reask` (answered 503, as an unreachable model)
         self.cost_usd = 0.0
         self.asked_ms: list[float] = []
         self._lock = threading.Lock()
@@ -101,6 +118,16 @@ class Oracle:
         """Calls answered from what the replay already knows: the recording, or an answer asked
         anew by an earlier call (the memo's hits are such calls, answered in the evaluator)."""
         return self._recorded + self.memo.hits
+
+    def credit(self, decisions: int, recorded: int) -> None:
+        """Count `decisions` a replay helper decided, with the calls it answered from the same recording."""
+        with self._lock:
+            self.helped += decisions
+            self._recorded += recorded
+
+    def _miss(self) -> None:
+        with self._lock:
+            self.missed += 1
 
     def _hit(self, key: str) -> Any:
         reply = self.replies.get(key)
@@ -139,6 +166,7 @@ class Oracle:
         if reply is not None:
             return 200, reply
         if self.reask is None:
+            self._miss()
             return 503, {"error": {"message": "not recorded, and this replay asks no model"}}
         future, mine = self._claim(key)
         if not mine:
@@ -166,6 +194,7 @@ class Oracle:
         if reply is not None:
             return 200, msgspec.json.encode(reply), 0
         if self.reask is None:
+            self._miss()
             return 503, b'{"error": {"message": "not recorded, and this replay asks no model"}}', 0
         future, mine = self._claim(key)
         if not mine:  # an exception the asker met is raised here too, as if this call had met it
@@ -233,142 +262,76 @@ class ReplayPipeline(Pipeline):
                         round(p.wasm_us + cost, 2)) for p, post, cost in zip(proposals, posts, costs, strict=True)]
 
 
-class Outcome(msgspec.Struct, gc=False):
-    decision: str
-    by_type: dict[str, str]
-    wasm_us: float
-
-
 async def decide_all(candidate: Candidate, evaluator: WasmEvaluator, oracle: Oracle, decisions: list[Recorded],
-                     progress: Callable[[int], Any] | None = None) -> list[Outcome]:
-    """Each recorded decision made again by the candidate (in the order given)."""
+                     progress: Callable[[int], Any] | None = None, helpers: HelperPool | None = None) -> list[Outcome]:
+    """Each recorded decision made again by the candidate (in the order given). With `helpers`, their
+    processes take chunks beside this thread (`controlplane.impact.helpers`); every chunk a helper
+    hands back is decided here."""
     pipeline = ReplayPipeline(evaluator, lambda: candidate.records, ask_model=oracle.ask)
     out: list[Outcome | None] = [None] * len(decisions)
     groups: dict[tuple[Any, ...], list[int]] = {}
     for i, d in enumerate(decisions):
-        groups.setdefault(("agent", d.path) if d.source == "opa-agent" else
-                          (tuple(d.policy_types), d.tier, d.constitutional_hash), []).append(i)
+        groups.setdefault(("", "", "", d.path) if d.source == "opa-agent" else
+                          (tuple(d.policy_types), d.tier, d.constitutional_hash, ""), []).append(i)
+    # taken from the front here, from the back by helpers
+    chunks = deque((key, indexes[at:at + CHUNK]) for key, indexes in groups.items() for at in range(0, len(indexes), CHUNK))
     done = 0
+
+    async def here(key: tuple[Any, ...], part: list[int]) -> list[Outcome]:
+        types, tier, chash, path = key
+        inputs = [decisions[i].input for i in part]
+        if path:
+            return agent_outcomes(candidate.records, evaluator, path, inputs)
+        return await pipeline.outcomes(inputs, policy_types=list(types), tier=tier, constitutional_hash=chash)
+
+    async def finish(part: list[int], found: list[Outcome]) -> None:
+        nonlocal done
+        for i, o in zip(part, found, strict=True):
+            out[i] = o
+        done += len(part)
+        if progress is not None:
+            await progress(done)
+
+    async def local() -> None:
+        while chunks:
+            key, part = chunks.popleft()
+            await finish(part, await here(key, part))
+
+    async def helped(helpers: HelperPool) -> None:
+        while chunks and helpers.alive:
+            key, part = chunks.pop()
+            types, tier, chash, path = key
+            found = await helpers.decide(Chunk(list(types), tier, chash, [decisions[i].input for i in part], path))
+            if found is not None:
+                oracle.credit(len(part), found[1])
+            # else the helper did not decide it (a judgment it lacks, or it failed): decided here
+            await finish(part, found[0] if found is not None else await here(key, part))
+
     try:
-        for key, indexes in groups.items():
-            for at in range(0, len(indexes), CHUNK):
-                part = indexes[at:at + CHUNK]
-                if key[0] == "agent":
-                    found = await _agent(candidate, evaluator, key[1], [decisions[i].input for i in part])
-                else:
-                    types, tier, chash = key
-                    found = await pipeline.outcomes([decisions[i].input for i in part], policy_types=list(types),
-                                                    tier=tier, constitutional_hash=chash)
-                for i, o in zip(part, found, strict=True):
-                    out[i] = o
-                done += len(part)
-                if progress is not None:
-                    await progress(done)
+        # the helpers' turns first: each takes its chunk before this thread starts on its own
+        others = [helped(helpers) for _ in range(helpers.count * helpers.in_flight)] if helpers is not None else []
+        await asyncio.gather(*others, local())
     finally:
         await pipeline.stop()
     return [o for o in out if o is not None]
 
 
-async def _agent(candidate: Candidate, evaluator: WasmEvaluator, path: str, inputs: list[Any]) -> list[Outcome]:
-    """An agent's query of one policy's decision, on the candidate's entrypoint for that policy."""
-    kinds = {rego.decision_path(r.rule_id): (r.rule_id, r.policy_type) for r in candidate.records}
-    found = kinds.get(path)
-    if found is None:  # a path the candidate does not serve (the policy is gone): undefined
+def agent_outcomes(records: list[PolicyRecord], evaluator: Revision, path: str, inputs: list[Any]) -> list[Outcome]:
+    """An agent's query of one policy's decision on the candidate's entrypoint for that policy, batched
+    on this thread as the pipeline runs a policy (`run_batched`; a replay's thread may wait). A
+    failure is a deny, as the agent's own evaluation fails closed."""
+    record = next((r for r in records if rego.decision_path(r.rule_id) == path), None)
+    if record is None:  # a path the candidate does not serve (the policy is gone): undefined
         return [Outcome("undefined", {}, 0.0) for _ in inputs]
-    rule_id, kind = found
+    single, many = rego.wasm_entrypoint(record.rule_id), rego.wasm_batch_entrypoint(record.rule_id)
+    per_input = BLOCKING_TIMEOUT_S if rego.may_block(record.opa_policy) else None
     out = []
-    for value in inputs:
+    for at in range(0, len(inputs), BATCH):
+        part = inputs[at:at + BATCH]
         t0 = time.perf_counter_ns()
-        try:
-            result = await asyncio.to_thread(evaluator.evaluate, rego.wasm_entrypoint(rule_id), value, timeout=5.0)
-            decision = decision_of(result, result is not UNDEFINED)[0]
-        except GroqPolicyError:  # fail closed, as the agent's own evaluation would
-            decision = "deny"
-        out.append(Outcome(decision, {kind: decision}, (time.perf_counter_ns() - t0) / 1000))
+        values, errors = run_batched(evaluator, single, many, part, wrapped=True, per_input=per_input)
+        us = (time.perf_counter_ns() - t0) / 1000 / len(part)
+        for value, error in zip(values, errors, strict=True):
+            decision = "deny" if error else decision_of(value, value is not UNDEFINED)[0]
+            out.append(Outcome(decision, {record.policy_type: decision}, round(us, 2)))
     return out
-
-
-# ---- the report ---------------------------------------------------------------------------------
-class Example(msgspec.Struct):
-    policy_type: str
-    before: str
-    after: str
-    count: int
-    inputs: list[Any]  # redacted
-
-
-class ModelCalls(msgspec.Struct):
-    recorded: int  # answered from the recording
-    new: int  # distinct requests asked anew
-    failed: int
-    cost_usd: float  # of the new calls, at the tier catalog's prices
-    via: str  # online | batch
-    batches: list[str] = []  # via batch: the Batch API jobs submitted, in order
-
-
-class Latency(msgspec.Struct):
-    recorded_wasm_us_p50: float  # the live revision's in-process time per decision, as recorded
-    candidate_wasm_us_p50: float  # the candidate's, replayed
-    change_us: float
-    new_call_ms_p50: float  # the model calls asked anew (0 when none; via batch: the jobs' wall time)
-
-
-class Report(msgspec.Struct, kw_only=True):
-    id: str
-    candidate: str
-    candidate_revision: str
-    live_revisions: list[str]
-    decisions: int
-    changed: int
-    matrix: dict[str, dict[str, dict[str, int]]]  # policy type ("*": the whole decision) -> before -> after -> n
-    examples: list[Example]
-    model_calls: ModelCalls
-    latency: Latency
-    elapsed_s: float
-    decisions_per_s: float
-    created_at: float
-
-
-def _p50(values: Iterable[float]) -> float:
-    found = list(values)
-    return round(statistics.median(found), 2) if found else 0.0
-
-
-def report(candidate: Candidate, decisions: list[Recorded], outcomes: list[Outcome], oracle: Oracle, *,
-           redact_fields: Iterable[str], started: float, via: str) -> Report:
-    """The report; its rate counts the replay from `started` (perf_counter) to the report, included."""
-    fields = frozenset(redact_fields)
-    counts: dict[tuple[str, str, str], int] = {}
-    examples: dict[tuple[str, str, str], Example] = {}
-    changed = 0
-    for d, o in zip(decisions, outcomes, strict=True):
-        before_types, after_types = d.by_type, o.by_type
-        kinds = before_types.keys() if before_types.keys() == after_types.keys() else before_types.keys() | after_types.keys()
-        cells = [("*", d.decision, o.decision)] + [(k, before_types.get(k, NONE), after_types.get(k, NONE)) for k in kinds]
-        changed += d.decision != o.decision
-        for cell in cells:
-            counts[cell] = counts.get(cell, 0) + 1
-            if cell[1] != cell[2]:
-                ex = examples.get(cell)
-                if ex is None:
-                    ex = examples[cell] = Example(*cell, count=0, inputs=[])
-                ex.count += 1
-                if len(ex.inputs) < EXAMPLES_PER_CELL:
-                    ex.inputs.append(redact(d.input, fields))
-    matrix: dict[str, dict[str, dict[str, int]]] = {}
-    for (kind, before, after), n in sorted(counts.items()):
-        matrix.setdefault(kind, {}).setdefault(before, {})[after] = n
-    latency = Latency(recorded_wasm_us_p50=_p50(d.wasm_us for d in decisions),
-                      candidate_wasm_us_p50=_p50(o.wasm_us for o in outcomes), change_us=0.0,
-                      new_call_ms_p50=_p50(oracle.asked_ms))
-    latency.change_us = round(latency.candidate_wasm_us_p50 - latency.recorded_wasm_us_p50, 2)
-    elapsed_s = time.perf_counter() - started
-    return Report(
-        id=str(uuid.uuid4()), candidate=candidate.description, candidate_revision=candidate.revision,
-        live_revisions=sorted({d.revision for d in decisions if d.revision}), decisions=len(decisions),
-        changed=changed, matrix=matrix, examples=sorted(examples.values(), key=lambda e: (e.policy_type, -e.count)),
-        model_calls=ModelCalls(recorded=oracle.recorded, new=len(oracle.asked), failed=oracle.failed,
-                               cost_usd=round(oracle.cost_usd, 9), via=via),
-        latency=latency, elapsed_s=round(elapsed_s, 4),
-        decisions_per_s=round(len(decisions) / elapsed_s, 1) if elapsed_s > 0 else 0.0, created_at=time.time(),
-    )

@@ -26,10 +26,13 @@ from bridge.inference.batch import BatchProgress
 from bridge.kernel.config import Settings
 from bridge.kernel.errors import BadRequest, Unavailable
 from controlplane.audit.records import AuditRecord, StoredRecord
+from controlplane.impact import helpers
 from controlplane.impact.batched import BatchAsker, BatchReAsk, in_passes
 from controlplane.impact.candidate import Candidate, CandidateSpec, build_candidate
+from controlplane.impact.helpers import Helpers
 from controlplane.impact.records import Judgment, Recorded
-from controlplane.impact.replay import Oracle, Outcome, ReAsk, Report, decide_all, report
+from controlplane.impact.replay import Oracle, Outcome, ReAsk, decide_all
+from controlplane.impact.report import Report, report
 from controlplane.impact.store import ReplayStore
 from controlplane.policies.service import PolicyService
 
@@ -51,6 +54,8 @@ class ImpactRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     via: Literal["online", "batch"] = "online"  # how judgments that changed are asked anew
     ask: bool = True  # False: changed judgments are not asked (they answer like an unreachable model: review)
     redact_fields: list[str] = msgspec.field(default_factory=lambda: list(REDACT_FIELDS))  # shown as [redacted], any depth
+    # helper processes for this replay: at most the configured GROQPOLICY_REPLAY_HELPERS (None: that many; 0: none)
+    helpers: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
 
 @dataclass
@@ -75,9 +80,13 @@ class ImpactService:
         self.batch = batch
         self.audit = audit
         self.reports: deque[Report] = deque(maxlen=KEPT_REPORTS)  # newest last (the dashboard's)
+        self._warming: asyncio.Future[None] | None = None  # the replay helpers' fork server starting
 
     async def start(self) -> None:
-        """Nothing to start (the store is a component of its own)."""
+        """The replay helpers' fork server starts in the background (the store is a component of its
+        own): so the first long replay does not wait for its imports."""
+        if self.settings.replay_helpers and self.store.enabled:
+            self._warm_helpers()
 
     async def stop(self) -> None:
         """Nothing to stop."""
@@ -96,10 +105,35 @@ class ImpactService:
                 reask = BatchReAsk(self.batch.require())  # 503 without a Groq endpoint
             else:
                 reask = self.reask
+        if self.settings.replay_helpers and req.helpers != 0:
+            self._warm_helpers()  # if it has stopped since: it starts again while the candidate compiles
         candidate = await anyio.to_thread.run_sync(build_candidate, req.candidate, self.policies)
         since = time.time() - req.since_s if req.since_s is not None else None
         decisions = await self.store.decisions(since, req.count or MAX_DECISIONS)  # a window holds at most the newest MAX
         return Prepared(req, candidate, decisions, await self.store.judgments(), reask)
+
+    def _warm_helpers(self) -> None:
+        if self._warming is None or self._warming.done():
+            self._warming = asyncio.get_running_loop().run_in_executor(None, helpers.warm)
+            self._warming.add_done_callback(_told)
+
+    async def _helpers(self, prepared: Prepared, oracle: Oracle) -> Helpers | None:
+        """Helper processes for this replay when it is long enough (`controlplane.impact.helpers`);
+        None when it is not, or they cannot be made (the replay then runs on this process alone)."""
+        count, decisions = self.settings.replay_helpers, prepared.decisions
+        if prepared.request.helpers is not None:
+            count = min(count, prepared.request.helpers)  # a client may ask for fewer, never more
+        if not count or len(decisions) < self.settings.replay_helpers_from:
+            return None
+        candidate = prepared.candidate
+        try:
+            return await asyncio.to_thread(
+                Helpers, count, archive=candidate.archive, key=self.policies.bundler.publisher.key.verification_key(),
+                bridge_url=self.settings.bridge_url, records=candidate.records, replies=dict(oracle.replies),
+                final_misses=oracle.reask is None)
+        except Exception:  # logged: without helpers the replay is slower, not wrong
+            log.warning("impact: no replay helpers (this process replays alone)", exc_info=True)
+            return None
 
     async def execute(self, prepared: Prepared, progress: Progress | None = None, who: str = "") -> Report:
         started = time.perf_counter()
@@ -140,11 +174,15 @@ class ImpactService:
 
         if number > 1:  # the stream's first line announced the first pass
             await report_progress(0)
+        aides = None
         try:
+            aides = await self._helpers(prepared, oracle)
             # a thread and event loop of its own: the replay's WASM work never holds up the serving loop
-            return await asyncio.to_thread(asyncio.run, decide_all(candidate, evaluator, oracle, decisions, step))
+            return await asyncio.to_thread(asyncio.run, decide_all(candidate, evaluator, oracle, decisions, step, aides))
         finally:
             evaluator.close()
+            if aides is not None:
+                await asyncio.to_thread(aides.close)
 
     async def _batch_passes(self, prepared: Prepared, reask: BatchReAsk,
                             progress: Progress | None) -> tuple[Oracle, list[Outcome]]:
@@ -168,3 +206,8 @@ class ImpactService:
 
     async def run(self, req: ImpactRequest, progress: Progress | None = None, who: str = "") -> Report:
         return await self.execute(await self.prepare(req), progress, who)
+
+
+def _told(done: asyncio.Future[None]) -> None:
+    if not done.cancelled() and done.exception() is not None:
+        log.warning("impact: the replay helpers' fork server did not start: %s", done.exception())

@@ -93,11 +93,16 @@ def _streamed_report(api: ControlPlaneClient, body: dict[str, Any], quiet: bool)
     return report
 
 
+def _helped(report: dict[str, Any]) -> str:
+    helped = report.get("helper_decisions") or 0
+    return f", {helped:,} of them by helper processes" if helped else ""
+
+
 def render_report(report: dict[str, Any]) -> str:
     calls, lat = report["model_calls"], report["latency"]
     out = [f"candidate: {report['candidate']} (revision {report['candidate_revision']})",
            f"replayed {report['decisions']} decisions in {report['elapsed_s']:.2f} s "
-           f"({report['decisions_per_s']:,.0f}/s): {report['changed']} would change", ""]
+           f"({report['decisions_per_s']:,.0f}/s{_helped(report)}): {report['changed']} would change", ""]
     for kind in sorted(report["matrix"], key=lambda k: (k != "*", k)):
         rows = report["matrix"][kind]
         states = [s for s in STATES if s in rows or any(s in r for r in rows.values())]

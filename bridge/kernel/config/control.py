@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -66,6 +67,9 @@ class Settings(_Section, kw_only=True):
     replay_opt_out: str = ""  # policy types never recorded, comma-separated
     replay_max_age_h: float = 168.0
     replay_max_bytes: int = 1 << 30
+    # helper processes a long replay splits its decisions with (controlplane.impact.helpers): one per CPU beyond the first
+    replay_helpers: int = max(0, (os.cpu_count() or 1) - 1)
+    replay_helpers_from: int = 8192  # decisions from which a replay starts them (each costs a fork and a load)
     evaljobs_max_bytes: int = 1 << 30  # the evaluation jobs' results store in JetStream (it shares the audit's)
     shadow_max_divergence: float = 0.01  # promotion above this divergence rate (0..1) needs `force`
     processes: int = 1  # the deployment's control-plane processes a batch is split across (`groqpolicy up` says)
@@ -109,6 +113,7 @@ class Settings(_Section, kw_only=True):
         "GROQ_API_KEY": ("groq_api_key_set", bool),
         "GROQPOLICY_REPLAY": ("replay", str), "GROQPOLICY_REPLAY_OPT_OUT": ("replay_opt_out", str),
         "GROQPOLICY_REPLAY_MAX_AGE_H": ("replay_max_age_h", float), "GROQPOLICY_REPLAY_MAX_BYTES": ("replay_max_bytes", int),
+        "GROQPOLICY_REPLAY_HELPERS": ("replay_helpers", int), "GROQPOLICY_REPLAY_HELPERS_FROM": ("replay_helpers_from", int),
         "GROQPOLICY_EVALJOBS_MAX_BYTES": ("evaljobs_max_bytes", int),
         "GROQPOLICY_SHADOW_MAX_DIVERGENCE": ("shadow_max_divergence", float),
         "GROQPOLICY_PROCESSES": ("processes", int),
@@ -119,6 +124,8 @@ class Settings(_Section, kw_only=True):
             self.opa_url = f"http://127.0.0.1:{self.agent_port}"
         if min(self.evaluation_threads - 1, self.evaluation_cpu_threads, self.evaluation_queue) < 0:
             raise ConfigError("GROQPOLICY_EVALUATION_THREADS, _CPU_THREADS, _QUEUE: want at least 1, 0 and 0")
+        if min(self.replay_helpers, self.replay_helpers_from) < 0:
+            raise ConfigError("GROQPOLICY_REPLAY_HELPERS, _HELPERS_FROM: want at least 0 (0 helpers: a replay runs alone)")
         if self.processes < 1:
             self.processes = 1  # `groqpolicy up`'s 0 (one per core) means nothing to a single process
 

@@ -1,0 +1,198 @@
+"""A long replay's helper processes (`controlplane.impact.helpers`): real processes forked from the
+fork server, each loading the candidate's signed archive into the real evaluator (wasmtime, a module
+built by the real `opa` from the product's library). A replay with helpers decides exactly what the
+replay alone decides, counts the same recorded calls, asks the same judgments anew (only the
+replaying process asks), and survives a helper killed in the middle of it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.kernel.config import Settings
+from bridge.kernel.errors import ConfigError
+from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH as H
+from bridge.opabundle.keys import generate_keypair
+from bridge.opawasm import UNDEFINED
+from controlplane.audit.ingest import decision_of
+from controlplane.impact import replay
+from controlplane.impact.helpers import Helpers
+from controlplane.impact.records import Judgment, Recorded, judgment_key
+from controlplane.impact.replay import Oracle, decide_all
+from controlplane.policies import rego
+from tests.test_evaluate_batched import build
+from tests.test_replay_pipeline import BRIDGE, JUDGE, SOURCE, evaluator_with, record
+from tests.wasm_helpers import signed_bundle
+
+TEXTS = 40
+N = 3 * replay.CHUNK + 100  # four chunks: the replaying process and two in flight per helper all get one
+
+
+@pytest.fixture(scope="module")
+def signed(opa_bin) -> tuple[bytes, Any]:
+    """The judge of `test_replay_pipeline` with the library and the constitution, signed."""
+    key = generate_keypair("RS256", "helpers-test")
+    return signed_bundle(build({JUDGE: SOURCE}), key), key
+
+
+class Candidate:  # what `decide_all` reads of a candidate
+    records = [record()]
+
+
+class Answerer:
+    """A model that denies every seventh note and allows the others, counting what it is asked."""
+
+    name = "online"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def call(self, tier: str, body: Any, timeout: float) -> tuple[int, Any]:
+        self.calls += 1
+        return 200, reply(body["context"]["text"])
+
+    async def request(self, tier: str, body: bytes) -> tuple[int, bytes, int]:
+        raise AssertionError("the judge asks through http.send, not the model stage")
+
+
+def text(i: int) -> str:
+    return f"note {i % TEXTS}"
+
+
+def reply(txt: str) -> dict[str, Any]:
+    deny = int(txt.split()[1]) % 7 == 0
+    return {"decision": "deny" if deny else "allow", "confidence": 0.9, "rationale": txt, "model": "recorded-model"}
+
+
+def judgments(texts: range) -> dict[str, Judgment]:
+    """Recorded answers for `texts`, keyed by the request the judge's `http.send` makes."""
+    out = {}
+    for i in texts:
+        body = {"question": "Is this text harmful?", "context": {"text": text(i)}, "policy": "judge",
+                "constitutional_hash": H, "deadline_ms": 1500}
+        key = judgment_key("fast", body)  # the judge asks at `fast` (its policy's tier is nano)
+        out[key] = Judgment(key=key, tier="fast", reply=reply(text(i)))
+    return out
+
+
+def decisions(n: int = N) -> list[Recorded]:
+    return [Recorded(id=str(i), ts=0.0, source="batch", input={"principal": f"svc-{i % 13}", "text": text(i)},
+                     decision="allow", tier="nano", constitutional_hash=H) for i in range(n)]
+
+
+def helpers_for(built: tuple[bytes, Any], oracle: Oracle) -> Helpers:
+    archive, key = built
+    return Helpers(1, archive=archive, key=key.verification_key(), bridge_url=BRIDGE, records=Candidate.records,
+                   replies=dict(oracle.replies), final_misses=oracle.reask is None)
+
+
+async def run(built: tuple[bytes, Any], oracle: Oracle, found: list[Recorded], *, helped: bool, progress: Any = None,
+              aides: Helpers | None = None) -> tuple[list[tuple[str, dict[str, str]]], Helpers | None]:
+    ev = evaluator_with(built, oracle)  # with the memo, as the impact service's evaluator
+    ev.host.send_memo = oracle.memo
+    if helped and aides is None:
+        aides = helpers_for(built, oracle)
+    try:
+        outcomes = await decide_all(Candidate(), ev, oracle, found, progress, aides)  # type: ignore[arg-type]
+    finally:
+        ev.close()
+        if aides is not None:
+            aides.close()
+    return [(o.decision, o.by_type) for o in outcomes], aides
+
+
+async def test_helpers_decide_what_the_replay_alone_decides(signed):
+    found = decisions()
+    alone = Oracle(judgments(range(TEXTS)), None)
+    expected, _ = await run(signed, alone, found, helped=False)
+    oracle = Oracle(judgments(range(TEXTS)), None)
+    got, aides = await run(signed, oracle, found, helped=True)
+    assert got == expected
+    assert {t["ethical_constraints"] for _, t in got} == {"allow", "deny"}  # the recorded answers decide, both ways
+    assert aides is not None and aides.lost == 0 and aides.undecided == 0
+    assert 0 < oracle.helped < N  # both processes decided a share
+    assert oracle.recorded == alone.recorded == N  # one recorded call per decision, wherever it was made
+    assert oracle.asked == set() and oracle.failed == 0
+
+
+async def test_agents_decisions_are_decided_batched_as_one_by_one_and_by_helpers_too(signed):
+    """Agents' logged queries of the judge's decision path (and of a path the candidate no longer
+    serves) beside the API's decisions: batched on the replay's thread, each decides what the
+    entrypoint decides for that input alone, and helpers decide them the same."""
+    agents = [Recorded(id=f"a{i}", ts=0.0, source="opa-agent", input={"principal": f"p{i}", "text": text(i)},
+                       decision="allow", path=rego.decision_path(JUDGE)) for i in range(2 * replay.CHUNK)]
+    gone = [Recorded(id="g", ts=0.0, source="opa-agent", input={"text": "x"}, decision="allow", path="gone/decision")]
+    found = decisions(replay.CHUNK) + agents + gone
+    alone = Oracle(judgments(range(TEXTS)), None)
+    expected, _ = await run(signed, alone, found, helped=False)
+    assert expected[-1] == ("undefined", {})
+    ev = evaluator_with(signed, Oracle(judgments(range(TEXTS)), None))
+    try:
+        for d, (decision, by_type) in list(zip(found, expected, strict=True))[replay.CHUNK:-1:37]:
+            value = ev.evaluate(rego.wasm_entrypoint(JUDGE), d.input)  # the agent's query, for this input alone
+            assert decision == by_type["ethical_constraints"] == decision_of(value, value is not UNDEFINED)[0]
+    finally:
+        ev.close()
+    assert {d for d, _ in expected[replay.CHUNK:-1]} == {"allow", "deny"}
+    oracle = Oracle(judgments(range(TEXTS)), None)
+    got, _ = await run(signed, oracle, found, helped=True)
+    assert got == expected and 0 < oracle.helped and oracle.recorded == alone.recorded
+
+
+async def test_a_judgment_a_helper_lacks_is_asked_here_once_and_counted_as_alone(signed):
+    """Ten questions are not recorded: only the replaying process asks (once each); every chunk that
+    needs one of them is handed back by the helper and decided here."""
+    found = decisions()
+    alone_model, helped_model = Answerer(), Answerer()
+    alone = Oracle(judgments(range(10, TEXTS)), alone_model)
+    expected, _ = await run(signed, alone, found, helped=False)
+    oracle = Oracle(judgments(range(10, TEXTS)), helped_model)
+    got, aides = await run(signed, oracle, found, helped=True)
+    assert got == expected
+    assert helped_model.calls == alone_model.calls == 10 and len(oracle.asked) == len(alone.asked) == 10
+    assert oracle.recorded == alone.recorded and oracle.failed == 0
+    assert aides is not None and aides.undecided >= 1 and aides.lost == 0
+
+
+async def test_a_replay_survives_its_helper_killed_midway(signed):
+    found = decisions()
+    alone = Oracle(judgments(range(TEXTS)), None)
+    expected, _ = await run(signed, alone, found, helped=False)
+    killed: list[int] = []
+    oracle = Oracle(judgments(range(TEXTS)), None)
+    aides = helpers_for(signed, oracle)
+
+    async def kill_helpers(done: int) -> None:  # at the first chunk decided, whoever decided it
+        if not killed:
+            for pid in aides.pids():
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+    got, _ = await run(signed, oracle, found, helped=True, progress=kill_helpers, aides=aides)
+    assert got == expected  # nothing lost: the killed helper's chunks were decided here
+    assert killed and aides.lost >= 1 and not aides.alive
+
+
+def test_the_module_handed_to_helpers_is_readable_by_this_user_only(signed):
+    oracle = Oracle({}, None)
+    aides = helpers_for(signed, oracle)
+    try:
+        where = Path(aides._dir)
+        (module,) = list(where.iterdir())
+        assert stat.S_IMODE(where.stat().st_mode) == 0o700  # a compiled module is native code
+        assert module.suffix == ".cwasm" and module.stat().st_size > 0
+    finally:
+        aides.close()
+    assert not where.exists()
+
+
+def test_the_helpers_setting():
+    assert Settings.from_env({}).replay_helpers == max(0, (os.cpu_count() or 1) - 1)  # the cores beside this one
+    assert Settings.from_env({"GROQPOLICY_REPLAY_HELPERS": "0"}).replay_helpers == 0  # a replay runs alone
+    with pytest.raises(ConfigError, match="REPLAY_HELPERS"):
+        Settings.from_env({"GROQPOLICY_REPLAY_HELPERS": "-2"})
