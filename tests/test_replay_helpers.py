@@ -20,6 +20,7 @@ from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH as H
 from bridge.opabundle.keys import generate_keypair
 from bridge.opawasm import UNDEFINED
 from controlplane.audit.ingest import decision_of
+from controlplane.impact import helpers as helpers_module
 from controlplane.impact import replay
 from controlplane.impact.helpers import Helpers
 from controlplane.impact.records import Judgment, Recorded, judgment_key
@@ -176,6 +177,26 @@ async def test_a_replay_survives_its_helper_killed_midway(signed):
     got, _ = await run(signed, oracle, found, helped=True, progress=kill_helpers, aides=aides)
     assert got == expected  # nothing lost: the killed helper's chunks were decided here
     assert killed and aides.lost >= 1 and not aides.alive
+
+
+async def test_a_helper_that_hangs_is_killed_and_its_chunks_decided_here(signed, monkeypatch):
+    monkeypatch.setattr(helpers_module, "CHUNK_TIMEOUT_S", 1.0)
+    found = decisions()
+    alone = Oracle(judgments(range(TEXTS)), None)
+    expected, _ = await run(signed, alone, found, helped=False)
+    stopped: list[int] = []
+    oracle = Oracle(judgments(range(TEXTS)), None)
+    aides = helpers_for(signed, oracle)
+
+    async def stop_helpers(done: int) -> None:  # frozen, not dead: its chunks never come back
+        if not stopped:
+            for pid in aides.pids():
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
+
+    got, _ = await run(signed, oracle, found, helped=True, progress=stop_helpers, aides=aides)
+    assert got == expected and stopped and aides.lost >= 1
+    assert not any(Path(f"/proc/{pid}").exists() for pid in stopped)  # killed, not left frozen
 
 
 def test_the_module_handed_to_helpers_is_readable_by_this_user_only(signed):

@@ -32,8 +32,10 @@ import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,10 @@ log = logging.getLogger(__name__)
 HELPER_NICE = 5
 HELPER_POOL_SIZE = 4  # instances per helper: its loop's thread and the pipeline's chunk helper
 IN_FLIGHT = 2  # chunks per helper at once: the next one is there when it finishes one
+# a chunk takes a helper well under a second (it asks no model): one that takes this long is a helper
+# that hangs, which is then killed and its chunks decided by the replaying process
+CHUNK_TIMEOUT_S = 120.0
+CLOSE_WAIT_S = 5.0  # for helpers to finish their chunk and exit at the end of a replay, before they are killed
 
 
 class Setup(msgspec.Struct, kw_only=True):
@@ -134,7 +140,7 @@ class Helpers:
         try:
             # submitting may wait for the fork server's start (its imports): not on the replay's loop
             future = await asyncio.to_thread(pool.submit, _decide, msgspec.msgpack.encode(chunk))
-            found: bytes | None = await asyncio.wrap_future(future)
+            found: bytes | None = await asyncio.wait_for(asyncio.wrap_future(future), CHUNK_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - a helper that fails loses its chunks to the replaying process, never the replay
             self.lost += 1
             if self._pool is not None:
@@ -148,15 +154,48 @@ class Helpers:
         return msgspec.msgpack.decode(found, type=tuple[list[Outcome], int])
 
     def _drop(self) -> None:
+        pids = _identified(self.pids())
         pool, self._pool = self._pool, None
         if pool is not None:
+            _kill(pids)  # one that hangs would never take the executor's word to stop
             pool.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
+        """Stop the helpers (each finishes its chunk; one that has not within CLOSE_WAIT_S is killed)
+        and remove the module's directory. Blocking: run it in a thread."""
+        pids = _identified(self.pids())
         pool, self._pool = self._pool, None
         if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=False, cancel_futures=True)
+            deadline = time.monotonic() + CLOSE_WAIT_S
+            while (pids := [p for p in pids if _running(p)]) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            _kill(pids)
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _started(pid: int) -> str | None:
+    """When `pid` started (/proc's clock ticks since boot), or None when it is gone: with the pid, the
+    identity of a helper, so that a pid reused after it exited is never signalled."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _identified(pids: list[int]) -> list[tuple[int, str]]:
+    return [(pid, started) for pid in pids if (started := _started(pid)) is not None]
+
+
+def _running(helper: tuple[int, str]) -> bool:
+    return _started(helper[0]) == helper[1]  # the fork server reaps its children: gone means gone
+
+
+def _kill(helpers: list[tuple[int, str]]) -> None:
+    for helper in helpers:
+        if _running(helper):
+            with contextlib.suppress(OSError):
+                os.kill(helper[0], signal.SIGKILL)
 
 
 # ---- in the helper ------------------------------------------------------------------------------
