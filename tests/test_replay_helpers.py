@@ -199,6 +199,29 @@ async def test_a_helper_that_hangs_is_killed_and_its_chunks_decided_here(signed,
     assert not any(Path(f"/proc/{pid}").exists() for pid in stopped)  # killed, not left frozen
 
 
+async def test_after_the_fork_server_is_killed_the_next_replay_has_helpers_again(signed):
+    helpers_module.warm()
+    (server,) = fork_servers()
+    os.kill(server, signal.SIGKILL)
+    oracle = Oracle(judgments(range(TEXTS)), None)
+    got, aides = await run(signed, oracle, decisions(), helped=True)
+    assert len(got) == N and aides is not None and aides.lost == 0 and oracle.helped > 0  # started again, on demand
+    assert len(fork_servers()) == 1 and server not in fork_servers()
+
+
+def fork_servers() -> list[int]:
+    """This process's children that are multiprocessing fork servers."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == os.getpid() \
+                    and b"forkserver" in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
 def test_the_module_handed_to_helpers_is_readable_by_this_user_only(signed):
     oracle = Oracle({}, None)
     aides = helpers_for(signed, oracle)
