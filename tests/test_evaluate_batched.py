@@ -243,6 +243,28 @@ async def test_pre_validation_is_asked_once_per_distinct_request_identity_and_re
     assert len(counting.pre_inputs) == 5
 
 
+NAMED = ["dora", "erin", {"id": "svc-7"}, {"id": "svc-8", "team": "payments"}, "\u00e9mile"]
+UNNAMED = ["", {"id": ""}, {"name": "no id"}, 7, None, ["dora"], {"id": 7}]
+
+
+async def test_pre_validation_is_asked_once_per_named_or_unnamed_principal_and_answers_as_each_alone(evaluator):
+    """Pre-validation asks of the principal only whether it is named (`constitution.named`), so many
+    principals' requests share one evaluation per answer; each shared answer is the one the
+    pre-validation entrypoint gives that request alone."""
+    counting = Counting(evaluator)
+    pipeline = Pipeline(counting, lambda: [record(LIMIT)])
+    contexts = [{"principal": p, "amount": 5} for p in NAMED + UNNAMED] + [{"amount": 5}]
+    contexts += [{"principal": f"user-{i}", "amount": 5} for i in range(100)]
+    responses = await pipeline.decide_many(contexts, policy_types=[], tier="nano", constitutional_hash=H, explain=False)
+    assert len(counting.pre_inputs) == 2  # named, and not: not one per principal
+    for ctx, response in zip(contexts, responses, strict=True):
+        alone = evaluator.evaluate(cn.PRE, cn.pre_input(ctx, H))
+        assert [v.message for v in response.constitutional_compliance.violations] == \
+            [v["message"] for v in alone["violations"]]
+        named = cn.named(ctx.get("principal"))
+        assert response.decision == ("allow" if named else "deny") == alone["decision"]
+
+
 async def test_the_applicable_policies_are_worked_out_again_when_the_stored_set_changes(evaluator):
     """The pipeline keeps its choice of policies per list the provider hands out (the store hands
     out the same list until a write or a watch update): a new list is a new choice."""

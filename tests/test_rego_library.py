@@ -186,6 +186,44 @@ def _input_fields_read_from(module: dict, entry: str) -> set[str]:
     return fields
 
 
+def test_pre_validation_asks_of_the_principal_only_whether_it_is_named(opa_bin: Path) -> None:
+    """The pipeline memoises pre-validation per named-or-not principal (`constitution.named`), so the
+    principal is read in `_principal_id` alone, and that rule is used only negated (`not
+    _principal_id`: whether it is defined, never its value)."""
+    proc = run(opa_bin, "parse", "--format", "json", str(REGO_DIR / "constitution" / "constitution.rego"))
+    assert proc.returncode == 0, proc.stderr
+    module = json.loads(proc.stdout)
+    readers, uses = set(), []
+
+    def walk(node: object, rule: str, negated: bool) -> None:
+        if isinstance(node, list):
+            for item in node:
+                walk(item, rule, negated)
+            return
+        if not isinstance(node, dict):
+            return
+        if "terms" in node:  # an expression: `not` marks it negated
+            negated = bool(node.get("negated"))
+        value = node.get("value")
+        if node.get("type") == "ref" and isinstance(value, list) and value:
+            if value[0] == {"type": "var", "value": "input"} and len(value) > 1 and value[1].get("value") == "principal":
+                readers.add(rule)
+            if value[0] == {"type": "var", "value": "_principal_id"}:
+                uses.append((rule, negated))
+        if node.get("type") == "var" and value == "_principal_id":
+            uses.append((rule, negated))
+        for child in node.values():
+            walk(child, rule, negated)
+
+    for rule in module["rules"]:
+        name = rule["head"].get("name") or rule["head"]["ref"][0]["value"]
+        walk(rule.get("body", []), name, False)
+        walk(rule.get("else", {}), name, False)
+        walk(rule["head"].get("value", {}), name, False)
+    assert readers == {"_principal_id"}, readers
+    assert uses and all(negated for rule, negated in uses if rule != "_principal_id"), uses
+
+
 def test_pre_validation_reads_only_the_request_fields_the_pipeline_passes(opa_bin: Path) -> None:
     """The pipeline gives pre-validation `PRE_FIELDS` of a request (and memoises its answers on
     them): a rule that read any other field would see it undefined. The library it imports must not

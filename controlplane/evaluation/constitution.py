@@ -25,7 +25,7 @@ PRE = "groqpolicy/constitution/pre_validation"
 POST = "groqpolicy/constitution/post_validation"
 PRE_MANY = "groqpolicy/constitution/pre_validations"
 POST_MANY = "groqpolicy/constitution/post_validations"
-PRE_FIELDS = ("principal", "oversight", "audit", "options")
+PRE_FIELDS = ("principal", "oversight", "audit", "options")  # `pre_key` relies on the principal coming first
 MEMO_SIZE = 4096
 MemoKey = tuple[Any, ...]
 _O = TypeVar("_O")
@@ -43,12 +43,27 @@ def pre_input(context: dict[str, Any], constitutional_hash: str) -> dict[str, An
 
 def pre_key(revision: str, constitutional_hash: str, context: dict[str, Any]) -> MemoKey:
     """What pre-validation's answer depends on: the revision and `pre_input` (a text field as it
-    is, anything else by its JSON; bytes and text never compare equal)."""
-    key: list[Any] = [revision, constitutional_hash]
-    for k in PRE_FIELDS:
+    is, anything else by its JSON; bytes and text never compare equal), of the principal only
+    whether it is named (`named`)."""
+    key: list[Any] = [revision, constitutional_hash, named(context.get("principal"))]
+    for k in PRE_FIELDS[1:]:
         v = context.get(k, _ABSENT)
         key.append(v if type(v) is str or v is _ABSENT else _encode(v))
     return tuple(key)
+
+
+def named(principal: Any) -> bool:
+    """Whether a request names an accountable principal as pre-validation reads it (`_principal_id`
+    in rego/constitution/constitution.rego): a non-empty string, or an object whose `id` is one.
+    That is all pre-validation asks of the principal (tests/test_rego_library.py holds the Rego to
+    it), so its answers are kept per named-or-not, not per principal: a batch of many principals'
+    requests costs one evaluation, not one each."""
+    if type(principal) is str:
+        return principal != ""
+    if type(principal) is dict:
+        found = principal.get("id")
+        return type(found) is str and found != ""
+    return False
 
 
 def post_key(revision: str, constitutional_hash: str, proposal: Proposal, context: dict[str, Any]) -> MemoKey:

@@ -67,6 +67,9 @@ _oversight_overrides contains "request asks to skip human review" if input.overs
 
 _oversight_overrides contains "request asks to skip human review" if input.options.skip_human_review == true
 
+# Whether a principal is named is all pre-validation asks of it: the pipeline keeps pre-validation's
+# answers per named-or-not, not per principal (controlplane/evaluation/constitution.py, `named`), so
+# no rule may read the principal otherwise (tests/test_rego_library.py checks).
 _principal_id := input.principal if {
 	is_string(input.principal)
 	input.principal != ""
