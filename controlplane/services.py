@@ -223,6 +223,7 @@ class Services:
             ("policy.evaluate", rt.service),
             ("agent status sharing", self.status_sharing),
             ("shadow mode", self.shadows),
+            ("impact analysis", self.impact),  # the replay helpers' fork server starts in the background
             ("batch API client", self.batch),
             ("evaluation jobs", self.evaljobs),
             ("bundles at start", Step(self.publish_at_start)),
