@@ -28,6 +28,20 @@ def test_the_pipeline_is_complete_when_built(tmp_path):
     assert names.index("evaluator follower") < names.index("policy.evaluate")
     assert names.index("NATS connection") < names.index("replay store") < names.index("policy.evaluate")
     assert services.impact.batch is services.batch and "batch API client" in names  # impact via=batch
+    # started, so the replay helpers' fork server starts with the control plane, not at the first replay
+    assert ("impact analysis", services.impact) in services.components()
+
+
+async def test_the_impact_service_starts_the_replay_helpers_fork_server(tmp_path):
+    from tests.test_replay_helpers import fork_servers
+
+    services = Services.build(make_settings(tmp_path / "state", nats_url="nats://127.0.0.1:1"))
+    if services.settings.replay_helpers < 1:
+        pytest.skip("one CPU: no replay helpers, so no fork server")
+    await services.impact.start()
+    assert services.impact._warming is not None
+    await services.impact._warming  # the server started, and forked a probe
+    assert len(fork_servers()) == 1
 
 
 class Recording:
