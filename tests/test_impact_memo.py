@@ -13,7 +13,7 @@ import pytest
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH as H
 from bridge.opawasm import HostConfig, SendMemo, WasmEvaluator, policy_from_files
 from controlplane.impact.records import Judgment, judgment_key
-from controlplane.impact.replay import Oracle, ReplayPipeline
+from controlplane.impact.replay import EVALUATION_CHUNK, Oracle, ReplayPipeline
 from tests.conftest import REPO_ROOT
 from tests.test_replay_pipeline import BRIDGE, bundle, record  # noqa: F401 - `bundle` is a fixture
 from tests.wasm_helpers import build_wasm_bundle, bundle_files
@@ -75,7 +75,8 @@ def test_a_memo_hit_gives_exactly_the_answer_the_call_gave(wasm, entrypoint):
             assert memoised.memo.hits == hits + 3
             # the same request built from a set in another order: the same answer
             assert with_memo.evaluate_raw(entrypoint, _json({"text": text, "tags": ["a", "b", "a"]})) == answer
-        assert live.recorded == 2 and memoised.recorded == 2 * 5  # a memo hit counts as the recorded call it replaces
+        assert live.calls == 2 and memoised.calls == 2 * 5  # a memo hit counts as the recorded call it replaces
+        assert live.recorded == memoised.recorded == 2  # two recorded judgments used, however often
         assert (memoised.failed, memoised.asked, live.failed) == (0, set(), 0)
     finally:
         without.close()
@@ -92,7 +93,7 @@ def test_a_changed_request_misses_the_memo(wasm):
         for changed in ({"text": "note 2", "tags": ["a", "c"]}, {"text": "note 3", "tags": ["c", "a"]}):
             found = p.evaluate("memo/response", changed)
             assert found["status_code"] == 200 and found["body"] == _reply(changed["text"])
-        assert oracle.memo.hits == 1 and oracle.recorded == 4  # each changed text went to the Oracle
+        assert oracle.memo.hits == 1 and oracle.calls == 4 and oracle.recorded == 3  # each changed text went to the Oracle
         # a changed part of the request the recording does not cover (another tag): asked, not recorded
         missing = p.evaluate("memo/response", {"text": "note 1", "tags": ["a", "b"]})
         assert missing["status_code"] == 503 and oracle.memo.hits == 1
@@ -106,7 +107,7 @@ def test_an_answer_other_than_200_is_never_kept(wasm):
     try:
         for _ in range(3):
             assert p.evaluate("memo/answer", {"text": "note 1", "tags": []})["ok"] is False
-        assert oracle.memo.hits == 0 and oracle.recorded == 0
+        assert oracle.memo.hits == 0 and oracle.calls == oracle.recorded == 0
     finally:
         p.close()
 
@@ -133,14 +134,16 @@ def test_a_200_whose_reply_is_not_an_object_is_never_kept(wasm):
 async def test_a_replay_decides_and_counts_the_same_with_the_memo(bundle):  # noqa: F811 - the fixture
     """The replay pipeline, batched over two threads, with and without the memo: the same
     decisions and the same counts of recorded calls (the memo's hits are such calls)."""
-    contexts = [{"principal": f"svc-{i}", "text": f"note {i % 5}" + (": rm -rf" if i % 7 == 0 else "")} for i in range(60)]
+    # more than one evaluation call's worth (a replay evaluates 256 decisions a call): the memo answers across calls
+    contexts = [{"principal": f"svc-{i}", "text": f"note {i % 5}" + (": rm -rf" if i % 7 == 0 else "")}
+                for i in range(2 * EVALUATION_CHUNK + 60)]
     first = Oracle({}, _Answers())
     await _decide(bundle, first, contexts, memo=False)
     judgments = {k: Judgment(key=k, tier="fast", reply=v) for k, v in first.replies.items()}
     outcomes = {}
     for memo in (False, True):
         oracle = Oracle(judgments, None)
-        outcomes[memo] = (await _decide(bundle, oracle, contexts, memo=memo), oracle.recorded, oracle.failed,
+        outcomes[memo] = (await _decide(bundle, oracle, contexts, memo=memo), oracle.calls, oracle.failed,
                           len(oracle.asked))
         assert (oracle.memo.hits > 0) is memo
     assert outcomes[True] == outcomes[False]

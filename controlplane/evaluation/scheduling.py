@@ -93,11 +93,12 @@ def run_batched(evaluator: Revision, single: str, many: str, inputs: list[Any], 
     the policy: it goes up to the scheduler, which does the work again on a thread.
 
     Deadline: `INLINE_TIMEOUT_S` for the call, batched or single; with `per_input`, that many
-    seconds for each input the call evaluates (a replay's policy that asks a model: a round trip per
-    input, which a pure computation's deadline would cut short)."""
+    seconds for each input of a batched call (a replay's, whose calls are longer than the live
+    path's; a policy that asks a model: a round trip per input), and for a single input at least
+    `INLINE_TIMEOUT_S`."""
     n = len(inputs)
     evaluate = evaluator.evaluate
-    single_s = INLINE_TIMEOUT_S if per_input is None else per_input
+    single_s = INLINE_TIMEOUT_S if per_input is None else max(per_input, INLINE_TIMEOUT_S)
     if n > 1:
         try:
             out = evaluate(many, inputs, timeout=INLINE_TIMEOUT_S if per_input is None else per_input * n)
@@ -194,6 +195,7 @@ class Scheduler:
         # False for a loop that may wait (a replay's own, on a thread of its own): work on the loop's
         # thread then runs whole, with its full deadline, instead of within the inline budget
         self.budget = True
+        self.chunk = CHUNK  # contexts per chunk of a batch (`chunked`)
 
     def _here(self, evaluator: Revision) -> Revision:
         """The revision as work on the loop's thread evaluates it."""
@@ -226,7 +228,8 @@ class Scheduler:
         lets other requests in between its chunks."""
         if n < SPLIT_AT:
             return [await self.run(work, evaluator, 0, n)]
-        bounds = [(k, min(k + CHUNK, n)) for k in range(0, n, CHUNK)]
+        size = self.chunk
+        bounds = [(k, min(k + size, n)) for k in range(0, n, size)]
         out: list[Any] = [None] * len(bounds)
         claims = itertools.count()  # next() on it is atomic: each chunk goes to exactly one thread
         abandoned = False  # the caller stopped waiting (cancelled): the helper claims no more chunks

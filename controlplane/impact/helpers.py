@@ -131,9 +131,9 @@ class Helpers:
         procs = getattr(pool, "_processes", None) or {}  # the executor keeps no public list of its workers
         return [p.pid for p in procs.values() if p.pid]
 
-    async def decide(self, chunk: Chunk) -> tuple[list[Outcome], int] | None:
-        """(the outcomes of the chunk's contexts, the judgments answered from the recording), or None:
-        the replaying process decides this chunk itself."""
+    async def decide(self, chunk: Chunk) -> tuple[list[Outcome], list[str]] | None:
+        """(the outcomes of the chunk's contexts, the recorded judgments it used first), or None: the
+        replaying process decides this chunk itself."""
         pool = self._pool
         if pool is None:
             return None
@@ -151,7 +151,7 @@ class Helpers:
         if found is None:
             self.undecided += 1
             return None
-        return msgspec.msgpack.decode(found, type=tuple[list[Outcome], int])
+        return msgspec.msgpack.decode(found, type=tuple[list[Outcome], list[str]])
 
     def _drop(self) -> None:
         pids = _identified(self.pids())
@@ -204,6 +204,7 @@ class _Helper:
         self.final_misses = setup.final_misses
         self.oracle = Oracle({}, None)
         self.oracle.replies = setup.replies
+        self.told: set[str] = set()  # the recorded judgments the replaying process has been told this helper used
         key = VerificationKey(kid=setup.kid, alg=setup.alg, public_pem=setup.public_pem)
         self.evaluator = WasmEvaluator({key.kid: key}, keyid=key.kid, pool_size=HELPER_POOL_SIZE,
                                        module_cache=Path(setup.modules),
@@ -216,7 +217,7 @@ class _Helper:
 
     def decide(self, chunk: Chunk) -> bytes | None:
         oracle = self.oracle
-        missed, recorded = oracle.missed, oracle.recorded
+        missed = oracle.missed
         if chunk.path:
             found = agent_outcomes(self.records, self.evaluator, chunk.path, chunk.inputs)
         else:
@@ -224,7 +225,9 @@ class _Helper:
                                                                         tier=chunk.tier, constitutional_hash=chunk.constitutional_hash))
         if oracle.missed != missed and not self.final_misses:
             return None
-        return msgspec.msgpack.encode((found, oracle.recorded - recorded))
+        used = sorted(oracle.used - self.told)  # each judgment told once; one a chunk handed back used stays untold
+        self.told.update(used)
+        return msgspec.msgpack.encode((found, used))
 
 
 _helper: _Helper | None = None

@@ -36,8 +36,8 @@ from controlplane.evaluation.decision import verdict
 from controlplane.evaluation.interfaces import Revision
 from controlplane.evaluation.model_stage import BLOCKING_TIMEOUT_S
 from controlplane.evaluation.pipeline import Pipeline
-from controlplane.evaluation.scheduling import CHUNK as BATCH
-from controlplane.evaluation.scheduling import run_batched
+from controlplane.evaluation.scheduling import CHUNK as LIVE_CHUNK
+from controlplane.evaluation.scheduling import INLINE_TIMEOUT_S, run_batched
 from controlplane.evaluation.staging import Call, Staged
 from controlplane.impact.candidate import Candidate
 from controlplane.impact.records import Chunk, Judgment, Outcome, Recorded, judgment_key, strictest_by_type
@@ -45,6 +45,9 @@ from controlplane.policies import rego
 from controlplane.policies.schemas import PolicyRecord
 
 CHUNK = 1024  # contexts per pipeline call
+# contexts per evaluation call (the live path's 25 hands the GIL between two threads, which buys a
+# replay nothing): fewer calls, and a judgment recorded once is parsed into the guest once per call
+EVALUATION_CHUNK = 256
 PENDING_WAIT_S = 60.0  # the longest a decision waits for the same judgment another decision is asking
 
 
@@ -67,7 +70,7 @@ class HelperPool(Protocol):
     @property
     def alive(self) -> bool: ...
 
-    async def decide(self, chunk: Chunk) -> tuple[list[Outcome], int] | None: ...
+    async def decide(self, chunk: Chunk) -> tuple[list[Outcome], list[str]] | None: ...
 
 
 class OnlineReAsk:
@@ -102,7 +105,8 @@ class Oracle:
         # the candidate's evaluator answers `http.send` from this memo once it has seen a request
         # answered (`HostConfig.send_memo`): the same answer as `transport`, without its cost
         self.memo = SendMemo()
-        self._recorded = 0  # calls answered from the recording by `transport` and `ask`
+        self._calls = 0  # calls answered from the replies by `transport` and `ask`
+        self.used: set[str] = set()  # the requests answered from the replies (recorded, or asked anew before)
         self.asked: set[str] = set()  # distinct requests asked anew
         self.joined = 0  # calls that waited for the same request asked anew by another decision
         self.failed = 0
@@ -115,15 +119,24 @@ class Oracle:
 
     @property
     def recorded(self) -> int:
+        """Distinct recorded judgments the replay used (requests answered from the recording, not
+        asked anew): the report's count, in the unit of `asked`. Not a count of calls, which
+        depends on how many decisions one evaluation covers (`http.send` answers a request once
+        per evaluation, and a replay evaluates 256 decisions a call)."""
+        with self._lock:
+            return len(self.used - self.asked)
+
+    @property
+    def calls(self) -> int:
         """Calls answered from what the replay already knows: the recording, or an answer asked
         anew by an earlier call (the memo's hits are such calls, answered in the evaluator)."""
-        return self._recorded + self.memo.hits
+        return self._calls + self.memo.hits
 
-    def credit(self, decisions: int, recorded: int) -> None:
-        """Count `decisions` a replay helper decided, with the calls it answered from the same recording."""
+    def credit(self, decisions: int, used: list[str]) -> None:
+        """Count `decisions` a replay helper decided, with the recorded judgments it used."""
         with self._lock:
             self.helped += decisions
-            self._recorded += recorded
+            self.used.update(used)
 
     def _miss(self) -> None:
         with self._lock:
@@ -133,7 +146,8 @@ class Oracle:
         reply = self.replies.get(key)
         if reply is not None:
             with self._lock:
-                self._recorded += 1
+                self._calls += 1
+                self.used.add(key)
         return reply
 
     def _claim(self, key: str) -> tuple[Future[tuple[int, Any, int]], bool]:
@@ -240,15 +254,13 @@ class ReplayPipeline(Pipeline):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.scheduler.budget = False
+        self.scheduler.chunk = EVALUATION_CHUNK
 
     def _may_block(self, record: PolicyRecord) -> bool:
         return False
 
     def _per_input(self, record: PolicyRecord) -> float | None:
-        # a policy that may ask a model gets, per input of its batched call, the deadline it has live
-        # on its own thread: a judgment asked anew is a round trip each (0.2-2 s at GroqCloud), and a
-        # pure computation's deadline for the whole call (1 s) would fail the chunk's inputs
-        return BLOCKING_TIMEOUT_S if super()._may_block(record) else None
+        return per_input(super()._may_block(record))  # the live classification, kept per policy version
 
     async def outcomes(self, contexts: list[Any], *, policy_types: list[str], tier: str,
                        constitutional_hash: str) -> list[Outcome]:
@@ -303,7 +315,7 @@ async def decide_all(candidate: Candidate, evaluator: WasmEvaluator, oracle: Ora
             types, tier, chash, path = key
             found = await helpers.decide(Chunk(list(types), tier, chash, [decisions[i].input for i in part], path))
             if found is not None:
-                oracle.credit(len(part), found[1])
+                oracle.credit(len(part), found[1])  # the recorded judgments it used
             # else the helper did not decide it (a judgment it lacks, or it failed): decided here
             await finish(part, found[0] if found is not None else await here(key, part))
 
@@ -316,6 +328,15 @@ async def decide_all(candidate: Candidate, evaluator: WasmEvaluator, oracle: Ora
     return [o for o in out if o is not None]
 
 
+def per_input(may_block: bool) -> float:
+    """A replay's deadline per input of a batched call of a policy: what the input has live. A policy
+    that may ask a model gets the deadline it has live on its own thread (a judgment asked anew is a
+    round trip each, 0.2-2 s at GroqCloud); any other, the live batch's share of a call's deadline
+    (1 s per 25 inputs). A call's deadline is that times its inputs, so a chunk of
+    `EVALUATION_CHUNK` is not failed as a whole where the same inputs live would not be."""
+    return BLOCKING_TIMEOUT_S if may_block else INLINE_TIMEOUT_S / LIVE_CHUNK
+
+
 def agent_outcomes(records: list[PolicyRecord], evaluator: Revision, path: str, inputs: list[Any]) -> list[Outcome]:
     """An agent's query of one policy's decision on the candidate's entrypoint for that policy, batched
     on this thread as the pipeline runs a policy (`run_batched`; a replay's thread may wait). A
@@ -324,12 +345,12 @@ def agent_outcomes(records: list[PolicyRecord], evaluator: Revision, path: str, 
     if record is None:  # a path the candidate does not serve (the policy is gone): undefined
         return [Outcome("undefined", {}, 0.0) for _ in inputs]
     single, many = rego.wasm_entrypoint(record.rule_id), rego.wasm_batch_entrypoint(record.rule_id)
-    per_input = BLOCKING_TIMEOUT_S if rego.may_block(record.opa_policy) else None
+    deadline = per_input(rego.may_block(record.opa_policy))
     out = []
-    for at in range(0, len(inputs), BATCH):
-        part = inputs[at:at + BATCH]
+    for at in range(0, len(inputs), EVALUATION_CHUNK):
+        part = inputs[at:at + EVALUATION_CHUNK]
         t0 = time.perf_counter_ns()
-        values, errors = run_batched(evaluator, single, many, part, wrapped=True, per_input=per_input)
+        values, errors = run_batched(evaluator, single, many, part, wrapped=True, per_input=deadline)
         us = (time.perf_counter_ns() - t0) / 1000 / len(part)
         for value, error in zip(values, errors, strict=True):
             decision = "deny" if error else decision_of(value, value is not UNDEFINED)[0]

@@ -28,7 +28,7 @@ class Example(msgspec.Struct):
 
 
 class ModelCalls(msgspec.Struct):
-    recorded: int  # answered from the recording
+    recorded: int  # distinct recorded judgments the replay used (answered from the recording, not asked anew)
     new: int  # distinct requests asked anew
     failed: int
     cost_usd: float  # of the new calls, at the tier catalog's prices

@@ -109,7 +109,7 @@ def render_report(report: dict[str, Any]) -> str:
         table = [[f"{before} ->", *[rows.get(before, {}).get(after, 0) for after in states]] for before in states if before in rows]
         out += [f"{'whole decision' if kind == '*' else kind}:", _table(table, ["before \\ after", *states]), ""]
     price = "at the batch price" if calls["via"] == "batch" else "at list price"
-    out.append(f"model calls: {calls['recorded']} answered from the recording, {calls['new']} asked anew "
+    out.append(f"judgments (distinct requests): {calls['recorded']} answered from the recording, {calls['new']} asked anew "
                f"({calls['via']}, {calls['failed']} failed), estimated cost ${calls['cost_usd']:.6f} {price}")
     if calls.get("batches"):
         out.append(f"batch jobs: {', '.join(calls['batches'])}")
