@@ -236,12 +236,19 @@ def cp_connected(system: System) -> bool:
 
 # -- what must hold afterwards --------------------------------------------------------------------------
 
-def audited_ids(system: System) -> set[str]:
+def audited_ids(system: System, errors: list[str] | None = None) -> set[str]:
+    """The evaluation ids in the audit trail; empty when a page could not be read (noted in `errors`):
+    right after a NATS node's death the listing may answer 503 until the stream has its new leader."""
     ids: set[str] = set()
     after = 0
     while True:
-        page = httpx.get(f"{system.cp}/api/v1/audit", params={"limit": 1000, "after_seq": after},
-                         headers=system.headers, timeout=30).json()
+        r = httpx.get(f"{system.cp}/api/v1/audit", params={"limit": 1000, "after_seq": after},
+                      headers=system.headers, timeout=30)
+        if r.status_code != 200:
+            if errors is not None:
+                errors.append(f"{r.status_code}: {r.text[:200]}")
+            return set()
+        page = r.json()
         ids.update(item["record"].get("evaluation_id", "") for item in page["records"])
         if page.get("next_after_seq") is None:
             return ids
@@ -261,9 +268,11 @@ def check_outcomes(system: System, load: Load, faults: list[Fault], cp_fault: Fa
             assert o.status == 503 and o.retry_after, o
     wanted = {o.evaluation_id for o in answered}
     deadline = time.monotonic() + 60  # spooled records reach JetStream in the background
-    while (missing := wanted - audited_ids(system)) and time.monotonic() < deadline:
+    errors: list[str] = []
+    while (missing := wanted - audited_ids(system, errors)) and time.monotonic() < deadline:
         time.sleep(1)
-    assert missing == set(), f"{len(missing)} of {len(wanted)} answered evaluations are not in the audit trail"
+    assert missing == set(), (f"{len(missing)} of {len(wanted)} answered evaluations are not in the audit trail "
+                              f"(listing errors: {errors[-3:]})")
     verify = httpx.get(f"{system.cp}/api/v1/audit/verify", headers=system.headers, timeout=120).json()
     assert verify["ok"], verify
     print(f"\nchaos: {len(outcomes)} evaluations, {len(answered)} answered 2xx and all of them audited; "
