@@ -203,12 +203,9 @@ def save_compiled(wasm: bytes, directory: Path) -> Path:
     """The serving engine's module for `wasm` written into `directory` as `compile_policy` finds it
     there (compiled now if this process has not compiled it yet): so another process of this host
     that loads the same module with that `disk_cache` compiles nothing. Its path."""
-    digest = hashlib.sha256(wasm).digest()
-    path = _disk_path(directory, digest, fuel=True)
+    path = _disk_path(directory, hashlib.sha256(wasm).digest(), fuel=True)
     if not path.is_file():
-        with _compiled_lock:
-            mod = _compiled.get(digest)
-        _store_compiled(path, mod if mod is not None else _new_module(_Engine.get(), wasm))
+        _store_compiled(path, compile_policy(wasm))  # from memory when this process compiled it
     return path
 
 

@@ -84,9 +84,11 @@ class ImpactService:
 
     async def start(self) -> None:
         """The replay helpers' fork server starts in the background (the store is a component of its
-        own): so the first long replay does not wait for its imports."""
+        own): so the first long replay does not wait for its imports. One that dies later is started
+        again by the next replay's first helper (multiprocessing checks it at every start)."""
         if self.settings.replay_helpers and self.store.enabled:
-            self._warm_helpers()
+            self._warming = asyncio.get_running_loop().run_in_executor(None, helpers.warm)
+            self._warming.add_done_callback(_told)
 
     async def stop(self) -> None:
         """Nothing to stop."""
@@ -105,17 +107,10 @@ class ImpactService:
                 reask = BatchReAsk(self.batch.require())  # 503 without a Groq endpoint
             else:
                 reask = self.reask
-        if self.settings.replay_helpers and req.helpers != 0:
-            self._warm_helpers()  # if it has stopped since: it starts again while the candidate compiles
         candidate = await anyio.to_thread.run_sync(build_candidate, req.candidate, self.policies)
         since = time.time() - req.since_s if req.since_s is not None else None
         decisions = await self.store.decisions(since, req.count or MAX_DECISIONS)  # a window holds at most the newest MAX
         return Prepared(req, candidate, decisions, await self.store.judgments(), reask)
-
-    def _warm_helpers(self) -> None:
-        if self._warming is None or self._warming.done():
-            self._warming = asyncio.get_running_loop().run_in_executor(None, helpers.warm)
-            self._warming.add_done_callback(_told)
 
     async def _helpers(self, prepared: Prepared, oracle: Oracle) -> Helpers | None:
         """Helper processes for this replay when it is long enough (`controlplane.impact.helpers`);
