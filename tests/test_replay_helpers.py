@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +97,7 @@ def helpers_for(built: tuple[bytes, Any], oracle: Oracle) -> Helpers:
 
 async def run(built: tuple[bytes, Any], oracle: Oracle, found: list[Recorded], *, helped: bool, progress: Any = None,
               aides: Helpers | None = None) -> tuple[list[tuple[str, dict[str, str]]], Helpers | None]:
-    ev = evaluator_with(built, oracle)  # with the memo, as the impact service's evaluator
-    ev.host.send_memo = oracle.memo
+    ev = evaluator_with(built, oracle, memo=True)  # as the impact service's evaluator
     if helped and aides is None:
         aides = helpers_for(built, oracle)
     try:
@@ -121,6 +121,39 @@ async def test_helpers_decide_what_the_replay_alone_decides(signed):
     assert 0 < oracle.helped < N  # both processes decided a share
     assert oracle.recorded == alone.recorded == TEXTS  # each recorded judgment once, whichever process used it
     assert oracle.asked == set() and oracle.failed == 0
+
+
+async def test_with_helpers_the_replaying_process_evaluates_on_its_own_thread_only(signed):
+    """The helpers take the other cores, so the replaying process decides its chunks on the replay's
+    thread alone: no chunk thread beside it (`ReplayPipeline(split=False)`) to contend with them for
+    the cores and the GIL. Alone, the same replay does use one (both cores are its own)."""
+    threads: set[int] = set()
+
+    async def replay(aides: Helpers | None) -> Oracle:
+        oracle = Oracle(judgments(range(TEXTS)), None)
+        memo_get = oracle.memo.get
+
+        def get(request: bytes) -> bytes | None:  # each evaluation asks the memo, on the evaluating thread
+            threads.add(threading.get_ident())
+            return memo_get(request)
+
+        oracle.memo.get = get  # type: ignore[method-assign]
+        ev = evaluator_with(signed, oracle, memo=True)
+        try:
+            await decide_all(Candidate(), ev, oracle, decisions(LONG), None, aides)  # type: ignore[arg-type]
+        finally:
+            ev.close()
+        return oracle
+
+    aides = helpers_for(signed, Oracle(judgments(range(TEXTS)), None))
+    try:
+        helped = await replay(aides)
+    finally:
+        aides.close()
+    assert 0 < helped.helped < LONG and len(threads) == 1, threads  # this process decided chunks, on one thread
+    threads.clear()
+    await replay(None)
+    assert len(threads) >= 2  # alone: the replay's thread and chunk threads
 
 
 async def test_agents_decisions_are_decided_batched_as_one_by_one_and_by_helpers_too(signed):

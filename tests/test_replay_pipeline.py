@@ -77,10 +77,12 @@ def bundle(opa_bin) -> tuple[bytes, Any]:
     return signed_bundle(build({JUDGE: SOURCE}), key), key
 
 
-def evaluator_with(bundle: tuple[bytes, Any], oracle: Oracle) -> WasmEvaluator:
+def evaluator_with(bundle: tuple[bytes, Any], oracle: Oracle, memo: bool = False) -> WasmEvaluator:
+    """`memo`: with the oracle's memo, as the impact service's evaluator (it is read at load)."""
     archive, key = bundle
     ev = WasmEvaluator({key.kid: key.verification_key()}, keyid=key.kid, pool_size=4,
-                       host=HostConfig(bridge_url=BRIDGE, infer_transport=oracle.transport))
+                       host=HostConfig(bridge_url=BRIDGE, infer_transport=oracle.transport,
+                                       send_memo=oracle.memo if memo else None))
     ev.load(archive)
     return ev
 

@@ -196,6 +196,9 @@ class Scheduler:
         # thread then runs whole, with its full deadline, instead of within the inline budget
         self.budget = True
         self.chunk = CHUNK  # contexts per chunk of a batch (`chunked`)
+        # False where the other cores are taken already (a replay with helper processes): a chunk
+        # thread beside the loop's would only contend with them for the cores and for the GIL
+        self.split = True
 
     def _here(self, evaluator: Revision) -> Revision:
         """The revision as work on the loop's thread evaluates it."""
@@ -223,9 +226,9 @@ class Scheduler:
         """`work(start, stop, revision)` over consecutive chunks of `range(n)`, in order.
 
         Below SPLIT_AT items: one call (`run`). From SPLIT_AT up, the loop's thread (inline) and an
-        evaluation thread take chunks in turn as each finishes one, so both cores work until the
-        last chunk; a chunk that does not fit inline goes to a thread of its own. The loop's thread
-        lets other requests in between its chunks."""
+        evaluation thread (unless `split` is off) take chunks in turn as each finishes one, so both
+        cores work until the last chunk; a chunk that does not fit inline goes to a thread of its
+        own. The loop's thread lets other requests in between its chunks."""
         if n < SPLIT_AT:
             return [await self.run(work, evaluator, 0, n)]
         size = self.chunk
@@ -240,7 +243,7 @@ class Scheduler:
 
         compute = self.compute
         helper = None
-        if compute.admitted < compute.threads:  # a helper only when a thread is free: never wait for one
+        if self.split and compute.admitted < compute.threads:  # a helper only when a thread is free: never wait for one
             helper = asyncio.ensure_future(compute.offload(take_chunks))
             helper.add_done_callback(_retrieve)
         inline, late = self._here(evaluator), []

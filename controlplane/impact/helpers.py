@@ -212,7 +212,8 @@ class _Helper:
                                                        send_memo=self.oracle.memo))
         self.evaluator.load(setup.archive)
         records = self.records = setup.records
-        self.pipeline = ReplayPipeline(self.evaluator, lambda: records, ask_model=self.oracle.ask)
+        # one core's share each (the replay's thread and the other helpers have the rest): no chunk thread
+        self.pipeline = ReplayPipeline(self.evaluator, lambda: records, ask_model=self.oracle.ask, split=False)
         self.loop = asyncio.new_event_loop()
 
     def decide(self, chunk: Chunk) -> bytes | None:

@@ -251,10 +251,14 @@ class ReplayPipeline(Pipeline):
     not held to the inline budget either (about a millisecond, host calls included, which would cut
     every model round trip short and fail it)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, split: bool = True, **kwargs: Any) -> None:
+        """`split`: False where the other cores are taken by the replay's helper processes (and in
+        each of them): a chunk thread beside this one would then only contend with them for the
+        cores and for the GIL (benchmarks/README.md: the replay with a helper, with and without it)."""
         super().__init__(*args, **kwargs)
         self.scheduler.budget = False
         self.scheduler.chunk = EVALUATION_CHUNK
+        self.scheduler.split = split
 
     def _may_block(self, record: PolicyRecord) -> bool:
         return False
@@ -279,7 +283,8 @@ async def decide_all(candidate: Candidate, evaluator: WasmEvaluator, oracle: Ora
     """Each recorded decision made again by the candidate (in the order given). With `helpers`, their
     processes take chunks beside this thread (`controlplane.impact.helpers`); every chunk a helper
     hands back is decided here."""
-    pipeline = ReplayPipeline(evaluator, lambda: candidate.records, ask_model=oracle.ask)
+    # with helper processes on the other cores, this thread decides its chunks without a chunk thread
+    pipeline = ReplayPipeline(evaluator, lambda: candidate.records, ask_model=oracle.ask, split=helpers is None)
     out: list[Outcome | None] = [None] * len(decisions)
     groups: dict[tuple[Any, ...], list[int]] = {}
     for i, d in enumerate(decisions):
