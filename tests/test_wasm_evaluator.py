@@ -229,6 +229,26 @@ def test_input_larger_than_memory_cap(policy):
     _serves(policy)
 
 
+def test_a_guest_address_outside_memory_is_refused_also_after_the_guest_grew_it(policy):
+    """A string the guest hands over is read only from inside its linear memory. The size is asked
+    of wasmtime only for an address at or past the size last read, so memory the guest grew since
+    (without the host knowing) is read, and an address past it is still refused."""
+    inst = policy._new_instance()
+    try:
+        size = inst.mem_size_now()
+        for outside in (0, -8, size, size + 100):
+            with pytest.raises(wasm_errors.WasmTrap, match="outside memory"):
+                inst.read_cstr(outside)
+        inst.memory.grow(inst.store, 1)  # as the guest's own memory.grow: the host's size is now stale
+        assert inst.mem_size == size
+        inst.write(size + 10, b"grown\0")
+        assert inst.read_cstr(size + 10) == b"grown" and inst.mem_size == size + 65536
+        with pytest.raises(wasm_errors.WasmTrap, match="outside memory"):
+            inst.read_cstr(size + 65536)
+    finally:
+        inst.close()
+
+
 def test_runtime_error_is_an_error_not_a_decision(policy):
     with pytest.raises(wasm_errors.PolicyAbort, match="var assignment conflict"):
         policy.evaluate("t/conflict", {"x": 1, "y": True})
