@@ -129,7 +129,7 @@ async def test_with_helpers_the_replaying_process_evaluates_on_its_own_thread_on
     the cores and the GIL. Alone, the same replay does use one (both cores are its own)."""
     threads: set[int] = set()
 
-    async def replay(aides: Helpers | None) -> Oracle:
+    def counted() -> Oracle:
         oracle = Oracle(judgments(range(TEXTS)), None)
         memo_get = oracle.memo.get
 
@@ -138,21 +138,13 @@ async def test_with_helpers_the_replaying_process_evaluates_on_its_own_thread_on
             return memo_get(request)
 
         oracle.memo.get = get  # type: ignore[method-assign]
-        ev = evaluator_with(signed, oracle, memo=True)
-        try:
-            await decide_all(Candidate(), ev, oracle, decisions(LONG), None, aides)  # type: ignore[arg-type]
-        finally:
-            ev.close()
         return oracle
 
-    aides = helpers_for(signed, Oracle(judgments(range(TEXTS)), None))
-    try:
-        helped = await replay(aides)
-    finally:
-        aides.close()
+    helped = counted()
+    await run(signed, helped, decisions(LONG), helped=True)
     assert 0 < helped.helped < LONG and len(threads) == 1, threads  # this process decided chunks, on one thread
     threads.clear()
-    await replay(None)
+    await run(signed, counted(), decisions(LONG), helped=False)
     assert len(threads) >= 2  # alone: the replay's thread and chunk threads
 
 
