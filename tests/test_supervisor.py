@@ -343,14 +343,18 @@ def test_a_child_not_gone_after_its_kill_is_reported_and_the_others_are_still_st
     sup = Supervisor(tmp_path / "supervisor.json", RestartPolicy(first_delay_s=0.05), say=said.append)
     first = sup.start(_sleeper(tmp_path, "nats"))
     second = sup.start(_sleeper(tmp_path, "worker"))
-    real_wait = subprocess.Popen.wait
+    real_wait, real_poll = subprocess.Popen.wait, subprocess.Popen.poll
 
     def never_reaped(self, timeout=None):  # the kernel has not let the killed process go yet
         if self.pid == first.proc.pid and self.returncode is None:
             raise subprocess.TimeoutExpired(self.args, timeout or 0)
         return real_wait(self, timeout)
 
+    def not_gone(self):  # nor does a poll reap it (Popen.kill polls first; CI once saw it reap `sleep` there)
+        return None if self.pid == first.proc.pid and self.returncode is None else real_poll(self)
+
     monkeypatch.setattr(subprocess.Popen, "wait", never_reaped)
+    monkeypatch.setattr(subprocess.Popen, "poll", not_gone)
     monkeypatch.setattr(first, "stop", functools.partial(first.stop, timeout=0.1, kill_wait=0.1))
     sup.stop_all()  # no exception
     monkeypatch.undo()
