@@ -16,7 +16,7 @@ help:
 	@echo "make tools     provide opa (pinned) and nats-server"
 	@echo "make clean     remove the venv, tools and local state"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py bridge/opawasm/native/hostfast.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'

@@ -32,7 +32,7 @@ from bridge.opawasm.errors import (
 from bridge.opawasm.guestvalues import read_value
 from bridge.opawasm.host import HostConfig
 from bridge.opawasm.hostcall import put_value, start_evaluation
-from bridge.opawasm.hostroute import original_name
+from bridge.opawasm.hostroute import host_name, original_name
 from bridge.opawasm.lanes import FuelFreeLane
 from bridge.opawasm.memimage import MemoryImage
 from bridge.opawasm.options import LoadOptions, load_options
@@ -53,6 +53,13 @@ BLOCKING_BUILTINS = ("http.send", "net.lookup_ip_addr")
 # fuel does not see, are held to a clock. Measured in benchmarks/README.md (the event loop).
 INLINE_FUEL = 3_000_000  # ~0.75 ms: ~4 million per ms measured on a long loop
 INLINE_HOST_S = 0.001
+
+
+def _native_glob_id(ids: Mapping[str, int], table: Mapping[str, Any]) -> int:
+    """glob.match's builtin id, for the native fast path (`hostfast`) to answer where it can; -1
+    where the module does not call it or a custom builtin took its place (that one is always called)."""
+    name = host_name("glob.match")
+    return ids.get(name, -1) if table.get(name) is REGISTRY.get(name) else -1
 
 
 class WasmPolicy:
@@ -105,6 +112,8 @@ class WasmPolicy:
             self._ep_lookup["data." + name.replace("/", ".")] = i
             self._ep_lookup[name.replace("/", ".")] = i
         memimage.setup(first, self._data)
+        self._glob_id = _native_glob_id(self.builtin_ids, table)
+        first.arm_fast_paths(self._glob_id)
         self.image: MemoryImage | None = None
         if opts.share_data:
             first = self._share(wasm, first)
@@ -153,6 +162,7 @@ class WasmPolicy:
         except BaseException:
             inst.close()
             raise
+        inst.arm_fast_paths(self._glob_id)
         return inst
 
     def _dispatch(self, inst: Instance, builtin_id: int, arg_addrs: tuple[int, ...]) -> int:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import msgspec
 import wasmtime
 
-from bridge.opawasm import hostcall
+from bridge.opawasm import hostcall, hostfast
 from bridge.opawasm.capi import (
     SLOTS,
     Export,
@@ -149,6 +149,7 @@ class Instance:
         """The imports for `module` (all from "env"), and its linear memory when it imports one."""
         imports: list[Any] = []
         memory = None
+        self.fast: hostfast.Env | None = None  # the native fast path's state, when it is linked in
         for imp in module.imports:
             name, ty = imp.name or "", imp.type
             if imp.module != "env":
@@ -162,10 +163,26 @@ class Instance:
             elif callback is not None and isinstance(ty, wasmtime.FuncType):
                 cb = host_callback(callback)
                 self._callbacks.append(cb)
-                imports.append(host_func(self._ctx_ptr, ty, cb))
+                if name == "opa_builtin3" and hostfast.available():  # glob.match in C where it can be
+                    func, self.fast = hostfast.glob_import(self._ctx_ptr, ty, cb)
+                    self._callbacks.append(self.fast)
+                    imports.append(func)
+                else:
+                    imports.append(host_func(self._ctx_ptr, ty, cb))
             else:
                 raise BundleLoadError(f"policy.wasm: unexpected import env.{name}")
+        if self.fast is not None:
+            if memory is None:  # a module that exports its memory instead: the Python path only
+                self.fast = None
+            else:
+                hostfast.attach(self.fast, self._ctx, memory)
         return imports, memory
+
+    def arm_fast_paths(self, glob_id: int) -> None:
+        """Let the native fast path answer `glob.match` (builtin `glob_id`), once the library's
+        interned booleans are known (after `memimage.setup` or `restore`)."""
+        if self.fast is not None:
+            hostfast.arm(self.fast, glob_id, self.bools[True], self.bools[False])
 
     def _abi_version(self, exports: Mapping[str, Any]) -> tuple[int, int]:
         def number(name: str) -> int:
