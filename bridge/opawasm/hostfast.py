@@ -5,7 +5,8 @@ before. The C file says exactly when it answers and why the answers are the buil
 
 The extension is built by setuptools at install (`setup.py`, `pip install -e .`); it is optional:
 without a C compiler the install still succeeds and every call takes the Python path (same
-answers, ~4-5 µs more per call). `GROQPOLICY_NATIVE_HOSTCALLS=0` turns it off at run time.
+answers, ~4-5 µs more per call). `LoadOptions(native_hostcalls=False)` leaves it unarmed (every
+call handed to Python), for comparisons.
 
 An instance wires it in two steps: `glob_import` at link time (the guest's `opa_builtin3` import
 becomes the C callback, with the Python one behind it), then `arm` once the module's builtin ids
@@ -15,7 +16,6 @@ and interned booleans are known. Until armed, the C callback hands every call to
 from __future__ import annotations
 
 import ctypes
-import os
 from typing import Any
 
 import wasmtime
@@ -26,7 +26,6 @@ try:
 except ImportError:  # built without a C compiler: the Python path only
     _hostfast = None
 
-ENV_VAR = "GROQPOLICY_NATIVE_HOSTCALLS"
 _vp = ctypes.c_void_p
 
 
@@ -53,8 +52,8 @@ _NO_FINALIZER = ctypes.CFUNCTYPE(None, _vp)()
 
 
 def available() -> bool:
-    """Whether instances linked now take the fast path (built, and not turned off)."""
-    return bool(_CALLBACK and _MEMORY_DATA and _MEMORY_SIZE) and os.environ.get(ENV_VAR, "1") != "0"
+    """Whether the extension is built (and of this layout): instances link the fast path in."""
+    return bool(_CALLBACK and _MEMORY_DATA and _MEMORY_SIZE)
 
 
 def glob_import(context: Any, ty: wasmtime.FuncType, fallback: Any) -> tuple[wasmtime.Func, Env]:

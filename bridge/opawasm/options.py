@@ -44,6 +44,9 @@ class LoadOptions:
     of parsing it into each one; off, or where the host cannot (`memimage.supported`), each parses."""
     module_cache: Path | None = None
     """A directory that keeps compiled modules for later processes (trusted: they are native code)."""
+    native_hostcalls: bool = True
+    """Let the native fast path (`hostfast`, when built) answer the `glob.match` calls it can;
+    False: every call through the Python builtin (same answers)."""
     fuel_free_lane: bool = False
     """Evaluate what is not inline on instances of an engine without fuel (`lanes.py`), once their
     module is compiled (started by the first such evaluation, in the background); never for a

@@ -112,7 +112,7 @@ class WasmPolicy:
             self._ep_lookup["data." + name.replace("/", ".")] = i
             self._ep_lookup[name.replace("/", ".")] = i
         memimage.setup(first, self._data)
-        self._glob_id = _native_glob_id(self.builtin_ids, table)
+        self._glob_id = _native_glob_id(self.builtin_ids, table) if opts.native_hostcalls else -1
         first.arm_fast_paths(self._glob_id)
         self.image: MemoryImage | None = None
         if opts.share_data:
