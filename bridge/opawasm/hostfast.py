@@ -42,7 +42,9 @@ class Env(ctypes.Structure):
 
 _CALLBACK = _MEMORY_DATA = _MEMORY_SIZE = 0
 if _hostfast is not None:
-    if _hostfast.env_size() != ctypes.sizeof(Env):  # a stale build of another layout: never call it
+    # a stale build of another layout, or a wasmtime whose argument slots are not the 16 bytes the
+    # C file reads: never call it
+    if _hostfast.env_size() != ctypes.sizeof(Env) or ctypes.sizeof(_bindings.wasmtime_val_raw) != 16:
         _hostfast = None
     else:
         _CALLBACK = _hostfast.callback_address()
