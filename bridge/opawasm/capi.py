@@ -87,12 +87,13 @@ class Export:
         self.pack = _PACKERS[nparams]
 
 
-def host_func(context: Any, ty: wasmtime.FuncType, callback: Any) -> wasmtime.Func:
-    """A host function of type `ty` in the store behind `context`, calling `callback` (which the
-    caller must keep alive as long as the store: the store holds only its address)."""
+def host_func(context: Any, ty: wasmtime.FuncType, callback: Any, env: Any = None) -> wasmtime.Func:
+    """A host function of type `ty` in the store behind `context`, calling `callback` (a ctypes
+    callback, or a C function's address as a `c_void_p`) with `env` as its first argument. The
+    caller keeps both alive as long as the store: the store holds only their addresses."""
     out = _bindings.wasmtime_func_t()
     fn = ctypes.cast(callback, _HOST_CALLBACK)
-    _bindings.wasmtime_func_new_unchecked(context, ty.ptr(), fn, None, _NO_FINALIZER, ctypes.byref(out))
+    _bindings.wasmtime_func_new_unchecked(context, ty.ptr(), fn, env, _NO_FINALIZER, ctypes.byref(out))
     return wasmtime.Func._from_raw(out)
 
 

@@ -21,6 +21,8 @@ from typing import Any
 import wasmtime
 from wasmtime import _bindings
 
+from bridge.opawasm.capi import VAL_SIZE, host_func
+
 try:
     from bridge.opawasm import _hostfast  # type: ignore[attr-defined]
 except ImportError:  # built without a C compiler: the Python path only
@@ -44,13 +46,12 @@ _CALLBACK = _MEMORY_DATA = _MEMORY_SIZE = 0
 if _hostfast is not None:
     # a stale build of another layout, or a wasmtime whose argument slots are not the 16 bytes the
     # C file reads: never call it
-    if _hostfast.env_size() != ctypes.sizeof(Env) or ctypes.sizeof(_bindings.wasmtime_val_raw) != 16:
+    if _hostfast.env_size() != ctypes.sizeof(Env) or VAL_SIZE != 16:
         _hostfast = None
     else:
         _CALLBACK = _hostfast.callback_address()
         _MEMORY_DATA = ctypes.cast(_bindings._wasmtime_memory_data, _vp).value or 0
         _MEMORY_SIZE = ctypes.cast(_bindings._wasmtime_memory_data_size, _vp).value or 0
-_NO_FINALIZER = ctypes.CFUNCTYPE(None, _vp)()
 
 
 def available() -> bool:
@@ -64,10 +65,7 @@ def glob_import(context: Any, ty: wasmtime.FuncType, fallback: Any) -> tuple[was
     `attach` and `arm`."""
     env = Env(glob_id=-1)
     env.fallback = ctypes.cast(fallback, _vp).value
-    out = _bindings.wasmtime_func_t()
-    callback = ctypes.cast(_vp(_CALLBACK), _bindings.wasmtime_func_unchecked_callback_t)
-    _bindings.wasmtime_func_new_unchecked(context, ty.ptr(), callback, ctypes.byref(env), _NO_FINALIZER, ctypes.byref(out))
-    return wasmtime.Func._from_raw(out), env
+    return host_func(context, ty, _vp(_CALLBACK), ctypes.byref(env)), env
 
 
 def attach(env: Env, context: int | None, memory: wasmtime.Memory) -> None:
