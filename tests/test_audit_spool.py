@@ -169,6 +169,7 @@ async def test_records_spooled_while_the_writer_lingers_share_one_append(nats_se
     linger, or when the first is a batch request's record (SPOOL_LINGER_FULL evaluations or more),
     the first goes alone and at once."""
     nc, trail = await _trail(nats_server.extra["url"], tmp_path / "s", spool_linger_s=linger)
+    trail.atomic_from = 1  # records taken together go out as one atomic batch (not one publish each)
     appends: list[int] = []
     publish = trail.writer.publisher.publish
 

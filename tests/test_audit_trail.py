@@ -16,6 +16,7 @@ from controlplane.audit import AuditFilters, AuditRecord, AuditTrail, AuditUnava
 from controlplane.audit.ingest import decision_log_record
 from controlplane.audit.records import GENESIS_HASH, chain_hash, check_stored, digest, seal
 from controlplane.audit.trail import AuditQueryError
+from controlplane.audit.writer import ATOMIC_FROM
 from controlplane.infra.processes import start_nats
 from controlplane.infra.recordkeys import RecordKeys
 
@@ -68,11 +69,37 @@ async def test_concurrent_appends_are_group_committed_in_order(trail):
     assert (await trail.verify()).checked == 300
 
 
-async def test_two_replicas_racing_never_fork_the_chain(nats_server):
-    """Two control planes (two connections, two trails) appending at once: one chain, no fork."""
+async def test_a_short_queue_goes_out_one_record_per_publish_a_long_one_in_atomic_batches(trail):
+    """nats-server stages an atomic batch in a file store made for it (milliseconds of its CPU), so
+    fewer than ATOMIC_FROM records go out one conditioned publish each, each signed over its own
+    sequence; a longer queue in batches, one signature each."""
+    publishes: list[int] = []
+    publish = trail.writer.publisher.publish
+
+    async def counting(chunk, seq):
+        publishes.append(len(chunk))
+        return await publish(chunk, seq)
+
+    trail.writer.publisher.publish = counting
+    short = await trail.append_many([rec(evaluation_id=f"s{i}") for i in range(3)])
+    assert publishes == [1, 1, 1]
+    assert [(s.seq, s.record.signature and s.record.signature.first_seq) for s in short] == [(1, 1), (2, 2), (3, 3)]
+    long = await trail.append_many([rec(evaluation_id=f"l{i}") for i in range(ATOMIC_FROM)])
+    assert publishes == [1, 1, 1, ATOMIC_FROM]
+    assert [s.record.signature is None for s in long] == [True] * (ATOMIC_FROM - 1) + [False]
+    report = await trail.verify()
+    assert (report.ok, report.checked) == (True, 3 + ATOMIC_FROM), report
+
+
+@pytest.mark.parametrize("atomic_from", [1, ATOMIC_FROM], ids=["atomic-batches", "singles"])
+async def test_two_replicas_racing_never_fork_the_chain(nats_server, atomic_from):
+    """Two control planes (two connections, two trails) appending at once: one chain, no fork;
+    their groups of five as atomic batches, or as one conditioned publish per record."""
     url = nats_server.extra["url"]
     ncs = [await nats.connect(url) for _ in range(2)]
     trails = [AuditTrail(nc, keys=KEYS) for nc in ncs]
+    for t in trails:
+        t.atomic_from = atomic_from
     await trails[0].ensure_stream()
     try:
         async def writer(t: AuditTrail, name: str) -> list:
@@ -114,10 +141,13 @@ async def test_a_retried_record_is_stored_once(nats_server):
         await nc2.close()
 
 
-async def test_a_lost_ack_is_settled_by_reading_the_next_sequence(nats_server):
-    """The batch committed but its answer never came: the trail finds it at last+1 and adopts it."""
+@pytest.mark.parametrize("atomic_from, lost_seq", [(1, 3), (ATOMIC_FROM, 1)], ids=["atomic-batch", "single"])
+async def test_a_lost_ack_is_settled_by_reading_the_next_sequence(nats_server, atomic_from, lost_seq):
+    """The publish committed but its answer never came: the trail finds it at last+1 and adopts it.
+    The three records go out as one atomic batch, or (a short queue) one publish each."""
     nc = await nats.connect(nats_server.extra["url"])
     trail = AuditTrail(nc, keys=KEYS, timeout=0.3)
+    trail.atomic_from = atomic_from
     await trail.ensure_stream()
     lost: list[bytes] = []
     deliver = trail.writer.publisher._on_ack
@@ -131,7 +161,7 @@ async def test_a_lost_ack_is_settled_by_reading_the_next_sequence(nats_server):
     trail.writer.publisher._on_ack = lossy  # type: ignore[method-assign]
     try:
         stored = await asyncio.gather(*(trail.append(rec(evaluation_id=f"e{i}")) for i in range(3)))
-        assert lost and b'"seq":3' in lost[0]  # the whole batch had committed
+        assert lost and f'"seq":{lost_seq}'.encode() in lost[0]  # the whole publish had committed
         assert [s.seq for s in stored] == [1, 2, 3]
         assert (await nc.jetstream().stream_info(trail.stream)).state.messages == 3  # not stored twice
         assert (await trail.verify()).checked == 3
@@ -139,7 +169,9 @@ async def test_a_lost_ack_is_settled_by_reading_the_next_sequence(nats_server):
         await nc.close()
 
 
-async def test_a_batch_holding_an_already_stored_record_goes_one_by_one(trail):
+@pytest.mark.parametrize("atomic_from", [1, ATOMIC_FROM], ids=["atomic-batch", "singles"])
+async def test_a_batch_holding_an_already_stored_record_goes_one_by_one(trail, atomic_from):
+    trail.atomic_from = atomic_from
     first = await trail.append(rec(evaluation_id="first"))
     again = AuditRecord(**{f: getattr(first.record, f) for f in ("source", "decision", "record_id", "evaluation_id")})
     stored = await trail.append_many([again, rec(evaluation_id="x"), rec(evaluation_id="y")])

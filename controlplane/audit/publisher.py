@@ -1,13 +1,16 @@
-"""Publishing sealed records to the audit stream: one atomic batch, conditioned on the last sequence.
+"""Publishing sealed records to the audit stream: one message or one atomic batch, conditioned on
+the last sequence.
 
 Why appends cannot fork the chain: every publish carries `Nats-Expected-Last-Sequence` = the
 stream sequence of the record it links to. JetStream stores it only if that is still the stream's
 last message; a replica that lost the race gets `wrong last sequence` (err_code 10071), reloads
 the tail and relinks.
 
-A group commit goes out as one JetStream *atomic batch* (nats-server 2.12+), conditioned as a
+Several records go out as one JetStream *atomic batch* (nats-server 2.12+), conditioned as a
 whole on the last sequence, so N concurrent appends cost one round trip and a batch is stored
-entirely or not at all. (Pipelining single publishes is not safe: with record i refused, record
+entirely or not at all. The writer sends a short queue one record per publish instead (each
+conditioned the same way): nats-server stages every atomic batch of a file stream in a file store
+made and deleted for it, which costs it more than a dozen single publishes (controlplane.audit.writer). (Pipelining single publishes is not safe: with record i refused, record
 i+1 could land right after another writer's record while linking to the refused one.
 `Nats-Expected-Last-Msg-Id` would catch that on one server, but a clustered stream checks it only
 when applying the entry and a mismatch there is a critical write error that stops the stream

@@ -1,7 +1,8 @@
 """Signed audit records: one signature per group commit, and which records it vouches for.
 
-The scheme. The writer stores a group commit as one atomic batch conditioned on the stream's last
-sequence L (controlplane.audit.publisher), so its n records land at exactly L+1..L+n or not at all.
+The scheme. The writer stores n records (n >= 1) as one publish, a single message or an atomic
+batch, conditioned on the stream's last sequence L (controlplane.audit.publisher), so they land at
+exactly L+1..L+n or not at all.
 It seals them into the chain and signs once: the last record carries `signature` = {kid, first_seq:
 L+1, sig}, an Ed25519 signature of the control plane's record key (controlplane.infra.recordkeys)
 over `{"stream", "first_seq", "last_seq", "hash", "kid"}`, where `hash` is that last record's chain
@@ -24,7 +25,8 @@ Why the sequences are signed: a signed batch copied to other sequences (the stre
 refilled in another order) no longer verifies. What the signatures cannot show is records cut off
 the end of the stream: that is what the signed checkpoints are for (controlplane.audit.checkpoints).
 
-Cost: signing happens where sealing does, in the writer, once per commit rather than per record.
+Cost: signing happens where sealing does, in the writer, once per publish: per record while the
+writer's queue is short (a single publish each), once per batch when it is long.
 With write-behind appends (`submit`, spool durability) that is the background writer, after the
 decision was answered; with `ack` durability it adds one signature to a wait for JetStream that the
 caller pays anyway.

@@ -6,7 +6,8 @@ the stream, the reader (controlplane.audit.reader) lists and verifies it.
 Layout: records live under `audit.<source>.<decision>`, so the source and decision filters run in
 the server. The stream refuses deletes and purges (a record cannot be removed through the API) and
 keeps a two-minute duplicate window on `Nats-Msg-Id` = the record id, so a record appended again
-within it returns the stored copy. Appends are atomic batches (nats-server 2.12+).
+within it returns the stored copy. Appends are single conditioned publishes, or atomic batches
+(nats-server 2.12+) when the writer's queue is long.
 
 Chain rules (the record's own hash is in controlplane.audit.records): a record is filed under the
 subject its source and decision name (`subject`); a new record links to the hash the stream's last

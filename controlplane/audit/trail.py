@@ -111,6 +111,7 @@ class AuditTrail:
     max_backlog = _Forward[int]("writer")
     close_drain_s = _Forward[float]("writer")
     spool_linger_s = _Forward[float]("writer")
+    atomic_from = _Forward[int]("writer")
     on_spooled_stored = _Forward[Callable[[list[AuditRecord]], None] | None]("writer")
     appended = _Forward[int]("writer")
     conflicts = _Forward[int]("writer")

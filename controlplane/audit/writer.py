@@ -7,7 +7,9 @@ the new tail and goes again; one whose answer never came is adopted if it landed
 (controlplane.audit.adoption). Appending a record id stored in the last two minutes (a caller's
 retry, an OPA agent re-uploading a batch) returns the stored copy; the server refuses an atomic
 batch holding such a record (err_code 10201), and the writer then sends that batch one by one.
-Each commit is signed once, as it is sealed (controlplane.audit.signing).
+A short queue goes out one conditioned publish per record rather than as an atomic batch, which
+costs nats-server far more (ATOMIC_FROM). Each publish is signed once, as it is sealed
+(controlplane.audit.signing).
 
 Write-behind (`submit`): the record is first written to the local spool (controlplane.audit.spool),
 then queued like any other; the caller does not wait for JetStream. Such a record is never dropped:
@@ -41,9 +43,16 @@ from controlplane.infra.recordkeys import RecordKeys
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 256  # records one atomic batch carries (the server allows up to 1000)
+# Fewer pending records than this go out one conditioned publish each, more as atomic batches.
+# nats-server stages each atomic batch of a file stream in a file store of its own, made and deleted
+# per batch: that costs it as much CPU as a dozen or more single publishes, whatever the batch's
+# size, and comes in bursts that delay the requests sharing its cores (benchmarks/README.md, "Audit
+# appends"). Singles cost the writer a signature and a round trip each, so a long queue still goes
+# out in batches, where the batch's cost is shared.
+ATOMIC_FROM = 24
 # Spooled records wait this long before the writer takes them: the response that the spool write
 # let go first reaches its client before the writer and nats-server claim the CPU, and records
-# arriving meanwhile share one append. Not when the queue already holds SPOOL_LINGER_FULL
+# arriving meanwhile share one drain of the queue. Not when the queue already holds SPOOL_LINGER_FULL
 # evaluations: a batch request's record is one big append already, its client sends the next batch
 # within the linger, and the deferred append would land on that batch.
 SPOOL_LINGER_S = 0.002
@@ -78,13 +87,14 @@ class _Commit:
     pending: list[AuditRecord]
     out: list[StoredRecord] = field(default_factory=list)
     singles: int = 0  # records to publish one by one (a batch held a record already stored)
-    attempt: int = 0
+    attempt: int = 0  # attempts since the last records were stored: the retry backoff grows with it
     last_error: str = ""
 
     def adopted(self, records: list[StoredRecord]) -> None:
         """The first records of `pending` are stored."""
         self.out.extend(records)
         self.pending = self.pending[len(records):]
+        self.attempt = 0
 
     def stored(self, records: list[StoredRecord]) -> None:
         """The first records of `pending` are stored by the last publish (one of them, when one by one)."""
@@ -104,6 +114,7 @@ class TrailWriter:
         on_spooled_stored: Callable[[list[AuditRecord]], None] | None = None,
         close_drain_s: float = CLOSE_DRAIN_S,
         spool_linger_s: float = SPOOL_LINGER_S,
+        atomic_from: int = ATOMIC_FROM,
     ) -> None:
         self.store = store
         self.keys = keys  # signs each commit (controlplane.audit.signing)
@@ -114,6 +125,7 @@ class TrailWriter:
         self.max_backlog = max_backlog
         self.close_drain_s = close_drain_s
         self.spool_linger_s = spool_linger_s
+        self.atomic_from = max(1, atomic_from)
         self.on_spooled_stored = on_spooled_stored  # metrics: spooled records once JetStream has them
         self._tail: tuple[int, str] | None = None  # (seq, hash) of the stream's last record, as far as we know
         self._queue: list[Queued] = []
@@ -344,7 +356,10 @@ class TrailWriter:
                 self._tail = None
                 return None
         chunk = []
-        for r in commit.pending[:1 if commit.singles else MAX_BATCH]:
+        # one record per publish (each conditioned on the last sequence, so the chain cannot fork),
+        # or an atomic batch when the queue is long (ATOMIC_FROM)
+        size = 1 if commit.singles or len(commit.pending) < self.atomic_from else MAX_BATCH
+        for r in commit.pending[:size]:
             rec, data = seal(r, prev)
             chunk.append((rec, data))
             prev = rec.hash
