@@ -8,10 +8,11 @@ the tail and relinks.
 
 Several records go out as one JetStream *atomic batch* (nats-server 2.12+), conditioned as a
 whole on the last sequence, so N concurrent appends cost one round trip and a batch is stored
-entirely or not at all. The writer sends a short queue one record per publish instead (each
-conditioned the same way): nats-server stages every atomic batch of a file stream in a file store
-made and deleted for it, which costs it more than a dozen single publishes (controlplane.audit.writer). (Pipelining single publishes is not safe: with record i refused, record
-i+1 could land right after another writer's record while linking to the refused one.
+entirely or not at all. The writer sends a short queue one record per publish instead, each
+conditioned the same way and each awaited before the next: nats-server stages every atomic batch of
+a file stream in a file store made and deleted for it, which costs it more than a dozen single
+publishes (controlplane.audit.writer). (Pipelining single publishes is not safe: with record i
+refused, record i+1 could land right after another writer's record while linking to the refused one.
 `Nats-Expected-Last-Msg-Id` would catch that on one server, but a clustered stream checks it only
 when applying the entry and a mismatch there is a critical write error that stops the stream
 replica: both were seen in tests.)

@@ -1,4 +1,5 @@
-"""Signed audit records: one signature per group commit, and which records it vouches for.
+"""Signed audit records: one signature per publish (a record or an atomic batch), and which records
+it vouches for.
 
 The scheme. The writer stores n records (n >= 1) as one publish, a single message or an atomic
 batch, conditioned on the stream's last sequence L (controlplane.audit.publisher), so they land at
