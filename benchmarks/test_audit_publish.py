@@ -29,6 +29,7 @@ from controlplane.audit.spool import AuditSpool
 from controlplane.audit.writer import ATOMIC_FROM
 from controlplane.infra.processes import start_nats
 from controlplane.infra.recordkeys import RecordKeys
+from tests.controlplane_helpers import counted_publishes
 
 SHORT = os.environ.get("GROQPOLICY_BENCH_SHORT") == "1"
 BLOCKS = 2 if SHORT else 5
@@ -52,23 +53,15 @@ def _record(i: int) -> AuditRecord:
 
 async def _block(trail: AuditTrail, nats_pid: int, rate: int, start: int) -> dict[str, float]:
     """Submit records at `rate` for BLOCK_S, wait until stored; the block's costs per record."""
-    publishes: list[int] = []
-    publish = trail.writer.publisher.publish
-
-    async def counting(chunk, seq):  # type: ignore[no-untyped-def]
-        publishes.append(len(chunk))
-        return await publish(chunk, seq)
-
-    trail.writer.publisher.publish = counting  # type: ignore[method-assign]
     n = int(rate * BLOCK_S)
-    nats0, own0 = _cpu_s(nats_pid), time.process_time()
-    due = time.perf_counter()
-    for i in range(n):
-        trail.submit([_record(start + i)])
-        due += 1 / rate
-        await asyncio.sleep(max(0.0, due - time.perf_counter()))
-    await trail.flush(30)
-    trail.writer.publisher.publish = publish  # type: ignore[method-assign]
+    with counted_publishes(trail) as publishes:
+        nats0, own0 = _cpu_s(nats_pid), time.process_time()
+        due = time.perf_counter()
+        for i in range(n):
+            trail.submit([_record(start + i)])
+            due += 1 / rate
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        await trail.flush(30)
     return {"nats_us_per_record": (_cpu_s(nats_pid) - nats0) / n * 1e6,
             "writer_us_per_record": (time.process_time() - own0) / n * 1e6,
             "publishes_per_record": len(publishes) / n, "records_per_publish": n / max(1, len(publishes))}

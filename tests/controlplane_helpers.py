@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -101,3 +102,22 @@ def control_plane_with_worker(tmp: Path, nats_url: str, emulator_url: str) -> It
 
 def gzip_json(obj: object) -> bytes:
     return gzip.compress(json.dumps(obj).encode())
+
+
+@contextlib.contextmanager
+def counted_publishes(trail: Any) -> Iterator[list[int]]:
+    """The sizes of the audit trail's publishes (records per publish) while inside, in order; the
+    publisher's own method is back in place on the way out."""
+    sizes: list[int] = []
+    publisher = trail.writer.publisher
+    publish = publisher.publish
+
+    async def counting(chunk: list[Any], seq: int) -> Any:
+        sizes.append(len(chunk))
+        return await publish(chunk, seq)
+
+    publisher.publish = counting
+    try:
+        yield sizes
+    finally:
+        publisher.publish = publish

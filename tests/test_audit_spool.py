@@ -20,7 +20,7 @@ from controlplane.audit.records import EvaluationEntry
 from controlplane.audit.spool import AuditSpool, SpoolError
 from controlplane.infra.processes import start_nats
 from controlplane.infra.recordkeys import RecordKeys
-from tests.controlplane_helpers import ADMIN_HEADERS, make_settings, running_control_plane
+from tests.controlplane_helpers import ADMIN_HEADERS, counted_publishes, make_settings, running_control_plane
 
 KEYS = RecordKeys.generate()  # the control plane's record key, the same across the restarts below
 
@@ -170,30 +170,23 @@ async def test_records_spooled_while_the_writer_lingers_share_one_append(nats_se
     the first goes alone and at once."""
     nc, trail = await _trail(nats_server.extra["url"], tmp_path / "s", spool_linger_s=linger)
     trail.atomic_from = 1  # records taken together go out as one atomic batch (not one publish each)
-    appends: list[int] = []
-    publish = trail.writer.publisher.publish
-
-    async def counting(chunk, seq):
-        appends.append(len(chunk))
-        return await publish(chunk, seq)
-
-    trail.writer.publisher.publish = counting
     entries = [EvaluationEntry(evaluation_id=str(i), decision="allow") for i in range(first_entries)]
-    try:
-        trail.submit([rec(evaluation_id="first", evaluations=entries)])
-        for _ in range(3):
-            await asyncio.sleep(0)  # the writer has started: it appends now, or waits out its linger
-        if not linger:
-            deadline = time.monotonic() + 10
-            while not appends and time.monotonic() < deadline:
-                await asyncio.sleep(0.001)
-        trail.submit([rec(evaluation_id="second")])
-        await trail.flush()
-        assert appends == appends_wanted
-        assert [s.record.evaluation_id for s in (await trail.list(limit=10)).records] == ["first", "second"]
-    finally:
-        await trail.close()
-        await nc.close()
+    with counted_publishes(trail) as appends:
+        try:
+            trail.submit([rec(evaluation_id="first", evaluations=entries)])
+            for _ in range(3):
+                await asyncio.sleep(0)  # the writer has started: it appends now, or waits out its linger
+            if not linger:
+                deadline = time.monotonic() + 10
+                while not appends and time.monotonic() < deadline:
+                    await asyncio.sleep(0.001)
+            trail.submit([rec(evaluation_id="second")])
+            await trail.flush()
+            assert appends == appends_wanted
+            assert [s.record.evaluation_id for s in (await trail.list(limit=10)).records] == ["first", "second"]
+        finally:
+            await trail.close()
+            await nc.close()
 
 
 async def test_records_spooled_while_jetstream_is_down_land_after_a_restart(tmp_path):

@@ -19,6 +19,7 @@ from controlplane.audit.trail import AuditQueryError
 from controlplane.audit.writer import ATOMIC_FROM
 from controlplane.infra.processes import start_nats
 from controlplane.infra.recordkeys import RecordKeys
+from tests.controlplane_helpers import counted_publishes
 
 KEYS = RecordKeys.generate()  # the control plane's record key (replicas share one)
 
@@ -73,19 +74,12 @@ async def test_a_short_queue_goes_out_one_record_per_publish_a_long_one_in_atomi
     """nats-server stages an atomic batch in a file store made for it (milliseconds of its CPU), so
     fewer than ATOMIC_FROM records go out one conditioned publish each, each signed over its own
     sequence; a longer queue in batches, one signature each."""
-    publishes: list[int] = []
-    publish = trail.writer.publisher.publish
-
-    async def counting(chunk, seq):
-        publishes.append(len(chunk))
-        return await publish(chunk, seq)
-
-    trail.writer.publisher.publish = counting
-    short = await trail.append_many([rec(evaluation_id=f"s{i}") for i in range(3)])
-    assert publishes == [1, 1, 1]
-    assert [(s.seq, s.record.signature and s.record.signature.first_seq) for s in short] == [(1, 1), (2, 2), (3, 3)]
-    long = await trail.append_many([rec(evaluation_id=f"l{i}") for i in range(ATOMIC_FROM)])
-    assert publishes == [1, 1, 1, ATOMIC_FROM]
+    with counted_publishes(trail) as publishes:
+        short = await trail.append_many([rec(evaluation_id=f"s{i}") for i in range(3)])
+        assert publishes == [1, 1, 1]
+        assert [(s.seq, s.record.signature and s.record.signature.first_seq) for s in short] == [(1, 1), (2, 2), (3, 3)]
+        long = await trail.append_many([rec(evaluation_id=f"l{i}") for i in range(ATOMIC_FROM)])
+        assert publishes == [1, 1, 1, ATOMIC_FROM]
     assert [s.record.signature is None for s in long] == [True] * (ATOMIC_FROM - 1) + [False]
     report = await trail.verify()
     assert (report.ok, report.checked) == (True, 3 + ATOMIC_FROM), report

@@ -125,7 +125,7 @@ class TrailWriter:
         self.max_backlog = max_backlog
         self.close_drain_s = close_drain_s
         self.spool_linger_s = spool_linger_s
-        self.atomic_from = max(1, atomic_from)
+        self.atomic_from = atomic_from
         self.on_spooled_stored = on_spooled_stored  # metrics: spooled records once JetStream has them
         self._tail: tuple[int, str] | None = None  # (seq, hash) of the stream's last record, as far as we know
         self._queue: list[Queued] = []
