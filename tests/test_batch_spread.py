@@ -14,7 +14,7 @@ import pytest
 
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from controlplane.evaluation import spread as spread_module
-from controlplane.evaluation.spread import MIN_CHUNK, bounds
+from controlplane.evaluation.spread import LEARN, MIN_CHUNK, PROBE_EVERY, SplitChoice, bounds
 from tests.controlplane_helpers import ADMIN_HEADERS, make_settings, running_control_plane
 from tests.test_evaluate_nats import limit, wait_until
 
@@ -35,6 +35,33 @@ def _batch(client: httpx.Client, amounts: list[int]) -> list[dict]:
     return r.json()["results"]
 
 
+def test_split_choice_times_both_ways_then_takes_the_faster_and_still_tries_the_other():
+    choice = SplitChoice()
+    first = []
+    for _ in range(2 * LEARN):  # each way timed LEARN times, splitting first (what the deployment asked for)
+        way = choice.split()
+        first.append(way)
+        choice.took(way, 0.0060 if way else 0.0035, 100)  # split: 60 µs per context; whole: 35
+    assert first == [True] * LEARN + [False] * LEARN
+    ways = [choice.split() for _ in range(4 * PROBE_EVERY)]
+    assert ways.count(True) == 4, ways  # one probe of the slower way per PROBE_EVERY batches
+    assert not any(ways[:PROBE_EVERY - 1])
+
+    # the load changes: splitting becomes the faster way, and the probes see it
+    while choice.split() is False:
+        pass
+    for _ in range(20):
+        choice.took(True, 0.0020, 100)
+    assert choice.split() is True
+    assert sum(choice.split() for _ in range(PROBE_EVERY)) == PROBE_EVERY - 1
+
+
+@pytest.fixture
+def always_split(monkeypatch):
+    """The split's own mechanics under test: every splittable batch split (no timing either way)."""
+    monkeypatch.setattr(spread_module, "LEARN", 10_000)
+
+
 @pytest.fixture
 def two_processes(tmp_path, nats_server):
     url = nats_server.extra["url"]
@@ -46,7 +73,7 @@ def two_processes(tmp_path, nats_server):
         yield a, sa, ca, b
 
 
-def test_a_batch_is_split_across_the_processes_and_answers_as_one(two_processes):
+def test_a_batch_is_split_across_the_processes_and_answers_as_one(two_processes, always_split):
     _, sa, ca, b = two_processes
     created = ca.post("/api/v1/policies", json={"name": "limits", "policy_type": "risk_management", "opa_policy": limit(100),
                                                 "constitutional_hash": H}).json()
@@ -112,7 +139,7 @@ def test_an_agents_status_taken_by_one_process_is_listed_by_every_process(tmp_pa
         assert sb.status_sharing.received == 1
 
 
-def test_a_chunk_its_origin_gave_up_on_is_stopped_where_it_was_being_decided(two_processes, monkeypatch):
+def test_a_chunk_its_origin_gave_up_on_is_stopped_where_it_was_being_decided(two_processes, always_split, monkeypatch):
     """The origin waits `TIMEOUT_S` for a share, then decides it itself; the process that had it
     stops at that budget (the request says it) instead of finishing work nobody reads, which on a
     loaded machine held the evaluation threads the next batches needed."""
@@ -144,3 +171,33 @@ def test_a_chunk_its_origin_gave_up_on_is_stopped_where_it_was_being_decided(two
         wait_until(lambda: bool(stopped))
         assert stopped[0] - began[0] < 5, stopped[0] - began[0]  # the origin's 1 s, not the 30 s of the work
     assert sa.runtime.pipeline.spread.answered_elsewhere == 0
+
+
+def test_batches_are_kept_whole_while_splitting_them_has_been_slower(two_processes, monkeypatch):
+    """The other process takes 300 ms more per share than the origin needs for the whole batch: after
+    timing both ways the origin decides batches whole, but for one probe in `PROBE_EVERY`."""
+    _, sa, ca, b = two_processes
+    created = ca.post("/api/v1/policies", json={"name": "limits", "policy_type": "risk_management", "opa_policy": limit(100),
+                                                "constitutional_hash": H}).json()
+    amounts = [(i * 37) % 200 for i in range(100)]
+    expected = ["deny" if x > 100 else "allow" for x in amounts]
+    spread = sa.runtime.pipeline.spread
+    with running_control_plane(b) as sb:
+        wait_until(lambda: sb.runtime.evaluator.revision == created["bundle_revision"])
+        slow = sb.runtime.pipeline.spread
+        decide = slow._decide_many
+
+        async def late(*args, **kwargs):
+            await asyncio.sleep(0.3)
+            return await decide(*args, **kwargs)
+
+        monkeypatch.setattr(slow, "_decide_many", late)
+        for _ in range(2 * LEARN):
+            assert [r["decision"] for r in _batch(ca, amounts)] == expected
+        assert spread.choice.timed == {True: LEARN, False: LEARN}
+        assert spread.choice.mean_s[True] > spread.choice.mean_s[False]
+        kept, sent = spread.kept, spread.sent
+        for _ in range(PROBE_EVERY):
+            assert [r["decision"] for r in _batch(ca, amounts)] == expected
+        assert spread.kept - kept == PROBE_EVERY - 1
+        assert spread.sent - sent == 1  # the probe's one share

@@ -13,12 +13,21 @@ the origin itself, so a batch is never lost and an error never becomes a decisio
 how long the origin waits (`BUDGET_HEADER`): the process deciding a chunk stops when that time is
 up, since the origin is deciding it again by then (on a loaded machine, finishing it anyway held
 evaluation threads that the next batches needed, and did the work twice).
+
+A split pays only where the other processes bring cores this one's threads do not reach (more
+cores than one process's event loop and chunk thread, or other machines). Where they do not (one
+machine of two cores running a process per core, `groqpolicy up`'s default there), each share took
+as long as the whole batch decided in one process, and the round trip, the encodings and a share
+handed back to its origin came on top: twice the time of no split. So each process times its
+splittable batches both ways (`SplitChoice`) and splits only while that has been the faster per
+context, trying the other way now and then so that a change of load or of peers is seen.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -40,6 +49,9 @@ TIMEOUT_S = 10.0
 ORIGIN_HEADER = "Groqpolicy-Origin"
 REFUSED = "409"
 FLUSH_TURNS = 3  # event-loop turns for the chunk requests to reach the socket (task, publish, flusher)
+LEARN = 3  # splittable batches timed each way before the two are compared
+PROBE_EVERY = 16  # then one splittable batch in this many goes the way not in favour, to keep its time current
+WEIGHT = 0.2  # of the newest batch in each way's running mean
 
 
 class Chunk(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -80,6 +92,34 @@ def bounds(n: int, processes: int) -> list[tuple[int, int]]:
     return out
 
 
+class SplitChoice:
+    """Whether the next splittable batch is split: whichever way has taken less time per context,
+    as a running mean over the batches timed that way (a split's fallbacks included: a share
+    refused, lost or failed is part of what splitting costs). Each way is timed `LEARN` times
+    first (a split first: it is what the deployment asked for), and the way out of favour still
+    gets one batch in `PROBE_EVERY`."""
+
+    def __init__(self) -> None:
+        self.mean_s: dict[bool, float | None] = {True: None, False: None}  # per context, split or not
+        self.timed = {True: 0, False: 0}
+        self._turn = 0
+
+    def split(self) -> bool:
+        for way in (True, False):
+            if self.timed[way] < LEARN:
+                return way
+        self._turn += 1
+        split, whole = self.mean_s[True], self.mean_s[False]
+        favoured = split is not None and whole is not None and split <= whole
+        return not favoured if self._turn % PROBE_EVERY == 0 else favoured
+
+    def took(self, split: bool, seconds: float, contexts: int) -> None:
+        per = seconds / contexts
+        mean = self.mean_s[split]
+        self.mean_s[split] = per if mean is None else mean + WEIGHT * (per - mean)
+        self.timed[split] += 1
+
+
 class BatchSpread:
     """Decides a batch's chunks on every process; `decide` is the local `decide_many`."""
 
@@ -90,6 +130,8 @@ class BatchSpread:
         self._decide_many = decide
         self.origin = uuid.uuid4().hex  # this process, as the chunks it sends say
         self.sent = self.answered_elsewhere = 0
+        self.choice = SplitChoice()
+        self.kept = 0  # splittable batches decided whole here, since that was the faster way
 
     @property
     def enabled(self) -> bool:
@@ -107,10 +149,22 @@ class BatchSpread:
                                             constitutional_hash=constitutional_hash, revision=evaluator.revision or ""))
 
     async def decide_many(self, chunk: Chunk) -> list[EvaluateResponse]:
-        """The batch's chunks, one decided here and the others by the other processes at once."""
+        """The batch split (`_split`) or decided whole here, whichever `choice` says has been faster."""
         n = len(chunk.contexts)
         if self._nats is None or not self.enabled or not self._nats.connected or len(bounds(n, self.processes)) < 2:
             return await self.decide(chunk)
+        split = self.choice.split()
+        started = time.perf_counter()
+        if split:
+            decided = await self._split(chunk)
+        else:
+            self.kept += 1
+            decided = await self.decide(chunk)
+        self.choice.took(split, time.perf_counter() - started, n)
+        return decided
+
+    async def _split(self, chunk: Chunk) -> list[EvaluateResponse]:
+        """The batch's chunks, one decided here and the others by the other processes at once."""
         parts = [Chunk(contexts=chunk.contexts[i:j], policy_types=chunk.policy_types, tier=chunk.tier,
                        constitutional_hash=chunk.constitutional_hash, explain=chunk.explain, revision=chunk.revision)
                  for i, j in bounds(len(chunk.contexts), self.processes)]
