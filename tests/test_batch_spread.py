@@ -56,6 +56,14 @@ def test_split_choice_times_both_ways_then_takes_the_faster_and_still_tries_the_
     assert sum(choice.split() for _ in range(PROBE_EVERY)) == PROBE_EVERY - 1
 
 
+def _limits(client: httpx.Client) -> tuple[dict, list[int], list[str]]:
+    """A policy denying amounts above 100 stored through `client`; a batch's amounts and its decisions."""
+    created = client.post("/api/v1/policies", json={"name": "limits", "policy_type": "risk_management", "opa_policy": limit(100),
+                                                    "constitutional_hash": H}).json()
+    amounts = [(i * 37) % 200 for i in range(100)]
+    return created, amounts, ["deny" if x > 100 else "allow" for x in amounts]
+
+
 @pytest.fixture
 def always_split(monkeypatch):
     """The split's own mechanics under test: every splittable batch split (no timing either way)."""
@@ -75,10 +83,7 @@ def two_processes(tmp_path, nats_server):
 
 def test_a_batch_is_split_across_the_processes_and_answers_as_one(two_processes, always_split):
     _, sa, ca, b = two_processes
-    created = ca.post("/api/v1/policies", json={"name": "limits", "policy_type": "risk_management", "opa_policy": limit(100),
-                                                "constitutional_hash": H}).json()
-    amounts = [(i * 37) % 200 for i in range(100)]
-    expected = ["deny" if x > 100 else "allow" for x in amounts]
+    created, amounts, expected = _limits(ca)
     spread = sa.runtime.pipeline.spread
     assert spread.enabled
 
@@ -144,10 +149,7 @@ def test_a_chunk_its_origin_gave_up_on_is_stopped_where_it_was_being_decided(two
     stops at that budget (the request says it) instead of finishing work nobody reads, which on a
     loaded machine held the evaluation threads the next batches needed."""
     _, sa, ca, b = two_processes
-    created = ca.post("/api/v1/policies", json={"name": "limits", "policy_type": "risk_management", "opa_policy": limit(100),
-                                                "constitutional_hash": H}).json()
-    amounts = [(i * 37) % 200 for i in range(100)]
-    expected = ["deny" if x > 100 else "allow" for x in amounts]
+    created, amounts, expected = _limits(ca)
     monkeypatch.setattr(spread_module, "TIMEOUT_S", 1.0)
     with running_control_plane(b) as sb:
         wait_until(lambda: sb.runtime.evaluator.revision == created["bundle_revision"])
@@ -177,10 +179,7 @@ def test_batches_are_kept_whole_while_splitting_them_has_been_slower(two_process
     """The other process takes 300 ms more per share than the origin needs for the whole batch: after
     timing both ways the origin decides batches whole, but for one probe in `PROBE_EVERY`."""
     _, sa, ca, b = two_processes
-    created = ca.post("/api/v1/policies", json={"name": "limits", "policy_type": "risk_management", "opa_policy": limit(100),
-                                                "constitutional_hash": H}).json()
-    amounts = [(i * 37) % 200 for i in range(100)]
-    expected = ["deny" if x > 100 else "allow" for x in amounts]
+    created, amounts, expected = _limits(ca)
     spread = sa.runtime.pipeline.spread
     with running_control_plane(b) as sb:
         wait_until(lambda: sb.runtime.evaluator.revision == created["bundle_revision"])
