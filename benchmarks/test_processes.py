@@ -23,7 +23,7 @@ import msgspec
 import pytest
 
 from benchmarks.harness import TOKEN
-from benchmarks.vegeta import ensure_vegeta
+from benchmarks.vegeta import attack_report, ensure_vegeta
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 
 SHORT = os.environ.get("GROQPOLICY_BENCH_SHORT") == "1"
@@ -34,18 +34,12 @@ WORKERS = 32
 
 def closed_loop(vegeta: Path, work: Path, url: str, body: bytes, seconds: float, token: str = TOKEN) -> dict[str, Any]:
     """`WORKERS` vegeta workers sending back to back for `seconds`; vegeta's JSON report."""
-    import subprocess
-
     work.mkdir(parents=True, exist_ok=True)
     (work / "body.json").write_bytes(body)
     auth = f"Authorization: Bearer {token}\n" if token else ""  # the stack's agent runs without authentication
     (work / "targets.txt").write_text(f"POST {url}\nContent-Type: application/json\n{auth}@{work / 'body.json'}\n")
-    results = work / "results.bin"
-    subprocess.run([str(vegeta), "attack", "-targets", str(work / "targets.txt"), "-rate", "0", "-max-workers", str(WORKERS),
-                    "-workers", str(WORKERS), "-duration", f"{seconds}s", "-timeout", "10s", "-output", str(results)],
-                   check=True, capture_output=True, timeout=seconds + 60)
-    out = subprocess.run([str(vegeta), "report", "-type", "json", str(results)], check=True, capture_output=True, text=True, timeout=60)
-    return json.loads(out.stdout)
+    return attack_report(vegeta, work, ["-targets", str(work / "targets.txt"), "-rate", "0", "-max-workers", str(WORKERS),
+                                        "-workers", str(WORKERS)], seconds)
 
 
 @pytest.mark.timeout(900)
@@ -120,7 +114,6 @@ def batch_closed_loop(vegeta: Path, work: Path, stack, port: int, block: int, se
     """`BATCH_WORKERS` vegeta workers sending batches back to back for `seconds`, every request a body
     of its own (principals never seen before: `BATCH_BODIES` of them, read lazily); vegeta's JSON report."""
     import base64
-    import subprocess
 
     work.mkdir(parents=True, exist_ok=True)
     targets = work / "targets.jsonl"
@@ -130,12 +123,8 @@ def batch_closed_loop(vegeta: Path, work: Path, stack, port: int, block: int, se
         for k in range(BATCH_BODIES):
             body = base64.b64encode(batch_body(stack, f"b{port}-{block}-{k}")).decode()
             f.write(json.dumps({"method": "POST", "url": url, "header": header, "body": body}) + "\n")
-    results = work / "results.bin"
-    subprocess.run([str(vegeta), "attack", "-format", "json", "-lazy", "-targets", str(targets), "-rate", "0",
-                    "-max-workers", str(BATCH_WORKERS), "-workers", str(BATCH_WORKERS), "-duration", f"{seconds}s",
-                    "-timeout", "10s", "-output", str(results)], check=True, capture_output=True, timeout=seconds + 60)
-    out = subprocess.run([str(vegeta), "report", "-type", "json", str(results)], check=True, capture_output=True, text=True, timeout=60)
-    report = json.loads(out.stdout)
+    report = attack_report(vegeta, work, ["-format", "json", "-lazy", "-targets", str(targets), "-rate", "0",
+                                          "-max-workers", str(BATCH_WORKERS), "-workers", str(BATCH_WORKERS)], seconds)
     assert report["requests"] < BATCH_BODIES, "the block ran out of distinct bodies: raise BATCH_BODIES"
     return report
 

@@ -40,8 +40,14 @@ def attack(vegeta: Path, work: Path, url: str, body: bytes, headers: dict[str, s
     (work / "body.json").write_bytes(body)
     target = "\n".join([f"POST {url}", *(f"{k}: {v}" for k, v in headers.items()), f"@{work / 'body.json'}", ""])
     (work / "targets.txt").write_text(target)
+    return attack_report(vegeta, work, ["-targets", str(work / "targets.txt"), "-rate", f"{rate}/1s"], duration_s)
+
+
+def attack_report(vegeta: Path, work: Path, options: list[str], duration_s: float) -> dict[str, Any]:
+    """`vegeta attack` with `options` (targets, rate, workers) for `duration_s`, its results kept in
+    `work`; vegeta's JSON report of them (latencies in ns)."""
     results = work / "results.bin"
-    subprocess.run([str(vegeta), "attack", "-targets", str(work / "targets.txt"), "-rate", f"{rate}/1s", "-duration", f"{duration_s}s",
-                    "-timeout", "10s", "-output", str(results)], check=True, capture_output=True, timeout=duration_s + 60)
+    subprocess.run([str(vegeta), "attack", *options, "-duration", f"{duration_s}s", "-timeout", "10s", "-output", str(results)],
+                   check=True, capture_output=True, timeout=duration_s + 60)
     out = subprocess.run([str(vegeta), "report", "-type", "json", str(results)], check=True, capture_output=True, text=True, timeout=60)
     return json.loads(out.stdout)
