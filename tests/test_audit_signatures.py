@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from controlplane.audit import AuditRecord, AuditTrail
 from controlplane.audit.checkpoints import BUCKET, DOMAIN, Checkpoint
-from controlplane.audit.records import BatchSignature, seal, stored_bytes
-from controlplane.audit.signing import sign_batch
+from controlplane.audit.records import BatchSignature, seal
+from controlplane.audit.signing import signer
 from controlplane.audit.stream import STREAM
 from controlplane.infra.recordkeys import RecordKeys
 from tests.conftest import REPO_ROOT
@@ -56,14 +56,15 @@ async def attacker_append(nc, how: str) -> int:
     """Append one record linked to the chain's tail with the stream access alone; its sequence."""
     js = nc.jetstream()
     tail = await js.get_last_msg(STREAM, "audit.>")
-    record, data = seal(AuditRecord(source="api", decision="allow", evaluation_id="forged"),
-                        msgspec.json.decode(tail.data)["hash"])
     seq = tail.seq + 1
+    sign = None
     if how == "forged":  # the control plane's key id, but no way to make its signature
         sig = base64.urlsafe_b64encode(os.urandom(64)).rstrip(b"=").decode()
-        data = stored_bytes(msgspec.structs.replace(record, signature=BatchSignature(kid=KEYS.kid, first_seq=seq, sig=sig)))
+        sign = lambda _: BatchSignature(kid=KEYS.kid, first_seq=seq, sig=sig)  # noqa: E731
     elif how == "unknown key":  # a well-formed signature by a key of its own
-        [(_, data)] = sign_batch([(record, data)], RecordKeys.generate(), STREAM, seq)
+        sign = signer(RecordKeys.generate(), STREAM, seq, seq)
+    _, data = seal(AuditRecord(source="api", decision="allow", evaluation_id="forged"),
+                   msgspec.json.decode(tail.data)["hash"], sign)
     ack = await js.publish("audit.api.allow", data, headers={"Nats-Expected-Last-Sequence": str(tail.seq)})
     assert ack.seq == seq
     return seq

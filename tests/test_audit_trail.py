@@ -14,7 +14,15 @@ from nats.js.errors import APIError
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from controlplane.audit import AuditFilters, AuditRecord, AuditTrail, AuditUnavailable
 from controlplane.audit.ingest import decision_log_record
-from controlplane.audit.records import GENESIS_HASH, chain_hash, check_stored, digest, seal
+from controlplane.audit.records import (
+    GENESIS_HASH,
+    BatchSignature,
+    EvaluationEntry,
+    chain_hash,
+    check_stored,
+    digest,
+    seal,
+)
 from controlplane.audit.trail import AuditQueryError
 from controlplane.audit.writer import ATOMIC_FROM
 from controlplane.infra.processes import start_nats
@@ -315,6 +323,26 @@ def test_check_stored_names_what_is_wrong():
     _, _, reason = check_stored(json.dumps(fields).encode(), GENESIS_HASH)
     assert reason == f"constitutional_hash: want {CONSTITUTIONAL_HASH}, got 0000000000000000"
     assert check_stored(b"[1]", None)[2] == "payload: expected a JSON object, got list"
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_sealed_bytes_are_the_records_canonical_json(signed):
+    """`seal` encodes from the record's fields (a batch's entries once): the bytes are exactly the
+    generic form `verify` rehashes: every field, keys sorted at every level, `signature` only when
+    signed; a nested "hash" key or an empty batch is not special."""
+    entries = [EvaluationEntry(evaluation_id=f"e{i}", decision=("allow", "deny")[i % 2], policy_ids=["p-1"],
+                               confidence_score=0.1 * i, reasons=["größer als 10", 'a "quoted" reason'],
+                               input_sha256="ab" * 32, latency_ms=1e-7 * i) for i in range(3)]
+    for record in (rec(details={"z": {"hash": "", "signature": None}, "a": [1.5, "x"]}, latency_ms=0.25),
+                   rec(source="batch", batch_id="b-1", evaluations=entries, bundle_revisions={"z": "2", "a": "1"})):
+        sign = (lambda h: BatchSignature(kid="k1", first_seq=7, sig="s-" + h)) if signed else None
+        sealed, data = seal(record, GENESIS_HASH, sign)
+        fields = msgspec.to_builtins(sealed)
+        if not signed:
+            del fields["signature"]
+        assert data == msgspec.json.encode(fields, order="sorted")
+        assert sealed.hash == chain_hash(fields) and check_stored(data, GENESIS_HASH) == (sealed.hash, sealed, "")
+        assert (sealed.signature is not None) is signed and (not signed or sealed.signature.sig == "s-" + sealed.hash)
 
 
 def test_decision_log_events_map_to_records():

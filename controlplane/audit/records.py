@@ -14,8 +14,9 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -154,23 +155,37 @@ def chain_hash(fields: dict) -> str:
     return hashlib.sha256(msgspec.json.encode(body, order="sorted")).hexdigest()
 
 
-def stored_bytes(record: AuditRecord) -> bytes:
-    """The exact bytes to store for a sealed record (no `signature` key when it has none)."""
-    fields = msgspec.to_builtins(record)
-    if fields.get("signature") is None:
-        fields.pop("signature", None)
-    return msgspec.json.encode(fields, order="sorted")
+def _canonical_struct() -> type[msgspec.Struct]:
+    """AuditRecord's fields as a struct that writes `hash` only when set and `signature` only when
+    present, every other field always (as AuditRecord does): the canonical JSON comes straight from
+    the record's fields, without building a dict of the whole record (and of each batch entry) first.
+    Made from AuditRecord's own field list, so a field added there is hashed and stored here too."""
+    kept = [(name, object) for name in AuditRecord.__struct_fields__ if name not in _UNHASHED]
+    return msgspec.defstruct("CanonicalRecord", [*kept, ("hash", str, ""), ("signature", object, None)],
+                             kw_only=True, omit_defaults=True)
 
 
-def seal(record: AuditRecord, prev_hash: str) -> tuple[AuditRecord, bytes]:
-    """The record linked after `prev_hash` (unsigned), and the exact bytes to store."""
+_Canonical: Any = _canonical_struct()
+
+
+def _encode_sorted(obj: object) -> bytes:
+    return msgspec.json.encode(obj, order="sorted")
+
+
+def seal(record: AuditRecord, prev_hash: str,
+         sign: Callable[[str], BatchSignature] | None = None) -> tuple[AuditRecord, bytes]:
+    """The record linked after `prev_hash`, and the exact bytes to store; signed over its hash by
+    `sign` when given (the last record of a publish: controlplane.audit.signing)."""
     linked = msgspec.structs.replace(record, prev_hash=prev_hash, hash="", signature=None,
                                      timestamp=record.timestamp or now_rfc3339())
-    fields = msgspec.to_builtins(linked)
-    del fields["signature"]
-    h = chain_hash(fields)
-    fields["hash"] = h
-    return msgspec.structs.replace(linked, hash=h), msgspec.json.encode(fields, order="sorted")
+    fields = msgspec.structs.asdict(linked)
+    if linked.evaluations:  # a batch's entries, encoded once for the hash and the stored bytes both
+        fields["evaluations"] = msgspec.Raw(_encode_sorted(linked.evaluations))
+    canonical = _Canonical(**fields)
+    h = hashlib.sha256(_encode_sorted(canonical)).hexdigest()  # hash "" and signature None: left out
+    canonical.hash = h
+    signature = canonical.signature = sign(h) if sign is not None else None
+    return msgspec.structs.replace(linked, hash=h, signature=signature), _encode_sorted(canonical)
 
 
 class Finding(msgspec.Struct, frozen=True):

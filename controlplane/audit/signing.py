@@ -35,29 +35,25 @@ caller pays anyway.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-import msgspec
-
-from controlplane.audit.records import AuditRecord, BatchSignature, Finding, stored_bytes
+from controlplane.audit.records import AuditRecord, BatchSignature, Finding
 from controlplane.infra.recordkeys import FORGED, UNSIGNED, RecordKeys
 
 DOMAIN = "groqpolicy-audit-batch-v1"
-
-Sealed = tuple[AuditRecord, bytes]
 
 
 def _payload(stream: str, first_seq: int, last_seq: int, last_hash: str, kid: str) -> dict[str, object]:
     return {"stream": stream, "first_seq": first_seq, "last_seq": last_seq, "hash": last_hash, "kid": kid}
 
 
-def sign_batch(chunk: list[Sealed], keys: RecordKeys, stream: str, first_seq: int) -> list[Sealed]:
-    """The sealed chunk, to be stored from `first_seq` on, with its last record signed."""
-    last, _ = chunk[-1]
-    last_seq = first_seq + len(chunk) - 1
-    sig = keys.sign(DOMAIN, _payload(stream, first_seq, last_seq, last.hash, keys.kid))
-    signed = msgspec.structs.replace(last, signature=BatchSignature(kid=keys.kid, first_seq=first_seq, sig=sig))
-    return [*chunk[:-1], (signed, stored_bytes(signed))]
+def signer(keys: RecordKeys, stream: str, first_seq: int, last_seq: int) -> Callable[[str], BatchSignature]:
+    """The signature for the last record of a publish stored at `first_seq`..`last_seq`, given that
+    record's chain hash (`seal(..., sign=)` calls it once the hash is known)."""
+    def sign(last_hash: str) -> BatchSignature:
+        sig = keys.sign(DOMAIN, _payload(stream, first_seq, last_seq, last_hash, keys.kid))
+        return BatchSignature(kid=keys.kid, first_seq=first_seq, sig=sig)
+    return sign
 
 
 def check_batch(record: AuditRecord, seq: int, stream: str, keys: RecordKeys) -> str:
