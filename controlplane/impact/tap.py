@@ -1,9 +1,10 @@
 """Where the replay store and shadow mode see live traffic, without the evaluation path knowing.
 
 - `ObservingRecorder` is the pipeline's decision recorder: it hands each decision to the audit
-  trail first (which must succeed, or the decision is not served), then to the replay store and to
-  the observers (shadow mode). Those two only queue and return: never on the caller's clock, and a
-  failure of theirs never touches the decision.
+  trail first (which must succeed, or the decision is not served), then, at the event loop's next
+  turn (once the response is on its way), to the replay store and to the observers (shadow mode).
+  Those two only queue and return: never on the caller's clock, and a failure of theirs never
+  touches the decision.
 - `tap_transport` / `tap_ask` wrap the two ways a model is asked (a policy's `http.send` on a
   worker thread; the pipeline's own model stage on the loop) and file each answer as a judgment,
   keyed by its exact request, once per key and hour.
@@ -13,6 +14,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import threading
@@ -68,23 +70,25 @@ class ObservingRecorder:
                      policy_types: list[str]) -> object:
         stored = await self.inner.record(response, tier=tier, source=source, input_context=input_context,
                                          policy_types=policy_types)
-        if self.store.enabled and not self._opted_out(response, policy_types):
-            self.store.submit_decisions([recorded(response, input_context, source=source, tier=tier,
-                                                  policy_types=policy_types)])
-        self._observe(response, input_context, tier, policy_types)
+        # the replay store and the observers at the loop's next turn, once the response is on its way
+        asyncio.get_running_loop().call_soon(self._tap, [response], [input_context], source, tier, policy_types)
         return stored
 
     async def record_batch(self, responses: list[EvaluateResponse], contexts: list[dict[str, Any]], *, tier: str,
                            batch_id: str, latency_ms: float, policy_types: list[str]) -> object:
         stored = await self.inner.record_batch(responses, contexts, tier=tier, batch_id=batch_id, latency_ms=latency_ms,
                                                policy_types=policy_types)
+        asyncio.get_running_loop().call_soon(self._tap, responses, contexts, "batch", tier, policy_types)
+        return stored
+
+    def _tap(self, responses: list[EvaluateResponse], contexts: list[dict[str, Any]], source: str, tier: str,
+             policy_types: list[str]) -> None:
         if self.store.enabled:
-            self.store.submit_decisions([recorded(r, c, source="batch", tier=tier, policy_types=policy_types)
+            self.store.submit_decisions([recorded(r, c, source=source, tier=tier, policy_types=policy_types)
                                          for r, c in zip(responses, contexts, strict=True)
                                          if not self._opted_out(r, policy_types)])
         for response, ctx in zip(responses, contexts, strict=True):
             self._observe(response, ctx, tier, policy_types)
-        return stored
 
     def _observe(self, response: EvaluateResponse, ctx: dict[str, Any], tier: str, policy_types: list[str]) -> None:
         for observer in self.observers:
