@@ -141,9 +141,14 @@ def record_time(record: AuditRecord) -> float:
         return 0.0
 
 
+def _encode_sorted(obj: object) -> bytes:
+    """Canonical JSON: compact, keys sorted at every level (struct fields included)."""
+    return msgspec.json.encode(obj, order="sorted")
+
+
 def digest(obj: object) -> str:
     """SHA-256 of an object's canonical JSON (used for `input_sha256`)."""
-    return hashlib.sha256(msgspec.json.encode(obj, order="sorted")).hexdigest()
+    return hashlib.sha256(_encode_sorted(obj)).hexdigest()
 
 
 _UNHASHED = ("hash", "signature")
@@ -152,7 +157,7 @@ _UNHASHED = ("hash", "signature")
 def chain_hash(fields: dict) -> str:
     """The hash of a record given as a plain dict; its own `hash` and `signature` keys are left out."""
     body = {k: v for k, v in fields.items() if k not in _UNHASHED}
-    return hashlib.sha256(msgspec.json.encode(body, order="sorted")).hexdigest()
+    return hashlib.sha256(_encode_sorted(body)).hexdigest()
 
 
 def _canonical_struct() -> type[msgspec.Struct]:
@@ -166,10 +171,6 @@ def _canonical_struct() -> type[msgspec.Struct]:
 
 
 _Canonical: Any = _canonical_struct()
-
-
-def _encode_sorted(obj: object) -> bytes:
-    return msgspec.json.encode(obj, order="sorted")
 
 
 def seal(record: AuditRecord, prev_hash: str,
