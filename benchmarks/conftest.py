@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,8 @@ from benchmarks.harness import TOKEN, spawn
 from bridge.kernel.config import Settings
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from controlplane.app import CONTROL_PLANE_READY
-from controlplane.infra.processes import free_port, listen_socket, start_nats, start_opa_agent, wait_for_port
+from controlplane.infra.listener import SharedListener
+from controlplane.infra.processes import free_port, start_nats, start_opa_agent, wait_for_port
 from controlplane.ops.system import replica_environment
 from tests.policy_examples import load_policy_examples
 
@@ -52,27 +52,27 @@ def wait_optimized(port: int, pids: list[int], timeout: float = 300) -> None:
             time.sleep(0.1)
 
 
-def start_processes(tmp: Path, cp_env: dict[str, str], state: Path) -> tuple[int, list[subprocess.Popen], socket.socket]:
+def start_processes(tmp: Path, cp_env: dict[str, str], state: Path) -> tuple[int, list[subprocess.Popen], SharedListener]:
     """`PROCESSES` more control-plane processes of the deployment whose first process keeps `state`
     (replicas 2, 3, ...: its keys, tokens and JetStream state), all serving one listening socket
-    held here, exactly as the supervisor starts them; (port, processes, socket)."""
-    port = free_port()
-    sock = listen_socket("127.0.0.1", port)
+    held here, exactly as the supervisor starts them; (port, processes, the listener)."""
+    listener = SharedListener("127.0.0.1", free_port(), PROCESSES)
+    port = listener.port
     settings = Settings(state_dir=state, tokens=cp_env["GROQPOLICY_TOKENS"],
                         bridge_token_file=Path(cp_env["GROQPOLICY_BRIDGE_TOKEN_FILE"]))
     procs, logs = [], []
     for number in range(2, PROCESSES + 2):
         logs.append(tmp / f"cp-{number}.log")
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "controlplane.ops.cli", "serve", "--fd", str(sock.fileno()), "--log-level", "warning"],
+            [sys.executable, "-m", "controlplane.ops.cli", "serve", *listener.serve_args(number - 1), "--log-level", "warning"],
             env=dict(cp_env, GROQPOLICY_PORT=str(port), GROQPOLICY_PROCESSES=str(PROCESSES), **replica_environment(settings, number)),
             cwd=ROOT,
-            stdout=open(logs[-1], "w"), stderr=subprocess.STDOUT, start_new_session=True, pass_fds=(sock.fileno(),)))
+            stdout=open(logs[-1], "w"), stderr=subprocess.STDOUT, start_new_session=True, pass_fds=listener.pass_fds))
     deadline = time.monotonic() + 120
     while not all(CONTROL_PLANE_READY in log.read_text() for log in logs):
         assert time.monotonic() < deadline and all(p.poll() is None for p in procs), [log.read_text()[-2000:] for log in logs]
         time.sleep(0.2)
-    return port, procs, sock
+    return port, procs, listener
 
 
 @pytest.fixture(scope="session")
@@ -84,7 +84,7 @@ def api_stack():
     env["PYTHONPATH"] = str(ROOT)
     procs: list[subprocess.Popen] = []
     agent = None
-    multi_socket = None
+    multi_listener = None
     loop = asyncio.new_event_loop()
     try:
         emu_port, gw_port, cp_port, floor_port, agent_port = (free_port() for _ in range(5))
@@ -104,7 +104,7 @@ def api_stack():
         wait_for_port(cp_port, timeout=90, proc=procs[-1])
         procs.append(spawn([sys.executable, "-m", "benchmarks.api.trivial_app", str(floor_port)], tmp / "floor.log", env))
         wait_for_port(floor_port, proc=procs[-1])
-        multi_port, multi, multi_socket = start_processes(tmp, cp_env, tmp / "state")
+        multi_port, multi, multi_listener = start_processes(tmp, cp_env, tmp / "state")
         procs += multi
 
         admin = httpx.Client(base_url=f"http://127.0.0.1:{cp_port}", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
@@ -143,5 +143,5 @@ def api_stack():
                 p.kill()
         ns.stop()
         loop.close()
-        if multi_socket is not None:
-            multi_socket.close()
+        if multi_listener is not None:
+            multi_listener.close()

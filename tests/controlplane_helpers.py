@@ -121,3 +121,45 @@ def counted_publishes(trail: Any) -> Iterator[list[int]]:
         yield sizes
     finally:
         publisher.publish = publish
+
+
+def connections_at_once(url: str, n: int) -> list[socket.socket]:
+    """`n` connections to the control plane at `url` (http://host:port), all opened before any is used."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    return [socket.create_connection((host, int(port)), timeout=30) for _ in range(n)]
+
+
+def get_together(url: str, path: str, n: int, headers: dict[str, str] | None = None) -> list[tuple[int, bytes]]:
+    """(status, body) of `GET path` on each of `n` connections opened together and held until all are
+    answered. With several control-plane processes on one port, each such connection goes to a
+    process that holds the fewest (controlplane.infra.listener), so they reach every process, where
+    connections opened one after another could all land on the same one (the one an OPA agent's long
+    polls are not on)."""
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}Connection: close\r\n\r\n".encode()
+    conns = connections_at_once(url, n)
+    try:
+        for c in conns:
+            c.sendall(request)
+        answers = []
+        for c in conns:
+            with c.makefile("rb") as f:
+                head, _, body = f.read().partition(b"\r\n\r\n")
+            answers.append((int(head.split(b" ", 2)[1]), body))
+        return answers
+    finally:
+        for c in conns:
+            c.close()
+
+
+def health_of_every_process(url: str, processes: int, timeout: float = 60) -> dict[int, dict[str, Any]]:
+    """`/health` of each of the `processes` control-plane processes serving `url`, by pid."""
+    seen: dict[int, dict[str, Any]] = {}
+    deadline = time.monotonic() + timeout
+    while len(seen) < processes:
+        assert time.monotonic() < deadline, f"only these processes answered: {sorted(seen)}"
+        for status, body in get_together(url, "/health", 3 * processes):
+            assert status == 200, body
+            health = json.loads(body)
+            seen[health["process"]] = health
+    return seen

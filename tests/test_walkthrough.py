@@ -19,6 +19,7 @@ import pytest
 from controlplane.infra.processes import free_port
 from controlplane.ops.client import local_token
 from tests.conftest import REPO_ROOT
+from tests.controlplane_helpers import get_together
 
 pytestmark = pytest.mark.slow
 
@@ -209,9 +210,9 @@ def test_impact_shadow_and_promote_as_the_readme_walks_them(system, rule):
     while "contact details" not in admin.get(f"/api/v1/policies/{rule}").json()["opa_policy"]:
         assert time.monotonic() < deadline + 30, "the promotion did not reach every process"
         time.sleep(0.3)
-    # promoted on one process: ended on all of them (several requests in a row, each on a connection
-    # of its own, so whichever process accepts it answers)
-    while any(httpx.get(system["cp"] + "/api/v1/shadows", headers=headers, timeout=10).json() for _ in range(6)):
+    # promoted on one process: ended on all of them (asked on several connections at once, which
+    # reach every process)
+    while any(json.loads(body) for _, body in get_together(system["cp"], "/api/v1/shadows", 6, headers)):
         assert time.monotonic() < deadline + 30, "a process still runs the promoted shadow"
         time.sleep(0.3)
     admin.close()

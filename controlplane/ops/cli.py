@@ -70,6 +70,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from controlplane.app import create_app
 
+    counts = None
+    if args.balance_fd is not None:  # before the app is built: a wrong descriptor is told at once
+        from controlplane.infra.listener import AcceptCounts
+
+        try:
+            if args.fd is None:
+                raise ValueError("needs --fd, the socket it balances")
+            counts = AcceptCounts(args.balance_fd, args.slot)
+        except (OSError, ValueError) as exc:
+            print(f"serve: --balance-fd {args.balance_fd} --slot {args.slot}: {exc}", file=sys.stderr)
+            return 2
     overrides: dict[str, Any] = {}
     if args.port:
         overrides["port"] = args.port
@@ -80,9 +91,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     # long polls hold requests open for up to a minute: do not wait for them on shutdown
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level, access_log=False,
                             timeout_graceful_shutdown=2)
-    server = uvicorn.Server(config)
-    # with --fd: a socket the supervisor keeps listening across our restarts (controlplane.ops.system)
-    server.run(sockets=None if args.fd is None else [socket.socket(fileno=args.fd)])
+    # with --fd: a socket the supervisor keeps listening across our restarts (controlplane.ops.system);
+    # with --balance-fd too: other processes serve it as well, each accepting its share (controlplane.infra.listener)
+    if counts is not None:
+        from controlplane.ops.serving import BalancedServer
+
+        server: uvicorn.Server = BalancedServer(config, socket.socket(fileno=args.fd), counts)
+        server.run()
+    else:
+        server = uvicorn.Server(config)
+        server.run(sockets=None if args.fd is None else [socket.socket(fileno=args.fd)])
     return 0 if server.started else 3  # uvicorn's own exit status for a start-up that failed
 
 
@@ -224,6 +242,8 @@ def _add_local_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     serve.add_argument("--state-dir")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--fd", type=int, help="serve on this inherited listening socket (what `groqpolicy up` passes)")
+    serve.add_argument("--balance-fd", type=int, help="the connection counts shared with the other processes on --fd")
+    serve.add_argument("--slot", type=int, default=0, help="this process's place in --balance-fd (0, 1, ...)")
     serve.set_defaults(func=_cmd_serve)
 
     comp = sub.add_parser("compile", help="check, test and build every bundle definition in bundles/")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import sys
 import urllib.error
 import urllib.request
@@ -34,6 +33,7 @@ from bridge.kernel.config import NatsSettings, Settings, SigningSettings, Superv
 from controlplane.agents.sandbox import bridge_token, bridge_token_path
 from controlplane.app import CONTROL_PLANE_READY
 from controlplane.auth.tokens import default_tokens_file
+from controlplane.infra.listener import SharedListener
 from controlplane.infra.natsauth import NatsAuth, bootstrap
 from controlplane.infra.private import write_private
 from controlplane.infra.processes import (
@@ -41,7 +41,6 @@ from controlplane.infra.processes import (
     free_port,
     launch_nats,
     launch_opa_agent,
-    listen_socket,
     port_open,
     spawn,
 )
@@ -114,7 +113,7 @@ class System:
         self.nats_url = settings.nats_url or f"nats://127.0.0.1:{ports.nats_port}"
         self.auth = None if self.external else NatsAuth(settings.state_dir / "nats" / "auth")
         self.emulator_url = ""
-        self.cp_socket: socket.socket | None = None
+        self.listener: SharedListener | None = None
 
     # -- environments -------------------------------------------------------------------------
 
@@ -178,14 +177,13 @@ class System:
 
     def control_planes(self, bridge_url: str) -> list[Child]:
         """`GROQPOLICY_PROCESSES` control planes, all serving the one socket the supervisor holds:
-        the kernel hands each new connection to whichever process accepts first, so HTTP parsing,
-        evaluation and audit appends spread over every core. Each process is a replica as one on
+        each new connection goes to the process that holds the fewest (`SharedListener`), so HTTP
+        parsing, evaluation and audit appends spread over every core. Each process is a replica as one on
         another machine would be (its own state dir, the deployment's keys, tokens and JetStream
         state shared); the first keeps `<state>` itself, so one process is exactly today's shape."""
         settings = self.settings
-        self.cp_socket = sock = listen_socket(settings.host, settings.port)
-        fd = sock.fileno()
-        argv = [sys.executable, "-m", "controlplane.ops.cli", "serve", "--log-level", "warning", "--fd", str(fd)]
+        self.listener = listener = SharedListener(settings.host, settings.port, self.ports.processes)
+        argv = [sys.executable, "-m", "controlplane.ops.cli", "serve", "--log-level", "warning"]
 
         def child(number: int) -> Child:
             name = "control plane" if number == 1 else f"control plane {number}"
@@ -197,7 +195,7 @@ class System:
                            **replica_environment(settings, number))
                 if self.emulator_url:  # as the workers are: where `impact --via batch` sends its Batch API jobs
                     env["GROQPOLICY_EMULATOR_URL"] = self.emulator_url
-                return spawn(name, argv, log_path, env=env, pass_fds=(fd,))
+                return spawn(name, [*argv, *listener.serve_args(number)], log_path, env=env, pass_fds=listener.pass_fds)
 
             # the port always accepts (the socket is ours) and any process may answer a probe on
             # it: each process says itself when its start-up is complete
@@ -219,6 +217,6 @@ class System:
                      ready=lambda _: port_open(port))
 
     def close(self) -> None:
-        if self.cp_socket is not None:
-            self.cp_socket.close()
-            self.cp_socket = None
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
