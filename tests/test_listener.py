@@ -100,7 +100,9 @@ def test_a_process_that_holds_more_takes_a_connection_the_others_leave():
     """The process with fewer connections does not accept (stuck): the one with more takes the
     connection itself after DEFER_S, and its slot says it is gone once it stops."""
     listener = SharedListener("127.0.0.1", 0, 2)
-    stuck = AcceptCounts(os.dup(listener.counts_fd), 1)  # holds nothing and never accepts
+    stuck = AcceptCounts(os.dup(listener.counts_fd), 1)
+    assert stuck.fewest_elsewhere() == 0 and _published(listener) == [0, _GONE]  # not accepting yet: nobody waits for it
+    stuck.publish(0)  # says it holds nothing, and never accepts
 
     async def run() -> tuple[float, int]:
         open_now: set[_Tells] = set()

@@ -54,7 +54,9 @@ class AcceptCounts:
             self._map.close()
             raise ValueError(f"connection counts: slot {slot} is not one of the {size // _SLOT} processes'")
         self.slot = slot
-        self.publish(0)  # a restarted process starts from nothing, whatever its predecessor left
+        # not accepting until its acceptor starts (a process's start-up takes seconds): nobody leaves
+        # a connection to it meanwhile, whatever count a predecessor in this slot left
+        self.publish(_GONE)
 
     @staticmethod
     def create(processes: int) -> int:
@@ -134,7 +136,7 @@ class FairAcceptor:
         self._loop = asyncio.get_running_loop()
         self.sock.setblocking(False)
         self._resume()
-        self._refresh()
+        self._refresh()  # publishes this process's count: from now on others may leave connections to it
 
     def close(self) -> None:
         """Accept nothing more (what is accepted is served on); the slot says this process is gone."""
