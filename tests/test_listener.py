@@ -103,6 +103,9 @@ def test_a_process_that_holds_more_takes_a_connection_the_others_leave():
     stuck = AcceptCounts(os.dup(listener.counts_fd), 1)
     assert stuck.fewest_elsewhere() == 0 and _published(listener) == [0, _GONE]  # not accepting yet: nobody waits for it
     stuck.publish(0)  # says it holds nothing, and never accepts
+    listener.vacate(2)  # what the supervisor does before starting its replacement
+    assert _published(listener) == [0, _GONE]
+    stuck.publish(0)
 
     async def run() -> tuple[float, int]:
         open_now: set[_Tells] = set()

@@ -24,6 +24,7 @@ import logging
 import mmap
 import os
 import socket
+import sys
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -110,6 +111,12 @@ class SharedListener:
         if self.counts_fd >= 0:
             args += ["--balance-fd", str(self.counts_fd), "--slot", str(number - 1)]
         return args
+
+    def vacate(self, number: int) -> None:
+        """Leave process `number` out of the balance until its next acceptor runs: called before it
+        is (re)started, so that what a killed predecessor last published keeps nobody waiting."""
+        if self.counts_fd >= 0:
+            os.pwrite(self.counts_fd, _GONE.to_bytes(_SLOT, sys.byteorder, signed=True), _SLOT * (number - 1))
 
     def close(self) -> None:
         self.sock.close()

@@ -195,6 +195,7 @@ class System:
                            **replica_environment(settings, number))
                 if self.emulator_url:  # as the workers are: where `impact --via batch` sends its Batch API jobs
                     env["GROQPOLICY_EMULATOR_URL"] = self.emulator_url
+                listener.vacate(number)  # a killed predecessor's count must not hold connections back
                 return spawn(name, [*argv, *listener.serve_args(number)], log_path, env=env, pass_fds=listener.pass_fds)
 
             # the port always accepts (the socket is ours) and any process may answer a probe on
