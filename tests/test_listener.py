@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from controlplane.infra.listener import _GONE, DEFER_S, AcceptCounts, FairAcceptor, SharedListener
+from tests.controlplane_helpers import connections_at_once
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,7 +59,7 @@ def _start(listener: SharedListener, slot: int) -> subprocess.Popen[str]:
 
 def _who_took(port: int, n: int) -> list[int]:
     """`n` connections opened at once (all connected before any is read), and the slot that took each."""
-    conns = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(n)]
+    conns = connections_at_once(f"http://127.0.0.1:{port}", n)
     try:
         return [int(c.makefile().readline()) for c in conns]
     finally:

@@ -34,7 +34,7 @@ import nats.errors
 from controlplane.audit.adoption import LostAcks
 from controlplane.audit.errors import AuditError, AuditRecordTooLarge, AuditUnavailable, SpoolError
 from controlplane.audit.publisher import BatchPublisher, Outcome
-from controlplane.audit.records import SOURCES, AuditRecord, StoredRecord, now_rfc3339, seal
+from controlplane.audit.records import SOURCES, AuditRecord, StoredRecord, now_rfc3339, seal_chain
 from controlplane.audit.signing import signer
 from controlplane.audit.spool import AuditSpool
 from controlplane.audit.stream import BATCH_HAS_DUPLICATE, WRONG_LAST_SEQUENCE, AuditStream, Rejected
@@ -355,17 +355,12 @@ class TrailWriter:
                 self.appended += len(landed)
                 self._tail = None
                 return None
-        chunk = []
         # one record per publish (each conditioned on the last sequence, so the chain cannot fork),
         # or an atomic batch when the queue is long (ATOMIC_FROM)
         size = 1 if commit.singles or len(commit.pending) < self.atomic_from else MAX_BATCH
         records = commit.pending[:size]
         # conditioned on `seq`, the chunk lands at seq+1.. or not at all: its signature can say where
-        sign = signer(self.keys, self.store.name, seq + 1, seq + len(records))
-        for i, r in enumerate(records, 1):
-            rec, data = seal(r, prev, sign if i == len(records) else None)
-            chunk.append((rec, data))
-            prev = rec.hash
+        chunk = seal_chain(records, prev, signer(self.keys, self.store.name, seq + 1, seq + len(records)))
         return chunk, seq, await self.publisher.publish(chunk, seq)
 
     async def _settle(self, commit: _Commit, chunk: list[tuple[AuditRecord, bytes]], seq: int, result: Outcome) -> None:
