@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import os
 import socket
 import subprocess
@@ -145,3 +146,41 @@ def test_counts_refuse_a_descriptor_or_slot_that_is_not_theirs(tmp_path):
     out = subprocess.run([sys.executable, "-m", "controlplane.ops.cli", "serve", "--fd", "3", "--balance-fd", "987", "--slot", "0"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "--balance-fd 987 --slot 0" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_a_control_plane_seen_dead_is_left_out_of_the_balance_at_once(tmp_path):
+    """The supervisor clears a dead process's slot when it sees the death, not only when it starts
+    the replacement: here it gives up on the process at its first death, and the count it last
+    published (0, which a peer holding connections would leave every new connection to for
+    DEFER_S) reads 'gone' from then on."""
+    from bridge.kernel.config import Settings, SupervisorSettings
+    from controlplane.infra.processes import free_port, spawn
+    from controlplane.infra.supervision import FAILED, RestartPolicy, Supervisor
+    from controlplane.ops.system import System
+
+    system = System(Settings(state_dir=tmp_path / "state", port=free_port()), SupervisorSettings(processes=2), tmp_path)
+    planes = system.control_planes("http://127.0.0.1:9")
+    listener = system.listener
+    assert listener is not None and planes[1].on_exit is not None
+    # the wiring of the real children, with a stand-in process (a `serve` takes seconds to start)
+    second = dataclasses.replace(planes[1], launch=lambda: spawn("stand-in", ["sleep", "60"], tmp_path / "stand-in.log"),
+                                 ready=lambda _: True)
+    said: list[str] = []
+    sup = Supervisor(tmp_path / "supervisor.json", RestartPolicy(budget=0), say=said.append)
+    try:
+        proc = sup.start(second)
+        slot = AcceptCounts(os.dup(listener.counts_fd), 1)
+        slot.publish(0)  # what the process published while it served, before it was killed
+        assert _published(listener)[1] == 0
+        proc.kill()
+        deadline = time.monotonic() + 10
+        while sup.runs[0].state != FAILED:
+            assert time.monotonic() < deadline, said
+            sup.poll()
+            time.sleep(0.02)
+        assert said[-1].startswith("GIVING UP on control plane 2")
+        assert _published(listener)[1] == _GONE
+        slot.close()
+    finally:
+        sup.stop_all()
+        system.close()

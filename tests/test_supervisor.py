@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import os
@@ -250,6 +251,32 @@ def test_a_child_that_dies_is_restarted_and_reported(tmp_path):
     finally:
         sup.stop_all()
     assert not (tmp_path / "supervisor.json").exists()
+
+
+def test_a_dead_child_s_exit_hook_runs_before_its_relaunch_and_its_failure_is_only_reported(tmp_path):
+    said: list[str] = []
+    seen: list[tuple[str, int]] = []  # (what the hook saw: the child's state, the live pid) at each call
+    sup = Supervisor(tmp_path / "supervisor.json", RestartPolicy(first_delay_s=0.05), say=said.append)
+
+    def on_exit() -> None:
+        seen.append((sup.runs[0].state, sup.process("worker").proc.pid))
+        if len(seen) == 2:
+            raise OSError("the shared file is gone")
+
+    worker = dataclasses.replace(_sleeper(tmp_path, "worker"), on_exit=on_exit)
+    try:
+        first = sup.start(worker)
+        first.kill()
+        _until(lambda: (sup.poll(), sup.process("worker").proc.pid != first.proc.pid and sup.runs[0].state == "running")[1])
+        assert seen == [("running", first.proc.pid)]  # once, while the dead process was still the child's
+        second = sup.process("worker")
+        second.kill()
+        _until(lambda: (sup.poll(), sup.process("worker").proc.pid != second.proc.pid and sup.runs[0].state == "running")[1])
+        assert seen[1] == ("running", second.proc.pid)
+        assert "worker: after exit: the shared file is gone" in said  # reported, and the restart went on
+    finally:
+        sup.stop_all()
+    assert len(seen) == 2  # a stop is not a death
 
 
 def test_a_child_that_keeps_dying_waits_longer_each_time_and_is_given_up(tmp_path):

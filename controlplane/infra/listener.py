@@ -113,8 +113,9 @@ class SharedListener:
         return args
 
     def vacate(self, number: int) -> None:
-        """Leave process `number` out of the balance until its next acceptor runs: called before it
-        is (re)started, so that what a killed predecessor last published keeps nobody waiting."""
+        """Leave process `number` out of the balance until its next acceptor runs: called when the
+        supervisor sees it dead and before it is (re)started, so that what a killed process last
+        published keeps nobody waiting, through a restart delay or after the supervisor gives up."""
         if self.counts_fd >= 0:
             os.pwrite(self.counts_fd, _GONE.to_bytes(_SLOT, sys.byteorder, signed=True), _SLOT * (number - 1))
 

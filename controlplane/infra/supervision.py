@@ -3,8 +3,9 @@ publish what the supervisor sees in a small status file that /health and the das
 
 One thread, one loop (`Supervisor.poll`, a few times a second), no signal handlers of its own: the
 owner (`groqpolicy up`) keeps SIGINT/SIGTERM. Each child is a `Child`: how to launch it (never
-blocking), how to tell it is ready (a probe that never blocks for long) and what to do once it is
-(e.g. NATS's bootstrap). A child goes through
+blocking), how to tell it is ready (a probe that never blocks for long), what to do once it is
+(e.g. NATS's bootstrap) and once it is seen dead (e.g. take it out of a shared listener's balance).
+A child goes through
 
     starting -> running -> (dies) restarting -> running ...
                                    restarting -> (budget spent) failed
@@ -65,6 +66,9 @@ class Child:
     ready: Callable[[ManagedProcess], bool]  # a probe that returns quickly (a port, a log line, /health)
     after_ready: Callable[[ManagedProcess], None] | None = None  # e.g. re-run NATS's bootstrap
     start_timeout_s: float = 60.0
+    # called once each time the child is seen dead, before any relaunch (also when it is given up on):
+    # what the dead process left for its peers must not outlive it (controlplane.ops.system)
+    on_exit: Callable[[], None] | None = None
 
 
 class ChildStatus(msgspec.Struct, kw_only=True):
@@ -251,6 +255,11 @@ class Supervisor:
             self._died(run)
 
     def _died(self, run: _Run, why: str = "") -> None:
+        if run.child.on_exit is not None:
+            try:
+                run.child.on_exit()
+            except Exception as exc:  # noqa: BLE001 - reported; the restart goes on all the same
+                self.say(f"{run.child.name}: after exit: {exc}")
         now = self.clock()
         if not why:
             assert run.proc is not None

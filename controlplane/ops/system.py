@@ -22,6 +22,7 @@ someone else runs) no NATS is started, and every child presents the credential c
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import sys
 import urllib.error
@@ -199,8 +200,11 @@ class System:
                 return spawn(name, [*argv, *listener.serve_args(number)], log_path, env=env, pass_fds=listener.pass_fds)
 
             # the port always accepts (the socket is ours) and any process may answer a probe on
-            # it: each process says itself when its start-up is complete
-            return Child(name, launch, ready=lambda mp: CONTROL_PLANE_READY in mp.own_log(), start_timeout_s=180)
+            # it: each process says itself when its start-up is complete. A dead process's last count
+            # is cleared as soon as its death is seen: until its replacement accepts (a restart delay,
+            # or never once the supervisor gives up on it) no peer waits on it for each new connection
+            return Child(name, launch, ready=lambda mp: CONTROL_PLANE_READY in mp.own_log(), start_timeout_s=180,
+                         on_exit=functools.partial(listener.vacate, number))
 
         return [child(n) for n in range(1, self.ports.processes + 1)]
 
