@@ -16,8 +16,11 @@ import msgspec
 import pytest
 
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
-from controlplane.impact.records import REDACTED, agent_judgments, judgment_key, redact
+from controlplane.evaluation.schemas import ConstitutionalValidation, EvaluateResponse, PerformanceMetrics, PolicyResult
+from controlplane.impact import store
+from controlplane.impact.records import REDACTED, Recorded, agent_judgments, judgment_key, redact
 from controlplane.impact.replay import Oracle
+from controlplane.impact.tap import recorded
 from controlplane.policies import rego
 from tests.controlplane_helpers import (
     ADMIN_HEADERS,
@@ -190,3 +193,45 @@ def test_the_off_switch_records_nothing_and_impact_says_so(tmp_path, nats_server
         assert services.replay.published == 0
         r = client.post("/api/v1/impact", json={"candidate": {"rule_id": rule, "opa_policy": TIGHTER}, "count": 5})
         assert r.status_code == 409 and "GROQPOLICY_REPLAY=off" in r.json()["error"]["message"]
+
+
+def _response(decisions: list[tuple[str, str]]) -> EvaluateResponse:
+    results = [PolicyResult(rule_id=uuid.uuid4(), name=f"p{k}", policy_type=kind, decision=d, confidence_score=1.0,  # type: ignore[arg-type]
+                            opa_evaluation_result=None) for k, (kind, d) in enumerate(decisions)]
+    return EvaluateResponse(
+        evaluation_id=uuid.uuid4(), decision="deny" if any(d == "deny" for _, d in decisions) else "allow",
+        confidence_score=1.0, applicable_policies=[r.rule_id for r in results],
+        constitutional_compliance=ConstitutionalValidation(is_compliant=True, pre_validation="allow", post_validation="allow"),
+        performance_metrics=PerformanceMetrics(total_latency_ms=1.0, groq_inference_time_ms=0.0, opa_evaluation_time_ms=1.0,
+                                               wasm_execution_time_us=12.5, performance_tier="nano", target_latency_ms=5.0,
+                                               target_achieved=True),
+        policy_results=results, reasons=[], bundle_revision="rev-1", constitutional_hash=CONSTITUTIONAL_HASH)
+
+
+def test_a_batch_s_replay_entries_each_keep_their_own_decisions():
+    responses = [_response([("risk_management", "allow"), ("risk_management", "deny"), ("security_policies", "allow")]),
+                 _response([("risk_management", "allow"), ("risk_management", "allow"), ("security_policies", "allow")]),
+                 _response([("risk_management", "allow"), ("risk_management", "deny"), ("security_policies", "allow")])]
+    contexts = [{"principal": f"p{k}"} for k in range(3)]
+    entries = recorded(responses, contexts, source="batch", tier="nano", policy_types=["risk_management"])
+    assert [e.id for e in entries] == [str(r.evaluation_id) for r in responses]
+    assert [e.input for e in entries] == contexts
+    assert [e.by_type for e in entries] == [{"risk_management": "deny", "security_policies": "allow"},
+                                            {"risk_management": "allow", "security_policies": "allow"},
+                                            {"risk_management": "deny", "security_policies": "allow"}]
+    assert [(e.source, e.tier, e.policy_types, e.revision, e.wasm_us) for e in entries] == \
+        [("batch", "nano", ["risk_management"], "rev-1", 12.5)] * 3
+
+
+def test_replay_messages_stay_under_the_size_limit_and_keep_every_entry_in_order(monkeypatch):
+    monkeypatch.setattr(store, "MESSAGE_BYTES", 2000)
+    entries = [Recorded(id=f"e{k}", ts=1.0, source="api", input={"pad": "x" * (k % 7) * 40}, decision="allow")
+               for k in range(101)]
+    huge = Recorded(id="huge", ts=1.0, source="batch", input={"pad": "y" * 5000}, decision="deny")
+    decisions = [("api", e) for e in entries] + [("batch", huge)]
+    messages = store.ReplayStore._messages(decisions, [], [])
+    api = [(data, n) for subject, data, n in messages if subject.endswith(".api")]
+    assert len(api) > 1 and all(len(data) <= 2000 for data, _ in api)
+    found = [e for data, n in api for e in msgspec.json.decode(data, type=list[Recorded])]
+    assert [e.id for e in found] == [e.id for e in entries] and sum(n for _, n in api) == 101
+    assert [(subject.rsplit(".", 1)[1], n) for subject, data, n in messages if data.startswith(b'[{"id":"huge"')] == [("batch", 1)]

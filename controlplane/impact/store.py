@@ -82,6 +82,18 @@ async def ensure_stream(nc: NatsClient, settings: Settings, *, update: bool = Tr
         await js.update_stream(config)
 
 
+def _pack(subject: str, items: list[Any], out: list[tuple[str, bytes, int]]) -> None:
+    """`items` as JSON arrays of up to about `MESSAGE_BYTES` each (halved until they fit; one entry
+    larger than that goes alone). Encoded in one call per array: what a flush holds usually fits in one."""
+    data = _encode(items)
+    if len(data) <= MESSAGE_BYTES or len(items) == 1:
+        out.append((subject, data, len(items)))
+        return
+    half = len(items) // 2
+    _pack(subject, items[:half], out)
+    _pack(subject, items[half:], out)
+
+
 class ReplayStore:
     """Buffers and publishes recorded decisions and judgments; reads them back for a replay."""
 
@@ -181,17 +193,8 @@ class ReplayStore:
         groups += [(f"{DECISION_SUBJECT}.{source}", [e for s, e in decisions if s == source])
                    for source in dict.fromkeys(s for s, _ in decisions)]
         for subject, items in groups:
-            chunk: list[bytes] = []  # each entry encoded once; a message is their JSON array
-            size = 0
-            for item in items:
-                encoded = _encode(item)
-                if chunk and size + len(encoded) > MESSAGE_BYTES:
-                    out.append((subject, b"[" + b",".join(chunk) + b"]", len(chunk)))
-                    chunk, size = [], 0
-                chunk.append(encoded)
-                size += len(encoded) + 1
-            if chunk:
-                out.append((subject, b"[" + b",".join(chunk) + b"]", len(chunk)))
+            if items:
+                _pack(subject, items, out)
         return out
 
     # -- reading (admin only: the API guards it) ---------------------------------------------------

@@ -45,14 +45,29 @@ class Observer(Protocol):
                 policy_types: list[str], constitutional_hash: str) -> None: ...
 
 
-def recorded(response: EvaluateResponse, ctx: Any, *, source: str, tier: str, policy_types: list[str]) -> Recorded:
-    return Recorded(
-        id=str(response.evaluation_id), ts=time.time(), source=source, input=ctx, decision=response.decision,
-        revision=response.bundle_revision, tier=tier, policy_types=list(policy_types),
-        constitutional_hash=response.constitutional_hash,
-        by_type=strictest_by_type([(r.policy_type, r.decision) for r in response.policy_results]),
-        wasm_us=response.performance_metrics.wasm_execution_time_us,
-    )
+def recorded(responses: list[EvaluateResponse], contexts: list[Any], *, source: str, tier: str,
+             policy_types: list[str]) -> list[Recorded]:
+    """The replay store's entries for decisions made together (one request's). What they share is
+    made once (time, requested types, the ids' text in one call), and so is each distinct set of
+    per-type decisions: a batch's contexts mostly decide alike. The entries are only encoded, never
+    changed, so they may share those objects."""
+    ts = time.time()
+    types = list(policy_types)
+    ids = msgspec.to_builtins([r.evaluation_id for r in responses])
+    by_types: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
+    out = []
+    for response, ctx, evaluation_id in zip(responses, contexts, ids, strict=True):
+        pairs = tuple([(r.policy_type, r.decision) for r in response.policy_results])
+        by_type = by_types.get(pairs)
+        if by_type is None:
+            by_type = by_types[pairs] = strictest_by_type(list(pairs))
+        out.append(Recorded(
+            id=evaluation_id, ts=ts, source=source, input=ctx, decision=response.decision,
+            revision=response.bundle_revision, tier=tier, policy_types=types,
+            constitutional_hash=response.constitutional_hash, by_type=by_type,
+            wasm_us=response.performance_metrics.wasm_execution_time_us,
+        ))
+    return out
 
 
 class ObservingRecorder:
@@ -84,11 +99,14 @@ class ObservingRecorder:
     def _tap(self, responses: list[EvaluateResponse], contexts: list[dict[str, Any]], source: str, tier: str,
              policy_types: list[str]) -> None:
         if self.store.enabled:
-            self.store.submit_decisions([recorded(r, c, source=source, tier=tier, policy_types=policy_types)
-                                         for r, c in zip(responses, contexts, strict=True)
-                                         if not self._opted_out(r, policy_types)])
-        for response, ctx in zip(responses, contexts, strict=True):
-            self._observe(response, ctx, tier, policy_types)
+            stored, inputs = responses, contexts
+            if self.store.opted_out:
+                kept = [(r, c) for r, c in zip(responses, contexts, strict=True) if not self._opted_out(r, policy_types)]
+                stored, inputs = [r for r, _ in kept], [c for _, c in kept]
+            self.store.submit_decisions(recorded(stored, inputs, source=source, tier=tier, policy_types=policy_types))
+        if self.observers:
+            for response, ctx in zip(responses, contexts, strict=True):
+                self._observe(response, ctx, tier, policy_types)
 
     def _observe(self, response: EvaluateResponse, ctx: dict[str, Any], tier: str, policy_types: list[str]) -> None:
         for observer in self.observers:
