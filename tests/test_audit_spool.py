@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 
 import httpx
@@ -295,3 +296,27 @@ def test_a_cursor_that_cannot_move_is_not_fatal_to_the_spool(tmp_path):
     spool.close()
     (tmp_path / "s" / "000000000001.log").rmdir()  # space again
     assert [r.evaluation_id for r in AuditSpool(tmp_path / "s").recover()] == ["1", "2"]  # re-sent, never lost
+
+
+async def test_a_stop_with_nats_gone_does_not_wait_for_a_last_checkpoint(tmp_path, caplog):
+    """A stop takes a last checkpoint; with NATS gone that could only wait out its timeout (5 s in a
+    serving process, the supervisor's whole stop is 10 s), so it is said and skipped."""
+    ns = start_nats(tmp_path / "nats")
+    nc, trail = await _trail(ns.extra["url"], tmp_path / "s")
+    trail.checkpoints.start(3600)
+    trail.submit([rec(evaluation_id="one")])
+    await trail.flush()
+    await trail.checkpoints.take()
+    taken = trail.checkpoints.last
+    ns.kill()
+    deadline = time.monotonic() + 10
+    while nc.is_connected:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    with caplog.at_level(logging.WARNING, logger="controlplane.audit.checkpoints"):
+        await trail.close()
+    assert [r.getMessage() for r in caplog.records if "checkpoint" in r.getMessage()] == [
+        "audit trail: last checkpoint not taken: NATS is not connected (the last one taken stands)"]
+    assert taken is not None and trail.checkpoints.last == taken
+    with contextlib.suppress(ConnectionError):
+        await nc.close()
