@@ -83,15 +83,16 @@ async def ensure_stream(nc: NatsClient, settings: Settings, *, update: bool = Tr
 
 
 def _pack(subject: str, items: list[Any], out: list[tuple[str, bytes, int]]) -> None:
-    """`items` as JSON arrays of up to about `MESSAGE_BYTES` each (halved until they fit; one entry
-    larger than that goes alone). Encoded in one call per array: what a flush holds usually fits in one."""
+    """`items` as JSON arrays of up to about `MESSAGE_BYTES` each, encoded in one call per array: what
+    a flush holds usually fits in one. Too large, they are cut into as many runs as the size asks for
+    and one more, each packed the same way (one entry larger than the limit goes alone)."""
     data = _encode(items)
     if len(data) <= MESSAGE_BYTES or len(items) == 1:
         out.append((subject, data, len(items)))
         return
-    half = len(items) // 2
-    _pack(subject, items[:half], out)
-    _pack(subject, items[half:], out)
+    step = -(-len(items) // min(len(items), len(data) // MESSAGE_BYTES + 1))
+    for k in range(0, len(items), step):
+        _pack(subject, items[k:k + step], out)
 
 
 class ReplayStore:
