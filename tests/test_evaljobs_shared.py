@@ -149,10 +149,11 @@ def test_an_unreadable_record_in_the_bucket_is_quarantined_never_fatal(pair, cap
         finally:
             await nc.close()
 
+    good = finished(a, submit(a, contexts())["id"])  # its own, so that the test stands alone
     asyncio.run(plant())
     listed = b.get("/api/v1/evaluate/jobs", headers=EV)
     assert listed.status_code == 200 and bad not in [j["id"] for j in listed.json()]
-    assert any(j["state"] == "completed" for j in listed.json())  # the good ones are all still there
+    assert good["state"] == "completed" and good["id"] in [j["id"] for j in listed.json()]  # the good ones are still there
     assert f"evaluation job {bad}: its record in {BUCKET} is unreadable" in caplog.text
     assert asyncio.run(quarantined()) == b"{not json"
     assert a.get(f"/api/v1/evaluate/jobs/{bad}", headers=EV).status_code == 404

@@ -136,6 +136,8 @@ def test_an_unchanged_policy_changes_nothing_and_asks_no_model(system, recorded)
     assert report["model_calls"]["new"] == 0 and report["model_calls"]["recorded"] > 0
     assert emu.calls() == before
     assert all(before_ == after for before_, row in report["matrix"]["*"].items() for after in row)
+    records = [r["record"] for r in client.get("/api/v1/audit", params={"source": "admin", "limit": 100}).json()["records"]]
+    assert ("impact", "other") in [(r["details"]["action"], r["decision"]) for r in records]  # an analysis is audited
 
 
 def test_a_tightened_rule_moves_exactly_the_affected_decisions(system, recorded):
@@ -274,7 +276,6 @@ def test_shadow_records_divergences_and_promotion_above_the_threshold_is_refused
     actions = [(r["details"]["action"], r["decision"], r["details"].get("forced")) for r in records]
     assert ("shadow", "other", None) in actions
     assert ("promote", "deny", False) in actions and ("promote", "allow", True) in actions
-    assert ("impact", "other", None) in actions
 
 
 def test_discard_is_audited_and_an_unknown_shadow_is_404(system, recorded):
