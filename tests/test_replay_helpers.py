@@ -267,3 +267,29 @@ def test_the_helpers_setting():
     assert Settings.from_env({"GROQPOLICY_REPLAY_HELPERS": "0"}).replay_helpers == 0  # a replay runs alone
     with pytest.raises(ConfigError, match="REPLAY_HELPERS"):
         Settings.from_env({"GROQPOLICY_REPLAY_HELPERS": "-2"})
+
+
+@pytest.mark.parametrize("how", ["drop", "close"])
+def test_a_helper_killed_in_the_middle_of_its_answer_leaves_no_thread_waiting_for_the_rest(signed, how):
+    """A helper killed while it writes an answer leaves part of a message in the answers' pipe. The
+    executor's manager thread then waits for the rest, for ever, and the process hangs at exit
+    (interpreter shutdown joins that thread): a CI run of `make test` hung so after printing
+    "passed". With the helpers killed, this process's own end of the pipe is closed too, so the
+    read ends (the pool broken) instead."""
+    aides = helpers_for(signed, Oracle(judgments(range(TEXTS)), None))
+    pool = aides._pool
+    assert pool is not None
+    pool.submit(os.getpid).result(timeout=60)  # the helper and the manager thread are up
+    manager = pool._executor_manager_thread
+    assert manager is not None and manager.is_alive()
+    # what a helper killed in the middle of its answer leaves: a length, and less than that after it
+    os.write(pool._result_queue._writer.fileno(), (1 << 20).to_bytes(4, "big", signed=True) + b"part of an answer")
+    for helper in _identified_helpers(aides):
+        os.kill(helper, signal.SIGKILL)  # it is gone, as a killed helper is: nobody finishes that message
+    aides._drop() if how == "drop" else aides.close()
+    manager.join(20)
+    assert not manager.is_alive()
+
+
+def _identified_helpers(aides: Helpers) -> list[int]:
+    return [pid for pid in aides.pids() if Path(f"/proc/{pid}").exists()]

@@ -158,6 +158,7 @@ class Helpers:
         pool, self._pool = self._pool, None
         if pool is not None:
             _kill(pids)  # one that hangs would never take the executor's word to stop
+            _close_answers(pool)
             pool.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
@@ -166,12 +167,34 @@ class Helpers:
         pids = _identified(self.pids())
         pool, self._pool = self._pool, None
         if pool is not None:
+            answers = _answers(pool)  # before shutdown() lets go of it
             pool.shutdown(wait=False, cancel_futures=True)
             deadline = time.monotonic() + CLOSE_WAIT_S
             while (pids := [p for p in pids if _running(p)]) and time.monotonic() < deadline:
                 time.sleep(0.01)
             _kill(pids)
+            _close(answers)
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _answers(pool: ProcessPoolExecutor) -> Any:
+    """This process's writing end of the pipe the helpers answer on (the executor has no public
+    handle on it; None if its internals change)."""
+    return getattr(getattr(pool, "_result_queue", None), "_writer", None)
+
+
+def _close(writer: Any) -> None:
+    if writer is not None:
+        with contextlib.suppress(OSError):
+            writer.close()
+
+
+def _close_answers(pool: ProcessPoolExecutor) -> None:
+    """Once the helpers are gone: a helper killed in the middle of an answer leaves part of a message
+    in the pipe, and the executor's manager thread waits for the rest; while this process keeps a
+    writing end open that wait never ends, and the process cannot exit (interpreter shutdown joins
+    the thread). With this end closed too the read ends, and the executor counts itself broken."""
+    _close(_answers(pool))
 
 
 def _started(pid: int) -> str | None:
