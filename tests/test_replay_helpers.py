@@ -273,9 +273,9 @@ def test_the_helpers_setting():
 def test_a_helper_killed_in_the_middle_of_its_answer_leaves_no_thread_waiting_for_the_rest(signed, how):
     """A helper killed while it writes an answer leaves part of a message in the answers' pipe. The
     executor's manager thread then waits for the rest, for ever, and the process hangs at exit
-    (interpreter shutdown joins that thread): a CI run of `make test` hung so after printing
-    "passed". With the helpers killed, this process's own end of the pipe is closed too, so the
-    read ends (the pool broken) instead."""
+    (interpreter shutdown joins that thread): a serving process until its supervisor's SIGKILL, a
+    test run for good. With the helpers killed, this process's own end of the pipe is closed too,
+    so the read ends (the pool broken) instead."""
     aides = helpers_for(signed, Oracle(judgments(range(TEXTS)), None))
     pool = aides._pool
     assert pool is not None
