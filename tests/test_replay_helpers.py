@@ -284,12 +284,8 @@ def test_a_helper_killed_in_the_middle_of_its_answer_leaves_no_thread_waiting_fo
     assert manager is not None and manager.is_alive()
     # what a helper killed in the middle of its answer leaves: a length, and less than that after it
     os.write(pool._result_queue._writer.fileno(), (1 << 20).to_bytes(4, "big", signed=True) + b"part of an answer")
-    for helper in _identified_helpers(aides):
+    for helper in [pid for pid in aides.pids() if Path(f"/proc/{pid}").exists()]:
         os.kill(helper, signal.SIGKILL)  # it is gone, as a killed helper is: nobody finishes that message
     aides._drop() if how == "drop" else aides.close()
     manager.join(20)
     assert not manager.is_alive()
-
-
-def _identified_helpers(aides: Helpers) -> list[int]:
-    return [pid for pid in aides.pids() if Path(f"/proc/{pid}").exists()]

@@ -189,7 +189,6 @@ def seal(record: AuditRecord, prev_hash: str,
     return msgspec.structs.replace(linked, hash=h, signature=signature), _encode_sorted(canonical)
 
 
-
 def seal_chain(records: list[AuditRecord], prev_hash: str,
                sign: Callable[[str], BatchSignature] | None = None) -> list[tuple[AuditRecord, bytes]]:
     """`records` sealed one after another from `prev_hash` on (what one publish stores), the last
@@ -200,6 +199,7 @@ def seal_chain(records: list[AuditRecord], prev_hash: str,
         chunk.append(sealed)
         prev_hash = sealed[0].hash
     return chunk
+
 
 class Finding(msgspec.Struct, frozen=True):
     """What is wrong with a record: one of the problem words below, and the details."""

@@ -158,7 +158,7 @@ class Helpers:
         pool, self._pool = self._pool, None
         if pool is not None:
             _kill(pids)  # one that hangs would never take the executor's word to stop
-            _close_answers(pool)
+            _close(_answers(pool))
             pool.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
@@ -183,18 +183,15 @@ def _answers(pool: ProcessPoolExecutor) -> Any:
     return getattr(getattr(pool, "_result_queue", None), "_writer", None)
 
 
-def _close(writer: Any) -> None:
-    if writer is not None:
+def _close(answers: Any) -> None:
+    """Close `answers` (`_answers`) once the helpers are gone: a helper killed in the middle of an
+    answer leaves part of a message in the pipe, and the executor's manager thread waits for the
+    rest; while this process keeps a writing end open that wait never ends, and the process cannot
+    exit (interpreter shutdown joins the thread). With this end closed too the read ends, and the
+    executor counts itself broken."""
+    if answers is not None:
         with contextlib.suppress(OSError):
-            writer.close()
-
-
-def _close_answers(pool: ProcessPoolExecutor) -> None:
-    """Once the helpers are gone: a helper killed in the middle of an answer leaves part of a message
-    in the pipe, and the executor's manager thread waits for the rest; while this process keeps a
-    writing end open that wait never ends, and the process cannot exit (interpreter shutdown joins
-    the thread). With this end closed too the read ends, and the executor counts itself broken."""
-    _close(_answers(pool))
+            answers.close()
 
 
 def _started(pid: int) -> str | None:
