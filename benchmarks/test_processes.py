@@ -1,19 +1,18 @@
 """Throughput of `/api/v1/evaluate` with one control-plane process and with `PROCESSES` (2) processes
 serving one listening socket (what `groqpolicy up` runs with `GROQPOLICY_PROCESSES`), side by side.
 
-Closed loop: vegeta with a fixed number of workers and no rate (`-rate=0 -max-workers=N`), each
-worker sending its next request as soon as the previous one is answered, so the servers run flat
-out and the number is how many evaluations per second they answer. Enough workers (`WORKERS`) keep
-every process busy. The two contenders take turns in blocks (`BLOCKS` each, the order alternating),
-so the machine's drift and the other tenants' load reach both alike; the ratio is of the medians.
-The same rules-only policy and request as `test_fixed_load.py` (the library's `risk_management`).
-vegeta runs on the same cores: its own share is a cost both contenders pay, more so the faster one.
-`GROQPOLICY_BENCH_SHORT=1`: 2 blocks of 1 s. See benchmarks/README.md ("Every core").
-"""
+Closed loop: wrk with a fixed number of connections (`WORKERS`), each sending its next request as
+soon as the previous one is answered, so the servers run flat out and the number is how many
+evaluations per second they answer. The contenders take turns in blocks (`BLOCKS` each, the order
+alternating), so the machine's drift and the other tenants' load reach both alike; the ratio is of
+the medians. The same rules-only policy and request as `test_fixed_load.py` (the library's
+`risk_management`). The generator runs on the same cores: its own share is a cost every contender
+pays, more so the faster one, which is why it is wrk (~40 µs of CPU per request) and not vegeta
+(~190): see benchmarks/README.md ("The load generator's own share").
+`GROQPOLICY_BENCH_SHORT=1`: 2 blocks of 1 s. See benchmarks/README.md ("Every core")."""
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 from pathlib import Path
@@ -23,7 +22,7 @@ import msgspec
 import pytest
 
 from benchmarks.harness import TOKEN
-from benchmarks.vegeta import attack_report, ensure_vegeta
+from benchmarks.wrk import Wrk, closed_loop, ensure_wrk, lua_string, post_script, write_script
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 
 SHORT = os.environ.get("GROQPOLICY_BENCH_SHORT") == "1"
@@ -32,22 +31,24 @@ BLOCK_S = 1 if SHORT else 5
 WORKERS = 32
 
 
-def closed_loop(vegeta: Path, work: Path, url: str, body: bytes, seconds: float, token: str = TOKEN) -> dict[str, Any]:
-    """`WORKERS` vegeta workers sending back to back for `seconds`; vegeta's JSON report."""
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "body.json").write_bytes(body)
-    auth = f"Authorization: Bearer {token}\n" if token else ""  # the stack's agent runs without authentication
-    (work / "targets.txt").write_text(f"POST {url}\nContent-Type: application/json\n{auth}@{work / 'body.json'}\n")
-    return attack_report(vegeta, work, ["-targets", str(work / "targets.txt"), "-rate", "0", "-max-workers", str(WORKERS),
-                                        "-workers", str(WORKERS)], seconds)
+def evaluations(wrk: Wrk, work: Path, url: str, body: bytes, seconds: float, token: str = TOKEN) -> dict[str, Any]:
+    """`WORKERS` connections sending `body` back to back for `seconds`; wrk's summary."""
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+    # the stack's agent runs without authentication
+    return closed_loop(wrk, post_script(work, body, headers), url, WORKERS, seconds)
+
+
+def answered(report: dict[str, Any]) -> tuple[float, int]:
+    """Requests answered 200 per second, and how many were not (a status >= 400, or a socket error)."""
+    return (report["requests"] - report["status_errors"]) / report["duration_s"], report["status_errors"] + report["socket_errors"]
 
 
 @pytest.mark.timeout(900)
 def test_throughput_one_process_and_two(benchmark, api_stack, capsys):
     try:
-        vegeta = ensure_vegeta()
+        wrk = ensure_wrk()
     except RuntimeError as exc:
-        pytest.skip(f"vegeta unavailable: {exc}")
+        pytest.skip(f"wrk unavailable: {exc}")
     body = msgspec.json.encode({"input_context": api_stack["rules_ctx"], "policy_types": ["risk_management"],
                                 "performance_tier": "nano", "constitutional_hash": CONSTITUTIONAL_HASH})
     contenders = {"1 process": api_stack["cp_port"], f"{len(api_stack['multi_pids'])} processes": api_stack["multi_port"]}
@@ -57,15 +58,14 @@ def test_throughput_one_process_and_two(benchmark, api_stack, capsys):
 
     def run() -> None:
         for port in contenders.values():  # warm-up: every process of each has compiled and cached what it serves
-            closed_loop(vegeta, work / "warm", f"http://127.0.0.1:{port}/api/v1/evaluate", body, 1)
+            evaluations(wrk, work / "warm", f"http://127.0.0.1:{port}/api/v1/evaluate", body, 1)
         names = list(contenders)
         for block in range(BLOCKS):
             for name in names if block % 2 == 0 else names[::-1]:
-                report = closed_loop(vegeta, work / name.replace(" ", "-"), f"http://127.0.0.1:{contenders[name]}/api/v1/evaluate",
-                                     body, BLOCK_S)
-                ok = report["status_codes"].get("200", 0)
-                errors[name] += report["requests"] - ok
-                rps[name].append(ok / BLOCK_S)
+                rate, bad = answered(evaluations(wrk, work / name.replace(" ", "-"),
+                                                 f"http://127.0.0.1:{contenders[name]}/api/v1/evaluate", body, BLOCK_S))
+                errors[name] += bad
+                rps[name].append(rate)
 
     load_before = os.getloadavg()
     benchmark.pedantic(run, rounds=1, iterations=1)
@@ -80,8 +80,7 @@ def test_throughput_one_process_and_two(benchmark, api_stack, capsys):
 
 
 BATCH = 100  # contexts per batch, the API's maximum
-BATCH_WORKERS = 4  # vegeta workers sending batches: enough to keep both processes busy, a few per process
-BATCH_BODIES = 800 if SHORT else 3000  # distinct request bodies per block, more than a block sends
+BATCH_WORKERS = 4  # connections sending batches: enough to keep both processes busy, a few per process
 
 
 def batch_body(stack, tag: str) -> bytes:
@@ -110,35 +109,56 @@ def checked_batches(stack, port: int, rounds: int, first: int) -> None:
     stack["loop"].run_until_complete(run())
 
 
-def batch_closed_loop(vegeta: Path, work: Path, stack, port: int, block: int, seconds: float) -> dict[str, Any]:
-    """`BATCH_WORKERS` vegeta workers sending batches back to back for `seconds`, every request a body
-    of its own (principals never seen before: `BATCH_BODIES` of them, read lazily); vegeta's JSON report."""
-    import base64
+# each request's body built by wrk as it goes: BATCH contexts, the principals `<tag><request>-<i>`,
+# so no principal is ever sent twice, however many requests a block sends
+_BATCH_LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer " .. {token}
+local function slurp(name)
+  local f = assert(io.open({work} .. "/" .. name, "rb"))
+  local text = f:read("*a")
+  f:close()
+  return text
+end
+local head, before, after, tail = slurp("head"), slurp("before"), slurp("after"), slurp("tail")
+local n = 0
+request = function()
+  n = n + 1
+  local items = {{}}
+  for i = 1, {batch} do items[i] = before .. {tag} .. n .. "-" .. (i - 1) .. after end
+  return wrk.format(nil, nil, nil, head .. table.concat(items, ",") .. tail)
+end
+"""
 
+
+def batch_closed_loop(wrk: Wrk, work: Path, stack, port: int, block: int, seconds: float) -> dict[str, Any]:
+    """`BATCH_WORKERS` connections sending batches back to back for `seconds`, every request a body
+    of its own (principals never seen before); wrk's summary."""
     work.mkdir(parents=True, exist_ok=True)
-    targets = work / "targets.jsonl"
-    url = f"http://127.0.0.1:{port}/api/v1/evaluate/batch"
-    header = {"Authorization": [f"Bearer {TOKEN}"], "Content-Type": ["application/json"]}
-    with targets.open("w") as f:
-        for k in range(BATCH_BODIES):
-            body = base64.b64encode(batch_body(stack, f"b{port}-{block}-{k}")).decode()
-            f.write(json.dumps({"method": "POST", "url": url, "header": header, "body": body}) + "\n")
-    report = attack_report(vegeta, work, ["-format", "json", "-lazy", "-targets", str(targets), "-rate", "0",
-                                          "-max-workers", str(BATCH_WORKERS), "-workers", str(BATCH_WORKERS)], seconds)
-    assert report["requests"] < BATCH_BODIES, "the block ran out of distinct bodies: raise BATCH_BODIES"
-    return report
+    mark = "@@principal@@"
+    one = msgspec.json.encode({**stack["rules_ctx"], "principal": mark})
+    whole = msgspec.json.encode({"batch_contexts": [msgspec.json.decode(one)], "policy_types": ["risk_management"],
+                                 "performance_tier": "nano", "constitutional_hash": CONSTITUTIONAL_HASH})
+    at = whole.index(one)
+    before, after = one.split(mark.encode())
+    for name, piece in {"head": whole[:at], "before": before, "after": after, "tail": whole[at + len(one):]}.items():
+        (work / name).write_bytes(piece)
+    script = write_script(work / "batch.lua", _BATCH_LUA.format(token=lua_string(TOKEN), work=lua_string(work), batch=BATCH,
+                                                               tag=lua_string(f"b{port}-{block}-")))
+    return closed_loop(wrk, script, f"http://127.0.0.1:{port}/api/v1/evaluate/batch", BATCH_WORKERS, seconds)
 
 
 @pytest.mark.timeout(900)
 def test_batch_across_processes_and_the_agent(benchmark, api_stack, capsys):
     """Batch contexts/s (distinct principals) with one process and with two, and the OPA agent's REST
     API on the same policy, one context per request, side by side in blocks. Both driven the same way:
-    a vegeta closed loop (`BATCH_WORKERS` workers sending batches of `BATCH`; `WORKERS` sending the
+    a wrk closed loop (`BATCH_WORKERS` connections sending batches of `BATCH`; `WORKERS` sending the
     agent's single contexts), so each number is as many contexts/s as that server answers."""
     try:
-        vegeta = ensure_vegeta()
+        wrk = ensure_wrk()
     except RuntimeError as exc:
-        pytest.skip(f"vegeta unavailable: {exc}")
+        pytest.skip(f"wrk unavailable: {exc}")
     entry = api_stack["ids"]["risk_management"]["entrypoint"]
     agent_url = f"http://127.0.0.1:{api_stack['agent_port']}/v1/data/{entry}"
     agent_body = msgspec.json.encode({"input": api_stack["rules_ctx"]})
@@ -154,14 +174,14 @@ def test_batch_across_processes_and_the_agent(benchmark, api_stack, capsys):
             order = [*ports, "opa agent REST"]
             for name in order if block % 2 == 0 else order[::-1]:
                 if name in ports:
-                    report = batch_closed_loop(vegeta, work / "batch", api_stack, ports[name], block, BLOCK_S)
+                    report = batch_closed_loop(wrk, work / "batch", api_stack, ports[name], block, BLOCK_S)
                     per_request = BATCH
                 else:
-                    report = closed_loop(vegeta, work / "agent", agent_url, agent_body, BLOCK_S, token="")
+                    report = evaluations(wrk, work / "agent", agent_url, agent_body, BLOCK_S, token="")
                     per_request = 1
-                ok = report["status_codes"].get("200", 0)
-                errors[name] += report["requests"] - ok
-                rates[name].append(ok * per_request / BLOCK_S)
+                rate, bad = answered(report)
+                errors[name] += bad
+                rates[name].append(rate * per_request)
 
     load_before = os.getloadavg()
     benchmark.pedantic(run, rounds=1, iterations=1)
