@@ -128,7 +128,22 @@ class ReplayStore:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            try:
+                connected = self.client().is_connected
+            except Exception:  # noqa: BLE001 - never connected, or closed already
+                connected = False
+            if not connected:  # each publish would wait out its timeout, and the stop's time is the audit trail's
+                self._drop_buffered("NATS is not connected at stop")
+                return
             await self.flush()
+
+    def _drop_buffered(self, why: str) -> None:
+        with self._lock:
+            n = len(self._decisions) + len(self._judgments) + len(self._divergences)
+            self._decisions, self._judgments, self._divergences = [], [], []
+        if n:
+            self._dropped(n)
+            log.warning("replay store: %d entries dropped (%s)", n, why)
 
     # -- writing (any thread, never blocks) -------------------------------------------------------
     def submit_decisions(self, entries: list[Recorded]) -> None:
@@ -177,11 +192,17 @@ class ReplayStore:
             decisions, self._decisions = self._decisions, []
             judgments, self._judgments = self._judgments, []
             divergences, self._divergences = self._divergences, []
-        for subject, data, n in self._messages(decisions, judgments, divergences):
+        messages = self._messages(decisions, judgments, divergences)
+        for k, (subject, data, n) in enumerate(messages):
             try:
                 await self.client().jetstream(timeout=5).publish(subject, data)
                 self.published += n
                 child(REPLAY_RECORDED, "published").inc(n)
+            except asyncio.CancelledError:  # a stop while it waited for JetStream: counted like any other drop
+                left = sum(m[2] for m in messages[k:])
+                self._dropped(left)
+                log.warning("replay store: %d entries dropped (stopped while publishing them)", left)
+                raise
             except Exception as exc:  # noqa: BLE001 - NATS away, stream missing: dropped, counted, never fatal
                 self._dropped(n)
                 log.warning("replay store: %d entries dropped (%s: %s)", n, type(exc).__name__, exc)

@@ -93,13 +93,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                             timeout_graceful_shutdown=2)
     # with --fd: a socket the supervisor keeps listening across our restarts (controlplane.ops.system);
     # with --balance-fd too: other processes serve it as well, each accepting its share (controlplane.infra.listener)
-    if counts is not None:
-        from controlplane.ops.serving import BalancedServer
+    from controlplane.ops.serving import BalancedServer, Server
 
+    if counts is not None:
         server: uvicorn.Server = BalancedServer(config, socket.socket(fileno=args.fd), counts)
         server.run()
     else:
-        server = uvicorn.Server(config)
+        server = Server(config)
         server.run(sockets=None if args.fd is None else [socket.socket(fileno=args.fd)])
     return 0 if server.started else 3  # uvicorn's own exit status for a start-up that failed
 
