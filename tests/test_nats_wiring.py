@@ -50,6 +50,29 @@ async def test_a_lone_control_plane_starts_an_authenticated_bootstrapped_server(
     assert conn.embedded is None and not conn.connected
 
 
+async def test_an_outage_is_logged_and_our_own_close_is_not(tmp_path, nats_bin, caplog):
+    """"disconnected; reconnecting (calls ... answer 503 meanwhile)" is for an outage: a stop's own
+    close said it too, the last line of every control plane's log, as if NATS had gone."""
+    server = start_nats(tmp_path / "nats")
+    try:
+        with caplog.at_level(logging.WARNING, logger="controlplane.infra.nats"):
+            conn = NatsConnection(make_settings(tmp_path / "a", nats_url=server.extra["url"]))
+            await conn.connect()
+            await conn.close()
+            assert "disconnected" not in caplog.text
+            conn = NatsConnection(make_settings(tmp_path / "b", nats_url=server.extra["url"]))
+            await conn.connect()
+            server.kill()
+            deadline = time.monotonic() + 10
+            while "disconnected" not in caplog.text:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            assert f"NATS: disconnected from {server.extra['url']}; reconnecting" in caplog.text
+            await conn.close()
+    finally:
+        server.stop()
+
+
 async def test_what_a_skipped_bootstrap_leaves_missing_is_reported(tmp_path, nats_bin, caplog):
     server, auth = start_auth_nats(tmp_path)  # no bootstrap: no stream and no bucket exists
     url = server.extra["url"]

@@ -80,6 +80,8 @@ class NatsConnection:
             task.add_done_callback(self._tasks.discard)
 
     async def _disconnected(self) -> None:
+        if self.nc is None:  # our own close(): a stop, not an outage
+            return
         log.warning("NATS: disconnected from %s; reconnecting (calls that need NATS answer 503 meanwhile)", self.url)
 
     async def _start_embedded(self) -> NatsSettings:
