@@ -66,9 +66,13 @@ def _unpack(root: Path) -> None:
         if got.returncode != 0:
             raise RuntimeError(f"apt-get download {' '.join(PACKAGES)} failed: {got.stderr.strip()[-300:]}")
         staging = Path(tempfile.mkdtemp(dir=root.parent, prefix=".wrk-"))
-        for deb in sorted(Path(tmp).glob("*.deb")):
-            subprocess.run(["dpkg-deb", "-x", str(deb), str(staging)], check=True, capture_output=True, timeout=120)
-        staging.replace(root)  # whole or not at all: a run stopped half-way leaves no half-unpacked tool
+        try:
+            for deb in sorted(Path(tmp).glob("*.deb")):
+                subprocess.run(["dpkg-deb", "-x", str(deb), str(staging)], check=True, capture_output=True, timeout=120)
+            staging.replace(root)  # whole or not at all: a run stopped half-way leaves no half-unpacked tool
+        except (OSError, subprocess.SubprocessError) as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise RuntimeError(f"unpacking Debian's wrk into {root} failed: {exc}") from exc
 
 
 def _checked(wrk: Wrk) -> Wrk:
