@@ -32,14 +32,15 @@ WORKERS = 32
 
 
 def evaluations(wrk: Wrk, work: Path, url: str, body: bytes, seconds: float, token: str = TOKEN) -> dict[str, Any]:
-    """`WORKERS` connections sending `body` back to back for `seconds`; wrk's summary."""
+    """`WORKERS` connections sending `body` back to back for `seconds`; wrk's summary. No `token`:
+    no Authorization header (the stack's agent runs without authentication)."""
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
-    # the stack's agent runs without authentication
     return closed_loop(wrk, post_script(work, body, headers), url, WORKERS, seconds)
 
 
 def answered(report: dict[str, Any]) -> tuple[float, int]:
-    """Requests answered 200 per second, and how many were not (a status >= 400, or a socket error)."""
+    """Requests answered per second without an error status, and how many were not (wrk counts a
+    status >= 400, and socket errors apart)."""
     return (report["requests"] - report["status_errors"]) / report["duration_s"], report["status_errors"] + report["socket_errors"]
 
 
