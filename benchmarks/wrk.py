@@ -8,7 +8,8 @@ request, wrk ~40 (benchmarks/README.md, "The load generator's own share"). veget
 open-loop generator (`benchmarks/vegeta.py`): a fixed schedule is what it is built for.
 
 When no `wrk` is on PATH, Debian's packages are fetched with `apt-get download` and unpacked with
-`dpkg-deb -x` into the tools dir (no root, nothing installed system-wide), once. Each run's summary
+`dpkg-deb -x` into the tools dir (no root, nothing installed system-wide), once; as root on a
+machine whose package lists were never fetched, after `apt-get update`. Each run's summary
 comes from a `done` hook in the Lua script, as one JSON line on wrk's output.
 """
 
@@ -63,6 +64,9 @@ def _unpack(root: Path) -> None:
     root.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         got = subprocess.run(["apt-get", "download", *PACKAGES], cwd=tmp, capture_output=True, text=True, timeout=300)
+        if got.returncode != 0 and os.geteuid() == 0:  # a machine whose package lists were never fetched
+            subprocess.run(["apt-get", "update", "-q"], capture_output=True, timeout=300)
+            got = subprocess.run(["apt-get", "download", *PACKAGES], cwd=tmp, capture_output=True, text=True, timeout=300)
         if got.returncode != 0:
             raise RuntimeError(f"apt-get download {' '.join(PACKAGES)} failed: {got.stderr.strip()[-300:]}")
         staging = Path(tempfile.mkdtemp(dir=root.parent, prefix=".wrk-"))
