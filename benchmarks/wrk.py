@@ -46,6 +46,13 @@ class Wrk:
 
 def ensure_wrk() -> Wrk:
     """wrk from PATH, or Debian's package unpacked into the tools dir; raises RuntimeError with the reason."""
+    try:
+        return _ensure()
+    except (OSError, subprocess.SubprocessError) as exc:  # a timeout, a binary that cannot run: said, the benchmark skips
+        raise RuntimeError(f"wrk: {type(exc).__name__}: {exc}") from exc
+
+
+def _ensure() -> Wrk:
     on_path = shutil.which("wrk")
     if on_path:
         return _checked(Wrk(Path(on_path), dict(os.environ)))
@@ -53,7 +60,9 @@ def ensure_wrk() -> Wrk:
     if not (root / "usr" / "bin" / "wrk").is_file():
         _unpack(root)
     libs = sorted({str(p.parent) for p in root.glob("usr/lib/**/libluajit-5.1.so*")})
-    env = dict(os.environ, LD_LIBRARY_PATH=os.pathsep.join([*libs, os.environ.get("LD_LIBRARY_PATH", "")]))
+    # no empty entry: one would mean the current directory
+    paths = [*libs, *(p for p in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p)]
+    env = dict(os.environ, LD_LIBRARY_PATH=os.pathsep.join(paths))
     return _checked(Wrk(root / "usr" / "bin" / "wrk", env))
 
 

@@ -236,3 +236,29 @@ def test_replay_messages_stay_under_the_size_limit_and_keep_every_entry_in_order
     found = [e for data, n in api for e in msgspec.json.decode(data, type=list[Recorded])]
     assert [e.id for e in found] == [e.id for e in entries] and sum(n for _, n in api) == 101
     assert [(subject.rsplit(".", 1)[1], n) for subject, data, n in messages if data.startswith(b'[{"id":"huge"')] == [("batch", 1)]
+
+
+async def test_a_stop_s_last_flush_waits_for_jetstream_once_not_for_every_message(nats_server, tmp_path, monkeypatch, caplog):
+    """A JetStream that does not answer (here: something on the replay subjects that never replies, so
+    every publish waits out its 5 s): the stop's flush drops and counts the rest after the first
+    publish that failed; a flush while serving tries every message."""
+    import nats
+
+    monkeypatch.setattr(store, "MESSAGE_BYTES", 2000)
+    nc = await nats.connect(nats_server.extra["url"])
+    try:
+        async def silent(msg: object) -> None:  # takes every publish, answers none
+            pass
+
+        await nc.subscribe("replay.>", cb=silent)
+        replay = store.ReplayStore(lambda: nc, make_settings(tmp_path / "state", nats_url=nats_server.extra["url"]))
+        entries = [Recorded(id=f"e{k}", ts=1.0, source="api", input={"pad": "x" * 400}, decision="allow") for k in range(12)]
+        assert len(store.ReplayStore._messages([("api", e) for e in entries], [], [])) >= 3
+        replay.submit_decisions(entries)
+        t0 = time.monotonic()
+        await replay.flush(stopping=True)
+        assert time.monotonic() - t0 < 9  # one timeout of 5 s, not one per message (>= 15 s)
+        assert replay.dropped == 12 and replay.published == 0
+        assert "replay store: 12 entries dropped (TimeoutError" in caplog.text
+    finally:
+        await nc.close()

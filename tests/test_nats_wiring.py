@@ -62,13 +62,15 @@ async def test_an_outage_is_logged_and_our_own_close_is_not(tmp_path, nats_bin, 
             assert "disconnected" not in caplog.text
             conn = NatsConnection(make_settings(tmp_path / "b", nats_url=server.extra["url"]))
             await conn.connect()
-            server.kill()
-            deadline = time.monotonic() + 10
-            while "disconnected" not in caplog.text:
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.05)
-            assert f"NATS: disconnected from {server.extra['url']}; reconnecting" in caplog.text
-            await conn.close()
+            try:
+                server.kill()
+                deadline = time.monotonic() + 10
+                while "disconnected" not in caplog.text:
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.05)
+                assert f"NATS: disconnected from {server.extra['url']}; reconnecting" in caplog.text
+            finally:
+                await conn.close()
     finally:
         server.stop()
 

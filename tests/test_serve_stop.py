@@ -74,19 +74,16 @@ def test_a_stop_with_nats_gone_ends_within_the_grace_says_what_it_left_and_loses
                 r = client.post("/api/v1/evaluate", json=BODY)
                 assert r.status_code == 200, r.text
                 served.append(r.json()["evaluation_id"])
-        t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         proc.wait(GRACE_S)  # before the supervisor's SIGKILL (TimeoutExpired otherwise)
-        took = time.monotonic() - t0
         log = (tmp_path / "first.log").read_text()
-        # the stop's own lines are in the log, the process's very last ones among them
+        # the stop's own lines are in the log: written before uvicorn ended the process
         assert "audit trail: 3 spooled record(s) not appended at stop; they stay in the spool" in log, log[-3000:]
-        # buffered at the stop, or taken by a flush still waiting for JetStream when the stop came (the
-        # first evaluation's too, when its flush had not been answered before NATS went)
-        assert re.search(r"replay store: [34] entries dropped \((NATS is not connected at stop|stopped while publishing them)\)",
-                         log), log[-3000:]
         assert "last checkpoint not taken: NATS is not connected" in log, log[-3000:]
-        assert took < GRACE_S
+        # buffered at the stop, or taken by a flush that was waiting for JetStream when the stop came
+        # (in one line or two; the first evaluation's entry too when its flush was not answered in time)
+        dropped = sum(int(n) for n in re.findall(r"replay store: (\d+) entries dropped", log))
+        assert dropped in (3, 4), log[-3000:]
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

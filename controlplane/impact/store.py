@@ -135,7 +135,7 @@ class ReplayStore:
             if not connected:  # each publish would wait out its timeout, and the stop's time is the audit trail's
                 self._drop_buffered("NATS is not connected at stop")
                 return
-            await self.flush()
+            await self.flush(stopping=True)
 
     def _drop_buffered(self, why: str) -> None:
         with self._lock:
@@ -186,8 +186,10 @@ class ReplayStore:
             except Exception:
                 log.warning("replay store: a flush failed", exc_info=True)
 
-    async def flush(self) -> None:
-        """Publish what is buffered (judgments first: a decision's judgments precede it)."""
+    async def flush(self, *, stopping: bool = False) -> None:
+        """Publish what is buffered (judgments first: a decision's judgments precede it). `stopping`:
+        after a publish that failed, the rest is dropped at once (a JetStream that does not answer
+        would make each one wait out its timeout, past the stop's grace)."""
         with self._lock:
             decisions, self._decisions = self._decisions, []
             judgments, self._judgments = self._judgments, []
@@ -204,8 +206,11 @@ class ReplayStore:
                 log.warning("replay store: %d entries dropped (stopped while publishing them)", left)
                 raise
             except Exception as exc:  # noqa: BLE001 - NATS away, stream missing: dropped, counted, never fatal
+                n = sum(m[2] for m in messages[k:]) if stopping else n
                 self._dropped(n)
                 log.warning("replay store: %d entries dropped (%s: %s)", n, type(exc).__name__, exc)
+                if stopping:
+                    return
 
     @staticmethod
     def _messages(decisions: list[tuple[str, Recorded]], judgments: list[Judgment],

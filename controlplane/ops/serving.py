@@ -50,7 +50,9 @@ async def log_records_written(timeout: float) -> bool:
 
 
 def _handlers() -> list[logging.Handler]:
-    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger))]
+    # a copy: another thread may make a logger meanwhile
+    known = list(logging.Logger.manager.loggerDict.values())
+    loggers = [logging.getLogger(), *(lg for lg in known if isinstance(lg, logging.Logger))]
     return [h for lg in loggers for h in lg.handlers]
 
 
