@@ -63,9 +63,9 @@ MAX_BACKLOG = 100_000  # spooled records waiting for JetStream before new ones a
 MAX_RECORD_BYTES = 512 * 1024
 # How long a stop waits for the queue to empty (the spool keeps the rest for the next start). A stop
 # has 10 s before the supervisor's SIGKILL (ManagedProcess.stop); uvicorn takes up to 2 of them for
-# open connections, the replay store's last flush up to 5 if JetStream does not answer at all, and
-# the log's last lines up to 1 (controlplane.ops.serving): waiting longer here would only end in
-# that SIGKILL, before the rest of the stop.
+# open connections, the replay store's last flush up to 2 if JetStream does not answer, and the
+# log's last lines up to 1 (controlplane.ops.serving): waiting longer here would only end in that
+# SIGKILL, before the rest of the stop.
 CLOSE_DRAIN_S = 5.0
 
 # A queued record, with the future of the caller awaiting it (None: a spooled record, no one waits)

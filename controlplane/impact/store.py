@@ -49,6 +49,7 @@ SUBJECTS = "replay.>"
 MAX_PENDING = 50_000  # entries waiting for JetStream before new ones are dropped
 MESSAGE_BYTES = 512 * 1024  # entries per message, up to about this size (NATS' default max payload is 1 MiB)
 FLUSH_S = 0.1
+STOP_PUBLISH_S = 2.0  # a stop's publish waits this long for JetStream (the stop has 10 s in all)
 _encode = msgspec.json.Encoder().encode
 _decode_decisions = msgspec.json.Decoder(list[Recorded]).decode
 _decode_judgments = msgspec.json.Decoder(list[Judgment]).decode
@@ -188,8 +189,8 @@ class ReplayStore:
 
     async def flush(self, *, stopping: bool = False) -> None:
         """Publish what is buffered (judgments first: a decision's judgments precede it). `stopping`:
-        after a publish that failed, the rest is dropped at once (a JetStream that does not answer
-        would make each one wait out its timeout, past the stop's grace)."""
+        each publish waits `STOP_PUBLISH_S`, and after one that failed the rest is dropped at once (a
+        JetStream that does not answer would make each one wait out its timeout, past the stop's grace)."""
         with self._lock:
             decisions, self._decisions = self._decisions, []
             judgments, self._judgments = self._judgments, []
@@ -197,7 +198,7 @@ class ReplayStore:
         messages = self._messages(decisions, judgments, divergences)
         for k, (subject, data, n) in enumerate(messages):
             try:
-                await self.client().jetstream(timeout=5).publish(subject, data)
+                await self.client().jetstream(timeout=STOP_PUBLISH_S if stopping else 5).publish(subject, data)
                 self.published += n
                 child(REPLAY_RECORDED, "published").inc(n)
             except asyncio.CancelledError:  # a stop while it waited for JetStream: counted like any other drop
