@@ -84,8 +84,8 @@ BATCH = 100  # contexts per batch, the API's maximum
 BATCH_WORKERS = 4  # connections sending batches: enough to keep both processes busy, a few per process
 
 
-def batch_body(stack, tag: str) -> bytes:
-    return msgspec.json.encode({"batch_contexts": [{**stack["rules_ctx"], "principal": f"{tag}-{i}"} for i in range(BATCH)],
+def batch_body(stack, principals: list[str]) -> bytes:
+    return msgspec.json.encode({"batch_contexts": [{**stack["rules_ctx"], "principal": p} for p in principals],
                                 "policy_types": ["risk_management"], "performance_tier": "nano",
                                 "constitutional_hash": CONSTITUTIONAL_HASH})
 
@@ -100,7 +100,7 @@ def checked_batches(stack, port: int, rounds: int, first: int) -> None:
         await client.connect()
         try:
             for k in range(rounds):
-                status, data = await client.post("/api/v1/evaluate/batch", batch_body(stack, f"check{first + k}"))
+                status, data = await client.post("/api/v1/evaluate/batch", batch_body(stack, [f"check{first + k}-{i}" for i in range(BATCH)]))
                 assert status == 200, data[:300]
                 out = msgspec.json.decode(data)
                 assert len(out["results"]) == BATCH and all(r["decision"] == "allow" for r in out["results"])
@@ -138,9 +138,8 @@ def batch_closed_loop(wrk: Wrk, work: Path, stack, port: int, block: int, second
     of its own (principals never seen before); wrk's summary."""
     work.mkdir(parents=True, exist_ok=True)
     mark = "@@principal@@"
-    one = msgspec.json.encode({**stack["rules_ctx"], "principal": mark})
-    whole = msgspec.json.encode({"batch_contexts": [msgspec.json.decode(one)], "policy_types": ["risk_management"],
-                                 "performance_tier": "nano", "constitutional_hash": CONSTITUTIONAL_HASH})
+    one = msgspec.json.encode({**stack["rules_ctx"], "principal": mark})  # as batch_body encodes each context
+    whole = batch_body(stack, [mark])
     at = whole.index(one)
     before, after = one.split(mark.encode())
     for name, piece in {"head": whole[:at], "before": before, "after": after, "tail": whole[at + len(one):]}.items():

@@ -129,22 +129,7 @@ class ReplayStore:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            try:
-                connected = self.client().is_connected
-            except Exception:  # noqa: BLE001 - never connected, or closed already
-                connected = False
-            if not connected:  # each publish would wait out its timeout, and the stop's time is the audit trail's
-                self._drop_buffered("NATS is not connected at stop")
-                return
             await self.flush(stopping=True)
-
-    def _drop_buffered(self, why: str) -> None:
-        with self._lock:
-            n = len(self._decisions) + len(self._judgments) + len(self._divergences)
-            self._decisions, self._judgments, self._divergences = [], [], []
-        if n:
-            self._dropped(n)
-            log.warning("replay store: %d entries dropped (%s)", n, why)
 
     # -- writing (any thread, never blocks) -------------------------------------------------------
     def submit_decisions(self, entries: list[Recorded]) -> None:
@@ -189,12 +174,15 @@ class ReplayStore:
 
     async def flush(self, *, stopping: bool = False) -> None:
         """Publish what is buffered (judgments first: a decision's judgments precede it). `stopping`:
-        each publish waits `STOP_PUBLISH_S`, and after one that failed the rest is dropped at once (a
-        JetStream that does not answer would make each one wait out its timeout, past the stop's grace)."""
+        nothing is tried without a connection, each publish waits `STOP_PUBLISH_S`, and after one that
+        failed the rest is dropped at once (each would only wait out its timeout, past the stop's grace)."""
         with self._lock:
             decisions, self._decisions = self._decisions, []
             judgments, self._judgments = self._judgments, []
             divergences, self._divergences = self._divergences, []
+        if stopping and not self._connected():
+            self._drop(len(decisions) + len(judgments) + len(divergences), "NATS is not connected at stop")
+            return
         messages = self._messages(decisions, judgments, divergences)
         for k, (subject, data, n) in enumerate(messages):
             try:
@@ -202,16 +190,23 @@ class ReplayStore:
                 self.published += n
                 child(REPLAY_RECORDED, "published").inc(n)
             except asyncio.CancelledError:  # a stop while it waited for JetStream: counted like any other drop
-                left = sum(m[2] for m in messages[k:])
-                self._dropped(left)
-                log.warning("replay store: %d entries dropped (stopped while publishing them)", left)
+                self._drop(sum(m[2] for m in messages[k:]), "stopped while publishing them")
                 raise
             except Exception as exc:  # noqa: BLE001 - NATS away, stream missing: dropped, counted, never fatal
-                n = sum(m[2] for m in messages[k:]) if stopping else n
-                self._dropped(n)
-                log.warning("replay store: %d entries dropped (%s: %s)", n, type(exc).__name__, exc)
+                self._drop(sum(m[2] for m in messages[k:]) if stopping else n, f"{type(exc).__name__}: {exc}")
                 if stopping:
                     return
+
+    def _connected(self) -> bool:
+        try:
+            return bool(self.client().is_connected)
+        except Exception:  # noqa: BLE001 - never connected, or closed already
+            return False
+
+    def _drop(self, n: int, why: str) -> None:
+        if n:
+            self._dropped(n)
+            log.warning("replay store: %d entries dropped (%s)", n, why)
 
     @staticmethod
     def _messages(decisions: list[tuple[str, Recorded]], judgments: list[Judgment],
