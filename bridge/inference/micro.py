@@ -24,6 +24,7 @@ from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, Service, ServiceConfig
 
+from bridge.inference.natsclient import confirmed
 from bridge.kernel.errors import (
     REQUEST_ID_HEADER,
     GroqPolicyError,
@@ -85,7 +86,7 @@ class TaskService:
         self.service = await add_service(self.nc, self.config)
         for endpoint in self.endpoints:
             await self.service.add_endpoint(endpoint)
-        await self.nc.flush()  # subscribed on the server before anyone is told the service is up
+        await confirmed(self.nc)  # subscribed on the server before anyone is told the service is up
         return self
 
     def spawn(self, answer: Coroutine[Any, Any, None]) -> asyncio.Task[None]:

@@ -25,6 +25,7 @@ from nats.micro.request import Request
 from nats.micro.service import EndpointStats, Service
 
 from bridge.inference.micro import respond_error
+from bridge.inference.natsclient import confirmed
 from bridge.kernel.errors import REQUEST_ID_HEADER, BadRequest, Conflict, GroqPolicyError, request_id
 from bridge.kernel.untrusted import check_json_depth
 from bridge.kernel.vocabulary import check_hash
@@ -70,7 +71,7 @@ class EvaluateService:
         await self.service.add_endpoint(name="evaluate", subject=EVALUATE_SUBJECT, handler=self._handle)
         if self.pipeline is not None and self.pipeline.spread.enabled:  # another process's share of a batch (`spread`)
             await self.service.add_endpoint(name="chunk", subject=CHUNK_SUBJECT, handler=self._handle_chunk)
-        await nc.flush()
+        await confirmed(nc)  # subscribed on the server before the control plane says it is ready
 
     async def stop(self) -> None:
         service, self.service = self.service, None
