@@ -6,14 +6,23 @@ Nothing is attached after construction. Objects that need the NATS connection ge
 recorder and escalation sink when it is built. `Lifecycle` starts the components in order and stops
 the started ones in reverse (also when a start fails), as OPA's plugin manager does, so the app
 hands Litestar one start hook and one stop hook.
+
+A stop has `STOP_BUDGET_S` in all, shared by the components in their order: the supervisor kills a
+process 10 s after asking it to stop (`ManagedProcess.stop`), and uvicorn's own stop (up to 2 s for
+open connections) comes before the application's, the writing of what the stop logged (up to 1 s,
+`controlplane.ops.serving`) after it. With NATS up every stop takes milliseconds; with a NATS that
+takes its messages and answers none (a frozen server, a partition the TCP connection has not noticed)
+each one waiting on it would wait out its own timeout, 30 s and more in all. A stop still running
+when the budget is spent is cut off (cancelled, and logged); each one after it still gets
+`LAST_SLICE_S` for what needs no network (closing files, its last log line).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -71,6 +80,10 @@ from controlplane.policies.store import PolicyStore
 log = logging.getLogger(__name__)
 
 
+STOP_BUDGET_S = 6.0  # the application's stop in all (see above): with uvicorn's 2 s and the log's 1, inside 10 s
+LAST_SLICE_S = 0.1  # a component's stop reached after the budget is spent still gets this long
+
+
 class Component(Protocol):
     async def start(self) -> None: ...
 
@@ -93,11 +106,12 @@ class Step:
 
 
 class Lifecycle:
-    """Named components, started in order and stopped in reverse (an AsyncExitStack of their stops)."""
+    """Named components, started in order and stopped in reverse, within `stop_budget_s` in all."""
 
-    def __init__(self, components: list[tuple[str, Component]]) -> None:
+    def __init__(self, components: list[tuple[str, Component]], stop_budget_s: float = STOP_BUDGET_S) -> None:
         self.components = components
-        self._stops = AsyncExitStack()
+        self.stop_budget_s = stop_budget_s
+        self._started: list[tuple[str, Component]] = []
 
     async def start(self) -> None:
         for name, component in self.components:
@@ -107,16 +121,25 @@ class Lifecycle:
                 log.error("start-up failed at %s; stopping what was started", name)
                 await self.stop()
                 raise
-            self._stops.push_async_callback(_stop, name, component)
+            self._started.append((name, component))
 
     async def stop(self) -> None:
-        stops, self._stops = self._stops, AsyncExitStack()
-        await stops.aclose()
+        started, self._started = self._started, []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.stop_budget_s
+        for name, component in reversed(started):
+            await _stop(name, component, max(deadline - loop.time(), LAST_SLICE_S), self.stop_budget_s)
 
 
-async def _stop(name: str, component: Component) -> None:
+async def _stop(name: str, component: Component, seconds: float, budget_s: float) -> None:
     try:
-        await component.stop()
+        async with asyncio.timeout(seconds) as limit:
+            await component.stop()
+    except TimeoutError:
+        if not limit.expired():  # the component's own timeout, not the stop's budget
+            log.exception("stopping %s failed", name)
+        else:
+            log.warning("stopping %s: cut off after %.1f s (a stop has %.1f s in all)", name, seconds, budget_s)
     except Exception:  # every component gets its stop, whatever another one's did
         log.exception("stopping %s failed", name)
 

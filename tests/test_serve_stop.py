@@ -1,5 +1,5 @@
-"""A `serve` process stopped with NATS gone: within the supervisor's grace, every line of its stop
-written, nothing it answered lost."""
+"""A `serve` process stopped with NATS gone, or frozen (it takes messages and answers none): within
+the supervisor's grace, every line of its stop written, nothing it answered lost."""
 
 from __future__ import annotations
 
@@ -96,6 +96,63 @@ def test_a_stop_with_nats_gone_ends_within_the_grace_says_what_it_left_and_loses
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=ADMIN_HEADERS, timeout=30) as client:
             deadline = time.monotonic() + 30
             while len(evaluations := _evaluation_ids(client)) < len(served):  # the spool resumed at start
+                assert time.monotonic() < deadline, evaluations
+                time.sleep(0.2)
+            assert evaluations == served
+            assert client.get("/api/v1/audit/verify").json()["ok"] is True
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(GRACE_S)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            ns.stop()
+
+
+@pytest.mark.slow
+def test_a_stop_with_nats_frozen_ends_within_the_grace_and_loses_nothing(tmp_path):
+    """nats-server stopped with SIGSTOP: the connection stays up, the kernel takes what is sent and
+    nothing answers (a stuck server, a partition TCP has not noticed). Each part of the stop that
+    waits on NATS would wait out its own timeout: over 40 s in all before the stop had one budget."""
+    ns = start_nats(tmp_path / "nats")
+    port = free_port()
+    proc = _serve(tmp_path, ns.extra["url"], port, "first.log")
+    frozen = False
+    try:
+        wait_for_port(port, timeout=90, proc=proc)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=ADMIN_HEADERS, timeout=30) as client:
+            served = [_evaluator_ready(client)]
+            deadline = time.monotonic() + 30
+            while not _evaluation_ids(client):
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            os.kill(ns.proc.pid, signal.SIGSTOP)
+            frozen = True
+            for _ in range(3):  # answered: the records are in the spool, JetStream gets them later
+                r = client.post("/api/v1/evaluate", json=BODY)
+                assert r.status_code == 200, r.text
+                served.append(r.json()["evaluation_id"])
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(GRACE_S)  # TimeoutExpired before the stop had a budget
+        took = time.monotonic() - started
+        log = (tmp_path / "first.log").read_text()
+        assert "audit trail: 3 spooled record(s) not appended at stop; they stay in the spool" in log, log[-3000:]
+        assert "cut off after" in log, log[-3000:]  # what still waited on NATS when the stop's budget was spent
+        assert took < GRACE_S - 2, log[-3000:]  # room left for uvicorn's own stop of open connections
+    finally:
+        if frozen:
+            os.kill(ns.proc.pid, signal.SIGCONT)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    proc = _serve(tmp_path, ns.extra["url"], port, "second.log")
+    try:
+        wait_for_port(port, timeout=90, proc=proc)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=ADMIN_HEADERS, timeout=30) as client:
+            deadline = time.monotonic() + 30
+            while len(evaluations := _evaluation_ids(client)) < len(served):
                 assert time.monotonic() < deadline, evaluations
                 time.sleep(0.2)
             assert evaluations == served

@@ -5,12 +5,13 @@ that fails half-way."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
 from controlplane.audit.wiring import EscalationPublisher
 from controlplane.impact.tap import ObservingRecorder
-from controlplane.services import Lifecycle, Services, Step
+from controlplane.services import LAST_SLICE_S, Lifecycle, Services, Step
 from tests.controlplane_helpers import make_settings
 
 
@@ -77,3 +78,44 @@ def test_a_start_that_fails_stops_what_was_started_and_fails():
     with pytest.raises(RuntimeError, match="c cannot start"):
         asyncio.run(lifecycle.start())
     assert log == ["start a", "start b", "start c", "stop b", "stop a"]
+
+
+class Hanging(Recording):
+    """A stop that waits on something that never answers (a NATS that takes messages and answers none)."""
+
+    async def stop(self) -> None:
+        self.log.append(f"stop {self.name}")
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            self.log.append(f"cut {self.name}")
+
+
+def test_a_stop_has_one_budget_and_every_component_still_gets_its_stop(caplog):
+    log: list[str] = []
+    lifecycle = Lifecycle([("a", Recording("a", log)), ("b", Hanging("b", log)), ("c", Hanging("c", log)),
+                           ("d", Recording("d", log))], stop_budget_s=0.5)
+    asyncio.run(lifecycle.start())
+    t0 = time.monotonic()
+    asyncio.run(lifecycle.stop())
+    took = time.monotonic() - t0
+    # d stops at once, c takes the rest of the budget, b (after it is spent) gets its last slice, a stops
+    assert log[4:] == ["stop d", "stop c", "cut c", "stop b", "cut b", "stop a"]
+    assert 0.5 <= took < 0.5 + LAST_SLICE_S + 0.4
+    cut = [r.getMessage() for r in caplog.records if "cut off" in r.getMessage()]
+    assert cut[0].startswith("stopping c: cut off after 0.5 s") and cut[1].startswith("stopping b: cut off after 0.1 s")
+
+
+def test_a_component_s_own_timeout_is_a_failure_not_a_cut(caplog):
+    class OwnTimeout(Recording):
+        async def stop(self) -> None:
+            await asyncio.wait_for(asyncio.sleep(3600), 0.01)
+
+    asyncio.run(lifecycle_of(OwnTimeout("a", [])).stop())
+    assert [r.getMessage() for r in caplog.records] == ["stopping a failed"]
+
+
+def lifecycle_of(component: Recording) -> Lifecycle:
+    lifecycle = Lifecycle([("a", component)])
+    asyncio.run(lifecycle.start())
+    return lifecycle

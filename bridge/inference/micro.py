@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import msgspec
+import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.micro import add_service
 from nats.micro.request import Request
@@ -36,6 +37,7 @@ from bridge.kernel.errors import (
 
 log = logging.getLogger(__name__)
 _encode = msgspec.json.Encoder().encode
+UNSUBSCRIBE_WAIT_S = 1.0  # a service's end waits this long for NATS to confirm it (one round trip)
 
 Handler = Callable[[Request], Awaitable[None]]
 """What nats.micro calls for each request."""
@@ -107,7 +109,7 @@ class TaskService:
     async def stop(self, grace_s: float = 5.0) -> None:
         """Stop receiving, then give the answers in progress `grace_s` to finish."""
         if self.service is not None:
-            await self.service.stop()
+            await end_service(self.service, self.config.name)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=grace_s)
 
@@ -145,3 +147,13 @@ def endpoint_data(doc: dict[str, Any]) -> dict[str, Any]:
     """The first endpoint's `data` of a `$SRV.STATS` reply (the worker's stats handler fills each alike)."""
     endpoints = doc.get("endpoints") or []
     return next((e["data"] for e in endpoints if isinstance(e.get("data"), dict)), {})
+
+
+async def end_service(service: Service, name: str) -> None:
+    """Stop `service` (`name` in the log), waiting at most UNSUBSCRIBE_WAIT_S for NATS to confirm
+    it (the drain of its subscriptions ends with a flush): a NATS that is not answering would hold
+    up a process's stop for the flush's own timeout."""
+    try:
+        await asyncio.wait_for(service.stop(), UNSUBSCRIBE_WAIT_S)
+    except (TimeoutError, nats.errors.Error) as exc:
+        log.warning("%s: NATS did not confirm the end of the service (%r); stopping anyway", name, exc)

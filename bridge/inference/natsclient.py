@@ -1,13 +1,24 @@
-"""What the project adds to nats-py's client: a flush that confirms what was sent before it.
+"""What the project adds to nats-py's client: a flush that confirms what was sent before it, and a
+close that does not wait for a NATS that answers nothing.
 
-nats-py's `flush()` (2.16.0, the same in its newest source) writes the PING straight to the socket,
-ahead of commands still in its buffer. `tests/test_nats_client.py` shows it against a real
-nats-server.
+Both work around the client's own behaviour (nats-py 2.16.0, the same in its newest source): its
+`flush()` writes the PING straight to the socket, ahead of commands still in its buffer, and its
+`drain()` ignores a cancellation, then waits up to 10 s for a flush. `tests/test_nats_client.py`
+shows each against a real nats-server.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
+import nats.errors
 from nats.aio.client import Client as NatsClient
+
+log = logging.getLogger("groqpolicy.nats")
+
+DRAIN_WAIT_S = 1  # s, whole (nats-py's flush takes an int): a ping, then a drain, each one round trip while NATS answers
+CLOSE_WAIT_S = 0.5  # closing without a drain only hands what is buffered to the kernel
 
 
 async def confirmed(nc: NatsClient, timeout: int = 10) -> None:
@@ -19,3 +30,44 @@ async def confirmed(nc: NatsClient, timeout: int = 10) -> None:
     PONG is back (it was woken first, the PONG needs a round trip), so a second PING follows them."""
     await nc.flush(timeout)
     await nc.flush(timeout)
+
+
+async def drain_or_close(nc: NatsClient) -> None:
+    """Drain `nc` (its subscriptions end, what it buffered is sent) when NATS answers a ping within
+    DRAIN_WAIT_S, else close it at once; a drain that fails, takes longer than DRAIN_WAIT_S or is
+    cut short by a cancellation (a stop whose time ran out) is followed by a close too. Why not just
+    drain: nats-py's drain ignores a cancellation and then waits up to 10 s for a flush, which a NATS
+    that takes messages and answers none (a frozen server, a partition TCP has not noticed) never
+    gives, and a process's stop would wait with it, past its supervisor's grace."""
+    try:
+        await nc.flush(timeout=DRAIN_WAIT_S)
+    except nats.errors.Error as exc:  # FlushTimeoutError, or the connection is reconnecting or closed
+        log.warning("NATS: no answer to a ping (%r); closing the connection without draining it", exc)
+        await _close(nc)
+        return
+    except asyncio.CancelledError:
+        await _close(nc)
+        raise
+    drain = asyncio.ensure_future(nc.drain())
+    drain.add_done_callback(_retrieved)
+    try:
+        await asyncio.wait({drain}, timeout=DRAIN_WAIT_S)
+    finally:
+        if not drain.done() or drain.cancelled() or drain.exception() is not None:
+            if not drain.done():
+                log.warning("NATS: the connection did not drain in time; closing it without")
+            await _close(nc)
+            drain.cancel()
+
+
+async def _close(nc: NatsClient) -> None:
+    try:
+        await asyncio.wait_for(nc.close(), CLOSE_WAIT_S)
+    except Exception as exc:  # noqa: BLE001 - e.g. the server is gone and publishes were pending
+        log.warning("NATS: closing the connection failed (%r); dropping it", exc)
+
+
+def _retrieved(task: asyncio.Future[None]) -> None:
+    """Take a finished drain's exception (it was logged, or answered with a close, already)."""
+    if not task.cancelled():
+        task.exception()

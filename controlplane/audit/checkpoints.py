@@ -228,12 +228,18 @@ class Checkpoints:
             except _FAILURES as exc:
                 log.warning("audit trail: checkpoint not taken: %r", exc)
 
+    def cancel(self) -> None:
+        """Stop the interval, without a last checkpoint (a stop whose time ran out)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+
     async def stop(self) -> None:
         """Stop the interval and take a last checkpoint (the writer has drained by now)."""
-        task, self._task = self._task, None
+        task = self._task
         if task is None:
             return
-        task.cancel()
+        self.cancel()
         await asyncio.gather(task, return_exceptions=True)
         if not self.store.nc.is_connected:  # a take would only wait out its timeout, and hold up the stop
             log.warning("audit trail: last checkpoint not taken: NATS is not connected (the last one taken stands)")

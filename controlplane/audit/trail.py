@@ -130,8 +130,11 @@ class AuditTrail:
     async def close(self) -> None:
         """Let the writer finish (the spool keeps what it could not append for the next start), then
         take the last checkpoint when they run at an interval."""
-        await self.writer.close()
-        await self.checkpoints.stop()
+        try:
+            await self.writer.close()
+            await self.checkpoints.stop()
+        finally:  # also when the stop's budget cut it off: no checkpoint interval outlives the trail
+            self.checkpoints.cancel()
 
     # -- write -----------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ queued when the process stops is appended again from the spool at the next start
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -236,18 +237,21 @@ class TrailWriter:
             raise AuditUnavailable(f"audit trail: {self._spooled} record(s) still waiting for JetStream") from exc
 
     async def close(self) -> None:
-        """Let the writer finish (at most `close_drain_s` while JetStream is unreachable; spooled
-        records it could not append stay in the spool for the next start)."""
+        """Let the writer finish within `close_drain_s` (or until cancelled); the rest stays in the spool."""
         self._closing = True
-        if self._drainer is not None and not self._drainer.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(self._drainer), self.close_drain_s)
-            except TimeoutError:
-                self._drainer.cancel()
-                await asyncio.gather(self._drainer, return_exceptions=True)
-                log.warning("audit trail: %d spooled record(s) not appended at stop; they stay in the spool", self._spooled)
-        if self.spool is not None:
-            self.spool.close()
+        drainer = self._drainer
+        try:
+            with contextlib.suppress(TimeoutError):
+                if drainer is not None and not drainer.done():
+                    await asyncio.wait_for(asyncio.shield(drainer), self.close_drain_s)
+        finally:
+            if drainer is not None and not drainer.done():
+                drainer.cancel()  # then it returns at its next step
+                await asyncio.gather(drainer, return_exceptions=True)
+                if self._spooled:
+                    log.warning("audit trail: %d spooled record(s) not appended at stop; they stay in the spool", self._spooled)
+            if self.spool is not None:
+                self.spool.close()
         await self.publisher.close()
 
     # -- the queue -----------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import EndpointStats, Service
 
-from bridge.inference.micro import respond_error
+from bridge.inference.micro import end_service, respond_error
 from bridge.inference.natsclient import confirmed
 from bridge.kernel.errors import REQUEST_ID_HEADER, BadRequest, Conflict, GroqPolicyError, request_id
 from bridge.kernel.untrusted import check_json_depth
@@ -76,7 +76,7 @@ class EvaluateService:
     async def stop(self) -> None:
         service, self.service = self.service, None
         if service is not None:
-            await service.stop()
+            await end_service(service, SERVICE_NAME)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
 

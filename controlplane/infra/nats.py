@@ -25,6 +25,7 @@ import anyio
 from nats.aio.client import Client
 
 from bridge.inference.connect import NatsUnreachable, connect
+from bridge.inference.natsclient import drain_or_close
 from bridge.kernel.config import NatsSettings, Settings
 from bridge.kernel.errors import Unavailable
 from controlplane.infra.natsauth import NatsAuth, Step, bootstrap
@@ -125,14 +126,10 @@ class NatsConnection:
 
     async def close(self) -> None:
         nc, self.nc = self.nc, None
-        if nc is not None and not nc.is_closed:
-            try:
-                await nc.drain()
-            except Exception:  # noqa: BLE001 - closing anyway
-                try:
-                    await nc.close()
-                except Exception as exc:  # noqa: BLE001 - e.g. the server is gone and publishes were pending
-                    log.warning("NATS: closing the connection failed (%r); dropping it", exc)
-        if self.embedded is not None:
-            await anyio.to_thread.run_sync(self.embedded.stop)
-            self.embedded = None
+        try:
+            if nc is not None and not nc.is_closed:
+                await drain_or_close(nc)
+        finally:  # also when a stop cut the drain off: the embedded server is our child, it goes with us
+            if self.embedded is not None:
+                embedded, self.embedded = self.embedded, None
+                await anyio.to_thread.run_sync(embedded.stop)

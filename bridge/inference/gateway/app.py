@@ -28,6 +28,7 @@ from nats.aio.client import Client as NatsClient
 from bridge.inference.catalog import default_catalog
 from bridge.inference.client import InferClient
 from bridge.inference.connect import connect
+from bridge.inference.natsclient import drain_or_close
 from bridge.inference.wire import (
     MAX_BODY_BYTES,
     InternalError,
@@ -73,8 +74,9 @@ class Gateway:
 
     async def close(self) -> None:
         if self.nc is not None and self._owns_nc:
-            await self.nc.drain()
-            self.nc = self.client.nc = None
+            nc, self.nc = self.nc, None
+            self.client.nc = None
+            await drain_or_close(nc)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         kind = scope["type"]

@@ -28,6 +28,7 @@ from bridge.inference.cache import KVCache
 from bridge.inference.catalog import Catalog, default_catalog
 from bridge.inference.connect import connect
 from bridge.inference.micro import Handler, TaskService, respond_error
+from bridge.inference.natsclient import drain_or_close
 from bridge.inference.wire import (
     MAX_AGE_HEADER,
     WORKER_SERVICE,
@@ -216,7 +217,7 @@ async def stop_worker(worker: Worker, groq_conn: GroqConnection | None = None, n
     if groq_conn is not None:
         await groq_conn.close()
     if nc is not None and worker.owns_nc and not nc.is_closed:
-        await nc.drain()
+        await drain_or_close(nc)
 
 
 __all__ = ["GroqConnection", "GroqEndpoint", "Worker", "connect_groq", "groq_endpoint", "start_worker", "stop_worker"]
