@@ -47,20 +47,25 @@ log = logging.getLogger(__name__)
 # what a served control plane prints once its start-up is complete: the supervisor's readiness
 # probe (several processes share one socket, so a probe on the port cannot tell which one answered)
 CONTROL_PLANE_READY = "groqpolicy control plane ready"
+AUDIT_WAIT_DEGRADED_S = 10.0  # /health says degraded once a spooled audit record has waited this long for JetStream
 
 
 @get("/health", tags=["ops"], summary="Liveness and what is loaded", opt={"public": True})
 async def health(revisions: NamedDependency[RevisionStore], errors: NamedDependency[list[str]],
                  nats: NamedDependency[NatsConnection], settings: NamedDependency[Settings],
-                 evaluator: NamedDependency[WasmEvaluator]) -> dict:
+                 evaluator: NamedDependency[WasmEvaluator], audit_writer: NamedDependency[TrailWriter | None]) -> dict:
     supervisor = read_status(settings.state_dir)  # `groqpolicy up`'s view of its children, if it runs us
-    degraded = bool(errors) or not nats.connected or bool(supervisor and supervisor.degraded)
+    # decisions answered from the spool whose records JetStream has not taken for a while: connected
+    # or not, NATS is not doing its part (a stuck server, a cluster without quorum)
+    waited = audit_writer.backlog_wait_s() if audit_writer is not None else 0.0
+    degraded = bool(errors) or not nats.connected or waited >= AUDIT_WAIT_DEGRADED_S or bool(supervisor and supervisor.degraded)
     return {
         "status": "degraded" if degraded else "ok",
         "constitutional_hash": CONSTITUTIONAL_HASH,
         "bundles": [f"{r.bundle}/{r.target}@{r.revision}" for r in revisions.bundles()],
         "errors": errors,  # start-up publishing, stored policies, wasm loads
         "nats": nats.connected,
+        "audit": {"waiting": audit_writer.backlog if audit_writer is not None else 0, "oldest_waiting_s": round(waited, 1)},
         # this process's in-process evaluator; "baseline": a new revision served on Winch's code
         # while its serving compile runs behind it (bridge.opawasm.evaluator)
         "evaluator": {"revision": evaluator.revision, "code": "baseline" if evaluator.on_baseline else "optimized"},

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from bridge.inference.gateway import create_app as create_gateway
 from bridge.inference.serving import ThreadServer
 from bridge.inference.worker import EngineSettings, GroqConnection, InferenceEngine, start_worker, stop_worker
 from bridge.kernel.config import NatsSettings
+from controlplane.infra.processes import ManagedProcess
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BRIDGE_TOKEN = "test-bridge-token-0000000000"  # what the test gateways require
@@ -121,3 +125,26 @@ async def wait_for_workers(nats_url: str, count: int, timeout: float = 20.0,
 
 async def post(client: httpx.AsyncClient, url: str, tier: str, body: dict) -> httpx.Response:
     return await client.post(f"{url}/v1/infer/{tier}", json=body, headers=BRIDGE_HEADERS)
+
+
+@contextlib.contextmanager
+def frozen(server: ManagedProcess) -> Iterator[None]:
+    """nats-server stopped (SIGSTOP) for the block: every thread of it, before the block starts."""
+    pid = server.proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 5
+        while not all(_state(task) == "T" for task in Path(f"/proc/{pid}/task").iterdir()):
+            assert time.monotonic() < deadline, "nats-server did not stop"
+            time.sleep(0.001)
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def _state(task: Path) -> str:
+    """A thread's state letter from /proc (T: stopped), after its parenthesised command name."""
+    try:
+        return (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "T"  # gone

@@ -8,45 +8,17 @@ answers nothing."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import nats
 import nats.errors
 import pytest
 from nats.micro.service import EndpointConfig, ServiceConfig
 
-from bridge.inference.natsclient import DRAIN_WAIT_S, confirmed, drain_or_close
 from bridge.inference.micro import UNSUBSCRIBE_WAIT_S, TaskService
-from controlplane.infra.processes import ManagedProcess
-
-
-@contextlib.contextmanager
-def frozen(server: ManagedProcess) -> Iterator[None]:
-    """nats-server stopped (SIGSTOP) for the block: every thread of it, before the block starts."""
-    pid = server.proc.pid
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        deadline = time.monotonic() + 5
-        while not all(_state(task) == "T" for task in Path(f"/proc/{pid}/task").iterdir()):
-            assert time.monotonic() < deadline, "nats-server did not stop"
-            time.sleep(0.001)
-        yield
-    finally:
-        os.kill(pid, signal.SIGCONT)
-
-
-def _state(task: Path) -> str:
-    """A thread's state letter from /proc (T: stopped), after its parenthesised command name."""
-    try:
-        return (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return "T"  # gone
+from bridge.inference.natsclient import DRAIN_WAIT_S, confirmed, drain_or_close
+from tests.bridge_helpers import frozen
 
 
 async def test_a_flush_confirms_what_was_sent_before_it(nats_server):

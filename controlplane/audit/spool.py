@@ -24,6 +24,7 @@ import fcntl
 import logging
 import os
 import re
+import time
 from pathlib import Path
 
 import msgspec
@@ -66,9 +67,9 @@ class AuditSpool:
         except BaseException:
             self.close()
             raise
-        # byte lengths of the records written (or recovered) and not acknowledged yet, oldest first,
-        # each with its generation
-        self._unacked: list[tuple[int, int]] = []
+        # the records written (or recovered) and not acknowledged yet, oldest first: each one's
+        # generation, byte length and when it was written (monotonic; a recovered one: when recovered)
+        self._unacked: list[tuple[int, int, float]] = []
 
     # -- files -----------------------------------------------------------------------------
 
@@ -140,7 +141,8 @@ class AuditSpool:
                 pass
             raise SpoolError(f"audit spool: short write to {self._segment(self.gen)} ({n} of {len(data)} bytes)")
         self.size += n
-        self._unacked.extend((self.gen, len(line)) for line in lines)
+        now = time.monotonic()
+        self._unacked.extend((self.gen, len(line), now) for line in lines)
 
     def acknowledge(self, count: int) -> None:
         """The oldest `count` unacknowledged records are in JetStream: move the cursor past them."""
@@ -148,7 +150,7 @@ class AuditSpool:
             return
         done, self._unacked = self._unacked[:count], self._unacked[count:]
         gen, offset = self.acked_gen, self.acked_offset
-        for g, n in done:
+        for g, n, _ in done:
             if g != gen:
                 gen, offset = g, 0
             offset += n
@@ -176,6 +178,10 @@ class AuditSpool:
     @property
     def backlog(self) -> int:
         return len(self._unacked)
+
+    def oldest_wait_s(self) -> float:
+        """How long the oldest record not acknowledged yet has waited (0 when none waits)."""
+        return time.monotonic() - self._unacked[0][2] if self._unacked else 0.0
 
     # -- recovery ----------------------------------------------------------------------------
 
@@ -205,7 +211,8 @@ class AuditSpool:
             kept, bad = self._read_segment(path, data, pos, out)
             if bad:
                 self._set_aside(gen, data[:pos] + b"".join(kept), bad)
-            self._unacked.extend((gen, len(line)) for line in kept)
+            now = time.monotonic()
+            self._unacked.extend((gen, len(line), now) for line in kept)
         return out
 
     def _read_segment(self, path: Path, data: bytes, pos: int, out: list[AuditRecord]) -> tuple[list[bytes], list[bytes]]:

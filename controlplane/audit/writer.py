@@ -62,12 +62,7 @@ MAX_BACKLOG = 100_000  # spooled records waiting for JetStream before new ones a
 # Larger records are refused up front: NATS refuses messages above max_payload (1 MiB by default),
 # and a record that can never be stored would block every record queued behind it.
 MAX_RECORD_BYTES = 512 * 1024
-# How long a stop waits for the queue to empty (the spool keeps the rest for the next start). A stop
-# has 10 s before the supervisor's SIGKILL (ManagedProcess.stop); uvicorn takes up to 2 of them for
-# open connections, the replay store's last flush up to 2 if JetStream does not answer, and the
-# log's last lines up to 1 (controlplane.ops.serving): waiting longer here would only end in that
-# SIGKILL, before the rest of the stop.
-CLOSE_DRAIN_S = 5.0
+CLOSE_DRAIN_S = 5.0  # a stop's wait for the queue (the spool keeps the rest); the stop's budget may cut it
 
 # A queued record, with the future of the caller awaiting it (None: a spooled record, no one waits)
 Queued = tuple[AuditRecord, asyncio.Future[StoredRecord] | None]
@@ -226,6 +221,10 @@ class TrailWriter:
     def backlog(self) -> int:
         """Spooled records not in JetStream yet."""
         return self._spooled
+
+    def backlog_wait_s(self) -> float:
+        """How long the oldest spooled record has waited for JetStream (0 when none waits)."""
+        return self.spool.oldest_wait_s() if self.spool is not None else 0.0
 
     async def flush(self, timeout: float | None = None) -> None:
         """Wait until every spooled record of this process is in JetStream."""

@@ -78,6 +78,11 @@ class Relinks(Protocol):
     @property
     def conflicts(self) -> int: ...
 
+    @property
+    def backlog(self) -> int: ...
+
+    def backlog_wait_s(self) -> float: ...
+
 
 class Compiled(Protocol):
     """The in-process evaluator (bridge.opawasm.WasmEvaluator): a revision is served on the baseline
@@ -153,6 +158,11 @@ class StoreGauges:
                                             "Appends that lost the race to another replica and relinked (expected-last-sequence)")
             conflicts.add_metric([], writer.conflicts)
             yield conflicts
+            yield GaugeMetricFamily("groqpolicy_audit_backlog", "Decisions' audit records in the spool, not in JetStream yet",
+                                    value=writer.backlog)
+            yield GaugeMetricFamily("groqpolicy_audit_backlog_oldest_seconds",
+                                    "How long the oldest of them has waited for JetStream (0 when none waits)",
+                                    value=round(writer.backlog_wait_s(), 3))
 
     def _evaluator(self) -> Iterator[Metric]:
         ev = self.evaluator
