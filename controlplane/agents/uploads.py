@@ -10,6 +10,7 @@ thousands of events, and a slow disk must not hold up `/health` or bundle long p
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import anyio.to_thread
@@ -19,11 +20,16 @@ from controlplane.agents.decision_logs import DecisionLogStore
 from controlplane.agents.ingest import Accepted, Refused, audit_records, screen_batch
 from controlplane.agents.payloads import decompress
 from controlplane.agents.sandbox import redact_bridge_token
+from controlplane.audit.errors import AuditUnavailable
 from controlplane.audit.writer import TrailWriter
 from controlplane.metrics.recorders import record_decision_log_events
 
 log = logging.getLogger(__name__)
 
+# An upload waits this long for JetStream to store its audit records, then is answered 503: below
+# OPA's own wait for an answer (its services' response_header_timeout_seconds, 10 s by default), so
+# the agent gets the 503 and re-sends, instead of giving up on a request this process still holds.
+APPEND_WAIT_S = 8.0
 MAX_LOGGED_REFUSALS = 20  # log lines per upload; a batch of thousands of bad events must not flood the log
 
 
@@ -32,7 +38,11 @@ async def take_decision_logs(body: bytes, encoding: str, *, body_limit: int, eve
     """Screen, audit and store one upload; the events stored (new ones only)."""
     accepted, refused = await anyio.to_thread.run_sync(_screen, body, encoding, body_limit, event_limit, bridge_token)
     fresh = store.triage(accepted)
-    await audit.append_many(audit_records(fresh, refused))
+    try:  # records are ids of the events (`opa-<decision_id>`): one that lands after this still dedups the re-send
+        await asyncio.wait_for(audit.append_many(audit_records(fresh, refused)), APPEND_WAIT_S)
+    except TimeoutError:
+        raise AuditUnavailable(f"audit trail: JetStream did not store this upload's records within {APPEND_WAIT_S:.0f} s; "
+                               "it is not stored here: send it again") from None
     await anyio.to_thread.run_sync(store.append, fresh)
     record_decision_log_events(stored=len(fresh), repeated=sum(1 for a in fresh if a.repeated_of), rejected=len(refused))
     for r in refused[:MAX_LOGGED_REFUSALS]:
