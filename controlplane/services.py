@@ -13,8 +13,10 @@ open connections) comes before the application's, the writing of what the stop l
 `controlplane.ops.serving`) after it. With NATS up every stop takes milliseconds; with a NATS that
 takes its messages and answers none (a frozen server, a partition the TCP connection has not noticed)
 each one waiting on it would wait out its own timeout, 30 s and more in all. A stop still running
-when the budget is spent is cut off (cancelled, and logged); each one after it still gets
-`LAST_SLICE_S` for what needs no network (closing files, its last log line).
+when the budget is spent is cut off (cancelled, and logged; left running if it does not end then);
+each one after it still gets `LAST_SLICE_S` for what needs no network (closing files, its last log
+line). So the application's stop ends within the budget plus `LAST_SLICE_S` twice per component
+that is cut off.
 """
 
 from __future__ import annotations
@@ -132,16 +134,29 @@ class Lifecycle:
 
 
 async def _stop(name: str, component: Component, seconds: float, budget_s: float) -> None:
-    try:
-        async with asyncio.timeout(seconds) as limit:
-            await component.stop()
-    except TimeoutError:
-        if not limit.expired():  # the component's own timeout, not the stop's budget
-            log.exception("stopping %s failed", name)
-        else:
-            log.warning("stopping %s: cut off after %.1f s (a stop has %.1f s in all)", name, seconds, budget_s)
-    except Exception:  # every component gets its stop, whatever another one's did
-        log.exception("stopping %s failed", name)
+    """`component.stop()` for at most `seconds`, then cancelled; one that does not end within
+    LAST_SLICE_S of its cancellation (it caught it, or waits on something that ignores it) is left
+    running: the stop goes on, the process is about to end."""
+    task = asyncio.ensure_future(component.stop())
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=LAST_SLICE_S)
+        left = "" if done else "; it did not end when cancelled, left running"
+        log.warning("stopping %s: cut off after %.1f s (a stop has %.1f s in all)%s", name, seconds, budget_s, left)
+        task.add_done_callback(_retrieved)
+        return
+    exc = None if task.cancelled() else task.exception()
+    if exc is not None and not isinstance(exc, Exception):
+        raise exc
+    if exc is not None:  # every component gets its stop, whatever another one's did
+        log.error("stopping %s failed", name, exc_info=exc)
+
+
+def _retrieved(task: asyncio.Future[None]) -> None:
+    """Take a cut-off stop's outcome when it ends (it was logged as cut off)."""
+    if not task.cancelled():
+        task.exception()
 
 
 @dataclass

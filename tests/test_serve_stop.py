@@ -25,6 +25,7 @@ import uvicorn
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from controlplane.infra.processes import free_port, start_nats, wait_for_port
 from controlplane.ops.serving import Server, log_records_written
+from tests.bridge_helpers import frozen
 from tests.controlplane_helpers import ADMIN_HEADERS, TEST_TOKENS
 
 GRACE_S = 10.0  # ManagedProcess.stop: SIGTERM, then SIGKILL after this long
@@ -111,14 +112,13 @@ def test_a_stop_with_nats_gone_ends_within_the_grace_says_what_it_left_and_loses
 
 
 @pytest.mark.slow
-def test_a_stop_with_nats_frozen_ends_within_the_grace_and_loses_nothing(tmp_path):
+def test_a_stop_with_nats_frozen_ends_within_the_grace_and_loses_nothing(tmp_path, nats_server):
     """nats-server stopped with SIGSTOP: the connection stays up, the kernel takes what is sent and
     nothing answers (a stuck server, a partition TCP has not noticed). Each part of the stop that
     waits on NATS would wait out its own timeout: over 40 s in all before the stop had one budget."""
-    ns = start_nats(tmp_path / "nats")
+    ns = nats_server
     port = free_port()
     proc = _serve(tmp_path, ns.extra["url"], port, "first.log")
-    frozen = False
     try:
         wait_for_port(port, timeout=90, proc=proc)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=ADMIN_HEADERS, timeout=30) as client:
@@ -127,23 +127,20 @@ def test_a_stop_with_nats_frozen_ends_within_the_grace_and_loses_nothing(tmp_pat
             while not _evaluation_ids(client):
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
-            os.kill(ns.proc.pid, signal.SIGSTOP)
-            frozen = True
-            for _ in range(3):  # answered: the records are in the spool, JetStream gets them later
-                r = client.post("/api/v1/evaluate", json=BODY)
-                assert r.status_code == 200, r.text
-                served.append(r.json()["evaluation_id"])
-        started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(GRACE_S)  # TimeoutExpired before the stop had a budget
-        took = time.monotonic() - started
+            with frozen(ns):
+                for _ in range(3):  # answered: the records are in the spool, JetStream gets them later
+                    r = client.post("/api/v1/evaluate", json=BODY)
+                    assert r.status_code == 200, r.text
+                    served.append(r.json()["evaluation_id"])
+                started = time.monotonic()
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(GRACE_S)  # TimeoutExpired before the stop had a budget
+                took = time.monotonic() - started
         log = (tmp_path / "first.log").read_text()
         assert "audit trail: 3 spooled record(s) not appended at stop; they stay in the spool" in log, log[-3000:]
         assert "cut off after" in log, log[-3000:]  # what still waited on NATS when the stop's budget was spent
         assert took < GRACE_S - 2, log[-3000:]  # room left for uvicorn's own stop of open connections
     finally:
-        if frozen:
-            os.kill(ns.proc.pid, signal.SIGCONT)
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
@@ -164,7 +161,6 @@ def test_a_stop_with_nats_frozen_ends_within_the_grace_and_loses_nothing(tmp_pat
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
-            ns.stop()
 
 
 class _SlowHandler(logging.Handler):

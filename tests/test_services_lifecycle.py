@@ -119,3 +119,34 @@ def lifecycle_of(component: Recording) -> Lifecycle:
     lifecycle = Lifecycle([("a", component)])
     asyncio.run(lifecycle.start())
     return lifecycle
+
+
+class Stubborn(Recording):
+    """A stop that catches its cancellation and goes on waiting (nats-py's drain does: it catches
+    the cancellation, then flushes for up to 10 s)."""
+
+    async def stop(self) -> None:
+        self.log.append(f"stop {self.name}")
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            self.log.append(f"caught {self.name}")
+            await asyncio.sleep(3600)
+
+
+def test_a_stop_that_ignores_its_cancellation_is_left_running_and_the_others_still_stop(caplog):
+    log: list[str] = []
+    lifecycle = Lifecycle([("a", Recording("a", log)), ("b", Stubborn("b", log)), ("c", Recording("c", log))],
+                          stop_budget_s=0.3)
+
+    async def run() -> float:
+        await lifecycle.start()
+        t0 = time.monotonic()
+        await lifecycle.stop()
+        return time.monotonic() - t0
+
+    took = asyncio.run(run())
+    assert log[3:] == ["stop c", "stop b", "caught b", "stop a"]
+    assert took < 0.3 + 2 * LAST_SLICE_S + 0.4
+    assert any(r.getMessage().startswith("stopping b: cut off after 0.3 s") and r.getMessage().endswith("left running")
+               for r in caplog.records)

@@ -37,7 +37,8 @@ from bridge.kernel.errors import (
 
 log = logging.getLogger(__name__)
 _encode = msgspec.json.Encoder().encode
-UNSUBSCRIBE_WAIT_S = 1.0  # a service's end waits this long for NATS to confirm it (one round trip)
+UNSUBSCRIBE_WAIT_S = 1  # s, whole (nats-py's flush takes an int): a service's end first pings NATS this long
+SERVICE_STOP_S = 5.0  # then waits this long for the service's subscriptions to drain
 
 Handler = Callable[[Request], Awaitable[None]]
 """What nats.micro calls for each request."""
@@ -109,7 +110,7 @@ class TaskService:
     async def stop(self, grace_s: float = 5.0) -> None:
         """Stop receiving, then give the answers in progress `grace_s` to finish."""
         if self.service is not None:
-            await end_service(self.service, self.config.name)
+            await end_service(self.service, self.nc, self.config.name)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=grace_s)
 
@@ -149,11 +150,19 @@ def endpoint_data(doc: dict[str, Any]) -> dict[str, Any]:
     return next((e["data"] for e in endpoints if isinstance(e.get("data"), dict)), {})
 
 
-async def end_service(service: Service, name: str) -> None:
-    """Stop `service` (`name` in the log), waiting at most UNSUBSCRIBE_WAIT_S for NATS to confirm
-    it (the drain of its subscriptions ends with a flush): a NATS that is not answering would hold
-    up a process's stop for the flush's own timeout."""
+async def end_service(service: Service, nc: NatsClient, name: str) -> None:
+    """Stop `service` (`name` in the log) when NATS answers a ping within UNSUBSCRIBE_WAIT_S, giving
+    it SERVICE_STOP_S (its stop drains its subscriptions one after another, a flush each); otherwise
+    leave them to the connection's close: with a NATS that answers nothing, every one of those
+    flushes would wait out its timeout and hold up the process's stop."""
+    if nc.is_closed:
+        return
     try:
-        await asyncio.wait_for(service.stop(), UNSUBSCRIBE_WAIT_S)
+        await nc.flush(UNSUBSCRIBE_WAIT_S)
+    except nats.errors.Error as exc:
+        log.warning("%s: NATS does not answer (%r); its subscriptions end with the connection", name, exc)
+        return
+    try:
+        await asyncio.wait_for(service.stop(), SERVICE_STOP_S)
     except (TimeoutError, nats.errors.Error) as exc:
         log.warning("%s: NATS did not confirm the end of the service (%r); stopping anyway", name, exc)

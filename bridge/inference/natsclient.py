@@ -17,17 +17,18 @@ from nats.aio.client import Client as NatsClient
 
 log = logging.getLogger("groqpolicy.nats")
 
-DRAIN_WAIT_S = 1  # s, whole (nats-py's flush takes an int): a ping, then a drain, each one round trip while NATS answers
+DRAIN_WAIT_S = 1  # s, whole (nats-py's flush takes an int): for the ping, then for the drain (a few round trips)
 CLOSE_WAIT_S = 0.5  # closing without a drain only hands what is buffered to the kernel
 
 
 async def confirmed(nc: NatsClient, timeout: int = 10) -> None:
     """Return once NATS has processed every command sent on `nc` so far (its subscriptions and
-    publishes). nats-py's `flush()` writes its PING straight to the socket while the commands before
-    it may still wait in the client's buffer for its flusher task, so the PONG can come back before
-    they reach the server: with nats-py 2.16.0, ~2% of subscriptions were not registered yet when
-    `flush()` returned (`tests/test_nats_client.py`). The flusher has written them by the time a
-    PONG is back (it was woken first, the PONG needs a round trip), so a second PING follows them."""
+    publishes); at most `timeout` twice. nats-py's `flush()` writes its PING straight to the socket
+    while the commands before it may still wait in the client's buffer for its flusher task, so the
+    PONG can come back before they reach the server: with nats-py 2.16.0, ~2% of subscriptions were
+    not registered yet when `flush()` returned (`tests/test_nats_client.py`). The flusher has written
+    them by the time a PONG is back (it was woken first, the PONG needs a round trip), so a second
+    PING follows them."""
     await nc.flush(timeout)
     await nc.flush(timeout)
 
@@ -39,9 +40,11 @@ async def drain_or_close(nc: NatsClient) -> None:
     drain: nats-py's drain ignores a cancellation and then waits up to 10 s for a flush, which a NATS
     that takes messages and answers none (a frozen server, a partition TCP has not noticed) never
     gives, and a process's stop would wait with it, past its supervisor's grace."""
+    if nc.is_closed:
+        return
     try:
-        await nc.flush(timeout=DRAIN_WAIT_S)
-    except nats.errors.Error as exc:  # FlushTimeoutError, or the connection is reconnecting or closed
+        await nc.flush(timeout=DRAIN_WAIT_S)  # while reconnecting it returns at once; the drain then fails
+    except nats.errors.Error as exc:  # FlushTimeoutError
         log.warning("NATS: no answer to a ping (%r); closing the connection without draining it", exc)
         await _close(nc)
         return
@@ -53,9 +56,12 @@ async def drain_or_close(nc: NatsClient) -> None:
     try:
         await asyncio.wait({drain}, timeout=DRAIN_WAIT_S)
     finally:
+        if not drain.done():
+            log.warning("NATS: the connection did not drain (no answer in time, or the stop's time ran out); "
+                        "closing it without draining")
+        elif not drain.cancelled() and drain.exception() is not None:
+            log.warning("NATS: draining the connection failed (%r); closing it", drain.exception())
         if not drain.done() or drain.cancelled() or drain.exception() is not None:
-            if not drain.done():
-                log.warning("NATS: the connection did not drain in time; closing it without")
             await _close(nc)
             drain.cancel()
 
@@ -68,6 +74,6 @@ async def _close(nc: NatsClient) -> None:
 
 
 def _retrieved(task: asyncio.Future[None]) -> None:
-    """Take a finished drain's exception (it was logged, or answered with a close, already)."""
+    """Take a finished drain's exception (`drain_or_close` logs it when it sees it finish)."""
     if not task.cancelled():
         task.exception()

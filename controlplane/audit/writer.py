@@ -22,7 +22,6 @@ queued when the process stops is appended again from the spool at the next start
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -240,18 +239,17 @@ class TrailWriter:
         self._closing = True
         drainer = self._drainer
         try:
-            with contextlib.suppress(TimeoutError):
-                if drainer is not None and not drainer.done():
-                    await asyncio.wait_for(asyncio.shield(drainer), self.close_drain_s)
-        finally:
             if drainer is not None and not drainer.done():
-                drainer.cancel()  # then it returns at its next step
-                await asyncio.gather(drainer, return_exceptions=True)
-                if self._spooled:
-                    log.warning("audit trail: %d spooled record(s) not appended at stop; they stay in the spool", self._spooled)
+                await asyncio.wait({drainer}, timeout=self.close_drain_s)
+        finally:  # also when cancelled: the drainer stops (at its next step), the spool is closed
+            if drainer is not None and not drainer.done():
+                drainer.cancel()
+                await asyncio.wait({drainer}, timeout=1.0)
+            if self._spooled:
+                log.warning("audit trail: %d spooled record(s) not appended at stop; they stay in the spool", self._spooled)
             if self.spool is not None:
                 self.spool.close()
-        await self.publisher.close()
+            await self.publisher.close()
 
     # -- the queue -----------------------------------------------------------------------------
 

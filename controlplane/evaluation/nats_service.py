@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 import msgspec
+from nats.aio.client import Client as NatsClient
 from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import EndpointStats, Service
@@ -57,6 +58,7 @@ class EvaluateService:
     def __init__(self, nats: NatsConnection, pipeline: Pipeline) -> None:
         self._nats, self.pipeline = nats, pipeline
         self.service: Service | None = None
+        self._nc: NatsClient | None = None  # the connection the service was added on
         self._tasks: set[asyncio.Task] = set()
         self.answered = 0  # replies sent, error replies included
         self.errors = 0
@@ -64,7 +66,7 @@ class EvaluateService:
         self.processing_ns = 0  # receipt to reply, summed over the answered requests
 
     async def start(self) -> None:
-        nc = self._nats.client
+        nc = self._nc = self._nats.client
         self.service = await add_service(nc, name=SERVICE_NAME, version="0.1.0", queue_group=QUEUE_GROUP,
                                          description="groqpolicy: the /api/v1/evaluate pipeline over NATS",
                                          stats_handler=self._stats)
@@ -75,8 +77,8 @@ class EvaluateService:
 
     async def stop(self) -> None:
         service, self.service = self.service, None
-        if service is not None:
-            await end_service(service, SERVICE_NAME)
+        if service is not None and self._nc is not None:
+            await end_service(service, self._nc, SERVICE_NAME)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
 
