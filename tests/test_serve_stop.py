@@ -91,12 +91,21 @@ def test_a_stop_with_nats_gone_ends_within_the_grace_says_what_it_left_and_loses
             proc.wait(10)
         ns.stop()
     ns = start_nats(tmp_path / "nats", port=nats_port)
-    proc = _serve(tmp_path, ns.extra["url"], port, "second.log")
+    try:
+        _restart_holds_every_answer(tmp_path, ns.extra["url"], port, served)
+    finally:
+        ns.stop()
+
+
+def _restart_holds_every_answer(tmp_path: Path, nats_url: str, port: int, served: list[str]) -> None:
+    """A second `serve` on the same state: the evaluations the first one answered are in the audit
+    trail, in order (resumed from the spool at start), and the trail verifies."""
+    proc = _serve(tmp_path, nats_url, port, "second.log")
     try:
         wait_for_port(port, timeout=90, proc=proc)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=ADMIN_HEADERS, timeout=30) as client:
             deadline = time.monotonic() + 30
-            while len(evaluations := _evaluation_ids(client)) < len(served):  # the spool resumed at start
+            while len(evaluations := _evaluation_ids(client)) < len(served):
                 assert time.monotonic() < deadline, evaluations
                 time.sleep(0.2)
             assert evaluations == served
@@ -108,7 +117,6 @@ def test_a_stop_with_nats_gone_ends_within_the_grace_says_what_it_left_and_loses
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
-            ns.stop()
 
 
 @pytest.mark.slow
@@ -144,23 +152,7 @@ def test_a_stop_with_nats_frozen_ends_within_the_grace_and_loses_nothing(tmp_pat
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
-    proc = _serve(tmp_path, ns.extra["url"], port, "second.log")
-    try:
-        wait_for_port(port, timeout=90, proc=proc)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=ADMIN_HEADERS, timeout=30) as client:
-            deadline = time.monotonic() + 30
-            while len(evaluations := _evaluation_ids(client)) < len(served):
-                assert time.monotonic() < deadline, evaluations
-                time.sleep(0.2)
-            assert evaluations == served
-            assert client.get("/api/v1/audit/verify").json()["ok"] is True
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(GRACE_S)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+    _restart_holds_every_answer(tmp_path, ns.extra["url"], port, served)
 
 
 class _SlowHandler(logging.Handler):
