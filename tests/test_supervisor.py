@@ -390,3 +390,39 @@ def test_a_child_not_gone_after_its_kill_is_reported_and_the_others_are_still_st
     assert second.proc.poll() is not None and first.proc.wait(timeout=10) in (-signal.SIGTERM, -signal.SIGKILL)
     assert any(line.startswith(f"nats (pid {first.proc.pid}) was killed but had not exited") for line in said), said
     assert not (tmp_path / "supervisor.json").exists()
+
+
+def _slow_to_stop(tmp_path: Path, name: str, group: str = "") -> Child:
+    """A child that takes a second to stop once asked (SIGTERM), as a process finishing its work does."""
+    code = ("import signal, sys, time\n"
+            "signal.signal(signal.SIGTERM, lambda *_: (time.sleep(1.0), sys.exit(0)))\n"
+            "print('ready', flush=True)\n"
+            "while True: time.sleep(0.05)\n")
+    return Child(name, lambda: spawn(name, [sys.executable, "-c", code], tmp_path / f"{name}.log"),
+                 ready=lambda mp: "ready" in mp.own_log(), group=group)
+
+
+def test_replicas_of_one_group_are_stopped_together_and_the_order_is_kept(tmp_path):
+    """Stopped one after another, the replicas' graces add up: with NATS frozen each control-plane
+    process takes its 6-8 s, each worker its 2."""
+    sup = Supervisor(tmp_path / "supervisor.json", RestartPolicy(first_delay_s=0.05), say=lambda _: None)
+    runs = [sup.start(_slow_to_stop(tmp_path, "nats")), sup.start(_slow_to_stop(tmp_path, "worker 1", "workers")),
+            sup.start(_slow_to_stop(tmp_path, "worker 2", "workers")), sup.start(_slow_to_stop(tmp_path, "gateway"))]
+    _until(lambda: all("ready" in r.own_log() for r in runs))  # each one's SIGTERM handler is in place
+    ended: dict[str, float] = {}
+    real_stop = type(runs[0]).stop
+
+    def timed(self, *args, **kwargs):
+        gone = real_stop(self, *args, **kwargs)
+        ended[self.name] = time.monotonic()
+        return gone
+
+    t0 = time.monotonic()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(runs[0]), "stop", timed)
+        sup.stop_all()
+    took = time.monotonic() - t0
+    assert all(proc.proc.poll() is not None for proc in runs)
+    assert took < 3.8  # 1 s each for the gateway, the two workers together and nats; 4 s one by one
+    assert ended["gateway"] < min(ended["worker 1"], ended["worker 2"]) < max(ended["worker 1"], ended["worker 2"]) < ended["nats"]
+    assert abs(ended["worker 1"] - ended["worker 2"]) < 0.5

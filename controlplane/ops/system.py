@@ -166,7 +166,7 @@ class System:
             argv = [sys.executable, "-m", "bridge.inference.worker", "--nats-url", self.nats_url]
             return spawn(name, argv, self.log_dir / f"worker-{number}.log", env=env)
 
-        return Child(name, launch, ready=lambda mp: WORKER_READY in mp.own_log())
+        return Child(name, launch, ready=lambda mp: WORKER_READY in mp.own_log(), group="inference workers")
 
     def gateway(self) -> Child:
         port = self.ports.gateway_port
@@ -204,7 +204,7 @@ class System:
             # is cleared as soon as its death is seen: until its replacement accepts (a restart delay,
             # or never once the supervisor gives up on it) no peer waits on it for each new connection
             return Child(name, launch, ready=lambda mp: CONTROL_PLANE_READY in mp.own_log(), start_timeout_s=180,
-                         on_exit=functools.partial(listener.vacate, number))
+                         on_exit=functools.partial(listener.vacate, number), group="control planes")
 
         return [child(n) for n in range(1, self.ports.processes + 1)]
 
