@@ -36,6 +36,7 @@ from controlplane.evaljobs.controllers import EvaluationJobs
 from controlplane.evaluation.controllers import EvaluationController, GroqController, OpaController
 from controlplane.impact.controllers import ImpactApi
 from controlplane.infra.edge import EXCEPTION_HANDLERS, LimitedRequest, request_id_middleware
+from controlplane.infra.health import degraded
 from controlplane.infra.nats import NatsConnection
 from controlplane.infra.supervision import read_status
 from controlplane.metrics.controllers import metrics, timing_middleware
@@ -47,7 +48,6 @@ log = logging.getLogger(__name__)
 # what a served control plane prints once its start-up is complete: the supervisor's readiness
 # probe (several processes share one socket, so a probe on the port cannot tell which one answered)
 CONTROL_PLANE_READY = "groqpolicy control plane ready"
-AUDIT_WAIT_DEGRADED_S = 10.0  # /health says degraded once a spooled audit record has waited this long for JetStream
 
 
 @get("/health", tags=["ops"], summary="Liveness and what is loaded", opt={"public": True})
@@ -55,12 +55,9 @@ async def health(revisions: NamedDependency[RevisionStore], errors: NamedDepende
                  nats: NamedDependency[NatsConnection], settings: NamedDependency[Settings],
                  evaluator: NamedDependency[WasmEvaluator], audit_writer: NamedDependency[TrailWriter | None]) -> dict:
     supervisor = read_status(settings.state_dir)  # `groqpolicy up`'s view of its children, if it runs us
-    # decisions answered from the spool whose records JetStream has not taken for a while: connected
-    # or not, NATS is not doing its part (a stuck server, a cluster without quorum)
     waited = audit_writer.backlog_wait_s() if audit_writer is not None else 0.0
-    degraded = bool(errors) or not nats.connected or waited >= AUDIT_WAIT_DEGRADED_S or bool(supervisor and supervisor.degraded)
     return {
-        "status": "degraded" if degraded else "ok",
+        "status": "degraded" if degraded(errors, nats.connected, waited, supervisor) else "ok",
         "constitutional_hash": CONSTITUTIONAL_HASH,
         "bundles": [f"{r.bundle}/{r.target}@{r.revision}" for r in revisions.bundles()],
         "errors": errors,  # start-up publishing, stored policies, wasm loads

@@ -2,7 +2,8 @@
 
 Decisions are still answered, their audit records wait in the spool, and once the oldest has waited
 `AUDIT_WAIT_DEGRADED_S` `/health` says degraded (before, "ok" and `nats: true` for as long as the TCP
-connection stayed up); `ok` again once JetStream has taken them; the same backlog is on `/metrics`.
+connection stayed up), and so does the dashboard; `ok` again once JetStream has taken them; the
+same backlog is on `/metrics`.
 An OPA agent's decision-log upload, whose records must be in JetStream before its 204, is a 503
 after `APPEND_WAIT_S` (before, it was held 40 s and more, past the agent's own wait), and its
 re-send once NATS is back is stored once."""
@@ -14,7 +15,7 @@ import time
 import httpx
 
 import controlplane.agents.uploads
-import controlplane.app
+import controlplane.infra.health
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from tests.bridge_helpers import frozen
 from tests.controlplane_helpers import (
@@ -38,7 +39,7 @@ def _until(check, timeout: float, what: str):
 
 
 def test_health_says_degraded_while_audit_records_wait_for_a_frozen_jetstream(tmp_path, nats_server, monkeypatch):
-    monkeypatch.setattr(controlplane.app, "AUDIT_WAIT_DEGRADED_S", 1.0)
+    monkeypatch.setattr(controlplane.infra.health, "AUDIT_WAIT_DEGRADED_S", 1.0)
     settings = make_settings(tmp_path / "state", nats_url=nats_server.extra["url"])
     with running_control_plane(settings), \
             httpx.Client(base_url=settings.base_url, headers=ADMIN_HEADERS, timeout=30) as client:
@@ -53,6 +54,7 @@ def test_health_says_degraded_while_audit_records_wait_for_a_frozen_jetstream(tm
             health = _until(lambda: (h := client.get("/health").json())["status"] == "degraded" and h, 10, "degraded")
             assert health["nats"] is True and health["audit"]["waiting"] == 3
             assert health["audit"]["oldest_waiting_s"] >= 1.0
+            assert '<span class="pill bad">degraded</span>' in client.get("/").text  # the dashboard says so too
             metrics = client.get("/metrics").text
             assert "groqpolicy_audit_backlog 3.0" in metrics
             assert "groqpolicy_audit_backlog_oldest_seconds 0.0" not in metrics

@@ -25,6 +25,7 @@ from bridge.kernel.config import Settings
 from bridge.kernel.vocabulary import CONSTITUTIONAL_HASH
 from controlplane.agents.status import StatusStore
 from controlplane.audit.reader import TrailReader
+from controlplane.audit.writer import TrailWriter
 from controlplane.auth.guards import authenticate, requires
 from controlplane.bundles.revisions import RevisionStore
 from controlplane.dashboard import charts
@@ -33,6 +34,7 @@ from controlplane.dashboard.data import Sources, snapshot
 from controlplane.evaluation.runtime import ModelClient
 from controlplane.impact.service import ImpactService
 from controlplane.impact.shadow import ShadowMode
+from controlplane.infra.health import degraded
 from controlplane.infra.nats import NatsConnection
 from controlplane.infra.supervision import read_status
 from controlplane.policies.service import PolicyService
@@ -101,7 +103,8 @@ class DashboardController(Controller):
                     statuses: NamedDependency[StatusStore], policies: NamedDependency[PolicyService],
                     audit_reader: NamedDependency[TrailReader | None], nats: NamedDependency[NatsConnection],
                     model_client: NamedDependency[ModelClient], startup_errors: NamedDependency[list[str]],
-                    errors: NamedDependency[list[str]], shadows: NamedDependency[ShadowMode]) -> Template:
+                    errors: NamedDependency[list[str]], shadows: NamedDependency[ShadowMode],
+                    audit_writer: NamedDependency[TrailWriter | None]) -> Template:
         snap = await snapshot(Sources(settings=settings, revisions=revisions, statuses=statuses, policies=policies,
                                       audit_reader=audit_reader, nats=nats, model_client=model_client,
                                       startup_errors=startup_errors, errors=errors))
@@ -121,7 +124,8 @@ class DashboardController(Controller):
             "outcomes": charts.OUTCOMES,
             "groq_key_here": settings.groq_api_key_set,
             "settings": settings,
-            "health": "degraded" if startup_errors or (supervisor and supervisor.degraded) else "ok",
+            "health": "degraded" if degraded(errors, nats.connected, audit_writer.backlog_wait_s() if audit_writer else 0.0,
+                                             supervisor) else "ok",  # as /health says
             "supervisor": supervisor,  # `groqpolicy up`'s view of its processes (None when it does not run us)
             "shadows": {str(s.rule_id): s for s in shadows.summaries()},  # by live policy: its shadow's divergence
         }
