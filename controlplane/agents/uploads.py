@@ -38,7 +38,7 @@ async def take_decision_logs(body: bytes, encoding: str, *, body_limit: int, eve
     """Screen, audit and store one upload; the events stored (new ones only)."""
     accepted, refused = await anyio.to_thread.run_sync(_screen, body, encoding, body_limit, event_limit, bridge_token)
     fresh = store.triage(accepted)
-    try:  # records are ids of the events (`opa-<decision_id>`): one that lands after this still dedups the re-send
+    try:  # records are keyed by the events' decision ids (`opa-<id>`): one that lands after this dedups the re-send
         await asyncio.wait_for(audit.append_many(audit_records(fresh, refused)), APPEND_WAIT_S)
     except TimeoutError:
         raise AuditUnavailable(f"audit trail: JetStream did not store this upload's records within {APPEND_WAIT_S:.0f} s; "
