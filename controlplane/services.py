@@ -36,6 +36,7 @@ from bridge.inference.cache import KVCache
 from bridge.inference.catalog import default_catalog
 from bridge.kernel.config import GroqSettings, NatsSettings, Settings
 from bridge.kernel.errors import GroqPolicyError
+from bridge.kernel.tasks import retrieve_outcome
 from bridge.opabundle.keys import SigningKey
 from bridge.opawasm import HostConfig, WasmEvaluator
 from controlplane.agents.decision_logs import DecisionLogStore
@@ -144,7 +145,7 @@ async def _stop(name: str, component: Component, seconds: float, budget_s: float
         done, _ = await asyncio.wait({task}, timeout=LAST_SLICE_S)
         left = "" if done else "; it did not end when cancelled, left running"
         log.warning("stopping %s: cut off after %.1f s (a stop has %.1f s in all)%s", name, seconds, budget_s, left)
-        task.add_done_callback(_retrieved)
+        task.add_done_callback(retrieve_outcome)  # it was logged as cut off
         return
     exc = None if task.cancelled() else task.exception()
     if exc is not None and not isinstance(exc, Exception):
@@ -152,11 +153,6 @@ async def _stop(name: str, component: Component, seconds: float, budget_s: float
     if exc is not None:  # every component gets its stop, whatever another one's did
         log.error("stopping %s failed", name, exc_info=exc)
 
-
-def _retrieved(task: asyncio.Future[None]) -> None:
-    """Take a cut-off stop's outcome when it ends (it was logged as cut off)."""
-    if not task.cancelled():
-        task.exception()
 
 
 @dataclass

@@ -15,6 +15,8 @@ import logging
 import nats.errors
 from nats.aio.client import Client as NatsClient
 
+from bridge.kernel.tasks import retrieve_outcome
+
 log = logging.getLogger("groqpolicy.nats")
 
 DRAIN_WAIT_S = 1  # s, whole (nats-py's flush takes an int): for the ping, then for the drain (a few round trips)
@@ -52,16 +54,17 @@ async def drain_or_close(nc: NatsClient) -> None:
         await _close(nc)
         raise
     drain = asyncio.ensure_future(nc.drain())
-    drain.add_done_callback(_retrieved)
+    drain.add_done_callback(retrieve_outcome)  # logged below when it is seen to fail
     try:
         await asyncio.wait({drain}, timeout=DRAIN_WAIT_S)
     finally:
-        if not drain.done():
-            log.warning("NATS: the connection did not drain (no answer in time, or the stop's time ran out); "
-                        "closing it without draining")
-        elif not drain.cancelled() and drain.exception() is not None:
-            log.warning("NATS: draining the connection failed (%r); closing it", drain.exception())
-        if not drain.done() or drain.cancelled() or drain.exception() is not None:
+        drained = drain.done() and not drain.cancelled() and drain.exception() is None  # the drain closes it
+        if not drained:
+            if not drain.done():
+                log.warning("NATS: the connection did not drain (no answer in time, or the stop's time ran out); "
+                            "closing it without draining")
+            elif not drain.cancelled():
+                log.warning("NATS: draining the connection failed (%r); closing it", drain.exception())
             await _close(nc)
             drain.cancel()
 
@@ -72,8 +75,3 @@ async def _close(nc: NatsClient) -> None:
     except Exception as exc:  # noqa: BLE001 - e.g. the server is gone and publishes were pending
         log.warning("NATS: closing the connection failed (%r); dropping it", exc)
 
-
-def _retrieved(task: asyncio.Future[None]) -> None:
-    """Take a finished drain's exception (`drain_or_close` logs it when it sees it finish)."""
-    if not task.cancelled():
-        task.exception()

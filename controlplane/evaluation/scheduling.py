@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from bridge.kernel.errors import DeadlineExceeded, Unavailable
+from bridge.kernel.tasks import retrieve_outcome
 from bridge.opawasm import UNDEFINED
 from bridge.opawasm.errors import InlineBudgetExceeded
 from controlplane.evaluation.interfaces import Revision
@@ -245,7 +246,7 @@ class Scheduler:
         helper = None
         if self.split and compute.admitted < compute.threads:  # a helper only when a thread is free: never wait for one
             helper = asyncio.ensure_future(compute.offload(take_chunks))
-            helper.add_done_callback(_retrieve)
+            helper.add_done_callback(retrieve_outcome)  # raised to the caller that awaits it, if any
         inline, late = self._here(evaluator), []
         try:
             while (k := next(claims)) < len(bounds):
@@ -280,11 +281,6 @@ def _lower_priority(nice: int) -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
     except (AttributeError, OSError):  # not Linux, or not allowed: the process's priority
         pass
-
-
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()  # raised to the caller that awaited it; otherwise nobody needs it
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:

@@ -127,7 +127,7 @@ class NatsConnection:
     async def close(self) -> None:
         nc, self.nc = self.nc, None
         try:
-            if nc is not None and not nc.is_closed:
+            if nc is not None:
                 await drain_or_close(nc)
         finally:  # also when a stop cut the drain off: the embedded server is our child, it goes with us
             if self.embedded is not None:

@@ -216,7 +216,7 @@ async def stop_worker(worker: Worker, groq_conn: GroqConnection | None = None, n
     await worker.engine.pool.close()
     if groq_conn is not None:
         await groq_conn.close()
-    if nc is not None and worker.owns_nc and not nc.is_closed:
+    if nc is not None and worker.owns_nc:
         await drain_or_close(nc)
 
 
