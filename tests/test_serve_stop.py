@@ -50,6 +50,16 @@ def _evaluator_ready(client: httpx.Client) -> str:
     return str(r.json()["evaluation_id"])
 
 
+def _first_evaluation_appended(client: httpx.Client) -> str:
+    """The id of an evaluation answered once the evaluator is ready, after JetStream has its record."""
+    answered = _evaluator_ready(client)
+    deadline = time.monotonic() + 30
+    while not _evaluation_ids(client):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    return answered
+
+
 def _evaluation_ids(client: httpx.Client) -> list[str]:
     """The evaluations in the audit trail, oldest first (the start's own records have none)."""
     r = client.get("/api/v1/audit", params={"limit": 100})
@@ -65,11 +75,7 @@ def test_a_stop_with_nats_gone_ends_within_the_grace_says_what_it_left_and_loses
     try:
         wait_for_port(port, timeout=90, proc=proc)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=ADMIN_HEADERS, timeout=30) as client:
-            served = [_evaluator_ready(client)]
-            deadline = time.monotonic() + 30
-            while not _evaluation_ids(client):  # the first one appended
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+            served = [_first_evaluation_appended(client)]
             ns.kill()
             for _ in range(3):  # answered from the spool while JetStream is away
                 r = client.post("/api/v1/evaluate", json=BODY)
@@ -130,11 +136,7 @@ def test_a_stop_with_nats_frozen_ends_within_the_grace_and_loses_nothing(tmp_pat
     try:
         wait_for_port(port, timeout=90, proc=proc)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=ADMIN_HEADERS, timeout=30) as client:
-            served = [_evaluator_ready(client)]
-            deadline = time.monotonic() + 30
-            while not _evaluation_ids(client):
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+            served = [_first_evaluation_appended(client)]
             with frozen(ns):
                 for _ in range(3):  # answered: the records are in the spool, JetStream gets them later
                     r = client.post("/api/v1/evaluate", json=BODY)
